@@ -1,0 +1,244 @@
+"""The narrow channels between hachain's layers: names, formats, atomic writes.
+
+This module owns every file name and format that more than one layer reads or writes.
+It is stdlib-only and does no work of its own beyond reading and writing those files,
+so that `hachain.init` (which must stay stdlib-only) can import it. See
+docs/channels.md for the prose description of each channel.
+
+Two directories:
+
+- the *runtime* directory (`[chain] state_dir`, like /run: wiped at boot) holds the
+  control socket, the heartbeats and the restarter's per-service runtime records (the
+  pids that re-adoption verifies);
+- the *persistent* directory (`[chain] persist_dir`, like /var/lib: survives reboots)
+  holds administrative state (a service stopped by hand or held in maintenance), the
+  tickler's record of why it stopped petting, and the boot log.
+
+Rule: a file here is written whole by exactly one layer, by writing `X.new`, optionally
+fsync-ing it, and renaming it over `X`, so a reader sees the old or the new file, never
+half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+# --- names ------------------------------------------------------------------------------
+
+CONTROL_SOCKET = "control.sock"
+HEARTBEAT_DIR = "hb"
+SERVICE_RECORD_DIR = "services"
+LOG_DIR = "log"
+
+ADMIN_STATE = "admin.json"  # in persist_dir, written by the restarter
+GATE_RECORD = "gate.json"  # in persist_dir, written by the tickler
+BOOT_LOG = "boots.jsonl"  # in persist_dir, appended by the simulated machine / tickler
+
+LAYERS = ("init", "restarter", "tickler")
+
+# Environment variables a parent layer passes to a child layer.
+ENV_CONFIG = "HACHAIN_CONFIG"
+ENV_STATE_DIR = "HACHAIN_STATE_DIR"
+ENV_SIM_WATCHDOG = "HACHAIN_SIM_WATCHDOG"  # socket path of the software watchdog
+ENV_SERVICE = "HACHAIN_SERVICE"  # set in every service's environment: its name
+ENV_FAULT_HOOKS = "HACHAIN_FAULT_HOOKS"  # "1" enables the documented fault-injection hooks
+
+# Control protocol limits.
+MAX_REQUEST_BYTES = 64 * 1024
+REQUEST_TIMEOUT = 2.0
+
+
+# --- atomic files -----------------------------------------------------------------------
+
+def write_atomic(path: str, data: bytes, durable: bool = False) -> None:
+    """Replace `path` with `data` so readers see either the old or the new content.
+
+    With `durable`, the data and the rename are fsync'd (for the persistent directory);
+    without it the write is atomic but not crash-durable (enough for tmpfs runtime files).
+    Raises OSError (for example ENOSPC) and leaves the old file intact in that case.
+    """
+    tmp = path + ".new"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    if durable:
+        dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_json(path: str, obj: Any, durable: bool = False) -> None:
+    write_atomic(path, json.dumps(obj, sort_keys=True).encode() + b"\n", durable)
+
+
+def read_json(path: str) -> Any:
+    """The parsed content of `path`; None when it is missing. ValueError when corrupt."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    return json.loads(raw)
+
+
+# --- heartbeats ----------------------------------------------------------------------------
+#
+# Each layer writes <state_dir>/hb/<layer>.json from inside its event loop, once per
+# heartbeat interval. `mono` is CLOCK_MONOTONIC (shared by every process of one boot, in
+# any PID namespace), so a reader computes the age without trusting the wall clock.
+# `extra` is layer-specific (the restarter publishes its loop lag and the health of
+# critical services there; see docs/channels.md).
+
+@dataclass(frozen=True)
+class Heartbeat:
+    layer: str
+    pid: int
+    mono: float  # time.monotonic() when written
+    started_mono: float  # when this process started
+    seq: int  # beats written by this process
+    restarts: int  # how many times the layer below restarted this layer (init: 0)
+    extra: dict[str, Any]
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.mono)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer, "pid": self.pid, "mono": self.mono,
+            "started_mono": self.started_mono, "seq": self.seq,
+            "restarts": self.restarts, "extra": self.extra,
+        }
+
+
+def heartbeat_path(state_dir: str, layer: str) -> str:
+    return os.path.join(state_dir, HEARTBEAT_DIR, layer + ".json")
+
+
+def write_heartbeat(state_dir: str, hb: Heartbeat) -> None:
+    write_json(heartbeat_path(state_dir, hb.layer), hb.to_json())
+
+
+def read_heartbeat(state_dir: str, layer: str) -> Heartbeat | None:
+    """The layer's last heartbeat, or None when missing or unreadable."""
+    try:
+        d = read_json(heartbeat_path(state_dir, layer))
+    except (ValueError, OSError):
+        return None
+    if not isinstance(d, dict):
+        return None
+    try:
+        return Heartbeat(
+            layer=str(d["layer"]), pid=int(d["pid"]), mono=float(d["mono"]),
+            started_mono=float(d["started_mono"]), seq=int(d["seq"]),
+            restarts=int(d.get("restarts", 0)), extra=dict(d.get("extra") or {}),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class HeartbeatWriter:
+    """Writes one layer's heartbeat; call `beat()` from inside the event loop."""
+
+    def __init__(self, state_dir: str, layer: str, restarts: int = 0) -> None:
+        self.state_dir = state_dir
+        self.layer = layer
+        self.restarts = restarts
+        self.started = time.monotonic()
+        self.seq = 0
+        os.makedirs(os.path.join(state_dir, HEARTBEAT_DIR), exist_ok=True)
+
+    def beat(self, extra: dict[str, Any] | None = None) -> None:
+        self.seq += 1
+        hb = Heartbeat(self.layer, os.getpid(), time.monotonic(), self.started, self.seq,
+                       self.restarts, extra or {})
+        try:
+            write_heartbeat(self.state_dir, hb)
+        except OSError:
+            # A full or read-only runtime dir must not kill the layer; the missing
+            # heartbeat is itself the signal (the gate sees it go stale).
+            pass
+
+
+# --- process identity ----------------------------------------------------------------------
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or None.
+
+    A pid together with its start time names one process for the life of a boot: a
+    recycled pid has a later start time. The comm field may hold spaces and parentheses,
+    so parse from the last ')'.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    try:
+        fields = raw[raw.rindex(b")") + 2:].split()
+        return int(fields[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def proc_state(pid: int) -> str | None:
+    """The one-letter state of /proc/PID/stat (R, S, D, T, Z, ...), or None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        return raw[raw.rindex(b")") + 2:].split()[0].decode()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """True when `pid` names a process that is not a zombie."""
+    st = proc_state(pid)
+    return st is not None and st not in ("Z", "X")
+
+
+# --- control protocol ----------------------------------------------------------------------
+#
+# Unix stream socket <state_dir>/control.sock. A request is one JSON object on one line
+# (at most MAX_REQUEST_BYTES), a reply is one JSON object on one line, then the server
+# closes the connection. Requests: {"op": "status"} | {"op": "start"|"stop"|"restart"|
+# "clear", "name": NAME} | {"op": "ping"}. Replies: {"ok": true, ...} or
+# {"ok": false, "error": "one line"}.
+
+def encode_message(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_request(line: bytes) -> dict[str, Any]:
+    """Parse one request line; ValueError with a one-line reason when it is not valid."""
+    if len(line) > MAX_REQUEST_BYTES:
+        raise ValueError(f"request too large ({len(line)} bytes, limit {MAX_REQUEST_BYTES})")
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"request is not a JSON object: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("request is not a JSON object")
+    op = obj.get("op")
+    if not isinstance(op, str):
+        raise ValueError("request has no string 'op'")
+    return obj

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, including the real-kernel (QEMU) proof. Installs what it needs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test || exit 1
+.venv/bin/python -m pytest "$@"
+rc=$?
+if [ $rc -eq 5 ]; then
+    echo "test: pytest collected no tests: that is a failure" >&2
+    exit 1
+fi
+exit $rc
