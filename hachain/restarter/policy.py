@@ -1,0 +1,96 @@
+"""Restart policy: pure functions of an exit status, the configuration and `now`.
+
+Owns: how an exit is classified, whether it is restarted, the backoff delay, the
+restart-intensity window. Must not: import os, subprocess, socket or time — `now` is
+always passed in, so all of this is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+from hachain.config import Backoff, Intensity
+
+# Signals a service is commonly stopped with: an exit by one of them is "clean".
+CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a service's main process ended.
+
+    kind: "exited" (code), "killed" (signal), "unknown" (an adopted process: its parent
+    was a previous restarter, so the status was reaped by init and is not known here),
+    "timeout" (readiness never came), "hung" (service watchdog or health check).
+    """
+
+    kind: str
+    code: int = 0
+    signal: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "exited":
+            return f"exit status {self.code}"
+        if self.kind == "killed":
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = str(self.signal)
+            return f"killed by {name}"
+        return {"unknown": "exited (status unknown: adopted process)",
+                "timeout": "readiness timeout", "hung": "hung"}.get(self.kind, self.kind)
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "code": self.code, "signal": self.signal,
+                "text": self.describe()}
+
+
+def is_clean(st: ExitStatus, success_exit: tuple[int, ...] = (0,)) -> bool:
+    if st.kind == "exited":
+        return st.code in success_exit
+    if st.kind == "killed":
+        return st.signal in CLEAN_SIGNALS
+    return False
+
+
+def is_abnormal(st: ExitStatus) -> bool:
+    """Killed by an unclean signal, timed out or hung (systemd's on-abnormal)."""
+    if st.kind == "killed":
+        return st.signal not in CLEAN_SIGNALS
+    return st.kind in ("timeout", "hung", "unknown")
+
+
+def wants_restart(policy: str, st: ExitStatus, success_exit: tuple[int, ...] = (0,)) -> bool:
+    if policy == "always":
+        return True
+    if policy == "on-failure":
+        return not is_clean(st, success_exit)
+    if policy == "on-abnormal":
+        return is_abnormal(st)
+    return False
+
+
+def next_delay(b: Backoff, prev: float | None, uptime: float) -> float:
+    """The delay before the next start.
+
+    `prev` is the delay used before the run that just ended (None for the first
+    restart); a run of at least `b.reset_after` seconds starts the sequence again.
+    """
+    if prev is None or uptime >= b.reset_after:
+        return b.initial
+    if prev <= 0:
+        return min(b.max, b.initial) if b.initial > 0 else 0.0
+    return min(b.max, prev * b.factor)
+
+
+def prune_window(history: tuple[float, ...], now: float, window: float) -> tuple[float, ...]:
+    """Restart times still inside the intensity window."""
+    cut = now - window
+    return tuple(t for t in history if t > cut)
+
+
+def intensity_exceeded(history: tuple[float, ...], it: Intensity) -> bool:
+    """True when `history` (already pruned, including the restart being considered)
+    holds more restarts than the window allows."""
+    return len(history) > it.max_restarts

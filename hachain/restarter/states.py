@@ -1,0 +1,445 @@
+"""The per-service state machine: every state, every event, one table.
+
+Rule 1: everything that decides what happens to one service lives in this file. The
+event loop only turns the outside world into `Event`s, calls `step`, and carries out the
+returned `Action`s. Rule 2: nothing here does I/O or reads the clock; `now` comes in with
+the event. `hachain verify` imports this same table, so the code that is model-checked
+is the code that runs.
+
+`want` (what the administrator asked for: "up" or "down") is kept apart from `state`
+(what is), as runit's runsv does; that keeps re-adoption, maintenance and `clear` plain.
+
+States (as `hachain status` shows them):
+  stopped      not running, and not asked to be (or exited cleanly with no restart)
+  waiting      asked to be up, waiting for what it requires to be ready
+  starting     spawned, waiting for readiness (notify / fd / exec / tcp) or its timeout
+  ready        up and ready (a service with ready = "none" is ready once spawned)
+  stopping     signalled to stop; SIGKILL of the whole group follows the stop timeout
+  backoff      exited; waiting out the backoff delay before the next start
+  maintenance  restart intensity exceeded: held down until `hachain clear NAME`
+  failed       exited with a failure and its policy does not restart it, or cannot spawn
+  done         a oneshot that completed successfully
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from hachain.config import ServiceConfig
+from hachain.restarter import policy
+from hachain.restarter.policy import ExitStatus
+
+
+class State(str, enum.Enum):
+    STOPPED = "stopped"
+    WAITING = "waiting"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    BACKOFF = "backoff"
+    MAINTENANCE = "maintenance"
+    FAILED = "failed"
+    DONE = "done"
+
+
+class Ev(str, enum.Enum):
+    START = "start"              # admin or boot: want up (deps_ready says if deps are up)
+    STOP = "stop"                # admin: want down
+    RESTART = "restart"          # admin: stop then start again, no backoff
+    CLEAR = "clear"              # admin: leave maintenance / failed
+    DEPS_READY = "deps_ready"    # everything it requires is now ready
+    DEPS_LOST = "deps_lost"      # something it requires went down (restart_dependents)
+    SPAWNED = "spawned"          # fork/exec succeeded (pid)
+    SPAWN_FAILED = "spawn_failed"  # fork/exec failed (reason)
+    READY = "ready"              # readiness arrived
+    EXITED = "exited"            # main process ended (status)
+    READY_TIMEOUT = "ready_timeout"
+    STOP_TIMEOUT = "stop_timeout"
+    BACKOFF_DONE = "backoff_done"
+    HUNG = "hung"                # service watchdog missed / health check failures
+
+
+# --- actions: what the loop must do (frozen, no behaviour) ------------------------------
+
+@dataclass(frozen=True)
+class Spawn:
+    name: str
+
+
+@dataclass(frozen=True)
+class Kill:
+    name: str
+    signal: int
+    group: bool = True  # the whole cgroup / process group, not only the main pid
+
+
+@dataclass(frozen=True)
+class ArmTimer:
+    name: str
+    kind: str  # the Ev value delivered when it fires
+    delay: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Persist:
+    name: str
+
+
+@dataclass(frozen=True)
+class RestartGroup:
+    name: str  # restart-group intensity action: restart it and everything depending on it
+
+
+@dataclass(frozen=True)
+class Reboot:
+    name: str
+    reason: str
+
+
+Action = Spawn | Kill | ArmTimer | CancelTimer | Persist | RestartGroup | Reboot
+
+UP_STATES = frozenset({State.STARTING, State.READY})
+SIGKILL = 9
+
+
+@dataclass(frozen=True)
+class Svc:
+    """Everything the state machine knows about one service."""
+
+    name: str
+    state: State = State.STOPPED
+    want: str = "up"  # "up" | "down"
+    pid: int | None = None
+    started_at: float | None = None  # `now` of the spawn (or adoption)
+    restarts: int = 0  # automatic restarts since the restarter began supervising it
+    history: tuple[float, ...] = ()  # restart times inside the intensity window
+    delay: float | None = None  # the last backoff delay used
+    last_exit: ExitStatus | None = None
+    reason: str = ""
+    restart_after_stop: bool = False  # stopping as part of a restart
+    fail_after_stop: ExitStatus | None = None  # stopping because it hung / never got ready
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: Ev
+    now: float
+    pid: int | None = None
+    status: ExitStatus | None = None
+    deps_ready: bool = True
+    reason: str = ""
+
+
+class InvalidTransition(Exception):
+    def __init__(self, svc: Svc, ev: Event) -> None:
+        super().__init__(f"service {svc.name}: event {ev.kind.value} is not valid in state "
+                         f"{svc.state.value}")
+
+
+Result = tuple[Svc, list[Action]]
+Handler = Callable[[Svc, Event, ServiceConfig], Result]
+
+
+# --- helpers shared by handlers ---------------------------------------------------------
+
+def _spawn_or_wait(s: Svc, ev: Event, reason: str = "") -> Result:
+    if not ev.deps_ready:
+        return replace(s, state=State.WAITING, reason="waiting for dependencies"), [Persist(s.name)]
+    return (replace(s, state=State.STARTING, pid=None, reason=reason,
+                    restart_after_stop=False, fail_after_stop=None), [Spawn(s.name)])
+
+
+def _begin_stop(s: Svc, c: ServiceConfig, **kw: object) -> Result:
+    acts: list[Action] = [CancelTimer(s.name, Ev.READY_TIMEOUT.value),
+                          Kill(s.name, c.stop_signal), ArmTimer(s.name, Ev.STOP_TIMEOUT.value,
+                                                                c.stop_timeout)]
+    return replace(s, state=State.STOPPING, **kw), acts  # type: ignore[arg-type]
+
+
+def _after_exit(s: Svc, st: ExitStatus, now: float, c: ServiceConfig) -> Result:
+    """The process is gone (not by our stop): apply kind, restart policy, intensity, backoff."""
+    uptime = now - s.started_at if s.started_at is not None else 0.0
+    s = replace(s, pid=None, last_exit=st, restart_after_stop=False, fail_after_stop=None)
+    clean = policy.is_clean(st, c.success_exit)
+    if c.kind == "oneshot" and clean:
+        return replace(s, state=State.DONE, reason=f"done ({st.describe()})"), [Persist(s.name)]
+    if s.want == "down" or not policy.wants_restart(c.restart, st, c.success_exit):
+        if clean:
+            return replace(s, state=State.STOPPED, reason=st.describe()), [Persist(s.name)]
+        return (replace(s, state=State.FAILED,
+                        reason=f"failed: {st.describe()}; restart = {c.restart}"),
+                [Persist(s.name)])
+    history = policy.prune_window(s.history, now, c.intensity.window) + (now,)
+    s = replace(s, history=history, restarts=s.restarts + 1)
+    if policy.intensity_exceeded(history, c.intensity):
+        why = (f"{len(history)} restarts in {c.intensity.window:g} s "
+               f"(limit {c.intensity.max_restarts}); last: {st.describe()}")
+        if c.intensity.action == "maintenance":
+            return (replace(s, state=State.MAINTENANCE, reason="maintenance: " + why),
+                    [Persist(s.name)])
+        if c.intensity.action == "reboot":
+            return (replace(s, state=State.MAINTENANCE, reason="reboot requested: " + why),
+                    [Persist(s.name), Reboot(s.name, why)])
+        if c.intensity.action == "restart-group":
+            s = replace(s, history=())
+            delay = policy.next_delay(c.backoff, s.delay, uptime)
+            return (replace(s, state=State.BACKOFF, delay=delay,
+                            reason=f"restart-group: {why}"),
+                    [RestartGroup(s.name), ArmTimer(s.name, Ev.BACKOFF_DONE.value, delay)])
+        # "ignore": fall through to an ordinary restart
+    delay = policy.next_delay(c.backoff, s.delay, uptime)
+    s = replace(s, delay=delay)
+    if delay <= 0:
+        return replace(s, state=State.STARTING, reason=f"restarted: {st.describe()}"), [
+            Spawn(s.name)]
+    return (replace(s, state=State.BACKOFF,
+                    reason=f"backoff {delay:g} s after {st.describe()}"),
+            [ArmTimer(s.name, Ev.BACKOFF_DONE.value, delay)])
+
+
+# --- handlers, named state_event --------------------------------------------------------
+
+def _ignore(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return s, []
+
+
+def down_start(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    s = replace(s, want="up")
+    st, acts = _spawn_or_wait(s, ev)
+    return st, acts + [Persist(s.name)]
+
+
+def any_stop_idle(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return replace(s, want="down", state=State.STOPPED, reason="stopped by administrator"), [
+        CancelTimer(s.name, Ev.BACKOFF_DONE.value), Persist(s.name)]
+
+
+def waiting_deps_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return _spawn_or_wait(s, ev)
+
+
+def starting_spawned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    s = replace(s, pid=ev.pid, started_at=ev.now)
+    if c.ready == "none":
+        return replace(s, state=State.READY, reason=""), [Persist(s.name)]
+    return replace(s, reason=f"waiting for readiness ({c.ready})"), [
+        ArmTimer(s.name, Ev.READY_TIMEOUT.value, c.ready_timeout), Persist(s.name)]
+
+
+def starting_spawn_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return (replace(s, state=State.FAILED, pid=None, reason=f"cannot start: {ev.reason}"),
+            [Persist(s.name)])
+
+
+def starting_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    if s.pid is None:
+        return s, []  # readiness before the spawn was recorded: cannot happen; ignore
+    return replace(s, state=State.READY, reason=""), [
+        CancelTimer(s.name, Ev.READY_TIMEOUT.value), Persist(s.name)]
+
+
+def up_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    st, acts = _after_exit(s, ev.status or ExitStatus("unknown"), ev.now, c)
+    return st, [CancelTimer(s.name, Ev.READY_TIMEOUT.value)] + acts
+
+
+def starting_ready_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return _begin_stop(s, c, fail_after_stop=ExitStatus("timeout"),
+                       reason=f"readiness ({c.ready}) not signalled within "
+                              f"{c.ready_timeout:g} s")
+
+
+def up_hung(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return _begin_stop(s, c, fail_after_stop=ExitStatus("hung"), reason=f"hung: {ev.reason}")
+
+
+def up_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    st, acts = _begin_stop(s, c, want="down", reason="stopping (administrator)")
+    return st, acts + [Persist(s.name)]
+
+
+def up_restart(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return _begin_stop(s, c, want="up", restart_after_stop=True,
+                       reason="restarting (administrator)")
+
+
+def up_deps_lost(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    if not c.restart_dependents:
+        return s, []
+    return _begin_stop(s, c, restart_after_stop=True,
+                       reason=f"restarting: {ev.reason or 'a required service went down'}")
+
+
+def stopping_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    acts: list[Action] = [CancelTimer(s.name, Ev.STOP_TIMEOUT.value)]
+    st = ev.status or ExitStatus("unknown")
+    if s.fail_after_stop is not None and s.want == "up":
+        nxt, more = _after_exit(s, s.fail_after_stop, ev.now, c)
+        return nxt, acts + more
+    s = replace(s, pid=None, last_exit=st)
+    if s.want == "up" and s.restart_after_stop:
+        nxt, more = _spawn_or_wait(s, ev)
+        return nxt, acts + more + [Persist(s.name)]
+    return replace(s, state=State.STOPPED, restart_after_stop=False, fail_after_stop=None,
+                   reason="stopped by administrator" if s.want == "down" else st.describe()), \
+        acts + [Persist(s.name)]
+
+
+def stopping_stop_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return replace(s, reason=f"did not stop within {c.stop_timeout:g} s: SIGKILL"), [
+        Kill(s.name, SIGKILL, group=True)]
+
+
+def stopping_start(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return replace(s, want="up", restart_after_stop=True), [Persist(s.name)]
+
+
+def stopping_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return replace(s, want="down", restart_after_stop=False, fail_after_stop=None), [
+        Persist(s.name)]
+
+
+def backoff_done(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return _spawn_or_wait(s, ev, reason=s.reason)
+
+
+def held_clear(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    s = replace(s, want="up", history=(), delay=None, reason="cleared by administrator")
+    st, acts = _spawn_or_wait(s, ev, reason="cleared by administrator")
+    return st, acts + [Persist(s.name)]
+
+
+def held_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return replace(s, want="down", state=State.STOPPED, history=(), delay=None,
+                   reason="stopped by administrator"), [Persist(s.name)]
+
+
+def done_restart(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return down_start(s, ev, c)
+
+
+# --- the table ---------------------------------------------------------------------------
+
+S, E = State, Ev
+TABLE: dict[tuple[State, Ev], Handler] = {
+    (S.STOPPED, E.START): down_start,
+    (S.STOPPED, E.RESTART): down_start,
+    (S.STOPPED, E.STOP): any_stop_idle,
+    (S.STOPPED, E.CLEAR): _ignore,
+    (S.STOPPED, E.DEPS_READY): _ignore,
+    (S.STOPPED, E.DEPS_LOST): _ignore,
+
+    (S.WAITING, E.DEPS_READY): waiting_deps_ready,
+    (S.WAITING, E.START): _ignore,
+    (S.WAITING, E.RESTART): waiting_deps_ready,
+    (S.WAITING, E.STOP): any_stop_idle,
+    (S.WAITING, E.CLEAR): _ignore,
+    (S.WAITING, E.DEPS_LOST): _ignore,
+
+    (S.STARTING, E.SPAWNED): starting_spawned,
+    (S.STARTING, E.SPAWN_FAILED): starting_spawn_failed,
+    (S.STARTING, E.READY): starting_ready,
+    (S.STARTING, E.EXITED): up_exited,
+    (S.STARTING, E.READY_TIMEOUT): starting_ready_timeout,
+    (S.STARTING, E.HUNG): up_hung,
+    (S.STARTING, E.STOP): up_stop,
+    (S.STARTING, E.RESTART): up_restart,
+    (S.STARTING, E.START): _ignore,
+    (S.STARTING, E.CLEAR): _ignore,
+    (S.STARTING, E.DEPS_READY): _ignore,
+    (S.STARTING, E.DEPS_LOST): up_deps_lost,
+
+    (S.READY, E.EXITED): up_exited,
+    (S.READY, E.HUNG): up_hung,
+    (S.READY, E.STOP): up_stop,
+    (S.READY, E.RESTART): up_restart,
+    (S.READY, E.READY): _ignore,
+    (S.READY, E.START): _ignore,
+    (S.READY, E.CLEAR): _ignore,
+    (S.READY, E.DEPS_READY): _ignore,
+    (S.READY, E.DEPS_LOST): up_deps_lost,
+    (S.READY, E.READY_TIMEOUT): _ignore,
+
+    (S.STOPPING, E.EXITED): stopping_exited,
+    (S.STOPPING, E.STOP_TIMEOUT): stopping_stop_timeout,
+    (S.STOPPING, E.START): stopping_start,
+    (S.STOPPING, E.RESTART): stopping_start,
+    (S.STOPPING, E.STOP): stopping_stop,
+    (S.STOPPING, E.READY): _ignore,
+    (S.STOPPING, E.HUNG): _ignore,
+    (S.STOPPING, E.CLEAR): _ignore,
+    (S.STOPPING, E.DEPS_READY): _ignore,
+    (S.STOPPING, E.DEPS_LOST): _ignore,
+    (S.STOPPING, E.READY_TIMEOUT): _ignore,
+
+    (S.BACKOFF, E.BACKOFF_DONE): backoff_done,
+    (S.BACKOFF, E.START): _ignore,
+    (S.BACKOFF, E.RESTART): backoff_done,
+    (S.BACKOFF, E.CLEAR): backoff_done,
+    (S.BACKOFF, E.STOP): any_stop_idle,
+    (S.BACKOFF, E.DEPS_READY): _ignore,
+    (S.BACKOFF, E.DEPS_LOST): _ignore,
+
+    (S.MAINTENANCE, E.CLEAR): held_clear,
+    (S.MAINTENANCE, E.STOP): held_stop,
+    (S.MAINTENANCE, E.START): _ignore,  # held down until cleared, as SMF does
+    (S.MAINTENANCE, E.RESTART): _ignore,
+    (S.MAINTENANCE, E.DEPS_READY): _ignore,
+    (S.MAINTENANCE, E.DEPS_LOST): _ignore,
+    (S.MAINTENANCE, E.BACKOFF_DONE): _ignore,
+
+    (S.FAILED, E.START): held_clear,
+    (S.FAILED, E.RESTART): held_clear,
+    (S.FAILED, E.CLEAR): held_clear,
+    (S.FAILED, E.STOP): held_stop,
+    (S.FAILED, E.DEPS_READY): _ignore,
+    (S.FAILED, E.DEPS_LOST): _ignore,
+
+    (S.DONE, E.START): _ignore,
+    (S.DONE, E.RESTART): done_restart,
+    (S.DONE, E.STOP): any_stop_idle,
+    (S.DONE, E.CLEAR): _ignore,
+    (S.DONE, E.DEPS_READY): _ignore,
+    (S.DONE, E.DEPS_LOST): _ignore,
+}
+
+# Stale timer firings (a timer cancelled too late, or a state that moved on) are harmless.
+# Events about a process that is no longer current (an exit, readiness or a hang report
+# that lost a race with a state change) are harmless too.
+for _st in State:
+    for _ev in (Ev.BACKOFF_DONE, Ev.READY_TIMEOUT, Ev.STOP_TIMEOUT, Ev.EXITED, Ev.READY,
+                Ev.HUNG, Ev.SPAWNED, Ev.SPAWN_FAILED):
+        TABLE.setdefault((_st, _ev), _ignore)
+
+
+def step(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """Apply one event. Raises InvalidTransition for a (state, event) not in the table."""
+    handler = TABLE.get((s.state, ev.kind))
+    if handler is None:
+        raise InvalidTransition(s, ev)
+    return handler(s, ev, c)
+
+
+def is_up(s: Svc) -> bool:
+    return s.state in UP_STATES
+
+
+def satisfies_dependents(s: Svc) -> bool:
+    """What a dependent waits for: ready (longrun) or done (oneshot)."""
+    return s.state in (State.READY, State.DONE)
+
+
+def initial(name: str) -> Svc:
+    return Svc(name=name)
+
+
+__all__ = ["State", "Ev", "Event", "Svc", "TABLE", "step", "InvalidTransition", "Spawn", "Kill",
+           "ArmTimer", "CancelTimer", "Persist", "RestartGroup", "Reboot", "Action", "field"]
