@@ -1,0 +1,249 @@
+"""The `hachain` command: one entry point, one subcommand per job.
+
+Exit codes: 0 success, 1 a failed check or operation, 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from hachain import channels, client, config
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"hachain: {msg}\n")
+
+
+def _load(path: str) -> config.Config:
+    return config.with_env_overrides(config.load(path))
+
+
+def _dirs(args: argparse.Namespace) -> tuple[str, str]:
+    """(state_dir, persist_dir) from --state-dir / -c / environment / defaults."""
+    state = getattr(args, "state_dir", None)
+    persist = getattr(args, "persist_dir", None)
+    cpath = getattr(args, "config", None)
+    if cpath or (not state and os.path.exists(config.DEFAULT_PATH)):
+        cfg = _load(cpath or config.DEFAULT_PATH)
+        return state or cfg.chain.state_dir, persist or cfg.chain.persist_dir
+    state = state or os.environ.get("HACHAIN_STATE_DIR") or config.ChainConfig().state_dir
+    persist = persist or os.environ.get("HACHAIN_PERSIST_DIR") or config.ChainConfig().persist_dir
+    return state, persist
+
+
+# --- check / run ----------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    n = len(cfg.services)
+    crit = sum(1 for s in cfg.services.values() if s.critical)
+    print(f"{args.config}: OK: {n} service(s), {crit} critical, watchdog device "
+          f"{cfg.watchdog.device!r} (timeout {cfg.watchdog.timeout} s, pet every "
+          f"{cfg.watchdog.pet_interval:g} s)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    argv = [sys.executable, "-m", "hachain.init.main", "--state-dir", cfg.chain.state_dir,
+            "--config", os.path.abspath(args.config),
+            "--restart-delay", str(cfg.chain.restart_delay),
+            "--heartbeat-interval", str(cfg.chain.heartbeat_interval)]
+    if cfg.watchdog.device == "none" and args.no_tickler:
+        argv.append("--no-tickler")
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+    return 1  # not reached
+
+
+# --- status ---------------------------------------------------------------------------------
+
+def gather_status(state_dir: str, persist_dir: str) -> dict[str, Any]:
+    """Everything `hachain status` shows, as one JSON-able object."""
+    now = time.monotonic()
+    layers: dict[str, Any] = {}
+    for layer in channels.LAYERS:
+        hb = channels.read_heartbeat(state_dir, layer)
+        if hb is None:
+            layers[layer] = {"state": "missing"}
+            continue
+        alive = channels.pid_alive(hb.pid)
+        pstate = channels.proc_state(hb.pid)
+        layers[layer] = {
+            "pid": hb.pid, "alive": alive, "stopped": pstate == "T",
+            "uptime": round(hb.mono - hb.started_mono, 3), "restarts": hb.restarts,
+            "heartbeat_age": round(hb.age(now), 3), "extra": hb.extra,
+        }
+    services: dict[str, Any] = {}
+    restarter: dict[str, Any] = {}
+    error = None
+    try:
+        rep = client.request(state_dir, {"op": "status"}, timeout=3.0)
+        if rep.get("ok"):
+            services = rep.get("services", {})
+            restarter = rep.get("restarter", {})
+        else:
+            error = rep.get("error", "error")
+    except client.ControlError as e:
+        error = str(e)
+    out: dict[str, Any] = {"chain": {"state_dir": state_dir, "layers": layers,
+                                     "restarter": restarter},
+                           "services": services}
+    if error:
+        out["chain"]["restarter_error"] = error
+    for key, fname in (("last_boot", "last_boot.json"), ("gate_failure", channels.GATE_RECORD)):
+        try:
+            out["chain"][key] = channels.read_json(os.path.join(persist_dir, fname))
+        except (ValueError, OSError):
+            out["chain"][key] = None
+    tk = layers.get("tickler", {}).get("extra") or {}
+    out["chain"]["watchdog"] = {k: tk.get(k) for k in ("device", "armed", "petting", "timeout",
+                                                       "timeleft", "pets", "gate")}
+    return out
+
+
+def _fmt_age(v: Any) -> str:
+    return "-" if v is None else f"{v:.1f}s"
+
+
+def print_status(st: dict[str, Any]) -> None:
+    tty = sys.stdout.isatty()
+
+    def color(text: str, good: bool | None) -> str:
+        if not tty or good is None:
+            return text
+        return f"\033[{'32' if good else '31'}m{text}\033[0m"
+
+    ch = st["chain"]
+    print("LAYER       PID      UP         RESTARTS  HEARTBEAT  STATE")
+    for layer, d in ch["layers"].items():
+        if d.get("state") == "missing":
+            print(f"{layer:<11} {'-':<8} {'-':<10} {'-':<9} {'-':<10} " + color("missing", False))
+            continue
+        state = "alive" if d["alive"] else "dead"
+        if d["stopped"]:
+            state = "stopped (SIGSTOP)"
+        print(f"{layer:<11} {d['pid']:<8} {_fmt_age(d['uptime']):<10} {d['restarts']:<9} "
+              f"{_fmt_age(d['heartbeat_age']):<10} " + color(state, d["alive"] and not d["stopped"]))
+    wd = ch.get("watchdog") or {}
+    if wd.get("device"):
+        gate = wd.get("gate") or {}
+        print(f"watchdog: {wd['device']} timeout {wd.get('timeout')}s time left "
+              f"{wd.get('timeleft')}s pets {wd.get('pets')} gate "
+              + color("pass" if gate.get("ok") else "FAIL: " + "; ".join(gate.get("reasons", [])),
+                      bool(gate.get("ok"))))
+    lb = ch.get("last_boot")
+    if lb:
+        print(f"last boot: {lb.get('cause') or lb}")
+    gf = ch.get("gate_failure")
+    if gf:
+        print(f"last gate failure: {'; '.join(gf.get('reasons', []))}")
+    if ch.get("restarter_error"):
+        print(color(f"restarter: {ch['restarter_error']}", False))
+    if st["services"]:
+        print()
+        print("SERVICE              STATE        PID      UPTIME     RESTARTS  WHY")
+        for name, s in sorted(st["services"].items()):
+            good = s["state"] in ("ready", "done") if s["want"] == "up" else None
+            why = s.get("reason") or ""
+            if s.get("status_text"):
+                why = (why + " " if why else "") + f"[{s['status_text']}]"
+            crit = "*" if s.get("critical") else " "
+            print(f"{name + crit:<20} " + color(f"{s['state']:<12}", good) +
+                  f" {s['pid'] or '-'!s:<8} {_fmt_age(s['uptime']):<10} {s['restarts']:<9} {why}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_dir, persist_dir = _dirs(args)
+    st = gather_status(state_dir, persist_dir)
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        print_status(st)
+    return 0 if "restarter_error" not in st["chain"] else 1
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    state_dir, _ = _dirs(args)
+    try:
+        rep = client.request(state_dir, {"op": args.cmd, "name": args.name})
+    except client.ControlError as e:
+        _err(str(e))
+        return 1
+    if not rep.get("ok"):
+        _err(f"{args.cmd} {args.name}: {rep.get('error')}")
+        return 1
+    print(f"{args.name}: {rep.get('state')}")
+    return 0
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+def _add_dirs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="configuration file (to find state_dir)")
+    p.add_argument("--state-dir", help="the chain's runtime directory")
+    p.add_argument("--persist-dir", help="the chain's persistent directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hachain", description="a hardware-watchdog-backed "
+                                "high-availability supervision chain")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser("check", help="validate a configuration file")
+    c.add_argument("-c", "--config", default=config.DEFAULT_PATH)
+    c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("run", help="the whole chain in the foreground (init as subreaper)")
+    r.add_argument("-c", "--config", default=config.DEFAULT_PATH)
+    r.add_argument("--no-tickler", action="store_true",
+                   help="with device = \"none\": do not start the tickler")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="chain layers and every service")
+    _add_dirs(s)
+    s.add_argument("--json", action="store_true", help="one JSON object (stable for scripts)")
+    s.set_defaults(func=cmd_status)
+
+    for name, hlp in (("start", "start a service (want up)"), ("stop", "stop a service "
+                      "(want down, persisted)"), ("restart", "stop and start a service"),
+                      ("clear", "release a service from maintenance or failed")):
+        x = sub.add_parser(name, help=hlp)
+        x.add_argument("name")
+        _add_dirs(x)
+        x.set_defaults(func=cmd_control, cmd=name)
+
+    for mod in ("hachain.watchdog.cli", "hachain.simulators.machine", "hachain.simulators.chaos",
+                "hachain.simulators.verify"):
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            continue
+        add = getattr(m, "add_parser", None)
+        if add is not None:
+            add(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except config.ConfigError as e:
+        for line in e.errors:
+            _err(line)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""`python -m hachain.restarter -c F`: the restarter process (started by hachain-init)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from hachain import channels, config
+from hachain.restarter.loop import AlreadyRunning, Restarter, log
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hachain-restarter")
+    p.add_argument("-c", "--config", default=os.environ.get(channels.ENV_CONFIG,
+                                                             config.DEFAULT_PATH))
+    args = p.parse_args(argv)
+    try:
+        cfg = config.with_env_overrides(config.load(args.config))
+    except config.ConfigError as e:
+        for line in e.errors:
+            log(line)
+        return 2
+    try:
+        r = Restarter(cfg, int(os.environ.get("HACHAIN_LAYER_RESTARTS", "0") or 0))
+    except AlreadyRunning as e:
+        log(str(e))
+        return 1
+    log(f"supervising {len(cfg.services)} service(s) from {cfg.path} (pid {os.getpid()})")
+    return r.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The control socket, server side: bounded, non-blocking, one request per connection.
+
+Owns: accepting connections on `<state_dir>/control.sock`, reading one request line
+within size and time bounds, writing one reply. Must not: interpret requests — it hands
+each parsed request to a callback and sends back what the callback returns. A slow or
+hostile client can only hold its own connection until REQUEST_TIMEOUT; it never blocks
+the restarter's loop. The protocol is described in hachain/channels.py and
+docs/channels.md.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hachain import channels
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class _Conn:
+    __slots__ = ("sock", "buf", "deadline", "out")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.deadline = deadline
+        self.out = b""
+
+
+class ControlServer:
+    def __init__(self, path: str, sel: selectors.BaseSelector, handler: Handler,
+                 mode: int = 0o600) -> None:
+        self.path = path
+        self.sel = sel
+        self.handler = handler
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC
+                                  | socket.SOCK_NONBLOCK)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+        self.sock.listen(128)
+        self.conns: dict[int, _Conn] = {}
+        sel.register(self.sock, selectors.EVENT_READ, ("control-listen", None))
+
+    def on_accept(self) -> None:
+        for _ in range(64):
+            try:
+                s, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # EMFILE and friends: the client gets nothing; we stay up
+            s.setblocking(False)
+            c = _Conn(s, time.monotonic() + channels.REQUEST_TIMEOUT)
+            self.conns[s.fileno()] = c
+            self.sel.register(s, selectors.EVENT_READ, ("control-conn", s.fileno()))
+
+    def on_readable(self, fd: int) -> None:
+        c = self.conns.get(fd)
+        if c is None:
+            return
+        try:
+            data = c.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(fd)
+            return
+        if not data:
+            if c.buf:
+                self._answer(fd, bytes(c.buf))
+            else:
+                self._close(fd)
+            return
+        c.buf += data
+        nl = c.buf.find(b"\n")
+        if nl >= 0:
+            self._answer(fd, bytes(c.buf[:nl]))
+        elif len(c.buf) > channels.MAX_REQUEST_BYTES:
+            self._reply(fd, {"ok": False, "error": f"request too large (limit "
+                             f"{channels.MAX_REQUEST_BYTES} bytes)"})
+
+    def on_writable(self, fd: int) -> None:
+        c = self.conns.get(fd)
+        if c is None:
+            return
+        try:
+            n = c.sock.send(c.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(fd)
+            return
+        c.out = c.out[n:]
+        if not c.out:
+            self._close(fd)
+
+    def _answer(self, fd: int, line: bytes) -> None:
+        try:
+            req = channels.decode_request(line)
+        except ValueError as e:
+            self._reply(fd, {"ok": False, "error": str(e)})
+            return
+        try:
+            rep = self.handler(req)
+        except Exception as e:  # a bug in a handler must not take the restarter down
+            rep = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
+        self._reply(fd, rep)
+
+    def _reply(self, fd: int, rep: dict[str, Any]) -> None:
+        c = self.conns[fd]
+        c.out = channels.encode_message(rep)
+        c.buf.clear()
+        self.sel.modify(c.sock, selectors.EVENT_WRITE, ("control-conn", fd))
+        self.on_writable(fd)
+
+    def expire(self, now: float) -> None:
+        """Close connections older than REQUEST_TIMEOUT (called from the heartbeat)."""
+        for fd, c in list(self.conns.items()):
+            if now > c.deadline:
+                self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        c = self.conns.pop(fd, None)
+        if c is None:
+            return
+        try:
+            self.sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        c.sock.close()
+
+    def close(self) -> None:
+        for fd in list(self.conns):
+            self._close(fd)
+        try:
+            self.sel.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()

@@ -1,0 +1,569 @@
+"""The restarter's event loop: turns the world into events, carries out actions.
+
+Owns: the epoll loop (pidfds, readiness fds, the notify socket, the control socket, a
+signal wakeup fd), the timer heap, dependency bookkeeping, re-adoption at start, the
+heartbeat. Must not: decide a service's next state — that is `states.step`'s job; this
+module feeds it events and performs the `Action`s it returns.
+
+No polling: an idle restarter wakes only for its own heartbeat (and, every 20th beat,
+a log-size check).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import heapq
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+from hachain import channels
+from hachain.config import Config, ServiceConfig
+from hachain.restarter import graph, notify, spawn, states
+from hachain.restarter.persist import RuntimeRecord, Store
+from hachain.restarter.policy import ExitStatus
+from hachain.restarter.states import Ev, Event, State, Svc
+
+STORM_WINDOW = 10.0
+LOG_CHECK_EVERY = 20  # heartbeats
+
+
+def log(msg: str) -> None:
+    try:
+        sys.stderr.write(f"hachain-restarter: {msg}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class Restarter:
+    def __init__(self, cfg: Config, layer_restarts: int = 0) -> None:
+        self.cfg = cfg
+        self.conf: dict[str, ServiceConfig] = dict(cfg.services)
+        self.state_dir = cfg.chain.state_dir
+        os.makedirs(self.state_dir, exist_ok=True)
+        self._lock_fd = self._take_lock()
+        self.store = Store(self.state_dir, cfg.chain.persist_dir)
+        self.log_dir = cfg.chain.service_log_dir
+        hint = "hachain-" + os.path.basename(os.path.normpath(self.state_dir))
+        self.cgroups = spawn.Cgroups.from_config(cfg.chain.cgroup_root, hint)
+        self.deps = {n: tuple(d for d in c.deps if d in self.conf) for n, c in self.conf.items()}
+        self.rev = graph.reverse(self.deps)
+        self.svcs: dict[str, Svc] = {n: states.initial(n) for n in self.conf}
+        self.pidfds: dict[str, tuple[int, int]] = {}  # name -> (pid, pidfd)
+        self.ready_fds: dict[str, int] = {}
+        self.by_pid: dict[int, str] = {}
+        self.status_text: dict[str, str] = {}
+        self.timers: list[tuple[float, int, str, str]] = []
+        self.timer_live: dict[tuple[str, str], int] = {}
+        self.seq = 0
+        self.dirty: set[str] = set()
+        self.admin_dirty = False
+        self.restart_times: deque[float] = deque()
+        self.reboot_requested: str | None = None
+        self.shutting_down = False
+        self.max_lag = 0.0
+        self.beats = 0
+        self.sel = selectors.EpollSelector()
+        self.hb = channels.HeartbeatWriter(self.state_dir, "restarter", layer_restarts)
+        self._sig_r, self._sig_w = socket.socketpair()
+        for s in (self._sig_r, self._sig_w):
+            s.setblocking(False)
+        self.pending_signals: list[int] = []
+        self.notify = notify.NotifySocket(os.path.join(self.state_dir, "notify.sock"))
+        self.sel.register(self.notify.fileno(), selectors.EVENT_READ, ("notify", None))
+        self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
+        from hachain.restarter.control import ControlServer
+        self.control = ControlServer(os.path.join(self.state_dir, channels.CONTROL_SOCKET),
+                                     self.sel, self.handle_request)
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    def _take_lock(self) -> int:
+        path = os.path.join(self.state_dir, "restarter.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyRunning(f"another restarter is already running on {self.state_dir} "
+                                 f"(pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.pending_signals.append(signum)
+
+    def adopt_or_start(self, now: float) -> None:
+        """Rebuild every service from persisted state and what is really running."""
+        admin = self.store.read_admin()
+        adopted = 0
+        to_exit: list[str] = []
+        for name, c in self.conf.items():
+            a = admin.get(name, {})
+            s = self.svcs[name]
+            if a.get("want") == "down" or not c.enabled:
+                s = replace(s, want="down", reason="stopped by administrator"
+                            if a.get("want") == "down" else "disabled in configuration")
+            if "maintenance" in a:
+                s = replace(s, state=State.MAINTENANCE, reason=a["maintenance"])
+            rec = self.store.read_record(name)
+            if rec is not None and rec.pid and self._verify(rec):
+                fd = spawn.pidfd_open(rec.pid)
+                if fd is not None:
+                    st = State.READY if rec.state == "ready" else State.STARTING
+                    if st is State.STARTING and c.ready == "fd":
+                        # the readiness pipe died with the previous restarter
+                        st = State.READY
+                    s = replace(s, state=st, pid=rec.pid, restarts=rec.restarts,
+                                started_at=rec.started_mono or now, want=rec.want,
+                                reason="adopted")
+                    self._watch(name, rec.pid, fd)
+                    if st is State.STARTING:
+                        self.arm(name, Ev.READY_TIMEOUT.value, c.ready_timeout, now)
+                    elif c.watchdog_sec:
+                        self.arm(name, "watchdog", c.watchdog_sec, now)
+                    adopted += 1
+                    self.svcs[name] = s
+                    self.dirty.add(name)
+                    continue
+            # Not running (any more): clear leftovers of it so we never run two copies.
+            if self.cgroups.active and self.cgroups.procs(name):
+                log(f"{name}: killing {len(self.cgroups.procs(name))} leftover process(es) "
+                    "in its cgroup")
+                self.cgroups.kill(name)
+            if rec is not None and s.state is not State.MAINTENANCE:
+                restored = {"done": State.DONE, "failed": State.FAILED}.get(rec.state)
+                if restored is not None:
+                    s = replace(s, state=restored, restarts=rec.restarts,
+                                reason=f"{rec.state} (before the restarter restarted)")
+                elif rec.state in ("ready", "starting", "stopping") and rec.pid:
+                    # It died while no restarter watched it: that exit goes through policy.
+                    s = replace(s, state=State.READY, pid=rec.pid, restarts=rec.restarts,
+                                started_at=rec.started_mono or now, want=rec.want)
+                    to_exit.append(name)
+            self.svcs[name] = s
+        for w in self.store.warnings:
+            log("warning: " + w)
+        for name in to_exit:
+            self.feed(name, Ev.EXITED, now, status=ExitStatus("unknown"))
+        if adopted:
+            log(f"re-adopted {adopted} running service(s)")
+        for name in graph_order(self.deps):
+            s = self.svcs[name]
+            if s.state is State.STOPPED and s.want == "up":
+                self.feed(name, Ev.START, now)
+        self.admin_dirty = True
+
+    def _verify(self, rec: RuntimeRecord) -> bool:
+        """Is rec.pid still the process we started? (start time, then cgroup membership)"""
+        assert rec.pid is not None
+        if not channels.pid_alive(rec.pid):
+            return False
+        if rec.start_time is None or channels.proc_start_time(rec.pid) != rec.start_time:
+            return False
+        if rec.cgroup and self.cgroups.active:
+            return self.cgroups.contains(rec.name, rec.pid)
+        return True
+
+    # --- the state machine and its actions ------------------------------------------------
+
+    def deps_ready(self, name: str) -> bool:
+        c = self.conf[name]
+        for d in c.requires:
+            if not states.satisfies_dependents(self.svcs[d]):
+                return False
+        for d in c.after + c.wants:
+            if d in c.requires:
+                continue
+            ds = self.svcs[d]
+            if ds.want == "up" and ds.state not in (State.FAILED, State.MAINTENANCE,
+                                                    State.STOPPED) \
+                    and not states.satisfies_dependents(ds):
+                return False
+        return True
+
+    def feed(self, name: str, kind: Ev, now: float, **kw: Any) -> None:
+        s = self.svcs[name]
+        ev = Event(kind, now, deps_ready=self.deps_ready(name), **kw)
+        try:
+            nxt, actions = states.step(s, ev, self.conf[name])
+        except states.InvalidTransition as e:
+            log(f"warning: {e}")
+            return
+        self.svcs[name] = nxt
+        if nxt.state is not s.state:
+            self._transition_note(name, s, nxt)
+        for a in actions:
+            self.do(a, now)
+        self._after_change(name, s, self.svcs[name], now)
+
+    def _transition_note(self, name: str, old: Svc, new: Svc) -> None:
+        extra = f" ({new.reason})" if new.reason else ""
+        pid = f" pid {new.pid}" if new.pid else ""
+        log(f"{name}: {old.state.value} -> {new.state.value}{pid}{extra}")
+
+    def _after_change(self, name: str, old: Svc, new: Svc, now: float) -> None:
+        was_sat, is_sat = states.satisfies_dependents(old), states.satisfies_dependents(new)
+        if is_sat and not was_sat:
+            for d in self.rev.get(name, ()):
+                if self.svcs[d].state is State.WAITING and self.deps_ready(d):
+                    self.feed(d, Ev.DEPS_READY, now)
+        if states.is_up(old) and not states.is_up(new) and not self.shutting_down:
+            for d in self.rev.get(name, ()):
+                if name in self.conf[d].requires and states.is_up(self.svcs[d]):
+                    self.feed(d, Ev.DEPS_LOST, now, reason=f"required service {name} went down")
+        if new.state in (State.STOPPED, State.FAILED, State.MAINTENANCE) and \
+                old.state is not new.state:
+            # Wanted-by relations must not hold a dependent forever on an optional dep.
+            for d in self.rev.get(name, ()):
+                if self.svcs[d].state is State.WAITING and self.deps_ready(d):
+                    self.feed(d, Ev.DEPS_READY, now)
+
+    def do(self, a: states.Action, now: float) -> None:
+        if isinstance(a, states.Spawn):
+            self._spawn(a.name, now)
+        elif isinstance(a, states.Kill):
+            s = self.svcs[a.name]
+            spawn.kill_service(s.pid, a.name, a.signal, a.group, self.cgroups)
+        elif isinstance(a, states.ArmTimer):
+            self.arm(a.name, a.kind, a.delay, now)
+        elif isinstance(a, states.CancelTimer):
+            self.timer_live.pop((a.name, a.kind), None)
+        elif isinstance(a, states.Persist):
+            self.dirty.add(a.name)
+            self.admin_dirty = True
+        elif isinstance(a, states.RestartGroup):
+            for d in graph.dependents(self.rev, a.name):
+                if states.is_up(self.svcs[d]):
+                    self.feed(d, Ev.RESTART, now)
+        elif isinstance(a, states.Reboot):
+            self.reboot_requested = f"{a.name}: {a.reason}"
+            log(f"{a.name}: restart intensity exceeded with action reboot: asking the tickler "
+                "to stop petting the watchdog")
+
+    def _spawn(self, name: str, now: float) -> None:
+        c = self.conf[name]
+        s = self.svcs[name]
+        for other in c.conflicts + tuple(n for n, oc in self.conf.items() if name in oc.conflicts):
+            if states.is_up(self.svcs[other]):
+                self.feed(other, Ev.STOP, now)
+        if s.restarts and s.last_exit is not None:
+            self.restart_times.append(now)
+        try:
+            sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path)
+        except (spawn.SpawnError, OSError) as e:
+            msg = str(e) if isinstance(e, spawn.SpawnError) else f"{e.strerror or e}"
+            log(f"{name}: cannot start: {msg}")
+            self.feed(name, Ev.SPAWN_FAILED, now, reason=msg)
+            return
+        if sp.pidfd is not None:
+            self._watch(name, sp.pid, sp.pidfd)
+        if sp.ready_fd is not None:
+            os.set_blocking(sp.ready_fd, False)
+            self.ready_fds[name] = sp.ready_fd
+            self.sel.register(sp.ready_fd, selectors.EVENT_READ, ("readyfd", name))
+        self._start_times[name] = sp.start_time
+        self.feed(name, Ev.SPAWNED, now, pid=sp.pid)
+        if sp.pidfd is None:  # exited before we could watch it
+            st = spawn.reap(sp.pid) or ExitStatus("unknown")
+            self.feed(name, Ev.EXITED, now, status=st)
+        elif c.watchdog_sec:
+            self.arm(name, "watchdog", c.watchdog_sec, now)
+
+    _start_times: dict[str, int | None] = {}
+
+    def _watch(self, name: str, pid: int, fd: int) -> None:
+        self.pidfds[name] = (pid, fd)
+        self.by_pid[pid] = name
+        self.sel.register(fd, selectors.EVENT_READ, ("pidfd", name))
+
+    def _on_exit(self, name: str, now: float) -> None:
+        pid, fd = self.pidfds.pop(name)
+        self.by_pid.pop(pid, None)
+        self.sel.unregister(fd)
+        os.close(fd)
+        rfd = self.ready_fds.pop(name, None)
+        if rfd is not None:
+            self.sel.unregister(rfd)
+            os.close(rfd)
+        st = spawn.reap(pid) or ExitStatus("unknown")
+        self.timer_live.pop((name, "watchdog"), None)
+        s = self.svcs[name]
+        if s.pid == pid:
+            if s.state is not State.STOPPING:
+                log(f"{name}: pid {pid} {st.describe()}")
+            self.feed(name, Ev.EXITED, now, status=st)
+        if self.cgroups.active and not states.is_up(self.svcs[name]) and \
+                self.svcs[name].state is not State.STOPPING:
+            # the main process is gone: whatever it left behind in its cgroup goes too
+            if self.cgroups.procs(name):
+                self.cgroups.kill(name)
+
+    # --- timers ---------------------------------------------------------------------------
+
+    def arm(self, name: str, kind: str, delay: float, now: float) -> None:
+        self.seq += 1
+        self.timer_live[(name, kind)] = self.seq
+        heapq.heappush(self.timers, (now + delay, self.seq, name, kind))
+
+    def _fire(self, name: str, kind: str, now: float) -> None:
+        if name == "":
+            if kind == "heartbeat":
+                self.heartbeat(now)
+            return
+        if kind == "watchdog":
+            s = self.svcs[name]
+            if states.is_up(s):
+                self.feed(name, Ev.HUNG, now, reason=f"no WATCHDOG=1 within "
+                          f"{self.conf[name].watchdog_sec:g} s")
+            return
+        self.feed(name, Ev(kind), now)
+
+    # --- readiness ------------------------------------------------------------------------
+
+    def _sender(self, pid: int) -> str | None:
+        name = self.by_pid.get(pid)
+        if name is not None:
+            return name
+        if self.cgroups.active and self.cgroups.root:
+            try:
+                with open(f"/proc/{pid}/cgroup") as f:
+                    for line in f:
+                        if line.startswith("0::"):
+                            rel = line[3:].strip()
+                            base = os.path.basename(rel)
+                            if base in self.conf and rel.rstrip("/").endswith(
+                                    os.path.basename(self.cgroups.root) + "/" + base):
+                                return base
+            except OSError:
+                pass
+        try:
+            return self.by_pid.get(os.getpgid(pid))
+        except OSError:
+            return None
+
+    def _on_notify(self, now: float) -> None:
+        for n in self.notify.receive():
+            name = self._sender(n.pid) if n.pid else None
+            if name is None:
+                log(f"warning: notify message from pid {n.pid or '?'} that belongs to no "
+                    "service: ignored")
+                continue
+            if n.error:
+                log(f"warning: {name}: bad notify message: {n.error}")
+                continue
+            f = n.fields
+            if "STATUS" in f:
+                self.status_text[name] = f["STATUS"][:200]
+            if f.get("WATCHDOG") == "1" and self.conf[name].watchdog_sec:
+                self.arm(name, "watchdog", self.conf[name].watchdog_sec, now)
+            if "EXTEND_TIMEOUT_USEC" in f and self.svcs[name].state is State.STARTING:
+                try:
+                    self.arm(name, Ev.READY_TIMEOUT.value,
+                             int(f["EXTEND_TIMEOUT_USEC"]) / 1e6, now)
+                except ValueError:
+                    pass
+            if f.get("READY") == "1":
+                self.feed(name, Ev.READY, now)
+
+    def _on_ready_fd(self, name: str, now: float) -> None:
+        fd = self.ready_fds.get(name)
+        if fd is None:
+            return
+        r = notify.read_ready_fd(fd)
+        if r:
+            self.sel.unregister(fd)
+            os.close(fd)
+            del self.ready_fds[name]
+            if r == "ready":
+                self.feed(name, Ev.READY, now)
+
+    # --- heartbeat and status ---------------------------------------------------------------
+
+    def heartbeat(self, now: float) -> None:
+        self.beats += 1
+        while self.restart_times and self.restart_times[0] < now - STORM_WINDOW:
+            self.restart_times.popleft()
+        critical = {n: {"state": s.state.value,
+                        "ok": s.state not in (State.MAINTENANCE, State.FAILED),
+                        "reason": s.reason}
+                    for n, s in self.svcs.items() if self.conf[n].critical}
+        self.hb.beat({"lag": round(self.max_lag, 4), "critical": critical,
+                      "restart_rate": len(self.restart_times) / STORM_WINDOW,
+                      "services": len(self.svcs), "reboot_requested": self.reboot_requested})
+        self.max_lag = 0.0
+        self.control.expire(now)
+        if self.beats % LOG_CHECK_EVERY == 0:
+            for n, c in self.conf.items():
+                try:
+                    spawn.rotate_log(self.log_dir, n, c.log_max_bytes, c.log_keep)
+                except OSError:
+                    pass
+        self.arm("", "heartbeat", self.cfg.chain.heartbeat_interval, now)
+
+    def service_status(self, name: str, now: float) -> dict[str, Any]:
+        s, c = self.svcs[name], self.conf[name]
+        return {
+            "state": s.state.value, "want": s.want, "pid": s.pid, "kind": c.kind,
+            "uptime": round(now - s.started_at, 3) if s.pid and s.started_at else None,
+            "restarts": s.restarts, "reason": s.reason, "critical": c.critical,
+            "ready": c.ready, "status_text": self.status_text.get(name, ""),
+            "last_exit": s.last_exit.to_json() if s.last_exit else None,
+        }
+
+    def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        now = time.monotonic()
+        op = req["op"]
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if op == "status":
+            return {"ok": True, "restarter": {
+                "pid": os.getpid(), "uptime": round(now - self.hb.started, 3),
+                "restarts": self.hb.restarts, "services": len(self.svcs),
+                "cgroups": self.cgroups.root if self.cgroups.active else None,
+                "reboot_requested": self.reboot_requested},
+                "services": {n: self.service_status(n, now) for n in self.svcs}}
+        if op in ("start", "stop", "restart", "clear"):
+            name = req.get("name")
+            if not isinstance(name, str) or name not in self.conf:
+                return {"ok": False, "error": f"unknown service {name!r}"}
+            if self.shutting_down:
+                return {"ok": False, "error": "the restarter is shutting down"}
+            s = self.svcs[name]
+            if op in ("start", "restart") and s.state is State.MAINTENANCE:
+                return {"ok": False, "error": f"{name} is in maintenance ({s.reason}); "
+                        f"use 'hachain clear {name}'"}
+            self.feed(name, Ev(op), now)
+            self.flush()
+            return {"ok": True, "name": name, "state": self.svcs[name].state.value}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        for name in self.dirty:
+            s = self.svcs[name]
+            rec = RuntimeRecord(name=name, pid=s.pid,
+                                start_time=self._start_times.get(name) if s.pid else None,
+                                state=s.state.value, want=s.want, started_mono=s.started_at,
+                                restarts=s.restarts, cgroup=self.cgroups.path(name))
+            if rec.pid and rec.start_time is None:
+                rec = replace(rec, start_time=channels.proc_start_time(rec.pid))
+                self._start_times[name] = rec.start_time
+            try:
+                self.store.write_record(rec)
+            except OSError as e:
+                log(f"warning: {name}: cannot write runtime record: {e.strerror}")
+        self.dirty.clear()
+        if self.admin_dirty and not self.shutting_down:
+            admin: dict[str, dict[str, str]] = {}
+            for n, s in self.svcs.items():
+                if s.state is State.MAINTENANCE:
+                    admin[n] = {"want": s.want, "maintenance": s.reason}
+                elif s.want == "down" and self.conf[n].enabled:
+                    admin[n] = {"want": "down"}
+            try:
+                self.store.write_admin(admin)
+                self.admin_dirty = False
+            except OSError as e:
+                log(f"warning: cannot persist admin state ({e.strerror}); will retry")
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._start_times = {}
+        self._install_signals()
+        now = time.monotonic()
+        self.adopt_or_start(now)
+        self.flush()
+        self.heartbeat(now)
+        while True:
+            now = time.monotonic()
+            while self.timers and self.timers[0][0] <= now:
+                due, seq, name, kind = heapq.heappop(self.timers)
+                if self.timer_live.get((name, kind)) != seq:
+                    continue
+                del self.timer_live[(name, kind)]
+                self.max_lag = max(self.max_lag, now - due)
+                self._fire(name, kind, now)
+            self.flush()
+            if self.shutting_down and self._shutdown_step(now):
+                return 0
+            timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else 1.0
+            for key, _ in self.sel.select(timeout):
+                kind, arg = key.data
+                now = time.monotonic()
+                if kind == "pidfd":
+                    self._on_exit(arg, now)
+                elif kind == "notify":
+                    self._on_notify(now)
+                elif kind == "readyfd":
+                    self._on_ready_fd(arg, now)
+                elif kind == "control-listen":
+                    self.control.on_accept()
+                elif kind == "control-conn":
+                    if arg in self.control.conns:
+                        if key.events & selectors.EVENT_WRITE:
+                            self.control.on_writable(arg)
+                        else:
+                            self.control.on_readable(arg)
+                elif kind == "signal":
+                    self._on_signal_fd(now)
+
+    def _on_signal_fd(self, now: float) -> None:
+        try:
+            while self._sig_r.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        sigs, self.pending_signals = self.pending_signals, []
+        for sig in sigs:
+            if sig in (signal.SIGTERM, signal.SIGINT) and not self.shutting_down:
+                log(f"received {signal.Signals(sig).name}: stopping services in reverse "
+                    "dependency order")
+                self.shutting_down = True
+                self._stop_levels = list(reversed(graph.start_levels(self.deps)))
+            elif sig == signal.SIGHUP:
+                log("SIGHUP: live reload is not implemented yet; configuration unchanged")
+
+    _stop_levels: list[list[str]] = []
+
+    def _shutdown_step(self, now: float) -> bool:
+        """Advance the orderly shutdown; True when every service is down."""
+        while self._stop_levels:
+            level = self._stop_levels[0]
+            busy = False
+            for name in level:
+                s = self.svcs[name]
+                if states.is_up(s) or s.state in (State.BACKOFF, State.WAITING):
+                    self.feed(name, Ev.STOP, now)
+                if self.svcs[name].state is State.STOPPING:
+                    busy = True
+            if busy:
+                return False
+            self._stop_levels.pop(0)
+        self.flush()
+        return True
+
+
+def graph_order(deps: dict[str, tuple[str, ...]]) -> list[str]:
+    return [n for level in graph.start_levels(deps) for n in level]

@@ -1,0 +1,109 @@
+"""Readiness channels: the sd_notify datagram socket and s6-style notification fds.
+
+Owns: the NOTIFY_SOCKET protocol (parsing datagrams, checking the sender's credentials)
+and reading readiness pipes. Must not: change service state — it returns what a message
+says and who sent it; the loop decides.
+
+sd_notify facts: a service sends newline-separated KEY=VALUE assignments in one
+datagram to the AF_UNIX socket named by $NOTIFY_SOCKET. With SO_PASSCRED on the
+receiving socket, the kernel attaches the sender's (pid, uid, gid) as SCM_CREDENTIALS,
+which the sender cannot forge (without privileges), so "which service said READY=1" is
+answered by the kernel, not by the message. systemd-notify(1) sends from a short-lived
+child process, so a sender is accepted when it is the main pid, or a member of the
+service's cgroup, or of its process group.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+MAX_DATAGRAM = 4096
+_CRED = struct.Struct("iII")
+
+
+@dataclass(frozen=True)
+class Notification:
+    pid: int  # sender pid from the kernel's credentials (0 when absent)
+    fields: dict[str, str]
+    error: str = ""
+
+
+def parse(data: bytes) -> dict[str, str]:
+    """KEY=VALUE lines → dict. ValueError on anything else."""
+    if len(data) > MAX_DATAGRAM:
+        raise ValueError(f"datagram too large ({len(data)} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("datagram is not UTF-8") from None
+    out: dict[str, str] = {}
+    for line in text.split("\n"):
+        if not line:
+            continue
+        key, sep, val = line.partition("=")
+        if not sep or not key or not key.replace("_", "").isalnum() or not key.isupper():
+            raise ValueError(f"malformed assignment {line[:40]!r}")
+        out[key] = val
+    return out
+
+
+class NotifySocket:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                                  | socket.SOCK_NONBLOCK)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind(path)
+        os.chmod(path, 0o666)  # services running as other users must be able to send
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive(self) -> list[Notification]:
+        """Every pending datagram, parsed. Never raises for bad input."""
+        out: list[Notification] = []
+        for _ in range(256):
+            try:
+                data, anc, flags, _addr = self.sock.recvmsg(MAX_DATAGRAM + 1,
+                                                            socket.CMSG_SPACE(_CRED.size))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            pid = 0
+            for level, typ, cdata in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
+                    pid = _CRED.unpack(cdata[:_CRED.size])[0]
+            if flags & socket.MSG_TRUNC or len(data) > MAX_DATAGRAM:
+                out.append(Notification(pid, {}, "oversized datagram"))
+                continue
+            try:
+                out.append(Notification(pid, parse(data)))
+            except ValueError as e:
+                out.append(Notification(pid, {}, str(e)))
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def read_ready_fd(fd: int) -> str:
+    """Drain a readiness pipe: 'ready' once a newline arrived, 'closed' at EOF without
+    one, '' when nothing decisive yet."""
+    try:
+        data = os.read(fd, 4096)
+    except BlockingIOError:
+        return ""
+    except OSError:
+        return "closed"
+    if not data:
+        return "closed"
+    return "ready" if b"\n" in data else ""

@@ -1,0 +1,335 @@
+"""Effects: start, signal and find service processes. The only module that forks.
+
+Owns: fork/exec with process setup, pidfds, cgroups, process groups, log files. Must
+not: decide anything — the state machine and the loop decide, this module does.
+
+Some facts this code relies on:
+
+- A pidfd (pidfd_open(2), Linux 5.3) becomes readable when its process exits, whoever
+  its parent is. The restarter's own children are then reaped with waitpid for their
+  status; a process adopted from an earlier restarter is reparented to init (the
+  subreaper), so its status is gone: the restarter only learns *that* it exited.
+- A cgroup v2 directory holds exactly the processes of one service and all their
+  descendants, whatever they fork. `cgroup.kill` (Linux 5.14) SIGKILLs all of them at
+  once; `cgroup.procs` lists them; `cgroup.events` says `populated 0` when none is left.
+- Python cannot spawn straight into a cgroup (clone3 CLONE_INTO_CGROUP), and a child
+  moved after it was spawned may already have forked. So the restarter moves *itself*
+  into the service's cgroup, spawns (the child is born there), and moves itself back:
+  two small writes, and no window in which a descendant escapes.
+- subprocess uses vfork when no preexec function is given, which keeps a spawn well
+  under a millisecond even for a large parent. Only services that need a rlimit or a
+  readiness fd at a fixed number pay for a preexec function.
+- Every service runs in a process group of its own (its pid), the fallback for
+  killing the whole service where no cgroup is available.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import subprocess
+from dataclasses import dataclass
+
+from hachain import channels
+from hachain.config import ServiceConfig
+from hachain.restarter.policy import ExitStatus
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def exit_status(status: int) -> ExitStatus:
+    """An ExitStatus from os.waitpid's status word."""
+    if os.WIFSIGNALED(status):
+        return ExitStatus("killed", signal=os.WTERMSIG(status))
+    return ExitStatus("exited", code=os.waitstatus_to_exitcode(status))
+
+
+def pidfd_open(pid: int) -> int | None:
+    """A pidfd for `pid`, or None when the process is already gone."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+def reap(pid: int) -> ExitStatus | None:
+    """The exit status of our exited child `pid`; ExitStatus("unknown") when it is not
+    our child (adopted); None when it has not exited yet."""
+    try:
+        wpid, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return ExitStatus("unknown")
+    if wpid == 0:
+        return None
+    return exit_status(status)
+
+
+# --- cgroups -------------------------------------------------------------------------------
+
+def find_cgroup2_mount() -> str | None:
+    """The mount point of the cgroup v2 hierarchy, or None."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
+        pass
+    return None
+
+
+def own_cgroup(mount: str) -> str:
+    """This process's cgroup v2 directory under `mount`."""
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                rel = line[3:].strip()
+                return os.path.join(mount, rel.lstrip("/"))
+    return mount
+
+
+class Cgroups:
+    """One cgroup v2 directory per service under `root`; inactive when root is None."""
+
+    def __init__(self, root: str | None) -> None:
+        self.root = root
+        self.home: str | None = None  # the restarter's own cgroup, to move back into
+        if root is not None:
+            mount = find_cgroup2_mount()
+            self.home = own_cgroup(mount) if mount else None
+
+    @classmethod
+    def from_config(cls, setting: str, hint: str = "hachain") -> Cgroups:
+        """'none' → inactive; 'auto' → <cgroup2 mount>/<hint> when writable; else the path."""
+        if setting == "none":
+            return cls(None)
+        root = setting
+        if setting == "auto":
+            mount = find_cgroup2_mount()
+            if mount is None or not os.access(mount, os.W_OK):
+                return cls(None)
+            root = os.path.join(mount, hint)
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError:
+            return cls(None)
+        return cls(root)
+
+    @property
+    def active(self) -> bool:
+        return self.root is not None and self.home is not None
+
+    def path(self, name: str) -> str | None:
+        return os.path.join(self.root, name) if self.active and self.root else None
+
+    def ensure(self, name: str) -> str | None:
+        p = self.path(name)
+        if p is not None:
+            try:
+                os.makedirs(p, exist_ok=True)
+            except OSError:
+                return None
+        return p
+
+    def enter(self, path: str) -> None:
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write("0")
+
+    def leave(self) -> None:
+        if self.home:
+            self.enter(self.home)
+
+    def procs(self, name: str) -> list[int]:
+        p = self.path(name)
+        if p is None:
+            return []
+        try:
+            with open(os.path.join(p, "cgroup.procs")) as f:
+                return [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            return []
+
+    def kill(self, name: str) -> bool:
+        """SIGKILL every process in the service's cgroup. False when there is no cgroup."""
+        p = self.path(name)
+        if p is None or not os.path.isdir(p):
+            return False
+        try:
+            with open(os.path.join(p, "cgroup.kill"), "w") as f:
+                f.write("1")
+            return True
+        except OSError:
+            pass
+        for pid in self.procs(name):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return True
+
+    def signal_all(self, name: str, sig: int) -> None:
+        for pid in self.procs(name):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def contains(self, name: str, pid: int) -> bool:
+        return pid in self.procs(name)
+
+    def remove(self, name: str) -> None:
+        p = self.path(name)
+        if p is not None:
+            try:
+                os.rmdir(p)
+            except OSError:
+                pass
+
+
+# --- spawning ------------------------------------------------------------------------------
+
+@dataclass
+class Spawned:
+    pid: int
+    pidfd: int | None
+    start_time: int | None  # /proc start time (clock ticks): with pid, names the process
+    ready_fd: int | None  # read end of the s6-style readiness pipe
+
+
+class SpawnError(Exception):
+    pass
+
+
+def open_log(log_dir: str, name: str) -> int:
+    os.makedirs(log_dir, exist_ok=True)
+    return os.open(os.path.join(log_dir, name + ".log"),
+                   os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+
+
+def rotate_log(log_dir: str, name: str, max_bytes: int, keep: int) -> bool:
+    """Copy-and-truncate rotation of <name>.log once it exceeds max_bytes.
+
+    The service keeps its O_APPEND descriptor, so truncating in place is safe; lines
+    written between the copy and the truncation are lost (documented).
+    """
+    path = os.path.join(log_dir, name + ".log")
+    try:
+        if os.stat(path).st_size <= max_bytes:
+            return False
+    except OSError:
+        return False
+    for i in range(keep - 1, 0, -1):
+        src = f"{path}.{i}"
+        if os.path.exists(src):
+            os.replace(src, f"{path}.{i + 1}")
+    if keep > 0:
+        with open(path, "rb") as src_f, open(path + ".1", "wb") as dst:
+            while chunk := src_f.read(1 << 16):
+                dst.write(chunk)
+    os.truncate(path, 0)
+    return True
+
+
+def service_env(cfg: ServiceConfig, notify_socket: str | None) -> dict[str, str]:
+    """The complete environment of a service: nothing of the chain's own beyond PATH."""
+    env = {"PATH": DEFAULT_PATH, channels.ENV_SERVICE: cfg.name}
+    if notify_socket and cfg.ready == "notify":
+        env["NOTIFY_SOCKET"] = notify_socket
+        if cfg.watchdog_sec:
+            env["WATCHDOG_USEC"] = str(int(cfg.watchdog_sec * 1_000_000))
+    env.update(dict(cfg.env))
+    return env
+
+
+_RLIMIT = {n: getattr(resource, "RLIMIT_" + n.upper()) for n in
+           ("as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "stack")}
+
+
+def _preexec(cfg: ServiceConfig, ready_w: int | None) -> object:
+    """A preexec function for what subprocess cannot do itself, or None (keeps vfork)."""
+    if not cfg.rlimits and ready_w is None:
+        return None
+    limits = [(_RLIMIT[n], (resource.RLIM_INFINITY if s < 0 else s,
+                            resource.RLIM_INFINITY if h < 0 else h)) for n, s, h in cfg.rlimits]
+    target = cfg.ready_fd
+
+    def setup() -> None:
+        for res, lim in limits:
+            resource.setrlimit(res, lim)
+        if ready_w is not None:
+            os.dup2(ready_w, target, inheritable=True)
+    return setup
+
+
+def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
+          notify_socket: str | None) -> Spawned:
+    """Start one service process. Raises SpawnError with a one-line reason."""
+    logfd = open_log(log_dir, cfg.name)
+    ready_r = ready_w = None
+    if cfg.ready == "fd":
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    cg = cgroups.ensure(cfg.name)
+    moved = False
+    try:
+        if cg is not None:
+            try:
+                cgroups.enter(cg)
+                moved = True
+            except OSError:
+                moved = False
+        pass_fds = (cfg.ready_fd,) if ready_w is not None else ()
+        try:
+            p = subprocess.Popen(
+                cfg.command, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd,
+                env=service_env(cfg, notify_socket), cwd=cfg.cwd,
+                user=cfg.user, group=cfg.group, umask=-1 if cfg.umask is None else cfg.umask,
+                process_group=0, close_fds=True, pass_fds=pass_fds,
+                preexec_fn=_preexec(cfg, ready_w),  # type: ignore[arg-type]
+            )
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            target = getattr(e, "filename", None) or cfg.command[0]
+            raise SpawnError(f"{target}: {reason}") from None
+    finally:
+        if moved:
+            try:
+                cgroups.leave()
+            except OSError:
+                pass
+        os.close(logfd)
+        if ready_w is not None:
+            os.close(ready_w)
+    # We reap the child ourselves through its pidfd; tell subprocess not to track it
+    # (its __del__ would otherwise waitpid a pid that may by then belong to another child).
+    p.returncode = 0
+    pid = p.pid
+    return Spawned(pid=pid, pidfd=pidfd_open(pid), start_time=channels.proc_start_time(pid),
+                   ready_fd=ready_r)
+
+
+def kill_service(pid: int | None, name: str, sig: int, group: bool, cgroups: Cgroups) -> None:
+    """Signal a service: its cgroup (SIGKILL via cgroup.kill), else its process group."""
+    if group and cgroups.active:
+        if sig == signal.SIGKILL:
+            cgroups.kill(name)
+        else:
+            cgroups.signal_all(name, sig)
+        if pid is None:
+            return
+    if pid is None:
+        return
+    try:
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        pass
+    except OSError as e:
+        if e.errno != errno.ESRCH:
+            raise
