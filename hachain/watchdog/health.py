@@ -1,0 +1,147 @@
+"""The whole-chain health gate: may the tickler pet the watchdog right now?
+
+What this module owns: the one decision "is the chain healthy?", as a pure function of
+what the tickler observed (heartbeats, whether their processes are alive) and the
+`[watchdog]` configuration. It must not do I/O and must not read the clock: `now` is
+passed in, so every rule here is tested with plain values and no sleeps.
+
+The rules (docs/tickler.md explains why each exists):
+
+- init and the restarter must each have a heartbeat no older than `heartbeat_timeout`.
+  A layer whose heartbeat is older than that but whose process is *alive* is hung
+  (stopped, deadlocked, busy-looping): fail at once.
+- A layer whose process is *dead* is being restarted by init; it may go without a fresh
+  heartbeat for up to `restart_grace` (measured from its last heartbeat). Longer means
+  the restart is not working: fail.
+- A layer that never wrote a heartbeat gets `restart_grace` from `started` (when the
+  tickler began watching); with no `started`, a missing heartbeat fails at once.
+- From the restarter's heartbeat: its event-loop lag must be at most `max_loop_lag`,
+  its automatic restart rate at most `max_restart_rate`, no reboot may be requested, and
+  with `gate_critical` every critical service must report ok.
+
+Every failed rule adds one human line to `reasons`; the gate passes when there are none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hachain.channels import Heartbeat
+from hachain.config import WatchdogConfig
+
+# The layers whose heartbeats gate the watchdog. The tickler does not gate itself: if it
+# is stuck, it does not pet, which is the same outcome.
+GATED_LAYERS = ("init", "restarter")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The verdict: `ok` when nothing is wrong, else one line per problem in `reasons`."""
+
+    ok: bool
+    reasons: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The form published in the tickler's heartbeat and in gate.json."""
+        return {"ok": self.ok, "reasons": list(self.reasons)}
+
+
+def _num(x: float) -> str:
+    """A number for a reason line: '3', '3.4', '0.25' (no trailing zeros)."""
+    if not math.isfinite(x):
+        return str(x)
+    text = f"{x:.1f}" if abs(x) >= 1 else f"{x:.2g}"
+    return text.removesuffix(".0")
+
+
+def layer_reasons(layer: str, hb: Heartbeat | None, alive: bool, now: float,
+                  cfg: WatchdogConfig, started: float | None) -> list[str]:
+    """Why `layer`'s heartbeat does not show a live, unstuck process (empty if it does)."""
+    if hb is None:
+        if started is not None and now - started <= cfg.restart_grace:
+            return []  # not started yet: give it the restart grace
+        waited = f" after {_num(now - started)} s" if started is not None else ""
+        return [f"{layer} heartbeat missing{waited} (grace {_num(cfg.restart_grace)} s)"]
+    age = hb.age(now)
+    if age <= cfg.heartbeat_timeout:
+        return []
+    if alive:
+        return [(f"{layer} heartbeat stale: {_num(age)} s > {_num(cfg.heartbeat_timeout)} s "
+                 f"(pid {hb.pid} alive: hung)")]
+    if age <= cfg.restart_grace:
+        return []  # dead: init restarts it; allow the grace
+    return [(f"{layer} heartbeat stale: {_num(age)} s > restart grace "
+             f"{_num(cfg.restart_grace)} s (pid {hb.pid} dead: not restarted)")]
+
+
+def _float_field(extra: Mapping[str, Any], key: str, reasons: list[str]) -> float | None:
+    """extra[key] as a float; None when absent; a reason when it is not a number."""
+    v = extra.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        reasons.append(f"restarter heartbeat malformed: {key} is {v!r}, expected a number")
+        return None
+    return float(v)
+
+
+def restarter_reasons(extra: Mapping[str, Any], cfg: WatchdogConfig) -> list[str]:
+    """What the restarter's own report (its heartbeat's extra) says is wrong."""
+    reasons: list[str] = []
+    lag = _float_field(extra, "lag", reasons)
+    if lag is not None and lag > cfg.max_loop_lag:
+        reasons.append(f"restarter loop lag {_num(lag)} s > {_num(cfg.max_loop_lag)} s")
+    rate = _float_field(extra, "restart_rate", reasons)
+    if rate is not None and rate > cfg.max_restart_rate:
+        reasons.append(f"restart storm: {_num(rate)} restarts/s > "
+                       f"{_num(cfg.max_restart_rate)}/s")
+    req = extra.get("reboot_requested")
+    if req:
+        reasons.append(f"reboot requested: {req}")
+    if cfg.gate_critical:
+        reasons.extend(critical_reasons(extra.get("critical"), reasons))
+    return reasons
+
+
+def critical_reasons(critical: Any, sink: list[str]) -> list[str]:
+    """One reason per critical service that is not ok; malformed input goes to `sink`."""
+    if critical is None:
+        return []
+    if not isinstance(critical, Mapping):
+        sink.append(f"restarter heartbeat malformed: critical is {critical!r}, expected a "
+                    "table")
+        return []
+    out = []
+    for name in sorted(critical):
+        info = critical[name]
+        if not isinstance(info, Mapping):
+            out.append(f"critical service {name}: malformed status {info!r}")
+            continue
+        if info.get("ok") is True:
+            continue
+        state = info.get("state", "unknown")
+        why = info.get("reason")
+        out.append(f"critical service {name} not ok: {state}" + (f" ({why})" if why else ""))
+    return out
+
+
+def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str, bool],
+             cfg: WatchdogConfig, started: float | None = None) -> GateResult:
+    """The gate for the chain as observed at monotonic time `now`.
+
+    `hbs[layer]` is the layer's last heartbeat (None when missing), `alive[layer]`
+    whether the process that wrote it still exists (a missing entry counts as dead).
+    `started` is when the observer began watching: layers with no heartbeat yet get
+    `restart_grace` from then.
+    """
+    reasons: list[str] = []
+    for layer in GATED_LAYERS:
+        reasons.extend(layer_reasons(layer, hbs.get(layer), bool(alive.get(layer, False)),
+                                     now, cfg, started))
+    rhb = hbs.get("restarter")
+    if rhb is not None:
+        reasons.extend(restarter_reasons(rhb.extra, cfg))
+    return GateResult(not reasons, tuple(reasons))
