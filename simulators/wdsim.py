@@ -134,7 +134,8 @@ class SoftWatchdog:
         deadline = self.deadline()
         if deadline is None:
             return 0
-        return max(0, math.ceil(deadline - now))
+        # round first: (now + timeout) - now can come out a hair above `timeout`
+        return max(0, math.ceil(round(deadline - now, 6)))
 
     def _start(self, now: float) -> None:
         if not self.armed:
