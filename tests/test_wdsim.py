@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pytest
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
@@ -133,7 +134,7 @@ def test_settimeout_range_applies_and_pets() -> None:
     wd = SoftWatchdog(timeout=10, pretimeout=5)
     wd.open(0.0)
     for bad in (0, 3601, 0xFFFFFFFF):
-        assert oserror(lambda b=bad: wd.ioctl(d.WDIOC_SETTIMEOUT, u32(b), 1.0)) == errno.EINVAL
+        assert oserror(partial(wd.ioctl, d.WDIOC_SETTIMEOUT, u32(bad), 1.0)) == errno.EINVAL
     assert wd.timeout == 10 and wd.deadline() == 10.0
     assert int_ioctl(wd, d.WDIOC_SETTIMEOUT, 3, 2.0) == 3
     assert wd.deadline() == 5.0

@@ -26,6 +26,7 @@ from hachain.watchdog.device import (
     WDIOF_CARDRESET,
     Watchdog,
     WatchdogError,
+    WatchdogInfo,
     describe_bootstatus,
     flag_descriptions,
     flag_names,
@@ -147,7 +148,7 @@ def _query_open(wd: Watchdog, report: Report) -> None:
         except WatchdogError as e:
             report["notes"].append(str(e))
             continue
-        if key == "support":
+        if isinstance(value, WatchdogInfo):
             report["identity"] = value.identity
             report["firmware_version"] = value.firmware_version
             report["options"] = value.options
