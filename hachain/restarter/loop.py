@@ -227,7 +227,8 @@ class Restarter:
             for d in self.rev.get(name, ()):
                 if self.svcs[d].state is State.WAITING and self.deps_ready(d):
                     self.feed(d, Ev.DEPS_READY, now)
-        if states.is_up(old) and not states.is_up(new) and not self.shutting_down:
+        if old.pid is not None and new.pid != old.pid and not self.shutting_down:
+            # its process ended (even if a new one is already starting)
             for d in self.rev.get(name, ()):
                 if name in self.conf[d].requires and states.is_up(self.svcs[d]):
                     self.feed(d, Ev.DEPS_LOST, now, reason=f"required service {name} went down")
@@ -243,6 +244,9 @@ class Restarter:
             self._spawn(a.name, now)
         elif isinstance(a, states.Kill):
             s = self.svcs[a.name]
+            if a.signal == states.SIGKILL:
+                log(f"{a.name}: {s.reason or 'killing'} (whole "
+                    f"{'cgroup' if self.cgroups.active else 'process group'})")
             spawn.kill_service(s.pid, a.name, a.signal, a.group, self.cgroups)
         elif isinstance(a, states.ArmTimer):
             self.arm(a.name, a.kind, a.delay, now)

@@ -1,0 +1,154 @@
+"""Shared test tools: bounded condition waits and a real restarter run in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from hachain import channels, client
+from hachain.restarter.spawn import find_cgroup2_mount
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SVC = os.path.join(ROOT, "tests", "svc.py")
+PY = sys.executable
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+               interval: float = 0.02) -> Any:
+    """Poll `pred` until it returns a truthy value; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def svc(*args: str) -> str:
+    """A TOML argv list running tests/svc.py with `args`."""
+    return "[" + ", ".join(f'"{a}"' for a in (PY, SVC) + args) + "]"
+
+
+class RestarterRun:
+    """One real restarter process on a config written into a temp dir."""
+
+    def __init__(self, tmp: str, body: str, cgroups: bool = True) -> None:
+        self.tmp = tmp
+        self.state_dir = os.path.join(tmp, "run")
+        self.persist_dir = os.path.join(tmp, "persist")
+        self.cg_root = None
+        mount = find_cgroup2_mount()
+        if cgroups and mount and os.access(mount, os.W_OK):
+            self.cg_root = os.path.join(mount, f"hachain-test-{os.getpid()}-{id(self)}")
+        head = (f'[chain]\nstate_dir = "{self.state_dir}"\npersist_dir = "{self.persist_dir}"\n'
+                f'cgroup_root = "{self.cg_root or "none"}"\nheartbeat_interval = 0.2\n'
+                '[watchdog]\ndevice = "none"\n')
+        self.config = os.path.join(tmp, "chain.toml")
+        with open(self.config, "w") as f:
+            f.write(head + body)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pids_seen: set[int] = set()
+        self.log = os.path.join(tmp, "restarter.log")
+
+    def start(self) -> None:
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([PY, "-m", "hachain.restarter", "-c", self.config],
+                                     stdout=logf, stderr=logf)
+        logf.close()
+        wait_until(lambda: self.ping(), 10, "the restarter's control socket")
+
+    def ping(self) -> bool:
+        try:
+            return bool(client.request(self.state_dir, {"op": "ping"}, timeout=1).get("ok"))
+        except client.ControlError:
+            return False
+
+    def req(self, op: str, name: str | None = None) -> dict[str, Any]:
+        r: dict[str, Any] = {"op": op}
+        if name is not None:
+            r["name"] = name
+        return client.request(self.state_dir, r)
+
+    def status(self) -> dict[str, Any]:
+        st = self.req("status")["services"]
+        for s in st.values():
+            if s["pid"]:
+                self.pids_seen.add(s["pid"])
+        return st
+
+    def svc(self, name: str) -> dict[str, Any]:
+        return self.status()[name]
+
+    def wait_state(self, name: str, state: str, timeout: float = 10.0) -> dict[str, Any]:
+        return wait_until(lambda: (s := self.svc(name))["state"] == state and s,
+                          timeout, f"{name} to be {state}")
+
+    def kill_restarter(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def cleanup(self) -> None:
+        self.stop()
+        # Anything a test left behind: services of this run only (their cgroups / pids).
+        if self.cg_root and os.path.isdir(self.cg_root):
+            for d in os.listdir(self.cg_root):
+                p = os.path.join(self.cg_root, d)
+                if os.path.isdir(p):
+                    try:
+                        with open(os.path.join(p, "cgroup.kill"), "w") as f:
+                            f.write("1")
+                    except OSError:
+                        pass
+            deadline = time.monotonic() + 5
+            for d in os.listdir(self.cg_root):
+                p = os.path.join(self.cg_root, d)
+                while os.path.isdir(p) and time.monotonic() < deadline:
+                    try:
+                        os.rmdir(p)
+                    except OSError:
+                        time.sleep(0.02)
+            try:
+                os.rmdir(self.cg_root)
+            except OSError:
+                pass
+        for pid in self.pids_seen:
+            try:
+                if channels.pid_alive(pid):
+                    os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def restarter(tmp_path: Any) -> Iterator[Callable[..., RestarterRun]]:
+    runs: list[RestarterRun] = []
+
+    def make(body: str, cgroups: bool = True, start: bool = True) -> RestarterRun:
+        r = RestarterRun(str(tmp_path), body, cgroups)
+        runs.append(r)
+        if start:
+            r.start()
+        return r
+
+    yield make
+    for r in runs:
+        r.cleanup()

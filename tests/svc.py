@@ -1,0 +1,61 @@
+"""A tiny test service: `svc.py ACTION [ARG]...` (stdlib only, starts fast).
+
+  sleep            run until killed
+  exit N           exit with status N at once
+  notify [DELAY]   after DELAY s send READY=1 on $NOTIFY_SOCKET, then run
+  fdready N        write a line to fd N and close it, then run
+  stubborn         ignore SIGTERM, fork a child that ignores it too, run
+  record FILE      append "<pid>" to FILE, then run
+"""
+
+import os
+import signal
+import socket
+import sys
+import time
+
+
+def forever() -> None:
+    while True:
+        time.sleep(3600)
+
+
+def notify(msg: str) -> None:
+    path = os.environ["NOTIFY_SOCKET"]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(msg.encode(), path)
+    s.close()
+
+
+def main() -> None:
+    action = sys.argv[1]
+    args = sys.argv[2:]
+    if action == "sleep":
+        forever()
+    elif action == "exit":
+        sys.exit(int(args[0]))
+    elif action == "notify":
+        time.sleep(float(args[0]) if args else 0)
+        notify("READY=1\nSTATUS=serving")
+        forever()
+    elif action == "fdready":
+        fd = int(args[0])
+        os.write(fd, b"ready\n")
+        os.close(fd)
+        forever()
+    elif action == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if os.fork() == 0:
+            os.setsid()  # escape the process group: only the cgroup still holds it
+            forever()
+        forever()
+    elif action == "record":
+        with open(args[0], "a") as f:
+            f.write(f"{os.getpid()}\n")
+        forever()
+    else:
+        sys.exit(f"svc.py: unknown action {action!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""The restarter against real processes: policy, intensity, stop, persistence, adoption."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from hachain import channels, client
+from tests.conftest import svc, wait_until
+
+
+def test_crash_is_restarted_after_backoff(restarter):
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+backoff = {{ initial = 0.3, factor = 2.0, max = 5 }}
+""")
+    first = r.wait_state("a", "ready")["pid"]
+    t0 = time.monotonic()
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: r.svc("a")["state"] == "backoff", 5, "a in backoff")
+    s = wait_until(lambda: (x := r.svc("a"))["state"] == "ready" and x["pid"] != first and x,
+                   5, "a restarted")
+    assert time.monotonic() - t0 >= 0.3  # the backoff delay was honoured
+    assert s["restarts"] == 1
+    assert s["last_exit"]["text"] == "killed by SIGKILL"
+
+
+def test_intensity_exceeded_goes_to_maintenance_and_clear_restarts(restarter):
+    r = restarter(f"""
+[service.flap]
+command = {svc("exit", "3")}
+backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
+intensity = {{ max_restarts = 3, window = 60, action = "maintenance" }}
+""")
+    s = r.wait_state("flap", "maintenance")
+    assert s["restarts"] == 4
+    assert "4 restarts in 60 s" in s["reason"]
+    rep = r.req("start", "flap")
+    assert not rep["ok"] and "clear" in rep["error"]
+    assert r.req("clear", "flap")["ok"]
+    wait_until(lambda: r.svc("flap")["reason"] != s["reason"], 5, "flap left maintenance")
+    r.wait_state("flap", "maintenance")  # it still fails, so it comes back to maintenance
+
+
+def test_restart_never_stays_down(restarter):
+    r = restarter(f"""
+[service.n]
+command = {svc("exit", "1")}
+restart = "never"
+""")
+    s = r.wait_state("n", "failed")
+    assert s["restarts"] == 0 and s["last_exit"]["code"] == 1
+    time.sleep(0.5)  # an observation window: nothing may restart it
+    assert r.svc("n")["state"] == "failed" and r.svc("n")["restarts"] == 0
+
+
+def test_on_failure_does_not_restart_a_clean_exit(restarter):
+    r = restarter(f"""
+[service.ok]
+command = {svc("exit", "0")}
+restart = "on-failure"
+""")
+    s = r.wait_state("ok", "stopped")
+    assert s["restarts"] == 0
+
+
+def test_oneshot_runs_once_and_is_done(restarter, tmp_path):
+    marker = tmp_path / "ran"
+    r = restarter(f"""
+[service.once]
+kind = "oneshot"
+command = ["/bin/sh", "-c", "echo x >> {marker}"]
+""")
+    r.wait_state("once", "done")
+    time.sleep(0.3)
+    assert marker.read_text() == "x\n"
+
+
+def test_stop_kills_children_that_ignore_sigterm(restarter):
+    r = restarter(f"""
+[service.stub]
+command = {svc("stubborn")}
+stop_timeout = 0.5
+""")
+    pid = r.wait_state("stub", "ready")["pid"]
+    procs = wait_until(lambda: len(p := _cgroup_procs(r, "stub")) == 2 and p, 5,
+                       "the stubborn child") if r.cg_root else [pid]
+    assert r.req("stop", "stub")["ok"]
+    r.wait_state("stub", "stopped")
+    for p in procs:
+        wait_until(lambda p=p: not channels.pid_alive(p), 5, f"pid {p} gone")
+    assert "SIGKILL" in open(r.log).read()
+
+
+def _cgroup_procs(r, name):
+    try:
+        with open(os.path.join(r.cg_root, name, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def test_admin_state_survives_restarter_restart(restarter):
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+[service.b]
+command = {svc("exit", "1")}
+backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
+intensity = {{ max_restarts = 1, window = 60 }}
+""")
+    r.wait_state("a", "ready")
+    assert r.req("stop", "a")["ok"]
+    r.wait_state("a", "stopped")
+    r.wait_state("b", "maintenance")
+    r.kill_restarter()
+    r.start()
+    assert r.svc("a")["state"] == "stopped"
+    assert r.svc("b")["state"] == "maintenance"
+    assert r.req("start", "a")["ok"]
+    r.wait_state("a", "ready")
+
+
+def test_readoption_keeps_pids_and_starts_no_duplicate(restarter, tmp_path):
+    rec = tmp_path / "starts"
+    body = "".join(f"""
+[service.s{i}]
+command = {svc("record", str(rec))}
+""" for i in range(20))
+    body += f"""
+[service.n]
+command = {svc("notify", "0.1")}
+ready = "notify"
+"""
+    r = restarter(body)
+    for i in range(20):
+        r.wait_state(f"s{i}", "ready")
+    r.wait_state("n", "ready")
+    before = {n: s["pid"] for n, s in r.status().items()}
+    r.kill_restarter()
+    victim = before["s3"]
+    os.killpg(victim, signal.SIGKILL)  # dies while no restarter watches it
+    wait_until(lambda: not channels.pid_alive(victim), 5, "s3 dead")
+    r.start()
+    after = wait_until(lambda: (st := r.status())["s3"]["state"] == "ready" and st, 10, "s3 back")
+    for n, pid in before.items():
+        if n != "s3":
+            assert after[n]["pid"] == pid, f"{n} was not re-adopted"
+            assert after[n]["state"] == "ready"
+    assert after["s3"]["pid"] != victim
+    assert after["s3"]["last_exit"]["kind"] == "unknown"
+    starts = wait_until(lambda: len(x := rec.read_text().split()) >= 21 and x, 10,
+                        "the replacement's start record")
+    assert len(starts) == 21  # 20 first starts + the one replacement, no duplicates
+
+
+def test_recycled_pid_is_not_adopted(restarter):
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+""")
+    pid = r.wait_state("a", "ready")["pid"]
+    r.kill_restarter()
+    # Forge the record so it names a live process that is not the service (this test's
+    # own pid): start time verification must refuse it.
+    path = os.path.join(r.state_dir, "services", "a.json")
+    d = channels.read_json(path)
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not channels.pid_alive(pid), 5, "a dead")
+    d["pid"] = os.getpid()
+    channels.write_json(path, d)
+    r.start()
+    s = wait_until(lambda: (x := r.svc("a"))["state"] == "ready" and x["pid"] not in (
+        pid, os.getpid()) and x, 10, "a restarted with a new pid")
+    assert s["pid"] != os.getpid()
+
+
+def test_bad_requests_get_errors_and_change_nothing(restarter):
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+""")
+    pid = r.wait_state("a", "ready")["pid"]
+    import socket
+    for junk in (b"garbage\n", b"{\"op\": 3}\n", b"[1,2]\n", b"\xff\xfe\n",
+                 b"x" * (70 * 1024)):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(os.path.join(r.state_dir, "control.sock"))
+        try:
+            s.sendall(junk)
+            rep = s.recv(65536)
+        except OSError:
+            rep = b""
+        s.close()
+        assert b'"ok":false' in rep
+    rep = r.req("stop", "nope")
+    assert not rep["ok"] and "unknown service 'nope'" in rep["error"]
+    rep = r.req("frobnicate", "a")
+    assert not rep["ok"] and "unknown op" in rep["error"]
+    assert r.svc("a")["pid"] == pid and r.svc("a")["state"] == "ready"
+
+
+def test_second_restarter_refuses_to_start(restarter):
+    import subprocess
+    import sys
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+""")
+    p = subprocess.run([sys.executable, "-m", "hachain.restarter", "-c", r.config],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode == 1
+    assert "another restarter is already running" in p.stderr
+
+
+def test_readiness_notify_and_fd(restarter):
+    r = restarter(f"""
+[service.n]
+command = {svc("notify", "0.3")}
+ready = "notify"
+[service.f]
+command = {svc("fdready", "5")}
+ready = "fd"
+ready_fd = 5
+[service.dep]
+command = {svc("sleep")}
+requires = ["n", "f"]
+""")
+    assert r.svc("dep")["state"] in ("waiting", "starting", "ready")
+    s = r.wait_state("n", "ready")
+    assert s["status_text"] == "serving"
+    r.wait_state("f", "ready")
+    r.wait_state("dep", "ready")
+
+
+def test_readiness_timeout_counts_as_failure(restarter):
+    r = restarter(f"""
+[service.slow]
+command = {svc("sleep")}
+ready = "notify"
+ready_timeout = 0.3
+stop_timeout = 0.5
+restart = "on-failure"
+backoff = {{ initial = 5, factor = 1.0, max = 5 }}
+""")
+    s = r.wait_state("slow", "backoff", 10)
+    assert s["last_exit"]["kind"] == "timeout"
+
+
+def test_required_restart_restarts_dependents(restarter):
+    r = restarter(f"""
+[service.db]
+command = {svc("sleep")}
+backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
+[service.web]
+command = {svc("sleep")}
+requires = ["db"]
+""")
+    db = r.wait_state("db", "ready")["pid"]
+    web = r.wait_state("web", "ready")["pid"]
+    os.kill(db, signal.SIGKILL)
+    wait_until(lambda: (s := r.svc("web"))["state"] == "ready" and s["pid"] != web, 10,
+               "web restarted after db")
+
+
+def test_systemd_notify_real_client(restarter):
+    import shutil
+    if not shutil.which("systemd-notify"):
+        pytest.skip("systemd-notify not installed (Debian package systemd)")
+    r = restarter("""
+[service.real]
+command = ["/bin/sh", "-c", "systemd-notify --ready --status='from systemd-notify'; exec sleep 1000"]
+ready = "notify"
+""")
+    s = r.wait_state("real", "ready")
+    assert s["status_text"] == "from systemd-notify"
+
+
+def test_cli_status_json_and_control(restarter):
+    import json
+    import subprocess
+    import sys
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+""")
+    r.wait_state("a", "ready")
+    p = subprocess.run([sys.executable, "-m", "hachain.cli", "status", "--json", "-c", r.config],
+                       capture_output=True, text=True, timeout=20)
+    d = json.loads(p.stdout)
+    assert d["services"]["a"]["state"] == "ready"
+    assert d["chain"]["layers"]["restarter"]["alive"] is True
+    p = subprocess.run([sys.executable, "-m", "hachain.cli", "restart", "nope", "-c", r.config],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode == 1 and "unknown service 'nope'" in p.stderr
+    assert client.request(r.state_dir, {"op": "ping"})["ok"]
