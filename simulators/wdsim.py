@@ -352,9 +352,9 @@ class WatchdogServer:
         """Stop serving, drop every client, remove the socket. Idempotent."""
         self._stopping = True
         self._wake()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
-            self._thread = None
+        self._thread = None
         for sock in (self._listener, self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()
