@@ -1,0 +1,149 @@
+"""The per-service state machine and restart policy, pure: no processes, no clock."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hachain.config import Backoff, Intensity, ServiceConfig
+from hachain.restarter import policy, states
+from hachain.restarter.policy import ExitStatus
+from hachain.restarter.states import Ev, Event, State, Svc, step
+
+SVC = ServiceConfig(name="a", command=("/bin/true",))
+
+
+def run(s: Svc, *events: Event, c: ServiceConfig = SVC) -> tuple[Svc, list]:
+    acts: list = []
+    for e in events:
+        s, a = step(s, e, c)
+        acts += a
+    return s, acts
+
+
+def test_table_is_total():
+    missing = [(s.value, e.value) for s in State for e in Ev if (s, e) not in states.TABLE]
+    assert missing == []
+
+
+def test_start_spawn_ready_none():
+    s, acts = run(Svc("a"), Event(Ev.START, 0), Event(Ev.SPAWNED, 0, pid=10))
+    assert s.state is State.READY and s.pid == 10
+    assert states.Spawn("a") in acts
+
+
+def test_start_waits_for_deps():
+    s, acts = run(Svc("a"), Event(Ev.START, 0, deps_ready=False))
+    assert s.state is State.WAITING and not any(isinstance(a, states.Spawn) for a in acts)
+    s, acts = run(s, Event(Ev.DEPS_READY, 1))
+    assert s.state is State.STARTING and states.Spawn("a") in acts
+
+
+def test_notify_service_waits_for_ready_with_timeout():
+    c = ServiceConfig(name="a", command=("x",), ready="notify", ready_timeout=7)
+    s, acts = run(Svc("a"), Event(Ev.START, 0), Event(Ev.SPAWNED, 0, pid=5), c=c)
+    assert s.state is State.STARTING
+    assert states.ArmTimer("a", "ready_timeout", 7) in acts
+    s, acts = run(s, Event(Ev.READY_TIMEOUT, 7), c=c)
+    assert s.state is State.STOPPING and s.fail_after_stop == ExitStatus("timeout")
+    s, acts = run(s, Event(Ev.EXITED, 7.1, status=ExitStatus("killed", signal=15)), c=c)
+    assert s.state is State.BACKOFF and s.last_exit == ExitStatus("timeout")
+
+
+@pytest.mark.parametrize("pol,status,restart", [
+    ("always", ExitStatus("exited", 0), True),
+    ("on-failure", ExitStatus("exited", 0), False),
+    ("on-failure", ExitStatus("exited", 2), True),
+    ("on-failure", ExitStatus("killed", signal=signal.SIGTERM), False),
+    ("on-failure", ExitStatus("killed", signal=signal.SIGKILL), True),
+    ("on-abnormal", ExitStatus("exited", 2), False),
+    ("on-abnormal", ExitStatus("killed", signal=signal.SIGSEGV), True),
+    ("on-abnormal", ExitStatus("hung"), True),
+    ("on-failure", ExitStatus("unknown"), True),
+    ("never", ExitStatus("killed", signal=signal.SIGKILL), False),
+])
+def test_restart_policy(pol, status, restart):
+    assert policy.wants_restart(pol, status) is restart
+
+
+def test_backoff_grows_caps_and_resets():
+    b = Backoff(initial=0.1, factor=2.0, max=0.5, reset_after=10)
+    d = policy.next_delay(b, None, 0)
+    seq = [d]
+    for _ in range(5):
+        d = policy.next_delay(b, d, 1.0)
+        seq.append(d)
+    assert seq == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5, 0.5])
+    assert policy.next_delay(b, 0.5, 10.0) == 0.1  # a stable run resets it
+
+
+@given(st.lists(st.floats(0, 100, allow_nan=False), max_size=30),
+       st.integers(0, 10), st.floats(0.1, 50))
+def test_intensity_window_counts_only_recent(times, maxr, window):
+    now = 100.0
+    pruned = policy.prune_window(tuple(sorted(times)), now, window)
+    assert all(t > now - window for t in pruned)
+    assert policy.intensity_exceeded(pruned, Intensity(maxr, window)) == (len(pruned) > maxr)
+
+
+def test_crash_loop_reaches_maintenance_then_clear():
+    c = ServiceConfig(name="a", command=("x",), backoff=Backoff(0, 1, 0),
+                      intensity=Intensity(2, 60, "maintenance"))
+    s, _ = run(Svc("a"), Event(Ev.START, 0), Event(Ev.SPAWNED, 0, pid=1), c=c)
+    for i in range(3):
+        s, _ = run(s, Event(Ev.EXITED, i + 1, status=ExitStatus("exited", 1)), c=c)
+        if s.state is State.STARTING:
+            s, _ = run(s, Event(Ev.SPAWNED, i + 1, pid=10 + i), c=c)
+    assert s.state is State.MAINTENANCE and "3 restarts in 60 s" in s.reason
+    s, _ = run(s, Event(Ev.START, 5), c=c)
+    assert s.state is State.MAINTENANCE  # held down until cleared
+    s, acts = run(s, Event(Ev.CLEAR, 6), c=c)
+    assert s.state is State.STARTING and s.history == ()
+
+
+def test_oneshot_done_not_confused_with_longrun():
+    one = ServiceConfig(name="a", command=("x",), kind="oneshot", restart="never")
+    s, _ = run(Svc("a"), Event(Ev.START, 0), Event(Ev.SPAWNED, 0, pid=1),
+               Event(Ev.EXITED, 1, status=ExitStatus("exited", 0)), c=one)
+    assert s.state is State.DONE and states.satisfies_dependents(s)
+    long = ServiceConfig(name="a", command=("x",), restart="never")
+    s, _ = run(Svc("a"), Event(Ev.START, 0), Event(Ev.SPAWNED, 0, pid=1),
+               Event(Ev.EXITED, 1, status=ExitStatus("exited", 0)), c=long)
+    assert s.state is State.STOPPED and not states.satisfies_dependents(s)
+
+
+def test_stop_timeout_escalates_to_sigkill_of_group():
+    s, _ = run(Svc("a"), Event(Ev.START, 0), Event(Ev.SPAWNED, 0, pid=1))
+    s, acts = run(s, Event(Ev.STOP, 1))
+    assert s.state is State.STOPPING and s.want == "down"
+    assert states.Kill("a", signal.SIGTERM) in acts
+    s, acts = run(s, Event(Ev.STOP_TIMEOUT, 6))
+    assert states.Kill("a", 9, group=True) in acts
+    s, _ = run(s, Event(Ev.EXITED, 6.1, status=ExitStatus("killed", signal=9)))
+    assert s.state is State.STOPPED
+
+
+EVENTS = st.sampled_from(list(Ev))
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(EVENTS, st.sampled_from([True, False])), max_size=40))
+def test_any_event_sequence_keeps_invariants(seq):
+    """Random event sequences never raise, and the record stays coherent."""
+    c = ServiceConfig(name="a", command=("x",), ready="notify",
+                      intensity=Intensity(3, 60, "maintenance"))
+    s = Svc("a")
+    pid = 100
+    for i, (ev, deps) in enumerate(seq):
+        pid += 1
+        e = Event(ev, float(i), pid=pid, deps_ready=deps,
+                  status=ExitStatus("exited", 1) if ev is Ev.EXITED else None)
+        s, acts = step(s, e, c)
+        if s.state in (State.STOPPED, State.BACKOFF, State.MAINTENANCE, State.FAILED,
+                       State.DONE, State.WAITING):
+            assert s.pid is None or s.state is State.WAITING
+        assert len(s.history) <= c.intensity.max_restarts + 1
+        assert s.want in ("up", "down")
