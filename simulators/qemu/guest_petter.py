@@ -6,7 +6,7 @@ being built. It opens the watchdog device (which arms it), reports what the driv
 `HACHAIN-PETTER stopped petting`, and then either stays alive without petting (`--then
 hang`, the default: the watchdog must reset the machine) or exits (`--then exit`: as PID 1
 that is a kernel panic). It reaps children all along, as a PID 1 must (the guest agent is
-one of them).
+one of them). With `--device ""` it touches no watchdog and only reaps.
 """
 
 from __future__ import annotations
@@ -60,11 +60,16 @@ def _idle(seconds: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="guest_petter")
-    parser.add_argument("--device", default="/dev/watchdog0")
+    parser.add_argument("--device", default="/dev/watchdog0",
+                        help='the watchdog device; "" for none (just reap children)')
     parser.add_argument("--pets", type=int, default=3)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--then", choices=("hang", "exit"), default="hang")
     args = parser.parse_args(argv)
+    if not args.device:
+        _say(f"pid {os.getpid()} idle, no watchdog")
+        while True:
+            _idle(3600)
     _say(f"pid {os.getpid()} bootstatus {_sysfs('bootstatus', args.device)} "
          f"identity {_sysfs('identity', args.device)!r}")
     fd = os.open(args.device, os.O_WRONLY)

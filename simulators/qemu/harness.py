@@ -437,11 +437,19 @@ class QemuMachine:
 
     def wait_for(self, pattern: str | re.Pattern[str], timeout: float,
                  since: int = 0) -> re.Match[str]:
-        """The first match of `pattern` in the console at or after offset `since`."""
+        r"""The first match of `pattern` in the console at or after offset `since`.
+
+        Only complete lines are searched (text up to the last newline), so a pattern never
+        matches half of a word or number that is still arriving.
+        """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         console = self._need_console()
-        return self._wait(f"{regex.pattern!r}", timeout,  # type: ignore[no-any-return]
-                          lambda: regex.search(console._text, since))
+
+        def search() -> re.Match[str] | None:
+            text = console._text
+            return regex.search(text, since, text.rfind("\n") + 1)
+
+        return self._wait(f"{regex.pattern!r}", timeout, search)  # type: ignore[no-any-return]
 
     def wait_boot(self, n: int, timeout: float, pid1: bool = True) -> BootRecord:
         """Wait until boot number `n` (1 = first) has started (and exec'd PID 1)."""
@@ -527,7 +535,7 @@ class QemuMachine:
         shell = command if isinstance(command, str) else None
         argv = None if isinstance(command, str) else list(command)
         request = {"id": request_id, "argv": argv, "shell": shell,
-                   "timeout": max(0.5, deadline - time.monotonic() - 0.5),
+                   "timeout": max(0.3, 0.8 * (deadline - time.monotonic()) - 0.2),
                    "merge_stderr": merge_stderr}
         base = self.ctl_dir / "agent"
         tmp = base / f".{request_id}.req"
