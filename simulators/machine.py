@@ -1,0 +1,569 @@
+"""The simulated machine: the chain as PID 1 of a PID namespace, reset by a software watchdog.
+
+`hachain sim` and `SimMachine` play the *hardware* of an appliance from the host side:
+
+- the watchdog chip is a `WatchdogServer` on `<dir>/watchdog.sock`;
+- a *boot* wipes `<dir>/run` (like /run on tmpfs), keeps `<dir>/persist` (like a disk),
+  gives the boot a fresh boot id, and runs `hachain.init.main` as PID 1 of new PID and
+  mount namespaces (`unshare --pid --mount --fork --mount-proc`);
+- a watchdog expiry is a *reset*: SIGKILL to the namespace's init from the host, which
+  takes down every process of the machine at once, then a boot with boot status
+  WDIOF_CARDRESET;
+- PID 1 exiting is a *kernel panic*: the machine boots again after `panic_delay` with
+  boot status 0. A reboot(2) inside the namespace (init's orderly end) is a clean reboot,
+  a halt or power-off stops the machine.
+
+Every boot is one line of `<dir>/persist/boots.jsonl`. What this module must not do: reach
+into the chain. It only starts PID 1, watches it die, and reads heartbeat files; faults
+are injected by the caller through the host pids it exposes.
+
+Facts it relies on:
+
+- When a PID namespace's init exits, the kernel SIGKILLs every other process in the
+  namespace and `unshare` (waiting for it) returns only after all are gone, so the next
+  boot never overlaps the previous one.
+- `unshare --fork` re-raises the signal that killed its child: reboot(2) with RB_AUTOBOOT
+  in a child namespace kills its init with SIGHUP, halt / power-off with SIGINT.
+- From the parent namespace SIGKILL and SIGSTOP reach the namespace's init; from inside
+  they do not (DESIGN.md). So the host can crash or hang "PID 1" and nothing else can.
+- Heartbeat pids are namespace pids. `/proc/<hostpid>/status` has an `NSpid:` line
+  listing the pid in each nested namespace (host first, innermost last), and
+  `/proc/<hostpid>/ns/pid` names the namespace, which together map one to the other.
+- CLOCK_MONOTONIC is the same in and out of the namespace, so heartbeat ages computed
+  on the host are right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Self
+
+from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
+
+from hachain import channels, config
+from hachain.watchdog.device import WDIOF_CARDRESET, flag_names
+
+SOCKET_NAME = "watchdog.sock"
+CONSOLE_NAME = "console.log"
+BOOT_ID_FILE = "boot_id"  # in <dir>/run: bind-mounted over /proc/sys/kernel/random/boot_id
+FIND_INIT_TIMEOUT = 10.0
+
+# Runs as PID 1 of the new namespaces, then execs init (keeping PID 1): gives the boot its
+# own boot id, as a real reboot would. $1 is the boot id file, the rest is init's argv.
+BOOT_WRAPPER = ('b="$1"; shift; mount --bind "$b" /proc/sys/kernel/random/boot_id '
+                '2>/dev/null || echo "sim: cannot set the boot id" >&2; exec "$@"')
+
+
+# --- /proc helpers --------------------------------------------------------------------------
+
+def _ppid(pid: int) -> int | None:
+    """The parent pid of `pid` from /proc/PID/stat; None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        return int(raw[raw.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _all_pids() -> Iterable[int]:
+    """Every pid in this process's /proc."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            yield int(entry)
+
+
+def children_of(parent: int) -> list[int]:
+    """Pids whose parent is `parent`."""
+    return [p for p in _all_pids() if _ppid(p) == parent]
+
+
+def ns_pids(pid: int) -> list[int]:
+    """The `NSpid:` line of /proc/PID/status: this pid in each namespace, outermost first."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return [int(x) for x in line.split()[1:]]
+    except (OSError, ValueError):
+        pass
+    return []
+
+
+def pid_namespace(pid: int) -> str | None:
+    """The identity of `pid`'s PID namespace (e.g. 'pid:[4026532]'); None when gone."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def find_cgroup2_mount() -> str | None:
+    """Where the cgroup v2 hierarchy is mounted (from /proc/self/mountinfo), or None."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
+        pass
+    return None
+
+
+def remove_cgroup_tree(path: str, timeout: float = 5.0) -> bool:
+    """rmdir a cgroup directory and everything below it, leaves first. True when gone.
+
+    Dying processes may keep a cgroup busy for a moment, so EBUSY is retried until
+    `timeout`; `cgroup.kill` (Linux 5.14+) is written first where it exists.
+    """
+    if not os.path.isdir(path):
+        return True
+    kill = os.path.join(path, "cgroup.kill")
+    if os.path.exists(kill):
+        try:
+            with open(kill, "w") as f:
+                f.write("1")
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = False
+        for root, _dirs, _files in os.walk(path, topdown=False):
+            try:
+                os.rmdir(root)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                busy = True
+        if not busy:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+# --- the machine ----------------------------------------------------------------------------
+
+class SimMachine:
+    """One simulated machine. `start()` powers it on; `stop()` pulls the plug.
+
+    Boots are numbered across the life of `<dir>/persist` (the boot log is on the
+    "disk"); `boots` and `wait_boot(n)` count the boots of this SimMachine object.
+    """
+
+    def __init__(self, config_path: str, dir: str, panic_delay: float = 1.0,
+                 env_extra: dict[str, str] | None = None, init_args: list[str] | None = None,
+                 console: str | None = None, on_event: Callable[[str], None] | None = None,
+                 max_boots: int | None = None, python: str | None = None) -> None:
+        self.config_path = os.path.abspath(config_path)
+        self.dir = os.path.abspath(dir)
+        self.panic_delay = panic_delay
+        self.env_extra = dict(env_extra or {})
+        self.init_args = list(init_args or [])
+        self.console = console if console is not None else os.path.join(self.dir, CONSOLE_NAME)
+        self.on_event = on_event if on_event is not None else _print_event
+        self.max_boots = max_boots
+        self.python = python or sys.executable
+        self.run_dir = os.path.join(self.dir, "run")
+        self.state_dir = os.path.join(self.run_dir, "hachain")
+        self.persist_dir = os.path.join(self.dir, "persist")
+        self.socket_path = os.path.join(self.dir, SOCKET_NAME)
+        self.cgroup_root: str | None = None
+        self.events: list[tuple[float, str]] = []  # (monotonic, line)
+        self.server: WatchdogServer | None = None
+        self.finished = threading.Event()  # set when the machine stopped on its own
+        self._boots: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ns_init: int | None = None
+        self._reset_pending = False
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._init_timing: list[str] = []
+
+    # -- public API ---------------------------------------------------------------------
+
+    @property
+    def boots(self) -> list[dict[str, Any]]:
+        """The boot records of this run, oldest first (copies)."""
+        with self._cond:
+            return [dict(b) for b in self._boots]
+
+    def start(self) -> None:
+        """Power on: start the watchdog chip and boot. ConfigError for a bad config."""
+        cfg = config.load(self.config_path)
+        wd = cfg.watchdog
+        # init reads no TOML: hand it the chain's timings on its command line.
+        self._init_timing = ["--restart-delay", f"{cfg.chain.restart_delay:g}",
+                             "--heartbeat-interval", f"{cfg.chain.heartbeat_interval:g}"]
+        os.makedirs(self.persist_dir, exist_ok=True)
+        self.cgroup_root = self._cgroup_root()
+        self.server = WatchdogServer(
+            self.socket_path, SoftWatchdog(wd.timeout, wd.pretimeout, wd.nowayout),
+            self._on_expire, self._on_pretimeout)
+        self.server.start()
+        self._thread = threading.Thread(target=self._run, name="sim-machine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Pull the plug: kill the namespace (everything dies), stop the chip, clean up."""
+        self._stopping.set()
+        self._kill_machine()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+        if self.server is not None:
+            self.server.stop()
+        if self.cgroup_root:
+            remove_cgroup_tree(self.cgroup_root)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_boot(self, n: int, timeout: float) -> dict[str, Any]:
+        """Block until this run has had `n` boots; the n-th record. TimeoutError if not."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._boots) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"sim: boot {n} did not happen within {timeout:g} s "
+                                       f"({len(self._boots)} boots so far)")
+                self._cond.wait(left)
+            return dict(self._boots[n - 1])
+
+    def init_host_pid(self) -> int | None:
+        """The host pid of the machine's PID 1 while it runs; None between boots."""
+        pid = self._ns_init
+        if pid is None or self._proc is None or self._proc.poll() is not None:
+            return None
+        return pid if _ppid(pid) == self._proc.pid else None
+
+    def namespace_pids(self) -> dict[int, int]:
+        """{namespace pid: host pid} for every process of the running machine."""
+        init = self.init_host_pid()
+        ns = pid_namespace(init) if init is not None else None
+        if init is None or ns is None:
+            return {}
+        out = {}
+        for pid in _all_pids():
+            if pid_namespace(pid) == ns:
+                nsp = ns_pids(pid)
+                if nsp:
+                    out[nsp[-1]] = pid
+        return out
+
+    def host_pid_of(self, layer: str) -> int | None:
+        """The host pid of the process that wrote `layer`'s heartbeat, if it still runs."""
+        hb = channels.read_heartbeat(self.state_dir, layer)
+        if hb is None:
+            return None
+        if hb.pid == 1:
+            return self.init_host_pid()
+        return self.namespace_pids().get(hb.pid)
+
+    def heartbeat(self, layer: str) -> channels.Heartbeat | None:
+        """`layer`'s current heartbeat in this boot's state directory."""
+        return channels.read_heartbeat(self.state_dir, layer)
+
+    def wait_heartbeats(self, layers: Iterable[str] = channels.LAYERS, timeout: float = 30.0,
+                        fresh: float | None = 3.0) -> dict[str, channels.Heartbeat]:
+        """Block until every layer has a heartbeat (no older than `fresh` s, unless None)."""
+        layers = tuple(layers)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = {}
+            for layer in layers:
+                hb = self.heartbeat(layer)
+                if hb is not None and (fresh is None or hb.age(time.monotonic()) <= fresh):
+                    found[layer] = hb
+            if len(found) == len(layers):
+                return found
+            if time.monotonic() > deadline:
+                missing = sorted(set(layers) - set(found))
+                raise TimeoutError(f"sim: no fresh heartbeat from {', '.join(missing)} "
+                                   f"within {timeout:g} s")
+            time.sleep(0.05)
+
+    # -- the machine thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Boot, wait for the machine to go down, decide how it comes back; repeat."""
+        cause, bootstatus = "power-on", 0
+        try:
+            while not self._stopping.is_set():
+                self._boot(cause, bootstatus)
+                if self._stopping.is_set():
+                    self._kill_machine()  # stop() came while this boot was starting
+                assert self._proc is not None
+                rc = self._proc.wait()
+                with self._cond:
+                    reset, self._reset_pending = self._reset_pending, False
+                self._ns_init = None
+                if self.cgroup_root:
+                    remove_cgroup_tree(self.cgroup_root)
+                if self._stopping.is_set():
+                    break
+                if self.max_boots is not None and len(self._boots) >= self.max_boots:
+                    self._event(f"boot {self._boots[-1]['boot']} ended; stopping after "
+                                f"{self.max_boots} boot(s)")
+                    break
+                if reset:
+                    cause, bootstatus = "watchdog", WDIOF_CARDRESET
+                elif rc == -signal.SIGHUP:
+                    self._event("PID 1 called reboot(2): rebooting")
+                    cause, bootstatus = "reboot", 0
+                elif rc == -signal.SIGINT:
+                    self._event("PID 1 called reboot(2) to halt or power off: machine off")
+                    break
+                else:
+                    self._event(f"PID 1 exited ({_describe_rc(rc)}): kernel panic; "
+                                f"rebooting in {self.panic_delay:g} s")
+                    if self._stopping.wait(self.panic_delay):
+                        break
+                    cause, bootstatus = "panic", 0
+                assert self.server is not None
+                self.server.reset_for_boot(bootstatus)
+        except Exception as e:  # noqa: BLE001 - report, and let stop() clean up
+            self._event(f"machine thread failed: {type(e).__name__}: {e}")
+        finally:
+            self.finished.set()
+
+    def _boot(self, cause: str, bootstatus: int) -> None:
+        """Wipe /run, log the boot, start PID 1 in fresh namespaces, find its host pid."""
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        os.makedirs(self.state_dir, exist_ok=True)
+        boot_id = str(uuid.uuid4())
+        with open(os.path.join(self.run_dir, BOOT_ID_FILE), "w") as f:
+            f.write(boot_id + "\n")
+        if self.cgroup_root:
+            try:
+                os.makedirs(self.cgroup_root, exist_ok=True)
+            except OSError as e:
+                self._event(f"cannot create {self.cgroup_root}: {e}; services run without it")
+        number = _count_lines(os.path.join(self.persist_dir, channels.BOOT_LOG)) + 1
+        rec = {"boot": number, "wall": time.time(), "mono": time.monotonic(), "cause": cause,
+               "bootstatus": bootstatus, "boot_id": boot_id}
+        _append_line(os.path.join(self.persist_dir, channels.BOOT_LOG), rec)
+        flags = " ".join(flag_names(bootstatus))
+        what = {"power-on": "power on", "watchdog": "watchdog reset", "panic": "after panic",
+                "reboot": "reboot"}.get(cause, cause)
+        self._event(f"boot {number}: {what} (boot status 0x{bootstatus:x}"
+                    + (f" {flags}" if flags else "") + ")")
+        argv = ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "--",
+                "/bin/sh", "-c", BOOT_WRAPPER, "sh", os.path.join(self.run_dir, BOOT_ID_FILE),
+                self.python, "-m", "hachain.init.main", "--state-dir", self.state_dir,
+                "--config", self.config_path, *self._init_timing, *self.init_args]
+        with self._cond:
+            console = open(self.console, "ab") if self.console else None  # noqa: SIM115
+            try:
+                if console is not None:
+                    console.write(f"=== sim boot {number} ({cause}) ===\n".encode())
+                    console.flush()
+                self._proc = subprocess.Popen(argv, env=self._env(), cwd="/",
+                                              stdin=subprocess.DEVNULL, stdout=console,
+                                              stderr=console)
+            finally:
+                if console is not None:
+                    console.close()
+            self._boots.append(rec)
+            self._cond.notify_all()
+        self._ns_init = self._find_ns_init()
+
+    def _env(self) -> dict[str, str]:
+        """The environment of PID 1: ours plus the machine's HACHAIN_* settings."""
+        env = dict(os.environ)
+        env.update({
+            channels.ENV_SIM_WATCHDOG: self.socket_path,
+            "HACHAIN_WATCHDOG_DEVICE": "sim",
+            channels.ENV_STATE_DIR: self.state_dir,
+            "HACHAIN_PERSIST_DIR": self.persist_dir,
+            channels.ENV_FAULT_HOOKS: "1",
+        })
+        env.pop("HACHAIN_CGROUP_ROOT", None)
+        if self.cgroup_root:
+            env["HACHAIN_CGROUP_ROOT"] = self.cgroup_root
+        env.update(self.env_extra)
+        return env
+
+    def _find_ns_init(self) -> int | None:
+        """The child of the unshare process: the machine's PID 1, seen from the host."""
+        proc = self._proc
+        deadline = time.monotonic() + FIND_INIT_TIMEOUT
+        while proc is not None and proc.poll() is None and time.monotonic() < deadline:
+            kids = children_of(proc.pid)
+            if kids:
+                return kids[0]
+            time.sleep(0.005)
+        return None
+
+    def _cgroup_root(self) -> str | None:
+        """`<cgroup2 mount>/hachain-sim-<id>` when cgroup v2 is writable, else None."""
+        mount = find_cgroup2_mount()
+        if not mount or not os.access(mount, os.W_OK):
+            return None
+        path = os.path.join(mount, f"hachain-sim-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.mkdir(path)
+        except OSError:
+            return None
+        return path
+
+    # -- the hardware's reactions -------------------------------------------------------
+
+    def _on_expire(self) -> None:
+        """The watchdog fired (server thread): reset the machine by killing its PID 1."""
+        with self._cond:
+            self._reset_pending = True
+        pid = self._ns_init or (self._find_ns_init() if self._proc is not None else None)
+        self._event(f"watchdog expired: resetting the machine (SIGKILL to PID 1, host pid "
+                    f"{pid})")
+        self._kill_machine()
+
+    def _on_pretimeout(self) -> None:
+        """The pretimeout fired: a real machine would raise an NMI or log; we log."""
+        self._event("watchdog pretimeout: the machine resets soon unless it is petted")
+
+    def _kill_machine(self) -> None:
+        """SIGKILL the namespace's init (everything in it dies); the unshare if none yet."""
+        pid = self._ns_init
+        proc = self._proc
+        if pid is not None and proc is not None and _ppid(pid) == proc.pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                return
+            except ProcessLookupError:
+                return
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # --kill-child takes the namespace's init down with it
+
+    def _event(self, msg: str) -> None:
+        """One machine event: remembered and reported."""
+        self.events.append((time.monotonic(), msg))
+        try:
+            self.on_event(msg)
+        except Exception as e:  # noqa: BLE001 - a broken reporter must not stop the machine
+            print(f"sim: event reporter failed: {e!r}: {msg}", file=sys.stderr)
+
+
+def _print_event(msg: str) -> None:
+    print(f"sim: {msg}", flush=True)
+
+
+def _describe_rc(rc: int) -> str:
+    """unshare's exit status in words (it re-raises the signal that killed PID 1)."""
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"status {rc}"
+
+
+def _count_lines(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def _append_line(path: str, obj: dict[str, Any]) -> None:
+    """Append one JSON line durably (the boot log is on the machine's "disk")."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, (json.dumps(obj, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- `hachain sim` --------------------------------------------------------------------------
+
+def add_parser(subparsers: Any) -> None:
+    """Register `hachain sim` on the `hachain` command's subparsers."""
+    p = subparsers.add_parser(
+        "sim", help="run the chain as PID 1 of a simulated machine with a software watchdog",
+        description="Boot the chain as PID 1 of a PID namespace; the host process plays the "
+                    "hardware: a watchdog expiry resets the machine, PID 1 exiting panics it.")
+    p.add_argument("-c", "--config", default=None,
+                   help="configuration (default: the embedded demo appliance)")
+    p.add_argument("--dir", default=None,
+                   help="machine directory (default: a fresh temporary directory)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="stop after this many seconds (default: until Ctrl-C / SIGTERM)")
+    p.add_argument("--boots", type=int, default=None,
+                   help="stop when the N-th boot ends instead of booting again")
+    p.add_argument("--panic-delay", type=float, default=1.0,
+                   help="seconds from a kernel panic to the next boot (default 1)")
+    p.add_argument("--console", action="store_true",
+                   help="show the machine's console here instead of <dir>/console.log")
+    p.set_defaults(func=cmd_sim)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """Run the simulated machine until the duration, the boot count, or a signal."""
+    if shutil.which("unshare") is None:
+        print("hachain sim: unshare(1) not found (util-linux); it is needed to make the "
+              "machine's PID namespace", file=sys.stderr)
+        return 1
+    if os.geteuid() != 0:
+        print("hachain sim: needs root (PID and mount namespaces)", file=sys.stderr)
+        return 1
+    if args.boots is not None and args.boots < 1 or args.panic_delay < 0:
+        print("hachain sim: --boots must be >= 1 and --panic-delay >= 0", file=sys.stderr)
+        return 2
+    d = os.path.abspath(args.dir) if args.dir else tempfile.mkdtemp(prefix="hachain-sim-")
+    os.makedirs(d, exist_ok=True)
+    print(f"sim: machine directory {d}", flush=True)
+    cfg_path = args.config
+    if cfg_path is None:
+        from hachain.simulators.demo import demo_config_text
+        cfg_path = os.path.join(d, "chain.toml")
+        with open(cfg_path, "w") as f:
+            f.write(demo_config_text(sys.executable))
+        print(f"sim: demo appliance configuration {cfg_path}", flush=True)
+    config.load(cfg_path)  # a ConfigError reaches `hachain`'s main: message, exit 2
+    machine = SimMachine(cfg_path, d, panic_delay=args.panic_delay,
+                         console="" if args.console else None, max_boots=args.boots)
+    if not args.console:
+        print(f"sim: console {machine.console}", flush=True)
+    stop = threading.Event()
+    old = signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    machine.start()
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    try:
+        while not stop.is_set() and not machine.finished.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            stop.wait(0.2 if left is None else min(0.2, left))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        print("sim: stopping the machine", flush=True)
+        machine.stop()
+    n = len(machine.boots)
+    print(f"sim: {n} boot(s); boot log {os.path.join(machine.persist_dir, channels.BOOT_LOG)}",
+          flush=True)
+    return 0
