@@ -1,0 +1,211 @@
+"""The simulated machine with the real chain: init as PID 1, the restarter, the tickler.
+
+Each test boots a machine, injects one fault from the host side (the only side from
+which SIGKILL/SIGSTOP reach a namespace's PID 1) and waits, with a stated bound, for the
+machine to react. Needs root and unshare(1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hachain.simulators.machine import SimMachine
+
+from hachain import channels
+from hachain.watchdog.device import WDIOF_CARDRESET
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the simulated machine needs root "
+                       "(PID and mount namespaces)"),
+    pytest.mark.skipif(shutil.which("unshare") is None,
+                       reason="the simulated machine needs unshare(1) from util-linux"),
+]
+
+TIMEOUT = 3
+PET = 0.5
+HB_TIMEOUT = 1.0
+GRACE = 4.0
+# From a hang to the reset: the heartbeat goes stale, the next tick sees it, the last pet
+# ran out. The margin covers the tick period and Python's scheduling on a loaded box.
+RESET_BOUND = TIMEOUT + PET + HB_TIMEOUT
+MARGIN = 1.0
+
+CONFIG = f"""\
+[chain]
+state_dir = "/run/hachain"
+persist_dir = "/var/lib/hachain"
+heartbeat_interval = 0.2
+restart_delay = 0.5
+
+[watchdog]
+device = "sim"
+timeout = {TIMEOUT}
+pet_interval = {PET}
+heartbeat_timeout = {HB_TIMEOUT}
+restart_grace = {GRACE}
+
+[service.db]
+command = ["{sys.executable}", "-m", "hachain.simulators.demo_services", "db"]
+ready = "notify"
+critical = true
+"""
+
+
+def wait_until(pred: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Poll `pred` until truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def machine(tmp_path: Any) -> Iterator[SimMachine]:
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(CONFIG)
+    m = SimMachine(str(cfg), str(tmp_path / "m"), panic_delay=0.2, on_event=lambda _m: None)
+    m.start()
+    try:
+        yield m
+    finally:
+        init = m.init_host_pid()
+        m.stop()
+        assert init is None or not channels.pid_alive(init), "the machine outlived stop()"
+        assert m.cgroup_root is None or not os.path.exists(m.cgroup_root)
+
+
+def chain_up(m: SimMachine) -> dict[str, channels.Heartbeat]:
+    """Wait for all three layers and for the tickler to be petting with the gate ok."""
+    m.wait_heartbeats(timeout=20, fresh=HB_TIMEOUT)
+    return {"tickler": wait_until(
+        lambda: (h := m.heartbeat("tickler")) and h.extra["pets"] >= 1
+        and h.extra["gate"]["ok"] and h, 15, "the tickler to pet")}
+
+
+def last_boot(m: SimMachine, boot_id: str) -> dict[str, Any]:
+    """last_boot.json once the tickler of the boot `boot_id` wrote it."""
+    path = os.path.join(m.persist_dir, "last_boot.json")
+    return wait_until(lambda: (r := channels.read_json(path)) and r["boot_id"] == boot_id
+                      and r, 20, "last_boot.json of the new boot")
+
+
+def test_boot_maps_layers_and_gives_each_boot_its_own_id(machine: SimMachine) -> None:
+    chain_up(machine)
+    boot = machine.boots[0]
+    assert boot["cause"] == "power-on" and boot["bootstatus"] == 0 and boot["boot"] == 1
+    with open(os.path.join(machine.persist_dir, channels.BOOT_LOG)) as f:
+        assert [json.loads(x)["cause"] for x in f] == ["power-on"]
+    init = machine.init_host_pid()
+    assert init is not None and machine.host_pid_of("init") == init
+    for layer, module in (("restarter", "hachain.restarter"),
+                          ("tickler", "hachain.watchdog.tickler")):
+        host = machine.host_pid_of(layer)
+        assert host is not None and host != machine.heartbeat(layer).pid
+        with open(f"/proc/{host}/cmdline", "rb") as f:
+            assert module.encode() in f.read()
+    rec = last_boot(machine, boot["boot_id"])
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        assert rec["boot_id"] != f.read().strip()  # the machine has its own boot id
+    assert rec["cause"] == "normal"
+
+
+def test_stopped_restarter_resets_the_machine(machine: SimMachine) -> None:
+    chain_up(machine)
+    restarter = machine.host_pid_of("restarter")
+    assert restarter is not None
+    t0 = time.monotonic()
+    os.kill(restarter, signal.SIGSTOP)
+    boot2 = machine.wait_boot(2, RESET_BOUND + MARGIN + 5)
+    elapsed = boot2["mono"] - t0
+    print(f"SIGSTOP restarter -> reset: {elapsed:.2f} s (bound {RESET_BOUND:g} s)")
+    assert elapsed <= RESET_BOUND + MARGIN
+    assert boot2["cause"] == "watchdog" and boot2["bootstatus"] == WDIOF_CARDRESET
+    chain_up(machine)  # and the chain comes back
+    rec = last_boot(machine, boot2["boot_id"])
+    assert rec["cause"] == "watchdog reset" and rec["flags"] == ["CARDRESET"]
+    gate = rec["last_gate_failure"]
+    assert gate["boot_id"] == machine.boots[0]["boot_id"]
+    assert gate["reasons"][0].startswith("restarter heartbeat stale")
+    assert "alive: hung" in gate["reasons"][0]
+
+
+def test_killed_tickler_is_restarted_without_a_reset(machine: SimMachine) -> None:
+    first = chain_up(machine)["tickler"]
+    tickler = machine.host_pid_of("tickler")
+    assert tickler is not None
+    os.kill(tickler, signal.SIGKILL)
+    wait_until(lambda: (h := machine.heartbeat("tickler")) and h.pid != first.pid
+               and h.restarts >= 1 and h.extra["pets"] >= 1, TIMEOUT + 2,
+               "a restarted tickler to pet")
+    # Hold on for longer than a timeout: the restarted tickler keeps the machine up.
+    time.sleep(TIMEOUT + 0.5)
+    assert len(machine.boots) == 1
+    assert machine.server is not None and machine.server.expirations == 0
+
+
+def test_killed_init_is_a_panic_and_a_reboot(machine: SimMachine) -> None:
+    chain_up(machine)
+    init = machine.init_host_pid()
+    assert init is not None
+    os.kill(init, signal.SIGKILL)
+    boot2 = machine.wait_boot(2, 10)
+    assert boot2["cause"] == "panic" and boot2["bootstatus"] == 0
+    assert machine.server is not None and machine.server.expirations == 0
+    chain_up(machine)
+    assert last_boot(machine, boot2["boot_id"])["cause"] == "normal"
+
+
+def test_stopped_init_resets_the_machine(machine: SimMachine) -> None:
+    chain_up(machine)
+    init = machine.init_host_pid()
+    assert init is not None
+    t0 = time.monotonic()
+    os.kill(init, signal.SIGSTOP)
+    boot2 = machine.wait_boot(2, RESET_BOUND + MARGIN + 5)
+    elapsed = boot2["mono"] - t0
+    print(f"SIGSTOP init -> reset: {elapsed:.2f} s (bound {RESET_BOUND:g} s)")
+    assert elapsed <= RESET_BOUND + MARGIN
+    assert boot2["cause"] == "watchdog"
+    chain_up(machine)
+    gate = last_boot(machine, boot2["boot_id"])["last_gate_failure"]
+    assert gate["reasons"][0].startswith("init heartbeat stale")
+
+
+def test_hachain_sim_command(tmp_path: Any) -> None:
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(CONFIG)
+    d = tmp_path / "m"
+    p = subprocess.run([sys.executable, "-m", "hachain.cli", "sim", "-c", str(cfg),
+                        "--dir", str(d), "--duration", "4"], check=False,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert f"sim: machine directory {d}" in lines
+    assert "sim: boot 1: power on (boot status 0x0)" in lines
+    assert lines[-1].startswith("sim: 1 boot(s); boot log")
+    with open(d / "console.log") as f:
+        assert "hachain-tickler" in f.read()
+
+
+def test_hachain_sim_rejects_a_bad_config(tmp_path: Any) -> None:
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text("[watchdog]\ntimeout = 'x'\n")
+    p = subprocess.run([sys.executable, "-m", "hachain.cli", "sim", "-c", str(cfg),
+                        "--dir", str(tmp_path / "m")], check=False,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "chain.toml:2: watchdog.timeout" in p.stderr
