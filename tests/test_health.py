@@ -102,6 +102,19 @@ def test_gate_table(desc: str, hbs: dict[str, Heartbeat | None], alive: dict[str
         assert "\n" not in reason
 
 
+def test_orderly_shutdown_skips_the_restarter_but_not_init() -> None:
+    stopping = hb("init", 0.2, pid=1, stopping=True)
+    dead_restarter = hb("restarter", 30.0, pid=7)
+    assert gate({"init": stopping, "restarter": dead_restarter},
+                {"init": True, "restarter": False}).ok
+    stale_init = hb("init", 5.0, pid=1, stopping=True)
+    result = gate({"init": stale_init, "restarter": dead_restarter},
+                  {"init": True, "restarter": False})
+    assert not result.ok
+    assert result.reasons[0].startswith("init heartbeat stale")
+    assert len(result.reasons) == 2
+
+
 def test_critical_ignored_when_gate_critical_off() -> None:
     from dataclasses import replace
     hbs = healthy(critical={"db": {"state": "failed", "ok": False, "reason": "exit 1"}})

@@ -209,3 +209,16 @@ def test_hachain_sim_rejects_a_bad_config(tmp_path: Any) -> None:
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert "chain.toml:2: watchdog.timeout" in p.stderr
+
+
+def test_sigterm_to_init_is_an_orderly_reboot(machine: SimMachine) -> None:
+    chain_up(machine)
+    init = machine.init_host_pid()
+    assert init is not None
+    os.kill(init, signal.SIGTERM)  # init has a handler, so this reaches it from the host
+    boot2 = machine.wait_boot(2, 30)
+    assert boot2["cause"] == "reboot" and boot2["bootstatus"] == 0
+    assert machine.server is not None and machine.server.expirations == 0
+    with open(machine.console) as f:
+        assert "magic close: watchdog disarmed" in f.read()
+    chain_up(machine)

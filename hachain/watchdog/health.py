@@ -18,6 +18,10 @@ The rules (docs/tickler.md explains why each exists):
 - From the restarter's heartbeat: its event-loop lag must be at most `max_loop_lag`,
   its automatic restart rate at most `max_restart_rate`, no reboot may be requested, and
   with `gate_critical` every critical service must report ok.
+- While init's *fresh* heartbeat says `stopping` (an orderly shutdown), the restarter's
+  rules are skipped: init is stopping it on purpose, under its own deadlines, and will
+  stop the tickler (magic close) next. Init itself is still checked, so a shutdown that
+  hangs in init still ends in a reset.
 
 Every failed rule adds one human line to `reasons`; the gate passes when there are none.
 """
@@ -137,10 +141,12 @@ def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str
     `started` is when the observer began watching: layers with no heartbeat yet get
     `restart_grace` from then.
     """
-    reasons: list[str] = []
-    for layer in GATED_LAYERS:
-        reasons.extend(layer_reasons(layer, hbs.get(layer), bool(alive.get(layer, False)),
-                                     now, cfg, started))
+    ihb = hbs.get("init")
+    reasons = layer_reasons("init", ihb, bool(alive.get("init", False)), now, cfg, started)
+    if ihb is not None and ihb.extra.get("stopping") is True and not reasons:
+        return GateResult(True, ())  # orderly shutdown in progress; init is alive
+    reasons.extend(layer_reasons("restarter", hbs.get("restarter"),
+                                 bool(alive.get("restarter", False)), now, cfg, started))
     rhb = hbs.get("restarter")
     if rhb is not None:
         reasons.extend(restarter_reasons(rhb.extra, cfg))
