@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ def healthy(**restarter_extra: Any) -> dict[str, Heartbeat | None]:
 ALIVE = {"init": True, "restarter": True}
 
 
-def gate(hbs: dict[str, Heartbeat | None], alive: dict[str, bool] = ALIVE,
+def gate(hbs: Mapping[str, Heartbeat | None], alive: Mapping[str, bool] = ALIVE,
          cfg: WatchdogConfig = CFG, started: float | None = None) -> GateResult:
     return evaluate(NOW, hbs, alive, cfg, started)
 
