@@ -125,7 +125,7 @@ class ChainConfig:
     state_dir: str = "/run/hachain"
     persist_dir: str = "/var/lib/hachain"
     cgroup_root: str = "auto"  # "auto" | "none" | an absolute cgroup2 directory
-    heartbeat_interval: float = 0.5
+    heartbeat_interval: float = 1.0
     restart_delay: float = 1.0
     log_dir: str = ""  # default: <persist_dir>/log
     log_format: str = "human"  # "human" | "json"

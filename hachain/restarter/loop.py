@@ -5,13 +5,14 @@ signal wakeup fd), the timer heap, dependency bookkeeping, re-adoption at start,
 heartbeat. Must not: decide a service's next state — that is `states.step`'s job; this
 module feeds it events and performs the `Action`s it returns.
 
-No polling: an idle restarter wakes only for its own heartbeat (and, every 20th beat,
+No polling: an idle restarter wakes only for its own heartbeat (and, once a minute,
 a log-size check).
 """
 
 from __future__ import annotations
 
 import fcntl
+import gc
 import heapq
 import os
 import selectors
@@ -31,7 +32,7 @@ from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc
 
 STORM_WINDOW = 10.0
-LOG_CHECK_EVERY = 20  # heartbeats
+LOG_CHECK_SECONDS = 60.0  # how often log sizes are checked for rotation
 
 
 def log(msg: str) -> None:
@@ -52,6 +53,7 @@ class Restarter:
         self.conf: dict[str, ServiceConfig] = dict(cfg.services)
         self.state_dir = cfg.chain.state_dir
         os.makedirs(self.state_dir, exist_ok=True)
+        self.raise_fd_limit()
         self._lock_fd = self._take_lock()
         self.store = Store(self.state_dir, cfg.chain.persist_dir)
         self.log_dir = cfg.chain.service_log_dir
@@ -59,6 +61,12 @@ class Restarter:
         self.cgroups = spawn.Cgroups.from_config(cfg.chain.cgroup_root, hint)
         self.deps = {n: tuple(d for d in c.deps if d in self.conf) for n, c in self.conf.items()}
         self.rev = graph.reverse(self.deps)
+        self.conflicts: dict[str, tuple[str, ...]] = {n: c.conflicts for n, c in self.conf.items()}
+        for n, c in self.conf.items():
+            for o in c.conflicts:
+                if n not in self.conflicts[o]:
+                    self.conflicts[o] += (n,)
+        self.critical = [n for n, c in self.conf.items() if c.critical]
         self.svcs: dict[str, Svc] = {n: states.initial(n) for n in self.conf}
         self.pidfds: dict[str, tuple[int, int]] = {}  # name -> (pid, pidfd)
         self.ready_fds: dict[str, int] = {}
@@ -74,6 +82,7 @@ class Restarter:
         self.shutting_down = False
         self.max_lag = 0.0
         self.beats = 0
+        self._next_log_check = time.monotonic() + LOG_CHECK_SECONDS
         self.sel = selectors.EpollSelector()
         self.hb = channels.HeartbeatWriter(self.state_dir, "restarter", layer_restarts)
         self._sig_r, self._sig_w = socket.socketpair()
@@ -88,6 +97,20 @@ class Restarter:
                                      self.sel, self.handle_request)
 
     # --- set-up ----------------------------------------------------------------------------
+
+    @staticmethod
+    def raise_fd_limit() -> None:
+        """Each supervised service holds a pidfd (and a readiness fd while starting): lift
+        the soft RLIMIT_NOFILE to the hard limit so 1000 services fit."""
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            except (ValueError, OSError):
+                pass
 
     def _take_lock(self) -> int:
         path = os.path.join(self.state_dir, "restarter.lock")
@@ -267,7 +290,7 @@ class Restarter:
     def _spawn(self, name: str, now: float) -> None:
         c = self.conf[name]
         s = self.svcs[name]
-        for other in c.conflicts + tuple(n for n, oc in self.conf.items() if name in oc.conflicts):
+        for other in self.conflicts[name]:
             if states.is_up(self.svcs[other]):
                 self.feed(other, Ev.STOP, now)
         if s.restarts and s.last_exit is not None:
@@ -407,16 +430,17 @@ class Restarter:
         self.beats += 1
         while self.restart_times and self.restart_times[0] < now - STORM_WINDOW:
             self.restart_times.popleft()
-        critical = {n: {"state": s.state.value,
+        critical = {n: {"state": (s := self.svcs[n]).state.value,
                         "ok": s.state not in (State.MAINTENANCE, State.FAILED),
                         "reason": s.reason}
-                    for n, s in self.svcs.items() if self.conf[n].critical}
+                    for n in self.critical}
         self.hb.beat({"lag": round(self.max_lag, 4), "critical": critical,
                       "restart_rate": len(self.restart_times) / STORM_WINDOW,
                       "services": len(self.svcs), "reboot_requested": self.reboot_requested})
         self.max_lag = 0.0
         self.control.expire(now)
-        if self.beats % LOG_CHECK_EVERY == 0:
+        if now >= self._next_log_check:
+            self._next_log_check = now + LOG_CHECK_SECONDS
             for n, c in self.conf.items():
                 try:
                     spawn.rotate_log(self.log_dir, n, c.log_max_bytes, c.log_keep)
@@ -500,6 +524,10 @@ class Restarter:
         self.adopt_or_start(now)
         self.flush()
         self.heartbeat(now)
+        # Everything allocated so far lives as long as the restarter: keep the cyclic GC
+        # from rescanning it on every collection (a restart allocates little).
+        gc.collect()
+        gc.freeze()
         while True:
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:

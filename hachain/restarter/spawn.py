@@ -37,6 +37,9 @@ from hachain.config import ServiceConfig
 from hachain.restarter.policy import ExitStatus
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The file limit the restarter was started with: it raises its own (a pidfd per service),
+# and gives services back this one unless their configuration sets `nofile`.
+BASE_NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def exit_status(status: int) -> ExitStatus:
@@ -306,6 +309,11 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
     # (its __del__ would otherwise waitpid a pid that may by then belong to another child).
     p.returncode = 0
     pid = p.pid
+    if not any(n == "nofile" for n, _, _ in cfg.rlimits):
+        try:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, BASE_NOFILE)
+        except (OSError, ValueError):
+            pass
     return Spawned(pid=pid, pidfd=pidfd_open(pid), start_time=channels.proc_start_time(pid),
                    ready_fd=ready_r)
 
