@@ -1,0 +1,529 @@
+"""hachain-init: layer 1 of the chain, PID 1 of the machine or a subreaper under another init.
+
+What this module owns:
+- starting the two layer-2 processes, the restarter and the tickler, and restarting each
+  one *blindly* a fixed delay after it exits, forever;
+- reaping every zombie that comes back to it (its own children and every orphan below);
+- the shutdown sequence: restarter first, then tickler, then whatever is left, then (as
+  PID 1) sync and reboot / halt / power off;
+- its own heartbeat, `<state_dir>/hb/init.json`, written from inside the event loop.
+
+What it must not do:
+- import anything but the standard library and `hachain.channels`; read TOML; know about
+  services; make a policy decision (no backoff, no intensity, no "give up");
+- exit on an error. Every loop iteration is wrapped; a failure is logged and followed by a
+  one-second pause. As PID 1, returning from `main` is a kernel panic.
+
+Some facts this code is built on:
+
+- PID 1 and signals. The kernel delivers a signal to the init of a PID namespace only if
+  init installed a handler for it, when the sender is inside that namespace. SIGKILL and
+  SIGSTOP cannot have handlers, so `kill -9 1` from inside does nothing; from the parent
+  namespace they do arrive. That is why a crash or a hang of PID 1 has to be injected
+  through init's own code (the fault hooks below, off unless HACHAIN_FAULT_HOOKS=1).
+- PID 1 exit. When the root namespace's init exits, the kernel panics (with `panic=N` it
+  reboots after N s). When a child namespace's init exits, the kernel SIGKILLs everything
+  else in that namespace. reboot(2) inside a child namespace does not reboot the machine:
+  it kills that namespace's init, which its parent then sees as killed by SIGHUP (restart)
+  or SIGINT (halt / power off).
+- Subreaper. prctl(PR_SET_CHILD_SUBREAPER) makes orphans of our subtree reparent to us
+  rather than to the real PID 1, so services that double-fork still come back here and
+  are reaped (and killed at shutdown). Reparenting sends us nothing; only the orphan's
+  eventual exit does (SIGCHLD), which is why shutdown rescans /proc.
+- SIGCHLD coalesces: one signal may stand for many exits, so every wakeup ends with a
+  `waitpid(-1, WNOHANG)` loop until it says "no more".
+- Signals reach the loop through `signal.set_wakeup_fd`: the C-level handler writes the
+  signal number to a non-blocking pipe the selector watches, so no signal is lost between
+  a check and a sleep, and nothing polls.
+- Python starts with SIGPIPE (and SIGXFSZ) ignored, and an ignored disposition survives
+  exec; the children get them reset to default, as `subprocess` does.
+- A fixed restart delay, no backoff (runit: "try again in 1 second, forever"). Init's
+  children are the chain itself; holding one down would make the machine unmanaged until
+  the watchdog fires. A fixed delay bounds the spawn rate (so a crash loop cannot starve
+  the loop or the machine) and keeps the recovery time a constant anyone can add up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import selectors
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hachain import channels
+
+PROG = "hachain-init"
+ENV_LAYER_RESTARTS = "HACHAIN_LAYER_RESTARTS"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+FAULT_EXIT_STATUS = 70
+ERROR_PAUSE = 1.0  # after any exception in the loop
+SHUTDOWN_POLL = 0.1  # rescan for reparented orphans while stopping
+MAX_GRACE = 5.0  # SIGTERM-to-SIGKILL grace for the tickler and the leftovers
+
+# reboot(2) commands and prctl / mount(2) constants (x86_64 and generic Linux).
+RB_AUTOBOOT = 0x01234567
+RB_HALT_SYSTEM = 0xCDEF0123
+RB_POWER_OFF = 0x4321FEDC
+RB_DISABLE_CAD = 0
+PR_SET_CHILD_SUBREAPER = 36
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+PID1_MOUNTS = (  # (fstype, target, flags, data)
+    ("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+    ("sysfs", "/sys", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+    ("devtmpfs", "/dev", MS_NOSUID, "mode=0755"),
+    ("tmpfs", "/run", MS_NOSUID | MS_NODEV, "mode=0755"),
+)
+
+LOOP_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                signal.SIGUSR1, signal.SIGUSR2)
+SIG_CRASH = signal.SIGRTMIN + 1  # fault hook: exit now with FAULT_EXIT_STATUS
+SIG_HANG = signal.SIGRTMIN + 2  # fault hook: stop running the loop, forever
+
+
+def log(msg: str) -> None:
+    """One line on stderr; a broken console must never stop init."""
+    try:
+        os.write(2, f"{PROG}: {msg}\n".encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def libc_call(name: str, *args: Any) -> None:
+    """Call a libc function through ctypes; OSError with errno when it returns -1."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+def sig_name(sig: int) -> str:
+    """'SIGTERM', or 'signal 36' for a number without a name."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def describe_status(status: int) -> str:
+    """A wait status in words: 'exited with status 3', 'killed by SIGKILL (core dumped)'."""
+    if os.WIFSIGNALED(status):
+        core = " (core dumped)" if os.WCOREDUMP(status) else ""
+        return f"killed by {sig_name(os.WTERMSIG(status))}{core}"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"changed state (wait status {status:#x})"
+
+
+def child_pids(parent: int) -> list[int]:
+    """Pids whose parent is `parent`, from /proc (reparented orphans included)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+            if int(raw[raw.rindex(b")") + 2:].split()[1]) == parent:
+                found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+# --- options -------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; see docs/init.md."""
+    p = argparse.ArgumentParser(prog=PROG, description="hachain layer 1: PID 1 or subreaper")
+    p.add_argument("--state-dir", default="/run/hachain")
+    p.add_argument("--config", default="/etc/hachain/chain.toml")
+    p.add_argument("--restart-delay", type=float, default=1.0)
+    p.add_argument("--heartbeat-interval", type=float, default=0.5)
+    p.add_argument("--stop-timeout", type=float, default=30.0)
+    p.add_argument("--restarter-cmd", type=shlex.split, default=None)
+    p.add_argument("--tickler-cmd", type=shlex.split, default=None)
+    p.add_argument("--no-tickler", action="store_true")
+    return p
+
+
+def parse_options(argv: list[str], pid1: bool) -> argparse.Namespace:
+    """Parse `argv`. As PID 1 never fail: stray kernel arguments are logged and ignored."""
+    parser = build_parser()
+    if not pid1:
+        opts = parser.parse_args(argv)
+    else:
+        try:
+            opts, unknown = parser.parse_known_args(argv)
+            if unknown:
+                log(f"ignoring unknown arguments: {' '.join(unknown)}")
+        except SystemExit:
+            log("bad arguments; using the defaults")
+            opts = parser.parse_args([])
+    if opts.restart_delay < 0 or opts.heartbeat_interval <= 0 or opts.stop_timeout < 0:
+        if not pid1:
+            parser.error("delays and timeouts must be >= 0 (heartbeat interval > 0)")
+        log("negative delay or timeout; using the defaults")
+        opts = parser.parse_args([])
+    python = sys.executable or "/usr/bin/python3"
+    if opts.restarter_cmd is None:
+        opts.restarter_cmd = [python, "-m", "hachain.restarter", "-c", opts.config]
+    if opts.tickler_cmd is None:
+        opts.tickler_cmd = [python, "-m", "hachain.watchdog.tickler", "-c", opts.config]
+    return opts
+
+
+# --- the init process ------------------------------------------------------------------------
+
+@dataclass
+class Child:
+    """One supervised layer-2 process; `due` is when to (re)start it, None while it runs."""
+
+    name: str
+    argv: list[str]
+    pid: int | None = None
+    restarts: int = 0
+    started_mono: float | None = None
+    due: float | None = 0.0
+    attempts: int = field(default=0, repr=False)  # spawn attempts, failed ones included
+
+
+class Init:
+    """The event loop: signals and timers in, spawns, kills and heartbeats out."""
+
+    def __init__(self, opts: argparse.Namespace, pid1: bool) -> None:
+        self.opts = opts
+        self.pid1 = pid1
+        self.children = [Child("restarter", opts.restarter_cmd)]
+        if not opts.no_tickler:
+            self.children.append(Child("tickler", opts.tickler_cmd))
+        self.stopping = False
+        self.final_cmd = RB_AUTOBOOT
+        self.phase = ""  # "", "restarter", "tickler", "rest", "done"
+        self.phase_deadline = 0.0
+        self.rest_termed: dict[int, float] = {}  # subreaper: pid -> when to SIGKILL it
+        self.rest_killed = False  # PID 1: kill(-1, SIGKILL) already sent
+        self.hb: channels.HeartbeatWriter | None = None
+        self.next_beat = 0.0
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(wake_w, False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for sig in LOOP_SIGNALS:
+            signal.signal(sig, lambda _s, _f: None)  # the wakeup fd does the work
+        if os.environ.get(channels.ENV_FAULT_HOOKS) == "1":
+            signal.signal(SIG_CRASH, fault_crash)
+            signal.signal(SIG_HANG, fault_hang)
+            log("fault hooks enabled: SIGRTMIN+1 exits, SIGRTMIN+2 hangs")
+
+    # -- loop --
+
+    def run(self) -> int:
+        """Run until shutdown completes; returns the exit status (subreaper only)."""
+        while self.phase != "done":
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 - init must survive anything
+                log(f"error in event loop: {type(e).__name__}: {e}; pausing {ERROR_PAUSE} s")
+                time.sleep(ERROR_PAUSE)
+        self.beat()
+        return 0
+
+    def step(self) -> None:
+        """One iteration: wait for a signal or the next timer, then act on everything due."""
+        timeout = max(0.0, self.next_deadline() - time.monotonic())
+        for _key, _ev in self.sel.select(timeout):
+            for sig in self.drain_wakeups():
+                self.on_signal(sig)
+        self.reap()
+        now = time.monotonic()
+        if self.stopping:
+            self.advance_shutdown(now)
+        else:
+            for child in self.children:
+                if child.due is not None and now >= child.due:
+                    self.spawn(child, now)
+        if now >= self.next_beat:
+            self.beat()
+            self.next_beat = now + self.opts.heartbeat_interval
+
+    def next_deadline(self) -> float:
+        """The earliest timer: heartbeat, a pending restart, or a shutdown step."""
+        times = [self.next_beat]
+        if self.stopping:
+            times.append(min(self.phase_deadline, time.monotonic() + SHUTDOWN_POLL))
+        else:
+            times.extend(c.due for c in self.children if c.due is not None)
+        return min(times)
+
+    def drain_wakeups(self) -> bytes:
+        """The signal numbers the wakeup fd collected since the last read."""
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self.wake_r, 256)
+            except BlockingIOError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    def on_signal(self, sig: int) -> None:
+        """Map a signal to an action; SIGCHLD needs none here (every step reaps)."""
+        actions = {signal.SIGTERM: RB_AUTOBOOT, signal.SIGINT: RB_AUTOBOOT}
+        if self.pid1:
+            actions.update({signal.SIGUSR1: RB_HALT_SYSTEM, signal.SIGUSR2: RB_POWER_OFF})
+        if sig == signal.SIGCHLD:
+            return
+        if sig not in actions:
+            log(f"{sig_name(sig)} received; ignored")
+            return
+        self.final_cmd = actions[sig]
+        if not self.stopping:
+            log(f"{sig_name(sig)} received; stopping the chain")
+            self.stopping = True
+            self.enter_phase("restarter", time.monotonic())
+
+    # -- children --
+
+    def child_env(self, child: Child) -> dict[str, str]:
+        """The environment a layer-2 child gets: ours plus the chain's variables."""
+        env = dict(os.environ)
+        env.setdefault("PATH", DEFAULT_PATH)
+        env[channels.ENV_CONFIG] = self.opts.config
+        env[channels.ENV_STATE_DIR] = self.opts.state_dir
+        env[ENV_LAYER_RESTARTS] = str(child.restarts)
+        return env
+
+    def spawn(self, child: Child, now: float) -> None:
+        """Start `child`; on failure log it and try again after the fixed delay."""
+        child.restarts = child.attempts
+        child.attempts += 1
+        try:
+            pid = os.posix_spawnp(
+                child.argv[0], child.argv, self.child_env(child), setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *LOOP_SIGNALS), setsigmask=())
+        except Exception as e:  # noqa: BLE001 - a bad command must not stop init
+            child.due = now + self.opts.restart_delay
+            log(f"cannot start {child.name} ({shlex.join(child.argv)}): {e}; "
+                f"retrying in {self.opts.restart_delay} s")
+            return
+        child.pid, child.started_mono, child.due = pid, now, None
+        log(f"started {child.name} (pid {pid}, restarts {child.restarts})")
+
+    def reap(self) -> None:
+        """Collect every exited child and orphan; schedule restarts of our layers."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.rest_termed.pop(pid, None)
+            child = next((c for c in self.children if c.pid == pid), None)
+            if child is None:
+                continue  # an orphan of the tree: reaping it is all there is to do
+            child.pid, child.started_mono = None, None
+            if self.stopping:
+                log(f"{child.name} (pid {pid}) {describe_status(status)}")
+            else:
+                child.due = time.monotonic() + self.opts.restart_delay
+                log(f"{child.name} (pid {pid}) {describe_status(status)}; "
+                    f"restarting in {self.opts.restart_delay} s")
+
+    def beat(self) -> None:
+        """Write the heartbeat; a missing or unwritable state dir is retried next time."""
+        if self.hb is None:
+            try:
+                self.hb = channels.HeartbeatWriter(self.opts.state_dir, "init")
+            except OSError as e:
+                log(f"cannot create heartbeat dir in {self.opts.state_dir}: {e}")
+                return
+        self.hb.beat({
+            "pid1": self.pid1,
+            "stopping": self.stopping,
+            "children": {c.name: {"pid": c.pid, "restarts": c.restarts,
+                                  "started_mono": c.started_mono} for c in self.children},
+        })
+
+    # -- shutdown --
+
+    def enter_phase(self, phase: str, now: float) -> None:
+        """Start a shutdown phase: SIGTERM the layer it names and arm its deadline."""
+        self.phase = phase
+        grace = min(self.opts.stop_timeout, MAX_GRACE)
+        self.phase_deadline = now + (self.opts.stop_timeout if phase == "restarter" else grace)
+        child = next((c for c in self.children if c.name == phase), None)
+        if child is not None and child.pid is not None:
+            log(f"stopping {child.name} (pid {child.pid}) with SIGTERM")
+            self.signal_pid(child.pid, signal.SIGTERM)
+        elif phase == "rest" and self.pid1:
+            log("sending SIGTERM to all processes")
+            self.signal_pid(-1, signal.SIGTERM)
+
+    def advance_shutdown(self, now: float) -> None:
+        """Move through restarter -> tickler -> rest -> done as each phase finishes."""
+        if self.phase in ("restarter", "tickler"):
+            child = next((c for c in self.children if c.name == self.phase), None)
+            if child is not None and child.pid is not None:
+                if now < self.phase_deadline:
+                    return
+                log(f"{child.name} (pid {child.pid}) did not stop in time; SIGKILL")
+                self.signal_pid(child.pid, signal.SIGKILL)
+            self.enter_phase("tickler" if self.phase == "restarter" else "rest", now)
+            self.advance_shutdown(now)  # a layer that is not running needs no wait
+        elif self.phase == "rest":
+            if self.pid1:
+                self.stop_rest_pid1(now)
+            else:
+                self.stop_rest_subreaper(now)
+
+    def stop_rest_pid1(self, now: float) -> None:
+        """PID 1: everything in the namespace is ours; TERM went out, KILL after the grace."""
+        if not self.have_children():
+            self.phase = "done"
+        elif now >= self.phase_deadline:
+            if self.rest_killed:
+                log("processes survive SIGKILL (uninterruptible?); going down anyway")
+                self.phase = "done"
+                return
+            log("sending SIGKILL to all processes")
+            self.signal_pid(-1, signal.SIGKILL)
+            self.rest_killed = True
+            self.phase_deadline = now + MAX_GRACE
+
+    def stop_rest_subreaper(self, now: float) -> None:
+        """Subreaper: SIGTERM each child once (orphans included), SIGKILL it after the grace."""
+        if not self.have_children():
+            self.phase = "done"
+            return
+        grace = min(self.opts.stop_timeout, MAX_GRACE)
+        for pid in child_pids(os.getpid()):
+            if pid not in self.rest_termed:
+                log(f"stopping leftover pid {pid} with SIGTERM")
+                self.signal_pid(pid, signal.SIGTERM)
+                self.rest_termed[pid] = now + grace
+            elif now >= self.rest_termed[pid]:
+                log(f"leftover pid {pid} did not stop in time; SIGKILL")
+                self.signal_pid(pid, signal.SIGKILL)
+                self.rest_termed[pid] = now + grace  # again later if it is stuck in D
+        self.phase_deadline = min(self.rest_termed.values(), default=now + SHUTDOWN_POLL)
+
+    def have_children(self) -> bool:
+        """True while waitpid says some child (exited or not) remains."""
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return True
+
+    @staticmethod
+    def signal_pid(pid: int, sig: int) -> None:
+        """kill(2) that tolerates a process already gone."""
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        except OSError as e:
+            log(f"kill({pid}, {sig_name(sig)}) failed: {e}")
+
+
+# --- fault-injection hooks (only with HACHAIN_FAULT_HOOKS=1) ---------------------------------
+
+def fault_crash(_sig: int, _frame: object) -> None:
+    """SIGRTMIN+1: die at once. As PID 1 this is a kernel panic, which is the point."""
+    log(f"fault hook: exiting with status {FAULT_EXIT_STATUS}")
+    os._exit(FAULT_EXIT_STATUS)
+
+
+def fault_hang(_sig: int, _frame: object) -> None:
+    """SIGRTMIN+2: stop the loop forever: no heartbeat, no reaping, no restarts."""
+    log("fault hook: hanging forever")
+    signal.set_wakeup_fd(-1)
+    for sig in LOOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL if sig == signal.SIGCHLD else signal.SIG_IGN)
+    while True:  # SIGRTMIN+1 still works from here: the handler runs between pauses
+        signal.pause()
+
+
+# --- PID 1 setup and the end ----------------------------------------------------------------
+
+def setup_pid1() -> None:
+    """Mount the kernel filesystems that are missing, fix stdio, route ctrl-alt-del."""
+    for fstype, target, flags, data in PID1_MOUNTS:
+        try:
+            if os.path.ismount(target):
+                continue
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            libc_call("mount", fstype.encode(), target.encode(), fstype.encode(),
+                      ctypes.c_ulong(flags), data.encode())
+            log(f"mounted {fstype} on {target}")
+        except Exception as e:  # noqa: BLE001
+            log(f"cannot mount {fstype} on {target}: {e}")
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                os.dup2(os.open("/dev/null", os.O_RDWR), fd)
+            except OSError:
+                pass
+    try:
+        libc_call("reboot", ctypes.c_int(RB_DISABLE_CAD))  # ctrl-alt-del becomes SIGINT
+    except OSError as e:
+        log(f"cannot disable ctrl-alt-del (expected in a PID namespace): {e}")
+
+
+def setup_subreaper() -> None:
+    """Make orphans of our subtree come back to us instead of the real PID 1."""
+    try:
+        libc_call("prctl", ctypes.c_int(PR_SET_CHILD_SUBREAPER), ctypes.c_ulong(1),
+                  ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    except OSError as e:
+        log(f"cannot become a subreaper; orphans will go to PID 1: {e}")
+
+
+def final_reboot(cmd: int) -> None:
+    """PID 1's last act: sync and reboot(2). Returns only if the kernel refused."""
+    names = {RB_AUTOBOOT: "reboot", RB_HALT_SYSTEM: "halt", RB_POWER_OFF: "power off"}
+    log(f"all processes stopped; sync and {names.get(cmd, hex(cmd))}")
+    os.sync()
+    try:
+        libc_call("reboot", ctypes.c_int(cmd))
+    except OSError as e:
+        log(f"reboot(2) failed: {e}; exiting")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `hachain-init`; as PID 1 it only returns if reboot(2) fails."""
+    pid1 = os.getpid() == 1
+    opts = parse_options(sys.argv[1:] if argv is None else argv, pid1)
+    if pid1:
+        setup_pid1()
+    else:
+        setup_subreaper()
+    while True:
+        try:
+            init = Init(opts, pid1)
+            break
+        except Exception as e:  # noqa: BLE001 - e.g. no fds left; keep trying
+            log(f"cannot set up the event loop: {e}; pausing {ERROR_PAUSE} s")
+            time.sleep(ERROR_PAUSE)
+    status = init.run()
+    if pid1:
+        final_reboot(init.final_cmd)
+    else:
+        log("all processes stopped; exiting")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
