@@ -9,6 +9,7 @@ junit properties.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -129,6 +130,20 @@ def test_softdog_exposes_watchdog0_and_no_reboot_ends_qemu(machine: MachineFacto
     assert vm.wait_exit(timeout=30) == 0
     assert [e.name for e in vm.events if e.name == "SHUTDOWN"] == ["SHUTDOWN"]
     assert len(vm.boots) == 1
+
+
+@pytest.mark.qemu
+def test_without_panic_reboot_only_the_watchdog_brings_the_machine_back(
+        machine: MachineFactory) -> None:
+    vm = machine(PETTER + ["--pets", "1", "--then", "exit"], heartbeat=2, panic=None)
+    # No driver here implements time left: the ioctl fails with EOPNOTSUPP.
+    left = vm.wait_for(r"pet 1 timeleft (.*)", timeout=60).group(1)
+    assert left == f"unsupported ({errno.errorcode[errno.EOPNOTSUPP]})"
+    panicked = vm.wait_for("Attempted to kill init", timeout=30)
+    fired = vm.wait_event("WATCHDOG", timeout=30)
+    assert fired.at > vm.time_at(panicked.start())
+    vm.wait_boot(2, timeout=60)
+    assert vm.wait_for(r"bootstatus (\d+)", timeout=30, since=panicked.end()).group(1) == "32"
 
 
 def test_missing_qemu_gives_one_clear_line(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ one of them). With `--device ""` it touches no watchdog and only reaps.
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import os
 import struct
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         fcntl.ioctl(fd, WDIOC_KEEPALIVE, struct.pack("i", 0))
         try:
             left: object = _ioctl_int(fd, WDIOC_GETTIMELEFT)
-        except OSError:
-            left = _sysfs("timeleft", args.device)
+        except OSError as exc:
+            left = f"unsupported ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
         _say(f"pet {i} timeleft {left}")
         _idle(args.interval)
     _say("stopped petting")
