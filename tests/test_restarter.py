@@ -299,3 +299,79 @@ command = {svc("sleep")}
                        capture_output=True, text=True, timeout=20)
     assert p.returncode == 1 and "unknown service 'nope'" in p.stderr
     assert client.request(r.state_dir, {"op": "ping"})["ok"]
+
+
+def test_readiness_tcp_and_exec(restarter, tmp_path):
+    import socket as so
+    probe = so.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    flag = tmp_path / "up"
+    r = restarter(f"""
+[service.t]
+command = ["{os.sys.executable}", "-c", "import socket,time; time.sleep(0.4); s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(1000)"]
+ready = "tcp"
+ready_port = {port}
+[service.e]
+command = ["/bin/sh", "-c", "sleep 0.3; touch {flag}; exec sleep 1000"]
+ready = "exec"
+ready_command = ["/bin/test", "-e", "{flag}"]
+""")
+    assert r.svc("t")["state"] == "starting"
+    r.wait_state("t", "ready")
+    r.wait_state("e", "ready")
+    assert flag.exists()
+
+
+def test_health_check_failures_restart_a_hung_service(restarter, tmp_path):
+    flag = tmp_path / "healthy"
+    flag.write_text("")
+    r = restarter(f"""
+[service.h]
+command = {svc("sleep")}
+health = {{ kind = "exec", command = ["/bin/test", "-e", "{flag}"], interval = 0.1, timeout = 1, failures = 3 }}
+backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
+stop_timeout = 0.5
+""")
+    pid = r.wait_state("h", "ready")["pid"]
+    time.sleep(0.5)  # several passing checks: nothing happens
+    assert r.svc("h")["pid"] == pid and r.svc("h")["health"]["failures"] == 0
+    flag.unlink()
+    s = wait_until(lambda: (x := r.svc("h"))["pid"] not in (None, pid) and x, 10,
+                   "h restarted by its health check")
+    assert s["last_exit"]["kind"] == "hung"
+    assert "health check failed 3 times" in open(r.log).read()
+
+
+def test_service_watchdog_restarts_a_silent_service(restarter):
+    r = restarter(f"""
+[service.w]
+command = {svc("notify", "0")}
+ready = "notify"
+watchdog_sec = 0.5
+backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
+stop_timeout = 0.5
+""")
+    pid = r.wait_state("w", "ready")["pid"]
+    s = wait_until(lambda: (x := r.svc("w"))["pid"] not in (None, pid) and x, 10,
+                   "w restarted by the service watchdog")
+    assert s["last_exit"]["kind"] == "hung"
+
+
+def test_notify_from_a_foreign_process_is_ignored(restarter):
+    import socket as so
+    r = restarter(f"""
+[service.n]
+command = {svc("sleep")}
+ready = "notify"
+ready_timeout = 30
+""")
+    wait_until(lambda: r.svc("n")["pid"], 5, "n spawned")
+    s = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    s.sendto(b"READY=1", os.path.join(r.state_dir, "notify.sock"))
+    s.sendto(b"\xff" * 10000, os.path.join(r.state_dir, "notify.sock"))
+    s.close()
+    wait_until(lambda: "belongs to no service" in open(r.log).read(), 5, "the warning")
+    assert r.svc("n")["state"] == "starting"
+    assert r.ping()

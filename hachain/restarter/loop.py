@@ -26,7 +26,7 @@ from typing import Any
 
 from hachain import channels
 from hachain.config import Config, ServiceConfig
-from hachain.restarter import graph, notify, spawn, states
+from hachain.restarter import graph, notify, probes, spawn, states
 from hachain.restarter.persist import RuntimeRecord, Store
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc
@@ -72,6 +72,9 @@ class Restarter:
         self.ready_fds: dict[str, int] = {}
         self.by_pid: dict[int, str] = {}
         self.status_text: dict[str, str] = {}
+        self.probes: dict[tuple[str, str], probes.Probe] = {}
+        self.health_failures: dict[str, int] = {}
+        self.health_detail: dict[str, str] = {}
         self.timers: list[tuple[float, int, str, str]] = []
         self.timer_live: dict[tuple[str, str], int] = {}
         self.seq = 0
@@ -245,6 +248,19 @@ class Restarter:
         log(f"{name}: {old.state.value} -> {new.state.value}{pid}{extra}")
 
     def _after_change(self, name: str, old: Svc, new: Svc, now: float) -> None:
+        c = self.conf[name]
+        if new.state is State.STARTING and new.pid is not None and old.pid != new.pid and \
+                c.ready in ("exec", "tcp"):
+            self.arm(name, "probe-ready", 0.02, now)
+        if new.state is State.READY and old.state is not State.READY and c.health:
+            self.health_failures[name] = 0
+            self.arm(name, "probe-health", c.health.interval, now)
+        keep = {"ready": State.STARTING, "health": State.READY}
+        for purpose, state in keep.items():
+            if new.state is not state or new.pid != old.pid:
+                pr = self.probes.pop((name, purpose), None)
+                if pr is not None:
+                    self._drop_probe(pr)
         was_sat, is_sat = states.satisfies_dependents(old), states.satisfies_dependents(new)
         if is_sat and not was_sat:
             for d in self.rev.get(name, ()):
@@ -357,6 +373,9 @@ class Restarter:
             if kind == "heartbeat":
                 self.heartbeat(now)
             return
+        if kind.startswith("probe-"):
+            self._probe_timer(name, kind, now)
+            return
         if kind == "watchdog":
             s = self.svcs[name]
             if states.is_up(s):
@@ -424,6 +443,91 @@ class Restarter:
             if r == "ready":
                 self.feed(name, Ev.READY, now)
 
+    # --- probes (exec / tcp readiness and health checks) -----------------------------------
+
+    def _probe_timer(self, name: str, kind: str, now: float) -> None:
+        c = self.conf[name]
+        s = self.svcs[name]
+        if kind in ("probe-timeout-ready", "probe-timeout-health"):
+            purpose = kind.rsplit("-", 1)[1]
+            pr = self.probes.pop((name, purpose), None)
+            if pr is not None:
+                self._drop_probe(pr)
+                self._probe_result(name, purpose, False, "timed out", now)
+            return
+        purpose = "ready" if kind == "probe-ready" else "health"
+        if purpose == "ready" and s.state is not State.STARTING:
+            return
+        if purpose == "health" and (s.state is not State.READY or c.health is None):
+            return
+        if (name, purpose) in self.probes:
+            return
+        pkind = c.ready if purpose == "ready" else c.health.kind  # type: ignore[union-attr]
+        try:
+            if pkind == "exec":
+                argv = c.ready_command if purpose == "ready" else c.health.command  # type: ignore[union-attr]
+                pr = probes.start_exec(name, purpose, argv, spawn.service_env(c, None), c.cwd)
+            else:
+                port = c.ready_port if purpose == "ready" else c.health.port  # type: ignore[union-attr]
+                pr = probes.start_tcp(name, purpose, port)
+        except OSError as e:
+            self._probe_result(name, purpose, False, f"cannot run check: {e.strerror or e}", now)
+            return
+        if pr.fd < 0:
+            self._probe_result(name, purpose, False, pr.detail or "check exited at once", now)
+            return
+        self.probes[(name, purpose)] = pr
+        ev = selectors.EVENT_WRITE if pr.kind == "tcp" else selectors.EVENT_READ
+        self.sel.register(pr.fd, ev, ("probe", (name, purpose)))
+        limit = min(c.ready_timeout, 5.0) if purpose == "ready" else c.health.timeout  # type: ignore[union-attr]
+        self.arm(name, f"probe-timeout-{purpose}", limit, now)
+
+    def _drop_probe(self, pr: probes.Probe) -> None:
+        try:
+            self.sel.unregister(pr.fd)
+        except (KeyError, ValueError):
+            pass
+        self.timer_live.pop((pr.name, f"probe-timeout-{pr.purpose}"), None)
+        pr.close()
+
+    def _on_probe(self, key: tuple[str, str], now: float) -> None:
+        pr = self.probes.pop(key, None)
+        if pr is None:
+            return
+        name, purpose = key
+        c = self.conf[name]
+        if pr.kind == "exec":
+            ok = probes.finish_exec(pr)
+        else:
+            port = c.ready_port if purpose == "ready" else c.health.port  # type: ignore[union-attr]
+            ok = probes.finish_tcp(pr, port)
+        detail = pr.detail
+        self._drop_probe(pr)
+        self._probe_result(name, purpose, ok, detail, now)
+
+    def _probe_result(self, name: str, purpose: str, ok: bool, detail: str, now: float) -> None:
+        c = self.conf[name]
+        if purpose == "ready":
+            if ok:
+                self.feed(name, Ev.READY, now)
+            elif self.svcs[name].state is State.STARTING:
+                self.arm(name, "probe-ready", 0.2, now)
+            return
+        assert c.health is not None
+        self.health_detail[name] = detail
+        if ok:
+            self.health_failures[name] = 0
+        else:
+            n = self.health_failures.get(name, 0) + 1
+            self.health_failures[name] = n
+            log(f"{name}: health check failed ({n}/{c.health.failures}): {detail}")
+            if n >= c.health.failures:
+                self.health_failures[name] = 0
+                self.feed(name, Ev.HUNG, now, reason=f"health check failed {n} times: {detail}")
+                return
+        if self.svcs[name].state is State.READY:
+            self.arm(name, "probe-health", c.health.interval, now)
+
     # --- heartbeat and status ---------------------------------------------------------------
 
     def heartbeat(self, now: float) -> None:
@@ -456,6 +560,9 @@ class Restarter:
             "restarts": s.restarts, "reason": s.reason, "critical": c.critical,
             "ready": c.ready, "status_text": self.status_text.get(name, ""),
             "last_exit": s.last_exit.to_json() if s.last_exit else None,
+            "health": None if c.health is None else {
+                "kind": c.health.kind, "failures": self.health_failures.get(name, 0),
+                "last": self.health_detail.get(name, "")},
         }
 
     def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -550,6 +657,8 @@ class Restarter:
                     self._on_notify(now)
                 elif kind == "readyfd":
                     self._on_ready_fd(arg, now)
+                elif kind == "probe":
+                    self._on_probe(arg, now)
                 elif kind == "control-listen":
                     self.control.on_accept()
                 elif kind == "control-conn":
