@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -29,12 +29,11 @@ from hachain import channels
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "helpers" / "fake_layer.py"
 PY = sys.executable
-T = TypeVar("T")
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def wait_until(pred: Callable[[], T], timeout: float, what: str) -> T:
+def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll `pred` every 20 ms until it returns something truthy; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -335,54 +334,97 @@ def unshare_ok() -> None:
                     f"{probe.stderr.decode(errors='replace').strip()}")
 
 
-def test_pid1_in_a_pid_namespace(tmp_path: Path, unshare_ok: None) -> None:
-    workdir = tmp_path
-    argv = ["unshare", "--pid", "--fork", "--mount-proc", "--propagation", "private",
-            PY, "-m", "hachain.init.main", "--state-dir", str(workdir / "state"),
-            "--restart-delay", "0.3", "--heartbeat-interval", "0.1",
-            "--restarter-cmd", fake_cmd("restarter", workdir),
-            "--tickler-cmd", fake_cmd("tickler", workdir)]
-    with open(workdir / "init.err", "wb") as err:
-        proc = subprocess.Popen(argv, stderr=err, cwd=ROOT,
-                                env={**os.environ, channels.ENV_FAULT_HOOKS: "1"})
-    run = InitRun(proc, workdir)
-    ns_init: list[int] = []
-    try:
-        hb = wait_until(lambda: (h := run.heartbeat()) and h.extra["children"]["tickler"]["pid"]
-                        and h, 15, "the namespace init's heartbeat")
-        assert hb.pid == 1 and hb.extra["pid1"] is True
-        ns_init.append(wait_until(lambda: [p for p in map(int, filter(str.isdigit,
-                                  os.listdir("/proc"))) if ppid_of(p) == proc.pid], 5,
-                                  "the namespace's init on the host")[0])
-        run.wait_starts("restarter", 1)
-        run.wait_starts("tickler", 1)
+@pytest.fixture
+def ns_launch(tmp_path: Path, unshare_ok: None) -> Iterator[Callable[..., tuple[InitRun, int]]]:
+    """Start hachain-init as PID 1 of a new PID namespace; returns it and its host pid.
 
-        # An orphan inside the namespace is reparented to init (pid 1) and reaped.
-        run.command("restarter", "orphan 1.0")
-        orphan_ns = wait_until(lambda: run.orphans("restarter"), 10, "the orphan")[0]["pid"]
-        orphan_host = ns_members(ns_init[0]).get(orphan_ns)
-        assert orphan_host is not None
-        assert ppid_of(orphan_host) in (ns_init[0], None)
-        wait_until(lambda: gone(orphan_host), 10, "the orphan to be reaped by pid 1")
-        assert all(channels.proc_state(h) != "Z" for h in ns_members(ns_init[0]).values())
+    Teardown SIGKILLs the namespace's init from the host, which kills everything inside.
+    """
+    started: list[tuple[subprocess.Popen[bytes], list[int]]] = []
 
-        # kill -9 1 from inside the namespace is dropped by the kernel.
-        sent = run.command("restarter", "kill 1 9")
-        after = run.wait_beat_after(sent["mono"] + 0.3)
-        assert after.pid == 1 and proc.poll() is None and not gone(ns_init[0])
+    def _launch(restarter: str = "", tickler: str = "", *extra: str) -> tuple[InitRun, int]:
+        workdir = tmp_path / f"ns{len(started)}"
+        workdir.mkdir()
+        argv = ["unshare", "--pid", "--fork", "--mount-proc", "--propagation", "private",
+                PY, "-m", "hachain.init.main", "--state-dir", str(workdir / "state"),
+                "--restart-delay", "0.3", "--heartbeat-interval", "0.1",
+                "--restarter-cmd", fake_cmd("restarter", workdir, restarter),
+                "--tickler-cmd", fake_cmd("tickler", workdir, tickler), *extra]
+        with open(workdir / "init.err", "wb") as err:
+            proc = subprocess.Popen(argv, stderr=err, cwd=ROOT,
+                                    env={**os.environ, channels.ENV_FAULT_HOOKS: "1"})
+        host_pids: list[int] = []
+        started.append((proc, host_pids))
+        host_pids.append(wait_until(
+            lambda: [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
+                     if ppid_of(p) == proc.pid], 5, "the namespace's init on the host")[0])
+        return InitRun(proc, workdir), host_pids[0]
 
-        # The documented crash hook does end it, and with it the namespace.
-        run.command("tickler", f"kill 1 {int(signal.SIGRTMIN) + 1}")
-        assert proc.wait(timeout=10) == 70
-        assert "fault hook: exiting with status 70" in run.stderr()
-    finally:
-        for pid in ns_init:
+    yield _launch
+    for proc, host_pids in started:
+        for pid in host_pids:
             try:
-                os.kill(pid, signal.SIGKILL)  # namespace teardown kills everything inside
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         proc.kill()
         proc.wait(timeout=10)
+
+
+def wait_ns_ready(run: InitRun) -> channels.Heartbeat:
+    """Wait until the namespace init beats with both fake children started."""
+    hb = wait_until(lambda: (h := run.heartbeat()) and h.extra["children"]["tickler"]["pid"]
+                    and h, 15, "the namespace init's heartbeat")
+    run.wait_starts("restarter", 1)
+    run.wait_starts("tickler", 1)
+    return hb
+
+
+def test_pid1_in_a_pid_namespace(ns_launch: Callable[..., tuple[InitRun, int]]) -> None:
+    run, ns_init = ns_launch()
+    hb = wait_ns_ready(run)
+    assert hb.pid == 1 and hb.extra["pid1"] is True
+
+    # An orphan inside the namespace is reparented to init (pid 1) and reaped.
+    run.command("restarter", "orphan 1.0")
+    orphan_ns = wait_until(lambda: run.orphans("restarter"), 10, "the orphan")[0]["pid"]
+    orphan_host = ns_members(ns_init).get(orphan_ns)
+    assert orphan_host is not None
+    assert ppid_of(orphan_host) in (ns_init, None)
+    wait_until(lambda: gone(orphan_host), 10, "the orphan to be reaped by pid 1")
+    assert all(channels.proc_state(h) != "Z" for h in ns_members(ns_init).values())
+
+    # kill -9 1 from inside the namespace is dropped by the kernel.
+    sent = run.command("restarter", "kill 1 9")
+    after = run.wait_beat_after(sent["mono"] + 0.3)
+    assert after.pid == 1 and run.proc.poll() is None and not gone(ns_init)
+
+    # The documented crash hook does end it, and with it the namespace.
+    run.command("tickler", f"kill 1 {int(signal.SIGRTMIN) + 1}")
+    assert run.proc.wait(timeout=10) == 70
+    assert "fault hook: exiting with status 70" in run.stderr()
+
+
+@pytest.mark.parametrize("sig, seen_as", [(signal.SIGTERM, signal.SIGHUP),
+                                          (signal.SIGUSR2, signal.SIGINT)],
+                         ids=["SIGTERM-reboot", "SIGUSR2-poweroff"])
+def test_pid1_shutdown_empties_the_namespace(ns_launch: Callable[..., tuple[InitRun, int]],
+                                             sig: signal.Signals,
+                                             seen_as: signal.Signals) -> None:
+    run, ns_init = ns_launch("--ignore-term", "", "--stop-timeout", "1")
+    wait_ns_ready(run)
+    run.command("tickler", "orphan 60 ignore-term")
+    wait_until(lambda: run.orphans("tickler"), 10, "the orphan")
+    assert len(ns_members(ns_init)) == 4
+
+    os.kill(ns_init, sig)
+    # reboot(2) in a child namespace kills its init; the parent (unshare, which re-raises
+    # the child's fate) sees SIGHUP for a restart and SIGINT for a halt or power-off.
+    assert run.proc.wait(timeout=20) == -seen_as
+    err = run.stderr()
+    assert "restarter (pid 2) did not stop in time; SIGKILL" in err
+    assert "sending SIGKILL to all processes" in err
+    assert "all processes stopped; sync and" in err
 
 
 # --- 7: layering ----------------------------------------------------------------------------

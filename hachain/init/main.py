@@ -208,7 +208,7 @@ class Init:
         self.phase_deadline = 0.0
         self.rest_termed: dict[int, float] = {}  # subreaper: pid -> when to SIGKILL it
         self.rest_killed = False  # PID 1: kill(-1, SIGKILL) already sent
-        self.hb: channels.HeartbeatWriter | None = None
+        self.hb: channels.HeartbeatWriter | None = None  # created by the first beat()
         self.next_beat = 0.0
         self.sel = selectors.DefaultSelector()
         self.wake_r, wake_w = os.pipe()
@@ -264,20 +264,15 @@ class Init:
         return min(times)
 
     def drain_wakeups(self) -> bytes:
-        """The signal numbers the wakeup fd collected since the last read."""
-        data = b""
-        while True:
-            try:
-                chunk = os.read(self.wake_r, 256)
-            except BlockingIOError:
-                return data
-            if not chunk:
-                return data
-            data += chunk
+        """The signal numbers the wakeup fd collected (anything left wakes us again)."""
+        try:
+            return os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            return b""
 
     def on_signal(self, sig: int) -> None:
         """Map a signal to an action; SIGCHLD needs none here (every step reaps)."""
-        actions = {signal.SIGTERM: RB_AUTOBOOT, signal.SIGINT: RB_AUTOBOOT}
+        actions: dict[int, int] = {signal.SIGTERM: RB_AUTOBOOT, signal.SIGINT: RB_AUTOBOOT}
         if self.pid1:
             actions.update({signal.SIGUSR1: RB_HALT_SYSTEM, signal.SIGUSR2: RB_POWER_OFF})
         if sig == signal.SIGCHLD:
@@ -312,7 +307,7 @@ class Init:
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *LOOP_SIGNALS), setsigmask=())
         except Exception as e:  # noqa: BLE001 - a bad command must not stop init
             child.due = now + self.opts.restart_delay
-            log(f"cannot start {child.name} ({shlex.join(child.argv)}): {e}; "
+            log(f"cannot start {child.name}: {e}; "
                 f"retrying in {self.opts.restart_delay} s")
             return
         child.pid, child.started_mono, child.due = pid, now, None
