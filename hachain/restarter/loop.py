@@ -409,10 +409,13 @@ class Restarter:
 
     def _on_notify(self, now: float) -> None:
         for n in self.notify.receive():
+            if n.fields.keys() == {"BARRIER"}:
+                continue  # sd_notify_barrier(): its fd was closed on receipt, which answers it
             name = self._sender(n.pid) if n.pid else None
             if name is None:
-                log(f"warning: notify message from pid {n.pid or '?'} that belongs to no "
-                    "service: ignored")
+                what = ",".join(sorted(n.fields)) or n.error
+                log(f"warning: notify message ({what}) from pid {n.pid or '?'} that belongs to "
+                    "no service: ignored")
                 continue
             if n.error:
                 log(f"warning: {name}: bad notify message: {n.error}")
