@@ -435,9 +435,21 @@ class SimMachine:
         with self._cond:
             self._reset_pending = True
         pid = self._ns_init or (self._find_ns_init() if self._proc is not None else None)
-        self._event(f"watchdog expired: resetting the machine (SIGKILL to PID 1, host pid "
-                    f"{pid})")
         self._kill_machine()
+        self._event(f"watchdog expired: resetting the machine (SIGKILL to PID 1, host pid "
+                    f"{pid})" + self._gate_note())
+
+    def _gate_note(self) -> str:
+        """"; tickler: REASONS" from this boot's gate.json, or "" when it left none."""
+        try:
+            rec = channels.read_json(os.path.join(self.persist_dir, channels.GATE_RECORD))
+        except (ValueError, OSError):
+            return ""
+        with self._cond:
+            boot_id = self._boots[-1]["boot_id"] if self._boots else None
+        if not isinstance(rec, dict) or rec.get("boot_id") != boot_id:
+            return ""
+        return "; the tickler had stopped petting: " + "; ".join(map(str, rec.get("reasons", [])))
 
     def _on_pretimeout(self) -> None:
         """The pretimeout fired: a real machine would raise an NMI or log; we log."""

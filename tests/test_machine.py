@@ -134,6 +134,8 @@ def test_stopped_restarter_resets_the_machine(machine: SimMachine) -> None:
     print(f"SIGSTOP restarter -> reset: {elapsed:.2f} s (bound {RESET_BOUND:g} s)")
     assert elapsed <= RESET_BOUND + MARGIN
     assert boot2["cause"] == "watchdog" and boot2["bootstatus"] == WDIOF_CARDRESET
+    assert any("watchdog expired" in e and "the tickler had stopped petting: restarter "
+               "heartbeat stale" in e for _, e in machine.events), machine.events
     chain_up(machine)  # and the chain comes back
     rec = last_boot(machine, boot2["boot_id"])
     assert rec["cause"] == "watchdog reset" and rec["flags"] == ["CARDRESET"]
