@@ -36,6 +36,7 @@ Facts it relies on:
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -216,9 +217,11 @@ class SimMachine:
         self.server.start()
         self._thread = threading.Thread(target=self._run, name="sim-machine", daemon=True)
         self._thread.start()
+        atexit.register(self.stop)  # never leave a machine running behind a crashed caller
 
     def stop(self) -> None:
         """Pull the plug: kill the namespace (everything dies), stop the chip, clean up."""
+        atexit.unregister(self.stop)
         self._stopping.set()
         self._kill_machine()
         if self._thread is not None:

@@ -219,6 +219,7 @@ def test_killed_tickler_leaves_it_armed_and_a_new_one_takes_over(rig: Rig) -> No
     with ForgedLayers(rig.state_dir, rig.sleeper.pid):
         p = rig.start_tickler()
         wait_until(lambda: rig.pets() >= 1, 10, "petting")
+        boot_rec = channels.read_json(os.path.join(rig.persist_dir, "last_boot.json"))
         p.kill()
         p.wait(10)
         assert sim_attributes(rig.sock)["state"] == "active"  # no magic close: still armed
@@ -226,6 +227,8 @@ def test_killed_tickler_leaves_it_armed_and_a_new_one_takes_over(rig: Rig) -> No
         wait_until(lambda: (h := rig.tickler_hb()) and h.pid != p.pid and h.extra["pets"] >= 2,
                    TIMEOUT, "the second tickler to pet")
         assert rig.server.expirations == 0
+    # Same boot: the restarted tickler did not record the boot a second time.
+    assert channels.read_json(os.path.join(rig.persist_dir, "last_boot.json")) == boot_rec
 
 
 def test_last_boot_records_watchdog_reset_and_previous_gate_failure(tmp_path: Any) -> None:
