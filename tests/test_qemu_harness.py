@@ -100,7 +100,7 @@ def test_i6300esb_resets_a_guest_that_stops_petting(
 def test_agent_runs_commands_in_the_guest(machine: MachineFactory, tmp_path: Path) -> None:
     persist = tmp_path / "persist"
     vm = machine(PETTER + ["--device", ""], watchdog=None, env={"HACHAIN_TEST": "yes"},
-                 persist_dir=persist)
+                 persist_dir=persist, setup="mkdir -p /etc/hachain; echo set > /etc/hachain/x")
     vm.wait_for("idle, no watchdog", timeout=60)
     assert vm.run("echo out; echo err >&2; exit 3", timeout=40) == (3, "out\nerr\n")
     result = vm.run_result(["/bin/sh", "-c", "echo out; echo err >&2"])
@@ -114,6 +114,7 @@ def test_agent_runs_commands_in_the_guest(machine: MachineFactory, tmp_path: Pat
     assert vm.run("echo kept > /var/lib/hachain/note && touch /etc/hachain-was-here")[0] == 0
     assert (persist / "note").read_text() == "kept\n"
     assert not Path("/etc/hachain-was-here").exists()
+    assert vm.run("cat /etc/hachain/x") == (0, "set\n")
     assert vm.run_result("exec sleep 30", timeout=3).timed_out
     assert vm.run_result(["/no/such/program"]).rc == 127
     with pytest.raises(QemuTimeout, match="waiting for 'never printed'"):

@@ -25,11 +25,13 @@ passes, or `QemuExited` when QEMU is gone.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,7 @@ from hachain.simulators.qemu.qmp import QmpClient, QmpError, QmpEvent
 
 APT_HINT = "apt-get install -y qemu-system-x86 linux-image-amd64 busybox-static"
 GUEST_CTL = "/run/hachain-qemu"
+PR_SET_PDEATHSIG = 1
 WATCHDOG_KINDS = ("i6300esb", "softdog", None)
 HERE = Path(__file__).resolve().parent
 AGENT_SCRIPT = HERE / "guest_agent.py"
@@ -151,6 +154,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "hachain-qemu"
 
 
+try:
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl  # resolved before any fork
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """In the QEMU child: get SIGKILL if the thread that started it dies, so a test run
+    killed outright (e.g. pytest-timeout's thread method) leaves no QEMU behind. Only a
+    pre-resolved prctl(2) call runs between fork and exec."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _virtfs_path(path: Path) -> str:
     return os.fspath(path).replace(",", ",,")
 
@@ -163,7 +180,9 @@ class QemuMachine:
     emulated Intel 6300ESB; `heartbeat` is its module parameter, and the reset comes
     about 2 x heartbeat after the last pet), "softdog" (`heartbeat` is soft_margin) or
     None. `panic` is the kernel's panic=N (None: a panic leaves the machine down).
-    `no_reboot` makes any reset, watchdog resets included, end QEMU instead.
+    `no_reboot` makes any reset, watchdog resets included, end QEMU instead. `setup` is
+    shell text run (busybox sh -e, as root, in the guest root) after the mounts and before
+    the agent and PID 1, on every boot; if it fails, the boot fails.
     """
 
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -180,7 +199,8 @@ class QemuMachine:
                  agent_python: str | None = None, root_cache: str = "loose",
                  quiet: bool = True, append: Sequence[str] = (),
                  qemu_args: Sequence[str] = (), echo: Callable[[str], object] | None = None,
-                 hostname: str = "hachain-guest", pvh: bool = True) -> None:
+                 hostname: str = "hachain-guest", pvh: bool = True,
+                 setup: str | None = None) -> None:
         if watchdog not in WATCHDOG_KINDS:
             raise ValueError(f"watchdog must be one of {WATCHDOG_KINDS}, got {watchdog!r}")
         if heartbeat < 1:
@@ -197,7 +217,7 @@ class QemuMachine:
         self.agent, self.root_cache, self.quiet = agent, root_cache, quiet
         self.agent_python = agent_python or os.path.realpath(sys.executable)
         self.append, self.qemu_args = list(append), list(qemu_args)
-        self.hostname, self._echo, self.pvh = hostname, echo, pvh
+        self.hostname, self._echo, self.pvh, self.setup = hostname, echo, pvh, setup
         self._tool_args = {"qemu": qemu, "kernel": kernel, "busybox": busybox}
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._own_workdir = workdir is None
@@ -243,7 +263,8 @@ class QemuMachine:
         self.started_at = time.monotonic()
         self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True,
+                                      preexec_fn=_die_with_parent)  # noqa: PLW1509 - prctl only
         assert self._proc.stdout is not None
         self._console = Console(self._proc.stdout.fileno(), self._log, self._echo)
         self._console.start()
@@ -339,6 +360,10 @@ class QemuMachine:
             f"ROOT_CACHE={q(self.root_cache)}",
             f"PERSIST_PATH={q(self.persist_path or '')}",
             f"GUEST_HOSTNAME={q(self.hostname)}",
+            "run_setup() {",
+            (f"    /bin/chroot /newroot {q(os.fspath(busybox_path))} sh -ec {q(self.setup)}"
+             if self.setup else "    :"),
+            "}",
             "start_agent() {",
             f"    {agent}",
             "}",

@@ -102,6 +102,7 @@ if [ -n "$PERSIST_PATH" ]; then
         "/newroot$PERSIST_PATH" || fail "mount persist share at $PERSIST_PATH"
 fi
 hostname "$GUEST_HOSTNAME"
+run_setup || fail "setup script exited $?"
 start_agent
 echo "HACHAIN-QEMU-PID1 $n"
 run_pid1
