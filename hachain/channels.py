@@ -45,6 +45,7 @@ ENV_CONFIG = "HACHAIN_CONFIG"
 ENV_STATE_DIR = "HACHAIN_STATE_DIR"
 ENV_SIM_WATCHDOG = "HACHAIN_SIM_WATCHDOG"  # socket path of the software watchdog
 ENV_SERVICE = "HACHAIN_SERVICE"  # set in every service's environment: its name
+ENV_LAYER_RESTARTS = "HACHAIN_LAYER_RESTARTS"  # how often init restarted this layer
 ENV_FAULT_HOOKS = "HACHAIN_FAULT_HOOKS"  # "1" enables the documented fault-injection hooks
 
 # Control protocol limits.

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
             log(line)
         return 2
     try:
-        r = Restarter(cfg, int(os.environ.get("HACHAIN_LAYER_RESTARTS", "0") or 0))
+        r = Restarter(cfg, int(os.environ.get(channels.ENV_LAYER_RESTARTS, "0") or 0))
     except AlreadyRunning as e:
         log(str(e))
         return 1
