@@ -140,6 +140,9 @@ ready = "notify"
     for i in range(20):
         r.wait_state(f"s{i}", "ready")
     r.wait_state("n", "ready")
+    # ready = "none" means spawned: wait until each service has run far enough to record
+    wait_until(lambda: rec.exists() and len(rec.read_text().split()) >= 20, 10,
+               "20 start records")
     before = {n: s["pid"] for n, s in r.status().items()}
     r.kill_restarter()
     victim = before["s3"]
