@@ -1,0 +1,909 @@
+"""`hachain import`: systemd units and supervisord programs → hachain TOML.
+
+Owns: reading a systemd `.service` file or a supervisord configuration, mapping every
+option hachain has a key for, and printing the result as TOML on stdout. Every option it
+cannot carry over gets exactly one warning line on stderr that names the file, the line
+and the option, so nothing is dropped silently. Must not: start, stop or touch any
+service, or write any file; the output is checked with `hachain.config.parse` before the
+command reports success.
+
+The conversion is pure (text in, `Conversion` out), so tests feed it strings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from hachain import config
+
+PROG = "hachain import"
+
+# --- small value parsers --------------------------------------------------------------------
+
+_TIME_UNITS = {
+    "us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3,
+    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
+    "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
+    "d": 86400.0, "day": 86400.0, "days": 86400.0,
+    "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
+}
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50,
+               "e": 1 << 60, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30}
+
+
+def parse_timespan(text: str) -> float | None:
+    """systemd time span ("5", "1min 30s", "100ms") in seconds; None for "infinity".
+
+    ValueError when the text is not a time span.
+    """
+    t = text.strip().lower()
+    if t == "infinity":
+        return None
+    if not t:
+        raise ValueError("empty time span")
+    total = 0.0
+    pos = 0
+    for m in re.finditer(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)", t):
+        if m.start() != pos:
+            raise ValueError(f"not a time span: {text!r}")
+        unit = m.group(2) or "s"
+        if unit not in _TIME_UNITS:
+            raise ValueError(f"unknown time unit {m.group(2)!r} in {text!r}")
+        total += float(m.group(1)) * _TIME_UNITS[unit]
+        pos = m.end()
+    if pos != len(t):
+        raise ValueError(f"not a time span: {text!r}")
+    return total
+
+
+def parse_size(text: str) -> int:
+    """A byte count with an optional 1024-based suffix ("64K", "50MB"); ValueError if not."""
+    m = re.fullmatch(r"\s*([0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def signal_name(text: str) -> str | None:
+    """"SIGTERM" for "TERM", "sigterm", "15"; None when it names no signal."""
+    t = text.strip().upper()
+    if t.isdigit():
+        try:
+            return signal.Signals(int(t)).name
+        except ValueError:
+            return None
+    name = t if t.startswith("SIG") else "SIG" + t
+    return name if name in signal.Signals.__members__ else None
+
+
+def _umask(text: str) -> str:
+    """An octal umask as hachain writes it ("022"); ValueError when out of range."""
+    u = int(text, 8)
+    if not 0 <= u <= 0o777:
+        raise ValueError(f"umask out of range: {text!r}")
+    return f"{u:03o}"
+
+
+def service_name(raw: str) -> str:
+    """A valid hachain service name made from a unit or program name."""
+    name = re.sub(r"[^A-Za-z0-9_.@-]", "-", raw)[:64]
+    if not name or not name[0].isalnum():
+        name = "x" + name[:63]
+    return name
+
+
+# --- the result -----------------------------------------------------------------------------
+
+@dataclass
+class Conversion:
+    """Services as plain TOML-able dicts, plus the warnings and errors of the conversion."""
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    comments: dict[str, list[str]] = field(default_factory=dict)  # printed above each table
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    # (service, relation, dependency) → "file:line" of the option that named it
+    dep_origin: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    def merge(self, other: Conversion) -> None:
+        """Add `other`'s services and messages (a later duplicate name is an error)."""
+        for name, svc in other.services.items():
+            if name in self.services:
+                self.errors.append(f"service {name!r} is defined twice; the second is dropped")
+                continue
+            self.services[name] = svc
+            self.comments[name] = other.comments.get(name, [])
+        self.warnings += other.warnings
+        self.errors += other.errors
+        self.dep_origin.update(other.dep_origin)
+
+    def sort_messages(self) -> None:
+        """Warnings and errors of one file in line order."""
+        def line(msg: str) -> int:
+            m = re.match(r".*?:(\d+): ", msg)
+            return int(m.group(1)) if m else 0
+        self.warnings.sort(key=line)
+        self.errors.sort(key=line)
+
+
+class _Notes:
+    """Collects `file:line: option: message` warnings for one input file."""
+
+    def __init__(self, path: str, conv: Conversion) -> None:
+        self.path = path
+        self.conv = conv
+
+    def warn(self, line: int, option: str, msg: str) -> None:
+        self.conv.warnings.append(f"{self.path}:{line}: {option}: {msg}")
+
+    def error(self, line: int, option: str, msg: str) -> None:
+        self.conv.errors.append(f"{self.path}:{line}: {option}: {msg}")
+
+
+# --- INI-ish reading (both formats keep line numbers) ---------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    section: str
+    key: str
+    value: str
+    line: int
+
+
+def read_unit(text: str) -> list[Entry]:
+    """systemd unit syntax: [Section], Key=Value, `#`/`;` comments, `\\` continuations."""
+    out: list[Entry] = []
+    section = ""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        start = i
+        ln = lines[i].strip()
+        i += 1
+        if not ln or ln[0] in "#;":
+            continue
+        while ln.endswith("\\") and i < len(lines):
+            nxt = lines[i].strip()
+            i += 1
+            if nxt and nxt[0] in "#;":
+                continue  # comment lines inside a continuation are skipped
+            ln = ln[:-1] + " " + nxt
+        if ln.startswith("[") and ln.endswith("]"):
+            section = ln[1:-1].strip()
+            continue
+        key, sep, value = ln.partition("=")
+        if sep:
+            out.append(Entry(section, key.strip(), value.strip(), start + 1))
+    return out
+
+
+def read_supervisord(text: str) -> list[Entry]:
+    """supervisord's INI: `key = value`, `;`/`#` comments, indented continuation lines."""
+    out: list[Entry] = []
+    section = ""
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip() or raw.lstrip()[0] in ";#":
+            continue
+        if raw[0] in " \t" and out and out[-1].section == section:
+            last = out[-1]
+            out[-1] = Entry(last.section, last.key, (last.value + " " + raw.strip()).strip(),
+                            last.line)
+            continue
+        ln = re.sub(r"\s;.*$", "", raw).strip()  # inline comments need a space before ';'
+        if ln.startswith("[") and ln.endswith("]"):
+            section = ln[1:-1].strip()
+            continue
+        m = re.match(r"([^=:]+?)\s*[=:]\s*(.*)$", ln)
+        if m:
+            out.append(Entry(section, m.group(1).strip().lower(), m.group(2).strip(), n))
+    return out
+
+
+def detect_format(text: str) -> str | None:
+    """"supervisord", "systemd" or None, from the section headers."""
+    if re.search(r"^\s*\[program:[^\]]+\]", text, re.MULTILINE):
+        return "supervisord"
+    if re.search(r"^\s*\[(Service|Unit|Install)\]", text, re.MULTILINE):
+        return "systemd"
+    return None
+
+
+# --- systemd --------------------------------------------------------------------------------
+
+_RLIMIT_KEYS = {"Limit" + n.upper(): n for n in config.RLIMITS}
+_NON_SERVICE_UNITS = (".target", ".socket", ".mount", ".device", ".path", ".timer",
+                      ".slice", ".scope", ".swap", ".automount")
+_SILENT = {("Unit", "Description"), ("Unit", "Documentation"), ("Install", "WantedBy"),
+           ("Install", "RequiredBy"), ("Unit", "DefaultDependencies")}
+_DEP_KEYS = {"Requires": "requires", "Wants": "wants", "After": "after",
+             "Conflicts": "conflicts"}
+
+
+@dataclass
+class _Unit:
+    """What one unit file says, before it becomes a service table."""
+    exec_start: list[Entry] = field(default_factory=list)
+    type: Entry | None = None
+    restart: Entry | None = None
+    entries: list[Entry] = field(default_factory=list)
+
+
+def _exec_argv(e: Entry, n: _Notes) -> list[str] | None:
+    """ExecStart= → argv: prefixes stripped (with warnings), split the way systemd does."""
+    v = e.value
+    prefixes = re.match(r"[-@+!:|]*", v)
+    pre = prefixes.group(0) if prefixes else ""
+    v = v[len(pre):]
+    try:
+        argv = shlex.split(v)
+    except ValueError as ex:
+        n.error(e.line, "ExecStart", f"cannot split the command line: {ex}")
+        return None
+    if not argv:
+        n.error(e.line, "ExecStart", "empty command")
+        return None
+    if "-" in pre:
+        n.warn(e.line, "ExecStart", "'-' prefix (ignore a failing exit status) dropped; "
+               "list the exit codes that count as success in success_exit")
+    if "@" in pre:
+        n.warn(e.line, "ExecStart", f"'@' prefix dropped: argv[0] {argv[1] if len(argv) > 1 else ''!r}"
+               " is not carried over, the program sees its own path as argv[0]")
+        argv = argv[:1] + argv[2:]
+    for ch, what in (("+", "full privileges"), ("!", "ambient-capability privileges"),
+                     (":", "no variable expansion"), ("|", "login-shell invocation")):
+        if ch in pre:
+            n.warn(e.line, "ExecStart", f"'{ch}' prefix ({what}) dropped")
+    if any(re.search(r"\$\{?[A-Za-z_]", a) for a in argv):
+        n.warn(e.line, "ExecStart", "$VARIABLE references are not expanded by hachain (no "
+               "shell unless shell = true); they are passed literally")
+    if any(re.search(r"%[a-zA-Z%]", a) for a in argv):
+        n.warn(e.line, "ExecStart", "%-specifiers are not expanded by hachain; they are "
+               "passed literally")
+    return argv
+
+
+def _systemd_env(e: Entry, env: dict[str, str], n: _Notes) -> None:
+    """One Environment= line into `env` (an empty assignment clears it, as in systemd)."""
+    if not e.value:
+        env.clear()
+        return
+    try:
+        words = shlex.split(e.value)
+    except ValueError as ex:
+        n.warn(e.line, "Environment", f"cannot parse {e.value!r} ({ex}); dropped")
+        return
+    for w in words:
+        k, sep, v = w.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            n.warn(e.line, "Environment", f"{w!r} is not NAME=VALUE; dropped")
+            continue
+        env[k] = v
+
+
+def _rlimit(e: Entry, n: _Notes) -> Any:
+    """LimitX=soft[:hard] → an int or [soft, hard] (-1 = unlimited); None when unusable."""
+    def one(text: str) -> int:
+        t = text.strip().lower()
+        if t == "infinity":
+            return -1
+        if e.key == "LimitCPU" and re.search(r"[a-z]", t):
+            span = parse_timespan(t)
+            return -1 if span is None else int(span)
+        return parse_size(t)
+    try:
+        parts = [one(p) for p in e.value.split(":")]
+    except ValueError as ex:
+        n.warn(e.line, e.key, f"{ex}; dropped")
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts
+    n.warn(e.line, e.key, f"expected SOFT[:HARD], got {e.value!r}; dropped")
+    return None
+
+
+def _deps(e: Entry, n: _Notes) -> list[str]:
+    """Requires= and friends → hachain service names; non-service units are dropped."""
+    out = []
+    for word in e.value.split():
+        if word.endswith(_NON_SERVICE_UNITS):
+            n.warn(e.line, e.key, f"{word}: only services can be dependencies in hachain; "
+                   "dropped")
+            continue
+        out.append(service_name(word.removesuffix(".service")))
+    return out
+
+
+def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion:
+    """One unit file → one service. `name` defaults to the file name without `.service`."""
+    conv = Conversion()
+    n = _Notes(path, conv)
+    base = os.path.basename(path)
+    svc_name = service_name(name or (base.removesuffix(".service") or "service"))
+    if svc_name.endswith("@"):
+        n.warn(1, "unit name", f"{base} is a template; hachain has no instances, the "
+               "service is named after the template and %i is not expanded")
+    svc: dict[str, Any] = {}
+    comments: list[str] = [f"from {base}"]
+    env: dict[str, str] = {}
+    rlimits: dict[str, Any] = {}
+    backoff: dict[str, Any] = {}
+    intensity: dict[str, Any] = {}
+    deps: dict[str, list[str]] = {}
+    u = _Unit()
+    for e in read_unit(text):
+        if e.section not in ("Unit", "Service", "Install"):
+            n.warn(e.line, f"[{e.section}] {e.key}", "section not supported by hachain; dropped")
+            continue
+        if (e.section, e.key) in _SILENT:
+            if e.key in ("Description", "Documentation") and e.value:
+                comments.append(f"{e.key}: {e.value}")
+            continue
+        k = e.key
+        if k == "ExecStart":
+            if not e.value:
+                u.exec_start.clear()
+            else:
+                u.exec_start.append(e)
+        elif k == "Type":
+            u.type = e
+        elif k == "Restart":
+            u.restart = e
+        elif k in _DEP_KEYS and e.section == "Unit":
+            deps.setdefault(_DEP_KEYS[k], [])
+            for d in _deps(e, n):
+                if d not in deps[_DEP_KEYS[k]]:
+                    deps[_DEP_KEYS[k]].append(d)
+                    conv.dep_origin[(svc_name, _DEP_KEYS[k], d)] = f"{path}:{e.line}: {k}"
+        elif k == "Environment":
+            _systemd_env(e, env, n)
+        elif k in _RLIMIT_KEYS:
+            v = _rlimit(e, n)
+            if v is not None:
+                rlimits[_RLIMIT_KEYS[k]] = v
+        else:
+            u.entries.append(e)
+
+    # ExecStart and Type decide the kind, which other keys depend on.
+    kind = "longrun"
+    ready = "none"
+    if u.type is not None:
+        t = u.type.value
+        if t == "notify":
+            ready = "notify"
+        elif t == "oneshot":
+            kind = "oneshot"
+        elif t in ("forking",):
+            n.warn(u.type.line, "Type", "forking is not supported: hachain supervises the "
+                   "process it starts; run the daemon in the foreground (e.g. --foreground, "
+                   "-D, --nodaemon)")
+        elif t in ("dbus", "idle", "notify-reload"):
+            n.warn(u.type.line, "Type", f"{t} is not supported; treated as simple"
+                   + (" (use ready = \"notify\")" if t == "notify-reload" else ""))
+        elif t not in ("simple", "exec"):
+            n.warn(u.type.line, "Type", f"unknown type {t!r}; treated as simple")
+    if kind != "longrun":
+        svc["kind"] = kind
+    if ready != "none":
+        svc["ready"] = ready
+    if not u.exec_start:
+        n.error(1, "ExecStart", "missing: hachain needs a command to run")
+    else:
+        if len(u.exec_start) > 1:
+            for extra in u.exec_start[1:]:
+                n.warn(extra.line, "ExecStart", "only one command per service in hachain; "
+                       "this additional ExecStart is dropped (make it a oneshot that "
+                       "requires this one)")
+        argv = _exec_argv(u.exec_start[0], n)
+        if argv:
+            svc["command"] = argv
+
+    # Restart policy (systemd's default is Restart=no).
+    restart = "never"
+    if u.restart is not None:
+        r = u.restart.value
+        if r in ("always", "on-failure", "on-abnormal"):
+            restart = r
+        elif r == "no":
+            restart = "never"
+        elif r in ("on-success", "on-watchdog", "on-abort"):
+            restart = {"on-success": "always", "on-watchdog": "on-abnormal",
+                       "on-abort": "on-abnormal"}[r]
+            n.warn(u.restart.line, "Restart", f"{r} has no hachain equivalent; using "
+                   f"restart = {restart!r}")
+        else:
+            n.warn(u.restart.line, "Restart", f"unknown value {r!r}; using restart = \"never\"")
+    if kind == "oneshot" and restart == "always":
+        n.warn(u.restart.line if u.restart else 1, "Restart",
+               "a oneshot cannot restart always in hachain; using \"on-failure\"")
+        restart = "on-failure"
+    svc["restart"] = restart
+    if u.restart is None and kind == "longrun":
+        comments.append("restart = \"never\": systemd's default Restart=no")
+
+    stop_signal = None
+    start_limit: dict[str, Entry] = {}
+    for e in u.entries:
+        k, v = e.key, e.value
+        try:
+            if k == "RestartSec":
+                span = parse_timespan(v)
+                if span is None:
+                    raise ValueError("infinity is not a delay")
+                backoff["initial"] = span
+            elif k == "RestartMaxDelaySec":
+                span = parse_timespan(v)
+                if span is not None:
+                    backoff["max"] = span
+            elif k in ("StartLimitBurst", "StartLimitIntervalSec", "StartLimitInterval",
+                       "StartLimitAction"):
+                start_limit[k.removesuffix("Sec") if k.startswith("StartLimitInterval")
+                            else k] = e
+            elif k == "WatchdogSec":
+                span = parse_timespan(v)
+                if span:
+                    if ready != "notify":
+                        n.warn(e.line, k, "hachain's service watchdog needs Type=notify "
+                               "(WATCHDOG=1 arrives on the notify socket); dropped")
+                    else:
+                        svc["watchdog_sec"] = span
+            elif k in ("TimeoutStopSec", "TimeoutStartSec", "TimeoutSec"):
+                span = parse_timespan(v)
+                targets = {"TimeoutStopSec": ["stop_timeout"],
+                           "TimeoutStartSec": ["ready_timeout"],
+                           "TimeoutSec": ["stop_timeout", "ready_timeout"]}[k]
+                for t in targets:
+                    if span is None or (span == 0 and t == "ready_timeout"):
+                        n.warn(e.line, k, f"{v!r}: hachain needs a finite {t}; default kept")
+                    else:
+                        svc[t] = span
+            elif k == "WorkingDirectory":
+                d = v.removeprefix("-")
+                if not os.path.isabs(d):
+                    n.warn(e.line, k, f"{v!r}: hachain needs an absolute cwd ('~' and "
+                           "specifiers are not expanded); dropped")
+                else:
+                    if v.startswith("-"):
+                        n.warn(e.line, k, "'-' prefix (ignore a missing directory) dropped")
+                    svc["cwd"] = d
+            elif k in ("User", "Group"):
+                svc[k.lower()] = v
+            elif k == "UMask":
+                svc["umask"] = _umask(v)
+            elif k == "KillSignal":
+                sig = signal_name(v)
+                if sig is None:
+                    raise ValueError(f"{v!r} is not a signal")
+                stop_signal = sig
+            elif k == "KillMode":
+                if v != "control-group":
+                    n.warn(e.line, k, f"{v}: hachain always signals the whole cgroup / "
+                           "process group (control-group)")
+            elif k == "SuccessExitStatus":
+                codes = []
+                for word in v.split():
+                    if word.isdigit() and int(word) <= 255:
+                        codes.append(int(word))
+                    else:
+                        n.warn(e.line, k, f"{word}: only exit codes 0-255 carry over; dropped")
+                if codes:
+                    svc["success_exit"] = sorted(set([0] + codes))
+            elif k in ("StandardOutput", "StandardError"):
+                if v not in ("journal", "inherit", "journal+console", "kmsg"):
+                    n.warn(e.line, k, f"{v}: hachain captures output to <log_dir>/"
+                           f"{svc_name}.log; dropped")
+            elif k == "EnvironmentFile":
+                n.warn(e.line, k, "not supported: copy the variables into env = { ... }")
+            elif k == "RemainAfterExit":
+                if kind != "oneshot":
+                    n.warn(e.line, k, "only meaningful for a oneshot; dropped")
+                # a hachain oneshot stays "done" after success: the same thing
+            else:
+                n.warn(e.line, k, "not supported by hachain; dropped")
+        except ValueError as ex:
+            n.warn(e.line, k, f"{ex}; dropped")
+    if stop_signal:
+        svc["stop_signal"] = stop_signal
+
+    if backoff:
+        if "initial" in backoff and backoff["initial"] > config.Backoff().max and \
+                "max" not in backoff:
+            backoff["max"] = backoff["initial"]
+        if backoff.get("max", config.Backoff().max) < backoff.get("initial", 0.1):
+            backoff["max"] = backoff["initial"]
+        svc["backoff"] = backoff
+    _start_limit(start_limit, intensity, n)
+    if intensity:
+        svc["intensity"] = intensity
+    for rel, names in deps.items():
+        if names:
+            svc[rel] = names
+    if env:
+        svc["env"] = env
+    if rlimits:
+        svc["rlimits"] = rlimits
+    if "command" in svc:
+        conv.services[svc_name] = svc
+        conv.comments[svc_name] = comments
+    conv.sort_messages()
+    return conv
+
+
+def _start_limit(sl: dict[str, Entry], intensity: dict[str, Any], n: _Notes) -> None:
+    """StartLimitBurst / StartLimitIntervalSec / StartLimitAction → intensity."""
+    if not sl:
+        return
+    burst, window = 5, 10.0  # systemd's defaults
+    try:
+        if "StartLimitBurst" in sl:
+            burst = int(sl["StartLimitBurst"].value)
+        if "StartLimitInterval" in sl:
+            span = parse_timespan(sl["StartLimitInterval"].value)
+            window = 0.0 if span is None else span
+    except ValueError as ex:
+        e = sl.get("StartLimitBurst") or sl["StartLimitInterval"]
+        n.warn(e.line, e.key, f"{ex}; dropped")
+        return
+    if window == 0:
+        intensity["action"] = "ignore"  # rate limiting switched off
+    else:
+        intensity.update(max_restarts=burst, window=window)
+    act = sl.get("StartLimitAction")
+    if act is not None and act.value != "none":
+        if act.value.startswith("reboot"):
+            intensity["action"] = "reboot"
+        else:
+            n.warn(act.line, act.key, f"{act.value}: no hachain equivalent (actions: "
+                   f"{', '.join(config.INTENSITY_ACTIONS)}); dropped")
+
+
+# --- supervisord ----------------------------------------------------------------------------
+
+_SUPERVISORD_IGNORED_SECTIONS = ("supervisord", "supervisorctl", "unix_http_server",
+                                 "inet_http_server", "rpcinterface:", "include")
+
+
+def _supervisord_env(value: str, line: int, n: _Notes) -> dict[str, str]:
+    """`KEY="val",KEY2=val2` → a dict; unparsable pairs are warned about and dropped."""
+    lex = shlex.shlex(value, posix=True)
+    lex.whitespace = ","
+    lex.whitespace_split = True
+    out: dict[str, str] = {}
+    try:
+        words = [w.strip() for w in lex]
+    except ValueError as ex:
+        n.warn(line, "environment", f"cannot parse ({ex}); dropped")
+        return out
+    for w in words:
+        k, sep, v = w.partition("=")
+        k = k.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            n.warn(line, "environment", f"{w!r} is not KEY=VALUE; dropped")
+            continue
+        out[k] = v.strip()
+    return out
+
+
+def _expand(value: str, names: dict[str, str], e: Entry, n: _Notes) -> str:
+    """supervisord's %(name)s expansions that are known statically; others warned."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) in names:
+            return names[m.group(1)]
+        n.warn(e.line, e.key, f"%({m.group(1)})s cannot be expanded at import; left as is")
+        return m.group(0)
+    return re.sub(r"%\(([^)]+)\)[sd]", sub, value)
+
+
+def _bool(v: str) -> bool | None:
+    """supervisord truthiness ("true", "yes", "on", "1"), None when neither."""
+    t = v.strip().lower()
+    if t in ("true", "yes", "on", "1"):
+        return True
+    if t in ("false", "no", "off", "0"):
+        return False
+    return None
+
+
+def convert_supervisord(text: str, path: str) -> Conversion:
+    """Every [program:x] section → one service named x."""
+    conv = Conversion()
+    n = _Notes(path, conv)
+    entries = read_supervisord(text)
+    programs: dict[str, list[Entry]] = {}
+    headers: dict[str, int] = {}
+    for ln, raw in enumerate(text.splitlines(), 1):
+        m = re.match(r"\s*\[([^\]]+)\]", raw)
+        if m:
+            headers.setdefault(m.group(1).strip(), ln)
+    for sect, line in headers.items():
+        if sect.startswith("program:"):
+            programs[sect.split(":", 1)[1].strip()] = []
+        elif not sect.startswith(_SUPERVISORD_IGNORED_SECTIONS):
+            n.warn(line, f"[{sect}]", "section not supported by hachain; dropped")
+    for e in entries:
+        if e.section.startswith("program:"):
+            programs[e.section.split(":", 1)[1].strip()].append(e)
+    for prog, ents in programs.items():
+        _program(prog, ents, path, headers.get(f"program:{prog}", 1), n, conv)
+    conv.sort_messages()
+    return conv
+
+
+def _program(prog: str, ents: list[Entry], path: str, header: int, n: _Notes,
+             conv: Conversion) -> None:
+    """One [program:x] section into `conv`."""
+    name = service_name(prog)
+    if name != prog:
+        n.warn(header, f"[program:{prog}]", f"renamed to {name!r} (hachain service names)")
+    names = {"program_name": prog, "process_num": "0", "group_name": prog,
+             "here": os.path.dirname(os.path.abspath(path))}
+    svc: dict[str, Any] = {}
+    comments = [f"from [program:{prog}] in {os.path.basename(path)}"]
+    startsecs, startretries = 1.0, 3
+    autorestart = "unexpected"
+    limit_set = False
+    for e in ents:
+        k, v = e.key, _expand(e.value, names, e, n)
+        try:
+            if k == "command":
+                argv = shlex.split(v)
+                if not argv:
+                    raise ValueError("empty command")
+                svc["command"] = argv
+            elif k == "autorestart":
+                b = _bool(v)
+                if v.strip().lower() == "unexpected":
+                    autorestart = "unexpected"
+                elif b is None:
+                    raise ValueError(f"expected true, false or unexpected, got {v!r}")
+                else:
+                    autorestart = "true" if b else "false"
+            elif k == "autostart":
+                b = _bool(v)
+                if b is None:
+                    raise ValueError(f"expected true or false, got {v!r}")
+                if not b:
+                    svc["enabled"] = False
+            elif k == "startsecs":
+                startsecs = float(int(v))
+                limit_set = True
+            elif k == "startretries":
+                startretries = int(v)
+                limit_set = True
+            elif k == "stopsignal":
+                sig = signal_name(v)
+                if sig is None:
+                    raise ValueError(f"{v!r} is not a signal")
+                svc["stop_signal"] = sig
+            elif k == "stopwaitsecs":
+                svc["stop_timeout"] = float(int(v))
+            elif k == "user":
+                svc["user"] = v
+            elif k == "directory":
+                if not os.path.isabs(v):
+                    raise ValueError(f"hachain needs an absolute cwd, got {v!r}")
+                svc["cwd"] = v
+            elif k == "umask":
+                svc["umask"] = _umask(v)
+            elif k == "environment":
+                env = _supervisord_env(v, e.line, n)
+                if env:
+                    svc["env"] = env
+            elif k == "exitcodes":
+                codes = sorted({int(x) for x in v.split(",") if x.strip()})
+                if not codes or any(c < 0 or c > 255 for c in codes):
+                    raise ValueError(f"exit codes must be 0-255, got {v!r}")
+                svc["success_exit"] = codes
+            elif k in ("stdout_logfile_maxbytes", "logfile_maxbytes"):
+                size = parse_size(v)
+                if size == 0:
+                    n.warn(e.line, k, "0 (never rotate) has no hachain equivalent; "
+                           "default kept")
+                else:
+                    svc["log_max_bytes"] = max(size, 1024)
+            elif k in ("stdout_logfile_backups", "logfile_backups"):
+                svc["log_keep"] = min(int(v), 100)
+            elif k == "redirect_stderr":
+                if _bool(v) is False:
+                    n.warn(e.line, k, "hachain writes stdout and stderr to one log "
+                           "(<log_dir>/NAME.log); stderr is not kept apart")
+            elif k in ("stopasgroup", "killasgroup"):
+                pass  # hachain always signals the whole cgroup / process group
+            elif k == "priority":
+                n.warn(e.line, k, "start order in hachain comes from dependencies: use "
+                       "requires / after; dropped")
+            elif k == "numprocs":
+                if int(v) != 1:
+                    n.warn(e.line, k, f"{v}: hachain runs one process per service; define "
+                           "one service per copy")
+            elif k == "process_name":
+                pass  # only meaningful with numprocs
+            elif k in ("stdout_logfile", "stderr_logfile", "logfile"):
+                n.warn(e.line, k, f"hachain writes output to <log_dir>/{name}.log; {v} "
+                       "not used")
+            else:
+                n.warn(e.line, k, "not supported by hachain; dropped")
+        except ValueError as ex:
+            n.warn(e.line, k, f"{ex}; dropped")
+    if "command" not in svc:
+        n.error(header, f"[program:{prog}] command", "missing: hachain needs a command")
+        return
+    svc["restart"] = {"true": "always", "false": "never", "unexpected": "on-failure"}[autorestart]
+    if limit_set or autorestart != "false":
+        # supervisord: FATAL after `startretries` starts in a row that each died within
+        # `startsecs`, with delays of 1, 2, 3 ... s; FATAL waits for a manual start.
+        svc["backoff"] = {"initial": 1.0, "reset_after": startsecs}
+        window = (startretries + 1) * max(startsecs, 1.0) + startretries * (startretries + 1) / 2
+        svc["intensity"] = {"max_restarts": startretries, "window": window,
+                            "action": "maintenance"}
+        comments.append(f"intensity: supervisord gives up (FATAL) after startretries = "
+                        f"{startretries} quick failures in a row")
+    order = ["command", "restart", "enabled", "backoff", "intensity", "success_exit",
+             "stop_signal", "stop_timeout", "user", "cwd", "umask", "env", "log_max_bytes",
+             "log_keep"]
+    conv.services[name] = {k: svc[k] for k in order if k in svc}
+    conv.comments[name] = comments
+
+
+# --- TOML out -------------------------------------------------------------------------------
+
+def _toml_value(v: Any) -> str:
+    """One TOML value: strings via JSON escapes (valid TOML basic strings), inline tables."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return str(int(v)) + ".0" if v.is_integer() else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def _toml_key(k: str) -> str:
+    """A bare key when allowed, else a quoted one."""
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+
+_KEY_ORDER = ["command", "kind", "restart", "enabled", "requires", "wants", "after",
+              "conflicts", "ready", "ready_timeout", "watchdog_sec", "backoff", "intensity",
+              "success_exit", "stop_signal", "stop_timeout", "user", "group", "umask", "cwd",
+              "env", "rlimits", "log_max_bytes", "log_keep"]
+
+
+def to_toml(conv: Conversion, sources: list[str]) -> str:
+    """The whole converted configuration as TOML text.
+
+    Dependencies on services that are not part of `conv` are written as comments (the
+    configuration would not load otherwise) and warned about by `resolve_deps`.
+    """
+    out = [f"# converted by `hachain import` from {', '.join(sources)}",
+           "# review every line, then check it with `hachain check -c FILE`", ""]
+    for name, svc in conv.services.items():
+        for c in conv.comments.get(name, []):
+            out.append(f"# {c}")
+        out.append(f"[service.{_toml_key(name)}]")
+        keys = [k for k in _KEY_ORDER if k in svc] + [
+            k for k in svc if k not in _KEY_ORDER and not k.startswith("_")]
+        for k in keys:
+            out.append(f"{k} = {_toml_value(svc[k])}")
+        for rel, missing in svc.get("_missing", {}).items():
+            out.append(f"# {rel} = {_toml_value(missing)}  (not imported)")
+        out.append("")
+    return "\n".join(out)
+
+
+def resolve_deps(conv: Conversion) -> None:
+    """Move dependencies on services not in `conv` aside (into comments), with warnings."""
+    for name, svc in conv.services.items():
+        missing: dict[str, list[str]] = {}
+        for rel in ("requires", "wants", "after", "conflicts"):
+            if rel not in svc:
+                continue
+            keep = [d for d in svc[rel] if d in conv.services and d != name]
+            gone = [d for d in svc[rel] if d not in keep]
+            if gone:
+                missing[rel] = gone
+            for d in gone:
+                where = conv.dep_origin.get((name, rel, d), f"service {name}: {rel}")
+                why = ("a service cannot name itself" if d == name else "not among the "
+                       "imported services; left as a comment (import that unit in the same "
+                       "command to keep it)")
+                conv.warnings.append(f"{where}: {d}: {why}")
+            if keep:
+                svc[rel] = keep
+            else:
+                del svc[rel]
+        if missing:
+            svc["_missing"] = missing
+
+
+def convert(text: str, path: str, fmt: str | None = None) -> Conversion:
+    """Convert one file's text; `fmt` None detects the format from the content."""
+    fmt = fmt or detect_format(text)
+    if fmt == "systemd":
+        return convert_systemd(text, path)
+    if fmt == "supervisord":
+        return convert_supervisord(text, path)
+    conv = Conversion()
+    conv.errors.append(f"{path}: neither a systemd unit ([Service]) nor a supervisord "
+                       "configuration ([program:NAME]); use --format")
+    return conv
+
+
+def import_files(paths: list[str], fmt: str | None = None) -> tuple[str, Conversion]:
+    """Read and convert every file; returns the TOML text and the combined conversion."""
+    total = Conversion()
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            total.errors.append(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}")
+            continue
+        total.merge(convert(text, p, fmt))
+    resolve_deps(total)
+    return to_toml(total, [os.path.basename(p) for p in paths]), total
+
+
+# --- the command ----------------------------------------------------------------------------
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Print the TOML; warnings and errors on stderr. Exit 0, or 1 when not importable."""
+    text, conv = import_files(args.files, args.format)
+    for w in conv.warnings:
+        sys.stderr.write(f"{PROG}: warning: {w}\n")
+    for e in conv.errors:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+    if not conv.services:
+        sys.stderr.write(f"{PROG}: nothing to import\n")
+        return 1
+    sys.stdout.write(text)
+    try:
+        config.parse(text, "imported.toml")
+    except config.ConfigError as e:
+        for line in e.errors:
+            sys.stderr.write(f"{PROG}: the result does not load: {line}\n")
+        return 1
+    return 1 if conv.errors else 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `import` on an argparse sub-parsers object."""
+    p = subparsers.add_parser(
+        "import", help="convert systemd units / supervisord programs to hachain TOML",
+        description="Convert systemd .service files and supervisord [program:x] sections "
+                    "into hachain TOML on stdout. Every option that cannot be carried over "
+                    "gets one warning line on stderr (file:line: option: why).")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="a .service file or a supervisord .conf (several: one configuration, "
+                        "dependencies between them kept)")
+    p.add_argument("--format", choices=("systemd", "supervisord"), default=None,
+                   help="the input format (default: detected from the content)")
+    p.set_defaults(func=cmd_import)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hachain.importer FILE...` (the same as `hachain import`)."""
+    p = argparse.ArgumentParser(prog="hachain")
+    add_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["import"] + (sys.argv[1:] if argv is None else argv))
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
