@@ -169,6 +169,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if "restarter_error" not in st["chain"] else 1
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    state_dir, _ = _dirs(args)
+    try:
+        rep = client.request(state_dir, {"op": "reload"}, timeout=30)
+    except client.ControlError as e:
+        _err(str(e))
+        return 1
+    if not rep.get("ok"):
+        for line in str(rep.get("error")).splitlines():
+            _err(line)
+        return 2
+    print(f"reloaded: added {rep['added'] or '-'}, changed {rep['changed'] or '-'}, "
+          f"removed {rep['removed'] or '-'}")
+    return 0
+
+
 def cmd_control(args: argparse.Namespace) -> int:
     state_dir, _ = _dirs(args)
     try:
@@ -219,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("name")
         _add_dirs(x)
         x.set_defaults(func=cmd_control, cmd=name)
+
+    rl = sub.add_parser("reload", help="apply the changed configuration file (validated first)")
+    _add_dirs(rl)
+    rl.set_defaults(func=cmd_reload)
 
     for mod in ("hachain.watchdog.cli", "hachain.simulators.machine", "hachain.simulators.chaos",
                 "hachain.simulators.verify"):

@@ -129,6 +129,7 @@ class ChainConfig:
     restart_delay: float = 1.0
     log_dir: str = ""  # default: <persist_dir>/log
     log_format: str = "human"  # "human" | "json"
+    control_group: str = ""  # members of this group may use the control socket too
 
     @property
     def service_log_dir(self) -> str:
@@ -252,7 +253,7 @@ class _Checker:
 # --- sections --------------------------------------------------------------------------
 
 _CHAIN_KEYS = {"state_dir", "persist_dir", "cgroup_root", "heartbeat_interval",
-               "restart_delay", "log_dir", "log_format"}
+               "restart_delay", "log_dir", "log_format", "control_group"}
 _WD_KEYS = {"device", "timeout", "pretimeout", "pet_interval", "nowayout", "heartbeat_timeout",
             "restart_grace", "max_loop_lag", "gate_critical", "max_restart_rate"}
 _SVC_KEYS = {"command", "shell", "kind", "restart", "backoff", "intensity", "enabled",
@@ -275,6 +276,7 @@ def _chain(c: _Checker, d: dict[str, Any]) -> ChainConfig:
         restart_delay=c.number(d, k + ["restart_delay"], dflt.restart_delay, lo=0, hi=3600),
         log_dir=c.string(d, k + ["log_dir"], ""),
         log_format=c.choice(d, k + ["log_format"], "human", ("human", "json")),
+        control_group=c.string(d, k + ["control_group"], ""),
     )
     for key in ("state_dir", "persist_dir"):
         if not os.path.isabs(getattr(out, key)):

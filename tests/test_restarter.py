@@ -378,3 +378,73 @@ ready_timeout = 30
     wait_until(lambda: "belongs to no service" in open(r.log).read(), 5, "the warning")
     assert r.svc("n")["state"] == "starting"
     assert r.ping()
+
+
+def test_reload_applies_only_the_difference(restarter):
+    r = restarter(f"""
+[service.keep]
+command = {svc("sleep")}
+[service.change]
+command = {svc("sleep")}
+[service.drop]
+command = {svc("sleep")}
+""")
+    pids = {n: r.wait_state(n, "ready")["pid"] for n in ("keep", "change", "drop")}
+    text = open(r.config).read()
+    # a bad file changes nothing and says why
+    with open(r.config, "w") as f:
+        f.write(text + "\n[service.bad]\ncommand = 5\n")
+    rep = r.req("reload")
+    assert not rep["ok"] and "service.bad.command" in rep["error"]
+    assert {n: r.svc(n)["pid"] for n in pids} == pids
+    new = text.replace(f'[service.drop]\ncommand = {svc("sleep")}\n', "")
+    new = new.replace(f'[service.change]\ncommand = {svc("sleep")}\n',
+                      f'[service.change]\ncommand = {svc("sleep")}\nstop_timeout = 2\n')
+    new += f'[service.added]\ncommand = {svc("sleep")}\n'
+    with open(r.config, "w") as f:
+        f.write(new)
+    rep = r.req("reload")
+    assert rep["ok"] and rep["added"] == ["added"] and rep["removed"] == ["drop"]
+    assert rep["changed"] == ["change"]
+    r.wait_state("added", "ready")
+    wait_until(lambda: "drop" not in r.status(), 10, "drop removed")
+    wait_until(lambda: not channels.pid_alive(pids["drop"]), 10, "drop's process gone")
+    s = wait_until(lambda: (x := r.svc("change"))["state"] == "ready" and
+                   x["pid"] != pids["change"] and x, 10, "change restarted")
+    assert s["pid"] != pids["change"]
+    assert r.svc("keep")["pid"] == pids["keep"]
+
+
+def test_sighup_reloads(restarter):
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+""")
+    r.wait_state("a", "ready")
+    with open(r.config, "a") as f:
+        f.write(f'[service.b]\ncommand = {svc("sleep")}\n')
+    r.proc.send_signal(signal.SIGHUP)
+    r.wait_state("b", "ready")
+
+
+def test_corrupt_state_files_are_set_aside(restarter):
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+""")
+    pid = r.wait_state("a", "ready")["pid"]
+    r.kill_restarter()
+    with open(os.path.join(r.state_dir, "services", "a.json"), "w") as f:
+        f.write('{"pid": 12')  # truncated
+    with open(os.path.join(r.persist_dir, "admin.json"), "w") as f:
+        f.write("\x00\x00garbage")
+    r.start()
+    s = r.wait_state("a", "ready")
+    # the record was unreadable, so the old process was cleaned out of the cgroup, and
+    # exactly one copy runs
+    if r.cg_root:
+        wait_until(lambda: not channels.pid_alive(pid), 10, "the unverifiable copy gone")
+        assert _cgroup_procs(r, "a") == [s["pid"]]
+    assert os.path.exists(os.path.join(r.state_dir, "services", "a.json.corrupt"))
+    assert os.path.exists(os.path.join(r.persist_dir, "admin.json.corrupt"))
+    assert "corrupt, set aside" in open(r.log).read()

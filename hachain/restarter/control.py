@@ -10,9 +10,11 @@ docs/channels.md.
 
 from __future__ import annotations
 
+import grp
 import os
 import selectors
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +36,7 @@ class _Conn:
 
 class ControlServer:
     def __init__(self, path: str, sel: selectors.BaseSelector, handler: Handler,
-                 mode: int = 0o600) -> None:
+                 group: str | None = None) -> None:
         self.path = path
         self.sel = sel
         self.handler = handler
@@ -49,6 +51,17 @@ class ControlServer:
             self.sock.bind(path)
         finally:
             os.umask(old)
+        # Root and our own user may always connect; members of `group` too when set.
+        self.allowed_uids = {0, os.getuid()}
+        self.allowed_gid: int | None = None
+        mode = 0o600
+        if group:
+            try:
+                self.allowed_gid = grp.getgrnam(group).gr_gid
+                os.chown(path, -1, self.allowed_gid)
+                mode = 0o660
+            except (KeyError, OSError):
+                self.allowed_gid = None
         os.chmod(path, mode)
         self.sock.listen(128)
         self.conns: dict[int, _Conn] = {}
@@ -63,9 +76,38 @@ class ControlServer:
             except OSError:
                 return  # EMFILE and friends: the client gets nothing; we stay up
             s.setblocking(False)
+            if not self._peer_allowed(s):
+                try:
+                    s.send(channels.encode_message({"ok": False, "error": "permission denied"}))
+                except OSError:
+                    pass
+                s.close()
+                continue
             c = _Conn(s, time.monotonic() + channels.REQUEST_TIMEOUT)
             self.conns[s.fileno()] = c
             self.sel.register(s, selectors.EVENT_READ, ("control-conn", s.fileno()))
+
+    def _peer_allowed(self, s: socket.socket) -> bool:
+        """SO_PEERCRED: the kernel's word on who connected (pid, uid, gid)."""
+        try:
+            _pid, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET,
+                                                               socket.SO_PEERCRED, 12))
+        except OSError:
+            return False
+        if uid in self.allowed_uids:
+            return True
+        if self.allowed_gid is None:
+            return False
+        if gid == self.allowed_gid:
+            return True
+        try:
+            with open(f"/proc/{_pid}/status") as f:
+                for line in f:
+                    if line.startswith("Groups:"):
+                        return str(self.allowed_gid) in line.split()[1:]
+        except OSError:
+            pass
+        return False
 
     def on_readable(self, fd: int) -> None:
         c = self.conns.get(fd)

@@ -59,14 +59,8 @@ class Restarter:
         self.log_dir = cfg.chain.service_log_dir
         hint = "hachain-" + os.path.basename(os.path.normpath(self.state_dir))
         self.cgroups = spawn.Cgroups.from_config(cfg.chain.cgroup_root, hint)
-        self.deps = {n: tuple(d for d in c.deps if d in self.conf) for n, c in self.conf.items()}
-        self.rev = graph.reverse(self.deps)
-        self.conflicts: dict[str, tuple[str, ...]] = {n: c.conflicts for n, c in self.conf.items()}
-        for n, c in self.conf.items():
-            for o in c.conflicts:
-                if n not in self.conflicts[o]:
-                    self.conflicts[o] += (n,)
-        self.critical = [n for n, c in self.conf.items() if c.critical]
+        self._derive()
+        self.removing: set[str] = set()
         self.svcs: dict[str, Svc] = {n: states.initial(n) for n in self.conf}
         self.pidfds: dict[str, tuple[int, int]] = {}  # name -> (pid, pidfd)
         self.ready_fds: dict[str, int] = {}
@@ -97,9 +91,21 @@ class Restarter:
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
         from hachain.restarter.control import ControlServer
         self.control = ControlServer(os.path.join(self.state_dir, channels.CONTROL_SOCKET),
-                                     self.sel, self.handle_request)
+                                     self.sel, self.handle_request,
+                                     group=cfg.chain.control_group or None)
 
     # --- set-up ----------------------------------------------------------------------------
+
+    def _derive(self) -> None:
+        """Everything computed from the service configurations (again after a reload)."""
+        self.deps = {n: tuple(d for d in c.deps if d in self.conf) for n, c in self.conf.items()}
+        self.rev = graph.reverse(self.deps)
+        self.conflicts: dict[str, tuple[str, ...]] = {n: c.conflicts for n, c in self.conf.items()}
+        for n, c in self.conf.items():
+            for o in c.conflicts:
+                if n not in self.conflicts[o]:
+                    self.conflicts[o] += (n,)
+        self.critical = [n for n, c in self.conf.items() if c.critical]
 
     @staticmethod
     def raise_fd_limit() -> None:
@@ -241,6 +247,8 @@ class Restarter:
         for a in actions:
             self.do(a, now)
         self._after_change(name, s, self.svcs[name], now)
+        if name in self.removing:
+            self._forget_if_stopped(name)
 
     def _transition_note(self, name: str, old: Svc, new: Svc) -> None:
         extra = f" ({new.reason})" if new.reason else ""
@@ -355,6 +363,8 @@ class Restarter:
             if s.state is not State.STOPPING:
                 log(f"{name}: pid {pid} {st.describe()}")
             self.feed(name, Ev.EXITED, now, status=st)
+        if name not in self.svcs:
+            return  # removed by a reload once it stopped
         if self.cgroups.active and not states.is_up(self.svcs[name]) and \
                 self.svcs[name].state is not State.STOPPING:
             # the main process is gone: whatever it left behind in its cgroup goes too
@@ -373,6 +383,8 @@ class Restarter:
             if kind == "heartbeat":
                 self.heartbeat(now)
             return
+        if name not in self.svcs:
+            return  # a timer of a service removed by a reload
         if kind.startswith("probe-"):
             self._probe_timer(name, kind, now)
             return
@@ -568,11 +580,61 @@ class Restarter:
                 "last": self.health_detail.get(name, "")},
         }
 
+    def reload(self, now: float) -> dict[str, Any]:
+        """Apply a changed configuration file: validate it whole first; then start new
+        services, restart changed ones, stop removed ones, leave the rest untouched."""
+        from hachain import config as config_mod
+        try:
+            new = config_mod.with_env_overrides(config_mod.load(self.cfg.path))
+        except config_mod.ConfigError as e:
+            log(f"reload refused, configuration unchanged: {e.errors[0]}")
+            return {"ok": False, "error": "reload refused, nothing changed:\n" +
+                    "\n".join(e.errors)}
+        if new.chain != self.cfg.chain:
+            log("reload: [chain] changes need a restart of the chain; applying services only")
+        old = self.conf
+        added = [n for n in new.services if n not in old]
+        removed = [n for n in old if n not in new.services]
+        changed = [n for n in new.services if n in old and new.services[n] != old[n]]
+        self.cfg = new
+        self.conf = {**old, **new.services}  # removed ones stay until they have stopped
+        for n in added:
+            self.svcs[n] = states.initial(n)
+        self._derive()
+        for n in removed:
+            self.removing.add(n)
+            self.feed(n, Ev.STOP, now)
+            self._forget_if_stopped(n)
+        for n in changed:
+            if states.is_up(self.svcs[n]):
+                self.feed(n, Ev.RESTART, now)
+        for n in graph_order(self.deps):
+            if n in added and new.services[n].enabled:
+                self.feed(n, Ev.START, now)
+        log(f"reloaded {self.cfg.path}: {len(added)} added, {len(changed)} changed, "
+            f"{len(removed)} removed, {len(new.services) - len(added) - len(changed)} unchanged")
+        return {"ok": True, "added": added, "changed": changed, "removed": removed}
+
+    def _forget_if_stopped(self, name: str) -> None:
+        if name in self.removing and not states.is_up(self.svcs[name]) and \
+                self.svcs[name].state is not State.STOPPING:
+            self.removing.discard(name)
+            del self.svcs[name]
+            del self.conf[name]
+            self.dirty.discard(name)
+            self.store.drop_record(name)
+            self._derive()
+            self.admin_dirty = True
+
     def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
         now = time.monotonic()
         op = req["op"]
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
+        if op == "reload":
+            rep = self.reload(now)
+            self.flush()
+            return rep
         if op == "status":
             return {"ok": True, "restarter": {
                 "pid": os.getpid(), "uptime": round(now - self.hb.started, 3),
@@ -686,8 +748,8 @@ class Restarter:
                     "dependency order")
                 self.shutting_down = True
                 self._stop_levels = list(reversed(graph.start_levels(self.deps)))
-            elif sig == signal.SIGHUP:
-                log("SIGHUP: live reload is not implemented yet; configuration unchanged")
+            elif sig == signal.SIGHUP and not self.shutting_down:
+                self.reload(now)
 
     _stop_levels: list[list[str]] = []
 
