@@ -1,0 +1,838 @@
+"""`hachain verify`: an exhaustive check of the chain's fault model.
+
+What this module owns: a small, finite model of one hachain machine (kernel, init,
+restarter, tickler, hardware watchdog, N services and their processes), a breadth-first
+exploration of every state reachable with at most F faults, and three checks on it:
+
+- safety: no state has two running copies of a service;
+- convergence: from every reachable state, every fault-free path reaches the goal
+  (kernel and all three layers up, the gate passing, every service `ready` with exactly
+  one process, the one the restarter supervises) within K steps; K, and the same bound
+  counted in ticks of time, are reported;
+- no needless reboot: while every fault since boot was a *crash* of a service, the
+  restarter or the tickler, the layer below must repair it: the watchdog must not reset
+  the machine. (Hangs, init's death and kernel panics are allowed to end in a reboot.)
+
+What it must not do: hold a second copy of the per-service state machine. Every service
+event goes through the real `hachain.restarter.states.step` with real `ServiceConfig`s,
+and the gate is the real `hachain.watchdog.health.evaluate`; what is written here is
+only the glue the restarter's event loop puts around `step` (turning actions into
+processes and timers, dependencies, re-adoption) and the layers' coarse behaviour.
+
+Abstractions (docs/verify.md explains each):
+
+- Time is a tick (one abstract second). `states.step` is always called with the same
+  `now` (EPOCH); times stored in a `Svc` (start time, intensity history) are shifted one
+  tick back on every tick and clamped where the policy no longer tells them apart, so the
+  state space is finite while backoff, intensity windows and uptimes stay exact.
+- Events are urgent: while a live layer or a service has something to do (a process exit
+  to reap, a readiness message, a due timer, a child to restart), time does not advance;
+  the order of simultaneous events is free, and every order is explored.
+- One restarter step (handling an event, carrying out its actions, writing the records it
+  marked `Persist`) is atomic with respect to faults.
+- A pid is never reused while anything refers to it, so "verified against pid + start
+  time" is "the pid is one of this service's live processes".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hachain.channels import Heartbeat
+from hachain.config import Backoff, Intensity, ServiceConfig, WatchdogConfig
+from hachain.restarter import states
+from hachain.restarter.policy import ExitStatus
+from hachain.restarter.states import Ev, Event, State, Svc
+from hachain.watchdog import health
+
+EPOCH = 1000.0  # the `now` every event carries; stored times are relative to it
+SIGKILL, SIGTERM = 9, 15
+MUTANTS = ("init-no-restart", "tickler-ignores-restarter", "adopt-duplicates")
+UP, DEAD, HUNG = "up", "dead", "hung"
+LAYERS = ("init", "restarter", "tickler")
+RESTARTS_CAP = 9  # `Svc.restarts` counts are clamped: nothing in the policy reads them
+
+# A notify service's process: READY=1 not yet sent, sent (in the restarter's socket
+# buffer), or done (read, or lost with the restarter that owned the socket).
+NOT_SENT, SENT, DONE = "not-sent", "sent", "done"
+
+# One running process: (pid, READY=1 phase, ticks left before it must send READY=1,
+# got SIGTERM and may exit at any moment).
+Proc = tuple[int, str, int, bool]
+
+# Transition kinds.
+FAULT, EVENT, TICK, REBOOT = "fault", "event", "tick", "reboot"
+
+
+@dataclass(frozen=True)
+class Options:
+    """The model's size and timing, all times in ticks."""
+
+    faults: int = 1
+    services: int = 2
+    bound: int = 200  # a state needing more fault-free steps than this fails the check
+    mutant: str | None = None
+    wd_timeout: int = 5
+    pet_interval: int = 1
+    restart_delay: int = 1  # init's fixed delay before restarting a layer
+    hb_timeout: int = 1
+    restart_grace: int = 3
+    ready_within: int = 1  # a notify service sends READY=1 at most this long after spawn
+    max_states: int = 2_000_000
+
+
+@dataclass(frozen=True)
+class Record:
+    """The restarter's runtime record of one service (state_dir/services/NAME.json)."""
+
+    state: str
+    pid: int | None
+    want: str
+    started_at: float | None
+    restarts: int
+
+
+@dataclass(frozen=True)
+class World:
+    """One state of the machine. Every field is hashable so the search can dedupe."""
+
+    kernel: str  # "up" | "panicked"
+    layers: tuple[str, str, str]  # init, restarter, tickler: up | dead | hung
+    wd: int  # ticks left before the watchdog expires
+    pet_in: int  # ticks until the tickler's next pet is due
+    restart_in: tuple[int | None, int | None]  # init's pending restart: restarter, tickler
+    hb_age: tuple[int, int]  # age in ticks of init's and the restarter's heartbeats
+    hb_extra: tuple[tuple[str, str, bool], ...]  # last restarter heartbeat: critical svcs
+    hb_reboot: bool  # last restarter heartbeat asked for a reboot
+    # the restarter's memory (initial when it is dead)
+    svcs: tuple[Svc, ...]
+    watched: tuple[int | None, ...]  # the pid each service's pidfd watches
+    timers: tuple[tuple[tuple[str, int], ...], ...]  # per service: (event kind, ticks left)
+    reboot_req: bool
+    # the world outside the restarter
+    procs: tuple[tuple[Proc, ...], ...]  # per service: its running processes
+    records: tuple[Record | None, ...]  # wiped at boot (tmpfs)
+    maint: tuple[bool, ...]  # admin state: held in maintenance (persistent)
+    crash_only: bool  # every fault since boot was a crash of a service/restarter/tickler
+
+
+@dataclass
+class Step:
+    """One transition: what happened, its kind, and the state it leads to."""
+
+    label: str
+    kind: str
+    nxt: World
+    urgent: bool = True  # time may not pass while an urgent step is enabled
+
+
+def service_configs(n: int, faults: int) -> tuple[ServiceConfig, ...]:
+    """The model's services: `svc0` (notify readiness, critical) and a chain of
+    dependents `svcK` requiring `svcK-1` (readiness none). Restart "always", a short
+    backoff, and an intensity limit above what F faults can cause."""
+    out = []
+    for i in range(n):
+        out.append(ServiceConfig(
+            name=f"svc{i}", command=("/model",), restart="always",
+            backoff=Backoff(initial=1.0, factor=2.0, max=2.0, reset_after=3.0),
+            intensity=Intensity(max_restarts=faults + 2, window=4.0, action="maintenance"),
+            requires=(f"svc{i - 1}",) if i else (), ready="notify" if i == 0 else "none",
+            ready_timeout=3.0, critical=(i == 0), stop_timeout=1.0, stop_signal=SIGTERM))
+    return tuple(out)
+
+
+def _ticks(delay: float) -> int:
+    """A delay in seconds as whole ticks (a timer never fires early)."""
+    return max(0, math.ceil(delay))
+
+
+class _Restarter:
+    """The restarter's event-loop glue around `states.step`, on a mutable copy of a World.
+
+    Mirrors hachain/restarter/loop.py: feed(), do(), _after_change(), adopt_or_start(),
+    flush(). Only the restarter's memory, the processes and the records change here.
+    """
+
+    def __init__(self, m: Model, w: World) -> None:
+        self.m = m
+        self.svcs = list(w.svcs)
+        self.watched = list(w.watched)
+        self.timers = [dict(t) for t in w.timers]
+        self.reboot_req = w.reboot_req
+        self.procs = [{p[0]: p[1:] for p in ps} for ps in w.procs]
+        self.records = list(w.records)
+        self.maint = list(w.maint)
+        self.dirty: set[int] = set()
+        self.notes: list[str] = []
+
+    def deps_ready(self, i: int) -> bool:
+        return all(states.satisfies_dependents(self.svcs[self.m.index[d]])
+                   for d in self.m.confs[i].requires)
+
+    def feed(self, i: int, kind: Ev, **kw: Any) -> None:
+        s = self.svcs[i]
+        ev = Event(kind, EPOCH, deps_ready=self.deps_ready(i), **kw)
+        try:
+            nxt, actions = states.step(s, ev, self.m.confs[i])
+        except states.InvalidTransition as e:
+            self.notes.append(f"invalid: {e}")
+            return
+        self.svcs[i] = nxt
+        if nxt.state is not s.state:
+            self.notes.append(f"svc{i} {s.state.value}->{nxt.state.value}")
+        for a in actions:
+            self.do(a)
+        self.after_change(i, s, self.svcs[i])
+
+    def after_change(self, i: int, old: Svc, new: Svc) -> None:
+        if states.satisfies_dependents(new) and not states.satisfies_dependents(old):
+            for d in self.m.rev[i]:
+                if self.svcs[d].state is State.WAITING and self.deps_ready(d):
+                    self.feed(d, Ev.DEPS_READY)
+        if old.pid is not None and new.pid != old.pid:
+            for d in self.m.rev[i]:
+                if states.is_up(self.svcs[d]):
+                    self.feed(d, Ev.DEPS_LOST, reason=f"required service svc{i} went down")
+        if new.state in (State.STOPPED, State.FAILED, State.MAINTENANCE) and \
+                old.state is not new.state:
+            for d in self.m.rev[i]:
+                if self.svcs[d].state is State.WAITING and self.deps_ready(d):
+                    self.feed(d, Ev.DEPS_READY)
+
+    def new_pid(self) -> int:
+        used = {p for ps in self.procs for p in ps} | {w for w in self.watched if w}
+        used |= {s.pid for s in self.svcs if s.pid} | {r.pid for r in self.records
+                                                       if r is not None and r.pid}
+        pid = 1
+        while pid in used:
+            pid += 1
+        return pid
+
+    def do(self, a: states.Action) -> None:
+        i = self.m.index[a.name]
+        if isinstance(a, states.Spawn):
+            pid = self.new_pid()
+            if self.m.confs[i].ready == "notify":
+                self.procs[i][pid] = (NOT_SENT, self.m.opts.ready_within, False)
+            else:
+                self.procs[i][pid] = (DONE, 0, False)
+            self.watched[i] = pid
+            self.notes.append(f"spawn svc{i} pid {pid}")
+            self.feed(i, Ev.SPAWNED, pid=pid)
+        elif isinstance(a, states.Kill):
+            pid = self.svcs[i].pid
+            hit = list(self.procs[i]) if a.group else [pid] if pid in self.procs[i] else []
+            for p in hit:
+                if a.signal == SIGKILL:
+                    del self.procs[i][p]
+                else:  # it exits when it likes; SIGKILL follows the stop timeout
+                    self.procs[i][p] = self.procs[i][p][:2] + (True,)
+        elif isinstance(a, states.ArmTimer):
+            self.timers[i][a.kind] = _ticks(a.delay)
+        elif isinstance(a, states.CancelTimer):
+            self.timers[i].pop(a.kind, None)
+        elif isinstance(a, states.Persist):
+            self.dirty.add(i)
+        elif isinstance(a, states.RestartGroup):
+            for d in self.m.all_dependents(i):
+                if states.is_up(self.svcs[d]):
+                    self.feed(d, Ev.RESTART)
+        elif isinstance(a, states.Reboot):
+            self.reboot_req = True
+
+    def on_exit(self, i: int) -> None:
+        """The watched pid's pidfd became readable: reap it, feed EXITED if current."""
+        pid = self.watched[i]
+        self.watched[i] = None
+        s = self.svcs[i]
+        if s.pid == pid:
+            sig = SIGTERM if s.state is State.STOPPING else SIGKILL
+            self.feed(i, Ev.EXITED, status=ExitStatus("killed", signal=sig))
+        s = self.svcs[i]
+        if not states.is_up(s) and s.state is not State.STOPPING:
+            self.procs[i].clear()  # whatever it left in its cgroup goes too
+
+    def adopt_or_start(self, boot: bool) -> None:
+        """A (re)started restarter rebuilds every service from records and reality."""
+        to_exit = []
+        duplicate = self.m.opts.mutant == "adopt-duplicates" and not boot
+        for i in self.m.order:
+            s = states.initial(f"svc{i}")
+            if self.maint[i]:
+                s = replace(s, state=State.MAINTENANCE, reason="maintenance (persisted)")
+            rec = None if duplicate else self.records[i]
+            if rec is not None and rec.pid and rec.pid in self.procs[i]:
+                st = State.READY if rec.state == "ready" else State.STARTING
+                s = replace(s, state=st, pid=rec.pid, restarts=rec.restarts,
+                            started_at=rec.started_at or EPOCH, want=rec.want,
+                            reason="adopted")
+                self.watched[i] = rec.pid
+                if st is State.STARTING:
+                    self.timers[i][Ev.READY_TIMEOUT.value] = _ticks(
+                        self.m.confs[i].ready_timeout)
+                self.svcs[i] = s
+                self.dirty.add(i)
+                self.notes.append(f"adopt svc{i} pid {rec.pid}")
+                continue
+            if not duplicate:
+                self.procs[i].clear()  # cgroup leftovers: never two copies
+            if rec is not None and s.state is not State.MAINTENANCE:
+                restored = {"done": State.DONE, "failed": State.FAILED}.get(rec.state)
+                if restored is not None:
+                    s = replace(s, state=restored, restarts=rec.restarts)
+                elif rec.state in ("ready", "starting", "stopping") and rec.pid:
+                    s = replace(s, state=State.READY, pid=rec.pid, restarts=rec.restarts,
+                                started_at=rec.started_at or EPOCH, want=rec.want)
+                    to_exit.append(i)
+            self.svcs[i] = s
+        for i in to_exit:
+            self.feed(i, Ev.EXITED, status=ExitStatus("unknown"))
+        for i in self.m.order:
+            s = self.svcs[i]
+            if s.state is State.STOPPED and s.want == "up":
+                self.feed(i, Ev.START)
+
+    def flush(self) -> None:
+        for i in self.dirty:
+            s = self.svcs[i]
+            self.records[i] = Record(s.state.value, s.pid, s.want, s.started_at,
+                                     min(s.restarts, RESTARTS_CAP))
+        self.dirty.clear()
+        self.maint = [s.state is State.MAINTENANCE for s in self.svcs]
+
+    def into(self, w: World, **kw: Any) -> World:
+        """`w` with this restarter's memory and the world it changed."""
+        self.flush()
+        svcs = tuple(replace(s, restarts=min(s.restarts, RESTARTS_CAP)) for s in self.svcs)
+        return replace(
+            w, svcs=svcs, watched=tuple(self.watched),
+            timers=tuple(tuple(sorted(t.items())) for t in self.timers),
+            reboot_req=self.reboot_req,
+            procs=tuple(tuple((p,) + v for p, v in sorted(ps.items())) for ps in self.procs),
+            records=tuple(self.records), maint=tuple(self.maint), **kw)
+
+    def heartbeat(self, w: World) -> World:
+        """The restarter's heartbeat: age 0 and a fresh report on critical services."""
+        extra = tuple((f"svc{i}", s.state.value,
+                       s.state not in (State.MAINTENANCE, State.FAILED))
+                      for i, s in enumerate(w.svcs) if self.m.confs[i].critical)
+        return replace(w, hb_age=(w.hb_age[0], 0), hb_extra=extra, hb_reboot=w.reboot_req)
+
+
+class Model:
+    """The machine: boot state, transitions, the gate and the goal."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.confs = service_configs(opts.services, opts.faults)
+        self.index = {c.name: i for i, c in enumerate(self.confs)}
+        self.rev: list[list[int]] = [[] for _ in self.confs]
+        for i, c in enumerate(self.confs):
+            for d in c.requires:
+                self.rev[self.index[d]].append(i)
+        self.order = list(range(len(self.confs)))  # requires point to lower indexes
+        self.wdc = WatchdogConfig(device="sim", timeout=opts.wd_timeout,
+                                  pet_interval=float(opts.pet_interval),
+                                  heartbeat_timeout=float(opts.hb_timeout),
+                                  restart_grace=float(opts.restart_grace))
+        self.age_cap = max(opts.hb_timeout, opts.restart_grace) + 1
+        self._gate: dict[tuple[Any, ...], bool] = {}
+        n = len(self.confs)
+        self.blank = World(
+            kernel="up", layers=(UP, UP, UP), wd=opts.wd_timeout, pet_in=1,
+            restart_in=(None, None), hb_age=(0, 0), hb_extra=(), hb_reboot=False,
+            svcs=tuple(states.initial(c.name) for c in self.confs), watched=(None,) * n,
+            timers=((),) * n, reboot_req=False, procs=((),) * n, records=(None,) * n,
+            maint=(False,) * n, crash_only=True)
+
+    def all_dependents(self, i: int) -> list[int]:
+        out: list[int] = []
+        todo = list(self.rev[i])
+        while todo:
+            d = todo.pop(0)
+            if d not in out:
+                out.append(d)
+                todo.extend(self.rev[d])
+        return out
+
+    # --- boot, gate, goal ------------------------------------------------------------
+
+    def boot(self, maint: tuple[bool, ...]) -> World:
+        """Power on: init starts the restarter and the tickler (which arms the watchdog);
+        the runtime directory is empty, the persistent admin state is kept."""
+        w = replace(self.blank, maint=maint)
+        r = _Restarter(self, w)
+        r.adopt_or_start(boot=True)
+        return r.heartbeat(r.into(w))
+
+    def panicked(self, w: World) -> World:
+        """The machine is down (kernel panic): only the persistent state matters."""
+        return replace(self.blank, kernel="panicked", layers=(DEAD, DEAD, DEAD),
+                       maint=w.maint, crash_only=False)
+
+    def gate_ok(self, w: World) -> bool:
+        """The real health gate on the heartbeats the tickler would read now."""
+        ignore = self.opts.mutant == "tickler-ignores-restarter"
+        r_age, r_alive = (0, True) if ignore else (w.hb_age[1], w.layers[1] != DEAD)
+        key = (w.hb_age[0], w.layers[0] != DEAD, r_age, r_alive, w.hb_extra, w.hb_reboot)
+        ok = self._gate.get(key)
+        if ok is None:
+            extra: dict[str, Any] = {
+                "critical": {n: {"state": st, "ok": good} for n, st, good in w.hb_extra},
+                "reboot_requested": "requested" if w.hb_reboot else None}
+            hbs = {"init": Heartbeat("init", 1, EPOCH - w.hb_age[0], 0.0, 1, 0, {}),
+                   "restarter": Heartbeat("restarter", 2, EPOCH - r_age, 0.0, 1, 0, extra)}
+            alive = {"init": key[1], "restarter": r_alive}
+            ok = health.evaluate(EPOCH, hbs, alive, self.wdc).ok
+            self._gate[key] = ok
+        return ok
+
+    def copies(self, w: World) -> list[int]:
+        """Services with more than one running process."""
+        return [i for i, ps in enumerate(w.procs) if len(ps) > 1]
+
+    def is_goal(self, w: World) -> bool:
+        if w.kernel != "up" or w.layers != (UP, UP, UP) or w.reboot_req:
+            return False
+        for i, s in enumerate(w.svcs):
+            if s.state is not State.READY or len(w.procs[i]) != 1 or \
+                    w.procs[i][0][0] != s.pid or w.watched[i] != s.pid:
+                return False
+        return self.gate_ok(w)
+
+    # --- transitions -----------------------------------------------------------------
+
+    def successors(self, w: World) -> list[Step]:
+        """Every transition from `w`: faults, then urgent events, else one tick."""
+        if w.kernel == "panicked":
+            return [Step("kernel panic: reboot (panic=N)", REBOOT, self.boot(w.maint))]
+        out = list(self.faults(w))
+        events = list(self.events(w))
+        out.extend(events)
+        if not any(e.urgent for e in events):
+            out.append(self.tick(w))
+        return out
+
+    def faults(self, w: World) -> Iterator[Step]:
+        for li, layer in enumerate(LAYERS):
+            st = w.layers[li]
+            if st == DEAD:
+                continue
+            yield Step(f"fault: {layer} crashed (SIGKILL)", FAULT, self.crash(w, li))
+            if st == UP:
+                hung = replace(w, layers=_set(w.layers, li, HUNG), crash_only=False)
+                yield Step(f"fault: {layer} hung (SIGSTOP)", FAULT, hung)
+        yield Step("fault: kernel panic", FAULT, self.panicked(w))
+        for i, ps in enumerate(w.procs):
+            for pid, *_ in ps:
+                procs = _set(w.procs, i, tuple(p for p in ps if p[0] != pid))
+                yield Step(f"fault: svc{i} pid {pid} crashed (SIGKILL)", FAULT,
+                           replace(w, procs=procs))
+
+    def crash(self, w: World, li: int) -> World:
+        """SIGKILL of a layer. Init's death is PID 1's death: a kernel panic."""
+        if li == 0:
+            return self.panicked(w)
+        n = len(self.confs)
+        w = replace(w, layers=_set(w.layers, li, DEAD),
+                    restart_in=_set(w.restart_in, li - 1, self.opts.restart_delay))
+        if li == 1:  # its memory and its notify socket's buffer are gone
+            procs = tuple(tuple((p, DONE if ph == SENT else ph, left, term)
+                                for p, ph, left, term in ps) for ps in w.procs)
+            w = replace(w, svcs=self.blank.svcs, watched=(None,) * n, timers=((),) * n,
+                        reboot_req=False, procs=procs)
+        return w
+
+    def events(self, w: World) -> Iterator[Step]:
+        """Work of live layers and services. Most is urgent (time waits for it); a
+        process may send READY=1 any time before its deadline, and a process that got
+        SIGTERM may exit any time (the stop timeout's SIGKILL bounds it)."""
+        init, restarter, _ = w.layers
+        if init == UP:
+            for k, left in enumerate(w.restart_in):
+                if left == 0 and not (k == 0 and self.opts.mutant == "init-no-restart"):
+                    yield self.layer_restart(w, k + 1)
+        for i, ps in enumerate(w.procs):
+            for k, (pid, ph, left, term) in enumerate(ps):
+                if ph == NOT_SENT:
+                    phase = DONE if restarter == DEAD else SENT
+                    procs = _set(w.procs, i, _set(ps, k, (pid, phase, 0, term)))
+                    yield Step(f"svc{i} pid {pid} sends READY=1", EVENT,
+                               replace(w, procs=procs), urgent=left == 0)
+                if term:
+                    procs = _set(w.procs, i, ps[:k] + ps[k + 1:])
+                    yield Step(f"svc{i} pid {pid} exits on SIGTERM", EVENT,
+                               replace(w, procs=procs), urgent=False)
+        if restarter != UP:
+            return
+        for i in range(len(w.svcs)):
+            yield from self.restarter_events(w, i)
+
+    def restarter_events(self, w: World, i: int) -> Iterator[Step]:
+        pid = w.watched[i]
+        if pid is not None and all(p[0] != pid for p in w.procs[i]):
+            r = _Restarter(self, w)
+            r.on_exit(i)
+            yield self.rstep(w, r, f"restarter reaps svc{i} pid {pid}")
+        for p, ph, left, term in w.procs[i]:
+            if ph == SENT:
+                r = _Restarter(self, w)
+                r.procs[i][p] = (DONE, left, term)
+                if w.svcs[i].pid == p:
+                    r.feed(i, Ev.READY)
+                yield self.rstep(w, r, f"restarter reads READY=1 from svc{i} pid {p}")
+        for kind, left in w.timers[i]:
+            if left == 0:
+                r = _Restarter(self, w)
+                del r.timers[i][kind]
+                r.feed(i, Ev(kind))
+                yield self.rstep(w, r, f"restarter: svc{i} {kind} timer fires")
+
+    def rstep(self, w: World, r: _Restarter, label: str) -> Step:
+        notes = f" [{', '.join(r.notes)}]" if r.notes else ""
+        return Step(label + notes, EVENT, r.into(w))
+
+    def layer_restart(self, w: World, li: int) -> Step:
+        """Init's fixed-delay restart of the restarter (re-adoption) or the tickler."""
+        w = replace(w, layers=_set(w.layers, li, UP), restart_in=_set(w.restart_in, li - 1, None))
+        if li == 2:  # the new tickler opens the device: SETTIMEOUT pets it
+            return Step("init restarts the tickler", EVENT,
+                        replace(w, wd=self.opts.wd_timeout, pet_in=1))
+        r = _Restarter(self, w)
+        r.adopt_or_start(boot=False)
+        notes = f" [{', '.join(r.notes)}]" if r.notes else ""
+        return Step("init restarts the restarter" + notes, EVENT, r.heartbeat(r.into(w)))
+
+    def tick(self, w: World) -> Step:
+        """One tick of time: heartbeats, init's countdowns, timers, the tickler, the
+        watchdog (an expiry resets the machine)."""
+        init, restarter, tickler = w.layers
+        cap = self.age_cap
+        ages = (0 if init == UP else min(w.hb_age[0] + 1, cap),
+                0 if restarter == UP else min(w.hb_age[1] + 1, cap))
+        restart_in = w.restart_in
+        if init == UP:
+            restart_in = tuple(None if x is None else max(0, x - 1)  # type: ignore[assignment]
+                               for x in restart_in)
+        timers = tuple(tuple((k, max(0, t - 1)) for k, t in ts) for ts in w.timers)
+        procs = tuple(tuple((p, ph, max(0, left - 1), term) for p, ph, left, term in ps)
+                      for ps in w.procs)
+        w2 = replace(w, hb_age=ages, restart_in=restart_in, timers=timers, procs=procs,
+                     svcs=tuple(self.age_svc(s, i) for i, s in enumerate(w.svcs)),
+                     records=tuple(self.age_record(r) for r in w.records))
+        if restarter == UP:
+            w2 = _Restarter(self, w2).heartbeat(w2)
+            w2 = replace(w2, hb_age=ages)
+        wd, pet_in, label = w.wd, w.pet_in, "tick"
+        if tickler == UP:
+            pet_in = max(0, pet_in - 1)
+            if pet_in == 0 and self.gate_ok(w2):
+                wd, pet_in, label = self.opts.wd_timeout, self.opts.pet_interval, "tick (pet)"
+        wd -= 1
+        if wd <= 0:
+            return Step("tick: watchdog expired: reset, boot", REBOOT, self.boot(w.maint))
+        return Step(label, TICK, replace(w2, wd=wd, pet_in=pet_in))
+
+    def age_svc(self, s: Svc, i: int) -> Svc:
+        """Shift a Svc's times one tick into the past, clamped where the policy stops
+        telling them apart (uptime >= reset_after; restarts outside the window)."""
+        c = self.confs[i]
+        started = s.started_at
+        if started is not None:
+            started = max(started - 1, EPOCH - c.backoff.reset_after)
+        hist = tuple(t - 1 for t in s.history if t - 1 > EPOCH - c.intensity.window)
+        if started == s.started_at and hist == s.history:
+            return s
+        return replace(s, started_at=started, history=hist)
+
+    def age_record(self, r: Record | None) -> Record | None:
+        if r is None or r.started_at is None:
+            return r
+        floor = EPOCH - max(c.backoff.reset_after for c in self.confs)
+        return replace(r, started_at=max(r.started_at - 1, floor))
+
+
+def _set(t: tuple[Any, ...], i: int, v: Any) -> Any:
+    """`t` with item `i` replaced by `v`."""
+    return t[:i] + (v,) + t[i + 1:]
+
+
+# --- the search ----------------------------------------------------------------------
+
+@dataclass
+class Report:
+    """What `verify` found."""
+
+    ok: bool
+    states: int
+    transitions: int
+    k_steps: int | None
+    k_ticks: int | None
+    elapsed: float
+    opts: Options
+    violation: dict[str, Any] | None = None
+    others: dict[str, int] = field(default_factory=dict)
+    truncated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "states": self.states, "transitions": self.transitions,
+            "k_steps": self.k_steps, "k_ticks": self.k_ticks,
+            "elapsed": round(self.elapsed, 3),
+            "states_per_second": round(self.states / self.elapsed) if self.elapsed else None,
+            "faults": self.opts.faults, "services": self.opts.services,
+            "bound": self.opts.bound, "mutant": self.opts.mutant,
+            "truncated": self.truncated, "violations": self.others,
+            "counterexample": self.violation,
+        }
+
+
+def explore(opts: Options) -> Report:
+    """Breadth-first search over (state, faults used), then the three checks."""
+    t0 = time.monotonic()
+    m = Model(opts)
+    init = m.boot(m.blank.maint)
+    succ: dict[World, list[tuple[str, World]]] = {}  # kind, next (labels recomputed)
+    parent: dict[tuple[World, int], tuple[World, int] | None] = {(init, 0): None}
+    first: dict[World, tuple[World, int]] = {init: (init, 0)}
+    queue = deque([(init, 0)])
+    transitions = 0
+    truncated = False
+    while queue:
+        node = queue.popleft()
+        w, used = node
+        edges = succ.get(w)
+        if edges is None:
+            edges = [(s.kind, s.nxt) for s in m.successors(w)]
+            succ[w] = edges
+        for kind, nxt in edges:
+            n2 = used + (kind == FAULT)
+            if n2 > opts.faults:
+                continue
+            transitions += 1
+            key = (nxt, n2)
+            if key in parent:
+                continue
+            parent[key] = node
+            first.setdefault(nxt, key)
+            queue.append(key)
+        if len(succ) > opts.max_states:
+            truncated = True
+            break
+    return _check(m, init, succ, parent, first, transitions, truncated, t0)
+
+
+def _trace(m: Model, parent: dict[tuple[World, int], tuple[World, int] | None],
+           key: tuple[World, int]) -> list[str]:
+    """Human-readable transitions from the initial state to `key`'s state."""
+    path = [key]
+    while (p := parent[path[-1]]) is not None:
+        path.append(p)
+    path.reverse()
+    return ["boot"] + [_label(m, a[0], b[0]) for a, b in zip(path, path[1:])]
+
+
+def _label(m: Model, a: World, b: World) -> str:
+    for s in m.successors(a):
+        if s.nxt == b:
+            return s.label
+    return "?"
+
+
+def _check(m: Model, init: World, succ: dict[World, list[tuple[str, World]]],
+           parent: dict[tuple[World, int], tuple[World, int] | None],
+           first: dict[World, tuple[World, int]], transitions: int, truncated: bool,
+           t0: float) -> Report:
+    opts = m.opts
+    order = list(first)  # BFS discovery order: earlier means a shorter trace
+    found: list[tuple[str, str, list[str]]] = []
+    counts: dict[str, int] = {}
+
+    dup = [w for w in order if m.copies(w)]
+    counts["duplicate"] = len(dup)
+    if dup:
+        w = dup[0]
+        i = m.copies(w)[0]
+        found.append(("duplicate", f"two running copies of svc{i}: pids "
+                      f"{[p[0] for p in w.procs[i]]}", _trace(m, parent, first[w])))
+
+    needless = [w for w in order if w.crash_only and w.kernel == "up" and any(
+        k == REBOOT for k, _ in succ.get(w, ()))]
+    counts["needless_reboot"] = len(needless)
+    if needless:
+        w = needless[0]
+        tr = _trace(m, parent, first[w]) + [s.label for s in m.successors(w)
+                                            if s.kind == REBOOT]
+        found.append(("needless_reboot", "the watchdog reset the machine although every "
+                      "fault was a crash the layer below should have repaired", tr))
+
+    dist, ticks = _worst_case(m, succ)
+    stuck = [w for w in order if w in succ and w not in dist]
+    counts["no_convergence"] = len(stuck)
+    if stuck:
+        w = stuck[0]
+        tr = _trace(m, parent, first[w]) + ["-- then, with no further faults --"]
+        tr += _lasso(m, succ, dist, w)
+        found.append(("no_convergence", "a reachable state from which the goal is not "
+                      "reached on every fault-free path", tr))
+    over = [w for w in order if dist.get(w, 0) > opts.bound]
+    counts["over_bound"] = len(over)
+    if over and not stuck:
+        w = over[0]
+        found.append(("over_bound", f"needs {dist[w]} fault-free steps > bound {opts.bound}",
+                      _trace(m, parent, first[w])))
+    k_steps = max(dist.values(), default=0) if not stuck else None
+    k_ticks = max(ticks.values(), default=0) if not stuck else None
+    violation = None
+    if found:
+        kind, msg, tr = min(found, key=lambda f: len(f[2]))
+        violation = {"kind": kind, "message": msg, "trace": tr}
+    return Report(ok=not found and not truncated, states=len(succ), transitions=transitions,
+                  k_steps=k_steps, k_ticks=k_ticks, elapsed=time.monotonic() - t0,
+                  opts=opts, violation=violation, others=counts, truncated=truncated)
+
+
+def _worst_case(m: Model, succ: dict[World, list[tuple[str, World]]]
+                ) -> tuple[dict[World, int], dict[World, int]]:
+    """For every state from which *every* fault-free path reaches the goal: the largest
+    number of steps (and of ticks) that can take. States not in the result can avoid the
+    goal forever (a cycle) under no further faults."""
+    dist: dict[World, int] = {}
+    ticks: dict[World, int] = {}
+    pending: dict[World, int] = {}
+    preds: dict[World, list[tuple[World, int]]] = {}
+    ready: deque[World] = deque()
+    for w, edges in succ.items():
+        if m.is_goal(w):
+            dist[w], ticks[w] = 0, 0
+            ready.append(w)
+            continue
+        ff = [(k, n) for k, n in edges if k != FAULT]
+        pending[w] = len(ff)
+        dist[w], ticks[w] = -1, -1
+        for k, n in ff:
+            preds.setdefault(n, []).append((w, int(k in (TICK, REBOOT))))
+    done = set(ready)
+    while ready:
+        n = ready.popleft()
+        for w, dt in preds.get(n, ()):
+            dist[w] = max(dist[w], dist[n] + 1)
+            ticks[w] = max(ticks[w], ticks[n] + dt)
+            pending[w] -= 1
+            if pending[w] == 0:
+                done.add(w)
+                ready.append(w)
+    for w in list(dist):
+        if w not in done:
+            del dist[w], ticks[w]
+    return dist, ticks
+
+
+def _lasso(m: Model, succ: dict[World, list[tuple[str, World]]], dist: dict[World, int],
+           w: World, limit: int = 60) -> list[str]:
+    """A fault-free path from `w` that never reaches the goal: into a cycle."""
+    out: list[str] = []
+    seen = {w: 0}
+    while len(out) < limit:
+        steps = [s for s in m.successors(w) if s.kind != FAULT and s.nxt not in dist]
+        if not steps:
+            out.append("(no fault-free transition left)")
+            break
+        s = next((s for s in steps if s.nxt not in seen), steps[0])
+        out.append(s.label)
+        if s.nxt in seen:
+            out.append(f"(back to the state after step {seen[s.nxt]} of this part: a cycle "
+                       "that never reaches the goal)")
+            break
+        w = s.nxt
+        seen[w] = len(out)
+    return out
+
+
+# --- the command ---------------------------------------------------------------------
+
+def add_parser(subparsers: Any) -> None:
+    """Register `hachain verify` on the `hachain` command's subparsers."""
+    p = subparsers.add_parser(
+        "verify", help="exhaustive check of the chain's fault model",
+        description="Explore every state of a model of the chain reachable with at most "
+                    "--faults faults; check that no service ever runs twice and that every "
+                    "reachable state converges back to the configured state.")
+    _arguments(p)
+    p.set_defaults(func=func)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--faults", type=int, default=1, help="faults per run (default 1)")
+    p.add_argument("--services", type=int, default=2, help="services in the model (default 2)")
+    p.add_argument("--bound", type=int, default=200,
+                   help="most fault-free steps allowed to converge (default 200)")
+    p.add_argument("--mutant", choices=MUTANTS, default=None,
+                   help="check a deliberately broken chain (the checker must catch it)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def func(args: argparse.Namespace) -> int:
+    """Run the check; 0 converges, 1 counterexample, 2 bad usage."""
+    problems = []
+    if not 0 <= args.faults <= 4:
+        problems.append(f"--faults: must be 0..4, got {args.faults}")
+    if not 1 <= args.services <= 4:
+        problems.append(f"--services: must be 1..4, got {args.services}")
+    if args.bound < 1:
+        problems.append(f"--bound: must be >= 1, got {args.bound}")
+    if args.mutant is not None and args.mutant not in MUTANTS:
+        problems.append(f"--mutant: unknown {args.mutant!r} (one of {', '.join(MUTANTS)})")
+    if problems:
+        for line in problems:
+            print(f"hachain verify: {line}", file=sys.stderr)
+        return 2
+    rep = explore(Options(faults=args.faults, services=args.services, bound=args.bound,
+                          mutant=args.mutant))
+    if args.json:
+        print(json.dumps(rep.to_json(), indent=1))
+    else:
+        _print(rep)
+    return 0 if rep.ok else 1
+
+
+def _print(rep: Report) -> None:
+    o = rep.opts
+    rate = rep.states / rep.elapsed if rep.elapsed else 0.0
+    print(f"model: {o.services} services, at most {o.faults} fault(s)"
+          + (f", mutant {o.mutant}" if o.mutant else ""))
+    print(f"explored {rep.states} states, {rep.transitions} transitions in "
+          f"{rep.elapsed:.2f} s ({rate:.0f} states/s)")
+    if rep.truncated:
+        print(f"state space larger than {o.max_states} states: search stopped, no verdict")
+    if rep.violation is None and not rep.truncated:
+        print(f"converges from every reachable state within {rep.k_steps} steps "
+              f"({rep.k_ticks} ticks); never two running copies of a service; no needless "
+              "reboot")
+        return
+    if rep.violation is not None:
+        v = rep.violation
+        print(f"COUNTEREXAMPLE ({v['kind']}): {v['message']}")
+        for n, line in enumerate(v["trace"]):
+            print(f"  {n:3d}. {line}")
+        more = {k: c for k, c in rep.others.items() if c}
+        print("violating states: " + ", ".join(f"{k} {c}" for k, c in more.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hachain.simulators.verify`: the same as `hachain verify`."""
+    p = argparse.ArgumentParser(prog="hachain verify")
+    _arguments(p)
+    return func(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
