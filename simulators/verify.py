@@ -37,6 +37,7 @@ Abstractions (docs/verify.md explains each):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -179,6 +180,7 @@ class _Restarter:
 
     def feed(self, i: int, kind: Ev, **kw: Any) -> None:
         s = self.svcs[i]
+        self.m.cells.add((s.state.value, kind.value))
         ev = Event(kind, EPOCH, deps_ready=self.deps_ready(i), **kw)
         try:
             nxt, actions = states.step(s, ev, self.m.confs[i])
@@ -345,6 +347,7 @@ class Model:
                                   restart_grace=float(opts.restart_grace))
         self.age_cap = max(opts.hb_timeout, opts.restart_grace) + 1
         self._gate: dict[tuple[Any, ...], bool] = {}
+        self.cells: set[tuple[str, str]] = set()  # (state, event) pairs fed to states.step
         n = len(self.confs)
         self.blank = World(
             kernel="up", layers=(UP, UP, UP), wd=opts.wd_timeout, pet_in=1,
@@ -581,6 +584,7 @@ class Report:
     violation: dict[str, Any] | None = None
     others: dict[str, int] = field(default_factory=dict)
     truncated: bool = False
+    cells: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -591,6 +595,7 @@ class Report:
             "faults": self.opts.faults, "services": self.opts.services,
             "bound": self.opts.bound, "mutant": self.opts.mutant,
             "truncated": self.truncated, "violations": self.others,
+            "table_cells": [list(c) for c in self.cells],
             "counterexample": self.violation,
         }
 
@@ -637,7 +642,7 @@ def _trace(m: Model, parent: dict[tuple[World, int], tuple[World, int] | None],
     while (p := parent[path[-1]]) is not None:
         path.append(p)
     path.reverse()
-    return ["boot"] + [_label(m, a[0], b[0]) for a, b in zip(path, path[1:])]
+    return ["boot"] + [_label(m, a[0], b[0]) for a, b in itertools.pairwise(path)]
 
 
 def _label(m: Model, a: World, b: World) -> str:
@@ -661,8 +666,8 @@ def _check(m: Model, init: World, succ: dict[World, list[tuple[str, World]]],
     if dup:
         w = dup[0]
         i = m.copies(w)[0]
-        found.append(("duplicate", f"two running copies of svc{i}: pids "
-                      f"{[p[0] for p in w.procs[i]]}", _trace(m, parent, first[w])))
+        msg = f"two running copies of svc{i}: pids {[p[0] for p in w.procs[i]]}"
+        found.append(("duplicate", msg, _trace(m, parent, first[w])))
 
     needless = [w for w in order if w.crash_only and w.kernel == "up" and any(
         k == REBOOT for k, _ in succ.get(w, ()))]
@@ -671,8 +676,9 @@ def _check(m: Model, init: World, succ: dict[World, list[tuple[str, World]]],
         w = needless[0]
         tr = _trace(m, parent, first[w]) + [s.label for s in m.successors(w)
                                             if s.kind == REBOOT]
-        found.append(("needless_reboot", "the watchdog reset the machine although every "
-                      "fault was a crash the layer below should have repaired", tr))
+        msg = ("the machine was reset although every fault since boot was a crash that "
+               "the layer below should have repaired")
+        found.append(("needless_reboot", msg, tr))
 
     dist, ticks = _worst_case(m, succ)
     stuck = [w for w in order if w in succ and w not in dist]
@@ -681,8 +687,9 @@ def _check(m: Model, init: World, succ: dict[World, list[tuple[str, World]]],
         w = stuck[0]
         tr = _trace(m, parent, first[w]) + ["-- then, with no further faults --"]
         tr += _lasso(m, succ, dist, w)
-        found.append(("no_convergence", "a reachable state from which the goal is not "
-                      "reached on every fault-free path", tr))
+        msg = ("a reachable state from which some fault-free path never reaches the goal "
+               "(every service ready exactly once, every layer up, the gate passing)")
+        found.append(("no_convergence", msg, tr))
     over = [w for w in order if dist.get(w, 0) > opts.bound]
     counts["over_bound"] = len(over)
     if over and not stuck:
@@ -697,7 +704,8 @@ def _check(m: Model, init: World, succ: dict[World, list[tuple[str, World]]],
         violation = {"kind": kind, "message": msg, "trace": tr}
     return Report(ok=not found and not truncated, states=len(succ), transitions=transitions,
                   k_steps=k_steps, k_ticks=k_ticks, elapsed=time.monotonic() - t0,
-                  opts=opts, violation=violation, others=counts, truncated=truncated)
+                  opts=opts, violation=violation, others=counts, truncated=truncated,
+                  cells=tuple(sorted(m.cells)))
 
 
 def _worst_case(m: Model, succ: dict[World, list[tuple[str, World]]]
@@ -811,6 +819,8 @@ def _print(rep: Report) -> None:
           + (f", mutant {o.mutant}" if o.mutant else ""))
     print(f"explored {rep.states} states, {rep.transitions} transitions in "
           f"{rep.elapsed:.2f} s ({rate:.0f} states/s)")
+    print(f"state table cells exercised through states.step: {len(rep.cells)} of "
+          f"{len(states.TABLE)}")
     if rep.truncated:
         print(f"state space larger than {o.max_states} states: search stopped, no verdict")
     if rep.violation is None and not rep.truncated:
