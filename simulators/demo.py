@@ -1,8 +1,7 @@
 """The embedded demo appliance: the configuration `hachain sim` boots when given no -c.
 
 A small, realistic box: a critical database that reports readiness over the notify
-socket, a web front end that requires it and reports readiness s6-style on fd 3 once its
-port listens, a one-shot
+socket, a web front end that requires it and is ready when its loopback port accepts, a one-shot
 migration, and a worker that crashes every 20 s to show restarts with backoff. The
 services are `hachain.simulators.demo_services` run by the given Python.
 """
@@ -66,8 +65,8 @@ restart = "on-failure"
 command = {cmd("web", str(port))}
 requires = ["db"]
 after = ["migrate"]
-ready = "fd"          # s6-style: a line on fd 3 once the port listens
-ready_fd = 3
+ready = "tcp"         # ready once 127.0.0.1:{port} accepts a connection
+ready_port = {port}
 ready_timeout = 10
 restart = "always"
 

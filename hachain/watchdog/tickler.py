@@ -117,7 +117,7 @@ class Tickler:
         self.gate = health.GateResult(True, ())
         self.failing = False
         self.stop_requested = False
-        restarts = os.environ.get("HACHAIN_LAYER_RESTARTS", "0")
+        restarts = os.environ.get(channels.ENV_LAYER_RESTARTS, "0")
         self.hb = channels.HeartbeatWriter(self.state_dir, "tickler",
                                            int(restarts) if restarts.isdigit() else 0)
 
