@@ -230,13 +230,14 @@ class _Restarter:
             self.notes.append(f"spawn svc{i} pid {pid}")
             self.feed(i, Ev.SPAWNED, pid=pid)
         elif isinstance(a, states.Kill):
-            pid = self.svcs[i].pid
-            hit = list(self.procs[i]) if a.group else [pid] if pid in self.procs[i] else []
+            main = self.svcs[i].pid
+            hit = [p for p in self.procs[i] if a.group or p == main]
             for p in hit:
                 if a.signal == SIGKILL:
                     del self.procs[i][p]
                 else:  # it exits when it likes; SIGKILL follows the stop timeout
-                    self.procs[i][p] = self.procs[i][p][:2] + (True,)
+                    phase, left, _ = self.procs[i][p]
+                    self.procs[i][p] = (phase, left, True)
         elif isinstance(a, states.ArmTimer):
             self.timers[i][a.kind] = _ticks(a.delay)
         elif isinstance(a, states.CancelTimer):

@@ -1,0 +1,164 @@
+"""`hachain verify`: the model check of the fault model, its mutants and its command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hachain.simulators import verify
+from hachain.simulators.verify import Options, explore
+
+from hachain.restarter import states
+from hachain.restarter.states import Ev, State
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_real_chain_converges_single_fault() -> None:
+    rep = explore(Options())
+    assert rep.ok, rep.violation
+    assert rep.violation is None
+    assert rep.states > 200
+    assert rep.transitions > rep.states
+    assert rep.k_steps is not None and 0 < rep.k_steps <= rep.opts.bound
+    assert rep.k_ticks is not None and 0 < rep.k_ticks <= rep.k_steps
+    assert all(c == 0 for c in rep.others.values())
+
+
+def test_model_reaches_adoption_and_timeouts() -> None:
+    # The interesting paths of the real table are actually taken: a readiness lost with a
+    # crashed restarter ends in the ready timeout, a stop in the stop timeout, a crash in
+    # backoff, and the dependent is restarted when what it requires goes down.
+    cells = set(explore(Options()).cells)
+    for cell in [("starting", "ready_timeout"), ("stopping", "stop_timeout"),
+                 ("backoff", "backoff_done"), ("ready", "deps_lost"),
+                 ("waiting", "deps_ready"), ("ready", "exited")]:
+        assert cell in cells
+
+
+def test_two_faults_and_three_services_converge() -> None:
+    rep = explore(Options(faults=2))
+    assert rep.ok, rep.violation
+    assert rep.states > 1000
+    rep3 = explore(Options(services=3))
+    assert rep3.ok, rep3.violation
+
+
+def test_no_faults_is_just_the_boot() -> None:
+    rep = explore(Options(faults=0))
+    assert rep.ok
+    assert rep.states < 50
+
+
+@pytest.mark.parametrize("mutant,kind,fault", [
+    ("init-no-restart", "needless_reboot", "fault: restarter crashed"),
+    ("tickler-ignores-restarter", "no_convergence", "fault: restarter hung"),
+    ("adopt-duplicates", "duplicate", "fault: restarter crashed"),
+])
+def test_mutant_gives_counterexample(mutant: str, kind: str, fault: str) -> None:
+    rep = explore(Options(mutant=mutant))
+    assert not rep.ok
+    v = rep.violation
+    assert v is not None and v["kind"] == kind
+    assert v["trace"][0] == "boot"
+    assert any(line.startswith(fault) for line in v["trace"])
+    assert sum(line.startswith("fault:") for line in v["trace"]) == 1
+
+
+def test_adopt_duplicates_trace_is_short_and_names_the_second_copy() -> None:
+    v = explore(Options(mutant="adopt-duplicates")).violation
+    assert v is not None
+    assert len(v["trace"]) <= 6
+    assert "init restarts the restarter" in v["trace"][-1]
+    assert "two running copies of svc0" in v["message"]
+
+
+def test_model_calls_the_real_state_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A restarter that forgets a ready service's exit: the model must notice, because it
+    # drives the real table rather than a copy of it.
+    def forget(s: states.Svc, ev: states.Event, c: object) -> tuple[states.Svc, list]:
+        return s, []
+
+    monkeypatch.setitem(states.TABLE, (State.READY, Ev.EXITED), forget)
+    rep = explore(Options())
+    assert not rep.ok
+    v = rep.violation
+    assert v is not None and v["kind"] == "no_convergence"
+    assert any("crashed" in line for line in v["trace"])
+
+
+def test_model_uses_real_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str]] = []
+    real = states.step
+
+    def counting(s: states.Svc, ev: states.Event, c: object) -> states.Result:
+        calls.append((s.state.value, ev.kind.value))
+        return real(s, ev, c)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(states, "step", counting)
+    assert explore(Options()).ok
+    assert ("stopped", "start") in calls and ("starting", "spawned") in calls
+
+
+def test_bound_smaller_than_k_is_reported() -> None:
+    k = explore(Options()).k_steps
+    assert k is not None
+    rep = explore(Options(bound=k - 1))
+    assert not rep.ok
+    assert rep.violation is not None and rep.violation["kind"] == "over_bound"
+
+
+def test_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    assert verify.main(["--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    for key in ("ok", "states", "transitions", "k_steps", "k_ticks", "elapsed",
+                "states_per_second", "faults", "services", "bound", "mutant",
+                "violations", "counterexample", "table_cells"):
+        assert key in d
+    assert d["ok"] is True and d["counterexample"] is None
+    assert d["faults"] == 1 and d["services"] == 2
+    assert verify.main(["--json", "--mutant", "adopt-duplicates"]) == 1
+    d = json.loads(capsys.readouterr().out)
+    assert d["ok"] is False
+    assert d["counterexample"]["kind"] == "duplicate"
+    assert isinstance(d["counterexample"]["trace"], list)
+    assert d["violations"]["duplicate"] > 0
+
+
+def test_text_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert verify.main([]) == 0
+    out = capsys.readouterr().out
+    assert "converges from every reachable state within" in out
+    assert "states/s" in out
+    assert verify.main(["--mutant", "tickler-ignores-restarter"]) == 1
+    out = capsys.readouterr().out
+    assert "COUNTEREXAMPLE (no_convergence)" in out
+    assert "fault: restarter hung (SIGSTOP)" in out
+
+
+def test_bad_usage_direct(capsys: pytest.CaptureFixture[str]) -> None:
+    assert verify.main(["--faults", "-1"]) == 2
+    assert verify.main(["--services", "0"]) == 2
+    assert verify.main(["--bound", "0"]) == 2
+    assert "--faults: must be" in capsys.readouterr().err
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hachain.cli", "verify", *args], check=False,
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_exit_codes() -> None:
+    ok = _cli()
+    assert ok.returncode == 0, ok.stderr
+    assert "converges from every reachable state" in ok.stdout
+    bad = _cli("--mutant", "init-no-restart")
+    assert bad.returncode == 1
+    assert "fault: restarter crashed (SIGKILL)" in bad.stdout
+    assert _cli("--faults", "99").returncode == 2
+    assert _cli("--mutant", "no-such-mutant").returncode == 2
+    assert _cli("--json").returncode == 0
