@@ -1,0 +1,255 @@
+"""`hachain logs NAME`: print (and follow) one service's captured output.
+
+Owns: finding `<log dir>/<NAME>.log` and its rotated copies, printing the last lines
+across them in order, and following the live file. Must not: write, rotate or truncate
+any log (the restarter owns them), or talk to the control socket: logs are read even when
+the restarter is down, which is when they matter most.
+
+Facts about the files it reads (written by `hachain.restarter.spawn`):
+
+- The service's stdout and stderr go to `<NAME>.log`, opened O_APPEND.
+- Rotation is copy-then-truncate: `.N-1` → `.N`, …, `.1` → `.2`, the live file is copied
+  to `.1`, then truncated to 0 in place (the service keeps its descriptor). So `.1` holds
+  what the live file held just before it shrank, and the oldest lines are in the highest
+  number.
+- A follower therefore sees the live file get *shorter*. What it had not read yet before
+  the truncation is at the same offsets in the fresh `.1`; it reads that tail from `.1`
+  and carries on from offset 0 of the live file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from hachain import config
+
+PROG = "hachain logs"
+POLL_SECONDS = 0.2
+
+
+class LogsError(Exception):
+    """A one-line reason to print before exiting 1 (or 2 for a bad configuration)."""
+
+
+def log_dir_for(args: argparse.Namespace) -> tuple[str, tuple[str, ...] | None]:
+    """(the service log directory, the configured service names or None if unknown).
+
+    Order: --log-dir, --persist-dir (its `log/`), -c FILE, $HACHAIN_PERSIST_DIR, the
+    default configuration file when it exists, else the default persist_dir.
+    """
+    if getattr(args, "log_dir", None):
+        return args.log_dir, None
+    if getattr(args, "persist_dir", None):
+        return os.path.join(args.persist_dir, "log"), None
+    cpath = getattr(args, "config", None)
+    env_persist = os.environ.get("HACHAIN_PERSIST_DIR")
+    if cpath or (not env_persist and os.path.exists(config.DEFAULT_PATH)):
+        cfg = config.with_env_overrides(config.load(cpath or config.DEFAULT_PATH))
+        return cfg.chain.service_log_dir, tuple(cfg.services)
+    return os.path.join(env_persist or config.ChainConfig().persist_dir, "log"), None
+
+
+def log_files(log_dir: str, name: str) -> list[str]:
+    """The service's existing log files, oldest first: ..., .2, .1, then the live file."""
+    live = os.path.join(log_dir, name + ".log")
+    rotated: list[tuple[int, str]] = []
+    try:
+        entries = os.listdir(log_dir)
+    except OSError:
+        entries = []
+    pat = re.compile(re.escape(name + ".log") + r"\.([0-9]+)$")
+    for e in entries:
+        m = pat.match(e)
+        if m:
+            rotated.append((int(m.group(1)), os.path.join(log_dir, e)))
+    out = [p for _, p in sorted(rotated, reverse=True)]
+    if os.path.exists(live):
+        out.append(live)
+    return out
+
+
+def last_lines(paths: list[str], n: int | None) -> tuple[list[bytes], int]:
+    """The last `n` lines (all when None) across `paths`, oldest first, newlines kept,
+    and how many bytes of the newest file were read (where a follower starts).
+
+    Reads files newest first and stops once it has more than `n` lines. Files are joined
+    as bytes before splitting: a copy-truncate rotation can cut a line in two, and the
+    two halves belong together.
+    """
+    buf = b""
+    newest_len = 0
+    for i, p in enumerate(reversed(paths)):
+        try:
+            with open(p, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if i == 0:
+            newest_len = len(data)
+        buf = data + buf
+        if n is not None and buf.count(b"\n") > n:
+            break
+    lines = buf.splitlines(keepends=True)
+    if n is None:
+        return lines, newest_len
+    return (lines[-n:] if n else []), newest_len
+
+
+def follow(path: str, start: int, write: Callable[[bytes], None],
+           stop: Callable[[], bool] = lambda: False, poll: float = POLL_SECONDS) -> None:
+    """Write what is appended to `path` from offset `start` on, until `stop()` is true.
+
+    Handles copy-truncate rotation (the file shrinks: read the unread tail from `.1`,
+    then start over at 0), replacement (a new inode: start over at 0) and a file that
+    disappears for a while (wait for it).
+    """
+    pos = start
+    f: BinaryIO | None = None
+    ino = None
+    try:
+        while not stop():
+            if f is None:
+                try:
+                    f = open(path, "rb")  # noqa: SIM115 - kept open across iterations
+                    ino = os.fstat(f.fileno()).st_ino
+                except FileNotFoundError:
+                    time.sleep(poll)
+                    continue
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            if st is None or st.st_ino != ino:
+                _drain(f, pos, write)  # whatever the old file still had
+                f.close()
+                f, pos = None, 0
+                continue
+            if st.st_size < pos:
+                _catch_up_rotated(path + ".1", pos, write)
+                pos = 0
+            if st.st_size > pos:
+                pos = _drain(f, pos, write)
+            else:
+                time.sleep(poll)
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _drain(f: BinaryIO, pos: int, write: Callable[[bytes], None]) -> int:
+    """Write everything from `pos` to the end of `f`; the new offset."""
+    f.seek(pos)
+    while chunk := f.read(1 << 16):
+        write(chunk)
+        pos += len(chunk)
+    return pos
+
+
+def _catch_up_rotated(rotated: str, pos: int, write: Callable[[bytes], None]) -> None:
+    """After a truncation: the part of the fresh `.1` copy past `pos` was never shown."""
+    try:
+        with open(rotated, "rb") as r:
+            if os.fstat(r.fileno()).st_size > pos:
+                _drain(r, pos, write)
+    except OSError:
+        pass
+
+
+def _write_stdout(data: bytes) -> None:
+    """Bytes to stdout as they come (a log may hold anything, not only UTF-8)."""
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def run(name: str, log_dir: str, known: tuple[str, ...] | None, lines: int | None,
+        follow_: bool, write: Callable[[bytes], None] = _write_stdout) -> int:
+    """Print the tail of NAME's logs and optionally follow; raises LogsError."""
+    if known is not None and name not in known:
+        hint = f" (configured: {', '.join(sorted(known))})" if known else ""
+        raise LogsError(f"{name}: no such service{hint}")
+    paths = log_files(log_dir, name)
+    live = os.path.join(log_dir, name + ".log")
+    if not paths:
+        raise LogsError(f"{name}: no log in {log_dir} (expected {live}; has it started?)")
+    shown, size = last_lines(paths, lines)
+    for ln in shown:
+        write(ln)
+    if follow_:
+        follow(live, size if paths[-1] == live else 0, write)
+    return 0
+
+
+def _lines_arg(text: str) -> int | None:
+    """-n: a count >= 0, or "all"."""
+    if text == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """`hachain logs`: exit 0, 1 when there is no such service or log, 2 on bad config."""
+    try:
+        log_dir, known = log_dir_for(args)
+        if args.follow:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        return run(args.name, log_dir, known, args.lines, args.follow)
+    except LogsError as e:
+        sys.stderr.write(f"{PROG}: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `hachain logs x | head`
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the exit flush
+        except OSError:
+            pass
+        return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `logs` on an argparse sub-parsers object."""
+    p = subparsers.add_parser(
+        "logs", help="a service's output (rotated files included); -f follows",
+        description="Print the last lines of a service's log, oldest first, across its "
+                    "rotated copies; -f keeps following the live file through rotations.")
+    p.add_argument("name", metavar="NAME", help="the service")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-n", "--lines", type=_lines_arg, default=10, metavar="N",
+                   help="how many lines to print first (default 10; 'all' for everything)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-c", "--config", help="configuration file (for [chain] log_dir and "
+                   "the service names)")
+    g.add_argument("--persist-dir", help="the chain's persistent directory (logs in its log/)")
+    g.add_argument("--log-dir", help="the service log directory itself")
+    p.set_defaults(func=cmd_logs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hachain.logs NAME ...` (the same as `hachain logs`)."""
+    p = argparse.ArgumentParser(prog="hachain")
+    add_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["logs"] + (sys.argv[1:] if argv is None else argv))
+    try:
+        return int(args.func(args))
+    except config.ConfigError as e:
+        for line in e.errors:
+            sys.stderr.write(f"hachain: {line}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""`hachain metrics`: the chain's state in Prometheus text format, in its own process.
+
+Owns: one small HTTP server (TCP, or a Unix socket) whose every scrape calls
+`hachain.cli.gather_status` — the same heartbeats, control-socket status and records
+`hachain status` shows — and turns the answer into metric families. Must not: keep
+state between scrapes, write anything, or be needed by the chain: it is off unless
+started, and the restarter knows nothing about it. A scrape while the restarter is down
+still answers (layers, watchdog, `hachain_restarter_up 0`).
+
+Needs prometheus_client (the `metrics` extra: `pip install hachain[metrics]`).
+
+Metrics (every name starts with `hachain_`):
+
+  service_state{service,state}   1 for the state the service is in, 0 for the others
+  service_up_wanted{service}     1 when the administrator wants it up
+  service_ready{service}         1 when ready (a oneshot: done)
+  service_restarts_total{service}  restarts since the restarter started it
+  service_uptime_seconds{service}  how long the current process has run (0 when none)
+  service_critical{service}      1 for a critical service (its health gates the watchdog)
+  restarter_up                   1 when the control socket answered this scrape
+  layer_up{layer}                1 when the layer's heartbeat exists and its pid lives
+  layer_stopped{layer}           1 when its process is stopped (SIGSTOP: hung)
+  layer_heartbeat_age_seconds{layer}
+  layer_uptime_seconds{layer}
+  layer_restarts_total{layer}    how often init restarted the layer
+  gate_ok                        1 when the tickler's last health-gate check passed
+  watchdog_armed / watchdog_petting
+  watchdog_pets_total            keepalives sent by the current tickler process
+  watchdog_timeout_seconds / watchdog_timeleft_seconds (absent when the driver cannot tell)
+  last_boot_watchdog_reset       1 when the previous boot ended in a watchdog reset
+  last_boot_info{cause}          1, labelled with the recorded cause
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+try:  # the optional `metrics` extra; without it the command says what to install
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.registry import CollectorRegistry
+except ImportError:
+    HAVE_PROMETHEUS = False
+else:
+    HAVE_PROMETHEUS = True
+
+PROG = "hachain metrics"
+SERVICE_STATES = ("stopped", "waiting", "starting", "ready", "stopping", "backoff",
+                  "maintenance", "failed", "done")
+
+Gather = Callable[[str, str], dict[str, Any]]
+
+
+def _num(v: Any) -> float | None:
+    """`v` as a float when it is a real number (not a bool, not None), else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def _default_gather(state_dir: str, persist_dir: str) -> dict[str, Any]:
+    """`hachain.cli.gather_status`, imported late (the CLI imports this module too)."""
+    from hachain.cli import gather_status
+    return gather_status(state_dir, persist_dir)
+
+
+class ChainCollector:
+    """Collects the chain's metrics afresh on every scrape."""
+
+    def __init__(self, state_dir: str, persist_dir: str, gather: Gather | None = None) -> None:
+        self.state_dir = state_dir
+        self.persist_dir = persist_dir
+        self.gather = gather or _default_gather
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: the registry must not call `collect` at registration."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """One `gather_status` call, turned into metric families."""
+        st = self.gather(self.state_dir, self.persist_dir)
+        chain = st.get("chain", {})
+        yield from self._services(st.get("services") or {})
+        up = GaugeMetricFamily("hachain_restarter_up", "1 when the restarter's control "
+                               "socket answered this scrape")
+        up.add_metric([], 0.0 if chain.get("restarter_error") else 1.0)
+        yield up
+        yield from self._layers(chain.get("layers") or {})
+        yield from self._watchdog(chain.get("watchdog") or {})
+        yield from self._last_boot(chain.get("last_boot"))
+
+    def _services(self, services: dict[str, Any]) -> Iterator[Metric]:
+        """Per-service families."""
+        state = GaugeMetricFamily("hachain_service_state", "1 for the service's current "
+                                  "state, 0 for the others", labels=["service", "state"])
+        wanted = GaugeMetricFamily("hachain_service_up_wanted", "1 when the service is "
+                                   "wanted up", labels=["service"])
+        ready = GaugeMetricFamily("hachain_service_ready", "1 when the service is ready "
+                                  "(a oneshot: done)", labels=["service"])
+        restarts = CounterMetricFamily("hachain_service_restarts", "restarts of the "
+                                       "service", labels=["service"])
+        uptime = GaugeMetricFamily("hachain_service_uptime_seconds", "how long the "
+                                   "service's current process has run", labels=["service"])
+        critical = GaugeMetricFamily("hachain_service_critical", "1 when the service's "
+                                     "health gates the watchdog", labels=["service"])
+        for name, s in sorted(services.items()):
+            if not isinstance(s, dict):
+                continue
+            cur = str(s.get("state", ""))
+            states = SERVICE_STATES if cur in SERVICE_STATES else SERVICE_STATES + (cur,)
+            for value in states:
+                state.add_metric([name, value], 1.0 if value == cur else 0.0)
+            wanted.add_metric([name], 1.0 if s.get("want") == "up" else 0.0)
+            ready.add_metric([name], 1.0 if cur in ("ready", "done") else 0.0)
+            restarts.add_metric([name], _num(s.get("restarts")) or 0.0)
+            uptime.add_metric([name], _num(s.get("uptime")) or 0.0)
+            critical.add_metric([name], 1.0 if s.get("critical") else 0.0)
+        yield from (state, wanted, ready, restarts, uptime, critical)
+
+    def _layers(self, layers: dict[str, Any]) -> Iterator[Metric]:
+        """Per-layer families from the heartbeats."""
+        up = GaugeMetricFamily("hachain_layer_up", "1 when the layer's heartbeat exists and "
+                               "its process lives", labels=["layer"])
+        stopped = GaugeMetricFamily("hachain_layer_stopped", "1 when the layer's process "
+                                    "is stopped (SIGSTOP)", labels=["layer"])
+        age = GaugeMetricFamily("hachain_layer_heartbeat_age_seconds", "age of the layer's "
+                                "last heartbeat", labels=["layer"])
+        uptime = GaugeMetricFamily("hachain_layer_uptime_seconds", "how long the layer's "
+                                   "process has run", labels=["layer"])
+        restarts = CounterMetricFamily("hachain_layer_restarts", "how often init restarted "
+                                       "the layer", labels=["layer"])
+        for layer, d in sorted(layers.items()):
+            if not isinstance(d, dict):
+                continue
+            missing = d.get("state") == "missing"
+            up.add_metric([layer], 0.0 if missing or not d.get("alive") else 1.0)
+            if missing:
+                continue
+            stopped.add_metric([layer], 1.0 if d.get("stopped") else 0.0)
+            for fam, key in ((age, "heartbeat_age"), (uptime, "uptime"), (restarts, "restarts")):
+                v = _num(d.get(key))
+                if v is not None:
+                    fam.add_metric([layer], v)
+        yield from (up, stopped, age, uptime, restarts)
+
+    def _watchdog(self, wd: dict[str, Any]) -> Iterator[Metric]:
+        """The tickler's view of the gate and the device (absent without a tickler)."""
+        if not wd.get("device"):
+            return
+        raw_gate = wd.get("gate")
+        gate: dict[str, Any] = raw_gate if isinstance(raw_gate, dict) else {}
+        g = GaugeMetricFamily("hachain_gate_ok", "1 when the tickler's last health-gate "
+                              "check passed")
+        g.add_metric([], 1.0 if gate.get("ok") else 0.0)
+        yield g
+        for name, key, doc in (("armed", "armed", "1 while the watchdog device is open"),
+                               ("petting", "petting", "1 while the tickler pets the device")):
+            m = GaugeMetricFamily(f"hachain_watchdog_{name}", doc)
+            m.add_metric([], 1.0 if wd.get(key) else 0.0)
+            yield m
+        pets = CounterMetricFamily("hachain_watchdog_pets", "keepalives sent by the current "
+                                   "tickler process")
+        pets.add_metric([], _num(wd.get("pets")) or 0.0)
+        yield pets
+        for name, key, doc in (("timeout_seconds", "timeout", "the device's timeout"),
+                               ("timeleft_seconds", "timeleft", ("time left before the device "
+                                "resets the machine"))):
+            v = _num(wd.get(key))
+            if v is not None:
+                m = GaugeMetricFamily(f"hachain_watchdog_{name}", doc)
+                m.add_metric([], v)
+                yield m
+
+    def _last_boot(self, lb: Any) -> Iterator[Metric]:
+        """Why the previous boot ended, from last_boot.json."""
+        if not isinstance(lb, dict):
+            return
+        cause = str(lb.get("cause") or "unknown")
+        reset = GaugeMetricFamily("hachain_last_boot_watchdog_reset", "1 when the previous "
+                                  "boot ended in a watchdog reset")
+        reset.add_metric([], 1.0 if cause == "watchdog reset" else 0.0)
+        info = GaugeMetricFamily("hachain_last_boot_info", "the recorded cause of the end "
+                                 "of the previous boot", labels=["cause"])
+        info.add_metric([cause], 1.0)
+        yield from (reset, info)
+
+
+def make_registry(state_dir: str, persist_dir: str, gather: Gather | None = None
+                  ) -> CollectorRegistry:
+    """A registry holding only the chain collector (no process metrics of this server)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(ChainCollector(state_dir, persist_dir, gather))
+    return reg
+
+
+def handler_for(registry: CollectorRegistry) -> type[http.server.BaseHTTPRequestHandler]:
+    """A request handler serving `registry` on `/metrics` (and `/`)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            """Answer a scrape; a failing collection is a 500 with a one-line reason."""
+            path = self.path.split("?", 1)[0]
+            if path not in ("/", "/metrics"):
+                self.send_error(404, "try /metrics")
+                return
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            try:
+                body = encoder(registry)
+            except Exception as e:  # noqa: BLE001 - a scrape error must not end the server
+                self.send_error(500, f"collecting failed: {e}")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def address_string(self) -> str:
+            """Unix-socket clients have no address."""
+            return self.client_address[0] if isinstance(self.client_address, tuple) else "unix"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Scrapes are not logged."""
+
+    return Handler
+
+
+class _TCPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _TCP6Server(_TCPServer):
+    address_family = socket.AF_INET6
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Unix clients have an empty address; give the handler a tuple it can print."""
+        conn, _ = super().get_request()
+        return conn, ("unix", 0)
+
+
+def make_server(registry: CollectorRegistry, listen: str | None, unix: str | None
+                ) -> socketserver.BaseServer:
+    """Bind the server (not yet serving). ValueError / OSError with a reason on failure."""
+    handler = handler_for(registry)
+    if unix:
+        try:
+            if os.path.exists(unix) and not os.path.isdir(unix):
+                os.unlink(unix)  # a stale socket from an earlier run
+        except OSError:
+            pass
+        return _UnixServer(unix, handler)
+    host, sep, port = (listen or "").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
+    host = host.strip("[]")
+    cls: type[_TCPServer] = _TCP6Server if ":" in host else _TCPServer
+    return cls((host, int(port)), handler)
+
+
+def describe_address(server: socketserver.BaseServer) -> str:
+    """"127.0.0.1:9464" or the socket path, for the start-up line."""
+    addr = server.server_address
+    if isinstance(addr, tuple):
+        return f"{addr[0]}:{addr[1]}" if ":" not in str(addr[0]) else f"[{addr[0]}]:{addr[1]}"
+    return addr.decode() if isinstance(addr, bytes) else str(addr)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM / SIGINT. Exit 1 when the address cannot be bound."""
+    if not HAVE_PROMETHEUS:
+        sys.stderr.write(f"{PROG}: needs prometheus_client: pip install 'hachain[metrics]'\n")
+        return 1
+    from hachain.cli import _dirs
+    state_dir, persist_dir = _dirs(args)
+    try:
+        server = make_server(make_registry(state_dir, persist_dir), args.listen, args.unix)
+    except (ValueError, OSError) as e:
+        sys.stderr.write(f"{PROG}: cannot listen on {args.unix or args.listen}: "
+                         f"{getattr(e, 'strerror', None) or e}\n")
+        return 1
+    done = threading.Event()
+
+    def stop(_sig: int, _frame: object) -> None:
+        done.set()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    t = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    t.start()
+    sys.stderr.write(f"{PROG}: serving {state_dir} on {describe_address(server)}\n")
+    sys.stderr.flush()
+    try:
+        done.wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+        if args.unix:
+            try:
+                os.unlink(args.unix)
+            except OSError:
+                pass
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `metrics` on an argparse sub-parsers object."""
+    p = subparsers.add_parser(
+        "metrics", help="serve the chain's state as Prometheus metrics (off unless started)",
+        description="A small HTTP server, separate from the chain, that reads the same "
+                    "state as `hachain status` on every scrape.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--listen", default="127.0.0.1:9464", metavar="HOST:PORT",
+                       help="TCP address (default 127.0.0.1:9464; port 0 picks one)")
+    where.add_argument("--unix", metavar="PATH", help="serve on a Unix socket instead")
+    p.add_argument("-c", "--config", help="configuration file (to find state_dir)")
+    p.add_argument("--state-dir", help="the chain's runtime directory")
+    p.add_argument("--persist-dir", help="the chain's persistent directory")
+    p.set_defaults(func=cmd_metrics)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hachain.metrics ...` (the same as `hachain metrics`)."""
+    from hachain import config
+    p = argparse.ArgumentParser(prog="hachain")
+    add_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["metrics"] + (sys.argv[1:] if argv is None else argv))
+    try:
+        return int(args.func(args))
+    except config.ConfigError as e:
+        for line in e.errors:
+            sys.stderr.write(f"hachain: {line}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
