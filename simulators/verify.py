@@ -763,6 +763,8 @@ def _lasso(m: Model, succ: dict[World, list[tuple[str, World]]], dist: dict[Worl
             break
         w = s.nxt
         seen[w] = len(out)
+    else:
+        out.append(f"(... {limit} steps shown, the goal still not reached)")
     return out
 
 

@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from hachain.simulators import verify
-from hachain.simulators.verify import Options, explore
 
 from hachain.restarter import states
 from hachain.restarter.states import Ev, State
+from hachain.simulators import verify
+from hachain.simulators.verify import Options, explore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.timeout(120)
