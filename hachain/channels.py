@@ -36,6 +36,7 @@ LOG_DIR = "log"
 
 ADMIN_STATE = "admin.json"  # in persist_dir, written by the restarter
 GATE_RECORD = "gate.json"  # in persist_dir, written by the tickler
+LAST_BOOT = "last_boot.json"  # in persist_dir, written by the tickler once per boot
 BOOT_LOG = "boots.jsonl"  # in persist_dir, appended by the simulated machine / tickler
 
 LAYERS = ("init", "restarter", "tickler")

@@ -97,7 +97,7 @@ def gather_status(state_dir: str, persist_dir: str) -> dict[str, Any]:
                            "services": services}
     if error:
         out["chain"]["restarter_error"] = error
-    for key, fname in (("last_boot", "last_boot.json"), ("gate_failure", channels.GATE_RECORD)):
+    for key, fname in (("last_boot", channels.LAST_BOOT), ("gate_failure", channels.GATE_RECORD)):
         try:
             out["chain"][key] = channels.read_json(os.path.join(persist_dir, fname))
         except (ValueError, OSError):

@@ -563,9 +563,9 @@ def with_env_overrides(cfg: Config, environ: dict[str, str] | None = None) -> Co
         if not val:
             continue
         if section == "chain":
-            chain = replace(chain, **{key: val})
+            chain = replace(chain, **{key: val})  # type: ignore[arg-type]
         else:
-            wd = replace(wd, **{key: val})
+            wd = replace(wd, **{key: val})  # type: ignore[arg-type]
     return replace(cfg, chain=chain, watchdog=wd)
 
 

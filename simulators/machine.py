@@ -532,7 +532,44 @@ def add_parser(subparsers: Any) -> None:
                    help="seconds from a kernel panic to the next boot (default 1)")
     p.add_argument("--console", action="store_true",
                    help="show the machine's console here instead of <dir>/console.log")
+    p.add_argument("--status-every", type=float, default=5.0, metavar="S",
+                   help="print a one-line chain status every S seconds (0: never; default 5)")
     p.set_defaults(func=cmd_sim)
+
+
+def status_line(machine: SimMachine, t: float) -> str:
+    """One line: boot, layers, watchdog, services — what `hachain status` says, compressed."""
+    from hachain.cli import gather_status
+    st = gather_status(machine.state_dir, machine.persist_dir)
+    parts = []
+    for layer, d in st["chain"]["layers"].items():
+        if not d.get("pid"):
+            word = d.get("state", "down")
+        elif d.get("stopped"):
+            word = "HUNG"
+        else:
+            word = "up" if d.get("alive") else "DOWN"
+        parts.append(f"{layer} {word}")
+    wd = st["chain"].get("watchdog") or {}
+    gate = wd.get("gate") or {}
+    if wd.get("device"):
+        parts.append(f"watchdog {'petting' if gate.get('ok') else 'NOT petting'} "
+                     f"({wd.get('pets') or 0} pets)")
+    svcs = ", ".join(f"{n} {s['state']}" + (f" ({s['restarts']} restarts)" if s["restarts"]
+                                             else "")
+                     for n, s in sorted(st["services"].items())) or "services: no answer"
+    return f"sim: t={t:4.0f}s boot {len(machine.boots)} | " + ", ".join(parts) + " | " + svcs
+
+
+def fault_hints(machine: SimMachine) -> str:
+    """How a user can poke the running machine from another shell."""
+    r = machine.host_pid_of("restarter")
+    return (f"sim: try from another shell:\n"
+            f"       hachain status --state-dir {machine.state_dir} --persist-dir "
+            f"{machine.persist_dir}\n"
+            f"       kill -KILL {r}   # the restarter dies: init restarts it, services are "
+            "re-adopted\n"
+            f"       kill -STOP {r}   # the restarter hangs: the watchdog resets the machine")
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -565,12 +602,23 @@ def cmd_sim(args: argparse.Namespace) -> int:
     stop = threading.Event()
     old = signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     machine.start()
-    deadline = None if args.duration is None else time.monotonic() + args.duration
+    t0 = time.monotonic()
+    deadline = None if args.duration is None else t0 + args.duration
+    every = args.status_every
+    next_status = t0 + min(every, 3.0) if every > 0 else None
+    hinted = False
     try:
         while not stop.is_set() and not machine.finished.is_set():
-            left = None if deadline is None else deadline - time.monotonic()
+            now = time.monotonic()
+            left = None if deadline is None else deadline - now
             if left is not None and left <= 0:
                 break
+            if next_status is not None and now >= next_status:
+                next_status = now + every
+                print(status_line(machine, now - t0), flush=True)
+                if not hinted and machine.host_pid_of("restarter"):
+                    hinted = True
+                    print(fault_hints(machine), flush=True)
             stop.wait(0.2 if left is None else min(0.2, left))
     except KeyboardInterrupt:
         pass

@@ -65,6 +65,7 @@ class ControlServer:
         os.chmod(path, mode)
         self.sock.listen(128)
         self.conns: dict[int, _Conn] = {}
+        self.paused = False
         sel.register(self.sock, selectors.EVENT_READ, ("control-listen", None))
 
     def on_accept(self) -> None:
@@ -74,7 +75,12 @@ class ControlServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                return  # EMFILE and friends: the client gets nothing; we stay up
+                # EMFILE and friends: the client waits in the backlog. Stop watching the
+                # listener (it would stay readable and spin the loop) until the heartbeat.
+                if not self.paused:
+                    self.sel.unregister(self.sock)
+                    self.paused = True
+                return
             s.setblocking(False)
             if not self._peer_allowed(s):
                 try:
@@ -169,7 +175,11 @@ class ControlServer:
         self.on_writable(fd)
 
     def expire(self, now: float) -> None:
-        """Close connections older than REQUEST_TIMEOUT (called from the heartbeat)."""
+        """Close connections older than REQUEST_TIMEOUT (called from the heartbeat), and
+        listen again after a descriptor shortage."""
+        if self.paused:
+            self.paused = False
+            self.sel.register(self.sock, selectors.EVENT_READ, ("control-listen", None))
         for fd, c in list(self.conns.items()):
             if now > c.deadline:
                 self._close(fd)
@@ -187,8 +197,9 @@ class ControlServer:
     def close(self) -> None:
         for fd in list(self.conns):
             self._close(fd)
-        try:
-            self.sel.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
+        if not self.paused:
+            try:
+                self.sel.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
         self.sock.close()

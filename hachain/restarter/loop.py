@@ -67,6 +67,7 @@ class Restarter:
         self.by_pid: dict[int, str] = {}
         self.status_text: dict[str, str] = {}
         self.probes: dict[tuple[str, str], probes.Probe] = {}
+        self.unwatched: dict[str, int] = {}  # spawned, but pidfd_open failed (EMFILE)
         self.health_failures: dict[str, int] = {}
         self.health_detail: dict[str, str] = {}
         self.timers: list[tuple[float, int, str, str]] = []
@@ -323,11 +324,17 @@ class Restarter:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path)
         except (spawn.SpawnError, OSError) as e:
             msg = str(e) if isinstance(e, spawn.SpawnError) else f"{e.strerror or e}"
+            transient = e.transient if isinstance(e, spawn.SpawnError) else \
+                e.errno in spawn.TRANSIENT_ERRNOS
             log(f"{name}: cannot start: {msg}")
-            self.feed(name, Ev.SPAWN_FAILED, now, reason=msg)
+            self.feed(name, Ev.SPAWN_FAILED, now, reason=msg, transient=transient)
             return
-        if sp.pidfd is not None:
+        if sp.pidfd is not None and sp.pidfd >= 0:
             self._watch(name, sp.pid, sp.pidfd)
+        elif sp.pidfd == -1:
+            log(f"{name}: pid {sp.pid} started but cannot be watched yet (no file descriptor "
+                "left); retrying every heartbeat")
+            self.unwatched[name] = sp.pid
         if sp.ready_fd is not None:
             os.set_blocking(sp.ready_fd, False)
             self.ready_fds[name] = sp.ready_fd
@@ -545,8 +552,26 @@ class Restarter:
 
     # --- heartbeat and status ---------------------------------------------------------------
 
+    def _rewatch(self, now: float) -> None:
+        """Retry pidfds that could not be opened when the service was spawned."""
+        for name, pid in list(self.unwatched.items()):
+            if name not in self.svcs or self.svcs[name].pid != pid:
+                del self.unwatched[name]
+                continue
+            try:
+                fd = spawn.pidfd_open(pid)
+            except OSError:
+                continue
+            del self.unwatched[name]
+            if fd is None:
+                self.feed(name, Ev.EXITED, now, status=spawn.reap(pid) or ExitStatus("unknown"))
+            else:
+                self._watch(name, pid, fd)
+
     def heartbeat(self, now: float) -> None:
         self.beats += 1
+        if self.unwatched:
+            self._rewatch(now)
         while self.restart_times and self.restart_times[0] < now - STORM_WINDOW:
             self.restart_times.popleft()
         critical = {n: {"state": (s := self.svcs[n]).state.value,
@@ -714,26 +739,33 @@ class Restarter:
                 return 0
             timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else 1.0
             for key, _ in self.sel.select(timeout):
-                kind, arg = key.data
-                now = time.monotonic()
-                if kind == "pidfd":
-                    self._on_exit(arg, now)
-                elif kind == "notify":
-                    self._on_notify(now)
-                elif kind == "readyfd":
-                    self._on_ready_fd(arg, now)
-                elif kind == "probe":
-                    self._on_probe(arg, now)
-                elif kind == "control-listen":
-                    self.control.on_accept()
-                elif kind == "control-conn":
-                    if arg in self.control.conns:
-                        if key.events & selectors.EVENT_WRITE:
-                            self.control.on_writable(arg)
-                        else:
-                            self.control.on_readable(arg)
-                elif kind == "signal":
-                    self._on_signal_fd(now)
+                try:
+                    self._dispatch(key, time.monotonic())
+                except Exception as e:  # never let one bad event take the restarter down
+                    import traceback
+                    log(f"error: handling {key.data[0]} event: {type(e).__name__}: {e}")
+                    traceback.print_exc(file=sys.stderr)
+
+    def _dispatch(self, key: selectors.SelectorKey, now: float) -> None:
+        kind, arg = key.data
+        if kind == "pidfd":
+            self._on_exit(arg, now)
+        elif kind == "notify":
+            self._on_notify(now)
+        elif kind == "readyfd":
+            self._on_ready_fd(arg, now)
+        elif kind == "probe":
+            self._on_probe(arg, now)
+        elif kind == "control-listen":
+            self.control.on_accept()
+        elif kind == "control-conn":
+            if arg in self.control.conns:
+                if key.events & selectors.EVENT_WRITE:
+                    self.control.on_writable(arg)
+                else:
+                    self.control.on_readable(arg)
+        elif kind == "signal":
+            self._on_signal_fd(now)
 
     def _on_signal_fd(self, now: float) -> None:
         try:

@@ -50,7 +50,8 @@ def exit_status(status: int) -> ExitStatus:
 
 
 def pidfd_open(pid: int) -> int | None:
-    """A pidfd for `pid`, or None when the process is already gone."""
+    """A pidfd for `pid`; None when the process is already gone. OSError (EMFILE...)
+    when the process exists but no descriptor can be had."""
     try:
         return os.pidfd_open(pid)
     except ProcessLookupError:
@@ -197,13 +198,22 @@ class Cgroups:
 @dataclass
 class Spawned:
     pid: int
-    pidfd: int | None
+    pidfd: int | None  # None: already exited; -1: no descriptor could be had (EMFILE)
     start_time: int | None  # /proc start time (clock ticks): with pid, names the process
     ready_fd: int | None  # read end of the s6-style readiness pipe
 
 
 class SpawnError(Exception):
-    pass
+    """A service could not be started. `transient` when the cause is a shortage of the
+    moment (file descriptors, memory, process slots) rather than the configuration."""
+
+    def __init__(self, msg: str, transient: bool = False) -> None:
+        super().__init__(msg)
+        self.transient = transient
+
+
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM,
+                              errno.ENOSPC, errno.EINTR})
 
 
 def open_log(log_dir: str, name: str) -> int:
@@ -270,10 +280,18 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None) -> object:
 def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
           notify_socket: str | None) -> Spawned:
     """Start one service process. Raises SpawnError with a one-line reason."""
-    logfd = open_log(log_dir, cfg.name)
+    try:
+        logfd = open_log(log_dir, cfg.name)
+    except OSError as e:
+        raise SpawnError(f"{log_dir}/{cfg.name}.log: {e.strerror}",
+                         transient=e.errno in TRANSIENT_ERRNOS) from None
     ready_r = ready_w = None
     if cfg.ready == "fd":
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        except OSError as e:
+            os.close(logfd)
+            raise SpawnError(f"readiness pipe: {e.strerror}", transient=True) from None
     cg = cgroups.ensure(cfg.name)
     moved = False
     try:
@@ -295,7 +313,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             target = getattr(e, "filename", None) or cfg.command[0]
-            raise SpawnError(f"{target}: {reason}") from None
+            raise SpawnError(f"{target}: {reason}", transient=isinstance(e, OSError) and
+                             e.errno in TRANSIENT_ERRNOS) from None
     finally:
         if moved:
             try:
@@ -314,7 +333,11 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
             resource.prlimit(pid, resource.RLIMIT_NOFILE, BASE_NOFILE)
         except (OSError, ValueError):
             pass
-    return Spawned(pid=pid, pidfd=pidfd_open(pid), start_time=channels.proc_start_time(pid),
+    try:
+        pidfd = pidfd_open(pid)
+    except OSError:
+        pidfd = -1  # running, but unwatched for now: the loop retries at its heartbeat
+    return Spawned(pid=pid, pidfd=pidfd, start_time=channels.proc_start_time(pid),
                    ready_fd=ready_r)
 
 

@@ -136,6 +136,7 @@ class Event:
     status: ExitStatus | None = None
     deps_ready: bool = True
     reason: str = ""
+    transient: bool = False  # SPAWN_FAILED: out of resources (fds, memory, pids), not the config
 
 
 class InvalidTransition(Exception):
@@ -235,6 +236,13 @@ def starting_spawned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def starting_spawn_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    if ev.transient:
+        # The machine is short of something right now: try again after the backoff, without
+        # counting it against the service's restart intensity.
+        delay = max(c.backoff.initial, 0.5)
+        return (replace(s, state=State.BACKOFF, pid=None,
+                        reason=f"cannot start yet ({ev.reason}); retrying in {delay:g} s"),
+                [ArmTimer(s.name, Ev.BACKOFF_DONE.value, delay)])
     return (replace(s, state=State.FAILED, pid=None, reason=f"cannot start: {ev.reason}"),
             [Persist(s.name)])
 
