@@ -106,11 +106,16 @@ def follow(path: str, start: int, write: Callable[[bytes], None],
            stop: Callable[[], bool] = lambda: False, poll: float = POLL_SECONDS) -> None:
     """Write what is appended to `path` from offset `start` on, until `stop()` is true.
 
-    Handles copy-truncate rotation (the file shrinks: read the unread tail from `.1`,
-    then start over at 0), replacement (a new inode: start over at 0) and a file that
-    disappears for a while (wait for it).
+    Handles copy-truncate rotation, replacement (a new inode: start over at 0) and a
+    file that disappears for a while (wait for it). A rotation shows as the live file
+    shrinking below what was read, or as a new `.1` (a different inode or mtime) with
+    the live file now shorter than it; the second catches a service that wrote more
+    after the truncation than had been read before it. A `.1` still being copied is no
+    longer than the live file, so it is not mistaken for a finished rotation.
     """
     pos = start
+    rotated = path + ".1"
+    seen = _signature(rotated)
     f: BinaryIO | None = None
     ino = None
     try:
@@ -131,11 +136,15 @@ def follow(path: str, start: int, write: Callable[[bytes], None],
                 f.close()
                 f, pos = None, 0
                 continue
-            if st.st_size < pos:
-                _catch_up_rotated(path + ".1", pos, write)
+            sig = _signature(rotated)
+            if st.st_size < pos or (sig != seen and sig is not None and st.st_size < sig[2]):
+                _catch_up_rotated(rotated, pos, write)
                 pos = 0
+                seen = sig
             if st.st_size > pos:
-                pos = _drain(f, pos, write)
+                # only up to the size just seen: a truncation in between must not make
+                # the new content at the old offsets look like the continuation
+                pos = _drain(f, pos, write, st.st_size)
             else:
                 time.sleep(poll)
     finally:
@@ -143,10 +152,23 @@ def follow(path: str, start: int, write: Callable[[bytes], None],
             f.close()
 
 
-def _drain(f: BinaryIO, pos: int, write: Callable[[bytes], None]) -> int:
-    """Write everything from `pos` to the end of `f`; the new offset."""
+def _signature(path: str) -> tuple[int, int, int] | None:
+    """(inode, mtime in ns, size) of `path`, or None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _drain(f: BinaryIO, pos: int, write: Callable[[bytes], None],
+           end: int | None = None) -> int:
+    """Write `f` from `pos` to `end` (default: its end of file); the new offset."""
     f.seek(pos)
-    while chunk := f.read(1 << 16):
+    while end is None or pos < end:
+        chunk = f.read(1 << 16 if end is None else min(1 << 16, end - pos))
+        if not chunk:
+            break
         write(chunk)
         pos += len(chunk)
     return pos
