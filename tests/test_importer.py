@@ -1,0 +1,339 @@
+"""`hachain import`: systemd units and supervisord programs → TOML that `config.parse`
+accepts, with one warning line (file:line: option) for everything left behind."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import tomllib
+from typing import Any
+
+import pytest
+
+from hachain import config, importer
+
+WEB_UNIT = """\
+# a typical unit
+[Unit]
+Description=Web front end
+Documentation=man:web(8)
+After=network-online.target db.service
+Requires=db.service
+Wants=cache.service
+Conflicts=maint.service
+StartLimitBurst=4
+StartLimitIntervalSec=2min
+
+[Service]
+Type=notify
+ExecStartPre=/bin/mkdir -p /run/web
+ExecStart=-/usr/bin/web --listen "0.0.0.0:8080" \\
+    --name 'front end'
+Restart=on-abnormal
+RestartSec=500ms
+WatchdogSec=20s
+Environment=WEB_ENV=production "GREETING=hello world"
+Environment=TZ=UTC
+WorkingDirectory=/srv/web
+User=web
+Group=www
+UMask=0027
+LimitNOFILE=4096:65536
+LimitCORE=infinity
+LimitMEMLOCK=64K
+LimitRTPRIO=10
+KillSignal=SIGINT
+KillMode=process
+TimeoutStopSec=1min 30s
+TimeoutStartSec=45
+SuccessExitStatus=3 SIGUSR1
+PrivateTmp=yes
+
+[Install]
+WantedBy=multi-user.target
+Alias=www.service
+"""
+
+DB_UNIT = """\
+[Service]
+ExecStart=/usr/bin/mydb --foreground
+Restart=always
+StartLimitAction=reboot
+StartLimitBurst=3
+"""
+
+ONESHOT_UNIT = """\
+[Unit]
+Description=prepare
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/prepare one
+ExecStart=/usr/sbin/prepare two
+Restart=always
+"""
+
+SUPERVISORD = """\
+[supervisord]
+logfile=/var/log/supervisord.log
+
+[program:api]
+command=/usr/bin/api --port 9000 --name %(program_name)s
+directory=/srv/api
+user=api
+autorestart=unexpected
+exitcodes=0,2
+startsecs=5
+startretries=4
+stopsignal=QUIT
+stopwaitsecs=20
+priority=10
+umask=022
+environment=API_MODE="prod",GREETING="hi, there",
+    EXTRA=1
+stdout_logfile=/var/log/api.log
+stdout_logfile_maxbytes=10MB
+stdout_logfile_backups=5
+redirect_stderr=true ; same log
+
+[program:worker]
+command=/usr/bin/worker %(ENV_HOME)s
+autorestart=true
+autostart=false
+numprocs=2
+serverurl=AUTO
+
+[program:once]
+command=/usr/bin/once
+autorestart=false
+
+[group:all]
+programs=api,worker
+"""
+
+
+def _files(tmp_path: Any, **files: str) -> list[str]:
+    out = []
+    for name, text in files.items():
+        p = tmp_path / name.replace("_", ".")
+        p.write_text(text)
+        out.append(str(p))
+    return out
+
+
+def _warned(conv: importer.Conversion, path: str, line: int, option: str,
+            about: str = "") -> str:
+    """The one warning for `option` at `path:line` (that mentions `about`)."""
+    hits = [w for w in conv.warnings
+            if w.startswith(f"{path}:{line}: {option}: ") and about in w]
+    assert len(hits) == 1, (path, line, option, conv.warnings)
+    return hits[0]
+
+
+def test_systemd_units_map_to_keys_and_load(tmp_path: Any) -> None:
+    web, db = _files(tmp_path, web_service=WEB_UNIT, db_service=DB_UNIT)
+    text, _conv = importer.import_files([web, db])
+    cfg = config.parse(text, "imported.toml")
+    w = cfg.services["web"]
+    assert w.command == ("/usr/bin/web", "--listen", "0.0.0.0:8080", "--name", "front end")
+    assert (w.kind, w.ready, w.restart) == ("longrun", "notify", "on-abnormal")
+    assert w.backoff.initial == 0.5
+    assert (w.intensity.max_restarts, w.intensity.window) == (4, 120.0)
+    assert w.watchdog_sec == 20.0
+    assert w.requires == ("db",) and w.after == ("db",)
+    assert w.wants == () and w.conflicts == ()  # cache, maint not imported: comments
+    assert dict(w.env) == {"WEB_ENV": "production", "GREETING": "hello world", "TZ": "UTC"}
+    assert (w.cwd, w.user, w.group, w.umask) == ("/srv/web", "web", "www", 0o027)
+    assert {n: (s, h) for n, s, h in w.rlimits} == {
+        "nofile": (4096, 65536), "core": (-1, -1), "memlock": (65536, 65536)}
+    assert w.stop_signal == signal.SIGINT
+    assert (w.stop_timeout, w.ready_timeout) == (90.0, 45.0)
+    # success_exit is checked on the TOML: config.parse maps every code to 0 for now
+    assert tomllib.loads(text)["service"]["web"]["success_exit"] == [0, 3]
+    d = cfg.services["db"]
+    assert d.restart == "always"
+    assert (d.intensity.max_restarts, d.intensity.window, d.intensity.action) == (3, 10.0,
+                                                                                  "reboot")
+    assert "# wants = [\"cache\"]  (not imported)" in text
+    assert "# Description: Web front end" in text
+
+
+def test_systemd_warnings_name_file_line_and_option(tmp_path: Any) -> None:
+    (web,) = _files(tmp_path, web_service=WEB_UNIT)
+    _text, conv = importer.import_files([web])
+    assert _warned(conv, web, 5, "After", "network-online.target")
+    assert _warned(conv, web, 14, "ExecStartPre")
+    assert _warned(conv, web, 15, "ExecStart", "'-' prefix")
+    assert _warned(conv, web, 29, "LimitRTPRIO")
+    assert _warned(conv, web, 31, "KillMode", "control-group")
+    assert _warned(conv, web, 34, "SuccessExitStatus", "SIGUSR1")
+    assert _warned(conv, web, 35, "PrivateTmp")
+    assert _warned(conv, web, 39, "Alias")
+    # dependencies on units that were not imported: warned at the line that named them
+    assert _warned(conv, web, 6, "Requires", "db")
+    assert _warned(conv, web, 7, "Wants", "cache")
+    assert _warned(conv, web, 8, "Conflicts", "maint")
+    assert _warned(conv, web, 5, "After", "db:")
+    assert len(conv.warnings) == 12
+    # nothing said twice, nothing said about what did carry over
+    assert len(conv.warnings) == len(set(conv.warnings))
+    for quiet in ("Description", "User", "Environment", "RestartSec", "WantedBy"):
+        assert not any(f": {quiet}: " in w for w in conv.warnings), quiet
+
+
+def test_oneshot_and_restart_corner_cases(tmp_path: Any) -> None:
+    (p,) = _files(tmp_path, prep_service=ONESHOT_UNIT)
+    text, conv = importer.import_files([p])
+    s = config.parse(text).services["prep"]
+    assert s.kind == "oneshot" and s.command == ("/usr/sbin/prepare", "one")
+    assert s.restart == "on-failure"
+    assert "dropped" in _warned(conv, p, 7, "ExecStart")
+    assert "oneshot" in _warned(conv, p, 8, "Restart")
+    assert not any("RemainAfterExit" in w for w in conv.warnings)
+
+
+@pytest.mark.parametrize("value,restart,warns", [
+    ("always", "always", False), ("on-failure", "on-failure", False),
+    ("on-abnormal", "on-abnormal", False), ("no", "never", False),
+    ("on-success", "always", True), ("on-watchdog", "on-abnormal", True),
+    ("sometimes", "never", True),
+])
+def test_restart_values(value: str, restart: str, warns: bool) -> None:
+    conv = importer.convert_systemd(f"[Service]\nExecStart=/bin/x\nRestart={value}\n",
+                                    "x.service")
+    assert conv.services["x"]["restart"] == restart
+    assert bool([w for w in conv.warnings if ": Restart: " in w]) == warns
+
+
+def test_systemd_default_restart_is_no() -> None:
+    conv = importer.convert_systemd("[Service]\nExecStart=/bin/x\n", "x.service")
+    text = importer.to_toml(conv, ["x.service"])
+    assert config.parse(text).services["x"].restart == "never"
+    assert "Restart=no" in text
+
+
+def test_exec_prefixes_and_variables() -> None:
+    conv = importer.convert_systemd(
+        "[Service]\nExecStart=@+/usr/bin/daemon daemon-name -v $OPTS %i\n", "t@.service")
+    assert conv.services["t@"]["command"] == ["/usr/bin/daemon", "-v", "$OPTS", "%i"]
+    joined = "\n".join(conv.warnings)
+    for what in ("'@' prefix", "'+' prefix", "$VARIABLE", "%-specifiers", "template"):
+        assert what in joined, what
+    config.parse(importer.to_toml(conv, ["t@.service"]))
+
+
+def test_watchdog_without_notify_and_infinite_timeouts() -> None:
+    conv = importer.convert_systemd(
+        "[Service]\nExecStart=/bin/x\nWatchdogSec=10\nTimeoutStartSec=infinity\n"
+        "TimeoutStopSec=0\nRestartSec=2min\nKillSignal=NOPE\nUMask=99\n", "x.service")
+    s = conv.services["x"]
+    assert "watchdog_sec" not in s and "ready_timeout" not in s
+    assert s["stop_timeout"] == 0.0
+    assert s["backoff"] == {"initial": 120.0, "max": 120.0}
+    for opt in ("WatchdogSec", "TimeoutStartSec", "KillSignal", "UMask"):
+        assert any(f":{n}: {opt}: " in w for w in conv.warnings for n in range(1, 9)), opt
+    config.parse(importer.to_toml(conv, ["x.service"]))
+
+
+def test_start_limit_interval_zero_means_ignore() -> None:
+    conv = importer.convert_systemd(
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/x\nRestart=always\n",
+        "x.service")
+    assert conv.services["x"]["intensity"] == {"action": "ignore"}
+
+
+def test_unit_without_execstart_is_an_error(tmp_path: Any) -> None:
+    (p,) = _files(tmp_path, empty_service="[Unit]\nDescription=nothing\n[Service]\nType=simple\n")
+    r = subprocess.run([sys.executable, "-m", "hachain.importer", p], capture_output=True,
+                       timeout=30, check=False)
+    assert r.returncode == 1 and r.stdout == b""
+    assert "ExecStart: missing" in r.stderr.decode()
+
+
+def test_supervisord_programs(tmp_path: Any) -> None:
+    (p,) = _files(tmp_path, apps_conf=SUPERVISORD)
+    text, conv = importer.import_files([p])
+    cfg = config.parse(text)
+    assert set(cfg.services) == {"api", "worker", "once"}
+    api = cfg.services["api"]
+    assert api.command == ("/usr/bin/api", "--port", "9000", "--name", "api")
+    assert (api.cwd, api.user, api.umask) == ("/srv/api", "api", 0o022)
+    assert api.restart == "on-failure"
+    assert tomllib.loads(text)["service"]["api"]["success_exit"] == [0, 2]
+    assert api.backoff.reset_after == 5.0
+    assert api.intensity.max_restarts == 4 and api.intensity.action == "maintenance"
+    assert api.stop_signal == signal.SIGQUIT and api.stop_timeout == 20.0
+    assert dict(api.env) == {"API_MODE": "prod", "GREETING": "hi, there", "EXTRA": "1"}
+    assert (api.log_max_bytes, api.log_keep) == (10 * 1024 * 1024, 5)
+    worker = cfg.services["worker"]
+    assert worker.restart == "always" and worker.enabled is False
+    assert worker.command == ("/usr/bin/worker", "%(ENV_HOME)s")
+    assert cfg.services["once"].restart == "never"
+    assert _warned(conv, p, 14, "priority")
+    assert _warned(conv, p, 18, "stdout_logfile")
+    assert _warned(conv, p, 24, "command", "ENV_HOME")
+    assert _warned(conv, p, 27, "numprocs")
+    assert _warned(conv, p, 28, "serverurl")
+    assert _warned(conv, p, 34, "[group:all]")
+    assert len(conv.warnings) == 6
+    assert not any(":2: " in w for w in conv.warnings)  # [supervisord] is not a program
+
+
+def test_supervisord_odd_names_and_bad_values() -> None:
+    conv = importer.convert_supervisord(
+        "[program:my app]\ncommand=/bin/x\nstopsignal=BOGUS\nexitcodes=0,300\n"
+        "directory=relative\nautorestart=maybe\n", "s.conf")
+    assert list(conv.services) == ["my-app"]
+    assert conv.warnings[0] == "s.conf:1: [program:my app]: renamed to 'my-app' (hachain " \
+        "service names)"
+    for line, opt in ((3, "stopsignal"), (4, "exitcodes"), (5, "directory"), (6, "autorestart")):
+        assert _warned(conv, "s.conf", line, opt)
+    assert len(conv.warnings) == 5
+    config.parse(importer.to_toml(conv, ["s.conf"]))
+
+
+def test_detection_and_the_command(tmp_path: Any) -> None:
+    web, db, sup, junk = _files(tmp_path, web_service=WEB_UNIT, db_service=DB_UNIT,
+                                s_conf=SUPERVISORD, junk_txt="hello\n")
+    assert importer.detect_format(WEB_UNIT) == "systemd"
+    assert importer.detect_format(SUPERVISORD) == "supervisord"
+    assert importer.detect_format("hello") is None
+    r = subprocess.run([sys.executable, "-m", "hachain.importer", web, db], capture_output=True,
+                       timeout=30, check=False)
+    assert r.returncode == 0
+    data = tomllib.loads(r.stdout.decode())
+    assert set(data["service"]) == {"web", "db"}
+    err = r.stderr.decode().splitlines()
+    assert err and all(line.startswith("hachain import: warning: ") for line in err)
+    assert all(re.match(r"hachain import: warning: \S+:\d+: \S", line) for line in err)
+    r = subprocess.run([sys.executable, "-m", "hachain.importer", junk], capture_output=True,
+                       timeout=30, check=False)
+    assert r.returncode == 1 and "--format" in r.stderr.decode()
+    r = subprocess.run([sys.executable, "-m", "hachain.importer", "--format", "supervisord",
+                        sup], capture_output=True, timeout=30, check=False)
+    assert r.returncode == 0 and "[service.api]" in r.stdout.decode()
+
+
+def test_toml_writer_escapes_round_trip() -> None:
+    conv = importer.Conversion(services={"q": {
+        "command": ["/bin/echo", 'a "quoted" \\ back\tslash', "ünï"],
+        "env": {"WEIRD": "line\nbreak", "EMPTY": ""}, "restart": "never"}})
+    cfg = config.parse(importer.to_toml(conv, ["x"]))
+    s = cfg.services["q"]
+    assert s.command[1] == 'a "quoted" \\ back\tslash' and s.command[2] == "ünï"
+    assert dict(s.env) == {"WEIRD": "line\nbreak", "EMPTY": ""}
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("5", 5.0), ("5s", 5.0), ("100ms", 0.1), ("1min 30s", 90.0), ("2h", 7200.0),
+    ("1.5s", 1.5), ("infinity", None)])
+def test_timespans(text: str, seconds: float | None) -> None:
+    assert importer.parse_timespan(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "5 parsecs", "s", "1min x"])
+def test_bad_timespans(bad: str) -> None:
+    with pytest.raises(ValueError):
+        importer.parse_timespan(bad)
