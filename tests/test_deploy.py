@@ -302,3 +302,30 @@ def test_journal_available(tmp_path: Any) -> None:
         assert sdnotify.journal_available(path) is have
     finally:
         sock.close()
+
+
+# --- the subcommands plug into `hachain` ---------------------------------------------------
+
+def test_subcommands_plug_into_the_hachain_parser(tmp_path: Any, capsys: Any) -> None:
+    """import, logs and metrics register on the real parser and run through cli.main's
+    error handling (until cli.py lists them itself, they are added here)."""
+    import argparse
+
+    from hachain import cli, importer, logs, metrics
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for mod in (importer, logs, metrics):
+        name = mod.PROG.split()[-1]
+        if name not in sub.choices:
+            mod.add_parser(sub)
+    unit = tmp_path / "x.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\nRestart=always\n")
+    args = parser.parse_args(["import", str(unit)])
+    assert args.func(args) == 0
+    assert '[service.x]\ncommand = ["/bin/true"]\nrestart = "always"' in capsys.readouterr().out
+    args = parser.parse_args(["logs", "x", "--log-dir", str(tmp_path)])
+    assert args.func(args) == 1
+    assert "no log" in capsys.readouterr().err
+    args = parser.parse_args(["metrics", "--listen", "127.0.0.1:0", "--state-dir",
+                              str(tmp_path)])
+    assert args.func is metrics.cmd_metrics
