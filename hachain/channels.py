@@ -46,7 +46,13 @@ ENV_CONFIG = "HACHAIN_CONFIG"
 ENV_STATE_DIR = "HACHAIN_STATE_DIR"
 ENV_SIM_WATCHDOG = "HACHAIN_SIM_WATCHDOG"  # socket path of the software watchdog
 ENV_SERVICE = "HACHAIN_SERVICE"  # set in every service's environment: its name
-ENV_LAYER_RESTARTS = "HACHAIN_LAYER_RESTARTS"  # how often init restarted this layer
+ENV_LAYER_RESTARTS = "HACHAIN_LAYER_RESTARTS"
+# Sockets init creates once and hands to every restarter it starts (inherited fds), so
+# what is queued on them survives a restarter crash: a READY=1 sent while no restarter
+# ran is read by the next one, and a client connecting meanwhile waits in the backlog.
+ENV_NOTIFY_FD = "HACHAIN_NOTIFY_FD"
+ENV_CONTROL_FD = "HACHAIN_CONTROL_FD"
+NOTIFY_SOCKET = "notify.sock"  # how often init restarted this layer
 ENV_FAULT_HOOKS = "HACHAIN_FAULT_HOOKS"  # "1" enables the documented fault-injection hooks
 
 # Control protocol limits.

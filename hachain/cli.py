@@ -24,7 +24,7 @@ def _load(path: str) -> config.Config:
     return config.with_env_overrides(config.load(path))
 
 
-def _dirs(args: argparse.Namespace) -> tuple[str, str]:
+def dirs(args: argparse.Namespace) -> tuple[str, str]:
     """(state_dir, persist_dir) from --state-dir / -c / environment / defaults."""
     state = getattr(args, "state_dir", None)
     persist = getattr(args, "persist_dir", None)
@@ -160,7 +160,7 @@ def print_status(st: dict[str, Any]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state_dir, persist_dir = _dirs(args)
+    state_dir, persist_dir = dirs(args)
     st = gather_status(state_dir, persist_dir)
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
@@ -170,7 +170,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    state_dir, _ = _dirs(args)
+    state_dir, _ = dirs(args)
     try:
         rep = client.request(state_dir, {"op": "reload"}, timeout=30)
     except client.ControlError as e:
@@ -186,7 +186,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    state_dir, _ = _dirs(args)
+    state_dir, _ = dirs(args)
     try:
         rep = client.request(state_dir, {"op": args.cmd, "name": args.name})
     except client.ControlError as e:
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dirs(rl)
     rl.set_defaults(func=cmd_reload)
 
-    for mod in ("hachain.watchdog.cli", "hachain.simulators.machine", "hachain.simulators.chaos",
+    for mod in ("hachain.importer", "hachain.logs", "hachain.metrics", "hachain.watchdog.cli", "hachain.simulators.machine", "hachain.simulators.chaos",
                 "hachain.simulators.verify"):
         try:
             m = importlib.import_module(mod)

@@ -117,7 +117,9 @@ class WatchdogConfig:
     restart_grace: float = 10.0  # a dead layer may be without heartbeat this long
     max_loop_lag: float = 2.0  # the restarter's event-loop lag bound
     gate_critical: bool = True  # a critical service in maintenance/failed fails the gate
-    max_restart_rate: float = 50.0  # restarts per second over the last 10 s: a storm
+    # automatic restarts per second (averaged over 10 s) above which the restarter is in
+    # an unbounded storm; per-service intensity limits keep ordinary crash loops far below
+    max_restart_rate: float = 1000.0
 
 
 @dataclass(frozen=True)
@@ -332,6 +334,15 @@ def _signal(c: _Checker, d: dict[str, Any], key: list[str], default: int) -> int
     return default
 
 
+def _exit_codes(c: _Checker, d: dict[str, Any], key: list[str]) -> tuple[int, ...]:
+    v = d.get(key[-1], [0])
+    if not isinstance(v, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 255 for x in v):
+        c.err(key, f"must be a list of exit codes 0-255, got {v!r}")
+        return (0,)
+    return tuple(v)
+
+
 def _service(c: _Checker, name: str, d: Any) -> ServiceConfig | None:
     k = ["service", name]
     if not isinstance(d, dict):
@@ -476,9 +487,7 @@ def _service(c: _Checker, name: str, d: Any) -> ServiceConfig | None:
         rlimits=tuple(rl),
         log_max_bytes=c.number(d, k + ["log_max_bytes"], 1024 * 1024, lo=1024, integer=True),
         log_keep=c.number(d, k + ["log_keep"], 3, lo=0, hi=100, integer=True),
-        success_exit=tuple(c.number({"x": x}, k + ["success_exit"], 0, lo=0, hi=255, integer=True)
-                           for x in d.get("success_exit", [0])) if isinstance(
-                               d.get("success_exit", [0]), list) else (0,),
+        success_exit=_exit_codes(c, d, k + ["success_exit"]),
     )
     if ready == "exec" and not svc.ready_command:
         c.err(k + ["ready_command"], "is required when ready = \"exec\"")

@@ -283,8 +283,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if not HAVE_PROMETHEUS:
         sys.stderr.write(f"{PROG}: needs prometheus_client: pip install 'hachain[metrics]'\n")
         return 1
-    from hachain.cli import _dirs
-    state_dir, persist_dir = _dirs(args)
+    from hachain.cli import dirs
+    state_dir, persist_dir = dirs(args)
     try:
         server = make_server(make_registry(state_dir, persist_dir), args.listen, args.unix)
     except (ValueError, OSError) as e:

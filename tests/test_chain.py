@@ -158,3 +158,21 @@ def test_hachain_status_shows_every_layer(chain):
     for layer in ("init", "restarter", "tickler"):
         assert any(line.startswith(layer) and "alive" in line for line in p.stdout.splitlines())
     assert "a " in p.stdout and "ready" in p.stdout
+
+
+def test_ready_sent_while_restarter_is_down_is_not_lost(chain, tmp_path):
+    flag = tmp_path / "go"
+    c = chain(f"""
+[service.n]
+command = ["/bin/sh", "-c", "while [ ! -e {flag} ]; do sleep 0.05; done; exec {sys.executable} {os.path.join(os.path.dirname(__file__), 'svc.py')} notify 0"]
+ready = "notify"
+ready_timeout = 60
+""", restart_delay=1.5)
+    pid = wait_until(lambda: (s := c.status().get("n")) and s["state"] == "starting" and s["pid"],
+                     30, "n starting")
+    rpid = c.hb("restarter").pid
+    os.kill(rpid, signal.SIGKILL)
+    flag.write_text("")  # READY=1 goes out while no restarter runs
+    s = wait_until(lambda: (x := c.status().get("n")) and x["state"] == "ready" and x, 15,
+                   "n ready after the restarter came back")
+    assert s["pid"] == pid

@@ -112,3 +112,11 @@ def test_random_service_tables_give_errors_not_crashes(table):
         config.parse("[service.a]\n" + body + "\n", "x.toml")
     except config.ConfigError as e:
         assert all(line.startswith("x.toml") for line in e.errors)
+
+
+def test_success_exit_codes_are_kept():
+    c = config.parse(GOOD + "success_exit = [0, 3]\n", "chain.toml")
+    assert c.services["web"].success_exit == (0, 3)
+    with pytest.raises(config.ConfigError) as ei:
+        config.parse(GOOD + "success_exit = [0, 300]\n", "chain.toml")
+    assert "service.web.success_exit: must be a list of exit codes" in str(ei.value)

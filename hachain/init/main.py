@@ -51,6 +51,7 @@ import os
 import selectors
 import shlex
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -218,6 +219,7 @@ class Init:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in LOOP_SIGNALS:
             signal.signal(sig, lambda _s, _f: None)  # the wakeup fd does the work
+        self.held = self.hold_sockets()
         if os.environ.get(channels.ENV_FAULT_HOOKS) == "1":
             signal.signal(SIG_CRASH, fault_crash)
             signal.signal(SIG_HANG, fault_hang)
@@ -288,6 +290,40 @@ class Init:
 
     # -- children --
 
+    def hold_sockets(self) -> dict[str, socket.socket]:
+        """Create the restarter's notify and control sockets once and keep them open, so
+        messages and connections queued on them outlive any one restarter."""
+        held: dict[str, socket.socket] = {}
+        try:
+            os.makedirs(self.opts.state_dir, exist_ok=True)
+            for env, name, kind in ((channels.ENV_NOTIFY_FD, channels.NOTIFY_SOCKET,
+                                     socket.SOCK_DGRAM),
+                                    (channels.ENV_CONTROL_FD, channels.CONTROL_SOCKET,
+                                     socket.SOCK_STREAM)):
+                path = os.path.join(self.opts.state_dir, name)
+                if os.path.exists(path):
+                    os.unlink(path)
+                s = socket.socket(socket.AF_UNIX, kind)
+                if kind == socket.SOCK_DGRAM:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                old = os.umask(0o177)
+                try:
+                    s.bind(path)
+                finally:
+                    os.umask(old)
+                if kind == socket.SOCK_STREAM:
+                    s.listen(128)
+                s.set_inheritable(True)
+                held[env] = s
+        except OSError as e:
+            log(f"cannot create the restarter's sockets in {self.opts.state_dir}: {e}; "
+                "the restarter will make its own")
+            for s in held.values():
+                s.close()
+            held = {}
+        return held
+
+
     def child_env(self, child: Child) -> dict[str, str]:
         """The environment a layer-2 child gets: ours plus the chain's variables."""
         env = dict(os.environ)
@@ -295,6 +331,11 @@ class Init:
         env[channels.ENV_CONFIG] = self.opts.config
         env[channels.ENV_STATE_DIR] = self.opts.state_dir
         env[ENV_LAYER_RESTARTS] = str(child.restarts)
+        for name, sock in self.held.items():
+            if child.name == "restarter":
+                env[name] = str(sock.fileno())
+            else:
+                env.pop(name, None)
         return env
 
     def spawn(self, child: Child, now: float) -> None:
@@ -302,9 +343,12 @@ class Init:
         child.restarts = child.attempts
         child.attempts += 1
         try:
+            closes = [] if child.name == "restarter" else [
+                (os.POSIX_SPAWN_CLOSE, s.fileno()) for s in self.held.values()]
             pid = os.posix_spawnp(
                 child.argv[0], child.argv, self.child_env(child), setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *LOOP_SIGNALS), setsigmask=())
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *LOOP_SIGNALS), setsigmask=(),
+                file_actions=closes)
         except Exception as e:  # noqa: BLE001 - a bad command must not stop init
             child.due = now + self.opts.restart_delay
             log(f"cannot start {child.name}: {e}; "

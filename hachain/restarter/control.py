@@ -36,21 +36,26 @@ class _Conn:
 
 class ControlServer:
     def __init__(self, path: str, sel: selectors.BaseSelector, handler: Handler,
-                 group: str | None = None) -> None:
+                 group: str | None = None, fd: int | None = None) -> None:
         self.path = path
         self.sel = sel
         self.handler = handler
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC
-                                  | socket.SOCK_NONBLOCK)
-        old = os.umask(0o177)
-        try:
-            self.sock.bind(path)
-        finally:
-            os.umask(old)
+        if fd is not None:  # inherited from init, already listening: keep its backlog
+            self.sock = socket.socket(fileno=fd)
+            self.sock.setblocking(False)
+            os.set_inheritable(fd, False)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC
+                                      | socket.SOCK_NONBLOCK)
+            old = os.umask(0o177)
+            try:
+                self.sock.bind(path)
+            finally:
+                os.umask(old)
         # Root and our own user may always connect; members of `group` too when set.
         self.allowed_uids = {0, os.getuid()}
         self.allowed_gid: int | None = None
@@ -63,7 +68,8 @@ class ControlServer:
             except (KeyError, OSError):
                 self.allowed_gid = None
         os.chmod(path, mode)
-        self.sock.listen(128)
+        if fd is None:
+            self.sock.listen(128)
         self.conns: dict[int, _Conn] = {}
         self.paused = False
         sel.register(self.sock, selectors.EVENT_READ, ("control-listen", None))
@@ -92,6 +98,7 @@ class ControlServer:
             c = _Conn(s, time.monotonic() + channels.REQUEST_TIMEOUT)
             self.conns[s.fileno()] = c
             self.sel.register(s, selectors.EVENT_READ, ("control-conn", s.fileno()))
+            self.on_readable(s.fileno())  # the request is usually there already
 
     def _peer_allowed(self, s: socket.socket) -> bool:
         """SO_PEERCRED: the kernel's word on who connected (pid, uid, gid)."""

@@ -32,6 +32,10 @@ from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc
 
 STORM_WINDOW = 10.0
+EXIT_BATCH = 8  # exits handled per loop round
+TIMER_BATCH = 16  # timers fired per loop round (1000 backoffs may end at once)
+START_BATCH = 32  # queued starts per loop round
+_PRIORITY = {"signal": 0, "control-listen": 0, "control-conn": 0}
 LOG_CHECK_SECONDS = 60.0  # how often log sizes are checked for rotation
 
 
@@ -68,6 +72,9 @@ class Restarter:
         self.status_text: dict[str, str] = {}
         self.probes: dict[tuple[str, str], probes.Probe] = {}
         self.unwatched: dict[str, int] = {}  # spawned, but pidfd_open failed (EMFILE)
+        # events queued to be fed a batch per loop round (the initial start of many
+        # services must not stall heartbeats and the control socket)
+        self.pending: deque[tuple[str, Ev, dict[str, Any]]] = deque()
         self.health_failures: dict[str, int] = {}
         self.health_detail: dict[str, str] = {}
         self.timers: list[tuple[float, int, str, str]] = []
@@ -87,13 +94,15 @@ class Restarter:
         for s in (self._sig_r, self._sig_w):
             s.setblocking(False)
         self.pending_signals: list[int] = []
-        self.notify = notify.NotifySocket(os.path.join(self.state_dir, "notify.sock"))
+        self.notify = notify.NotifySocket(os.path.join(self.state_dir, channels.NOTIFY_SOCKET),
+                                          _inherited_fd(channels.ENV_NOTIFY_FD))
         self.sel.register(self.notify.fileno(), selectors.EVENT_READ, ("notify", None))
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
         from hachain.restarter.control import ControlServer
         self.control = ControlServer(os.path.join(self.state_dir, channels.CONTROL_SOCKET),
                                      self.sel, self.handle_request,
-                                     group=cfg.chain.control_group or None)
+                                     group=cfg.chain.control_group or None,
+                                     fd=_inherited_fd(channels.ENV_CONTROL_FD))
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -197,13 +206,13 @@ class Restarter:
         for w in self.store.warnings:
             log("warning: " + w)
         for name in to_exit:
-            self.feed(name, Ev.EXITED, now, status=ExitStatus("unknown"))
+            self.pending.append((name, Ev.EXITED, {"status": ExitStatus("unknown")}))
         if adopted:
             log(f"re-adopted {adopted} running service(s)")
         for name in graph_order(self.deps):
             s = self.svcs[name]
             if s.state is State.STOPPED and s.want == "up":
-                self.feed(name, Ev.START, now)
+                self.pending.append((name, Ev.START, {}))
         self.admin_dirty = True
 
     def _verify(self, rec: RuntimeRecord) -> bool:
@@ -635,7 +644,7 @@ class Restarter:
                 self.feed(n, Ev.RESTART, now)
         for n in graph_order(self.deps):
             if n in added and new.services[n].enabled:
-                self.feed(n, Ev.START, now)
+                self.pending.append((n, Ev.START, {}))
         log(f"reloaded {self.cfg.path}: {len(added)} added, {len(changed)} changed, "
             f"{len(removed)} removed, {len(new.services) - len(added) - len(changed)} unchanged")
         return {"ok": True, "added": added, "changed": changed, "removed": removed}
@@ -727,18 +736,36 @@ class Restarter:
         gc.freeze()
         while True:
             now = time.monotonic()
-            while self.timers and self.timers[0][0] <= now:
+            fired = 0
+            while self.timers and self.timers[0][0] <= now and fired < TIMER_BATCH:
                 due, seq, name, kind = heapq.heappop(self.timers)
                 if self.timer_live.get((name, kind)) != seq:
                     continue
                 del self.timer_live[(name, kind)]
                 self.max_lag = max(self.max_lag, now - due)
+                fired += 1
                 self._fire(name, kind, now)
+            for _ in range(min(len(self.pending), START_BATCH)):
+                name, ev, kw = self.pending.popleft()
+                if name in self.svcs and not self.shutting_down:
+                    self.feed(name, ev, now, **kw)
             self.flush()
             if self.shutting_down and self._shutdown_step(now):
                 return 0
             timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else 1.0
-            for key, _ in self.sel.select(timeout):
+            if self.pending or (self.timers and fired >= TIMER_BATCH):
+                timeout = 0.0
+            # Control and signals first; at most EXIT_BATCH exits per round (the rest stay
+            # readable and come back next round), so `hachain status` is answered within
+            # one bounded batch even while hundreds of services crash-loop.
+            ready = sorted(self.sel.select(timeout), key=lambda kv: _PRIORITY.get(
+                kv[0].data[0], 1))
+            exits = 0
+            for key, _ in ready:
+                if key.data[0] == "pidfd":
+                    exits += 1
+                    if exits > EXIT_BATCH:
+                        continue
                 try:
                     self._dispatch(key, time.monotonic())
                 except Exception as e:  # never let one bad event take the restarter down
@@ -801,6 +828,16 @@ class Restarter:
             self._stop_levels.pop(0)
         self.flush()
         return True
+
+
+def _inherited_fd(var: str) -> int | None:
+    """A socket fd init handed down in `var`, when it names an open socket."""
+    import stat
+    try:
+        fd = int(os.environ.pop(var, ""))
+        return fd if stat.S_ISSOCK(os.fstat(fd).st_mode) else None
+    except (ValueError, OSError):
+        return None
 
 
 def graph_order(deps: dict[str, tuple[str, ...]]) -> list[str]:

@@ -51,8 +51,18 @@ def parse(data: bytes) -> dict[str, str]:
 
 
 class NotifySocket:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fd: int | None = None) -> None:
         self.path = path
+        if fd is not None:  # inherited from init, already bound: keep what is queued
+            self.sock = socket.socket(fileno=fd)
+            self.sock.setblocking(False)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            os.set_inheritable(fd, False)
+            try:
+                os.chmod(path, 0o666)
+            except OSError:
+                pass
+            return
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -30,6 +30,7 @@ import os
 import resource
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hachain import channels
@@ -261,7 +262,7 @@ _RLIMIT = {n: getattr(resource, "RLIMIT_" + n.upper()) for n in
            ("as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "stack")}
 
 
-def _preexec(cfg: ServiceConfig, ready_w: int | None) -> object:
+def _preexec(cfg: ServiceConfig, ready_w: int | None) -> Callable[[], None] | None:
     """A preexec function for what subprocess cannot do itself, or None (keeps vfork)."""
     if not cfg.rlimits and ready_w is None:
         return None
@@ -308,7 +309,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 env=service_env(cfg, notify_socket), cwd=cfg.cwd,
                 user=cfg.user, group=cfg.group, umask=-1 if cfg.umask is None else cfg.umask,
                 process_group=0, close_fds=True, pass_fds=pass_fds,
-                preexec_fn=_preexec(cfg, ready_w),  # type: ignore[arg-type]
+                preexec_fn=_preexec(cfg, ready_w),
             )
         except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
