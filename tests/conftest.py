@@ -89,8 +89,8 @@ class RestarterRun:
         return self.status()[name]
 
     def wait_state(self, name: str, state: str, timeout: float = 10.0) -> dict[str, Any]:
-        return wait_until(lambda: (s := self.svc(name))["state"] == state and s,
-                          timeout, f"{name} to be {state}")
+        return wait_until(lambda: (s := self.status().get(name, {})).get("state") == state
+                          and s, timeout, f"{name} to be {state}")
 
     def kill_restarter(self) -> None:
         assert self.proc is not None
