@@ -283,3 +283,39 @@ def test_bad_config_exits_2(tmp_path: Any) -> None:
                        check=False, capture_output=True, text=True, timeout=30)
     assert p.returncode == 2
     assert "bad.toml:2: watchdog.timeout" in p.stderr
+
+
+def test_tickler_notifies_systemd_ready_and_watchdog(tmp_path):
+    """Under systemd (NOTIFY_SOCKET set), a passing gate sends READY=1, then WATCHDOG=1."""
+    import socket as so
+    import subprocess
+    import sys
+    import time as t
+
+    from hachain import channels as ch
+    state, persist = tmp_path / "run", tmp_path / "persist"
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{persist}"\n'
+                   '[watchdog]\ndevice = "none"\npet_interval = 0.2\n')
+    nsock = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    nsock.bind(str(tmp_path / "notify"))
+    nsock.settimeout(10)
+    writers = [ch.HeartbeatWriter(str(state), layer) for layer in ("init", "restarter")]
+    for w in writers:
+        w.beat({"lag": 0.0, "critical": {}, "restart_rate": 0.0})
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"))
+    p = subprocess.Popen([sys.executable, "-m", "hachain.watchdog.tickler", "-c", str(cfg),
+                          "--no-realtime"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        got = []
+        deadline = t.monotonic() + 15
+        while len(got) < 3 and t.monotonic() < deadline:
+            for w in writers:
+                w.beat({"lag": 0.0, "critical": {}, "restart_rate": 0.0})
+            got.append(nsock.recv(256).decode())
+        assert got[0].startswith("READY=1")
+        assert got[1] == "WATCHDOG=1" and got[2] == "WATCHDOG=1"
+    finally:
+        p.terminate()
+        p.wait(10)
+        nsock.close()

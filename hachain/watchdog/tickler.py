@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any
 
-from hachain import channels
+from hachain import channels, sdnotify
 from hachain.config import DEFAULT_PATH, Config, ConfigError, load, with_env_overrides
 from hachain.watchdog import health
 from hachain.watchdog.device import (
@@ -99,6 +99,8 @@ def go_realtime(priority: int = RT_PRIORITY) -> list[str]:
 
 class Tickler:
     """The petting loop. `wd` is None for device = "none" (gate evaluated, nothing petted)."""
+
+    sd_ready = False
 
     def __init__(self, cfg: Config, wd: Watchdog | None, started: float) -> None:
         self.cfg = cfg
@@ -203,6 +205,12 @@ class Tickler:
             if self.failing:
                 log("gate passes again; petting resumes")
                 self.failing = False
+            # Under systemd (Type=notify, WatchdogSec=), tell it the chain is up and
+            # healthy: systemd's watchdog then means what the hardware one means.
+            if not self.sd_ready:
+                self.sd_ready = sdnotify.notify("READY=1\nSTATUS=chain healthy")
+            else:
+                sdnotify.notify("WATCHDOG=1")
             if self.wd is not None and now >= self.next_pet:
                 self.wd.keepalive()
                 self.pets += 1
