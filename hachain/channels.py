@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # --- names ------------------------------------------------------------------------------
 
@@ -117,15 +119,27 @@ def read_json(path: str) -> Any:
 # `extra` is layer-specific (the restarter publishes its loop lag and the health of
 # critical services there; see docs/channels.md).
 
-@dataclass(frozen=True)
 class Heartbeat:
-    layer: str
-    pid: int
-    mono: float  # time.monotonic() when written
-    started_mono: float  # when this process started
-    seq: int  # beats written by this process
-    restarts: int  # how many times the layer below restarted this layer (init: 0)
-    extra: dict[str, Any]
+    """One heartbeat record (a plain class: init imports this module, and dataclasses
+    would cost it over a megabyte of memory)."""
+
+    __slots__ = ("layer", "pid", "mono", "started_mono", "seq", "restarts", "extra")
+
+    def __init__(self, layer: str, pid: int, mono: float, started_mono: float, seq: int,
+                 restarts: int, extra: dict[str, Any]) -> None:
+        self.layer = layer
+        self.pid = pid
+        self.mono = mono  # time.monotonic() when written
+        self.started_mono = started_mono  # when this process started
+        self.seq = seq  # beats written by this process
+        self.restarts = restarts  # how often the layer below restarted this layer
+        self.extra = extra
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Heartbeat) and self.to_json() == other.to_json()
+
+    def __repr__(self) -> str:
+        return f"Heartbeat({self.to_json()!r})"
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.mono)

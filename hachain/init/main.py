@@ -54,7 +54,6 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from hachain import channels
@@ -181,17 +180,17 @@ def parse_options(argv: list[str], pid1: bool) -> argparse.Namespace:
 
 # --- the init process ------------------------------------------------------------------------
 
-@dataclass
 class Child:
     """One supervised layer-2 process; `due` is when to (re)start it, None while it runs."""
 
-    name: str
-    argv: list[str]
-    pid: int | None = None
-    restarts: int = 0
-    started_mono: float | None = None
-    due: float | None = 0.0
-    attempts: int = field(default=0, repr=False)  # spawn attempts, failed ones included
+    def __init__(self, name: str, argv: list[str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.pid: int | None = None
+        self.restarts = 0
+        self.started_mono: float | None = None
+        self.due: float | None = 0.0
+        self.attempts = 0  # spawn attempts, failed ones included
 
 
 class Init:
