@@ -123,7 +123,7 @@ class Heartbeat:
     """One heartbeat record (a plain class: init imports this module, and dataclasses
     would cost it over a megabyte of memory)."""
 
-    __slots__ = ("layer", "pid", "mono", "started_mono", "seq", "restarts", "extra")
+    __slots__ = ("extra", "layer", "mono", "pid", "restarts", "seq", "started_mono")
 
     def __init__(self, layer: str, pid: int, mono: float, started_mono: float, seq: int,
                  restarts: int, extra: dict[str, Any]) -> None:
