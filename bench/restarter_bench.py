@@ -85,7 +85,8 @@ class Run:
         self.pids: dict[int, int] = {}  # pid -> ns stamp
         prof = os.environ.get("BENCH_PROFILE")
         pre = ["-m", "cProfile", "-o", f"{prof}.{n}"] if prof else []
-        self.proc = subprocess.Popen([sys.executable, *pre, "-m", "hachain.restarter", "-c", self.cfg],
+        self.proc = subprocess.Popen([sys.executable, *pre, "-m", "hachain.restarter", "-c",
+                                      self.cfg],
                                      stderr=subprocess.DEVNULL, cwd=ROOT)
         self.collect(n, 60)
 

@@ -130,7 +130,8 @@ def print_status(st: dict[str, Any]) -> None:
         if d["stopped"]:
             state = "stopped (SIGSTOP)"
         print(f"{layer:<11} {d['pid']:<8} {_fmt_age(d['uptime']):<10} {d['restarts']:<9} "
-              f"{_fmt_age(d['heartbeat_age']):<10} " + color(state, d["alive"] and not d["stopped"]))
+              f"{_fmt_age(d['heartbeat_age']):<10} "
+              + color(state, d["alive"] and not d["stopped"]))
     wd = ch.get("watchdog") or {}
     if wd.get("device"):
         gate = wd.get("gate") or {}
@@ -240,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dirs(rl)
     rl.set_defaults(func=cmd_reload)
 
-    for mod in ("hachain.importer", "hachain.logs", "hachain.metrics", "hachain.watchdog.cli", "hachain.simulators.machine", "hachain.simulators.chaos",
+    for mod in ("hachain.importer", "hachain.logs", "hachain.metrics", "hachain.watchdog.cli",
+                "hachain.simulators.machine", "hachain.simulators.chaos",
                 "hachain.simulators.verify"):
         try:
             m = importlib.import_module(mod)

@@ -228,7 +228,8 @@ class _Checker:
             return default
         return v
 
-    def choice(self, d: dict[str, Any], key: list[str], default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, d: dict[str, Any], key: list[str], default: str,
+               choices: tuple[str, ...]) -> str:
         v = d.get(key[-1], default)
         if v not in choices:
             self.err(key, f"must be one of {', '.join(repr(c) for c in choices)}, got {v!r}")
@@ -242,7 +243,8 @@ class _Checker:
             return default
         return v
 
-    def strlist(self, d: dict[str, Any], key: list[str], allow_str: bool = False) -> tuple[str, ...]:
+    def strlist(self, d: dict[str, Any], key: list[str],
+                allow_str: bool = False) -> tuple[str, ...]:
         v = d.get(key[-1], [])
         if allow_str and isinstance(v, str):
             return (v,)

@@ -254,7 +254,8 @@ def _exec_argv(e: Entry, n: _Notes) -> list[str] | None:
         n.warn(e.line, "ExecStart", "'-' prefix (ignore a failing exit status) dropped; "
                "list the exit codes that count as success in success_exit")
     if "@" in pre:
-        n.warn(e.line, "ExecStart", f"'@' prefix dropped: argv[0] {argv[1] if len(argv) > 1 else ''!r}"
+        alias = argv[1] if len(argv) > 1 else ""
+        n.warn(e.line, "ExecStart", f"'@' prefix dropped: argv[0] {alias!r}"
                " is not carried over, the program sees its own path as argv[0]")
         argv = argv[:1] + argv[2:]
     for ch, what in (("+", "full privileges"), ("!", "ambient-capability privileges"),

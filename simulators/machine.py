@@ -50,9 +50,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
-from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
-
 from hachain import channels, config
+from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from hachain.watchdog.device import WDIOF_CARDRESET, flag_names
 
 SOCKET_NAME = "watchdog.sock"

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hachain.simulators.machine import SimMachine
 
 from hachain import channels
+from hachain.simulators.machine import SimMachine
 from hachain.watchdog.device import WDIOF_CARDRESET
 
 pytestmark = [

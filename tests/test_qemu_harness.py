@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from hachain.simulators.qemu.harness import (
     PETTER_SCRIPT,
     QemuMachine,

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from typing import Any, Self
 
 import pytest
-from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 
 from hachain import channels
+from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from hachain.watchdog.device import WDIOF_CARDRESET, sim_attributes
 
 TIMEOUT = 3

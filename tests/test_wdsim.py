@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from functools import partial
 
 import pytest
-from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from hachain.watchdog import device as d
 from hachain.watchdog.cli import add_parser
 from hachain.watchdog.device import SimTransport, Watchdog, WatchdogError, open_watchdog
