@@ -448,3 +448,19 @@ command = {svc("sleep")}
     assert os.path.exists(os.path.join(r.state_dir, "services", "a.json.corrupt"))
     assert os.path.exists(os.path.join(r.persist_dir, "admin.json.corrupt"))
     assert "corrupt, set aside" in open(r.log).read()
+
+
+def test_logs_are_captured_and_rotated(restarter):
+    r = restarter(f"""
+[service.chatty]
+command = ["{os.sys.executable}", "-c", "import sys; print('x' * 1500, flush=True); print('err', file=sys.stderr); sys.exit(1)"]
+log_max_bytes = 1024
+log_keep = 2
+backoff = {{ initial = 0.05, factor = 1.0, max = 0.05 }}
+intensity = {{ max_restarts = 1000, window = 60, action = "ignore" }}
+""")
+    log = os.path.join(r.persist_dir, "log", "chatty.log")
+    wait_until(lambda: os.path.exists(log + ".2"), 20, "two rotated logs")
+    assert not os.path.exists(log + ".3")  # log_keep = 2
+    text = open(log + ".1").read()
+    assert "x" * 1500 in text and "err" in text

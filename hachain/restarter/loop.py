@@ -330,6 +330,10 @@ class Restarter:
         if s.restarts and s.last_exit is not None:
             self.restart_times.append(now)
         try:
+            spawn.rotate_log(self.log_dir, name, c.log_max_bytes, c.log_keep)
+        except OSError:
+            pass
+        try:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path)
         except (spawn.SpawnError, OSError) as e:
             msg = str(e) if isinstance(e, spawn.SpawnError) else f"{e.strerror or e}"
