@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 
 want_debs=(util-linux procps)
 if [ "${1:-}" = "--test" ]; then
-    want_debs+=(qemu-system-x86 linux-image-amd64 busybox-static systemd)
+    # the QEMU proof, systemd-notify (a real sd_notify client), and what systemd-python
+    # (the optional `systemd` extra, tested too) builds against
+    want_debs+=(qemu-system-x86 linux-image-amd64 busybox-static systemd libsystemd-dev
+                pkg-config gcc)
 fi
 missing=()
 for p in "${want_debs[@]}"; do
