@@ -1,0 +1,1118 @@
+"""`hachain chaos`: a fault-injection campaign on the simulated machine, with a report.
+
+Owns: the fault model (`KINDS`, documented in docs/chaos.md), a deterministic fault
+schedule per seed, injecting each fault from the host side, waiting for the machine to
+converge, checking the invariants, and the campaign's exit status. Must not: change
+`SimMachine` or reach into the chain's code; it only signals processes of the machine it
+started, writes `cgroup.freeze` of the services' cgroups of that machine, and fills the
+small tmpfs file systems it mounted itself. Reports are `chaos_report.py`.
+
+Facts the fault model relies on:
+
+- From the host (the parent PID namespace) SIGKILL and SIGSTOP reach the machine's PID 1;
+  killing it is a kernel panic for the machine (`SimMachine` reboots it).
+- `cgroup.freeze` (cgroup v2) stops every task of a cgroup like SIGSTOP does but
+  invisibly to the tasks (no SIGCHLD to the parent, `/proc/PID/stat` shows S/D, not T).
+  hachain's layers are not in cgroups of their own, so freezing a layer is done as
+  SIGSTOP, which has the same effect on the heartbeat (the thing the gate watches).
+- `cgroup.kill` SIGKILLs frozen tasks too; but a cgroup stays frozen until someone
+  writes `cgroup.freeze = 0`, so a process spawned into it later is born frozen.
+- CLOCK_REALTIME is one clock for the whole host: time namespaces offset only
+  CLOCK_MONOTONIC and CLOCK_BOOTTIME, so the wall clock of the machine cannot be stepped
+  without stepping the host's. hachain times everything with CLOCK_MONOTONIC; the wall
+  clock only labels records (gate.json, last_boot.json, boots.jsonl).
+- A tmpfs mounted on `<machine>/run` and `<machine>/persist` before the machine starts
+  gives the chain a run directory and a "disk" that can fill up without touching the
+  host's file systems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hachain import channels, client, config
+from hachain.simulators import chaos_report
+from hachain.simulators.machine import SimMachine, find_cgroup2_mount
+
+# --- the campaign's own services -------------------------------------------------------
+
+# Written to <machine>/chaos_svc.py and run with `python -I -S` (starts in ~20 ms).
+# Roles: notify (READY=1 on $NOTIFY_SOCKET), fd (a line on fd 3), none. With
+# $WATCHDOG_USEC, WATCHDOG=1 three times per period. SIGUSR1: fork 64 sleepers (half in
+# new sessions, so only the cgroup still holds them) and exit 1. SIGUSR2: open fds up to
+# RLIMIT_NOFILE; without a service watchdog exit 1 (it cannot work), with one keep
+# running: its pings now fail (socket() gets EMFILE) and the restarter must see it hung.
+SERVICE_PROGRAM = r'''
+import os, signal, socket, sys, time
+ROLE = sys.argv[1]
+DELAY = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+WD = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 1e6
+HOARD = []
+
+def notify(msg):
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path:
+        return
+    addr = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    except OSError:
+        return
+    try:
+        s.sendto(msg.encode(), addr)
+    except OSError:
+        pass
+    finally:
+        s.close()
+
+def forkbomb(_sig, _frame):
+    for i in range(64):
+        try:
+            pid = os.fork()
+        except OSError:
+            break
+        if pid == 0:
+            if i % 2:
+                os.setsid()
+            while True:
+                time.sleep(3600)
+    os._exit(1)
+
+def exhaust(_sig, _frame):
+    try:
+        while True:
+            HOARD.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    if not WD:
+        os._exit(1)
+
+signal.signal(signal.SIGTERM, lambda _s, _f: os._exit(0))
+signal.signal(signal.SIGUSR1, forkbomb)
+signal.signal(signal.SIGUSR2, exhaust)
+time.sleep(DELAY)
+if ROLE == "notify":
+    notify("READY=1")
+elif ROLE == "fd":
+    os.write(3, b"ready\n")
+    os.close(3)
+while True:
+    time.sleep(WD / 3 if WD else 3600)
+    if WD:
+        notify("WATCHDOG=1")
+'''
+SERVICE_FILE = "chaos_svc.py"
+
+# Watchdog settings of the built-in campaign: tight, so faults resolve in seconds.
+WD_TIMEOUT, PET, HB_TIMEOUT, HB_INTERVAL, RESTART_DELAY = 3, 0.5, 1.5, 0.25, 0.5
+
+
+def campaign_config_text(python: str, svc: str) -> str:
+    """The built-in campaign configuration (four services, one critical notify one)."""
+    def cmd(*args: str) -> str:
+        return json.dumps([python, "-I", "-S", svc, *args])
+    common = ('backoff = { initial = 0.1, factor = 2.0, max = 1.0, reset_after = 3 }\n'
+              'intensity = { max_restarts = 40, window = 30, action = "maintenance" }\n'
+              'stop_timeout = 1\nrlimits = { nofile = 128 }\n')
+    return f"""\
+# hachain chaos: built-in campaign configuration (the simulated machine overrides
+# state_dir, persist_dir, cgroup_root and the device through HACHAIN_* variables).
+[chain]
+state_dir = "/run/hachain"
+persist_dir = "/var/lib/hachain"
+heartbeat_interval = {HB_INTERVAL}
+restart_delay = {RESTART_DELAY}
+
+[watchdog]
+device = "sim"
+timeout = {WD_TIMEOUT}
+pet_interval = {PET}
+heartbeat_timeout = {HB_TIMEOUT}
+restart_grace = 4
+
+[service.db]
+command = {cmd("notify", "0.2")}
+ready = "notify"
+ready_timeout = 5
+watchdog_sec = 1
+critical = true
+{common}
+[service.cache]
+command = {cmd("fd")}
+ready = "fd"
+ready_timeout = 5
+requires = ["db"]
+{common}
+[service.api]
+command = {cmd("notify", "0.1")}
+ready = "notify"
+ready_timeout = 5
+watchdog_sec = 1
+after = ["db"]
+{common}
+[service.worker]
+command = {cmd("none")}
+{common}"""
+
+
+# --- the fault model ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FaultKind:
+    """One kind of fault. `target`: what it picks from — "service" (any long-running
+    service), "liveness" (a service with watchdog_sec or a health check: the only ones
+    whose hang the chain can see), "layer" (restarter, tickler), "layer+init", "init",
+    "machine". `reboot`: None (a reboot is a failure), "watchdog" or "panic"."""
+    name: str
+    target: str
+    reboot: str | None
+    summary: str
+    needs: str = ""  # "cgroup", "tmpfs", "never"
+
+
+KINDS: dict[str, FaultKind] = {k.name: k for k in (
+    FaultKind("kill-service", "service", None, "SIGKILL the service's main process"),
+    FaultKind("crash-loop", "service", None,
+              "SIGKILL the service 4 times in a row, each new process as soon as it exists"),
+    FaultKind("stop-service", "service", None, "SIGSTOP the service, SIGCONT after 1 s"),
+    FaultKind("hang-service", "liveness", None,
+              "SIGSTOP the service and leave it: its watchdog must see it hung"),
+    FaultKind("freeze-service", "service", None,
+              "cgroup.freeze the service's cgroup, thaw after 1 s", "cgroup"),
+    FaultKind("freeze-service-hung", "liveness", None,
+              "cgroup.freeze the service's cgroup and leave it frozen", "cgroup"),
+    FaultKind("fork-bomb", "service", None,
+              "the service forks 64 sleepers (half in new sessions) and exits 1"),
+    FaultKind("fd-exhaust", "service", None,
+              "the service opens fds up to RLIMIT_NOFILE (exits 1, or hangs its pings)"),
+    FaultKind("kill-layer", "layer", None, "SIGKILL the restarter or the tickler"),
+    FaultKind("pause-layer", "layer+init", None,
+              "SIGSTOP a layer for 0.5 s (< heartbeat_timeout): no reboot allowed"),
+    FaultKind("hang-layer", "layer+init", "watchdog",
+              "SIGSTOP a layer (= freezing it) and leave it: the watchdog must reset"),
+    FaultKind("kill-init", "init", "panic", "SIGKILL PID 1 from the host: kernel panic"),
+    FaultKind("disk-full", "machine", None,
+              "fill the persist file system (tmpfs) for 2 s, then free it", "tmpfs"),
+    FaultKind("run-full", "machine", "watchdog",
+              "fill the run file system (tmpfs) and leave it: no heartbeat can be written",
+              "tmpfs"),
+    FaultKind("clock-step", "machine", None, "step CLOCK_REALTIME by an hour", "never"),
+)}
+
+CLOCK_STEP_REASON = (
+    "CLOCK_REALTIME is not namespaced (time namespaces offset only CLOCK_MONOTONIC and "
+    "CLOCK_BOOTTIME) and stepping the host clock is not allowed; hachain times everything "
+    "with CLOCK_MONOTONIC, the wall clock only labels records")
+
+# Convergence budgets (seconds) beyond the configured delays; see docs/chaos.md.
+START_BUDGET = 3.0  # spawn + readiness of a service, or start of a layer
+BOOT_BUDGET = 8.0  # from a boot to every service ready
+REBOOT_MARGIN = 1.0  # tick period and scheduling on a loaded box
+TMPFS_RUN, TMPFS_PERSIST = "8m", "16m"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scheduled fault: the index in the schedule, the kind and the target."""
+    index: int
+    kind: str
+    target: str
+
+
+def schedule(seed: int, n: int, kinds: list[str], services: list[str],
+             liveness: list[str]) -> list[Fault]:
+    """The campaign's faults: a pure function of its arguments (same seed, same list)."""
+    rng = random.Random(seed)
+    kinds = sorted(kinds)
+    pools = {"service": sorted(services), "liveness": sorted(liveness),
+             "layer": ["restarter", "tickler"], "layer+init": ["init", "restarter", "tickler"],
+             "init": ["init"], "machine": ["machine"]}
+    out = []
+    for i in range(n):
+        kind = rng.choice(kinds)
+        out.append(Fault(i, kind, rng.choice(pools[KINDS[kind].target])))
+    return out
+
+
+def reboot_bound(cfg: config.Config) -> float:
+    """Latest reset after a hang: heartbeat age + staleness + last pet + timeout (+margin)."""
+    wd = cfg.watchdog
+    return (cfg.chain.heartbeat_interval + wd.heartbeat_timeout + wd.pet_interval
+            + wd.timeout + REBOOT_MARGIN)
+
+
+def convergence_bound(kind: str, cfg: config.Config) -> float:
+    """How long a fault of `kind` may take until every invariant holds again."""
+    svcs = [s for s in cfg.services.values() if s.kind == "longrun"]
+    backoff = max((s.backoff.max for s in svcs), default=1.0)
+    liveness = max((s.watchdog_sec or (s.health.interval * s.health.failures if s.health else 0)
+                    for s in svcs), default=0.0)
+    stop = max((s.stop_timeout for s in svcs), default=1.0)
+    service = backoff + 2 * START_BUDGET  # the service, then its dependents
+    k = KINDS[kind]
+    if k.reboot == "watchdog":
+        return reboot_bound(cfg) + BOOT_BUDGET
+    if k.reboot == "panic":
+        return PANIC_DELAY + 1.0 + BOOT_BUDGET
+    if kind in ("kill-layer",):
+        return cfg.chain.restart_delay + 2 * START_BUDGET
+    if kind in ("hang-service", "freeze-service-hung", "fd-exhaust"):
+        return liveness + stop + service
+    if kind == "crash-loop":
+        return 4 * (backoff + START_BUDGET)
+    if kind in ("stop-service", "freeze-service", "pause-layer", "disk-full"):
+        return 2.0 + service  # the hold, then anything the hold disturbed
+    return service
+
+
+PANIC_DELAY = 0.5
+
+
+# --- looking at the machine -------------------------------------------------------------
+
+@dataclass
+class Proc:
+    """One process of the machine, seen from the host."""
+    pid: int  # host pid
+    nspid: int
+    ppid: int  # host pid of the parent
+    state: str
+    start: int
+    service: str | None  # HACHAIN_SERVICE from its environment
+    cgroup: str  # its cgroup v2 path (relative to the mount)
+
+
+def _read(path: str, mode: str = "rb") -> Any:
+    with open(path, mode) as f:
+        return f.read()
+
+
+def _proc(pid: int) -> Proc | None:
+    """Read one process's identity; None when it vanished meanwhile."""
+    try:
+        raw = _read(f"/proc/{pid}/stat")
+        f = raw[raw.rindex(b")") + 2:].split()
+        status = _read(f"/proc/{pid}/status", "r")
+        nspid = [ln for ln in status.splitlines() if ln.startswith("NSpid:")][0].split()[-1]
+        svc = None
+        try:
+            for kv in _read(f"/proc/{pid}/environ").split(b"\0"):
+                if kv.startswith(channels.ENV_SERVICE.encode() + b"="):
+                    svc = kv.split(b"=", 1)[1].decode(errors="replace")
+        except OSError:
+            pass
+        cg = ""
+        for line in _read(f"/proc/{pid}/cgroup", "r").splitlines():
+            if line.startswith("0::"):
+                cg = line[3:]
+        return Proc(pid, int(nspid), int(f[1]), f[0].decode(), int(f[19]), svc, cg)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass
+class Snapshot:
+    """What the host sees of the machine at one moment."""
+    t: float
+    boots: int
+    init: int | None
+    layers: dict[str, int | None]  # host pids of restarter, tickler (None: not found)
+    hb_age: dict[str, float | None]
+    services: dict[str, Any] | None
+    error: str | None
+    procs: list[Proc]
+    admin: Any
+
+
+def snapshot(m: SimMachine) -> Snapshot:
+    """Sample the machine: boots, layers, the restarter's status, every process, admin."""
+    now = time.monotonic()
+    init = m.init_host_pid()
+    procs: list[Proc] = []
+    if init is not None:
+        try:
+            ns = os.readlink(f"/proc/{init}/ns/pid")
+        except OSError:
+            ns = None
+        for e in os.listdir("/proc"):
+            if e.isdigit():
+                try:
+                    same = os.readlink(f"/proc/{e}/ns/pid") == ns
+                except OSError:
+                    continue
+                if same and (p := _proc(int(e))) is not None:
+                    procs.append(p)
+    by_ns = {p.nspid: p.pid for p in procs}
+    layers: dict[str, int | None] = {}
+    ages: dict[str, float | None] = {}
+    for layer in channels.LAYERS:
+        hb = m.heartbeat(layer)
+        ages[layer] = None if hb is None else round(hb.age(now), 3)
+        layers[layer] = None if hb is None else by_ns.get(hb.pid)
+    services, error = None, None
+    try:
+        rep = client.request(m.state_dir, {"op": "status"}, timeout=1.0)
+        if rep.get("ok"):
+            services = rep.get("services", {})
+        else:
+            error = str(rep.get("error"))
+    except client.ControlError as e:
+        error = str(e)
+    try:
+        admin = channels.read_json(os.path.join(m.persist_dir, channels.ADMIN_STATE))
+    except (ValueError, OSError) as e:
+        admin = f"unreadable: {e}"
+    return Snapshot(now, len(m.boots), init, layers, ages, services, error, procs, admin or {})
+
+
+def _main_procs(snap: Snapshot, name: str) -> list[Proc]:
+    """A service's top processes: carrying its name, with a parent that does not."""
+    mine = {p.pid: p for p in snap.procs if p.service == name}
+    return [p for p in mine.values() if p.ppid not in mine]
+
+
+def problems(snap: Snapshot, cfg: config.Config, admin0: Any, cg_rel: str | None,
+             hb_timeout: float) -> list[str]:
+    """Every invariant the snapshot breaks (transient ones included: the caller waits)."""
+    out = []
+    if snap.init is None:
+        out.append("PID 1 not found")
+    for layer in channels.LAYERS:
+        age = snap.hb_age[layer]
+        if snap.layers[layer] is None or age is None:
+            out.append(f"{layer}: not running")
+        elif age > hb_timeout:
+            out.append(f"{layer}: heartbeat {age:.1f} s old")
+    if snap.services is None:
+        out.append(f"restarter does not answer: {snap.error}")
+        return out
+    for name, c in cfg.services.items():
+        st = snap.services.get(name)
+        if st is None:
+            out.append(f"{name}: unknown to the restarter")
+            continue
+        up = c.enabled and st.get("want") == "up"
+        mains = _main_procs(snap, name)
+        if not up:
+            want_state, n = "stopped", 0
+        elif c.kind == "oneshot":
+            want_state, n = "done", 0
+        else:
+            want_state, n = "ready", 1
+        if st["state"] != want_state:
+            out.append(f"{name}: {st['state']} (expected {want_state})"
+                       + (f": {st['reason']}" if st.get("reason") else ""))
+        if len(mains) != n:
+            out.append(f"{name}: {len(mains)} main processes (expected {n}): "
+                       f"{sorted(p.nspid for p in mains)}")
+        elif n == 1 and st.get("pid") != mains[0].nspid:
+            out.append(f"{name}: the restarter says pid {st.get('pid')}, running is "
+                       f"{mains[0].nspid}")
+        if cg_rel is not None:
+            want_cg = f"{cg_rel}/{name}"
+            for p in snap.procs:
+                if p.service == name and p.cgroup != want_cg:
+                    out.append(f"{name}: pid {p.nspid} outside its cgroup ({p.cgroup})")
+    if snap.admin != admin0:
+        out.append(f"admin.json changed: {admin0!r} -> {snap.admin!r}")
+    return out
+
+
+def lasting(a: Snapshot, b: Snapshot) -> list[str]:
+    """Zombies and strays present in both snapshots (same pid and start time)."""
+    def bad(s: Snapshot) -> dict[tuple[int, int], str]:
+        known = {s.init, *s.layers.values()}
+        out = {}
+        for p in s.procs:
+            if p.state == "Z":
+                out[(p.pid, p.start)] = f"zombie pid {p.nspid} (parent host pid {p.ppid})"
+            elif p.service is None and p.pid not in known and p.ppid not in known - {s.init}:
+                out[(p.pid, p.start)] = f"stray pid {p.nspid} outside the tree"
+        return out
+    ba = bad(a)
+    return [msg for key, msg in bad(b).items() if key in ba]
+
+
+# --- the campaign ---------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    """One fault's outcome. Times are seconds from the campaign's start."""
+    index: int
+    kind: str
+    target: str
+    component: str
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    t_fault: float = 0.0
+    t_detect: float | None = None
+    t_recover: float | None = None
+    t_end: float = 0.0
+    detect: float | None = None
+    converge: float | None = None
+    bound: float = 0.0
+    reboot: str | None = None
+    reboot_after: float | None = None
+
+
+class CampaignError(Exception):
+    """The campaign cannot run here (no root, no unshare, bad setup)."""
+
+
+class Campaign:
+    """Run a list of faults on one simulated machine; see module docstring."""
+
+    def __init__(self, config_path: str, workdir: str, seed: int, faults: list[Fault],
+                 kinds: list[str], skipped: dict[str, str], settle: float = 0.5,
+                 progress: Callable[[int, int, Result | None, str], None] | None = None,
+                 tmpfs: bool = True) -> None:
+        self.config_path = config_path
+        self.cfg = config.load(config_path)
+        self.workdir = workdir
+        self.seed = seed
+        self.faults = faults
+        self.kinds = kinds
+        self.skipped = skipped
+        self.settle = settle
+        self.progress = progress or (lambda *_a: None)
+        self.want_tmpfs = tmpfs
+        self.mounts: list[str] = []
+        self.machine: SimMachine | None = None
+        self.machine_dir = os.path.join(workdir, "machine")
+        self.t0 = time.monotonic()
+        self.results: list[Result] = []
+        self.boot_times: list[float] = []
+        self.admin0: Any = {}
+        self.resets = 0
+
+    # -- setup and teardown -------------------------------------------------------------
+
+    def mount_tmpfs(self) -> bool:
+        """A small tmpfs on <machine>/run and <machine>/persist; False when not possible."""
+        for sub, size in (("run", TMPFS_RUN), ("persist", TMPFS_PERSIST)):
+            path = os.path.join(self.machine_dir, sub)
+            os.makedirs(path, exist_ok=True)
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
+                                "chaos-" + sub, path], capture_output=True, text=True,
+                               timeout=10)
+            if r.returncode != 0:
+                self.skip_fs = f"cannot mount a tmpfs: {r.stderr.strip() or r.returncode}"
+                return False
+            self.mounts.append(path)
+        return True
+
+    def unmount(self) -> None:
+        """Undo mount_tmpfs (lazily when something still holds a file open)."""
+        for path in reversed(self.mounts):
+            r = subprocess.run(["umount", path], capture_output=True, timeout=10)
+            if r.returncode != 0:
+                subprocess.run(["umount", "-l", path], capture_output=True, timeout=10)
+        self.mounts.clear()
+
+    def power_on(self) -> None:
+        """A fresh SimMachine on the machine directory, booted."""
+        self.machine = SimMachine(self.config_path, self.machine_dir, panic_delay=PANIC_DELAY,
+                                  on_event=self._on_event)
+        self.machine.start()
+
+    def _on_event(self, line: str) -> None:
+        if line.startswith("boot "):
+            self.boot_times.append(round(time.monotonic() - self.t0, 3))
+
+    def power_off(self) -> None:
+        """Stop the machine (kills its namespace, removes its cgroups)."""
+        if self.machine is not None:
+            self.machine.stop()
+            self.machine = None
+        for path in self.mounts:
+            _unfill(path)
+
+    @property
+    def cg_rel(self) -> str | None:
+        """The machine's cgroup root relative to the cgroup2 mount (as /proc/PID/cgroup)."""
+        root = self.machine.cgroup_root if self.machine else None
+        mount = find_cgroup2_mount()
+        if not root or not mount:
+            return None
+        return "/" + os.path.relpath(root, mount)
+
+    # -- observation ----------------------------------------------------------------------
+
+    def _problems(self, snap: Snapshot) -> list[str]:
+        return problems(snap, self.cfg, self.admin0, self.cg_rel,
+                        self.cfg.watchdog.heartbeat_timeout)
+
+    def wait_converged(self, deadline: float, detected: Callable[[Snapshot], bool],
+                       watch: Callable[[Snapshot], str | None]) -> tuple[
+                           float | None, float | None, list[str], Snapshot]:
+        """Poll until `detected` and every invariant holds twice, `settle` apart.
+
+        `watch` may end the wait early with a hard failure (an unexpected reboot).
+        Returns (detect time, recover time, problems, last snapshot).
+        """
+        assert self.machine is not None
+        t_detect = None
+        probs: list[str] = []
+        while True:
+            snap = snapshot(self.machine)
+            hard = watch(snap)
+            if hard:
+                return t_detect, None, [hard], snap
+            if t_detect is None and detected(snap):
+                t_detect = snap.t
+            if t_detect is not None:
+                probs = self._problems(snap)
+                if not probs:
+                    time.sleep(self.settle)
+                    again = snapshot(self.machine)
+                    hard = watch(again)
+                    if hard:
+                        return t_detect, None, [hard], again
+                    probs = self._problems(again) + lasting(snap, again)
+                    if not probs:
+                        return t_detect, snap.t, [], again
+            else:
+                probs = ["the fault's effect was never seen"]
+            if time.monotonic() > deadline:
+                return t_detect, None, probs, snap
+            time.sleep(0.1)
+
+    def baseline(self) -> list[str]:
+        """Wait for the freshly booted machine to converge; its problems if it does not."""
+        assert self.machine is not None
+        try:
+            self.admin0 = channels.read_json(os.path.join(self.machine.persist_dir,
+                                                          channels.ADMIN_STATE)) or {}
+        except (ValueError, OSError):
+            self.admin0 = {}
+        deadline = time.monotonic() + BOOT_BUDGET + 10
+        _, rec, probs, snap = self.wait_converged(deadline, lambda _s: True, lambda _s: None)
+        self.admin0 = snap.admin
+        return [] if rec is not None else probs
+
+    # -- one fault ------------------------------------------------------------------------
+
+    def run_fault(self, f: Fault) -> Result:
+        """Inject `f`, wait for convergence, judge it."""
+        assert self.machine is not None
+        m = self.machine
+        k = KINDS[f.kind]
+        comp = "machine" if f.target == "machine" else f.target
+        res = Result(f.index, f.kind, f.target, comp, bound=convergence_bound(f.kind, self.cfg))
+        pre = snapshot(m)
+        pre_pid = (pre.services or {}).get(f.target, {}).get("pid")
+        pre_layer = pre.layers.get(f.target)
+        t0 = time.monotonic()
+        try:
+            self.inject(f, pre)
+        except (OSError, InjectError) as e:
+            res.ok, res.problems = False, [f"injection failed: {e}"]
+            res.t_fault = res.t_end = round(t0 - self.t0, 3)
+            return res
+        rb = reboot_bound(self.cfg)
+
+        def detected(s: Snapshot) -> bool:
+            if k.reboot:
+                return s.boots > pre.boots
+            if k.target in ("service", "liveness") and f.kind not in ("stop-service",
+                                                                       "freeze-service"):
+                new = (s.services or {}).get(f.target, {}).get("pid")
+                return new is not None and new != pre_pid
+            if f.kind == "kill-layer":
+                return s.layers.get(f.target) not in (None, pre_layer)
+            return True
+
+        def watch(s: Snapshot) -> str | None:
+            if s.boots > pre.boots + 1:
+                return f"{s.boots - pre.boots} reboots after one fault"
+            if s.boots > pre.boots:
+                boot = m.boots[pre.boots]
+                res.reboot = boot["cause"]
+                res.reboot_after = round(boot["mono"] - t0, 3)
+                if not k.reboot:
+                    return (f"false reboot ({boot['cause']}) {res.reboot_after:.2f} s "
+                            "after the fault")
+                if boot["cause"] != k.reboot:
+                    return f"reboot by {boot['cause']}, expected {k.reboot}"
+                if k.reboot == "watchdog" and res.reboot_after > rb:
+                    return f"watchdog reset after {res.reboot_after:.2f} s > bound {rb:.2f} s"
+            elif k.reboot and time.monotonic() - t0 > rb + PANIC_DELAY + 2:
+                return f"no reboot within {rb + PANIC_DELAY + 2:.1f} s of the hang"
+            return None
+
+        deadline = t0 + res.bound * 1.5 + 5
+        t_det, t_rec, probs, _ = self.wait_converged(deadline, detected, watch)
+        res.t_fault = round(t0 - self.t0, 3)
+        res.t_end = round(time.monotonic() - self.t0, 3)
+        if t_det is not None:
+            res.t_detect = round(t_det - self.t0, 3)
+            res.detect = round(t_det - t0, 3)
+        if t_rec is not None:
+            res.t_recover = round(t_rec - self.t0, 3)
+            res.converge = round(t_rec - t0, 3)
+            if res.converge > res.bound:
+                probs = [f"converged in {res.converge:.2f} s > bound {res.bound:.2f} s"]
+        res.ok = not probs
+        res.problems = probs
+        return res
+
+    def inject(self, f: Fault, pre: Snapshot) -> None:
+        """Do the fault to the running machine (host side)."""
+        assert self.machine is not None
+        kind = f.kind
+        if KINDS[kind].target in ("service", "liveness"):
+            pid = self._service_pid(pre, f.target)
+            if kind == "kill-service":
+                os.kill(pid, signal.SIGKILL)
+            elif kind == "crash-loop":
+                self._crash_loop(f.target, pid, 4)
+            elif kind == "stop-service":
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(1.0)
+                os.kill(pid, signal.SIGCONT)
+            elif kind == "hang-service":
+                os.kill(pid, signal.SIGSTOP)
+            elif kind in ("freeze-service", "freeze-service-hung"):
+                path = self._cgroup(f.target)
+                _write(os.path.join(path, "cgroup.freeze"), "1")
+                if kind == "freeze-service":
+                    time.sleep(1.0)
+                    _write(os.path.join(path, "cgroup.freeze"), "0")
+            elif kind == "fork-bomb":
+                os.kill(pid, signal.SIGUSR1)
+            elif kind == "fd-exhaust":
+                os.kill(pid, signal.SIGUSR2)
+            return
+        if kind in ("kill-layer", "pause-layer", "hang-layer", "kill-init"):
+            pid = pre.init if f.target == "init" else pre.layers.get(f.target)
+            if pid is None:
+                raise InjectError(f"{f.target}: no host pid")
+            if kind in ("kill-layer", "kill-init"):
+                os.kill(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGSTOP)
+                if kind == "pause-layer":
+                    time.sleep(0.5)
+                    os.kill(pid, signal.SIGCONT)
+            return
+        if kind == "disk-full":
+            path = self.machine.persist_dir
+            _fill(path)
+            time.sleep(2.0)
+            _unfill(path)
+            return
+        if kind == "run-full":
+            _fill(self.machine.run_dir)
+            return
+        raise InjectError(f"{kind}: cannot be injected here")
+
+    def _service_pid(self, snap: Snapshot, name: str) -> int:
+        mains = _main_procs(snap, name)
+        if len(mains) != 1:
+            raise InjectError(f"{name}: {len(mains)} main processes")
+        return mains[0].pid
+
+    def _cgroup(self, name: str) -> str:
+        root = self.machine.cgroup_root if self.machine else None
+        if not root:
+            raise InjectError("no cgroup root")
+        return os.path.join(root, name)
+
+    def _crash_loop(self, name: str, pid: int, times: int) -> None:
+        """SIGKILL the service, then each new incarnation as soon as it appears."""
+        assert self.machine is not None
+        os.kill(pid, signal.SIGKILL)
+        seen = {pid}
+        for _ in range(times - 1):
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                mains = [p for p in _main_procs(snapshot_light(self.machine, name), name)
+                         if p.pid not in seen]
+                if mains:
+                    seen.add(mains[0].pid)
+                    os.kill(mains[0].pid, signal.SIGKILL)
+                    break
+                time.sleep(0.02)
+            else:
+                raise InjectError(f"{name}: no new process within 5 s of a kill")
+
+    # -- the whole campaign ---------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Power on, run every fault, power off; the report (plain dicts)."""
+        self.t0 = time.monotonic()
+        os.makedirs(self.machine_dir, exist_ok=True)
+        baseline_problems: list[str] = []
+        try:
+            self.power_on()
+            baseline_problems = self.baseline()
+            if not baseline_problems:
+                for i, f in enumerate(self.faults):
+                    self.progress(i, len(self.faults), None, f"{f.kind} {f.target}")
+                    res = self.run_fault(f)
+                    self.results.append(res)
+                    self.progress(i + 1, len(self.faults), res, "")
+                    if not res.ok:
+                        self.reset()
+        finally:
+            self.power_off()
+        return self.report(baseline_problems)
+
+    def reset(self) -> None:
+        """After a broken invariant: a fresh machine, so later faults start clean."""
+        self.resets += 1
+        self.power_off()
+        self.power_on()
+        probs = self.baseline()
+        if probs:
+            raise CampaignError("the machine does not converge after a reset: "
+                                + "; ".join(probs))
+
+    def report(self, baseline_problems: list[str]) -> dict[str, Any]:
+        """Everything the JSON and HTML reports show."""
+        results = [asdict(r) for r in self.results]
+        summary = chaos_report.summarize(results)
+        fails = [r for r in results if not r["ok"]]
+        return {
+            "seed": self.seed, "faults": len(self.faults), "kinds": self.kinds,
+            "skipped": self.skipped, "config": self.config_path,
+            "config_sha256": hashlib.sha256(_read(self.config_path)).hexdigest(),
+            "bounds": {k: convergence_bound(k, self.cfg) for k in self.kinds},
+            "reboot_bound": reboot_bound(self.cfg),
+            "baseline_problems": baseline_problems,
+            "ok": not fails and not baseline_problems, "failures": len(fails),
+            "results": results, "summary": summary, "boot_times": self.boot_times,
+            "boots": len(self.boot_times), "machine_resets": self.resets,
+            "duration": round(time.monotonic() - self.t0, 3),
+        }
+
+
+class InjectError(Exception):
+    """A fault could not be injected (its target is not there)."""
+
+
+def snapshot_light(m: SimMachine, name: str) -> Snapshot:
+    """Only the processes (for the crash loop, which must be quick)."""
+    init = m.init_host_pid()
+    procs = []
+    if init is not None:
+        try:
+            ns = os.readlink(f"/proc/{init}/ns/pid")
+        except OSError:
+            ns = None
+        for e in os.listdir("/proc"):
+            if e.isdigit():
+                try:
+                    if os.readlink(f"/proc/{e}/ns/pid") != ns:
+                        continue
+                except OSError:
+                    continue
+                if (p := _proc(int(e))) is not None:
+                    procs.append(p)
+    return Snapshot(time.monotonic(), 0, init, {}, {}, None, None, procs, {})
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+FILL_NAME = "chaos-fill"
+
+
+def _fill(directory: str) -> int:
+    """Write zeros to <directory>/chaos-fill until the file system is full; bytes written."""
+    n = 0
+    chunk = b"\0" * (64 * 1024)
+    fd = os.open(os.path.join(directory, FILL_NAME), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while True:
+            try:
+                n += os.write(fd, chunk)
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+    return n
+
+
+def _unfill(directory: str) -> None:
+    try:
+        os.unlink(os.path.join(directory, FILL_NAME))
+    except OSError:
+        pass
+
+
+# --- capabilities and the command line ------------------------------------------------------
+
+def capabilities(kinds: list[str], cfg: config.Config, tmpfs_ok: bool,
+                 tmpfs_reason: str = "") -> tuple[list[str], dict[str, str]]:
+    """(kinds that can run here, {kind: reason} for those that cannot)."""
+    cg_ok = _can_freeze()
+    longrun = [n for n, s in cfg.services.items() if s.kind == "longrun" and s.enabled]
+    live = [n for n in longrun if cfg.services[n].watchdog_sec or cfg.services[n].health]
+    ok, skipped = [], {}
+    for k in kinds:
+        kind = KINDS[k]
+        if kind.needs == "never":
+            skipped[k] = CLOCK_STEP_REASON
+        elif kind.needs == "cgroup" and not cg_ok:
+            skipped[k] = "no writable cgroup v2 hierarchy with cgroup.freeze"
+        elif kind.needs == "tmpfs" and not tmpfs_ok:
+            skipped[k] = tmpfs_reason or "no tmpfs under the machine directory"
+        elif kind.target == "service" and not longrun:
+            skipped[k] = "the configuration has no enabled long-running service"
+        elif kind.target == "liveness" and not live:
+            skipped[k] = ("no service with watchdog_sec or a health check: a hang of any "
+                          "other service is invisible to the chain by design")
+        else:
+            ok.append(k)
+    return ok, skipped
+
+
+def _can_freeze() -> bool:
+    """True when a cgroup v2 hierarchy is writable and has cgroup.freeze (Linux 5.2+)."""
+    mount = find_cgroup2_mount()
+    if not mount or not os.access(mount, os.W_OK):
+        return False
+    probe = os.path.join(mount, f"hachain-chaos-probe-{os.getpid()}")
+    try:
+        os.mkdir(probe)
+    except OSError:
+        return False
+    try:
+        return os.path.exists(os.path.join(probe, "cgroup.freeze"))
+    finally:
+        try:
+            os.rmdir(probe)
+        except OSError:
+            pass
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `hachain chaos` on the `hachain` command's subparsers."""
+    p = subparsers.add_parser(
+        "chaos", help="a fault-injection campaign on the simulated machine, with a report",
+        description="Inject N faults (drawn from the fault model by SEED) into the chain "
+                    "running on the simulated machine; after each, wait for convergence and "
+                    "check the invariants. Writes DIR/report.json and DIR/report.html.")
+    p.add_argument("-c", "--config", default=None,
+                   help="configuration (default: the built-in campaign configuration)")
+    p.add_argument("--faults", type=int, default=20, help="how many faults (default 20)")
+    p.add_argument("--seed", type=int, default=None, help="schedule seed (default: random)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="report directory (required unless --list-kinds)")
+    p.add_argument("--kinds", default=None,
+                   help="comma-separated fault kinds (default: all; see docs/chaos.md)")
+    p.add_argument("--only", default=None, metavar="I,J,...",
+                   help="run only these indexes of the schedule (a reproduction)")
+    p.add_argument("--no-shrink", action="store_true",
+                   help="on a failure, do not search for a shorter reproduction")
+    p.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    p.add_argument("--list-kinds", action="store_true", help="print the fault model, exit")
+    p.add_argument("--qemu", action="store_true",
+                   help="run on the QEMU machine instead (not supported yet)")
+    p.set_defaults(func=cmd_chaos)
+
+
+class Progress:
+    """A progress bar on stderr (one line per fault when stderr is not a terminal)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.fails = 0
+
+    def __call__(self, i: int, n: int, res: Result | None, what: str) -> None:
+        if res is not None and not res.ok:
+            self.fails += 1
+        if self.tty:
+            width = 30
+            done = int(width * i / max(n, 1))
+            tail = what or (f"{res.kind} {res.target} "
+                            f"{'%.2f s' % res.converge if res and res.converge else 'FAIL'}"
+                            if res else "")
+            self.stream.write(f"\r\033[K[{'#' * done}{'-' * (width - done)}] {i}/{n} "
+                              f"fails {self.fails} | {tail}")
+            if i == n and res is not None:
+                self.stream.write("\n")
+        elif res is not None:
+            verdict = (f"converged in {res.converge:.2f} s" if res.ok else
+                       "FAILED: " + "; ".join(res.problems))
+            self.stream.write(f"chaos: {i}/{n} #{res.index} {res.kind} {res.target}: "
+                              f"{verdict}\n")
+        self.stream.flush()
+
+
+def _kind_list(arg: str | None) -> list[str]:
+    if not arg:
+        return sorted(KINDS)
+    kinds = [k.strip() for k in arg.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"unknown fault kind(s) {', '.join(bad)}; known: "
+                         + ", ".join(sorted(KINDS)))
+    return sorted(set(kinds))
+
+
+def _campaign_setup(args: argparse.Namespace, work: str) -> tuple[str, config.Config]:
+    """The configuration path (the built-in one written into `work`) and its parse."""
+    svc = os.path.join(work, SERVICE_FILE)
+    with open(svc, "w") as f:
+        f.write(SERVICE_PROGRAM)
+    if args.config:
+        return os.path.abspath(args.config), config.load(args.config)
+    path = os.path.join(work, "chain.toml")
+    with open(path, "w") as f:
+        f.write(campaign_config_text(sys.executable, svc))
+    return path, config.load(path)
+
+
+def run_campaign(cfg_path: str, work: str, seed: int, faults: list[Fault], kinds: list[str],
+                 skipped: dict[str, str], tmpfs: bool,
+                 progress: Callable[..., None] | None) -> dict[str, Any]:
+    """One Campaign on a fresh machine directory under `work`, mounts cleaned up after."""
+    c = Campaign(cfg_path, work, seed, faults, kinds, skipped, progress=progress)
+    os.makedirs(c.machine_dir, exist_ok=True)
+    try:
+        if tmpfs and not c.mount_tmpfs():
+            raise CampaignError(getattr(c, "skip_fs", "cannot mount tmpfs"))
+        return c.run()
+    finally:
+        c.power_off()
+        c.unmount()
+
+
+def shrink(cfg_path: str, base: str, seed: int, sched: list[Fault], failing: Fault,
+           kinds: list[str], tmpfs: bool, budget: int = 6) -> tuple[list[int], str]:
+    """The shortest run (indexes) found that breaks an invariant again at `failing`:
+    the fault alone, then growing suffixes of the prefix before it."""
+    prior = [f for f in sched if f.index < failing.index]
+    tries: list[list[Fault]] = [[]]
+    k = 1
+    while k < len(prior) and len(tries) < budget - 1:
+        tries.append(prior[-k:])
+        k *= 2
+    if prior:
+        tries.append(prior)
+    for n, pre in enumerate(tries):
+        run = pre + [failing]
+        work = os.path.join(base, f"shrink-{n}")
+        os.makedirs(work, exist_ok=True)
+        try:
+            rep = run_campaign(cfg_path, work, seed, run, kinds, {}, tmpfs, None)
+        except CampaignError:
+            continue
+        last = rep["results"][-1] if rep["results"] else None
+        if last and last["index"] == failing.index and not last["ok"]:
+            return [f.index for f in run], "reproduced"
+        if any(not r["ok"] for r in rep["results"]):
+            bad = [r["index"] for r in rep["results"] if not r["ok"]]
+            return [f.index for f in run], f"reproduced a failure at {bad}"
+    return [f.index for f in sched if f.index <= failing.index], "not reproduced by a shorter run"
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    """`hachain chaos`: run the campaign, write the reports, exit 1 on a broken invariant."""
+    if args.list_kinds:
+        for k in sorted(KINDS):
+            d = KINDS[k]
+            print(f"{k:<20} {d.target:<10} reboot={d.reboot or '-':<9} {d.summary}")
+        return 0
+    if not args.report:
+        print("hachain chaos: --report DIR is required", file=sys.stderr)
+        return 2
+    if args.qemu:
+        print("hachain chaos: --qemu is not supported yet (the simulated machine only)",
+              file=sys.stderr)
+        return 2
+    if args.faults < 0:
+        print("hachain chaos: --faults must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        kinds = _kind_list(args.kinds)
+    except ValueError as e:
+        print(f"hachain chaos: --kinds: {e}", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        print("hachain chaos: needs root and unshare(1) (the simulated machine)",
+              file=sys.stderr)
+        return 1
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    work = os.path.abspath(args.dir) if args.dir else tempfile.mkdtemp(prefix="hachain-chaos-")
+    os.makedirs(work, exist_ok=True)
+    os.makedirs(args.report, exist_ok=True)
+    cfg_path, cfg = _campaign_setup(args, work)
+    tmpfs_reason = "" if os.geteuid() == 0 else "mounting a tmpfs needs root"
+    tmpfs = not tmpfs_reason
+    runnable, skipped = capabilities(kinds, cfg, tmpfs, tmpfs_reason)
+    longrun = sorted(n for n, s in cfg.services.items() if s.kind == "longrun" and s.enabled)
+    live = [n for n in longrun if cfg.services[n].watchdog_sec or cfg.services[n].health]
+    if not runnable:
+        print("hachain chaos: no fault kind can run here: "
+              + "; ".join(f"{k}: {v}" for k, v in skipped.items()), file=sys.stderr)
+        return 1
+    sched = schedule(seed, args.faults, runnable, longrun, live)
+    chosen = sched
+    if args.only:
+        try:
+            idx = {int(x) for x in args.only.split(",") if x.strip()}
+        except ValueError:
+            print("hachain chaos: --only takes comma-separated indexes", file=sys.stderr)
+            return 2
+        chosen = [f for f in sched if f.index in idx]
+    for k, why in skipped.items():
+        print(f"chaos: skipping {k}: {why}", file=sys.stderr)
+    print(f"chaos: seed {seed}, {len(chosen)} fault(s), kinds {','.join(runnable)}; "
+          f"work dir {work}", file=sys.stderr)
+    try:
+        rep = run_campaign(cfg_path, os.path.join(work, "main"), seed, chosen, runnable,
+                           skipped, tmpfs, Progress())
+    except CampaignError as e:
+        print(f"hachain chaos: {e} (seed {seed})", file=sys.stderr)
+        return 1
+    rep["config"] = args.config or "built-in campaign configuration"
+    base_cmd = (f"hachain chaos{' -c ' + args.config if args.config else ''} --faults "
+                f"{args.faults} --seed {seed} --kinds {','.join(runnable)} --report {args.report}")
+    fails = [r for r in rep["results"] if not r["ok"]]
+    if rep["baseline_problems"]:
+        rep["repro"] = {"command": base_cmd + " --faults 0", "indexes": [],
+                        "note": "the machine never converged after power-on, before any fault"}
+    elif fails:
+        first = next(f for f in chosen if f.index == fails[0]["index"])
+        if args.no_shrink:
+            idx, note = [f.index for f in chosen if f.index <= first.index], "not shrunk"
+        else:
+            print("chaos: looking for a shorter reproduction...", file=sys.stderr)
+            idx, note = shrink(cfg_path, work, seed, chosen, first, runnable, tmpfs)
+        rep["repro"] = {"command": base_cmd + " --only " + ",".join(map(str, idx)),
+                        "indexes": idx, "note": note}
+    chaos_report.write_json(rep, os.path.join(args.report, "report.json"))
+    chaos_report.write_html(rep, os.path.join(args.report, "report.html"))
+    print(chaos_report.table_text(rep["summary"]))
+    print(f"chaos: report {os.path.join(args.report, 'report.html')}")
+    if rep["ok"]:
+        print(f"chaos: seed {seed}: all invariants held over {len(rep['results'])} fault(s)")
+        return 0
+    if rep["baseline_problems"]:
+        print(f"chaos: seed {seed}: the machine never converged before the first fault: "
+              + "; ".join(rep["baseline_problems"]), file=sys.stderr)
+    for r in fails:
+        print(f"chaos: seed {seed}: fault #{r['index']} {r['kind']} {r['target']}: "
+              + "; ".join(r["problems"]), file=sys.stderr)
+    print(f"chaos: reproduce ({rep['repro']['note']}): {rep['repro']['command']}",
+          file=sys.stderr)
+    return 1
