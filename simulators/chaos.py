@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -279,6 +280,7 @@ def convergence_bound(kind: str, cfg: config.Config) -> float:
 
 
 PANIC_DELAY = 0.5
+TERMINAL_RE = re.compile(r"^[^:]+: (failed|maintenance) \(expected (ready|done)\)")
 
 
 # --- looking at the machine -------------------------------------------------------------
@@ -566,6 +568,7 @@ class Campaign:
         assert self.machine is not None
         t_detect = None
         probs: list[str] = []
+        terminal = 0  # polls in a row with a wanted service held in failed / maintenance
         while True:
             snap = snapshot(self.machine)
             hard = watch(snap)
@@ -584,6 +587,10 @@ class Campaign:
                     probs = self._problems(again) + lasting(snap, again)
                     if not probs:
                         return t_detect, snap.t, [], again
+                # failed and maintenance end only by an administrator: no use waiting
+                terminal = terminal + 1 if any(TERMINAL_RE.search(p) for p in probs) else 0
+                if terminal >= 5:
+                    return t_detect, None, probs, snap
             else:
                 probs = ["the fault's effect was never seen"]
             if time.monotonic() > deadline:
