@@ -168,6 +168,22 @@ def _die_with_parent() -> None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def hidden_host_paths() -> list[str]:
+    """Host directories the guest needs that its tmpfs /tmp and /run would hide: this
+    checkout, the virtual environment and the interpreter, wherever they live (a clean
+    clone under /tmp, say). The initramfs binds them back from the host root."""
+    import hachain
+    wanted = {Path(hachain.__file__).resolve().parents[1], Path(sys.prefix),
+              Path(sys.executable).resolve().parents[1]}
+    out: set[str] = set()
+    for p in wanted:
+        s = os.fspath(p)
+        for hidden in ("/tmp", "/run"):
+            if s == hidden or s.startswith(hidden + "/"):
+                out.add(s)
+    return sorted(out)
+
+
 def _virtfs_path(path: Path) -> str:
     return os.fspath(path).replace(",", ",,")
 
@@ -225,6 +241,7 @@ class QemuMachine:
         self.ctl_dir = self.workdir / "ctl"
         self.log_path = self.workdir / "console.log"
         self.persist_path = persist_path
+        self.expose = hidden_host_paths()
         self.persist_dir: Path | None = None
         if persist_path is not None:
             self.persist_dir = Path(persist_dir or self.workdir / "persist").resolve()
@@ -359,6 +376,7 @@ class QemuMachine:
             f"WATCHDOG_PARAMS={q(params)}",
             f"ROOT_CACHE={q(self.root_cache)}",
             f"PERSIST_PATH={q(self.persist_path or '')}",
+            f"EXPOSE_PATHS={q(' '.join(self.expose))}",
             f"GUEST_HOSTNAME={q(self.hostname)}",
             "run_setup() {",
             (f"    /bin/chroot /newroot {q(os.fspath(busybox_path))} sh -ec {q(self.setup)}"

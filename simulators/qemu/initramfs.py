@@ -96,6 +96,12 @@ mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 mkdir -p /newroot/run/hachain-qemu
 mount --move /ctl /newroot/run/hachain-qemu || fail "move control share"
+# Host directories under /tmp or /run that the guest needs (a checkout or a virtual
+# environment living there): the tmpfs mounts above hid them, so bind them back from the
+# read-only host root.
+for p in $EXPOSE_PATHS; do
+    mkdir -p "/newroot$p" && mount --bind "/host$p" "/newroot$p" || fail "expose $p"
+done
 if [ -n "$PERSIST_PATH" ]; then
     mkdir -p "/newroot$PERSIST_PATH" || fail "mkdir $PERSIST_PATH"
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none persist \
