@@ -1,0 +1,827 @@
+"""hachain next to s6, runit and supervisord on the same workloads; prints one table.
+
+    .venv/bin/python bench/compare.py [--quick] [--smoke] [--sizes 1,100,1000] [--runs R]
+                                      [--restarts N] [--idle SECONDS] [--peers LIST]
+
+Every supervisor runs the same service, bench/peers/stamp.c compiled once: first thing in
+main() it sends "<pid> <CLOCK_MONOTONIC ns>" to a datagram socket, then pauses forever.
+s6 and runit exec ./run (a symlink to the binary), so the socket path reaches them through
+$STAMP_SOCK; hachain and supervisord pass it as argv[1] and the service name as argv[2].
+
+Workloads, for each supervisor in its fastest supported setting (see docs/benchmarks.md):
+1. restart latency: a service that has been up more than 1 s is SIGKILLed; latency is the
+   replacement's own exec stamp minus the moment of the kill. p50 / p95 / max.
+2. idle cost: CPU seconds and context switches of every supervisor process over a quiet
+   window, and their summed PSS and RSS.
+3. start-up: launching the supervisor with N services until N stamps arrived (hachain also
+   with ready = "notify", until its control socket reports all N ready).
+4. recovery: SIGKILL of the top supervisor process (hachain's restarter, s6-svscan,
+   runsvdir, supervisord) while N services run, plus one service killed at the same moment;
+   time until everything is supervised again, duplicate service processes, lost services.
+
+The script becomes a child subreaper, so every process it starts (and every orphan of
+those) stays in its process tree; all of them are SIGKILLed at the end, even on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import ctypes
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from hachain import channels, client  # noqa: E402
+from hachain.restarter.spawn import find_cgroup2_mount  # noqa: E402
+
+PEERS = ("hachain", "s6", "runit", "supervisord")
+PR_SET_CHILD_SUBREAPER = 36
+UP_BEFORE_KILL = 1.05  # s6-supervise and runsv hold a restart back 1 s after a short run
+NAN = float("nan")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- processes -------------------------------------------------------------------------
+
+def become_subreaper() -> None:
+    """Orphans of our subtree reparent to us, so nothing escapes the final cleanup."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap() -> None:
+    """Collect every exited child (we are a subreaper: orphans come back here)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def proc_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (ppid, comm, state) for every process on the machine."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        comm = s[s.index("(") + 1:s.rindex(")")]
+        rest = s[s.rindex(")") + 2:].split()
+        out[int(d)] = (int(rest[1]), comm, rest[0])
+    return out
+
+
+def descendants(root: int, table: dict[int, tuple[int, str, str]] | None = None) -> list[int]:
+    """Every live (non-zombie) process below root."""
+    table = table if table is not None else proc_table()
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            if table[c][2] != "Z":
+                out.append(c)
+            todo.append(c)
+    return out
+
+
+def kill_all_descendants() -> None:
+    """SIGKILL everything below this process, repeatedly until nothing is left."""
+    for _ in range(50):
+        pids = descendants(os.getpid())
+        if not pids:
+            break
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.05)
+        reap()
+    reap()
+
+
+def cpu_ctx(pid: int) -> tuple[float, int]:
+    """(user+system CPU seconds, voluntary+involuntary context switches) of one process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ctx = 0
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if "ctxt_switches" in line:
+                    ctx += int(line.split()[1])
+    except OSError:
+        return 0.0, 0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK, ctx
+
+
+def pss_rss_kb(pid: int) -> tuple[int, int]:
+    """(Pss, Rss) in kB from /proc/PID/smaps_rollup."""
+    pss = rss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+    except OSError:
+        pass
+    return pss, rss
+
+
+class Stamps:
+    """The receiving end of every stamp: one datagram socket per supervisor instance."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(path)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE (root)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+
+    def recv(self, timeout: float) -> tuple[int, int] | None:
+        """One (pid, monotonic ns) stamp, or None after timeout seconds."""
+        self.sock.settimeout(max(timeout, 1e-4))
+        try:
+            data = self.sock.recv(128).split()
+        except TimeoutError:
+            return None
+        return int(data[0]), int(data[1])
+
+    def drain(self) -> list[tuple[int, int]]:
+        """Every stamp already queued."""
+        got = []
+        while (s := self.recv(1e-4)) is not None:
+            got.append(s)
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def stamp_processes(exe: str) -> dict[str, list[int]]:
+    """service name -> live pids running the stamp binary. The name is argv[2] when given
+    (hachain, supervisord), else the service directory the process runs in (s6, runit)."""
+    out: dict[str, list[int]] = {}
+    for pid, (_, _, state) in proc_table().items():
+        if state == "Z":
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/exe") != exe:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            name = argv[2].decode() if len(argv) > 2 and argv[2] else \
+                os.path.basename(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            continue
+        out.setdefault(name, []).append(pid)
+    return out
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, step: float = 0.02) -> Any:
+    """cond()'s first truthy value within timeout seconds (reaping meanwhile), else None."""
+    end = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > end:
+            return None
+        reap()
+        time.sleep(step)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Our environment minus anything that would tie a child to our own supervisor."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")}
+    env.update(extra)
+    return env
+
+
+# --- the supervisors -----------------------------------------------------------------------
+
+class Peer:
+    """One supervisor instance with n services, in its own temporary directory."""
+
+    name = ""
+    top_name = ""  # the process the recovery workload kills
+    restarted_by = ""  # who brings the top process back on a real system
+    comms: tuple[str, ...] = ()  # process names counted as "the supervisor"
+
+    def __init__(self, bench: Bench, n: int, notify: bool = False) -> None:
+        self.bench = bench
+        self.n = n
+        self.notify = notify
+        self.dir = tempfile.mkdtemp(prefix=f"{self.name}-{n}-", dir=bench.tmp)
+        self.stamps = Stamps(os.path.join(self.dir, "stamps.sock"))
+        self.log = open(os.path.join(self.dir, "supervisor.log"), "ab")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.setup()
+
+    def setup(self) -> None:
+        """Write the configuration / service directories."""
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return child_env(STAMP_SOCK=self.stamps.path)
+
+    def launch(self) -> None:
+        """Start the top supervisor process (also used to restart it after a kill)."""
+        self.proc = subprocess.Popen(self.argv(), cwd=self.dir, env=self.env(),
+                                     stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=self.log, start_new_session=True)
+
+    def top_pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def supervisor_pids(self) -> list[int]:
+        """Every process of the supervisor itself (not the services)."""
+        table = proc_table()
+        return [p for p in descendants(os.getpid(), table) if table[p][1] in self.comms]
+
+    def all_ready(self) -> bool:
+        """Does the supervisor itself report every service ready? (hachain only)"""
+        return True
+
+    def recovered(self) -> bool:
+        """After the top process was killed (and restarted): supervised again?"""
+        return True
+
+    def stop(self) -> None:
+        kill_all_descendants()
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            kill_all_descendants()
+            self.stamps.close()
+            self.log.close()
+
+
+class Hachain(Peer):
+    name = "hachain"
+    top_name = "restarter"
+    restarted_by = "hachain-init (automatic)"
+
+    def setup(self) -> None:
+        self.state = tempfile.mkdtemp(prefix="hachain-compare-", dir="/dev/shm")
+        mount = find_cgroup2_mount()
+        self.cg = None
+        if mount and os.access(mount, os.W_OK) and not self.bench.args.no_cgroups:
+            self.cg = os.path.join(mount, f"hachain-compare-{os.getpid()}-{os.path.basename(self.dir)}")
+        ready = 'ready = "notify"\n' if self.notify else ""
+        body = [f'[chain]\nstate_dir = "{self.state}"\npersist_dir = "{self.dir}/persist"\n'
+                f'cgroup_root = "{self.cg or "none"}"\nrestart_delay = 0\n'
+                '[watchdog]\ndevice = "none"\n']
+        for i in range(self.n):
+            body.append(f'[service.s{i}]\ncommand = ["{self.bench.exe}", "{self.stamps.path}", '
+                        f'"s{i}"]\n{ready}backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}\n'
+                        'intensity = { max_restarts = 1000000, window = 1, action = "ignore" }\n')
+        self.cfg = os.path.join(self.dir, "chain.toml")
+        with open(self.cfg, "w") as f:
+            f.write("".join(body))
+        self.killed_restarter = 0
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "hachain.cli", "run", "-c", self.cfg]
+
+    def env(self) -> dict[str, str]:
+        return child_env(PYTHONPATH=ROOT)
+
+    def launch(self) -> None:
+        self.proc = subprocess.Popen(self.argv(), cwd=ROOT, env=self.env(),
+                                     stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=self.log, start_new_session=True)
+
+    def layer_pid(self, layer: str) -> int:
+        hb = channels.read_heartbeat(self.state, layer)
+        return hb.pid if hb else 0
+
+    def top_pid(self) -> int:
+        pid = wait_for(lambda: self.layer_pid("restarter"), 10)
+        self.killed_restarter = pid or 0
+        return pid or 0
+
+    def supervisor_pids(self) -> list[int]:
+        assert self.proc is not None
+        pids = [self.proc.pid]
+        for layer in ("restarter", "tickler"):
+            if (p := wait_for(lambda lay=layer: self.layer_pid(lay), 10)):
+                pids.append(p)
+        return pids
+
+    def all_ready(self) -> bool:
+        try:
+            st = client.request(self.state, {"op": "status"}, timeout=5).get("services", {})
+        except client.ControlError:
+            return False
+        return len(st) == self.n and all(s.get("state") == "ready" for s in st.values())
+
+    def recovered(self) -> bool:
+        pid = self.layer_pid("restarter")
+        return bool(pid) and pid != self.killed_restarter and self.all_ready()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: self.proc.poll() is not None, 30)  # type: ignore[union-attr]
+        kill_all_descendants()
+        if self.cg and os.path.isdir(self.cg):
+            for d in [self.cg] + [os.path.join(self.cg, x) for x in os.listdir(self.cg)]:
+                try:
+                    with open(os.path.join(d, "cgroup.kill"), "w") as f:
+                        f.write("1")
+                except OSError:
+                    pass
+            time.sleep(0.1)
+            for d in os.listdir(self.cg):
+                try:
+                    os.rmdir(os.path.join(self.cg, d))
+                except OSError:
+                    pass
+            try:
+                os.rmdir(self.cg)
+            except OSError:
+                pass
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+class ServiceDirs(Peer):
+    """s6 and runit: a scan directory of service directories whose ./run is the stamp."""
+
+    def setup(self) -> None:
+        self.scan = os.path.join(self.dir, "scan")
+        os.mkdir(self.scan)
+        for i in range(self.n):
+            d = os.path.join(self.scan, f"s{i}")
+            os.mkdir(d)
+            os.symlink(self.bench.exe, os.path.join(d, "run"))
+
+
+class S6(ServiceDirs):
+    name = "s6"
+    top_name = "s6-svscan"
+    restarted_by = "nothing (s6-svscan is meant to be PID 1); bench restarts it"
+    comms = ("s6-svscan", "s6-supervise")
+
+    def setup(self) -> None:
+        super().setup()
+        for i in range(self.n):
+            with open(os.path.join(self.scan, f"s{i}", "notification-fd"), "w") as f:
+                f.write("3\n")
+
+    def env(self) -> dict[str, str]:
+        # readiness on fd 3: without it s6-supervise waits 1 s before every restart
+        return child_env(STAMP_SOCK=self.stamps.path, STAMP_READY_FD="3")
+
+    def argv(self) -> list[str]:
+        # -t0: no periodic rescan (the quietest setting); -c: room for every service
+        return ["s6-svscan", "-t0", "-c", str(max(1000, 2 * self.n)), self.scan]
+
+
+class Runit(ServiceDirs):
+    name = "runit"
+    top_name = "runsvdir"
+    restarted_by = "runit stage 2 when runit is init; bench restarts it"
+    comms = ("runsvdir", "runsv")
+
+    def argv(self) -> list[str]:
+        return ["runsvdir", self.scan]
+
+
+class Supervisord(Peer):
+    name = "supervisord"
+    top_name = "supervisord"
+    restarted_by = "nothing (usually a systemd unit); bench restarts it"
+    comms = ("supervisord",)
+
+    def setup(self) -> None:
+        self.conf = os.path.join(self.dir, "supervisord.conf")
+        body = [f"[supervisord]\nnodaemon=true\nlogfile={self.dir}/supervisord.log\n"
+                f"pidfile={self.dir}/supervisord.pid\nloglevel=error\nminfds={4 * self.n + 1024}\n"
+                f"childlogdir={self.dir}\n"]
+        for i in range(self.n):
+            body.append(f"[program:s{i}]\ncommand={self.bench.exe} {self.stamps.path} s{i}\n"
+                        "startsecs=0\nautorestart=true\nstartretries=1000000\n"
+                        "stdout_logfile=NONE\nstderr_logfile=NONE\nstopsignal=KILL\n"
+                        "stopwaitsecs=1\n")
+        with open(self.conf, "w") as f:
+            f.write("".join(body))
+
+    def argv(self) -> list[str]:
+        return ["supervisord", "-n", "-c", self.conf]
+
+    def supervisor_pids(self) -> list[int]:
+        return [self.top_pid()]
+
+
+PEER_CLASSES: dict[str, type[Peer]] = {"hachain": Hachain, "s6": S6, "runit": Runit,
+                                       "supervisord": Supervisord}
+PACKAGES = {"s6": ("s6-svscan", "s6"), "runit": ("runsvdir", "runit"),
+            "supervisord": ("supervisord", "supervisor")}
+
+
+def ensure_peers(wanted: list[str]) -> dict[str, str]:
+    """Install missing peers from the distribution (one line of output). Returns
+    peer -> reason for every peer that still cannot run."""
+    missing = [p for p in wanted if p in PACKAGES and shutil.which(PACKAGES[p][0]) is None]
+    skipped: dict[str, str] = {}
+    if not missing:
+        return skipped
+    pkgs = [PACKAGES[p][1] for p in missing]
+    apt = shutil.which("apt-get")
+    print(f"installing {' '.join(pkgs)} with apt-get (missing: {', '.join(missing)})", flush=True)
+    if apt and os.geteuid() == 0:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        q = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        if subprocess.run([apt, "install", "-y", *pkgs], **q).returncode != 0:  # type: ignore[call-overload]
+            subprocess.run([apt, "update"], **q)  # type: ignore[call-overload]
+            subprocess.run([apt, "install", "-y", *pkgs], **q)  # type: ignore[call-overload]
+    for p in missing:
+        if shutil.which(PACKAGES[p][0]) is None:
+            skipped[p] = (f"Debian package {PACKAGES[p][1]!r} could not be installed"
+                          + ("" if apt and os.geteuid() == 0 else " (needs root and apt-get)"))
+    return skipped
+
+
+# --- workloads -----------------------------------------------------------------------------
+
+def pct(xs: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of xs."""
+    if not xs:
+        return NAN
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def collect(peer: Peer, count: int, timeout: float) -> dict[int, int]:
+    """pid -> stamp for the next `count` stamps; raises when they do not all arrive."""
+    got: dict[int, int] = {}
+    end = time.monotonic() + timeout
+    while len(got) < count:
+        s = peer.stamps.recv(min(0.2, max(end - time.monotonic(), 1e-3)))
+        if s:
+            got[s[0]] = s[1]
+        elif time.monotonic() > end:
+            raise RuntimeError(f"{peer.name}: {len(got)} of {count} stamps within {timeout:g} s")
+        reap()
+    return got
+
+
+def restart_latency(peer: Peer, slots: list[tuple[int, int]], rounds: int) -> list[float]:
+    """Kill services in turn (each up > 1 s), latency kill -> replacement's exec (ms)."""
+    lat = []
+    peer.stamps.drain()
+    for i in range(rounds):
+        k = i % len(slots)
+        pid, born = slots[k]
+        wait = born / 1e9 + UP_BEFORE_KILL - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        t0 = time.monotonic_ns()
+        os.kill(pid, signal.SIGKILL)
+        s = peer.stamps.recv(10)
+        if s is None:
+            raise RuntimeError(f"{peer.name}: no replacement within 10 s of killing {pid}")
+        lat.append((s[1] - t0) / 1e6)
+        slots[k] = s
+        reap()
+        time.sleep(0.02)
+    return lat
+
+
+def idle_cost(peer: Peer, seconds: float) -> dict[str, float]:
+    """CPU, context switches and memory of the supervisor processes over a quiet window."""
+    pids = peer.supervisor_pids()
+    before = [cpu_ctx(p) for p in pids]
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    after = [cpu_ctx(p) for p in pids]
+    dt = time.monotonic() - t0
+    cpu = sum(a[0] - b[0] for a, b in zip(after, before))
+    ctx = sum(a[1] - b[1] for a, b in zip(after, before))
+    mem = [pss_rss_kb(p) for p in pids]
+    return {"idle_cpu_pct": 100 * cpu / dt, "idle_ctx_s": ctx / dt, "procs": len(pids),
+            "pss_mb": sum(m[0] for m in mem) / 1024, "rss_mb": sum(m[1] for m in mem) / 1024}
+
+
+def recovery(peer: Peer, slots: list[tuple[int, int]], timeout: float) -> dict[str, Any]:
+    """SIGKILL the top supervisor process and, at the same moment, one service; restart the
+    top process at once if nothing in the peer does; time until supervised again."""
+    top = peer.top_pid()
+    victim = slots[-1][0]
+    peer.stamps.drain()
+    t0 = time.monotonic()
+    os.kill(top, signal.SIGKILL)
+    os.kill(victim, signal.SIGKILL)
+    if not isinstance(peer, Hachain):
+        wait_for(lambda: not os.path.exists(f"/proc/{top}") or
+                 proc_table().get(top, (0, "", "Z"))[2] == "Z", 5, 0.001)
+        reap()
+        peer.launch()  # what its parent would do, with no delay (hachain's init: delay 0)
+    # the victim's replacement, and for supervisord (which starts every service afresh)
+    # all n of them
+    want = peer.n if isinstance(peer, Supervisord) else 1
+    got: dict[int, int] = {}
+    t_stamps = NAN
+    end = t0 + timeout
+    while len(got) < want and time.monotonic() < end:
+        if (s := peer.stamps.recv(0.05)):
+            got[s[0]] = s[1]
+        reap()
+    if len(got) >= want:
+        t_stamps = max(got.values()) / 1e9 - t0
+    done = wait_for(peer.recovered, max(0.0, end - time.monotonic()), 0.05)
+    t_done = time.monotonic() - t0 if done else NAN
+    time.sleep(1.5)  # let any second copy show itself
+    reap()
+    procs = stamp_processes(peer.bench.exe)
+    names = [f"s{i}" for i in range(peer.n)]
+    dups = sum(max(0, len(procs.get(n, [])) - 1) for n in names)
+    lost = sum(1 for n in names if not procs.get(n))
+    return {"rec_victim_ms": t_stamps * 1000, "rec_all_s": max(t_done, t_stamps),
+            "rec_dups": dups, "rec_lost": lost}
+
+
+def bench_one(bench: Bench, cls: type[Peer], n: int, sizes: list[int]) -> dict[str, Any]:
+    """Every workload for one supervisor with n services; returns metric -> value."""
+    a = bench.args
+    r: dict[str, Any] = {}
+    peer = cls(bench, n)
+    try:
+        t0 = time.monotonic()
+        peer.launch()
+        stamps = collect(peer, n, 120)
+        r[f"start_s@{n}"] = max(stamps.values()) / 1e9 - t0
+        slots = sorted(((p, s) for p, s in stamps.items()), key=lambda x: x[1])
+        if n in (min(sizes), max(sizes)):
+            time.sleep(1.0)  # past start-up work (first heartbeats, state writes)
+            for k, v in idle_cost(peer, bench.idle_s).items():
+                r[f"{k}@{n}"] = v
+        rounds = bench.rounds(n)
+        lat = restart_latency(peer, slots, rounds)
+        r[f"p50@{n}"], r[f"p95@{n}"], r[f"max@{n}"] = statistics.median(lat), pct(lat, 95), max(lat)
+        if n == max(sizes):
+            r.update(recovery(peer, slots, 60))
+    finally:
+        peer.close()
+    if cls is Hachain and n == max(sizes):
+        peer = cls(bench, n, notify=True)
+        try:
+            t0 = time.monotonic()
+            peer.launch()
+            stamps = collect(peer, n, 120)
+            r[f"notify_exec_s@{n}"] = max(stamps.values()) / 1e9 - t0
+            ok = wait_for(peer.all_ready, 120, 0.05)
+            r[f"notify_ready_s@{n}"] = time.monotonic() - t0 if ok else NAN
+        finally:
+            peer.close()
+    _ = a
+    return r
+
+
+class Bench:
+    """Run-wide state: arguments, the temporary directory, the compiled stamp binary."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix="hachain-compare-")
+        self.exe = os.path.realpath(self.build())
+        self.idle_s = args.idle or (1.0 if args.smoke else 10.0 if args.quick else 30.0)
+
+    def build(self) -> str:
+        """Compile bench/peers/stamp.c once; every supervisor runs this binary."""
+        out = os.path.join(self.tmp, "stamp")
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            sys.exit("compare: needs a C compiler (apt-get install gcc)")
+        subprocess.run([cc, "-O2", "-o", out, os.path.join(HERE, "peers", "stamp.c")], check=True)
+        return out
+
+    def rounds(self, n: int) -> int:
+        """Restarts per size: a single service can only be killed once per second or so."""
+        base = self.args.restarts or (5 if self.args.smoke else 50 if self.args.quick else 100)
+        if n == 1:
+            return max(1, min(base, 2 if self.args.smoke else 10 if self.args.quick else 50))
+        return base
+
+    def cleanup(self) -> None:
+        kill_all_descendants()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- report --------------------------------------------------------------------------------
+
+def version(cmd: list[str]) -> str:
+    """First line a command prints, or '?'."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (p.stdout or p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def deb_version(pkg: str) -> str:
+    return version(["dpkg-query", "-W", "-f", "${Version}", pkg])
+
+
+def machine() -> str:
+    """Cores, CPU model, kernel and the version of everything compared."""
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    hv = "?"
+    try:
+        from importlib.metadata import version as pv
+        hv = pv("hachain")
+    except Exception:  # noqa: BLE001 - a missing dist is fine here
+        pass
+    return (f"machine: {os.cpu_count()} cores ({model}), {mem:.1f} GiB, kernel "
+            f"{os.uname().release}\nversions: hachain {hv} on Python {sys.version.split()[0]}; "
+            f"s6 {deb_version('s6')}; runit {deb_version('runit')}; supervisord "
+            f"{deb_version('supervisor')} on {version(['python3', '--version'])}")
+
+
+def med(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else NAN
+
+
+def fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return format(v, spec)
+
+
+def report(results: list[dict[str, dict[str, Any]]], peers: list[str], sizes: list[int],
+           bench: Bench, skipped: dict[str, str]) -> list[str]:
+    """The table as lines: one row per metric, one column per supervisor, then
+    hachain/peer ratios (the median of per-run ratios)."""
+    big, small = max(sizes), min(sizes)
+    rows: list[tuple[str, str, str]] = []  # label, key, format
+    for n in sizes:
+        for q in ("p50", "p95", "max"):
+            rows.append((f"restart {q} ms, {n} svc ({bench.rounds(n)} kills)", f"{q}@{n}", ".2f"))
+    for n in sorted({small, big}):
+        rows += [(f"idle CPU % of a core, {n} svc", f"idle_cpu_pct@{n}", ".3f"),
+                 (f"idle ctx switches/s, {n} svc", f"idle_ctx_s@{n}", ".1f"),
+                 (f"supervisor processes, {n} svc", f"procs@{n}", ".0f"),
+                 (f"PSS MB (sum), {n} svc", f"pss_mb@{n}", ".1f"),
+                 (f"RSS MB (sum), {n} svc", f"rss_mb@{n}", ".1f")]
+    rows += [(f"start-up s, {big} svc all exec'd", f"start_s@{big}", ".3f"),
+             (f"start-up s, {big} svc exec'd (notify)", f"notify_exec_s@{big}", ".3f"),
+             (f"start-up s, {big} svc all ready (notify)", f"notify_ready_s@{big}", ".3f"),
+             (f"top killed, {big} svc: victim back ms", "rec_victim_ms", ".1f"),
+             (f"top killed, {big} svc: all supervised s", "rec_all_s", ".3f"),
+             ("top killed: duplicate services", "rec_dups", ".0f"),
+             ("top killed: lost services", "rec_lost", ".0f")]
+    others = [p for p in peers if p != "hachain"]
+    head = f"{'metric':<44}" + "".join(f"{p:>12}" for p in peers)
+    if "hachain" in peers:
+        head += "".join(f"{'h/' + p:>14}" for p in others)
+    out = [head, "-" * len(head)]
+    for label, key, spec in rows:
+        vals = {p: med([r.get(p, {}).get(key, NAN) for r in results]) for p in peers}
+        if all(v != v for v in vals.values()):
+            continue
+        line = f"{label:<44}" + "".join(f"{fmt(vals[p], spec):>12}" for p in peers)
+        if "hachain" in peers and not key.startswith(("rec_dups", "rec_lost", "procs")):
+            for p in others:
+                ratios = []
+                for r in results:
+                    h, o = r.get("hachain", {}).get(key, NAN), r.get(p, {}).get(key, NAN)
+                    if h == h and o == o and o > 0:
+                        ratios.append(h / o)
+                line += f"{fmt(med(ratios), '.2f'):>14}"
+        out.append(line)
+    out.append("")
+    for p in peers:
+        cls = PEER_CLASSES[p]
+        out.append(f"{p:<12} top process killed: {cls.top_name}; brought back by: {cls.restarted_by}")
+    for p, why in skipped.items():
+        out.append(f"{p:<12} SKIPPED: {why}")
+    return out
+
+
+def targets(results: list[dict[str, dict[str, Any]]], sizes: list[int]) -> list[str]:
+    """The issue's targets, each PASS / MISS with the numbers behind it."""
+    big = max(sizes)
+    h = {k: med([r.get("hachain", {}).get(k, NAN) for r in results])
+         for k in results[0].get("hachain", {})} if results and "hachain" in results[0] else {}
+    if not h:
+        return []
+    c_peers = [p for p in ("s6", "runit") if p in results[0]]
+    best = min((med([r[p].get(f"p50@{big}", NAN) for r in results]) for p in c_peers),
+               default=NAN)
+    s6cpu = med([r["s6"].get(f"idle_cpu_pct@{big}", NAN) for r in results]) if "s6" in results[0] \
+        else NAN
+    p50 = h.get(f"p50@{big}", NAN)
+    cpu = h.get(f"idle_cpu_pct@{big}", NAN)
+    rss = h.get(f"rss_mb@{big}", NAN)
+
+    def mark(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    lines = [f"targets (hachain, {big} services):",
+             f"  {mark(p50 <= 1.5 * best)} restart p50 {p50:.2f} ms <= 1.5 x fastest C peer "
+             f"({best:.2f} ms -> {1.5 * best:.2f} ms)",
+             f"  {mark(p50 <= 2.0)} restart p50 {p50:.2f} ms <= 2 ms",
+             f"  {mark(cpu <= s6cpu + 0.1)} idle CPU {cpu:.3f} % <= s6 {s6cpu:.3f} % + 0.1 %",
+             f"  {mark(rss <= 60)} RSS of init+restarter+tickler {rss:.1f} MB <= 60 MB "
+             f"(PSS {h.get(f'pss_mb@{big}', NAN):.1f} MB)",
+             f"  {mark(h.get('rec_dups', 1) == 0 and h.get('rec_lost', 1) == 0)} restarter "
+             f"SIGKILL: {h.get('rec_dups', NAN):.0f} duplicates, {h.get('rec_lost', NAN):.0f} lost"]
+    return lines
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 run, 10 s idle windows (< 3 min)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
+    ap.add_argument("--sizes", default="", help="service counts (default 1,100,1000)")
+    ap.add_argument("--runs", type=int, default=0, help="runs to take medians over (default 3)")
+    ap.add_argument("--restarts", type=int, default=0, help="kills per size")
+    ap.add_argument("--idle", type=float, default=0, help="idle window, seconds")
+    ap.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ",".join(PEERS))
+    ap.add_argument("--no-cgroups", action="store_true", help="hachain: process groups only")
+    args = ap.parse_args(argv)
+    sizes = [int(x) for x in (args.sizes or ("1,10" if args.smoke else "1,100,1000")).split(",")]
+    runs = args.runs or (1 if args.quick or args.smoke else 3)
+    wanted = [p for p in args.peers.split(",") if p]
+    for p in wanted:
+        if p not in PEER_CLASSES:
+            ap.error(f"unknown peer {p!r}")
+
+    become_subreaper()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    skipped = ensure_peers(wanted)
+    peers = [p for p in wanted if p not in skipped]
+    bench = Bench(args)
+    atexit.register(bench.cleanup)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    t_start = time.monotonic()
+    print(machine(), flush=True)
+    results: list[dict[str, dict[str, Any]]] = []
+    try:
+        for run in range(runs):
+            res: dict[str, dict[str, Any]] = {p: {} for p in peers}
+            for n in sizes:
+                for p in peers:
+                    t = time.monotonic()
+                    res[p].update(bench_one(bench, PEER_CLASSES[p], n, sizes))
+                    print(f"  run {run + 1}/{runs}: {p} with {n} services done in "
+                          f"{time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
+            results.append(res)
+    finally:
+        bench.cleanup()
+    print(f"\n{runs} run(s), medians; restart delay 0 everywhere it can be set; idle window "
+          f"{bench.idle_s:g} s; hachain cgroups {'off' if args.no_cgroups else 'on'}; "
+          f"total {time.monotonic() - t_start:.0f} s\n")
+    for line in report(results, peers, sizes, bench, skipped):
+        print(line)
+    print()
+    for line in targets(results, sizes):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
