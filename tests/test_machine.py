@@ -224,3 +224,59 @@ def test_sigterm_to_init_is_an_orderly_reboot(machine: SimMachine) -> None:
     with open(machine.console) as f:
         assert "magic close: watchdog disarmed" in f.read()
     chain_up(machine)
+
+
+def make_machine(tmp_path: Any, extra: str, gate_critical: bool = True) -> SimMachine:
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(CONFIG.replace("[service.db]", f"gate_critical = {str(gate_critical).lower()}"
+                                  "\n\n[service.db]") + extra)
+    m = SimMachine(str(cfg), str(tmp_path / "m"), panic_delay=0.2, on_event=lambda _m: None)
+    m.start()
+    return m
+
+
+@pytest.mark.parametrize("gate_critical", [True, False])
+def test_critical_service_in_maintenance_reboots_only_when_configured(
+        tmp_path: Any, gate_critical: bool) -> None:
+    m = make_machine(tmp_path, """
+[service.flaky]
+command = ["/bin/false"]
+critical = true
+backoff = { initial = 0.05, factor = 1.0, max = 0.05 }
+intensity = { max_restarts = 2, window = 60, action = "maintenance" }
+""", gate_critical)
+    try:
+        m.wait_heartbeats(timeout=20, fresh=HB_TIMEOUT)
+        # the restarter publishes the critical service's state in its heartbeat
+        wait_until(lambda: (h := m.heartbeat("restarter")) and
+                   h.extra["critical"].get("flaky", {}).get("state") == "maintenance"
+                   or len(m.boots) > 1, 20, "flaky in maintenance")
+        if gate_critical:
+            boot2 = m.wait_boot(2, RESET_BOUND + MARGIN + 10)
+            assert boot2["cause"] == "watchdog"
+        else:
+            time.sleep(2 * TIMEOUT + 1)  # an observation window longer than two timeouts
+            assert len(m.boots) == 1 and m.server is not None and m.server.expirations == 0
+    finally:
+        m.stop()
+
+
+def test_healthy_chain_under_cpu_hogs_is_never_reset(machine: SimMachine) -> None:
+    """60 s with every core busy in a tight loop: the tickler (SCHED_FIFO where allowed)
+    and the heartbeats keep up, so there is no false reboot."""
+    import subprocess
+    chain_up(machine)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(os.cpu_count() or 2)]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert len(machine.boots) == 1, machine.events
+            time.sleep(1)
+        assert machine.server is not None and machine.server.expirations == 0
+        tk = machine.heartbeat("tickler")
+        assert tk is not None and tk.extra["gate"]["ok"]
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait(5)
