@@ -136,7 +136,9 @@ def test_sigterm_leaves_nothing_behind(chain, tmp_path):
               f'[service.b]\ncommand = {svc("stubborn")}\nstop_timeout = 0.5\n'
               f'requires = ["a"]\n')
     st = wait_until(lambda: c.all_ready(2), 30, "services ready")
-    layer_pids = [c.hb(x).pid for x in ("init", "restarter", "tickler")]
+    layer_pids = wait_until(lambda: all(c.hb(x) for x in ("init", "restarter", "tickler")) and
+                            [c.hb(x).pid for x in ("init", "restarter", "tickler")], 20,
+                            "every layer's heartbeat")
     service_pids = [s["pid"] for s in st.values()]
     if c.cg:
         service_pids += [int(p) for name in ("a", "b")

@@ -94,6 +94,8 @@ class Restarter:
         for s in (self._sig_r, self._sig_w):
             s.setblocking(False)
         self.pending_signals: list[int] = []
+        self._start_times: dict[str, int | None] = {}  # /proc start time of each main pid
+        self._stop_levels: list[list[str]] = []  # the orderly shutdown, last level first
         self.notify = notify.NotifySocket(os.path.join(self.state_dir, channels.NOTIFY_SOCKET),
                                           _inherited_fd(channels.ENV_NOTIFY_FD))
         self.sel.register(self.notify.fileno(), selectors.EVENT_READ, ("notify", None))
@@ -185,7 +187,7 @@ class Restarter:
                         self.arm(name, "watchdog", c.watchdog_sec, now)
                     adopted += 1
                     self.svcs[name] = s
-                    self.dirty.add(name)
+                    self._start_times[name] = rec.start_time  # the record stays as it is
                     continue
             # Not running (any more): clear leftovers of it so we never run two copies.
             if self.cgroups.active and self.cgroups.procs(name):
@@ -208,7 +210,9 @@ class Restarter:
         for name in to_exit:
             self.pending.append((name, Ev.EXITED, {"status": ExitStatus("unknown")}))
         if adopted:
-            log(f"re-adopted {adopted} running service(s)")
+            log(f"re-adopted {adopted} running service(s) in "
+                f"{(time.monotonic() - now) * 1e3:.0f} ms, {since_process_start() * 1e3:.0f} ms "
+                "after the restarter process started")
         for name in graph_order(self.deps):
             s = self.svcs[name]
             if s.state is State.STOPPED and s.want == "up":
@@ -218,9 +222,9 @@ class Restarter:
     def _verify(self, rec: RuntimeRecord) -> bool:
         """Is rec.pid still the process we started? (start time, then cgroup membership)"""
         assert rec.pid is not None
-        if not channels.pid_alive(rec.pid):
-            return False
-        if rec.start_time is None or channels.proc_start_time(rec.pid) != rec.start_time:
+        st = channels.proc_stat(rec.pid)
+        if st is None or st[0] in ("Z", "X") or rec.start_time is None or \
+                st[1] != rec.start_time:
             return False
         if rec.cgroup and self.cgroups.active:
             return self.cgroups.contains(rec.name, rec.pid)
@@ -359,8 +363,6 @@ class Restarter:
             self.feed(name, Ev.EXITED, now, status=st)
         elif c.watchdog_sec:
             self.arm(name, "watchdog", c.watchdog_sec, now)
-
-    _start_times: dict[str, int | None] = {}
 
     def _watch(self, name: str, pid: int, fd: int) -> None:
         self.pidfds[name] = (pid, fd)
@@ -728,7 +730,6 @@ class Restarter:
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> int:
-        self._start_times = {}
         self._install_signals()
         now = time.monotonic()
         self.adopt_or_start(now)
@@ -814,8 +815,6 @@ class Restarter:
             elif sig == signal.SIGHUP and not self.shutting_down:
                 self.reload(now)
 
-    _stop_levels: list[list[str]] = []
-
     def _shutdown_step(self, now: float) -> bool:
         """Advance the orderly shutdown; True when every service is down."""
         while self._stop_levels:
@@ -832,6 +831,15 @@ class Restarter:
             self._stop_levels.pop(0)
         self.flush()
         return True
+
+
+def since_process_start() -> float:
+    """Seconds since this process was created (from /proc/self/stat, 10 ms resolution)."""
+    try:
+        ticks = channels.proc_start_time(os.getpid()) or 0
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _inherited_fd(var: str) -> int | None:
