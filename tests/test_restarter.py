@@ -464,3 +464,37 @@ intensity = {{ max_restarts = 1000, window = 60, action = "ignore" }}
     assert not os.path.exists(log + ".3")  # log_keep = 2
     text = open(log + ".1").read()
     assert "x" * 1500 in text and "err" in text
+
+
+def test_process_setup_user_group_umask_cwd_rlimits(restarter, tmp_path):
+    import pwd
+    if os.getuid() != 0:
+        pytest.skip("switching users needs root")
+    nobody = pwd.getpwnam("nobody")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chmod(out, 0o777)
+    r = restarter(f"""
+[service.setup]
+command = ["/bin/sh", "-c", "echo $(id -u) $(id -g) $(pwd) $(umask) $(ulimit -Sn) $(ulimit -Hn) > {out}/r.txt; exec sleep 1000"]
+user = "nobody"
+group = "{__import__('grp').getgrgid(nobody.pw_gid).gr_name}"
+cwd = "/tmp"
+umask = "027"
+rlimits = {{ nofile = [64, 128] }}
+""")
+    r.wait_state("setup", "ready")
+    got = wait_until(lambda: (out / "r.txt").exists() and (out / "r.txt").read_text().split(),
+                     10, "the report")
+    assert got == [str(nobody.pw_uid), str(nobody.pw_gid), "/tmp", "0027", "64", "128"]
+
+
+def test_unknown_user_is_a_clear_start_failure(restarter):
+    r = restarter(f"""
+[service.ghost]
+command = {svc("sleep")}
+user = "no-such-user-hachain"
+""")
+    s = r.wait_state("ghost", "failed")
+    assert "no-such-user-hachain" in s["reason"] or "user" in s["reason"]
+    assert r.ping()
