@@ -470,10 +470,13 @@ def test_process_setup_user_group_umask_cwd_rlimits(restarter, tmp_path):
     import pwd
     if os.getuid() != 0:
         pytest.skip("switching users needs root")
+    import pathlib
+    import shutil
+    import tempfile
     nobody = pwd.getpwnam("nobody")
-    out = tmp_path / "out"
-    out.mkdir()
+    out = pathlib.Path(tempfile.mkdtemp(prefix="hachain-setup-"))  # reachable by nobody
     os.chmod(out, 0o777)
+    request_cleanup = shutil.rmtree
     r = restarter(f"""
 [service.setup]
 command = ["/bin/sh", "-c", "echo $(id -u) $(id -g) $(pwd) $(umask) $(ulimit -Sn) $(ulimit -Hn) > {out}/r.txt; exec sleep 1000"]
@@ -486,6 +489,7 @@ rlimits = {{ nofile = [64, 128] }}
     r.wait_state("setup", "ready")
     got = wait_until(lambda: (out / "r.txt").exists() and (out / "r.txt").read_text().split(),
                      10, "the report")
+    request_cleanup(out, ignore_errors=True)
     assert got == [str(nobody.pw_uid), str(nobody.pw_gid), "/tmp", "0027", "64", "128"]
 
 
