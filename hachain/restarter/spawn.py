@@ -102,6 +102,8 @@ class Cgroups:
     def __init__(self, root: str | None) -> None:
         self.root = root
         self.home: str | None = None  # the restarter's own cgroup, to move back into
+        self._home_fd: int | None = None  # its cgroup.procs, kept open: one move per spawn
+        self._made: set[str] = set()  # service cgroups known to exist
         if root is not None:
             mount = find_cgroup2_mount()
             self.home = own_cgroup(mount) if mount else None
@@ -132,20 +134,27 @@ class Cgroups:
 
     def ensure(self, name: str) -> str | None:
         p = self.path(name)
-        if p is not None:
+        if p is not None and name not in self._made:
             try:
                 os.makedirs(p, exist_ok=True)
             except OSError:
                 return None
+            self._made.add(name)
         return p
 
     def enter(self, path: str) -> None:
-        with open(os.path.join(path, "cgroup.procs"), "w") as f:
-            f.write("0")
+        fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
 
     def leave(self) -> None:
         if self.home:
-            self.enter(self.home)
+            if self._home_fd is None:
+                self._home_fd = os.open(os.path.join(self.home, "cgroup.procs"),
+                                        os.O_WRONLY | os.O_CLOEXEC)
+            os.write(self._home_fd, b"0")
 
     def procs(self, name: str) -> list[int]:
         p = self.path(name)
@@ -187,6 +196,7 @@ class Cgroups:
 
     def remove(self, name: str) -> None:
         p = self.path(name)
+        self._made.discard(name)
         if p is not None:
             try:
                 os.rmdir(p)
@@ -217,10 +227,30 @@ TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.EN
                               errno.ENOSPC, errno.EINTR})
 
 
+_LOG_FDS: dict[str, int] = {}  # path -> an O_APPEND fd kept open between spawns
+
+
 def open_log(log_dir: str, name: str) -> int:
+    """A descriptor for the service's log (the caller closes it). The restarter keeps
+    one per service open, so a restart costs a dup() rather than a path lookup; rotation
+    truncates in place, so the kept descriptor stays right."""
+    path = os.path.join(log_dir, name + ".log")
+    fd = _LOG_FDS.get(path)
+    if fd is not None:
+        try:
+            if os.fstat(fd).st_nlink > 0:
+                return os.dup(fd)
+        except OSError:
+            pass
+        _LOG_FDS.pop(path, None)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     os.makedirs(log_dir, exist_ok=True)
-    return os.open(os.path.join(log_dir, name + ".log"),
-                   os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    _LOG_FDS[path] = fd
+    return os.dup(fd)
 
 
 def rotate_log(log_dir: str, name: str, max_bytes: int, keep: int) -> bool:
