@@ -287,6 +287,8 @@ class ChainVM:
         self.config_path = self.vm.put_file(
             "chain.toml", chain_config(self.settings, self.python))
         self.vm.argv = pid1_argv(self.python, self.config_path, self.settings)
+        self.ready_at = 0.0
+        self.qmp_retries = 0  # boots retried because of the QMP greeting race
         self.services = {name: list(table["command"]) for name, table
                          in self.settings.services(self.python).items()}
 
@@ -294,11 +296,28 @@ class ChainVM:
 
     def boot(self, timeout: float = 120.0) -> float:
         """Start QEMU and wait until the chain is ready; seconds from QEMU start to ready."""
-        self.vm.boot()
+        self._start_qemu()
         self.vm.wait_boot(1, timeout=min(60.0, timeout))
         self.wait_ready(timeout=timeout - (time.monotonic() - self.vm.started_at))
         ready = self.services_ready_at(0) or self.ready_at
         return ready - self.vm.started_at
+
+    def _start_qemu(self, attempts: int = 3) -> None:
+        """QemuMachine.boot(), retried when QMP's first line is an event, not the greeting.
+
+        Works around a race in qmp.QmpClient: QEMU 7.2 sometimes sends an event (RESUME)
+        before the QMP greeting when the client connects while the machine starts, and
+        the client then refuses the connection ("unexpected greeting"). boot() has
+        already closed QEMU by then, and a closed machine may be booted again.
+        """
+        for attempt in range(attempts):
+            try:
+                self.vm.boot()
+                return
+            except QemuError as exc:
+                if "unexpected greeting" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self.qmp_retries += 1
 
     def close(self) -> None:
         """Kill and reap QEMU; safe to call twice."""

@@ -1,0 +1,191 @@
+"""The whole chain as PID 1 of a real kernel under QEMU, with the emulated hardware watchdog.
+
+Issue 6's scenarios (see docs/qemu.md, "The chain on a real kernel"): hachain-init is the
+guest's PID 1 and runs the real restarter (three services, one `ready = "notify"`) and
+the real tickler on `/dev/watchdog0`. Faults are injected from inside the guest through
+the guest agent; readiness is what `hachain status --json` reports. Each scenario prints
+its reconvergence time (`pytest -s`) and records it as a junit property.
+
+Without QEMU, a kernel or busybox these skip with the harness's one-line reason, except
+in CI (`CI=true`), where that is a failure. The boot, SIGKILL and init-crash scenarios
+share one machine (a class-scoped fixture, closed when the class is done); the hang and
+softdog scenarios get their own. About two and a half minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hachain.simulators.qemu.chain import (
+    CARDRESET,
+    DEVICE,
+    ChainSettings,
+    ChainVM,
+    Measurement,
+    scenario_boot,
+    scenario_hang_restarter,
+    scenario_init_exit,
+    scenario_kill_restarter,
+)
+from hachain.simulators.qemu.harness import unavailable_reason
+
+pytestmark = pytest.mark.qemu
+
+RecordProperty = Callable[[str, object], None]
+
+
+@pytest.fixture(scope="module")
+def qemu_available() -> None:
+    """Skip (fail under CI=true) when QEMU, a kernel or busybox is missing."""
+    reason = unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def chain_vm(qemu_available: None, tmp_path: Path) -> Iterator[Callable[..., ChainVM]]:
+    """Makes chain machines for one test; each is closed (QEMU killed, reaped) afterwards."""
+    made: list[ChainVM] = []
+
+    def make(settings: ChainSettings | None = None) -> ChainVM:
+        cvm = ChainVM(tmp_path / f"vm{len(made)}", settings)
+        made.append(cvm)
+        return cvm
+
+    yield make
+    for cvm in made:
+        _close(cvm)
+
+
+def _close(cvm: ChainVM) -> None:
+    """Close the machine and check QEMU is really gone."""
+    pid = cvm.vm.pid
+    cvm.close()
+    if pid is not None:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.fixture(scope="class")
+def shared(qemu_available: None,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChainVM, float]]:
+    """One i6300esb machine with the chain up, for the scenarios that can share a boot."""
+    cvm = ChainVM(tmp_path_factory.mktemp("chain-shared"))
+    try:
+        boot_s = cvm.boot()
+        yield cvm, boot_s
+    finally:
+        _close(cvm)
+
+
+def _report(record_property: RecordProperty, m: Measurement) -> None:
+    """Print the scenario's line and keep its times in the junit report."""
+    print(m.line())
+    if m.reconverge_s is not None:
+        record_property(f"{m.scenario}_reconverge_s", m.reconverge_s)
+    for key, value in m.notes.items():
+        if isinstance(value, float):
+            record_property(f"{m.scenario}_{key}_s", value)
+
+
+def _assert_boot(m: Measurement) -> None:
+    """Every service ready, the tickler holding the real device and petting it."""
+    assert m.status is not None
+    services = m.status["services"]
+    assert {n: s["state"] for n, s in services.items()} == {
+        "sleeper": "ready", "notifier": "ready", "worker": "ready"}
+    assert services["notifier"]["status_text"] == "serving"  # READY=1 came with STATUS=
+    wd = m.status["chain"]["watchdog"]
+    assert wd["device"] == DEVICE and wd["armed"] and wd["petting"] and wd["gate"]["ok"]
+    assert wd["timeout"] == 10
+    first, second = (int(x) for x in m.notes["pets"].split("->"))
+    assert second > first
+    assert m.boots == 1
+
+
+class TestSharedMachine:
+    """Boot, restarter SIGKILL, then init's crash hook, in that order, on one i6300esb guest."""
+
+    def test_boot_chain_ready_and_petting_i6300esb(
+            self, shared: tuple[ChainVM, float], record_property: RecordProperty) -> None:
+        cvm, boot_s = shared
+        m = scenario_boot(cvm, boot_s)
+        _report(record_property, m)
+        _assert_boot(m)
+        assert m.status is not None
+        assert m.status["chain"]["last_boot"]["cause"] == "normal"
+        assert cvm.read("/sys/class/watchdog/watchdog0/bootstatus") == "0"
+        assert m.status["chain"]["layers"]["init"]["extra"]["pid1"] is True
+
+    def test_sigkill_restarter_readopts_without_reboot(
+            self, shared: tuple[ChainVM, float], record_property: RecordProperty) -> None:
+        cvm, _ = shared
+        resets = sum(e.name == "RESET" for e in cvm.vm.events)
+        m = scenario_kill_restarter(cvm)
+        _report(record_property, m)
+        assert m.status is not None
+        restarter = m.status["chain"]["layers"]["restarter"]
+        assert restarter["pid"] != m.details["restarter_before"]
+        assert restarter["restarts"] == 1  # init restarted it once
+        assert m.details["pids_after"] == m.details["pids_before"]  # re-adopted
+        assert all(len(pids) == 1 for pids in m.details["procs"].values()), m.details["procs"]
+        assert all(s["restarts"] == 0 for s in m.status["services"].values())
+        assert cvm.vm.boot_count == 1
+        assert sum(e.name == "RESET" for e in cvm.vm.events) == resets
+        assert m.reconverge_s is not None and m.reconverge_s < 20
+
+    def test_init_crash_hook_panics_and_the_chain_comes_back(
+            self, shared: tuple[ChainVM, float], record_property: RecordProperty) -> None:
+        cvm, _ = shared
+        m = scenario_init_exit(cvm)
+        _report(record_property, m)
+        assert m.notes["panic"], "no kernel panic on the console after init exited"
+        assert m.boots == 2
+        assert m.status is not None
+        assert all(s["state"] == "ready" for s in m.status["services"].values())
+        assert m.status["chain"]["watchdog"]["petting"]
+        # panic=1: the kernel reboots by itself, well before the 10 s watchdog would
+        assert m.notes["to_boot"] < 10
+        assert m.reconverge_s is not None and m.reconverge_s < 45
+
+
+def test_hang_restarter_watchdog_resets_and_records_why(
+        chain_vm: Callable[..., ChainVM], record_property: RecordProperty) -> None:
+    cvm = chain_vm()
+    cvm.boot()
+    m = scenario_hang_restarter(cvm)
+    _report(record_property, m)
+    s = cvm.settings
+    # the tickler's bound: heartbeat_timeout + pet_interval + timeout (+ a tick and slack
+    # for TCG); QEMU's i6300esb fires about one heartbeat after the last pet
+    assert m.notes["to_watchdog_fired"] < s.heartbeat_timeout + s.pet_interval + s.timeout + 3
+    assert m.boots == 2
+    assert m.notes["bootstatus"] == str(CARDRESET)
+    assert m.status is not None
+    chain = m.status["chain"]
+    assert chain["last_boot"]["cause"] == "watchdog reset"
+    assert chain["last_boot"]["bootstatus"] == CARDRESET
+    reasons = chain["gate_failure"]["reasons"]
+    assert any(r.startswith("restarter heartbeat stale") and "hung" in r for r in reasons), \
+        reasons
+    assert chain["last_boot"]["last_gate_failure"]["reasons"] == reasons
+    assert all(sv["state"] == "ready" for sv in m.status["services"].values())
+    assert m.reconverge_s is not None and m.reconverge_s < 60
+
+
+def test_boot_chain_ready_and_petting_softdog(
+        chain_vm: Callable[..., ChainVM], record_property: RecordProperty) -> None:
+    cvm = chain_vm(ChainSettings(watchdog="softdog"))
+    m = scenario_boot(cvm, cvm.boot())
+    m.scenario = "softdog-boot"
+    _report(record_property, m)
+    _assert_boot(m)
+    assert m.status is not None
+    assert m.status["chain"]["watchdog"]["timeleft"] is None  # not on this kernel
