@@ -52,7 +52,6 @@ PEERS = ("hachain", "s6", "runit", "supervisord")
 PR_SET_CHILD_SUBREAPER = 36
 UP_BEFORE_KILL = 1.05  # s6-supervise and runsv hold a restart back 1 s after a short run
 NAN = float("nan")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- processes -------------------------------------------------------------------------
@@ -123,10 +122,12 @@ def kill_all_descendants() -> None:
 
 
 def cpu_ctx(pid: int) -> tuple[float, int]:
-    """(user+system CPU seconds, voluntary+involuntary context switches) of one process."""
+    """(CPU seconds, voluntary+involuntary context switches) of one process, all threads.
+    CPU time comes from /proc/PID/schedstat (nanoseconds), not from the clock-tick counts
+    in /proc/PID/stat, whose 10 ms steps are 0.1 % of a core over a 10 s window."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/schedstat") as f:
+            cpu = int(f.read().split()[0]) / 1e9
         ctx = 0
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -134,7 +135,7 @@ def cpu_ctx(pid: int) -> tuple[float, int]:
                     ctx += int(line.split()[1])
     except OSError:
         return 0.0, 0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK, ctx
+    return cpu, ctx
 
 
 def pss_rss_kb(pid: int) -> tuple[int, int]:
@@ -184,13 +185,24 @@ class Stamps:
         self.sock.close()
 
 
-def stamp_processes(exe: str) -> dict[str, list[int]]:
-    """service name -> live pids running the stamp binary. The name is argv[2] when given
-    (hachain, supervisord), else the service directory the process runs in (s6, runit)."""
+def owned_by(pid: int, key: bytes) -> bool:
+    """Does the process mention key (a peer's directory) in its argv, environment or cwd?"""
+    try:
+        for what in ("cmdline", "environ"):
+            with open(f"/proc/{pid}/{what}", "rb") as f:
+                if key in f.read():
+                    return True
+        return key in os.readlink(f"/proc/{pid}/cwd").encode()
+    except OSError:
+        return False
+
+
+def stamp_processes(exe: str, pids: list[int]) -> dict[str, list[int]]:
+    """service name -> those of pids that run the stamp binary. The name is argv[2] when
+    given (hachain, supervisord), else the service directory the process runs in (s6 passes
+    the name as argv[1], runit nothing)."""
     out: dict[str, list[int]] = {}
-    for pid, (_, _, state) in proc_table().items():
-        if state == "Z":
-            continue
+    for pid in pids:
         try:
             if os.readlink(f"/proc/{pid}/exe") != exe:
                 continue
@@ -264,10 +276,16 @@ class Peer:
         assert self.proc is not None
         return self.proc.pid
 
+    def members(self) -> list[int]:
+        """Every live process of this instance: supervisor processes and services, also
+        orphans (they came back to us, the subreaper). Several instances run at once."""
+        key = self.dir.encode()
+        return [p for p in descendants(os.getpid()) if owned_by(p, key)]
+
     def supervisor_pids(self) -> list[int]:
         """Every process of the supervisor itself (not the services)."""
         table = proc_table()
-        return [p for p in descendants(os.getpid(), table) if table[p][1] in self.comms]
+        return [p for p in self.members() if p in table and table[p][1] in self.comms]
 
     def all_ready(self) -> bool:
         """Does the supervisor itself report every service ready? (hachain only)"""
@@ -277,14 +295,28 @@ class Peer:
         """After the top process was killed (and restarted): supervised again?"""
         return True
 
+    def kill_members(self) -> None:
+        """SIGKILL every process of this instance until none is left."""
+        for _ in range(50):
+            pids = self.members()
+            if not pids:
+                break
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+            reap()
+
     def stop(self) -> None:
-        kill_all_descendants()
+        self.kill_members()
 
     def close(self) -> None:
         try:
             self.stop()
         finally:
-            kill_all_descendants()
+            self.kill_members()
             self.stamps.close()
             self.log.close()
 
@@ -299,7 +331,8 @@ class Hachain(Peer):
         mount = find_cgroup2_mount()
         self.cg = None
         if mount and os.access(mount, os.W_OK) and not self.bench.args.no_cgroups:
-            self.cg = os.path.join(mount, f"hachain-compare-{os.getpid()}-{os.path.basename(self.dir)}")
+            self.cg = os.path.join(mount, f"hachain-compare-{os.getpid()}-"
+                                   f"{os.path.basename(self.dir)}")
         ready = 'ready = "notify"\n' if self.notify else ""
         body = [f'[chain]\nstate_dir = "{self.state}"\npersist_dir = "{self.dir}/persist"\n'
                 f'cgroup_root = "{self.cg or "none"}"\nrestart_delay = 0\n'
@@ -317,7 +350,9 @@ class Hachain(Peer):
         return [sys.executable, "-m", "hachain.cli", "run", "-c", self.cfg]
 
     def env(self) -> dict[str, str]:
-        return child_env(PYTHONPATH=ROOT)
+        # STAMP_SOCK only marks the chain's own processes as this instance's (members());
+        # services get a clean environment from the restarter and the path in argv
+        return child_env(PYTHONPATH=ROOT, STAMP_SOCK=self.stamps.path)
 
     def launch(self) -> None:
         self.proc = subprocess.Popen(self.argv(), cwd=ROOT, env=self.env(),
@@ -356,7 +391,7 @@ class Hachain(Peer):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             wait_for(lambda: self.proc.poll() is not None, 30)  # type: ignore[union-attr]
-        kill_all_descendants()
+        self.kill_members()
         if self.cg and os.path.isdir(self.cg):
             for d in [self.cg] + [os.path.join(self.cg, x) for x in os.listdir(self.cg)]:
                 try:
@@ -499,11 +534,16 @@ def collect(peer: Peer, count: int, timeout: float) -> dict[int, int]:
     return got
 
 
-def restart_latency(peer: Peer, slots: list[tuple[int, int]], rounds: int) -> list[float]:
-    """Kill services in turn (each up > 1 s), latency kill -> replacement's exec (ms)."""
-    lat = []
+def restart_latency(peer: Peer, slots: list[tuple[int, int]], rounds: int,
+                    budget: float = 0.0) -> list[float]:
+    """Kill services in turn (each up > 1 s), latency kill -> replacement's exec (ms).
+    With a time budget (--quick), stop early once it is spent and 10 kills are done."""
+    lat: list[float] = []
     peer.stamps.drain()
+    end = time.monotonic() + budget
     for i in range(rounds):
+        if budget and i >= 10 and time.monotonic() > end:
+            break
         k = i % len(slots)
         pid, born = slots[k]
         wait = born / 1e9 + UP_BEFORE_KILL - time.monotonic()
@@ -521,19 +561,24 @@ def restart_latency(peer: Peer, slots: list[tuple[int, int]], rounds: int) -> li
     return lat
 
 
-def idle_cost(peer: Peer, seconds: float) -> dict[str, float]:
-    """CPU, context switches and memory of the supervisor processes over a quiet window."""
-    pids = peer.supervisor_pids()
-    before = [cpu_ctx(p) for p in pids]
+def idle_costs(live: dict[str, Peer], seconds: float) -> dict[str, dict[str, float]]:
+    """CPU, context switches and memory of each peer's supervisor processes over one quiet
+    window shared by all of them."""
+    pids = {p: peer.supervisor_pids() for p, peer in live.items()}
+    before = {p: [cpu_ctx(x) for x in ps] for p, ps in pids.items()}
     t0 = time.monotonic()
     time.sleep(seconds)
-    after = [cpu_ctx(p) for p in pids]
+    after = {p: [cpu_ctx(x) for x in ps] for p, ps in pids.items()}
     dt = time.monotonic() - t0
-    cpu = sum(a[0] - b[0] for a, b in zip(after, before))
-    ctx = sum(a[1] - b[1] for a, b in zip(after, before))
-    mem = [pss_rss_kb(p) for p in pids]
-    return {"idle_cpu_pct": 100 * cpu / dt, "idle_ctx_s": ctx / dt, "procs": len(pids),
-            "pss_mb": sum(m[0] for m in mem) / 1024, "rss_mb": sum(m[1] for m in mem) / 1024}
+    out = {}
+    for p, ps in pids.items():
+        cpu = sum(a[0] - b[0] for a, b in zip(after[p], before[p], strict=True))
+        ctx = sum(a[1] - b[1] for a, b in zip(after[p], before[p], strict=True))
+        mem = [pss_rss_kb(x) for x in ps]
+        out[p] = {"idle_cpu_pct": 100 * cpu / dt, "idle_ctx_s": ctx / dt, "procs": len(ps),
+                  "pss_mb": sum(m[0] for m in mem) / 1024,
+                  "rss_mb": sum(m[1] for m in mem) / 1024}
+    return out
 
 
 def recovery(peer: Peer, slots: list[tuple[int, int]], timeout: float) -> dict[str, Any]:
@@ -564,9 +609,9 @@ def recovery(peer: Peer, slots: list[tuple[int, int]], timeout: float) -> dict[s
         t_stamps = max(got.values()) / 1e9 - t0
     done = wait_for(peer.recovered, max(0.0, end - time.monotonic()), 0.05)
     t_done = time.monotonic() - t0 if done else NAN
-    time.sleep(1.5)  # let any second copy show itself
+    time.sleep(peer.bench.settle_s * 1.5)  # let any second copy show itself
     reap()
-    procs = stamp_processes(peer.bench.exe)
+    procs = stamp_processes(peer.bench.exe, peer.members())
     names = [f"s{i}" for i in range(peer.n)]
     dups = sum(max(0, len(procs.get(n, [])) - 1) for n in names)
     lost = sum(1 for n in names if not procs.get(n))
@@ -574,41 +619,53 @@ def recovery(peer: Peer, slots: list[tuple[int, int]], timeout: float) -> dict[s
             "rec_dups": dups, "rec_lost": lost}
 
 
-def bench_one(bench: Bench, cls: type[Peer], n: int, sizes: list[int]) -> dict[str, Any]:
-    """Every workload for one supervisor with n services; returns metric -> value."""
-    a = bench.args
-    r: dict[str, Any] = {}
-    peer = cls(bench, n)
+def bench_size(bench: Bench, names: list[str], n: int, sizes: list[int],
+               log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Every workload for every supervisor with n services; peer -> metric -> value.
+
+    The supervisors are started one after the other (start-up is timed alone), then all of
+    them stay up for one shared idle window (idle processes do not compete, and this keeps
+    --quick short), then each one's restarts and supervisor kill run alone in turn."""
+    res: dict[str, dict[str, Any]] = {p: {} for p in names}
+    live: dict[str, Peer] = {}
+    slots: dict[str, list[tuple[int, int]]] = {}
     try:
-        t0 = time.monotonic()
-        peer.launch()
-        stamps = collect(peer, n, 120)
-        r[f"start_s@{n}"] = max(stamps.values()) / 1e9 - t0
-        slots = sorted(((p, s) for p, s in stamps.items()), key=lambda x: x[1])
+        for p in names:
+            peer = live[p] = PEER_CLASSES[p](bench, n)
+            t0 = time.monotonic()
+            peer.launch()
+            stamps = collect(peer, n, 120)
+            res[p][f"start_s@{n}"] = max(stamps.values()) / 1e9 - t0
+            slots[p] = sorted(stamps.items(), key=lambda x: x[1])
+            log(f"{p}: {n} services started in {res[p][f'start_s@{n}']:.2f} s")
         if n in (min(sizes), max(sizes)):
-            time.sleep(1.0)  # past start-up work (first heartbeats, state writes)
-            for k, v in idle_cost(peer, bench.idle_s).items():
-                r[f"{k}@{n}"] = v
-        rounds = bench.rounds(n)
-        lat = restart_latency(peer, slots, rounds)
-        r[f"p50@{n}"], r[f"p95@{n}"], r[f"max@{n}"] = statistics.median(lat), pct(lat, 95), max(lat)
+            time.sleep(bench.settle_s)  # past start-up work (first heartbeats, state writes)
+            for p, cost in idle_costs(live, bench.idle_s).items():
+                res[p].update({f"{k}@{n}": v for k, v in cost.items()})
+        for p in names:
+            lat = restart_latency(live[p], slots[p], bench.rounds(n), bench.kill_budget)
+            res[p].update({f"p50@{n}": statistics.median(lat), f"p95@{n}": pct(lat, 95),
+                           f"max@{n}": max(lat), f"kills@{n}": len(lat)})
+            log(f"{p}: {len(lat)} restarts with {n} services, p50 {res[p][f'p50@{n}']:.2f} ms")
         if n == max(sizes):
-            r.update(recovery(peer, slots, 60))
+            for p in names:
+                res[p].update(recovery(live[p], slots[p], 60))
+                log(f"{p}: supervisor kill with {n} services done")
     finally:
-        peer.close()
-    if cls is Hachain and n == max(sizes):
-        peer = cls(bench, n, notify=True)
+        for peer in live.values():
+            peer.close()
+    if "hachain" in names and n == max(sizes):
+        peer = Hachain(bench, n, notify=True)
         try:
             t0 = time.monotonic()
             peer.launch()
             stamps = collect(peer, n, 120)
-            r[f"notify_exec_s@{n}"] = max(stamps.values()) / 1e9 - t0
+            res["hachain"][f"notify_exec_s@{n}"] = max(stamps.values()) / 1e9 - t0
             ok = wait_for(peer.all_ready, 120, 0.05)
-            r[f"notify_ready_s@{n}"] = time.monotonic() - t0 if ok else NAN
+            res["hachain"][f"notify_ready_s@{n}"] = time.monotonic() - t0 if ok else NAN
         finally:
             peer.close()
-    _ = a
-    return r
+    return res
 
 
 class Bench:
@@ -618,7 +675,10 @@ class Bench:
         self.args = args
         self.tmp = tempfile.mkdtemp(prefix="hachain-compare-")
         self.exe = os.path.realpath(self.build())
-        self.idle_s = args.idle or (1.0 if args.smoke else 10.0 if args.quick else 30.0)
+        self.idle_s = args.idle or (0.5 if args.smoke else 10.0 if args.quick else 30.0)
+        self.settle_s = 0.3 if args.smoke else 1.0
+        # --quick: supervisord needs about a second per restart; cap each peer's kill loop
+        self.kill_budget = 15.0 if args.quick else 0.0
 
     def build(self) -> str:
         """Compile bench/peers/stamp.c once; every supervisor runs this binary."""
@@ -631,7 +691,7 @@ class Bench:
 
     def rounds(self, n: int) -> int:
         """Restarts per size: a single service can only be killed once per second or so."""
-        base = self.args.restarts or (5 if self.args.smoke else 50 if self.args.quick else 100)
+        base = self.args.restarts or (3 if self.args.smoke else 50 if self.args.quick else 100)
         if n == 1:
             return max(1, min(base, 2 if self.args.smoke else 10 if self.args.quick else 50))
         return base
@@ -661,7 +721,8 @@ def machine() -> str:
     model = "?"
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+            model = next((ln.split(":", 1)[1].strip() for ln in f
+                          if ln.startswith("model name")), "?")
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -732,9 +793,16 @@ def report(results: list[dict[str, dict[str, Any]]], peers: list[str], sizes: li
     out.append("")
     for p in peers:
         cls = PEER_CLASSES[p]
-        out.append(f"{p:<12} top process killed: {cls.top_name}; brought back by: {cls.restarted_by}")
+        out.append(f"{p:<12} top process killed: {cls.top_name}; brought back by: "
+                   f"{cls.restarted_by}")
     for p, why in skipped.items():
         out.append(f"{p:<12} SKIPPED: {why}")
+    for n in sizes:
+        for p in peers:
+            k = min((r.get(p, {}).get(f"kills@{n}", 0) for r in results), default=0)
+            if 0 < k < bench.rounds(n):
+                out.append(f"{p:<12} only {k} kills with {n} services (--quick time budget: "
+                           "each restart takes about a second)")
     return out
 
 
@@ -782,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ",".join(PEERS))
     ap.add_argument("--no-cgroups", action="store_true", help="hachain: process groups only")
     args = ap.parse_args(argv)
-    sizes = [int(x) for x in (args.sizes or ("1,10" if args.smoke else "1,100,1000")).split(",")]
+    dflt = "4" if args.smoke else "1,1000" if args.quick else "1,100,1000"
+    sizes = [int(x) for x in (args.sizes or dflt).split(",")]
     runs = args.runs or (1 if args.quick or args.smoke else 3)
     wanted = [p for p in args.peers.split(",") if p]
     for p in wanted:
@@ -804,11 +873,11 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(runs):
             res: dict[str, dict[str, Any]] = {p: {} for p in peers}
             for n in sizes:
-                for p in peers:
-                    t = time.monotonic()
-                    res[p].update(bench_one(bench, PEER_CLASSES[p], n, sizes))
-                    print(f"  run {run + 1}/{runs}: {p} with {n} services done in "
-                          f"{time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
+                def log(msg: str, run: int = run) -> None:
+                    print(f"  [{time.monotonic() - t_start:5.0f} s] run {run + 1}/{runs}: {msg}",
+                          file=sys.stderr, flush=True)
+                for p, r in bench_size(bench, peers, n, sizes, log).items():
+                    res[p].update(r)
             results.append(res)
     finally:
         bench.cleanup()

@@ -1,0 +1,47 @@
+"""bench/compare.py --smoke: the side-by-side benchmark runs end to end on tiny sizes.
+
+Checks the shape of the output, not the numbers: the table prints, every supervisor has
+its column and its footer row, and a supervisor is left out only when its Debian package
+could not be installed (the script installs missing ones itself, which needs root).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = ("hachain", "s6", "runit", "supervisord")
+
+
+def test_compare_smoke_prints_every_peer() -> None:
+    """One --smoke run: a row per metric, a column and a footer line per supervisor."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler for bench/peers/stamp.c")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare.py"), "--smoke"],
+                       capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout
+    assert out.startswith("machine: ") and "versions: " in out
+    lines = out.splitlines()
+    header = next(ln for ln in lines if ln.startswith("metric"))
+    footers = {ln.split()[0]: ln for ln in lines
+               if ln.split() and ln.split()[0] in PEERS and ("top process" in ln or "SKIPPED" in ln)}
+    for peer in PEERS:
+        assert peer in footers, f"no row for {peer}:\n{out}"
+        if "SKIPPED" in footers[peer]:
+            assert peer != "hachain"
+            assert "could not be installed" in footers[peer], footers[peer]
+        else:
+            assert f" {peer}" in header, header
+    for metric in ("restart p50 ms", "idle CPU % of a core", "PSS MB", "start-up s",
+                   "top killed: duplicate services", "top killed: lost services"):
+        assert any(ln.startswith(metric) for ln in lines), f"no {metric!r} row:\n{out}"
+    assert "targets (hachain" in out
+    # nothing of the benchmark may outlive it
+    leftovers = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "hachain-compare-" not in leftovers, leftovers
