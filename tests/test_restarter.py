@@ -502,3 +502,43 @@ user = "no-such-user-hachain"
     s = r.wait_state("ghost", "failed")
     assert "no-such-user-hachain" in s["reason"] or "user" in s["reason"]
     assert r.ping()
+
+
+def test_mainpid_moves_supervision_to_the_forked_daemon(restarter, tmp_path):
+    # a classic daemon: the started process forks the real server, reports it with
+    # MAINPID= and READY=1, and exits; the service stays ready with the new main pid
+    script = tmp_path / "daemon.py"
+    script.write_text(
+        "import os, socket, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    time.sleep(1000)\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "s.sendto(f'MAINPID={pid}\\nREADY=1'.encode(), os.environ['NOTIFY_SOCKET'])\n"
+        "time.sleep(0.3)\n")
+    r = restarter(f"""
+[service.d]
+command = ["{os.sys.executable}", "{script}"]
+ready = "notify"
+""")
+    s = r.wait_state("d", "ready")
+    wait_until(lambda: "main pid is now" in open(r.log).read(), 10, "MAINPID accepted")
+    daemon = r.svc("d")["pid"]
+    time.sleep(0.6)  # the launcher has exited by now; the service is still ready
+    s = r.svc("d")
+    assert s["state"] == "ready" and s["pid"] == daemon and channels.pid_alive(daemon)
+    assert s["restarts"] == 0
+    os.kill(daemon, signal.SIGKILL)  # the daemon itself dying is an exit of the service
+    wait_until(lambda: r.svc("d")["restarts"] == 1, 10, "d restarted after its daemon died")
+    # the launcher that handed over was reaped, not left a zombie
+    assert not any(channels.proc_state(p) == "Z" for p in
+                   [int(x) for x in os.listdir("/proc") if x.isdigit()]
+                   if _ppid(p) == r.proc.pid)
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0

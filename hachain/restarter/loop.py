@@ -465,8 +465,53 @@ class Restarter:
                              int(f["EXTEND_TIMEOUT_USEC"]) / 1e6, now)
                 except ValueError:
                     pass
+            if "MAINPID" in f:
+                self._new_main_pid(name, f["MAINPID"], now)
+            if f.get("STOPPING") == "1":
+                self.status_text[name] = "stopping: " + self.status_text.get(name, "")
             if f.get("READY") == "1":
                 self.feed(name, Ev.READY, now)
+
+    def _new_main_pid(self, name: str, value: str, now: float) -> None:
+        """MAINPID=: the service says another of its processes is now the main one
+        (a daemon that forks). Accepted only for a process of the same service."""
+        try:
+            pid = int(value)
+        except ValueError:
+            log(f"warning: {name}: MAINPID={value[:20]!r} is not a pid: ignored")
+            return
+        s = self.svcs[name]
+        if pid == s.pid or not states.is_up(s):
+            return
+        same = self.cgroups.contains(name, pid) if self.cgroups.active else False
+        if not same:
+            try:
+                same = s.pid is not None and os.getpgid(pid) == s.pid
+            except OSError:
+                same = False
+        if not same:
+            log(f"warning: {name}: MAINPID={pid} is not a process of this service: ignored")
+            return
+        try:
+            fd = spawn.pidfd_open(pid)
+        except OSError:
+            return
+        if fd is None:
+            return
+        old = self.pidfds.pop(name, None)
+        if old is not None:
+            self.by_pid.pop(old[0], None)
+            self.sel.unregister(old[1])
+            if spawn.reap(old[0]) is None:
+                # still running: reap it when it exits, so it never lingers as a zombie
+                self.sel.register(old[1], selectors.EVENT_READ, ("reap", old[0]))
+            else:
+                os.close(old[1])
+        self._watch(name, pid, fd)
+        self._start_times[name] = channels.proc_start_time(pid)
+        self.svcs[name] = replace(s, pid=pid)
+        self.dirty.add(name)
+        log(f"{name}: main pid is now {pid} (MAINPID)")
 
     def _on_ready_fd(self, name: str, now: float) -> None:
         fd = self.ready_fds.get(name)
@@ -782,6 +827,10 @@ class Restarter:
         kind, arg = key.data
         if kind == "pidfd":
             self._on_exit(arg, now)
+        elif kind == "reap":
+            self.sel.unregister(key.fd)
+            os.close(key.fd)
+            spawn.reap(arg)
         elif kind == "notify":
             self._on_notify(now)
         elif kind == "readyfd":
