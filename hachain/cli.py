@@ -135,10 +135,14 @@ def print_status(st: dict[str, Any]) -> None:
     wd = ch.get("watchdog") or {}
     if wd.get("device"):
         gate = wd.get("gate") or {}
-        print(f"watchdog: {wd['device']} timeout {wd.get('timeout')}s time left "
-              f"{wd.get('timeleft')}s pets {wd.get('pets')} gate "
-              + color("pass" if gate.get("ok") else "FAIL: " + "; ".join(gate.get("reasons", [])),
-                      bool(gate.get("ok"))))
+        parts = [f"watchdog: {wd['device']}"]
+        if wd.get("timeout") is not None:
+            parts.append(f"timeout {wd['timeout']}s")
+        if wd.get("timeleft") is not None:
+            parts.append(f"time left {wd['timeleft']}s")
+        parts.append(f"pets {wd.get('pets') or 0}")
+        verdict = "pass" if gate.get("ok") else "FAIL: " + "; ".join(gate.get("reasons", []))
+        print(" ".join(parts) + " gate " + color(verdict, bool(gate.get("ok"))))
     lb = ch.get("last_boot")
     if lb:
         print(f"last boot: {lb.get('cause') or lb}")
@@ -149,15 +153,22 @@ def print_status(st: dict[str, Any]) -> None:
         print(color(f"restarter: {ch['restarter_error']}", False))
     if st["services"]:
         print()
-        print("SERVICE              STATE        PID      UPTIME     RESTARTS  WHY")
+        print(f"{'SERVICE':<20} {'STATE':<12} {'PID':<8} {'UPTIME':<9} {'RESTARTS':<8} "
+              f"{'LAST EXIT':<18} {'READY':<7} {'HEALTH':<8} WHY")
         for name, s in sorted(st["services"].items()):
             good = s["state"] in ("ready", "done") if s["want"] == "up" else None
             why = s.get("reason") or ""
             if s.get("status_text"):
                 why = (why + " " if why else "") + f"[{s['status_text']}]"
             crit = "*" if s.get("critical") else " "
+            last = (s.get("last_exit") or {}).get("text", "-")
+            h = s.get("health")
+            health = "-" if not h else ("ok" if not h["failures"] else f"{h['failures']} fail")
             print(f"{name + crit:<20} " + color(f"{s['state']:<12}", good) +
-                  f" {s['pid'] or '-'!s:<8} {_fmt_age(s['uptime']):<10} {s['restarts']:<9} {why}")
+                  f" {s['pid'] or '-'!s:<8} {_fmt_age(s['uptime']):<9} {s['restarts']:<8} "
+                  f"{last[:18]:<18} {s.get('ready', '-'):<7} {health:<8} {why}")
+        if any(s.get("critical") for s in st["services"].values()):
+            print("(* critical: part of the health gate)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -879,6 +879,10 @@ class Restarter:
                 return False
             self._stop_levels.pop(0)
         self.flush()
+        # Nothing runs any more: the next restarter starts from the configuration (a
+        # oneshot runs again), not from records of this run.
+        for name in self.svcs:
+            self.store.drop_record(name)
         return True
 
 
