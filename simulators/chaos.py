@@ -280,6 +280,7 @@ def convergence_bound(kind: str, cfg: config.Config) -> float:
 
 
 PANIC_DELAY = 0.5
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 TERMINAL_RE = re.compile(r"^[^:]+: (failed|maintenance) \(expected (ready|done)\)")
 
 
@@ -493,7 +494,7 @@ class Campaign:
         self.want_tmpfs = tmpfs
         self.mounts: list[str] = []
         self.machine: SimMachine | None = None
-        self.machine_dir = os.path.join(workdir, "machine")
+        self.machine_dir = os.path.join(workdir, "m")
         self.t0 = time.monotonic()
         self.results: list[Result] = []
         self.boot_times: list[float] = []
@@ -592,7 +593,7 @@ class Campaign:
                 if terminal >= 5:
                     return t_detect, None, probs, snap
             else:
-                probs = ["the fault's effect was never seen"]
+                probs = ["the fault's effect was never seen"] + self._problems(snap)
             if time.monotonic() > deadline:
                 return t_detect, None, probs, snap
             time.sleep(0.1)
@@ -621,6 +622,7 @@ class Campaign:
         res = Result(f.index, f.kind, f.target, comp, bound=convergence_bound(f.kind, self.cfg))
         pre = snapshot(m)
         pre_pid = (pre.services or {}).get(f.target, {}).get("pid")
+        pre_state = (pre.services or {}).get(f.target, {}).get("state")
         pre_layer = pre.layers.get(f.target)
         t0 = time.monotonic()
         try:
@@ -636,8 +638,10 @@ class Campaign:
                 return s.boots > pre.boots
             if k.target in ("service", "liveness") and f.kind not in ("stop-service",
                                                                        "freeze-service"):
-                new = (s.services or {}).get(f.target, {}).get("pid")
-                return new is not None and new != pre_pid
+                # the restarter noticed: the service left its state, or has a new pid
+                now = (s.services or {}).get(f.target, {})
+                return (now.get("state") not in (None, pre_state)
+                        or now.get("pid") not in (None, pre_pid))
             if f.kind == "kill-layer":
                 return s.layers.get(f.target) not in (None, pre_layer)
             return True
@@ -772,8 +776,12 @@ class Campaign:
                     res = self.run_fault(f)
                     self.results.append(res)
                     self.progress(i + 1, len(self.faults), res, "")
-                    if not res.ok:
-                        self.reset()
+                    if not res.ok and i + 1 < len(self.faults):
+                        try:
+                            self.reset()
+                        except CampaignError as e:
+                            baseline_problems = [str(e)]
+                            break
         finally:
             self.power_off()
         return self.report(baseline_problems)
@@ -785,8 +793,8 @@ class Campaign:
         self.power_on()
         probs = self.baseline()
         if probs:
-            raise CampaignError("the machine does not converge after a reset: "
-                                + "; ".join(probs))
+            raise CampaignError("the machine never converged after a reset (campaign "
+                                "stopped): " + "; ".join(probs))
 
     def report(self, baseline_problems: list[str]) -> dict[str, Any]:
         """Everything the JSON and HTML reports show."""
@@ -993,6 +1001,10 @@ def run_campaign(cfg_path: str, work: str, seed: int, faults: list[Fault], kinds
                  progress: Callable[..., None] | None) -> dict[str, Any]:
     """One Campaign on a fresh machine directory under `work`, mounts cleaned up after."""
     c = Campaign(cfg_path, work, seed, faults, kinds, skipped, progress=progress)
+    longest = os.path.join(c.machine_dir, "run", "hachain", channels.CONTROL_SOCKET)
+    if len(longest.encode()) > MAX_SOCKET_PATH:
+        raise CampaignError(f"{longest}: {len(longest.encode())} bytes, too long for a Unix "
+                            f"socket ({MAX_SOCKET_PATH}); give --dir a shorter path")
     os.makedirs(c.machine_dir, exist_ok=True)
     try:
         if tmpfs and not c.mount_tmpfs():
@@ -1017,11 +1029,12 @@ def shrink(cfg_path: str, base: str, seed: int, sched: list[Fault], failing: Fau
         tries.append(prior)
     for n, pre in enumerate(tries):
         run = pre + [failing]
-        work = os.path.join(base, f"shrink-{n}")
+        work = os.path.join(base, f"s{n}")
         os.makedirs(work, exist_ok=True)
         try:
             rep = run_campaign(cfg_path, work, seed, run, kinds, {}, tmpfs, None)
-        except CampaignError:
+        except CampaignError as e:
+            print(f"chaos: shrink run {n} could not run: {e}", file=sys.stderr)
             continue
         last = rep["results"][-1] if rep["results"] else None
         if last and last["index"] == failing.index and not last["ok"]:
@@ -1086,27 +1099,28 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     print(f"chaos: seed {seed}, {len(chosen)} fault(s), kinds {','.join(runnable)}; "
           f"work dir {work}", file=sys.stderr)
     try:
-        rep = run_campaign(cfg_path, os.path.join(work, "main"), seed, chosen, runnable,
+        rep = run_campaign(cfg_path, os.path.join(work, "c"), seed, chosen, runnable,
                            skipped, tmpfs, Progress())
     except CampaignError as e:
         print(f"hachain chaos: {e} (seed {seed})", file=sys.stderr)
         return 1
     rep["config"] = args.config or "built-in campaign configuration"
-    base_cmd = (f"hachain chaos{' -c ' + args.config if args.config else ''} --faults "
-                f"{args.faults} --seed {seed} --kinds {','.join(runnable)} --report {args.report}")
+    def command(faults: int, only: list[int] | None) -> str:
+        return (f"hachain chaos{' -c ' + args.config if args.config else ''} --faults {faults} "
+                f"--seed {seed} --kinds {','.join(runnable)} --report {args.report}"
+                + ("" if only is None else " --only " + ",".join(map(str, only))))
     fails = [r for r in rep["results"] if not r["ok"]]
-    if rep["baseline_problems"]:
-        rep["repro"] = {"command": base_cmd + " --faults 0", "indexes": [],
-                        "note": "the machine never converged after power-on, before any fault"}
-    elif fails:
+    if fails:
         first = next(f for f in chosen if f.index == fails[0]["index"])
         if args.no_shrink:
             idx, note = [f.index for f in chosen if f.index <= first.index], "not shrunk"
         else:
             print("chaos: looking for a shorter reproduction...", file=sys.stderr)
             idx, note = shrink(cfg_path, work, seed, chosen, first, runnable, tmpfs)
-        rep["repro"] = {"command": base_cmd + " --only " + ",".join(map(str, idx)),
-                        "indexes": idx, "note": note}
+        rep["repro"] = {"command": command(args.faults, idx), "indexes": idx, "note": note}
+    elif rep["baseline_problems"]:
+        rep["repro"] = {"command": command(0, None), "indexes": [],
+                        "note": "the machine never converged after power-on, before any fault"}
     chaos_report.write_json(rep, os.path.join(args.report, "report.json"))
     chaos_report.write_html(rep, os.path.join(args.report, "report.html"))
     print(chaos_report.table_text(rep["summary"]))
@@ -1114,9 +1128,11 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     if rep["ok"]:
         print(f"chaos: seed {seed}: all invariants held over {len(rep['results'])} fault(s)")
         return 0
-    if rep["baseline_problems"]:
+    if rep["baseline_problems"] and not rep["results"]:
         print(f"chaos: seed {seed}: the machine never converged before the first fault: "
               + "; ".join(rep["baseline_problems"]), file=sys.stderr)
+    elif rep["baseline_problems"]:
+        print(f"chaos: seed {seed}: " + "; ".join(rep["baseline_problems"]), file=sys.stderr)
     for r in fails:
         print(f"chaos: seed {seed}: fault #{r['index']} {r['kind']} {r['target']}: "
               + "; ".join(r["problems"]), file=sys.stderr)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -140,18 +143,27 @@ KINDS_OK = ("kill-service,crash-loop,hang-service,fork-bomb,fd-exhaust,freeze-se
             "kill-layer,pause-layer,hang-layer,kill-init,disk-full,stop-service")
 
 
-def _run(tmp_path: Any, *args: str) -> int:
-    return cli.main(["chaos", "--report", str(tmp_path / "report"), "--dir",
-                     str(tmp_path / "work"), *args])
+def _run(tmp: Any, *args: str) -> int:
+    # the machine's sockets live under --dir: keep it short (sun_path is 108 bytes)
+    return cli.main(["chaos", "--report", str(tmp / "report"), "--dir",
+                     str(tmp / "work"), *args])
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[pathlib.Path]:
+    """A short temporary directory (pytest's own can be too deep for Unix sockets)."""
+    d = tempfile.mkdtemp(prefix="hc-", dir="/tmp")
+    yield pathlib.Path(d)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @needs_machine
 @pytest.mark.slow
-def test_short_campaign_holds_every_invariant(tmp_path: Any, capsys: Any) -> None:
-    rc = _run(tmp_path, "--faults", "8", "--seed", "11", "--kinds", KINDS_OK, "--no-shrink")
+def test_short_campaign_holds_every_invariant(short_tmp: Any, capsys: Any) -> None:
+    rc = _run(short_tmp, "--faults", "8", "--seed", "11", "--kinds", KINDS_OK, "--no-shrink")
     out, err = capsys.readouterr()
     assert rc == 0, err
-    rep = json.loads((tmp_path / "report" / "report.json").read_text())
+    rep = json.loads((short_tmp / "report" / "report.json").read_text())
     assert rep["ok"] and rep["seed"] == 11 and len(rep["results"]) == 8
     expected = chaos.schedule(11, 8, rep["kinds"], ["api", "cache", "db", "worker"],
                               ["api", "db"])
@@ -160,7 +172,7 @@ def test_short_campaign_holds_every_invariant(tmp_path: Any, capsys: Any) -> Non
     for r in rep["results"]:
         assert r["ok"] and r["converge"] is not None and r["converge"] <= r["bound"]
         assert (r["reboot"] is not None) == (chaos.KINDS[r["kind"]].reboot is not None)
-    page = (tmp_path / "report" / "report.html").read_text()
+    page = (short_tmp / "report" / "report.html").read_text()
     assert "<svg" in page and "<table" in page and "http" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', "")
     for kind in rep["summary"]:
@@ -170,48 +182,48 @@ def test_short_campaign_holds_every_invariant(tmp_path: Any, capsys: Any) -> Non
 
 @needs_machine
 @pytest.mark.slow
-def test_a_critical_service_that_never_gets_ready_fails_the_campaign(tmp_path: Any,
+def test_a_critical_service_that_never_gets_ready_fails_the_campaign(short_tmp: Any,
                                                                       capsys: Any) -> None:
-    work = tmp_path / "work"
+    work = short_tmp / "work"
     work.mkdir()
     svc = str(work / chaos.SERVICE_FILE)
     text = chaos.campaign_config_text(PY, svc)
     # db is `ready = "notify"` but now runs the role that never sends READY=1
     text = text.replace(f'"{svc}", "notify", "0.2"', f'"{svc}", "none"')
-    cfg = tmp_path / "broken.toml"
+    cfg = short_tmp / "broken.toml"
     cfg.write_text(text)
-    rc = _run(tmp_path, "-c", str(cfg), "--faults", "3", "--seed", "5", "--kinds",
+    rc = _run(short_tmp, "-c", str(cfg), "--faults", "3", "--seed", "5", "--kinds",
               "kill-service", "--no-shrink")
     err = capsys.readouterr().err
     assert rc == 1
     assert "seed 5" in err and "never converged" in err
     assert "db: starting (expected ready)" in err or "db: backoff (expected ready)" in err
-    rep = json.loads((tmp_path / "report" / "report.json").read_text())
+    rep = json.loads((short_tmp / "report" / "report.json").read_text())
     assert not rep["ok"] and rep["baseline_problems"]
 
 
 @needs_machine
 @pytest.mark.slow
-def test_a_broken_invariant_names_the_fault_and_a_shrunk_reproduction(tmp_path: Any,
+def test_a_broken_invariant_names_the_fault_and_a_shrunk_reproduction(short_tmp: Any,
                                                                       capsys: Any) -> None:
-    work = tmp_path / "work"
+    work = short_tmp / "work"
     work.mkdir()
     # worker is the last section: it now never comes back after it dies
     text = chaos.campaign_config_text(PY, str(work / chaos.SERVICE_FILE)) + \
         'restart = "never"\n'
-    cfg = tmp_path / "never.toml"
+    cfg = short_tmp / "never.toml"
     cfg.write_text(text)
     sched = chaos.schedule(3, 20, ["kill-service"], ["api", "cache", "db", "worker"],
                            ["api", "db"])
     first = next(f.index for f in sched if f.target == "worker")
-    rc = _run(tmp_path, "-c", str(cfg), "--faults", str(first + 1), "--seed", "3",
+    rc = _run(short_tmp, "-c", str(cfg), "--faults", str(first + 1), "--seed", "3",
               "--kinds", "kill-service")
     err = capsys.readouterr().err
     assert rc == 1
     assert f"seed 3: fault #{first} kill-service worker" in err
     assert "worker: stopped (expected ready)" in err or "worker: failed" in err
     assert f"--only {first}" in err and "(reproduced)" in err
-    rep = json.loads((tmp_path / "report" / "report.json").read_text())
+    rep = json.loads((short_tmp / "report" / "report.json").read_text())
     assert rep["repro"]["indexes"] == [first]
 
 
@@ -220,7 +232,7 @@ def test_a_broken_invariant_names_the_fault_and_a_shrunk_reproduction(tmp_path: 
 @pytest.mark.xfail(strict=True, reason="restarter bug: a service's cgroup left frozen stays "
                    "frozen; the restarter moves itself into it to spawn and freezes too, so "
                    "the watchdog resets the machine (see docs/chaos.md, Findings)")
-def test_a_frozen_service_cgroup_is_recovered_without_a_reboot(tmp_path: Any) -> None:
-    rc = _run(tmp_path, "--faults", "1", "--seed", "1", "--kinds", "freeze-service-hung",
+def test_a_frozen_service_cgroup_is_recovered_without_a_reboot(short_tmp: Any) -> None:
+    rc = _run(short_tmp, "--faults", "1", "--seed", "1", "--kinds", "freeze-service-hung",
               "--no-shrink")
     assert rc == 0
