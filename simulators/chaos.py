@@ -708,16 +708,16 @@ class Campaign:
                 os.kill(pid, signal.SIGUSR2)
             return
         if kind in ("kill-layer", "pause-layer", "hang-layer", "kill-init"):
-            pid = pre.init if f.target == "init" else pre.layers.get(f.target)
-            if pid is None:
+            lpid = pre.init if f.target == "init" else pre.layers.get(f.target)
+            if lpid is None:
                 raise InjectError(f"{f.target}: no host pid")
             if kind in ("kill-layer", "kill-init"):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(lpid, signal.SIGKILL)
             else:
-                os.kill(pid, signal.SIGSTOP)
+                os.kill(lpid, signal.SIGSTOP)
                 if kind == "pause-layer":
                     time.sleep(0.5)
-                    os.kill(pid, signal.SIGCONT)
+                    os.kill(lpid, signal.SIGCONT)
             return
         if kind == "disk-full":
             path = self.machine.persist_dir
@@ -917,6 +917,26 @@ def _can_freeze() -> bool:
             pass
 
 
+def _can_mount_tmpfs(work: str) -> tuple[bool, str]:
+    """(True, "") when a tmpfs can be mounted under `work`; else (False, the reason)."""
+    probe = os.path.join(work, "tmpfs-probe")
+    os.makedirs(probe, exist_ok=True)
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "chaos-probe", probe],
+                           capture_output=True, text=True, timeout=10)
+        if r.returncode != 0:
+            return False, f"cannot mount a tmpfs: {r.stderr.strip() or r.returncode}"
+        subprocess.run(["umount", probe], capture_output=True, timeout=10)
+        return True, ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"cannot mount a tmpfs: {e}"
+    finally:
+        try:
+            os.rmdir(probe)
+        except OSError:
+            pass
+
+
 def add_parser(subparsers: Any) -> None:
     """Register `hachain chaos` on the `hachain` command's subparsers."""
     p = subparsers.add_parser(
@@ -1076,8 +1096,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     os.makedirs(work, exist_ok=True)
     os.makedirs(args.report, exist_ok=True)
     cfg_path, cfg = _campaign_setup(args, work)
-    tmpfs_reason = "" if os.geteuid() == 0 else "mounting a tmpfs needs root"
-    tmpfs = not tmpfs_reason
+    tmpfs, tmpfs_reason = _can_mount_tmpfs(work)
     runnable, skipped = capabilities(kinds, cfg, tmpfs, tmpfs_reason)
     longrun = sorted(n for n, s in cfg.services.items() if s.kind == "longrun" and s.enabled)
     live = [n for n in longrun if cfg.services[n].watchdog_sec or cfg.services[n].health]
@@ -1089,11 +1108,11 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     chosen = sched
     if args.only:
         try:
-            idx = {int(x) for x in args.only.split(",") if x.strip()}
+            only = {int(x) for x in args.only.split(",") if x.strip()}
         except ValueError:
             print("hachain chaos: --only takes comma-separated indexes", file=sys.stderr)
             return 2
-        chosen = [f for f in sched if f.index in idx]
+        chosen = [f for f in sched if f.index in only]
     for k, why in skipped.items():
         print(f"chaos: skipping {k}: {why}", file=sys.stderr)
     print(f"chaos: seed {seed}, {len(chosen)} fault(s), kinds {','.join(runnable)}; "
