@@ -629,7 +629,8 @@ def recovery(peer: Peer, slots: list[tuple[int, int]], timeout: float) -> dict[s
     dups = sum(max(0, len(procs.get(n, [])) - 1) for n in names)
     lost = sum(1 for n in names if not procs.get(n))
     return {"rec_victim_ms": t_victim * 1000,
-            "rec_all_s": max(t_done, t_stamps) if back >= want else NAN, "rec_dups": dups, "rec_lost": lost,
+            "rec_all_s": max(t_done, t_stamps) if back >= want else NAN,
+            "rec_dups": dups, "rec_lost": lost,
             "rec_back": back, "rec_want": want, "rec_timeout": timeout}
 
 
