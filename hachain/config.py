@@ -285,6 +285,9 @@ def _chain(c: _Checker, d: dict[str, Any]) -> ChainConfig:
     for key in ("state_dir", "persist_dir"):
         if not os.path.isabs(getattr(out, key)):
             c.err(k + [key], f"must be an absolute path, got {getattr(out, key)!r}")
+    too_long = socket_path_problem(out.state_dir)
+    if too_long:
+        c.err(k + ["state_dir"], too_long)
     if out.cgroup_root not in ("auto", "none") and not os.path.isabs(out.cgroup_root):
         c.err(k + ["cgroup_root"], f"must be \"auto\", \"none\" or an absolute path, got "
               f"{out.cgroup_root!r}")
@@ -564,6 +567,19 @@ ENV_OVERRIDES = {
 }
 
 
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+_LONGEST_SOCKET = "/control.sock"
+
+
+def socket_path_problem(state_dir: str) -> str:
+    """Why `state_dir` cannot hold the chain's Unix sockets, or ''."""
+    n = len(os.fsencode(state_dir + _LONGEST_SOCKET))
+    if n > SUN_PATH_MAX:
+        return (f"too long for the chain's Unix sockets ({len(os.fsencode(state_dir))} bytes; "
+                f"at most {SUN_PATH_MAX - len(_LONGEST_SOCKET)})")
+    return ""
+
+
 def with_env_overrides(cfg: Config, environ: dict[str, str] | None = None) -> Config:
     """`cfg` with the HACHAIN_* overrides of `environ` (default os.environ) applied."""
     from dataclasses import replace
@@ -577,6 +593,9 @@ def with_env_overrides(cfg: Config, environ: dict[str, str] | None = None) -> Co
             chain = replace(chain, **{key: val})  # type: ignore[arg-type]
         else:
             wd = replace(wd, **{key: val})  # type: ignore[arg-type]
+    problem = socket_path_problem(chain.state_dir)
+    if problem:
+        raise ConfigError([f"HACHAIN_STATE_DIR: {problem}"])
     return replace(cfg, chain=chain, watchdog=wd)
 
 

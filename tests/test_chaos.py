@@ -229,9 +229,6 @@ def test_a_broken_invariant_names_the_fault_and_a_shrunk_reproduction(short_tmp:
 
 @needs_machine
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="restarter bug: a service's cgroup left frozen stays "
-                   "frozen; the restarter moves itself into it to spawn and freezes too, so "
-                   "the watchdog resets the machine (see docs/chaos.md, Findings)")
 def test_a_frozen_service_cgroup_is_recovered_without_a_reboot(short_tmp: Any) -> None:
     rc = _run(short_tmp, "--faults", "1", "--seed", "1", "--kinds", "freeze-service-hung",
               "--no-shrink")

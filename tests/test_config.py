@@ -120,3 +120,15 @@ def test_success_exit_codes_are_kept():
     with pytest.raises(config.ConfigError) as ei:
         config.parse(GOOD + "success_exit = [0, 300]\n", "chain.toml")
     assert "service.web.success_exit: must be a list of exit codes" in str(ei.value)
+
+
+def test_state_dir_too_long_for_a_socket_is_a_config_error():
+    long_dir = "/run/" + "x" * 100
+    with pytest.raises(config.ConfigError) as ei:
+        config.parse(GOOD.replace('state_dir = "/run/hachain"', f'state_dir = "{long_dir}"'),
+                     "chain.toml")
+    assert "chain.toml:2: chain.state_dir: too long for the chain's Unix sockets" in str(ei.value)
+    c = config.parse(GOOD, "chain.toml")
+    with pytest.raises(config.ConfigError) as ei:
+        config.with_env_overrides(c, {"HACHAIN_STATE_DIR": long_dir})
+    assert "HACHAIN_STATE_DIR: too long" in str(ei.value)

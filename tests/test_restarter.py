@@ -542,3 +542,27 @@ def _ppid(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def test_a_frozen_cgroup_does_not_freeze_the_restarter(restarter):
+    """A service left frozen (cgroup.freeze = 1) is restarted; the restarter, which moves
+    itself into the cgroup to spawn there, thaws it first instead of freezing itself."""
+    r = restarter(f"""
+[service.ice]
+command = {svc("sleep")}
+backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
+""")
+    if not r.cg_root:
+        pytest.skip("no writable cgroup v2")
+    pid = r.wait_state("ice", "ready")["pid"]
+    cg = os.path.join(r.cg_root, "ice")
+    with open(os.path.join(cg, "cgroup.freeze"), "w") as f:
+        f.write("1")
+    wait_until(lambda: "frozen 1" in open(os.path.join(cg, "cgroup.events")).read(), 5,
+               "the cgroup frozen")
+    os.kill(pid, signal.SIGKILL)  # SIGKILL ends even a frozen task
+    s = wait_until(lambda: (x := r.svc("ice"))["state"] == "ready" and x["pid"] != pid and x,
+                   10, "ice restarted")
+    assert channels.proc_state(r.proc.pid) != "D" and r.ping()
+    assert "frozen 0" in open(os.path.join(cg, "cgroup.events")).read()
+    assert channels.pid_alive(s["pid"])

@@ -142,7 +142,22 @@ class Cgroups:
             self._made.add(name)
         return p
 
+    def thaw(self, path: str) -> None:
+        """Make sure a cgroup is not frozen (cgroup.freeze): the restarter is about to
+        move itself in there, and would be frozen with it."""
+        try:
+            fd = os.open(os.path.join(path, "cgroup.freeze"), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # no freezer (kernel < 5.2): nothing can be frozen
+        try:
+            os.write(fd, b"0")
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def enter(self, path: str) -> None:
+        self.thaw(path)
         fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, b"0")
@@ -171,6 +186,7 @@ class Cgroups:
         p = self.path(name)
         if p is None or not os.path.isdir(p):
             return False
+        self.thaw(p)  # so what is killed also exits now, and the cgroup is usable again
         try:
             with open(os.path.join(p, "cgroup.kill"), "w") as f:
                 f.write("1")
