@@ -113,7 +113,7 @@ class WatchdogConfig:
     pretimeout: int = 0
     pet_interval: float = 2.0
     nowayout: bool = False
-    heartbeat_timeout: float = 3.0  # a live layer whose heartbeat is older is hung
+    heartbeat_timeout: float = 5.0  # a live layer whose heartbeat is older is hung
     restart_grace: float = 10.0  # a dead layer may be without heartbeat this long
     max_loop_lag: float = 2.0  # the restarter's event-loop lag bound
     gate_critical: bool = True  # a critical service in maintenance/failed fails the gate
@@ -127,7 +127,7 @@ class ChainConfig:
     state_dir: str = "/run/hachain"
     persist_dir: str = "/var/lib/hachain"
     cgroup_root: str = "auto"  # "auto" | "none" | an absolute cgroup2 directory
-    heartbeat_interval: float = 1.0
+    heartbeat_interval: float = 2.0
     restart_delay: float = 1.0
     log_dir: str = ""  # default: <persist_dir>/log
     log_format: str = "human"  # "human" | "json"
@@ -547,6 +547,10 @@ def parse(text: str, path: str = "chain.toml") -> Config:
     if not isinstance(raw_svcs, dict):
         c.err(["service"], "must be a table of [service.NAME] tables")
         raw_svcs = {}
+    if chain.heartbeat_interval >= wd.heartbeat_timeout:
+        c.err(["chain", "heartbeat_interval"], f"must be < watchdog.heartbeat_timeout "
+              f"({wd.heartbeat_timeout:g}), got {chain.heartbeat_interval:g}: every "
+              "heartbeat would look stale")
     for name, sd in raw_svcs.items():
         svc = _service(c, name, sd)
         if svc is not None:
