@@ -520,7 +520,11 @@ def scenario_init_exit(cvm: ChainVM) -> Measurement:
     boot = cvm.vm.boot_count + 1
     mark = cvm.vm.console_mark()
     times = cvm.fault_with_reboot({"pid": 1, "signal": "SIGRTMIN", "plus": 1}, boot)
-    panicked = "Kernel panic" in cvm.vm.console[mark:]
+    panic_at = cvm.vm.console.find("Kernel panic", mark)
+    panicked = panic_at >= 0
+    fault_at = FAULT_LINE.search(cvm.vm.console, mark)
+    if panicked and fault_at:
+        times["panic"] = round(cvm.vm.time_at(panic_at) - cvm.vm.time_at(fault_at.start()), 2)
     st = cvm.status()
     bootstatus = cvm.read("/sys/class/watchdog/watchdog0/bootstatus")
     return Measurement("init-exit", cvm.settings.watchdog, times["reconverge"],
