@@ -78,6 +78,8 @@ PID1_MOUNTS = (  # (fstype, target, flags, data)
     ("sysfs", "/sys", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
     ("devtmpfs", "/dev", MS_NOSUID, "mode=0755"),
     ("tmpfs", "/run", MS_NOSUID | MS_NODEV, "mode=0755"),
+    # the unified cgroup hierarchy, so the restarter can give each service a cgroup
+    ("cgroup2", "/sys/fs/cgroup", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
 )
 
 LOOP_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,

@@ -61,7 +61,8 @@ class Restarter:
         self._lock_fd = self._take_lock()
         self.store = Store(self.state_dir, cfg.chain.persist_dir)
         self.log_dir = cfg.chain.service_log_dir
-        hint = "hachain-" + os.path.basename(os.path.normpath(self.state_dir))
+        base = os.path.basename(os.path.normpath(self.state_dir))
+        hint = base if base.startswith("hachain") else "hachain-" + base
         self.cgroups = spawn.Cgroups.from_config(cfg.chain.cgroup_root, hint)
         self._derive()
         self.removing: set[str] = set()

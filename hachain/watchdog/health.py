@@ -73,7 +73,10 @@ def layer_reasons(layer: str, hb: Heartbeat | None, alive: bool, now: float,
     if age <= cfg.heartbeat_timeout:
         return []
     if alive:
-        return [(f"{layer} heartbeat stale: {_num(age)} s > {_num(cfg.heartbeat_timeout)} s "
+        shown = _num(age)
+        if shown == _num(cfg.heartbeat_timeout):  # "3 s > 3 s" would read as a bug
+            shown = f"{age:.2f}"
+        return [(f"{layer} heartbeat stale: {shown} s > {_num(cfg.heartbeat_timeout)} s "
                  f"(pid {hb.pid} alive: hung)")]
     if age <= cfg.restart_grace:
         return []  # dead: init restarts it; allow the grace

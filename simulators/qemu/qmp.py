@@ -49,7 +49,12 @@ class QmpClient:
         self._lock = threading.Lock()
         self.events: list[QmpEvent] = []
         self.changed = threading.Condition()
-        greeting = self._file.readline()
+        # QEMU may send an event (e.g. RESUME) before its greeting: skip those
+        greeting = b""
+        for _ in range(32):
+            greeting = self._file.readline()
+            if b"QMP" in greeting or not greeting.lstrip().startswith(b'{"event"'):
+                break
         if b"QMP" not in greeting:
             raise QmpError(f"qmp {path}: unexpected greeting {greeting[:80]!r}")
         threading.Thread(target=self._pump, name="qemu-qmp", daemon=True).start()
