@@ -61,8 +61,9 @@ UP, DEAD, HUNG = "up", "dead", "hung"
 LAYERS = ("init", "restarter", "tickler")
 RESTARTS_CAP = 9  # `Svc.restarts` counts are clamped: nothing in the policy reads them
 
-# A notify service's process: READY=1 not yet sent, sent (in the restarter's socket
-# buffer), or done (read, or lost with the restarter that owned the socket).
+# A notify service's process: READY=1 not yet sent, sent (queued on the notify socket,
+# which init holds across restarter restarts, so a restarter crash loses nothing), or
+# done (read by a restarter).
 NOT_SENT, SENT, DONE = "not-sent", "sent", "done"
 
 # One running process: (pid, READY=1 phase, ticks left before it must send READY=1,
@@ -448,11 +449,9 @@ class Model:
         n = len(self.confs)
         w = replace(w, layers=_set(w.layers, li, DEAD),
                     restart_in=_set(w.restart_in, li - 1, self.opts.restart_delay))
-        if li == 1:  # its memory and its notify socket's buffer are gone
-            procs = tuple(tuple((p, DONE if ph == SENT else ph, left, term)
-                                for p, ph, left, term in ps) for ps in w.procs)
+        if li == 1:  # its memory is gone; queued notify messages stay in init's socket
             w = replace(w, svcs=self.blank.svcs, watched=(None,) * n, timers=((),) * n,
-                        reboot_req=False, procs=procs)
+                        reboot_req=False)
         return w
 
     def events(self, w: World) -> Iterator[Step]:
@@ -467,7 +466,7 @@ class Model:
         for i, ps in enumerate(w.procs):
             for k, (pid, ph, left, term) in enumerate(ps):
                 if ph == NOT_SENT:
-                    phase = DONE if restarter == DEAD else SENT
+                    phase = SENT  # queued even while no restarter runs
                     procs = _set(w.procs, i, _set(ps, k, (pid, phase, 0, term)))
                     yield Step(f"svc{i} pid {pid} sends READY=1", EVENT,
                                replace(w, procs=procs), urgent=left == 0)
