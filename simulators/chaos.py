@@ -1076,9 +1076,8 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         print("hachain chaos: --report DIR is required", file=sys.stderr)
         return 2
     if args.qemu:
-        print("hachain chaos: --qemu is not supported yet (the simulated machine only)",
-              file=sys.stderr)
-        return 2
+        from hachain.simulators.qemu import campaign  # imports this module: no cycle at load
+        return campaign.cmd_chaos_qemu(args)
     if args.faults < 0:
         print("hachain chaos: --faults must be >= 0", file=sys.stderr)
         return 2

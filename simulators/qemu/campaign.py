@@ -1,0 +1,663 @@
+"""`hachain chaos --qemu`: a seeded fault campaign against the real chain on a real kernel.
+
+Owns: the guest fault model (`QKINDS`), its weighted schedule, injecting each fault from
+inside one long-lived QEMU guest (`ChainVM`, i6300esb, two vCPUs), waiting for the chain
+to converge again and checking the invariants after every fault. Must not: change the
+chain, the harness or `ChainVM`; tables, report.json and report.html come from
+`chaos_report`, the per-fault record and the progress line from `chaos`.
+
+How a fault is run (details in docs/chaos.md, "On a real kernel (--qemu)"):
+
+- Faults that must not reboot: one guest process (`CAMPAIGN_PROBE`, started before the
+  fault so its Python start-up never counts) notes the target's pid, writes a console
+  marker, sends the signal, then polls `gather_status` and the guest's /proc until the
+  target has a new pid (the *detection*) and every invariant holds in two samples
+  `SETTLE` seconds apart. Times are on the guest's monotonic clock.
+- Faults that must reboot: the same probe injects and returns at once; the host waits
+  for the next boot on the console, for the chain to be ready, then runs the probe
+  without a fault to check the invariants on the new boot. Times are on the host's
+  clock (console lines are stamped on arrival): from the marker line to the last
+  service's `-> ready` line of the new boot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hachain.simulators import chaos_report
+from hachain.simulators.chaos import Fault, Progress, Result
+from hachain.simulators.qemu.chain import (
+    CARDRESET,
+    PERSIST_DIR,
+    STATE_DIR,
+    ChainError,
+    ChainSettings,
+    ChainVM,
+)
+from hachain.simulators.qemu.harness import QemuError, unavailable_reason
+
+BOOTSTATUS = "/sys/class/watchdog/watchdog0/bootstatus"
+MARKER = "HACHAIN-CAMPAIGN-FAULT"
+SETTLE = 0.5  # every invariant must hold in two samples this far apart
+POLL = 0.2  # guest polling period (a /proc scan in TCG Python is not free)
+
+# Budgets for an emulated (TCG) guest, far slower than the simulated machine: a Python
+# start-up over 9p takes 1-8 s, a boot to every service ready 13-20 s (docs/qemu.md).
+START_BUDGET = 10.0
+BOOT_BUDGET = 35.0
+PANIC_BUDGET = 5.0  # panic=1 plus the emulated serial port printing the panic dump
+RESET_MARGIN = 3.0  # a tick and TCG scheduling on top of the tickler's reset bound
+
+# The campaign's "notifier": ready by READY=1, then WATCHDOG=1 twice a second, so its
+# hang (SIGSTOP) is visible to the restarter's service watchdog. Send errors are
+# ignored: the pings simply resume once the socket answers again.
+PINGER_SERVICE = (
+    "import os, socket, time\n"
+    "a = os.environ['NOTIFY_SOCKET']\n"
+    "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    "s.sendto(b'READY=1\\nSTATUS=serving', a)\n"
+    "while True:\n"
+    "    time.sleep(0.5)\n"
+    "    try:\n"
+    "        s.sendto(b'WATCHDOG=1', a)\n"
+    "    except OSError:\n"
+    "        pass\n"
+)
+
+# Dotted TOML keys (chain_config writes `key = value` verbatim): a quick backoff, and an
+# intensity limit no 20-fault campaign can reach by itself (the default, 5 restarts a
+# minute, would put a service into maintenance after a few kills of it or of what it
+# requires; that is policy working, not what this campaign measures).
+POLICY: dict[str, Any] = {"backoff.initial": 0.1, "backoff.max": 1.0,
+                          "intensity.max_restarts": 100, "intensity.window": 60.0}
+
+
+@dataclass(frozen=True)
+class CampaignSettings(ChainSettings):
+    """ChainSettings whose notifier has a service watchdog (3 s) and a quick stop."""
+
+    watchdog_sec: float = 3.0
+    stop_timeout: float = 2.0
+
+    def services(self, python: str) -> dict[str, dict[str, Any]]:
+        """The three scenario services; notifier pings its watchdog; a lenient policy."""
+        return {
+            "sleeper": {"command": ["/bin/sleep", "86401"], **POLICY},
+            "notifier": {"command": [python, "-c", PINGER_SERVICE], "ready": "notify",
+                         "ready_timeout": 60.0, "watchdog_sec": self.watchdog_sec,
+                         "stop_timeout": self.stop_timeout, **POLICY},
+            "worker": {"command": ["/bin/sleep", "86402"], "requires": ["notifier"],
+                       **POLICY},
+        }
+
+
+@dataclass(frozen=True)
+class QKind:
+    """One guest fault kind. `reboot`: None (a reboot is a failure), "watchdog", "panic".
+    `weight`: relative draw weight (reboots cost 15-35 s each, other faults 3-10 s)."""
+
+    name: str
+    targets: tuple[str, ...]
+    reboot: str | None
+    weight: int
+    summary: str
+
+
+SERVICES = ("notifier", "sleeper", "worker")
+QKINDS: dict[str, QKind] = {k.name: k for k in (
+    QKind("kill-service", SERVICES, None, 2, "SIGKILL the service's main process"),
+    QKind("hang-service", ("notifier",), None, 2,
+          "SIGSTOP a service with watchdog_sec: the restarter sees it hung and restarts it"),
+    QKind("kill-restarter", ("restarter",), None, 2,
+          "SIGKILL the restarter: init restarts it, it re-adopts the services"),
+    QKind("kill-tickler", ("tickler",), None, 2,
+          "SIGKILL the tickler: the device stays armed, init restarts it in time"),
+    QKind("hang-restarter", ("restarter",), "watchdog", 1,
+          "SIGSTOP the restarter: gate fails, i6300esb resets, bootstatus 32"),
+    QKind("init-crash", ("init",), "panic", 1,
+          "init's fault hook (SIGRTMIN+1 to PID 1): PID 1 exits, panic=1 reboots"),
+    QKind("kernel-crash", ("kernel",), "panic", 1,
+          "echo c > /proc/sysrq-trigger: kernel panic, panic=1 reboots"),
+)}
+
+
+def schedule(seed: int, n: int, kinds: list[str]) -> list[Fault]:
+    """N faults drawn by `random.Random(seed)`, kind by weight, target uniformly.
+
+    Pure: same seed, count and kinds give the same list, and the first k faults of a
+    longer schedule are those of a shorter one.
+    """
+    rng = random.Random(seed)
+    names = sorted(kinds)
+    weights = [QKINDS[k].weight for k in names]
+    out = []
+    for i in range(n):
+        kind = rng.choices(names, weights)[0]
+        out.append(Fault(i, kind, rng.choice(QKINDS[kind].targets)))
+    return out
+
+
+def reset_bound(s: ChainSettings) -> float:
+    """Latest watchdog reset after a hang: heartbeat age + staleness + last pet + timeout."""
+    return s.heartbeat_interval + s.heartbeat_timeout + s.pet_interval + s.timeout + RESET_MARGIN
+
+
+def convergence_bound(kind: str, s: CampaignSettings) -> float:
+    """How long a fault of `kind` may take, fault to every invariant holding again."""
+    backoff = float(POLICY["backoff.max"])
+    return {
+        "kill-service": backoff + 2 * START_BUDGET,
+        "hang-service": s.watchdog_sec + s.stop_timeout + backoff + 2 * START_BUDGET,
+        "kill-restarter": s.restart_delay + 2 * START_BUDGET,
+        "kill-tickler": s.restart_delay + 2 * START_BUDGET,
+        "hang-restarter": reset_bound(s) + BOOT_BUDGET,
+        "init-crash": PANIC_BUDGET + BOOT_BUDGET,
+        "kernel-crash": PANIC_BUDGET + BOOT_BUDGET,
+    }[kind]
+
+
+# Runs in the guest as `python -c CAMPAIGN_PROBE SPEC_JSON`; prints one JSON object.
+# spec: services [names], heartbeat_timeout, timeout, settle, poll, wait (bool),
+#       fault (optional): {index, kind, target, signal (number) | sysrq (letter)}.
+CAMPAIGN_PROBE = r'''
+import json, os, sys, time
+from hachain.cli import gather_status
+
+spec = json.loads(sys.argv[1])
+names = spec["services"]
+key = b"HACHAIN_SERVICE="
+
+def service_mains():
+    """name -> pids of its main processes (HACHAIN_SERVICE=name, parent not of it)."""
+    owner, parent = {}, {}
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2:].split()
+            if fields[0] == b"Z":
+                continue
+            with open(f"/proc/{e}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        for var in env:
+            if var.startswith(key):
+                owner[int(e)] = var[len(key):].decode(errors="replace")
+                parent[int(e)] = int(fields[1])
+                break
+    mains = {n: [] for n in names}
+    for pid, name in owner.items():
+        if owner.get(parent[pid]) != name:
+            mains.setdefault(name, []).append(pid)
+    return {n: sorted(p) for n, p in mains.items()}
+
+def problems(st, mains):
+    why = []
+    ch = st["chain"]
+    for layer, d in ch["layers"].items():
+        if d.get("state") == "missing":
+            why.append(f"{layer}: no heartbeat")
+        elif not d["alive"] or d["stopped"]:
+            why.append(f"{layer}: pid {d['pid']} alive={d['alive']} stopped={d['stopped']}")
+        elif d["heartbeat_age"] > spec["heartbeat_timeout"]:
+            why.append(f"{layer}: heartbeat {d['heartbeat_age']:.1f} s old")
+    if ch.get("restarter_error"):
+        why.append(f"restarter: {ch['restarter_error']}")
+    wd = ch.get("watchdog") or {}
+    if not wd.get("petting"):
+        why.append("tickler not petting")
+    svcs = st["services"]
+    for name in names:
+        s = svcs.get(name, {})
+        if s.get("state") != "ready":
+            why.append(f"{name}: {s.get('state', 'unknown')} (expected ready)")
+        got = mains.get(name, [])
+        if len(got) != 1:
+            why.append(f"{name}: {len(got)} main processes {got} (expected exactly one)")
+        elif s.get("pid") != got[0]:
+            why.append(f"{name}: main process {got[0]}, restarter reports {s.get('pid')}")
+    for name in sorted(set(mains) - set(names)):
+        if mains[name]:
+            why.append(f"unknown service {name}: processes {mains[name]}")
+    return why
+
+def target_pid(st, target):
+    if target in ("init", "kernel"):
+        return 1
+    if target in st["chain"]["layers"]:
+        return st["chain"]["layers"][target].get("pid")
+    return st["services"].get(target, {}).get("pid")
+
+out = {"fault": None}
+fault = spec.get("fault")
+old = None
+if fault:
+    st0 = gather_status(spec["state_dir"], spec["persist_dir"])
+    old = target_pid(st0, fault["target"])
+    out["fault"] = {"pid": old}
+    if old is None:
+        out["error"] = f"{fault['target']}: no pid to signal"
+        print(json.dumps(out))
+        sys.exit(3)
+    line = f"\n{spec['marker']} {fault['index']} {fault['kind']} {fault['target']} pid {old}\n"
+    sys.stdout.flush()
+    try:  # dates the fault on the host's clock; it survives a reset
+        fd = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)
+        os.write(fd, line.encode())
+        os.close(fd)
+    except OSError:
+        pass
+    start = time.monotonic()
+    if fault.get("sysrq"):
+        with open("/proc/sysrq-trigger", "w") as f:
+            f.write(fault["sysrq"])
+    else:
+        os.kill(old, int(fault["signal"]))
+else:
+    start = time.monotonic()
+if not spec.get("wait", True):
+    print(json.dumps(out))
+    sys.exit(0)
+detect = None if fault else 0.0
+first_ok = None
+converged = None
+why = ["not sampled"]
+polls = 0
+while True:
+    st = gather_status(spec["state_dir"], spec["persist_dir"])
+    mains = service_mains()
+    now = time.monotonic()
+    polls += 1
+    if detect is None:
+        pid = target_pid(st, fault["target"])
+        if pid is not None and pid != old:
+            detect = now - start
+        why = [f"{fault['target']}: still pid {old}"]
+    if detect is not None:
+        why = problems(st, mains)
+        if why:
+            first_ok = None
+        elif first_ok is None:
+            first_ok = now
+        elif now - first_ok >= spec["settle"]:
+            converged = first_ok - start
+            break
+    if now - start > spec["timeout"]:
+        break
+    time.sleep(spec["poll"])
+out.update(ready=converged is not None, problems=[] if converged is not None else why,
+           detect=None if detect is None else round(detect, 3),
+           converge=None if converged is None else round(converged, 3), polls=polls,
+           mains=mains, layers={k: v.get("pid") for k, v in st["chain"]["layers"].items()},
+           last_boot=st["chain"].get("last_boot"),
+           restarts={n: s.get("restarts") for n, s in st["services"].items()})
+print(json.dumps(out))
+sys.exit(0 if converged is not None else 1)
+'''
+
+
+class CampaignAbort(Exception):
+    """The guest could not be brought back to a clean state; later faults cannot run."""
+
+
+class QemuCampaign:
+    """One guest, a list of faults, one `chaos.Result` per fault; `run()` → report dict."""
+
+    def __init__(self, workdir: Path, seed: int, faults: list[Fault], kinds: list[str],
+                 settings: CampaignSettings | None = None,
+                 progress: Callable[..., None] | None = None,
+                 echo: Callable[[str], object] | None = None) -> None:
+        self.settings = settings or CampaignSettings()
+        self.workdir = workdir
+        self.seed, self.faults, self.kinds = seed, faults, kinds
+        self.progress = progress
+        self.echo = echo
+        self.results: list[Result] = []
+        self.baseline_problems: list[str] = []
+        self.recoveries = 0
+        self.boot_s: float | None = None
+        self.t0 = time.monotonic()
+        self.cvm: ChainVM | None = None
+
+    # ------------------------------------------------------------ guest probe
+
+    def _probe(self, timeout: float, fault: dict[str, Any] | None = None,
+               wait: bool = True, startup: float = 30.0) -> dict[str, Any]:
+        """Run CAMPAIGN_PROBE in the guest; its JSON report (plus "rc")."""
+        assert self.cvm is not None
+        spec = {"state_dir": STATE_DIR, "persist_dir": PERSIST_DIR,
+                "services": sorted(self.cvm.services), "heartbeat_timeout":
+                self.settings.heartbeat_timeout, "timeout": timeout, "settle": SETTLE,
+                "poll": POLL, "wait": wait, "fault": fault, "marker": MARKER}
+        rc, out = self.cvm.vm.run([self.cvm.python, "-c", CAMPAIGN_PROBE, json.dumps(spec)],
+                                  timeout=timeout + startup)
+        try:
+            report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise ChainError(f"campaign probe failed (rc {rc}): {out[-1500:]}") from None
+        report["rc"] = rc
+        return report
+
+    @staticmethod
+    def _fault_spec(f: Fault) -> dict[str, Any]:
+        """What the probe injects for fault `f`."""
+        spec: dict[str, Any] = {"index": f.index, "kind": f.kind, "target": f.target}
+        if f.kind == "kernel-crash":
+            spec["sysrq"] = "c"
+        elif f.kind == "init-crash":
+            spec["signal"] = 35  # SIGRTMIN+1 (glibc x86_64): init's crash hook
+        elif f.kind in ("hang-service", "hang-restarter"):
+            spec["signal"] = 19  # SIGSTOP
+        else:
+            spec["signal"] = 9  # SIGKILL
+        return spec
+
+    def _marker_re(self, f: Fault) -> re.Pattern[str]:
+        return re.compile(rf"^{MARKER} {f.index} {re.escape(f.kind)} \S+ pid (\d+)$",
+                          re.MULTILINE)
+
+    # ------------------------------------------------------------ faults
+
+    def _no_reboot(self, f: Fault, res: Result) -> None:
+        """Inject a fault that must not reboot; wait for convergence in the same probe."""
+        assert self.cvm is not None
+        vm = self.cvm.vm
+        boots, events = vm.boot_count, len(vm.events)
+        mark = vm.console_mark()
+        timeout = res.bound + 10.0
+        try:
+            rep = self._probe(timeout, fault=self._fault_spec(f))
+        except QemuError as exc:
+            rep = {"ready": False, "problems": [f"probe: {str(exc).splitlines()[0]}"]}
+        m = self._marker_re(f).search(vm.console, mark)
+        t_fault = vm.time_at(m.start()) if m else time.monotonic()
+        res.t_fault = round(t_fault - self.t0, 3)
+        res.detect, res.converge = rep.get("detect"), rep.get("converge")
+        if res.detect is not None:
+            res.t_detect = round(res.t_fault + res.detect, 3)
+        if res.converge is not None:
+            res.t_recover = round(res.t_fault + res.converge, 3)
+        if not rep.get("ready"):
+            res.problems += rep.get("problems") or [f"probe rc {rep.get('rc')}: {rep}"]
+        if rep.get("error"):
+            res.problems.append(rep["error"])
+        if vm.boot_count != boots:
+            res.problems.append(f"false reboot: boot {boots} -> {vm.boot_count}")
+            res.reboot = "unexpected"
+        new = [e.name for e in vm.events[events:] if e.name in ("WATCHDOG", "RESET")]
+        if new:
+            res.problems.append(f"false reset: QMP events {new}")
+        if res.converge is not None and res.converge > res.bound:
+            res.problems.append(f"converged in {res.converge:.2f} s > bound {res.bound:.2f} s")
+
+    def _reboot(self, f: Fault, res: Result) -> None:
+        """Inject a fault that must reboot; wait for the next boot and a converged chain."""
+        assert self.cvm is not None
+        cvm, vm = self.cvm, self.cvm.vm
+        boots, events = vm.boot_count, len(vm.events)
+        mark = vm.console_mark()
+        failed: list[str] = []
+
+        def inject() -> None:
+            try:  # the reply may never come: the panic or the reset can beat it
+                rep = self._probe(5.0, fault=self._fault_spec(f), wait=False, startup=25.0)
+                if rep.get("rc") != 0:
+                    failed.append(f"not injected: {rep}")
+            except QemuError:
+                pass
+
+        thread = threading.Thread(target=inject, name="hachain-campaign-fault", daemon=True)
+        thread.start()
+        try:
+            m = vm.wait_for(self._marker_re(f), timeout=60.0, since=mark)
+        except QemuError as exc:
+            thread.join(5)
+            res.problems += failed or [f"no fault marker: {str(exc).splitlines()[0]}"]
+            return
+        t_fault = vm.time_at(m.start())
+        res.t_fault = round(t_fault - self.t0, 3)
+        try:
+            record = vm.wait_boot(boots + 1, timeout=reset_bound(self.settings) + 30.0)
+        except QemuError as exc:
+            res.problems.append(f"no reboot: {str(exc).splitlines()[0]}")
+            return
+        finally:
+            thread.join(5)
+        res.reboot = "watchdog" if any(e.name == "WATCHDOG" for e in vm.events[events:]) \
+            else "panic"
+        res.reboot_after = round(record.initramfs_at - t_fault, 3)
+        res.t_detect = round(record.initramfs_at - self.t0, 3)
+        res.detect = res.reboot_after
+        try:
+            cvm.wait_ready(BOOT_BUDGET + 60.0)
+            rep = self._probe(30.0)
+        except QemuError as exc:
+            res.problems.append(f"not ready after the reboot: {str(exc).splitlines()[0]}")
+            return
+        pid1 = vm.console.find(f"HACHAIN-QEMU-PID1 {boots + 1}")
+        ready = cvm.services_ready_at(max(0, pid1)) or cvm.ready_at
+        res.converge = round(ready - t_fault, 3)
+        res.t_recover = round(ready - self.t0, 3)
+        if not rep.get("ready"):
+            res.problems += rep.get("problems") or [f"probe rc {rep.get('rc')}"]
+        if vm.boot_count != boots + 1:
+            res.problems.append(f"{vm.boot_count - boots} reboots (expected exactly one)")
+        want = QKINDS[f.kind].reboot
+        try:
+            bootstatus = cvm.read(BOOTSTATUS)
+        except QemuError as exc:
+            bootstatus = f"unreadable ({exc})"
+        cause = (rep.get("last_boot") or {}).get("cause")
+        res.problems += _reboot_problems(want, res.reboot, bootstatus, cause,
+                                         "Kernel panic" in vm.console[mark:])
+        if res.converge > res.bound:
+            res.problems.append(f"converged in {res.converge:.2f} s > bound {res.bound:.2f} s")
+        if failed:
+            res.problems += failed
+
+    def _recover(self) -> None:
+        """After a failed fault: reset the guest and wait for a ready chain, or abort."""
+        assert self.cvm is not None
+        vm = self.cvm.vm
+        self.recoveries += 1
+        boots = vm.boot_count
+        try:
+            vm.qmp("system_reset")
+            vm.wait_boot(boots + 1, timeout=60.0)
+            self.cvm.wait_ready(BOOT_BUDGET + 60.0)
+        except QemuError as exc:
+            raise CampaignAbort(f"the guest did not come back after a reset: "
+                                f"{str(exc).splitlines()[0]}") from None
+
+    def run_fault(self, f: Fault) -> Result:
+        """Inject fault `f`, wait, judge; the Result (times relative to the campaign)."""
+        kind = QKINDS[f.kind]
+        component = {"kernel": "machine"}.get(f.target, f.target)
+        res = Result(f.index, f.kind, f.target, component,
+                     bound=convergence_bound(f.kind, self.settings))
+        if kind.reboot:
+            self._reboot(f, res)
+        else:
+            self._no_reboot(f, res)
+        res.ok = not res.problems
+        res.t_end = round(time.monotonic() - self.t0, 3)
+        return res
+
+    # ------------------------------------------------------------ the campaign
+
+    def run(self) -> dict[str, Any]:
+        """Boot, check the baseline, run every fault; the report. The guest is closed."""
+        self.t0 = time.monotonic()
+        self.cvm = ChainVM(self.workdir, self.settings, echo=self.echo)
+        try:
+            try:
+                self.boot_s = round(self.cvm.boot(timeout=150.0), 2)
+                base = self._probe(30.0)
+                if not base.get("ready"):
+                    self.baseline_problems = list(base.get("problems") or ["not ready"])
+            except QemuError as exc:
+                self.baseline_problems = [f"boot: {str(exc).splitlines()[0]}"]
+            if self.baseline_problems:
+                return self.report()
+            n = len(self.faults)
+            for i, f in enumerate(self.faults, 1):
+                if self.progress:
+                    self.progress(i - 1, n, None, f"#{f.index} {f.kind} {f.target}...")
+                res = self.run_fault(f)
+                self.results.append(res)
+                if self.progress:
+                    self.progress(i, n, res, "")
+                if not res.ok:
+                    try:
+                        self._recover()
+                    except CampaignAbort as exc:
+                        self.baseline_problems = [f"after fault #{f.index}: {exc}"]
+                        break
+            return self.report()
+        finally:
+            self.cvm.close()
+
+    def report(self) -> dict[str, Any]:
+        """Everything report.json and report.html show (chaos_report's shape)."""
+        results = [asdict(r) for r in self.results]
+        fails = [r for r in results if not r["ok"]]
+        boots = self.cvm.vm.boots if self.cvm else []
+        return {
+            "machine": "qemu", "watchdog": self.settings.watchdog, "smp": self.settings.smp,
+            "seed": self.seed, "faults": len(self.faults), "kinds": self.kinds,
+            "skipped": {}, "weights": {k: QKINDS[k].weight for k in self.kinds},
+            "bounds": {k: convergence_bound(k, self.settings) for k in self.kinds},
+            "reboot_bound": reset_bound(self.settings),
+            "boot_to_ready": self.boot_s,
+            "baseline_problems": self.baseline_problems,
+            "ok": not fails and not self.baseline_problems
+            and len(self.results) == len(self.faults),
+            "failures": len(fails), "results": results,
+            "summary": chaos_report.summarize(results),
+            "boot_times": [round(b.initramfs_at - self.t0, 3) for b in boots],
+            "boots": len(boots), "machine_resets": self.recoveries,
+            "duration": round(time.monotonic() - self.t0, 3),
+        }
+
+
+def _reboot_problems(want: str | None, seen: str | None, bootstatus: str,
+                     cause: str | None, panicked: bool) -> list[str]:
+    """Was the reboot caused by what the fault kind says? Problems, empty when so."""
+    out = []
+    if want == "watchdog":
+        if seen != "watchdog":
+            out.append("reboot without a QMP WATCHDOG event (expected a watchdog reset)")
+        if bootstatus != str(CARDRESET):
+            out.append(f"bootstatus {bootstatus} (expected {CARDRESET})")
+        if cause != "watchdog reset":
+            out.append(f"last_boot cause {cause!r} (expected 'watchdog reset')")
+    elif want == "panic":
+        if not panicked:
+            out.append("no 'Kernel panic' on the console")
+        if seen == "watchdog":
+            out.append("the watchdog fired (expected panic=1 to reboot first)")
+        if bootstatus == str(CARDRESET):
+            out.append(f"bootstatus {bootstatus} after a panic reboot (expected 0)")
+    return out
+
+
+# ---------------------------------------------------------------- command line
+
+def kind_list(arg: str | None) -> list[str]:
+    """The --kinds list (default: every guest kind); ValueError on an unknown name."""
+    if not arg:
+        return sorted(QKINDS)
+    kinds = sorted({k.strip() for k in arg.split(",") if k.strip()})
+    bad = [k for k in kinds if k not in QKINDS]
+    if bad:
+        raise ValueError(f"unknown --qemu fault kind(s) {', '.join(bad)}; known: "
+                         + ", ".join(sorted(QKINDS)))
+    return kinds
+
+
+def cmd_chaos_qemu(args: argparse.Namespace) -> int:
+    """`hachain chaos --qemu`: exit 0 all held, 1 an invariant broke or no QEMU, 2 usage."""
+    if args.config:
+        print("hachain chaos: --qemu boots its own configuration; -c is not supported",
+              file=sys.stderr)
+        return 2
+    if args.faults < 0:
+        print("hachain chaos: --faults must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        kinds = kind_list(args.kinds)
+    except ValueError as e:
+        print(f"hachain chaos: --kinds: {e}", file=sys.stderr)
+        return 2
+    only: set[int] | None = None
+    if args.only:
+        try:
+            only = {int(x) for x in args.only.split(",") if x.strip()}
+        except ValueError:
+            print("hachain chaos: --only takes comma-separated indexes", file=sys.stderr)
+            return 2
+    reason = unavailable_reason()
+    if reason:
+        print(f"hachain chaos: --qemu cannot run here: {reason}", file=sys.stderr)
+        return 1
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    sched = schedule(seed, args.faults, kinds)
+    chosen = [f for f in sched if only is None or f.index in only]
+    work = Path(os.path.abspath(args.dir) if args.dir
+                else tempfile.mkdtemp(prefix="hachain-chaos-qemu-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.makedirs(args.report, exist_ok=True)
+    print(f"chaos: --qemu seed {seed}, {len(chosen)} fault(s), kinds {','.join(kinds)}; "
+          f"work dir {work}", file=sys.stderr)
+    camp = QemuCampaign(work / "vm", seed, chosen, kinds, progress=Progress())
+    rep = camp.run()
+    rep["config"] = "built-in --qemu campaign configuration (simulators/qemu/campaign.py)"
+    fails = [r for r in rep["results"] if not r["ok"]]
+
+    def command(indexes: list[int] | None) -> str:
+        return (f"hachain chaos --qemu --faults {args.faults} --seed {seed} "
+                f"--kinds {','.join(kinds)} --report {args.report}"
+                + ("" if indexes is None else " --only " + ",".join(map(str, indexes))))
+
+    if fails:
+        first = fails[0]["index"]
+        idx = [f.index for f in chosen if f.index <= first]
+        rep["repro"] = {"command": command(idx), "indexes": idx,
+                        "note": "not shrunk (a --qemu run costs minutes); the failing "
+                                f"fault alone: {command([first])}"}
+    elif rep["baseline_problems"]:
+        rep["repro"] = {"command": command(None), "indexes": [],
+                        "note": "the guest did not converge outside any fault"}
+    chaos_report.write_json(rep, os.path.join(args.report, "report.json"))
+    chaos_report.write_html(rep, os.path.join(args.report, "report.html"))
+    print(chaos_report.table_text(rep["summary"]))
+    print(f"chaos: report {os.path.join(args.report, 'report.html')}; "
+          f"{rep['boots']} boot(s), {rep['duration']:.0f} s")
+    if rep["ok"]:
+        print(f"chaos: --qemu seed {seed}: all invariants held over "
+              f"{len(rep['results'])} fault(s)")
+        return 0
+    for p in rep["baseline_problems"]:
+        print(f"chaos: --qemu seed {seed}: {p}", file=sys.stderr)
+    for r in fails:
+        print(f"chaos: --qemu seed {seed}: fault #{r['index']} {r['kind']} {r['target']}: "
+              + "; ".join(r["problems"]), file=sys.stderr)
+    if rep.get("repro"):
+        print(f"chaos: reproduce ({rep['repro']['note']}): {rep['repro']['command']}",
+              file=sys.stderr)
+    return 1
