@@ -1,0 +1,98 @@
+"""`hachain chaos --qemu`: a short seeded fault campaign on the real chain in a QEMU guest.
+
+The fast tests check the schedule and the reboot verdicts without QEMU. The campaign
+test (marker `qemu`) runs seed 19's first four faults — kill-service worker,
+hang-service notifier, kernel-crash, kill-restarter — on one i6300esb guest through the
+real command line, so one reboot kind and three non-reboot kinds, and checks the exit
+status, the table and report.json. About one minute on two idle cores (one cold boot
+and one panic reboot). Without QEMU, a kernel or busybox it skips with the harness's
+one-line reason, except in CI (`CI=true`), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hachain.simulators.qemu.campaign import (
+    QKINDS,
+    CampaignSettings,
+    _reboot_problems,
+    convergence_bound,
+    schedule,
+)
+from hachain.simulators.qemu.chain import chain_config
+from hachain.simulators.qemu.harness import unavailable_reason
+
+SEED, FAULTS = 19, 4
+
+
+def test_schedule_is_pure_weighted_and_a_prefix() -> None:
+    kinds = sorted(QKINDS)
+    long = schedule(1, 40, kinds)
+    assert long == schedule(1, 40, kinds)
+    assert schedule(1, 7, kinds) == long[:7]
+    assert [f.index for f in long] == list(range(40))
+    assert all(f.target in QKINDS[f.kind].targets for f in long)
+    assert {f.kind for f in schedule(1, 5, ["kill-tickler"])} == {"kill-tickler"}
+    # the test's seed: one reboot kind among non-reboot kinds
+    short = schedule(SEED, FAULTS, kinds)
+    assert [f.kind for f in short] == ["kill-service", "hang-service", "kernel-crash",
+                                       "kill-restarter"]
+
+
+def test_reboot_verdicts() -> None:
+    assert _reboot_problems("watchdog", "watchdog", "32", "watchdog reset", False) == []
+    assert _reboot_problems("panic", "panic", "0", "normal", True) == []
+    bad = _reboot_problems("watchdog", "panic", "0", "normal", False)
+    assert len(bad) == 3 and "bootstatus 0 (expected 32)" in bad
+    bad = _reboot_problems("panic", "watchdog", "32", "watchdog reset", False)
+    assert len(bad) == 3
+
+
+def test_campaign_config_has_a_service_watchdog_and_bounds() -> None:
+    s = CampaignSettings()
+    text = chain_config(s, "/usr/bin/python3")
+    assert "watchdog_sec = 3.0" in text and "intensity.max_restarts = 100" in text
+    assert convergence_bound("hang-restarter", s) > convergence_bound("kill-service", s)
+
+
+@pytest.fixture(scope="module")
+def qemu_available() -> None:
+    """Skip (fail under CI=true) when QEMU, a kernel or busybox is missing."""
+    reason = unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(240)
+def test_short_qemu_campaign(qemu_available: None, tmp_path: Path) -> None:
+    report = tmp_path / "rep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hachain.cli", "chaos", "--qemu", "--faults", str(FAULTS),
+         "--seed", str(SEED), "--report", str(report), "--dir", str(tmp_path / "w")],
+        capture_output=True, text=True, timeout=200)
+    print(proc.stdout, proc.stderr, sep="\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| kernel-crash | 1 | 0 |" in proc.stdout
+    rep = json.loads((report / "report.json").read_text())
+    assert (report / "report.html").exists()
+    assert rep["ok"] and rep["seed"] == SEED and rep["failures"] == 0
+    assert [r["kind"] for r in rep["results"]] == ["kill-service", "hang-service",
+                                                   "kernel-crash", "kill-restarter"]
+    assert rep["boots"] == 2  # the cold boot and the panic reboot, nothing else
+    assert rep["machine_resets"] == 0
+    for r in rep["results"]:
+        assert r["converge"] is not None and 0 < r["converge"] <= r["bound"], r
+        assert r["reboot"] == ("panic" if r["kind"] == "kernel-crash" else None), r
+    assert set(rep["summary"]) == {"kill-service", "hang-service", "kernel-crash",
+                                   "kill-restarter"}
