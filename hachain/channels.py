@@ -57,6 +57,8 @@ ENV_CONTROL_FD = "HACHAIN_CONTROL_FD"
 NOTIFY_SOCKET = "notify.sock"  # how often init restarted this layer
 ENV_FAULT_HOOKS = "HACHAIN_FAULT_HOOKS"  # "1" enables the documented fault-injection hooks
 
+ENV_LOG_FORMAT = "HACHAIN_LOG_FORMAT"  # "json" for JSON-lines logs, else human lines
+
 # Control protocol limits.
 MAX_REQUEST_BYTES = 64 * 1024
 REQUEST_TIMEOUT = 2.0
@@ -199,6 +201,17 @@ class HeartbeatWriter:
             # A full or read-only runtime dir must not kill the layer; the missing
             # heartbeat is itself the signal (the gate sees it go stale).
             pass
+
+
+# --- log lines ------------------------------------------------------------------------------
+
+def log_line(prog: str, msg: str) -> bytes:
+    """One log line for stderr, as `[chain] log_format` asks (passed down in the
+    environment): `prog: msg`, or a JSON object with time, program, pid and message."""
+    if os.environ.get(ENV_LOG_FORMAT) == "json":
+        return json.dumps({"time": round(time.time(), 3), "prog": prog, "pid": os.getpid(),
+                           "msg": msg}).encode() + b"\n"
+    return f"{prog}: {msg}\n".encode(errors="replace")
 
 
 # --- process identity ----------------------------------------------------------------------

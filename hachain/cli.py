@@ -57,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "--heartbeat-interval", str(cfg.chain.heartbeat_interval)]
     if cfg.watchdog.device == "none" and args.no_tickler:
         argv.append("--no-tickler")
+    os.environ[channels.ENV_LOG_FORMAT] = cfg.chain.log_format  # init and its children
     sys.stdout.flush()
     os.execv(sys.executable, argv)
     return 1  # not reached

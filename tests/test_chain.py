@@ -16,7 +16,8 @@ from tests.conftest import svc, wait_until
 
 
 class Chain:
-    def __init__(self, tmp: str, body: str, restart_delay: float = 0.3) -> None:
+    def __init__(self, tmp: str, body: str, restart_delay: float = 0.3,
+                 chain_extra: str = "") -> None:
         self.state_dir = os.path.join(tmp, "run")
         self.persist_dir = os.path.join(tmp, "persist")
         mount = find_cgroup2_mount()
@@ -26,7 +27,7 @@ class Chain:
             f.write(f'[chain]\nstate_dir = "{self.state_dir}"\npersist_dir = '
                     f'"{self.persist_dir}"\ncgroup_root = "{self.cg or "none"}"\n'
                     f'heartbeat_interval = 0.2\nrestart_delay = {restart_delay}\n'
-                    '[watchdog]\ndevice = "none"\n' + body)
+                    + chain_extra + '[watchdog]\ndevice = "none"\n' + body)
         self.log = open(os.path.join(tmp, "chain.log"), "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "hachain.cli", "run", "-c",
                                       self.config], stdout=self.log, stderr=self.log)
@@ -178,3 +179,17 @@ ready_timeout = 60
     s = wait_until(lambda: (x := c.status().get("n")) and x["state"] == "ready" and x, 15,
                    "n ready after the restarter came back")
     assert s["pid"] == pid
+
+
+def test_json_log_format(chain, tmp_path):
+    import json
+    c = chain('[service.a]\ncommand = ["/bin/sleep", "1000"]\n',
+              chain_extra='log_format = "json"\n')
+    wait_until(lambda: c.all_ready(1) and c.hb("tickler"), 30, "chain up")
+    lines = [ln for ln in (tmp_path / "chain.log").read_text().splitlines() if ln.strip()]
+    progs = set()
+    for ln in lines:
+        d = json.loads(ln)  # every line of the chain's own log is a JSON object
+        assert {"time", "prog", "pid", "msg"} <= set(d)
+        progs.add(d["prog"])
+    assert {"hachain-init", "hachain-restarter", "hachain-tickler"} <= progs

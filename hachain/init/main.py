@@ -91,7 +91,7 @@ SIG_HANG = signal.SIGRTMIN + 2  # fault hook: stop running the loop, forever
 def log(msg: str) -> None:
     """One line on stderr; a broken console must never stop init."""
     try:
-        os.write(2, f"{PROG}: {msg}\n".encode(errors="replace"))
+        os.write(2, channels.log_line(PROG, msg))
     except OSError:
         pass
 

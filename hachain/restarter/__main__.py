@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.errors:
             log(line)
         return 2
+    os.environ[channels.ENV_LOG_FORMAT] = cfg.chain.log_format
     try:
         r = Restarter(cfg, int(os.environ.get(channels.ENV_LAYER_RESTARTS, "0") or 0))
     except AlreadyRunning as e:

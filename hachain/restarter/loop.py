@@ -41,9 +41,8 @@ LOG_CHECK_SECONDS = 60.0  # how often log sizes are checked for rotation
 
 def log(msg: str) -> None:
     try:
-        sys.stderr.write(f"hachain-restarter: {msg}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
+        os.write(2, channels.log_line("hachain-restarter", msg))
+    except OSError:
         pass
 
 

@@ -56,7 +56,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def log(msg: str) -> None:
     """One line on stderr, prefixed with the program name."""
     try:
-        os.write(2, f"{PROG}: {msg}\n".encode(errors="replace"))
+        os.write(2, channels.log_line(PROG, msg))
     except OSError:
         pass
 
@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.errors:
             log(line)
         return 2
+    os.environ[channels.ENV_LOG_FORMAT] = cfg.chain.log_format
     if not args.no_realtime:
         for w in go_realtime():
             log(f"warning: {w}")
