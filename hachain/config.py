@@ -96,6 +96,7 @@ class ServiceConfig:
     log_max_bytes: int = 1024 * 1024
     log_keep: int = 3
     success_exit: tuple[int, ...] = (0,)
+    pids_max: int = 0  # cgroup pids.max for the service (0: no limit)
 
     @property
     def deps(self) -> tuple[str, ...]:
@@ -264,7 +265,8 @@ _SVC_KEYS = {"command", "shell", "kind", "restart", "backoff", "intensity", "ena
              "requires", "wants", "after", "conflicts", "restart_dependents", "ready",
              "ready_fd", "ready_command", "ready_port", "ready_timeout", "watchdog_sec",
              "health", "critical", "stop_signal", "stop_timeout", "env", "cwd", "user",
-             "group", "umask", "rlimits", "log_max_bytes", "log_keep", "success_exit"}
+             "group", "umask", "rlimits", "log_max_bytes", "log_keep", "success_exit",
+             "pids_max"}
 
 
 def _chain(c: _Checker, d: dict[str, Any]) -> ChainConfig:
@@ -493,6 +495,7 @@ def _service(c: _Checker, name: str, d: Any) -> ServiceConfig | None:
         log_max_bytes=c.number(d, k + ["log_max_bytes"], 1024 * 1024, lo=1024, integer=True),
         log_keep=c.number(d, k + ["log_keep"], 3, lo=0, hi=100, integer=True),
         success_exit=_exit_codes(c, d, k + ["success_exit"]),
+        pids_max=c.number(d, k + ["pids_max"], 0, lo=0, integer=True),
     )
     if ready == "exec" and not svc.ready_command:
         c.err(k + ["ready_command"], "is required when ready = \"exec\"")

@@ -64,6 +64,27 @@ class Chain:
             except OSError:
                 pass
         self.log.close()
+        if self.cg and os.path.isdir(self.cg):  # the cgroups this chain made
+            for d in os.listdir(self.cg):
+                p = os.path.join(self.cg, d)
+                if os.path.isdir(p):
+                    try:
+                        with open(os.path.join(p, "cgroup.kill"), "w") as f:
+                            f.write("1")
+                    except OSError:
+                        pass
+                    wait_until(lambda p=p: _rmdir(p), 5, f"{p} removed")
+            _rmdir(self.cg)
+
+
+def _rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 @pytest.fixture

@@ -307,3 +307,20 @@ intensity = {{ max_restarts = 1000000, window = 1, action = "ignore" }}
                 os.rmdir(cg)
             except OSError:
                 pass
+
+
+def test_pids_max_applied_or_clearly_unavailable(restarter):
+    r = restarter(f"""
+[service.capped]
+command = {svc("sleep")}
+pids_max = 20
+""")
+    r.wait_state("capped", "ready")
+    if not r.cg_root:
+        pytest.skip("no writable cgroup v2")
+    limit = os.path.join(r.cg_root, "capped", "pids.max")
+    log = open(r.log).read()
+    if os.path.exists(limit):
+        assert open(limit).read().strip() == "20" and "pids.max = 20" in log
+    else:
+        assert "pids_max = 20 not applied: the cgroup v2 pids controller is not enabled" in log

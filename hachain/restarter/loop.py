@@ -96,6 +96,7 @@ class Restarter:
         self.pending_signals: list[int] = []
         self._start_times: dict[str, int | None] = {}  # /proc start time of each main pid
         self._stop_levels: list[list[str]] = []  # the orderly shutdown, last level first
+        self._pids_limited: set[str] = set()
         self.notify = notify.NotifySocket(os.path.join(self.state_dir, channels.NOTIFY_SOCKET),
                                           _inherited_fd(channels.ENV_NOTIFY_FD))
         self.sel.register(self.notify.fileno(), selectors.EVENT_READ, ("notify", None))
@@ -337,6 +338,14 @@ class Restarter:
             spawn.rotate_log(self.log_dir, name, c.log_max_bytes, c.log_keep)
         except OSError:
             pass
+        if c.pids_max and self.cgroups.active and name not in self._pids_limited:
+            self.cgroups.ensure(name)
+            if self.cgroups.limit_pids(name, c.pids_max):
+                log(f"{name}: pids.max = {c.pids_max}")
+            else:
+                log(f"{name}: pids_max = {c.pids_max} not applied: the cgroup v2 pids "
+                    "controller is not enabled here; the whole cgroup is still killed on stop")
+            self._pids_limited.add(name)
         try:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path)
         except (spawn.SpawnError, OSError) as e:

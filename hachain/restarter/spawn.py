@@ -124,6 +124,14 @@ class Cgroups:
             os.makedirs(root, exist_ok=True)
         except OSError:
             return cls(None)
+        # Delegate the pids controller down to the services' cgroups where the kernel
+        # offers it in v2 (for pids_max); a hybrid host that binds it to v1 refuses.
+        for d in (os.path.dirname(root), root):
+            try:
+                with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
+                    f.write("+pids")
+            except OSError:
+                pass
         return cls(root)
 
     @property
@@ -142,6 +150,20 @@ class Cgroups:
                 return None
             self._made.add(name)
         return p
+
+    def limit_pids(self, name: str, limit: int) -> bool:
+        """Write the service's pids.max (0: "max"). False when the pids controller is
+        not enabled for this cgroup (then a fork bomb is only bounded by the kill of the
+        whole cgroup on stop)."""
+        p = self.path(name)
+        if p is None:
+            return False
+        try:
+            with open(os.path.join(p, "pids.max"), "w") as f:
+                f.write(str(limit) if limit > 0 else "max")
+            return True
+        except OSError:
+            return False
 
     def thaw(self, path: str) -> None:
         """Make sure a cgroup is not frozen (cgroup.freeze): the restarter is about to
