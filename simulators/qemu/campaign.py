@@ -117,18 +117,18 @@ class QKind:
 
 SERVICES = ("notifier", "sleeper", "worker")
 QKINDS: dict[str, QKind] = {k.name: k for k in (
-    QKind("kill-service", SERVICES, None, 2, "SIGKILL the service's main process"),
-    QKind("hang-service", ("notifier",), None, 2,
+    QKind("kill-service", SERVICES, None, 3, "SIGKILL the service's main process"),
+    QKind("hang-service", ("notifier",), None, 3,
           "SIGSTOP a service with watchdog_sec: the restarter sees it hung and restarts it"),
-    QKind("kill-restarter", ("restarter",), None, 2,
+    QKind("kill-restarter", ("restarter",), None, 3,
           "SIGKILL the restarter: init restarts it, it re-adopts the services"),
-    QKind("kill-tickler", ("tickler",), None, 2,
+    QKind("kill-tickler", ("tickler",), None, 3,
           "SIGKILL the tickler: the device stays armed, init restarts it in time"),
-    QKind("hang-restarter", ("restarter",), "watchdog", 1,
+    QKind("hang-restarter", ("restarter",), "watchdog", 2,
           "SIGSTOP the restarter: gate fails, i6300esb resets, bootstatus 32"),
-    QKind("init-crash", ("init",), "panic", 1,
+    QKind("init-crash", ("init",), "panic", 2,
           "init's fault hook (SIGRTMIN+1 to PID 1): PID 1 exits, panic=1 reboots"),
-    QKind("kernel-crash", ("kernel",), "panic", 1,
+    QKind("kernel-crash", ("kernel",), "panic", 2,
           "echo c > /proc/sysrq-trigger: kernel panic, panic=1 reboots"),
 )}
 
