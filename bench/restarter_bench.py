@@ -27,7 +27,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from hachain import client  # noqa: E402
-from hachain.restarter.spawn import find_cgroup2_mount  # noqa: E402
+from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree  # noqa: E402
 
 
 def build_stamp(tmp: str) -> str:
@@ -126,24 +126,7 @@ class Run:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         if self.cg:
-            for d in os.listdir(self.cg):
-                p = os.path.join(self.cg, d)
-                if os.path.isdir(p):
-                    try:
-                        with open(os.path.join(p, "cgroup.kill"), "w") as f:
-                            f.write("1")
-                    except OSError:
-                        pass
-            time.sleep(0.2)
-            for d in os.listdir(self.cg):
-                try:
-                    os.rmdir(os.path.join(self.cg, d))
-                except OSError:
-                    pass
-            try:
-                os.rmdir(self.cg)
-            except OSError:
-                pass
+            remove_cgroup_tree(self.cg)
         for pid in self.pids:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -27,7 +27,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from hachain import client  # noqa: E402
-from hachain.restarter.spawn import find_cgroup2_mount  # noqa: E402
+from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree  # noqa: E402
 
 
 def build(tmp: str) -> str:
@@ -89,23 +89,8 @@ def one_run(n: int, depth: int, stamp: str, seed: int) -> tuple[float, float]:
             p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
-        if cg != "none" and os.path.isdir(cg):
-            for d in os.listdir(cg):
-                try:
-                    with open(os.path.join(cg, d, "cgroup.kill"), "w") as f:
-                        f.write("1")
-                except OSError:
-                    pass
-            time.sleep(0.5)
-            for d in os.listdir(cg):
-                try:
-                    os.rmdir(os.path.join(cg, d))
-                except OSError:
-                    pass
-            try:
-                os.rmdir(cg)
-            except OSError:
-                pass
+        if cg != "none":
+            remove_cgroup_tree(cg)
 
 
 def main() -> int:

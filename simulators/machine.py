@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Self
 
 from hachain import channels, config
+from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from hachain.watchdog.device import WDIOF_CARDRESET, flag_names
 
@@ -107,51 +108,6 @@ def pid_namespace(pid: int) -> str | None:
         return os.readlink(f"/proc/{pid}/ns/pid")
     except OSError:
         return None
-
-
-def find_cgroup2_mount() -> str | None:
-    """Where the cgroup v2 hierarchy is mounted (from /proc/self/mountinfo), or None."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    return left.split()[4]
-    except OSError:
-        pass
-    return None
-
-
-def remove_cgroup_tree(path: str, timeout: float = 5.0) -> bool:
-    """rmdir a cgroup directory and everything below it, leaves first. True when gone.
-
-    Dying processes may keep a cgroup busy for a moment, so EBUSY is retried until
-    `timeout`; `cgroup.kill` (Linux 5.14+) is written first where it exists.
-    """
-    if not os.path.isdir(path):
-        return True
-    kill = os.path.join(path, "cgroup.kill")
-    if os.path.exists(kill):
-        try:
-            with open(kill, "w") as f:
-                f.write("1")
-        except OSError:
-            pass
-    deadline = time.monotonic() + timeout
-    while True:
-        busy = False
-        for root, _dirs, _files in os.walk(path, topdown=False):
-            try:
-                os.rmdir(root)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                busy = True
-        if not busy:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
 
 
 # --- the machine ----------------------------------------------------------------------------

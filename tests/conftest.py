@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hachain import channels, client
-from hachain.restarter.spawn import find_cgroup2_mount
+from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SVC = os.path.join(ROOT, "tests", "svc.py")
@@ -109,27 +109,8 @@ class RestarterRun:
     def cleanup(self) -> None:
         self.stop()
         # Anything a test left behind: services of this run only (their cgroups / pids).
-        if self.cg_root and os.path.isdir(self.cg_root):
-            for d in os.listdir(self.cg_root):
-                p = os.path.join(self.cg_root, d)
-                if os.path.isdir(p):
-                    try:
-                        with open(os.path.join(p, "cgroup.kill"), "w") as f:
-                            f.write("1")
-                    except OSError:
-                        pass
-            deadline = time.monotonic() + 5
-            for d in os.listdir(self.cg_root):
-                p = os.path.join(self.cg_root, d)
-                while os.path.isdir(p) and time.monotonic() < deadline:
-                    try:
-                        os.rmdir(p)
-                    except OSError:
-                        time.sleep(0.02)
-            try:
-                os.rmdir(self.cg_root)
-            except OSError:
-                pass
+        if self.cg_root:
+            remove_cgroup_tree(self.cg_root)
         for pid in self.pids_seen:
             try:
                 if channels.pid_alive(pid):

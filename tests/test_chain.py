@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hachain import channels, client
-from hachain.restarter.spawn import find_cgroup2_mount
+from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
 from tests.conftest import svc, wait_until
 
 
@@ -64,27 +64,8 @@ class Chain:
             except OSError:
                 pass
         self.log.close()
-        if self.cg and os.path.isdir(self.cg):  # the cgroups this chain made
-            for d in os.listdir(self.cg):
-                p = os.path.join(self.cg, d)
-                if os.path.isdir(p):
-                    try:
-                        with open(os.path.join(p, "cgroup.kill"), "w") as f:
-                            f.write("1")
-                    except OSError:
-                        pass
-                    wait_until(lambda p=p: _rmdir(p), 5, f"{p} removed")
-            _rmdir(self.cg)
-
-
-def _rmdir(path: str) -> bool:
-    try:
-        os.rmdir(path)
-        return True
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
+        if self.cg:
+            remove_cgroup_tree(self.cg)  # the cgroups this chain made
 
 
 @pytest.fixture

@@ -240,7 +240,7 @@ def test_chain_under_a_1000_service_crash_loop(tmp_path):
     import sys
     import threading
 
-    from hachain.restarter.spawn import find_cgroup2_mount
+    from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
     from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
     expired = threading.Event()
     sock = str(tmp_path / "wd.sock")
@@ -295,18 +295,8 @@ intensity = {{ max_restarts = 1000000, window = 1, action = "ignore" }}
             chain.kill()
         server.stop()
         log.close()
-        if cg != "none" and os.path.isdir(cg):
-            for d in os.listdir(cg):
-                try:
-                    with open(os.path.join(cg, d, "cgroup.kill"), "w") as f:
-                        f.write("1")
-                    os.rmdir(os.path.join(cg, d))
-                except OSError:
-                    pass
-            try:
-                os.rmdir(cg)
-            except OSError:
-                pass
+        if cg != "none":
+            remove_cgroup_tree(cg)
 
 
 def test_pids_max_applied_or_clearly_unavailable(restarter):

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hachain import channels
+from hachain.cgroupfs import find_cgroup2_mount
 from hachain.config import ServiceConfig
 from hachain.restarter.policy import ExitStatus
 
@@ -73,19 +74,6 @@ def reap(pid: int) -> ExitStatus | None:
 
 
 # --- cgroups -------------------------------------------------------------------------------
-
-def find_cgroup2_mount() -> str | None:
-    """The mount point of the cgroup v2 hierarchy, or None."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    return left.split()[4]
-    except OSError:
-        pass
-    return None
-
 
 def own_cgroup(mount: str) -> str:
     """This process's cgroup v2 directory under `mount`."""
