@@ -487,6 +487,9 @@ def add_parser(subparsers: Any) -> None:
                    help="seconds from a kernel panic to the next boot (default 1)")
     p.add_argument("--console", action="store_true",
                    help="show the machine's console here instead of <dir>/console.log")
+    p.add_argument("--tour", action="store_true",
+                   help="a guided tour: crash the restarter, then hang it, and show how the "
+                   "chain recovers and what the next boot records")
     p.add_argument("--status-every", type=float, default=5.0, metavar="S",
                    help="print a one-line chain status every S seconds (0: never; default 5)")
     p.set_defaults(func=cmd_sim)
@@ -498,29 +501,75 @@ def status_line(machine: SimMachine, t: float) -> str:
     st = gather_status(machine.state_dir, machine.persist_dir)
     parts = []
     for layer, d in st["chain"]["layers"].items():
-        if not d.get("pid"):
-            word = d.get("state", "down")
-        elif d.get("stopped"):
-            word = "HUNG"
+        # heartbeat pids are the machine's own (namespace) pids: look at the host's view
+        host = machine.host_pid_of(layer) if d.get("pid") else None
+        pstate = channels.proc_state(host) if host else None
+        if pstate is None:
+            word = d.get("state", "down") if not d.get("pid") else "DOWN"
+        elif pstate == "T":
+            word = "HUNG (stopped)"
         else:
-            word = "up" if d.get("alive") else "DOWN"
+            word = "up"
         parts.append(f"{layer} {word}")
     wd = st["chain"].get("watchdog") or {}
     gate = wd.get("gate") or {}
     if wd.get("device"):
         parts.append(f"watchdog {'petting' if gate.get('ok') else 'NOT petting'} "
                      f"({wd.get('pets') or 0} pets)")
-    svcs = ", ".join(f"{n} {s['state']}" + (f" ({s['restarts']} restarts)" if s["restarts"]
-                                             else "")
+    svcs = ", ".join(f"{n} {s['state']}" + (f" ({s['restarts']} restart"
+                                             f"{'s' if s['restarts'] > 1 else ''})"
+                                             if s["restarts"] else "")
                      for n, s in sorted(st["services"].items())) or "services: no answer"
     return f"sim: t={t:4.0f}s boot {len(machine.boots)} | " + ", ".join(parts) + " | " + svcs
+
+
+# The guided tour (`hachain sim --tour`, what scripts/demo.sh runs): (seconds after
+# power-on, what to do, what to say).
+TOUR = [
+    (12.0, "kill", "SIGKILL to the restarter: init restarts it and it re-adopts every running "
+                   "service (same pids, no second copy)"),
+    (24.0, "stop", "SIGSTOP to the restarter (a hang, not a crash): its heartbeat goes stale, "
+                   "the tickler stops petting, the watchdog resets the machine"),
+    (0.0, "explain", ""),
+]
+
+
+def tour_step(machine: SimMachine, tour: list[tuple[float, str, str]],
+              t: float) -> list[tuple[float, str, str]]:
+    """Run the next tour step when its time has come; the steps left."""
+    at, what, say = tour[0]
+    if what == "explain":
+        if len(machine.boots) < 2:
+            return tour
+        path = os.path.join(machine.persist_dir, channels.LAST_BOOT)
+        rec = None
+        try:
+            rec = channels.read_json(path)
+        except (OSError, ValueError):
+            pass
+        if not rec or rec.get("boot_id") != machine.boots[-1].get("boot_id"):
+            return tour  # the new boot's tickler has not written it yet
+        gate = (rec.get("last_gate_failure") or {}).get("reasons") or ["?"]
+        print(f"sim: tour: boot {len(machine.boots)} knows why it happened: last boot "
+              f"{rec.get('cause')!r}, and the gate had failed with: {gate[0]}", flush=True)
+        print("sim: tour: done; the machine keeps running (Ctrl-C to stop)", flush=True)
+        return tour[1:]
+    if t < at:
+        return tour
+    pid = machine.host_pid_of("restarter")
+    if pid is None:
+        return tour
+    print(f"sim: tour: t={t:.0f}s {say}", flush=True)
+    os.kill(pid, signal.SIGKILL if what == "kill" else signal.SIGSTOP)
+    return tour[1:]
 
 
 def fault_hints(machine: SimMachine) -> str:
     """How a user can poke the running machine from another shell."""
     r = machine.host_pid_of("restarter")
+    exe = shutil.which("hachain") or os.path.join(os.path.dirname(sys.executable), "hachain")
     return (f"sim: try from another shell:\n"
-            f"       hachain status --state-dir {machine.state_dir} --persist-dir "
+            f"       {exe} status --state-dir {machine.state_dir} --persist-dir "
             f"{machine.persist_dir}\n"
             f"       kill -KILL {r}   # the restarter dies: init restarts it, services are "
             "re-adopted\n"
@@ -562,6 +611,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     every = args.status_every
     next_status = t0 + min(every, 3.0) if every > 0 else None
     hinted = False
+    tour = list(TOUR) if args.tour else []
     try:
         while not stop.is_set() and not machine.finished.is_set():
             now = time.monotonic()
@@ -574,6 +624,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 if not hinted and machine.host_pid_of("restarter"):
                     hinted = True
                     print(fault_hints(machine), flush=True)
+            if tour:
+                tour = tour_step(machine, tour, now - t0)
             stop.wait(0.2 if left is None else min(0.2, left))
     except KeyboardInterrupt:
         pass

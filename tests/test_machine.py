@@ -280,3 +280,32 @@ def test_healthy_chain_under_cpu_hogs_is_never_reset(machine: SimMachine) -> Non
         for h in hogs:
             h.kill()
             h.wait(5)
+
+
+def test_demo_tour_crashes_and_hangs_the_restarter_and_explains_the_reset(tmp_path: Any) -> None:
+    """What `bash scripts/demo.sh` runs: the embedded demo appliance with the tour."""
+    d = tmp_path / "m"
+    p = subprocess.Popen([sys.executable, "-m", "hachain.cli", "sim", "--tour", "--dir", str(d),
+                          "--status-every", "2"], stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert p.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip())
+            if line.startswith("sim: tour: done"):
+                break
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+    out = "\n".join(lines)
+    assert "sim: boot 2: watchdog reset (boot status 0x20 CARDRESET)" in out, out
+    assert "boot 2 knows why it happened: last boot 'watchdog reset'" in out
+    assert "restarter heartbeat stale" in out
+    assert "restarter HUNG (stopped)" in out
+    # the SIGKILL of the restarter before the hang did not reset the machine
+    kill_at = out.index("SIGKILL to the restarter")
+    assert "watchdog expired" not in out[:kill_at] + out[kill_at:out.index("SIGSTOP to the")]
