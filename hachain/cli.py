@@ -46,6 +46,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK: {n} service(s), {crit} critical, watchdog device "
           f"{cfg.watchdog.device!r} (timeout {cfg.watchdog.timeout} s, pet every "
           f"{cfg.watchdog.pet_interval:g} s)")
+    if cfg.watchdog.device == "auto":
+        from hachain.watchdog.discover import discover
+        if not discover():
+            _err(f"{args.config}: warning: watchdog.device = \"auto\" but this machine has no "
+                 "watchdog device: the tickler will exit and init will retry until one "
+                 "appears (load softdog, or set device = \"none\" to run without one)")
+    elif cfg.watchdog.device.startswith("/") and not os.path.exists(cfg.watchdog.device):
+        _err(f"{args.config}: warning: watchdog.device {cfg.watchdog.device} does not exist "
+             "here")
     return 0
 
 

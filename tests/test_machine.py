@@ -309,3 +309,18 @@ def test_demo_tour_crashes_and_hangs_the_restarter_and_explains_the_reset(tmp_pa
     # the SIGKILL of the restarter before the hang did not reset the machine
     kill_at = out.index("SIGKILL to the restarter")
     assert "watchdog expired" not in out[:kill_at] + out[kill_at:out.index("SIGSTOP to the")]
+
+
+def test_stopped_tickler_resets_the_machine(machine: SimMachine) -> None:
+    """A hung tickler pets nothing: the watchdog itself notices, within timeout + pet."""
+    chain_up(machine)
+    tickler = machine.host_pid_of("tickler")
+    assert tickler is not None
+    t0 = time.monotonic()
+    os.kill(tickler, signal.SIGSTOP)
+    boot2 = machine.wait_boot(2, TIMEOUT + PET + MARGIN + 5)
+    elapsed = boot2["mono"] - t0
+    print(f"SIGSTOP tickler -> reset: {elapsed:.2f} s (bound {TIMEOUT + PET:g} s)")
+    assert elapsed <= TIMEOUT + PET + MARGIN
+    assert boot2["cause"] == "watchdog" and boot2["bootstatus"] == WDIOF_CARDRESET
+    chain_up(machine)
