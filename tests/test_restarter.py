@@ -566,3 +566,50 @@ backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
     assert channels.proc_state(r.proc.pid) != "D" and r.ping()
     assert "frozen 0" in open(os.path.join(cg, "cgroup.events")).read()
     assert channels.pid_alive(s["pid"])
+
+
+def test_conflicts_stop_the_other_side(restarter):
+    r = restarter(f"""
+[service.primary]
+command = {svc("sleep")}
+[service.standby]
+command = {svc("sleep")}
+conflicts = ["primary"]
+enabled = false
+""")
+    r.wait_state("primary", "ready")
+    assert r.svc("standby")["state"] == "stopped"
+    assert r.req("start", "standby")["ok"]
+    r.wait_state("standby", "ready")
+    r.wait_state("primary", "stopped")
+
+
+def test_restart_group_restarts_the_dependents_too(restarter):
+    r = restarter(f"""
+[service.base]
+command = ["/bin/sh", "-c", "sleep 0.3; exit 1"]
+backoff = {{ initial = 0.05, factor = 1.0, max = 0.05 }}
+intensity = {{ max_restarts = 1, window = 60, action = "restart-group" }}
+[service.app]
+command = {svc("sleep")}
+requires = ["base"]
+restart_dependents = false
+""")
+    app = r.wait_state("app", "ready")["pid"]
+    wait_until(lambda: "restart-group" in (r.svc("base")["reason"] or "") or
+               r.svc("app")["pid"] not in (None, app), 20, "the group restart")
+    s = wait_until(lambda: (x := r.svc("app"))["pid"] not in (None, app) and x, 20,
+                   "app restarted with its group although restart_dependents = false")
+    assert s["pid"] != app
+
+
+def test_a_failed_wanted_service_does_not_block(restarter):
+    r = restarter(f"""
+[service.optional]
+command = ["/nonexistent/binary"]
+[service.main]
+command = {svc("sleep")}
+wants = ["optional"]
+""")
+    r.wait_state("optional", "failed")
+    r.wait_state("main", "ready")
