@@ -3,8 +3,8 @@
 The fast tests check the schedule and the reboot verdicts without QEMU. The campaign
 test (marker `qemu`) runs seed 19's first four faults — kill-service worker,
 hang-service notifier, kernel-crash, kill-restarter — on one i6300esb guest through the
-real command line, so one reboot kind and three non-reboot kinds, and checks the exit
-status, the table and report.json. About one minute on two idle cores (one cold boot
+real command line (one reboot kind, three non-reboot kinds), and checks the exit
+status, the table and report.json. About 80 s on this 2-core host (one cold boot
 and one panic reboot). Without QEMU, a kernel or busybox it skips with the harness's
 one-line reason, except in CI (`CI=true`), where that is a failure.
 """
