@@ -267,8 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "hachain.simulators.verify"):
         try:
             m = importlib.import_module(mod)
-        except ImportError:
-            continue
+        except ModuleNotFoundError as e:
+            if e.name == mod or (e.name and mod.startswith(e.name + ".")) or \
+                    e.name in ("prometheus_client",):
+                continue  # an optional part that is not installed
+            raise
         add = getattr(m, "add_parser", None)
         if add is not None:
             add(sub)

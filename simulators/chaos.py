@@ -959,7 +959,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     p.add_argument("--list-kinds", action="store_true", help="print the fault model, exit")
     p.add_argument("--qemu", action="store_true",
-                   help="run on the QEMU machine instead (not supported yet)")
+                   help="run on a real kernel under QEMU (an emulated i6300esb) instead of the "
+                   "simulated machine; see docs/chaos.md")
     p.set_defaults(func=cmd_chaos)
 
 

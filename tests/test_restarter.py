@@ -613,3 +613,16 @@ wants = ["optional"]
 """)
     r.wait_state("optional", "failed")
     r.wait_state("main", "ready")
+
+
+def test_service_watchdog_starts_after_readiness(restarter):
+    """A notify service slower to get ready than watchdog_sec is not killed as hung."""
+    r = restarter(f"""
+[service.slow]
+command = {svc("notify", "1.0")}
+ready = "notify"
+watchdog_sec = 0.4
+ready_timeout = 10
+""")
+    s = r.wait_state("slow", "ready", 10)
+    assert s["restarts"] == 0 and s["last_exit"] is None

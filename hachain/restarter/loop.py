@@ -275,9 +275,14 @@ class Restarter:
         if new.state is State.STARTING and new.pid is not None and old.pid != new.pid and \
                 c.ready in ("exec", "tcp"):
             self.arm(name, "probe-ready", 0.02, now)
-        if new.state is State.READY and old.state is not State.READY and c.health:
-            self.health_failures[name] = 0
-            self.arm(name, "probe-health", c.health.interval, now)
+        if new.state is State.READY and old.state is not State.READY:
+            # liveness is watched once start-up is over (as systemd does), never while
+            # a slow service is still getting ready
+            if c.health:
+                self.health_failures[name] = 0
+                self.arm(name, "probe-health", c.health.interval, now)
+            if c.watchdog_sec:
+                self.arm(name, "watchdog", c.watchdog_sec, now)
         keep = {"ready": State.STARTING, "health": State.READY}
         for purpose, state in keep.items():
             if new.state is not state or new.pid != old.pid:
@@ -370,8 +375,6 @@ class Restarter:
         if sp.pidfd is None:  # exited before we could watch it
             st = spawn.reap(sp.pid) or ExitStatus("unknown")
             self.feed(name, Ev.EXITED, now, status=st)
-        elif c.watchdog_sec:
-            self.arm(name, "watchdog", c.watchdog_sec, now)
 
     def _watch(self, name: str, pid: int, fd: int) -> None:
         self.pidfds[name] = (pid, fd)
@@ -421,7 +424,7 @@ class Restarter:
             return
         if kind == "watchdog":
             s = self.svcs[name]
-            if states.is_up(s):
+            if s.state is State.READY:
                 self.feed(name, Ev.HUNG, now, reason=f"no WATCHDOG=1 within "
                           f"{self.conf[name].watchdog_sec:g} s")
             return
@@ -466,7 +469,8 @@ class Restarter:
             f = n.fields
             if "STATUS" in f:
                 self.status_text[name] = f["STATUS"][:200]
-            if f.get("WATCHDOG") == "1" and self.conf[name].watchdog_sec:
+            if f.get("WATCHDOG") == "1" and self.conf[name].watchdog_sec and \
+                    self.svcs[name].state is State.READY:
                 self.arm(name, "watchdog", self.conf[name].watchdog_sec, now)
             if "EXTEND_TIMEOUT_USEC" in f and self.svcs[name].state is State.STARTING:
                 try:
