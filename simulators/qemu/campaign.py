@@ -130,6 +130,8 @@ QKINDS: dict[str, QKind] = {k.name: k for k in (
           "init's fault hook (SIGRTMIN+1 to PID 1): PID 1 exits, panic=1 reboots"),
     QKind("kernel-crash", ("kernel",), "panic", 2,
           "echo c > /proc/sysrq-trigger: kernel panic, panic=1 reboots"),
+    QKind("clock-step", ("clock",), None, 2,
+          "step the guest's wall clock by +/- 1 h: timing is monotonic, nothing happens"),
 )}
 
 
@@ -165,6 +167,7 @@ def convergence_bound(kind: str, s: CampaignSettings) -> float:
         "hang-restarter": reset_bound(s) + BOOT_BUDGET,
         "init-crash": PANIC_BUDGET + BOOT_BUDGET,
         "kernel-crash": PANIC_BUDGET + BOOT_BUDGET,
+        "clock-step": 2 * START_BUDGET,
     }[kind]
 
 
@@ -237,7 +240,7 @@ def problems(st, mains):
     return why
 
 def target_pid(st, target):
-    if target in ("init", "kernel"):
+    if target in ("init", "kernel", "clock"):
         return 1
     if target in st["chain"]["layers"]:
         return st["chain"]["layers"][target].get("pid")
@@ -266,6 +269,9 @@ if fault:
     if fault.get("sysrq"):
         with open("/proc/sysrq-trigger", "w") as f:
             f.write(fault["sysrq"])
+    elif fault.get("clock_step"):
+        # the guest's own wall clock (the host's is never touched)
+        time.clock_settime(time.CLOCK_REALTIME, time.time() + float(fault["clock_step"]))
     else:
         os.kill(old, int(fault["signal"]))
 else:
@@ -273,7 +279,7 @@ else:
 if not spec.get("wait", True):
     print(json.dumps(out))
     sys.exit(0)
-detect = None if fault else 0.0
+detect = 0.0 if not fault or fault.get("clock_step") else None  # a clock step has no victim
 first_ok = None
 converged = None
 why = ["not sampled"]
@@ -359,6 +365,8 @@ class QemuCampaign:
         spec: dict[str, Any] = {"index": f.index, "kind": f.kind, "target": f.target}
         if f.kind == "kernel-crash":
             spec["sysrq"] = "c"
+        elif f.kind == "clock-step":
+            spec["clock_step"] = 3600 if f.index % 2 == 0 else -3600
         elif f.kind == "init-crash":
             spec["signal"] = 35  # SIGRTMIN+1 (glibc x86_64): init's crash hook
         elif f.kind in ("hang-service", "hang-restarter"):
