@@ -899,11 +899,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hachain.importer FILE...` (the same as `hachain import`)."""
-    p = argparse.ArgumentParser(prog="hachain")
-    add_parser(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(["import"] + (sys.argv[1:] if argv is None else argv))
-    return int(args.func(args))
+    """`python -m hachain.importer ...`: the same as `hachain import ...`."""
+    from hachain.cli import main as cli_main
+    return cli_main(["import"] + (sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -261,16 +261,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hachain.logs NAME ...` (the same as `hachain logs`)."""
-    p = argparse.ArgumentParser(prog="hachain")
-    add_parser(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(["logs"] + (sys.argv[1:] if argv is None else argv))
-    try:
-        return int(args.func(args))
-    except config.ConfigError as e:
-        for line in e.errors:
-            sys.stderr.write(f"hachain: {line}\n")
-        return 2
+    """`python -m hachain.logs ...`: the same as `hachain logs ...`."""
+    from hachain.cli import main as cli_main
+    return cli_main(["logs"] + (sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

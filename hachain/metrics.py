@@ -332,17 +332,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hachain.metrics ...` (the same as `hachain metrics`)."""
-    from hachain import config
-    p = argparse.ArgumentParser(prog="hachain")
-    add_parser(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(["metrics"] + (sys.argv[1:] if argv is None else argv))
-    try:
-        return int(args.func(args))
-    except config.ConfigError as e:
-        for line in e.errors:
-            sys.stderr.write(f"hachain: {line}\n")
-        return 2
+    """`python -m hachain.metrics ...`: the same as `hachain metrics ...`."""
+    from hachain.cli import main as cli_main
+    return cli_main(["metrics"] + (sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
