@@ -896,6 +896,12 @@ class Restarter:
         # oneshot runs again), not from records of this run.
         for name in self.svcs:
             self.store.drop_record(name)
+            self.cgroups.remove(name)  # empty now; rmdir refuses otherwise
+        if self.cgroups.root:
+            try:
+                os.rmdir(self.cgroups.root)
+            except OSError:
+                pass
         return True
 
 
