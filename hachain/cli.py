@@ -118,6 +118,33 @@ def gather_status(state_dir: str, persist_dir: str) -> dict[str, Any]:
     return out
 
 
+def chain_problems(st: dict[str, Any], heartbeat_timeout: float,
+                   services: list[str] | None = None) -> list[str]:
+    """Why a `gather_status` snapshot is not a converged chain ([] when it is): every
+    layer alive with a fresh heartbeat, the restarter answering, the tickler petting,
+    and each of `services` (default: all) ready."""
+    why = []
+    ch = st["chain"]
+    for layer, d in ch["layers"].items():
+        if d.get("state") == "missing":
+            why.append(f"{layer}: no heartbeat")
+        elif not d["alive"] or d["stopped"]:
+            why.append(f"{layer}: pid {d['pid']} alive={d['alive']} stopped={d['stopped']}")
+        elif d["heartbeat_age"] > heartbeat_timeout:
+            why.append(f"{layer}: heartbeat {d['heartbeat_age']:.1f} s old")
+    if ch.get("restarter_error"):
+        why.append(f"restarter: {ch['restarter_error']}")
+    wd = ch.get("watchdog") or {}
+    if not wd.get("petting"):
+        why.append(f"tickler not petting (gate {wd.get('gate')})")
+    svcs = st["services"]
+    for name in (services if services is not None else sorted(svcs)):
+        state = svcs.get(name, {}).get("state", "unknown")
+        if state != "ready":
+            why.append(f"{name}: {state} (expected ready)")
+    return why
+
+
 def _fmt_age(v: Any) -> str:
     return "-" if v is None else f"{v:.1f}s"
 

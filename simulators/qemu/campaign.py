@@ -176,7 +176,7 @@ def convergence_bound(kind: str, s: CampaignSettings) -> float:
 #       fault (optional): {index, kind, target, signal (number) | sysrq (letter)}.
 CAMPAIGN_PROBE = r'''
 import json, os, sys, time
-from hachain.cli import gather_status
+from hachain.cli import chain_problems, gather_status
 
 spec = json.loads(sys.argv[1])
 names = spec["services"]
@@ -210,25 +210,10 @@ def service_mains():
     return {n: sorted(p) for n, p in mains.items()}
 
 def problems(st, mains):
-    why = []
-    ch = st["chain"]
-    for layer, d in ch["layers"].items():
-        if d.get("state") == "missing":
-            why.append(f"{layer}: no heartbeat")
-        elif not d["alive"] or d["stopped"]:
-            why.append(f"{layer}: pid {d['pid']} alive={d['alive']} stopped={d['stopped']}")
-        elif d["heartbeat_age"] > spec["heartbeat_timeout"]:
-            why.append(f"{layer}: heartbeat {d['heartbeat_age']:.1f} s old")
-    if ch.get("restarter_error"):
-        why.append(f"restarter: {ch['restarter_error']}")
-    wd = ch.get("watchdog") or {}
-    if not wd.get("petting"):
-        why.append("tickler not petting")
+    why = chain_problems(st, spec["heartbeat_timeout"], names)
     svcs = st["services"]
     for name in names:
         s = svcs.get(name, {})
-        if s.get("state") != "ready":
-            why.append(f"{name}: {s.get('state', 'unknown')} (expected ready)")
         got = mains.get(name, [])
         if len(got) != 1:
             why.append(f"{name}: {len(got)} main processes {got} (expected exactly one)")

@@ -157,7 +157,7 @@ def pid1_argv(python: str, config_path: str, settings: ChainSettings) -> list[st
 GUEST_PROBE = r'''
 import json, os, signal, sys, time
 from hachain import channels
-from hachain.cli import gather_status
+from hachain.cli import chain_problems, gather_status
 
 spec = json.loads(sys.argv[1])
 sd, pd = spec["state_dir"], spec["persist_dir"]
@@ -179,26 +179,7 @@ def procs(argv):
     return sorted(found)
 
 def problems(st):
-    why = []
-    ch = st["chain"]
-    for layer, d in ch["layers"].items():
-        if d.get("state") == "missing":
-            why.append(f"{layer}: no heartbeat")
-        elif not d["alive"] or d["stopped"]:
-            why.append(f"{layer}: pid {d['pid']} alive={d['alive']} stopped={d['stopped']}")
-        elif d["heartbeat_age"] > spec["heartbeat_timeout"]:
-            why.append(f"{layer}: heartbeat {d['heartbeat_age']} s old")
-    if ch.get("restarter_error"):
-        why.append(f"restarter: {ch['restarter_error']}")
-    svcs = st["services"]
-    for name in spec["services"]:
-        state = svcs.get(name, {}).get("state", "unknown")
-        if state != "ready":
-            why.append(f"{name}: {state}")
-    wd = ch.get("watchdog") or {}
-    if not wd.get("petting"):
-        why.append(f"tickler not petting (gate {wd.get('gate')})")
-    return why
+    return chain_problems(st, spec["heartbeat_timeout"], spec["services"])
 
 fault = spec.get("fault")
 start = time.monotonic()
