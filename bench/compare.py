@@ -45,8 +45,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+import benchlib  # noqa: E402
+
 from hachain import channels, client  # noqa: E402
-from hachain.restarter.spawn import find_cgroup2_mount  # noqa: E402
+from hachain.cgroupfs import find_cgroup2_mount  # noqa: E402
 
 PEERS = ("hachain", "s6", "runit", "supervisord")
 PR_SET_CHILD_SUBREAPER = 36
@@ -699,12 +701,7 @@ class Bench:
 
     def build(self) -> str:
         """Compile bench/peers/stamp.c once; every supervisor runs this binary."""
-        out = os.path.join(self.tmp, "stamp")
-        cc = shutil.which("cc") or shutil.which("gcc")
-        if cc is None:
-            sys.exit("compare: needs a C compiler (apt-get install gcc)")
-        subprocess.run([cc, "-O2", "-o", out, os.path.join(HERE, "peers", "stamp.c")], check=True)
-        return out
+        return benchlib.compile_c("peers/stamp.c", self.tmp, "compare")
 
     def rounds(self, n: int) -> int:
         """Restarts per size: a single service can only be killed once per second or so."""

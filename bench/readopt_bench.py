@@ -26,16 +26,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import benchlib  # noqa: E402
+
 from hachain import channels, client  # noqa: E402
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def status(state: str) -> dict:
@@ -97,7 +91,8 @@ def one_run(n: int, restart_delay: float) -> dict:
                       if len(open(os.path.join(cg, k, "cgroup.procs")).read().split()) > 1)
         return {"adopted": adopted, "adopt_ms": adopt_ms, "since_start_ms": since_start_ms,
                 "kill_to_ready_s": t_back, "changed": changed, "duplicates": dup,
-                "init_rss": rss_mb(init.pid), "restarter_rss": rss_mb(new.pid)}
+                "init_rss": benchlib.status_mb(init.pid),
+                "restarter_rss": benchlib.status_mb(new.pid)}
     finally:
         chain.send_signal(signal.SIGTERM)
         try:

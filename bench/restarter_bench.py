@@ -26,17 +26,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+import benchlib  # noqa: E402
+
 from hachain import client  # noqa: E402
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree  # noqa: E402
-
-
-def build_stamp(tmp: str) -> str:
-    out = os.path.join(tmp, "stamp")
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        sys.exit("bench: needs a C compiler (apt-get install gcc) for bench/stamp.c")
-    subprocess.run([cc, "-O2", "-o", out, os.path.join(HERE, "stamp.c")], check=True)
-    return out
 
 
 def proc_cpu(pid: int) -> tuple[float, int]:
@@ -50,14 +43,6 @@ def proc_cpu(pid: int) -> tuple[float, int]:
             if "ctxt_switches" in line:
                 ctx += int(line.split()[1])
     return cpu, ctx
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Run:
@@ -151,7 +136,7 @@ def main() -> int:
     rounds = a.restarts or (50 if a.quick else 200)
     idle_s = a.idle or (10 if a.quick else 30)
     tmp = tempfile.mkdtemp(prefix="hachain-bench-")
-    stamp = build_stamp(tmp)
+    stamp = benchlib.compile_c("stamp.c", tmp)
     print(f"machine: {os.cpu_count()} cores, kernel {os.uname().release}, python "
           f"{sys.version.split()[0]}")
     rows = []
@@ -164,7 +149,7 @@ def main() -> int:
             cpu, ctx = r.idle(idle_s) if n == max(int(x) for x in a.sizes.split(",")) else (
                 float("nan"), -1)
             rows.append((n, statistics.median(lat), pct(lat, 95), pct(lat, 99), max(lat),
-                         cpu, ctx, rss_mb(r.proc.pid)))
+                         cpu, ctx, benchlib.status_mb(r.proc.pid)))
         finally:
             r.close()
     print(f"\nrestart latency over {rounds} SIGKILLs (ms), restart delay 0, cgroups "

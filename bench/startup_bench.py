@@ -26,25 +26,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+import benchlib  # noqa: E402
+
 from hachain import client  # noqa: E402
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree  # noqa: E402
-
-
-def build(tmp: str) -> str:
-    out = os.path.join(tmp, "stamp")
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        sys.exit("bench: needs a C compiler (apt-get install gcc)")
-    subprocess.run([cc, "-O2", "-o", out, os.path.join(HERE, "peers", "stamp.c")], check=True)
-    return out
-
-
-def hwm_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def one_run(n: int, depth: int, stamp: str, seed: int) -> tuple[float, float]:
@@ -78,7 +63,7 @@ def one_run(n: int, depth: int, stamp: str, seed: int) -> tuple[float, float]:
             except client.ControlError:
                 st = {}
             if len(st) == per * depth and all(s["state"] == "ready" for s in st.values()):
-                return time.monotonic() - t0, hwm_mb(p.pid)
+                return time.monotonic() - t0, benchlib.status_mb(p.pid, "VmHWM")
             time.sleep(0.1)
         raise SystemExit("bench: not all ready within 120 s")
     finally:
@@ -100,7 +85,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="hachain-startup-bin-")
-    stamp = build(tmp)
+    stamp = benchlib.compile_c("peers/stamp.c", tmp)
     print(f"machine: {os.cpu_count()} cores, kernel {os.uname().release}; {a.services} "
           f"notify services in a DAG of depth {a.depth}, {a.runs} run(s)")
     res = [one_run(a.services, a.depth, stamp, seed) for seed in range(a.runs)]
