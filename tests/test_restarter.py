@@ -524,24 +524,17 @@ ready = "notify"
     s = r.wait_state("d", "ready")
     wait_until(lambda: "main pid is now" in open(r.log).read(), 10, "MAINPID accepted")
     daemon = r.svc("d")["pid"]
-    time.sleep(0.6)  # the launcher has exited by now; the service is still ready
+    launcher = os.getpgid(daemon)  # the service's process group is the launcher's pid
+    assert launcher != daemon
+    wait_until(lambda: not channels.pid_alive(launcher), 5, "the launcher to exit")
     s = r.svc("d")
     assert s["state"] == "ready" and s["pid"] == daemon and channels.pid_alive(daemon)
     assert s["restarts"] == 0
     os.kill(daemon, signal.SIGKILL)  # the daemon itself dying is an exit of the service
     wait_until(lambda: r.svc("d")["restarts"] == 1, 10, "d restarted after its daemon died")
     # the launcher that handed over was reaped, not left a zombie
-    assert not any(channels.proc_state(p) == "Z" for p in
-                   [int(x) for x in os.listdir("/proc") if x.isdigit()]
-                   if _ppid(p) == r.proc.pid)
+    wait_until(lambda: channels.proc_state(launcher) is None, 5, "the launcher reaped")
 
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def test_a_frozen_cgroup_does_not_freeze_the_restarter(restarter):
