@@ -39,11 +39,39 @@ _PRIORITY = {"signal": 0, "control-listen": 0, "control-conn": 0}
 LOG_CHECK_SECONDS = 60.0  # how often log sizes are checked for rotation
 
 
+_held: list[bytes] | None = None  # log lines of the loop iteration in progress
+
+
 def log(msg: str) -> None:
+    """One line to stderr. Inside a loop iteration it is held and written, in order, when
+    the iteration ends: a restart's replacement is spawned before its log lines are
+    written (stderr may be a slow pipe or terminal)."""
+    line = channels.log_line("hachain-restarter", msg)
+    if _held is not None:
+        _held.append(line)
+        return
     try:
-        os.write(2, channels.log_line("hachain-restarter", msg))
+        os.write(2, line)
     except OSError:
         pass
+
+
+def hold_log() -> None:
+    global _held
+    if _held is None:
+        _held = []
+
+
+def release_log() -> None:
+    """Write the held lines (one write) and stop holding."""
+    global _held
+    lines, _held = _held, None
+    view = memoryview(b"".join(lines or ()))
+    while view:
+        try:
+            view = view[os.write(2, view):]
+        except OSError:
+            return
 
 
 class AlreadyRunning(Exception):
@@ -82,6 +110,7 @@ class Restarter:
         self.seq = 0
         self.dirty: set[str] = set()
         self.admin_dirty = False
+        self.admin: dict[str, dict[str, str]] = {}  # as last built for admin.json
         self.restart_times: deque[float] = deque()
         self.reboot_requested: str | None = None
         self.shutting_down = False
@@ -321,7 +350,8 @@ class Restarter:
             self.timer_live.pop((a.name, a.kind), None)
         elif isinstance(a, states.Persist):
             self.dirty.add(a.name)
-            self.admin_dirty = True
+            if self._admin_entry(a.name) != self.admin.get(a.name):
+                self.admin_dirty = True  # a restart leaves it alone: no O(services) flush
         elif isinstance(a, states.RestartGroup):
             for d in graph.dependents(self.rev, a.name):
                 if states.is_up(self.svcs[d]):
@@ -773,21 +803,35 @@ class Restarter:
                 log(f"warning: {name}: cannot write runtime record: {e.strerror}")
         self.dirty.clear()
         if self.admin_dirty and not self.shutting_down:
-            admin: dict[str, dict[str, str]] = {}
-            for n, s in self.svcs.items():
-                if s.state is State.MAINTENANCE:
-                    admin[n] = {"want": s.want, "maintenance": s.reason}
-                elif s.want == "down" and self.conf[n].enabled:
-                    admin[n] = {"want": "down"}
+            admin = {}
+            for n in self.svcs:
+                if (entry := self._admin_entry(n)) is not None:
+                    admin[n] = entry
+            self.admin = admin
             try:
                 self.store.write_admin(admin)
                 self.admin_dirty = False
             except OSError as e:
                 log(f"warning: cannot persist admin state ({e.strerror}); will retry")
 
+    def _admin_entry(self, name: str) -> dict[str, str] | None:
+        """What admin.json keeps for `name`: held down by hand, or in maintenance."""
+        s = self.svcs[name]
+        if s.state is State.MAINTENANCE:
+            return {"want": s.want, "maintenance": s.reason}
+        if s.want == "down" and self.conf[name].enabled:
+            return {"want": "down"}
+        return None
+
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            release_log()
+
+    def _run(self) -> int:
         self._install_signals()
         now = time.monotonic()
         self.adopt_or_start(now)
@@ -818,11 +862,13 @@ class Restarter:
             timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else 1.0
             if self.pending or (self.timers and fired >= TIMER_BATCH):
                 timeout = 0.0
+            release_log()
             # Control and signals first; at most EXIT_BATCH exits per round (the rest stay
             # readable and come back next round), so `hachain status` is answered within
             # one bounded batch even while hundreds of services crash-loop.
             ready = sorted(self.sel.select(timeout), key=lambda kv: _PRIORITY.get(
                 kv[0].data[0], 1))
+            hold_log()
             exits = 0
             for key, _ in ready:
                 if key.data[0] == "pidfd":
@@ -833,8 +879,10 @@ class Restarter:
                     self._dispatch(key, time.monotonic())
                 except Exception as e:  # never let one bad event take the restarter down
                     import traceback
+                    release_log()
                     log(f"error: handling {key.data[0]} event: {type(e).__name__}: {e}")
                     traceback.print_exc(file=sys.stderr)
+                    hold_log()
 
     def _dispatch(self, key: selectors.SelectorKey, now: float) -> None:
         kind, arg = key.data
