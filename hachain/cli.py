@@ -60,15 +60,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    argv = [sys.executable, "-m", "hachain.init.main", "--state-dir", cfg.chain.state_dir,
-            "--config", os.path.abspath(args.config),
-            "--restart-delay", str(cfg.chain.restart_delay),
-            "--heartbeat-interval", str(cfg.chain.heartbeat_interval)]
+    argv, env = channels.lean_python(sys.executable, "hachain.init.main")
+    argv += ["--state-dir", cfg.chain.state_dir, "--config", os.path.abspath(args.config),
+             "--restart-delay", str(cfg.chain.restart_delay),
+             "--heartbeat-interval", str(cfg.chain.heartbeat_interval)]
     if cfg.watchdog.device == "none" and args.no_tickler:
         argv.append("--no-tickler")
-    os.environ[channels.ENV_LOG_FORMAT] = cfg.chain.log_format  # init and its children
+    env[channels.ENV_LOG_FORMAT] = cfg.chain.log_format  # init and its children
     sys.stdout.flush()
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, env)
     return 1  # not reached
 
 

@@ -173,10 +173,13 @@ def parse_options(argv: list[str], pid1: bool) -> argparse.Namespace:
         log("negative delay or timeout; using the defaults")
         opts = parser.parse_args([])
     python = sys.executable or "/usr/bin/python3"
+    # started lean (-S, packages in PYTHONPATH: channels.lean_python)? so are the layers
+    lean = ["-S"] if sys.flags.no_site else []
     if opts.restarter_cmd is None:
-        opts.restarter_cmd = [python, "-m", "hachain.restarter", "-c", opts.config]
+        opts.restarter_cmd = [python, *lean, "-m", "hachain.restarter", "-c", opts.config]
     if opts.tickler_cmd is None:
-        opts.tickler_cmd = [python, "-m", "hachain.watchdog.tickler", "-c", opts.config]
+        opts.tickler_cmd = [python, *lean, "-m", "hachain.watchdog.tickler", "-c",
+                            opts.config]
     return opts
 
 

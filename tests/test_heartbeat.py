@@ -1,0 +1,95 @@
+"""Heartbeat files (hachain.channels): written in place with a CRC, read back whole.
+
+A writer process beats as fast as it can while this process reads: every read must give
+either a complete record or None (a torn read detected by the CRC and retried), never a
+record with mixed fields.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+
+from hachain import channels
+
+
+def _beat_fast(state_dir: str, seconds: float) -> None:
+    w = channels.HeartbeatWriter(state_dir, "x")
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        i += 1
+        # extra mirrors seq, and its length varies, so a mixed record would show
+        w.beat({"copy": i, "pad": "z" * (i % 7)})
+
+
+def test_record_is_plain_json_with_a_crc_and_keeps_its_size(tmp_path):
+    w = channels.HeartbeatWriter(str(tmp_path), "restarter", restarts=2)
+    w.beat({"lag": 0.001})
+    path = channels.heartbeat_path(str(tmp_path), "restarter")
+    raw = open(path, "rb").read()
+    d = json.loads(raw)  # trailing padding is whitespace: any JSON reader copes
+    assert d["layer"] == "restarter" and d["seq"] == 1 and d["restarts"] == 2
+    assert set(d) >= {"crc", "pid", "mono", "started_mono", "extra"}
+    ino, size = os.stat(path).st_ino, os.stat(path).st_size
+    w.beat({"lag": 0.002})
+    w.beat({})  # shorter: padded to the same size, the same inode (written in place)
+    st = os.stat(path)
+    assert (st.st_ino, st.st_size) == (ino, size)
+    hb = channels.read_heartbeat(str(tmp_path), "restarter")
+    assert hb is not None and hb.seq == 3 and hb.extra == {}
+
+
+def test_growing_record_and_removed_file(tmp_path):
+    w = channels.HeartbeatWriter(str(tmp_path), "init")
+    w.beat({})
+    w.beat({"children": {f"c{i}": {"pid": i} for i in range(40)}})  # past the slot
+    hb = channels.read_heartbeat(str(tmp_path), "init")
+    assert hb is not None and hb.seq == 2 and len(hb.extra["children"]) == 40
+    os.unlink(channels.heartbeat_path(str(tmp_path), "init"))
+    w.beat({})  # the writer notices its file is gone and makes a new one
+    hb = channels.read_heartbeat(str(tmp_path), "init")
+    assert hb is not None and hb.seq == 3
+
+
+def test_corrupt_record_reads_as_missing(tmp_path):
+    w = channels.HeartbeatWriter(str(tmp_path), "init")
+    w.beat({"a": 1})
+    path = channels.heartbeat_path(str(tmp_path), "init")
+    raw = bytearray(open(path, "rb").read())
+    raw[raw.index(b'"a": 1') + 5] = ord("7")  # still valid JSON, but not what was written
+    open(path, "wb").write(bytes(raw))
+    assert channels.read_heartbeat(str(tmp_path), "init") is None
+    # a record without a CRC (an older writer, a hand-written test file) is accepted
+    channels.write_json(path, {"layer": "init", "pid": 1, "mono": 1.0, "started_mono": 0.5,
+                               "seq": 9, "restarts": 0, "extra": {}})
+    hb = channels.read_heartbeat(str(tmp_path), "init")
+    assert hb is not None and hb.seq == 9
+
+
+def test_reads_racing_a_fast_writer_are_never_mixed(tmp_path):
+    proc = multiprocessing.get_context("fork").Process(
+        target=_beat_fast, args=(str(tmp_path), 3.0), daemon=True)
+    proc.start()
+    try:
+        path = channels.heartbeat_path(str(tmp_path), "x")
+        good = torn = 0
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end and proc.is_alive():
+            try:
+                raw = channels.read_small(path)
+            except FileNotFoundError:
+                continue
+            hb = channels.parse_heartbeat(raw)
+            if hb is None:
+                torn += 1
+                continue
+            good += 1
+            assert hb.extra["copy"] == hb.seq, raw
+            assert hb.extra["pad"] == "z" * (hb.seq % 7), raw
+        assert good > 1000, (good, torn)
+    finally:
+        proc.kill()
+        proc.join(5)
