@@ -466,6 +466,21 @@ intensity = {{ max_restarts = 1000, window = 60, action = "ignore" }}
     assert "x" * 1500 in text and "err" in text
 
 
+def test_a_running_service_log_is_rotated_at_a_heartbeat(restarter):
+    # no restart: only the heartbeat's slice of log checks can rotate it
+    r = restarter(f"""
+[service.quiet]
+command = ["{os.sys.executable}", "-c", "import time; print('y' * 1500, flush=True); time.sleep(60)"]
+log_max_bytes = 1024
+log_keep = 1
+""")
+    pid = r.wait_state("quiet", "ready")["pid"]
+    log = os.path.join(r.persist_dir, "log", "quiet.log")
+    wait_until(lambda: os.path.exists(log + ".1") and "y" * 1500 in open(log + ".1").read(),
+               10, "the log rotated by a heartbeat")
+    assert r.svc("quiet")["pid"] == pid
+
+
 def test_process_setup_user_group_umask_cwd_rlimits(restarter, tmp_path):
     import pwd
     if os.getuid() != 0:
