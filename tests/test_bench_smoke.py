@@ -45,3 +45,23 @@ def test_compare_smoke_prints_every_peer() -> None:
     # nothing of the benchmark may outlive it
     leftovers = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "hachain-compare-" not in leftovers, leftovers
+
+
+def test_profile_restarter_names_the_spawn_path(tmp_path) -> None:
+    """bench/profile_restarter.py on 20 services: py-spy samples the restarter while it
+    restarts them, and the busy time shows the restart path (feed -> _spawn -> spawn)."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler for bench/stamp.c")
+    if not os.access(os.path.join(os.path.dirname(sys.executable), "py-spy"), os.X_OK) \
+            and shutil.which("py-spy") is None:
+        pytest.skip("py-spy is not installed (it is in the test extra)")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "profile_restarter.py"),
+                        "--services", "20", "--restarts", "60", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "60 restarts with 20 services" in p.stdout, p.stdout
+    total = p.stdout.split(" total %")[1]
+    for fn in ("loop.py:Restarter._spawn", "spawn.py:spawn"):
+        assert fn in total, p.stdout
+    assert (tmp_path / "restarter.txt").stat().st_size > 0
+    assert (tmp_path / "restarter.speedscope.json").stat().st_size > 0
