@@ -35,6 +35,7 @@ STORM_WINDOW = 10.0
 EXIT_BATCH = 8  # exits handled per loop round
 TIMER_BATCH = 16  # timers fired per loop round (1000 backoffs may end at once)
 START_BATCH = 32  # queued starts per loop round
+CHILD = -1  # in pidfds: the main process is our child, watched through SIGCHLD
 _PRIORITY = {"signal": 0, "control-listen": 0, "control-conn": 0}
 LOG_CHECK_SECONDS = 60.0  # how often each log's size is checked for rotation
 
@@ -94,12 +95,12 @@ class Restarter:
         self._derive()
         self.removing: set[str] = set()
         self.svcs: dict[str, Svc] = {n: states.initial(n) for n in self.conf}
-        self.pidfds: dict[str, tuple[int, int]] = {}  # name -> (pid, pidfd)
+        self.pidfds: dict[str, tuple[int, int]] = {}  # name -> (pid, pidfd or CHILD)
         self.ready_fds: dict[str, int] = {}
         self.by_pid: dict[int, str] = {}
         self.status_text: dict[str, str] = {}
         self.probes: dict[tuple[str, str], probes.Probe] = {}
-        self.unwatched: dict[str, int] = {}  # spawned, but pidfd_open failed (EMFILE)
+        self.children_pending = False  # exited children left for the next round
         # events queued to be fed a batch per loop round (the initial start of many
         # services must not stall heartbeats and the control socket)
         self.pending: deque[tuple[str, Ev, dict[str, Any]]] = deque()
@@ -152,8 +153,8 @@ class Restarter:
 
     @staticmethod
     def raise_fd_limit() -> None:
-        """Each supervised service holds a pidfd (and a readiness fd while starting): lift
-        the soft RLIMIT_NOFILE to the hard limit so 1000 services fit."""
+        """An adopted service holds a pidfd (and a service a readiness fd while it
+        starts): lift the soft RLIMIT_NOFILE to the hard limit so 1000 services fit."""
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard == resource.RLIM_INFINITY:
@@ -180,7 +181,7 @@ class Restarter:
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
@@ -391,32 +392,43 @@ class Restarter:
             log(f"{name}: cannot start: {msg}")
             self.feed(name, Ev.SPAWN_FAILED, now, reason=msg, transient=transient)
             return
-        if sp.pidfd is not None and sp.pidfd >= 0:
-            self._watch(name, sp.pid, sp.pidfd)
-        elif sp.pidfd == -1:
-            log(f"{name}: pid {sp.pid} started but cannot be watched yet (no file descriptor "
-                "left); retrying every heartbeat")
-            self.unwatched[name] = sp.pid
+        self._watch(name, sp.pid, CHILD)
         if sp.ready_fd is not None:
             os.set_blocking(sp.ready_fd, False)
             self.ready_fds[name] = sp.ready_fd
             self.sel.register(sp.ready_fd, selectors.EVENT_READ, ("readyfd", name))
         self._start_times[name] = sp.start_time
         self.feed(name, Ev.SPAWNED, now, pid=sp.pid)
-        if sp.pidfd is None:  # exited before we could watch it
-            st = spawn.reap(sp.pid) or ExitStatus("unknown")
-            self.feed(name, Ev.EXITED, now, status=st)
 
     def _watch(self, name: str, pid: int, fd: int) -> None:
+        """Watch a service's main process: our child (fd CHILD: SIGCHLD says when it
+        exits) or another process through its pidfd."""
         self.pidfds[name] = (pid, fd)
         self.by_pid[pid] = name
-        self.sel.register(fd, selectors.EVENT_READ, ("pidfd", name))
+        if fd != CHILD:
+            self.sel.register(fd, selectors.EVENT_READ, ("pidfd", name))
+
+    def _reap_children(self, now: float) -> None:
+        """After SIGCHLD: handle up to EXIT_BATCH exited children (the rest next round, so
+        a status request is answered between batches while hundreds crash-loop)."""
+        for _ in range(EXIT_BATCH):
+            pid = spawn.exited_child()
+            if pid is None:
+                self.children_pending = False
+                return
+            name = self.by_pid.get(pid)
+            if name is not None and self.pidfds.get(name) == (pid, CHILD):
+                self._on_exit(name, now)
+            else:
+                spawn.reap_for_later(pid)  # a probe or a former main process
+        self.children_pending = True
 
     def _on_exit(self, name: str, now: float) -> None:
         pid, fd = self.pidfds.pop(name)
         self.by_pid.pop(pid, None)
-        self.sel.unregister(fd)
-        os.close(fd)
+        if fd != CHILD:
+            self.sel.unregister(fd)
+            os.close(fd)
         rfd = self.ready_fds.pop(name, None)
         if rfd is not None:
             self.sel.unregister(rfd)
@@ -543,7 +555,9 @@ class Restarter:
         if fd is None:
             return
         old = self.pidfds.pop(name, None)
-        if old is not None:
+        if old is not None and old[1] == CHILD:
+            self.by_pid.pop(old[0], None)  # our child: the SIGCHLD path reaps it
+        elif old is not None:
             self.by_pid.pop(old[0], None)
             self.sel.unregister(old[1])
             if spawn.reap(old[0]) is None:
@@ -656,26 +670,8 @@ class Restarter:
 
     # --- heartbeat and status ---------------------------------------------------------------
 
-    def _rewatch(self, now: float) -> None:
-        """Retry pidfds that could not be opened when the service was spawned."""
-        for name, pid in list(self.unwatched.items()):
-            if name not in self.svcs or self.svcs[name].pid != pid:
-                del self.unwatched[name]
-                continue
-            try:
-                fd = spawn.pidfd_open(pid)
-            except OSError:
-                continue
-            del self.unwatched[name]
-            if fd is None:
-                self.feed(name, Ev.EXITED, now, status=spawn.reap(pid) or ExitStatus("unknown"))
-            else:
-                self._watch(name, pid, fd)
-
     def heartbeat(self, now: float) -> None:
         self.beats += 1
-        if self.unwatched:
-            self._rewatch(now)
         while self.restart_times and self.restart_times[0] < now - STORM_WINDOW:
             self.restart_times.popleft()
         critical = {n: {"state": (s := self.svcs[n]).state.value,
@@ -873,7 +869,10 @@ class Restarter:
             if self.shutting_down and self._shutdown_step(now):
                 return 0
             timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else 1.0
-            if self.pending or (self.timers and fired >= TIMER_BATCH):
+            if self.children_pending:
+                self._reap_children(now)
+            if self.pending or self.children_pending or \
+                    (self.timers and fired >= TIMER_BATCH):
                 timeout = 0.0
             release_log()
             # Control and signals first; at most EXIT_BATCH exits per round (the rest stay
@@ -929,6 +928,7 @@ class Restarter:
         except (BlockingIOError, InterruptedError):
             pass
         sigs, self.pending_signals = self.pending_signals, []
+        self._reap_children(now)  # SIGCHLDs merge: look for exited children on any wakeup
         for sig in sigs:
             if sig in (signal.SIGTERM, signal.SIGINT) and not self.shutting_down:
                 log(f"received {signal.Signals(sig).name}: stopping services in reverse "
