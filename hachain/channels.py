@@ -302,6 +302,8 @@ def lean_python(python: str, module: str) -> tuple[list[str], dict[str, str]]:
         import site
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         paths = [here, *site.getsitepackages()]
+        if site.ENABLE_USER_SITE:
+            paths.append(site.getusersitepackages())
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

@@ -445,3 +445,19 @@ def test_init_imports_only_stdlib_and_channels() -> None:
             for name in names:
                 ok = name in allowed or name.split(".")[0] in sys.stdlib_module_names
                 assert ok, f"{path}: imports {name}"
+
+
+def test_lean_python_finds_the_packages_without_site() -> None:
+    """`hachain run` starts init (and init the layers) with python -S: the environment
+    from channels.lean_python must still find hachain and the installed libraries, and
+    an init started that way passes -S on to the layers it starts."""
+    argv, env = channels.lean_python(sys.executable, "hachain.init.main")
+    assert argv[:3] == [sys.executable, "-S", "-m"]
+    code = ("import sys, hachain.channels, hachain.watchdog.tickler, pyudev; "
+            "import hachain.init.main as m; o = m.parse_options(['--config', '/x.toml'], False); "
+            "print(sys.flags.no_site, 'site' in sys.modules, o.restarter_cmd[1], "
+            "o.tickler_cmd[1])")
+    p = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True,
+                       text=True, timeout=60, cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["1", "False", "-S", "-S"], p.stdout
