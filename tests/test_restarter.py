@@ -634,3 +634,40 @@ ready_timeout = 10
 """)
     s = r.wait_state("slow", "ready", 10)
     assert s["restarts"] == 0 and s["last_exit"] is None
+
+
+def test_services_and_probes_start_with_no_signal_blocked(restarter, tmp_path):
+    """The restarter blocks SIGCHLD (it reads it through a signalfd); nothing it starts
+    may inherit that: not a posix_spawn service, not a subprocess one (cwd set), not an
+    exec probe. Each writes its SigBlk mask from /proc with shell builtins only (a shell
+    that waits for a child blocks signals itself)."""
+    def mask_to(tag: str) -> str:
+        return (f"while read k v; do case $k in SigBlk:) echo $v > {tmp_path}/{tag};; esac; "
+                "done < /proc/$$/status")
+
+    def report(tag: str) -> str:
+        return f'["/bin/sh", "-c", "{mask_to(tag)}; exec sleep 1000"]'
+    r = restarter(f"""
+[service.plain]
+command = {report("plain")}
+
+[service.setup]
+command = {report("setup")}
+cwd = "/tmp"
+
+[service.probed]
+command = {svc("sleep")}
+ready = "exec"
+ready_command = ["/bin/sh", "-c", "{mask_to('probe')}"]
+""")
+    for name in ("plain", "setup", "probed"):
+        r.wait_state(name, "ready")
+    for tag in ("plain", "setup", "probe"):
+        f = tmp_path / tag
+        got = wait_until(lambda f=f: f.exists() and f.read_text().split(), 10, f"{tag} mask")
+        assert got == ["0000000000000000"], (tag, got)
+    # and the restarter still sees its children die: kill one, it comes back
+    pid = r.svc("plain")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: (x := r.svc("plain"))["state"] == "ready" and x["pid"] != pid, 10,
+               "plain restarted")

@@ -184,6 +184,9 @@ class Restarter:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self._chld_fd = spawn.sigchld_fd()
+        if self._chld_fd is not None:
+            self.sel.register(self._chld_fd, selectors.EVENT_READ, ("sigchld", None))
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.pending_signals.append(signum)
@@ -918,6 +921,9 @@ class Restarter:
                     self.control.on_writable(arg)
                 else:
                     self.control.on_readable(arg)
+        elif kind == "sigchld":
+            spawn.drain_signalfd(key.fd)
+            self._reap_children(now)
         elif kind == "signal":
             self._on_signal_fd(now)
 

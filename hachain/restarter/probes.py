@@ -47,8 +47,9 @@ class Probe:
 def start_exec(name: str, purpose: str, argv: tuple[str, ...], env: dict[str, str],
                cwd: str | None) -> Probe:
     """Start a check command; the probe's fd is its pidfd. OSError when it cannot run."""
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env=env, cwd=cwd, process_group=0)
+    with spawn.sigchld_unblocked():
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env, cwd=cwd, process_group=0)
     p.returncode = 0  # reaped by us (see spawn.py)
     fd = spawn.pidfd_open(p.pid)
     pr = Probe(name, purpose, "exec", fd=fd if fd is not None else -1, pid=p.pid)
