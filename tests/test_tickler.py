@@ -44,9 +44,10 @@ def wait_until(pred: Any, timeout: float, what: str, interval: float = 0.02) -> 
 class ForgedLayers:
     """Writes init's and the restarter's heartbeats from a thread, naming real processes."""
 
-    def __init__(self, state_dir: str, pid: int) -> None:
+    def __init__(self, state_dir: str, pid: int, restarter_pid: int | None = None) -> None:
         self.state_dir = state_dir
         self.pid = pid  # a live process we own (stands for both layers)
+        self.pids = {"init": pid, "restarter": restarter_pid or pid}
         self.layers = {"init": True, "restarter": True}  # which ones keep beating
         self.restarter_extra: dict[str, Any] = {"lag": 0.0, "critical": {},
                                                 "restart_rate": 0.0, "services": 0,
@@ -66,7 +67,7 @@ class ForgedLayers:
             now = time.monotonic()
             extra = self.restarter_extra if layer == "restarter" else {}
             channels.write_heartbeat(self.state_dir, channels.Heartbeat(
-                layer, self.pid, now, now, self.seq, 0, extra))
+                layer, self.pids[layer], now, now, self.seq, 0, extra))
             self.last[layer] = now
 
     def run(self) -> None:
@@ -166,6 +167,34 @@ def test_fresh_chain_is_petted_and_never_expires(rig: Rig) -> None:
         assert hb.extra["timeout"] == TIMEOUT
         assert hb.extra["device"] == "sim:" + rig.sock
         assert 0 < hb.extra["timeleft"] <= TIMEOUT
+
+
+def test_dead_restarter_gets_the_grace_then_fails_the_gate(rig: Rig) -> None:
+    """The tickler learns of the restarter's death through a pidfd: past
+    heartbeat_timeout it still passes (init is restarting a dead layer), and only past
+    restart_grace does the gate fail, naming the dead pid."""
+    victim = subprocess.Popen(["sleep", "600"])
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid, restarter_pid=victim.pid) as layers:
+            rig.start_tickler()
+            wait_until(lambda: rig.pets() >= 2, 10, "petting")
+            layers.layers["restarter"] = False
+            victim.kill()
+            victim.wait(5)
+            t0 = layers.last["restarter"]
+
+            def tick_after(t: float) -> channels.Heartbeat | None:
+                hb = rig.tickler_hb()
+                return hb if hb is not None and hb.mono > t else None
+            hb = wait_until(lambda: tick_after(t0 + HB_TIMEOUT + PET), 10,
+                            "a tick past the heartbeat timeout")
+            assert hb.extra["gate"]["ok"], hb.extra["gate"]
+            gate = wait_until(lambda: not (g := rig.tickler_hb().extra["gate"])["ok"] and g,
+                              GRACE + 3, "the gate to fail after the grace")
+            assert f"pid {victim.pid} dead: not restarted" in gate["reasons"][0], gate
+    finally:
+        victim.kill()
+        victim.wait(5)
 
 
 def test_hung_restarter_stops_petting_and_the_watchdog_fires(rig: Rig) -> None:

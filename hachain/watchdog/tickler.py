@@ -221,6 +221,8 @@ class Tickler:
         Each layer's process is watched through a pidfd in the loop's selector: its death
         arrives as an event (on_pidfd), so a tick asks no system call. Without pidfds
         (kernel < 5.3) this reads /proc/PID/stat instead."""
+        if self.sel is None:  # outside the loop (a single tick): look once
+            return channels.pid_alive(pid)
         watched = self.watched.get(layer)
         if watched is not None and watched[0] == pid:
             return pid not in self.dead
@@ -235,12 +237,7 @@ class Tickler:
                 return False
             return channels.pid_alive(pid)  # no pidfd here: ask /proc every tick
         self.watched[layer] = (pid, fd)
-        if self.sel is not None:
-            self.sel.register(fd, selectors.EVENT_READ, ("pidfd", pid))
-        else:  # outside the loop (tests): look once
-            os.close(fd)
-            self.watched.pop(layer)
-            return channels.pid_alive(pid)
+        self.sel.register(fd, selectors.EVENT_READ, ("pidfd", pid))
         return True
 
     def on_pidfd(self, pid: int) -> None:
