@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -993,15 +993,17 @@ class Progress:
         self.stream.flush()
 
 
-def _kind_list(arg: str | None) -> list[str]:
+def kind_list(arg: str | None, known: Iterable[str], what: str = "fault kind") -> list[str]:
+    """The --kinds list (default: every known kind), sorted and without repeats;
+    ValueError naming the unknown ones."""
+    known = sorted(known)
     if not arg:
-        return sorted(KINDS)
-    kinds = [k.strip() for k in arg.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KINDS]
+        return known
+    kinds = sorted({k.strip() for k in arg.split(",") if k.strip()})
+    bad = [k for k in kinds if k not in known]
     if bad:
-        raise ValueError(f"unknown fault kind(s) {', '.join(bad)}; known: "
-                         + ", ".join(sorted(KINDS)))
-    return sorted(set(kinds))
+        raise ValueError(f"unknown {what}(s) {', '.join(bad)}; known: " + ", ".join(known))
+    return kinds
 
 
 def _campaign_setup(args: argparse.Namespace, work: str) -> tuple[str, config.Config]:
@@ -1076,14 +1078,14 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     if not args.report:
         print("hachain chaos: --report DIR is required", file=sys.stderr)
         return 2
-    if args.qemu:
-        from hachain.simulators.qemu import campaign  # imports this module: no cycle at load
-        return campaign.cmd_chaos_qemu(args)
     if args.faults < 0:
         print("hachain chaos: --faults must be >= 0", file=sys.stderr)
         return 2
+    if args.qemu:
+        from hachain.simulators.qemu import campaign  # imports this module: no cycle at load
+        return campaign.cmd_chaos_qemu(args)
     try:
-        kinds = _kind_list(args.kinds)
+        kinds = kind_list(args.kinds, KINDS)
     except ValueError as e:
         print(f"hachain chaos: --kinds: {e}", file=sys.stderr)
         return 2

@@ -119,6 +119,18 @@ class RestarterRun:
                 pass
 
 
+@pytest.fixture(scope="module")
+def qemu_available() -> None:
+    """Skip (fail under CI=true) when QEMU, a kernel or busybox is missing."""
+    from hachain.simulators.qemu.harness import unavailable_reason
+    reason = unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def restarter(tmp_path: Any) -> Iterator[Callable[..., RestarterRun]]:
     runs: list[RestarterRun] = []

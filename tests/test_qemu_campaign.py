@@ -13,7 +13,6 @@ one-line reason, except in CI (`CI=true`), where that is a failure.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,6 @@ from hachain.simulators.qemu.campaign import (
     schedule,
 )
 from hachain.simulators.qemu.chain import chain_config
-from hachain.simulators.qemu.harness import unavailable_reason
 
 SEED, FAULTS = 67, 4
 
@@ -61,17 +59,6 @@ def test_campaign_config_has_a_service_watchdog_and_bounds() -> None:
     text = chain_config(s, "/usr/bin/python3")
     assert "watchdog_sec = 3.0" in text and "intensity.max_restarts = 100" in text
     assert convergence_bound("hang-restarter", s) > convergence_bound("kill-service", s)
-
-
-@pytest.fixture(scope="module")
-def qemu_available() -> None:
-    """Skip (fail under CI=true) when QEMU, a kernel or busybox is missing."""
-    reason = unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.mark.qemu

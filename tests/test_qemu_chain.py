@@ -32,22 +32,10 @@ from hachain.simulators.qemu.chain import (
     scenario_init_exit,
     scenario_kill_restarter,
 )
-from hachain.simulators.qemu.harness import unavailable_reason
 
 pytestmark = pytest.mark.qemu
 
 RecordProperty = Callable[[str, object], None]
-
-
-@pytest.fixture(scope="module")
-def qemu_available() -> None:
-    """Skip (fail under CI=true) when QEMU, a kernel or busybox is missing."""
-    reason = unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture

@@ -34,16 +34,6 @@ PETTER = [PYTHON, os.fspath(PETTER_SCRIPT)]
 MachineFactory = Callable[..., QemuMachine]
 
 
-@pytest.fixture(scope="module")
-def qemu_available() -> None:
-    reason = unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def machine(qemu_available: None, tmp_path: Path) -> Iterator[MachineFactory]:
     """Makes booted machines; every one is closed (QEMU killed and reaped) afterwards."""

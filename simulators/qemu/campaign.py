@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hachain.simulators import chaos_report
-from hachain.simulators.chaos import Fault, Progress, Result
+from hachain.simulators.chaos import Fault, Progress, Result, kind_list
 from hachain.simulators.qemu.chain import (
     CARDRESET,
     PERSIST_DIR,
@@ -571,29 +571,14 @@ def _reboot_problems(want: str | None, seen: str | None, bootstatus: str,
 
 # ---------------------------------------------------------------- command line
 
-def kind_list(arg: str | None) -> list[str]:
-    """The --kinds list (default: every guest kind); ValueError on an unknown name."""
-    if not arg:
-        return sorted(QKINDS)
-    kinds = sorted({k.strip() for k in arg.split(",") if k.strip()})
-    bad = [k for k in kinds if k not in QKINDS]
-    if bad:
-        raise ValueError(f"unknown --qemu fault kind(s) {', '.join(bad)}; known: "
-                         + ", ".join(sorted(QKINDS)))
-    return kinds
-
-
 def cmd_chaos_qemu(args: argparse.Namespace) -> int:
     """`hachain chaos --qemu`: exit 0 all held, 1 an invariant broke or no QEMU, 2 usage."""
     if args.config:
         print("hachain chaos: --qemu boots its own configuration; -c is not supported",
               file=sys.stderr)
         return 2
-    if args.faults < 0:
-        print("hachain chaos: --faults must be >= 0", file=sys.stderr)
-        return 2
     try:
-        kinds = kind_list(args.kinds)
+        kinds = kind_list(args.kinds, QKINDS, "--qemu fault kind")
     except ValueError as e:
         print(f"hachain chaos: --kinds: {e}", file=sys.stderr)
         return 2
