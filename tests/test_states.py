@@ -147,3 +147,21 @@ def test_any_event_sequence_keeps_invariants(seq):
             assert s.pid is None or s.state is State.WAITING
         assert len(s.history) <= c.intensity.max_restarts + 1
         assert s.want in ("up", "down")
+
+
+@given(st.integers(min_value=1, max_value=1 << 22), st.text(max_size=20),
+       st.sampled_from(list(State)))
+def test_replace_matches_dataclasses_replace(pid, reason, state):
+    import dataclasses
+    s = Svc("a", state=State.READY, pid=7, history=(1.0, 2.0), restarts=3)
+    fast = states.replace(s, pid=pid, reason=reason, state=state)
+    slow = dataclasses.replace(s, pid=pid, reason=reason, state=state)
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    assert s.pid == 7 and s.reason == ""  # the original is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.pid = 1  # type: ignore[misc]
+
+
+def test_replace_refuses_an_unknown_field():
+    with pytest.raises(TypeError, match="Svc has no field nosuch"):
+        states.replace(Svc("a"), nosuch=1)

@@ -374,10 +374,6 @@ class Restarter:
                 self.feed(other, Ev.STOP, now)
         if s.restarts and s.last_exit is not None:
             self.restart_times.append(now)
-        try:
-            spawn.rotate_log(self.log_dir, name, c.log_max_bytes, c.log_keep)
-        except OSError:
-            pass
         if c.pids_max and self.cgroups.active and name not in self._pids_limited:
             self.cgroups.ensure(name)
             if self.cgroups.limit_pids(name, c.pids_max):
@@ -396,6 +392,13 @@ class Restarter:
             self.feed(name, Ev.SPAWN_FAILED, now, reason=msg, transient=transient)
             return
         self._watch(name, sp.pid, CHILD)
+        # Rotation is checked once the replacement runs, not before: a crash-looping
+        # service cannot grow its log past a minute's worth, and the stat stays off the
+        # restart path (it and the rest of the bookkeeping before the spawn are cold).
+        try:
+            spawn.rotate_log(self.log_dir, name, c.log_max_bytes, c.log_keep)
+        except OSError:
+            pass
         if sp.ready_fd is not None:
             os.set_blocking(sp.ready_fd, False)
             self.ready_fds[name] = sp.ready_fd
@@ -415,18 +418,24 @@ class Restarter:
         """After SIGCHLD: handle up to EXIT_BATCH exited children (the rest next round, so
         a status request is answered between batches while hundreds crash-loop)."""
         for _ in range(EXIT_BATCH):
-            pid = spawn.exited_child()
-            if pid is None:
+            got = spawn.exited_child()
+            if got is None:
                 self.children_pending = False
                 return
+            pid, st = got
             name = self.by_pid.get(pid)
-            if name is not None and self.pidfds.get(name) == (pid, CHILD):
-                self._on_exit(name, now)
-            else:
-                spawn.reap_for_later(pid)  # a probe or a former main process
+            try:
+                if name is not None and self.pidfds.get(name) == (pid, CHILD):
+                    self._on_exit(name, now, st)
+                else:
+                    spawn.keep_for_later(pid, st)  # a probe or a former main process
+            finally:
+                spawn.release(pid)
         self.children_pending = True
 
-    def _on_exit(self, name: str, now: float) -> None:
+    def _on_exit(self, name: str, now: float, status: ExitStatus | None = None) -> None:
+        """The main process of `name` ended; `status` when it was our child (a zombie
+        that _reap_children reaps once this returns)."""
         pid, fd = self.pidfds.pop(name)
         self.by_pid.pop(pid, None)
         if fd != CHILD:
@@ -436,7 +445,7 @@ class Restarter:
         if rfd is not None:
             self.sel.unregister(rfd)
             os.close(rfd)
-        st = spawn.reap(pid) or ExitStatus("unknown")
+        st = status or spawn.reap(pid) or ExitStatus("unknown")
         self.timer_live.pop((name, "watchdog"), None)
         s = self.svcs[name]
         if s.pid == pid:
