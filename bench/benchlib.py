@@ -11,14 +11,25 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def compile_c(source: str, tmp: str, who: str = "bench") -> str:
-    """Compile bench/<source> into <tmp>; exit with a one-line reason without a compiler."""
-    out = os.path.join(tmp, os.path.splitext(os.path.basename(source))[0])
+def compile_stamp(tmp: str, who: str = "bench", static: bool = True) -> tuple[str, str]:
+    """Compile bench/stamp.c into <tmp>: (path, "static" or "dynamic"). Static unless
+    asked otherwise or the static C library is missing (libc6-dev), then dynamic with a
+    note on stderr. Exits with a one-line reason without a compiler."""
+    src = os.path.join(HERE, "stamp.c")
+    out = os.path.join(tmp, "stamp")
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        sys.exit(f"{who}: needs a C compiler (apt-get install gcc) for bench/{source}")
-    subprocess.run([cc, "-O2", "-o", out, os.path.join(HERE, source)], check=True)
-    return out
+        sys.exit(f"{who}: needs a C compiler (apt-get install gcc) for {src}")
+    if static:
+        p = subprocess.run([cc, "-O2", "-static", "-o", out, src], capture_output=True,
+                           text=True)
+        if p.returncode == 0:
+            return out, "static"
+        print(f"{who}: note: cannot link {src} statically ({p.stderr.strip().splitlines()[-1:]}"
+              "); the stamp is dynamic and its figures include the dynamic loader",
+              file=sys.stderr)
+    subprocess.run([cc, "-O2", "-o", out, src], check=True)
+    return out, "dynamic"
 
 
 def status_mb(pid: int, field: str = "VmRSS") -> float:

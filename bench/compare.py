@@ -3,7 +3,8 @@
     .venv/bin/python bench/compare.py [--quick] [--smoke] [--sizes 1,100,1000] [--runs R]
                                       [--restarts N] [--idle SECONDS] [--peers LIST]
 
-Every supervisor runs the same service, bench/peers/stamp.c compiled once: first thing in
+Every supervisor runs the same service, bench/stamp.c compiled once (statically linked, so
+its stamp is taken right after execve; --dynamic-stamp links it dynamically): first thing in
 main() it sends "<pid> <CLOCK_MONOTONIC ns>" to a datagram socket, then pauses forever.
 s6 and runit exec ./run (a symlink to the binary), so the socket path reaches them through
 $STAMP_SOCK; hachain and supervisord pass it as argv[1] and the service name as argv[2].
@@ -691,17 +692,15 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = tempfile.mkdtemp(prefix="hachain-compare-")
-        self.exe = os.path.realpath(self.build())
+        self.exe, self.linkage = benchlib.compile_stamp(self.tmp, "compare",
+                                                        static=not args.dynamic_stamp)
+        self.exe = os.path.realpath(self.exe)
         self.idle_s = args.idle or (0.5 if args.smoke else 10.0 if args.quick else 30.0)
         self.settle_s = 0.3 if args.smoke else 1.0
         # --quick: supervisord needs about a second per restart; cap each peer's kill loop
         self.kill_budget = 8.0 if args.quick else 0.0
         # --quick: a restarted supervisord takes half a minute to start 1000 programs again
         self.recovery_timeout = 15.0 if args.quick else 120.0
-
-    def build(self) -> str:
-        """Compile bench/peers/stamp.c once; every supervisor runs this binary."""
-        return benchlib.compile_c("peers/stamp.c", self.tmp, "compare")
 
     def rounds(self, n: int) -> int:
         """Restarts per size: a single service can only be killed once per second or so."""
@@ -870,6 +869,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=float, default=0, help="idle window, seconds")
     ap.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ",".join(PEERS))
     ap.add_argument("--no-cgroups", action="store_true", help="hachain: process groups only")
+    ap.add_argument("--dynamic-stamp", action="store_true",
+                    help="link the service dynamically (its stamp then includes ld.so)")
     args = ap.parse_args(argv)
     dflt = "4" if args.smoke else "1,1000" if args.quick else "1,100,1000"
     sizes = [int(x) for x in (args.sizes or dflt).split(",")]
@@ -889,6 +890,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_start = time.monotonic()
     print(machine(), flush=True)
+    print(f"service: bench/stamp.c, {bench.linkage}ally linked (the restart stamp is taken "
+          f"{'right after execve' if bench.linkage == 'static' else 'after ld.so'})", flush=True)
     results: list[dict[str, dict[str, Any]]] = []
     try:
         for run in range(runs):

@@ -103,7 +103,7 @@ def main() -> int:
                  "bash scripts/setup.sh --test)")
     os.makedirs(a.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="hachain-profile-")
-    stamp = benchlib.compile_c("stamp.c", tmp, "profile_restarter")
+    stamp, _ = benchlib.compile_stamp(tmp, "profile_restarter")
     r = Run(a.services, stamp, tmp, cgroups=not a.no_cgroups)
     raw_path = os.path.join(a.out, "restarter.txt")
     scope_path = os.path.join(a.out, "restarter.speedscope.json")

@@ -3,8 +3,8 @@
     .venv/bin/python bench/restarter_bench.py [--quick] [--restarts N] [--idle SECONDS]
 
 Restart latency: a long-running service (up > 1 s) is SIGKILLed; the time until its
-replacement has exec'd, stamped by the replacement itself (bench/stamp.c sends its
-CLOCK_MONOTONIC at main()). Restart delay 0 (backoff initial = 0), cgroups as configured
+replacement has exec'd, stamped by the replacement itself (bench/stamp.c, statically
+linked, sends its CLOCK_MONOTONIC first thing in main()). Restart delay 0 (backoff initial = 0), cgroups as configured
 by default. Idle: CPU seconds and context switches of the restarter over the idle window
 with every service running. RSS: the restarter's VmRSS. Prints one table.
 """
@@ -132,13 +132,15 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=0)
     ap.add_argument("--sizes", default="1,100,1000")
     ap.add_argument("--no-cgroups", action="store_true", help="process groups only")
+    ap.add_argument("--dynamic-stamp", action="store_true",
+                    help="link the service dynamically (its stamp then includes ld.so)")
     a = ap.parse_args()
     rounds = a.restarts or (50 if a.quick else 200)
     idle_s = a.idle or (10 if a.quick else 30)
     tmp = tempfile.mkdtemp(prefix="hachain-bench-")
-    stamp = benchlib.compile_c("stamp.c", tmp)
+    stamp, linkage = benchlib.compile_stamp(tmp, static=not a.dynamic_stamp)
     print(f"machine: {os.cpu_count()} cores, kernel {os.uname().release}, python "
-          f"{sys.version.split()[0]}")
+          f"{sys.version.split()[0]}; service: bench/stamp.c, {linkage}")
     rows = []
     for n in [int(x) for x in a.sizes.split(",")]:
         r = Run(n, stamp, tmp, cgroups=not a.no_cgroups)

@@ -4,7 +4,7 @@
 
 Level 0 needs nothing; every service of level k `requires` two services of level k-1,
 so a level can only start once its requirements have sent READY=1. The service is
-bench/peers/stamp.c, which sends READY=1 on $NOTIFY_SOCKET first thing. Reports the wall
+bench/stamp.c, which sends READY=1 on $NOTIFY_SOCKET first thing. Reports the wall
 time from launching the restarter until it reports every service ready, and the
 restarter's peak RSS (VmHWM).
 """
@@ -85,7 +85,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="hachain-startup-bin-")
-    stamp = benchlib.compile_c("peers/stamp.c", tmp)
+    stamp, _ = benchlib.compile_stamp(tmp)
     print(f"machine: {os.cpu_count()} cores, kernel {os.uname().release}; {a.services} "
           f"notify services in a DAG of depth {a.depth}, {a.runs} run(s)")
     res = [one_run(a.services, a.depth, stamp, seed) for seed in range(a.runs)]

@@ -10,7 +10,7 @@ if [ "${1:-}" = "--test" ]; then
     # the QEMU proof, systemd-notify (a real sd_notify client), and what systemd-python
     # (the optional `systemd` extra, tested too) builds against
     want_debs+=(qemu-system-x86 linux-image-amd64 busybox-static systemd libsystemd-dev
-                pkg-config gcc)
+                pkg-config gcc libc6-dev)
 fi
 missing=()
 for p in "${want_debs[@]}"; do

@@ -21,7 +21,7 @@ PEERS = ("hachain", "s6", "runit", "supervisord")
 def test_compare_smoke_prints_every_peer() -> None:
     """One --smoke run: a row per metric, a column and a footer line per supervisor."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler for bench/peers/stamp.c")
+        pytest.skip("no C compiler for bench/stamp.c")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare.py"), "--smoke"],
                        capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
