@@ -4,9 +4,10 @@
 
 Restart latency: a long-running service (up > 1 s) is SIGKILLed; the time until its
 replacement has exec'd, stamped by the replacement itself (bench/stamp.c, statically
-linked, sends its CLOCK_MONOTONIC first thing in main()). Restart delay 0 (backoff initial = 0), cgroups as configured
-by default. Idle: CPU seconds and context switches of the restarter over the idle window
-with every service running. RSS: the restarter's VmRSS. Prints one table.
+linked, sends its CLOCK_MONOTONIC first thing in main()). Restart delay 0 (backoff
+initial = 0), cgroups as configured by default. Idle: CPU seconds and context switches of
+the restarter over the idle window with every service running. RSS: the restarter's
+VmRSS. Prints one table.
 """
 
 from __future__ import annotations
