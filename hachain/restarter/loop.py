@@ -392,9 +392,8 @@ class Restarter:
             self.feed(name, Ev.SPAWN_FAILED, now, reason=msg, transient=transient)
             return
         self._watch(name, sp.pid, CHILD)
-        # Rotation is checked once the replacement runs, not before: a crash-looping
-        # service cannot grow its log past a minute's worth, and the stat stays off the
-        # restart path (it and the rest of the bookkeeping before the spawn are cold).
+        # The rotation check (a stat, and rarely a copy) comes right after the spawn
+        # rather than before it: the same check, off the restart path.
         try:
             spawn.rotate_log(self.log_dir, name, c.log_max_bytes, c.log_keep)
         except OSError:

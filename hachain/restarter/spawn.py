@@ -152,7 +152,7 @@ def release(pid: int) -> None:
 
 
 def keep_for_later(pid: int, st: ExitStatus) -> None:
-    """Keep the status of a reaped child that is not a service's main process (a probe,
+    """Keep the status of an exited child that is not a service's main process (a probe,
     a former main process) for the reap(pid) its owner makes later."""
     _REAPED[pid] = st
     while len(_REAPED) > _REAPED_MAX:
