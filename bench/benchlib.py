@@ -25,9 +25,9 @@ def compile_stamp(tmp: str, who: str = "bench", static: bool = True) -> tuple[st
                            text=True)
         if p.returncode == 0:
             return out, "static"
-        print(f"{who}: note: cannot link {src} statically ({p.stderr.strip().splitlines()[-1:]}"
-              "); the stamp is dynamic and its figures include the dynamic loader",
-              file=sys.stderr)
+        why = (p.stderr.strip().splitlines() or ["no reason given"])[-1]
+        print(f"{who}: note: cannot link {src} statically ({why}); the stamp is dynamic "
+              "and its figures include the dynamic loader", file=sys.stderr)
     subprocess.run([cc, "-O2", "-o", out, src], check=True)
     return out, "dynamic"
 
