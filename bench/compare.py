@@ -508,7 +508,8 @@ def ensure_peers(wanted: list[str]) -> dict[str, str]:
         return skipped
     pkgs = [PACKAGES[p][1] for p in missing]
     apt = shutil.which("apt-get")
-    print(f"installing {' '.join(pkgs)} with apt-get (missing: {', '.join(missing)})", flush=True)
+    print(f"compare: installing {' '.join(pkgs)} with apt-get (missing: {', '.join(missing)})",
+          file=sys.stderr, flush=True)
     if apt and os.geteuid() == 0:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         q = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 
 want_debs=(util-linux procps)
 if [ "${1:-}" = "--test" ]; then
-    # the QEMU proof, systemd-notify (a real sd_notify client), and what systemd-python
-    # (the optional `systemd` extra, tested too) builds against
+    # the QEMU proof, systemd-notify (a real sd_notify client), what systemd-python
+    # (the optional `systemd` extra, tested too) builds against, the C stamp service of
+    # the benchmarks, the peers bench/compare.py measures beside hachain (its smoke run is
+    # a test), and cpio to list the initramfs the QEMU harness writes
     want_debs+=(qemu-system-x86 linux-image-amd64 busybox-static systemd libsystemd-dev
-                pkg-config gcc libc6-dev)
+                pkg-config gcc libc6-dev s6 runit supervisor cpio)
 fi
 missing=()
 for p in "${want_debs[@]}"; do
