@@ -21,6 +21,7 @@ half of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -63,6 +64,18 @@ ENV_LOG_FORMAT = "HACHAIN_LOG_FORMAT"  # "json" for JSON-lines logs, else human 
 # Control protocol limits.
 MAX_REQUEST_BYTES = 64 * 1024
 REQUEST_TIMEOUT = 2.0
+
+
+def cgroup_name(state_dir: str) -> str:
+    """The name of the chain's cgroup under the cgroup2 mount (`cgroup_root = "auto"`).
+
+    One name per chain: the state directory's last component for reading, plus 8 hex
+    digits of a hash of its real path, so `/run/hachain` and `/x/hachain` never share a
+    cgroup (a crash of one chain's `web` must not kill the other's)."""
+    real = os.path.realpath(state_dir)
+    base = os.path.basename(os.path.normpath(real)) or "root"
+    base = base if base.startswith("hachain") else "hachain-" + base
+    return f"{base}-{hashlib.sha256(real.encode()).hexdigest()[:8]}"
 
 
 # --- atomic files -----------------------------------------------------------------------

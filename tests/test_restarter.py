@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -671,3 +673,30 @@ ready_command = ["/bin/sh", "-c", "{mask_to('probe')}"]
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: (x := r.svc("plain"))["state"] == "ready" and x["pid"] != pid, 10,
                "plain restarted")
+
+
+def test_two_chains_never_share_a_cgroup(restarter, tmp_path):
+    """Issue 20.4: the auto cgroup name differs for state dirs with the same last
+    component, and a second chain given the first one's cgroup root refuses it (exit 1,
+    naming the owner) without touching the first chain's service."""
+    assert channels.cgroup_name("/run/hachain") != channels.cgroup_name("/x/hachain")
+    assert channels.cgroup_name("/run/hachain").startswith("hachain-")
+    a = restarter(f"""
+[service.web]
+command = {svc("sleep")}
+""")
+    if a.cg_root is None:
+        pytest.skip("needs a writable cgroup v2 mount")
+    pid = a.wait_state("web", "ready")["pid"]
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = other / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{other}/run"\npersist_dir = "{other}/persist"\n'
+                   f'cgroup_root = "{a.cg_root}"\n[watchdog]\ndevice = "none"\n'
+                   f'[service.web]\ncommand = {svc("sleep")}\n')
+    p = subprocess.run([sys.executable, "-m", "hachain.restarter", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p.stderr
+    assert f"cgroup {a.cg_root} belongs to another running chain" in p.stderr, p.stderr
+    assert a.state_dir in p.stderr
+    assert channels.pid_alive(pid) and a.svc("web")["pid"] == pid

@@ -89,9 +89,13 @@ class Restarter:
         self._lock_fd = self._take_lock()
         self.store = Store(self.state_dir, cfg.chain.persist_dir)
         self.log_dir = cfg.chain.service_log_dir
-        base = os.path.basename(os.path.normpath(self.state_dir))
-        hint = base if base.startswith("hachain") else "hachain-" + base
-        self.cgroups = spawn.Cgroups.from_config(cfg.chain.cgroup_root, hint)
+        self.cgroups = spawn.Cgroups.from_config(cfg.chain.cgroup_root,
+                                                 channels.cgroup_name(self.state_dir))
+        try:
+            self.cgroups.claim(os.path.realpath(self.state_dir))
+        except spawn.CgroupInUse as e:
+            os.close(self._lock_fd)
+            raise AlreadyRunning(str(e)) from None
         self._derive()
         self.removing: set[str] = set()
         self.svcs: dict[str, Svc] = {n: states.initial(n) for n in self.conf}

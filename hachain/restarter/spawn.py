@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import resource
 import shutil
@@ -185,11 +186,19 @@ def own_cgroup(mount: str) -> str:
     return mount
 
 
+class CgroupInUse(Exception):
+    """The chain's cgroup root is held by another live chain (its restarter's flock)."""
+
+
+OWNER_XATTR = "user.hachain.state_dir"  # on the cgroup root: which chain owns it
+
+
 class Cgroups:
     """One cgroup v2 directory per service under `root`; inactive when root is None."""
 
     def __init__(self, root: str | None) -> None:
         self.root = root
+        self._claim_fd: int | None = None  # flock on the root directory while we own it
         self.home: str | None = None  # the restarter's own cgroup, to move back into
         self._home_fd: int | None = None  # its cgroup.procs, kept open: one move per spawn
         self._made: set[str] = set()  # service cgroups known to exist
@@ -221,6 +230,34 @@ class Cgroups:
             except OSError:
                 pass
         return cls(root)
+
+    def claim(self, owner: str) -> None:
+        """Take the root for this chain for the life of this process: an exclusive flock
+        on the cgroup directory itself (released by the kernel when the restarter dies,
+        so its successor takes it again), with the owner's state directory in an xattr
+        for the error message of whoever is refused. Raises CgroupInUse."""
+        if self.root is None or self._claim_fd is not None:
+            return
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return  # no such directory: from_config made it, so cgroups are off anyway
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                other = os.getxattr(self.root, OWNER_XATTR).decode(errors="replace")
+            except OSError:
+                other = "unknown"
+            os.close(fd)
+            raise CgroupInUse(f"cgroup {self.root} belongs to another running chain "
+                              f"(state_dir {other}); refusing to share it: give this chain "
+                              "its own [chain] cgroup_root") from None
+        try:
+            os.setxattr(self.root, OWNER_XATTR, owner.encode())
+        except OSError:
+            pass  # xattrs on cgroupfs need Linux 5.7; the lock alone still protects
+        self._claim_fd = fd
 
     @property
     def active(self) -> bool:
