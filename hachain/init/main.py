@@ -37,10 +37,14 @@ Some facts this code is built on:
   a check and a sleep, and nothing polls.
 - Python starts with SIGPIPE (and SIGXFSZ) ignored, and an ignored disposition survives
   exec; the children get them reset to default, as `subprocess` does.
-- A fixed restart delay, no backoff (runit: "try again in 1 second, forever"). Init's
-  children are the chain itself; holding one down would make the machine unmanaged until
-  the watchdog fires. A fixed delay bounds the spawn rate (so a crash loop cannot starve
-  the loop or the machine) and keeps the recovery time a constant anyone can add up.
+- Restart at once, then back off, but never give up. Init's children are the chain
+  itself: holding one down would leave the machine unmanaged until the watchdog fires, so
+  there is no "give up" and no policy beyond this: the first restart after a layer ran for
+  `STABLE_AFTER` seconds is immediate (a SIGKILLed restarter is back in milliseconds, not
+  a second later: s6-overlay's most-cited complaint), repeated quick deaths wait
+  `FIRST_BACKOFF` doubling up to `--restart-delay`. The cap bounds the spawn rate (a crash
+  loop cannot starve the loop or the machine) and the recovery time stays a constant
+  anyone can add up: at most `--restart-delay` after any death.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ FAULT_EXIT_STATUS = 70
 ERROR_PAUSE = 1.0  # after any exception in the loop
 SHUTDOWN_POLL = 0.1  # rescan for reparented orphans while stopping
 MAX_GRACE = 5.0  # SIGTERM-to-SIGKILL grace for the tickler and the leftovers
+FIRST_BACKOFF = 0.1  # the delay after a second quick death; doubles up to --restart-delay
+STABLE_AFTER = 10.0  # a layer that ran this long starts the sequence again (immediate)
 
 # reboot(2) commands and prctl / mount(2) constants (x86_64 and generic Linux).
 RB_AUTOBOOT = 0x01234567
@@ -196,6 +202,17 @@ class Child:
         self.started_mono: float | None = None
         self.due: float | None = 0.0
         self.attempts = 0  # spawn attempts, failed ones included
+        self.quick_deaths = 0  # deaths (or failed spawns) in a row, each before STABLE_AFTER
+
+    def next_delay(self, now: float, cap: float) -> float:
+        """The delay before the next start, after a death or failed spawn at `now`: 0 for
+        the first in a row, then FIRST_BACKOFF doubling, never more than `cap`."""
+        ran = now - self.started_mono if self.started_mono is not None else 0.0
+        if ran >= STABLE_AFTER:
+            self.quick_deaths = 0
+        n = self.quick_deaths
+        self.quick_deaths += 1
+        return 0.0 if n == 0 else min(cap, FIRST_BACKOFF * 2 ** min(n - 1, 30))
 
 
 class Init:
@@ -354,9 +371,10 @@ class Init:
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *LOOP_SIGNALS), setsigmask=(),
                 file_actions=closes)
         except Exception as e:  # noqa: BLE001 - a bad command must not stop init
-            child.due = now + self.opts.restart_delay
-            log(f"cannot start {child.name}: {e}; "
-                f"retrying in {self.opts.restart_delay} s")
+            child.started_mono = None
+            delay = max(child.next_delay(now, self.opts.restart_delay), FIRST_BACKOFF)
+            child.due = now + delay
+            log(f"cannot start {child.name}: {e}; retrying in {delay:g} s")
             return
         child.pid, child.started_mono, child.due = pid, now, None
         log(f"started {child.name} (pid {pid}, restarts {child.restarts})")
@@ -374,13 +392,15 @@ class Init:
             child = next((c for c in self.children if c.pid == pid), None)
             if child is None:
                 continue  # an orphan of the tree: reaping it is all there is to do
+            now = time.monotonic()
+            delay = child.next_delay(now, self.opts.restart_delay)
             child.pid, child.started_mono = None, None
             if self.stopping:
                 log(f"{child.name} (pid {pid}) {describe_status(status)}")
             else:
-                child.due = time.monotonic() + self.opts.restart_delay
+                child.due = now + delay
                 log(f"{child.name} (pid {pid}) {describe_status(status)}; "
-                    f"restarting in {self.opts.restart_delay} s")
+                    + (f"restarting in {delay:g} s" if delay else "restarting now"))
 
     def beat(self) -> None:
         """Write the heartbeat; a missing or unwritable state dir is retried next time."""
