@@ -51,6 +51,7 @@ class Intensity:
     max_restarts: int = 5
     window: float = 60.0
     action: str = "maintenance"
+    decay: float = 0.0  # > 0: a decaying count (1 per crash, -1 per `decay` s up) instead
 
 
 @dataclass(frozen=True)
@@ -398,12 +399,13 @@ def _service(c: _Checker, name: str, d: Any) -> ServiceConfig | None:
         c.err(k + ["intensity"], f"must be a table {{max_restarts, window, action}}, got {i!r}")
     else:
         ik = k + ["intensity"]
-        c.table(i, ik, {"max_restarts", "window", "action"})
+        c.table(i, ik, {"max_restarts", "window", "action", "decay"})
         intensity = Intensity(
             max_restarts=c.number(i, ik + ["max_restarts"], intensity.max_restarts, lo=0,
                                   integer=True),
             window=c.number(i, ik + ["window"], intensity.window, lo=0, lo_open=True),
             action=c.choice(i, ik + ["action"], intensity.action, INTENSITY_ACTIONS),
+            decay=c.number(i, ik + ["decay"], intensity.decay, lo=0, hi=365 * 86400),
         )
 
     health = None

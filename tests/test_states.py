@@ -104,6 +104,46 @@ def test_crash_loop_reaches_maintenance_then_clear():
     assert s.state is State.STARTING and s.history == ()
 
 
+def _crash_loop(c: ServiceConfig, uptimes: list[float]) -> Svc:
+    """Start `a`, then let it crash after each of `uptimes` seconds of running."""
+    now = 0.0
+    s, _ = run(Svc("a"), Event(Ev.START, now), Event(Ev.SPAWNED, now, pid=1), c=c)
+    for i, up in enumerate(uptimes):
+        now += up
+        s, _ = run(s, Event(Ev.EXITED, now, status=ExitStatus("exited", 1)), c=c)
+        if s.state is not State.STARTING:
+            break
+        s, _ = run(s, Event(Ev.SPAWNED, now, pid=10 + i), c=c)
+    return s
+
+
+def test_decaying_intensity_never_parks_a_rare_crasher():
+    """Issue 15.5: with decay = 300, a service that crashes once an hour stays at a count
+    of 1 forever, where a window of a day would have parked it after max_restarts."""
+    decaying = ServiceConfig(name="a", command=("x",), backoff=Backoff(0, 1, 0),
+                             intensity=Intensity(3, 86400, "maintenance", decay=300))
+    s = _crash_loop(decaying, [3600.0] * 50)
+    assert s.state is State.READY and s.restarts == 50 and s.failure_count == 1.0
+    windowed = ServiceConfig(name="a", command=("x",), backoff=Backoff(0, 1, 0),
+                             intensity=Intensity(3, 86400, "maintenance"))
+    assert _crash_loop(windowed, [3600.0] * 50).state is State.MAINTENANCE
+
+
+def test_decaying_intensity_still_stops_a_crash_loop():
+    c = ServiceConfig(name="a", command=("x",), backoff=Backoff(0, 1, 0),
+                      intensity=Intensity(3, 60, "maintenance", decay=300))
+    s = _crash_loop(c, [1.0] * 10)
+    assert s.state is State.MAINTENANCE and s.restarts == 4
+    assert "failure count" in s.reason and "-1 per 300 s up" in s.reason
+
+
+@given(st.floats(0, 20), st.floats(0, 1e6), st.floats(1, 1e4))
+def test_decayed_count_adds_one_and_never_goes_negative(prev, uptime, decay):
+    n = policy.decayed_count(prev, uptime, decay)
+    assert 1.0 <= n <= prev + 1.0
+    assert policy.decayed_count(prev, 0.0, decay) == prev + 1.0
+
+
 def test_oneshot_done_not_confused_with_longrun():
     one = ServiceConfig(name="a", command=("x",), kind="oneshot", restart="never")
     s, _ = run(Svc("a"), Event(Ev.START, 0), Event(Ev.SPAWNED, 0, pid=1),

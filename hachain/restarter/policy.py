@@ -94,3 +94,24 @@ def intensity_exceeded(history: tuple[float, ...], it: Intensity) -> bool:
     """True when `history` (already pruned, including the restart being considered)
     holds more restarts than the window allows."""
     return len(history) > it.max_restarts
+
+
+def decayed_count(prev: float, uptime: float, decay: float) -> float:
+    """The decaying failure count after one more crash: what was left of `prev` once
+    `uptime` seconds of running have each taken 1 off per `decay` seconds (never below
+    0), plus 1 for this crash. finit's rule: a service that crashes once an hour with
+    `decay = 300` never counts more than 1, however long it has been supervised."""
+    return max(0.0, prev - uptime / decay) + 1.0 if decay > 0 else prev + 1.0
+
+
+def intensity_verdict(history: tuple[float, ...], count: float, it: Intensity) -> str:
+    """'' while the restart is allowed, else why not, in words: the decaying count when
+    `it.decay` is set, the restarts inside the window otherwise."""
+    if it.decay > 0:
+        if count > it.max_restarts:
+            return (f"failure count {count:.1f} > {it.max_restarts} (1 per crash, -1 per "
+                    f"{it.decay:g} s up)")
+        return ""
+    if intensity_exceeded(history, it):
+        return f"{len(history)} restarts in {it.window:g} s (limit {it.max_restarts})"
+    return ""

@@ -122,6 +122,7 @@ class Svc:
     started_at: float | None = None  # `now` of the spawn (or adoption)
     restarts: int = 0  # automatic restarts since the restarter began supervising it
     history: tuple[float, ...] = ()  # restart times inside the intensity window
+    failure_count: float = 0.0  # the decaying count of intensity.decay (0 when unused)
     delay: float | None = None  # the last backoff delay used
     last_exit: ExitStatus | None = None
     reason: str = ""
@@ -197,11 +198,16 @@ def _after_exit(s: Svc, st: ExitStatus, now: float, c: ServiceConfig) -> Result:
         return (replace(s, state=State.FAILED,
                         reason=f"failed: {st.describe()}; restart = {c.restart}"),
                 [Persist(s.name)])
-    history = policy.prune_window(s.history, now, c.intensity.window) + (now,)
-    s = replace(s, history=history, restarts=s.restarts + 1)
-    if policy.intensity_exceeded(history, c.intensity):
-        why = (f"{len(history)} restarts in {c.intensity.window:g} s "
-               f"(limit {c.intensity.max_restarts}); last: {st.describe()}")
+    if c.intensity.decay > 0:
+        history = s.history
+        count = policy.decayed_count(s.failure_count, uptime, c.intensity.decay)
+    else:
+        history = policy.prune_window(s.history, now, c.intensity.window) + (now,)
+        count = 0.0
+    s = replace(s, history=history, failure_count=count, restarts=s.restarts + 1)
+    verdict = policy.intensity_verdict(history, count, c.intensity)
+    if verdict:
+        why = f"{verdict}; last: {st.describe()}"
         if c.intensity.action == "maintenance":
             return (replace(s, state=State.MAINTENANCE, reason="maintenance: " + why),
                     [Persist(s.name)])
@@ -209,7 +215,7 @@ def _after_exit(s: Svc, st: ExitStatus, now: float, c: ServiceConfig) -> Result:
             return (replace(s, state=State.MAINTENANCE, reason="reboot requested: " + why),
                     [Persist(s.name), Reboot(s.name, why)])
         if c.intensity.action == "restart-group":
-            s = replace(s, history=())
+            s = replace(s, history=(), failure_count=0.0)
             delay = policy.next_delay(c.backoff, s.delay, uptime)
             return (replace(s, state=State.BACKOFF, delay=delay,
                             reason=f"restart-group: {why}"),
@@ -339,14 +345,15 @@ def backoff_done(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def held_clear(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    s = replace(s, want="up", history=(), delay=None, reason="cleared by administrator")
+    s = replace(s, want="up", history=(), failure_count=0.0, delay=None,
+                reason="cleared by administrator")
     st, acts = _spawn_or_wait(s, ev, reason="cleared by administrator")
     return st, acts + [Persist(s.name)]
 
 
 def held_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    return replace(s, want="down", state=State.STOPPED, history=(), delay=None,
-                   reason="stopped by administrator"), [Persist(s.name)]
+    return replace(s, want="down", state=State.STOPPED, history=(), failure_count=0.0,
+                   delay=None, reason="stopped by administrator"), [Persist(s.name)]
 
 
 def done_restart(s: Svc, ev: Event, c: ServiceConfig) -> Result:
