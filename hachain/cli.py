@@ -188,6 +188,8 @@ def print_status(st: dict[str, Any]) -> None:
         print(f"last gate failure: {'; '.join(gf.get('reasons', []))}")
     if ch.get("restarter_error"):
         print(color(f"restarter: {ch['restarter_error']}", False))
+    for u in (ch.get("restarter") or {}).get("unwritten") or []:
+        print(color(f"unwritten: {u['file']} since {u['since']:.0f} s: {u['error']}", False))
     if st["services"]:
         print()
         print(f"{'SERVICE':<20} {'STATE':<12} {'PID':<8} {'UPTIME':<9} {'RESTARTS':<8} "

@@ -216,9 +216,9 @@ class Restarter:
                     if st is State.STARTING and c.ready == "fd":
                         # the readiness pipe died with the previous restarter
                         st = State.READY
+                    # what is wanted comes from admin.json, never from the record
                     s = replace(s, state=st, pid=rec.pid, restarts=rec.restarts,
-                                started_at=rec.started_mono or now, want=rec.want,
-                                reason="adopted")
+                                started_at=rec.started_mono or now, reason="adopted")
                     self._watch(name, rec.pid, fd)
                     if st is State.STARTING:
                         self.arm(name, Ev.READY_TIMEOUT.value, c.ready_timeout, now)
@@ -226,6 +226,8 @@ class Restarter:
                         self.arm(name, "watchdog", c.watchdog_sec, now)
                     adopted += 1
                     self.svcs[name] = s
+                    if s.want == "down" and s.state is not State.MAINTENANCE:
+                        self.pending.append((name, Ev.STOP, {}))  # stopped by hand
                     self._start_times[name] = rec.start_time  # the record stays as it is
                     continue
             # Not running (any more): clear leftovers of it so we never run two copies.
@@ -241,7 +243,7 @@ class Restarter:
                 elif rec.state in ("ready", "starting", "stopping") and rec.pid:
                     # It died while no restarter watched it: that exit goes through policy.
                     s = replace(s, state=State.READY, pid=rec.pid, restarts=rec.restarts,
-                                started_at=rec.started_mono or now, want=rec.want)
+                                started_at=rec.started_mono or now)
                     to_exit.append(name)
             self.svcs[name] = s
         for w in self.store.warnings:
@@ -774,7 +776,7 @@ class Restarter:
             del self.svcs[name]
             del self.conf[name]
             self.dirty.discard(name)
-            self.store.drop_record(name)
+            self.store.drop_record(name, time.monotonic())
             self._derive()
             self.admin_dirty = True
 
@@ -792,7 +794,8 @@ class Restarter:
                 "pid": os.getpid(), "uptime": round(now - self.hb.started, 3),
                 "restarts": self.hb.restarts, "services": len(self.svcs),
                 "cgroups": self.cgroups.root if self.cgroups.active else None,
-                "reboot_requested": self.reboot_requested},
+                "reboot_requested": self.reboot_requested,
+                "unwritten": self.store.unwritten(now)},
                 "services": {n: self.service_status(n, now) for n in self.svcs}}
         if op in ("start", "stop", "restart", "clear"):
             name = req.get("name")
@@ -812,6 +815,9 @@ class Restarter:
     # --- persistence ----------------------------------------------------------------------
 
     def flush(self) -> None:
+        """Queue the records and admin state that changed, then make every pending write
+        that can be made (persist.WriteQueue: retried each round until written)."""
+        now = time.monotonic()
         for name in self.dirty:
             s = self.svcs[name]
             rec = RuntimeRecord(name=name, pid=s.pid,
@@ -821,10 +827,7 @@ class Restarter:
             if rec.pid and rec.start_time is None:
                 rec = replace(rec, start_time=channels.proc_start_time(rec.pid))
                 self._start_times[name] = rec.start_time
-            try:
-                self.store.write_record(rec)
-            except OSError as e:
-                log(f"warning: {name}: cannot write runtime record: {e.strerror}")
+            self.store.write_record(rec, now)
         self.dirty.clear()
         if self.admin_dirty and not self.shutting_down:
             admin = {}
@@ -832,11 +835,10 @@ class Restarter:
                 if (entry := self._admin_entry(n)) is not None:
                     admin[n] = entry
             self.admin = admin
-            try:
-                self.store.write_admin(admin)
-                self.admin_dirty = False
-            except OSError as e:
-                log(f"warning: cannot persist admin state ({e.strerror}); will retry")
+            self.store.write_admin(admin, now)
+            self.admin_dirty = False
+        for msg in self.store.sync(now):
+            log(msg)
 
     def _admin_entry(self, name: str) -> dict[str, str] | None:
         """What admin.json keeps for `name`: held down by hand, or in maintenance."""
@@ -974,8 +976,12 @@ class Restarter:
         # Nothing runs any more: the next restarter starts from the configuration (a
         # oneshot runs again), not from records of this run.
         for name in self.svcs:
-            self.store.drop_record(name)
+            self.store.drop_record(name, now)
             self.cgroups.remove(name)  # empty now; rmdir refuses otherwise
+        for msg in self.store.sync(now):
+            log(msg)
+        for u in self.store.unwritten(now, limit=len(self.store.queue.pending)):
+            log(f"error: exiting with {u['path']} unwritten ({u['error']}): lost")
         if self.cgroups.root:
             try:
                 os.rmdir(self.cgroups.root)

@@ -3,14 +3,29 @@
 Owns: the formats of `<state_dir>/services/<name>.json` (one small record per service,
 rewritten atomically whenever its pid or state changes) and `<persist_dir>/admin.json`
 (what an administrator asked for: a service stopped by hand, one held in maintenance;
-written durably). Must not: decide anything about them.
+written durably), and the queue of writes not made yet. Must not: decide anything about
+them.
 
 A corrupt file is never fatal: it is moved aside as `<file>.corrupt`, a warning is
 returned, and the restarter rebuilds from what is actually running.
+
+Writes go through a `WriteQueue` and are retried until made (ENOSPC on a full disk, EIO):
+
+- one entry per file holding its newest content (or "remove it"): a newer write of the
+  same file replaces the older content in place, so nothing stale is ever written after
+  something newer, and a removal queued after a write wins over it;
+- entries are tried oldest first; in a directory where a write failed, the later entries
+  wait for the next round, so one directory's files land in the order they were asked
+  for, and a full disk costs one failed attempt per directory and round;
+- the two directories do not wait for each other: no file's meaning depends on another
+  file being written first. `admin.json` alone says what is wanted (stopped by hand, in
+  maintenance); a runtime record only says which process runs and in what state, and the
+  restarter believes it only when that process really runs (pid, start time, cgroup).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -41,17 +56,80 @@ def _set_aside(path: str) -> str:
     return f"{path}: corrupt, set aside as {os.path.basename(path)}.corrupt"
 
 
+class _Pending:
+    """A write not made yet: the newest content (None: remove the file)."""
+
+    __slots__ = ("data", "durable", "error", "since")
+
+    def __init__(self, data: bytes | None, durable: bool, since: float) -> None:
+        self.data = data
+        self.durable = durable
+        self.since = since  # when this file first had a write pending (monotonic)
+        self.error = ""  # why the last attempt failed ("" before any attempt)
+
+
+class WriteQueue:
+    """Writes still to be made, oldest first, one per file; `sync` makes what it can."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, _Pending] = {}  # insertion order is the order asked
+        self.failing: dict[str, float] = {}  # directory -> when its writes began failing
+
+    def put(self, path: str, data: bytes | None, now: float, durable: bool = False) -> None:
+        p = self.pending.get(path)
+        if p is None:
+            self.pending[path] = _Pending(data, durable, now)
+        else:  # newest content wins; the place in the queue and `since` stay
+            p.data, p.durable = data, durable or p.durable
+
+    def sync(self, now: float) -> list[str]:
+        """Try every pending write once (in order, a failed directory skipped for the rest
+        of the round). Returns log lines: a directory that began failing, or recovered."""
+        msgs: list[str] = []
+        blocked: dict[str, str] = {}  # directory -> the error of this round
+        for path, p in list(self.pending.items()):
+            d = os.path.dirname(path)
+            if d in blocked:
+                p.error = blocked[d]
+                continue
+            try:
+                if p.data is None:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                else:
+                    channels.write_atomic(path, p.data, p.durable)
+            except OSError as e:
+                p.error = blocked[d] = e.strerror or str(e)
+                continue
+            del self.pending[path]
+        for d, err in blocked.items():
+            if d not in self.failing:
+                self.failing[d] = now
+                n = sum(1 for path in self.pending if os.path.dirname(path) == d)
+                msgs.append(f"warning: cannot write in {d}: {err}; {n} write(s) pending, "
+                            "retried every loop round until made")
+        for d in [d for d in self.failing if d not in blocked]:
+            msgs.append(f"pending writes in {d} made after {now - self.failing.pop(d):.1f} s")
+        return msgs
+
+
 class Store:
     def __init__(self, state_dir: str, persist_dir: str) -> None:
+        self.state_dir = state_dir
+        self.persist_dir = persist_dir
         self.rec_dir = os.path.join(state_dir, channels.SERVICE_RECORD_DIR)
         self.admin_path = os.path.join(persist_dir, channels.ADMIN_STATE)
         os.makedirs(self.rec_dir, exist_ok=True)
         os.makedirs(persist_dir, exist_ok=True)
         self.warnings: list[str] = []
-        self._admin_written: dict[str, dict[str, str]] | None = None
+        self.queue = WriteQueue()
+        self._admin_asked: dict[str, dict[str, str]] | None = None  # newest content queued
 
-    def write_record(self, rec: RuntimeRecord) -> None:
-        channels.write_json(os.path.join(self.rec_dir, rec.name + ".json"), rec.to_json())
+    def write_record(self, rec: RuntimeRecord, now: float) -> None:
+        data = json.dumps(rec.to_json(), sort_keys=True).encode() + b"\n"
+        self.queue.put(os.path.join(self.rec_dir, rec.name + ".json"), data, now)
 
     def read_record(self, name: str) -> RuntimeRecord | None:
         path = os.path.join(self.rec_dir, name + ".json")
@@ -70,11 +148,8 @@ class Store:
         except OSError:
             return None
 
-    def drop_record(self, name: str) -> None:
-        try:
-            os.unlink(os.path.join(self.rec_dir, name + ".json"))
-        except OSError:
-            pass
+    def drop_record(self, name: str, now: float) -> None:
+        self.queue.put(os.path.join(self.rec_dir, name + ".json"), None, now)
 
     def read_admin(self) -> dict[str, dict[str, str]]:
         """{name: {"want": "down"} or {"want": "up", "maintenance": reason}}."""
@@ -90,13 +165,31 @@ class Store:
         if not isinstance(d, dict) or not all(isinstance(v, dict) for v in d.values()):
             self.warnings.append(_set_aside(self.admin_path))
             return {}
-        self._admin_written = d
+        self._admin_asked = d
         return d
 
-    def write_admin(self, admin: dict[str, dict[str, str]]) -> None:
-        """Durably write admin state when it changed. OSError (e.g. ENOSPC) propagates
-        and leaves the previous file intact."""
-        if admin == self._admin_written:
+    def write_admin(self, admin: dict[str, dict[str, str]], now: float) -> None:
+        """Queue a durable write of admin state when it differs from the newest queued."""
+        if admin == self._admin_asked:
             return
-        channels.write_json(self.admin_path, admin, durable=True)
-        self._admin_written = {k: dict(v) for k, v in admin.items()}
+        data = json.dumps(admin, sort_keys=True).encode() + b"\n"
+        self.queue.put(self.admin_path, data, now, durable=True)
+        self._admin_asked = {k: dict(v) for k, v in admin.items()}
+
+    def sync(self, now: float) -> list[str]:
+        """Make the pending writes that can be made; log lines about failures."""
+        return self.queue.sync(now) if self.queue.pending else []
+
+    def unwritten(self, now: float, limit: int = 20) -> list[dict[str, Any]]:
+        """The writes still pending, oldest first (at most `limit`), for status:
+        [{"file": "admin.json", "path": ..., "since": 12.0, "error": "No space left..."}]."""
+        out = []
+        for path, p in self.queue.pending.items():
+            if not p.error:
+                continue  # queued this round, not tried yet
+            base = self.persist_dir if path == self.admin_path else self.state_dir
+            out.append({"file": os.path.relpath(path, base), "path": path,
+                        "since": round(now - p.since, 1), "error": p.error})
+            if len(out) >= limit:
+                break
+        return out
