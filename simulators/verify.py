@@ -175,14 +175,15 @@ class _Restarter:
         self.dirty: set[int] = set()
         self.notes: list[str] = []
 
-    def deps_ready(self, i: int) -> bool:
-        return all(states.satisfies_dependents(self.svcs[self.m.index[d]])
-                   for d in self.m.confs[i].requires)
+    def deps_blocker(self, i: int) -> str:
+        c = self.m.confs[i]
+        return states.deps_blocker(c, {d: self.svcs[self.m.index[d]] for d in c.deps})
 
     def feed(self, i: int, kind: Ev, **kw: Any) -> None:
         s = self.svcs[i]
         self.m.cells.add((s.state.value, kind.value))
-        ev = Event(kind, EPOCH, deps_ready=self.deps_ready(i), **kw)
+        blocker = self.deps_blocker(i)
+        ev = Event(kind, EPOCH, deps_ready=not blocker, waiting_for=blocker, **kw)
         try:
             nxt, actions = states.step(s, ev, self.m.confs[i])
         except states.InvalidTransition as e:
@@ -196,19 +197,14 @@ class _Restarter:
         self.after_change(i, s, self.svcs[i])
 
     def after_change(self, i: int, old: Svc, new: Svc) -> None:
-        if states.satisfies_dependents(new) and not states.satisfies_dependents(old):
+        if new.state is not old.state:
             for d in self.m.rev[i]:
-                if self.svcs[d].state is State.WAITING and self.deps_ready(d):
+                if self.svcs[d].state is State.WAITING:
                     self.feed(d, Ev.DEPS_READY)
-        if old.pid is not None and new.pid != old.pid:
+        if states.went_down(old, new):
             for d in self.m.rev[i]:
                 if states.is_up(self.svcs[d]):
                     self.feed(d, Ev.DEPS_LOST, reason=f"required service svc{i} went down")
-        if new.state in (State.STOPPED, State.FAILED, State.MAINTENANCE) and \
-                old.state is not new.state:
-            for d in self.m.rev[i]:
-                if self.svcs[d].state is State.WAITING and self.deps_ready(d):
-                    self.feed(d, Ev.DEPS_READY)
 
     def new_pid(self) -> int:
         used = {p for ps in self.procs for p in ps} | {w for w in self.watched if w}

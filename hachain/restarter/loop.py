@@ -220,7 +220,7 @@ class Restarter:
                     s = replace(s, state=st, pid=rec.pid, restarts=rec.restarts,
                                 started_at=rec.started_mono or now, reason="adopted")
                     self._watch(name, rec.pid, fd)
-                    if st is State.STARTING:
+                    if st is State.STARTING and states.needs_ready_timer(c):
                         self.arm(name, Ev.READY_TIMEOUT.value, c.ready_timeout, now)
                     elif c.watchdog_sec:
                         self.arm(name, "watchdog", c.watchdog_sec, now)
@@ -273,24 +273,10 @@ class Restarter:
 
     # --- the state machine and its actions ------------------------------------------------
 
-    def deps_ready(self, name: str) -> bool:
-        c = self.conf[name]
-        for d in c.requires:
-            if not states.satisfies_dependents(self.svcs[d]):
-                return False
-        for d in c.after + c.wants:
-            if d in c.requires:
-                continue
-            ds = self.svcs[d]
-            if ds.want == "up" and ds.state not in (State.FAILED, State.MAINTENANCE,
-                                                    State.STOPPED) \
-                    and not states.satisfies_dependents(ds):
-                return False
-        return True
-
     def feed(self, name: str, kind: Ev, now: float, **kw: Any) -> None:
         s = self.svcs[name]
-        ev = Event(kind, now, deps_ready=self.deps_ready(name), **kw)
+        blocker = states.deps_blocker(self.conf[name], self.svcs)
+        ev = Event(kind, now, deps_ready=not blocker, waiting_for=blocker, **kw)
         try:
             nxt, actions = states.step(s, ev, self.conf[name])
         except states.InvalidTransition as e:
@@ -313,7 +299,7 @@ class Restarter:
     def _after_change(self, name: str, old: Svc, new: Svc, now: float) -> None:
         c = self.conf[name]
         if new.state is State.STARTING and new.pid is not None and old.pid != new.pid and \
-                c.ready in ("exec", "tcp"):
+                c.ready in ("exec", "tcp") and states.needs_ready_timer(c):
             self.arm(name, "probe-ready", 0.02, now)
         if new.state is State.READY and old.state is not State.READY:
             # liveness is watched once start-up is over (as systemd does), never while
@@ -329,22 +315,16 @@ class Restarter:
                 pr = self.probes.pop((name, purpose), None)
                 if pr is not None:
                     self._drop_probe(pr)
-        was_sat, is_sat = states.satisfies_dependents(old), states.satisfies_dependents(new)
-        if is_sat and not was_sat:
+        if new.state is not old.state:
+            # Waiting dependents look again: started now, or a new reason to show.
             for d in self.rev.get(name, ()):
-                if self.svcs[d].state is State.WAITING and self.deps_ready(d):
+                if self.svcs[d].state is State.WAITING:
                     self.feed(d, Ev.DEPS_READY, now)
-        if old.pid is not None and new.pid != old.pid and not self.shutting_down:
+        if states.went_down(old, new) and not self.shutting_down:
             # its process ended (even if a new one is already starting)
             for d in self.rev.get(name, ()):
                 if name in self.conf[d].requires and states.is_up(self.svcs[d]):
                     self.feed(d, Ev.DEPS_LOST, now, reason=f"required service {name} went down")
-        if new.state in (State.STOPPED, State.FAILED, State.MAINTENANCE) and \
-                old.state is not new.state:
-            # Wanted-by relations must not hold a dependent forever on an optional dep.
-            for d in self.rev.get(name, ()):
-                if self.svcs[d].state is State.WAITING and self.deps_ready(d):
-                    self.feed(d, Ev.DEPS_READY, now)
 
     def do(self, a: states.Action, now: float) -> None:
         if isinstance(a, states.Spawn):

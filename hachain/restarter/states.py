@@ -12,7 +12,8 @@ is the code that runs.
 States (as `hachain status` shows them):
   stopped      not running, and not asked to be (or exited cleanly with no restart)
   waiting      asked to be up, waiting for what it requires to be ready
-  starting     spawned, waiting for readiness (notify / fd / exec / tcp) or its timeout
+  starting     spawned, waiting for readiness (notify / fd / exec / tcp) or its timeout;
+               a oneshot while it runs (it is ready when done)
   ready        up and ready (a service with ready = "none" is ready once spawned)
   stopping     signalled to stop; SIGKILL of the whole group follows the stop timeout
   backoff      exited; waiting out the backoff delay before the next start
@@ -24,7 +25,7 @@ States (as `hachain status` shows them):
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -50,7 +51,7 @@ class Ev(str, enum.Enum):
     STOP = "stop"                # admin: want down
     RESTART = "restart"          # admin: stop then start again, no backoff
     CLEAR = "clear"              # admin: leave maintenance / failed
-    DEPS_READY = "deps_ready"    # everything it requires is now ready
+    DEPS_READY = "deps_ready"    # what it waits for changed (deps_ready: all satisfied now?)
     DEPS_LOST = "deps_lost"      # something it requires went down (restart_dependents)
     SPAWNED = "spawned"          # fork/exec succeeded (pid)
     SPAWN_FAILED = "spawn_failed"  # fork/exec failed (reason)
@@ -155,6 +156,7 @@ class Event:
     pid: int | None = None
     status: ExitStatus | None = None
     deps_ready: bool = True
+    waiting_for: str = ""  # when not deps_ready: "NAME: its state", for the status reason
     reason: str = ""
     transient: bool = False  # SPAWN_FAILED: out of resources (fds, memory, pids), not the config
 
@@ -173,7 +175,8 @@ Handler = Callable[[Svc, Event, ServiceConfig], Result]
 
 def _spawn_or_wait(s: Svc, ev: Event, reason: str = "") -> Result:
     if not ev.deps_ready:
-        return replace(s, state=State.WAITING, reason="waiting for dependencies"), [Persist(s.name)]
+        why = f"waiting for {ev.waiting_for}" if ev.waiting_for else "waiting for dependencies"
+        return replace(s, state=State.WAITING, reason=why), [Persist(s.name)]
     return (replace(s, state=State.STARTING, pid=None, reason=reason,
                     restart_after_stop=False, fail_after_stop=None), [Spawn(s.name)])
 
@@ -254,6 +257,10 @@ def waiting_deps_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 def starting_spawned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     s = replace(s, pid=ev.pid, started_at=ev.now)
+    if c.kind == "oneshot":
+        # A oneshot's readiness is its clean exit (-> done): it stays `starting` while it
+        # runs, so nothing that requires it or orders itself after it starts before.
+        return replace(s, reason="running (oneshot)"), [Persist(s.name)]
     if c.ready == "none":
         return replace(s, state=State.READY, reason=""), [Persist(s.name)]
     return replace(s, reason=f"waiting for readiness ({c.ready})"), [
@@ -273,8 +280,9 @@ def starting_spawn_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def starting_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    if s.pid is None:
-        return s, []  # readiness before the spawn was recorded: cannot happen; ignore
+    if s.pid is None or c.kind == "oneshot":
+        # before the spawn was recorded: cannot happen; a oneshot is ready when done
+        return s, []
     return replace(s, state=State.READY, reason=""), [
         CancelTimer(s.name, Ev.READY_TIMEOUT.value), Persist(s.name)]
 
@@ -469,6 +477,48 @@ def is_up(s: Svc) -> bool:
 def satisfies_dependents(s: Svc) -> bool:
     """What a dependent waits for: ready (longrun) or done (oneshot)."""
     return s.state in (State.READY, State.DONE)
+
+
+def went_down(old: Svc, new: Svc) -> bool:
+    """Did this step end a process its `requires` dependents relied on? A oneshot's clean
+    exit (-> done) does not: done is what they waited for."""
+    return old.pid is not None and new.pid != old.pid and new.state is not State.DONE
+
+
+def needs_ready_timer(c: ServiceConfig) -> bool:
+    """Is a starting process of this service bounded by `ready_timeout`? A oneshot is
+    not: it is done when it exits cleanly, however long that takes."""
+    return c.kind != "oneshot" and c.ready != "none"
+
+
+def describe_for_dependents(s: Svc) -> str:
+    """One service's state as its waiting dependents show it ("failed (exit status 3)")."""
+    if s.state in (State.FAILED, State.MAINTENANCE, State.BACKOFF):
+        return f"{s.state.value} ({s.last_exit.describe() if s.last_exit else s.reason})"
+    if s.state is State.STOPPED and s.want == "down":
+        return "stopped by administrator"
+    return s.state.value
+
+
+def deps_blocker(c: ServiceConfig, svcs: Mapping[str, Svc]) -> str:
+    """What keeps `c` from starting now, as "NAME: state"; "" when nothing does.
+
+    `requires`: each must be ready (longrun) or done (oneshot); a failed one keeps it
+    waiting. `after` and `wants`: order only, so each must be ready or done unless it is
+    not coming (stopped, failed, maintenance, or wanted down)."""
+    for d in c.requires:
+        ds = svcs.get(d)
+        if ds is not None and not satisfies_dependents(ds):
+            return f"{d}: {describe_for_dependents(ds)}"
+    for d in c.after + c.wants:
+        ds = svcs.get(d)
+        if d in c.requires or ds is None:
+            continue
+        if ds.want == "up" and ds.state not in (State.FAILED, State.MAINTENANCE,
+                                                State.STOPPED) \
+                and not satisfies_dependents(ds):
+            return f"{d}: {describe_for_dependents(ds)}"
+    return ""
 
 
 def initial(name: str) -> Svc:
