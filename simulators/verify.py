@@ -272,8 +272,7 @@ class _Restarter:
             if rec is not None and rec.pid and rec.pid in self.procs[i]:
                 st = State.READY if rec.state == "ready" else State.STARTING
                 s = replace(s, state=st, pid=rec.pid, restarts=rec.restarts,
-                            started_at=rec.started_at or EPOCH, want=rec.want,
-                            reason="adopted")
+                            started_at=rec.started_at or EPOCH, reason="adopted")
                 self.watched[i] = rec.pid
                 if st is State.STARTING:
                     self.timers[i][Ev.READY_TIMEOUT.value] = _ticks(
@@ -290,7 +289,7 @@ class _Restarter:
                     s = replace(s, state=restored, restarts=rec.restarts)
                 elif rec.state in ("ready", "starting", "stopping") and rec.pid:
                     s = replace(s, state=State.READY, pid=rec.pid, restarts=rec.restarts,
-                                started_at=rec.started_at or EPOCH, want=rec.want)
+                                started_at=rec.started_at or EPOCH)
                     to_exit.append(i)
             self.svcs[i] = s
         for i in to_exit:
