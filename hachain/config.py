@@ -1,13 +1,16 @@
-"""Configuration: one TOML file → frozen dataclasses, validated as a whole.
+"""Configuration: one TOML file → frozen dataclasses, validated by one schema.
 
-Owns: parsing, defaults, validation and error messages. Must not: start, signal or
-open anything but the file itself. Every error names the file, the line (where the TOML
-text lets us find it), the dotted key and what was expected:
+Owns: the configuration's dataclasses, the schema that describes every key once (kind,
+bounds, default, doc text), the rules across keys, and loading. The generic kinds (and
+the rules every value keeps: no NUL, finite numbers, a table where a table belongs) are
+in `hachain/schema.py`. Must not: start, signal or open anything but the file itself.
+Every error is one line naming the file, the line, the dotted key and the rule:
 
     chain.toml:14: service.web.backoff.factor: must be >= 1, got 0.5
 
-All errors in a file are collected and reported together (one per line) so a user fixes
-a file in one pass. See docs/configuration.md for every key and its default.
+Errors are collected and reported together (one per line); rules across keys are checked
+once the keys they relate are right. docs/configuration.md's reference tables are
+generated from the schema (`python -m hachain.config docs/configuration.md`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from hachain import schema as S
 
 DEFAULT_PATH = "/etc/hachain/chain.toml"
 
@@ -27,7 +33,6 @@ READY_KINDS = ("none", "notify", "fd", "exec", "tcp")
 INTENSITY_ACTIONS = ("maintenance", "restart-group", "reboot", "ignore")
 HEALTH_KINDS = ("exec", "tcp")
 RLIMITS = ("as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "stack")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
 class ConfigError(Exception):
@@ -148,422 +153,422 @@ class Config:
     services: dict[str, ServiceConfig]
 
 
-# --- locating keys in the source text ---------------------------------------------------
+# --- the schema: every key once, with its kind, default (the dataclass field's) and doc ---
+#
+# To add a key: a field in its dataclass above, and one Key(...) below. Validation, the
+# unknown-key check, the defaults and the reference tables of docs/configuration.md
+# (`python -m hachain.config docs/configuration.md`) all follow from it.
 
-class _Locator:
-    """Finds the line of a dotted key in TOML text (best effort, for error messages)."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-
-    def line_of(self, path: list[str]) -> int | None:
-        # Try the longest table prefix that appears as a header, then the next key below it.
-        for cut in range(len(path), 0, -1):
-            header = ".".join(path[:cut])
-            hdr_line = self._header(header)
-            if hdr_line is None:
-                continue
-            if cut == len(path):
-                return hdr_line
-            return self._key_after(hdr_line, path[cut]) or hdr_line
-        return self._key_after(0, path[0]) if path else None
-
-    def _header(self, dotted: str) -> int | None:
-        pat = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(
-            r'(?:"?%s"?)' % re.escape(p) for p in dotted.split(".")) + r"\s*\]")
-        for i, ln in enumerate(self.lines):
-            if pat.match(ln):
-                return i + 1
-        return None
-
-    def _key_after(self, start: int, key: str) -> int | None:
-        """The 1-based line of `key = ...` in the table whose header is line `start`."""
-        pat = re.compile(r'^\s*"?%s"?\s*[=.]' % re.escape(key))
-        for i in range(start, len(self.lines)):
-            ln = self.lines[i]
-            if re.match(r"^\s*\[", ln):
-                break
-            if pat.match(ln):
-                return i + 1
-        return None
+WEEK = 604800.0  # the upper bound of a duration that has no tighter one
+# Service names: also a file name (NAME.log), a cgroup name and a status-table cell.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+NAME_RULE = "1 to 64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
+_SERVICE_NAME = S.Text(nonempty=True, pattern=NAME_RE.pattern, what=NAME_RULE)
+# User and group names as useradd(8) takes them (and a trailing $ for machine accounts).
+_UNIX_NAME = S.Text(nonempty=True, pattern=r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?",
+                    what="a user or group name (letters, digits, '_', '.', '-'; at most 32)")
+_ENV_NAME = S.Text(nonempty=True, pattern=r"[^=]+", what="a name without '='")
+_RLIM_MAX = (1 << 63) - 1  # what setrlimit(2) takes through Python; -1 is RLIM_INFINITY
 
 
-class _Checker:
-    def __init__(self, path: str, text: str) -> None:
-        self.fname = os.path.basename(path)
-        self.loc = _Locator(text)
-        self.errors: list[str] = []
-
-    def err(self, key: list[str], msg: str) -> None:
-        line = self.loc.line_of(key)
-        where = f"{self.fname}:{line}" if line else self.fname
-        self.errors.append(f"{where}: {'.'.join(key)}: {msg}")
-
-    # typed getters: return the default (and record an error) on a bad value
-    def table(self, d: dict[str, Any], key: list[str], allowed: set[str]) -> None:
-        for k in d:
-            if k not in allowed:
-                self.err(key + [k], f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-
-    def number(self, d: dict[str, Any], key: list[str], default: float, lo: float | None = None,
-               hi: float | None = None, integer: bool = False, lo_open: bool = False) -> Any:
-        name = key[-1]
-        if name not in d:
-            return default
-        v = d[name]
-        ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok_type:
-            self.err(key, f"must be {'an integer' if integer else 'a number'}, got {v!r}")
-            return default
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            self.err(key, f"must be {'>' if lo_open else '>='} {lo:g}, got {v!r}")
-            return default
-        if hi is not None and v > hi:
-            self.err(key, f"must be <= {hi:g}, got {v!r}")
-            return default
-        return int(v) if integer else float(v)
-
-    def boolean(self, d: dict[str, Any], key: list[str], default: bool) -> bool:
-        v = d.get(key[-1], default)
-        if not isinstance(v, bool):
-            self.err(key, f"must be true or false, got {v!r}")
-            return default
-        return v
-
-    def choice(self, d: dict[str, Any], key: list[str], default: str,
-               choices: tuple[str, ...]) -> str:
-        v = d.get(key[-1], default)
-        if v not in choices:
-            self.err(key, f"must be one of {', '.join(repr(c) for c in choices)}, got {v!r}")
-            return default
-        return str(v)
-
-    def string(self, d: dict[str, Any], key: list[str], default: str | None) -> Any:
-        v = d.get(key[-1], default)
-        if v is not None and not isinstance(v, str):
-            self.err(key, f"must be a string, got {v!r}")
-            return default
-        return v
-
-    def strlist(self, d: dict[str, Any], key: list[str],
-                allow_str: bool = False) -> tuple[str, ...]:
-        v = d.get(key[-1], [])
-        if allow_str and isinstance(v, str):
-            return (v,)
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            self.err(key, f"must be a list of strings, got {v!r}")
-            return ()
-        return tuple(v)
+def _seconds(lo: float, hi: float = WEEK, lo_open: bool = False) -> S.Number:
+    return S.Number(lo, hi, lo_open=lo_open)
 
 
-# --- sections --------------------------------------------------------------------------
-
-_CHAIN_KEYS = {"state_dir", "persist_dir", "cgroup_root", "heartbeat_interval",
-               "restart_delay", "log_dir", "log_format", "control_group"}
-_WD_KEYS = {"device", "timeout", "pretimeout", "pet_interval", "nowayout", "heartbeat_timeout",
-            "restart_grace", "max_loop_lag", "gate_critical", "max_restart_rate"}
-_SVC_KEYS = {"command", "shell", "kind", "restart", "backoff", "intensity", "enabled",
-             "requires", "wants", "after", "conflicts", "restart_dependents", "ready",
-             "ready_fd", "ready_command", "ready_port", "ready_timeout", "watchdog_sec",
-             "health", "critical", "stop_signal", "stop_timeout", "env", "cwd", "user",
-             "group", "umask", "rlimits", "log_max_bytes", "log_keep", "success_exit",
-             "pids_max"}
+def _integer(lo: int, hi: int) -> S.Number:
+    return S.Number(lo, hi, integer=True)
 
 
-def _chain(c: _Checker, d: dict[str, Any]) -> ChainConfig:
-    k = ["chain"]
-    c.table(d, k, _CHAIN_KEYS)
-    dflt = ChainConfig()
-    out = ChainConfig(
-        state_dir=c.string(d, k + ["state_dir"], dflt.state_dir),
-        persist_dir=c.string(d, k + ["persist_dir"], dflt.persist_dir),
-        cgroup_root=c.string(d, k + ["cgroup_root"], dflt.cgroup_root),
-        heartbeat_interval=c.number(d, k + ["heartbeat_interval"], dflt.heartbeat_interval,
-                                    lo=0.05, hi=60),
-        restart_delay=c.number(d, k + ["restart_delay"], dflt.restart_delay, lo=0, hi=3600),
-        log_dir=c.string(d, k + ["log_dir"], ""),
-        log_format=c.choice(d, k + ["log_format"], "human", ("human", "json")),
-        control_group=c.string(d, k + ["control_group"], ""),
-    )
-    for key in ("state_dir", "persist_dir"):
-        if not os.path.isabs(getattr(out, key)):
-            c.err(k + [key], f"must be an absolute path, got {getattr(out, key)!r}")
-    too_long = socket_path_problem(out.state_dir)
-    if too_long:
-        c.err(k + ["state_dir"], too_long)
-    if out.cgroup_root not in ("auto", "none") and not os.path.isabs(out.cgroup_root):
-        c.err(k + ["cgroup_root"], f"must be \"auto\", \"none\" or an absolute path, got "
-              f"{out.cgroup_root!r}")
-    return out
+def _device(v: Any) -> str:
+    s: str = S.Text(nonempty=True).one(v)
+    if s in ("auto", "sim", "none") or s.startswith("/"):
+        return s
+    if s.startswith("sim:") and s[4:].startswith("/"):
+        return s
+    raise S.Bad('must be "auto", "sim", "sim:/path", "none" or a device path')
 
 
-def _watchdog(c: _Checker, d: dict[str, Any]) -> WatchdogConfig:
-    k = ["watchdog"]
-    c.table(d, k, _WD_KEYS)
-    df = WatchdogConfig()
-    dev = c.string(d, k + ["device"], df.device)
-    if dev not in ("auto", "sim", "none") and not dev.startswith("sim:") and not os.path.isabs(dev):
-        c.err(k + ["device"], f"must be \"auto\", \"sim\", \"none\" or a device path, got {dev!r}")
-        dev = df.device
-    out = WatchdogConfig(
-        device=dev,
-        timeout=c.number(d, k + ["timeout"], df.timeout, lo=1, hi=3600, integer=True),
-        pretimeout=c.number(d, k + ["pretimeout"], df.pretimeout, lo=0, hi=3600, integer=True),
-        pet_interval=c.number(d, k + ["pet_interval"], df.pet_interval, lo=0.05, hi=3600),
-        nowayout=c.boolean(d, k + ["nowayout"], df.nowayout),
-        heartbeat_timeout=c.number(d, k + ["heartbeat_timeout"], df.heartbeat_timeout, lo=0.1),
-        restart_grace=c.number(d, k + ["restart_grace"], df.restart_grace, lo=0),
-        max_loop_lag=c.number(d, k + ["max_loop_lag"], df.max_loop_lag, lo=0.01),
-        gate_critical=c.boolean(d, k + ["gate_critical"], df.gate_critical),
-        max_restart_rate=c.number(d, k + ["max_restart_rate"], df.max_restart_rate, lo=0,
-                                  lo_open=True),
-    )
-    if out.pet_interval >= out.timeout:
-        c.err(k + ["pet_interval"], f"must be < watchdog.timeout ({out.timeout}), got "
-              f"{out.pet_interval:g}")
-    if out.pretimeout and out.pretimeout >= out.timeout:
-        c.err(k + ["pretimeout"], f"must be < watchdog.timeout ({out.timeout}), got "
-              f"{out.pretimeout}")
-    return out
-
-
-def _signal(c: _Checker, d: dict[str, Any], key: list[str], default: int) -> int:
-    v = d.get(key[-1])
-    if v is None:
-        return default
+def _signal(v: Any) -> int:
     if isinstance(v, int) and not isinstance(v, bool) and 0 < v < signal.NSIG:
         return v
     if isinstance(v, str):
         name = v.upper() if v.upper().startswith("SIG") else "SIG" + v.upper()
-        sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
-        if sig is not None:
-            return int(sig)
-    c.err(key, f"must be a signal name such as \"SIGTERM\" or a number, got {v!r}")
-    return default
+        if name in signal.Signals.__members__:
+            return int(signal.Signals[name])
+    raise S.Bad('must be a signal name such as "SIGTERM" or a number')
 
 
-def _exit_codes(c: _Checker, d: dict[str, Any], key: list[str]) -> tuple[int, ...]:
-    v = d.get(key[-1], [0])
-    if not isinstance(v, list) or not all(
-            isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 255 for x in v):
-        c.err(key, f"must be a list of exit codes 0-255, got {v!r}")
-        return (0,)
-    return tuple(v)
+def _umask(v: Any) -> int:
+    if isinstance(v, str) and re.fullmatch(r"0?[0-7]{1,3}", v):
+        return int(v, 8)
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0o777:
+        return v
+    raise S.Bad('must be an octal string such as "022"')
 
 
-def _service(c: _Checker, name: str, d: Any) -> ServiceConfig | None:
-    k = ["service", name]
-    if not isinstance(d, dict):
-        c.err(k, f"must be a table, got {d!r}")
-        return None
-    if not NAME_RE.match(name):
-        c.err(k, "service names are 1-64 characters of letters, digits, '_', '.', '@', '-'")
-    c.table(d, k, _SVC_KEYS)
-    shell = c.boolean(d, k + ["shell"], False)
-    raw_cmd = d.get("command")
-    command: tuple[str, ...] = ()
-    if raw_cmd is None:
-        c.err(k + ["command"], "is required (an argv list, or a string with shell = true)")
-    elif shell and isinstance(raw_cmd, str):
-        command = ("/bin/sh", "-c", raw_cmd)
-    elif isinstance(raw_cmd, str):
-        c.err(k + ["command"], "must be an argv list such as [\"/usr/bin/x\", \"--flag\"] "
+def _rlimit(v: Any) -> tuple[int, int]:
+    pair = v if isinstance(v, list) else [v, v]
+    if len(pair) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
+                                 and -1 <= x <= _RLIM_MAX for x in pair):
+        raise S.Bad(f"must be an integer or [soft, hard], each -1 (unlimited) to {_RLIM_MAX}")
+    soft, hard = pair
+    if hard != -1 and (soft == -1 or soft > hard):
+        raise S.Bad("the soft limit must be <= the hard limit")
+    return soft, hard
+
+
+BACKOFF = S.Table(Backoff, (
+    S.Key("initial", _seconds(0), "The first delay."),
+    S.Key("factor", S.Number(1, 1000), "Each further delay is the previous one times this "
+          "(1 = a fixed delay)."),
+    S.Key("max", _seconds(0), "The delay never grows beyond this. At least `initial`."),
+    S.Key("reset_after", _seconds(0), "A run that lasted at least this long starts the "
+          "sequence again at `initial`."),
+), checks=(lambda b, at, r: r.err(at + ("max",), f"must be >= backoff.initial "
+                                  f"({S.fmt(b.initial)}), got {S.fmt(b.max)}")
+           if b.max < b.initial else None,))
+
+INTENSITY = S.Table(Intensity, (
+    S.Key("max_restarts", _integer(0, 1_000_000_000), ""),
+    S.Key("window", _seconds(0, lo_open=True), "Seconds."),
+    S.Key("action", S.Choice(INTENSITY_ACTIONS), "What happens when the limit is exceeded. "
+          "`\"maintenance\"`: held down until `hachain clear NAME` (like SMF). "
+          "`\"restart-group\"`: restart the service and everything that depends on it "
+          "(OTP's one_for_all / rest_for_one), and start counting again. `\"reboot\"`: the "
+          "restarter asks for a reboot; the tickler stops petting and the watchdog resets "
+          "the machine. `\"ignore\"`: keep restarting with backoff."),
+    S.Key("decay", _seconds(0, 365 * 86400), "Seconds. When greater than 0, a *decaying* "
+          "failure count replaces the window: each crash adds 1, each `decay` seconds the "
+          "service runs takes 1 away (never below 0), and the action is taken when the "
+          "count exceeds `max_restarts`. A service that crashes once an hour with "
+          "`decay = 300` is never parked, however long it runs; a crash loop still is. 0 "
+          "(the default): the fixed `window`."),
+))
+
+
+def _health_checks(h: HealthCheck, at: S.Path, r: S.Report) -> None:
+    if h.kind == "exec" and not h.command:
+        r.err(at + ("command",), "is required when health.kind = \"exec\"")
+    if h.kind == "tcp" and not h.port:
+        r.err(at + ("port",), "is required when health.kind = \"tcp\"")
+
+
+HEALTH = S.Table(HealthCheck, (
+    S.Key("kind", S.Choice(HEALTH_KINDS), "`\"exec\"`: `health.command` exits 0. `\"tcp\"`: "
+          "`health.port` accepts a connection on localhost."),
+    S.Key("command", S.Argv(), "argv for `kind = \"exec\"` (required then)."),
+    S.Key("port", _integer(0, 65535), "Port for `kind = \"tcp\"` (required then)."),
+    S.Key("interval", _seconds(0.05), "Seconds between checks, starting once the service "
+          "is ready."),
+    S.Key("timeout", _seconds(0.01), "A check that takes longer failed."),
+    S.Key("failures", _integer(1, 1000), "This many failed checks in a row count as a hang."),
+), checks=(_health_checks,))
+
+_DEPS = S.ListOf(_SERVICE_NAME, one_ok=True)
+
+SERVICE_KEYS: tuple[S.Key, ...] = (
+    # What to run
+    S.Key("command", S.Argv(string_ok=True), "The argv list, run without a shell: "
+          "`[\"/usr/bin/web\", \"--port\", \"80\"]`. A string is only accepted with "
+          "`shell = true`. Must not be empty, nor start with a blank program name.",
+          group="run"),
+    S.Key("shell", S.Bool(), "`true`: run `command` through `/bin/sh -c`. A string is passed "
+          "as is; a list is joined with spaces first.", default=False, group="run"),
+    S.Key("kind", S.Choice(KINDS), "`\"longrun\"`: a process that should keep running. "
+          "`\"oneshot\"`: a task that runs to completion; a clean exit leaves it `done`, "
+          "which satisfies its dependents (`requires` and `after`); until then they wait, "
+          "and its clean exit never restarts them. `ready` and `ready_timeout` do not apply "
+          "to it.", group="run"),
+    S.Key("enabled", S.Bool(), "`false`: not started at boot (`hachain start NAME` still "
+          "starts it by hand).", group="run"),
+    S.Key("env", S.MapOf(_ENV_NAME, S.Text(line=False, max_len=1 << 20),
+                         label="a variable name", to=lambda d: tuple(sorted(d.items()))),
+          "Environment variables, a table of strings (names non-empty and without `=`). "
+          "A service gets only `PATH`, `HACHAIN_SERVICE` (its name), "
+          "`NOTIFY_SOCKET`/`WATCHDOG_USEC` for `ready = \"notify\"`, and these; nothing of "
+          "the chain's own environment.", shown="`{}`", group="run"),
+    S.Key("cwd", S.PathText(nonempty=True), "Working directory, an absolute path. Unset: "
+          "the restarter's.", group="run"),
+    S.Key("user", _UNIX_NAME, "User name to run as.", group="run"),
+    S.Key("group", _UNIX_NAME, "Group name to run as.", group="run"),
+    S.Key("umask", S.Custom(_umask), "File-mode creation mask: an octal string such as "
+          "`\"022\"` (or an integer 0 to 0o777).", group="run"),
+    S.Key("rlimits", S.MapOf(S.Choice(RLIMITS), S.Custom(_rlimit), label="the limit",
+                             to=lambda d: tuple((n, s, h) for n, (s, h) in d.items())),
+          "Resource limits: " + ", ".join(f"`{n}`" for n in RLIMITS) + ". Each an integer "
+          "(soft = hard) or `[soft, hard]`; `-1` is unlimited; soft at most hard.",
+          shown="`{}`", group="run"),
+    # When it is restarted
+    S.Key("restart", S.Choice(RESTART_POLICIES), "`\"always\"`: after every exit. "
+          "`\"on-failure\"`: after an exit code not in `success_exit`, a kill by an unclean "
+          "signal, a readiness timeout or a hang. `\"on-abnormal\"`: only after an unclean "
+          "signal, a timeout or a hang (not after an exit code). `\"never\"`. A oneshot "
+          "cannot use `\"always\"`.", shown="`\"always\"` (`\"never\"` for a oneshot)",
+          group="restart"),
+    S.Key("pids_max", _integer(0, 4194304), "The service cgroup's `pids.max` (0: no limit): "
+          "a fork bomb stops at this many tasks. Needs cgroup v2 with the pids controller; "
+          "where the host binds it to cgroup v1, a warning is logged and the bound is the "
+          "kill of the whole cgroup on stop.", group="restart"),
+    S.Key("success_exit", S.ListOf(_integer(0, 255)), "Exit codes (0 to 255) that count as "
+          "a clean exit, for `restart` and for a oneshot being `done`.", group="restart"),
+    S.Key("backoff", BACKOFF, "The delay before each restart.", shown="see below",
+          group="restart"),
+    S.Key("intensity", INTENSITY, "Restart intensity: at most `max_restarts` restarts "
+          "within `window` seconds.", shown="see below", group="restart"),
+    # Dependencies
+    S.Key("requires", _DEPS, "Start only once these are ready (or `done`); when one of "
+          "them goes down, this one is stopped and started again after it (see "
+          "`restart_dependents`).", group="deps"),
+    S.Key("wants", _DEPS, "Start after these are ready, unless they are down, failed or in "
+          "maintenance: then start anyway.", group="deps"),
+    S.Key("after", _DEPS, "Ordering only: when both are to start, wait for these to be "
+          "ready first.", group="deps"),
+    S.Key("conflicts", _DEPS, "Starting this service stops these (and the reverse). A "
+          "service cannot both require and conflict with another.", group="deps"),
+    S.Key("restart_dependents", S.Bool(), "`false`: keep running when something this "
+          "service `requires` goes down.", group="deps"),
+    # Readiness
+    S.Key("ready", S.Choice(READY_KINDS), "`\"none\"`: ready once spawned. `\"notify\"`: "
+          "the service sends `READY=1` on `$NOTIFY_SOCKET` (systemd's sd_notify protocol; "
+          "`STATUS=` is shown by `hachain status`). `\"fd\"`: the service writes a line to "
+          "file descriptor `ready_fd` and closes it (s6's notification-fd). `\"exec\"`: "
+          "`ready_command` exits 0. `\"tcp\"`: `ready_port` accepts a connection on "
+          "localhost.", group="ready"),
+    S.Key("ready_fd", _integer(3, 1023), "The descriptor for `ready = \"fd\"`.",
+          group="ready"),
+    S.Key("ready_command", S.Argv(), "The check for `ready = \"exec\"` (an argv list, "
+          "required then).", group="ready"),
+    S.Key("ready_port", _integer(0, 65535), "The port for `ready = \"tcp\"` (required "
+          "then).", group="ready"),
+    S.Key("ready_timeout", _seconds(0, lo_open=True), "Seconds from spawn to ready.",
+          group="ready"),
+    # Liveness
+    S.Key("watchdog_sec", _seconds(0), "The service must send `WATCHDOG=1` on the notify "
+          "socket at least this often (0 = off). Needs `ready = \"notify\"`; the service "
+          "gets `WATCHDOG_USEC`.", group="live"),
+    S.Key("health", HEALTH, "A periodic health check, a table:", group="live"),
+    S.Key("critical", S.Bool(), "`true`: this service being in `maintenance` or `failed` "
+          "fails the chain's health gate (with `[watchdog] gate_critical`), so the watchdog "
+          "resets the machine.", group="live"),
+    # Stopping and logs
+    S.Key("stop_signal", S.Custom(_signal), "The signal that asks the service to stop: a "
+          "name (`\"SIGINT\"`, `\"INT\"`) or a number.", shown="`\"SIGTERM\"`",
+          group="stop"),
+    S.Key("stop_timeout", _seconds(0), "Seconds to wait after `stop_signal` before SIGKILL "
+          "of the whole cgroup (or process group).", group="stop"),
+    S.Key("log_max_bytes", _integer(1024, 1 << 40), "stdout and stderr go to "
+          "`<log_dir>/NAME.log`; once it is larger than this (checked once a minute) it is "
+          "rotated: copied to `NAME.log.1` (older copies move up to `.2`, `.3`, …) and "
+          "truncated in place.", group="stop"),
+    S.Key("log_keep", _integer(0, 100), "How many rotated copies to keep (0: truncate "
+          "without a copy).", group="stop"),
+)
+
+
+def _build_service(v: dict[str, Any], given: set[str], at: S.Path,
+                   r: S.Report) -> ServiceConfig | Any:
+    v = dict(v)
+    shell, cmd = v.pop("shell"), v["command"]
+    if isinstance(cmd, str) and not shell:
+        r.err(at + ("command",), "must be an argv list such as [\"/usr/bin/x\", \"--flag\"] "
               "(a string runs through /bin/sh only with shell = true)")
-    else:
-        command = c.strlist(d, k + ["command"])
-        if raw_cmd == []:
-            c.err(k + ["command"], "must not be empty")
-        if shell and command:
-            command = ("/bin/sh", "-c", " ".join(command))
+        return S.INVALID
+    if shell:
+        v["command"] = ("/bin/sh", "-c", cmd if isinstance(cmd, str) else " ".join(cmd))
+    if v["kind"] == "oneshot" and "restart" not in given:
+        v["restart"] = "never"
+    return ServiceConfig(name=at[-1], **v)
 
-    b = d.get("backoff", {})
-    backoff = Backoff()
-    if not isinstance(b, dict):
-        c.err(k + ["backoff"], f"must be a table {{initial, factor, max, reset_after}}, got {b!r}")
-    else:
-        bk = k + ["backoff"]
-        c.table(b, bk, {"initial", "factor", "max", "reset_after"})
-        backoff = Backoff(
-            initial=c.number(b, bk + ["initial"], backoff.initial, lo=0),
-            factor=c.number(b, bk + ["factor"], backoff.factor, lo=1),
-            max=c.number(b, bk + ["max"], backoff.max, lo=0),
-            reset_after=c.number(b, bk + ["reset_after"], backoff.reset_after, lo=0),
-        )
-        if backoff.max < backoff.initial:
-            c.err(bk + ["max"], f"must be >= backoff.initial ({backoff.initial:g}), got "
-                  f"{backoff.max:g}")
 
-    i = d.get("intensity", {})
-    intensity = Intensity()
-    if not isinstance(i, dict):
-        c.err(k + ["intensity"], f"must be a table {{max_restarts, window, action}}, got {i!r}")
-    else:
-        ik = k + ["intensity"]
-        c.table(i, ik, {"max_restarts", "window", "action", "decay"})
-        intensity = Intensity(
-            max_restarts=c.number(i, ik + ["max_restarts"], intensity.max_restarts, lo=0,
-                                  integer=True),
-            window=c.number(i, ik + ["window"], intensity.window, lo=0, lo_open=True),
-            action=c.choice(i, ik + ["action"], intensity.action, INTENSITY_ACTIONS),
-            decay=c.number(i, ik + ["decay"], intensity.decay, lo=0, hi=365 * 86400),
-        )
-
-    health = None
-    h = d.get("health")
-    if h is not None:
-        hk = k + ["health"]
-        if not isinstance(h, dict):
-            c.err(hk, f"must be a table {{kind, command|port, interval, timeout, failures}}, "
-                  f"got {h!r}")
-        else:
-            c.table(h, hk, {"kind", "command", "port", "interval", "timeout", "failures"})
-            health = HealthCheck(
-                kind=c.choice(h, hk + ["kind"], "exec", HEALTH_KINDS),
-                command=c.strlist(h, hk + ["command"]),
-                port=c.number(h, hk + ["port"], 0, lo=0, hi=65535, integer=True),
-                interval=c.number(h, hk + ["interval"], 10.0, lo=0.05),
-                timeout=c.number(h, hk + ["timeout"], 5.0, lo=0.01),
-                failures=c.number(h, hk + ["failures"], 3, lo=1, integer=True),
-            )
-            if health.kind == "exec" and not health.command:
-                c.err(hk + ["command"], "is required when health.kind = \"exec\"")
-            if health.kind == "tcp" and not health.port:
-                c.err(hk + ["port"], "is required when health.kind = \"tcp\"")
-
-    env: list[tuple[str, str]] = []
-    e = d.get("env", {})
-    if not isinstance(e, dict) or not all(isinstance(v, str) for v in e.values()):
-        c.err(k + ["env"], f"must be a table of strings, got {e!r}")
-    else:
-        env = sorted(e.items())
-
-    rl: list[tuple[str, int, int]] = []
-    r = d.get("rlimits", {})
-    if not isinstance(r, dict):
-        c.err(k + ["rlimits"], f"must be a table such as {{nofile = 1024}}, got {r!r}")
-    else:
-        for rname, val in r.items():
-            rk = k + ["rlimits", rname]
-            if rname not in RLIMITS:
-                c.err(rk, f"unknown limit (expected one of: {', '.join(RLIMITS)})")
-                continue
-            if isinstance(val, int) and not isinstance(val, bool) and val >= -1:
-                rl.append((rname, val, val))
-            elif (isinstance(val, list) and len(val) == 2
-                  and all(isinstance(x, int) and not isinstance(x, bool) and x >= -1 for x in val)):
-                rl.append((rname, val[0], val[1]))
-            else:
-                c.err(rk, f"must be an integer or [soft, hard] (-1 = unlimited), got {val!r}")
-
-    umask = None
-    if "umask" in d:
-        u = d["umask"]
-        if isinstance(u, str) and re.fullmatch(r"0?[0-7]{1,3}", u):
-            umask = int(u, 8)
-        elif isinstance(u, int) and not isinstance(u, bool) and 0 <= u <= 0o777:
-            umask = u
-        else:
-            c.err(k + ["umask"], f"must be an octal string such as \"022\", got {u!r}")
-
-    kind = c.choice(d, k + ["kind"], "longrun", KINDS)
-    dflt_restart = "never" if kind == "oneshot" else "always"
-    ready = c.choice(d, k + ["ready"], "none", READY_KINDS)
-    svc = ServiceConfig(
-        name=name, command=command, kind=kind,
-        restart=c.choice(d, k + ["restart"], dflt_restart, RESTART_POLICIES),
-        backoff=backoff, intensity=intensity,
-        enabled=c.boolean(d, k + ["enabled"], True),
-        requires=c.strlist(d, k + ["requires"], allow_str=True),
-        wants=c.strlist(d, k + ["wants"], allow_str=True),
-        after=c.strlist(d, k + ["after"], allow_str=True),
-        conflicts=c.strlist(d, k + ["conflicts"], allow_str=True),
-        restart_dependents=c.boolean(d, k + ["restart_dependents"], True),
-        ready=ready,
-        ready_fd=c.number(d, k + ["ready_fd"], 3, lo=3, hi=1023, integer=True),
-        ready_command=c.strlist(d, k + ["ready_command"]),
-        ready_port=c.number(d, k + ["ready_port"], 0, lo=0, hi=65535, integer=True),
-        ready_timeout=c.number(d, k + ["ready_timeout"], 30.0, lo=0, lo_open=True),
-        watchdog_sec=c.number(d, k + ["watchdog_sec"], 0.0, lo=0),
-        health=health,
-        critical=c.boolean(d, k + ["critical"], False),
-        stop_signal=_signal(c, d, k + ["stop_signal"], int(signal.SIGTERM)),
-        stop_timeout=c.number(d, k + ["stop_timeout"], 5.0, lo=0),
-        env=tuple(env),
-        cwd=c.string(d, k + ["cwd"], None),
-        user=c.string(d, k + ["user"], None),
-        group=c.string(d, k + ["group"], None),
-        umask=umask,
-        rlimits=tuple(rl),
-        log_max_bytes=c.number(d, k + ["log_max_bytes"], 1024 * 1024, lo=1024, integer=True),
-        log_keep=c.number(d, k + ["log_keep"], 3, lo=0, hi=100, integer=True),
-        success_exit=_exit_codes(c, d, k + ["success_exit"]),
-        pids_max=c.number(d, k + ["pids_max"], 0, lo=0, integer=True),
-    )
-    if ready == "exec" and not svc.ready_command:
-        c.err(k + ["ready_command"], "is required when ready = \"exec\"")
-    if ready == "tcp" and not svc.ready_port:
-        c.err(k + ["ready_port"], "is required when ready = \"tcp\"")
-    if svc.watchdog_sec and ready != "notify":
-        c.err(k + ["watchdog_sec"], "needs ready = \"notify\" (WATCHDOG=1 arrives on the "
+def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
+    if s.ready == "exec" and not s.ready_command:
+        r.err(at + ("ready_command",), "is required when ready = \"exec\"", [at + ("ready",)])
+    if s.ready == "tcp" and not s.ready_port:
+        r.err(at + ("ready_port",), "is required when ready = \"tcp\"", [at + ("ready",)])
+    if s.watchdog_sec and s.ready != "notify":
+        r.err(at + ("watchdog_sec",), "needs ready = \"notify\" (WATCHDOG=1 arrives on the "
               "notify socket)")
-    if kind == "oneshot" and svc.restart == "always":
-        c.err(k + ["restart"], "a oneshot cannot use restart = \"always\" (it would never be "
-              "done); use \"on-failure\" or \"never\"")
-    if svc.cwd is not None and not os.path.isabs(svc.cwd):
-        c.err(k + ["cwd"], f"must be an absolute path, got {svc.cwd!r}")
-    return svc
+    if s.kind == "oneshot" and s.restart == "always":
+        r.err(at + ("restart",), "a oneshot cannot use restart = \"always\" (it would never "
+              "be done); use \"on-failure\" or \"never\"")
 
 
-def _graph_errors(c: _Checker, services: dict[str, ServiceConfig]) -> None:
+SERVICE = S.Table(ServiceConfig, SERVICE_KEYS, build=_build_service,
+                  checks=(_service_checks,))
+
+
+def _chain_checks(c: ChainConfig, at: S.Path, r: S.Report) -> None:
+    too_long = socket_path_problem(c.state_dir)
+    if too_long:
+        r.err(at + ("state_dir",), too_long)
+
+
+CHAIN = S.Table(ChainConfig, (
+    S.Key("state_dir", S.PathText(nonempty=True), "Runtime directory: the control socket, "
+          "the layers' heartbeats (`hb/`), the restarter's per-service runtime records. "
+          "Meant for a tmpfs that a reboot wipes. Absolute path."),
+    S.Key("persist_dir", S.PathText(nonempty=True), "Persistent directory: services "
+          "stopped by hand or in maintenance (`admin.json`), the tickler's `gate.json` and "
+          "`last_boot.json`, and by default the service logs. Must survive reboots. "
+          "Absolute path."),
+    S.Key("cgroup_root", S.PathText(nonempty=True, special=("auto", "none")),
+          "Where each service gets its own cgroup v2 directory. `\"auto\"`: `<cgroup2 "
+          "mount>/hachain-<state_dir name>-<8 hex digits of its path>` when it is writable, "
+          "else none; so two chains never share a cgroup. A chain takes its cgroup root for "
+          "as long as its restarter runs (a lock on the directory) and refuses one that "
+          "another running chain holds. `\"none\"`: no cgroups; each service gets its own "
+          "process group instead. Or an absolute path to a cgroup2 directory (for example "
+          "one delegated by systemd)."),
+    S.Key("heartbeat_interval", _seconds(0.05, 60), "How often each layer writes its "
+          "heartbeat, from inside its event loop. Less than `[watchdog] heartbeat_timeout`, "
+          "and best well below it."),
+    S.Key("restart_delay", _seconds(0, 3600), "The longest init waits before it restarts "
+          "the restarter or the tickler after it exits. The first exit after 10 s or more of "
+          "running is restarted at once; exits in quick succession wait 0.1 s, 0.2 s, "
+          "0.4 s, ... up to `restart_delay`, and init never gives up. Keep `restart_delay` "
+          "plus the tickler's start-up time below `[watchdog] timeout`."),
+    S.Key("log_dir", S.PathText(special=("",)), "Directory of the service logs, "
+          "`<log_dir>/<NAME>.log`. Empty means `<persist_dir>/log`."),
+    S.Key("log_format", S.Choice(("human", "json")), "The chain's own log lines: "
+          "`\"human\"` or `\"json\"`."),
+    S.Key("control_group", S.Text(pattern=f"(?:{_UNIX_NAME.pattern})?",
+                                  what="empty or a group name"),
+          "A group whose members may use the control socket (`hachain status`, `start`, "
+          "`stop`, `restart`, `clear`) besides root and the chain's own user. Empty: only "
+          "those two. An unknown group name leaves the socket to root and the chain's "
+          "user."),
+), checks=(_chain_checks,))
+
+
+def _watchdog_checks(w: WatchdogConfig, at: S.Path, r: S.Report) -> None:
+    if w.pet_interval >= w.timeout:
+        r.err(at + ("pet_interval",), f"must be < watchdog.timeout ({w.timeout}), got "
+              f"{S.fmt(w.pet_interval)}", [at + ("timeout",)])
+    if w.pretimeout and w.pretimeout >= w.timeout:
+        r.err(at + ("pretimeout",), f"must be < watchdog.timeout ({w.timeout}), got "
+              f"{w.pretimeout}", [at + ("timeout",)])
+
+
+WATCHDOG = S.Table(WatchdogConfig, (
+    S.Key("device", S.Custom(_device), "`\"auto\"`: the first watchdog device found. A path "
+          "such as `\"/dev/watchdog0\"`. `\"sim\"`: the software simulator (socket from "
+          "`$HACHAIN_SIM_WATCHDOG`); `\"sim:/path/to/socket\"` names the socket. `\"none\"`: "
+          "no device; the gate is still evaluated and published."),
+    S.Key("timeout", _integer(1, 3600), "Seconds without a pet after which the device "
+          "resets the machine. Drivers round; the tickler logs what was applied."),
+    S.Key("pretimeout", _integer(0, 3600), "Seconds before the reset at which the driver "
+          "raises its pretimeout interrupt (if it has one); 0 is off. Less than `timeout`."),
+    S.Key("pet_interval", _seconds(0.05, 3600), "How often the tickler pets while the gate "
+          "passes. Less than `timeout`."),
+    S.Key("nowayout", S.Bool(), "`true`: never disarm the device, not even on an orderly "
+          "stop (no magic close), so a shutdown that hangs still ends in a reset."),
+    S.Key("heartbeat_timeout", _seconds(0.1, 3600), "A layer whose process is alive but "
+          "whose heartbeat is older than this is hung: the gate fails."),
+    S.Key("restart_grace", _seconds(0, 3600), "A layer whose process is dead may go this "
+          "long (from its last heartbeat, or from the tickler's start when it never wrote "
+          "one) without a new heartbeat while init restarts it."),
+    S.Key("max_loop_lag", _seconds(0.01, 3600), "The restarter publishes the worst lag of "
+          "its event loop; more than this fails the gate."),
+    S.Key("gate_critical", S.Bool(), "A service with `critical = true` that is in "
+          "`maintenance` or `failed` fails the gate. `false`: critical services are not "
+          "part of the gate."),
+    S.Key("max_restart_rate", S.Number(0, 1_000_000, lo_open=True), "Automatic restarts "
+          "per second, averaged over the last 10 s, above which the restarter is in an "
+          "unbounded restart storm: the gate fails. Per-service `intensity` limits keep "
+          "ordinary crash loops far below this."),
+), checks=(_watchdog_checks,))
+
+
+def _graph_checks(top: _File, at: S.Path, r: S.Report) -> None:
+    services = top.service
     for s in services.values():
         for rel in ("requires", "wants", "after", "conflicts"):
             for dep in getattr(s, rel):
                 if dep not in services:
-                    c.err(["service", s.name, rel], f"unknown service {dep!r}")
+                    r.err(("service", s.name, rel), f"unknown service {S.show(dep)}")
                 elif dep == s.name:
-                    c.err(["service", s.name, rel], "a service cannot name itself")
+                    r.err(("service", s.name, rel), "a service cannot name itself")
         for dep in s.conflicts:
             if dep in s.requires:
-                c.err(["service", s.name, "conflicts"], f"{dep!r} is both required and "
-                      "conflicting")
+                r.err(("service", s.name, "conflicts"), f"{S.show(dep)} is both required "
+                      "and conflicting")
     from hachain.restarter.graph import find_cycle
     cycle = find_cycle({n: tuple(d for d in s.deps if d in services and d != n)
                         for n, s in services.items()})
     if cycle:
-        c.err(["service", cycle[0]], "dependency cycle: " + " -> ".join(cycle + [cycle[0]]))
+        r.err(("service", cycle[0]), "dependency cycle: " + " -> ".join(cycle + [cycle[0]]))
+    if top.chain.heartbeat_interval >= top.watchdog.heartbeat_timeout:
+        r.err(("chain", "heartbeat_interval"), "must be < watchdog.heartbeat_timeout "
+              f"({S.fmt(top.watchdog.heartbeat_timeout)}), got "
+              f"{S.fmt(top.chain.heartbeat_interval)}: every heartbeat would look stale",
+              [("watchdog", "heartbeat_timeout")])
+
+
+@dataclass(frozen=True)
+class _File:
+    """The whole file as the schema sees it; parse() turns it into a Config."""
+
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    service: dict[str, ServiceConfig] = field(default_factory=dict)
+
+
+FILE = S.Table(_File, (
+    S.Key("chain", CHAIN, "Where the chain keeps its files and how fast its layers beat."),
+    S.Key("watchdog", WATCHDOG, "The device and the health gate."),
+    S.Key("service", S.MapOf(_SERVICE_NAME, SERVICE, label="a service name"),
+          "One table per service."),
+), checks=(_graph_checks,))
+
+# The key names of each table (tests and the importer use them).
+_CHAIN_KEYS = set(CHAIN.names)
+_WD_KEYS = set(WATCHDOG.names)
+_SVC_KEYS = set(SERVICE.names)
 
 
 def parse(text: str, path: str = "chain.toml") -> Config:
     """Parse and validate TOML text. Raises ConfigError listing every problem."""
-    c = _Checker(path, text)
+    r = S.Report(os.path.basename(path), text)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+)", str(e))
-        where = f"{c.fname}:{m.group(1)}" if m else c.fname
+        where = f"{r.fname}:{m.group(1)}" if m else r.fname
         raise ConfigError([f"{where}: invalid TOML: {str(e).split(' (at line')[0]}"]) from None
-    c.table(data, [], {"chain", "watchdog", "service"})
-    chain_raw = data.get("chain", {})
-    wd_raw = data.get("watchdog", {})
-    chain = _chain(c, chain_raw) if isinstance(chain_raw, dict) else ChainConfig()
-    wd = _watchdog(c, wd_raw) if isinstance(wd_raw, dict) else WatchdogConfig()
-    services: dict[str, ServiceConfig] = {}
-    raw_svcs = data.get("service", {})
-    if not isinstance(raw_svcs, dict):
-        c.err(["service"], "must be a table of [service.NAME] tables")
-        raw_svcs = {}
-    if chain.heartbeat_interval >= wd.heartbeat_timeout:
-        c.err(["chain", "heartbeat_interval"], f"must be < watchdog.heartbeat_timeout "
-              f"({wd.heartbeat_timeout:g}), got {chain.heartbeat_interval:g}: every "
-              "heartbeat would look stale")
-    for name, sd in raw_svcs.items():
-        svc = _service(c, name, sd)
-        if svc is not None:
-            services[name] = svc
-    _graph_errors(c, services)
-    if c.errors:
-        raise ConfigError(c.errors)
-    return Config(path=os.path.abspath(path), chain=chain, watchdog=wd, services=services)
+    top = FILE.parse(data, (), r)
+    if r.errors or top is S.INVALID:
+        raise ConfigError(r.errors or [f"{r.fname}: invalid configuration"])
+    return Config(path=os.path.abspath(path), chain=top.chain, watchdog=top.watchdog,
+                  services=top.service)
+
+
+# --- the reference tables of docs/configuration.md ----------------------------------------
+
+DOC_TABLES: dict[str, list[str]] = {
+    "chain": S.doc_rows(CHAIN),
+    "watchdog": S.doc_rows(WATCHDOG),
+    **{f"service.{g}": S.doc_rows(SERVICE, group=g)
+       for g in ("run", "restart", "deps", "ready", "live", "stop")},
+}
+_BEGIN = re.compile(r"^<!-- schema: ([a-z.]+) .*-->$")
+_HEAD = ["| key | default | meaning |", "|---|---|---|"]
+
+
+def render_doc(doc: str) -> str:
+    """`doc` with each generated table (between `<!-- schema: NAME ... -->` and the next
+    blank line) rewritten from the schema."""
+    out: list[str] = []
+    lines = iter(doc.splitlines())
+    for ln in lines:
+        out.append(ln)
+        m = _BEGIN.match(ln)
+        if m:
+            out += _HEAD + DOC_TABLES[m.group(1)]
+            for rest in lines:  # skip the old table
+                if not rest.strip():
+                    out.append(rest)
+                    break
+    return "\n".join(out) + "\n"
 
 
 # Environment overrides, set by a parent layer (init, the simulated machine, tests) so one
@@ -590,14 +595,20 @@ def socket_path_problem(state_dir: str) -> str:
 
 
 def with_env_overrides(cfg: Config, environ: dict[str, str] | None = None) -> Config:
-    """`cfg` with the HACHAIN_* overrides of `environ` (default os.environ) applied."""
-    from dataclasses import replace
+    """`cfg` with the HACHAIN_* overrides of `environ` (default os.environ) applied; each
+    value obeys the rule of the key it overrides."""
     env = os.environ if environ is None else environ
     chain, wd = cfg.chain, cfg.watchdog
     for var, (section, key) in ENV_OVERRIDES.items():
         val = env.get(var)
         if not val:
             continue
+        table = CHAIN if section == "chain" else WATCHDOG
+        kind = next(k.kind for k in table.keys if k.name == key)
+        try:
+            val = kind.one(val)
+        except S.Bad as e:
+            raise ConfigError([f"{var}: {e}, got {S.show(val)}"]) from None
         if section == "chain":
             chain = replace(chain, **{key: val})  # type: ignore[arg-type]
         else:
@@ -620,3 +631,15 @@ def load(path: str) -> Config:
     except UnicodeDecodeError as e:
         raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
     return parse(text, path)
+
+
+if __name__ == "__main__":
+    # python -m hachain.config docs/configuration.md: regenerate its reference tables.
+    for doc_path in sys.argv[1:]:
+        with open(doc_path) as f:
+            old = f.read()
+        new = render_doc(old)
+        if new != old:
+            with open(doc_path, "w") as f:
+                f.write(new)
+            print(f"{doc_path}: reference tables rewritten")

@@ -1,0 +1,302 @@
+"""The configuration schema (issue 20 item 6, issue 17 item 4): values that used to pass
+`hachain check` and fail later, or mean something else, are refused with one line naming
+file, line and key; the reference tables of docs/configuration.md are the schema's."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from hachain import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ERROR_LINE = re.compile(r"^chain\.toml:(\d+): ([^:\n]+): ([^\n]+)$")
+
+SVC = '[service.a]\ncommand = ["/bin/true"]\n'
+
+# (name, TOML text, line, key, what the rule says)
+HOLES = [
+    # nan and inf, for numbers of every table
+    ("nan_heartbeat_timeout", "[watchdog]\nheartbeat_timeout = nan\n", 2,
+     "watchdog.heartbeat_timeout", "must be a finite number, got nan"),
+    ("nan_pet_interval", "[watchdog]\npet_interval = nan\n", 2, "watchdog.pet_interval",
+     "finite"),
+    ("inf_heartbeat_interval", "[chain]\nheartbeat_interval = inf\n", 2,
+     "chain.heartbeat_interval", "finite"),
+    ("nan_restart_delay", "[chain]\nrestart_delay = -nan\n", 2, "chain.restart_delay",
+     "finite"),
+    ("nan_max_restart_rate", "[watchdog]\nmax_restart_rate = nan\n", 2,
+     "watchdog.max_restart_rate", "finite"),
+    ("inf_stop_timeout", SVC + "stop_timeout = inf\n", 3, "service.a.stop_timeout",
+     "finite"),
+    ("nan_ready_timeout", SVC + "ready_timeout = nan\n", 3, "service.a.ready_timeout",
+     "finite"),
+    ("nan_backoff_factor", SVC + "backoff = { factor = nan }\n", 3,
+     "service.a.backoff.factor", "finite"),
+    ("nan_backoff_initial_header", SVC + "[service.a.backoff]\ninitial = nan\n", 4,
+     "service.a.backoff.initial", "finite"),
+    ("inf_intensity_window", SVC + "intensity = { window = inf }\n", 3,
+     "service.a.intensity.window", "finite"),
+    ("nan_health_interval", SVC + 'health = { kind = "tcp", port = 1, interval = nan }\n', 3,
+     "service.a.health.interval", "finite"),
+    ("nan_watchdog_sec", SVC + 'ready = "notify"\nwatchdog_sec = nan\n', 4,
+     "service.a.watchdog_sec", "finite"),
+    ("huge_duration", SVC + "stop_timeout = 1e300\n", 3, "service.a.stop_timeout",
+     "must be <= 604800"),
+    ("float_for_integer", "[watchdog]\ntimeout = 10.5\n", 2, "watchdog.timeout",
+     "must be an integer"),
+    ("bool_for_number", "[watchdog]\ntimeout = true\n", 2, "watchdog.timeout",
+     "must be an integer, got true"),
+    # rlimits
+    ("rlimit_soft_above_hard", SVC + "rlimits = { nofile = [4096, 1024] }\n", 3,
+     "service.a.rlimits.nofile", "soft limit must be <= the hard limit"),
+    ("rlimit_soft_unlimited_hard_not", SVC + "rlimits = { core = [-1, 0] }\n", 3,
+     "service.a.rlimits.core", "soft limit must be <= the hard limit"),
+    ("rlimit_too_big", SVC + "rlimits = { nofile = 18446744073709551615 }\n", 3,
+     "service.a.rlimits.nofile", "-1 (unlimited) to 9223372036854775807"),
+    ("rlimit_below_minus_one", SVC + "rlimits = { cpu = -2 }\n", 3,
+     "service.a.rlimits.cpu", "must be an integer or [soft, hard]"),
+    ("rlimit_three_values", SVC + "rlimits = { cpu = [1, 2, 3] }\n", 3,
+     "service.a.rlimits.cpu", "must be an integer or [soft, hard]"),
+    ("rlimit_unknown", SVC + "rlimits = { files = 10 }\n", 3, "service.a.rlimits.files",
+     "the limit must be one of"),
+    # env
+    ("env_key_with_equals", SVC + 'env = { "A=B" = "x" }\n', 3, 'service.a.env."A=B"',
+     "a variable name must be a name without '='"),
+    ("env_key_empty", SVC + 'env = { "" = "x" }\n', 3, 'service.a.env.""',
+     "must not be empty"),
+    ("env_value_nul", SVC + 'env = { A = "x\\u0000y" }\n', 3, "service.a.env.A",
+     'must not contain NUL, got "x\\x00y"'),
+    ("env_key_nul", SVC + 'env = { "A\\u0000" = "x" }\n', 3, 'service.a.env."A\\x00"',
+     "must not contain NUL"),
+    ("env_not_strings", SVC + "env = { A = 1 }\n", 3, "service.a.env.A",
+     "must be a string, got 1"),
+    ("env_scalar", SVC + 'env = "A=1"\n', 3, "service.a.env", "must be a table"),
+    # NUL in everything that reaches the kernel
+    ("argv_nul", SVC.replace('"/bin/true"', '"/bin/true", "a\\u0000"'), 2,
+     "service.a.command", "must not contain NUL"),
+    ("argv0_nul", SVC.replace('"/bin/true"', '"/bin/\\u0000true"'), 2,
+     "service.a.command", "must not contain NUL"),
+    ("shell_nul", '[service.a]\nshell = true\ncommand = "echo \\u0000"\n', 3,
+     "service.a.command", "must not contain NUL"),
+    ("cwd_nul", SVC + 'cwd = "/srv\\u0000"\n', 3, "service.a.cwd", "must not contain NUL"),
+    ("user_nul", SVC + 'user = "web\\u0000"\n', 3, "service.a.user", "must not contain NUL"),
+    ("group_nul", SVC + 'group = "web\\u0000"\n', 3, "service.a.group",
+     "must not contain NUL"),
+    ("ready_command_nul", SVC + 'ready = "exec"\nready_command = ["/bin/x\\u0000"]\n', 4,
+     "service.a.ready_command", "must not contain NUL"),
+    ("health_command_nul", SVC + 'health = { command = ["/x", "\\u0000"] }\n', 3,
+     "service.a.health.command", "must not contain NUL"),
+    ("state_dir_nul", '[chain]\nstate_dir = "/run/x\\u0000"\n', 2, "chain.state_dir",
+     "must not contain NUL"),
+    ("log_dir_nul", '[chain]\nlog_dir = "/log\\u0000"\n', 2, "chain.log_dir",
+     "must not contain NUL"),
+    ("device_nul", '[watchdog]\ndevice = "/dev/watchdog\\u0000"\n', 2, "watchdog.device",
+     "must not contain NUL"),
+    ("control_group_nul", '[chain]\ncontrol_group = "g\\u0000"\n', 2, "chain.control_group",
+     "must not contain NUL"),
+    # user and group
+    ("user_empty", SVC + 'user = ""\n', 3, "service.a.user", "must not be empty"),
+    ("group_blank", SVC + 'group = " "\n', 3, "service.a.group", "must not be empty"),
+    ("user_with_colon", SVC + 'user = "a:b"\n', 3, "service.a.user",
+     "must be a user or group name"),
+    ("user_newline", SVC + 'user = "a\\nb"\n', 3, "service.a.user", "one line"),
+    ("user_number", SVC + "user = 1000\n", 3, "service.a.user", "must be a string"),
+    # empty commands
+    ("command_empty_list", "[service.a]\ncommand = []\n", 2, "service.a.command",
+     "must not be empty"),
+    ("command_empty_string", '[service.a]\ncommand = [""]\n', 2, "service.a.command",
+     "must not be empty"),
+    ("command_blank_string", '[service.a]\ncommand = [" "]\n', 2, "service.a.command",
+     "must not be empty"),
+    ("command_blank_shell", '[service.a]\nshell = true\ncommand = "  "\n', 3,
+     "service.a.command", "must not be empty"),
+    ("command_empty_shell_list", '[service.a]\nshell = true\ncommand = []\n', 3,
+     "service.a.command", "must not be empty"),
+    ("command_missing", "[service.a]\nenabled = true\n", 1, "service.a.command",
+     "is required"),
+    ("command_not_strings", "[service.a]\ncommand = [1]\n", 2, "service.a.command",
+     "must be an argv list"),
+    ("ready_command_empty", SVC + 'ready = "exec"\nready_command = []\n', 4,
+     "service.a.ready_command", "must not be empty"),
+    ("health_command_blank", SVC + 'health = { command = [""] }\n', 3,
+     "service.a.health.command", "must not be empty"),
+    # service names
+    ("name_newline", '[service."a\\nb"]\ncommand = ["/bin/true"]\n', 1,
+     'service."a\\x0ab"', "a service name must be"),
+    ("name_escape", '[service."a\\u001b[2J"]\ncommand = ["/bin/true"]\n', 1,
+     'service."a\\x1b[2J"', "a service name must be"),
+    ("name_slash", '[service."a/b"]\ncommand = ["/bin/true"]\n', 1, 'service."a/b"',
+     "1 to 64 letters"),
+    ("name_dotdot", '[service.".."]\ncommand = ["/bin/true"]\n', 1, 'service.".."',
+     "starting with a letter or digit"),
+    ("name_leading_dot", '[service.".hidden"]\ncommand = ["/bin/true"]\n', 1,
+     'service.".hidden"', "starting with a letter or digit"),
+    ("name_leading_dash", '[service.-x]\ncommand = ["/bin/true"]\n', 1, "service.-x",
+     "starting with a letter or digit"),
+    ("name_space", '[service."a b"]\ncommand = ["/bin/true"]\n', 1, 'service."a b"',
+     "1 to 64 letters"),
+    ("name_too_long", f'[service.{"a" * 65}]\ncommand = ["/bin/true"]\n', 1,
+     'service."' + "a" * 61 + '..."', "1 to 64 letters"),
+    ("name_empty", '[service.""]\ncommand = ["/bin/true"]\n', 1, 'service.""',
+     "must not be empty"),
+    ("name_in_requires_bad", SVC + 'requires = ["a\\nb"]\n', 3, "service.a.requires",
+     "one line"),
+    # a scalar where a table belongs
+    ("watchdog_scalar", 'watchdog = "none"\n', 1, "watchdog", 'must be a table, got "none"'),
+    ("chain_scalar", 'chain = "/run/x"\n', 1, "chain", 'must be a table, got "/run/x"'),
+    ("service_scalar", "service = 3\n", 1, "service", "must be a table, got 3"),
+    ("service_x_scalar", "service.x = 1\n", 1, "service.x", "must be a table, got 1"),
+    ("service_x_list", "[[service.x]]\ncommand = []\n", 1, "service.x", "must be a table"),
+    ("backoff_scalar", SVC + "backoff = 1\n", 3, "service.a.backoff", "must be a table"),
+    ("health_scalar", SVC + 'health = "tcp"\n', 3, "service.a.health", "must be a table"),
+    # unknown tables and keys
+    ("unknown_top_table", '[chain]\n\n[servce.x]\ncommand = ["x"]\n', 3, "servce",
+     "unknown table (expected one of: chain, service, watchdog)"),
+    ("unknown_top_key", 'chian = 1\n', 1, "chian", "unknown key"),
+    ("unknown_sub_table", SVC + "[service.a.backof]\nfactor = 2\n", 3,
+     "service.a.backof", "unknown table"),
+    ("unknown_watchdog_key", "[watchdog]\n\ntimout = 5\n", 3, "watchdog.timout",
+     "unknown key"),
+    # other kernel-facing values
+    ("cwd_relative", SVC + 'cwd = "srv"\n', 3, "service.a.cwd", "an absolute path"),
+    ("device_word", '[watchdog]\ndevice = "dev/watchdog"\n', 2, "watchdog.device",
+     "a device path"),
+    ("umask_bad", SVC + 'umask = "999"\n', 3, "service.a.umask", "octal"),
+    ("signal_bad", SVC + 'stop_signal = "SIGNOPE"\n', 3, "service.a.stop_signal",
+     "signal name"),
+    ("signal_zero", SVC + "stop_signal = 0\n", 3, "service.a.stop_signal", "signal name"),
+    ("exit_code_bad", SVC + "success_exit = [256]\n", 3, "service.a.success_exit",
+     "must be <= 255"),
+    # rules across keys keep their line
+    ("heartbeat_vs_timeout", "[watchdog]\nheartbeat_timeout = 1\n", 2,
+     "chain.heartbeat_interval", "must be < watchdog.heartbeat_timeout (1)"),
+    ("pet_vs_timeout", "[watchdog]\ntimeout = 2\n", 2, "watchdog.pet_interval",
+     "must be < watchdog.timeout (2), got 2"),
+    ("ready_tcp_no_port", SVC + 'ready = "tcp"\n', 3, "service.a.ready_port",
+     'is required when ready = "tcp"'),
+]
+
+
+@pytest.mark.parametrize("text,line,key,rule", [h[1:] for h in HOLES],
+                         ids=[h[0] for h in HOLES])
+def test_hole_is_one_line_naming_file_line_key(text: str, line: int, key: str,
+                                               rule: str) -> None:
+    with pytest.raises(config.ConfigError) as ei:
+        config.parse(text, "/etc/hachain/chain.toml")
+    errors = ei.value.errors
+    for e in errors:
+        assert ERROR_LINE.match(e), e
+    want = f"chain.toml:{line}: {key}: "
+    assert any(e.startswith(want) and rule in e for e in errors), (want, rule, errors)
+
+
+def test_good_values_next_to_the_holes_pass() -> None:
+    """The rules are not too strict: the legal neighbours of the holes load."""
+    c = config.parse(
+        '[service."web@1.x"]\ncommand = ["/bin/true", ""]\n'
+        'env = { "A.B" = "x\\ny", EMPTY = "" }\n'
+        'rlimits = { nofile = [1024, 4096], core = [-1, -1], cpu = 0, as = -1 }\n'
+        'user = "www-data"\ngroup = "svc_1"\nstop_signal = "int"\n'
+        '[service.sh]\nshell = true\ncommand = "echo hi\\nexit 0"\n'
+        '[watchdog]\ndevice = "sim:/tmp/wd.sock"\n', "chain.toml")
+    s = c.services["web@1.x"]
+    assert s.command == ("/bin/true", "")
+    assert dict(s.env) == {"A.B": "x\ny", "EMPTY": ""}
+    assert set(s.rlimits) == {("nofile", 1024, 4096), ("core", -1, -1), ("cpu", 0, 0),
+                              ("as", -1, -1)}
+    assert c.services["sh"].command == ("/bin/sh", "-c", "echo hi\nexit 0")
+
+
+def test_every_numeric_key_refuses_nan_and_inf() -> None:
+    """Walks the schema itself: no numeric key, present or future, takes nan or inf."""
+    from hachain import schema as S
+
+    def numeric(table: S.Table, at: tuple[str, ...]) -> list[tuple[tuple[str, ...], S.Number]]:
+        out = []
+        for k in table.keys:
+            if isinstance(k.kind, S.Table):
+                out += numeric(k.kind, at + (k.name,))
+            elif isinstance(k.kind, S.Number):
+                out.append((at + (k.name,), k.kind))
+        return out
+
+    keys = (numeric(config.CHAIN, ("chain",)) + numeric(config.WATCHDOG, ("watchdog",))
+            + numeric(config.SERVICE, ("service", "a")))
+    assert len(keys) >= 25
+    for path, _kind in keys:
+        for bad in ("nan", "inf", "-inf"):
+            header, key = ".".join(path[:-1]), path[-1]
+            text = f"[{header}]\n{key} = {bad}\n"
+            if path[0] == "service":
+                text = SVC + f"[{header}]\n{key} = {bad}\n" if len(path) > 3 else \
+                    SVC + f"{key} = {bad}\n"
+            with pytest.raises(config.ConfigError) as ei:
+                config.parse(text, "chain.toml")
+            assert any(f": {'.'.join(path)}: must be a finite number" in e
+                       for e in ei.value.errors), (path, bad, ei.value.errors)
+
+
+def test_check_command_reports_a_hole_with_exit_2(tmp_path: os.PathLike[str]) -> None:
+    bad = os.path.join(tmp_path, "chain.toml")
+    with open(bad, "w") as f:
+        f.write("[chain]\nheartbeat_interval = 1\n\n[watchdog]\nheartbeat_timeout = nan\n"
+                '[servce.x]\ncommand = ["x"]\n')
+    r = subprocess.run([sys.executable, "-m", "hachain.cli", "check", "-c", bad],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r
+    lines = r.stderr.splitlines()
+    assert "hachain: chain.toml:5: watchdog.heartbeat_timeout: must be a finite number, " \
+        "got nan" in lines, lines
+    assert any(ln.startswith("hachain: chain.toml:6: servce: unknown table") for ln in lines)
+    assert r.stdout == ""
+
+
+def test_env_overrides_obey_the_schema() -> None:
+    c = config.parse(SVC, "chain.toml")
+    assert config.with_env_overrides(c, {"HACHAIN_STATE_DIR": "/run/other"}).chain.state_dir \
+        == "/run/other"
+    for var, val, rule in (("HACHAIN_STATE_DIR", "relative", "an absolute path"),
+                           ("HACHAIN_CGROUP_ROOT", "x", '"auto", "none" or an absolute path'),
+                           ("HACHAIN_WATCHDOG_DEVICE", "watchdog0", "a device path")):
+        with pytest.raises(config.ConfigError) as ei:
+            config.with_env_overrides(c, {var: val})
+        assert str(ei.value).startswith(f"{var}: must be ") and rule in str(ei.value)
+
+
+def test_doc_reference_tables_are_the_schemas() -> None:
+    """docs/configuration.md's tables are generated from the schema, and still agree."""
+    path = os.path.join(ROOT, "docs", "configuration.md")
+    with open(path) as f:
+        doc = f.read()
+    assert doc.count("<!-- schema: ") == len(config.DOC_TABLES)
+    assert config.render_doc(doc) == doc, \
+        "docs/configuration.md is stale: run python -m hachain.config docs/configuration.md"
+    rows = set(re.findall(r"^\| `([a-z_.]+)` \|", doc, re.MULTILINE))
+    schema_keys = ({*config._CHAIN_KEYS, *config._WD_KEYS, *config._SVC_KEYS}
+                   | {f"{t}.{k}" for t, tab in (("backoff", config.BACKOFF),
+                                                  ("intensity", config.INTENSITY),
+                                                  ("health", config.HEALTH))
+                      for k in tab.names})
+    assert rows == schema_keys
+
+
+def test_every_key_has_doc_text_and_a_dataclass_field() -> None:
+    from dataclasses import fields
+
+    from hachain import schema as S
+
+    def walk(table: S.Table) -> None:
+        names = {f.name for f in fields(table.cls)}
+        for k in table.keys:
+            assert k.doc or isinstance(k.kind, S.Number), k.name
+            assert k.name in names or k.default is not S.FROM_CLASS, k.name
+            if isinstance(k.kind, S.Table):
+                walk(k.kind)
+            elif isinstance(k.kind, S.MapOf) and isinstance(k.kind.value, S.Table):
+                walk(k.kind.value)
+    walk(config.FILE)
