@@ -207,8 +207,9 @@ KINDS: dict[str, FaultKind] = {k.name: k for k in (
     FaultKind("kill-init", "init", "panic", "SIGKILL PID 1 from the host: kernel panic"),
     FaultKind("disk-full", "machine", None,
               "fill the persist file system (tmpfs) for 2 s, then free it", "tmpfs"),
-    FaultKind("run-full", "machine", "watchdog",
-              "fill the run file system (tmpfs) and leave it: no heartbeat can be written",
+    FaultKind("run-full", "service", None,
+              "fill the run file system (tmpfs), SIGKILL the service while it is full, "
+              "free it after the reboot bound: supervision must go on, with no reset",
               "tmpfs"),
     FaultKind("clock-step", "machine", None, "step CLOCK_REALTIME by an hour", "never"),
 )}
@@ -276,6 +277,8 @@ def convergence_bound(kind: str, cfg: config.Config) -> float:
         return 4 * (backoff + START_BUDGET)
     if kind in ("stop-service", "freeze-service", "pause-layer", "disk-full"):
         return 2.0 + service  # the hold, then anything the hold disturbed
+    if kind == "run-full":
+        return reboot_bound(cfg) + service  # held full for the reboot bound, then catch up
     return service
 
 
@@ -338,6 +341,23 @@ class Snapshot:
     error: str | None
     procs: list[Proc]
     admin: Any
+    records: dict[str, Any] | None = None  # <state_dir>/services/NAME.json (None: not read)
+
+
+def _records(state_dir: str) -> dict[str, Any]:
+    """The restarter's runtime records, by service name ("unreadable: ..." when corrupt)."""
+    out: dict[str, Any] = {}
+    d = os.path.join(state_dir, channels.SERVICE_RECORD_DIR)
+    try:
+        names = [n for n in os.listdir(d) if n.endswith(".json")]
+    except OSError:
+        return out
+    for n in names:
+        try:
+            out[n[:-5]] = channels.read_json(os.path.join(d, n))
+        except (ValueError, OSError) as e:
+            out[n[:-5]] = f"unreadable: {e}"
+    return out
 
 
 def snapshot(m: SimMachine) -> Snapshot:
@@ -378,7 +398,8 @@ def snapshot(m: SimMachine) -> Snapshot:
         admin = channels.read_json(os.path.join(m.persist_dir, channels.ADMIN_STATE))
     except (ValueError, OSError) as e:
         admin = f"unreadable: {e}"
-    return Snapshot(now, len(m.boots), init, layers, ages, services, error, procs, admin or {})
+    return Snapshot(now, len(m.boots), init, layers, ages, services, error, procs, admin or {},
+                    _records(m.state_dir))
 
 
 def _main_procs(snap: Snapshot, name: str) -> list[Proc]:
@@ -424,6 +445,14 @@ def problems(snap: Snapshot, cfg: config.Config, admin0: Any, cg_rel: str | None
         elif n == 1 and st.get("pid") != mains[0].nspid:
             out.append(f"{name}: the restarter says pid {st.get('pid')}, running is "
                        f"{mains[0].nspid}")
+        if snap.records is not None:
+            # what a restarter restarted now would re-adopt from: it must name what runs
+            rec = snap.records.get(name)
+            rec_pid = rec.get("pid") if isinstance(rec, dict) else None
+            if (st.get("pid") or rec_pid) and rec_pid != st.get("pid"):
+                out.append(f"{name}: runtime record names pid {rec_pid}"
+                           + ("" if rec is None or isinstance(rec, dict) else f" ({rec})")
+                           + f", the restarter runs {st.get('pid')}")
         if cg_rel is not None:
             want_cg = f"{cg_rel}/{name}"
             for p in snap.procs:
@@ -626,7 +655,7 @@ class Campaign:
         pre_layer = pre.layers.get(f.target)
         t0 = time.monotonic()
         try:
-            self.inject(f, pre)
+            during = self.inject(f, pre)
         except (OSError, InjectError) as e:
             res.ok, res.problems = False, [f"injection failed: {e}"]
             res.t_fault = res.t_end = round(t0 - self.t0, 3)
@@ -676,14 +705,18 @@ class Campaign:
             res.converge = round(t_rec - t0, 3)
             if res.converge > res.bound:
                 probs = [f"converged in {res.converge:.2f} s > bound {res.bound:.2f} s"]
+        probs = during + probs
         res.ok = not probs
         res.problems = probs
         return res
 
-    def inject(self, f: Fault, pre: Snapshot) -> None:
-        """Do the fault to the running machine (host side)."""
+    def inject(self, f: Fault, pre: Snapshot) -> list[str]:
+        """Do the fault to the running machine (host side); what broke while doing it
+        (only the kinds that hold a condition and watch the chain through it)."""
         assert self.machine is not None
         kind = f.kind
+        if kind == "run-full":
+            return self._run_full(f.target, pre)
         if KINDS[kind].target in ("service", "liveness"):
             pid = self._service_pid(pre, f.target)
             if kind == "kill-service":
@@ -706,7 +739,7 @@ class Campaign:
                 os.kill(pid, signal.SIGUSR1)
             elif kind == "fd-exhaust":
                 os.kill(pid, signal.SIGUSR2)
-            return
+            return []
         if kind in ("kill-layer", "pause-layer", "hang-layer", "kill-init"):
             lpid = pre.init if f.target == "init" else pre.layers.get(f.target)
             if lpid is None:
@@ -718,17 +751,51 @@ class Campaign:
                 if kind == "pause-layer":
                     time.sleep(0.5)
                     os.kill(lpid, signal.SIGCONT)
-            return
+            return []
         if kind == "disk-full":
             path = self.machine.persist_dir
             _fill(path)
             time.sleep(2.0)
             _unfill(path)
-            return
-        if kind == "run-full":
-            _fill(self.machine.run_dir)
-            return
+            return []
         raise InjectError(f"{kind}: cannot be injected here")
+
+    def _run_full(self, name: str, pre: Snapshot) -> list[str]:
+        """Fill /run, SIGKILL `name`, and watch for the reboot bound (what a hang would
+        take to reset the machine): every heartbeat stays fresh (they are rewritten in
+        place, needing no new blocks) and the restarter brings `name` back to ready with
+        a new pid. Then free /run; the runtime records must catch up (`problems`)."""
+        assert self.machine is not None
+        m = self.machine
+        pid = self._service_pid(pre, name)
+        old = (pre.services or {}).get(name, {}).get("pid")
+        hb_timeout = self.cfg.watchdog.heartbeat_timeout
+        hold = reboot_bound(self.cfg)
+        seen: dict[str, None] = {}  # problems in order, without repeats
+        back = None
+        _fill(m.run_dir)
+        try:
+            free = os.statvfs(m.run_dir).f_bavail
+            if free:
+                raise InjectError(f"{m.run_dir}: {free} blocks still free after the fill")
+            os.kill(pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < hold:
+                s = snapshot(m)
+                for layer, age in s.hb_age.items():
+                    if age is None or age > hb_timeout:
+                        what = "missing" if age is None else f"{age:.1f} s old"
+                        seen[f"{layer}: heartbeat {what} while /run was full"] = None
+                st = (s.services or {}).get(name, {})
+                if back is None and st.get("state") == "ready" and st.get("pid") not in (None, old):
+                    back = s.t - t0
+                time.sleep(0.1)
+        finally:
+            _unfill(m.run_dir)
+        if back is None:
+            seen[f"{name}: not ready again within {hold:.2f} s of its SIGKILL while /run "
+                 "was full"] = None
+        return list(seen)
 
     def _service_pid(self, snap: Snapshot, name: str) -> int:
         mains = _main_procs(snap, name)

@@ -7,6 +7,7 @@ whole file stays well under three minutes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
@@ -234,3 +235,36 @@ def test_a_frozen_service_cgroup_is_recovered_without_a_reboot(short_tmp: Any) -
     rc = _run(short_tmp, "--faults", "1", "--seed", "1", "--kinds", "freeze-service-hung",
               "--no-shrink")
     assert rc == 0
+
+
+@needs_machine
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_every_fault_kind_meets_its_expectation(short_tmp: Any) -> None:
+    """One fault of every kind the simulated machine can inject, on one machine: a kind
+    whose expected outcome went stale (a reboot that no longer comes, a new false reboot)
+    fails here, not in a user's first campaign."""
+    work = short_tmp / "work"
+    work.mkdir()
+    path, cfg = chaos._campaign_setup(argparse.Namespace(config=None), str(work))
+    tmpfs, why = chaos._can_mount_tmpfs(str(work))
+    kinds = sorted(k for k, d in chaos.KINDS.items() if d.needs != "never")
+    runnable, skipped = chaos.capabilities(kinds, cfg, tmpfs, why)
+    assert not skipped, f"every kind must run here: {skipped}"
+    # a fixed target per pool, rotating so that services and layers both get hit
+    pools = {"service": ["api", "cache", "db", "worker"], "liveness": ["db", "api"],
+             "layer": ["restarter", "tickler"], "layer+init": ["restarter", "init", "tickler"],
+             "init": ["init"], "machine": ["machine"]}
+    faults = []
+    for i, k in enumerate(runnable):
+        pool = pools[chaos.KINDS[k].target]
+        faults.append(chaos.Fault(i, k, pool[i % len(pool)]))
+    rep = chaos.run_campaign(path, str(work / "c"), 0, faults, runnable, {}, tmpfs, None)
+    assert not rep["baseline_problems"], rep["baseline_problems"]
+    assert [r["kind"] for r in rep["results"]] == runnable
+    bad = [f"#{r['index']} {r['kind']} {r['target']}: {'; '.join(r['problems'])}"
+           for r in rep["results"] if not r["ok"]]
+    assert not bad, "\n".join(bad)
+    for r in rep["results"]:
+        assert r["reboot"] == chaos.KINDS[r["kind"]].reboot, r
+        assert r["converge"] is not None and r["converge"] <= r["bound"], r
