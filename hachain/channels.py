@@ -60,6 +60,7 @@ NOTIFY_SOCKET = "notify.sock"  # how often init restarted this layer
 ENV_FAULT_HOOKS = "HACHAIN_FAULT_HOOKS"  # "1" enables the documented fault-injection hooks
 
 ENV_LOG_FORMAT = "HACHAIN_LOG_FORMAT"  # "json" for JSON-lines logs, else human lines
+ENV_CHAIN_ID = "HACHAIN_CHAIN_ID"  # set by init for its layers: which chain run they serve
 
 # Control protocol limits.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -76,6 +77,17 @@ def cgroup_name(state_dir: str) -> str:
     base = os.path.basename(os.path.normpath(real)) or "root"
     base = base if base.startswith("hachain") else "hachain-" + base
     return f"{base}-{hashlib.sha256(real.encode()).hexdigest()[:8]}"
+
+
+def chain_id(pid: int) -> str:
+    """The id of the chain run whose init is `pid`: boot id, pid and the pid's start time,
+    so a recycled pid or a new boot never matches an older run. `hachain run` computes it
+    for its own pid before it execs init (same pid, same start time)."""
+    try:
+        boot = read_small("/proc/sys/kernel/random/boot_id").decode().strip()
+    except OSError:
+        boot = ""
+    return f"{boot}:{pid}:{proc_start_time(pid) or 0}"
 
 
 # --- atomic files -----------------------------------------------------------------------

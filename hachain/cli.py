@@ -30,7 +30,26 @@ def dirs(args: argparse.Namespace) -> tuple[str, str]:
     persist = getattr(args, "persist_dir", None)
     cpath = getattr(args, "config", None)
     if cpath or (not state and os.path.exists(config.DEFAULT_PATH)):
-        cfg = _load(cpath or config.DEFAULT_PATH)
+        path = cpath or config.DEFAULT_PATH
+        try:
+            cfg = _load(path)
+        except config.ConfigError as e:
+            # a broken file must not silence status or reload: the chain runs a snapshot,
+            # so find it through the last-known-good copy of this same file
+            # (its [chain] table, else the last-known-good copy of this same file)
+            from hachain import snapshot
+            salvaged = snapshot.salvage_chain(path)
+            lkg = snapshot.find_last_good(os.path.abspath(path))
+            if lkg is not None:
+                cfg = config.with_env_overrides(config.parse(lkg.text, lkg.source))
+                salvaged = {"state_dir": cfg.chain.state_dir,
+                            "persist_dir": cfg.chain.persist_dir, **salvaged}
+            if "state_dir" not in salvaged and not state:
+                raise
+            _err(f"warning: {e.errors[0]} (the chain's directories come from "
+                 + ("its [chain] table)" if lkg is None else "its last-known-good copy)"))
+            return (state or salvaged["state_dir"],
+                    persist or salvaged.get("persist_dir") or config.ChainConfig().persist_dir)
         return state or cfg.chain.state_dir, persist or cfg.chain.persist_dir
     state = state or os.environ.get("HACHAIN_STATE_DIR") or config.ChainConfig().state_dir
     persist = persist or os.environ.get("HACHAIN_PERSIST_DIR") or config.ChainConfig().persist_dir
@@ -59,7 +78,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    from hachain import snapshot
+    # Validate once and keep what was accepted: the layers run this snapshot (init, which
+    # this process becomes, has the same pid and so the same chain id), and a broken
+    # file falls back to the last-known-good snapshot, said in one line.
+    cfg, snap = snapshot.accept(args.config, chain_id=channels.chain_id(os.getpid()),
+                                log=_err)
     argv, env = channels.lean_python(sys.executable, "hachain.init.main")
     argv += ["--state-dir", cfg.chain.state_dir, "--config", os.path.abspath(args.config),
              "--restart-delay", str(cfg.chain.restart_delay),
@@ -105,6 +129,8 @@ def gather_status(state_dir: str, persist_dir: str) -> dict[str, Any]:
     out: dict[str, Any] = {"chain": {"state_dir": state_dir, "layers": layers,
                                      "restarter": restarter},
                            "services": services}
+    from hachain import snapshot
+    out["chain"]["config"] = snapshot.describe(state_dir)
     if error:
         out["chain"]["restarter_error"] = error
     for key, fname in (("last_boot", channels.LAST_BOOT), ("gate_failure", channels.GATE_RECORD)):
@@ -180,6 +206,10 @@ def print_status(st: dict[str, Any]) -> None:
         parts.append(f"pets {wd.get('pets') or 0}")
         verdict = "pass" if gate.get("ok") else "FAIL: " + "; ".join(gate.get("reasons", []))
         print(" ".join(parts) + " gate " + color(verdict, bool(gate.get("ok"))))
+    conf = ch.get("config") or {}
+    if conf.get("source"):
+        ok = not conf.get("last_known_good") and conf.get("disk") == "same"
+        print("config: " + color(conf["summary"], True if ok else False))
     lb = ch.get("last_boot")
     if lb:
         print(f"last boot: {lb.get('cause') or lb}")

@@ -220,6 +220,8 @@ class Init:
 
     def __init__(self, opts: argparse.Namespace, pid1: bool) -> None:
         self.opts = opts
+        # which chain run the layers serve: they run this run's configuration snapshot
+        self.chain_id = channels.chain_id(os.getpid())
         self.pid1 = pid1
         self.children = [Child("restarter", opts.restarter_cmd)]
         if not opts.no_tickler:
@@ -351,6 +353,7 @@ class Init:
         env.setdefault("PATH", DEFAULT_PATH)
         env[channels.ENV_CONFIG] = self.opts.config
         env[channels.ENV_STATE_DIR] = self.opts.state_dir
+        env[channels.ENV_CHAIN_ID] = self.chain_id
         env[ENV_LAYER_RESTARTS] = str(child.restarts)
         for name, sock in self.held.items():
             if child.name == "restarter":

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from hachain import channels, config
+from hachain import channels, config, snapshot
 from hachain.restarter.loop import AlreadyRunning, Restarter, log
 
 
@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              config.DEFAULT_PATH))
     args = p.parse_args(argv)
     try:
-        cfg = config.with_env_overrides(config.load(args.config))
+        # this chain run's running snapshot, never the live file (docs/configuration.md)
+        cfg, snap = snapshot.for_layer(args.config, log=log)
     except config.ConfigError as e:
         for line in e.errors:
             log(line)
@@ -27,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except AlreadyRunning as e:
         log(str(e))
         return 1
-    log(f"supervising {len(cfg.services)} service(s) from {cfg.path} (pid {os.getpid()})")
+    what = "the last-known-good configuration of " if snap.fallback else ""
+    log(f"supervising {len(cfg.services)} service(s) from {what}{cfg.path} "
+        f"(pid {os.getpid()})")
     return r.run()
 
 

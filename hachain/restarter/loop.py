@@ -718,8 +718,12 @@ class Restarter:
         """Apply a changed configuration file: validate it whole first; then start new
         services, restart changed ones, stop removed ones, leave the rest untouched."""
         from hachain import config as config_mod
+        from hachain import snapshot
         try:
-            new = config_mod.with_env_overrides(config_mod.load(self.cfg.path))
+            # validated whole; only a good file becomes the running (and last-known-good)
+            # snapshot that every later start of a layer uses
+            new, _snap = snapshot.accept(self.cfg.path, fallback=False, log=log,
+                                         chain_id=os.environ.get(channels.ENV_CHAIN_ID, ""))
         except config_mod.ConfigError as e:
             log(f"reload refused, configuration unchanged: {e.errors[0]}")
             return {"ok": False, "error": "reload refused, nothing changed:\n" +

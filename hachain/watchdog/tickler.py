@@ -36,15 +36,13 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from hachain import channels, sdnotify
+from hachain import channels, sdnotify, snapshot
 from hachain.config import (
     DEFAULT_PATH,
     ChainConfig,
     Config,
     ConfigError,
     WatchdogConfig,
-    load,
-    with_env_overrides,
 )
 from hachain.watchdog import health
 from hachain.watchdog.device import (
@@ -365,7 +363,9 @@ class Tickler:
 
 
 def load_config(path: str) -> Config:
-    """[chain] and [watchdog] of the configuration, HACHAIN_* overrides applied; no services.
+    """[chain] and [watchdog] of this chain run's running configuration snapshot
+    (`snapshot.for_layer`: never the live file once the run has one), HACHAIN_* overrides
+    applied; no services.
 
     The file is parsed in a short-lived child process. Parsing 1000 services leaves about
     3 MB in Python's allocator that the tickler, which locks its memory, would otherwise
@@ -378,7 +378,7 @@ def load_config(path: str) -> Config:
         try:
             os.close(r)
             try:
-                cfg = with_env_overrides(load(path))
+                cfg, _snap = snapshot.for_layer(path)
                 out: dict[str, Any] = {"path": cfg.path, "chain": asdict(cfg.chain),
                                        "watchdog": asdict(cfg.watchdog)}
             except ConfigError as e:

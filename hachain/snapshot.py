@@ -1,0 +1,265 @@
+"""The running configuration: what the chain accepted, kept apart from the file on disk.
+
+svc.startd never runs the repository's editing area; it runs a *snapshot*, and only
+`svcadm refresh` moves edits into it. This module is that rule for a TOML file:
+
+- `accept(path)` parses and validates the file once. When it is good, its exact text
+  becomes the *running* snapshot (`<state_dir>/config/running.json`, runtime) and the
+  *last-known-good* one (`<persist_dir>/config/last-good.json`, durable: write, fsync,
+  rename, fsync the directory). When it is not, the last-known-good snapshot of the same
+  file runs instead (`fallback` names why), or, with none, ConfigError says so in one line.
+- `for_layer(path)` is how the restarter and the tickler get their configuration at every
+  start: the running snapshot of this chain run when there is one, never the live file.
+  A layer restarted by init with a broken file on disk therefore supervises exactly what
+  ran before. A new chain run (a new init, a new boot) accepts the file anew.
+- `accept(path, fallback=False)` is `hachain reload`: a bad file is refused and nothing
+  changes.
+- `describe(state_dir)` is what `hachain status` shows: which snapshot runs, since when,
+  why (last-known-good), and whether the file on disk still matches it.
+
+A chain run is named by `HACHAIN_CHAIN_ID`, which init sets for its children from the
+boot id, its pid and its start time (`hachain run` execs init, so it can compute the same
+id before the exec). Must not: start, signal or supervise anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import tomllib
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from hachain import channels
+from hachain.config import ChainConfig, Config, ConfigError, parse, with_env_overrides
+
+RUNNING = os.path.join("config", "running.json")  # in state_dir
+LAST_GOOD = os.path.join("config", "last-good.json")  # in persist_dir
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One accepted configuration: the file's exact text and where and when it came from."""
+
+    source: str  # absolute path of the file the text was read from
+    text: str
+    sha256: str
+    accepted_wall: float  # time.time() of the accept
+    chain_id: str = ""  # the chain run this running snapshot belongs to
+    fallback: str = ""  # "" or the error that made this run the last-known-good one
+    format: int = FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Any) -> Snapshot | None:
+        """The snapshot in `d`, or None when it is not one (damaged, other format, text
+        not matching its hash: a torn or edited file is never run)."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            return None
+        try:
+            snap = cls(**{k: d[k] for k in ("source", "text", "sha256", "accepted_wall",
+                                            "chain_id", "fallback", "format")})
+        except (KeyError, TypeError):
+            return None
+        if not isinstance(snap.text, str) or digest(snap.text) != snap.sha256:
+            return None
+        return snap
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_snapshot(path: str) -> Snapshot | None:
+    try:
+        return Snapshot.from_json(channels.read_json(path))
+    except (ValueError, OSError):
+        return None
+
+
+def read_running(state_dir: str) -> Snapshot | None:
+    return read_snapshot(os.path.join(state_dir, RUNNING))
+
+
+def read_last_good(persist_dir: str) -> Snapshot | None:
+    return read_snapshot(os.path.join(persist_dir, LAST_GOOD))
+
+
+def _write(path: str, snap: Snapshot, durable: bool) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    channels.write_json(path, snap.to_json(), durable=durable)
+
+
+def _config_of(snap: Snapshot, environ: dict[str, str] | None) -> Config:
+    return with_env_overrides(parse(snap.text, snap.source), environ)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read configuration: {e.strerror}"]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
+
+
+def salvage_chain(path: str) -> dict[str, Any]:
+    """The `[chain]` table of a file that does not load as a whole ({} when that table
+    cannot be read either): a typo in a service must not hide where the chain lives."""
+    try:
+        text = _read_text(path)
+    except ConfigError:
+        return {}
+    m = re.search(r"^\s*\[chain\]\s*(#.*)?$(.*?)(?=^\s*\[)|^\s*\[chain\]\s*(#.*)?$(.*)\Z",
+                  text, re.M | re.S)
+    if m is None:
+        return {}
+    body = m.group(2) if m.group(2) is not None else m.group(4)
+    try:
+        d = tomllib.loads(body)
+    except tomllib.TOMLDecodeError:
+        return {}
+    return {k: v for k, v in d.items() if k in ("state_dir", "persist_dir")
+            and isinstance(v, str) and os.path.isabs(v)}
+
+
+def persist_candidates(environ: dict[str, str] | None = None,
+                       source: str | None = None) -> list[str]:
+    """Where a last-known-good snapshot may be when the file itself cannot say: the
+    HACHAIN_PERSIST_DIR override, the file's own `[chain] persist_dir` when that table
+    still reads, the persist_dir of this run's running snapshot, the default. In that
+    order, without duplicates."""
+    env = os.environ if environ is None else environ
+    out: list[str] = []
+    if env.get("HACHAIN_PERSIST_DIR"):
+        out.append(env["HACHAIN_PERSIST_DIR"])
+    if source is not None and (p := salvage_chain(source).get("persist_dir")):
+        out.append(p)
+    state = env.get(channels.ENV_STATE_DIR)
+    running = read_running(state) if state else None
+    if running is not None:
+        try:
+            out.append(parse(running.text, running.source).chain.persist_dir)
+        except ConfigError:
+            pass
+    out.append(ChainConfig().persist_dir)
+    return list(dict.fromkeys(out))
+
+
+def find_last_good(source: str, environ: dict[str, str] | None = None) -> Snapshot | None:
+    """The newest last-known-good snapshot of the file `source` in the candidate places."""
+    found = [s for d in persist_candidates(environ, source)
+             if (s := read_last_good(d)) is not None and s.source == source]
+    return max(found, key=lambda s: s.accepted_wall, default=None)
+
+
+def accept(path: str, chain_id: str = "", fallback: bool = True,
+           environ: dict[str, str] | None = None, log: Any = None) -> tuple[Config, Snapshot]:
+    """Validate the file at `path` and make it the running configuration.
+
+    Good file: running and last-known-good snapshots are written (a failed write is
+    logged through `log` and does not stop the chain). Bad file: with `fallback`, the
+    last-known-good snapshot of the same file runs and its `fallback` field says why;
+    without one, or without `fallback`, ConfigError (one line first: the file's error)."""
+    source = os.path.abspath(path)
+    try:
+        text = _read_text(source)
+        cfg = with_env_overrides(parse(text, source), environ)
+    except ConfigError as e:
+        if not fallback:
+            raise
+        lkg = find_last_good(source, environ)
+        if lkg is None:
+            raise ConfigError([e.errors[0] + f" (and no last-known-good configuration of "
+                               f"{source} in {', '.join(persist_candidates(environ, source))})",
+                               *e.errors[1:]]) from None
+        snap = replace(lkg, chain_id=chain_id, fallback=e.errors[0])
+        cfg = _config_of(snap, environ)
+        if log is not None:  # the one line that says so, from whoever accepted
+            log(f"{e.errors[0]}: running the last-known-good configuration of {source} "
+                f"accepted {_when(lkg.accepted_wall)}")
+        _save(cfg, snap, last_good=False, log=log)
+        return cfg, snap
+    snap = Snapshot(source=source, text=text, sha256=digest(text), accepted_wall=time.time(),
+                    chain_id=chain_id)
+    _save(cfg, snap, last_good=True, log=log)
+    return cfg, snap
+
+
+def _save(cfg: Config, snap: Snapshot, last_good: bool, log: Any) -> None:
+    targets = [(os.path.join(cfg.chain.state_dir, RUNNING), False)]
+    if last_good:
+        targets.append((os.path.join(cfg.chain.persist_dir, LAST_GOOD), True))
+    for target, durable in targets:
+        try:
+            _write(target, snap, durable)
+        except OSError as e:
+            if log is not None:
+                log(f"cannot write the configuration snapshot {target}: {e.strerror or e}")
+
+
+def for_layer(path: str, environ: dict[str, str] | None = None,
+              log: Any = None) -> tuple[Config, Snapshot]:
+    """The configuration a layer starts with: this chain run's running snapshot when
+    there is one (whatever the file on disk now says), else `accept(path)`."""
+    env = os.environ if environ is None else environ
+    cid = env.get(channels.ENV_CHAIN_ID, "")
+    state = env.get(channels.ENV_STATE_DIR)
+    if cid and state:
+        snap = read_running(state)
+        if snap is not None and snap.chain_id == cid and snap.source == os.path.abspath(path):
+            return _config_of(snap, environ), snap
+    return accept(path, chain_id=cid, environ=environ, log=log)
+
+
+def _when(wall: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall))
+
+
+def describe(state_dir: str) -> dict[str, Any]:
+    """What runs and how it compares with the file on disk, for `hachain status`.
+
+    Keys: source, accepted (wall time), sha256, last_known_good (bool), because (the
+    error that made it so), disk ("same" | "changed" | "broken" | "missing"), disk_error
+    (file:line: error when broken), summary (one line for people)."""
+    snap = read_running(state_dir)
+    if snap is None:
+        return {"summary": "no running configuration snapshot", "source": None}
+    out: dict[str, Any] = {"source": snap.source, "accepted": snap.accepted_wall,
+                           "sha256": snap.sha256, "last_known_good": bool(snap.fallback),
+                           "because": snap.fallback or None, "disk_error": None}
+    when = _when(snap.accepted_wall)
+    try:
+        text = _read_text(snap.source)
+    except ConfigError as e:
+        out["disk"], out["disk_error"] = "missing", e.errors[0]
+    else:
+        if digest(text) == snap.sha256:
+            out["disk"] = "same"
+        else:
+            try:
+                parse(text, snap.source)
+                out["disk"] = "changed"
+            except ConfigError as e:
+                out["disk"], out["disk_error"] = "broken", e.errors[0]
+    if snap.fallback:
+        head = (f"running the last-known-good configuration of {when} because "
+                f"{snap.fallback}")
+    else:
+        head = f"running {snap.source} as accepted at {when}"
+    tail = {"same": "",
+            "changed": "; the file has changed on disk since: `hachain reload` applies it",
+            "broken": f"; the file on disk does not load: {out['disk_error']}",
+            "missing": f"; the file on disk cannot be read: {out['disk_error']}"}[out["disk"]]
+    if snap.fallback and out["disk"] in ("changed", "same"):
+        tail = "; the file on disk loads now: `hachain reload` applies it"
+    out["summary"] = head + tail
+    return out
