@@ -39,12 +39,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hachain import channels, client, config
+from hachain import snapshot as snapshot_mod
 from hachain.simulators import chaos_report
 from hachain.simulators.machine import SimMachine, find_cgroup2_mount
 
@@ -212,6 +214,12 @@ KINDS: dict[str, FaultKind] = {k.name: k for k in (
               "free it after the reboot bound: supervision must go on, with no reset",
               "tmpfs"),
     FaultKind("clock-step", "machine", None, "step CLOCK_REALTIME by an hour", "never"),
+    FaultKind("config-broken", "layer", None,
+              "append a TOML syntax error to the configuration file, then SIGKILL a layer: "
+              "it must come back from the running snapshot (no reboot), file restored after"),
+    FaultKind("power-cut", "machine", "power-cut",
+              "pull the plug while the chain writes persisted state (reload, stop, start "
+              "in flight): nothing persisted may be torn, and nothing acknowledged lost"),
 )}
 
 CLOCK_STEP_REASON = (
@@ -269,7 +277,9 @@ def convergence_bound(kind: str, cfg: config.Config) -> float:
         return reboot_bound(cfg) + BOOT_BUDGET
     if k.reboot == "panic":
         return PANIC_DELAY + 1.0 + BOOT_BUDGET
-    if kind in ("kill-layer",):
+    if k.reboot == "power-cut":
+        return BOOT_BUDGET
+    if kind in ("kill-layer", "config-broken"):
         return cfg.chain.restart_delay + 2 * START_BUDGET
     if kind in ("hang-service", "freeze-service-hung", "fd-exhaust"):
         return liveness + stop + service
@@ -402,6 +412,26 @@ def snapshot(m: SimMachine) -> Snapshot:
                     _records(m.state_dir))
 
 
+def _torn_files(persist_dir: str) -> list[str]:
+    """Every persisted JSON or JSON-lines file that does not parse (a torn write)."""
+    out = []
+    for root, _dirs, files in os.walk(persist_dir):
+        for n in files:
+            path = os.path.join(root, n)
+            if n.endswith(".json"):
+                try:
+                    json.loads(_read(path))
+                except (ValueError, OSError) as e:
+                    out.append(f"{os.path.relpath(path, persist_dir)}: torn: {e}")
+            elif n.endswith(".jsonl"):
+                for i, line in enumerate(_read(path).splitlines()):
+                    try:
+                        json.loads(line)
+                    except ValueError as e:
+                        out.append(f"{os.path.relpath(path, persist_dir)}:{i + 1}: torn: {e}")
+    return out
+
+
 def _main_procs(snap: Snapshot, name: str) -> list[Proc]:
     """A service's top processes: carrying its name, with a parent that does not."""
     mine = {p.pid: p for p in snap.procs if p.service == name}
@@ -513,6 +543,11 @@ class Campaign:
                  tmpfs: bool = True) -> None:
         self.config_path = config_path
         self.cfg = config.load(config_path)
+        # the machine runs from a copy: config-broken breaks the copy, never the user's file
+        os.makedirs(workdir, exist_ok=True)
+        self.run_config = os.path.join(workdir, "machine-chain.toml")
+        with open(self.run_config, "wb") as f:
+            f.write(_read(config_path))
         self.workdir = workdir
         self.seed = seed
         self.faults = faults
@@ -556,7 +591,7 @@ class Campaign:
 
     def power_on(self) -> None:
         """A fresh SimMachine on the machine directory, booted."""
-        self.machine = SimMachine(self.config_path, self.machine_dir, panic_delay=PANIC_DELAY,
+        self.machine = SimMachine(self.run_config, self.machine_dir, panic_delay=PANIC_DELAY,
                                   on_event=self._on_event)
         self.machine.start()
 
@@ -671,7 +706,7 @@ class Campaign:
                 now = (s.services or {}).get(f.target, {})
                 return (now.get("state") not in (None, pre_state)
                         or now.get("pid") not in (None, pre_pid))
-            if f.kind == "kill-layer":
+            if f.kind in ("kill-layer", "config-broken"):
                 return s.layers.get(f.target) not in (None, pre_layer)
             return True
 
@@ -689,7 +724,7 @@ class Campaign:
                     return f"reboot by {boot['cause']}, expected {k.reboot}"
                 if k.reboot == "watchdog" and res.reboot_after > rb:
                     return f"watchdog reset after {res.reboot_after:.2f} s > bound {rb:.2f} s"
-            elif k.reboot and time.monotonic() - t0 > rb + PANIC_DELAY + 2:
+            elif k.reboot == "watchdog" and time.monotonic() - t0 > rb + PANIC_DELAY + 2:
                 return f"no reboot within {rb + PANIC_DELAY + 2:.1f} s of the hang"
             return None
 
@@ -717,6 +752,10 @@ class Campaign:
         kind = f.kind
         if kind == "run-full":
             return self._run_full(f.target, pre)
+        if kind == "config-broken":
+            return self._config_broken(f.target, pre)
+        if kind == "power-cut":
+            return self._power_cut(f, pre)
         if KINDS[kind].target in ("service", "liveness"):
             pid = self._service_pid(pre, f.target)
             if kind == "kill-service":
@@ -759,6 +798,101 @@ class Campaign:
             _unfill(path)
             return []
         raise InjectError(f"{kind}: cannot be injected here")
+
+    def _config_broken(self, layer: str, pre: Snapshot) -> list[str]:
+        """Break the configuration file the machine runs from (a copy of the campaign's:
+        the user's file is never touched), SIGKILL `layer`, and wait, with the file still
+        broken, for init to bring it back with a fresh heartbeat: it must start from the
+        running snapshot. Then put the file back."""
+        assert self.machine is not None
+        lpid = pre.layers.get(layer)
+        if lpid is None:
+            raise InjectError(f"{layer}: no host pid")
+        good = _read(self.run_config)
+        seen: list[str] = []
+        try:
+            with open(self.run_config, "ab") as f:
+                f.write(b"\n[service.typo\n")
+            os.kill(lpid, signal.SIGKILL)
+            limit = self.cfg.chain.restart_delay + 2 * START_BUDGET
+            t0 = time.monotonic()
+            while True:
+                s = snapshot(self.machine)
+                age = s.hb_age.get(layer)
+                if s.layers.get(layer) not in (None, lpid) and age is not None and \
+                        age <= self.cfg.watchdog.heartbeat_timeout:
+                    break
+                if time.monotonic() - t0 > limit:
+                    seen.append(f"{layer}: not back within {limit:.1f} s with the "
+                                "configuration file broken on disk")
+                    break
+                time.sleep(0.1)
+        finally:
+            with open(self.run_config, "wb") as f:
+                f.write(good)
+        return seen
+
+    def _power_cut(self, f: Fault, pre: Snapshot) -> list[str]:
+        """Start a reload and a stop + start of one service through the control socket
+        and pull the plug a random 0-60 ms later (the campaign's seeded random source),
+        so the cut falls among the persisted writes they cause. After the boot: every
+        persisted JSON file parses, the last-known-good configuration reads, and
+        admin.json holds what the last acknowledged request asked for. Then the service
+        is started again, so the campaign's invariants compare with the state before."""
+        assert self.machine is not None
+        m = self.machine
+        rng = random.Random(f"{self.seed}:{f.index}")
+        name = rng.choice(sorted(n for n, c in self.cfg.services.items()
+                                 if c.kind == "longrun" and c.enabled))
+        acked: list[str] = []
+
+        def requests() -> None:
+            for op in ("reload", "stop", "start"):
+                try:
+                    req: dict[str, Any] = {"op": op}
+                    if op != "reload":
+                        req["name"] = name
+                    if client.request(m.state_dir, req, timeout=2.0).get("ok"):
+                        acked.append(op)
+                except client.ControlError:
+                    return
+
+        boots = len(m.boots)
+        t = threading.Thread(target=requests, daemon=True)
+        t.start()
+        time.sleep(rng.uniform(0.0, 0.06))
+        m.power_cut()
+        t.join(5.0)
+        try:
+            m.wait_boot(boots + 1, BOOT_BUDGET)
+        except Exception as e:  # noqa: BLE001 - reported as the fault's problem
+            return [f"no boot after the power cut: {e}"]
+        seen = _torn_files(m.persist_dir)
+        if snapshot_mod.read_last_good(m.persist_dir) is None and \
+                os.path.exists(os.path.join(m.persist_dir, snapshot_mod.LAST_GOOD)):
+            seen.append("the last-known-good configuration does not read after the cut")
+        try:
+            admin = channels.read_json(os.path.join(m.persist_dir, channels.ADMIN_STATE)) or {}
+        except (ValueError, OSError) as e:
+            admin = {}
+            seen.append(f"admin.json unreadable after the cut: {e}")
+        stopped = (admin.get(name) or {}).get("want") == "down"
+        last = next((op for op in reversed(acked) if op in ("stop", "start")), None)
+        if last == "stop" and not stopped:
+            seen.append(f"{name}: the acknowledged stop was lost by the power cut")
+        if last == "start" and stopped:
+            seen.append(f"{name}: the acknowledged start was lost by the power cut")
+        # back to the campaign's baseline (the restarter may take a moment to answer)
+        deadline = time.monotonic() + BOOT_BUDGET
+        while stopped and time.monotonic() < deadline:
+            try:
+                if client.request(m.state_dir, {"op": "start", "name": name},
+                                  timeout=2.0).get("ok"):
+                    break
+            except client.ControlError:
+                pass
+            time.sleep(0.1)
+        return seen
 
     def _run_full(self, name: str, pre: Snapshot) -> list[str]:
         """Fill /run, SIGKILL `name`, and watch for the reboot bound (what a hang would

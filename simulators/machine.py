@@ -145,6 +145,7 @@ class SimMachine:
         self._proc: subprocess.Popen[bytes] | None = None
         self._ns_init: int | None = None
         self._reset_pending = False
+        self._power_cut_pending = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._init_timing: list[str] = []
@@ -276,6 +277,7 @@ class SimMachine:
                 rc = self._proc.wait()
                 with self._cond:
                     reset, self._reset_pending = self._reset_pending, False
+                    cut, self._power_cut_pending = self._power_cut_pending, False
                 self._ns_init = None
                 if self.cgroup_root:
                     remove_cgroup_tree(self.cgroup_root)
@@ -285,7 +287,9 @@ class SimMachine:
                     self._event(f"boot {self._boots[-1]['boot']} ended; stopping after "
                                 f"{self.max_boots} boot(s)")
                     break
-                if reset:
+                if cut:
+                    cause, bootstatus = "power-cut", 0
+                elif reset:
                     cause, bootstatus = "watchdog", WDIOF_CARDRESET
                 elif rc == -signal.SIGHUP:
                     self._event("PID 1 called reboot(2): rebooting")
@@ -324,7 +328,7 @@ class SimMachine:
         _append_line(os.path.join(self.persist_dir, channels.BOOT_LOG), rec)
         flags = " ".join(flag_names(bootstatus))
         what = {"power-on": "power on", "watchdog": "watchdog reset", "panic": "after panic",
-                "reboot": "reboot"}.get(cause, cause)
+                "reboot": "reboot", "power-cut": "after a power cut"}.get(cause, cause)
         self._event(f"boot {number}: {what} (boot status 0x{bootstatus:x}"
                     + (f" {flags}" if flags else "") + ")")
         argv = ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "--",
@@ -396,6 +400,16 @@ class SimMachine:
         self._kill_machine()
         self._event(f"watchdog expired: resetting the machine (SIGKILL to PID 1, host pid "
                     f"{pid})" + self._gate_note())
+
+    def power_cut(self) -> None:
+        """Pull the plug: every process of the machine dies at once, wherever it was (in
+        the middle of a write included), and the machine boots again with boot status 0
+        and nothing written down about why: the boot cause the chain must count as
+        "unknown"."""
+        with self._cond:
+            self._power_cut_pending = True
+        self._kill_machine()
+        self._event("power cut")
 
     def _gate_note(self) -> str:
         """"; tickler: REASONS" from this boot's gate.json, or "" when it left none."""
