@@ -10,9 +10,11 @@ if [ "${1:-}" = "--test" ]; then
     # the QEMU proof, systemd-notify (a real sd_notify client), what systemd-python
     # (the optional `systemd` extra, tested too) builds against, the C stamp service of
     # the benchmarks, the peers bench/compare.py measures beside hachain (its smoke run is
-    # a test), and cpio to list the initramfs the QEMU harness writes
+    # a test), cpio to list the initramfs the QEMU harness writes, and the real daemons
+    # tests/test_daemons.py supervises (their packages must not start them: see below)
     want_debs+=(qemu-system-x86 linux-image-amd64 busybox-static systemd libsystemd-dev
-                pkg-config gcc libc6-dev s6 runit supervisor cpio)
+                pkg-config gcc libc6-dev s6 runit supervisor cpio
+                postgresql redis-server nginx-light)
 fi
 missing=()
 for p in "${want_debs[@]}"; do
@@ -23,7 +25,20 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "setup: installing Debian packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >/dev/null
-        apt-get install -y -qq "${missing[@]}" >/dev/null
+        # A daemon's postinst starts its system service (invoke-rc.d, deb-systemd-invoke)
+        # unless policy-rc.d says no (exit 101). The tests run their own copies on free
+        # ports; nothing may keep running after set-up. Our policy-rc.d is removed again.
+        own_policy=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\n# hachain setup.sh: start no service while installing\nexit 101\n' \
+                > /usr/sbin/policy-rc.d
+            chmod 755 /usr/sbin/policy-rc.d
+            own_policy=1
+        fi
+        rc=0
+        apt-get install -y -qq "${missing[@]}" >/dev/null || rc=$?
+        [ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d
+        [ "$rc" = 0 ] || exit "$rc"
     else
         echo "setup: warning: missing Debian packages (${missing[*]}); install them with apt-get as root" >&2
     fi
