@@ -15,6 +15,7 @@ generated from the schema (`python -m hachain.config docs/configuration.md`).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -28,7 +29,7 @@ from hachain import schema as S
 DEFAULT_PATH = "/etc/hachain/chain.toml"
 
 RESTART_POLICIES = ("always", "on-failure", "on-abnormal", "never")
-KINDS = ("longrun", "oneshot")
+KINDS = ("longrun", "oneshot", "forking")
 READY_KINDS = ("none", "notify", "fd", "exec", "tcp")
 INTENSITY_ACTIONS = ("maintenance", "restart-group", "reboot", "ignore")
 HEALTH_KINDS = ("exec", "tcp")
@@ -103,6 +104,7 @@ class ServiceConfig:
     log_keep: int = 3
     success_exit: tuple[int, ...] = (0,)
     pids_max: int = 0  # cgroup pids.max for the service (0: no limit)
+    pid_file: str | None = None  # kind = "forking": where the daemon writes its main pid
 
     @property
     def deps(self) -> tuple[str, ...]:
@@ -198,6 +200,20 @@ def _signal(v: Any) -> int:
     raise S.Bad('must be a signal name such as "SIGTERM" or a number')
 
 
+def _timeout(lo_open: bool) -> S.Custom:
+    """Seconds, or "infinity" for no timeout at all (systemd's 0 / infinity): math.inf."""
+    finite = _seconds(0, lo_open=lo_open)
+
+    def one(v: Any) -> float:
+        if v == "infinity":
+            return math.inf
+        try:
+            return float(finite.one(v))
+        except S.Bad as e:
+            raise S.Bad(f"{e}, or \"infinity\"") from None
+    return S.Custom(one, finite.rule.rstrip(".") + ", or `\"infinity\"` (no timeout).")
+
+
 def _umask(v: Any) -> int:
     if isinstance(v, str) and re.fullmatch(r"0?[0-7]{1,3}", v):
         return int(v, 8)
@@ -278,7 +294,11 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "`\"oneshot\"`: a task that runs to completion; a clean exit leaves it `done`, "
           "which satisfies its dependents (`requires` and `after`); until then they wait, "
           "and its clean exit never restarts them. `ready` and `ready_timeout` do not apply "
-          "to it.", group="run"),
+          "to it. `\"forking\"`: a daemon that puts itself in the background (systemd's "
+          "`Type=forking`): `command` is a launcher that starts it and exits; see \"Forking "
+          "daemons\" below.", group="run"),
+    S.Key("pid_file", S.PathText(nonempty=True), "Only with `kind = \"forking\"`: the "
+          "absolute path where the daemon writes its main pid.", group="run"),
     S.Key("enabled", S.Bool(), "`false`: not started at boot (`hachain start NAME` still "
           "starts it by hand).", group="run"),
     S.Key("env", S.MapOf(_ENV_NAME, S.Text(line=False, max_len=1 << 20),
@@ -340,7 +360,7 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "required then).", group="ready"),
     S.Key("ready_port", _integer(0, 65535), "The port for `ready = \"tcp\"` (required "
           "then).", group="ready"),
-    S.Key("ready_timeout", _seconds(0, lo_open=True), "Seconds from spawn to ready.",
+    S.Key("ready_timeout", _timeout(lo_open=True), "Seconds from spawn to ready.",
           group="ready"),
     # Liveness
     S.Key("watchdog_sec", _seconds(0), "The service must send `WATCHDOG=1` on the notify "
@@ -354,8 +374,10 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("stop_signal", S.Custom(_signal), "The signal that asks the service to stop: a "
           "name (`\"SIGINT\"`, `\"INT\"`) or a number.", shown="`\"SIGTERM\"`",
           group="stop"),
-    S.Key("stop_timeout", _seconds(0), "Seconds to wait after `stop_signal` before SIGKILL "
-          "of the whole cgroup (or process group).", group="stop"),
+    S.Key("stop_timeout", _timeout(lo_open=False), "Seconds to wait after `stop_signal` "
+          "before SIGKILL of the whole cgroup (or process group); 0: SIGKILL right after "
+          "the signal; `\"infinity\"`: as long as the service takes (systemd's "
+          "`TimeoutStopSec=0` or `infinity`).", group="stop"),
     S.Key("log_max_bytes", _integer(1024, 1 << 40), "stdout and stderr go to "
           "`<log_dir>/NAME.log`; once it is larger than this (checked once a minute) it is "
           "rotated: copied to `NAME.log.1` (older copies move up to `.2`, `.3`, …) and "
@@ -391,6 +413,11 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     if s.kind == "oneshot" and s.restart == "always":
         r.err(at + ("restart",), "a oneshot cannot use restart = \"always\" (it would never "
               "be done); use \"on-failure\" or \"never\"")
+    if s.pid_file is not None and s.kind != "forking":
+        r.err(at + ("pid_file",), f"only with kind = \"forking\" (kind is {s.kind!r})")
+    if s.kind == "forking" and s.ready != "none":
+        r.err(at + ("ready",), "a forking service is ready when its launcher exits 0 (and its "
+              "main pid is known): leave ready unset", [at + ("kind",)])
 
 
 SERVICE = S.Table(ServiceConfig, SERVICE_KEYS, build=_build_service,

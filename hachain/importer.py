@@ -13,8 +13,10 @@ The conversion is pure (text in, `Conversion` out), so tests feed it strings.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import platform
 import re
 import shlex
 import signal
@@ -112,6 +114,8 @@ class Conversion:
     errors: list[str] = field(default_factory=list)
     # (service, relation, dependency) → "file:line" of the option that named it
     dep_origin: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    # supervisord [include] files = ... of this file: (line, value), followed by import_files
+    includes: list[tuple[int, str]] = field(default_factory=list)
 
     def merge(self, other: Conversion) -> None:
         """Add `other`'s services and messages (a later duplicate name is an error)."""
@@ -329,6 +333,10 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     conv = Conversion()
     n = _Notes(path, conv)
     base = os.path.basename(path)
+    if base.endswith(_NON_SERVICE_UNITS):
+        n.error(1, "unit type", f"a {base.rsplit('.', 1)[1]} unit: hachain imports services "
+                "(.service units) only")
+        return conv
     svc_name = service_name(name or (base.removesuffix(".service") or "service"))
     if svc_name.endswith("@"):
         n.warn(1, "unit name", f"{base} is a template; hachain has no instances, the "
@@ -383,10 +391,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             ready = "notify"
         elif t == "oneshot":
             kind = "oneshot"
-        elif t in ("forking",):
-            n.warn(u.type.line, "Type", "forking is not supported: hachain supervises the "
-                   "process it starts; run the daemon in the foreground (e.g. --foreground, "
-                   "-D, --nodaemon)")
+        elif t == "forking":
+            kind = "forking"
         elif t in ("dbus", "idle", "notify-reload"):
             n.warn(u.type.line, "Type", f"{t} is not supported; treated as simple"
                    + (" (use ready = \"notify\")" if t == "notify-reload" else ""))
@@ -463,10 +469,17 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                            "TimeoutStartSec": ["ready_timeout"],
                            "TimeoutSec": ["stop_timeout", "ready_timeout"]}[k]
                 for t in targets:
-                    if span is None or (span == 0 and t == "ready_timeout"):
-                        n.warn(e.line, k, f"{v!r}: hachain needs a finite {t}; default kept")
-                    else:
-                        svc[t] = span
+                    # systemd: 0 and "infinity" both switch the timeout off
+                    svc[t] = "infinity" if span is None or span == 0 else span
+                if span is None or span == 0:
+                    comments.append(f"{k}={v}: no timeout (\"infinity\")")
+            elif k == "PIDFile":
+                if kind == "forking":
+                    svc["pid_file"] = v if os.path.isabs(v) else os.path.join("/run", v)
+                else:
+                    comments.append(f"PIDFile={v} not needed: hachain knows the main pid "
+                                    f"of a Type={u.type.value if u.type else 'simple'} "
+                                    "service")
             elif k == "WorkingDirectory":
                 d = v.removeprefix("-")
                 if not os.path.isabs(d):
@@ -594,14 +607,35 @@ def _supervisord_env(value: str, line: int, n: _Notes) -> dict[str, str]:
     return out
 
 
-def _expand(value: str, names: dict[str, str], e: Entry, n: _Notes) -> str:
-    """supervisord's %(name)s expansions that are known statically; others warned."""
+# supervisord expands option values with Python's % operator on a dict: `%(name)s`,
+# `%(process_num)02d`, `%%` for a literal '%'. A lone '%' is an error there.
+_EXPANSION = re.compile(r"%(?:(%)|\(([^)]*)\)([-#0 +]*[0-9]*(?:\.[0-9]+)?[diouxXeEfFgGcrs])|(.?))")
+
+
+def _expand(value: str, names: dict[str, Any], e: Entry, n: _Notes) -> str:
+    """supervisord's %-expansions of one value: the names known at import are expanded
+    with their format (`%(process_num)02d` gives 07), `%%` becomes `%`; an unknown name
+    or a malformed '%' is warned about and left as it is."""
     def sub(m: re.Match[str]) -> str:
-        if m.group(1) in names:
-            return names[m.group(1)]
-        n.warn(e.line, e.key, f"%({m.group(1)})s cannot be expanded at import; left as is")
-        return m.group(0)
-    return re.sub(r"%\(([^)]+)\)[sd]", sub, value)
+        if m.group(1):
+            return "%"
+        if m.group(4) is not None:
+            n.warn(e.line, e.key, f"a lone '%' in {value!r} (supervisord wants '%%' for a "
+                   "literal '%', or %(name)s); left as is")
+            return m.group(0)
+        name, spec = m.group(2), m.group(3)
+        if name not in names:
+            why = ("supervisord's environment is not known at import" if name.startswith("ENV_")
+                   else "not a supervisord expansion")
+            n.warn(e.line, e.key, f"%({name}){spec} cannot be expanded at import ({why}); "
+                   "left as is")
+            return m.group(0)
+        try:
+            return ("%" + spec) % (names[name],)
+        except (TypeError, ValueError) as ex:
+            n.warn(e.line, e.key, f"%({name}){spec}: {ex}; left as is")
+            return m.group(0)
+    return _EXPANSION.sub(sub, value)
 
 
 def _bool(v: str) -> bool | None:
@@ -630,25 +664,73 @@ def convert_supervisord(text: str, path: str) -> Conversion:
             programs[sect.split(":", 1)[1].strip()] = []
         elif not sect.startswith(_SUPERVISORD_IGNORED_SECTIONS):
             n.warn(line, f"[{sect}]", "section not supported by hachain; dropped")
+    groups: dict[str, str] = {}
     for e in entries:
         if e.section.startswith("program:"):
             programs[e.section.split(":", 1)[1].strip()].append(e)
+        elif e.section.startswith("group:") and e.key == "programs":
+            for member in e.value.split(","):
+                groups.setdefault(member.strip(), e.section.split(":", 1)[1].strip())
+        elif e.section == "include" and e.key == "files":
+            conv.includes.append((e.line, e.value))
+    if "include" in headers and not conv.includes:
+        n.warn(headers["include"], "[include]", "no files = setting; nothing included")
     for prog, ents in programs.items():
-        _program(prog, ents, path, headers.get(f"program:{prog}", 1), n, conv)
+        _program(prog, ents, path, headers.get(f"program:{prog}", 1), n, conv,
+                 groups.get(prog))
     conv.sort_messages()
     return conv
 
 
 def _program(prog: str, ents: list[Entry], path: str, header: int, n: _Notes,
-             conv: Conversion) -> None:
-    """One [program:x] section into `conv`."""
-    name = service_name(prog)
-    if name != prog:
+             conv: Conversion, group: str | None = None) -> None:
+    """One [program:x] section into `conv`: one service per process supervisord would run
+    (`numprocs` copies, numbered from `numprocs_start`, named by `process_name`)."""
+    opts = {e.key: e for e in ents}
+    try:
+        numprocs = int(opts["numprocs"].value) if "numprocs" in opts else 1
+        start = int(opts["numprocs_start"].value) if "numprocs_start" in opts else 0
+        if numprocs < 1 or start < 0:
+            raise ValueError(f"numprocs must be >= 1 and numprocs_start >= 0, got {numprocs} "
+                             f"and {start}")
+    except ValueError as ex:
+        n.error(header, f"[program:{prog}]", f"{ex}")
+        return
+    pname = opts["process_name"].value if "process_name" in opts else "%(program_name)s"
+    if numprocs > 1 and "%(process_num)" not in pname:
+        n.error(opts["numprocs"].line, f"[program:{prog}] numprocs",
+                f"numprocs = {numprocs} needs %(process_num)... in process_name "
+                "(supervisord refuses this program too)")
+        return
+    base = {"program_name": prog, "group_name": group or prog, "numprocs": numprocs,
+            "numprocs_start": start, "here": os.path.dirname(os.path.abspath(path)),
+            "host_node_name": platform.node()}
+    for num in range(start, start + numprocs):
+        names = dict(base, process_num=num)
+        # the environment= of the program is seen as ENV_X by its other options
+        for e in ents:
+            if e.key == "environment":
+                quiet = _Notes(path, Conversion())
+                for k, v in _supervisord_env(_expand(e.value, names, e, quiet), e.line,
+                                             quiet).items():
+                    names[f"ENV_{k}"] = v
+        pe = Entry(f"program:{prog}", "process_name", pname,
+                   opts["process_name"].line if "process_name" in opts else header)
+        # warnings once for the program, not once per copy
+        notes = n if num == start else _Notes(path, Conversion())
+        _process(prog, _expand(pname, names, pe, notes), ents, names, path, header, notes,
+                 conv)
+
+
+def _process(prog: str, pname: str, ents: list[Entry], names: dict[str, Any], path: str,
+             header: int, n: _Notes, conv: Conversion) -> None:
+    """One process of a [program:x] section into `conv` as a service."""
+    name = service_name(pname)
+    if name != pname:
         n.warn(header, f"[program:{prog}]", f"renamed to {name!r} (hachain service names)")
-    names = {"program_name": prog, "process_num": "0", "group_name": prog,
-             "here": os.path.dirname(os.path.abspath(path))}
     svc: dict[str, Any] = {}
-    comments = [f"from [program:{prog}] in {os.path.basename(path)}"]
+    comments = [f"from [program:{prog}] in {os.path.basename(path)}"
+                + (f" (process {names['process_num']})" if names["numprocs"] > 1 else "")]
     startsecs, startretries = 1.0, 3
     autorestart = "unexpected"
     limit_set = False
@@ -722,12 +804,8 @@ def _program(prog: str, ents: list[Entry], path: str, header: int, n: _Notes,
             elif k == "priority":
                 n.warn(e.line, k, "start order in hachain comes from dependencies: use "
                        "requires / after; dropped")
-            elif k == "numprocs":
-                if int(v) != 1:
-                    n.warn(e.line, k, f"{v}: hachain runs one process per service; define "
-                           "one service per copy")
-            elif k == "process_name":
-                pass  # only meaningful with numprocs
+            elif k in ("numprocs", "numprocs_start", "process_name"):
+                pass  # one service per process: see _program
             elif k in ("stdout_logfile", "stderr_logfile", "logfile"):
                 n.warn(e.line, k, f"hachain writes output to <log_dir>/{name}.log; {v} "
                        "not used")
@@ -779,7 +857,7 @@ def _toml_key(k: str) -> str:
     return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
 
 
-_KEY_ORDER = ["command", "kind", "restart", "enabled", "requires", "wants", "after",
+_KEY_ORDER = ["command", "kind", "pid_file", "restart", "enabled", "requires", "wants", "after",
               "conflicts", "ready", "ready_timeout", "watchdog_sec", "backoff", "intensity",
               "success_exit", "stop_signal", "stop_timeout", "user", "group", "umask", "cwd",
               "env", "rlimits", "log_max_bytes", "log_keep"]
@@ -805,6 +883,44 @@ def to_toml(conv: Conversion, sources: list[str]) -> str:
             out.append(f"# {rel} = {_toml_value(missing)}  (not imported)")
         out.append("")
     return "\n".join(out)
+
+
+def drop_invalid(conv: Conversion, origin: dict[str, str]) -> None:
+    """Check each converted service against the configuration schema on its own: a key
+    that breaks a rule (a User= of %i, say) is dropped with a warning naming the unit; a
+    service whose command breaks one is refused. So the printed result always loads."""
+    from hachain.schema import key_text
+    for name in list(conv.services):
+        svc = conv.services[name]
+        where = origin.get(name, f"service {name}")
+        for _ in range(len(svc) + 1):
+            alone = {k: v for k, v in svc.items() if k not in _DEP_RELS and
+                     not k.startswith("_")}
+            try:
+                config.parse(to_toml(Conversion(services={name: alone}), []), "unit.toml")
+                break
+            except config.ConfigError as e:
+                errors = e.errors
+            bad = [k for k in alone if any(f" {key_text(('service', name, k))}{sep}" in err
+                                           for err in errors for sep in (":", "."))]
+            for k in bad:
+                why = next(err.split(": ", 2)[-1] for err in errors
+                           if key_text(("service", name, k)) in err)
+                if k == "command":
+                    conv.errors.append(f"{where}: command: {why}")
+                else:
+                    conv.warnings.append(f"{where}: {k}: {why}; dropped")
+                svc.pop(k, None)
+            if "command" not in svc:
+                del conv.services[name]
+                break
+            if not bad:
+                conv.errors += [f"{where}: {err}" for err in errors]
+                del conv.services[name]
+                break
+
+
+_DEP_RELS = ("requires", "wants", "after", "conflicts")
 
 
 def resolve_deps(conv: Conversion) -> None:
@@ -845,41 +961,87 @@ def convert(text: str, path: str, fmt: str | None = None) -> Conversion:
     return conv
 
 
+def _include_patterns(path: str, line: int, value: str, conv: Conversion) -> list[str]:
+    """The glob patterns of a supervisord `[include] files = ...` line, made absolute the
+    way supervisord does: %(here)s expanded, relative to the including file."""
+    here = os.path.dirname(os.path.abspath(path))
+    names = {"here": here, "host_node_name": platform.node()}
+    value = _expand(value, names, Entry("include", "files", value, line), _Notes(path, conv))
+    return [os.path.join(here, pat) for pat in value.split()]
+
+
 def import_files(paths: list[str], fmt: str | None = None) -> tuple[str, Conversion]:
-    """Read and convert every file; returns the TOML text and the combined conversion."""
+    """Read and convert every file; returns the TOML text and the combined conversion.
+
+    A supervisord `[include] files = ...` is followed as supervisord does (globs relative
+    to the including file, in sorted order; an included file's own [include] is not
+    followed, and says so). Every input that gives no service is in `errors`, named.
+    """
     total = Conversion()
-    for p in paths:
+    todo: list[tuple[str, str | None, bool]] = [(p, fmt, False) for p in paths]
+    seen: set[str] = set()
+    sources: list[str] = []
+    while todo:
+        p, f, included = todo.pop(0)
+        real = os.path.realpath(p)
+        if real in seen:
+            continue
+        seen.add(real)
+        sources.append(os.path.basename(p))
+        if real == os.devnull:
+            total.errors.append(f"{p}: the unit is masked (a link to /dev/null): systemd never "
+                                "starts it, so there is nothing to import")
+            continue
         try:
-            with open(p, encoding="utf-8") as f:
-                text = f.read()
+            with open(p, encoding="utf-8") as fh:
+                text = fh.read()
         except (OSError, UnicodeDecodeError) as e:
             total.errors.append(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}")
             continue
-        total.merge(convert(text, p, fmt))
+        conv = convert(text, p, f)
+        drop_invalid(conv, {n: p for n in conv.services})
+        found: list[tuple[str, str | None, bool]] = []
+        for line, value in conv.includes:
+            if included:
+                conv.warnings.append(f"{p}:{line}: [include]: not followed: supervisord reads "
+                                     "the [include] of its main configuration file only")
+                continue
+            for pattern in _include_patterns(p, line, value, conv):
+                matches = sorted(glob.glob(pattern))
+                if not matches:
+                    conv.warnings.append(f"{p}:{line}: [include] files: {pattern} matches no "
+                                         "file")
+                found += [(m, "supervisord", True) for m in matches]
+        todo[0:0] = found
+        total.merge(conv)
     resolve_deps(total)
-    return to_toml(total, [os.path.basename(p) for p in paths]), total
+    return to_toml(total, sources), total
 
 
 # --- the command ----------------------------------------------------------------------------
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Print the TOML; warnings and errors on stderr. Exit 0, or 1 when not importable."""
+    """Print the TOML; warnings and refusals on stderr. Exit 0 when everything converted
+    as it was, 1 when converted with warnings that need a look, 2 when an input (a unit,
+    a program, a file) was refused: each refusal names it and says why."""
     text, conv = import_files(args.files, args.format)
     for w in conv.warnings:
         sys.stderr.write(f"{PROG}: warning: {w}\n")
     for e in conv.errors:
-        sys.stderr.write(f"{PROG}: error: {e}\n")
+        sys.stderr.write(f"{PROG}: refused: {e}\n")
     if not conv.services:
         sys.stderr.write(f"{PROG}: nothing to import\n")
-        return 1
+        return 2
     sys.stdout.write(text)
     try:
         config.parse(text, "imported.toml")
     except config.ConfigError as e:
         for line in e.errors:
-            sys.stderr.write(f"{PROG}: the result does not load: {line}\n")
-        return 1
-    return 1 if conv.errors else 0
+            sys.stderr.write(f"{PROG}: refused: the result does not load: {line}\n")
+        return 2
+    if conv.errors:
+        return 2
+    return 1 if conv.warnings else 0
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -103,6 +103,7 @@ command=/usr/bin/worker %(ENV_HOME)s
 autorestart=true
 autostart=false
 numprocs=2
+process_name=%(program_name)s-%(process_num)d
 serverurl=AUTO
 
 [program:once]
@@ -229,10 +230,11 @@ def test_watchdog_without_notify_and_infinite_timeouts() -> None:
         "[Service]\nExecStart=/bin/x\nWatchdogSec=10\nTimeoutStartSec=infinity\n"
         "TimeoutStopSec=0\nRestartSec=2min\nKillSignal=NOPE\nUMask=99\n", "x.service")
     s = conv.services["x"]
-    assert "watchdog_sec" not in s and "ready_timeout" not in s
-    assert s["stop_timeout"] == 0.0
+    assert "watchdog_sec" not in s
+    # systemd: 0 and infinity both mean no timeout (not SIGKILL at once)
+    assert s["ready_timeout"] == s["stop_timeout"] == "infinity"
     assert s["backoff"] == {"initial": 120.0, "max": 120.0}
-    for opt in ("WatchdogSec", "TimeoutStartSec", "KillSignal", "UMask"):
+    for opt in ("WatchdogSec", "KillSignal", "UMask"):
         assert any(f":{n}: {opt}: " in w for w in conv.warnings for n in range(1, 9)), opt
     config.parse(importer.to_toml(conv, ["x.service"]))
 
@@ -248,15 +250,15 @@ def test_unit_without_execstart_is_an_error(tmp_path: Any) -> None:
     (p,) = _files(tmp_path, empty_service="[Unit]\nDescription=nothing\n[Service]\nType=simple\n")
     r = subprocess.run([sys.executable, "-m", "hachain.importer", p], capture_output=True,
                        timeout=30, check=False)
-    assert r.returncode == 1 and r.stdout == b""
-    assert "ExecStart: missing" in r.stderr.decode()
+    assert r.returncode == 2 and r.stdout == b""
+    assert "refused: " in r.stderr.decode() and "ExecStart: missing" in r.stderr.decode()
 
 
 def test_supervisord_programs(tmp_path: Any) -> None:
     (p,) = _files(tmp_path, apps_conf=SUPERVISORD)
     text, conv = importer.import_files([p])
     cfg = config.parse(text)
-    assert set(cfg.services) == {"api", "worker", "once"}
+    assert set(cfg.services) == {"api", "worker-0", "worker-1", "once"}
     api = cfg.services["api"]
     assert api.command == ("/usr/bin/api", "--port", "9000", "--name", "api")
     assert (api.cwd, api.user, api.umask) == ("/srv/api", "api", 0o022)
@@ -267,17 +269,16 @@ def test_supervisord_programs(tmp_path: Any) -> None:
     assert api.stop_signal == signal.SIGQUIT and api.stop_timeout == 20.0
     assert dict(api.env) == {"API_MODE": "prod", "GREETING": "hi, there", "EXTRA": "1"}
     assert (api.log_max_bytes, api.log_keep) == (10 * 1024 * 1024, 5)
-    worker = cfg.services["worker"]
+    worker = cfg.services["worker-1"]
     assert worker.restart == "always" and worker.enabled is False
     assert worker.command == ("/usr/bin/worker", "%(ENV_HOME)s")
     assert cfg.services["once"].restart == "never"
     assert _warned(conv, p, 14, "priority")
     assert _warned(conv, p, 18, "stdout_logfile")
     assert _warned(conv, p, 24, "command", "ENV_HOME")
-    assert _warned(conv, p, 27, "numprocs")
-    assert _warned(conv, p, 28, "serverurl")
-    assert _warned(conv, p, 34, "[group:all]")
-    assert len(conv.warnings) == 6
+    assert _warned(conv, p, 29, "serverurl")
+    assert _warned(conv, p, 35, "[group:all]")
+    assert len(conv.warnings) == 5
     assert not any(":2: " in w for w in conv.warnings)  # [supervisord] is not a program
 
 
@@ -302,7 +303,7 @@ def test_detection_and_the_command(tmp_path: Any) -> None:
     assert importer.detect_format("hello") is None
     r = subprocess.run([sys.executable, "-m", "hachain.importer", web, db], capture_output=True,
                        timeout=30, check=False)
-    assert r.returncode == 0
+    assert r.returncode == 1  # converted, with warnings that need a look
     data = tomllib.loads(r.stdout.decode())
     assert set(data["service"]) == {"web", "db"}
     err = r.stderr.decode().splitlines()
@@ -310,10 +311,10 @@ def test_detection_and_the_command(tmp_path: Any) -> None:
     assert all(re.match(r"hachain import: warning: \S+:\d+: \S", line) for line in err)
     r = subprocess.run([sys.executable, "-m", "hachain.importer", junk], capture_output=True,
                        timeout=30, check=False)
-    assert r.returncode == 1 and "--format" in r.stderr.decode()
+    assert r.returncode == 2 and "--format" in r.stderr.decode()
     r = subprocess.run([sys.executable, "-m", "hachain.importer", "--format", "supervisord",
                         sup], capture_output=True, timeout=30, check=False)
-    assert r.returncode == 0 and "[service.api]" in r.stdout.decode()
+    assert r.returncode == 1 and "[service.api]" in r.stdout.decode()
 
 
 def test_toml_writer_escapes_round_trip() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import gc
 import heapq
+import math
 import os
 import selectors
 import signal
@@ -448,6 +449,9 @@ class Restarter:
     # --- timers ---------------------------------------------------------------------------
 
     def arm(self, name: str, kind: str, delay: float, now: float) -> None:
+        if delay == math.inf:  # stop_timeout / ready_timeout = inf: no timeout at all
+            self.timer_live.pop((name, kind), None)
+            return
         self.seq += 1
         self.timer_live[(name, kind)] = self.seq
         heapq.heappush(self.timers, (now + delay, self.seq, name, kind))
