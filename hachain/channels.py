@@ -385,6 +385,15 @@ def proc_state(pid: int) -> str | None:
         return None
 
 
+def proc_ppid(pid: int) -> int | None:
+    """The parent pid from /proc/PID/stat (field 4), or None when gone."""
+    try:
+        raw = read_small(f"/proc/{pid}/stat")
+        return int(raw[raw.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     """True when `pid` names a process that is not a zombie."""
     st = proc_state(pid)

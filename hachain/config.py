@@ -376,8 +376,8 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           group="stop"),
     S.Key("stop_timeout", _timeout(lo_open=False), "Seconds to wait after `stop_signal` "
           "before SIGKILL of the whole cgroup (or process group); 0: SIGKILL right after "
-          "the signal; `\"infinity\"`: as long as the service takes (systemd's "
-          "`TimeoutStopSec=0` or `infinity`).", group="stop"),
+          "the signal (`\"infinity\"` is systemd's `TimeoutStopSec=0` or `infinity`).",
+          group="stop"),
     S.Key("log_max_bytes", _integer(1024, 1 << 40), "stdout and stderr go to "
           "`<log_dir>/NAME.log`; once it is larger than this (checked once a minute) it is "
           "rotated: copied to `NAME.log.1` (older copies move up to `.2`, `.3`, …) and "

@@ -133,6 +133,7 @@ class Restarter:
         self._start_times: dict[str, int | None] = {}  # /proc start time of each main pid
         self._stop_levels: list[list[str]] = []  # the orderly shutdown, last level first
         self._pids_limited: set[str] = set()
+        self.launch_status: dict[str, ExitStatus] = {}  # forking: how the launcher ended
         self.notify = notify.NotifySocket(os.path.join(self.state_dir, channels.NOTIFY_SOCKET),
                                           _inherited_fd(channels.ENV_NOTIFY_FD))
         self.sel.register(self.notify.fileno(), selectors.EVENT_READ, ("notify", None))
@@ -434,7 +435,10 @@ class Restarter:
         st = status or spawn.reap(pid) or ExitStatus("unknown")
         self.timer_live.pop((name, "watchdog"), None)
         s = self.svcs[name]
-        if s.pid == pid:
+        if s.pid == pid and s.state is State.STARTING and self.conf[name].kind == "forking":
+            self.launch_status[name] = st
+            self._look_for_main(name, now)
+        elif s.pid == pid:
             if s.state is not State.STOPPING:
                 log(f"{name}: pid {pid} {st.describe()}")
             self.feed(name, Ev.EXITED, now, status=st)
@@ -466,6 +470,11 @@ class Restarter:
         if kind.startswith("probe-"):
             self._probe_timer(name, kind, now)
             return
+        if kind == "find-main":
+            s = self.svcs[name]
+            if s.state is State.STARTING and s.pid is None:
+                self._look_for_main(name, now, first=False)
+            return
         if kind == "watchdog":
             s = self.svcs[name]
             if s.state is State.READY:
@@ -473,6 +482,33 @@ class Restarter:
                           f"{self.conf[name].watchdog_sec:g} s")
             return
         self.feed(name, Ev(kind), now)
+
+    # --- forking services -------------------------------------------------------------------
+
+    def _look_for_main(self, name: str, now: float, first: bool = True) -> None:
+        """A forking service's launcher has exited: find its main process (pid_file or
+        cgroup), watch it, and tell the state table. While it is not found, look again
+        every 50 ms; the table's ready timeout bounds the wait."""
+        c = self.conf[name]
+        st = self.launch_status.get(name, ExitStatus("unknown"))
+        pid, why = spawn.main_pid(c, self.cgroups)
+        fd = spawn.pidfd_open(pid) if pid is not None else None
+        if pid is not None and fd is None:
+            pid, why = None, f"main pid {pid} exited at once"
+        self.feed(name, Ev.LAUNCHED, now, status=st, pid=pid, reason=why)
+        s = self.svcs[name]
+        if fd is not None and pid is not None:
+            if s.pid == pid:
+                self._watch(name, pid, fd)
+                self._start_times[name] = channels.proc_start_time(pid)
+                log(f"{name}: main pid {pid}" + (f" (from {c.pid_file})" if c.pid_file
+                                                 else " (the cgroup's only root process)"))
+            else:
+                os.close(fd)
+        if s.state is State.STARTING and s.pid is None:
+            if first:
+                log(f"{name}: {s.reason}")
+            self.arm(name, "find-main", 0.05, now)
 
     # --- readiness ------------------------------------------------------------------------
 

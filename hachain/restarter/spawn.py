@@ -508,6 +508,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         except OSError as e:
             os.close(logfd)
             raise SpawnError(f"readiness pipe: {e.strerror}", transient=True) from None
+    if cfg.kind == "forking" and cfg.pid_file:
+        remove_stale_pid_file(cfg.pid_file)
     cg = cgroups.ensure(cfg.name)
     moved = False
     try:
@@ -560,6 +562,57 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         except (OSError, ValueError):
             pass
     return Spawned(pid=pid, start_time=channels.proc_start_time(pid), ready_fd=ready_r)
+
+
+# --- forking services: where the main process is -------------------------------------------
+
+def read_pid_file(path: str) -> int | None:
+    """The pid a daemon wrote to `path` (first line, a positive number), or None."""
+    try:
+        with open(path, "rb") as f:
+            first = f.read(64).split(b"\n", 1)[0].strip()
+        pid = int(first)
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
+def remove_stale_pid_file(path: str) -> None:
+    """Before a forking service's launcher runs: a pid file left from an earlier run that
+    names no live process goes, so it is never read as the new main pid."""
+    pid = read_pid_file(path)
+    if pid is None or not channels.pid_alive(pid):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def main_pid(cfg: ServiceConfig, cgroups: Cgroups) -> tuple[int | None, str]:
+    """The main process of a forking service whose launcher has exited, and '' — or None
+    and why it is not known (yet). From `pid_file` when set (the pid must be alive and, with
+    cgroups, in the service's cgroup); else from the cgroup when unambiguous: the one
+    process there whose parent is outside it (the daemon's master, not its workers)."""
+    if cfg.pid_file:
+        pid = read_pid_file(cfg.pid_file)
+        if pid is None:
+            return None, f"pid file {cfg.pid_file} not written yet"
+        if not channels.pid_alive(pid):
+            return None, f"pid file {cfg.pid_file} names pid {pid}, which is not running"
+        if cgroups.active and not cgroups.contains(cfg.name, pid):
+            return None, (f"pid file {cfg.pid_file} names pid {pid}, which is not in the "
+                          "service's cgroup")
+        return pid, ""
+    if not cgroups.active:
+        return None, "no pid_file, and no cgroup to find the main process in"
+    procs = set(cgroups.procs(cfg.name))
+    roots = [p for p in procs if channels.proc_ppid(p) not in procs and channels.pid_alive(p)]
+    if len(roots) == 1:
+        return roots[0], ""
+    if not roots:
+        return None, "no process left in the service's cgroup"
+    return None, (f"{len(roots)} unrelated processes in the service's cgroup "
+                  f"({', '.join(map(str, sorted(roots)[:5]))}): set pid_file")
 
 
 def kill_service(pid: int | None, name: str, sig: int, group: bool, cgroups: Cgroups) -> None:

@@ -12,7 +12,8 @@ is the code that runs.
 States (as `hachain status` shows them):
   stopped      not running, and not asked to be (or exited cleanly with no restart)
   waiting      asked to be up, waiting for what it requires to be ready
-  starting     spawned, waiting for readiness (notify / fd / exec / tcp) or its timeout;
+  starting     spawned, waiting for readiness (notify / fd / exec / tcp; for a forking
+               service its launcher's exit and its main pid) or its timeout;
                a oneshot while it runs (it is ready when done)
   ready        up and ready (a service with ready = "none" is ready once spawned)
   stopping     signalled to stop; SIGKILL of the whole group follows the stop timeout
@@ -61,6 +62,8 @@ class Ev(str, enum.Enum):
     STOP_TIMEOUT = "stop_timeout"
     BACKOFF_DONE = "backoff_done"
     HUNG = "hung"                # service watchdog missed / health check failures
+    LAUNCHED = "launched"        # kind forking: the launcher exited (status; pid: the main
+                                 # pid found, or None while it is not known yet)
 
 
 # --- actions: what the loop must do (frozen, no behaviour) ------------------------------
@@ -182,9 +185,12 @@ def _spawn_or_wait(s: Svc, ev: Event, reason: str = "") -> Result:
 
 
 def _begin_stop(s: Svc, c: ServiceConfig, **kw: object) -> Result:
+    # With no main pid (a forking service whose pid file has not appeared yet) no exit
+    # will come to end the stop: its cgroup gets the signal, then SIGKILL within a second.
+    wait = c.stop_timeout if s.pid is not None else min(c.stop_timeout, 1.0)
     acts: list[Action] = [CancelTimer(s.name, Ev.READY_TIMEOUT.value),
                           Kill(s.name, c.stop_signal), ArmTimer(s.name, Ev.STOP_TIMEOUT.value,
-                                                                c.stop_timeout)]
+                                                                wait)]
     return replace(s, state=State.STOPPING, **kw), acts  # type: ignore[arg-type]
 
 
@@ -261,6 +267,9 @@ def starting_spawned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         # A oneshot's readiness is its clean exit (-> done): it stays `starting` while it
         # runs, so nothing that requires it or orders itself after it starts before.
         return replace(s, reason="running (oneshot)"), [Persist(s.name)]
+    if c.kind == "forking":
+        return replace(s, reason="waiting for its launcher to exit"), [
+            ArmTimer(s.name, Ev.READY_TIMEOUT.value, c.ready_timeout), Persist(s.name)]
     if c.ready == "none":
         return replace(s, state=State.READY, reason=""), [Persist(s.name)]
     return replace(s, reason=f"waiting for readiness ({c.ready})"), [
@@ -284,6 +293,22 @@ def starting_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         # before the spawn was recorded: cannot happen; a oneshot is ready when done
         return s, []
     return replace(s, state=State.READY, reason=""), [
+        CancelTimer(s.name, Ev.READY_TIMEOUT.value), Persist(s.name)]
+
+
+def starting_launched(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """kind = "forking": the launcher exited. Exit 0 and a main pid: ready. Exit 0 and no
+    main pid yet: wait for it (the loop looks again) until the ready timeout. A failed
+    launcher is a failed start. An adopted launcher's status is unknown (it went to
+    init): finding the main pid then counts as success."""
+    st = ev.status or ExitStatus("unknown")
+    if st.kind != "unknown" and not policy.is_clean(st, c.success_exit):
+        nxt, acts = _after_exit(s, st, ev.now, c)
+        return nxt, [CancelTimer(s.name, Ev.READY_TIMEOUT.value)] + acts
+    if ev.pid is None:
+        return replace(s, pid=None, reason=f"launcher done ({st.describe()}); waiting for "
+                       f"the main pid: {ev.reason}"), [Persist(s.name)]
+    return replace(s, state=State.READY, pid=ev.pid, reason=""), [
         CancelTimer(s.name, Ev.READY_TIMEOUT.value), Persist(s.name)]
 
 
@@ -335,6 +360,13 @@ def stopping_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def stopping_stop_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    if s.pid is None:
+        # no main process to wait for (a forking service stopped before its main pid was
+        # known): its cgroup is killed, and that is its exit
+        gone = Event(Ev.EXITED, ev.now, status=ExitStatus("killed", signal=SIGKILL),
+                     deps_ready=ev.deps_ready)
+        nxt, acts = stopping_exited(s, gone, c)
+        return nxt, [Kill(s.name, SIGKILL, group=True)] + acts
     return replace(s, reason=f"did not stop within {c.stop_timeout:g} s: SIGKILL"), [
         Kill(s.name, SIGKILL, group=True)]
 
@@ -388,6 +420,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
 
     (S.STARTING, E.SPAWNED): starting_spawned,
     (S.STARTING, E.SPAWN_FAILED): starting_spawn_failed,
+    (S.STARTING, E.LAUNCHED): starting_launched,
     (S.STARTING, E.READY): starting_ready,
     (S.STARTING, E.EXITED): up_exited,
     (S.STARTING, E.READY_TIMEOUT): starting_ready_timeout,
@@ -458,7 +491,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
 # that lost a race with a state change) are harmless too.
 for _st in State:
     for _ev in (Ev.BACKOFF_DONE, Ev.READY_TIMEOUT, Ev.STOP_TIMEOUT, Ev.EXITED, Ev.READY,
-                Ev.HUNG, Ev.SPAWNED, Ev.SPAWN_FAILED):
+                Ev.HUNG, Ev.SPAWNED, Ev.SPAWN_FAILED, Ev.LAUNCHED):
         TABLE.setdefault((_st, _ev), _ignore)
 
 
