@@ -2,19 +2,22 @@
 
 Owns: finding `<log dir>/<NAME>.log` and its rotated copies, printing the last lines
 across them in order, and following the live file. Must not: write, rotate or truncate
-any log (the restarter owns them), or talk to the control socket: logs are read even when
-the restarter is down, which is when they matter most.
+any log (the logger owns them, docs/logs.md), or talk to the control socket: logs are
+read even when the restarter is down, which is when they matter most.
 
-Facts about the files it reads (written by `hachain.restarter.spawn`):
+Facts about the files it reads (written by `hachain.logger.files.LogFile`):
 
-- The service's stdout and stderr go to `<NAME>.log`, opened O_APPEND.
-- Rotation is copy-then-truncate: `.N-1` → `.N`, …, `.1` → `.2`, the live file is copied
-  to `.1`, then truncated to 0 in place (the service keeps its descriptor). So `.1` holds
-  what the live file held just before it shrank, and the oldest lines are in the highest
-  number.
-- A follower therefore sees the live file get *shorter*. What it had not read yet before
-  the truncation is at the same offsets in the fresh `.1`; it reads that tail from `.1`
-  and carries on from offset 0 of the live file.
+- The service's stdout and stderr end up in `<NAME>.log`, written by the logger only.
+- Rotation is by rename: `.keep-1` → `.keep` (replacing the oldest), …, the live file →
+  `.1`, and the next write creates a new live file. So `.1` is the newest rotated copy,
+  the oldest lines are in the highest number, and a file never changes once rotated.
+  Between a rotation and the next write there is no live file.
+- A follower holding a file open keeps reading it after it was renamed. When the live
+  path names another file, the one it holds is complete: it reads it to the end, then
+  goes on with the next newer file: the one numbered one below its own, or the live
+  file when its own is `.1`. A file rotated out of existence (more rotations than
+  `keep` while the follower was not reading) is simply gone; it goes on with the
+  oldest one left.
 """
 
 from __future__ import annotations
@@ -80,8 +83,8 @@ def last_lines(paths: list[str], n: int | None) -> tuple[list[bytes], int]:
     and how many bytes of the newest file were read (where a follower starts).
 
     Reads files newest first and stops once it has more than `n` lines. Files are joined
-    as bytes before splitting: a copy-truncate rotation can cut a line in two, and the
-    two halves belong together.
+    as bytes before splitting: a line longer than a whole file is cut across files, and
+    the pieces belong together.
     """
     buf = b""
     newest_len = 0
@@ -104,20 +107,11 @@ def last_lines(paths: list[str], n: int | None) -> tuple[list[bytes], int]:
 
 def follow(path: str, start: int, write: Callable[[bytes], None],
            stop: Callable[[], bool] = lambda: False, poll: float = POLL_SECONDS) -> None:
-    """Write what is appended to `path` from offset `start` on, until `stop()` is true.
-
-    Handles copy-truncate rotation, replacement (a new inode: start over at 0) and a
-    file that disappears for a while (wait for it). A rotation shows as the live file
-    shrinking below what was read, or as a new `.1` (a different inode or mtime) with
-    the live file now shorter than it; the second catches a service that wrote more
-    after the truncation than had been read before it. A `.1` still being copied is no
-    longer than the live file, so it is not mistaken for a finished rotation.
-    """
+    """Write what is appended to `path` from offset `start` on, until `stop()` is true,
+    through rotations (see the module's facts), replacement and a missing file."""
     pos = start
-    rotated = path + ".1"
-    seen = _signature(rotated)
     f: BinaryIO | None = None
-    ino = None
+    ino = -1
     try:
         while not stop():
             if f is None:
@@ -128,23 +122,18 @@ def follow(path: str, start: int, write: Callable[[bytes], None],
                     time.sleep(poll)
                     continue
             try:
-                st = os.stat(path)
+                live = os.stat(path).st_ino
             except FileNotFoundError:
-                st = None
-            if st is None or st.st_ino != ino:
-                _drain(f, pos, write)  # whatever the old file still had
+                live = None
+            if live is not None and live != ino:
+                # ours was rotated (or replaced): it is complete; read its end, go newer
+                _drain(f, pos, write)
                 f.close()
-                f, pos = None, 0
+                f, pos, ino = _open_next(path, ino)
                 continue
-            sig = _signature(rotated)
-            if st.st_size < pos or (sig != seen and sig is not None and st.st_size < sig[2]):
-                _catch_up_rotated(rotated, pos, write)
-                pos = 0
-                seen = sig
-            if st.st_size > pos:
-                # only up to the size just seen: a truncation in between must not make
-                # the new content at the old offsets look like the continuation
-                pos = _drain(f, pos, write, st.st_size)
+            size = os.fstat(f.fileno()).st_size
+            if size > pos:
+                pos = _drain(f, pos, write, size)
             else:
                 time.sleep(poll)
     finally:
@@ -152,13 +141,44 @@ def follow(path: str, start: int, write: Callable[[bytes], None],
             f.close()
 
 
-def _signature(path: str) -> tuple[int, int, int] | None:
-    """(inode, mtime in ns, size) of `path`, or None when it does not exist."""
+def _rotated(path: str) -> list[tuple[int, str]]:
+    """(number, path) of the rotated copies of `path`, newest (.1) first."""
+    d, base = os.path.split(path)
+    pat = re.compile(re.escape(base) + r"\.([0-9]+)$")
     try:
-        st = os.stat(path)
+        entries = os.listdir(d or ".")
     except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+        return []
+    return sorted((int(m.group(1)), os.path.join(d, e))
+                  for e in entries if (m := pat.match(e)))
+
+
+def _open_next(path: str, ino: int) -> tuple[BinaryIO | None, int, int]:
+    """The file that came after the one with inode `ino`, opened at 0 (None: let the
+    loop open the live file), with its inode."""
+    for _ in range(3):  # a rotation between the listing and the open: look again
+        rotated = _rotated(path)
+        nxt = None
+        for i, (_n, p) in enumerate(rotated):
+            try:
+                if os.stat(p).st_ino == ino:
+                    nxt = rotated[i - 1][1] if i > 0 else None
+                    break
+            except OSError:
+                continue
+        else:
+            nxt = rotated[-1][1] if rotated else None  # ours is gone: the oldest left
+        if nxt is None:
+            return None, 0, -1
+        try:
+            f = open(nxt, "rb")  # noqa: SIM115 - handed to the caller
+        except FileNotFoundError:
+            continue
+        new_ino = os.fstat(f.fileno()).st_ino
+        if new_ino != ino:
+            return f, 0, new_ino
+        f.close()
+    return None, 0, -1
 
 
 def _drain(f: BinaryIO, pos: int, write: Callable[[bytes], None],
@@ -172,16 +192,6 @@ def _drain(f: BinaryIO, pos: int, write: Callable[[bytes], None],
         write(chunk)
         pos += len(chunk)
     return pos
-
-
-def _catch_up_rotated(rotated: str, pos: int, write: Callable[[bytes], None]) -> None:
-    """After a truncation: the part of the fresh `.1` copy past `pos` was never shown."""
-    try:
-        with open(rotated, "rb") as r:
-            if os.fstat(r.fileno()).st_size > pos:
-                _drain(r, pos, write)
-    except OSError:
-        pass
 
 
 def _write_stdout(data: bytes) -> None:

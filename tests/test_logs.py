@@ -1,6 +1,6 @@
-"""`hachain logs`: the tail across rotated files, and following through copy-truncate.
+"""`hachain logs`: the tail across rotated files, and following through rotations.
 
-Rotation is done with the restarter's own `spawn.rotate_log`, so the follower is tested
+Files are written and rotated with the logger's own `LogFile`, so the follower is tested
 against the files the chain really produces. Waits are on content, bounded.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from hachain import logs
-from hachain.restarter.spawn import rotate_log
+from hachain.logger.files import LogFile
 from tests.conftest import RestarterRun, wait_until
 
 PY = sys.executable
@@ -55,22 +55,29 @@ def test_tail_crosses_rotated_files_oldest_first(tmp_path: Any) -> None:
 
 def test_a_line_cut_by_rotation_is_joined(tmp_path: Any) -> None:
     d = str(tmp_path)
-    _write(os.path.join(d, "a.log"), b"one\ntw")
-    assert rotate_log(d, "a", 0, 3) is True
-    _write(os.path.join(d, "a.log"), b"o\nthree\n")
-    assert logs.last_lines(logs.log_files(d, "a"), 2)[0] == [b"two\n", b"three\n"]
+    lf = LogFile(d, "a", 1024, 3)
+    long = b"L" * 1500 + b"\n"
+    lf.append(b"one\n")
+    lf.append(long)  # "one" goes to .2 whole; the long line is cut where .1 ends
+    lf.append(b"three\n")
+    assert os.path.getsize(os.path.join(d, "a.log.1")) == 1024
+    assert logs.last_lines(logs.log_files(d, "a"), 3)[0] == [b"one\n", long, b"three\n"]
 
 
 def test_real_rotation_loses_nothing_written_between_rotations(tmp_path: Any) -> None:
     d = str(tmp_path)
+    lf = LogFile(d, "svc", 1024, 100)
     expect = []
     for i in range(200):
         line = b"%04d %s\n" % (i, b"x" * 40)
         expect.append(line)
-        _write(os.path.join(d, "svc.log"), line)
-        rotate_log(d, "svc", 1024, 100)
+        lf.append(line)
+    assert lf.rotations >= 8
     got, _ = logs.last_lines(logs.log_files(d, "svc"), None)
     assert got == expect
+    for p in logs.log_files(d, "svc"):  # whole lines in every file: none cut by rotation
+        data = open(p, "rb").read()
+        assert data.endswith(b"\n") and len(data) <= 1024
 
 
 def test_cli_tail_and_errors(tmp_path: Any) -> None:
@@ -155,25 +162,10 @@ def follower(tmp_path: Any) -> Iterator[Any]:
         f.stop()
 
 
-def test_follow_catches_up_from_the_rotated_copy(tmp_path: Any) -> None:
-    """Read up to offset 7, then the file was rotated: the rest of it is in .1."""
-    d = str(tmp_path)
-    live = os.path.join(d, "w.log")
-    _write(live, b"seen 1\nunseen\n")
-    rotate_log(d, "w", 0, 3)
-    _write(live, b"new\n")
-    out: list[bytes] = []
-    logs.follow(live, 7, out.append, stop=lambda: b"new\n" in b"".join(out), poll=0.01)
-    assert b"".join(out) == b"unseen\nnew\n"
-
-
-def test_follow_sees_a_rotation_the_live_size_hides(tmp_path: Any) -> None:
-    """After the truncation the service wrote more than had been read before it: the live
-    file never looks shorter, the new .1 gives the rotation away."""
-    d = str(tmp_path)
-    live = os.path.join(d, "w.log")
-    _write(live, b"before\n")
-    release = threading.Event()
+def _held_follower(live: str, start: int) -> tuple[threading.Thread, threading.Event,
+                                                     threading.Event, list[bytes]]:
+    """follow() in a thread whose first write blocks until `release` is set."""
+    release, done = threading.Event(), threading.Event()
     got: list[bytes] = []
 
     def write(b: bytes) -> None:
@@ -181,45 +173,82 @@ def test_follow_sees_a_rotation_the_live_size_hides(tmp_path: Any) -> None:
         if len(got) == 1:
             release.wait(10)  # hold the follower while the file is rotated under it
 
-    done = threading.Event()
-    t = threading.Thread(target=logs.follow, args=(live, 7, write, done.is_set, 0.01))
+    t = threading.Thread(target=logs.follow, args=(live, start, write, done.is_set, 0.01))
     t.start()
+    return t, release, done, got
+
+
+@pytest.mark.parametrize("rotations", [1, 3])
+def test_follow_reads_every_file_rotated_while_it_was_held(tmp_path: Any,
+                                                           rotations: int) -> None:
+    """The follower is busy while the live file is rotated once, or several times:
+    it finishes its file, then reads each newer one, then the live file."""
+    d = str(tmp_path)
+    live = os.path.join(d, "w.log")
+    lf = LogFile(d, "w", 1024, 5)
+    lf.append(b"before\n")
+    t, release, done, got = _held_follower(live, 7)
+    expect = b""
     try:
-        _write(live, b"a1\n")
+        lf.append(b"a1\n")
+        expect += b"a1\n"
         wait_until(lambda: got, 10, "the first write")
-        _write(live, b"a2\n" + b"p" * 2000 + b"\n")
-        rotate_log(d, "w", 1024, 3)
-        _write(live, b"b1\n" + b"q" * 50 + b"\n")  # 55 bytes > the 10 read before
+        for r in range(rotations):
+            chunk = b"r%d " % r + b"p" * 1020 + b"\n"  # 1024: a file each
+            lf.append(chunk)
+            expect += chunk
+        lf.append(b"end\n")
+        expect += b"end\n"
+        assert lf.rotations == rotations + 1  # "end" needs a new file too
         release.set()
-        wait_until(lambda: b"b1\n" in b"".join(got), 10, "b1 to be followed")
+        wait_until(lambda: b"end\n" in b"".join(got), 10, "end to be followed")
     finally:
         release.set()
         done.set()
         t.join(10)
-    out = b"".join(got)
-    assert out == b"a1\na2\n" + b"p" * 2000 + b"\nb1\n" + b"q" * 50 + b"\n"
+    assert b"".join(got) == expect
 
 
-def test_follow_through_copy_truncate_while_writing(tmp_path: Any, follower: Any) -> None:
+def test_follow_goes_on_with_the_oldest_left_when_its_file_is_gone(tmp_path: Any) -> None:
+    """More rotations than `keep` while the follower was held: what was rotated out is
+    lost, the rest comes in order, nothing twice."""
     d = str(tmp_path)
     live = os.path.join(d, "w.log")
-    _write(live, b"before\n")
+    lf = LogFile(d, "w", 1024, 1)
+    t, release, done, got = _held_follower(live, 0)
+    try:
+        lf.append(b"first\n")
+        wait_until(lambda: got, 10, "the first write")
+        for r in range(4):
+            lf.append(b"r%d " % r + b"p" * 1020 + b"\n")  # a file each
+        lf.append(b"end\n")
+        release.set()
+        wait_until(lambda: b"end\n" in b"".join(got), 10, "end to be followed")
+    finally:
+        release.set()
+        done.set()
+        t.join(10)
+    # r0..r2 were rotated out of existence meanwhile
+    assert b"".join(got) == b"first\nr3 " + b"p" * 1020 + b"\nend\n"
+
+
+def test_follow_through_rotations_while_writing(tmp_path: Any, follower: Any) -> None:
+    d = str(tmp_path)
+    live = os.path.join(d, "w.log")
+    lf = LogFile(d, "w", 1024, 3)
+    lf.append(b"before\n")
     f = follower(live, os.path.getsize(live))
-    _write(live, b"a1\n")
+    lf.append(b"a1\n")
     f.wait_for(b"a1\n")
-    _write(live, b"a2\n" + b"p" * 2000 + b"\n")
-    rotate_log(d, "w", 1024, 3)
-    _write(live, b"b1\n")
-    f.wait_for(b"b1\n")
-    _write(live, b"c" * 3000 + b"\n")
-    rotate_log(d, "w", 1024, 3)
-    _write(live, b"q" * 5000 + b"\nd1\n")
-    f.wait_for(b"d1\n")
-    out = f.text()
-    assert out.startswith(b"a1\n") and b"before" not in out
-    for token in (b"a1\n", b"a2\n", b"b1\n", b"d1\n"):
-        assert out.count(token) == 1, (token, out[:200])
-    assert out.index(b"a2\n") < out.index(b"b1\n") < out.index(b"d1\n")
+    expect = b"a1\n"
+    for i in range(40):
+        line = b"%03d %s\n" % (i, b"x" * 60)
+        lf.append(line)
+        expect += line
+        if i % 10 == 9:
+            f.wait_for(line)
+    assert lf.rotations >= 2
+    assert f.text() == expect
 
 
 def test_follow_waits_for_a_replaced_or_missing_file(tmp_path: Any, follower: Any) -> None:

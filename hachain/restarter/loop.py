@@ -5,8 +5,8 @@ signal wakeup fd), the timer heap, dependency bookkeeping, re-adoption at start,
 heartbeat. Must not: decide a service's next state — that is `states.step`'s job; this
 module feeds it events and performs the `Action`s it returns.
 
-No polling: an idle restarter wakes only for its own heartbeat (each of which also
-checks the sizes of a slice of the service logs, every log about once a minute).
+No polling: an idle restarter wakes only for its own heartbeat. Service output goes
+through pipes to the logger process (`logpipe`, docs/logs.md), never through this loop.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 from hachain import channels
 from hachain.config import Config, ServiceConfig
-from hachain.restarter import graph, notify, probes, spawn, states
+from hachain.restarter import graph, logpipe, notify, probes, spawn, states
 from hachain.restarter.persist import RuntimeRecord, Store
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc
@@ -38,7 +38,6 @@ TIMER_BATCH = 16  # timers fired per loop round (1000 backoffs may end at once)
 START_BATCH = 32  # queued starts per loop round
 CHILD = -1  # in pidfds: the main process is our child, watched through SIGCHLD
 _PRIORITY = {"signal": 0, "control-listen": 0, "control-conn": 0}
-LOG_CHECK_SECONDS = 60.0  # how often each log's size is checked for rotation
 
 
 _held: list[bytes] | None = None  # log lines of the loop iteration in progress
@@ -122,8 +121,7 @@ class Restarter:
         self.shutting_down = False
         self.max_lag = 0.0
         self.beats = 0
-        self._log_check: deque[str] = deque()  # logs still to check in this minute
-        self._log_per_beat = 1
+        self.logs = logpipe.LogPipes(self.state_dir, self.log_dir, log)
         self.sel = selectors.EpollSelector()
         self.hb = channels.HeartbeatWriter(self.state_dir, "restarter", layer_restarts)
         self._sig_r, self._sig_w = socket.socketpair()
@@ -371,21 +369,26 @@ class Restarter:
                     "controller is not enabled here; the whole cgroup is still killed on stop")
             self._pids_limited.add(name)
         try:
-            sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path)
+            out_r, out_w = self.logs.pipe()
+        except OSError as e:
+            log(f"{name}: cannot start: output pipe: {e.strerror}")
+            self.feed(name, Ev.SPAWN_FAILED, now, reason=f"output pipe: {e.strerror}",
+                      transient=True)
+            return
+        try:
+            sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w)
         except (spawn.SpawnError, OSError) as e:
+            os.close(out_r)
             msg = str(e) if isinstance(e, spawn.SpawnError) else f"{e.strerror or e}"
             transient = e.transient if isinstance(e, spawn.SpawnError) else \
                 e.errno in spawn.TRANSIENT_ERRNOS
             log(f"{name}: cannot start: {msg}")
             self.feed(name, Ev.SPAWN_FAILED, now, reason=msg, transient=transient)
             return
+        finally:
+            os.close(out_w)
         self._watch(name, sp.pid, CHILD)
-        # The rotation check (a stat, and rarely a copy) comes right after the spawn
-        # rather than before it: the same check, off the restart path.
-        try:
-            spawn.rotate_log(self.log_dir, name, c.log_max_bytes, c.log_keep)
-        except OSError:
-            pass
+        self.logs.send(out_r, c)  # after the spawn: off the restart path
         if sp.ready_fd is not None:
             os.set_blocking(sp.ready_fd, False)
             self.ready_fds[name] = sp.ready_fd
@@ -720,26 +723,8 @@ class Restarter:
                       "services": len(self.svcs), "reboot_requested": self.reboot_requested})
         self.max_lag = 0.0
         self.control.expire(now)
-        self._check_logs()
+        self.logs.tick(now)
         self.arm("", "heartbeat", self.cfg.chain.heartbeat_interval, now)
-
-    def _check_logs(self) -> None:
-        """Rotate the logs of a slice of the services: each heartbeat takes its share, so
-        every log is checked about once a minute and no heartbeat stats 1000 files at
-        once (~7 ms for 1000, added to any restart that coincided)."""
-        if not self._log_check:
-            self._log_check.extend(self.conf)
-            beats = max(1.0, LOG_CHECK_SECONDS / self.cfg.chain.heartbeat_interval)
-            self._log_per_beat = max(1, -(-len(self._log_check) // int(beats)))
-        for _ in range(min(self._log_per_beat, len(self._log_check))):
-            n = self._log_check.popleft()
-            c = self.conf.get(n)
-            if c is None:
-                continue  # removed by a reload
-            try:
-                spawn.rotate_log(self.log_dir, n, c.log_max_bytes, c.log_keep)
-            except OSError:
-                pass
 
     def service_status(self, name: str, now: float) -> dict[str, Any]:
         s, c = self.svcs[name], self.conf[name]
@@ -884,6 +869,7 @@ class Restarter:
     def _run(self) -> int:
         self._install_signals()
         now = time.monotonic()
+        self.logs.start(now)
         self.adopt_or_start(now)
         self.flush()
         self.heartbeat(now)
@@ -997,6 +983,7 @@ class Restarter:
                 return False
             self._stop_levels.pop(0)
         self.flush()
+        self.logs.stop()
         # Nothing runs any more: the next restarter starts from the configuration (a
         # oneshot runs again), not from records of this run.
         for name in self.svcs:

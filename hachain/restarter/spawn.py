@@ -404,30 +404,6 @@ def open_log(log_dir: str, name: str) -> int:
                    os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
 
 
-def rotate_log(log_dir: str, name: str, max_bytes: int, keep: int) -> bool:
-    """Copy-and-truncate rotation of <name>.log once it exceeds max_bytes.
-
-    The service keeps its O_APPEND descriptor, so truncating in place is safe; lines
-    written between the copy and the truncation are lost (documented).
-    """
-    path = os.path.join(log_dir, name + ".log")
-    try:
-        if os.stat(path).st_size <= max_bytes:
-            return False
-    except OSError:
-        return False
-    for i in range(keep - 1, 0, -1):
-        src = f"{path}.{i}"
-        if os.path.exists(src):
-            os.replace(src, f"{path}.{i + 1}")
-    if keep > 0:
-        with open(path, "rb") as src_f, open(path + ".1", "wb") as dst:
-            while chunk := src_f.read(1 << 16):
-                dst.write(chunk)
-    os.truncate(path, 0)
-    return True
-
-
 def service_env(cfg: ServiceConfig, notify_socket: str | None) -> dict[str, str]:
     """The complete environment of a service: nothing of the chain's own beyond PATH."""
     env = {"PATH": DEFAULT_PATH, channels.ENV_SERVICE: cfg.name}
@@ -494,10 +470,13 @@ def _posix_spawn(cfg: ServiceConfig, env: dict[str, str], logfd: int) -> int:
 
 
 def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
-          notify_socket: str | None) -> Spawned:
-    """Start one service process. Raises SpawnError with a one-line reason."""
+          notify_socket: str | None, out: int | None = None) -> Spawned:
+    """Start one service process. Raises SpawnError with a one-line reason.
+
+    `out` is its stdout and stderr (the write end of its log pipe, which the caller
+    closes); None appends them to `<log_dir>/<name>.log` directly, unbounded."""
     try:
-        logfd = open_log(log_dir, cfg.name)
+        logfd = open_log(log_dir, cfg.name) if out is None else out
     except OSError as e:
         raise SpawnError(f"{log_dir}/{cfg.name}.log: {e.strerror}",
                          transient=e.errno in TRANSIENT_ERRNOS) from None
@@ -506,7 +485,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         try:
             ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         except OSError as e:
-            os.close(logfd)
+            if out is None:
+                os.close(logfd)
             raise SpawnError(f"readiness pipe: {e.strerror}", transient=True) from None
     if cfg.kind == "forking" and cfg.pid_file:
         remove_stale_pid_file(cfg.pid_file)
@@ -553,7 +533,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 cgroups.leave()
             except OSError:
                 pass
-        os.close(logfd)
+        if out is None:
+            os.close(logfd)
         if ready_w is not None:
             os.close(ready_w)
     if not any(n == "nofile" for n, _, _ in cfg.rlimits):

@@ -1,0 +1,369 @@
+"""hachain-logger: reads every service's output pipe and writes bounded log files.
+
+Owns: the read ends of the services' stdout/stderr pipes, the log files they go to
+(through `files.LogFile`), and the stash that keeps those read ends open while no logger
+runs. Must not: start, stop or signal a service, or decide anything about one. It is
+started by the restarter (docs/logs.md), one per chain, and outlives a restarter crash.
+
+Some facts this code relies on:
+
+- A pipe whose last read end closes makes every write to it fail with EPIPE, and
+  SIGPIPE kills a writer that does not handle it. So a read end must never be without a
+  holder while its service runs. A full pipe, on the other hand, only blocks the writer
+  until someone reads: that is the backpressure this logger gives a service writing
+  faster than the disk (or the logger) takes it, as s6-log and svlogd do.
+- A descriptor sent with SCM_RIGHTS and not yet received lives in the receiving
+  socket's queue: the kernel holds it open, owned by no process. The stash is such a
+  queue (a socketpair the restarter holds too): every read end the logger holds also
+  waits there, so a logger killed at any moment leaves them open, and its successor
+  takes them back. Entries of pipes that have since closed are dropped by compaction.
+- O_NONBLOCK on the read end belongs to the read end's open file only; the service's
+  write end stays blocking.
+- Pipe inodes are unique while the pipe exists, so (st_dev, st_ino) names a pipe across
+  the several descriptors that refer to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+from hachain import channels
+from hachain.logger import wire
+from hachain.logger.files import LogFile
+
+CHUNK = 64 * 1024  # one read per ready pipe per round: the default pipe capacity
+STASH_SLACK = 32  # stash messages beyond the minimum before it is compacted
+DRAIN_SECONDS = 1.0  # on SIGTERM: how long to keep reading what is still buffered
+IDLE_EXIT = 0  # exit status when there is nothing to hold and no restarter to serve
+LOCKED_EXIT = 3  # another logger holds the chain's lock
+
+
+def log(msg: str) -> None:
+    try:
+        os.write(2, channels.log_line("hachain-logger", msg))
+    except OSError:
+        pass
+
+
+class Pipe:
+    __slots__ = ("fd", "ino", "info")
+
+    def __init__(self, fd: int, ino: tuple[int, int], info: wire.PipeInfo) -> None:
+        self.fd = fd
+        self.ino = ino
+        self.info = info
+
+
+class Logger:
+    def __init__(self, state_dir: str, log_dir: str, socks: wire.Sockets,
+                 restarter_pid: int | None) -> None:
+        self.state_dir = state_dir
+        self.log_dir = log_dir
+        self.socks = socks
+        self.ep = select.epoll()
+        self.pipes: dict[int, Pipe] = {}
+        self.by_ino: dict[tuple[int, int], int] = {}
+        self.files: dict[str, LogFile] = {}
+        self.stashed = 0  # messages in the stash
+        self.stopping = False
+        self.restarter_fd: int | None = None
+        self.restarter_pid: int | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _s, _f: self._stop())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.handover = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        path = os.path.join(state_dir, wire.HANDOVER_SOCKET)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            self.handover.bind(path)
+        finally:
+            os.umask(old)
+        self.handover.listen(8)
+        self.handover.setblocking(False)
+        self.ep.register(self._wake_r.fileno(), select.EPOLLIN)
+        self.ep.register(self.handover.fileno(), select.EPOLLIN)
+        self.ep.register(socks.inbox_r.fileno(), select.EPOLLIN)
+        self.watch_restarter(restarter_pid)
+
+    def _stop(self) -> None:
+        self.stopping = True
+
+    # --- the restarter ----------------------------------------------------------------
+
+    def watch_restarter(self, pid: int | None) -> None:
+        """Follow the restarter `pid` (the one that started or last adopted us)."""
+        if self.restarter_fd is not None:
+            self.ep.unregister(self.restarter_fd)
+            os.close(self.restarter_fd)
+            self.restarter_fd = None
+        self.restarter_pid = None
+        if pid is None or pid <= 1:
+            return
+        try:
+            self.restarter_fd = os.pidfd_open(pid)
+        except OSError:
+            return
+        self.restarter_pid = pid
+        self.ep.register(self.restarter_fd, select.EPOLLIN)
+
+    def on_handover(self) -> None:
+        """A (new) restarter asks for the sockets: send them with our pid, then follow
+        it. Only a peer with our uid (or root) gets them."""
+        try:
+            conn, _ = self.handover.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        with conn:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+            if uid not in (0, os.geteuid()):
+                log(f"hand-over refused to pid {pid} (uid {uid})")
+                return
+            conn.settimeout(1.0)
+            try:
+                socket.send_fds(conn, [f'{{"pid": {os.getpid()}}}'.encode()],
+                                self.socks.fds())
+            except OSError as e:
+                log(f"hand-over to pid {pid} failed: {e}")
+                return
+        log(f"sockets handed over to the restarter (pid {pid}); "
+            f"{len(self.pipes)} pipe(s) held")
+        self.watch_restarter(pid)
+
+    def restarter_gone(self) -> bool:
+        if self.restarter_fd is None:
+            return True
+        return bool(select.select([self.restarter_fd], [], [], 0)[0])
+
+    # --- pipes and the stash ----------------------------------------------------------
+
+    def add(self, fd: int, info: wire.PipeInfo) -> None:
+        """Start reading a pipe (a duplicate of one held already is closed)."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return
+        ino = (st.st_dev, st.st_ino)
+        if ino in self.by_ino:
+            os.close(fd)
+            self.pipes[self.by_ino[ino]].info = info
+            return
+        os.set_blocking(fd, False)
+        self.pipes[fd] = Pipe(fd, ino, info)
+        self.by_ino[ino] = fd
+        self.ep.register(fd, select.EPOLLIN)
+        f = self.files.get(info.name)
+        if f is None:
+            self.files[info.name] = LogFile(self.log_dir, info.name, info.max_bytes, info.keep)
+        else:
+            f.configure(info.max_bytes, info.keep)
+
+    def drop(self, p: Pipe) -> None:
+        self.ep.unregister(p.fd)
+        os.close(p.fd)
+        del self.pipes[p.fd]
+        del self.by_ino[p.ino]
+        if not any(q.info.name == p.info.name for q in self.pipes.values()):
+            f = self.files.pop(p.info.name, None)
+            if f is not None:
+                f.close()
+
+    def stash(self, infos: list[wire.PipeInfo], fds: list[int]) -> bool:
+        try:
+            wire.send(self.socks.stash_w, infos, fds)
+        except BlockingIOError:
+            return False
+        self.stashed += 1
+        return True
+
+    def on_inbox(self) -> None:
+        """New read ends from the restarter: stash each message as it came, then read."""
+        for _ in range(64):
+            got = wire.recv(self.socks.inbox_r)
+            if got is None:
+                return
+            data, fds = got
+            infos = wire.decode(data, len(fds))
+            if infos is None:
+                log(f"malformed inbox message ({len(data)} bytes, {len(fds)} fds): dropped")
+                wire.close_all(fds)
+                continue
+            if not self.stash(infos, fds):
+                self.compact()
+                if not self.stash(infos, fds):
+                    log("stash full: a logger crash now would close these pipes")
+            for fd, info in zip(fds, infos, strict=True):
+                self.add(fd, info)
+
+    def compact(self) -> None:
+        """Copies of every live pipe in as few messages as can be, then the old
+        entries dropped: at no moment is a live pipe outside the stash."""
+        old = self.stashed
+        items = list(self.pipes.values())
+        for i in range(0, len(items), wire.MAX_FDS):
+            batch = items[i:i + wire.MAX_FDS]
+            if not self.stash([p.info for p in batch], [p.fd for p in batch]):
+                log("stash full while compacting")
+                return
+        for _ in range(old):
+            got = wire.recv(self.socks.stash_r)
+            if got is None:
+                break
+            wire.close_all(got[1])
+            self.stashed -= 1
+
+    def recover(self) -> int:
+        """Take back what a previous logger left in the stash; each message is put back
+        at once (behind a marker), so it is never out of the stash for longer than one
+        recv and one send. Returns the number of pipes recovered."""
+        token = f"{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            self.socks.stash_w.send(f'{{"marker": "{token}"}}'.encode())
+        except BlockingIOError:
+            log("stash full: cannot recover it")
+            return 0
+        before = len(self.pipes)
+        while True:
+            got = wire.recv(self.socks.stash_r)
+            if got is None:
+                break  # the marker was lost?  nothing more to take
+            data, fds = got
+            if not fds and token.encode() in data:
+                break
+            infos = wire.decode(data, len(fds))
+            if infos is None:
+                wire.close_all(fds)
+                continue
+            self.stash(infos, fds)
+            for fd, info in zip(fds, infos, strict=True):
+                self.add(fd, info)
+        self.compact()
+        return len(self.pipes) - before
+
+    def on_pipe(self, p: Pipe) -> bool:
+        """One read; False when the pipe reached its end (every writer closed it)."""
+        try:
+            data = os.read(p.fd, CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as e:
+            log(f"{p.info.name}: read error {e}; closing this pipe")
+            return False
+        if not data:
+            return False
+        f = self.files.get(p.info.name)
+        if f is None:
+            f = self.files[p.info.name] = LogFile(self.log_dir, p.info.name,
+                                                   p.info.max_bytes, p.info.keep)
+        had_error = f.error
+        f.append(data)
+        if f.error and f.error != had_error:
+            log(f"{p.info.name}: {f.error}; output is dropped until writes succeed")
+        return True
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        n = self.recover()
+        if n:
+            log(f"took back {n} pipe(s) from the stash")
+        while not self.stopping:
+            for fd, _ev in self.ep.poll(-1):
+                if fd == self._wake_r.fileno():
+                    try:
+                        self._wake_r.recv(512)
+                    except BlockingIOError:
+                        pass
+                elif fd == self.handover.fileno():
+                    self.on_handover()
+                elif fd == self.socks.inbox_r.fileno():
+                    self.on_inbox()
+                elif fd == self.restarter_fd:
+                    self.watch_restarter(None)
+                elif (p := self.pipes.get(fd)) is not None and not self.on_pipe(p):
+                    self.drop(p)
+            if self.stashed > len(self.pipes) // wire.MAX_FDS + 1 + STASH_SLACK:
+                self.compact()
+            if not self.pipes and self.restarter_gone() and not self._inbox_waiting():
+                log("no pipe to hold and no restarter: exiting")
+                return IDLE_EXIT
+        self.drain()
+        return 0
+
+    def _inbox_waiting(self) -> bool:
+        return bool(select.select([self.socks.inbox_r], [], [], 0)[0])
+
+    def drain(self) -> None:
+        """On SIGTERM: write what the pipes still hold (bounded), then exit."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        busy = True
+        while busy and time.monotonic() < deadline:
+            busy = False
+            for p in list(self.pipes.values()):
+                try:
+                    data = os.read(p.fd, CHUNK)
+                except (BlockingIOError, InterruptedError, OSError):
+                    continue
+                if data:
+                    self.files[p.info.name].append(data)
+                    busy = True
+        for f in self.files.values():
+            f.close()
+
+
+def take_lock(state_dir: str) -> int | None:
+    fd = os.open(os.path.join(state_dir, wire.LOCK_FILE),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hachain-logger")
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--log-dir", required=True)
+    p.add_argument("--restarter-pid", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        fds = [int(x) for x in os.environ.pop(wire.ENV_FDS, "").split(",")]
+        if len(fds) != 4:
+            raise ValueError
+        socks = wire.Sockets.from_fds(fds)
+    except (ValueError, OSError):
+        log(f"{wire.ENV_FDS} must name 4 inherited sockets")
+        return 2
+    lock = take_lock(args.state_dir)
+    if lock is None:
+        log(f"another logger is already running on {args.state_dir}")
+        return LOCKED_EXIT
+    lg = Logger(args.state_dir, args.log_dir, socks, args.restarter_pid)
+    log(f"writing service logs to {args.log_dir} (pid {os.getpid()})")
+    return lg.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""What the restarter and the logger pass each other: names and message formats.
+
+Owns: the hand-over socket's name, the environment variable naming the inherited
+sockets, and the one message format used on the inbox and in the stash. Stdlib only.
+
+A message is a datagram of JSON, `{"pipes": [{"name": N, "max": B, "keep": K}, ...]}`,
+carrying as many descriptors (SCM_RIGHTS) as it has entries, in the same order: the read
+ends of service pipes and the log limits of each. A marker (no entries, no descriptors)
+has `{"marker": T}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+
+HANDOVER_SOCKET = "logger.sock"  # in state_dir: a new restarter gets the sockets here
+LOCK_FILE = "logger.lock"  # in state_dir: one logger per chain
+ENV_FDS = "HACHAIN_LOGGER_FDS"  # "inbox_r,inbox_w,stash_r,stash_w", inherited
+MAX_FDS = 250  # per message (the kernel's SCM_MAX_FD is 253)
+MAX_MSG = 64 * 1024
+
+
+@dataclass(frozen=True)
+class PipeInfo:
+    """A pipe's owner and the limits of its log."""
+
+    name: str
+    max_bytes: int
+    keep: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "max": self.max_bytes, "keep": self.keep}
+
+
+@dataclass
+class Sockets:
+    """The four sockets a logger works with, held by the restarter as well.
+
+    inbox: the restarter sends new read ends on `inbox_w`; the logger receives them on
+    `inbox_r`. stash: the logger keeps a copy of every read end it holds in flight on
+    `stash_w` → `stash_r`, where the kernel keeps it open while no process has it.
+    """
+
+    inbox_r: socket.socket
+    inbox_w: socket.socket
+    stash_r: socket.socket
+    stash_w: socket.socket
+
+    @classmethod
+    def new(cls) -> Sockets:
+        inbox_r, inbox_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        stash_r, stash_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for s in (inbox_r, inbox_w, stash_r, stash_w):
+            s.setblocking(False)
+        return cls(inbox_r, inbox_w, stash_r, stash_w)
+
+    @classmethod
+    def from_fds(cls, fds: list[int]) -> Sockets:
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        for s in socks:
+            s.setblocking(False)
+        return cls(*socks)
+
+    def all(self) -> list[socket.socket]:
+        return [self.inbox_r, self.inbox_w, self.stash_r, self.stash_w]
+
+    def fds(self) -> list[int]:
+        return [s.fileno() for s in self.all()]
+
+    def close(self) -> None:
+        for s in self.all():
+            s.close()
+
+
+def encode(infos: list[PipeInfo]) -> bytes:
+    return json.dumps({"pipes": [i.to_json() for i in infos]},
+                      separators=(",", ":")).encode()
+
+
+def decode(data: bytes, nfds: int) -> list[PipeInfo] | None:
+    """The entries of a message, or None for a marker or a malformed message."""
+    try:
+        obj = json.loads(data)
+        out = [PipeInfo(str(p["name"]), int(p["max"]), int(p["keep"])) for p in obj["pipes"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if len(out) != nfds or any(i.max_bytes < 1 or i.keep < 0 or not i.name
+                               or "/" in i.name for i in out):
+        return None
+    return out
+
+
+def send(sock: socket.socket, infos: list[PipeInfo], fds: list[int]) -> None:
+    """One message; raises BlockingIOError when the socket's buffer is full."""
+    socket.send_fds(sock, [encode(infos)], fds)
+
+
+def recv(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """One message and its descriptors; None when nothing is queued."""
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, MAX_FDS + 3,
+                                                      socket.MSG_CMSG_CLOEXEC)
+    except (BlockingIOError, InterruptedError):
+        return None
+    return data, fds
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

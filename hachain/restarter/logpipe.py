@@ -1,0 +1,205 @@
+"""Effects: the restarter's side of the logger (docs/logs.md).
+
+Owns: the pipe each spawned service writes its stdout and stderr into, passing the read
+end to the logger, and keeping exactly one logger process running for the chain
+(starting it, taking it over from a previous restarter, restarting it when it dies).
+Must not: read a service's output or touch a log file (the logger does), or keep a
+descriptor per service: every descriptor the restarter holds is copied into each child
+it spawns, so it holds only the four sockets shared with the logger and a pidfd.
+
+Some facts this code relies on:
+
+- The inbox is a socketpair whose two ends the restarter and the logger both hold. A
+  read end sent on it waits in the receiving end's queue, which lives as long as
+  either process holds that end: a logger that dies loses nothing sent to it, and
+  a restarter that dies loses nothing it sent. Only a full queue (the logger far
+  behind) makes a send fail; such read ends wait here, in `pending`, and go out later.
+- A new restarter finds the running logger through its hand-over socket and receives
+  the four sockets from it (SCM_RIGHTS); when none answers, it starts a logger with
+  new sockets. A second logger started by mistake exits at once (the logger's lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+
+from hachain import channels
+from hachain.config import ServiceConfig
+from hachain.logger import wire
+from hachain.restarter import spawn
+
+RESTART_DELAY = 1.0  # between a logger's exit and its restart (init's delay for layers)
+PENDING_MAX = 4096  # read ends kept here while the inbox is full; then the oldest go
+STOP_SECONDS = 3.0  # how long an orderly shutdown waits for the logger to finish
+
+
+class LogPipes:
+    """The logger as the restarter sees it: sockets, pid, read ends still to send."""
+
+    def __init__(self, state_dir: str, log_dir: str, log: Callable[[str], None]) -> None:
+        self.state_dir = state_dir
+        self.log_dir = log_dir
+        self.log = log
+        self.socks: wire.Sockets | None = None
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self.started = 0  # loggers started by this restarter
+        self.due = 0.0  # when to (re)start the logger if none runs
+        self.pending: deque[tuple[int, wire.PipeInfo]] = deque()
+
+    # --- the logger process -------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Take over a running logger, or start one."""
+        if not self.adopt():
+            self.spawn_logger(now)
+
+    def adopt(self) -> bool:
+        """Ask a running logger for its sockets through the hand-over socket."""
+        path = os.path.join(self.state_dir, wire.HANDOVER_SOCKET)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            s.settimeout(2.0)
+            s.connect(path)
+            data, fds, _f, _a = socket.recv_fds(s, 4096, 8, socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            return False
+        finally:
+            s.close()
+        try:
+            pid = int(json.loads(data)["pid"])
+            if len(fds) != 4:
+                raise ValueError(f"{len(fds)} descriptors")
+        except (ValueError, KeyError, TypeError) as e:
+            wire.close_all(fds)
+            self.log(f"logger hand-over: bad answer ({e}); starting a new logger")
+            return False
+        if self.socks is not None:
+            self.socks.close()
+        self.socks = wire.Sockets.from_fds(fds)
+        self._watch(pid)
+        self.log(f"took over the running logger (pid {pid})")
+        return True
+
+    def spawn_logger(self, now: float) -> None:
+        if self.socks is None:
+            self.socks = wire.Sockets.new()
+        argv, env = channels.lean_python(sys.executable, "hachain.logger")
+        argv += ["--state-dir", self.state_dir, "--log-dir", self.log_dir,
+                 "--restarter-pid", str(os.getpid())]
+        env[wire.ENV_FDS] = ",".join(str(fd) for fd in self.socks.fds())
+        try:
+            with spawn.sigchld_unblocked():
+                p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                     pass_fds=self.socks.fds(), start_new_session=True)
+        except OSError as e:
+            self.log(f"cannot start the logger: {e}; retrying in {RESTART_DELAY} s")
+            self.due = now + RESTART_DELAY
+            return
+        p.returncode = 0  # reaped through SIGCHLD (spawn.keep_for_later), not by Popen
+        self.started += 1
+        self._watch(p.pid)
+        self.log(f"started the logger (pid {p.pid})")
+
+    def _watch(self, pid: int) -> None:
+        self._unwatch()
+        self.pid = pid
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError:
+            self.pidfd = None  # gone already: tick() sees it
+
+    def _unwatch(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+        self.pid = self.pidfd = None
+
+    def alive(self) -> bool:
+        if self.pidfd is None:
+            return False
+        return not select.select([self.pidfd], [], [], 0)[0]
+
+    def tick(self, now: float) -> None:
+        """From the heartbeat: notice a dead logger, restart it when due, send what waits."""
+        if self.pid is not None and not self.alive():
+            st = spawn.reap(self.pid)
+            self.log(f"logger (pid {self.pid}) {st.describe() if st else 'exited'}; "
+                     f"restarting in {RESTART_DELAY} s")
+            self._unwatch()
+            self.due = now + RESTART_DELAY
+        if self.pid is None and now >= self.due and not self.adopt():
+            self.spawn_logger(now)
+        self.flush()
+
+    def stop(self) -> None:
+        """At the end of an orderly shutdown (no service runs): let the logger write
+        what is left and exit; bounded."""
+        self.flush()
+        if self.pid is None or self.pidfd is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        select.select([self.pidfd], [], [], STOP_SECONDS)
+        spawn.reap(self.pid)
+        self._unwatch()
+
+    def status(self) -> dict[str, object]:
+        return {"pid": self.pid, "pending": len(self.pending), "started": self.started}
+
+    # --- pipes ------------------------------------------------------------------------
+
+    @staticmethod
+    def pipe() -> tuple[int, int]:
+        """(read end, write end) for a service about to be spawned."""
+        return os.pipe2(os.O_CLOEXEC)
+
+    def send(self, rfd: int, cfg: ServiceConfig) -> None:
+        """Give the read end of a spawned service's pipe to the logger."""
+        self.pending.append((rfd, wire.PipeInfo(cfg.name, cfg.log_max_bytes, cfg.log_keep)))
+        self.flush()
+
+    def flush(self) -> None:
+        """Send the waiting read ends, a batch per message, until the inbox is full."""
+        if self.socks is None:
+            self._bound_pending()
+            return
+        while self.pending:
+            batch = [self.pending[i] for i in range(min(len(self.pending), wire.MAX_FDS))]
+            try:
+                wire.send(self.socks.inbox_w, [i for _, i in batch], [fd for fd, _ in batch])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                self.log(f"cannot pass pipes to the logger: {e}")
+                break
+            for _ in batch:
+                os.close(self.pending.popleft()[0])
+        self._bound_pending()
+
+    def _bound_pending(self) -> None:
+        """Keep `pending` bounded while no logger takes anything: pipes whose writers
+        are all gone go first, then the oldest."""
+        if len(self.pending) <= PENDING_MAX:
+            return
+        p = select.poll()
+        for fd, _ in self.pending:
+            p.register(fd, select.POLLIN)
+        hung = {fd for fd, ev in p.poll(0) if ev & select.POLLHUP and not ev & select.POLLIN}
+        keep = deque((fd, i) for fd, i in self.pending if fd not in hung)
+        for fd in hung:
+            os.close(fd)
+        while len(keep) > PENDING_MAX:
+            fd, info = keep.popleft()
+            os.close(fd)
+            self.log(f"{info.name}: an output pipe was closed: no logger took it in time")
+        self.pending = keep
+
