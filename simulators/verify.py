@@ -183,7 +183,12 @@ class _Restarter:
         s = self.svcs[i]
         self.m.cells.add((s.state.value, kind.value))
         blocker = self.deps_blocker(i)
-        ev = Event(kind, EPOCH, deps_ready=not blocker, waiting_for=blocker, **kw)
+        rev = self.m.rev[i]
+        up = states.dependents_up(f"svc{i}", [f"svc{d}" for d in rev],
+                                  {f"svc{d}": self.m.confs[d] for d in rev},
+                                  {f"svc{d}": self.svcs[d] for d in rev})
+        ev = Event(kind, EPOCH, deps_ready=not blocker, waiting_for=blocker, dependents_up=up,
+                   **kw)
         try:
             nxt, actions = states.step(s, ev, self.m.confs[i])
         except states.InvalidTransition as e:
@@ -201,6 +206,10 @@ class _Restarter:
             for d in self.m.rev[i]:
                 if self.svcs[d].state is State.WAITING:
                     self.feed(d, Ev.DEPS_READY)
+        if new.state is not old.state or (new.pid is None) is not (old.pid is None):
+            for r in self.m.confs[i].requires:
+                if states.waits_for_dependents(self.svcs[self.m.index[r]]):
+                    self.feed(self.m.index[r], Ev.DEPS_READY)
         if states.went_down(old, new):
             for d in self.m.rev[i]:
                 if states.is_up(self.svcs[d]):
@@ -241,6 +250,10 @@ class _Restarter:
             self.timers[i].pop(a.kind, None)
         elif isinstance(a, states.Persist):
             self.dirty.add(i)
+        elif isinstance(a, states.StopDependents):
+            for d in self.m.rev[i]:
+                if states.is_up(self.svcs[d]):
+                    self.feed(d, Ev.DEPS_LOST, reason=a.reason)
         elif isinstance(a, states.RestartGroup):
             for d in self.m.all_dependents(i):
                 if states.is_up(self.svcs[d]):

@@ -73,6 +73,7 @@ requires = ["prepare"]
     go.touch()
     assert r.req("start", "prepare")["ok"]
     r.wait_state("app", "ready")
+    wait_until(lambda: _lines(str(started)), 10, "app to record its start")
     assert r.svc("prepare")["state"] == "done" and len(_lines(str(started))) == 1
 
 
@@ -89,6 +90,140 @@ intensity = {{ max_restarts = 10, window = 60 }}
 command = ["/bin/sh", "-c", "echo $(wc -l < {tries}) >> {started}; exec sleep 1000"]
 requires = ["prepare"]
 """)
-    r.wait_state("app", "ready")
+    app = r.wait_state("app", "ready")
+    wait_until(lambda: _lines(str(started)), 10, "app to record its start")
     assert _lines(str(started)) == ["3"]  # started once, after the third (good) run
-    assert r.svc("prepare")["state"] == "done"
+    st = r.status()
+    assert st["prepare"]["state"] == "done" and st["prepare"]["restarts"] == 2
+    assert st["app"]["pid"] == app["pid"] and st["app"]["restarts"] == 0
+
+
+STAMP = """\
+import os, signal, socket, sys, time
+name, path = sys.argv[1], sys.argv[2]
+def note(what):
+    with open(path, "a") as f:
+        f.write(f"{time.monotonic_ns()} {what} {name}\\n")
+def stop(*_):
+    note("stop")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+note("start")
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+while True:
+    signal.pause()
+"""
+
+
+def _chain(restarter, tmp_path, extra: str = ""):
+    """base <- mid <- top (each requires the one before), plus `loose`, which requires
+    base but keeps running when it restarts (restart_dependents = false). Each stamps
+    its start, then says READY=1; it stamps its stop on SIGTERM."""
+    import sys
+    script, stamps = tmp_path / "stamp.py", tmp_path / "stamps"
+    script.write_text(STAMP)
+
+    def cmd(name: str) -> str:
+        return f'["{sys.executable}", "{script}", "{name}", "{stamps}"]'
+    r = restarter(f"""
+[service.base]
+ready = "notify"
+command = {cmd("base")}
+backoff = {{ initial = 0.0, factor = 1.0, max = 0.0 }}
+{extra}
+[service.mid]
+ready = "notify"
+command = {cmd("mid")}
+requires = ["base"]
+[service.top]
+ready = "notify"
+command = {cmd("top")}
+requires = ["mid"]
+[service.loose]
+ready = "notify"
+command = {cmd("loose")}
+requires = ["base"]
+restart_dependents = false
+""")
+    pids = {n: r.wait_state(n, "ready")["pid"] for n in ("base", "mid", "top", "loose")}
+    wait_until(lambda: len(_lines(str(stamps))) == 3 * 4, 10, "four start stamps")
+    return r, stamps, pids
+
+
+def _events(stamps, skip: int) -> list[str]:
+    """The stamp lines after the first `skip`, as "what name", in stamp order."""
+    with open(stamps) as f:
+        rows = [line.split() for line in f.read().splitlines()[skip:]]
+    return [f"{w} {n}" for _, w, n in sorted(rows, key=lambda r: int(r[0]))]
+
+
+def _wait_new_pids(r, pids, names):
+    def done():
+        st = r.status()
+        return all(st[n]["state"] == "ready" and st[n]["pid"] != pids[n] for n in names)
+    wait_until(done, 20, f"{', '.join(names)} ready again with new pids")
+
+
+def test_restart_stops_dependents_first_and_starts_them_after(restarter, tmp_path):
+    r, stamps, pids = _chain(restarter, tmp_path)
+    assert r.req("restart", "base")["ok"]
+    _wait_new_pids(r, pids, ("base", "mid", "top"))
+    wait_until(lambda: len(_events(stamps, 4)) == 6, 10, "three stops and three starts")
+    assert _events(stamps, 4) == ["stop top", "stop mid", "stop base",
+                                  "start base", "start mid", "start top"]
+    assert r.svc("loose")["pid"] == pids["loose"]  # restart_dependents = false
+
+
+def test_crash_propagation_restarts_in_dependency_order(restarter, tmp_path):
+    """base dies on its own: its dependents stop (leaves first) before it starts again."""
+    import signal
+    r, stamps, pids = _chain(restarter, tmp_path)
+    os.kill(pids["base"], signal.SIGKILL)
+    _wait_new_pids(r, pids, ("base", "mid", "top"))
+    wait_until(lambda: len(_events(stamps, 4)) == 5, 10, "two stops and three starts")
+    assert _events(stamps, 4) == ["stop top", "stop mid",
+                                  "start base", "start mid", "start top"]
+    assert r.svc("loose")["pid"] == pids["loose"]
+
+
+def test_stop_stops_dependents_first_and_they_wait(restarter, tmp_path):
+    r, stamps, pids = _chain(restarter, tmp_path)
+    assert r.req("stop", "base")["ok"]
+    r.wait_state("base", "stopped")
+    st = r.status()
+    assert st["mid"]["state"] == "waiting" and st["top"]["state"] == "waiting"
+    assert st["mid"]["reason"] == "waiting for base: stopped by administrator"
+    assert st["top"]["reason"] == "waiting for mid: waiting"
+    assert _events(stamps, 4) == ["stop top", "stop mid", "stop base"]
+    assert r.req("start", "base")["ok"]
+    _wait_new_pids(r, pids, ("base", "mid", "top"))
+    wait_until(lambda: len(_events(stamps, 4)) == 6, 10, "three starts")
+    assert _events(stamps, 4)[3:] == ["start base", "start mid", "start top"]
+
+
+def test_table_holds_a_stop_until_dependents_are_down():
+    """The same decisions without processes: the state table holds the signal."""
+    from hachain.config import Backoff, ServiceConfig
+    from hachain.restarter import states
+    from hachain.restarter.policy import ExitStatus
+    from hachain.restarter.states import Ev, Event, State, Svc, step
+    c = ServiceConfig(name="db", command=("x",), backoff=Backoff(0.0, 1.0, 0.0))
+    s = Svc("db", state=State.READY, pid=10, started_at=0.0)
+    s, acts = step(s, Event(Ev.RESTART, 1, dependents_up="web"), c)
+    assert s.state is State.STOPPING and s.after_dependents and s.pid == 10
+    assert not any(isinstance(a, states.Kill) for a in acts)
+    assert states.StopDependents("db", "required service db is stopping") in acts
+    assert s.reason == "restarting (administrator); first stopping web"
+    s, acts = step(s, Event(Ev.DEPS_READY, 2, dependents_up="web"), c)
+    assert s.after_dependents and acts == []  # web still has a process
+    s, acts = step(s, Event(Ev.DEPS_READY, 3), c)
+    assert states.Kill("db", c.stop_signal) in acts and not s.after_dependents
+    assert s.reason == "restarting (administrator)"
+    # A crash with a dependent still up: no spawn until it is down.
+    s = Svc("db", state=State.READY, pid=11, started_at=0.0)
+    s, acts = step(s, Event(Ev.EXITED, 4, status=ExitStatus("killed", signal=9),
+                            dependents_up="web"), c)
+    assert s.state is State.WAITING and s.reason == "waiting for web to stop first"
+    assert not any(isinstance(a, states.Spawn) for a in acts)
+    s, acts = step(s, Event(Ev.DEPS_READY, 5), c)
+    assert s.state is State.STARTING and states.Spawn("db") in acts

@@ -276,7 +276,9 @@ class Restarter:
     def feed(self, name: str, kind: Ev, now: float, **kw: Any) -> None:
         s = self.svcs[name]
         blocker = states.deps_blocker(self.conf[name], self.svcs)
-        ev = Event(kind, now, deps_ready=not blocker, waiting_for=blocker, **kw)
+        ev = Event(kind, now, deps_ready=not blocker, waiting_for=blocker,
+                   dependents_up=states.dependents_up(name, self.rev.get(name, ()), self.conf,
+                                                      self.svcs), **kw)
         try:
             nxt, actions = states.step(s, ev, self.conf[name])
         except states.InvalidTransition as e:
@@ -320,6 +322,11 @@ class Restarter:
             for d in self.rev.get(name, ()):
                 if self.svcs[d].state is State.WAITING:
                     self.feed(d, Ev.DEPS_READY, now)
+        if new.state is not old.state or (new.pid is None) is not (old.pid is None):
+            # What it requires may be holding its stop or restart until it is down.
+            for r in self.conf[name].requires:
+                if (rs := self.svcs.get(r)) is not None and states.waits_for_dependents(rs):
+                    self.feed(r, Ev.DEPS_READY, now)
         if states.went_down(old, new) and not self.shutting_down:
             # its process ended (even if a new one is already starting)
             for d in self.rev.get(name, ()):
@@ -343,6 +350,10 @@ class Restarter:
             self.dirty.add(a.name)
             if self._admin_entry(a.name) != self.admin.get(a.name):
                 self.admin_dirty = True  # a restart leaves it alone: no O(services) flush
+        elif isinstance(a, states.StopDependents):
+            for d in self.rev.get(a.name, ()):
+                if a.name in self.conf[d].requires and states.is_up(self.svcs[d]):
+                    self.feed(d, Ev.DEPS_LOST, now, reason=a.reason)
         elif isinstance(a, states.RestartGroup):
             for d in graph.dependents(self.rev, a.name):
                 if states.is_up(self.svcs[d]):

@@ -17,6 +17,7 @@ States (as `hachain status` shows them):
                a oneshot while it runs (it is ready when done)
   ready        up and ready (a service with ready = "none" is ready once spawned)
   stopping     signalled to stop; SIGKILL of the whole group follows the stop timeout
+               (an orderly stop first waits for what requires it to be down)
   backoff      exited; waiting out the backoff delay before the next start
   maintenance  restart intensity exceeded: held down until `hachain clear NAME`
   failed       exited with a failure and its policy does not restart it, or cannot spawn
@@ -26,7 +27,7 @@ States (as `hachain status` shows them):
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -109,7 +110,13 @@ class Reboot:
     reason: str
 
 
-Action = Spawn | Kill | ArmTimer | CancelTimer | Persist | RestartGroup | Reboot
+@dataclass(frozen=True)
+class StopDependents:
+    name: str  # stop (to restart) what requires it and runs: it stops or starts after them
+    reason: str
+
+
+Action = Spawn | Kill | ArmTimer | CancelTimer | Persist | RestartGroup | Reboot | StopDependents
 
 UP_STATES = frozenset({State.STARTING, State.READY})
 SIGKILL = 9
@@ -132,6 +139,7 @@ class Svc:
     reason: str = ""
     restart_after_stop: bool = False  # stopping as part of a restart
     fail_after_stop: ExitStatus | None = None  # stopping because it hung / never got ready
+    after_dependents: bool = False  # stopping, its signal held until its dependents are down
 
 
 
@@ -160,6 +168,9 @@ class Event:
     status: ExitStatus | None = None
     deps_ready: bool = True
     waiting_for: str = ""  # when not deps_ready: "NAME: its state", for the status reason
+    # the services that require it, get restarted with it and still have a process
+    # ("a, b"): it stops, or starts again, only once they are down
+    dependents_up: str = ""
     reason: str = ""
     transient: bool = False  # SPAWN_FAILED: out of resources (fds, memory, pids), not the config
 
@@ -177,6 +188,12 @@ Handler = Callable[[Svc, Event, ServiceConfig], Result]
 # --- helpers shared by handlers ---------------------------------------------------------
 
 def _spawn_or_wait(s: Svc, ev: Event, reason: str = "") -> Result:
+    if ev.dependents_up:
+        # A restart: what requires it stops first (systemd's order), then it starts.
+        return (replace(s, state=State.WAITING, pid=None, after_dependents=False,
+                        reason=f"waiting for {ev.dependents_up} to stop first"),
+                [StopDependents(s.name, f"required service {s.name} is restarting"),
+                 Persist(s.name)])
     if not ev.deps_ready:
         why = f"waiting for {ev.waiting_for}" if ev.waiting_for else "waiting for dependencies"
         return replace(s, state=State.WAITING, reason=why), [Persist(s.name)]
@@ -194,8 +211,23 @@ def _begin_stop(s: Svc, c: ServiceConfig, **kw: object) -> Result:
     return replace(s, state=State.STOPPING, **kw), acts  # type: ignore[arg-type]
 
 
-def _after_exit(s: Svc, st: ExitStatus, now: float, c: ServiceConfig) -> Result:
+HELD = "; first stopping "  # in the reason of a stop held for its dependents
+
+
+def _ordered_stop(s: Svc, ev: Event, c: ServiceConfig, reason: str, **kw: object) -> Result:
+    """An orderly stop (administrator, restart, a required service restarting): what
+    requires it and runs is stopped first, leaves first; its own signal waits for them."""
+    if not ev.dependents_up:
+        return _begin_stop(s, c, reason=reason, **kw)
+    return (replace(s, state=State.STOPPING, after_dependents=True,  # type: ignore[arg-type]
+                    reason=reason + HELD + ev.dependents_up, **kw),
+            [CancelTimer(s.name, Ev.READY_TIMEOUT.value),
+             StopDependents(s.name, f"required service {s.name} is stopping")])
+
+
+def _after_exit(s: Svc, st: ExitStatus, ev: Event, c: ServiceConfig) -> Result:
     """The process is gone (not by our stop): apply kind, restart policy, intensity, backoff."""
+    now = ev.now
     uptime = now - s.started_at if s.started_at is not None else 0.0
     s = replace(s, pid=None, last_exit=st, restart_after_stop=False, fail_after_stop=None)
     clean = policy.is_clean(st, c.success_exit)
@@ -233,8 +265,7 @@ def _after_exit(s: Svc, st: ExitStatus, now: float, c: ServiceConfig) -> Result:
     delay = policy.next_delay(c.backoff, s.delay, uptime)
     s = replace(s, delay=delay)
     if delay <= 0:
-        return replace(s, state=State.STARTING, reason=f"restarted: {st.describe()}"), [
-            Spawn(s.name)]
+        return _spawn_or_wait(s, ev, reason=f"restarted: {st.describe()}")
     return (replace(s, state=State.BACKOFF,
                     reason=f"backoff {delay:g} s after {st.describe()}"),
             [ArmTimer(s.name, Ev.BACKOFF_DONE.value, delay)])
@@ -313,7 +344,7 @@ def starting_launched(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def up_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    st, acts = _after_exit(s, ev.status or ExitStatus("unknown"), ev.now, c)
+    st, acts = _after_exit(s, ev.status or ExitStatus("unknown"), ev, c)
     return st, [CancelTimer(s.name, Ev.READY_TIMEOUT.value)] + acts
 
 
@@ -328,29 +359,29 @@ def up_hung(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def up_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    st, acts = _begin_stop(s, c, want="down", reason="stopping (administrator)")
+    st, acts = _ordered_stop(s, ev, c, "stopping (administrator)", want="down")
     return st, acts + [Persist(s.name)]
 
 
 def up_restart(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    return _begin_stop(s, c, want="up", restart_after_stop=True,
-                       reason="restarting (administrator)")
+    return _ordered_stop(s, ev, c, "restarting (administrator)", want="up",
+                         restart_after_stop=True)
 
 
 def up_deps_lost(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     if not c.restart_dependents:
         return s, []
-    return _begin_stop(s, c, restart_after_stop=True,
-                       reason=f"restarting: {ev.reason or 'a required service went down'}")
+    return _ordered_stop(s, ev, c, f"restarting: {ev.reason or 'a required service went down'}",
+                         restart_after_stop=True)
 
 
 def stopping_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     acts: list[Action] = [CancelTimer(s.name, Ev.STOP_TIMEOUT.value)]
     st = ev.status or ExitStatus("unknown")
     if s.fail_after_stop is not None and s.want == "up":
-        nxt, more = _after_exit(s, s.fail_after_stop, ev.now, c)
+        nxt, more = _after_exit(replace(s, after_dependents=False), s.fail_after_stop, ev, c)
         return nxt, acts + more
-    s = replace(s, pid=None, last_exit=st)
+    s = replace(s, pid=None, last_exit=st, after_dependents=False)
     if s.want == "up" and s.restart_after_stop:
         nxt, more = _spawn_or_wait(s, ev)
         return nxt, acts + more + [Persist(s.name)]
@@ -369,6 +400,13 @@ def stopping_stop_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         return nxt, [Kill(s.name, SIGKILL, group=True)] + acts
     return replace(s, reason=f"did not stop within {c.stop_timeout:g} s: SIGKILL"), [
         Kill(s.name, SIGKILL, group=True)]
+
+
+def stopping_deps_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """A held stop: once nothing that requires it runs any more, signal it."""
+    if not s.after_dependents or ev.dependents_up:
+        return s, []
+    return _begin_stop(s, c, after_dependents=False, reason=s.reason.partition(HELD)[0])
 
 
 def stopping_start(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -451,7 +489,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPING, E.READY): _ignore,
     (S.STOPPING, E.HUNG): _ignore,
     (S.STOPPING, E.CLEAR): _ignore,
-    (S.STOPPING, E.DEPS_READY): _ignore,
+    (S.STOPPING, E.DEPS_READY): stopping_deps_ready,
     (S.STOPPING, E.DEPS_LOST): _ignore,
     (S.STOPPING, E.READY_TIMEOUT): _ignore,
 
@@ -524,6 +562,21 @@ def needs_ready_timer(c: ServiceConfig) -> bool:
     return c.kind != "oneshot" and c.ready != "none"
 
 
+def waits_for_dependents(s: Svc) -> bool:
+    """Held until what requires it is down: a stop, or a start after a restart."""
+    return s.after_dependents or (s.state is State.WAITING and s.want == "up")
+
+
+def dependents_up(name: str, dependents: Iterable[str], confs: Mapping[str, ServiceConfig],
+                  svcs: Mapping[str, Svc]) -> str:
+    """Of `name`'s direct dependents, those that `require` it, are restarted with it
+    (restart_dependents) and still have a process, as "a, b"."""
+    up = [d for d in dependents
+          if (ds := svcs.get(d)) is not None and ds.pid is not None
+          and name in confs[d].requires and confs[d].restart_dependents]
+    return ", ".join(up)
+
+
 def describe_for_dependents(s: Svc) -> str:
     """One service's state as its waiting dependents show it ("failed (exit status 3)")."""
     if s.state in (State.FAILED, State.MAINTENANCE, State.BACKOFF):
@@ -559,4 +612,5 @@ def initial(name: str) -> Svc:
 
 
 __all__ = ["State", "Ev", "Event", "Svc", "TABLE", "step", "InvalidTransition", "Spawn", "Kill",
-           "ArmTimer", "CancelTimer", "Persist", "RestartGroup", "Reboot", "Action", "field"]
+           "ArmTimer", "CancelTimer", "Persist", "RestartGroup", "Reboot", "StopDependents",
+           "Action", "field"]
