@@ -334,7 +334,7 @@ def starting_launched(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     init): finding the main pid then counts as success."""
     st = ev.status or ExitStatus("unknown")
     if st.kind != "unknown" and not policy.is_clean(st, c.success_exit):
-        nxt, acts = _after_exit(s, st, ev.now, c)
+        nxt, acts = _after_exit(s, st, ev, c)
         return nxt, [CancelTimer(s.name, Ev.READY_TIMEOUT.value)] + acts
     if ev.pid is None:
         return replace(s, pid=None, reason=f"launcher done ({st.describe()}); waiting for "
