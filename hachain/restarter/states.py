@@ -119,6 +119,7 @@ class StopDependents:
 Action = Spawn | Kill | ArmTimer | CancelTimer | Persist | RestartGroup | Reboot | StopDependents
 
 UP_STATES = frozenset({State.STARTING, State.READY})
+_RUNNING = UP_STATES | {State.STOPPING}
 SIGKILL = 9
 
 
@@ -395,7 +396,8 @@ def stopping_stop_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         # no main process to wait for (a forking service stopped before its main pid was
         # known): its cgroup is killed, and that is its exit
         gone = Event(Ev.EXITED, ev.now, status=ExitStatus("killed", signal=SIGKILL),
-                     deps_ready=ev.deps_ready)
+                     deps_ready=ev.deps_ready, waiting_for=ev.waiting_for,
+                     dependents_up=ev.dependents_up)
         nxt, acts = stopping_exited(s, gone, c)
         return nxt, [Kill(s.name, SIGKILL, group=True)] + acts
     return replace(s, reason=f"did not stop within {c.stop_timeout:g} s: SIGKILL"), [
@@ -570,9 +572,9 @@ def waits_for_dependents(s: Svc) -> bool:
 def dependents_up(name: str, dependents: Iterable[str], confs: Mapping[str, ServiceConfig],
                   svcs: Mapping[str, Svc]) -> str:
     """Of `name`'s direct dependents, those that `require` it, are restarted with it
-    (restart_dependents) and still have a process, as "a, b"."""
+    (restart_dependents) and still run (starting, ready or stopping), as "a, b"."""
     up = [d for d in dependents
-          if (ds := svcs.get(d)) is not None and ds.pid is not None
+          if (ds := svcs.get(d)) is not None and ds.state in _RUNNING
           and name in confs[d].requires and confs[d].restart_dependents]
     return ", ".join(up)
 
