@@ -56,7 +56,8 @@ from hachain.watchdog import health
 
 EPOCH = 1000.0  # the `now` every event carries; stored times are relative to it
 SIGKILL, SIGTERM = 9, 15
-MUTANTS = ("init-no-restart", "tickler-ignores-restarter", "adopt-duplicates")
+MUTANTS = ("init-no-restart", "tickler-ignores-restarter", "adopt-duplicates",
+           "layer-reads-live-file", "no-last-known-good")
 UP, DEAD, HUNG = "up", "dead", "hung"
 LAYERS = ("init", "restarter", "tickler")
 RESTARTS_CAP = 9  # `Svc.restarts` counts are clamped: nothing in the policy reads them
@@ -70,8 +71,10 @@ NOT_SENT, SENT, DONE = "not-sent", "sent", "done"
 # got SIGTERM and may exit at any moment).
 Proc = tuple[int, str, int, bool]
 
-# Transition kinds.
-FAULT, EVENT, TICK, REBOOT = "fault", "event", "tick", "reboot"
+# Transition kinds. An OPERATOR step (breaking the configuration file on disk) is not a
+# fault of the chain and is not counted against --faults; it is one-way, so the state
+# space stays finite, and convergence must hold on both sides of it.
+FAULT, EVENT, TICK, REBOOT, OPERATOR = "fault", "event", "tick", "reboot", "operator"
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,11 @@ class World:
     records: tuple[Record | None, ...]  # wiped at boot (tmpfs)
     maint: tuple[bool, ...]  # admin state: held in maintenance (persistent)
     crash_only: bool  # every fault since boot was a crash of a service/restarter/tickler
+    # the configuration file on disk no longer loads (persistent; the chain runs its
+    # snapshot: a layer start reads this run's running snapshot, a boot falls back to the
+    # last-known-good one, see hachain.snapshot)
+    cfg_broken: bool = False
+    snapshot: bool = True  # this run has a running snapshot (runtime: gone at a reset)
 
 
 @dataclass
@@ -378,10 +386,16 @@ class Model:
 
     # --- boot, gate, goal ------------------------------------------------------------
 
-    def boot(self, maint: tuple[bool, ...]) -> World:
+    def boot(self, prev: World | None = None) -> World:
         """Power on: init starts the restarter and the tickler (which arms the watchdog);
-        the runtime directory is empty, the persistent admin state is kept."""
-        w = replace(self.blank, maint=maint)
+        the runtime directory is empty; the persistent admin state and the file on disk
+        are kept (from `prev`, the state before the reset)."""
+        w = replace(self.blank, snapshot=False) if prev is None else replace(
+            self.blank, maint=prev.maint, cfg_broken=prev.cfg_broken, snapshot=False)
+        if not self.config_loads(w):  # no configuration at all: nothing starts
+            return replace(w, layers=(UP, DEAD, DEAD), hb_age=(0, self.age_cap),
+                           restart_in=(self.opts.restart_delay, self.opts.restart_delay))
+        w = replace(w, snapshot=True)
         r = _Restarter(self, w)
         r.adopt_or_start(boot=True)
         return r.heartbeat(r.into(w))
@@ -389,7 +403,7 @@ class Model:
     def panicked(self, w: World) -> World:
         """The machine is down (kernel panic): only the persistent state matters."""
         return replace(self.blank, kernel="panicked", layers=(DEAD, DEAD, DEAD),
-                       maint=w.maint, crash_only=False)
+                       maint=w.maint, crash_only=False, cfg_broken=w.cfg_broken)
 
     def gate_ok(self, w: World) -> bool:
         """The real health gate on the heartbeats the tickler would read now."""
@@ -426,8 +440,12 @@ class Model:
     def successors(self, w: World) -> list[Step]:
         """Every transition from `w`: faults, then urgent events, else one tick."""
         if w.kernel == "panicked":
-            return [Step("kernel panic: reboot (panic=N)", REBOOT, self.boot(w.maint))]
+            return [Step("kernel panic: reboot (panic=N)", REBOOT, self.boot(w))]
         out = list(self.faults(w))
+        if not w.cfg_broken:
+            out.append(Step("operator: the configuration file on disk is broken (a typo, "
+                            "no reload)", OPERATOR, replace(w, cfg_broken=True),
+                            urgent=False))
         events = list(self.events(w))
         out.extend(events)
         if not any(e.urgent for e in events):
@@ -511,9 +529,26 @@ class Model:
         notes = f" [{', '.join(r.notes)}]" if r.notes else ""
         return Step(label + notes, EVENT, r.into(w))
 
+    def config_loads(self, w: World) -> bool:
+        """Whether a starting layer gets a configuration. The real rule
+        (`hachain.snapshot.for_layer`): this run's running snapshot when there is one,
+        else the file, else the file's last-known-good snapshot. The mutants: every start
+        reads the live file, or there is no last-known-good snapshot."""
+        if self.opts.mutant == "layer-reads-live-file":
+            return not w.cfg_broken
+        if w.snapshot or not w.cfg_broken:
+            return True
+        return self.opts.mutant != "no-last-known-good"
+
     def layer_restart(self, w: World, li: int) -> Step:
-        """Init's fixed-delay restart of the restarter (re-adoption) or the tickler."""
-        w = replace(w, layers=_set(w.layers, li, UP), restart_in=_set(w.restart_in, li - 1, None))
+        """Init's restart of the restarter (re-adoption) or the tickler."""
+        name = LAYERS[li]
+        if not self.config_loads(w):  # it exits 2; init tries again
+            return Step(f"init restarts the {name}: it exits 2 (the file on disk is broken)",
+                        EVENT, replace(w, restart_in=_set(w.restart_in, li - 1,
+                                                          self.opts.restart_delay)))
+        w = replace(w, layers=_set(w.layers, li, UP), restart_in=_set(w.restart_in, li - 1, None),
+                    snapshot=True)
         if li == 2:  # the new tickler opens the device: SETTIMEOUT pets it
             return Step("init restarts the tickler", EVENT,
                         replace(w, wd=self.opts.wd_timeout, pet_in=1))
@@ -549,7 +584,7 @@ class Model:
                 wd, pet_in, label = self.opts.wd_timeout, self.opts.pet_interval, "tick (pet)"
         wd -= 1
         if wd <= 0:
-            return Step("tick: watchdog expired: reset, boot", REBOOT, self.boot(w.maint))
+            return Step("tick: watchdog expired: reset, boot", REBOOT, self.boot(w))
         return Step(label, TICK, replace(w2, wd=wd, pet_in=pet_in))
 
     def age_svc(self, s: Svc, i: int) -> Svc:
@@ -612,7 +647,7 @@ def explore(opts: Options) -> Report:
     """Breadth-first search over (state, faults used), then the three checks."""
     t0 = time.monotonic()
     m = Model(opts)
-    init = m.boot(m.blank.maint)
+    init = m.boot()
     succ: dict[World, list[tuple[str, World]]] = {}  # kind, next (labels recomputed)
     parent: dict[tuple[World, int], tuple[World, int] | None] = {(init, 0): None}
     first: dict[World, tuple[World, int]] = {init: (init, 0)}

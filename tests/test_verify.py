@@ -60,6 +60,8 @@ def test_no_faults_is_just_the_boot() -> None:
     ("init-no-restart", "needless_reboot", "fault: restarter crashed"),
     ("tickler-ignores-restarter", "no_convergence", "fault: restarter hung"),
     ("adopt-duplicates", "duplicate", "fault: restarter crashed"),
+    ("layer-reads-live-file", "needless_reboot", "fault: tickler crashed"),
+    ("no-last-known-good", "needless_reboot", "fault: init crashed"),
 ])
 def test_mutant_gives_counterexample(mutant: str, kind: str, fault: str) -> None:
     rep = explore(Options(mutant=mutant))
@@ -69,6 +71,21 @@ def test_mutant_gives_counterexample(mutant: str, kind: str, fault: str) -> None
     assert v["trace"][0] == "boot"
     assert any(line.startswith(fault) for line in v["trace"])
     assert sum(line.startswith("fault:") for line in v["trace"]) == 1
+
+
+def test_a_file_broken_on_disk_is_part_of_the_model() -> None:
+    """Issue 15: the operator's edit (not a fault) is explored on every path, the real
+    chain converges after it from every single fault, and the two mutants of the running
+    configuration fail on it: a layer restart that reads the live file, and a boot with
+    no last-known-good snapshot to fall back to."""
+    rep = explore(Options())
+    assert rep.ok and rep.others["no_convergence"] == 0
+    for mutant in ("layer-reads-live-file", "no-last-known-good"):
+        v = explore(Options(mutant=mutant)).violation
+        assert v is not None
+        assert any(line.startswith("operator: the configuration file on disk is broken")
+                   for line in v["trace"]), v["trace"]
+        assert "it exits 2 (the file on disk is broken)" in "\n".join(v["trace"])
 
 
 def test_adopt_duplicates_trace_is_short_and_names_the_second_copy() -> None:
