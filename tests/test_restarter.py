@@ -705,3 +705,25 @@ command = {svc("sleep")}
     assert f"cgroup {a.cg_root} belongs to another running chain" in p.stderr, p.stderr
     assert a.state_dir in p.stderr
     assert channels.pid_alive(pid) and a.svc("web")["pid"] == pid
+
+
+def test_decaying_intensity_on_real_processes(restarter):
+    """Issue 15.5: a service that runs 1 s (its own sleep, not the host's speed) before
+    each crash, with decay = 0.5 s: every second of uptime takes 2 off the count, so it
+    never goes above 1 and the service is never parked. The same crashes with a window
+    park a twin after max_restarts."""
+    r = restarter(f"""
+[service.rare]
+command = ["/bin/sh", "-c", "sleep 1; exit 1"]
+backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
+intensity = {{ max_restarts = 2, window = 60, action = "maintenance", decay = 0.5 }}
+[service.windowed]
+command = ["/bin/sh", "-c", "sleep 1; exit 1"]
+backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
+intensity = {{ max_restarts = 2, window = 60, action = "maintenance" }}
+""")
+    r.wait_state("windowed", "maintenance", timeout=30)
+    seen = wait_until(lambda: (s := r.svc("rare"))["restarts"] >= 4 and s, 30,
+                      "rare to crash and come back 4 times")
+    assert seen["state"] != "maintenance", seen
+    assert "failure count" not in seen["reason"]
