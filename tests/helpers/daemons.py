@@ -1,0 +1,249 @@
+"""Real Debian daemons under a real restarter: what tests/test_daemons.py and
+bench/daemons_bench.py share.
+
+Each daemon runs the way its Debian package runs it under systemd (the same binary,
+user, readiness protocol and stop signal), but on a free port on 127.0.0.1 and with all
+its files in a temporary directory. The directory is world-traversable (0755): the
+daemons run as their own users (postgres, redis) and must reach the restarter's notify
+socket in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from hachain import importer
+from tests.conftest import ROOT as ROOT_DIR
+from tests.conftest import RestarterRun, wait_until
+
+__all__ = ["ROOT_DIR", "RestarterRun"]
+
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1:] or ["/usr/lib/postgresql/15/bin"]
+POSTGRES = os.path.join(PG_BIN[0], "postgres")
+INITDB = os.path.join(PG_BIN[0], "initdb")
+REDIS = "/usr/bin/redis-server"
+NGINX = "/usr/sbin/nginx"
+NGINX_UNIT = "/lib/systemd/system/nginx.service"
+NEEDED = {"postgresql": POSTGRES, "redis-server": REDIS, "nginx-light": NGINX,
+          "nginx-light (its unit)": NGINX_UNIT}
+
+
+def missing() -> str:
+    """Why the daemons cannot run here, or ''."""
+    gone = [pkg for pkg, path in NEEDED.items() if not os.path.exists(path)]
+    if gone:
+        return f"not installed: {', '.join(gone)}; run `bash scripts/setup.sh --test`"
+    if os.geteuid() != 0:
+        return "the daemon tests run their daemons as their own users: needs root"
+    return ""
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(port: int, timeout: float = 2.0) -> str:
+    """The status line of GET / on 127.0.0.1:port ('' when it does not answer)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            return s.recv(4096).decode(errors="replace").split("\r\n", 1)[0]
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def daemon_dir() -> Iterator[str]:
+    """A temporary directory the daemons' users can traverse; removed afterwards."""
+    d = tempfile.mkdtemp(prefix="hachain-daemons-", dir="/tmp")
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def restarter(tmp: str, body: str) -> Iterator[RestarterRun]:
+    """A started restarter on `body`; on the way out its services are stopped and its
+    cgroup tree removed (so nothing it started is left running)."""
+    r = RestarterRun(tmp, body)
+    try:
+        r.start()
+        yield r
+    finally:
+        r.cleanup()
+
+
+def _own(path: str, user: str) -> None:
+    import pwd
+    pw = pwd.getpwnam(user)
+    os.makedirs(path, exist_ok=True)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    os.chmod(path, 0o700)
+
+
+@dataclass
+class Daemon:
+    name: str
+    body: str  # the [service.NAME] table
+    port: int
+    check: Callable[[], bool]  # does it answer?
+
+
+def postgres(tmp: str) -> Daemon:
+    """PostgreSQL as postgresql@.service runs it: as postgres, notify readiness, SIGINT is
+    its "fast shutdown". initdb into tmp/pg (trust auth, no fsync at init)."""
+    port = free_port()
+    data, sock = os.path.join(tmp, "pg", "data"), os.path.join(tmp, "pg", "sock")
+    _own(os.path.dirname(data), "postgres")
+    _own(sock, "postgres")
+    subprocess.run([INITDB, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync",
+                    "--no-instructions", "-E", "UTF8", "--locale", "C"], user="postgres",
+                   cwd="/", check=True, capture_output=True, timeout=60)
+    body = f"""
+[service.pg]
+command = ["{POSTGRES}", "-D", "{data}", "-p", "{port}", "-k", "{sock}",
+           "-c", "listen_addresses=127.0.0.1", "-c", "shared_buffers=16MB"]
+user = "postgres"
+group = "postgres"
+ready = "notify"
+ready_timeout = 30
+stop_signal = "SIGINT"
+stop_timeout = 30
+backoff = {{ initial = 0.1, factor = 1 }}
+intensity = {{ max_restarts = 20, window = 60 }}
+"""
+    return Daemon("pg", body, port, lambda: psql(port, "select 1") == "1")
+
+
+def psql(port: int, sql: str) -> str | None:
+    """One statement through psql over TCP; its unaligned output, or None on failure."""
+    r = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d",
+                        "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                       capture_output=True, text=True, timeout=20, check=False)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def redis(tmp: str) -> Daemon:
+    """redis-server as redis-server.service runs it: as redis, --supervised systemd
+    (notify), no persistence to disk here."""
+    port = free_port()
+    d = os.path.join(tmp, "redis")
+    _own(d, "redis")
+    body = f"""
+[service.redis]
+command = ["{REDIS}", "--port", "{port}", "--bind", "127.0.0.1", "--dir", "{d}",
+           "--save", "", "--appendonly", "no", "--supervised", "systemd",
+           "--daemonize", "no", "--logfile", ""]
+user = "redis"
+group = "redis"
+ready = "notify"
+ready_timeout = 30
+stop_timeout = "infinity"
+backoff = {{ initial = 0.1, factor = 1 }}
+intensity = {{ max_restarts = 20, window = 60 }}
+"""
+    return Daemon("redis", body, port, lambda: redis_cli(port, "ping") == "PONG")
+
+
+def redis_cli(port: int, *args: str) -> str | None:
+    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+                       capture_output=True, text=True, timeout=10, check=False)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def nginx_conf(tmp: str, port: int, pid_file: str) -> str:
+    """An nginx.conf that listens on 127.0.0.1:port and keeps its files in tmp."""
+    d = os.path.join(tmp, "nginx")
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 2;
+pid {pid_file};
+error_log stderr notice;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "hachain\\n"; }}
+    }}
+}}
+""")
+    return conf
+
+
+def nginx_foreground(tmp: str) -> Daemon:
+    """nginx in the foreground (daemon off), ready when its port accepts."""
+    port = free_port()
+    conf = nginx_conf(tmp, port, os.path.join(tmp, "nginx", "fg.pid"))
+    body = f"""
+[service.nginx]
+command = ["{NGINX}", "-c", "{conf}", "-e", "stderr", "-g", "daemon off;"]
+ready = "tcp"
+ready_port = {port}
+ready_timeout = 30
+stop_signal = "SIGQUIT"
+backoff = {{ initial = 0.1, factor = 1 }}
+intensity = {{ max_restarts = 20, window = 60 }}
+"""
+    return Daemon("nginx", body, port, lambda: http_get(port).endswith("200 OK"))
+
+
+def nginx_forking(tmp: str) -> tuple[Daemon, list[str]]:
+    """nginx from Debian's own nginx.service through `hachain import` (Type=forking,
+    PIDFile=): the imported service with only the configuration file and its pid file
+    pointed into tmp, and restart = "always" (the unit says Restart=no) with the same
+    fixed 0.1 s restart delay as the others (systemd's RestartSec default). Also returns
+    the import's warnings."""
+    port = free_port()
+    _, conv = importer.import_files([NGINX_UNIT])
+    svc = dict(conv.services["nginx"])
+    pid_file = os.path.join(tmp, "nginx", "forking.pid")
+    conf = nginx_conf(tmp, port, pid_file)
+    svc["command"] = svc["command"] + ["-c", conf, "-e", "stderr"]
+    svc["pid_file"] = pid_file
+    svc["restart"] = "always"
+    svc["backoff"] = {"initial": 0.1, "factor": 1}
+    svc["intensity"] = {"max_restarts": 20, "window": 60}
+    body = importer.to_toml(importer.Conversion(services={"nginx": svc}), [NGINX_UNIT])
+    return Daemon("nginx", body, port, lambda: http_get(port).endswith("200 OK")), \
+        conv.warnings
+
+
+def wait_ready(r: RestarterRun, d: Daemon, old_pid: int | None = None,
+               timeout: float = 30.0) -> dict:
+    """Wait until `d` is ready (with a pid other than old_pid) and answers."""
+    st = wait_until(lambda: (s := r.status().get(d.name, {})).get("state") == "ready"
+                    and s.get("pid") not in (None, old_pid) and s, timeout,
+                    f"{d.name} ready" + (f" with a pid other than {old_pid}" if old_pid else ""))
+    wait_until(d.check, timeout, f"{d.name} answering on 127.0.0.1:{d.port}")
+    return st
+
+
+def kill_and_time(r: RestarterRun, d: Daemon) -> tuple[float, int]:
+    """SIGKILL the main process; seconds until the service is ready again, new pid."""
+    pid = r.svc(d.name)["pid"]
+    t0 = time.monotonic()
+    os.kill(pid, 9)
+    st = wait_until(lambda: (s := r.status().get(d.name, {})).get("state") == "ready"
+                    and s.get("pid") not in (None, pid) and s, 30,
+                    f"{d.name} ready again after SIGKILL", interval=0.005)
+    return time.monotonic() - t0, st["pid"]
