@@ -51,6 +51,7 @@ ENV_STATE_DIR = "HACHAIN_STATE_DIR"
 ENV_SIM_WATCHDOG = "HACHAIN_SIM_WATCHDOG"  # socket path of the software watchdog
 ENV_SERVICE = "HACHAIN_SERVICE"  # set in every service's environment: its name
 ENV_LAYER_RESTARTS = "HACHAIN_LAYER_RESTARTS"
+ENV_INIT_PID = "HACHAIN_INIT_PID"  # init's pid, for its children to notice it is gone
 # Sockets init creates once and hands to every restarter it starts (inherited fds), so
 # what is queued on them survives a restarter crash: a READY=1 sent while no restarter
 # ran is read by the next one, and a client connecting meanwhile waits in the backlog.
@@ -392,6 +393,31 @@ def proc_ppid(pid: int) -> int | None:
         return int(raw[raw.rindex(b")") + 2:].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def init_from_env() -> tuple[int, int | None] | None:
+    """The init that started this layer: its pid ($HACHAIN_INIT_PID) and start time, or
+    None when no init started it (a layer run on its own)."""
+    try:
+        pid = int(os.environ.get(ENV_INIT_PID, ""))
+    except ValueError:
+        return None
+    return pid, proc_start_time(pid)
+
+
+def init_gone(init: tuple[int, int | None] | None) -> str | None:
+    """Why the init that started this layer no longer runs (dead, a zombie, or its pid now
+    names another process), or None. Checked on every heartbeat: the layers' answer to an
+    orphaned chain (docs/init.md). By pid and start time rather than getppid(), so a
+    layer started through a wrapper that does not exec is never taken for an orphan."""
+    if init is None:
+        return None
+    if init[1] is None:  # no /proc to read (or init gone before we looked): the parent
+        return None if os.getppid() == init[0] else f"init (pid {init[0]}) is gone"
+    st = proc_stat(init[0])
+    if st is not None and st[0] not in ("Z", "X") and st[1] == init[1]:
+        return None
+    return f"init (pid {init[0]}) is gone"
 
 
 def pid_alive(pid: int) -> bool:

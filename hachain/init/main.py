@@ -355,6 +355,7 @@ class Init:
         env[channels.ENV_STATE_DIR] = self.opts.state_dir
         env[channels.ENV_CHAIN_ID] = self.chain_id
         env[ENV_LAYER_RESTARTS] = str(child.restarts)
+        env[channels.ENV_INIT_PID] = str(os.getpid())  # so an orphaned layer can tell
         for name, sock in self.held.items():
             if child.name == "restarter":
                 env[name] = str(sock.fileno())

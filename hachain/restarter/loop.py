@@ -119,6 +119,8 @@ class Restarter:
         self.restart_times: deque[float] = deque()
         self.reboot_requested: str | None = None
         self.shutting_down = False
+        self.init = channels.init_from_env()
+        self.orphaned: str | None = None  # why init is gone, once a heartbeat saw it
         self.max_lag = 0.0
         self.beats = 0
         self.logs = logpipe.LogPipes(self.state_dir, self.log_dir, log)
@@ -733,6 +735,7 @@ class Restarter:
                       "restart_rate": len(self.restart_times) / STORM_WINDOW,
                       "services": len(self.svcs), "reboot_requested": self.reboot_requested})
         self.max_lag = 0.0
+        self.orphaned = self.orphaned or channels.init_gone(self.init)
         self.control.expire(now)
         self.logs.tick(now)
         self.arm("", "heartbeat", self.cfg.chain.heartbeat_interval, now)
@@ -906,6 +909,8 @@ class Restarter:
             self.flush()
             if self.shutting_down and self._shutdown_step(now):
                 return 0
+            if self.orphaned and not self.shutting_down:
+                return self._leave_orphaned(now)
             timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else 1.0
             if self.children_pending:
                 self._reap_children(now)
@@ -978,6 +983,15 @@ class Restarter:
                 self._stop_levels = list(reversed(graph.start_levels(self.deps)))
             elif sig == signal.SIGHUP and not self.shutting_down:
                 self.reload(now)
+
+    def _leave_orphaned(self, now: float) -> int:
+        """Init is gone: exit at once, stopping nothing, every record written (flush ran
+        this round), for the restarter of the next `hachain run` to re-adopt."""
+        up = sum(1 for s in self.svcs.values() if s.pid)
+        log(f"{self.orphaned}: exiting, leaving {up} running service(s) to the next chain")
+        for u in self.store.unwritten(now, limit=len(self.store.queue.pending)):
+            log(f"error: exiting with {u['path']} unwritten ({u['error']}): lost")
+        return 0
 
     def _shutdown_step(self, now: float) -> bool:
         """Advance the orderly shutdown; True when every service is down."""

@@ -132,6 +132,8 @@ class Tickler:
         self.gate = health.GateResult(True, ())
         self.failing = False
         self.stop_requested = False
+        self.init = channels.init_from_env()
+        self.orphaned: str | None = None  # why init is gone, once it is
         self.sel: selectors.BaseSelector | None = None  # the loop's, while it runs
         self.watched: dict[str, tuple[int, int]] = {}  # layer -> (pid, pidfd or -1)
         self.dead: set[int] = set()
@@ -258,6 +260,9 @@ class Tickler:
 
     def tick(self, now: float) -> None:
         """Evaluate the gate; pet when it passes and a pet is due; publish the heartbeat."""
+        if (why := channels.init_gone(self.init)) is not None:
+            self.orphaned, self.stop_requested = why, True  # never pet for a chain with no init
+            return
         hbs, alive = self.observe()
         self.gate = health.evaluate(now, hbs, alive, self.wdc, self.started)
         if self.gate.ok:
@@ -343,7 +348,20 @@ class Tickler:
         self.stop_requested = True
 
     def shutdown(self) -> int:
-        """Orderly stop: magic close (disarm) unless nowayout. Returns 0."""
+        """Orderly stop: magic close (disarm) unless nowayout. Returns 0. Orphaned (init
+        gone): a plain close, so the device stays armed for the next chain to take over."""
+        if self.orphaned:
+            if self.wd is None:
+                log(f"{self.orphaned}: exiting (no device: nothing will reset this machine)")
+                return 0
+            try:
+                self.wd.close()
+            except WatchdogError:
+                pass
+            log(f"{self.orphaned}: exiting without the magic close: the watchdog stays "
+                f"armed and resets the machine unless a new chain's tickler opens it within "
+                f"its timeout ({self.timeout} s)")
+            return 0
         if self.wd is None:
             log("stopping (no device)")
             return 0

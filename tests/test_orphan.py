@@ -1,0 +1,182 @@
+"""An orphaned chain (issue 20.7): `hachain run` (init as a subreaper) is SIGKILLed.
+
+The restarter and the tickler notice within a heartbeat that init is gone and exit,
+stopping nothing; the next `hachain run` re-adopts the services (same pids, no second
+start). Real processes: a whole chain on a config with device "none" in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hachain import channels, client
+from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
+from tests.conftest import svc, wait_until
+
+HEARTBEAT = 0.2  # [chain] heartbeat_interval: the restarter looks for init once per beat
+HB_TIMEOUT = 3.0  # [watchdog] heartbeat_timeout: the bound for an orphaned layer to exit
+
+
+class Chains:
+    """`hachain run` on one configuration, started as often as a test asks; cleans up
+    every init, layer and service it saw."""
+
+    def __init__(self, tmp: str, body: str) -> None:
+        self.tmp = tmp
+        self.state_dir = os.path.join(tmp, "run")
+        mount = find_cgroup2_mount()
+        self.cg = os.path.join(mount, f"hachain-orphantest-{os.getpid()}") \
+            if mount and os.access(mount, os.W_OK) else None
+        self.config = os.path.join(tmp, "chain.toml")
+        with open(self.config, "w") as f:
+            f.write(f'[chain]\nstate_dir = "{self.state_dir}"\n'
+                    f'persist_dir = "{os.path.join(tmp, "persist")}"\n'
+                    f'cgroup_root = "{self.cg or "none"}"\n'
+                    f'heartbeat_interval = {HEARTBEAT}\nrestart_delay = 0.3\n'
+                    f'[watchdog]\ndevice = "none"\nheartbeat_timeout = {HB_TIMEOUT}\n' + body)
+        self.inits: list[subprocess.Popen[bytes]] = []
+        self.pids: set[int] = set()  # layers and services seen
+
+    def run(self) -> subprocess.Popen[bytes]:
+        with open(os.path.join(self.tmp, "chain.log"), "ab") as log:
+            p = subprocess.Popen([sys.executable, "-m", "hachain.cli", "run", "-c",
+                                  self.config], stdout=log, stderr=log)
+        self.inits.append(p)
+        return p
+
+    def layer_pid(self, layer: str, init: subprocess.Popen[bytes]) -> int | None:
+        """The pid of `layer` as started by `init` (from init's heartbeat)."""
+        hb = channels.read_heartbeat(self.state_dir, "init")
+        if hb is None or hb.pid != init.pid:
+            return None
+        pid = (hb.extra.get("children", {}).get(layer) or {}).get("pid")
+        if pid:
+            self.pids.add(pid)
+        return pid
+
+    def status(self) -> dict[str, Any]:
+        try:
+            st = client.request(self.state_dir, {"op": "status"}, timeout=2).get("services", {})
+        except client.ControlError:
+            return {}
+        self.pids |= {s["pid"] for s in st.values() if s["pid"]}
+        return st
+
+    def ready(self, n: int) -> dict[str, Any] | None:
+        st = self.status()
+        return st if len(st) == n and all(s["state"] == "ready" for s in st.values()) else None
+
+    def log(self) -> str:
+        with open(os.path.join(self.tmp, "chain.log"), errors="replace") as f:
+            return f.read()
+
+    def cleanup(self) -> None:
+        for p in reversed(self.inits):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+        for pid in self.pids:  # only processes this test's chains started
+            try:
+                if channels.pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if self.cg:
+            remove_cgroup_tree(self.cg)
+
+
+@pytest.fixture
+def chains(tmp_path: Any) -> Iterator[Chains]:
+    made: list[Chains] = []
+
+    def make(body: str) -> Chains:
+        c = Chains(str(tmp_path), body)
+        made.append(c)
+        return c
+
+    yield make  # type: ignore[misc]
+    for c in made:
+        c.cleanup()
+
+
+def services(tmp_path: Any) -> str:
+    return (f'[service.a]\ncommand = {svc("record", str(tmp_path / "starts"))}\n'
+            f'[service.b]\ncommand = {svc("record", str(tmp_path / "starts"))}\n'
+            f'[service.n]\ncommand = {svc("notify")}\nready = "notify"\n')
+
+
+def starts(tmp_path: Any) -> list[str]:
+    p = tmp_path / "starts"
+    return p.read_text().split() if p.exists() else []
+
+
+def kill_init(c: Chains, init: subprocess.Popen[bytes]) -> tuple[int, int]:
+    """SIGKILL `init`; its restarter and tickler pids."""
+    rpid = wait_until(lambda: c.layer_pid("restarter", init), 10, "the restarter's pid")
+    tpid = wait_until(lambda: c.layer_pid("tickler", init), 10, "the tickler's pid")
+    init.kill()
+    init.wait(5)
+    return rpid, tpid
+
+
+def test_sigkilled_init_layers_exit_and_the_next_run_readopts(chains: Any, tmp_path: Any) -> None:
+    c = chains(services(tmp_path))
+    init = c.run()
+    before = wait_until(lambda: c.ready(3), 30, "3 services ready")
+    wait_until(lambda: len(starts(tmp_path)) == 2, 10, "a and b to record their start")
+    pids = {n: s["pid"] for n, s in before.items()}
+    rpid, tpid = kill_init(c, init)
+    t0 = time.monotonic()
+    wait_until(lambda: not channels.pid_alive(rpid) and not channels.pid_alive(tpid),
+               HB_TIMEOUT, "the orphaned restarter and tickler to exit")
+    took = time.monotonic() - t0
+    print(f"orphaned layers exited {took * 1e3:.0f} ms after init's SIGKILL "
+          f"(heartbeat_interval {HEARTBEAT} s)")
+    log = c.log()
+    assert f"init (pid {init.pid}) is gone" in log and "leaving 3 running service(s)" in log
+    assert "without the magic close" not in log  # device "none": nothing to leave armed
+    assert all(channels.pid_alive(p) for p in pids.values())  # nothing was stopped
+
+    c.run()
+    after = wait_until(lambda: c.ready(3), 30, "3 services ready under the new chain")
+    assert {n: s["pid"] for n, s in after.items()} == pids
+    assert all(s["reason"] == "adopted" for s in after.values())
+    assert sorted(starts(tmp_path)) == sorted(str(pids[n]) for n in ("a", "b"))
+
+
+def test_new_run_while_the_old_restarter_lingers_runs_nothing_twice(chains: Any,
+                                                                  tmp_path: Any) -> None:
+    """`hachain run` again while the orphaned restarter still runs (held with SIGSTOP):
+    the new restarter cannot take the lock and exits (its init retries); once the old one
+    has seen that init is gone and left, the new one re-adopts. No second start."""
+    c = chains(services(tmp_path))
+    init = c.run()
+    before = wait_until(lambda: c.ready(3), 30, "3 services ready")
+    wait_until(lambda: len(starts(tmp_path)) == 2, 10, "a and b to record their start")
+    pids = {n: s["pid"] for n, s in before.items()}
+    rpid = wait_until(lambda: c.layer_pid("restarter", init), 10, "the restarter's pid")
+    os.kill(rpid, signal.SIGSTOP)
+    _, tpid = kill_init(c, init)
+    init2 = c.run()
+    wait_until(lambda: "another restarter is already running" in c.log(), 30,
+               "the new restarter to find the old one's lock")
+    assert c.status() == {}  # nobody answers: the old restarter is stopped, the new one out
+    os.kill(rpid, signal.SIGCONT)
+    wait_until(lambda: not channels.pid_alive(rpid) and not channels.pid_alive(tpid),
+               HB_TIMEOUT, "the orphaned restarter and tickler to exit")
+    wait_until(lambda: (p := c.layer_pid("restarter", init2)) and p != rpid and
+               c.ready(3), 30, "the new chain's restarter with 3 services ready")
+    after = c.status()
+    assert {n: s["pid"] for n, s in after.items()} == pids
+    assert sorted(starts(tmp_path)) == sorted(str(pids[n]) for n in ("a", "b"))
