@@ -227,3 +227,19 @@ def test_debian_units_of_the_daemons() -> None:
     assert not any("forking" in w for w in conv.warnings), conv.warnings
     _, conv = importer.import_files([redis])
     assert conv.services["redis-server"]["stop_timeout"] == "infinity"  # TimeoutStopSec=0
+
+
+def test_values_the_schema_refuses_are_dropped_by_name(tmp_path: Any) -> None:
+    """A key whose value breaks a configuration rule (User=%i of a template) is dropped
+    with a warning naming the unit, so the result still loads; a bad command refuses."""
+    unit = tmp_path / "t@.service"
+    unit.write_text("[Service]\nExecStart=/usr/bin/t\nUser=%i\nUMask=0022\n")
+    text, conv = importer.import_files([str(unit)])
+    assert "user" not in conv.services["t@"] and conv.services["t@"]["umask"] == "022"
+    assert any(w.startswith(f"{unit}: user: must be a user or group name")
+               and w.endswith("got \"%i\"; dropped") for w in conv.warnings), conv.warnings
+    config.parse(text)
+    bad = tmp_path / "b.service"
+    bad.write_text("[Service]\nExecStart=/usr/bin/b\x00x\n")
+    _, conv = importer.import_files([str(bad)])
+    assert not conv.services and conv.errors and conv.errors[0].startswith(f"{bad}: command:")
