@@ -180,3 +180,39 @@ def test_new_run_while_the_old_restarter_lingers_runs_nothing_twice(chains: Any,
     after = c.status()
     assert {n: s["pid"] for n, s in after.items()} == pids
     assert sorted(starts(tmp_path)) == sorted(str(pids[n]) for n in ("a", "b"))
+
+
+def test_orphaned_tickler_leaves_a_sim_watchdog_armed_and_it_fires(tmp_path: Any) -> None:
+    """device "sim": when the init that started it is gone, the tickler stops petting and
+    closes without the magic close, so the software watchdog fires within its timeout
+    (a real device behaves the same; a new chain's tickler would take it over first)."""
+    from tests.test_tickler import BOUND, TIMEOUT, ForgedLayers, Rig
+    rig = Rig(str(tmp_path))
+    rig.server.start()
+    fake_init = subprocess.Popen(["sleep", "600"])  # stands for init: its pid + start time
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            env = dict(os.environ, **{channels.ENV_INIT_PID: str(fake_init.pid)})
+            with open(rig.log, "ab") as logf:
+                tickler = subprocess.Popen([sys.executable, "-m", "hachain.watchdog.tickler",
+                                            "-c", rig.config], stdout=logf, stderr=logf,
+                                           env=env)
+            rig.procs.append(tickler)
+            wait_until(lambda: rig.pets() >= 2, 10, "the tickler to pet")
+            fake_init.kill()
+            fake_init.wait(5)
+            t0 = time.monotonic()
+            tickler.wait(TIMEOUT)  # one tick (min(pet_interval, heartbeat_interval)) + exit
+            print(f"orphaned tickler exited {(time.monotonic() - t0) * 1e3:.0f} ms after "
+                  "its init died")
+            assert tickler.returncode == 0
+            assert f"init (pid {fake_init.pid}) is gone" in rig.log_text()
+            assert "without the magic close" in rig.log_text()
+            assert rig.wd.armed
+            assert rig.expired.wait(BOUND), "the software watchdog did not fire"
+            assert rig.expired_at[0] - t0 <= BOUND  # the last pet came before t0
+    finally:
+        if fake_init.poll() is None:
+            fake_init.kill()
+            fake_init.wait(5)
+        rig.close()
