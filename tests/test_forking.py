@@ -213,3 +213,28 @@ backoff = {{ initial = 0.1 }}
                     10, "d back after its adopted main died")
     r.pids_seen.add(st["pid"])
     assert len(open(rec).read().split()) == 2
+
+
+def test_readoption_while_the_launcher_runs(restarter: Any, tmp_path: Any) -> None:
+    """The restarter dies while the launcher is still running: the next one adopts the
+    launcher (its exit status then goes to init, not to us) and, once it has exited and
+    the pid file names the master, the service is ready with that pid."""
+    pf, go = str(tmp_path / "d.pid"), str(tmp_path / "go")
+    r = restarter(f"""
+[service.d]
+command = {forkd("--pid-file", pf, "--launch-file", go)}
+kind = "forking"
+pid_file = "{pf}"
+ready_timeout = 20
+""")
+    launcher = r.wait_state("d", "starting")["pid"]
+    r.pids_seen.add(launcher)
+    r.kill_restarter()
+    r.start()
+    st = r.wait_state("d", "starting")
+    assert st["pid"] == launcher and "adopted" in st["reason"]
+    open(go, "w").close()  # let the launcher exit now
+    st = r.wait_state("d", "ready")
+    main = _main_pid(pf)
+    r.pids_seen.add(main)
+    assert st["pid"] == main != launcher

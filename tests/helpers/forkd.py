@@ -1,5 +1,5 @@
 """A tiny forking daemon for tests: `forkd.py [--pid-file P] [--late] [--workers N]
-[--fail N] [--record F]`.
+[--fail N] [--record F] [--launch-file F]`.
 
 The launcher forks; the child calls setsid (a new session, as daemons do) and forks the
 master; the master writes its pid to the pid file (before the launcher exits, or with
@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--fail", type=int, default=0)
     ap.add_argument("--record")
+    ap.add_argument("--launch-file", help="the launcher exits only once this file exists")
     a = ap.parse_args()
     launcher = os.getpid()
     r, w = os.pipe()
@@ -48,6 +49,8 @@ def main() -> None:
     if a.pid_file and not a.late:
         with open(a.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
+    while a.launch_file and not os.path.exists(a.launch_file):
+        time.sleep(0.01)
     os.write(w, b"x")  # the launcher may exit now
     os.close(w)
     if a.pid_file and a.late:
