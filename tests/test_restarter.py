@@ -712,15 +712,15 @@ def test_decaying_intensity_on_real_processes(restarter):
     each crash, with decay = 0.5 s: every second of uptime takes 2 off the count, so it
     never goes above 1 and the service is never parked. The same crashes with a window
     park a twin after max_restarts."""
-    r = restarter(f"""
+    r = restarter("""
 [service.rare]
 command = ["/bin/sh", "-c", "sleep 1; exit 1"]
-backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
-intensity = {{ max_restarts = 2, window = 60, action = "maintenance", decay = 0.5 }}
+backoff = { initial = 0.0, factor = 1.0, max = 0 }
+intensity = { max_restarts = 2, window = 60, action = "maintenance", decay = 0.5 }
 [service.windowed]
 command = ["/bin/sh", "-c", "sleep 1; exit 1"]
-backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
-intensity = {{ max_restarts = 2, window = 60, action = "maintenance" }}
+backoff = { initial = 0.0, factor = 1.0, max = 0 }
+intensity = { max_restarts = 2, window = 60, action = "maintenance" }
 """)
     r.wait_state("windowed", "maintenance", timeout=30)
     seen = wait_until(lambda: (s := r.svc("rare"))["restarts"] >= 4 and s, 30,
