@@ -352,6 +352,16 @@ class Snapshot:
     procs: list[Proc]
     admin: Any
     records: dict[str, Any] | None = None  # <state_dir>/services/NAME.json (None: not read)
+    logger: int | None = None  # host pid of the logger (docs/logs.md), from its lock file
+
+
+def _logger(state_dir: str, by_ns: dict[int, int]) -> int | None:
+    """The logger's host pid: its lock file names it (a pid inside the machine). After a
+    restarter crash its parent is init, and it is part of the chain, not a stray."""
+    try:
+        return by_ns.get(int(_read(os.path.join(state_dir, "logger.lock")).split()[0]))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _records(state_dir: str) -> dict[str, Any]:
@@ -409,7 +419,7 @@ def snapshot(m: SimMachine) -> Snapshot:
     except (ValueError, OSError) as e:
         admin = f"unreadable: {e}"
     return Snapshot(now, len(m.boots), init, layers, ages, services, error, procs, admin or {},
-                    _records(m.state_dir))
+                    _records(m.state_dir), _logger(m.state_dir, by_ns))
 
 
 def _torn_files(persist_dir: str) -> list[str]:
@@ -496,7 +506,7 @@ def problems(snap: Snapshot, cfg: config.Config, admin0: Any, cg_rel: str | None
 def lasting(a: Snapshot, b: Snapshot) -> list[str]:
     """Zombies and strays present in both snapshots (same pid and start time)."""
     def bad(s: Snapshot) -> dict[tuple[int, int], str]:
-        known = {s.init, *s.layers.values()}
+        known = {s.init, s.logger, *s.layers.values()}
         out = {}
         for p in s.procs:
             if p.state == "Z":

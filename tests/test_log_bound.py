@@ -14,7 +14,9 @@ import signal
 import threading
 from typing import Any
 
+from hachain import channels
 from hachain.logger import wire
+from hachain.restarter.logpipe import RESTART_DELAY, STUCK_SECONDS
 from tests.conftest import PY, RestarterRun, wait_until
 
 MAX, KEEP = 16384, 2
@@ -210,3 +212,27 @@ def test_logger_sigkill_during_a_flood_keeps_the_pipe(restarter: Any) -> None:
     # written (at most 64 KiB) may be missing
     _check_lines(log_dir, continuous=False)
     assert "took back 1 pipe(s) from the stash" in open(run.log).read()
+
+
+def test_a_stopped_logger_is_replaced(restarter: Any) -> None:
+    """SIGSTOP: the logger is alive but takes nothing; after STUCK_SECONDS the restarter
+    kills it and starts another, which takes the pipe back from the stash."""
+    run: RestarterRun = restarter(_config(), cgroups=False)
+    log_dir = os.path.join(run.persist_dir, "log")
+    pid = run.wait_state("flood", "ready")["pid"]
+    _advancing(log_dir)
+    logger = wait_until(lambda: _logger_pid(run), 10, "the logger's pid")
+    started = channels.proc_start_time(logger)
+    try:
+        os.kill(logger, signal.SIGSTOP)
+        wait_until(lambda: _logger_pid(run) not in (0, logger),
+                   STUCK_SECONDS + RESTART_DELAY + 10, "a new logger")
+        assert "stopped for" in open(run.log).read()
+        _advancing(log_dir)
+        st = run.svc("flood")
+        assert (st["pid"], st["restarts"]) == (pid, 0)
+        _stop_flood(run, log_dir)
+    finally:
+        if channels.proc_start_time(logger) == started:  # still ours: never leave it stopped
+            os.kill(logger, signal.SIGKILL)
+    _check_lines(log_dir, continuous=False)

@@ -40,6 +40,7 @@ from hachain.restarter import spawn
 RESTART_DELAY = 1.0  # between a logger's exit and its restart (init's delay for layers)
 PENDING_MAX = 4096  # read ends kept here while the inbox is full; then the oldest go
 STOP_SECONDS = 3.0  # how long an orderly shutdown waits for the logger to finish
+STUCK_SECONDS = 5.0  # a logger stopped, or leaving its inbox full, this long is replaced
 
 
 class LogPipes:
@@ -55,6 +56,7 @@ class LogPipes:
         self.started = 0  # loggers started by this restarter
         self.due = 0.0  # when to (re)start the logger if none runs
         self.pending: deque[tuple[int, wire.PipeInfo]] = deque()
+        self.stuck_since: float | None = None
 
     # --- the logger process -------------------------------------------------------------
 
@@ -136,9 +138,32 @@ class LogPipes:
                      f"restarting in {RESTART_DELAY} s")
             self._unwatch()
             self.due = now + RESTART_DELAY
+        elif self.pid is not None and (why := self._stuck(now)):
+            self.log(f"logger (pid {self.pid}) {why}: killing it (the pipes it holds wait "
+                     "in the stash for the next one)")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.stuck_since = None
         if self.pid is None and now >= self.due and not self.adopt():
             self.spawn_logger(now)
         self.flush()
+
+    def _stuck(self, now: float) -> str | None:
+        """Why the logger counts as hung (stopped, or its inbox untaken, for
+        STUCK_SECONDS), or None. Costs no wake-up of the logger."""
+        why = None
+        if channels.proc_state(self.pid or 0) in ("T", "t"):
+            why = "stopped"
+        elif self.pending:
+            why = "not taking new pipes (its inbox is full)"
+        if why is None:
+            self.stuck_since = None
+            return None
+        if self.stuck_since is None:
+            self.stuck_since = now
+        if now - self.stuck_since < STUCK_SECONDS:
+            return None
+        return f"{why} for {now - self.stuck_since:.1f} s"
 
     def stop(self) -> None:
         """At the end of an orderly shutdown (no service runs): let the logger write
