@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hachain.channels import Heartbeat
-from hachain.config import Backoff, Intensity, ServiceConfig, WatchdogConfig
+from hachain.config import Backoff, Config, Intensity, ServiceConfig, WatchdogConfig
 from hachain.restarter import states
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc
@@ -92,6 +92,104 @@ class Options:
     restart_grace: int = 3
     ready_within: int = 1  # a notify service sends READY=1 at most this long after spawn
     max_states: int = 2_000_000
+    # a user's services (`hachain verify -c`), already in ticks and named svc0..svcN-1
+    # in dependency order; None: the generic `service_configs` model
+    configs: tuple[ServiceConfig, ...] | None = None
+    tick: float = 1.0  # seconds per tick, for reporting bounds in seconds
+    legend: tuple[str, ...] = ()  # the user's name of each svcK
+
+
+MAX_CONFIG_SERVICES = 4  # `-c`: the model's size limit (state space grows ~10x per service)
+TICK_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0)  # `-c`: the largest that resolves the chain's timing
+
+
+class ModelError(Exception):
+    """The configuration cannot be turned into a model (too big, nothing to model)."""
+
+
+def _to_ticks(seconds: float, tick: float, at_least: int = 0, down: bool = False) -> int:
+    """Seconds as whole ticks, at least `at_least`: rounded up (a delay never ends early)
+    or, with `down`, down (a deadline never comes late). An infinite time (no timeout)
+    becomes 10**6 ticks, longer than any path the search follows."""
+    if math.isinf(seconds):
+        return 10**6
+    n = seconds / tick
+    return max(at_least, math.floor(n + 1e-9) if down else math.ceil(n - 1e-9))
+
+
+def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | None = None,
+                        mutant: str | None = None) -> tuple[Options, list[str]]:
+    """The model of a user's chain: its long-running enabled services (or `only`), their
+    dependencies among themselves, readiness, critical flags, backoff, intensity and stop
+    timeouts, and the chain's watchdog timing, all rounded up to whole ticks of a size
+    chosen to resolve the chain's own timing (pet interval, restart delay, heartbeat
+    timeout, a quarter of the watchdog timeout). Delays round up and the watchdog's
+    timeout rounds down, so the model is never kinder than the chain. Returns the options
+    and notes on
+    what the model leaves out. ModelError when there is nothing to model or too much."""
+    notes: list[str] = []
+    chosen = [s for s in cfg.services.values() if s.enabled and s.kind != "oneshot"]
+    left_out = [s.name for s in cfg.services.values() if s not in chosen]
+    if left_out:
+        notes.append("left out (oneshot or disabled): " + ", ".join(left_out))
+    if only:
+        unknown = [n for n in only if n not in cfg.services]
+        if unknown:
+            raise ModelError(f"--only: unknown service(s) {', '.join(unknown)}")
+        chosen = [s for s in chosen if s.name in only]
+    if not chosen:
+        raise ModelError("no long-running enabled service to model")
+    if len(chosen) > MAX_CONFIG_SERVICES:
+        raise ModelError(f"{len(chosen)} long-running services; the model holds at most "
+                         f"{MAX_CONFIG_SERVICES}: pick them with --only NAME,NAME,...")
+    names = {s.name for s in chosen}
+    order: list[ServiceConfig] = []  # dependencies first, so requires point to lower indexes
+    todo = sorted(chosen, key=lambda s: s.name)
+    while todo:
+        ready = [s for s in todo if all(d in {o.name for o in order} or d not in names
+                                        for d in s.deps)]
+        order.append(ready[0])
+        todo.remove(ready[0])
+    wd, ch = cfg.watchdog, cfg.chain
+    fine = min(t for t in (wd.pet_interval, ch.restart_delay or math.inf,
+                           wd.heartbeat_timeout, wd.timeout / 4) if t > 0)
+    tick = max((t for t in TICK_CHOICES if t <= fine), default=TICK_CHOICES[0])
+    new = {c.name: f"svc{i}" for i, c in enumerate(order)}
+    confs = []
+    for c in order:
+        dropped = [d for d in c.deps if d not in names]
+        if dropped:
+            notes.append(f"{c.name}: dependencies outside the model dropped: "
+                         + ", ".join(dropped))
+        if c.ready not in ("none", "notify"):
+            notes.append(f"{c.name}: ready = {c.ready!r} modelled as a readiness message "
+                         "(like notify)")
+        if c.watchdog_sec or c.health:
+            notes.append(f"{c.name}: service watchdog / health checks are not modelled")
+        confs.append(replace(
+            c, name=new[c.name],
+            requires=tuple(new[d] for d in c.requires if d in names),
+            wants=tuple(new[d] for d in c.wants if d in names),
+            after=tuple(new[d] for d in c.after if d in names),
+            conflicts=(), ready="none" if c.ready == "none" else "notify",
+            watchdog_sec=0.0, health=None,
+            backoff=Backoff(initial=_to_ticks(c.backoff.initial, tick),
+                            factor=c.backoff.factor,
+                            max=_to_ticks(c.backoff.max, tick),
+                            reset_after=_to_ticks(c.backoff.reset_after, tick, 1)),
+            intensity=replace(c.intensity, window=_to_ticks(c.intensity.window, tick, 1),
+                              decay=_to_ticks(c.intensity.decay, tick)),
+            ready_timeout=_to_ticks(c.ready_timeout, tick, 1),
+            stop_timeout=_to_ticks(c.stop_timeout, tick, 1)))
+    opts = Options(
+        faults=faults, services=len(confs), bound=bound, mutant=mutant,
+        wd_timeout=_to_ticks(wd.timeout, tick, 2, down=True),
+        pet_interval=_to_ticks(wd.pet_interval, tick, 1),
+        restart_delay=_to_ticks(ch.restart_delay, tick),
+        hb_timeout=_to_ticks(wd.heartbeat_timeout, tick, 1, down=True),
+        restart_grace=_to_ticks(wd.restart_grace, tick, 1),
+        configs=tuple(confs), tick=tick, legend=tuple(c.name for c in order))
+    return opts, notes
 
 
 @dataclass(frozen=True)
@@ -220,7 +318,7 @@ class _Restarter:
                     self.feed(self.m.index[r], Ev.DEPS_READY)
         if states.went_down(old, new):
             for d in self.m.rev[i]:
-                if states.is_up(self.svcs[d]):
+                if f"svc{i}" in self.m.confs[d].requires and states.is_up(self.svcs[d]):
                     self.feed(d, Ev.DEPS_LOST, reason=f"required service svc{i} went down")
 
     def new_pid(self) -> int:
@@ -352,11 +450,14 @@ class Model:
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.confs = service_configs(opts.services, opts.faults)
+        self.confs = opts.configs or service_configs(opts.services, opts.faults)
         self.index = {c.name: i for i, c in enumerate(self.confs)}
+        # who orders itself after whom (requires, wants and after), as the loop's
+        # graph.reverse: waiting dependents look again when it changes; only those that
+        # require it lose it when it goes down
         self.rev: list[list[int]] = [[] for _ in self.confs]
         for i, c in enumerate(self.confs):
-            for d in c.requires:
+            for d in c.deps:
                 self.rev[self.index[d]].append(i)
         self.order = list(range(len(self.confs)))  # requires point to lower indexes
         self.wdc = WatchdogConfig(device="sim", timeout=opts.wd_timeout,
@@ -628,6 +729,12 @@ class Report:
     others: dict[str, int] = field(default_factory=dict)
     truncated: bool = False
     cells: tuple[tuple[str, str], ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bound_seconds(self) -> float | None:
+        """The worst convergence in seconds (ticks times the tick), an upper bound."""
+        return None if self.k_ticks is None else self.k_ticks * self.opts.tick
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -639,6 +746,12 @@ class Report:
             "bound": self.opts.bound, "mutant": self.opts.mutant,
             "truncated": self.truncated, "violations": self.others,
             "table_cells": [list(c) for c in self.cells],
+            "table_size": len(states.TABLE),
+            "verdict": "PASS" if self.ok else "FAIL",
+            "bound_seconds": self.bound_seconds, "tick_seconds": self.opts.tick,
+            "config_services": dict(zip([f"svc{i}" for i in range(len(self.opts.legend))],
+                                        self.opts.legend, strict=True)),
+            "notes": self.notes,
             "counterexample": self.violation,
         }
 
@@ -831,6 +944,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mutant", choices=MUTANTS, default=None,
                    help="check a deliberately broken chain (the checker must catch it)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("-c", "--config", default=None,
+                   help="model this configuration file's services and timing instead of the "
+                        f"generic model (at most {MAX_CONFIG_SERVICES} long-running services)")
+    p.add_argument("--only", default=None,
+                   help="with -c: the services to model, comma-separated")
 
 
 def func(args: argparse.Namespace) -> int:
@@ -844,12 +962,27 @@ def func(args: argparse.Namespace) -> int:
         problems.append(f"--bound: must be >= 1, got {args.bound}")
     if args.mutant is not None and args.mutant not in MUTANTS:
         problems.append(f"--mutant: unknown {args.mutant!r} (one of {', '.join(MUTANTS)})")
+    if getattr(args, "only", None) and not getattr(args, "config", None):
+        problems.append("--only needs -c")
+    notes: list[str] = []
+    opts = Options(faults=args.faults, services=args.services, bound=args.bound,
+                   mutant=args.mutant)
+    if not problems and getattr(args, "config", None):
+        from hachain import config as config_mod
+        try:
+            cfg = config_mod.load(args.config)
+            only = [n.strip() for n in args.only.split(",")] if args.only else None
+            opts, notes = options_from_config(cfg, args.faults, args.bound, only, args.mutant)
+        except config_mod.ConfigError as e:
+            problems.extend(e.errors)
+        except ModelError as e:
+            problems.append(f"{args.config}: {e}")
     if problems:
         for line in problems:
             print(f"hachain verify: {line}", file=sys.stderr)
         return 2
-    rep = explore(Options(faults=args.faults, services=args.services, bound=args.bound,
-                          mutant=args.mutant))
+    rep = explore(opts)
+    rep.notes = notes
     if args.json:
         print(json.dumps(rep.to_json(), indent=1))
     else:
@@ -860,26 +993,32 @@ def func(args: argparse.Namespace) -> int:
 def _print(rep: Report) -> None:
     o = rep.opts
     rate = rep.states / rep.elapsed if rep.elapsed else 0.0
-    print(f"model: {o.services} services, at most {o.faults} fault(s)"
+    what = (f"{o.services} of your services ("
+            + ", ".join(f"svc{i} = {n}" for i, n in enumerate(o.legend)) + ")"
+            if o.legend else f"{o.services} generic services")
+    print(f"model: {what}, at most {o.faults} fault(s), 1 tick = {o.tick:g} s"
           + (f", mutant {o.mutant}" if o.mutant else ""))
+    for note in rep.notes:
+        print(f"  note: {note}")
     print(f"explored {rep.states} states, {rep.transitions} transitions in "
           f"{rep.elapsed:.2f} s ({rate:.0f} states/s)")
-    print(f"state table cells exercised through states.step: {len(rep.cells)} of "
-          f"{len(states.TABLE)}")
+    print(f"state table: {len(rep.cells)} (state, event) cells exercised through "
+          f"states.step, of the {len(states.TABLE)} the table defines for every event")
     if rep.truncated:
         print(f"state space larger than {o.max_states} states: search stopped, no verdict")
-    if rep.violation is None and not rep.truncated:
-        print(f"converges from every reachable state within {rep.k_steps} steps "
-              f"({rep.k_ticks} ticks); never two running copies of a service; no needless "
-              "reboot")
+        print("FAIL: no verdict (state space too large)")
         return
-    if rep.violation is not None:
-        v = rep.violation
-        print(f"COUNTEREXAMPLE ({v['kind']}): {v['message']}")
-        for n, line in enumerate(v["trace"]):
-            print(f"  {n:3d}. {line}")
-        more = {k: c for k, c in rep.others.items() if c}
-        print("violating states: " + ", ".join(f"{k} {c}" for k, c in more.items()))
+    if rep.violation is None:
+        print(f"PASS: converges from every reachable state within {rep.k_steps} steps, "
+              f"{rep.k_ticks} ticks (at most {rep.bound_seconds:g} s); never two running "
+              "copies of a service; no needless reboot")
+        return
+    v = rep.violation
+    print(f"FAIL: COUNTEREXAMPLE ({v['kind']}): {v['message']}")
+    for n, line in enumerate(v["trace"]):
+        print(f"  {n:3d}. {line}")
+    more = {k: c for k, c in rep.others.items() if c}
+    print("violating states: " + ", ".join(f"{k} {c}" for k, c in more.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,3 +181,65 @@ def test_cli_exit_codes() -> None:
     assert _cli("--faults", "99").returncode == 2
     assert _cli("--mutant", "no-such-mutant").returncode == 2
     assert _cli("--json").returncode == 0
+
+
+# --- hachain verify -c: the user's own chain (issue 21.6) ---------------------------------
+
+def _write(tmp_path, body: str) -> str:
+    p = tmp_path / "chain.toml"
+    p.write_text('[chain]\nrestart_delay = 1\nheartbeat_interval = 0.5\n[watchdog]\ndevice = "none"\ntimeout = 10\n'
+                 'pet_interval = 1\nheartbeat_timeout = 2\n' + body)
+    return str(p)
+
+
+def test_verify_config_models_the_users_services(tmp_path, capsys) -> None:
+    path = _write(tmp_path, """
+[service.db]
+command = ["/bin/db"]
+ready = "notify"
+critical = true
+[service.web]
+command = ["/bin/web"]
+requires = ["db"]
+[service.worker]
+command = ["/bin/worker"]
+wants = ["web"]
+[service.migrate]
+kind = "oneshot"
+command = ["/bin/migrate"]
+""")
+    assert verify.main(["-c", path]) == 0
+    out = capsys.readouterr().out
+    assert "svc0 = db, svc1 = web, svc2 = worker" in out
+    assert "left out (oneshot or disabled): migrate" in out
+    assert "PASS: converges from every reachable state" in out
+    assert verify.main(["-c", path, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["verdict"] == "PASS" and rep["tick_seconds"] == 1.0
+    assert rep["bound_seconds"] == rep["k_ticks"] * 1.0 > 0
+    assert rep["config_services"] == {"svc0": "db", "svc1": "web", "svc2": "worker"}
+
+
+def test_verify_config_finds_a_policy_that_never_converges(tmp_path, capsys) -> None:
+    """A service parked in maintenance by its first crash never comes back by itself:
+    the model of that configuration must say so."""
+    path = _write(tmp_path, """
+[service.fragile]
+command = ["/bin/fragile"]
+intensity = { max_restarts = 0, window = 60, action = "maintenance" }
+""")
+    assert verify.main(["-c", path]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: COUNTEREXAMPLE (no_convergence)" in out
+    assert "fault: svc0 pid 1 crashed" in out
+
+
+def test_verify_config_limits(tmp_path, capsys) -> None:
+    body = "".join(f'[service.s{i}]\ncommand = ["/bin/x"]\n' for i in range(5))
+    path = _write(tmp_path, body)
+    assert verify.main(["-c", path]) == 2
+    assert "5 long-running services; the model holds at most 4" in capsys.readouterr().err
+    assert verify.main(["-c", path, "--only", "s1,s2"]) == 0
+    assert verify.main(["-c", path, "--only", "s1,nope"]) == 2
+    assert "--only: unknown service(s) nope" in capsys.readouterr().err
+    assert verify.main(["--only", "s1"]) == 2
