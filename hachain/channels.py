@@ -164,10 +164,12 @@ class Heartbeat:
     """One heartbeat record (a plain class: init imports this module, and dataclasses
     would cost it over a megabyte of memory)."""
 
-    __slots__ = ("extra", "layer", "mono", "pid", "restarts", "seq", "started_mono")
+    __slots__ = ("extra", "layer", "mono", "pid", "pidns", "restarts", "seq", "start",
+                 "started_mono")
 
     def __init__(self, layer: str, pid: int, mono: float, started_mono: float, seq: int,
-                 restarts: int, extra: dict[str, Any]) -> None:
+                 restarts: int, extra: dict[str, Any], start: int | None = None,
+                 pidns: str | None = None) -> None:
         self.layer = layer
         self.pid = pid
         self.mono = mono  # time.monotonic() when written
@@ -175,6 +177,11 @@ class Heartbeat:
         self.seq = seq  # beats written by this process
         self.restarts = restarts  # how often the layer below restarted this layer
         self.extra = extra
+        # who wrote it, for a reader in another PID namespace or after the pid was
+        # recycled: the process's start time (/proc/PID/stat field 22) and its PID
+        # namespace (the link /proc/self/ns/pid, e.g. "pid:[4026531836]")
+        self.start = start
+        self.pidns = pidns
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Heartbeat) and self.to_json() == other.to_json()
@@ -186,11 +193,16 @@ class Heartbeat:
         return max(0.0, now - self.mono)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "layer": self.layer, "pid": self.pid, "mono": self.mono,
             "started_mono": self.started_mono, "seq": self.seq,
             "restarts": self.restarts, "extra": self.extra,
         }
+        if self.start is not None:
+            d["start"] = self.start
+        if self.pidns is not None:
+            d["pidns"] = self.pidns
+        return d
 
 
 def heartbeat_path(state_dir: str, layer: str) -> str:
@@ -257,6 +269,8 @@ def _heartbeat_from(d: Any) -> Heartbeat | None:
             layer=str(d["layer"]), pid=int(d["pid"]), mono=float(d["mono"]),
             started_mono=float(d["started_mono"]), seq=int(d["seq"]),
             restarts=int(d.get("restarts", 0)), extra=dict(d.get("extra") or {}),
+            start=None if d.get("start") is None else int(d["start"]),
+            pidns=None if d.get("pidns") is None else str(d["pidns"]),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -274,12 +288,17 @@ class HeartbeatWriter:
         self.path = heartbeat_path(state_dir, layer)
         self.fd: int | None = None
         self.size = 0  # the file's size: every record is padded to it
+        self.start = proc_start_time(os.getpid())
+        try:
+            self.pidns: str | None = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            self.pidns = None
         os.makedirs(os.path.join(state_dir, HEARTBEAT_DIR), exist_ok=True)
 
     def beat(self, extra: dict[str, Any] | None = None) -> None:
         self.seq += 1
         hb = Heartbeat(self.layer, os.getpid(), time.monotonic(), self.started, self.seq,
-                       self.restarts, extra or {})
+                       self.restarts, extra or {}, self.start, self.pidns)
         try:
             self._write(heartbeat_bytes(hb))
         except OSError:

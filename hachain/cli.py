@@ -10,8 +10,6 @@ import importlib
 import json
 import os
 import sys
-import time
-from typing import Any
 
 from hachain import channels, client, config
 
@@ -97,157 +95,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # --- status ---------------------------------------------------------------------------------
+# The work is in hachain/status.py; these names stay importable from here.
 
-def gather_status(state_dir: str, persist_dir: str) -> dict[str, Any]:
-    """Everything `hachain status` shows, as one JSON-able object."""
-    now = time.monotonic()
-    layers: dict[str, Any] = {}
-    for layer in channels.LAYERS:
-        hb = channels.read_heartbeat(state_dir, layer)
-        if hb is None:
-            layers[layer] = {"state": "missing"}
-            continue
-        alive = channels.pid_alive(hb.pid)
-        pstate = channels.proc_state(hb.pid)
-        layers[layer] = {
-            "pid": hb.pid, "alive": alive, "stopped": pstate == "T",
-            "uptime": round(hb.mono - hb.started_mono, 3), "restarts": hb.restarts,
-            "heartbeat_age": round(hb.age(now), 3), "extra": hb.extra,
-        }
-    services: dict[str, Any] = {}
-    restarter: dict[str, Any] = {}
-    error = None
-    try:
-        rep = client.request(state_dir, {"op": "status"}, timeout=3.0)
-        if rep.get("ok"):
-            services = rep.get("services", {})
-            restarter = rep.get("restarter", {})
-        else:
-            error = rep.get("error", "error")
-    except client.ControlError as e:
-        error = str(e)
-    out: dict[str, Any] = {"chain": {"state_dir": state_dir, "layers": layers,
-                                     "restarter": restarter},
-                           "services": services}
-    from hachain import snapshot
-    out["chain"]["config"] = snapshot.describe(state_dir)
-    if error:
-        out["chain"]["restarter_error"] = error
-    for key, fname in (("last_boot", channels.LAST_BOOT), ("gate_failure", channels.GATE_RECORD)):
-        try:
-            out["chain"][key] = channels.read_json(os.path.join(persist_dir, fname))
-        except (ValueError, OSError):
-            out["chain"][key] = None
-    tk = layers.get("tickler", {}).get("extra") or {}
-    out["chain"]["watchdog"] = {k: tk.get(k) for k in ("device", "armed", "petting", "timeout",
-                                                       "timeleft", "pets", "gate")}
-    return out
-
-
-def chain_problems(st: dict[str, Any], heartbeat_timeout: float,
-                   services: list[str] | None = None) -> list[str]:
-    """Why a `gather_status` snapshot is not a converged chain ([] when it is): every
-    layer alive with a fresh heartbeat, the restarter answering, the tickler petting,
-    and each of `services` (default: all) ready."""
-    why = []
-    ch = st["chain"]
-    for layer, d in ch["layers"].items():
-        if d.get("state") == "missing":
-            why.append(f"{layer}: no heartbeat")
-        elif not d["alive"] or d["stopped"]:
-            why.append(f"{layer}: pid {d['pid']} alive={d['alive']} stopped={d['stopped']}")
-        elif d["heartbeat_age"] > heartbeat_timeout:
-            why.append(f"{layer}: heartbeat {d['heartbeat_age']:.1f} s old")
-    if ch.get("restarter_error"):
-        why.append(f"restarter: {ch['restarter_error']}")
-    wd = ch.get("watchdog") or {}
-    if not wd.get("petting"):
-        why.append(f"tickler not petting (gate {wd.get('gate')})")
-    svcs = st["services"]
-    for name in (services if services is not None else sorted(svcs)):
-        state = svcs.get(name, {}).get("state", "unknown")
-        if state != "ready":
-            why.append(f"{name}: {state} (expected ready)")
-    return why
-
-
-def _fmt_age(v: Any) -> str:
-    return "-" if v is None else f"{v:.1f}s"
-
-
-def print_status(st: dict[str, Any]) -> None:
-    tty = sys.stdout.isatty()
-
-    def color(text: str, good: bool | None) -> str:
-        if not tty or good is None:
-            return text
-        return f"\033[{'32' if good else '31'}m{text}\033[0m"
-
-    ch = st["chain"]
-    print("LAYER       PID      UP         RESTARTS  HEARTBEAT  STATE")
-    for layer, d in ch["layers"].items():
-        if d.get("state") == "missing":
-            print(f"{layer:<11} {'-':<8} {'-':<10} {'-':<9} {'-':<10} " + color("missing", False))
-            continue
-        state = "alive" if d["alive"] else "dead"
-        if d["stopped"]:
-            state = "stopped (SIGSTOP)"
-        print(f"{layer:<11} {d['pid']:<8} {_fmt_age(d['uptime']):<10} {d['restarts']:<9} "
-              f"{_fmt_age(d['heartbeat_age']):<10} "
-              + color(state, d["alive"] and not d["stopped"]))
-    wd = ch.get("watchdog") or {}
-    if wd.get("device"):
-        gate = wd.get("gate") or {}
-        parts = [f"watchdog: {wd['device']}"]
-        if wd.get("timeout") is not None:
-            parts.append(f"timeout {wd['timeout']}s")
-        if wd.get("timeleft") is not None:
-            parts.append(f"time left {wd['timeleft']}s")
-        parts.append(f"pets {wd.get('pets') or 0}")
-        verdict = "pass" if gate.get("ok") else "FAIL: " + "; ".join(gate.get("reasons", []))
-        print(" ".join(parts) + " gate " + color(verdict, bool(gate.get("ok"))))
-    conf = ch.get("config") or {}
-    if conf.get("source"):
-        ok = not conf.get("last_known_good") and conf.get("disk") == "same"
-        print("config: " + color(conf["summary"], True if ok else False))
-    lb = ch.get("last_boot")
-    if lb:
-        print(f"last boot: {lb.get('cause') or lb}")
-    gf = ch.get("gate_failure")
-    if gf:
-        print(f"last gate failure: {'; '.join(gf.get('reasons', []))}")
-    if ch.get("restarter_error"):
-        print(color(f"restarter: {ch['restarter_error']}", False))
-    for u in (ch.get("restarter") or {}).get("unwritten") or []:
-        print(color(f"unwritten: {u['file']} since {u['since']:.0f} s: {u['error']}", False))
-    if st["services"]:
-        print()
-        print(f"{'SERVICE':<20} {'STATE':<12} {'PID':<8} {'UPTIME':<9} {'RESTARTS':<8} "
-              f"{'LAST EXIT':<18} {'READY':<7} {'HEALTH':<8} WHY")
-        for name, s in sorted(st["services"].items()):
-            good = s["state"] in ("ready", "done") if s["want"] == "up" else None
-            why = s.get("reason") or ""
-            if s.get("status_text"):
-                why = (why + " " if why else "") + f"[{s['status_text']}]"
-            crit = "*" if s.get("critical") else " "
-            last = (s.get("last_exit") or {}).get("text", "-")
-            h = s.get("health")
-            health = "-" if not h else ("ok" if not h["failures"] else f"{h['failures']} fail")
-            print(f"{name + crit:<20} " + color(f"{s['state']:<12}", good) +
-                  f" {s['pid'] or '-'!s:<8} {_fmt_age(s['uptime']):<9} {s['restarts']:<8} "
-                  f"{last[:18]:<18} {s.get('ready', '-'):<7} {health:<8} {why}")
-        if any(s.get("critical") for s in st["services"].values()):
-            print("(* critical: part of the health gate)")
+from hachain.status import chain_problems, gather_status, print_status  # noqa: E402,F401
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 only when the chain is healthy, 1 when degraded or resetting (like
+    `systemctl is-system-running`), 2 on bad usage or configuration."""
+    from hachain import status
     state_dir, persist_dir = dirs(args)
-    st = gather_status(state_dir, persist_dir)
+    wd = None
+    if args.config:
+        try:
+            wd = _load(args.config).watchdog
+        except config.ConfigError:
+            pass  # dirs() found the directories anyway; the running snapshot judges
+    st = status.gather_status(state_dir, persist_dir, wd)
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
     else:
-        print_status(st)
-    return 0 if "restarter_error" not in st["chain"] else 1
+        status.print_status(st)
+    return status.exit_code(st)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

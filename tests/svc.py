@@ -2,7 +2,8 @@
 
   sleep            run until killed
   exit N           exit with status N at once
-  notify [DELAY]   after DELAY s send READY=1 on $NOTIFY_SOCKET, then run
+  notify [DELAY [TEXT]]  after DELAY s send READY=1 and STATUS=TEXT (default "serving")
+                   on $NOTIFY_SOCKET, then run
   fdready N        write a line to fd N and close it, then run
   stubborn         ignore SIGTERM, fork a child that ignores it too, run
   record FILE      append "<pid>" to FILE, then run
@@ -36,7 +37,7 @@ def main() -> None:
         sys.exit(int(args[0]))
     elif action == "notify":
         time.sleep(float(args[0]) if args else 0)
-        notify("READY=1\nSTATUS=serving")
+        notify("READY=1\nSTATUS=" + (args[1] if len(args) > 1 else "serving"))
         forever()
     elif action == "fdready":
         fd = int(args[0])

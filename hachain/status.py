@@ -1,0 +1,519 @@
+"""`hachain status`: what the chain is doing, judged from what can be seen of it.
+
+Owns: gathering one snapshot (the heartbeats, the processes that wrote them, the
+restarter's answer on the control socket, the tickler's records), deriving each layer's
+state and the one-line verdict from it, keeping a copy of the last service table the
+restarter gave, and rendering it all as text in which every string that came from a
+service or a file is escaped. Must not: change anything of the chain; the only file it
+writes is its own copy of the last service table (`<state_dir>/status-last.json`).
+
+Facts this relies on:
+
+- A heartbeat names its writer by pid, start time and PID namespace. From another
+  namespace (the host looking at a simulated machine) the pid alone names some other
+  process, so the writer is looked up by namespace and its innermost `NSpid`.
+- `/proc/PID/stat` state `T` (stopped by a signal) or `t` (stopped by a tracer) means
+  the process cannot beat, whatever its heartbeat's age says yet.
+- CLOCK_MONOTONIC is one clock for every PID namespace of a boot, so the age of a
+  heartbeat and the time left on the watchdog are computed here without asking anyone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from hachain import channels, client, config
+
+LAYER_STATES = ("alive", "hung", "stale", "restarting", "dead", "absent")
+LAST_TABLE = "status-last.json"  # in state_dir: the last service table the restarter gave
+ASK_TIMEOUT = 3.0
+
+
+# --- escaping ---------------------------------------------------------------------------------
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Unicode that moves or reorders what follows it: line and paragraph separators and the
+# bidirectional controls, which can make a row read as something else.
+_LAYOUT = {0x061C, 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F),
+           *range(0x2066, 0x206A)}
+
+
+def escape(value: Any) -> str:
+    """`value` as text safe for a terminal: C0 and C1 controls, DEL and layout controls
+    are shown as visible escapes (\\x1b, \\r, \\u202e); everything else is kept."""
+    s = str(value)
+    if s.isprintable():
+        return s
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif o < 0x20 or 0x7F <= o <= 0x9F:
+            out.append(f"\\x{o:02x}")
+        elif o in _LAYOUT:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+# --- who wrote a heartbeat --------------------------------------------------------------------
+
+def _pidns(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _innermost_pid(pid: int) -> int | None:
+    """The last number of /proc/PID/status's `NSpid:` line: the pid in its own namespace."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class Finder:
+    """Maps heartbeat writers to pids of this process's namespace (one /proc scan per
+    foreign namespace, at most)."""
+
+    def __init__(self) -> None:
+        self.ours = _pidns("self")
+        self.foreign: dict[str, dict[int, int]] = {}
+
+    def find(self, hb: channels.Heartbeat) -> int | None:
+        """The pid, as seen here, of the process that wrote `hb`; None when it is gone."""
+        if hb.pidns is None or hb.pidns == self.ours or self.ours is None:
+            pid: int | None = hb.pid
+        else:
+            if hb.pidns not in self.foreign:
+                self.foreign[hb.pidns] = self._scan(hb.pidns)
+            pid = self.foreign[hb.pidns].get(hb.pid)
+        if pid is None:
+            return None
+        st = channels.proc_stat(pid)
+        if st is None or st[0] in ("Z", "X") or (hb.start is not None and st[1] != hb.start):
+            return None  # gone, a zombie, or the pid now names another process
+        return pid
+
+    @staticmethod
+    def _scan(ns: str) -> dict[int, int]:
+        out = {}
+        for e in os.listdir("/proc"):
+            if e.isdigit() and _pidns(e) == ns:
+                inner = _innermost_pid(int(e))
+                if inner is not None:
+                    out[inner] = int(e)
+        return out
+
+
+# --- each layer's state -----------------------------------------------------------------------
+
+def layer_state(layer: str, age: float | None, process: str, heartbeat_timeout: float,
+                init_alive: bool, run_by_init: bool = True) -> str:
+    """One layer's state from its process and its heartbeat (pure).
+
+    `process`: "running", "stopped" (state T: SIGSTOP or a tracer) or "gone" (no
+    heartbeat, or its writer no longer exists). `age`: the heartbeat's age, None
+    without one. `init_alive`: init itself is alive and so restarts the layers it runs.
+
+    - alive: running, heartbeat younger than heartbeat_timeout;
+    - hung: stopped; it cannot beat, whatever the age says yet;
+    - stale: running but not beating (busy loop, blocked I/O, a frozen cgroup): the gate
+      counts it as hung once the age passes heartbeat_timeout;
+    - restarting: gone while a live init restarts it;
+    - dead: gone, and nobody restarts it (init itself, or init is not alive);
+    - absent: init does not run this layer (`--no-tickler`): not a fault.
+    """
+    if process == "stopped":
+        return "hung"
+    if process == "running":
+        return "alive" if age is not None and age <= heartbeat_timeout else "stale"
+    if layer != "init" and init_alive:
+        return "restarting" if run_by_init else "absent"
+    return "dead"
+
+
+def _timing(state_dir: str, wd: config.WatchdogConfig | None) -> config.WatchdogConfig:
+    """The watchdog table that judges heartbeats: the running snapshot's (what the chain
+    runs), else `wd` (the file given with -c), else the defaults."""
+    from hachain import snapshot
+    snap = snapshot.read_running(state_dir)
+    if snap is not None:
+        try:
+            return config.parse(snap.text, snap.source).watchdog
+        except config.ConfigError:
+            pass
+    return wd if wd is not None else config.WatchdogConfig()
+
+
+def _layer(layer: str, hb: channels.Heartbeat | None, finder: Finder, now: float,
+           wd: config.WatchdogConfig, init: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON of one layer: what its heartbeat says and the state derived from it."""
+    host = finder.find(hb) if hb is not None else None
+    pstate = channels.proc_state(host) if host is not None else None
+    process = "gone" if pstate is None else ("stopped" if pstate in ("T", "t") else "running")
+    age = round(hb.age(now), 3) if hb is not None else None
+    init_alive = init is not None and init["state"] == "alive"
+    children = ((init or {}).get("extra") or {}).get("children")
+    run_by_init = not isinstance(children, dict) or layer in children
+    state = layer_state(layer, age, process, wd.heartbeat_timeout, init_alive, run_by_init)
+    d: dict[str, Any] = {"state": state, "process": process, "alive": state == "alive",
+                         "stopped": process == "stopped", "heartbeat_age": age,
+                         "pid": None, "host_pid": host}
+    if hb is not None:
+        up = (now if process != "gone" else hb.mono) - hb.started_mono
+        d.update({"pid": hb.pid, "uptime": round(up, 3),
+                  "restarts": hb.restarts, "extra": hb.extra})
+    return d
+
+
+# --- the last known service table -------------------------------------------------------------
+
+def _boot_id() -> str:
+    try:
+        return channels.read_small("/proc/sys/kernel/random/boot_id").decode().strip()
+    except OSError:
+        return ""
+
+
+def save_table(state_dir: str, services: dict[str, Any], restarter_pid: Any,
+               now: float) -> None:
+    """Keep `services` as the last known table (best effort: a status run by a user who
+    cannot write there, or on a full /run, still works). Every time: a copy kept only now
+    and then would show a state older than the one just seen."""
+    path = os.path.join(state_dir, LAST_TABLE)
+    rec = {"boot_id": _boot_id(), "mono": now, "wall": time.time(),
+           "restarter_pid": restarter_pid, "services": services}
+    tmp = f"{path}.{os.getpid()}.new"  # status runs concurrently: no shared temp name
+    try:
+        with open(tmp, "w") as f:
+            json.dump(rec, f)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def load_table(state_dir: str, now: float) -> dict[str, Any] | None:
+    """The last known table with its age in seconds, or None."""
+    try:
+        rec = channels.read_json(os.path.join(state_dir, LAST_TABLE))
+    except (ValueError, OSError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("services"), dict):
+        return None
+    try:
+        same_boot = rec.get("boot_id") == _boot_id()
+        age = now - float(rec["mono"]) if same_boot else time.time() - float(rec["wall"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"age": round(max(0.0, age), 3), "wall": rec.get("wall"),
+            "restarter_pid": rec.get("restarter_pid"), "services": rec["services"]}
+
+
+# --- gathering --------------------------------------------------------------------------------
+
+def gather_status(state_dir: str, persist_dir: str,
+                  wd: config.WatchdogConfig | None = None) -> dict[str, Any]:
+    """Everything `hachain status` shows, as one JSON-able object (`verdict` included)."""
+    now = time.monotonic()
+    timing = _timing(state_dir, wd)
+    finder = Finder()
+    hbs = {layer: channels.read_heartbeat(state_dir, layer) for layer in channels.LAYERS}
+    layers: dict[str, Any] = {}
+    layers["init"] = _layer("init", hbs["init"], finder, now, timing, None)
+    for layer in channels.LAYERS:
+        if layer != "init":
+            layers[layer] = _layer(layer, hbs[layer], finder, now, timing, layers["init"])
+    services: dict[str, Any] = {}
+    restarter: dict[str, Any] = {}
+    error = None
+    if layers["restarter"]["state"] == "hung":
+        error = "not asked: its process is stopped"  # it would not answer before the timeout
+    else:
+        try:
+            rep = client.request(state_dir, {"op": "status"}, timeout=ASK_TIMEOUT)
+            if rep.get("ok"):
+                services = rep.get("services", {})
+                restarter = rep.get("restarter", {})
+                save_table(state_dir, services, restarter.get("pid"), now)
+            else:
+                error = rep.get("error", "error")
+        except client.ControlError as e:
+            error = str(e)
+    out: dict[str, Any] = {"chain": {"state_dir": state_dir, "layers": layers,
+                                     "restarter": restarter},
+                           "services": services}
+    from hachain import snapshot
+    out["chain"]["config"] = snapshot.describe(state_dir)
+    if error:
+        out["chain"]["restarter_error"] = error
+        out["chain"]["last_known"] = load_table(state_dir, now)
+    for key, fname in (("last_boot", channels.LAST_BOOT), ("gate_failure", channels.GATE_RECORD)):
+        try:
+            out["chain"][key] = channels.read_json(os.path.join(persist_dir, fname))
+        except (ValueError, OSError):
+            out["chain"][key] = None
+    tk = layers["tickler"].get("extra") or {}
+    wdog = {k: tk.get(k) for k in ("device", "armed", "petting", "timeout", "timeleft",
+                                   "pets", "gate", "last_pet_mono")}
+    wdog["as_of"] = layers["tickler"]["heartbeat_age"]  # how old this table is
+    wdog["expires_in"] = _expires_in(tk, layers["tickler"], now)
+    out["chain"]["watchdog"] = wdog
+    out["verdict"] = verdict(out, timing)
+    return out
+
+
+def _expires_in(tk: dict[str, Any], tickler: dict[str, Any], now: float) -> float | None:
+    """Seconds until the armed watchdog fires unless petted again (None: not armed or not
+    known): from the last pet and the timeout (one monotonic clock for the whole
+    machine), or the device's own time left as the tickler last read it, the sooner."""
+    if tk.get("armed") is not True:
+        return None
+    found = []
+    last, timeout = tk.get("last_pet_mono"), tk.get("timeout")
+    if isinstance(last, (int, float)) and isinstance(timeout, (int, float)):
+        found.append(last + timeout - now)
+    age = tickler.get("heartbeat_age")
+    left = tk.get("timeleft")  # whole seconds on most devices: the coarser of the two
+    if isinstance(left, (int, float)) and age is not None and tickler["state"] == "alive":
+        found.append(left - age)
+    return round(min(found), 1) if found else None
+
+
+# --- judging ----------------------------------------------------------------------------------
+
+def _gate(wdog: dict[str, Any]) -> dict[str, Any] | None:
+    """The tickler's gate as published (None: not published), a malformed one failed."""
+    gate = wdog.get("gate")
+    if gate is None or isinstance(gate, dict):
+        return gate
+    return {"ok": False, "reasons": [f"malformed gate record {gate!r}"]}
+
+
+def _layer_reason(layer: str, d: dict[str, Any], wd: config.WatchdogConfig) -> str:
+    age = d.get("heartbeat_age")
+    beat = "no heartbeat" if age is None else f"heartbeat {age:.1f} s old"
+    pid = d.get("host_pid") or d.get("pid")
+    if d["state"] == "hung":
+        return f"{layer} hung (pid {pid} stopped, {beat})"
+    if d["state"] == "stale":
+        return (f"{layer} stale ({beat} > {wd.heartbeat_timeout:g} s, pid {pid} "
+                "running but not beating)")
+    if d["state"] == "restarting":
+        return f"{layer} restarting ({beat})"
+    return f"{layer} dead ({beat}" + (f", pid {d['pid']} gone)" if d.get("pid") else ")")
+
+
+def problems(st: dict[str, Any], wd: config.WatchdogConfig) -> list[str]:
+    """Why the chain is not healthy, most fundamental first ([] when it is)."""
+    ch = st["chain"]
+    why = [_layer_reason(layer, d, wd) for layer, d in ch["layers"].items()
+           if d["state"] not in ("alive", "absent")]
+    if ch.get("restarter_error") and ch["layers"]["restarter"]["state"] == "alive":
+        why.append(f"restarter not answering ({ch['restarter_error']})")
+    gate = _gate(ch.get("watchdog") or {})
+    if ch["layers"]["tickler"]["state"] == "alive" and gate and not gate.get("ok"):
+        why.append("gate failing: " + "; ".join(map(str, gate.get("reasons") or [])))
+    bad = [f"{n} {s.get('state')}" for n, s in sorted(st["services"].items())
+           if s.get("want") == "up" and s.get("state") not in ("ready", "done")]
+    if bad:
+        why.append(f"{len(bad)} service{'s' if len(bad) > 1 else ''} not ready: "
+                   + ", ".join(bad))
+    unwritten = (ch.get("restarter") or {}).get("unwritten") or []
+    if unwritten:
+        why.append(f"{len(unwritten)} file{'s' if len(unwritten) > 1 else ''} not written")
+    return why
+
+
+def verdict(st: dict[str, Any], wd: config.WatchdogConfig) -> dict[str, Any]:
+    """healthy / degraded: why / resetting in N s: why (like `systemctl
+    is-system-running`: anything but healthy exits 1)."""
+    ch = st["chain"]
+    why = problems(st, wd)
+    wdog = ch.get("watchdog") or {}
+    tickler = ch["layers"]["tickler"]["state"]
+    left = wdog.get("expires_in")
+    # nobody pets an armed watchdog: the tickler's gate failed, or the tickler itself is
+    # hung, stale or dead (a restarting tickler comes back well inside the timeout)
+    unpetted = wdog.get("armed") is True and (
+        tickler in ("hung", "stale", "dead")
+        or (tickler == "alive" and wdog.get("petting") is not True))
+    if unpetted and left is not None and left > 0:
+        state, line = "resetting", f"resetting in {left:.0f} s"
+    elif unpetted and left is not None:
+        state, line = "degraded", f"degraded: the watchdog ran out {-left:.0f} s ago"
+    elif why:
+        state, line = "degraded", "degraded"
+    else:
+        return {"state": "healthy", "line": "healthy", "reasons": [], "resetting_in": None}
+    if why:
+        line += ": " + "; ".join(why)
+    return {"state": state, "line": line, "reasons": why,
+            "resetting_in": left if state == "resetting" else None}
+
+
+def chain_problems(st: dict[str, Any], heartbeat_timeout: float,
+                   services: list[str] | None = None) -> list[str]:
+    """Why a `gather_status` snapshot is not a converged chain ([] when it is): every
+    layer alive with a fresh heartbeat, the restarter answering, the tickler petting,
+    and each of `services` (default: all) ready."""
+    why = []
+    ch = st["chain"]
+    for layer, d in ch["layers"].items():
+        state = d.get("state") or ("hung" if d.get("stopped") else
+                                   "alive" if d.get("alive") else "dead")
+        if d.get("pid") is None:
+            why.append(f"{layer}: no heartbeat")
+        elif state in ("hung", "restarting", "dead"):
+            why.append(f"{layer}: pid {d['pid']} {state}")
+        elif d["heartbeat_age"] > heartbeat_timeout:  # stale, by the caller's measure
+            why.append(f"{layer}: heartbeat {d['heartbeat_age']:.1f} s old")
+    if ch.get("restarter_error"):
+        why.append(f"restarter: {ch['restarter_error']}")
+    wd = ch.get("watchdog") or {}
+    if not wd.get("petting"):
+        why.append(f"tickler not petting (gate {wd.get('gate')})")
+    svcs = st["services"]
+    for name in (services if services is not None else sorted(svcs)):
+        state = svcs.get(name, {}).get("state", "unknown")
+        if state != "ready":
+            why.append(f"{name}: {state} (expected ready)")
+    return why
+
+
+def exit_code(st: dict[str, Any]) -> int:
+    """0 healthy, 1 anything else."""
+    return 0 if st["verdict"]["state"] == "healthy" else 1
+
+
+# --- text -------------------------------------------------------------------------------------
+
+def _age(v: Any) -> str:
+    return "-" if v is None else f"{v:.1f}s"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Rows under a header, each column as wide as its widest cell (cells escaped
+    first, so that what is measured is what is shown)."""
+    cells = [[escape(c) for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in cells]
+
+
+def render(st: dict[str, Any], tty: bool = False) -> list[str]:
+    """The text of `hachain status`: the verdict line first."""
+    def color(text: str, good: bool | None) -> str:
+        if not tty or good is None:
+            return text
+        return f"\033[{'32' if good else '31'}m{text}\033[0m"
+
+    ch = st["chain"]
+    v = st["verdict"]
+    out = [color(escape(v["line"]), v["state"] == "healthy")]
+    rows = []
+    for layer, d in ch["layers"].items():
+        pid = "-" if d.get("pid") is None else str(d["pid"])
+        if d.get("host_pid") and d["host_pid"] != d.get("pid"):
+            pid += f" (here {d['host_pid']})"
+        rows.append([layer, pid, _age(d.get("uptime")), str(d.get("restarts", "-")),
+                     _age(d.get("heartbeat_age")), d["state"]])
+    out.append("")
+    lines = table(["LAYER", "PID", "UP", "RESTARTS", "HEARTBEAT", "STATE"], rows)
+    out.append(lines[0])
+    for line, d in zip(lines[1:], ch["layers"].values(), strict=True):
+        good = None if d["state"] == "absent" else d["state"] == "alive"
+        out.append(line[:len(line) - len(d["state"])] + color(d["state"], good))
+    out += _watchdog_lines(ch, color)
+    conf = ch.get("config") or {}
+    if conf.get("source"):
+        ok = not conf.get("last_known_good") and conf.get("disk") == "same"
+        out.append("config: " + color(escape(conf["summary"]), ok))
+    lb = ch.get("last_boot")
+    if lb:
+        out.append(f"last boot: {escape(lb.get('cause') if isinstance(lb, dict) else lb)}")
+    gf = ch.get("gate_failure")
+    if isinstance(gf, dict):
+        out.append(f"last gate failure: {escape('; '.join(map(str, gf.get('reasons', []))))}")
+    if ch.get("restarter_error"):
+        out.append(color(f"restarter: {escape(ch['restarter_error'])}", False))
+    for u in (ch.get("restarter") or {}).get("unwritten") or []:
+        out.append(color(escape(f"unwritten: {u['file']} since {u['since']:.0f} s: "
+                                f"{u['error']}"), False))
+    services, note = st["services"], ""
+    last = ch.get("last_known")
+    if not services and last and last.get("services"):
+        services = last["services"]
+        note = (f"last known services, {last['age']:.0f} s old (the restarter does not "
+                "answer: this is what it said then)")
+    if services:
+        out += ["", note] if note else [""]
+        out += _service_lines(services, color, live=not note)
+    return out
+
+
+def _watchdog_lines(ch: dict[str, Any], color: Any) -> list[str]:
+    wd = ch.get("watchdog") or {}
+    if not wd.get("device"):
+        return []
+    tickler = ch["layers"]["tickler"]
+    parts = [f"watchdog: {escape(wd['device'])}"]
+    if wd.get("timeout") is not None:
+        parts.append(f"timeout {escape(wd['timeout'])}s")
+    if wd.get("expires_in") is not None:
+        parts.append(f"time left {max(0.0, wd['expires_in']):.0f}s")
+    parts.append(f"pets {escape(wd.get('pets') or 0)}")
+    gate = _gate(wd) or {}
+    verdict_ = ("pass" if gate.get("ok") else
+                "FAIL: " + escape("; ".join(map(str, gate.get("reasons", [])))))
+    text = " ".join(parts) + " gate " + color(verdict_, bool(gate.get("ok")))
+    if tickler["state"] != "alive":
+        text += color(f" (as the tickler last said, {_age(wd.get('as_of'))} ago: it is "
+                      f"{tickler['state']})", False)
+    return [text]
+
+
+def _service_lines(services: dict[str, Any], color: Any, live: bool) -> list[str]:
+    rows, goods = [], []
+    for name, s in sorted(services.items()):
+        why = s.get("reason") or ""
+        if s.get("status_text"):
+            why = (why + " " if why else "") + f"[{s['status_text']}]"
+        last = (s.get("last_exit") or {}).get("text", "-")
+        h = s.get("health")
+        health = "-" if not h else ("ok" if not h.get("failures") else f"{h['failures']} fail")
+        rows.append([name + ("*" if s.get("critical") else ""), str(s.get("state")),
+                     str(s.get("pid") or "-"), _age(s.get("uptime")),
+                     str(s.get("restarts", "-")), str(last), str(s.get("ready", "-")),
+                     health, why])
+        goods.append(s.get("state") in ("ready", "done") if s.get("want") == "up" and live
+                     else None)
+    lines = table(["SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "READY",
+                   "HEALTH", "WHY"], rows)
+    out = [lines[0]]
+    width = lines[0].index("STATE")  # where the STATE column starts
+    for line, row, good in zip(lines[1:], rows, goods, strict=True):
+        state = escape(row[1])
+        out.append(line[:width] + color(state, good) + line[width + len(state):])
+    if any(s.get("critical") for s in services.values()):
+        out.append("(* critical: part of the health gate)")
+    return out
+
+
+def print_status(st: dict[str, Any], stream: Any = None) -> None:
+    stream = stream or sys.stdout
+    stream.write("\n".join(render(st, stream.isatty())) + "\n")

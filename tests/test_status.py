@@ -1,0 +1,329 @@
+"""`hachain status`: each layer's state, the verdict line and the exit code, the last
+known service table, aligned columns and escaped foreign text.
+
+Pure parts on hand-made snapshots; then the whole chain on real processes (`hachain run`
+with no watchdog device), and the simulated machine in its hung, stale and resetting
+states, with status run from the host as an operator would (through `hachain.cli.main`,
+which returns the exit code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hachain import channels, cli, config, status
+from hachain.simulators.machine import SimMachine
+from tests.conftest import SVC, wait_until
+from tests.test_chain import Chain
+
+PY = sys.executable
+WD = config.WatchdogConfig()  # heartbeat_timeout 5, restart_grace 10
+INJECT = "\x1b[2J\rfake"  # clear the screen, back to column 0, print a fake row
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("layer", "age", "process", "init_alive", "run_by_init", "want"), [
+    ("restarter", 0.2, "running", True, True, "alive"),
+    ("restarter", 0.2, "stopped", True, True, "hung"),  # T: hung before the age shows it
+    ("restarter", 9.0, "stopped", True, True, "hung"),
+    ("restarter", 9.0, "running", True, True, "stale"),  # runs, does not beat
+    ("restarter", 0.2, "gone", True, True, "restarting"),
+    ("restarter", None, "gone", True, True, "restarting"),
+    ("restarter", 0.2, "gone", False, True, "dead"),  # nobody left to restart it
+    ("tickler", None, "gone", True, False, "absent"),  # --no-tickler
+    ("init", 0.2, "gone", False, True, "dead"),
+    ("init", 9.0, "running", False, True, "stale"),
+])
+def test_layer_state_from_process_and_heartbeat(layer: str, age: float | None, process: str,
+                                                init_alive: bool, run_by_init: bool,
+                                                want: str) -> None:
+    assert status.layer_state(layer, age, process, WD.heartbeat_timeout, init_alive,
+                              run_by_init) == want
+
+
+def test_escape_shows_controls_and_keeps_text() -> None:
+    assert status.escape(INJECT) == "\\x1b[2J\\rfake"
+    assert status.escape("a\nb\tc\x7f\x9b\u202eevil") == "a\\nb\\tc\\x7f\\x9b\\u202eevil"
+    assert status.escape("ready: café 5 ms, /srv/a b") == "ready: café 5 ms, /srv/a b"
+    for ch in map(chr, (*range(0x20), *range(0x7F, 0xA0))):
+        assert status.escape(ch).isprintable() and len(status.escape(ch)) > 1
+
+
+def test_table_columns_align_whatever_the_contents() -> None:
+    rows = [["a", "exited (status unknown; none)", "x"], ["a_long_service_name", "-", INJECT]]
+    lines = status.table(["NAME", "LAST EXIT", "WHY"], rows)
+    starts = {ln.index(word) for ln, word in zip(lines, ("LAST EXIT", "exited", "-"),
+                                                 strict=True)}
+    assert len(starts) == 1  # every row's second column starts at the same place
+    assert "exited (status unknown; none)" in lines[1]  # never cut
+    assert "\x1b" not in "\n".join(lines) and "\\x1b[2J\\rfake" in lines[2]
+
+
+def _layer(state: str, age: float | None = 0.1, pid: int | None = 7) -> dict[str, Any]:
+    return {"state": state, "process": {"hung": "stopped", "dead": "gone",
+                                        "restarting": "gone"}.get(state, "running"),
+            "alive": state == "alive", "stopped": state == "hung", "heartbeat_age": age,
+            "pid": pid, "host_pid": pid}
+
+
+def _snap(now: float = 100.0, **layers: dict[str, Any]) -> dict[str, Any]:
+    ls = {n: layers.get(n, _layer("alive")) for n in channels.LAYERS}
+    return {"chain": {"layers": ls, "restarter": {}, "watchdog": {
+                "device": "/dev/watchdog0", "armed": True, "petting": True, "timeout": 10,
+                "gate": {"ok": True, "reasons": []}, "last_pet_mono": now - 1,
+                "expires_in": 9.0}},
+            "services": {"db": {"state": "ready", "want": "up"},
+                         "off": {"state": "stopped", "want": "down"}}}
+
+
+def test_verdict_healthy_degraded_resetting() -> None:
+    st = _snap()
+    assert status.verdict(st, WD)["line"] == "healthy"
+    st["services"]["db"]["state"] = "backoff"
+    v = status.verdict(st, WD)
+    assert v["state"] == "degraded" and v["line"] == "degraded: 1 service not ready: db backoff"
+    # the restarter stopped: hung at once, although its heartbeat is still fresh
+    st = _snap(restarter=_layer("hung", 0.3))
+    st["chain"]["restarter_error"] = "not asked: its process is stopped"
+    v = status.verdict(st, WD)
+    assert v["line"] == "degraded: restarter hung (pid 7 stopped, heartbeat 0.3 s old)"
+    # then the gate fails: the tickler stops petting and the watchdog runs down
+    st["chain"]["watchdog"].update(petting=False, expires_in=6.4,
+                                   gate={"ok": False, "reasons": ["restarter stale"]})
+    v = status.verdict(st, WD)
+    assert v["state"] == "resetting" and v["resetting_in"] == 6.4
+    assert v["line"].startswith("resetting in 6 s: restarter hung")
+    assert "gate failing: restarter stale" in v["line"]
+    # a tickler that init is restarting is not a reset: the device stays armed briefly
+    st = _snap(tickler=_layer("restarting", 0.5))
+    assert status.verdict(st, WD)["line"] == "degraded: tickler restarting (heartbeat 0.5 s old)"
+    # everything gone and the watchdog long run out: the machine is not there any more
+    gone = _layer("dead", 40.0)
+    st = _snap(init=gone, restarter=gone, tickler=gone)
+    st["chain"]["watchdog"]["expires_in"] = -30.0
+    assert status.verdict(st, WD)["line"].startswith(
+        "degraded: the watchdog ran out 30 s ago: init dead (heartbeat 40.0 s old")
+
+
+def test_status_exit_2_on_bad_usage(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["status", "--bogus"])
+    assert e.value.code == 2
+    capsys.readouterr()
+
+
+# --- real processes ----------------------------------------------------------------------------
+
+def _status(capsys: Any, *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = cli.main(["status", *args])
+    return rc, capsys.readouterr().out
+
+
+@pytest.fixture
+def chain(tmp_path: Any) -> Iterator[Any]:
+    made: list[Chain] = []
+
+    def make(body: str, **kw: Any) -> Chain:
+        c = Chain(str(tmp_path), body, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_status_of_a_real_chain(chain: Any, capsys: Any) -> None:
+    c = chain(f"""
+[service.db]
+command = {json.dumps([PY, SVC, "notify", "0", INJECT])}
+ready = "notify"
+critical = true
+
+[service.worker-with-a-long-name]
+command = {json.dumps([PY, SVC, "sleep"])}
+""", restart_delay=3.0)
+    wait_until(lambda: c.all_ready(2), 30, "both services ready")
+    args = ("-c", c.config)
+    rc, out = wait_until(lambda: (r := _status(capsys, *args))[0] == 0 and r, 15,
+                         "a healthy verdict")
+    lines = out.splitlines()
+    assert lines[0] == "healthy"
+    # the service's STATUS= text is shown escaped, and exactly in JSON
+    assert "\x1b" not in out and "\r" not in out and "[\\x1b[2J\\rfake]" in out
+    rc, js = _status(capsys, "--json", *args)
+    st = json.loads(js)
+    assert rc == 0 and st["verdict"]["state"] == "healthy"
+    assert st["services"]["db"]["status_text"] == INJECT
+    assert {d["state"] for d in st["chain"]["layers"].values()} == {"alive"}
+    # columns line up: each row's STATE starts under the header's
+    table = lines[lines.index(next(ln for ln in lines if ln.startswith("SERVICE"))):]
+    col = table[0].index("STATE")
+    assert {ln[col:].split()[0] for ln in table[1:3]} == {"ready"}
+
+    # SIGSTOP the restarter: hung at once, exit 1, the last known table stays on screen
+    restarter = st["chain"]["layers"]["restarter"]["pid"]
+    os.kill(restarter, signal.SIGSTOP)
+    try:
+        rc, out = _status(capsys, *args)
+        assert rc == 1, out
+        assert out.splitlines()[0].startswith(f"degraded: restarter hung (pid {restarter} "
+                                              "stopped")
+        assert "last known services," in out and "s old (the restarter does not answer" in out
+        assert "worker-with-a-long-name" in out
+        rc, js = _status(capsys, "--json", *args)
+        d = json.loads(js)["chain"]["layers"]["restarter"]
+        assert (d["state"], d["alive"], d["stopped"]) == ("hung", False, True)
+    finally:
+        os.kill(restarter, signal.SIGCONT)
+    wait_until(lambda: _status(capsys, *args)[0] == 0, 15, "healthy again after SIGCONT")
+
+    # SIGKILL the tickler: init restarts it after restart_delay (3 s): restarting, exit 1
+    tickler = c.hb("tickler").pid
+    os.kill(tickler, signal.SIGKILL)
+    rc, out = wait_until(lambda: (r := _status(capsys, *args))[0] == 1
+                         and "tickler restarting" in r[1] and r, 3, "tickler restarting")
+    assert out.startswith("degraded: tickler restarting")
+    wait_until(lambda: _status(capsys, *args)[0] == 0, 20, "healthy again")
+
+
+# --- the simulated machine -------------------------------------------------------------------
+
+def needs_machine(f: Any) -> Any:
+    """Marks of a test that boots the simulated machine."""
+    f = pytest.mark.slow(f)
+    f = pytest.mark.skipif(os.geteuid() != 0, reason="the simulated machine needs root "
+                           "(PID and mount namespaces)")(f)
+    return pytest.mark.skipif(shutil.which("unshare") is None,
+                              reason="the simulated machine needs unshare(1)")(f)
+
+
+def machine_config(timeout: float, hb_timeout: float) -> str:
+    return f"""\
+[chain]
+state_dir = "/run/hachain"
+persist_dir = "/var/lib/hachain"
+heartbeat_interval = 0.2
+restart_delay = 0.5
+
+[watchdog]
+device = "sim"
+timeout = {timeout}
+pet_interval = 0.5
+heartbeat_timeout = {hb_timeout}
+restart_grace = 4
+
+[service.db]
+command = {json.dumps([PY, SVC, "notify", "0", INJECT])}
+ready = "notify"
+critical = true
+"""
+
+
+@pytest.fixture
+def boot(tmp_path: Any) -> Iterator[Any]:
+    made: list[SimMachine] = []
+
+    def make(text: str, **kw: Any) -> SimMachine:
+        cfg = tmp_path / f"chain{len(made)}.toml"
+        cfg.write_text(text)
+        m = SimMachine(str(cfg), str(tmp_path / f"m{len(made)}"), panic_delay=0.2,
+                       on_event=lambda _m: None, **kw)
+        made.append(m)
+        m.start()
+        return m
+
+    yield make
+    for m in made:
+        m.stop()
+
+
+def _m_status(m: SimMachine, capsys: Any, json_: bool = False) -> tuple[int, Any]:
+    args = ["--state-dir", m.state_dir, "--persist-dir", m.persist_dir]
+    rc, out = _status(capsys, *(["--json"] if json_ else []), *args)
+    return rc, json.loads(out) if json_ else out
+
+
+def _healthy(m: SimMachine, capsys: Any, timeout: float = 30) -> dict[str, Any]:
+    return wait_until(lambda: (r := _m_status(m, capsys, True))[0] == 0 and r[1], timeout,
+                      "a healthy verdict from the machine")
+
+
+@needs_machine
+def test_hung_restarter_on_the_machine(boot: Any, capsys: Any) -> None:
+    # heartbeat_timeout 20 s: the gate keeps passing for a while, so what is seen is
+    # status's own judgement of a stopped process, not the gate's
+    m = boot(machine_config(timeout=30, hb_timeout=20))
+    st = _healthy(m, capsys)
+    d = st["chain"]["layers"]["restarter"]
+    host = m.host_pid_of("restarter")
+    assert host is not None and d["host_pid"] == host and d["pid"] != host  # mapped
+    os.kill(host, signal.SIGSTOP)
+    try:
+        rc, out = _m_status(m, capsys)
+        assert rc == 1
+        # the pid as seen from here, which is the one an operator here can act on
+        assert out.splitlines()[0].startswith(f"degraded: restarter hung (pid {host} stopped")
+        assert "last known services," in out and "\\x1b[2J\\rfake" in out and "\x1b" not in out
+        rc, st = _m_status(m, capsys, True)
+        assert st["chain"]["layers"]["restarter"]["state"] == "hung"
+        assert st["chain"]["last_known"]["services"]["db"]["status_text"] == INJECT
+    finally:
+        os.kill(host, signal.SIGCONT)
+    _healthy(m, capsys)
+    assert len(m.boots) == 1
+
+
+@needs_machine
+def test_stale_init_on_the_machine(boot: Any, capsys: Any) -> None:
+    # init's fault hook hangs its loop (state S, not T): the heartbeat goes stale while
+    # the process runs. No device, so no reset follows: the state stays to be seen.
+    m = boot(machine_config(timeout=3, hb_timeout=1),
+             env_extra={"HACHAIN_WATCHDOG_DEVICE": "none"})
+    _healthy(m, capsys)
+    init = m.init_host_pid()
+    assert init is not None
+    os.kill(init, signal.SIGRTMIN + 2)
+    rc, st = wait_until(lambda: (r := _m_status(m, capsys, True))[1]["chain"]["layers"]
+                        ["init"]["state"] == "stale" and r, 10, "init stale")
+    assert rc == 1 and st["verdict"]["state"] == "degraded"
+    assert st["verdict"]["line"].startswith("degraded: init stale (heartbeat ")
+    assert channels.proc_state(init) not in ("T", "t")
+
+
+@needs_machine
+def test_resetting_then_healthy_again_on_the_machine(boot: Any, capsys: Any) -> None:
+    timeout = 3
+    m = boot(machine_config(timeout=timeout, hb_timeout=1))
+    _healthy(m, capsys)
+    host = m.host_pid_of("restarter")
+    assert host is not None
+    os.kill(host, signal.SIGSTOP)
+    rc, out = wait_until(lambda: (r := _m_status(m, capsys))[1].startswith("resetting in")
+                         and r, 10, "a resetting verdict")
+    assert rc == 1
+    first = out.splitlines()[0]
+    n = int(first.split()[2])
+    assert 0 <= n <= timeout and "restarter hung" in first
+    m.wait_boot(2, timeout + 10)
+    _healthy(m, capsys)
+    # the machine switched off: what is left on disk is not shown as a live chain
+    # the machine switched off: what is left on disk is not shown as a live chain. Every
+    # layer is dead and nobody pets: resetting, until the watchdog's time has run out
+    m.stop()
+    rc, out = _m_status(m, capsys)
+    assert rc == 1 and "init dead" in out.splitlines()[0]
+    assert "(as the tickler last said" in out and "it is dead)" in out
+    rc, out = wait_until(lambda: (r := _m_status(m, capsys))[1].startswith(
+        "degraded: the watchdog ran out") and r, timeout + 5, "the watchdog's time run out")
+    assert rc == 1 and "restarter dead" in out.splitlines()[0]
