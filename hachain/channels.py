@@ -21,7 +21,6 @@ half of one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -77,6 +76,7 @@ def cgroup_name(state_dir: str) -> str:
     real = os.path.realpath(state_dir)
     base = os.path.basename(os.path.normpath(real)) or "root"
     base = base if base.startswith("hachain") else "hachain-" + base
+    import hashlib  # here, not at the top: it maps OpenSSL (~4 MB) into every layer
     return f"{base}-{hashlib.sha256(real.encode()).hexdigest()[:8]}"
 
 

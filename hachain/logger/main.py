@@ -25,7 +25,6 @@ Some facts this code relies on:
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
 import select
@@ -342,12 +341,28 @@ def take_lock(state_dir: str) -> int | None:
     return fd
 
 
+USAGE = "usage: hachain-logger --state-dir D --log-dir D [--restarter-pid P]"
+
+
+def parse_args(argv: list[str]) -> dict[str, str] | None:
+    """The options as a dict; None when malformed. (No argparse: it costs 1 MB.)"""
+    if len(argv) % 2:
+        return None
+    opts = dict(zip(argv[::2], argv[1::2], strict=True))
+    if set(opts) - {"--state-dir", "--log-dir", "--restarter-pid"} or \
+            "--state-dir" not in opts or "--log-dir" not in opts or \
+            not opts.get("--restarter-pid", "0").isdigit():
+        return None
+    return opts
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hachain-logger")
-    p.add_argument("--state-dir", required=True)
-    p.add_argument("--log-dir", required=True)
-    p.add_argument("--restarter-pid", type=int, default=None)
-    args = p.parse_args(argv)
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    if opts is None:
+        log(USAGE)
+        return 2
+    state_dir, log_dir = opts["--state-dir"], opts["--log-dir"]
+    restarter_pid = int(opts.get("--restarter-pid", "0")) or None
     try:
         fds = [int(x) for x in os.environ.pop(wire.ENV_FDS, "").split(",")]
         if len(fds) != 4:
@@ -356,12 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError):
         log(f"{wire.ENV_FDS} must name 4 inherited sockets")
         return 2
-    lock = take_lock(args.state_dir)
+    lock = take_lock(state_dir)
     if lock is None:
-        log(f"another logger is already running on {args.state_dir}")
+        log(f"another logger is already running on {state_dir}")
         return LOCKED_EXIT
-    lg = Logger(args.state_dir, args.log_dir, socks, args.restarter_pid)
-    log(f"writing service logs to {args.log_dir} (pid {os.getpid()})")
+    lg = Logger(state_dir, log_dir, socks, restarter_pid)
+    log(f"writing service logs to {log_dir} (pid {os.getpid()})")
     return lg.run()
 
 

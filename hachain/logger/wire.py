@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass
 
 HANDOVER_SOCKET = "logger.sock"  # in state_dir: a new restarter gets the sockets here
 LOCK_FILE = "logger.lock"  # in state_dir: one logger per chain
@@ -23,19 +22,21 @@ MAX_FDS = 250  # per message (the kernel's SCM_MAX_FD is 253)
 MAX_MSG = 64 * 1024
 
 
-@dataclass(frozen=True)
 class PipeInfo:
-    """A pipe's owner and the limits of its log."""
+    """A pipe's owner and the limits of its log. (Plain classes here, no dataclasses:
+    the logger imports this module, and every imported module is resident memory.)"""
 
-    name: str
-    max_bytes: int
-    keep: int
+    __slots__ = ("name", "max_bytes", "keep")
+
+    def __init__(self, name: str, max_bytes: int, keep: int) -> None:
+        self.name = name
+        self.max_bytes = max_bytes
+        self.keep = keep
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "max": self.max_bytes, "keep": self.keep}
 
 
-@dataclass
 class Sockets:
     """The four sockets a logger works with, held by the restarter as well.
 
@@ -44,10 +45,12 @@ class Sockets:
     `stash_w` → `stash_r`, where the kernel keeps it open while no process has it.
     """
 
-    inbox_r: socket.socket
-    inbox_w: socket.socket
-    stash_r: socket.socket
-    stash_w: socket.socket
+    def __init__(self, inbox_r: socket.socket, inbox_w: socket.socket,
+                 stash_r: socket.socket, stash_w: socket.socket) -> None:
+        self.inbox_r = inbox_r
+        self.inbox_w = inbox_w
+        self.stash_r = stash_r
+        self.stash_w = stash_w
 
     @classmethod
     def new(cls) -> Sockets:
