@@ -386,6 +386,11 @@ class Hachain(Peer):
         for layer in ("restarter", "tickler"):
             if (p := wait_for(lambda lay=layer: self.layer_pid(lay), 10)):
                 pids.append(p)
+        try:  # the logger (docs/logs.md) names itself in its lock file
+            with open(os.path.join(self.state, "logger.lock")) as f:
+                pids.append(int(f.read().split()[0]))
+        except (OSError, ValueError, IndexError):
+            pass
         return pids
 
     def all_ready(self) -> bool:
