@@ -30,6 +30,7 @@ DEFAULT_PATH = "/etc/hachain/chain.toml"
 
 RESTART_POLICIES = ("always", "on-failure", "on-abnormal", "never")
 KINDS = ("longrun", "oneshot", "forking")
+KILL_MODES = ("cgroup", "mixed", "process")
 READY_KINDS = ("none", "notify", "fd", "exec", "tcp")
 INTENSITY_ACTIONS = ("maintenance", "restart-group", "reboot", "ignore")
 HEALTH_KINDS = ("exec", "tcp")
@@ -105,6 +106,7 @@ class ServiceConfig:
     success_exit: tuple[int, ...] = (0,)
     pids_max: int = 0  # cgroup pids.max for the service (0: no limit)
     pid_file: str | None = None  # kind = "forking": where the daemon writes its main pid
+    kill_mode: str = "cgroup"  # who gets stop_signal and SIGKILL: KILL_MODES
 
     @property
     def deps(self) -> tuple[str, ...]:
@@ -378,6 +380,14 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "before SIGKILL of the whole cgroup (or process group); 0: SIGKILL right after "
           "the signal (`\"infinity\"` is systemd's `TimeoutStopSec=0` or `infinity`).",
           group="stop"),
+    S.Key("kill_mode", S.Choice(KILL_MODES), "Which processes a stop signals, as systemd's "
+          "`KillMode=`. `\"cgroup\"`: `stop_signal` to every process of the service, "
+          "SIGKILL to all after `stop_timeout`. `\"mixed\"`: `stop_signal` to the main "
+          "process only, SIGKILL to all the rest once it has exited (or after "
+          "`stop_timeout`). `\"process\"`: only the main process is signalled, SIGKILL "
+          "included; what it leaves in its cgroup keeps running, is listed by `hachain "
+          "status` (`leftovers`), and never delays or hinders the next start (sshd's "
+          "sessions survive its restart).", group="stop"),
     S.Key("log_max_bytes", _integer(1024, 1 << 40), "stdout and stderr go to "
           "`<log_dir>/NAME.log`; once it is larger than this (checked once a minute) it is "
           "rotated: copied to `NAME.log.1` (older copies move up to `.2`, `.3`, …) and "

@@ -499,9 +499,14 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                     raise ValueError(f"{v!r} is not a signal")
                 stop_signal = sig
             elif k == "KillMode":
-                if v != "control-group":
-                    n.warn(e.line, k, f"{v}: hachain always signals the whole cgroup / "
-                           "process group (control-group)")
+                if v in ("process", "mixed"):
+                    svc["kill_mode"] = v
+                elif v == "none":
+                    svc["kill_mode"] = "process"
+                    n.warn(e.line, k, "none (nothing killed, deprecated in systemd): imported "
+                           "as kill_mode = \"process\", which still ends the main process")
+                elif v != "control-group":
+                    raise ValueError(f"{v!r} is not a kill mode")
             elif k == "SuccessExitStatus":
                 codes = []
                 for word in v.split():
@@ -859,8 +864,8 @@ def _toml_key(k: str) -> str:
 
 _KEY_ORDER = ["command", "kind", "pid_file", "restart", "enabled", "requires", "wants", "after",
               "conflicts", "ready", "ready_timeout", "watchdog_sec", "backoff", "intensity",
-              "success_exit", "stop_signal", "stop_timeout", "user", "group", "umask", "cwd",
-              "env", "rlimits", "log_max_bytes", "log_keep"]
+              "success_exit", "stop_signal", "stop_timeout", "kill_mode", "user", "group",
+              "umask", "cwd", "env", "rlimits", "log_max_bytes", "log_keep"]
 
 
 def to_toml(conv: Conversion, sources: list[str]) -> str:

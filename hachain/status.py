@@ -493,6 +493,9 @@ def _service_lines(services: dict[str, Any], color: Any, live: bool) -> list[str
         why = s.get("reason") or ""
         if s.get("status_text"):
             why = (why + " " if why else "") + f"[{s['status_text']}]"
+        if left := s.get("leftovers"):
+            why = (why + " " if why else "") + f"[{len(left)} leftover process(es): " + \
+                " ".join(map(str, left[:8])) + (" ..." if len(left) > 8 else "") + "]"
         last = (s.get("last_exit") or {}).get("text", "-")
         h = s.get("health")
         health = "-" if not h else ("ok" if not h.get("failures") else f"{h['failures']} fail")

@@ -134,6 +134,7 @@ class Restarter:
         self._stop_levels: list[list[str]] = []  # the orderly shutdown, last level first
         self._pids_limited: set[str] = set()
         self.launch_status: dict[str, ExitStatus] = {}  # forking: how the launcher ended
+        self.launch_leftovers: dict[str, frozenset[int]] = {}  # forking: in its cgroup before
         self.notify = notify.NotifySocket(os.path.join(self.state_dir, channels.NOTIFY_SOCKET),
                                           _inherited_fd(channels.ENV_NOTIFY_FD))
         self.sel.register(self.notify.fileno(), selectors.EVENT_READ, ("notify", None))
@@ -232,11 +233,15 @@ class Restarter:
                         self.pending.append((name, Ev.STOP, {}))  # stopped by hand
                     self._start_times[name] = rec.start_time  # the record stays as it is
                     continue
-            # Not running (any more): clear leftovers of it so we never run two copies.
-            if self.cgroups.active and self.cgroups.procs(name):
-                log(f"{name}: killing {len(self.cgroups.procs(name))} leftover process(es) "
-                    "in its cgroup")
-                self.cgroups.kill(name)
+            # Not running (any more): clear leftovers of it so we never run two copies
+            # (kill_mode = "process": they are meant to outlive it, and stay).
+            if self.cgroups.active and (left := self.cgroups.procs(name)):
+                if states.kills_leftovers(c):
+                    log(f"{name}: killing {len(left)} leftover process(es) in its cgroup")
+                    self.cgroups.kill(name)
+                else:
+                    log(f"{name}: {len(left)} leftover process(es) stay in its cgroup "
+                        "(kill_mode = \"process\")")
             if rec is not None and s.state is not State.MAINTENANCE:
                 restored = {"done": State.DONE, "failed": State.FAILED}.get(rec.state)
                 if restored is not None:
@@ -341,8 +346,9 @@ class Restarter:
         elif isinstance(a, states.Kill):
             s = self.svcs[a.name]
             if a.signal == states.SIGKILL:
-                log(f"{a.name}: {s.reason or 'killing'} (whole "
-                    f"{'cgroup' if self.cgroups.active else 'process group'})")
+                log(f"{a.name}: {s.reason or 'killing'} (" + (
+                    "main process only" if not a.group else "whole cgroup"
+                    if self.cgroups.active else "whole process group") + ")")
             spawn.kill_service(s.pid, a.name, a.signal, a.group, self.cgroups)
         elif isinstance(a, states.ArmTimer):
             self.arm(a.name, a.kind, a.delay, now)
@@ -381,6 +387,9 @@ class Restarter:
                 log(f"{name}: pids_max = {c.pids_max} not applied: the cgroup v2 pids "
                     "controller is not enabled here; the whole cgroup is still killed on stop")
             self._pids_limited.add(name)
+        if c.kind == "forking" and self.cgroups.active and not states.kills_leftovers(c):
+            # what earlier runs left there is not the new daemon (kill_mode = "process")
+            self.launch_leftovers[name] = frozenset(self.cgroups.procs(name))
         try:
             out_r, out_w = self.logs.pipe()
         except OSError as e:
@@ -457,10 +466,16 @@ class Restarter:
         elif s.pid == pid:
             if s.state is not State.STOPPING:
                 log(f"{name}: pid {pid} {st.describe()}")
+            if self.cgroups.active and states.kills_leftovers(self.conf[name]) and \
+                    self.cgroups.populated(name):
+                # kill_mode cgroup / mixed: the main process is gone, so is the rest of
+                # the cgroup, before anything starts in it again
+                self.cgroups.kill(name)
             self.feed(name, Ev.EXITED, now, status=st)
         if name not in self.svcs:
             return  # removed by a reload once it stopped
         if self.cgroups.active and not states.is_up(self.svcs[name]) and \
+                states.kills_leftovers(self.conf[name]) and \
                 self.svcs[name].state is not State.STOPPING:
             # the main process is gone: whatever it left behind in its cgroup goes too
             if self.cgroups.procs(name):
@@ -507,7 +522,7 @@ class Restarter:
         every 50 ms; the table's ready timeout bounds the wait."""
         c = self.conf[name]
         st = self.launch_status.get(name, ExitStatus("unknown"))
-        pid, why = spawn.main_pid(c, self.cgroups)
+        pid, why = spawn.main_pid(c, self.cgroups, self.launch_leftovers.get(name, frozenset()))
         fd = spawn.pidfd_open(pid) if pid is not None else None
         if pid is not None and fd is None:
             pid, why = None, f"main pid {pid} exited at once"
@@ -751,6 +766,9 @@ class Restarter:
             "health": None if c.health is None else {
                 "kind": c.health.kind, "failures": self.health_failures.get(name, 0),
                 "last": self.health_detail.get(name, "")},
+            # kill_mode = "process": what earlier main processes left running in its cgroup
+            "leftovers": self.cgroups.outside(name, s.pid) if self.cgroups.active and
+            not states.kills_leftovers(c) else [],
         }
 
     def reload(self, now: float) -> dict[str, Any]:

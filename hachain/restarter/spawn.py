@@ -329,6 +329,43 @@ class Cgroups:
         except (OSError, ValueError):
             return []
 
+    def populated(self, name: str) -> bool:
+        """Is any process left in the service's cgroup? (one small read: the restart path
+        asks it; a zombie is no longer listed)"""
+        p = self.path(name)
+        if p is None:
+            return False
+        try:
+            fd = os.open(os.path.join(p, "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            return bool(os.read(fd, 16).strip())
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def outside(self, name: str, main: int | None) -> list[int]:
+        """The processes of the service's cgroup that are neither `main` nor descended
+        from it: what a stop or exit of an earlier main process left (kill_mode =
+        "process"), or a daemon that escaped to init. Sorted."""
+        procs = self.procs(name)
+        parent = {p: channels.proc_ppid(p) for p in procs}
+        inside: set[int] = set() if main is None else {main}
+        out: list[int] = []
+        for p in procs:
+            chain: list[int] = []
+            q: int | None = p
+            while q is not None and q in parent and q not in inside and q not in chain:
+                chain.append(q)
+                q = parent[q]
+            if q is not None and q in inside:
+                inside.update(chain)
+            elif p != main:
+                out.append(p)
+        return sorted(out)
+
     def kill(self, name: str) -> bool:
         """SIGKILL every process in the service's cgroup. False when there is no cgroup."""
         p = self.path(name)
@@ -569,7 +606,8 @@ def remove_stale_pid_file(path: str) -> None:
             pass
 
 
-def main_pid(cfg: ServiceConfig, cgroups: Cgroups) -> tuple[int | None, str]:
+def main_pid(cfg: ServiceConfig, cgroups: Cgroups,
+             leftovers: frozenset[int] = frozenset()) -> tuple[int | None, str]:
     """The main process of a forking service whose launcher has exited, and '' — or None
     and why it is not known (yet). From `pid_file` when set (the pid must be alive and, with
     cgroups, in the service's cgroup); else from the cgroup when unambiguous: the one
@@ -586,7 +624,7 @@ def main_pid(cfg: ServiceConfig, cgroups: Cgroups) -> tuple[int | None, str]:
         return pid, ""
     if not cgroups.active:
         return None, "no pid_file, and no cgroup to find the main process in"
-    procs = set(cgroups.procs(cfg.name))
+    procs = set(cgroups.procs(cfg.name)) - leftovers  # left there by earlier runs
     roots = [p for p in procs if channels.proc_ppid(p) not in procs and channels.pid_alive(p)]
     if len(roots) == 1:
         return roots[0], ""

@@ -207,8 +207,9 @@ def _begin_stop(s: Svc, c: ServiceConfig, **kw: object) -> Result:
     # will come to end the stop: its cgroup gets the signal, then SIGKILL within a second.
     wait = c.stop_timeout if s.pid is not None else min(c.stop_timeout, 1.0)
     acts: list[Action] = [CancelTimer(s.name, Ev.READY_TIMEOUT.value),
-                          Kill(s.name, c.stop_signal), ArmTimer(s.name, Ev.STOP_TIMEOUT.value,
-                                                                wait)]
+                          Kill(s.name, c.stop_signal,
+                               group=c.kill_mode == "cgroup" or s.pid is None),
+                          ArmTimer(s.name, Ev.STOP_TIMEOUT.value, wait)]
     return replace(s, state=State.STOPPING, **kw), acts  # type: ignore[arg-type]
 
 
@@ -401,7 +402,7 @@ def stopping_stop_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         nxt, acts = stopping_exited(s, gone, c)
         return nxt, [Kill(s.name, SIGKILL, group=True)] + acts
     return replace(s, reason=f"did not stop within {c.stop_timeout:g} s: SIGKILL"), [
-        Kill(s.name, SIGKILL, group=True)]
+        Kill(s.name, SIGKILL, group=kills_leftovers(c))]
 
 
 def stopping_deps_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -562,6 +563,12 @@ def needs_ready_timer(c: ServiceConfig) -> bool:
     """Is a starting process of this service bounded by `ready_timeout`? A oneshot is
     not: it is done when it exits cleanly, however long that takes."""
     return c.kind != "oneshot" and c.ready != "none"
+
+
+def kills_leftovers(c: ServiceConfig) -> bool:
+    """kill_mode: does the end of the main process (or the stop timeout) SIGKILL what is
+    left in the service's cgroup? Not with "process": leftovers keep running there."""
+    return c.kill_mode != "process"
 
 
 def waits_for_dependents(s: Svc) -> bool:
