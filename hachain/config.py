@@ -235,6 +235,11 @@ def _rlimit(v: Any) -> tuple[int, int]:
     return soft, hard
 
 
+_DEVICE = S.Custom(_device, examples=("auto", "sim", "none", "sim:/run/wd.sock", "/dev/wd0"))
+_SIGNAL = S.Custom(_signal, examples=("SIGTERM", "INT", 9, "sigusr1"))
+_UMASK = S.Custom(_umask, examples=("022", "0077", 0o27))
+_RLIMIT = S.Custom(_rlimit, examples=(0, 1024, -1, [1024, 4096], [0, -1]))
+
 BACKOFF = S.Table(Backoff, (
     S.Key("initial", _seconds(0), "The first delay."),
     S.Key("factor", S.Number(1, 1000), "Each further delay is the previous one times this "
@@ -313,9 +318,9 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "the restarter's.", group="run"),
     S.Key("user", _UNIX_NAME, "User name to run as.", group="run"),
     S.Key("group", _UNIX_NAME, "Group name to run as.", group="run"),
-    S.Key("umask", S.Custom(_umask), "File-mode creation mask: an octal string such as "
+    S.Key("umask", _UMASK, "File-mode creation mask: an octal string such as "
           "`\"022\"` (or an integer 0 to 0o777).", group="run"),
-    S.Key("rlimits", S.MapOf(S.Choice(RLIMITS), S.Custom(_rlimit), label="the limit",
+    S.Key("rlimits", S.MapOf(S.Choice(RLIMITS), _RLIMIT, label="the limit",
                              to=lambda d: tuple((n, s, h) for n, (s, h) in d.items())),
           "Resource limits: " + ", ".join(f"`{n}`" for n in RLIMITS) + ". Each an integer "
           "(soft = hard) or `[soft, hard]`; `-1` is unlimited; soft at most hard.",
@@ -373,7 +378,7 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "fails the chain's health gate (with `[watchdog] gate_critical`), so the watchdog "
           "resets the machine.", group="live"),
     # Stopping and logs
-    S.Key("stop_signal", S.Custom(_signal), "The signal that asks the service to stop: a "
+    S.Key("stop_signal", _SIGNAL, "The signal that asks the service to stop: a "
           "name (`\"SIGINT\"`, `\"INT\"`) or a number.", shown="`\"SIGTERM\"`",
           group="stop"),
     S.Key("stop_timeout", _timeout(lo_open=False), "Seconds to wait after `stop_signal` "
@@ -487,7 +492,7 @@ def _watchdog_checks(w: WatchdogConfig, at: S.Path, r: S.Report) -> None:
 
 
 WATCHDOG = S.Table(WatchdogConfig, (
-    S.Key("device", S.Custom(_device), "`\"auto\"`: the first watchdog device found. A path "
+    S.Key("device", _DEVICE, "`\"auto\"`: the first watchdog device found. A path "
           "such as `\"/dev/watchdog0\"`. `\"sim\"`: the software simulator (socket from "
           "`$HACHAIN_SIM_WATCHDOG`); `\"sim:/path/to/socket\"` names the socket. `\"none\"`: "
           "no device; the gate is still evaluated and published."),

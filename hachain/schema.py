@@ -122,7 +122,8 @@ class Locator:
         self.where: list[tuple[Path, int]] = []
         table: Path = ()
         in_ml: str | None = None  # the quote of a multi-line string we are inside
-        for n, ln in enumerate(text.splitlines(), 1):
+        # TOML ends lines at \n only (str.splitlines would also split at \x1c, \u2028...)
+        for n, ln in enumerate(text.split("\n"), 1):
             if in_ml:
                 if ln.count(in_ml) % 2:
                     in_ml = None
@@ -358,6 +359,7 @@ class Custom(Kind):
 
     fn: Callable[[Any], Any]
     words: str = ""
+    examples: tuple[Any, ...] = ()  # good values, for generated tests
 
     def one(self, v: Any) -> Any:
         return self.fn(v)

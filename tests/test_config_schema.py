@@ -300,3 +300,311 @@ def test_every_key_has_doc_text_and_a_dataclass_field() -> None:
             elif isinstance(k.kind, S.MapOf) and isinstance(k.kind.value, S.Table):
                 walk(k.kind.value)
     walk(config.FILE)
+
+
+# --- generated configurations ------------------------------------------------------------
+#
+# Each key of the schema gets, at random, nothing, a good value or a hostile one (nan,
+# inf, huge numbers, NUL, '=', newlines, blanks, a table where a scalar belongs and the
+# reverse); service names are drawn from good and hostile ones. The file is written as
+# TOML text, remembering the line of each key. Then:
+# - a file that loads gives values the runtime takes (checked by `runtime_accepts`, which
+#   is written against what the kernel and the restarter need, not against the schema);
+# - a file that does not load gives one line per error, FILE:LINE: KEY: RULE, and the
+#   line is that of the key when the key is in the file.
+
+from dataclasses import fields, is_dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+from hypothesis import HealthCheck, Phase, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from hachain import schema as S  # noqa: E402
+
+GOOD_NAMES = ["a", "b", "web", "db@1", "x.y", "job-2", "Z_9"]
+BAD_NAMES = ["", "a\nb", "..", ".x", "a/b", "a b", "-x", "\x1b[2J", "a\x00", "é", "a" * 65,
+             "a\u2028b"]
+NASTY_TEXT = st.sampled_from(["", " ", "\x00", "a\x00b", "A=B", "=", "\n", "a\nb", "\t",
+                              "\x1b[31m", "relative/path", "/ok/path", "..", "\u2028"])
+# Values that broke something once, or could: tried on every key by the exhaustive test
+# and drawn often by the generated ones.
+NASTY_VALUES: list[Any] = [
+    float("nan"), float("inf"), -float("inf"), 1e300, -1e300, -1, 0, 0.5, 2 ** 63,
+    2 ** 64 - 1, -2 ** 63, 10 ** 30, True, False, "", " ", "\x00", "a\x00b", "A=B", "=",
+    "\n", "a\nb", "\x1b[2J", "relative", "\u2028", [], [""], [" "], ["\x00"], [1],
+    ["/bin/true", "\x00"], [10, 5], [-1, 0], [0, 2 ** 63], {}, {"": ""}, {"A=B": "x"},
+    {"A": "\x00"}, {"nofile": [10, 5]}, {"A": 1},
+]
+HOSTILE = st.one_of(
+    st.sampled_from(NASTY_VALUES),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-2 ** 63, 2 ** 63 - 1),
+    NASTY_TEXT,
+    st.text(max_size=8),
+    st.lists(st.one_of(NASTY_TEXT, st.integers(-3, 3)), max_size=3),
+    st.dictionaries(NASTY_TEXT, st.one_of(NASTY_TEXT, st.integers(-3, 3)), max_size=2),
+)
+# no "explain" phase: its tracing makes one failure take minutes on Python 3.11
+PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]
+ROLL = st.integers(0, 99).map(lambda n: n / 100)
+SAFE_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), min_size=1,
+                    max_size=12).filter(lambda t: t.strip() != "")
+
+
+def good(kind: S.Kind) -> st.SearchStrategy[Any]:
+    """Values of `kind` that look right (a few still break rules across keys)."""
+    if isinstance(kind, S.Number):
+        lo, hi = kind.lo, min(kind.hi, max(kind.lo, 0) + 100)
+        if kind.integer:
+            return st.integers(int(lo) + (1 if kind.lo_open else 0), int(hi))
+        return st.floats(lo, hi, exclude_min=kind.lo_open)
+    if isinstance(kind, S.Bool):
+        return st.booleans()
+    if isinstance(kind, S.Choice):
+        return st.sampled_from(kind.choices)
+    if isinstance(kind, S.PathText):
+        return st.one_of(st.sampled_from(kind.special or ("/x",)),
+                         SAFE_TEXT.map(lambda t: "/" + t))
+    if isinstance(kind, S.Text):
+        if kind.pattern == config.NAME_RE.pattern:
+            return st.sampled_from(GOOD_NAMES)
+        if kind.pattern:
+            return st.from_regex(kind.pattern, fullmatch=True).filter(lambda t: "\0" not in t)
+        return st.text(max_size=10)
+    if isinstance(kind, S.Argv):
+        argv = st.lists(st.text(max_size=6), max_size=3).flatmap(
+            lambda rest: SAFE_TEXT.map(lambda prog: [prog, *rest]))
+        return st.one_of(argv, SAFE_TEXT) if kind.string_ok else argv
+    if isinstance(kind, S.ListOf):
+        items = good(kind.item)
+        return st.one_of(st.lists(items, max_size=3), items) if kind.one_ok else \
+            st.lists(items, max_size=3)
+    if isinstance(kind, S.MapOf):
+        return st.dictionaries(good(kind.key), good(kind.value), max_size=3)
+    if isinstance(kind, S.Custom):
+        return st.sampled_from(kind.examples)
+    if isinstance(kind, S.Table):
+        return table(kind, hostile_rate=0)
+    raise AssertionError(f"no generator for {kind!r}")
+
+
+def table(kind: S.Table, hostile_rate: float = 0.15) -> st.SearchStrategy[dict[str, Any]]:
+    @st.composite
+    def draw_table(draw: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k in kind.keys:
+            roll = draw(ROLL)
+            required = k.default is not S.FROM_CLASS and k.default is S.REQUIRED or \
+                kind.default_of(k) is S.REQUIRED
+            if roll < hostile_rate:
+                out[k.name] = draw(HOSTILE)
+            elif roll < 0.55 or required:
+                out[k.name] = draw(good(k.kind))
+        if draw(ROLL) < hostile_rate / 3:
+            out[draw(st.sampled_from(["typo", "servce", "comand"]))] = draw(HOSTILE)
+        return out
+    return draw_table()
+
+
+@st.composite
+def configurations(draw: Any) -> dict[str, Any]:
+    top: dict[str, Any] = {}
+    rate = draw(st.sampled_from([0.0, 0.0, 0.02, 0.15]))  # half the files have no hostile value
+    for name, kind in (("chain", config.CHAIN), ("watchdog", config.WATCHDOG)):
+        roll = draw(ROLL)
+        if roll < rate / 3:
+            top[name] = draw(HOSTILE)
+        elif roll < 0.8:
+            top[name] = draw(table(kind, rate))
+    names = draw(st.lists(st.sampled_from(GOOD_NAMES if rate == 0 else GOOD_NAMES + BAD_NAMES),
+                          max_size=4, unique=True))
+    top["service"] = {n: draw(table(config.SERVICE, rate)) for n in names}
+    if draw(ROLL) < rate / 3:
+        top["service"] = draw(HOSTILE)
+    return top
+
+
+def toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else toml_str(k)
+
+
+def toml_str(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "nan" if v != v else "inf" if v == float("inf") else \
+            "-inf" if v == -float("inf") else repr(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return toml_str(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    assert isinstance(v, dict)
+    return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+
+
+def write(top: dict[str, Any], sub_headers: bool) -> tuple[str, dict[str, int]]:
+    """TOML text for `top`, and the line of each dotted key (as error lines spell it)."""
+    lines: list[str] = []
+    where: dict[str, int] = {}
+
+    def put(path: tuple[str, ...], text: str) -> None:
+        lines.append(text)
+        where.setdefault(S.key_text(path), len(lines))
+
+    def section(path: tuple[str, ...], d: dict[str, Any]) -> None:
+        put(path, "[" + ".".join(toml_key(p) for p in path) + "]")
+        later = []
+        for k, v in d.items():
+            if sub_headers and isinstance(v, dict) and v:
+                later.append((k, v))
+            else:
+                put(path + (k,), f"{toml_key(k)} = {toml_value(v)}")
+        for k, v in later:
+            section(path + (k,), v)
+
+    svcs = top.get("service")
+    for name, v in top.items():  # scalars where tables belong come before any header
+        if not isinstance(v, dict):
+            put((name,), f"{name} = {toml_value(v)}")
+    for svc_name, body in (svcs.items() if isinstance(svcs, dict) else ()):
+        if not isinstance(body, dict):
+            put(("service", svc_name), f"service.{toml_key(svc_name)} = {toml_value(body)}")
+    for name in ("chain", "watchdog"):
+        if isinstance(top.get(name), dict):
+            section((name,), top[name])
+    for svc_name, body in (svcs.items() if isinstance(svcs, dict) else ()):
+        if isinstance(body, dict):
+            section(("service", svc_name), body)
+    return "\n".join(lines) + "\n", where
+
+
+def runtime_accepts(cfg: config.Config) -> None:
+    """What the runtime needs of a loaded configuration, stated without the schema."""
+    import resource
+    import signal as sig
+
+    def walk(obj: Any, at: str) -> None:
+        if is_dataclass(obj):
+            for f in fields(obj):
+                walk(getattr(obj, f.name), f"{at}.{f.name}")
+        elif isinstance(obj, (tuple, list)):
+            for x in obj:
+                walk(x, at)
+        elif isinstance(obj, dict):
+            for k, x in obj.items():
+                walk(k, at)
+                walk(x, at)
+        elif isinstance(obj, float):
+            assert obj == obj and abs(obj) < 1e9, (at, obj)  # no nan, no inf, timer-sized
+        elif isinstance(obj, str):
+            assert "\0" not in obj, at
+    walk(cfg, "config")
+    assert cfg.chain.state_dir.startswith("/") and cfg.chain.persist_dir.startswith("/")
+    assert cfg.chain.heartbeat_interval < cfg.watchdog.heartbeat_timeout
+    assert 0 < cfg.watchdog.pet_interval < cfg.watchdog.timeout
+    for name, s in cfg.services.items():
+        assert s.name == name and name.isprintable() and "/" not in name
+        assert name not in (".", "..") and not name.startswith((".", "-"))
+        assert 0 < len(name.encode()) <= 64
+        assert s.command and s.command[0].strip(), s.command
+        for argv in (s.ready_command, s.health.command if s.health else ()):
+            assert not argv or argv[0].strip()
+        for k, v in s.env:
+            assert k and "=" not in k and "\0" not in k + v
+        for rname, soft, hard in s.rlimits:
+            assert hasattr(resource, "RLIMIT_" + rname.upper())
+            inf = resource.RLIM_INFINITY
+            soft_v = 2 ** 64 if soft == inf else soft
+            hard_v = 2 ** 64 if hard == inf else hard
+            assert 0 <= soft_v <= hard_v, (rname, soft, hard)
+            assert hard == inf or hard < 2 ** 63
+        for who in (s.user, s.group):
+            assert who is None or (who.strip() and who.isprintable() and ":" not in who)
+        assert s.cwd is None or s.cwd.startswith("/")
+        assert s.umask is None or 0 <= s.umask <= 0o777
+        sig.Signals(s.stop_signal)
+        assert all(0 <= c <= 255 for c in s.success_exit)
+        assert 3 <= s.ready_fd <= 1023 and 0 <= s.ready_port <= 65535
+        assert s.intensity.window > 0 and s.backoff.factor >= 1
+        assert s.backoff.max >= s.backoff.initial
+        for dep in s.deps + s.conflicts:
+            assert dep in cfg.services and dep != name
+
+
+def check_rejection(text: str, where: dict[str, int], err: config.ConfigError) -> None:
+    assert err.errors
+    n_lines = text.count("\n")
+    for e in err.errors:
+        m = re.match(r"^x\.toml:(\d+): .+: .+$", e)
+        assert m and e.isprintable(), e
+        line, rest = int(m.group(1)), e.split(": ", 1)[1]
+        assert 1 <= line <= n_lines, e
+        named = [k for k in where if rest.startswith(k + ": ")]
+        if named and "dependency cycle" not in e:
+            assert line == where[max(named, key=len)], (e, text)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=PHASES)
+@given(configurations(), st.booleans())
+def test_generated_configs_load_into_runtime_values_or_fail_on_one_line(
+        top: dict[str, Any], sub_headers: bool) -> None:
+    text, where = write(top, sub_headers)
+    try:
+        cfg = config.parse(text, "/etc/x.toml")
+    except config.ConfigError as e:
+        event("refused")
+        check_rejection(text, where, e)
+    else:
+        event("loaded")
+        runtime_accepts(cfg)
+
+
+def all_keys(tab: S.Table, at: tuple[str, ...]) -> list[tuple[str, ...]]:
+    out = []
+    for k in tab.keys:
+        if isinstance(k.kind, S.Table):
+            out += all_keys(k.kind, at + (k.name,))
+        out.append(at + (k.name,))
+    return out
+
+
+EVERY_KEY = (all_keys(config.CHAIN, ("chain",)) + all_keys(config.WATCHDOG, ("watchdog",))
+             + all_keys(config.SERVICE, ("service", "a")))
+
+
+@pytest.mark.parametrize("path", EVERY_KEY, ids=[".".join(p) for p in EVERY_KEY])
+def test_every_key_with_every_nasty_value(path: tuple[str, ...]) -> None:
+    """Each key of the schema, alone in a good file, set to each of NASTY_VALUES: the file
+    gives runtime values, or is refused on one line per error (file:line: key: rule)
+    naming the key (or, for a rule across keys, a key beside it)."""
+    for bad in NASTY_VALUES:
+        top: dict[str, Any] = {"service": {"a": {"command": ["/bin/true"]}}}
+        d = top
+        for p in path[:-1]:
+            d = d.setdefault(p, {})
+        d[path[-1]] = bad
+        text, where = write(top, False)
+        try:
+            cfg = config.parse(text, "x.toml")
+        except config.ConfigError as e:
+            check_rejection(text, where, e)
+            # the key itself, or a rule across keys of its table or naming it
+            assert any(f": {S.key_text(path)}: " in x or f": {S.key_text(path[:-1])}." in x
+                       or ".".join(path[-2:]) in x for x in e.errors), (bad, e.errors)
+        else:
+            runtime_accepts(cfg)
