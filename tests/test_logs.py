@@ -297,3 +297,18 @@ def test_cli_follow_of_a_real_service(restarter: Any) -> None:
             proc.kill()
             proc.wait(5)
     assert proc.returncode == 0
+
+
+def test_copies_above_log_keep_are_removed_and_keep_0_keeps_none(tmp_path: Any) -> None:
+    d = str(tmp_path)
+    for n in range(1, 6):
+        _write(os.path.join(d, f"a.log.{n}"), b"old %d\n" % n)
+    lf = LogFile(d, "a", 1024, 4)  # a larger log_keep before: .5 goes
+    assert sorted(os.listdir(d)) == ["a.log.1", "a.log.2", "a.log.3", "a.log.4"]
+    lf.configure(1024, 2)  # a reload lowered it
+    assert sorted(os.listdir(d)) == ["a.log.1", "a.log.2"]
+    z = LogFile(d, "z", 1024, 0)
+    for _ in range(3):
+        z.append(b"z" * 1000 + b"\n")
+    assert sorted(n for n in os.listdir(d) if n.startswith("z")) == ["z.log"]
+    assert os.path.getsize(os.path.join(d, "z.log")) == 1001

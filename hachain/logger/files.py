@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 MODE = 0o640
@@ -50,19 +49,20 @@ class LogFile:
             self.trim()
 
     def trim(self) -> None:
-        """Remove rotated copies numbered above `keep` (left by a larger `log_keep`)."""
-        pat = re.compile(re.escape(self.name + ".log") + r"\.([0-9]+)$")
-        try:
-            entries = os.listdir(self.dir)
-        except OSError:
-            return
-        for e in entries:
-            m = pat.match(e)
-            if m and int(m.group(1)) > self.keep:
-                try:
-                    os.unlink(os.path.join(self.dir, e))
-                except OSError:
-                    pass
+        """Remove rotated copies numbered above `keep` (left by a larger `log_keep`).
+        Copies are numbered without gaps, so this stops at the first one missing: one
+        failed unlink in the usual case, not a listing of a directory of 1000 logs."""
+        n = self.keep + 1
+        while True:
+            try:
+                os.unlink(f"{self.path}.{n}")
+            except FileNotFoundError:
+                return
+            except OSError:
+                pass
+            n += 1
+            if n > self.keep + 1000:
+                return
 
     def _open(self) -> int:
         if self.fd is None:

@@ -176,12 +176,15 @@ class Logger:
             f.configure(info.max_bytes, info.keep)
 
     def drop(self, p: Pipe) -> None:
+        """A pipe reached its end. The service's log file is closed when no other pipe of
+        it is left (a crash-looping service's next pipe opens it again); the LogFile
+        object stays, so its limits are not checked on disk again."""
         self.ep.unregister(p.fd)
         os.close(p.fd)
         del self.pipes[p.fd]
         del self.by_ino[p.ino]
         if not any(q.info.name == p.info.name for q in self.pipes.values()):
-            f = self.files.pop(p.info.name, None)
+            f = self.files.get(p.info.name)
             if f is not None:
                 f.close()
 
@@ -328,6 +331,20 @@ class Logger:
             f.close()
 
 
+def raise_fd_limit() -> None:
+    """A read end and a log file per service: lift the soft RLIMIT_NOFILE to the hard
+    limit, as the restarter does for its pidfds."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def take_lock(state_dir: str) -> int | None:
     fd = os.open(os.path.join(state_dir, wire.LOCK_FILE),
                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -375,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if lock is None:
         log(f"another logger is already running on {state_dir}")
         return LOCKED_EXIT
+    raise_fd_limit()
     lg = Logger(state_dir, log_dir, socks, restarter_pid)
     log(f"writing service logs to {log_dir} (pid {os.getpid()})")
     return lg.run()
