@@ -118,6 +118,15 @@ class TestSharedMachine:
         assert m.status["chain"]["last_boot"]["cause"] == "normal"
         assert cvm.read("/sys/class/watchdog/watchdog0/bootstatus") == "0"
         assert m.status["chain"]["layers"]["init"]["extra"]["pid1"] is True
+        # issue 21.7: `watchdog info` on the real i6300esb, from sysfs only (the tickler
+        # holds the device: info must not open it), with wdctl's flag table
+        rc, out = cvm.vm.run([cvm.python, "-m", "hachain.cli", "watchdog", "info"], timeout=30)
+        assert rc == 0, out
+        assert "Identity:      i6300ESB timer" in out and "State:         active" in out
+        assert "Options:       unknown: this kernel's sysfs does not offer them" in out \
+            or "KEEPALIVEPING" in out, out
+        assert "FLAG" in out and "STATUS BOOT-STATUS" in out, out
+        assert "not opened" in out
 
     def test_sigkill_restarter_readopts_without_reboot(
             self, shared: tuple[ChainVM, float], record_property: RecordProperty) -> None:

@@ -377,6 +377,26 @@ def test_cli_list_and_info_from_fake_sysfs(tmp_path: Path, capsys: pytest.Captur
     assert report["options_flags"] == ["SETTIMEOUT", "MAGICCLOSE", "KEEPALIVEPING"]
 
 
+def test_info_flag_table_is_wdctls() -> None:
+    """Issue 21.7: one row per flag the driver supports or the status words show, with
+    1/0 for the status and the boot status, as wdctl prints them."""
+    from hachain.watchdog.cli import format_info
+    report = {"device": "/dev/watchdog0", "source": "ioctl", "identity": "i6300ESB timer",
+              "options": 0x8180, "status": 0x200, "bootstatus": 0x20, "notes": []}
+    lines = format_info(report).splitlines()
+    head = next(ln for ln in lines if ln.strip().startswith("FLAG"))
+    assert head.split() == ["FLAG", "DESCRIPTION", "STATUS", "BOOT-STATUS"]
+    rows = {ln.split()[0]: ln.split()[-2:] for ln in lines[lines.index(head) + 1:]
+            if ln.startswith("  ")}
+    assert rows == {"CARDRESET": ["0", "1"], "PRETIMEOUT": ["1", "0"],
+                    "MAGICCLOSE": ["0", "0"], "KEEPALIVEPING": ["0", "0"],
+                    "SETTIMEOUT": ["0", "0"]}, rows
+    unknown = format_info({**report, "options": None, "source": "sysfs"})
+    assert "Options:       unknown: this kernel's sysfs does not offer them (--open asks " \
+        "the driver)" in unknown
+    assert "PRETIMEOUT" in unknown and "SETTIMEOUT" not in unknown
+
+
 def test_cli_info_nowayout_is_not_opened(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     make_fake_sysfs(tmp_path, "watchdog0", I6300 | {"nowayout": "1"})

@@ -251,13 +251,34 @@ def format_info(report: Report) -> str:
         f"Boot status:   {_flags_line(boot)}"
         + (f": {describe_bootstatus(boot)}" if boot is not None else ""),
         f"Status:        {_flags_line(status)}",
-        f"Options:       {_flags_line(options)}",
+        "Options:       " + (_flags_line(options) if options is not None else
+                             "unknown: this kernel's sysfs does not offer them (--open asks "
+                             "the driver)"),
     ]
-    if options:
-        lines.append("  FLAG           DESCRIPTION")
-        lines += [f"  {name:<14} {text}" for name, text in flag_descriptions(options)]
+    lines += _flag_table(options, status, boot)
     lines += [f"Note:          {n}" for n in report.get("notes", [])]
     return "\n".join(lines)
+
+
+def _flag_table(options: int | None, status: int | None, boot: int | None) -> list[str]:
+    """wdctl's table: every flag the driver supports (or, without its options, that the
+    status or boot status shows), what it means, and whether it is set in the status and
+    in the boot status (1/0, "-" when that word is unknown)."""
+    mask = (options or 0) | (status or 0) | (boot or 0)
+    rows = flag_descriptions(mask)
+    if not rows:
+        return []
+    width = max(len(text) for _, text in rows)
+
+    def bit(word: int | None, name: str) -> str:
+        if word is None:
+            return "-"
+        return "1" if name in flag_names(word) else "0"
+
+    out = [f"  {'FLAG':<14} {'DESCRIPTION':<{width}} STATUS BOOT-STATUS"]
+    out += [f"  {name:<14} {text:<{width}} {bit(status, name):>6} {bit(boot, name):>11}"
+            for name, text in rows]
+    return out
 
 
 def _or_unknown(value: Any) -> str:
