@@ -20,10 +20,12 @@ Facts this relies on:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
+import tomllib
 from typing import Any
 
 from hachain import channels, client, config
@@ -150,9 +152,22 @@ def _timing(state_dir: str, wd: config.WatchdogConfig | None) -> config.Watchdog
     from hachain import snapshot
     snap = snapshot.read_running(state_dir)
     if snap is not None:
+        # Only [watchdog]'s two durations are needed, and the snapshot was validated when
+        # it was accepted: read them with tomllib (a full parse of 1000 services takes
+        # seconds, status must answer in milliseconds).
         try:
-            return config.parse(snap.text, snap.source).watchdog
-        except config.ConfigError:
+            table = tomllib.loads(snap.text).get("watchdog") or {}
+            base = config.WatchdogConfig()
+
+            def num(key: str, default: float) -> float:
+                v = table.get(key)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    return float(v)
+                return default
+            return dataclasses.replace(
+                base, heartbeat_timeout=num("heartbeat_timeout", base.heartbeat_timeout),
+                restart_grace=num("restart_grace", base.restart_grace))
+        except (tomllib.TOMLDecodeError, AttributeError, ValueError):
             pass
     return wd if wd is not None else config.WatchdogConfig()
 

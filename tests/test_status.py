@@ -114,6 +114,19 @@ def test_verdict_healthy_degraded_resetting() -> None:
         "degraded: the watchdog ran out 30 s ago: init dead (heartbeat 40.0 s old")
 
 
+def test_heartbeats_are_judged_by_the_running_configuration(tmp_path: Any) -> None:
+    from hachain import snapshot
+    state = tmp_path / "run"
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{tmp_path / "p"}"\n'
+                   'heartbeat_interval = 0.5\n[watchdog]\ndevice = "none"\nheartbeat_timeout = 1.5\n')
+    given = config.WatchdogConfig(heartbeat_timeout=7.0)
+    assert status._timing(str(state), given).heartbeat_timeout == 7.0  # no snapshot yet
+    snapshot.accept(str(cfg))
+    assert status._timing(str(state), given).heartbeat_timeout == 1.5  # what runs wins
+    assert status._timing(str(state), None).restart_grace == WD.restart_grace
+
+
 def test_status_exit_2_on_bad_usage(capsys: Any) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(["status", "--bogus"])
