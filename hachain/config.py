@@ -213,7 +213,8 @@ def _timeout(lo_open: bool) -> S.Custom:
             return float(finite.one(v))
         except S.Bad as e:
             raise S.Bad(f"{e}, or \"infinity\"") from None
-    return S.Custom(one, finite.rule.rstrip(".") + ", or `\"infinity\"` (no timeout).")
+    return S.Custom(one, finite.rule.rstrip(".") + ", or `\"infinity\"` (no timeout).",
+                    examples=(0.5, 5, 30, "infinity"))
 
 
 def _umask(v: Any) -> int:
@@ -394,11 +395,12 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "status` (`leftovers`), and never delays or hinders the next start (sshd's "
           "sessions survive its restart).", group="stop"),
     S.Key("log_max_bytes", _integer(1024, 1 << 40), "stdout and stderr go to "
-          "`<log_dir>/NAME.log`; once it is larger than this (checked once a minute) it is "
-          "rotated: copied to `NAME.log.1` (older copies move up to `.2`, `.3`, …) and "
-          "truncated in place.", group="stop"),
-    S.Key("log_keep", _integer(0, 100), "How many rotated copies to keep (0: truncate "
-          "without a copy).", group="stop"),
+          "`<log_dir>/NAME.log`, which never grows past this: before a write would, the "
+          "file is renamed to `NAME.log.1` (older copies move up to `.2`, `.3`, …) and a new "
+          "one started. A service's logs take at most `log_max_bytes × (log_keep + 1)` "
+          "([logs](logs.md)).", group="stop"),
+    S.Key("log_keep", _integer(0, 100), "How many rotated copies to keep (0: the full file "
+          "is removed, no copy).", group="stop"),
 )
 
 
