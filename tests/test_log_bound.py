@@ -16,7 +16,7 @@ from typing import Any
 
 from hachain import channels
 from hachain.logger import wire
-from hachain.restarter.logpipe import RESTART_DELAY, STUCK_SECONDS
+from hachain.restarter.logpipe import RESTART_DELAY, STUCK_BEATS
 from tests.conftest import PY, RestarterRun, wait_until
 
 MAX, KEEP = 16384, 2
@@ -215,8 +215,8 @@ def test_logger_sigkill_during_a_flood_keeps_the_pipe(restarter: Any) -> None:
 
 
 def test_a_stopped_logger_is_replaced(restarter: Any) -> None:
-    """SIGSTOP: the logger is alive but takes nothing; after STUCK_SECONDS the restarter
-    kills it and starts another, which takes the pipe back from the stash."""
+    """SIGSTOP: the logger is alive but takes nothing; after STUCK_BEATS heartbeats the
+    restarter kills it and starts another, which takes the pipe back from the stash."""
     run: RestarterRun = restarter(_config(), cgroups=False)
     log_dir = os.path.join(run.persist_dir, "log")
     pid = run.wait_state("flood", "ready")["pid"]
@@ -226,7 +226,7 @@ def test_a_stopped_logger_is_replaced(restarter: Any) -> None:
     try:
         os.kill(logger, signal.SIGSTOP)
         wait_until(lambda: _logger_pid(run) not in (0, logger),
-                   STUCK_SECONDS + RESTART_DELAY + 10, "a new logger")
+                   STUCK_BEATS * 0.2 + RESTART_DELAY + 10, "a new logger")  # beats: 0.2 s
         assert "stopped for" in open(run.log).read()
         _advancing(log_dir)
         st = run.svc("flood")

@@ -40,14 +40,16 @@ from hachain.restarter import spawn
 RESTART_DELAY = 1.0  # between a logger's exit and its restart (init's delay for layers)
 PENDING_MAX = 4096  # read ends kept here while the inbox is full; then the oldest go
 STOP_SECONDS = 3.0  # how long an orderly shutdown waits for the logger to finish
-STUCK_SECONDS = 5.0  # a logger stopped, or leaving its inbox full, this long is replaced
+STUCK_BEATS = 5  # heartbeats a logger may stay stopped, or leave its inbox full
 
 
 class LogPipes:
     """The logger as the restarter sees it: sockets, pid, read ends still to send."""
 
-    def __init__(self, state_dir: str, log_dir: str, log: Callable[[str], None]) -> None:
+    def __init__(self, state_dir: str, log_dir: str, log: Callable[[str], None],
+                 heartbeat_interval: float = 1.0) -> None:
         self.state_dir = state_dir
+        self.stuck_after = STUCK_BEATS * heartbeat_interval  # then it is replaced
         self.log_dir = log_dir
         self.log = log
         self.socks: wire.Sockets | None = None
@@ -149,8 +151,8 @@ class LogPipes:
         self.flush()
 
     def _stuck(self, now: float) -> str | None:
-        """Why the logger counts as hung (stopped, or its inbox untaken, for
-        STUCK_SECONDS), or None. Costs no wake-up of the logger."""
+        """Why the logger counts as hung (stopped, or its inbox left full, for
+        `stuck_after` seconds), or None. Costs no wake-up of the logger."""
         why = None
         if channels.proc_state(self.pid or 0) in ("T", "t"):
             why = "stopped"
@@ -161,7 +163,7 @@ class LogPipes:
             return None
         if self.stuck_since is None:
             self.stuck_since = now
-        if now - self.stuck_since < STUCK_SECONDS:
+        if now - self.stuck_since < self.stuck_after:
             return None
         return f"{why} for {now - self.stuck_since:.1f} s"
 

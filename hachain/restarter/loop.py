@@ -123,7 +123,8 @@ class Restarter:
         self.orphaned: str | None = None  # why init is gone, once a heartbeat saw it
         self.max_lag = 0.0
         self.beats = 0
-        self.logs = logpipe.LogPipes(self.state_dir, self.log_dir, log)
+        self.logs = logpipe.LogPipes(self.state_dir, self.log_dir, log,
+                                     cfg.chain.heartbeat_interval)
         self.sel = selectors.EpollSelector()
         self.hb = channels.HeartbeatWriter(self.state_dir, "restarter", layer_restarts)
         self._sig_r, self._sig_w = socket.socketpair()
