@@ -128,8 +128,8 @@ class ChainCollector:
 
     def _layers(self, layers: dict[str, Any]) -> Iterator[Metric]:
         """Per-layer families from the heartbeats."""
-        up = GaugeMetricFamily("hachain_layer_up", "1 when the layer's heartbeat exists and "
-                               "its process lives", labels=["layer"])
+        up = GaugeMetricFamily("hachain_layer_up", "1 when the layer is alive: its process "
+                               "runs and its heartbeat is fresh", labels=["layer"])
         stopped = GaugeMetricFamily("hachain_layer_stopped", "1 when the layer's process "
                                     "is stopped (SIGSTOP)", labels=["layer"])
         age = GaugeMetricFamily("hachain_layer_heartbeat_age_seconds", "age of the layer's "
@@ -141,7 +141,7 @@ class ChainCollector:
         for layer, d in sorted(layers.items()):
             if not isinstance(d, dict):
                 continue
-            missing = d.get("state") == "missing"
+            missing = d.get("state") == "missing" or d.get("pid") is None  # no heartbeat
             up.add_metric([layer], 0.0 if missing or not d.get("alive") else 1.0)
             if missing:
                 continue
