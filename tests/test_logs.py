@@ -312,3 +312,12 @@ def test_copies_above_log_keep_are_removed_and_keep_0_keeps_none(tmp_path: Any) 
         z.append(b"z" * 1000 + b"\n")
     assert sorted(n for n in os.listdir(d) if n.startswith("z")) == ["z.log"]
     assert os.path.getsize(os.path.join(d, "z.log")) == 1001
+
+
+def test_the_logger_imports_only_stdlib_channels_and_itself() -> None:
+    """It runs beside every service for the chain's life: nothing it does not need."""
+    from tests.test_layering import files, imports_of
+    for f in files("logger"):
+        for m in imports_of(f):
+            assert m.split(".")[0] in sys.stdlib_module_names or m == "__future__" or \
+                m == "hachain.channels" or m.startswith("hachain.logger"), f"{f} imports {m}"
