@@ -10,8 +10,9 @@ import importlib
 import json
 import os
 import sys
+import time
 
-from hachain import channels, client, config
+from hachain import bootrecord, channels, client, config
 
 
 def _err(msg: str) -> None:
@@ -135,7 +136,38 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clear_boot_loop(args: argparse.Namespace) -> int:
+    """`hachain clear --boot-loop`: leave rescue (the record first, then each held service)."""
+    state_dir, persist_dir = dirs(args)
+    try:
+        held = bootrecord.clear_loop(persist_dir, time.time())
+    except OSError as e:
+        _err(f"clear --boot-loop: cannot write the boot record in {persist_dir}: {e}")
+        return 1
+    print("boot loop cleared: the boots before this one no longer count"
+          + (f"; releasing {', '.join(held)}" if held else ""))
+    rc = 0
+    for name in held:
+        try:
+            rep = client.request(state_dir, {"op": "clear", "name": name})
+        except client.ControlError as e:
+            _err(f"clear {name}: {e} (it is released when the restarter starts)")
+            return 1
+        if not rep.get("ok"):
+            _err(f"clear {name}: {rep.get('error')}")
+            rc = 1
+    return rc
+
+
 def cmd_control(args: argparse.Namespace) -> int:
+    if getattr(args, "boot_loop", False):
+        if args.name is not None:
+            _err("clear: give a service name or --boot-loop, not both")
+            return 2
+        return cmd_clear_boot_loop(args)
+    if args.name is None:
+        _err(f"{args.cmd}: a service name is required")
+        return 2
     state_dir, _ = dirs(args)
     try:
         rep = client.request(state_dir, {"op": args.cmd, "name": args.name})
@@ -182,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "(want down, persisted)"), ("restart", "stop and start a service"),
                       ("clear", "release a service from maintenance or failed")):
         x = sub.add_parser(name, help=hlp)
-        x.add_argument("name")
+        x.add_argument("name", nargs="?" if name == "clear" else None)
+        if name == "clear":
+            x.add_argument("--boot-loop", action="store_true",
+                           help="leave rescue: release what the boot-loop breaker holds")
         _add_dirs(x)
         x.set_defaults(func=cmd_control, cmd=name)
 

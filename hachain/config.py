@@ -33,6 +33,7 @@ KINDS = ("longrun", "oneshot", "forking")
 KILL_MODES = ("cgroup", "mixed", "process")
 READY_KINDS = ("none", "notify", "fd", "exec", "tcp")
 INTENSITY_ACTIONS = ("maintenance", "restart-group", "reboot", "ignore")
+BOOT_LOOP_ACTIONS = ("rescue", "disarm", "ignore")
 HEALTH_KINDS = ("exec", "tcp")
 RLIMITS = ("as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "stack")
 
@@ -134,6 +135,15 @@ class WatchdogConfig:
 
 
 @dataclass(frozen=True)
+class BootLoop:
+    """`[chain] boot_loop`: `resets` consecutive unclean boots within `window` s is a loop."""
+
+    resets: int = 3
+    window: float = 900.0
+    action: str = "rescue"  # "rescue" | "disarm" | "ignore"
+
+
+@dataclass(frozen=True)
 class ChainConfig:
     state_dir: str = "/run/hachain"
     persist_dir: str = "/var/lib/hachain"
@@ -143,6 +153,7 @@ class ChainConfig:
     log_dir: str = ""  # default: <persist_dir>/log
     log_format: str = "human"  # "human" | "json"
     control_group: str = ""  # members of this group may use the control socket too
+    boot_loop: BootLoop = field(default_factory=BootLoop)
 
     @property
     def service_log_dir(self) -> str:
@@ -447,14 +458,30 @@ def _chain_checks(c: ChainConfig, at: S.Path, r: S.Report) -> None:
         r.err(at + ("state_dir",), too_long)
 
 
+BOOT_LOOP = S.Table(BootLoop, (
+    S.Key("resets", _integer(1, 1000), "Consecutive boots that ended in an unclean reset "
+          "(anything but an orderly shutdown; a reset nobody explained counts)."),
+    S.Key("window", _seconds(0, lo_open=True), "Seconds: the oldest of those boots "
+          "started at most this long before this boot (a clock that went backwards counts "
+          "as inside)."),
+    S.Key("action", S.Choice(BOOT_LOOP_ACTIONS), "What a boot-loop boot does. "
+          "`\"rescue\"`: the critical services that failed the gate in those boots are held "
+          "in maintenance and do not gate the watchdog; everything else starts and the "
+          "layers still gate it. `\"disarm\"`: everything starts as configured and the "
+          "tickler disarms the watchdog (magic close) so the box stays up for an operator. "
+          "`\"ignore\"`: recorded only. `hachain clear --boot-loop` leaves it (see "
+          "operations.md, \"reading a reset record\")."),
+))
+
+
 CHAIN = S.Table(ChainConfig, (
     S.Key("state_dir", S.PathText(nonempty=True), "Runtime directory: the control socket, "
           "the layers' heartbeats (`hb/`), the restarter's per-service runtime records. "
           "Meant for a tmpfs that a reboot wipes. Absolute path."),
     S.Key("persist_dir", S.PathText(nonempty=True), "Persistent directory: services "
           "stopped by hand or in maintenance (`admin.json`), the tickler's `gate.json` and "
-          "`last_boot.json`, and by default the service logs. Must survive reboots. "
-          "Absolute path."),
+          "`last_boot.json`, the boot record `boot_record.json`, and by default the service "
+          "logs. Must survive reboots. Absolute path."),
     S.Key("cgroup_root", S.PathText(nonempty=True, special=("auto", "none")),
           "Where each service gets its own cgroup v2 directory. `\"auto\"`: `<cgroup2 "
           "mount>/hachain-<state_dir name>-<8 hex digits of its path>` when it is writable, "
@@ -481,6 +508,9 @@ CHAIN = S.Table(ChainConfig, (
           "`stop`, `restart`, `clear`) besides root and the chain's own user. Empty: only "
           "those two. An unknown group name leaves the socket to root and the chain's "
           "user."),
+    S.Key("boot_loop", BOOT_LOOP, "The reboot-loop breaker, a table: when the last "
+          "`resets` boots all ended in an unclean reset within `window` seconds, this boot "
+          "is a boot-loop boot and `action` says what it does.", shown="see below"),
 ), checks=(_chain_checks,))
 
 

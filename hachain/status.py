@@ -28,7 +28,7 @@ import time
 import tomllib
 from typing import Any
 
-from hachain import channels, client, config
+from hachain import bootrecord, channels, client, config
 
 LAYER_STATES = ("alive", "hung", "stale", "restarting", "dead", "absent")
 LAST_TABLE = "status-last.json"  # in state_dir: the last service table the restarter gave
@@ -287,7 +287,11 @@ def gather_status(state_dir: str, persist_dir: str,
                                    "pets", "gate", "last_pet_mono")}
     wdog["as_of"] = layers["tickler"]["heartbeat_age"]  # how old this table is
     wdog["expires_in"] = _expires_in(tk, layers["tickler"], now)
+    wdog["pet_timing"] = {k: tk.get(k) for k in (  # the tickler's, since boot
+        "pet_late_worst", "pet_late_warnings", "pet_late_warn", "pet_interval_last",
+        "disarmed")}
     out["chain"]["watchdog"] = wdog
+    out["chain"]["boot"] = bootrecord.summary(persist_dir)  # the reset record
     out["verdict"] = verdict(out, timing)
     return out
 
@@ -464,6 +468,7 @@ def render(st: dict[str, Any], tty: bool = False) -> list[str]:
     gf = ch.get("gate_failure")
     if isinstance(gf, dict):
         out.append(f"last gate failure: {escape('; '.join(map(str, gf.get('reasons', []))))}")
+    out += _boot_lines(ch, color)
     if ch.get("restarter_error"):
         out.append(color(f"restarter: {escape(ch['restarter_error'])}", False))
     for u in (ch.get("restarter") or {}).get("unwritten") or []:
@@ -478,6 +483,18 @@ def render(st: dict[str, Any], tty: bool = False) -> list[str]:
     if services:
         out += ["", note] if note else [""]
         out += _service_lines(services, color, live=not note)
+    return out
+
+
+def _boot_lines(ch: dict[str, Any], color: Any) -> list[str]:
+    """The reset record (previous boot's end, rescue) and the pets' worst lateness."""
+    out = [color(escape(line), False if "RESCUE" in line or "LOOP" in line else None)
+           for line in bootrecord.describe(ch.get("boot") or {})]
+    pt = (ch.get("watchdog") or {}).get("pet_timing") or {}
+    if isinstance(pt.get("pet_late_worst"), (int, float)):
+        warned = pt.get("pet_late_warnings") or 0
+        out.append(f"pets: worst lateness {pt['pet_late_worst']:.3f} s since boot (warning "
+                   f"above {pt.get('pet_late_warn') or 0:g} s; {warned} late)")
     return out
 
 

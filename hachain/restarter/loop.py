@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from hachain import channels
+from hachain import bootrecord, channels
 from hachain.config import Config, ServiceConfig
 from hachain.restarter import graph, logpipe, notify, probes, spawn, states
 from hachain.restarter.persist import RuntimeRecord, Store
@@ -118,6 +118,7 @@ class Restarter:
         self.admin: dict[str, dict[str, str]] = {}  # as last built for admin.json
         self.restart_times: deque[float] = deque()
         self.reboot_requested: str | None = None
+        self.rescue_held: set[str] = set()  # critical services a rescue boot holds
         self.shutting_down = False
         self.init = channels.init_from_env()
         self.orphaned: str | None = None  # why init is gone, once a heartbeat saw it
@@ -202,6 +203,7 @@ class Restarter:
     def adopt_or_start(self, now: float) -> None:
         """Rebuild every service from persisted state and what is really running."""
         admin = self.store.read_admin()
+        self.rescue_held = self._rescue_holds()
         adopted = 0
         to_exit: list[str] = []
         for name, c in self.conf.items():
@@ -212,6 +214,9 @@ class Restarter:
                             if a.get("want") == "down" else "disabled in configuration")
             if "maintenance" in a:
                 s = replace(s, state=State.MAINTENANCE, reason=a["maintenance"])
+            if name in self.rescue_held:
+                s = replace(s, state=State.MAINTENANCE, reason="rescue: boot loop (hachain "
+                            "clear --boot-loop)")
             rec = self.store.read_record(name)
             if rec is not None and rec.pid and self._verify(rec):
                 fd = spawn.pidfd_open(rec.pid)
@@ -267,6 +272,34 @@ class Restarter:
             if s.state is State.STOPPED and s.want == "up":
                 self.pending.append((name, Ev.START, {}))
         self.admin_dirty = True
+
+    def _rescue_holds(self) -> set[str]:
+        """This boot's entry in the boot record (opened here if the restarter starts
+        first); in a rescue boot, the critical services to hold in maintenance."""
+        bl = self.cfg.chain.boot_loop
+        try:
+            entry = bootrecord.begin_boot(self.cfg.chain.persist_dir,
+                                          bootrecord.current_boot_id(), time.time(),
+                                          bl.resets, bl.window, bl.action)
+        except OSError as e:
+            log(f"warning: cannot read or write the boot record: {e}")
+            return set()
+        held = {n for n in bootrecord.held_services(entry)
+                if n in self.conf and self.conf[n].critical}
+        if held:
+            resc = entry.get("rescue") or {}
+            log(f"RESCUE boot: boots {resc.get('boots')} ended {resc.get('reasons')}; "
+                f"holding {', '.join(sorted(held))} in maintenance, out of the health gate "
+                "(hachain clear --boot-loop releases them)")
+        return held
+
+    def _release_rescue(self, name: str) -> None:
+        """`hachain clear NAME` of a service the rescue holds: it runs and gates again."""
+        self.rescue_held.discard(name)
+        try:
+            bootrecord.release(self.cfg.chain.persist_dir, bootrecord.current_boot_id(), name)
+        except OSError as e:
+            log(f"warning: {name}: cannot record its release from rescue: {e}")
 
     def _verify(self, rec: RuntimeRecord) -> bool:
         """Is rec.pid still the process we started? (start time, then cgroup membership)"""
@@ -744,7 +777,8 @@ class Restarter:
         while self.restart_times and self.restart_times[0] < now - STORM_WINDOW:
             self.restart_times.popleft()
         critical = {n: {"state": (s := self.svcs[n]).state.value,
-                        "ok": s.state not in (State.MAINTENANCE, State.FAILED),
+                        "ok": s.state not in (State.MAINTENANCE, State.FAILED)
+                        or n in self.rescue_held,
                         "reason": s.reason}
                     for n in self.critical}
         self.hb.beat({"lag": round(self.max_lag, 4), "critical": critical,
@@ -849,6 +883,8 @@ class Restarter:
             if op in ("start", "restart") and s.state is State.MAINTENANCE:
                 return {"ok": False, "error": f"{name} is in maintenance ({s.reason}); "
                         f"use 'hachain clear {name}'"}
+            if op == "clear" and name in self.rescue_held:
+                self._release_rescue(name)
             self.feed(name, Ev(op), now)
             self.flush()
             return {"ok": True, "name": name, "state": self.svcs[name].state.value}
@@ -885,7 +921,7 @@ class Restarter:
     def _admin_entry(self, name: str) -> dict[str, str] | None:
         """What admin.json keeps for `name`: held down by hand, or in maintenance."""
         s = self.svcs[name]
-        if s.state is State.MAINTENANCE:
+        if s.state is State.MAINTENANCE and name not in self.rescue_held:  # (boot record)
             return {"want": s.want, "maintenance": s.reason}
         if s.want == "down" and self.conf[name].enabled:
             return {"want": "down"}

@@ -8,10 +8,21 @@ A separate process, started (and blindly restarted) by init. What it owns:
   pretimeout, petting it, and the magic close on an orderly stop;
 - the health gate's *inputs*: it reads the heartbeats of init and the restarter and
   whether their processes are alive, and asks `health.evaluate` for the verdict;
-- two records in the persistent directory: `gate.json` (why it stopped petting, written
-  durably on the first failure, so it survives the reset it causes) and `last_boot.json`
-  (why the previous boot ended, read once at start from the device's boot status);
+- its records in the persistent directory: `gate.json` (why it stopped petting, written
+  durably on the first failure, so it survives the reset it causes), `last_boot.json`
+  (why the previous boot ended, read once at start from the device's boot status), and
+  its part of the boot record (`hachain.bootrecord`): this boot's entry before the device
+  is armed, the device's boot status, and the reason on every controlled end (gate
+  failure, reboot requested, orderly stop);
+- the boot-loop action `disarm` (magic close at start, so the box stays up);
+- the timing of its pets: the interval between pets, how late each came, a warning when
+  one came later than half the margin (timeout - pet_interval);
 - its own heartbeat, `hb/tickler.json`.
+
+The pet loop never waits on a file: each gated layer's heartbeat is read by a thread of
+its own, and a read that does not answer within `read_deadline` fails the gate (a FIFO in
+place of the file, a hung FUSE or NFS mount under state_dir); a read still hanging is not
+asked again until it returns. Durable writes (fsync) go through a writer thread.
 
 What it must not do: pet when the gate fails; keep running without petting because the
 device is broken (it exits non-zero, and init restarts it; a silent non-petting tickler
@@ -29,16 +40,20 @@ import ctypes
 import errno
 import json
 import os
+import queue
 import selectors
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from hachain import channels, sdnotify, snapshot
+from hachain import bootrecord, channels, sdnotify, snapshot
 from hachain.config import (
     DEFAULT_PATH,
+    BootLoop,
     ChainConfig,
     Config,
     ConfigError,
@@ -56,7 +71,8 @@ from hachain.watchdog.device import (
 
 PROG = "hachain-tickler"
 LAST_BOOT = "last_boot.json"  # in persist_dir; written by the tickler once per boot
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+READ_DEADLINE_MAX = 0.5  # a heartbeat read slower than this (or margin / 4) fails the gate
+RECORD_DEADLINE = 5.0  # the boot record at start, before the device is armed
 RT_PRIORITY = 50  # SCHED_FIFO priority: above ordinary services, below kernel threads
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -70,13 +86,82 @@ def log(msg: str) -> None:
         pass
 
 
-def read_boot_id() -> str:
-    """This boot's id (a fresh UUID per kernel boot); "" when unavailable."""
-    try:
-        with open(BOOT_ID_PATH) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+def bounded(fn: Callable[[], Any], deadline: float, name: str) -> tuple[bool, Any]:
+    """Run `fn` in a thread and wait at most `deadline` s: (True, its value) or
+    (False, None) when it did not answer in time (it may go on, stuck, in its thread).
+    An exception of `fn` is returned as the value."""
+    box: list[Any] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except Exception as e:  # noqa: BLE001 - handed to the caller
+            box.append(e)
+        done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    if not done.wait(deadline):
+        return False, None
+    return True, box[0]
+
+
+class Reader:
+    """Reads one layer's heartbeat on request in a thread of its own, so a read that hangs
+    holds up that thread only. The loop asks (`wanted`), the thread answers (`done` + 1,
+    `result`); `busy_since` is set while a read is under way."""
+
+    def __init__(self, state_dir: str, layer: str, cv: threading.Condition) -> None:
+        self.state_dir = state_dir
+        self.layer = layer
+        self.cv = cv
+        self.wanted = False
+        self.busy_since: float | None = None
+        self.result: channels.Heartbeat | None = None
+        self.done = 0
+        threading.Thread(target=self.run, name=f"read-{layer}", daemon=True).start()
+
+    def run(self) -> None:
+        while True:
+            with self.cv:
+                self.cv.wait_for(lambda: self.wanted)
+                self.wanted = False
+                self.busy_since = time.monotonic()
+            hb = channels.read_heartbeat(self.state_dir, self.layer)  # may block for ever
+            with self.cv:
+                self.result = hb
+                self.busy_since = None
+                self.done += 1
+                self.cv.notify_all()
+
+
+class RecordWriter:
+    """Durable writes of the persistent records, in order, in a thread of their own: an
+    fsync on a slow or hung disk must not hold up the pet loop."""
+
+    def __init__(self) -> None:
+        self.q: queue.SimpleQueue[tuple[str, Callable[[], None] | None]] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self.run, name="records", daemon=True)
+        self.thread.start()
+
+    def submit(self, what: str, fn: Callable[[], None]) -> None:
+        self.q.put((what, fn))
+
+    def run(self) -> None:
+        while True:
+            what, fn = self.q.get()
+            if fn is None:
+                return
+            try:
+                fn()
+            except OSError as e:
+                log(f"cannot write {what}: {e}")
+
+    def close(self, timeout: float) -> bool:
+        """Finish what is queued, waiting at most `timeout` s; False when it did not."""
+        self.q.put(("", None))
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
 
 
 def boot_cause(bootstatus: int) -> str:
@@ -122,7 +207,8 @@ class Tickler:
         self.started = started
         self.state_dir = cfg.chain.state_dir
         self.persist_dir = cfg.chain.persist_dir
-        self.boot_id = read_boot_id()
+        self.boot_id = bootrecord.current_boot_id()
+        self.boot_entry: dict[str, Any] | None = None
         self.device = wd.path if wd is not None else "none"
         self.timeout: int | None = None
         self.pretimeout: int | None = None
@@ -137,9 +223,43 @@ class Tickler:
         self.sel: selectors.BaseSelector | None = None  # the loop's, while it runs
         self.watched: dict[str, tuple[int, int]] = {}  # layer -> (pid, pidfd or -1)
         self.dead: set[int] = set()
+        margin = max(0.0, self.wdc.timeout - self.wdc.pet_interval)
+        self.read_deadline = max(0.01, min(READ_DEADLINE_MAX, margin / 4))
+        self.cv = threading.Condition()
+        self.readers = {layer: Reader(self.state_dir, layer, self.cv)
+                        for layer in health.GATED_LAYERS}
+        self.last_hbs: dict[str, channels.Heartbeat | None] = {}
+        self.restarter_extra: dict[str, Any] = {}
+        self.records = RecordWriter()
+        self.recorded_critical: set[str] = set()
+        self.disarmed: str | None = None  # why the boot-loop action disarmed the device
+        # pet timing: when the next pet is due (None: no schedule yet, or the gate failed),
+        # the last interval, the worst lateness this boot and how many pets were late
+        self.pet_due: float | None = None
+        self.pet_interval_last: float | None = None
+        self.pet_late_worst = 0.0
+        self.pet_late_warnings = 0
         restarts = os.environ.get(channels.ENV_LAYER_RESTARTS, "0")
+        self.carry_pet_timing()
         self.hb = channels.HeartbeatWriter(self.state_dir, "tickler",
                                            int(restarts) if restarts.isdigit() else 0)
+
+    def carry_pet_timing(self) -> None:
+        """A tickler restarted within a boot goes on with the worst pet lateness of the
+        previous one (read from its heartbeat, with a deadline)."""
+        ok, old = bounded(lambda: channels.read_heartbeat(self.state_dir, "tickler"),
+                          self.read_deadline, "read-tickler")
+        if ok and isinstance(old, channels.Heartbeat) and self.boot_id and \
+                old.extra.get("boot_id") == self.boot_id:
+            worst, n = old.extra.get("pet_late_worst"), old.extra.get("pet_late_warnings")
+            if isinstance(worst, (int, float)) and isinstance(n, int):
+                self.pet_late_worst, self.pet_late_warnings = float(worst), n
+
+    @property
+    def late_warn(self) -> float:
+        """A pet later than this (half the margin timeout - pet_interval) is warned about."""
+        timeout = self.timeout if self.timeout is not None else self.wdc.timeout
+        return max(0.0, timeout - self.wdc.pet_interval) / 2
 
     # -- setup ------------------------------------------------------------------------
 
@@ -188,6 +308,7 @@ class Tickler:
             gate = None
         if isinstance(gate, dict) and self.boot_id and gate.get("boot_id") == self.boot_id:
             gate = None  # from this boot (an earlier tickler): not about the previous one
+        self.records.submit(bootrecord.RECORD, lambda: self.begin_boot(bootstatus))
         cause = boot_cause(bootstatus)
         rec = {
             "boot_id": self.boot_id, "wall": time.time(), "device": self.device,
@@ -203,17 +324,63 @@ class Tickler:
             msg += "; gate had failed: " + "; ".join(map(str, gate.get("reasons", [])))
         log(msg)
 
+    def begin_boot(self, bootstatus: int | None = None) -> None:
+        """Add the device's boot status to this boot's entry in the boot record."""
+        self.boot_entry = begin_boot_record(self.cfg, self.boot_id, bootstatus, self.device)
+
+    def disarm_for_boot_loop(self) -> None:
+        """`boot_loop.action = "disarm"` in a boot-loop boot: magic close, so the machine
+        stays up for an operator; the gate is still evaluated and published."""
+        resc = (self.boot_entry or {}).get("rescue") or {}
+        if self.wd is None or resc.get("action") != "disarm" or \
+                (self.boot_entry or {}).get("cleared"):
+            return
+        why = f"boot loop: boots {resc.get('boots')} ended {resc.get('reasons')}"
+        try:
+            closed = not (self.wd.nowayout or self.wdc.nowayout) and self.wd.magic_close()
+        except WatchdogError as e:
+            log(f"{why}; cannot disarm the watchdog ({e}); petting as usual")
+            return
+        if not closed:
+            log(f"{why}; the watchdog is nowayout and cannot be disarmed; petting as usual")
+            return
+        self.disarmed = why
+        self.wd = None
+        log(f"{self.device}: {why}; watchdog DISARMED (boot_loop.action = \"disarm\") so "
+            "the machine stays up for an operator")
+
     # -- one tick ----------------------------------------------------------------------
 
-    def observe(self) -> tuple[dict[str, channels.Heartbeat | None], dict[str, bool]]:
-        """The gated layers' heartbeats and whether the processes that wrote them live."""
-        hbs: dict[str, channels.Heartbeat | None] = {}
-        alive: dict[str, bool] = {}
-        for layer in health.GATED_LAYERS:
-            hb = channels.read_heartbeat(self.state_dir, layer)
-            hbs[layer] = hb
-            alive[layer] = hb is not None and self.alive(layer, hb.pid)
-        return hbs, alive
+    def observe(self) -> tuple[dict[str, channels.Heartbeat | None], dict[str, bool],
+                               list[str]]:
+        """The gated layers' heartbeats, whether the processes that wrote them live, and
+        one reason per heartbeat read that did not answer within `read_deadline` (then
+        the last heartbeat read stands in for it)."""
+        asked: dict[str, int] = {}
+        with self.cv:
+            for layer, r in self.readers.items():
+                if r.busy_since is None and not r.wanted:
+                    r.wanted = True
+                    asked[layer] = r.done + 1
+            if asked:
+                self.cv.notify_all()
+                self.cv.wait_for(lambda: all(self.readers[la].done >= n
+                                             for la, n in asked.items()), self.read_deadline)
+            answered = {la: self.readers[la].result for la, n in asked.items()
+                        if self.readers[la].done >= n}
+            busy = {la: r.busy_since for la, r in self.readers.items() if la not in answered}
+        self.last_hbs.update(answered)
+        late = []
+        now = time.monotonic()
+        for layer, since in busy.items():
+            waited = f" (waiting {now - since:.1f} s)" if since is not None else ""
+            late.append(f"{layer} heartbeat read did not answer within "
+                        f"{self.read_deadline:g} s{waited}: "
+                        f"{channels.heartbeat_path(self.state_dir, layer)}")
+        hbs = {layer: self.last_hbs.get(layer) for layer in self.readers}
+        alive = {layer: hb is not None and self.alive(layer, hb.pid)
+                 for layer, hb in hbs.items()}
+        return hbs, alive, late
 
     def alive(self, layer: str, pid: int) -> bool:
         """Whether `pid` (the writer of `layer`'s heartbeat) still lives.
@@ -263,12 +430,19 @@ class Tickler:
         if (why := channels.init_gone(self.init)) is not None:
             self.orphaned, self.stop_requested = why, True  # never pet for a chain with no init
             return
-        hbs, alive = self.observe()
+        hbs, alive, late = self.observe()
         self.gate = health.evaluate(now, hbs, alive, self.wdc, self.started)
+        if late:
+            self.gate = health.GateResult(False, self.gate.reasons + tuple(late))
+        self.restarter_extra = (hbs.get("restarter") or channels.Heartbeat(
+            "restarter", 0, 0, 0, 0, 0, {})).extra
         if self.gate.ok:
             if self.failing:
                 log("gate passes again; petting resumes")
                 self.failing = False
+                self.recorded_critical = set()
+                self.records.submit(bootrecord.RECORD, lambda: bootrecord.set_reason(
+                    self.persist_dir, self.boot_id, bootrecord.UNKNOWN, [], time.time()))
             # Under systemd (Type=notify, WatchdogSec=), tell it the chain is up and
             # healthy: systemd's watchdog then means what the hardware one means.
             if not self.sd_ready:
@@ -276,14 +450,52 @@ class Tickler:
             else:
                 sdnotify.notify("WATCHDOG=1")
             if self.wd is not None and now >= self.next_pet:
-                self.wd.keepalive()
-                self.pets += 1
-                self.last_pet = time.monotonic()
-                self.next_pet = now + self.wdc.pet_interval
-        elif not self.failing:
-            self.failing = True
-            self.on_gate_failure()
+                self.pet()
+        else:
+            self.pet_due = None  # no pet is owed while the gate fails
+            if not self.failing:
+                self.failing = True
+                self.on_gate_failure()
+            elif self.failed_critical() - self.recorded_critical:
+                self.record_end()  # more critical services failing: blame them too
         self.beat()
+
+    def pet(self) -> None:
+        """Keepalive, and the timing: the interval since the last pet, and how late this
+        one came against its schedule (a warning beyond half the margin)."""
+        assert self.wd is not None
+        self.wd.keepalive()
+        t = time.monotonic()
+        self.pets += 1
+        if self.pet_due is not None and self.last_pet is not None:
+            lateness = max(0.0, t - self.pet_due)
+            self.pet_interval_last = t - self.last_pet
+            self.pet_late_worst = max(self.pet_late_worst, lateness)
+            if lateness > self.late_warn:
+                self.pet_late_warnings += 1
+                log(f"warning: pet {lateness:.3f} s late (interval {self.pet_interval_last:.3f}"
+                    f" s, pet_interval {self.wdc.pet_interval:g} s); warning above "
+                    f"{self.late_warn:g} s, half the margin before the watchdog fires")
+        self.last_pet = t
+        self.pet_due = self.next_pet = t + self.wdc.pet_interval
+
+    def failed_critical(self) -> set[str]:
+        """The critical services the restarter reports not ok (from its last heartbeat)."""
+        crit = self.restarter_extra.get("critical")
+        if not isinstance(crit, dict):
+            return set()
+        return {str(n) for n, i in crit.items() if not (isinstance(i, dict) and i.get("ok"))}
+
+    def record_end(self) -> None:
+        """The boot record's reason while the gate fails: this is how the boot will end
+        unless the gate passes again (then it goes back to "unknown")."""
+        crit = self.failed_critical()
+        self.recorded_critical |= crit
+        req = self.restarter_extra.get("reboot_requested")
+        reason = bootrecord.REBOOT_REQUESTED if req else bootrecord.GATE_FAILURE
+        detail = list(self.gate.reasons)
+        self.records.submit(bootrecord.RECORD, lambda: bootrecord.set_reason(
+            self.persist_dir, self.boot_id, reason, detail, time.time(), sorted(crit)))
 
     def on_gate_failure(self) -> None:
         """First failure of a streak: log the reasons and record them durably."""
@@ -293,10 +505,8 @@ class Tickler:
                "reasons": list(self.gate.reasons), "device": self.device,
                "boot_id": self.boot_id}
         path = os.path.join(self.persist_dir, channels.GATE_RECORD)
-        try:
-            channels.write_json(path, rec, durable=True)
-        except OSError as e:
-            log(f"cannot write {path}: {e}")
+        self.records.submit(path, lambda: channels.write_json(path, rec, durable=True))
+        self.record_end()
 
     def beat(self) -> None:
         """Publish hb/tickler.json."""
@@ -311,6 +521,10 @@ class Tickler:
             "petting": self.wd is not None and self.gate.ok,
             "last_pet_mono": self.last_pet, "pets": self.pets,
             "gate": self.gate.to_json(), "timeout": self.timeout, "timeleft": timeleft,
+            "boot_id": self.boot_id, "pet_interval_last": self.pet_interval_last,
+            "pet_late_worst": round(self.pet_late_worst, 4),
+            "pet_late_warnings": self.pet_late_warnings, "pet_late_warn": self.late_warn,
+            "read_deadline": self.read_deadline, "disarmed": self.disarmed,
         }
         self.hb.beat(extra)
 
@@ -330,10 +544,15 @@ class Tickler:
         next_tick = time.monotonic()
         while not self.stop_requested:
             now = time.monotonic()
-            if now >= next_tick:
+            pet_owed = self.wd is not None and self.gate.ok and now >= self.next_pet
+            if now >= next_tick or pet_owed:
                 self.tick(now)
-                next_tick = max(next_tick + period, now)
-            for key, _ in sel.select(max(0.0, next_tick - time.monotonic())):
+                if now >= next_tick:
+                    next_tick = max(next_tick + period, now)
+            wake = next_tick
+            if self.wd is not None and self.gate.ok:
+                wake = min(wake, self.next_pet)  # a pet is not kept waiting for a tick
+            for key, _ in sel.select(max(0.0, wake - time.monotonic())):
                 if key.data[0] == "pidfd":
                     self.on_pidfd(key.data[1])
                     continue
@@ -348,9 +567,12 @@ class Tickler:
         self.stop_requested = True
 
     def shutdown(self) -> int:
-        """Orderly stop: magic close (disarm) unless nowayout. Returns 0. Orphaned (init
-        gone): a plain close, so the device stays armed for the next chain to take over."""
+        """Orderly stop: magic close (disarm) unless nowayout, and "shutdown" in the boot
+        record (a layer that starts again in this boot takes it back). Returns 0.
+        Orphaned (init gone): a plain close, so the device stays armed for the next chain
+        to take over, and the boot record is left as it is (this is no shutdown)."""
         if self.orphaned:
+            self.records.close(RECORD_DEADLINE)  # what is queued (a gate failure) is kept
             if self.wd is None:
                 log(f"{self.orphaned}: exiting (no device: nothing will reset this machine)")
                 return 0
@@ -362,6 +584,12 @@ class Tickler:
                 f"armed and resets the machine unless a new chain's tickler opens it within "
                 f"its timeout ({self.timeout} s)")
             return 0
+        self.records.submit(bootrecord.RECORD, lambda: bootrecord.set_reason(
+            self.persist_dir, self.boot_id, bootrecord.SHUTDOWN,
+            ["orderly stop (SIGTERM or SIGINT to the tickler)"], time.time()))
+        if not self.records.close(RECORD_DEADLINE):
+            log(f"the records in {self.persist_dir} did not finish writing within "
+                f"{RECORD_DEADLINE:g} s")
         if self.wd is None:
             log("stopping (no device)")
             return 0
@@ -378,6 +606,15 @@ class Tickler:
             log(f"{self.device}: stopping; magic close failed, watchdog stays armed: {e}")
         self.beat()
         return 0
+
+
+def begin_boot_record(cfg: Config, boot_id: str, bootstatus: int | None = None,
+                      device: str | None = None) -> dict[str, Any]:
+    """This boot's entry in the boot record: opened by the first layer to start in a
+    boot, with the loop verdict of `[chain] boot_loop`. OSError propagates."""
+    bl = cfg.chain.boot_loop
+    return bootrecord.begin_boot(cfg.chain.persist_dir, boot_id, time.time(), bl.resets,
+                                 bl.window, bl.action, bootstatus=bootstatus, device=device)
 
 
 def load_config(path: str) -> Config:
@@ -415,6 +652,7 @@ def load_config(path: str) -> Config:
         d = json.loads(raw)
         if "errors" in d:
             raise ConfigError([str(x) for x in d["errors"]])
+        d["chain"]["boot_loop"] = BootLoop(**d["chain"]["boot_loop"])
         return Config(path=d["path"], chain=ChainConfig(**d["chain"]),
                       watchdog=WatchdogConfig(**d["watchdog"]), services={})
     except (ValueError, TypeError, KeyError):
@@ -452,6 +690,18 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(d, exist_ok=True)
         except OSError as e:
             log(f"cannot create {d}: {e}")
+    # The boot record first, before the device is armed: a boot that goes wrong from here
+    # on is counted even if nothing gets to say why.
+    boot_id = bootrecord.current_boot_id()
+    answered, entry = bounded(lambda: begin_boot_record(cfg, boot_id), RECORD_DEADLINE,
+                              "boot-record")
+    if not answered or not isinstance(entry, dict):
+        why = entry if answered else f"no answer within {RECORD_DEADLINE:g} s"
+        log(f"cannot write the boot record in {cfg.chain.persist_dir}: {why}")
+        entry = None
+    else:
+        for line in bootrecord.describe(bootrecord.summary(cfg.chain.persist_dir, boot_id)):
+            log(line)
     wd: Watchdog | None = None
     if cfg.watchdog.device == "none":
         log('WARNING: [watchdog] device = "none": nothing will reset this machine; the '
@@ -463,9 +713,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"cannot open the watchdog: {e}; exiting (init will retry)")
             return 1
     tickler = Tickler(cfg, wd, started)
+    tickler.boot_entry = entry
     try:
         tickler.configure_device()
         tickler.record_last_boot()
+        tickler.disarm_for_boot_loop()
         return tickler.run()
     except WatchdogError as e:
         # Leave it armed (plain close): the restarted tickler takes over within the timeout.
