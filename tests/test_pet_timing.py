@@ -55,11 +55,12 @@ def test_a_heartbeat_read_that_blocks_forever_fails_the_gate_by_its_deadline(rig
                            period + deadline + 1.0, "the next tickler heartbeat")
             seqs.append(h.seq)
         assert failed.extra["pet_late_worst"] < failed.extra["pet_late_warn"]  # on time
-        # Unblock the reader with a real heartbeat written into the FIFO; the gate passes
-        # again once the file is a file again.
+        # Unblock the reader: a writer appears (its open returns), the FIFO goes away (a
+        # retry finds no file), the writer closes (its read returns). The gate passes
+        # again once the heartbeat is a file again.
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
         os.unlink(path)
+        os.close(fd)
         fl.layers["restarter"] = True
         wait_until(lambda: (h := rig.tickler_hb()) and h.extra["gate"]["ok"], GRACE,
                    "the gate to pass again")
