@@ -1,6 +1,6 @@
 """Real daemons under the restarter: start to ready, and SIGKILL to ready again.
 
-    .venv/bin/python bench/daemons_bench.py [--runs 5] [--only pg,redis,nginx,nginx-forking]
+    .venv/bin/python bench/daemons_bench.py [--runs 5] [--only pg,redis,nginx,nginx-forking,sshd]
 
 For each daemon of tests/helpers/daemons.py (PostgreSQL and redis with sd_notify, nginx in
 the foreground with tcp readiness, nginx forking from Debian's nginx.service through
@@ -36,6 +36,7 @@ KINDS = {
     "nginx": ("nginx (foreground)", "tcp", lambda tmp: D.nginx_foreground(tmp)),
     "nginx-forking": ("nginx (forking, imported unit)", "launcher exit + pid file",
                       lambda tmp: D.nginx_forking(tmp)[0]),
+    "sshd": ("OpenSSH sshd (kill_mode process)", "notify", lambda tmp: D.sshd(tmp)[0]),
 }
 
 

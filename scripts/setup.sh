@@ -14,7 +14,7 @@ if [ "${1:-}" = "--test" ]; then
     # tests/test_daemons.py supervises (their packages must not start them: see below)
     want_debs+=(qemu-system-x86 linux-image-amd64 busybox-static systemd libsystemd-dev
                 pkg-config gcc libc6-dev s6 runit supervisor cpio
-                postgresql redis-server nginx-light)
+                postgresql redis-server nginx-light openssh-server)
 fi
 missing=()
 for p in "${want_debs[@]}"; do

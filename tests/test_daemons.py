@@ -26,6 +26,14 @@ def _installed() -> None:
         pytest.skip(why)  # a failure under CI=true (tests/conftest.py)
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _cgroup_procs(r: D.RestarterRun, name: str) -> list[int]:
     assert r.cg_root, "these tests need a writable cgroup v2"
     try:
@@ -109,6 +117,82 @@ def test_nginx_forking_from_its_debian_unit() -> None:
             assert r.req("stop", "nginx")["ok"]
             r.wait_state("nginx", "stopped", timeout=30)
             assert _cgroup_procs(r, "nginx") == []
+
+
+@pytest.mark.parametrize("kill_mode", ["process", "cgroup"])
+def test_sshd_restart_keeps_open_sessions_only_with_kill_mode_process(kill_mode: str) -> None:
+    """Debian's ssh.service: Type=notify, KillMode=process. A `hachain restart sshd`
+    with kill_mode = "process" signals only the listener: an open session (its own sshd
+    child in the service's cgroup) keeps running, is listed as a leftover, and the new
+    listener starts beside it. With "cgroup" the session goes with the restart."""
+    with D.daemon_dir() as tmp:
+        sd, key = D.sshd(tmp, kill_mode)
+        with D.restarter(tmp, sd.body) as r:
+            st = D.wait_ready(r, sd)
+            marker = os.path.join(tmp, "session-alive")
+            sess = D.ssh_session(sd.port, key, f"echo open; while :; do touch {marker}; "
+                                               "sleep 0.2; done")
+            try:
+                assert sess.stdout is not None
+                assert sess.stdout.readline() == b"open\n", sess.stderr.read1(4096)  # type: ignore[union-attr]
+                # the session's own sshd processes (not its short-lived sleeps)
+                session_procs = {p for p in _cgroup_procs(r, "sshd")
+                                 if p != st["pid"] and _comm(p) == "sshd"}
+                assert session_procs, "the session's sshd runs in the service's cgroup"
+                assert r.req("restart", "sshd")["ok"]
+                st2 = D.wait_ready(r, sd, old_pid=st["pid"])
+                r.pids_seen.add(st2["pid"])
+                if kill_mode == "process":
+                    assert sess.poll() is None, "the open session was killed by the restart"
+                    assert session_procs <= set(_cgroup_procs(r, "sshd"))
+                    os.unlink(marker)
+                    wait_until(lambda: os.path.exists(marker), 10, "the session still working")
+                    assert r.svc("sshd").get("leftovers"), r.svc("sshd")
+                else:
+                    assert sess.wait(15) != 0  # its connection went with the cgroup
+                    assert not session_procs & set(_cgroup_procs(r, "sshd"))
+            finally:
+                if sess.poll() is None:
+                    sess.kill()
+                sess.wait(10)
+
+
+def test_migrate_then_serve_appliance() -> None:
+    """A oneshot migration, then the server that needs it: the server starts only once
+    the migration is done (it refuses to start without the schema), is never restarted
+    by the migration's clean exit, and a failed migration keeps it down, saying why."""
+    with D.daemon_dir() as tmp:
+        port = D.free_port()
+        schema = os.path.join(tmp, "schema")
+        serve = (f"import http.server, os, sys; "
+                 f"os.path.exists({schema!r}) or sys.exit('no schema'); "
+                 f"http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, "
+                 f"port={port}, bind='127.0.0.1')")
+        body = f"""
+[service.migrate]
+kind = "oneshot"
+command = ["/bin/sh", "-c", "sleep 0.5; test -e {tmp}/fail && exit 3; echo v2 > {schema}"]
+restart = "on-failure"
+intensity = {{ max_restarts = 1, window = 60, action = "maintenance" }}
+[service.serve]
+command = ["{sys.executable}", "-c", "{serve}"]
+requires = ["migrate"]
+ready = "tcp"
+ready_port = {port}
+"""
+        with D.restarter(tmp, body) as r:
+            r.wait_state("migrate", "done", timeout=30)
+            st = r.wait_state("serve", "ready", timeout=30)
+            assert st["restarts"] == 0 and open(schema).read() == "v2\n"
+            assert D.http_get(port).startswith("HTTP/1.0 200")
+        os.unlink(schema)
+        open(os.path.join(tmp, "fail"), "w").close()
+        with D.restarter(os.path.join(tmp), body) as r:
+            m = r.wait_state("migrate", "maintenance", timeout=30)
+            assert "exit status 3" in m["reason"]
+            s = r.svc("serve")
+            assert s["state"] == "waiting" and "migrate" in s["reason"], s
+            assert s["pid"] is None
 
 
 def test_daemons_bench_smoke() -> None:

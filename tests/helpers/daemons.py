@@ -33,8 +33,9 @@ INITDB = os.path.join(PG_BIN[0], "initdb")
 REDIS = "/usr/bin/redis-server"
 NGINX = "/usr/sbin/nginx"
 NGINX_UNIT = "/lib/systemd/system/nginx.service"
+SSHD = "/usr/sbin/sshd"
 NEEDED = {"postgresql": POSTGRES, "redis-server": REDIS, "nginx-light": NGINX,
-          "nginx-light (its unit)": NGINX_UNIT}
+          "nginx-light (its unit)": NGINX_UNIT, "openssh-server": SSHD}
 
 
 def missing() -> str:
@@ -226,6 +227,53 @@ def nginx_forking(tmp: str) -> tuple[Daemon, list[str]]:
     body = importer.to_toml(importer.Conversion(services={"nginx": svc}), [NGINX_UNIT])
     return Daemon("nginx", body, port, lambda: http_get(port).endswith("200 OK")), \
         conv.warnings
+
+
+def sshd(tmp: str, kill_mode: str = "process") -> tuple[Daemon, str]:
+    """sshd as Debian's ssh.service runs it (`sshd -D`, notify readiness, KillMode=process)
+    on a free port, with its own host key, a client key root may log in with, and
+    everything in tmp/ssh. Returns the daemon and the client's key file."""
+    d = os.path.join(tmp, "ssh")
+    os.makedirs(d, mode=0o700)
+    host, client = os.path.join(d, "host_ed25519"), os.path.join(d, "client_ed25519")
+    for key in (host, client):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key],
+                       check=True, capture_output=True, timeout=30)
+    shutil.copy(client + ".pub", os.path.join(d, "authorized_keys"))
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege-separation dir
+    port = free_port()
+    conf = os.path.join(d, "sshd_config")
+    with open(conf, "w") as f:
+        f.write(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\n"
+                f"AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+                f"StrictModes no\nPidFile {d}/sshd.pid\nLogLevel ERROR\n")
+    body = f"""
+[service.sshd]
+command = ["{SSHD}", "-D", "-e", "-f", "{conf}"]
+ready = "notify"
+ready_timeout = 30
+kill_mode = "{kill_mode}"
+backoff = {{ initial = 0.1, factor = 1 }}
+"""
+    return Daemon("sshd", body, port, lambda: _ssh_banner(port)), client
+
+
+def _ssh_banner(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            return s.recv(64).startswith(b"SSH-2.0-")
+    except OSError:
+        return False
+
+
+def ssh_session(port: int, key: str, command: str) -> subprocess.Popen[bytes]:
+    """An open ssh session to root@127.0.0.1:port running `command` (the caller ends it)."""
+    return subprocess.Popen(
+        ["ssh", "-i", key, "-p", str(port), "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+         "root@127.0.0.1", command],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def wait_ready(r: RestarterRun, d: Daemon, old_pid: int | None = None,
