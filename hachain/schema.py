@@ -16,6 +16,7 @@ Rules every kind keeps, so that no key can forget them:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import tomllib
@@ -149,15 +150,20 @@ class Locator:
                     in_ml = q
                     break
 
+        self.first: dict[Path, int] = {}  # each path and each of its prefixes: first line
+        for p, n in self.where:
+            for i in range(1, len(p) + 1):
+                self.first.setdefault(p[:i], n)
+
     def line_of(self, path: Path, exact: bool = False) -> int | None:
         """The line of `path` (or of a key inside it); unless `exact`, else the line of
         the longest part of it that is in the text."""
-        best, line = -1, None
-        for p, n in self.where:
-            k = len(path) if p[:len(path)] == path else len(p) if path[:len(p)] == p else -1
-            if k > best and k > 0 and (k == len(path) or not exact):
-                best, line = k, n
-        return line
+        for i in range(len(path), 0 if exact else -1, -1):
+            if i == len(path) or not exact:
+                n = self.first.get(path[:i]) if i else None
+                if n:
+                    return n
+        return None
 
 
 class Report:
@@ -165,8 +171,15 @@ class Report:
 
     def __init__(self, fname: str, text: str) -> None:
         self.fname = fname
-        self.loc = Locator(text)
+        self.text = text
+        self._loc: Locator | None = None  # built at the first error: a good file needs none
         self.errors: list[str] = []
+
+    @property
+    def loc(self) -> Locator:
+        if self._loc is None:
+            self._loc = Locator(self.text)
+        return self._loc
 
     def err(self, path: Sequence[str], msg: str, also: Sequence[Sequence[str]] = ()) -> None:
         """Record `FILE:LINE: key: msg`; the line is that of `path`, else of an `also`."""
@@ -403,15 +416,19 @@ class Table(Kind):
     checks: tuple[Callable[[Any, Path, Report], None], ...] = ()
     what: str = "a table"
 
+    @functools.cached_property
+    def _fields(self) -> dict[str, Any]:
+        return {f.name: f for f in dataclasses.fields(self.cls)}
+
     def default_of(self, k: Key) -> Any:
         if k.default is not FROM_CLASS:
             return k.default
-        f = {f.name: f for f in dataclasses.fields(self.cls)}[k.name]
+        f = self._fields[k.name]
         if f.default_factory is not dataclasses.MISSING:
             return f.default_factory()
         return REQUIRED if f.default is dataclasses.MISSING else f.default
 
-    @property
+    @functools.cached_property
     def names(self) -> frozenset[str]:
         return frozenset(k.name for k in self.keys)
 

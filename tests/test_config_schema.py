@@ -614,3 +614,16 @@ def test_every_key_with_every_nasty_value(path: tuple[str, ...]) -> None:
                        or ".".join(path[-2:]) in x for x in e.errors), (bad, e.errors)
         else:
             runtime_accepts(cfg)
+
+
+def test_a_good_file_never_builds_the_line_locator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding lines costs a second pass over the text; loading a good file (every layer
+    does, at each start and reload) skips it, so the schema costs no more than before."""
+    def refuse(text: str) -> None:
+        raise AssertionError("Locator built for a good file")
+    monkeypatch.setattr(S, "Locator", refuse)
+    text = "".join(f'[service.s{i}]\ncommand = ["/bin/true"]\nrequires = ["s{i - 1}"]\n'
+                   if i else '[service.s0]\ncommand = ["/bin/true"]\n' for i in range(200))
+    assert len(config.parse(text, "chain.toml").services) == 200
+    with pytest.raises(AssertionError, match="Locator built"):
+        config.parse(text + "bad = 1\n", "chain.toml")
