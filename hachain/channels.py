@@ -216,6 +216,11 @@ def heartbeat_path(state_dir: str, layer: str) -> str:
 # It is still plain JSON (trailing spaces are allowed); readers that do not check the
 # CRC just see one more key.
 
+# A slot is a whole page: tmpfs gives a file a page anyway, and a record that grows
+# within its page needs no new block, so a full /run cannot stop a heartbeat whose
+# `extra` got longer (a critical service's reason, say) while it was full.
+HEARTBEAT_SLOT = 4096
+
 _CRC_HEAD = b'{"crc": "'
 _CRC_BODY = len(_CRC_HEAD) + 8 + 3  # the head, 8 hex digits, '", '
 
@@ -315,7 +320,7 @@ class HeartbeatWriter:
         if len(rec) > self.size:
             # grow the slot (rounded up, so it rarely happens twice); a new size goes
             # through a whole-file replace, so no reader ever sees a short file
-            self.size = -(-len(rec) // 256) * 256
+            self.size = -(-len(rec) // HEARTBEAT_SLOT) * HEARTBEAT_SLOT
             write_atomic(self.path, rec.ljust(self.size))
             self.close()
             return
