@@ -64,6 +64,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK: {n} service(s), {crit} critical, watchdog device "
           f"{cfg.watchdog.device!r} (timeout {cfg.watchdog.timeout} s, pet every "
           f"{cfg.watchdog.pet_interval:g} s)")
+    if cfg.cluster is not None:
+        from hachain.cluster import timing
+        cl, w = cfg.cluster, cfg.watchdog.timeout
+        print(f"cluster: node {cl.node!r}, lease TTL {cl.lease_ttl} s: it fences itself "
+              f"{cl.lease_ttl / 2:g} s after its last renewal; a new owner waits "
+              f"{timing.takeover_wait(cl.lease_ttl, w, cl.margin):g} s after the lease "
+              f"expires; failover within {timing.failover_bound(cl.lease_ttl, w, cl.margin):g}"
+              " s plus the service's start")
     if cfg.watchdog.device == "auto":
         from hachain.watchdog.discover import discover
         if not discover():

@@ -108,6 +108,7 @@ class ServiceConfig:
     pids_max: int = 0  # cgroup pids.max for the service (0: no limit)
     pid_file: str | None = None  # kind = "forking": where the daemon writes its main pid
     kill_mode: str = "cgroup"  # who gets stop_signal and SIGKILL: KILL_MODES
+    singleton: bool = False  # [cluster]: runs on at most one node (docs/cluster.md)
 
     @property
     def deps(self) -> tuple[str, ...]:
@@ -161,11 +162,21 @@ class ChainConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    endpoints: tuple[str, ...]  # etcd client endpoints, "host:port"
+    node: str  # this node's name, unique in the cluster
+    lease_ttl: int = 10  # seconds (etcd counts leases in whole seconds)
+    prefix: str = "/hachain/"  # every key of this cluster starts with it
+    margin: float = 0.5  # drift margin of the timing rule (hachain/cluster/timing.py)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     chain: ChainConfig
     watchdog: WatchdogConfig
     services: dict[str, ServiceConfig]
+    cluster: ClusterConfig | None = None  # None: a single machine, no etcd at all
 
 
 # --- the schema: every key once, with its kind, default (the dataclass field's) and doc ---
@@ -389,6 +400,9 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("critical", S.Bool(), "`true`: this service being in `maintenance` or `failed` "
           "fails the chain's health gate (with `[watchdog] gate_critical`), so the watchdog "
           "resets the machine.", group="live"),
+    S.Key("singleton", S.Bool(), "`true`: runs on at most one node of the cluster, the one "
+          "holding its ownership key in etcd; the others show it `standby`. Needs "
+          "`[cluster]`; gets `HACHAIN_FENCING_TOKEN` (docs/cluster.md).", group="live"),
     # Stopping and logs
     S.Key("stop_signal", _SIGNAL, "The signal that asks the service to stop: a "
           "name (`\"SIGINT\"`, `\"INT\"`) or a number.", shown="`\"SIGTERM\"`",
@@ -553,7 +567,52 @@ WATCHDOG = S.Table(WatchdogConfig, (
 ), checks=(_watchdog_checks,))
 
 
+_ENDPOINT = S.Text(nonempty=True,
+                   pattern=r"[A-Za-z0-9_.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}",
+                   what="host:port, such as \"10.0.0.1:2379\"")
+
+CLUSTER = S.Table(ClusterConfig, (
+    S.Key("endpoints", S.ListOf(_ENDPOINT, one_ok=True, max_items=64), "The etcd members' "
+          "client addresses, `host:port` (a list; tried in turn)."),
+    S.Key("node", _SERVICE_NAME, "This node's name, unique in the cluster: the value of "
+          "the ownership keys it holds."),
+    S.Key("lease_ttl", _integer(2, 3600), "Seconds: the TTL of the node's etcd lease. The "
+          "node stops its singletons, and stops petting if it cannot, at half the TTL "
+          "after its last acknowledged renewal; at least 10/3 x (`margin` + the largest "
+          "singleton `stop_timeout` + 2 x `[chain] heartbeat_interval`)."),
+    S.Key("prefix", S.Text(nonempty=True, pattern=r"/[\x21-\x7e]*", what="a key prefix "
+          "starting with '/', printable ASCII without spaces"), "Every etcd key of this "
+          "cluster starts with it."),
+    S.Key("margin", _seconds(0, 60), "Seconds added to the watchdog timeout in the timing "
+          "rule, for the drift between two nodes' monotonic clocks and the tickler's last "
+          "tick: a new owner waits max(0, `[watchdog] timeout` + margin - lease_ttl / 2) "
+          "after the old lease expired."),
+), checks=(lambda c, at, r: r.err(at + ("endpoints",), "must name at least one etcd "
+                                  "member, got []") if not c.endpoints else None,))
+
+
+def _cluster_checks(top: _File, r: S.Report) -> None:
+    singletons = [s for s in top.service.values() if s.singleton]
+    if top.cluster is None:
+        for s in singletons:
+            r.err(("service", s.name, "singleton"), "needs a [cluster] table (etcd "
+                  "endpoints and this node's name)")
+        return
+    from hachain.cluster import timing
+    stop = max((s.stop_timeout for s in singletons), default=0.0)
+    if stop == math.inf:
+        name = next(s.name for s in singletons if s.stop_timeout == math.inf)
+        r.err(("service", name, "stop_timeout"), "a singleton needs a finite stop_timeout "
+              "(it must be down before its node fences itself), got \"infinity\"")
+        return
+    for key, rule in timing.problems(top.cluster.lease_ttl, top.cluster.margin, stop,
+                                     top.chain.heartbeat_interval, bool(singletons),
+                                     top.watchdog.device != "none"):
+        r.err(tuple(key.split(".")), rule, [("cluster",)])
+
+
 def _graph_checks(top: _File, at: S.Path, r: S.Report) -> None:
+    _cluster_checks(top, r)
     services = top.service
     for s in services.values():
         for rel in ("requires", "wants", "after", "conflicts"):
@@ -585,6 +644,7 @@ class _File:
     chain: ChainConfig = field(default_factory=ChainConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     service: dict[str, ServiceConfig] = field(default_factory=dict)
+    cluster: ClusterConfig | None = None
 
 
 FILE = S.Table(_File, (
@@ -592,6 +652,7 @@ FILE = S.Table(_File, (
     S.Key("watchdog", WATCHDOG, "The device and the health gate."),
     S.Key("service", S.MapOf(_SERVICE_NAME, SERVICE, label="a service name"),
           "One table per service."),
+    S.Key("cluster", CLUSTER, "Optional: this node's place in a cluster (docs/cluster.md)."),
 ), checks=(_graph_checks,))
 
 # The key names of each table (tests and the importer use them).
@@ -613,7 +674,7 @@ def parse(text: str, path: str = "chain.toml") -> Config:
     if r.errors or top is S.INVALID:
         raise ConfigError(r.errors or [f"{r.fname}: invalid configuration"])
     return Config(path=os.path.abspath(path), chain=top.chain, watchdog=top.watchdog,
-                  services=top.service)
+                  services=top.service, cluster=top.cluster)
 
 
 # --- the reference tables of docs/configuration.md ----------------------------------------
@@ -621,6 +682,7 @@ def parse(text: str, path: str = "chain.toml") -> Config:
 DOC_TABLES: dict[str, list[str]] = {
     "chain": S.doc_rows(CHAIN),
     "watchdog": S.doc_rows(WATCHDOG),
+    "cluster": S.doc_rows(CLUSTER),
     **{f"service.{g}": S.doc_rows(SERVICE, group=g)
        for g in ("run", "restart", "deps", "ready", "live", "stop")},
 }

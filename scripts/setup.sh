@@ -11,10 +11,12 @@ if [ "${1:-}" = "--test" ]; then
     # (the optional `systemd` extra, tested too) builds against, the C stamp service of
     # the benchmarks, the peers bench/compare.py measures beside hachain (its smoke run is
     # a test), cpio to list the initramfs the QEMU harness writes, and the real daemons
-    # tests/test_daemons.py supervises (their packages must not start them: see below)
+    # tests/test_daemons.py supervises (their packages must not start them: see below),
+    # and etcd for the cluster tests (tests/test_cluster.py runs its own members; the
+    # package's system etcd must not start either)
     want_debs+=(qemu-system-x86 linux-image-amd64 busybox-static systemd libsystemd-dev
                 pkg-config gcc libc6-dev s6 runit supervisor cpio
-                postgresql redis-server nginx-light openssh-server)
+                postgresql redis-server nginx-light openssh-server etcd-server)
 fi
 missing=()
 for p in "${want_debs[@]}"; do

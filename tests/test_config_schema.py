@@ -156,7 +156,7 @@ HOLES = [
     ("health_scalar", SVC + 'health = "tcp"\n', 3, "service.a.health", "must be a table"),
     # unknown tables and keys
     ("unknown_top_table", '[chain]\n\n[servce.x]\ncommand = ["x"]\n', 3, "servce",
-     "unknown table (expected one of: chain, service, watchdog)"),
+     "unknown table (expected one of: chain, cluster, service, watchdog)"),
     ("unknown_top_key", 'chian = 1\n', 1, "chian", "unknown key"),
     ("unknown_sub_table", SVC + "[service.a.backof]\nfactor = 2\n", 3,
      "service.a.backof", "unknown table"),
@@ -277,7 +277,8 @@ def test_doc_reference_tables_are_the_schemas() -> None:
     assert config.render_doc(doc) == doc, \
         "docs/configuration.md is stale: run python -m hachain.config docs/configuration.md"
     rows = set(re.findall(r"^\| `([a-z_.]+)` \|", doc, re.MULTILINE))
-    schema_keys = ({*config._CHAIN_KEYS, *config._WD_KEYS, *config._SVC_KEYS}
+    schema_keys = ({*config._CHAIN_KEYS, *config._WD_KEYS, *config._SVC_KEYS,
+                    *config.CLUSTER.names}
                    | {f"{t}.{k}" for t, tab in (("backoff", config.BACKOFF),
                                                   ("intensity", config.INTENSITY),
                                                   ("health", config.HEALTH))
