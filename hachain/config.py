@@ -193,7 +193,7 @@ _SERVICE_NAME = S.Text(nonempty=True, pattern=NAME_RE.pattern, what=NAME_RULE)
 # User and group names as useradd(8) takes them (and a trailing $ for machine accounts).
 _UNIX_NAME = S.Text(nonempty=True, pattern=r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?",
                     what="a user or group name (letters, digits, '_', '.', '-'; at most 32)")
-_ENV_NAME = S.Text(nonempty=True, pattern=r"[^=]+", what="a name without '='")
+_ENV_NAME = S.Text(nonempty=True, pattern=r"[^=]+", what="a name without '='", max_len=255)
 _RLIM_MAX = (1 << 63) - 1  # what setrlimit(2) takes through Python; -1 is RLIM_INFINITY
 
 
@@ -331,7 +331,7 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "absolute path where the daemon writes its main pid.", group="run"),
     S.Key("enabled", S.Bool(), "`false`: not started at boot (`hachain start NAME` still "
           "starts it by hand).", group="run"),
-    S.Key("env", S.MapOf(_ENV_NAME, S.Text(line=False, max_len=1 << 20),
+    S.Key("env", S.MapOf(_ENV_NAME, S.Text(line=False, max_len=S.MAX_ARG - 256),
                          label="a variable name", to=lambda d: tuple(sorted(d.items()))),
           "Environment variables, a table of strings (names non-empty and without `=`). "
           "A service gets only `PATH`, `HACHAIN_SERVICE` (its name), "

@@ -251,7 +251,7 @@ class Text(Kind):
     line: bool = True
     pattern: str = ""
     what: str = ""  # the pattern in words, for messages
-    max_len: int = 4096
+    max_len: int = 4095  # bytes in UTF-8 (PATH_MAX less the NUL)
 
     def one(self, v: Any) -> str:
         if not isinstance(v, str):
@@ -262,8 +262,8 @@ class Text(Kind):
             raise Bad("must not be empty")
         if self.line and not v.isprintable():
             raise Bad("must be one line of printable characters")
-        if len(v) > self.max_len:
-            raise Bad(f"must be at most {self.max_len} characters")
+        if len(v) > self.max_len // 4 and len(v.encode(errors="surrogatepass")) > self.max_len:
+            raise Bad(f"must be at most {self.max_len} bytes")
         if self.pattern and not re.fullmatch(self.pattern, v):
             raise Bad(f"must be {self.what or 'of the form ' + self.pattern}")
         return v
@@ -297,6 +297,9 @@ class PathText(Text):
         raise Bad(f"must be {words + ' or ' if words else ''}an absolute path")
 
 
+MAX_ARG = 131071  # execve(2) refuses one argument or "NAME=value" longer (MAX_ARG_STRLEN)
+
+
 @dataclass(frozen=True)
 class Argv(Kind):
     """A command: a non-empty list of strings whose first is not blank; or, with
@@ -306,14 +309,14 @@ class Argv(Kind):
 
     def one(self, v: Any) -> Any:
         if isinstance(v, str) and self.string_ok:
-            Text(nonempty=True, line=False, max_len=1 << 20).one(v)
+            Text(nonempty=True, line=False, max_len=MAX_ARG).one(v)
             return v
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise Bad("must be an argv list of strings such as [\"/usr/bin/x\", \"--flag\"]")
         if not v or not v[0].strip():
             raise Bad("must not be empty (the first element names the program)")
         for x in v:
-            Text(line=False, max_len=1 << 20).one(x)
+            Text(line=False, max_len=MAX_ARG).one(x)
         return tuple(v)
 
 

@@ -99,6 +99,13 @@ HOLES = [
      "must not contain NUL"),
     ("control_group_nul", '[chain]\ncontrol_group = "g\\u0000"\n', 2, "chain.control_group",
      "must not contain NUL"),
+    # what execve(2) would refuse: one argument or NAME=value over 128 KiB
+    ("argv_too_long", SVC.replace('"/bin/true"', '"/bin/true", "' + "a" * 131072 + '"'), 2,
+     "service.a.command", "must be at most 131071 bytes"),
+    ("argv_too_long_utf8", SVC.replace('"/bin/true"', '"/bin/true", "' + "é" * 65536 + '"'),
+     2, "service.a.command", "must be at most 131071 bytes"),
+    ("env_value_too_long", SVC + 'env = { A = "' + "v" * 130816 + '" }\n', 3,
+     "service.a.env.A", "must be at most 130815 bytes"),
     # user and group
     ("user_empty", SVC + 'user = ""\n', 3, "service.a.user", "must not be empty"),
     ("group_blank", SVC + 'group = " "\n', 3, "service.a.group", "must not be empty"),
@@ -628,3 +635,12 @@ def test_a_good_file_never_builds_the_line_locator(monkeypatch: pytest.MonkeyPat
     assert len(config.parse(text, "chain.toml").services) == 200
     with pytest.raises(AssertionError, match="Locator built"):
         config.parse(text + "bad = 1\n", "chain.toml")
+
+
+def test_the_longest_accepted_argument_and_variable_really_exec() -> None:
+    """The byte limits are the kernel's: the longest values `check` accepts start."""
+    c = config.parse(SVC.replace('"/bin/true"', '"/bin/true", "' + "a" * 131071 + '"')
+                     + 'env = { ' + "K" * 255 + ' = "' + "v" * 130815 + '" }\n', "chain.toml")
+    s = c.services["a"]
+    r = subprocess.run(s.command, env=dict(s.env), timeout=30)
+    assert r.returncode == 0
