@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import os
 import re
 import shutil
@@ -217,6 +218,8 @@ def test_configuration_doc_defaults_match_the_code() -> None:
     for section, keys in (("chain", config._CHAIN_KEYS), ("watchdog", config._WD_KEYS)):
         for k in keys:
             want = getattr(objs[section], k)
+            if dataclasses.is_dataclass(want):
+                continue  # a table of its own (boot_loop): its keys have their rows
             shown = rows[k]
             if isinstance(want, bool):
                 assert shown == str(want).lower(), k
