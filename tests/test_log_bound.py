@@ -136,9 +136,12 @@ def _stop_flood(run: RestarterRun, log_dir: str) -> None:
 
 
 def _logger_pid(run: RestarterRun) -> int:
-    """The running logger's pid from its lock file (0 while a new one writes it)."""
-    with open(os.path.join(run.state_dir, wire.LOCK_FILE)) as f:
-        text = f.read().strip()
+    """The running logger's pid from its lock file (0 before one has written it)."""
+    try:
+        with open(os.path.join(run.state_dir, wire.LOCK_FILE)) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return 0
     return int(text) if text.isdigit() else 0
 
 
@@ -236,3 +239,13 @@ def test_a_stopped_logger_is_replaced(restarter: Any) -> None:
         if channels.proc_start_time(logger) == started:  # still ours: never leave it stopped
             os.kill(logger, signal.SIGKILL)
     _check_lines(log_dir, continuous=False)
+
+
+def test_the_restarter_heartbeat_names_the_logger(restarter: Any) -> None:
+    run: RestarterRun = restarter("[service.quiet]\ncommand = [\"/bin/sleep\", \"60\"]\n",
+                                  cgroups=False)
+    logger = wait_until(lambda: _logger_pid(run), 10, "the logger's pid")
+    hb = wait_until(lambda: (h := channels.read_heartbeat(run.state_dir, "restarter"))
+                    and h.extra.get("logger", {}).get("pid") == logger and h, 10,
+                    "the logger in the restarter's heartbeat")
+    assert hb.extra["logger"] == {"pid": logger, "pending": 0, "started": 1}

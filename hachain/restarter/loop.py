@@ -783,7 +783,8 @@ class Restarter:
                     for n in self.critical}
         self.hb.beat({"lag": round(self.max_lag, 4), "critical": critical,
                       "restart_rate": len(self.restart_times) / STORM_WINDOW,
-                      "services": len(self.svcs), "reboot_requested": self.reboot_requested})
+                      "services": len(self.svcs), "reboot_requested": self.reboot_requested,
+                      "logger": self.logs.status()})
         self.max_lag = 0.0
         self.orphaned = self.orphaned or channels.init_gone(self.init)
         self.control.expire(now)
