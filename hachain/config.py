@@ -567,9 +567,19 @@ WATCHDOG = S.Table(WatchdogConfig, (
 ), checks=(_watchdog_checks,))
 
 
-_ENDPOINT = S.Text(nonempty=True,
-                   pattern=r"[A-Za-z0-9_.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}",
-                   what="host:port, such as \"10.0.0.1:2379\"")
+_HOST_PORT = S.Text(nonempty=True,
+                    pattern=r"[A-Za-z0-9_.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}",
+                    what="host:port, such as \"10.0.0.1:2379\"")
+
+
+def _endpoint(v: Any) -> str:
+    s: str = _HOST_PORT.one(v)
+    if not 1 <= int(s.rsplit(":", 1)[1]) <= 65535:
+        raise S.Bad("must have a port from 1 to 65535")
+    return s
+
+
+_ENDPOINT = S.Custom(_endpoint, examples=("127.0.0.1:2379", "etcd-1:2379", "[::1]:2379"))
 
 CLUSTER = S.Table(ClusterConfig, (
     S.Key("endpoints", S.ListOf(_ENDPOINT, one_ok=True, max_items=64), "The etcd members' "

@@ -186,6 +186,11 @@ HOLES = [
      "must be < watchdog.timeout (2), got 2"),
     ("ready_tcp_no_port", SVC + 'ready = "tcp"\n', 3, "service.a.ready_port",
      'is required when ready = "tcp"'),
+    ("cluster_port_out_of_range", '[cluster]\nnode = "n1"\nendpoints = ["etcd:99999"]\n', 3,
+     "cluster.endpoints", "must have a port from 1 to 65535"),
+    ("cluster_node_newline", '[cluster]\nnode = "n\\n1"\nendpoints = ["etcd:2379"]\n', 2,
+     "cluster.node", "one line"),
+    ("cluster_scalar", 'cluster = "etcd:2379"\n', 1, "cluster", "must be a table"),
 ]
 
 
@@ -284,13 +289,17 @@ def test_doc_reference_tables_are_the_schemas() -> None:
     assert config.render_doc(doc) == doc, \
         "docs/configuration.md is stale: run python -m hachain.config docs/configuration.md"
     rows = set(re.findall(r"^\| `([a-z_.]+)` \|", doc, re.MULTILINE))
-    schema_keys = ({*config._CHAIN_KEYS, *config._WD_KEYS, *config._SVC_KEYS,
-                    *config.CLUSTER.names}
-                   | {f"{t}.{k}" for t, tab in (("backoff", config.BACKOFF),
-                                                  ("intensity", config.INTENSITY),
-                                                  ("health", config.HEALTH))
-                      for k in tab.names})
-    assert rows == schema_keys
+
+    def dotted(tab: S.Table, prefix: str = "") -> set[str]:
+        out = set()
+        for k in tab.keys:
+            out.add(prefix + k.name)
+            if isinstance(k.kind, S.Table):
+                out |= dotted(k.kind, prefix + k.name + ".")
+        return out
+    sections = [k.kind for k in config.FILE.keys if isinstance(k.kind, S.Table)]
+    sections.append(config.SERVICE)
+    assert rows == set().union(*(dotted(t) for t in sections))
 
 
 def test_every_key_has_doc_text_and_a_dataclass_field() -> None:
@@ -428,6 +437,8 @@ def configurations(draw: Any) -> dict[str, Any]:
     names = draw(st.lists(st.sampled_from(GOOD_NAMES if rate == 0 else GOOD_NAMES + BAD_NAMES),
                           max_size=4, unique=True))
     top["service"] = {n: draw(table(config.SERVICE, rate)) for n in names}
+    if draw(ROLL) < 0.3:
+        top["cluster"] = draw(table(config.CLUSTER, rate))
     if draw(ROLL) < rate / 3:
         top["service"] = draw(HOSTILE)
     return top
@@ -492,7 +503,7 @@ def write(top: dict[str, Any], sub_headers: bool) -> tuple[str, dict[str, int]]:
     for svc_name, body in (svcs.items() if isinstance(svcs, dict) else ()):
         if not isinstance(body, dict):
             put(("service", svc_name), f"service.{toml_key(svc_name)} = {toml_value(body)}")
-    for name in ("chain", "watchdog"):
+    for name in ("chain", "watchdog", "cluster"):
         if isinstance(top.get(name), dict):
             section((name,), top[name])
     for svc_name, body in (svcs.items() if isinstance(svcs, dict) else ()):
@@ -530,7 +541,15 @@ def runtime_accepts(cfg: config.Config) -> None:
     assert cfg.chain.state_dir.startswith("/") and cfg.chain.persist_dir.startswith("/")
     assert cfg.chain.heartbeat_interval < cfg.watchdog.heartbeat_timeout
     assert 0 < cfg.watchdog.pet_interval < cfg.watchdog.timeout
+    if cfg.cluster is not None:
+        assert cfg.cluster.endpoints and cfg.cluster.node.isprintable()
+        for ep in cfg.cluster.endpoints:
+            host, port = ep.rsplit(":", 1)
+            assert host and 1 <= int(port) <= 65535, ep
+        assert cfg.cluster.lease_ttl >= 2 and cfg.cluster.prefix.startswith("/")
     for name, s in cfg.services.items():
+        if s.singleton:
+            assert cfg.cluster is not None and s.stop_timeout != math.inf
         assert s.name == name and name.isprintable() and "/" not in name
         assert name not in (".", "..") and not name.startswith((".", "-"))
         assert 0 < len(name.encode()) <= 64
@@ -598,7 +617,9 @@ def all_keys(tab: S.Table, at: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 EVERY_KEY = (all_keys(config.CHAIN, ("chain",)) + all_keys(config.WATCHDOG, ("watchdog",))
+             + all_keys(config.CLUSTER, ("cluster",))
              + all_keys(config.SERVICE, ("service", "a")))
+CLUSTER_OK = {"endpoints": ["127.0.0.1:2379"], "node": "n1"}
 
 
 @pytest.mark.parametrize("path", EVERY_KEY, ids=[".".join(p) for p in EVERY_KEY])
@@ -608,6 +629,8 @@ def test_every_key_with_every_nasty_value(path: tuple[str, ...]) -> None:
     naming the key (or, for a rule across keys, a key beside it)."""
     for bad in NASTY_VALUES:
         top: dict[str, Any] = {"service": {"a": {"command": ["/bin/true"]}}}
+        if path[0] == "cluster":
+            top["cluster"] = dict(CLUSTER_OK)
         d = top
         for p in path[:-1]:
             d = d.setdefault(p, {})
