@@ -492,9 +492,11 @@ def _boot_lines(ch: dict[str, Any], color: Any) -> list[str]:
            for line in bootrecord.describe(ch.get("boot") or {})]
     pt = (ch.get("watchdog") or {}).get("pet_timing") or {}
     if isinstance(pt.get("pet_late_worst"), (int, float)):
-        warned = pt.get("pet_late_warnings") or 0
+        warned = escape(pt.get("pet_late_warnings") or 0)
+        warn = pt.get("pet_late_warn")
+        warn_s = f"{warn:g}" if isinstance(warn, (int, float)) else escape(warn or 0)
         out.append(f"pets: worst lateness {pt['pet_late_worst']:.3f} s since boot (warning "
-                   f"above {pt.get('pet_late_warn') or 0:g} s; {warned} late)")
+                   f"above {warn_s} s; {warned} late)")
     return out
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -125,6 +126,29 @@ def test_heartbeats_are_judged_by_the_running_configuration(tmp_path: Any) -> No
     snapshot.accept(str(cfg))
     assert status._timing(str(state), given).heartbeat_timeout == 1.5  # what runs wins
     assert status._timing(str(state), None).restart_grace == WD.restart_grace
+
+
+def test_odd_heartbeat_values_are_shown_escaped_not_crashed_on(tmp_path: Any,
+                                                              capsys: Any) -> None:
+    state, persist = tmp_path / "run", tmp_path / "persist"
+    me, start = os.getpid(), channels.proc_start_time(os.getpid())
+    odd = {"device": INJECT, "armed": "yes", "petting": 1, "timeout": INJECT, "pets": INJECT,
+           "timeleft": "soon", "gate": INJECT, "last_pet_mono": INJECT,
+           "pet_late_worst": 0.5, "pet_late_warn": INJECT, "pet_late_warnings": INJECT}
+    for layer in channels.LAYERS:
+        channels.HeartbeatWriter(str(state), layer)  # makes hb/
+        channels.write_heartbeat(str(state), channels.Heartbeat(
+            layer, me, time.monotonic(), time.monotonic(), 1, 0,
+            odd if layer == "tickler" else {"children": INJECT}, start))
+    persist.mkdir()
+    (persist / channels.LAST_BOOT).write_text(json.dumps([INJECT]))
+    (persist / channels.GATE_RECORD).write_text(json.dumps({"reasons": [INJECT, 3]}))
+    rc, out = _status(capsys, "--state-dir", str(state), "--persist-dir", str(persist))
+    assert rc == 1  # the restarter does not answer: degraded, whatever else is odd
+    assert "\x1b" not in out and "\r" not in out and "\\x1b[2J\\rfake" in out
+    rc, js = _status(capsys, "--json", "--state-dir", str(state), "--persist-dir",
+                     str(persist))
+    assert rc == 1 and json.loads(js)["chain"]["watchdog"]["device"] == INJECT
 
 
 def test_status_exit_2_on_bad_usage(capsys: Any) -> None:
