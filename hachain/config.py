@@ -346,7 +346,8 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("rlimits", S.MapOf(S.Choice(RLIMITS), _RLIMIT, label="the limit",
                              to=lambda d: tuple((n, s, h) for n, (s, h) in d.items())),
           "Resource limits: " + ", ".join(f"`{n}`" for n in RLIMITS) + ". Each an integer "
-          "(soft = hard) or `[soft, hard]`; `-1` is unlimited; soft at most hard.",
+          "(soft = hard) or `[soft, hard]`; `-1` is unlimited (not for `nofile`, which Linux "
+          "caps at `fs.nr_open`); soft at most hard.",
           shown="`{}`", group="run"),
     # When it is restarted
     S.Key("restart", S.Choice(RESTART_POLICIES), "`\"always\"`: after every exit. "
@@ -444,7 +445,15 @@ def _build_service(v: dict[str, Any], given: set[str], at: S.Path,
     return ServiceConfig(name=at[-1], **v)
 
 
+NR_OPEN_MAX = 2147483584  # the highest fs.nr_open Linux allows; nofile may not exceed it
+
+
 def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
+    for name, soft, hard in s.rlimits:
+        if name == "nofile" and (soft == -1 or hard == -1 or hard > NR_OPEN_MAX):
+            r.err(at + ("rlimits", "nofile"), f"cannot be unlimited (-1) or above "
+                  f"{NR_OPEN_MAX}: Linux caps open files at fs.nr_open, got "
+                  f"{S.show([soft, hard])}")
     if s.ready == "exec" and not s.ready_command:
         r.err(at + ("ready_command",), "is required when ready = \"exec\"", [at + ("ready",)])
     if s.ready == "tcp" and not s.ready_port:

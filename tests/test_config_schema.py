@@ -62,6 +62,12 @@ HOLES = [
      "service.a.rlimits.cpu", "must be an integer or [soft, hard]"),
     ("rlimit_three_values", SVC + "rlimits = { cpu = [1, 2, 3] }\n", 3,
      "service.a.rlimits.cpu", "must be an integer or [soft, hard]"),
+    ("rlimit_nofile_unlimited", SVC + "rlimits = { nofile = -1 }\n", 3,
+     "service.a.rlimits.nofile", "cannot be unlimited (-1)"),
+    ("rlimit_nofile_hard_unlimited", SVC + "rlimits = { nofile = [1024, -1] }\n", 3,
+     "service.a.rlimits.nofile", "cannot be unlimited (-1)"),
+    ("rlimit_nofile_above_nr_open_max", SVC + "rlimits = { nofile = 4294967296 }\n", 3,
+     "service.a.rlimits.nofile", "above 2147483584"),
     ("rlimit_unknown", SVC + "rlimits = { files = 10 }\n", 3, "service.a.rlimits.files",
      "the limit must be one of"),
     # env
@@ -220,7 +226,7 @@ def test_good_values_next_to_the_holes_pass() -> None:
     assert s.command == ("/bin/true", "")
     assert dict(s.env) == {"A.B": "x\ny", "EMPTY": ""}
     assert set(s.rlimits) == {("nofile", 1024, 4096), ("core", -1, -1), ("cpu", 0, 0),
-                              ("as", -1, -1)}
+                              ("as", -1, -1)}  # and nofile = -1 is refused (see HOLES)
     assert c.services["sh"].command == ("/bin/sh", "-c", "echo hi\nexit 0")
 
 
@@ -565,6 +571,8 @@ def runtime_accepts(cfg: config.Config) -> None:
             hard_v = 2 ** 64 if hard == inf else hard
             assert 0 <= soft_v <= hard_v, (rname, soft, hard)
             assert hard == inf or hard < 2 ** 63
+            if rname == "nofile":  # setrlimit(2): EPERM above fs.nr_open, always below 2**31
+                assert inf not in (soft, hard) and hard < 2 ** 31, (soft, hard)
         for who in (s.user, s.group):
             assert who is None or (who.strip() and who.isprintable() and ":" not in who)
         assert s.cwd is None or s.cwd.startswith("/")
