@@ -339,7 +339,9 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "the chain's own environment.", shown="`{}`", group="run"),
     S.Key("cwd", S.PathText(nonempty=True), "Working directory, an absolute path. Unset: "
           "the restarter's.", group="run"),
-    S.Key("user", _UNIX_NAME, "User name to run as.", group="run"),
+    S.Key("user", _UNIX_NAME, "User name to run as, with its primary group (unless "
+          "`group` is set) and its supplementary groups, as `initgroups` gives them.",
+          group="run"),
     S.Key("group", _UNIX_NAME, "Group name to run as.", group="run"),
     S.Key("umask", _UMASK, "File-mode creation mask: an octal string such as "
           "`\"022\"` (or an integer 0 to 0o777).", group="run"),

@@ -157,7 +157,7 @@ intensity = {{ max_restarts = 1000000, window = 1, action = "ignore" }}
     old = resource.prlimit(r.proc.pid, resource.RLIMIT_NOFILE)
     resource.prlimit(r.proc.pid, resource.RLIMIT_NOFILE, (nfds - 2, old[1]))
     try:
-        wait_until(lambda: "cannot start yet" in open(r.log).read(), 10,
+        wait_until(lambda: "out of resources, retrying" in open(r.log).read(), 10,
                    "a start deferred for want of file descriptors")
         assert r.proc.poll() is None
     finally:

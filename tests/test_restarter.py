@@ -520,9 +520,11 @@ def test_unknown_user_is_a_clear_start_failure(restarter):
 [service.ghost]
 command = {svc("sleep")}
 user = "no-such-user-hachain"
+restart = "never"
 """)
     s = r.wait_state("ghost", "failed")
-    assert "no-such-user-hachain" in s["reason"] or "user" in s["reason"]
+    assert s["reason"] == ('cannot start: user = "no-such-user-hachain": no such user; '
+                           "not retried (restart = never)")
     assert r.ping()
 
 

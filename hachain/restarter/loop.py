@@ -427,19 +427,16 @@ class Restarter:
         try:
             out_r, out_w = self.logs.pipe()
         except OSError as e:
-            log(f"{name}: cannot start: output pipe: {e.strerror}")
-            self.feed(name, Ev.SPAWN_FAILED, now, reason=f"output pipe: {e.strerror}",
-                      transient=True)
+            self._spawn_failed(name, now, f"output pipe: {spawn.errno_text(e)}", True)
             return
         try:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w)
         except (spawn.SpawnError, OSError) as e:
             os.close(out_r)
-            msg = str(e) if isinstance(e, spawn.SpawnError) else f"{e.strerror or e}"
+            msg = str(e) if isinstance(e, spawn.SpawnError) else spawn.errno_text(e)
             transient = e.transient if isinstance(e, spawn.SpawnError) else \
                 e.errno in spawn.TRANSIENT_ERRNOS
-            log(f"{name}: cannot start: {msg}")
-            self.feed(name, Ev.SPAWN_FAILED, now, reason=msg, transient=transient)
+            self._spawn_failed(name, now, msg, transient)
             return
         finally:
             os.close(out_w)
@@ -451,6 +448,15 @@ class Restarter:
             self.sel.register(sp.ready_fd, selectors.EVENT_READ, ("readyfd", name))
         self._start_times[name] = sp.start_time
         self.feed(name, Ev.SPAWNED, now, pid=sp.pid)
+
+    def _spawn_failed(self, name: str, now: float, msg: str, transient: bool) -> None:
+        """Tell the state table, then log what it decided: "cannot start web: cwd =
+        "/srv": chdir: No such file or directory (errno ENOENT); retrying per restart
+        policy in 0.1 s"."""
+        self.feed(name, Ev.SPAWN_FAILED, now, reason=msg, transient=transient)
+        s = self.svcs.get(name)
+        why = s.reason.removeprefix("cannot start: ") if s is not None else msg
+        log(f"cannot start {name}: {why}")
 
     def _watch(self, name: str, pid: int, fd: int) -> None:
         """Watch a service's main process: our child (fd CHILD: SIGCHLD says when it

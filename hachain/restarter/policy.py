@@ -22,7 +22,8 @@ class ExitStatus:
 
     kind: "exited" (code), "killed" (signal), "unknown" (an adopted process: its parent
     was a previous restarter, so the status was reaped by init and is not known here),
-    "timeout" (readiness never came), "hung" (service watchdog or health check).
+    "timeout" (readiness never came), "hung" (service watchdog or health check), "spawn"
+    (it could not be started: counted as a failure, not as abnormal).
     """
 
     kind: str
@@ -39,7 +40,8 @@ class ExitStatus:
                 name = str(self.signal)
             return f"killed by {name}"
         return {"unknown": "exited (status unknown: adopted process)",
-                "timeout": "readiness timeout", "hung": "hung"}.get(self.kind, self.kind)
+                "timeout": "readiness timeout", "hung": "hung",
+                "spawn": "could not be started"}.get(self.kind, self.kind)
 
     def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "code": self.code, "signal": self.signal,

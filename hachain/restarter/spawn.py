@@ -34,7 +34,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import grp
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -456,20 +458,120 @@ _RLIMIT = {n: getattr(resource, "RLIMIT_" + n.upper()) for n in
            ("as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "stack")}
 
 
-def _preexec(cfg: ServiceConfig, ready_w: int | None) -> Callable[[], None] | None:
-    """A preexec function for what subprocess cannot do itself, or None (keeps vfork)."""
-    if not cfg.rlimits and ready_w is None:
-        return None
-    limits = [(_RLIMIT[n], (resource.RLIM_INFINITY if s < 0 else s,
-                            resource.RLIM_INFINITY if h < 0 else h)) for n, s, h in cfg.rlimits]
+def errno_text(e: OSError) -> str:
+    """"Operation not permitted (errno EPERM)": the message and the errno's name."""
+    code = e.errno or 0
+    return f"{e.strerror or os.strerror(code)} (errno {errno.errorcode.get(code, code)})"
+
+
+# resource.setrlimit turns these two errnos into a ValueError with a fixed text
+_SETRLIMIT_VALUE_ERRORS = {"not allowed to raise maximum limit": errno.EPERM,
+                           "current limit exceeds maximum limit": errno.EINVAL}
+
+
+def _rlimit_setting(name: str, soft: int, hard: int) -> str:
+    return f"rlimits.{name} = " + (str(soft) if soft == hard else f"[{soft}, {hard}]")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What `user` and `group` resolve to, and how an error names them."""
+
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] | None = None  # supplementary groups (the user's, from NSS)
+    setting: str = ""  # 'user = "redis"', 'user = "redis", group = "www"', ...
+
+
+def credentials(cfg: ServiceConfig) -> Credentials:
+    """Resolve `user` and `group` (in the restarter, before the fork): the user's uid, its
+    primary group unless `group` is set, and its supplementary groups (as initgroups
+    would), so a service never keeps root's group or groups. SpawnError names the
+    setting that does not resolve."""
+    if cfg.user is None and cfg.group is None:
+        return Credentials()
+    uid = gid = None
+    groups: tuple[int, ...] | None = None
+    parts = []
+    if cfg.user is not None:
+        parts.append(f'user = "{cfg.user}"')
+        try:
+            pw = pwd.getpwnam(cfg.user)
+        except KeyError:
+            raise SpawnError(f'user = "{cfg.user}": no such user') from None
+        uid, gid = pw.pw_uid, pw.pw_gid
+    if cfg.group is not None:
+        parts.append(f'group = "{cfg.group}"')
+        try:
+            gid = grp.getgrnam(cfg.group).gr_gid
+        except KeyError:
+            raise SpawnError(f'group = "{cfg.group}": no such group') from None
+    if cfg.user is not None and gid is not None:
+        try:
+            groups = tuple(os.getgrouplist(cfg.user, gid))
+        except OSError as e:
+            raise SpawnError(f'user = "{cfg.user}": its groups: {errno_text(e)}') from None
+    return Credentials(uid, gid, groups, ", ".join(parts))
+
+
+def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
+             report_w: int) -> Callable[[], None]:
+    """The child's set-up that subprocess cannot do itself, in this order: rlimits (while
+    still root, so a hard limit can be raised), credentials, the readiness fd. A failure
+    writes "SETTING: call: error (errno NAME)" to `report_w` before it raises: subprocess
+    itself would only say "Exception occurred in preexec_fn"."""
+    limits = [(_rlimit_setting(n, s, h), _RLIMIT[n],
+               (resource.RLIM_INFINITY if s < 0 else s, resource.RLIM_INFINITY if h < 0 else h))
+              for n, s, h in cfg.rlimits]
     target = cfg.ready_fd
 
+    def fail(what: str, e: OSError) -> None:
+        try:
+            os.write(report_w, f"{what}: {errno_text(e)}".encode()[:1000])
+        except OSError:
+            pass
+
     def setup() -> None:
-        for res, lim in limits:
-            resource.setrlimit(res, lim)
+        for what, res, lim in limits:
+            try:
+                resource.setrlimit(res, lim)
+            except ValueError as e:
+                code = _SETRLIMIT_VALUE_ERRORS.get(str(e), errno.EINVAL)
+                fail(f"{what}: setrlimit", OSError(code, os.strerror(code)))
+                raise
+            except OSError as e:
+                fail(f"{what}: setrlimit", e)
+                raise
+        call = ""
+        try:
+            if creds.groups is not None:
+                call = "setgroups"
+                os.setgroups(list(creds.groups))
+            if creds.gid is not None:
+                call = "setresgid"
+                os.setresgid(creds.gid, creds.gid, creds.gid)
+            if creds.uid is not None:
+                call = "setresuid"
+                os.setresuid(creds.uid, creds.uid, creds.uid)
+        except OSError as e:
+            fail(f"{creds.setting}: {call}", e)
+            raise
         if ready_w is not None:
             os.dup2(ready_w, target, inheritable=True)
     return setup
+
+
+def _popen_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> str:
+    """Which setting an OSError from subprocess's child belongs to. subprocess says: a
+    failed chdir carries `cwd` as filename, a failed exec the program, and any other
+    step before the exec (setgroups, setresgid, setresuid; fork itself) none."""
+    if cfg.cwd is not None and e.filename == cfg.cwd:
+        return f'cwd = "{cfg.cwd}": chdir: {errno_text(e)}'
+    if e.filename is None:
+        what = f"{creds.setting}: switching credentials" if creds.setting and \
+            e.errno not in TRANSIENT_ERRNOS else "fork"
+        return f"{what}: {errno_text(e)}"
+    return f'command[0] = "{cfg.command[0]}": exec: {errno_text(e)}'
 
 
 def _plain(cfg: ServiceConfig) -> bool:
@@ -527,6 +629,18 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
             raise SpawnError(f"readiness pipe: {e.strerror}", transient=True) from None
     if cfg.kind == "forking" and cfg.pid_file:
         remove_stale_pid_file(cfg.pid_file)
+    report_r = report_w = None
+    try:
+        creds = credentials(cfg)
+        if cfg.rlimits or ready_w is not None:
+            report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    except (SpawnError, OSError) as e:
+        for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
+            if fd is not None:
+                os.close(fd)
+        if isinstance(e, SpawnError):
+            raise
+        raise SpawnError(f"set-up pipe: {errno_text(e)}", transient=True) from None
     cg = cgroups.ensure(cfg.name)
     moved = False
     try:
@@ -542,13 +656,20 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
             if _plain(cfg):
                 pid = _posix_spawn(cfg, env, logfd)
             else:
+                # Credentials go to subprocess (vfork kept) unless a preexec function
+                # runs anyway: then it sets them itself, after the rlimits.
+                pre = None if report_w is None else _preexec(cfg, ready_w, creds, report_w)
+                own = pre is None
                 with sigchld_unblocked():
                     p = subprocess.Popen(
                         cfg.command, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd,
-                        env=env, cwd=cfg.cwd, user=cfg.user, group=cfg.group,
+                        env=env, cwd=cfg.cwd, user=creds.uid if own else None,
+                        group=creds.gid if own else None,
+                        extra_groups=list(creds.groups) if own and creds.groups is not None
+                        else None,
                         umask=-1 if cfg.umask is None else cfg.umask,
                         process_group=0, close_fds=True, pass_fds=pass_fds,
-                        preexec_fn=_preexec(cfg, ready_w),
+                        preexec_fn=pre,
                     )
                 # We reap the child ourselves (SIGCHLD); tell subprocess not to
                 # track it (its __del__ would otherwise waitpid a pid that may by then
@@ -559,12 +680,24 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
             # bookkeeping that follows (measured: 0.6 ms instead of 1.2-2.5 ms from exec to
             # the service's main(); see docs/restarter.md, "Restart latency").
             os.sched_yield()
-        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            target = getattr(e, "filename", None) or cfg.command[0]
-            raise SpawnError(f"{target}: {reason}", transient=isinstance(e, OSError) and
-                             e.errno in TRANSIENT_ERRNOS) from None
+        except OSError as e:
+            if _plain(cfg) and e.filename is None:
+                e.filename = cfg.command[0]  # posix_spawn: any failure is the exec's
+            raise SpawnError(_popen_error(e, cfg, creds),
+                             transient=e.errno in TRANSIENT_ERRNOS) from None
+        except (ValueError, KeyError, subprocess.SubprocessError) as e:
+            detail = b""
+            if report_r is not None:
+                try:
+                    detail = os.read(report_r, 1000)
+                except OSError:
+                    pass
+            raise SpawnError(detail.decode(errors="replace") or
+                             f'command = {list(cfg.command)!r}: {e}') from None
     finally:
+        for fd in (report_r, report_w):
+            if fd is not None:
+                os.close(fd)
         if moved:
             try:
                 cgroups.leave()

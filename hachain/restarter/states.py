@@ -20,7 +20,8 @@ States (as `hachain status` shows them):
                (an orderly stop first waits for what requires it to be down)
   backoff      exited; waiting out the backoff delay before the next start
   maintenance  restart intensity exceeded: held down until `hachain clear NAME`
-  failed       exited with a failure and its policy does not restart it, or cannot spawn
+  failed       exited with a failure (or could not be started) and its policy does not
+               restart it
   done         a oneshot that completed successfully
 """
 
@@ -227,7 +228,11 @@ def _ordered_stop(s: Svc, ev: Event, c: ServiceConfig, reason: str, **kw: object
              StopDependents(s.name, f"required service {s.name} is stopping")])
 
 
-def _after_exit(s: Svc, st: ExitStatus, ev: Event, c: ServiceConfig) -> Result:
+SPAWN_RETRY_MIN = 0.1  # s: a start that cannot succeed is never retried in a tight loop
+
+
+def _after_exit(s: Svc, st: ExitStatus, ev: Event, c: ServiceConfig,
+                min_delay: float = 0.0) -> Result:
     """The process is gone (not by our stop): apply kind, restart policy, intensity, backoff."""
     now = ev.now
     uptime = now - s.started_at if s.started_at is not None else 0.0
@@ -259,12 +264,12 @@ def _after_exit(s: Svc, st: ExitStatus, ev: Event, c: ServiceConfig) -> Result:
                     [Persist(s.name), Reboot(s.name, why)])
         if c.intensity.action == "restart-group":
             s = replace(s, history=(), failure_count=0.0)
-            delay = policy.next_delay(c.backoff, s.delay, uptime)
+            delay = max(policy.next_delay(c.backoff, s.delay, uptime), min_delay)
             return (replace(s, state=State.BACKOFF, delay=delay,
                             reason=f"restart-group: {why}"),
                     [RestartGroup(s.name), ArmTimer(s.name, Ev.BACKOFF_DONE.value, delay)])
         # "ignore": fall through to an ordinary restart
-    delay = policy.next_delay(c.backoff, s.delay, uptime)
+    delay = max(policy.next_delay(c.backoff, s.delay, uptime), min_delay)
     s = replace(s, delay=delay)
     if delay <= 0:
         return _spawn_or_wait(s, ev, reason=f"restarted: {st.describe()}")
@@ -310,15 +315,27 @@ def starting_spawned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def starting_spawn_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """The process could not be started (ev.reason names the setting). The reason says
+    whether, and how, it is tried again."""
     if ev.transient:
         # The machine is short of something right now: try again after the backoff, without
         # counting it against the service's restart intensity.
         delay = max(c.backoff.initial, 0.5)
         return (replace(s, state=State.BACKOFF, pid=None,
-                        reason=f"cannot start yet ({ev.reason}); retrying in {delay:g} s"),
+                        reason=f"cannot start: {ev.reason}; out of resources, retrying in "
+                               f"{delay:g} s (not counted against intensity)"),
                 [ArmTimer(s.name, Ev.BACKOFF_DONE.value, delay)])
-    return (replace(s, state=State.FAILED, pid=None, reason=f"cannot start: {ev.reason}"),
-            [Persist(s.name)])
+    # Anything else is a failed start: the restart policy decides, as for a failed exit
+    # (on-failure and always retry, after the backoff; intensity counts it).
+    nxt, acts = _after_exit(replace(s, started_at=ev.now), ExitStatus("spawn"), ev, c,
+                            min_delay=SPAWN_RETRY_MIN)
+    if nxt.state is State.BACKOFF:
+        tail = f"retrying per restart policy in {nxt.delay:g} s"
+    elif nxt.state in (State.FAILED, State.STOPPED):
+        tail = f"not retried (restart = {c.restart})" if s.want == "up" else "not retried"
+    else:
+        tail = nxt.reason
+    return replace(nxt, reason=f"cannot start: {ev.reason}; {tail}"), acts
 
 
 def starting_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
