@@ -201,7 +201,7 @@ command = {svc("sleep")}
             pass
     rep = r.req("stop", "a")
     assert rep["ok"]
-    wait_until(lambda: f"cannot write in {tiny_tmpfs}" in open(r.log).read(), 10,
+    wait_until(lambda: f"{tiny_tmpfs} is full" in open(r.log).read(), 10,
                "the warning about the full disk")
     assert r.ping() and r.svc("b")["state"] == "ready"
     filler.unlink()

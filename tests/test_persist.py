@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from hachain import channels
-from hachain.restarter.persist import RuntimeRecord, Store, WriteQueue
+from hachain.restarter.persist import RESERVE, RESERVE_BYTES, RuntimeRecord, Store, WriteQueue
 from tests.conftest import RestarterRun, svc, wait_until
 
 HEARTBEAT = 0.2  # the restarter's heartbeat_interval in these tests (RestarterRun's)
@@ -122,8 +124,16 @@ def test_queued_removal_wins_over_an_older_queued_write(small_disk: SmallDisk) -
     assert not os.path.exists(a) and not q.pending
 
 
+def drop_reserves(state_dir: str, persist_dir: str) -> None:
+    """Take away the reserve space of both directories (as if something else had used
+    it up), so that writes on the full disk have to wait in the queue."""
+    for d in (os.path.join(state_dir, "services"), persist_dir):
+        os.unlink(os.path.join(d, RESERVE))
+
+
 def test_store_status_entries_name_file_age_and_error(small_disk: SmallDisk) -> None:
     st = Store(os.path.join(small_disk.path, "run"), os.path.join(small_disk.path, "persist"))
+    drop_reserves(st.state_dir, st.persist_dir)
     small_disk.fill()
     st.write_admin({"b": {"want": "down"}}, 10.0)
     st.write_record(RuntimeRecord("a", 1, 2, "ready", "up", 0.0, 0, None), 10.0)
@@ -138,6 +148,33 @@ def test_store_status_entries_name_file_age_and_error(small_disk: SmallDisk) -> 
     small_disk.free()
     st.sync(24.0)
     assert st.unwritten(24.0) == [] and st.read_admin() == {"b": {"want": "down"}}
+
+
+def test_full_disk_writes_go_through_the_reserve_at_no_cost(small_disk: SmallDisk) -> None:
+    st = Store(os.path.join(small_disk.path, "run"), os.path.join(small_disk.path, "persist"))
+    reserves = [os.path.join(st.rec_dir, RESERVE), os.path.join(st.persist_dir, RESERVE)]
+    rec = RuntimeRecord("a", 1, 2, "ready", "up", 0.0, 0, None)
+    st.write_record(rec, 0.0)
+    st.write_admin({"b": {"want": "down"}}, 0.0)
+    assert st.sync(0.0) == []
+    small_disk.fill()
+    for i in range(20):  # each rewrite frees what it takes: the reserve stays whole
+        st.write_record(replace(rec, pid=100 + i), 1.0)
+        st.write_admin({"b": {"want": "down"}, f"c{i}": {"want": "down"}}, 1.0)
+        msgs = st.sync(1.0)
+        assert not st.queue.pending and st.unwritten(1.0) == []
+        assert [os.stat(r).st_size for r in reserves] == [RESERVE_BYTES] * 2
+        if i == 0:
+            assert len(msgs) == 2 and all("writing into its reserve space" in m for m in msgs)
+    assert st.read_record("a").pid == 119  # type: ignore[union-attr]
+    assert st.read_admin() == {"b": {"want": "down"}, "c19": {"want": "down"}}
+    with pytest.raises(OSError):  # and the disk is still full
+        with open(os.path.join(small_disk.path, "probe"), "wb") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+    small_disk.free()
+    st.write_record(replace(rec, pid=7), 2.0)
+    assert st.sync(2.0) == [f"{st.rec_dir} has room again"]
 
 
 # --- the restarter on a full disk -----------------------------------------------------------
@@ -176,7 +213,7 @@ def starts(path: Any) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def test_stop_and_restart_on_a_full_disk_survive_restarter_and_chain_restarts(
+def test_writes_wait_in_the_queue_when_the_reserve_is_gone_and_are_made_later(
         tmp_path: Any, small_disk: SmallDisk) -> None:
     rec_a, rec_b = tmp_path / "starts-a", tmp_path / "starts-b"
     body = (f'[service.a]\ncommand = {svc("record", str(rec_a))}\n'
@@ -190,6 +227,7 @@ def test_stop_and_restart_on_a_full_disk_survive_restarter_and_chain_restarts(
                    "a and b to record their starts")
         old_a = r.svc("a")["pid"]
 
+        drop_reserves(r.state_dir, r.persist_dir)
         small_disk.fill()
         assert r.req("stop", "b")["ok"]
         r.wait_state("b", "stopped")
@@ -250,3 +288,61 @@ def test_operator_stop_in_admin_json_beats_a_running_record(tmp_path: Any,
         assert starts(rec_b) == [str(pid)]
     finally:
         r.cleanup()
+
+
+def test_full_disk_loses_nothing_even_across_restarts_while_still_full(
+        tmp_path: Any, small_disk: SmallDisk) -> None:
+    """With the reserve: stop b and restart a on a full disk; the restarter SIGKILLed and
+    then the whole restarter stopped and started, all while the disk is still full: a is
+    re-adopted (same pid), b stays stopped and is never started again."""
+    rec_a, rec_b = tmp_path / "starts-a", tmp_path / "starts-b"
+    body = (f'[service.a]\ncommand = {svc("record", str(rec_a))}\n'
+            f'[service.b]\ncommand = {svc("record", str(rec_b))}\n')
+    r = FullDiskRun(str(tmp_path), small_disk, body)
+    try:
+        r.start()
+        r.wait_state("a", "ready")
+        first_b = r.wait_state("b", "ready")["pid"]
+        wait_until(lambda: len(starts(rec_a)) == 1 and len(starts(rec_b)) == 1, 10,
+                   "a and b to record their starts")
+        old_a = r.svc("a")["pid"]
+        small_disk.fill()
+        assert r.req("stop", "b")["ok"]
+        r.wait_state("b", "stopped")
+        assert r.req("restart", "a")["ok"]
+        new_a = wait_until(lambda: (s := r.svc("a"))["state"] == "ready" and
+                           s["pid"] != old_a and s["pid"], 10, "a restarted")
+        assert r.unwritten() == []
+        assert "is full (No space left on device): writing into its reserve space" in \
+            open(r.log).read()
+
+        r.kill_restarter()
+        r.start()
+        st = r.wait_state("a", "ready")
+        assert st["pid"] == new_a and st["reason"] == "adopted"
+        assert r.svc("b")["state"] == "stopped"
+
+        r.stop()
+        r.start()
+        r.wait_state("a", "ready")
+        assert r.svc("b")["state"] == "stopped"
+        assert starts(rec_b) == [str(first_b)]
+        assert r.unwritten() == []
+    finally:
+        r.cleanup()
+
+
+def test_stop_that_finished_while_no_restarter_watched_ends_stopped(restarter: Any) -> None:
+    """Stopped by hand, the restarter SIGKILLed while the service was still stopping, the
+    service gone by the time a new restarter looks: stopped (what was asked), not failed."""
+    r = restarter('[service.a]\ncommand = ["/bin/sh", "-c", "trap \'\' TERM; sleep 600"]\n'
+                  'stop_timeout = 60\n')
+    pid = r.wait_state("a", "ready")["pid"]
+    assert r.req("stop", "a")["ok"]
+    r.wait_state("a", "stopping")
+    r.kill_restarter()
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not channels.pid_alive(pid), 10, f"pid {pid} gone")
+    r.start()
+    a = r.wait_state("a", "stopped")
+    assert a["want"] == "down" and a["pid"] is None

@@ -253,6 +253,9 @@ class Restarter:
                 if restored is not None:
                     s = replace(s, state=restored, restarts=rec.restarts,
                                 reason=f"{rec.state} (before the restarter restarted)")
+                elif rec.state == "stopping" and s.want == "down":
+                    # stopped by hand, and it finished stopping while no restarter watched
+                    s = replace(s, state=State.STOPPED, restarts=rec.restarts)
                 elif rec.state in ("ready", "starting", "stopping") and rec.pid:
                     # It died while no restarter watched it: that exit goes through policy.
                     s = replace(s, state=State.READY, pid=rec.pid, restarts=rec.restarts,

@@ -21,12 +21,24 @@ Writes go through a `WriteQueue` and are retried until made (ENOSPC on a full di
   file being written first. `admin.json` alone says what is wanted (stopped by hand, in
   maintenance); a runtime record only says which process runs and in what state, and the
   restarter believes it only when that process really runs (pid, start time, cgroup).
+
+A full disk first meets the *reserve*: each of the two directories keeps a file of
+RESERVE_BYTES zeros (`.hachain-reserve`), made while there is room. A write that fails
+for want of space (ENOSPC, EDQUOT) is written into the reserve instead (its blocks are
+already allocated, so overwriting them needs no new space), truncated to its length,
+fsync'd when durable, and renamed over the target: as atomic and durable as the usual
+write. The rename frees the old file, the truncation the reserve's tail, and the reserve
+is refilled from them at once: a record or admin.json rewritten on a full disk costs no
+space. Only when the reserve is gone too (something else took the space) do writes wait
+in the queue.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,12 +80,23 @@ class _Pending:
         self.error = ""  # why the last attempt failed ("" before any attempt)
 
 
-class WriteQueue:
-    """Writes still to be made, oldest first, one per file; `sync` makes what it can."""
+RESERVE = ".hachain-reserve"
+RESERVE_BYTES = 64 * 1024  # more than admin.json with a few hundred services held
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
-    def __init__(self) -> None:
+
+class WriteQueue:
+    """Writes still to be made, oldest first, one per file; `sync` makes what it can.
+    `reserve_dirs`: the directories that keep a reserve for writes on a full disk."""
+
+    def __init__(self, reserve_dirs: Iterable[str] = ()) -> None:
         self.pending: dict[str, _Pending] = {}  # insertion order is the order asked
         self.failing: dict[str, float] = {}  # directory -> when its writes began failing
+        self.reserves = {d: os.path.join(d, RESERVE) for d in reserve_dirs}
+        self.short: set[str] = set()  # directories whose reserve is not full-size
+        self.on_reserve: set[str] = set()  # directories written from the reserve lately
+        for d in self.reserves:
+            self.refill(d)
 
     def put(self, path: str, data: bytes | None, now: float, durable: bool = False) -> None:
         p = self.pending.get(path)
@@ -100,10 +123,20 @@ class WriteQueue:
                         pass
                 else:
                     channels.write_atomic(path, p.data, p.durable)
+                    if d in self.on_reserve:
+                        self.on_reserve.discard(d)
+                        msgs.append(f"{d} has room again")
             except OSError as e:
-                p.error = blocked[d] = e.strerror or str(e)
-                continue
+                if e.errno not in NO_SPACE or not self.write_reserved(path, p):
+                    p.error = blocked[d] = e.strerror or str(e)
+                    continue
+                if d not in self.on_reserve:
+                    self.on_reserve.add(d)
+                    msgs.append(f"warning: {d} is full ({e.strerror}): writing into its "
+                                "reserve space")
             del self.pending[path]
+        for d in list(self.short):
+            self.refill(d)
         for d, err in blocked.items():
             if d not in self.failing:
                 self.failing[d] = now
@@ -113,6 +146,62 @@ class WriteQueue:
         for d in [d for d in self.failing if d not in blocked]:
             msgs.append(f"pending writes in {d} made after {now - self.failing.pop(d):.1f} s")
         return msgs
+
+    def write_reserved(self, path: str, p: _Pending) -> bool:
+        """Write `p` into its directory's reserve and rename that over `path`; False when
+        there is no reserve, or not enough of it."""
+        d = os.path.dirname(path)
+        r = self.reserves.get(d)
+        if r is None or p.data is None:
+            return False
+        self.short.add(d)  # used or not, look at it again
+        try:
+            fd = os.open(r, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            if os.fstat(fd).st_size < len(p.data):
+                return False
+            view = memoryview(p.data)
+            while view:
+                view = view[os.pwrite(fd, view, len(p.data) - len(view)):]
+            os.ftruncate(fd, len(p.data))
+            if p.durable:
+                os.fsync(fd)
+            os.rename(r, path)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        if p.durable:
+            try:
+                dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            except OSError:
+                pass  # renamed already; the next write of the directory syncs it
+        self.refill(d)
+        return True
+
+    def refill(self, d: str) -> None:
+        """Bring the reserve of `d` up to RESERVE_BYTES, as far as the space allows."""
+        try:
+            fd = os.open(self.reserves[d], os.O_WRONLY | os.O_CREAT | os.O_APPEND |
+                         os.O_CLOEXEC, 0o600)
+        except OSError:
+            self.short.add(d)
+            return
+        try:
+            size = os.fstat(fd).st_size
+            while size < RESERVE_BYTES:
+                size += os.write(fd, bytes(min(4096, RESERVE_BYTES - size)))
+            self.short.discard(d)
+        except OSError:
+            self.short.add(d)
+        finally:
+            os.close(fd)
 
 
 class Store:
@@ -124,7 +213,7 @@ class Store:
         os.makedirs(self.rec_dir, exist_ok=True)
         os.makedirs(persist_dir, exist_ok=True)
         self.warnings: list[str] = []
-        self.queue = WriteQueue()
+        self.queue = WriteQueue((self.rec_dir, persist_dir))
         self._admin_asked: dict[str, dict[str, str]] | None = None  # newest content queued
 
     def write_record(self, rec: RuntimeRecord, now: float) -> None:
@@ -178,7 +267,7 @@ class Store:
 
     def sync(self, now: float) -> list[str]:
         """Make the pending writes that can be made; log lines about failures."""
-        return self.queue.sync(now) if self.queue.pending else []
+        return self.queue.sync(now) if self.queue.pending or self.queue.short else []
 
     def unwritten(self, now: float, limit: int = 20) -> list[dict[str, Any]]:
         """The writes still pending, oldest first (at most `limit`), for status:
