@@ -151,6 +151,17 @@ def test_odd_heartbeat_values_are_shown_escaped_not_crashed_on(tmp_path: Any,
     assert rc == 1 and json.loads(js)["chain"]["watchdog"]["device"] == INJECT
 
 
+@pytest.mark.parametrize(("text", "want"), [
+    ('[chain]\nx = 1\n[watchdog] # dev\nheartbeat_timeout = 1.5\n[service.a]\ny = 2\n',
+     {"heartbeat_timeout": 1.5}),
+    ('watchdog.heartbeat_timeout = 2\n[chain]\nx = 1\n', {"heartbeat_timeout": 2}),
+    ('watchdog = { restart_grace = 3 }\n', {"restart_grace": 3}),
+    ('[chain]\nx = 1\n', {}),
+])
+def test_the_watchdog_table_is_read_alone(text: str, want: dict[str, Any]) -> None:
+    assert status._watchdog_table(text) == want
+
+
 def test_status_exit_2_on_bad_usage(capsys: Any) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(["status", "--bogus"])
