@@ -362,8 +362,9 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "a fork bomb stops at this many tasks. Needs cgroup v2 with the pids controller; "
           "where the host binds it to cgroup v1, a warning is logged and the bound is the "
           "kill of the whole cgroup on stop.", group="restart"),
-    S.Key("success_exit", S.ListOf(_integer(0, 255)), "Exit codes (0 to 255) that count as "
-          "a clean exit, for `restart` and for a oneshot being `done`.", group="restart"),
+    S.Key("success_exit", S.ListOf(_integer(0, 255), min_items=1), "Exit codes (0 to "
+          "255) that count as a clean exit, for `restart` and for a oneshot being `done`; "
+          "at least one.", group="restart"),
     S.Key("backoff", BACKOFF, "The delay before each restart.", shown="see below",
           group="restart"),
     S.Key("intensity", INTENSITY, "Restart intensity: at most `max_restarts` restarts "

@@ -327,6 +327,7 @@ class ListOf(Kind):
     item: Kind
     one_ok: bool = False
     max_items: int = 1024
+    min_items: int = 0
 
     def parse(self, v: Any, at: Path, r: Report) -> Any:
         if self.one_ok and not isinstance(v, list):
@@ -336,6 +337,9 @@ class ListOf(Kind):
             return INVALID
         if len(v) > self.max_items:
             r.err(at, f"must have at most {self.max_items} items, got {len(v)}")
+            return INVALID
+        if len(v) < self.min_items:
+            r.err(at, f"must have at least {self.min_items} item(s), got {show(v)}")
             return INVALID
         out = [self.item.parse(x, at, r) for x in v]
         return INVALID if any(x is INVALID for x in out) else tuple(out)

@@ -185,6 +185,8 @@ HOLES = [
     ("signal_zero", SVC + "stop_signal = 0\n", 3, "service.a.stop_signal", "signal name"),
     ("exit_code_bad", SVC + "success_exit = [256]\n", 3, "service.a.success_exit",
      "must be <= 255"),
+    ("exit_codes_empty", SVC + "success_exit = []\n", 3, "service.a.success_exit",
+     "must have at least 1 item(s), got []"),
     # rules across keys keep their line
     ("heartbeat_vs_timeout", "[watchdog]\nheartbeat_timeout = 1\n", 2,
      "chain.heartbeat_interval", "must be < watchdog.heartbeat_timeout (1)"),
