@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -391,7 +392,7 @@ def verdict(st: dict[str, Any], wd: config.WatchdogConfig) -> dict[str, Any]:
         tickler in ("hung", "stale", "dead")
         or (tickler == "alive" and wdog.get("petting") is not True))
     if unpetted and left is not None and left > 0:
-        state, line = "resetting", f"resetting in {left:.0f} s"
+        state, line = "resetting", f"resetting in {math.ceil(left)} s"
     elif unpetted and left is not None:
         state, line = "degraded", f"degraded: the watchdog ran out {-left:.0f} s ago"
     elif why:

@@ -102,7 +102,7 @@ def test_verdict_healthy_degraded_resetting() -> None:
                                    gate={"ok": False, "reasons": ["restarter stale"]})
     v = status.verdict(st, WD)
     assert v["state"] == "resetting" and v["resetting_in"] == 6.4
-    assert v["line"].startswith("resetting in 6 s: restarter hung")
+    assert v["line"].startswith("resetting in 7 s: restarter hung")  # 6.4, rounded up
     assert "gate failing: restarter stale" in v["line"]
     # a tickler that init is restarting is not a reset: the device stays armed briefly
     st = _snap(tickler=_layer("restarting", 0.5))
