@@ -438,10 +438,18 @@ def init_gone(init: tuple[int, int | None] | None) -> str | None:
         return None
     if init[1] is None:  # no /proc to read (or init gone before we looked): the parent
         return None if os.getppid() == init[0] else f"init (pid {init[0]}) is gone"
-    st = proc_stat(init[0])
-    if st is not None and st[0] not in ("Z", "X") and st[1] == init[1]:
+    gone = f"init (pid {init[0]}) is gone"
+    try:
+        raw = read_small(f"/proc/{init[0]}/stat")
+    except (FileNotFoundError, ProcessLookupError):
+        return gone
+    except OSError:
+        return None  # cannot tell now (no descriptor left, say): the next heartbeat will
+    try:
+        fields = raw[raw.rindex(b")") + 2:].split()
+        return gone if fields[0] in (b"Z", b"X") or int(fields[19]) != init[1] else None
+    except (ValueError, IndexError):
         return None
-    return f"init (pid {init[0]}) is gone"
 
 
 def pid_alive(pid: int) -> bool:

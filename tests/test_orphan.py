@@ -216,3 +216,27 @@ def test_orphaned_tickler_leaves_a_sim_watchdog_armed_and_it_fires(tmp_path: Any
             fake_init.kill()
             fake_init.wait(5)
         rig.close()
+
+
+def test_init_gone_by_pid_and_start_time_never_on_a_read_error() -> None:
+    sleeper = subprocess.Popen(["sleep", "600"])
+    try:
+        os.environ[channels.ENV_INIT_PID] = str(sleeper.pid)
+        init = channels.init_from_env()
+        assert init is not None and init[1] is not None
+        assert channels.init_gone(init) is None
+        assert channels.init_gone((os.getpid(), 1)) is not None  # a pid now used by another
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))  # no descriptor left to read
+        try:
+            assert channels.init_gone(init) is None  # cannot tell: not taken for gone
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        sleeper.kill()
+        wait_until(lambda: channels.init_gone(init), 5, "a dead init to be seen as gone")
+    finally:
+        os.environ.pop(channels.ENV_INIT_PID, None)
+        if sleeper.poll() is None:
+            sleeper.kill()
+        sleeper.wait(5)
