@@ -15,6 +15,7 @@ generated from the schema (`python -m hachain.config docs/configuration.md`).
 
 from __future__ import annotations
 
+import graphlib
 import math
 import os
 import re
@@ -633,6 +634,18 @@ def _cluster_checks(top: _File, r: S.Report) -> None:
         r.err(tuple(key.split(".")), rule, [("cluster",)])
 
 
+def _cycle(deps: dict[str, list[str]]) -> list[str]:
+    """One dependency cycle, each name followed by one it depends on, starting at the
+    least name; [] when there is none. (stdlib graphlib: config needs no restarter code.)"""
+    try:
+        graphlib.TopologicalSorter(deps).prepare()
+    except graphlib.CycleError as e:
+        ring = list(reversed(e.args[1][1:]))  # graphlib lists dependency before dependent
+        i = ring.index(min(ring))
+        return ring[i:] + ring[:i]
+    return []
+
+
 def _graph_checks(top: _File, at: S.Path, r: S.Report) -> None:
     _cluster_checks(top, r)
     services = top.service
@@ -647,9 +660,8 @@ def _graph_checks(top: _File, at: S.Path, r: S.Report) -> None:
             if dep in s.requires:
                 r.err(("service", s.name, "conflicts"), f"{S.show(dep)} is both required "
                       "and conflicting")
-    from hachain.restarter.graph import find_cycle
-    cycle = find_cycle({n: tuple(d for d in s.deps if d in services and d != n)
-                        for n, s in services.items()})
+    cycle = _cycle({n: [d for d in s.deps if d in services and d != n]
+                    for n, s in services.items()})
     if cycle:
         r.err(("service", cycle[0]), "dependency cycle: " + " -> ".join(cycle + [cycle[0]]))
     if top.chain.heartbeat_interval >= top.watchdog.heartbeat_timeout:

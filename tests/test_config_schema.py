@@ -677,3 +677,26 @@ def test_the_longest_accepted_argument_and_variable_really_exec() -> None:
     s = c.services["a"]
     r = subprocess.run(s.command, env=dict(s.env), timeout=30)
     assert r.returncode == 0
+
+
+def test_config_and_schema_import_no_layer() -> None:
+    """Issue 17.4: the configuration imports nothing from the restarter (or any layer);
+    the schema module imports nothing of hachain at all."""
+    import ast
+    for name, allowed in (("config.py", {"hachain.schema", "hachain.cluster"}),
+                          ("schema.py", set())):
+        tree = ast.parse(open(os.path.join(ROOT, "hachain", name)).read())
+        mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {f"{n.module}.{a.name}" if n.module == "hachain" else str(n.module)
+                 for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        ours = {m for m in mods if m.startswith("hachain")}
+        assert all(any(m.startswith(a) for a in allowed) for m in ours), (name, ours)
+
+
+def test_a_cycle_is_named_from_its_least_service_in_dependency_order() -> None:
+    text = ('[service.c]\ncommand = ["x"]\nafter = ["a"]\n'
+            '[service.a]\ncommand = ["x"]\nrequires = ["b"]\n'
+            '[service.b]\ncommand = ["x"]\nwants = ["c"]\n')
+    with pytest.raises(config.ConfigError) as ei:
+        config.parse(text, "chain.toml")
+    assert ei.value.errors == ["chain.toml:4: service.a: dependency cycle: a -> b -> c -> a"]
