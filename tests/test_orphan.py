@@ -113,7 +113,9 @@ def chains(tmp_path: Any) -> Iterator[Chains]:
 def services(tmp_path: Any) -> str:
     return (f'[service.a]\ncommand = {svc("record", str(tmp_path / "starts"))}\n'
             f'[service.b]\ncommand = {svc("record", str(tmp_path / "starts"))}\n'
-            f'[service.n]\ncommand = {svc("notify")}\nready = "notify"\n')
+            f'[service.n]\ncommand = {svc("notify")}\nready = "notify"\n'
+            '[service.t]\ncommand = ["/bin/sh", "-c", "while :; do echo tick; sleep 0.05; '
+            'done"]\n')
 
 
 def starts(tmp_path: Any) -> list[str]:
@@ -133,7 +135,7 @@ def kill_init(c: Chains, init: subprocess.Popen[bytes]) -> tuple[int, int]:
 def test_sigkilled_init_layers_exit_and_the_next_run_readopts(chains: Any, tmp_path: Any) -> None:
     c = chains(services(tmp_path))
     init = c.run()
-    before = wait_until(lambda: c.ready(3), 30, "3 services ready")
+    before = wait_until(lambda: c.ready(4), 30, "4 services ready")
     wait_until(lambda: len(starts(tmp_path)) == 2, 10, "a and b to record their start")
     pids = {n: s["pid"] for n, s in before.items()}
     rpid, tpid = kill_init(c, init)
@@ -144,15 +146,19 @@ def test_sigkilled_init_layers_exit_and_the_next_run_readopts(chains: Any, tmp_p
     print(f"orphaned layers exited {took * 1e3:.0f} ms after init's SIGKILL "
           f"(heartbeat_interval {HEARTBEAT} s)")
     log = c.log()
-    assert f"init (pid {init.pid}) is gone" in log and "leaving 3 running service(s)" in log
+    assert f"init (pid {init.pid}) is gone" in log and "leaving 4 running service(s)" in log
     assert "without the magic close" not in log  # device "none": nothing to leave armed
     assert all(channels.pid_alive(p) for p in pids.values())  # nothing was stopped
 
     c.run()
-    after = wait_until(lambda: c.ready(3), 30, "3 services ready under the new chain")
+    after = wait_until(lambda: c.ready(4), 30, "4 services ready under the new chain")
     assert {n: s["pid"] for n, s in after.items()} == pids
     assert all(s["reason"] == "adopted" for s in after.values())
     assert sorted(starts(tmp_path)) == sorted(str(pids[n]) for n in ("a", "b"))
+    # t's output still reaches its log through the logger the new restarter took over
+    log_t = tmp_path / "persist" / "log" / "t.log"
+    size = log_t.stat().st_size
+    wait_until(lambda: log_t.stat().st_size > size + 20, 10, "t's log to grow")
 
 
 def test_new_run_while_the_old_restarter_lingers_runs_nothing_twice(chains: Any,
@@ -162,7 +168,7 @@ def test_new_run_while_the_old_restarter_lingers_runs_nothing_twice(chains: Any,
     has seen that init is gone and left, the new one re-adopts. No second start."""
     c = chains(services(tmp_path))
     init = c.run()
-    before = wait_until(lambda: c.ready(3), 30, "3 services ready")
+    before = wait_until(lambda: c.ready(4), 30, "4 services ready")
     wait_until(lambda: len(starts(tmp_path)) == 2, 10, "a and b to record their start")
     pids = {n: s["pid"] for n, s in before.items()}
     rpid = wait_until(lambda: c.layer_pid("restarter", init), 10, "the restarter's pid")
@@ -176,7 +182,7 @@ def test_new_run_while_the_old_restarter_lingers_runs_nothing_twice(chains: Any,
     wait_until(lambda: not channels.pid_alive(rpid) and not channels.pid_alive(tpid),
                HB_TIMEOUT, "the orphaned restarter and tickler to exit")
     wait_until(lambda: (p := c.layer_pid("restarter", init2)) and p != rpid and
-               c.ready(3), 30, "the new chain's restarter with 3 services ready")
+               c.ready(4), 30, "the new chain's restarter with 4 services ready")
     after = c.status()
     assert {n: s["pid"] for n, s in after.items()} == pids
     assert sorted(starts(tmp_path)) == sorted(str(pids[n]) for n in ("a", "b"))
