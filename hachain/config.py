@@ -795,11 +795,12 @@ def load(path: str) -> Config:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise ConfigError([f"{path}: cannot read configuration: {e.strerror}"]) from None
+        raise ConfigError([f"{S.plain(path)}: cannot read configuration: {e.strerror}"]) \
+            from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
+        raise ConfigError([f"{S.plain(path)}: not UTF-8 text (byte {e.start})"]) from None
     return parse(text, path)
 
 

@@ -58,6 +58,13 @@ def _escape(s: str) -> str:
     return "".join(out)
 
 
+def plain(s: str) -> str:
+    """`s` with what is not printable escaped (\\n, \\x1b...): safe inside one line."""
+    return s if s.isprintable() else "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode()
+        for ch in s)
+
+
 def _clip(s: str, n: int) -> str:
     return s if len(s) <= n else s[:n - 3] + "..."
 
@@ -170,7 +177,7 @@ class Report:
     """Collects error lines for one file."""
 
     def __init__(self, fname: str, text: str) -> None:
-        self.fname = fname
+        self.fname = plain(fname)
         self.text = text
         self._loc: Locator | None = None  # built at the first error: a good file needs none
         self.errors: list[str] = []

@@ -700,3 +700,17 @@ def test_a_cycle_is_named_from_its_least_service_in_dependency_order() -> None:
     with pytest.raises(config.ConfigError) as ei:
         config.parse(text, "chain.toml")
     assert ei.value.errors == ["chain.toml:4: service.a: dependency cycle: a -> b -> c -> a"]
+
+
+def test_a_file_name_with_a_newline_still_gives_one_line(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(tmp_path, "bad\nname.toml")
+    with open(path, "w") as f:
+        f.write("[watchdog]\ntimeout = nan\n")
+    for bad in (path, path + ".missing"):
+        with pytest.raises(config.ConfigError) as ei:
+            config.load(bad)
+        assert all(e.isprintable() for e in ei.value.errors), ei.value.errors
+    with pytest.raises(config.ConfigError) as ei:
+        config.load(path)
+    assert ei.value.errors == ["bad\\nname.toml:2: watchdog.timeout: must be a finite number, "
+                               "got nan"]
