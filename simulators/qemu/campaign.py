@@ -425,7 +425,8 @@ class QemuCampaign:
         t_fault = vm.time_at(m.start())
         res.t_fault = round(t_fault - self.t0, 3)
         try:
-            record = vm.wait_boot(boots + 1, timeout=reset_bound(self.settings) + 30.0)
+            record = vm.wait_boot(boots + 1,
+                                  timeout=self.cvm.scaled(reset_bound(self.settings)) + 30.0)
         except QemuError as exc:
             res.problems.append(f"no reboot: {str(exc).splitlines()[0]}")
             return
@@ -479,10 +480,11 @@ class QemuCampaign:
 
     def run_fault(self, f: Fault) -> Result:
         """Inject fault `f`, wait, judge; the Result (times relative to the campaign)."""
+        assert self.cvm is not None
         kind = QKINDS[f.kind]
         component = {"kernel": "machine"}.get(f.target, f.target)
         res = Result(f.index, f.kind, f.target, component,
-                     bound=convergence_bound(f.kind, self.settings))
+                     bound=round(self.cvm.scaled(convergence_bound(f.kind, self.settings)), 2))
         if kind.reboot:
             self._reboot(f, res)
         else:
@@ -537,6 +539,7 @@ class QemuCampaign:
             "bounds": {k: convergence_bound(k, self.settings) for k in self.kinds},
             "reboot_bound": reset_bound(self.settings),
             "boot_to_ready": self.boot_s,
+            "slowness": None if self.cvm is None else self.cvm.slowness,
             "baseline_problems": self.baseline_problems,
             "ok": not fails and not self.baseline_problems
             and len(self.results) == len(self.faults),
