@@ -182,9 +182,11 @@ class Config:
 
 # --- the schema: every key once, with its kind, default (the dataclass field's) and doc ---
 #
-# To add a key: a field in its dataclass above, and one Key(...) below. Validation, the
-# unknown-key check, the defaults and the reference tables of docs/configuration.md
-# (`python -m hachain.config docs/configuration.md`) all follow from it.
+# To add a key: a field in its dataclass above, and one Key(...) below (a Custom kind
+# also lists a few good `examples`). Validation, the unknown-key check, the defaults and
+# the reference tables of docs/configuration.md (regenerate them with
+# `python -m hachain.config docs/configuration.md`) all follow from it, and
+# tests/test_config_schema.py tries the new key with every value in its NASTY_VALUES.
 
 WEEK = 604800.0  # the upper bound of a duration that has no tighter one
 # Service names: also a file name (NAME.log), a cgroup name and a status-table cell.

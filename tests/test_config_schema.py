@@ -311,19 +311,27 @@ def test_doc_reference_tables_are_the_schemas() -> None:
 
 
 def test_every_key_has_doc_text_and_a_dataclass_field() -> None:
+    """A new key needs words for the docs, a field to land in, and (custom kinds)
+    examples for the generated tests."""
     from dataclasses import fields
 
     from hachain import schema as S
+
+    def kinds(kind: S.Kind) -> list[S.Kind]:
+        inner = [kind.item] if isinstance(kind, S.ListOf) else \
+            [kind.key, kind.value] if isinstance(kind, S.MapOf) else []
+        return [kind] + [x for i in inner for x in kinds(i)]
 
     def walk(table: S.Table) -> None:
         names = {f.name for f in fields(table.cls)}
         for k in table.keys:
             assert k.doc or isinstance(k.kind, S.Number), k.name
             assert k.name in names or k.default is not S.FROM_CLASS, k.name
-            if isinstance(k.kind, S.Table):
-                walk(k.kind)
-            elif isinstance(k.kind, S.MapOf) and isinstance(k.kind.value, S.Table):
-                walk(k.kind.value)
+            for kind in kinds(k.kind):
+                # the generated tests draw good values of a custom kind from its examples
+                assert not isinstance(kind, S.Custom) or kind.examples, k.name
+                if isinstance(kind, S.Table):
+                    walk(kind)
     walk(config.FILE)
 
 
