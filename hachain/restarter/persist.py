@@ -30,7 +30,8 @@ fsync'd when durable, and renamed over the target: as atomic and durable as the 
 write. The rename frees the old file, the truncation the reserve's tail, and the reserve
 is refilled from them at once: a record or admin.json rewritten on a full disk costs no
 space. Only when the reserve is gone too (something else took the space) do writes wait
-in the queue.
+in the queue. (On a copy-on-write file system, btrfs or zfs, an overwrite needs new
+blocks too; there the reserve write fails like any other and the queue takes over.)
 """
 
 from __future__ import annotations
