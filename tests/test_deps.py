@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.conftest import wait_until
 
 
@@ -227,3 +229,29 @@ def test_table_holds_a_stop_until_dependents_are_down():
     assert not any(isinstance(a, states.Spawn) for a in acts)
     s, acts = step(s, Event(Ev.DEPS_READY, 5), c)
     assert s.state is State.STARTING and states.Spawn("db") in acts
+
+
+def test_service_caught_mid_restart_is_adopted_ready(restarter):
+    """The restarter dies while a ready = "none" service is stopping and wanted up again
+    (its record says stopping, its process still runs): the next restarter adopts it as
+    ready, not as starting until a readiness timeout (it has no readiness to wait for)."""
+    from tests.conftest import svc
+    r = restarter(f"""
+[service.s]
+command = {svc("stubborn")}
+stop_timeout = 60
+""")
+    pid = r.wait_state("s", "ready")["pid"]
+    if r.cg_root is None:
+        pytest.skip("needs a writable cgroup v2 hierarchy (run as root) to see the child")
+    # its child exists once the main process ignores SIGTERM (it forks after)
+    cg = os.path.join(r.cg_root, "s", "cgroup.procs")
+    wait_until(lambda: len(open(cg).read().split()) == 2, 10, "the stubborn child")
+    assert r.req("stop", "s")["ok"]
+    r.wait_state("s", "stopping")
+    assert r.req("start", "s")["ok"]  # while it stops: its record now says stopping, want up
+    assert r.svc("s")["state"] == "stopping"
+    r.kill_restarter()
+    r.start()
+    st = r.wait_state("s", "ready")
+    assert st["pid"] == pid and st["reason"] == "adopted"

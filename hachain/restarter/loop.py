@@ -222,8 +222,10 @@ class Restarter:
                 fd = spawn.pidfd_open(rec.pid)
                 if fd is not None:
                     st = State.READY if rec.state == "ready" else State.STARTING
-                    if st is State.STARTING and c.ready == "fd":
-                        # the readiness pipe died with the previous restarter
+                    if st is State.STARTING and c.kind == "longrun" and \
+                            c.ready in ("fd", "none"):
+                        # the readiness pipe died with the previous restarter; "none" is
+                        # ready once running (a record caught mid-restart says starting)
                         st = State.READY
                     # what is wanted comes from admin.json, never from the record
                     s = replace(s, state=st, pid=rec.pid, restarts=rec.restarts,

@@ -578,8 +578,9 @@ def went_down(old: Svc, new: Svc) -> bool:
 
 def needs_ready_timer(c: ServiceConfig) -> bool:
     """Is a starting process of this service bounded by `ready_timeout`? A oneshot is
-    not: it is done when it exits cleanly, however long that takes."""
-    return c.kind != "oneshot" and c.ready != "none"
+    not: it is done when it exits cleanly, however long that takes. A forking one is (its
+    launcher must exit and its main pid appear in time)."""
+    return c.kind == "forking" or (c.kind != "oneshot" and c.ready != "none")
 
 
 def kills_leftovers(c: ServiceConfig) -> bool:
