@@ -97,6 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
              "--heartbeat-interval", str(cfg.chain.heartbeat_interval)]
     if cfg.watchdog.device == "none" and args.no_tickler:
         argv.append("--no-tickler")
+    if cfg.cluster is not None:
+        argv.append("--cluster")
     env[channels.ENV_LOG_FORMAT] = cfg.chain.log_format  # init and its children
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)

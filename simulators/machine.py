@@ -165,6 +165,8 @@ class SimMachine:
         # init reads no TOML: hand it the chain's timings on its command line.
         self._init_timing = ["--restart-delay", f"{cfg.chain.restart_delay:g}",
                              "--heartbeat-interval", f"{cfg.chain.heartbeat_interval:g}"]
+        if cfg.cluster is not None:
+            self._init_timing.append("--cluster")
         os.makedirs(self.persist_dir, exist_ok=True)
         self.cgroup_root = self._cgroup_root()
         self.server = WatchdogServer(

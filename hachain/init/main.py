@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restarter-cmd", type=shlex.split, default=None)
     p.add_argument("--tickler-cmd", type=shlex.split, default=None)
     p.add_argument("--no-tickler", action="store_true")
+    # [cluster]: also run the cluster layer (`hachain run` adds this; init reads no TOML)
+    p.add_argument("--cluster", action="store_true")
+    p.add_argument("--cluster-cmd", type=shlex.split, default=None)
     return p
 
 
@@ -186,6 +189,8 @@ def parse_options(argv: list[str], pid1: bool) -> argparse.Namespace:
     if opts.tickler_cmd is None:
         opts.tickler_cmd = [python, *lean, "-m", "hachain.watchdog.tickler", "-c",
                             opts.config]
+    if opts.cluster_cmd is None:
+        opts.cluster_cmd = [python, *lean, "-m", "hachain.cluster", "-c", opts.config]
     return opts
 
 
@@ -226,6 +231,8 @@ class Init:
         self.children = [Child("restarter", opts.restarter_cmd)]
         if not opts.no_tickler:
             self.children.append(Child("tickler", opts.tickler_cmd))
+        if opts.cluster:  # stopped last, with the leftovers: its lease outlives the stop
+            self.children.append(Child("cluster", opts.cluster_cmd))
         self.stopping = False
         self.final_cmd = RB_AUTOBOOT
         self.phase = ""  # "", "restarter", "tickler", "rest", "done"

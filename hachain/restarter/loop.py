@@ -109,6 +109,8 @@ class Restarter:
         # services must not stall heartbeats and the control socket)
         self.pending: deque[tuple[str, Ev, dict[str, Any]]] = deque()
         self.health_failures: dict[str, int] = {}
+        self.grants: dict[str, int] = {}  # singletons this node may run: fencing token
+        self.grant_owners: dict[str, str] = {}  # singletons held elsewhere: the node
         self.health_detail: dict[str, str] = {}
         self.timers: list[tuple[float, int, str, str]] = []
         self.timer_live: dict[tuple[str, str], int] = {}
@@ -322,6 +324,9 @@ class Restarter:
     def feed(self, name: str, kind: Ev, now: float, **kw: Any) -> None:
         s = self.svcs[name]
         blocker = states.deps_blocker(self.conf[name], self.svcs)
+        if self.conf[name].singleton:
+            kw.setdefault("owned", name in self.grants)
+            kw.setdefault("owner", self.grant_owners.get(name, ""))
         ev = Event(kind, now, deps_ready=not blocker, waiting_for=blocker,
                    dependents_up=states.dependents_up(name, self.rev.get(name, ()), self.conf,
                                                       self.svcs), **kw)
@@ -434,6 +439,9 @@ class Restarter:
         except OSError as e:
             self._spawn_failed(name, now, f"output pipe: {spawn.errno_text(e)}", True)
             return
+        if c.singleton:  # the token of the grant it starts under (docs/cluster.md)
+            c = replace(c, env=c.env + (("HACHAIN_FENCING_TOKEN",
+                                                     str(self.grants.get(name, 0))),))
         try:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w)
         except (spawn.SpawnError, OSError) as e:
@@ -783,7 +791,40 @@ class Restarter:
 
     # --- heartbeat and status ---------------------------------------------------------------
 
+    def poll_cluster(self, now: float) -> None:
+        """[cluster]: which singletons this node may run now, from the cluster layer's
+        heartbeat (its only channel to us): those it owns, while `now` is before
+        `start_until`. A change is fed to the state table as OWNED / DISOWNED."""
+        if self.cfg.cluster is None:
+            return  # a single machine: no singletons (the configuration check)
+        hb = channels.read_heartbeat(self.state_dir, "cluster")
+        x = hb.extra if hb is not None else {}
+        until, owned, owners = x.get("start_until"), x.get("owned"), x.get("owners")
+        grants: dict[str, int] = {}
+        if isinstance(until, (int, float)) and now < until and isinstance(owned, dict):
+            grants = {n: t for n, t in owned.items() if isinstance(t, int)
+                      and n in self.conf and self.conf[n].singleton}
+        old_owners = self.grant_owners
+        self.grant_owners = {str(k): str(v) for k, v in owners.items()} \
+            if isinstance(owners, dict) else {}
+        old, self.grants = self.grants, grants
+        for n, c in self.conf.items():
+            if not c.singleton:
+                continue
+            if old.get(n) == grants.get(n) and self.beats:
+                if n not in grants and old_owners.get(n) != self.grant_owners.get(n):
+                    self.feed(n, Ev.DISOWNED, now, reason="owner changed")  # the reason
+                continue
+            if n in old and n in grants:  # a new token: the running one is stale
+                self.feed(n, Ev.DISOWNED, now, owned=False,
+                          reason=f"fencing token changed ({old[n]} -> {grants[n]})")
+            why = "granted" if n in grants else \
+                ("lease not renewed in time" if isinstance(until, (int, float))
+                 and now >= until else "ownership lost")
+            self.feed(n, Ev.OWNED if n in grants else Ev.DISOWNED, now, reason=why)
+
     def heartbeat(self, now: float) -> None:
+        self.poll_cluster(now)
         self.beats += 1
         while self.restart_times and self.restart_times[0] < now - STORM_WINDOW:
             self.restart_times.popleft()
@@ -795,7 +836,11 @@ class Restarter:
         self.hb.beat({"lag": round(self.max_lag, 4), "critical": critical,
                       "restart_rate": len(self.restart_times) / STORM_WINDOW,
                       "services": len(self.svcs), "reboot_requested": self.reboot_requested,
-                      "logger": self.logs.status()})
+                      "logger": self.logs.status(),
+                      "singletons_up": [n for n, c in self.conf.items() if c.singleton and
+                                        (self.svcs[n].pid is not None or
+                                         self.svcs[n].state is State.STOPPING or
+                                         states.is_up(self.svcs[n]))]})
         self.max_lag = 0.0
         self.orphaned = self.orphaned or channels.init_gone(self.init)
         self.control.expire(now)

@@ -23,6 +23,8 @@ States (as `hachain status` shows them):
   failed       exited with a failure (or could not be started) and its policy does not
                restart it
   done         a oneshot that completed successfully
+  standby      a singleton ([cluster]) that this node does not own: held down until the
+               cluster layer grants it (docs/cluster.md)
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class State(str, enum.Enum):
     MAINTENANCE = "maintenance"
     FAILED = "failed"
     DONE = "done"
+    STANDBY = "standby"
 
 
 class Ev(str, enum.Enum):
@@ -66,6 +69,8 @@ class Ev(str, enum.Enum):
     HUNG = "hung"                # service watchdog missed / health check failures
     LAUNCHED = "launched"        # kind forking: the launcher exited (status; pid: the main
                                  # pid found, or None while it is not known yet)
+    OWNED = "owned"              # singleton: this node may run it now (owned is True)
+    DISOWNED = "disowned"        # singleton: it may not (lost, or the lease is too old)
 
 
 # --- actions: what the loop must do (frozen, no behaviour) ------------------------------
@@ -175,6 +180,8 @@ class Event:
     dependents_up: str = ""
     reason: str = ""
     transient: bool = False  # SPAWN_FAILED: out of resources (fds, memory, pids), not the config
+    owned: bool = True  # a singleton: this node holds it now (always True for the others)
+    owner: str = ""  # a singleton not owned: who holds it, for the standby reason
 
 
 class InvalidTransition(Exception):
@@ -190,6 +197,11 @@ Handler = Callable[[Svc, Event, ServiceConfig], Result]
 # --- helpers shared by handlers ---------------------------------------------------------
 
 def _spawn_or_wait(s: Svc, ev: Event, reason: str = "") -> Result:
+    if not ev.owned:
+        # A singleton another node may run: never started here until it is granted.
+        why = f"standby: owned by {ev.owner}" if ev.owner else "standby: not owned by this node"
+        return (replace(s, state=State.STANDBY, pid=None, after_dependents=False, reason=why),
+                [CancelTimer(s.name, Ev.BACKOFF_DONE.value), Persist(s.name)])
     if ev.dependents_up:
         # A restart: what requires it stops first (systemd's order), then it starts.
         return (replace(s, state=State.WAITING, pid=None, after_dependents=False,
@@ -458,6 +470,17 @@ def done_restart(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     return down_start(s, ev, c)
 
 
+def up_disowned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """A running singleton this node may no longer run: stop it (what requires it first);
+    when it is down, its exit finds it owned again (restart) or not (standby)."""
+    return _ordered_stop(s, ev, c, f"stopping: {ev.reason or 'no longer owned'}",
+                         restart_after_stop=True)
+
+
+def backoff_disowned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return _spawn_or_wait(s, ev)
+
+
 # --- the table ---------------------------------------------------------------------------
 
 S, E = State, Ev
@@ -542,6 +565,21 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.DONE, E.CLEAR): _ignore,
     (S.DONE, E.DEPS_READY): _ignore,
     (S.DONE, E.DEPS_LOST): _ignore,
+
+    # singletons ([cluster]): `owned` on the event says whether this node may run it
+    (S.STANDBY, E.OWNED): waiting_deps_ready,
+    (S.STANDBY, E.DISOWNED): waiting_deps_ready,  # a new owner to show
+    (S.STANDBY, E.DEPS_READY): waiting_deps_ready,
+    (S.STANDBY, E.START): _ignore,
+    (S.STANDBY, E.RESTART): waiting_deps_ready,
+    (S.STANDBY, E.STOP): any_stop_idle,
+    (S.STANDBY, E.CLEAR): _ignore,
+    (S.STANDBY, E.DEPS_LOST): _ignore,
+    (S.WAITING, E.OWNED): waiting_deps_ready,
+    (S.WAITING, E.DISOWNED): waiting_deps_ready,
+    (S.STARTING, E.DISOWNED): up_disowned,
+    (S.READY, E.DISOWNED): up_disowned,
+    (S.BACKOFF, E.DISOWNED): backoff_disowned,
 }
 
 # Stale timer firings (a timer cancelled too late, or a state that moved on) are harmless.
@@ -549,7 +587,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
 # that lost a race with a state change) are harmless too.
 for _st in State:
     for _ev in (Ev.BACKOFF_DONE, Ev.READY_TIMEOUT, Ev.STOP_TIMEOUT, Ev.EXITED, Ev.READY,
-                Ev.HUNG, Ev.SPAWNED, Ev.SPAWN_FAILED, Ev.LAUNCHED):
+                Ev.HUNG, Ev.SPAWNED, Ev.SPAWN_FAILED, Ev.LAUNCHED, Ev.OWNED, Ev.DISOWNED):
         TABLE.setdefault((_st, _ev), _ignore)
 
 

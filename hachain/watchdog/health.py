@@ -23,6 +23,13 @@ The rules (docs/tickler.md explains why each exists):
   stop the tickler (magic close) next. Init itself is still checked, so a shutdown that
   hangs in init still ends in a reset.
 
+- With `[cluster]` (`cluster=True`): the cluster layer is gated like the others, and
+  once the node's fence time has passed (half the lease TTL after its last acknowledged
+  renewal, `fence_at` in the cluster heartbeat) the restarter must have shown every
+  singleton down in a heartbeat written at or after `start_until` (when it stopped
+  running them); else the node stops petting and the watchdog resets it before another
+  node may start them (docs/cluster.md, hachain/cluster/timing.py).
+
 Every failed rule adds one human line to `reasons`; the gate passes when there are none.
 """
 
@@ -135,8 +142,25 @@ def critical_reasons(critical: Any, sink: list[str]) -> list[str]:
     return out
 
 
+def fence_reasons(now: float, chb: Heartbeat | None, rhb: Heartbeat | None) -> list[str]:
+    """Past the fence time, singletons must be shown down by a fresh enough report."""
+    x = chb.extra if chb is not None else {}
+    fence, until = x.get("fence_at"), x.get("start_until")
+    if not isinstance(fence, (int, float)) or isinstance(fence, bool) or now < fence:
+        return []
+    up = rhb.extra.get("singletons_up") if rhb is not None else None
+    until = float(until) if isinstance(until, (int, float)) else float(fence)
+    if rhb is not None and rhb.mono >= until and up == []:
+        return []
+    late = f"lease not renewed for {_num(now - fence)} s past the fence (half the TTL)"
+    if rhb is None or rhb.mono < until:
+        return [f"{late}, and the restarter has not shown its singletons down since"]
+    return [f"{late}, and singletons still up: {', '.join(map(str, up or ['unknown']))}"]
+
+
 def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str, bool],
-             cfg: WatchdogConfig, started: float | None = None) -> GateResult:
+             cfg: WatchdogConfig, started: float | None = None,
+             cluster: bool = False) -> GateResult:
     """The gate for the chain as observed at monotonic time `now`.
 
     `hbs[layer]` is the layer's last heartbeat (None when missing), `alive[layer]`
@@ -153,4 +177,8 @@ def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str
     rhb = hbs.get("restarter")
     if rhb is not None:
         reasons.extend(restarter_reasons(rhb.extra, cfg))
+    if cluster:
+        reasons.extend(layer_reasons("cluster", hbs.get("cluster"),
+                                     bool(alive.get("cluster", False)), now, cfg, started))
+        reasons.extend(fence_reasons(now, hbs.get("cluster"), rhb))
     return GateResult(not reasons, tuple(reasons))

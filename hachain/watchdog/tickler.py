@@ -55,6 +55,7 @@ from hachain.config import (
     DEFAULT_PATH,
     BootLoop,
     ChainConfig,
+    ClusterConfig,
     Config,
     ConfigError,
     WatchdogConfig,
@@ -227,7 +228,7 @@ class Tickler:
         self.read_deadline = max(0.01, min(READ_DEADLINE_MAX, margin / 4))
         self.cv = threading.Condition()
         self.readers = {layer: Reader(self.state_dir, layer, self.cv)
-                        for layer in health.GATED_LAYERS}
+                        for layer in health.GATED_LAYERS + (("cluster",) if cfg.cluster else ())}
         self.last_hbs: dict[str, channels.Heartbeat | None] = {}
         self.restarter_extra: dict[str, Any] = {}
         self.records = RecordWriter()
@@ -431,7 +432,8 @@ class Tickler:
             self.orphaned, self.stop_requested = why, True  # never pet for a chain with no init
             return
         hbs, alive, late = self.observe()
-        self.gate = health.evaluate(now, hbs, alive, self.wdc, self.started)
+        self.gate = health.evaluate(now, hbs, alive, self.wdc, self.started,
+                                    cluster=self.cfg.cluster is not None)
         if late:
             self.gate = health.GateResult(False, self.gate.reasons + tuple(late))
         self.restarter_extra = (hbs.get("restarter") or channels.Heartbeat(
@@ -635,7 +637,8 @@ def load_config(path: str) -> Config:
             try:
                 cfg, _snap = snapshot.for_layer(path)
                 out: dict[str, Any] = {"path": cfg.path, "chain": asdict(cfg.chain),
-                                       "watchdog": asdict(cfg.watchdog)}
+                                       "watchdog": asdict(cfg.watchdog),
+                                       "cluster": cfg.cluster and asdict(cfg.cluster)}
             except ConfigError as e:
                 out = {"errors": list(e.errors)}
             with os.fdopen(w, "wb") as f:
@@ -654,7 +657,8 @@ def load_config(path: str) -> Config:
             raise ConfigError([str(x) for x in d["errors"]])
         d["chain"]["boot_loop"] = BootLoop(**d["chain"]["boot_loop"])
         return Config(path=d["path"], chain=ChainConfig(**d["chain"]),
-                      watchdog=WatchdogConfig(**d["watchdog"]), services={})
+                      watchdog=WatchdogConfig(**d["watchdog"]), services={},
+                      cluster=ClusterConfig(**d["cluster"]) if d.get("cluster") else None)
     except (ValueError, TypeError, KeyError):
         raise ConfigError([f"{path}: the configuration parser process failed"]) from None
 

@@ -1,0 +1,263 @@
+"""The cluster layer: holds this node's etcd lease and its singletons' ownership keys.
+
+Owns: the lease (granted, then kept alive every TTL/10), the ownership keys of the
+`singleton = true` services (taken in an etcd transaction on the lease when a key is
+free and the takeover wait has passed), and this layer's heartbeat,
+`<state_dir>/hb/cluster.json`, whose `extra` is the whole channel to the rest of the
+chain (docs/channels.md): the restarter reads which singletons it may run and until
+when, the tickler's gate reads when the node fences itself. Must not: start, stop or
+signal a service (the restarter does), pet or gate the watchdog (the tickler does).
+
+This is the only module that imports an etcd client, and only when init starts the
+layer (`[cluster]` is set). The timing rule is `hachain/cluster/timing.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from hachain import channels
+from hachain.cluster import timing
+from hachain.config import Config
+
+PROG = "hachain-cluster"
+LAYER = "cluster"
+
+
+def log(msg: str) -> None:
+    try:
+        os.write(2, channels.log_line(PROG, msg))
+    except OSError:
+        pass
+
+
+class Node:
+    """One node's view of the cluster; `tick()` does one round of RPCs."""
+
+    def __init__(self, cfg: Config, client_factory: Any = None) -> None:
+        assert cfg.cluster is not None
+        self.cfg = cfg
+        cl = cfg.cluster
+        self.node = cl.node
+        self.ttl = cl.lease_ttl
+        self.period = timing.keepalive_period(cl.lease_ttl)
+        self.endpoints = list(cl.endpoints)
+        self.prefix = cl.prefix.rstrip("/") + "/"
+        self.singletons = sorted(n for n, s in cfg.services.items() if s.singleton)
+        stop = max((cfg.services[n].stop_timeout for n in self.singletons), default=0.0)
+        self.budget = timing.stop_budget(stop, cfg.chain.heartbeat_interval)
+        self.wait = timing.takeover_wait(cl.lease_ttl, cfg.watchdog.timeout, cl.margin)
+        self.client_factory = client_factory
+        self.client: Any = None
+        self.ep = 0
+        self.lease_id: int | None = None
+        self.t0: float | None = None  # send time of the last acknowledged keepalive
+        self.renewed_wall: float | None = None
+        self.owned: dict[str, int] = {}  # singleton -> fencing token (mod_revision)
+        self.owners: dict[str, str] = {}  # singleton -> the node that holds it (not us)
+        self.absent_since: dict[str, float] = {}  # singleton -> first seen without owner
+        self.error = ""
+        self.since: dict[str, float] = {}  # singleton -> wall time we took it
+        restarts = os.environ.get(channels.ENV_LAYER_RESTARTS, "0")
+        self.hb = channels.HeartbeatWriter(cfg.chain.state_dir, LAYER,
+                                           int(restarts) if restarts.isdigit() else 0)
+        self._resume()
+
+    def key(self, name: str) -> bytes:
+        return f"{self.prefix}singleton/{name}".encode()
+
+    def _resume(self) -> None:
+        """After a restart of this layer (same boot: state_dir is tmpfs): keep the lease
+        and what it owns, so a crash of the layer is no failover. The first keepalive says
+        whether the lease still lives."""
+        old = channels.read_heartbeat(self.cfg.chain.state_dir, LAYER)
+        if old is None:
+            return
+        x = old.extra
+        if isinstance(x.get("lease"), int) and isinstance(x.get("t0"), (int, float)) and \
+                x.get("node") == self.node:
+            self.lease_id, self.t0 = x["lease"], float(x["t0"])
+            owned = x.get("owned")
+            if isinstance(owned, dict):
+                self.owned = {str(k): int(v) for k, v in owned.items()
+                              if k in self.singletons and isinstance(v, int)}
+            log(f"resuming lease {self.lease_id:x} of the previous cluster layer")
+
+    # --- what the rest of the chain sees ------------------------------------------------
+
+    def extra(self) -> dict[str, Any]:
+        t0 = self.t0
+        return {
+            "node": self.node, "lease": self.lease_id, "ttl": self.ttl, "t0": t0,
+            "fence_at": None if t0 is None else timing.fence_at(t0, self.ttl),
+            "start_until": None if t0 is None else timing.start_until(t0, self.ttl,
+                                                                      self.budget),
+            "owned": dict(self.owned), "owners": dict(self.owners), "since": self.since,
+            "renewed_wall": self.renewed_wall, "endpoint": self.endpoints[self.ep],
+            "error": self.error, "takeover_wait": self.wait,
+        }
+
+    def beat(self) -> None:
+        self.hb.beat(self.extra())
+
+    # --- etcd ---------------------------------------------------------------------------
+
+    async def connect(self) -> Any:
+        if self.client is None:
+            host, _, port = self.endpoints[self.ep].rpartition(":")
+            factory = self.client_factory
+            if factory is None:
+                import aetcd  # only here: a single-machine chain never imports it
+                factory = aetcd.Client
+            self.client = factory(host=host.strip("[]"), port=int(port),
+                                  timeout=self.period, connect_wait_timeout=self.period)
+        return self.client
+
+    async def next_endpoint(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.close(), self.period)
+            except Exception:  # noqa: BLE001 - a broken channel is dropped anyway
+                pass
+        self.ep = (self.ep + 1) % len(self.endpoints)
+
+    def lease_valid(self, now: float) -> bool:
+        return self.t0 is not None and now < timing.fence_at(self.t0, self.ttl)
+
+    async def renew(self) -> None:
+        c = await self.connect()
+        sent = time.monotonic()
+        if self.lease_id is None:
+            lease = await c.lease(self.ttl)
+            self.lease_id, self.t0 = int(lease.id), sent
+            self.owned, self.since = {}, {}
+            self.renewed_wall = time.time()
+            log(f"lease {self.lease_id:x} granted (TTL {self.ttl} s) by "
+                f"{self.endpoints[self.ep]}")
+            return
+        reply = await c.refresh_lease(self.lease_id)
+        if reply is None or int(reply.TTL) <= 0:
+            log(f"lease {self.lease_id:x} expired at etcd: singletons "
+                f"{', '.join(sorted(self.owned)) or '(none)'} are no longer ours")
+            self.lease_id, self.owned, self.since = None, {}, {}
+            return
+        self.t0, self.renewed_wall = sent, time.time()
+
+    async def claim(self) -> None:
+        """Look at every ownership key; take the free ones once it is safe."""
+        c = await self.connect()
+        for name in self.singletons:
+            got = await c.get(self.key(name))
+            now = time.monotonic()
+            if got is not None:
+                self.absent_since.pop(name, None)
+                holder = bytes(got.value).decode(errors="replace")
+                if holder == self.node and self.lease_id is not None and \
+                        int(got.lease) == self.lease_id:
+                    self.owned[name] = int(got.mod_revision)
+                    self.owners.pop(name, None)
+                else:
+                    if name in self.owned:
+                        log(f"{name}: ownership key now held by {holder}: not ours")
+                    self.owned.pop(name, None)
+                    self.since.pop(name, None)
+                    self.owners[name] = holder
+                continue
+            if name in self.owned:
+                log(f"{name}: ownership key gone: not ours")
+            self.owned.pop(name, None)
+            self.since.pop(name, None)
+            self.owners.pop(name, None)
+            first = self.absent_since.setdefault(name, now)
+            if self.lease_id is None or self.t0 is None or \
+                    now >= timing.start_until(self.t0, self.ttl, self.budget) or \
+                    now - first < self.wait:
+                continue
+            tx = c.transactions
+            ok, resp = await c.transaction(
+                compare=[tx.create(self.key(name)) == 0],
+                success=[tx.put(self.key(name), self.node.encode(), lease=self.lease_id)],
+                failure=[])
+            if ok:
+                token = int(resp[0].response_put.header.revision)
+                self.owned[name], self.since[name] = token, time.time()
+                self.absent_since.pop(name, None)
+                log(f"{name}: ownership taken, fencing token {token}")
+
+    async def tick(self) -> None:
+        try:
+            await asyncio.wait_for(self.renew(), 2 * self.period)
+            await asyncio.wait_for(self.claim(), 2 * self.period)
+            self.error = ""
+        except Exception as e:  # noqa: BLE001 - any failure: try the next member
+            why = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            if why != self.error:
+                log(f"etcd {self.endpoints[self.ep]}: {why}")
+            self.error = why
+            await self.next_endpoint()
+
+
+async def _run(node: Node, hb_interval: float) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    init = channels.init_from_env()
+
+    async def beats() -> None:
+        while not stop.is_set():
+            node.beat()
+            if (why := channels.init_gone(init)) is not None:
+                log(f"{why}: exiting")
+                stop.set()
+                return
+            try:
+                await asyncio.wait_for(stop.wait(), hb_interval)
+            except TimeoutError:
+                pass
+
+    async def keepalives() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            await node.tick()
+            node.beat()
+            left = node.period - (time.monotonic() - started)
+            try:
+                await asyncio.wait_for(stop.wait(), max(0.0, left))
+            except TimeoutError:
+                pass
+
+    await asyncio.gather(beats(), keepalives())
+    # An orderly stop keeps the lease: its keys expire with it, so nothing runs elsewhere
+    # before this node's singletons are certainly down (docs/cluster.md).
+    node.beat()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from hachain import config, snapshot
+    p = argparse.ArgumentParser(prog=PROG, description="hachain cluster layer")
+    p.add_argument("-c", "--config",
+                   default=os.environ.get(channels.ENV_CONFIG) or config.DEFAULT_PATH)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg, _snap = snapshot.for_layer(args.config)
+    except config.ConfigError as e:
+        for line in e.errors:
+            log(line)
+        return 2
+    if cfg.cluster is None:
+        log(f"{args.config}: no [cluster] table: nothing to do")
+        return 2
+    node = Node(cfg)
+    log(f"node {node.node}: etcd {', '.join(node.endpoints)}, lease TTL {node.ttl} s, "
+        f"singletons: {', '.join(node.singletons) or '(none)'}")
+    return asyncio.run(_run(node, cfg.chain.heartbeat_interval))
