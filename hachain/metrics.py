@@ -1,24 +1,38 @@
 """`hachain metrics`: the chain's state in Prometheus text format, in its own process.
 
 Owns: one small HTTP server (TCP, or a Unix socket) whose every scrape calls
-`hachain.cli.gather_status` — the same heartbeats, control-socket status and records
-`hachain status` shows — and turns the answer into metric families. Must not: keep
-state between scrapes, write anything, or be needed by the chain: it is off unless
-started, and the restarter knows nothing about it. A scrape while the restarter is down
-still answers (layers, watchdog, `hachain_restarter_up 0`).
+`hachain.status.gather_status` — the same heartbeats, control-socket status and records
+`hachain status` shows — and turns the answer into metric families. Must not: write
+anything of its own (gather_status keeps the last service table the restarter gave in
+`<state_dir>/status-last.json`), or be needed by the chain: it is off unless started,
+and the restarter knows nothing about it.
+
+A scrape while the restarter does not answer (dead, hung, busy) still answers: the
+layers, the watchdog, `hachain_restarter_up 0`, and the *last known* service series with
+`hachain_service_info_age_seconds` saying how old they are. Series that vanish during an
+outage cannot fire an alert; series that stay, with their age beside them, can
+(`hachain_service_info_age_seconds > 30`). The last table comes from gather_status's
+copy; when it has none (a state directory this process cannot write), from the last
+answer this process itself saw.
 
 Needs prometheus_client (the `metrics` extra: `pip install hachain[metrics]`).
 
 Metrics (every name starts with `hachain_`):
 
+  build_info{version,python}     1, labelled with hachain's and Python's versions
   service_state{service,state}   1 for the state the service is in, 0 for the others
   service_up_wanted{service}     1 when the administrator wants it up
   service_ready{service}         1 when ready (a oneshot: done)
   service_restarts_total{service}  restarts since the restarter started it
   service_uptime_seconds{service}  how long the current process has run (0 when none)
   service_critical{service}      1 for a critical service (its health gates the watchdog)
+  service_info_age_seconds       age of the service series: 0 when the restarter answered
+                                 this scrape, else since its last answer (the series are
+                                 then its last values)
   restarter_up                   1 when the control socket answered this scrape
   layer_up{layer}                1 when the layer's heartbeat exists and its pid lives
+  layer_state{layer,state}       1 for the layer's state (alive, hung, stale, restarting,
+                                 dead, absent: as `hachain status`), 0 for the others
   layer_stopped{layer}           1 when its process is stopped (SIGSTOP: hung)
   layer_heartbeat_age_seconds{layer}
   layer_uptime_seconds{layer}
@@ -29,6 +43,14 @@ Metrics (every name starts with `hachain_`):
   watchdog_timeout_seconds / watchdog_timeleft_seconds (absent when the driver cannot tell)
   last_boot_watchdog_reset       1 when the previous boot ended in a watchdog reset
   last_boot_info{cause}          1, labelled with the recorded cause
+  boots_total                    boots this machine's boot record has counted
+  boot_ends{cause}               of the boots the record keeps (the last 32), those that
+                                 ended, by the recorded cause (unknown: nothing said why,
+                                 e.g. a power cut or a hang; gate-failure;
+                                 reboot-requested; shutdown)
+  boot_watchdog_resets           of the boots the record keeps, those the watchdog device
+                                 reset (the next boot read WDIOF_CARDRESET)
+  boot_unclean_in_a_row          unclean boots in a row before this one (the boot-loop count)
 """
 
 from __future__ import annotations
@@ -36,13 +58,18 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
+import platform
 import signal
 import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from hachain import __version__, bootrecord
+from hachain.status import LAYER_STATES
 
 try:  # the optional `metrics` extra; without it the command says what to install
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -56,6 +83,8 @@ else:
 PROG = "hachain metrics"
 SERVICE_STATES = ("stopped", "waiting", "starting", "ready", "stopping", "backoff",
                   "maintenance", "failed", "done")
+BOOT_CAUSES = (bootrecord.UNKNOWN, bootrecord.GATE_FAILURE, bootrecord.REBOOT_REQUESTED,
+               bootrecord.SHUTDOWN)
 
 Gather = Callable[[str, str], dict[str, Any]]
 
@@ -69,7 +98,7 @@ def _num(v: Any) -> float | None:
 
 def _default_gather(state_dir: str, persist_dir: str) -> dict[str, Any]:
     """`hachain.cli.gather_status`, imported late (the CLI imports this module too)."""
-    from hachain.cli import gather_status
+    from hachain.status import gather_status
     return gather_status(state_dir, persist_dir)
 
 
@@ -80,6 +109,8 @@ class ChainCollector:
         self.state_dir = state_dir
         self.persist_dir = persist_dir
         self.gather = gather or _default_gather
+        self._last: tuple[float, dict[str, Any]] | None = None  # (monotonic, services)
+        self._lock = threading.Lock()  # scrapes run in threads of their own
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the registry must not call `collect` at registration."""
@@ -89,7 +120,18 @@ class ChainCollector:
         """One `gather_status` call, turned into metric families."""
         st = self.gather(self.state_dir, self.persist_dir)
         chain = st.get("chain", {})
-        yield from self._services(st.get("services") or {})
+        build = GaugeMetricFamily("hachain_build_info", "1, labelled with the versions "
+                                  "of hachain and Python", labels=["version", "python"])
+        build.add_metric([__version__, platform.python_version()], 1.0)
+        yield build
+        services, age = self._service_table(st)
+        yield from self._services(services)
+        if services:
+            fam = GaugeMetricFamily("hachain_service_info_age_seconds", "age of the "
+                                    "service series: 0 when the restarter answered this "
+                                    "scrape, else since its last answer")
+            fam.add_metric([], age)
+            yield fam
         up = GaugeMetricFamily("hachain_restarter_up", "1 when the restarter's control "
                                "socket answered this scrape")
         up.add_metric([], 0.0 if chain.get("restarter_error") else 1.0)
@@ -97,6 +139,24 @@ class ChainCollector:
         yield from self._layers(chain.get("layers") or {})
         yield from self._watchdog(chain.get("watchdog") or {})
         yield from self._last_boot(chain.get("last_boot"))
+        yield from self._boot_record()
+
+    def _service_table(self, st: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """(services, age in seconds): this scrape's answer (age 0), else the last known
+        table (gather_status's copy, else the last answer this process saw)."""
+        chain = st.get("chain", {})
+        now = time.monotonic()
+        services = st.get("services")
+        with self._lock:
+            if not chain.get("restarter_error") and isinstance(services, dict):
+                self._last = (now, services)
+                return services, 0.0
+            last = chain.get("last_known")
+            if isinstance(last, dict) and isinstance(last.get("services"), dict):
+                return last["services"], _num(last.get("age")) or 0.0
+            if self._last is not None:
+                return self._last[1], round(now - self._last[0], 3)
+        return {}, 0.0
 
     def _services(self, services: dict[str, Any]) -> Iterator[Metric]:
         """Per-service families."""
@@ -130,6 +190,9 @@ class ChainCollector:
         """Per-layer families from the heartbeats."""
         up = GaugeMetricFamily("hachain_layer_up", "1 when the layer is alive: its process "
                                "runs and its heartbeat is fresh", labels=["layer"])
+        lstate = GaugeMetricFamily("hachain_layer_state", "1 for the layer's state as "
+                                   "hachain status derives it, 0 for the others",
+                                   labels=["layer", "state"])
         stopped = GaugeMetricFamily("hachain_layer_stopped", "1 when the layer's process "
                                     "is stopped (SIGSTOP)", labels=["layer"])
         age = GaugeMetricFamily("hachain_layer_heartbeat_age_seconds", "age of the layer's "
@@ -143,6 +206,11 @@ class ChainCollector:
                 continue
             missing = d.get("state") == "missing" or d.get("pid") is None  # no heartbeat
             up.add_metric([layer], 0.0 if missing or not d.get("alive") else 1.0)
+            cur = d.get("state")
+            if isinstance(cur, str):
+                states = LAYER_STATES if cur in LAYER_STATES else LAYER_STATES + (cur,)
+                for value in states:
+                    lstate.add_metric([layer, value], 1.0 if value == cur else 0.0)
             if missing:
                 continue
             stopped.add_metric([layer], 1.0 if d.get("stopped") else 0.0)
@@ -150,7 +218,7 @@ class ChainCollector:
                 v = _num(d.get(key))
                 if v is not None:
                     fam.add_metric([layer], v)
-        yield from (up, stopped, age, uptime, restarts)
+        yield from (up, lstate, stopped, age, uptime, restarts)
 
     def _watchdog(self, wd: dict[str, Any]) -> Iterator[Metric]:
         """The tickler's view of the gate and the device (absent without a tickler)."""
@@ -192,6 +260,40 @@ class ChainCollector:
                                  "of the previous boot", labels=["cause"])
         info.add_metric([cause], 1.0)
         yield from (reset, info)
+
+    def _boot_record(self) -> Iterator[Metric]:
+        """Boots and how they ended, from the boot record (hachain/bootrecord.py);
+        nothing when the machine has none (no layer has started there)."""
+        rec = bootrecord.read(self.persist_dir)
+        if not rec["boots"]:
+            return
+        boots = CounterMetricFamily("hachain_boots", "boots the boot record has counted")
+        boots.add_metric([], float(rec.get("counter") or 0))
+        yield boots
+        cur = bootrecord.entry_for(rec, bootrecord.current_boot_id())
+        ended = [b for b in rec["boots"] if b is not cur]
+        by_cause: dict[str, int] = {}
+        for b in ended:
+            cause = str(b.get("reason") or bootrecord.UNKNOWN)
+            by_cause[cause] = by_cause.get(cause, 0) + 1
+        ends = GaugeMetricFamily("hachain_boot_ends", "of the boots the record keeps, those "
+                                 "that ended, by recorded cause", labels=["cause"])
+        for cause in sorted({*BOOT_CAUSES, *by_cause}):
+            ends.add_metric([cause], float(by_cause.get(cause, 0)))
+        yield ends
+        # a boot's bootstatus tells how the boot before it ended
+        wd = sum(1 for b in rec["boots"] if isinstance(b.get("bootstatus"), int)
+                 and not isinstance(b.get("bootstatus"), bool)
+                 and b["bootstatus"] & bootrecord.WDIOF_CARDRESET)
+        resets = GaugeMetricFamily("hachain_boot_watchdog_resets", "of the boots the record "
+                                   "keeps, those the watchdog device reset")
+        resets.add_metric([], float(wd))
+        yield resets
+        i = rec["boots"].index(cur) if cur is not None else len(rec["boots"])
+        streak = GaugeMetricFamily("hachain_boot_unclean_in_a_row", "unclean boots in a row "
+                                   "before this one")
+        streak.add_metric([], float(len(bootrecord.unclean_run(rec["boots"][:i]))))
+        yield streak
 
 
 def make_registry(state_dir: str, persist_dir: str, gather: Gather | None = None

@@ -13,10 +13,11 @@ if [ "${1:-}" = "--test" ]; then
     # a test), cpio to list the initramfs the QEMU harness writes, and the real daemons
     # tests/test_daemons.py supervises (their packages must not start them: see below),
     # and etcd for the cluster tests (tests/test_cluster.py runs its own members; the
-    # package's system etcd must not start either)
+    # package's system etcd must not start either), and chromium, in which
+    # tests/test_chaos_output.py looks at the campaign's HTML report (a headless screenshot)
     want_debs+=(qemu-system-x86 linux-image-amd64 busybox-static systemd libsystemd-dev
                 pkg-config gcc libc6-dev s6 runit supervisor cpio
-                postgresql redis-server nginx-light openssh-server etcd-server)
+                postgresql redis-server nginx-light openssh-server etcd-server chromium)
 fi
 missing=()
 for p in "${want_debs[@]}"; do

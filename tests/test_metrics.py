@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import socketserver
 import subprocess
@@ -258,3 +259,103 @@ def test_against_a_real_restarter(restarter: Callable[..., RestarterRun]) -> Non
     assert m[("hachain_service_state", (("service", "b"), ("state", "failed")))] == 1
     assert m[("hachain_service_critical", (("service", "a"),))] == 1
     assert m[("hachain_restarter_up", ())] == 1
+
+
+# --- issue 21.5: series that survive an outage, boots, build info ----------------------------
+
+def _age(m: dict[Any, float]) -> float:
+    return m[("hachain_service_info_age_seconds", ())]
+
+
+def test_service_series_outlive_a_restarter_that_stops_answering(chain_dirs: Any) -> None:
+    state, persist, start = chain_dirs
+    start()
+    reg = metrics.make_registry(state, persist)
+    m = _samples(generate_latest(reg).decode())
+    assert m[("hachain_restarter_up", ())] == 1 and _age(m) == 0
+    os.unlink(os.path.join(state, channels.CONTROL_SOCKET))  # nobody answers any more
+    m2 = _samples(generate_latest(reg).decode())
+    assert m2[("hachain_restarter_up", ())] == 0
+    # the last values, with their age: an alert on them can still fire
+    assert m2[("hachain_service_state", (("service", "web"), ("state", "backoff")))] == 1
+    assert m2[("hachain_service_restarts_total", (("service", "web"),))] == 7
+    assert _age(m2) > 0
+    # a fresh collector (the metrics process restarted) finds the last table too: it is
+    # the one `hachain status` keeps in the state directory
+    m3 = _samples(generate_latest(metrics.make_registry(state, persist)).decode())
+    assert m3[("hachain_service_ready", (("service", "db"),))] == 1
+    assert _age(m3) >= _age(m2)
+
+
+def test_last_answer_kept_in_process_when_the_state_dir_is_not_writable(
+        chain_dirs: Any) -> None:
+    state, persist, _start = chain_dirs
+    answers = [{"chain": {}, "services": SERVICES},
+               {"chain": {"restarter_error": "timed out", "last_known": None},
+                "services": {}}]
+    reg = metrics.make_registry(state, persist, gather=lambda _s, _p: answers.pop(0))
+    assert _age(_samples(generate_latest(reg).decode())) == 0
+    m = _samples(generate_latest(reg).decode())
+    assert m[("hachain_service_state", (("service", "db"), ("state", "ready")))] == 1
+    assert _age(m) > 0
+
+
+def test_build_info_and_boot_counts_from_the_boot_record(chain_dirs: Any) -> None:
+    from hachain import __version__, bootrecord
+    state, persist, _start = chain_dirs
+    reg = metrics.make_registry(state, persist)
+    m = _samples(generate_latest(reg).decode())
+    build = [k for k in m if k[0] == "hachain_build_info"]
+    assert len(build) == 1 and ("version", __version__) in build[0][1]
+    assert ("hachain_boots_total", ()) not in m  # no boot record yet: nothing to count
+    # four earlier boots, ended as the layers record it; the device read CARDRESET in
+    # the boot after the gate failure; then this boot
+    ends = [("gate-failure", None), ("unknown", 0x20), ("shutdown", None),
+            ("unknown", None)]
+    for i, (reason, status) in enumerate(ends):
+        bootrecord.begin_boot(persist, f"old-{i}", 1000.0 + i, bootstatus=status)
+        if reason != "unknown":
+            bootrecord.set_reason(persist, f"old-{i}", reason, [], 1000.5 + i)
+    bootrecord.begin_boot(persist, bootrecord.current_boot_id(), 2000.0)
+    m = _samples(generate_latest(reg).decode())
+    assert m[("hachain_boots_total", ())] == 5
+    assert m[("hachain_boot_ends", (("cause", "unknown"),))] == 2
+    assert m[("hachain_boot_ends", (("cause", "gate-failure"),))] == 1
+    assert m[("hachain_boot_ends", (("cause", "shutdown"),))] == 1
+    assert m[("hachain_boot_ends", (("cause", "reboot-requested"),))] == 0
+    assert m[("hachain_boot_watchdog_resets", ())] == 1
+    assert m[("hachain_boot_unclean_in_a_row", ())] == 1  # the boot after the shutdown
+
+
+def test_sigstopped_restarter_keeps_its_service_series_with_a_growing_age(
+        restarter: Callable[..., RestarterRun]) -> None:
+    """The real restarter, SIGSTOPped: status sees it hung and does not ask it; the
+    service series stay, with an age that grows from one scrape to the next."""
+    run = restarter(f"[service.a]\ncommand = {svc('sleep')}\ncritical = true\n")
+    run.wait_state("a", "ready")
+    reg = metrics.make_registry(run.state_dir, run.persist_dir)
+    first = wait_until(lambda: (s := _samples(generate_latest(reg).decode()))
+                       .get(("hachain_layer_up", (("layer", "restarter"),))) == 1 and s,
+                       10, "the restarter's heartbeat")
+    assert first[("hachain_service_ready", (("service", "a"),))] == 1 and _age(first) == 0
+    assert first[("hachain_boots_total", ())] >= 1  # the restarter opened this boot's entry
+    assert run.proc is not None
+    os.kill(run.proc.pid, signal.SIGSTOP)
+    try:
+        def hung() -> dict[Any, float] | None:
+            s = _samples(generate_latest(reg).decode())
+            return s if s.get(("hachain_layer_stopped", (("layer", "restarter"),))) == 1 \
+                else None
+        m1 = wait_until(hung, 10, "the restarter seen stopped")
+        assert m1[("hachain_restarter_up", ())] == 0
+        assert m1[("hachain_layer_state", (("layer", "restarter"), ("state", "hung")))] == 1
+        assert m1[("hachain_service_ready", (("service", "a"),))] == 1
+        assert m1[("hachain_service_state", (("service", "a"), ("state", "ready")))] == 1
+        m2 = wait_until(lambda: (s := _samples(generate_latest(reg).decode()))
+                        and _age(s) > _age(m1) and s, 10, "a growing age")
+        assert m2[("hachain_service_critical", (("service", "a"),))] == 1
+    finally:
+        os.kill(run.proc.pid, signal.SIGCONT)
+    m3 = wait_until(lambda: (s := _samples(generate_latest(reg).decode()))
+                    .get(("hachain_restarter_up", ())) == 1 and s, 10, "the restarter back")
+    assert _age(m3) == 0
