@@ -82,7 +82,7 @@ else:
 
 PROG = "hachain metrics"
 SERVICE_STATES = ("stopped", "waiting", "starting", "ready", "stopping", "backoff",
-                  "maintenance", "failed", "done")
+                  "maintenance", "failed", "done", "standby")
 BOOT_CAUSES = (bootrecord.UNKNOWN, bootrecord.GATE_FAILURE, bootrecord.REBOOT_REQUESTED,
                bootrecord.SHUTDOWN)
 

@@ -368,7 +368,7 @@ def problems(st: dict[str, Any], wd: config.WatchdogConfig) -> list[str]:
     if ch["layers"]["tickler"]["state"] == "alive" and gate and not gate.get("ok"):
         why.append("gate failing: " + "; ".join(map(str, gate.get("reasons") or [])))
     bad = [f"{n} {s.get('state')}" for n, s in sorted(st["services"].items())
-           if s.get("want") == "up" and s.get("state") not in ("ready", "done")]
+           if s.get("want") == "up" and s.get("state") not in ("ready", "done", "standby")]
     if bad:
         why.append(f"{len(bad)} service{'s' if len(bad) > 1 else ''} not ready: "
                    + ", ".join(bad))
@@ -557,7 +557,8 @@ def _service_lines(services: dict[str, Any], color: Any, live: bool) -> list[str
                      str(s.get("pid") or "-"), _age(s.get("uptime")),
                      str(s.get("restarts", "-")), str(last), str(s.get("ready", "-")),
                      health, why])
-        goods.append(s.get("state") in ("ready", "done") if s.get("want") == "up" and live
+        goods.append(s.get("state") in ("ready", "done", "standby")
+                     if s.get("want") == "up" and live
                      else None)
     lines = table(["SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "READY",
                    "HEALTH", "WHY"], rows)

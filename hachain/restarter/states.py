@@ -281,6 +281,8 @@ def _after_exit(s: Svc, st: ExitStatus, ev: Event, c: ServiceConfig,
                             reason=f"restart-group: {why}"),
                     [RestartGroup(s.name), ArmTimer(s.name, Ev.BACKOFF_DONE.value, delay)])
         # "ignore": fall through to an ordinary restart
+    if not ev.owned:
+        return _spawn_or_wait(s, ev)  # a singleton no longer ours: standby, no backoff
     delay = max(policy.next_delay(c.backoff, s.delay, uptime), min_delay)
     s = replace(s, delay=delay)
     if delay <= 0:
