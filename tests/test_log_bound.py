@@ -249,3 +249,24 @@ def test_the_restarter_heartbeat_names_the_logger(restarter: Any) -> None:
                     and h.extra.get("logger", {}).get("pid") == logger and h, 10,
                     "the logger in the restarter's heartbeat")
     assert hb.extra["logger"] == {"pid": logger, "pending": 0, "started": 1}
+
+
+def test_a_new_restarter_replaces_a_stopped_logger_it_cannot_take_over(restarter: Any) -> None:
+    """Two faults: the logger is stopped and the restarter killed. The new restarter's
+    hand-over gets no answer; it kills the stopped logger and starts its own, and the
+    chain comes back (the stash died with both, so the service may have been restarted)."""
+    run: RestarterRun = restarter(_config(), cgroups=False)
+    run.wait_state("flood", "ready")
+    logger = wait_until(lambda: _logger_pid(run), 10, "the logger's pid")
+    started = channels.proc_start_time(logger)
+    try:
+        os.kill(logger, signal.SIGSTOP)
+        run.kill_restarter()
+        run.start()  # waits for its control socket: the hand-over did not block it
+        wait_until(lambda: _logger_pid(run) not in (0, logger), 15, "a new logger")
+        assert "is stopped and does not answer: killing it" in open(run.log).read()
+        run.wait_state("flood", "ready", 15)
+        _advancing(os.path.join(run.persist_dir, "log"))
+    finally:
+        if channels.proc_start_time(logger) == started:
+            os.kill(logger, signal.SIGKILL)

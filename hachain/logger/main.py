@@ -42,7 +42,6 @@ CHUNK = 64 * 1024  # one read per ready pipe per round: the default pipe capacit
 STASH_SLACK = 32  # stash messages beyond the minimum before it is compacted
 DRAIN_SECONDS = 1.0  # on SIGTERM: how long to keep reading what is still buffered
 IDLE_EXIT = 0  # exit status when there is nothing to hold and no restarter to serve
-LOCKED_EXIT = 3  # another logger holds the chain's lock
 
 
 def log(msg: str) -> None:
@@ -391,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = take_lock(state_dir)
     if lock is None:
         log(f"another logger is already running on {state_dir}")
-        return LOCKED_EXIT
+        return wire.LOCKED_EXIT
     raise_fd_limit()
     lg = Logger(state_dir, log_dir, socks, restarter_pid)
     log(f"writing service logs to {log_dir} (pid {os.getpid()})")

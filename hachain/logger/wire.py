@@ -17,6 +17,7 @@ import socket
 
 HANDOVER_SOCKET = "logger.sock"  # in state_dir: a new restarter gets the sockets here
 LOCK_FILE = "logger.lock"  # in state_dir: one logger per chain
+LOCKED_EXIT = 3  # a logger's exit status when another holds the lock
 ENV_FDS = "HACHAIN_LOGGER_FDS"  # "inbox_r,inbox_w,stash_r,stash_w", inherited
 MAX_FDS = 250  # per message (the kernel's SCM_MAX_FD is 253)
 MAX_MSG = 64 * 1024

@@ -40,6 +40,7 @@ from hachain.restarter import spawn
 RESTART_DELAY = 1.0  # between a logger's exit and its restart (init's delay for layers)
 PENDING_MAX = 4096  # read ends kept here while the inbox is full; then the oldest go
 STOP_SECONDS = 3.0  # how long an orderly shutdown waits for the logger to finish
+HANDOVER_SECONDS = 1.0  # a running logger answers a new restarter within this
 STUCK_BEATS = 5  # heartbeats a logger may stay stopped, or leave its inbox full
 
 
@@ -72,9 +73,12 @@ class LogPipes:
         path = os.path.join(self.state_dir, wire.HANDOVER_SOCKET)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            s.settimeout(2.0)
+            s.settimeout(HANDOVER_SECONDS)
             s.connect(path)
             data, fds, _f, _a = socket.recv_fds(s, 4096, 8, socket.MSG_CMSG_CLOEXEC)
+        except TimeoutError:
+            self._kill_if_stopped()
+            return False
         except OSError:
             return False
         finally:
@@ -88,11 +92,40 @@ class LogPipes:
             self.log(f"logger hand-over: bad answer ({e}); starting a new logger")
             return False
         if self.socks is not None:
+            self._salvage()
             self.socks.close()
         self.socks = wire.Sockets.from_fds(fds)
         self._watch(pid)
         self.log(f"took over the running logger (pid {pid})")
         return True
+
+    def _salvage(self) -> None:
+        """Before our own sockets are dropped for a running logger's: read ends still
+        queued on them (sent while a logger of ours was starting) go to `pending`, and
+        from there to the logger taken over (it ignores a pipe it holds already)."""
+        assert self.socks is not None
+        for sock in (self.socks.inbox_r, self.socks.stash_r):
+            while (got := wire.recv(sock)) is not None:
+                data, fds = got
+                infos = wire.decode(data, len(fds))
+                if infos is None:
+                    wire.close_all(fds)
+                    continue
+                self.pending.extend(zip(fds, infos, strict=True))
+
+    def _kill_if_stopped(self) -> None:
+        """The logger holding the lock does not answer the hand-over (or had not
+        opened it yet): if it is stopped (SIGSTOP), it is hung; kill it, so the next
+        attempt starts a new one."""
+        try:
+            with open(os.path.join(self.state_dir, wire.LOCK_FILE)) as f:
+                pid = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        if channels.proc_state(pid) in ("T", "t"):
+            self.log(f"logger (pid {pid}) is stopped and does not answer: killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def spawn_logger(self, now: float) -> None:
         if self.socks is None:
@@ -140,6 +173,8 @@ class LogPipes:
                      f"restarting in {RESTART_DELAY} s")
             self._unwatch()
             self.due = now + RESTART_DELAY
+            if st is not None and st.kind == "exited" and st.code == wire.LOCKED_EXIT:
+                self._kill_if_stopped()  # the holder may be stopped before it could answer
         elif self.pid is not None and (why := self._stuck(now)):
             self.log(f"logger (pid {self.pid}) {why}: killing it (the pipes it holds wait "
                      "in the stash for the next one)")
