@@ -995,8 +995,8 @@ class Restarter:
     def _run(self) -> int:
         self._install_signals()
         now = time.monotonic()
-        self.logs.start(now)
         self.adopt_or_start(now)
+        self.logs.start(now)  # after re-adoption, which a slow hand-over must not delay
         self.flush()
         self.heartbeat(now)
         # Everything allocated so far lives as long as the restarter: keep the cyclic GC
