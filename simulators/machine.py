@@ -122,7 +122,8 @@ class SimMachine:
     def __init__(self, config_path: str, dir: str, panic_delay: float = 1.0,
                  env_extra: dict[str, str] | None = None, init_args: list[str] | None = None,
                  console: str | None = None, on_event: Callable[[str], None] | None = None,
-                 max_boots: int | None = None, python: str | None = None) -> None:
+                 max_boots: int | None = None, python: str | None = None,
+                 netns: str | None = None) -> None:
         self.config_path = os.path.abspath(config_path)
         self.dir = os.path.abspath(dir)
         self.panic_delay = panic_delay
@@ -132,6 +133,7 @@ class SimMachine:
         self.on_event = on_event if on_event is not None else _print_event
         self.max_boots = max_boots
         self.python = python or sys.executable
+        self.netns = netns  # a network namespace (`ip netns add`) the machine runs in
         self.run_dir = os.path.join(self.dir, "run")
         self.state_dir = os.path.join(self.run_dir, "hachain")
         self.persist_dir = os.path.join(self.dir, "persist")
@@ -333,7 +335,10 @@ class SimMachine:
                 "reboot": "reboot", "power-cut": "after a power cut"}.get(cause, cause)
         self._event(f"boot {number}: {what} (boot status 0x{bootstatus:x}"
                     + (f" {flags}" if flags else "") + ")")
-        argv = ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "--",
+        # nsenter joins the network namespace only (`ip netns exec` would also remount
+        # /sys, hiding the cgroup2 mount) and execs the rest in place: same pid
+        argv = ["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []
+        argv += ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "--",
                 "/bin/sh", "-c", BOOT_WRAPPER, "sh", os.path.join(self.run_dir, BOOT_ID_FILE),
                 self.python, "-m", "hachain.init.main", "--state-dir", self.state_dir,
                 "--config", self.config_path, *self._init_timing, *self.init_args]
