@@ -29,6 +29,7 @@ Facts the fault model relies on:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -41,14 +42,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hachain import channels, client, config
+from hachain import __version__, channels, client, config
 from hachain import snapshot as snapshot_mod
 from hachain.simulators import chaos_report
-from hachain.simulators.machine import SimMachine, find_cgroup2_mount
+from hachain.simulators.machine import CONSOLE_NAME, SimMachine, find_cgroup2_mount
 
 # --- the campaign's own services -------------------------------------------------------
 
@@ -538,6 +539,8 @@ class Result:
     bound: float = 0.0
     reboot: str | None = None
     reboot_after: float | None = None
+    console: str = ""  # the machine's console log
+    console_line: int = 0  # its first line written after the fault (1-based)
 
 
 class CampaignError(Exception):
@@ -574,6 +577,8 @@ class Campaign:
         self.boot_times: list[float] = []
         self.admin0: Any = {}
         self.resets = 0
+        self.started_wall = time.time()  # labels the report only
+        self.machine_console = os.path.join(self.machine_dir, CONSOLE_NAME)
 
     # -- setup and teardown -------------------------------------------------------------
 
@@ -592,8 +597,12 @@ class Campaign:
         return True
 
     def unmount(self) -> None:
-        """Undo mount_tmpfs (lazily when something still holds a file open)."""
-        for path in reversed(self.mounts):
+        """Undo mount_tmpfs (lazily when something still holds a file open), and any
+        tmpfs of ours still mounted under the machine directory (a signal between the
+        mount and its bookkeeping)."""
+        for path in reversed([*self.mounts, *campaign_mounts(self.machine_dir)]):
+            if path not in campaign_mounts(self.machine_dir):
+                continue
             r = subprocess.run(["umount", path], capture_output=True, timeout=10)
             if r.returncode != 0:
                 subprocess.run(["umount", "-l", path], capture_output=True, timeout=10)
@@ -698,6 +707,7 @@ class Campaign:
         pre_pid = (pre.services or {}).get(f.target, {}).get("pid")
         pre_state = (pre.services or {}).get(f.target, {}).get("state")
         pre_layer = pre.layers.get(f.target)
+        res.console, res.console_line = _console_position(m.console)
         t0 = time.monotonic()
         try:
             during = self.inject(f, pre)
@@ -978,6 +988,7 @@ class Campaign:
         self.t0 = time.monotonic()
         os.makedirs(self.machine_dir, exist_ok=True)
         baseline_problems: list[str] = []
+        interrupted = None
         try:
             self.power_on()
             baseline_problems = self.baseline()
@@ -993,9 +1004,16 @@ class Campaign:
                         except CampaignError as e:
                             baseline_problems = [str(e)]
                             break
+        except CampaignInterrupted as e:
+            interrupted = e.signame  # the fault under way is not judged: a partial report
+            _Stop.stopping = True  # a second Ctrl-C must not cut the clean-up short
         finally:
-            self.power_off()
-        return self.report(baseline_problems)
+            with signals_deferred():
+                self.power_off()
+        rep = self.report(baseline_problems)
+        if interrupted:
+            rep["interrupted"], rep["ok"] = interrupted, False
+        return rep
 
     def reset(self) -> None:
         """After a broken invariant: a fresh machine, so later faults start clean."""
@@ -1022,7 +1040,9 @@ class Campaign:
             "ok": not fails and not baseline_problems, "failures": len(fails),
             "results": results, "summary": summary, "boot_times": self.boot_times,
             "boots": len(self.boot_times), "machine_resets": self.resets,
-            "duration": round(time.monotonic() - self.t0, 3),
+            "duration": round(time.monotonic() - self.t0, 3), "interrupted": None,
+            "version": __version__, "started_wall": self.started_wall,
+            "console": self.machine_console,
         }
 
 
@@ -1133,11 +1153,12 @@ def _can_mount_tmpfs(work: str) -> tuple[bool, str]:
     probe = os.path.join(work, "tmpfs-probe")
     os.makedirs(probe, exist_ok=True)
     try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "chaos-probe", probe],
-                           capture_output=True, text=True, timeout=10)
-        if r.returncode != 0:
-            return False, f"cannot mount a tmpfs: {r.stderr.strip() or r.returncode}"
-        subprocess.run(["umount", probe], capture_output=True, timeout=10)
+        with signals_deferred():  # never leave the probe mounted
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "chaos-probe",
+                                probe], capture_output=True, text=True, timeout=10)
+            if r.returncode != 0:
+                return False, f"cannot mount a tmpfs: {r.stderr.strip() or r.returncode}"
+            subprocess.run(["umount", probe], capture_output=True, timeout=10)
         return True, ""
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"cannot mount a tmpfs: {e}"
@@ -1175,33 +1196,184 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=cmd_chaos)
 
 
-class Progress:
-    """A progress bar on stderr (one line per fault when stderr is not a terminal)."""
+# --- interruption: Ctrl-C, a closed terminal, kill --------------------------------------------
+#
+# SIGINT, SIGTERM and SIGHUP (the terminal went away) end a campaign the same way: the
+# handler raises CampaignInterrupted in the main thread, `Campaign.run` stops at once,
+# the machine is powered off, the tmpfs mounts are undone and a partial report is
+# written. The steps that must not be cut in half (a mount and its bookkeeping, the
+# power-off, the unmount) run with those signals blocked: one that arrives meanwhile is
+# delivered when the step is done.
 
-    def __init__(self, stream: Any = None) -> None:
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class CampaignInterrupted(BaseException):
+    """A stop signal arrived (BaseException: no `except Exception` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signame = signal.Signals(signum).name
+
+
+class _Stop:
+    """The handler's state: how deep in deferred steps the main thread is, and the
+    signal that arrived meanwhile."""
+    depth = 0
+    pending: int | None = None
+    stopping = False  # interrupted once: the rest is cleaning up and reporting
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    if _Stop.stopping:
+        return
+    if _Stop.depth:
+        _Stop.pending = _Stop.pending or signum
+        return
+    raise CampaignInterrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """While inside: SIGINT, SIGTERM and SIGHUP raise CampaignInterrupted (main thread)."""
+    old = {s: signal.signal(s, _raise_interrupted) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _Stop.pending, _Stop.stopping = None, False
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold the stop signals while inside; one that arrived meanwhile raises on the way
+    out. (Not the signal mask: Python runs handlers in the main thread, but the kernel
+    may hand a process signal to any thread, e.g. the simulated machine's.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _Stop.depth += 1
+    try:
+        yield
+    finally:
+        _Stop.depth -= 1
+    if not _Stop.depth and _Stop.pending is not None:
+        signum, _Stop.pending = _Stop.pending, None
+        if signal.getsignal(signum) is _raise_interrupted:
+            raise CampaignInterrupted(signum)
+
+
+def campaign_mounts(under: str) -> list[str]:
+    """The tmpfs mount points of a campaign (source chaos-*) at or below `under`."""
+    under = os.path.realpath(under)
+    out: list[str] = []
+    try:
+        lines = _read("/proc/self/mounts", "r").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        f = line.split()
+        if len(f) < 3 or f[2] != "tmpfs" or not f[0].startswith("chaos-"):
+            continue
+        point = f[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        if point == under or point.startswith(under + "/"):
+            out.append(point)
+    return out
+
+
+def _console_position(path: str) -> tuple[str, int]:
+    """(path, the number of the next line to be written to it)."""
+    try:
+        with open(path, "rb") as f:
+            return path, sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b"")) + 1
+    except OSError:
+        return path, 1
+
+
+# --- what the campaign prints ----------------------------------------------------------------
+
+def _clock(seconds: float) -> str:
+    """12 s, 3m05s, 1h02m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def failure_lines(r: dict[str, Any]) -> list[str]:
+    """What a failed fault shows: what was observed, and where the console log is."""
+    head = f"fault #{r['index']} {r['kind']} {r['target']}"
+    seen = r.get("problems") or ["(no problem recorded)"]
+    out = [f"{head}: {p}" for p in seen]
+    if r.get("console"):
+        out.append(f"{head}: console log {r['console']}:{r.get('console_line') or 1} "
+                   "(from the fault on)")
+    return out
+
+
+class Progress:
+    """The campaign's progress on stderr: on a terminal one bar, rewritten in place, with
+    the elapsed time and an estimate of the time left; every failure on lines of its own
+    above it, so they stay on screen. Elsewhere one line per fault. Never fails: a write
+    to a terminal that went away (EIO after SIGHUP) is dropped."""
+
+    def __init__(self, stream: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        try:
+            self.tty = self.stream.isatty()
+        except (OSError, ValueError):
+            self.tty = False
+        self.clock = clock
+        self.t0 = clock()
+        self.t_first: float | None = None  # the first fault's start (boot time excluded)
         self.fails = 0
 
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def times(self, done: int, n: int) -> str:
+        """"elapsed 1m05s, ~2m10s left" (no estimate before the first fault is done)."""
+        now = self.clock()
+        out = f"elapsed {_clock(now - self.t0)}"
+        if self.t_first is not None and 0 < done < n:
+            per = (now - self.t_first) / done
+            out += f", ~{_clock(per * (n - done))} left"
+        return out
+
     def __call__(self, i: int, n: int, res: Result | None, what: str) -> None:
+        if res is None and self.t_first is None:
+            self.t_first = self.clock()
         if res is not None and not res.ok:
             self.fails += 1
+            lines = "".join(f"chaos: FAIL {line}\n" for line in failure_lines(asdict(res)))
+            self._write(("\r\033[K" if self.tty else "") + lines)
         if self.tty:
             width = 30
             done = int(width * i / max(n, 1))
-            tail = what or (f"{res.kind} {res.target} "
-                            f"{'%.2f s' % res.converge if res and res.converge else 'FAIL'}"
+            tail = what or (f"#{res.index} {res.kind} {res.target} "
+                            f"{'%.2f s' % res.converge if res.ok and res.converge else 'FAIL'}"
                             if res else "")
-            self.stream.write(f"\r\033[K[{'#' * done}{'-' * (width - done)}] {i}/{n} "
-                              f"fails {self.fails} | {tail}")
+            self._write(f"\r\033[K[{'#' * done}{'-' * (width - done)}] {i}/{n} "
+                        f"fails {self.fails} | {self.times(i, n)} | {tail}")
             if i == n and res is not None:
-                self.stream.write("\n")
+                self._write("\n")
         elif res is not None:
-            verdict = (f"converged in {res.converge:.2f} s" if res.ok else
-                       "FAILED: " + "; ".join(res.problems))
-            self.stream.write(f"chaos: {i}/{n} #{res.index} {res.kind} {res.target}: "
-                              f"{verdict}\n")
-        self.stream.flush()
+            verdict = (f"converged in {res.converge:.2f} s" if res.ok and res.converge
+                       is not None else "FAILED (above)" if not res.ok else "ok")
+            self._write(f"chaos: {i}/{n} #{res.index} {res.kind} {res.target}: {verdict} "
+                        f"| {self.times(i, n)}\n")
+
+    def interrupted(self) -> None:
+        """End the bar's line (a signal stopped the campaign)."""
+        if self.tty:
+            self._write("\n")
 
 
 def kind_list(arg: str | None, known: Iterable[str], what: str = "fault kind") -> list[str]:
@@ -1241,12 +1413,21 @@ def run_campaign(cfg_path: str, work: str, seed: int, faults: list[Fault], kinds
                             f"socket ({MAX_SOCKET_PATH}); give --dir a shorter path")
     os.makedirs(c.machine_dir, exist_ok=True)
     try:
-        if tmpfs and not c.mount_tmpfs():
+        try:
+            with signals_deferred():  # a mount and its bookkeeping are one step
+                mounted = not tmpfs or c.mount_tmpfs()
+        except CampaignInterrupted as e:  # arrived while mounting: delivered just after
+            _Stop.stopping = True
+            rep = c.report([])
+            rep["interrupted"], rep["ok"] = e.signame, False
+            return rep
+        if not mounted:
             raise CampaignError(getattr(c, "skip_fs", "cannot mount tmpfs"))
         return c.run()
     finally:
-        c.power_off()
-        c.unmount()
+        with signals_deferred():
+            c.power_off()
+            c.unmount()
 
 
 def shrink(cfg_path: str, base: str, seed: int, sched: list[Fault], failing: Fault,
@@ -1270,6 +1451,9 @@ def shrink(cfg_path: str, base: str, seed: int, sched: list[Fault], failing: Fau
         except CampaignError as e:
             print(f"chaos: shrink run {n} could not run: {e}", file=sys.stderr)
             continue
+        if rep.get("interrupted"):
+            return [f.index for f in sched if f.index <= failing.index], \
+                f"not shrunk (interrupted by {rep['interrupted']})"
         last = rep["results"][-1] if rep["results"] else None
         if last and last["index"] == failing.index and not last["ok"]:
             return [f.index for f in run], "reproduced"
@@ -1330,44 +1514,106 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         print(f"chaos: skipping {k}: {why}", file=sys.stderr)
     print(f"chaos: seed {seed}, {len(chosen)} fault(s), kinds {','.join(runnable)}; "
           f"work dir {work}", file=sys.stderr)
+    progress = Progress()
     try:
-        rep = run_campaign(cfg_path, os.path.join(work, "c"), seed, chosen, runnable,
-                           skipped, tmpfs, Progress())
-    except CampaignError as e:
-        print(f"hachain chaos: {e} (seed {seed})", file=sys.stderr)
+        with stop_signals_raise():
+            try:
+                rep = run_campaign(cfg_path, os.path.join(work, "c"), seed, chosen, runnable,
+                                   skipped, tmpfs, progress)
+            except CampaignError as e:
+                _say(f"hachain chaos: {e} (seed {seed})", sys.stderr)
+                return 1
+            if rep.get("interrupted"):
+                progress.interrupted()
+            return _finish(args, rep, seed, work, cfg_path, chosen, runnable, tmpfs)
+    except CampaignInterrupted as e:  # outside the campaign's own run: nothing to report
+        with signals_deferred():
+            _say(f"chaos: FAIL: seed {seed}: interrupted by {e.signame} "
+                 "(no fault judged, no report)", sys.stderr)
         return 1
+
+
+def _say(text: str, stream: Any = None) -> None:
+    """print(), except that a terminal gone away (SIGHUP, EIO) does not stop the end."""
+    try:
+        print(text, file=stream or sys.stdout, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def repro_report_dir(report: str) -> str:
+    """Where the reproduction command writes its report: next to, never over, the
+    evidence of the run being reproduced."""
+    return os.path.normpath(report) + "-repro"
+
+
+def _finish(args: argparse.Namespace, rep: dict[str, Any], seed: int, work: str,
+            cfg_path: str, chosen: list[Fault], runnable: list[str], tmpfs: bool) -> int:
+    """Shrink a failure, write the reports, print the table and the one verdict line."""
     rep["config"] = args.config or "built-in campaign configuration"
+    _Stop.stopping = True  # from here on a stop signal is too late to lose the report
+
     def command(faults: int, only: list[int] | None) -> str:
         return (f"hachain chaos{' -c ' + args.config if args.config else ''} --faults {faults} "
-                f"--seed {seed} --kinds {','.join(runnable)} --report {args.report}"
+                f"--seed {seed} --kinds {','.join(runnable)} "
+                f"--report {repro_report_dir(args.report)}"
                 + ("" if only is None else " --only " + ",".join(map(str, only))))
     fails = [r for r in rep["results"] if not r["ok"]]
     if fails:
         first = next(f for f in chosen if f.index == fails[0]["index"])
-        if args.no_shrink:
-            idx, note = [f.index for f in chosen if f.index <= first.index], "not shrunk"
+        if args.no_shrink or rep.get("interrupted"):
+            idx = [f.index for f in chosen if f.index <= first.index]
+            note = "not shrunk" + (" (interrupted)" if rep.get("interrupted") else "")
         else:
-            print("chaos: looking for a shorter reproduction...", file=sys.stderr)
-            idx, note = shrink(cfg_path, work, seed, chosen, first, runnable, tmpfs)
+            _say("chaos: looking for a shorter reproduction...", sys.stderr)
+            _Stop.stopping = False  # Ctrl-C ends the search, and the report is still written
+            try:
+                idx, note = shrink(cfg_path, work, seed, chosen, first, runnable, tmpfs)
+            except CampaignInterrupted as e:
+                idx = [f.index for f in chosen if f.index <= first.index]
+                note = f"not shrunk (interrupted by {e.signame})"
+            _Stop.stopping = True
         rep["repro"] = {"command": command(args.faults, idx), "indexes": idx, "note": note}
     elif rep["baseline_problems"]:
         rep["repro"] = {"command": command(0, None), "indexes": [],
                         "note": "the machine never converged after power-on, before any fault"}
-    chaos_report.write_json(rep, os.path.join(args.report, "report.json"))
-    chaos_report.write_html(rep, os.path.join(args.report, "report.html"))
-    print(chaos_report.table_text(rep["summary"]))
-    print(f"chaos: report {os.path.join(args.report, 'report.html')}")
-    if rep["ok"]:
-        print(f"chaos: seed {seed}: all invariants held over {len(rep['results'])} fault(s)")
-        return 0
+    with signals_deferred():  # a report is written whole, even on a second Ctrl-C
+        chaos_report.write_json(rep, os.path.join(args.report, "report.json"))
+        chaos_report.write_html(rep, os.path.join(args.report, "report.html"))
+    html_path = os.path.join(args.report, "report.html")
+    _say(chaos_report.table_text(rep["summary"]))
     if rep["baseline_problems"] and not rep["results"]:
-        print(f"chaos: seed {seed}: the machine never converged before the first fault: "
-              + "; ".join(rep["baseline_problems"]), file=sys.stderr)
+        _say(f"chaos: seed {seed}: the machine never converged before the first fault: "
+             + "; ".join(rep["baseline_problems"]), sys.stderr)
     elif rep["baseline_problems"]:
-        print(f"chaos: seed {seed}: " + "; ".join(rep["baseline_problems"]), file=sys.stderr)
+        _say(f"chaos: seed {seed}: " + "; ".join(rep["baseline_problems"]), sys.stderr)
     for r in fails:
-        print(f"chaos: seed {seed}: fault #{r['index']} {r['kind']} {r['target']}: "
-              + "; ".join(r["problems"]), file=sys.stderr)
-    print(f"chaos: reproduce ({rep['repro']['note']}): {rep['repro']['command']}",
-          file=sys.stderr)
-    return 1
+        for line in failure_lines(r):
+            _say(f"chaos: seed {seed}: {line}", sys.stderr)
+    if rep.get("repro"):
+        _say(f"chaos: reproduce ({rep['repro']['note']}): {rep['repro']['command']}",
+             sys.stderr)
+    _say(verdict_line(rep, html_path))
+    return 0 if rep["ok"] else 1
+
+
+def verdict_line(rep: dict[str, Any], html_path: str) -> str:
+    """The campaign's last line: PASS or FAIL, with the counts."""
+    n, ran = rep["faults"], len(rep["results"])
+    bad = rep["failures"]
+    counts = (f"{ran - bad} held, {bad} broke an invariant"
+              + (f", {n - ran} not run" if ran < n else ""))
+    tail = (f"; {rep.get('boots', 0)} boot(s), {_clock(rep.get('duration', 0))}; "
+            f"{'partial ' if rep.get('interrupted') else ''}report {html_path}")
+    seed = rep["seed"]
+    if rep["ok"]:
+        return f"chaos: PASS: seed {seed}: all invariants held over {ran} fault(s) ({counts}){tail}"
+    if rep.get("interrupted"):
+        why = f"interrupted by {rep['interrupted']} after {ran} of {n} fault(s)"
+    elif rep["baseline_problems"] and not ran:
+        why = "the machine never converged before the first fault"
+    elif rep["baseline_problems"]:
+        why = f"the campaign stopped after {ran} of {n} fault(s)"
+    else:
+        why = f"{bad} of {ran} fault(s) broke an invariant"
+    return f"chaos: FAIL: seed {seed}: {why} ({counts}){tail}"

@@ -160,6 +160,9 @@ def html_page(report: dict[str, Any]) -> str:
                  f'<p>{e(report["repro"]["note"])}</p>')
     verdict = ('<span class="ok">all invariants held</span>' if ok else
                f'<span class="bad">{report["failures"]} fault(s) broke an invariant</span>')
+    if report.get("interrupted"):
+        verdict += (f' <span class="bad">(interrupted by {e(report["interrupted"])} after '
+                    f'{len(report["results"])} of {report["faults"]} faults: partial)</span>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>hachain chaos report (seed {report['seed']})
 </title><style>{_CSS}</style></head><body>
