@@ -70,7 +70,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"cluster: node {cl.node!r}, lease TTL {cl.lease_ttl} s: it fences itself "
               f"{cl.lease_ttl / 2:g} s after its last renewal; a new owner waits "
               f"{timing.takeover_wait(cl.lease_ttl, w, cl.margin):g} s after the lease "
-              f"expires; failover within {timing.failover_bound(cl.lease_ttl, w, cl.margin):g}"
+              f"expires; failover within "
+              f"{timing.failover_bound(cl.lease_ttl, w, cl.margin, cfg.chain.heartbeat_interval):g}"
               " s plus the service's start")
     if cfg.watchdog.device == "auto":
         from hachain.watchdog.discover import discover

@@ -48,7 +48,7 @@ TTL, W, MARGIN, STOP, HB = 4, 2, 0.25, 0.5, 0.1
 WAIT = timing.takeover_wait(TTL, W, MARGIN)
 # Slack for a loaded 2-core machine: process start-up, a late tick, the etcd election.
 SLACK = 3.0
-BOUND = timing.failover_bound(TTL, W, MARGIN)
+BOUND = timing.failover_bound(TTL, W, MARGIN, HB)
 
 
 def node_config(path: str, node: str, endpoints: list[str], stamps: str,

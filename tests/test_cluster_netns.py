@@ -187,13 +187,13 @@ def test_partitioned_owner_stops_itself_and_the_singleton_moves(tmp_path: Any) -
         def started() -> dict[str, Any] | None:
             return next((s for s in read_stamps(stamps) if s["ev"] == "start"
                          and s["mono"] > t_cut), None)
-        new = wait_until(started, timing.failover_bound(TTL, W, MARGIN) + SLACK + 10,
+        new = wait_until(started, timing.failover_bound(TTL, W, MARGIN, HB) + SLACK + 10,
                          "the singleton to start on another node")
         assert new["node"] != owner  # the cut-off node cannot reach etcd to take it
         assert new["mono"] >= t0 + TTL + WAIT and new["mono"] > stop["mono"]
         assert new["token"] > old_token
         took = new["mono"] - t_cut
-        assert took <= timing.failover_bound(TTL, W, MARGIN) + SLACK
+        assert took <= timing.failover_bound(TTL, W, MARGIN, HB) + SLACK
         # the cut-off node showed the singleton down: it was not reset
         assert len(m.boots) == 1, m.boots
         net.heal(i)

@@ -24,6 +24,8 @@ loop use it; docs/cluster.md explains the rule with a worked example).
 
 from __future__ import annotations
 
+import math
+
 KEEPALIVE_FRACTION = 10  # keepalives every TTL / this
 
 
@@ -50,10 +52,16 @@ def takeover_wait(ttl: float, watchdog_timeout: float, margin: float) -> float:
     return max(0.0, watchdog_timeout + margin - ttl / 2)
 
 
-def failover_bound(ttl: float, watchdog_timeout: float, margin: float) -> float:
-    """From the owner's last acknowledged keepalive (at worst, its death or cut-off) to the
-    moment another node may start the singleton, plus one ownership poll to see it."""
-    return ttl + takeover_wait(ttl, watchdog_timeout, margin) + keepalive_period(ttl)
+def failover_bound(ttl: float, watchdog_timeout: float, margin: float,
+                   heartbeat_interval: float = 0.0) -> float:
+    """From the owner's death or cut-off (its last acknowledged keepalive was no later) to
+    the moment another node's restarter starts the singleton: the lease expires within
+    the TTL, the next ownership poll (every keepalive period) sees the key gone, the
+    takeover wait is served in whole polls, and the restarter sees the grant at its next
+    heartbeat. The service's own start-up comes on top."""
+    period = keepalive_period(ttl)
+    wait = takeover_wait(ttl, watchdog_timeout, margin)
+    return ttl + period + math.ceil(wait / period - 1e-9) * period + heartbeat_interval
 
 
 def min_ttl(margin: float, budget: float) -> float:
