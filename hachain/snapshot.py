@@ -220,6 +220,33 @@ def for_layer(path: str, environ: dict[str, str] | None = None,
     return accept(path, chain_id=cid, environ=environ, log=log)
 
 
+DISK_VERDICT = os.path.join("config", "disk-verdict.json")  # in state_dir: a cache
+
+
+def _judge_edit(state_dir: str, source: str, text: str, sha: str) -> tuple[str, str | None]:
+    """("changed", None) or ("broken", "file:line: error") for an edited file. A full
+    validation of a large file takes a good part of a second, and `hachain status` may be
+    asked often: the verdict is kept per content hash, so each edit is judged once."""
+    path = os.path.join(state_dir, DISK_VERDICT)
+    try:
+        cached = channels.read_json(path)
+    except (ValueError, OSError):
+        cached = None
+    if isinstance(cached, dict) and cached.get("sha256") == sha and \
+            cached.get("disk") in ("changed", "broken"):
+        return cached["disk"], cached.get("error")
+    try:
+        parse(text, source)
+        verdict: tuple[str, str | None] = ("changed", None)
+    except ConfigError as e:
+        verdict = ("broken", e.errors[0])
+    try:
+        channels.write_json(path, {"sha256": sha, "disk": verdict[0], "error": verdict[1]})
+    except OSError:
+        pass  # a read-only or full state dir: judged again next time
+    return verdict
+
+
 def _when(wall: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall))
 
@@ -242,14 +269,11 @@ def describe(state_dir: str) -> dict[str, Any]:
     except ConfigError as e:
         out["disk"], out["disk_error"] = "missing", e.errors[0]
     else:
-        if digest(text) == snap.sha256:
+        sha = digest(text)
+        if sha == snap.sha256:
             out["disk"] = "same"
         else:
-            try:
-                parse(text, snap.source)
-                out["disk"] = "changed"
-            except ConfigError as e:
-                out["disk"], out["disk_error"] = "broken", e.errors[0]
+            out["disk"], out["disk_error"] = _judge_edit(state_dir, snap.source, text, sha)
     if snap.fallback:
         head = (f"running the last-known-good configuration of {when} because "
                 f"{snap.fallback}")

@@ -180,3 +180,23 @@ def test_run_with_broken_file_and_no_snapshot_exits_2(tmp_path: Path) -> None:
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "chain.toml:9: invalid TOML" in lines[0], p.stderr
     assert not (tmp_path / "run" / "hb").exists()  # nothing was started
+
+
+def test_an_edit_is_judged_once_per_content(tmp_path: Path) -> None:
+    """status asks describe() often; a large edited file is validated once per content
+    (the verdict is kept by hash), and a new edit is judged afresh."""
+    f = tmp_path / "chain.toml"
+    f.write_text(GOOD.format(d=tmp_path))
+    env = _env(tmp_path, HACHAIN_CHAIN_ID="r", HACHAIN_STATE_DIR=str(tmp_path / "run"))
+    snapshot.for_layer(str(f), environ=env)
+    run = str(tmp_path / "run")
+    f.write_text(GOOD.format(d=tmp_path) + "[service.typo\n")
+    assert snapshot.describe(run)["disk"] == "broken"
+    cache = tmp_path / "run" / snapshot.DISK_VERDICT
+    d = json.loads(cache.read_text())
+    d["error"] = "chain.toml:9: from the cache"
+    cache.write_text(json.dumps(d))
+    assert snapshot.describe(run)["disk_error"] == "chain.toml:9: from the cache"
+    f.write_text(GOOD.format(d=tmp_path) + "[service.b]\ncommand = [\"/bin/true\"]\n")
+    again = snapshot.describe(run)
+    assert again["disk"] == "changed" and again["disk_error"] is None
