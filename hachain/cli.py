@@ -65,6 +65,11 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"{cfg.watchdog.device!r} (timeout {cfg.watchdog.timeout} s, pet every "
           f"{cfg.watchdog.pet_interval:g} s)")
     if cfg.cluster is not None:
+        import importlib.util
+        if importlib.util.find_spec("aetcd") is None:
+            _err(f"{args.config}: [cluster] needs the etcd client: pip install "
+                 "'hachain[cluster]' (aetcd); without it the node runs no singleton")
+            return 1
         from hachain.cluster import timing
         cl, w = cfg.cluster, cfg.watchdog.timeout
         print(f"cluster: node {cl.node!r}, lease TTL {cl.lease_ttl} s: it fences itself "
@@ -116,6 +121,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Exit 0 only when the chain is healthy, 1 when degraded or resetting (like
     `systemctl is-system-running`), 2 on bad usage or configuration."""
     from hachain import status
+    if getattr(args, "cluster", False):
+        return cmd_status_cluster(args)
     state_dir, persist_dir = dirs(args)
     wd = None
     if args.config:
@@ -129,6 +136,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         status.print_status(st)
     return status.exit_code(st)
+
+
+def cmd_status_cluster(args: argparse.Namespace) -> int:
+    """Every node and singleton as etcd knows them; 1 when no member answers."""
+    cfg = _load(args.config or config.DEFAULT_PATH)
+    if cfg.cluster is None:
+        _err(f"{cfg.path}: no [cluster] table: this chain is a single machine")
+        return 2
+    from hachain.cluster import view
+    v = view.gather(cfg.cluster)
+    if args.json:
+        print(json.dumps(v, indent=2, sort_keys=True))
+    elif "error" in v:
+        _err(f"cannot read the cluster from etcd: {v['error']}")
+    else:
+        view.print_view(v, [n for n, s in cfg.services.items() if s.singleton])
+    return 1 if "error" in v else 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -219,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="chain layers and every service")
     _add_dirs(s)
     s.add_argument("--json", action="store_true", help="one JSON object (stable for scripts)")
+    s.add_argument("--cluster", action="store_true", help="every node and singleton, from "
+                   "etcd ([cluster])")
     s.set_defaults(func=cmd_status)
 
     for name, hlp in (("start", "start a service (want up)"), ("stop", "stop a service "

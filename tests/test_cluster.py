@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -203,6 +204,21 @@ def test_singleton_runs_on_exactly_one_node_and_others_stand_by(cluster: Cluster
     never_two(read_stamps(cluster.stamps))
     tokens = {s["token"] for s in read_stamps(cluster.stamps)}
     assert len(tokens) == 1 and next(iter(tokens)) > 0
+    # hachain status --cluster: every node, and the singleton's owner and token
+    cfg = os.path.join(cluster.tmp, "n0.toml")
+    out = subprocess.run([sys.executable, "-m", "hachain.cli", "status", "--cluster",
+                          "-c", cfg, "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    v = json.loads(out.stdout)
+    assert sorted(v["nodes"]) == ["n0", "n1", "n2"]
+    assert v["singletons"]["db"]["owner"] == owner
+    assert v["singletons"]["db"]["token"] == next(iter(tokens))
+    assert list(v["nodes"][owner]["owned"]) == ["db"]
+    out = subprocess.run([sys.executable, "-m", "hachain.cli", "status", "--cluster",
+                          "-c", cfg], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    row = next(ln for ln in out.stdout.splitlines() if ln.split()[:1] == ["db"])
+    assert row.split()[1:3] == [owner, str(next(iter(tokens)))]
 
 
 def failover(cluster: Cluster, fault: str) -> dict[str, Any]:

@@ -63,6 +63,14 @@ def test_gate_fails_when_the_cluster_layer_is_hung() -> None:
     assert not g.ok and g.reasons[0].startswith("cluster heartbeat stale")
 
 
+def test_gate_does_not_reset_for_a_dead_cluster_layer() -> None:
+    # e.g. the etcd client is missing: no lease, nothing granted, nothing to fence
+    hbs = {"init": hb("init", 100.0), "restarter": hb("restarter", 100.0, singletons_up=[]),
+           "cluster": None}
+    alive = {"init": True, "restarter": True, "cluster": False}
+    assert health.evaluate(100.0, hbs, alive, WD, started=0.0, cluster=True).ok
+
+
 def test_gate_without_cluster_ignores_the_cluster_layer() -> None:
     hbs = {"init": hb("init", 100.0), "restarter": hb("restarter", 100.0)}
     assert health.evaluate(100.0, hbs, {"init": True, "restarter": True}, WD).ok
@@ -189,6 +197,11 @@ class FakeClient:
         self.e.rev += 1
         self.e.kv[key] = {"value": value, "lease": lease, "mod": self.e.rev}
         return True, [Obj(response_put=Obj(header=Obj(revision=self.e.rev)))]
+
+    async def put(self, key: bytes, value: bytes, lease: int | None = None) -> None:
+        self._check()
+        self.e.rev += 1
+        self.e.kv[key] = {"value": value, "lease": lease, "mod": self.e.rev}
 
     async def close(self) -> None:
         pass

@@ -15,6 +15,7 @@ layer (`[cluster]` is set). The timing rule is `hachain/cluster/timing.py`.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -63,6 +64,8 @@ class Node:
         self.absent_since: dict[str, float] = {}  # singleton -> first seen without owner
         self.error = ""
         self.since: dict[str, float] = {}  # singleton -> wall time we took it
+        self.published: tuple[Any, ...] | None = None  # what the node record last said
+        self.published_at = 0.0
         restarts = os.environ.get(channels.ENV_LAYER_RESTARTS, "0")
         self.hb = channels.HeartbeatWriter(cfg.chain.state_dir, LAYER,
                                            int(restarts) if restarts.isdigit() else 0)
@@ -190,10 +193,42 @@ class Node:
                 self.absent_since.pop(name, None)
                 log(f"{name}: ownership taken, fencing token {token}")
 
+    def last_boot(self) -> dict[str, Any] | None:
+        """Why this machine last booted (the tickler's record), for `status --cluster`."""
+        try:
+            rec = channels.read_json(os.path.join(self.cfg.chain.persist_dir,
+                                                  channels.LAST_BOOT))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(rec, dict):
+            return None
+        gate = rec.get("last_gate_failure")
+        return {"cause": rec.get("cause"), "wall": rec.get("wall"),
+                "reasons": gate.get("reasons") if isinstance(gate, dict) else None}
+
+    async def publish(self) -> None:
+        """`<prefix>node/<node>` on the lease: what `hachain status --cluster` shows of
+        this node. Written when it changes, else about once a second."""
+        if self.lease_id is None:
+            return
+        now = time.monotonic()
+        what = (self.lease_id, tuple(sorted(self.owned.items())))
+        if what == self.published and now - self.published_at < 1.0:
+            return
+        rec = {"node": self.node, "lease": self.lease_id, "ttl": self.ttl,
+               "renewed_wall": self.renewed_wall, "last_boot": self.last_boot(),
+               "owned": {n: {"token": t, "since": self.since.get(n)}
+                         for n, t in self.owned.items()}}
+        c = await self.connect()
+        await c.put(f"{self.prefix}node/{self.node}".encode(),
+                    json.dumps(rec, sort_keys=True).encode(), lease=self.lease_id)
+        self.published, self.published_at = what, now
+
     async def tick(self) -> None:
         try:
             await asyncio.wait_for(self.renew(), 2 * self.period)
             await asyncio.wait_for(self.claim(), 2 * self.period)
+            await asyncio.wait_for(self.publish(), 2 * self.period)
             self.error = ""
         except Exception as e:  # noqa: BLE001 - any failure: try the next member
             why = f"{type(e).__name__}: {e}".splitlines()[0][:200]

@@ -23,7 +23,8 @@ The rules (docs/tickler.md explains why each exists):
   stop the tickler (magic close) next. Init itself is still checked, so a shutdown that
   hangs in init still ends in a reset.
 
-- With `[cluster]` (`cluster=True`): the cluster layer is gated like the others, and
+- With `[cluster]` (`cluster=True`): a hung cluster layer fails as the others do (a dead
+  or missing one does not: it holds no lease, so nothing runs on it), and
   once the node's fence time has passed (half the lease TTL after its last acknowledged
   renewal, `fence_at` in the cluster heartbeat) the restarter must have shown every
   singleton down in a heartbeat written at or after `start_until` (when it stopped
@@ -178,7 +179,11 @@ def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str
     if rhb is not None:
         reasons.extend(restarter_reasons(rhb.extra, cfg))
     if cluster:
-        reasons.extend(layer_reasons("cluster", hbs.get("cluster"),
-                                     bool(alive.get("cluster", False)), now, cfg, started))
+        # A hung cluster layer is a hang of the chain; a dead or missing one is not a
+        # reason to reset (say the etcd client is not installed): it holds no lease, so
+        # the restarter stands its singletons by and the fence rule still holds.
+        if alive.get("cluster", False):
+            reasons.extend(layer_reasons("cluster", hbs.get("cluster"), True, now, cfg,
+                                         started))
         reasons.extend(fence_reasons(now, hbs.get("cluster"), rhb))
     return GateResult(not reasons, tuple(reasons))

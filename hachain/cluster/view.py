@@ -1,0 +1,82 @@
+"""`hachain status --cluster`: every node and every singleton, as etcd knows them.
+
+Reads `<prefix>node/` (each node's record, on its lease: it vanishes when the lease
+expires) and `<prefix>singleton/` (the ownership keys) from the first member of
+`[cluster] endpoints` that answers. Imports the etcd client only when called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from hachain.config import ClusterConfig
+
+
+async def _gather(cl: ClusterConfig, timeout: float) -> dict[str, Any]:
+    import aetcd
+    prefix = cl.prefix.rstrip("/") + "/"
+    errors = []
+    for ep in cl.endpoints:
+        host, _, port = ep.rpartition(":")
+        client = aetcd.Client(host=host.strip("[]"), port=int(port), timeout=timeout)
+        try:
+            nodes = await client.get_prefix(f"{prefix}node/".encode())
+            keys = await client.get_prefix(f"{prefix}singleton/".encode())
+        except Exception as e:  # noqa: BLE001 - try the next member
+            errors.append(f"{ep}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        finally:
+            try:
+                await client.close()
+            except Exception:  # noqa: BLE001
+                pass
+        out: dict[str, Any] = {"endpoint": ep, "nodes": {}, "singletons": {}}
+        for kv in nodes:
+            try:
+                rec = json.loads(bytes(kv.value))
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out["nodes"][str(rec.get("node"))] = rec
+        for kv in keys:
+            name = bytes(kv.key).decode(errors="replace")[len(prefix) + len("singleton/"):]
+            owner = bytes(kv.value).decode(errors="replace")
+            since = (out["nodes"].get(owner, {}).get("owned", {}).get(name) or {}).get("since")
+            out["singletons"][name] = {"owner": owner, "token": int(kv.mod_revision),
+                                       "since": since}
+        return out
+    return {"error": "; ".join(errors) or "no endpoint"}
+
+
+def gather(cl: ClusterConfig, timeout: float = 2.0) -> dict[str, Any]:
+    return asyncio.run(_gather(cl, timeout))
+
+
+def _ago(wall: Any, now: float) -> str:
+    return f"{now - float(wall):.1f} s ago" if isinstance(wall, (int, float)) else "-"
+
+
+def print_view(v: dict[str, Any], singletons: list[str]) -> None:
+    now = time.time()
+    print(f"cluster (etcd {v['endpoint']}):")
+    print(f"  {'NODE':<16} {'LEASE':<18} {'RENEWED':<14} {'OWNS':<24} LAST BOOT")
+    for name in sorted(v["nodes"]):
+        n = v["nodes"][name]
+        lb = n.get("last_boot") or {}
+        boot = str(lb.get("cause") or "-")
+        if lb.get("reasons"):
+            boot += ": " + "; ".join(map(str, lb["reasons"]))
+        owns = ", ".join(sorted(n.get("owned") or {})) or "-"
+        lease = f"{n['lease']:x}" if isinstance(n.get("lease"), int) else "-"
+        print(f"  {name:<16} {lease:<18} {_ago(n.get('renewed_wall'), now):<14} "
+              f"{owns:<24} {boot}")
+    print(f"  {'SINGLETON':<16} {'OWNER':<16} {'TOKEN':<8} SINCE")
+    for name in sorted(set(v["singletons"]) | set(singletons)):
+        s = v["singletons"].get(name)
+        if s is None:
+            print(f"  {name:<16} {'(none)':<16} {'-':<8} -")
+        else:
+            print(f"  {name:<16} {s['owner']:<16} {s['token']:<8} {_ago(s['since'], now)}")
