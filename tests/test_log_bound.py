@@ -21,7 +21,7 @@ from tests.conftest import PY, RestarterRun, wait_until
 
 MAX, KEEP = 16384, 2
 BOUND = MAX * (KEEP + 1)
-LINE = re.compile(rb"([0-9]{9}) \.{89}")
+LINE = re.compile(rb"([0-9]{9}) \.+")
 # Numbered 100-byte lines, 40 to a write (4000 bytes: atomic in a pipe), as fast as it
 # can; on SIGTERM a last line "END" and exit.
 FLOOD = """
@@ -37,9 +37,28 @@ os.write(1, b"END\\n")
 """
 
 
-def _config() -> str:
-    return (f"[service.flood]\ncommand = {json.dumps([PY, '-c', FLOOD])}\n"
-            f"log_max_bytes = {MAX}\nlog_keep = {KEEP}\n")
+# Numbered 3500-byte lines written 8 KiB at a time, as C stdio flushes a full buffer:
+# the writes end mid-line, so a rotation would often fall inside a line.
+FLOOD_BUFFERED = """
+import os, signal
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+pad = b"." * 3489
+buf = b""
+n = 0
+while not stop:
+    while len(buf) < 8192:
+        buf += b"%09d %s\\n" % (n, pad)
+        n += 1
+    os.write(1, buf[:8192])
+    buf = buf[8192:]
+os.write(1, buf + b"END\\n")
+"""
+
+
+def _config(program: str = FLOOD, keep: int = KEEP) -> str:
+    return (f"[service.flood]\ncommand = {json.dumps([PY, '-c', program])}\n"
+            f"log_max_bytes = {MAX}\nlog_keep = {keep}\n")
 
 
 def _files(log_dir: str) -> list[str]:
@@ -88,7 +107,7 @@ def _last_seq(log_dir: str) -> int:
     for p in reversed(_files(log_dir)):
         try:
             with open(p, "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 300))
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 9000))
                 tail = f.read()
         except OSError:
             continue
@@ -163,6 +182,27 @@ def test_a_flood_never_exceeds_the_bound_and_keeps_lines_whole(restarter: Any) -
     assert watcher.max_file <= MAX and watcher.max_files <= KEEP + 1
     # the oldest kept line is recent: older files were really dropped, not kept around
     assert _check_lines(log_dir, continuous=True) > BOUND // 100 // 2
+
+
+def test_lines_cut_by_the_writers_buffer_stay_whole(restarter: Any) -> None:
+    """A writer whose writes end mid-line (stdio buffering): the logger holds the
+    unfinished line back until its end arrives, so no rotation splits one. 40 kept
+    files: 40 boundaries between files are checked (without the hold-back about one
+    in seven splits a line)."""
+    keep = 40
+    run: RestarterRun = restarter(_config(FLOOD_BUFFERED, keep), cgroups=False)
+    log_dir = os.path.join(run.persist_dir, "log")
+    watcher = Watcher(log_dir)
+    watcher.start()
+    try:
+        run.wait_state("flood", "ready")
+        wait_until(lambda: _last_seq(log_dir) > (keep + 5) * MAX // 3500, 20, "a long flood")
+        _stop_flood(run, log_dir)
+    finally:
+        watcher.stop()
+    assert watcher.max_total <= MAX * (keep + 1) and watcher.max_file <= MAX
+    assert len(_files(log_dir)) == keep + 1
+    assert _check_lines(log_dir, continuous=True) >= keep * MAX // 3500 // 2
 
 
 def test_restarter_sigkill_during_a_flood_keeps_service_and_pipe(restarter: Any) -> None:

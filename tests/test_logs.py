@@ -321,3 +321,26 @@ def test_the_logger_imports_only_stdlib_channels_and_itself() -> None:
         for m in imports_of(f):
             assert m.split(".")[0] in sys.stdlib_module_names or m == "__future__" or \
                 m == "hachain.channels" or m.startswith("hachain.logger"), f"{f} imports {m}"
+
+
+def test_a_line_written_in_two_pieces_is_not_split_by_a_rotation(tmp_path: Any) -> None:
+    """The file has room for the first piece of a line but not for the whole line: held
+    back until its end came, the line goes whole into the next file."""
+    from hachain.logger.main import take_lines
+    d = str(tmp_path)
+    lf = LogFile(d, "a", 1024, 2)
+    held = b""
+    for piece in (b"x" * 993 + b"\n", b"first half, ", b"second half of a long line\n", b"next\n"):
+        out, held = take_lines(held, piece)
+        lf.append(out)
+    assert held == b""
+    assert open(os.path.join(d, "a.log.1"), "rb").read() == b"x" * 993 + b"\n"
+    assert open(os.path.join(d, "a.log"), "rb").read() == b"first half, second half of a long line\nnext\n"
+    # a naive writer would have split it: the first half fits in the old file
+    naive = LogFile(str(tmp_path / "naive"), "a", 1024, 2)
+    for piece in (b"x" * 993 + b"\n", b"first half, ", b"second half of a long line\n"):
+        naive.append(piece)
+    assert open(naive.path + ".1", "rb").read().endswith(b"first half, ")
+    # an unfinished line longer than HOLD_MAX is not held
+    assert take_lines(b"", b"y" * 5000) == (b"y" * 5000, b"")
+    assert take_lines(b"ab", b"c\nde") == (b"abc\n", b"de")

@@ -39,6 +39,8 @@ from hachain.logger import wire
 from hachain.logger.files import LogFile
 
 CHUNK = 64 * 1024  # one read per ready pipe per round: the default pipe capacity
+HOLD_MAX = 4096  # an unfinished line waits for its newline up to this many bytes...
+HOLD_SECONDS = 0.2  # ...or this long, so a line cut by the writer's buffer stays whole
 STASH_SLACK = 32  # stash messages beyond the minimum before it is compacted
 DRAIN_SECONDS = 1.0  # on SIGTERM: how long to keep reading what is still buffered
 IDLE_EXIT = 0  # exit status when there is nothing to hold and no restarter to serve
@@ -51,13 +53,29 @@ def log(msg: str) -> None:
         pass
 
 
+def take_lines(held: bytes, data: bytes) -> tuple[bytes, bytes]:
+    """(what to write now, what to hold back) after `data` was read behind `held`.
+
+    Writers flush whole buffers, not whole lines: the unfinished last line waits for
+    its end (up to HOLD_MAX bytes), so a rotation never falls inside it and another
+    pipe's output of the same service never lands in the middle of it."""
+    if held:
+        data = held + data
+    cut = data.rfind(b"\n") + 1
+    if 0 < len(data) - cut <= HOLD_MAX:
+        return data[:cut], data[cut:]
+    return data, b""
+
+
 class Pipe:
-    __slots__ = ("fd", "ino", "info")
+    __slots__ = ("fd", "ino", "info", "held", "held_since")
 
     def __init__(self, fd: int, ino: tuple[int, int], info: wire.PipeInfo) -> None:
         self.fd = fd
         self.ino = ino
         self.info = info
+        self.held = b""  # the unfinished last line of what was read, not written yet
+        self.held_since = 0.0
 
 
 class Logger:
@@ -70,6 +88,7 @@ class Logger:
         self.pipes: dict[int, Pipe] = {}
         self.by_ino: dict[tuple[int, int], int] = {}
         self.files: dict[str, LogFile] = {}
+        self.holding: set[int] = set()  # pipes with an unfinished line held back
         self.stashed = 0  # messages in the stash
         self.stopping = False
         self.restarter_fd: int | None = None
@@ -178,6 +197,9 @@ class Logger:
         """A pipe reached its end. The service's log file is closed when no other pipe of
         it is left (a crash-looping service's next pipe opens it again); the LogFile
         object stays, so its limits are not checked on disk again."""
+        if p.held:
+            self.write(p, p.held)
+        self.holding.discard(p.fd)
         self.ep.unregister(p.fd)
         os.close(p.fd)
         del self.pipes[p.fd]
@@ -270,6 +292,18 @@ class Logger:
             return False
         if not data:
             return False
+        out, held = take_lines(p.held, data)
+        if out:
+            self.write(p, out)
+        if held and (not p.held or out):  # a new unfinished line: its own time
+            p.held_since = time.monotonic()
+            self.holding.add(p.fd)
+        elif not held:
+            self.holding.discard(p.fd)
+        p.held = held
+        return True
+
+    def write(self, p: Pipe, data: bytes) -> None:
         f = self.files.get(p.info.name)
         if f is None:
             f = self.files[p.info.name] = LogFile(self.log_dir, p.info.name,
@@ -278,7 +312,18 @@ class Logger:
         f.append(data)
         if f.error and f.error != had_error:
             log(f"{p.info.name}: {f.error}; output is dropped until writes succeed")
-        return True
+
+    def release_held(self, now: float) -> None:
+        """Write the unfinished lines held for HOLD_SECONDS (a prompt, a writer that
+        stopped mid-line)."""
+        for fd in list(self.holding):
+            p = self.pipes.get(fd)
+            if p is None:
+                self.holding.discard(fd)
+            elif now - p.held_since >= HOLD_SECONDS:
+                self.write(p, p.held)
+                p.held = b""
+                self.holding.discard(fd)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -287,7 +332,7 @@ class Logger:
         if n:
             log(f"took back {n} pipe(s) from the stash")
         while not self.stopping:
-            for fd, _ev in self.ep.poll(-1):
+            for fd, _ev in self.ep.poll(HOLD_SECONDS if self.holding else -1):
                 if fd == self._wake_r.fileno():
                     try:
                         self._wake_r.recv(512)
@@ -301,6 +346,8 @@ class Logger:
                     self.watch_restarter(None)
                 elif (p := self.pipes.get(fd)) is not None and not self.on_pipe(p):
                     self.drop(p)
+            if self.holding:
+                self.release_held(time.monotonic())
             if self.stashed > len(self.pipes) // wire.MAX_FDS + 1 + STASH_SLACK:
                 self.compact()
             if not self.pipes and self.restarter_gone() and not self._inbox_waiting():
@@ -324,8 +371,12 @@ class Logger:
                 except (BlockingIOError, InterruptedError, OSError):
                     continue
                 if data:
-                    self.files[p.info.name].append(data)
+                    self.write(p, p.held + data)
+                    p.held = b""
                     busy = True
+        for p in self.pipes.values():
+            if p.held:
+                self.write(p, p.held)
         for f in self.files.values():
             f.close()
 
