@@ -571,7 +571,9 @@ WATCHDOG = S.Table(WatchdogConfig, (
           "long (from its last heartbeat, or from the tickler's start when it never wrote "
           "one) without a new heartbeat while init restarts it."),
     S.Key("max_loop_lag", _seconds(0.01, 3600), "The restarter publishes the worst lag of "
-          "its event loop; more than this fails the gate."),
+          "its event loop (its longest round, a late heartbeat); more than this fails the "
+          "gate once the restarter has also made no progress for `heartbeat_timeout` "
+          "(busy is not hung: docs/tickler.md)."),
     S.Key("gate_critical", S.Bool(), "A service with `critical = true` that is in "
           "`maintenance` or `failed` fails the gate. `false`: critical services are not "
           "part of the gate."),

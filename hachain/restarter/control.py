@@ -22,6 +22,8 @@ from typing import Any
 from hachain import channels
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+BIG_REPLY = 64 * 1024  # a reply larger than this gets a send buffer of its size
+MAX_SNDBUF = 4 * 1024 * 1024
 
 
 class _Conn:
@@ -177,6 +179,14 @@ class ControlServer:
     def _reply(self, fd: int, rep: dict[str, Any]) -> None:
         c = self.conns[fd]
         c.out = channels.encode_message(rep)
+        if len(c.out) > BIG_REPLY:
+            # Room for the whole reply in one send (the kernel caps this at wmem_max): a
+            # reply sent in pieces waits a loop round, restart work included, per piece.
+            try:
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                  min(2 * len(c.out), MAX_SNDBUF))
+            except OSError:
+                pass
         c.buf.clear()
         self.sel.modify(c.sock, selectors.EVENT_WRITE, ("control-conn", fd))
         self.on_writable(fd)

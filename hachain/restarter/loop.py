@@ -36,6 +36,11 @@ STORM_WINDOW = 10.0
 EXIT_BATCH = 8  # exits handled per loop round
 TIMER_BATCH = 16  # timers fired per loop round (1000 backoffs may end at once)
 START_BATCH = 32  # queued starts per loop round
+# Restart work (exits and timers, each of which may spawn) stops for the round once the
+# round has run this long, or as soon as a control request or a signal waits, so the loop
+# polls them again and the heartbeat is written on time however many services crash-loop.
+# See round_budget(). Queued starts (start-up, reload) keep their START_BATCH.
+ROUND_BUDGET_MAX = 0.05
 CHILD = -1  # in pidfds: the main process is our child, watched through SIGCHLD
 _PRIORITY = {"signal": 0, "control-listen": 0, "control-conn": 0}
 
@@ -124,7 +129,13 @@ class Restarter:
         self.shutting_down = False
         self.init = channels.init_from_env()
         self.orphaned: str | None = None  # why init is gone, once a heartbeat saw it
-        self.max_lag = 0.0
+        self.max_lag = 0.0  # the loop's own lag: longest round, heartbeat lateness
+        self.timer_lag = 0.0  # how late service timers fired (the paced backlog)
+        self.progress = 0  # work items handled: the gate's "busy, not stuck" evidence
+        self.beat_due = 0.0
+        self.round_end = 0.0  # restart work of the current round stops at this time
+        self.round_floor = 0.0  # ... and no waiting request cuts it short before this
+        self.budget = round_budget(cfg)
         self.beats = 0
         self.logs = logpipe.LogPipes(self.state_dir, self.log_dir, log,
                                      cfg.chain.heartbeat_interval)
@@ -148,6 +159,10 @@ class Restarter:
                                      self.sel, self.handle_request,
                                      group=cfg.chain.control_group or None,
                                      fd=_inherited_fd(channels.ENV_CONTROL_FD))
+        # What ends a round's restart work early: a new control connection or a signal.
+        self.urgent = selectors.EpollSelector()
+        self.urgent.register(self.control.sock, selectors.EVENT_READ)
+        self.urgent.register(self._sig_r, selectors.EVENT_READ)
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -443,7 +458,8 @@ class Restarter:
             c = replace(c, env=c.env + (("HACHAIN_FENCING_TOKEN",
                                                      str(self.grants.get(name, 0))),))
         try:
-            sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w)
+            sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w,
+                             yield_cpu=not self._more_work(now))
         except (spawn.SpawnError, OSError) as e:
             os.close(out_r)
             msg = str(e) if isinstance(e, spawn.SpawnError) else spawn.errno_text(e)
@@ -480,15 +496,19 @@ class Restarter:
             self.sel.register(fd, selectors.EVENT_READ, ("pidfd", name))
 
     def _reap_children(self, now: float) -> None:
-        """After SIGCHLD: handle up to EXIT_BATCH exited children (the rest next round, so
-        a status request is answered between batches while hundreds crash-loop)."""
-        for _ in range(EXIT_BATCH):
+        """After SIGCHLD: handle up to EXIT_BATCH exited children, fewer once the round's
+        budget is spent (the rest next round, so a status request is answered between
+        batches while hundreds crash-loop)."""
+        for i in range(EXIT_BATCH):
+            if i and self._over_budget():
+                break
             got = spawn.exited_child()
             if got is None:
                 self.children_pending = False
                 return
             pid, st = got
             name = self.by_pid.get(pid)
+            self.progress += 1
             try:
                 if name is not None and self.pidfds.get(name) == (pid, CHILD):
                     self._on_exit(name, now, st)
@@ -826,6 +846,8 @@ class Restarter:
     def heartbeat(self, now: float) -> None:
         self.poll_cluster(now)
         self.beats += 1
+        if self.beat_due:
+            self.max_lag = max(self.max_lag, now - self.beat_due)
         while self.restart_times and self.restart_times[0] < now - STORM_WINDOW:
             self.restart_times.popleft()
         critical = {n: {"state": (s := self.svcs[n]).state.value,
@@ -840,12 +862,20 @@ class Restarter:
                       "singletons_up": [n for n, c in self.conf.items() if c.singleton and
                                         (self.svcs[n].pid is not None or
                                          self.svcs[n].state is State.STOPPING or
-                                         states.is_up(self.svcs[n]))]})
-        self.max_lag = 0.0
+                                         states.is_up(self.svcs[n]))],
+                      "progress": self.progress, "timer_lag": round(self.timer_lag, 4),
+                      "backlog": len(self.pending) + self._overdue(now)})
+        self.max_lag = self.timer_lag = 0.0
         self.orphaned = self.orphaned or channels.init_gone(self.init)
         self.control.expire(now)
         self.logs.tick(now)
         self.arm("", "heartbeat", self.cfg.chain.heartbeat_interval, now)
+        self.beat_due = now + self.cfg.chain.heartbeat_interval
+
+    def _overdue(self, now: float) -> int:
+        """Live service timers already due (restarts and checks waiting for their turn)."""
+        return sum(1 for due, seq, name, kind in self.timers
+                   if due <= now and name and self.timer_live.get((name, kind)) == seq)
 
     def service_status(self, name: str, now: float) -> dict[str, Any]:
         s, c = self.svcs[name], self.conf[name]
@@ -1003,19 +1033,27 @@ class Restarter:
         # from rescanning it on every collection (a restart allocates little).
         gc.collect()
         gc.freeze()
+        round_start = time.monotonic()
+        self.round_end = round_start + self.budget
         while True:
             now = time.monotonic()
+            if now >= self.beat_due:
+                self.heartbeat(now)  # first: never queued behind overdue restart timers
             fired = 0
             while self.timers and self.timers[0][0] <= now and fired < TIMER_BATCH:
+                if fired and self._over_budget():
+                    break
                 due, seq, name, kind = heapq.heappop(self.timers)
                 if self.timer_live.get((name, kind)) != seq:
                     continue
                 del self.timer_live[(name, kind)]
-                self.max_lag = max(self.max_lag, now - due)
+                self.timer_lag = max(self.timer_lag, now - due)
                 fired += 1
+                self.progress += 1
                 self._fire(name, kind, now)
             for _ in range(min(len(self.pending), START_BATCH)):
                 name, ev, kw = self.pending.popleft()
+                self.progress += 1
                 if name in self.svcs and not self.shutting_down:
                     self.feed(name, ev, now, **kw)
             self.flush()
@@ -1023,33 +1061,63 @@ class Restarter:
                 return 0
             if self.orphaned and not self.shutting_down:
                 return self._leave_orphaned(now)
-            timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else 1.0
             if self.children_pending:
                 self._reap_children(now)
-            if self.pending or self.children_pending or \
-                    (self.timers and fired >= TIMER_BATCH):
+            if self._more_work(time.monotonic()):
                 timeout = 0.0
+            else:
+                timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers \
+                    else 1.0
             release_log()
-            # Control and signals first; at most EXIT_BATCH exits per round (the rest stay
-            # readable and come back next round), so `hachain status` is answered within
-            # one bounded batch even while hundreds of services crash-loop.
+            self.max_lag = max(self.max_lag, time.monotonic() - round_start)
+            # Control and signals first; then exits until the round's budget is spent (at
+            # most EXIT_BATCH; the rest stay readable and come back next round), so
+            # `hachain status` is answered within one bounded round even while hundreds
+            # of services crash-loop.
             ready = sorted(self.sel.select(timeout), key=lambda kv: _PRIORITY.get(
                 kv[0].data[0], 1))
+            round_start = time.monotonic()
+            self.round_end = round_start + self.budget
+            self.round_floor = round_start
+            control = 0.0
             hold_log()
             exits = 0
             for key, _ in ready:
                 if key.data[0] == "pidfd":
                     exits += 1
-                    if exits > EXIT_BATCH:
+                    if exits > EXIT_BATCH or (exits > 1 and self._over_budget()):
                         continue
+                self.progress += 1
+                t = time.monotonic()
                 try:
-                    self._dispatch(key, time.monotonic())
+                    self._dispatch(key, t)
+                    if key.data[0] in _PRIORITY:
+                        # Control goes first, but a flood of requests must not stop
+                        # restarts: this round's restart work gets as long as its control
+                        # took before a waiting request can cut it short.
+                        control += time.monotonic() - t
+                        self.round_floor = time.monotonic() + control
+                        self.round_end = max(self.round_end, self.round_floor)
                 except Exception as e:  # never let one bad event take the restarter down
                     import traceback
                     release_log()
                     log(f"error: handling {key.data[0]} event: {type(e).__name__}: {e}")
                     traceback.print_exc(file=sys.stderr)
                     hold_log()
+
+    def _over_budget(self) -> bool:
+        """The round has spent its restart budget, or a control request or a signal is
+        waiting: leave the rest of the restart work for the next round."""
+        now = time.monotonic()
+        if now >= self.round_end:
+            return True
+        return now >= self.round_floor and not self.control.paused and \
+            bool(self.urgent.select(0))
+
+    def _more_work(self, now: float) -> bool:
+        """Restart work is already waiting (the next round must not sleep)."""
+        return bool(self.pending) or self.children_pending or \
+            bool(self.timers and self.timers[0][0] <= now)
 
     def _dispatch(self, key: selectors.SelectorKey, now: float) -> None:
         kind, arg = key.data
@@ -1136,6 +1204,14 @@ class Restarter:
             except OSError:
                 pass
         return True
+
+
+def round_budget(cfg: Config) -> float:
+    """How long one loop round may spend on restart work before it polls again: an eighth
+    of the heartbeat interval and of the gate's lag bound, at most ROUND_BUDGET_MAX. A
+    round always does at least one item of each kind (one spawn may take a few ms more)."""
+    return min(ROUND_BUDGET_MAX, cfg.chain.heartbeat_interval / 8,
+               cfg.watchdog.max_loop_lag / 8)
 
 
 def since_process_start() -> float:

@@ -18,6 +18,13 @@ The rules (docs/tickler.md explains why each exists):
 - From the restarter's heartbeat: its event-loop lag must be at most `max_loop_lag`,
   its automatic restart rate at most `max_restart_rate`, no reboot may be requested, and
   with `gate_critical` every critical service must report ok.
+- Busy is not stuck: the restarter's heartbeat carries a progress counter (work items
+  its loop handled). When the observer saw that counter change within the last
+  `heartbeat_timeout`, a lag over `max_loop_lag` is a loop that is late but moving (a
+  restart storm on a loaded machine), not a hang, and does not fail the gate. Without
+  progress for `heartbeat_timeout` (or with no progress information) it fails. A hung
+  restarter stops writing heartbeats at all, and the staleness rule above catches it in
+  the same bound as ever.
 - While init's *fresh* heartbeat says `stopping` (an orderly shutdown), the restarter's
   rules are skipped: init is stopping it on purpose, under its own deadlines, and will
   stop the tickler (magic close) next. Init itself is still checked, so a shutdown that
@@ -103,12 +110,16 @@ def _float_field(extra: Mapping[str, Any], key: str, reasons: list[str]) -> floa
     return float(v)
 
 
-def restarter_reasons(extra: Mapping[str, Any], cfg: WatchdogConfig) -> list[str]:
-    """What the restarter's own report (its heartbeat's extra) says is wrong."""
+def restarter_reasons(extra: Mapping[str, Any], cfg: WatchdogConfig,
+                      stalled: float | None = None) -> list[str]:
+    """What the restarter's own report (its heartbeat's extra) says is wrong. `stalled`:
+    seconds since its progress counter was last seen to change (None: unknown)."""
     reasons: list[str] = []
     lag = _float_field(extra, "lag", reasons)
-    if lag is not None and lag > cfg.max_loop_lag:
-        reasons.append(f"restarter loop lag {_num(lag)} s > {_num(cfg.max_loop_lag)} s")
+    if lag is not None and lag > cfg.max_loop_lag and \
+            (stalled is None or stalled > cfg.heartbeat_timeout):
+        why = "" if stalled is None else f", no progress for {_num(stalled)} s"
+        reasons.append(f"restarter loop lag {_num(lag)} s > {_num(cfg.max_loop_lag)} s{why}")
     rate = _float_field(extra, "restart_rate", reasons)
     if rate is not None and rate > cfg.max_restart_rate:
         reasons.append(f"restart storm: {_num(rate)} restarts/s > "
@@ -161,13 +172,15 @@ def fence_reasons(now: float, chb: Heartbeat | None, rhb: Heartbeat | None) -> l
 
 def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str, bool],
              cfg: WatchdogConfig, started: float | None = None,
-             cluster: bool = False) -> GateResult:
+             cluster: bool = False,
+             progress_at: Mapping[str, float] | None = None) -> GateResult:
     """The gate for the chain as observed at monotonic time `now`.
 
     `hbs[layer]` is the layer's last heartbeat (None when missing), `alive[layer]`
     whether the process that wrote it still exists (a missing entry counts as dead).
     `started` is when the observer began watching: layers with no heartbeat yet get
-    `restart_grace` from then.
+    `restart_grace` from then. `progress_at[layer]`, when known, is when the observer
+    last saw that layer's progress counter change (see `ProgressWatch`).
     """
     ihb = hbs.get("init")
     reasons = layer_reasons("init", ihb, bool(alive.get("init", False)), now, cfg, started)
@@ -177,7 +190,9 @@ def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str
                                  bool(alive.get("restarter", False)), now, cfg, started))
     rhb = hbs.get("restarter")
     if rhb is not None:
-        reasons.extend(restarter_reasons(rhb.extra, cfg))
+        seen = (progress_at or {}).get("restarter")
+        reasons.extend(restarter_reasons(rhb.extra, cfg,
+                                         None if seen is None else max(0.0, now - seen)))
     if cluster:
         # A hung cluster layer is a hang of the chain; a dead or missing one is not a
         # reason to reset (say the etcd client is not installed): it holds no lease, so
@@ -187,3 +202,27 @@ def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str
                                          started))
         reasons.extend(fence_reasons(now, hbs.get("cluster"), rhb))
     return GateResult(not reasons, tuple(reasons))
+
+
+class ProgressWatch:
+    """When each layer's progress counter was last seen to change: the observer's memory
+    behind `evaluate(progress_at=...)`. Pure: `now` is passed in.
+
+    A counter is keyed by the writer's pid, so a restarted layer starts afresh; a
+    heartbeat without a whole-number `progress` forgets the layer (its lag is then judged
+    without progress, as before counters existed)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[int, int]] = {}  # layer -> (pid, counter)
+        self.at: dict[str, float] = {}  # layer -> when the counter last changed
+
+    def observe(self, layer: str, hb: Heartbeat | None, now: float) -> None:
+        value = hb.extra.get("progress") if hb is not None else None
+        if hb is None or not isinstance(value, int) or isinstance(value, bool):
+            self.seen.pop(layer, None)
+            self.at.pop(layer, None)
+            return
+        key = (hb.pid, value)
+        if self.seen.get(layer) != key:
+            self.seen[layer] = key
+            self.at[layer] = now

@@ -217,6 +217,7 @@ class Tickler:
         self.last_pet: float | None = None
         self.next_pet = 0.0
         self.gate = health.GateResult(True, ())
+        self.progress = health.ProgressWatch()
         self.failing = False
         self.stop_requested = False
         self.init = channels.init_from_env()
@@ -432,8 +433,10 @@ class Tickler:
             self.orphaned, self.stop_requested = why, True  # never pet for a chain with no init
             return
         hbs, alive, late = self.observe()
+        self.progress.observe("restarter", hbs.get("restarter"), now)
         self.gate = health.evaluate(now, hbs, alive, self.wdc, self.started,
-                                    cluster=self.cfg.cluster is not None)
+                                    cluster=self.cfg.cluster is not None,
+                                    progress_at=self.progress.at)
         if late:
             self.gate = health.GateResult(False, self.gate.reasons + tuple(late))
         self.restarter_extra = (hbs.get("restarter") or channels.Heartbeat(
