@@ -142,14 +142,20 @@ def test_cgroup_and_mixed_modes_end_the_child(restarter, tmp_path, mode, child_t
                 sorted([r.svc("d")["pid"], _children(notes)[1]])
 
 
-def test_process_mode_without_cgroups_signals_only_the_main_process(restarter, tmp_path):
-    """The process-group fallback: "process" sends no killpg, "cgroup" does."""
-    r, notes = _service(restarter, tmp_path, "process", cgroups=False)
+@pytest.mark.parametrize("mode", ["cgroup", "mixed", "process"])
+def test_modes_without_cgroups_use_the_process_group(restarter, tmp_path, mode):
+    """The process-group fallback: "cgroup" signals the group, "mixed" the main process
+    and then SIGKILLs the group once it has exited, "process" only the main process."""
+    r, notes = _service(restarter, tmp_path, mode, cgroups=False)
     main1, child1 = _up(r, notes, 1)
     assert r.req("stop", "d")["ok"]
     r.wait_state("d", "stopped")
-    assert channels.pid_alive(child1) and ("term", child1) not in _notes(notes)
-    os.kill(child1, signal.SIGKILL)
+    if mode == "process":
+        assert channels.pid_alive(child1) and ("term", child1) not in _notes(notes)
+        os.kill(child1, signal.SIGKILL)
+        return
+    wait_until(lambda: not channels.pid_alive(child1), 10, f"the child {child1} gone")
+    assert (("term", child1) in _notes(notes)) is (mode == "cgroup")
 
 
 def test_table_chooses_who_is_signalled():

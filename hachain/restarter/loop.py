@@ -539,11 +539,10 @@ class Restarter:
         elif s.pid == pid:
             if s.state is not State.STOPPING:
                 log(f"{name}: pid {pid} {st.describe()}")
-            if self.cgroups.active and states.kills_leftovers(self.conf[name]) and \
-                    self.cgroups.populated(name):
+            if states.kills_leftovers(self.conf[name]):
                 # kill_mode cgroup / mixed: the main process is gone, so is the rest of
-                # the cgroup, before anything starts in it again
-                self.cgroups.kill(name)
+                # the cgroup (or process group), before anything starts in it again
+                spawn.kill_leftovers(pid, name, self.cgroups)
             self.feed(name, Ev.EXITED, now, status=st)
         if name not in self.svcs:
             return  # removed by a reload once it stopped

@@ -771,6 +771,21 @@ def main_pid(cfg: ServiceConfig, cgroups: Cgroups,
                   f"({', '.join(map(str, sorted(roots)[:5]))}): set pid_file")
 
 
+def kill_leftovers(pid: int, name: str, cgroups: Cgroups) -> None:
+    """The main process `pid` has exited: SIGKILL what is left of the service, its cgroup
+    (one small read first: usually nothing is left), else its process group. The group
+    id is the main pid, which the kernel does not hand out again while the group has a
+    member, so this never hits anyone else."""
+    if cgroups.active:
+        if cgroups.populated(name):
+            cgroups.kill(name)
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def kill_service(pid: int | None, name: str, sig: int, group: bool, cgroups: Cgroups) -> None:
     """Signal a service: its cgroup (SIGKILL via cgroup.kill), else its process group."""
     if group and cgroups.active:
