@@ -294,6 +294,9 @@ def convergence_bound(kind: str, cfg: config.Config) -> float:
 
 
 PANIC_DELAY = 0.5
+# SimMachine's "boot N: <what> (...)" event, back to its cause
+BOOT_CAUSES = {"power on": "power-on", "watchdog reset": "watchdog", "after panic": "panic",
+               "reboot": "reboot", "after a power cut": "power-cut"}
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 TERMINAL_RE = re.compile(r"^[^:]+: (failed|maintenance) \(expected (ready|done)\)")
 
@@ -578,6 +581,8 @@ class Campaign:
         self.admin0: Any = {}
         self.resets = 0
         self.started_wall = time.time()  # labels the report only
+        self.boot_causes: list[str] = []  # beside boot_times: why each boot came
+        self.forced_after: int | None = None  # reset() after this failed fault's index
         self.machine_console = os.path.join(self.machine_dir, CONSOLE_NAME)
 
     # -- setup and teardown -------------------------------------------------------------
@@ -615,8 +620,14 @@ class Campaign:
         self.machine.start()
 
     def _on_event(self, line: str) -> None:
-        if line.startswith("boot "):
-            self.boot_times.append(round(time.monotonic() - self.t0, 3))
+        if line.startswith("boot ") and ": " in line:
+            t = round(time.monotonic() - self.t0, 3)
+            self.boot_times.append(t)
+            what = line.split(": ", 1)[1].split(" (", 1)[0]
+            cause = BOOT_CAUSES.get(what, what)
+            if self.forced_after is not None:  # the campaign's own power-off and on
+                cause, self.forced_after = f"campaign reset after #{self.forced_after}", None
+            self.boot_causes.append(cause)
 
     def power_off(self) -> None:
         """Stop the machine (kills its namespace, removes its cgroups)."""
@@ -1019,6 +1030,7 @@ class Campaign:
         """After a broken invariant: a fresh machine, so later faults start clean."""
         self.resets += 1
         self.power_off()
+        self.forced_after = self.results[-1].index if self.results else -1
         self.power_on()
         probs = self.baseline()
         if probs:
@@ -1042,7 +1054,7 @@ class Campaign:
             "boots": len(self.boot_times), "machine_resets": self.resets,
             "duration": round(time.monotonic() - self.t0, 3), "interrupted": None,
             "version": __version__, "started_wall": self.started_wall,
-            "console": self.machine_console,
+            "console": self.machine_console, "boot_causes": self.boot_causes,
         }
 
 

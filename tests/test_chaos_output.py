@@ -9,23 +9,28 @@ short: a few faults of quick kinds with fixed seeds.
 
 from __future__ import annotations
 
+import argparse
+import html
 import io
 import json
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from hachain import cli
-from hachain.simulators import chaos
+from hachain.simulators import chaos, chaos_report
 from tests.conftest import wait_until
 from tests.test_chaos import PY, needs_machine
 
@@ -230,3 +235,190 @@ def test_a_stop_signal_writes_a_partial_report_and_leaves_no_mount(
     assert verdict.startswith(f"chaos: FAIL: seed 2: interrupted by {name} after "
                               f"{len(rep['results'])} of {faults} fault(s)"), out
     assert "Traceback" not in err
+
+
+# --- the HTML report (issue 21.4) -----------------------------------------------------------
+
+_TEXT = re.compile(r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>([^<]*)</text>')
+_LINE = re.compile(r'<line x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="([\d.]+)"[^>]*'
+                   r'stroke-width="2\.0"')
+
+
+def _boxes(svg: str) -> list[tuple[str, float, float, float, float]]:
+    """(text, x0, x1, y0, y1) of every label above the time axis (the row names and axis
+    ticks are laid out by a fixed grid)."""
+    axis = max(float(m.group(2)) for m in _TEXT.finditer(svg))
+    out = []
+    for m in _TEXT.finditer(svg):
+        x, y, text = float(m.group(1)), float(m.group(2)), html.unescape(m.group(3))
+        if y >= axis or x < chaos_report.LEFT:
+            continue
+        out.append((text, x, x + len(text) * chaos_report.CHAR_W, y - 9, y + 2))
+    return out
+
+
+def _overlaps(svg: str) -> list[str]:
+    """Labels that touch each other, and boot lines that cross a label's text."""
+    boxes = _boxes(svg)
+    out = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a[1] < b[2] and b[1] < a[2] and a[3] < b[4] and b[3] < a[4]:
+                out.append(f"{a[0]!r} over {b[0]!r}")
+    for m in _LINE.finditer(svg):
+        x, y1, y2 = float(m.group(1)), float(m.group(2)), float(m.group(4))
+        for t in boxes:
+            if t[1] < x < t[2] and y1 < t[4] and t[3] < y2:
+                out.append(f"a boot line at x={x} through {t[0]!r}")
+    return out
+
+
+def _busy_report() -> dict[str, Any]:
+    """Many short faults on one component, boots close together, one failure."""
+    results = []
+    t = 2.0
+    for i in range(30):
+        kind = "hang-layer" if i % 5 == 0 else "kill-service"
+        r = {"index": i, "kind": kind, "target": "db" if kind == "kill-service" else "init",
+             "component": "db" if kind == "kill-service" else "init", "ok": i != 7,
+             "problems": [] if i != 7 else ["db: failed (expected ready)"], "t_fault": t,
+             "t_detect": t + 0.1, "t_recover": t + 0.3, "t_end": t + 0.8, "detect": 0.1,
+             "converge": 0.3, "bound": 7.0 if kind == "kill-service" else 14.25,
+             "reboot": "watchdog" if kind == "hang-layer" else None,
+             "reboot_after": 0.1 if kind == "hang-layer" else None,
+             "console": "/m/console.log", "console_line": 10 * i}
+        results.append(r)
+        t += 0.9
+    boot_times = [0.5] + [r["t_fault"] + 0.1 for r in results if r["reboot"]] + [9.0]
+    boot_causes = ["power-on"] + ["watchdog"] * 6 + ["campaign reset after #7"]
+    order = sorted(range(len(boot_times)), key=lambda i: boot_times[i])
+    return {"seed": 9, "faults": 30, "kinds": ["hang-layer", "kill-init", "kill-service"],
+            "skipped": {"clock-step": "not here"}, "results": results, "ok": False,
+            "failures": 1, "summary": chaos_report.summarize(results), "baseline_problems": [],
+            "boot_times": [boot_times[i] for i in order],
+            "boot_causes": [boot_causes[i] for i in order], "boots": 8, "duration": 30.0,
+            "version": "9.9", "started_wall": 1800000000.0, "interrupted": None,
+            "config": "x.toml"}
+
+
+def test_the_page_explains_itself_and_nothing_overlaps() -> None:
+    page = chaos_report.html_page(_busy_report())
+    banner = page.split('<div class="banner fail">', 1)[1].split("</div>", 1)[0]
+    assert "FAIL" in banner and "1 of 30 fault(s) broke an invariant" in banner
+    assert "Seed <b>9</b>" in banner and "hachain 9.9" in banner
+    assert "2027-01-15 08:00 UTC" in banner
+    assert "<code>kill-service</code> ×24" in banner and "<code>hang-layer</code> ×6" in banner
+    assert "<code>kill-init</code> (not drawn by this seed)" in banner
+    assert "<code>clock-step</code> (skipped: not here)" in banner
+    svg = page[page.index('<div class="svgbox">'):page.index("</svg>", page.index(
+        '<div class="svgbox">'))]
+    for i in range(30):  # every fault numbered on its bar
+        assert f">#{i}</text>" in svg
+    assert "boot 2: watchdog reset, #0 +0.1 s" in svg  # the cause and the delay
+    assert re.search(r">boot \d+: campaign reset after #7</text>", svg)  # drawn apart:
+    assert 'stroke="#111827" stroke-width="2.0" stroke-dasharray="8,4"' in svg  # dashed
+    assert _overlaps(svg) == []
+    # the faults table: bound, margin, the reset and its delay, the console log
+    assert "<td class=\"n\">7.00</td><td class=\"n\">6.70</td>" in page
+    assert "watchdog reset, 0.10 s after the fault" in page
+    assert "console log <code>/m/console.log:70</code>" in page
+
+
+def test_the_overlap_check_finds_an_overlap() -> None:
+    svg = ('<text x="200" y="20">boot 2: watchdog reset</text>'
+           '<text x="210" y="22">#4</text><text x="0" y="99">0 s</text>')
+    assert _overlaps(svg) == ["'boot 2: watchdog reset' over '#4'"]
+
+
+def _png_pixels(path: pathlib.Path) -> tuple[int, int, list[bytes]]:
+    """(width, height, rows of RGB(A) bytes) of an 8-bit PNG (what Chromium writes)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, head = 8, b"", b""
+    while pos < len(data):
+        n = struct.unpack(">I", data[pos:pos + 4])[0]
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            head = body
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    w, h, depth, ctype = struct.unpack(">IIBB", head[:10])
+    assert depth == 8 and ctype in (2, 6), (depth, ctype)
+    bpp = 3 if ctype == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = w * bpp
+    rows, prev = [], bytearray(stride)
+    for y in range(h):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        if f == 1:
+            for i in range(bpp, stride):
+                line[i] = (line[i] + line[i - bpp]) & 0xFF
+        elif f == 2:
+            line = bytearray((a + b) & 0xFF for a, b in zip(line, prev, strict=True))
+        elif f == 3:
+            for i in range(stride):
+                left = line[i - bpp] if i >= bpp else 0
+                line[i] = (line[i] + (left + prev[i]) // 2) & 0xFF
+        elif f == 4:
+            for i in range(stride):
+                a = line[i - bpp] if i >= bpp else 0
+                b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append(bytes(line))
+        prev = line
+    return w, h, rows
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@needs_machine
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed "
+                    "(Debian package chromium; scripts/setup.sh --test installs it)")
+def test_a_real_report_renders_in_headless_chromium(short_tmp: Any) -> None:
+    """A real campaign (a watchdog reset, a broken invariant, the campaign's reset after
+    it) rendered by a browser: the screenshot exists, has the page's size, is not blank,
+    and opens with the red FAIL banner."""
+    work = short_tmp / "work"
+    work.mkdir()
+    text = chaos.campaign_config_text(PY, str(work / chaos.SERVICE_FILE)) + \
+        'restart = "never"\n'
+    cfg = short_tmp / "never.toml"
+    cfg.write_text(text)
+    chaos._campaign_setup(argparse.Namespace(config=None), str(work))  # the service program
+    faults = [chaos.Fault(0, "hang-layer", "restarter"), chaos.Fault(1, "kill-service", "worker"),
+              chaos.Fault(2, "kill-service", "api")]
+    rep = chaos.run_campaign(str(cfg), str(work / "c"), 1, faults,
+                             ["hang-layer", "kill-service"], {}, False, None)
+    assert [r["ok"] for r in rep["results"]] == [True, False, True], rep["results"]
+    assert rep["boot_causes"] == ["power-on", "watchdog", "campaign reset after #1"]
+    page = short_tmp / "report.html"
+    chaos_report.write_html(rep, str(page))
+    text = page.read_text()
+    assert "boot 2: watchdog reset, #0 +" in text and "boot 3: campaign reset after #1" in text
+    svg = text[text.index('<div class="svgbox">'):]
+    assert _overlaps(svg[:svg.index("</svg>")]) == []
+    shot, profile = short_tmp / "shot.png", short_tmp / "profile"
+    profile.mkdir()
+    r = subprocess.run(
+        [_chromium() or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+         "--window-size=900,600", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
+    w, h, rows = _png_pixels(shot)
+    assert (w, h) == (900, 600)
+    bpp = len(rows[0]) // w
+    px = [row[i:i + 3] for row in rows[::4] for i in range(0, len(row), bpp * 4)]
+    white = sum(1 for p in px if p == b"\xff\xff\xff")
+    assert white < 0.95 * len(px), "the screenshot is (almost) blank"
+    assert len(set(px)) > 20, "too few colours for a page with a timeline"
+    # the FAIL banner (#fee2e2 background) fills much of the top of the page
+    top = [row[i:i + 3] for row in rows[40:120:4] for i in range(0, len(row), bpp * 4)]
+    assert sum(1 for p in top if p == b"\xfe\xe2\xe2") > 0.5 * len(top)
