@@ -542,7 +542,7 @@ class Restarter:
             if states.kills_leftovers(self.conf[name]):
                 # kill_mode cgroup / mixed: the main process is gone, so is the rest of
                 # the cgroup (or process group), before anything starts in it again
-                spawn.kill_leftovers(pid, name, self.cgroups)
+                spawn.kill_leftovers(pid, name, self.cgroups, zombie=status is not None)
             self.feed(name, Ev.EXITED, now, status=st)
         if name not in self.svcs:
             return  # removed by a reload once it stopped

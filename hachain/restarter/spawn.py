@@ -771,14 +771,16 @@ def main_pid(cfg: ServiceConfig, cgroups: Cgroups,
                   f"({', '.join(map(str, sorted(roots)[:5]))}): set pid_file")
 
 
-def kill_leftovers(pid: int, name: str, cgroups: Cgroups) -> None:
+def kill_leftovers(pid: int, name: str, cgroups: Cgroups, zombie: bool) -> None:
     """The main process `pid` has exited: SIGKILL what is left of the service, its cgroup
     (one small read first: usually nothing is left), else its process group. The group
-    id is the main pid, which the kernel does not hand out again while the group has a
-    member, so this never hits anyone else."""
+    id is the main pid; only while it is our unreaped zombie (`zombie`) is that number
+    sure not to name someone else's group, so an adopted process's group is left alone."""
     if cgroups.active:
         if cgroups.populated(name):
             cgroups.kill(name)
+        return
+    if not zombie:
         return
     try:
         os.killpg(pid, signal.SIGKILL)
