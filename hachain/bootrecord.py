@@ -49,8 +49,8 @@ from typing import Any
 
 from hachain import channels
 
-RECORD = "boot_record.json"  # in persist_dir
-LOCK = "boot_record.lock"  # in persist_dir: serialises read-modify-write
+RECORD = channels.BOOT_RECORD
+LOCK = channels.BOOT_RECORD_LOCK
 HISTORY = 32  # entries kept
 VERSION = 1
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"

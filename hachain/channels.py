@@ -41,6 +41,16 @@ ADMIN_STATE = "admin.json"  # in persist_dir, written by the restarter
 GATE_RECORD = "gate.json"  # in persist_dir, written by the tickler
 LAST_BOOT = "last_boot.json"  # in persist_dir, written by the tickler once per boot
 BOOT_LOG = "boots.jsonl"  # in persist_dir, appended by the simulated machine / tickler
+BOOT_RECORD = "boot_record.json"  # in persist_dir: this boot's record (bootrecord.py)
+BOOT_RECORD_LOCK = "boot_record.lock"  # in persist_dir: serialises its read-modify-write
+LAST_GOOD_CONFIG = "config/last-good.json"  # in persist_dir: the last configuration that ran
+
+RESTARTER_LOCK = "restarter.lock"  # in state_dir: one restarter per chain
+LOGGER_SOCKET = "logger.sock"  # in state_dir: a new restarter gets the log sockets here
+LOGGER_LOCK = "logger.lock"  # in state_dir: one logger per chain
+STATUS_LAST_TABLE = "status-last.json"  # in state_dir: the last service table status saw
+RUNNING_CONFIG = "config/running.json"  # in state_dir: the configuration this run uses
+DISK_VERDICT = "config/disk-verdict.json"  # in state_dir: the file's validation, cached
 
 LAYERS = ("init", "restarter", "tickler")
 
@@ -49,18 +59,24 @@ ENV_CONFIG = "HACHAIN_CONFIG"
 ENV_STATE_DIR = "HACHAIN_STATE_DIR"
 ENV_SIM_WATCHDOG = "HACHAIN_SIM_WATCHDOG"  # socket path of the software watchdog
 ENV_SERVICE = "HACHAIN_SERVICE"  # set in every service's environment: its name
-ENV_LAYER_RESTARTS = "HACHAIN_LAYER_RESTARTS"
+ENV_LAYER_RESTARTS = "HACHAIN_LAYER_RESTARTS"  # how often init restarted this layer
 ENV_INIT_PID = "HACHAIN_INIT_PID"  # init's pid, for its children to notice it is gone
 # Sockets init creates once and hands to every restarter it starts (inherited fds), so
 # what is queued on them survives a restarter crash: a READY=1 sent while no restarter
 # ran is read by the next one, and a client connecting meanwhile waits in the backlog.
 ENV_NOTIFY_FD = "HACHAIN_NOTIFY_FD"
 ENV_CONTROL_FD = "HACHAIN_CONTROL_FD"
-NOTIFY_SOCKET = "notify.sock"  # how often init restarted this layer
+NOTIFY_SOCKET = "notify.sock"  # in state_dir
 ENV_FAULT_HOOKS = "HACHAIN_FAULT_HOOKS"  # "1" enables the documented fault-injection hooks
 
 ENV_LOG_FORMAT = "HACHAIN_LOG_FORMAT"  # "json" for JSON-lines logs, else human lines
 ENV_CHAIN_ID = "HACHAIN_CHAIN_ID"  # set by init for its layers: which chain run they serve
+ENV_LOGGER_FDS = "HACHAIN_LOGGER_FDS"  # the logger's 4 inherited sockets, "r,w,r,w"
+ENV_FENCING_TOKEN = "HACHAIN_FENCING_TOKEN"  # a cluster singleton's current token
+# Overrides of the configuration file (config.with_env_overrides) an operator may set.
+ENV_PERSIST_DIR = "HACHAIN_PERSIST_DIR"
+ENV_CGROUP_ROOT = "HACHAIN_CGROUP_ROOT"
+ENV_WATCHDOG_DEVICE = "HACHAIN_WATCHDOG_DEVICE"
 
 # Control protocol limits.
 MAX_REQUEST_BYTES = 64 * 1024

@@ -12,47 +12,11 @@ import os
 import sys
 import time
 
-from hachain import bootrecord, channels, client, config
+from hachain import bootrecord, channels, client, cmdline, config
 
-
-def _err(msg: str) -> None:
-    sys.stderr.write(f"hachain: {msg}\n")
-
-
-def _load(path: str) -> config.Config:
-    return config.with_env_overrides(config.load(path))
-
-
-def dirs(args: argparse.Namespace) -> tuple[str, str]:
-    """(state_dir, persist_dir) from --state-dir / -c / environment / defaults."""
-    state = getattr(args, "state_dir", None)
-    persist = getattr(args, "persist_dir", None)
-    cpath = getattr(args, "config", None)
-    if cpath or (not state and os.path.exists(config.DEFAULT_PATH)):
-        path = cpath or config.DEFAULT_PATH
-        try:
-            cfg = _load(path)
-        except config.ConfigError as e:
-            # a broken file must not silence status or reload: the chain runs a snapshot,
-            # so find it through the last-known-good copy of this same file
-            # (its [chain] table, else the last-known-good copy of this same file)
-            from hachain import snapshot
-            salvaged = snapshot.salvage_chain(path)
-            lkg = snapshot.find_last_good(os.path.abspath(path))
-            if lkg is not None:
-                cfg = config.with_env_overrides(config.parse(lkg.text, lkg.source))
-                salvaged = {"state_dir": cfg.chain.state_dir,
-                            "persist_dir": cfg.chain.persist_dir, **salvaged}
-            if "state_dir" not in salvaged and not state:
-                raise
-            _err(f"warning: {e.errors[0]} (the chain's directories come from "
-                 + ("its [chain] table)" if lkg is None else "its last-known-good copy)"))
-            return (state or salvaged["state_dir"],
-                    persist or salvaged.get("persist_dir") or config.ChainConfig().persist_dir)
-        return state or cfg.chain.state_dir, persist or cfg.chain.persist_dir
-    state = state or os.environ.get("HACHAIN_STATE_DIR") or config.ChainConfig().state_dir
-    persist = persist or os.environ.get("HACHAIN_PERSIST_DIR") or config.ChainConfig().persist_dir
-    return state, persist
+_err = cmdline.err
+_load = cmdline.load
+dirs = cmdline.dirs
 
 
 # --- check / run ----------------------------------------------------------------------------
@@ -287,15 +251,7 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
     p = build_parser(plugins=not words or words[0] not in CORE_COMMANDS)
-    args = p.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except config.ConfigError as e:
-        for line in e.errors:
-            _err(line)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return cmdline.run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

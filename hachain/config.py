@@ -25,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from hachain import channels
 from hachain import schema as S
 
 DEFAULT_PATH = "/etc/hachain/chain.toml"
@@ -748,10 +749,10 @@ def render_doc(doc: str) -> str:
 # Environment overrides, set by a parent layer (init, the simulated machine, tests) so one
 # configuration file serves every place the chain runs.
 ENV_OVERRIDES = {
-    "HACHAIN_STATE_DIR": ("chain", "state_dir"),
-    "HACHAIN_PERSIST_DIR": ("chain", "persist_dir"),
-    "HACHAIN_CGROUP_ROOT": ("chain", "cgroup_root"),
-    "HACHAIN_WATCHDOG_DEVICE": ("watchdog", "device"),
+    channels.ENV_STATE_DIR: ("chain", "state_dir"),
+    channels.ENV_PERSIST_DIR: ("chain", "persist_dir"),
+    channels.ENV_CGROUP_ROOT: ("chain", "cgroup_root"),
+    channels.ENV_WATCHDOG_DEVICE: ("watchdog", "device"),
 }
 
 
@@ -789,7 +790,7 @@ def with_env_overrides(cfg: Config, environ: dict[str, str] | None = None) -> Co
             wd = replace(wd, **{key: val})  # type: ignore[arg-type]
     problem = socket_path_problem(chain.state_dir)
     if problem:
-        raise ConfigError([f"HACHAIN_STATE_DIR: {problem}"])
+        raise ConfigError([f"{channels.ENV_STATE_DIR}: {problem}"])
     return replace(cfg, chain=chain, watchdog=wd)
 
 

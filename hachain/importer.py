@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from hachain import config
+from hachain import cmdline, config
 
 PROG = "hachain import"
 
@@ -1067,8 +1067,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hachain.importer ...`: the same as `hachain import ...`."""
-    from hachain.cli import main as cli_main
-    return cli_main(["import"] + (sys.argv[1:] if argv is None else argv))
+    return cmdline.main_of("import", add_parser, argv)
 
 
 if __name__ == "__main__":

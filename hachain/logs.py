@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from hachain import config
+from hachain import channels, cmdline, config
 
 PROG = "hachain logs"
 POLL_SECONDS = 0.2
@@ -52,7 +52,7 @@ def log_dir_for(args: argparse.Namespace) -> tuple[str, tuple[str, ...] | None]:
     if getattr(args, "persist_dir", None):
         return os.path.join(args.persist_dir, "log"), None
     cpath = getattr(args, "config", None)
-    env_persist = os.environ.get("HACHAIN_PERSIST_DIR")
+    env_persist = os.environ.get(channels.ENV_PERSIST_DIR)
     if cpath or (not env_persist and os.path.exists(config.DEFAULT_PATH)):
         cfg = config.with_env_overrides(config.load(cpath or config.DEFAULT_PATH))
         return cfg.chain.service_log_dir, tuple(cfg.services)
@@ -272,8 +272,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hachain.logs ...`: the same as `hachain logs ...`."""
-    from hachain.cli import main as cli_main
-    return cli_main(["logs"] + (sys.argv[1:] if argv is None else argv))
+    return cmdline.main_of("logs", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from hachain import __version__, bootrecord
+from hachain import __version__, bootrecord, cmdline
 from hachain.status import LAYER_STATES
 
 try:  # the optional `metrics` extra; without it the command says what to install
@@ -97,7 +97,7 @@ def _num(v: Any) -> float | None:
 
 
 def _default_gather(state_dir: str, persist_dir: str) -> dict[str, Any]:
-    """`hachain.cli.gather_status`, imported late (the CLI imports this module too)."""
+    """`hachain.status.gather_status`, looked up on each call."""
     from hachain.status import gather_status
     return gather_status(state_dir, persist_dir)
 
@@ -385,8 +385,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if not HAVE_PROMETHEUS:
         sys.stderr.write(f"{PROG}: needs prometheus_client: pip install 'hachain[metrics]'\n")
         return 1
-    from hachain.cli import dirs
-    state_dir, persist_dir = dirs(args)
+    state_dir, persist_dir = cmdline.dirs(args)
     try:
         server = make_server(make_registry(state_dir, persist_dir), args.listen, args.unix)
     except (ValueError, OSError) as e:
@@ -435,8 +434,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hachain.metrics ...`: the same as `hachain metrics ...`."""
-    from hachain.cli import main as cli_main
-    return cli_main(["metrics"] + (sys.argv[1:] if argv is None else argv))
+    return cmdline.main_of("metrics", add_parser, argv)
 
 
 if __name__ == "__main__":

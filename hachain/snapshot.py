@@ -35,8 +35,8 @@ from typing import Any
 from hachain import channels
 from hachain.config import ChainConfig, Config, ConfigError, parse, with_env_overrides
 
-RUNNING = os.path.join("config", "running.json")  # in state_dir
-LAST_GOOD = os.path.join("config", "last-good.json")  # in persist_dir
+RUNNING = channels.RUNNING_CONFIG  # in state_dir
+LAST_GOOD = channels.LAST_GOOD_CONFIG  # in persist_dir
 FORMAT = 1
 
 
@@ -139,8 +139,8 @@ def persist_candidates(environ: dict[str, str] | None = None,
     order, without duplicates."""
     env = os.environ if environ is None else environ
     out: list[str] = []
-    if env.get("HACHAIN_PERSIST_DIR"):
-        out.append(env["HACHAIN_PERSIST_DIR"])
+    if env.get(channels.ENV_PERSIST_DIR):
+        out.append(env[channels.ENV_PERSIST_DIR])
     if source is not None and (p := salvage_chain(source).get("persist_dir")):
         out.append(p)
     state = env.get(channels.ENV_STATE_DIR)
@@ -220,7 +220,7 @@ def for_layer(path: str, environ: dict[str, str] | None = None,
     return accept(path, chain_id=cid, environ=environ, log=log)
 
 
-DISK_VERDICT = os.path.join("config", "disk-verdict.json")  # in state_dir: a cache
+DISK_VERDICT = channels.DISK_VERDICT  # in state_dir: a cache
 
 
 def _judge_edit(state_dir: str, source: str, text: str, sha: str) -> tuple[str, str | None]:

@@ -33,7 +33,7 @@ from typing import Any
 from hachain import bootrecord, channels, client, config
 
 LAYER_STATES = ("alive", "hung", "stale", "restarting", "dead", "absent")
-LAST_TABLE = "status-last.json"  # in state_dir: the last service table the restarter gave
+LAST_TABLE = channels.STATUS_LAST_TABLE
 ASK_TIMEOUT = 3.0
 
 

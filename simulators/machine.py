@@ -518,7 +518,7 @@ def add_parser(subparsers: Any) -> None:
 
 def status_line(machine: SimMachine, t: float) -> str:
     """One line: boot, layers, watchdog, services — what `hachain status` says, compressed."""
-    from hachain.cli import gather_status
+    from hachain.status import gather_status
     st = gather_status(machine.state_dir, machine.persist_dir)
     parts = []
     for layer, d in st["chain"]["layers"].items():

@@ -198,7 +198,7 @@ def test_json_log_format(chain, tmp_path):
 
 
 def test_chain_problems_judges_a_status_snapshot():
-    from hachain.cli import chain_problems
+    from hachain.status import chain_problems
     ok_layer = {"pid": 5, "alive": True, "stopped": False, "heartbeat_age": 0.2}
     st = {"chain": {"layers": {"init": dict(ok_layer), "restarter": dict(ok_layer),
                                "tickler": dict(ok_layer)},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hachain")
@@ -54,3 +55,51 @@ def test_restarter_does_not_import_other_layers():
         for m in imports_of(f):
             assert not m.startswith(("hachain.init", "hachain.watchdog", "hachain.simulators")), \
                 f"{f} imports {m}"
+
+
+def _names_outside_channels() -> list[str]:
+    """Every string constant in hachain/ (all sub-packages) outside channels.py that is an
+    environment variable name of the chain (HACHAIN_*, alone or as `NAME=`) or the bare
+    name of a file the chain keeps in state_dir / persist_dir: those live in channels.py."""
+    env = re.compile(r"^\$?HACHAIN_[A-Z0-9_]+=?$")
+    fname = re.compile(r"^[\w.-]+\.(sock|lock|json|jsonl)$")
+    out = []
+    for d, _, fs in os.walk(ROOT):
+        for f in fs:
+            path = os.path.join(d, f)
+            if not f.endswith(".py") or path == os.path.join(ROOT, "channels.py"):
+                continue
+            for node in ast.walk(ast.parse(open(path).read())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+                    v = node.value.decode("latin-1") if isinstance(node.value, bytes) \
+                        else node.value
+                    if env.match(v) or fname.match(v):
+                        out.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}: {v!r}")
+    return out
+
+
+def test_channel_and_environment_names_live_in_channels():
+    assert _names_outside_channels() == []
+
+
+def test_the_names_check_sees_a_stray_name(tmp_path, monkeypatch):
+    (tmp_path / "watchdog").mkdir()
+    (tmp_path / "channels.py").write_text('ENV_X = "HACHAIN_X"\n')
+    (tmp_path / "watchdog" / "t.py").write_text('A = "HACHAIN_X"\nB = "x.lock"\n'
+                                                'C = "see $HACHAIN_X in the docs"\n')
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
+    assert _names_outside_channels() == ["watchdog/t.py:1: 'HACHAIN_X'",
+                                         "watchdog/t.py:2: 'x.lock'"]
+
+
+def test_nothing_imports_the_cli():
+    """hachain.cli imports the sub-command modules to build its parser; none of them (nor
+    the simulators) imports it back: what they share is in hachain.cmdline and
+    hachain.status."""
+    sims = os.path.join(os.path.dirname(ROOT), "simulators")
+    paths = [os.path.join(d, f) for top in (ROOT, sims) for d, _, fs in os.walk(top)
+             for f in fs if f.endswith(".py")]
+    assert len(paths) > 20
+    bad = [p for p in paths if p != os.path.join(ROOT, "cli.py")
+           and "hachain.cli" in imports_of(p)]
+    assert bad == []

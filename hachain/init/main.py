@@ -63,7 +63,7 @@ from typing import Any
 from hachain import channels
 
 PROG = "hachain-init"
-ENV_LAYER_RESTARTS = "HACHAIN_LAYER_RESTARTS"
+ENV_LAYER_RESTARTS = channels.ENV_LAYER_RESTARTS
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FAULT_EXIT_STATUS = 70
 ERROR_PAUSE = 1.0  # after any exception in the loop

@@ -15,10 +15,12 @@ import json
 import os
 import socket
 
-HANDOVER_SOCKET = "logger.sock"  # in state_dir: a new restarter gets the sockets here
-LOCK_FILE = "logger.lock"  # in state_dir: one logger per chain
+from hachain import channels
+
+HANDOVER_SOCKET = channels.LOGGER_SOCKET
+LOCK_FILE = channels.LOGGER_LOCK
 LOCKED_EXIT = 3  # a logger's exit status when another holds the lock
-ENV_FDS = "HACHAIN_LOGGER_FDS"  # "inbox_r,inbox_w,stash_r,stash_w", inherited
+ENV_FDS = channels.ENV_LOGGER_FDS  # "inbox_r,inbox_w,stash_r,stash_w", inherited
 MAX_FDS = 250  # per message (the kernel's SCM_MAX_FD is 253)
 MAX_MSG = 64 * 1024
 

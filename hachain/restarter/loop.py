@@ -192,7 +192,7 @@ class Restarter:
                 pass
 
     def _take_lock(self) -> int:
-        path = os.path.join(self.state_dir, "restarter.lock")
+        path = os.path.join(self.state_dir, channels.RESTARTER_LOCK)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -455,7 +455,7 @@ class Restarter:
             self._spawn_failed(name, now, f"output pipe: {spawn.errno_text(e)}", True)
             return
         if c.singleton:  # the token of the grant it starts under (docs/cluster.md)
-            c = replace(c, env=c.env + (("HACHAIN_FENCING_TOKEN",
+            c = replace(c, env=c.env + ((channels.ENV_FENCING_TOKEN,
                                                      str(self.grants.get(name, 0))),))
         try:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w,

@@ -71,7 +71,7 @@ from hachain.watchdog.device import (
 )
 
 PROG = "hachain-tickler"
-LAST_BOOT = "last_boot.json"  # in persist_dir; written by the tickler once per boot
+LAST_BOOT = channels.LAST_BOOT  # in persist_dir; written by the tickler once per boot
 READ_DEADLINE_MAX = 0.5  # a heartbeat read slower than this (or margin / 4) fails the gate
 RECORD_DEADLINE = 5.0  # the boot record at start, before the device is armed
 RT_PRIORITY = 50  # SCHED_FIFO priority: above ordinary services, below kernel threads

@@ -176,7 +176,7 @@ def convergence_bound(kind: str, s: CampaignSettings) -> float:
 #       fault (optional): {index, kind, target, signal (number) | sysrq (letter)}.
 CAMPAIGN_PROBE = r'''
 import json, os, sys, time
-from hachain.cli import chain_problems, gather_status
+from hachain.status import chain_problems, gather_status
 
 spec = json.loads(sys.argv[1])
 names = spec["services"]

@@ -5,7 +5,7 @@ This is the scenario layer on top of harness.py (issue 6). `ChainVM` boots
 one of them `ready = "notify"`), the real watchdog device (`/dev/watchdog0`, backed by
 the emulated i6300esb or by softdog) and the fault-injection hooks enabled. Readiness is
 judged inside the guest, through the guest agent, from the same data `hachain status
---json` prints (`hachain.cli.gather_status`): every layer alive with a fresh heartbeat,
+--json` prints (`hachain.status.gather_status`): every layer alive with a fresh heartbeat,
 every service `ready`, the tickler petting with its gate passing.
 
 Faults are injected from inside the guest by a short Python probe (GUEST_PROBE) that is
@@ -157,7 +157,7 @@ def pid1_argv(python: str, config_path: str, settings: ChainSettings) -> list[st
 GUEST_PROBE = r'''
 import json, os, signal, sys, time
 from hachain import channels
-from hachain.cli import chain_problems, gather_status
+from hachain.status import chain_problems, gather_status
 
 spec = json.loads(sys.argv[1])
 sd, pd = spec["state_dir"], spec["persist_dir"]
