@@ -233,7 +233,7 @@ def save_table(state_dir: str, services: dict[str, Any], restarter_pid: Any,
     tmp = f"{path}.{os.getpid()}.new"  # status runs concurrently: no shared temp name
     try:
         with open(tmp, "w") as f:
-            json.dump(rec, f)
+            f.write(json.dumps(rec))  # json.dump() would take the pure-Python encoder
         os.rename(tmp, path)
     except OSError:
         try:
