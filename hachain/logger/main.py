@@ -87,6 +87,7 @@ class Logger:
         self.ep = select.epoll()
         self.pipes: dict[int, Pipe] = {}
         self.by_ino: dict[tuple[int, int], int] = {}
+        self.per_name: dict[str, int] = {}  # pipes held per service
         self.files: dict[str, LogFile] = {}
         self.holding: set[int] = set()  # pipes with an unfinished line held back
         self.stashed = 0  # messages in the stash
@@ -186,6 +187,7 @@ class Logger:
         os.set_blocking(fd, False)
         self.pipes[fd] = Pipe(fd, ino, info)
         self.by_ino[ino] = fd
+        self.per_name[info.name] = self.per_name.get(info.name, 0) + 1
         self.ep.register(fd, select.EPOLLIN)
         f = self.files.get(info.name)
         if f is None:
@@ -204,7 +206,10 @@ class Logger:
         os.close(p.fd)
         del self.pipes[p.fd]
         del self.by_ino[p.ino]
-        if not any(q.info.name == p.info.name for q in self.pipes.values()):
+        left = self.per_name.pop(p.info.name, 1) - 1
+        if left:
+            self.per_name[p.info.name] = left
+        else:
             f = self.files.get(p.info.name)
             if f is not None:
                 f.close()
