@@ -10,12 +10,14 @@ short: a few faults of quick kinds with fixed seeds.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import html
 import io
 import json
 import os
 import pathlib
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -23,6 +25,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -422,3 +425,57 @@ def test_a_real_report_renders_in_headless_chromium(short_tmp: Any) -> None:
     # the FAIL banner (#fee2e2 background) fills much of the top of the page
     top = [row[i:i + 3] for row in rows[40:120:4] for i in range(0, len(row), bpp * 4)]
     assert sum(1 for p in top if p == b"\xfe\xe2\xe2") > 0.5 * len(top)
+
+
+@needs_machine
+@pytest.mark.slow
+def test_closing_the_terminal_mid_campaign_leaves_a_report_and_no_mount(short_tmp: Any) -> None:
+    """The campaign on a real pseudo-terminal (its controlling terminal, the progress bar
+    drawn on it); the terminal is closed mid-campaign: the kernel hangs it up (SIGHUP to
+    the foreground group, later writes fail with EIO). The report is still written and
+    no tmpfs stays mounted."""
+    work, report = short_tmp / "work", short_tmp / "report"
+    cfg = chaos.config.parse(chaos.campaign_config_text(PY, "/x/svc.py"))
+    bound = 10 + chaos.BOOT_BUDGET + 10 + chaos.convergence_bound("stop-service", cfg) * 1.5 + 5
+    master, slave = os.openpty()
+
+    def controlling_tty() -> None:  # runs in the child after setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from hachain.cli import main; "
+             "sys.exit(main(sys.argv[1:]))", "chaos", "--faults", "40", "--seed", "2",
+             "--kinds", "kill-service,stop-service", "--no-shrink", "--report", str(report),
+             "--dir", str(work)], stdin=slave, stdout=slave, stderr=slave,
+            start_new_session=True, preexec_fn=controlling_tty)
+    finally:
+        os.close(slave)
+    seen = b""
+    try:
+        def bar_moved() -> bool:
+            nonlocal seen
+            while select.select([master], [], [], 0.05)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    return False
+                if not chunk:
+                    return False
+                seen += chunk
+            return b"] 2/40 fails" in seen
+        wait_until(bar_moved, bound, "the progress bar at 2/40 on the terminal")
+        assert b"elapsed" in seen and b"left" in seen
+        os.close(master)  # the terminal goes away
+        master = -1
+        rc = proc.wait(60)
+    finally:
+        if master >= 0:
+            os.close(master)
+        if proc.poll() is None:  # only when the test already failed
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert rc == 1
+    assert chaos.campaign_mounts(str(short_tmp)) == []
+    rep = json.loads((report / "report.json").read_text())
+    assert rep["interrupted"] == "SIGHUP" and 2 <= len(rep["results"]) < 40
+    assert (report / "report.html").exists()
