@@ -77,12 +77,7 @@ def log_usage(log_dir: str, name: str) -> tuple[int, int, int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return channels.proc_cpu_seconds(pid) or 0.0
 
 
 class Sampler(threading.Thread):

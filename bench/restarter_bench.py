@@ -29,15 +29,13 @@ sys.path.insert(0, ROOT)
 
 import benchlib  # noqa: E402
 
-from hachain import client  # noqa: E402
+from hachain import channels, client  # noqa: E402
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree  # noqa: E402
 
 
 def proc_cpu(pid: int) -> tuple[float, int]:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / tick
+    cpu = channels.proc_cpu_seconds(pid)
+    assert cpu is not None, f"pid {pid} is gone"
     ctx = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:

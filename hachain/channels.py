@@ -389,13 +389,24 @@ def log_line(prog: str, msg: str) -> bytes:
 
 # --- process identity ----------------------------------------------------------------------
 
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) from one read of /proc/PID/stat, or None."""
+def proc_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (index 0 is the state letter,
+    field 3 in proc(5)), or None when the process is gone. The command name may hold
+    spaces and parentheses, so the split starts after the last ')'. The one parser of
+    that file for the library, the tests, the benchmarks and the simulators."""
     try:
         raw = read_small(f"/proc/{pid}/stat")
-        fields = raw[raw.rindex(b")") + 2:].split()
-        return fields[0].decode(), int(fields[19])
-    except (OSError, ValueError, IndexError):
+        return raw[raw.rindex(b")") + 2:].split()
+    except (OSError, ValueError):
+        return None
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) from one read of /proc/PID/stat, or None."""
+    f = proc_fields(pid)
+    try:
+        return (f[0].decode(), int(f[19])) if f is not None else None
+    except (ValueError, IndexError):
         return None
 
 
@@ -403,35 +414,33 @@ def proc_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or None.
 
     A pid together with its start time names one process for the life of a boot: a
-    recycled pid has a later start time. The comm field may hold spaces and parentheses,
-    so parse from the last ')'.
+    recycled pid has a later start time.
     """
-    try:
-        raw = read_small(f"/proc/{pid}/stat")
-    except OSError:
-        return None
-    try:
-        fields = raw[raw.rindex(b")") + 2:].split()
-        return int(fields[19])
-    except (ValueError, IndexError):
-        return None
+    st = proc_stat(pid)
+    return st[1] if st is not None else None
 
 
 def proc_state(pid: int) -> str | None:
     """The one-letter state of /proc/PID/stat (R, S, D, T, Z, ...), or None when gone."""
-    try:
-        raw = read_small(f"/proc/{pid}/stat")
-        return raw[raw.rindex(b")") + 2:].split()[0].decode()
-    except (OSError, ValueError, IndexError):
-        return None
+    f = proc_fields(pid)
+    return f[0].decode() if f else None
 
 
 def proc_ppid(pid: int) -> int | None:
     """The parent pid from /proc/PID/stat (field 4), or None when gone."""
+    f = proc_fields(pid)
     try:
-        raw = read_small(f"/proc/{pid}/stat")
-        return int(raw[raw.rindex(b")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
+        return int(f[1]) if f is not None else None
+    except (ValueError, IndexError):
+        return None
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of `pid` in seconds (fields 14 and 15), or None."""
+    f = proc_fields(pid)
+    try:
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") if f is not None else None
+    except (ValueError, IndexError):
         return None
 
 

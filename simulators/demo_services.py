@@ -25,6 +25,8 @@ import socket
 import sys
 import time
 
+from hachain import sdnotify
+
 
 def say(role: str, msg: str) -> None:
     """One line on stdout, flushed, so the service log shows it at once."""
@@ -33,16 +35,7 @@ def say(role: str, msg: str) -> None:
 
 def sd_notify(msg: str) -> bool:
     """Send one datagram on $NOTIFY_SOCKET (sd_notify protocol); False when not set up."""
-    path = os.environ.get("NOTIFY_SOCKET", "")
-    if not path:
-        return False
-    addr = "\0" + path[1:] if path.startswith("@") else path
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        try:
-            s.sendto(msg.encode(), addr)
-        except OSError:
-            return False
-    return True
+    return sdnotify.notify_fallback(msg)
 
 
 def exit_on_term(role: str) -> None:

@@ -70,12 +70,7 @@ BOOT_WRAPPER = ('b="$1"; shift; mount --bind "$b" /proc/sys/kernel/random/boot_i
 
 def _ppid(pid: int) -> int | None:
     """The parent pid of `pid` from /proc/PID/stat; None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-        return int(raw[raw.rindex(b")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+    return channels.proc_ppid(pid)
 
 
 def _all_pids() -> Iterable[int]:

@@ -11,9 +11,10 @@
 
 import os
 import signal
-import socket
 import sys
 import time
+
+from hachain.sdnotify import notify_fallback
 
 
 def forever() -> None:
@@ -22,10 +23,8 @@ def forever() -> None:
 
 
 def notify(msg: str) -> None:
-    path = os.environ["NOTIFY_SOCKET"]
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.sendto(msg.encode(), path)
-    s.close()
+    if not notify_fallback(msg):
+        sys.exit(f"svc.py: cannot send {msg!r} on $NOTIFY_SOCKET")
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ import pytest
 
 from hachain.cluster import timing
 from hachain.simulators.machine import SimMachine
+from tests.conftest import wait_until
 from tests.helpers.etcd import ETCD, EtcdCluster
 
 pytestmark = [
@@ -89,18 +90,6 @@ def read_stamps(path: str) -> list[dict[str, Any]]:
             return [json.loads(ln) for ln in f if ln.endswith("\n")]
     except FileNotFoundError:
         return []
-
-
-def wait_until(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
 
 class Cluster:
     """The etcd members and the machines of one test."""

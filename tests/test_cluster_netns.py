@@ -25,6 +25,7 @@ import pytest
 
 from hachain.cluster import timing
 from hachain.simulators.machine import SimMachine
+from tests.conftest import wait_until
 from tests.helpers.etcd import ETCD, EtcdCluster
 from tests.test_cluster import (
     HB,
@@ -38,7 +39,6 @@ from tests.test_cluster import (
     instance,
     never_two,
     read_stamps,
-    wait_until,
 )
 
 pytestmark = [

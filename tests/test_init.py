@@ -25,25 +25,13 @@ from typing import Any
 import pytest
 
 from hachain import channels
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "helpers" / "fake_layer.py"
 PY = sys.executable
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `pred` every 20 ms until it returns something truthy; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
 
 def records(path: Path) -> list[dict[str, Any]]:
     """The JSON lines the fake layer appended to `path` (empty when it does not exist)."""
@@ -55,11 +43,7 @@ def records(path: Path) -> list[dict[str, Any]]:
 
 def ppid_of(pid: int) -> int | None:
     """The parent pid from /proc/PID/stat, or None when the process is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(raw[raw.rindex(b")") + 2:].split()[1])
+    return channels.proc_ppid(pid)
 
 
 def gone(pid: int) -> bool:

@@ -22,6 +22,7 @@ import pytest
 from hachain import channels
 from hachain.simulators.machine import SimMachine
 from hachain.watchdog.device import WDIOF_CARDRESET
+from tests.conftest import wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -59,19 +60,6 @@ command = ["{sys.executable}", "-m", "hachain.simulators.demo_services", "db"]
 ready = "notify"
 critical = true
 """
-
-
-def wait_until(pred: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll `pred` until truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
 
 @pytest.fixture
 def machine(tmp_path: Any) -> Iterator[SimMachine]:

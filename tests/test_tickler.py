@@ -21,25 +21,13 @@ import pytest
 from hachain import channels
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from hachain.watchdog.device import WDIOF_CARDRESET, sim_attributes
+from tests.conftest import wait_until
 
 TIMEOUT = 3
 PET = 0.5
 HB_TIMEOUT = 1.0
 GRACE = 4.0
 BOUND = TIMEOUT + PET + HB_TIMEOUT  # from the last good restarter heartbeat to the reset
-
-
-def wait_until(pred: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll `pred` until truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
 
 class ForgedLayers:
     """Writes init's and the restarter's heartbeats from a thread, naming real processes."""

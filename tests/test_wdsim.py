@@ -23,6 +23,7 @@ from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from hachain.watchdog import device as d
 from hachain.watchdog.cli import add_parser
 from hachain.watchdog.device import SimTransport, Watchdog, WatchdogError, open_watchdog
+from tests.conftest import wait_until
 
 
 def u32(v: int) -> bytes:
@@ -289,16 +290,6 @@ def server(short_dir: str) -> Iterator[tuple[WatchdogServer, Events]]:
     assert not os.path.exists(srv.socket_path)
     assert not srv.callback_errors
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
 def test_keepalive_keeps_it_alive_past_the_timeout(server: tuple[WatchdogServer, Events]) -> None:
     srv, events = server
     wd = Watchdog(SimTransport(srv.socket_path), "sim")
@@ -310,7 +301,7 @@ def test_keepalive_keeps_it_alive_past_the_timeout(server: tuple[WatchdogServer,
     assert srv.expirations == 0
     assert 0 < wd.get_timeleft() <= 1  # type: ignore[operator]
     assert wd.magic_close() is True
-    assert wait_for(lambda: not srv.watchdog.armed)
+    wait_until(lambda: not srv.watchdog.armed, 5, "the watchdog state")
 
 
 def test_stopping_petting_expires_within_the_timeout(
@@ -351,7 +342,7 @@ def test_second_opener_gets_ebusy(server: tuple[WatchdogServer, Events]) -> None
     assert info.value.errno == errno.EBUSY
     assert "device busy (another process holds it open)" in str(info.value)
     assert first.magic_close()
-    wait_for(lambda: not srv.watchdog.is_open)
+    wait_until(lambda: not srv.watchdog.is_open, 5, "the device closed")
     open_watchdog("sim:" + srv.socket_path).magic_close()
 
 
@@ -360,7 +351,7 @@ def test_server_magic_close_disarms(server: tuple[WatchdogServer, Events]) -> No
     wd = open_watchdog("sim:" + srv.socket_path)
     assert srv.watchdog.armed
     assert wd.magic_close() is True
-    assert wait_for(lambda: not srv.watchdog.armed and not srv.watchdog.is_open)
+    wait_until(lambda: not srv.watchdog.armed and not srv.watchdog.is_open, 5, "closed")
     assert not events.expired.wait(1.5)  # past the 1 s timeout
     assert srv.expirations == 0
 
@@ -467,7 +458,7 @@ def test_cli_info_sim_leaves_it_disarmed(server: tuple[WatchdogServer, Events], 
     assert "Timeout:       1 second" in out and "Timeleft:" in out
     if extra:
         assert "Timeleft:      1 second" in out  # it was open (armed) while we asked
-    assert wait_for(lambda: not srv.watchdog.armed and not srv.watchdog.is_open)
+    wait_until(lambda: not srv.watchdog.armed and not srv.watchdog.is_open, 5, "closed")
     assert not events.expired.wait(1.5)
 
 
@@ -488,7 +479,7 @@ def test_cli_does_not_disarm_a_device_armed_by_someone_else(
     srv, _ = server
     srv.watchdog.timeout = 30
     SimTransport(srv.socket_path).close()  # a tickler that crashed: armed, not held
-    assert wait_for(lambda: srv.watchdog.armed and not srv.watchdog.is_open)
+    wait_until(lambda: srv.watchdog.armed and not srv.watchdog.is_open, 5, "the watchdog state")
     rc, out, _ = run_cli(["watchdog", "info", "--open", "--device", "sim:" + srv.socket_path],
                          capsys)
     assert rc == 0 and "stays armed" in out
@@ -503,11 +494,11 @@ def test_cli_set_timeout_sim(server: tuple[WatchdogServer, Events],
     rc, out, _ = run_cli(["watchdog", "set-timeout", "5", "--device", sock], capsys)
     assert rc == 0 and out == f"{sock}: timeout set to 5 seconds\n"
     assert srv.watchdog.timeout == 5
-    assert wait_for(lambda: not srv.watchdog.armed and not srv.watchdog.is_open)
+    wait_until(lambda: not srv.watchdog.armed and not srv.watchdog.is_open, 5, "closed")
     rc, out, err = run_cli(["watchdog", "set-timeout", "9999", "--device", sock], capsys)
     assert rc == 1 and out == ""
     assert err == f"hachain watchdog: {sock}: SETTIMEOUT 9999: Invalid argument\n"
-    assert wait_for(lambda: not srv.watchdog.armed and not srv.watchdog.is_open)
+    wait_until(lambda: not srv.watchdog.armed and not srv.watchdog.is_open, 5, "closed")
 
 
 def test_cli_busy_device(server: tuple[WatchdogServer, Events],

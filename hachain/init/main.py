@@ -134,13 +134,8 @@ def child_pids(parent: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                raw = f.read()
-            if int(raw[raw.rindex(b")") + 2:].split()[1]) == parent:
-                found.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
+        if channels.proc_ppid(int(entry)) == parent:
+            found.append(int(entry))
     return found
 
 

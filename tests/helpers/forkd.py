@@ -13,6 +13,8 @@ import signal
 import sys
 import time
 
+from hachain import channels
+
 
 def forever() -> None:
     while True:
@@ -66,11 +68,7 @@ def main() -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+    return channels.proc_state(pid) not in (None, "Z", "X")
 
 
 if __name__ == "__main__":
