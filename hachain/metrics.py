@@ -139,7 +139,9 @@ class ChainCollector:
         yield from self._layers(chain.get("layers") or {})
         yield from self._watchdog(chain.get("watchdog") or {})
         yield from self._last_boot(chain.get("last_boot"))
-        yield from self._boot_record()
+        layers = chain.get("layers") or {}
+        yield from self._boot_record(any(isinstance(d, dict) and d.get("alive")
+                                         for d in layers.values()))
 
     def _service_table(self, st: dict[str, Any]) -> tuple[dict[str, Any], float]:
         """(services, age in seconds): this scrape's answer (age 0), else the last known
@@ -261,9 +263,12 @@ class ChainCollector:
         info.add_metric([cause], 1.0)
         yield from (reset, info)
 
-    def _boot_record(self) -> Iterator[Metric]:
+    def _boot_record(self, chain_alive: bool) -> Iterator[Metric]:
         """Boots and how they ended, from the boot record (hachain/bootrecord.py);
-        nothing when the machine has none (no layer has started there)."""
+        nothing when the machine has none (no layer has started there). The running
+        boot is the entry of this kernel's boot id; failing that (a chain seen from
+        another boot id: a simulated machine from its host), the newest entry while a
+        layer of the chain is alive."""
         rec = bootrecord.read(self.persist_dir)
         if not rec["boots"]:
             return
@@ -271,6 +276,8 @@ class ChainCollector:
         boots.add_metric([], float(rec.get("counter") or 0))
         yield boots
         cur = bootrecord.entry_for(rec, bootrecord.current_boot_id())
+        if cur is None and chain_alive:
+            cur = rec["boots"][-1]
         ended = [b for b in rec["boots"] if b is not cur]
         by_cause: dict[str, int] = {}
         for b in ended:

@@ -359,3 +359,20 @@ def test_sigstopped_restarter_keeps_its_service_series_with_a_growing_age(
     m3 = wait_until(lambda: (s := _samples(generate_latest(reg).decode()))
                     .get(("hachain_restarter_up", ())) == 1 and s, 10, "the restarter back")
     assert _age(m3) == 0
+
+
+def test_a_chain_of_another_boot_id_counts_its_newest_boot_as_running(chain_dirs: Any) -> None:
+    """A simulated machine seen from its host has its own boot id: while its layers are
+    alive, its newest boot is the running one, not one that ended."""
+    from hachain import bootrecord
+    state, persist, _start = chain_dirs
+    for bid in ("machine-boot-1", "machine-boot-2"):
+        bootrecord.begin_boot(persist, bid, 1000.0)
+    reg = metrics.make_registry(state, persist)
+    m = _samples(generate_latest(reg).decode())
+    assert m[("hachain_boots_total", ())] == 2
+    assert m[("hachain_boot_ends", (("cause", "unknown"),))] == 1
+    for layer in channels.LAYERS:  # the chain is gone: every boot in the record ended
+        os.unlink(channels.heartbeat_path(state, layer))
+    m = _samples(generate_latest(reg).decode())
+    assert m[("hachain_boot_ends", (("cause", "unknown"),))] == 2
