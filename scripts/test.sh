@@ -1,17 +1,57 @@
 #!/usr/bin/env bash
-# The whole test suite, including the real-kernel (QEMU) proof. Installs what it needs.
+# The test suite, including the real-kernel (QEMU) proof. Installs what it needs.
+#
+#   bash scripts/test.sh              ruff and mypy, the fast lane, then every other test
+#                                     (CI runs this: .ci/run)
+#   bash scripts/test.sh --fast [ARG...]  ruff and mypy, then the fast lane only: the pure
+#                                     and unit tests, under a minute on an idle machine
+#   bash scripts/test.sh ARG...       pytest ARG... as given (one file, -k, ...)
+#
+# The lanes are split by pytest markers (pyproject.toml): `qemu` boots a kernel, `slow`
+# runs a whole chain, a benchmark, a campaign or a wait of several seconds. The fast lane
+# deselects both and the second lane selects exactly them, so no test runs twice. The
+# second lane does not start when the fast lane fails. pytest's exit 5 (no test ran) is
+# a failure in every lane.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test || exit 1
-if [ $# -eq 0 ]; then
+
+FAST="not qemu and not slow"
+
+lint() {
     echo "test: ruff and mypy"
     .venv/bin/ruff check hachain simulators tests bench || exit 1
     .venv/bin/mypy hachain simulators || exit 1
+}
+
+# pytest with ARGS; exits this script on a failure (no test collected counts as one)
+lane() {
+    local what=$1
+    shift
+    .venv/bin/python -m pytest "$@"
+    local rc=$?
+    if [ $rc -eq 5 ]; then
+        echo "test: $what: pytest collected no tests: that is a failure" >&2
+        exit 1
+    fi
+    if [ $rc -ne 0 ]; then
+        echo "test: $what failed (exit $rc)" >&2
+        exit $rc
+    fi
+}
+
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    lint
+    lane "fast lane" -m "$FAST" "$@"
+    exit 0
 fi
-.venv/bin/python -m pytest "$@"
-rc=$?
-if [ $rc -eq 5 ]; then
-    echo "test: pytest collected no tests: that is a failure" >&2
-    exit 1
+if [ $# -gt 0 ]; then
+    lane "pytest $*" "$@"
+    exit 0
 fi
-exit $rc
+lint
+echo "test: the fast lane (pure and unit tests: -m '$FAST')"
+lane "fast lane" -m "$FAST"
+echo "test: the rest (whole chains, campaigns, benchmarks, QEMU: -m 'not ($FAST)')"
+lane "slow lane" -m "not ($FAST)"

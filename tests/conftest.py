@@ -92,6 +92,21 @@ class RestarterRun:
         return wait_until(lambda: (s := self.status().get(name, {})).get("state") == state
                           and s, timeout, f"{name} to be {state}")
 
+    def beats(self, n: int = 3, timeout: float = 10.0) -> None:
+        """Wait until this restarter has written `n` more heartbeats (one per pass of its
+        loop after its timers ran, every heartbeat_interval = 0.2 s): the observation
+        window of a test that checks that nothing happens, counted in the restarter's own
+        passes instead of wall-clock seconds, so a slow host widens it instead of
+        emptying it."""
+        assert self.proc is not None
+        pid = self.proc.pid
+
+        def seq() -> int | None:
+            hb = channels.read_heartbeat(self.state_dir, "restarter")
+            return hb.seq if hb is not None and hb.pid == pid else None
+        first = wait_until(seq, timeout, "a heartbeat of the restarter")
+        wait_until(lambda: (seq() or 0) >= first + n, timeout, f"{n} restarter heartbeats")
+
     def kill_restarter(self) -> None:
         assert self.proc is not None
         self.proc.kill()

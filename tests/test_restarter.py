@@ -56,7 +56,7 @@ restart = "never"
 """)
     s = r.wait_state("n", "failed")
     assert s["restarts"] == 0 and s["last_exit"]["code"] == 1
-    time.sleep(0.5)  # an observation window: nothing may restart it
+    r.beats(3)  # an observation window: nothing may restart it
     assert r.svc("n")["state"] == "failed" and r.svc("n")["restarts"] == 0
 
 
@@ -78,7 +78,7 @@ kind = "oneshot"
 command = ["/bin/sh", "-c", "echo x >> {marker}"]
 """)
     r.wait_state("once", "done")
-    time.sleep(0.3)
+    r.beats(2)  # a done oneshot is not started again
     assert marker.read_text() == "x\n"
 
 
@@ -332,15 +332,18 @@ ready_command = ["/bin/test", "-e", "{flag}"]
 def test_health_check_failures_restart_a_hung_service(restarter, tmp_path):
     flag = tmp_path / "healthy"
     flag.write_text("")
+    runs = tmp_path / "checks"  # one line per check run
     r = restarter(f"""
 [service.h]
 command = {svc("sleep")}
-health = {{ kind = "exec", command = ["/bin/test", "-e", "{flag}"], interval = 0.1, timeout = 1, failures = 3 }}
+health = {{ kind = "exec", command = ["/bin/sh", "-c", "echo >> {runs}; test -e {flag}"], interval = 0.1, timeout = 1, failures = 3 }}
 backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
 stop_timeout = 0.5
 """)
     pid = r.wait_state("h", "ready")["pid"]
-    time.sleep(0.5)  # several passing checks: nothing happens
+    n = len(runs.read_text().splitlines()) if runs.exists() else 0
+    wait_until(lambda: runs.exists() and len(runs.read_text().splitlines()) >= n + 4, 10,
+               "4 more passing checks")  # several passing checks: nothing happens
     assert r.svc("h")["pid"] == pid and r.svc("h")["health"]["failures"] == 0
     flag.unlink()
     s = wait_until(lambda: (x := r.svc("h"))["pid"] not in (None, pid) and x, 10,
