@@ -120,6 +120,19 @@ def cmd_status_cluster(args: argparse.Namespace) -> int:
     return 1 if "error" in v else 0
 
 
+def cmd_move(args: argparse.Namespace) -> int:
+    """Hand a singleton to another node: its owner stops it first, then releases it."""
+    cfg = _load(args.config or config.DEFAULT_PATH)
+    svc = cfg.services.get(args.name)
+    if cfg.cluster is None or svc is None or not svc.singleton:
+        _err(f"{cfg.path}: {args.name!r} is not a singleton service of a [cluster]")
+        return 2
+    from hachain.cluster import view
+    code, msg = view.move(cfg.cluster, args.name, args.node, args.timeout)
+    (print if code == 0 else _err)(msg)
+    return code
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     state_dir, _ = dirs(args)
     try:
@@ -216,6 +229,13 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--cluster", action="store_true", help="every node and singleton, from "
                    "etcd ([cluster])")
     s.set_defaults(func=cmd_status)
+
+    mv = sub.add_parser("move", help="hand a singleton over to another node ([cluster])")
+    mv.add_argument("name")
+    mv.add_argument("node")
+    mv.add_argument("-c", "--config", help="configuration file")
+    mv.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    mv.set_defaults(func=cmd_move)
 
     for name, hlp in (("start", "start a service (want up)"), ("stop", "stop a service "
                       "(want down, persisted)"), ("restart", "stop and start a service"),

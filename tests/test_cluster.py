@@ -299,3 +299,42 @@ def test_lost_quorum_stops_the_singleton_by_half_the_ttl_without_a_reset(
     cluster.etcd.wait_healthy(30)
     cluster.wait_single_owner(TTL + SLACK + 10)
     never_two(read_stamps(cluster.stamps))
+
+
+def test_move_hands_the_singleton_over_after_it_stopped(cluster: Cluster) -> None:
+    """`hachain move db NODE`: the owner stops it, shows it down, releases the key; the
+    target takes it without waiting for a lease to expire, with a larger token."""
+    owner = cluster.wait_single_owner(60)
+    target = next(n for n in sorted(cluster.machines) if n != owner)
+    wait_until(lambda: all((hb := m.heartbeat("cluster")) is not None and
+                           hb.extra.get("owners", {}).get("db") == owner
+                           for n, m in cluster.machines.items() if n != owner), 10,
+               "every node to see the owner")
+    old_token = max(s["token"] for s in read_stamps(cluster.stamps))
+    t = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "hachain.cli", "move", "db", target, "-c",
+                          os.path.join(cluster.tmp, "n0.toml"), "--timeout", "20"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"db moved to {target}" in out.stdout
+    stamps = read_stamps(cluster.stamps)
+    stop = next(s for s in stamps if s["ev"] == "stop" and s["node"] == owner
+                and s["mono"] > t)
+    start = next(s for s in stamps if s["ev"] == "start" and s["mono"] > t)
+    assert start["node"] == target and start["token"] > old_token
+    assert start["mono"] > stop["mono"]
+    # no lease expiry was waited for: the old owner's lease is still alive and renewed
+    hb = cluster.machines[owner].heartbeat("cluster")
+    assert hb is not None and not hb.extra["error"]
+    assert len(cluster.machines[owner].boots) == 1
+    never_two(read_stamps(cluster.stamps))
+    print(f"move: stopped on {owner} -> started on {target} in "
+          f"{start['mono'] - stop['mono']:.2f} s")
+
+
+def test_move_to_an_unknown_node_is_refused(cluster: Cluster) -> None:
+    cluster.wait_single_owner(60)
+    out = subprocess.run([sys.executable, "-m", "hachain.cli", "move", "db", "nowhere", "-c",
+                          os.path.join(cluster.tmp, "n0.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no live node named 'nowhere'" in out.stderr

@@ -198,6 +198,11 @@ class FakeClient:
         self.e.kv[key] = {"value": value, "lease": lease, "mod": self.e.rev}
         return True, [Obj(response_put=Obj(header=Obj(revision=self.e.rev)))]
 
+    async def get_prefix(self, prefix: bytes) -> list[Any]:
+        self._check()
+        return [Obj(key=k, value=v["value"]) for k, v in sorted(self.e.kv.items())
+                if k.startswith(prefix)]
+
     async def put(self, key: bytes, value: bytes, lease: int | None = None) -> None:
         self._check()
         self.e.rev += 1

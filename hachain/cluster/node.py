@@ -64,6 +64,8 @@ class Node:
         self.absent_since: dict[str, float] = {}  # singleton -> first seen without owner
         self.error = ""
         self.since: dict[str, float] = {}  # singleton -> wall time we took it
+        self.releasing: dict[str, float] = {}  # moving away: mono of the withdrawal's beat
+        self.last_token: dict[str, int] = {}  # the token last seen on each key
         self.published: tuple[Any, ...] | None = None  # what the node record last said
         self.published_at = 0.0
         restarts = os.environ.get(channels.ENV_LAYER_RESTARTS, "0")
@@ -100,7 +102,9 @@ class Node:
             "fence_at": None if t0 is None else timing.fence_at(t0, self.ttl),
             "start_until": None if t0 is None else timing.start_until(t0, self.ttl,
                                                                       self.budget),
-            "owned": dict(self.owned), "owners": dict(self.owners), "since": self.since,
+            "owned": {n: t for n, t in self.owned.items() if n not in self.releasing},
+            "owners": dict(self.owners), "since": self.since,
+            "releasing": sorted(self.releasing),
             "renewed_wall": self.renewed_wall, "endpoint": self.endpoints[self.ep],
             "error": self.error, "takeover_wait": self.wait,
         }
@@ -152,19 +156,68 @@ class Node:
             return
         self.t0, self.renewed_wall = sent, time.time()
 
+    def key_of(self, kind: str, name: str) -> bytes:
+        return f"{self.prefix}{kind}/{name}".encode()
+
+    async def release(self, c: Any, name: str, token: int) -> None:
+        """`hachain move`: hand `name` over. First withdraw the grant (the restarter stops
+        it); once a restarter heartbeat that read the withdrawal shows it down, delete the
+        key at this token and leave a `released` marker in the same transaction, which
+        lets the target take it at once (no lease expiry to wait for)."""
+        if name not in self.releasing:
+            self.beat()  # the withdrawal, now
+            hb = channels.read_heartbeat(self.cfg.chain.state_dir, LAYER)
+            self.releasing[name] = hb.mono if hb is not None else time.monotonic()
+            log(f"{name}: moving away: stopping it here first")
+            return
+        rhb = channels.read_heartbeat(self.cfg.chain.state_dir, "restarter")
+        seen = rhb.extra.get("cluster_seen") if rhb is not None else None
+        if rhb is None or not isinstance(seen, (int, float)) or \
+                seen < self.releasing[name] or name in rhb.extra.get("singletons_up", [name]):
+            return
+        tx = c.transactions
+        ok, _ = await c.transaction(
+            compare=[tx.mod(self.key(name)) == token],
+            # the request stays until the target holds the key (`hachain move` then
+            # withdraws it): meanwhile no other node, this one included, takes it
+            success=[tx.delete(self.key(name)),
+                     tx.put(self.key_of("released", name), str(token).encode())],
+            failure=[])
+        if ok:
+            log(f"{name}: released (token {token}): stopped here")
+            self.owned.pop(name, None)
+            self.since.pop(name, None)
+            self.releasing.pop(name, None)
+
+    async def moves(self, c: Any) -> dict[str, str]:
+        """Pending `hachain move` requests: singleton -> target node."""
+        out = {}
+        for kv in await c.get_prefix(self.key_of("move", "")):
+            out[bytes(kv.key).decode(errors="replace").rsplit("/", 1)[-1]] = \
+                bytes(kv.value).decode(errors="replace")
+        return out
+
     async def claim(self) -> None:
         """Look at every ownership key; take the free ones once it is safe."""
         c = await self.connect()
+        moves = await self.moves(c) if self.singletons else {}
+        for name in list(self.releasing):
+            if moves.get(name, self.node) == self.node:
+                log(f"{name}: move request gone: keeping it")
+                self.releasing.pop(name)
         for name in self.singletons:
             got = await c.get(self.key(name))
             now = time.monotonic()
             if got is not None:
                 self.absent_since.pop(name, None)
+                self.last_token[name] = int(got.mod_revision)
                 holder = bytes(got.value).decode(errors="replace")
                 if holder == self.node and self.lease_id is not None and \
                         int(got.lease) == self.lease_id:
                     self.owned[name] = int(got.mod_revision)
                     self.owners.pop(name, None)
+                    if moves.get(name, self.node) != self.node:
+                        await self.release(c, name, int(got.mod_revision))
                 else:
                     if name in self.owned:
                         log(f"{name}: ownership key now held by {holder}: not ours")
@@ -179,9 +232,17 @@ class Node:
             self.owners.pop(name, None)
             first = self.absent_since.setdefault(name, now)
             if self.lease_id is None or self.t0 is None or \
-                    now >= timing.start_until(self.t0, self.ttl, self.budget) or \
-                    now - first < self.wait:
+                    now >= timing.start_until(self.t0, self.ttl, self.budget):
                 continue
+            if moves.get(name, self.node) != self.node:
+                continue  # being moved to another node: leave it to that one
+            if now - first < self.wait:
+                # released by its owner at the token we last saw (it was shown down
+                # there first): no lease expiry to wait for. Otherwise, the rule.
+                rel = await c.get(self.key_of("released", name))
+                if rel is None or name not in self.last_token or \
+                        bytes(rel.value) != str(self.last_token[name]).encode():
+                    continue
             tx = c.transactions
             ok, resp = await c.transaction(
                 compare=[tx.create(self.key(name)) == 0],

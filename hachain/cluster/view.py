@@ -80,3 +80,45 @@ def print_view(v: dict[str, Any], singletons: list[str]) -> None:
             print(f"  {name:<16} {'(none)':<16} {'-':<8} -")
         else:
             print(f"  {name:<16} {s['owner']:<16} {s['token']:<8} {_ago(s['since'], now)}")
+
+
+async def _move(cl: ClusterConfig, name: str, node: str, timeout: float) -> tuple[int, str]:
+    """Ask the owner of `name` to hand it to `node`; wait until `node` holds it."""
+    import aetcd
+    prefix = cl.prefix.rstrip("/") + "/"
+    key = f"{prefix}singleton/{name}".encode()
+    last = ""
+    for ep in cl.endpoints:
+        host, _, port = ep.rpartition(":")
+        client = aetcd.Client(host=host.strip("[]"), port=int(port), timeout=2)
+        try:
+            if await client.get(f"{prefix}node/{node}".encode()) is None:
+                return 1, f"no live node named {node!r} (its lease is not held)"
+            got = await client.get(key)
+            if got is not None and bytes(got.value).decode() == node:
+                return 0, f"{name} already runs on {node} (token {got.mod_revision})"
+            # the request lives on a short lease: a move that cannot finish is forgotten
+            lease = await client.lease(int(max(5, timeout)))
+            await client.put(f"{prefix}move/{name}".encode(), node.encode(), lease=lease.id)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                got = await client.get(key)
+                if got is not None and bytes(got.value).decode() == node:
+                    await client.revoke_lease(lease.id)
+                    return 0, f"{name} moved to {node} (token {got.mod_revision})"
+                await asyncio.sleep(0.1)
+            await client.revoke_lease(lease.id)
+            return 1, f"{name} did not move to {node} within {timeout:g} s (request withdrawn)"
+        except Exception as e:  # noqa: BLE001 - try the next member
+            last = f"{ep}: {type(e).__name__}"
+            continue
+        finally:
+            try:
+                await client.close()
+            except Exception:  # noqa: BLE001
+                pass
+    return 1, f"cannot reach etcd: {last or 'no endpoint'}"
+
+
+def move(cl: ClusterConfig, name: str, node: str, timeout: float = 30.0) -> tuple[int, str]:
+    return asyncio.run(_move(cl, name, node, timeout))

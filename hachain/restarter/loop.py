@@ -116,6 +116,7 @@ class Restarter:
         self.health_failures: dict[str, int] = {}
         self.grants: dict[str, int] = {}  # singletons this node may run: fencing token
         self.grant_owners: dict[str, str] = {}  # singletons held elsewhere: the node
+        self.cluster_seen: float | None = None  # mono of the cluster heartbeat last read
         self.health_detail: dict[str, str] = {}
         self.timers: list[tuple[float, int, str, str]] = []
         self.timer_live: dict[tuple[str, str], int] = {}
@@ -818,6 +819,7 @@ class Restarter:
             return  # a single machine: no singletons (the configuration check)
         hb = channels.read_heartbeat(self.state_dir, "cluster")
         x = hb.extra if hb is not None else {}
+        self.cluster_seen = hb.mono if hb is not None else None
         until, owned, owners = x.get("start_until"), x.get("owned"), x.get("owners")
         grants: dict[str, int] = {}
         if isinstance(until, (int, float)) and now < until and isinstance(owned, dict):
@@ -858,6 +860,7 @@ class Restarter:
                       "restart_rate": len(self.restart_times) / STORM_WINDOW,
                       "services": len(self.svcs), "reboot_requested": self.reboot_requested,
                       "logger": self.logs.status(),
+                      "cluster_seen": self.cluster_seen,
                       "singletons_up": [n for n, c in self.conf.items() if c.singleton and
                                         (self.svcs[n].pid is not None or
                                          self.svcs[n].state is State.STOPPING or
