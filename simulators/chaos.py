@@ -48,76 +48,12 @@ from typing import Any
 
 from hachain import __version__, channels, client, config
 from hachain import snapshot as snapshot_mod
-from hachain.simulators import chaos_report
+from hachain.simulators import chaos_report, chaos_svc
 from hachain.simulators.machine import CONSOLE_NAME, SimMachine, find_cgroup2_mount
 
 # --- the campaign's own services -------------------------------------------------------
 
-# Written to <machine>/chaos_svc.py and run with `python -I -S` (starts in ~20 ms).
-# Roles: notify (READY=1 on $NOTIFY_SOCKET), fd (a line on fd 3), none. With
-# $WATCHDOG_USEC, WATCHDOG=1 three times per period. SIGUSR1: fork 64 sleepers (half in
-# new sessions, so only the cgroup still holds them) and exit 1. SIGUSR2: open fds up to
-# RLIMIT_NOFILE; without a service watchdog exit 1 (it cannot work), with one keep
-# running: its pings now fail (socket() gets EMFILE) and the restarter must see it hung.
-SERVICE_PROGRAM = r'''
-import os, signal, socket, sys, time
-ROLE = sys.argv[1]
-DELAY = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
-WD = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 1e6
-HOARD = []
-
-def notify(msg):
-    path = os.environ.get("NOTIFY_SOCKET", "")
-    if not path:
-        return
-    addr = "\0" + path[1:] if path.startswith("@") else path
-    try:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    except OSError:
-        return
-    try:
-        s.sendto(msg.encode(), addr)
-    except OSError:
-        pass
-    finally:
-        s.close()
-
-def forkbomb(_sig, _frame):
-    for i in range(64):
-        try:
-            pid = os.fork()
-        except OSError:
-            break
-        if pid == 0:
-            if i % 2:
-                os.setsid()
-            while True:
-                time.sleep(3600)
-    os._exit(1)
-
-def exhaust(_sig, _frame):
-    try:
-        while True:
-            HOARD.append(os.open("/dev/null", os.O_RDONLY))
-    except OSError:
-        pass
-    if not WD:
-        os._exit(1)
-
-signal.signal(signal.SIGTERM, lambda _s, _f: os._exit(0))
-signal.signal(signal.SIGUSR1, forkbomb)
-signal.signal(signal.SIGUSR2, exhaust)
-time.sleep(DELAY)
-if ROLE == "notify":
-    notify("READY=1")
-elif ROLE == "fd":
-    os.write(3, b"ready\n")
-    os.close(3)
-while True:
-    time.sleep(WD / 3 if WD else 3600)
-    if WD:
-        notify("WATCHDOG=1")
-'''
+# The service program (simulators/chaos_svc.py), copied into the work directory.
 SERVICE_FILE = "chaos_svc.py"
 
 # Watchdog settings of the built-in campaign: tight, so faults resolve in seconds.
@@ -1404,8 +1340,7 @@ def kind_list(arg: str | None, known: Iterable[str], what: str = "fault kind") -
 def _campaign_setup(args: argparse.Namespace, work: str) -> tuple[str, config.Config]:
     """The configuration path (the built-in one written into `work`) and its parse."""
     svc = os.path.join(work, SERVICE_FILE)
-    with open(svc, "w") as f:
-        f.write(SERVICE_PROGRAM)
+    shutil.copyfile(chaos_svc.__file__, svc)
     if args.config:
         return os.path.abspath(args.config), config.load(args.config)
     path = os.path.join(work, "chain.toml")
