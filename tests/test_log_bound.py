@@ -11,8 +11,11 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 from typing import Any
+
+import pytest
 
 from hachain import channels
 from hachain.logger import wire
@@ -124,14 +127,14 @@ def _advancing(log_dir: str, by: int = 4000) -> None:
                f"the flood to go on past line {start + by}")
 
 
-def _check_lines(log_dir: str, continuous: bool) -> int:
-    """Every kept file holds whole lines only and is within MAX; the numbers increase
-    (by one each when `continuous`). Returns how many lines were checked."""
+def _check_lines(log_dir: str, continuous: bool, max_bytes: int = MAX) -> int:
+    """Every kept file holds whole lines only and is within `max_bytes`; the numbers
+    increase (by one each when `continuous`). Returns how many lines were checked."""
     prev = -1
     count = 0
     for p in _files(log_dir):
         data = open(p, "rb").read()
-        assert len(data) <= MAX, (p, len(data))
+        assert len(data) <= max_bytes, (p, len(data))
         assert data.endswith(b"\n"), f"{p} ends inside a line"
         for line in data[:-1].split(b"\n"):
             if line == b"END":
@@ -310,3 +313,33 @@ def test_a_new_restarter_replaces_a_stopped_logger_it_cannot_take_over(restarter
     finally:
         if channels.proc_start_time(logger) == started:
             os.kill(logger, signal.SIGKILL)
+
+
+def test_logs_larger_than_their_disk_shrink_and_the_flood_goes_on(restarter: Any,
+                                                                   tmp_path: Any) -> None:
+    """The log directory is a 128 KiB tmpfs, the logs may take 3 × 64 KiB: on ENOSPC the
+    logger removes the oldest rotated copy and writes on. The service never blocks and
+    no line is dropped from what is kept."""
+    disk = str(tmp_path / "logdisk")
+    os.makedirs(disk)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k,mode=0755", "tmpfs", disk],
+                       capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
+    run: RestarterRun = restarter(
+        f"[service.flood]\ncommand = {json.dumps([PY, '-c', FLOOD])}\n"
+        "log_max_bytes = 65536\nlog_keep = 2\n", cgroups=False, start=False)
+    try:
+        os.makedirs(run.persist_dir)
+        os.symlink(disk, os.path.join(run.persist_dir, "log"))  # the default log_dir
+        run.start()
+        pid = run.wait_state("flood", "ready")["pid"]
+        _advancing(disk, by=10 * 128 * 1024 // 100)  # ten disks' worth of lines
+        st = run.svc("flood")
+        assert (st["pid"], st["restarts"]) == (pid, 0)
+        _stop_flood(run, disk)
+        assert "No space left" not in open(run.log).read()  # nothing was dropped
+        _check_lines(disk, continuous=True, max_bytes=65536)
+    finally:
+        run.stop()
+        subprocess.run(["umount", "-l", disk], capture_output=True, timeout=10)

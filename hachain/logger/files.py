@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 
+FULL = (errno.ENOSPC, errno.EDQUOT)
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 MODE = 0o640
 
@@ -39,6 +40,7 @@ class LogFile:
         self.written = 0  # bytes written since this object was made
         self.dropped = 0  # bytes lost to write errors (a full disk)
         self.rotations = 0
+        self.freed = 0  # rotated copies removed early because the disk was full
         self.error: str | None = None  # the last write error, until a write succeeds
         self.trim()
 
@@ -105,6 +107,8 @@ class LogFile:
             except InterruptedError:
                 continue
             except OSError as e:
+                if e.errno in FULL and self.free_oldest():
+                    continue  # logs larger than their disk shrink to what fits, and go on
                 self._lost(len(view), e)
                 return
             self.size += n
@@ -119,6 +123,19 @@ class LogFile:
         self.error = f"{self.path}: {e.strerror or e}"
         if e.errno == errno.EFBIG:
             self.rotate()
+
+    def free_oldest(self) -> bool:
+        """The disk is full: remove the oldest rotated copy, if there is one."""
+        for n in range(self.keep, 0, -1):
+            try:
+                os.unlink(f"{self.path}.{n}")
+                self.freed += 1
+                return True
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+        return False
 
     def rotate(self) -> bool:
         """Live → `.1` → … → `.keep` (the oldest is replaced, so freed); a new live file
