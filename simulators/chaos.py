@@ -259,8 +259,9 @@ def _read(path: str, mode: str = "rb") -> Any:
 def _proc(pid: int) -> Proc | None:
     """Read one process's identity; None when it vanished meanwhile."""
     try:
-        raw = _read(f"/proc/{pid}/stat")
-        f = raw[raw.rindex(b")") + 2:].split()
+        f = channels.proc_fields(pid)
+        if f is None:
+            return None
         status = _read(f"/proc/{pid}/status", "r")
         nspid = [ln for ln in status.splitlines() if ln.startswith("NSpid:")][0].split()[-1]
         svc = None

@@ -609,6 +609,7 @@ def check_rejection(text: str, where: dict[str, int], err: config.ConfigError) -
             assert line == where[max(named, key=len)], (e, text)
 
 
+@pytest.mark.slow  # 150 generated configurations
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           phases=PHASES)
 @given(configurations(), st.booleans())

@@ -176,6 +176,7 @@ def test_forking_unit_converts_to_kind_forking(tmp_path: Any) -> None:
 
 # --- every unit this machine ships ------------------------------------------------------------
 
+@pytest.mark.slow  # every unit file of this machine
 @pytest.mark.timeout(120)
 def test_every_unit_under_lib_systemd_system(tmp_path: Any) -> None:
     """No crash; every converted unit passes `hachain check`; every refusal says why."""

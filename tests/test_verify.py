@@ -42,6 +42,7 @@ def test_model_reaches_adoption_and_timeouts() -> None:
         assert cell in cells
 
 
+@pytest.mark.slow  # a model check of seconds
 def test_two_faults_and_three_services_converge() -> None:
     rep = explore(Options(faults=2))
     assert rep.ok, rep.violation
@@ -73,6 +74,7 @@ def test_mutant_gives_counterexample(mutant: str, kind: str, fault: str) -> None
     assert sum(line.startswith("fault:") for line in v["trace"]) == 1
 
 
+@pytest.mark.slow  # a model check of seconds
 def test_a_file_broken_on_disk_is_part_of_the_model() -> None:
     """Issue 15: the operator's edit (not a fault) is explored on every path, the real
     chain converges after it from every single fault, and the two mutants of the running
@@ -131,6 +133,7 @@ def test_bound_smaller_than_k_is_reported() -> None:
     assert rep.violation is not None and rep.violation["kind"] == "over_bound"
 
 
+@pytest.mark.slow  # a model check of seconds
 def test_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     assert verify.main(["--json"]) == 0
     d = json.loads(capsys.readouterr().out)
@@ -171,6 +174,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow  # a model check of seconds
 def test_cli_exit_codes() -> None:
     ok = _cli()
     assert ok.returncode == 0, ok.stderr
