@@ -150,79 +150,9 @@ def pid1_argv(python: str, config_path: str, settings: ChainSettings) -> list[st
             "--heartbeat-interval", f"{settings.heartbeat_interval:g}"]
 
 
-# Runs in the guest as `python -c GUEST_PROBE SPEC_JSON`; prints one JSON object.
-# spec: state_dir, persist_dir, services {name: argv}, heartbeat_timeout, timeout,
-#       fault (optional): {"layer": L | "pid": N, "signal": "SIGSTOP", "plus": 0},
-#       wait (bool): poll until ready (else return right after the fault).
-GUEST_PROBE = r'''
-import json, os, signal, sys, time
-from hachain import channels
-from hachain.status import chain_problems, gather_status
-
-spec = json.loads(sys.argv[1])
-sd, pd = spec["state_dir"], spec["persist_dir"]
-out = {"fault": None}
-
-def procs(argv):
-    want = "\0".join(argv)
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace").rstrip("\0")
-        except OSError:
-            continue
-        if cmd == want:
-            found.append(int(name))
-    return sorted(found)
-
-def problems(st):
-    return chain_problems(st, spec["heartbeat_timeout"], spec["services"])
-
-fault = spec.get("fault")
-start = time.monotonic()
-if fault:
-    if fault.get("layer"):
-        hb = channels.read_heartbeat(sd, fault["layer"])
-        pid = hb.pid if hb else None
-    else:
-        pid = int(fault["pid"])
-    sig = int(getattr(signal, fault["signal"])) + int(fault.get("plus", 0))
-    out["fault"] = {"pid": pid, "signal": sig}
-    if pid is None:
-        out["error"] = f"no heartbeat for {fault['layer']}"
-        print(json.dumps(out))
-        sys.exit(3)
-    sys.stdout.flush()
-    try:  # a console line dates the fault on the host's clock (it survives a reset)
-        fd = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)
-        os.write(fd, f"\nHACHAIN-CHAIN-FAULT pid {pid} signal {sig}\n".encode())
-        os.close(fd)
-    except OSError:
-        pass
-    start = time.monotonic()
-    os.kill(pid, sig)
-if not spec.get("wait", True):
-    print(json.dumps(out))
-    sys.exit(0)
-deadline = start + spec["timeout"]
-polls = 0
-while True:
-    st = gather_status(sd, pd)
-    polls += 1
-    why = problems(st)
-    now = time.monotonic()
-    if not why or now > deadline:
-        break
-    time.sleep(0.1)
-out.update(ready=not why, problems=why, elapsed=round(now - start, 3), polls=polls,
-           status=st, procs={n: procs(a) for n, a in spec["services"].items()},
-           guest_mono=now)
-print(json.dumps(out))
-sys.exit(0 if not why else 1)
-'''
+# Runs in the guest: `python -m GUEST_PROBE SPEC_JSON` prints one JSON object (the spec
+# and the report are described in guest_probe.py).
+GUEST_PROBE = "hachain.simulators.qemu.guest_probe"
 
 
 @dataclass
@@ -343,7 +273,7 @@ class ChainVM:
                 "services": self.services, "heartbeat_timeout":
                 self.settings.heartbeat_timeout, "timeout": timeout,
                 "fault": fault, "wait": wait}
-        rc, out = self.vm.run([self.python, "-c", GUEST_PROBE, json.dumps(spec)],
+        rc, out = self.vm.run([self.python, "-m", GUEST_PROBE, json.dumps(spec)],
                               timeout=timeout + startup)
         try:
             report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
