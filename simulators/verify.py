@@ -47,6 +47,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from hachain import bootrecord
 from hachain.channels import Heartbeat
 from hachain.config import Backoff, Config, Intensity, ServiceConfig, WatchdogConfig
 from hachain.restarter import states
@@ -57,7 +58,8 @@ from hachain.watchdog import health
 EPOCH = 1000.0  # the `now` every event carries; stored times are relative to it
 SIGKILL, SIGTERM = 9, 15
 MUTANTS = ("init-no-restart", "tickler-ignores-restarter", "adopt-duplicates",
-           "layer-reads-live-file", "no-last-known-good")
+           "layer-reads-live-file", "no-last-known-good", "no-boot-loop-breaker")
+BOOT_LOOP_RESETS = 3  # [chain] boot_loop's default `resets` (action "rescue")
 UP, DEAD, HUNG = "up", "dead", "hung"
 LAYERS = ("init", "restarter", "tickler")
 RESTARTS_CAP = 9  # `Svc.restarts` counts are clamped: nothing in the policy reads them
@@ -230,6 +232,13 @@ class World:
     # last-known-good one, see hachain.snapshot)
     cfg_broken: bool = False
     snapshot: bool = True  # this run has a running snapshot (runtime: gone at a reset)
+    # the boot-loop breaker's inputs and verdict (hachain.bootrecord): svc0 broken for
+    # good (its every start crashes: a missing disk, a bad upgrade; persistent), the
+    # last `resets` boots' (reason, critical services that failed the gate), oldest
+    # first (persistent), and what this boot's rescue holds
+    broken: bool = False
+    boots: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    held: tuple[str, ...] = ()
 
 
 @dataclass
@@ -251,7 +260,7 @@ def service_configs(n: int, faults: int) -> tuple[ServiceConfig, ...]:
         out.append(ServiceConfig(
             name=f"svc{i}", command=("/model",), restart="always",
             backoff=Backoff(initial=1.0, factor=2.0, max=2.0, reset_after=3.0),
-            intensity=Intensity(max_restarts=faults + 2, window=4.0, action="maintenance"),
+            intensity=Intensity(max_restarts=faults + 2, window=8.0, action="maintenance"),
             requires=(f"svc{i - 1}",) if i else (), ready="notify" if i == 0 else "none",
             ready_timeout=3.0, critical=(i == 0), stop_timeout=1.0, stop_signal=SIGTERM))
     return tuple(out)
@@ -271,6 +280,8 @@ class _Restarter:
 
     def __init__(self, m: Model, w: World) -> None:
         self.m = m
+        self.broken = w.broken
+        self.held = w.held
         self.svcs = list(w.svcs)
         self.watched = list(w.watched)
         self.timers = [dict(t) for t in w.timers]
@@ -334,7 +345,9 @@ class _Restarter:
         i = self.m.index[a.name]
         if isinstance(a, states.Spawn):
             pid = self.new_pid()
-            if self.m.confs[i].ready == "notify":
+            if self.broken and i == 0:  # it crashes at once: only its exit is left
+                self.notes.append(f"svc{i} pid {pid} crashes at once")
+            elif self.m.confs[i].ready == "notify":
                 self.procs[i][pid] = (NOT_SENT, self.m.opts.ready_within, False)
             else:
                 self.procs[i][pid] = (DONE, 0, False)
@@ -387,6 +400,8 @@ class _Restarter:
             s = states.initial(f"svc{i}")
             if self.maint[i]:
                 s = replace(s, state=State.MAINTENANCE, reason="maintenance (persisted)")
+            if f"svc{i}" in self.held:  # the loop's rescue_held
+                s = replace(s, state=State.MAINTENANCE, reason="rescue: boot loop")
             rec = None if duplicate else self.records[i]
             if rec is not None and rec.pid and rec.pid in self.procs[i]:
                 st = State.READY if rec.state == "ready" else State.STARTING
@@ -440,7 +455,8 @@ class _Restarter:
     def heartbeat(self, w: World) -> World:
         """The restarter's heartbeat: age 0 and a fresh report on critical services."""
         extra = tuple((f"svc{i}", s.state.value,
-                       s.state not in (State.MAINTENANCE, State.FAILED))
+                       s.state not in (State.MAINTENANCE, State.FAILED)
+                       or f"svc{i}" in w.held)  # a rescue's holds do not gate
                       for i, s in enumerate(w.svcs) if self.m.confs[i].critical)
         return replace(w, hb_age=(w.hb_age[0], 0), hb_extra=extra, hb_reboot=w.reboot_req)
 
@@ -492,7 +508,9 @@ class Model:
         the runtime directory is empty; the persistent admin state and the file on disk
         are kept (from `prev`, the state before the reset)."""
         w = replace(self.blank, snapshot=False) if prev is None else replace(
-            self.blank, maint=prev.maint, cfg_broken=prev.cfg_broken, snapshot=False)
+            self.blank, maint=prev.maint, cfg_broken=prev.cfg_broken, snapshot=False,
+            broken=prev.broken, boots=prev.boots, crash_only=not prev.broken)
+        w = replace(w, held=self.rescue_holds(w.boots))
         if not self.config_loads(w):  # no configuration at all: nothing starts
             return replace(w, layers=(UP, DEAD, DEAD), hb_age=(0, self.age_cap),
                            restart_in=(self.opts.restart_delay, self.opts.restart_delay))
@@ -501,10 +519,29 @@ class Model:
         r.adopt_or_start(boot=True)
         return r.heartbeat(r.into(w))
 
+    def rescue_holds(self, boots: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[str, ...]:
+        """What this boot's rescue holds: the real `bootrecord.assess` on the boots
+        before it (all inside the window), under the default policy (the mutant: the
+        action "ignore", which never holds anything)."""
+        action = "ignore" if self.opts.mutant == "no-boot-loop-breaker" else "rescue"
+        verdict = bootrecord.assess(
+            [{"reason": r, "failed_critical": list(f), "started_wall": 0.0} for r, f in boots],
+            BOOT_LOOP_RESETS, 900.0, action, 0.0)
+        if verdict is None or verdict["action"] != "rescue":
+            return ()
+        return tuple(n for n in verdict["held"]
+                     if n in self.index and self.confs[self.index[n]].critical)
+
+    def ended(self, w: World, reason: str, failed: tuple[str, ...]) -> World:
+        """`w` with its boot's end written into the boot record (the last few kept)."""
+        return replace(w, boots=(w.boots + ((reason, failed),))[-BOOT_LOOP_RESETS:])
+
     def panicked(self, w: World) -> World:
-        """The machine is down (kernel panic): only the persistent state matters."""
+        """The machine is down (kernel panic): only the persistent state matters; the
+        boot ends with nothing written about why ("unknown")."""
         return replace(self.blank, kernel="panicked", layers=(DEAD, DEAD, DEAD),
-                       maint=w.maint, crash_only=False, cfg_broken=w.cfg_broken)
+                       maint=w.maint, crash_only=False, cfg_broken=w.cfg_broken,
+                       broken=w.broken, boots=self.ended(w, bootrecord.UNKNOWN, ()).boots)
 
     def gate_ok(self, w: World) -> bool:
         """The real health gate on the heartbeats the tickler would read now."""
@@ -528,8 +565,14 @@ class Model:
         return [i for i, ps in enumerate(w.procs) if len(ps) > 1]
 
     def is_goal(self, w: World) -> bool:
+        """Every service ready exactly once, every layer up, the gate passing. With svc0
+        broken for good, the best there is: the machine up with the gate passing (svc0
+        retried by its policy, or held by a rescue once its intensity parked it and the
+        gate reset the machine), and what requires it waiting."""
         if w.kernel != "up" or w.layers != (UP, UP, UP) or w.reboot_req:
             return False
+        if w.broken:
+            return all(s.state is State.WAITING for s in w.svcs[1:]) and self.gate_ok(w)
         for i, s in enumerate(w.svcs):
             if s.state is not State.READY or len(w.procs[i]) != 1 or \
                     w.procs[i][0][0] != s.pid or w.watched[i] != s.pid:
@@ -563,6 +606,11 @@ class Model:
                 hung = replace(w, layers=_set(w.layers, li, HUNG), crash_only=False)
                 yield Step(f"fault: {layer} hung (SIGSTOP)", FAULT, hung)
         yield Step("fault: kernel panic", FAULT, self.panicked(w))
+        if not w.broken and self.confs[0].critical:
+            procs = _set(w.procs, 0, ())
+            yield Step("fault: svc0 is broken for good (a missing disk: its process and "
+                       "every start crash)", FAULT,
+                       replace(w, broken=True, procs=procs, crash_only=False))
         for i, ps in enumerate(w.procs):
             for pid, *_ in ps:
                 procs = _set(w.procs, i, tuple(p for p in ps if p[0] != pid))
@@ -685,7 +733,9 @@ class Model:
                 wd, pet_in, label = self.opts.wd_timeout, self.opts.pet_interval, "tick (pet)"
         wd -= 1
         if wd <= 0:
-            return Step("tick: watchdog expired: reset, boot", REBOOT, self.boot(w))
+            failed = tuple(n for n, _st, good in w2.hb_extra if not good)
+            return Step("tick: watchdog expired: reset, boot", REBOOT,
+                        self.boot(self.ended(w, bootrecord.GATE_FAILURE, failed)))
         return Step(label, TICK, replace(w2, wd=wd, pet_in=pet_in))
 
     def age_svc(self, s: Svc, i: int) -> Svc:
@@ -842,10 +892,18 @@ def _check(m: Model, init: World, succ: dict[World, list[tuple[str, World]]],
     if stuck:
         w = stuck[0]
         tr = _trace(m, parent, first[w]) + ["-- then, with no further faults --"]
-        tr += _lasso(m, succ, dist, w)
-        msg = ("a reachable state from which some fault-free path never reaches the goal "
-               "(every service ready exactly once, every layer up, the gate passing)")
-        found.append(("no_convergence", msg, tr))
+        lasso = _lasso(m, succ, dist, w)
+        tr += lasso
+        if any(step.endswith("reset, boot") or step.startswith("kernel panic: reboot")
+               for step in lasso):
+            counts["boot_loop"] = 1
+            msg = ("a boot loop: a reachable state from which the machine can reset and boot "
+                   "again forever with no further fault")
+            found.append(("boot_loop", msg, tr))
+        else:
+            msg = ("a reachable state from which some fault-free path never reaches the goal "
+                   "(every service ready exactly once, every layer up, the gate passing)")
+            found.append(("no_convergence", msg, tr))
     over = [w for w in order if dist.get(w, 0) > opts.bound]
     counts["over_bound"] = len(over)
     if over and not stuck:
