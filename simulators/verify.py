@@ -999,8 +999,13 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--services", type=int, default=2, help="services in the model (default 2)")
     p.add_argument("--bound", type=int, default=200,
                    help="most fault-free steps allowed to converge (default 200)")
-    p.add_argument("--mutant", choices=MUTANTS, default=None,
-                   help="check a deliberately broken chain (the checker must catch it)")
+    from hachain.simulators.cluster_verify import CLUSTER_MUTANTS
+    p.add_argument("--mutant", choices=MUTANTS + CLUSTER_MUTANTS, default=None,
+                   help="check a deliberately broken chain (the checker must catch it); "
+                        "the cluster-* ones with --cluster")
+    p.add_argument("--cluster", action="store_true",
+                   help="the timed model of two nodes and one singleton service "
+                        "(docs/cluster.md) instead of one machine")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("-c", "--config", default=None,
                    help="model this configuration file's services and timing instead of the "
@@ -1011,6 +1016,14 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def func(args: argparse.Namespace) -> int:
     """Run the check; 0 converges, 1 counterexample, 2 bad usage."""
+    if getattr(args, "cluster", False):
+        from hachain.simulators import cluster_verify
+        if args.mutant is not None and args.mutant not in cluster_verify.CLUSTER_MUTANTS \
+                or not 0 <= args.faults <= 3:
+            print("hachain verify: --cluster takes --faults 0..3 and the cluster-* mutants",
+                  file=sys.stderr)
+            return 2
+        return cluster_verify.run(args.faults, args.mutant, args.json)
     problems = []
     if not 0 <= args.faults <= 4:
         problems.append(f"--faults: must be 0..4, got {args.faults}")
@@ -1018,7 +1031,7 @@ def func(args: argparse.Namespace) -> int:
         problems.append(f"--services: must be 1..4, got {args.services}")
     if args.bound < 1:
         problems.append(f"--bound: must be >= 1, got {args.bound}")
-    if args.mutant is not None and args.mutant not in MUTANTS:
+    if args.mutant is not None and args.mutant not in MUTANTS:  # cluster-* need --cluster
         problems.append(f"--mutant: unknown {args.mutant!r} (one of {', '.join(MUTANTS)})")
     if getattr(args, "only", None) and not getattr(args, "config", None):
         problems.append("--only needs -c")

@@ -317,3 +317,26 @@ def test_no_claim_once_start_until_has_passed(tmp_path: Any) -> None:
         await a.claim()
         assert a.owned == {}
     asyncio.run(go())
+
+
+def test_takeover_wait_starts_over_after_a_gap_in_observation(tmp_path: Any) -> None:
+    """An absence seen before etcd became unreachable (or before this layer stopped)
+    proves nothing about the key now (found by `hachain verify --cluster`)."""
+    etcd = FakeEtcd()
+    a = make_node(tmp_path, etcd, "a")
+    a.wait = 0.3  # as with a watchdog timeout longer than half the TTL
+
+    async def go() -> None:
+        await a.tick()  # sees the key absent: the wait starts
+        first = a.absent_since["db"]
+        etcd.down = True
+        await a.tick()  # a failed RPC: what it saw is forgotten
+        assert a.absent_since == {}
+        etcd.down = False
+        await asyncio.sleep(0.35)
+        await a.tick()
+        assert a.owned == {} and a.absent_since["db"] > first + 0.3  # waits again
+        a.absent_last["db"] -= 10 * a.period  # a gap of polls: it starts over too
+        await a.claim()
+        assert a.owned == {} and a.absent_since["db"] == a.absent_last["db"]
+    asyncio.run(go())

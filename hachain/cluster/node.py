@@ -62,6 +62,7 @@ class Node:
         self.owned: dict[str, int] = {}  # singleton -> fencing token (mod_revision)
         self.owners: dict[str, str] = {}  # singleton -> the node that holds it (not us)
         self.absent_since: dict[str, float] = {}  # singleton -> first seen without owner
+        self.absent_last: dict[str, float] = {}  # singleton -> last seen without owner
         self.error = ""
         self.since: dict[str, float] = {}  # singleton -> wall time we took it
         self.releasing: dict[str, float] = {}  # moving away: mono of the withdrawal's beat
@@ -210,6 +211,7 @@ class Node:
             now = time.monotonic()
             if got is not None:
                 self.absent_since.pop(name, None)
+                self.absent_last.pop(name, None)
                 self.last_token[name] = int(got.mod_revision)
                 holder = bytes(got.value).decode(errors="replace")
                 if holder == self.node and self.lease_id is not None and \
@@ -230,7 +232,13 @@ class Node:
             self.owned.pop(name, None)
             self.since.pop(name, None)
             self.owners.pop(name, None)
-            first = self.absent_since.setdefault(name, now)
+            # the wait counts from an absence seen by polls no more than two periods
+            # apart: after a gap (this layer stopped, etcd unreachable) it starts over
+            last = self.absent_last.get(name)
+            if last is None or now - last > 2 * self.period:
+                self.absent_since[name] = now
+            self.absent_last[name] = now
+            first = self.absent_since[name]
             if self.lease_id is None or self.t0 is None or \
                     now >= timing.start_until(self.t0, self.ttl, self.budget):
                 continue
@@ -292,6 +300,11 @@ class Node:
             await asyncio.wait_for(self.publish(), 2 * self.period)
             self.error = ""
         except Exception as e:  # noqa: BLE001 - any failure: try the next member
+            # An absence seen before losing contact proves nothing about the key now: it
+            # may have been taken and have expired again since (found by `hachain verify
+            # --cluster`): the takeover wait starts over from the next poll that sees it.
+            self.absent_since.clear()
+            self.absent_last.clear()
             why = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             if why != self.error:
                 log(f"etcd {self.endpoints[self.ep]}: {why}")
