@@ -119,6 +119,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_writes_never_tears_the_record(tmp_path: Any) -> None:
     """A reset mid-write, as SIGKILL at random moments of a writer that writes without
     pause: the record always parses, and its counter never goes backwards."""

@@ -14,6 +14,8 @@ from hachain import channels, client
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
 from tests.conftest import svc, wait_until
 
+pytestmark = pytest.mark.slow  # whole chains
+
 
 class Chain:
     def __init__(self, tmp: str, body: str, restart_delay: float = 0.3,

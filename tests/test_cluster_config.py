@@ -115,6 +115,7 @@ def test_timing_rule_worked_example() -> None:
                     timing.fence_at(t0, ttl) + w + m
 
 
+@pytest.mark.slow
 def test_check_prints_the_derived_times(tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "chain.toml")
     with open(path, "w") as f:

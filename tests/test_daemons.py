@@ -16,7 +16,7 @@ from hachain import channels
 from tests.conftest import wait_until
 from tests.helpers import daemons as D
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # real daemons and a benchmark
 
 
 @pytest.fixture(autouse=True)

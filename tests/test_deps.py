@@ -18,6 +18,7 @@ def _lines(path: str) -> list[str]:
         return []
 
 
+@pytest.mark.slow
 def test_dependent_of_oneshot_starts_only_once_it_is_done(restarter, tmp_path):
     """`prepare` works until the test lets it finish, then writes its marker and exits 0.
     `app` (requires) and `tail` (after only) must see the marker when they start, and
@@ -166,6 +167,7 @@ def _wait_new_pids(r, pids, names):
     wait_until(done, 20, f"{', '.join(names)} ready again with new pids")
 
 
+@pytest.mark.slow
 def test_restart_stops_dependents_first_and_starts_them_after(restarter, tmp_path):
     r, stamps, pids = _chain(restarter, tmp_path)
     assert r.req("restart", "base")["ok"]
@@ -176,6 +178,7 @@ def test_restart_stops_dependents_first_and_starts_them_after(restarter, tmp_pat
     assert r.svc("loose")["pid"] == pids["loose"]  # restart_dependents = false
 
 
+@pytest.mark.slow
 def test_crash_propagation_restarts_in_dependency_order(restarter, tmp_path):
     """base dies on its own: its dependents stop (leaves first) before it starts again."""
     import signal
@@ -188,6 +191,7 @@ def test_crash_propagation_restarts_in_dependency_order(restarter, tmp_path):
     assert r.svc("loose")["pid"] == pids["loose"]
 
 
+@pytest.mark.slow
 def test_stop_stops_dependents_first_and_they_wait(restarter, tmp_path):
     r, stamps, pids = _chain(restarter, tmp_path)
     assert r.req("stop", "base")["ok"]
@@ -231,6 +235,7 @@ def test_table_holds_a_stop_until_dependents_are_down():
     assert s.state is State.STARTING and states.Spawn("db") in acts
 
 
+@pytest.mark.slow
 def test_service_caught_mid_restart_is_adopted_ready(restarter):
     """The restarter dies while a ready = "none" service is stopping and wanted up again
     (its record says stopping, its process still runs): the next restarter adopts it as

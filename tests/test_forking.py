@@ -165,6 +165,7 @@ ready_timeout = 10
     assert st["pid"] == _read(rec)  # the master, not one of its 3 workers
 
 
+@pytest.mark.slow
 def test_launcher_failure_and_missing_pid_file(restarter: Any, tmp_path: Any) -> None:
     pf = str(tmp_path / "never.pid")
     r = restarter(f"""
@@ -191,6 +192,7 @@ stop_timeout = 1
                        == "", 5, f"{name}'s cgroup empty")
 
 
+@pytest.mark.slow
 def test_readoption_of_a_forking_service(restarter: Any, tmp_path: Any) -> None:
     pf = str(tmp_path / "d.pid")
     rec = str(tmp_path / "masters")
@@ -215,6 +217,7 @@ backoff = {{ initial = 0.1 }}
     assert len(open(rec).read().split()) == 2
 
 
+@pytest.mark.slow
 def test_readoption_while_the_launcher_runs(restarter: Any, tmp_path: Any) -> None:
     """The restarter dies while the launcher is still running: the next one adopts the
     launcher (its exit status then goes to init, not to us) and, once it has exited and

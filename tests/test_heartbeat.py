@@ -12,6 +12,8 @@ import multiprocessing
 import os
 import time
 
+import pytest
+
 from hachain import channels
 
 
@@ -69,6 +71,7 @@ def test_corrupt_record_reads_as_missing(tmp_path):
     assert hb is not None and hb.seq == 9
 
 
+@pytest.mark.slow
 def test_reads_racing_a_fast_writer_are_never_mixed(tmp_path):
     proc = multiprocessing.get_context("fork").Process(
         target=_beat_fast, args=(str(tmp_path), 3.0), daemon=True)

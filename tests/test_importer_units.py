@@ -39,6 +39,7 @@ def _check(path: str) -> tuple[int, str]:
 
 # --- timeouts --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option,keys", [
     ("TimeoutStopSec=0", ["stop_timeout"]),
     ("TimeoutStopSec=infinity", ["stop_timeout"]),
@@ -88,6 +89,7 @@ def test_supervisord_expansions_complete() -> None:
     config.parse(importer.to_toml(conv, ["s.conf"]))
 
 
+@pytest.mark.slow
 def test_supervisord_numprocs_without_process_num_is_refused(tmp_path: Any) -> None:
     p = tmp_path / "s.conf"
     p.write_text("[program:w]\ncommand=/bin/w\nnumprocs=2\n")
@@ -142,6 +144,7 @@ def test_masked_unit_says_so(tmp_path: Any) -> None:
     assert f"refused: {link}: the unit is masked (a link to /dev/null)" in r.stderr
 
 
+@pytest.mark.slow
 def test_exit_status_0_1_2(tmp_path: Any) -> None:
     clean = tmp_path / "clean.service"
     clean.write_text("[Service]\nExecStart=/bin/clean\nRestart=always\n")

@@ -178,6 +178,7 @@ def test_killed_child_is_restarted_with_count(launch: Callable[..., InitRun],
     assert f"{name} (pid {first['pid']}) killed by SIGKILL; restarting now" in run.stderr()
 
 
+@pytest.mark.slow
 def test_repeated_deaths_back_off_to_the_cap(launch: Callable[..., InitRun]) -> None:
     """A layer that keeps dying quickly: restarted at once, then after 0.1 s, 0.2 s, 0.4 s,
     ... never more than --restart-delay apart, and never given up."""
@@ -267,6 +268,7 @@ def test_orphans_come_back_and_are_reaped(launch: Callable[..., InitRun]) -> Non
 
 # --- 5: shutdown ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_stops_the_whole_tree(launch: Callable[..., InitRun]) -> None:
     run = launch("--ignore-term", "--orphan 60", "--stop-timeout", "1")
     run.wait_starts("restarter", 1)
@@ -371,6 +373,7 @@ def wait_ns_ready(run: InitRun) -> channels.Heartbeat:
     return hb
 
 
+@pytest.mark.slow
 def test_pid1_in_a_pid_namespace(ns_launch: Callable[..., tuple[InitRun, int]]) -> None:
     run, ns_init = ns_launch()
     hb = wait_ns_ready(run)
@@ -396,6 +399,7 @@ def test_pid1_in_a_pid_namespace(ns_launch: Callable[..., tuple[InitRun, int]]) 
     assert "fault hook: exiting with status 70" in run.stderr()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, seen_as", [(signal.SIGTERM, signal.SIGHUP),
                                           (signal.SIGUSR2, signal.SIGINT)],
                          ids=["SIGTERM-reboot", "SIGUSR2-poweroff"])

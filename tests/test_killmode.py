@@ -74,6 +74,7 @@ def _in_cgroup(r, pid: int) -> bool:
         return pid in [int(x) for x in f.read().split()]
 
 
+@pytest.mark.slow
 def test_process_mode_leftovers_survive_stop_and_restart_and_are_listed(restarter,
                                                                          tmp_path):
     r, notes = _service(restarter, tmp_path, "process")
@@ -111,6 +112,7 @@ def test_process_mode_crash_keeps_the_child_and_restarts(restarter, tmp_path):
         assert r.svc("d")["leftovers"] == [child1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, child_termed", [("cgroup", True), ("mixed", False)])
 @pytest.mark.parametrize("how", ["stop", "restart", "crash"])
 def test_cgroup_and_mixed_modes_end_the_child(restarter, tmp_path, mode, child_termed, how):
@@ -142,6 +144,7 @@ def test_cgroup_and_mixed_modes_end_the_child(restarter, tmp_path, mode, child_t
                 sorted([r.svc("d")["pid"], _children(notes)[1]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["cgroup", "mixed", "process"])
 def test_modes_without_cgroups_use_the_process_group(restarter, tmp_path, mode):
     """The process-group fallback: "cgroup" signals the group, "mixed" the main process

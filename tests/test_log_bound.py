@@ -22,6 +22,8 @@ from hachain.logger import wire
 from hachain.restarter.logpipe import RESTART_DELAY, STUCK_BEATS
 from tests.conftest import PY, RestarterRun, wait_until
 
+pytestmark = pytest.mark.slow  # log floods
+
 MAX, KEEP = 16384, 2
 BOUND = MAX * (KEEP + 1)
 LINE = re.compile(rb"([0-9]{9}) \.+")

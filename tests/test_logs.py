@@ -80,6 +80,7 @@ def test_real_rotation_loses_nothing_written_between_rotations(tmp_path: Any) ->
         assert data.endswith(b"\n") and len(data) <= 1024
 
 
+@pytest.mark.slow
 def test_cli_tail_and_errors(tmp_path: Any) -> None:
     persist = tmp_path / "persist"
     (persist / "log").mkdir(parents=True)

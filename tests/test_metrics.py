@@ -327,6 +327,7 @@ def test_build_info_and_boot_counts_from_the_boot_record(chain_dirs: Any) -> Non
     assert m[("hachain_boot_unclean_in_a_row", ())] == 1  # the boot after the shutdown
 
 
+@pytest.mark.slow
 def test_sigstopped_restarter_keeps_its_service_series_with_a_growing_age(
         restarter: Callable[..., RestarterRun]) -> None:
     """The real restarter, SIGSTOPped: status sees it hung and does not ask it; the

@@ -20,6 +20,8 @@ from hachain import channels, client
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
 from tests.conftest import svc, wait_until
 
+pytestmark = pytest.mark.slow  # whole chains
+
 HEARTBEAT = 0.2  # [chain] heartbeat_interval: the restarter looks for init once per beat
 HB_TIMEOUT = 3.0  # [watchdog] heartbeat_timeout: the bound for an orphaned layer to exit
 

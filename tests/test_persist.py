@@ -213,6 +213,7 @@ def starts(path: Any) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+@pytest.mark.slow
 def test_writes_wait_in_the_queue_when_the_reserve_is_gone_and_are_made_later(
         tmp_path: Any, small_disk: SmallDisk) -> None:
     rec_a, rec_b = tmp_path / "starts-a", tmp_path / "starts-b"

@@ -17,6 +17,8 @@ from hachain import channels
 from tests.conftest import wait_until
 from tests.test_tickler import GRACE, HB_TIMEOUT, PET, ForgedLayers, Rig
 
+pytestmark = pytest.mark.slow  # waits of watchdog timeouts
+
 
 @pytest.fixture
 def rig(tmp_path: Any) -> Any:

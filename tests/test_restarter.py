@@ -14,6 +14,7 @@ from hachain import channels, client
 from tests.conftest import svc, wait_until
 
 
+@pytest.mark.slow
 def test_crash_is_restarted_after_backoff(restarter):
     r = restarter(f"""
 [service.a]
@@ -31,6 +32,7 @@ backoff = {{ initial = 0.3, factor = 2.0, max = 5 }}
     assert s["last_exit"]["text"] == "killed by SIGKILL"
 
 
+@pytest.mark.slow
 def test_intensity_exceeded_goes_to_maintenance_and_clear_restarts(restarter):
     r = restarter(f"""
 [service.flap]
@@ -127,6 +129,7 @@ intensity = {{ max_restarts = 1, window = 60 }}
     r.wait_state("a", "ready")
 
 
+@pytest.mark.slow
 def test_readoption_keeps_pids_and_starts_no_duplicate(restarter, tmp_path):
     rec = tmp_path / "starts"
     body = "".join(f"""
@@ -210,6 +213,7 @@ command = {svc("sleep")}
     assert r.svc("a")["pid"] == pid and r.svc("a")["state"] == "ready"
 
 
+@pytest.mark.slow
 def test_second_restarter_refuses_to_start(restarter):
     import subprocess
     import sys
@@ -286,6 +290,7 @@ ready = "notify"
     assert s["status_text"] == "from systemd-notify"
 
 
+@pytest.mark.slow
 def test_cli_status_json_and_control(restarter):
     import json
     import subprocess
@@ -432,6 +437,7 @@ command = {svc("sleep")}
     r.wait_state("b", "ready")
 
 
+@pytest.mark.slow
 def test_corrupt_state_files_are_set_aside(restarter):
     r = restarter(f"""
 [service.a]
@@ -717,6 +723,7 @@ command = {svc("sleep")}
     assert channels.pid_alive(pid) and a.svc("web")["pid"] == pid
 
 
+@pytest.mark.slow
 def test_decaying_intensity_on_real_processes(restarter):
     """Issue 15.5: a service that runs 1 s (its own sleep, not the host's speed) before
     each crash, with decay = 0.5 s: every second of uptime takes 2 off the count, so it

@@ -17,6 +17,8 @@ import pytest
 
 from hachain import channels
 
+pytestmark = pytest.mark.slow  # a whole chain on a full tmpfs
+
 
 @pytest.fixture
 def tiny_run(tmp_path: Any) -> Iterator[str]:

@@ -22,6 +22,7 @@ def _reason(r, name: str, state: str) -> str:
     return r.wait_state(name, state, 15)["reason"]
 
 
+@pytest.mark.slow
 def test_each_setting_is_named_and_never_retried_with_restart_never(restarter):
     r = restarter(f"""
 [service.nocwd]
@@ -88,6 +89,7 @@ intensity = {{ max_restarts = 2, window = 60, action = "maintenance" }}
     assert all(line.endswith("; retrying per restart policy in 0.2 s") for line in said[:2])
 
 
+@pytest.mark.slow
 def test_dependents_of_a_service_that_cannot_start_say_why(restarter):
     r = restarter(f"""
 [service.prepare]

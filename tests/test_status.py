@@ -191,6 +191,7 @@ def chain(tmp_path: Any) -> Iterator[Any]:
         c.close()
 
 
+@pytest.mark.slow
 def test_status_of_a_real_chain(chain: Any, capsys: Any) -> None:
     c = chain(f"""
 [service.db]

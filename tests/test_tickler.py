@@ -138,6 +138,7 @@ def rig(tmp_path: Any) -> Iterator[Rig]:
         r.close()
 
 
+@pytest.mark.slow
 def test_fresh_chain_is_petted_and_never_expires(rig: Rig) -> None:
     with ForgedLayers(rig.state_dir, rig.sleeper.pid):
         rig.start_tickler()
@@ -157,6 +158,7 @@ def test_fresh_chain_is_petted_and_never_expires(rig: Rig) -> None:
         assert 0 < hb.extra["timeleft"] <= TIMEOUT
 
 
+@pytest.mark.slow
 def test_dead_restarter_gets_the_grace_then_fails_the_gate(rig: Rig) -> None:
     """The tickler learns of the restarter's death through a pidfd: past
     heartbeat_timeout it still passes (init is restarting a dead layer), and only past
@@ -185,6 +187,7 @@ def test_dead_restarter_gets_the_grace_then_fails_the_gate(rig: Rig) -> None:
         victim.wait(5)
 
 
+@pytest.mark.slow
 def test_hung_restarter_stops_petting_and_the_watchdog_fires(rig: Rig) -> None:
     with ForgedLayers(rig.state_dir, rig.sleeper.pid) as layers:
         rig.start_tickler()
@@ -205,6 +208,7 @@ def test_hung_restarter_stops_petting_and_the_watchdog_fires(rig: Rig) -> None:
     assert "health gate FAILED, not petting: restarter heartbeat stale" in rig.log_text()
 
 
+@pytest.mark.slow
 def test_critical_service_down_stops_petting(rig: Rig) -> None:
     with ForgedLayers(rig.state_dir, rig.sleeper.pid) as layers:
         rig.start_tickler()
@@ -219,6 +223,7 @@ def test_critical_service_down_stops_petting(rig: Rig) -> None:
         assert rig.expired.wait(TIMEOUT + 2)
 
 
+@pytest.mark.slow
 def test_sigterm_disarms_with_magic_close(rig: Rig) -> None:
     with ForgedLayers(rig.state_dir, rig.sleeper.pid):
         p = rig.start_tickler()
@@ -232,6 +237,7 @@ def test_sigterm_disarms_with_magic_close(rig: Rig) -> None:
     assert rig.server.expirations == 0
 
 
+@pytest.mark.slow
 def test_killed_tickler_leaves_it_armed_and_a_new_one_takes_over(rig: Rig) -> None:
     with ForgedLayers(rig.state_dir, rig.sleeper.pid):
         p = rig.start_tickler()
@@ -278,6 +284,7 @@ def test_unopenable_device_exits_nonzero_with_a_clear_message(tmp_path: Any) -> 
         r.close()
 
 
+@pytest.mark.slow
 def test_device_none_still_publishes_the_gate(tmp_path: Any) -> None:
     r = Rig(str(tmp_path), device="none")
     try:

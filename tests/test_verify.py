@@ -212,6 +212,7 @@ def _write(tmp_path, body: str) -> str:
     return str(p)
 
 
+@pytest.mark.slow
 def test_verify_config_models_the_users_services(tmp_path, capsys) -> None:
     path = _write(tmp_path, """
 [service.db]

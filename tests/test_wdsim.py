@@ -290,6 +290,7 @@ def server(short_dir: str) -> Iterator[tuple[WatchdogServer, Events]]:
     assert not os.path.exists(srv.socket_path)
     assert not srv.callback_errors
 
+@pytest.mark.slow
 def test_keepalive_keeps_it_alive_past_the_timeout(server: tuple[WatchdogServer, Events]) -> None:
     srv, events = server
     wd = Watchdog(SimTransport(srv.socket_path), "sim")
