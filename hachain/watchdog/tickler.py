@@ -19,10 +19,11 @@ A separate process, started (and blindly restarted) by init. What it owns:
   one came later than half the margin (timeout - pet_interval);
 - its own heartbeat, `hb/tickler.json`.
 
-The pet loop never waits on a file: each gated layer's heartbeat is read by a thread of
-its own, and a read that does not answer within `read_deadline` fails the gate (a FIFO in
-place of the file, a hung FUSE or NFS mount under state_dir); a read still hanging is not
-asked again until it returns. Durable writes (fsync) go through a writer thread.
+The pet loop never waits on a file: the gated layers' heartbeats are read by a thread of
+their own, and a round of reads that does not answer within `read_deadline` fails the
+gate (a FIFO in place of the file, a hung FUSE or NFS mount under state_dir); a round
+still hanging is not asked again until it returns. Durable writes (fsync) go through a
+writer thread.
 
 What it must not do: pet when the gate fails; keep running without petting because the
 device is broken (it exits non-zero, and init restarts it; a silent non-petting tickler
@@ -74,6 +75,7 @@ PROG = "hachain-tickler"
 LAST_BOOT = channels.LAST_BOOT  # in persist_dir; written by the tickler once per boot
 READ_DEADLINE_MAX = 0.5  # a heartbeat read slower than this (or margin / 4) fails the gate
 RECORD_DEADLINE = 5.0  # the boot record at start, before the device is armed
+PET_EARLY = 0.01  # a pet due this soon after a tick goes out in that tick
 RT_PRIORITY = 50  # SCHED_FIFO priority: above ordinary services, below kernel threads
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -108,32 +110,52 @@ def bounded(fn: Callable[[], Any], deadline: float, name: str) -> tuple[bool, An
 
 
 class Reader:
-    """Reads one layer's heartbeat on request in a thread of its own, so a read that hangs
-    holds up that thread only. The loop asks (`wanted`), the thread answers (`done` + 1,
-    `result`); `busy_since` is set while a read is under way."""
+    """Reads the gated layers' heartbeats on request, in a thread of its own, so a read
+    that hangs holds up that thread only. One thread for all of them: one stuck read
+    fails the gate anyway, and a tick then costs two wake-ups, not four.
 
-    def __init__(self, state_dir: str, layer: str, cv: threading.Condition) -> None:
+    `ask()` starts a round unless one is still under way; `wait(timeout)` returns the
+    round's heartbeats, or None when it did not answer in time. `busy_since` is when the
+    round under way started, `layer` the file it is reading. The hand-over is two plain
+    locks used as one-shot signals (C-level, no Condition objects per wait): `go` is
+    released by the loop to start a round, `done` by the thread when it finished."""
+
+    def __init__(self, state_dir: str, layers: tuple[str, ...]) -> None:
         self.state_dir = state_dir
-        self.layer = layer
-        self.cv = cv
-        self.wanted = False
+        self.layers = layers
+        self.go = threading.Lock()
+        self.done = threading.Lock()
+        self.go.acquire()
+        self.done.acquire()
         self.busy_since: float | None = None
-        self.result: channels.Heartbeat | None = None
-        self.done = 0
-        threading.Thread(target=self.run, name=f"read-{layer}", daemon=True).start()
+        self.layer = ""
+        self.result: dict[str, channels.Heartbeat | None] = {}
+        threading.Thread(target=self.run, name="read-heartbeats", daemon=True).start()
+
+    def ask(self) -> bool:
+        """Start a round; False when the last one has not answered yet (nothing asked)."""
+        if self.busy_since is not None:
+            return False
+        self.done.acquire(blocking=False)  # a round that answered after its deadline
+        self.busy_since = time.monotonic()
+        self.go.release()
+        return True
+
+    def wait(self, timeout: float) -> dict[str, channels.Heartbeat | None] | None:
+        if not self.done.acquire(timeout=timeout):
+            return None
+        return self.result
 
     def run(self) -> None:
         while True:
-            with self.cv:
-                self.cv.wait_for(lambda: self.wanted)
-                self.wanted = False
-                self.busy_since = time.monotonic()
-            hb = channels.read_heartbeat(self.state_dir, self.layer)  # may block for ever
-            with self.cv:
-                self.result = hb
-                self.busy_since = None
-                self.done += 1
-                self.cv.notify_all()
+            self.go.acquire()
+            out: dict[str, channels.Heartbeat | None] = {}
+            for layer in self.layers:
+                self.layer = layer
+                out[layer] = channels.read_heartbeat(self.state_dir, layer)  # may hang
+            self.result = out
+            self.busy_since = None
+            self.done.release()
 
 
 class RecordWriter:
@@ -227,9 +249,8 @@ class Tickler:
         self.dead: set[int] = set()
         margin = max(0.0, self.wdc.timeout - self.wdc.pet_interval)
         self.read_deadline = max(0.01, min(READ_DEADLINE_MAX, margin / 4))
-        self.cv = threading.Condition()
-        self.readers = {layer: Reader(self.state_dir, layer, self.cv)
-                        for layer in health.GATED_LAYERS + (("cluster",) if cfg.cluster else ())}
+        self.reader = Reader(self.state_dir, health.GATED_LAYERS + (
+            ("cluster",) if cfg.cluster else ()))
         self.last_hbs: dict[str, channels.Heartbeat | None] = {}
         self.restarter_extra: dict[str, Any] = {}
         self.records = RecordWriter()
@@ -356,30 +377,20 @@ class Tickler:
     def observe(self) -> tuple[dict[str, channels.Heartbeat | None], dict[str, bool],
                                list[str]]:
         """The gated layers' heartbeats, whether the processes that wrote them live, and
-        one reason per heartbeat read that did not answer within `read_deadline` (then
-        the last heartbeat read stands in for it)."""
-        asked: dict[str, int] = {}
-        with self.cv:
-            for layer, r in self.readers.items():
-                if r.busy_since is None and not r.wanted:
-                    r.wanted = True
-                    asked[layer] = r.done + 1
-            if asked:
-                self.cv.notify_all()
-                self.cv.wait_for(lambda: all(self.readers[la].done >= n
-                                             for la, n in asked.items()), self.read_deadline)
-            answered = {la: self.readers[la].result for la, n in asked.items()
-                        if self.readers[la].done >= n}
-            busy = {la: r.busy_since for la, r in self.readers.items() if la not in answered}
-        self.last_hbs.update(answered)
+        a reason when the heartbeat reads did not answer within `read_deadline` (then the
+        last heartbeats read stand in for them)."""
+        r = self.reader
         late = []
-        now = time.monotonic()
-        for layer, since in busy.items():
-            waited = f" (waiting {now - since:.1f} s)" if since is not None else ""
-            late.append(f"{layer} heartbeat read did not answer within "
+        got = r.wait(self.read_deadline) if r.ask() else None
+        if got is not None:
+            self.last_hbs.update(got)
+        else:
+            since = r.busy_since
+            waited = f" (waiting {time.monotonic() - since:.1f} s)" if since is not None else ""
+            late.append(f"{r.layer} heartbeat read did not answer within "
                         f"{self.read_deadline:g} s{waited}: "
-                        f"{channels.heartbeat_path(self.state_dir, layer)}")
-        hbs = {layer: self.last_hbs.get(layer) for layer in self.readers}
+                        f"{channels.heartbeat_path(self.state_dir, r.layer)}")
+        hbs = {layer: self.last_hbs.get(layer) for layer in r.layers}
         alive = {layer: hb is not None and self.alive(layer, hb.pid)
                  for layer, hb in hbs.items()}
         return hbs, alive, late
@@ -454,8 +465,8 @@ class Tickler:
                 self.sd_ready = sdnotify.notify("READY=1\nSTATUS=chain healthy")
             else:
                 sdnotify.notify("WATCHDOG=1")
-            if self.wd is not None and now >= self.next_pet:
-                self.pet()
+            if self.wd is not None and now + PET_EARLY >= self.next_pet:
+                self.pet(now)
         else:
             self.pet_due = None  # no pet is owed while the gate fails
             if not self.failing:
@@ -465,7 +476,7 @@ class Tickler:
                 self.record_end()  # more critical services failing: blame them too
         self.beat()
 
-    def pet(self) -> None:
+    def pet(self, now: float) -> None:
         """Keepalive, and the timing: the interval since the last pet, and how late this
         one came against its schedule (a warning beyond half the margin)."""
         assert self.wd is not None
@@ -482,7 +493,11 @@ class Tickler:
                     f" s, pet_interval {self.wdc.pet_interval:g} s); warning above "
                     f"{self.late_warn:g} s, half the margin before the watchdog fires")
         self.last_pet = t
-        self.pet_due = self.next_pet = t + self.wdc.pet_interval
+        # The next one by plan, not by when this one went out, so pets stay on the ticks'
+        # grid when pet_interval is a multiple of the tick (one wake-up, not two). A pet
+        # a whole interval late starts the plan again from now.
+        planned = (self.pet_due if self.pet_due is not None else now) + self.wdc.pet_interval
+        self.pet_due = self.next_pet = planned if planned > now else now + self.wdc.pet_interval
 
     def failed_critical(self) -> set[str]:
         """The critical services the restarter reports not ok (from its last heartbeat)."""
@@ -549,11 +564,11 @@ class Tickler:
         next_tick = time.monotonic()
         while not self.stop_requested:
             now = time.monotonic()
-            pet_owed = self.wd is not None and self.gate.ok and now >= self.next_pet
-            if now >= next_tick or pet_owed:
+            if now >= next_tick:
                 self.tick(now)
-                if now >= next_tick:
-                    next_tick = max(next_tick + period, now)
+                next_tick = max(next_tick + period, now)
+            elif self.wd is not None and self.gate.ok and now + PET_EARLY >= self.next_pet:
+                self.pet(now)  # due between ticks: on the last tick's verdict (<= a tick old)
             wake = next_tick
             if self.wd is not None and self.gate.ok:
                 wake = min(wake, self.next_pet)  # a pet is not kept waiting for a tick

@@ -1,0 +1,123 @@
+"""The reboot-loop breaker on a real kernel under QEMU with the emulated i6300esb.
+
+A critical service that never gets ready fails the gate on every boot; the tickler stops
+petting and the i6300esb resets the guest. After `boot_loop.resets` such resets the next
+boot comes up in rescue: the service is held in maintenance, the gate passes, the real
+device is petted and the guest stays up. The boot record on the persistent share tells
+the story. About three minutes on two idle cores (four guest boots under TCG).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hachain.simulators.qemu.chain import (
+    CARDRESET,
+    DEVICE,
+    PERSIST_DIR,
+    STATE_DIR,
+    ChainSettings,
+    ChainVM,
+    chain_config,
+)
+
+pytestmark = pytest.mark.qemu
+
+RESETS = 2
+READY_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class LoopSettings(ChainSettings):
+    """The shared chain settings, with a critical service that can never get ready."""
+
+    def services(self, python: str) -> dict[str, dict[str, Any]]:
+        return {
+            "disk": {"command": [python, "-c", "import time; time.sleep(86400)"],
+                     "ready": "notify", "ready_timeout": READY_TIMEOUT, "critical": True,
+                     "intensity": {"max_restarts": 1, "window": 600,
+                                   "action": "maintenance"}},
+            "sleeper": {"command": ["/bin/sleep", "86403"]},
+        }
+
+
+def loop_config(settings: ChainSettings, python: str) -> str:
+    """chain_config's text with `[chain] boot_loop`."""
+    return chain_config(settings, python).replace(
+        "[chain]\n", f"[chain]\nboot_loop = {{ resets = {RESETS}, window = 900, "
+        "action = \"rescue\" }\n", 1)
+
+
+@pytest.fixture
+def loop_vm(qemu_available: None, tmp_path: Path) -> Iterator[ChainVM]:
+    settings = LoopSettings()
+    cvm = ChainVM(tmp_path / "vm", settings)
+    cvm.config_path = cvm.vm.put_file("chain.toml", loop_config(settings, cvm.python))
+    try:
+        yield cvm
+    finally:
+        pid = cvm.vm.pid
+        cvm.close()
+        if pid is not None:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+
+def guest_status(cvm: ChainVM) -> dict[str, Any] | None:
+    try:
+        return cvm.status(timeout=40)
+    except Exception:  # noqa: BLE001 - the guest may be resetting under the probe
+        return None
+
+
+@pytest.mark.timeout(900)
+def test_a_critical_service_failing_on_every_boot_ends_in_rescue(loop_vm: ChainVM) -> None:
+    cvm, s = loop_vm, loop_vm.settings
+    # One looping boot: the guest boots and the layers start (TCG: up to ~20 s), the
+    # service fails its readiness twice, the gate fails, the i6300esb fires after about
+    # twice its heartbeat (= timeout), QEMU resets the guest.
+    per_boot = 45 + 2 * READY_TIMEOUT + s.heartbeat_timeout + s.pet_interval + 2 * s.timeout + 15
+    t0 = time.monotonic()
+    cvm._start_qemu()
+    for n in range(1, RESETS + 2):
+        cvm.vm.wait_boot(n, timeout=per_boot * n - (time.monotonic() - t0))
+        print(f"boot {n} at {time.monotonic() - t0:.1f} s", flush=True)
+    looped = time.monotonic() - t0
+    watchdog_fired = sum(e.name == "WATCHDOG" for e in cvm.vm.events)
+    assert watchdog_fired >= RESETS, [e.name for e in cvm.vm.events]
+    cvm.vm.wait_agent(60)
+    deadline = time.monotonic() + per_boot
+    st = None
+    while time.monotonic() < deadline:
+        st = guest_status(cvm)
+        if st and st["services"].get("disk", {}).get("state") == "maintenance" and \
+                st["chain"]["watchdog"].get("petting"):
+            break
+        time.sleep(1)
+    assert st is not None, "no status from the rescue boot"
+    print(f"hachain-qemu-bootloop: {RESETS} resets in {looped:.1f} s, rescue on boot "
+          f"{cvm.vm.boot_count}")
+    assert st["services"]["disk"]["reason"].startswith("rescue: boot loop"), st["services"]
+    assert st["services"]["sleeper"]["state"] == "ready"
+    wd = st["chain"]["watchdog"]
+    assert wd["device"] == DEVICE and wd["armed"] and wd["petting"] and wd["gate"]["ok"]
+    boot = st["chain"]["boot"]
+    assert boot["held"] == ["disk"] and boot["unclean_before"] == RESETS
+    assert boot["current"]["bootstatus"] == CARDRESET  # the i6300esb did the last reset
+    assert [b["reason"] for b in boot["history"][:RESETS]] == ["gate-failure"] * RESETS
+    # It stays up: more than two whole watchdog periods, no new reset, still petting.
+    boots = cvm.vm.boot_count
+    time.sleep(2 * s.timeout + 2)
+    assert cvm.vm.boot_count == boots
+    assert sum(e.name == "WATCHDOG" for e in cvm.vm.events) == watchdog_fired
+    rc, out = cvm.vm.run([cvm.python, "-m", "hachain.cli", "status", "--state-dir",
+                          STATE_DIR, "--persist-dir", PERSIST_DIR], timeout=40)
+    assert f"boot #{RESETS + 1}: RESCUE (boot loop): holding disk" in out, out
+    assert "(the watchdog reset it)" in out
