@@ -41,6 +41,9 @@ Metrics (every name starts with `hachain_`):
   watchdog_armed / watchdog_petting
   watchdog_pets_total            keepalives sent by the current tickler process
   watchdog_timeout_seconds / watchdog_timeleft_seconds (absent when the driver cannot tell)
+  watchdog_pet_late_worst_seconds  the latest a pet came against its schedule, since boot
+  watchdog_pet_late_warnings     pets since boot later than half the margin
+                                 (timeout - pet_interval): each one also a log line
   last_boot_watchdog_reset       1 when the previous boot ended in a watchdog reset
   last_boot_info{cause}          1, labelled with the recorded cause
   boots_total                    boots this machine's boot record has counted
@@ -241,10 +244,16 @@ class ChainCollector:
                                    "tickler process")
         pets.add_metric([], _num(wd.get("pets")) or 0.0)
         yield pets
+        raw_pt = wd.get("pet_timing")
+        pt: dict[str, Any] = raw_pt if isinstance(raw_pt, dict) else {}
         for name, key, doc in (("timeout_seconds", "timeout", "the device's timeout"),
                                ("timeleft_seconds", "timeleft", ("time left before the device "
-                                "resets the machine"))):
-            v = _num(wd.get(key))
+                                "resets the machine")),
+                               ("pet_late_worst_seconds", "pet_late_worst", "the latest a pet "
+                                "came against its schedule, since boot"),
+                               ("pet_late_warnings", "pet_late_warnings", "pets since boot "
+                                "later than half the margin (timeout - pet_interval)")):
+            v = _num(wd.get(key) if key in ("timeout", "timeleft") else pt.get(key))
             if v is not None:
                 m = GaugeMetricFamily(f"hachain_watchdog_{name}", doc)
                 m.add_metric([], v)

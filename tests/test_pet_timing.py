@@ -110,3 +110,26 @@ def test_late_pets_are_warned_and_the_worst_shows_in_status(tmp_path: Any) -> No
             assert h2.extra["pet_late_worst"] == hb.extra["pet_late_worst"]
     finally:
         r.close()
+
+
+def test_pet_lateness_is_a_metric(tmp_path: Any) -> None:
+    """The tickler's pet timing reaches `hachain metrics` (gauges since boot)."""
+    pytest.importorskip("prometheus_client", reason="the metrics extra is not installed "
+                        "(bash scripts/setup.sh --test installs it)")
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hachain import metrics
+
+    def gather(_state: str, _persist: str) -> dict[str, Any]:
+        return {"chain": {"layers": {}, "watchdog": {
+            "device": "sim", "gate": {"ok": True}, "armed": True, "petting": True,
+            "pets": 9, "timeout": 3, "timeleft": 2,
+            "pet_timing": {"pet_late_worst": 1.5, "pet_late_warnings": 1}}},
+            "services": {}}
+
+    reg = metrics.make_registry(str(tmp_path / "run"), str(tmp_path / "persist"), gather)
+    got = {s.name: s.value for fam in text_string_to_metric_families(
+        generate_latest(reg).decode()) for s in fam.samples}
+    assert got["hachain_watchdog_pet_late_worst_seconds"] == 1.5
+    assert got["hachain_watchdog_pet_late_warnings"] == 1
