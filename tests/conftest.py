@@ -162,6 +162,18 @@ def restarter(tmp_path: Any) -> Iterator[Callable[..., RestarterRun]]:
         r.cleanup()
 
 
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """The lanes of scripts/test.sh split on the `qemu` and `slow` markers: a test that
+    boots a kernel (it asks for `qemu_available`) without the `qemu` marker would run in
+    the fast lane, so it is refused here, before anything runs."""
+    bad = [i.nodeid for i in items
+           if "qemu_available" in getattr(i, "fixturenames", ())
+           and i.get_closest_marker("qemu") is None]
+    if bad:
+        raise pytest.UsageError("tests that boot QEMU must be marked @pytest.mark.qemu: "
+                                + ", ".join(bad))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
     """In CI (CI=true) a skipped test is a failure: CI has root, cgroup v2, namespaces and

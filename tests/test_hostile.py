@@ -90,6 +90,7 @@ command = {svc("sleep")}
     assert r.wait_state("keep", "ready")["pid"] in (pid, r.svc("keep")["pid"])
 
 
+@pytest.mark.slow
 def test_slow_client_does_not_block_others(restarter):
     r = restarter(f"""
 [service.a]
@@ -213,6 +214,7 @@ command = {svc("sleep")}
     assert r.svc("a")["state"] == "stopped"
 
 
+@pytest.mark.slow
 def test_status_keeps_answering_while_200_services_crash_loop(restarter):
     body = "".join(f"""
 [service.c{i}]
@@ -234,6 +236,7 @@ intensity = {{ max_restarts = 1000000, window = 1, action = "ignore" }}
           f"ms, p99 {lat[int(len(lat) * 0.99)] * 1e3:.1f} ms over {len(lat)} requests")
 
 
+@pytest.mark.slow
 def test_chain_under_a_1000_service_crash_loop(tmp_path):
     """The whole chain (init, restarter, tickler petting the software watchdog) while 1000
     services crash-loop: status keeps answering and the watchdog never expires."""
@@ -299,6 +302,7 @@ intensity = {{ max_restarts = 1000000, window = 1, action = "ignore" }}
             remove_cgroup_tree(cg)
 
 
+@pytest.mark.slow
 def test_pids_max_applied_or_clearly_unavailable(restarter):
     r = restarter(f"""
 [service.capped]

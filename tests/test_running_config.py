@@ -147,6 +147,7 @@ def test_typo_on_disk_then_layer_kills_keep_supervising(chain, tmp_path: Path) -
     assert _status(c)["chain"]["config"]["disk"] == "same"
 
 
+@pytest.mark.slow
 def test_boot_with_broken_file_runs_last_known_good(chain, tmp_path: Path) -> None:  # noqa: F811
     """The issue's item 2: stop the chain, break its file, start it again: it runs the
     last-known-good snapshot, says so in one line, and status says why."""
