@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hachain import channels
-from tests.conftest import wait_until
+from tests.conftest import svc, wait_until
 from tests.test_tickler import GRACE, HB_TIMEOUT, PET, ForgedLayers, Rig
 
 pytestmark = pytest.mark.slow  # waits of watchdog timeouts
@@ -133,3 +133,41 @@ def test_pet_lateness_is_a_metric(tmp_path: Any) -> None:
         generate_latest(reg).decode()) for s in fam.samples}
     assert got["hachain_watchdog_pet_late_worst_seconds"] == 1.5
     assert got["hachain_watchdog_pet_late_warnings"] == 1
+
+
+def test_a_health_check_blocked_on_a_fifo_fails_by_its_timeout_and_never_stalls_the_loop(
+        restarter: Any, tmp_path: Any) -> None:
+    """The restarter side of the same rule: an exec health check of a critical service
+    that blocks for ever (reading a FIFO nobody writes) fails by its own timeout, the
+    service goes to maintenance, and the restarter's loop lag (which gates the watchdog)
+    stays small all along."""
+    fifo = str(tmp_path / "stuck.fifo")
+    os.mkfifo(fifo)
+    timeout, failures, interval = 0.5, 2, 0.2
+    r = restarter(f"""
+[service.db]
+command = {svc("sleep")}
+critical = true
+health = {{ kind = "exec", command = ["/bin/cat", "{fifo}"], interval = {interval}, timeout = {timeout}, failures = {failures} }}
+intensity = {{ max_restarts = 0, window = 60, action = "maintenance" }}
+""")
+    r.wait_state("db", "ready")
+    t0 = time.monotonic()
+    lags = []
+
+    def critical_failed() -> Any:
+        hb = channels.read_heartbeat(r.state_dir, "restarter")
+        if hb is None:
+            return None
+        lags.append(hb.extra.get("lag", 0.0))
+        crit = hb.extra.get("critical", {}).get("db", {})
+        return crit.get("ok") is False and crit
+    crit = wait_until(critical_failed, failures * (interval + timeout) + 10,
+                      "the critical service to fail its health checks")
+    took = time.monotonic() - t0
+    assert took >= failures * timeout, took  # not before the checks' own deadlines
+    assert crit["state"] == "maintenance"
+    assert max(lags) < 0.5, lags  # the loop never waited on the blocked check
+    assert "timed out" in r.svc("db")["health"]["last"]
+    print(f"health check on a FIFO -> critical not ok in {took:.2f} s "
+          f"(timeout {timeout:g} s x {failures}); worst loop lag {max(lags):.3f} s")
