@@ -171,135 +171,9 @@ def convergence_bound(kind: str, s: CampaignSettings) -> float:
     }[kind]
 
 
-# Runs in the guest as `python -c CAMPAIGN_PROBE SPEC_JSON`; prints one JSON object.
-# spec: services [names], heartbeat_timeout, timeout, settle, poll, wait (bool),
-#       fault (optional): {index, kind, target, signal (number) | sysrq (letter)}.
-CAMPAIGN_PROBE = r'''
-import json, os, sys, time
-from hachain.status import chain_problems, gather_status
-
-spec = json.loads(sys.argv[1])
-names = spec["services"]
-key = b"HACHAIN_SERVICE="
-
-def service_mains():
-    """name -> pids of its main processes (HACHAIN_SERVICE=name, parent not of it)."""
-    owner, parent = {}, {}
-    for e in os.listdir("/proc"):
-        if not e.isdigit():
-            continue
-        try:
-            with open(f"/proc/{e}/stat", "rb") as f:
-                stat = f.read()
-            fields = stat[stat.rindex(b")") + 2:].split()
-            if fields[0] == b"Z":
-                continue
-            with open(f"/proc/{e}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        for var in env:
-            if var.startswith(key):
-                owner[int(e)] = var[len(key):].decode(errors="replace")
-                parent[int(e)] = int(fields[1])
-                break
-    mains = {n: [] for n in names}
-    for pid, name in owner.items():
-        if owner.get(parent[pid]) != name:
-            mains.setdefault(name, []).append(pid)
-    return {n: sorted(p) for n, p in mains.items()}
-
-def problems(st, mains):
-    why = chain_problems(st, spec["heartbeat_timeout"], names)
-    svcs = st["services"]
-    for name in names:
-        s = svcs.get(name, {})
-        got = mains.get(name, [])
-        if len(got) != 1:
-            why.append(f"{name}: {len(got)} main processes {got} (expected exactly one)")
-        elif s.get("pid") != got[0]:
-            why.append(f"{name}: main process {got[0]}, restarter reports {s.get('pid')}")
-    for name in sorted(set(mains) - set(names)):
-        if mains[name]:
-            why.append(f"unknown service {name}: processes {mains[name]}")
-    return why
-
-def target_pid(st, target):
-    if target in ("init", "kernel", "clock"):
-        return 1
-    if target in st["chain"]["layers"]:
-        return st["chain"]["layers"][target].get("pid")
-    return st["services"].get(target, {}).get("pid")
-
-out = {"fault": None}
-fault = spec.get("fault")
-old = None
-if fault:
-    st0 = gather_status(spec["state_dir"], spec["persist_dir"])
-    old = target_pid(st0, fault["target"])
-    out["fault"] = {"pid": old}
-    if old is None:
-        out["error"] = f"{fault['target']}: no pid to signal"
-        print(json.dumps(out))
-        sys.exit(3)
-    line = f"\n{spec['marker']} {fault['index']} {fault['kind']} {fault['target']} pid {old}\n"
-    sys.stdout.flush()
-    try:  # dates the fault on the host's clock; it survives a reset
-        fd = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)
-        os.write(fd, line.encode())
-        os.close(fd)
-    except OSError:
-        pass
-    start = time.monotonic()
-    if fault.get("sysrq"):
-        with open("/proc/sysrq-trigger", "w") as f:
-            f.write(fault["sysrq"])
-    elif fault.get("clock_step"):
-        # the guest's own wall clock (the host's is never touched)
-        time.clock_settime(time.CLOCK_REALTIME, time.time() + float(fault["clock_step"]))
-    else:
-        os.kill(old, int(fault["signal"]))
-else:
-    start = time.monotonic()
-if not spec.get("wait", True):
-    print(json.dumps(out))
-    sys.exit(0)
-detect = 0.0 if not fault or fault.get("clock_step") else None  # a clock step has no victim
-first_ok = None
-converged = None
-why = ["not sampled"]
-polls = 0
-while True:
-    st = gather_status(spec["state_dir"], spec["persist_dir"])
-    mains = service_mains()
-    now = time.monotonic()
-    polls += 1
-    if detect is None:
-        pid = target_pid(st, fault["target"])
-        if pid is not None and pid != old:
-            detect = now - start
-        why = [f"{fault['target']}: still pid {old}"]
-    if detect is not None:
-        why = problems(st, mains)
-        if why:
-            first_ok = None
-        elif first_ok is None:
-            first_ok = now
-        elif now - first_ok >= spec["settle"]:
-            converged = first_ok - start
-            break
-    if now - start > spec["timeout"]:
-        break
-    time.sleep(spec["poll"])
-out.update(ready=converged is not None, problems=[] if converged is not None else why,
-           detect=None if detect is None else round(detect, 3),
-           converge=None if converged is None else round(converged, 3), polls=polls,
-           mains=mains, layers={k: v.get("pid") for k, v in st["chain"]["layers"].items()},
-           last_boot=st["chain"].get("last_boot"),
-           restarts={n: s.get("restarts") for n, s in st["services"].items()})
-print(json.dumps(out))
-sys.exit(0 if converged is not None else 1)
-'''
+# Runs in the guest: `python -m CAMPAIGN_PROBE SPEC_JSON` prints one JSON object (the spec
+# and the report are described in campaign_probe.py).
+CAMPAIGN_PROBE = "hachain.simulators.qemu.campaign_probe"
 
 
 class CampaignAbort(Exception):
@@ -335,7 +209,7 @@ class QemuCampaign:
                 "services": sorted(self.cvm.services), "heartbeat_timeout":
                 self.settings.heartbeat_timeout, "timeout": timeout, "settle": SETTLE,
                 "poll": POLL, "wait": wait, "fault": fault, "marker": MARKER}
-        rc, out = self.cvm.vm.run([self.cvm.python, "-c", CAMPAIGN_PROBE, json.dumps(spec)],
+        rc, out = self.cvm.vm.run([self.cvm.python, "-m", CAMPAIGN_PROBE, json.dumps(spec)],
                                   timeout=timeout + startup)
         try:
             report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
