@@ -89,7 +89,8 @@ ready = "notify"
 ready_timeout = 5
 watchdog_sec = 1
 critical = true
-{common}
+{common.replace("max_restarts = 40, window = 30,",
+                f"max_restarts = {DB_MAX_RESTARTS}, window = 30, decay = 1,")}
 [service.cache]
 command = {cmd("fd")}
 ready = "fd"
@@ -154,6 +155,10 @@ KINDS: dict[str, FaultKind] = {k.name: k for k in (
     FaultKind("config-broken", "layer", None,
               "append a TOML syntax error to the configuration file, then SIGKILL a layer: "
               "it must come back from the running snapshot (no reboot), file restored after"),
+    FaultKind("boot-loop", "critical", "watchdog",
+              "the critical service fails at every start, boot after boot: the machine "
+              "must come up in rescue within boot_loop.resets resets and stay up; then "
+              "the cause is removed and `hachain clear --boot-loop` ends the rescue"),
     FaultKind("power-cut", "machine", "power-cut",
               "pull the plug while the chain writes persisted state (reload, stop, start "
               "in flight): nothing persisted may be torn, and nothing acknowledged lost"),
@@ -163,6 +168,12 @@ CLOCK_STEP_REASON = (
     "CLOCK_REALTIME is not namespaced (time namespaces offset only CLOCK_MONOTONIC and "
     "CLOCK_BOOTTIME) and stepping the host clock is not allowed; hachain times everything "
     "with CLOCK_MONOTONIC, the wall clock only labels records")
+
+BOOT_LOOP_RESETS = 3  # [chain] boot_loop's default `resets` (the campaign keeps it)
+# db's intensity in the built-in configuration: a decaying count (each second up takes a
+# crash off), so faults spread over a campaign never add up, while a crash at every
+# start (boot-loop) parks it in maintenance within seconds
+DB_MAX_RESTARTS = 6
 
 # Convergence budgets (seconds) beyond the configured delays; see docs/chaos.md.
 START_BUDGET = 3.0  # spawn + readiness of a service, or start of a layer
@@ -186,6 +197,7 @@ def schedule(seed: int, n: int, kinds: list[str], services: list[str],
     kinds = sorted(kinds)
     pools = {"service": sorted(services), "liveness": sorted(liveness),
              "layer": ["restarter", "tickler"], "layer+init": ["init", "restarter", "tickler"],
+             "critical": ["db"],
              "init": ["init"], "machine": ["machine"]}
     out = []
     for i in range(n):
@@ -210,6 +222,9 @@ def convergence_bound(kind: str, cfg: config.Config) -> float:
     stop = max((s.stop_timeout for s in svcs), default=1.0)
     service = backoff + 2 * START_BUDGET  # the service, then its dependents
     k = KINDS[kind]
+    if kind == "boot-loop":  # a crash loop into maintenance, then a reset per boot, rescue
+        return (DB_MAX_RESTARTS + 2) * (backoff + 0.5) + BOOT_LOOP_RESETS * (
+            reboot_bound(cfg) + BOOT_BUDGET) + BOOT_BUDGET
     if k.reboot == "watchdog":
         return reboot_bound(cfg) + BOOT_BUDGET
     if k.reboot == "panic":
@@ -678,8 +693,10 @@ class Campaign:
                 return s.layers.get(f.target) not in (None, pre_layer)
             return True
 
+        allowed = BOOT_LOOP_RESETS if f.kind == "boot-loop" else 1
+
         def watch(s: Snapshot) -> str | None:
-            if s.boots > pre.boots + 1:
+            if s.boots > pre.boots + allowed:
                 return f"{s.boots - pre.boots} reboots after one fault"
             if s.boots > pre.boots:
                 boot = m.boots[pre.boots]
@@ -690,9 +707,10 @@ class Campaign:
                             "after the fault")
                 if boot["cause"] != k.reboot:
                     return f"reboot by {boot['cause']}, expected {k.reboot}"
-                if k.reboot == "watchdog" and res.reboot_after > rb:
+                if k.reboot == "watchdog" and res.reboot_after > rb and f.kind != "boot-loop":
                     return f"watchdog reset after {res.reboot_after:.2f} s > bound {rb:.2f} s"
-            elif k.reboot == "watchdog" and time.monotonic() - t0 > rb + PANIC_DELAY + 2:
+            elif k.reboot == "watchdog" and f.kind != "boot-loop" and \
+                    time.monotonic() - t0 > rb + PANIC_DELAY + 2:
                 return f"no reboot within {rb + PANIC_DELAY + 2:.1f} s of the hang"
             return None
 
@@ -724,6 +742,8 @@ class Campaign:
             return self._config_broken(f.target, pre)
         if kind == "power-cut":
             return self._power_cut(f, pre)
+        if kind == "boot-loop":
+            return self._boot_loop(f.target, pre)
         if KINDS[kind].target in ("service", "liveness"):
             pid = self._service_pid(pre, f.target)
             if kind == "kill-service":
@@ -799,6 +819,67 @@ class Campaign:
             with open(self.run_config, "wb") as f:
                 f.write(good)
         return seen
+
+    def _boot_loop(self, name: str, pre: Snapshot) -> list[str]:
+        """Make `name` (the critical service) fail at every start, boot after boot, and
+        kill its process. Its decaying intensity parks it in maintenance, the gate fails,
+        the watchdog resets the machine, and again; the boot after `BOOT_LOOP_RESETS`
+        resets must be a rescue that holds it out of the gate, with the machine staying
+        up for the reboot bound. Then the cause goes and `hachain clear --boot-loop` ends
+        the rescue (run_fault then judges convergence as for every fault)."""
+        assert self.machine is not None
+        m = self.machine
+        program = next(a for a in self.cfg.services[name].command if a.endswith(SERVICE_FILE))
+        poison = os.path.join(os.path.dirname(program), "broken-" + name)
+        pid = self._service_pid(pre, name)
+        boots = len(m.boots)
+        seen: list[str] = []
+        with open(poison, "w") as f:
+            f.write("every start fails (chaos boot-loop)\n")
+        try:
+            os.kill(pid, signal.SIGKILL)
+            limit = convergence_bound("boot-loop", self.cfg)
+            deadline = time.monotonic() + limit
+            held = None
+            while time.monotonic() < deadline:
+                if len(m.boots) == boots + BOOT_LOOP_RESETS:
+                    st = (snapshot(m).services or {}).get(name, {})
+                    if st.get("state") == "maintenance" and "rescue" in str(st.get("reason")):
+                        held = time.monotonic()
+                        break
+                elif len(m.boots) > boots + BOOT_LOOP_RESETS:
+                    break
+                time.sleep(0.2)
+            if held is None:
+                return [f"{name}: not held by a rescue boot within {limit:.0f} s "
+                        f"({len(m.boots) - boots} reset(s); expected {BOOT_LOOP_RESETS})"]
+            # the rescue must hold: the machine stays up, petting, for the reboot bound
+            while time.monotonic() - held < reboot_bound(self.cfg):
+                time.sleep(0.2)
+            if len(m.boots) != boots + BOOT_LOOP_RESETS:
+                seen.append(f"the rescue boot did not stay up: {len(m.boots) - boots} resets")
+            st = snapshot(m)
+            tk = (st.services or {}).get(name, {})
+            if tk.get("state") != "maintenance":
+                seen.append(f"{name}: {tk.get('state')} in the rescue boot, expected held in "
+                            "maintenance")
+        finally:
+            os.unlink(poison)
+        for line in self._clear_boot_loop():
+            seen.append(line)
+        return seen
+
+    def _clear_boot_loop(self) -> list[str]:
+        """`hachain clear --boot-loop` on the machine, as an operator runs it."""
+        assert self.machine is not None
+        m = self.machine
+        p = subprocess.run([sys.executable, "-m", "hachain.cli", "clear", "--boot-loop",
+                            "--state-dir", m.state_dir, "--persist-dir", m.persist_dir],
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            return [f"hachain clear --boot-loop failed ({p.returncode}): "
+                    f"{(p.stderr or p.stdout).strip()[-300:]}"]
+        return []
 
     def _power_cut(self, f: Fault, pre: Snapshot) -> list[str]:
         """Start a reload and a stop + start of one service through the control socket
@@ -1073,6 +1154,11 @@ def capabilities(kinds: list[str], cfg: config.Config, tmpfs_ok: bool,
         elif kind.target == "liveness" and not live:
             skipped[k] = ("no service with watchdog_sec or a health check: a hang of any "
                           "other service is invisible to the chain by design")
+        elif kind.target == "critical" and not (
+                "db" in cfg.services and cfg.services["db"].critical
+                and SERVICE_FILE in " ".join(cfg.services["db"].command)):
+            skipped[k] = ("needs the built-in configuration: its critical service db is "
+                          "the campaign's own program, which the fault makes fail at start")
         else:
             ok.append(k)
     return ok, skipped

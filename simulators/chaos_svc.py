@@ -9,7 +9,8 @@ seconds. With $WATCHDOG_USEC, WATCHDOG=1 three times per period. SIGUSR1: fork 6
 sleepers (half in new sessions, so only the cgroup still holds them) and exit 1. SIGUSR2:
 open fds up to RLIMIT_NOFILE; without a service watchdog exit 1 (it cannot work), with one
 keep running: its pings now fail (socket() gets EMFILE) and the restarter must see it hung.
-SIGTERM: exit 0.
+SIGTERM: exit 0. A file `broken-<HACHAIN_SERVICE>` next to this program makes every
+start exit 1 at once (the boot-loop fault: a service that fails on every boot).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def forkbomb(_sig: int, _frame: FrameType | None) -> None:
 
 
 def main() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.exists(os.path.join(here, "broken-" + os.environ.get("HACHAIN_SERVICE", ""))):
+        sys.exit(1)
     role = sys.argv[1]
     delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
     wd = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 1e6
