@@ -37,11 +37,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from hachain.cluster import timing  # noqa: E402
+from hachain.simulators.cluster_harness import EtcdCluster, Net, config_text  # noqa: E402
 from hachain.simulators.machine import SimMachine  # noqa: E402
-from tests.helpers.etcd import EtcdCluster  # noqa: E402
-from tests.test_cluster_netns import Net, config_text  # noqa: E402
 
 SBD_DISKLESS_DEFAULT = 10.0
+SVC = os.path.join(ROOT, "tests", "helpers", "singleton_svc.py")
 
 
 def stamps_of(path: str) -> list[dict[str, Any]]:
@@ -71,10 +71,6 @@ def main() -> int:
     p.add_argument("--timeout", type=int, default=2)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    import tests.test_cluster as tc
-    tc.TTL, tc.W = a.ttl, a.timeout  # config_text reads them from there
-    import tests.test_cluster_netns as tn
-    tn.TTL, tn.W = a.ttl, a.timeout
     tmp = tempfile.mkdtemp(prefix="hachain-failover-")
     stamps = os.path.join(tmp, "stamps.jsonl")
     net = Net(3) if a.kind == "partition" else None
@@ -93,7 +89,7 @@ def main() -> int:
             eps = [f"{host}:{m.client_port}" for m in etcd.members]
             cfg = os.path.join(tmp, f"{name}.toml")
             with open(cfg, "w") as f:
-                f.write(config_text(name, eps, stamps, "/bench/"))
+                f.write(config_text(name, eps, stamps, "/bench/", SVC, a.ttl, a.timeout))
             machines[name] = SimMachine(cfg, os.path.join(tmp, name), panic_delay=0.2,
                                         on_event=lambda _m: None,
                                         netns=net.names[i] if net is not None else None)

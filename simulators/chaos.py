@@ -1228,6 +1228,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--qemu", action="store_true",
                    help="run on a real kernel under QEMU (an emulated i6300esb) instead of the "
                    "simulated machine; see docs/chaos.md")
+    p.add_argument("--cluster", action="store_true",
+                   help="three simulated machines, a singleton and etcd: the cluster kinds "
+                   "(docs/cluster.md)")
     p.set_defaults(func=cmd_chaos)
 
 
@@ -1499,6 +1502,9 @@ def shrink(cfg_path: str, base: str, seed: int, sched: list[Fault], failing: Fau
 
 def cmd_chaos(args: argparse.Namespace) -> int:
     """`hachain chaos`: run the campaign, write the reports, exit 1 on a broken invariant."""
+    if getattr(args, "cluster", False) and not args.list_kinds:
+        from hachain.simulators import cluster_chaos
+        return cluster_chaos.cmd(args)
     if args.list_kinds:
         for k in sorted(KINDS):
             d = KINDS[k]

@@ -12,21 +12,17 @@ are this test's own (a subnet no route of the host uses) and are removed in `fin
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import shutil
-import subprocess
-import sys
 import time
 from typing import Any
 
 import pytest
 
 from hachain.cluster import timing
+from hachain.simulators.cluster_harness import ETCD, EtcdCluster, Net, config_text
 from hachain.simulators.machine import SimMachine
 from tests.conftest import wait_until
-from tests.helpers.etcd import ETCD, EtcdCluster
 from tests.test_cluster import (
     HB,
     MARGIN,
@@ -56,89 +52,6 @@ except ImportError:
                                        "scripts/setup.sh --test installs it"))
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, timeout=30, capture_output=True)
-
-
-def free_subnet() -> int:
-    """A second octet b such that no route of the host touches 10.b.0.0/16."""
-    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], check=True,
-                            capture_output=True, text=True, timeout=30).stdout
-    for b in random.sample(range(100, 250), 150):
-        if f"10.{b}." not in routes:
-            return b
-    raise RuntimeError("no free 10.x.0.0/16 subnet for the test's namespaces")
-
-
-class Net:
-    """One network namespace per node and a veth pair to the host for each."""
-
-    def __init__(self, n: int) -> None:
-        self.tag = f"hc{os.getpid() % 100000}"
-        self.b = free_subnet()
-        self.names = [f"{self.tag}n{i}" for i in range(n)]
-        self.made: list[str] = []
-
-    def host_ip(self, i: int) -> str:
-        return f"10.{self.b}.{i}.1"
-
-    def host_if(self, i: int) -> str:
-        return f"{self.tag}h{i}"
-
-    def setup(self) -> None:
-        for i, ns in enumerate(self.names):
-            ip("netns", "add", ns)
-            self.made.append(ns)
-            ip("link", "add", self.host_if(i), "type", "veth", "peer", "name", "eth0",
-               "netns", ns)
-            ip("addr", "add", f"{self.host_ip(i)}/24", "dev", self.host_if(i))
-            ip("link", "set", self.host_if(i), "up")
-            ip("-n", ns, "addr", "add", f"10.{self.b}.{i}.2/24", "dev", "eth0")
-            ip("-n", ns, "link", "set", "eth0", "up")
-            ip("-n", ns, "link", "set", "lo", "up")
-
-    def cut(self, i: int) -> None:
-        ip("link", "set", self.host_if(i), "down")
-
-    def heal(self, i: int) -> None:
-        ip("link", "set", self.host_if(i), "up")
-
-    def teardown(self) -> None:
-        for i, ns in enumerate(self.made):
-            subprocess.run(["ip", "link", "del", self.host_if(i)], capture_output=True,
-                           timeout=30)  # its peer goes with it
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-
-
-def config_text(node: str, endpoints: list[str], stamps: str, prefix: str) -> str:
-    return f"""\
-[chain]
-state_dir = "/run/hachain"
-persist_dir = "/var/lib/hachain"
-heartbeat_interval = {HB}
-restart_delay = 0.5
-
-[watchdog]
-device = "sim"
-timeout = {W}
-pet_interval = 0.25
-heartbeat_timeout = 1.0
-restart_grace = 4
-
-[cluster]
-endpoints = {json.dumps(endpoints)}
-node = "{node}"
-lease_ttl = {TTL}
-margin = {MARGIN}
-prefix = "{prefix}"
-
-[service.db]
-command = ["{sys.executable}", "{SVC}", "{stamps}", "{node}"]
-singleton = true
-stop_timeout = {STOP}
-"""
-
-
 def test_partitioned_owner_stops_itself_and_the_singleton_moves(tmp_path: Any) -> None:
     tmp = str(tmp_path)
     stamps = os.path.join(tmp, "stamps.jsonl")
@@ -156,7 +69,8 @@ def test_partitioned_owner_stops_itself_and_the_singleton_moves(tmp_path: Any) -
             eps = [f"{net.host_ip(i)}:{m.client_port}" for m in etcd.members]
             cfg = os.path.join(tmp, f"{name}.toml")
             with open(cfg, "w") as f:
-                f.write(config_text(name, eps, stamps, f"/p{os.getpid()}/"))
+                f.write(config_text(name, eps, stamps, f"/p{os.getpid()}/", SVC, TTL, W,
+                                    MARGIN, STOP, HB))
             machines[name] = SimMachine(cfg, os.path.join(tmp, name), panic_delay=0.2,
                                         on_event=lambda _m: None, netns=net.names[i])
             machines[name].start()

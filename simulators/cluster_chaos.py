@@ -1,0 +1,276 @@
+"""`hachain chaos --cluster`: a fault campaign on three simulated machines and etcd.
+
+Three `hachain sim` machines (each in its own PID and network namespace, joined to the
+host by a veth pair) share a 3-member etcd cluster on the host and run one singleton
+service that stamps its start, its life (every 50 ms) and its stop with CLOCK_MONOTONIC
+into a file on the host (tests/helpers/singleton_svc.py, or `--service`). Each fault,
+drawn by the seed from the kinds below, is injected from the host; the campaign then
+waits for the cluster to settle (the singleton on exactly one node, every machine up and
+renewing, every etcd member healthy) and checks, as an observer outside the nodes:
+
+- never two live instances: no two instances' stamp spans overlap (checked over the
+  whole campaign);
+- failover within the bound: when the fault took the owner away, the singleton starts
+  again within `timing.failover_bound` + slack of the fault;
+- no needless reset: a machine that was not hung or killed is never reset (a cut-off
+  owner stops the singleton itself; a lost quorum stops it everywhere, resetting none).
+
+Kinds: kill-node (a power cut), hang-node (every process SIGSTOPped), partition-node (its
+veth down for TTL + wait + 3 s), kill-etcd-member (one member SIGKILLed, restarted after
+3 s), lose-etcd-quorum (two members SIGKILLed, restarted after TTL + 2 s). The report is
+`DIR/report.json`. Needs root, unshare, nsenter, ip and etcd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from hachain.cluster import timing
+from hachain.simulators.cluster_harness import EtcdCluster, Net, config_text
+from hachain.simulators.machine import SimMachine
+
+CLUSTER_KINDS = ("kill-node", "hang-node", "partition-node", "kill-etcd-member",
+                 "lose-etcd-quorum")
+TTL, WD, MARGIN, HB = 4, 2, 0.25, 0.1
+SLACK = 3.0  # start-up and scheduling on a loaded host
+SETTLE = 60.0
+
+
+def _stamps(path: str) -> list[dict[str, Any]]:
+    try:
+        with open(path) as f:
+            return [json.loads(ln) for ln in f if ln.endswith("\n")]
+    except FileNotFoundError:
+        return []
+
+
+def _instance(s: dict[str, Any]) -> tuple[str, str, int]:
+    return s["node"], s.get("boot", ""), s["pid"]
+
+
+def overlaps(stamps: list[dict[str, Any]]) -> list[str]:
+    """Pairs of instances whose lives overlap (each: first to last stamp)."""
+    spans: dict[tuple[str, str, int], list[float]] = {}
+    for s in stamps:
+        sp = spans.setdefault(_instance(s), [s["mono"], s["mono"]])
+        sp[0], sp[1] = min(sp[0], s["mono"]), max(sp[1], s["mono"])
+    items = sorted(spans.items(), key=lambda kv: kv[1][0])
+    return [f"{a[0]} ran {sa[0]:.2f}..{sa[1]:.2f} while {b[0]} started at {sb[0]:.2f}"
+            for (a, sa), (b, sb) in zip(items, items[1:], strict=False) if sb[0] <= sa[1]]
+
+
+class Campaign:
+    def __init__(self, dir: str, service: str, seed: int, kinds: tuple[str, ...],
+                 log: Any = print) -> None:
+        self.dir = dir
+        self.service = service
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.kinds = kinds
+        self.log = log
+        self.stamps = os.path.join(dir, "stamps.jsonl")
+        self.net = Net(3)
+        self.etcd: EtcdCluster | None = None
+        self.machines: dict[str, SimMachine] = {}
+        self.bound = timing.failover_bound(TTL, WD, MARGIN, HB)
+        self.wait = timing.takeover_wait(TTL, WD, MARGIN)
+
+    def start(self) -> None:
+        self.net.setup()
+        self.etcd = EtcdCluster(os.path.join(self.dir, "etcd"),
+                                extra_hosts=tuple(self.net.host_ip(i) for i in range(3)))
+        self.etcd.start()
+        for i in range(3):
+            name = f"n{i}"
+            eps = [f"{self.net.host_ip(i)}:{m.client_port}" for m in self.etcd.members]
+            cfg = os.path.join(self.dir, f"{name}.toml")
+            with open(cfg, "w") as f:
+                f.write(config_text(name, eps, self.stamps, "/chaos/", self.service, TTL, WD,
+                                    MARGIN, 0.5, HB))
+            self.machines[name] = SimMachine(cfg, os.path.join(self.dir, name),
+                                             panic_delay=0.2, on_event=lambda _m: None,
+                                             netns=self.net.names[i])
+            self.machines[name].start()
+
+    def stop(self) -> None:
+        for m in self.machines.values():
+            m.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
+        self.net.teardown()
+
+    def owner(self) -> str | None:
+        now = time.monotonic()
+        nodes = {s["node"] for s in _stamps(self.stamps)
+                 if s["ev"] == "alive" and s["mono"] >= now - 0.3}
+        return next(iter(nodes)) if len(nodes) == 1 else None
+
+    def settled(self) -> str | None:
+        assert self.etcd is not None
+        if not all(self.etcd.healthy(m) for m in self.etcd.members):
+            return None
+        now = time.monotonic()
+        for m in self.machines.values():
+            hb = m.heartbeat("cluster")
+            if hb is None or hb.age(now) > 1.0 or hb.extra.get("error") or \
+                    hb.extra.get("lease") is None:
+                return None
+        return self.owner()
+
+    def wait_settled(self) -> str:
+        deadline = time.monotonic() + SETTLE
+        while (o := self.settled()) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the cluster did not settle within {SETTLE:g} s")
+            time.sleep(0.05)
+        return o
+
+    def inject(self, kind: str, target: int) -> dict[str, Any]:
+        """Inject one fault; return when it is over (healed, restarted)."""
+        assert self.etcd is not None
+        name = f"n{target}"
+        m = self.machines[name]
+        if kind == "kill-node":
+            m.power_cut()
+        elif kind == "hang-node":
+            for pid in m.namespace_pids().values():
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    pass
+        elif kind == "partition-node":
+            self.net.cut(target)
+            time.sleep(TTL + self.wait + 3)
+            self.net.heal(target)
+        elif kind == "kill-etcd-member":
+            mem = self.etcd.members[target]
+            self.etcd.kill_member(mem)
+            time.sleep(3)
+            self.etcd.start_member(mem)
+        elif kind == "lose-etcd-quorum":
+            down = [x for j, x in enumerate(self.etcd.members) if j != target]
+            for mem in down:
+                self.etcd.kill_member(mem)
+            time.sleep(TTL + 2)
+            for mem in down:
+                self.etcd.start_member(mem)
+        return {"target": name}
+
+    def one(self, index: int, kind: str) -> dict[str, Any]:
+        owner = self.wait_settled()
+        target = self.rng.randrange(3)
+        if kind in ("kill-node", "hang-node", "partition-node") and self.rng.random() < 0.6:
+            target = int(owner[1:])  # the owner more often: that is where failover is
+        boots = {n: len(m.boots) for n, m in self.machines.items()}
+        t = time.monotonic()
+        rec: dict[str, Any] = {"index": index, "kind": kind, "owner_before": owner}
+        rec.update(self.inject(kind, target))
+        problems: list[str] = []
+        took = None
+        if kind in ("kill-node", "hang-node", "partition-node") and rec["target"] == owner:
+            deadline = t + self.bound + SLACK + (TTL + self.wait + 3
+                                                 if kind == "partition-node" else 0)
+            while True:
+                new = next((s for s in _stamps(self.stamps)
+                            if s["ev"] == "start" and s["mono"] > t), None)
+                if new is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            if new is None:
+                problems.append(f"no failover within {self.bound + SLACK:g} s")
+            else:
+                took = new["mono"] - t
+                rec["new_owner"] = new["node"]
+                if took > self.bound + SLACK:
+                    problems.append(f"failover took {took:.2f} s > bound {self.bound:g} s "
+                                    f"+ {SLACK:g} s")
+        if kind in ("kill-node", "hang-node"):
+            # its reset (a hung machine's comes from its watchdog) belongs to this fault:
+            # wait for it before settling, or the next fault would be blamed for it
+            m = self.machines[rec["target"]]
+            deadline = time.monotonic() + WD + 10
+            while len(m.boots) <= boots[rec["target"]] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if len(m.boots) <= boots[rec["target"]]:
+                problems.append(f"{rec['target']} was not reset within {WD + 10:g} s")
+        try:
+            rec["owner_after"] = self.wait_settled()
+        except TimeoutError as e:
+            problems.append(str(e))
+        reset_ok = {rec["target"]} if kind in ("kill-node", "hang-node") else set()
+        for n, m in self.machines.items():
+            if len(m.boots) > boots[n] and n not in reset_ok:
+                problems.append(f"{n} was reset though it was not hung or killed: "
+                                + str(m.boots[-1].get("cause")))
+        problems += overlaps(_stamps(self.stamps))
+        rec.update({"failover_s": took, "ok": not problems, "problems": problems})
+        self.log(f"fault {index + 1}: {kind} on {rec['target']} (owner {owner})"
+                 + (f": failover {took:.2f} s to {rec.get('new_owner')}" if took else "")
+                 + ("" if not problems else " PROBLEM: " + "; ".join(problems)))
+        return rec
+
+
+def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | None,
+                 service: str) -> int:
+    seed = seed if seed is not None else random.randrange(1 << 31)
+    kinds_t = tuple(kinds or CLUSTER_KINDS)
+    os.makedirs(report, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="hachain-chaos-cluster-")
+    c = Campaign(work, service, seed, kinds_t)
+    rng = random.Random(seed ^ 0x5EED)
+    schedule = [rng.choice(kinds_t) for _ in range(faults)]
+    recs: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+
+    def on_term(_s: int, _f: object) -> None:
+        raise KeyboardInterrupt  # clean up as Ctrl-C does: machines, etcd, namespaces
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        c.start()
+        for i, kind in enumerate(schedule):
+            recs.append(c.one(i, kind))
+    finally:
+        c.stop()
+    by_kind: dict[str, list[float]] = {}
+    for r in recs:
+        if r.get("failover_s") is not None:
+            by_kind.setdefault(r["kind"], []).append(r["failover_s"])
+    summary = {
+        "seed": seed, "faults": len(recs), "failed": sum(not r["ok"] for r in recs),
+        "elapsed_s": round(time.monotonic() - t0, 1), "bound_s": c.bound, "slack_s": SLACK,
+        "kinds": {k: sum(r["kind"] == k for r in recs) for k in kinds_t},
+        "failover": {k: {"n": len(v), "median": round(statistics.median(v), 2),
+                         "max": round(max(v), 2)} for k, v in by_kind.items()},
+    }
+    with open(os.path.join(report, "report.json"), "w") as f:
+        json.dump({"summary": summary, "faults": recs}, f, indent=1)
+    print(json.dumps(summary))
+    print(("PASS" if not summary["failed"] else "FAIL") + f": {summary['faults']} faults, "
+          f"{summary['failed']} with a broken invariant; report in "
+          f"{os.path.join(report, 'report.json')}")
+    return 0 if not summary["failed"] else 1
+
+
+def cmd(args: Any) -> int:
+    kinds = args.kinds.split(",") if args.kinds else None
+    bad = [k for k in kinds or [] if k not in CLUSTER_KINDS]
+    if bad or not args.report or args.faults < 0:
+        print(f"hachain chaos --cluster: needs --report DIR, --faults >= 0 and kinds of "
+              f"{', '.join(CLUSTER_KINDS)}" + (f" (got {', '.join(bad)})" if bad else ""),
+              file=sys.stderr)
+        return 2
+    service = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "tests", "helpers", "singleton_svc.py")
+    if not os.path.exists(service):
+        print(f"hachain chaos --cluster: the stamping service {service} is missing "
+              "(it ships with the source tree)", file=sys.stderr)
+        return 2
+    return run_campaign(args.faults, args.seed, args.report, kinds, service)
