@@ -6,7 +6,7 @@
 Starts a 3-member etcd cluster (Debian's etcd-server) on free 127.0.0.1 ports and three
 `hachain sim` machines (for `--kind partition` each also in its own network namespace,
 joined to the host by a veth pair), with one `singleton = true` service that stamps its
-start (tests/helpers/singleton_svc.py). Each run finds the owner and injects the fault:
+start (hachain/simulators/singleton_svc.py). Each run finds the owner and injects the fault:
 
 - kill: a power cut of the owner's machine (every process dies at once; it boots again);
 - hang: every process of the owner's machine SIGSTOPped (its watchdog resets it);
@@ -37,11 +37,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from hachain.cluster import timing  # noqa: E402
+from hachain.simulators import singleton_svc  # noqa: E402
 from hachain.simulators.cluster_harness import EtcdCluster, Net, config_text  # noqa: E402
 from hachain.simulators.machine import SimMachine  # noqa: E402
 
 SBD_DISKLESS_DEFAULT = 10.0
-SVC = os.path.join(ROOT, "tests", "helpers", "singleton_svc.py")
+SVC = singleton_svc.__file__
 
 
 def stamps_of(path: str) -> list[dict[str, Any]]:

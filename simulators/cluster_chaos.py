@@ -3,7 +3,7 @@
 Three `hachain sim` machines (each in its own PID and network namespace, joined to the
 host by a veth pair) share a 3-member etcd cluster on the host and run one singleton
 service that stamps its start, its life (every 50 ms) and its stop with CLOCK_MONOTONIC
-into a file on the host (tests/helpers/singleton_svc.py, or `--service`). Each fault,
+into a file on the host (`hachain/simulators/singleton_svc.py`). Each fault,
 drawn by the seed from the kinds below, is injected from the host; the campaign then
 waits for the cluster to settle (the singleton on exactly one node, every machine up and
 renewing, every etcd member healthy) and checks, as an observer outside the nodes:
@@ -267,10 +267,6 @@ def cmd(args: Any) -> int:
               f"{', '.join(CLUSTER_KINDS)}" + (f" (got {', '.join(bad)})" if bad else ""),
               file=sys.stderr)
         return 2
-    service = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "tests", "helpers", "singleton_svc.py")
-    if not os.path.exists(service):
-        print(f"hachain chaos --cluster: the stamping service {service} is missing "
-              "(it ships with the source tree)", file=sys.stderr)
-        return 2
+    from hachain.simulators import singleton_svc
+    service = singleton_svc.__file__  # run by path: it imports only the standard library
     return run_campaign(args.faults, args.seed, args.report, kinds, service)

@@ -1,7 +1,7 @@
 """Singletons on a real etcd cluster (issue 18): three simulated machines (`hachain sim`:
 each its own PID namespace and software watchdog) share a 3-member etcd cluster on
 127.0.0.1. An observer outside the machines judges from the service's own stamps
-(tests/helpers/singleton_svc.py, CLOCK_MONOTONIC) that the singleton runs on exactly one
+(hachain/simulators/singleton_svc.py, CLOCK_MONOTONIC) that the singleton runs on exactly one
 node, and that after a fault it starts elsewhere only after the old instance is gone and
 the timing rule's safe time has passed, with a larger fencing token.
 
@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from hachain.cluster import timing
+from hachain.simulators import singleton_svc
 from hachain.simulators.machine import SimMachine
 from tests.conftest import wait_until
 from tests.helpers.etcd import ETCD, EtcdCluster
@@ -45,7 +46,7 @@ except ImportError:
                                        "scripts/setup.sh --test installs it"))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SVC = os.path.join(HERE, "helpers", "singleton_svc.py")
+SVC = singleton_svc.__file__  # run by path: it imports only the standard library
 TTL, W, MARGIN, STOP, HB = 4, 2, 0.25, 0.5, 0.1
 WAIT = timing.takeover_wait(TTL, W, MARGIN)
 # Slack for a loaded 2-core machine: process start-up, a late tick, the etcd election.
