@@ -37,6 +37,7 @@ def test_the_stale_absence_needs_two_faults_and_the_fixed_rule_passes_them() -> 
     assert cv.explore(cv.Params(faults=2)).ok
 
 
+@pytest.mark.slow
 def test_cli_exit_codes() -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "hachain.cli", "verify", *args],

@@ -206,6 +206,7 @@ def test_failed_spawn_is_retried(launch: Callable[..., InitRun], tmp_path: Path)
 
 # --- 3: heartbeat, and a hang made visible ---------------------------------------------------
 
+@pytest.mark.slow
 def test_heartbeat_lists_children_and_stalls_when_stopped(
         launch: Callable[..., InitRun]) -> None:
     run = launch()
@@ -233,6 +234,7 @@ def test_heartbeat_lists_children_and_stalls_when_stopped(
     assert resumed.seq > frozen.seq
 
 
+@pytest.mark.slow
 def test_fault_hooks_hang_then_exit(launch: Callable[..., InitRun]) -> None:
     run = launch(env={channels.ENV_FAULT_HOOKS: "1"})
     run.wait_starts("tickler", 1)
@@ -250,6 +252,7 @@ def test_fault_hooks_hang_then_exit(launch: Callable[..., InitRun]) -> None:
 
 # --- 4: subreaper ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_orphans_come_back_and_are_reaped(launch: Callable[..., InitRun]) -> None:
     run = launch(restarter="--orphan 1.0 --exit 0", delay=5.0)
     parent = run.wait_starts("restarter", 1)[0]

@@ -334,6 +334,7 @@ ready_command = ["/bin/test", "-e", "{flag}"]
     assert flag.exists()
 
 
+@pytest.mark.slow
 def test_health_check_failures_restart_a_hung_service(restarter, tmp_path):
     flag = tmp_path / "healthy"
     flag.write_text("")
@@ -646,6 +647,7 @@ wants = ["optional"]
     assert r.svc("main")["state"] == "ready"
 
 
+@pytest.mark.slow
 def test_service_watchdog_starts_after_readiness(restarter):
     """A notify service slower to get ready than watchdog_sec is not killed as hung."""
     r = restarter(f"""

@@ -108,6 +108,7 @@ def _status(c: Chain) -> dict:
     return json.loads(p.stdout)
 
 
+@pytest.mark.slow
 def test_typo_on_disk_then_layer_kills_keep_supervising(chain, tmp_path: Path) -> None:  # noqa: F811
     """The issue's first case: a typo written into the running chain's file, no reload,
     then SIGKILL the restarter and the tickler: both come back from the snapshot, the

@@ -305,6 +305,7 @@ def test_keepalive_keeps_it_alive_past_the_timeout(server: tuple[WatchdogServer,
     wait_until(lambda: not srv.watchdog.armed, 5, "the watchdog state")
 
 
+@pytest.mark.slow
 def test_stopping_petting_expires_within_the_timeout(
         server: tuple[WatchdogServer, Events]) -> None:
     srv, events = server
@@ -327,6 +328,7 @@ def test_stopping_petting_expires_within_the_timeout(
     assert srv.expirations == 1
 
 
+@pytest.mark.slow
 def test_dropped_client_without_v_leaves_it_armed(server: tuple[WatchdogServer, Events]) -> None:
     srv, events = server
     t = SimTransport(srv.socket_path)
@@ -347,6 +349,7 @@ def test_second_opener_gets_ebusy(server: tuple[WatchdogServer, Events]) -> None
     open_watchdog("sim:" + srv.socket_path).magic_close()
 
 
+@pytest.mark.slow
 def test_server_magic_close_disarms(server: tuple[WatchdogServer, Events]) -> None:
     srv, events = server
     wd = open_watchdog("sim:" + srv.socket_path)
@@ -369,6 +372,7 @@ def test_errors_come_back_with_the_driver_errno(server: tuple[WatchdogServer, Ev
     assert wd.magic_close()
 
 
+@pytest.mark.slow
 def test_pretimeout_fires_before_expiry(short_dir: str) -> None:
     events = Events()
     srv = WatchdogServer(os.path.join(short_dir, "p.sock"), SoftWatchdog(timeout=2, pretimeout=1),
@@ -384,6 +388,7 @@ def test_pretimeout_fires_before_expiry(short_dir: str) -> None:
         srv.stop()
 
 
+@pytest.mark.slow
 def test_nowayout_sim_cannot_be_disarmed(short_dir: str) -> None:
     events = Events()
     srv = WatchdogServer(os.path.join(short_dir, "n.sock"), SoftWatchdog(timeout=1, nowayout=True),
@@ -398,6 +403,7 @@ def test_nowayout_sim_cannot_be_disarmed(short_dir: str) -> None:
         srv.stop()
 
 
+@pytest.mark.slow
 def test_reset_for_boot_forgets_clients(server: tuple[WatchdogServer, Events]) -> None:
     srv, events = server
     old = open_watchdog("sim:" + srv.socket_path)
@@ -412,6 +418,7 @@ def test_reset_for_boot_forgets_clients(server: tuple[WatchdogServer, Events]) -
     assert not events.expired.wait(1.5)
 
 
+@pytest.mark.slow
 def test_garbage_on_the_socket_changes_nothing(server: tuple[WatchdogServer, Events]) -> None:
     srv, events = server
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -448,6 +455,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return rc, out, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--open"]])
 def test_cli_info_sim_leaves_it_disarmed(server: tuple[WatchdogServer, Events], extra: list[str],
                                          capsys: pytest.CaptureFixture[str]) -> None:
