@@ -7,6 +7,10 @@
   fdready N        write a line to fd N and close it, then run
   stubborn         ignore SIGTERM, fork a child that ignores it too, run
   record FILE      append "<pid>" to FILE, then run
+  stamp NAME FILE  append "<monotonic ns> start NAME" to FILE, send READY=1, run; on
+                   SIGTERM append "<monotonic ns> stop NAME" and exit 0
+  daemon           fork the real server, send MAINPID=<its pid> and READY=1, exit after
+                   0.3 s (a classic forking daemon that reports its main process)
 """
 
 import os
@@ -49,6 +53,26 @@ def main() -> None:
             os.setsid()  # escape the process group: only the cgroup still holds it
             forever()
         forever()
+    elif action == "stamp":
+        name, path = args
+
+        def note(what: str) -> None:
+            with open(path, "a") as f:
+                f.write(f"{time.monotonic_ns()} {what} {name}\n")
+
+        def stop(_sig: int, _frame: object) -> None:
+            note("stop")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        note("start")
+        notify("READY=1")
+        forever()
+    elif action == "daemon":
+        pid = os.fork()
+        if pid == 0:
+            forever()
+        notify(f"MAINPID={pid}\nREADY=1")
+        time.sleep(0.3)
     elif action == "record":
         with open(args[0], "a") as f:
             f.write(f"{os.getpid()}\n")

@@ -101,33 +101,15 @@ requires = ["prepare"]
     assert st["app"]["pid"] == app["pid"] and st["app"]["restarts"] == 0
 
 
-STAMP = """\
-import os, signal, socket, sys, time
-name, path = sys.argv[1], sys.argv[2]
-def note(what):
-    with open(path, "a") as f:
-        f.write(f"{time.monotonic_ns()} {what} {name}\\n")
-def stop(*_):
-    note("stop")
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-note("start")
-socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
-while True:
-    signal.pause()
-"""
-
-
 def _chain(restarter, tmp_path, extra: str = ""):
     """base <- mid <- top (each requires the one before), plus `loose`, which requires
     base but keeps running when it restarts (restart_dependents = false). Each stamps
     its start, then says READY=1; it stamps its stop on SIGTERM."""
-    import sys
-    script, stamps = tmp_path / "stamp.py", tmp_path / "stamps"
-    script.write_text(STAMP)
+    from tests.conftest import svc
+    stamps = tmp_path / "stamps"
 
     def cmd(name: str) -> str:
-        return f'["{sys.executable}", "{script}", "{name}", "{stamps}"]'
+        return svc("stamp", name, str(stamps))
     r = restarter(f"""
 [service.base]
 ready = "notify"

@@ -541,18 +541,9 @@ restart = "never"
 def test_mainpid_moves_supervision_to_the_forked_daemon(restarter, tmp_path):
     # a classic daemon: the started process forks the real server, reports it with
     # MAINPID= and READY=1, and exits; the service stays ready with the new main pid
-    script = tmp_path / "daemon.py"
-    script.write_text(
-        "import os, socket, time\n"
-        "pid = os.fork()\n"
-        "if pid == 0:\n"
-        "    time.sleep(1000)\n"
-        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
-        "s.sendto(f'MAINPID={pid}\\nREADY=1'.encode(), os.environ['NOTIFY_SOCKET'])\n"
-        "time.sleep(0.3)\n")
     r = restarter(f"""
 [service.d]
-command = ["{os.sys.executable}", "{script}"]
+command = {svc("daemon")}
 ready = "notify"
 """)
     s = r.wait_state("d", "ready")
