@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hachain import __version__, channels, client, config
+from hachain import __version__, bootrecord, channels, client, config
 from hachain import snapshot as snapshot_mod
 from hachain.simulators import chaos_report, chaos_svc
 from hachain.simulators.machine import CONSOLE_NAME, SimMachine, find_cgroup2_mount
@@ -155,6 +155,11 @@ KINDS: dict[str, FaultKind] = {k.name: k for k in (
     FaultKind("config-broken", "layer", None,
               "append a TOML syntax error to the configuration file, then SIGKILL a layer: "
               "it must come back from the running snapshot (no reboot), file restored after"),
+    FaultKind("io-stall", "gated", "watchdog",
+              "bind-mount a FIFO nobody writes over the heartbeat file of init or the "
+              "restarter, inside the machine (a read that never returns, as on a hung "
+              "mount): the pet loop keeps its timing, the gate fails by the read's deadline "
+              "and says so, the watchdog resets", "tmpfs"),
     FaultKind("boot-loop", "critical", "watchdog",
               "the critical service fails at every start, boot after boot: the machine "
               "must come up in rescue within boot_loop.resets resets and stay up; then "
@@ -197,7 +202,7 @@ def schedule(seed: int, n: int, kinds: list[str], services: list[str],
     kinds = sorted(kinds)
     pools = {"service": sorted(services), "liveness": sorted(liveness),
              "layer": ["restarter", "tickler"], "layer+init": ["init", "restarter", "tickler"],
-             "critical": ["db"],
+             "gated": ["init", "restarter"], "critical": ["db"],
              "init": ["init"], "machine": ["machine"]}
     out = []
     for i in range(n):
@@ -742,6 +747,8 @@ class Campaign:
             return self._config_broken(f.target, pre)
         if kind == "power-cut":
             return self._power_cut(f, pre)
+        if kind == "io-stall":
+            return self._io_stall(f.target, pre)
         if kind == "boot-loop":
             return self._boot_loop(f.target, pre)
         if KINDS[kind].target in ("service", "liveness"):
@@ -819,6 +826,40 @@ class Campaign:
             with open(self.run_config, "wb") as f:
                 f.write(good)
         return seen
+
+    def _io_stall(self, layer: str, pre: Snapshot) -> list[str]:
+        """Bind-mount a FIFO nobody writes over `layer`'s heartbeat file in the machine's
+        mount namespace: the layer goes on writing through the descriptor it holds, but
+        every open of the path (the tickler's reads) blocks for ever, as on a hung NFS or
+        FUSE mount. The gate must fail by the read's deadline, the watchdog reset the
+        machine (judged by run_fault; the mount dies with the namespace), and the boot
+        record of the boot that ended must name the stalled read."""
+        assert self.machine is not None
+        m = self.machine
+        if pre.init is None:
+            raise InjectError("no PID 1 to enter")
+        fifo = os.path.join(self.workdir, f"stall-{layer}.fifo")
+        if not os.path.exists(fifo):
+            os.mkfifo(fifo)
+        boots = len(m.boots)
+        stalled = bootrecord.read(m.persist_dir).get("counter")  # this boot's number
+        p = subprocess.run(["nsenter", "-t", str(pre.init), "-m", "--", "mount", "--bind",
+                            fifo, channels.heartbeat_path(m.state_dir, layer)],
+                           capture_output=True, text=True, timeout=10)
+        if p.returncode != 0:
+            raise InjectError(f"bind mount of a FIFO over {layer}'s heartbeat: "
+                              f"{p.stderr.strip() or p.returncode}")
+        try:
+            m.wait_boot(boots + 1, reboot_bound(self.cfg) + PANIC_DELAY + 5)
+        except Exception as e:  # noqa: BLE001 - reported as the fault's problem
+            return [f"no reset after {layer}'s heartbeat read stalled: {e}"]
+        rec = bootrecord.read(m.persist_dir)
+        ended: dict[str, Any] = next((b for b in rec["boots"] if b.get("boot") == stalled), {})
+        detail = "; ".join(map(str, ended.get("detail") or []))
+        if ended.get("reason") != bootrecord.GATE_FAILURE or "did not answer" not in detail:
+            return [f"the boot record of the stalled boot #{stalled} does not name the "
+                    f"stalled read: {ended.get('reason')}: {detail or 'no detail'}"]
+        return []
 
     def _boot_loop(self, name: str, pre: Snapshot) -> list[str]:
         """Make `name` (the critical service) fail at every start, boot after boot, and

@@ -254,7 +254,7 @@ def test_every_fault_kind_meets_its_expectation(short_tmp: Any) -> None:
     # a fixed target per pool, rotating so that services and layers both get hit
     pools = {"service": ["api", "cache", "db", "worker"], "liveness": ["db", "api"],
              "layer": ["restarter", "tickler"], "layer+init": ["restarter", "init", "tickler"],
-             "critical": ["db"],
+             "gated": ["restarter", "init"], "critical": ["db"],
              "init": ["init"], "machine": ["machine"]}
     faults = []
     for i, k in enumerate(runnable):
