@@ -63,18 +63,7 @@ RESET_MARGIN = 3.0  # a tick and TCG scheduling on top of the tickler's reset bo
 # The campaign's "notifier": ready by READY=1, then WATCHDOG=1 twice a second, so its
 # hang (SIGSTOP) is visible to the restarter's service watchdog. Send errors are
 # ignored: the pings simply resume once the socket answers again.
-PINGER_SERVICE = (
-    "import os, socket, time\n"
-    "a = os.environ['NOTIFY_SOCKET']\n"
-    "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
-    "s.sendto(b'READY=1\\nSTATUS=serving', a)\n"
-    "while True:\n"
-    "    time.sleep(0.5)\n"
-    "    try:\n"
-    "        s.sendto(b'WATCHDOG=1', a)\n"
-    "    except OSError:\n"
-    "        pass\n"
-)
+PINGER_SERVICE = ["-m", "hachain.simulators.qemu.guest_service", "--ping", "0.5"]
 
 # Dotted TOML keys (chain_config writes `key = value` verbatim): a quick backoff, and an
 # intensity limit no 20-fault campaign can reach by itself (the default, 5 restarts a
@@ -95,7 +84,7 @@ class CampaignSettings(ChainSettings):
         """The three scenario services; notifier pings its watchdog; a lenient policy."""
         return {
             "sleeper": {"command": ["/bin/sleep", "86401"], **POLICY},
-            "notifier": {"command": [python, "-c", PINGER_SERVICE], "ready": "notify",
+            "notifier": {"command": [python, *PINGER_SERVICE], "ready": "notify",
                          "ready_timeout": 60.0, "watchdog_sec": self.watchdog_sec,
                          "stop_timeout": self.stop_timeout, **POLICY},
             "worker": {"command": ["/bin/sleep", "86402"], "requires": ["notifier"],

@@ -56,14 +56,7 @@ SETUP = ("mkdir -p /sys/fs/cgroup && "
          "(mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true)")
 
 # A service that tells the restarter it is ready (READY=1 on $NOTIFY_SOCKET), then idles.
-NOTIFY_SERVICE = (
-    "import os, socket, time\n"
-    "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
-    "s.sendto(b'READY=1\\nSTATUS=serving', os.environ['NOTIFY_SOCKET'])\n"
-    "s.close()\n"
-    "while True:\n"
-    "    time.sleep(3600)\n"
-)
+NOTIFY_SERVICE = ["-m", "hachain.simulators.qemu.guest_service"]
 
 
 def repo_root() -> Path:
@@ -102,7 +95,7 @@ class ChainSettings:
         """name -> [service.NAME] table; every command exists in the guest."""
         return {
             "sleeper": {"command": ["/bin/sleep", "86401"]},
-            "notifier": {"command": [python, "-c", NOTIFY_SERVICE], "ready": "notify",
+            "notifier": {"command": [python, *NOTIFY_SERVICE], "ready": "notify",
                          "ready_timeout": 60.0},
             "worker": {"command": ["/bin/sleep", "86402"], "requires": ["notifier"]},
         }
