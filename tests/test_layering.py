@@ -103,3 +103,20 @@ def test_nothing_imports_the_cli():
     bad = [p for p in paths if p != os.path.join(ROOT, "cli.py")
            and "hachain.cli" in imports_of(p)]
     assert bad == []
+
+
+def test_watchdog_layer_imports_no_other_layer():
+    """The tickler and the device code stand apart from the restarter, init, the logger, the
+    simulators and the CLI: the tickler must keep petting (or stop) whatever they do."""
+    for f in files("watchdog"):
+        for m in imports_of(f):
+            assert not m.startswith(("hachain.restarter", "hachain.init", "hachain.logger",
+                                     "hachain.simulators", "hachain.cli")), \
+                f"{f} imports {m}"
+
+
+def test_the_health_gate_is_pure():
+    """watchdog/health.py decides the gate from heartbeats it is given (verify drives it)."""
+    mods = imports_of(os.path.join(ROOT, "watchdog", "health.py"))
+    for forbidden in ("os", "subprocess", "socket", "selectors"):
+        assert forbidden not in mods, f"watchdog/health.py imports {forbidden}"
