@@ -52,3 +52,61 @@ def test_a_qemu_test_without_the_qemu_marker_is_refused() -> None:
     bad = _Item("t.py::c", ("qemu_available",), None)
     with pytest.raises(pytest.UsageError, match="t.py::c"):
         conftest.pytest_collection_modifyitems(None, [ok, bad])
+
+
+def _fake_tree(tmp: Any, codes: dict[str, int]) -> tuple[str, str]:
+    """A copy of scripts/test.sh beside a set-up that does nothing and a .venv whose ruff,
+    mypy and python only log their arguments; python exits with codes[marker expression]."""
+    import shutil
+    import stat
+    (tmp / "scripts").mkdir()
+    shutil.copy(os.path.join(ROOT, "scripts", "test.sh"), tmp / "scripts" / "test.sh")
+    (tmp / "scripts" / "setup.sh").write_text("exit 0\n")
+    log = tmp / "calls"
+    bin_ = tmp / ".venv" / "bin"
+    bin_.mkdir(parents=True)
+    cases = "".join(f'    *"-m {m}"*) exit {rc};;\n' for m, rc in codes.items())
+    for name in ("ruff", "mypy", "python"):
+        p = bin_ / name
+        p.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\ncase "$*" in\n{cases}'
+                     "    *) exit 0;;\nesac\n")
+        p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    return str(tmp / "scripts" / "test.sh"), str(log)
+
+
+def _run(script: str, *args: str) -> tuple[int, str]:
+    import subprocess
+    p = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=30)
+    return p.returncode, p.stderr
+
+
+FAST = "not qemu and not slow"
+REST = "not (not qemu and not slow)"
+
+
+def test_the_plain_run_lints_then_runs_the_fast_lane_then_the_rest(tmp_path: Any) -> None:
+    script, log = _fake_tree(tmp_path, {})
+    assert _run(script)[0] == 0
+    assert open(log).read().splitlines() == [
+        "ruff check hachain simulators tests bench", "mypy hachain simulators",
+        f"python -m pytest -m {FAST}", f"python -m pytest -m {REST}"]
+
+
+def test_a_failing_fast_lane_stops_the_run(tmp_path: Any) -> None:
+    script, log = _fake_tree(tmp_path, {FAST: 1})
+    rc, err = _run(script)
+    assert rc == 1 and "fast lane failed" in err
+    assert open(log).read().splitlines()[-1] == f"python -m pytest -m {FAST}"
+
+
+def test_no_test_collected_is_a_failure_in_either_lane(tmp_path: Any) -> None:
+    script, log = _fake_tree(tmp_path, {REST: 5})
+    rc, err = _run(script)
+    assert rc == 1 and "slow lane: pytest collected no tests" in err
+
+
+def test_fast_runs_only_the_fast_lane_with_the_arguments(tmp_path: Any) -> None:
+    script, log = _fake_tree(tmp_path, {})
+    assert _run(script, "--fast", "-x")[0] == 0
+    assert open(log).read().splitlines()[-1] == f"python -m pytest -m {FAST} -x"
+    assert not any(REST in line for line in open(log))
