@@ -8,6 +8,7 @@ machine to react. Needs root and unshare(1).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -76,6 +77,17 @@ def machine(tmp_path: Any) -> Iterator[SimMachine]:
         assert m.cgroup_root is None or not os.path.exists(m.cgroup_root)
 
 
+def hold(m: SimMachine, seconds: float) -> None:
+    """An observation window in which nothing may happen, counted in the tickler's pets
+    (one every PET s when all is well) instead of wall-clock seconds: it ends once the
+    same tickler has petted enough times to span `seconds`, so a slow host stretches the
+    window rather than letting it pass with the chain barely running."""
+    first = wait_until(lambda: m.heartbeat("tickler"), 10, "a tickler heartbeat")
+    want = first.extra["pets"] + math.ceil(seconds / PET)
+    wait_until(lambda: (h := m.heartbeat("tickler")) and h.pid == first.pid
+               and h.extra["pets"] >= want, 3 * seconds + 10, f"{want} pets")
+
+
 def chain_up(m: SimMachine) -> dict[str, channels.Heartbeat]:
     """Wait for all three layers and for the tickler to be petting with the gate ok."""
     m.wait_heartbeats(timeout=20, fresh=HB_TIMEOUT)
@@ -142,7 +154,7 @@ def test_killed_tickler_is_restarted_without_a_reset(machine: SimMachine) -> Non
                and h.restarts >= 1 and h.extra["pets"] >= 1, TIMEOUT + 2,
                "a restarted tickler to pet")
     # Hold on for longer than a timeout: the restarted tickler keeps the machine up.
-    time.sleep(TIMEOUT + 0.5)
+    hold(machine, TIMEOUT + 0.5)
     assert len(machine.boots) == 1
     assert machine.server is not None and machine.server.expirations == 0
 
@@ -243,7 +255,7 @@ intensity = { max_restarts = 2, window = 60, action = "maintenance" }
             boot2 = m.wait_boot(2, RESET_BOUND + MARGIN + 10)
             assert boot2["cause"] == "watchdog"
         else:
-            time.sleep(2 * TIMEOUT + 1)  # an observation window longer than two timeouts
+            hold(m, 2 * TIMEOUT + 1)  # an observation window longer than two timeouts
             assert len(m.boots) == 1 and m.server is not None and m.server.expirations == 0
     finally:
         m.stop()
