@@ -33,6 +33,18 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "cond
         time.sleep(interval)
 
 
+def heartbeat_window(read: Callable[[], Any], seconds: float, what: str) -> None:
+    """An observation window for a check that nothing happens, measured by a layer's own
+    heartbeats: it ends once the heartbeat `read()` returns (a channels.Heartbeat or None)
+    has been rewritten by the same process at least `seconds` after the first one seen.
+    The layer must have kept running through the window, and a slow host stretches the
+    window instead of letting it pass while the layer is starved."""
+    first = wait_until(read, 10 + seconds, f"a heartbeat of {what}")
+    wait_until(lambda: (h := read()) is not None and h.pid == first.pid
+               and h.mono >= first.mono + seconds, 3 * seconds + 10,
+               f"{what} to keep beating for {seconds:g} s")
+
+
 def svc(*args: str) -> str:
     """A TOML argv list running tests/svc.py with `args`."""
     return "[" + ", ".join(f'"{a}"' for a in (PY, SVC) + args) + "]"

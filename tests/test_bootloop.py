@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from hachain import bootrecord, channels
 from hachain.simulators.machine import SimMachine
 from hachain.watchdog.device import sim_attributes
-from tests.conftest import svc, wait_until
+from tests.conftest import heartbeat_window, svc, wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -124,7 +123,7 @@ def test_boot_loop_ends_in_rescue_stays_up_and_clear_leaves_it(
            "gate-failure, #3 gate-failure; hachain clear --boot-loop to leave" in text
     assert "previous boot #3 ended: gate-failure: critical service disk not ok" in text
     # It stays up: longer than a whole watchdog timeout, and the gate keeps passing.
-    time.sleep(TIMEOUT + 2 * PET)
+    heartbeat_window(lambda: m.heartbeat("tickler"), TIMEOUT + 2 * PET, "the tickler")
     assert len(m.boots) == resets + 1 and petting(m)
     # The operator clears the loop: disk runs (and gates) again, fails again, and the
     # machine resets; that next boot is not rescue (only the cleared boot counts).
@@ -150,6 +149,7 @@ def test_disarm_action_closes_the_watchdog_and_the_machine_stays_up(
                     PER_BOOT, "the tickler to disarm")
     assert not hb.extra["armed"] and "boot loop" in hb.extra["disarmed"]
     assert sim_attributes(m.socket_path)["state"] == "inactive"
-    time.sleep(TIMEOUT + 2 * PET)  # the gate fails (disk is held) but nothing resets
+    # the gate fails (disk is held) but nothing resets
+    heartbeat_window(lambda: m.heartbeat("tickler"), TIMEOUT + 2 * PET, "the tickler")
     assert len(m.boots) == 2
     assert "BOOT LOOP: watchdog disarmed for an operator" in hachain(m, "status").stdout
