@@ -47,6 +47,9 @@ def main() -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
+    if os.path.exists(f"{path}.fail-{node}"):  # a test's way to break it on one node
+        stamp(path, node, "fail")
+        sys.exit(3)
     stamp(path, node, "start")
     while not stop:
         stamp(path, node, "alive")

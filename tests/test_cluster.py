@@ -339,3 +339,32 @@ def test_move_to_an_unknown_node_is_refused(cluster: Cluster) -> None:
                           os.path.join(cluster.tmp, "n0.toml")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "no live node named 'nowhere'" in out.stderr
+
+
+def test_a_singleton_held_down_on_its_owner_is_handed_to_another_node(
+        cluster: Cluster) -> None:
+    """The service cannot run on its owner (it exits at once there, until its restart
+    intensity puts it in maintenance): the owner releases the key once the service is
+    shown down, and another node runs it; the owner does not take it back."""
+    owner = cluster.wait_single_owner(60)
+    with open(f"{cluster.stamps}.fail-{owner}", "w"):
+        pass
+    m = cluster.machines[owner]
+    for pid in m.namespace_pids().values():  # kill the running instance: it restarts
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if cluster.stamps.encode() in f.read():
+                    os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    t = time.monotonic()
+    wait_until(lambda: any(s["ev"] == "start" and s["node"] != owner and s["mono"] > t
+                           for s in read_stamps(cluster.stamps)), 60,
+               "the singleton to start on another node")
+    new = cluster.wait_single_owner(10)
+    assert new != owner
+    hb = m.heartbeat("restarter")
+    assert hb is not None and hb.extra.get("singletons_held") == ["db"]
+    time.sleep(1.0)
+    assert cluster.wait_single_owner(10) == new
+    never_two([s for s in read_stamps(cluster.stamps) if s["ev"] != "fail"])

@@ -169,7 +169,7 @@ class Node:
             self.beat()  # the withdrawal, now
             hb = channels.read_heartbeat(self.cfg.chain.state_dir, LAYER)
             self.releasing[name] = hb.mono if hb is not None else time.monotonic()
-            log(f"{name}: moving away: stopping it here first")
+            log(f"{name}: handing it over: stopping it here first")
             return
         rhb = channels.read_heartbeat(self.cfg.chain.state_dir, "restarter")
         seen = rhb.extra.get("cluster_seen") if rhb is not None else None
@@ -198,12 +198,20 @@ class Node:
                 bytes(kv.value).decode(errors="replace")
         return out
 
+    def held_here(self) -> set[str]:
+        """Singletons the restarter holds down here (maintenance, failed): this node
+        cannot run them, so it must not keep or take their keys."""
+        rhb = channels.read_heartbeat(self.cfg.chain.state_dir, "restarter")
+        held = rhb.extra.get("singletons_held") if rhb is not None else None
+        return {str(n) for n in held} if isinstance(held, list) else set()
+
     async def claim(self) -> None:
         """Look at every ownership key; take the free ones once it is safe."""
         c = await self.connect()
         moves = await self.moves(c) if self.singletons else {}
+        held = self.held_here() if self.singletons else set()
         for name in list(self.releasing):
-            if moves.get(name, self.node) == self.node:
+            if moves.get(name, self.node) == self.node and name not in held:
                 log(f"{name}: move request gone: keeping it")
                 self.releasing.pop(name)
         for name in self.singletons:
@@ -218,7 +226,9 @@ class Node:
                         int(got.lease) == self.lease_id:
                     self.owned[name] = int(got.mod_revision)
                     self.owners.pop(name, None)
-                    if moves.get(name, self.node) != self.node:
+                    if moves.get(name, self.node) != self.node or name in held:
+                        # moved away, or held down here (maintenance, failed): hand it
+                        # to a node that can run it
                         await self.release(c, name, int(got.mod_revision))
                 else:
                     if name in self.owned:
@@ -242,8 +252,8 @@ class Node:
             if self.lease_id is None or self.t0 is None or \
                     now >= timing.start_until(self.t0, self.ttl, self.budget):
                 continue
-            if moves.get(name, self.node) != self.node:
-                continue  # being moved to another node: leave it to that one
+            if moves.get(name, self.node) != self.node or name in held:
+                continue  # being moved to another node, or this one cannot run it
             if now - first < self.wait:
                 # released by its owner at the token we last saw (it was shown down
                 # there first): no lease expiry to wait for. Otherwise, the rule.

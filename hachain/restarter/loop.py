@@ -861,6 +861,9 @@ class Restarter:
                       "services": len(self.svcs), "reboot_requested": self.reboot_requested,
                       "logger": self.logs.status(),
                       "cluster_seen": self.cluster_seen,
+                      "singletons_held": [n for n, c in self.conf.items() if c.singleton and
+                                          self.svcs[n].state in (State.MAINTENANCE,
+                                                                 State.FAILED)],
                       "singletons_up": [n for n, c in self.conf.items() if c.singleton and
                                         (self.svcs[n].pid is not None or
                                          self.svcs[n].state is State.STOPPING or
