@@ -318,10 +318,12 @@ def test_move_hands_the_singleton_over_after_it_stopped(cluster: Cluster) -> Non
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"db moved to {target}" in out.stdout
-    stamps = read_stamps(cluster.stamps)
-    stop = next(s for s in stamps if s["ev"] == "stop" and s["node"] == owner
-                and s["mono"] > t)
-    start = next(s for s in stamps if s["ev"] == "start" and s["mono"] > t)
+    # `move` returns once the key is handed over; the target's start follows it
+    start = wait_until(lambda: next((s for s in read_stamps(cluster.stamps)
+                                     if s["ev"] == "start" and s["mono"] > t), None),
+                       TTL + SLACK, f"db to start on {target}")
+    stop = next(s for s in read_stamps(cluster.stamps) if s["ev"] == "stop"
+                and s["node"] == owner and s["mono"] > t)
     assert start["node"] == target and start["token"] > old_token
     assert start["mono"] > stop["mono"]
     # no lease expiry was waited for: the old owner's lease is still alive and renewed
