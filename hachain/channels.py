@@ -96,6 +96,20 @@ def cgroup_name(state_dir: str) -> str:
     return f"{base}-{hashlib.sha256(real.encode()).hexdigest()[:8]}"
 
 
+def raise_fd_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit (a layer that holds a descriptor per
+    service: the restarter's pidfds, the logger's pipes)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def chain_id(pid: int) -> str:
     """The id of the chain run whose init is `pid`: boot id, pid and the pid's start time,
     so a recycled pid or a new boot never matches an older run. `hachain run` computes it

@@ -26,6 +26,7 @@ import pytest
 
 from hachain.cluster import timing
 from hachain.simulators import singleton_svc
+from hachain.simulators.cluster_harness import config_text
 from hachain.simulators.machine import SimMachine
 from tests.conftest import wait_until
 from tests.helpers.etcd import ETCD, EtcdCluster
@@ -57,32 +58,8 @@ BOUND = timing.failover_bound(TTL, W, MARGIN, HB)
 def node_config(path: str, node: str, endpoints: list[str], stamps: str,
                 prefix: str) -> None:
     with open(path, "w") as f:
-        f.write(f"""\
-[chain]
-state_dir = "/run/hachain"
-persist_dir = "/var/lib/hachain"
-heartbeat_interval = {HB}
-restart_delay = 0.5
-
-[watchdog]
-device = "sim"
-timeout = {W}
-pet_interval = 0.25
-heartbeat_timeout = 1.0
-restart_grace = 4
-
-[cluster]
-endpoints = {json.dumps(endpoints)}
-node = "{node}"
-lease_ttl = {TTL}
-margin = {MARGIN}
-prefix = "{prefix}"
-
-[service.db]
-command = ["{sys.executable}", "{SVC}", "{stamps}", "{node}"]
-singleton = true
-stop_timeout = {STOP}
-""")
+        f.write(config_text(node, endpoints, stamps, prefix, SVC, ttl=TTL, wd=W,
+                            margin=MARGIN, stop=STOP, hb=HB))
 
 
 def read_stamps(path: str) -> list[dict[str, Any]]:

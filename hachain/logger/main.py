@@ -386,20 +386,6 @@ class Logger:
             f.close()
 
 
-def raise_fd_limit() -> None:
-    """A read end and a log file per service: lift the soft RLIMIT_NOFILE to the hard
-    limit, as the restarter does for its pidfds."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
-
 def take_lock(state_dir: str) -> int | None:
     fd = os.open(os.path.join(state_dir, wire.LOCK_FILE),
                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -447,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     if lock is None:
         log(f"another logger is already running on {state_dir}")
         return wire.LOCKED_EXIT
-    raise_fd_limit()
+    channels.raise_fd_limit()  # a read end and a log file per service
     lg = Logger(state_dir, log_dir, socks, restarter_pid)
     log(f"writing service logs to {log_dir} (pid {os.getpid()})")
     return lg.run()

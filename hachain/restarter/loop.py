@@ -90,7 +90,8 @@ class Restarter:
         self.conf: dict[str, ServiceConfig] = dict(cfg.services)
         self.state_dir = cfg.chain.state_dir
         os.makedirs(self.state_dir, exist_ok=True)
-        self.raise_fd_limit()
+        # an adopted service holds a pidfd (and a starting one a readiness fd): 1000 fit
+        channels.raise_fd_limit()
         self._lock_fd = self._take_lock()
         self.store = Store(self.state_dir, cfg.chain.persist_dir)
         self.log_dir = cfg.chain.service_log_dir
@@ -177,20 +178,6 @@ class Restarter:
                 if n not in self.conflicts[o]:
                     self.conflicts[o] += (n,)
         self.critical = [n for n, c in self.conf.items() if c.critical]
-
-    @staticmethod
-    def raise_fd_limit() -> None:
-        """An adopted service holds a pidfd (and a service a readiness fd while it
-        starts): lift the soft RLIMIT_NOFILE to the hard limit so 1000 services fit."""
-        import resource
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY:
-            hard = 1 << 20
-        if soft < hard:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            except (ValueError, OSError):
-                pass
 
     def _take_lock(self) -> int:
         path = os.path.join(self.state_dir, channels.RESTARTER_LOCK)
