@@ -6,8 +6,8 @@ Runs the whole chain (`hachain run`, watchdog device "none", runtime dir on tmpf
 until every service is ready, SIGKILLs the restarter and reports: how long the new
 restarter took to re-adopt every service (from its own process start, and from the start
 of adoption), the time from the kill until status shows all N ready again (this includes
-init's restart, at once for a first death), duplicates (a service whose pid changed or that runs twice),
-and the RSS of init and of the restarter.
+init's restart, at once for a first death), duplicates (a service whose pid changed or
+that runs twice), and the RSS of init and of the restarter.
 """
 
 from __future__ import annotations
