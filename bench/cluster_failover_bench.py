@@ -40,6 +40,7 @@ from hachain.cluster import timing  # noqa: E402
 from hachain.simulators import singleton_svc  # noqa: E402
 from hachain.simulators.cluster_harness import EtcdCluster, Net, config_text  # noqa: E402
 from hachain.simulators.machine import SimMachine  # noqa: E402
+from tests.conftest import wait_until as wait  # noqa: E402
 
 SBD_DISKLESS_DEFAULT = 10.0
 SVC = singleton_svc.__file__
@@ -51,17 +52,6 @@ def stamps_of(path: str) -> list[dict[str, Any]]:
             return [json.loads(ln) for ln in f if ln.endswith("\n")]
     except FileNotFoundError:
         return []
-
-
-def wait(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout:g} s")
-        time.sleep(0.02)
 
 
 def main() -> int:
