@@ -123,6 +123,47 @@ def _paths(d: Any, at: Path) -> list[Path]:
     return out
 
 
+def _open_multiline(ln: str, in_ml: str | None) -> str | None:
+    """The quote of the multi-line string still open at the end of line `ln` (None: none),
+    given the one open at its start. Strings, escapes and comments are followed, so a
+    quote inside a string (`command = ["'''"]`) opens nothing."""
+    i, n = 0, len(ln)
+    while i < n:
+        if in_ml:
+            j = ln.find(in_ml, i)
+            while j > 0 and in_ml == '"""' and _escaped(ln, j):
+                j = ln.find(in_ml, j + 1)
+            if j < 0:
+                return in_ml
+            i = j + 3
+            while i < n and ln[i] == in_ml[0]:  # up to two more quotes end the text
+                i += 1
+            in_ml = None
+            continue
+        c = ln[i]
+        if c == "#":
+            return None
+        if ln.startswith('"""', i) or ln.startswith("'''", i):
+            in_ml, i = ln[i:i + 3], i + 3
+            continue
+        if c in "\"'":
+            j = i + 1
+            while j < n and (ln[j] != c or (c == '"' and _escaped(ln, j))):
+                j += 1
+            i = j + 1
+            continue
+        i += 1
+    return in_ml
+
+
+def _escaped(ln: str, j: int) -> bool:
+    """The character at `j` follows an odd number of backslashes."""
+    k = j
+    while k > 0 and ln[k - 1] == "\\":
+        k -= 1
+    return (j - k) % 2 == 1
+
+
 class Locator:
     """The line where each key path is defined (headers, dotted keys, inline tables)."""
 
@@ -133,8 +174,7 @@ class Locator:
         # TOML ends lines at \n only (str.splitlines would also split at \x1c, \u2028...)
         for n, ln in enumerate(text.split("\n"), 1):
             if in_ml:
-                if ln.count(in_ml) % 2:
-                    in_ml = None
+                in_ml = _open_multiline(ln, in_ml)
                 continue
             m = _HEADER.match(ln)
             if m:
@@ -152,10 +192,7 @@ class Locator:
                     except tomllib.TOMLDecodeError:
                         inner = [p]
                     self.where += [(table + q, n) for q in inner if q]
-            for q in ('"""', "'''"):
-                if ln.count(q) % 2:
-                    in_ml = q
-                    break
+            in_ml = _open_multiline(ln, None)
 
         self.first: dict[Path, int] = {}  # each path and each of its prefixes: first line
         for p, n in self.where:

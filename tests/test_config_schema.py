@@ -693,7 +693,7 @@ def test_config_and_schema_import_no_layer() -> None:
     only the shared names (channels, stdlib-only); the schema imports nothing of hachain."""
     import ast
     for name, allowed in (("config.py", {"hachain.schema", "hachain.cluster",
-                                         "hachain.channels"}),
+                                         "hachain.channels", "hachain.errors"}),
                           ("schema.py", set())):
         tree = ast.parse(open(os.path.join(ROOT, "hachain", name)).read())
         mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -724,3 +724,20 @@ def test_a_file_name_with_a_newline_still_gives_one_line(tmp_path: os.PathLike[s
         config.load(path)
     assert ei.value.errors == ["bad\\nname.toml:2: watchdog.timeout: must be a finite number, "
                                "got nan"]
+
+
+@pytest.mark.parametrize("value", [
+    """["'''"]""",                   # a literal multi-line quote inside a basic string
+    r'''["\"\"\""]''',               # escaped quotes inside a basic string
+    """['\"\"\"']""",                # a basic multi-line quote inside a literal string
+    '"""a\n\\"""\nb"""',             # a multi-line string holding an escaped quote
+    "'''x\ny'''  # '''",             # closed, then the quote again in a comment
+])
+def test_quotes_inside_strings_do_not_shift_the_lines_after(value: str) -> None:
+    """A multi-line string's quotes inside another string or a comment open nothing (found
+    by the generated configurations: `command = ["'''"]`): later errors keep their line."""
+    text = f'[service.a]\ncommand = ["x"]\nuser = {value}\nsuccess_exit = []\n'
+    with pytest.raises(config.ConfigError) as ei:
+        config.parse(text, "chain.toml")
+    line = text.count("\n")
+    assert f"chain.toml:{line}: service.a.success_exit: " in "\n".join(ei.value.errors)
