@@ -32,6 +32,12 @@ if TYPE_CHECKING:
 
 # --- names ------------------------------------------------------------------------------
 
+# Where things are when nothing says otherwise (config.py's defaults are these; the status
+# path reads them here so that `hachain status` need not import the configuration schema).
+DEFAULT_CONFIG = "/etc/hachain/chain.toml"
+DEFAULT_STATE_DIR = "/run/hachain"
+DEFAULT_PERSIST_DIR = "/var/lib/hachain"
+
 CONTROL_SOCKET = "control.sock"
 HEARTBEAT_DIR = "hb"
 SERVICE_RECORD_DIR = "services"

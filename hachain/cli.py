@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from hachain import bootrecord, channels, client, cmdline, config
+from hachain import bootrecord, channels, client, cmdline
 
 _err = cmdline.err
 _load = cmdline.load
@@ -88,13 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if getattr(args, "cluster", False):
         return cmd_status_cluster(args)
     state_dir, persist_dir = dirs(args)
-    wd = None
-    if args.config:
-        try:
-            wd = _load(args.config).watchdog
-        except config.ConfigError:
-            pass  # dirs() found the directories anyway; the running snapshot judges
-    st = status.gather_status(state_dir, persist_dir, wd)
+    st = status.gather_status(state_dir, persist_dir, config_path=args.config)
     if args.json:
         # compact: the C encoder; indented, 1000 services took ~60 ms of pure Python
         print(json.dumps(st, sort_keys=True))
@@ -105,7 +99,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_status_cluster(args: argparse.Namespace) -> int:
     """Every node and singleton as etcd knows them; 1 when no member answers."""
-    cfg = _load(args.config or config.DEFAULT_PATH)
+    cfg = _load(args.config or channels.DEFAULT_CONFIG)
     if cfg.cluster is None:
         _err(f"{cfg.path}: no [cluster] table: this chain is a single machine")
         return 2
@@ -122,7 +116,7 @@ def cmd_status_cluster(args: argparse.Namespace) -> int:
 
 def cmd_move(args: argparse.Namespace) -> int:
     """Hand a singleton to another node: its owner stops it first, then releases it."""
-    cfg = _load(args.config or config.DEFAULT_PATH)
+    cfg = _load(args.config or channels.DEFAULT_CONFIG)
     svc = cfg.services.get(args.name)
     if cfg.cluster is None or svc is None or not svc.singleton:
         _err(f"{cfg.path}: {args.name!r} is not a singleton service of a [cluster]")
@@ -214,11 +208,11 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     sub.required = True
 
     c = sub.add_parser("check", help="validate a configuration file")
-    c.add_argument("-c", "--config", default=config.DEFAULT_PATH)
+    c.add_argument("-c", "--config", default=channels.DEFAULT_CONFIG)
     c.set_defaults(func=cmd_check)
 
     r = sub.add_parser("run", help="the whole chain in the foreground (init as subreaper)")
-    r.add_argument("-c", "--config", default=config.DEFAULT_PATH)
+    r.add_argument("-c", "--config", default=channels.DEFAULT_CONFIG)
     r.add_argument("--no-tickler", action="store_true",
                    help="with device = \"none\": do not start the tickler")
     r.set_defaults(func=cmd_run)

@@ -27,8 +27,9 @@ from typing import Any
 
 from hachain import channels
 from hachain import schema as S
+from hachain.errors import ConfigError
 
-DEFAULT_PATH = "/etc/hachain/chain.toml"
+DEFAULT_PATH = channels.DEFAULT_CONFIG
 
 RESTART_POLICIES = ("always", "on-failure", "on-abnormal", "never")
 KINDS = ("longrun", "oneshot", "forking")
@@ -38,14 +39,6 @@ INTENSITY_ACTIONS = ("maintenance", "restart-group", "reboot", "ignore")
 BOOT_LOOP_ACTIONS = ("rescue", "disarm", "ignore")
 HEALTH_KINDS = ("exec", "tcp")
 RLIMITS = ("as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "stack")
-
-
-class ConfigError(Exception):
-    """One or more configuration errors; str() gives one line per error."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True)
@@ -148,8 +141,8 @@ class BootLoop:
 
 @dataclass(frozen=True)
 class ChainConfig:
-    state_dir: str = "/run/hachain"
-    persist_dir: str = "/var/lib/hachain"
+    state_dir: str = channels.DEFAULT_STATE_DIR
+    persist_dir: str = channels.DEFAULT_PERSIST_DIR
     cgroup_root: str = "auto"  # "auto" | "none" | an absolute cgroup2 directory
     heartbeat_interval: float = 2.0
     restart_delay: float = 1.0

@@ -28,12 +28,26 @@ import hashlib
 import os
 import re
 import time
-import tomllib
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from hachain import channels
-from hachain.config import ChainConfig, Config, ConfigError, parse, with_env_overrides
+from hachain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hachain.config import Config
+
+
+def parse(text: str, source: str) -> Config:
+    """config.parse, imported when first needed: reading snapshots (`hachain status`)
+    must not pay for the configuration schema."""
+    from hachain import config
+    return config.parse(text, source)
+
+
+def with_env_overrides(cfg: Config, environ: dict[str, str] | None = None) -> Config:
+    from hachain import config
+    return config.with_env_overrides(cfg, environ)
 
 RUNNING = channels.RUNNING_CONFIG  # in state_dir
 LAST_GOOD = channels.LAST_GOOD_CONFIG  # in persist_dir
@@ -51,6 +65,9 @@ class Snapshot:
     chain_id: str = ""  # the chain run this running snapshot belongs to
     fallback: str = ""  # "" or the error that made this run the last-known-good one
     format: int = FORMAT
+    # the accepted watchdog timing that judges heartbeats (env overrides applied), so
+    # that `hachain status` judges without parsing the text: {} in older snapshots
+    timing: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +83,10 @@ class Snapshot:
                                             "chain_id", "fallback", "format")})
         except (KeyError, TypeError):
             return None
+        timing = d.get("timing")
+        if isinstance(timing, dict) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in timing.values()):
+            snap = replace(snap, timing=timing)
         if not isinstance(snap.text, str) or digest(snap.text) != snap.sha256:
             return None
         return snap
@@ -118,17 +139,24 @@ def salvage_chain(path: str) -> dict[str, Any]:
         text = _read_text(path)
     except ConfigError:
         return {}
-    m = re.search(r"^\s*\[chain\]\s*(#.*)?$(.*?)(?=^\s*\[)|^\s*\[chain\]\s*(#.*)?$(.*)\Z",
-                  text, re.M | re.S)
+    d = chain_table(text) or {}
+    return {k: v for k, v in d.items() if k in ("state_dir", "persist_dir")
+            and isinstance(v, str) and os.path.isabs(v)}
+
+
+def chain_table(text: str) -> dict[str, Any] | None:
+    """The `[chain]` table of a TOML text parsed on its own: {} when the text has no
+    `[chain]` header, None when that section does not parse by itself."""
+    m = re.search(r"^[ \t]*\[chain\][ \t]*(#[^\n]*)?$(.*?)(?=^\s*\[)"
+                  r"|^[ \t]*\[chain\][ \t]*(#[^\n]*)?$(.*)\Z", text, re.M | re.S)
     if m is None:
         return {}
     body = m.group(2) if m.group(2) is not None else m.group(4)
+    import tomllib
     try:
-        d = tomllib.loads(body)
+        return tomllib.loads(body)
     except tomllib.TOMLDecodeError:
-        return {}
-    return {k: v for k, v in d.items() if k in ("state_dir", "persist_dir")
-            and isinstance(v, str) and os.path.isabs(v)}
+        return None
 
 
 def persist_candidates(environ: dict[str, str] | None = None,
@@ -150,7 +178,7 @@ def persist_candidates(environ: dict[str, str] | None = None,
             out.append(parse(running.text, running.source).chain.persist_dir)
         except ConfigError:
             pass
-    out.append(ChainConfig().persist_dir)
+    out.append(channels.DEFAULT_PERSIST_DIR)
     return list(dict.fromkeys(out))
 
 
@@ -183,15 +211,21 @@ def accept(path: str, chain_id: str = "", fallback: bool = True,
                                *e.errors[1:]]) from None
         snap = replace(lkg, chain_id=chain_id, fallback=e.errors[0])
         cfg = _config_of(snap, environ)
+        snap = replace(snap, timing=_timing_of(cfg))
         if log is not None:  # the one line that says so, from whoever accepted
             log(f"{e.errors[0]}: running the last-known-good configuration of {source} "
                 f"accepted {_when(lkg.accepted_wall)}")
         _save(cfg, snap, last_good=False, log=log)
         return cfg, snap
     snap = Snapshot(source=source, text=text, sha256=digest(text), accepted_wall=time.time(),
-                    chain_id=chain_id)
+                    chain_id=chain_id, timing=_timing_of(cfg))
     _save(cfg, snap, last_good=True, log=log)
     return cfg, snap
+
+
+def _timing_of(cfg: Config) -> dict[str, float]:
+    return {"heartbeat_timeout": cfg.watchdog.heartbeat_timeout,
+            "restart_grace": cfg.watchdog.restart_grace}
 
 
 def _save(cfg: Config, snap: Snapshot, last_good: bool, log: Any) -> None:

@@ -20,17 +20,18 @@ Facts this relies on:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import re
 import sys
 import time
-import tomllib
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from hachain import bootrecord, channels, client, config
+from hachain import bootrecord, channels, client
+
+if TYPE_CHECKING:  # imported when needed: `hachain status` must start fast
+    from hachain import config
 
 LAYER_STATES = ("alive", "hung", "stale", "restarting", "dead", "absent")
 LAST_TABLE = channels.STATUS_LAST_TABLE
@@ -155,6 +156,7 @@ _NEXT_TABLE = re.compile(r"^[ \t]*\[", re.M)
 def _watchdog_table(text: str) -> dict[str, Any]:
     """The `[watchdog]` table of a TOML text: that section alone when it reads on its
     own, else (written another way, e.g. dotted keys) from the whole text."""
+    import tomllib
     head = _WATCHDOG_HEAD.search(text)
     if head is not None:
         nxt = _NEXT_TABLE.search(text, head.end())
@@ -166,15 +168,30 @@ def _watchdog_table(text: str) -> dict[str, Any]:
     return table if isinstance(table, dict) else {}
 
 
-def _timing(state_dir: str, wd: config.WatchdogConfig | None) -> config.WatchdogConfig:
-    """The watchdog table that judges heartbeats: the running snapshot's (what the chain
-    runs), else `wd` (the file given with -c), else the defaults."""
+class Timing(NamedTuple):
+    """What judges the layers' heartbeats (a WatchdogConfig serves as well)."""
+
+    heartbeat_timeout: float
+    restart_grace: float
+
+
+Judge = Union[Timing, "config.WatchdogConfig"]
+
+
+def _timing(state_dir: str, wd: config.WatchdogConfig | None,
+            config_path: str | None = None) -> Judge:
+    """The watchdog timing that judges heartbeats: the running snapshot's (what the chain
+    runs), else `wd`, else that of the file at `config_path` (given with -c) when it
+    loads, else the defaults."""
     from hachain import snapshot
     snap = snapshot.read_running(state_dir)
+    if snap is not None and "heartbeat_timeout" in snap.timing:
+        t = snap.timing
+        return Timing(float(t["heartbeat_timeout"]), float(t.get("restart_grace", 0.0)))
+    from hachain import config  # ~45 ms: only for a snapshot older than its timing record
     if snap is not None:
         # Only [watchdog]'s two durations are needed, and the snapshot was validated when
-        # it was accepted: read that table alone (a full parse of 1000 services takes
-        # seconds, even tomllib on the whole text some 70 ms; status must be quick).
+        # it was accepted: read that table alone.
         try:
             table = _watchdog_table(snap.text)
             base = config.WatchdogConfig()
@@ -184,16 +201,20 @@ def _timing(state_dir: str, wd: config.WatchdogConfig | None) -> config.Watchdog
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     return float(v)
                 return default
-            return dataclasses.replace(
-                base, heartbeat_timeout=num("heartbeat_timeout", base.heartbeat_timeout),
-                restart_grace=num("restart_grace", base.restart_grace))
-        except (tomllib.TOMLDecodeError, AttributeError, ValueError):
+            return Timing(num("heartbeat_timeout", base.heartbeat_timeout),
+                          num("restart_grace", base.restart_grace))
+        except (ValueError, AttributeError):  # TOMLDecodeError is a ValueError
             pass
+    if wd is None and config_path:
+        try:
+            wd = config.with_env_overrides(config.load(config_path)).watchdog
+        except config.ConfigError:
+            pass  # the directories were found anyway; the defaults judge
     return wd if wd is not None else config.WatchdogConfig()
 
 
 def _layer(layer: str, hb: channels.Heartbeat | None, finder: Finder, now: float,
-           wd: config.WatchdogConfig, init: dict[str, Any] | None) -> dict[str, Any]:
+           wd: Judge, init: dict[str, Any] | None) -> dict[str, Any]:
     """The JSON of one layer: what its heartbeat says and the state derived from it."""
     host = finder.find(hb) if hb is not None else None
     pstate = channels.proc_state(host) if host is not None else None
@@ -262,10 +283,11 @@ def load_table(state_dir: str, now: float) -> dict[str, Any] | None:
 # --- gathering --------------------------------------------------------------------------------
 
 def gather_status(state_dir: str, persist_dir: str,
-                  wd: config.WatchdogConfig | None = None) -> dict[str, Any]:
+                  wd: config.WatchdogConfig | None = None,
+                  config_path: str | None = None) -> dict[str, Any]:
     """Everything `hachain status` shows, as one JSON-able object (`verdict` included)."""
     now = time.monotonic()
-    timing = _timing(state_dir, wd)
+    timing = _timing(state_dir, wd, config_path)
     finder = Finder()
     hbs = {layer: channels.read_heartbeat(state_dir, layer) for layer in channels.LAYERS}
     layers: dict[str, Any] = {}
@@ -343,7 +365,7 @@ def _gate(wdog: dict[str, Any]) -> dict[str, Any] | None:
     return {"ok": False, "reasons": [f"malformed gate record {gate!r}"]}
 
 
-def _layer_reason(layer: str, d: dict[str, Any], wd: config.WatchdogConfig) -> str:
+def _layer_reason(layer: str, d: dict[str, Any], wd: Judge) -> str:
     age = d.get("heartbeat_age")
     beat = "no heartbeat" if age is None else f"heartbeat {age:.1f} s old"
     pid = d.get("host_pid") or d.get("pid")
@@ -357,7 +379,7 @@ def _layer_reason(layer: str, d: dict[str, Any], wd: config.WatchdogConfig) -> s
     return f"{layer} dead ({beat}" + (f", pid {d['pid']} gone)" if d.get("pid") else ")")
 
 
-def problems(st: dict[str, Any], wd: config.WatchdogConfig) -> list[str]:
+def problems(st: dict[str, Any], wd: Judge) -> list[str]:
     """Why the chain is not healthy, most fundamental first ([] when it is)."""
     ch = st["chain"]
     why = [_layer_reason(layer, d, wd) for layer, d in ch["layers"].items()
@@ -378,7 +400,7 @@ def problems(st: dict[str, Any], wd: config.WatchdogConfig) -> list[str]:
     return why
 
 
-def verdict(st: dict[str, Any], wd: config.WatchdogConfig) -> dict[str, Any]:
+def verdict(st: dict[str, Any], wd: Judge) -> dict[str, Any]:
     """healthy / degraded: why / resetting in N s: why (like `systemctl
     is-system-running`: anything but healthy exits 1)."""
     ch = st["chain"]

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -128,6 +129,26 @@ def test_heartbeats_are_judged_by_the_running_configuration(tmp_path: Any) -> No
     assert status._timing(str(state), None).restart_grace == WD.restart_grace
 
 
+@pytest.mark.parametrize(("text", "quick"), [
+    ('[chain]\nstate_dir = "/r/x"\n[service.a]\ncommand = ["x"]\n', ("/r/x", "/var/lib/hachain")),
+    ('[chain] # c\npersist_dir = "/p"\nstate_dir = "/r"\n', ("/r", "/p")),
+    ('[service.a]\ncommand = ["x"]\n', ("/run/hachain", "/var/lib/hachain")),
+    ('chain.state_dir = "/r"\n', None),           # set outside a [chain] header
+    ('[chain]\nstate_dir = 3\n', None),            # the whole load names the error
+    ('[chain]\nstate_dir = "/r"\n[service.x\n', ("/r", "/var/lib/hachain")),  # broken after
+    ('[chain]\nstate_dir = "/r" "/s"\n', None),      # the table does not parse alone
+    ('[service.a]\nenv = { state_dir = "/x" }\n', None),  # the word elsewhere: be safe
+])
+def test_the_directories_come_from_the_chain_table_alone(
+        tmp_path: Any, text: str, quick: tuple[str, str] | None) -> None:
+    """Status and the control commands read the [chain] table alone when it says
+    everything; anything else takes the whole load (as before)."""
+    from hachain import cmdline
+    f = tmp_path / "chain.toml"
+    f.write_text(text)
+    assert cmdline._chain_dirs(str(f)) == quick
+
+
 def test_odd_heartbeat_values_are_shown_escaped_not_crashed_on(tmp_path: Any,
                                                               capsys: Any) -> None:
     state, persist = tmp_path / "run", tmp_path / "persist"
@@ -215,6 +236,16 @@ command = {json.dumps([PY, SVC, "sleep"])}
     assert rc == 0 and st["verdict"]["state"] == "healthy"
     assert st["services"]["db"]["status_text"] == INJECT
     assert {d["state"] for d in st["chain"]["layers"].values()} == {"alive"}
+    # the status of a running chain reads its snapshot: no configuration schema loaded
+    # (that import alone is ~45 ms, a third of what status cost under a crash storm)
+    probe = ("import sys; from hachain.cli import main; rc = main(sys.argv[1:]); "
+             "print(' '.join(m for m in sys.modules if m.startswith('hachain')), "
+             "file=sys.stderr); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", probe, "status", "--json", *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["verdict"]["state"] == "healthy"
+    loaded = r.stderr.split()
+    assert "hachain.status" in loaded and "hachain.config" not in loaded, loaded
     # columns line up: each row's STATE starts under the header's
     table = lines[lines.index(next(ln for ln in lines if ln.startswith("SERVICE"))):]
     col = table[0].index("STATE")
