@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
@@ -69,6 +70,8 @@ class Node:
         self.last_token: dict[str, int] = {}  # the token last seen on each key
         self.published: tuple[Any, ...] | None = None  # what the node record last said
         self.published_at = 0.0
+        self.started = time.monotonic()
+        self.leaving: float | None = None  # orderly stop: mono of the withdrawal's beat
         restarts = os.environ.get(channels.ENV_LAYER_RESTARTS, "0")
         self.hb = channels.HeartbeatWriter(cfg.chain.state_dir, LAYER,
                                            int(restarts) if restarts.isdigit() else 0)
@@ -103,11 +106,13 @@ class Node:
             "fence_at": None if t0 is None else timing.fence_at(t0, self.ttl),
             "start_until": None if t0 is None else timing.start_until(t0, self.ttl,
                                                                       self.budget),
-            "owned": {n: t for n, t in self.owned.items() if n not in self.releasing},
+            "owned": {} if self.leaving is not None else
+            {n: t for n, t in self.owned.items() if n not in self.releasing},
             "owners": dict(self.owners), "since": self.since,
             "releasing": sorted(self.releasing),
             "renewed_wall": self.renewed_wall, "endpoint": self.endpoints[self.ep],
             "error": self.error, "takeover_wait": self.wait,
+            "leaving": self.leaving is not None,
         }
 
     def beat(self) -> None:
@@ -252,8 +257,9 @@ class Node:
             if self.lease_id is None or self.t0 is None or \
                     now >= timing.start_until(self.t0, self.ttl, self.budget):
                 continue
-            if moves.get(name, self.node) != self.node or name in held:
-                continue  # being moved to another node, or this one cannot run it
+            if moves.get(name, self.node) != self.node or name in held or \
+                    self.leaving is not None:
+                continue  # being moved, this node cannot run it, or it is stopping
             if now - first < self.wait:
                 # released by its owner at the token we last saw (it was shown down
                 # there first): no lease expiry to wait for. Otherwise, the rule.
@@ -304,11 +310,22 @@ class Node:
         self.published, self.published_at = what, now
 
     async def tick(self) -> None:
+        """One round: renew, look at the keys, publish. When an RPC fails, the next
+        endpoint gets the whole round again at once, while the round is younger than one
+        keepalive period (each endpoint at most once a round): a member that died or
+        hangs costs one RPC deadline, not a keepalive period."""
+        started = time.monotonic()
+        for _ in self.endpoints:
+            if await self.round() or time.monotonic() - started >= self.period:
+                return
+
+    async def round(self) -> bool:
         try:
             await asyncio.wait_for(self.renew(), 2 * self.period)
             await asyncio.wait_for(self.claim(), 2 * self.period)
             await asyncio.wait_for(self.publish(), 2 * self.period)
             self.error = ""
+            return True
         except Exception as e:  # noqa: BLE001 - any failure: try the next member
             # An absence seen before losing contact proves nothing about the key now: it
             # may have been taken and have expired again since (found by `hachain verify
@@ -320,41 +337,120 @@ class Node:
                 log(f"etcd {self.endpoints[self.ep]}: {why}")
             self.error = why
             await self.next_endpoint()
+            return False
+
+    # --- an orderly stop ----------------------------------------------------------------
+
+    def leave(self) -> None:
+        """SIGTERM: withdraw every grant (the restarter stops what runs) and take nothing
+        more; `left_safely` then says when the lease may be given back."""
+        if self.leaving is None:
+            self.beat()  # the withdrawal, now
+            hb = channels.read_heartbeat(self.cfg.chain.state_dir, LAYER)
+            self.leaving = hb.mono if hb is not None else time.monotonic()
+            log("stopping: singletons "
+                f"{', '.join(sorted(self.owned)) or '(none)'} withdrawn; the lease is "
+                "given back once they are shown down here")
+
+    def shown_down(self) -> bool:
+        """Are this node's singletons certainly down? Either a restarter heartbeat that
+        read the withdrawal lists none of them up (the cluster layer alone is stopped),
+        or the chain is stopping (init says so) and the restarter's last heartbeat, from
+        after this layer started, says its orderly stop is over (every service reaped)."""
+        if not self.owned:
+            return True
+        sd = self.cfg.chain.state_dir
+        rhb = channels.read_heartbeat(sd, "restarter")
+        if rhb is None:
+            return False
+        x = rhb.extra
+        if x.get("stopped") is True and rhb.mono >= self.started:
+            ihb = channels.read_heartbeat(sd, "init")
+            if ihb is not None and ihb.extra.get("stopping") is True:
+                return True
+        seen, up = x.get("cluster_seen"), x.get("singletons_up")
+        return self.leaving is not None and isinstance(seen, (int, float)) and \
+            seen >= self.leaving and isinstance(up, list) and not set(up) & set(self.owned)
+
+    async def give_back(self) -> None:
+        """The singletons are down here: delete each key at its token with a `released`
+        marker (the next node takes it at once, as after `hachain move`), then revoke
+        the lease (this node's record goes with it). Every endpoint is tried."""
+        for _ in self.endpoints:
+            try:
+                c = await self.connect()
+                tx = c.transactions
+                for name, token in sorted(self.owned.items()):
+                    await asyncio.wait_for(c.transaction(
+                        compare=[tx.mod(self.key(name)) == token],
+                        success=[tx.delete(self.key(name)),
+                                 tx.put(self.key_of("released", name), str(token).encode())],
+                        failure=[]), 2 * self.period)
+                    log(f"{name}: released (token {token}): stopped here")
+                    self.owned.pop(name)
+                if self.lease_id is not None:
+                    await asyncio.wait_for(c.revoke_lease(self.lease_id), 2 * self.period)
+                    log(f"lease {self.lease_id:x} revoked")
+                self.lease_id, self.t0, self.owned, self.since = None, None, {}, {}
+                return
+            except Exception as e:  # noqa: BLE001 - try the next member
+                log(f"etcd {self.endpoints[self.ep]}: giving the lease back: "
+                    f"{type(e).__name__}: {e}".splitlines()[0][:200])
+                await self.next_endpoint()
 
 
 async def _run(node: Node, hb_interval: float) -> int:
-    stop = asyncio.Event()
+    term = asyncio.Event()  # SIGTERM, SIGINT: leave (below)
+    done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, term.set)
     init = channels.init_from_env()
 
     async def beats() -> None:
-        while not stop.is_set():
+        while not done.is_set():
             node.beat()
             if (why := channels.init_gone(init)) is not None:
                 log(f"{why}: exiting")
-                stop.set()
+                done.set()
                 return
             try:
-                await asyncio.wait_for(stop.wait(), hb_interval)
+                await asyncio.wait_for(done.wait(), hb_interval)
             except TimeoutError:
                 pass
 
     async def keepalives() -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            await node.tick()
-            node.beat()
-            left = node.period - (time.monotonic() - started)
+        # An orderly stop withdraws the grants and keeps renewing until the singletons
+        # are shown down here, then gives the lease back: another node takes over at
+        # once. If that cannot be shown within one TTL (a restarter killed mid-stop), it
+        # exits with the lease, whose expiry then hands them over (docs/cluster.md).
+        deadline: float | None = None
+        last = -math.inf
+        while not done.is_set():
+            now = time.monotonic()
+            if term.is_set():
+                node.leave()
+                deadline = deadline or now + node.ttl
+                if node.shown_down():
+                    await node.give_back()
+                    break
+                if now > deadline:
+                    log("stopping with the lease: the singletons were not shown down "
+                        f"within {node.ttl} s; it expires at etcd")
+                    break
+            if now - last >= node.period:
+                last = now
+                await node.tick()
+                node.beat()
+            wait = hb_interval if term.is_set() else \
+                max(0.0, node.period - (time.monotonic() - last))
             try:
-                await asyncio.wait_for(stop.wait(), max(0.0, left))
+                await asyncio.wait_for(done.wait() if term.is_set() else term.wait(), wait)
             except TimeoutError:
                 pass
+        done.set()
 
     await asyncio.gather(beats(), keepalives())
-    # An orderly stop keeps the lease: its keys expire with it, so nothing runs elsewhere
-    # before this node's singletons are certainly down (docs/cluster.md).
     node.beat()
     return 0
 

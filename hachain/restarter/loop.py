@@ -1195,6 +1195,9 @@ class Restarter:
                 os.rmdir(self.cgroups.root)
             except OSError:
                 pass
+        # the last word: every service is reaped (the cluster layer may give its lease
+        # back at once: docs/cluster.md, "an orderly stop")
+        self.hb.beat({"stopped": True, "singletons_up": [], "cluster_seen": self.cluster_seen})
         return True
 
 
