@@ -46,15 +46,27 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hachain import __version__, bootrecord, channels, client, config
-from hachain import snapshot as snapshot_mod
+from hachain import __version__, channels, config
 from hachain.simulators import chaos_report, chaos_svc
+from hachain.simulators.chaos_kinds import (
+    BOOT_BUDGET,
+    DB_MAX_RESTARTS,
+    KINDS,
+    PANIC_DELAY,
+    SERVICE_FILE,
+    Fault,
+    InjectError,
+    Injection,
+    capabilities,
+    convergence_bound,
+    reboot_bound,
+    schedule,
+    unfill,
+)
+from hachain.simulators.converge import Snapshot, lasting, snapshot, snapshot_problems
 from hachain.simulators.machine import CONSOLE_NAME, SimMachine, find_cgroup2_mount
 
 # --- the campaign's own services -------------------------------------------------------
-
-# The service program (simulators/chaos_svc.py), copied into the work directory.
-SERVICE_FILE = "chaos_svc.py"
 
 # Watchdog settings of the built-in campaign: tight, so faults resolve in seconds.
 WD_TIMEOUT, PET, HB_TIMEOUT, HB_INTERVAL, RESTART_DELAY = 3, 0.5, 1.5, 0.25, 0.5
@@ -109,377 +121,20 @@ command = {cmd("none")}
 {common}"""
 
 
-# --- the fault model ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FaultKind:
-    """One kind of fault. `target`: what it picks from — "service" (any long-running
-    service), "liveness" (a service with watchdog_sec or a health check: the only ones
-    whose hang the chain can see), "layer" (restarter, tickler), "layer+init", "init",
-    "machine". `reboot`: None (a reboot is a failure), "watchdog" or "panic"."""
-    name: str
-    target: str
-    reboot: str | None
-    summary: str
-    needs: str = ""  # "cgroup", "tmpfs", "never"
-
-
-KINDS: dict[str, FaultKind] = {k.name: k for k in (
-    FaultKind("kill-service", "service", None, "SIGKILL the service's main process"),
-    FaultKind("crash-loop", "service", None,
-              "SIGKILL the service 4 times in a row, each new process as soon as it exists"),
-    FaultKind("stop-service", "service", None, "SIGSTOP the service, SIGCONT after 1 s"),
-    FaultKind("hang-service", "liveness", None,
-              "SIGSTOP the service and leave it: its watchdog must see it hung"),
-    FaultKind("freeze-service", "service", None,
-              "cgroup.freeze the service's cgroup, thaw after 1 s", "cgroup"),
-    FaultKind("freeze-service-hung", "liveness", None,
-              "cgroup.freeze the service's cgroup and leave it frozen", "cgroup"),
-    FaultKind("fork-bomb", "service", None,
-              "the service forks 64 sleepers (half in new sessions) and exits 1"),
-    FaultKind("fd-exhaust", "service", None,
-              "the service opens fds up to RLIMIT_NOFILE (exits 1, or hangs its pings)"),
-    FaultKind("kill-layer", "layer", None, "SIGKILL the restarter or the tickler"),
-    FaultKind("pause-layer", "layer+init", None,
-              "SIGSTOP a layer for 0.5 s (< heartbeat_timeout): no reboot allowed"),
-    FaultKind("hang-layer", "layer+init", "watchdog",
-              "SIGSTOP a layer (= freezing it) and leave it: the watchdog must reset"),
-    FaultKind("kill-init", "init", "panic", "SIGKILL PID 1 from the host: kernel panic"),
-    FaultKind("disk-full", "machine", None,
-              "fill the persist file system (tmpfs) for 2 s, then free it", "tmpfs"),
-    FaultKind("run-full", "service", None,
-              "fill the run file system (tmpfs), SIGKILL the service while it is full, "
-              "free it after the reboot bound: supervision must go on, with no reset",
-              "tmpfs"),
-    FaultKind("clock-step", "machine", None, "step CLOCK_REALTIME by an hour", "never"),
-    FaultKind("config-broken", "layer", None,
-              "append a TOML syntax error to the configuration file, then SIGKILL a layer: "
-              "it must come back from the running snapshot (no reboot), file restored after"),
-    FaultKind("io-stall", "gated", "watchdog",
-              "bind-mount a FIFO nobody writes over the heartbeat file of init or the "
-              "restarter, inside the machine (a read that never returns, as on a hung "
-              "mount): the pet loop keeps its timing, the gate fails by the read's deadline "
-              "and says so, the watchdog resets", "tmpfs"),
-    FaultKind("boot-loop", "critical", "watchdog",
-              "the critical service fails at every start, boot after boot: the machine "
-              "must come up in rescue within boot_loop.resets resets and stay up; then "
-              "the cause is removed and `hachain clear --boot-loop` ends the rescue"),
-    FaultKind("power-cut", "machine", "power-cut",
-              "pull the plug while the chain writes persisted state (reload, stop, start "
-              "in flight): nothing persisted may be torn, and nothing acknowledged lost"),
-)}
-
-CLOCK_STEP_REASON = (
-    "CLOCK_REALTIME is not namespaced (time namespaces offset only CLOCK_MONOTONIC and "
-    "CLOCK_BOOTTIME) and stepping the host clock is not allowed; hachain times everything "
-    "with CLOCK_MONOTONIC, the wall clock only labels records")
-
-BOOT_LOOP_RESETS = 3  # [chain] boot_loop's default `resets` (the campaign keeps it)
-# db's intensity in the built-in configuration: a decaying count (each second up takes a
-# crash off), so faults spread over a campaign never add up, while a crash at every
-# start (boot-loop) parks it in maintenance within seconds
-DB_MAX_RESTARTS = 6
-
-# Convergence budgets (seconds) beyond the configured delays; see docs/chaos.md.
-START_BUDGET = 3.0  # spawn + readiness of a service, or start of a layer
-BOOT_BUDGET = 8.0  # from a boot to every service ready
-REBOOT_MARGIN = 1.0  # tick period and scheduling on a loaded box
-TMPFS_RUN, TMPFS_PERSIST = "8m", "16m"
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One scheduled fault: the index in the schedule, the kind and the target."""
-    index: int
-    kind: str
-    target: str
-
-
-def schedule(seed: int, n: int, kinds: list[str], services: list[str],
-             liveness: list[str]) -> list[Fault]:
-    """The campaign's faults: a pure function of its arguments (same seed, same list)."""
-    rng = random.Random(seed)
-    kinds = sorted(kinds)
-    pools = {"service": sorted(services), "liveness": sorted(liveness),
-             "layer": ["restarter", "tickler"], "layer+init": ["init", "restarter", "tickler"],
-             "gated": ["init", "restarter"], "critical": ["db"],
-             "init": ["init"], "machine": ["machine"]}
-    out = []
-    for i in range(n):
-        kind = rng.choice(kinds)
-        out.append(Fault(i, kind, rng.choice(pools[KINDS[kind].target])))
-    return out
-
-
-def reboot_bound(cfg: config.Config) -> float:
-    """Latest reset after a hang: heartbeat age + staleness + last pet + timeout (+margin)."""
-    wd = cfg.watchdog
-    return (cfg.chain.heartbeat_interval + wd.heartbeat_timeout + wd.pet_interval
-            + wd.timeout + REBOOT_MARGIN)
-
-
-def convergence_bound(kind: str, cfg: config.Config) -> float:
-    """How long a fault of `kind` may take until every invariant holds again."""
-    svcs = [s for s in cfg.services.values() if s.kind == "longrun"]
-    backoff = max((s.backoff.max for s in svcs), default=1.0)
-    liveness = max((s.watchdog_sec or (s.health.interval * s.health.failures if s.health else 0)
-                    for s in svcs), default=0.0)
-    stop = max((s.stop_timeout for s in svcs), default=1.0)
-    service = backoff + 2 * START_BUDGET  # the service, then its dependents
-    k = KINDS[kind]
-    if kind == "boot-loop":  # a crash loop into maintenance, then a reset per boot, rescue
-        return (DB_MAX_RESTARTS + 2) * (backoff + 0.5) + BOOT_LOOP_RESETS * (
-            reboot_bound(cfg) + BOOT_BUDGET) + BOOT_BUDGET
-    if k.reboot == "watchdog":
-        return reboot_bound(cfg) + BOOT_BUDGET
-    if k.reboot == "panic":
-        return PANIC_DELAY + 1.0 + BOOT_BUDGET
-    if k.reboot == "power-cut":
-        return BOOT_BUDGET
-    if kind in ("kill-layer", "config-broken"):
-        return cfg.chain.restart_delay + 2 * START_BUDGET
-    if kind in ("hang-service", "freeze-service-hung", "fd-exhaust"):
-        return liveness + stop + service
-    if kind == "crash-loop":
-        return 4 * (backoff + START_BUDGET)
-    if kind in ("stop-service", "freeze-service", "pause-layer", "disk-full"):
-        return 2.0 + service  # the hold, then anything the hold disturbed
-    if kind == "run-full":
-        return reboot_bound(cfg) + service  # held full for the reboot bound, then catch up
-    return service
-
-
-PANIC_DELAY = 0.5
 # SimMachine's "boot N: <what> (...)" event, back to its cause
 BOOT_CAUSES = {"power on": "power-on", "watchdog reset": "watchdog", "after panic": "panic",
                "reboot": "reboot", "after a power cut": "power-cut"}
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 TERMINAL_RE = re.compile(r"^[^:]+: (failed|maintenance) \(expected (ready|done)\)")
+TMPFS_RUN, TMPFS_PERSIST = "8m", "16m"
 
 
-# --- looking at the machine -------------------------------------------------------------
-
-@dataclass
-class Proc:
-    """One process of the machine, seen from the host."""
-    pid: int  # host pid
-    nspid: int
-    ppid: int  # host pid of the parent
-    state: str
-    start: int
-    service: str | None  # HACHAIN_SERVICE from its environment
-    cgroup: str  # its cgroup v2 path (relative to the mount)
-
+# --- the campaign ---------------------------------------------------------------------------
 
 def _read(path: str, mode: str = "rb") -> Any:
     with open(path, mode) as f:
         return f.read()
 
-
-def _proc(pid: int) -> Proc | None:
-    """Read one process's identity; None when it vanished meanwhile."""
-    try:
-        f = channels.proc_fields(pid)
-        if f is None:
-            return None
-        status = _read(f"/proc/{pid}/status", "r")
-        nspid = [ln for ln in status.splitlines() if ln.startswith("NSpid:")][0].split()[-1]
-        svc = None
-        try:
-            for kv in _read(f"/proc/{pid}/environ").split(b"\0"):
-                if kv.startswith(channels.ENV_SERVICE.encode() + b"="):
-                    svc = kv.split(b"=", 1)[1].decode(errors="replace")
-        except OSError:
-            pass
-        cg = ""
-        for line in _read(f"/proc/{pid}/cgroup", "r").splitlines():
-            if line.startswith("0::"):
-                cg = line[3:]
-        return Proc(pid, int(nspid), int(f[1]), f[0].decode(), int(f[19]), svc, cg)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-@dataclass
-class Snapshot:
-    """What the host sees of the machine at one moment."""
-    t: float
-    boots: int
-    init: int | None
-    layers: dict[str, int | None]  # host pids of restarter, tickler (None: not found)
-    hb_age: dict[str, float | None]
-    services: dict[str, Any] | None
-    error: str | None
-    procs: list[Proc]
-    admin: Any
-    records: dict[str, Any] | None = None  # <state_dir>/services/NAME.json (None: not read)
-    logger: int | None = None  # host pid of the logger (docs/logs.md), from its lock file
-
-
-def _logger(state_dir: str, by_ns: dict[int, int]) -> int | None:
-    """The logger's host pid: its lock file names it (a pid inside the machine). After a
-    restarter crash its parent is init, and it is part of the chain, not a stray."""
-    try:
-        return by_ns.get(int(_read(os.path.join(state_dir, "logger.lock")).split()[0]))
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _records(state_dir: str) -> dict[str, Any]:
-    """The restarter's runtime records, by service name ("unreadable: ..." when corrupt)."""
-    out: dict[str, Any] = {}
-    d = os.path.join(state_dir, channels.SERVICE_RECORD_DIR)
-    try:
-        names = [n for n in os.listdir(d) if n.endswith(".json")]
-    except OSError:
-        return out
-    for n in names:
-        try:
-            out[n[:-5]] = channels.read_json(os.path.join(d, n))
-        except (ValueError, OSError) as e:
-            out[n[:-5]] = f"unreadable: {e}"
-    return out
-
-
-def snapshot(m: SimMachine) -> Snapshot:
-    """Sample the machine: boots, layers, the restarter's status, every process, admin."""
-    now = time.monotonic()
-    init = m.init_host_pid()
-    procs: list[Proc] = []
-    if init is not None:
-        try:
-            ns = os.readlink(f"/proc/{init}/ns/pid")
-        except OSError:
-            ns = None
-        for e in os.listdir("/proc"):
-            if e.isdigit():
-                try:
-                    same = os.readlink(f"/proc/{e}/ns/pid") == ns
-                except OSError:
-                    continue
-                if same and (p := _proc(int(e))) is not None:
-                    procs.append(p)
-    by_ns = {p.nspid: p.pid for p in procs}
-    layers: dict[str, int | None] = {}
-    ages: dict[str, float | None] = {}
-    for layer in channels.LAYERS:
-        hb = m.heartbeat(layer)
-        ages[layer] = None if hb is None else round(hb.age(now), 3)
-        layers[layer] = None if hb is None else by_ns.get(hb.pid)
-    services, error = None, None
-    try:
-        rep = client.request(m.state_dir, {"op": "status"}, timeout=1.0)
-        if rep.get("ok"):
-            services = rep.get("services", {})
-        else:
-            error = str(rep.get("error"))
-    except client.ControlError as e:
-        error = str(e)
-    try:
-        admin = channels.read_json(os.path.join(m.persist_dir, channels.ADMIN_STATE))
-    except (ValueError, OSError) as e:
-        admin = f"unreadable: {e}"
-    return Snapshot(now, len(m.boots), init, layers, ages, services, error, procs, admin or {},
-                    _records(m.state_dir), _logger(m.state_dir, by_ns))
-
-
-def _torn_files(persist_dir: str) -> list[str]:
-    """Every persisted JSON or JSON-lines file that does not parse (a torn write)."""
-    out = []
-    for root, _dirs, files in os.walk(persist_dir):
-        for n in files:
-            path = os.path.join(root, n)
-            if n.endswith(".json"):
-                try:
-                    json.loads(_read(path))
-                except (ValueError, OSError) as e:
-                    out.append(f"{os.path.relpath(path, persist_dir)}: torn: {e}")
-            elif n.endswith(".jsonl"):
-                for i, line in enumerate(_read(path).splitlines()):
-                    try:
-                        json.loads(line)
-                    except ValueError as e:
-                        out.append(f"{os.path.relpath(path, persist_dir)}:{i + 1}: torn: {e}")
-    return out
-
-
-def _main_procs(snap: Snapshot, name: str) -> list[Proc]:
-    """A service's top processes: carrying its name, with a parent that does not."""
-    mine = {p.pid: p for p in snap.procs if p.service == name}
-    return [p for p in mine.values() if p.ppid not in mine]
-
-
-def problems(snap: Snapshot, cfg: config.Config, admin0: Any, cg_rel: str | None,
-             hb_timeout: float) -> list[str]:
-    """Every invariant the snapshot breaks (transient ones included: the caller waits)."""
-    out = []
-    if snap.init is None:
-        out.append("PID 1 not found")
-    for layer in channels.LAYERS:
-        age = snap.hb_age[layer]
-        if snap.layers[layer] is None or age is None:
-            out.append(f"{layer}: not running")
-        elif age > hb_timeout:
-            out.append(f"{layer}: heartbeat {age:.1f} s old")
-    if snap.services is None:
-        out.append(f"restarter does not answer: {snap.error}")
-        return out
-    for name, c in cfg.services.items():
-        st = snap.services.get(name)
-        if st is None:
-            out.append(f"{name}: unknown to the restarter")
-            continue
-        up = c.enabled and st.get("want") == "up"
-        mains = _main_procs(snap, name)
-        if not up:
-            want_state, n = "stopped", 0
-        elif c.kind == "oneshot":
-            want_state, n = "done", 0
-        else:
-            want_state, n = "ready", 1
-        if st["state"] != want_state:
-            out.append(f"{name}: {st['state']} (expected {want_state})"
-                       + (f": {st['reason']}" if st.get("reason") else ""))
-        if len(mains) != n:
-            out.append(f"{name}: {len(mains)} main processes (expected {n}): "
-                       f"{sorted(p.nspid for p in mains)}")
-        elif n == 1 and st.get("pid") != mains[0].nspid:
-            out.append(f"{name}: the restarter says pid {st.get('pid')}, running is "
-                       f"{mains[0].nspid}")
-        if snap.records is not None:
-            # what a restarter restarted now would re-adopt from: it must name what runs
-            rec = snap.records.get(name)
-            rec_pid = rec.get("pid") if isinstance(rec, dict) else None
-            if (st.get("pid") or rec_pid) and rec_pid != st.get("pid"):
-                out.append(f"{name}: runtime record names pid {rec_pid}"
-                           + ("" if rec is None or isinstance(rec, dict) else f" ({rec})")
-                           + f", the restarter runs {st.get('pid')}")
-        if cg_rel is not None:
-            want_cg = f"{cg_rel}/{name}"
-            for p in snap.procs:
-                if p.service == name and p.cgroup != want_cg:
-                    out.append(f"{name}: pid {p.nspid} outside its cgroup ({p.cgroup})")
-    if snap.admin != admin0:
-        out.append(f"admin.json changed: {admin0!r} -> {snap.admin!r}")
-    return out
-
-
-def lasting(a: Snapshot, b: Snapshot) -> list[str]:
-    """Zombies and strays present in both snapshots (same pid and start time)."""
-    def bad(s: Snapshot) -> dict[tuple[int, int], str]:
-        known = {s.init, s.logger, *s.layers.values()}
-        out = {}
-        for p in s.procs:
-            if p.state == "Z":
-                out[(p.pid, p.start)] = f"zombie pid {p.nspid} (parent host pid {p.ppid})"
-            elif p.service is None and p.pid not in known and p.ppid not in known - {s.init}:
-                out[(p.pid, p.start)] = f"stray pid {p.nspid} outside the tree"
-        return out
-    ba = bad(a)
-    return [msg for key, msg in bad(b).items() if key in ba]
-
-
-# --- the campaign ---------------------------------------------------------------------------
 
 @dataclass
 class Result:
@@ -592,7 +247,7 @@ class Campaign:
             self.machine.stop()
             self.machine = None
         for path in self.mounts:
-            _unfill(path)
+            unfill(path)
 
     @property
     def cg_rel(self) -> str | None:
@@ -606,8 +261,8 @@ class Campaign:
     # -- observation ----------------------------------------------------------------------
 
     def _problems(self, snap: Snapshot) -> list[str]:
-        return problems(snap, self.cfg, self.admin0, self.cg_rel,
-                        self.cfg.watchdog.heartbeat_timeout)
+        return snapshot_problems(snap, self.cfg, self.admin0, self.cg_rel,
+                                 self.cfg.watchdog.heartbeat_timeout)
 
     def wait_converged(self, deadline: float, detected: Callable[[Snapshot], bool],
                        watch: Callable[[Snapshot], str | None]) -> tuple[
@@ -665,43 +320,27 @@ class Campaign:
     # -- one fault ------------------------------------------------------------------------
 
     def run_fault(self, f: Fault) -> Result:
-        """Inject `f`, wait for convergence, judge it."""
+        """Inject `f` (its kind's row of KINDS), wait for convergence, judge it."""
         assert self.machine is not None
         m = self.machine
         k = KINDS[f.kind]
         comp = "machine" if f.target == "machine" else f.target
-        res = Result(f.index, f.kind, f.target, comp, bound=convergence_bound(f.kind, self.cfg))
+        res = Result(f.index, f.kind, f.target, comp, bound=k.bound_for(self.cfg))
         pre = snapshot(m)
-        pre_pid = (pre.services or {}).get(f.target, {}).get("pid")
-        pre_state = (pre.services or {}).get(f.target, {}).get("state")
-        pre_layer = pre.layers.get(f.target)
         res.console, res.console_line = _console_position(m.console)
         t0 = time.monotonic()
+        x = Injection(m, self.cfg, pre, f.target, random.Random(f"{self.seed}:{f.index}"),
+                      self.run_config, self.workdir)
         try:
-            during = self.inject(f, pre)
+            during = k.inject(x)
         except (OSError, InjectError) as e:
             res.ok, res.problems = False, [f"injection failed: {e}"]
             res.t_fault = res.t_end = round(t0 - self.t0, 3)
             return res
         rb = reboot_bound(self.cfg)
 
-        def detected(s: Snapshot) -> bool:
-            if k.reboot:
-                return s.boots > pre.boots
-            if k.target in ("service", "liveness") and f.kind not in ("stop-service",
-                                                                       "freeze-service"):
-                # the restarter noticed: the service left its state, or has a new pid
-                now = (s.services or {}).get(f.target, {})
-                return (now.get("state") not in (None, pre_state)
-                        or now.get("pid") not in (None, pre_pid))
-            if f.kind in ("kill-layer", "config-broken"):
-                return s.layers.get(f.target) not in (None, pre_layer)
-            return True
-
-        allowed = BOOT_LOOP_RESETS if f.kind == "boot-loop" else 1
-
         def watch(s: Snapshot) -> str | None:
-            if s.boots > pre.boots + allowed:
+            if s.boots > pre.boots + k.resets:
                 return f"{s.boots - pre.boots} reboots after one fault"
             if s.boots > pre.boots:
                 boot = m.boots[pre.boots]
@@ -712,15 +351,16 @@ class Campaign:
                             "after the fault")
                 if boot["cause"] != k.reboot:
                     return f"reboot by {boot['cause']}, expected {k.reboot}"
-                if k.reboot == "watchdog" and res.reboot_after > rb and f.kind != "boot-loop":
+                if k.reboot == "watchdog" and k.timed_reset and res.reboot_after > rb:
                     return f"watchdog reset after {res.reboot_after:.2f} s > bound {rb:.2f} s"
-            elif k.reboot == "watchdog" and f.kind != "boot-loop" and \
+            elif k.reboot == "watchdog" and k.timed_reset and \
                     time.monotonic() - t0 > rb + PANIC_DELAY + 2:
                 return f"no reboot within {rb + PANIC_DELAY + 2:.1f} s of the hang"
             return None
 
         deadline = t0 + res.bound * 1.5 + 5
-        t_det, t_rec, probs, _ = self.wait_converged(deadline, detected, watch)
+        t_det, t_rec, probs, _ = self.wait_converged(
+            deadline, lambda s: k.detect(pre, s, f.target), watch)
         res.t_fault = round(t0 - self.t0, 3)
         res.t_end = round(time.monotonic() - self.t0, 3)
         if t_det is not None:
@@ -735,324 +375,6 @@ class Campaign:
         res.ok = not probs
         res.problems = probs
         return res
-
-    def inject(self, f: Fault, pre: Snapshot) -> list[str]:
-        """Do the fault to the running machine (host side); what broke while doing it
-        (only the kinds that hold a condition and watch the chain through it)."""
-        assert self.machine is not None
-        kind = f.kind
-        if kind == "run-full":
-            return self._run_full(f.target, pre)
-        if kind == "config-broken":
-            return self._config_broken(f.target, pre)
-        if kind == "power-cut":
-            return self._power_cut(f, pre)
-        if kind == "io-stall":
-            return self._io_stall(f.target, pre)
-        if kind == "boot-loop":
-            return self._boot_loop(f.target, pre)
-        if KINDS[kind].target in ("service", "liveness"):
-            pid = self._service_pid(pre, f.target)
-            if kind == "kill-service":
-                os.kill(pid, signal.SIGKILL)
-            elif kind == "crash-loop":
-                self._crash_loop(f.target, pid, 4)
-            elif kind == "stop-service":
-                os.kill(pid, signal.SIGSTOP)
-                time.sleep(1.0)
-                os.kill(pid, signal.SIGCONT)
-            elif kind == "hang-service":
-                os.kill(pid, signal.SIGSTOP)
-            elif kind in ("freeze-service", "freeze-service-hung"):
-                path = self._cgroup(f.target)
-                _write(os.path.join(path, "cgroup.freeze"), "1")
-                if kind == "freeze-service":
-                    time.sleep(1.0)
-                    _write(os.path.join(path, "cgroup.freeze"), "0")
-            elif kind == "fork-bomb":
-                os.kill(pid, signal.SIGUSR1)
-            elif kind == "fd-exhaust":
-                os.kill(pid, signal.SIGUSR2)
-            return []
-        if kind in ("kill-layer", "pause-layer", "hang-layer", "kill-init"):
-            lpid = pre.init if f.target == "init" else pre.layers.get(f.target)
-            if lpid is None:
-                raise InjectError(f"{f.target}: no host pid")
-            if kind in ("kill-layer", "kill-init"):
-                os.kill(lpid, signal.SIGKILL)
-            else:
-                os.kill(lpid, signal.SIGSTOP)
-                if kind == "pause-layer":
-                    time.sleep(0.5)
-                    os.kill(lpid, signal.SIGCONT)
-            return []
-        if kind == "disk-full":
-            path = self.machine.persist_dir
-            _fill(path)
-            time.sleep(2.0)
-            _unfill(path)
-            return []
-        raise InjectError(f"{kind}: cannot be injected here")
-
-    def _config_broken(self, layer: str, pre: Snapshot) -> list[str]:
-        """Break the configuration file the machine runs from (a copy of the campaign's:
-        the user's file is never touched), SIGKILL `layer`, and wait, with the file still
-        broken, for init to bring it back with a fresh heartbeat: it must start from the
-        running snapshot. Then put the file back."""
-        assert self.machine is not None
-        lpid = pre.layers.get(layer)
-        if lpid is None:
-            raise InjectError(f"{layer}: no host pid")
-        good = _read(self.run_config)
-        seen: list[str] = []
-        try:
-            with open(self.run_config, "ab") as f:
-                f.write(b"\n[service.typo\n")
-            os.kill(lpid, signal.SIGKILL)
-            limit = self.cfg.chain.restart_delay + 2 * START_BUDGET
-            t0 = time.monotonic()
-            while True:
-                s = snapshot(self.machine)
-                age = s.hb_age.get(layer)
-                if s.layers.get(layer) not in (None, lpid) and age is not None and \
-                        age <= self.cfg.watchdog.heartbeat_timeout:
-                    break
-                if time.monotonic() - t0 > limit:
-                    seen.append(f"{layer}: not back within {limit:.1f} s with the "
-                                "configuration file broken on disk")
-                    break
-                time.sleep(0.1)
-        finally:
-            with open(self.run_config, "wb") as f:
-                f.write(good)
-        return seen
-
-    def _io_stall(self, layer: str, pre: Snapshot) -> list[str]:
-        """Bind-mount a FIFO nobody writes over `layer`'s heartbeat file in the machine's
-        mount namespace: the layer goes on writing through the descriptor it holds, but
-        every open of the path (the tickler's reads) blocks for ever, as on a hung NFS or
-        FUSE mount. The gate must fail by the read's deadline, the watchdog reset the
-        machine (judged by run_fault; the mount dies with the namespace), and the boot
-        record of the boot that ended must name the stalled read."""
-        assert self.machine is not None
-        m = self.machine
-        if pre.init is None:
-            raise InjectError("no PID 1 to enter")
-        fifo = os.path.join(self.workdir, f"stall-{layer}.fifo")
-        if not os.path.exists(fifo):
-            os.mkfifo(fifo)
-        boots = len(m.boots)
-        stalled = bootrecord.read(m.persist_dir).get("counter")  # this boot's number
-        p = subprocess.run(["nsenter", "-t", str(pre.init), "-m", "--", "mount", "--bind",
-                            fifo, channels.heartbeat_path(m.state_dir, layer)],
-                           capture_output=True, text=True, timeout=10)
-        if p.returncode != 0:
-            raise InjectError(f"bind mount of a FIFO over {layer}'s heartbeat: "
-                              f"{p.stderr.strip() or p.returncode}")
-        try:
-            m.wait_boot(boots + 1, reboot_bound(self.cfg) + PANIC_DELAY + 5)
-        except Exception as e:  # noqa: BLE001 - reported as the fault's problem
-            return [f"no reset after {layer}'s heartbeat read stalled: {e}"]
-        rec = bootrecord.read(m.persist_dir)
-        ended: dict[str, Any] = next((b for b in rec["boots"] if b.get("boot") == stalled), {})
-        detail = "; ".join(map(str, ended.get("detail") or []))
-        if ended.get("reason") != bootrecord.GATE_FAILURE or "did not answer" not in detail:
-            return [f"the boot record of the stalled boot #{stalled} does not name the "
-                    f"stalled read: {ended.get('reason')}: {detail or 'no detail'}"]
-        return []
-
-    def _boot_loop(self, name: str, pre: Snapshot) -> list[str]:
-        """Make `name` (the critical service) fail at every start, boot after boot, and
-        kill its process. Its decaying intensity parks it in maintenance, the gate fails,
-        the watchdog resets the machine, and again; the boot after `BOOT_LOOP_RESETS`
-        resets must be a rescue that holds it out of the gate, with the machine staying
-        up for the reboot bound. Then the cause goes and `hachain clear --boot-loop` ends
-        the rescue (run_fault then judges convergence as for every fault)."""
-        assert self.machine is not None
-        m = self.machine
-        program = next(a for a in self.cfg.services[name].command if a.endswith(SERVICE_FILE))
-        poison = os.path.join(os.path.dirname(program), "broken-" + name)
-        pid = self._service_pid(pre, name)
-        boots = len(m.boots)
-        seen: list[str] = []
-        with open(poison, "w") as f:
-            f.write("every start fails (chaos boot-loop)\n")
-        try:
-            os.kill(pid, signal.SIGKILL)
-            limit = convergence_bound("boot-loop", self.cfg)
-            deadline = time.monotonic() + limit
-            # Unclean boots before the fault (a hang's reset, a panic) count towards the
-            # loop too, so the rescue may come after fewer resets, never after more.
-            held, at = None, 0
-            while time.monotonic() < deadline:
-                n = len(m.boots) - boots
-                if 1 <= n <= BOOT_LOOP_RESETS:
-                    st = (snapshot(m).services or {}).get(name, {})
-                    if st.get("state") == "maintenance" and "rescue" in str(st.get("reason")):
-                        held, at = time.monotonic(), n
-                        break
-                elif n > BOOT_LOOP_RESETS:
-                    break
-                time.sleep(0.2)
-            if held is None:
-                return [f"{name}: not held by a rescue boot within {limit:.0f} s "
-                        f"({len(m.boots) - boots} reset(s); at most {BOOT_LOOP_RESETS})"]
-            # the rescue must hold: the machine stays up, petting, for the reboot bound
-            while time.monotonic() - held < reboot_bound(self.cfg):
-                time.sleep(0.2)
-            if len(m.boots) != boots + at:
-                seen.append(f"the rescue boot did not stay up: {len(m.boots) - boots} resets")
-            st = snapshot(m)
-            tk = (st.services or {}).get(name, {})
-            if tk.get("state") != "maintenance":
-                seen.append(f"{name}: {tk.get('state')} in the rescue boot, expected held in "
-                            "maintenance")
-        finally:
-            os.unlink(poison)
-        for line in self._clear_boot_loop():
-            seen.append(line)
-        return seen
-
-    def _clear_boot_loop(self) -> list[str]:
-        """`hachain clear --boot-loop` on the machine, as an operator runs it."""
-        assert self.machine is not None
-        m = self.machine
-        p = subprocess.run([sys.executable, "-m", "hachain.cli", "clear", "--boot-loop",
-                            "--state-dir", m.state_dir, "--persist-dir", m.persist_dir],
-                           capture_output=True, text=True, timeout=60)
-        if p.returncode != 0:
-            return [f"hachain clear --boot-loop failed ({p.returncode}): "
-                    f"{(p.stderr or p.stdout).strip()[-300:]}"]
-        return []
-
-    def _power_cut(self, f: Fault, pre: Snapshot) -> list[str]:
-        """Start a reload and a stop + start of one service through the control socket
-        and pull the plug a random 0-60 ms later (the campaign's seeded random source),
-        so the cut falls among the persisted writes they cause. After the boot: every
-        persisted JSON file parses, the last-known-good configuration reads, and
-        admin.json holds what the last acknowledged request asked for. Then the service
-        is started again, so the campaign's invariants compare with the state before."""
-        assert self.machine is not None
-        m = self.machine
-        rng = random.Random(f"{self.seed}:{f.index}")
-        name = rng.choice(sorted(n for n, c in self.cfg.services.items()
-                                 if c.kind == "longrun" and c.enabled))
-        acked: list[str] = []
-
-        def requests() -> None:
-            for op in ("reload", "stop", "start"):
-                try:
-                    req: dict[str, Any] = {"op": op}
-                    if op != "reload":
-                        req["name"] = name
-                    if client.request(m.state_dir, req, timeout=2.0).get("ok"):
-                        acked.append(op)
-                except client.ControlError:
-                    return
-
-        boots = len(m.boots)
-        t = threading.Thread(target=requests, daemon=True)
-        t.start()
-        time.sleep(rng.uniform(0.0, 0.06))
-        m.power_cut()
-        t.join(5.0)
-        try:
-            m.wait_boot(boots + 1, BOOT_BUDGET)
-        except Exception as e:  # noqa: BLE001 - reported as the fault's problem
-            return [f"no boot after the power cut: {e}"]
-        seen = _torn_files(m.persist_dir)
-        if snapshot_mod.read_last_good(m.persist_dir) is None and \
-                os.path.exists(os.path.join(m.persist_dir, snapshot_mod.LAST_GOOD)):
-            seen.append("the last-known-good configuration does not read after the cut")
-        try:
-            admin = channels.read_json(os.path.join(m.persist_dir, channels.ADMIN_STATE)) or {}
-        except (ValueError, OSError) as e:
-            admin = {}
-            seen.append(f"admin.json unreadable after the cut: {e}")
-        stopped = (admin.get(name) or {}).get("want") == "down"
-        last = next((op for op in reversed(acked) if op in ("stop", "start")), None)
-        if last == "stop" and not stopped:
-            seen.append(f"{name}: the acknowledged stop was lost by the power cut")
-        if last == "start" and stopped:
-            seen.append(f"{name}: the acknowledged start was lost by the power cut")
-        # back to the campaign's baseline (the restarter may take a moment to answer)
-        deadline = time.monotonic() + BOOT_BUDGET
-        while stopped and time.monotonic() < deadline:
-            try:
-                if client.request(m.state_dir, {"op": "start", "name": name},
-                                  timeout=2.0).get("ok"):
-                    break
-            except client.ControlError:
-                pass
-            time.sleep(0.1)
-        return seen
-
-    def _run_full(self, name: str, pre: Snapshot) -> list[str]:
-        """Fill /run, SIGKILL `name`, and watch for the reboot bound (what a hang would
-        take to reset the machine): every heartbeat stays fresh (they are rewritten in
-        place, needing no new blocks) and the restarter brings `name` back to ready with
-        a new pid. Then free /run; the runtime records must catch up (`problems`)."""
-        assert self.machine is not None
-        m = self.machine
-        pid = self._service_pid(pre, name)
-        old = (pre.services or {}).get(name, {}).get("pid")
-        hb_timeout = self.cfg.watchdog.heartbeat_timeout
-        hold = reboot_bound(self.cfg)
-        seen: dict[str, None] = {}  # problems in order, without repeats
-        back = None
-        _fill(m.run_dir)
-        try:
-            free = os.statvfs(m.run_dir).f_bavail
-            if free:
-                raise InjectError(f"{m.run_dir}: {free} blocks still free after the fill")
-            os.kill(pid, signal.SIGKILL)
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < hold:
-                s = snapshot(m)
-                for layer, age in s.hb_age.items():
-                    if age is None or age > hb_timeout:
-                        what = "missing" if age is None else f"{age:.1f} s old"
-                        seen[f"{layer}: heartbeat {what} while /run was full"] = None
-                st = (s.services or {}).get(name, {})
-                if back is None and st.get("state") == "ready" and st.get("pid") not in (None, old):
-                    back = s.t - t0
-                time.sleep(0.1)
-        finally:
-            _unfill(m.run_dir)
-        if back is None:
-            seen[f"{name}: not ready again within {hold:.2f} s of its SIGKILL while /run "
-                 "was full"] = None
-        return list(seen)
-
-    def _service_pid(self, snap: Snapshot, name: str) -> int:
-        mains = _main_procs(snap, name)
-        if len(mains) != 1:
-            raise InjectError(f"{name}: {len(mains)} main processes")
-        return mains[0].pid
-
-    def _cgroup(self, name: str) -> str:
-        root = self.machine.cgroup_root if self.machine else None
-        if not root:
-            raise InjectError("no cgroup root")
-        return os.path.join(root, name)
-
-    def _crash_loop(self, name: str, pid: int, times: int) -> None:
-        """SIGKILL the service, then each new incarnation as soon as it appears."""
-        assert self.machine is not None
-        os.kill(pid, signal.SIGKILL)
-        seen = {pid}
-        for _ in range(times - 1):
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                mains = [p for p in _main_procs(snapshot_light(self.machine, name), name)
-                         if p.pid not in seen]
-                if mains:
-                    seen.add(mains[0].pid)
-                    os.kill(mains[0].pid, signal.SIGKILL)
-                    break
-                time.sleep(0.02)
-            else:
-                raise InjectError(f"{name}: no new process within 5 s of a kill")
 
     # -- the whole campaign ---------------------------------------------------------------
 
@@ -1120,112 +442,7 @@ class Campaign:
         }
 
 
-class InjectError(Exception):
-    """A fault could not be injected (its target is not there)."""
-
-
-def snapshot_light(m: SimMachine, name: str) -> Snapshot:
-    """Only the processes (for the crash loop, which must be quick)."""
-    init = m.init_host_pid()
-    procs = []
-    if init is not None:
-        try:
-            ns = os.readlink(f"/proc/{init}/ns/pid")
-        except OSError:
-            ns = None
-        for e in os.listdir("/proc"):
-            if e.isdigit():
-                try:
-                    if os.readlink(f"/proc/{e}/ns/pid") != ns:
-                        continue
-                except OSError:
-                    continue
-                if (p := _proc(int(e))) is not None:
-                    procs.append(p)
-    return Snapshot(time.monotonic(), 0, init, {}, {}, None, None, procs, {})
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-FILL_NAME = "chaos-fill"
-
-
-def _fill(directory: str) -> int:
-    """Write zeros to <directory>/chaos-fill until the file system is full; bytes written."""
-    n = 0
-    chunk = b"\0" * (64 * 1024)
-    fd = os.open(os.path.join(directory, FILL_NAME), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        while True:
-            try:
-                n += os.write(fd, chunk)
-            except OSError:
-                break
-    finally:
-        os.close(fd)
-    return n
-
-
-def _unfill(directory: str) -> None:
-    try:
-        os.unlink(os.path.join(directory, FILL_NAME))
-    except OSError:
-        pass
-
-
 # --- capabilities and the command line ------------------------------------------------------
-
-def capabilities(kinds: list[str], cfg: config.Config, tmpfs_ok: bool,
-                 tmpfs_reason: str = "") -> tuple[list[str], dict[str, str]]:
-    """(kinds that can run here, {kind: reason} for those that cannot)."""
-    cg_ok = _can_freeze()
-    longrun = [n for n, s in cfg.services.items() if s.kind == "longrun" and s.enabled]
-    live = [n for n in longrun if cfg.services[n].watchdog_sec or cfg.services[n].health]
-    ok, skipped = [], {}
-    for k in kinds:
-        kind = KINDS[k]
-        if kind.needs == "never":
-            skipped[k] = CLOCK_STEP_REASON
-        elif kind.needs == "cgroup" and not cg_ok:
-            skipped[k] = "no writable cgroup v2 hierarchy with cgroup.freeze"
-        elif kind.needs == "tmpfs" and not tmpfs_ok:
-            skipped[k] = tmpfs_reason or "no tmpfs under the machine directory"
-        elif kind.target == "service" and not longrun:
-            skipped[k] = "the configuration has no enabled long-running service"
-        elif kind.target == "liveness" and not live:
-            skipped[k] = ("no service with watchdog_sec or a health check: a hang of any "
-                          "other service is invisible to the chain by design")
-        elif kind.target == "critical" and not (
-                "db" in cfg.services and cfg.services["db"].critical
-                and SERVICE_FILE in " ".join(cfg.services["db"].command)):
-            skipped[k] = ("needs the built-in configuration: its critical service db is "
-                          "the campaign's own program, which the fault makes fail at start")
-        else:
-            ok.append(k)
-    return ok, skipped
-
-
-def _can_freeze() -> bool:
-    """True when a cgroup v2 hierarchy is writable and has cgroup.freeze (Linux 5.2+)."""
-    mount = find_cgroup2_mount()
-    if not mount or not os.access(mount, os.W_OK):
-        return False
-    probe = os.path.join(mount, f"hachain-chaos-probe-{os.getpid()}")
-    try:
-        os.mkdir(probe)
-    except OSError:
-        return False
-    try:
-        return os.path.exists(os.path.join(probe, "cgroup.freeze"))
-    finally:
-        try:
-            os.rmdir(probe)
-        except OSError:
-            pass
-
 
 def _can_mount_tmpfs(work: str) -> tuple[bool, str]:
     """(True, "") when a tmpfs can be mounted under `work`; else (False, the reason)."""

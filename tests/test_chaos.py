@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from hachain import cli, config
-from hachain.simulators import chaos
-from hachain.simulators.chaos import Proc, Snapshot
+from hachain.simulators import chaos, chaos_kinds, converge
+from hachain.simulators.converge import Proc, Snapshot
 from hachain.simulators.machine import find_cgroup2_mount
 
 PY = sys.executable
@@ -80,8 +80,8 @@ def _healthy() -> tuple[list[Proc], dict[str, Any]]:
 def test_invariants_hold_for_a_healthy_machine() -> None:
     procs, services = _healthy()
     s = _snap(procs, services)
-    assert chaos.problems(s, _cfg(), {}, "/cg", 1.5) == []
-    assert chaos.lasting(s, s) == []
+    assert converge.snapshot_problems(s, _cfg(), {}, "/cg", 1.5) == []
+    assert converge.lasting(s, s) == []
 
 
 def test_invariants_flag_duplicates_strays_zombies_and_admin_changes() -> None:
@@ -96,22 +96,22 @@ def test_invariants_flag_duplicates_strays_zombies_and_admin_changes() -> None:
     services["cache"] = {"state": "backoff", "want": "up", "pid": None, "reason": "x"}
     s = _snap(procs, services)
     s.admin = {"cache": {"want": "down"}}
-    found = "\n".join(chaos.problems(s, _cfg(), {}, "/cg", 1.5))
+    found = "\n".join(converge.snapshot_problems(s, _cfg(), {}, "/cg", 1.5))
     assert "worker: 2 main processes" in found
     assert "db: pid 31 outside its cgroup" in found
     assert "cache: backoff (expected ready)" in found
     assert "admin.json changed" in found
-    lasting = "\n".join(chaos.lasting(s, s))
+    lasting = "\n".join(converge.lasting(s, s))
     assert "stray pid 32" in lasting and "zombie pid 33" in lasting
     # a process seen only once is a transient, not a stray
-    assert chaos.lasting(_snap(_healthy()[0], services), s) == []
+    assert converge.lasting(_snap(_healthy()[0], services), s) == []
 
 
 def test_bounds_follow_the_configuration() -> None:
     cfg = _cfg()
     rb = chaos.reboot_bound(cfg)
-    assert rb == pytest.approx(0.25 + 1.5 + 0.5 + 3 + chaos.REBOOT_MARGIN)
-    assert chaos.convergence_bound("hang-layer", cfg) == pytest.approx(rb + chaos.BOOT_BUDGET)
+    assert rb == pytest.approx(0.25 + 1.5 + 0.5 + 3 + chaos_kinds.REBOOT_MARGIN)
+    assert chaos.convergence_bound("hang-layer", cfg) == pytest.approx(rb + chaos_kinds.BOOT_BUDGET)
     for k in chaos.KINDS:
         assert chaos.convergence_bound(k, cfg) > 0
 
