@@ -40,7 +40,7 @@ def test_compare_smoke_prints_every_peer() -> None:
             assert "could not be installed" in footers[peer], footers[peer]
         else:
             assert f" {peer}" in header, header
-    for metric in ("restart p50 ms", "idle CPU % of a core", "PSS MB", "start-up s",
+    for metric in ("restart after idle p50 ms", "restart back-to-back p50 ms", "idle CPU % of a core", "PSS MB", "start-up s",
                    "top killed: duplicate services", "top killed: lost services"):
         assert any(ln.startswith(metric) for ln in lines), f"no {metric!r} row:\n{out}"
     assert "targets (hachain" in out
