@@ -17,8 +17,16 @@ renewing, every etcd member healthy) and checks, as an observer outside the node
 
 Kinds: kill-node (a power cut), hang-node (every process SIGSTOPped), partition-node (its
 veth down for TTL + wait + 3 s), kill-etcd-member (one member SIGKILLed, restarted after
-3 s), lose-etcd-quorum (two members SIGKILLed, restarted after TTL + 2 s). The report is
-`DIR/report.json`. Needs root, unshare, nsenter, ip and etcd.
+3 s), lose-etcd-quorum (two members SIGKILLed, restarted after TTL + 2 s), and the
+single-machine kinds of `hachain chaos` that apply to a node (`NODE_KINDS`), injected by
+simulators/chaos.py's own code into one node (the owner with probability 0.6), the
+cluster layer joining the layers they may hit. Those keep their own expectation (a reset
+by the watchdog or a panic, or none at all) besides the cluster's invariants: when one
+resets the owner, the singleton starts elsewhere within the reboot bound + the failover
+bound; when it may not reset, the singleton stays on its node. After every fault, every
+node converges: all four layers beat, the cluster layer renews without error, and only
+the owner's restarter shows the singleton up. The report is `DIR/report.json`. Needs
+root, unshare, nsenter, ip and etcd.
 """
 
 from __future__ import annotations
@@ -33,12 +41,28 @@ import tempfile
 import time
 from typing import Any
 
+from hachain import config
 from hachain.cluster import timing
+from hachain.simulators import chaos
 from hachain.simulators.cluster_harness import EtcdCluster, Net, config_text
 from hachain.simulators.machine import SimMachine
 
 CLUSTER_KINDS = ("kill-node", "hang-node", "partition-node", "kill-etcd-member",
                  "lose-etcd-quorum")
+# The single-machine kinds that apply to a node of this campaign (its one service is the
+# singleton, with no service watchdog: no "liveness" kinds; no tmpfs of the campaign's
+# under the machines: no disk-full, run-full; boot-loop needs the built-in configuration),
+# and the targets each draws from on that node: the cluster layer is a layer too.
+NODE_KINDS: dict[str, tuple[str, ...]] = {
+    "kill-service": ("db",), "stop-service": ("db",),
+    "kill-layer": ("restarter", "tickler", "cluster"),
+    "pause-layer": ("init", "restarter", "tickler", "cluster"),
+    "hang-layer": ("init", "restarter", "tickler", "cluster"),
+    "kill-init": ("init",), "config-broken": ("restarter", "tickler"),
+    "io-stall": ("init", "restarter"),
+}
+ALL_KINDS = CLUSTER_KINDS + tuple(NODE_KINDS)
+LAYERS = ("init", "restarter", "tickler", "cluster")
 TTL, WD, MARGIN, HB = 4, 2, 0.25, 0.1
 SLACK = 3.0  # start-up and scheduling on a loaded host
 SETTLE = 60.0
@@ -82,6 +106,8 @@ class Campaign:
         self.machines: dict[str, SimMachine] = {}
         self.bound = timing.failover_bound(TTL, WD, MARGIN, HB)
         self.wait = timing.takeover_wait(TTL, WD, MARGIN)
+        self.node_faults: dict[str, chaos.Campaign] = {}
+        self.cfg: config.Config | None = None
 
     def start(self) -> None:
         self.net.setup()
@@ -99,6 +125,7 @@ class Campaign:
                                              panic_delay=0.2, on_event=lambda _m: None,
                                              netns=self.net.names[i])
             self.machines[name].start()
+            self.cfg = config.load(cfg)
 
     def stop(self) -> None:
         for m in self.machines.values():
@@ -114,30 +141,87 @@ class Campaign:
         return next(iter(nodes)) if len(nodes) == 1 else None
 
     def settled(self) -> str | None:
+        """The owner once the cluster has converged: every etcd member healthy; on every
+        machine all four layers beating (no older than heartbeat_timeout), the cluster
+        layer renewing without error; the singleton alive on one node only, and only
+        that node's restarter showing it up."""
         assert self.etcd is not None
         if not all(self.etcd.healthy(m) for m in self.etcd.members):
             return None
         now = time.monotonic()
         for m in self.machines.values():
-            hb = m.heartbeat("cluster")
-            if hb is None or hb.age(now) > 1.0 or hb.extra.get("error") or \
-                    hb.extra.get("lease") is None:
+            hbs = {layer: m.heartbeat(layer) for layer in LAYERS}
+            if any(hb is None or hb.age(now) > 1.0 for hb in hbs.values()):
                 return None
-        return self.owner()
+            x = hbs["cluster"].extra  # type: ignore[union-attr]
+            if x.get("error") or x.get("lease") is None:
+                return None
+        owner = self.owner()
+        for n, m in self.machines.items():
+            hb = m.heartbeat("restarter")
+            if hb is None or hb.extra.get("singletons_up") != (["db"] if n == owner else []):
+                return None
+        return owner
 
     def wait_settled(self) -> str:
+        """The owner once `settled` holds twice, half a second apart, with the same
+        owner (a fault's effect may not show at once)."""
         deadline = time.monotonic() + SETTLE
-        while (o := self.settled()) is None:
+        while True:
+            o = self.settled()
+            if o is not None:
+                time.sleep(0.5)
+                if self.settled() == o:
+                    return o
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the cluster did not settle within {SETTLE:g} s")
             time.sleep(0.05)
-        return o
 
-    def inject(self, kind: str, target: int) -> dict[str, Any]:
+    def effect_seen(self, kind: str, name: str, layer: str, t: float) -> bool:
+        """Has the node noticed the fault injected at `t` (one the node rides out)? A
+        killed service runs again (a new start stamp there), a killed layer beats again
+        as a new process; the kinds that hold a condition are over when injected."""
+        if kind == "kill-service":
+            return any(s["ev"] == "start" and s["node"] == name and s["mono"] > t
+                       for s in _stamps(self.stamps))
+        if kind in ("kill-layer", "config-broken"):
+            hb = self.machines[name].heartbeat(layer)
+            return hb is not None and hb.started_mono > t
+        return True
+
+    def node_campaign(self, name: str) -> chaos.Campaign:
+        """simulators/chaos.py's campaign object bound to node `name`'s running machine:
+        its `inject` does the single-machine kinds (config-broken edits the file the node
+        runs from: the campaign's own copy)."""
+        if name not in self.node_faults:
+            cfg = os.path.join(self.dir, f"{name}.toml")
+            c = chaos.Campaign(cfg, os.path.join(self.dir, f"{name}-faults"), self.seed, [],
+                               list(NODE_KINDS), {}, tmpfs=False)
+            c.run_config = cfg
+            c.machine = self.machines[name]
+            self.node_faults[name] = c
+        return self.node_faults[name]
+
+    def inject_node_kind(self, kind: str, name: str, layer: str) -> list[str]:
+        """One single-machine fault on node `name`, by chaos.py's code; what broke while
+        it held (config-broken, io-stall watch the node through it)."""
+        m = self.machines[name]
+        pre = chaos.snapshot(m)
+        if layer == "cluster":  # chaos.py knows init's layers; this one is ours
+            pre.layers = {**pre.layers, "cluster": m.host_pid_of("cluster")}
+        try:
+            return self.node_campaign(name).inject(chaos.Fault(0, kind, layer), pre)
+        except (OSError, chaos.InjectError) as e:
+            return [f"injection failed: {e}"]
+
+    def inject(self, kind: str, target: int, layer: str = "") -> dict[str, Any]:
         """Inject one fault; return when it is over (healed, restarted)."""
         assert self.etcd is not None
         name = f"n{target}"
         m = self.machines[name]
+        if kind in NODE_KINDS:
+            return {"target": name, "layer": layer,
+                    "during": self.inject_node_kind(kind, name, layer)}
         if kind == "kill-node":
             m.power_cut()
         elif kind == "hang-node":
@@ -165,54 +249,98 @@ class Campaign:
         return {"target": name}
 
     def one(self, index: int, kind: str) -> dict[str, Any]:
+        assert self.cfg is not None
         owner = self.wait_settled()
         target = self.rng.randrange(3)
-        if kind in ("kill-node", "hang-node", "partition-node") and self.rng.random() < 0.6:
+        layer = ""
+        if kind in ("kill-node", "hang-node", "partition-node", *NODE_KINDS) and \
+                self.rng.random() < 0.6:
             target = int(owner[1:])  # the owner more often: that is where failover is
+        if kind in NODE_KINDS:
+            if NODE_KINDS[kind] == ("db",):
+                target = int(owner[1:])  # only the owner runs it
+            layer = self.rng.choice(NODE_KINDS[kind])
+        # the reset a fault must cause on its target: a node kind's own ("watchdog",
+        # "panic"), a power cut's, a hung machine's watchdog's; any other is a failure
+        expect = chaos.KINDS[kind].reboot if kind in NODE_KINDS else \
+            {"kill-node": "power-cut", "hang-node": "watchdog"}.get(kind)
+        rb = chaos.reboot_bound(self.cfg) + chaos.PANIC_DELAY
         boots = {n: len(m.boots) for n, m in self.machines.items()}
         t = time.monotonic()
-        rec: dict[str, Any] = {"index": index, "kind": kind, "owner_before": owner}
-        rec.update(self.inject(kind, target))
-        problems: list[str] = []
+        rec: dict[str, Any] = {"index": index, "kind": kind, "owner_before": owner,
+                               "mono": round(t, 3)}
+        rec.update(self.inject(kind, target, layer))
+        problems: list[str] = list(rec.pop("during", []))
+        if kind in NODE_KINDS and expect is None:
+            limit = chaos.convergence_bound(kind, self.cfg)
+            while not self.effect_seen(kind, rec["target"], layer, t) and \
+                    time.monotonic() < t + limit:
+                time.sleep(0.05)
+            if not self.effect_seen(kind, rec["target"], layer, t):
+                problems.append(f"the fault's effect was not seen within {limit:g} s")
         took = None
-        if kind in ("kill-node", "hang-node", "partition-node") and rec["target"] == owner:
-            deadline = t + self.bound + SLACK + (TTL + self.wait + 3
-                                                 if kind == "partition-node" else 0)
+        hit_owner = rec["target"] == owner
+        if hit_owner and (kind in ("kill-node", "hang-node", "partition-node") or
+                          kind in NODE_KINDS and expect is not None):
+            # a reset of the owner by a node kind comes within the reboot bound, while
+            # its cluster layer may go on renewing: the failover bound counts from there
+            limit = self.bound + SLACK + (TTL + self.wait + 3 if kind == "partition-node"
+                                          else rb if kind in NODE_KINDS else 0)
             while True:
                 new = next((s for s in _stamps(self.stamps)
                             if s["ev"] == "start" and s["mono"] > t), None)
-                if new is not None or time.monotonic() > deadline:
+                if new is not None or time.monotonic() > t + limit:
                     break
                 time.sleep(0.05)
             if new is None:
-                problems.append(f"no failover within {self.bound + SLACK:g} s")
+                problems.append(f"no failover within {limit:g} s")
             else:
                 took = new["mono"] - t
                 rec["new_owner"] = new["node"]
-                if took > self.bound + SLACK:
-                    problems.append(f"failover took {took:.2f} s > bound {self.bound:g} s "
-                                    f"+ {SLACK:g} s")
-        if kind in ("kill-node", "hang-node"):
-            # its reset (a hung machine's comes from its watchdog) belongs to this fault:
-            # wait for it before settling, or the next fault would be blamed for it
+                if took > limit:
+                    problems.append(f"failover took {took:.2f} s > {limit:g} s (bound "
+                                    f"{self.bound:g} s + {SLACK:g} s"
+                                    + (f" + reboot bound {rb:g} s)" if kind in NODE_KINDS
+                                       else ")"))
+        if expect is not None:
+            # its reset belongs to this fault: wait for it before settling, or the next
+            # fault would be blamed for it
             m = self.machines[rec["target"]]
-            deadline = time.monotonic() + WD + 10
+            deadline = time.monotonic() + rb + 10
             while len(m.boots) <= boots[rec["target"]] and time.monotonic() < deadline:
                 time.sleep(0.05)
             if len(m.boots) <= boots[rec["target"]]:
-                problems.append(f"{rec['target']} was not reset within {WD + 10:g} s")
+                problems.append(f"{rec['target']} was not reset within {rb + 10:g} s")
+            elif kind in NODE_KINDS:
+                boot = m.boots[boots[rec["target"]]]
+                after = boot["mono"] - t
+                rec["reset"], rec["reset_after_s"] = boot.get("cause"), round(after, 3)
+                if boot.get("cause") != expect:
+                    problems.append(f"{rec['target']} reset by {boot.get('cause')}, "
+                                    f"expected {expect}")
+                elif expect == "watchdog" and after > rb:
+                    problems.append(f"{rec['target']} reset {after:.2f} s after the fault "
+                                    f"> reboot bound {rb:g} s")
         try:
             rec["owner_after"] = self.wait_settled()
         except TimeoutError as e:
             problems.append(str(e))
-        reset_ok = {rec["target"]} if kind in ("kill-node", "hang-node") else set()
         for n, m in self.machines.items():
-            if len(m.boots) > boots[n] and n not in reset_ok:
-                problems.append(f"{n} was reset though it was not hung or killed: "
+            if len(m.boots) > boots[n] and (n != rec["target"] or expect is None):
+                problems.append(f"{n} was reset though the fault ({kind} on "
+                                f"{rec['target']}) may not reset it: "
                                 + str(m.boots[-1].get("cause")))
+        if kind in NODE_KINDS and expect is None:
+            # a fault the node rides out moves nothing: no start on another node
+            moved = sorted({s["node"] for s in _stamps(self.stamps) if s["ev"] == "start"
+                            and s["mono"] > t and s["node"] != owner})
+            if moved:
+                problems.append(f"the singleton started on {', '.join(moved)} after "
+                                f"{kind} on {rec['target']}, which needs no failover")
         problems += overlaps(_stamps(self.stamps))
         rec.update({"failover_s": took, "ok": not problems, "problems": problems})
-        self.log(f"fault {index + 1}: {kind} on {rec['target']} (owner {owner})"
+        what = f"{kind}{' ' + layer if layer else ''} on {rec['target']}"
+        self.log(f"fault {index + 1}: {what} (owner {owner})"
                  + (f": failover {took:.2f} s to {rec.get('new_owner')}" if took else "")
                  + ("" if not problems else " PROBLEM: " + "; ".join(problems)))
         return rec
@@ -221,7 +349,7 @@ class Campaign:
 def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | None,
                  service: str) -> int:
     seed = seed if seed is not None else random.randrange(1 << 31)
-    kinds_t = tuple(kinds or CLUSTER_KINDS)
+    kinds_t = tuple(kinds or ALL_KINDS)
     os.makedirs(report, exist_ok=True)
     work = tempfile.mkdtemp(prefix="hachain-chaos-cluster-")
     c = Campaign(work, service, seed, kinds_t)
@@ -261,10 +389,10 @@ def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | 
 
 def cmd(args: Any) -> int:
     kinds = args.kinds.split(",") if args.kinds else None
-    bad = [k for k in kinds or [] if k not in CLUSTER_KINDS]
+    bad = [k for k in kinds or [] if k not in ALL_KINDS]
     if bad or not args.report or args.faults < 0:
         print(f"hachain chaos --cluster: needs --report DIR, --faults >= 0 and kinds of "
-              f"{', '.join(CLUSTER_KINDS)}" + (f" (got {', '.join(bad)})" if bad else ""),
+              f"{', '.join(ALL_KINDS)}" + (f" (got {', '.join(bad)})" if bad else ""),
               file=sys.stderr)
         return 2
     from hachain.simulators import singleton_svc

@@ -1,6 +1,8 @@
-"""`hachain chaos --cluster` end to end (issue 18): a short campaign over three simulated
-machines in network namespaces and a 3-member etcd, four faults drawn from the node kinds
-and a lost quorum, judged by the observer's invariants; bad usage exits 2."""
+"""`hachain chaos --cluster` end to end (issue 18): short campaigns over three simulated
+machines in network namespaces and a 3-member etcd, judged by the observer's invariants:
+four faults drawn from the node kinds and a lost quorum, then five of the single-machine
+kinds (the cluster layer among their targets) with their own expectations on top; bad
+usage exits 2."""
 
 from __future__ import annotations
 
@@ -36,6 +38,29 @@ def test_short_cluster_campaign_keeps_every_invariant(tmp_path: Any) -> None:
     assert rep["summary"]["faults"] == 4 and rep["summary"]["failed"] == 0
     assert all(r["ok"] for r in rep["faults"])
     assert "PASS: 4 faults, 0 with a broken invariant" in out.stdout
+
+
+def test_single_machine_kinds_on_cluster_nodes_keep_every_invariant(tmp_path: Any) -> None:
+    report = str(tmp_path / "report")
+    kinds = ["kill-layer", "hang-layer", "kill-service", "config-broken", "kill-init"]
+    out = subprocess.run(
+        [sys.executable, "-m", "hachain.cli", "chaos", "--cluster", "--faults", "5",
+         "--seed", "61", "--kinds", ",".join(kinds), "--report", report],
+        capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rep = json.load(open(os.path.join(report, "report.json")))
+    assert rep["summary"]["faults"] == 5 and rep["summary"]["failed"] == 0
+    faults = rep["faults"]
+    assert all(r["ok"] and r["kind"] in kinds and r["layer"] for r in faults)
+    # seed 61 draws the cluster layer as a target (kill-layer): it resumes its lease
+    assert ("kill-layer", "cluster") in {(r["kind"], r["layer"]) for r in faults}
+    # a reset is the kind's own (hang-layer: watchdog, kill-init: panic), and a fault the
+    # node rides out leaves the singleton where it was
+    for r in faults:
+        if r["kind"] in ("hang-layer", "kill-init"):
+            assert r["reset"] == {"hang-layer": "watchdog", "kill-init": "panic"}[r["kind"]]
+        else:
+            assert "reset" not in r and r["owner_after"] == r["owner_before"]
 
 
 def test_cluster_campaign_bad_usage_exits_2(tmp_path: Any) -> None:
