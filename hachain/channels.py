@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import time
 import zlib
 from typing import TYPE_CHECKING
@@ -474,27 +475,69 @@ def init_from_env() -> tuple[int, int | None] | None:
     return pid, proc_start_time(pid)
 
 
+_INIT_PIDFDS: dict[tuple[int, int], int] = {}  # init_gone's pidfds, by (pid, start time)
+
+
 def init_gone(init: tuple[int, int | None] | None) -> str | None:
     """Why the init that started this layer no longer runs (dead, a zombie, or its pid now
     names another process), or None. Checked on every heartbeat: the layers' answer to an
     orphaned chain (docs/init.md). By pid and start time rather than getppid(), so a
-    layer started through a wrapper that does not exec is never taken for an orphan."""
+    layer started through a wrapper that does not exec is never taken for an orphan.
+
+    The first check reads /proc and then keeps a pidfd of that very process (its start
+    time read again after the pidfd was opened); later checks ask only whether the
+    pidfd is readable, which it becomes when the process exits (a zombie included): one
+    system call per heartbeat instead of an open, two reads and a close."""
     if init is None:
         return None
     if init[1] is None:  # no /proc to read (or init gone before we looked): the parent
         return None if os.getppid() == init[0] else f"init (pid {init[0]}) is gone"
     gone = f"init (pid {init[0]}) is gone"
+    key = (init[0], init[1])
+    if (fd := _INIT_PIDFDS.get(key)) is not None:
+        try:
+            return gone if select.select([fd], [], [], 0)[0] else None
+        except (OSError, ValueError):
+            del _INIT_PIDFDS[key]  # closed under us: back to /proc
+    why = _init_gone_proc(init[0], init[1], gone)
+    if why is None and hasattr(os, "pidfd_open"):
+        try:
+            fd = os.pidfd_open(init[0])
+        except OSError:
+            return None  # no pidfds (or none left): /proc again next time
+        if _init_gone_proc(init[0], init[1], gone) is None:
+            _INIT_PIDFDS[key] = fd
+        else:
+            os.close(fd)
+    return why
+
+
+def _init_gone_proc(pid: int, start: int, gone: str) -> str | None:
     try:
-        raw = read_small(f"/proc/{init[0]}/stat")
+        raw = read_small(f"/proc/{pid}/stat")
     except (FileNotFoundError, ProcessLookupError):
         return gone
     except OSError:
         return None  # cannot tell now (no descriptor left, say): the next heartbeat will
     try:
         fields = raw[raw.rindex(b")") + 2:].split()
-        return gone if fields[0] in (b"Z", b"X") or int(fields[19]) != init[1] else None
+        return gone if fields[0] in (b"Z", b"X") or int(fields[19]) != start else None
     except (ValueError, IndexError):
         return None
+
+
+def next_tick(now: float, interval: float, offset: float = 0.0) -> float:
+    """The first instant after `now` on the grid `offset + k * interval` of
+    CLOCK_MONOTONIC, which every process of the machine shares.
+
+    The chain's layers schedule their heartbeats on this grid (the same
+    `heartbeat_interval`; the tickler a few ms after, to read fresh heartbeats), so an
+    idle chain wakes the machine once per interval instead of once per layer at random
+    phases: a wake-up of an idle CPU costs a few hundred microseconds here, a second one
+    right after it much less (docs/benchmarks.md). No heartbeat comes later for it:
+    the gap between two ticks is still at most `interval`."""
+    t = offset + ((now - offset) // interval + 1) * interval
+    return t if t > now else t + interval
 
 
 def pid_alive(pid: int) -> bool:

@@ -279,7 +279,8 @@ class Init:
                     self.spawn(child, now)
         if now >= self.next_beat:
             self.beat()
-            self.next_beat = now + self.opts.heartbeat_interval
+            # on the chain's shared grid: the layers wake together (channels.next_tick)
+            self.next_beat = channels.next_tick(now, self.opts.heartbeat_interval)
 
     def next_deadline(self) -> float:
         """The earliest timer: heartbeat, a pending restart, or a shutdown step."""

@@ -56,6 +56,7 @@ class LogPipes:
         self.socks: wire.Sockets | None = None
         self.pid: int | None = None
         self.pidfd: int | None = None
+        self.stat_fd: int | None = None  # the logger's /proc/PID/stat, open
         self.started = 0  # loggers started by this restarter
         self.due = 0.0  # when to (re)start the logger if none runs
         self.pending: deque[tuple[int, wire.PipeInfo]] = deque()
@@ -154,11 +155,17 @@ class LogPipes:
             self.pidfd = os.pidfd_open(pid)
         except OSError:
             self.pidfd = None  # gone already: tick() sees it
+        try:  # kept open: each heartbeat's look at its state is one pread (_stuck)
+            self.stat_fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.stat_fd = None
 
     def _unwatch(self) -> None:
         if self.pidfd is not None:
             os.close(self.pidfd)
-        self.pid = self.pidfd = None
+        if self.stat_fd is not None:
+            os.close(self.stat_fd)
+        self.pid = self.pidfd = self.stat_fd = None
 
     def alive(self) -> bool:
         if self.pidfd is None:
@@ -189,7 +196,7 @@ class LogPipes:
         """Why the logger counts as hung (stopped, or its inbox left full, for
         `stuck_after` seconds), or None. Costs no wake-up of the logger."""
         why = None
-        if channels.proc_state(self.pid or 0) in ("T", "t"):
+        if self._state() in ("T", "t"):
             why = "stopped"
         elif self.pending:
             why = "not taking new pipes (its inbox is full)"
@@ -201,6 +208,16 @@ class LogPipes:
         if now - self.stuck_since < self.stuck_after:
             return None
         return f"{why} for {now - self.stuck_since:.1f} s"
+
+    def _state(self) -> str | None:
+        """The logger's state letter (R, S, T, ...), or None when gone."""
+        if self.stat_fd is None:
+            return channels.proc_state(self.pid or 0)
+        try:
+            raw = os.pread(self.stat_fd, 1024, 0)
+            return raw[raw.rindex(b")") + 2:][:1].decode()
+        except (OSError, ValueError):
+            return None
 
     def stop(self) -> None:
         """At the end of an orderly shutdown (no service runs): let the logger write

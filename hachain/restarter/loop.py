@@ -861,8 +861,8 @@ class Restarter:
         self.orphaned = self.orphaned or channels.init_gone(self.init)
         self.control.expire(now)
         self.logs.tick(now)
-        self.arm("", "heartbeat", self.cfg.chain.heartbeat_interval, now)
-        self.beat_due = now + self.cfg.chain.heartbeat_interval
+        self.beat_due = channels.next_tick(now, self.cfg.chain.heartbeat_interval)  # shared grid
+        self.arm("", "heartbeat", self.beat_due - now, now)
 
     def _overdue(self, now: float) -> int:
         """Live service timers already due (restarts and checks waiting for their turn)."""

@@ -76,6 +76,7 @@ LAST_BOOT = channels.LAST_BOOT  # in persist_dir; written by the tickler once pe
 READ_DEADLINE_MAX = 0.5  # a heartbeat read slower than this (or margin / 4) fails the gate
 RECORD_DEADLINE = 5.0  # the boot record at start, before the device is armed
 PET_EARLY = 0.01  # a pet due this soon after a tick goes out in that tick
+TICK_AFTER = 0.005  # ticks come this long after the chain's heartbeat grid (next_tick)
 RT_PRIORITY = 50  # SCHED_FIFO priority: above ordinary services, below kernel threads
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -247,6 +248,8 @@ class Tickler:
         self.sel: selectors.BaseSelector | None = None  # the loop's, while it runs
         self.watched: dict[str, tuple[int, int]] = {}  # layer -> (pid, pidfd or -1)
         self.dead: set[int] = set()
+        self.period = min(self.wdc.pet_interval, cfg.chain.heartbeat_interval)
+        self.tick_offset = min(TICK_AFTER, self.period / 4)
         margin = max(0.0, self.wdc.timeout - self.wdc.pet_interval)
         self.read_deadline = max(0.01, min(READ_DEADLINE_MAX, margin / 4))
         self.reader = Reader(self.state_dir, health.GATED_LAYERS + (
@@ -493,11 +496,15 @@ class Tickler:
                     f" s, pet_interval {self.wdc.pet_interval:g} s); warning above "
                     f"{self.late_warn:g} s, half the margin before the watchdog fires")
         self.last_pet = t
-        # The next one by plan, not by when this one went out, so pets stay on the ticks'
-        # grid when pet_interval is a multiple of the tick (one wake-up, not two). A pet
-        # a whole interval late starts the plan again from now.
-        planned = (self.pet_due if self.pet_due is not None else now) + self.wdc.pet_interval
-        self.pet_due = self.next_pet = planned if planned > now else now + self.wdc.pet_interval
+        # The next one by plan, not by when this one went out: on the ticks' grid
+        # (channels.next_tick), so pets come with ticks when pet_interval is a multiple of
+        # the tick (one wake-up, not two). The first interval may be shorter (a pet
+        # earlier than needed); a pet a whole interval late is followed by the next
+        # point of the grid; one that went out up to PET_EARLY before its point is
+        # followed by the point after that.
+        self.pet_due = self.next_pet = channels.next_tick(now + PET_EARLY,
+                                                          self.wdc.pet_interval,
+                                                          self.tick_offset)
 
     def failed_critical(self) -> set[str]:
         """The critical services the restarter reports not ok (from its last heartbeat)."""
@@ -560,13 +567,15 @@ class Tickler:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_stop)
-        period = min(self.wdc.pet_interval, self.cfg.chain.heartbeat_interval)
+        period = self.period
         next_tick = time.monotonic()
         while not self.stop_requested:
             now = time.monotonic()
             if now >= next_tick:
                 self.tick(now)
-                next_tick = max(next_tick + period, now)
+                # the chain's shared grid, just after init and the restarter wrote their
+                # heartbeats on it (channels.next_tick): one wake-up of the machine
+                next_tick = channels.next_tick(now, period, self.tick_offset)
             elif self.wd is not None and self.gate.ok and now + PET_EARLY >= self.next_pet:
                 self.pet(now)  # due between ticks: on the last tick's verdict (<= a tick old)
             wake = next_tick
