@@ -15,18 +15,18 @@ renewing, every etcd member healthy) and checks, as an observer outside the node
 - no needless reset: a machine that was not hung or killed is never reset (a cut-off
   owner stops the singleton itself; a lost quorum stops it everywhere, resetting none).
 
-Kinds: kill-node (a power cut), hang-node (every process SIGSTOPped), partition-node (its
-veth down for TTL + wait + 3 s), kill-etcd-member (one member SIGKILLed, restarted after
-3 s), lose-etcd-quorum (two members SIGKILLed, restarted after TTL + 2 s), and the
+Kinds: kill-node (a power cut), hang-node (every process SIGSTOPped), partition-node
+(its veth down for TTL + wait + 3 s), kill-etcd-member (one member SIGKILLed, restarted
+after 3 s), lose-etcd-quorum (two members SIGKILLed, restarted after TTL + 2 s), and the
 single-machine kinds of `hachain chaos` that apply to a node (`NODE_KINDS`), injected by
-simulators/chaos.py's own code into one node (the owner with probability 0.6), the
-cluster layer joining the layers they may hit. Those keep their own expectation (a reset
-by the watchdog or a panic, or none at all) besides the cluster's invariants: when one
-resets the owner, the singleton starts elsewhere within the reboot bound + the failover
-bound; when it may not reset, the singleton stays on its node. After every fault, every
-node converges: all four layers beat, the cluster layer renews without error, and only
-the owner's restarter shows the singleton up. The report is `DIR/report.json`. Needs
-root, unshare, nsenter, ip and etcd.
+their own rows of the fault table (simulators/chaos_kinds.py) into one node (the owner
+with probability 0.6), the cluster layer joining the layers they may hit. Those keep
+their own expectation (a reset by the watchdog or a panic, or none at all) besides the
+cluster's invariants: when one resets the owner, the singleton starts elsewhere within
+the reboot bound + the failover bound; when it may not reset, the singleton stays on its
+node. After every fault, every node converges: all four layers beat, the cluster layer
+renews without error, and only the owner's restarter shows the singleton up. The report
+is `DIR/report.json`. Needs root, unshare, nsenter, ip and etcd.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 
 from hachain import config
 from hachain.cluster import timing
-from hachain.simulators import chaos
+from hachain.simulators import chaos_kinds, converge
 from hachain.simulators.cluster_harness import EtcdCluster, Net, config_text
 from hachain.simulators.machine import SimMachine
 
@@ -106,7 +106,6 @@ class Campaign:
         self.machines: dict[str, SimMachine] = {}
         self.bound = timing.failover_bound(TTL, WD, MARGIN, HB)
         self.wait = timing.takeover_wait(TTL, WD, MARGIN)
-        self.node_faults: dict[str, chaos.Campaign] = {}
         self.cfg: config.Config | None = None
 
     def start(self) -> None:
@@ -189,39 +188,34 @@ class Campaign:
             return hb is not None and hb.started_mono > t
         return True
 
-    def node_campaign(self, name: str) -> chaos.Campaign:
-        """simulators/chaos.py's campaign object bound to node `name`'s running machine:
-        its `inject` does the single-machine kinds (config-broken edits the file the node
-        runs from: the campaign's own copy)."""
-        if name not in self.node_faults:
-            cfg = os.path.join(self.dir, f"{name}.toml")
-            c = chaos.Campaign(cfg, os.path.join(self.dir, f"{name}-faults"), self.seed, [],
-                               list(NODE_KINDS), {}, tmpfs=False)
-            c.run_config = cfg
-            c.machine = self.machines[name]
-            self.node_faults[name] = c
-        return self.node_faults[name]
-
-    def inject_node_kind(self, kind: str, name: str, layer: str) -> list[str]:
-        """One single-machine fault on node `name`, by chaos.py's code; what broke while
-        it held (config-broken, io-stall watch the node through it)."""
+    def inject_node_kind(self, kind: str, name: str, layer: str, index: int) -> list[str]:
+        """One single-machine fault on node `name`: its row of the fault table
+        (simulators/chaos_kinds.py) does it, as on one machine; what broke while it held
+        (config-broken, io-stall watch the node through it). config-broken edits the
+        file the node runs from: the campaign's own copy."""
+        assert self.cfg is not None
         m = self.machines[name]
-        pre = chaos.snapshot(m)
-        if layer == "cluster":  # chaos.py knows init's layers; this one is ours
+        pre = converge.snapshot(m)
+        if layer == "cluster":  # the table knows init's layers; this one is ours
             pre.layers = {**pre.layers, "cluster": m.host_pid_of("cluster")}
+        work = os.path.join(self.dir, f"{name}-faults")
+        os.makedirs(work, exist_ok=True)
+        x = chaos_kinds.Injection(m, self.cfg, pre, layer,
+                                  random.Random(f"{self.seed}:{index}"),
+                                  os.path.join(self.dir, f"{name}.toml"), work)
         try:
-            return self.node_campaign(name).inject(chaos.Fault(0, kind, layer), pre)
-        except (OSError, chaos.InjectError) as e:
+            return chaos_kinds.KINDS[kind].inject(x)
+        except (OSError, chaos_kinds.InjectError) as e:
             return [f"injection failed: {e}"]
 
-    def inject(self, kind: str, target: int, layer: str = "") -> dict[str, Any]:
+    def inject(self, kind: str, target: int, layer: str = "", index: int = 0) -> dict[str, Any]:
         """Inject one fault; return when it is over (healed, restarted)."""
         assert self.etcd is not None
         name = f"n{target}"
         m = self.machines[name]
         if kind in NODE_KINDS:
             return {"target": name, "layer": layer,
-                    "during": self.inject_node_kind(kind, name, layer)}
+                    "during": self.inject_node_kind(kind, name, layer, index)}
         if kind == "kill-node":
             m.power_cut()
         elif kind == "hang-node":
@@ -262,17 +256,17 @@ class Campaign:
             layer = self.rng.choice(NODE_KINDS[kind])
         # the reset a fault must cause on its target: a node kind's own ("watchdog",
         # "panic"), a power cut's, a hung machine's watchdog's; any other is a failure
-        expect = chaos.KINDS[kind].reboot if kind in NODE_KINDS else \
+        expect = chaos_kinds.KINDS[kind].reboot if kind in NODE_KINDS else \
             {"kill-node": "power-cut", "hang-node": "watchdog"}.get(kind)
-        rb = chaos.reboot_bound(self.cfg) + chaos.PANIC_DELAY
+        rb = chaos_kinds.reboot_bound(self.cfg) + chaos_kinds.PANIC_DELAY
         boots = {n: len(m.boots) for n, m in self.machines.items()}
         t = time.monotonic()
         rec: dict[str, Any] = {"index": index, "kind": kind, "owner_before": owner,
                                "mono": round(t, 3)}
-        rec.update(self.inject(kind, target, layer))
+        rec.update(self.inject(kind, target, layer, index))
         problems: list[str] = list(rec.pop("during", []))
         if kind in NODE_KINDS and expect is None:
-            limit = chaos.convergence_bound(kind, self.cfg)
+            limit = chaos_kinds.convergence_bound(kind, self.cfg)
             while not self.effect_seen(kind, rec["target"], layer, t) and \
                     time.monotonic() < t + limit:
                 time.sleep(0.05)
