@@ -199,41 +199,54 @@ def _add_dirs(p: argparse.ArgumentParser) -> None:
 CORE_COMMANDS = ("check", "run", "status", "start", "stop", "restart", "clear", "reload")
 
 
-def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
+def build_parser(plugins: bool = True, only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with `plugins` False only the core commands (the other
-    subcommands' modules take ~100 ms to import: `hachain status` must stay fast)."""
+    subcommands' modules take ~100 ms to import: `hachain status` must stay fast), and
+    with `only` just that core command (each sub-parser costs argparse ~0.5 ms)."""
+
+    def want(name: str) -> bool:
+        return only is None or only == name
+
     p = argparse.ArgumentParser(prog="hachain", description="a hardware-watchdog-backed "
                                 "high-availability supervision chain")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    c = sub.add_parser("check", help="validate a configuration file")
-    c.add_argument("-c", "--config", default=channels.DEFAULT_CONFIG)
-    c.set_defaults(func=cmd_check)
+    if want("check"):
+        c = sub.add_parser("check", help="validate a configuration file")
+        c.add_argument("-c", "--config", default=channels.DEFAULT_CONFIG)
+        c.set_defaults(func=cmd_check)
 
-    r = sub.add_parser("run", help="the whole chain in the foreground (init as subreaper)")
-    r.add_argument("-c", "--config", default=channels.DEFAULT_CONFIG)
-    r.add_argument("--no-tickler", action="store_true",
-                   help="with device = \"none\": do not start the tickler")
-    r.set_defaults(func=cmd_run)
+    if want("run"):
+        r = sub.add_parser("run", help="the whole chain in the foreground (init as "
+                           "subreaper)")
+        r.add_argument("-c", "--config", default=channels.DEFAULT_CONFIG)
+        r.add_argument("--no-tickler", action="store_true",
+                       help="with device = \"none\": do not start the tickler")
+        r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("status", help="chain layers and every service")
-    _add_dirs(s)
-    s.add_argument("--json", action="store_true", help="one JSON object (stable for scripts)")
-    s.add_argument("--cluster", action="store_true", help="every node and singleton, from "
-                   "etcd ([cluster])")
-    s.set_defaults(func=cmd_status)
+    if want("status"):
+        s = sub.add_parser("status", help="chain layers and every service")
+        _add_dirs(s)
+        s.add_argument("--json", action="store_true",
+                       help="one JSON object (stable for scripts)")
+        s.add_argument("--cluster", action="store_true", help="every node and singleton, "
+                       "from etcd ([cluster])")
+        s.set_defaults(func=cmd_status)
 
-    mv = sub.add_parser("move", help="hand a singleton over to another node ([cluster])")
-    mv.add_argument("name")
-    mv.add_argument("node")
-    mv.add_argument("-c", "--config", help="configuration file")
-    mv.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
-    mv.set_defaults(func=cmd_move)
+    if want("move"):
+        mv = sub.add_parser("move", help="hand a singleton over to another node ([cluster])")
+        mv.add_argument("name")
+        mv.add_argument("node")
+        mv.add_argument("-c", "--config", help="configuration file")
+        mv.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+        mv.set_defaults(func=cmd_move)
 
     for name, hlp in (("start", "start a service (want up)"), ("stop", "stop a service "
                       "(want down, persisted)"), ("restart", "stop and start a service"),
                       ("clear", "release a service from maintenance or failed")):
+        if not want(name):
+            continue
         x = sub.add_parser(name, help=hlp)
         x.add_argument("name", nargs="?" if name == "clear" else None)
         if name == "clear":
@@ -242,9 +255,11 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
         _add_dirs(x)
         x.set_defaults(func=cmd_control, cmd=name)
 
-    rl = sub.add_parser("reload", help="apply the changed configuration file (validated first)")
-    _add_dirs(rl)
-    rl.set_defaults(func=cmd_reload)
+    if want("reload"):
+        rl = sub.add_parser("reload", help="apply the changed configuration file "
+                            "(validated first)")
+        _add_dirs(rl)
+        rl.set_defaults(func=cmd_reload)
 
     for mod in ("hachain.importer", "hachain.logs", "hachain.metrics", "hachain.watchdog.cli",
                 "hachain.simulators.machine", "hachain.simulators.chaos",
@@ -264,7 +279,10 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
-    p = build_parser(plugins=not words or words[0] not in CORE_COMMANDS)
+    core = bool(words) and words[0] in CORE_COMMANDS
+    # a core command builds its own sub-parser alone (`hachain status` runs often);
+    # `hachain -h` and the rest build everything
+    p = build_parser(plugins=not core, only=words[0] if core else None)
     return cmdline.run(p.parse_args(argv))
 
 

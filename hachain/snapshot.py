@@ -28,8 +28,7 @@ import hashlib
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hachain import channels
 from hachain.errors import ConfigError
@@ -54,9 +53,10 @@ LAST_GOOD = channels.LAST_GOOD_CONFIG  # in persist_dir
 FORMAT = 1
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """One accepted configuration: the file's exact text and where and when it came from."""
+class Snapshot(NamedTuple):
+    """One accepted configuration: the file's exact text and where and when it came from.
+    (A NamedTuple, not a dataclass: `hachain status` reads it, and importing dataclasses
+    alone would cost it some 6 ms.)"""
 
     source: str  # absolute path of the file the text was read from
     text: str
@@ -67,10 +67,10 @@ class Snapshot:
     format: int = FORMAT
     # the accepted watchdog timing that judges heartbeats (env overrides applied), so
     # that `hachain status` judges without parsing the text: {} in older snapshots
-    timing: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, float] = {}  # never mutated: replaced whole
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_json(cls, d: Any) -> Snapshot | None:
@@ -81,13 +81,14 @@ class Snapshot:
         try:
             snap = cls(**{k: d[k] for k in ("source", "text", "sha256", "accepted_wall",
                                             "chain_id", "fallback", "format")})
-        except (KeyError, TypeError):
+        except KeyError:
             return None
         timing = d.get("timing")
         if isinstance(timing, dict) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in timing.values()):
-            snap = replace(snap, timing=timing)
-        if not isinstance(snap.text, str) or digest(snap.text) != snap.sha256:
+            snap = snap._replace(timing=timing)
+        if not isinstance(snap.text, str) or not isinstance(snap.sha256, str) \
+                or digest(snap.text) != snap.sha256:
             return None
         return snap
 
@@ -209,9 +210,9 @@ def accept(path: str, chain_id: str = "", fallback: bool = True,
             raise ConfigError([e.errors[0] + f" (and no last-known-good configuration of "
                                f"{source} in {', '.join(persist_candidates(environ, source))})",
                                *e.errors[1:]]) from None
-        snap = replace(lkg, chain_id=chain_id, fallback=e.errors[0])
+        snap = lkg._replace(chain_id=chain_id, fallback=e.errors[0])
         cfg = _config_of(snap, environ)
-        snap = replace(snap, timing=_timing_of(cfg))
+        snap = snap._replace(timing=_timing_of(cfg))
         if log is not None:  # the one line that says so, from whoever accepted
             log(f"{e.errors[0]}: running the last-known-good configuration of {source} "
                 f"accepted {_when(lkg.accepted_wall)}")

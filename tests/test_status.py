@@ -255,6 +255,8 @@ command = {json.dumps([PY, SVC, "sleep"])}
     restarter = st["chain"]["layers"]["restarter"]["pid"]
     os.kill(restarter, signal.SIGSTOP)
     try:
+        # the stop is delivered asynchronously: status judges what /proc shows
+        wait_until(lambda: channels.proc_state(restarter) in ("T", "t"), 10, "stopped")
         rc, out = _status(capsys, *args)
         assert rc == 1, out
         assert out.splitlines()[0].startswith(f"degraded: restarter hung (pid {restarter} "
@@ -350,6 +352,7 @@ def test_hung_restarter_on_the_machine(boot: Any, capsys: Any) -> None:
     assert host is not None and d["host_pid"] == host and d["pid"] != host  # mapped
     os.kill(host, signal.SIGSTOP)
     try:
+        wait_until(lambda: channels.proc_state(host) in ("T", "t"), 10, "stopped")
         rc, out = _m_status(m, capsys)
         assert rc == 1
         # the pid as seen from here, which is the one an operator here can act on
