@@ -12,7 +12,8 @@ started and killed here) competes for the CPU. The harness is
 failures and resets are observed. Every `--status-every` seconds `hachain status --json`
 runs through the installed CLI (a new process each time, as an operator or a script runs
 it), timed from spawn to exit; the same request straight on the control socket is timed
-too, to tell the restarter's share from the CLI's.
+too, to tell the restarter's share from the CLI's, and so is `python -c pass` with the
+same interpreter: the floor that any Python command pays on that host at that moment.
 
 The CLI runs with Python's bytecode cache on (in a temporary PYTHONPYCACHEPREFIX) even
 when PYTHONDONTWRITEBYTECODE is set here: an installed hachain is byte-compiled, and
@@ -90,6 +91,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         lat: list[float] = []
         cpu: list[float] = []
         sock: list[float] = []
+        floor: list[float] = []
         bad = 0
         first = last = None
         next_at = t0
@@ -109,6 +111,11 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 sock.append(time.monotonic() - t1)
             except client.ControlError:
                 bad += 1
+            # the floor any Python CLI pays here: the same interpreter (site and the
+            # venv's import hooks included) doing nothing, on the same loaded host
+            t1 = time.monotonic()
+            subprocess.run([sys.executable, "-c", "pass"], env=env, timeout=60, check=False)
+            floor.append(time.monotonic() - t1)
             if storm.proc is not None and storm.proc.poll() is not None:
                 raise RuntimeError(f"the chain exited; see {storm.log_path}")
             next_at += a.status_every
@@ -129,6 +136,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             "cli_cpu_p50": statistics.median(cpu),
             "socket_p50": statistics.median(sock) if sock else float("nan"),
             "socket_p99": pct(sock, 99),
+            "python_p50": statistics.median(floor) if floor else float("nan"),
+            "python_p99": pct(floor, 99),
             "restarts_per_s": (r1 - r0) / wall if r0 is not None and r1 is not None else None,
             "max_lag": s.max_lag, "max_restarter_hb_age": s.max_restarter_age,
             "load": os.getloadavg()[0],
@@ -182,6 +191,8 @@ def main() -> int:
           f"the CLI, {row['status_bad']} failed, max {row['status_max'] * 1e3:.0f} ms, CLI CPU "
           f"p50 {row['cli_cpu_p50'] * 1e3:.0f} ms; the request alone on the control socket "
           f"p50 {row['socket_p50'] * 1e3:.0f} / p99 {row['socket_p99'] * 1e3:.0f} ms; "
+          f"`python -c pass` (the interpreter's start, the floor of any Python CLI) p50 "
+          f"{row['python_p50'] * 1e3:.0f} / p99 {row['python_p99'] * 1e3:.0f} ms; "
           f"restarter heartbeat age max {row['max_restarter_hb_age']:.2f} s, loop lag max "
           f"{row['max_lag']:.3f} s; least watchdog time left "
           f"{'-' if least is None else f'{least:.2f}'} s)")
