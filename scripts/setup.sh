@@ -52,7 +52,10 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 stamp=.venv/.hachain-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# setup.py builds the one C extension (hachain/restarter/_clone3.c) in place: a change
+# to either installs again
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] ||
+        [ hachain/restarter/_clone3.c -nt "$stamp" ]; then
     echo "setup: installing hachain and its test tools into .venv"
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"

@@ -18,10 +18,18 @@ Some facts this code relies on:
 - A cgroup v2 directory holds exactly the processes of one service and all their
   descendants, whatever they fork. `cgroup.kill` (Linux 5.14) SIGKILLs all of them at
   once; `cgroup.procs` lists them; `cgroup.events` says `populated 0` when none is left.
-- Python cannot spawn straight into a cgroup (clone3 CLONE_INTO_CGROUP), and a child
-  moved after it was spawned may already have forked. So the restarter moves *itself*
-  into the service's cgroup, spawns (the child is born there), and moves itself back:
-  two small writes, and no window in which a descendant escapes.
+- A child moved into its cgroup after it was spawned may already have forked, so a
+  service must be *born* in its cgroup. clone3(CLONE_INTO_CGROUP) (Linux 5.7) does that;
+  Python has no wrapper for it, so the small C extension `_clone3` (built by setup.py
+  where a compiler is at hand) starts plain services that way. Moving a process by
+  writing `cgroup.procs` takes the kernel's global cgroup_threadgroup_rwsem for writing,
+  and unless cgroup2 is mounted with `favordynmods` that waits for an RCU grace period:
+  5-15 ms on an idle machine, more than the rest of a restart (docs/restarter.md,
+  "Restart after idle"). clone3 takes that lock for reading only.
+- The fallback, where `_clone3` is missing or the kernel refuses, and for services that
+  need set-up posix_spawn cannot do: the restarter moves *itself* into the service's
+  cgroup, spawns (the child is born there), and moves itself back: two small writes, no
+  window in which a descendant escapes, but each write may wait for that grace period.
 - subprocess uses vfork when no preexec function is given, which keeps a spawn well
   under a millisecond even for a large parent. Only services that need a rlimit or a
   readiness fd at a fixed number pay for a preexec function.
@@ -48,6 +56,11 @@ from hachain import channels
 from hachain.cgroupfs import find_cgroup2_mount
 from hachain.config import ServiceConfig
 from hachain.restarter.policy import ExitStatus
+
+try:  # the compiled part (setup.py, optional): clone3 CLONE_INTO_CGROUP
+    from hachain.restarter import _clone3  # type: ignore[attr-defined]
+except ImportError:
+    _clone3 = None
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The file limit the restarter was started with: it raises its own (a pidfd per service),
@@ -204,6 +217,7 @@ class Cgroups:
         self.home: str | None = None  # the restarter's own cgroup, to move back into
         self._home_fd: int | None = None  # its cgroup.procs, kept open: one move per spawn
         self._made: set[str] = set()  # service cgroups known to exist
+        self._pids_max: dict[str, int] = {}  # as written, to write again after renew()
         if root is not None:
             mount = find_cgroup2_mount()
             self.home = own_cgroup(mount) if mount else None
@@ -278,6 +292,28 @@ class Cgroups:
             self._made.add(name)
         return p
 
+    def renew(self, name: str) -> bool:
+        """Make the service's cgroup afresh (rmdir, mkdir, its pids.max again) if it is
+        empty: a cgroup that was once cgroup.kill'ed kills every child cloned into it on
+        Linux 6.18 (spawn._spawn_into). False when it is not empty or cannot be."""
+        p = self.path(name)
+        if p is None or self.populated(name):
+            return False
+        try:
+            os.rmdir(p)
+        except OSError:
+            return False
+        try:
+            os.mkdir(p)
+        except FileExistsError:
+            pass
+        except OSError:
+            self._made.discard(name)
+            return False
+        if name in self._pids_max:
+            self.limit_pids(name, self._pids_max[name])
+        return True
+
     def limit_pids(self, name: str, limit: int) -> bool:
         """Write the service's pids.max (0: "max"). False when the pids controller is
         not enabled for this cgroup (then a fork bomb is only bounded by the kill of the
@@ -285,6 +321,7 @@ class Cgroups:
         p = self.path(name)
         if p is None:
             return False
+        self._pids_max[name] = limit
         try:
             with open(os.path.join(p, "pids.max"), "w") as f:
                 f.write(str(limit) if limit > 0 else "max")
@@ -587,20 +624,87 @@ _SIGDEF = (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.
            signal.SIGXFSZ)
 
 
+def _exe_path(cfg: ServiceConfig, env: dict[str, str]) -> str:
+    """command[0], looked up in the service's PATH when it has no slash (cached)."""
+    argv0 = cfg.command[0]
+    if "/" in argv0:
+        return argv0
+    key = (argv0, env["PATH"])
+    found = _EXE_CACHE.get(key)
+    if found is None or not os.access(found, os.X_OK):
+        found = shutil.which(argv0, path=env["PATH"])
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv0)
+        _EXE_CACHE[key] = found
+    return found
+
+
+# clone3 errors that mean "this kernel cannot" (no clone3, no CLONE_INTO_CGROUP): the
+# fallback from then on. Errors about this one cgroup (EBUSY: controllers enabled below
+# it; EOPNOTSUPP, EACCES, ...) fall back for that spawn only.
+_CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
+_CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
+_direct = _clone3 is not None and bool(_clone3.AVAILABLE)
+
+
+def direct_spawn_available() -> bool:
+    """Can plain services be started straight into their cgroup (clone3)?"""
+    return _direct
+
+
+_KILLED_AT_BIRTH = "clone3: killed at birth"
+
+
+def _spawn_into(cg: str, cfg: ServiceConfig, env: dict[str, str], logfd: int,
+                cgroups: Cgroups) -> int | None:
+    """A plain service started straight into its cgroup `cg` by clone3; None when that
+    cannot be done here (the caller falls back to moving itself). OSError as from
+    posix_spawn (an exec failure has no filename); SpawnError for another step.
+
+    A child cloned into a cgroup that was once cgroup.kill'ed is SIGKILLed by Linux 6.18
+    before it runs (see _clone3.c). Such a cgroup is made afresh (rmdir, mkdir) when it
+    is empty, and the spawn tried once more; when even a fresh cgroup kills its child (the
+    restarter's own cgroup was once killed), clone3 is given up for good."""
+    global _direct
+    path = _exe_path(cfg, env)
+    argv = [os.fsencode(a) for a in cfg.command]
+    envp = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    for attempt in range(2):
+        cgroups.thaw(cg)  # a child born into a frozen cgroup would hold us in vfork's wait
+        try:
+            fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return int(_clone3.spawn(os.fsencode(path), argv, envp, logfd, fd,
+                                     [int(s) for s in _SIGDEF], BASE_NOFILE))
+        except OSError as e:
+            if e.filename == _KILLED_AT_BIRTH:
+                if attempt == 0 and cgroups.renew(cfg.name):
+                    continue
+                if attempt == 1:
+                    _direct = False
+                return None
+            if e.filename == "clone3":
+                if e.errno in _CLONE3_UNSUPPORTED:
+                    _direct = False
+                    return None
+                if e.errno in _CLONE3_TRANSIENT:
+                    raise OSError(e.errno, e.strerror) from None  # as fork would fail
+                return None
+            if e.filename == "exec":
+                raise OSError(e.errno, e.strerror) from None
+            raise SpawnError(f"{e.filename}: {errno_text(e)}",
+                             transient=e.errno in TRANSIENT_ERRNOS) from None
+        finally:
+            os.close(fd)
+    return None
+
+
 def _posix_spawn(cfg: ServiceConfig, env: dict[str, str], logfd: int) -> int:
     """posix_spawn(3) (clone with CLONE_VFORK, then exec): no Python bookkeeping between.
     Every descriptor of the restarter is close-on-exec (PEP 446), so nothing leaks."""
-    argv0 = cfg.command[0]
-    path = argv0
-    if "/" not in argv0:
-        key = (argv0, env["PATH"])
-        found = _EXE_CACHE.get(key)
-        if found is None or not os.access(found, os.X_OK):
-            found = shutil.which(argv0, path=env["PATH"])
-            if found is None:
-                raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv0)
-            _EXE_CACHE[key] = found
-        path = found
+    path = _exe_path(cfg, env)
     return os.posix_spawn(path, list(cfg.command), env, file_actions=[
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, logfd, 1),
@@ -647,16 +751,21 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
     cg = cgroups.ensure(cfg.name)
     moved = False
     try:
-        if cg is not None:
-            try:
-                cgroups.enter(cg)
-                moved = True
-            except OSError:
-                moved = False
         pass_fds = (cfg.ready_fd,) if ready_w is not None else ()
         env = service_env(cfg, notify_socket)
         try:
-            if _plain(cfg):
+            direct = None
+            if cg is not None and _direct and _plain(cfg):
+                direct = _spawn_into(cg, cfg, env, logfd, cgroups)
+            if direct is None and cg is not None:
+                try:
+                    cgroups.enter(cg)
+                    moved = True
+                except OSError:
+                    moved = False
+            if direct is not None:
+                pid = direct  # its RLIMIT_NOFILE is set too
+            elif _plain(cfg):
                 pid = _posix_spawn(cfg, env, logfd)
             else:
                 # Credentials go to subprocess (vfork kept) unless a preexec function
@@ -711,7 +820,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
             os.close(logfd)
         if ready_w is not None:
             os.close(ready_w)
-    if not any(n == "nofile" for n, _, _ in cfg.rlimits):
+    if direct is None and not any(n == "nofile" for n, _, _ in cfg.rlimits):
         try:
             resource.prlimit(pid, resource.RLIMIT_NOFILE, BASE_NOFILE)
         except (OSError, ValueError):

@@ -1,0 +1,200 @@
+"""A service is born in its cgroup (issue 19): clone3(CLONE_INTO_CGROUP) through the
+`_clone3` extension where it is built and the kernel has it, else the fallback (the
+restarter moves itself in and out around posix_spawn). Real processes in real cgroups:
+the service and a child it forks at once are in the service's cgroup; the child starts
+with stdin /dev/null, output in the log, its own process group, default dispositions for
+the signals the restarter ignores, an empty signal mask and the restarter's original
+file limit; a missing program is named; a frozen cgroup is thawed first."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import signal
+import sys
+import time
+
+import pytest
+
+from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
+from hachain.config import ServiceConfig
+from hachain.restarter import spawn
+from tests.conftest import wait_until
+
+SVC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "svc.py")
+
+
+@pytest.fixture
+def cgroups(tmp_path):
+    """A Cgroups root of this test's own under the cgroup2 mount; removed afterwards
+    with everything in it."""
+    mount = find_cgroup2_mount()
+    if mount is None or not os.access(mount, os.W_OK):
+        pytest.skip("needs a writable cgroup v2 hierarchy (run as root)")
+    root = os.path.join(mount, f"hachain-test-spawn-{os.getpid()}-{tmp_path.name}")
+    cg = spawn.Cgroups.from_config(root)
+    assert cg.active
+    try:
+        yield cg
+    finally:
+        remove_cgroup_tree(root)
+
+
+@pytest.fixture
+def started():
+    """Pids spawned by a test: SIGKILLed and reaped at the end, whatever happened."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _cgroup_of(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return next(ln[3:].strip() for ln in f if ln.startswith("0::"))
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(ln.rstrip("\n").split(":\t", 1) for ln in f if ":\t" in ln)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+# A service that forks a child first thing, then reports what it was given and sleeps.
+FORKER = ("import os, sys, time\n"
+          "if os.fork() == 0:\n"
+          "    time.sleep(3600)\n"
+          "print('stdin', os.readlink('/proc/self/fd/0'), 'pgid', os.getpgid(0), flush=True)\n"
+          "time.sleep(3600)\n")
+
+
+def _spawn(cg: spawn.Cgroups, tmp_path, name: str, command: tuple[str, ...],
+           started: list[int]) -> int:
+    cfg = ServiceConfig(name=name, command=command)
+    sp = spawn.spawn(cfg, str(tmp_path / "logs"), cg, None, yield_cpu=False)
+    started.append(sp.pid)
+    return sp.pid
+
+
+def _check_born_in_cgroup(cg: spawn.Cgroups, tmp_path, started: list[int]) -> None:
+    mount = find_cgroup2_mount()
+    assert mount is not None
+    home = _cgroup_of(os.getpid())
+    pid = _spawn(cg, tmp_path, "forker", (sys.executable, "-S", "-c", FORKER), started)
+    want = "/" + os.path.relpath(cg.path("forker") or "", mount)
+    assert _cgroup_of(pid) == want
+    assert _cgroup_of(os.getpid()) == home  # the restarter is where it was
+    child = wait_until(lambda: (_children(pid) or [None])[0], 10, "the service's child")
+    assert _cgroup_of(child) == want
+    assert set(cg.procs("forker")) == {pid, child}
+    log = tmp_path / "logs" / "forker.log"
+    wait_until(lambda: log.exists() and b"pgid" in log.read_bytes(), 10, "the service's line")
+    assert log.read_text().split() == ["stdin", "/dev/null", "pgid", str(pid)]
+    # what the program is given (sleep changes no disposition; Python would)
+    blocked = {signal.SIGUSR1, signal.SIGCHLD}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # a service starts unblocked
+    ign = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as the restarter has it
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit[0], 512) - 1, limit[1]))
+    try:
+        pid = _spawn(cg, tmp_path, "sleeper", ("sleep", "3600"), started)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.signal(signal.SIGXFSZ, ign)
+        resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+    assert _cgroup_of(pid) == "/" + os.path.relpath(cg.path("sleeper") or "", mount)
+    st = _status(pid)
+    assert int(st["SigBlk"], 16) == 0
+    ignored = int(st["SigIgn"], 16)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored here, default in the service
+        assert not ignored & (1 << (sig - 1)), (sig, st["SigIgn"])
+    assert resource.prlimit(pid, resource.RLIMIT_NOFILE) == spawn.BASE_NOFILE
+
+
+def test_direct_spawn_is_there_on_x86_64() -> None:
+    """setup.py builds the extension, and this kernel (>= 5.7) and architecture take it:
+    the fast path is what runs here, not the fallback."""
+    if platform.machine() != "x86_64":
+        pytest.skip(f"the clone3 entry is written for x86_64, this is {platform.machine()}")
+    assert spawn._clone3 is not None, "hachain.restarter._clone3 was not built (setup.py)"
+    assert spawn.direct_spawn_available()
+
+
+def test_service_and_its_child_are_born_in_the_cgroup(cgroups, tmp_path, started,
+                                                     monkeypatch) -> None:
+    def enter(path: str) -> None:
+        raise AssertionError(f"the restarter moved itself into {path}: the fallback ran")
+    monkeypatch.setattr(cgroups, "enter", enter)
+    _check_born_in_cgroup(cgroups, tmp_path, started)
+    assert spawn.direct_spawn_available()  # nothing made it fall back for good
+
+
+def test_the_fallback_also_puts_them_in_the_cgroup(cgroups, tmp_path, started,
+                                                   monkeypatch) -> None:
+    """Without clone3 (patched off: the path a kernel < 5.7 or a missing extension takes)
+    the restarter moves itself in and out, with the same result."""
+    monkeypatch.setattr(spawn, "_direct", False)
+    _check_born_in_cgroup(cgroups, tmp_path, started)
+
+
+def test_a_missing_program_is_named_and_leaves_no_child(cgroups, tmp_path, started) -> None:
+    cfg = ServiceConfig(name="gone", command=("/nonexistent-hachain/prog", "x"))
+    with pytest.raises(spawn.SpawnError) as e:
+        spawn.spawn(cfg, str(tmp_path / "logs"), cgroups, None)
+    assert str(e.value) == ('command[0] = "/nonexistent-hachain/prog": exec: No such file or '
+                            "directory (errno ENOENT)")
+    assert not e.value.transient
+    with pytest.raises(ChildProcessError):  # the failed child was reaped, not left a zombie
+        os.waitpid(-1, os.WNOHANG)
+    assert cgroups.procs("gone") == []
+    assert spawn.direct_spawn_available()  # an exec failure is not the kernel refusing
+
+
+def test_a_frozen_cgroup_is_thawed_first(cgroups, tmp_path, started) -> None:
+    path = cgroups.ensure("cold")
+    assert path is not None
+    with open(os.path.join(path, "cgroup.freeze"), "w") as f:
+        f.write("1")
+    t0 = time.monotonic()
+    pid = _spawn(cgroups, tmp_path, "cold", (sys.executable, SVC, "sleep"), started)
+    assert time.monotonic() - t0 < 5
+    with open(os.path.join(path, "cgroup.events")) as f:
+        assert "frozen 0" in f.read()
+    assert pid in cgroups.procs("cold")
+    assert _status(pid)["State"][0] in "RS"  # running or sleeping, not stopped
+
+
+def test_a_cgroup_that_was_killed_takes_a_new_service(cgroups, tmp_path, started,
+                                                      monkeypatch) -> None:
+    """Linux 6.18 SIGKILLs every child cloned into a cgroup that was once cgroup.kill'ed
+    (before it runs). The spawn sees that, makes the cgroup afresh and starts the service
+    there, still straight into it (no move of the restarter)."""
+    first = _spawn(cgroups, tmp_path, "k", ("sleep", "3600"), started)
+    assert cgroups.kill("k")
+    os.waitpid(first, 0)
+    started.remove(first)
+    wait_until(lambda: not cgroups.populated("k"), 10, "the killed cgroup empty")
+
+    def enter(path: str) -> None:
+        raise AssertionError(f"the restarter moved itself into {path}: the fallback ran")
+    monkeypatch.setattr(cgroups, "enter", enter)
+    pid = _spawn(cgroups, tmp_path, "k", ("sleep", "3600"), started)
+    assert cgroups.procs("k") == [pid]
+    assert _status(pid)["State"][0] in "RS"
+    assert os.waitpid(-1, os.WNOHANG) == (0, 0)  # the child killed at birth was reaped
+    assert spawn.direct_spawn_available()
