@@ -284,12 +284,17 @@ def release(persist_dir: str, boot_id: str, name: str) -> None:
 
 # --- status -------------------------------------------------------------------------------
 
-def summary(persist_dir: str, boot_id: str = "") -> dict[str, Any]:
+def summary(persist_dir: str, boot_id: str = "", running: bool = True) -> dict[str, Any]:
     """What `hachain status` shows: this boot, the previous boot's end, the count of
-    consecutive unclean boots before this one, the loop verdict and the history."""
+    consecutive unclean boots before this one, the loop verdict and the history. With
+    `running` False (no chain runs now) and the newest boot's chain shut down in order,
+    there is no current boot: that boot is the previous one, the one that ended last
+    (a chain that died without a word may still be in its boot: that stays current)."""
     rec = read(persist_dir)
     boots = rec["boots"]
     cur = entry_for(rec, boot_id)
+    if not running and cur is not None and cur is boots[-1] and cur.get("reason") == SHUTDOWN:
+        cur = None
     i = boots.index(cur) if cur is not None else len(boots)
     previous = boots[:i]
     return {"counter": rec.get("counter", 0), "current": cur,

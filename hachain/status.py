@@ -333,7 +333,9 @@ def gather_status(state_dir: str, persist_dir: str,
         "pet_late_worst", "pet_late_warnings", "pet_late_warn", "pet_interval_last",
         "disarmed")}
     out["chain"]["watchdog"] = wdog
-    out["chain"]["boot"] = bootrecord.summary(persist_dir)  # the reset record
+    # the reset record; with no init at all, the newest boot is one that has ended
+    out["chain"]["boot"] = bootrecord.summary(
+        persist_dir, running=layers["init"]["process"] != "gone")
     out["verdict"] = verdict(out, timing)
     return out
 

@@ -76,6 +76,14 @@ def test_loop_verdict(tmp_path: Any) -> None:
     assert "3 consecutive unclean boot(s)" in lines[0]
     assert lines[1].startswith("boot #5: RESCUE (boot loop): holding db, web; after #2 "
                                "gate-failure, #3 unknown, #4 reboot-requested")
+    # read while no chain runs (status of a stopped machine): boot 5 is the one that
+    # ended last, not a current boot, and nothing is held
+    bootrecord.set_reason(d, "b5", bootrecord.SHUTDOWN, ["orderly"], 1500.0)
+    s = bootrecord.summary(d, running=False)
+    assert s["current"] is None and s["previous"]["boot"] == 5 and s["held"] == []
+    assert s["unclean_before"] == 0  # it shut down cleanly
+    assert bootrecord.describe(s) == ["previous boot #5 ended: shutdown: orderly; "
+                                      "0 consecutive unclean boot(s)"]
 
 
 def test_window_clean_boot_and_clear_end_the_loop(tmp_path: Any) -> None:

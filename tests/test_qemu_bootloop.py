@@ -4,7 +4,7 @@ A critical service that never gets ready fails the gate on every boot; the tickl
 petting and the i6300esb resets the guest. After `boot_loop.resets` such resets the next
 boot comes up in rescue: the service is held in maintenance, the gate passes, the real
 device is petted and the guest stays up. The boot record on the persistent share tells
-the story. About three minutes on two idle cores (four guest boots under TCG).
+the story. One looping boot, then the rescue boot: about 90 s under TCG on this host.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hachain.simulators.qemu.chain import (
 
 pytestmark = pytest.mark.qemu
 
-RESETS = 2
+RESETS = 1  # one looping boot is enough here: the counting is tested on the simulated machine
 READY_TIMEOUT = 3.0
 
 
