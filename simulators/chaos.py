@@ -1,29 +1,13 @@
 """`hachain chaos`: a fault-injection campaign on the simulated machine, with a report.
 
-Owns: the fault model (`KINDS`, documented in docs/chaos.md), a deterministic fault
-schedule per seed, injecting each fault from the host side, waiting for the machine to
-converge, checking the invariants, and the campaign's exit status. Must not: change
-`SimMachine` or reach into the chain's code; it only signals processes of the machine it
-started, writes `cgroup.freeze` of the services' cgroups of that machine, and fills the
-small tmpfs file systems it mounted itself. Reports are `chaos_report.py`.
-
-Facts the fault model relies on:
-
-- From the host (the parent PID namespace) SIGKILL and SIGSTOP reach the machine's PID 1;
-  killing it is a kernel panic for the machine (`SimMachine` reboots it).
-- `cgroup.freeze` (cgroup v2) stops every task of a cgroup like SIGSTOP does but
-  invisibly to the tasks (no SIGCHLD to the parent, `/proc/PID/stat` shows S/D, not T).
-  hachain's layers are not in cgroups of their own, so freezing a layer is done as
-  SIGSTOP, which has the same effect on the heartbeat (the thing the gate watches).
-- `cgroup.kill` SIGKILLs frozen tasks too; but a cgroup stays frozen until someone
-  writes `cgroup.freeze = 0`, so a process spawned into it later is born frozen.
-- CLOCK_REALTIME is one clock for the whole host: time namespaces offset only
-  CLOCK_MONOTONIC and CLOCK_BOOTTIME, so the wall clock of the machine cannot be stepped
-  without stepping the host's. hachain times everything with CLOCK_MONOTONIC; the wall
-  clock only labels records (gate.json, last_boot.json, boots.jsonl).
-- A tmpfs mounted on `<machine>/run` and `<machine>/persist` before the machine starts
-  gives the chain a run directory and a "disk" that can fill up without touching the
-  host's file systems.
+Owns: the campaign runner: the built-in campaign configuration, powering the simulated
+machine on and off (with the small tmpfs file systems it mounts for it), running each
+scheduled fault through its kind's row of `KINDS` (simulators/chaos_kinds.py), waiting
+for the machine to converge (the invariants are simulators/converge.py's), judging the
+reboots the fault caused against the kind's expectation, shrinking a failure to a short
+reproduction, Ctrl-C and a closed terminal, the command line and the exit status. Must
+not: know a fault kind by name, change `SimMachine` or reach into the chain's code.
+Reports and the progress line are `chaos_report.py`.
 """
 
 from __future__ import annotations
@@ -43,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from hachain import __version__, channels, config
@@ -63,6 +47,7 @@ from hachain.simulators.chaos_kinds import (
     schedule,
     unfill,
 )
+from hachain.simulators.chaos_report import Progress, Result, failure_lines, verdict_line
 from hachain.simulators.converge import Snapshot, lasting, snapshot, snapshot_problems
 from hachain.simulators.machine import CONSOLE_NAME, SimMachine, find_cgroup2_mount
 
@@ -134,28 +119,6 @@ TMPFS_RUN, TMPFS_PERSIST = "8m", "16m"
 def _read(path: str, mode: str = "rb") -> Any:
     with open(path, mode) as f:
         return f.read()
-
-
-@dataclass
-class Result:
-    """One fault's outcome. Times are seconds from the campaign's start."""
-    index: int
-    kind: str
-    target: str
-    component: str
-    ok: bool = True
-    problems: list[str] = field(default_factory=list)
-    t_fault: float = 0.0
-    t_detect: float | None = None
-    t_recover: float | None = None
-    t_end: float = 0.0
-    detect: float | None = None
-    converge: float | None = None
-    bound: float = 0.0
-    reboot: str | None = None
-    reboot_after: float | None = None
-    console: str = ""  # the machine's console log
-    console_line: int = 0  # its first line written after the fault (1-based)
 
 
 class CampaignError(Exception):
@@ -590,91 +553,6 @@ def _console_position(path: str) -> tuple[str, int]:
         return path, 1
 
 
-# --- what the campaign prints ----------------------------------------------------------------
-
-def _clock(seconds: float) -> str:
-    """12 s, 3m05s, 1h02m."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def failure_lines(r: dict[str, Any]) -> list[str]:
-    """What a failed fault shows: what was observed, and where the console log is."""
-    head = f"fault #{r['index']} {r['kind']} {r['target']}"
-    seen = r.get("problems") or ["(no problem recorded)"]
-    out = [f"{head}: {p}" for p in seen]
-    if r.get("console"):
-        out.append(f"{head}: console log {r['console']}:{r.get('console_line') or 1} "
-                   "(from the fault on)")
-    return out
-
-
-class Progress:
-    """The campaign's progress on stderr: on a terminal one bar, rewritten in place, with
-    the elapsed time and an estimate of the time left; every failure on lines of its own
-    above it, so they stay on screen. Elsewhere one line per fault. Never fails: a write
-    to a terminal that went away (EIO after SIGHUP) is dropped."""
-
-    def __init__(self, stream: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.stream = stream or sys.stderr
-        try:
-            self.tty = self.stream.isatty()
-        except (OSError, ValueError):
-            self.tty = False
-        self.clock = clock
-        self.t0 = clock()
-        self.t_first: float | None = None  # the first fault's start (boot time excluded)
-        self.fails = 0
-
-    def _write(self, text: str) -> None:
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
-
-    def times(self, done: int, n: int) -> str:
-        """"elapsed 1m05s, ~2m10s left" (no estimate before the first fault is done)."""
-        now = self.clock()
-        out = f"elapsed {_clock(now - self.t0)}"
-        if self.t_first is not None and 0 < done < n:
-            per = (now - self.t_first) / done
-            out += f", ~{_clock(per * (n - done))} left"
-        return out
-
-    def __call__(self, i: int, n: int, res: Result | None, what: str) -> None:
-        if res is None and self.t_first is None:
-            self.t_first = self.clock()
-        if res is not None and not res.ok:
-            self.fails += 1
-            lines = "".join(f"chaos: FAIL {line}\n" for line in failure_lines(asdict(res)))
-            self._write(("\r\033[K" if self.tty else "") + lines)
-        if self.tty:
-            width = 30
-            done = int(width * i / max(n, 1))
-            tail = what or (f"#{res.index} {res.kind} {res.target} "
-                            f"{'%.2f s' % res.converge if res.ok and res.converge else 'FAIL'}"
-                            if res else "")
-            self._write(f"\r\033[K[{'#' * done}{'-' * (width - done)}] {i}/{n} "
-                        f"fails {self.fails} | {self.times(i, n)} | {tail}")
-            if i == n and res is not None:
-                self._write("\n")
-        elif res is not None:
-            verdict = (f"converged in {res.converge:.2f} s" if res.ok and res.converge
-                       is not None else "FAILED (above)" if not res.ok else "ok")
-            self._write(f"chaos: {i}/{n} #{res.index} {res.kind} {res.target}: {verdict} "
-                        f"| {self.times(i, n)}\n")
-
-    def interrupted(self) -> None:
-        """End the bar's line (a signal stopped the campaign)."""
-        if self.tty:
-            self._write("\n")
-
-
 def kind_list(arg: str | None, known: Iterable[str], what: str = "fault kind") -> list[str]:
     """The --kinds list (default: every known kind), sorted and without repeats;
     ValueError naming the unknown ones."""
@@ -896,25 +774,3 @@ def _finish(args: argparse.Namespace, rep: dict[str, Any], seed: int, work: str,
              sys.stderr)
     _say(verdict_line(rep, html_path))
     return 0 if rep["ok"] else 1
-
-
-def verdict_line(rep: dict[str, Any], html_path: str) -> str:
-    """The campaign's last line: PASS or FAIL, with the counts."""
-    n, ran = rep["faults"], len(rep["results"])
-    bad = rep["failures"]
-    counts = (f"{ran - bad} held, {bad} broke an invariant"
-              + (f", {n - ran} not run" if ran < n else ""))
-    tail = (f"; {rep.get('boots', 0)} boot(s), {_clock(rep.get('duration', 0))}; "
-            f"{'partial ' if rep.get('interrupted') else ''}report {html_path}")
-    seed = rep["seed"]
-    if rep["ok"]:
-        return f"chaos: PASS: seed {seed}: all invariants held over {ran} fault(s) ({counts}){tail}"
-    if rep.get("interrupted"):
-        why = f"interrupted by {rep['interrupted']} after {ran} of {n} fault(s)"
-    elif rep["baseline_problems"] and not ran:
-        why = "the machine never converged before the first fault"
-    elif rep["baseline_problems"]:
-        why = f"the campaign stopped after {ran} of {n} fault(s)"
-    else:
-        why = f"{bad} of {ran} fault(s) broke an invariant"
-    return f"chaos: FAIL: seed {seed}: {why} ({counts}){tail}"

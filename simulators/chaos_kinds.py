@@ -14,6 +14,24 @@ runs from (a copy the campaign made, never the user's).
 A kind needs only a `SimMachine` and what the campaign knows of it (`Injection`), so any
 campaign that runs simulated machines can inject it: the cluster campaign can take a
 row of `KINDS` and hand it one of its nodes.
+
+Facts the fault model relies on:
+
+- From the host (the parent PID namespace) SIGKILL and SIGSTOP reach the machine's PID 1;
+  killing it is a kernel panic for the machine (`SimMachine` reboots it).
+- `cgroup.freeze` (cgroup v2) stops every task of a cgroup like SIGSTOP does but
+  invisibly to the tasks (no SIGCHLD to the parent, `/proc/PID/stat` shows S/D, not T).
+  hachain's layers are not in cgroups of their own, so freezing a layer is done as
+  SIGSTOP, which has the same effect on the heartbeat (the thing the gate watches).
+- `cgroup.kill` SIGKILLs frozen tasks too; but a cgroup stays frozen until someone
+  writes `cgroup.freeze = 0`, so a process spawned into it later is born frozen.
+- CLOCK_REALTIME is one clock for the whole host: time namespaces offset only
+  CLOCK_MONOTONIC and CLOCK_BOOTTIME, so the wall clock of the machine cannot be stepped
+  without stepping the host's. hachain times everything with CLOCK_MONOTONIC; the wall
+  clock only labels records (gate.json, last_boot.json, boots.jsonl).
+- A tmpfs mounted on `<machine>/run` and `<machine>/persist` before the machine starts
+  gives the chain a run directory and a "disk" that can fill up without touching the
+  host's file systems.
 """
 
 from __future__ import annotations

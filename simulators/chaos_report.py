@@ -1,8 +1,11 @@
-"""`hachain chaos` reports: the per-kind table (text), report.json and report.html.
+"""`hachain chaos` reports: the per-fault record, what a campaign prints while it runs and
+at its end, the per-kind table (text), report.json and report.html.
 
-Owns: turning a finished campaign (plain dicts, see `chaos.Campaign.report`) into text,
-JSON and one self-contained HTML page (inline CSS and SVG, no scripts, no external
-assets). Must not: run, inject or judge anything; every verdict is already in the dicts.
+Owns: the `Result` of one fault, the progress line or bar, the failure lines and the
+verdict line, and turning a finished campaign (plain dicts, see `chaos.Campaign.report`)
+into text, JSON and one self-contained HTML page (inline CSS and SVG, no scripts, no
+external assets). Used by the simulated machine's campaign and the QEMU one alike. Must
+not: run, inject or judge anything; every verdict is already in the records.
 """
 
 from __future__ import annotations
@@ -11,8 +14,143 @@ import datetime
 import html
 import json
 import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+
+@dataclass
+class Result:
+    """One fault's outcome. Times are seconds from the campaign's start."""
+    index: int
+    kind: str
+    target: str
+    component: str
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    t_fault: float = 0.0
+    t_detect: float | None = None
+    t_recover: float | None = None
+    t_end: float = 0.0
+    detect: float | None = None
+    converge: float | None = None
+    bound: float = 0.0
+    reboot: str | None = None
+    reboot_after: float | None = None
+    console: str = ""  # the machine's console log
+    console_line: int = 0  # its first line written after the fault (1-based)
+
+
+# --- what the campaign prints ----------------------------------------------------------------
+
+def _clock(seconds: float) -> str:
+    """12 s, 3m05s, 1h02m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def failure_lines(r: dict[str, Any]) -> list[str]:
+    """What a failed fault shows: what was observed, and where the console log is."""
+    head = f"fault #{r['index']} {r['kind']} {r['target']}"
+    seen = r.get("problems") or ["(no problem recorded)"]
+    out = [f"{head}: {p}" for p in seen]
+    if r.get("console"):
+        out.append(f"{head}: console log {r['console']}:{r.get('console_line') or 1} "
+                   "(from the fault on)")
+    return out
+
+
+class Progress:
+    """The campaign's progress on stderr: on a terminal one bar, rewritten in place, with
+    the elapsed time and an estimate of the time left; every failure on lines of its own
+    above it, so they stay on screen. Elsewhere one line per fault. Never fails: a write
+    to a terminal that went away (EIO after SIGHUP) is dropped."""
+
+    def __init__(self, stream: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream or sys.stderr
+        try:
+            self.tty = self.stream.isatty()
+        except (OSError, ValueError):
+            self.tty = False
+        self.clock = clock
+        self.t0 = clock()
+        self.t_first: float | None = None  # the first fault's start (boot time excluded)
+        self.fails = 0
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def times(self, done: int, n: int) -> str:
+        """"elapsed 1m05s, ~2m10s left" (no estimate before the first fault is done)."""
+        now = self.clock()
+        out = f"elapsed {_clock(now - self.t0)}"
+        if self.t_first is not None and 0 < done < n:
+            per = (now - self.t_first) / done
+            out += f", ~{_clock(per * (n - done))} left"
+        return out
+
+    def __call__(self, i: int, n: int, res: Result | None, what: str) -> None:
+        if res is None and self.t_first is None:
+            self.t_first = self.clock()
+        if res is not None and not res.ok:
+            self.fails += 1
+            lines = "".join(f"chaos: FAIL {line}\n" for line in failure_lines(asdict(res)))
+            self._write(("\r\033[K" if self.tty else "") + lines)
+        if self.tty:
+            width = 30
+            done = int(width * i / max(n, 1))
+            tail = what or (f"#{res.index} {res.kind} {res.target} "
+                            f"{'%.2f s' % res.converge if res.ok and res.converge else 'FAIL'}"
+                            if res else "")
+            self._write(f"\r\033[K[{'#' * done}{'-' * (width - done)}] {i}/{n} "
+                        f"fails {self.fails} | {self.times(i, n)} | {tail}")
+            if i == n and res is not None:
+                self._write("\n")
+        elif res is not None:
+            verdict = (f"converged in {res.converge:.2f} s" if res.ok and res.converge
+                       is not None else "FAILED (above)" if not res.ok else "ok")
+            self._write(f"chaos: {i}/{n} #{res.index} {res.kind} {res.target}: {verdict} "
+                        f"| {self.times(i, n)}\n")
+
+    def interrupted(self) -> None:
+        """End the bar's line (a signal stopped the campaign)."""
+        if self.tty:
+            self._write("\n")
+
+
+def verdict_line(rep: dict[str, Any], html_path: str) -> str:
+    """The campaign's last line: PASS or FAIL, with the counts."""
+    n, ran = rep["faults"], len(rep["results"])
+    bad = rep["failures"]
+    counts = (f"{ran - bad} held, {bad} broke an invariant"
+              + (f", {n - ran} not run" if ran < n else ""))
+    tail = (f"; {rep.get('boots', 0)} boot(s), {_clock(rep.get('duration', 0))}; "
+            f"{'partial ' if rep.get('interrupted') else ''}report {html_path}")
+    seed = rep["seed"]
+    if rep["ok"]:
+        return f"chaos: PASS: seed {seed}: all invariants held over {ran} fault(s) ({counts}){tail}"
+    if rep.get("interrupted"):
+        why = f"interrupted by {rep['interrupted']} after {ran} of {n} fault(s)"
+    elif rep["baseline_problems"] and not ran:
+        why = "the machine never converged before the first fault"
+    elif rep["baseline_problems"]:
+        why = f"the campaign stopped after {ran} of {n} fault(s)"
+    else:
+        why = f"{bad} of {ran} fault(s) broke an invariant"
+    return f"chaos: FAIL: seed {seed}: {why} ({counts}){tail}"
+
+
+# --- the per-kind table, report.json, report.html ---------------------------------------------
 
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile (0..100) by nearest rank; None for no values."""

@@ -257,6 +257,23 @@ def mains(procs: list[Proc]) -> dict[str, list[int]]:
             for n in sorted({p.service for p in live if p.service is not None})}
 
 
+def seen_of_status(st: dict[str, Any], procs: list[Proc]) -> Seen:
+    """The Seen of what `hachain status --json` shows (`hachain.status.gather_status`,
+    read inside the machine) and of the machine's processes (`machine_procs(None)`)."""
+    ch = st["chain"]
+    layers = {}
+    for layer, d in ch["layers"].items():
+        state = d.get("state") or ("hung" if d.get("stopped") else
+                                   "alive" if d.get("alive") else "dead")
+        # stale: running with an old heartbeat, which the age says
+        layers[layer] = LayerSeen(d.get("pid"), d.get("heartbeat_age"),
+                                  "alive" if state == "stale" else state)
+    wd = ch.get("watchdog") or {}
+    error = ch.get("restarter_error")
+    return Seen(layers, None if error else st["services"], mains(procs), error=error,
+                petting=bool(wd.get("petting")), gate=wd.get("gate"))
+
+
 # --- a simulated machine, seen from the host -------------------------------------------------
 
 @dataclass

@@ -53,6 +53,7 @@ from hachain.config import Backoff, Config, Intensity, ServiceConfig, WatchdogCo
 from hachain.restarter import states
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc
+from hachain.simulators import converge
 from hachain.watchdog import health
 
 EPOCH = 1000.0  # the `now` every event carries; stored times are relative to it
@@ -565,19 +566,36 @@ class Model:
         return [i for i, ps in enumerate(w.procs) if len(ps) > 1]
 
     def is_goal(self, w: World) -> bool:
-        """Every service ready exactly once, every layer up, the gate passing. With svc0
+        """The shared `converged` predicate (simulators/converge.py) on what `w` shows:
+        every service ready exactly once, every layer up, the gate passing. With svc0
         broken for good, the best there is: the machine up with the gate passing (svc0
         retried by its policy, or held by a rescue once its intensity parked it and the
         gate reset the machine), and what requires it waiting."""
-        if w.kernel != "up" or w.layers != (UP, UP, UP) or w.reboot_req:
-            return False
-        if w.broken:
-            return all(s.state is State.WAITING for s in w.svcs[1:]) and self.gate_ok(w)
-        for i, s in enumerate(w.svcs):
-            if s.state is not State.READY or len(w.procs[i]) != 1 or \
-                    w.procs[i][0][0] != s.pid or w.watched[i] != s.pid:
-                return False
-        return self.gate_ok(w)
+        return converge.converged(self.seen(w), self.goal(w.broken))
+
+    def goal(self, broken: bool) -> converge.Want:
+        """The converged chain: every service wanted as configured; behind a svc0 broken
+        for good, svc0 as it may be and every other service waiting."""
+        if broken:
+            want = {c.name: converge.ServiceWant(held=State.WAITING.value)
+                    for c in self.confs[1:]}
+        else:
+            want = {c.name: converge.ServiceWant(c.kind) for c in self.confs}
+        return converge.Want(want, heartbeat_timeout=float(self.opts.hb_timeout))
+
+    def seen(self, w: World) -> converge.Seen:
+        """What an observer would see of `w`. Heartbeat ages are the real gate's to
+        judge (`petting`), so the layers' show as fresh."""
+        layers = {n: converge.LayerSeen(None if st == DEAD else i + 1, 0.0,
+                                        "alive" if st == UP else st)
+                  for i, (n, st) in enumerate(zip(LAYERS, w.layers, strict=True))}
+        return converge.Seen(
+            layers, {s.name: {"state": s.state.value, "want": s.want, "pid": s.pid}
+                     for s in w.svcs},
+            {s.name: [p[0] for p in w.procs[i]] for i, s in enumerate(w.svcs)},
+            machine_up=w.kernel == "up", petting=self.gate_ok(w),
+            reboot_requested=w.reboot_req,
+            watched={s.name: w.watched[i] for i, s in enumerate(w.svcs)})
 
     # --- transitions -----------------------------------------------------------------
 

@@ -51,7 +51,7 @@ def _screen(text: str) -> list[str]:
 
 
 def _res(i: int, ok: bool) -> chaos.Result:
-    r = chaos.Result(i, "kill-service", "worker", "worker", ok=ok, bound=7.0,
+    r = chaos_report.Result(i, "kill-service", "worker", "worker", ok=ok, bound=7.0,
                      console="/m/console.log", console_line=40 + i)
     if ok:
         r.converge = 0.5
@@ -63,7 +63,7 @@ def _res(i: int, ok: bool) -> chaos.Result:
 def test_a_failure_stays_on_screen_above_a_bar_with_elapsed_and_left() -> None:
     now = [100.0]
     out = _Tty()
-    p = chaos.Progress(out, clock=lambda: now[0])
+    p = chaos_report.Progress(out, clock=lambda: now[0])
     now[0] = 110.0  # the boot
     for i, ok in enumerate((True, False, True)):
         p(i, 4, None, "kill-service worker")
@@ -82,7 +82,7 @@ def test_a_failure_stays_on_screen_above_a_bar_with_elapsed_and_left() -> None:
 
 def test_progress_without_a_terminal_is_one_line_per_fault() -> None:
     out = io.StringIO()
-    p = chaos.Progress(out)
+    p = chaos_report.Progress(out)
     p(0, 2, None, "kill-service worker")
     p(1, 2, _res(0, False), "")
     p(1, 2, None, "kill-service worker")
@@ -98,7 +98,7 @@ def test_progress_survives_a_terminal_that_went_away() -> None:
     class Gone(_Tty):
         def write(self, s: str) -> int:
             raise OSError(5, "Input/output error")
-    p = chaos.Progress(Gone())
+    p = chaos_report.Progress(Gone())
     p(0, 1, None, "x")
     p(1, 1, _res(0, False), "")  # nothing raised: the campaign cleans up and reports
 
@@ -111,19 +111,19 @@ def _rep(**kw: Any) -> dict[str, Any]:
 
 
 def test_the_verdict_is_one_pass_or_fail_line_with_the_counts() -> None:
-    line = chaos.verdict_line(_rep(), "r/report.html")
+    line = chaos_report.verdict_line(_rep(), "r/report.html")
     assert line == ("chaos: PASS: seed 4: all invariants held over 5 fault(s) (5 held, 0 broke "
                     "an invariant); 2 boot(s), 1m15s; report r/report.html")
-    line = chaos.verdict_line(_rep(ok=False, failures=2), "r/report.html")
+    line = chaos_report.verdict_line(_rep(ok=False, failures=2), "r/report.html")
     assert line.startswith("chaos: FAIL: seed 4: 2 of 5 fault(s) broke an invariant "
                            "(3 held, 2 broke an invariant)")
-    line = chaos.verdict_line(_rep(ok=False, interrupted="SIGINT", results=[{"ok": True}]),
+    line = chaos_report.verdict_line(_rep(ok=False, interrupted="SIGINT", results=[{"ok": True}]),
                               "r/report.html")
     assert line.startswith("chaos: FAIL: seed 4: interrupted by SIGINT after 1 of 5 fault(s) "
                            "(1 held, 0 broke an invariant, 4 not run)")
     assert "partial report r/report.html" in line
     for rep in (_rep(), _rep(ok=False, failures=1)):
-        assert "\n" not in chaos.verdict_line(rep, "x")
+        assert "\n" not in chaos_report.verdict_line(rep, "x")
 
 
 # --- real campaigns ------------------------------------------------------------------------

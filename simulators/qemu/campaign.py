@@ -4,7 +4,7 @@ Owns: the guest fault model (`QKINDS`), its weighted schedule, injecting each fa
 inside one long-lived QEMU guest (`ChainVM`, i6300esb, two vCPUs), waiting for the chain
 to converge again and checking the invariants after every fault. Must not: change the
 chain, the harness or `ChainVM`; tables, report.json and report.html come from
-`chaos_report`, the per-fault record and the progress line from `chaos`.
+`chaos_report`, as do the per-fault record and the progress line.
 
 How a fault is run (details in docs/chaos.md, "On a real kernel (--qemu)"):
 
@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from hachain.simulators import chaos_report
-from hachain.simulators.chaos import Fault, Progress, Result, kind_list
+from hachain.simulators.chaos import kind_list
+from hachain.simulators.chaos_kinds import Fault
+from hachain.simulators.chaos_report import Progress, Result
 from hachain.simulators.qemu.chain import (
     CARDRESET,
     PERSIST_DIR,

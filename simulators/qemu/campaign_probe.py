@@ -19,54 +19,17 @@ import sys
 import time
 from typing import Any
 
-from hachain import channels
-from hachain.status import chain_problems, gather_status
-
-KEY = channels.ENV_SERVICE.encode() + b"="
+from hachain.simulators import converge
+from hachain.status import gather_status
 
 
-def service_mains(names: list[str]) -> dict[str, list[int]]:
-    """name -> pids of its main processes (HACHAIN_SERVICE=name, parent not of it)."""
-    owner: dict[int, str] = {}
-    parent: dict[int, int] = {}
-    for e in os.listdir("/proc"):
-        if not e.isdigit():
-            continue
-        fields = channels.proc_fields(int(e))
-        if fields is None or fields[0] == b"Z":
-            continue
-        try:
-            with open(f"/proc/{e}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        for var in env:
-            if var.startswith(KEY):
-                owner[int(e)] = var[len(KEY):].decode(errors="replace")
-                parent[int(e)] = int(fields[1])
-                break
-    mains: dict[str, list[int]] = {n: [] for n in names}
-    for pid, name in owner.items():
-        if owner.get(parent[pid]) != name:
-            mains.setdefault(name, []).append(pid)
-    return {n: sorted(p) for n, p in mains.items()}
-
-
-def problems(spec: dict[str, Any], st: dict[str, Any], mains: dict[str, list[int]]) -> list[str]:
-    names = spec["services"]
-    why = chain_problems(st, spec["heartbeat_timeout"], names)
-    svcs = st["services"]
-    for name in names:
-        s = svcs.get(name, {})
-        got = mains.get(name, [])
-        if len(got) != 1:
-            why.append(f"{name}: {len(got)} main processes {got} (expected exactly one)")
-        elif s.get("pid") != got[0]:
-            why.append(f"{name}: main process {got[0]}, restarter reports {s.get('pid')}")
-    for name in sorted(set(mains) - set(names)):
-        if mains[name]:
-            why.append(f"unknown service {name}: processes {mains[name]}")
-    return why
+def problems(spec: dict[str, Any], st: dict[str, Any], procs: list[converge.Proc]) -> list[str]:
+    """Every invariant the guest breaks, by the one predicate (simulators/converge.py):
+    the layers, the gate, every service ready with exactly one main process, the one
+    the restarter reports, and no process of a service nobody configured."""
+    want = converge.Want({n: converge.ServiceWant() for n in spec["services"]},
+                         spec["heartbeat_timeout"], strangers=True)
+    return converge.problems(converge.seen_of_status(st, procs), want)
 
 
 def target_pid(st: dict[str, Any], target: str) -> int | None:
@@ -123,7 +86,8 @@ def main(argv: list[str]) -> int:
     polls = 0
     while True:
         st = gather_status(spec["state_dir"], spec["persist_dir"])
-        mains = service_mains(spec["services"])
+        procs = converge.machine_procs(None)
+        mains = {n: [] for n in spec["services"]} | converge.mains(procs)
         now = time.monotonic()
         polls += 1
         if detect is None:
@@ -132,7 +96,7 @@ def main(argv: list[str]) -> int:
                 detect = now - start
             why = [f"{fault['target']}: still pid {old}"]
         if detect is not None:
-            why = problems(spec, st, mains)
+            why = problems(spec, st, procs)
             if why:
                 first_ok = None
             elif first_ok is None:
