@@ -744,6 +744,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = tempfile.mkdtemp(prefix="hachain-compare-")
+        benchlib.byte_compile()  # as installed: no layer compiles its modules at start
         self.exe, self.linkage = benchlib.compile_stamp(self.tmp, "compare",
                                                         static=not args.dynamic_stamp)
         self.exe = os.path.realpath(self.exe)

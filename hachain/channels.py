@@ -58,6 +58,7 @@ LOGGER_LOCK = "logger.lock"  # in state_dir: one logger per chain
 STATUS_LAST_TABLE = "status-last.json"  # in state_dir: the last service table status saw
 RUNNING_CONFIG = "config/running.json"  # in state_dir: the configuration this run uses
 DISK_VERDICT = "config/disk-verdict.json"  # in state_dir: the file's validation, cached
+RUNNING_PARSED = "config/running.parsed"  # in state_dir: RUNNING_CONFIG, parsed (pickle)
 
 LAYERS = ("init", "restarter", "tickler")
 

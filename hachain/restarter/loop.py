@@ -178,6 +178,7 @@ class Restarter:
                 if n not in self.conflicts[o]:
                     self.conflicts[o] += (n,)
         self.critical = [n for n, c in self.conf.items() if c.critical]
+        self.singletons = [n for n, c in self.conf.items() if c.singleton]  # heartbeat's
 
     def _take_lock(self) -> int:
         path = os.path.join(self.state_dir, channels.RESTARTER_LOCK)
@@ -848,10 +849,10 @@ class Restarter:
                       "services": len(self.svcs), "reboot_requested": self.reboot_requested,
                       "logger": self.logs.status(),
                       "cluster_seen": self.cluster_seen,
-                      "singletons_held": [n for n, c in self.conf.items() if c.singleton and
+                      "singletons_held": [n for n in self.singletons if
                                           self.svcs[n].state in (State.MAINTENANCE,
                                                                  State.FAILED)],
-                      "singletons_up": [n for n, c in self.conf.items() if c.singleton and
+                      "singletons_up": [n for n in self.singletons if
                                         (self.svcs[n].pid is not None or
                                          self.svcs[n].state is State.STOPPING or
                                          states.is_up(self.svcs[n]))],
