@@ -79,10 +79,12 @@ class ServiceWant:
     """What a service's configuration asks for: its kind and whether it is enabled.
     `held`: a state it must be in whatever else (its main processes not counted), for
     a service that cannot do better (the model's dependents of a service broken for
-    good wait)."""
+    good wait). A singleton may be `standby` (no process) instead of ready: which node
+    runs it is the cluster's to judge."""
     kind: str = "longrun"
     enabled: bool = True
     held: str | None = None
+    singleton: bool = False  # [cluster]: ready on its owner, standby on the other nodes
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def expected(want: ServiceWant, status: dict[str, Any]) -> tuple[str, int | None
         return "stopped", 0
     if want.kind == "oneshot":
         return "done", 0
+    if want.singleton and status.get("state") == "standby":
+        return "standby", 0
     return "ready", 1
 
 
@@ -174,7 +178,8 @@ def converged(seen: Seen, want: Want) -> bool:
 
 def want_of(cfg: Any, heartbeat_timeout: float, admin: Any = UNSEEN) -> Want:
     """The Want of a loaded configuration (`hachain.config.Config`): every service."""
-    return Want({n: ServiceWant(c.kind, c.enabled) for n, c in cfg.services.items()},
+    return Want({n: ServiceWant(c.kind, c.enabled, singleton=c.singleton)
+                 for n, c in cfg.services.items()},
                 heartbeat_timeout, admin)
 
 

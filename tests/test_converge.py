@@ -64,6 +64,18 @@ def test_wanted_state_follows_configuration_and_administrator() -> None:
     assert converge.problems(s, held) == ["b: stopped (expected waiting)"]
 
 
+def test_a_singleton_may_stand_by_with_no_process() -> None:
+    s = _seen()
+    s.services["b"] = {"state": "standby", "want": "up", "pid": None}
+    s.mains["b"] = []
+    single = Want({"a": ServiceWant(), "b": ServiceWant(singleton=True)}, 1.5)
+    assert converge.problems(s, single) == []
+    assert converge.problems(s, WANT) == ["b: standby (expected ready)",
+                                          "b: 0 main processes (expected 1): []"]
+    s.mains["b"] = [11]  # standing by, yet running
+    assert converge.problems(s, single) == ["b: 1 main processes (expected 0): [11]"]
+
+
 def test_a_restarter_that_does_not_answer_ends_the_list() -> None:
     s = Seen({}, None, {}, error="connection refused", machine_up=False)
     assert converge.problems(s, WANT) == [
