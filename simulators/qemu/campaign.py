@@ -94,35 +94,64 @@ class CampaignSettings(ChainSettings):
         }
 
 
+def reset_bound(s: ChainSettings) -> float:
+    """Latest watchdog reset after a hang: heartbeat age + staleness + last pet + timeout."""
+    return s.heartbeat_interval + s.heartbeat_timeout + s.pet_interval + s.timeout + RESET_MARGIN
+
+
+BACKOFF = float(POLICY["backoff.max"])
+SIGKILL, SIGSTOP, SIGRTMIN_1 = 9, 19, 35  # the guest's numbers (x86_64; glibc's SIGRTMIN+1)
+
+
+def send(sig: int) -> Callable[[Fault], dict[str, Any]]:
+    """The probe sends `sig` to the target's pid."""
+    return lambda _f: {"signal": sig}
+
+
 @dataclass(frozen=True)
 class QKind:
-    """One guest fault kind. `reboot`: None (a reboot is a failure), "watchdog", "panic".
-    `weight`: relative draw weight (reboots cost 15-35 s each, other faults 3-10 s)."""
+    """One guest fault kind, a row of the guest fault model. `reboot`: None (a reboot is
+    a failure), "watchdog", "panic". `weight`: relative draw weight (reboots cost 15-35 s
+    each, other faults 3-10 s). `how(fault)`: what the guest probe does to the target
+    (`signal`, `sysrq` or `clock_step`, see campaign_probe.py); `bound(settings)`: the
+    convergence bound under the campaign's settings."""
 
     name: str
     targets: tuple[str, ...]
     reboot: str | None
     weight: int
     summary: str
+    how: Callable[[Fault], dict[str, Any]]
+    bound: Callable[[CampaignSettings], float]
 
 
 SERVICES = ("notifier", "sleeper", "worker")
 QKINDS: dict[str, QKind] = {k.name: k for k in (
-    QKind("kill-service", SERVICES, None, 3, "SIGKILL the service's main process"),
+    QKind("kill-service", SERVICES, None, 3, "SIGKILL the service's main process",
+          send(SIGKILL), lambda s: BACKOFF + 2 * START_BUDGET),
     QKind("hang-service", ("notifier",), None, 3,
-          "SIGSTOP a service with watchdog_sec: the restarter sees it hung and restarts it"),
+          "SIGSTOP a service with watchdog_sec: the restarter sees it hung and restarts it",
+          send(SIGSTOP),
+          lambda s: s.watchdog_sec + s.stop_timeout + BACKOFF + 2 * START_BUDGET),
     QKind("kill-restarter", ("restarter",), None, 3,
-          "SIGKILL the restarter: init restarts it, it re-adopts the services"),
+          "SIGKILL the restarter: init restarts it, it re-adopts the services",
+          send(SIGKILL), lambda s: s.restart_delay + 2 * START_BUDGET),
     QKind("kill-tickler", ("tickler",), None, 3,
-          "SIGKILL the tickler: the device stays armed, init restarts it in time"),
+          "SIGKILL the tickler: the device stays armed, init restarts it in time",
+          send(SIGKILL), lambda s: s.restart_delay + 2 * START_BUDGET),
     QKind("hang-restarter", ("restarter",), "watchdog", 2,
-          "SIGSTOP the restarter: gate fails, i6300esb resets, bootstatus 32"),
+          "SIGSTOP the restarter: gate fails, i6300esb resets, bootstatus 32",
+          send(SIGSTOP), lambda s: reset_bound(s) + BOOT_BUDGET),
     QKind("init-crash", ("init",), "panic", 2,
-          "init's fault hook (SIGRTMIN+1 to PID 1): PID 1 exits, panic=1 reboots"),
+          "init's fault hook (SIGRTMIN+1 to PID 1): PID 1 exits, panic=1 reboots",
+          send(SIGRTMIN_1), lambda _s: PANIC_BUDGET + BOOT_BUDGET),
     QKind("kernel-crash", ("kernel",), "panic", 2,
-          "echo c > /proc/sysrq-trigger: kernel panic, panic=1 reboots"),
+          "echo c > /proc/sysrq-trigger: kernel panic, panic=1 reboots",
+          lambda _f: {"sysrq": "c"}, lambda _s: PANIC_BUDGET + BOOT_BUDGET),
     QKind("clock-step", ("clock",), None, 2,
-          "step the guest's wall clock by +/- 1 h: timing is monotonic, nothing happens"),
+          "step the guest's wall clock by +/- 1 h: timing is monotonic, nothing happens",
+          lambda f: {"clock_step": 3600 if f.index % 2 == 0 else -3600},
+          lambda _s: 2 * START_BUDGET),
 )}
 
 
@@ -142,24 +171,9 @@ def schedule(seed: int, n: int, kinds: list[str]) -> list[Fault]:
     return out
 
 
-def reset_bound(s: ChainSettings) -> float:
-    """Latest watchdog reset after a hang: heartbeat age + staleness + last pet + timeout."""
-    return s.heartbeat_interval + s.heartbeat_timeout + s.pet_interval + s.timeout + RESET_MARGIN
-
-
 def convergence_bound(kind: str, s: CampaignSettings) -> float:
     """How long a fault of `kind` may take, fault to every invariant holding again."""
-    backoff = float(POLICY["backoff.max"])
-    return {
-        "kill-service": backoff + 2 * START_BUDGET,
-        "hang-service": s.watchdog_sec + s.stop_timeout + backoff + 2 * START_BUDGET,
-        "kill-restarter": s.restart_delay + 2 * START_BUDGET,
-        "kill-tickler": s.restart_delay + 2 * START_BUDGET,
-        "hang-restarter": reset_bound(s) + BOOT_BUDGET,
-        "init-crash": PANIC_BUDGET + BOOT_BUDGET,
-        "kernel-crash": PANIC_BUDGET + BOOT_BUDGET,
-        "clock-step": 2 * START_BUDGET,
-    }[kind]
+    return QKINDS[kind].bound(s)
 
 
 # Runs in the guest: `python -m CAMPAIGN_PROBE SPEC_JSON` prints one JSON object (the spec
@@ -211,19 +225,8 @@ class QemuCampaign:
 
     @staticmethod
     def _fault_spec(f: Fault) -> dict[str, Any]:
-        """What the probe injects for fault `f`."""
-        spec: dict[str, Any] = {"index": f.index, "kind": f.kind, "target": f.target}
-        if f.kind == "kernel-crash":
-            spec["sysrq"] = "c"
-        elif f.kind == "clock-step":
-            spec["clock_step"] = 3600 if f.index % 2 == 0 else -3600
-        elif f.kind == "init-crash":
-            spec["signal"] = 35  # SIGRTMIN+1 (glibc x86_64): init's crash hook
-        elif f.kind in ("hang-service", "hang-restarter"):
-            spec["signal"] = 19  # SIGSTOP
-        else:
-            spec["signal"] = 9  # SIGKILL
-        return spec
+        """What the probe injects for fault `f` (its kind's `how`)."""
+        return {"index": f.index, "kind": f.kind, "target": f.target, **QKINDS[f.kind].how(f)}
 
     def _marker_re(self, f: Fault) -> re.Pattern[str]:
         return re.compile(rf"^{MARKER} {f.index} {re.escape(f.kind)} \S+ pid (\d+)$",
