@@ -512,14 +512,17 @@ class Restarter:
         that _reap_children reaps once this returns)."""
         pid, fd = self.pidfds.pop(name)
         self.by_pid.pop(pid, None)
+        st = status or spawn.reap(pid)
         if fd != CHILD:
+            if st is None or st.kind == "unknown":  # adopted: init reaped it
+                st = spawn.reaped_status(fd) or st
             self.sel.unregister(fd)
             os.close(fd)
         rfd = self.ready_fds.pop(name, None)
         if rfd is not None:
             self.sel.unregister(rfd)
             os.close(rfd)
-        st = status or spawn.reap(pid) or ExitStatus("unknown")
+        st = st or ExitStatus("unknown")
         self.timer_live.pop((name, "watchdog"), None)
         s = self.svcs[name]
         if s.pid == pid and s.state is State.STARTING and self.conf[name].kind == "forking":

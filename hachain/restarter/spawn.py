@@ -189,6 +189,37 @@ def reap(pid: int) -> ExitStatus | None:
     return exit_status(status)
 
 
+# PIDFD_GET_INFO (Linux >= 6.13; the exit status in it since 6.15): _IOWR(0xFF, 11, the
+# 64-byte struct pidfd_info: mask, cgroupid, eleven u32 ids, then the wait status)
+_PIDFD_INFO_SIZE = 64
+PIDFD_GET_INFO = (3 << 30) | (_PIDFD_INFO_SIZE << 16) | (0xFF << 8) | 11
+PIDFD_INFO_EXIT = 1 << 3
+_PIDFD_INFO_EXIT_CODE = 8 + 8 + 11 * 4  # offset of exit_code
+
+
+def reaped_status(pidfd: int, wait: float = 0.05) -> ExitStatus | None:
+    """The exit status of a process that was not our child (adopted after a restarter
+    restart: init, the subreaper, reaps it), read through its pidfd. The kernel keeps
+    the status once the process is reaped; the pidfd says "exited" a moment before, so
+    this looks again for up to `wait` seconds. None where the kernel cannot tell (before
+    Linux 6.15) or nobody reaped it in time."""
+    import struct
+    import time
+    deadline = time.monotonic() + wait
+    while True:
+        buf = bytearray(_PIDFD_INFO_SIZE)
+        struct.pack_into("=Q", buf, 0, PIDFD_INFO_EXIT)
+        try:
+            fcntl.ioctl(pidfd, PIDFD_GET_INFO, buf, True)
+        except OSError:
+            return None  # no PIDFD_GET_INFO (ENOTTY/EINVAL), or a bad descriptor
+        if struct.unpack_from("=Q", buf, 0)[0] & PIDFD_INFO_EXIT:
+            return exit_status(struct.unpack_from("=i", buf, _PIDFD_INFO_EXIT_CODE)[0])
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.002)
+
+
 # --- cgroups -------------------------------------------------------------------------------
 
 def own_cgroup(mount: str) -> str:
