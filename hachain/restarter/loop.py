@@ -1,9 +1,11 @@
 """The restarter's event loop: turns the world into events, carries out actions.
 
 Owns: the epoll loop (pidfds, readiness fds, the notify socket, the control socket, a
-signal wakeup fd), the timer heap, dependency bookkeeping, re-adoption at start, the
-heartbeat. Must not: decide a service's next state — that is `states.step`'s job; this
-module feeds it events and performs the `Action`s it returns.
+signal wakeup fd), the timer heap, fork/exec, checks, persistence, the heartbeat. Must
+not: decide anything about a service. What the world does becomes an event pushed into
+the core (restarter/core.py: dependencies, adoption, admin state, and through it
+`states.step`); `run_core` then carries out the core's effects one at a time, in order,
+and pushes back what they teach (a spawned pid). Nothing here re-enters the core.
 
 No polling: an idle restarter wakes only for its own heartbeat. Service output goes
 through pipes to the logger process (`logpipe`, docs/logs.md), never through this loop.
@@ -22,15 +24,16 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from hachain import bootrecord, channels
 from hachain.config import Config, ServiceConfig
-from hachain.restarter import graph, logpipe, notify, probes, spawn, states
+from hachain.restarter import core, logpipe, notify, probes, spawn, states
 from hachain.restarter.persist import RuntimeRecord, Store
 from hachain.restarter.policy import ExitStatus
-from hachain.restarter.states import Ev, Event, State, Svc
+from hachain.restarter.states import Ev, State, Svc, Timer
 
 STORM_WINDOW = 10.0
 EXIT_BATCH = 8  # exits handled per loop round
@@ -43,6 +46,7 @@ START_BATCH = 32  # queued starts per loop round
 ROUND_BUDGET_MAX = 0.05
 CHILD = -1  # in pidfds: the main process is our child, watched through SIGCHLD
 _PRIORITY = {"signal": 0, "control-listen": 0, "control-conn": 0}
+_CHECK_TIMEOUT = {"ready": Timer.READY_CHECK_TIMEOUT, "health": Timer.HEALTH_CHECK_TIMEOUT}
 
 
 _held: list[bytes] | None = None  # log lines of the loop iteration in progress
@@ -87,7 +91,7 @@ class AlreadyRunning(Exception):
 class Restarter:
     def __init__(self, cfg: Config, layer_restarts: int = 0) -> None:
         self.cfg = cfg
-        self.conf: dict[str, ServiceConfig] = dict(cfg.services)
+        self.core = core.Core(core.make_plan(cfg.services))
         self.state_dir = cfg.chain.state_dir
         os.makedirs(self.state_dir, exist_ok=True)
         # an adopted service holds a pidfd (and a starting one a readiness fd): 1000 fit
@@ -102,33 +106,21 @@ class Restarter:
         except spawn.CgroupInUse as e:
             os.close(self._lock_fd)
             raise AlreadyRunning(str(e)) from None
-        self._derive()
-        self.removing: set[str] = set()
-        self.svcs: dict[str, Svc] = {n: states.initial(n) for n in self.conf}
         self.pidfds: dict[str, tuple[int, int]] = {}  # name -> (pid, pidfd or CHILD)
         self.ready_fds: dict[str, int] = {}
         self.by_pid: dict[int, str] = {}
         self.status_text: dict[str, str] = {}
         self.probes: dict[tuple[str, str], probes.Probe] = {}
         self.children_pending = False  # exited children left for the next round
-        # events queued to be fed a batch per loop round (the initial start of many
-        # services must not stall heartbeats and the control socket)
-        self.pending: deque[tuple[str, Ev, dict[str, Any]]] = deque()
-        self.health_failures: dict[str, int] = {}
-        self.grants: dict[str, int] = {}  # singletons this node may run: fencing token
-        self.grant_owners: dict[str, str] = {}  # singletons held elsewhere: the node
         self.cluster_seen: float | None = None  # mono of the cluster heartbeat last read
         self.health_detail: dict[str, str] = {}
-        self.timers: list[tuple[float, int, str, str]] = []
-        self.timer_live: dict[tuple[str, str], int] = {}
+        self.timers: list[tuple[float, int, str, Timer]] = []
+        self.timer_live: dict[tuple[str, Timer], int] = {}
         self.seq = 0
         self.dirty: set[str] = set()
         self.admin_dirty = False
         self.admin: dict[str, dict[str, str]] = {}  # as last built for admin.json
         self.restart_times: deque[float] = deque()
-        self.reboot_requested: str | None = None
-        self.rescue_held: set[str] = set()  # critical services a rescue boot holds
-        self.shutting_down = False
         self.init = channels.init_from_env()
         self.orphaned: str | None = None  # why init is gone, once a heartbeat saw it
         self.max_lag = 0.0  # the loop's own lag: longest round, heartbeat lateness
@@ -148,7 +140,8 @@ class Restarter:
             s.setblocking(False)
         self.pending_signals: list[int] = []
         self._start_times: dict[str, int | None] = {}  # /proc start time of each main pid
-        self._stop_levels: list[list[str]] = []  # the orderly shutdown, last level first
+        self._found: dict[str, int] = {}  # forking: pidfd of the main pid being reported
+        self._zombie: int | None = None  # the exited main process not yet reaped
         self._pids_limited: set[str] = set()
         self.launch_status: dict[str, ExitStatus] = {}  # forking: how the launcher ended
         self.launch_leftovers: dict[str, frozenset[int]] = {}  # forking: in its cgroup before
@@ -166,19 +159,29 @@ class Restarter:
         self.urgent.register(self.control.sock, selectors.EVENT_READ)
         self.urgent.register(self._sig_r, selectors.EVENT_READ)
 
-    # --- set-up ----------------------------------------------------------------------------
+    # --- the core's state, as the shell reads it ----------------------------------------
 
-    def _derive(self) -> None:
-        """Everything computed from the service configurations (again after a reload)."""
-        self.deps = {n: tuple(d for d in c.deps if d in self.conf) for n, c in self.conf.items()}
-        self.rev = graph.reverse(self.deps)
-        self.conflicts: dict[str, tuple[str, ...]] = {n: c.conflicts for n, c in self.conf.items()}
-        for n, c in self.conf.items():
-            for o in c.conflicts:
-                if n not in self.conflicts[o]:
-                    self.conflicts[o] += (n,)
-        self.critical = [n for n, c in self.conf.items() if c.critical]
-        self.singletons = [n for n, c in self.conf.items() if c.singleton]  # heartbeat's
+    @property
+    def conf(self) -> Mapping[str, ServiceConfig]:
+        return self.core.plan.conf
+
+    @property
+    def svcs(self) -> dict[str, Svc]:
+        return self.core.svcs
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.core.shutting_down
+
+    @property
+    def singletons(self) -> tuple[str, ...]:
+        return self.core.plan.singletons  # the heartbeat's
+
+    @property
+    def reboot_requested(self) -> str | None:
+        return self.core.reboot_requested
+
+    # --- set-up ----------------------------------------------------------------------------
 
     def _take_lock(self) -> int:
         path = os.path.join(self.state_dir, channels.RESTARTER_LOCK)
@@ -207,81 +210,35 @@ class Restarter:
         self.pending_signals.append(signum)
 
     def adopt_or_start(self, now: float) -> None:
-        """Rebuild every service from persisted state and what is really running."""
+        """Rebuild every service from persisted state and what is really running: this
+        shell reads the records and checks their pids; the core decides."""
         admin = self.store.read_admin()
-        self.rescue_held = self._rescue_holds()
+        self.core.rescue_held = self._rescue_holds()
         adopted = 0
-        to_exit: list[str] = []
         for name, c in self.conf.items():
-            a = admin.get(name, {})
-            s = self.svcs[name]
-            if a.get("want") == "down" or not c.enabled:
-                s = replace(s, want="down", reason="stopped by administrator"
-                            if a.get("want") == "down" else "disabled in configuration")
-            if "maintenance" in a:
-                s = replace(s, state=State.MAINTENANCE, reason=a["maintenance"])
-            if name in self.rescue_held:
-                s = replace(s, state=State.MAINTENANCE, reason="rescue: boot loop (hachain "
-                            "clear --boot-loop)")
             rec = self.store.read_record(name)
-            if rec is not None and rec.pid and self._verify(rec):
-                fd = spawn.pidfd_open(rec.pid)
-                if fd is not None:
-                    st = State.READY if rec.state == "ready" else State.STARTING
-                    if st is State.STARTING and c.kind == "longrun" and \
-                            c.ready in ("fd", "none"):
-                        # the readiness pipe died with the previous restarter; "none" is
-                        # ready once running (a record caught mid-restart says starting)
-                        st = State.READY
-                    # what is wanted comes from admin.json, never from the record
-                    s = replace(s, state=st, pid=rec.pid, restarts=rec.restarts,
-                                started_at=rec.started_mono or now, reason="adopted")
-                    self._watch(name, rec.pid, fd)
-                    if st is State.STARTING and states.needs_ready_timer(c):
-                        self.arm(name, Ev.READY_TIMEOUT.value, c.ready_timeout, now)
-                    elif c.watchdog_sec:
-                        self.arm(name, "watchdog", c.watchdog_sec, now)
-                    adopted += 1
-                    self.svcs[name] = s
-                    if s.want == "down" and s.state is not State.MAINTENANCE:
-                        self.pending.append((name, Ev.STOP, {}))  # stopped by hand
-                    self._start_times[name] = rec.start_time  # the record stays as it is
-                    continue
-            # Not running (any more): clear leftovers of it so we never run two copies
-            # (kill_mode = "process": they are meant to outlive it, and stay).
-            if self.cgroups.active and (left := self.cgroups.procs(name)):
-                if states.kills_leftovers(c):
-                    log(f"{name}: killing {len(left)} leftover process(es) in its cgroup")
-                    self.cgroups.kill(name)
-                else:
-                    log(f"{name}: {len(left)} leftover process(es) stay in its cgroup "
-                        "(kill_mode = \"process\")")
-            if rec is not None and s.state is not State.MAINTENANCE:
-                restored = {"done": State.DONE, "failed": State.FAILED}.get(rec.state)
-                if restored is not None:
-                    s = replace(s, state=restored, restarts=rec.restarts,
-                                reason=f"{rec.state} (before the restarter restarted)")
-                elif rec.state == "stopping" and s.want == "down":
-                    # stopped by hand, and it finished stopping while no restarter watched
-                    s = replace(s, state=State.STOPPED, restarts=rec.restarts)
-                elif rec.state in ("ready", "starting", "stopping") and rec.pid:
-                    # It died while no restarter watched it: that exit goes through policy.
-                    s = replace(s, state=State.READY, pid=rec.pid, restarts=rec.restarts,
-                                started_at=rec.started_mono or now)
-                    to_exit.append(name)
-            self.svcs[name] = s
+            fd = spawn.pidfd_open(rec.pid) if rec is not None and rec.pid and \
+                self._verify(rec) else None
+            if self.core.adopt(name, admin.get(name, {}), rec, fd is not None, now):
+                assert rec is not None and rec.pid is not None and fd is not None
+                self._watch(name, rec.pid, fd)
+                self._start_times[name] = rec.start_time  # the record stays as it is
+                adopted += 1
+                continue
+            if fd is not None:
+                os.close(fd)
+            if not states.kills_leftovers(c) and self.cgroups.active and \
+                    (left := self.cgroups.procs(name)):
+                log(f"{name}: {len(left)} leftover process(es) stay in its cgroup "
+                    "(kill_mode = \"process\")")
+        self.run_core(now)
         for w in self.store.warnings:
             log("warning: " + w)
-        for name in to_exit:
-            self.pending.append((name, Ev.EXITED, {"status": ExitStatus("unknown")}))
         if adopted:
             log(f"re-adopted {adopted} running service(s) in "
                 f"{(time.monotonic() - now) * 1e3:.0f} ms, {since_process_start() * 1e3:.0f} ms "
                 "after the restarter process started")
-        for name in graph_order(self.deps):
-            s = self.svcs[name]
-            if s.state is State.STOPPED and s.want == "up":
-                self.pending.append((name, Ev.START, {}))
+        self.core.adopted(now)
         self.admin_dirty = True
 
     def _rescue_holds(self) -> set[str]:
@@ -306,7 +263,6 @@ class Restarter:
 
     def _release_rescue(self, name: str) -> None:
         """`hachain clear NAME` of a service the rescue holds: it runs and gates again."""
-        self.rescue_held.discard(name)
         try:
             bootrecord.release(self.cfg.chain.persist_dir, bootrecord.current_boot_id(), name)
         except OSError as e:
@@ -323,108 +279,88 @@ class Restarter:
             return self.cgroups.contains(rec.name, rec.pid)
         return True
 
-    # --- the state machine and its actions ------------------------------------------------
+    # --- the core's effects ----------------------------------------------------------------
 
     def feed(self, name: str, kind: Ev, now: float, **kw: Any) -> None:
-        s = self.svcs[name]
-        blocker = states.deps_blocker(self.conf[name], self.svcs)
-        if self.conf[name].singleton:
-            kw.setdefault("owned", name in self.grants)
-            kw.setdefault("owner", self.grant_owners.get(name, ""))
-        ev = Event(kind, now, deps_ready=not blocker, waiting_for=blocker,
-                   dependents_up=states.dependents_up(name, self.rev.get(name, ()), self.conf,
-                                                      self.svcs), **kw)
-        try:
-            nxt, actions = states.step(s, ev, self.conf[name])
-        except states.InvalidTransition as e:
-            log(f"warning: {e}")
-            return
-        self.svcs[name] = nxt
-        if nxt.state is not s.state:
-            self._transition_note(name, s, nxt)
-        for a in actions:
-            self.do(a, now)
-        self._after_change(name, s, self.svcs[name], now)
-        if name in self.removing:
-            self._forget_if_stopped(name)
+        """One event for `name`, and everything that follows from it."""
+        self.core.push(name, kind, now, **kw)
+        self.run_core(now)
+
+    def run_core(self, now: float) -> None:
+        """Carry out the core's effects, in order, until it has nothing left to do. An
+        effect only pushes what it learnt back into the core: nothing re-enters."""
+        nxt = self.core.next_effect
+        while (e := nxt()) is not None:
+            t = type(e)
+            if t is states.Persist:
+                self.dirty.add(e.name)
+                if self.core.admin_entry(e.name) != self.admin.get(e.name):
+                    self.admin_dirty = True  # a restart leaves it alone: no O(services) flush
+            elif t is states.ArmTimer:
+                self.arm(e.name, e.kind, e.delay, now)
+            elif t is states.CancelTimer:
+                self.timer_live.pop((e.name, e.kind), None)
+            elif t is states.Spawn:
+                self._spawn(e.name, now)
+            elif t is core.Transition:
+                self._transition_note(e.name, e.old, e.new)
+            else:
+                self._do_rare(e, now)
+
+    def _do_rare(self, e: Any, now: float) -> None:
+        if isinstance(e, states.Kill):
+            s = self.svcs[e.name]
+            if e.signal == states.SIGKILL:
+                log(f"{e.name}: {s.reason or 'killing'} (" + (
+                    "main process only" if not e.group else "whole cgroup"
+                    if self.cgroups.active else "whole process group") + ")")
+            spawn.kill_service(s.pid, e.name, e.signal, e.group, self.cgroups)
+        elif isinstance(e, core.Log):
+            log(e.text)
+        elif isinstance(e, core.KillLeftovers):
+            if e.pid is not None:
+                spawn.kill_leftovers(e.pid, e.name, self.cgroups, zombie=self._zombie == e.pid)
+            elif self.cgroups.active and (left := self.cgroups.procs(e.name)):
+                if e.why:
+                    log(f"{e.name}: killing {len(left)} {e.why}")
+                self.cgroups.kill(e.name)
+        elif isinstance(e, core.RunProbe):
+            self._run_probe(e.name, e.purpose, now)
+        elif isinstance(e, core.DropProbe):
+            pr = self.probes.pop((e.name, e.purpose), None)
+            if pr is not None:
+                self._drop_probe(pr)
+                if e.timed_out:
+                    self._probe_result(e.name, e.purpose, False, "timed out", now)
+        elif isinstance(e, core.FindMain):
+            if e.status is not None:
+                self.launch_status[e.name] = e.status
+            self._look_for_main(e.name, now, e.first)
+        elif isinstance(e, core.MainFound):
+            fd = self._found.pop(e.name)
+            if e.accepted:
+                self._watch(e.name, e.pid, fd)
+                self._start_times[e.name] = channels.proc_start_time(e.pid)
+                c = self.conf[e.name]
+                log(f"{e.name}: main pid {e.pid}" + (f" (from {c.pid_file})" if c.pid_file
+                                                     else " (the cgroup's only root process)"))
+            else:
+                os.close(fd)
+        elif isinstance(e, core.ReleaseRescue):
+            self._release_rescue(e.name)
+        elif isinstance(e, core.Forget):
+            self.dirty.discard(e.name)
+            self.store.drop_record(e.name, time.monotonic())
+            self.admin_dirty = True
 
     def _transition_note(self, name: str, old: Svc, new: Svc) -> None:
         extra = f" ({new.reason})" if new.reason else ""
         pid = f" pid {new.pid}" if new.pid else ""
         log(f"{name}: {old.state.value} -> {new.state.value}{pid}{extra}")
 
-    def _after_change(self, name: str, old: Svc, new: Svc, now: float) -> None:
-        c = self.conf[name]
-        if new.state is State.STARTING and new.pid is not None and old.pid != new.pid and \
-                c.ready in ("exec", "tcp") and states.needs_ready_timer(c):
-            self.arm(name, "probe-ready", 0.02, now)
-        if new.state is State.READY and old.state is not State.READY:
-            # liveness is watched once start-up is over (as systemd does), never while
-            # a slow service is still getting ready
-            if c.health:
-                self.health_failures[name] = 0
-                self.arm(name, "probe-health", c.health.interval, now)
-            if c.watchdog_sec:
-                self.arm(name, "watchdog", c.watchdog_sec, now)
-        keep = {"ready": State.STARTING, "health": State.READY}
-        for purpose, state in keep.items():
-            if new.state is not state or new.pid != old.pid:
-                pr = self.probes.pop((name, purpose), None)
-                if pr is not None:
-                    self._drop_probe(pr)
-        if new.state is not old.state:
-            # Waiting dependents look again: started now, or a new reason to show.
-            for d in self.rev.get(name, ()):
-                if self.svcs[d].state is State.WAITING:
-                    self.feed(d, Ev.DEPS_READY, now)
-        if new.state is not old.state or (new.pid is None) is not (old.pid is None):
-            # What it requires may be holding its stop or restart until it is down.
-            for r in self.conf[name].requires:
-                if (rs := self.svcs.get(r)) is not None and states.waits_for_dependents(rs):
-                    self.feed(r, Ev.DEPS_READY, now)
-        if states.went_down(old, new) and not self.shutting_down:
-            # its process ended (even if a new one is already starting)
-            for d in self.rev.get(name, ()):
-                if name in self.conf[d].requires and states.is_up(self.svcs[d]):
-                    self.feed(d, Ev.DEPS_LOST, now, reason=f"required service {name} went down")
-
-    def do(self, a: states.Action, now: float) -> None:
-        if isinstance(a, states.Spawn):
-            self._spawn(a.name, now)
-        elif isinstance(a, states.Kill):
-            s = self.svcs[a.name]
-            if a.signal == states.SIGKILL:
-                log(f"{a.name}: {s.reason or 'killing'} (" + (
-                    "main process only" if not a.group else "whole cgroup"
-                    if self.cgroups.active else "whole process group") + ")")
-            spawn.kill_service(s.pid, a.name, a.signal, a.group, self.cgroups)
-        elif isinstance(a, states.ArmTimer):
-            self.arm(a.name, a.kind, a.delay, now)
-        elif isinstance(a, states.CancelTimer):
-            self.timer_live.pop((a.name, a.kind), None)
-        elif isinstance(a, states.Persist):
-            self.dirty.add(a.name)
-            if self._admin_entry(a.name) != self.admin.get(a.name):
-                self.admin_dirty = True  # a restart leaves it alone: no O(services) flush
-        elif isinstance(a, states.StopDependents):
-            for d in self.rev.get(a.name, ()):
-                if a.name in self.conf[d].requires and states.is_up(self.svcs[d]):
-                    self.feed(d, Ev.DEPS_LOST, now, reason=a.reason)
-        elif isinstance(a, states.RestartGroup):
-            for d in graph.dependents(self.rev, a.name):
-                if states.is_up(self.svcs[d]):
-                    self.feed(d, Ev.RESTART, now)
-        elif isinstance(a, states.Reboot):
-            self.reboot_requested = f"{a.name}: {a.reason}"
-            log(f"{a.name}: restart intensity exceeded with action reboot: asking the tickler "
-                "to stop petting the watchdog")
-
     def _spawn(self, name: str, now: float) -> None:
         c = self.conf[name]
         s = self.svcs[name]
-        for other in self.conflicts[name]:
-            if states.is_up(self.svcs[other]):
-                self.feed(other, Ev.STOP, now)
         if s.restarts and s.last_exit is not None:
             self.restart_times.append(now)
         if c.pids_max and self.cgroups.active and name not in self._pids_limited:
@@ -445,7 +381,7 @@ class Restarter:
             return
         if c.singleton:  # the token of the grant it starts under (docs/cluster.md)
             c = replace(c, env=c.env + ((channels.ENV_FENCING_TOKEN,
-                                                     str(self.grants.get(name, 0))),))
+                                                     str(self.core.grants.get(name, 0))),))
         try:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w,
                              yield_cpu=not self._more_work(now))
@@ -465,16 +401,13 @@ class Restarter:
             self.ready_fds[name] = sp.ready_fd
             self.sel.register(sp.ready_fd, selectors.EVENT_READ, ("readyfd", name))
         self._start_times[name] = sp.start_time
-        self.feed(name, Ev.SPAWNED, now, pid=sp.pid)
+        self.core.push_front(name, Ev.SPAWNED, now, pid=sp.pid)
 
     def _spawn_failed(self, name: str, now: float, msg: str, transient: bool) -> None:
-        """Tell the state table, then log what it decided: "cannot start web: cwd =
+        """Tell the core; it logs what the table decided: "cannot start web: cwd =
         "/srv": chdir: No such file or directory (errno ENOENT); retrying per restart
         policy in 0.1 s"."""
-        self.feed(name, Ev.SPAWN_FAILED, now, reason=msg, transient=transient)
-        s = self.svcs.get(name)
-        why = s.reason.removeprefix("cannot start: ") if s is not None else msg
-        log(f"cannot start {name}: {why}")
+        self.core.push_front(name, Ev.SPAWN_FAILED, now, reason=msg, transient=transient)
 
     def _watch(self, name: str, pid: int, fd: int) -> None:
         """Watch a service's main process: our child (fd CHILD: SIGCHLD says when it
@@ -523,31 +456,16 @@ class Restarter:
             self.sel.unregister(rfd)
             os.close(rfd)
         st = st or ExitStatus("unknown")
-        self.timer_live.pop((name, "watchdog"), None)
-        s = self.svcs[name]
-        if s.pid == pid and s.state is State.STARTING and self.conf[name].kind == "forking":
-            self.launch_status[name] = st
-            self._look_for_main(name, now)
-        elif s.pid == pid:
-            if s.state is not State.STOPPING:
-                log(f"{name}: pid {pid} {st.describe()}")
-            if states.kills_leftovers(self.conf[name]):
-                # kill_mode cgroup / mixed: the main process is gone, so is the rest of
-                # the cgroup (or process group), before anything starts in it again
-                spawn.kill_leftovers(pid, name, self.cgroups, zombie=status is not None)
-            self.feed(name, Ev.EXITED, now, status=st)
-        if name not in self.svcs:
-            return  # removed by a reload once it stopped
-        if self.cgroups.active and not states.is_up(self.svcs[name]) and \
-                states.kills_leftovers(self.conf[name]) and \
-                self.svcs[name].state is not State.STOPPING:
-            # the main process is gone: whatever it left behind in its cgroup goes too
-            if self.cgroups.procs(name):
-                self.cgroups.kill(name)
+        self._zombie = pid if status is not None else None
+        try:
+            self.core.exited(name, pid, st, now)
+            self.run_core(now)
+        finally:
+            self._zombie = None
 
     # --- timers ---------------------------------------------------------------------------
 
-    def arm(self, name: str, kind: str, delay: float, now: float) -> None:
+    def arm(self, name: str, kind: Timer, delay: float, now: float) -> None:
         if delay == math.inf:  # stop_timeout / ready_timeout = inf: no timeout at all
             self.timer_live.pop((name, kind), None)
             return
@@ -555,55 +473,29 @@ class Restarter:
         self.timer_live[(name, kind)] = self.seq
         heapq.heappush(self.timers, (now + delay, self.seq, name, kind))
 
-    def _fire(self, name: str, kind: str, now: float) -> None:
+    def _fire(self, name: str, kind: Timer, now: float) -> None:
         if name == "":
-            if kind == "heartbeat":
+            if kind is Timer.HEARTBEAT:
                 self.heartbeat(now)
             return
-        if name not in self.svcs:
-            return  # a timer of a service removed by a reload
-        if kind.startswith("probe-"):
-            self._probe_timer(name, kind, now)
-            return
-        if kind == "find-main":
-            s = self.svcs[name]
-            if s.state is State.STARTING and s.pid is None:
-                self._look_for_main(name, now, first=False)
-            return
-        if kind == "watchdog":
-            s = self.svcs[name]
-            if s.state is State.READY:
-                self.feed(name, Ev.HUNG, now, reason=f"no WATCHDOG=1 within "
-                          f"{self.conf[name].watchdog_sec:g} s")
-            return
-        self.feed(name, Ev(kind), now)
+        self.core.timer(name, kind, now)
+        self.run_core(now)
 
     # --- forking services -------------------------------------------------------------------
 
     def _look_for_main(self, name: str, now: float, first: bool = True) -> None:
         """A forking service's launcher has exited: find its main process (pid_file or
-        cgroup), watch it, and tell the state table. While it is not found, look again
-        every 50 ms; the table's ready timeout bounds the wait."""
+        cgroup) and tell the core (MainFound: watch it). While it is not found the core
+        has it looked for again every 50 ms; the table's ready timeout bounds the wait."""
         c = self.conf[name]
         st = self.launch_status.get(name, ExitStatus("unknown"))
         pid, why = spawn.main_pid(c, self.cgroups, self.launch_leftovers.get(name, frozenset()))
         fd = spawn.pidfd_open(pid) if pid is not None else None
         if pid is not None and fd is None:
             pid, why = None, f"main pid {pid} exited at once"
-        self.feed(name, Ev.LAUNCHED, now, status=st, pid=pid, reason=why)
-        s = self.svcs[name]
-        if fd is not None and pid is not None:
-            if s.pid == pid:
-                self._watch(name, pid, fd)
-                self._start_times[name] = channels.proc_start_time(pid)
-                log(f"{name}: main pid {pid}" + (f" (from {c.pid_file})" if c.pid_file
-                                                 else " (the cgroup's only root process)"))
-            else:
-                os.close(fd)
-        if s.state is State.STARTING and s.pid is None:
-            if first:
-                log(f"{name}: {s.reason}")
-            self.arm(name, "find-main", 0.05, now)
+        if fd is not None:
+            self._found[name] = fd
+        self.core.launched(name, st, pid, why, first, now)
 
     # --- readiness ------------------------------------------------------------------------
 
@@ -644,23 +536,22 @@ class Restarter:
             f = n.fields
             if "STATUS" in f:
                 self.status_text[name] = f["STATUS"][:200]
-            if f.get("WATCHDOG") == "1" and self.conf[name].watchdog_sec and \
-                    self.svcs[name].state is State.READY:
-                self.arm(name, "watchdog", self.conf[name].watchdog_sec, now)
-            if "EXTEND_TIMEOUT_USEC" in f and self.svcs[name].state is State.STARTING:
+            if f.get("WATCHDOG") == "1":
+                self.core.watchdog_ping(name)
+            if "EXTEND_TIMEOUT_USEC" in f:
                 try:
-                    self.arm(name, Ev.READY_TIMEOUT.value,
-                             int(f["EXTEND_TIMEOUT_USEC"]) / 1e6, now)
+                    self.core.extend_timeout(name, int(f["EXTEND_TIMEOUT_USEC"]) / 1e6)
                 except ValueError:
                     pass
             if "MAINPID" in f:
-                self._new_main_pid(name, f["MAINPID"], now)
+                self._new_main_pid(name, f["MAINPID"])
             if f.get("STOPPING") == "1":
                 self.status_text[name] = "stopping: " + self.status_text.get(name, "")
             if f.get("READY") == "1":
-                self.feed(name, Ev.READY, now)
+                self.core.push(name, Ev.READY, now)
+            self.run_core(now)
 
-    def _new_main_pid(self, name: str, value: str, now: float) -> None:
+    def _new_main_pid(self, name: str, value: str) -> None:
         """MAINPID=: the service says another of its processes is now the main one
         (a daemon that forks). Accepted only for a process of the same service."""
         try:
@@ -668,9 +559,9 @@ class Restarter:
         except ValueError:
             log(f"warning: {name}: MAINPID={value[:20]!r} is not a pid: ignored")
             return
-        s = self.svcs[name]
-        if pid == s.pid or not states.is_up(s):
+        if not self.core.may_take_main_pid(name, pid):
             return
+        s = self.svcs[name]
         same = self.cgroups.contains(name, pid) if self.cgroups.active else False
         if not same:
             try:
@@ -699,8 +590,7 @@ class Restarter:
                 os.close(old[1])
         self._watch(name, pid, fd)
         self._start_times[name] = channels.proc_start_time(pid)
-        self.svcs[name] = replace(s, pid=pid)
-        self.dirty.add(name)
+        self.core.main_pid(name, pid)
         log(f"{name}: main pid is now {pid} (MAINPID)")
 
     def _on_ready_fd(self, name: str, now: float) -> None:
@@ -717,23 +607,11 @@ class Restarter:
 
     # --- probes (exec / tcp readiness and health checks) -----------------------------------
 
-    def _probe_timer(self, name: str, kind: str, now: float) -> None:
-        c = self.conf[name]
-        s = self.svcs[name]
-        if kind in ("probe-timeout-ready", "probe-timeout-health"):
-            purpose = kind.rsplit("-", 1)[1]
-            pr = self.probes.pop((name, purpose), None)
-            if pr is not None:
-                self._drop_probe(pr)
-                self._probe_result(name, purpose, False, "timed out", now)
-            return
-        purpose = "ready" if kind == "probe-ready" else "health"
-        if purpose == "ready" and s.state is not State.STARTING:
-            return
-        if purpose == "health" and (s.state is not State.READY or c.health is None):
-            return
+    def _run_probe(self, name: str, purpose: str, now: float) -> None:
+        """The core asked for a check (its timer fired in the right state)."""
         if (name, purpose) in self.probes:
             return
+        c = self.conf[name]
         pkind = c.ready if purpose == "ready" else c.health.kind  # type: ignore[union-attr]
         try:
             if pkind == "exec":
@@ -752,14 +630,14 @@ class Restarter:
         ev = selectors.EVENT_WRITE if pr.kind == "tcp" else selectors.EVENT_READ
         self.sel.register(pr.fd, ev, ("probe", (name, purpose)))
         limit = min(c.ready_timeout, 5.0) if purpose == "ready" else c.health.timeout  # type: ignore[union-attr]
-        self.arm(name, f"probe-timeout-{purpose}", limit, now)
+        self.arm(name, _CHECK_TIMEOUT[purpose], limit, now)
 
     def _drop_probe(self, pr: probes.Probe) -> None:
         try:
             self.sel.unregister(pr.fd)
         except (KeyError, ValueError):
             pass
-        self.timer_live.pop((pr.name, f"probe-timeout-{pr.purpose}"), None)
+        self.timer_live.pop((pr.name, _CHECK_TIMEOUT[pr.purpose]), None)
         pr.close()
 
     def _on_probe(self, key: tuple[str, str], now: float) -> None:
@@ -776,29 +654,13 @@ class Restarter:
         detail = pr.detail
         self._drop_probe(pr)
         self._probe_result(name, purpose, ok, detail, now)
+        self.run_core(now)
 
     def _probe_result(self, name: str, purpose: str, ok: bool, detail: str, now: float) -> None:
-        c = self.conf[name]
-        if purpose == "ready":
-            if ok:
-                self.feed(name, Ev.READY, now)
-            elif self.svcs[name].state is State.STARTING:
-                self.arm(name, "probe-ready", 0.2, now)
-            return
-        assert c.health is not None
-        self.health_detail[name] = detail
-        if ok:
-            self.health_failures[name] = 0
-        else:
-            n = self.health_failures.get(name, 0) + 1
-            self.health_failures[name] = n
-            log(f"{name}: health check failed ({n}/{c.health.failures}): {detail}")
-            if n >= c.health.failures:
-                self.health_failures[name] = 0
-                self.feed(name, Ev.HUNG, now, reason=f"health check failed {n} times: {detail}")
-                return
-        if self.svcs[name].state is State.READY:
-            self.arm(name, "probe-health", c.health.interval, now)
+        """A check's outcome, for the core to judge (its caller runs the core)."""
+        if purpose == "health":
+            self.health_detail[name] = detail
+        self.core.probe_result(name, purpose, ok, detail, now)
 
     # --- heartbeat and status ---------------------------------------------------------------
 
@@ -816,24 +678,26 @@ class Restarter:
         if isinstance(until, (int, float)) and now < until and isinstance(owned, dict):
             grants = {n: t for n, t in owned.items() if isinstance(t, int)
                       and n in self.conf and self.conf[n].singleton}
-        old_owners = self.grant_owners
-        self.grant_owners = {str(k): str(v) for k, v in owners.items()} \
+        cr = self.core
+        old_owners = cr.grant_owners
+        cr.grant_owners = {str(k): str(v) for k, v in owners.items()} \
             if isinstance(owners, dict) else {}
-        old, self.grants = self.grants, grants
+        old, cr.grants = cr.grants, grants
         for n, c in self.conf.items():
             if not c.singleton:
                 continue
             if old.get(n) == grants.get(n) and self.beats:
-                if n not in grants and old_owners.get(n) != self.grant_owners.get(n):
-                    self.feed(n, Ev.DISOWNED, now, reason="owner changed")  # the reason
+                if n not in grants and old_owners.get(n) != cr.grant_owners.get(n):
+                    cr.push(n, Ev.DISOWNED, now, reason="owner changed")  # the reason
                 continue
             if n in old and n in grants:  # a new token: the running one is stale
-                self.feed(n, Ev.DISOWNED, now, owned=False,
-                          reason=f"fencing token changed ({old[n]} -> {grants[n]})")
+                cr.push(n, Ev.DISOWNED, now, owned=False,
+                        reason=f"fencing token changed ({old[n]} -> {grants[n]})")
             why = "granted" if n in grants else \
                 ("lease not renewed in time" if isinstance(until, (int, float))
                  and now >= until else "ownership lost")
-            self.feed(n, Ev.OWNED if n in grants else Ev.DISOWNED, now, reason=why)
+            cr.push(n, Ev.OWNED if n in grants else Ev.DISOWNED, now, reason=why)
+        self.run_core(now)
 
     def heartbeat(self, now: float) -> None:
         self.poll_cluster(now)
@@ -842,11 +706,7 @@ class Restarter:
             self.max_lag = max(self.max_lag, now - self.beat_due)
         while self.restart_times and self.restart_times[0] < now - STORM_WINDOW:
             self.restart_times.popleft()
-        critical = {n: {"state": (s := self.svcs[n]).state.value,
-                        "ok": s.state not in (State.MAINTENANCE, State.FAILED)
-                        or n in self.rescue_held,
-                        "reason": s.reason}
-                    for n in self.critical}
+        critical = self.core.critical_report()
         self.hb.beat({"lag": round(self.max_lag, 4), "critical": critical,
                       "restart_rate": len(self.restart_times) / STORM_WINDOW,
                       "services": len(self.svcs), "reboot_requested": self.reboot_requested,
@@ -860,13 +720,13 @@ class Restarter:
                                          self.svcs[n].state is State.STOPPING or
                                          states.is_up(self.svcs[n]))],
                       "progress": self.progress, "timer_lag": round(self.timer_lag, 4),
-                      "backlog": len(self.pending) + self._overdue(now)})
+                      "backlog": len(self.core.later) + self._overdue(now)})
         self.max_lag = self.timer_lag = 0.0
         self.orphaned = self.orphaned or channels.init_gone(self.init)
         self.control.expire(now)
         self.logs.tick(now)
         self.beat_due = channels.next_tick(now, self.cfg.chain.heartbeat_interval)  # shared grid
-        self.arm("", "heartbeat", self.beat_due - now, now)
+        self.arm("", Timer.HEARTBEAT, self.beat_due - now, now)
 
     def _overdue(self, now: float) -> int:
         """Live service timers already due (restarts and checks waiting for their turn)."""
@@ -882,7 +742,7 @@ class Restarter:
             "ready": c.ready, "status_text": self.status_text.get(name, ""),
             "last_exit": s.last_exit.to_json() if s.last_exit else None,
             "health": None if c.health is None else {
-                "kind": c.health.kind, "failures": self.health_failures.get(name, 0),
+                "kind": c.health.kind, "failures": self.core.health_failures.get(name, 0),
                 "last": self.health_detail.get(name, "")},
             # kill_mode = "process": what earlier main processes left running in its cgroup
             "leftovers": self.cgroups.outside(name, s.pid) if self.cgroups.active and
@@ -905,39 +765,12 @@ class Restarter:
                     "\n".join(e.errors)}
         if new.chain != self.cfg.chain:
             log("reload: [chain] changes need a restart of the chain; applying services only")
-        old = self.conf
-        added = [n for n in new.services if n not in old]
-        removed = [n for n in old if n not in new.services]
-        changed = [n for n in new.services if n in old and new.services[n] != old[n]]
         self.cfg = new
-        self.conf = {**old, **new.services}  # removed ones stay until they have stopped
-        for n in added:
-            self.svcs[n] = states.initial(n)
-        self._derive()
-        for n in removed:
-            self.removing.add(n)
-            self.feed(n, Ev.STOP, now)
-            self._forget_if_stopped(n)
-        for n in changed:
-            if states.is_up(self.svcs[n]):
-                self.feed(n, Ev.RESTART, now)
-        for n in graph_order(self.deps):
-            if n in added and new.services[n].enabled:
-                self.pending.append((n, Ev.START, {}))
+        added, changed, removed = self.core.reload(new.services, now)
+        self.run_core(now)
         log(f"reloaded {self.cfg.path}: {len(added)} added, {len(changed)} changed, "
             f"{len(removed)} removed, {len(new.services) - len(added) - len(changed)} unchanged")
         return {"ok": True, "added": added, "changed": changed, "removed": removed}
-
-    def _forget_if_stopped(self, name: str) -> None:
-        if name in self.removing and not states.is_up(self.svcs[name]) and \
-                self.svcs[name].state is not State.STOPPING:
-            self.removing.discard(name)
-            del self.svcs[name]
-            del self.conf[name]
-            self.dirty.discard(name)
-            self.store.drop_record(name, time.monotonic())
-            self._derive()
-            self.admin_dirty = True
 
     def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
         now = time.monotonic()
@@ -958,19 +791,14 @@ class Restarter:
                 "services": {n: self.service_status(n, now) for n in self.svcs}}
         if op in ("start", "stop", "restart", "clear"):
             name = req.get("name")
-            if not isinstance(name, str) or name not in self.conf:
-                return {"ok": False, "error": f"unknown service {name!r}"}
-            if self.shutting_down:
-                return {"ok": False, "error": "the restarter is shutting down"}
-            s = self.svcs[name]
-            if op in ("start", "restart") and s.state is State.MAINTENANCE:
-                return {"ok": False, "error": f"{name} is in maintenance ({s.reason}); "
-                        f"use 'hachain clear {name}'"}
-            if op == "clear" and name in self.rescue_held:
-                self._release_rescue(name)
-            self.feed(name, Ev(op), now)
+            error = self.core.request(op, name, now)
+            if error is not None:
+                return {"ok": False, "error": error}
+            self.run_core(now)
             self.flush()
-            return {"ok": True, "name": name, "state": self.svcs[name].state.value}
+            s = self.svcs.get(str(name))  # (gone: a removed service that is down now)
+            return {"ok": True, "name": name,
+                    "state": s.state.value if s is not None else State.STOPPED.value}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     # --- persistence ----------------------------------------------------------------------
@@ -991,24 +819,11 @@ class Restarter:
             self.store.write_record(rec, now)
         self.dirty.clear()
         if self.admin_dirty and not self.shutting_down:
-            admin = {}
-            for n in self.svcs:
-                if (entry := self._admin_entry(n)) is not None:
-                    admin[n] = entry
-            self.admin = admin
-            self.store.write_admin(admin, now)
+            self.admin = self.core.admin()
+            self.store.write_admin(self.admin, now)
             self.admin_dirty = False
         for msg in self.store.sync(now):
             log(msg)
-
-    def _admin_entry(self, name: str) -> dict[str, str] | None:
-        """What admin.json keeps for `name`: held down by hand, or in maintenance."""
-        s = self.svcs[name]
-        if s.state is State.MAINTENANCE and name not in self.rescue_held:  # (boot record)
-            return {"want": s.want, "maintenance": s.reason}
-        if s.want == "down" and self.conf[name].enabled:
-            return {"want": "down"}
-        return None
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -1047,11 +862,9 @@ class Restarter:
                 fired += 1
                 self.progress += 1
                 self._fire(name, kind, now)
-            for _ in range(min(len(self.pending), START_BATCH)):
-                name, ev, kw = self.pending.popleft()
-                self.progress += 1
-                if name in self.svcs and not self.shutting_down:
-                    self.feed(name, ev, now, **kw)
+            if self.core.later:
+                self.progress += self.core.release(START_BATCH, now)
+                self.run_core(now)
             self.flush()
             if self.shutting_down and self._shutdown_step(now):
                 return 0
@@ -1112,7 +925,7 @@ class Restarter:
 
     def _more_work(self, now: float) -> bool:
         """Restart work is already waiting (the next round must not sleep)."""
-        return bool(self.pending) or self.children_pending or \
+        return bool(self.core.later) or self.children_pending or \
             bool(self.timers and self.timers[0][0] <= now)
 
     def _dispatch(self, key: selectors.SelectorKey, now: float) -> None:
@@ -1155,8 +968,7 @@ class Restarter:
             if sig in (signal.SIGTERM, signal.SIGINT) and not self.shutting_down:
                 log(f"received {signal.Signals(sig).name}: stopping services in reverse "
                     "dependency order")
-                self.shutting_down = True
-                self._stop_levels = list(reversed(graph.start_levels(self.deps)))
+                self.core.begin_shutdown()
             elif sig == signal.SIGHUP and not self.shutting_down:
                 self.reload(now)
 
@@ -1171,18 +983,11 @@ class Restarter:
 
     def _shutdown_step(self, now: float) -> bool:
         """Advance the orderly shutdown; True when every service is down."""
-        while self._stop_levels:
-            level = self._stop_levels[0]
-            busy = False
-            for name in level:
-                s = self.svcs[name]
-                if states.is_up(s) or s.state in (State.BACKOFF, State.WAITING):
-                    self.feed(name, Ev.STOP, now)
-                if self.svcs[name].state is State.STOPPING:
-                    busy = True
-            if busy:
+        while self.core.stop_levels:
+            self.core.stop_level(now)
+            self.run_core(now)
+            if not self.core.level_stopped():
                 return False
-            self._stop_levels.pop(0)
         self.flush()
         self.logs.stop()
         # Nothing runs any more: the next restarter starts from the configuration (a
@@ -1230,7 +1035,3 @@ def _inherited_fd(var: str) -> int | None:
         return fd if stat.S_ISSOCK(os.fstat(fd).st_mode) else None
     except (ValueError, OSError):
         return None
-
-
-def graph_order(deps: dict[str, tuple[str, ...]]) -> list[str]:
-    return [n for level in graph.start_levels(deps) for n in level]

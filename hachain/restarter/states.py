@@ -73,6 +73,23 @@ class Ev(str, enum.Enum):
     DISOWNED = "disowned"        # singleton: it may not (lost, or the lease is too old)
 
 
+class Timer(str, enum.Enum):
+    """Every timer the restarter arms for a service (and its own heartbeat). The first
+    three fire as the event of the same name; the core (restarter/core.py) decides what
+    the others mean when they fire."""
+
+    BACKOFF_DONE = "backoff_done"
+    READY_TIMEOUT = "ready_timeout"
+    STOP_TIMEOUT = "stop_timeout"
+    WATCHDOG = "watchdog"  # no WATCHDOG=1 within watchdog_sec
+    READY_CHECK = "ready_check"  # run the next exec / tcp readiness check
+    HEALTH_CHECK = "health_check"  # run the next health check
+    READY_CHECK_TIMEOUT = "ready_check_timeout"  # the running readiness check took too long
+    HEALTH_CHECK_TIMEOUT = "health_check_timeout"  # the running health check took too long
+    FIND_MAIN = "find_main"  # a forking service: look for its main pid again
+    HEARTBEAT = "heartbeat"  # the restarter's own heartbeat (no service)
+
+
 # --- actions: what the loop must do (frozen, no behaviour) ------------------------------
 
 @dataclass(frozen=True)
@@ -90,14 +107,14 @@ class Kill:
 @dataclass(frozen=True)
 class ArmTimer:
     name: str
-    kind: str  # the Ev value delivered when it fires
+    kind: Timer
     delay: float
 
 
 @dataclass(frozen=True)
 class CancelTimer:
     name: str
-    kind: str
+    kind: Timer
 
 
 @dataclass(frozen=True)
@@ -201,7 +218,7 @@ def _spawn_or_wait(s: Svc, ev: Event, reason: str = "") -> Result:
         # A singleton another node may run: never started here until it is granted.
         why = f"standby: owned by {ev.owner}" if ev.owner else "standby: not owned by this node"
         return (replace(s, state=State.STANDBY, pid=None, after_dependents=False, reason=why),
-                [CancelTimer(s.name, Ev.BACKOFF_DONE.value), Persist(s.name)])
+                [CancelTimer(s.name, Timer.BACKOFF_DONE), Persist(s.name)])
     if ev.dependents_up:
         # A restart: what requires it stops first (systemd's order), then it starts.
         return (replace(s, state=State.WAITING, pid=None, after_dependents=False,
@@ -219,10 +236,10 @@ def _begin_stop(s: Svc, c: ServiceConfig, **kw: object) -> Result:
     # With no main pid (a forking service whose pid file has not appeared yet) no exit
     # will come to end the stop: its cgroup gets the signal, then SIGKILL within a second.
     wait = c.stop_timeout if s.pid is not None else min(c.stop_timeout, 1.0)
-    acts: list[Action] = [CancelTimer(s.name, Ev.READY_TIMEOUT.value),
+    acts: list[Action] = [CancelTimer(s.name, Timer.READY_TIMEOUT),
                           Kill(s.name, c.stop_signal,
                                group=c.kill_mode == "cgroup" or s.pid is None),
-                          ArmTimer(s.name, Ev.STOP_TIMEOUT.value, wait)]
+                          ArmTimer(s.name, Timer.STOP_TIMEOUT, wait)]
     return replace(s, state=State.STOPPING, **kw), acts  # type: ignore[arg-type]
 
 
@@ -236,7 +253,7 @@ def _ordered_stop(s: Svc, ev: Event, c: ServiceConfig, reason: str, **kw: object
         return _begin_stop(s, c, reason=reason, **kw)
     return (replace(s, state=State.STOPPING, after_dependents=True,  # type: ignore[arg-type]
                     reason=reason + HELD + ev.dependents_up, **kw),
-            [CancelTimer(s.name, Ev.READY_TIMEOUT.value),
+            [CancelTimer(s.name, Timer.READY_TIMEOUT),
              StopDependents(s.name, f"required service {s.name} is stopping")])
 
 
@@ -279,7 +296,7 @@ def _after_exit(s: Svc, st: ExitStatus, ev: Event, c: ServiceConfig,
             delay = max(policy.next_delay(c.backoff, s.delay, uptime), min_delay)
             return (replace(s, state=State.BACKOFF, delay=delay,
                             reason=f"restart-group: {why}"),
-                    [RestartGroup(s.name), ArmTimer(s.name, Ev.BACKOFF_DONE.value, delay)])
+                    [RestartGroup(s.name), ArmTimer(s.name, Timer.BACKOFF_DONE, delay)])
         # "ignore": fall through to an ordinary restart
     if not ev.owned:
         return _spawn_or_wait(s, ev)  # a singleton no longer ours: standby, no backoff
@@ -289,7 +306,7 @@ def _after_exit(s: Svc, st: ExitStatus, ev: Event, c: ServiceConfig,
         return _spawn_or_wait(s, ev, reason=f"restarted: {st.describe()}")
     return (replace(s, state=State.BACKOFF,
                     reason=f"backoff {delay:g} s after {st.describe()}"),
-            [ArmTimer(s.name, Ev.BACKOFF_DONE.value, delay)])
+            [ArmTimer(s.name, Timer.BACKOFF_DONE, delay)])
 
 
 # --- handlers, named state_event --------------------------------------------------------
@@ -306,7 +323,7 @@ def down_start(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 def any_stop_idle(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     return replace(s, want="down", state=State.STOPPED, reason="stopped by administrator"), [
-        CancelTimer(s.name, Ev.BACKOFF_DONE.value), Persist(s.name)]
+        CancelTimer(s.name, Timer.BACKOFF_DONE), Persist(s.name)]
 
 
 def waiting_deps_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -321,11 +338,11 @@ def starting_spawned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         return replace(s, reason="running (oneshot)"), [Persist(s.name)]
     if c.kind == "forking":
         return replace(s, reason="waiting for its launcher to exit"), [
-            ArmTimer(s.name, Ev.READY_TIMEOUT.value, c.ready_timeout), Persist(s.name)]
+            ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout), Persist(s.name)]
     if c.ready == "none":
         return replace(s, state=State.READY, reason=""), [Persist(s.name)]
     return replace(s, reason=f"waiting for readiness ({c.ready})"), [
-        ArmTimer(s.name, Ev.READY_TIMEOUT.value, c.ready_timeout), Persist(s.name)]
+        ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout), Persist(s.name)]
 
 
 def starting_spawn_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -338,7 +355,7 @@ def starting_spawn_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         return (replace(s, state=State.BACKOFF, pid=None,
                         reason=f"cannot start: {ev.reason}; out of resources, retrying in "
                                f"{delay:g} s (not counted against intensity)"),
-                [ArmTimer(s.name, Ev.BACKOFF_DONE.value, delay)])
+                [ArmTimer(s.name, Timer.BACKOFF_DONE, delay)])
     # Anything else is a failed start: the restart policy decides, as for a failed exit
     # (on-failure and always retry, after the backoff; intensity counts it).
     nxt, acts = _after_exit(replace(s, started_at=ev.now), ExitStatus("spawn"), ev, c,
@@ -357,7 +374,7 @@ def starting_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         # before the spawn was recorded: cannot happen; a oneshot is ready when done
         return s, []
     return replace(s, state=State.READY, reason=""), [
-        CancelTimer(s.name, Ev.READY_TIMEOUT.value), Persist(s.name)]
+        CancelTimer(s.name, Timer.READY_TIMEOUT), Persist(s.name)]
 
 
 def starting_launched(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -368,17 +385,17 @@ def starting_launched(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     st = ev.status or ExitStatus("unknown")
     if st.kind != "unknown" and not policy.is_clean(st, c.success_exit):
         nxt, acts = _after_exit(s, st, ev, c)
-        return nxt, [CancelTimer(s.name, Ev.READY_TIMEOUT.value)] + acts
+        return nxt, [CancelTimer(s.name, Timer.READY_TIMEOUT)] + acts
     if ev.pid is None:
         return replace(s, pid=None, reason=f"launcher done ({st.describe()}); waiting for "
                        f"the main pid: {ev.reason}"), [Persist(s.name)]
     return replace(s, state=State.READY, pid=ev.pid, reason=""), [
-        CancelTimer(s.name, Ev.READY_TIMEOUT.value), Persist(s.name)]
+        CancelTimer(s.name, Timer.READY_TIMEOUT), Persist(s.name)]
 
 
 def up_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     st, acts = _after_exit(s, ev.status or ExitStatus("unknown"), ev, c)
-    return st, [CancelTimer(s.name, Ev.READY_TIMEOUT.value)] + acts
+    return st, [CancelTimer(s.name, Timer.READY_TIMEOUT)] + acts
 
 
 def starting_ready_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -409,7 +426,7 @@ def up_deps_lost(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def stopping_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    acts: list[Action] = [CancelTimer(s.name, Ev.STOP_TIMEOUT.value)]
+    acts: list[Action] = [CancelTimer(s.name, Timer.STOP_TIMEOUT)]
     st = ev.status or ExitStatus("unknown")
     if s.fail_after_stop is not None and s.want == "up":
         nxt, more = _after_exit(replace(s, after_dependents=False), s.fail_after_stop, ev, c)
@@ -678,6 +695,6 @@ def initial(name: str) -> Svc:
     return Svc(name=name)
 
 
-__all__ = ["State", "Ev", "Event", "Svc", "TABLE", "step", "InvalidTransition", "Spawn", "Kill",
-           "ArmTimer", "CancelTimer", "Persist", "RestartGroup", "Reboot", "StopDependents",
-           "Action", "field"]
+__all__ = ["State", "Ev", "Timer", "Event", "Svc", "TABLE", "step", "InvalidTransition",
+           "Spawn", "Kill", "ArmTimer", "CancelTimer", "Persist", "RestartGroup", "Reboot",
+           "StopDependents", "Action", "field"]

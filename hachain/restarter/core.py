@@ -1,0 +1,613 @@
+"""The restarter's core: every decision about services that is not one cell of the table.
+
+Owns: the services' `Svc`s and the dependency plan (requires / wants / after, conflicts,
+critical), what an event means for the other services (waiting dependents look again,
+DEPS_LOST to what *requires* a service that went down, restart groups, conflicts),
+re-adoption at start, what a timer, a notify message or a check result means, the admin
+state kept across restarts, the orderly shutdown, refusals (maintenance, shutdown) and a
+reboot request. Each service's own next state is `states.step`'s (Rule 1 of states.py).
+
+Must not: do I/O or read the clock (no os, socket, subprocess, time: test_layering holds
+it). `now` comes in with each call.
+
+How it is driven (h11's and s6's way: an event yields actions, a queue runs them in
+order, nothing re-enters). A driver pushes events (`push`, or the helpers `exited`,
+`timer`, `probe_result`, `adopt`, `request`, ...), then takes effects one at a time with
+`next_effect()` and carries each out. What carrying one out teaches it (a spawned pid, a
+failed spawn, a main pid found) it pushes back with `push_front`, and it keeps taking
+effects until there is none. `next_effect` steps queued events only once every effect of
+the previous one was taken, so effects come out in the order the decisions were made.
+Two drivers use this same object: the restarter's event loop (restarter/loop.py: epoll,
+fork/exec, signals, sockets, files) and `hachain verify` (simulators/verify.py: a model of
+processes and timers), so the code model-checked is the code that runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hachain.config import ServiceConfig
+from hachain.restarter import graph, states
+from hachain.restarter.policy import ExitStatus
+from hachain.restarter.states import Ev, Event, State, Svc, Timer, replace
+
+# --- effects: what the driver must do (states' Spawn, Kill, ArmTimer, CancelTimer and
+# Persist pass through as they are) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A service changed state (the loop logs it, verify notes it)."""
+
+    name: str
+    old: Svc
+    new: Svc
+
+
+@dataclass(frozen=True)
+class Log:
+    text: str
+
+
+@dataclass(frozen=True)
+class KillLeftovers:
+    """Its main process is gone: SIGKILL what it left. With `pid`: the exited main
+    process's group or cgroup, before its exit is handled; without: whatever is still in
+    its cgroup. `why`, when set, is logged with the number of processes killed."""
+
+    name: str
+    pid: int | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class RunProbe:
+    """Start a readiness ("ready") or health ("health") check unless one runs."""
+
+    name: str
+    purpose: str
+
+
+@dataclass(frozen=True)
+class DropProbe:
+    """Abandon a running check. `timed_out`: its timeout fired, so a running one is a
+    failed check (report it with `probe_result`)."""
+
+    name: str
+    purpose: str
+    timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class FindMain:
+    """A forking service's launcher has exited (`status`, on the first look): look for
+    its main process and push `launched`."""
+
+    name: str
+    first: bool
+    status: ExitStatus | None = None
+
+
+@dataclass(frozen=True)
+class MainFound:
+    """The main pid a `launched` reported: `accepted` (watch it) or not (let it go)."""
+
+    name: str
+    pid: int
+    accepted: bool
+
+
+@dataclass(frozen=True)
+class ReleaseRescue:
+    """`hachain clear NAME` of a service a rescue boot holds: record its release."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    """A service a reload removed is down: drop its record and everything about it."""
+
+    name: str
+
+
+Effect = (states.Spawn | states.Kill | states.ArmTimer | states.CancelTimer | states.Persist
+          | Transition | Log | KillLeftovers | RunProbe | DropProbe | FindMain | MainFound
+          | ReleaseRescue | Forget)
+
+
+class Record(Protocol):
+    """What adoption reads of a service's runtime record (persist.RuntimeRecord)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def started_mono(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything computed from the services' configurations (again after a reload)."""
+
+    conf: Mapping[str, ServiceConfig]
+    deps: dict[str, tuple[str, ...]]  # what each orders itself after, among these services
+    rev: dict[str, list[str]]  # who orders itself after each
+    conflicts: dict[str, tuple[str, ...]]  # both directions
+    critical: tuple[str, ...]
+    singletons: tuple[str, ...]  # [cluster] services this node runs only while it owns them
+    order: tuple[str, ...]  # dependencies first
+
+
+def make_plan(conf: Mapping[str, ServiceConfig]) -> Plan:
+    deps = {n: tuple(d for d in c.deps if d in conf) for n, c in conf.items()}
+    conflicts: dict[str, tuple[str, ...]] = {n: c.conflicts for n, c in conf.items()}
+    for n, c in conf.items():
+        for o in c.conflicts:
+            if o in conflicts and n not in conflicts[o]:
+                conflicts[o] += (n,)
+    return Plan(conf=dict(conf), deps=deps, rev=graph.reverse(deps), conflicts=conflicts,
+                critical=tuple(n for n, c in conf.items() if c.critical),
+                singletons=tuple(n for n, c in conf.items() if c.singleton),
+                order=tuple(n for level in graph.start_levels(deps) for n in level))
+
+
+# A queued event: (service, event, now, event fields, a condition on the service's state
+# when it is its turn, or None). Event None: after an exit, sweep what it left behind.
+Item = tuple[str, "Ev | None", float, dict[str, Any], "Callable[[Svc], bool] | None"]
+
+_TIMER_EVENT = {Timer.BACKOFF_DONE: Ev.BACKOFF_DONE, Timer.READY_TIMEOUT: Ev.READY_TIMEOUT,
+                Timer.STOP_TIMEOUT: Ev.STOP_TIMEOUT}
+_RESTORED = {"done": State.DONE, "failed": State.FAILED}
+READY_CHECK_FIRST = 0.02  # s after the spawn: the first exec / tcp readiness check
+READY_CHECK_AGAIN = 0.2  # s between readiness checks that failed
+FIND_MAIN_AGAIN = 0.05  # s between looks for a forking service's main pid
+
+
+def _waiting(s: Svc) -> bool:
+    return s.state is State.WAITING
+
+
+class Core:
+    """The decisions. `svcs` may be given (verify rebuilds a Core from each model state)."""
+
+    def __init__(self, plan: Plan, svcs: dict[str, Svc] | None = None) -> None:
+        self.plan = plan
+        self.svcs: dict[str, Svc] = svcs if svcs is not None else {
+            n: states.initial(n) for n in plan.conf}
+        self.queue: deque[Item] = deque()
+        self.out: deque[Any] = deque()
+        # events held back to be released a batch at a time (`release`): the first start
+        # of many services must not stall the loop's heartbeat and control socket
+        self.later: deque[tuple[str, Ev, dict[str, Any]]] = deque()
+        self.removing: set[str] = set()  # removed by a reload, still stopping
+        self.shutting_down = False
+        self.stop_levels: list[list[str]] = []  # the orderly shutdown, last level first
+        self.rescue_held: set[str] = set()  # critical services a rescue boot holds
+        self.reboot_requested: str | None = None
+        self.health_failures: dict[str, int] = {}
+        self.grants: dict[str, int] = {}  # singletons this node may run: fencing token
+        self.grant_owners: dict[str, str] = {}  # singletons held elsewhere: the node
+        self.cells: set[tuple[str, str]] | None = None  # (state, event) stepped, if kept
+        self._to_exit: list[str] = []
+
+    # --- the queue ---------------------------------------------------------------------
+
+    def push(self, name: str, kind: Ev, now: float, **kw: Any) -> None:
+        self.queue.append((name, kind, now, kw, None))
+
+    def push_front(self, name: str, kind: Ev, now: float, **kw: Any) -> None:
+        """What carrying out an effect taught (SPAWNED, SPAWN_FAILED, LAUNCHED): stepped
+        before anything queued earlier, as the next thing that happens to the service."""
+        self.queue.appendleft((name, kind, now, kw, None))
+
+    def next_effect(self) -> Any:
+        """The next effect to carry out, or None once nothing is left to do."""
+        out, queue = self.out, self.queue
+        while not out:
+            if not queue:
+                return None
+            self._process(*queue.popleft())
+        return out.popleft()
+
+    def release(self, limit: int, now: float) -> int:
+        """Queue up to `limit` held-back events; returns how many were taken."""
+        n = 0
+        while self.later and n < limit:
+            name, kind, kw = self.later.popleft()
+            n += 1
+            if name in self.svcs and not self.shutting_down:
+                self.queue.append((name, kind, now, kw, None))
+        return n
+
+    def _process(self, name: str, kind: Ev | None, now: float, kw: dict[str, Any],
+                 only: Callable[[Svc], bool] | None) -> None:
+        s = self.svcs.get(name)
+        if s is None:
+            return  # removed by a reload since
+        if kind is None:
+            self._sweep(name, s)
+            return
+        if only is not None and not only(s):
+            return
+        plan = self.plan
+        c = plan.conf[name]
+        blocker = states.deps_blocker(c, self.svcs)
+        if c.singleton:
+            kw.setdefault("owned", name in self.grants)
+            kw.setdefault("owner", self.grant_owners.get(name, ""))
+        first = kw.pop("first", False) if kind is Ev.LAUNCHED else False
+        ev = Event(kind, now, deps_ready=not blocker, waiting_for=blocker,
+                   dependents_up=states.dependents_up(name, plan.rev.get(name, ()),
+                                                      plan.conf, self.svcs), **kw)
+        if self.cells is not None:
+            self.cells.add((s.state.value, kind.value))
+        try:
+            nxt, actions = states.step(s, ev, c)
+        except states.InvalidTransition as e:
+            self.out.append(Log(f"warning: {e}"))
+            return
+        self.svcs[name] = nxt
+        if nxt.state is not s.state:
+            self.out.append(Transition(name, s, nxt))
+        for a in actions:
+            self._action(a, now)
+        self._after_change(name, s, nxt, now)
+        if kind is Ev.SPAWN_FAILED:
+            why = nxt.reason.removeprefix("cannot start: ")
+            self.out.append(Log(f"cannot start {name}: {why}"))
+        elif kind is Ev.LAUNCHED:
+            self._after_launch(name, nxt, ev, first)
+        if name in self.removing:
+            self._forget_if_stopped(name)
+
+    def _action(self, a: states.Action, now: float) -> None:
+        if isinstance(a, states.Spawn):
+            for other in self.plan.conflicts.get(a.name, ()):
+                self.queue.appendleft((other, Ev.STOP, now, {}, states.is_up))
+            self.out.append(a)
+        elif isinstance(a, states.StopDependents):
+            conf = self.plan.conf
+            for d in self.plan.rev.get(a.name, ()):
+                if a.name in conf[d].requires:
+                    self.queue.append((d, Ev.DEPS_LOST, now, {"reason": a.reason},
+                                       states.is_up))
+        elif isinstance(a, states.RestartGroup):
+            for d in graph.dependents(self.plan.rev, a.name):
+                self.queue.append((d, Ev.RESTART, now, {}, states.is_up))
+        elif isinstance(a, states.Reboot):
+            self.reboot_requested = f"{a.name}: {a.reason}"
+            self.out.append(Log(f"{a.name}: restart intensity exceeded with action reboot: "
+                                "asking the tickler to stop petting the watchdog"))
+        else:  # Kill, ArmTimer, CancelTimer, Persist: the driver's
+            self.out.append(a)
+
+    def _after_change(self, name: str, old: Svc, new: Svc, now: float) -> None:
+        """What a service's step means for its checks and for the services around it."""
+        c = self.plan.conf[name]
+        out = self.out
+        if new.state is State.STARTING and new.pid is not None and old.pid != new.pid and \
+                c.ready in ("exec", "tcp") and states.needs_ready_timer(c):
+            out.append(states.ArmTimer(name, Timer.READY_CHECK, READY_CHECK_FIRST))
+        if new.state is State.READY and old.state is not State.READY:
+            # liveness is watched once start-up is over (as systemd does), never while
+            # a slow service is still getting ready
+            if c.health:
+                self.health_failures[name] = 0
+                out.append(states.ArmTimer(name, Timer.HEALTH_CHECK, c.health.interval))
+            if c.watchdog_sec:
+                out.append(states.ArmTimer(name, Timer.WATCHDOG, c.watchdog_sec))
+        if old.state is State.STARTING and (new.state is not State.STARTING
+                                            or new.pid != old.pid) \
+                and c.ready in ("exec", "tcp"):
+            out.append(DropProbe(name, "ready"))
+        if old.state is State.READY and (new.state is not State.READY or new.pid != old.pid) \
+                and c.health:
+            out.append(DropProbe(name, "health"))
+        rev = self.plan.rev.get(name, ())
+        queue = self.queue
+        if new.state is not old.state:
+            # Waiting dependents look again: started now, or a new reason to show.
+            for d in rev:
+                queue.append((d, Ev.DEPS_READY, now, {}, _waiting))
+        if new.state is not old.state or (new.pid is None) is not (old.pid is None):
+            # What it requires may be holding its stop or restart until it is down.
+            for r in c.requires:
+                queue.append((r, Ev.DEPS_READY, now, {}, states.waits_for_dependents))
+        if states.went_down(old, new) and not self.shutting_down:
+            # its process ended (even if a new one is already starting): what *requires*
+            # it restarts with it (DEPS_LOST); what only wants it or orders itself after
+            # it does not
+            conf = self.plan.conf
+            for d in rev:
+                if name in conf[d].requires:
+                    queue.append((d, Ev.DEPS_LOST, now,
+                                  {"reason": f"required service {name} went down"},
+                                  states.is_up))
+
+    def _sweep(self, name: str, s: Svc) -> None:
+        """After an exit was handled: the service is down (not stopping), so whatever its
+        main process left in its cgroup goes too (unless kill_mode = "process")."""
+        if not states.is_up(s) and s.state is not State.STOPPING and \
+                states.kills_leftovers(self.plan.conf[name]):
+            self.out.append(KillLeftovers(name))
+
+    def _forget_if_stopped(self, name: str) -> None:
+        s = self.svcs[name]
+        if name in self.removing and not states.is_up(s) and s.state is not State.STOPPING:
+            self.removing.discard(name)
+            del self.svcs[name]
+            self.plan = make_plan({n: c for n, c in self.plan.conf.items() if n != name})
+            self.out.append(Forget(name))
+
+    # --- what the driver saw -----------------------------------------------------------
+
+    def exited(self, name: str, pid: int, status: ExitStatus, now: float) -> None:
+        """A watched process `pid` of `name` ended (the driver stopped watching it)."""
+        s = self.svcs.get(name)
+        if s is None:
+            return
+        c = self.plan.conf[name]
+        self.out.append(states.CancelTimer(name, Timer.WATCHDOG))
+        if s.pid == pid and s.state is State.STARTING and c.kind == "forking":
+            self.out.append(FindMain(name, True, status))  # its launcher
+        elif s.pid == pid:
+            if s.state is not State.STOPPING:
+                self.out.append(Log(f"{name}: pid {pid} {status.describe()}"))
+            if states.kills_leftovers(c):
+                # kill_mode cgroup / mixed: the main process is gone, so is the rest of
+                # the cgroup (or process group), before anything starts in it again
+                self.out.append(KillLeftovers(name, pid))
+            self.queue.append((name, Ev.EXITED, now, {"status": status}, None))
+        self.queue.append((name, None, now, {}, None))
+
+    def launched(self, name: str, status: ExitStatus, pid: int | None, reason: str,
+                 first: bool, now: float) -> None:
+        """A forking service's main pid looked for (`pid` None: not found, `reason`)."""
+        self.push_front(name, Ev.LAUNCHED, now, status=status, pid=pid, reason=reason,
+                        first=first)
+
+    def _after_launch(self, name: str, s: Svc, ev: Event, first: bool) -> None:
+        if ev.pid is not None:
+            self.out.append(MainFound(name, ev.pid, s.pid == ev.pid))
+        if s.state is State.STARTING and s.pid is None:
+            if first:
+                self.out.append(Log(f"{name}: {s.reason}"))
+            self.out.append(states.ArmTimer(name, Timer.FIND_MAIN, FIND_MAIN_AGAIN))
+
+    def timer(self, name: str, kind: Timer, now: float) -> None:
+        """A service's timer fired (the driver dropped stale ones)."""
+        s = self.svcs.get(name)
+        if s is None:
+            return  # a timer of a service removed by a reload
+        ev = _TIMER_EVENT.get(kind)
+        if ev is not None:
+            self.queue.append((name, ev, now, {}, None))
+        elif kind is Timer.WATCHDOG:
+            if s.state is State.READY:
+                self.push(name, Ev.HUNG, now, reason=f"no WATCHDOG=1 within "
+                          f"{self.plan.conf[name].watchdog_sec:g} s")
+        elif kind is Timer.READY_CHECK:
+            if s.state is State.STARTING:
+                self.out.append(RunProbe(name, "ready"))
+        elif kind is Timer.HEALTH_CHECK:
+            if s.state is State.READY and self.plan.conf[name].health is not None:
+                self.out.append(RunProbe(name, "health"))
+        elif kind is Timer.READY_CHECK_TIMEOUT:
+            self.out.append(DropProbe(name, "ready", timed_out=True))
+        elif kind is Timer.HEALTH_CHECK_TIMEOUT:
+            self.out.append(DropProbe(name, "health", timed_out=True))
+        elif kind is Timer.FIND_MAIN:
+            if s.state is State.STARTING and s.pid is None:
+                self.out.append(FindMain(name, False))
+
+    def probe_result(self, name: str, purpose: str, ok: bool, detail: str,
+                     now: float) -> None:
+        """A readiness or health check ended (ok or not, `detail` says why)."""
+        s = self.svcs.get(name)
+        if s is None:
+            return
+        c = self.plan.conf[name]
+        if purpose == "ready":
+            if ok:
+                self.push(name, Ev.READY, now)
+            elif s.state is State.STARTING:
+                self.out.append(states.ArmTimer(name, Timer.READY_CHECK, READY_CHECK_AGAIN))
+            return
+        if c.health is None:
+            return
+        if ok:
+            self.health_failures[name] = 0
+        else:
+            n = self.health_failures.get(name, 0) + 1
+            self.health_failures[name] = n
+            self.out.append(Log(f"{name}: health check failed ({n}/{c.health.failures}): "
+                                f"{detail}"))
+            if n >= c.health.failures:
+                self.health_failures[name] = 0
+                self.push(name, Ev.HUNG, now, reason=f"health check failed {n} times: {detail}")
+                return
+        if s.state is State.READY:
+            self.out.append(states.ArmTimer(name, Timer.HEALTH_CHECK, c.health.interval))
+
+    def watchdog_ping(self, name: str) -> None:
+        """WATCHDOG=1: the service watchdog starts over (once it is ready)."""
+        c = self.plan.conf[name]
+        if c.watchdog_sec and self.svcs[name].state is State.READY:
+            self.out.append(states.ArmTimer(name, Timer.WATCHDOG, c.watchdog_sec))
+
+    def extend_timeout(self, name: str, seconds: float) -> None:
+        """EXTEND_TIMEOUT_USEC=: a starting service asks for more time to get ready."""
+        if self.svcs[name].state is State.STARTING:
+            self.out.append(states.ArmTimer(name, Timer.READY_TIMEOUT, seconds))
+
+    def may_take_main_pid(self, name: str, pid: int) -> bool:
+        """MAINPID=: worth checking (another pid, of a service that is up)?"""
+        s = self.svcs[name]
+        return pid != s.pid and states.is_up(s)
+
+    def main_pid(self, name: str, pid: int) -> None:
+        """MAINPID= accepted (the driver checked it is a process of the service)."""
+        self.svcs[name] = replace(self.svcs[name], pid=pid)
+        self.out.append(states.Persist(name))
+
+    # --- re-adoption ---------------------------------------------------------------------
+
+    def adopt(self, name: str, admin: Mapping[str, str], rec: Record | None, alive: bool,
+              now: float) -> bool:
+        """Rebuild `name` from its admin state (admin.json), its runtime record, and
+        whether the record's pid is verifiably still its process (`alive`). True: it is
+        adopted (the driver watches rec.pid). Call `adopted` once every service is done."""
+        c = self.plan.conf[name]
+        s = self.svcs[name]
+        if admin.get("want") == "down" or not c.enabled:
+            s = replace(s, want="down", reason="stopped by administrator"
+                        if admin.get("want") == "down" else "disabled in configuration")
+        if "maintenance" in admin:
+            s = replace(s, state=State.MAINTENANCE, reason=admin["maintenance"])
+        if name in self.rescue_held:
+            s = replace(s, state=State.MAINTENANCE, reason="rescue: boot loop (hachain "
+                        "clear --boot-loop)")
+        if rec is not None and rec.pid and alive:
+            st = State.READY if rec.state == "ready" else State.STARTING
+            if st is State.STARTING and c.kind == "longrun" and c.ready in ("fd", "none"):
+                # the readiness pipe died with the previous restarter; "none" is ready
+                # once running (a record caught mid-restart says starting)
+                st = State.READY
+            # what is wanted comes from admin.json, never from the record
+            s = replace(s, state=st, pid=rec.pid, restarts=rec.restarts,
+                        started_at=rec.started_mono or now, reason="adopted")
+            if st is State.STARTING and states.needs_ready_timer(c):
+                self.out.append(states.ArmTimer(name, Timer.READY_TIMEOUT, c.ready_timeout))
+            elif c.watchdog_sec:
+                self.out.append(states.ArmTimer(name, Timer.WATCHDOG, c.watchdog_sec))
+            self.svcs[name] = s
+            if s.want == "down" and s.state is not State.MAINTENANCE:
+                self.later.append((name, Ev.STOP, {}))  # stopped by hand
+            return True
+        # Not running (any more): clear leftovers of it so we never run two copies
+        # (kill_mode = "process": they are meant to outlive it, and stay).
+        if states.kills_leftovers(c):
+            self.out.append(KillLeftovers(name, why="leftover process(es) in its cgroup"))
+        if rec is not None and s.state is not State.MAINTENANCE:
+            restored = _RESTORED.get(rec.state)
+            if restored is not None:
+                s = replace(s, state=restored, restarts=rec.restarts,
+                            reason=f"{rec.state} (before the restarter restarted)")
+            elif rec.state == "stopping" and s.want == "down":
+                # stopped by hand, and it finished stopping while no restarter watched
+                s = replace(s, state=State.STOPPED, restarts=rec.restarts)
+            elif rec.state in ("ready", "starting", "stopping") and rec.pid:
+                # It died while no restarter watched it: that exit goes through policy.
+                s = replace(s, state=State.READY, pid=rec.pid, restarts=rec.restarts,
+                            started_at=rec.started_mono or now)
+                self._to_exit.append(name)
+        self.svcs[name] = s
+        return False
+
+    def adopted(self, now: float) -> None:
+        """Every service was adopted or not: hold back the exits of those that died
+        unwatched, then the start of every service wanted up, in dependency order."""
+        for name in self._to_exit:
+            self.later.append((name, Ev.EXITED, {"status": ExitStatus("unknown")}))
+        self._to_exit = []
+        for name in self.plan.order:
+            s = self.svcs[name]
+            if s.state is State.STOPPED and s.want == "up":
+                self.later.append((name, Ev.START, {}))
+
+    # --- the administrator ---------------------------------------------------------------
+
+    def request(self, op: str, name: Any, now: float) -> str | None:
+        """start / stop / restart / clear NAME: queued, or refused (the error)."""
+        if not isinstance(name, str) or name not in self.plan.conf:
+            return f"unknown service {name!r}"
+        if self.shutting_down:
+            return "the restarter is shutting down"
+        s = self.svcs[name]
+        if op in ("start", "restart") and s.state is State.MAINTENANCE:
+            return f"{name} is in maintenance ({s.reason}); use 'hachain clear {name}'"
+        if op == "clear" and name in self.rescue_held:
+            self.rescue_held.discard(name)
+            self.out.append(ReleaseRescue(name))
+        self.push(name, Ev(op), now)
+        return None
+
+    def admin_entry(self, name: str) -> dict[str, str] | None:
+        """What admin.json keeps for `name`: held down by hand, or in maintenance (a
+        rescue's hold is the boot record's, not admin state)."""
+        s = self.svcs.get(name)
+        if s is None:
+            return None  # removed by a reload
+        if s.state is State.MAINTENANCE and name not in self.rescue_held:
+            return {"want": s.want, "maintenance": s.reason}
+        if s.want == "down" and self.plan.conf[name].enabled:
+            return {"want": "down"}
+        return None
+
+    def admin(self) -> dict[str, dict[str, str]]:
+        return {n: e for n in self.svcs if (e := self.admin_entry(n)) is not None}
+
+    def critical_report(self) -> dict[str, dict[str, Any]]:
+        """The critical services as the heartbeat reports them to the health gate: a
+        service in maintenance or failed fails it, unless a rescue boot holds it."""
+        out = {}
+        for n in self.plan.critical:
+            s = self.svcs[n]
+            out[n] = {"state": s.state.value,
+                      "ok": s.state not in (State.MAINTENANCE, State.FAILED)
+                      or n in self.rescue_held,
+                      "reason": s.reason}
+        return out
+
+    def reload(self, new: Mapping[str, ServiceConfig], now: float
+               ) -> tuple[list[str], list[str], list[str]]:
+        """A new, valid set of services: start the added ones, restart the changed ones
+        that run, stop the removed ones (forgotten once down). (added, changed, removed)"""
+        old = self.plan.conf
+        added = [n for n in new if n not in old]
+        removed = [n for n in old if n not in new]
+        changed = [n for n in new if n in old and new[n] != old[n]]
+        self.plan = make_plan({**old, **new})  # removed ones stay until they have stopped
+        for n in added:
+            self.svcs[n] = states.initial(n)
+        for n in removed:
+            self.removing.add(n)
+            self.push(n, Ev.STOP, now)
+        for n in changed:
+            self.queue.append((n, Ev.RESTART, now, {}, states.is_up))
+        for n in self.plan.order:
+            if n in added and new[n].enabled:
+                self.later.append((n, Ev.START, {}))
+        return added, changed, removed
+
+    # --- the orderly shutdown ---------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        self.shutting_down = True
+        self.stop_levels = list(reversed(graph.start_levels(self.plan.deps)))
+
+    def stop_level(self, now: float) -> None:
+        """Stop what still runs (or is about to) in the level that leaves first."""
+        if self.stop_levels:
+            for name in self.stop_levels[0]:
+                s = self.svcs[name]
+                if states.is_up(s) or s.state in (State.BACKOFF, State.WAITING):
+                    self.push(name, Ev.STOP, now)
+
+    def level_stopped(self) -> bool:
+        """Is every service of the first level down (then the next level is first)?"""
+        if any(self.svcs[n].state is State.STOPPING for n in self.stop_levels[0]):
+            return False
+        self.stop_levels.pop(0)
+        return True
+
+
+__all__ = ["Core", "Plan", "make_plan", "Effect", "Transition", "Log", "KillLeftovers",
+           "RunProbe", "DropProbe", "FindMain", "MainFound", "ReleaseRescue", "Forget"]
