@@ -50,9 +50,9 @@ from typing import Any
 from hachain import bootrecord
 from hachain.channels import Heartbeat
 from hachain.config import Backoff, Config, Intensity, ServiceConfig, WatchdogConfig
-from hachain.restarter import states
+from hachain.restarter import core, states
 from hachain.restarter.policy import ExitStatus
-from hachain.restarter.states import Ev, Event, State, Svc
+from hachain.restarter.states import Ev, State, Svc, Timer
 from hachain.simulators import converge
 from hachain.watchdog import health
 
@@ -202,7 +202,7 @@ class Record:
     state: str
     pid: int | None
     want: str
-    started_at: float | None
+    started_mono: float | None
     restarts: int
 
 
@@ -273,78 +273,58 @@ def _ticks(delay: float) -> int:
 
 
 class _Restarter:
-    """The restarter's event-loop glue around `states.step`, on a mutable copy of a World.
+    """The model's effects around the restarter's real core, on a mutable copy of a World.
 
-    Mirrors hachain/restarter/loop.py: feed(), do(), _after_change(), adopt_or_start(),
-    flush(). Only the restarter's memory, the processes and the records change here.
+    The restarter's decisions (dependencies, DEPS_LOST routing, conflicts, adoption, admin
+    state, critical services, and through the core `states.step`) are all made by
+    `hachain.restarter.core.Core`, the object the restarter's event loop drives. Like
+    loop.py, this class only turns the core's effects into the model's processes, pidfds,
+    timers and records, and pushes back what they teach (a spawned pid, an exit).
     """
 
     def __init__(self, m: Model, w: World) -> None:
         self.m = m
         self.broken = w.broken
-        self.held = w.held
-        self.svcs = list(w.svcs)
         self.watched = list(w.watched)
         self.timers = [dict(t) for t in w.timers]
-        self.reboot_req = w.reboot_req
         self.procs = [{p[0]: p[1:] for p in ps} for ps in w.procs]
         self.records = list(w.records)
-        self.maint = list(w.maint)
+        self.persisted = w.maint  # admin.json as a starting restarter reads it
         self.dirty: set[int] = set()
         self.notes: list[str] = []
-
-    def deps_blocker(self, i: int) -> str:
-        c = self.m.confs[i]
-        return states.deps_blocker(c, {d: self.svcs[self.m.index[d]] for d in c.deps})
+        self.duplicate = False  # the adopt-duplicates mutant, while it adopts
+        self.core = core.Core(m.plan, {c.name: s for c, s in zip(m.confs, w.svcs, strict=True)})
+        self.core.rescue_held = set(w.held)
+        self.core.reboot_requested = "requested" if w.reboot_req else None
+        self.core.cells = m.cells
 
     def feed(self, i: int, kind: Ev, **kw: Any) -> None:
-        s = self.svcs[i]
-        self.m.cells.add((s.state.value, kind.value))
-        blocker = self.deps_blocker(i)
-        rev = self.m.rev[i]
-        up = states.dependents_up(f"svc{i}", [f"svc{d}" for d in rev],
-                                  {f"svc{d}": self.m.confs[d] for d in rev},
-                                  {f"svc{d}": self.svcs[d] for d in rev})
-        ev = Event(kind, EPOCH, deps_ready=not blocker, waiting_for=blocker, dependents_up=up,
-                   **kw)
-        try:
-            nxt, actions = states.step(s, ev, self.m.confs[i])
-        except states.InvalidTransition as e:
-            self.notes.append(f"invalid: {e}")
-            return
-        self.svcs[i] = nxt
-        if nxt.state is not s.state:
-            self.notes.append(f"svc{i} {s.state.value}->{nxt.state.value}")
-        for a in actions:
-            self.do(a)
-        self.after_change(i, s, self.svcs[i])
+        self.core.push(self.m.confs[i].name, kind, EPOCH, **kw)
+        self.run()
 
-    def after_change(self, i: int, old: Svc, new: Svc) -> None:
-        if new.state is not old.state:
-            for d in self.m.rev[i]:
-                if self.svcs[d].state is State.WAITING:
-                    self.feed(d, Ev.DEPS_READY)
-        if new.state is not old.state or (new.pid is None) is not (old.pid is None):
-            for r in self.m.confs[i].requires:
-                if states.waits_for_dependents(self.svcs[self.m.index[r]]):
-                    self.feed(self.m.index[r], Ev.DEPS_READY)
-        if states.went_down(old, new):
-            for d in self.m.rev[i]:
-                if f"svc{i}" in self.m.confs[d].requires and states.is_up(self.svcs[d]):
-                    self.feed(d, Ev.DEPS_LOST, reason=f"required service svc{i} went down")
+    def run(self) -> None:
+        """Carry out the core's effects until it has nothing left to do."""
+        nxt = self.core.next_effect
+        while (e := nxt()) is not None:
+            self.do(e)
 
     def new_pid(self) -> int:
         used = {p for ps in self.procs for p in ps} | {w for w in self.watched if w}
-        used |= {s.pid for s in self.svcs if s.pid} | {r.pid for r in self.records
-                                                       if r is not None and r.pid}
+        used |= {s.pid for s in self.core.svcs.values() if s.pid}
+        used |= {r.pid for r in self.records if r is not None and r.pid}
         pid = 1
         while pid in used:
             pid += 1
         return pid
 
-    def do(self, a: states.Action) -> None:
+    def do(self, a: Any) -> None:
+        if isinstance(a, (core.Log, core.RunProbe, core.DropProbe, core.FindMain,
+                          core.MainFound, core.ReleaseRescue, core.Forget)):
+            return  # logging; checks, forking services, rescue release, reload: not modelled
         i = self.m.index[a.name]
-        if isinstance(a, states.Spawn):
+        if isinstance(a, core.Transition):
+            self.notes.append(f"svc{i} {a.old.state.value}->{a.new.state.value}")
+        elif isinstance(a, states.Spawn):
             pid = self.new_pid()
             if self.broken and i == 0:  # it crashes at once: only its exit is left
                 self.notes.append(f"svc{i} pid {pid} crashes at once")
@@ -354,9 +334,9 @@ class _Restarter:
                 self.procs[i][pid] = (DONE, 0, False)
             self.watched[i] = pid
             self.notes.append(f"spawn svc{i} pid {pid}")
-            self.feed(i, Ev.SPAWNED, pid=pid)
+            self.core.push_front(a.name, Ev.SPAWNED, EPOCH, pid=pid)
         elif isinstance(a, states.Kill):
-            main = self.svcs[i].pid
+            main = self.core.svcs[a.name].pid
             hit = [p for p in self.procs[i] if a.group or p == main]
             for p in hit:
                 if a.signal == SIGKILL:
@@ -364,101 +344,77 @@ class _Restarter:
                 else:  # it exits when it likes; SIGKILL follows the stop timeout
                     phase, left, _ = self.procs[i][p]
                     self.procs[i][p] = (phase, left, True)
+        elif isinstance(a, core.KillLeftovers):
+            if not self.duplicate:
+                self.procs[i].clear()  # its cgroup: never two copies
         elif isinstance(a, states.ArmTimer):
-            self.timers[i][a.kind] = _ticks(a.delay)
+            if math.isinf(a.delay):
+                self.timers[i].pop(a.kind, None)
+            else:
+                self.timers[i][a.kind] = _ticks(a.delay)
         elif isinstance(a, states.CancelTimer):
             self.timers[i].pop(a.kind, None)
         elif isinstance(a, states.Persist):
             self.dirty.add(i)
-        elif isinstance(a, states.StopDependents):
-            for d in self.m.rev[i]:
-                if states.is_up(self.svcs[d]):
-                    self.feed(d, Ev.DEPS_LOST, reason=a.reason)
-        elif isinstance(a, states.RestartGroup):
-            for d in self.m.all_dependents(i):
-                if states.is_up(self.svcs[d]):
-                    self.feed(d, Ev.RESTART)
-        elif isinstance(a, states.Reboot):
-            self.reboot_req = True
 
     def on_exit(self, i: int) -> None:
-        """The watched pid's pidfd became readable: reap it, feed EXITED if current."""
+        """The watched pid's pidfd became readable: the core hears of the exit."""
         pid = self.watched[i]
+        assert pid is not None
         self.watched[i] = None
-        s = self.svcs[i]
-        if s.pid == pid:
-            sig = SIGTERM if s.state is State.STOPPING else SIGKILL
-            self.feed(i, Ev.EXITED, status=ExitStatus("killed", signal=sig))
-        s = self.svcs[i]
-        if not states.is_up(s) and s.state is not State.STOPPING:
-            self.procs[i].clear()  # whatever it left in its cgroup goes too
+        s = self.core.svcs[self.m.confs[i].name]
+        sig = SIGTERM if s.state is State.STOPPING else SIGKILL
+        self.core.exited(s.name, pid, ExitStatus("killed", signal=sig), EPOCH)
+        self.run()
 
     def adopt_or_start(self, boot: bool) -> None:
-        """A (re)started restarter rebuilds every service from records and reality."""
-        to_exit = []
-        duplicate = self.m.opts.mutant == "adopt-duplicates" and not boot
+        """A (re)started restarter: the core rebuilds every service from the admin
+        state, the records, and whether each record's pid is one of its processes."""
+        self.duplicate = self.m.opts.mutant == "adopt-duplicates" and not boot
         for i in self.m.order:
-            s = states.initial(f"svc{i}")
-            if self.maint[i]:
-                s = replace(s, state=State.MAINTENANCE, reason="maintenance (persisted)")
-            if f"svc{i}" in self.held:  # the loop's rescue_held
-                s = replace(s, state=State.MAINTENANCE, reason="rescue: boot loop")
-            rec = None if duplicate else self.records[i]
-            if rec is not None and rec.pid and rec.pid in self.procs[i]:
-                st = State.READY if rec.state == "ready" else State.STARTING
-                s = replace(s, state=st, pid=rec.pid, restarts=rec.restarts,
-                            started_at=rec.started_at or EPOCH, reason="adopted")
+            name = self.m.confs[i].name
+            admin = {"want": "up", "maintenance": "maintenance (persisted)"} \
+                if self.persisted[i] else {}
+            rec = None if self.duplicate else self.records[i]
+            alive = rec is not None and rec.pid in self.procs[i]
+            if self.core.adopt(name, admin, rec, alive, EPOCH):
+                assert rec is not None
                 self.watched[i] = rec.pid
-                if st is State.STARTING:
-                    self.timers[i][Ev.READY_TIMEOUT.value] = _ticks(
-                        self.m.confs[i].ready_timeout)
-                self.svcs[i] = s
-                self.dirty.add(i)
                 self.notes.append(f"adopt svc{i} pid {rec.pid}")
-                continue
-            if not duplicate:
-                self.procs[i].clear()  # cgroup leftovers: never two copies
-            if rec is not None and s.state is not State.MAINTENANCE:
-                restored = {"done": State.DONE, "failed": State.FAILED}.get(rec.state)
-                if restored is not None:
-                    s = replace(s, state=restored, restarts=rec.restarts)
-                elif rec.state in ("ready", "starting", "stopping") and rec.pid:
-                    s = replace(s, state=State.READY, pid=rec.pid, restarts=rec.restarts,
-                                started_at=rec.started_at or EPOCH)
-                    to_exit.append(i)
-            self.svcs[i] = s
-        for i in to_exit:
-            self.feed(i, Ev.EXITED, status=ExitStatus("unknown"))
-        for i in self.m.order:
-            s = self.svcs[i]
-            if s.state is State.STOPPED and s.want == "up":
-                self.feed(i, Ev.START)
+        self.run()
+        self.duplicate = False
+        self.core.adopted(EPOCH)
+        self.core.release(len(self.core.later), EPOCH)
+        self.run()
+
+    def maint(self) -> tuple[bool, ...]:
+        """The admin state the core keeps (admin.json): held in maintenance."""
+        return tuple(e is not None and "maintenance" in e
+                     for e in map(self.core.admin_entry, self.m.names))
 
     def flush(self) -> None:
         for i in self.dirty:
-            s = self.svcs[i]
+            s = self.core.svcs[self.m.confs[i].name]
             self.records[i] = Record(s.state.value, s.pid, s.want, s.started_at,
                                      min(s.restarts, RESTARTS_CAP))
         self.dirty.clear()
-        self.maint = [s.state is State.MAINTENANCE for s in self.svcs]
 
     def into(self, w: World, **kw: Any) -> World:
         """`w` with this restarter's memory and the world it changed."""
         self.flush()
-        svcs = tuple(replace(s, restarts=min(s.restarts, RESTARTS_CAP)) for s in self.svcs)
+        svcs = tuple(replace(self.core.svcs[n], restarts=min(self.core.svcs[n].restarts,
+                                                               RESTARTS_CAP))
+                     for n in self.m.names)
         return replace(
             w, svcs=svcs, watched=tuple(self.watched),
             timers=tuple(tuple(sorted(t.items())) for t in self.timers),
-            reboot_req=self.reboot_req,
+            reboot_req=self.core.reboot_requested is not None,
             procs=tuple(tuple((p,) + v for p, v in sorted(ps.items())) for ps in self.procs),
-            records=tuple(self.records), maint=tuple(self.maint), **kw)
+            records=tuple(self.records), maint=self.maint(), **kw)
 
     def heartbeat(self, w: World) -> World:
-        """The restarter's heartbeat: age 0 and a fresh report on critical services."""
-        extra = tuple((f"svc{i}", s.state.value,
-                       s.state not in (State.MAINTENANCE, State.FAILED)
-                       or f"svc{i}" in w.held)  # a rescue's holds do not gate
-                      for i, s in enumerate(w.svcs) if self.m.confs[i].critical)
+        """The restarter's heartbeat: age 0 and the core's report on critical services."""
+        extra = tuple((n, d["state"], d["ok"]) for n, d in self.core.critical_report().items())
         return replace(w, hb_age=(w.hb_age[0], 0), hb_extra=extra, hb_reboot=w.reboot_req)
 
 
@@ -469,13 +425,8 @@ class Model:
         self.opts = opts
         self.confs = opts.configs or service_configs(opts.services, opts.faults)
         self.index = {c.name: i for i, c in enumerate(self.confs)}
-        # who orders itself after whom (requires, wants and after), as the loop's
-        # graph.reverse: waiting dependents look again when it changes; only those that
-        # require it lose it when it goes down
-        self.rev: list[list[int]] = [[] for _ in self.confs]
-        for i, c in enumerate(self.confs):
-            for d in c.deps:
-                self.rev[self.index[d]].append(i)
+        self.names = [c.name for c in self.confs]
+        self.plan = core.make_plan({c.name: c for c in self.confs})  # the restarter's
         self.order = list(range(len(self.confs)))  # requires point to lower indexes
         self.wdc = WatchdogConfig(device="sim", timeout=opts.wd_timeout,
                                   pet_interval=float(opts.pet_interval),
@@ -491,16 +442,6 @@ class Model:
             svcs=tuple(states.initial(c.name) for c in self.confs), watched=(None,) * n,
             timers=((),) * n, reboot_req=False, procs=((),) * n, records=(None,) * n,
             maint=(False,) * n, crash_only=True)
-
-    def all_dependents(self, i: int) -> list[int]:
-        out: list[int] = []
-        todo = list(self.rev[i])
-        while todo:
-            d = todo.pop(0)
-            if d not in out:
-                out.append(d)
-                todo.extend(self.rev[d])
-        return out
 
     # --- boot, gate, goal ------------------------------------------------------------
 
@@ -689,7 +630,8 @@ class Model:
             if left == 0:
                 r = _Restarter(self, w)
                 del r.timers[i][kind]
-                r.feed(i, Ev(kind))
+                r.core.timer(self.names[i], Timer(kind), EPOCH)
+                r.run()
                 yield self.rstep(w, r, f"restarter: svc{i} {kind} timer fires")
 
     def rstep(self, w: World, r: _Restarter, label: str) -> Step:
@@ -769,10 +711,10 @@ class Model:
         return replace(s, started_at=started, history=hist)
 
     def age_record(self, r: Record | None) -> Record | None:
-        if r is None or r.started_at is None:
+        if r is None or r.started_mono is None:
             return r
         floor = EPOCH - max(c.backoff.reset_after for c in self.confs)
-        return replace(r, started_at=max(r.started_at - 1, floor))
+        return replace(r, started_mono=max(r.started_mono - 1, floor))
 
 
 def _set(t: tuple[Any, ...], i: int, v: Any) -> Any:
