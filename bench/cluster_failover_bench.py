@@ -1,6 +1,6 @@
 """Singleton failover time on a real etcd cluster and three simulated machines.
 
-    .venv/bin/python bench/cluster_failover_bench.py [--runs 20] [--kind kill|hang|partition]
+    .venv/bin/python bench/cluster_failover_bench.py [--runs 20] [--kind kill|hang|partition|stop]
                                                      [--ttl 4] [--timeout 2] [--json]
 
 Starts a 3-member etcd cluster (Debian's etcd-server) on free 127.0.0.1 ports and three
@@ -10,7 +10,10 @@ start (hachain/simulators/singleton_svc.py). Each run finds the owner and inject
 
 - kill: a power cut of the owner's machine (every process dies at once; it boots again);
 - hang: every process of the owner's machine SIGSTOPped (its watchdog resets it);
-- partition: `ip link set <host side of its veth> down` (healed after the run).
+- partition: `ip link set <host side of its veth> down` (healed after the run);
+- stop: an orderly stop of the owner's chain (SIGTERM to its init, which then reboots the
+  machine): its cluster layer gives the lease back once the singleton is down, so this
+  is a hand-over, not a failover: no lease expiry is waited for.
 
 Failover time = from the fault to the service's start stamp on the new owner (the
 service is ready when it starts: `ready = "none"`), both CLOCK_MONOTONIC. Reported: the
@@ -57,7 +60,7 @@ def stamps_of(path: str) -> list[dict[str, Any]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--kind", choices=("kill", "hang", "partition"), default="kill")
+    p.add_argument("--kind", choices=("kill", "hang", "partition", "stop"), default="kill")
     p.add_argument("--ttl", type=int, default=4)
     p.add_argument("--timeout", type=int, default=2)
     p.add_argument("--json", action="store_true")
@@ -103,6 +106,10 @@ def main() -> int:
             t_fault = time.monotonic()
             if a.kind == "kill":
                 m.power_cut()
+            elif a.kind == "stop":
+                init = m.init_host_pid()
+                assert init is not None
+                os.kill(init, signal.SIGTERM)
             elif a.kind == "hang":
                 for pid in m.namespace_pids().values():
                     try:
