@@ -52,8 +52,7 @@ import fcntl
 import os
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from hachain.channels import ENV_SIM_WATCHDOG
 
@@ -173,8 +172,7 @@ class WatchdogError(OSError):
         return cls(f"{path}: {operation}: {reason}", err, path)
 
 
-@dataclass(frozen=True)
-class WatchdogInfo:
+class WatchdogInfo(NamedTuple):
     """What GETSUPPORT returns."""
 
     options: int

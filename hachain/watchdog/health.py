@@ -45,19 +45,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hachain.channels import Heartbeat
-from hachain.config import WatchdogConfig
+
+if TYPE_CHECKING:
+    from hachain.config import WatchdogConfig
 
 # The layers whose heartbeats gate the watchdog. The tickler does not gate itself: if it
 # is stuck, it does not pet, which is the same outcome.
 GATED_LAYERS = ("init", "restarter")
 
 
-@dataclass(frozen=True)
-class GateResult:
+class GateResult(NamedTuple):
     """The verdict: `ok` when nothing is wrong, else one line per problem in `reasons`."""
 
     ok: bool

@@ -48,19 +48,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from hachain import bootrecord, channels, sdnotify, snapshot
-from hachain.config import (
-    DEFAULT_PATH,
-    BootLoop,
-    ChainConfig,
-    ClusterConfig,
-    Config,
-    ConfigError,
-    WatchdogConfig,
-)
+from hachain import bootrecord, channels, sdnotify
+from hachain.errors import ConfigError
 from hachain.watchdog import health
 from hachain.watchdog.device import (
     WDIOF_CARDRESET,
@@ -71,7 +62,11 @@ from hachain.watchdog.device import (
     open_watchdog,
 )
 
+if TYPE_CHECKING:
+    from hachain.config import Config
+
 PROG = "hachain-tickler"
+DEFAULT_PATH = channels.DEFAULT_CONFIG
 LAST_BOOT = channels.LAST_BOOT  # in persist_dir; written by the tickler once per boot
 READ_DEADLINE_MAX = 0.5  # a heartbeat read slower than this (or margin / 4) fails the gate
 RECORD_DEADLINE = 5.0  # the boot record at start, before the device is armed
@@ -646,6 +641,19 @@ def begin_boot_record(cfg: Config, boot_id: str, bootstatus: int | None = None,
                                  bl.window, bl.action, bootstatus=bootstatus, device=device)
 
 
+class Tables:
+    """A configuration table as the tickler keeps it: the fields of the dataclass of
+    hachain.config that `asdict` gave, as attributes (no code of hachain.config needed)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        if not isinstance(fields, dict):
+            raise TypeError("a table")
+        self.__dict__.update(fields)
+
+    def __repr__(self) -> str:
+        return f"Tables({self.__dict__!r})"
+
+
 def load_config(path: str) -> Config:
     """[chain] and [watchdog] of this chain run's running configuration snapshot
     (`snapshot.for_layer`: never the live file once the run has one), HACHAIN_* overrides
@@ -653,7 +661,9 @@ def load_config(path: str) -> Config:
 
     The file is parsed in a short-lived child process. Parsing 1000 services leaves about
     3 MB in Python's allocator that the tickler, which locks its memory, would otherwise
-    carry for its whole life. Raises ConfigError as load() does.
+    carry for its whole life; and only the child imports the configuration code (the
+    schema, tomllib, dataclasses: about 4 MB more). The tickler keeps the tables as plain
+    attribute holders (`Tables`) with the same names. Raises ConfigError as load() does.
     """
     r, w = os.pipe()
     pid = os.fork()
@@ -662,6 +672,9 @@ def load_config(path: str) -> Config:
         try:
             os.close(r)
             try:
+                from dataclasses import asdict
+
+                from hachain import snapshot
                 cfg, _snap = snapshot.for_layer(path)
                 out: dict[str, Any] = {"path": cfg.path, "chain": asdict(cfg.chain),
                                        "watchdog": asdict(cfg.watchdog),
@@ -682,11 +695,12 @@ def load_config(path: str) -> Config:
         d = json.loads(raw)
         if "errors" in d:
             raise ConfigError([str(x) for x in d["errors"]])
-        d["chain"]["boot_loop"] = BootLoop(**d["chain"]["boot_loop"])
-        return Config(path=d["path"], chain=ChainConfig(**d["chain"]),
-                      watchdog=WatchdogConfig(**d["watchdog"]), services={},
-                      cluster=ClusterConfig(**d["cluster"]) if d.get("cluster") else None)
-    except (ValueError, TypeError, KeyError):
+        d["chain"]["boot_loop"] = Tables(d["chain"]["boot_loop"])
+        return cast("Config", Tables({
+            "path": d["path"], "chain": Tables(d["chain"]),
+            "watchdog": Tables(d["watchdog"]), "services": {},
+            "cluster": Tables(d["cluster"]) if d.get("cluster") else None}))
+    except (ValueError, TypeError, KeyError, AttributeError):
         raise ConfigError([f"{path}: the configuration parser process failed"]) from None
 
 

@@ -1,0 +1,45 @@
+"""What the long-lived layers keep in memory (issue 19): the tickler parses the
+configuration in a short-lived child and never imports the configuration code itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from hachain import config
+from hachain.watchdog import tickler
+
+HEAVY = ("hachain.config", "hachain.schema", "hachain.snapshot", "tomllib", "dataclasses",
+         "inspect", "hashlib")
+
+
+def test_the_tickler_module_imports_no_configuration_code() -> None:
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", "import json, sys; import hachain.watchdog.tickler; "
+         "print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, timeout=60, check=True)
+    mods = set(json.loads(out.stdout))
+    assert "hachain.watchdog.tickler" in mods
+    assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+
+
+def test_load_config_gives_the_tickler_the_same_tables(tmp_path: Any) -> None:
+    path = tmp_path / "chain.toml"
+    path.write_text(f'[chain]\nstate_dir = "{tmp_path / "run"}"\n'
+                    f'persist_dir = "{tmp_path / "persist"}"\ncgroup_root = "none"\n'
+                    'heartbeat_interval = 0.7\nboot_loop = { resets = 4, window = 99 }\n'
+                    '[watchdog]\ndevice = "none"\npet_interval = 1.5\ntimeout = 17\n'
+                    '[service.a]\ncommand = ["sleep", "1"]\n')
+    want = config.load(str(path))
+    got = tickler.load_config(str(path))
+    assert got.path == want.path
+    assert got.services == {}
+    assert got.cluster is None
+    assert vars(got.chain) | {"boot_loop": None} == \
+        vars(want.chain) | {"boot_loop": None}
+    assert vars(got.chain.boot_loop) == vars(want.chain.boot_loop)
+    assert got.chain.boot_loop.resets == 4
+    assert vars(got.watchdog) == vars(want.watchdog)
+    assert got.watchdog.pet_interval == 1.5 and got.watchdog.timeout == 17
