@@ -44,7 +44,7 @@ def test_init_imports_only_stdlib_and_channels():
 
 
 def test_policy_and_states_do_no_io():
-    for name in ("policy.py", "states.py", "graph.py"):
+    for name in ("policy.py", "states.py", "graph.py", "core.py"):
         mods = imports_of(os.path.join(ROOT, "restarter", name))
         for forbidden in ("os", "subprocess", "socket", "time", "selectors"):
             assert forbidden not in mods, f"restarter/{name} imports {forbidden}"
