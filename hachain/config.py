@@ -21,7 +21,6 @@ import os
 import re
 import signal
 import sys
-import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -695,6 +694,7 @@ _SVC_KEYS = set(SERVICE.names)
 
 def parse(text: str, path: str = "chain.toml") -> Config:
     """Parse and validate TOML text. Raises ConfigError listing every problem."""
+    import tomllib  # here: the layers start from the parsed snapshot (snapshot.PARSED)
     r = S.Report(os.path.basename(path), text)
     try:
         data = tomllib.loads(text)

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import math
 import re
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +103,7 @@ _KEYLINE = re.compile(rf"^\s*({_DOTTED})\s*=")
 
 def _split(dotted: str) -> Path | None:
     """('a', 'b') for the TOML key text `a."b"`, using tomllib's own key rules."""
+    import tomllib  # here: a layer that loads a parsed configuration never needs it
     try:
         d: Any = tomllib.loads(dotted + " = 0")
     except tomllib.TOMLDecodeError:
@@ -187,6 +187,7 @@ class Locator:
             if m:
                 p = _split(m.group(1))
                 if p is not None:
+                    import tomllib
                     try:
                         inner = _paths(tomllib.loads(ln.strip()), ())
                     except tomllib.TOMLDecodeError:

@@ -43,3 +43,15 @@ def test_load_config_gives_the_tickler_the_same_tables(tmp_path: Any) -> None:
     assert got.chain.boot_loop.resets == 4
     assert vars(got.watchdog) == vars(want.watchdog)
     assert got.watchdog.pet_interval == 1.5 and got.watchdog.timeout == 17
+
+
+def test_the_restarter_starts_without_the_toml_parser() -> None:
+    """The restarter starts from the parsed snapshot: tomllib is imported only when a
+    text is parsed (a reload, or no snapshot yet)."""
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", "import json, sys; import hachain.restarter.__main__; "
+         "print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, timeout=60, check=True)
+    mods = set(json.loads(out.stdout))
+    assert "hachain.restarter.loop" in mods
+    assert "tomllib" not in mods
