@@ -126,18 +126,24 @@ def etcd_leader(etcd: EtcdCluster) -> Any:
 
 def test_the_owner_keeps_its_lease_when_the_etcd_member_it_talks_to_dies(
         tmp_path: Any) -> None:
-    """One machine whose first endpoint is the raft leader: kill the member it talks
-    to (a new election follows), then, with it back, the one it moved to. Each time the
-    layer moves on, renews the same lease, the singleton runs on with no stop, and the
-    machine is not reset."""
+    """One machine whose endpoints are a follower, the raft leader, another follower:
+    kill the member it talks to (the follower: it moves to the leader), bring it back,
+    kill the one it moved to (the leader: a new election follows). Each time the layer
+    renews the same lease through another member, the singleton keeps its key and token
+    (no failover) and the machine is not reset. After the follower's death the renewal
+    comes before the singleton's start_until, so it runs on with no stop; after the
+    leader's, the election may take longer than that (0.7 to 1.5 s measured, against
+    1.3 s): then the restarter stops it and starts it again with the same token."""
     tmp = str(tmp_path)
     stamps = os.path.join(tmp, "stamps.jsonl")
     etcd = EtcdCluster(os.path.join(tmp, "etcd"))
     m: SimMachine | None = None
+    budget = timing.stop_budget(STOP, HB)
     try:
         etcd.start()
         leader = wait_until(lambda: etcd_leader(etcd), 10, "an etcd leader")
-        eps = [leader.endpoint] + [x.endpoint for x in etcd.members if x is not leader]
+        followers = [x.endpoint for x in etcd.members if x is not leader]
+        eps = [followers[0], leader.endpoint, followers[1]]
         cfg = os.path.join(tmp, "n0.toml")
         node_config(cfg, "n0", eps, stamps, f"/t{os.getpid()}/")
         m = SimMachine(cfg, os.path.join(tmp, "n0"), panic_delay=0.2,
@@ -145,27 +151,36 @@ def test_the_owner_keeps_its_lease_when_the_etcd_member_it_talks_to_dies(
         m.start()
         mach = m
         hb = wait_until(lambda: (h := mach.heartbeat("cluster")) is not None and
-                        "db" in h.extra.get("owned", {}) and h, 60, "n0 to own db")
+                        "db" in h.extra.get("owned", {}) and not h.extra["error"] and h,
+                        60, "n0 to own db")
         lease = hb.extra["lease"]
         wait_until(lambda: any(s["ev"] == "start" for s in read_stamps(stamps)), 10,
                    "db to start")
-        for round_ in range(2):
-            ep = mach.heartbeat("cluster").extra["endpoint"]
+        for round_, want in enumerate(("follower", "leader")):
+            before = mach.heartbeat("cluster")
+            assert before is not None
+            ep, t0 = before.extra["endpoint"], before.extra["t0"]
             member = next(x for x in etcd.members if x.endpoint == ep)
+            is_leader = etcd_leader(etcd) is member
             t = time.monotonic()
             etcd.kill_member(member)
             after = wait_until(
                 lambda ep=ep, t=t: (h := mach.heartbeat("cluster")) is not None and
                 h.extra["endpoint"] != ep and not h.extra["error"] and
-                h.extra["t0"] > t and h, TTL / 2, "the layer to renew through another "
+                h.extra["t0"] > t and h, TTL, "the layer to renew through another "
                 "member")
             assert after.extra["lease"] == lease and "db" in after.extra["owned"]
-            gap = after.extra["t0"] - t
-            print(f"round {round_}: killed {member.name} ({ep}); renewed through "
-                  f"{after.extra['endpoint']} {gap:.2f} s later")
-            # the singleton was never stopped: a renewal gap shorter than the stop budget
-            fence = timing.start_until(after.extra["t0"], TTL, timing.stop_budget(STOP, HB))
-            assert fence > time.monotonic()
+            gap = after.extra["t0"] - t0
+            print(f"round {round_}: killed {member.name} ({ep}, "
+                  f"{'leader' if is_leader else 'follower'}, wanted {want}); renewed "
+                  f"through {after.extra['endpoint']} {after.extra['t0'] - t:.2f} s "
+                  f"after the kill, {gap:.2f} s after the previous renewal")
+            assert after.extra["t0"] < t0 + TTL  # (etcd said so: same lease, refreshed)
+            if want == "follower":
+                # renewed again before start_until of the renewal before the kill: the
+                # restarter never saw its grant run out
+                assert after.extra["t0"] < timing.start_until(t0, TTL, budget)
+                assert not [s for s in read_stamps(stamps) if s["ev"] == "stop"]
             etcd.start_member(member)
             etcd.wait_healthy(30)
         # a restarter heartbeat that read the layer's state after the last round
@@ -175,7 +190,7 @@ def test_the_owner_keeps_its_lease_when_the_etcd_member_it_talks_to_dies(
                    h.extra["cluster_seen"] > t and h.extra.get("singletons_up") == ["db"],
                    10, "the restarter to read the layer's state and show db up")
         st = read_stamps(stamps)
-        assert [s["ev"] for s in st if s["ev"] in ("start", "stop")] == ["start"], st[-5:]
+        assert {(s["node"], s["token"]) for s in st} == {("n0", st[0]["token"])}
         assert len(mach.boots) == 1 and mach.heartbeat("cluster").extra["lease"] == lease
     finally:
         if m is not None:

@@ -438,12 +438,16 @@ async def _run(node: Node, hb_interval: float) -> int:
                     log("stopping with the lease: the singletons were not shown down "
                         f"within {node.ttl} s; it expires at etcd")
                     break
-            if now - last >= node.period:
+            # after a round no member answered (say the raft leader died and the rest
+            # are electing one), the next comes a heartbeat interval later, not a period
+            every = min(node.period, hb_interval) if node.error else node.period
+            if now - last >= every:
                 last = now
                 await node.tick()
                 node.beat()
+                every = min(node.period, hb_interval) if node.error else node.period
             wait = hb_interval if term.is_set() else \
-                max(0.0, node.period - (time.monotonic() - last))
+                max(0.0, every - (time.monotonic() - last))
             try:
                 await asyncio.wait_for(done.wait() if term.is_set() else term.wait(), wait)
             except TimeoutError:
