@@ -250,3 +250,16 @@ def test_verify_steps_through_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(core.Core, "adopt", counting)
     assert explore(Options()).ok
     assert "svc0" in seen and "svc1" in seen
+
+
+def test_every_table_cell_is_written_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cell is filled in by default: dropping any one (for every event) is a gap the
+    totality check of tests/test_states.py reports."""
+    for ev in Ev:
+        for st in State:
+            with monkeypatch.context() as m:
+                m.delitem(states.TABLE, (st, ev))
+                missing = [(s, e) for s in State for e in Ev if (s, e) not in states.TABLE]
+                assert missing == [(st, ev)]
+    src = open(states.__file__).read()
+    assert "setdefault" not in src.split("TABLE: dict")[1].split("def step(")[0]
