@@ -390,9 +390,7 @@ class Core:
         if ev is not None:
             self.queue.append((name, ev, now, {}, None))
         elif kind is Timer.WATCHDOG:
-            if s.state is State.READY:
-                self.push(name, Ev.HUNG, now, reason=f"no WATCHDOG=1 within "
-                          f"{self.plan.conf[name].watchdog_sec:g} s")
+            self.queue.append((name, Ev.WATCHDOG_MISSED, now, {}, None))
         elif kind is Timer.READY_CHECK:
             if s.state is State.STARTING:
                 self.out.append(RunProbe(name, "ready"))

@@ -66,7 +66,8 @@ class Ev(str, enum.Enum):
     READY_TIMEOUT = "ready_timeout"
     STOP_TIMEOUT = "stop_timeout"
     BACKOFF_DONE = "backoff_done"
-    HUNG = "hung"                # service watchdog missed / health check failures
+    HUNG = "hung"                # health check failures (reason)
+    WATCHDOG_MISSED = "watchdog_missed"  # no WATCHDOG=1 within watchdog_sec
     LAUNCHED = "launched"        # kind forking: the launcher exited (status; pid: the main
                                  # pid found, or None while it is not known yet)
     OWNED = "owned"              # singleton: this node may run it now (owned is True)
@@ -413,6 +414,13 @@ def up_hung(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     return _begin_stop(s, c, fail_after_stop=ExitStatus("hung"), reason=f"hung: {ev.reason}")
 
 
+def ready_watchdog_missed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """The service watchdog runs once the service is ready (as systemd's WatchdogSec=):
+    a miss before that is stale."""
+    return _begin_stop(s, c, fail_after_stop=ExitStatus("hung"),
+                       reason=f"hung: no WATCHDOG=1 within {c.watchdog_sec:g} s")
+
+
 def up_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     st, acts = _ordered_stop(s, ev, c, "stopping (administrator)", want="down")
     return st, acts + [Persist(s.name)]
@@ -526,6 +534,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPED, E.READY_TIMEOUT): _stale,
     (S.STOPPED, E.STOP_TIMEOUT): _stale,
     (S.STOPPED, E.BACKOFF_DONE): _stale,
+    (S.STOPPED, E.WATCHDOG_MISSED): _stale,
     (S.STOPPED, E.HUNG): _stale,
     (S.STOPPED, E.LAUNCHED): _stale,
     (S.STOPPED, E.OWNED): _stale,
@@ -544,6 +553,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.WAITING, E.READY_TIMEOUT): _stale,
     (S.WAITING, E.STOP_TIMEOUT): _stale,
     (S.WAITING, E.BACKOFF_DONE): _stale,
+    (S.WAITING, E.WATCHDOG_MISSED): _stale,
     (S.WAITING, E.HUNG): _stale,
     (S.WAITING, E.LAUNCHED): _stale,
     (S.WAITING, E.OWNED): waiting_deps_ready,
@@ -562,6 +572,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STARTING, E.READY_TIMEOUT): starting_ready_timeout,
     (S.STARTING, E.STOP_TIMEOUT): _stale,
     (S.STARTING, E.BACKOFF_DONE): _stale,
+    (S.STARTING, E.WATCHDOG_MISSED): _stale,
     (S.STARTING, E.HUNG): up_hung,
     (S.STARTING, E.LAUNCHED): starting_launched,
     (S.STARTING, E.OWNED): _stale,
@@ -580,6 +591,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.READY, E.READY_TIMEOUT): _ignore,
     (S.READY, E.STOP_TIMEOUT): _stale,
     (S.READY, E.BACKOFF_DONE): _stale,
+    (S.READY, E.WATCHDOG_MISSED): ready_watchdog_missed,
     (S.READY, E.HUNG): up_hung,
     (S.READY, E.LAUNCHED): _stale,
     (S.READY, E.OWNED): _stale,
@@ -598,6 +610,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPING, E.READY_TIMEOUT): _ignore,
     (S.STOPPING, E.STOP_TIMEOUT): stopping_stop_timeout,
     (S.STOPPING, E.BACKOFF_DONE): _stale,
+    (S.STOPPING, E.WATCHDOG_MISSED): _stale,
     (S.STOPPING, E.HUNG): _ignore,
     (S.STOPPING, E.LAUNCHED): _stale,
     (S.STOPPING, E.OWNED): _stale,
@@ -616,6 +629,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.BACKOFF, E.READY_TIMEOUT): _stale,
     (S.BACKOFF, E.STOP_TIMEOUT): _stale,
     (S.BACKOFF, E.BACKOFF_DONE): backoff_done,
+    (S.BACKOFF, E.WATCHDOG_MISSED): _stale,
     (S.BACKOFF, E.HUNG): _stale,
     (S.BACKOFF, E.LAUNCHED): _stale,
     (S.BACKOFF, E.OWNED): _stale,
@@ -634,6 +648,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.MAINTENANCE, E.READY_TIMEOUT): _stale,
     (S.MAINTENANCE, E.STOP_TIMEOUT): _stale,
     (S.MAINTENANCE, E.BACKOFF_DONE): _ignore,
+    (S.MAINTENANCE, E.WATCHDOG_MISSED): _stale,
     (S.MAINTENANCE, E.HUNG): _stale,
     (S.MAINTENANCE, E.LAUNCHED): _stale,
     (S.MAINTENANCE, E.OWNED): _stale,
@@ -652,6 +667,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.FAILED, E.READY_TIMEOUT): _stale,
     (S.FAILED, E.STOP_TIMEOUT): _stale,
     (S.FAILED, E.BACKOFF_DONE): _stale,
+    (S.FAILED, E.WATCHDOG_MISSED): _stale,
     (S.FAILED, E.HUNG): _stale,
     (S.FAILED, E.LAUNCHED): _stale,
     (S.FAILED, E.OWNED): _stale,
@@ -670,6 +686,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.DONE, E.READY_TIMEOUT): _stale,
     (S.DONE, E.STOP_TIMEOUT): _stale,
     (S.DONE, E.BACKOFF_DONE): _stale,
+    (S.DONE, E.WATCHDOG_MISSED): _stale,
     (S.DONE, E.HUNG): _stale,
     (S.DONE, E.LAUNCHED): _stale,
     (S.DONE, E.OWNED): _stale,
@@ -688,6 +705,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STANDBY, E.READY_TIMEOUT): _stale,
     (S.STANDBY, E.STOP_TIMEOUT): _stale,
     (S.STANDBY, E.BACKOFF_DONE): _stale,
+    (S.STANDBY, E.WATCHDOG_MISSED): _stale,
     (S.STANDBY, E.HUNG): _stale,
     (S.STANDBY, E.LAUNCHED): _stale,
     (S.STANDBY, E.OWNED): waiting_deps_ready,
