@@ -2,7 +2,7 @@
 at its end, the per-kind table (text), report.json and report.html.
 
 Owns: the `Result` of one fault, the progress line or bar, the failure lines and the
-verdict line, and turning a finished campaign (plain dicts, see `chaos.Campaign.report`)
+verdict line, and turning a finished campaign (plain dicts, see `chaos_runner.Campaign.report`)
 into text, JSON and one self-contained HTML page (inline CSS and SVG, no scripts, no
 external assets). Used by the simulated machine's campaign and the QEMU one alike. Must
 not: run, inject or judge anything; every verdict is already in the records.

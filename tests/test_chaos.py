@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from hachain import cli, config
-from hachain.simulators import chaos, chaos_kinds, converge
+from hachain.simulators import chaos, chaos_kinds, chaos_runner, converge
 from hachain.simulators.converge import Proc, Snapshot
 from hachain.simulators.machine import find_cgroup2_mount
 
@@ -109,11 +109,11 @@ def test_invariants_flag_duplicates_strays_zombies_and_admin_changes() -> None:
 
 def test_bounds_follow_the_configuration() -> None:
     cfg = _cfg()
-    rb = chaos.reboot_bound(cfg)
+    rb = chaos_kinds.reboot_bound(cfg)
     assert rb == pytest.approx(0.25 + 1.5 + 0.5 + 3 + chaos_kinds.REBOOT_MARGIN)
-    assert chaos.convergence_bound("hang-layer", cfg) == pytest.approx(rb + chaos_kinds.BOOT_BUDGET)
+    assert chaos_kinds.convergence_bound("hang-layer", cfg) == pytest.approx(rb + chaos_kinds.BOOT_BUDGET)
     for k in chaos.KINDS:
-        assert chaos.convergence_bound(k, cfg) > 0
+        assert chaos_kinds.convergence_bound(k, cfg) > 0
 
 
 def test_unsupported_kinds_are_skipped_with_a_reason() -> None:
@@ -247,7 +247,7 @@ def test_every_fault_kind_meets_its_expectation(short_tmp: Any) -> None:
     work = short_tmp / "work"
     work.mkdir()
     path, cfg = chaos._campaign_setup(argparse.Namespace(config=None), str(work))
-    tmpfs, why = chaos._can_mount_tmpfs(str(work))
+    tmpfs, why = chaos_runner.can_mount_tmpfs(str(work))
     kinds = sorted(k for k, d in chaos.KINDS.items() if d.needs != "never")
     runnable, skipped = chaos.capabilities(kinds, cfg, tmpfs, why)
     assert not skipped, f"every kind must run here: {skipped}"
@@ -260,7 +260,7 @@ def test_every_fault_kind_meets_its_expectation(short_tmp: Any) -> None:
     for i, k in enumerate(runnable):
         pool = pools[chaos.KINDS[k].target]
         faults.append(chaos.Fault(i, k, pool[i % len(pool)]))
-    rep = chaos.run_campaign(path, str(work / "c"), 0, faults, runnable, {}, tmpfs, None)
+    rep = chaos_runner.run_campaign(path, str(work / "c"), 0, faults, runnable, {}, tmpfs, None)
     assert not rep["baseline_problems"], rep["baseline_problems"]
     assert [r["kind"] for r in rep["results"]] == runnable
     bad = [f"#{r['index']} {r['kind']} {r['target']}: {'; '.join(r['problems'])}"

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from hachain import cli
-from hachain.simulators import chaos, chaos_report
+from hachain.simulators import chaos, chaos_kinds, chaos_report, chaos_runner
 from tests.conftest import wait_until
 from tests.test_chaos import PY, needs_machine
 
@@ -50,7 +50,7 @@ def _screen(text: str) -> list[str]:
     return [line.rsplit("\r\033[K", 1)[-1] for line in text.split("\n")]
 
 
-def _res(i: int, ok: bool) -> chaos.Result:
+def _res(i: int, ok: bool) -> chaos_report.Result:
     r = chaos_report.Result(i, "kill-service", "worker", "worker", ok=ok, bound=7.0,
                      console="/m/console.log", console_line=40 + i)
     if ok:
@@ -134,7 +134,7 @@ def short_tmp() -> Iterator[pathlib.Path]:
     """A short temporary directory (sun_path is 108 bytes); mounts checked on the way out."""
     d = tempfile.mkdtemp(prefix="hco-", dir="/tmp")
     yield pathlib.Path(d)
-    for point in chaos.campaign_mounts(d):  # only after a failed test; never silently
+    for point in chaos_runner.campaign_mounts(d):  # only after a failed test; never silently
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=10)
     shutil.rmtree(d, ignore_errors=True)
 
@@ -203,7 +203,7 @@ def test_a_stop_signal_writes_a_partial_report_and_leaves_no_mount(
     faults = 40
     cfg = chaos.config.parse(chaos.campaign_config_text(PY, "/x/svc.py"))
     # the bounds the campaign itself waits for: a boot, then one fault of the slower kind
-    bound = 10 + chaos.BOOT_BUDGET + 10 + chaos.convergence_bound("stop-service", cfg) * 1.5 + 5
+    bound = 10 + chaos_kinds.BOOT_BUDGET + 10 + chaos_kinds.convergence_bound("stop-service", cfg) * 1.5 + 5
     with open(errf, "wb") as e, open(outf, "wb") as o:
         proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from hachain.cli import main; "
@@ -214,7 +214,7 @@ def test_a_stop_signal_writes_a_partial_report_and_leaves_no_mount(
         marker = "chaos: 1/" if after_fault else "chaos: seed 2"
         wait_until(lambda: marker in errf.read_text(), bound, f"{marker!r} on stderr")
         if not after_fault:  # the machine is booting: the mounts are there
-            wait_until(lambda: chaos.campaign_mounts(str(work)), 10, "the tmpfs mounts")
+            wait_until(lambda: chaos_runner.campaign_mounts(str(work)), 10, "the tmpfs mounts")
         (os.killpg if group else os.kill)(proc.pid, sig)
         rc = proc.wait(60)
     finally:
@@ -224,7 +224,7 @@ def test_a_stop_signal_writes_a_partial_report_and_leaves_no_mount(
     err, out = errf.read_text(), outf.read_text()
     assert rc == 1, err
     name = signal.Signals(sig).name
-    assert chaos.campaign_mounts(str(short_tmp)) == []
+    assert chaos_runner.campaign_mounts(str(short_tmp)) == []
     assert str(short_tmp) not in pathlib.Path("/proc/self/mounts").read_text()
     assert (report / "report.json").exists(), err
     rep = json.loads((report / "report.json").read_text())
@@ -396,7 +396,7 @@ def test_a_real_report_renders_in_headless_chromium(short_tmp: Any) -> None:
     chaos._campaign_setup(argparse.Namespace(config=None), str(work))  # the service program
     faults = [chaos.Fault(0, "hang-layer", "restarter"), chaos.Fault(1, "kill-service", "worker"),
               chaos.Fault(2, "kill-service", "api")]
-    rep = chaos.run_campaign(str(cfg), str(work / "c"), 1, faults,
+    rep = chaos_runner.run_campaign(str(cfg), str(work / "c"), 1, faults,
                              ["hang-layer", "kill-service"], {}, False, None)
     assert [r["ok"] for r in rep["results"]] == [True, False, True], rep["results"]
     assert rep["boot_causes"] == ["power-on", "watchdog", "campaign reset after #1"]
@@ -436,7 +436,7 @@ def test_closing_the_terminal_mid_campaign_leaves_a_report_and_no_mount(short_tm
     no tmpfs stays mounted."""
     work, report = short_tmp / "work", short_tmp / "report"
     cfg = chaos.config.parse(chaos.campaign_config_text(PY, "/x/svc.py"))
-    bound = 10 + chaos.BOOT_BUDGET + 10 + chaos.convergence_bound("stop-service", cfg) * 1.5 + 5
+    bound = 10 + chaos_kinds.BOOT_BUDGET + 10 + chaos_kinds.convergence_bound("stop-service", cfg) * 1.5 + 5
     master, slave = os.openpty()
 
     def controlling_tty() -> None:  # runs in the child after setsid()
@@ -475,7 +475,7 @@ def test_closing_the_terminal_mid_campaign_leaves_a_report_and_no_mount(short_tm
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     assert rc == 1
-    assert chaos.campaign_mounts(str(short_tmp)) == []
+    assert chaos_runner.campaign_mounts(str(short_tmp)) == []
     rep = json.loads((report / "report.json").read_text())
     assert rep["interrupted"] == "SIGHUP" and 2 <= len(rep["results"]) < 40
     assert (report / "report.html").exists()

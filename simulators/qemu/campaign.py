@@ -186,7 +186,7 @@ class CampaignAbort(Exception):
 
 
 class QemuCampaign:
-    """One guest, a list of faults, one `chaos.Result` per fault; `run()` → report dict."""
+    """One guest, a list of faults, one `chaos_report.Result` per fault; `run()` → report dict."""
 
     def __init__(self, workdir: Path, seed: int, faults: list[Fault], kinds: list[str],
                  settings: CampaignSettings | None = None,
