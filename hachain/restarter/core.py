@@ -25,7 +25,7 @@ processes and timers), so the code model-checked is the code that runs.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -509,14 +509,17 @@ class Core:
         self.svcs[name] = s
         return False
 
-    def adopted(self, now: float) -> None:
-        """Every service was adopted or not: hold back the exits of those that died
-        unwatched, then the start of every service wanted up, in dependency order."""
+    def adopted(self, now: float, names: Collection[str] | None = None) -> None:
+        """Every service (or every one of `names`, rebuilt ahead of the others) was adopted
+        or not: hold back the exits of those that died unwatched, then the start of every
+        one wanted up, in dependency order."""
         for name in self._to_exit:
             self.later.append((name, Ev.EXITED, {"status": ExitStatus("unknown")}))
         self._to_exit = []
         for name in self.plan.order:
             s = self.svcs[name]
+            if names is not None and name not in names:
+                continue
             if s.state is State.STOPPED and s.want == "up":
                 self.later.append((name, Ev.START, {}))
 

@@ -140,6 +140,7 @@ class Restarter:
             s.setblocking(False)
         self.pending_signals: list[int] = []
         self._start_times: dict[str, int | None] = {}  # /proc start time of each main pid
+        self._procs_seen: dict[str, list[int]] = {}  # during adoption: each cgroup.procs
         self._found: dict[str, int] = {}  # forking: pidfd of the main pid being reported
         self._zombie: int | None = None  # the exited main process not yet reaped
         self._pids_limited: set[str] = set()
@@ -211,11 +212,59 @@ class Restarter:
 
     def adopt_or_start(self, now: float) -> None:
         """Rebuild every service from persisted state and what is really running: this
-        shell reads the records and checks their pids; the core decides."""
+        shell reads the records and checks their pids; the core decides.
+
+        What died while no restarter ran does not wait behind the re-adoption of what
+        still runs: one read of each service's cgroup.procs finds the empty ones, and
+        those that no other service depends on, requires or conflicts with (so that no
+        decision about them can touch a service not yet rebuilt) are rebuilt and restarted
+        first; then the rest is re-adopted (their membership already read)."""
         admin = self.store.read_admin()
         self.core.rescue_held = self._rescue_holds()
-        adopted = 0
+        first, rest = self._dead_first()
+        if first:
+            self._adopt(first, admin, now)
+            self.core.adopted(now, set(first))
+            self.core.release(len(self.core.later), now)  # theirs only: restart them now
+            self.run_core(now)
+            log(f"restarted {len(first)} service(s) that stopped running while no "
+                f"restarter ran, {since_process_start() * 1e3:.0f} ms after the restarter "
+                "process started; re-adopting the rest")
+        adopted = self._adopt(rest, admin, now)
+        for w in self.store.warnings:
+            log("warning: " + w)
+        if adopted:
+            log(f"re-adopted {adopted} running service(s) in "
+                f"{(time.monotonic() - now) * 1e3:.0f} ms, {since_process_start() * 1e3:.0f} ms "
+                "after the restarter process started")
+        self.core.adopted(now, set(rest) if first else None)
+        self._procs_seen = {}
+        self.admin_dirty = True
+
+    def _dead_first(self) -> tuple[list[str], list[str]]:
+        """(services to rebuild and restart first, the rest), in configuration order. First:
+        those with an empty cgroup and no relation to another service (requires, wants,
+        after, conflicts, either way; no singleton). Without cgroups, all come in one go.
+        The membership read here is kept for _verify."""
+        if not self.cgroups.active:
+            return [], list(self.conf)
+        plan = self.core.plan
+        first, rest = [], []
         for name, c in self.conf.items():
+            procs = self._procs_seen[name] = self.cgroups.procs(name)
+            if not procs and not plan.deps[name] and not plan.rev.get(name) and \
+                    not plan.conflicts[name] and not c.singleton:
+                first.append(name)
+            else:
+                rest.append(name)
+        return first, rest
+
+    def _adopt(self, names: list[str], admin: dict[str, dict[str, str]], now: float) -> int:
+        """Read the records of `names`, check their pids, let the core rebuild them, carry
+        out what it decided; the number adopted."""
+        adopted = 0
+        for name in names:
+            c = self.conf[name]
             rec = self.store.read_record(name)
             fd = spawn.pidfd_open(rec.pid) if rec is not None and rec.pid and \
                 self._verify(rec) else None
@@ -228,18 +277,11 @@ class Restarter:
             if fd is not None:
                 os.close(fd)
             if not states.kills_leftovers(c) and self.cgroups.active and \
-                    (left := self.cgroups.procs(name)):
+                    (left := self._procs_seen.get(name) or self.cgroups.procs(name)):
                 log(f"{name}: {len(left)} leftover process(es) stay in its cgroup "
                     "(kill_mode = \"process\")")
         self.run_core(now)
-        for w in self.store.warnings:
-            log("warning: " + w)
-        if adopted:
-            log(f"re-adopted {adopted} running service(s) in "
-                f"{(time.monotonic() - now) * 1e3:.0f} ms, {since_process_start() * 1e3:.0f} ms "
-                "after the restarter process started")
-        self.core.adopted(now)
-        self.admin_dirty = True
+        return adopted
 
     def _rescue_holds(self) -> set[str]:
         """This boot's entry in the boot record (opened here if the restarter starts
@@ -276,7 +318,8 @@ class Restarter:
                 st[1] != rec.start_time:
             return False
         if rec.cgroup and self.cgroups.active:
-            return self.cgroups.contains(rec.name, rec.pid)
+            seen = self._procs_seen.get(rec.name)  # read by _dead_first a moment ago
+            return rec.pid in seen if seen else self.cgroups.contains(rec.name, rec.pid)
         return True
 
     # --- the core's effects ----------------------------------------------------------------
