@@ -17,16 +17,17 @@ renewing, every etcd member healthy) and checks, as an observer outside the node
 
 Kinds: kill-node (a power cut), hang-node (every process SIGSTOPped), partition-node
 (its veth down for TTL + wait + 3 s), kill-etcd-member (one member SIGKILLed, restarted
-after 3 s), lose-etcd-quorum (two members SIGKILLed, restarted after TTL + 2 s), and the
-single-machine kinds of `hachain chaos` that apply to a node (`NODE_KINDS`), injected by
-their own rows of the fault table (simulators/chaos_kinds.py) into one node (the owner
-with probability 0.6), the cluster layer joining the layers they may hit. Those keep
-their own expectation (a reset by the watchdog or a panic, or none at all) besides the
-cluster's invariants: when one resets the owner, the singleton starts elsewhere within
-the reboot bound + the failover bound; when it may not reset, the singleton stays on its
-node. After every fault, every node converges: all four layers beat, the cluster layer
-renews without error, and only the owner's restarter shows the singleton up. The report
-is `DIR/report.json`. Needs root, unshare, nsenter, ip and etcd.
+after 3 s; the owner's member more often; no node may lose its lease), lose-etcd-quorum
+(two members SIGKILLed, restarted after TTL + 2 s), and the single-machine kinds of
+`hachain chaos` that apply to a node (`NODE_KINDS`), injected by their own rows of the
+fault table (simulators/chaos_kinds.py) into one node (the owner with probability 0.6),
+the cluster layer joining the layers they may hit. Those keep their own expectation (a
+reset by the watchdog or a panic, or none at all) besides the cluster's invariants: when
+one resets the owner, the singleton starts elsewhere within the reboot bound + the
+failover bound; when it may not reset, the singleton stays on its node. After every
+fault, every node converges: all four layers beat, the cluster layer renews without
+error, and only the owner's restarter shows the singleton up. The report is
+`DIR/report.json`. Needs root, unshare, nsenter, ip and etcd.
 """
 
 from __future__ import annotations
@@ -176,6 +177,15 @@ class Campaign:
                 raise TimeoutError(f"the cluster did not settle within {SETTLE:g} s")
             time.sleep(0.05)
 
+    def talks_to(self, node: str) -> int | None:
+        """The index of the etcd member `node`'s cluster layer talks to."""
+        assert self.etcd is not None
+        hb = self.machines[node].heartbeat("cluster")
+        ep = str(hb.extra.get("endpoint", "")) if hb is not None else ""
+        port = ep.rpartition(":")[2]
+        return next((i for i, m in enumerate(self.etcd.members)
+                     if str(m.client_port) == port), None)
+
     def effect_seen(self, kind: str, name: str, layer: str, t: float) -> bool:
         """Has the node noticed the fault injected at `t` (one the node rides out)? A
         killed service runs again (a new start stamp there), a killed layer beats again
@@ -240,6 +250,8 @@ class Campaign:
             time.sleep(TTL + 2)
             for mem in down:
                 self.etcd.start_member(mem)
+        if kind in ("kill-etcd-member", "lose-etcd-quorum"):
+            return {"target": f"m{target}"}  # the member killed, or the one left
         return {"target": name}
 
     def one(self, index: int, kind: str) -> dict[str, Any]:
@@ -250,6 +262,12 @@ class Campaign:
         if kind in ("kill-node", "hang-node", "partition-node", *NODE_KINDS) and \
                 self.rng.random() < 0.6:
             target = int(owner[1:])  # the owner more often: that is where failover is
+        talks_to = None
+        if kind == "kill-etcd-member" and self.rng.random() < 0.6:
+            # the member the owner's cluster layer talks to, more often: it must move to
+            # another one without losing its lease
+            talks_to = self.talks_to(owner)
+            target = talks_to if talks_to is not None else target
         if kind in NODE_KINDS:
             if NODE_KINDS[kind] == ("db",):
                 target = int(owner[1:])  # only the owner runs it
@@ -263,6 +281,11 @@ class Campaign:
         t = time.monotonic()
         rec: dict[str, Any] = {"index": index, "kind": kind, "owner_before": owner,
                                "mono": round(t, 3)}
+        leases = {}
+        if kind == "kill-etcd-member":
+            rec["owners_member"] = talks_to is not None
+            leases = {n: (hb.extra.get("lease") if (hb := m.heartbeat("cluster")) else None)
+                      for n, m in self.machines.items()}
         rec.update(self.inject(kind, target, layer, index))
         problems: list[str] = list(rec.pop("during", []))
         if kind in NODE_KINDS and expect is None:
@@ -324,6 +347,16 @@ class Campaign:
                 problems.append(f"{n} was reset though the fault ({kind} on "
                                 f"{rec['target']}) may not reset it: "
                                 + str(m.boots[-1].get("cause")))
+        if kind == "kill-etcd-member":
+            # the quorum stayed: no node lost its lease, the singleton did not move
+            after = {n: (hb.extra.get("lease") if (hb := m.heartbeat("cluster")) else None)
+                     for n, m in self.machines.items()}
+            lost = sorted(n for n in leases if after[n] != leases[n])
+            if lost:
+                problems.append(f"{', '.join(lost)} lost the lease to one member's death")
+            if rec.get("owner_after", owner) != owner:
+                problems.append(f"the singleton moved from {owner} to {rec['owner_after']} "
+                                "on one member's death")
         if kind in NODE_KINDS and expect is None:
             # a fault the node rides out moves nothing: no start on another node
             moved = sorted({s["node"] for s in _stamps(self.stamps) if s["ev"] == "start"
@@ -333,7 +366,8 @@ class Campaign:
                                 f"{kind} on {rec['target']}, which needs no failover")
         problems += overlaps(_stamps(self.stamps))
         rec.update({"failover_s": took, "ok": not problems, "problems": problems})
-        what = f"{kind}{' ' + layer if layer else ''} on {rec['target']}"
+        what = f"{kind}{' ' + layer if layer else ''} on {rec['target']}" + \
+            (" (the owner's member)" if rec.get("owners_member") else "")
         self.log(f"fault {index + 1}: {what} (owner {owner})"
                  + (f": failover {took:.2f} s to {rec.get('new_owner')}" if took else "")
                  + ("" if not problems else " PROBLEM: " + "; ".join(problems)))
