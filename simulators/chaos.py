@@ -131,7 +131,7 @@ def shrink(cfg_path: str, base: str, seed: int, sched: list[Fault], failing: Fau
 
 def cmd_chaos(args: argparse.Namespace) -> int:
     """`hachain chaos`: run the campaign, write the reports, exit 1 on a broken invariant."""
-    if getattr(args, "cluster", False) and not args.list_kinds:
+    if getattr(args, "cluster", False):
         from hachain.simulators import cluster_chaos
         return cluster_chaos.cmd(args)
     if args.list_kinds:

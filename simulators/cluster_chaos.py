@@ -415,7 +415,28 @@ def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | 
     return 0 if not summary["failed"] else 1
 
 
+CLUSTER_SUMMARY = {
+    "kill-node": "power cut of a machine (the owner more often)",
+    "hang-node": "every process of a machine SIGSTOPped: its watchdog resets it",
+    "partition-node": "the machine's veth down for TTL + takeover wait + 3 s",
+    "kill-etcd-member": "one etcd member SIGKILLed for 3 s (the owner's member more often)",
+    "lose-etcd-quorum": "two etcd members SIGKILLed for TTL + 2 s",
+}
+
+
+def list_kinds() -> None:
+    for k in CLUSTER_KINDS:
+        print(f"{k:<20} {'cluster':<38} {CLUSTER_SUMMARY[k]}")
+    for k, targets in NODE_KINDS.items():
+        row = chaos_kinds.KINDS[k]
+        print(f"{k:<20} {'node: ' + ','.join(targets):<38} reboot={row.reboot or '-'}: "
+              f"{row.summary}")
+
+
 def cmd(args: Any) -> int:
+    if getattr(args, "list_kinds", False):
+        list_kinds()
+        return 0
     kinds = args.kinds.split(",") if args.kinds else None
     bad = [k for k in kinds or [] if k not in ALL_KINDS]
     if bad or not args.report or args.faults < 0:

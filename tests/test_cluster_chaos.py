@@ -68,3 +68,15 @@ def test_cluster_campaign_bad_usage_exits_2(tmp_path: Any) -> None:
                           "--faults", "1", "--kinds", "no-such-kind", "--report",
                           str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no-such-kind" in out.stderr
+
+
+def test_cluster_list_kinds_names_every_kind_and_its_targets() -> None:
+    from hachain.simulators.cluster_chaos import ALL_KINDS, NODE_KINDS
+    out = subprocess.run([sys.executable, "-m", "hachain.cli", "chaos", "--cluster",
+                          "--list-kinds"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {ln.split()[0]: ln for ln in out.stdout.splitlines()}
+    assert sorted(rows) == sorted(ALL_KINDS)
+    assert "node: init,restarter,tickler,cluster" in rows["hang-layer"]
+    assert "reboot=watchdog" in rows["hang-layer"] and "reboot=-" in rows["kill-layer"]
+    assert all(rows[k].split()[1] == "cluster" for k in ALL_KINDS if k not in NODE_KINDS)
