@@ -106,52 +106,56 @@ def bounded(fn: Callable[[], Any], deadline: float, name: str) -> tuple[bool, An
 
 
 class Reader:
-    """Reads the gated layers' heartbeats on request, in a thread of its own, so a read
-    that hangs holds up that thread only. One thread for all of them: one stuck read
-    fails the gate anyway, and a tick then costs two wake-ups, not four.
+    """Reads the gated layers' heartbeats in a thread of its own, so a read that hangs
+    holds up that thread only. One thread for all of them: one stuck read fails the gate
+    anyway.
 
-    `ask()` starts a round unless one is still under way; `wait(timeout)` returns the
-    round's heartbeats, or None when it did not answer in time. `busy_since` is when the
-    round under way started, `layer` the file it is reading. The hand-over is two plain
-    locks used as one-shot signals (C-level, no Condition objects per wait): `go` is
-    released by the loop to start a round, `done` by the thread when it finished."""
+    The thread keeps the loop's schedule itself (the same grid, channels.next_tick) and
+    tells the loop through a pipe when a round has answered, so an idle tick wakes the
+    thread once and the loop once (the loop waking the thread and waiting for it took
+    three wake-ups). `answered` counts the rounds that answered and `result` is the last
+    one; `busy_since` is when the round under way started (None between rounds),
+    `layer` the file it is reading. A round still hanging is not started again until it
+    returns."""
 
-    def __init__(self, state_dir: str, layers: tuple[str, ...]) -> None:
+    def __init__(self, state_dir: str, layers: tuple[str, ...], period: float,
+                 offset: float) -> None:
         self.state_dir = state_dir
         self.layers = layers
-        self.go = threading.Lock()
-        self.done = threading.Lock()
-        self.go.acquire()
-        self.done.acquire()
+        self.period = period
+        self.offset = offset
+        self.fd, self.fd_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.answered = 0
         self.busy_since: float | None = None
         self.layer = ""
         self.result: dict[str, channels.Heartbeat | None] = {}
+        self.due = time.monotonic()  # the next round
         threading.Thread(target=self.run, name="read-heartbeats", daemon=True).start()
-
-    def ask(self) -> bool:
-        """Start a round; False when the last one has not answered yet (nothing asked)."""
-        if self.busy_since is not None:
-            return False
-        self.done.acquire(blocking=False)  # a round that answered after its deadline
-        self.busy_since = time.monotonic()
-        self.go.release()
-        return True
-
-    def wait(self, timeout: float) -> dict[str, channels.Heartbeat | None] | None:
-        if not self.done.acquire(timeout=timeout):
-            return None
-        return self.result
 
     def run(self) -> None:
         while True:
-            self.go.acquire()
+            now = time.monotonic()
+            if now < self.due:
+                time.sleep(self.due - now)
+                continue
+            self.busy_since = now
             out: dict[str, channels.Heartbeat | None] = {}
             for layer in self.layers:
                 self.layer = layer
                 out[layer] = channels.read_heartbeat(self.state_dir, layer)  # may hang
             self.result = out
+            self.answered += 1
             self.busy_since = None
-            self.done.release()
+            self.due = channels.next_tick(time.monotonic(), self.period, self.offset)
+            try:
+                os.write(self.fd_w, b".")
+            except OSError:
+                pass  # the pipe is full: the loop has a wake-up waiting already
+
+    def stuck(self, since: float) -> bool:
+        """Is a round that started before `since` still under way?"""
+        busy = self.busy_since
+        return busy is not None and busy < since
 
 
 class RecordWriter:
@@ -248,7 +252,9 @@ class Tickler:
         margin = max(0.0, self.wdc.timeout - self.wdc.pet_interval)
         self.read_deadline = max(0.01, min(READ_DEADLINE_MAX, margin / 4))
         self.reader = Reader(self.state_dir, health.GATED_LAYERS + (
-            ("cluster",) if cfg.cluster else ()))
+            ("cluster",) if cfg.cluster else ()), self.period, self.tick_offset)
+        self.seen_round = 0  # the reader's rounds the gate has seen
+        self.waiting_since: float | None = None  # a due tick found its round not begun
         self.last_hbs: dict[str, channels.Heartbeat | None] = {}
         self.restarter_extra: dict[str, Any] = {}
         self.records = RecordWriter()
@@ -379,9 +385,9 @@ class Tickler:
         last heartbeats read stand in for them)."""
         r = self.reader
         late = []
-        got = r.wait(self.read_deadline) if r.ask() else None
-        if got is not None:
-            self.last_hbs.update(got)
+        if r.answered != self.seen_round:
+            self.seen_round = r.answered
+            self.last_hbs.update(r.result)
         else:
             since = r.busy_since
             waited = f" (waiting {time.monotonic() - since:.1f} s)" if since is not None else ""
@@ -559,21 +565,28 @@ class Tickler:
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
         sel.register(wake_r, selectors.EVENT_READ, ("wake", 0))
+        sel.register(self.reader.fd, selectors.EVENT_READ, ("read", self.reader.fd))
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_stop)
-        period = self.period
+        period, r = self.period, self.reader
         next_tick = time.monotonic()
         while not self.stop_requested:
             now = time.monotonic()
-            if now >= next_tick:
+            until = self.tick_wait(now, next_tick) if now >= next_tick else None
+            if now >= next_tick and until is None:
                 self.tick(now)
+                self.waiting_since = None
                 # the chain's shared grid, just after init and the restarter wrote their
                 # heartbeats on it (channels.next_tick): one wake-up of the machine
                 next_tick = channels.next_tick(now, period, self.tick_offset)
             elif self.wd is not None and self.gate.ok and now + PET_EARLY >= self.next_pet:
                 self.pet(now)  # due between ticks: on the last tick's verdict (<= a tick old)
-            wake = next_tick
+            if until is None:  # the next tick: the reader's answer wakes us, else a timer
+                ready = r.answered != self.seen_round or r.stuck(next_tick - period / 2)
+                wake = next_tick if ready else next_tick + self.read_deadline
+            else:
+                wake = until
             if self.wd is not None and self.gate.ok:
                 wake = min(wake, self.next_pet)  # a pet is not kept waiting for a tick
             for key, _ in sel.select(max(0.0, wake - time.monotonic())):
@@ -581,10 +594,28 @@ class Tickler:
                     self.on_pidfd(key.data[1])
                     continue
                 try:
-                    os.read(wake_r, 256)
+                    os.read(key.data[1] if key.data[0] == "read" else wake_r, 256)
                 except BlockingIOError:
                     pass
         return self.shutdown()
+
+    def tick_wait(self, now: float, due: float) -> float | None:
+        """For a tick due since `due`: None to tick now (its round of heartbeat reads has
+        answered, or a round of an earlier tick still hangs), else when to tick at the
+        latest: `read_deadline` after its round began, or, while that round has not
+        begun, after the loop first found the tick due (a tickler stopped as a whole,
+        SIGSTOP or starved, is not taken for a hung read). The tick then fails the gate,
+        as a read that does not answer must."""
+        r = self.reader
+        if r.answered != self.seen_round or r.stuck(due - self.period / 2):
+            return None
+        began = r.busy_since
+        if began is None:
+            if self.waiting_since is None:
+                self.waiting_since = now
+            began = self.waiting_since
+        until = began + self.read_deadline
+        return None if now >= until else until
 
     def _on_stop(self, sig: int, _frame: object) -> None:
         """SIGTERM/SIGINT handler: ask the loop to stop."""
