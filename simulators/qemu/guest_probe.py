@@ -20,7 +20,8 @@ import time
 from typing import Any
 
 from hachain import channels
-from hachain.status import chain_problems, gather_status
+from hachain.simulators import converge
+from hachain.status import gather_status
 
 
 def procs(argv: list[str]) -> list[int]:
@@ -78,10 +79,13 @@ def main(argv: list[str]) -> int:
         return 0
     deadline = start + spec["timeout"]
     polls = 0
+    # ready: converged, by the one predicate of chaos, the QEMU campaign and verify
+    want = converge.Want({n: converge.ServiceWant() for n in spec["services"]},
+                         spec["heartbeat_timeout"])
     while True:
         st = gather_status(sd, pd)
         polls += 1
-        why = chain_problems(st, spec["heartbeat_timeout"], spec["services"])
+        why = converge.problems(converge.seen_of_status(st, converge.machine_procs(None)), want)
         now = time.monotonic()
         if not why or now > deadline:
             break
