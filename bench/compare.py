@@ -133,18 +133,26 @@ def kill_all_descendants() -> None:
 
 def cpu_ctx(pid: int) -> tuple[float, int]:
     """(CPU seconds, voluntary+involuntary context switches) of one process, all threads.
-    CPU time comes from /proc/PID/schedstat (nanoseconds), not from the clock-tick counts
-    in /proc/PID/stat, whose 10 ms steps are 0.1 % of a core over a 10 s window."""
+    CPU time comes from /proc/PID/task/TID/schedstat (nanoseconds), not from the
+    clock-tick counts in /proc/PID/stat, whose 10 ms steps are 0.1 % of a core over a 10 s
+    window. Both are per thread (/proc/PID/schedstat and the switch counts of
+    /proc/PID/status cover only the main thread), so every thread is summed: the
+    tickler's heartbeat reader is a thread of its own."""
+    cpu, ctx = 0.0, 0
     try:
-        with open(f"/proc/{pid}/schedstat") as f:
-            cpu = int(f.read().split()[0]) / 1e9
-        ctx = 0
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if "ctxt_switches" in line:
-                    ctx += int(line.split()[1])
+        tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return 0.0, 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                cpu += int(f.read().split()[0]) / 1e9
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if "ctxt_switches" in line:
+                        ctx += int(line.split()[1])
+        except OSError:
+            continue  # a thread that ended meanwhile
     return cpu, ctx
 
 
