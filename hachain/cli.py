@@ -76,9 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # --- status ---------------------------------------------------------------------------------
-# The work is in hachain/status.py; these names stay importable from here.
-
-from hachain.status import chain_problems, gather_status, print_status  # noqa: E402,F401
+# The work is in hachain/status.py (imported by cmd_status).
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -429,35 +429,6 @@ def verdict(st: dict[str, Any], wd: Judge) -> dict[str, Any]:
             "resetting_in": left if state == "resetting" else None}
 
 
-def chain_problems(st: dict[str, Any], heartbeat_timeout: float,
-                   services: list[str] | None = None) -> list[str]:
-    """Why a `gather_status` snapshot is not a converged chain ([] when it is): every
-    layer alive with a fresh heartbeat, the restarter answering, the tickler petting,
-    and each of `services` (default: all) ready."""
-    why = []
-    ch = st["chain"]
-    for layer, d in ch["layers"].items():
-        state = d.get("state") or ("hung" if d.get("stopped") else
-                                   "alive" if d.get("alive") else "dead")
-        if d.get("pid") is None:
-            why.append(f"{layer}: no heartbeat")
-        elif state in ("hung", "restarting", "dead"):
-            why.append(f"{layer}: pid {d['pid']} {state}")
-        elif d["heartbeat_age"] > heartbeat_timeout:  # stale, by the caller's measure
-            why.append(f"{layer}: heartbeat {d['heartbeat_age']:.1f} s old")
-    if ch.get("restarter_error"):
-        why.append(f"restarter: {ch['restarter_error']}")
-    wd = ch.get("watchdog") or {}
-    if not wd.get("petting"):
-        why.append(f"tickler not petting (gate {wd.get('gate')})")
-    svcs = st["services"]
-    for name in (services if services is not None else sorted(svcs)):
-        state = svcs.get(name, {}).get("state", "unknown")
-        if state != "ready":
-            why.append(f"{name}: {state} (expected ready)")
-    return why
-
-
 def exit_code(st: dict[str, Any]) -> int:
     """0 healthy, 1 anything else."""
     return 0 if st["verdict"]["state"] == "healthy" else 1

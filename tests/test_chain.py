@@ -197,23 +197,3 @@ def test_json_log_format(chain, tmp_path):
         assert {"time", "prog", "pid", "msg"} <= set(d)
         progs.add(d["prog"])
     assert {"hachain-init", "hachain-restarter", "hachain-tickler"} <= progs
-
-
-def test_chain_problems_judges_a_status_snapshot():
-    from hachain.status import chain_problems
-    ok_layer = {"pid": 5, "alive": True, "stopped": False, "heartbeat_age": 0.2}
-    st = {"chain": {"layers": {"init": dict(ok_layer), "restarter": dict(ok_layer),
-                               "tickler": dict(ok_layer)},
-                    "watchdog": {"petting": True}},
-          "services": {"a": {"state": "ready"}, "b": {"state": "ready"}}}
-    assert chain_problems(st, 3.0) == []
-    st["chain"]["layers"]["restarter"]["stopped"] = True
-    st["chain"]["layers"]["tickler"] = {"state": "missing"}
-    st["chain"]["watchdog"] = {"petting": False, "gate": {"ok": False}}
-    st["services"]["b"]["state"] = "backoff"
-    why = chain_problems(st, 3.0)
-    assert why[0] == "restarter: pid 5 hung"
-    assert "tickler: no heartbeat" in why
-    assert any(w.startswith("tickler not petting") for w in why)
-    assert "b: backoff (expected ready)" in why
-    assert chain_problems(st, 3.0, ["a"]) == why[:-1]
