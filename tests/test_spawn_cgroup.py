@@ -75,6 +75,14 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _no_zombie() -> bool:
+    """No exited child of ours waits to be reaped."""
+    try:
+        return os.waitpid(-1, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
 # A service that forks a child first thing, then reports what it was given and sleeps.
 FORKER = ("import os, sys, time\n"
           "if os.fork() == 0:\n"
@@ -198,3 +206,59 @@ def test_a_cgroup_that_was_killed_takes_a_new_service(cgroups, tmp_path, started
     assert _status(pid)["State"][0] in "RS"
     assert os.waitpid(-1, os.WNOHANG) == (0, 0)  # the child killed at birth was reaped
     assert spawn.direct_spawn_available()
+
+
+def test_the_whole_set_up_goes_straight_into_the_cgroup(cgroups, tmp_path, started,
+                                                         monkeypatch) -> None:
+    """cwd, umask, rlimits, user and groups and the readiness fd are set in the child
+    that clone3 starts in the cgroup: no fallback for services that need them."""
+    import pwd
+
+    def enter(path: str) -> None:
+        raise AssertionError(f"the restarter moved itself into {path}: the fallback ran")
+    monkeypatch.setattr(cgroups, "enter", enter)
+    nobody = pwd.getpwnam("nobody")
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = ServiceConfig(name="full", command=("sleep", "3600"), cwd=str(work), umask=0o027,
+                        user="nobody", rlimits=(("nofile", 64, 128), ("core", 0, -1)),
+                        ready="fd", ready_fd=5)
+    sp = spawn.spawn(cfg, str(tmp_path / "logs"), cgroups, None, yield_cpu=False)
+    started.append(sp.pid)
+    try:
+        pid = sp.pid
+        assert cgroups.procs("full") == [pid]
+        assert os.readlink(f"/proc/{pid}/cwd") == str(work)
+        st = _status(pid)
+        assert st["Umask"] == "0027"
+        assert st["Uid"].split() == [str(nobody.pw_uid)] * 4
+        assert st["Gid"].split() == [str(nobody.pw_gid)] * 4
+        assert sorted(int(g) for g in st["Groups"].split()) == \
+            sorted(set(os.getgrouplist("nobody", nobody.pw_gid)))
+        with open(f"/proc/{pid}/limits") as f:  # (prlimit needs the same user)
+            limits = {ln[:26].strip(): ln[26:].split()[:2] for ln in f}
+        assert limits["Max open files"] == ["64", "128"]
+        assert limits["Max core file size"] == ["0", "unlimited"]
+        assert os.readlink(f"/proc/{pid}/fd/5").startswith("pipe:")  # the readiness fd
+        assert sp.ready_fd is not None
+        assert os.fstat(sp.ready_fd).st_ino == os.stat(f"/proc/{pid}/fd/5").st_ino
+    finally:
+        if sp.ready_fd is not None:
+            os.close(sp.ready_fd)
+
+
+def test_a_failed_set_up_step_names_its_setting(cgroups, tmp_path, started) -> None:
+    """The child's failing step is worded as the other spawn paths word it."""
+    cases = [
+        (dict(cwd="/nonexistent-hachain/dir"),
+         'cwd = "/nonexistent-hachain/dir": chdir: No such file or directory (errno ENOENT)'),
+        (dict(rlimits=(("nofile", 64, 32),)),  # soft above hard
+         "rlimits.nofile = [64, 32]: setrlimit: Invalid argument (errno EINVAL)"),
+    ]
+    for kw, want in cases:
+        cfg = ServiceConfig(name="bad", command=("sleep", "3600"), **kw)
+        with pytest.raises(spawn.SpawnError) as e:
+            spawn.spawn(cfg, str(tmp_path / "logs"), cgroups, None)
+        assert str(e.value) == want
+        assert _no_zombie()  # the failed child was reaped
+        assert cgroups.procs("bad") == []

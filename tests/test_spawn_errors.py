@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from hachain.restarter import spawn
 from tests.conftest import wait_until
 
 MISSING = "/nonexistent-hachain"
@@ -143,11 +144,14 @@ restart = "never"
     assert _reason(r, "lim", "backoff") == \
         "cannot start: rlimits.nofile = 65535: setrlimit: Operation not permitted " \
         "(errno EPERM); retrying per restart policy in 30 s"
-    # without a preexec function, subprocess switches users and cannot say which call
-    # failed; with one (for the rlimits, set first, while still root), it can
+    # started straight into its cgroup (clone3, spawn.py), the child says which call
+    # failed; without a preexec function, subprocess switches users and cannot say which
+    # call failed; with one (for the rlimits, set first, while still root), it can
+    direct = r.cg_root is not None and spawn.direct_spawn_available()
     assert _reason(r, "cred", "failed") == \
-        'cannot start: user = "nobody": switching credentials: Operation not permitted ' \
-        "(errno EPERM); not retried (restart = never)"
+        'cannot start: user = "nobody": ' + \
+        ("setgroups" if direct else "switching credentials") + \
+        ": Operation not permitted (errno EPERM); not retried (restart = never)"
     assert _reason(r, "credlim", "failed") == \
         'cannot start: user = "nobody": setgroups: Operation not permitted (errno EPERM); ' \
         "not retried (restart = never)"

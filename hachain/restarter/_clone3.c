@@ -1,9 +1,11 @@
 /* hachain.restarter._clone3: start a service process straight into its cgroup.
  *
- * One function, spawn(), does what os.posix_spawn does for the restarter's plain services
+ * One function, spawn(), starts a service process as the restarter's other paths do
  * (stdin from /dev/null, stdout and stderr to one descriptor, a process group of its own,
- * default signal dispositions, an empty signal mask), with one difference: the child is
- * created inside the service's cgroup by clone3(CLONE_INTO_CGROUP) (Linux 5.7).
+ * default signal dispositions, an empty signal mask; and where configured a working
+ * directory, umask, rlimits, user and groups, a readiness descriptor), with one
+ * difference: the child is created inside the service's cgroup by
+ * clone3(CLONE_INTO_CGROUP) (Linux 5.7).
  *
  * Why: the alternative, moving a process into a cgroup by writing cgroup.procs, takes
  * the kernel's global cgroup_threadgroup_rwsem for writing. Unless cgroup2 is mounted
@@ -33,6 +35,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <grp.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -52,6 +56,11 @@ struct clone_args_v2 {  /* struct clone_args up to `cgroup` (CLONE_ARGS_SIZE_VER
     uint64_t set_tid, set_tid_size, cgroup;
 };
 
+struct limit {
+    int resource;
+    struct rlimit value;
+};
+
 struct request {
     const char *path;
     char *const *argv;
@@ -60,9 +69,19 @@ struct request {
     int has_nofile;
     struct rlimit nofile;
     sigset_t sigdef;
+    /* the optional set-up, in the order the child applies it */
+    const char *cwd;       /* NULL: none */
+    int umask;             /* -1: none */
+    struct limit *limits;  /* rlimits (before the credentials: raising needs root) */
+    int nlimits;
+    int has_groups;
+    gid_t *groups;
+    int ngroups;
+    long gid, uid;         /* -1: none */
+    int ready_from, ready_to;  /* -1: none */
     volatile int entered;  /* set by the child first thing: it ran at all */
     volatile int err;   /* written by the child when a step fails */
-    volatile int step;  /* which step: 1 open /dev/null, 2 dup2, 3 setpgid, 4 rlimit, 5 exec */
+    volatile int step;  /* which step failed: see STEPS below */
 };
 
 /* The child's stack. The GIL is held for the whole call and the parent sleeps until the
@@ -104,10 +123,27 @@ static int child_main(void *arg) {
         return fail(r, 1);
     if (to_fd(null, 0) < 0)
         return fail(r, 2);
+    if (r->cwd && chdir(r->cwd) < 0)
+        return fail(r, 6);
+    if (r->umask >= 0)
+        umask((mode_t)r->umask);
     if (setpgid(0, 0) < 0)
         return fail(r, 3);
     if (r->has_nofile && setrlimit(RLIMIT_NOFILE, &r->nofile) < 0)
         return fail(r, 4);
+    for (int i = 0; i < r->nlimits; i++)
+        if (setrlimit(r->limits[i].resource, &r->limits[i].value) < 0)
+            return fail(r, 100 + i);
+    /* raw system calls: glibc's wrappers would signal every thread of the process,
+     * which here are the parent's */
+    if (r->has_groups && syscall(SYS_setgroups, r->ngroups, r->groups) < 0)
+        return fail(r, 7);
+    if (r->gid >= 0 && syscall(SYS_setresgid, r->gid, r->gid, r->gid) < 0)
+        return fail(r, 8);
+    if (r->uid >= 0 && syscall(SYS_setresuid, r->uid, r->uid, r->uid) < 0)
+        return fail(r, 9);
+    if (r->ready_from >= 0 && to_fd(r->ready_from, r->ready_to) < 0)
+        return fail(r, 10);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     execve(r->path, r->argv, r->envp);
@@ -164,22 +200,96 @@ static char **byte_array(PyObject *seq, const char *what) {
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(path, argv, envp, out_fd, cgroup_fd, sigdef, nofile) -> pid\n\n"
+"spawn(path, argv, envp, out_fd, cgroup_fd, sigdef, nofile, setup=None) -> pid\n\n"
 "Start `path` with `argv` and `envp` (sequences of bytes) in the cgroup whose directory\n"
 "`cgroup_fd` is open, stdin /dev/null, stdout and stderr `out_fd`, its own process\n"
 "group, the signals in `sigdef` (and any with a handler) at their default, an empty\n"
-"signal mask, and RLIMIT_NOFILE `nofile` ((soft, hard) or None). Returns once the child\n"
+"signal mask, and RLIMIT_NOFILE `nofile` ((soft, hard) or None); `setup` is None or\n"
+"(cwd bytes or None, umask or -1, groups or None, gid or -1, uid or -1,\n"
+"[(resource, soft, hard)...], (from_fd, to_fd) or None): chdir and umask before the\n"
+"process group, then nofile and the rlimits (while still root), the credentials, the\n"
+"ready fd. Returns once the child\n"
 "has exec'd. OSError when clone3 fails (ENOSYS, EINVAL, E2BIG: the kernel cannot;\n"
 "the caller falls back), when the child was killed before it ran (filename\n"
 "'clone3: killed at birth'), or when a step in the child fails; a failed child is\n"
 "reaped here. The error's `filename` is the step: 'exec', 'setpgid', ...");
 
+/* The optional set-up tuple (cwd, umask, groups, gid, uid, rlimits, ready) into `r`;
+ * the arrays are PyMem allocations the caller frees. 0, or -1 with an exception set. */
+static int parse_setup(PyObject *setup, struct request *r) {
+    PyObject *cwd_o, *groups_o, *limits_o, *ready_o;
+    int um;
+    long gid, uid;
+    if (!PyArg_ParseTuple(setup, "OiOllOO", &cwd_o, &um, &groups_o, &gid, &uid, &limits_o,
+                          &ready_o))
+        return -1;
+    if (cwd_o != Py_None) {
+        if (!PyBytes_Check(cwd_o)) {
+            PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
+            return -1;
+        }
+        r->cwd = PyBytes_AS_STRING(cwd_o);
+    }
+    r->umask = um;
+    r->gid = gid;
+    r->uid = uid;
+    if (groups_o != Py_None) {
+        PyObject *g = PySequence_Fast(groups_o, "groups must be a sequence");
+        if (g == NULL)
+            return -1;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(g);
+        r->groups = PyMem_Calloc((size_t)n + 1, sizeof(gid_t));
+        if (r->groups == NULL) {
+            Py_DECREF(g);
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(g, i));
+            if (v == -1 && PyErr_Occurred()) {
+                Py_DECREF(g);
+                return -1;
+            }
+            r->groups[i] = (gid_t)v;
+        }
+        Py_DECREF(g);
+        r->has_groups = 1;
+        r->ngroups = (int)n;
+    }
+    PyObject *l = PySequence_Fast(limits_o, "rlimits must be a sequence");
+    if (l == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(l);
+    r->limits = PyMem_Calloc((size_t)n + 1, sizeof(struct limit));
+    if (r->limits == NULL) {
+        Py_DECREF(l);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int res;
+        unsigned long long soft, hard;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(l, i), "iKK", &res, &soft, &hard)) {
+            Py_DECREF(l);
+            return -1;
+        }
+        r->limits[i].resource = res;
+        r->limits[i].value.rlim_cur = (rlim_t)soft;
+        r->limits[i].value.rlim_max = (rlim_t)hard;
+    }
+    r->nlimits = (int)n;
+    Py_DECREF(l);
+    if (ready_o != Py_None && !PyArg_ParseTuple(ready_o, "ii", &r->ready_from, &r->ready_to))
+        return -1;
+    return 0;
+}
+
 static PyObject *spawn(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *path_o, *argv_o, *envp_o, *sigdef_o, *nofile_o;
+    PyObject *path_o, *argv_o, *envp_o, *sigdef_o, *nofile_o, *setup_o = Py_None;
     int out_fd, cg_fd;
-    if (!PyArg_ParseTuple(args, "SOOiiOO", &path_o, &argv_o, &envp_o, &out_fd, &cg_fd,
-                          &sigdef_o, &nofile_o))
+    if (!PyArg_ParseTuple(args, "SOOiiOO|O", &path_o, &argv_o, &envp_o, &out_fd, &cg_fd,
+                          &sigdef_o, &nofile_o, &setup_o))
         return NULL;
 #if !HAVE_CLONE3_ENTRY
     errno = ENOSYS;
@@ -189,15 +299,25 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     memset(&r, 0, sizeof r);
     r.path = PyBytes_AS_STRING(path_o);
     r.out_fd = out_fd;
+    r.umask = -1;
+    r.gid = r.uid = -1;
+    r.ready_from = r.ready_to = -1;
+    if (setup_o != Py_None && parse_setup(setup_o, &r) < 0) {
+        PyMem_Free(r.groups);
+        PyMem_Free(r.limits);
+        return NULL;
+    }
     sigemptyset(&r.sigdef);
+    PyObject *result = NULL, *argv = NULL, *envp = NULL;
+    char **cargv = NULL, **cenvp = NULL;
     PyObject *sigdef = PySequence_Fast(sigdef_o, "sigdef must be a sequence");
     if (sigdef == NULL)
-        return NULL;
+        goto done;
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(sigdef); i++) {
         long s = PyLong_AsLong(PySequence_Fast_GET_ITEM(sigdef, i));
         if (s == -1 && PyErr_Occurred()) {
             Py_DECREF(sigdef);
-            return NULL;
+            goto done;
         }
         sigaddset(&r.sigdef, (int)s);
     }
@@ -205,22 +325,19 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     if (nofile_o != Py_None) {
         unsigned long long soft, hard;
         if (!PyArg_ParseTuple(nofile_o, "KK", &soft, &hard))
-            return NULL;
+            goto done;
         r.has_nofile = 1;
         r.nofile.rlim_cur = (rlim_t)soft;
         r.nofile.rlim_max = (rlim_t)hard;
     }
-    PyObject *argv = PySequence_Fast(argv_o, "argv must be a sequence");
+    argv = PySequence_Fast(argv_o, "argv must be a sequence");
     if (argv == NULL)
-        return NULL;
-    PyObject *envp = PySequence_Fast(envp_o, "envp must be a sequence");
-    if (envp == NULL) {
-        Py_DECREF(argv);
-        return NULL;
-    }
-    char **cargv = byte_array(argv, "argv");
-    char **cenvp = cargv ? byte_array(envp, "envp") : NULL;
-    PyObject *result = NULL;
+        goto done;
+    envp = PySequence_Fast(envp_o, "envp must be a sequence");
+    if (envp == NULL)
+        goto done;
+    cargv = byte_array(argv, "argv");
+    cenvp = cargv ? byte_array(envp, "envp") : NULL;
     if (cargv && cenvp) {
         r.argv = cargv;
         r.envp = cenvp;
@@ -238,8 +355,10 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         pthread_sigmask(SIG_SETMASK, &all, &old);
         long pid = clone3_call(&a, child_main, &r);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
+        /* STEPS: what a failed child's `step` names (100 + i: rlimits[i]) */
         static const char *steps[] = {"", "open /dev/null", "dup2", "setpgid",
-                                      "setrlimit nofile", "exec"};
+                                      "setrlimit nofile", "exec", "chdir", "setgroups",
+                                      "setresgid", "setresuid", "ready fd"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -258,16 +377,25 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
             int st;
             while (waitpid((pid_t)pid, &st, 0) < 0 && errno == EINTR)
                 ;
+            char rl[32];
             errno = r.err;
-            PyErr_SetFromErrnoWithFilename(PyExc_OSError, steps[r.step]);
+            if (r.step >= 100) {
+                snprintf(rl, sizeof rl, "rlimit %d", r.step - 100);
+                PyErr_SetFromErrnoWithFilename(PyExc_OSError, rl);
+            } else {
+                PyErr_SetFromErrnoWithFilename(PyExc_OSError, steps[r.step]);
+            }
         } else {
             result = PyLong_FromLong(pid);
         }
     }
+done:
     PyMem_Free(cargv);
     PyMem_Free(cenvp);
-    Py_DECREF(argv);
-    Py_DECREF(envp);
+    Py_XDECREF(argv);
+    Py_XDECREF(envp);
+    PyMem_Free(r.groups);
+    PyMem_Free(r.limits);
     return result;
 #endif
 }

@@ -21,15 +21,17 @@ Some facts this code relies on:
 - A child moved into its cgroup after it was spawned may already have forked, so a
   service must be *born* in its cgroup. clone3(CLONE_INTO_CGROUP) (Linux 5.7) does that;
   Python has no wrapper for it, so the small C extension `_clone3` (built by setup.py
-  where a compiler is at hand) starts plain services that way. Moving a process by
+  where a compiler is at hand) starts services that way. Moving a process by
   writing `cgroup.procs` takes the kernel's global cgroup_threadgroup_rwsem for writing,
   and unless cgroup2 is mounted with `favordynmods` that waits for an RCU grace period:
   5-15 ms on an idle machine, more than the rest of a restart (docs/restarter.md,
   "Restart after idle"). clone3 takes that lock for reading only.
-- The fallback, where `_clone3` is missing or the kernel refuses, and for services that
-  need set-up posix_spawn cannot do: the restarter moves *itself* into the service's
-  cgroup, spawns (the child is born there), and moves itself back: two small writes, no
-  window in which a descendant escapes, but each write may wait for that grace period.
+  It does the whole set-up of a service (cwd, umask, rlimits, user and groups, the
+  readiness fd), in the order subprocess and the preexec function below do it.
+- The fallback, where `_clone3` is missing or the kernel refuses: the restarter moves
+  *itself* into the service's cgroup, spawns (the child is born there), and moves itself
+  back: two small writes, no window in which a descendant escapes, but each write may
+  wait for that grace period.
 - subprocess uses vfork when no preexec function is given, which keeps a spawn well
   under a millisecond even for a large parent. Only services that need a rlimit or a
   readiness fd at a fixed number pay for a preexec function.
@@ -699,11 +701,43 @@ def direct_spawn_available() -> bool:
 _KILLED_AT_BIRTH = "clone3: killed at birth"
 
 
+def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None) -> tuple | None:
+    """What a service needs beyond a plain spawn, as _clone3.spawn takes it; None: nothing.
+    (RLIM_INFINITY is -1 here and all ones in C: the extension takes the bits.)"""
+    if _plain(cfg):
+        return None
+    return (None if cfg.cwd is None else os.fsencode(cfg.cwd),
+            -1 if cfg.umask is None else cfg.umask,
+            None if creds.groups is None else list(creds.groups),
+            -1 if creds.gid is None else creds.gid,
+            -1 if creds.uid is None else creds.uid,
+            [(_RLIMIT[n], s, h) for n, s, h in cfg.rlimits],
+            None if ready_w is None else (ready_w, cfg.ready_fd))
+
+
+def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
+    """The error of a failed step in a child started by _clone3.spawn, worded as the
+    other spawn paths word it: an OSError for the exec and the chdir (_popen_error names
+    the setting), a SpawnError for the rest."""
+    step = str(e.filename)
+    if step == "exec":
+        return OSError(e.errno, e.strerror, cfg.command[0])
+    if step == "chdir":
+        return OSError(e.errno, e.strerror, cfg.cwd)
+    if step in ("setgroups", "setresgid", "setresuid"):
+        return SpawnError(f"{creds.setting}: {step}: {errno_text(e)}")
+    if step.startswith("rlimit "):
+        n, soft, hard = cfg.rlimits[int(step.split()[1])]
+        return SpawnError(f"{_rlimit_setting(n, soft, hard)}: setrlimit: {errno_text(e)}")
+    return SpawnError(f"{step}: {errno_text(e)}", transient=e.errno in TRANSIENT_ERRNOS)
+
+
 def _spawn_into(cg: str, cfg: ServiceConfig, env: dict[str, str], logfd: int,
-                cgroups: Cgroups) -> int | None:
-    """A plain service started straight into its cgroup `cg` by clone3; None when that
-    cannot be done here (the caller falls back to moving itself). OSError as from
-    posix_spawn (an exec failure has no filename); SpawnError for another step.
+                cgroups: Cgroups, creds: Credentials, ready_w: int | None) -> int | None:
+    """A service started straight into its cgroup `cg` by clone3, with its whole set-up
+    (cwd, umask, rlimits, user and groups, readiness fd); None when that cannot be done
+    here (the caller falls back to moving itself). OSError as from posix_spawn or
+    subprocess (filename: the program or the cwd); SpawnError for another step.
 
     A child cloned into a cgroup that was once cgroup.kill'ed is SIGKILLed by Linux 6.18
     before it runs (see _clone3.c). Such a cgroup is made afresh (rmdir, mkdir) when it
@@ -713,6 +747,8 @@ def _spawn_into(cg: str, cfg: ServiceConfig, env: dict[str, str], logfd: int,
     path = _exe_path(cfg, env)
     argv = [os.fsencode(a) for a in cfg.command]
     envp = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    setup = _setup(cfg, creds, ready_w)
+    nofile = None if any(n == "nofile" for n, _, _ in cfg.rlimits) else BASE_NOFILE
     for attempt in range(2):
         cgroups.thaw(cg)  # a child born into a frozen cgroup would hold us in vfork's wait
         try:
@@ -721,7 +757,7 @@ def _spawn_into(cg: str, cfg: ServiceConfig, env: dict[str, str], logfd: int,
             return None
         try:
             return int(_clone3.spawn(os.fsencode(path), argv, envp, logfd, fd,
-                                     [int(s) for s in _SIGDEF], BASE_NOFILE))
+                                     [int(s) for s in _SIGDEF], nofile, setup))
         except OSError as e:
             if e.filename == _KILLED_AT_BIRTH:
                 if attempt == 0 and cgroups.renew(cfg.name):
@@ -736,10 +772,7 @@ def _spawn_into(cg: str, cfg: ServiceConfig, env: dict[str, str], logfd: int,
                 if e.errno in _CLONE3_TRANSIENT:
                     raise OSError(e.errno, e.strerror) from None  # as fork would fail
                 return None
-            if e.filename == "exec":
-                raise OSError(e.errno, e.strerror) from None
-            raise SpawnError(f"{e.filename}: {errno_text(e)}",
-                             transient=e.errno in TRANSIENT_ERRNOS) from None
+            raise _step_error(e, cfg, creds) from None
         finally:
             os.close(fd)
     return None
@@ -799,8 +832,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         env = service_env(cfg, notify_socket)
         try:
             direct = None
-            if cg is not None and _direct and _plain(cfg):
-                direct = _spawn_into(cg, cfg, env, logfd, cgroups)
+            if cg is not None and _direct:
+                direct = _spawn_into(cg, cfg, env, logfd, cgroups, creds, ready_w)
             if direct is None and cg is not None:
                 try:
                     cgroups.enter(cg)
