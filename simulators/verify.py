@@ -71,8 +71,9 @@ RESTARTS_CAP = 9  # `Svc.restarts` counts are clamped: nothing in the policy rea
 NOT_SENT, SENT, DONE = "not-sent", "sent", "done"
 
 # One running process: (pid, READY=1 phase, ticks left before it must send READY=1,
-# got SIGTERM and may exit at any moment).
-Proc = tuple[int, str, int, bool]
+# got SIGTERM and may exit at any moment, the process of each service it requires that
+# it was started against: (index, pid)).
+Proc = tuple[int, str, int, bool, tuple[tuple[int, int], ...]]
 
 # Transition kinds. An OPERATOR step (breaking the configuration file on disk) is not a
 # fault of the chain and is not counted against --faults; it is one-way, so the state
@@ -204,6 +205,7 @@ class Record:
     want: str
     started_mono: float | None
     restarts: int
+    stop_since: float | None = None  # never set: stops by hand are not modelled
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,8 @@ class _Restarter:
 
     def new_pid(self) -> int:
         used = {p for ps in self.procs for p in ps} | {w for w in self.watched if w}
+        # a process a dependent was started against keeps its pid while that runs
+        used |= {p for ps in self.procs for v in ps.values() for _, p in v[3]}
         used |= {s.pid for s in self.core.svcs.values() if s.pid}
         used |= {r.pid for r in self.records if r is not None and r.pid}
         pid = 1
@@ -329,9 +333,9 @@ class _Restarter:
             if self.broken and i == 0:  # it crashes at once: only its exit is left
                 self.notes.append(f"svc{i} pid {pid} crashes at once")
             elif self.m.confs[i].ready == "notify":
-                self.procs[i][pid] = (NOT_SENT, self.m.opts.ready_within, False)
+                self.procs[i][pid] = (NOT_SENT, self.m.opts.ready_within, False, self.on(i))
             else:
-                self.procs[i][pid] = (DONE, 0, False)
+                self.procs[i][pid] = (DONE, 0, False, self.on(i))
             self.watched[i] = pid
             self.notes.append(f"spawn svc{i} pid {pid}")
             self.core.push_front(a.name, Ev.SPAWNED, EPOCH, pid=pid)
@@ -342,8 +346,8 @@ class _Restarter:
                 if a.signal == SIGKILL:
                     del self.procs[i][p]
                 else:  # it exits when it likes; SIGKILL follows the stop timeout
-                    phase, left, _ = self.procs[i][p]
-                    self.procs[i][p] = (phase, left, True)
+                    phase, left, _, on = self.procs[i][p]
+                    self.procs[i][p] = (phase, left, True, on)
         elif isinstance(a, core.KillLeftovers):
             if not self.duplicate:
                 self.procs[i].clear()  # its cgroup: never two copies
@@ -356,6 +360,12 @@ class _Restarter:
             self.timers[i].pop(a.kind, None)
         elif isinstance(a, states.Persist):
             self.dirty.add(i)
+
+    def on(self, i: int) -> tuple[tuple[int, int], ...]:
+        """The processes of what svc`i` requires that it starts against now."""
+        svcs = self.core.svcs
+        return tuple((self.m.index[d], pid) for d in self.m.confs[i].requires
+                     if d in self.m.index and (pid := svcs[d].pid) is not None)
 
     def on_exit(self, i: int) -> None:
         """The watched pid's pidfd became readable: the core hears of the exit."""
@@ -512,7 +522,30 @@ class Model:
         broken for good, the best there is: the machine up with the gate passing (svc0
         retried by its policy, or held by a rescue once its intensity parked it and the
         gate reset the machine), and what requires it waiting."""
-        return converge.converged(self.seen(w), self.goal(w.broken))
+        return converge.converged(self.seen(w), self.goal(w.broken)) and not self.stale(w)
+
+    def stale(self, w: World, untold: bool = False) -> list[str]:
+        """Dependents still running on a process of a service they require that is gone
+        (restart_dependents = true): DEPS_LOST should have restarted them with it, as
+        "svc1 pid 3 on svc0 pid 1". `untold`: only those the restarter has not asked to
+        stop yet (not stopping)."""
+        out = []
+        for i, ps in enumerate(w.procs):
+            if not self.confs[i].restart_dependents or \
+                    untold and w.svcs[i].state is State.STOPPING:
+                continue
+            for pid, *_, on in ps:
+                out += [f"svc{i} pid {pid} on svc{j} pid {q}" for j, q in on
+                        if all(p[0] != q for p in w.procs[j])]
+        return out
+
+    def untold_dependents(self, w: World, edges: list[tuple[str, World]]) -> list[str]:
+        """The invariant on DEPS_LOST: when time is about to pass (a tick, so a live
+        restarter has handled every exit it can see), every dependent running on a
+        required process that has gone is stopping."""
+        if w.kernel != "up" or w.layers[1] != UP or not any(k == TICK for k, _ in edges):
+            return []
+        return self.stale(w, untold=True)
 
     def goal(self, broken: bool) -> converge.Want:
         """The converged chain: every service wanted as configured; behind a svc0 broken
@@ -598,10 +631,10 @@ class Model:
                 if left == 0 and not (k == 0 and self.opts.mutant == "init-no-restart"):
                     yield self.layer_restart(w, k + 1)
         for i, ps in enumerate(w.procs):
-            for k, (pid, ph, left, term) in enumerate(ps):
+            for k, (pid, ph, left, term, on) in enumerate(ps):
                 if ph == NOT_SENT:
                     phase = SENT  # queued even while no restarter runs
-                    procs = _set(w.procs, i, _set(ps, k, (pid, phase, 0, term)))
+                    procs = _set(w.procs, i, _set(ps, k, (pid, phase, 0, term, on)))
                     yield Step(f"svc{i} pid {pid} sends READY=1", EVENT,
                                replace(w, procs=procs), urgent=left == 0)
                 if term:
@@ -619,10 +652,10 @@ class Model:
             r = _Restarter(self, w)
             r.on_exit(i)
             yield self.rstep(w, r, f"restarter reaps svc{i} pid {pid}")
-        for p, ph, left, term in w.procs[i]:
+        for p, ph, left, term, on in w.procs[i]:
             if ph == SENT:
                 r = _Restarter(self, w)
-                r.procs[i][p] = (DONE, left, term)
+                r.procs[i][p] = (DONE, left, term, on)
                 if w.svcs[i].pid == p:
                     r.feed(i, Ev.READY)
                 yield self.rstep(w, r, f"restarter reads READY=1 from svc{i} pid {p}")
@@ -678,8 +711,8 @@ class Model:
             restart_in = tuple(None if x is None else max(0, x - 1)  # type: ignore[assignment]
                                for x in restart_in)
         timers = tuple(tuple((k, max(0, t - 1)) for k, t in ts) for ts in w.timers)
-        procs = tuple(tuple((p, ph, max(0, left - 1), term) for p, ph, left, term in ps)
-                      for ps in w.procs)
+        procs = tuple(tuple((p, ph, max(0, left - 1), term, on)
+                            for p, ph, left, term, on in ps) for ps in w.procs)
         w2 = replace(w, hb_age=ages, restart_in=restart_in, timers=timers, procs=procs,
                      svcs=tuple(self.age_svc(s, i) for i, s in enumerate(w.svcs)),
                      records=tuple(self.age_record(r) for r in w.records))
@@ -845,6 +878,15 @@ def _check(m: Model, init: World, succ: dict[World, list[tuple[str, World]]],
         msg = ("the machine was reset although every fault since boot was a crash that "
                "the layer below should have repaired")
         found.append(("needless_reboot", msg, tr))
+
+    untold = [w for w in order if m.untold_dependents(w, succ.get(w, []))]
+    counts["stale_dependent"] = len(untold)
+    if untold:
+        w = untold[0]
+        msg = ("a dependent runs on a process of a service it requires that has gone, and "
+               "the restarter has not asked it to stop (DEPS_LOST): "
+               + "; ".join(m.stale(w, untold=True)))
+        found.append(("stale_dependent", msg, _trace(m, parent, first[w])))
 
     dist, ticks = _worst_case(m, succ)
     stuck = [w for w in order if w in succ and w not in dist]

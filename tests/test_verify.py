@@ -124,7 +124,9 @@ def test_model_calls_the_real_state_table(monkeypatch: pytest.MonkeyPatch) -> No
     rep = explore(Options())
     assert not rep.ok
     v = rep.violation
-    assert v is not None and v["kind"] == "no_convergence"
+    assert v is not None and rep.others["no_convergence"] > 0
+    # (svc1 keeps running on svc0's dead process: the DEPS_LOST invariant says so first)
+    assert v["kind"] in ("no_convergence", "stale_dependent")
     assert any("crash" in line for line in v["trace"])
 
 

@@ -3,9 +3,11 @@
 Owns: the services' `Svc`s and the dependency plan (requires / wants / after, conflicts,
 critical), what an event means for the other services (waiting dependents look again,
 DEPS_LOST to what *requires* a service that went down, restart groups, conflicts),
-re-adoption at start, what a timer, a notify message or a check result means, the admin
-state kept across restarts, the orderly shutdown, refusals (maintenance, shutdown) and a
-reboot request. Each service's own next state is `states.step`'s (Rule 1 of states.py).
+the order of re-adoption at start, the admin state kept across restarts, the orderly
+shutdown, refusals during it, and a reboot request. Everything about one service is a
+cell of `states.TABLE` (Rule 1 of states.py): its timers, check results, MAINPID=, what
+an adopted record means, a request refused in maintenance; the core only turns what the
+driver saw into those events.
 
 Must not: do I/O or read the clock (no os, socket, subprocess, time: test_layering holds
 it). `now` comes in with each call.
@@ -32,7 +34,7 @@ from typing import Any, Protocol
 from hachain.config import ServiceConfig
 from hachain.restarter import graph, states
 from hachain.restarter.policy import ExitStatus
-from hachain.restarter.states import Ev, Event, State, Svc, Timer, replace
+from hachain.restarter.states import Ev, Event, State, Svc, Timer
 
 # --- effects: what the driver must do (states' Spawn, Kill, ArmTimer, CancelTimer and
 # Persist pass through as they are) ---------------------------------------------------
@@ -52,52 +54,23 @@ class Log:
     text: str
 
 
-@dataclass(frozen=True)
-class KillLeftovers:
-    """Its main process is gone: SIGKILL what it left. With `pid`: the exited main
-    process's group or cgroup, before its exit is handled; without: whatever is still in
-    its cgroup. `why`, when set, is logged with the number of processes killed."""
-
-    name: str
-    pid: int | None = None
-    why: str = ""
-
-
-@dataclass(frozen=True)
-class RunProbe:
-    """Start a readiness ("ready") or health ("health") check unless one runs."""
-
-    name: str
-    purpose: str
-
-
-@dataclass(frozen=True)
-class DropProbe:
-    """Abandon a running check. `timed_out`: its timeout fired, so a running one is a
-    failed check (report it with `probe_result`)."""
-
-    name: str
-    purpose: str
-    timed_out: bool = False
-
-
-@dataclass(frozen=True)
-class FindMain:
-    """A forking service's launcher has exited (`status`, on the first look): look for
-    its main process and push `launched`."""
-
-    name: str
-    first: bool
-    status: ExitStatus | None = None
+# The table's own actions that the driver carries out (states.py defines them).
+KillLeftovers = states.KillLeftovers
+RunProbe = states.RunProbe
+DropProbe = states.DropProbe
+FindMain = states.FindMain
 
 
 @dataclass(frozen=True)
 class MainFound:
-    """The main pid a `launched` reported: `accepted` (watch it) or not (let it go)."""
+    """The main pid a `launched` or `main_pid` event reported: `accepted` (watch it, in
+    place of the former main process if any) or not (let it go). `via`: "MAINPID" when
+    the service named it."""
 
     name: str
     pid: int
     accepted: bool
+    via: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +103,8 @@ class Record(Protocol):
     def restarts(self) -> int: ...
     @property
     def started_mono(self) -> float | None: ...
+    @property
+    def stop_since(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -162,12 +137,9 @@ def make_plan(conf: Mapping[str, ServiceConfig]) -> Plan:
 # when it is its turn, or None). Event None: after an exit, sweep what it left behind.
 Item = tuple[str, "Ev | None", float, dict[str, Any], "Callable[[Svc], bool] | None"]
 
-_TIMER_EVENT = {Timer.BACKOFF_DONE: Ev.BACKOFF_DONE, Timer.READY_TIMEOUT: Ev.READY_TIMEOUT,
-                Timer.STOP_TIMEOUT: Ev.STOP_TIMEOUT}
-_RESTORED = {"done": State.DONE, "failed": State.FAILED}
 READY_CHECK_FIRST = 0.02  # s after the spawn: the first exec / tcp readiness check
 READY_CHECK_AGAIN = 0.2  # s between readiness checks that failed
-FIND_MAIN_AGAIN = 0.05  # s between looks for a forking service's main pid
+RESCUE_HELD = "rescue: boot loop (hachain clear --boot-loop)"
 
 
 def _waiting(s: Svc) -> bool:
@@ -191,11 +163,10 @@ class Core:
         self.stop_levels: list[list[str]] = []  # the orderly shutdown, last level first
         self.rescue_held: set[str] = set()  # critical services a rescue boot holds
         self.reboot_requested: str | None = None
-        self.health_failures: dict[str, int] = {}
         self.grants: dict[str, int] = {}  # singletons this node may run: fencing token
         self.grant_owners: dict[str, str] = {}  # singletons held elsewhere: the node
         self.cells: set[tuple[str, str]] | None = None  # (state, event) stepped, if kept
-        self._to_exit: list[str] = []
+        self._deferred: list[tuple[str, Ev, dict[str, Any]]] = []  # adoption's Later
 
     # --- the queue ---------------------------------------------------------------------
 
@@ -230,6 +201,8 @@ class Core:
                  only: Callable[[Svc], bool] | None) -> None:
         s = self.svcs.get(name)
         if s is None:
+            if kind in (Ev.LAUNCHED, Ev.MAIN_PID) and kw.get("pid") is not None:
+                self.out.append(MainFound(name, kw["pid"], False))  # its pidfd goes
             return  # removed by a reload since
         if kind is None:
             self._sweep(name, s)
@@ -254,16 +227,24 @@ class Core:
             self.out.append(Log(f"warning: {e}"))
             return
         self.svcs[name] = nxt
-        if nxt.state is not s.state:
+        if nxt.state is not s.state and kind is not Ev.ADOPTED:
             self.out.append(Transition(name, s, nxt))
         for a in actions:
             self._action(a, now)
-        self._after_change(name, s, nxt, now)
+        if kind is Ev.MAIN_PID:  # the same service going on under another pid
+            self.out.append(MainFound(name, ev.pid or 0, nxt.pid == ev.pid != s.pid,
+                                      via="MAINPID"))
+        else:
+            self._after_change(name, s, nxt, now)
         if kind is Ev.SPAWN_FAILED:
             why = nxt.reason.removeprefix("cannot start: ")
             self.out.append(Log(f"cannot start {name}: {why}"))
         elif kind is Ev.LAUNCHED:
             self._after_launch(name, nxt, ev, first)
+        elif kind is Ev.HEALTH_FAILED and nxt.health_failures > s.health_failures:
+            h = c.health
+            self.out.append(Log(f"{name}: health check failed ({nxt.health_failures}/"
+                                f"{h.failures if h else '?'}): {ev.reason}"))
         if name in self.removing:
             self._forget_if_stopped(name)
 
@@ -273,11 +254,7 @@ class Core:
                 self.queue.appendleft((other, Ev.STOP, now, {}, states.is_up))
             self.out.append(a)
         elif isinstance(a, states.StopDependents):
-            conf = self.plan.conf
-            for d in self.plan.rev.get(a.name, ()):
-                if a.name in conf[d].requires:
-                    self.queue.append((d, Ev.DEPS_LOST, now, {"reason": a.reason},
-                                       states.is_up))
+            self._deps_lost(a.name, a.reason, now)
         elif isinstance(a, states.RestartGroup):
             for d in graph.dependents(self.plan.rev, a.name):
                 self.queue.append((d, Ev.RESTART, now, {}, states.is_up))
@@ -285,7 +262,11 @@ class Core:
             self.reboot_requested = f"{a.name}: {a.reason}"
             self.out.append(Log(f"{a.name}: restart intensity exceeded with action reboot: "
                                 "asking the tickler to stop petting the watchdog"))
-        else:  # Kill, ArmTimer, CancelTimer, Persist: the driver's
+        elif isinstance(a, states.Later):
+            self._deferred.append((a.name, a.kind, {"status": a.status} if a.status else {}))
+        elif isinstance(a, states.Refuse):
+            self.out.append(Log(f"{a.name}: request refused: {a.why}"))
+        else:  # Kill, ArmTimer, CancelTimer, Persist, KillLeftovers, checks: the driver's
             self.out.append(a)
 
     def _after_change(self, name: str, old: Svc, new: Svc, now: float) -> None:
@@ -299,7 +280,6 @@ class Core:
             # liveness is watched once start-up is over (as systemd does), never while
             # a slow service is still getting ready
             if c.health:
-                self.health_failures[name] = 0
                 out.append(states.ArmTimer(name, Timer.HEALTH_CHECK, c.health.interval))
             if c.watchdog_sec:
                 out.append(states.ArmTimer(name, Timer.WATCHDOG, c.watchdog_sec))
@@ -321,15 +301,17 @@ class Core:
             for r in c.requires:
                 queue.append((r, Ev.DEPS_READY, now, {}, states.waits_for_dependents))
         if states.went_down(old, new) and not self.shutting_down:
-            # its process ended (even if a new one is already starting): what *requires*
-            # it restarts with it (DEPS_LOST); what only wants it or orders itself after
-            # it does not
-            conf = self.plan.conf
-            for d in rev:
-                if name in conf[d].requires:
-                    queue.append((d, Ev.DEPS_LOST, now,
-                                  {"reason": f"required service {name} went down"},
-                                  states.is_up))
+            # its process ended (even if a new one is already starting)
+            self._deps_lost(name, f"required service {name} went down", now)
+
+    def _deps_lost(self, name: str, reason: str, now: float) -> None:
+        """DEPS_LOST routing: what *requires* `name` and runs restarts with it (its cell
+        says how; restart_dependents = false keeps it running); what only wants it or
+        orders itself after it does not."""
+        conf = self.plan.conf
+        for d in self.plan.rev.get(name, ()):
+            if name in conf[d].requires:
+                self.queue.append((d, Ev.DEPS_LOST, now, {"reason": reason}, states.is_up))
 
     def _sweep(self, name: str, s: Svc) -> None:
         """After an exit was handled: the service is down (not stopping), so whatever its
@@ -376,34 +358,14 @@ class Core:
     def _after_launch(self, name: str, s: Svc, ev: Event, first: bool) -> None:
         if ev.pid is not None:
             self.out.append(MainFound(name, ev.pid, s.pid == ev.pid))
-        if s.state is State.STARTING and s.pid is None:
-            if first:
-                self.out.append(Log(f"{name}: {s.reason}"))
-            self.out.append(states.ArmTimer(name, Timer.FIND_MAIN, FIND_MAIN_AGAIN))
+        if first and s.state is State.STARTING and s.pid is None:
+            self.out.append(Log(f"{name}: {s.reason}"))
 
     def timer(self, name: str, kind: Timer, now: float) -> None:
-        """A service's timer fired (the driver dropped stale ones)."""
-        s = self.svcs.get(name)
-        if s is None:
-            return  # a timer of a service removed by a reload
-        ev = _TIMER_EVENT.get(kind)
-        if ev is not None:
-            self.queue.append((name, ev, now, {}, None))
-        elif kind is Timer.WATCHDOG:
-            self.queue.append((name, Ev.WATCHDOG_MISSED, now, {}, None))
-        elif kind is Timer.READY_CHECK:
-            if s.state is State.STARTING:
-                self.out.append(RunProbe(name, "ready"))
-        elif kind is Timer.HEALTH_CHECK:
-            if s.state is State.READY and self.plan.conf[name].health is not None:
-                self.out.append(RunProbe(name, "health"))
-        elif kind is Timer.READY_CHECK_TIMEOUT:
-            self.out.append(DropProbe(name, "ready", timed_out=True))
-        elif kind is Timer.HEALTH_CHECK_TIMEOUT:
-            self.out.append(DropProbe(name, "health", timed_out=True))
-        elif kind is Timer.FIND_MAIN:
-            if s.state is State.STARTING and s.pid is None:
-                self.out.append(FindMain(name, False))
+        """A service's timer fired (the driver dropped stale ones): the table's event of
+        that name (states.TIMER_EVENT) says what it means in the service's state."""
+        if name in self.svcs:  # (not a timer of a service removed by a reload)
+            self.queue.append((name, states.TIMER_EVENT[kind], now, {}, None))
 
     def probe_result(self, name: str, purpose: str, ok: bool, detail: str,
                      now: float) -> None:
@@ -411,28 +373,14 @@ class Core:
         s = self.svcs.get(name)
         if s is None:
             return
-        c = self.plan.conf[name]
         if purpose == "ready":
             if ok:
                 self.push(name, Ev.READY, now)
             elif s.state is State.STARTING:
                 self.out.append(states.ArmTimer(name, Timer.READY_CHECK, READY_CHECK_AGAIN))
             return
-        if c.health is None:
-            return
-        if ok:
-            self.health_failures[name] = 0
-        else:
-            n = self.health_failures.get(name, 0) + 1
-            self.health_failures[name] = n
-            self.out.append(Log(f"{name}: health check failed ({n}/{c.health.failures}): "
-                                f"{detail}"))
-            if n >= c.health.failures:
-                self.health_failures[name] = 0
-                self.push(name, Ev.HUNG, now, reason=f"health check failed {n} times: {detail}")
-                return
-        if s.state is State.READY:
-            self.out.append(states.ArmTimer(name, Timer.HEALTH_CHECK, c.health.interval))
+        # the table counts consecutive failures and stops it as hung at the threshold
+        self.push(name, Ev.HEALTH_OK if ok else Ev.HEALTH_FAILED, now, reason=detail)
 
     def watchdog_ping(self, name: str) -> None:
         """WATCHDOG=1: the service watchdog starts over (once it is ready)."""
@@ -445,77 +393,35 @@ class Core:
         if self.svcs[name].state is State.STARTING:
             self.out.append(states.ArmTimer(name, Timer.READY_TIMEOUT, seconds))
 
-    def may_take_main_pid(self, name: str, pid: int) -> bool:
-        """MAINPID=: worth checking (another pid, of a service that is up)?"""
-        s = self.svcs[name]
-        return pid != s.pid and states.is_up(s)
-
-    def main_pid(self, name: str, pid: int) -> None:
-        """MAINPID= accepted (the driver checked it is a process of the service)."""
-        self.svcs[name] = replace(self.svcs[name], pid=pid)
-        self.out.append(states.Persist(name))
+    def main_pid(self, name: str, pid: int, now: float) -> None:
+        """MAINPID=: `pid`, which the driver checked is a process of the service and
+        holds a pidfd of, may be its main process now; the table says (MainFound)."""
+        self.push(name, Ev.MAIN_PID, now, pid=pid)
 
     # --- re-adoption ---------------------------------------------------------------------
 
     def adopt(self, name: str, admin: Mapping[str, str], rec: Record | None, alive: bool,
               now: float) -> bool:
         """Rebuild `name` from its admin state (admin.json), its runtime record, and
-        whether the record's pid is verifiably still its process (`alive`). True: it is
-        adopted (the driver watches rec.pid). Call `adopted` once every service is done."""
-        c = self.plan.conf[name]
-        s = self.svcs[name]
-        if admin.get("want") == "down" or not c.enabled:
-            s = replace(s, want="down", reason="stopped by administrator"
-                        if admin.get("want") == "down" else "disabled in configuration")
-        if "maintenance" in admin:
-            s = replace(s, state=State.MAINTENANCE, reason=admin["maintenance"])
-        if name in self.rescue_held:
-            s = replace(s, state=State.MAINTENANCE, reason="rescue: boot loop (hachain "
-                        "clear --boot-loop)")
-        if rec is not None and rec.pid and alive:
-            st = State.READY if rec.state == "ready" else State.STARTING
-            if st is State.STARTING and c.kind == "longrun" and c.ready in ("fd", "none"):
-                # the readiness pipe died with the previous restarter; "none" is ready
-                # once running (a record caught mid-restart says starting)
-                st = State.READY
-            # what is wanted comes from admin.json, never from the record
-            s = replace(s, state=st, pid=rec.pid, restarts=rec.restarts,
-                        started_at=rec.started_mono or now, reason="adopted")
-            if st is State.STARTING and states.needs_ready_timer(c):
-                self.out.append(states.ArmTimer(name, Timer.READY_TIMEOUT, c.ready_timeout))
-            elif c.watchdog_sec:
-                self.out.append(states.ArmTimer(name, Timer.WATCHDOG, c.watchdog_sec))
-            self.svcs[name] = s
-            if s.want == "down" and s.state is not State.MAINTENANCE:
-                self.later.append((name, Ev.STOP, {}))  # stopped by hand
-            return True
-        # Not running (any more): clear leftovers of it so we never run two copies
-        # (kill_mode = "process": they are meant to outlive it, and stay).
-        if states.kills_leftovers(c):
-            self.out.append(KillLeftovers(name, why="leftover process(es) in its cgroup"))
-        if rec is not None and s.state is not State.MAINTENANCE:
-            restored = _RESTORED.get(rec.state)
-            if restored is not None:
-                s = replace(s, state=restored, restarts=rec.restarts,
-                            reason=f"{rec.state} (before the restarter restarted)")
-            elif rec.state == "stopping" and s.want == "down":
-                # stopped by hand, and it finished stopping while no restarter watched
-                s = replace(s, state=State.STOPPED, restarts=rec.restarts)
-            elif rec.state in ("ready", "starting", "stopping") and rec.pid:
-                # It died while no restarter watched it: that exit goes through policy.
-                s = replace(s, state=State.READY, pid=rec.pid, restarts=rec.restarts,
-                            started_at=rec.started_mono or now)
-                self._to_exit.append(name)
-        self.svcs[name] = s
-        return False
+        whether the record's pid is verifiably still its process (`alive`): the table's
+        `adopted` cell decides. True: it is adopted (the driver watches rec.pid). Call
+        `adopted` once every service is done."""
+        held = RESCUE_HELD if name in self.rescue_held else admin.get("maintenance", "")
+        found = states.Found(
+            want=admin.get("want", "up"), held=held, record=rec.state if rec else "",
+            pid=rec.pid if rec else None, alive=alive, restarts=rec.restarts if rec else 0,
+            started=rec.started_mono if rec else None,
+            stop_since=getattr(rec, "stop_since", None))
+        self._process(name, Ev.ADOPTED, now, {"found": found}, None)
+        return alive and found.pid is not None and self.svcs[name].pid == found.pid
 
     def adopted(self, now: float, names: Collection[str] | None = None) -> None:
         """Every service (or every one of `names`, rebuilt ahead of the others) was adopted
-        or not: hold back the exits of those that died unwatched, then the start of every
-        one wanted up, in dependency order."""
-        for name in self._to_exit:
-            self.later.append((name, Ev.EXITED, {"status": ExitStatus("unknown")}))
-        self._to_exit = []
+        or not: hold back what their `adopted` cells deferred (the exit of one that died
+        unwatched, the stop of one stopped by hand), then the start of every one wanted
+        up, in dependency order."""
+        self.later.extend(self._deferred)
+        self._deferred = []
         for name in self.plan.order:
             s = self.svcs[name]
             if names is not None and name not in names:
@@ -531,13 +437,18 @@ class Core:
             return f"unknown service {name!r}"
         if self.shutting_down:
             return "the restarter is shutting down"
-        s = self.svcs[name]
-        if op in ("start", "restart") and s.state is State.MAINTENANCE:
-            return f"{name} is in maintenance ({s.reason}); use 'hachain clear {name}'"
+        kind = Ev(op)
+        # The table says what the request means in the service's state; one its cell
+        # refuses (states.Refuse: a start in maintenance) is answered, not queued. (step
+        # is pure: asking it changes nothing.)
+        _, acts = states.step(self.svcs[name], Event(kind, now), self.plan.conf[name])
+        for a in acts:
+            if isinstance(a, states.Refuse):
+                return a.why
         if op == "clear" and name in self.rescue_held:
             self.rescue_held.discard(name)
             self.out.append(ReleaseRescue(name))
-        self.push(name, Ev(op), now)
+        self.push(name, kind, now)
         return None
 
     def admin_entry(self, name: str) -> dict[str, str] | None:

@@ -382,11 +382,13 @@ class Restarter:
         elif isinstance(e, core.MainFound):
             fd = self._found.pop(e.name)
             if e.accepted:
+                self._unwatch(e.name)  # MAINPID=: the former main process
                 self._watch(e.name, e.pid, fd)
                 self._start_times[e.name] = channels.proc_start_time(e.pid)
                 c = self.conf[e.name]
-                log(f"{e.name}: main pid {e.pid}" + (f" (from {c.pid_file})" if c.pid_file
-                                                     else " (the cgroup's only root process)"))
+                log(f"{e.name}: main pid " + (f"is now {e.pid} (MAINPID)" if e.via else
+                    f"{e.pid}" + (f" (from {c.pid_file})" if c.pid_file
+                                  else " (the cgroup's only root process)")))
             else:
                 os.close(fd)
         elif isinstance(e, core.ReleaseRescue):
@@ -587,24 +589,25 @@ class Restarter:
                 except ValueError:
                     pass
             if "MAINPID" in f:
-                self._new_main_pid(name, f["MAINPID"])
+                self._new_main_pid(name, f["MAINPID"], now)
             if f.get("STOPPING") == "1":
                 self.status_text[name] = "stopping: " + self.status_text.get(name, "")
             if f.get("READY") == "1":
                 self.core.push(name, Ev.READY, now)
             self.run_core(now)
 
-    def _new_main_pid(self, name: str, value: str) -> None:
+    def _new_main_pid(self, name: str, value: str, now: float) -> None:
         """MAINPID=: the service says another of its processes is now the main one
-        (a daemon that forks). Accepted only for a process of the same service."""
+        (a daemon that forks). Only a process of the same service is passed on, with its
+        pidfd held; the table decides (core.MainFound)."""
         try:
             pid = int(value)
         except ValueError:
             log(f"warning: {name}: MAINPID={value[:20]!r} is not a pid: ignored")
             return
-        if not self.core.may_take_main_pid(name, pid):
-            return
         s = self.svcs[name]
+        if name in self._found:
+            return  # (a main pid being reported already: cannot happen between rounds)
         same = self.cgroups.contains(name, pid) if self.cgroups.active else False
         if not same:
             try:
@@ -620,6 +623,11 @@ class Restarter:
             return
         if fd is None:
             return
+        self._found[name] = fd
+        self.core.main_pid(name, pid, now)
+
+    def _unwatch(self, name: str) -> None:
+        """Stop watching the main process `name` had (MAINPID= named another)."""
         old = self.pidfds.pop(name, None)
         if old is not None and old[1] == CHILD:
             self.by_pid.pop(old[0], None)  # our child: the SIGCHLD path reaps it
@@ -631,10 +639,6 @@ class Restarter:
                 self.sel.register(old[1], selectors.EVENT_READ, ("reap", old[0]))
             else:
                 os.close(old[1])
-        self._watch(name, pid, fd)
-        self._start_times[name] = channels.proc_start_time(pid)
-        self.core.main_pid(name, pid)
-        log(f"{name}: main pid is now {pid} (MAINPID)")
 
     def _on_ready_fd(self, name: str, now: float) -> None:
         fd = self.ready_fds.get(name)
@@ -785,7 +789,7 @@ class Restarter:
             "ready": c.ready, "status_text": self.status_text.get(name, ""),
             "last_exit": s.last_exit.to_json() if s.last_exit else None,
             "health": None if c.health is None else {
-                "kind": c.health.kind, "failures": self.core.health_failures.get(name, 0),
+                "kind": c.health.kind, "failures": s.health_failures,
                 "last": self.health_detail.get(name, "")},
             # kill_mode = "process": what earlier main processes left running in its cgroup
             "leftovers": self.cgroups.outside(name, s.pid) if self.cgroups.active and
@@ -855,7 +859,9 @@ class Restarter:
             rec = RuntimeRecord(name=name, pid=s.pid,
                                 start_time=self._start_times.get(name) if s.pid else None,
                                 state=s.state.value, want=s.want, started_mono=s.started_at,
-                                restarts=s.restarts, cgroup=self.cgroups.path(name))
+                                restarts=s.restarts, cgroup=self.cgroups.path(name),
+                                stop_since=s.stop_since if s.state is State.STOPPING
+                                else None)
             if rec.pid and rec.start_time is None:
                 rec = replace(rec, start_time=channels.proc_start_time(rec.pid))
                 self._start_times[name] = rec.start_time

@@ -56,6 +56,7 @@ class RuntimeRecord:
     started_mono: float | None
     restarts: int
     cgroup: str | None
+    stop_since: float | None = None  # stopping: when its stop signal was sent (monotonic)
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -231,7 +232,7 @@ class Store:
                 name=name, pid=d.get("pid"), start_time=d.get("start_time"),
                 state=str(d["state"]), want=str(d.get("want", "up")),
                 started_mono=d.get("started_mono"), restarts=int(d.get("restarts", 0)),
-                cgroup=d.get("cgroup"))
+                cgroup=d.get("cgroup"), stop_since=d.get("stop_since"))
         except (ValueError, KeyError, TypeError, AttributeError):
             self.warnings.append(_set_aside(path))
             return None

@@ -66,18 +66,28 @@ class Ev(str, enum.Enum):
     READY_TIMEOUT = "ready_timeout"
     STOP_TIMEOUT = "stop_timeout"
     BACKOFF_DONE = "backoff_done"
-    HUNG = "hung"                # health check failures (reason)
+    HEALTH_FAILED = "health_failed"  # a health check failed (reason): hung at `failures`
+    HEALTH_OK = "health_ok"      # a health check passed
     WATCHDOG_MISSED = "watchdog_missed"  # no WATCHDOG=1 within watchdog_sec
     LAUNCHED = "launched"        # kind forking: the launcher exited (status; pid: the main
                                  # pid found, or None while it is not known yet)
     OWNED = "owned"              # singleton: this node may run it now (owned is True)
     DISOWNED = "disowned"        # singleton: it may not (lost, or the lease is too old)
+    MAIN_PID = "main_pid"        # MAINPID=: another process of the service is its main one
+                                 # (pid; the loop checked it belongs to the service)
+    ADOPTED = "adopted"          # a starting restarter found it (found: admin state, record)
+    # timers that only ask for something to be done (Timer of the same name)
+    READY_CHECK = "ready_check"  # run the next exec / tcp readiness check
+    HEALTH_CHECK = "health_check"  # run the next health check
+    READY_CHECK_TIMEOUT = "ready_check_timeout"  # the running readiness check took too long
+    HEALTH_CHECK_TIMEOUT = "health_check_timeout"  # the running health check took too long
+    FIND_MAIN = "find_main"      # a forking service: look for its main pid again
 
 
 class Timer(str, enum.Enum):
-    """Every timer the restarter arms for a service (and its own heartbeat). The first
-    three fire as the event of the same name; the core (restarter/core.py) decides what
-    the others mean when they fire."""
+    """Every timer the restarter arms for a service (and its own heartbeat). Each
+    service timer fires as one event of the table (TIMER_EVENT): the table decides what it
+    means in each state."""
 
     BACKOFF_DONE = "backoff_done"
     READY_TIMEOUT = "ready_timeout"
@@ -89,6 +99,17 @@ class Timer(str, enum.Enum):
     HEALTH_CHECK_TIMEOUT = "health_check_timeout"  # the running health check took too long
     FIND_MAIN = "find_main"  # a forking service: look for its main pid again
     HEARTBEAT = "heartbeat"  # the restarter's own heartbeat (no service)
+
+
+# The event each service timer fires as (HEARTBEAT is the restarter's own, no service's).
+TIMER_EVENT: dict[Timer, Ev] = {
+    Timer.BACKOFF_DONE: Ev.BACKOFF_DONE, Timer.READY_TIMEOUT: Ev.READY_TIMEOUT,
+    Timer.STOP_TIMEOUT: Ev.STOP_TIMEOUT, Timer.WATCHDOG: Ev.WATCHDOG_MISSED,
+    Timer.READY_CHECK: Ev.READY_CHECK, Timer.HEALTH_CHECK: Ev.HEALTH_CHECK,
+    Timer.READY_CHECK_TIMEOUT: Ev.READY_CHECK_TIMEOUT,
+    Timer.HEALTH_CHECK_TIMEOUT: Ev.HEALTH_CHECK_TIMEOUT, Timer.FIND_MAIN: Ev.FIND_MAIN,
+}
+FIND_MAIN_AGAIN = 0.05  # s between looks for a forking service's main pid
 
 
 # --- actions: what the loop must do (frozen, no behaviour) ------------------------------
@@ -140,7 +161,64 @@ class StopDependents:
     reason: str
 
 
-Action = Spawn | Kill | ArmTimer | CancelTimer | Persist | RestartGroup | Reboot | StopDependents
+@dataclass(frozen=True)
+class KillLeftovers:
+    """Its main process is gone: SIGKILL what it left. With `pid`: the exited main
+    process's group or cgroup, before its exit is handled; without: whatever is still in
+    its cgroup. `why`, when set, is logged with the number of processes killed."""
+
+    name: str
+    pid: int | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class RunProbe:
+    """Start a readiness ("ready") or health ("health") check unless one runs."""
+
+    name: str
+    purpose: str
+
+
+@dataclass(frozen=True)
+class DropProbe:
+    """Abandon a running check. `timed_out`: its timeout fired, so a running one is a
+    failed check (the loop reports it)."""
+
+    name: str
+    purpose: str
+    timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class FindMain:
+    """A forking service's launcher has exited (`status`, on the first look): look for
+    its main process and push `launched`."""
+
+    name: str
+    first: bool = False
+    status: ExitStatus | None = None
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """An administrator's request this state refuses (the reply's error)."""
+
+    name: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Later:
+    """Adoption: step this event once every service has been rebuilt (core.adopted)."""
+
+    name: str
+    kind: Ev
+    status: ExitStatus | None = None
+
+
+Action = (Spawn | Kill | ArmTimer | CancelTimer | Persist | RestartGroup | Reboot
+          | StopDependents | KillLeftovers | RunProbe | DropProbe | FindMain | Refuse | Later)
 
 UP_STATES = frozenset({State.STARTING, State.READY})
 _RUNNING = UP_STATES | {State.STOPPING}
@@ -165,7 +243,8 @@ class Svc:
     restart_after_stop: bool = False  # stopping as part of a restart
     fail_after_stop: ExitStatus | None = None  # stopping because it hung / never got ready
     after_dependents: bool = False  # stopping, its signal held until its dependents are down
-
+    stop_since: float | None = None  # stopping: `now` its stop signal was sent
+    health_failures: int = 0  # consecutive failed health checks of this process
 
 
 _SVC_FIELDS = frozenset(f.name for f in fields(Svc))
@@ -186,6 +265,22 @@ def replace(s: Svc, **changes: Any) -> Svc:
 
 
 @dataclass(frozen=True)
+class Found:
+    """What a starting restarter found of one service (the `adopted` event): its admin
+    state (admin.json, or a rescue boot's hold), its runtime record, and whether the
+    record's pid is verifiably still its process."""
+
+    want: str = "up"  # admin.json: "down" when stopped by hand
+    held: str = ""  # held in maintenance: why (admin.json, or a rescue boot)
+    record: str = ""  # the runtime record's state ("" when there is none)
+    pid: int | None = None  # the record's main pid
+    alive: bool = False  # that pid is still its process (start time, cgroup)
+    restarts: int = 0
+    started: float | None = None  # the record's started_mono
+    stop_since: float | None = None  # the record's: when its stop signal was sent
+
+
+@dataclass(frozen=True)
 class Event:
     kind: Ev
     now: float
@@ -200,6 +295,7 @@ class Event:
     transient: bool = False  # SPAWN_FAILED: out of resources (fds, memory, pids), not the config
     owned: bool = True  # a singleton: this node holds it now (always True for the others)
     owner: str = ""  # a singleton not owned: who holds it, for the standby reason
+    found: Found | None = None  # ADOPTED: what the new restarter found
 
 
 class InvalidTransition(Exception):
@@ -233,15 +329,18 @@ def _spawn_or_wait(s: Svc, ev: Event, reason: str = "") -> Result:
                     restart_after_stop=False, fail_after_stop=None), [Spawn(s.name)])
 
 
-def _begin_stop(s: Svc, c: ServiceConfig, **kw: object) -> Result:
+def _begin_stop(s: Svc, ev: Event, c: ServiceConfig, **kw: object) -> Result:
     # With no main pid (a forking service whose pid file has not appeared yet) no exit
     # will come to end the stop: its cgroup gets the signal, then SIGKILL within a second.
+    # The record keeps when the signal went (stop_since): a new restarter carries the
+    # stop on from there.
     wait = c.stop_timeout if s.pid is not None else min(c.stop_timeout, 1.0)
     acts: list[Action] = [CancelTimer(s.name, Timer.READY_TIMEOUT),
                           Kill(s.name, c.stop_signal,
                                group=c.kill_mode == "cgroup" or s.pid is None),
-                          ArmTimer(s.name, Timer.STOP_TIMEOUT, wait)]
-    return replace(s, state=State.STOPPING, **kw), acts  # type: ignore[arg-type]
+                          ArmTimer(s.name, Timer.STOP_TIMEOUT, wait), Persist(s.name)]
+    return replace(s, state=State.STOPPING, stop_since=ev.now,  # type: ignore[arg-type]
+                   **kw), acts
 
 
 HELD = "; first stopping "  # in the reason of a stop held for its dependents
@@ -251,8 +350,9 @@ def _ordered_stop(s: Svc, ev: Event, c: ServiceConfig, reason: str, **kw: object
     """An orderly stop (administrator, restart, a required service restarting): what
     requires it and runs is stopped first, leaves first; its own signal waits for them."""
     if not ev.dependents_up:
-        return _begin_stop(s, c, reason=reason, **kw)
+        return _begin_stop(s, ev, c, reason=reason, **kw)
     return (replace(s, state=State.STOPPING, after_dependents=True,  # type: ignore[arg-type]
+                    stop_since=None,
                     reason=reason + HELD + ev.dependents_up, **kw),
             [CancelTimer(s.name, Timer.READY_TIMEOUT),
              StopDependents(s.name, f"required service {s.name} is stopping")])
@@ -337,7 +437,7 @@ def waiting_deps_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def starting_spawned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    s = replace(s, pid=ev.pid, started_at=ev.now)
+    s = replace(s, pid=ev.pid, started_at=ev.now, health_failures=0)
     if c.kind == "oneshot":
         # A oneshot's readiness is its clean exit (-> done): it stays `starting` while it
         # runs, so nothing that requires it or orders itself after it starts before.
@@ -394,7 +494,8 @@ def starting_launched(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         return nxt, [CancelTimer(s.name, Timer.READY_TIMEOUT)] + acts
     if ev.pid is None:
         return replace(s, pid=None, reason=f"launcher done ({st.describe()}); waiting for "
-                       f"the main pid: {ev.reason}"), [Persist(s.name)]
+                       f"the main pid: {ev.reason}"), [
+            Persist(s.name), ArmTimer(s.name, Timer.FIND_MAIN, FIND_MAIN_AGAIN)]
     return replace(s, state=State.READY, pid=ev.pid, reason=""), [
         CancelTimer(s.name, Timer.READY_TIMEOUT), Persist(s.name)]
 
@@ -405,19 +506,134 @@ def up_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def starting_ready_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    return _begin_stop(s, c, fail_after_stop=ExitStatus("timeout"),
+    return _begin_stop(s, ev, c, fail_after_stop=ExitStatus("timeout"),
                        reason=f"readiness ({c.ready}) not signalled within "
                               f"{c.ready_timeout:g} s")
 
 
-def up_hung(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    return _begin_stop(s, c, fail_after_stop=ExitStatus("hung"), reason=f"hung: {ev.reason}")
+def ready_health_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """One more failed health check of a ready service: below `failures` consecutive
+    ones, the next check is armed; at `failures`, it is hung and stopped."""
+    if c.health is None:
+        return s, []
+    n = s.health_failures + 1
+    if n < c.health.failures:
+        return replace(s, health_failures=n), [
+            ArmTimer(s.name, Timer.HEALTH_CHECK, c.health.interval)]
+    return _begin_stop(s, ev, c, fail_after_stop=ExitStatus("hung"), health_failures=n,
+                       reason=f"hung: health check failed {n} times: {ev.reason}")
+
+
+def ready_health_ok(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    if c.health is None:
+        return s, []
+    acts: list[Action] = [ArmTimer(s.name, Timer.HEALTH_CHECK, c.health.interval)]
+    return (replace(s, health_failures=0) if s.health_failures else s), acts
+
+
+def ready_health_check(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """Liveness is checked once start-up is over (as systemd does), only while ready."""
+    return s, [RunProbe(s.name, "health")] if c.health is not None else []
+
+
+def ready_health_check_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return s, [DropProbe(s.name, "health", timed_out=True)]
+
+
+def starting_ready_check(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return s, [RunProbe(s.name, "ready")]
+
+
+def starting_ready_check_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return s, [DropProbe(s.name, "ready", timed_out=True)]
+
+
+def starting_find_main(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """A forking service whose main pid is not known yet: look again."""
+    return s, [FindMain(s.name)] if s.pid is None else []
+
+
+def up_main_pid(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """MAINPID=: a process of this service (the loop checked) is its main one now."""
+    if ev.pid is None or ev.pid == s.pid:
+        return s, []
+    return replace(s, pid=ev.pid), [Persist(s.name)]
+
+
+def held_refuse(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """A start or restart of a service held in maintenance: refused, as SMF does."""
+    return s, [Refuse(s.name, f"{s.name} is in maintenance ({s.reason}); use "
+                              f"'hachain clear {s.name}'")]
+
+
+_ADOPT_FROM = {"done": State.DONE, "failed": State.FAILED}
+
+
+def stopped_adopted(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """A starting restarter rebuilds the service from what it found (ev.found). What
+    is wanted comes from admin.json, never from the record."""
+    f = ev.found
+    if f is None:
+        return s, []
+    if f.want == "down" or not c.enabled:
+        s = replace(s, want="down", reason="stopped by administrator" if f.want == "down"
+                    else "disabled in configuration")
+    if f.held:
+        s = replace(s, state=State.MAINTENANCE, reason=f.held)
+    if f.pid and f.alive:
+        return _adopt_running(s, f, ev, c)
+    # Not running (any more): clear leftovers of it so we never run two copies
+    # (kill_mode = "process": they are meant to outlive it, and stay).
+    acts: list[Action] = [KillLeftovers(s.name, why="leftover process(es) in its cgroup")] \
+        if kills_leftovers(c) else []
+    if not f.record or s.state is State.MAINTENANCE:
+        return s, acts
+    if f.record in _ADOPT_FROM:
+        return replace(s, state=_ADOPT_FROM[f.record], restarts=f.restarts,
+                       reason=f"{f.record} (before the restarter restarted)"), acts
+    if f.record == "stopping" and s.want == "down":
+        # stopped by hand, and it finished stopping while no restarter watched
+        return replace(s, state=State.STOPPED, restarts=f.restarts), acts
+    if f.record in ("ready", "starting", "stopping") and f.pid:
+        # It died while no restarter watched it: that exit goes through policy, once
+        # every service has been rebuilt.
+        return (replace(s, state=State.READY, pid=f.pid, restarts=f.restarts,
+                        started_at=f.started or ev.now),
+                acts + [Later(s.name, Ev.EXITED, ExitStatus("unknown"))])
+    return s, acts
+
+
+def _adopt_running(s: Svc, f: Found, ev: Event, c: ServiceConfig) -> Result:
+    s = replace(s, pid=f.pid, restarts=f.restarts, started_at=f.started or ev.now)
+    if f.record == "stopping" and s.want == "down" and f.stop_since is not None \
+            and not f.held:
+        # Stopped by hand and signalled, still running (it ignores or is slow to act on
+        # the signal): the stop goes on, SIGKILL when what was left of it runs out.
+        left = max(0.0, f.stop_since + c.stop_timeout - ev.now)
+        return (replace(s, state=State.STOPPING, stop_since=f.stop_since,
+                        reason="stopping (administrator; carried on after the restarter "
+                               "restarted)"),
+                [ArmTimer(s.name, Timer.STOP_TIMEOUT, left)])
+    st = State.READY if f.record == "ready" else State.STARTING
+    if st is State.STARTING and c.kind == "longrun" and c.ready in ("fd", "none"):
+        # the readiness pipe died with the previous restarter; "none" is ready once
+        # running (a record caught mid-restart says starting or stopping)
+        st = State.READY
+    s = replace(s, state=st, reason="adopted")
+    acts: list[Action] = []
+    if st is State.STARTING and needs_ready_timer(c):
+        acts.append(ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout))
+    elif c.watchdog_sec:
+        acts.append(ArmTimer(s.name, Timer.WATCHDOG, c.watchdog_sec))
+    if s.want == "down":
+        acts.append(Later(s.name, Ev.STOP))  # stopped by hand: stopped again, in order
+    return s, acts
 
 
 def ready_watchdog_missed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     """The service watchdog runs once the service is ready (as systemd's WatchdogSec=):
     a miss before that is stale."""
-    return _begin_stop(s, c, fail_after_stop=ExitStatus("hung"),
+    return _begin_stop(s, ev, c, fail_after_stop=ExitStatus("hung"),
                        reason=f"hung: no WATCHDOG=1 within {c.watchdog_sec:g} s")
 
 
@@ -470,7 +686,7 @@ def stopping_deps_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     """A held stop: once nothing that requires it runs any more, signal it."""
     if not s.after_dependents or ev.dependents_up:
         return s, []
-    return _begin_stop(s, c, after_dependents=False, reason=s.reason.partition(HELD)[0])
+    return _begin_stop(s, ev, c, after_dependents=False, reason=s.reason.partition(HELD)[0])
 
 
 def stopping_start(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -521,6 +737,8 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     # (test_table_is_total). `_stale`: a timer or a process report that is no longer
     # current (cancelled too late, or the state moved on); `_ignore`: nothing to do.
     # Singletons ([cluster]): `owned` on the event says whether this node may run it.
+    # `adopted` rebuilds a fresh record (stopped) after a restarter restart; no other
+    # state ever sees it.
     (S.STOPPED, E.START): down_start,
     (S.STOPPED, E.STOP): any_stop_idle,
     (S.STOPPED, E.RESTART): down_start,
@@ -535,10 +753,18 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPED, E.STOP_TIMEOUT): _stale,
     (S.STOPPED, E.BACKOFF_DONE): _stale,
     (S.STOPPED, E.WATCHDOG_MISSED): _stale,
-    (S.STOPPED, E.HUNG): _stale,
+    (S.STOPPED, E.HEALTH_FAILED): _stale,
+    (S.STOPPED, E.HEALTH_OK): _stale,
     (S.STOPPED, E.LAUNCHED): _stale,
     (S.STOPPED, E.OWNED): _stale,
     (S.STOPPED, E.DISOWNED): _stale,
+    (S.STOPPED, E.MAIN_PID): _stale,
+    (S.STOPPED, E.ADOPTED): stopped_adopted,
+    (S.STOPPED, E.READY_CHECK): _stale,
+    (S.STOPPED, E.HEALTH_CHECK): _stale,
+    (S.STOPPED, E.READY_CHECK_TIMEOUT): _stale,
+    (S.STOPPED, E.HEALTH_CHECK_TIMEOUT): _stale,
+    (S.STOPPED, E.FIND_MAIN): _stale,
 
     (S.WAITING, E.START): _ignore,
     (S.WAITING, E.STOP): any_stop_idle,
@@ -554,10 +780,18 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.WAITING, E.STOP_TIMEOUT): _stale,
     (S.WAITING, E.BACKOFF_DONE): _stale,
     (S.WAITING, E.WATCHDOG_MISSED): _stale,
-    (S.WAITING, E.HUNG): _stale,
+    (S.WAITING, E.HEALTH_FAILED): _stale,
+    (S.WAITING, E.HEALTH_OK): _stale,
     (S.WAITING, E.LAUNCHED): _stale,
     (S.WAITING, E.OWNED): waiting_deps_ready,
     (S.WAITING, E.DISOWNED): waiting_deps_ready,
+    (S.WAITING, E.MAIN_PID): _stale,
+    (S.WAITING, E.ADOPTED): _ignore,
+    (S.WAITING, E.READY_CHECK): _stale,
+    (S.WAITING, E.HEALTH_CHECK): _stale,
+    (S.WAITING, E.READY_CHECK_TIMEOUT): _stale,
+    (S.WAITING, E.HEALTH_CHECK_TIMEOUT): _stale,
+    (S.WAITING, E.FIND_MAIN): _stale,
 
     (S.STARTING, E.START): _ignore,
     (S.STARTING, E.STOP): up_stop,
@@ -573,10 +807,18 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STARTING, E.STOP_TIMEOUT): _stale,
     (S.STARTING, E.BACKOFF_DONE): _stale,
     (S.STARTING, E.WATCHDOG_MISSED): _stale,
-    (S.STARTING, E.HUNG): up_hung,
+    (S.STARTING, E.HEALTH_FAILED): _stale,
+    (S.STARTING, E.HEALTH_OK): _stale,
     (S.STARTING, E.LAUNCHED): starting_launched,
     (S.STARTING, E.OWNED): _stale,
     (S.STARTING, E.DISOWNED): up_disowned,
+    (S.STARTING, E.MAIN_PID): up_main_pid,
+    (S.STARTING, E.ADOPTED): _ignore,
+    (S.STARTING, E.READY_CHECK): starting_ready_check,
+    (S.STARTING, E.HEALTH_CHECK): _stale,
+    (S.STARTING, E.READY_CHECK_TIMEOUT): starting_ready_check_timeout,
+    (S.STARTING, E.HEALTH_CHECK_TIMEOUT): _stale,
+    (S.STARTING, E.FIND_MAIN): starting_find_main,
 
     (S.READY, E.START): _ignore,
     (S.READY, E.STOP): up_stop,
@@ -592,10 +834,18 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.READY, E.STOP_TIMEOUT): _stale,
     (S.READY, E.BACKOFF_DONE): _stale,
     (S.READY, E.WATCHDOG_MISSED): ready_watchdog_missed,
-    (S.READY, E.HUNG): up_hung,
+    (S.READY, E.HEALTH_FAILED): ready_health_failed,
+    (S.READY, E.HEALTH_OK): ready_health_ok,
     (S.READY, E.LAUNCHED): _stale,
     (S.READY, E.OWNED): _stale,
     (S.READY, E.DISOWNED): up_disowned,
+    (S.READY, E.MAIN_PID): up_main_pid,
+    (S.READY, E.ADOPTED): _ignore,
+    (S.READY, E.READY_CHECK): _stale,
+    (S.READY, E.HEALTH_CHECK): ready_health_check,
+    (S.READY, E.READY_CHECK_TIMEOUT): _stale,
+    (S.READY, E.HEALTH_CHECK_TIMEOUT): ready_health_check_timeout,
+    (S.READY, E.FIND_MAIN): _stale,
 
     (S.STOPPING, E.START): stopping_start,
     (S.STOPPING, E.STOP): stopping_stop,
@@ -611,10 +861,18 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPING, E.STOP_TIMEOUT): stopping_stop_timeout,
     (S.STOPPING, E.BACKOFF_DONE): _stale,
     (S.STOPPING, E.WATCHDOG_MISSED): _stale,
-    (S.STOPPING, E.HUNG): _ignore,
+    (S.STOPPING, E.HEALTH_FAILED): _stale,
+    (S.STOPPING, E.HEALTH_OK): _stale,
     (S.STOPPING, E.LAUNCHED): _stale,
     (S.STOPPING, E.OWNED): _stale,
     (S.STOPPING, E.DISOWNED): _stale,
+    (S.STOPPING, E.MAIN_PID): _stale,
+    (S.STOPPING, E.ADOPTED): _ignore,
+    (S.STOPPING, E.READY_CHECK): _stale,
+    (S.STOPPING, E.HEALTH_CHECK): _stale,
+    (S.STOPPING, E.READY_CHECK_TIMEOUT): _stale,
+    (S.STOPPING, E.HEALTH_CHECK_TIMEOUT): _stale,
+    (S.STOPPING, E.FIND_MAIN): _stale,
 
     (S.BACKOFF, E.START): _ignore,
     (S.BACKOFF, E.STOP): any_stop_idle,
@@ -630,14 +888,22 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.BACKOFF, E.STOP_TIMEOUT): _stale,
     (S.BACKOFF, E.BACKOFF_DONE): backoff_done,
     (S.BACKOFF, E.WATCHDOG_MISSED): _stale,
-    (S.BACKOFF, E.HUNG): _stale,
+    (S.BACKOFF, E.HEALTH_FAILED): _stale,
+    (S.BACKOFF, E.HEALTH_OK): _stale,
     (S.BACKOFF, E.LAUNCHED): _stale,
     (S.BACKOFF, E.OWNED): _stale,
     (S.BACKOFF, E.DISOWNED): backoff_disowned,
+    (S.BACKOFF, E.MAIN_PID): _stale,
+    (S.BACKOFF, E.ADOPTED): _ignore,
+    (S.BACKOFF, E.READY_CHECK): _stale,
+    (S.BACKOFF, E.HEALTH_CHECK): _stale,
+    (S.BACKOFF, E.READY_CHECK_TIMEOUT): _stale,
+    (S.BACKOFF, E.HEALTH_CHECK_TIMEOUT): _stale,
+    (S.BACKOFF, E.FIND_MAIN): _stale,
 
-    (S.MAINTENANCE, E.START): _ignore,  # held down until cleared, as SMF does
+    (S.MAINTENANCE, E.START): held_refuse,  # held down until cleared, as SMF does
     (S.MAINTENANCE, E.STOP): held_stop,
-    (S.MAINTENANCE, E.RESTART): _ignore,
+    (S.MAINTENANCE, E.RESTART): held_refuse,
     (S.MAINTENANCE, E.CLEAR): held_clear,
     (S.MAINTENANCE, E.DEPS_READY): _ignore,
     (S.MAINTENANCE, E.DEPS_LOST): _ignore,
@@ -649,10 +915,18 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.MAINTENANCE, E.STOP_TIMEOUT): _stale,
     (S.MAINTENANCE, E.BACKOFF_DONE): _ignore,
     (S.MAINTENANCE, E.WATCHDOG_MISSED): _stale,
-    (S.MAINTENANCE, E.HUNG): _stale,
+    (S.MAINTENANCE, E.HEALTH_FAILED): _stale,
+    (S.MAINTENANCE, E.HEALTH_OK): _stale,
     (S.MAINTENANCE, E.LAUNCHED): _stale,
     (S.MAINTENANCE, E.OWNED): _stale,
     (S.MAINTENANCE, E.DISOWNED): _stale,
+    (S.MAINTENANCE, E.MAIN_PID): _stale,
+    (S.MAINTENANCE, E.ADOPTED): _ignore,
+    (S.MAINTENANCE, E.READY_CHECK): _stale,
+    (S.MAINTENANCE, E.HEALTH_CHECK): _stale,
+    (S.MAINTENANCE, E.READY_CHECK_TIMEOUT): _stale,
+    (S.MAINTENANCE, E.HEALTH_CHECK_TIMEOUT): _stale,
+    (S.MAINTENANCE, E.FIND_MAIN): _stale,
 
     (S.FAILED, E.START): held_clear,
     (S.FAILED, E.STOP): held_stop,
@@ -668,10 +942,18 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.FAILED, E.STOP_TIMEOUT): _stale,
     (S.FAILED, E.BACKOFF_DONE): _stale,
     (S.FAILED, E.WATCHDOG_MISSED): _stale,
-    (S.FAILED, E.HUNG): _stale,
+    (S.FAILED, E.HEALTH_FAILED): _stale,
+    (S.FAILED, E.HEALTH_OK): _stale,
     (S.FAILED, E.LAUNCHED): _stale,
     (S.FAILED, E.OWNED): _stale,
     (S.FAILED, E.DISOWNED): _stale,
+    (S.FAILED, E.MAIN_PID): _stale,
+    (S.FAILED, E.ADOPTED): _ignore,
+    (S.FAILED, E.READY_CHECK): _stale,
+    (S.FAILED, E.HEALTH_CHECK): _stale,
+    (S.FAILED, E.READY_CHECK_TIMEOUT): _stale,
+    (S.FAILED, E.HEALTH_CHECK_TIMEOUT): _stale,
+    (S.FAILED, E.FIND_MAIN): _stale,
 
     (S.DONE, E.START): _ignore,
     (S.DONE, E.STOP): any_stop_idle,
@@ -687,10 +969,18 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.DONE, E.STOP_TIMEOUT): _stale,
     (S.DONE, E.BACKOFF_DONE): _stale,
     (S.DONE, E.WATCHDOG_MISSED): _stale,
-    (S.DONE, E.HUNG): _stale,
+    (S.DONE, E.HEALTH_FAILED): _stale,
+    (S.DONE, E.HEALTH_OK): _stale,
     (S.DONE, E.LAUNCHED): _stale,
     (S.DONE, E.OWNED): _stale,
     (S.DONE, E.DISOWNED): _stale,
+    (S.DONE, E.MAIN_PID): _stale,
+    (S.DONE, E.ADOPTED): _ignore,
+    (S.DONE, E.READY_CHECK): _stale,
+    (S.DONE, E.HEALTH_CHECK): _stale,
+    (S.DONE, E.READY_CHECK_TIMEOUT): _stale,
+    (S.DONE, E.HEALTH_CHECK_TIMEOUT): _stale,
+    (S.DONE, E.FIND_MAIN): _stale,
 
     (S.STANDBY, E.START): _ignore,
     (S.STANDBY, E.STOP): any_stop_idle,
@@ -706,10 +996,18 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STANDBY, E.STOP_TIMEOUT): _stale,
     (S.STANDBY, E.BACKOFF_DONE): _stale,
     (S.STANDBY, E.WATCHDOG_MISSED): _stale,
-    (S.STANDBY, E.HUNG): _stale,
+    (S.STANDBY, E.HEALTH_FAILED): _stale,
+    (S.STANDBY, E.HEALTH_OK): _stale,
     (S.STANDBY, E.LAUNCHED): _stale,
     (S.STANDBY, E.OWNED): waiting_deps_ready,
     (S.STANDBY, E.DISOWNED): waiting_deps_ready,  # a new owner to show
+    (S.STANDBY, E.MAIN_PID): _stale,
+    (S.STANDBY, E.ADOPTED): _ignore,
+    (S.STANDBY, E.READY_CHECK): _stale,
+    (S.STANDBY, E.HEALTH_CHECK): _stale,
+    (S.STANDBY, E.READY_CHECK_TIMEOUT): _stale,
+    (S.STANDBY, E.HEALTH_CHECK_TIMEOUT): _stale,
+    (S.STANDBY, E.FIND_MAIN): _stale,
 }
 
 
@@ -798,6 +1096,7 @@ def initial(name: str) -> Svc:
     return Svc(name=name)
 
 
-__all__ = ["State", "Ev", "Timer", "Event", "Svc", "TABLE", "step", "InvalidTransition",
-           "Spawn", "Kill", "ArmTimer", "CancelTimer", "Persist", "RestartGroup", "Reboot",
-           "StopDependents", "Action", "field"]
+__all__ = ["State", "Ev", "Timer", "TIMER_EVENT", "Event", "Found", "Svc", "TABLE", "step",
+           "InvalidTransition", "Spawn", "Kill", "ArmTimer", "CancelTimer", "Persist",
+           "RestartGroup", "Reboot", "StopDependents", "KillLeftovers", "RunProbe",
+           "DropProbe", "FindMain", "Refuse", "Later", "Action", "field"]
