@@ -170,3 +170,17 @@ def test_the_record_keeps_when_a_stop_was_signalled() -> None:
     c.push("a", Ev.STOP, 3.0)
     effects = drain(c)
     assert c.svcs["a"].stop_since == 3.0 and states.Persist("a") in effects
+
+
+def test_an_adopted_service_gets_its_checks_again() -> None:
+    """The adopted cell goes through the core like any step: a ready service's health
+    checks and a starting one's readiness checks are armed again (they were lost with
+    the previous restarter's timers)."""
+    c = make(svc("h", health=HealthCheck(kind="exec", command=("/bin/true",), interval=3.0)),
+             svc("r", ready="exec", ready_command=("/bin/true",)))
+    assert c.adopt("h", {}, rec("ready"), True, 1.0)
+    assert c.adopt("r", {}, rec("starting", pid=43), True, 1.0)
+    effects = drain(c)
+    assert states.ArmTimer("h", Timer.HEALTH_CHECK, 3.0) in effects
+    assert states.ArmTimer("r", Timer.READY_CHECK, core.READY_CHECK_FIRST) in effects
+    assert c.svcs["r"].state is State.STARTING

@@ -211,14 +211,17 @@ class Core:
             return
         plan = self.plan
         c = plan.conf[name]
-        blocker = states.deps_blocker(c, self.svcs)
-        if c.singleton:
-            kw.setdefault("owned", name in self.grants)
-            kw.setdefault("owner", self.grant_owners.get(name, ""))
         first = kw.pop("first", False) if kind is Ev.LAUNCHED else False
-        ev = Event(kind, now, deps_ready=not blocker, waiting_for=blocker,
-                   dependents_up=states.dependents_up(name, plan.rev.get(name, ()),
-                                                      plan.conf, self.svcs), **kw)
+        if kind is Ev.ADOPTED:  # the others are still being rebuilt: nothing to ask them
+            ev = Event(kind, now, **kw)
+        else:
+            blocker = states.deps_blocker(c, self.svcs)
+            if c.singleton:
+                kw.setdefault("owned", name in self.grants)
+                kw.setdefault("owner", self.grant_owners.get(name, ""))
+            ev = Event(kind, now, deps_ready=not blocker, waiting_for=blocker,
+                       dependents_up=states.dependents_up(name, plan.rev.get(name, ()),
+                                                          plan.conf, self.svcs), **kw)
         if self.cells is not None:
             self.cells.add((s.state.value, kind.value))
         try:

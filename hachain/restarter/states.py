@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from hachain.config import ServiceConfig
 from hachain.restarter import policy
@@ -264,11 +264,11 @@ def replace(s: Svc, **changes: Any) -> Svc:
     return new
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """What a starting restarter found of one service (the `adopted` event): its admin
     state (admin.json, or a rescue boot's hold), its runtime record, and whether the
-    record's pid is verifiably still its process."""
+    record's pid is verifiably still its process. (A NamedTuple: one is made per service
+    at every re-adoption.)"""
 
     want: str = "up"  # admin.json: "down" when stopped by hand
     held: str = ""  # held in maintenance: why (admin.json, or a rescue boot)
@@ -604,13 +604,14 @@ def stopped_adopted(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def _adopt_running(s: Svc, f: Found, ev: Event, c: ServiceConfig) -> Result:
-    s = replace(s, pid=f.pid, restarts=f.restarts, started_at=f.started or ev.now)
+    started = f.started or ev.now
     if f.record == "stopping" and s.want == "down" and f.stop_since is not None \
             and not f.held:
         # Stopped by hand and signalled, still running (it ignores or is slow to act on
         # the signal): the stop goes on, SIGKILL when what was left of it runs out.
         left = max(0.0, f.stop_since + c.stop_timeout - ev.now)
-        return (replace(s, state=State.STOPPING, stop_since=f.stop_since,
+        return (replace(s, state=State.STOPPING, pid=f.pid, restarts=f.restarts,
+                        started_at=started, stop_since=f.stop_since,
                         reason="stopping (administrator; carried on after the restarter "
                                "restarted)"),
                 [ArmTimer(s.name, Timer.STOP_TIMEOUT, left)])
@@ -619,7 +620,8 @@ def _adopt_running(s: Svc, f: Found, ev: Event, c: ServiceConfig) -> Result:
         # the readiness pipe died with the previous restarter; "none" is ready once
         # running (a record caught mid-restart says starting or stopping)
         st = State.READY
-    s = replace(s, state=st, reason="adopted")
+    s = replace(s, state=st, pid=f.pid, restarts=f.restarts, started_at=started,
+                reason="adopted")
     acts: list[Action] = []
     if st is State.STARTING and needs_ready_timer(c):
         acts.append(ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout))
