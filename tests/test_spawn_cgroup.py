@@ -262,3 +262,18 @@ def test_a_failed_set_up_step_names_its_setting(cgroups, tmp_path, started) -> N
         assert str(e.value) == want
         assert _no_zombie()  # the failed child was reaped
         assert cgroups.procs("bad") == []
+
+
+def test_a_build_of_another_abi_is_not_called() -> None:
+    """An editable install keeps its compiled _clone3 until pip builds it again: one of
+    another calling convention is left alone (services are moved into their cgroups
+    instead) rather than failing every spawn with a TypeError."""
+    import types
+    mod = types.SimpleNamespace(AVAILABLE=1, ABI=spawn.CLONE3_ABI)
+    assert spawn.clone3_usable(mod)
+    for stale in (types.SimpleNamespace(AVAILABLE=1),  # before the ABI number
+                  types.SimpleNamespace(AVAILABLE=1, ABI=spawn.CLONE3_ABI - 1),
+                  types.SimpleNamespace(AVAILABLE=0, ABI=spawn.CLONE3_ABI), None):
+        assert not spawn.clone3_usable(stale)
+    # the build here is this source's (scripts/test.sh runs setup.sh, which builds it)
+    assert spawn.direct_spawn_problem() is None

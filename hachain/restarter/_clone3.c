@@ -413,7 +413,10 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__clone3(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0) {
+    /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
+       matches (an editable install keeps an old build until pip builds it again). */
+    if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
+                      PyModule_AddIntConstant(m, "ABI", 2) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -884,6 +884,8 @@ class Restarter:
 
     def _run(self) -> int:
         self._install_signals()
+        if (problem := spawn.direct_spawn_problem()) is not None:
+            log(f"warning: {problem}")
         now = time.monotonic()
         self.adopt_or_start(now)
         self.logs.start(now)  # after re-adoption, which a slow hand-over must not delay

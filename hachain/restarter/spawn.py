@@ -53,6 +53,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from hachain import channels
 from hachain.cgroupfs import find_cgroup2_mount
@@ -690,12 +691,33 @@ def _exe_path(cfg: ServiceConfig, env: dict[str, str]) -> str:
 # it; EOPNOTSUPP, EACCES, ...) fall back for that spawn only.
 _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
-_direct = _clone3 is not None and bool(_clone3.AVAILABLE)
+# The calling convention of _clone3.spawn this file uses: a build of another one (an
+# editable install whose extension was built before _clone3.c changed) is not used.
+CLONE3_ABI = 2
+
+
+def clone3_usable(mod: Any) -> bool:
+    """A _clone3 module this file can call: built with clone3 support, same ABI."""
+    return mod is not None and bool(getattr(mod, "AVAILABLE", 0)) and \
+        getattr(mod, "ABI", None) == CLONE3_ABI
+
+
+_direct = clone3_usable(_clone3)
 
 
 def direct_spawn_available() -> bool:
     """Can plain services be started straight into their cgroup (clone3)?"""
     return _direct
+
+
+def direct_spawn_problem() -> str | None:
+    """Why the compiled spawn is built but not used (None: used, or not built)."""
+    if _clone3 is None or _direct or not getattr(_clone3, "AVAILABLE", 0):
+        return None
+    return (f"{_clone3.__file__}: built for another version of spawn.py (ABI "
+            f"{getattr(_clone3, 'ABI', 1)}, this one needs {CLONE3_ABI}): services are "
+            "moved into their cgroups instead; rebuild it with scripts/setup.sh "
+            "(pip install -e .)")
 
 
 _KILLED_AT_BIRTH = "clone3: killed at birth"
