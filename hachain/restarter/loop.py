@@ -437,6 +437,12 @@ class Restarter:
                 e.errno in spawn.TRANSIENT_ERRNOS
             self._spawn_failed(name, now, msg, transient)
             return
+        except Exception as e:  # a bug on the spawn path fails this start, not the restarter
+            import traceback
+            os.close(out_r)
+            traceback.print_exc(file=sys.stderr)
+            self._spawn_failed(name, now, f"internal error: {type(e).__name__}: {e}", False)
+            return
         finally:
             os.close(out_w)
         self._watch(name, sp.pid, CHILD)
