@@ -176,7 +176,7 @@ def test_service_watchdog_only_once_ready() -> None:
     c = make(svc("a", ready="notify", watchdog_sec=2.0))
     c.push("a", Ev.START, 0.0)
     drain(c)
-    c.watchdog_ping("a")
+    c.watchdog_ping("a", 2.5)
     c.timer("a", Timer.WATCHDOG, 3.0)
     assert drain(c) == []  # still starting: no watchdog yet
     c.push("a", Ev.READY, 4.0)

@@ -184,3 +184,38 @@ def test_an_adopted_service_gets_its_checks_again() -> None:
     assert states.ArmTimer("h", Timer.HEALTH_CHECK, 3.0) in effects
     assert states.ArmTimer("r", Timer.READY_CHECK, core.READY_CHECK_FIRST) in effects
     assert c.svcs["r"].state is State.STARTING
+
+
+def test_notify_pings_and_failed_readiness_checks_are_cells() -> None:
+    c = make(svc("a", ready="notify", watchdog_sec=2.0),
+             svc("b", ready="tcp", ready_port=1))
+    c.push("a", Ev.START, 0.0)
+    drain(c)
+    c.watchdog_ping("a", 0.5)  # starting: not watched yet
+    c.extend_timeout("a", 30.0, 0.5)
+    assert drain(c) == [states.ArmTimer("a", Timer.READY_TIMEOUT, 30.0)]
+    c.push("a", Ev.READY, 1.0)
+    drain(c)
+    c.watchdog_ping("a", 1.5)
+    c.extend_timeout("a", 30.0, 1.5)  # ready: nothing to extend
+    assert drain(c) == [states.ArmTimer("a", Timer.WATCHDOG, 2.0)]
+    c.push("b", Ev.START, 0.0)
+    drain(c)
+    c.probe_result("b", "ready", False, "connection refused", 0.1)
+    assert drain(c) == [states.ArmTimer("b", Timer.READY_CHECK, states.READY_CHECK_AGAIN)]
+
+
+def test_local_events_do_not_read_the_dependency_fields() -> None:
+    """The core steps LOCAL_EVENTS without asking the other services: their cells must
+    give the same answer whatever those fields say."""
+    conf = svc("a", watchdog_sec=2.0, ready="exec", ready_command=("/bin/true",),
+               health=HealthCheck(kind="exec", command=("/bin/true",)))
+    found = Found(record="ready", pid=7, alive=True)
+    for kind in states.LOCAL_EVENTS:
+        for st in State:
+            s = states.Svc("a", state=st, pid=5)
+            plain = states.Event(kind, 1.0, pid=8, found=found, delay=3.0)
+            asked = states.Event(kind, 1.0, pid=8, found=found, delay=3.0, deps_ready=False,
+                                 waiting_for="x: failed", dependents_up="b", owned=False,
+                                 owner="n2")
+            assert states.step(s, plain, conf) == states.step(s, asked, conf), (kind, st)

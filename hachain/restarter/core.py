@@ -138,7 +138,7 @@ def make_plan(conf: Mapping[str, ServiceConfig]) -> Plan:
 Item = tuple[str, "Ev | None", float, dict[str, Any], "Callable[[Svc], bool] | None"]
 
 READY_CHECK_FIRST = 0.02  # s after the spawn: the first exec / tcp readiness check
-READY_CHECK_AGAIN = 0.2  # s between readiness checks that failed
+READY_CHECK_AGAIN = states.READY_CHECK_AGAIN
 RESCUE_HELD = "rescue: boot loop (hachain clear --boot-loop)"
 
 
@@ -212,7 +212,7 @@ class Core:
         plan = self.plan
         c = plan.conf[name]
         first = kw.pop("first", False) if kind is Ev.LAUNCHED else False
-        if kind is Ev.ADOPTED:  # the others are still being rebuilt: nothing to ask them
+        if kind in states.LOCAL_EVENTS:  # its cells ask nothing about the others
             ev = Event(kind, now, **kw)
         else:
             blocker = states.deps_blocker(c, self.svcs)
@@ -377,24 +377,18 @@ class Core:
         if s is None:
             return
         if purpose == "ready":
-            if ok:
-                self.push(name, Ev.READY, now)
-            elif s.state is State.STARTING:
-                self.out.append(states.ArmTimer(name, Timer.READY_CHECK, READY_CHECK_AGAIN))
+            self.push(name, Ev.READY if ok else Ev.READY_CHECK_FAILED, now)
             return
         # the table counts consecutive failures and stops it as hung at the threshold
         self.push(name, Ev.HEALTH_OK if ok else Ev.HEALTH_FAILED, now, reason=detail)
 
-    def watchdog_ping(self, name: str) -> None:
-        """WATCHDOG=1: the service watchdog starts over (once it is ready)."""
-        c = self.plan.conf[name]
-        if c.watchdog_sec and self.svcs[name].state is State.READY:
-            self.out.append(states.ArmTimer(name, Timer.WATCHDOG, c.watchdog_sec))
+    def watchdog_ping(self, name: str, now: float) -> None:
+        """WATCHDOG=1 (the table: the service watchdog starts over once it is ready)."""
+        self.push(name, Ev.WATCHDOG_PING, now)
 
-    def extend_timeout(self, name: str, seconds: float) -> None:
-        """EXTEND_TIMEOUT_USEC=: a starting service asks for more time to get ready."""
-        if self.svcs[name].state is State.STARTING:
-            self.out.append(states.ArmTimer(name, Timer.READY_TIMEOUT, seconds))
+    def extend_timeout(self, name: str, seconds: float, now: float) -> None:
+        """EXTEND_TIMEOUT_USEC= (the table: more time to get ready while starting)."""
+        self.push(name, Ev.EXTEND_TIMEOUT, now, delay=seconds)
 
     def main_pid(self, name: str, pid: int, now: float) -> None:
         """MAINPID=: `pid`, which the driver checked is a process of the service and

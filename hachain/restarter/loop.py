@@ -588,10 +588,10 @@ class Restarter:
             if "STATUS" in f:
                 self.status_text[name] = f["STATUS"][:200]
             if f.get("WATCHDOG") == "1":
-                self.core.watchdog_ping(name)
+                self.core.watchdog_ping(name, now)
             if "EXTEND_TIMEOUT_USEC" in f:
                 try:
-                    self.core.extend_timeout(name, int(f["EXTEND_TIMEOUT_USEC"]) / 1e6)
+                    self.core.extend_timeout(name, int(f["EXTEND_TIMEOUT_USEC"]) / 1e6, now)
                 except ValueError:
                     pass
             if "MAINPID" in f:

@@ -82,6 +82,9 @@ class Ev(str, enum.Enum):
     READY_CHECK_TIMEOUT = "ready_check_timeout"  # the running readiness check took too long
     HEALTH_CHECK_TIMEOUT = "health_check_timeout"  # the running health check took too long
     FIND_MAIN = "find_main"      # a forking service: look for its main pid again
+    READY_CHECK_FAILED = "ready_check_failed"  # an exec / tcp readiness check failed
+    WATCHDOG_PING = "watchdog_ping"  # WATCHDOG=1
+    EXTEND_TIMEOUT = "extend_timeout"  # EXTEND_TIMEOUT_USEC= (delay: the seconds asked for)
 
 
 class Timer(str, enum.Enum):
@@ -110,6 +113,15 @@ TIMER_EVENT: dict[Timer, Ev] = {
     Timer.HEALTH_CHECK_TIMEOUT: Ev.HEALTH_CHECK_TIMEOUT, Timer.FIND_MAIN: Ev.FIND_MAIN,
 }
 FIND_MAIN_AGAIN = 0.05  # s between looks for a forking service's main pid
+READY_CHECK_AGAIN = 0.2  # s between readiness checks that failed
+
+# Events whose cells never read what the core asks the other services about
+# (deps_ready, waiting_for, dependents_up, owned, owner): the core steps them without
+# asking (test_local_events_do_not_read_the_dependency_fields).
+LOCAL_EVENTS = frozenset({
+    Ev.ADOPTED, Ev.MAIN_PID, Ev.WATCHDOG_PING, Ev.EXTEND_TIMEOUT, Ev.READY_CHECK,
+    Ev.HEALTH_CHECK, Ev.READY_CHECK_TIMEOUT, Ev.HEALTH_CHECK_TIMEOUT, Ev.READY_CHECK_FAILED,
+    Ev.FIND_MAIN, Ev.HEALTH_OK})
 
 
 # --- actions: what the loop must do (frozen, no behaviour) ------------------------------
@@ -296,6 +308,7 @@ class Event:
     owned: bool = True  # a singleton: this node holds it now (always True for the others)
     owner: str = ""  # a singleton not owned: who holds it, for the standby reason
     found: Found | None = None  # ADOPTED: what the new restarter found
+    delay: float = 0.0  # EXTEND_TIMEOUT: the seconds asked for
 
 
 class InvalidTransition(Exception):
@@ -548,6 +561,21 @@ def starting_ready_check_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     return s, [DropProbe(s.name, "ready", timed_out=True)]
 
 
+def starting_ready_check_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    return s, [ArmTimer(s.name, Timer.READY_CHECK, READY_CHECK_AGAIN)]
+
+
+def ready_watchdog_ping(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """WATCHDOG=1: the service watchdog starts over. It runs once the service is ready
+    (as systemd's WatchdogSec=): a ping before is not needed, and ignored."""
+    return s, [ArmTimer(s.name, Timer.WATCHDOG, c.watchdog_sec)] if c.watchdog_sec else []
+
+
+def starting_extend_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """EXTEND_TIMEOUT_USEC=: a starting service asks for more time to get ready."""
+    return s, [ArmTimer(s.name, Timer.READY_TIMEOUT, ev.delay)]
+
+
 def starting_find_main(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     """A forking service whose main pid is not known yet: look again."""
     return s, [FindMain(s.name)] if s.pid is None else []
@@ -767,6 +795,9 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPED, E.READY_CHECK_TIMEOUT): _stale,
     (S.STOPPED, E.HEALTH_CHECK_TIMEOUT): _stale,
     (S.STOPPED, E.FIND_MAIN): _stale,
+    (S.STOPPED, E.READY_CHECK_FAILED): _stale,
+    (S.STOPPED, E.WATCHDOG_PING): _ignore,
+    (S.STOPPED, E.EXTEND_TIMEOUT): _ignore,
 
     (S.WAITING, E.START): _ignore,
     (S.WAITING, E.STOP): any_stop_idle,
@@ -794,6 +825,9 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.WAITING, E.READY_CHECK_TIMEOUT): _stale,
     (S.WAITING, E.HEALTH_CHECK_TIMEOUT): _stale,
     (S.WAITING, E.FIND_MAIN): _stale,
+    (S.WAITING, E.READY_CHECK_FAILED): _stale,
+    (S.WAITING, E.WATCHDOG_PING): _ignore,
+    (S.WAITING, E.EXTEND_TIMEOUT): _ignore,
 
     (S.STARTING, E.START): _ignore,
     (S.STARTING, E.STOP): up_stop,
@@ -821,6 +855,9 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STARTING, E.READY_CHECK_TIMEOUT): starting_ready_check_timeout,
     (S.STARTING, E.HEALTH_CHECK_TIMEOUT): _stale,
     (S.STARTING, E.FIND_MAIN): starting_find_main,
+    (S.STARTING, E.READY_CHECK_FAILED): starting_ready_check_failed,
+    (S.STARTING, E.WATCHDOG_PING): _ignore,
+    (S.STARTING, E.EXTEND_TIMEOUT): starting_extend_timeout,
 
     (S.READY, E.START): _ignore,
     (S.READY, E.STOP): up_stop,
@@ -848,6 +885,9 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.READY, E.READY_CHECK_TIMEOUT): _stale,
     (S.READY, E.HEALTH_CHECK_TIMEOUT): ready_health_check_timeout,
     (S.READY, E.FIND_MAIN): _stale,
+    (S.READY, E.READY_CHECK_FAILED): _stale,
+    (S.READY, E.WATCHDOG_PING): ready_watchdog_ping,
+    (S.READY, E.EXTEND_TIMEOUT): _ignore,
 
     (S.STOPPING, E.START): stopping_start,
     (S.STOPPING, E.STOP): stopping_stop,
@@ -875,6 +915,9 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPING, E.READY_CHECK_TIMEOUT): _stale,
     (S.STOPPING, E.HEALTH_CHECK_TIMEOUT): _stale,
     (S.STOPPING, E.FIND_MAIN): _stale,
+    (S.STOPPING, E.READY_CHECK_FAILED): _stale,
+    (S.STOPPING, E.WATCHDOG_PING): _ignore,
+    (S.STOPPING, E.EXTEND_TIMEOUT): _ignore,
 
     (S.BACKOFF, E.START): _ignore,
     (S.BACKOFF, E.STOP): any_stop_idle,
@@ -902,6 +945,9 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.BACKOFF, E.READY_CHECK_TIMEOUT): _stale,
     (S.BACKOFF, E.HEALTH_CHECK_TIMEOUT): _stale,
     (S.BACKOFF, E.FIND_MAIN): _stale,
+    (S.BACKOFF, E.READY_CHECK_FAILED): _stale,
+    (S.BACKOFF, E.WATCHDOG_PING): _ignore,
+    (S.BACKOFF, E.EXTEND_TIMEOUT): _ignore,
 
     (S.MAINTENANCE, E.START): held_refuse,  # held down until cleared, as SMF does
     (S.MAINTENANCE, E.STOP): held_stop,
@@ -929,6 +975,9 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.MAINTENANCE, E.READY_CHECK_TIMEOUT): _stale,
     (S.MAINTENANCE, E.HEALTH_CHECK_TIMEOUT): _stale,
     (S.MAINTENANCE, E.FIND_MAIN): _stale,
+    (S.MAINTENANCE, E.READY_CHECK_FAILED): _stale,
+    (S.MAINTENANCE, E.WATCHDOG_PING): _ignore,
+    (S.MAINTENANCE, E.EXTEND_TIMEOUT): _ignore,
 
     (S.FAILED, E.START): held_clear,
     (S.FAILED, E.STOP): held_stop,
@@ -956,6 +1005,9 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.FAILED, E.READY_CHECK_TIMEOUT): _stale,
     (S.FAILED, E.HEALTH_CHECK_TIMEOUT): _stale,
     (S.FAILED, E.FIND_MAIN): _stale,
+    (S.FAILED, E.READY_CHECK_FAILED): _stale,
+    (S.FAILED, E.WATCHDOG_PING): _ignore,
+    (S.FAILED, E.EXTEND_TIMEOUT): _ignore,
 
     (S.DONE, E.START): _ignore,
     (S.DONE, E.STOP): any_stop_idle,
@@ -983,6 +1035,9 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.DONE, E.READY_CHECK_TIMEOUT): _stale,
     (S.DONE, E.HEALTH_CHECK_TIMEOUT): _stale,
     (S.DONE, E.FIND_MAIN): _stale,
+    (S.DONE, E.READY_CHECK_FAILED): _stale,
+    (S.DONE, E.WATCHDOG_PING): _ignore,
+    (S.DONE, E.EXTEND_TIMEOUT): _ignore,
 
     (S.STANDBY, E.START): _ignore,
     (S.STANDBY, E.STOP): any_stop_idle,
@@ -1010,6 +1065,9 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STANDBY, E.READY_CHECK_TIMEOUT): _stale,
     (S.STANDBY, E.HEALTH_CHECK_TIMEOUT): _stale,
     (S.STANDBY, E.FIND_MAIN): _stale,
+    (S.STANDBY, E.READY_CHECK_FAILED): _stale,
+    (S.STANDBY, E.WATCHDOG_PING): _ignore,
+    (S.STANDBY, E.EXTEND_TIMEOUT): _ignore,
 }
 
 
