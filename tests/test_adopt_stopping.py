@@ -1,6 +1,7 @@
-"""A stop by hand that a restarter crash interrupts is carried on by the next restarter
-(the table's `adopted` cell, hachain/restarter/states.py): adopted as stopping, SIGKILL
-when what was left of its stop_timeout runs out, still wanted down."""
+"""Adoption as the table's `adopted` cell (hachain/restarter/states.py), on real
+processes: a stop by hand that a restarter crash interrupts is carried on by the next
+restarter (adopted as stopping, SIGKILL when what was left of its stop_timeout runs out,
+still wanted down), and an adopted service's health checks run again."""
 
 from __future__ import annotations
 
@@ -93,3 +94,29 @@ stop_timeout = 60
                     "web stopping again")
     assert st["pid"] == web and r.svc("db")["pid"] == db["pid"]
     r.kill_restarter()  # not a 60 s orderly stop: the fixture kills what is left
+
+
+def test_health_checks_run_again_after_a_restarter_crash(restarter, tmp_path):
+    """An adopted ready service gets its health checks again (the adopted cell goes
+    through the core, which arms them on entering ready): a hang found after the
+    restarter's restart still restarts it."""
+    flag = tmp_path / "healthy"
+    flag.write_text("")
+    runs = tmp_path / "checks"  # one line per check run
+    r = restarter(f"""
+[service.h]
+command = {svc("sleep")}
+health = {{ kind = "exec", command = ["/bin/sh", "-c", "echo >> {runs}; test -e {flag}"], interval = 0.1, timeout = 1, failures = 2 }}
+stop_timeout = 0.5
+""")
+    pid = r.wait_state("h", "ready")["pid"]
+    r.kill_restarter()
+    r.start()
+    assert r.svc("h")["pid"] == pid  # adopted
+    n = len(runs.read_text().splitlines()) if runs.exists() else 0
+    wait_until(lambda: runs.exists() and len(runs.read_text().splitlines()) >= n + 2, 10,
+               "2 checks run by the new restarter")
+    flag.unlink()
+    s = wait_until(lambda: (x := r.svc("h"))["pid"] not in (None, pid) and x, 10,
+                   "h restarted by its health check")
+    assert s["last_exit"]["kind"] == "hung"
