@@ -2,16 +2,19 @@
 
 What this module owns: a small, finite model of one hachain machine (kernel, init,
 restarter, tickler, hardware watchdog, N services and their processes), a breadth-first
-exploration of every state reachable with at most F faults, and three checks on it:
+exploration of every state reachable with at most F faults, and four checks on it:
 
 - safety: no state has two running copies of a service;
 - convergence: from every reachable state, every fault-free path reaches the goal
   (kernel and all three layers up, the gate passing, every service `ready` with exactly
-  one process, the one the restarter supervises) within K steps; K, and the same bound
-  counted in ticks of time, are reported;
+  one process, the one the restarter supervises, none running on a gone process of a
+  service it requires) within K steps; K, and the same bound counted in ticks of time,
+  are reported;
 - no needless reboot: while every fault since boot was a *crash* of a service, the
   restarter or the tickler, the layer below must repair it: the watchdog must not reset
   the machine. (Hangs, init's death and kernel panics are allowed to end in a reboot.)
+- DEPS_LOST: whenever time passes with the restarter up, a dependent running on a gone
+  process of a service it requires has been asked to stop (`stale_dependent`).
 
 What it must not do: hold a second copy of the per-service state machine. Every service
 event goes through the real `hachain.restarter.states.step` with real `ServiceConfig`s,
@@ -1084,7 +1087,8 @@ def _print(rep: Report) -> None:
     if rep.violation is None:
         print(f"PASS: converges from every reachable state within {rep.k_steps} steps, "
               f"{rep.k_ticks} ticks (at most {rep.bound_seconds:g} s); never two running "
-              "copies of a service; no needless reboot")
+              "copies of a service; no needless reboot; no dependent left running on a "
+              "gone required process")
         return
     v = rep.violation
     print(f"FAIL: COUNTEREXAMPLE ({v['kind']}): {v['message']}")
