@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -24,8 +25,16 @@ def test_compare_smoke_prints_every_peer() -> None:
     """One --smoke run: a row per metric, a column and a footer line per supervisor."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler for bench/stamp.c")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare.py"), "--smoke"],
-                       capture_output=True, text=True, timeout=240, cwd=ROOT)
+    # its temporary directory (hence every process of its own) in one of ours, short
+    # enough for the socket paths in it: another run of the benchmark on the same
+    # machine is not this one's leftover
+    tmp = tempfile.mkdtemp(prefix="hcs-", dir="/tmp")
+    try:
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare.py"),
+                            "--smoke"], capture_output=True, text=True, timeout=240, cwd=ROOT,
+                           env=dict(os.environ, TMPDIR=tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert p.returncode == 0, p.stdout + p.stderr
     out = p.stdout
     assert out.startswith("machine: ") and "versions: " in out
@@ -46,7 +55,7 @@ def test_compare_smoke_prints_every_peer() -> None:
     assert "targets (hachain" in out
     # nothing of the benchmark may outlive it
     leftovers = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "hachain-compare-" not in leftovers, leftovers
+    assert tmp not in leftovers, leftovers
 
 
 def test_profile_restarter_names_the_spawn_path(tmp_path) -> None:
