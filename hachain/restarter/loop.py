@@ -243,17 +243,21 @@ class Restarter:
 
     def _dead_first(self) -> tuple[list[str], list[str]]:
         """(services to rebuild and restart first, the rest), in configuration order. First:
-        those with an empty cgroup and no relation to another service (requires, wants,
-        after, conflicts, either way; no singleton). Without cgroups, all come in one go.
-        The membership read here is kept for _verify."""
+        at most START_BATCH of those whose cgroup exists (it ran before: a first start of
+        the chain has none, and its starts keep their pace of START_BATCH a round) and is
+        empty, and that have no relation to another service (requires, wants, after,
+        conflicts, either way; no singleton). Without cgroups, all come in one go. The
+        membership read here is kept for _verify."""
         if not self.cgroups.active:
             return [], list(self.conf)
         plan = self.core.plan
-        first, rest = [], []
+        first: list[str] = []
+        rest: list[str] = []
         for name, c in self.conf.items():
-            procs = self._procs_seen[name] = self.cgroups.procs(name)
-            if not procs and not plan.deps[name] and not plan.rev.get(name) and \
-                    not plan.conflicts[name] and not c.singleton:
+            procs = self.cgroups.members(name)
+            self._procs_seen[name] = procs or []
+            if procs == [] and len(first) < START_BATCH and not plan.deps[name] and \
+                    not plan.rev.get(name) and not plan.conflicts[name] and not c.singleton:
                 first.append(name)
             else:
                 rest.append(name)

@@ -393,12 +393,17 @@ class Cgroups:
             os.write(self._home_fd, b"0")
 
     def procs(self, name: str) -> list[int]:
-        """The pids in the service's cgroup. Plain system calls, relative to the root's
-        descriptor while we hold it: a new restarter reads this for every service before
-        it restarts the dead ones (1000 reads: ~9 ms, against ~22 ms through open())."""
+        """The pids in the service's cgroup ([] when it has none)."""
+        return self.members(name) or []
+
+    def members(self, name: str) -> list[int] | None:
+        """The pids in the service's cgroup; None when there is no such cgroup (or no
+        reading it). Plain system calls, relative to the root's descriptor while we hold
+        it: a new restarter reads this for every service before it restarts the dead ones
+        (1000 reads: ~9 ms, against ~22 ms through open())."""
         p = self.path(name)
         if p is None:
-            return []
+            return None
         try:
             if self._claim_fd is not None:
                 fd = os.open(name + "/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC,
@@ -413,7 +418,7 @@ class Cgroups:
                 os.close(fd)
             return [int(x) for x in b"".join(chunks).split()]
         except (OSError, ValueError):
-            return []
+            return None
 
     def populated(self, name: str) -> bool:
         """Is any process left in the service's cgroup? (one small read: the restart path
