@@ -52,7 +52,7 @@ from typing import Any
 
 from hachain import bootrecord
 from hachain.channels import Heartbeat
-from hachain.config import Backoff, Config, Intensity, ServiceConfig, WatchdogConfig
+from hachain.config import Backoff, Config, HealthCheck, Intensity, ServiceConfig, WatchdogConfig
 from hachain.restarter import core, states
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, State, Svc, Timer
@@ -72,6 +72,8 @@ RESTARTS_CAP = 9  # `Svc.restarts` counts are clamped: nothing in the policy rea
 # which init holds across restarter restarts, so a restarter crash loses nothing), or
 # done (read by a restarter).
 NOT_SENT, SENT, DONE = "not-sent", "sent", "done"
+# A ready process that hangs (a fault: alive, but its health check gets no answer).
+HUNG_P = "hung"
 
 # One running process: (pid, READY=1 phase, ticks left before it must send READY=1,
 # got SIGTERM and may exit at any moment, the process of each service it requires that
@@ -104,6 +106,12 @@ class Options:
     configs: tuple[ServiceConfig, ...] | None = None
     tick: float = 1.0  # seconds per tick, for reporting bounds in seconds
     legend: tuple[str, ...] = ()  # the user's name of each svcK
+    # the generic model's last service has a health check (interval 1 tick, 2 failures)
+    # and its ready process may hang (a fault)
+    health: bool = True
+    # the operator may stop one service by hand (`hachain stop`) and later start it again
+    # (`--admin`: not a fault, not counted against --faults, once per run)
+    admin: bool = False
 
 
 MAX_CONFIG_SERVICES = 4  # `-c`: the model's size limit (state space grows ~10x per service)
@@ -245,6 +253,11 @@ class World:
     broken: bool = False
     boots: tuple[tuple[str, tuple[str, ...]], ...] = ()
     held: tuple[str, ...] = ()
+    # admin state: services stopped by hand (want = "down" in admin.json, persistent)
+    down: tuple[bool, ...] = ()
+    # the operator's one stop/start (`--admin`): "" none yet, "stop:I" svcI stopped by
+    # hand, "start:I" started again (persistent: the operator's intent, what the goal asks)
+    op: str = ""
 
 
 @dataclass
@@ -257,10 +270,11 @@ class Step:
     urgent: bool = True  # time may not pass while an urgent step is enabled
 
 
-def service_configs(n: int, faults: int) -> tuple[ServiceConfig, ...]:
+def service_configs(n: int, faults: int, health: bool = False) -> tuple[ServiceConfig, ...]:
     """The model's services: `svc0` (notify readiness, critical) and a chain of
     dependents `svcK` requiring `svcK-1` (readiness none). Restart "always", a short
-    backoff, and an intensity limit above what F faults can cause."""
+    backoff, and an intensity limit above what F faults can cause. `health`: the last
+    one has a health check every tick, hung after 2 failures in a row."""
     out = []
     for i in range(n):
         out.append(ServiceConfig(
@@ -268,7 +282,9 @@ def service_configs(n: int, faults: int) -> tuple[ServiceConfig, ...]:
             backoff=Backoff(initial=1.0, factor=2.0, max=2.0, reset_after=3.0),
             intensity=Intensity(max_restarts=faults + 2, window=8.0, action="maintenance"),
             requires=(f"svc{i - 1}",) if i else (), ready="notify" if i == 0 else "none",
-            ready_timeout=3.0, critical=(i == 0), stop_timeout=1.0, stop_signal=SIGTERM))
+            ready_timeout=3.0, critical=(i == 0), stop_timeout=1.0, stop_signal=SIGTERM,
+            health=HealthCheck(kind="exec", command=("/model-check",), interval=1.0,
+                               timeout=1.0, failures=2) if health and i == n - 1 else None))
     return tuple(out)
 
 
@@ -295,6 +311,7 @@ class _Restarter:
         self.procs = [{p[0]: p[1:] for p in ps} for ps in w.procs]
         self.records = list(w.records)
         self.persisted = w.maint  # admin.json as a starting restarter reads it
+        self.persisted_down = w.down or (False,) * len(w.maint)
         self.dirty: set[int] = set()
         self.notes: list[str] = []
         self.duplicate = False  # the adopt-duplicates mutant, while it adopts
@@ -325,9 +342,16 @@ class _Restarter:
         return pid
 
     def do(self, a: Any) -> None:
+        if isinstance(a, core.RunProbe) and a.purpose == "health":
+            # the health check answers at once: it fails while the main process hangs
+            main = self.core.svcs[a.name].pid
+            ok = main is None or self.procs[self.m.index[a.name]].get(main, ("",))[0] != HUNG_P
+            self.notes.append(f"{a.name} health check " + ("ok" if ok else "failed"))
+            self.core.probe_result(a.name, "health", ok, "no answer", EPOCH)
+            return
         if isinstance(a, (core.Log, core.RunProbe, core.DropProbe, core.FindMain,
                           core.MainFound, core.ReleaseRescue, core.Forget)):
-            return  # logging; checks, forking services, rescue release, reload: not modelled
+            return  # logging; readiness checks, forking services, rescue, reload: not modelled
         i = self.m.index[a.name]
         if isinstance(a, core.Transition):
             self.notes.append(f"svc{i} {a.old.state.value}->{a.new.state.value}")
@@ -387,7 +411,7 @@ class _Restarter:
         for i in self.m.order:
             name = self.m.confs[i].name
             admin = {"want": "up", "maintenance": "maintenance (persisted)"} \
-                if self.persisted[i] else {}
+                if self.persisted[i] else {"want": "down"} if self.persisted_down[i] else {}
             rec = None if self.duplicate else self.records[i]
             alive = rec is not None and rec.pid in self.procs[i]
             if self.core.adopt(name, admin, rec, alive, EPOCH):
@@ -403,6 +427,11 @@ class _Restarter:
     def maint(self) -> tuple[bool, ...]:
         """The admin state the core keeps (admin.json): held in maintenance."""
         return tuple(e is not None and "maintenance" in e
+                     for e in map(self.core.admin_entry, self.m.names))
+
+    def down(self) -> tuple[bool, ...]:
+        """The admin state the core keeps (admin.json): stopped by hand."""
+        return tuple(e is not None and e.get("want") == "down" and "maintenance" not in e
                      for e in map(self.core.admin_entry, self.m.names))
 
     def flush(self) -> None:
@@ -423,7 +452,7 @@ class _Restarter:
             timers=tuple(tuple(sorted(t.items())) for t in self.timers),
             reboot_req=self.core.reboot_requested is not None,
             procs=tuple(tuple((p,) + v for p, v in sorted(ps.items())) for ps in self.procs),
-            records=tuple(self.records), maint=self.maint(), **kw)
+            records=tuple(self.records), maint=self.maint(), down=self.down(), **kw)
 
     def heartbeat(self, w: World) -> World:
         """The restarter's heartbeat: age 0 and the core's report on critical services."""
@@ -436,7 +465,7 @@ class Model:
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.confs = opts.configs or service_configs(opts.services, opts.faults)
+        self.confs = opts.configs or service_configs(opts.services, opts.faults, opts.health)
         self.index = {c.name: i for i, c in enumerate(self.confs)}
         self.names = [c.name for c in self.confs]
         self.plan = core.make_plan({c.name: c for c in self.confs})  # the restarter's
@@ -454,7 +483,7 @@ class Model:
             restart_in=(None, None), hb_age=(0, 0), hb_extra=(), hb_reboot=False,
             svcs=tuple(states.initial(c.name) for c in self.confs), watched=(None,) * n,
             timers=((),) * n, reboot_req=False, procs=((),) * n, records=(None,) * n,
-            maint=(False,) * n, crash_only=True)
+            maint=(False,) * n, crash_only=True, down=(False,) * n)
 
     # --- boot, gate, goal ------------------------------------------------------------
 
@@ -463,7 +492,8 @@ class Model:
         the runtime directory is empty; the persistent admin state and the file on disk
         are kept (from `prev`, the state before the reset)."""
         w = replace(self.blank, snapshot=False) if prev is None else replace(
-            self.blank, maint=prev.maint, cfg_broken=prev.cfg_broken, snapshot=False,
+            self.blank, maint=prev.maint, down=prev.down, op=prev.op,
+            cfg_broken=prev.cfg_broken, snapshot=False,
             broken=prev.broken, boots=prev.boots, crash_only=not prev.broken)
         w = replace(w, held=self.rescue_holds(w.boots))
         if not self.config_loads(w):  # no configuration at all: nothing starts
@@ -495,7 +525,8 @@ class Model:
         """The machine is down (kernel panic): only the persistent state matters; the
         boot ends with nothing written about why ("unknown")."""
         return replace(self.blank, kernel="panicked", layers=(DEAD, DEAD, DEAD),
-                       maint=w.maint, crash_only=False, cfg_broken=w.cfg_broken,
+                       maint=w.maint, down=w.down, op=w.op, crash_only=False,
+                       cfg_broken=w.cfg_broken,
                        broken=w.broken, boots=self.ended(w, bootrecord.UNKNOWN, ()).boots)
 
     def gate_ok(self, w: World) -> bool:
@@ -525,7 +556,26 @@ class Model:
         broken for good, the best there is: the machine up with the gate passing (svc0
         retried by its policy, or held by a rescue once its intensity parked it and the
         gate reset the machine), and what requires it waiting."""
-        return converge.converged(self.seen(w), self.goal(w.broken)) and not self.stale(w)
+        hung = any(p[1] == HUNG_P for ps in w.procs for p in ps)
+        return not hung and not self.stale(w) and \
+            converge.converged(self.seen(w), self.goal(w.broken, self.stopped(w)))
+
+    def stopped(self, w: World) -> int | None:
+        """The service the operator stopped by hand (and has not started again)."""
+        return int(w.op[5:]) if w.op.startswith("stop:") else None
+
+    def _requires(self, name: str, j: int) -> bool:
+        """Does `name` require svc`j`, directly or through what it requires?"""
+        todo, seen = [name], set()
+        while todo:
+            n = todo.pop()
+            for d in self.confs[self.index[n]].requires:
+                if d == self.names[j]:
+                    return True
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return False
 
     def stale(self, w: World, untold: bool = False) -> list[str]:
         """Dependents still running on a process of a service they require that is gone
@@ -550,14 +600,21 @@ class Model:
             return []
         return self.stale(w, untold=True)
 
-    def goal(self, broken: bool) -> converge.Want:
+    def goal(self, broken: bool, stopped: int | None = None) -> converge.Want:
         """The converged chain: every service wanted as configured; behind a svc0 broken
-        for good, svc0 as it may be and every other service waiting."""
+        for good, svc0 as it may be and every other service waiting. A service the
+        operator stopped (`stopped`) is down, with no process, whatever the restarter
+        thinks it wants, and what requires it (in the model: every later one) waits."""
         if broken:
             want = {c.name: converge.ServiceWant(held=State.WAITING.value)
                     for c in self.confs[1:]}
         else:
             want = {c.name: converge.ServiceWant(c.kind) for c in self.confs}
+        if stopped is not None and not (broken and stopped == 0):
+            want[self.names[stopped]] = converge.ServiceWant(enabled=False)
+            for c in self.confs[stopped + 1:]:
+                if self._requires(c.name, stopped):
+                    want[c.name] = converge.ServiceWant(held=State.WAITING.value)
         return converge.Want(want, heartbeat_timeout=float(self.opts.hb_timeout))
 
     def seen(self, w: World) -> converge.Seen:
@@ -585,11 +642,26 @@ class Model:
             out.append(Step("operator: the configuration file on disk is broken (a typo, "
                             "no reload)", OPERATOR, replace(w, cfg_broken=True),
                             urgent=False))
+        out.extend(self.admin_ops(w))
         events = list(self.events(w))
         out.extend(events)
         if not any(e.urgent for e in events):
             out.append(self.tick(w))
         return out
+
+    def admin_ops(self, w: World) -> Iterator[Step]:
+        """`--admin`: the operator stops svc0 by hand (`hachain stop svc0`), and may
+        later start it again; a request needs a live restarter to answer it."""
+        if not self.opts.admin or w.layers[1] != UP or w.op.startswith("start:"):
+            return
+        verb = "start" if w.op else "stop"
+        for i in (0,):  # svc0: what everything else requires (bounded: one target)
+            r = _Restarter(self, w)
+            err = r.core.request(verb, self.names[i], EPOCH)
+            r.run()
+            what = f" (refused: {err})" if err else ""
+            yield Step(f"operator: hachain {verb} svc{i}{what}", OPERATOR,
+                       r.into(w, op=f"{verb}:{i}"), urgent=False)
 
     def faults(self, w: World) -> Iterator[Step]:
         for li, layer in enumerate(LAYERS):
@@ -607,10 +679,15 @@ class Model:
                        "every start crash)", FAULT,
                        replace(w, broken=True, procs=procs, crash_only=False))
         for i, ps in enumerate(w.procs):
-            for pid, *_ in ps:
+            for k, (pid, ph, *rest) in enumerate(ps):
                 procs = _set(w.procs, i, tuple(p for p in ps if p[0] != pid))
                 yield Step(f"fault: svc{i} pid {pid} crashed (SIGKILL)", FAULT,
                            replace(w, procs=procs))
+                if ph == DONE and self.confs[i].health is not None:
+                    # alive, but it no longer answers: only its health check can tell
+                    procs = _set(w.procs, i, _set(ps, k, (pid, HUNG_P, *rest)))
+                    yield Step(f"fault: svc{i} pid {pid} hangs (alive, no answer)", FAULT,
+                               replace(w, procs=procs))
 
     def crash(self, w: World, li: int) -> World:
         """SIGKILL of a layer. Init's death is PID 1's death: a kernel panic."""
@@ -1012,6 +1089,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="the timed model of two nodes and one singleton service "
                         "(docs/cluster.md) instead of one machine")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--admin", action="store_true",
+                   help="the operator may stop one service by hand and start it again "
+                        "(once per run, not counted as a fault)")
+    p.add_argument("--no-health", dest="health", action="store_false",
+                   help="leave out the generic model's health-checked service and its hang")
     p.add_argument("-c", "--config", default=None,
                    help="model this configuration file's services and timing instead of the "
                         f"generic model (at most {MAX_CONFIG_SERVICES} long-running services)")
@@ -1042,13 +1124,15 @@ def func(args: argparse.Namespace) -> int:
         problems.append("--only needs -c")
     notes: list[str] = []
     opts = Options(faults=args.faults, services=args.services, bound=args.bound,
-                   mutant=args.mutant)
+                   mutant=args.mutant, health=getattr(args, "health", True),
+                   admin=getattr(args, "admin", False))
     if not problems and getattr(args, "config", None):
         from hachain import config as config_mod
         try:
             cfg = config_mod.load(args.config)
             only = [n.strip() for n in args.only.split(",")] if args.only else None
             opts, notes = options_from_config(cfg, args.faults, args.bound, only, args.mutant)
+            opts = replace(opts, admin=getattr(args, "admin", False))
         except config_mod.ConfigError as e:
             problems.extend(e.errors)
         except ModelError as e:
