@@ -65,6 +65,7 @@ def test_a_health_check_that_counts_successes_as_failures_fails_verify(
     assert not rep.ok and rep.violation is not None
 
 
+@pytest.mark.slow  # a model check of seconds
 def test_admin_stop_and_start_converge() -> None:
     rep = explore(Options(faults=0, admin=True))
     assert rep.ok, rep.violation
@@ -92,6 +93,7 @@ def test_a_stop_cell_that_ignores_the_operator_fails_verify(
     assert any("operator: hachain stop svc0" in line for line in rep.violation["trace"])
 
 
+@pytest.mark.slow  # a model check of seconds
 def test_admin_state_not_kept_fails_verify(monkeypatch: pytest.MonkeyPatch) -> None:
     """A restarter that forgets a stop by hand when it starts again (after a crash or a
     reset) starts svc0 again."""
