@@ -130,6 +130,37 @@ def test_adoption_decisions() -> None:
     assert ("off", Ev.START) not in queued
 
 
+def test_a_dependent_adopted_running_on_a_gone_requirement_is_restarted() -> None:
+    """Found by verify --admin --faults 2: db stopped by hand, the restarter killed before
+    it saw db's process end; the next one adopts db as stopped (want down, pid gone) and
+    app, which requires db, still running on db's old process. app gets DEPS_LOST (and
+    stops to wait for db), as it would have had the old restarter seen db go."""
+    for db_rec in ("stopping", "backoff", "ready", "starting"):
+        _adopt_gone_requirement(db_rec)
+    # a dependent adopted running on a requirement that is ready is left alone
+    c2 = make(svc("db"), svc("app", requires=("db",)))
+    assert c2.adopt("db", {}, record("db", "ready"), True, 0.0)
+    assert c2.adopt("app", {}, record("app", "ready"), True, 0.0)
+    c2.adopted(0.0)
+    c2.release(len(c2.later), 0.0)
+    drain(c2)
+    assert c2.svcs["app"].state is State.READY
+
+
+def _adopt_gone_requirement(db_rec: str) -> None:
+    c = make(svc("db"), svc("app", requires=("db",)), svc("side", wants=("db",)))
+    c.adopt("db", {"want": "down"}, record("db", db_rec), False, 0.0)
+    assert c.adopt("app", {}, record("app", "ready"), True, 0.0)
+    assert c.adopt("side", {}, record("side", "ready"), True, 0.0)
+    drain(c)
+    c.adopted(0.0)
+    c.release(len(c.later), 0.0)
+    drain(c)
+    assert not states.is_up(c.svcs["db"]) and c.svcs["db"].want == "down", db_rec
+    assert c.svcs["app"].state is State.STOPPING, db_rec  # DEPS_LOST: stops, then waits
+    assert c.svcs["side"].state is State.READY  # only wants db: keeps running
+
+
 def test_maintenance_and_shutdown_refuse_requests() -> None:
     c = make(svc("a"))
     c.adopt("a", {"want": "up", "maintenance": "too many restarts"}, None, False, 0.0)

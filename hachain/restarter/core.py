@@ -425,6 +425,11 @@ class Core:
                 continue
             if s.state is State.STOPPED and s.want == "up":
                 self.later.append((name, Ev.START, {}))
+            if names is None and not states.is_up(s) and not states.satisfies_dependents(s):
+                # Down as adopted without an exit to go through (stopped by hand and its
+                # process gone while no restarter watched, failed, in maintenance): what
+                # requires it and was adopted running runs on a process that is gone.
+                self._deps_lost(name, f"required service {name} is {s.state.value}", now)
 
     # --- the administrator ---------------------------------------------------------------
 
