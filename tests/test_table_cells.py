@@ -13,26 +13,9 @@ from hachain.restarter import core, states
 from hachain.restarter.persist import RuntimeRecord
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Found, State, Timer
+from tests.test_core import drain, make, svc  # the core's helpers: one copy
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def svc(name: str, **kw: Any) -> ServiceConfig:
-    return ServiceConfig(name=name, command=("/bin/true",), **kw)
-
-
-def make(*confs: ServiceConfig) -> core.Core:
-    return core.Core(core.make_plan({c.name: c for c in confs}))
-
-
-def drain(c: core.Core, pid: int = 100) -> list[Any]:
-    out = []
-    while (e := c.next_effect()) is not None:
-        out.append(e)
-        if isinstance(e, states.Spawn):
-            pid += 1
-            c.push_front(e.name, Ev.SPAWNED, 0.0, pid=pid)
-    return out
 
 
 def up(c: core.Core, name: str) -> None:
