@@ -199,28 +199,27 @@ def layer_pid(snap: Snapshot, layer: str) -> int:
     return pid
 
 
-def signal_service(sig: int, cont_after: float | None = None) -> Inject:
-    """Send `sig` to the service's main process; SIGCONT after `cont_after` seconds."""
+def _signal(find: Callable[[Any, str], int], sig: int, cont_after: float | None) -> Inject:
+    """Send `sig` to the target's host pid (`find(snapshot, target)`); SIGCONT after
+    `cont_after` seconds."""
     def inject(x: Injection) -> list[str]:
-        pid = service_pid(x.pre, x.target)
+        pid = find(x.pre, x.target)
         os.kill(pid, sig)
         if cont_after is not None:
             time.sleep(cont_after)
             os.kill(pid, signal.SIGCONT)
         return []
     return inject
+
+
+def signal_service(sig: int, cont_after: float | None = None) -> Inject:
+    """Send `sig` to the service's main process; SIGCONT after `cont_after` seconds."""
+    return _signal(service_pid, sig, cont_after)
 
 
 def signal_layer(sig: int, cont_after: float | None = None) -> Inject:
     """Send `sig` to a layer (or PID 1) from the host; SIGCONT after `cont_after` s."""
-    def inject(x: Injection) -> list[str]:
-        pid = layer_pid(x.pre, x.target)
-        os.kill(pid, sig)
-        if cont_after is not None:
-            time.sleep(cont_after)
-            os.kill(pid, signal.SIGCONT)
-        return []
-    return inject
+    return _signal(layer_pid, sig, cont_after)
 
 
 def _write(path: str, text: str) -> None:
