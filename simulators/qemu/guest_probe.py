@@ -42,13 +42,25 @@ def procs(argv: list[str]) -> list[int]:
 
 
 def console_line(text: str) -> None:
-    """A line on the console: it dates the fault on the host's clock (survives a reset)."""
+    """A line on the console: it dates the fault on the host's clock (survives a reset).
+    Returns once the line has left the serial port (tcdrain): a fault sent while it was
+    still queued in the tty could panic the kernel, whose messages go out first and cut
+    the line in two (seen under load: "HACHAIN-CHAIN-FA" ... panic ... "ULT pid 1")."""
     try:
         fd = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)
+    except OSError:
+        return
+    try:
         os.write(fd, text.encode())
-        os.close(fd)
+        import termios
+        try:
+            termios.tcdrain(fd)
+        except termios.error:
+            pass  # not a terminal: written is all there is
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str]) -> int:
