@@ -142,6 +142,7 @@ class Restarter:
         self._start_times: dict[str, int | None] = {}  # /proc start time of each main pid
         self._procs_seen: dict[str, list[int]] = {}  # during adoption: each cgroup.procs
         self._found: dict[str, int] = {}  # forking: pidfd of the main pid being reported
+        self._main_guess: dict[str, int] = {}  # forking: a cgroup guess to confirm
         self._zombie: int | None = None  # the exited main process not yet reaped
         self._pids_limited: set[str] = set()
         self.launch_status: dict[str, ExitStatus] = {}  # forking: how the launcher ended
@@ -545,6 +546,12 @@ class Restarter:
         c = self.conf[name]
         st = self.launch_status.get(name, ExitStatus("unknown"))
         pid, why = spawn.main_pid(c, self.cgroups, self.launch_leftovers.get(name, frozenset()))
+        if pid is not None and not c.pid_file and self._main_guess.pop(name, None) != pid:
+            # A guess from the cgroup counts once the next look (50 ms on) agrees: for a
+            # moment the session leader of a double fork can be its only root, before it
+            # exits and leaves the master (seen with both cores busy).
+            self._main_guess[name] = pid
+            pid, why = None, f"main pid {pid} from the cgroup: looking again to confirm"
         fd = spawn.pidfd_open(pid) if pid is not None else None
         if pid is not None and fd is None:
             pid, why = None, f"main pid {pid} exited at once"
