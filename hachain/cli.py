@@ -87,11 +87,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return cmd_status_cluster(args)
     state_dir, persist_dir = dirs(args)
     st = status.gather_status(state_dir, persist_dir, config_path=args.config)
-    if args.json:
-        # compact: the C encoder; indented, 1000 services took ~60 ms of pure Python
-        print(json.dumps(st, sort_keys=True))
-    else:
-        status.print_status(st)
+    sys.stdout.write(status.text(st, args.json, sys.stdout.isatty()))
     return status.exit_code(st)
 
 

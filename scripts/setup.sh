@@ -52,13 +52,19 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 stamp=.venv/.hachain-installed
-# setup.py builds the one C extension (hachain/restarter/_clone3.c) in place: a change
-# to either installs again
+# setup.py builds the C parts in place (hachain/restarter/_clone3.c, hachain/_front.c):
+# a change to any of them installs again
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] ||
-        [ hachain/restarter/_clone3.c -nt "$stamp" ]; then
+        [ hachain/restarter/_clone3.c -nt "$stamp" ] || [ hachain/_front.c -nt "$stamp" ]; then
     echo "setup: installing hachain and its test tools into .venv"
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"
+fi
+# The native front answers `hachain status` without starting Python (hachain/_front.c);
+# it hands everything else to the Python CLI, bin/hachain-py. pip writes bin/hachain as
+# the Python CLI too: put the front in its place whenever pip has (or it is older).
+if [ -x hachain/_front ] && { ! cmp -s hachain/_front .venv/bin/hachain; }; then
+    install -m 755 hachain/_front .venv/bin/hachain
 fi
 # Byte-compile hachain as an installed package is (pip compiles at install time): with
 # PYTHONDONTWRITEBYTECODE=1 (CI and sandbox environments set it) nothing else writes the

@@ -230,10 +230,12 @@ class Storm:
         except OSError:
             return 0
 
-    def status_cli(self, env: dict[str, str] | None = None) -> tuple[float, float, Any]:
-        """One `hachain status --json` through the installed CLI: (wall seconds, CPU
-        seconds of the CLI process, its stdout, or None when it failed: exit 2 or worse)."""
-        script = os.path.join(os.path.dirname(sys.executable), "hachain")
+    def status_cli(self, env: dict[str, str] | None = None,
+                   command: str = "hachain") -> tuple[float, float, Any]:
+        """One `hachain status --json` through the installed command (`hachain`: the
+        native front when it is built; `hachain-py`: the Python CLI): (wall seconds, CPU
+        seconds of the process, its stdout, or None when it failed: exit 2 or worse)."""
+        script = os.path.join(os.path.dirname(sys.executable), command)
         argv = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "hachain.cli"]
         t0 = time.monotonic()
         p = subprocess.Popen(argv + ["status", "--json", "--state-dir", self.state,

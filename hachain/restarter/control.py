@@ -178,7 +178,11 @@ class ControlServer:
 
     def _reply(self, fd: int, rep: dict[str, Any]) -> None:
         c = self.conns[fd]
-        c.out = channels.encode_message(rep)
+        body = rep.pop(channels.REPLY_BODY, None)
+        if isinstance(body, bytes):  # the reply line gives its length; the bytes follow it
+            c.out = channels.encode_message({**rep, "bytes": len(body)}) + body
+        else:
+            c.out = channels.encode_message(rep)
         if len(c.out) > BIG_REPLY:
             # Room for the whole reply in one send (the kernel caps this at wmem_max): a
             # reply sent in pieces waits a loop round, restart work included, per piece.
