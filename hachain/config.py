@@ -145,6 +145,7 @@ class ChainConfig:
     cgroup_root: str = "auto"  # "auto" | "none" | an absolute cgroup2 directory
     heartbeat_interval: float = 2.0
     restart_delay: float = 1.0
+    restarter_nice: int = -5  # the restarter's own; its children start at 0
     log_dir: str = ""  # default: <persist_dir>/log
     log_format: str = "human"  # "human" | "json"
     control_group: str = ""  # members of this group may use the control socket too
@@ -520,6 +521,12 @@ CHAIN = S.Table(ChainConfig, (
           "running is restarted at once; exits in quick succession wait 0.1 s, 0.2 s, "
           "0.4 s, ... up to `restart_delay`, and init never gives up. Keep `restart_delay` "
           "plus the tickler's start-up time below `[watchdog] timeout`."),
+    S.Key("restarter_nice", _integer(-20, 0), "The restarter's nice value. Below 0 it "
+          "gets more of a busy CPU than ordinary work, so control requests (`hachain "
+          "status` included) and its heartbeat do not wait behind other jobs during a "
+          "crash storm; the services it starts run at 0 all the same "
+          "(SCHED_RESET_ON_FORK). 0 leaves it as started. Needs root or CAP_SYS_NICE; "
+          "without them the restarter logs one warning and runs at 0."),
     S.Key("log_dir", S.PathText(special=("",)), "Directory of the service logs, "
           "`<log_dir>/<NAME>.log`. Empty means `<persist_dir>/log`."),
     S.Key("log_format", S.Choice(("human", "json")), "The chain's own log lines: "

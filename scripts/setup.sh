@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want_debs=(util-linux procps)
+# gcc and libc6-dev build hachain's two optional C parts (setup.py): the native front of
+# `hachain status` and the restarter's clone3 spawn; without them both work, slower
+want_debs=(util-linux procps gcc libc6-dev)
 if [ "${1:-}" = "--test" ]; then
     # the QEMU proof, systemd-notify (a real sd_notify client), what systemd-python
     # (the optional `systemd` extra, tested too) builds against, the C stamp service of
@@ -16,7 +18,7 @@ if [ "${1:-}" = "--test" ]; then
     # package's system etcd must not start either), and chromium, in which
     # tests/test_chaos_output.py looks at the campaign's HTML report (a headless screenshot)
     want_debs+=(qemu-system-x86 linux-image-amd64 busybox-static systemd libsystemd-dev
-                pkg-config gcc libc6-dev s6 runit supervisor cpio
+                pkg-config s6 runit supervisor cpio
                 postgresql redis-server nginx-light openssh-server etcd-server chromium)
 fi
 missing=()

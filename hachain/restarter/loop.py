@@ -97,6 +97,22 @@ def _own_pidns() -> str | None:
             _PIDNS.append(None)
     return _PIDNS[0]
 
+
+def take_priority(nice: int) -> str | None:
+    """Run at `nice` (<= 0), with SCHED_RESET_ON_FORK so that every process this one
+    spawns (the services, their checks) starts at nice 0 again, whichever way it is
+    spawned. A warning line when it is refused (not root, no CAP_SYS_NICE), else None."""
+    if nice == 0:
+        return None
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as e:
+        return (f"cannot run at restarter_nice {nice} ({e.strerror or e}): control requests "
+                "and heartbeats may wait behind other work on a busy host")
+    return None
+
+
 class AlreadyRunning(Exception):
     pass
 
@@ -938,6 +954,8 @@ class Restarter:
             release_log()
 
     def _run(self) -> int:
+        if (problem := take_priority(self.cfg.chain.restarter_nice)) is not None:
+            log(f"warning: {problem}")
         self._install_signals()
         if (problem := spawn.direct_spawn_problem()) is not None:
             log(f"warning: {problem}")
