@@ -9,6 +9,7 @@ gate within `heartbeat_timeout`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -103,7 +104,17 @@ def test_storm_with_cpu_hogs_keeps_petting_and_a_stopped_restarter_still_fails()
         storm.start()
         storm.wait_petting(30)
         storm.start_sampling()
-        time.sleep(STORM_SECONDS)  # the storm runs; the sampler watches every pet
+        # the storm runs; the sampler watches every pet, and `hachain status --json` (the
+        # native front: the restarter renders it between restarts) answers throughout
+        end = time.monotonic() + STORM_SECONDS
+        answers = []
+        while time.monotonic() < end:
+            _, _, out = storm.status_cli()
+            answers.append(json.loads(out) if out else None)
+            time.sleep(0.5)
+        assert answers and all(a is not None and len(a["services"]) == SERVICES
+                               and a["verdict"]["state"] == "degraded" for a in answers), \
+            [a and a["verdict"] for a in answers]
         rs = storm.heartbeat("restarter")
         assert rs is not None
         rate = max(storm.samples.rates, default=0.0)
