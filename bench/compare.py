@@ -401,6 +401,10 @@ class Hachain(Peer):
         for layer in ("restarter", "tickler"):
             if (p := wait_for(lambda lay=layer: self.layer_pid(lay), 10)):
                 pids.append(p)
+                # the restarter's standby, its parent (hachain/restarter/standby.py)
+                if layer == "restarter" and (pp := channels.proc_ppid(p)) and \
+                        pp != self.proc.pid:
+                    pids.append(pp)
         try:  # the logger (docs/logs.md) names itself in its lock file
             with open(os.path.join(self.state, "logger.lock")) as f:
                 pids.append(int(f.read().split()[0]))

@@ -479,6 +479,15 @@ def init_from_env() -> tuple[int, int | None] | None:
 _INIT_PIDFDS: dict[tuple[int, int], int] = {}  # init_gone's pidfds, by (pid, start time)
 
 
+def readable(fd: int, timeout: float = 0.0) -> bool:
+    """Is `fd` readable (a pidfd: its process has ended), waiting up to `timeout` s? poll,
+    not select: a restarter forked by its standby (restarter/standby.py) inherits a
+    thousand descriptors, and select() refuses any numbered 1024 or more."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(timeout * 1000))
+
+
 def init_gone(init: tuple[int, int | None] | None) -> str | None:
     """Why the init that started this layer no longer runs (dead, a zombie, or its pid now
     names another process), or None. Checked on every heartbeat: the layers' answer to an
@@ -497,7 +506,7 @@ def init_gone(init: tuple[int, int | None] | None) -> str | None:
     key = (init[0], init[1])
     if (fd := _INIT_PIDFDS.get(key)) is not None:
         try:
-            return gone if select.select([fd], [], [], 0)[0] else None
+            return gone if readable(fd) else None
         except (OSError, ValueError):
             del _INIT_PIDFDS[key]  # closed under us: back to /proc
     why = _init_gone_proc(init[0], init[1], gone)

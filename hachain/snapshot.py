@@ -312,6 +312,17 @@ def for_layer(path: str, environ: dict[str, str] | None = None,
               log: Any = None) -> tuple[Config, Snapshot]:
     """The configuration a layer starts with: this chain run's running snapshot when
     there is one (whatever the file on disk now says), else `accept(path)`."""
+    got = running_of_run(path, environ)
+    if got is not None:
+        return got
+    env = os.environ if environ is None else environ
+    return accept(path, chain_id=env.get(channels.ENV_CHAIN_ID, ""), environ=environ, log=log)
+
+
+def running_of_run(path: str, environ: dict[str, str] | None = None
+                   ) -> tuple[Config, Snapshot] | None:
+    """This chain run's running snapshot of the file `path` and its configuration, or
+    None when there is none (nothing is written either way)."""
     env = os.environ if environ is None else environ
     cid = env.get(channels.ENV_CHAIN_ID, "")
     state = env.get(channels.ENV_STATE_DIR)
@@ -319,7 +330,7 @@ def for_layer(path: str, environ: dict[str, str] | None = None,
         snap = read_running(state)
         if snap is not None and snap.chain_id == cid and snap.source == os.path.abspath(path):
             return _config_of(snap, environ, state), snap
-    return accept(path, chain_id=cid, environ=environ, log=log)
+    return None
 
 
 DISK_VERDICT = channels.DISK_VERDICT  # in state_dir: a cache

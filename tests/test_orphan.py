@@ -173,7 +173,11 @@ def test_new_run_while_the_old_restarter_lingers_runs_nothing_twice(chains: Any,
     before = wait_until(lambda: c.ready(4), 30, "4 services ready")
     wait_until(lambda: len(starts(tmp_path)) == 2, 10, "a and b to record their start")
     pids = {n: s["pid"] for n, s in before.items()}
-    rpid = wait_until(lambda: c.layer_pid("restarter", init), 10, "the restarter's pid")
+    standby = wait_until(lambda: c.layer_pid("restarter", init), 10, "the restarter's pid")
+    # the restarter holding the lock is the worker its standby (init's child) forked
+    rpid = wait_until(lambda: (hb := channels.read_heartbeat(c.state_dir, "restarter")) and
+                      channels.proc_ppid(hb.pid) == standby and hb.pid, 10, "the worker")
+    c.pids.add(rpid)
     os.kill(rpid, signal.SIGSTOP)
     _, tpid = kill_init(c, init)
     init2 = c.run()

@@ -180,7 +180,10 @@ def parse_options(argv: list[str], pid1: bool) -> argparse.Namespace:
     # started lean (-S, packages in PYTHONPATH: channels.lean_python)? so are the layers
     lean = ["-S"] if sys.flags.no_site else []
     if opts.restarter_cmd is None:
-        opts.restarter_cmd = [python, *lean, "-m", "hachain.restarter", "-c", opts.config]
+        # --standby: the restarter keeps an imported copy of itself to fork a replacement
+        # from the moment it dies (hachain/restarter/standby.py)
+        opts.restarter_cmd = [python, *lean, "-m", "hachain.restarter", "-c", opts.config,
+                              "--standby"]
     if opts.tickler_cmd is None:
         opts.tickler_cmd = [python, *lean, "-m", "hachain.watchdog.tickler", "-c",
                             opts.config]

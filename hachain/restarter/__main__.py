@@ -7,27 +7,47 @@ import os
 import sys
 
 from hachain import channels, config, snapshot
-from hachain.restarter.loop import AlreadyRunning, Restarter, log
+from hachain.restarter import standby
+from hachain.restarter.loop import AlreadyRunning, Restarter, log, take_lock
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hachain-restarter")
     p.add_argument("-c", "--config", default=os.environ.get(channels.ENV_CONFIG,
                                                              config.DEFAULT_PATH))
+    p.add_argument("--standby", action="store_true",
+                   help="fork the working restarter and stay behind as its standby, "
+                   "forking a replacement the moment it dies (restarter/standby.py)")
     args = p.parse_args(argv)
+    lock_fd = None
+    loaded = plan = None
+    state = os.environ.get(channels.ENV_STATE_DIR)
+    if args.standby and state:
+        code = standby.serve(log, args.config, state)
+        if code is not None:
+            return code
+        # the worker: the lock first (a worker of an earlier standby may still hold it),
+        # then the running snapshot, which that one may have changed until it died
+        os.makedirs(state, exist_ok=True)
+        lock_fd = take_lock(state, wait=True)
+        pre = standby.PRELOADED
+        if pre is not None and standby.running_ident(state) == pre.ident:
+            loaded, plan = (pre.cfg, pre.snap), pre.plan  # what the standby loaded runs
     try:
         # this chain run's running snapshot, never the live file (docs/configuration.md)
-        cfg, snap = snapshot.for_layer(args.config, log=log)
+        cfg, snap = loaded or snapshot.for_layer(args.config, log=log)
     except config.ConfigError as e:
         for line in e.errors:
             log(line)
         return 2
     os.environ[channels.ENV_LOG_FORMAT] = cfg.chain.log_format
     try:
-        r = Restarter(cfg, int(os.environ.get(channels.ENV_LAYER_RESTARTS, "0") or 0))
+        r = Restarter(cfg, int(os.environ.get(channels.ENV_LAYER_RESTARTS, "0") or 0),
+                      lock_fd, plan)
     except AlreadyRunning as e:
         log(str(e))
         return 1
+    r.cgroups.held.update(standby.HELD)  # the standby's descriptors (none without it)
     what = "the last-known-good configuration of " if snap.fallback else ""
     log(f"supervising {len(cfg.services)} service(s) from {what}{cfg.path} "
         f"(pid {os.getpid()})")

@@ -170,7 +170,7 @@ class LogPipes:
     def alive(self) -> bool:
         if self.pidfd is None:
             return False
-        return not select.select([self.pidfd], [], [], 0)[0]
+        return not channels.readable(self.pidfd)
 
     def tick(self, now: float) -> None:
         """From the heartbeat: notice a dead logger, restart it when due, send what waits."""
@@ -227,7 +227,7 @@ class LogPipes:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
-        select.select([self.pidfd], [], [], STOP_SECONDS)
+        channels.readable(self.pidfd, STOP_SECONDS)
         spawn.reap(self.pid)
         self._unwatch()
 

@@ -117,15 +117,43 @@ class AlreadyRunning(Exception):
     pass
 
 
+def take_lock(state_dir: str, wait: bool = False) -> int:
+    """Take the one-restarter-per-chain lock of `state_dir` (an flock the kernel releases
+    when its holder dies) and write our pid in it; its fd. Without `wait`, AlreadyRunning
+    when another restarter holds it; with it, say so and wait until that one is gone."""
+    path = os.path.join(state_dir, channels.RESTARTER_LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        why = f"another restarter is already running on {state_dir} (pid {holder})"
+        if not wait:
+            os.close(fd)
+            raise AlreadyRunning(why) from None
+        log(f"{why}; waiting for it to end")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class Restarter:
-    def __init__(self, cfg: Config, layer_restarts: int = 0) -> None:
+    def __init__(self, cfg: Config, layer_restarts: int = 0,
+                 lock_fd: int | None = None, plan: core.Plan | None = None) -> None:
+        """`lock_fd`: the restarter lock, already taken; `plan`: core.make_plan of these
+        very services, already made (both by a standby's worker: restarter/standby.py)."""
         self.cfg = cfg
-        self.core = core.Core(core.make_plan(cfg.services))
+        self.core = core.Core(plan if plan is not None else core.make_plan(cfg.services))
         self.state_dir = cfg.chain.state_dir
         os.makedirs(self.state_dir, exist_ok=True)
         # an adopted service holds a pidfd (and a starting one a readiness fd): 1000 fit
         channels.raise_fd_limit()
-        self._lock_fd = self._take_lock()
+        self._lock_fd = self._take_lock(lock_fd)
         self.store = Store(self.state_dir, cfg.chain.persist_dir)
         self.log_dir = cfg.chain.service_log_dir
         self.cgroups = spawn.Cgroups.from_config(cfg.chain.cgroup_root,
@@ -214,19 +242,15 @@ class Restarter:
 
     # --- set-up ----------------------------------------------------------------------------
 
-    def _take_lock(self) -> int:
-        path = os.path.join(self.state_dir, channels.RESTARTER_LOCK)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise AlreadyRunning(f"another restarter is already running on {self.state_dir} "
-                                 f"(pid {holder})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
+    def _take_lock(self, lock_fd: int | None) -> int:
+        """The restarter lock: `lock_fd` when the caller already holds it for this state
+        dir (a standby's worker, which waits for it), else taken now or AlreadyRunning."""
+        if lock_fd is not None:
+            if os.path.samefile(os.path.join(self.state_dir, channels.RESTARTER_LOCK),
+                                f"/proc/self/fd/{lock_fd}"):
+                return lock_fd
+            os.close(lock_fd)
+        return take_lock(self.state_dir)
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
@@ -269,6 +293,7 @@ class Restarter:
                 "after the restarter process started")
         self.core.adopted(now, set(rest) if first else None)
         self._procs_seen = {}
+        self.cgroups.drop_held()  # read once; the standby keeps its own for the next one
         self.admin_dirty = True
 
     def _dead_first(self) -> tuple[list[str], list[str]]:

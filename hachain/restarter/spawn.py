@@ -252,6 +252,9 @@ class Cgroups:
         self._home_fd: int | None = None  # its cgroup.procs, kept open: one move per spawn
         self._made: set[str] = set()  # service cgroups known to exist
         self._pids_max: dict[str, int] = {}  # as written, to write again after renew()
+        # a service cgroup's path -> its cgroup.procs opened for reading by the standby
+        # this restarter was forked from: members() reads those with one pread
+        self.held: dict[str, int] = {}
         if root is not None:
             mount = find_cgroup2_mount()
             self.home = own_cgroup(mount) if mount else None
@@ -404,6 +407,16 @@ class Cgroups:
         p = self.path(name)
         if p is None:
             return None
+        held = self.held.pop(p, None)
+        if held is not None:
+            try:  # one pread: the standby opened it (restarter/standby.py)
+                raw = os.pread(held, 65536, 0)
+                if len(raw) < 65536:
+                    self.held[p] = held
+                    return [int(x) for x in raw.split()]
+            except (OSError, ValueError):
+                pass  # the cgroup was removed since (ENODEV), or too long: open it anew
+            os.close(held)
         try:
             if self._claim_fd is not None:
                 fd = os.open(name + "/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC,
@@ -419,6 +432,12 @@ class Cgroups:
             return [int(x) for x in b"".join(chunks).split()]
         except (OSError, ValueError):
             return None
+
+    def drop_held(self) -> None:
+        """Close the standby's descriptors (after the scan that needed them)."""
+        for fd in self.held.values():
+            os.close(fd)
+        self.held.clear()
 
     def populated(self, name: str) -> bool:
         """Is any process left in the service's cgroup? (one small read: the restart path
