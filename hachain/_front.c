@@ -18,8 +18,8 @@
  * Where the directories come from mirrors hachain/cmdline.py `dirs`: --state-dir and
  * --persist-dir, then HACHAIN_STATE_DIR / HACHAIN_PERSIST_DIR, then the `[chain]` table
  * of the configuration file (-c, or /etc/hachain/chain.toml when it exists), then the
- * defaults. The table is read only when it is written plainly (`key = "value"` lines);
- * anything else hands over.
+ * defaults. The table is read only when it is written plainly (one `key = value` per
+ * line; the two directories as strings without escapes); anything else hands over.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -127,6 +127,33 @@ static int plain_value(const char *p, const char *end, const char **val, size_t 
     return p > s && line_ends(p, end);
 }
 
+/* Any other value, whole on its line: strings closed, brackets and braces balanced
+ * (an inline table, an array). 0: it goes on to another line, or does not read. */
+static int one_line_value(const char *p, const char *end)
+{
+    int depth = 0;
+    if (p == end || !strchr("\"'[{+-0123456789tfin", *p))
+        return 0;  /* nothing, or not the start of a TOML value */
+    for (; p < end && *p != '\r'; p++) {
+        if (*p == '"' || *p == '\'') {
+            char q = *p;
+            for (p++; p < end && *p != q; p++)
+                if (q == '"' && *p == '\\' && ++p == end)
+                    return 0;
+            if (p == end)
+                return 0;
+        } else if (*p == '[' || *p == '{') {
+            depth++;
+        } else if (*p == ']' || *p == '}') {
+            if (--depth < 0)
+                return 0;
+        } else if (*p == '#') {
+            break;
+        }
+    }
+    return depth == 0;
+}
+
 /* Sets *state and *persist (malloc'd, NULL when the table does not name them) from the file's
  * [chain] table. 0: the file must be read by the CLI (unreadable, not plain ASCII, a
  * multi-line string, the table written another way, a key named elsewhere). */
@@ -173,16 +200,18 @@ static int chain_dirs(const char *path, char **state, char **persist)
                 p++;
             size_t klen = (size_t)(p - k);
             p = skip_ws(p, eol);
-            const char *v;
+            const char *v = NULL;
             size_t vlen = 0;
-            if (klen == 0 || p == eol || *p != '=' ||
-                !plain_value(skip_ws(p + 1, eol), eol, &v, &vlen))
+            if (klen == 0 || p == eol || *p != '=')
                 goto unsure;
+            p = skip_ws(p + 1, eol);
             char **slot = NULL;
             if (klen == 9 && memcmp(k, "state_dir", 9) == 0)
                 slot = state;
             else if (klen == 11 && memcmp(k, "persist_dir", 11) == 0)
                 slot = persist;
+            if (slot == NULL ? !one_line_value(p, eol) : !plain_value(p, eol, &v, &vlen))
+                goto unsure;
             if (slot != NULL) {
                 if (*slot != NULL || v == NULL || vlen == 0 || v[0] != '/')
                     goto unsure;  /* twice, not a string, not absolute: the CLI says */

@@ -192,6 +192,9 @@ PLAIN = [
      "restart_delay = 1_0\ncgroup_root = \"none\"\n\n[watchdog]\ndevice = \"none\"\n", "a"),
     ('[watchdog]\ntimeout = 10\n[chain]\nstate_dir = "{b}"\n[service.x]\ncommand = ["a"]\n',
      "b"),
+    # one-line inline tables and arrays, strings with escapes and brackets in them
+    ('[chain]\nboot_loop = {{ resets = 3, window = 900, action = "x]}}\\"" }}  # c\n'
+     'state_dir = "{a}"\nx = [[1, 2], {{ y = \'[\' }}]\n', "a"),
 ]
 UNSURE = [
     'chain.state_dir = "{a}"\n',                       # dotted keys
@@ -201,6 +204,9 @@ UNSURE = [
     '[chain]\nstate_dir = "{a}"\nx = """\n[chain]\n"""\n',  # a multi-line string
     '[chain]\nstate_dir = "{a}"\nname = "ünïcode"\n',   # not plain ASCII
     '[chain]\nstate_dir = "{a}"\nlist = [1,\n  2]\n',   # a value over two lines
+    '[chain]\nstate_dir = "{a}"\nt = {{ a = "}}\n',      # a string not closed
+    '[chain]\nstate_dir = "{a}"\nt = bare\n',            # not a TOML value
+    '[chain]\nstate_dir = "{a}"\nt =\n',                 # no value
     '[chain]\nstate_dir = "relative/dir"\n',            # not absolute
     '[chain]\nstate_dir = "{a}"\n# state_dir = "{b}" was here\n',  # named elsewhere
     '[chain]\nstate_dir = "{a}\n',                     # not TOML at all
@@ -378,3 +384,19 @@ def test_status_doc_refuses_other_namespaces_and_directories(chain: Chain) -> No
     rep = json.loads(head)
     assert rep["ok"] is True and rep["bytes"] == len(body) and rep["exit"] in (0, 1)
     assert set(json.loads(body)["services"]) == {"db", "worker"}
+
+
+def test_the_shipped_example_configuration_is_read_by_the_front(
+        fakes: dict[str, FakeRestarter], tmp_path: Any) -> None:
+    """deploy/chain.toml.example, what users start from, takes the fast path."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "deploy", "chain.toml.example")) as f:
+        text = f.read()
+    assert 'state_dir = "/run/hachain"' in text
+    path = tmp_path / "chain.toml"
+    path.write_text(text.replace('state_dir = "/run/hachain"',
+                                 f'state_dir = "{fakes["a"].state_dir}"'))
+    env = {"PATH": os.environ["PATH"]}
+    asked, req = _ask_front(fakes, ["-c", str(path)], env)
+    assert asked == fakes["a"].state_dir
+    assert req is not None and (asked, req["persist_dir"]) == _cli_dirs(str(path), env)
