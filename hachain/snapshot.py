@@ -256,13 +256,15 @@ def find_last_good(source: str, environ: dict[str, str] | None = None) -> Snapsh
 
 
 def accept(path: str, chain_id: str = "", fallback: bool = True,
-           environ: dict[str, str] | None = None, log: Any = None) -> tuple[Config, Snapshot]:
+           environ: dict[str, str] | None = None, log: Any = None,
+           last_good: bool = True) -> tuple[Config, Snapshot]:
     """Validate the file at `path` and make it the running configuration.
 
     Good file: running and last-known-good snapshots are written (a failed write is
     logged through `log` and does not stop the chain). Bad file: with `fallback`, the
     last-known-good snapshot of the same file runs and its `fallback` field says why;
-    without one, or without `fallback`, ConfigError (one line first: the file's error)."""
+    without one, or without `fallback`, ConfigError (one line first: the file's error).
+    `last_good` False: the caller writes the last-known-good copy (save_last_good)."""
     source = os.path.abspath(path)
     try:
         text = _read_text(source)
@@ -287,8 +289,21 @@ def accept(path: str, chain_id: str = "", fallback: bool = True,
     snap = Snapshot(source=source, text=text, sha256=digest(text), accepted_wall=time.time(),
                     chain_id=chain_id, timing=_timing_of(cfg))
     _save_parsed(cfg.chain.state_dir, snap, parsed)  # first: running.json points to it
-    _save(cfg, snap, last_good=True, log=log)
+    _save(cfg, snap, last_good=last_good, log=log)
     return cfg, snap
+
+
+def save_last_good(cfg: Config, snap: Snapshot, log: Any = None) -> None:
+    """Write `snap` as the last-known-good snapshot (durable: fsync-ed), for an accept
+    made with last_good=False; a snapshot that ran as a fallback is not written again."""
+    if snap.fallback:
+        return
+    target = os.path.join(cfg.chain.persist_dir, LAST_GOOD)
+    try:
+        _write(target, snap, True)
+    except OSError as e:
+        if log is not None:
+            log(f"cannot write the configuration snapshot {target}: {e.strerror or e}")
 
 
 def _timing_of(cfg: Config) -> dict[str, float]:
