@@ -78,6 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         argv.append("--no-tickler")
     if cfg.cluster is not None:
         argv.append("--cluster")
+    if not cfg.chain.restarter_standby:
+        argv.append("--no-restarter-standby")
     env[channels.ENV_LOG_FORMAT] = cfg.chain.log_format  # init and its children
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)

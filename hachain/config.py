@@ -146,6 +146,7 @@ class ChainConfig:
     heartbeat_interval: float = 2.0
     restart_delay: float = 1.0
     restarter_nice: int = -5  # the restarter's own; its children start at 0
+    restarter_standby: bool = True  # restarter/standby.py; read when the chain starts
     log_dir: str = ""  # default: <persist_dir>/log
     log_format: str = "human"  # "human" | "json"
     control_group: str = ""  # members of this group may use the control socket too
@@ -527,6 +528,12 @@ CHAIN = S.Table(ChainConfig, (
           "crash storm; the services it starts run at 0 all the same "
           "(SCHED_RESET_ON_FORK). 0 leaves it as started. Needs root or CAP_SYS_NICE; "
           "without them the restarter logs one warning and runs at 0."),
+    S.Key("restarter_standby", S.Bool(), "`true`: the restarter process init starts "
+          "stays behind as a standby of the restarter it forks, and forks the replacement "
+          "the moment that one dies: a service killed with the restarter is back in tens "
+          "of milliseconds instead of after a new interpreter's start (docs/restarter.md, "
+          "\"The standby\"). It costs about 5 MB of memory (PSS). `false`: init starts the "
+          "restarter itself, as before. Read when the chain starts (`hachain run`)."),
     S.Key("log_dir", S.PathText(special=("",)), "Directory of the service logs, "
           "`<log_dir>/<NAME>.log`. Empty means `<persist_dir>/log`."),
     S.Key("log_format", S.Choice(("human", "json")), "The chain's own log lines: "

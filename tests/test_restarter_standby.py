@@ -166,3 +166,23 @@ def test_a_stopped_chain_stops_through_the_standby_and_forks_nothing(chain, tmp_
     log = open(c.log.name, "rb").read().decode()
     assert "forks the replacement" not in log
     assert f"restarter (pid {sb}) exited with status 0" in log
+
+
+def test_without_the_standby_init_starts_the_restarter_itself(chain, tmp_path):
+    """[chain] restarter_standby = false: init's child is the restarter; a SIGKILL of it
+    goes through init (restarts 1), and nothing runs twice."""
+    c = chain(services(tmp_path), restart_delay=1.0, chain_extra="restarter_standby = false\n")
+    before = wait_until(lambda: c.all_ready(N), 30, f"{N} services ready")
+    wait_until(lambda: len(starts(tmp_path)) == N, 20, f"{N} start records")
+    pid, _ = wait_until(lambda: init_child(c), 10, "init's restarter child")
+    assert c.hb("restarter").pid == pid  # type: ignore[union-attr]
+    c.pids.add(pid)
+    os.kill(pid, signal.SIGKILL)
+    pid2, restarts = wait_until(lambda: (x := init_child(c)) and x[0] != pid and x, 20,
+                                "init to restart the restarter")
+    c.pids.add(pid2)
+    assert restarts == 1
+    wait_until(lambda: (h := c.hb("restarter")) and h.pid == pid2, 20, "its heartbeat")
+    after = wait_until(lambda: c.all_ready(N), 20, f"{N} services ready again")
+    assert {n: s["pid"] for n, s in after.items()} == {n: s["pid"] for n, s in before.items()}
+    assert len(starts(tmp_path)) == N

@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restarter-cmd", type=shlex.split, default=None)
     p.add_argument("--tickler-cmd", type=shlex.split, default=None)
     p.add_argument("--no-tickler", action="store_true")
+    # [chain] restarter_standby = false: the default restarter command without --standby
+    p.add_argument("--no-restarter-standby", action="store_true")
     # [cluster]: also run the cluster layer (`hachain run` adds this; init reads no TOML)
     p.add_argument("--cluster", action="store_true")
     p.add_argument("--cluster-cmd", type=shlex.split, default=None)
@@ -183,7 +185,7 @@ def parse_options(argv: list[str], pid1: bool) -> argparse.Namespace:
         # --standby: the restarter keeps an imported copy of itself to fork a replacement
         # from the moment it dies (hachain/restarter/standby.py)
         opts.restarter_cmd = [python, *lean, "-m", "hachain.restarter", "-c", opts.config,
-                              "--standby"]
+                              *([] if opts.no_restarter_standby else ["--standby"])]
     if opts.tickler_cmd is None:
         opts.tickler_cmd = [python, *lean, "-m", "hachain.watchdog.tickler", "-c",
                             opts.config]
