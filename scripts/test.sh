@@ -17,6 +17,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test || exit 1
 
 FAST="not qemu and not slow"
+# The second lane mostly waits (on timers, heartbeats, watchdog timeouts, guests booting),
+# so it runs on pytest-xdist workers that overlap those waits; the QEMU tests stay on one
+# worker (tests/conftest.py, pytest_xdist_make_scheduler). HACHAIN_TEST_WORKERS=0 runs it
+# in one process.
+WORKERS="${HACHAIN_TEST_WORKERS:-3}"
 
 lint() {
     echo "test: ruff and mypy"
@@ -54,4 +59,4 @@ lint
 echo "test: the fast lane (pure and unit tests: -m '$FAST')"
 lane "fast lane" -m "$FAST"
 echo "test: the rest (whole chains, campaigns, benchmarks, QEMU: -m 'not ($FAST)')"
-lane "slow lane" -m "not ($FAST)"
+lane "slow lane" -m "not ($FAST)" -n "$WORKERS"

@@ -177,13 +177,45 @@ def restarter(tmp_path: Any) -> Iterator[Callable[..., RestarterRun]]:
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     """The lanes of scripts/test.sh split on the `qemu` and `slow` markers: a test that
     boots a kernel (it asks for `qemu_available`) without the `qemu` marker would run in
-    the fast lane, so it is refused here, before anything runs."""
+    the fast lane, so it is refused here, before anything runs. A `qemu` test must live in
+    a tests/test_qemu_*.py file: that is how the slow lane's workers keep them together
+    (pytest_xdist_make_scheduler below)."""
     bad = [i.nodeid for i in items
            if "qemu_available" in getattr(i, "fixturenames", ())
            and i.get_closest_marker("qemu") is None]
     if bad:
         raise pytest.UsageError("tests that boot QEMU must be marked @pytest.mark.qemu: "
                                 + ", ".join(bad))
+    astray = [i.nodeid for i in items
+              if i.get_closest_marker("qemu") is not None and not _qemu_file(i.nodeid)]
+    if astray:
+        raise pytest.UsageError("tests marked qemu must be in a tests/test_qemu_*.py file: "
+                                + ", ".join(astray))
+
+
+def _qemu_file(nodeid: str) -> bool:
+    return os.path.basename(nodeid.split("::", 1)[0]).startswith("test_qemu_")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
+    """The slow lane runs on pytest-xdist workers (scripts/test.sh: `-n N`), which overlap
+    its waits. Every test is its own unit of work, except that all of tests/test_qemu_*.py
+    is one unit: one worker runs them one after the other in file order, so
+    TestSharedMachine's scenarios keep their one guest and two TCG guests never compete
+    for the cores; being the largest unit, it starts first. Every other test is isolated
+    (its own temp dir, cgroup, namespaces, free ports) and may run beside any other.
+    (xdist's own `--dist loadgroup` does not group under pytest 9: it renames
+    `item._nodeid`, which pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "load":  # what -n means; another --dist is as asked
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class QemuTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "qemu" if _qemu_file(nodeid) else nodeid
+
+    return QemuTogether(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -507,11 +507,16 @@ class QemuMachine:
         """Wait for QEMU to exit on its own (e.g. with no_reboot) and return its status."""
         if self._proc is None:
             raise QemuError("the machine is not running")
+        deadline = time.monotonic() + timeout
         try:
-            return self._proc.wait(timeout)
+            rc = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise QemuTimeout(f"QEMU still running after {timeout:g}s; "
                               f"console tail:{self._tail()}") from None
+        # QEMU's last events (SHUTDOWN) may still be in the socket: read them first
+        if self._qmp is not None:
+            self._qmp.drain(max(1.0, deadline - time.monotonic()))
+        return rc
 
     # ----------------------------------------------------------------- QMP
 

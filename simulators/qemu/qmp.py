@@ -57,7 +57,8 @@ class QmpClient:
                 break
         if b"QMP" not in greeting:
             raise QmpError(f"qmp {path}: unexpected greeting {greeting[:80]!r}")
-        threading.Thread(target=self._pump, name="qemu-qmp", daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, name="qemu-qmp", daemon=True)
+        self._pump_thread.start()
         self.command("qmp_capabilities", timeout=timeout)
 
     def _pump(self) -> None:
@@ -81,6 +82,12 @@ class QmpClient:
                     self.changed.notify_all()
             else:
                 self._replies.put(message)
+
+    def drain(self, timeout: float) -> bool:
+        """Once QEMU has exited: wait (bounded) until every event it sent is in `events`,
+        i.e. the reader reached the end of the socket. True when it did."""
+        self._pump_thread.join(timeout)
+        return not self._pump_thread.is_alive()
 
     def command(self, name: str, arguments: dict[str, Any] | None = None,
                 timeout: float = 10.0) -> Any:
