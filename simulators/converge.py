@@ -382,6 +382,9 @@ def lasting(a: Snapshot, b: Snapshot) -> list[str]:
     """Zombies and strays present in both snapshots (same pid and start time)."""
     def bad(s: Snapshot) -> dict[tuple[int, int], str]:
         known = {s.init, s.logger, *s.layers.values()}
+        # the restarter's standby (hachain/restarter/standby.py): the working restarter's
+        # parent when that is not init; it writes no heartbeat of its own
+        known |= {p.ppid for p in s.procs if p.pid == s.layers.get("restarter")}
         out = {}
         for p in s.procs:
             if p.state == "Z":
