@@ -224,7 +224,7 @@ def test_a_stop_signal_writes_a_partial_report_and_leaves_no_mount(
     err, out = errf.read_text(), outf.read_text()
     assert rc == 1, err
     name = signal.Signals(sig).name
-    assert chaos_runner.campaign_mounts(str(short_tmp)) == []
+    assert chaos_runner.campaign_mounts(str(short_tmp)) == [], err + out
     assert str(short_tmp) not in pathlib.Path("/proc/self/mounts").read_text()
     assert (report / "report.json").exists(), err
     rep = json.loads((report / "report.json").read_text())
