@@ -11,7 +11,9 @@ a copy of an already imported process. The replacement re-adopts what runs and r
 what died, as a restarter started by init does.
 
 The two share every page the imports made (copy on write; `gc.freeze` keeps the cyclic
-GC from writing to them), so the standby costs little memory.
+GC from writing to them) until the worker writes to it, which Python's reference counts
+do to most of them over time: the standby costs the chain 4-6 MB of PSS
+(docs/benchmarks.md). `[chain] restarter_standby = false` runs without it.
 
 What stays as it was:
 - one restarter at a time: the worker takes the restarter lock and the cgroup claim
