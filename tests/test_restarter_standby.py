@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -186,3 +188,57 @@ def test_without_the_standby_init_starts_the_restarter_itself(chain, tmp_path):
     after = wait_until(lambda: c.all_ready(N), 20, f"{N} services ready again")
     assert {n: s["pid"] for n, s in after.items()} == {n: s["pid"] for n, s in before.items()}
     assert len(starts(tmp_path)) == N
+
+
+def test_a_replacement_after_a_reload_runs_the_reloaded_configuration(chain, tmp_path):
+    """The standby loaded the running snapshot before the reload; the replacement sees
+    that the file in place is another one and loads it: the added service is supervised
+    (adopted, same pid), nothing twice."""
+    c, before, sb, w = chain_up(chain, tmp_path)
+    rec = tmp_path / "starts"
+    with open(c.config, "a") as f:
+        f.write(f'[service.extra]\ncommand = {svc("record", str(rec))}\n')
+    r = subprocess.run([sys.executable, "-m", "hachain.cli", "reload", "-c", c.config],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    grown = wait_until(lambda: c.all_ready(N + 1), 20, "the added service ready")
+    wait_until(lambda: len(starts(tmp_path)) == N + 1, 20, "its start record")
+    wait_until(lambda: up_for(c, standby.REFORK_AFTER), 10, "the worker up long enough")
+    os.kill(w, signal.SIGKILL)
+    wait_until(lambda: worker(c, sb, not_pid=w), 20, "the replacement")
+    after = wait_until(lambda: c.all_ready(N + 1), 20, f"{N + 1} services ready again")
+    assert {n: s["pid"] for n, s in after.items()} == {n: s["pid"] for n, s in grown.items()}
+    assert len(starts(tmp_path)) == N + 1
+
+
+def test_a_held_descriptor_of_a_removed_cgroup_is_read_anew(tmp_path):
+    """Cgroups.members with a standby's descriptor: one pread while the cgroup is the
+    same; ENODEV after it was removed and made again, and the path is opened anew."""
+    from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
+    from hachain.restarter.spawn import Cgroups
+    mount = find_cgroup2_mount()
+    if mount is None or not os.access(mount, os.W_OK):
+        pytest.skip("needs a writable cgroup2 mount")
+    root = os.path.join(mount, f"hachain-standbytest-{os.getpid()}")
+    os.makedirs(os.path.join(root, "a"))
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        cg = Cgroups(root)
+        path = os.path.join(root, "a")
+        cg.held[path] = os.open(os.path.join(path, "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC)
+        assert cg.members("a") == []
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(p.pid))
+        assert cg.members("a") == [p.pid] and path in cg.held  # the same descriptor
+        with open(os.path.join(mount, "cgroup.procs"), "w") as f:
+            f.write(str(p.pid))  # out again, then the cgroup goes and comes back
+        os.rmdir(path)
+        os.mkdir(path)
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(p.pid))
+        assert cg.members("a") == [p.pid] and path not in cg.held
+        cg.drop_held()
+    finally:
+        p.kill()
+        p.wait()
+        remove_cgroup_tree(root)
