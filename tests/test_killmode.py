@@ -17,19 +17,31 @@ from hachain.restarter.states import Ev, Event, State, Svc, step
 from tests.conftest import wait_until
 
 # The main process forks a child, then both note themselves in FILE. The child notes a
-# SIGTERM and keeps running (only SIGKILL ends it); the main process exits 0 on SIGTERM.
+# SIGTERM and keeps running (only SIGKILL ends it); the main process exits 0 on SIGTERM
+# (with "wait", for kill_mode "cgroup", once the child has noted its SIGTERM).
 FORKER = """\
 import os, signal, sys
 path = sys.argv[1]
 def note(s):
     with open(path, "a") as f:
         f.write(s + "\\n")
-if os.fork() == 0:
+child = os.fork()
+if child == 0:
     signal.signal(signal.SIGTERM, lambda *_: note(f"term {os.getpid()}"))
     note(f"child {os.getpid()}")
     while True:
         signal.pause()
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+def on_term(*_):
+    # "cgroup" mode signals the child at the same moment: wait (at most 3 s, less than
+    # stop_timeout) until its handler has noted it, so the SIGKILL that follows this
+    # exit cannot beat a handler slowed down by a busy host
+    if sys.argv[2:] == ["wait"]:
+        import time
+        end = time.monotonic() + 3
+        while time.monotonic() < end and f"term {child}" not in open(path).read().splitlines():
+            time.sleep(0.01)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
 note(f"main {os.getpid()}")
 while True:
     signal.pause()
@@ -53,7 +65,7 @@ def _service(restarter, tmp_path, mode: str, cgroups: bool = True, extra: str = 
     script.write_text(FORKER)
     r = restarter(f"""
 [service.d]
-command = ["{sys.executable}", "{script}", "{notes}"]
+command = ["{sys.executable}", "{script}", "{notes}"{', "wait"' if mode == "cgroup" else ''}]
 kill_mode = "{mode}"
 stop_timeout = 5
 backoff = {{ initial = 0.0, factor = 1.0, max = 0.0 }}
