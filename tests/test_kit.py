@@ -46,12 +46,20 @@ class _Item:
 
 
 def test_a_qemu_test_without_the_qemu_marker_is_refused() -> None:
-    ok = _Item("t.py::a", ("qemu_available", "tmp_path"), object())
+    ok = _Item("tests/test_qemu_x.py::a", ("qemu_available", "tmp_path"), object())
     plain = _Item("t.py::b", ("tmp_path",), None)
     conftest.pytest_collection_modifyitems(None, [ok, plain])
     bad = _Item("t.py::c", ("qemu_available",), None)
     with pytest.raises(pytest.UsageError, match="t.py::c"):
         conftest.pytest_collection_modifyitems(None, [ok, bad])
+
+
+def test_a_qemu_test_outside_a_qemu_file_is_refused() -> None:
+    """The slow lane's workers keep tests/test_qemu_*.py together on one worker: a qemu
+    test elsewhere would boot its guest beside another."""
+    astray = _Item("tests/test_x.py::a", ("qemu_available",), object())
+    with pytest.raises(pytest.UsageError, match="test_qemu_"):
+        conftest.pytest_collection_modifyitems(None, [astray])
 
 
 def _fake_tree(tmp: Any, codes: dict[str, int]) -> tuple[str, str]:
@@ -89,7 +97,7 @@ def test_the_plain_run_lints_then_runs_the_fast_lane_then_the_rest(tmp_path: Any
     assert _run(script)[0] == 0
     assert open(log).read().splitlines() == [
         "ruff check hachain simulators tests bench", "mypy hachain simulators",
-        f"python -m pytest -m {FAST}", f"python -m pytest -m {REST}"]
+        f"python -m pytest -m {FAST}", f"python -m pytest -m {REST} -n 3"]
 
 
 def test_a_failing_fast_lane_stops_the_run(tmp_path: Any) -> None:
