@@ -2,7 +2,7 @@
 
 What this module owns: a small, finite model of one hachain machine (kernel, init,
 restarter, tickler, hardware watchdog, N services and their processes), a breadth-first
-exploration of every state reachable with at most F faults, and four checks on it:
+exploration of every state reachable with at most F faults, and these checks on it:
 
 - safety: no state has two running copies of a service;
 - convergence: from every reachable state, every fault-free path reaches the goal
@@ -15,6 +15,11 @@ exploration of every state reachable with at most F faults, and four checks on i
   the machine. (Hangs, init's death and kernel panics are allowed to end in a reboot.)
 - DEPS_LOST: whenever time passes with the restarter up, a dependent running on a gone
   process of a service it requires has been asked to stop (`stale_dependent`).
+- MAINPID= and the service watchdog: no restart of a daemon for its MAINPID= or for its
+  launcher's exit (`needless_restart`); after a MAINPID= in starting or ready the
+  restarter tracks and watches the named pid (`wrong_main_pid`); a service sending
+  WATCHDOG=1 is never stopped for its watchdog (`watchdog_kill`); a hung one is killed
+  within its watchdog and stop timeout (`hung_not_restarted`).
 
 What it must not do: hold a second copy of the per-service state machine. Every service
 event goes through the real `hachain.restarter.states.step` with real `ServiceConfig`s,
@@ -72,13 +77,20 @@ RESTARTS_CAP = 9  # `Svc.restarts` counts are clamped: nothing in the policy rea
 # which init holds across restarter restarts, so a restarter crash loses nothing), or
 # done (read by a restarter).
 NOT_SENT, SENT, DONE = "not-sent", "sent", "done"
-# A ready process that hangs (a fault: alive, but its health check gets no answer).
+# A ready process that hangs (a fault: alive, but its health check gets no answer and
+# it sends no WATCHDOG=1). For a service with a service watchdog, its "ticks left" count
+# up instead: the ticks it has been hung with a restarter up (the hang bound's clock).
 HUNG_P = "hung"
+# A daemon's process and MAINPID= (`Options.mainpid`): a spawned launcher that will fork
+# the real server and name it (MAINPID=), the launcher once it has (it exits at once),
+# the server with its MAINPID= queued on the notify socket (init holds it across
+# restarter restarts, as READY=1), and read by a restarter.
+LAUNCHER, GOING, NAMED, TOLD = "launcher", "going", "named", "told"
 
 # One running process: (pid, READY=1 phase, ticks left before it must send READY=1,
 # got SIGTERM and may exit at any moment, the process of each service it requires that
-# it was started against: (index, pid)).
-Proc = tuple[int, str, int, bool, tuple[tuple[int, int], ...]]
+# it was started against: (index, pid), its part in a MAINPID= handover or "").
+Proc = tuple[int, str, int, bool, tuple[tuple[int, int], ...], str]
 
 # Transition kinds. An OPERATOR step (breaking the configuration file on disk) is not a
 # fault of the chain and is not counted against --faults; it is one-way, so the state
@@ -112,6 +124,12 @@ class Options:
     # the operator may stop one service by hand (`hachain stop`) and later start it again
     # (`--admin`: not a fault, not counted against --faults, once per run)
     admin: bool = False
+    # the generic model's svc0 has a service watchdog (watchdog_sec 2 ticks): it sends
+    # WATCHDOG=1 every tick while it runs, and its ready process may hang (a fault)
+    watchdog: bool = True
+    # the generic model's svc0 is a daemon: each process it is started as forks the real
+    # server, names it with MAINPID= (before or after READY=1) and exits
+    mainpid: bool = True
 
 
 MAX_CONFIG_SERVICES = 4  # `-c`: the model's size limit (state space grows ~10x per service)
@@ -258,6 +276,10 @@ class World:
     # the operator's one stop/start (`--admin`): "" none yet, "stop:I" svcI stopped by
     # hand, "start:I" started again (persistent: the operator's intent, what the goal asks)
     op: str = ""
+    # set once (mutants only): an invariant on a single step broke, (kind, message):
+    # a restart without a fault of the service, a main pid named but not tracked, a
+    # pinging service stopped by its watchdog
+    bad: tuple[str, str] | None = None
 
 
 @dataclass
@@ -270,11 +292,16 @@ class Step:
     urgent: bool = True  # time may not pass while an urgent step is enabled
 
 
-def service_configs(n: int, faults: int, health: bool = False) -> tuple[ServiceConfig, ...]:
+WATCHDOG_TICKS = 2  # the generic svc0's watchdog_sec with `Options.watchdog`
+
+
+def service_configs(n: int, faults: int, health: bool = False,
+                    watchdog: bool = False) -> tuple[ServiceConfig, ...]:
     """The model's services: `svc0` (notify readiness, critical) and a chain of
     dependents `svcK` requiring `svcK-1` (readiness none). Restart "always", a short
     backoff, and an intensity limit above what F faults can cause. `health`: the last
-    one has a health check every tick, hung after 2 failures in a row."""
+    one has a health check every tick, hung after 2 failures in a row. `watchdog`: svc0
+    has a service watchdog of 2 ticks."""
     out = []
     for i in range(n):
         out.append(ServiceConfig(
@@ -283,6 +310,7 @@ def service_configs(n: int, faults: int, health: bool = False) -> tuple[ServiceC
             intensity=Intensity(max_restarts=faults + 2, window=8.0, action="maintenance"),
             requires=(f"svc{i - 1}",) if i else (), ready="notify" if i == 0 else "none",
             ready_timeout=3.0, critical=(i == 0), stop_timeout=1.0, stop_signal=SIGTERM,
+            watchdog_sec=float(WATCHDOG_TICKS) if watchdog and i == 0 else 0.0,
             health=HealthCheck(kind="exec", command=("/model-check",), interval=1.0,
                                timeout=1.0, failures=2) if health and i == n - 1 else None))
     return tuple(out)
@@ -315,6 +343,7 @@ class _Restarter:
         self.dirty: set[int] = set()
         self.notes: list[str] = []
         self.duplicate = False  # the adopt-duplicates mutant, while it adopts
+        self.bad = w.bad
         self.core = core.Core(m.plan, {c.name: s for c, s in zip(m.confs, w.svcs, strict=True)})
         self.core.rescue_held = set(w.held)
         self.core.reboot_requested = "requested" if w.reboot_req else None
@@ -349,8 +378,13 @@ class _Restarter:
             self.notes.append(f"{a.name} health check " + ("ok" if ok else "failed"))
             self.core.probe_result(a.name, "health", ok, "no answer", EPOCH)
             return
+        if isinstance(a, core.MainFound):
+            if a.accepted:  # MAINPID=: watch the process it named instead
+                self.watched[self.m.index[a.name]] = a.pid
+                self.notes.append(f"{a.name} main pid {a.pid}")
+            return
         if isinstance(a, (core.Log, core.RunProbe, core.DropProbe, core.FindMain,
-                          core.MainFound, core.ReleaseRescue, core.Forget)):
+                          core.ReleaseRescue, core.Forget)):
             return  # logging; readiness checks, forking services, rescue, reload: not modelled
         i = self.m.index[a.name]
         if isinstance(a, core.Transition):
@@ -359,10 +393,12 @@ class _Restarter:
             pid = self.new_pid()
             if self.broken and i == 0:  # it crashes at once: only its exit is left
                 self.notes.append(f"svc{i} pid {pid} crashes at once")
-            elif self.m.confs[i].ready == "notify":
-                self.procs[i][pid] = (NOT_SENT, self.m.opts.ready_within, False, self.on(i))
             else:
-                self.procs[i][pid] = (DONE, 0, False, self.on(i))
+                mp = LAUNCHER if i in self.m.daemons else ""
+                ready = self.m.confs[i].ready == "notify"
+                self.procs[i][pid] = (NOT_SENT if ready else DONE,
+                                      self.m.opts.ready_within if ready else 0, False,
+                                      self.on(i), mp)
             self.watched[i] = pid
             self.notes.append(f"spawn svc{i} pid {pid}")
             self.core.push_front(a.name, Ev.SPAWNED, EPOCH, pid=pid)
@@ -373,8 +409,8 @@ class _Restarter:
                 if a.signal == SIGKILL:
                     del self.procs[i][p]
                 else:  # it exits when it likes; SIGKILL follows the stop timeout
-                    phase, left, _, on = self.procs[i][p]
-                    self.procs[i][p] = (phase, left, True, on)
+                    phase, left, _, on, mp = self.procs[i][p]
+                    self.procs[i][p] = (phase, left, True, on, mp)
         elif isinstance(a, core.KillLeftovers):
             if not self.duplicate:
                 self.procs[i].clear()  # its cgroup: never two copies
@@ -388,18 +424,80 @@ class _Restarter:
         elif isinstance(a, states.Persist):
             self.dirty.add(i)
 
+    def flag(self, kind: str, msg: str) -> None:
+        """A step broke an invariant (kept in the World: the first one)."""
+        if self.bad is None:
+            self.bad = (kind, msg)
+
+    def read(self, i: int, p: int) -> None:
+        """The restarter reads what process `p` of svc`i` queued on the notify socket, in
+        the order it was sent: MAINPID= (then it is what the core must track, if the
+        service is starting or ready), then READY=1 (from the main process)."""
+        phase, left, term, on, mp = self.procs[i][p]
+        name = self.m.names[i]
+        if mp == NAMED:
+            mp = TOLD
+            self.procs[i][p] = (phase, left, term, on, mp)
+            before = self.core.svcs[name].state
+            self.core.main_pid(name, p, EPOCH)
+            self.run()
+            s = self.core.svcs[name]
+            if before in (State.STARTING, State.READY) and s.state is not before:
+                self.flag("needless_restart",
+                          f"svc{i} named pid {p} its main process (MAINPID={p}) while "
+                          f"{before.value}, and the restarter took it for a failure: "
+                          f"{before.value} -> {s.state.value} (no fault of svc{i})")
+            elif before in (State.STARTING, State.READY) and \
+                    (s.pid != p or self.watched[i] != p):
+                self.flag("wrong_main_pid",
+                          f"svc{i} named pid {p} its main process (MAINPID={p}) while "
+                          f"{before.value}; the restarter tracks pid {s.pid} and watches "
+                          f"pid {self.watched[i]}")
+        if phase == SENT:
+            self.procs[i][p] = (DONE, left, term, on, mp)
+            if self.core.svcs[name].pid == p:
+                self.feed(i, Ev.READY)
+
+    def drain(self) -> None:
+        """Read every message queued on the notify socket (loop.py does before it handles
+        an exit, so a MAINPID= sent before the exit is never read after it)."""
+        for i, ps in enumerate(self.procs):
+            for p in sorted(ps):
+                if ps[p][0] == SENT or ps[p][4] == NAMED:
+                    self.read(i, p)
+
     def on(self, i: int) -> tuple[tuple[int, int], ...]:
-        """The processes of what svc`i` requires that it starts against now."""
+        """The processes of what svc`i` requires that it starts against now: the main
+        process of each, or the server a daemon's launcher has named (MAINPID=) if the
+        restarter has not read that yet."""
         svcs = self.core.svcs
-        return tuple((self.m.index[d], pid) for d in self.m.confs[i].requires
-                     if d in self.m.index and (pid := svcs[d].pid) is not None)
+        out = []
+        for d in self.m.confs[i].requires:
+            j = self.m.index.get(d)
+            if j is None or (pid := svcs[d].pid) is None:
+                continue
+            v = self.procs[j].get(pid)
+            named = [p for p, u in self.procs[j].items() if u[4] == NAMED]
+            out.append((j, named[0] if named and (v is None or v[4] == GOING) else pid))
+        return tuple(out)
 
     def on_exit(self, i: int) -> None:
-        """The watched pid's pidfd became readable: the core hears of the exit."""
+        """The watched pid's pidfd became readable: the restarter reads the notify socket
+        first (loop.py), then, if it still watches that pid, the core hears of the exit."""
         pid = self.watched[i]
         assert pid is not None
+        self.drain()
+        if self.watched[i] != pid:
+            return  # MAINPID=: no longer the main process, its exit is nobody's business
         self.watched[i] = None
         s = self.core.svcs[self.m.confs[i].name]
+        named = [p for p, v in self.procs[i].items() if v[4] in (NAMED, TOLD)]
+        if named and s.state in (State.STARTING, State.READY):
+            self.flag("needless_restart",
+                      f"the restarter takes the exit of svc{i} pid {pid}, which had named "
+                      f"pid {named[0]} its main process (MAINPID={named[0]}) and exited "
+                      f"as a daemon's launcher does, for the exit of the service (no fault "
+                      f"of svc{i})")
         sig = SIGTERM if s.state is State.STOPPING else SIGKILL
         self.core.exited(s.name, pid, ExitStatus("killed", signal=sig), EPOCH)
         self.run()
@@ -452,7 +550,8 @@ class _Restarter:
             timers=tuple(tuple(sorted(t.items())) for t in self.timers),
             reboot_req=self.core.reboot_requested is not None,
             procs=tuple(tuple((p,) + v for p, v in sorted(ps.items())) for ps in self.procs),
-            records=tuple(self.records), maint=self.maint(), down=self.down(), **kw)
+            records=tuple(self.records), maint=self.maint(), down=self.down(), bad=self.bad,
+            **kw)
 
     def heartbeat(self, w: World) -> World:
         """The restarter's heartbeat: age 0 and the core's report on critical services."""
@@ -465,7 +564,14 @@ class Model:
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.confs = opts.configs or service_configs(opts.services, opts.faults, opts.health)
+        self.confs = opts.configs or service_configs(opts.services, opts.faults, opts.health,
+                                                     opts.watchdog)
+        # services whose processes hand over to a server they fork (MAINPID=)
+        self.daemons = frozenset({0} if opts.mainpid and not opts.configs else ())
+        # a hung process of a service watchdog's service must be gone within this many
+        # ticks of restarter time: the watchdog, then the stop timeout's SIGKILL
+        self.hang_bound = {i: _ticks(c.watchdog_sec) + _ticks(c.stop_timeout)
+                           for i, c in enumerate(self.confs) if c.watchdog_sec}
         self.index = {c.name: i for i, c in enumerate(self.confs)}
         self.names = [c.name for c in self.confs]
         self.plan = core.make_plan({c.name: c for c in self.confs})  # the restarter's
@@ -547,8 +653,16 @@ class Model:
         return ok
 
     def copies(self, w: World) -> list[int]:
-        """Services with more than one running process."""
-        return [i for i, ps in enumerate(w.procs) if len(ps) > 1]
+        """Services with more than one running process (a daemon's launcher that has
+        named its server and is exiting is not a copy)."""
+        return [i for i, ps in enumerate(w.procs) if sum(p[5] != GOING for p in ps) > 1]
+
+    def overdue(self, w: World) -> list[str]:
+        """Hung processes of a service with a service watchdog that the restarter, up
+        for longer than the service's hang bound since the hang, has not killed."""
+        return [f"svc{i} pid {p[0]} hung for {p[2]} ticks (bound {b})"
+                for i, b in self.hang_bound.items() for p in w.procs[i]
+                if p[1] == HUNG_P and p[2] > b]
 
     def is_goal(self, w: World) -> bool:
         """The shared `converged` predicate (simulators/converge.py) on what `w` shows:
@@ -587,7 +701,7 @@ class Model:
             if not self.confs[i].restart_dependents or \
                     untold and w.svcs[i].state is State.STOPPING:
                 continue
-            for pid, *_, on in ps:
+            for pid, _ph, _left, _term, on, _mp in ps:
                 out += [f"svc{i} pid {pid} on svc{j} pid {q}" for j, q in on
                         if all(p[0] != q for p in w.procs[j])]
         return out
@@ -634,7 +748,11 @@ class Model:
     # --- transitions -----------------------------------------------------------------
 
     def successors(self, w: World) -> list[Step]:
-        """Every transition from `w`: faults, then urgent events, else one tick."""
+        """Every transition from `w`: faults, then urgent events, else one tick. (None
+        at all once a step broke an invariant: that is the counterexample, the search
+        ends there.)"""
+        if w.bad is not None:
+            return []
         if w.kernel == "panicked":
             return [Step("kernel panic: reboot (panic=N)", REBOOT, self.boot(w))]
         out = list(self.faults(w))
@@ -683,8 +801,10 @@ class Model:
                 procs = _set(w.procs, i, tuple(p for p in ps if p[0] != pid))
                 yield Step(f"fault: svc{i} pid {pid} crashed (SIGKILL)", FAULT,
                            replace(w, procs=procs))
-                if ph == DONE and self.confs[i].health is not None:
-                    # alive, but it no longer answers: only its health check can tell
+                if ph == DONE and rest[-1] != GOING and (self.confs[i].health is not None
+                                                         or self.confs[i].watchdog_sec):
+                    # alive, but it no longer answers or pings: only its health check
+                    # or its service watchdog can tell
                     procs = _set(w.procs, i, _set(ps, k, (pid, HUNG_P, *rest)))
                     yield Step(f"fault: svc{i} pid {pid} hangs (alive, no answer)", FAULT,
                                replace(w, procs=procs))
@@ -711,13 +831,29 @@ class Model:
                 if left == 0 and not (k == 0 and self.opts.mutant == "init-no-restart"):
                     yield self.layer_restart(w, k + 1)
         for i, ps in enumerate(w.procs):
-            for k, (pid, ph, left, term, on) in enumerate(ps):
+            for k, (pid, ph, left, term, on, mp) in enumerate(ps):
                 if ph == NOT_SENT:
                     phase = SENT  # queued even while no restarter runs
-                    procs = _set(w.procs, i, _set(ps, k, (pid, phase, 0, term, on)))
+                    procs = _set(w.procs, i, _set(ps, k, (pid, phase, 0, term, on, mp)))
                     yield Step(f"svc{i} pid {pid} sends READY=1", EVENT,
                                replace(w, procs=procs), urgent=left == 0)
-                if term:
+                if mp == LAUNCHER and ph in (NOT_SENT, DONE) and not term:
+                    # a daemon: before READY=1 (the server sends it) or once it was read
+                    q = self.new_pid(w)
+                    server = (q, ph, left, False, on, NAMED)
+                    procs = _set(w.procs, i, tuple(sorted(
+                        _set(ps, k, (pid, DONE, 0, term, on, GOING)) + (server,))))
+                    # what runs on svc`i` runs on the same service, now served by q
+                    procs = tuple(tuple(p[:4] + (tuple((j, q if (j, r) == (i, pid) else r)
+                                                       for j, r in p[4]),) + p[5:]
+                                        for p in qs) for qs in procs)
+                    yield Step(f"svc{i} pid {pid} forks pid {q}, which sends MAINPID={q}",
+                               EVENT, replace(w, procs=procs))
+                if mp == GOING:
+                    procs = _set(w.procs, i, ps[:k] + ps[k + 1:])
+                    yield Step(f"svc{i} pid {pid} exits (a launcher: its server runs)",
+                               EVENT, replace(w, procs=procs))
+                elif term:
                     procs = _set(w.procs, i, ps[:k] + ps[k + 1:])
                     yield Step(f"svc{i} pid {pid} exits on SIGTERM", EVENT,
                                replace(w, procs=procs), urgent=False)
@@ -726,25 +862,42 @@ class Model:
         for i in range(len(w.svcs)):
             yield from self.restarter_events(w, i)
 
+    def new_pid(self, w: World) -> int:
+        """The smallest pid nothing in `w` refers to (as _Restarter.new_pid)."""
+        used = {p[0] for ps in w.procs for p in ps} | {p for p in w.watched if p}
+        used |= {q for ps in w.procs for p in ps for _, q in p[4]}
+        used |= {s.pid for s in w.svcs if s.pid} | {r.pid for r in w.records if r and r.pid}
+        pid = 1
+        while pid in used:
+            pid += 1
+        return pid
+
     def restarter_events(self, w: World, i: int) -> Iterator[Step]:
         pid = w.watched[i]
         if pid is not None and all(p[0] != pid for p in w.procs[i]):
             r = _Restarter(self, w)
             r.on_exit(i)
             yield self.rstep(w, r, f"restarter reaps svc{i} pid {pid}")
-        for p, ph, left, term, on in w.procs[i]:
-            if ph == SENT:
+        for p, ph, _left, _term, _on, mp in w.procs[i]:
+            if ph == SENT or mp == NAMED:
                 r = _Restarter(self, w)
-                r.procs[i][p] = (DONE, left, term, on)
-                if w.svcs[i].pid == p:
-                    r.feed(i, Ev.READY)
-                yield self.rstep(w, r, f"restarter reads READY=1 from svc{i} pid {p}")
+                r.read(i, p)
+                what = " and ".join(([f"MAINPID={p}"] if mp == NAMED else [])
+                                    + (["READY=1"] if ph == SENT else []))
+                yield self.rstep(w, r, f"restarter reads {what} from svc{i} pid {p}")
         for kind, left in w.timers[i]:
             if left == 0:
                 r = _Restarter(self, w)
                 del r.timers[i][kind]
                 r.core.timer(self.names[i], Timer(kind), EPOCH)
                 r.run()
+                main = w.svcs[i].pid
+                if kind == Timer.WATCHDOG and r.core.svcs[self.names[i]].state is not \
+                        w.svcs[i].state and any(p[0] == main and p[1] != HUNG_P
+                                                for p in w.procs[i]):
+                    r.flag("watchdog_kill",
+                           f"svc{i} pid {main} sends WATCHDOG=1 every tick, and the "
+                           f"restarter stopped it for its service watchdog")
                 yield self.rstep(w, r, f"restarter: svc{i} {kind} timer fires")
 
     def rstep(self, w: World, r: _Restarter, label: str) -> Step:
@@ -775,6 +928,11 @@ class Model:
             return Step("init restarts the tickler", EVENT,
                         replace(w, wd=self.opts.wd_timeout, pet_in=1))
         r = _Restarter(self, w)
+        # the hang bound counts from the new restarter's start: its adoption arms the
+        # service watchdog again, or, when the record did not say ready (it was being
+        # stopped for the hang), the ready timeout
+        r.procs = [{p: (v[0], self.adopted_hang_clock(i)) + v[2:] if v[0] == HUNG_P else v
+                    for p, v in ps.items()} for i, ps in enumerate(r.procs)]
         r.adopt_or_start(boot=False)
         notes = f" [{', '.join(r.notes)}]" if r.notes else ""
         return Step("init restarts the restarter" + notes, EVENT, r.heartbeat(r.into(w)))
@@ -791,13 +949,26 @@ class Model:
             restart_in = tuple(None if x is None else max(0, x - 1)  # type: ignore[assignment]
                                for x in restart_in)
         timers = tuple(tuple((k, max(0, t - 1)) for k, t in ts) for ts in w.timers)
-        procs = tuple(tuple((p, ph, max(0, left - 1), term, on)
-                            for p, ph, left, term, on in ps) for ps in w.procs)
+        procs = tuple(tuple((p, ph, self.hung_for(i, left, restarter) if ph == HUNG_P
+                             else max(0, left - 1), term, on, mp)
+                            for p, ph, left, term, on, mp in ps) for i, ps in enumerate(w.procs))
         w2 = replace(w, hb_age=ages, restart_in=restart_in, timers=timers, procs=procs,
                      svcs=tuple(self.age_svc(s, i) for i, s in enumerate(w.svcs)),
                      records=tuple(self.age_record(r) for r in w.records))
         if restarter == UP:
-            w2 = _Restarter(self, w2).heartbeat(w2)
+            r = _Restarter(self, w2)
+            for i in self.hang_bound:
+                if any(p[1] != HUNG_P and p[5] != GOING for p in w2.procs[i]):
+                    # WATCHDOG=1, sent more often than watchdog_sec, read at once
+                    before = r.core.svcs[self.names[i]].state
+                    r.core.watchdog_ping(self.names[i], EPOCH)
+                    r.run()
+                    if r.core.svcs[self.names[i]].state is not before:
+                        r.flag("watchdog_kill",
+                               f"svc{i} sends WATCHDOG=1 every tick, and the restarter "
+                               f"took a ping for a reason to stop it ({before.value} -> "
+                               f"{r.core.svcs[self.names[i]].state.value})")
+            w2 = r.heartbeat(r.into(w2))
             w2 = replace(w2, hb_age=ages)
         wd, pet_in, label = w.wd, w.pet_in, "tick"
         if tickler == UP:
@@ -810,6 +981,22 @@ class Model:
             return Step("tick: watchdog expired: reset, boot", REBOOT,
                         self.boot(self.ended(w, bootrecord.GATE_FAILURE, failed)))
         return Step(label, TICK, replace(w2, wd=wd, pet_in=pet_in))
+
+    def adopted_hang_clock(self, i: int) -> int:
+        """A hung process's clock once a restarter starts: it may have to wait out the
+        ready timeout instead of the watchdog, so the clock starts that much lower."""
+        c = self.confs[i]
+        if i not in self.hang_bound:
+            return 0
+        return _ticks(c.watchdog_sec) - max(_ticks(c.watchdog_sec), _ticks(c.ready_timeout))
+
+    def hung_for(self, i: int, ticks: int, restarter: str) -> int:
+        """A hung process's clock: for a service watchdog's service, the ticks it has
+        been hung while a restarter was up (capped past the bound); else unused (0)."""
+        b = self.hang_bound.get(i)
+        if b is None:
+            return 0
+        return min(ticks + (restarter == UP), b + 1)
 
     def age_svc(self, s: Svc, i: int) -> Svc:
         """Shift a Svc's times one tick into the past, clamped where the policy stops
@@ -968,6 +1155,23 @@ def _check(m: Model, init: World, succ: dict[World, list[tuple[str, World]]],
                + "; ".join(m.stale(w, untold=True)))
         found.append(("stale_dependent", msg, _trace(m, parent, first[w])))
 
+    for kind in ("needless_restart", "wrong_main_pid", "watchdog_kill"):
+        hit = [w for w in order if w.bad is not None and w.bad[0] == kind]
+        counts[kind] = len(hit)
+        if hit:
+            w = hit[0]  # (BFS order: the shortest trace there is)
+            assert w.bad is not None
+            found.append((kind, w.bad[1], _trace(m, parent, first[w])))
+
+    late = [w for w in order if m.overdue(w)]
+    counts["hung_not_restarted"] = len(late)
+    if late:
+        w = late[0]
+        msg = ("a process of a service with a service watchdog hangs (alive, no WATCHDOG=1) "
+               "and the restarter has not killed it within the watchdog and the stop "
+               "timeout: " + "; ".join(m.overdue(w)))
+        found.append(("hung_not_restarted", msg, _trace(m, parent, first[w])))
+
     dist, ticks = _worst_case(m, succ)
     stuck = [w for w in order if w in succ and w not in dist]
     counts["no_convergence"] = len(stuck)
@@ -1015,7 +1219,7 @@ def _worst_case(m: Model, succ: dict[World, list[tuple[str, World]]]
     preds: dict[World, list[tuple[World, int]]] = {}
     ready: deque[World] = deque()
     for w, edges in succ.items():
-        if m.is_goal(w):
+        if m.is_goal(w) or w.bad is not None:  # (a broken invariant ends a path)
             dist[w], ticks[w] = 0, 0
             ready.append(w)
             continue
@@ -1094,6 +1298,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                         "(once per run, not counted as a fault)")
     p.add_argument("--no-health", dest="health", action="store_false",
                    help="leave out the generic model's health-checked service and its hang")
+    p.add_argument("--no-watchdog", dest="watchdog", action="store_false",
+                   help="leave out svc0's service watchdog (WATCHDOG=1) and its hang")
+    p.add_argument("--no-mainpid", dest="mainpid", action="store_false",
+                   help="leave out svc0's MAINPID= hand-over to the server it forks")
     p.add_argument("-c", "--config", default=None,
                    help="model this configuration file's services and timing instead of the "
                         f"generic model (at most {MAX_CONFIG_SERVICES} long-running services)")
@@ -1125,7 +1333,9 @@ def func(args: argparse.Namespace) -> int:
     notes: list[str] = []
     opts = Options(faults=args.faults, services=args.services, bound=args.bound,
                    mutant=args.mutant, health=getattr(args, "health", True),
-                   admin=getattr(args, "admin", False))
+                   admin=getattr(args, "admin", False),
+                   watchdog=getattr(args, "watchdog", True),
+                   mainpid=getattr(args, "mainpid", True))
     if not problems and getattr(args, "config", None):
         from hachain import config as config_mod
         try:
@@ -1172,7 +1382,8 @@ def _print(rep: Report) -> None:
         print(f"PASS: converges from every reachable state within {rep.k_steps} steps, "
               f"{rep.k_ticks} ticks (at most {rep.bound_seconds:g} s); never two running "
               "copies of a service; no needless reboot; no dependent left running on a "
-              "gone required process")
+              "gone required process; no restart without a fault; MAINPID= tracked; a hung "
+              "watchdog service killed within its bound, a pinging one never")
         return
     v = rep.violation
     print(f"FAIL: COUNTEREXAMPLE ({v['kind']}): {v['message']}")

@@ -44,7 +44,9 @@ def test_model_reaches_adoption_and_timeouts() -> None:
 
 @pytest.mark.slow  # a model check of seconds
 def test_two_faults_and_three_services_converge() -> None:
-    rep = explore(Options(faults=2))
+    # (without svc0's MAINPID= hand-over, which makes two faults ~4x larger: minutes on
+    # a loaded host; tests/test_verify_mainpid_watchdog.py checks it with one fault)
+    rep = explore(Options(faults=2, mainpid=False))
     assert rep.ok, rep.violation
     assert rep.states > 1000
     rep3 = explore(Options(services=3))
@@ -54,14 +56,15 @@ def test_two_faults_and_three_services_converge() -> None:
 def test_no_faults_is_just_the_boot() -> None:
     rep = explore(Options(faults=0))
     assert rep.ok
-    assert rep.states < 50
+    assert rep.states < 100  # (svc0's MAINPID= hand-over: before or after READY=1)
+    assert explore(Options(faults=0, mainpid=False)).states < 50
 
 
 @pytest.mark.parametrize("mutant,kind,fault", [
     ("init-no-restart", "needless_reboot", "fault: restarter crashed"),
     ("tickler-ignores-restarter", "no_convergence", "fault: restarter hung"),
     ("adopt-duplicates", "duplicate", "fault: restarter crashed"),
-    ("layer-reads-live-file", "needless_reboot", "fault: tickler crashed"),
+    ("layer-reads-live-file", "needless_reboot", "fault: restarter crashed"),
     ("no-last-known-good", "needless_reboot", "fault: init crashed"),
 ])
 def test_mutant_gives_counterexample(mutant: str, kind: str, fault: str) -> None:

@@ -35,9 +35,10 @@ def test_a_hung_process_is_not_the_goal() -> None:
     w = m.boot()
     while not m.is_goal(w):
         w = next(s.nxt for s in m.successors(w) if s.kind in (verify.EVENT, verify.TICK))
+    # svc1 (health-checked) and svc0 (service watchdog) may hang
     hang = [s for s in m.successors(w) if "hangs" in s.label]
-    assert len(hang) == 1 and "svc1" in hang[0].label
-    assert not m.is_goal(hang[0].nxt)
+    assert sorted(s.label.split()[1] for s in hang) == ["svc0", "svc1"]
+    assert not any(m.is_goal(s.nxt) for s in hang)
 
 
 def test_a_health_threshold_that_never_trips_fails_verify(

@@ -553,6 +553,14 @@ class Restarter:
     def _on_exit(self, name: str, now: float, status: ExitStatus | None = None) -> None:
         """The main process of `name` ended; `status` when it was our child (a zombie
         that _reap_children reaps once this returns)."""
+        # What the service sent before it ended is read first (systemd orders them so
+        # too): a daemon's launcher that named its server (MAINPID=) and exited at once
+        # handed over, it did not fail. Exits can come first otherwise (a batch left
+        # over from the last round, a signal's wakeup). hachain verify models this order.
+        pid = self.pidfds[name][0]
+        self._on_notify(now)
+        if self.pidfds.get(name, (0,))[0] != pid:
+            return  # no longer its main process (_unwatch saw to it)
         pid, fd = self.pidfds.pop(name)
         self.by_pid.pop(pid, None)
         st = status or spawn.reap(pid)
