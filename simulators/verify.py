@@ -568,12 +568,15 @@ class Model:
                                                      opts.watchdog)
         # services whose processes hand over to a server they fork (MAINPID=)
         self.daemons = frozenset({0} if opts.mainpid and not opts.configs else ())
-        # a hung process of a service watchdog's service must be gone within this many
-        # ticks of restarter time: the watchdog, then the stop timeout's SIGKILL
-        self.hang_bound = {i: _ticks(c.watchdog_sec) + _ticks(c.stop_timeout)
-                           for i, c in enumerate(self.confs) if c.watchdog_sec}
         self.index = {c.name: i for i, c in enumerate(self.confs)}
         self.names = [c.name for c in self.confs]
+        # a hung process of a service watchdog's service must be gone within this many
+        # ticks of restarter time: the watchdog, then the stop timeout's SIGKILL, after
+        # those of what requires it (an operator's stop, ordered, may come first)
+        self.hang_bound = {
+            i: _ticks(c.watchdog_sec) + _ticks(c.stop_timeout) + sum(
+                _ticks(d.stop_timeout) for d in self.confs if self._requires(d.name, i))
+            for i, c in enumerate(self.confs) if c.watchdog_sec}
         self.plan = core.make_plan({c.name: c for c in self.confs})  # the restarter's
         self.order = list(range(len(self.confs)))  # requires point to lower indexes
         self.wdc = WatchdogConfig(device="sim", timeout=opts.wd_timeout,

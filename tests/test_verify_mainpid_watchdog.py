@@ -34,7 +34,9 @@ def test_the_real_table_passes_with_mainpid_and_the_watchdog() -> None:
         assert rep.others[kind] == 0
     m = verify.Model(Options())
     assert m.confs[0].watchdog_sec == verify.WATCHDOG_TICKS and m.daemons == {0}
-    assert m.hang_bound == {0: verify.WATCHDOG_TICKS + 1}  # + the stop timeout
+    # + its stop timeout and svc1's (an operator's stop waits for what requires it)
+    assert m.hang_bound == {0: verify.WATCHDOG_TICKS + 2}
+    assert verify.Model(Options(services=3)).hang_bound == {0: verify.WATCHDOG_TICKS + 3}
     old = explore(OLD)
     assert old.ok and not {c for c in old.cells if c[1] in ("main_pid", "watchdog_ping",
                                                             "watchdog_missed")}
@@ -77,7 +79,7 @@ def test_a_watchdog_missed_cell_that_never_stops_fails_verify(
     monkeypatch.setitem(states.TABLE, (State.READY, Ev.WATCHDOG_MISSED),
                         states.TABLE[(State.STOPPED, Ev.WATCHDOG_MISSED)])
     assert explore(OLD).ok
-    trace = _fails("hung_not_restarted", "svc0 pid", "(bound 3)")
+    trace = _fails("hung_not_restarted", "svc0 pid", "(bound 4)")
     assert any(line.startswith("fault: svc0 pid") and "hangs" in line for line in trace)
 
 
@@ -147,10 +149,10 @@ def test_a_hung_watchdog_process_past_its_bound_is_overdue() -> None:
                 "(alive, no answer)")
     assert not m.is_goal(hang.nxt) and m.overdue(hang.nxt) == []
     late = replace(hang.nxt, procs=verify._set(hang.nxt.procs, 0, (
-        (pid, verify.HUNG_P, 4) + hang.nxt.procs[0][0][3:],)))
-    assert m.overdue(late) == [f"svc0 pid {pid} hung for 4 ticks (bound 3)"]
+        (pid, verify.HUNG_P, 5) + hang.nxt.procs[0][0][3:],)))
+    assert m.overdue(late) == [f"svc0 pid {pid} hung for 5 ticks (bound 4)"]
     # the clock runs while a restarter is up, and stops past the bound
-    assert m.hung_for(0, 3, verify.UP) == 4 and m.hung_for(0, 4, verify.UP) == 4
+    assert m.hung_for(0, 4, verify.UP) == 5 and m.hung_for(0, 5, verify.UP) == 5
     assert m.hung_for(0, 2, verify.DEAD) == 2 and m.hung_for(1, 2, verify.UP) == 0
 
 
