@@ -1111,12 +1111,14 @@ def _trace(m: Model, parent: dict[tuple[World, int], tuple[World, int] | None],
     while (p := parent[path[-1]]) is not None:
         path.append(p)
     path.reverse()
-    return ["boot"] + [_label(m, a[0], b[0]) for a, b in itertools.pairwise(path)]
+    return ["boot"] + [_label(m, a[0], b[0], b[1] > a[1]) for a, b in itertools.pairwise(path)]
 
 
-def _label(m: Model, a: World, b: World) -> str:
+def _label(m: Model, a: World, b: World, fault: bool | None = None) -> str:
+    """The step from `a` to `b` (a fault, or not, when known: a crash and an exit of the
+    same process lead to the same state)."""
     for s in m.successors(a):
-        if s.nxt == b:
+        if s.nxt == b and (fault is None or (s.kind == FAULT) == fault):
             return s.label
     return "?"
 
