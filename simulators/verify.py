@@ -197,15 +197,17 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
         if c.ready not in ("none", "notify"):
             notes.append(f"{c.name}: ready = {c.ready!r} modelled as a readiness message "
                          "(like notify)")
-        if c.watchdog_sec or c.health:
-            notes.append(f"{c.name}: service watchdog / health checks are not modelled")
+        if c.health:
+            notes.append(f"{c.name}: health checks are not modelled")
         confs.append(replace(
             c, name=new[c.name],
             requires=tuple(new[d] for d in c.requires if d in names),
             wants=tuple(new[d] for d in c.wants if d in names),
             after=tuple(new[d] for d in c.after if d in names),
             conflicts=(), ready="none" if c.ready == "none" else "notify",
-            watchdog_sec=0.0, health=None,
+            # (WATCHDOG=1 every tick while it runs; its ready process may hang)
+            watchdog_sec=float(_to_ticks(c.watchdog_sec, tick, 1, down=True))
+            if c.watchdog_sec and c.ready == "notify" else 0.0, health=None,
             backoff=Backoff(initial=_to_ticks(c.backoff.initial, tick),
                             factor=c.backoff.factor,
                             max=_to_ticks(c.backoff.max, tick),

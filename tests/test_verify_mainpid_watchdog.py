@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from hachain import config
 from hachain.restarter import core, states
 from hachain.restarter.states import Ev, State
 from hachain.simulators import verify
@@ -161,3 +162,33 @@ def test_cli_flags_leave_the_parts_out(capsys: pytest.CaptureFixture[str]) -> No
     assert verify.main(["--faults", "0"]) == 0
     out = capsys.readouterr().out
     assert "MAINPID= tracked" in out and "PASS" in out
+
+
+def _config(tmp_path, body: str) -> str:  # type: ignore[no-untyped-def]
+    p = tmp_path / "chain.toml"
+    p.write_text('[chain]\nrestart_delay = 1\nheartbeat_interval = 0.5\n[watchdog]\n'
+                 'device = "none"\ntimeout = 10\npet_interval = 1\nheartbeat_timeout = 2\n'
+                 + body)
+    return str(p)
+
+
+def test_verify_c_models_a_users_service_watchdog(tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                  capsys) -> None:
+    """`-c`: a notify service's watchdog_sec is modelled (in ticks, rounded down), with
+    its hang; a watchdog_missed cell that lets a hung service be fails that check."""
+    path = _config(tmp_path, """
+[service.db]
+command = ["/bin/db"]
+ready = "notify"
+watchdog_sec = 3
+""")
+    assert verify.main(["-c", path, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"watchdog_missed"' in out and "not modelled" not in out
+    opts, notes = verify.options_from_config(config.load(path), 1, 200)
+    assert opts.configs is not None and opts.configs[0].watchdog_sec == 3.0 and not notes
+    monkeypatch.setitem(states.TABLE, (State.READY, Ev.WATCHDOG_MISSED), STALE)
+    assert verify.main(["-c", path]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: COUNTEREXAMPLE" in out and "hangs (alive, no answer)" in out
+    assert "hung_not_restarted" in out.split("violating states:")[1]
