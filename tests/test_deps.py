@@ -242,3 +242,7 @@ stop_timeout = 60
     r.start()
     st = r.wait_state("s", "ready")
     assert st["pid"] == pid and st["reason"] == "adopted"
+    # Done. A SIGTERM would have the restarter stop the stubborn service and wait out its
+    # stop_timeout of 60 s (the fixture's cleanup gave up after 15 s and used SIGKILL);
+    # kill it now instead: the cleanup then kills the service's cgroup.
+    r.kill_restarter()

@@ -387,7 +387,9 @@ def test_pid1_in_a_pid_namespace(ns_launch: Callable[..., tuple[InitRun, int]]) 
     orphan_ns = wait_until(lambda: run.orphans("restarter"), 10, "the orphan")[0]["pid"]
     orphan_host = ns_members(ns_init).get(orphan_ns)
     assert orphan_host is not None
-    assert ppid_of(orphan_host) in (ns_init, None)
+    # it records itself before the double fork's middle process has exited: wait for that
+    wait_until(lambda: ppid_of(orphan_host) in (ns_init, None), 10,
+               "the orphan to be reparented to pid 1")
     wait_until(lambda: gone(orphan_host), 10, "the orphan to be reaped by pid 1")
     assert all(channels.proc_state(h) != "Z" for h in ns_members(ns_init).values())
 

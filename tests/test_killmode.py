@@ -75,8 +75,11 @@ backoff = {{ initial = 0.0, factor = 1.0, max = 0.0 }}
 
 
 def _up(r, notes, n: int) -> tuple[int, int]:
-    """Wait for the n-th run of d: ready, and its child noted. (main pid, child pid)"""
-    wait_until(lambda: len(_children(notes)) >= n, 10, f"run {n} of d and its child")
+    """Wait for the n-th run of d: ready, and it and its child noted, so both have their
+    SIGTERM handlers. (main pid, child pid)"""
+    wait_until(lambda: len(_children(notes)) >= n
+               and sum(w == "main" for w, _ in _notes(notes)) >= n, 10,
+               f"run {n} of d and its child")
     main = r.wait_state("d", "ready")["pid"]
     return main, _children(notes)[n - 1]
 
