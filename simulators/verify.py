@@ -16,10 +16,11 @@ exploration of every state reachable with at most F faults, and these checks on 
 - DEPS_LOST: whenever time passes with the restarter up, a dependent running on a gone
   process of a service it requires has been asked to stop (`stale_dependent`).
 - MAINPID= and the service watchdog: no restart of a daemon for its MAINPID= or for its
-  launcher's exit (`needless_restart`); after a MAINPID= in starting or ready the
-  restarter tracks and watches the named pid (`wrong_main_pid`); a service sending
-  WATCHDOG=1 is never stopped for its watchdog (`watchdog_kill`); a hung one is killed
-  within its watchdog and stop timeout (`hung_not_restarted`).
+  launcher's exit, also when it exited while no restarter ran (`needless_restart`);
+  after a MAINPID= in starting or ready the restarter tracks and watches the named pid
+  (`wrong_main_pid`); a service sending WATCHDOG=1 is never stopped for its watchdog
+  (`watchdog_kill`); a hung one is killed within its watchdog and stop timeout
+  (`hung_not_restarted`).
 
 What it must not do: hold a second copy of the per-service state machine. Every service
 event goes through the real `hachain.restarter.states.step` with real `ServiceConfig`s,
@@ -508,21 +509,45 @@ class _Restarter:
         """A (re)started restarter: the core rebuilds every service from the admin
         state, the records, and whether each record's pid is one of its processes."""
         self.duplicate = self.m.opts.mutant == "adopt-duplicates" and not boot
+        handed: dict[int, tuple[int, int | None]] = {}  # a launcher named its server
         for i in self.m.order:
             name = self.m.confs[i].name
             admin = {"want": "up", "maintenance": "maintenance (persisted)"} \
                 if self.persisted[i] else {"want": "down"} if self.persisted_down[i] else {}
             rec = None if self.duplicate else self.records[i]
             alive = rec is not None and rec.pid in self.procs[i]
-            if self.core.adopt(name, admin, rec, alive, EPOCH):
+            named = [p for p, v in self.procs[i].items() if v[4] == NAMED]
+            if named and rec is not None and rec.state in ("starting", "ready") and not admin \
+                    and name not in self.core.rescue_held:
+                handed[i] = (named[0], rec.pid)
+            main = self.queued_main(i) if rec is not None else None
+            if self.core.adopt(name, admin, rec, alive, EPOCH, main):
                 assert rec is not None
-                self.watched[i] = rec.pid
-                self.notes.append(f"adopt svc{i} pid {rec.pid}")
+                pid = self.core.svcs[name].pid
+                self.watched[i] = pid
+                self.notes.append(f"adopt svc{i} pid {pid}")
+                if main is not None and pid == main:  # its MAINPID= was read
+                    phase, left, term, on, _ = self.procs[i][pid]
+                    self.procs[i][pid] = (phase, left, term, on, TOLD)
         self.run()
         self.duplicate = False
         self.core.adopted(EPOCH)
         self.core.release(len(self.core.later), EPOCH)
         self.run()
+        for i, (q, launcher) in handed.items():
+            s = self.core.svcs[self.m.names[i]]
+            if s.pid != q:
+                self.flag("needless_restart",
+                          f"a restarter that started after a crash took svc{i} for dead: "
+                          f"its record named pid {launcher}, which had named pid {q} its "
+                          f"main process (MAINPID={q}, still queued) and exited; svc{i} is "
+                          f"now {s.state.value} (no fault of svc{i})")
+
+    def queued_main(self, i: int) -> int | None:
+        """What a starting restarter read on the notify socket before adoption (loop.py):
+        the server a MAINPID= still queued names, if it runs."""
+        named = [p for p, v in self.procs[i].items() if v[4] == NAMED]
+        return named[0] if named else None
 
     def maint(self) -> tuple[bool, ...]:
         """The admin state the core keeps (admin.json): held in maintenance."""

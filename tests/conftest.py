@@ -71,10 +71,16 @@ class RestarterRun:
         self.pids_seen: set[int] = set()
         self.log = os.path.join(tmp, "restarter.log")
 
-    def start(self) -> None:
+    def start(self, notify_fd: int | None = None) -> None:
+        """`notify_fd`: a notify socket bound at its path, handed down as init does
+        (what is sent on it while no restarter runs waits for the next one)."""
         logf = open(self.log, "ab")
+        env = dict(os.environ)
+        if notify_fd is not None:
+            env[channels.ENV_NOTIFY_FD] = str(notify_fd)
         self.proc = subprocess.Popen([PY, "-m", "hachain.restarter", "-c", self.config],
-                                     stdout=logf, stderr=logf)
+                                     stdout=logf, stderr=logf, env=env,
+                                     pass_fds=() if notify_fd is None else (notify_fd,))
         logf.close()
         wait_until(lambda: self.ping(), 10, "the restarter's control socket")
 

@@ -11,6 +11,8 @@
                    SIGTERM append "<monotonic ns> stop NAME" and exit 0
   daemon           fork the real server, send MAINPID=<its pid> and READY=1, exit after
                    0.3 s (a classic forking daemon that reports its main process)
+  handover GO OUT  send READY=1; once the file GO exists, fork the real server, send
+                   MAINPID=<its pid> and exit (lines "launcher PID", "server PID" in OUT)
 """
 
 import os
@@ -73,6 +75,19 @@ def main() -> None:
             forever()
         notify(f"MAINPID={pid}\nREADY=1")
         time.sleep(0.3)
+    elif action == "handover":
+        go, out = args
+        with open(out, "a") as f:
+            f.write(f"launcher {os.getpid()}\n")
+        notify("READY=1")
+        while not os.path.exists(go):
+            time.sleep(0.01)
+        pid = os.fork()
+        if pid == 0:
+            with open(out, "a") as f:
+                f.write(f"server {os.getpid()}\n")
+            forever()
+        notify(f"MAINPID={pid}")
     elif action == "record":
         with open(args[0], "a") as f:
             f.write(f"{os.getpid()}\n")

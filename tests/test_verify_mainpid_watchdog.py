@@ -140,6 +140,39 @@ def test_exits_read_before_the_notify_socket_restart_a_daemon(
     assert trace[-1].startswith("restarter reaps svc0 pid")
 
 
+def _adoption_fails_needless_restart() -> None:
+    trace = _fails("needless_restart", "started after a crash", "MAINPID=", "still queued")
+    assert "fault: restarter crashed (SIGKILL)" in trace
+    assert any("sends MAINPID=" in line for line in trace)
+    assert any("exits (a launcher" in line for line in trace)
+    assert trace[-1].startswith("init restarts the restarter")
+
+
+def test_adoption_before_the_queued_mainpid_restarts_a_daemon(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarter that starts after a crash reads the MAINPID= queued on the notify
+    socket before it adopts (loop.py adopt_or_start): without that order, a launcher
+    that named its server and exited while no restarter ran is adopted from its record
+    (its pid, gone) and the daemon restarted."""
+    assert explore(Options()).ok
+    monkeypatch.setattr(verify._Restarter, "queued_main", lambda self, i: None)
+    _adoption_fails_needless_restart()
+
+
+def test_an_adopted_cell_that_ignores_the_queued_mainpid_fails_verify(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table's `adopted` cell is where the decision is: one that drops the queued
+    MAINPID= (Found.main_pid) takes the launcher's exit for the service's."""
+    real = states.TABLE[(State.STOPPED, Ev.ADOPTED)]
+
+    def drops_it(s: states.Svc, ev: states.Event, c: verify.ServiceConfig) -> states.Result:
+        f = ev.found
+        return real(s, replace(ev, found=f._replace(main_pid=None) if f else None), c)
+
+    monkeypatch.setitem(states.TABLE, (State.STOPPED, Ev.ADOPTED), drops_it)
+    _adoption_fails_needless_restart()
+
+
 def test_a_hung_watchdog_process_past_its_bound_is_overdue() -> None:
     m = verify.Model(Options())
     w = m.boot()

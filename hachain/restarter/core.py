@@ -398,19 +398,22 @@ class Core:
     # --- re-adoption ---------------------------------------------------------------------
 
     def adopt(self, name: str, admin: Mapping[str, str], rec: Record | None, alive: bool,
-              now: float) -> bool:
-        """Rebuild `name` from its admin state (admin.json), its runtime record, and
-        whether the record's pid is verifiably still its process (`alive`): the table's
-        `adopted` cell decides. True: it is adopted (the driver watches rec.pid). Call
-        `adopted` once every service is done."""
+              now: float, main: int | None = None) -> bool:
+        """Rebuild `name` from its admin state (admin.json), its runtime record, whether
+        the record's pid is verifiably still its process (`alive`) and the live process
+        of the service a MAINPID= of the record's process still queued names (`main`,
+        read before adoption): the table's `adopted` cell decides. True: it is adopted
+        (the driver watches its pid, `svcs[name].pid`). Call `adopted` once every service
+        is done."""
         held = RESCUE_HELD if name in self.rescue_held else admin.get("maintenance", "")
         found = states.Found(
             want=admin.get("want", "up"), held=held, record=rec.state if rec else "",
             pid=rec.pid if rec else None, alive=alive, restarts=rec.restarts if rec else 0,
             started=rec.started_mono if rec else None,
-            stop_since=getattr(rec, "stop_since", None))
+            stop_since=getattr(rec, "stop_since", None), main_pid=main)
         self._process(name, Ev.ADOPTED, now, {"found": found}, None)
-        return alive and found.pid is not None and self.svcs[name].pid == found.pid
+        pid = self.svcs[name].pid
+        return pid is not None and (pid == main or alive and pid == found.pid)
 
     def adopted(self, now: float, names: Collection[str] | None = None) -> None:
         """Every service (or every one of `names`, rebuilt ahead of the others) was adopted

@@ -199,6 +199,8 @@ class Restarter:
         self._start_times: dict[str, int | None] = {}  # /proc start time of each main pid
         self._procs_seen: dict[str, list[int]] = {}  # during adoption: each cgroup.procs
         self._found: dict[str, int] = {}  # forking: pidfd of the main pid being reported
+        self._queued: dict[int, str] = {}  # during adoption: sender pid -> MAINPID= queued
+        self._queued_from: dict[int, str] = {}  # ... and the service of each sender used
         self._main_guess: dict[str, int] = {}  # forking: a cgroup guess to confirm
         self._zombie: int | None = None  # the exited main process not yet reaped
         self._pids_limited: set[str] = set()
@@ -275,6 +277,12 @@ class Restarter:
         first; then the rest is re-adopted (their membership already read)."""
         admin = self.store.read_admin()
         self.core.rescue_held = self._rescue_holds()
+        # What was sent while no restarter ran is read first (as _on_exit reads it before
+        # an exit): a daemon's launcher that named its server (MAINPID=) and exited handed
+        # over, and the server is adopted in its place. The rest of it is handled below.
+        early = self.notify.receive()
+        self._queued = {n.pid: n.fields["MAINPID"] for n in early
+                        if n.pid and not n.error and "MAINPID" in n.fields}
         first, rest = self._dead_first()
         if first:
             self._adopt(first, admin, now)
@@ -292,6 +300,8 @@ class Restarter:
                 f"{(time.monotonic() - now) * 1e3:.0f} ms, {since_process_start() * 1e3:.0f} ms "
                 "after the restarter process started")
         self.core.adopted(now, set(rest) if first else None)
+        self._on_notify(now, early, self._queued_from)
+        self._queued, self._queued_from = {}, {}
         self._procs_seen = {}
         self.cgroups.drop_held()  # read once; the standby keeps its own for the next one
         self.admin_dirty = True
@@ -327,20 +337,57 @@ class Restarter:
             rec = self.store.read_record(name)
             fd = spawn.pidfd_open(rec.pid) if rec is not None and rec.pid and \
                 self._verify(rec) else None
-            if self.core.adopt(name, admin.get(name, {}), rec, fd is not None, now):
-                assert rec is not None and rec.pid is not None and fd is not None
-                self._watch(name, rec.pid, fd)
+            main, mfd = self._queued_main(name, rec)
+            ok = self.core.adopt(name, admin.get(name, {}), rec, fd is not None, now, main)
+            if ok and main is not None and self.svcs[name].pid == main:
+                fd, mfd = mfd, fd  # the server its launcher named: the record is rewritten
+                self._start_times[name] = channels.proc_start_time(main)
+            elif ok:
+                assert rec is not None
                 self._start_times[name] = rec.start_time  # the record stays as it is
+            if ok:
+                pid = self.svcs[name].pid
+                assert pid is not None and fd is not None
+                self._watch(name, pid, fd)
                 adopted += 1
+            for x in (mfd,) if ok else (fd, mfd):
+                if x is not None:
+                    os.close(x)
+            if ok:
                 continue
-            if fd is not None:
-                os.close(fd)
             if not states.kills_leftovers(c) and self.cgroups.active and \
                     (left := self._procs_seen.get(name) or self.cgroups.procs(name)):
                 log(f"{name}: {len(left)} leftover process(es) stay in its cgroup "
                     "(kill_mode = \"process\")")
         self.run_core(now)
         return adopted
+
+    def _queued_main(self, name: str, rec: RuntimeRecord | None
+                     ) -> tuple[int | None, int | None]:
+        """The pid a MAINPID= of the record's process, read before adoption, names and a
+        pidfd of it, when it is a live process of the service (checked as
+        _new_main_pid checks one read while running); else (None, None)."""
+        value = self._queued.get(rec.pid) if rec is not None and rec.pid else None
+        if value is None or rec is None or rec.pid is None:
+            return None, None
+        self._queued_from[rec.pid] = name  # the rest of its message is this service's
+        try:
+            pid = int(value)
+        except ValueError:
+            return None, None
+        if self.cgroups.active:
+            same = self.cgroups.contains(name, pid)
+        else:
+            try:
+                same = os.getpgid(pid) == rec.pid
+            except OSError:
+                same = False
+        fd = spawn.pidfd_open(pid) if same else None
+        if fd is None or channels.proc_state(pid) in (None, "Z", "X"):
+            if fd is not None:
+                os.close(fd)
+            return None, None
+        return pid, fd
 
     def _rescue_holds(self) -> set[str]:
         """This boot's entry in the boot record (opened here if the restarter starts
@@ -644,11 +691,16 @@ class Restarter:
         except OSError:
             return None
 
-    def _on_notify(self, now: float) -> None:
-        for n in self.notify.receive():
+    def _on_notify(self, now: float, got: list[notify.Notification] | None = None,
+                   senders: Mapping[int, str] | None = None) -> None:
+        """Messages on the notify socket (`got`: already read, from `senders` too: the
+        gone processes whose messages adoption used)."""
+        for n in self.notify.receive() if got is None else got:
             if n.fields.keys() == {"BARRIER"}:
                 continue  # sd_notify_barrier(): its fd was closed on receipt, which answers it
             name = self._sender(n.pid) if n.pid else None
+            if name is None and senders:
+                name = senders.get(n.pid)
             if name is None:
                 what = ",".join(sorted(n.fields)) or n.error
                 log(f"warning: notify message ({what}) from pid {n.pid or '?'} that belongs to "
@@ -685,8 +737,10 @@ class Restarter:
             log(f"warning: {name}: MAINPID={value[:20]!r} is not a pid: ignored")
             return
         s = self.svcs[name]
-        if name in self._found:
-            return  # (a main pid being reported already: cannot happen between rounds)
+        if name in self._found or pid == s.pid:
+            # (a main pid being reported already: cannot happen between rounds; or its
+            # main pid already: adoption read this message first)
+            return
         same = self.cgroups.contains(name, pid) if self.cgroups.active else False
         if not same:
             try:

@@ -290,6 +290,10 @@ class Found(NamedTuple):
     restarts: int = 0
     started: float | None = None  # the record's started_mono
     stop_since: float | None = None  # the record's: when its stop signal was sent
+    # a MAINPID= the record's process sent while no restarter ran, still queued on the
+    # notify socket, naming a live process of the service (the loop checked, as it does
+    # for one read while it runs)
+    main_pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -608,6 +612,11 @@ def stopped_adopted(s: Svc, ev: Event, c: ServiceConfig) -> Result:
                     else "disabled in configuration")
     if f.held:
         s = replace(s, state=State.MAINTENANCE, reason=f.held)
+    if f.main_pid and f.record in ("starting", "ready"):
+        # It handed over to the process it named (a daemon's launcher, which may be gone):
+        # that one is its main process, as it would be had the message been read at once.
+        nxt, more = _adopt_running(s, f._replace(pid=f.main_pid), ev, c)
+        return nxt, more + [Persist(s.name)]  # the record names the launcher: rewritten
     if f.pid and f.alive:
         return _adopt_running(s, f, ev, c)
     # Not running (any more): clear leftovers of it so we never run two copies
