@@ -273,6 +273,11 @@ def test_the_front_never_asks_another_directory_than_the_cli(
 
 # --- a real chain -----------------------------------------------------------------------------
 
+def _critical_state(args: tuple[str, ...]) -> Any:
+    doc = json.loads(run(CLI, *args, "--json").stdout)
+    return doc["chain"]["layers"]["restarter"]["extra"]["critical"]["db"]["state"]
+
+
 def _shape(v: Any) -> Any:
     """`v` with every number blanked (ages and counters move between two calls)."""
     if isinstance(v, dict):
@@ -307,6 +312,10 @@ def test_the_front_prints_what_the_cli_prints(chain: Chain) -> None:
     wait_until(lambda: c.all_ready(2), 30, "both services ready")
     args = ("status", "-c", c.config)
     wait_until(lambda: run(CLI, *args).returncode == 0, 15, "a healthy verdict")
+    # the restarter's heartbeat (its critical table) is written once per beat: wait until a
+    # beat has seen db ready, or the first call may read the beat before it and the second
+    # the one after
+    wait_until(lambda: _critical_state(args) == "ready", 15, "a beat that saw db ready")
     front, cli = run(FRONT, *args, "--json"), run(CLI, *args, "--json")
     a, b = json.loads(front.stdout), json.loads(cli.stdout)
     assert front.returncode == cli.returncode == 0
