@@ -448,6 +448,16 @@ def proc_state(pid: int) -> str | None:
     return f[0].decode() if f else None
 
 
+def set_process_name(name: str) -> None:
+    """This process's name as ps and top show it (/proc/self/comm, 15 bytes at most):
+    for a layer forked from another, which keeps the other's command line."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
 def proc_ppid(pid: int) -> int | None:
     """The parent pid from /proc/PID/stat (field 4), or None when gone."""
     f = proc_fields(pid)
