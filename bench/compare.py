@@ -278,7 +278,7 @@ class Peer:
         self.bench = bench
         self.n = n
         self.notify = notify
-        self.dir = tempfile.mkdtemp(prefix=f"{self.name}-{n}-", dir=bench.tmp)
+        self.dir = tempfile.mkdtemp(prefix=f"{self.name}-{n}-", dir=bench.state_root)
         self.stamps = Stamps(os.path.join(self.dir, "stamps.sock"))
         self.log = open(os.path.join(self.dir, "supervisor.log"), "ab")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -354,14 +354,17 @@ class Hachain(Peer):
     restarted_by = "hachain-init (automatic)"
 
     def setup(self) -> None:
-        self.state = tempfile.mkdtemp(prefix="hachain-compare-", dir="/dev/shm")
+        self.state = os.path.join(self.dir, "state")  # in the bench's tmpfs (Bench)
+        os.mkdir(self.state)
         mount = find_cgroup2_mount()
         self.cg = None
         if mount and os.access(mount, os.W_OK) and not self.bench.args.no_cgroups:
             self.cg = os.path.join(mount, f"hachain-compare-{os.getpid()}-"
                                    f"{os.path.basename(self.dir)}")
         ready = 'ready = "notify"\n' if self.notify else ""
-        body = [f'[chain]\nstate_dir = "{self.state}"\npersist_dir = "{self.dir}/persist"\n'
+        # persist_dir on the disk, as on a real system (it survives a reboot)
+        persist = tempfile.mkdtemp(prefix="persist-", dir=self.bench.tmp)
+        body = [f'[chain]\nstate_dir = "{self.state}"\npersist_dir = "{persist}"\n'
                 f'cgroup_root = "{self.cg or "none"}"\nrestart_delay = 0\n'
                 '[watchdog]\ndevice = "none"\n']
         for i in range(self.n):
@@ -757,6 +760,13 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = tempfile.mkdtemp(prefix="hachain-compare-")
+        # Every supervisor keeps its state (s6's and runit's supervise/ files, hachain's
+        # state_dir) in a tmpfs, as on a real system (/run); a disk would charge each
+        # status write a journalled rename. The binaries stay in self.tmp (a tmpfs may
+        # be noexec).
+        self.state_root = self.tmp
+        if tmpfs_dir() is not None:
+            self.state_root = tempfile.mkdtemp(prefix="hachain-compare-", dir=tmpfs_dir())
         benchlib.byte_compile()  # as installed: no layer compiles its modules at start
         self.exe, self.linkage = benchlib.compile_stamp(self.tmp, "compare",
                                                         static=not args.dynamic_stamp)
@@ -786,9 +796,23 @@ class Bench:
     def cleanup(self) -> None:
         kill_all_descendants()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.state_root, ignore_errors=True)
 
 
 # --- report --------------------------------------------------------------------------------
+
+def tmpfs_dir() -> str | None:
+    """A writable tmpfs for the supervisors' state: /dev/shm (or /run), else None."""
+    for d in ("/dev/shm", "/run"):
+        try:
+            with open("/proc/mounts") as f:
+                if any(line.split()[1:3] == [d, "tmpfs"] for line in f) and \
+                        os.access(d, os.W_OK):
+                    return d
+        except OSError:
+            return None
+    return None
+
 
 def version(cmd: list[str]) -> str:
     """First line a command prints, or '?'."""
@@ -989,6 +1013,9 @@ def main(argv: list[str] | None = None) -> int:
     print(machine(), flush=True)
     print(f"service: bench/stamp.c, {bench.linkage}ally linked (the restart stamp is taken "
           f"{'right after execve' if bench.linkage == 'static' else 'after ld.so'})", flush=True)
+    print(f"state of every supervisor in {bench.state_root}"
+          + (" (a tmpfs, as /run on a real system)" if bench.state_root != bench.tmp else
+             " (no writable tmpfs found: on the disk)"), flush=True)
     results: list[dict[str, dict[str, Any]]] = []
     try:
         for run in range(runs):
