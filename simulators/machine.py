@@ -31,12 +31,21 @@ Facts it relies on:
   `/proc/<hostpid>/ns/pid` names the namespace, which together map one to the other.
 - CLOCK_MONOTONIC is the same in and out of the namespace, so heartbeat ages computed
   on the host are right.
+- The machine dies with the process that owns this object, however it dies (SIGKILL
+  included): `unshare` gets PR_SET_PDEATHSIG = SIGKILL between fork and exec (kept
+  across nsenter's exec), and `--kill-child` passes its death on to the namespace's
+  init. The parent-death signal fires when the *thread* that forked ends, so every boot
+  is forked by the machine thread (`_run`), which lives until the last boot is over;
+  start(), resets and power cuts may come from threads that end at any time. What a
+  dead owner cannot remove is its cgroup subtree: the next machine's start sweeps the
+  empty subtrees of owners that are gone (`sweep_stale_cgroups`).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
 import json
 import os
 import shutil
@@ -59,6 +68,8 @@ SOCKET_NAME = "watchdog.sock"
 CONSOLE_NAME = "console.log"
 BOOT_ID_FILE = "boot_id"  # in <dir>/run: bind-mounted over /proc/sys/kernel/random/boot_id
 FIND_INIT_TIMEOUT = 10.0
+PR_SET_PDEATHSIG = 1
+CGROUP_PREFIX = "hachain-sim-"  # <cgroup2 mount>/hachain-sim-<owner pid>-<random>
 
 # Runs as PID 1 of the new namespaces, then execs init (keeping PID 1): gives the boot its
 # own boot id, as a real reboot would. $1 is the boot id file, the rest is init's argv.
@@ -103,6 +114,55 @@ def pid_namespace(pid: int) -> str | None:
         return os.readlink(f"/proc/{pid}/ns/pid")
     except OSError:
         return None
+
+
+# --- the machine dies with its owner -------------------------------------------------------
+
+try:
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl  # resolved before any fork
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _die_with_owner(owner: int) -> Callable[[], None]:
+    """The machine's `unshare`, between fork and exec: SIGKILL it when the thread that
+    forked it (the machine thread) ends, and quit at once if the owner is already gone
+    (died before the prctl). Only a pre-resolved prctl(2) call and getppid() run there."""
+    sig = int(signal.SIGKILL)
+
+    def pre() -> None:
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != owner:
+            os._exit(1)
+    return pre
+
+
+def sweep_stale_cgroups(mount: str) -> list[str]:
+    """Remove the cgroup subtrees of machines whose owner process is gone (SIGKILLed: it
+    could not clean up); the paths removed. Only empty cgroups go (rmdir); one a process
+    still runs in is left as it is, and nothing is signalled. An owner is gone when no
+    process has its pid here (a reused pid keeps the subtree: harmless)."""
+    removed: list[str] = []
+    try:
+        entries = os.listdir(mount)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.startswith(CGROUP_PREFIX):
+            continue
+        owner = entry[len(CGROUP_PREFIX):].split("-", 1)[0]
+        if not owner.isdigit() or os.path.exists(f"/proc/{owner}"):
+            continue
+        path = os.path.join(mount, entry)
+        for root, _dirs, _files in os.walk(path, topdown=False):
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed
 
 
 # --- the machine ----------------------------------------------------------------------------
@@ -310,7 +370,8 @@ class SimMachine:
             self.finished.set()
 
     def _boot(self, cause: str, bootstatus: int) -> None:
-        """Wipe /run, log the boot, start PID 1 in fresh namespaces, find its host pid."""
+        """Wipe /run, log the boot, start PID 1 in fresh namespaces, find its host pid.
+        Called by the machine thread only: the unshare it forks dies with that thread."""
         shutil.rmtree(self.run_dir, ignore_errors=True)
         os.makedirs(self.state_dir, exist_ok=True)
         boot_id = str(uuid.uuid4())
@@ -343,9 +404,10 @@ class SimMachine:
                 if console is not None:
                     console.write(f"=== sim boot {number} ({cause}) ===\n".encode())
                     console.flush()
-                self._proc = subprocess.Popen(argv, env=self._env(), cwd="/",
-                                              stdin=subprocess.DEVNULL, stdout=console,
-                                              stderr=console)
+                self._proc = subprocess.Popen(
+                    argv, env=self._env(), cwd="/", stdin=subprocess.DEVNULL,
+                    stdout=console, stderr=console,
+                    preexec_fn=_die_with_owner(os.getpid()))  # noqa: PLW1509 - prctl only
             finally:
                 if console is not None:
                     console.close()
@@ -385,7 +447,9 @@ class SimMachine:
         mount = find_cgroup2_mount()
         if not mount or not os.access(mount, os.W_OK):
             return None
-        path = os.path.join(mount, f"hachain-sim-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        for stale in sweep_stale_cgroups(mount):
+            self._event(f"removed {stale}, left by a machine whose owner died")
+        path = os.path.join(mount, f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             os.mkdir(path)
         except OSError:
