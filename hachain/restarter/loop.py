@@ -201,6 +201,7 @@ class Restarter:
         self._found: dict[str, int] = {}  # forking: pidfd of the main pid being reported
         self._queued: dict[int, str] = {}  # during adoption: sender pid -> MAINPID= queued
         self._queued_from: dict[int, str] = {}  # ... and the service of each sender used
+        self._early: list[notify.Notification] = []  # during adoption: all read so far
         self._main_guess: dict[str, int] = {}  # forking: a cgroup guess to confirm
         self._zombie: int | None = None  # the exited main process not yet reaped
         self._pids_limited: set[str] = set()
@@ -280,9 +281,7 @@ class Restarter:
         # What was sent while no restarter ran is read first (as _on_exit reads it before
         # an exit): a daemon's launcher that named its server (MAINPID=) and exited handed
         # over, and the server is adopted in its place. The rest of it is handled below.
-        early = self.notify.receive()
-        self._queued = {n.pid: n.fields["MAINPID"] for n in early
-                        if n.pid and not n.error and "MAINPID" in n.fields}
+        self._read_queued()
         first, rest = self._dead_first()
         if first:
             self._adopt(first, admin, now)
@@ -300,8 +299,8 @@ class Restarter:
                 f"{(time.monotonic() - now) * 1e3:.0f} ms, {since_process_start() * 1e3:.0f} ms "
                 "after the restarter process started")
         self.core.adopted(now, set(rest) if first else None)
-        self._on_notify(now, early, self._queued_from)
-        self._queued, self._queued_from = {}, {}
+        self._on_notify(now, self._early, self._queued_from)
+        self._queued, self._queued_from, self._early = {}, {}, []
         self._procs_seen = {}
         self.cgroups.drop_held()  # read once; the standby keeps its own for the next one
         self.admin_dirty = True
@@ -337,7 +336,7 @@ class Restarter:
             rec = self.store.read_record(name)
             fd = spawn.pidfd_open(rec.pid) if rec is not None and rec.pid and \
                 self._verify(rec) else None
-            main, mfd = self._queued_main(name, rec)
+            main, mfd = self._queued_main(name, rec, fd is None)
             ok = self.core.adopt(name, admin.get(name, {}), rec, fd is not None, now, main)
             if ok and main is not None and self.svcs[name].pid == main:
                 fd, mfd = mfd, fd  # the server its launcher named: the record is rewritten
@@ -362,11 +361,23 @@ class Restarter:
         self.run_core(now)
         return adopted
 
-    def _queued_main(self, name: str, rec: RuntimeRecord | None
+    def _read_queued(self) -> None:
+        """Adoption: read everything queued on the notify socket, keeping each sender's
+        MAINPID=."""
+        got = self.notify.drain(len(self.conf))
+        self._early += got
+        self._queued.update({n.pid: n.fields["MAINPID"] for n in got
+                             if n.pid and not n.error and "MAINPID" in n.fields})
+
+    def _queued_main(self, name: str, rec: RuntimeRecord | None, gone: bool = False
                      ) -> tuple[int | None, int | None]:
         """The pid a MAINPID= of the record's process, read before adoption, names and a
         pidfd of it, when it is a live process of the service (checked as
-        _new_main_pid checks one read while running); else (None, None)."""
+        _new_main_pid checks one read while running); else (None, None). `gone`: the
+        record's process is not running; what it sent before it ended is queued by
+        now (it may have waited on a full queue until the first read), so it is read."""
+        if gone and rec is not None and rec.pid and rec.pid not in self._queued:
+            self._read_queued()
         value = self._queued.get(rec.pid) if rec is not None and rec.pid else None
         if value is None or rec is None or rec.pid is None:
             return None, None
@@ -695,7 +706,7 @@ class Restarter:
                    senders: Mapping[int, str] | None = None) -> None:
         """Messages on the notify socket (`got`: already read, from `senders` too: the
         gone processes whose messages adoption used)."""
-        for n in self.notify.receive() if got is None else got:
+        for n in self.notify.drain(len(self.conf)) if got is None else got:
             if n.fields.keys() == {"BARRIER"}:
                 continue  # sd_notify_barrier(): its fd was closed on receipt, which answers it
             name = self._sender(n.pid) if n.pid else None
@@ -1147,7 +1158,11 @@ class Restarter:
     def _dispatch(self, key: selectors.SelectorKey, now: float) -> None:
         kind, arg = key.data
         if kind == "pidfd":
-            self._on_exit(arg, now)
+            # (unless an event before it in this round let that pidfd go: an exit read a
+            # MAINPID= of another launcher that exited too, and its service's watch moved
+            # to the server it named; the event would take the server for dead)
+            if self.sel.get_map().get(key.fd) is key:
+                self._on_exit(arg, now)
         elif kind == "reap":
             self.sel.unregister(key.fd)
             os.close(key.fd)

@@ -22,6 +22,18 @@ from dataclasses import dataclass
 
 MAX_DATAGRAM = 4096
 _CRED = struct.Struct("iII")
+PER_SERVICE = 4  # datagrams a service may have waiting: READY=1, MAINPID=, STATUS=, a ping
+
+
+def queue_length() -> int:
+    """The kernel's limit on the datagrams queued on a socket made in this network
+    namespace (net.unix.max_dgram_qlen, 10 by default, 512 under systemd); a sender
+    past it blocks in sendto() until the reader takes one. 512 when unreadable."""
+    try:
+        with open("/proc/sys/net/unix/max_dgram_qlen") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 512
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ def parse(data: bytes) -> dict[str, str]:
 class NotifySocket:
     def __init__(self, path: str, fd: int | None = None) -> None:
         self.path = path
+        self.capacity = queue_length() + 1  # the kernel lets the queue reach limit + 1
         if fd is not None:  # inherited from init, already bound: keep what is queued
             self.sock = socket.socket(fileno=fd)
             self.sock.setblocking(False)
@@ -77,10 +90,17 @@ class NotifySocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def receive(self) -> list[Notification]:
-        """Every pending datagram, parsed. Never raises for bad input."""
+    def drain(self, services: int) -> list[Notification]:
+        """Everything queued, parsed: until the socket is empty, or after as many
+        datagrams as it can hold plus PER_SERVICE for each of `services` (senders
+        blocked on a full queue send as it empties), whichever comes first. Never
+        waits: a service that floods the socket delays one read by a bounded amount."""
+        return self.receive(max(256, self.capacity + PER_SERVICE * services))
+
+    def receive(self, limit: int = 256) -> list[Notification]:
+        """The pending datagrams, at most `limit`, parsed. Never raises for bad input."""
         out: list[Notification] = []
-        for _ in range(256):
+        for _ in range(limit):
             try:
                 data, anc, flags, _addr = self.sock.recvmsg(MAX_DATAGRAM + 1,
                                                             socket.CMSG_SPACE(_CRED.size))
