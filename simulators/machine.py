@@ -32,20 +32,20 @@ Facts it relies on:
 - CLOCK_MONOTONIC is the same in and out of the namespace, so heartbeat ages computed
   on the host are right.
 - The machine dies with the process that owns this object, however it dies (SIGKILL
-  included): `unshare` gets PR_SET_PDEATHSIG = SIGKILL between fork and exec (kept
-  across nsenter's exec), and `--kill-child` passes its death on to the namespace's
-  init. The parent-death signal fires when the *thread* that forked ends, so every boot
-  is forked by the machine thread (`_run`), which lives until the last boot is over;
-  start(), resets and power cuts may come from threads that end at any time. What a
-  dead owner cannot remove is its cgroup subtree: the next machine's start sweeps the
-  empty subtrees of owners that are gone (`sweep_stale_cgroups`).
+  included): `setpriv --pdeathsig KILL` starts each boot, so `unshare` runs with
+  PR_SET_PDEATHSIG = SIGKILL (kept across the exec of nsenter and unshare), and
+  `--kill-child` passes its death on to the namespace's init. The parent-death signal
+  fires when the *thread* that forked ends, so every boot is forked by the machine
+  thread (`_run`), which lives until the last boot is over; start(), resets and power
+  cuts may come from threads that end at any time. What a dead owner cannot remove is
+  its cgroup subtree: the next machine's start sweeps the empty subtrees of owners that
+  are gone (`sweep_stale_cgroups`).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import ctypes
 import json
 import os
 import shutil
@@ -68,7 +68,6 @@ SOCKET_NAME = "watchdog.sock"
 CONSOLE_NAME = "console.log"
 BOOT_ID_FILE = "boot_id"  # in <dir>/run: bind-mounted over /proc/sys/kernel/random/boot_id
 FIND_INIT_TIMEOUT = 10.0
-PR_SET_PDEATHSIG = 1
 CGROUP_PREFIX = "hachain-sim-"  # <cgroup2 mount>/hachain-sim-<owner pid>-<random>
 
 # Runs as PID 1 of the new namespaces, then execs init (keeping PID 1): gives the boot its
@@ -118,24 +117,17 @@ def pid_namespace(pid: int) -> str | None:
 
 # --- the machine dies with its owner -------------------------------------------------------
 
-try:
-    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl  # resolved before any fork
-except (OSError, AttributeError):
-    _PRCTL = None
+# Wrapped around the machine's nsenter / unshare: setpriv(1) sets PR_SET_PDEATHSIG =
+# SIGKILL and execs a shell that quits at once if its parent is no longer the owner ($0:
+# the owner died before the prctl took effect), else execs the rest. No Python code runs
+# between fork and exec (a preexec_fn would: the owner's Python signal handlers then ran
+# in the child, and a campaign's SIGHUP raised in it).
+OWNER_CHECK = 'test "$PPID" = "$0" || exit 1; exec "$@"'
 
 
-def _die_with_owner(owner: int) -> Callable[[], None]:
-    """The machine's `unshare`, between fork and exec: SIGKILL it when the thread that
-    forked it (the machine thread) ends, and quit at once if the owner is already gone
-    (died before the prctl). Only a pre-resolved prctl(2) call and getppid() run there."""
-    sig = int(signal.SIGKILL)
-
-    def pre() -> None:
-        if _PRCTL is not None:
-            _PRCTL(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != owner:
-            os._exit(1)
-    return pre
+def _die_with_owner(owner: int) -> list[str]:
+    """The argv prefix that ties a boot to the thread forking it and to `owner`."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", "/bin/sh", "-c", OWNER_CHECK, str(owner)]
 
 
 def sweep_stale_cgroups(mount: str) -> list[str]:
@@ -393,7 +385,9 @@ class SimMachine:
                     + (f" {flags}" if flags else "") + ")")
         # nsenter joins the network namespace only (`ip netns exec` would also remount
         # /sys, hiding the cgroup2 mount) and execs the rest in place: same pid
-        argv = ["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []
+        argv = _die_with_owner(os.getpid())
+        if self.netns:
+            argv += ["nsenter", f"--net=/run/netns/{self.netns}", "--"]
         argv += ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "--",
                 "/bin/sh", "-c", BOOT_WRAPPER, "sh", os.path.join(self.run_dir, BOOT_ID_FILE),
                 self.python, "-m", "hachain.init.main", "--state-dir", self.state_dir,
@@ -406,8 +400,7 @@ class SimMachine:
                     console.flush()
                 self._proc = subprocess.Popen(
                     argv, env=self._env(), cwd="/", stdin=subprocess.DEVNULL,
-                    stdout=console, stderr=console,
-                    preexec_fn=_die_with_owner(os.getpid()))  # noqa: PLW1509 - prctl only
+                    stdout=console, stderr=console)
             finally:
                 if console is not None:
                     console.close()

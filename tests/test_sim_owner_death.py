@@ -253,8 +253,8 @@ def check_owner_death(tmp_path: Any, cfg: str, known: Known, netns: str = "") ->
         with open("/proc/self/mountinfo") as f:
             assert d not in f.read()  # the machine's mounts were never the host's
         if cg is not None:
-            # The owner could not remove its cgroup subtree; the next start sweeps it.
-            assert os.path.isdir(cg)
+            # The owner could not remove its cgroup subtree; the next start sweeps it (or
+            # a machine another test started meanwhile did already).
             sweep_stale_cgroups(os.path.dirname(cg))
             assert not os.path.exists(cg)
     finally:
@@ -300,11 +300,11 @@ def test_hachain_sim_killed_takes_its_machine_down(tmp_path: Any, cfg: str,
         mount = find_cgroup2_mount()
         if mount and os.access(mount, os.W_OK):
             # The dead `hachain sim` left its (now empty) cgroup subtree; the next start
-            # sweeps it.
-            left = leftover_cgroups(sim.pid)
-            assert len(left) == 1, left
+            # sweeps it. (A machine another test starts meanwhile may sweep it first:
+            # whichever sweep runs, none is left.)
+            assert len(leftover_cgroups(sim.pid)) <= 1
             sweep_stale_cgroups(mount)
-            assert not os.path.exists(left[0])
+            assert leftover_cgroups(sim.pid) == []
     finally:
         if sim.poll() is None:
             sim.kill()
