@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from hachain import channels
+from hachain import channels, client
 from tests.conftest import PY, svc, wait_until
 
 N = 280  # services: more than the 256 datagrams one read used to take
@@ -47,6 +47,18 @@ pytestmark = [
                        reason="the notify socket's own network namespace (to set its "
                        "datagram queue length) needs root and unshare(1) from util-linux"),
 ]
+
+def _status(r: Any) -> dict[str, Any] | None:
+    """The service table, or None while the restarter does not answer: 280 daemons
+    starting on two cores (and this test's other cases beside it) can keep it from
+    answering within the client's default 5 s; the waits' bounds are READY_TIMEOUT's."""
+    try:
+        st: dict[str, Any] = client.request(r.state_dir, {"op": "status"},
+                                             timeout=30)["services"]
+    except client.ControlError:
+        return None
+    return st
+
 
 _MAKE_SOCKET = """
 import socket, sys
@@ -108,9 +120,10 @@ ready_timeout = {READY_TIMEOUT}
     try:
         r.start(notify_fd=sock.fileno())
         names = [f"d{i}" for i in range(N)]
-        wait_until(lambda: all(s["state"] == "ready" for s in r.status().values()),
+        wait_until(lambda: (st := _status(r)) is not None
+                   and all(s["state"] == "ready" for s in st.values()),
                    2 * READY_TIMEOUT, f"the {N} services to be ready")
-        before = r.status()
+        before = wait_until(lambda: _status(r), READY_TIMEOUT, "a status reply")
         launchers = {n: before[n]["pid"] for n in names}
         recs = {n: os.path.join(r.state_dir, channels.SERVICE_RECORD_DIR, f"{n}.json")
                 for n in names}
@@ -129,12 +142,13 @@ ready_timeout = {READY_TIMEOUT}
                    >= min(N, qlen), READY_TIMEOUT, "the launchers whose MAINPID= fits to exit")
 
         r.start(notify_fd=sock.fileno())
-        wait_until(lambda: all(s["pid"] == servers[n] and s["state"] == "ready"
-                               or s["restarts"] != before[n]["restarts"]
-                               for n, s in r.status().items()), READY_TIMEOUT,
+        wait_until(lambda: (st := _status(r)) is not None
+                   and all(s["pid"] == servers[n] and s["state"] == "ready"
+                           or s["restarts"] != before[n]["restarts"]
+                           for n, s in st.items()), READY_TIMEOUT,
                    "every service adopted or restarted")
-        r.beats(5)  # a window counted in the restarter's own passes
-        after = r.status()
+        r.beats(5, READY_TIMEOUT)  # a window counted in the restarter's own passes
+        after = wait_until(lambda: _status(r), READY_TIMEOUT, "a status reply")
         wrong = {n: (s["state"], s["pid"], servers[n], s["restarts"] - before[n]["restarts"])
                  for n, s in after.items()
                  if s["state"] != "ready" or s["pid"] != servers[n]
