@@ -14,6 +14,7 @@ import pytest
 
 from hachain import channels, client
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
+from hachain.logger import wire
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SVC = os.path.join(ROOT, "tests", "svc.py")
@@ -125,6 +126,23 @@ class RestarterRun:
         first = wait_until(seq, timeout, "a heartbeat of the restarter")
         wait_until(lambda: (seq() or 0) >= first + n, timeout, f"{n} restarter heartbeats")
 
+    def _kill_logger(self) -> None:
+        """The logger outlives a killed restarter by design (it waits for the next one):
+        a test that ended with its restarter killed leaves it. SIGKILL it when its lock
+        names a process of this run (its command line names this run's files)."""
+        try:
+            with open(os.path.join(self.state_dir, wire.LOCK_FILE)) as f:
+                pid = int(f.read().split()[0])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read()
+        except (OSError, ValueError, IndexError):
+            return
+        if self.config.encode() in argv or self.state_dir.encode() in argv:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
     def kill_restarter(self) -> None:
         assert self.proc is not None
         self.proc.kill()
@@ -141,6 +159,7 @@ class RestarterRun:
 
     def cleanup(self) -> None:
         self.stop()
+        self._kill_logger()
         # Anything a test left behind: services of this run only (their cgroups / pids).
         if self.cg_root:
             remove_cgroup_tree(self.cg_root)
