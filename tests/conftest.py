@@ -126,18 +126,26 @@ class RestarterRun:
         first = wait_until(seq, timeout, "a heartbeat of the restarter")
         wait_until(lambda: (seq() or 0) >= first + n, timeout, f"{n} restarter heartbeats")
 
+    def logger_pid(self) -> int:
+        """The running logger's pid from its lock file (0 before one has written it)."""
+        try:
+            with open(os.path.join(self.state_dir, wire.LOCK_FILE)) as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            return 0
+        return int(text) if text.isdigit() else 0
+
     def _kill_logger(self) -> None:
         """The logger outlives a killed restarter by design (it waits for the next one):
         a test that ended with its restarter killed leaves it. SIGKILL it when its lock
         names a process of this run (its command line names this run's files)."""
+        pid = self.logger_pid()
         try:
-            with open(os.path.join(self.state_dir, wire.LOCK_FILE)) as f:
-                pid = int(f.read().split()[0])
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read()
-        except (OSError, ValueError, IndexError):
+        except OSError:
             return
-        if self.config.encode() in argv or self.state_dir.encode() in argv:
+        if pid and (self.config.encode() in argv or self.state_dir.encode() in argv):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:

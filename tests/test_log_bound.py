@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from hachain import channels
-from hachain.logger import wire
 from hachain.restarter.logpipe import RESTART_DELAY, STUCK_BEATS
 from tests.conftest import PY, RestarterRun, wait_until
 
@@ -159,16 +158,6 @@ def _stop_flood(run: RestarterRun, log_dir: str) -> None:
                            for p in _files(log_dir)[-1:]), 10, "the flood's last line")
 
 
-def _logger_pid(run: RestarterRun) -> int:
-    """The running logger's pid from its lock file (0 before one has written it)."""
-    try:
-        with open(os.path.join(run.state_dir, wire.LOCK_FILE)) as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        return 0
-    return int(text) if text.isdigit() else 0
-
-
 def test_a_flood_never_exceeds_the_bound_and_keeps_lines_whole(restarter: Any) -> None:
     run: RestarterRun = restarter(_config(), cgroups=False)
     log_dir = os.path.join(run.persist_dir, "log")
@@ -215,7 +204,7 @@ def test_restarter_sigkill_during_a_flood_keeps_service_and_pipe(restarter: Any)
     log_dir = os.path.join(run.persist_dir, "log")
     pid = run.wait_state("flood", "ready")["pid"]
     wait_until(lambda: os.path.exists(os.path.join(log_dir, "flood.log.2")), 15, "rotations")
-    logger = wait_until(lambda: _logger_pid(run), 10, "the logger's pid")
+    logger = wait_until(lambda: run.logger_pid(), 10, "the logger's pid")
     watcher = Watcher(log_dir)
     watcher.start()
     try:
@@ -227,7 +216,7 @@ def test_restarter_sigkill_during_a_flood_keeps_service_and_pipe(restarter: Any)
                    "the new restarter to take the logger over")
         st = run.svc("flood")
         assert (st["pid"], st["restarts"]) == (pid, 0)  # re-adopted, never restarted
-        assert _logger_pid(run) == logger
+        assert run.logger_pid() == logger
         _advancing(log_dir)
         _stop_flood(run, log_dir)
     finally:
@@ -243,12 +232,12 @@ def test_logger_sigkill_during_a_flood_keeps_the_pipe(restarter: Any) -> None:
     log_dir = os.path.join(run.persist_dir, "log")
     pid = run.wait_state("flood", "ready")["pid"]
     _advancing(log_dir)
-    logger = wait_until(lambda: _logger_pid(run), 10, "the logger's pid")
+    logger = wait_until(lambda: run.logger_pid(), 10, "the logger's pid")
     watcher = Watcher(log_dir)
     watcher.start()
     try:
         os.kill(logger, signal.SIGKILL)
-        wait_until(lambda: _logger_pid(run) not in (0, logger), 15, "a new logger")
+        wait_until(lambda: run.logger_pid() not in (0, logger), 15, "a new logger")
         _advancing(log_dir)
         st = run.svc("flood")
         assert (st["pid"], st["restarts"]) == (pid, 0)  # no SIGPIPE, no restart
@@ -269,11 +258,11 @@ def test_a_stopped_logger_is_replaced(restarter: Any) -> None:
     log_dir = os.path.join(run.persist_dir, "log")
     pid = run.wait_state("flood", "ready")["pid"]
     _advancing(log_dir)
-    logger = wait_until(lambda: _logger_pid(run), 10, "the logger's pid")
+    logger = wait_until(lambda: run.logger_pid(), 10, "the logger's pid")
     started = channels.proc_start_time(logger)
     try:
         os.kill(logger, signal.SIGSTOP)
-        wait_until(lambda: _logger_pid(run) not in (0, logger),
+        wait_until(lambda: run.logger_pid() not in (0, logger),
                    STUCK_BEATS * 0.2 + RESTART_DELAY + 10, "a new logger")  # beats: 0.2 s
         assert "stopped for" in open(run.log).read()
         _advancing(log_dir)
@@ -289,7 +278,7 @@ def test_a_stopped_logger_is_replaced(restarter: Any) -> None:
 def test_the_restarter_heartbeat_names_the_logger(restarter: Any) -> None:
     run: RestarterRun = restarter("[service.quiet]\ncommand = [\"/bin/sleep\", \"60\"]\n",
                                   cgroups=False)
-    logger = wait_until(lambda: _logger_pid(run), 10, "the logger's pid")
+    logger = wait_until(lambda: run.logger_pid(), 10, "the logger's pid")
     hb = wait_until(lambda: (h := channels.read_heartbeat(run.state_dir, "restarter"))
                     and h.extra.get("logger", {}).get("pid") == logger and h, 10,
                     "the logger in the restarter's heartbeat")
@@ -302,13 +291,13 @@ def test_a_new_restarter_replaces_a_stopped_logger_it_cannot_take_over(restarter
     chain comes back (the stash died with both, so the service may have been restarted)."""
     run: RestarterRun = restarter(_config(), cgroups=False)
     run.wait_state("flood", "ready")
-    logger = wait_until(lambda: _logger_pid(run), 10, "the logger's pid")
+    logger = wait_until(lambda: run.logger_pid(), 10, "the logger's pid")
     started = channels.proc_start_time(logger)
     try:
         os.kill(logger, signal.SIGSTOP)
         run.kill_restarter()
         run.start()  # waits for its control socket: the hand-over did not block it
-        wait_until(lambda: _logger_pid(run) not in (0, logger), 15, "a new logger")
+        wait_until(lambda: run.logger_pid() not in (0, logger), 15, "a new logger")
         assert "is stopped and does not answer: killing it" in open(run.log).read()
         run.wait_state("flood", "ready", 15)
         _advancing(os.path.join(run.persist_dir, "log"))

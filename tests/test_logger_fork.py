@@ -19,15 +19,6 @@ from tests.conftest import RestarterRun, svc, wait_until
 pytestmark = pytest.mark.slow  # real restarters, killed and started again
 
 
-def _logger_pid(run: RestarterRun) -> int:
-    try:
-        with open(os.path.join(run.state_dir, wire.LOCK_FILE)) as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        return 0
-    return int(text) if text.isdigit() else 0
-
-
 def _fds(pid: int) -> dict[int, str]:
     out = {}
     for name in os.listdir(f"/proc/{pid}/fd"):
@@ -61,7 +52,7 @@ def _unix_paths() -> dict[str, str]:
 def test_the_forked_logger_keeps_nothing_of_the_restarters(restarter: Any) -> None:
     run: RestarterRun = restarter(f"[service.talk]\ncommand = {svc('sleep')}\n")
     run.wait_state("talk", "ready")
-    logger = wait_until(lambda: _logger_pid(run), 10, "the logger's pid")
+    logger = wait_until(lambda: run.logger_pid(), 10, "the logger's pid")
     started = channels.proc_start_time(logger)
     try:
         assert run.proc is not None
@@ -90,7 +81,7 @@ def test_the_forked_logger_keeps_nothing_of_the_restarters(restarter: Any) -> No
         run.start()
         wait_until(lambda: "took over the running logger" in open(run.log).read(), 10,
                    "the new restarter to take the logger over")
-        assert _logger_pid(run) == logger
+        assert run.logger_pid() == logger
         assert run.svc("talk")["state"] == "ready"
     finally:
         run.stop()
