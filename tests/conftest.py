@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,16 @@ def heartbeat_window(read: Callable[[], Any], seconds: float, what: str) -> None
 def svc(*args: str) -> str:
     """A TOML argv list running tests/svc.py with `args`."""
     return "[" + ", ".join(f'"{a}"' for a in (PY, SVC) + args) + "]"
+
+
+# The marks of a module whose tests boot simulated machines (hachain.simulators.machine).
+SIM_MACHINE = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the simulated machine needs root "
+                       "(PID and mount namespaces)"),
+    pytest.mark.skipif(shutil.which("unshare") is None,
+                       reason="the simulated machine needs unshare(1) from util-linux"),
+]
 
 
 class RestarterRun:

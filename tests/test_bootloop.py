@@ -5,8 +5,6 @@ comes up in rescue (or disarmed) and stays up. Needs root and unshare(1)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,15 +15,9 @@ import pytest
 from hachain import bootrecord, channels
 from hachain.simulators.machine import SimMachine
 from hachain.watchdog.device import sim_attributes
-from tests.conftest import heartbeat_window, svc, wait_until
+from tests.conftest import SIM_MACHINE, heartbeat_window, svc, wait_until
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the simulated machine needs root "
-                       "(PID and mount namespaces)"),
-    pytest.mark.skipif(shutil.which("unshare") is None,
-                       reason="the simulated machine needs unshare(1) from util-linux"),
-]
+pytestmark = SIM_MACHINE
 
 TIMEOUT = 3
 PET = 0.5

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,15 +22,9 @@ import pytest
 from hachain import channels
 from hachain.simulators.machine import SimMachine
 from hachain.watchdog.device import WDIOF_CARDRESET
-from tests.conftest import wait_until
+from tests.conftest import SIM_MACHINE, wait_until
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the simulated machine needs root "
-                       "(PID and mount namespaces)"),
-    pytest.mark.skipif(shutil.which("unshare") is None,
-                       reason="the simulated machine needs unshare(1) from util-linux"),
-]
+pytestmark = SIM_MACHINE
 
 TIMEOUT = 3
 PET = 0.5

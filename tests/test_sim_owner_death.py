@@ -42,15 +42,9 @@ from hachain.simulators.machine import (
     sweep_stale_cgroups,
 )
 from hachain.watchdog.device import WDIOF_CARDRESET
-from tests.conftest import wait_until
+from tests.conftest import SIM_MACHINE, wait_until
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the simulated machine needs root "
-                       "(PID and mount namespaces)"),
-    pytest.mark.skipif(shutil.which("unshare") is None,
-                       reason="the simulated machine needs unshare(1) from util-linux"),
-]
+pytestmark = SIM_MACHINE
 
 TIMEOUT = 3
 PET = 0.5
