@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 from hachain.config import Backoff, Intensity
 
+# Signal names by number, looked up once: describe() runs on every restart's path, and the
+# enum's own lookup is several calls deep (cold, tens of microseconds).
+_SIGNAL_NAMES = {int(s): s.name for s in signal.Signals}
+
 # Signals a service is commonly stopped with: an exit by one of them is "clean".
 CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
 
@@ -34,11 +38,7 @@ class ExitStatus:
         if self.kind == "exited":
             return f"exit status {self.code}"
         if self.kind == "killed":
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = str(self.signal)
-            return f"killed by {name}"
+            return f"killed by {_SIGNAL_NAMES.get(self.signal, self.signal)}"
         return {"unknown": "exited (status unknown: adopted process)",
                 "timeout": "readiness timeout", "hung": "hung",
                 "spawn": "could not be started"}.get(self.kind, self.kind)
