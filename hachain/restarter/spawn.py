@@ -53,7 +53,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from hachain import channels
 from hachain.cgroupfs import find_cgroup2_mount
@@ -778,7 +778,33 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
     return SpawnError(f"{step}: {errno_text(e)}", transient=e.errno in TRANSIENT_ERRNOS)
 
 
-def _spawn_into(cg: str, cfg: ServiceConfig, env: dict[str, str], logfd: int,
+class _Prepared(NamedTuple):
+    """What every start of one service passes the same way, made once per configuration
+    (a restart's path runs cold: each conversion skipped there counts)."""
+
+    cfg: ServiceConfig
+    notify_socket: str | None
+    env: dict[str, str]
+    argv: list[bytes]
+    envp: list[bytes]
+
+
+_PREPARED: dict[str, _Prepared] = {}
+
+
+def _prepared(cfg: ServiceConfig, notify_socket: str | None) -> _Prepared:
+    """The service's environment, argv and envp, from the cache while `cfg` is the very
+    configuration object they were made from (a reload that changes it makes new ones)."""
+    p = _PREPARED.get(cfg.name)
+    if p is None or p.cfg is not cfg or p.notify_socket != notify_socket:
+        env = service_env(cfg, notify_socket)
+        p = _Prepared(cfg, notify_socket, env, [os.fsencode(a) for a in cfg.command],
+                      [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()])
+        _PREPARED[cfg.name] = p
+    return p
+
+
+def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
                 cgroups: Cgroups, creds: Credentials, ready_w: int | None) -> int | None:
     """A service started straight into its cgroup `cg` by clone3, with its whole set-up
     (cwd, umask, rlimits, user and groups, readiness fd); None when that cannot be done
@@ -790,9 +816,8 @@ def _spawn_into(cg: str, cfg: ServiceConfig, env: dict[str, str], logfd: int,
     is empty, and the spawn tried once more; when even a fresh cgroup kills its child (the
     restarter's own cgroup was once killed), clone3 is given up for good."""
     global _direct
-    path = _exe_path(cfg, env)
-    argv = [os.fsencode(a) for a in cfg.command]
-    envp = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    path = _exe_path(cfg, prep.env)
+    argv, envp = prep.argv, prep.envp
     setup = _setup(cfg, creds, ready_w)
     nofile = None if any(n == "nofile" for n, _, _ in cfg.rlimits) else BASE_NOFILE
     for attempt in range(2):
@@ -875,11 +900,12 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
     moved = False
     try:
         pass_fds = (cfg.ready_fd,) if ready_w is not None else ()
-        env = service_env(cfg, notify_socket)
+        prep = _prepared(cfg, notify_socket)
+        env = prep.env
         try:
             direct = None
             if cg is not None and _direct:
-                direct = _spawn_into(cg, cfg, env, logfd, cgroups, creds, ready_w)
+                direct = _spawn_into(cg, cfg, prep, logfd, cgroups, creds, ready_w)
             if direct is None and cg is not None:
                 try:
                     cgroups.enter(cg)
