@@ -21,6 +21,9 @@ exploration of every state reachable with at most F faults, and these checks on 
   (`wrong_main_pid`); a service sending WATCHDOG=1 is never stopped for its watchdog
   (`watchdog_kill`); a hung one is killed within its watchdog and stop timeout
   (`hung_not_restarted`).
+- a replacement started ahead: whenever `Core.restarts_at_once` tells the loop to start
+  a service again before the rest of an exit is handled, the table's own decision then
+  starts it (`ahead_not_taken`).
 
 What it must not do: hold a second copy of the per-service state machine. Every service
 event goes through the real `hachain.restarter.states.step` with real `ServiceConfig`s,
@@ -346,6 +349,7 @@ class _Restarter:
         self.dirty: set[int] = set()
         self.notes: list[str] = []
         self.duplicate = False  # the adopt-duplicates mutant, while it adopts
+        self.ahead: str | None = None  # on_exit: a replacement started ahead, not yet taken
         self.bad = w.bad
         self.core = core.Core(m.plan, {c.name: s for c, s in zip(m.confs, w.svcs, strict=True)})
         self.core.rescue_held = set(w.held)
@@ -393,6 +397,8 @@ class _Restarter:
         if isinstance(a, core.Transition):
             self.notes.append(f"svc{i} {a.old.state.value}->{a.new.state.value}")
         elif isinstance(a, states.Spawn):
+            if self.ahead == a.name:
+                self.ahead = None  # the replacement on_exit started is this one
             pid = self.new_pid()
             if self.broken and i == 0:  # it crashes at once: only its exit is left
                 self.notes.append(f"svc{i} pid {pid} crashes at once")
@@ -502,8 +508,22 @@ class _Restarter:
                       f"as a daemon's launcher does, for the exit of the service (no fault "
                       f"of svc{i})")
         sig = SIGTERM if s.state is State.STOPPING else SIGKILL
-        self.core.exited(s.name, pid, ExitStatus("killed", signal=sig), EPOCH)
+        st = ExitStatus("killed", signal=sig)
+        # loop.py asks first whether the table restarts it at once; if so, it kills the
+        # leftovers and starts the replacement before the exit's other effects, and the
+        # Spawn that follows must be that replacement's (`ahead_not_taken`)
+        self.ahead = s.name if self.core.restarts_at_once(s.name, pid, st, EPOCH) else None
+        if self.ahead is not None and states.kills_leftovers(self.m.confs[i]) and \
+                not self.duplicate:
+            self.procs[i].clear()
+        self.core.exited(s.name, pid, st, EPOCH)
         self.run()
+        if self.ahead is not None:
+            self.flag("ahead_not_taken",
+                      f"the restarter started svc{i} again ahead of the effects of pid "
+                      f"{pid}'s exit (Core.restarts_at_once), and the table then did not "
+                      "start it")
+            self.ahead = None
 
     def adopt_or_start(self, boot: bool) -> None:
         """A (re)started restarter: the core rebuilds every service from the admin
@@ -1187,7 +1207,7 @@ def _check(m: Model, init: World, succ: dict[World, list[tuple[str, World]]],
                + "; ".join(m.stale(w, untold=True)))
         found.append(("stale_dependent", msg, _trace(m, parent, first[w])))
 
-    for kind in ("needless_restart", "wrong_main_pid", "watchdog_kill"):
+    for kind in ("needless_restart", "wrong_main_pid", "watchdog_kill", "ahead_not_taken"):
         hit = [w for w in order if w.bad is not None and w.bad[0] == kind]
         counts[kind] = len(hit)
         if hit:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hachain.config import ServiceConfig
+from hachain.config import Backoff, Intensity, ServiceConfig
 from hachain.restarter import core, states
 from hachain.restarter.persist import RuntimeRecord
 from hachain.restarter.policy import ExitStatus
@@ -306,3 +306,82 @@ def test_every_table_cell_is_written_out(monkeypatch: pytest.MonkeyPatch) -> Non
                 assert missing == [(st, ev)]
     src = open(states.__file__).read()
     assert "setdefault" not in src.split("TABLE: dict")[1].split("def step(")[0]
+
+
+# --- restarts_at_once: the loop's question before it starts a replacement ahead ----------
+
+def _spawns(c: core.Core, name: str, pid: int, status: ExitStatus, now: float) -> bool:
+    """What the queue decides for that exit: is `name` spawned?"""
+    c.exited(name, pid, status, now)
+    return any(isinstance(e, states.Spawn) and e.name == name for e in drain(c, 500))
+
+
+KILLED = ExitStatus("killed", signal=9)
+CLEAN = ExitStatus("exited", code=0)
+
+
+NOW = Backoff(initial=0.0, factor=1.0, max=0.0)  # no delay: a restart is a spawn at once
+
+
+@pytest.mark.parametrize("conf, status, expect", [
+    (svc("a", backoff=NOW), KILLED, True),  # restart = "always" (the default)
+    (svc("a", backoff=NOW), CLEAN, True),
+    (svc("a", backoff=NOW, restart="on-failure"), KILLED, True),
+    (svc("a", backoff=NOW, restart="on-failure"), CLEAN, False),  # a clean exit stays down
+    (svc("a", backoff=NOW, restart="never"), KILLED, False),
+    (svc("a"), KILLED, False),  # the default backoff: a timer first, not a spawn
+    (svc("a", backoff=NOW, intensity=Intensity(max_restarts=0, window=60.0)), KILLED,
+     False),  # over its intensity: failed, not restarted
+    (svc("a", backoff=NOW, kind="forking", pid_file="/run/a.pid"), KILLED,
+     False),  # its exit may be its launcher's
+    (svc("a", backoff=NOW, conflicts=("b",)), KILLED, False),  # b is stopped on a spawn
+])
+def test_restarts_at_once_answers_what_the_queue_then_decides(
+        conf: ServiceConfig, status: ExitStatus, expect: bool) -> None:
+    names = [conf.name] + list(conf.conflicts)
+    c = make(conf, *(svc(n) for n in conf.conflicts))
+    c.push("a", Ev.START, 0.0)
+    drain(c)
+    pid = c.svcs["a"].pid or 0
+    assert pid and names
+    before = dict(c.svcs)
+    assert c.restarts_at_once("a", pid, status, 5.0) is expect
+    assert c.svcs == before and not c.queue and not c.out  # a question: nothing changed
+    spawned = _spawns(c, "a", pid, status, 5.0)
+    assert spawned or not expect  # "at once" is never said of an exit that is not restarted
+
+
+def test_restarts_at_once_is_false_with_work_queued_or_for_another_pid() -> None:
+    c = make(svc("db", backoff=NOW), svc("web", backoff=NOW, requires=("db",)))
+    up(c, "db", "web")
+    pid = c.svcs["web"].pid or 0
+    assert c.restarts_at_once("web", pid, KILLED, 1.0)
+    assert not c.restarts_at_once("web", pid + 1000, KILLED, 1.0)  # not its main process
+    c.push("db", Ev.STOP, 1.0)  # queued ahead of the exit: the answer could change
+    assert not c.restarts_at_once("web", pid, KILLED, 1.0)
+    drain(c)
+    # web requires db, which is stopped now: it waits, nothing is started
+    assert not c.restarts_at_once("web", c.svcs["web"].pid or 0, KILLED, 2.0)
+
+
+def test_restarts_at_once_waits_for_a_dependent_to_stop_first() -> None:
+    """A service that what requires it must stop for first is not started at once."""
+    c = make(svc("db", backoff=NOW), svc("web", backoff=NOW, requires=("db",)))
+    up(c, "db", "web")
+    pid = c.svcs["db"].pid or 0
+    assert not c.restarts_at_once("db", pid, KILLED, 1.0)
+    assert not _spawns(c, "db", pid, KILLED, 1.0)
+    assert c.svcs["db"].state is State.WAITING
+
+
+def test_verify_fails_when_restarts_at_once_says_yes_too_often(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hachain verify` asks restarts_at_once where the loop does and checks that the
+    table then starts the service (`ahead_not_taken`); an answer that ignores the
+    restart policy is caught."""
+    assert explore(Options()).ok
+    monkeypatch.setattr(core.Core, "restarts_at_once", lambda self, *a: True)
+    rep = explore(Options())
+    assert not rep.ok and rep.violation is not None
+    assert rep.violation["kind"] == "ahead_not_taken"
+    assert "Core.restarts_at_once" in rep.violation["message"]

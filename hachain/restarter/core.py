@@ -209,19 +209,9 @@ class Core:
             return
         if only is not None and not only(s):
             return
-        plan = self.plan
-        c = plan.conf[name]
+        c = self.plan.conf[name]
         first = kw.pop("first", False) if kind is Ev.LAUNCHED else False
-        if kind in states.LOCAL_EVENTS:  # its cells ask nothing about the others
-            ev = Event(kind, now, **kw)
-        else:
-            blocker = states.deps_blocker(c, self.svcs)
-            if c.singleton:
-                kw.setdefault("owned", name in self.grants)
-                kw.setdefault("owner", self.grant_owners.get(name, ""))
-            ev = Event(kind, now, deps_ready=not blocker, waiting_for=blocker,
-                       dependents_up=states.dependents_up(name, plan.rev.get(name, ()),
-                                                          plan.conf, self.svcs), **kw)
+        ev = self._event(name, c, kind, now, kw)
         if self.cells is not None:
             self.cells.add((s.state.value, kind.value))
         try:
@@ -250,6 +240,21 @@ class Core:
                                 f"{h.failures if h else '?'}): {ev.reason}"))
         if name in self.removing:
             self._forget_if_stopped(name)
+
+    def _event(self, name: str, c: ServiceConfig, kind: Ev, now: float,
+               kw: dict[str, Any]) -> Event:
+        """The event a cell is stepped with: what the driver saw, and (unless the event is
+        local) what the other services mean for this one right now."""
+        if kind in states.LOCAL_EVENTS:  # its cells ask nothing about the others
+            return Event(kind, now, **kw)
+        blocker = states.deps_blocker(c, self.svcs)
+        if c.singleton:
+            kw.setdefault("owned", name in self.grants)
+            kw.setdefault("owner", self.grant_owners.get(name, ""))
+        plan = self.plan
+        return Event(kind, now, deps_ready=not blocker, waiting_for=blocker,
+                     dependents_up=states.dependents_up(name, plan.rev.get(name, ()),
+                                                        plan.conf, self.svcs), **kw)
 
     def _action(self, a: states.Action, now: float) -> None:
         if isinstance(a, states.Spawn):
@@ -351,6 +356,32 @@ class Core:
                 self.out.append(KillLeftovers(name, pid))
             self.queue.append((name, Ev.EXITED, now, {"status": status}, None))
         self.queue.append((name, None, now, {}, None))
+
+    def restarts_at_once(self, name: str, pid: int, status: ExitStatus, now: float) -> bool:
+        """Will `exited(name, pid, status, now)`, pushed now, spawn `name` again before
+        anything else is decided? The driver asks this first: when it will, the driver
+        starts the replacement at once (after the main process's leftovers are killed,
+        as the exit's effects would have it) and hands the process over when the Spawn
+        effect comes. The log lines, timers and records of the exit follow the
+        replacement instead of going before it (docs/restarter.md, "Restart latency").
+
+        The same cell with the same event the queue would step: True only when nothing
+        is queued ahead of the exit, and not for a forking service (its exit may be
+        its launcher's) or one with conflicts (they are stopped on the spawn). A pure
+        question: nothing changes."""
+        if self.queue or self.out or self.shutting_down or name in self.removing:
+            return False
+        s = self.svcs.get(name)
+        c = self.plan.conf.get(name)
+        if s is None or c is None or s.pid != pid or c.kind == "forking" or \
+                self.plan.conflicts.get(name):
+            return False
+        try:
+            _, actions = states.step(s, self._event(name, c, Ev.EXITED, now,
+                                                    {"status": status}), c)
+        except states.InvalidTransition:
+            return False
+        return any(type(a) is states.Spawn for a in actions)
 
     def launched(self, name: str, status: ExitStatus, pid: int | None, reason: str,
                  first: bool, now: float) -> None:

@@ -18,6 +18,7 @@ import gc
 import heapq
 import math
 import os
+import select
 import selectors
 import signal
 import socket
@@ -111,6 +112,18 @@ def take_priority(nice: int) -> str | None:
         return (f"cannot run at restarter_nice {nice} ({e.strerror or e}): control requests "
                 "and heartbeats may wait behind other work on a busy host")
     return None
+
+
+class Launched:
+    """A service process just started (_launch): what spawn returned, the read end of its
+    output pipe (for the logger), and the configuration it was started with."""
+
+    __slots__ = ("spawned", "out_r", "cfg")
+
+    def __init__(self, spawned: spawn.Spawned, out_r: int, cfg: ServiceConfig) -> None:
+        self.spawned = spawned
+        self.out_r = out_r
+        self.cfg = cfg
 
 
 class AlreadyRunning(Exception):
@@ -210,6 +223,10 @@ class Restarter:
         self.notify = notify.NotifySocket(os.path.join(self.state_dir, channels.NOTIFY_SOCKET),
                                           _inherited_fd(channels.ENV_NOTIFY_FD))
         self.sel.register(self.notify.fileno(), selectors.EVENT_READ, ("notify", None))
+        self._notify_poll = select.poll()  # _on_exit: anything sent before the exit?
+        self._notify_poll.register(self.notify.fileno(), select.POLLIN)
+        # replacements started ahead of their exit's effects, until the Spawn takes them
+        self._ahead: dict[str, Launched | tuple[str, bool]] = {}
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
         from hachain.restarter.control import ControlServer
         self.control = ControlServer(os.path.join(self.state_dir, channels.CONTROL_SOCKET),
@@ -478,7 +495,9 @@ class Restarter:
         elif isinstance(e, core.Log):
             log(e.text)
         elif isinstance(e, core.KillLeftovers):
-            if e.pid is not None:
+            if e.pid is not None and e.name in self._ahead:
+                pass  # done before the replacement was started (_on_exit)
+            elif e.pid is not None:
                 spawn.kill_leftovers(e.pid, e.name, self.cgroups, zombie=self._zombie == e.pid)
             elif self.cgroups.active and (left := self.cgroups.procs(e.name)):
                 if e.why:
@@ -521,10 +540,29 @@ class Restarter:
         log(f"{name}: {old.state.value} -> {new.state.value}{pid}{extra}")
 
     def _spawn(self, name: str, now: float) -> None:
-        c = self.conf[name]
+        """The core's Spawn: start the service, or take the replacement that _on_exit
+        started ahead of the exit's other effects (restarts_at_once)."""
+        got = self._ahead.pop(name, None) or self._launch(name, now)
+        if isinstance(got, tuple):
+            self._spawn_failed(name, now, *got)
+            return
+        sp, out_r, c = got.spawned, got.out_r, got.cfg
         s = self.svcs[name]
         if s.restarts and s.last_exit is not None:
             self.restart_times.append(now)
+        self._watch(name, sp.pid, CHILD)
+        self.logs.send(out_r, c)  # after the spawn: off the restart path
+        if sp.ready_fd is not None:
+            os.set_blocking(sp.ready_fd, False)
+            self.ready_fds[name] = sp.ready_fd
+            self.sel.register(sp.ready_fd, selectors.EVENT_READ, ("readyfd", name))
+        self._start_times[name] = sp.start_time
+        self.core.push_front(name, Ev.SPAWNED, now, pid=sp.pid)
+
+    def _launch(self, name: str, now: float) -> Launched | tuple[str, bool]:
+        """Start one process of `name`: what was started, or why not (a one-line reason,
+        and whether it is transient) for the core's SPAWN_FAILED."""
+        c = self.conf[name]
         if c.pids_max and self.cgroups.active and name not in self._pids_limited:
             self.cgroups.ensure(name)
             if self.cgroups.limit_pids(name, c.pids_max):
@@ -539,8 +577,7 @@ class Restarter:
         try:
             out_r, out_w = self.logs.pipe()
         except OSError as e:
-            self._spawn_failed(name, now, f"output pipe: {spawn.errno_text(e)}", True)
-            return
+            return f"output pipe: {spawn.errno_text(e)}", True
         if c.singleton:  # the token of the grant it starts under (docs/cluster.md)
             c = replace(c, env=c.env + ((channels.ENV_FENCING_TOKEN,
                                                      str(self.core.grants.get(name, 0))),))
@@ -552,24 +589,32 @@ class Restarter:
             msg = str(e) if isinstance(e, spawn.SpawnError) else spawn.errno_text(e)
             transient = e.transient if isinstance(e, spawn.SpawnError) else \
                 e.errno in spawn.TRANSIENT_ERRNOS
-            self._spawn_failed(name, now, msg, transient)
-            return
+            return msg, transient
         except Exception as e:  # a bug on the spawn path fails this start, not the restarter
             import traceback
             os.close(out_r)
             traceback.print_exc(file=sys.stderr)
-            self._spawn_failed(name, now, f"internal error: {type(e).__name__}: {e}", False)
-            return
+            return f"internal error: {type(e).__name__}: {e}", False
         finally:
             os.close(out_w)
-        self._watch(name, sp.pid, CHILD)
-        self.logs.send(out_r, c)  # after the spawn: off the restart path
-        if sp.ready_fd is not None:
-            os.set_blocking(sp.ready_fd, False)
-            self.ready_fds[name] = sp.ready_fd
-            self.sel.register(sp.ready_fd, selectors.EVENT_READ, ("readyfd", name))
-        self._start_times[name] = sp.start_time
-        self.core.push_front(name, Ev.SPAWNED, now, pid=sp.pid)
+        return Launched(sp, out_r, c)
+
+    def _drop_ahead(self, name: str) -> None:
+        """A replacement started ahead of an exit's effects that no Spawn took: the core
+        decided otherwise after all (restarts_at_once and the queue disagree: a bug).
+        It must not run: killed at once, its exit reaped as any stray child's."""
+        got = self._ahead.pop(name)
+        if isinstance(got, tuple):
+            return
+        log(f"error: {name}: pid {got.spawned.pid} was started ahead of the table's "
+            "decision, which did not start it: killing it")
+        try:
+            os.kill(got.spawned.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        os.close(got.out_r)
+        if got.spawned.ready_fd is not None:
+            os.close(got.spawned.ready_fd)
 
     def _spawn_failed(self, name: str, now: float, msg: str, transient: bool) -> None:
         """Tell the core; it logs what the table decided: "cannot start web: cwd =
@@ -616,7 +661,8 @@ class Restarter:
         # handed over, it did not fail. Exits can come first otherwise (a batch left
         # over from the last round, a signal's wakeup). hachain verify models this order.
         pid = self.pidfds[name][0]
-        self._on_notify(now)
+        if self._notify_poll.poll(0):  # one system call: usually nothing was sent
+            self._on_notify(now)
         if self.pidfds.get(name, (0,))[0] != pid:
             return  # no longer its main process (_unwatch saw to it)
         pid, fd = self.pidfds.pop(name)
@@ -634,10 +680,17 @@ class Restarter:
         st = st or ExitStatus("unknown")
         self._zombie = pid if status is not None else None
         try:
+            if self.core.restarts_at_once(name, pid, st, now):
+                # the replacement first: the exit's log lines, timers and records after
+                if states.kills_leftovers(self.conf[name]):
+                    spawn.kill_leftovers(pid, name, self.cgroups, zombie=status is not None)
+                self._ahead[name] = self._launch(name, now)
             self.core.exited(name, pid, st, now)
             self.run_core(now)
         finally:
             self._zombie = None
+            if name in self._ahead:
+                self._drop_ahead(name)
 
     # --- timers ---------------------------------------------------------------------------
 
