@@ -559,9 +559,10 @@ class Restarter:
         self._start_times[name] = sp.start_time
         self.core.push_front(name, Ev.SPAWNED, now, pid=sp.pid)
 
-    def _launch(self, name: str, now: float) -> Launched | tuple[str, bool]:
+    def _launch(self, name: str, now: float, thaw: bool = True) -> Launched | tuple[str, bool]:
         """Start one process of `name`: what was started, or why not (a one-line reason,
-        and whether it is transient) for the core's SPAWN_FAILED."""
+        and whether it is transient) for the core's SPAWN_FAILED. `thaw` False: its
+        cgroup was just read empty and not frozen (spawn.kill_leftovers)."""
         c = self.conf[name]
         if c.pids_max and self.cgroups.active and name not in self._pids_limited:
             self.cgroups.ensure(name)
@@ -583,7 +584,7 @@ class Restarter:
                                                      str(self.core.grants.get(name, 0))),))
         try:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w,
-                             yield_cpu=not self._more_work(now))
+                             yield_cpu=not self._more_work(now), thaw=thaw)
         except (spawn.SpawnError, OSError) as e:
             os.close(out_r)
             msg = str(e) if isinstance(e, spawn.SpawnError) else spawn.errno_text(e)
@@ -682,9 +683,9 @@ class Restarter:
         try:
             if self.core.restarts_at_once(name, pid, st, now):
                 # the replacement first: the exit's log lines, timers and records after
-                if states.kills_leftovers(self.conf[name]):
-                    spawn.kill_leftovers(pid, name, self.cgroups, zombie=status is not None)
-                self._ahead[name] = self._launch(name, now)
+                calm = states.kills_leftovers(self.conf[name]) and spawn.kill_leftovers(
+                    pid, name, self.cgroups, zombie=status is not None)
+                self._ahead[name] = self._launch(name, now, thaw=not calm)
             self.core.exited(name, pid, st, now)
             self.run_core(now)
         finally:

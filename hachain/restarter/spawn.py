@@ -456,6 +456,25 @@ class Cgroups:
         finally:
             os.close(fd)
 
+    def events(self, name: str) -> tuple[bool, bool] | None:
+        """(populated, frozen) from the service's cgroup.events, in one read; None when
+        it cannot be read. `populated` counts processes below it too; `frozen 1` is what
+        an empty cgroup shows once its `cgroup.freeze` is 1."""
+        p = self.path(name)
+        if p is None:
+            return None
+        try:
+            fd = os.open(p + "/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            raw = os.read(fd, 256)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return b"populated 1" in raw, b"frozen 1" in raw
+
     def outside(self, name: str, main: int | None) -> list[int]:
         """The processes of the service's cgroup that are neither `main` nor descended
         from it: what a stop or exit of an earlier main process left (kill_mode =
@@ -805,7 +824,8 @@ def _prepared(cfg: ServiceConfig, notify_socket: str | None) -> _Prepared:
 
 
 def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
-                cgroups: Cgroups, creds: Credentials, ready_w: int | None) -> int | None:
+                cgroups: Cgroups, creds: Credentials, ready_w: int | None,
+                thaw: bool = True) -> int | None:
     """A service started straight into its cgroup `cg` by clone3, with its whole set-up
     (cwd, umask, rlimits, user and groups, readiness fd); None when that cannot be done
     here (the caller falls back to moving itself). OSError as from posix_spawn or
@@ -814,14 +834,17 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
     A child cloned into a cgroup that was once cgroup.kill'ed is SIGKILLed by Linux 6.18
     before it runs (see _clone3.c). Such a cgroup is made afresh (rmdir, mkdir) when it
     is empty, and the spawn tried once more; when even a fresh cgroup kills its child (the
-    restarter's own cgroup was once killed), clone3 is given up for good."""
+    restarter's own cgroup was once killed), clone3 is given up for good.
+
+    `thaw` False: the caller has just read the cgroup empty and not frozen."""
     global _direct
     path = _exe_path(cfg, prep.env)
     argv, envp = prep.argv, prep.envp
     setup = _setup(cfg, creds, ready_w)
     nofile = None if any(n == "nofile" for n, _, _ in cfg.rlimits) else BASE_NOFILE
     for attempt in range(2):
-        cgroups.thaw(cg)  # a child born into a frozen cgroup would hold us in vfork's wait
+        if thaw or attempt:
+            cgroups.thaw(cg)  # a child born into a frozen cgroup would hold us in vfork's wait
         try:
             fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
@@ -862,13 +885,15 @@ def _posix_spawn(cfg: ServiceConfig, env: dict[str, str], logfd: int) -> int:
 
 def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
           notify_socket: str | None, out: int | None = None,
-          yield_cpu: bool = True) -> Spawned:
+          yield_cpu: bool = True, thaw: bool = True) -> Spawned:
     """Start one service process. Raises SpawnError with a one-line reason.
 
     `out` is its stdout and stderr (the write end of its log pipe, which the caller
     closes); None appends them to `<log_dir>/<name>.log` directly, unbounded.
     `yield_cpu`: give the CPU to the new process at once (not while more restarts wait:
-    under a CPU hog each yield would hand a whole time slice to the hog)."""
+    under a CPU hog each yield would hand a whole time slice to the hog).
+    `thaw` False: the caller has just read the service's cgroup empty and not frozen
+    (kill_leftovers), so the write to cgroup.freeze is skipped."""
     try:
         logfd = open_log(log_dir, cfg.name) if out is None else out
     except OSError as e:
@@ -905,7 +930,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         try:
             direct = None
             if cg is not None and _direct:
-                direct = _spawn_into(cg, cfg, prep, logfd, cgroups, creds, ready_w)
+                direct = _spawn_into(cg, cfg, prep, logfd, cgroups, creds, ready_w, thaw)
             if direct is None and cg is not None:
                 try:
                     cgroups.enter(cg)
@@ -1029,21 +1054,26 @@ def main_pid(cfg: ServiceConfig, cgroups: Cgroups,
                   f"({', '.join(map(str, sorted(roots)[:5]))}): set pid_file")
 
 
-def kill_leftovers(pid: int, name: str, cgroups: Cgroups, zombie: bool) -> None:
+def kill_leftovers(pid: int, name: str, cgroups: Cgroups, zombie: bool) -> bool:
     """The main process `pid` has exited: SIGKILL what is left of the service, its cgroup
-    (one small read first: usually nothing is left), else its process group. The group
-    id is the main pid; only while it is our unreaped zombie (`zombie`) is that number
-    sure not to name someone else's group, so an adopted process's group is left alone."""
+    (one small read of cgroup.events first: usually nothing is left), else its process
+    group. The group id is the main pid; only while it is our unreaped zombie (`zombie`)
+    is that number sure not to name someone else's group, so an adopted process's group
+    is left alone. True when the cgroup was read empty and not frozen: a spawn into it
+    right after need not thaw it."""
     if cgroups.active:
-        if cgroups.populated(name):
+        ev = cgroups.events(name)
+        if ev is None:
+            return False
+        if ev[0]:
             cgroups.kill(name)
-        return
-    if not zombie:
-        return
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
+        return ev == (False, False)
+    if zombie:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return False
 
 
 def kill_service(pid: int | None, name: str, sig: int, group: bool, cgroups: Cgroups) -> None:
