@@ -228,7 +228,12 @@ def test_hung_owner_is_reset_and_the_singleton_moves_after_the_safe_time(
     r = failover(cluster, "hang")
     m = cluster.machines[r["owner"]]
     # the hung machine was reset by its watchdog, and boots again as a standby
-    wait_until(lambda: len(m.boots) >= 2, W + 10, "the hung owner's watchdog reset")
+    try:
+        wait_until(lambda: len(m.boots) >= 2, W + 10, "the hung owner's watchdog reset")
+    except AssertionError as e:  # what the machine did meanwhile says why
+        exp = m.server.expirations if m.server is not None else None
+        raise AssertionError(f"{e}; its watchdog expired {exp} time(s); its last events: "
+                             f"{[msg for _, msg in m.events[-8:]]}") from None
     assert m.boots[1]["cause"] == "watchdog"
     # (the new owner may be the rebooted node itself: it plays by the same rule)
     wait_until(lambda: (hb := m.heartbeat("cluster")) is not None
