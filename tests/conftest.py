@@ -52,6 +52,15 @@ def svc(*args: str) -> str:
     return "[" + ", ".join(f'"{a}"' for a in (PY, SVC) + args) + "]"
 
 
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s children ([] once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 # The marks of a module whose tests boot simulated machines (hachain.simulators.machine).
 SIM_MACHINE = [
     pytest.mark.slow,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,15 +27,11 @@ from hachain.cluster import timing
 from hachain.simulators import singleton_svc
 from hachain.simulators.cluster_harness import config_text
 from hachain.simulators.machine import SimMachine
-from tests.conftest import wait_until
+from tests.conftest import SIM_MACHINE, wait_until
 from tests.helpers.etcd import ETCD, EtcdCluster
 
 pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the simulated machines need root (PID "
-                       "and mount namespaces)"),
-    pytest.mark.skipif(shutil.which("unshare") is None,
-                       reason="the simulated machines need unshare(1) from util-linux"),
+    *SIM_MACHINE,
     pytest.mark.skipif(not os.access(ETCD, os.X_OK), reason="needs etcd (Debian's "
                        "etcd-server: bash scripts/setup.sh --test installs it)"),
 ]

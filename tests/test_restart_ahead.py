@@ -13,17 +13,9 @@ import signal
 import pytest
 
 from hachain import channels
-from tests.conftest import svc, wait_until
+from tests.conftest import children, svc, wait_until
 
 AT_ONCE = "backoff = { initial = 0.0, factor = 1.0, max = 0 }\n"
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def _log_lines(r, prefix: str) -> list[str]:
@@ -40,7 +32,7 @@ def test_leftovers_go_first_and_the_replacement_stays(restarter):
     if not r.cg_root:
         pytest.skip("needs a writable cgroup v2 hierarchy (run as root)")
     first = r.wait_state("s", "ready")["pid"]
-    child = wait_until(lambda: _children(first), 10, "stubborn's child")[0]
+    child = wait_until(lambda: children(first), 10, "stubborn's child")[0]
     r.pids_seen.add(child)
     os.kill(first, signal.SIGKILL)
     st = wait_until(lambda: (x := r.svc("s"))["state"] == "ready" and x["pid"] != first

@@ -19,7 +19,7 @@ import pytest
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
 from hachain.config import ServiceConfig
 from hachain.restarter import spawn
-from tests.conftest import wait_until
+from tests.conftest import children, wait_until
 
 SVC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "svc.py")
 
@@ -66,14 +66,6 @@ def _status(pid: int) -> dict[str, str]:
         return dict(ln.rstrip("\n").split(":\t", 1) for ln in f if ":\t" in ln)
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
 def _no_zombie() -> bool:
     """No exited child of ours waits to be reaped."""
     try:
@@ -106,7 +98,7 @@ def _check_born_in_cgroup(cg: spawn.Cgroups, tmp_path, started: list[int]) -> No
     want = "/" + os.path.relpath(cg.path("forker") or "", mount)
     assert _cgroup_of(pid) == want
     assert _cgroup_of(os.getpid()) == home  # the restarter is where it was
-    child = wait_until(lambda: (_children(pid) or [None])[0], 10, "the service's child")
+    child = wait_until(lambda: (children(pid) or [None])[0], 10, "the service's child")
     assert _cgroup_of(child) == want
     assert set(cg.procs("forker")) == {pid, child}
     log = tmp_path / "logs" / "forker.log"
