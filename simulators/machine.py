@@ -232,7 +232,10 @@ class SimMachine:
         self._stopping.set()
         self._kill_machine()
         if self._thread is not None:
-            self._thread.join(30)
+            try:
+                self._thread.join(30)
+            except RuntimeError:  # made but never started: a signal cut start() short
+                pass
             self._thread = None
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()

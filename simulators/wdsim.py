@@ -352,8 +352,12 @@ class WatchdogServer:
         """Stop serving, drop every client, remove the socket. Idempotent."""
         self._stopping = True
         self._wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            try:
+                t.join(timeout=10)
+            except RuntimeError:  # made but never started: a signal cut start() short
+                pass
         self._thread = None
         for sock in (self._listener, self._wake_r, self._wake_w):
             if sock is not None:
@@ -383,6 +387,8 @@ class WatchdogServer:
     # -- the loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self._stopping:  # stop() came first (a signal cut start() short)
+            return
         assert self._listener is not None and self._wake_r is not None
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ, "listen")

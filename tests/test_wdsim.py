@@ -522,3 +522,22 @@ def test_cli_busy_device(server: tuple[WatchdogServer, Events],
         assert rc == 1 and "device busy (another process holds it open)" in err
     finally:
         holder.magic_close()
+
+
+def test_stop_after_a_start_that_a_signal_cut_short(tmp_path, monkeypatch) -> None:
+    """A stop signal's handler raises in the main thread wherever it is: a chaos
+    campaign stopped (SIGHUP) while its machine was booting was cut between the server
+    thread's creation and its start, and stop() then failed ("cannot join thread before
+    it is started"), leaving the campaign's mounts behind. stop() cleans up anyway."""
+    path = str(tmp_path / "wd.sock")
+    srv = WatchdogServer(path, SoftWatchdog(), on_expire=lambda: None)
+
+    def interrupted(self: threading.Thread) -> None:
+        raise KeyboardInterrupt  # what the signal handler raised, where it landed
+    monkeypatch.setattr(threading.Thread, "start", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        srv.start()
+    monkeypatch.undo()
+    srv.stop()  # no RuntimeError
+    assert not os.path.exists(path)
+    srv.stop()  # idempotent
