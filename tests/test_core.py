@@ -338,12 +338,11 @@ NOW = Backoff(initial=0.0, factor=1.0, max=0.0)  # no delay: a restart is a spaw
 ])
 def test_restarts_at_once_answers_what_the_queue_then_decides(
         conf: ServiceConfig, status: ExitStatus, expect: bool) -> None:
-    names = [conf.name] + list(conf.conflicts)
     c = make(conf, *(svc(n) for n in conf.conflicts))
     c.push("a", Ev.START, 0.0)
     drain(c)
     pid = c.svcs["a"].pid or 0
-    assert pid and names
+    assert pid
     before = dict(c.svcs)
     assert c.restarts_at_once("a", pid, status, 5.0) is expect
     assert c.svcs == before and not c.queue and not c.out  # a question: nothing changed
