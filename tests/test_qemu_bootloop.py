@@ -109,7 +109,7 @@ def test_a_critical_service_failing_on_every_boot_ends_in_rescue(loop_vm: ChainV
     wd = st["chain"]["watchdog"]
     assert wd["device"] == DEVICE and wd["armed"] and wd["petting"] and wd["gate"]["ok"]
     boot = st["chain"]["boot"]
-    assert boot["held"] == ["disk"] and boot["unclean_before"] == RESETS
+    assert boot["held"] == ["disk"] and boot["unclean_before"] == RESETS, boot
     assert boot["current"]["bootstatus"] == CARDRESET  # the i6300esb did the last reset
     assert [b["reason"] for b in boot["history"][:RESETS]] == ["gate-failure"] * RESETS
     # It stays up: more than two whole watchdog periods, no new reset, still petting.

@@ -254,6 +254,31 @@ def test_open_sim_socket_missing(tmp_path: Path) -> None:
         open_watchdog("sim:" + sock)
 
 
+def test_the_device_is_looked_up_before_the_open_arms_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening arms a real device with the driver's initial timeout: the sysfs/udev lookup
+    of its nowayout (a cold pyudev import on a slow box took that whole timeout in a QEMU
+    guest, 2026-12-03) comes before the open. A plain file stands in for the node."""
+    node = tmp_path / "watchdog7"
+    node.write_bytes(b"")
+    seen: list[bool] = []
+
+    def lookup(path: str, sysfs_root: str | None = None) -> disc.WatchdogDevice:
+        fds = os.listdir("/proc/self/fd")
+        seen.append(any(os.path.realpath(f"/proc/self/fd/{fd}") == str(node) for fd in fds
+                        if os.path.exists(f"/proc/self/fd/{fd}")))
+        return disc.WatchdogDevice("watchdog7", path, "/sys/class/watchdog/watchdog7",
+                                   nowayout=True)
+
+    monkeypatch.setattr(disc, "find_device", lookup)
+    wd = open_watchdog(str(node))
+    try:
+        assert seen == [False], "the device was open (armed) during the lookup"
+        assert wd.nowayout is True
+    finally:
+        wd.close()
+
+
 def test_open_auto_without_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(disc, "discover", lambda sysfs_root=None: [])
     with pytest.raises(WatchdogError) as info:

@@ -500,13 +500,15 @@ def open_watchdog(spec: str, nowayout: bool = False) -> Watchdog:
             raise WatchdogError.from_oserror(label, "open", e) from e
         return Watchdog(sim, label, nowayout or sim.nowayout)
     path = resolve_spec(spec)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise WatchdogError.from_oserror(path, "open", e) from e
     if not nowayout:
+        # Asked before the open, which arms the device: the lookup (udev through pyudev,
+        # a cold import on a slow box) must not eat into the driver's initial timeout.
         from hachain.watchdog.discover import find_device
 
         dev = find_device(path)
         nowayout = bool(dev is not None and dev.nowayout)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise WatchdogError.from_oserror(path, "open", e) from e
     return Watchdog(FdTransport(fd), path, nowayout)
