@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hachain import config
-from hachain.channels import Heartbeat
+from hachain.channels import Heartbeat, HeartbeatWriter
 from hachain.cluster import node as cnode
 from hachain.cluster import timing
 from hachain.restarter import states
@@ -248,6 +248,8 @@ stop_timeout = 0.5
         c = FakeClient(etcd, **kw)
         c.transactions.create = Create
         return c
+    # its watchdog is armed: the tickler's heartbeat says so (a node takes no key before)
+    HeartbeatWriter(cfg.chain.state_dir, "tickler").beat({"armed": True})
     return cnode.Node(cfg, client_factory=factory)
 
 

@@ -72,6 +72,7 @@ class Node:
         self.published_at = 0.0
         self.started = time.monotonic()
         self.leaving: float | None = None  # orderly stop: mono of the withdrawal's beat
+        self.unarmed_logged = False  # a free key was passed over: the watchdog not armed
         restarts = os.environ.get(channels.ENV_LAYER_RESTARTS, "0")
         self.hb = channels.HeartbeatWriter(cfg.chain.state_dir, LAYER,
                                            int(restarts) if restarts.isdigit() else 0)
@@ -210,11 +211,23 @@ class Node:
         held = rhb.extra.get("singletons_held") if rhb is not None else None
         return {str(n) for n in held} if isinstance(held, list) else set()
 
+    def watchdog_armed(self) -> bool:
+        """Has this node's watchdog been armed, so that a hang of this node ends in a
+        reset? The tickler's last heartbeat says `armed` (it writes none before it has
+        opened the device, and says false after a magic close). Until then the node takes
+        no key: a singleton started before the device is armed would outlive a hang of
+        the chain (the tickler can take seconds to arm it on a slow box)."""
+        thb = channels.read_heartbeat(self.cfg.chain.state_dir, "tickler")
+        return thb is not None and thb.extra.get("armed") is True
+
     async def claim(self) -> None:
         """Look at every ownership key; take the free ones once it is safe."""
         c = await self.connect()
         moves = await self.moves(c) if self.singletons else {}
         held = self.held_here() if self.singletons else set()
+        armed = self.watchdog_armed() if self.singletons else False
+        if armed:
+            self.unarmed_logged = False
         for name in list(self.releasing):
             if moves.get(name, self.node) == self.node and name not in held:
                 log(f"{name}: move request gone: keeping it")
@@ -260,6 +273,12 @@ class Node:
             if moves.get(name, self.node) != self.node or name in held or \
                     self.leaving is not None:
                 continue  # being moved, this node cannot run it, or it is stopping
+            if not armed:
+                if not self.unarmed_logged:
+                    self.unarmed_logged = True
+                    log(f"{name}: free, but not taken: this node's watchdog is not armed "
+                        "yet (the tickler's heartbeat does not say armed)")
+                continue
             if now - first < self.wait:
                 # released by its owner at the token we last saw (it was shown down
                 # there first): no lease expiry to wait for. Otherwise, the rule.
