@@ -396,6 +396,9 @@ class SimMachine:
                 self.python, "-m", "hachain.init.main", "--state-dir", self.state_dir,
                 "--config", self.config_path, *self._init_timing, *self.init_args]
         with self._cond:
+            # A reset or power cut that came while the machine was down (an expiry in the
+            # panic delay, say) found no boot to kill: it is not this boot's end.
+            self._reset_pending = self._power_cut_pending = False
             console = open(self.console, "ab") if self.console else None  # noqa: SIM115
             try:
                 if console is not None:
@@ -456,10 +459,10 @@ class SimMachine:
 
     def _on_expire(self) -> None:
         """The watchdog fired (server thread): reset the machine by killing its PID 1."""
-        with self._cond:
-            self._reset_pending = True
         pid = self._ns_init or (self._find_ns_init() if self._proc is not None else None)
-        self._kill_machine()
+        with self._cond:  # the flag and the kill go to the same boot (see _boot)
+            self._reset_pending = True
+            self._kill_machine()
         self._event(f"watchdog expired: resetting the machine (SIGKILL to PID 1, host pid "
                     f"{pid})" + self._gate_note())
 
@@ -468,9 +471,9 @@ class SimMachine:
         the middle of a write included), and the machine boots again with boot status 0
         and nothing written down about why: the boot cause the chain must count as
         "unknown"."""
-        with self._cond:
+        with self._cond:  # the flag and the kill go to the same boot (see _boot)
             self._power_cut_pending = True
-        self._kill_machine()
+            self._kill_machine()
         self._event("power cut")
 
     def _gate_note(self) -> str:
