@@ -181,6 +181,25 @@ def test_a_frozen_cgroup_is_thawed_first(cgroups, tmp_path, started) -> None:
                "the service's own note")
 
 
+def test_only_a_cgroup_the_spawn_made_itself_skips_the_thaw(cgroups, tmp_path, started,
+                                                             monkeypatch) -> None:
+    """A cgroup the spawn has just made is not frozen: no write to its cgroup.freeze (a
+    system call less per start of 1000 services). One it did not make (left by an
+    earlier restarter, or made before and frozen since, as above) is thawed."""
+    thawed: list[str] = []
+    real_thaw = cgroups.thaw
+    monkeypatch.setattr(cgroups, "thaw",
+                        lambda path: (thawed.append(os.path.basename(path)), real_thaw(path)))
+    pid = _spawn(cgroups, tmp_path, "new", ("sleep", "3600"), started)
+    assert cgroups.procs("new") == [pid] and thawed == []
+    os.mkdir(os.path.join(cgroups.root or "", "old"))  # an earlier restarter's
+    pid = _spawn(cgroups, tmp_path, "old", ("sleep", "3600"), started)
+    assert cgroups.procs("old") == [pid] and thawed == ["old"]
+    assert cgroups.ensure("later") is not None  # made before the spawn, not by it
+    _spawn(cgroups, tmp_path, "later", ("sleep", "3600"), started)
+    assert thawed == ["old", "later"]
+
+
 def test_a_cgroup_that_was_killed_takes_a_new_service(cgroups, tmp_path, started,
                                                       monkeypatch) -> None:
     """Linux 6.18 SIGKILLs every child cloned into a cgroup that was once cgroup.kill'ed

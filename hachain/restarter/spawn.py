@@ -320,14 +320,23 @@ class Cgroups:
         return os.path.join(self.root, name) if self.active and self.root else None
 
     def ensure(self, name: str) -> str | None:
+        return self.make(name)[0]
+
+    def make(self, name: str) -> tuple[str | None, bool]:
+        """The service's cgroup, made if it is missing; True when this call made it (a new
+        cgroup is not frozen: its cgroup.freeze is 0)."""
         p = self.path(name)
+        made = False
         if p is not None and name not in self._made:
             try:
-                os.makedirs(p, exist_ok=True)
+                os.mkdir(p)  # the root exists: from_config made it
+                made = True
+            except FileExistsError:
+                pass  # left by an earlier restarter: it may be frozen
             except OSError:
-                return None
+                return None, False
             self._made.add(name)
-        return p
+        return p, made
 
     def renew(self, name: str) -> bool:
         """Make the service's cgroup afresh (rmdir, mkdir, its pids.max again) if it is
@@ -921,7 +930,9 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         if isinstance(e, SpawnError):
             raise
         raise SpawnError(f"set-up pipe: {errno_text(e)}", transient=True) from None
-    cg = cgroups.ensure(cfg.name)
+    cg, made = cgroups.make(cfg.name)
+    if made:
+        thaw = False  # made just now by this call: not frozen, nothing to thaw
     moved = False
     try:
         pass_fds = (cfg.ready_fd,) if ready_w is not None else ()
