@@ -76,6 +76,7 @@ from hachain.watchdog.device import (
 )
 
 MIN_TIMEOUT = 1
+ACCEPT_RETRY = 0.05  # the longest pause after a failed accept (EMFILE...) before the next
 MAX_TIMEOUT = 3600
 
 
@@ -318,6 +319,7 @@ class WatchdogServer:
         self.expirations = 0
         self.pretimeouts = 0
         self.callback_errors: list[BaseException] = []
+        self.accept_errors = 0
         self._lock = threading.Lock()
         self._boot = 0
         self._stopping = False
@@ -463,6 +465,15 @@ class WatchdogServer:
         try:
             sock, _ = self._listener.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            # Out of file descriptors, say: the client waits in the backlog, and this
+            # thread goes on watching the clock (an exception here used to end it, and
+            # the watchdog then never fired). A short pause: no busy loop meanwhile.
+            if not self.accept_errors:
+                print(f"wdsim: accept failed: {e!r}; retrying", file=sys.stderr)
+            self.accept_errors += 1
+            time.sleep(min(ACCEPT_RETRY, self._sleep_time(time.monotonic())))
             return
         sock.settimeout(1.0)  # for sends; reads only happen after select says readable
         conn = _Conn(sock)
