@@ -38,6 +38,9 @@ class FailingAccepts:
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
         return self.sock.accept()
 
+    def fileno(self) -> int:  # the server's thread may register it after the swap
+        return self.sock.fileno()
+
     def close(self) -> None:
         self.sock.close()
 
