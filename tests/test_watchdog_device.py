@@ -254,29 +254,37 @@ def test_open_sim_socket_missing(tmp_path: Path) -> None:
         open_watchdog("sim:" + sock)
 
 
-def test_the_device_is_looked_up_before_the_open_arms_it(
+def test_the_timeout_is_set_right_after_the_open_before_the_lookup(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Opening arms a real device with the driver's initial timeout: the sysfs/udev lookup
-    of its nowayout (a cold pyudev import on a slow box took that whole timeout in a QEMU
-    guest, 2026-12-03) comes before the open. A plain file stands in for the node."""
+    """The open arms a real device with the driver's initial timeout: SETTIMEOUT comes
+    right after it, before the sysfs/udev lookup of its nowayout (a cold pyudev import
+    on a QEMU guest's first boot took that whole initial timeout in CI, 2026-12-03).
+    A plain file stands in for the node; the ioctl is what only a chip can answer."""
     node = tmp_path / "watchdog7"
     node.write_bytes(b"")
-    seen: list[bool] = []
+    order: list[str] = []
+
+    class Chip(FdTransport):
+        def ioctl(self, request: int, arg: bytes) -> bytes:
+            order.append(d.IOCTL_NAMES.get(request, hex(request)))
+            return arg  # the driver applied what was asked
 
     def lookup(path: str, sysfs_root: str | None = None) -> disc.WatchdogDevice:
-        fds = os.listdir("/proc/self/fd")
-        seen.append(any(os.path.realpath(f"/proc/self/fd/{fd}") == str(node) for fd in fds
-                        if os.path.exists(f"/proc/self/fd/{fd}")))
+        order.append("lookup")
         return disc.WatchdogDevice("watchdog7", path, "/sys/class/watchdog/watchdog7",
                                    nowayout=True)
 
+    monkeypatch.setattr(d, "FdTransport", Chip)
     monkeypatch.setattr(disc, "find_device", lookup)
-    wd = open_watchdog(str(node))
+    wd = open_watchdog(str(node), timeout=10)
     try:
-        assert seen == [False], "the device was open (armed) during the lookup"
-        assert wd.nowayout is True
+        assert order == ["SETTIMEOUT", "lookup"] and wd.nowayout is True
     finally:
         wd.close()
+    order.clear()
+    wd = open_watchdog(str(node))  # without a timeout (hachain watchdog info): no ioctl
+    wd.close()
+    assert order == ["lookup"]
 
 
 def test_open_auto_without_devices(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -485,11 +485,15 @@ def resolve_spec(spec: str) -> str:
     return spec
 
 
-def open_watchdog(spec: str, nowayout: bool = False) -> Watchdog:
+def open_watchdog(spec: str, nowayout: bool = False, timeout: int | None = None) -> Watchdog:
     """Open (and so arm) a watchdog: "auto", a device path, "sim" or "sim:SOCKET".
 
     `nowayout` is what the caller knows; for a real device sysfs's `nowayout` is also
-    consulted, for the simulator its open reply.
+    consulted, for the simulator its open reply. `timeout`: set at once after the open
+    (SETTIMEOUT pets), before anything else runs: the open arms the device with the
+    driver's initial timeout, which may be short, and a slow box must not spend it on
+    what follows (the sysfs lookup below imports pyudev, cold on the first boot). A
+    failing SETTIMEOUT raises, leaving the device armed (plain close).
     """
     sim_path = sim_socket_path(spec)
     if sim_path is not None:
@@ -498,17 +502,29 @@ def open_watchdog(spec: str, nowayout: bool = False) -> Watchdog:
             sim = SimTransport(sim_path)
         except OSError as e:
             raise WatchdogError.from_oserror(label, "open", e) from e
-        return Watchdog(sim, label, nowayout or sim.nowayout)
+        wd = Watchdog(sim, label, nowayout or sim.nowayout)
+        _set_at_once(wd, timeout)
+        return wd
     path = resolve_spec(spec)
-    if not nowayout:
-        # Asked before the open, which arms the device: the lookup (udev through pyudev,
-        # a cold import on a slow box) must not eat into the driver's initial timeout.
-        from hachain.watchdog.discover import find_device
-
-        dev = find_device(path)
-        nowayout = bool(dev is not None and dev.nowayout)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as e:
         raise WatchdogError.from_oserror(path, "open", e) from e
-    return Watchdog(FdTransport(fd), path, nowayout)
+    wd = Watchdog(FdTransport(fd), path, nowayout)
+    _set_at_once(wd, timeout)
+    if not nowayout:
+        from hachain.watchdog.discover import find_device
+
+        dev = find_device(path)
+        wd.nowayout = bool(dev is not None and dev.nowayout)
+    return wd
+
+
+def _set_at_once(wd: Watchdog, timeout: int | None) -> None:
+    if timeout is None:
+        return
+    try:
+        wd.set_timeout(timeout)
+    except WatchdogError:
+        wd.close()
+        raise

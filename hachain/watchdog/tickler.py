@@ -778,22 +778,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for line in bootrecord.describe(bootrecord.summary(cfg.chain.persist_dir, boot_id)):
             log(line)
-    # Everything the loop needs (its threads, the first reads) is set up before the device
-    # is armed, and the timeout is set right after the open: the driver's initial timeout
-    # may be short, and a slow box must not spend it between the open and the first pet.
-    tickler = Tickler(cfg, None, started)
-    tickler.boot_entry = entry
     wd: Watchdog | None = None
     if cfg.watchdog.device == "none":
         log('WARNING: [watchdog] device = "none": nothing will reset this machine; the '
             "health gate is evaluated and published only")
     else:
         try:
-            wd = open_watchdog(cfg.watchdog.device, cfg.watchdog.nowayout)
+            # the configured timeout at once: the driver's initial one may be short, and
+            # a slow box must not spend it on what comes before the first pet
+            wd = open_watchdog(cfg.watchdog.device, cfg.watchdog.nowayout,
+                               timeout=cfg.watchdog.timeout)
         except WatchdogError as e:
             log(f"cannot open the watchdog: {e}; exiting (init will retry)")
             return 1
-        tickler.wd, tickler.device = wd, wd.path
+    tickler = Tickler(cfg, wd, started)
+    tickler.boot_entry = entry
     try:
         tickler.configure_device()
         tickler.record_last_boot()
