@@ -71,6 +71,9 @@ SIM_MACHINE = [
 ]
 
 
+START_TIMEOUT = 60.0  # RestarterRun.start: the restarter's first answer
+
+
 class RestarterRun:
     """One real restarter process on a config written into a temp dir."""
 
@@ -103,7 +106,18 @@ class RestarterRun:
                                      stdout=logf, stderr=logf, env=env,
                                      pass_fds=() if notify_fd is None else (notify_fd,))
         logf.close()
-        wait_until(lambda: self.ping(), 10, "the restarter's control socket")
+        # A bound on a Python process's start-up, which nothing configures: generous, so
+        # that a host loaded by the slow lane (280 services and QEMU guests beside it; a
+        # restarter once took 9 s to make its state directory there) is not taken for a
+        # restarter that never answers. Start-up speed is bench/compare.py's to measure.
+        wait_until(lambda: self.ping() or self._gone(), START_TIMEOUT,
+                   "the restarter's control socket")
+        if self._gone():
+            raise AssertionError(f"the restarter exited ({self.proc.returncode}) before it "
+                                 f"answered: {open(self.log).read()[-2000:]}")
+
+    def _gone(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
 
     def ping(self) -> bool:
         try:
