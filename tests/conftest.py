@@ -107,9 +107,10 @@ class RestarterRun:
                                      pass_fds=() if notify_fd is None else (notify_fd,))
         logf.close()
         # A bound on a Python process's start-up, which nothing configures: generous, so
-        # that a host loaded by the slow lane (280 services and QEMU guests beside it; a
-        # restarter once took 9 s to make its state directory there) is not taken for a
-        # restarter that never answers. Start-up speed is bench/compare.py's to measure.
+        # that a host loaded by the slow lane is not taken for a restarter that never
+        # answers (CI, 2026-12-03: a restarter starting 280 Python services beside QEMU
+        # guests had logged 97 starts and answered no ping within 10 s). Start-up speed
+        # is bench/compare.py's to measure.
         wait_until(lambda: self.ping() or self._gone(), START_TIMEOUT,
                    "the restarter's control socket")
         if self._gone():
