@@ -49,8 +49,11 @@ def socket_address(value: str) -> str | bytes:
     return value
 
 
-def notify_fallback(state: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Send `state` on `$NOTIFY_SOCKET` with a plain datagram. False when unset or failed."""
+def notify_fallback(state: str, environ: Mapping[str, str] | None = None,
+                    wait: bool = True) -> bool:
+    """Send `state` on `$NOTIFY_SOCKET` with a plain datagram. False when unset or failed.
+    With `wait` False a socket whose queue is full (its reader is busy) is a failure at
+    once instead of a send that waits until the reader catches up."""
     env = os.environ if environ is None else environ
     target = env.get("NOTIFY_SOCKET", "")
     if not target or not state:
@@ -59,21 +62,27 @@ def notify_fallback(state: str, environ: Mapping[str, str] | None = None) -> boo
         return False  # a vsock address or garbage: not something this fallback speaks
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.sendto(state.encode(), socket_address(target))
+            s.sendto(state.encode(), 0 if wait else socket.MSG_DONTWAIT,
+                     socket_address(target))
     except OSError:
         return False
     return True
 
 
-def notify(state: str, use_library: bool = True) -> bool:
+def notify(state: str, use_library: bool = True, wait: bool = True) -> bool:
     """Send one sd_notify message such as "READY=1" or "WATCHDOG=1\\nSTATUS=ok".
 
     True when the message was handed to the socket; False when there is no
     `$NOTIFY_SOCKET` (not started by systemd, or `Type=` is not notify) or sending failed.
     `use_library=False` skips systemd-python (tests use it to run the fallback path).
+    `wait=False` never waits: a full queue on the socket (systemd, which reads one socket
+    for every unit, is busy) is a False at once. libsystemd's sd_notify waits there, so
+    this takes the fallback path (a loop that must never block: the tickler's).
     """
     if not os.environ.get("NOTIFY_SOCKET"):
         return False
+    if not wait:
+        return notify_fallback(state, wait=False)
     lib = _library_notify() if use_library else None
     if lib is not None:
         try:

@@ -177,8 +177,9 @@ class RecordWriter:
                 return
             try:
                 fn()
-            except OSError as e:
-                log(f"cannot write {what}: {e}")
+            except Exception as e:  # noqa: BLE001 - the thread must outlive any one record
+                why = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+                log(f"cannot write {what}: {why}")
 
     def close(self, timeout: float) -> bool:
         """Finish what is queued, waiting at most `timeout` s; False when it did not."""
@@ -267,9 +268,13 @@ class Tickler:
         self.pet_late_worst = 0.0
         self.pet_late_warnings = 0
         restarts = os.environ.get(channels.ENV_LAYER_RESTARTS, "0")
+        self.restarts = int(restarts) if restarts.isdigit() else 0
         self.carry_pet_timing()
-        self.hb = channels.HeartbeatWriter(self.state_dir, "tickler",
-                                           int(restarts) if restarts.isdigit() else 0)
+        # made by beat(), again until it can be: a state_dir where hb/ cannot be made
+        # (read-only, full) must not end a tickler that has armed the device (init's
+        # restarts of it would pet the device for ever); the gate fails on it instead
+        self.hb: channels.HeartbeatWriter | None = None
+        self.hb_error = ""
 
     def carry_pet_timing(self) -> None:
         """A tickler restarted within a boot goes on with the worst pet lateness of the
@@ -466,9 +471,9 @@ class Tickler:
             # Under systemd (Type=notify, WatchdogSec=), tell it the chain is up and
             # healthy: systemd's watchdog then means what the hardware one means.
             if not self.sd_ready:
-                self.sd_ready = sdnotify.notify("READY=1\nSTATUS=chain healthy")
+                self.sd_ready = sdnotify.notify("READY=1\nSTATUS=chain healthy", wait=False)
             else:
-                sdnotify.notify("WATCHDOG=1")
+                sdnotify.notify("WATCHDOG=1", wait=False)  # a full queue must not stop pets
             if self.wd is not None and now + PET_EARLY >= self.next_pet:
                 self.pet(now)
         else:
@@ -554,6 +559,14 @@ class Tickler:
             "pet_late_warnings": self.pet_late_warnings, "pet_late_warn": self.late_warn,
             "read_deadline": self.read_deadline, "disarmed": self.disarmed,
         }
+        if self.hb is None:
+            try:
+                self.hb = channels.HeartbeatWriter(self.state_dir, "tickler", self.restarts)
+            except OSError as e:
+                if str(e) != self.hb_error:  # once, not every tick
+                    self.hb_error = str(e)
+                    log(f"cannot write the heartbeat in {self.state_dir}: {e}")
+                return
         self.hb.beat(extra)
 
     # -- the loop ----------------------------------------------------------------------

@@ -1,0 +1,145 @@
+"""The tickler after the device is armed: nothing may end it or stall its pet loop but
+the device itself (docs/tickler.md, "A loop that never blocks").
+
+A tickler that dies after the open is restarted by init, and every restart pets the
+device (the close without 'V' gives it one last pet, the new tickler's SETTIMEOUT
+another): a tickler that keeps dying keeps the machine from ever being reset, with no
+gate evaluated at all. A pet loop that blocks stops petting a healthy machine. Each test
+drives the real tickler against the watchdog simulator.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from hachain import bootrecord, channels
+from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
+from tests.conftest import children, heartbeat_window, wait_until
+from tests.test_tickler import HB_TIMEOUT, PET, TIMEOUT, ForgedLayers, Rig
+
+PY = sys.executable
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.mark.slow
+def test_unusable_state_dir_under_init_ends_in_a_reset(tmp_path: Any) -> None:
+    """<state_dir>/hb cannot be made (a file is in the way; a read-only or full state_dir
+    fails the same way): no layer can write a heartbeat, so the gate must fail and the
+    watchdog fire. The tickler used to die on it right after arming the device, and init's
+    restarts of it petted the device for ever."""
+    timeout, grace = 5, 2.0
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    state_dir.mkdir()
+    (state_dir / channels.HEARTBEAT_DIR).write_text("not a directory\n")
+    sock = str(tmp_path / "wd.sock")
+    fired = threading.Event()
+    wd = SoftWatchdog(timeout=10)
+    server = WatchdogServer(sock, wd, fired.set)
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{state_dir}"\npersist_dir = "{persist_dir}"\n'
+                   f'heartbeat_interval = 0.2\n[watchdog]\ndevice = "sim:{sock}"\n'
+                   f"timeout = {timeout}\npet_interval = {PET}\n"
+                   f"heartbeat_timeout = {HB_TIMEOUT}\nrestart_grace = {grace}\n")
+    tickler = shlex.join([PY, "-m", "hachain.watchdog.tickler", "-c", str(cfg),
+                          "--no-realtime"])
+    err = tmp_path / "init.err"
+    server.start()
+    with open(err, "wb") as errf:
+        init = subprocess.Popen(
+            [PY, "-m", "hachain.init.main", "--state-dir", str(state_dir), "--config",
+             str(cfg), "--restart-delay", "1", "--heartbeat-interval", "0.2",
+             "--restarter-cmd", "sleep 600", "--tickler-cmd", tickler], stderr=errf)
+    try:
+        wait_until(lambda: wd.armed, 30, "the tickler to arm the device")
+        # the gate fails restart_grace after the tickler started; then one timeout
+        assert fired.wait(grace + timeout + 15), (
+            "the watchdog never fired:\n" + err.read_text(errors="replace")[-3000:])
+        text = err.read_text(errors="replace")
+        assert text.count("started tickler") == 1, text[-3000:]
+        gate = channels.read_json(str(persist_dir / channels.GATE_RECORD))
+        assert any("init heartbeat missing" in r for r in gate["reasons"]), gate
+    finally:
+        if init.poll() is None:
+            os.kill(init.pid, signal.SIGSTOP)  # no restarts while we clean up
+            for pid in children(init.pid):
+                os.kill(pid, signal.SIGKILL)
+        init.kill()
+        init.wait(10)
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_full_notify_socket_does_not_stop_the_pets(tmp_path: Any) -> None:
+    """Under systemd the tickler sends READY=1 and WATCHDOG=1 on $NOTIFY_SOCKET. When the
+    socket's queue is full (systemd busy: one socket serves every unit), the send must not
+    wait: it used to block the pet loop, and a healthy machine was reset."""
+    rig = Rig(str(tmp_path))
+    path = str(tmp_path / "notify")
+    nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    nsock.bind(path)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    queued = 0
+    try:
+        while True:
+            filler.sendto(b"X=1", path)
+            queued += 1
+    except BlockingIOError:
+        pass
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid), open(rig.log, "ab") as logf:
+            p = subprocess.Popen([PY, "-m", "hachain.watchdog.tickler", "-c", rig.config],
+                                 stdout=logf, stderr=logf,
+                                 env=dict(os.environ, NOTIFY_SOCKET=path))
+            rig.procs.append(p)
+            wait_until(lambda: rig.pets() >= 2, TIMEOUT + 5,
+                       "the tickler to pet with systemd's socket full")
+            heartbeat_window(rig.tickler_hb, 2 * TIMEOUT, "the tickler")
+            assert rig.server.expirations == 0, rig.log_text()
+            # systemd reads again: READY=1 gets through
+            nsock.settimeout(10)
+            got = b""
+            deadline = time.monotonic() + 10
+            while b"READY=1" not in got and time.monotonic() < deadline:
+                got = nsock.recv(4096)
+            assert b"READY=1" in got
+    finally:
+        rig.close()
+        nsock.close()
+        filler.close()
+    assert queued > 0
+
+
+@pytest.mark.slow
+def test_a_record_that_raises_leaves_the_writer_running(tmp_path: Any) -> None:
+    """A boot record the tickler cannot use (valid JSON, a wrong type inside: not an
+    OSError) is logged; the writer thread goes on and gate.json is still written when the
+    gate fails. The thread used to die on it, and every later record was lost."""
+    rig = Rig(str(tmp_path))
+    os.makedirs(rig.persist_dir)
+    channels.write_json(os.path.join(rig.persist_dir, bootrecord.RECORD),
+                        {"boots": [{"boot": "first"}]})
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid) as layers:
+            rig.start_tickler()
+            wait_until(lambda: rig.pets() >= 2, 10, "petting")
+            layers.layers["restarter"] = False  # alive but silent: hung
+            assert rig.expired.wait(TIMEOUT + PET + HB_TIMEOUT + 2)
+        gate = wait_until(lambda: channels.read_json(
+            os.path.join(rig.persist_dir, channels.GATE_RECORD)), 5, "gate.json")
+        assert gate["reasons"][0].startswith("restarter heartbeat stale"), gate
+        assert "cannot write" in rig.log_text()
+    finally:
+        rig.close()
