@@ -242,7 +242,8 @@ def test_killed_tickler_leaves_it_armed_and_a_new_one_takes_over(rig: Rig) -> No
     with ForgedLayers(rig.state_dir, rig.sleeper.pid):
         p = rig.start_tickler()
         wait_until(lambda: rig.pets() >= 1, 10, "petting")
-        boot_rec = channels.read_json(os.path.join(rig.persist_dir, "last_boot.json"))
+        boot_rec = wait_until(lambda: channels.read_json(  # written by the writer thread
+            os.path.join(rig.persist_dir, "last_boot.json")), 5, "last_boot.json")
         p.kill()
         p.wait(10)
         assert sim_attributes(rig.sock)["state"] == "active"  # no magic close: still armed

@@ -143,3 +143,25 @@ def test_a_record_that_raises_leaves_the_writer_running(tmp_path: Any) -> None:
         assert "cannot write" in rig.log_text()
     finally:
         rig.close()
+
+
+@pytest.mark.slow
+def test_a_hung_persist_dir_does_not_keep_the_armed_device_from_its_pets(
+        tmp_path: Any) -> None:
+    """last_boot.json is read and written (fsync'd) once the device is armed. A FIFO in its
+    place stands for a persist_dir that hangs (a hung NFS or FUSE mount, a disk in error
+    recovery): the tickler used to wait there on its main thread, before its first pet,
+    and the watchdog reset a healthy machine."""
+    rig = Rig(str(tmp_path))
+    os.makedirs(rig.persist_dir)
+    os.mkfifo(os.path.join(rig.persist_dir, "last_boot.json"))
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            rig.start_tickler()
+            wait_until(lambda: rig.pets() >= 2, TIMEOUT + 5, "the tickler to pet")
+            heartbeat_window(rig.tickler_hb, 2 * TIMEOUT, "the tickler")
+            assert rig.server.expirations == 0, rig.log_text()
+            assert rig.pets() >= 2 * TIMEOUT / PET - 2
+    finally:
+        rig.close()

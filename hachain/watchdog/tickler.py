@@ -319,7 +319,10 @@ class Tickler:
             + f", petting every {self.wdc.pet_interval:g} s while the gate passes")
 
     def record_last_boot(self) -> None:
-        """Write last_boot.json once per boot: the boot status and the last gate failure."""
+        """Write last_boot.json once per boot: the boot status and the last gate failure.
+        The files are read and written by the writer thread, in order before any record
+        of this boot's gate: the device is armed, and a hung or slow persist_dir (an fsync
+        in a disk's error recovery) must not keep the loop from its first pet."""
         if self.wd is None:
             return
         try:
@@ -328,6 +331,12 @@ class Tickler:
             log(f"cannot read boot status: {e}")
             return
         path = os.path.join(self.persist_dir, LAST_BOOT)
+        # (a restarted tickler's begin_boot finds the boot status there and writes nothing)
+        self.records.submit(bootrecord.RECORD, lambda: self.begin_boot(bootstatus))
+        self.records.submit(path, lambda: self.write_last_boot(path, bootstatus))
+
+    def write_last_boot(self, path: str, bootstatus: int) -> None:
+        """record_last_boot's reads and writes, in the writer thread."""
         try:
             old = channels.read_json(path)
         except (ValueError, OSError):
@@ -340,7 +349,6 @@ class Tickler:
             gate = None
         if isinstance(gate, dict) and self.boot_id and gate.get("boot_id") == self.boot_id:
             gate = None  # from this boot (an earlier tickler): not about the previous one
-        self.records.submit(bootrecord.RECORD, lambda: self.begin_boot(bootstatus))
         cause = boot_cause(bootstatus)
         rec = {
             "boot_id": self.boot_id, "wall": time.time(), "device": self.device,
