@@ -10,6 +10,7 @@ drives the real tickler against the watchdog simulator.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from hachain import bootrecord, channels
+from hachain import bootrecord, channels, snapshot
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from tests.conftest import children, heartbeat_window, wait_until
 from tests.test_tickler import HB_TIMEOUT, PET, TIMEOUT, ForgedLayers, Rig
@@ -165,3 +166,51 @@ def test_a_hung_persist_dir_does_not_keep_the_armed_device_from_its_pets(
             assert rig.pets() >= 2 * TIMEOUT / PET - 2
     finally:
         rig.close()
+
+
+MNT_DETACH = 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
+                    reason="a hung FUSE mount needs root and /dev/fuse")
+def test_a_hung_persist_dir_does_not_keep_the_device_from_being_armed(
+        tmp_path: Any) -> None:
+    """persist_dir on a FUSE mount whose server never answers (what a hung NFS or FUSE
+    mount, or a dead disk, does to a lookup). The boot record before the open has a
+    deadline; the tickler used to make persist_dir before that, with none, and hung
+    there: the device was never opened, so nothing would ever reset the machine."""
+    mnt = tmp_path / "hung"
+    mnt.mkdir()
+    libc = ctypes.CDLL(None, use_errno=True)
+    fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    opts = f"fd={fuse},rootmode=40000,user_id=0,group_id=0".encode()
+    if libc.mount(b"hung", str(mnt).encode(), b"fuse.hung", 0, opts) != 0:
+        os.close(fuse)
+        pytest.skip(f"cannot mount FUSE here: {os.strerror(ctypes.get_errno())}")
+    rig = Rig(str(tmp_path))
+    try:
+        cfg = open(rig.config).read().replace(rig.persist_dir, str(mnt / "persist"))
+        with open(rig.config, "w") as f:
+            f.write(cfg)
+        # as `hachain run` does: this run's snapshot is accepted before the layers start
+        # (with none, the tickler's parser accepts the file itself and writes the
+        # last-known-good copy into persist_dir before the open: docs/tickler.md, step 1)
+        cid = channels.chain_id(os.getpid())
+        snapshot.accept(rig.config, chain_id=cid, last_good=False)
+        rig.server.start()
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid), open(rig.log, "ab") as logf:
+            rig.procs.append(subprocess.Popen(
+                [PY, "-m", "hachain.watchdog.tickler", "-c", rig.config], stdout=logf,
+                stderr=logf, env=dict(os.environ, **{channels.ENV_CHAIN_ID: cid,
+                                                     channels.ENV_STATE_DIR: rig.state_dir})))
+            # the boot record's deadline (5 s), then the open
+            wait_until(lambda: rig.pets() >= 2, 5 + TIMEOUT + 10,
+                       "the tickler to arm the device and pet it")
+            heartbeat_window(rig.tickler_hb, 2 * TIMEOUT, "the tickler")
+            assert rig.server.expirations == 0, rig.log_text()
+        assert "cannot write the boot record in" in rig.log_text()
+    finally:
+        rig.close()  # SIGKILL: a process waiting on FUSE dies of it
+        os.close(fuse)  # aborts the connection: anything still waiting gets ENOTCONN
+        libc.umount2(str(mnt).encode(), MNT_DETACH)

@@ -782,22 +782,32 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_realtime:
         for w in go_realtime():
             log(f"warning: {w}")
-    for d in (cfg.chain.state_dir, cfg.chain.persist_dir):
-        try:
-            os.makedirs(d, exist_ok=True)
-        except OSError as e:
-            log(f"cannot create {d}: {e}")
+    try:
+        os.makedirs(cfg.chain.state_dir, exist_ok=True)
+    except OSError as e:
+        log(f"cannot create {cfg.chain.state_dir}: {e}")
     # The boot record first, before the device is armed: a boot that goes wrong from here
-    # on is counted even if nothing gets to say why.
+    # on is counted even if nothing gets to say why. persist_dir (a disk, which can hang)
+    # is touched only under this deadline before the open: a hang there must not keep the
+    # device from being armed.
     boot_id = bootrecord.current_boot_id()
-    answered, entry = bounded(lambda: begin_boot_record(cfg, boot_id), RECORD_DEADLINE,
-                              "boot-record")
-    if not answered or not isinstance(entry, dict):
-        why = entry if answered else f"no answer within {RECORD_DEADLINE:g} s"
+
+    def first_records() -> tuple[dict[str, Any], list[str]]:
+        try:
+            os.makedirs(cfg.chain.persist_dir, exist_ok=True)
+        except OSError as e:
+            log(f"cannot create {cfg.chain.persist_dir}: {e}")
+        entry = begin_boot_record(cfg, boot_id)
+        return entry, bootrecord.describe(bootrecord.summary(cfg.chain.persist_dir, boot_id))
+
+    answered, got = bounded(first_records, RECORD_DEADLINE, "boot-record")
+    entry: dict[str, Any] | None = None
+    if not answered or not isinstance(got, tuple):
+        why = got if answered else f"no answer within {RECORD_DEADLINE:g} s"
         log(f"cannot write the boot record in {cfg.chain.persist_dir}: {why}")
-        entry = None
     else:
-        for line in bootrecord.describe(bootrecord.summary(cfg.chain.persist_dir, boot_id)):
+        entry = got[0]
+        for line in got[1]:
             log(line)
     wd: Watchdog | None = None
     if cfg.watchdog.device == "none":
