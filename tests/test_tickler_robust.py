@@ -214,3 +214,50 @@ def test_a_hung_persist_dir_does_not_keep_the_device_from_being_armed(
         rig.close()  # SIGKILL: a process waiting on FUSE dies of it
         os.close(fuse)  # aborts the connection: anything still waiting gets ENOTCONN
         libc.umount2(str(mnt).encode(), MNT_DETACH)
+
+
+@pytest.mark.slow
+def test_an_orderly_stop_with_slow_records_still_disarms(tmp_path: Any) -> None:
+    """init gives the tickler min(stop_timeout, 5) s between SIGTERM and SIGKILL; the
+    tickler waits up to 5 s for its records (the boot record's "shutdown") before it
+    exits. The magic close used to come after that wait: with a persist_dir that does not
+    answer (a FIFO in place of the boot record here), init's SIGKILL came first and the
+    stopped chain left the watchdog armed, to reset the machine."""
+    timeout, stop_timeout = 10, 2
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    persist_dir.mkdir()
+    os.mkfifo(persist_dir / bootrecord.RECORD)
+    sock = str(tmp_path / "wd.sock")
+    wd = SoftWatchdog(timeout=30)
+    server = WatchdogServer(sock, wd, lambda: None)
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{state_dir}"\npersist_dir = "{persist_dir}"\n'
+                   f'heartbeat_interval = 0.2\n[watchdog]\ndevice = "sim:{sock}"\n'
+                   f"timeout = {timeout}\npet_interval = {PET}\n"
+                   f"heartbeat_timeout = {HB_TIMEOUT}\nrestart_grace = 60\n")
+    tickler = shlex.join([PY, "-m", "hachain.watchdog.tickler", "-c", str(cfg),
+                          "--no-realtime"])
+    err = tmp_path / "init.err"
+    server.start()
+    with open(err, "wb") as errf:
+        init = subprocess.Popen(
+            [PY, "-m", "hachain.init.main", "--state-dir", str(state_dir), "--config",
+             str(cfg), "--stop-timeout", str(stop_timeout), "--heartbeat-interval", "0.2",
+             "--restarter-cmd", "sleep 600", "--tickler-cmd", tickler], stderr=errf)
+    try:
+        # armed after the boot record's 5 s deadline; then petting
+        wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "tickler"))
+                   and h.extra.get("pets", 0) >= 1, 30, "the tickler to pet")
+        init.send_signal(signal.SIGTERM)
+        assert init.wait(30) == 0
+        text = err.read_text(errors="replace")
+        assert "magic close: watchdog disarmed" in text, text[-3000:]
+        wait_until(lambda: not wd.armed, 5, "the simulator to see the magic close")
+    finally:
+        if init.poll() is None:
+            os.kill(init.pid, signal.SIGSTOP)
+            for pid in children(init.pid):
+                os.kill(pid, signal.SIGKILL)
+        init.kill()
+        init.wait(10)
+        server.stop()

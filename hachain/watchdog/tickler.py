@@ -663,23 +663,27 @@ class Tickler:
         self.records.submit(bootrecord.RECORD, lambda: bootrecord.set_reason(
             self.persist_dir, self.boot_id, bootrecord.SHUTDOWN,
             ["orderly stop (SIGTERM or SIGINT to the tickler)"], time.time()))
+        # The device before the wait for the records: init SIGKILLs the tickler
+        # min(stop_timeout, 5) s after its SIGTERM, and a SIGKILL before the magic close
+        # would leave the watchdog armed, to reset a machine whose chain was stopped.
+        if self.wd is not None:
+            nowayout = self.wd.nowayout or self.wdc.nowayout
+            try:
+                if nowayout:
+                    self.wd.close()
+                    log(f"{self.device}: stopping; nowayout: the watchdog stays armed")
+                elif self.wd.magic_close():
+                    log(f"{self.device}: stopping; magic close: watchdog disarmed")
+                else:
+                    log(f"{self.device}: stopping; driver is nowayout: watchdog stays armed")
+            except WatchdogError as e:
+                log(f"{self.device}: stopping; magic close failed, watchdog stays armed: {e}")
         if not self.records.close(RECORD_DEADLINE):
             log(f"the records in {self.persist_dir} did not finish writing within "
                 f"{RECORD_DEADLINE:g} s")
         if self.wd is None:
             log("stopping (no device)")
             return 0
-        nowayout = self.wd.nowayout or self.wdc.nowayout
-        try:
-            if nowayout:
-                self.wd.close()
-                log(f"{self.device}: stopping; nowayout: the watchdog stays armed")
-            elif self.wd.magic_close():
-                log(f"{self.device}: stopping; magic close: watchdog disarmed")
-            else:
-                log(f"{self.device}: stopping; driver is nowayout: watchdog stays armed")
-        except WatchdogError as e:
-            log(f"{self.device}: stopping; magic close failed, watchdog stays armed: {e}")
         self.beat()
         return 0
 
