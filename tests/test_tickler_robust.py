@@ -261,3 +261,26 @@ def test_an_orderly_stop_with_slow_records_still_disarms(tmp_path: Any) -> None:
         init.kill()
         init.wait(10)
         server.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_between_the_open_and_the_loop_still_disarms(tmp_path: Any) -> None:
+    """A SIGTERM that comes after the open and before the loop (init stopping a chain
+    whose tickler it has just started) is an orderly stop: magic close, exit 0. It used to
+    kill the tickler with the default action, which left the watchdog armed. A FIFO in
+    place of the tickler's old heartbeat holds the tickler there for its read deadline
+    (0.5 s here) after the open."""
+    rig = Rig(str(tmp_path))
+    os.makedirs(os.path.join(rig.state_dir, channels.HEARTBEAT_DIR))
+    os.mkfifo(channels.heartbeat_path(rig.state_dir, "tickler"))
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            p = rig.start_tickler()
+            wait_until(lambda: rig.wd.armed, 30, "the tickler to open the device")
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(10) == 0, rig.log_text()
+            assert "magic close: watchdog disarmed" in rig.log_text()
+            wait_until(lambda: not rig.wd.armed, 5, "the simulator to see the magic close")
+    finally:
+        rig.close()

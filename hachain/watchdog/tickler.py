@@ -75,6 +75,11 @@ TICK_AFTER = 0.005  # ticks come this long after the chain's heartbeat grid (nex
 RT_PRIORITY = 50  # SCHED_FIFO priority: above ordinary services, below kernel threads
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_EARLY = [False]  # a stop signal came before the loop took them over (main, run)
+
+
+def _stop_early(_sig: int, _frame: object) -> None:
+    STOP_EARLY[0] = True
 
 
 def log(msg: str) -> None:
@@ -590,6 +595,7 @@ class Tickler:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_stop)
+        self.stop_requested = self.stop_requested or STOP_EARLY[0]  # (after the swap)
         period, r = self.period, self.reader
         next_tick = time.monotonic()
         while not self.stop_requested:
@@ -776,6 +782,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point. 0 after an orderly stop, 1 on a device error, 2 on a bad config."""
     args = build_parser().parse_args(argv)
     started = time.monotonic()
+    # A stop signal from here on is kept for the loop: one that killed the tickler between
+    # the open and the loop would leave the device armed (no magic close) and reset a
+    # machine whose chain was stopped.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop_early)
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
@@ -814,6 +825,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in got[1]:
             log(line)
     wd: Watchdog | None = None
+    if STOP_EARLY[0]:  # (a tickler that never opened it has nothing to disarm)
+        log("stopped before the watchdog was opened")
+        return 0
     if cfg.watchdog.device == "none":
         log('WARNING: [watchdog] device = "none": nothing will reset this machine; the '
             "health gate is evaluated and published only")
