@@ -84,6 +84,13 @@ def layer_reasons(layer: str, hb: Heartbeat | None, alive: bool, now: float,
             return []  # not started yet: give it the restart grace
         waited = f" after {_num(now - started)} s" if started is not None else ""
         return [f"{layer} heartbeat missing{waited} (grace {_num(cfg.restart_grace)} s)"]
+    if not math.isfinite(hb.mono):
+        return [f"{layer} heartbeat malformed: mono is {hb.mono!r}"]
+    if hb.mono - now > cfg.heartbeat_timeout:
+        # not written in this boot: a state_dir kept across a reboot (CLOCK_MONOTONIC
+        # starts again at 0), which would otherwise read as fresh for that boot's uptime
+        return [f"{layer} heartbeat from the future: written at {_num(hb.mono)} s, now "
+                f"{_num(now)} s (monotonic; a file from another boot?)"]
     age = hb.age(now)
     if age <= cfg.heartbeat_timeout:
         return []
@@ -167,7 +174,8 @@ def fence_reasons(now: float, chb: Heartbeat | None, rhb: Heartbeat | None) -> l
     late = f"lease not renewed for {_num(now - fence)} s past the fence (half the TTL)"
     if rhb is None or rhb.mono < until:
         return [f"{late}, and the restarter has not shown its singletons down since"]
-    return [f"{late}, and singletons still up: {', '.join(map(str, up or ['unknown']))}"]
+    names = up if isinstance(up, list) and up else ["unknown" if not up else repr(up)]
+    return [f"{late}, and singletons still up: {', '.join(map(str, names))}"]
 
 
 def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str, bool],
