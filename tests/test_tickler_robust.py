@@ -284,3 +284,28 @@ def test_sigterm_between_the_open_and_the_loop_still_disarms(tmp_path: Any) -> N
             wait_until(lambda: not rig.wd.armed, 5, "the simulator to see the magic close")
     finally:
         rig.close()
+
+
+@pytest.mark.slow
+def test_a_malformed_rescue_in_the_boot_record_does_not_end_the_tickler(
+        tmp_path: Any) -> None:
+    """This boot's entry in the boot record with a `rescue` that is not a table (the file
+    is JSON, a field has the wrong type). Its summary raised AttributeError on the main
+    thread before the open (every restart died there: the device was never opened), and
+    the boot-loop check after the open could raise it too (init's restarts of a tickler
+    that dies there pet the device for ever). It now pets as usual."""
+    rig = Rig(str(tmp_path))
+    os.makedirs(rig.persist_dir)
+    entry = {"boot": 1, "boot_id": bootrecord.current_boot_id(), "started_wall": 1.0,
+             "reason": "unknown", "rescue": "disarm", "bootstatus": 0, "device": "x"}
+    channels.write_json(os.path.join(rig.persist_dir, bootrecord.RECORD),
+                        {"version": 1, "counter": 1, "boots": [entry]})
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            p = rig.start_tickler()
+            wait_until(lambda: rig.pets() >= 2 or p.poll() is not None, TIMEOUT + 10,
+                       "the tickler to pet")
+            assert p.poll() is None, rig.log_text()
+    finally:
+        rig.close()

@@ -376,9 +376,10 @@ class Tickler:
     def disarm_for_boot_loop(self) -> None:
         """`boot_loop.action = "disarm"` in a boot-loop boot: magic close, so the machine
         stays up for an operator; the gate is still evaluated and published."""
-        resc = (self.boot_entry or {}).get("rescue") or {}
-        if self.wd is None or resc.get("action") != "disarm" or \
-                (self.boot_entry or {}).get("cleared"):
+        entry = self.boot_entry if isinstance(self.boot_entry, dict) else {}
+        resc = entry.get("rescue")  # (a field of the wrong type must not end the tickler)
+        if self.wd is None or not isinstance(resc, dict) or \
+                resc.get("action") != "disarm" or entry.get("cleared"):
             return
         why = f"boot loop: boots {resc.get('boots')} ended {resc.get('reasons')}"
         try:
