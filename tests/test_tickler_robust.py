@@ -309,3 +309,37 @@ def test_a_malformed_rescue_in_the_boot_record_does_not_end_the_tickler(
             assert p.poll() is None, rig.log_text()
     finally:
         rig.close()
+
+
+@pytest.mark.slow
+def test_a_heartbeat_that_cannot_be_parsed_leaves_the_reader_running(
+        tmp_path: Any) -> None:
+    """A restarter heartbeat whose pid is 1e999 (JSON for infinity: int() raises
+    OverflowError, which the parser did not expect). The reader thread died on it, every
+    later tick failed with 'did not answer', and the machine was reset although the
+    heartbeats were good again. Now it reads as missing, and the gate passes once a good
+    heartbeat is back."""
+    rig = Rig(str(tmp_path))
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid) as layers:
+            rig.start_tickler()
+            wait_until(lambda: rig.pets() >= 2, TIMEOUT + 10, "petting")
+            layers.layers["restarter"] = False
+            path = channels.heartbeat_path(rig.state_dir, "restarter")
+            bad = (b'{"layer": "restarter", "pid": 1e999, "mono": 1.0, "started_mono": 1.0,'
+                   b' "seq": 1}\n')
+            with open(path + ".bad", "wb") as f:
+                f.write(bad)
+            os.rename(path + ".bad", path)
+            seen = rig.tickler_hb().seq  # type: ignore[union-attr]
+            # two of the tickler's ticks: a round of reads has met the bad file
+            wait_until(lambda: (h := rig.tickler_hb()) is not None and h.seq >= seen + 2, 10,
+                       "two ticks")
+            layers.layers["restarter"] = True
+            heartbeat_window(rig.tickler_hb, 2 * TIMEOUT, "the tickler")
+            assert rig.server.expirations == 0, rig.log_text()
+            hb = rig.tickler_hb()
+            assert hb is not None and hb.extra["gate"]["ok"], hb and hb.extra["gate"]
+    finally:
+        rig.close()

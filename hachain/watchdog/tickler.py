@@ -147,7 +147,10 @@ class Reader:
             out: dict[str, channels.Heartbeat | None] = {}
             for layer in self.layers:
                 self.layer = layer
-                out[layer] = channels.read_heartbeat(self.state_dir, layer)  # may hang
+                try:
+                    out[layer] = channels.read_heartbeat(self.state_dir, layer)  # may hang
+                except Exception:  # noqa: BLE001 - a file it cannot parse is no heartbeat;
+                    out[layer] = None  # this thread dying would fail every later tick
             self.result = out
             self.answered += 1
             self.busy_since = None
