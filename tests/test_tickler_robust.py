@@ -343,3 +343,34 @@ def test_a_heartbeat_that_cannot_be_parsed_leaves_the_reader_running(
             assert hb is not None and hb.extra["gate"]["ok"], hb and hb.extra["gate"]
     finally:
         rig.close()
+
+
+@pytest.mark.slow
+def test_a_stderr_nobody_reads_does_not_stop_the_pets(tmp_path: Any) -> None:
+    """The tickler's stderr is a pipe whose reader is stuck (a hung journald, a console
+    nobody drains), already full. Its log lines ("armed, ...") were written by the pet
+    loop's own thread, which blocked there: no pet, and a healthy machine was reset."""
+    rig = Rig(str(tmp_path))
+    r, w = os.pipe()
+    # fill it through a second, non-blocking open of the same pipe: the tickler's end
+    # stays blocking, as a real stderr is
+    filler = os.open(f"/proc/self/fd/{w}", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(filler, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.close(filler)
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            p = subprocess.Popen([PY, "-m", "hachain.watchdog.tickler", "-c", rig.config],
+                                 stdout=w, stderr=w)
+            rig.procs.append(p)
+            wait_until(lambda: rig.pets() >= 2, TIMEOUT + 10, "the tickler to pet")
+            heartbeat_window(rig.tickler_hb, 2 * TIMEOUT, "the tickler")
+            assert rig.server.expirations == 0
+    finally:
+        rig.close()
+        os.close(r)
+        os.close(w)

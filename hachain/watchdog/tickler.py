@@ -37,6 +37,7 @@ to restart it; the restarted tickler opens the device again and SETTIMEOUT pets 
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import errno
 import json
@@ -82,12 +83,62 @@ def _stop_early(_sig: int, _frame: object) -> None:
     STOP_EARLY[0] = True
 
 
-def log(msg: str) -> None:
-    """One line on stderr, prefixed with the program name."""
+LOG_QUEUE_MAX = 1000  # log lines waiting for a stderr that does not take them
+LOG_FLUSH = 1.0  # at exit, how long the lines still queued may take
+
+
+class LogWriter:
+    """stderr written by a thread of its own: a write to a pipe or socket whose reader is
+    stuck (a hung journald, a full console pipe) blocks, and must not block the loop, or
+    the start before the open. Lines past LOG_QUEUE_MAX are dropped, and counted."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[bytes | None] = queue.Queue(LOG_QUEUE_MAX)
+        self.dropped = 0
+        self.thread = threading.Thread(target=self.run, name="log", daemon=True)
+        self.thread.start()
+
+    def put(self, line: bytes) -> None:
+        try:
+            self.q.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+
+    def run(self) -> None:
+        while (line := self.q.get()) is not None:
+            if self.dropped:
+                n, self.dropped = self.dropped, 0
+                _write_err(channels.log_line(PROG, f"{n} log line(s) dropped: stderr "
+                                                   "did not take them"))
+            _write_err(line)
+
+    def flush(self, timeout: float) -> None:
+        """Write what is queued, waiting at most `timeout` s (at exit)."""
+        try:
+            self.q.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self.thread.join(timeout)
+
+
+_LOG: list[LogWriter] = []  # the writer, once main started it
+
+
+def _write_err(line: bytes) -> None:
     try:
-        os.write(2, channels.log_line(PROG, msg))
+        os.write(2, line)
     except OSError:
         pass
+
+
+def log(msg: str) -> None:
+    """One line on stderr, prefixed with the program name (through the log thread once
+    main has started it)."""
+    line = channels.log_line(PROG, msg)
+    if _LOG:
+        _LOG[0].put(line)
+    else:
+        _write_err(line)
 
 
 def bounded(fn: Callable[[], Any], deadline: float, name: str) -> tuple[bool, Any]:
@@ -798,6 +849,9 @@ def main(argv: list[str] | None = None) -> int:
             log(line)
         return 2
     os.environ[channels.ENV_LOG_FORMAT] = cfg.chain.log_format
+    if not _LOG:  # after load_config's fork: no thread is copied into its child
+        _LOG.append(LogWriter())
+        atexit.register(_LOG[0].flush, LOG_FLUSH)
     if not args.no_realtime:
         for w in go_realtime():
             log(f"warning: {w}")
