@@ -49,6 +49,7 @@ Some facts this code is built on:
 
 from __future__ import annotations
 
+import _thread  # built in: nothing to read from a disk that may hang at the end
 import argparse
 import ctypes
 import os
@@ -69,6 +70,7 @@ FAULT_EXIT_STATUS = 70
 ERROR_PAUSE = 1.0  # after any exception in the loop
 SHUTDOWN_POLL = 0.1  # rescan for reparented orphans while stopping
 MAX_GRACE = 5.0  # SIGTERM-to-SIGKILL grace for the tickler and the leftovers
+SYNC_LIMIT = 30.0  # the last sync before reboot(2): longer, and the box reboots unsynced
 FIRST_BACKOFF = 0.1  # the delay after a second quick death; doubles up to --restart-delay
 STABLE_AFTER = 10.0  # a layer that ran this long starts the sequence again (immediate)
 
@@ -570,7 +572,18 @@ def final_reboot(cmd: int) -> None:
     """PID 1's last act: sync and reboot(2). Returns only if the kernel refused."""
     names = {RB_AUTOBOOT: "reboot", RB_HALT_SYSTEM: "halt", RB_POWER_OFF: "power off"}
     log(f"all processes stopped; sync and {names.get(cmd, hex(cmd))}")
-    os.sync()
+    # The tickler has disarmed the watchdog by now: a sync that never returns (a dead NFS
+    # server, a disk in error recovery) would hang the box for good. It gets SYNC_LIMIT.
+    busy = _thread.allocate_lock()
+    busy.acquire()
+
+    def sync() -> None:
+        os.sync()
+        busy.release()
+    _thread.start_new_thread(sync, ())
+    if not busy.acquire(timeout=SYNC_LIMIT):
+        log(f"sync did not return within {SYNC_LIMIT:g} s: {names.get(cmd, hex(cmd))} "
+            "without it (unwritten data may be lost)")
     try:
         libc_call("reboot", ctypes.c_int(cmd))
     except OSError as e:
