@@ -10,6 +10,7 @@ drives the real tickler against the watchdog simulator.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shlex
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -32,6 +34,42 @@ PY = sys.executable
 pytestmark = pytest.mark.timeout(90)
 
 
+@contextlib.contextmanager
+def init_with_tickler(tmp_path: Any, state_dir: Any, persist_dir: Any, wd: SoftWatchdog,
+                      on_fire: Callable[[], object], timeout: int, restart_grace: float,
+                      init_args: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """Real init (the restarter a `sleep`) and the real tickler on the simulated `wd`:
+    yields init and its stderr's path; stops init and its children, then the simulator."""
+    sock = str(tmp_path / "wd.sock")
+    server = WatchdogServer(sock, wd, on_fire)
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{state_dir}"\npersist_dir = "{persist_dir}"\n'
+                   f'heartbeat_interval = 0.2\n[watchdog]\ndevice = "sim:{sock}"\n'
+                   f"timeout = {timeout}\npet_interval = {PET}\n"
+                   f"heartbeat_timeout = {HB_TIMEOUT}\nrestart_grace = {restart_grace}\n")
+    tickler = shlex.join([PY, "-m", "hachain.watchdog.tickler", "-c", str(cfg),
+                          "--no-realtime"])
+    err = tmp_path / "init.err"
+    server.start()
+    try:
+        with open(err, "wb") as errf:
+            init = subprocess.Popen(
+                [PY, "-m", "hachain.init.main", "--state-dir", str(state_dir), "--config",
+                 str(cfg), "--heartbeat-interval", "0.2", *init_args,
+                 "--restarter-cmd", "sleep 600", "--tickler-cmd", tickler], stderr=errf)
+        try:
+            yield init, err
+        finally:
+            if init.poll() is None:
+                os.kill(init.pid, signal.SIGSTOP)  # no restarts while we clean up
+                for pid in children(init.pid):
+                    os.kill(pid, signal.SIGKILL)
+            init.kill()
+            init.wait(10)
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
 def test_unusable_state_dir_under_init_ends_in_a_reset(tmp_path: Any) -> None:
     """<state_dir>/hb cannot be made (a file is in the way; a read-only or full state_dir
@@ -42,25 +80,10 @@ def test_unusable_state_dir_under_init_ends_in_a_reset(tmp_path: Any) -> None:
     state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
     state_dir.mkdir()
     (state_dir / channels.HEARTBEAT_DIR).write_text("not a directory\n")
-    sock = str(tmp_path / "wd.sock")
     fired = threading.Event()
     wd = SoftWatchdog(timeout=10)
-    server = WatchdogServer(sock, wd, fired.set)
-    cfg = tmp_path / "chain.toml"
-    cfg.write_text(f'[chain]\nstate_dir = "{state_dir}"\npersist_dir = "{persist_dir}"\n'
-                   f'heartbeat_interval = 0.2\n[watchdog]\ndevice = "sim:{sock}"\n'
-                   f"timeout = {timeout}\npet_interval = {PET}\n"
-                   f"heartbeat_timeout = {HB_TIMEOUT}\nrestart_grace = {grace}\n")
-    tickler = shlex.join([PY, "-m", "hachain.watchdog.tickler", "-c", str(cfg),
-                          "--no-realtime"])
-    err = tmp_path / "init.err"
-    server.start()
-    with open(err, "wb") as errf:
-        init = subprocess.Popen(
-            [PY, "-m", "hachain.init.main", "--state-dir", str(state_dir), "--config",
-             str(cfg), "--restart-delay", "1", "--heartbeat-interval", "0.2",
-             "--restarter-cmd", "sleep 600", "--tickler-cmd", tickler], stderr=errf)
-    try:
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, timeout, grace,
+                           ["--restart-delay", "1"]) as (init, err):
         wait_until(lambda: wd.armed, 30, "the tickler to arm the device")
         # the gate fails restart_grace after the tickler started; then one timeout
         assert fired.wait(grace + timeout + 15), (
@@ -69,14 +92,6 @@ def test_unusable_state_dir_under_init_ends_in_a_reset(tmp_path: Any) -> None:
         assert text.count("started tickler") == 1, text[-3000:]
         gate = channels.read_json(str(persist_dir / channels.GATE_RECORD))
         assert any("init heartbeat missing" in r for r in gate["reasons"]), gate
-    finally:
-        if init.poll() is None:
-            os.kill(init.pid, signal.SIGSTOP)  # no restarts while we clean up
-            for pid in children(init.pid):
-                os.kill(pid, signal.SIGKILL)
-        init.kill()
-        init.wait(10)
-        server.stop()
 
 
 @pytest.mark.slow
@@ -227,24 +242,9 @@ def test_an_orderly_stop_with_slow_records_still_disarms(tmp_path: Any) -> None:
     state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
     persist_dir.mkdir()
     os.mkfifo(persist_dir / bootrecord.RECORD)
-    sock = str(tmp_path / "wd.sock")
     wd = SoftWatchdog(timeout=30)
-    server = WatchdogServer(sock, wd, lambda: None)
-    cfg = tmp_path / "chain.toml"
-    cfg.write_text(f'[chain]\nstate_dir = "{state_dir}"\npersist_dir = "{persist_dir}"\n'
-                   f'heartbeat_interval = 0.2\n[watchdog]\ndevice = "sim:{sock}"\n'
-                   f"timeout = {timeout}\npet_interval = {PET}\n"
-                   f"heartbeat_timeout = {HB_TIMEOUT}\nrestart_grace = 60\n")
-    tickler = shlex.join([PY, "-m", "hachain.watchdog.tickler", "-c", str(cfg),
-                          "--no-realtime"])
-    err = tmp_path / "init.err"
-    server.start()
-    with open(err, "wb") as errf:
-        init = subprocess.Popen(
-            [PY, "-m", "hachain.init.main", "--state-dir", str(state_dir), "--config",
-             str(cfg), "--stop-timeout", str(stop_timeout), "--heartbeat-interval", "0.2",
-             "--restarter-cmd", "sleep 600", "--tickler-cmd", tickler], stderr=errf)
-    try:
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, lambda: None, timeout, 60,
+                           ["--stop-timeout", str(stop_timeout)]) as (init, err):
         # armed after the boot record's 5 s deadline; then petting
         wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "tickler"))
                    and h.extra.get("pets", 0) >= 1, 30, "the tickler to pet")
@@ -253,14 +253,6 @@ def test_an_orderly_stop_with_slow_records_still_disarms(tmp_path: Any) -> None:
         text = err.read_text(errors="replace")
         assert "magic close: watchdog disarmed" in text, text[-3000:]
         wait_until(lambda: not wd.armed, 5, "the simulator to see the magic close")
-    finally:
-        if init.poll() is None:
-            os.kill(init.pid, signal.SIGSTOP)
-            for pid in children(init.pid):
-                os.kill(pid, signal.SIGKILL)
-        init.kill()
-        init.wait(10)
-        server.stop()
 
 
 @pytest.mark.slow
