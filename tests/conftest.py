@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -72,6 +73,34 @@ SIM_MACHINE = [
 
 
 START_TIMEOUT = 60.0  # RestarterRun.start: the restarter's first answer
+
+
+def sim_machine_head(timeout: float, pet_interval: float, heartbeat_timeout: float,
+                     restart_grace: float | None = None) -> str:
+    """The [chain] and [watchdog] tables of a chain.toml for a simulated machine (the
+    machine's own paths, its simulated watchdog); the services follow."""
+    grace = "" if restart_grace is None else f"restart_grace = {restart_grace}\n"
+    return f"""\
+[chain]
+state_dir = "/run/hachain"
+persist_dir = "/var/lib/hachain"
+heartbeat_interval = 0.2
+restart_delay = 0.5
+
+[watchdog]
+device = "sim"
+timeout = {timeout}
+pet_interval = {pet_interval}
+heartbeat_timeout = {heartbeat_timeout}
+{grace}"""
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    """A directory with a short path (a unix socket's path must be short)."""
+    path = tempfile.mkdtemp(prefix="wd", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class RestarterRun:

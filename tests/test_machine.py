@@ -22,7 +22,7 @@ import pytest
 from hachain import channels
 from hachain.simulators.machine import SimMachine
 from hachain.watchdog.device import WDIOF_CARDRESET
-from tests.conftest import SIM_MACHINE, wait_until
+from tests.conftest import SIM_MACHINE, sim_machine_head, wait_until
 
 pytestmark = SIM_MACHINE
 
@@ -35,20 +35,7 @@ GRACE = 4.0
 RESET_BOUND = TIMEOUT + PET + HB_TIMEOUT
 MARGIN = 1.0
 
-CONFIG = f"""\
-[chain]
-state_dir = "/run/hachain"
-persist_dir = "/var/lib/hachain"
-heartbeat_interval = 0.2
-restart_delay = 0.5
-
-[watchdog]
-device = "sim"
-timeout = {TIMEOUT}
-pet_interval = {PET}
-heartbeat_timeout = {HB_TIMEOUT}
-restart_grace = {GRACE}
-
+CONFIG = sim_machine_head(TIMEOUT, PET, HB_TIMEOUT, GRACE) + f"""
 [service.db]
 command = ["{sys.executable}", "-m", "hachain.simulators.demo_services", "db"]
 ready = "notify"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from hachain.simulators.machine import SimMachine
-from tests.conftest import SIM_MACHINE, wait_until
+from tests.conftest import SIM_MACHINE, sim_machine_head, wait_until
 
 pytestmark = SIM_MACHINE
 
@@ -26,19 +26,7 @@ TIMEOUT = 2  # [watchdog] timeout
 SLACK = 3.0  # process start-up and a late tick on a loaded 2-core machine
 PANIC_DELAY = TIMEOUT + SLACK  # the crashed boot's armed watchdog expires within it
 
-CONFIG = f"""\
-[chain]
-state_dir = "/run/hachain"
-persist_dir = "/var/lib/hachain"
-heartbeat_interval = 0.2
-restart_delay = 0.5
-
-[watchdog]
-device = "sim"
-timeout = {TIMEOUT}
-pet_interval = 0.25
-heartbeat_timeout = 1.0
-
+CONFIG = sim_machine_head(TIMEOUT, 0.25, 1.0) + f"""
 [service.idle]
 command = ["{sys.executable}", "-c", "import time; time.sleep(3600)"]
 """

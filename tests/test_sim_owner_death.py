@@ -42,7 +42,7 @@ from hachain.simulators.machine import (
     sweep_stale_cgroups,
 )
 from hachain.watchdog.device import WDIOF_CARDRESET
-from tests.conftest import SIM_MACHINE, wait_until
+from tests.conftest import SIM_MACHINE, sim_machine_head, wait_until
 
 pytestmark = SIM_MACHINE
 
@@ -54,20 +54,7 @@ HB_TIMEOUT = 1.0
 # what "promptly" means, with room for a host whose two cores are busy.
 GONE_BOUND = 2.0
 
-CONFIG = f"""\
-[chain]
-state_dir = "/run/hachain"
-persist_dir = "/var/lib/hachain"
-heartbeat_interval = 0.2
-restart_delay = 0.5
-
-[watchdog]
-device = "sim"
-timeout = {TIMEOUT}
-pet_interval = {PET}
-heartbeat_timeout = {HB_TIMEOUT}
-restart_grace = 4.0
-
+CONFIG = sim_machine_head(TIMEOUT, PET, HB_TIMEOUT, 4.0) + f"""
 [service.db]
 command = ["{sys.executable}", "-m", "hachain.simulators.demo_services", "db"]
 ready = "notify"

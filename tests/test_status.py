@@ -23,7 +23,7 @@ import pytest
 
 from hachain import channels, cli, config, status
 from hachain.simulators.machine import SimMachine
-from tests.conftest import SVC, wait_until
+from tests.conftest import SVC, sim_machine_head, wait_until
 from tests.test_chain import Chain
 
 PY = sys.executable
@@ -291,20 +291,7 @@ def needs_machine(f: Any) -> Any:
 
 
 def machine_config(timeout: float, hb_timeout: float) -> str:
-    return f"""\
-[chain]
-state_dir = "/run/hachain"
-persist_dir = "/var/lib/hachain"
-heartbeat_interval = 0.2
-restart_delay = 0.5
-
-[watchdog]
-device = "sim"
-timeout = {timeout}
-pet_interval = 0.5
-heartbeat_timeout = {hb_timeout}
-restart_grace = 4
-
+    return sim_machine_head(timeout, 0.5, hb_timeout, 4) + f"""
 [service.db]
 command = {json.dumps([PY, SVC, "notify", "0", INJECT])}
 ready = "notify"

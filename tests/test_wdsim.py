@@ -6,10 +6,8 @@ import argparse
 import errno
 import json
 import os
-import shutil
 import socket
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -270,13 +268,6 @@ class Events:
 
     def on_pretimeout(self) -> None:
         self.pretimeout.set()
-
-
-@pytest.fixture
-def short_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="wd", dir="/tmp")  # unix socket paths must be short
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
-import tempfile
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -43,13 +40,6 @@ class FailingAccepts:
 
     def close(self) -> None:
         self.sock.close()
-
-
-@pytest.fixture
-def short_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="wd", dir="/tmp")  # unix socket paths must be short
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.slow
