@@ -26,9 +26,11 @@ The rules (docs/tickler.md explains why each exists):
   restarter stops writing heartbeats at all, and the staleness rule above catches it in
   the same bound as ever.
 - While init's *fresh* heartbeat says `stopping` (an orderly shutdown), the restarter's
-  rules are skipped: init is stopping it on purpose, under its own deadlines, and will
-  stop the tickler (magic close) next. Init itself is still checked, so a shutdown that
-  hangs in init still ends in a reset.
+  and the cluster layer's liveness rules are skipped: init is stopping them on purpose,
+  under its own deadlines, and will stop the tickler (magic close) next. Init itself is
+  still checked, so a shutdown that hangs in init still ends in a reset, and so is the
+  cluster fence below: a node stopping past its fence with a singleton still up could
+  otherwise run it beside the node that takes it over.
 
 - With `[cluster]` (`cluster=True`): a hung cluster layer fails as the others do (a dead
   or missing one does not: it holds no lease, so nothing runs on it), and
@@ -192,12 +194,14 @@ def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str
     """
     ihb = hbs.get("init")
     reasons = layer_reasons("init", ihb, bool(alive.get("init", False)), now, cfg, started)
-    if ihb is not None and ihb.extra.get("stopping") is True and not reasons:
-        return GateResult(True, ())  # orderly shutdown in progress; init is alive
-    reasons.extend(layer_reasons("restarter", hbs.get("restarter"),
-                                 bool(alive.get("restarter", False)), now, cfg, started))
+    # an orderly shutdown in progress (init alive): init stops the other layers under its
+    # own deadlines, so their rules are skipped; not the fence, which protects the others
+    stopping = ihb is not None and ihb.extra.get("stopping") is True and not reasons
     rhb = hbs.get("restarter")
-    if rhb is not None:
+    if not stopping:
+        reasons.extend(layer_reasons("restarter", rhb, bool(alive.get("restarter", False)),
+                                     now, cfg, started))
+    if rhb is not None and not stopping:
         seen = (progress_at or {}).get("restarter")
         reasons.extend(restarter_reasons(rhb.extra, cfg,
                                          None if seen is None else max(0.0, now - seen)))
@@ -205,9 +209,11 @@ def evaluate(now: float, hbs: Mapping[str, Heartbeat | None], alive: Mapping[str
         # A hung cluster layer is a hang of the chain; a dead or missing one is not a
         # reason to reset (say the etcd client is not installed): it holds no lease, so
         # the restarter stands its singletons by and the fence rule still holds.
-        if alive.get("cluster", False):
+        if alive.get("cluster", False) and not stopping:
             reasons.extend(layer_reasons("cluster", hbs.get("cluster"), True, now, cfg,
                                          started))
+        # past the fence, even while stopping: another node may take the singletons
+        # over once the lease is gone, and a node that still runs one must be reset
         reasons.extend(fence_reasons(now, hbs.get("cluster"), rhb))
     return GateResult(not reasons, tuple(reasons))
 
