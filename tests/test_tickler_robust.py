@@ -37,9 +37,11 @@ pytestmark = pytest.mark.timeout(90)
 @contextlib.contextmanager
 def init_with_tickler(tmp_path: Any, state_dir: Any, persist_dir: Any, wd: SoftWatchdog,
                       on_fire: Callable[[], object], timeout: int, restart_grace: float,
-                      init_args: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
-    """Real init (the restarter a `sleep`) and the real tickler on the simulated `wd`:
-    yields init and its stderr's path; stops init and its children, then the simulator."""
+                      init_args: list[str], tickler_prefix: tuple[str, ...] = ()
+                      ) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """Real init (the restarter a `sleep`) and the real tickler on the simulated `wd`
+    (its command after `tickler_prefix`, a wrapper that execs it): yields init and its
+    stderr's path; stops init and its children, then the simulator."""
     sock = str(tmp_path / "wd.sock")
     server = WatchdogServer(sock, wd, on_fire)
     cfg = tmp_path / "chain.toml"
@@ -47,8 +49,8 @@ def init_with_tickler(tmp_path: Any, state_dir: Any, persist_dir: Any, wd: SoftW
                    f'heartbeat_interval = 0.2\n[watchdog]\ndevice = "sim:{sock}"\n'
                    f"timeout = {timeout}\npet_interval = {PET}\n"
                    f"heartbeat_timeout = {HB_TIMEOUT}\nrestart_grace = {restart_grace}\n")
-    tickler = shlex.join([PY, "-m", "hachain.watchdog.tickler", "-c", str(cfg),
-                          "--no-realtime"])
+    tickler = shlex.join([*tickler_prefix, PY, "-m", "hachain.watchdog.tickler", "-c",
+                          str(cfg), "--no-realtime"])
     err = tmp_path / "init.err"
     server.start()
     try:

@@ -27,7 +27,10 @@ writer thread.
 
 What it must not do: pet when the gate fails; keep running without petting because the
 device is broken (it exits non-zero, and init restarts it; a silent non-petting tickler
-would reset the machine with no explanation); decide anything the gate does not.
+would reset the machine with no explanation); decide anything the gate does not. Any
+other failure after the open is the opposite case: it stops petting and stays up
+(`fail_unpetted`), since a tickler that exits is restarted by init, and every restart
+pets the device.
 
 Facts this relies on (see the essay in `hachain.watchdog.device`): a tickler that dies
 leaves the device armed (no magic character was written), so init has the whole timeout
@@ -38,8 +41,10 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import ctypes
 import errno
+import functools
 import json
 import os
 import queue
@@ -602,6 +607,10 @@ class Tickler:
         """First failure of a streak: log the reasons and record them durably."""
         what = "not petting" if self.wd is not None else "no device to stop petting"
         log(f"health gate FAILED, {what}: " + "; ".join(self.gate.reasons))
+        self.record_failure()
+
+    def record_failure(self) -> None:
+        """gate.json (durable) and the boot record's reason, through the writer thread."""
         rec = {"wall": time.time(), "mono": time.monotonic(),
                "reasons": list(self.gate.reasons), "device": self.device,
                "boot_id": self.boot_id}
@@ -721,24 +730,12 @@ class Tickler:
                 f"armed and resets the machine unless a new chain's tickler opens it within "
                 f"its timeout ({self.timeout} s)")
             return 0
-        self.records.submit(bootrecord.RECORD, lambda: bootrecord.set_reason(
-            self.persist_dir, self.boot_id, bootrecord.SHUTDOWN,
-            ["orderly stop (SIGTERM or SIGINT to the tickler)"], time.time()))
+        self.record_shutdown()
         # The device before the wait for the records: init SIGKILLs the tickler
         # min(stop_timeout, 5) s after its SIGTERM, and a SIGKILL before the magic close
         # would leave the watchdog armed, to reset a machine whose chain was stopped.
         if self.wd is not None:
-            nowayout = self.wd.nowayout or self.wdc.nowayout
-            try:
-                if nowayout:
-                    self.wd.close()
-                    log(f"{self.device}: stopping; nowayout: the watchdog stays armed")
-                elif self.wd.magic_close():
-                    log(f"{self.device}: stopping; magic close: watchdog disarmed")
-                else:
-                    log(f"{self.device}: stopping; driver is nowayout: watchdog stays armed")
-            except WatchdogError as e:
-                log(f"{self.device}: stopping; magic close failed, watchdog stays armed: {e}")
+            stop_device(self.wd, self.wdc.nowayout)
         if not self.records.close(RECORD_DEADLINE):
             log(f"the records in {self.persist_dir} did not finish writing within "
                 f"{RECORD_DEADLINE:g} s")
@@ -747,6 +744,78 @@ class Tickler:
             return 0
         self.beat()
         return 0
+
+    def record_shutdown(self) -> None:
+        """The boot record's reason on an orderly stop (through the writer thread)."""
+        self.records.submit(bootrecord.RECORD, lambda: bootrecord.set_reason(
+            self.persist_dir, self.boot_id, bootrecord.SHUTDOWN,
+            ["orderly stop (SIGTERM or SIGINT to the tickler)"], time.time()))
+
+
+def stop_device(wd: Watchdog, nowayout_cfg: bool) -> None:
+    """An orderly stop's close: the magic close (disarmed) unless nowayout; logged."""
+    try:
+        if wd.nowayout or nowayout_cfg:
+            wd.close()
+            log(f"{wd.path}: stopping; nowayout: the watchdog stays armed")
+        elif wd.magic_close():
+            log(f"{wd.path}: stopping; magic close: watchdog disarmed")
+        else:
+            log(f"{wd.path}: stopping; driver is nowayout: watchdog stays armed")
+    except WatchdogError as e:
+        log(f"{wd.path}: stopping; magic close failed, watchdog stays armed: {e}")
+
+
+HOLD_POLL = 0.1  # a failed tickler looks for a stop signal this often
+
+
+def fail_unpetted(cfg: Config, wd: Watchdog | None, tickler: Tickler | None,
+                  exc: Exception) -> int:
+    """Any error after the open but the device's own (a thread that cannot start under
+    a pids limit, a bug): one line, no more pets, and the tickler stays up until a stop
+    signal, so the watchdog resets the machine. Exiting would not: init restarts the
+    tickler and every restart pets the device (the open, SETTIMEOUT), so a tickler that
+    fails for ever kept the machine from ever being reset. A stop signal still makes the
+    orderly close (magic close unless nowayout); then it exits 1."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = "" if tb is None else \
+        f" (at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno})"
+    why = f"{type(exc).__name__}: {exc}{where}"
+    if wd is None or wd.closed:  # nothing armed (device "none", disarmed): nothing to hold
+        log(f"internal error: {why}; exiting (init will restart the tickler)")
+        return 1
+    if tickler is not None and tickler.orphaned:  # init gone: never the magic close
+        with contextlib.suppress(WatchdogError):
+            wd.close()
+        log(f"internal error: {why}; {tickler.orphaned}: exiting without the magic close")
+        return 1
+    stop = [STOP_EARLY[0] or (tickler is not None and tickler.stop_requested)]
+
+    def on_stop(_sig: int, _frame: object) -> None:
+        stop[0] = True
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_stop)
+    log(f"internal error after the watchdog was armed: {why}; not petting any more: the "
+        f"watchdog resets this machine within {cfg.watchdog.timeout} s (a stop signal "
+        "still disarms it)")
+    if tickler is not None:  # why the machine was reset, through the writer thread
+        try:
+            tickler.gate = health.GateResult(False, (f"the tickler failed: {why}",))
+            tickler.record_failure()
+        except Exception:  # noqa: BLE001 - best effort: the reset comes all the same
+            pass
+    while not stop[0]:
+        time.sleep(HOLD_POLL)
+    if tickler is not None:
+        with contextlib.suppress(Exception):
+            tickler.record_shutdown()
+    stop_device(wd, cfg.watchdog.nowayout)
+    if tickler is not None:
+        with contextlib.suppress(Exception):
+            tickler.records.close(RECORD_DEADLINE)
+    return 1
 
 
 def begin_boot_record(cfg: Config, boot_id: str, bootstatus: int | None = None,
@@ -771,7 +840,7 @@ class Tables:
         return f"Tables({self.__dict__!r})"
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, left: list[int] | None = None) -> Config:
     """[chain] and [watchdog] of this chain run's running configuration snapshot
     (`snapshot.for_layer`: never the live file once the run has one), HACHAIN_* overrides
     applied; no services.
@@ -781,6 +850,11 @@ def load_config(path: str) -> Config:
     carry for its whole life; and only the child imports the configuration code (the
     schema, tomllib, dataclasses: about 4 MB more). The tickler keeps the tables as plain
     attribute holders (`Tables`) with the same names. Raises ConfigError as load() does.
+
+    With no running snapshot the child accepts the file itself and writes the
+    last-known-good copy into persist_dir (an fsync) *after* it handed the tables back: a
+    persist_dir that hangs must not keep the device from being opened. With `left`, such
+    a child is not waited for: its pid goes into `left`, for the caller to reap.
     """
     r, w = os.pipe()
     pid = os.fork()
@@ -792,14 +866,19 @@ def load_config(path: str) -> Config:
                 from dataclasses import asdict
 
                 from hachain import snapshot
-                cfg, _snap = snapshot.for_layer(path)
+                got = snapshot.running_of_run(path)  # (snapshot.for_layer, in two steps)
+                cfg, snap = got or snapshot.accept(
+                    path, chain_id=os.environ.get(channels.ENV_CHAIN_ID, ""), last_good=False)
                 out: dict[str, Any] = {"path": cfg.path, "chain": asdict(cfg.chain),
                                        "watchdog": asdict(cfg.watchdog),
-                                       "cluster": cfg.cluster and asdict(cfg.cluster)}
+                                       "cluster": cfg.cluster and asdict(cfg.cluster),
+                                       "last_good_next": got is None}
             except ConfigError as e:
                 out = {"errors": list(e.errors)}
             with os.fdopen(w, "wb") as f:
                 f.write(json.dumps(out).encode())
+            if out.get("last_good_next"):
+                snapshot.save_last_good(cfg, snap)
         except BaseException:
             code = 1
         finally:
@@ -807,9 +886,15 @@ def load_config(path: str) -> Config:
     os.close(w)
     with os.fdopen(r, "rb") as f:
         raw = f.read()
-    os.waitpid(pid, 0)
     try:
         d = json.loads(raw)
+    except ValueError:
+        d = None
+    if left is not None and isinstance(d, dict) and d.get("last_good_next") is True:
+        left.append(pid)  # writing the last-known-good copy: not waited for here
+    else:
+        os.waitpid(pid, 0)
+    try:
         if "errors" in d:
             raise ConfigError([str(x) for x in d["errors"]])
         d["chain"]["boot_loop"] = Tables(d["chain"]["boot_loop"])
@@ -819,6 +904,12 @@ def load_config(path: str) -> Config:
             "cluster": Tables(d["cluster"]) if d.get("cluster") else None}))
     except (ValueError, TypeError, KeyError, AttributeError):
         raise ConfigError([f"{path}: the configuration parser process failed"]) from None
+
+
+def _reap(pid: int) -> None:
+    """Wait for the configuration parser (in the writer thread, after the open)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -842,8 +933,9 @@ def main(argv: list[str] | None = None) -> int:
     # machine whose chain was stopped.
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop_early)
+    parser_left: list[int] = []  # the parser, when it goes on to write into persist_dir
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, parser_left)
     except ConfigError as e:
         for line in e.errors:
             log(line)
@@ -898,9 +990,13 @@ def main(argv: list[str] | None = None) -> int:
         except WatchdogError as e:
             log(f"cannot open the watchdog: {e}; exiting (init will retry)")
             return 1
-    tickler = Tickler(cfg, wd, started)
-    tickler.boot_entry = entry
+    tickler: Tickler | None = None
     try:
+        tickler = Tickler(cfg, wd, started)
+        tickler.boot_entry = entry
+        for pid in parser_left:  # reaped once it wrote the last-known-good copy
+            tickler.records.submit(f"the last-known-good copy in {cfg.chain.persist_dir}",
+                                   functools.partial(_reap, pid))
         tickler.configure_device()
         tickler.record_last_boot()
         tickler.disarm_for_boot_loop()
@@ -914,6 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
             except WatchdogError:
                 pass
         return 1
+    except Exception as e:  # noqa: BLE001 - any other failure after the open
+        return fail_unpetted(cfg, wd, tickler, e)
 
 
 if __name__ == "__main__":

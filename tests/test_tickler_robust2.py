@@ -1,0 +1,239 @@
+"""The tickler and its gate, second round of the reliability review: what keeps a chain
+that cannot supervise itself from being reset.
+
+- A tickler that fails after it armed the device (here it cannot start a thread: a pids
+  cgroup stands for systemd's TasksMax or a fork bomb elsewhere in the box) used to exit
+  1; init restarted it, and every restart opened the device again and petted it, so the
+  machine was never reset. It now stays up without petting (the watchdog fires), and a
+  SIGTERM still disarms it.
+- With no running snapshot (init as PID 1), the tickler's configuration parser wrote the
+  last-known-good copy into persist_dir before the device was opened: a hung persist_dir
+  kept the device unopened for good.
+
+Real processes and the watchdog simulator. The gate's fence while init is stopping:
+tests/test_health_robust2.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hachain import channels
+from hachain.simulators.wdsim import SoftWatchdog
+from tests.conftest import children, heartbeat_window, wait_until
+from tests.test_tickler import TIMEOUT, ForgedLayers, Rig
+from tests.test_tickler_robust import MNT_DETACH, init_with_tickler
+
+PY = sys.executable
+pytestmark = pytest.mark.timeout(120)
+PIDS_V1 = "/sys/fs/cgroup/pids"
+CGROUP_V2 = "/sys/fs/cgroup"
+# Tasks the tickler has at most before it opens the device: the main thread, the
+# configuration parser (a child), the log thread and the boot record's thread. After the
+# open it starts the heartbeat reader, a thread that reads its old heartbeat (held on a
+# FIFO by the test), and the record writer: the fifth task, refused.
+TASKS_BEFORE_OPEN = 4
+
+
+def pids_root() -> str | None:
+    """Where a pids cgroup can be made: the v1 hierarchy, or v2 with the controller."""
+    if os.path.isdir(PIDS_V1) and os.access(PIDS_V1, os.W_OK):
+        return PIDS_V1
+    try:
+        with open(os.path.join(CGROUP_V2, "cgroup.subtree_control")) as f:
+            if "pids" in f.read().split():
+                return CGROUP_V2
+    except OSError:
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def pids_cgroup(name: str, limit: int) -> Iterator[str]:
+    """A cgroup whose pids.max is `limit`; removed once its processes are gone (the
+    caller kills them first)."""
+    root = pids_root()
+    if os.geteuid() != 0 or root is None:
+        pytest.skip("a pids cgroup needs root and a pids controller (v1, or v2 enabled "
+                    "in the root's subtree_control)")
+    path = os.path.join(root, f"hachain-test-{name}-{os.getpid()}")
+    os.mkdir(path)
+    try:
+        with open(os.path.join(path, "pids.max"), "w") as f:
+            f.write(str(limit))
+        yield path
+    finally:
+        def removed() -> bool:
+            try:
+                os.rmdir(path)
+            except OSError:
+                return False
+            return True
+        wait_until(removed, 10, f"{path} to be empty and removed")
+
+
+def in_cgroup(cg: str) -> tuple[str, ...]:
+    """A command prefix that moves itself into `cg`, then execs the rest."""
+    return ("sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh")
+
+
+# -- 1. a failure after the open -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_tickler_that_fails_after_the_open_lets_the_watchdog_fire(tmp_path: Any) -> None:
+    """Under real init, a tickler that cannot start its threads once the device is armed
+    (RuntimeError: can't start new thread). It used to exit 1, and init's restarts of it
+    (each opens the device again: SETTIMEOUT pets it) kept the machine from ever being
+    reset. It now logs one line and stays up without petting: the watchdog fires one
+    timeout after the open, and init has nothing to restart."""
+    timeout, delay = 10, 1.0
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    (state_dir / channels.HEARTBEAT_DIR).mkdir(parents=True)
+    os.mkfifo(channels.heartbeat_path(str(state_dir), "tickler"))
+    fired_at: list[float] = []
+    fired = threading.Event()
+
+    def on_fire() -> None:
+        fired_at.append(time.monotonic())
+        fired.set()
+    wd = SoftWatchdog(timeout=60)
+    with pids_cgroup("tickler", TASKS_BEFORE_OPEN) as cg, \
+            init_with_tickler(tmp_path, state_dir, persist_dir, wd, on_fire, timeout, 60,
+                              ["--restart-delay", str(delay)], in_cgroup(cg)) as (init, err):
+        wait_until(lambda: wd.armed, 30, "the tickler to arm the device")
+        armed_at = time.monotonic()
+        # the last pet is the SETTIMEOUT right after the open; 2 s for the simulator's
+        # thread to be scheduled
+        assert fired.wait(timeout + 2), (
+            "the watchdog never fired:\n" + err.read_text(errors="replace")[-3000:])
+        text = err.read_text(errors="replace")
+        assert text.count("started tickler") == 1, text[-3000:]
+        assert "internal error after the watchdog was armed: RuntimeError: can't start new " \
+            "thread" in text, text[-3000:]
+        assert fired_at[0] - armed_at <= timeout + 2
+        print(f"armed to fired: {fired_at[0] - armed_at:.2f} s (timeout {timeout} s)")
+
+
+@pytest.mark.slow
+def test_a_tickler_that_failed_after_the_open_still_disarms_on_sigterm(
+        tmp_path: Any) -> None:
+    """The failed tickler stays up without petting, and an orderly stop (SIGTERM) still
+    makes the magic close: a chain stopped on purpose is not reset."""
+    rig = Rig(str(tmp_path))
+    with open(rig.config) as f:
+        text = f.read()
+    with open(rig.config, "w") as f:  # time for the SIGTERM before the watchdog fires
+        f.write(text.replace(f"\ntimeout = {TIMEOUT}\n", "\ntimeout = 60\n"))
+    os.makedirs(os.path.join(rig.state_dir, channels.HEARTBEAT_DIR))
+    os.mkfifo(channels.heartbeat_path(rig.state_dir, "tickler"))
+    rig.server.start()
+    try:
+        with pids_cgroup("tickler-term", TASKS_BEFORE_OPEN) as cg:
+            try:
+                with ForgedLayers(rig.state_dir, rig.sleeper.pid), open(rig.log, "ab") as logf:
+                    p = subprocess.Popen([*in_cgroup(cg), PY, "-m", "hachain.watchdog.tickler",
+                                          "-c", rig.config], stdout=logf, stderr=logf)
+                    rig.procs.append(p)
+                    rig.wait_log("not petting any more", 30)
+                    assert p.poll() is None, rig.log_text()
+                    assert rig.wd.armed
+                    p.send_signal(signal.SIGTERM)
+                    assert p.wait(10) == 1, rig.log_text()
+                    assert "magic close: watchdog disarmed" in rig.log_text()
+                    wait_until(lambda: not rig.wd.armed, 5, "the simulator to see the magic close")
+                    assert rig.server.expirations == 0
+            finally:
+                rig.close()  # (idempotent) before the cgroup is removed
+    finally:
+        rig.close()
+
+
+# -- 2. a hung persist_dir with no running snapshot ----------------------------------------
+
+
+@contextlib.contextmanager
+def hung_mount(mnt: Any) -> Iterator[None]:
+    """A FUSE mount at `mnt` whose server never answers (a hung NFS or FUSE mount, a
+    dead disk); at exit the connection is aborted (anything still waiting gets ENOTCONN)
+    and the mount detached."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("a hung FUSE mount needs root and /dev/fuse")
+    mnt.mkdir()
+    libc = ctypes.CDLL(None, use_errno=True)
+    fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    opts = f"fd={fuse},rootmode=40000,user_id=0,group_id=0".encode()
+    if libc.mount(b"hung", str(mnt).encode(), b"fuse.hung", 0, opts) != 0:
+        os.close(fuse)
+        pytest.skip(f"cannot mount FUSE here: {os.strerror(ctypes.get_errno())}")
+    try:
+        yield
+    finally:
+        os.close(fuse)
+        libc.umount2(str(mnt).encode(), MNT_DETACH)
+
+
+@pytest.mark.slow
+def test_a_hung_persist_dir_without_a_snapshot_does_not_keep_the_device_unopened(
+        tmp_path: Any) -> None:
+    """No running snapshot (init as PID 1, not `hachain run`): the tickler's parser
+    accepts the file itself. It wrote the last-known-good copy into persist_dir before it
+    handed the configuration back, so with persist_dir on a mount that never answers the
+    device was never opened. Now the copy is written after the hand-over: the device is
+    armed after the boot record's deadline and petted."""
+    rig = Rig(str(tmp_path))
+    mnt = tmp_path / "hung"
+    try:
+        with hung_mount(mnt):
+            try:
+                with open(rig.config) as f:
+                    text = f.read()
+                with open(rig.config, "w") as f:
+                    f.write(text.replace(rig.persist_dir, str(mnt / "persist")))
+                rig.server.start()
+                with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+                    p = rig.start_tickler()
+                    # the boot record's deadline (5 s), then the open
+                    wait_until(lambda: rig.pets() >= 2 or p.poll() is not None,
+                               5 + TIMEOUT + 10, "the tickler to arm the device and pet it")
+                    assert p.poll() is None, rig.log_text()
+                    heartbeat_window(rig.tickler_hb, 2 * TIMEOUT, "the tickler")
+                    assert rig.server.expirations == 0, rig.log_text()
+            finally:
+                for q in rig.procs:  # the parser, waiting on persist_dir: SIGKILL ends it
+                    for pid in children(q.pid):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                rig.close()  # (idempotent) before the mount goes
+    finally:
+        rig.close()
+    rig.wait_log("cannot write the boot record in")
+
+
+@pytest.mark.slow
+def test_without_a_snapshot_the_last_known_good_copy_is_still_written(
+        tmp_path: Any) -> None:
+    """The copy moved after the hand-over is still written, for the other layers."""
+    rig = Rig(str(tmp_path))
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            rig.start_tickler()
+            wait_until(lambda: rig.pets() >= 1, TIMEOUT + 10, "the tickler to pet")
+            lkg = wait_until(lambda: channels.read_json(
+                os.path.join(rig.persist_dir, channels.LAST_GOOD_CONFIG)), 10, "last_good.json")
+            assert lkg["source"] == os.path.abspath(rig.config), lkg
+            wait_until(lambda: not children(rig.procs[0].pid), 10, "the parser to be reaped")
+    finally:
+        rig.close()
