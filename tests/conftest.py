@@ -325,3 +325,36 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
         rep.outcome = "failed"
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.longrepr = f"skipped in CI, which must run every test: {reason}"
+
+
+@pytest.fixture
+def cgroups(tmp_path):
+    """A Cgroups root of this test's own under the cgroup2 mount; removed afterwards
+    with everything in it."""
+    mount = find_cgroup2_mount()
+    if mount is None or not os.access(mount, os.W_OK):
+        pytest.skip("needs a writable cgroup v2 hierarchy (run as root)")
+    root = os.path.join(mount, f"hachain-test-spawn-{os.getpid()}-{tmp_path.name}")
+    from hachain.restarter import spawn
+    cg = spawn.Cgroups.from_config(root)
+    assert cg.active
+    try:
+        yield cg
+    finally:
+        remove_cgroup_tree(root)
+
+
+@pytest.fixture
+def started():
+    """Pids spawned by a test: SIGKILLed and reaped at the end, whatever happened."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass

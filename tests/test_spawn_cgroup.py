@@ -16,44 +16,12 @@ import sys
 
 import pytest
 
-from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
+from hachain.cgroupfs import find_cgroup2_mount
 from hachain.config import ServiceConfig
 from hachain.restarter import spawn
 from tests.conftest import children, wait_until
 
 SVC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "svc.py")
-
-
-@pytest.fixture
-def cgroups(tmp_path):
-    """A Cgroups root of this test's own under the cgroup2 mount; removed afterwards
-    with everything in it."""
-    mount = find_cgroup2_mount()
-    if mount is None or not os.access(mount, os.W_OK):
-        pytest.skip("needs a writable cgroup v2 hierarchy (run as root)")
-    root = os.path.join(mount, f"hachain-test-spawn-{os.getpid()}-{tmp_path.name}")
-    cg = spawn.Cgroups.from_config(root)
-    assert cg.active
-    try:
-        yield cg
-    finally:
-        remove_cgroup_tree(root)
-
-
-@pytest.fixture
-def started():
-    """Pids spawned by a test: SIGKILLed and reaped at the end, whatever happened."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def _cgroup_of(pid: int) -> str:

@@ -376,6 +376,16 @@ class Core:
         if s is None or c is None or s.pid != pid or c.kind == "forking" or \
                 self.plan.conflicts.get(name):
             return False
+        by_policy = states.exit_restarts_at_once(s, status, c, now)
+        if by_policy is not None:  # the usual case, without building a cell (cold: fast)
+            plan = self.plan
+            return by_policy and not states.deps_blocker(c, self.svcs) and \
+                not states.dependents_up(name, plan.rev.get(name, ()), plan.conf, self.svcs)
+        return self._table_restarts_at_once(name, s, c, status, now)
+
+    def _table_restarts_at_once(self, name: str, s: Svc, c: ServiceConfig,
+                                status: ExitStatus, now: float) -> bool:
+        """restarts_at_once asked of the table itself: the step the queue would take."""
         try:
             _, actions = states.step(s, self._event(name, c, Ev.EXITED, now,
                                                     {"status": status}), c)

@@ -531,6 +531,7 @@ class Restarter:
             self._release_rescue(e.name)
         elif isinstance(e, core.Forget):
             self.dirty.discard(e.name)
+            self.cgroups.close_kept(e.name)
             self.store.drop_record(e.name, time.monotonic())
             self.admin_dirty = True
 

@@ -69,6 +69,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The file limit the restarter was started with: it raises its own (a pidfd per service),
 # and gives services back this one unless their configuration sets `nofile`.
 BASE_NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)
+# Descriptors kept open per service cgroup (Cgroups.kept) use at most 1/KEEP_SHARE of the
+# file limit; past that a spawn opens its own (1000 services: 2000 of the usual 20000+).
+KEEP_SHARE = 4
 
 
 def exit_status(status: int) -> ExitStatus:
@@ -255,6 +258,11 @@ class Cgroups:
         # a service cgroup's path -> its cgroup.procs opened for reading by the standby
         # this restarter was forked from: members() reads those with one pread
         self.held: dict[str, int] = {}
+        # per service, once it has been spawned: its cgroup's directory (clone3's
+        # CLONE_INTO_CGROUP) and cgroup.events (read at each exit), kept open. Opening
+        # them cost ~65 and ~95 us on the restart path after a quiet second, against
+        # ~35 us for a pread of the kept file (docs/restarter.md, "Restart latency").
+        self._kept: dict[str, tuple[int, int]] = {}
         if root is not None:
             mount = find_cgroup2_mount()
             self.home = own_cgroup(mount) if mount else None
@@ -338,6 +346,34 @@ class Cgroups:
             self._made.add(name)
         return p, made
 
+    def kept(self, name: str) -> tuple[int, int] | None:
+        """(directory, cgroup.events) of the service's existing cgroup, opened on the
+        first call and kept until renew() or remove(); None when they cannot be, or when
+        KEEP_SHARE of the file limit is kept already (then each use opens its own)."""
+        got = self._kept.get(name)
+        if got is not None:
+            return got
+        p = self.path(name)
+        if p is None or name not in self._made or \
+                len(self._kept) * 2 >= resource.getrlimit(resource.RLIMIT_NOFILE)[0] // KEEP_SHARE:
+            return None
+        try:
+            d = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            e = os.open("cgroup.events", os.O_RDONLY | os.O_CLOEXEC, dir_fd=d)
+        except OSError:
+            os.close(d)
+            return None
+        self._kept[name] = (d, e)
+        return d, e
+
+    def close_kept(self, name: str) -> None:
+        """Close what kept() holds for the service (its cgroup is gone, or so is it)."""
+        for fd in self._kept.pop(name, ()):
+            os.close(fd)
+
     def renew(self, name: str) -> bool:
         """Make the service's cgroup afresh (rmdir, mkdir, its pids.max again) if it is
         empty: a cgroup that was once cgroup.kill'ed kills every child cloned into it on
@@ -345,6 +381,7 @@ class Cgroups:
         p = self.path(name)
         if p is None or self.populated(name):
             return False
+        self.close_kept(name)
         try:
             os.rmdir(p)
         except OSError:
@@ -469,6 +506,13 @@ class Cgroups:
         """(populated, frozen) from the service's cgroup.events, in one read; None when
         it cannot be read. `populated` counts processes below it too; `frozen 1` is what
         an empty cgroup shows once its `cgroup.freeze` is 1."""
+        kept = self._kept.get(name)
+        if kept is not None:
+            try:
+                raw = os.pread(kept[1], 256, 0)  # read afresh: a new file position 0
+                return b"populated 1" in raw, b"frozen 1" in raw
+            except OSError:  # its cgroup removed behind our back: open it by name
+                self.close_kept(name)
         p = self.path(name)
         if p is None:
             return None
@@ -536,6 +580,7 @@ class Cgroups:
     def remove(self, name: str) -> None:
         p = self.path(name)
         self._made.discard(name)
+        self.close_kept(name)
         if p is not None:
             try:
                 os.rmdir(p)
@@ -854,8 +899,10 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
     for attempt in range(2):
         if thaw or attempt:
             cgroups.thaw(cg)  # a child born into a frozen cgroup would hold us in vfork's wait
+        kept = cgroups.kept(cfg.name)
         try:
-            fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = kept[0] if kept is not None else \
+                os.open(cg, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
         try:
@@ -877,7 +924,8 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
                 return None
             raise _step_error(e, cfg, creds) from None
         finally:
-            os.close(fd)
+            if kept is None:
+                os.close(fd)
     return None
 
 

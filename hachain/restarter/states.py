@@ -427,6 +427,36 @@ def _after_exit(s: Svc, st: ExitStatus, ev: Event, c: ServiceConfig,
             [ArmTimer(s.name, Timer.BACKOFF_DONE, delay)])
 
 
+def exit_restarts_at_once(s: Svc, st: ExitStatus, c: ServiceConfig, now: float) -> bool | None:
+    """The restart path's short answer: does EXITED with `st` at `now`, in `s`, go
+    straight to a spawn by the policy (`up_exited` and `_after_exit`)? Whether the other
+    services let it start (`_spawn_or_wait`'s dependencies and dependents) is left to the
+    caller. None: ask the table (another state, or a singleton: its standby path).
+
+    The same decisions as `_after_exit`, taken without building the next cell, the
+    event or a reason: after a second of quiet every line of Python on the restart path
+    runs cold, and the whole step costs ~80 us there (docs/benchmarks.md). Checked
+    against `step` by tests/test_at_once.py (hypothesis) and, at every exit it explores,
+    by `hachain verify` (`ahead_not_taken`)."""
+    if (s.state is not State.READY and s.state is not State.STARTING) or c.singleton:
+        return None
+    if c.kind == "oneshot" and policy.is_clean(st, c.success_exit):
+        return False
+    if s.want == "down" or not policy.wants_restart(c.restart, st, c.success_exit):
+        return False
+    uptime = now - s.started_at if s.started_at is not None else 0.0
+    it = c.intensity
+    if it.action != "ignore":
+        if it.decay > 0:
+            over = policy.decayed_count(s.failure_count, uptime, it.decay) > it.max_restarts
+        else:
+            cut = now - it.window
+            over = sum(1 for t in s.history if t > cut) + 1 > it.max_restarts
+        if over:
+            return False
+    return policy.next_delay(c.backoff, s.delay, uptime) <= 0
+
+
 # --- handlers, named state_event --------------------------------------------------------
 
 def _ignore(s: Svc, ev: Event, c: ServiceConfig) -> Result:

@@ -1,0 +1,110 @@
+"""The restart path's short answer (states.exit_restarts_at_once) against the table.
+
+The loop asks `Core.restarts_at_once` before anything else when a main process exits;
+a yes starts the replacement before the exit's own effects. The short answer decides
+that without stepping the table (every line runs cold after a quiet second). It must
+say what the table would: a yes where the table does not spawn would start a process
+the policy forbids, and a no where it does is only a slower restart. Both are checked
+here, exactly, over generated cells, configurations, exit statuses and times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hachain.config import (
+    INTENSITY_ACTIONS,
+    KINDS,
+    RESTART_POLICIES,
+    Backoff,
+    Intensity,
+    ServiceConfig,
+)
+from hachain.restarter import core, states
+from hachain.restarter.policy import ExitStatus
+from hachain.restarter.states import Ev, Event, State, Svc
+
+SMALL = st.sampled_from([0.0, 0.05, 0.1, 1.0, 2.0, 5.0, 10.0, 60.0])
+
+configs = st.builds(
+    ServiceConfig,
+    name=st.just("a"),
+    command=st.just(("/bin/true",)),
+    kind=st.sampled_from(KINDS),
+    restart=st.sampled_from(RESTART_POLICIES),
+    backoff=st.builds(Backoff, initial=SMALL, factor=st.sampled_from([1.0, 2.0]),
+                      max=SMALL, reset_after=SMALL),
+    intensity=st.builds(Intensity, max_restarts=st.integers(0, 4), window=SMALL,
+                        action=st.sampled_from(INTENSITY_ACTIONS),
+                        decay=st.sampled_from([0.0, 0.0, 1.0, 30.0])),
+    success_exit=st.sampled_from([(0,), (0, 3)]),
+    singleton=st.booleans(),
+)
+
+statuses = st.one_of(
+    st.builds(ExitStatus, kind=st.just("exited"), code=st.sampled_from([0, 1, 3, 255])),
+    st.builds(ExitStatus, kind=st.just("killed"),
+              signal=st.sampled_from([1, 2, 6, 9, 11, 13, 15])),
+    st.builds(ExitStatus, kind=st.sampled_from(["unknown", "timeout", "hung"])),
+)
+
+NOW = 100.0
+cells = st.builds(
+    Svc,
+    name=st.just("a"),
+    state=st.sampled_from(list(State)),
+    want=st.sampled_from(["up", "up", "down"]),
+    pid=st.just(4242),
+    started_at=st.one_of(st.none(), st.floats(0.0, NOW)),
+    restarts=st.integers(0, 5),
+    history=st.lists(st.floats(0.0, NOW), max_size=5).map(lambda xs: tuple(sorted(xs))),
+    failure_count=st.floats(0.0, 6.0),
+    delay=st.one_of(st.none(), SMALL),
+)
+
+
+def _table_spawns(s: Svc, c: ServiceConfig, status: ExitStatus, ev: Event) -> bool:
+    try:
+        _, actions = states.step(s, ev, c)
+    except states.InvalidTransition:
+        return False
+    return any(isinstance(a, states.Spawn) for a in actions)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(cells, configs, statuses, st.floats(NOW, NOW + 120.0), st.booleans())
+def test_the_short_answer_is_the_tables(s: Svc, c: ServiceConfig, status: ExitStatus,
+                                        now: float, owned: bool) -> None:
+    short = states.exit_restarts_at_once(s, status, c, now)
+    if short is None:  # the table is asked: only where the short answer has no say
+        assert c.singleton or s.state not in (State.READY, State.STARTING)
+        return
+    ev = Event(Ev.EXITED, now, status=status, owned=owned or not c.singleton)
+    assert short == _table_spawns(s, c, status, ev), (s, c, status, now)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(list(State)), st.sampled_from(list(State)), configs, statuses,
+       st.sampled_from(["requires", "after", "dependent", "none"]),
+       st.floats(NOW, NOW + 120.0))
+def test_the_core_answers_as_the_table_with_other_services_around(
+        mine: State, other: State, c: ServiceConfig, status: ExitStatus, link: str,
+        now: float) -> None:
+    """With a dependency or a dependent in any state, Core.restarts_at_once (the short
+    answer plus the others' say) equals the table's own step of that exit."""
+    c = replace(c, name="a", singleton=False,
+                requires=("b",) if link == "requires" else (),
+                after=("b",) if link == "after" else ())
+    b = ServiceConfig(name="b", command=("/bin/true",),
+                      requires=("a",) if link == "dependent" else ())
+    cr = core.Core(core.make_plan({"a": c, "b": b}))
+    cr.svcs["a"] = Svc(name="a", state=mine, pid=4242, started_at=NOW - 30.0)
+    cr.svcs["b"] = Svc(name="b", state=other, pid=4343 if other in (
+        State.READY, State.STARTING, State.STOPPING) else None)
+    got = cr.restarts_at_once("a", 4242, status, now)
+    s, conf = cr.svcs["a"], cr.plan.conf["a"]
+    assert got == (conf.kind != "forking" and
+                   cr._table_restarts_at_once("a", s, conf, status, now))
