@@ -9,9 +9,11 @@ that cannot supervise itself from being reset.
 - With no running snapshot (init as PID 1), the tickler's configuration parser wrote the
   last-known-good copy into persist_dir before the device was opened: a hung persist_dir
   kept the device unopened for good.
+- The gate returned early while init said `stopping`, before the cluster fence: a
+  fenced node that was shutting down kept petting while another node could take its
+  singletons over (the pure gate: tests/test_health_robust2.py).
 
-Real processes and the watchdog simulator. The gate's fence while init is stopping:
-tests/test_health_robust2.py.
+Real processes and the watchdog simulator.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pytest
 from hachain import channels
 from hachain.simulators.wdsim import SoftWatchdog
 from tests.conftest import children, heartbeat_window, wait_until
-from tests.test_tickler import TIMEOUT, ForgedLayers, Rig
+from tests.test_tickler import PET, TIMEOUT, ForgedLayers, Rig
 from tests.test_tickler_robust import MNT_DETACH, init_with_tickler
 
 PY = sys.executable
@@ -235,5 +237,55 @@ def test_without_a_snapshot_the_last_known_good_copy_is_still_written(
                 os.path.join(rig.persist_dir, channels.LAST_GOOD_CONFIG)), 10, "last_good.json")
             assert lkg["source"] == os.path.abspath(rig.config), lkg
             wait_until(lambda: not children(rig.procs[0].pid), 10, "the parser to be reaped")
+    finally:
+        rig.close()
+
+
+# -- 3. the fence while init is stopping, on the simulator ---------------------------------
+
+
+class StoppingNode(ForgedLayers):
+    """A cluster node whose init says `stopping`, whose restarter still lists `db` up,
+    and whose cluster layer's fence time the test sets (far ahead: the lease is renewed)."""
+
+    def __init__(self, state_dir: str, pid: int) -> None:
+        super().__init__(state_dir, pid)
+        self.pids["cluster"] = pid
+        self.layers["cluster"] = True
+        self.restarter_extra["singletons_up"] = ["db"]
+        self.fence_at = time.monotonic() + 3600.0
+
+    def beat_once(self) -> None:
+        self.seq += 1
+        for layer in list(self.layers):
+            now = time.monotonic()
+            extra = {"init": {"stopping": True}, "restarter": self.restarter_extra,
+                     "cluster": {"fence_at": self.fence_at,
+                                 "start_until": self.fence_at - 1.0}}[layer]
+            channels.write_heartbeat(self.state_dir, channels.Heartbeat(
+                layer, self.pids[layer], now, now, self.seq, 0, extra))
+
+
+@pytest.mark.slow
+def test_a_stopping_node_past_its_fence_stops_petting(tmp_path: Any) -> None:
+    """The real tickler of a cluster node that is stopping (init says so) with a
+    singleton still up: it pets while the lease is renewed, and stops once the fence time
+    has passed, so the watchdog resets the node before another may start the singleton.
+    The gate used to pass on `stopping` before it looked at the fence."""
+    rig = Rig(str(tmp_path))
+    with open(rig.config, "a") as f:
+        f.write('[cluster]\nendpoints = ["127.0.0.1:1"]\nnode = "n0"\nlease_ttl = 4\n'
+                "margin = 0.25\n")
+    rig.server.start()
+    try:
+        with StoppingNode(rig.state_dir, rig.sleeper.pid) as node:
+            rig.start_tickler()
+            wait_until(lambda: rig.pets() >= 2, TIMEOUT + 10, "the stopping node to pet")
+            node.fence_at = time.monotonic()  # the lease was not renewed: fenced now
+            # the last pet at most a pet interval before the gate fails, then a timeout
+            assert rig.expired.wait(TIMEOUT + PET + 2), rig.log_text()
+        gate = wait_until(lambda: channels.read_json(
+            os.path.join(rig.persist_dir, channels.GATE_RECORD)), 5, "gate.json")
+        assert any("singletons still up: db" in r for r in gate["reasons"]), gate
     finally:
         rig.close()
