@@ -93,6 +93,12 @@ class InitRun:
     def stderr(self) -> str:
         return (self.dir / "init.err").read_text(errors="replace")
 
+    def wait_stderr(self, text: str, timeout: float = 10.0) -> str:
+        """init's stderr once it holds `text`: its lines go out through a thread of their
+        own, after the start or heartbeat a test may have waited for."""
+        return str(wait_until(lambda: text in (t := self.stderr()) and t, timeout,
+                              f"init to log {text!r}"))
+
     def recorded_pids(self) -> set[int]:
         """Every pid a fake child or grandchild recorded (host pids outside a namespace)."""
         pids: set[int] = set()
@@ -175,7 +181,7 @@ def test_killed_child_is_restarted_with_count(launch: Callable[..., InitRun],
     assert second["mono"] >= killed_at
     assert len(run.starts(other)) == 1  # the other layer was left alone
     # the first death in a row is restarted at once, with no delay at all
-    assert f"{name} (pid {first['pid']}) killed by SIGKILL; restarting now" in run.stderr()
+    run.wait_stderr(f"{name} (pid {first['pid']}) killed by SIGKILL; restarting now")
 
 
 @pytest.mark.slow
@@ -189,10 +195,11 @@ def test_repeated_deaths_back_off_to_the_cap(launch: Callable[..., InitRun]) -> 
     # the scheduled delays are 0, 0.1, 0.2, 0.25, 0.25: a gap is at least its delay
     for gap, delay in zip(gaps, (0.0, 0.1, 0.2, 0.25, 0.25)):
         assert gap >= delay - 0.005, gaps
-    err = run.stderr()
-    assert f"tickler (pid {starts[0]['pid']}) exited with status 3; restarting now" in err
-    assert f"tickler (pid {starts[1]['pid']}) exited with status 3; restarting in 0.1 s" in err
-    assert f"tickler (pid {starts[3]['pid']}) exited with status 3; restarting in 0.25 s" in err
+    run.wait_stderr(f"tickler (pid {starts[0]['pid']}) exited with status 3; restarting now")
+    run.wait_stderr(f"tickler (pid {starts[1]['pid']}) exited with status 3; "
+                    "restarting in 0.1 s")
+    run.wait_stderr(f"tickler (pid {starts[3]['pid']}) exited with status 3; "
+                    "restarting in 0.25 s")
 
 
 def test_failed_spawn_is_retried(launch: Callable[..., InitRun], tmp_path: Path) -> None:
@@ -426,7 +433,9 @@ def test_pid1_shutdown_empties_the_namespace(ns_launch: Callable[..., tuple[Init
     # the child's fate) sees SIGHUP for a restart and SIGINT for a halt or power-off.
     assert run.proc.wait(timeout=20) == -seen_as
     err = run.stderr()
-    assert "restarter (pid 2) did not stop in time; SIGKILL" in err
+    # its pid inside the namespace (not 2: init's log thread took a pid of it first)
+    restarter = run.starts("restarter")[0]["pid"]
+    assert f"restarter (pid {restarter}) did not stop in time; SIGKILL" in err
     assert "sending SIGKILL to all processes" in err
     assert "all processes stopped; sync and" in err
 

@@ -12,7 +12,9 @@ What it must not do:
 - import anything but the standard library and `hachain.channels`; read TOML; know about
   services; make a policy decision (no backoff, no intensity, no "give up");
 - exit on an error. Every loop iteration is wrapped; a failure is logged and followed by a
-  one-second pause. As PID 1, returning from `main` is a kernel panic.
+  one-second pause. As PID 1, returning from `main` is a kernel panic;
+- write to stderr from the loop's thread: a console or journald that stops reading would
+  stop the loop. Lines go through a thread of their own (LogWriter).
 
 Some facts this code is built on:
 
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import _thread  # built in: nothing to read from a disk that may hang at the end
 import argparse
+import collections
 import ctypes
 import os
 import selectors
@@ -73,6 +76,8 @@ MAX_GRACE = 5.0  # SIGTERM-to-SIGKILL grace for the tickler and the leftovers
 SYNC_LIMIT = 30.0  # the last sync before reboot(2): longer, and the box reboots unsynced
 FIRST_BACKOFF = 0.1  # the delay after a second quick death; doubles up to --restart-delay
 STABLE_AFTER = 10.0  # a layer that ran this long starts the sequence again (immediate)
+LOG_QUEUE_MAX = 1000  # log lines waiting for a stderr that does not take them; more: dropped
+LOG_FLUSH = 1.0  # before an exit or reboot(2), how long the queued lines may take
 
 # reboot(2) commands and prctl / mount(2) constants (x86_64 and generic Linux).
 RB_AUTOBOOT = 0x01234567
@@ -96,12 +101,105 @@ SIG_CRASH = signal.SIGRTMIN + 1  # fault hook: exit now with FAULT_EXIT_STATUS
 SIG_HANG = signal.SIGRTMIN + 2  # fault hook: stop running the loop, forever
 
 
-def log(msg: str) -> None:
-    """One line on stderr; a broken console must never stop init."""
+def _release(lock: Any) -> None:
+    """Release a lock used as a wake-up; one that is already released stays so."""
     try:
-        os.write(2, channels.log_line(PROG, msg))
-    except OSError:
+        lock.release()
+    except RuntimeError:
         pass
+
+
+def write_err(line: bytes) -> None:
+    """Write all of `line` to fd 2; a broken console loses the line, nothing else."""
+    view = memoryview(line)
+    while view:
+        try:
+            view = view[os.write(2, view):]
+        except OSError:
+            return
+
+
+class LogWriter:
+    """stderr written by a thread of its own. A write to a pipe whose reader is stuck (a
+    hung journald, a console nobody drains) blocks; on the loop's thread it stopped the
+    loop, and with it the heartbeat: the gate failed and a healthy box was reset.
+
+    Lines wait in a deque of at most LOG_QUEUE_MAX; past that they are dropped and
+    counted, and the count goes out where they went missing (a `[n]` marker in the deque).
+    Nothing here takes a lock that `put` could find held: `put` runs on the loop's thread
+    and in signal handlers (the fault hooks), which may interrupt it. Deque operations are
+    atomic, and the two locks are used as wake-ups only (released by one thread,
+    acquired by the other)."""
+
+    def __init__(self) -> None:
+        self.lines: collections.deque[bytes | list[int]] = collections.deque()
+        self.wake = _thread.allocate_lock()  # released by put: lines are waiting
+        self.wake.acquire()
+        self.idle = _thread.allocate_lock()  # released by the writer: deque empty
+        self.idle.acquire()
+        _thread.start_new_thread(self.run, ())
+
+    def put(self, line: bytes) -> None:
+        q = self.lines
+        if len(q) < LOG_QUEUE_MAX:
+            q.append(line)
+        elif isinstance(q[-1], list):
+            q[-1][0] += 1  # the marker at the tail: far from the writer at the head
+        else:
+            q.append([1])
+        _release(self.wake)
+
+    def run(self) -> None:
+        """The thread: write the head of the deque, then drop it (so `flush` sees a line
+        until it is out); signals are left to the loop's thread."""
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        except (OSError, ValueError):
+            pass
+        q = self.lines
+        while True:
+            self.wake.acquire()
+            while q:
+                try:
+                    head = q[0]
+                    if isinstance(head, list):
+                        head = channels.log_line(PROG, f"{head[0]} log line(s) dropped: "
+                                                       "stderr did not take them")
+                    write_err(head)
+                    q.popleft()
+                except Exception:  # noqa: BLE001 - the thread must outlive any line
+                    if q:
+                        q.popleft()
+            _release(self.idle)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait at most `timeout` s for the queued lines to be written; False if not."""
+        deadline = time.monotonic() + timeout
+        while self.lines:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.idle.acquire(timeout=left)
+        return True
+
+
+LOG: list[LogWriter] = []  # the writer, once main() has started it
+
+
+def log(msg: str) -> None:
+    """One line on stderr (through the log thread once main() started it); a broken or
+    stuck console must never stop init."""
+    line = channels.log_line(PROG, msg)
+    if LOG:
+        LOG[0].put(line)
+    else:
+        write_err(line)
+
+
+def flush_log() -> None:
+    """Before init exits or reboots: give the queued lines LOG_FLUSH s to go out."""
+    if LOG:
+        LOG[0].flush(LOG_FLUSH)
 
 
 def libc_call(name: str, *args: Any) -> None:
@@ -518,6 +616,7 @@ class Init:
 def fault_crash(_sig: int, _frame: object) -> None:
     """SIGRTMIN+1: die at once. As PID 1 this is a kernel panic, which is the point."""
     log(f"fault hook: exiting with status {FAULT_EXIT_STATUS}")
+    flush_log()
     os._exit(FAULT_EXIT_STATUS)
 
 
@@ -584,6 +683,7 @@ def final_reboot(cmd: int) -> None:
     if not busy.acquire(timeout=SYNC_LIMIT):
         log(f"sync did not return within {SYNC_LIMIT:g} s: {names.get(cmd, hex(cmd))} "
             "without it (unwritten data may be lost)")
+    flush_log()  # reboot(2) does not wait for a thread
     try:
         libc_call("reboot", ctypes.c_int(cmd))
     except OSError as e:
@@ -593,6 +693,11 @@ def final_reboot(cmd: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `hachain-init`; as PID 1 it only returns if reboot(2) fails."""
     pid1 = os.getpid() == 1
+    if not LOG:
+        try:
+            LOG.append(LogWriter())
+        except Exception as e:  # noqa: BLE001 - no thread: write from the loop, as before
+            log(f"cannot start the log thread: {e}; writing stderr from the loop")
     opts = parse_options(sys.argv[1:] if argv is None else argv, pid1)
     if pid1:
         setup_pid1()
@@ -610,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         final_reboot(init.final_cmd)
     else:
         log("all processes stopped; exiting")
+    flush_log()
     return status
 
 
