@@ -101,3 +101,43 @@ def test_removing_the_cgroup_closes_what_was_kept(cgroups, tmp_path, started) ->
         with pytest.raises(OSError):
             os.fstat(fd)
     assert cgroups.events("r") is None
+
+
+def test_the_output_pipe_of_a_restart_is_made_ahead(tmp_path) -> None:
+    """The restarter makes the next spawn's output pipe after a spawn (make_spare), so a
+    restart takes it instead of calling pipe2 on its path; without a spare, pipe() still
+    makes one; drop_spare closes it."""
+    from hachain.restarter.logpipe import LogPipes
+    lp = LogPipes(str(tmp_path), str(tmp_path), log=lambda m: None)
+    lp.make_spare()
+    spare = lp.spare
+    assert spare is not None
+    assert lp.pipe() == spare and lp.spare is None
+    fresh = lp.pipe()
+    assert fresh != spare
+    os.write(spare[1], b"x")  # a working pipe, close-on-exec at both ends
+    assert os.read(spare[0], 1) == b"x"
+    assert all(os.get_inheritable(fd) is False for fd in spare + fresh)
+    for fd in spare + fresh:
+        os.close(fd)
+    lp.make_spare()
+    kept = lp.spare
+    assert kept is not None
+    lp.drop_spare()
+    assert lp.spare is None
+    for fd in kept:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_what_every_start_passes_is_made_once(tmp_path) -> None:
+    """The program's path as bytes, whether the start is plain, and the file limit given
+    are made with the environment, once per configuration object."""
+    plain = ServiceConfig(name="p", command=("/bin/sleep", "1"))
+    prep = spawn._prepared(plain, None)
+    assert prep.exe == b"/bin/sleep" and prep.plain and prep.nofile == spawn.BASE_NOFILE
+    assert spawn._prepared(plain, None) is prep
+    looked_up = ServiceConfig(name="q", command=("sleep", "1"), cwd="/",
+                              rlimits=(("nofile", 64, 64),))
+    prep = spawn._prepared(looked_up, None)
+    assert prep.exe is None and not prep.plain and prep.nofile is None

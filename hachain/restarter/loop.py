@@ -553,6 +553,7 @@ class Restarter:
             self.restart_times.append(now)
         self._watch(name, sp.pid, CHILD)
         self.logs.send(out_r, c)  # after the spawn: off the restart path
+        self.logs.make_spare()
         if sp.ready_fd is not None:
             os.set_blocking(sp.ready_fd, False)
             self.ready_fds[name] = sp.ready_fd
@@ -1275,6 +1276,7 @@ class Restarter:
             if not self.core.level_stopped():
                 return False
         self.flush()
+        self.logs.drop_spare()
         self.logs.stop()
         # Nothing runs any more: the next restarter starts from the configuration (a
         # oneshot runs again), not from records of this run.

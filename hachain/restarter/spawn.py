@@ -664,13 +664,16 @@ class Credentials:
     setting: str = ""  # 'user = "redis"', 'user = "redis", group = "www"', ...
 
 
+_NO_CREDENTIALS = Credentials()
+
+
 def credentials(cfg: ServiceConfig) -> Credentials:
     """Resolve `user` and `group` (in the restarter, before the fork): the user's uid, its
     primary group unless `group` is set, and its supplementary groups (as initgroups
     would), so a service never keeps root's group or groups. SpawnError names the
     setting that does not resolve."""
     if cfg.user is None and cfg.group is None:
-        return Credentials()
+        return _NO_CREDENTIALS
     uid = gid = None
     groups: tuple[int, ...] | None = None
     parts = []
@@ -766,6 +769,7 @@ _EXE_CACHE: dict[tuple[str, str], str] = {}
 # Signals the restarter ignores or handles: a service starts with their defaults.
 _SIGDEF = (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
            signal.SIGXFSZ)
+_SIGDEF_NUMBERS = [int(s) for s in _SIGDEF]  # as _clone3.spawn takes them
 
 
 def _exe_path(cfg: ServiceConfig, env: dict[str, str]) -> str:
@@ -860,6 +864,9 @@ class _Prepared(NamedTuple):
     env: dict[str, str]
     argv: list[bytes]
     envp: list[bytes]
+    exe: bytes | None  # the program's path, when command[0] names it (has a slash)
+    plain: bool  # _plain(cfg): no set-up beyond a plain spawn
+    nofile: tuple[int, int] | None  # the RLIMIT_NOFILE it is given (None: its own rlimits)
 
 
 _PREPARED: dict[str, _Prepared] = {}
@@ -872,7 +879,10 @@ def _prepared(cfg: ServiceConfig, notify_socket: str | None) -> _Prepared:
     if p is None or p.cfg is not cfg or p.notify_socket != notify_socket:
         env = service_env(cfg, notify_socket)
         p = _Prepared(cfg, notify_socket, env, [os.fsencode(a) for a in cfg.command],
-                      [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()])
+                      [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()],
+                      os.fsencode(cfg.command[0]) if "/" in cfg.command[0] else None,
+                      _plain(cfg),
+                      None if any(n == "nofile" for n, _, _ in cfg.rlimits) else BASE_NOFILE)
         _PREPARED[cfg.name] = p
     return p
 
@@ -892,10 +902,9 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
 
     `thaw` False: the caller has just read the cgroup empty and not frozen."""
     global _direct
-    path = _exe_path(cfg, prep.env)
-    argv, envp = prep.argv, prep.envp
-    setup = _setup(cfg, creds, ready_w)
-    nofile = None if any(n == "nofile" for n, _, _ in cfg.rlimits) else BASE_NOFILE
+    path = prep.exe or os.fsencode(_exe_path(cfg, prep.env))
+    argv, envp, nofile = prep.argv, prep.envp, prep.nofile
+    setup = None if prep.plain else _setup(cfg, creds, ready_w)
     for attempt in range(2):
         if thaw or attempt:
             cgroups.thaw(cg)  # a child born into a frozen cgroup would hold us in vfork's wait
@@ -906,8 +915,8 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
         except OSError:
             return None
         try:
-            return int(_clone3.spawn(os.fsencode(path), argv, envp, logfd, fd,
-                                     [int(s) for s in _SIGDEF], nofile, setup))
+            return int(_clone3.spawn(path, argv, envp, logfd, fd, _SIGDEF_NUMBERS, nofile,
+                                     setup))
         except OSError as e:
             if e.filename == _KILLED_AT_BIRTH:
                 if attempt == 0 and cgroups.renew(cfg.name):
