@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import signal
 import subprocess
@@ -32,7 +33,9 @@ from typing import Any
 import pytest
 
 from hachain import channels
+from hachain.simulators import wdsim
 from hachain.simulators.wdsim import SoftWatchdog
+from hachain.watchdog.device import WDIOC_SETPRETIMEOUT, WDIOC_SETTIMEOUT
 from tests.conftest import children, heartbeat_window, wait_until
 from tests.test_tickler import PET, TIMEOUT, ForgedLayers, Rig
 from tests.test_tickler_robust import MNT_DETACH, init_with_tickler
@@ -289,3 +292,62 @@ def test_a_stopping_node_past_its_fence_stops_petting(tmp_path: Any) -> None:
         assert any("singletons still up: db" in r for r in gate["reasons"]), gate
     finally:
         rig.close()
+
+
+# -- a driver that refuses the pretimeout --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_driver_that_refuses_the_pretimeout_is_petted_without_one(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pretimeout = 1` on a driver without a pretimeout (iTCO_wdt, for one: the watchdog
+    core answers EOPNOTSUPP), simulated by the simulator's SETPRETIMEOUT refusing. The
+    tickler exited 1 after the open; init's restarts of it petted the device for ever (the
+    close without 'V', SETTIMEOUT) and no gate ran. It now warns and pets as usual."""
+    def refuse(_wd: SoftWatchdog, _value: int, _now: float) -> None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    monkeypatch.setitem(wdsim._IOCTLS, WDIOC_SETPRETIMEOUT, refuse)
+    rig = Rig(str(tmp_path))
+    with open(rig.config, "a") as f:  # [watchdog] is the last table
+        f.write("pretimeout = 1\n")
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            p = rig.start_tickler()
+            wait_until(lambda: rig.pets() >= 2 or p.poll() is not None, TIMEOUT + 10,
+                       "the tickler to pet")
+            assert p.poll() is None, rig.log_text()
+            heartbeat_window(rig.tickler_hb, 2 * TIMEOUT, "the tickler")
+            assert rig.server.expirations == 0, rig.log_text()
+        rig.wait_log("cannot set pretimeout 1 s")
+    finally:
+        rig.close()
+
+
+@pytest.mark.slow
+def test_a_driver_that_refuses_the_timeout_is_held_unpetted(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver refuses the configured timeout (out of its range: iTCO_wdt's first
+    versions take at most 39 s), simulated by SETTIMEOUT refusing. The tickler used to
+    close the device (which pets it) and exit 1, and init's restarts did the same every
+    second: the machine was never reset and no gate ran. Now it holds the device without
+    petting, and the simulator fires within the driver's own timeout."""
+    def refuse(_wd: SoftWatchdog, _value: int, _now: float) -> None:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    monkeypatch.setitem(wdsim._IOCTLS, WDIOC_SETTIMEOUT, refuse)
+    driver_timeout = 8
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    fired_at: list[float] = []
+    wd = SoftWatchdog(timeout=driver_timeout)
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd,
+                           lambda: fired_at.append(time.monotonic()), 5, 60,
+                           ["--restart-delay", "1"]) as (init, err):
+        wait_until(lambda: wd.armed, 30, "the tickler to open the device")
+        armed_at = time.monotonic()
+        wait_until(lambda: fired_at, driver_timeout + 2, "the simulated watchdog to fire")
+        text = err.read_text(errors="replace")
+        assert text.count("started tickler") == 1, text[-3000:]
+        assert "the driver refused the timeout after the watchdog was armed" in text, \
+            text[-3000:]
+        print(f"opened to fired: {fired_at[0] - armed_at:.2f} s (driver timeout "
+              f"{driver_timeout} s)")

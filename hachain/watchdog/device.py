@@ -493,7 +493,8 @@ def open_watchdog(spec: str, nowayout: bool = False, timeout: int | None = None)
     (SETTIMEOUT pets), before anything else runs: the open arms the device with the
     driver's initial timeout, which may be short, and a slow box must not spend it on
     what follows (the sysfs lookup below imports pyudev, cold on the first boot). A
-    failing SETTIMEOUT raises, leaving the device armed (plain close).
+    failing SETTIMEOUT raises TimeoutRefused with the device still open and armed (its
+    `wd`): the caller decides whether to hold it or close it.
     """
     sim_path = sim_socket_path(spec)
     if sim_path is not None:
@@ -511,13 +512,24 @@ def open_watchdog(spec: str, nowayout: bool = False, timeout: int | None = None)
     except OSError as e:
         raise WatchdogError.from_oserror(path, "open", e) from e
     wd = Watchdog(FdTransport(fd), path, nowayout)
-    _set_at_once(wd, timeout)
-    if not nowayout:
-        from hachain.watchdog.discover import find_device
+    try:
+        _set_at_once(wd, timeout)
+    finally:  # (a refused timeout too: its holder must know whether 'V' disarms)
+        if not nowayout:
+            from hachain.watchdog.discover import find_device
 
-        dev = find_device(path)
-        wd.nowayout = bool(dev is not None and dev.nowayout)
+            dev = find_device(path)
+            wd.nowayout = bool(dev is not None and dev.nowayout)
     return wd
+
+
+class TimeoutRefused(WatchdogError):
+    """The driver refused the timeout right after the open (out of its range, say). The
+    device is open and armed with the driver's own timeout: `wd`."""
+
+    def __init__(self, err: WatchdogError, wd: Watchdog) -> None:
+        super().__init__(err.message, err.errno or 0, err.path)
+        self.wd = wd
 
 
 def _set_at_once(wd: Watchdog, timeout: int | None) -> None:
@@ -525,6 +537,5 @@ def _set_at_once(wd: Watchdog, timeout: int | None) -> None:
         return
     try:
         wd.set_timeout(timeout)
-    except WatchdogError:
-        wd.close()
-        raise
+    except WatchdogError as e:
+        raise TimeoutRefused(e, wd) from e

@@ -61,6 +61,7 @@ from hachain.errors import ConfigError
 from hachain.watchdog import health
 from hachain.watchdog.device import (
     WDIOF_CARDRESET,
+    TimeoutRefused,
     Watchdog,
     WatchdogError,
     describe_bootstatus,
@@ -372,9 +373,17 @@ class Tickler:
             log(f"{self.device}: warning: timeout {got} s is not longer than pet_interval "
                 f"{self.wdc.pet_interval:g} s; the machine will reset")
         if self.wdc.pretimeout > 0:
-            pre = self.wd.set_pretimeout(self.wdc.pretimeout)
+            try:
+                pre = self.wd.set_pretimeout(self.wdc.pretimeout)
+            except WatchdogError as e:
+                # A driver without one (EOPNOTSUPP), or a timeout rounded below it
+                # (EINVAL). Only a warning is lost; exiting would not do: init's restarts
+                # of the tickler, each opening the device, would pet it for ever.
+                log(f"{self.device}: warning: cannot set pretimeout "
+                    f"{self.wdc.pretimeout} s ({e}); running without one")
+                pre = 0
             self.pretimeout = pre
-            if pre != self.wdc.pretimeout:
+            if pre and pre != self.wdc.pretimeout:
                 log(f"{self.device}: asked for pretimeout {self.wdc.pretimeout} s, driver "
                     f"applied {pre} s")
         self.last_pet = time.monotonic()  # SETTIMEOUT pets
@@ -770,7 +779,7 @@ HOLD_POLL = 0.1  # a failed tickler looks for a stop signal this often
 
 
 def fail_unpetted(cfg: Config, wd: Watchdog | None, tickler: Tickler | None,
-                  exc: Exception) -> int:
+                  exc: Exception, what: str = "internal error") -> int:
     """Any error after the open but the device's own (a thread that cannot start under
     a pids limit, a bug): one line, no more pets, and the tickler stays up until a stop
     signal, so the watchdog resets the machine. Exiting would not: init restarts the
@@ -797,9 +806,10 @@ def fail_unpetted(cfg: Config, wd: Watchdog | None, tickler: Tickler | None,
         stop[0] = True
     for sig in STOP_SIGNALS:
         signal.signal(sig, on_stop)
-    log(f"internal error after the watchdog was armed: {why}; not petting any more: the "
-        f"watchdog resets this machine within {cfg.watchdog.timeout} s (a stop signal "
-        "still disarms it)")
+    within = "the driver's timeout" if isinstance(exc, TimeoutRefused) else \
+        f"{cfg.watchdog.timeout} s"
+    log(f"{what} after the watchdog was armed: {why}; not petting any more: the watchdog "
+        f"resets this machine within {within} (a stop signal still disarms it)")
     if tickler is not None:  # why the machine was reset, through the writer thread
         try:
             tickler.gate = health.GateResult(False, (f"the tickler failed: {why}",))
@@ -987,6 +997,10 @@ def main(argv: list[str] | None = None) -> int:
             # a slow box must not spend it on what comes before the first pet
             wd = open_watchdog(cfg.watchdog.device, cfg.watchdog.nowayout,
                                timeout=cfg.watchdog.timeout)
+        except TimeoutRefused as e:
+            # Open and armed: exiting would not do (the close without 'V' pets it, and so
+            # would each of init's restarts of the tickler, for ever). Held, unpetted.
+            return fail_unpetted(cfg, e.wd, None, e, "the driver refused the timeout")
         except WatchdogError as e:
             log(f"cannot open the watchdog: {e}; exiting (init will retry)")
             return 1
