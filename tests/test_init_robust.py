@@ -16,14 +16,18 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from hachain import bootrecord, channels
 from hachain.init import main as init_main
+from hachain.simulators.wdsim import SoftWatchdog
 from tests.conftest import children, heartbeat_window, wait_until
-from tests.test_init import InitRun, fake_cmd, kill_if_ours
+from tests.test_init import InitRun, fake_cmd, kill_if_ours, launch  # noqa: F401
+from tests.test_tickler_robust import init_with_tickler
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -152,3 +156,208 @@ def test_lines_a_stuck_stderr_did_not_take_are_counted_when_it_moves(tmp_path: P
     # count stands right after them: where the lines went missing
     assert drops[0] == init_main.LOG_QUEUE_MAX, drops[:3]
     assert lines[-1] == "hachain-init: all processes stopped; exiting"
+
+
+# --- a clean stop while the tickler is not there -------------------------------------------
+
+TIMEOUT = 15  # the simulated watchdog's, set by the tickler; > a tickler's start or two
+
+
+def stop_while_no_tickler_runs(init: subprocess.Popen[bytes],
+                               marker: bytes = b"hachain.watchdog.tickler") -> bool:
+    """SIGSTOP init; True (init left stopped) when none of its children is a live tickler
+    (`marker` in its command line), i.e. init is between two starts of the tickler, else
+    SIGCONT and False."""
+    os.kill(init.pid, signal.SIGSTOP)
+    wait_until(lambda: channels.proc_state(init.pid) == "T", 10, "init to stop")
+    for pid in children(init.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline and channels.proc_state(pid) != "Z":
+            os.kill(init.pid, signal.SIGCONT)
+            return False
+    return True
+
+
+def wait_armed_and_petting(state_dir: Path, wd: SoftWatchdog) -> channels.Heartbeat:
+    """The tickler's heartbeat once it has petted the armed simulator."""
+    hb = wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "tickler"))
+                    and h.extra.get("pets", 0) >= 1 and h, 60, "the tickler to pet")
+    assert wd.armed
+    return hb  # type: ignore[no-any-return]
+
+
+def assert_disarmed_and_never_fires(wd: SoftWatchdog, fired: threading.Event,
+                                    deadline: float, err: Path) -> None:
+    """The stopped chain disarmed the watchdog: it does not fire at `deadline`, when the
+    armed one would have (the last pet before the stop plus its timeout)."""
+    wait_until(lambda: not wd.armed or fired.is_set(), TIMEOUT + 10,
+               "the simulated watchdog to be disarmed (or to fire)")
+    text = err.read_text(errors="replace")
+    assert not fired.is_set(), "the watchdog fired after the clean stop:\n" + text[-3000:]
+    assert "magic close: watchdog disarmed" in text, text[-3000:]
+    wait_until(lambda: time.monotonic() > deadline + 1.0, TIMEOUT + 10,
+               "the time the watchdog would have fired")
+    assert not fired.is_set() and not wd.armed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nowayout", [False, True], ids=["disarms", "nowayout"])
+def test_a_clean_stop_while_the_tickler_is_between_restarts_disarms(
+        tmp_path: Path, nowayout: bool) -> None:
+    """The tickler was SIGKILLed (the device stays armed: no magic close) and its restarts
+    fail (the simulator's socket is away, as a device can be for a moment), so init waits
+    between them when the chain gets its SIGTERM. init's stop used to skip a tickler that
+    was not running: nobody disarmed the device, and the cleanly stopped machine was reset
+    `timeout` s later. init now starts it once more and stops it when it has the device.
+    A nowayout device cannot be disarmed: the tickler says so and leaves it armed."""
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    sock = tmp_path / "wd.sock"
+    fired = threading.Event()
+    wd = SoftWatchdog(timeout=TIMEOUT, nowayout=nowayout)
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, TIMEOUT, 60,
+                           ["--restart-delay", "30", "--stop-timeout", "20"]) as (init, err):
+        first = wait_armed_and_petting(state_dir, wd)
+        sock.rename(tmp_path / "wd.away")
+        os.kill(first.pid, signal.SIGKILL)
+        wait_until(lambda: "exited with status 1; restarting in" in err.read_text(
+            errors="replace"), 30, "a restart of the tickler that failed")
+        wait_until(lambda: stop_while_no_tickler_runs(init), 30,
+                   "init between two starts of the tickler")
+        (tmp_path / "wd.away").rename(sock)
+        deadline = wd.deadline()
+        assert deadline is not None  # armed, with the last pet of the killed tickler
+        init.send_signal(signal.SIGTERM)
+        os.kill(init.pid, signal.SIGCONT)
+        assert init.wait(60) == 0
+        if nowayout:
+            text = err.read_text(errors="replace")
+            assert "nowayout: the watchdog stays armed" in text, text[-3000:]
+            assert wd.armed
+        else:
+            assert_disarmed_and_never_fires(wd, fired, deadline, err)
+        text = err.read_text(errors="replace")
+        assert "tickler is not running: starting it once" in text, text[-3000:]
+
+
+@pytest.mark.slow
+def test_a_clean_stop_before_a_restarted_tickler_opened_the_device_disarms(
+        tmp_path: Path) -> None:
+    """The tickler was SIGKILLed and init restarted it; the new one is still on its way to
+    the open (held 5 s, RECORD_DEADLINE, by a boot record that does not answer: a FIFO)
+    when the chain gets its SIGTERM. A tickler stopped before its open exits without
+    touching the device, which the killed one left armed: the stopped machine was reset.
+    init now lets a restarted tickler open the device (its first heartbeat) first."""
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    persist_dir.mkdir()
+    os.mkfifo(persist_dir / bootrecord.RECORD)
+    fired = threading.Event()
+    wd = SoftWatchdog(timeout=TIMEOUT)
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, TIMEOUT, 60,
+                           ["--stop-timeout", "20"]) as (init, err):
+        first = wait_armed_and_petting(state_dir, wd)
+        os.kill(first.pid, signal.SIGKILL)
+        wait_until(lambda: (hb := channels.read_heartbeat(str(state_dir), "init"))
+                   and hb.extra["children"]["tickler"]["pid"] not in (None, first.pid),
+                   10, "init to restart the tickler")
+        deadline = wd.deadline()
+        assert deadline is not None
+        hb = channels.read_heartbeat(str(state_dir), "tickler")
+        assert hb is not None and hb.pid == first.pid  # the new one has not opened it yet
+        init.send_signal(signal.SIGTERM)
+        assert init.wait(60) == 0
+        assert_disarmed_and_never_fires(wd, fired, deadline, err)
+        text = err.read_text(errors="replace")
+        assert "to open the watchdog before stopping it" in text, text[-3000:]
+
+
+
+@pytest.mark.slow
+def test_a_restarted_tickler_that_never_beats_is_stopped_after_stop_timeout(
+        launch: Callable[..., InitRun]) -> None:  # noqa: F811
+    """The wait for a restarted tickler's first heartbeat is bounded by --stop-timeout:
+    one that never writes it (a fake layer here) is then stopped as before."""
+    run = launch("", "", "--stop-timeout", "1")
+    first = run.wait_starts("tickler", 1)[0]
+    run.wait_starts("restarter", 1)
+    os.kill(first["pid"], signal.SIGKILL)
+    second = run.wait_starts("tickler", 2)[1]
+    t0 = time.monotonic()
+    os.kill(run.proc.pid, signal.SIGTERM)
+    assert run.proc.wait(timeout=30) == 0
+    assert time.monotonic() - t0 >= 1.0  # it was waited for
+    err = run.stderr()
+    assert (f"waiting up to 1 s for tickler (pid {second['pid']}) to open the watchdog "
+            "before stopping it") in err
+    assert f"tickler (pid {second['pid']}) did not open the watchdog within 1 s" in err
+    assert f"stopping tickler (pid {second['pid']}) with SIGTERM" in err
+    assert len(run.starts("tickler")) == 2
+
+
+@pytest.mark.slow
+def test_a_tickler_started_once_at_the_stop_is_not_started_again(
+        launch: Callable[..., InitRun]) -> None:  # noqa: F811
+    """A tickler that keeps dying (exit 3 at once) is started once more by the stop, and
+    when that one dies too the stop goes on: one start, no restart loop."""
+    run = launch("", "--exit 3", "--stop-timeout", "1", delay=30)
+    run.wait_starts("tickler", 3)
+    run.wait_starts("restarter", 1)
+    wait_until(lambda: stop_while_no_tickler_runs(run.proc, b"fake_layer.py tickler"), 30,
+               "init between two starts of the tickler")
+    before = len(run.starts("tickler"))
+    os.kill(run.proc.pid, signal.SIGTERM)
+    os.kill(run.proc.pid, signal.SIGCONT)
+    assert run.proc.wait(timeout=30) == 0
+    err = run.stderr()
+    assert "tickler is not running: starting it once" in err
+    assert "the tickler ended before it was stopped" in err
+    assert len(run.starts("tickler")) == before + 1
+
+
+def forge_tickler_beat(run: InitRun, pid: int, **extra: object) -> None:
+    """A tickler heartbeat in init's state dir (the fake layers write none)."""
+    now = time.monotonic()
+    channels.write_heartbeat(str(run.state_dir), channels.Heartbeat(
+        "tickler", pid, now, now, 1, 0, dict(extra)))
+
+
+@pytest.mark.slow
+def test_no_tickler_is_started_at_the_stop_when_its_device_was_not_armed(
+        launch: Callable[..., InitRun]) -> None:  # noqa: F811
+    """The last tickler heartbeat says the device is not armed (`device = "none"`, or
+    disarmed for a boot loop): nothing to disarm, so no tickler is started at the stop."""
+    run = launch("", "--exit 3", "--stop-timeout", "1", delay=30)
+    last = run.wait_starts("tickler", 3)[-1]
+    run.wait_starts("restarter", 1)
+    forge_tickler_beat(run, last["pid"], armed=False, device="none")
+    wait_until(lambda: stop_while_no_tickler_runs(run.proc, b"fake_layer.py tickler"), 30,
+               "init between two starts of the tickler")
+    before = len(run.starts("tickler"))
+    os.kill(run.proc.pid, signal.SIGTERM)
+    os.kill(run.proc.pid, signal.SIGCONT)
+    assert run.proc.wait(timeout=30) == 0
+    assert "starting it once" not in run.stderr()
+    assert len(run.starts("tickler")) == before
+
+
+@pytest.mark.slow
+def test_the_wait_for_a_restarted_tickler_ends_at_the_device_timeout(
+        launch: Callable[..., InitRun]) -> None:  # noqa: F811
+    """With the device's timeout known from the last tickler heartbeat (2 s here), the
+    wait for a restarted tickler's first heartbeat ends 2 s after its start, not at
+    --stop-timeout (30 s): by then the device left armed has fired anyway, and one the
+    new tickler opened must get the SIGTERM before its own pet runs out."""
+    run = launch("", "", "--stop-timeout", "30")
+    first = run.wait_starts("tickler", 1)[0]
+    run.wait_starts("restarter", 1)
+    forge_tickler_beat(run, first["pid"], armed=True, timeout=2)
+    os.kill(first["pid"], signal.SIGKILL)
+    second = run.wait_starts("tickler", 2)[1]
+    os.kill(run.proc.pid, signal.SIGTERM)
+    assert run.proc.wait(timeout=25) == 0  # < --stop-timeout: the wait did not run to it
+    err = run.stderr()
+    waited = re.search(rf"waiting up to (\S+) s for tickler \(pid {second['pid']}\)", err)
+    assert waited is not None and 0 < float(waited.group(1)) <= 2.0, err
+    assert f"tickler (pid {second['pid']}) did not open the watchdog within" in err

@@ -4,8 +4,9 @@ What this module owns:
 - starting the two layer-2 processes, the restarter and the tickler, and restarting each
   one *blindly* a fixed delay after it exits, forever;
 - reaping every zombie that comes back to it (its own children and every orphan below);
-- the shutdown sequence: restarter first, then tickler, then whatever is left, then (as
-  PID 1) sync and reboot / halt / power off;
+- the shutdown sequence: restarter first, then tickler (one that has the watchdog open,
+  so that its orderly stop can disarm it), then whatever is left, then (as PID 1) sync
+  and reboot / halt / power off;
 - its own heartbeat, `<state_dir>/hb/init.json`, written from inside the event loop.
 
 What it must not do:
@@ -335,8 +336,9 @@ class Init:
             self.children.append(Child("cluster", opts.cluster_cmd))
         self.stopping = False
         self.final_cmd = RB_AUTOBOOT
-        self.phase = ""  # "", "restarter", "tickler", "rest", "done"
+        self.phase = ""  # "", "restarter", "tickler-start", "tickler", "rest", "done"
         self.phase_deadline = 0.0
+        self.tickler_wait = 0.0  # tickler-start: how long the wait for its first beat is
         self.rest_termed: dict[int, float] = {}  # subreaper: pid -> when to SIGKILL it
         self.rest_killed = False  # PID 1: kill(-1, SIGKILL) already sent
         self.hb: channels.HeartbeatWriter | None = None  # created by the first beat()
@@ -545,7 +547,8 @@ class Init:
             self.signal_pid(-1, signal.SIGTERM)
 
     def advance_shutdown(self, now: float) -> None:
-        """Move through restarter -> tickler -> rest -> done as each phase finishes."""
+        """Move through restarter -> (tickler-start) -> tickler -> rest -> done as each
+        phase finishes."""
         if self.phase in ("restarter", "tickler"):
             child = next((c for c in self.children if c.name == self.phase), None)
             if child is not None and child.pid is not None:
@@ -553,13 +556,79 @@ class Init:
                     return
                 log(f"{child.name} (pid {child.pid}) did not stop in time; SIGKILL")
                 self.signal_pid(child.pid, signal.SIGKILL)
-            self.enter_phase("tickler" if self.phase == "restarter" else "rest", now)
+            if self.phase == "restarter":
+                self.before_tickler_stop(now)
+            else:
+                self.enter_phase("rest", now)
             self.advance_shutdown(now)  # a layer that is not running needs no wait
+        elif self.phase == "tickler-start":
+            child = next(c for c in self.children if c.name == "tickler")
+            if child.pid is None:  # reap() said how it ended
+                log("the tickler ended before it was stopped; the watchdog stays as it "
+                    "left it")
+            elif not self.tickler_has_beaten(child):
+                if now < self.phase_deadline:
+                    return
+                log(f"tickler (pid {child.pid}) did not open the watchdog within "
+                    f"{self.tickler_wait:.3g} s; stopping it anyway")
+            self.enter_phase("tickler", now)
+            self.advance_shutdown(now)
         elif self.phase == "rest":
             if self.pid1:
                 self.stop_rest_pid1(now)
             else:
                 self.stop_rest_subreaper(now)
+
+    def before_tickler_stop(self, now: float) -> None:
+        """Only the tickler disarms the watchdog (the magic close of its orderly stop), and
+        only once it has the device open: a tickler stopped before its open exits without
+        touching it. When this run's tickler ran before and may have left the device armed
+        (one that dies closes it without the magic character), the one that gets the
+        SIGTERM must first have opened it, seen by its first heartbeat: one between
+        restarts is started once more, one just restarted is waited for. The wait ends at
+        --stop-timeout, or sooner, once the tickler has been starting for the device's
+        timeout (from the last heartbeat): by then the device left armed has fired, and a
+        tickler that opened it and failed before its first heartbeat (it stays up without
+        petting, tickler.fail_unpetted) must get the SIGTERM before it fires. A crash
+        still disarms nothing; nowayout is the tickler's to honour."""
+        child = next((c for c in self.children if c.name == "tickler"), None)
+        hb = channels.read_heartbeat(self.opts.state_dir, "tickler")
+        if (child is None or child.attempts == 0  # --no-tickler, or never started
+                or (hb is not None and hb.extra.get("armed") is False)):  # "none", disarmed
+            self.enter_phase("tickler", now)
+            return
+        if child.pid is None:
+            log("tickler is not running: starting it once, so that its orderly stop "
+                "disarms the watchdog")
+            self.spawn(child, now)
+            if child.pid is None:  # spawn() logged why
+                self.enter_phase("tickler", now)
+                return
+        elif child.restarts == 0 or self.tickler_has_beaten(child, hb):
+            self.enter_phase("tickler", now)  # the first one, or one with the device open
+            return
+        deadline = now + self.opts.stop_timeout
+        timeout = hb.extra.get("timeout") if hb is not None else None
+        if (isinstance(timeout, (int, float)) and timeout > 0
+                and child.started_mono is not None):
+            deadline = min(deadline, child.started_mono + timeout)
+        if deadline <= now:
+            self.enter_phase("tickler", now)
+            return
+        self.tickler_wait = deadline - now
+        log(f"waiting up to {self.tickler_wait:.3g} s for tickler (pid {child.pid}) to "
+            "open the watchdog before stopping it")
+        self.phase = "tickler-start"
+        self.phase_deadline = deadline
+
+    def tickler_has_beaten(self, child: Child,
+                           hb: channels.Heartbeat | None = None) -> bool:
+        """True once the tickler process `child` runs has written its heartbeat (it does
+        from its loop, after the open); `hb`: the heartbeat just read, else read here."""
+        if hb is None:
+            hb = channels.read_heartbeat(self.opts.state_dir, "tickler")
+        return (hb is not None and hb.pid == child.pid and child.started_mono is not None
+                and hb.mono >= child.started_mono)
 
     def stop_rest_pid1(self, now: float) -> None:
         """PID 1: everything in the namespace is ours; TERM went out, KILL after the grace."""
