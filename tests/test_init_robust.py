@@ -163,21 +163,17 @@ def test_lines_a_stuck_stderr_did_not_take_are_counted_when_it_moves(tmp_path: P
 TIMEOUT = 15  # the simulated watchdog's, set by the tickler; > a tickler's start or two
 
 
-def stop_while_no_tickler_runs(init: subprocess.Popen[bytes],
-                               marker: bytes = b"hachain.watchdog.tickler") -> bool:
-    """SIGSTOP init; True (init left stopped) when none of its children is a live tickler
-    (`marker` in its command line), i.e. init is between two starts of the tickler, else
-    SIGCONT and False."""
+def stop_while_no_tickler_runs(init: subprocess.Popen[bytes], restarter: int) -> bool:
+    """SIGSTOP init; True (init left stopped) when its only live child is the restarter
+    (pid `restarter`), i.e. init is between two starts of the tickler, else SIGCONT and
+    False. (Any other child counts as a tickler: one caught inside posix_spawn, before its
+    exec, still shows init's command line.)"""
     os.kill(init.pid, signal.SIGSTOP)
     wait_until(lambda: channels.proc_state(init.pid) == "T", 10, "init to stop")
-    for pid in children(init.pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in cmdline and channels.proc_state(pid) != "Z":
-            os.kill(init.pid, signal.SIGCONT)
-            return False
+    if any(pid != restarter and channels.proc_state(pid) not in (None, "Z")
+           for pid in children(init.pid)):
+        os.kill(init.pid, signal.SIGCONT)
+        return False
     return True
 
 
@@ -220,11 +216,14 @@ def test_a_clean_stop_while_the_tickler_is_between_restarts_disarms(
     with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, TIMEOUT, 60,
                            ["--restart-delay", "30", "--stop-timeout", "20"]) as (init, err):
         first = wait_armed_and_petting(state_dir, wd)
+        ihb = channels.read_heartbeat(str(state_dir), "init")
+        assert ihb is not None
+        restarter = ihb.extra["children"]["restarter"]["pid"]
         sock.rename(tmp_path / "wd.away")
         os.kill(first.pid, signal.SIGKILL)
         wait_until(lambda: "exited with status 1; restarting in" in err.read_text(
             errors="replace"), 30, "a restart of the tickler that failed")
-        wait_until(lambda: stop_while_no_tickler_runs(init), 30,
+        wait_until(lambda: stop_while_no_tickler_runs(init, restarter), 30,
                    "init between two starts of the tickler")
         (tmp_path / "wd.away").rename(sock)
         deadline = wd.deadline()
@@ -303,8 +302,8 @@ def test_a_tickler_started_once_at_the_stop_is_not_started_again(
     when that one dies too the stop goes on: one start, no restart loop."""
     run = launch("", "--exit 3", "--stop-timeout", "1", delay=30)
     run.wait_starts("tickler", 3)
-    run.wait_starts("restarter", 1)
-    wait_until(lambda: stop_while_no_tickler_runs(run.proc, b"fake_layer.py tickler"), 30,
+    restarter = run.wait_starts("restarter", 1)[0]["pid"]
+    wait_until(lambda: stop_while_no_tickler_runs(run.proc, restarter), 30,
                "init between two starts of the tickler")
     before = len(run.starts("tickler"))
     os.kill(run.proc.pid, signal.SIGTERM)
@@ -330,9 +329,9 @@ def test_no_tickler_is_started_at_the_stop_when_its_device_was_not_armed(
     disarmed for a boot loop): nothing to disarm, so no tickler is started at the stop."""
     run = launch("", "--exit 3", "--stop-timeout", "1", delay=30)
     last = run.wait_starts("tickler", 3)[-1]
-    run.wait_starts("restarter", 1)
+    restarter = run.wait_starts("restarter", 1)[0]["pid"]
     forge_tickler_beat(run, last["pid"], armed=False, device="none")
-    wait_until(lambda: stop_while_no_tickler_runs(run.proc, b"fake_layer.py tickler"), 30,
+    wait_until(lambda: stop_while_no_tickler_runs(run.proc, restarter), 30,
                "init between two starts of the tickler")
     before = len(run.starts("tickler"))
     os.kill(run.proc.pid, signal.SIGTERM)
