@@ -76,6 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
              "--heartbeat-interval", str(cfg.chain.heartbeat_interval)]
     if cfg.watchdog.device == "none" and args.no_tickler:
         argv.append("--no-tickler")
+    # a tickler that cannot run is given up on only where a device can expire
+    argv += ["--tickler-deaths", "0" if cfg.watchdog.device == "none"
+             else str(cfg.watchdog.tickler_deaths),
+             "--tickler-min-run", str(cfg.watchdog.tickler_min_run)]
     if cfg.cluster is not None:
         argv.append("--cluster")
     if not cfg.chain.restarter_standby:

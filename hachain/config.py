@@ -127,6 +127,10 @@ class WatchdogConfig:
     # automatic restarts per second (averaged over 10 s) above which the restarter is in
     # an unbounded storm; per-service intensity limits keep ordinary crash loops far below
     max_restart_rate: float = 1000.0
+    # init gives up on a tickler that died this many times in a row, each within
+    # tickler_min_run s of its start, petting the device by its close (0: never)
+    tickler_deaths: int = 10
+    tickler_min_run: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -588,6 +592,16 @@ WATCHDOG = S.Table(WatchdogConfig, (
           "per second, averaged over the last 10 s, above which the restarter is in an "
           "unbounded restart storm: the gate fails. Per-service `intensity` limits keep "
           "ordinary crash loops far below this."),
+    S.Key("tickler_deaths", _integer(0, 1000), "init stops restarting the tickler after "
+          "it died this many times in a row, each within `tickler_min_run` seconds of its "
+          "start, and left the device armed (a death by a signal, or an error after the "
+          "open: its close pets the device once, so restarting it for ever would keep the "
+          "machine up unsupervised). The watchdog then resets the machine. Exits before "
+          "the open (no device yet, busy, a bad configuration) do not count. 0: restart "
+          "it for ever. Ignored with `device = \"none\"` (nothing to expire: restarted for "
+          "ever)."),
+    S.Key("tickler_min_run", _seconds(0.1, 3600), "A tickler that ran this long before "
+          "it died starts the count of `tickler_deaths` again."),
 ), checks=(_watchdog_checks,))
 
 

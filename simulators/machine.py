@@ -213,7 +213,9 @@ class SimMachine:
         wd = cfg.watchdog
         # init reads no TOML: hand it the chain's timings on its command line.
         self._init_timing = ["--restart-delay", f"{cfg.chain.restart_delay:g}",
-                             "--heartbeat-interval", f"{cfg.chain.heartbeat_interval:g}"]
+                             "--heartbeat-interval", f"{cfg.chain.heartbeat_interval:g}",
+                             "--tickler-deaths", str(wd.tickler_deaths),
+                             "--tickler-min-run", f"{wd.tickler_min_run:g}"]
         if cfg.cluster is not None:
             self._init_timing.append("--cluster")
         os.makedirs(self.persist_dir, exist_ok=True)

@@ -221,7 +221,7 @@ def test_a_clean_stop_while_the_tickler_is_between_restarts_disarms(
         restarter = ihb.extra["children"]["restarter"]["pid"]
         sock.rename(tmp_path / "wd.away")
         os.kill(first.pid, signal.SIGKILL)
-        wait_until(lambda: "exited with status 1; restarting in" in err.read_text(
+        wait_until(lambda: "exited with status 3; restarting in" in err.read_text(
             errors="replace"), 30, "a restart of the tickler that failed")
         wait_until(lambda: stop_while_no_tickler_runs(init, restarter), 30,
                    "init between two starts of the tickler")

@@ -20,6 +20,7 @@ import pytest
 
 from hachain import channels
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
+from hachain.watchdog import tickler
 from hachain.watchdog.device import WDIOF_CARDRESET, sim_attributes
 from tests.conftest import heartbeat_window, wait_until
 
@@ -285,7 +286,7 @@ def test_unopenable_device_exits_nonzero_with_a_clear_message(tmp_path: Any) -> 
     r = Rig(str(tmp_path))  # the server is never started: nothing listens on the socket
     try:
         p = r.start_tickler()
-        assert p.wait(20) == 1
+        assert p.wait(20) == tickler.EXIT_NOT_OPENED  # init: no pet, not counted
         assert "cannot open the watchdog: sim:" in r.log_text()
     finally:
         r.close()

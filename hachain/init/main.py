@@ -11,7 +11,8 @@ What this module owns:
 
 What it must not do:
 - import anything but the standard library and `hachain.channels`; read TOML; know about
-  services; make a policy decision (no backoff, no intensity, no "give up");
+  services; make a policy decision (no backoff, no intensity, no "give up" but the
+  tickler's count of deaths that pet the device, below);
 - exit on an error. Every loop iteration is wrapped; a failure is logged and followed by a
   one-second pause. As PID 1, returning from `main` is a kernel panic;
 - write to stderr from the loop's thread: a console or journald that stops reading would
@@ -48,6 +49,17 @@ Some facts this code is built on:
   `FIRST_BACKOFF` doubling up to `--restart-delay`. The cap bounds the spawn rate (a crash
   loop cannot starve the loop or the machine) and the recovery time stays a constant
   anyone can add up: at most `--restart-delay` after any death.
+- One exception, the tickler that can never run. Each start of a tickler opens the
+  watchdog (arming it, and SETTIMEOUT pets it), and each death closes it without the magic
+  character, which the kernel answers with one more ping ("watchdog did not stop!"). So a
+  tickler killed at every start (a segfault, the OOM killer) or failing in its loop would
+  keep the machine alive for ever through init's restarts, with nothing supervising it.
+  After `--tickler-deaths` such deaths in a row, each before the tickler ran
+  `--tickler-min-run` s, init stops restarting it and leaves the device alone: it expires
+  and resets the machine. Exits that say the device was not opened (0, a bad
+  configuration 2, TICKLER_NOT_OPENED) neither count nor start the count again: a device
+  that appears late, or is busy for a moment, is waited for as before. This is a count,
+  not a policy: `hachain run` passes 0 (restart for ever) with `device = "none"`.
 """
 
 from __future__ import annotations
@@ -79,6 +91,10 @@ FIRST_BACKOFF = 0.1  # the delay after a second quick death; doubles up to --res
 STABLE_AFTER = 10.0  # a layer that ran this long starts the sequence again (immediate)
 LOG_QUEUE_MAX = 1000  # log lines waiting for a stderr that does not take them; more: dropped
 LOG_FLUSH = 1.0  # before an exit or reboot(2), how long the queued lines may take
+# The tickler's exit status when it could not open the device (hachain.watchdog.tickler
+# EXIT_NOT_OPENED; a test checks they agree): like 0 and 2, it touched nothing.
+TICKLER_NOT_OPENED = 3
+TICKLER_UNTOUCHED = (0, 2, TICKLER_NOT_OPENED)
 
 # reboot(2) commands and prctl / mount(2) constants (x86_64 and generic Linux).
 RB_AUTOBOOT = 0x01234567
@@ -253,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restarter-cmd", type=shlex.split, default=None)
     p.add_argument("--tickler-cmd", type=shlex.split, default=None)
     p.add_argument("--no-tickler", action="store_true")
+    # [watchdog] tickler_deaths / tickler_min_run: give up on a tickler that cannot run
+    p.add_argument("--tickler-deaths", type=int, default=10)
+    p.add_argument("--tickler-min-run", type=float, default=10.0)
     # [chain] restarter_standby = false: the default restarter command without --standby
     p.add_argument("--no-restarter-standby", action="store_true")
     # [cluster]: also run the cluster layer (`hachain run` adds this; init reads no TOML)
@@ -274,9 +293,11 @@ def parse_options(argv: list[str], pid1: bool) -> argparse.Namespace:
         except SystemExit:
             log("bad arguments; using the defaults")
             opts = parser.parse_args([])
-    if opts.restart_delay < 0 or opts.heartbeat_interval <= 0 or opts.stop_timeout < 0:
+    if (opts.restart_delay < 0 or opts.heartbeat_interval <= 0 or opts.stop_timeout < 0
+            or opts.tickler_deaths < 0 or not opts.tickler_min_run > 0):
         if not pid1:
-            parser.error("delays and timeouts must be >= 0 (heartbeat interval > 0)")
+            parser.error("delays, timeouts and --tickler-deaths must be >= 0 (heartbeat "
+                         "interval and --tickler-min-run > 0)")
         log("negative delay or timeout; using the defaults")
         opts = parser.parse_args([])
     python = sys.executable or "/usr/bin/python3"
@@ -309,6 +330,8 @@ class Child:
         self.due: float | None = 0.0
         self.attempts = 0  # spawn attempts, failed ones included
         self.quick_deaths = 0  # deaths (or failed spawns) in a row, each before STABLE_AFTER
+        self.armed_deaths = 0  # tickler: deaths in a row that petted the device (see reap)
+        self.gave_up = False  # tickler: no more restarts this run (the device expires)
 
     def next_delay(self, now: float, cap: float) -> float:
         """The delay before the next start, after a death or failed spawn at `now`: 0 for
@@ -507,14 +530,35 @@ class Init:
             if child is None:
                 continue  # an orphan of the tree: reaping it is all there is to do
             now = time.monotonic()
+            ran = now - child.started_mono if child.started_mono is not None else 0.0
             delay = child.next_delay(now, self.opts.restart_delay)
             child.pid, child.started_mono = None, None
             if self.stopping:
                 log(f"{child.name} (pid {pid}) {describe_status(status)}")
+            elif child.name == "tickler" and self.tickler_cannot_run(child, status, ran):
+                child.due, child.gave_up = None, True
+                log(f"tickler (pid {pid}) {describe_status(status)}: it died "
+                    f"{child.armed_deaths} times in a row, each within "
+                    f"{self.opts.tickler_min_run:g} s of its start and each petting the "
+                    "watchdog by its close; not restarting it again: the watchdog resets "
+                    "this machine within its timeout (--tickler-deaths "
+                    f"{self.opts.tickler_deaths})")
             else:
                 child.due = now + delay
                 log(f"{child.name} (pid {pid}) {describe_status(status)}; "
                     + (f"restarting in {delay:g} s" if delay else "restarting now"))
+
+    def tickler_cannot_run(self, child: Child, status: int, ran: float) -> bool:
+        """Count a tickler's death that petted the device (one that may have opened it:
+        killed by a signal, or an exit status not in TICKLER_UNTOUCHED) before it ran
+        --tickler-min-run s; a run that long starts the count again. True once
+        --tickler-deaths are counted in a row (never with 0)."""
+        touched = not (os.WIFEXITED(status) and os.WEXITSTATUS(status) in TICKLER_UNTOUCHED)
+        if ran >= self.opts.tickler_min_run:
+            child.armed_deaths = 0
+        elif touched:
+            child.armed_deaths += 1
+        return 0 < self.opts.tickler_deaths <= child.armed_deaths
 
     def beat(self) -> None:
         """Write the heartbeat; a missing or unwritable state dir is retried next time."""
@@ -528,7 +572,9 @@ class Init:
             "pid1": self.pid1,
             "stopping": self.stopping,
             "children": {c.name: {"pid": c.pid, "restarts": c.restarts,
-                                  "started_mono": c.started_mono} for c in self.children},
+                                  "started_mono": c.started_mono,
+                                  **({"gave_up": True} if c.gave_up else {})}
+                         for c in self.children},
         })
 
     # -- shutdown --

@@ -80,6 +80,10 @@ RECORD_DEADLINE = 5.0  # the boot record at start, before the device is armed
 PET_EARLY = 0.01  # a pet due this soon after a tick goes out in that tick
 TICK_AFTER = 0.005  # ticks come this long after the chain's heartbeat grid (next_tick)
 RT_PRIORITY = 50  # SCHED_FIFO priority: above ordinary services, below kernel threads
+# The exit status when the device could not be opened. init tells it from a death that
+# petted the device (its close without 'V'): only those count toward giving up on the
+# tickler (hachain.init.main TICKLER_NOT_OPENED, the same number).
+EXIT_NOT_OPENED = 3
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOP_EARLY = [False]  # a stop signal came before the loop took them over (main, run)
@@ -935,7 +939,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point. 0 after an orderly stop, 1 on a device error, 2 on a bad config."""
+    """Entry point. 0 after an orderly stop, 1 on a device error after the open, 2 on a
+    bad config, EXIT_NOT_OPENED (3) when the device could not be opened."""
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     # A stop signal from here on is kept for the loop: one that killed the tickler between
@@ -1003,7 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail_unpetted(cfg, e.wd, None, e, "the driver refused the timeout")
         except WatchdogError as e:
             log(f"cannot open the watchdog: {e}; exiting (init will retry)")
-            return 1
+            return EXIT_NOT_OPENED
     tickler: Tickler | None = None
     try:
         tickler = Tickler(cfg, wd, started)

@@ -1,0 +1,206 @@
+"""A tickler that can never run must not keep the machine up through init's restarts.
+
+Each start of a tickler opens the watchdog (SETTIMEOUT pets it) and each death closes it
+without the magic character, which the Linux watchdog core, and the simulator after it,
+answers with one more ping ("watchdog did not stop!"). A tickler killed at every start
+(a segfault, the OOM killer) was restarted by init for ever, and the machine was never
+reset although nothing supervised it. init now stops restarting the tickler after
+`--tickler-deaths` such deaths in a row, each within `--tickler-min-run` s of its start
+([watchdog] tickler_deaths, tickler_min_run), and the watchdog fires. A healthy chain
+whose tickler is killed now and then is restarted as before.
+
+Real init, the real tickler, the watchdog simulator; the restarter is a `sleep` (the
+gate passes for `restart_grace` from each tickler's start).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hachain import channels
+from hachain.init import main as init_main
+from hachain.simulators.wdsim import SoftWatchdog
+from hachain.watchdog import tickler
+from tests.conftest import children, heartbeat_window, wait_until
+from tests.test_tickler import PET
+from tests.test_tickler_robust import init_with_tickler
+
+pytestmark = pytest.mark.timeout(150)
+TIMEOUT = 5  # the simulated watchdog's, set by each tickler (SETTIMEOUT)
+GRACE = 60.0  # restart_grace: the `sleep` restarter passes the gate this long
+START = 30.0  # the bound on one start of the tickler up to its open, on a loaded host
+GIVE_UP = "not restarting it again"
+LONG_TIMEOUT = 200  # a watchdog that must not fire while a test runs (its bound: 150 s)
+
+
+class CountingWatchdog(SoftWatchdog):
+    """The simulated driver, counting the opens (one per tickler that got to the device)."""
+
+    def __init__(self, timeout: int) -> None:
+        super().__init__(timeout=timeout)
+        self.opens = 0
+
+    def open(self, now: float) -> None:
+        super().open(now)
+        self.opens += 1
+
+
+def restarter_pid(state_dir: Path) -> int:
+    """The restarter's pid (the `sleep`), from init's heartbeat."""
+    hb = wait_until(lambda: channels.read_heartbeat(str(state_dir), "init"), 10,
+                    "init's heartbeat")
+    pid = wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "init"))
+                     and h.extra["children"]["restarter"]["pid"], 10, "the restarter")
+    assert hb is not None
+    return int(pid)
+
+
+def kill_after_open(init: Any, wd: CountingWatchdog, restarter: int, n: int) -> int:
+    """Wait for the `n`th open of the device, then SIGKILL the tickler that made it (init's
+    child that is not the restarter; the test started init, so these are its processes).
+    Returns the killed pid."""
+    wait_until(lambda: wd.opens >= n, START, f"open number {n} of the device")
+    pid = wait_until(lambda: next((p for p in children(init.pid) if p != restarter
+                                   and channels.proc_state(p) not in (None, "Z")), None),
+                     10, "the tickler that opened the device")
+    init_main.Init.signal_pid(pid, signal.SIGKILL)
+    return int(pid)
+
+
+def test_the_tickler_exit_status_for_an_unopened_device_is_the_one_init_knows() -> None:
+    assert init_main.TICKLER_NOT_OPENED == tickler.EXIT_NOT_OPENED
+    assert init_main.TICKLER_NOT_OPENED in init_main.TICKLER_UNTOUCHED
+
+
+@pytest.mark.slow
+def test_a_tickler_killed_at_every_start_is_given_up_and_the_watchdog_fires(
+        tmp_path: Path) -> None:
+    """SIGKILLed right after each open: every death pets the device (the close without
+    'V'), and init used to restart it for ever; the watchdog never fired. After
+    `--tickler-deaths 3` init starts no more ticklers, and the simulator fires within the
+    timeout of the last pet (the last close, before init's line)."""
+    deaths = 3
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    fired_at: list[float] = []
+    wd = CountingWatchdog(TIMEOUT)
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd,
+                           lambda: fired_at.append(time.monotonic()), TIMEOUT, GRACE,
+                           ["--restart-delay", "1", "--tickler-deaths", str(deaths),
+                            "--tickler-min-run", str(START)]) as (init, err):
+        restarter = restarter_pid(state_dir)
+        killed = [kill_after_open(init, wd, restarter, 1)]
+        first_kill = time.monotonic()
+        killed += [kill_after_open(init, wd, restarter, n) for n in range(2, deaths + 1)]
+        text = wait_until(lambda: (t := err.read_text(errors="replace")) and GIVE_UP in t
+                          and t, 10, "init to give up on the tickler")
+        seen = time.monotonic()
+        assert not fired_at, "fired before the last tickler died:\n" + text[-3000:]
+        assert wd.armed, text[-3000:]
+        wait_until(lambda: fired_at, TIMEOUT + PET + 2, "the simulated watchdog to fire")
+        text = err.read_text(errors="replace")
+        assert init.poll() is None, text[-3000:]
+        assert text.count("started tickler") == deaths, text[-3000:]
+        assert wd.opens == deaths
+        assert f"tickler (pid {killed[-1]}) killed by SIGKILL: it died {deaths} times in " \
+               "a row" in text, text[-3000:]
+        hb = wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "init"))
+                        and h.mono > seen and h, 10, "init's next heartbeat")
+        assert hb.extra["children"]["tickler"]["gave_up"] is True
+        assert hb.extra["children"]["tickler"]["pid"] is None
+        print(f"init gave up to fired: {fired_at[0] - seen:.2f} s (timeout {TIMEOUT} s); "
+              f"first kill to fired: {fired_at[0] - first_kill:.2f} s")
+
+
+@pytest.mark.slow
+def test_a_healthy_tickler_killed_twice_is_restarted_and_the_watchdog_does_not_fire(
+        tmp_path: Path) -> None:
+    """Two quick deaths, one short of `--tickler-deaths 3`: restarted as before (one start
+    each), the third tickler pets, and nothing fires for a whole timeout and more."""
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    fired = threading.Event()
+    wd = CountingWatchdog(TIMEOUT)
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, TIMEOUT, GRACE,
+                           ["--restart-delay", "1", "--tickler-deaths", "3",
+                            "--tickler-min-run", str(START)]) as (init, err):
+        restarter = restarter_pid(state_dir)
+        killed = {kill_after_open(init, wd, restarter, n) for n in (1, 2)}
+        hb = wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "tickler"))
+                        and h.pid not in killed and h.extra.get("pets", 0) >= 1 and h,
+                        START, "the third tickler to pet")
+        heartbeat_window(lambda: channels.read_heartbeat(str(state_dir), "tickler"),
+                         TIMEOUT + PET + 1, "the third tickler")
+        text = err.read_text(errors="replace")
+        assert not fired.is_set(), text[-3000:]
+        assert wd.armed and wd.opens == 3, text[-3000:]
+        assert GIVE_UP not in text and text.count("started tickler") == 3, text[-3000:]
+        assert channels.read_heartbeat(str(state_dir), "tickler").pid == hb.pid
+
+
+@pytest.mark.slow
+def test_a_tickler_that_ran_min_run_starts_the_count_again(tmp_path: Path) -> None:
+    """`--tickler-deaths 2`: a quick death, then one after a run of `--tickler-min-run`
+    s, then a quick one. Two quick deaths but not in a row: no giving up, a fourth
+    tickler runs and pets."""
+    min_run = 8.0  # > a start up to the open on a loaded host (the quick kills come there)
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    fired = threading.Event()
+    wd = CountingWatchdog(TIMEOUT)
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, TIMEOUT, GRACE,
+                           ["--restart-delay", "1", "--tickler-deaths", "2",
+                            "--tickler-min-run", str(min_run)]) as (init, err):
+        restarter = restarter_pid(state_dir)
+        killed = {kill_after_open(init, wd, restarter, 1)}
+
+        def ran_min_run() -> int | None:
+            """The second tickler's pid once init's heartbeat says it ran min_run s."""
+            hb = channels.read_heartbeat(str(state_dir), "init")
+            t = hb.extra["children"]["tickler"] if hb is not None else {}
+            ok = (t.get("pid") not in (None, *killed) and t.get("started_mono") is not None
+                  and hb is not None and hb.mono >= t["started_mono"] + min_run)
+            return t["pid"] if ok else None
+        second = wait_until(ran_min_run, START + min_run + 10, "a run of min_run s")
+        assert wd.opens == 2
+        init_main.Init.signal_pid(second, signal.SIGKILL)
+        killed |= {second, kill_after_open(init, wd, restarter, 3)}
+        wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "tickler"))
+                   and h.pid not in killed and h.extra.get("pets", 0) >= 1, START,
+                   "a fourth tickler to pet")
+        text = err.read_text(errors="replace")
+        assert GIVE_UP not in text and text.count("started tickler") == 4, text[-3000:]
+        assert not fired.is_set() and wd.armed
+
+
+@pytest.mark.slow
+def test_a_device_that_cannot_be_opened_is_waited_for_without_giving_up(
+        tmp_path: Path) -> None:
+    """`--tickler-deaths 2`: one quick death that petted the device (SIGKILL after the
+    open), then starts that cannot open it (the simulator's socket is away: a device
+    that appears late, or is busy for a moment) and exit EXIT_NOT_OPENED, petting
+    nothing. Those exits do not count: once the device is back, a start arms it again."""
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    sock = tmp_path / "wd.sock"
+    fired = threading.Event()
+    wd = CountingWatchdog(LONG_TIMEOUT)  # armed while the device is away: not to fire
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, LONG_TIMEOUT,
+                           GRACE, ["--restart-delay", "0.5", "--tickler-deaths", "2",
+                            "--tickler-min-run", str(START)]) as (init, err):
+        restarter = restarter_pid(state_dir)
+        wait_until(lambda: wd.opens >= 1, START, "the first open of the device")
+        sock.rename(tmp_path / "wd.away")
+        killed = kill_after_open(init, wd, restarter, 1)
+        status = f"exited with status {tickler.EXIT_NOT_OPENED}; restarting in"
+        wait_until(lambda: err.read_text(errors="replace").count(status) >= 3, 3 * START,
+                   "three starts that could not open the device")
+        (tmp_path / "wd.away").rename(sock)
+        wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "tickler"))
+                   and h.pid != killed and h.extra.get("pets", 0) >= 1, START,
+                   "a tickler to pet")
+        text = err.read_text(errors="replace")
+        assert GIVE_UP not in text, text[-3000:]
+        assert wd.armed and wd.opens == 2 and not fired.is_set()
