@@ -16,6 +16,8 @@ gate passes for `restart_grace` from each tickler's start).
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,8 +30,9 @@ from hachain.init import main as init_main
 from hachain.simulators.wdsim import SoftWatchdog
 from hachain.watchdog import tickler
 from tests.conftest import children, heartbeat_window, wait_until
-from tests.test_tickler import PET
+from tests.test_tickler import PET, Rig
 from tests.test_tickler_robust import init_with_tickler
+from tests.test_tickler_robust2 import in_cgroup, pids_cgroup
 
 pytestmark = pytest.mark.timeout(150)
 TIMEOUT = 5  # the simulated watchdog's, set by each tickler (SETTIMEOUT)
@@ -204,3 +207,24 @@ def test_a_device_that_cannot_be_opened_is_waited_for_without_giving_up(
         text = err.read_text(errors="replace")
         assert GIVE_UP not in text, text[-3000:]
         assert wd.armed and wd.opens == 2 and not fired.is_set()
+
+
+def test_an_error_before_the_open_exits_not_opened(tmp_path: Path) -> None:
+    """A tickler that fails before its open (here it cannot fork its configuration parser:
+    a pids cgroup of one task) touched no device: it exits EXIT_NOT_OPENED, which init
+    does not count toward giving up, instead of 1 with a traceback."""
+    rig = Rig(str(tmp_path))  # the simulator is not started: the device is never reached
+    try:
+        with pids_cgroup("tickler-preopen", 1) as cg:
+            try:
+                with open(rig.log, "ab") as logf:
+                    p = subprocess.Popen([*in_cgroup(cg), sys.executable, "-m",
+                                          "hachain.watchdog.tickler", "-c", rig.config],
+                                         stdout=logf, stderr=logf)
+                    rig.procs.append(p)
+                    assert p.wait(30) == tickler.EXIT_NOT_OPENED, rig.log_text()
+                rig.wait_log("error before the watchdog was opened: BlockingIOError")
+            finally:
+                rig.close()  # (idempotent) before the cgroup is removed
+    finally:
+        rig.close()

@@ -80,9 +80,10 @@ RECORD_DEADLINE = 5.0  # the boot record at start, before the device is armed
 PET_EARLY = 0.01  # a pet due this soon after a tick goes out in that tick
 TICK_AFTER = 0.005  # ticks come this long after the chain's heartbeat grid (next_tick)
 RT_PRIORITY = 50  # SCHED_FIFO priority: above ordinary services, below kernel threads
-# The exit status when the device could not be opened. init tells it from a death that
-# petted the device (its close without 'V'): only those count toward giving up on the
-# tickler (hachain.init.main TICKLER_NOT_OPENED, the same number).
+# The exit status of a tickler that leaves no armed device behind: it could not open the
+# device, failed before the open, or had nothing armed (device "none", disarmed). init
+# tells it from a death that petted the device (its close without 'V'): only those count
+# toward giving up on the tickler (hachain.init.main TICKLER_NOT_OPENED, the same number).
 EXIT_NOT_OPENED = 3
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -798,7 +799,7 @@ def fail_unpetted(cfg: Config, wd: Watchdog | None, tickler: Tickler | None,
     why = f"{type(exc).__name__}: {exc}{where}"
     if wd is None or wd.closed:  # nothing armed (device "none", disarmed): nothing to hold
         log(f"internal error: {why}; exiting (init will restart the tickler)")
-        return 1
+        return EXIT_NOT_OPENED  # no armed device behind: init does not count it
     if tickler is not None and tickler.orphaned:  # init gone: never the magic close
         with contextlib.suppress(WatchdogError):
             wd.close()
@@ -938,9 +939,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+OPENING = [False]  # set just before the open: from then on an error may have petted it
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point. 0 after an orderly stop, 1 on a device error after the open, 2 on a
-    bad config, EXIT_NOT_OPENED (3) when the device could not be opened."""
+    bad config, EXIT_NOT_OPENED (3) when the device could not be opened, nor tried: an
+    error before the open (a thread that cannot start, a bug) touched no device, and
+    init does not count it toward giving up on the tickler (docs/init.md)."""
+    try:
+        return _main(argv)
+    except Exception as e:  # noqa: BLE001 - only before the open; after it, raised on
+        if OPENING[0]:
+            raise
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = "" if tb is None else \
+            f" (at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno})"
+        log(f"error before the watchdog was opened: {type(e).__name__}: {e}{where}; "
+            "exiting (init will retry)")
+        return EXIT_NOT_OPENED
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     # A stop signal from here on is kept for the loop: one that killed the tickler between
@@ -997,6 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
         log('WARNING: [watchdog] device = "none": nothing will reset this machine; the '
             "health gate is evaluated and published only")
     else:
+        OPENING[0] = True
         try:
             # the configured timeout at once: the driver's initial one may be short, and
             # a slow box must not spend it on what comes before the first pet
