@@ -129,7 +129,7 @@ class WatchdogConfig:
     max_restart_rate: float = 1000.0
     # init gives up on a tickler that died this many times in a row, each within
     # tickler_min_run s of its start, petting the device by its close (0: never)
-    tickler_deaths: int = 10
+    tickler_deaths: int = 20
     tickler_min_run: float = 10.0
 
 

@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tickler-cmd", type=shlex.split, default=None)
     p.add_argument("--no-tickler", action="store_true")
     # [watchdog] tickler_deaths / tickler_min_run: give up on a tickler that cannot run
-    p.add_argument("--tickler-deaths", type=int, default=10)
+    p.add_argument("--tickler-deaths", type=int, default=20)
     p.add_argument("--tickler-min-run", type=float, default=10.0)
     # [chain] restarter_standby = false: the default restarter command without --standby
     p.add_argument("--no-restarter-standby", action="store_true")
