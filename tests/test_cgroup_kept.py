@@ -141,3 +141,23 @@ def test_what_every_start_passes_is_made_once(tmp_path) -> None:
                               rlimits=(("nofile", 64, 64),))
     prep = spawn._prepared(looked_up, None)
     assert prep.exe is None and not prep.plain and prep.nofile is None
+
+
+def test_a_chain_of_many_services_keeps_no_descriptors(cgroups, tmp_path, started) -> None:
+    """Each descriptor the restarter holds costs every spawn a little (the child copies
+    the table and closes it again at exec): above KEEP_SERVICES services none are kept,
+    and those kept are closed when a reload grows the chain past it."""
+    pid = _spawn(cgroups, tmp_path, "a", started)
+    kept = cgroups.kept("a")
+    assert kept is not None
+    cgroups.keep_for(spawn.KEEP_SERVICES + 1)
+    for fd in kept:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert cgroups.kept("a") is None
+    _end(pid, started)
+    assert cgroups.events("a") == (False, False)  # read by name
+    _spawn(cgroups, tmp_path, "a", started)
+    assert cgroups.kept("a") is None and cgroups.procs("a") == [started[-1]]
+    cgroups.keep_for(spawn.KEEP_SERVICES)
+    assert cgroups.kept("a") is not None

@@ -378,9 +378,15 @@ class Core:
             return False
         by_policy = states.exit_restarts_at_once(s, status, c, now)
         if by_policy is not None:  # the usual case, without building a cell (cold: fast)
+            if not by_policy:
+                return False
+            # (each asked only where there is something to ask: a call costs there too)
+            if (c.requires or c.after or c.wants) and states.deps_blocker(c, self.svcs):
+                return False
             plan = self.plan
-            return by_policy and not states.deps_blocker(c, self.svcs) and \
-                not states.dependents_up(name, plan.rev.get(name, ()), plan.conf, self.svcs)
+            dependents = plan.rev.get(name)
+            return not dependents or \
+                not states.dependents_up(name, dependents, plan.conf, self.svcs)
         return self._table_restarts_at_once(name, s, c, status, now)
 
     def _table_restarts_at_once(self, name: str, s: Svc, c: ServiceConfig,

@@ -171,6 +171,7 @@ class Restarter:
         self.log_dir = cfg.chain.service_log_dir
         self.cgroups = spawn.Cgroups.from_config(cfg.chain.cgroup_root,
                                                  channels.cgroup_name(self.state_dir))
+        self.cgroups.keep_for(len(cfg.services))
         try:
             self.cgroups.claim(os.path.realpath(self.state_dir))
         except spawn.CgroupInUse as e:
@@ -1013,6 +1014,7 @@ class Restarter:
         if new.chain != self.cfg.chain:
             log("reload: [chain] changes need a restart of the chain; applying services only")
         self.cfg = new
+        self.cgroups.keep_for(len(new.services))
         added, changed, removed = self.core.reload(new.services, now)
         self.run_core(now)
         log(f"reloaded {self.cfg.path}: {len(added)} added, {len(changed)} changed, "
@@ -1158,8 +1160,9 @@ class Restarter:
             # most EXIT_BATCH; the rest stay readable and come back next round), so
             # `hachain status` is answered within one bounded round even while hundreds
             # of services crash-loop.
-            ready = sorted(self.sel.select(timeout), key=lambda kv: _PRIORITY.get(
-                kv[0].data[0], 1))
+            ready = self.sel.select(timeout)
+            if len(ready) > 1:
+                ready.sort(key=lambda kv: _PRIORITY.get(kv[0].data[0], 1))
             if not frozen and (not ready or self.beats > 1):
                 # Everything allocated so far lives as long as the restarter: keep the
                 # cyclic GC from rescanning it on every collection (a restart allocates
