@@ -126,7 +126,7 @@ class Finder:
 # --- each layer's state -----------------------------------------------------------------------
 
 def layer_state(layer: str, age: float | None, process: str, heartbeat_timeout: float,
-                init_alive: bool, run_by_init: bool = True) -> str:
+                init_alive: bool, run_by_init: bool = True, gave_up: bool = False) -> str:
     """One layer's state from its process and its heartbeat (pure).
 
     `process`: "running", "stopped" (state T: SIGSTOP or a tracer) or "gone" (no
@@ -138,14 +138,15 @@ def layer_state(layer: str, age: float | None, process: str, heartbeat_timeout: 
     - stale: running but not beating (busy loop, blocked I/O, a frozen cgroup): the gate
       counts it as hung once the age passes heartbeat_timeout;
     - restarting: gone while a live init restarts it;
-    - dead: gone, and nobody restarts it (init itself, or init is not alive);
+    - dead: gone, and nobody restarts it (init itself, or init is not alive, or init
+      gave up on it: `gave_up`, a tickler that kept dying, docs/init.md);
     - absent: init does not run this layer (`--no-tickler`): not a fault.
     """
     if process == "stopped":
         return "hung"
     if process == "running":
         return "alive" if age is not None and age <= heartbeat_timeout else "stale"
-    if layer != "init" and init_alive:
+    if layer != "init" and init_alive and not gave_up:
         return "restarting" if run_by_init else "absent"
     return "dead"
 
@@ -224,10 +225,15 @@ def _layer(layer: str, hb: channels.Heartbeat | None, finder: Finder, now: float
     init_alive = init is not None and init["state"] == "alive"
     children = ((init or {}).get("extra") or {}).get("children")
     run_by_init = not isinstance(children, dict) or layer in children
-    state = layer_state(layer, age, process, wd.heartbeat_timeout, init_alive, run_by_init)
+    mine = children.get(layer) if isinstance(children, dict) else None
+    gave_up = isinstance(mine, dict) and mine.get("gave_up") is True
+    state = layer_state(layer, age, process, wd.heartbeat_timeout, init_alive, run_by_init,
+                        gave_up and process == "gone")
     d: dict[str, Any] = {"state": state, "process": process, "alive": state == "alive",
                          "stopped": process == "stopped", "heartbeat_age": age,
                          "pid": None, "host_pid": host}
+    if gave_up:
+        d["gave_up"] = True  # init restarts it no more (it kept dying: docs/init.md)
     if hb is not None:
         up = (now if process != "gone" else hb.mono) - hb.started_mono
         d.update({"pid": hb.pid, "uptime": round(up, 3),
@@ -389,6 +395,9 @@ def _layer_reason(layer: str, d: dict[str, Any], wd: Judge) -> str:
                 "running but not beating)")
     if d["state"] == "restarting":
         return f"{layer} restarting ({beat})"
+    if d.get("gave_up") and d["state"] == "dead":
+        return (f"{layer} dead: init gave up restarting it after it kept dying "
+                f"({beat}; tickler_deaths)")
     return f"{layer} dead ({beat}" + (f", pid {d['pid']} gone)" if d.get("pid") else ")")
 
 

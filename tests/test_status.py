@@ -52,6 +52,22 @@ def test_layer_state_from_process_and_heartbeat(layer: str, age: float | None, p
                               run_by_init) == want
 
 
+def test_a_tickler_init_gave_up_on_is_dead_and_the_verdict_says_why() -> None:
+    """init stops restarting a tickler that kept dying (tickler_deaths): it is dead, not
+    restarting, and with the watchdog armed the verdict is the coming reset."""
+    assert status.layer_state("tickler", 3.0, "gone", WD.heartbeat_timeout, True,
+                              True, gave_up=True) == "dead"
+    assert status.layer_state("tickler", 3.0, "gone", WD.heartbeat_timeout, True,
+                              True) == "restarting"
+    layers = {n: {"state": "alive", "heartbeat_age": 0.1} for n in ("init", "restarter")}
+    layers["tickler"] = {"state": "dead", "heartbeat_age": 3.0, "pid": 77, "gave_up": True}
+    st = {"chain": {"layers": layers, "watchdog": {"armed": True, "expires_in": 6.5}},
+          "services": {}}
+    v = status.verdict(st, WD)
+    assert v["state"] == "resetting" and v["resetting_in"] == 6.5
+    assert "tickler dead: init gave up restarting it" in v["line"], v["line"]
+
+
 def test_escape_shows_controls_and_keeps_text() -> None:
     assert status.escape(INJECT) == "\\x1b[2J\\rfake"
     assert status.escape("a\nb\tc\x7f\x9b\u202eevil") == "a\\nb\\tc\\x7f\\x9b\\u202eevil"

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from hachain import channels
+from hachain import channels, status
 from hachain.init import main as init_main
 from hachain.simulators.wdsim import SoftWatchdog
 from hachain.watchdog import tickler
@@ -116,6 +116,11 @@ def test_a_tickler_killed_at_every_start_is_given_up_and_the_watchdog_fires(
                         and h.mono > seen and h, 10, "init's next heartbeat")
         assert hb.extra["children"]["tickler"]["gave_up"] is True
         assert hb.extra["children"]["tickler"]["pid"] is None
+        st = status.gather_status(str(state_dir), str(persist_dir))  # hachain status
+        tk = st["chain"]["layers"]["tickler"]
+        assert tk["state"] == "dead" and tk.get("gave_up") is True, tk
+        assert "tickler dead: init gave up restarting it" in st["verdict"]["line"], \
+            st["verdict"]
         print(f"init gave up to fired: {fired_at[0] - seen:.2f} s (timeout {TIMEOUT} s); "
               f"first kill to fired: {fired_at[0] - first_kill:.2f} s")
 
