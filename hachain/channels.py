@@ -379,6 +379,19 @@ class HeartbeatWriter:
 # files and no import hooks of editable installs, about 1.5 MB less per process. What
 # site would have put on sys.path goes into PYTHONPATH instead.
 
+# init, after giving up on a tickler that kept dying with the device armed: how long until
+# it tries one again (--tickler-pause). An armed device has expired long before, so a try
+# then means no device was left armed (the deaths came before the open) and the machine
+# would otherwise run with no tickler for the rest of the boot.
+TICKLER_PAUSE_MIN = 600.0
+
+
+def tickler_pause(timeout: float) -> float:
+    """--tickler-pause for a watchdog `timeout`: twice it, and never under
+    TICKLER_PAUSE_MIN (a driver's own timeout, before SETTIMEOUT, can be longer)."""
+    return max(TICKLER_PAUSE_MIN, 2.0 * timeout)
+
+
 def lean_python(python: str, module: str) -> tuple[list[str], dict[str, str]]:
     """argv and environment to run `python -S -m module` with this process's packages.
 

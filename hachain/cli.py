@@ -79,7 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # a tickler that cannot run is given up on only where a device can expire
     argv += ["--tickler-deaths", "0" if cfg.watchdog.device == "none"
              else str(cfg.watchdog.tickler_deaths),
-             "--tickler-min-run", str(cfg.watchdog.tickler_min_run)]
+             "--tickler-min-run", str(cfg.watchdog.tickler_min_run),
+             "--tickler-pause", str(channels.tickler_pause(cfg.watchdog.timeout))]
     if cfg.cluster is not None:
         argv.append("--cluster")
     if not cfg.chain.restarter_standby:

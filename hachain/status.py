@@ -397,7 +397,8 @@ def _layer_reason(layer: str, d: dict[str, Any], wd: Judge) -> str:
         return f"{layer} restarting ({beat})"
     if d.get("gave_up") and d["state"] == "dead":
         return (f"{layer} dead: init gave up restarting it after it kept dying "
-                f"({beat}; tickler_deaths)")
+                f"({beat}; tickler_deaths; tried again only after the pause, "
+                "docs/init.md)")
     return f"{layer} dead ({beat}" + (f", pid {d['pid']} gone)" if d.get("pid") else ")")
 
 

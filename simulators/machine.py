@@ -215,7 +215,8 @@ class SimMachine:
         self._init_timing = ["--restart-delay", f"{cfg.chain.restart_delay:g}",
                              "--heartbeat-interval", f"{cfg.chain.heartbeat_interval:g}",
                              "--tickler-deaths", str(wd.tickler_deaths),
-                             "--tickler-min-run", f"{wd.tickler_min_run:g}"]
+                             "--tickler-min-run", f"{wd.tickler_min_run:g}",
+                             "--tickler-pause", f"{channels.tickler_pause(wd.timeout):g}"]
         if cfg.cluster is not None:
             self._init_timing.append("--cluster")
         os.makedirs(self.persist_dir, exist_ok=True)

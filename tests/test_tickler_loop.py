@@ -233,3 +233,42 @@ def test_an_error_before_the_open_exits_not_opened(tmp_path: Path) -> None:
                 rig.close()  # (idempotent) before the cgroup is removed
     finally:
         rig.close()
+
+
+@pytest.mark.slow
+def test_a_tickler_given_up_on_is_tried_again_after_the_pause(tmp_path: Path) -> None:
+    """Deaths that came before the open (here a wrapper that kills itself by SIGSEGV
+    twice, as an OOM kill at boot could): init cannot tell them from deaths after it and
+    gives up, but no watchdog reset follows, because nothing was armed. After
+    `--tickler-pause` init tries again, and the tickler that then runs opens the device and
+    pets it: the machine is not left with no tickler for the rest of the boot."""
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    count = tmp_path / "starts"
+    wrapper = ("sh", "-c", f'n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > '
+               f'{count}; [ "$n" -lt 2 ] && kill -SEGV $$; exec "$@"', "sh")
+    pause = 3.0
+    fired = threading.Event()
+    wd = CountingWatchdog(LONG_TIMEOUT)
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, LONG_TIMEOUT,
+                           GRACE, ["--restart-delay", "1", "--tickler-deaths", "2",
+                                   "--tickler-min-run", str(START),
+                                   "--tickler-pause", str(pause)],
+                           tickler_prefix=wrapper) as (init, err):
+        text = wait_until(lambda: (t := err.read_text(errors="replace")) and GIVE_UP in t
+                          and t, START, "init to give up on the tickler")
+        gave_up = time.monotonic()
+        assert wd.opens == 0, text[-3000:]  # both died before the open
+        assert f"tried again in {pause:g} s" in text, text[-3000:]
+        text = wait_until(lambda: (t := err.read_text(errors="replace"))
+                          and "trying the tickler again" in t and t, pause + START,
+                          "init to try the tickler again")
+        assert time.monotonic() - gave_up >= pause - 0.5, text[-3000:]  # not before it
+        wait_until(lambda: wd.opens >= 1, START, "the third tickler to open the device")
+        hb = wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "tickler"))
+                        and h.extra.get("pets", 0) >= 1 and h, START,
+                        "the third tickler to pet")
+        ihb = wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "init"))
+                         and h.extra["children"]["tickler"]["pid"] == hb.pid and h, 10,
+                         "init's heartbeat naming the running tickler")
+        assert "gave_up" not in ihb.extra["children"]["tickler"]
+        assert not fired.is_set() and wd.opens == 1

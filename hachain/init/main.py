@@ -56,10 +56,12 @@ Some facts this code is built on:
   keep the machine alive for ever through init's restarts, with nothing supervising it.
   After `--tickler-deaths` such deaths in a row, each before the tickler ran
   `--tickler-min-run` s, init stops restarting it and leaves the device alone: it expires
-  and resets the machine. Exits that say the device was not opened (0, a bad
-  configuration 2, TICKLER_NOT_OPENED) neither count nor start the count again: a device
-  that appears late, or is busy for a moment, is waited for as before. This is a count,
-  not a policy: `hachain run` passes 0 (restart for ever) with `device = "none"`.
+  and resets the machine. If no reset comes within `--tickler-pause` s, nothing was
+  armed (the deaths came before the open), and init tries a tickler again. Exits that
+  say the device was not opened (0, a bad configuration 2, TICKLER_NOT_OPENED) neither
+  count nor start the count again: a device that appears late, or is busy for a moment,
+  is waited for as before. This is a count, not a policy: `hachain run` passes 0
+  (restart for ever) with `device = "none"`.
 """
 
 from __future__ import annotations
@@ -272,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     # [watchdog] tickler_deaths / tickler_min_run: give up on a tickler that cannot run
     p.add_argument("--tickler-deaths", type=int, default=20)
     p.add_argument("--tickler-min-run", type=float, default=10.0)
+    p.add_argument("--tickler-pause", type=float, default=channels.TICKLER_PAUSE_MIN)
     # [chain] restarter_standby = false: the default restarter command without --standby
     p.add_argument("--no-restarter-standby", action="store_true")
     # [cluster]: also run the cluster layer (`hachain run` adds this; init reads no TOML)
@@ -294,10 +297,11 @@ def parse_options(argv: list[str], pid1: bool) -> argparse.Namespace:
             log("bad arguments; using the defaults")
             opts = parser.parse_args([])
     if (opts.restart_delay < 0 or opts.heartbeat_interval <= 0 or opts.stop_timeout < 0
-            or opts.tickler_deaths < 0 or not opts.tickler_min_run > 0):
+            or opts.tickler_deaths < 0 or not opts.tickler_min_run > 0
+            or not opts.tickler_pause > 0):
         if not pid1:
             parser.error("delays, timeouts and --tickler-deaths must be >= 0 (heartbeat "
-                         "interval and --tickler-min-run > 0)")
+                         "interval, --tickler-min-run and --tickler-pause > 0)")
         log("negative delay or timeout; using the defaults")
         opts = parser.parse_args([])
     python = sys.executable or "/usr/bin/python3"
@@ -498,6 +502,10 @@ class Init:
 
     def spawn(self, child: Child, now: float) -> None:
         """Start `child`; on failure log it and try again after the fixed delay."""
+        if child.gave_up and not self.stopping:
+            log(f"trying the tickler again, {self.opts.tickler_pause:g} s after giving up "
+                "on it: no watchdog reset came, so it had left no device armed")
+            child.gave_up = False
         child.restarts = child.attempts
         child.attempts += 1
         try:
@@ -536,13 +544,14 @@ class Init:
             if self.stopping:
                 log(f"{child.name} (pid {pid}) {describe_status(status)}")
             elif child.name == "tickler" and self.tickler_cannot_run(child, status, ran):
-                child.due, child.gave_up = None, True
+                child.due, child.gave_up = now + self.opts.tickler_pause, True
                 log(f"tickler (pid {pid}) {describe_status(status)}: it died "
                     f"{child.armed_deaths} times in a row, each within "
                     f"{self.opts.tickler_min_run:g} s of its start and each petting the "
                     "watchdog by its close; not restarting it again: the watchdog resets "
                     "this machine within its timeout (--tickler-deaths "
-                    f"{self.opts.tickler_deaths})")
+                    f"{self.opts.tickler_deaths}); if none comes, the tickler is tried "
+                    f"again in {self.opts.tickler_pause:g} s")
             else:
                 child.due = now + delay
                 log(f"{child.name} (pid {pid}) {describe_status(status)}; "
