@@ -303,16 +303,23 @@ def test_a_tickler_started_once_at_the_stop_is_not_started_again(
     run = launch("", "--exit 3", "--stop-timeout", "1", delay=30)
     run.wait_starts("tickler", 3)
     restarter = run.wait_starts("restarter", 1)[0]["pid"]
+    before = stop_between_tickler_starts(run, restarter)
+    err = run.stderr()
+    assert "tickler is not running: starting it once" in err
+    assert "the tickler ended before it was stopped" in err
+    assert len(run.starts("tickler")) == before + 1
+
+
+def stop_between_tickler_starts(run: InitRun, restarter: int) -> int:
+    """SIGTERM init while no tickler runs (it is held stopped there, then continued), and
+    wait for its clean exit; how many ticklers had started before the stop."""
     wait_until(lambda: stop_while_no_tickler_runs(run.proc, restarter), 30,
                "init between two starts of the tickler")
     before = len(run.starts("tickler"))
     os.kill(run.proc.pid, signal.SIGTERM)
     os.kill(run.proc.pid, signal.SIGCONT)
     assert run.proc.wait(timeout=30) == 0
-    err = run.stderr()
-    assert "tickler is not running: starting it once" in err
-    assert "the tickler ended before it was stopped" in err
-    assert len(run.starts("tickler")) == before + 1
+    return before
 
 
 def forge_tickler_beat(run: InitRun, pid: int, **extra: object) -> None:
@@ -331,12 +338,7 @@ def test_no_tickler_is_started_at_the_stop_when_its_device_was_not_armed(
     last = run.wait_starts("tickler", 3)[-1]
     restarter = run.wait_starts("restarter", 1)[0]["pid"]
     forge_tickler_beat(run, last["pid"], armed=False, device="none")
-    wait_until(lambda: stop_while_no_tickler_runs(run.proc, restarter), 30,
-               "init between two starts of the tickler")
-    before = len(run.starts("tickler"))
-    os.kill(run.proc.pid, signal.SIGTERM)
-    os.kill(run.proc.pid, signal.SIGCONT)
-    assert run.proc.wait(timeout=30) == 0
+    before = stop_between_tickler_starts(run, restarter)
     assert "starting it once" not in run.stderr()
     assert len(run.starts("tickler")) == before
 

@@ -15,11 +15,13 @@ gate passes for `restart_grace` from each tickler's start).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,24 @@ class CountingWatchdog(SoftWatchdog):
     def open(self, now: float) -> None:
         super().open(now)
         self.opens += 1
+
+
+@contextlib.contextmanager
+def looping_chain(tmp_path: Path, deaths: int, min_run: float, timeout: int = TIMEOUT,
+                  extra: tuple[str, ...] = (), prefix: tuple[str, ...] = ()
+                  ) -> Iterator[tuple[Any, Path, CountingWatchdog, threading.Event, Path]]:
+    """Real init (restart delay 1 s, `--tickler-deaths deaths`, `--tickler-min-run
+    min_run`, then `extra`) and the real tickler (after `prefix`) on a counting simulated
+    watchdog of `timeout`: yields init, its stderr's path, the watchdog, the event its
+    firing sets, and the state dir."""
+    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
+    fired = threading.Event()
+    wd = CountingWatchdog(timeout)
+    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, timeout, GRACE,
+                           ["--restart-delay", "1", "--tickler-deaths", str(deaths),
+                            "--tickler-min-run", str(min_run), *extra],
+                           tickler_prefix=prefix) as (init, err):
+        yield init, err, wd, fired, state_dir
 
 
 def restarter_pid(state_dir: Path) -> int:
@@ -130,12 +150,7 @@ def test_a_healthy_tickler_killed_twice_is_restarted_and_the_watchdog_does_not_f
         tmp_path: Path) -> None:
     """Two quick deaths, one short of `--tickler-deaths 3`: restarted as before (one start
     each), the third tickler pets, and nothing fires for a whole timeout and more."""
-    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
-    fired = threading.Event()
-    wd = CountingWatchdog(TIMEOUT)
-    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, TIMEOUT, GRACE,
-                           ["--restart-delay", "1", "--tickler-deaths", "3",
-                            "--tickler-min-run", str(START)]) as (init, err):
+    with looping_chain(tmp_path, 3, START) as (init, err, wd, fired, state_dir):
         restarter = restarter_pid(state_dir)
         killed = {kill_after_open(init, wd, restarter, n) for n in (1, 2)}
         hb = wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "tickler"))
@@ -156,12 +171,7 @@ def test_a_tickler_that_ran_min_run_starts_the_count_again(tmp_path: Path) -> No
     s, then a quick one. Two quick deaths but not in a row: no giving up, a fourth
     tickler runs and pets."""
     min_run = 8.0  # > a start up to the open on a loaded host (the quick kills come there)
-    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
-    fired = threading.Event()
-    wd = CountingWatchdog(TIMEOUT)
-    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, TIMEOUT, GRACE,
-                           ["--restart-delay", "1", "--tickler-deaths", "2",
-                            "--tickler-min-run", str(min_run)]) as (init, err):
+    with looping_chain(tmp_path, 2, min_run) as (init, err, wd, fired, state_dir):
         restarter = restarter_pid(state_dir)
         killed = {kill_after_open(init, wd, restarter, 1)}
 
@@ -242,18 +252,12 @@ def test_a_tickler_given_up_on_is_tried_again_after_the_pause(tmp_path: Path) ->
     gives up, but no watchdog reset follows, because nothing was armed. After
     `--tickler-pause` init tries again, and the tickler that then runs opens the device and
     pets it: the machine is not left with no tickler for the rest of the boot."""
-    state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
     count = tmp_path / "starts"
     wrapper = ("sh", "-c", f'n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > '
                f'{count}; [ "$n" -lt 2 ] && kill -SEGV $$; exec "$@"', "sh")
     pause = 3.0
-    fired = threading.Event()
-    wd = CountingWatchdog(LONG_TIMEOUT)
-    with init_with_tickler(tmp_path, state_dir, persist_dir, wd, fired.set, LONG_TIMEOUT,
-                           GRACE, ["--restart-delay", "1", "--tickler-deaths", "2",
-                                   "--tickler-min-run", str(START),
-                                   "--tickler-pause", str(pause)],
-                           tickler_prefix=wrapper) as (init, err):
+    with looping_chain(tmp_path, 2, START, LONG_TIMEOUT, ("--tickler-pause", str(pause)),
+                       wrapper) as (init, err, wd, fired, state_dir):
         text = wait_until(lambda: (t := err.read_text(errors="replace")) and GIVE_UP in t
                           and t, START, "init to give up on the tickler")
         gave_up = time.monotonic()

@@ -188,16 +188,13 @@ def test_a_hung_persist_dir_does_not_keep_the_armed_device_from_its_pets(
 MNT_DETACH = 2
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
-                    reason="a hung FUSE mount needs root and /dev/fuse")
-def test_a_hung_persist_dir_does_not_keep_the_device_from_being_armed(
-        tmp_path: Any) -> None:
-    """persist_dir on a FUSE mount whose server never answers (what a hung NFS or FUSE
-    mount, or a dead disk, does to a lookup). The boot record before the open has a
-    deadline; the tickler used to make persist_dir before that, with none, and hung
-    there: the device was never opened, so nothing would ever reset the machine."""
-    mnt = tmp_path / "hung"
+@contextlib.contextmanager
+def hung_mount(mnt: Any) -> Iterator[None]:
+    """A FUSE mount at `mnt` whose server never answers (a hung NFS or FUSE mount, a
+    dead disk); at exit the connection is aborted (anything still waiting gets ENOTCONN)
+    and the mount detached."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("a hung FUSE mount needs root and /dev/fuse")
     mnt.mkdir()
     libc = ctypes.CDLL(None, use_errno=True)
     fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
@@ -205,6 +202,26 @@ def test_a_hung_persist_dir_does_not_keep_the_device_from_being_armed(
     if libc.mount(b"hung", str(mnt).encode(), b"fuse.hung", 0, opts) != 0:
         os.close(fuse)
         pytest.skip(f"cannot mount FUSE here: {os.strerror(ctypes.get_errno())}")
+    try:
+        yield
+    finally:
+        os.close(fuse)
+        libc.umount2(str(mnt).encode(), MNT_DETACH)
+
+
+@pytest.mark.slow
+def test_a_hung_persist_dir_does_not_keep_the_device_from_being_armed(
+        tmp_path: Any) -> None:
+    """persist_dir on a FUSE mount whose server never answers (what a hung NFS or FUSE
+    mount, or a dead disk, does to a lookup). The boot record before the open has a
+    deadline; the tickler used to make persist_dir before that, with none, and hung
+    there: the device was never opened, so nothing would ever reset the machine."""
+    mnt = tmp_path / "hung"
+    with hung_mount(mnt):
+        _armed_with_a_hung_persist_dir(tmp_path, mnt)
+
+
+def _armed_with_a_hung_persist_dir(tmp_path: Any, mnt: Any) -> None:
     rig = Rig(str(tmp_path))
     try:
         cfg = open(rig.config).read().replace(rig.persist_dir, str(mnt / "persist"))
@@ -229,8 +246,6 @@ def test_a_hung_persist_dir_does_not_keep_the_device_from_being_armed(
         rig.wait_log("cannot write the boot record in")
     finally:
         rig.close()  # SIGKILL: a process waiting on FUSE dies of it
-        os.close(fuse)  # aborts the connection: anything still waiting gets ENOTCONN
-        libc.umount2(str(mnt).encode(), MNT_DETACH)
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ Real processes and the watchdog simulator.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import signal
@@ -38,7 +37,7 @@ from hachain.simulators.wdsim import SoftWatchdog
 from hachain.watchdog.device import WDIOC_SETPRETIMEOUT, WDIOC_SETTIMEOUT
 from tests.conftest import children, heartbeat_window, wait_until
 from tests.test_tickler import PET, TIMEOUT, ForgedLayers, Rig
-from tests.test_tickler_robust import MNT_DETACH, init_with_tickler
+from tests.test_tickler_robust import hung_mount, init_with_tickler
 
 PY = sys.executable
 pytestmark = pytest.mark.timeout(120)
@@ -166,27 +165,6 @@ def test_a_tickler_that_failed_after_the_open_still_disarms_on_sigterm(
 
 
 # -- 2. a hung persist_dir with no running snapshot ----------------------------------------
-
-
-@contextlib.contextmanager
-def hung_mount(mnt: Any) -> Iterator[None]:
-    """A FUSE mount at `mnt` whose server never answers (a hung NFS or FUSE mount, a
-    dead disk); at exit the connection is aborted (anything still waiting gets ENOTCONN)
-    and the mount detached."""
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        pytest.skip("a hung FUSE mount needs root and /dev/fuse")
-    mnt.mkdir()
-    libc = ctypes.CDLL(None, use_errno=True)
-    fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    opts = f"fd={fuse},rootmode=40000,user_id=0,group_id=0".encode()
-    if libc.mount(b"hung", str(mnt).encode(), b"fuse.hung", 0, opts) != 0:
-        os.close(fuse)
-        pytest.skip(f"cannot mount FUSE here: {os.strerror(ctypes.get_errno())}")
-    try:
-        yield
-    finally:
-        os.close(fuse)
-        libc.umount2(str(mnt).encode(), MNT_DETACH)
 
 
 @pytest.mark.slow
