@@ -188,6 +188,15 @@ def test_a_hung_persist_dir_does_not_keep_the_armed_device_from_its_pets(
 MNT_DETACH = 2
 
 
+def tickler_that_pets(rig: Rig) -> subprocess.Popen[bytes]:
+    """Start the rig's tickler and wait until it has petted twice, still running."""
+    p = rig.start_tickler()
+    wait_until(lambda: rig.pets() >= 2 or p.poll() is not None, TIMEOUT + 10,
+               "the tickler to pet")
+    assert p.poll() is None, rig.log_text()
+    return p
+
+
 @contextlib.contextmanager
 def hung_mount(mnt: Any) -> Iterator[None]:
     """A FUSE mount at `mnt` whose server never answers (a hung NFS or FUSE mount, a
@@ -312,10 +321,7 @@ def test_a_malformed_rescue_in_the_boot_record_does_not_end_the_tickler(
     rig.server.start()
     try:
         with ForgedLayers(rig.state_dir, rig.sleeper.pid):
-            p = rig.start_tickler()
-            wait_until(lambda: rig.pets() >= 2 or p.poll() is not None, TIMEOUT + 10,
-                       "the tickler to pet")
-            assert p.poll() is None, rig.log_text()
+            tickler_that_pets(rig)
     finally:
         rig.close()
 

@@ -37,7 +37,7 @@ from hachain.simulators.wdsim import SoftWatchdog
 from hachain.watchdog.device import WDIOC_SETPRETIMEOUT, WDIOC_SETTIMEOUT
 from tests.conftest import children, heartbeat_window, wait_until
 from tests.test_tickler import PET, TIMEOUT, ForgedLayers, Rig
-from tests.test_tickler_robust import hung_mount, init_with_tickler
+from tests.test_tickler_robust import hung_mount, init_with_tickler, tickler_that_pets
 
 PY = sys.executable
 pytestmark = pytest.mark.timeout(120)
@@ -291,10 +291,7 @@ def test_a_driver_that_refuses_the_pretimeout_is_petted_without_one(
     rig.server.start()
     try:
         with ForgedLayers(rig.state_dir, rig.sleeper.pid):
-            p = rig.start_tickler()
-            wait_until(lambda: rig.pets() >= 2 or p.poll() is not None, TIMEOUT + 10,
-                       "the tickler to pet")
-            assert p.poll() is None, rig.log_text()
+            tickler_that_pets(rig)
             heartbeat_window(rig.tickler_hb, 2 * TIMEOUT, "the tickler")
             assert rig.server.expirations == 0, rig.log_text()
         rig.wait_log("cannot set pretimeout 1 s")
