@@ -9,6 +9,7 @@ the story. One looping boot, then the rescue boot: about 90 s under TCG on this 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -109,9 +110,27 @@ def test_a_critical_service_failing_on_every_boot_ends_in_rescue(loop_vm: ChainV
     wd = st["chain"]["watchdog"]
     assert wd["device"] == DEVICE and wd["armed"] and wd["petting"] and wd["gate"]["ok"]
     boot = st["chain"]["boot"]
-    assert boot["held"] == ["disk"] and boot["unclean_before"] == RESETS, boot
+    unclean = boot["unclean_before"]
+    assert boot["held"] == ["disk"] and unclean >= RESETS, boot
     assert boot["current"]["bootstatus"] == CARDRESET  # the i6300esb did the last reset
-    assert [b["reason"] for b in boot["history"][:RESETS]] == ["gate-failure"] * RESETS
+    looping = boot["history"][-1 - unclean:-1]  # oldest first, the current boot last
+    assert [b["reason"] for b in looping[-RESETS:]] == ["gate-failure"] * RESETS, boot
+    assert "disk" in boot["previous"]["failed_critical"], boot
+    if unclean > RESETS:
+        # A TCG guest starved on a loaded host can fail its liveness first (heartbeats
+        # stale for seconds) and be reset before its reason is written: that boot names
+        # no culprit, the rescue after it holds nothing, fails on disk, and the next one
+        # holds disk (docs/operations.md, "Rescue"). Such a boot must still have armed
+        # the device with its configured timeout: a boot reset before that (no device
+        # recorded) was the defect of stop 25.
+        assert cvm.vm.persist_dir is not None
+        rec = json.loads((cvm.vm.persist_dir / "boot_record.json").read_text())
+        extra = {b["boot"] for b in looping[:-RESETS]}
+        lost = [b for b in rec["boots"] if b["boot"] in extra]
+        assert lost and all(b["device"] == DEVICE and b["reason"] == "unknown"
+                            for b in lost), rec
+        print(f"hachain-qemu-bootloop: {len(lost)} more boot(s) reset with no reason "
+              "written (a starved guest)")
     # It stays up: more than two whole watchdog periods, no new reset, still petting.
     boots = cvm.vm.boot_count
     time.sleep(2 * s.timeout + 2)

@@ -33,13 +33,15 @@ def record(path: str, obj: dict[str, object]) -> None:
         os.close(fd)
 
 
-def grandchild(dirpath: str, name: str, secs: float, ignore_term: bool) -> None:
-    """Body of a forked grandchild: record itself, live `secs`, exit 0. Never returns."""
+def grandchild(dirpath: str, name: str, secs: float, ignore_term: bool, layer: int) -> None:
+    """Body of a forked grandchild: record itself (and `layer`, the pid of the layer
+    process that made it), live `secs`, exit 0. Never returns."""
     try:
         if ignore_term:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         record(os.path.join(dirpath, name + ".orphans"),
-               {"pid": os.getpid(), "mono": time.monotonic(), "ignore_term": ignore_term})
+               {"pid": os.getpid(), "mono": time.monotonic(), "ignore_term": ignore_term,
+                "layer": layer})
         time.sleep(secs)
     finally:
         os._exit(0)
@@ -47,10 +49,11 @@ def grandchild(dirpath: str, name: str, secs: float, ignore_term: bool) -> None:
 
 def spawn_orphan(dirpath: str, name: str, secs: float, ignore_term: bool) -> None:
     """Double-fork: the middle process exits at once, so the grandchild is orphaned."""
+    layer = os.getpid()
     middle = os.fork()
     if middle == 0:
         if os.fork() == 0:
-            grandchild(dirpath, name, secs, ignore_term)
+            grandchild(dirpath, name, secs, ignore_term, layer)
         os._exit(0)
     os.waitpid(middle, 0)
 
@@ -94,8 +97,9 @@ def main() -> int:
         "config": os.environ.get("HACHAIN_CONFIG"),
         "state_dir": os.environ.get("HACHAIN_STATE_DIR"),
     })
+    layer = os.getpid()
     if a.orphan is not None and os.fork() == 0:
-        grandchild(a.dir, a.name, a.orphan, False)
+        grandchild(a.dir, a.name, a.orphan, False, layer)
     if a.exit is not None:
         return a.exit
     while True:
