@@ -76,9 +76,10 @@ START_TIMEOUT = 60.0  # RestarterRun.start: the restarter's first answer
 
 
 def sim_machine_head(timeout: float, pet_interval: float, heartbeat_timeout: float,
-                     restart_grace: float | None = None) -> str:
+                     restart_grace: float | None = None, chain_extra: str = "") -> str:
     """The [chain] and [watchdog] tables of a chain.toml for a simulated machine (the
-    machine's own paths, its simulated watchdog); the services follow."""
+    machine's own paths, its simulated watchdog; `chain_extra`: more [chain] lines);
+    the services follow."""
     grace = "" if restart_grace is None else f"restart_grace = {restart_grace}\n"
     return f"""\
 [chain]
@@ -86,6 +87,7 @@ state_dir = "/run/hachain"
 persist_dir = "/var/lib/hachain"
 heartbeat_interval = 0.2
 restart_delay = 0.5
+{chain_extra}
 
 [watchdog]
 device = "sim"

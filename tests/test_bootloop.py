@@ -15,7 +15,7 @@ import pytest
 from hachain import bootrecord, channels
 from hachain.simulators.machine import SimMachine
 from hachain.watchdog.device import sim_attributes
-from tests.conftest import SIM_MACHINE, heartbeat_window, svc, wait_until
+from tests.conftest import SIM_MACHINE, heartbeat_window, sim_machine_head, svc, wait_until
 
 pytestmark = SIM_MACHINE
 
@@ -31,21 +31,7 @@ PER_BOOT = GRACE + 2 * (READY_TIMEOUT + 0.1) + HB_TIMEOUT + PET + TIMEOUT + 5.0
 
 
 def config(boot_loop: str = "") -> str:
-    return f"""\
-[chain]
-state_dir = "/run/hachain"
-persist_dir = "/var/lib/hachain"
-heartbeat_interval = 0.2
-restart_delay = 0.5
-{boot_loop}
-
-[watchdog]
-device = "sim"
-timeout = {TIMEOUT}
-pet_interval = {PET}
-heartbeat_timeout = {HB_TIMEOUT}
-restart_grace = {GRACE}
-
+    return sim_machine_head(TIMEOUT, PET, HB_TIMEOUT, GRACE, boot_loop) + f"""
 [service.disk]
 command = {svc("sleep")}
 ready = "notify"
