@@ -368,7 +368,9 @@ class Core:
         The same cell with the same event the queue would step: True only when nothing
         is queued ahead of the exit, and not for a forking service (its exit may be
         its launcher's) or one with conflicts (they are stopped on the spawn). A pure
-        question: nothing changes."""
+        question: nothing changes. For a starting or ready service that is not a
+        singleton, the policy answers without a step (states.exit_restarts_at_once,
+        checked equal to the step by tests/test_at_once.py)."""
         if self.queue or self.out or self.shutting_down or name in self.removing:
             return False
         s = self.svcs.get(name)
