@@ -255,7 +255,7 @@ def test_a_tickler_given_up_on_is_tried_again_after_the_pause(tmp_path: Path) ->
     count = tmp_path / "starts"
     wrapper = ("sh", "-c", f'n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > '
                f'{count}; [ "$n" -lt 2 ] && kill -SEGV $$; exec "$@"', "sh")
-    pause = 3.0
+    pause = 4.0
     with looping_chain(tmp_path, 2, START, LONG_TIMEOUT, ("--tickler-pause", str(pause)),
                        wrapper) as (init, err, wd, fired, state_dir):
         text = wait_until(lambda: (t := err.read_text(errors="replace")) and GIVE_UP in t
@@ -266,7 +266,9 @@ def test_a_tickler_given_up_on_is_tried_again_after_the_pause(tmp_path: Path) ->
         text = wait_until(lambda: (t := err.read_text(errors="replace"))
                           and "trying the tickler again" in t and t, pause + START,
                           "init to try the tickler again")
-        assert time.monotonic() - gave_up >= pause - 0.5, text[-3000:]  # not before it
+        # not before the pause (an ordinary restart comes after --restart-delay 1 s); half
+        # of it, since the give-up line may have been seen late on a loaded host
+        assert time.monotonic() - gave_up >= pause / 2, text[-3000:]
         wait_until(lambda: wd.opens >= 1, START, "the third tickler to open the device")
         hb = wait_until(lambda: (h := channels.read_heartbeat(str(state_dir), "tickler"))
                         and h.extra.get("pets", 0) >= 1 and h, START,
