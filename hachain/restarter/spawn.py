@@ -584,12 +584,16 @@ class Cgroups:
                 pass
         return True
 
-    def signal_all(self, name: str, sig: int) -> None:
+    def signal_all(self, name: str, sig: int) -> list[int]:
+        """Send `sig` to every process in the service's cgroup; the pids it went to."""
+        sent = []
         for pid in self.procs(name):
             try:
                 os.kill(pid, sig)
+                sent.append(pid)
             except ProcessLookupError:
                 pass
+        return sent
 
     def contains(self, name: str, pid: int) -> bool:
         return pid in self.procs(name)
@@ -1166,8 +1170,9 @@ def kill_service(pid: int | None, name: str, sig: int, group: bool, cgroups: Cgr
     if group and cgroups.active:
         if sig == signal.SIGKILL:
             cgroups.kill(name)
-        else:
-            cgroups.signal_all(name, sig)
+        elif pid in cgroups.signal_all(name, sig):
+            return  # not once more through its process group: a second SIGTERM or
+            # SIGINT is "stop now" to some daemons, and a handler may run twice
         if pid is None:
             return
     if pid is None:
