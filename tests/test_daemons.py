@@ -135,6 +135,8 @@ def test_sshd_restart_keeps_open_sessions_only_with_kill_mode_process(kill_mode:
             try:
                 assert sess.stdout is not None
                 assert sess.stdout.readline() == b"open\n", sess.stderr.read1(4096)  # type: ignore[union-attr]
+                # its first touch comes after the echo: the unlink below must find one
+                wait_until(lambda: os.path.exists(marker), 10, "the session's first touch")
                 # the session's own sshd processes (not its short-lived sleeps)
                 session_procs = {p for p in _cgroup_procs(r, "sshd")
                                  if p != st["pid"] and _comm(p) == "sshd"}
