@@ -53,13 +53,23 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     python3 -m venv .venv
 fi
-stamp=.venv/.hachain-installed
+# The demo needs hachain alone; the tests need the `test` extra too, and one of its
+# packages (systemd-python) builds against libsystemd-dev, which only --test installs.
+# Each stamp records one install; the test install covers the plain one.
+if [ "${1:-}" = "--test" ]; then
+    spec='.[test]' stamp=.venv/.hachain-installed-test what="hachain and its test tools"
+else
+    spec='.' stamp=.venv/.hachain-installed what="hachain"
+    if [ -f .venv/.hachain-installed-test ] && [ ! .venv/.hachain-installed-test -ot "$stamp" ]; then
+        stamp=.venv/.hachain-installed-test
+    fi
+fi
 # setup.py builds the C parts in place (hachain/restarter/_clone3.c, hachain/_front.c):
 # a change to any of them installs again
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] ||
         [ hachain/restarter/_clone3.c -nt "$stamp" ] || [ hachain/_front.c -nt "$stamp" ]; then
-    echo "setup: installing hachain and its test tools into .venv"
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    echo "setup: installing $what into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check -e "$spec"
     touch "$stamp"
 fi
 # The native front answers `hachain status` without starting Python (hachain/_front.c);
