@@ -17,7 +17,8 @@ The record (see docs/operations.md, "reading a reset record"):
 
     entry = {"boot": 17, "boot_id": "...", "started_wall": 1795441186.9,
              "bootstatus": 32 | null, "device": "/dev/watchdog0" | null,
-             "reason": "unknown" | "gate-failure" | "reboot-requested" | "shutdown",
+             "reason": "unknown" | "gate-failure" | "reboot-requested" |
+                       "tickler-failed" | "shutdown",
              "detail": ["reason line", ...], "ended_wall": float | null,
              "failed_critical": ["db"], "rescue": null | {...}, "cleared": float | null}
 
@@ -58,6 +59,7 @@ BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 UNKNOWN = "unknown"
 GATE_FAILURE = "gate-failure"
 REBOOT_REQUESTED = "reboot-requested"
+TICKLER_FAILED = "tickler-failed"  # init gave up on a tickler that could not run
 SHUTDOWN = "shutdown"
 CLEAN = (SHUTDOWN,)
 WDIOF_CARDRESET = 0x20  # as in hachain.watchdog.device (not imported: stdlib-only here)
@@ -242,13 +244,17 @@ def begin_boot(persist_dir: str, boot_id: str, now_wall: float, resets: int = 3,
 
 
 def set_reason(persist_dir: str, boot_id: str, reason: str, detail: list[str],
-               now_wall: float, failed_critical: list[str] | None = None) -> None:
+               now_wall: float, failed_critical: list[str] | None = None,
+               replacing: str | None = None) -> None:
     """Say how this boot is ending (or, with "unknown", that it goes on after all).
-    `failed_critical` adds to the services blamed in this boot. OSError propagates."""
+    `failed_critical` adds to the services blamed in this boot; with `replacing`, only a
+    reason equal to it is changed. OSError propagates."""
     with _Locked(persist_dir) as rec:
         cur = entry_for(rec, boot_id)
         if cur is None:
             return  # no entry to explain: begin_boot failed; its caller said so
+        if replacing is not None and cur.get("reason") != replacing:
+            return
         cur["reason"] = reason
         cur["detail"] = list(detail)
         cur["ended_wall"] = None if reason == UNKNOWN else now_wall

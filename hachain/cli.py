@@ -80,7 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     argv += ["--tickler-deaths", "0" if cfg.watchdog.device == "none"
              else str(cfg.watchdog.tickler_deaths),
              "--tickler-min-run", str(cfg.watchdog.tickler_min_run),
-             "--tickler-pause", str(channels.tickler_pause(cfg.watchdog.timeout))]
+             "--tickler-pause", str(channels.tickler_pause(cfg.watchdog.timeout)),
+             "--persist-dir", cfg.chain.persist_dir]
     if cfg.cluster is not None:
         argv.append("--cluster")
     if not cfg.chain.restarter_standby:

@@ -50,7 +50,7 @@ Metrics (every name starts with `hachain_`):
   boot_ends{cause}               of the boots the record keeps (the last 32), those that
                                  ended, by the recorded cause (unknown: nothing said why,
                                  e.g. a power cut or a hang; gate-failure;
-                                 reboot-requested; shutdown)
+                                 reboot-requested; tickler-failed; shutdown)
   boot_watchdog_resets           of the boots the record keeps, those the watchdog device
                                  reset (the next boot read WDIOF_CARDRESET)
   boot_unclean_in_a_row          unclean boots in a row before this one (the boot-loop count)
@@ -87,7 +87,7 @@ PROG = "hachain metrics"
 SERVICE_STATES = ("stopped", "waiting", "starting", "ready", "stopping", "backoff",
                   "maintenance", "failed", "done", "standby")
 BOOT_CAUSES = (bootrecord.UNKNOWN, bootrecord.GATE_FAILURE, bootrecord.REBOOT_REQUESTED,
-               bootrecord.SHUTDOWN)
+               bootrecord.TICKLER_FAILED, bootrecord.SHUTDOWN)
 
 Gather = Callable[[str, str], dict[str, Any]]
 

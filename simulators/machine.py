@@ -216,7 +216,8 @@ class SimMachine:
                              "--heartbeat-interval", f"{cfg.chain.heartbeat_interval:g}",
                              "--tickler-deaths", str(wd.tickler_deaths),
                              "--tickler-min-run", f"{wd.tickler_min_run:g}",
-                             "--tickler-pause", f"{channels.tickler_pause(wd.timeout):g}"]
+                             "--tickler-pause", f"{channels.tickler_pause(wd.timeout):g}",
+                             "--persist-dir", self.persist_dir]
         if cfg.cluster is not None:
             self._init_timing.append("--cluster")
         os.makedirs(self.persist_dir, exist_ok=True)

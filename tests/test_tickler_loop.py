@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from hachain import channels, status
+from hachain import bootrecord, channels, status
 from hachain.init import main as init_main
 from hachain.simulators.wdsim import SoftWatchdog
 from hachain.watchdog import tickler
@@ -84,6 +84,12 @@ def restarter_pid(state_dir: Path) -> int:
     return int(pid)
 
 
+def current_entry(persist_dir: Path) -> dict[str, Any] | None:
+    """This boot's entry in the boot record under `persist_dir`, if there is one."""
+    return bootrecord.entry_for(bootrecord.read(str(persist_dir)),
+                                bootrecord.current_boot_id())
+
+
 def kill_after_open(init: Any, wd: CountingWatchdog, restarter: int, n: int) -> int:
     """Wait for the `n`th open of the device, then SIGKILL the tickler that made it (init's
     child that is not the restarter; the test started init, so these are its processes).
@@ -112,6 +118,8 @@ def test_a_tickler_killed_at_every_start_is_given_up_and_the_watchdog_fires(
     state_dir, persist_dir = tmp_path / "run", tmp_path / "persist"
     fired_at: list[float] = []
     wd = CountingWatchdog(TIMEOUT)
+    # this boot's entry, as the restarter opens it at its start (here it is a `sleep`)
+    bootrecord.begin_boot(str(persist_dir), bootrecord.current_boot_id(), time.time())
     with init_with_tickler(tmp_path, state_dir, persist_dir, wd,
                            lambda: fired_at.append(time.monotonic()), TIMEOUT, GRACE,
                            ["--restart-delay", "1", "--tickler-deaths", str(deaths),
@@ -141,6 +149,14 @@ def test_a_tickler_killed_at_every_start_is_given_up_and_the_watchdog_fires(
         assert tk["state"] == "dead" and tk.get("gave_up") is True, tk
         assert "tickler dead: init gave up restarting it" in st["verdict"]["line"], \
             st["verdict"]
+        # the boot record says why this boot ends (init found the persist dir in the
+        # configuration file, given no --persist-dir)
+        entry = wait_until(lambda: (e := current_entry(persist_dir)) and e.get("reason")
+                           == bootrecord.TICKLER_FAILED and e, 10,
+                           "init's reason in the boot record")
+        assert f"the tickler died {deaths} times in a row" in entry["detail"][0], entry
+        assert "killed by SIGKILL" in entry["detail"][0], entry
+        assert bootrecord.unclean(entry)
         print(f"init gave up to fired: {fired_at[0] - seen:.2f} s (timeout {TIMEOUT} s); "
               f"first kill to fired: {fired_at[0] - first_kill:.2f} s")
 
@@ -256,6 +272,9 @@ def test_a_tickler_given_up_on_is_tried_again_after_the_pause(tmp_path: Path) ->
     wrapper = ("sh", "-c", f'n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > '
                f'{count}; [ "$n" -lt 2 ] && kill -SEGV $$; exec "$@"', "sh")
     pause = 4.0
+    # this boot's entry, as a restarter that started first would have opened it
+    persist_dir = tmp_path / "persist"
+    bootrecord.begin_boot(str(persist_dir), bootrecord.current_boot_id(), time.time())
     with looping_chain(tmp_path, 2, START, LONG_TIMEOUT, ("--tickler-pause", str(pause)),
                        wrapper) as (init, err, wd, fired, state_dir):
         text = wait_until(lambda: (t := err.read_text(errors="replace")) and GIVE_UP in t
@@ -263,9 +282,17 @@ def test_a_tickler_given_up_on_is_tried_again_after_the_pause(tmp_path: Path) ->
         gave_up = time.monotonic()
         assert wd.opens == 0, text[-3000:]  # both died before the open
         assert f"tried again in {pause:g} s" in text, text[-3000:]
+        entry = wait_until(lambda: (e := current_entry(persist_dir)) and e.get("reason")
+                           == bootrecord.TICKLER_FAILED and e, 10,
+                           "init's reason in the boot record")
+        assert "killed by SIGSEGV" in entry["detail"][0], entry
         text = wait_until(lambda: (t := err.read_text(errors="replace"))
                           and "trying the tickler again" in t and t, pause + START,
                           "init to try the tickler again")
+        # the boot goes on: the reason is "unknown" again, as when the gate passes again
+        entry = wait_until(lambda: (e := current_entry(persist_dir)) and e.get("reason")
+                           == bootrecord.UNKNOWN and e, 10, "the reason back to unknown")
+        assert entry["detail"] == [] and entry["ended_wall"] is None, entry
         # not before the pause (an ordinary restart comes after --restart-delay 1 s); half
         # of it, since the give-up line may have been seen late on a loaded host
         assert time.monotonic() - gave_up >= pause / 2, text[-3000:]

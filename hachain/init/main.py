@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tickler-deaths", type=int, default=20)
     p.add_argument("--tickler-min-run", type=float, default=10.0)
     p.add_argument("--tickler-pause", type=float, default=channels.TICKLER_PAUSE_MIN)
+    # [chain] persist_dir: where init says why the boot ends when it gives up on the tickler
+    p.add_argument("--persist-dir", default=None)
     # [chain] restarter_standby = false: the default restarter command without --standby
     p.add_argument("--no-restarter-standby", action="store_true")
     # [cluster]: also run the cluster layer (`hachain run` adds this; init reads no TOML)
@@ -506,6 +508,7 @@ class Init:
             log(f"trying the tickler again, {self.opts.tickler_pause:g} s after giving up "
                 "on it: no watchdog reset came, so it had left no device armed")
             child.gave_up = False
+            self.record_boot_end(None)
         child.restarts = child.attempts
         child.attempts += 1
         try:
@@ -552,10 +555,67 @@ class Init:
                     "this machine within its timeout (--tickler-deaths "
                     f"{self.opts.tickler_deaths}); if none comes, the tickler is tried "
                     f"again in {self.opts.tickler_pause:g} s")
+                self.record_boot_end(
+                    f"the tickler died {child.armed_deaths} times in a row, each within "
+                    f"{self.opts.tickler_min_run:g} s of its start (the last: "
+                    f"{describe_status(status)}); init stopped restarting it and let the "
+                    "watchdog expire")
             else:
                 child.due = now + delay
                 log(f"{child.name} (pid {pid}) {describe_status(status)}; "
                     + (f"restarting in {delay:g} s" if delay else "restarting now"))
+
+    def record_boot_end(self, detail: str | None) -> None:
+        """With a `detail`: the boot record says this boot ends because the tickler
+        could not run, so the next boot can tell (`hachain status`, the boot-loop count);
+        with None: it goes on after all (the reason goes back to "unknown", unless a
+        tickler has written another since). Only a record the chain has opened this boot
+        is written (in persist_dir(): the layers open it). Written by a thread of its
+        own: the persist dir is a disk that may be slow or hung, and the loop, whose
+        heartbeat the gate reads, must not wait on it. The boot-record module is imported
+        there too, and only then: init keeps nothing of it otherwise."""
+        def write() -> None:
+            persist_dir = "?"
+            try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+                from hachain import bootrecord
+                persist_dir = self.persist_dir()
+                if not os.path.exists(os.path.join(persist_dir, bootrecord.RECORD)):
+                    log(f"no boot record in {persist_dir} to say why this boot ends")
+                    return
+                boot_id = bootrecord.current_boot_id()
+                if detail is None:
+                    bootrecord.set_reason(persist_dir, boot_id, bootrecord.UNKNOWN, [],
+                                          time.time(), replacing=bootrecord.TICKLER_FAILED)
+                else:
+                    bootrecord.set_reason(persist_dir, boot_id, bootrecord.TICKLER_FAILED,
+                                          [detail], time.time())
+            except Exception as e:  # noqa: BLE001 - the record is lost, nothing else
+                log(f"cannot write the boot record in {persist_dir}: {e}")
+        try:
+            _thread.start_new_thread(write, ())
+        except RuntimeError as e:
+            log(f"cannot write the boot record: no thread: {e}")
+
+    def persist_dir(self) -> str:
+        """The chain's persist dir: --persist-dir (`hachain run` and the simulated machine
+        pass it), else $HACHAIN_PERSIST_DIR, else `[chain] persist_dir` of --config, else
+        the default. Init reads no TOML in its loop; this runs only on the record's thread,
+        and a file it cannot read or parse means the default."""
+        if self.opts.persist_dir:
+            return str(self.opts.persist_dir)
+        if os.environ.get(channels.ENV_PERSIST_DIR):
+            return os.environ[channels.ENV_PERSIST_DIR]
+        try:
+            import tomllib
+            with open(self.opts.config, "rb") as f:
+                chain = tomllib.load(f).get("chain")
+            value = chain.get("persist_dir") if isinstance(chain, dict) else None
+            if isinstance(value, str) and value:
+                return value
+        except (OSError, ValueError):
+            pass
+        return channels.DEFAULT_PERSIST_DIR
 
     def tickler_cannot_run(self, child: Child, status: int, ran: float) -> bool:
         """Count a tickler's death that petted the device (one that may have opened it:
