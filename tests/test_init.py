@@ -9,7 +9,6 @@ fixture finalizer, even when the test fails.
 
 from __future__ import annotations
 
-import ast
 import itertools
 import json
 import os
@@ -445,31 +444,6 @@ def test_pid1_shutdown_empties_the_namespace(ns_launch: Callable[..., tuple[Init
 
 
 # --- 7: layering ----------------------------------------------------------------------------
-
-def test_init_imports_only_stdlib_and_channels() -> None:
-    """init, and the one other module it may import (hachain.bootrecord, on the thread
-    that writes the reason when it gives up on the tickler), use the standard library
-    and hachain.channels only."""
-    allowed = set(sys.stdlib_module_names) | {"hachain.channels", "hachain.bootrecord",
-                                              "__future__"}
-    paths = [*(ROOT / "hachain" / "init").rglob("*.py"), ROOT / "hachain" / "bootrecord.py"]
-    for path in paths:
-        if path.name == "bootrecord.py":
-            allowed = set(sys.stdlib_module_names) | {"hachain.channels", "__future__"}
-        tree = ast.parse(path.read_text(), str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                assert node.level == 0, f"{path}: relative import"
-                mod = node.module or ""
-                names = [f"{mod}.{a.name}" if mod == "hachain" else mod for a in node.names]
-            else:
-                continue
-            for name in names:
-                ok = name in allowed or name.split(".")[0] in sys.stdlib_module_names
-                assert ok, f"{path}: imports {name}"
-
 
 def test_lean_python_finds_the_packages_without_site() -> None:
     """`hachain run` starts init (and init the layers) with python -S: the environment

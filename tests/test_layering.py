@@ -36,11 +36,20 @@ def test_channels_is_stdlib_only():
 
 
 def test_init_imports_only_stdlib_and_channels():
+    """init uses the standard library and hachain.channels, and hachain.bootrecord on the
+    thread that writes the reason when it gives up on the tickler (imported there only)."""
     for f in files("init"):
         for m in imports_of(f):
             top = m.split(".")[0]
-            assert top in sys.stdlib_module_names or m == "hachain.channels" or \
-                m == "__future__", f"{f} imports {m}"
+            assert top in sys.stdlib_module_names or m in (
+                "hachain.channels", "hachain.bootrecord", "__future__"), f"{f} imports {m}"
+
+
+def test_bootrecord_imports_only_stdlib_and_channels():
+    """So that init may import it."""
+    for m in imports_of(os.path.join(ROOT, "bootrecord.py")):
+        assert m.split(".")[0] in sys.stdlib_module_names or m in (
+            "hachain.channels", "__future__"), f"bootrecord.py imports {m}"
 
 
 def test_policy_and_states_do_no_io():
