@@ -855,10 +855,107 @@ class Tables:
         return f"Tables({self.__dict__!r})"
 
 
-def load_config(path: str, left: list[int] | None = None) -> Config:
+# The tables a tickler of this chain run parsed, for the next tickler of the same run:
+# in state_dir, next to the running snapshot they came from.
+TABLES_CACHE = "config/tickler.json"
+TABLES_CACHE_VERSION = 1
+_CACHE_CODE = ("config.py", "schema.py", "watchdog/tickler.py")  # in the hachain package
+
+
+def _cache_key(path: str) -> dict[str, Any] | None:
+    """What the cached tables must have been made from: this run's running snapshot of
+    `path` (its chain id, file and SHA-256, as running.json declares them), the HACHAIN_*
+    overrides, and the code that parsed them (size and mtime of its files: an upgrade
+    of hachain parses again). None when this run has no running snapshot of `path`."""
+    cid = os.environ.get(channels.ENV_CHAIN_ID, "")
+    state = os.environ.get(channels.ENV_STATE_DIR, "")
+    if not cid or not state:
+        return None
+    try:
+        running = channels.read_json(os.path.join(state, channels.RUNNING_CONFIG))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(running, dict) or running.get("chain_id") != cid or \
+            running.get("source") != os.path.abspath(path) or \
+            not isinstance(running.get("sha256"), str):
+        return None
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = []
+    for rel in _CACHE_CODE:
+        try:
+            st = os.stat(os.path.join(pkg, rel))
+        except OSError:
+            return None
+        code.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
+    return {"version": TABLES_CACHE_VERSION, "chain_id": cid, "source": running["source"],
+            "sha256": running["sha256"], "code": code,
+            "env": {k: os.environ.get(k) for k in sorted(_OVERRIDE_ENV)}}
+
+
+_OVERRIDE_ENV = (channels.ENV_STATE_DIR, channels.ENV_PERSIST_DIR, channels.ENV_CGROUP_ROOT,
+                 channels.ENV_WATCHDOG_DEVICE)  # hachain.config.ENV_OVERRIDES' names
+
+
+def _read_cached(key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached tables for `key`, or None: none there, made from something else, or
+    a file that is not a regular one owned by us and writable by nobody else (the tables
+    choose the device and the gate's timing)."""
+    cache = os.path.join(str(key["env"][channels.ENV_STATE_DIR]), TABLES_CACHE)
+    try:
+        fd = os.open(cache, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or \
+                st.st_mode & 0o170000 != 0o100000:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            d = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    if not isinstance(d, dict) or d.get("key") != key or not isinstance(d.get("tables"), dict):
+        return None
+    return cast("dict[str, Any]", d["tables"])
+
+
+def _write_cached(key: dict[str, Any], tables: dict[str, Any]) -> None:
+    """Keep `tables` for the next tickler of this run (state_dir is a tmpfs)."""
+    cache = os.path.join(str(key["env"][channels.ENV_STATE_DIR]), TABLES_CACHE)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    channels.write_json(cache, {"key": key, "tables": tables})
+
+
+def _tables_config(d: dict[str, Any], path: str) -> Config:
+    """The Config the tickler keeps, from the parser's reply (or the cached copy of it)."""
+    try:
+        if "errors" in d:
+            raise ConfigError([str(x) for x in d["errors"]])
+        chain = dict(d["chain"])
+        chain["boot_loop"] = Tables(chain["boot_loop"])
+        return cast("Config", Tables({
+            "path": d["path"], "chain": Tables(chain),
+            "watchdog": Tables(d["watchdog"]), "services": {},
+            "cluster": Tables(d["cluster"]) if d.get("cluster") else None}))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ConfigError([f"{path}: the configuration parser process failed"]) from None
+
+
+def load_config(path: str, left: list[int] | None = None,
+                cache: list[Callable[[], None]] | None = None) -> Config:
     """[chain] and [watchdog] of this chain run's running configuration snapshot
     (`snapshot.for_layer`: never the live file once the run has one), HACHAIN_* overrides
     applied; no services.
+
+    A tickler restarted in the same run takes the tables the one before it parsed from
+    the same snapshot (TABLES_CACHE, checked against running.json's SHA-256, the chain
+    id, the overrides and the code): no parser process and no configuration code on the
+    way to the open, which init's restart of a killed tickler must reach within the
+    watchdog's timeout (about 70 of 170 ms here; seconds on an emulated machine). With
+    `cache`, the write of that copy is appended there for the caller to run (after the
+    open), instead of being done here.
 
     The file is parsed in a short-lived child process. Parsing 1000 services leaves about
     3 MB in Python's allocator that the tickler, which locks its memory, would otherwise
@@ -871,6 +968,14 @@ def load_config(path: str, left: list[int] | None = None) -> Config:
     persist_dir that hangs must not keep the device from being opened. With `left`, such
     a child is not waited for: its pid goes into `left`, for the caller to reap.
     """
+    key = _cache_key(path)
+    if key is not None:
+        cached = _read_cached(key)
+        if cached is not None:
+            try:
+                return _tables_config(cached, path)
+            except ConfigError:
+                pass  # a copy that does not make tables: parse as if it were not there
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the parser: hand back two small tables, then vanish
@@ -887,7 +992,8 @@ def load_config(path: str, left: list[int] | None = None) -> Config:
                 out: dict[str, Any] = {"path": cfg.path, "chain": asdict(cfg.chain),
                                        "watchdog": asdict(cfg.watchdog),
                                        "cluster": cfg.cluster and asdict(cfg.cluster),
-                                       "last_good_next": got is None}
+                                       "last_good_next": got is None,
+                                       "sha256": snap.sha256}
             except ConfigError as e:
                 out = {"errors": list(e.errors)}
             with os.fdopen(w, "wb") as f:
@@ -909,16 +1015,20 @@ def load_config(path: str, left: list[int] | None = None) -> Config:
         left.append(pid)  # writing the last-known-good copy: not waited for here
     else:
         os.waitpid(pid, 0)
-    try:
-        if "errors" in d:
-            raise ConfigError([str(x) for x in d["errors"]])
-        d["chain"]["boot_loop"] = Tables(d["chain"]["boot_loop"])
-        return cast("Config", Tables({
-            "path": d["path"], "chain": Tables(d["chain"]),
-            "watchdog": Tables(d["watchdog"]), "services": {},
-            "cluster": Tables(d["cluster"]) if d.get("cluster") else None}))
-    except (ValueError, TypeError, KeyError, AttributeError):
-        raise ConfigError([f"{path}: the configuration parser process failed"]) from None
+    if not isinstance(d, dict):
+        raise ConfigError([f"{path}: the configuration parser process failed"])
+    cfg = _tables_config(d, path)
+    # kept only when the tables came from this run's running snapshot, the one the key
+    # names: a file accepted here has no running snapshot yet to check a copy against
+    key = _cache_key(path) if key is None else key
+    if key is not None and d.get("last_good_next") is False and \
+            d.get("sha256") == key["sha256"]:
+        tables = {k: d[k] for k in ("path", "chain", "watchdog", "cluster")}
+        if cache is not None:
+            cache.append(functools.partial(_write_cached, key, tables))
+        else:
+            _write_cached(key, tables)
+    return cfg
 
 
 def _reap(pid: int) -> None:
@@ -971,8 +1081,9 @@ def _main(argv: list[str] | None) -> int:
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop_early)
     parser_left: list[int] = []  # the parser, when it goes on to write into persist_dir
+    cache_writes: list[Callable[[], None]] = []  # the parsed tables, for the next tickler
     try:
-        cfg = load_config(args.config, parser_left)
+        cfg = load_config(args.config, parser_left, cache_writes)
     except ConfigError as e:
         for line in e.errors:
             log(line)
@@ -1039,6 +1150,8 @@ def _main(argv: list[str] | None) -> int:
         for pid in parser_left:  # reaped once it wrote the last-known-good copy
             tickler.records.submit(f"the last-known-good copy in {cfg.chain.persist_dir}",
                                    functools.partial(_reap, pid))
+        for write in cache_writes:
+            tickler.records.submit(TABLES_CACHE, write)
         tickler.configure_device()
         tickler.record_last_boot()
         tickler.disarm_for_boot_loop()
