@@ -397,18 +397,30 @@ def lean_python(python: str, module: str) -> tuple[list[str], dict[str, str]]:
 
     In a process that is itself lean (started with -S by this function), PYTHONPATH is
     already right and is passed on unchanged."""
-    import sys
     env = dict(os.environ)
-    if not sys.flags.no_site:
-        import site
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        paths = [here, *site.getsitepackages()]
-        if site.ENABLE_USER_SITE:
-            paths.append(site.getusersitepackages())
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    path = lean_pythonpath()
+    if path is not None:
+        env["PYTHONPATH"] = path
     return [python, "-S", "-m", module], env
+
+
+def lean_pythonpath() -> str | None:
+    """The PYTHONPATH under which `python -S` finds what this process finds through
+    `site`: hachain's own directory, the site-packages directories, then any PYTHONPATH
+    given. None in a process started with -S: its PYTHONPATH is that already. (`site`
+    costs every start of a layer its scan of site-packages and its .pth files: 10-20 ms
+    here, half a second in an emulated guest reading them over 9p.)"""
+    import sys
+    if sys.flags.no_site:
+        return None
+    import site
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [here, *site.getsitepackages()]
+    if site.ENABLE_USER_SITE:
+        paths.append(site.getusersitepackages())
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    return os.pathsep.join(dict.fromkeys(paths))
 
 
 # --- log lines ------------------------------------------------------------------------------

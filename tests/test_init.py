@@ -461,6 +461,28 @@ def test_lean_python_finds_the_packages_without_site() -> None:
     assert p.stdout.split() == ["1", "False", "-S", "-S"], p.stdout
 
 
+def test_an_init_started_with_site_starts_its_layers_lean() -> None:
+    """init= on an appliance runs the hachain-init script, with site: the layers still
+    start with -S, and the PYTHONPATH init gives them finds hachain and the installed
+    libraries from any directory (site's scan is not paid again at each layer's start)."""
+    code = ("import json, hachain.init.main as m; "
+            "o = m.parse_options(['--config', '/x.toml'], False); "
+            "print(json.dumps([o.restarter_cmd[1], o.tickler_cmd[1], o.pythonpath]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                       text=True, timeout=60, cwd="/")
+    assert p.returncode == 0, p.stderr
+    restarter_flag, tickler_flag, path = json.loads(p.stdout)
+    assert restarter_flag == tickler_flag == "-S"
+    assert str(ROOT) in path.split(os.pathsep)
+    q = subprocess.run([sys.executable, "-S", "-c", "import sys, hachain.watchdog.tickler, "
+                        "hachain.restarter.loop, pyudev; print('site' in sys.modules)"],
+                       env={**env, "PYTHONPATH": path}, capture_output=True, text=True,
+                       timeout=60, cwd="/")
+    assert q.returncode == 0, q.stderr
+    assert q.stdout.split() == ["False"]
+
+
 def test_restart_schedule_resets_after_a_stable_run() -> None:
     """Child.next_delay: 0, 0.1, 0.2, 0.4 ... capped; a run of STABLE_AFTER seconds starts
     the sequence again at 0 (no clock read: `now` and the start time are given)."""

@@ -307,8 +307,17 @@ def parse_options(argv: list[str], pid1: bool) -> argparse.Namespace:
         log("negative delay or timeout; using the defaults")
         opts = parser.parse_args([])
     python = sys.executable or "/usr/bin/python3"
-    # started lean (-S, packages in PYTHONPATH: channels.lean_python)? so are the layers
-    lean = ["-S"] if sys.flags.no_site else []
+    # The layers start lean (-S, the packages in PYTHONPATH: channels.lean_python) even
+    # when init was not (init= on an appliance runs the hachain-init script with site):
+    # site's scan of site-packages is paid again at every restart of a layer otherwise,
+    # and a killed tickler must be back at the device within the watchdog's timeout.
+    opts.pythonpath = None
+    lean: list[str] = []
+    try:
+        opts.pythonpath = channels.lean_pythonpath()
+        lean = ["-S"]
+    except Exception as e:  # noqa: BLE001 - a broken site module: the layers keep site
+        log(f"cannot find the packages' directories ({e}); the layers start with site")
     if opts.restarter_cmd is None:
         # --standby: the restarter keeps an imported copy of itself to fork a replacement
         # from the moment it dies (hachain/restarter/standby.py)
@@ -495,6 +504,8 @@ class Init:
         env[channels.ENV_CHAIN_ID] = self.chain_id
         env[ENV_LAYER_RESTARTS] = str(child.restarts)
         env[channels.ENV_INIT_PID] = str(os.getpid())  # so an orphaned layer can tell
+        if self.opts.pythonpath is not None:  # the layers' -S (parse_options)
+            env["PYTHONPATH"] = self.opts.pythonpath
         for name, sock in self.held.items():
             if child.name == "restarter":
                 env[name] = str(sock.fileno())

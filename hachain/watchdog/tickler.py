@@ -1019,10 +1019,10 @@ def load_config(path: str, left: list[int] | None = None,
         raise ConfigError([f"{path}: the configuration parser process failed"])
     cfg = _tables_config(d, path)
     # kept only when the tables came from this run's running snapshot, the one the key
-    # names: a file accepted here has no running snapshot yet to check a copy against
+    # names (a file the parser accepted itself became that snapshot, unless another
+    # layer's accept came between: then the hashes differ and nothing is kept)
     key = _cache_key(path) if key is None else key
-    if key is not None and d.get("last_good_next") is False and \
-            d.get("sha256") == key["sha256"]:
+    if key is not None and d.get("sha256") == key["sha256"]:
         tables = {k: d[k] for k in ("path", "chain", "watchdog", "cluster")}
         if cache is not None:
             cache.append(functools.partial(_write_cached, key, tables))

@@ -77,8 +77,17 @@ POLICY: dict[str, Any] = {"backoff.initial": 0.1, "backoff.max": 1.0,
 
 @dataclass(frozen=True)
 class CampaignSettings(ChainSettings):
-    """ChainSettings whose notifier has a service watchdog (3 s) and a quick stop."""
+    """ChainSettings whose notifier has a service watchdog (3 s) and a quick stop, and
+    whose watchdog timeout leaves a killed tickler room to come back.
 
+    `kill-tickler` expects no reset, which holds while `timeout` exceeds the restart
+    delay plus the tickler's start-up (docs/init.md). In the TCG guest that start-up, a
+    cold Python over 9p, is about 3 s on a quiet 2-core host and went past the 10 s of
+    ChainVM's default on a host busy with the test suite (CI, seed 67: no open before
+    the expiry, a false reset). 20 s keeps that margin at about 6x; it lengthens each
+    watchdog reset of a hang by 10 s."""
+
+    timeout: int = 20
     watchdog_sec: float = 3.0
     stop_timeout: float = 2.0
 
