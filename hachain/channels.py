@@ -85,6 +85,14 @@ ENV_FENCING_TOKEN = "HACHAIN_FENCING_TOKEN"  # a cluster singleton's current tok
 ENV_PERSIST_DIR = "HACHAIN_PERSIST_DIR"
 ENV_CGROUP_ROOT = "HACHAIN_CGROUP_ROOT"
 ENV_WATCHDOG_DEVICE = "HACHAIN_WATCHDOG_DEVICE"
+# The environment variables a parent layer sets to override a [chain] or [watchdog] key
+# (hachain.config applies them; the tickler keys its cache of the parsed tables on them)
+CONFIG_OVERRIDES = {
+    ENV_STATE_DIR: ("chain", "state_dir"),
+    ENV_PERSIST_DIR: ("chain", "persist_dir"),
+    ENV_CGROUP_ROOT: ("chain", "cgroup_root"),
+    ENV_WATCHDOG_DEVICE: ("watchdog", "device"),
+}
 
 # Control protocol limits.
 MAX_REQUEST_BYTES = 64 * 1024

@@ -769,12 +769,7 @@ def render_doc(doc: str) -> str:
 
 # Environment overrides, set by a parent layer (init, the simulated machine, tests) so one
 # configuration file serves every place the chain runs.
-ENV_OVERRIDES = {
-    channels.ENV_STATE_DIR: ("chain", "state_dir"),
-    channels.ENV_PERSIST_DIR: ("chain", "persist_dir"),
-    channels.ENV_CGROUP_ROOT: ("chain", "cgroup_root"),
-    channels.ENV_WATCHDOG_DEVICE: ("watchdog", "device"),
-}
+ENV_OVERRIDES = channels.CONFIG_OVERRIDES
 
 
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux

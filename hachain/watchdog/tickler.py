@@ -889,11 +889,7 @@ def _cache_key(path: str) -> dict[str, Any] | None:
         code.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
     return {"version": TABLES_CACHE_VERSION, "chain_id": cid, "source": running["source"],
             "sha256": running["sha256"], "code": code,
-            "env": {k: os.environ.get(k) for k in sorted(_OVERRIDE_ENV)}}
-
-
-_OVERRIDE_ENV = (channels.ENV_STATE_DIR, channels.ENV_PERSIST_DIR, channels.ENV_CGROUP_ROOT,
-                 channels.ENV_WATCHDOG_DEVICE)  # hachain.config.ENV_OVERRIDES' names
+            "env": {k: os.environ.get(k) for k in sorted(channels.CONFIG_OVERRIDES)}}
 
 
 def _read_cached(key: dict[str, Any]) -> dict[str, Any] | None:
@@ -953,7 +949,7 @@ def load_config(path: str, left: list[int] | None = None,
     the same snapshot (TABLES_CACHE, checked against running.json's SHA-256, the chain
     id, the overrides and the code): no parser process and no configuration code on the
     way to the open, which init's restart of a killed tickler must reach within the
-    watchdog's timeout (about 70 of 170 ms here; seconds on an emulated machine). With
+    watchdog's timeout (66 of 146 ms here, bench/tickler_restart.py). With
     `cache`, the write of that copy is appended there for the caller to run (after the
     open), instead of being done here.
 
