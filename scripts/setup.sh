@@ -55,19 +55,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # The demo needs hachain alone; the tests need the `test` extra too, and one of its
 # packages (systemd-python) builds against libsystemd-dev, which only --test installs.
-# Each stamp records one install; the test install covers the plain one.
+# Each kind of install has its stamp; an up-to-date test install covers the plain one.
+# setup.py builds the C parts in place (hachain/restarter/_clone3.c, hachain/_front.c):
+# a change to any of them, or to pyproject.toml, installs again.
+fresh() {
+    [ -f "$1" ] && ! [ pyproject.toml -nt "$1" ] && ! [ setup.py -nt "$1" ] &&
+        ! [ hachain/restarter/_clone3.c -nt "$1" ] && ! [ hachain/_front.c -nt "$1" ]
+}
+test_stamp=.venv/.hachain-installed-test
 if [ "${1:-}" = "--test" ]; then
-    spec='.[test]' stamp=.venv/.hachain-installed-test what="hachain and its test tools"
+    spec='.[test]' stamp=$test_stamp what="hachain and its test tools"
 else
     spec='.' stamp=.venv/.hachain-installed what="hachain"
-    if [ -f .venv/.hachain-installed-test ] && [ ! .venv/.hachain-installed-test -ot "$stamp" ]; then
-        stamp=.venv/.hachain-installed-test
-    fi
 fi
-# setup.py builds the C parts in place (hachain/restarter/_clone3.c, hachain/_front.c):
-# a change to any of them installs again
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] ||
-        [ hachain/restarter/_clone3.c -nt "$stamp" ] || [ hachain/_front.c -nt "$stamp" ]; then
+if ! fresh "$stamp" && ! { [ "$spec" = . ] && fresh "$test_stamp"; }; then
     echo "setup: installing $what into .venv"
     .venv/bin/pip install -q --disable-pip-version-check -e "$spec"
     touch "$stamp"

@@ -68,3 +68,17 @@ def test_the_demo_set_up_needs_no_test_extra(tmp_path: Any) -> None:
     again = _setup(project)
     assert again.returncode == 0, again.stderr
     assert "installing" not in again.stdout
+    # Stamps older than pyproject.toml (as after a change to it): it installs again, and
+    # says so in the plain install's stamp only: the test tools' stamp (an up-to-date
+    # one covers the plain install) stays old, so `setup.sh --test` installs again too.
+    plain, test = project / ".venv/.hachain-installed", project / ".venv/.hachain-installed-test"
+    test.touch()
+    os.utime(test, (1, 1))
+    os.utime(plain, (1, 1))
+    assert _setup(project).stdout.count("installing hachain into .venv") == 1
+    assert plain.stat().st_mtime > 1 and test.stat().st_mtime == 1
+    # an up-to-date test install covers the plain one
+    os.utime(plain, (1, 1))
+    test.touch()
+    covered = _setup(project)
+    assert covered.returncode == 0 and "installing" not in covered.stdout, covered.stdout
