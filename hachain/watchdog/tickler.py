@@ -1028,7 +1028,7 @@ def load_config(path: str, left: list[int] | None = None,
 
 
 def _reap(pid: int) -> None:
-    """Wait for the configuration parser (in the writer thread, after the open)."""
+    """Wait for the configuration parser (in a thread of its own, after the open)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
 
@@ -1143,9 +1143,11 @@ def _main(argv: list[str] | None) -> int:
     try:
         tickler = Tickler(cfg, wd, started)
         tickler.boot_entry = entry
-        for pid in parser_left:  # reaped once it wrote the last-known-good copy
-            tickler.records.submit(f"the last-known-good copy in {cfg.chain.persist_dir}",
-                                   functools.partial(_reap, pid))
+        for pid in parser_left:  # reaped once it wrote the last-known-good copy, by a
+            # thread of its own: on the writer thread, a parser slow on persist_dir held
+            # up this boot's records behind it (the device, the gate's reason)
+            threading.Thread(target=_reap, args=(pid,), name="parser-reaper",
+                             daemon=True).start()
         for write in cache_writes:
             tickler.records.submit(TABLES_CACHE, write)
         tickler.configure_device()
