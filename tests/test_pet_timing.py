@@ -37,7 +37,7 @@ def test_a_heartbeat_read_that_blocks_forever_fails_the_gate_by_its_deadline(rig
         deadline = hb.extra["read_deadline"]
         assert 0 < deadline < HB_TIMEOUT  # the deadline fails it, not the staleness rule
         # The restarter's heartbeat becomes a FIFO nobody writes: open() blocks for ever.
-        fl.layers["restarter"] = False
+        fl.beating("restarter", False)
         path = channels.heartbeat_path(rig.state_dir, "restarter")
         os.unlink(path)
         os.mkfifo(path)
@@ -63,7 +63,7 @@ def test_a_heartbeat_read_that_blocks_forever_fails_the_gate_by_its_deadline(rig
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         os.unlink(path)
         os.close(fd)
-        fl.layers["restarter"] = True
+        fl.beating("restarter", True)
         wait_until(lambda: (h := rig.tickler_hb()) and h.extra["gate"]["ok"], GRACE,
                    "the gate to pass again")
 

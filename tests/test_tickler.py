@@ -44,20 +44,29 @@ class ForgedLayers:
         self.last: dict[str, float] = {}
         self.stop = threading.Event()
         self.seq = 0
+        self.lock = threading.Lock()  # held across a round of writes: see beating()
         os.makedirs(os.path.join(state_dir, channels.HEARTBEAT_DIR), exist_ok=True)
         self.thread = threading.Thread(target=self.run, daemon=True)
 
+    def beating(self, layer: str, on: bool) -> None:
+        """Start or stop `layer`'s heartbeats. Once this returns no write of it is under
+        way, so a test may put something else in its file (a write in flight would
+        rename a heartbeat over it) and `last[layer]` is final."""
+        with self.lock:
+            self.layers[layer] = on
+
     def beat_once(self) -> None:
         """One heartbeat for each layer still beating."""
-        self.seq += 1
-        for layer, on in list(self.layers.items()):
-            if not on:
-                continue
-            now = time.monotonic()
-            extra = self.restarter_extra if layer == "restarter" else {}
-            channels.write_heartbeat(self.state_dir, channels.Heartbeat(
-                layer, self.pids[layer], now, now, self.seq, 0, extra))
-            self.last[layer] = now
+        with self.lock:
+            self.seq += 1
+            for layer, on in list(self.layers.items()):
+                if not on:
+                    continue
+                now = time.monotonic()
+                extra = self.restarter_extra if layer == "restarter" else {}
+                channels.write_heartbeat(self.state_dir, channels.Heartbeat(
+                    layer, self.pids[layer], now, now, self.seq, 0, extra))
+                self.last[layer] = now
 
     def run(self) -> None:
         """Beat every 0.1 s until stopped."""
@@ -175,7 +184,7 @@ def test_dead_restarter_gets_the_grace_then_fails_the_gate(rig: Rig) -> None:
         with ForgedLayers(rig.state_dir, rig.sleeper.pid, restarter_pid=victim.pid) as layers:
             rig.start_tickler()
             wait_until(lambda: rig.pets() >= 2, 10, "petting")
-            layers.layers["restarter"] = False
+            layers.beating("restarter", False)
             victim.kill()
             victim.wait(5)
             t0 = layers.last["restarter"]
@@ -199,7 +208,7 @@ def test_hung_restarter_stops_petting_and_the_watchdog_fires(rig: Rig) -> None:
     with ForgedLayers(rig.state_dir, rig.sleeper.pid) as layers:
         rig.start_tickler()
         wait_until(lambda: rig.pets() >= 2, 10, "petting")
-        layers.layers["restarter"] = False  # alive (the sleeper) but silent: hung
+        layers.beating("restarter", False)  # alive (the sleeper) but silent: hung
         t0 = layers.last["restarter"]
         assert rig.expired.wait(BOUND + 2), "the watchdog did not expire"
         elapsed = rig.expired_at[0] - t0

@@ -153,7 +153,7 @@ def test_a_record_that_raises_leaves_the_writer_running(tmp_path: Any) -> None:
         with ForgedLayers(rig.state_dir, rig.sleeper.pid) as layers:
             rig.start_tickler()
             wait_until(lambda: rig.pets() >= 2, 10, "petting")
-            layers.layers["restarter"] = False  # alive but silent: hung
+            layers.beating("restarter", False)  # alive but silent: hung
             assert rig.expired.wait(TIMEOUT + PET + HB_TIMEOUT + 2)
         gate = wait_until(lambda: channels.read_json(
             os.path.join(rig.persist_dir, channels.GATE_RECORD)), 5, "gate.json")
@@ -340,7 +340,7 @@ def test_a_heartbeat_that_cannot_be_parsed_leaves_the_reader_running(
         with ForgedLayers(rig.state_dir, rig.sleeper.pid) as layers:
             rig.start_tickler()
             wait_until(lambda: rig.pets() >= 2, TIMEOUT + 10, "petting")
-            layers.layers["restarter"] = False
+            layers.beating("restarter", False)
             path = channels.heartbeat_path(rig.state_dir, "restarter")
             bad = (b'{"layer": "restarter", "pid": 1e999, "mono": 1.0, "started_mono": 1.0,'
                    b' "seq": 1}\n')
@@ -351,7 +351,7 @@ def test_a_heartbeat_that_cannot_be_parsed_leaves_the_reader_running(
             # two of the tickler's ticks: a round of reads has met the bad file
             wait_until(lambda: (h := rig.tickler_hb()) is not None and h.seq >= seen + 2, 10,
                        "two ticks")
-            layers.layers["restarter"] = True
+            layers.beating("restarter", True)
             heartbeat_window(rig.tickler_hb, 2 * TIMEOUT, "the tickler")
             assert rig.server.expirations == 0, rig.log_text()
             hb = rig.tickler_hb()
