@@ -21,6 +21,7 @@ import pytest
 
 from hachain.simulators.qemu.harness import (
     PETTER_SCRIPT,
+    QemuError,
     QemuMachine,
     QemuTimeout,
     QemuUnavailable,
@@ -180,3 +181,72 @@ def test_cpio_archive_lists_with_cpio(tmp_path: Path) -> None:
     assert re.search(r"^-rwxr-xr-x .* bin/hello$", listing, re.MULTILINE)
     assert re.search(r"^lrwxrwxrwx .* bin/sh -> hello$", listing, re.MULTILINE)
     assert re.search(r"^crw------- .* 5,\s+1 .* console$", listing, re.MULTILINE)
+
+
+# A stand-in for QEMU whose QMP server fumbles the handshake: each start takes the next
+# mode from a file ("silent": takes the connection and says nothing; "mute": greets and
+# never replies). With no modes left it becomes the real QEMU (exec), so the retried boot
+# is a real one.
+FUMBLING_QEMU = """#!{python}
+import os, socket, sys, time
+modes_file = {modes!r}
+with open(modes_file) as f:
+    modes = f.read().split()
+if not modes:
+    os.execv({qemu!r}, [{qemu!r}] + sys.argv[1:])
+with open(modes_file, "w") as f:
+    f.write(" ".join(modes[1:]))
+spec = sys.argv[sys.argv.index("-qmp") + 1]
+path = spec[len("unix:"):].split(",")[0]
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(path)
+server.listen(1)
+conn, _ = server.accept()
+if modes[0] == "mute":
+    conn.sendall(b'{{"QMP": {{"version": {{}}, "capabilities": []}}}}\\n')
+time.sleep(600)
+"""
+
+
+def _fumbling_qemu(tmp_path: Path, modes: list[str]) -> Path:
+    import shutil
+    real = shutil.which("qemu-system-x86_64")
+    assert real is not None
+    modes_file = tmp_path / "modes"
+    modes_file.write_text(" ".join(modes))
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text(FUMBLING_QEMU.format(python=PYTHON, modes=os.fspath(modes_file),
+                                         qemu=real))
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.qemu
+def test_a_qemu_that_fumbles_the_qmp_handshake_is_started_again(
+        qemu_available: None, tmp_path: Path) -> None:
+    """CI once saw QEMU greet and then not answer qmp_capabilities for 15 s; a client
+    that reads the greeting with no deadline would wait for ever on one that says
+    nothing. Each is killed and started again, and the next start is a working guest."""
+    fake = _fumbling_qemu(tmp_path, ["silent", "mute"])
+    with QemuMachine(PETTER + ["--device", ""], watchdog=None, qemu=fake,
+                     workdir=tmp_path / "vm") as vm:
+        vm.boot(timeout=2.0)
+        assert len(vm.boot_retries) == 2, vm.boot_retries
+        assert "no greeting within 2.0s" in vm.boot_retries[0]
+        assert "qmp qmp_capabilities: no reply within 2.0s" in vm.boot_retries[1]
+        assert all("threads:" in why for why in vm.boot_retries), vm.boot_retries
+        vm.wait_for("idle, no watchdog", timeout=60)
+        assert vm.qmp("query-status")["running"] is True
+
+
+@pytest.mark.qemu
+def test_a_qemu_that_never_answers_fails_the_boot_in_bounded_time(
+        qemu_available: None, tmp_path: Path) -> None:
+    fake = _fumbling_qemu(tmp_path, ["mute"] * 3)
+    vm = QemuMachine(PETTER, watchdog=None, qemu=fake, workdir=tmp_path / "vm")
+    with pytest.raises(QemuError, match=r"no reply within 1.0s .*; qemu: pid \d+ threads: .*"
+                                        r"attempt 3 of 3") as info:
+        vm.boot(timeout=1.0, attempts=3)
+    assert len(vm.boot_retries) == 2
+    assert vm.pid is None
+    assert "\n" not in str(info.value).split("; console:")[0]

@@ -207,7 +207,7 @@ class ChainVM:
         self.vm.argv = pid1_argv(self.python, self.config_path, self.settings)
         self.ready_at = 0.0
         self.slowness: float | None = None  # set by the first boot (see NOMINAL_BOOT_S)
-        self.qmp_retries = 0  # boots retried because of the QMP greeting race
+        self.qmp_retries = 0  # QEMU starts retried because the QMP handshake failed
         self.services = {name: list(table["command"]) for name, table
                          in self.settings.services(self.python).items()}
 
@@ -228,22 +228,13 @@ class ChainVM:
         """A bound measured on an idle host, stretched by this guest's slowness."""
         return seconds * (self.slowness or 1.0)
 
-    def _start_qemu(self, attempts: int = 3) -> None:
-        """QemuMachine.boot(), retried when QMP's first line is an event, not the greeting.
-
-        Works around a race in qmp.QmpClient: QEMU 7.2 sometimes sends an event (RESUME)
-        before the QMP greeting when the client connects while the machine starts, and
-        the client then refuses the connection ("unexpected greeting"). boot() has
-        already closed QEMU by then, and a closed machine may be booted again.
-        """
-        for attempt in range(attempts):
-            try:
-                self.vm.boot()
-                return
-            except QemuError as exc:
-                if "unexpected greeting" not in str(exc) or attempt == attempts - 1:
-                    raise
-                self.qmp_retries += 1
+    def _start_qemu(self) -> None:
+        """QemuMachine.boot(); it starts QEMU again when the QMP handshake fails (see its
+        docstring), and `qmp_retries` counts those restarts."""
+        try:
+            self.vm.boot()
+        finally:
+            self.qmp_retries = len(self.vm.boot_retries)
 
     def close(self) -> None:
         """Kill and reap QEMU; safe to call twice."""

@@ -25,6 +25,7 @@ passes, or `QemuExited` when QEMU is gone.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -253,6 +254,7 @@ class QemuMachine:
         self.started_at = 0.0
         self.command: list[str] = []
         self.kernel_path: Path | None = None
+        self.boot_retries: list[str] = []  # why a start was retried (see boot())
 
     # ----------------------------------------------------------------- lifetime
 
@@ -262,8 +264,15 @@ class QemuMachine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def boot(self, timeout: float = 15.0) -> None:
-        """Build (or reuse) the initramfs and start QEMU; returns once QMP answers."""
+    def boot(self, timeout: float = 15.0, attempts: int = 3) -> None:
+        """Build (or reuse) the initramfs and start QEMU; returns once QMP answers.
+
+        A QEMU whose QMP handshake does not finish within `timeout` is killed and started
+        again, up to `attempts` times in all: QEMU 7.2 now and then fumbles a client that
+        connects while it is still starting (an event before the greeting; once in CI, a
+        greeting and then no reply to `qmp_capabilities` for 15 s, with the guest
+        printing nothing). Each retry's reason, with what QEMU's threads were doing, is
+        kept in `boot_retries`."""
         if self._proc is not None:
             raise QemuError("boot(): this machine was already booted; use a new one")
         tools = find_tools(**self._tool_args)  # type: ignore[arg-type]
@@ -273,10 +282,28 @@ class QemuMachine:
         except (InitramfsError, OSError) as exc:
             raise QemuError(f"hachain-qemu: cannot build initramfs: {exc}") from exc
         self.kernel_path = elf or tools.kernel.image
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start(tools, initrd, timeout)
+                return
+            except QmpError as exc:
+                why = f"{exc}; qemu: {self._threads()}"
+                tail = self._tail()
+                self._stop()
+                if attempt == attempts:
+                    self._drop_workdir()
+                    raise QemuError(f"{why}; console: {tail} (attempt {attempt} of "
+                                    f"{attempts}; earlier: {self.boot_retries})") from exc
+                self.boot_retries.append(why)
+
+    def _start(self, tools: Tools, initrd: Path, timeout: float) -> None:
+        assert self.kernel_path is not None
         self._prepare_shares(tools.busybox)
         qmp_socket = self._qmp_socket_path()
+        with contextlib.suppress(FileNotFoundError):  # a killed start's: connect() to it
+            os.unlink(qmp_socket)                    # would be refused until QEMU binds
         self.command = self._command_line(tools, self.kernel_path, initrd, qmp_socket)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by close()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by _stop()
         self.started_at = time.monotonic()
         self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -285,14 +312,39 @@ class QemuMachine:
         assert self._proc.stdout is not None
         self._console = Console(self._proc.stdout.fileno(), self._log, self._echo)
         self._console.start()
+        self._qmp = QmpClient(qmp_socket, timeout)
+
+    def _threads(self) -> str:
+        """What QEMU's threads are doing (state and wait channel), or how it ended."""
+        proc = self._proc
+        if proc is None:
+            return "not started"
+        if proc.poll() is not None:
+            return f"exited with status {proc.returncode}"
+        out = []
         try:
-            self._qmp = QmpClient(qmp_socket, timeout)
-        except QmpError as exc:
-            self.close()
-            raise QemuError(f"{exc}; console: {self._tail()}") from exc
+            for tid in sorted(os.listdir(f"/proc/{proc.pid}/task"), key=int):
+                try:
+                    with open(f"/proc/{proc.pid}/task/{tid}/stat") as f:
+                        stat = f.read()
+                    with open(f"/proc/{proc.pid}/task/{tid}/wchan") as f:
+                        wchan = f.read().strip() or "-"
+                except OSError:
+                    continue
+                name = stat[stat.index("(") + 1:stat.rindex(")")]
+                state = stat[stat.rindex(")") + 2:].split()[0]
+                out.append(f"{name} {state} {wchan}")
+        except OSError as exc:
+            return f"pid {proc.pid}: {exc}"
+        return f"pid {proc.pid} threads: " + ", ".join(out)
 
     def close(self) -> None:
         """Kill and reap QEMU (by pid), stop the readers, drop a temporary workdir."""
+        self._stop()
+        self._drop_workdir()
+
+    def _stop(self) -> None:
+        """Kill and reap QEMU and stop its readers; the workdir stays (a retry uses it)."""
         proc, self._proc = self._proc, None
         if self._qmp is not None:
             self._qmp.close()
@@ -316,6 +368,8 @@ class QemuMachine:
         if self._qmp_dir is not None:
             shutil.rmtree(self._qmp_dir, ignore_errors=True)
             self._qmp_dir = None
+
+    def _drop_workdir(self) -> None:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

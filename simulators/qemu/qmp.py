@@ -51,12 +51,19 @@ class QmpClient:
         self.changed = threading.Condition()
         # QEMU may send an event (e.g. RESUME) before its greeting: skip those
         greeting = b""
-        for _ in range(32):
-            greeting = self._file.readline()
-            if b"QMP" in greeting or not greeting.lstrip().startswith(b'{"event"'):
-                break
+        try:
+            for _ in range(32):
+                self._sock.settimeout(max(0.1, deadline - time.monotonic()))
+                greeting = self._file.readline()
+                if b"QMP" in greeting or not greeting.lstrip().startswith(b'{"event"'):
+                    break
+        except OSError as exc:  # TimeoutError among them: QEMU took the connection only
+            self.close()
+            raise QmpError(f"qmp {path}: no greeting within {timeout}s ({exc!r})") from exc
         if b"QMP" not in greeting:
+            self.close()
             raise QmpError(f"qmp {path}: unexpected greeting {greeting[:80]!r}")
+        self._sock.settimeout(None)
         self._pump_thread = threading.Thread(target=self._pump, name="qemu-qmp", daemon=True)
         self._pump_thread.start()
         self.command("qmp_capabilities", timeout=timeout)
