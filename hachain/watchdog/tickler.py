@@ -624,13 +624,15 @@ class Tickler:
         self.record_failure()
 
     def record_failure(self) -> None:
-        """gate.json (durable) and the boot record's reason, through the writer thread."""
+        """The boot record's reason, then gate.json (durable), through the writer thread.
+        The reason goes first: it is what the next boot's boot-loop count and rescue
+        read, and on slow storage the reset may come before the second write is done."""
         rec = {"wall": time.time(), "mono": time.monotonic(),
                "reasons": list(self.gate.reasons), "device": self.device,
                "boot_id": self.boot_id}
         path = os.path.join(self.persist_dir, channels.GATE_RECORD)
-        self.records.submit(path, lambda: channels.write_json(path, rec, durable=True))
         self.record_end()
+        self.records.submit(path, lambda: channels.write_json(path, rec, durable=True))
 
     def beat(self) -> None:
         """Publish hb/tickler.json."""
