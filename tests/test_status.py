@@ -286,11 +286,19 @@ command = {json.dumps([PY, SVC, "sleep"])}
         os.kill(restarter, signal.SIGCONT)
     wait_until(lambda: _status(capsys, *args)[0] == 0, 15, "healthy again after SIGCONT")
 
-    # SIGKILL the tickler: init restarts it after restart_delay (3 s): restarting, exit 1
-    tickler = c.hb("tickler").pid
-    os.kill(tickler, signal.SIGKILL)
+    # SIGKILL the tickler while init restarts it: restarting, exit 1. A tickler that ran
+    # STABLE_AFTER s is restarted at once and is back within ~0.1 s, too soon for a status
+    # to see reliably; each quick death after that doubles init's delay from 0.1 s up to
+    # restart_delay (3 s). Six deaths in a row: the sixth waits 1.6 s for its restart.
+    for kill in range(1, 7):
+        tickler = wait_until(lambda: (hb := c.hb("tickler")) and channels.pid_alive(hb.pid)
+                             and hb.pid, 20, "a tickler")
+        os.kill(tickler, signal.SIGKILL)
+        if kill < 6:
+            wait_until(lambda t=tickler: (hb := c.hb("tickler")) and hb.pid != t, 20,
+                       "the next tickler")
     rc, out = wait_until(lambda: (r := _status(capsys, *args))[0] == 1
-                         and "tickler restarting" in r[1] and r, 3, "tickler restarting")
+                         and "tickler restarting" in r[1] and r, 1.6, "tickler restarting")
     assert out.startswith("degraded: tickler restarting")
     wait_until(lambda: _status(capsys, *args)[0] == 0, 20, "healthy again")
 
