@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shlex
 import signal
@@ -172,7 +173,8 @@ def test_a_hung_persist_dir_does_not_keep_the_armed_device_from_its_pets(
     and the watchdog reset a healthy machine."""
     rig = Rig(str(tmp_path))
     os.makedirs(rig.persist_dir)
-    os.mkfifo(os.path.join(rig.persist_dir, "last_boot.json"))
+    path = os.path.join(rig.persist_dir, "last_boot.json")
+    os.mkfifo(path)
     rig.server.start()
     try:
         with ForgedLayers(rig.state_dir, rig.sleeper.pid):
@@ -181,6 +183,15 @@ def test_a_hung_persist_dir_does_not_keep_the_armed_device_from_its_pets(
             heartbeat_window(rig.tickler_hb, 2 * TIMEOUT, "the tickler")
             assert rig.server.expirations == 0, rig.log_text()
             assert rig.pets() >= 2 * TIMEOUT / PET - 2
+            # The loop says that a record is stuck (once), so a reset that comes first
+            # leaves a line on the console, and says when it was written after all.
+            log = rig.wait_log(f"{path}: still being written after ")
+            assert log.count("still being written") == 1, log
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # the read returns: EOF
+            os.close(fd)
+            rig.wait_log(f"{path}: written after ")
+            with open(path) as f:
+                assert json.load(f)["bootstatus"] == 0  # a regular file again, whole
     finally:
         rig.close()
 

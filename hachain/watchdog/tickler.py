@@ -232,12 +232,19 @@ class RecordWriter:
     """Durable writes of the persistent records, in order, in a thread of their own: an
     fsync on a slow or hung disk must not hold up the pet loop."""
 
+    SLOW = 1.0  # a write under way this long is said in the log (see slow())
+
     def __init__(self) -> None:
         self.q: queue.SimpleQueue[tuple[str, Callable[[], None] | None]] = queue.SimpleQueue()
+        self.submitted = 0  # counted by the submitting thread,
+        self.done = 0  # and by the writer thread: each counter has one writer
+        self.busy: tuple[str, float] | None = None  # the write under way and its start
+        self.told: tuple[str, float] | None = None  # the slow write already logged
         self.thread = threading.Thread(target=self.run, name="records", daemon=True)
         self.thread.start()
 
     def submit(self, what: str, fn: Callable[[], None]) -> None:
+        self.submitted += 1
         self.q.put((what, fn))
 
     def run(self) -> None:
@@ -245,11 +252,28 @@ class RecordWriter:
             what, fn = self.q.get()
             if fn is None:
                 return
+            self.busy = (what, time.monotonic())
             try:
                 fn()
             except Exception as e:  # noqa: BLE001 - the thread must outlive any one record
                 why = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
                 log(f"cannot write {what}: {why}")
+            busy, self.busy = self.busy, None
+            self.done += 1
+            if busy is self.told:
+                log(f"{what}: written after {time.monotonic() - busy[1]:.1f} s")
+
+    def slow(self, now: float) -> str | None:
+        """Once per write under way for SLOW s or more, the line that says so (called by
+        the loop, which never waits on this thread). A reset that comes before a record
+        is written then leaves this line on the console, not a silent gap."""
+        busy = self.busy
+        if busy is None or busy is self.told or now - busy[1] < self.SLOW:
+            return None
+        self.told = busy
+        behind = max(0, self.submitted - self.done - 1)
+        return (f"{busy[0]}: still being written after {now - busy[1]:.1f} s (persistent "
+                f"storage slow or hung); {behind} more record(s) wait behind it")
 
     def close(self, timeout: float) -> bool:
         """Finish what is queued, waiting at most `timeout` s; False when it did not."""
@@ -570,6 +594,8 @@ class Tickler:
                 self.on_gate_failure()
             elif self.failed_critical() - self.recorded_critical:
                 self.record_end()  # more critical services failing: blame them too
+        if (slow := self.records.slow(now)) is not None:
+            log(slow)
         self.beat()
 
     def pet(self, now: float) -> None:
