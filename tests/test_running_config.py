@@ -119,6 +119,9 @@ def test_typo_on_disk_then_layer_kills_keep_supervising(chain, tmp_path: Path) -
               f'[service.b]\ncommand = {svc("record", str(rec))}\n')
     before = wait_until(lambda: c.all_ready(2), 30, "a and b ready")
     pids = {n: s["pid"] for n, s in before.items()}
+    # "ready" is the spawn (no readiness protocol); each records its start once running
+    wait_until(lambda: rec.exists() and len(rec.read_text().split()) == 2, 30,
+               "a and b to record their starts")
     good_text = Path(c.config).read_text()
     with open(c.config, "a") as f:
         f.write("[service.typo\n")
