@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,7 +210,6 @@ time.sleep(600)
 
 
 def _fumbling_qemu(tmp_path: Path, modes: list[str]) -> Path:
-    import shutil
     real = shutil.which("qemu-system-x86_64")
     assert real is not None
     modes_file = tmp_path / "modes"
