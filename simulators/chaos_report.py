@@ -37,6 +37,9 @@ class Result:
     detect: float | None = None
     converge: float | None = None
     bound: float = 0.0
+    # --qemu: seconds QEMU waited for a host CPU during the fault, added to `bound` when
+    # judging (simulators/qemu/cpuwait.py); None on the simulated machine
+    host_wait: float | None = None
     reboot: str | None = None
     reboot_after: float | None = None
     console: str = ""  # the machine's console log
@@ -172,11 +175,20 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             d["failures"] += 1
         if r.get("converge") is not None:
             d["times"].append(r["converge"])
+            if r.get("host_wait") is not None and r["converge"] == max(d["times"]):
+                d["waited"] = r["host_wait"]  # --qemu: of the slowest fault, see Result
     for d in out.values():
         t = d.pop("times")
         d["p50"], d["p95"] = percentile(t, 50), percentile(t, 95)
         d["max"] = max(t) if t else None
     return dict(sorted(out.items()))
+
+
+def _bound(d: dict[str, Any]) -> str:
+    """The bound column: the kind's bound, and under --qemu what the slowest fault of
+    that kind had added to it for the host's run-queue wait."""
+    waited = d.get("waited")
+    return _s(d["bound"]) + (f" + {waited:.2f} waited" if waited else "")
 
 
 def _s(v: float | None) -> str:
@@ -189,7 +201,7 @@ def table_text(summary: dict[str, dict[str, Any]]) -> str:
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for kind, d in summary.items():
         lines.append(f"| {kind} | {d['count']} | {d['failures']} | {_s(d['p50'])} | "
-                     f"{_s(d['p95'])} | {_s(d['max'])} | {_s(d['bound'])} |")
+                     f"{_s(d['p95'])} | {_s(d['max'])} | {_bound(d)} |")
     return "\n".join(lines)
 
 
@@ -487,8 +499,9 @@ def _fault_rows(report: dict[str, Any]) -> str:
     e = html.escape
     rows = []
     for r in report["results"]:
-        conv, bound = r.get("converge"), r.get("bound")
-        margin = None if conv is None or bound is None else bound - conv
+        conv, bound, waited = r.get("converge"), r.get("bound"), r.get("host_wait")
+        limit = None if bound is None else bound + (waited or 0.0)
+        margin = None if conv is None or limit is None else limit - conv
         reset = ""
         if r.get("reboot"):
             reset = e(BOOT_WORDS.get(str(r["reboot"]), str(r["reboot"])))
@@ -502,7 +515,7 @@ def _fault_rows(report: dict[str, Any]) -> str:
             f'<td class="k">{e(r["kind"])}</td><td class="k">{e(r["target"])}</td>'
             f'<td>{"held" if r["ok"] else "<b>broke</b>"}</td>'
             f'<td class="n">{_s(r.get("detect"))}</td><td class="n">{_s(conv)}</td>'
-            f'<td class="n">{_s(bound)}</td>'
+            f'<td class="n">{_s(bound)}{f" + {waited:.2f} waited" if waited else ""}</td>'
             f'<td class="n{" bad" if margin is not None and margin < 0 else ""}">'
             f'{_s(margin)}</td><td>{reset}</td><td>{seen}</td></tr>')
     return "".join(rows)
@@ -516,7 +529,7 @@ def html_page(report: dict[str, Any]) -> str:
         f'<tr class="{"bad" if d["failures"] else ""}"><td>{e(k)}</td><td class="n">'
         f'{d["count"]}</td><td class="n">{d["failures"]}</td><td class="n">{_s(d["p50"])}</td>'
         f'<td class="n">{_s(d["p95"])}</td><td class="n">{_s(d["max"])}</td>'
-        f'<td class="n">{_s(d["bound"])}</td></tr>' for k, d in summ.items())
+        f'<td class="n">{e(_bound(d))}</td></tr>' for k, d in summ.items())
     repro = ""
     if report.get("repro"):
         repro = (f'<h2>Reproduce</h2><p><code>{e(report["repro"]["command"])}</code></p>'

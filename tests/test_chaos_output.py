@@ -28,6 +28,7 @@ import tempfile
 import termios
 import zlib
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -479,3 +480,21 @@ def test_closing_the_terminal_mid_campaign_leaves_a_report_and_no_mount(short_tm
     rep = json.loads((report / "report.json").read_text())
     assert rep["interrupted"] == "SIGHUP" and 2 <= len(rep["results"]) < 40
     assert (report / "report.html").exists()
+
+
+def test_a_qemu_fault_shows_the_host_wait_added_to_its_bound() -> None:
+    """--qemu: a fault judged against its bound plus QEMU's run-queue wait (cpuwait.py)
+    says so in the text table and the page, and its margin counts the wait."""
+    slow = chaos_report.Result(0, "kernel-crash", "kernel", "machine", bound=40.0,
+                               converge=42.95, host_wait=16.8, reboot="panic")
+    quick = chaos_report.Result(1, "kernel-crash", "kernel", "machine", bound=40.0,
+                                converge=20.0, host_wait=0.5, reboot="panic")
+    results = [asdict(slow), asdict(quick)]
+    summary = chaos_report.summarize(results)
+    assert summary["kernel-crash"]["waited"] == 16.8  # the slowest fault's wait
+    assert "| 42.95 | 40.00 + 16.80 waited |" in chaos_report.table_text(summary)
+    rows = chaos_report._fault_rows({"results": results})
+    assert '<td class="n">40.00 + 16.80 waited</td><td class="n">13.85</td>' in rows
+    # the simulated machine has no host wait: its table is as before
+    sim = chaos_report.summarize([asdict(_res(0, True))])
+    assert chaos_report.table_text(sim).endswith("| 0.50 | 7.00 |")

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,10 @@ def test_i6300esb_resets_a_guest_that_stops_petting(
     assert vm.wait_for(r"bootstatus (\d+)", timeout=30, since=stopped.end()).group(1) == "32"
     rc, out = vm.run("cat /sys/class/watchdog/watchdog0/bootstatus", timeout=40)
     assert (rc, out.strip()) == (0, "32")
+    # what the host took from QEMU over the whole run: known, and within the wall time
+    now = time.monotonic()
+    waited = vm.host_wait(vm.started_at, now)
+    assert waited is not None and 0 <= waited <= now - vm.started_at, waited
 
 
 @pytest.mark.qemu

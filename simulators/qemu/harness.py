@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import IO, Any, Self
 
 from hachain.simulators.qemu.console import BootRecord, Console
+from hachain.simulators.qemu.cpuwait import CpuWaitRecorder
 from hachain.simulators.qemu.initramfs import InitramfsError, build_initramfs, find_busybox
 from hachain.simulators.qemu.kernel import KernelInfo, find_kernel, pvh_kernel
 from hachain.simulators.qemu.qmp import QmpClient, QmpError, QmpEvent
@@ -251,6 +252,7 @@ class QemuMachine:
         self._qmp: QmpClient | None = None
         self._log: IO[bytes] | None = None
         self._qmp_dir: str | None = None
+        self._cpuwait: CpuWaitRecorder | None = None
         self.started_at = 0.0
         self.command: list[str] = []
         self.kernel_path: Path | None = None
@@ -312,6 +314,7 @@ class QemuMachine:
         assert self._proc.stdout is not None
         self._console = Console(self._proc.stdout.fileno(), self._log, self._echo)
         self._console.start()
+        self._cpuwait = CpuWaitRecorder(self._proc.pid).start()
         self._qmp = QmpClient(qmp_socket, timeout)
 
     def _threads(self) -> str:
@@ -346,6 +349,8 @@ class QemuMachine:
     def _stop(self) -> None:
         """Kill and reap QEMU and stop its readers; the workdir stays (a retry uses it)."""
         proc, self._proc = self._proc, None
+        if self._cpuwait is not None:
+            self._cpuwait.stop()  # kept: host_wait() still answers for the run that ended
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None
@@ -372,6 +377,13 @@ class QemuMachine:
     def _drop_workdir(self) -> None:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def host_wait(self, t1: float, t2: float) -> float | None:
+        """Seconds QEMU's most-delayed thread sat runnable without a host CPU between
+        t1 and t2 (time.monotonic()): what other load on the host added to anything the
+        guest did then (simulators/qemu/cpuwait.py). None before boot() or where the
+        kernel keeps no schedstat."""
+        return None if self._cpuwait is None else self._cpuwait.between(t1, t2)
 
     @property
     def pid(self) -> int | None:
