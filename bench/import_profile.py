@@ -31,7 +31,8 @@ import benchlib  # noqa: E402
 # (label, module imported, runs with site?)
 LAYERS = [
     # what `hachain run` imports before it execs init (cmd_run: snapshot, config, tomllib)
-    ("hachain run (CLI + configuration)", "hachain.cli,hachain.snapshot,hachain.config,tomllib", True),
+    ("hachain run (CLI + configuration)", "hachain.cli,hachain.snapshot,hachain.config,tomllib",
+     True),
     ("init", "hachain.init.main", False),
     ("restarter", "hachain.restarter.__main__", False),
     ("tickler", "hachain.watchdog.tickler", False),

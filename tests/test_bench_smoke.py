@@ -77,3 +77,18 @@ def test_profile_restarter_names_the_spawn_path(tmp_path) -> None:
         assert fn in total, p.stdout
     assert (tmp_path / "restarter.txt").stat().st_size > 0
     assert (tmp_path / "restarter.speedscope.json").stat().st_size > 0
+
+
+def test_import_profile_covers_every_layer_and_only_the_restarter_builds_dataclasses() -> None:
+    """bench/import_profile.py, one run per layer: a row for each layer of the chain; init,
+    the tickler and the logger create no dataclass at import (docs/benchmarks.md: they keep
+    their memory and start-up small that way), the restarter and `hachain run` do."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "import_profile.py"),
+                        "--runs", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = {line[:36].strip(): line[36:].split() for line in p.stdout.splitlines()[1:6]}
+    assert set(rows) == {"hachain run (CLI + configuration)", "init", "restarter", "tickler",
+                         "logger"}, p.stdout
+    for layer in ("init", "tickler", "logger"):
+        assert rows[layer][2] == "(0)", p.stdout  # dataclasses created at import
+    assert int(rows["restarter"][2].strip("()")) > 0, p.stdout
