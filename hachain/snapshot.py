@@ -34,7 +34,7 @@ from hachain import channels
 from hachain.errors import ConfigError
 
 if TYPE_CHECKING:
-    from hachain.config import Config
+    from hachain.configtypes import Config
 
 
 def parse(text: str, source: str) -> Config:
@@ -45,6 +45,15 @@ def parse(text: str, source: str) -> Config:
 
 
 def with_env_overrides(cfg: Config, environ: dict[str, str] | None = None) -> Config:
+    """config.with_env_overrides, imported only when an override changes something. A
+    layer's parent sets them to what the configuration already says (init passes the
+    state directory on), and a value equal to the one the file gave was validated with
+    it: the restarter then starts without importing the schema."""
+    env = os.environ if environ is None else environ
+    tables = {"chain": cfg.chain, "watchdog": cfg.watchdog}
+    if all(not env.get(var) or env[var] == getattr(tables[section], key)
+           for var, (section, key) in channels.CONFIG_OVERRIDES.items()):
+        return cfg
     from hachain import config
     return config.with_env_overrides(cfg, environ)
 
@@ -131,17 +140,23 @@ def _config_of(snap: Snapshot, environ: dict[str, str] | None,
 # 1000 services costs 0.2-0.4 s of CPU in each of them, in the middle of the chain's
 # start-up (docs/benchmarks.md). It is a pickle, so it is read only when this process's
 # user owns it and nobody else may write it, and only when it names the same text
-# (sha256), file and code (config.py and schema.py as they are on disk); anything else,
-# and any error, means the text is parsed as before. What runs is the same either way.
+# (sha256), file and code (config.py, configtypes.py and schema.py as they are on
+# disk); anything else, and any error, means the text is parsed as before. What runs is
+# the same either way.
 PARSED = channels.RUNNING_PARSED  # in state_dir
 
 
+# The modules whose code decides what a parsed Config is (stat'ed, not imported: the
+# restarter loads the pickle without the schema)
+_CODE = ("config", "configtypes", "schema")
+
+
 def _code_tag() -> str:
-    from hachain import config, schema
+    here = os.path.dirname(os.path.abspath(__file__))
     tag = []
-    for mod in (config, schema):
-        st = os.stat(mod.__file__ or "")
-        tag.append(f"{mod.__name__}:{st.st_size}:{st.st_mtime_ns}")
+    for name in _CODE:
+        st = os.stat(os.path.join(here, name + ".py"))
+        tag.append(f"hachain.{name}:{st.st_size}:{st.st_mtime_ns}")
     return " ".join(tag)
 
 
@@ -174,7 +189,7 @@ def _load_parsed(state_dir: str, snap: Snapshot) -> Config | None:
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
         d = pickle.loads(b"".join(chunks))
-        from hachain.config import Config
+        from hachain.configtypes import Config
         if not isinstance(d, dict) or d.get("sha256") != snap.sha256 or \
                 d.get("source") != snap.source or d.get("code") != _code_tag() or \
                 not isinstance(d.get("config"), Config):

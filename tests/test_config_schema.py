@@ -693,7 +693,9 @@ def test_config_and_schema_import_no_layer() -> None:
     only the shared names (channels, stdlib-only); the schema imports nothing of hachain."""
     import ast
     for name, allowed in (("config.py", {"hachain.schema", "hachain.cluster",
-                                         "hachain.channels", "hachain.errors"}),
+                                         "hachain.channels", "hachain.errors",
+                                         "hachain.configtypes"}),
+                          ("configtypes.py", {"hachain.channels"}),
                           ("schema.py", set())):
         tree = ast.parse(open(os.path.join(ROOT, "hachain", name)).read())
         mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -701,6 +703,37 @@ def test_config_and_schema_import_no_layer() -> None:
                  for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
         ours = {m for m in mods if m.startswith("hachain")}
         assert all(any(m.startswith(a) for a in allowed) for m in ours), (name, ours)
+
+
+def test_the_restarter_starts_without_the_schema() -> None:
+    """The restarter unpickles the running snapshot with the types of configtypes.py; the
+    schema and the parsing code (a quarter of its import time, bench/import_profile.py)
+    are imported only when it parses a file itself (a reload)."""
+    code = ("import sys, hachain.restarter.__main__; "
+            "print(sorted(m for m in ('hachain.config', 'hachain.schema', 'tomllib') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ROOT}, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_env_overrides_equal_to_the_file_change_nothing_and_others_are_checked(
+        tmp_path: os.PathLike[str]) -> None:
+    """snapshot.with_env_overrides returns the parsed configuration itself when every
+    override set says what the file says (init passes the state directory on), and is
+    config.with_env_overrides otherwise: a changed value applied, a bad one refused."""
+    from hachain import snapshot
+    state = os.path.join(tmp_path, "st")
+    cfg = config.parse(f'[chain]\nstate_dir = "{state}"\n[watchdog]\ndevice = "none"\n',
+                       "c.toml")
+    same = {"HACHAIN_STATE_DIR": state, "HACHAIN_WATCHDOG_DEVICE": "none",
+            "HACHAIN_PERSIST_DIR": ""}
+    assert snapshot.with_env_overrides(cfg, same) is cfg
+    moved = dict(same, HACHAIN_STATE_DIR=state + "2")
+    assert snapshot.with_env_overrides(cfg, moved) == config.with_env_overrides(cfg, moved)
+    assert snapshot.with_env_overrides(cfg, moved).chain.state_dir == state + "2"
+    with pytest.raises(config.ConfigError, match="HACHAIN_STATE_DIR: "):
+        snapshot.with_env_overrides(cfg, dict(same, HACHAIN_STATE_DIR="/" + "x" * 200))
 
 
 def test_a_cycle_is_named_from_its_least_service_in_dependency_order() -> None:

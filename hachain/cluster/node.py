@@ -25,7 +25,7 @@ from typing import Any
 
 from hachain import channels
 from hachain.cluster import timing
-from hachain.config import Config
+from hachain.configtypes import Config
 
 PROG = "hachain-cluster"
 LAYER = "cluster"

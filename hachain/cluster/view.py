@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from hachain.config import ClusterConfig
+from hachain.configtypes import ClusterConfig
 
 
 async def _gather(cl: ClusterConfig, timeout: float) -> dict[str, Any]:

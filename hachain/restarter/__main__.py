@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from hachain import channels, config, snapshot
+from hachain import channels, snapshot
+from hachain.errors import ConfigError
 from hachain.restarter import standby
 from hachain.restarter.loop import AlreadyRunning, Restarter, log, take_lock
 
@@ -14,7 +15,7 @@ from hachain.restarter.loop import AlreadyRunning, Restarter, log, take_lock
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hachain-restarter")
     p.add_argument("-c", "--config", default=os.environ.get(channels.ENV_CONFIG,
-                                                             config.DEFAULT_PATH))
+                                                             channels.DEFAULT_CONFIG))
     p.add_argument("--standby", action="store_true",
                    help="fork the working restarter and stay behind as its standby, "
                    "forking a replacement the moment it dies (restarter/standby.py)")
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # this chain run's running snapshot, never the live file (docs/configuration.md)
         cfg, snap = loaded or snapshot.for_layer(args.config, log=log)
-    except config.ConfigError as e:
+    except ConfigError as e:
         for line in e.errors:
             log(line)
         return 2

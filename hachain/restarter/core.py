@@ -31,7 +31,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hachain.config import ServiceConfig
+from hachain.configtypes import ServiceConfig
 from hachain.restarter import graph, states
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc, Timer

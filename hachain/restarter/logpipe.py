@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 
 from hachain import channels
-from hachain.config import ServiceConfig
+from hachain.configtypes import ServiceConfig
 from hachain.logger import wire
 from hachain.restarter import spawn
 

@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 from hachain import bootrecord, channels
-from hachain.config import Config, ServiceConfig
+from hachain.configtypes import Config, ServiceConfig
 from hachain.restarter import core, logpipe, notify, probes, spawn, states
 from hachain.restarter.persist import RuntimeRecord, Store
 from hachain.restarter.policy import ExitStatus

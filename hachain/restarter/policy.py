@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from hachain.config import Backoff, Intensity
+from hachain.configtypes import Backoff, Intensity
 
 # Signal names by number, looked up once: describe() runs on every restart's path, and the
 # enum's own lookup is several calls deep (cold, tens of microseconds).

@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 
 from hachain import channels
 from hachain.cgroupfs import find_cgroup2_mount
-from hachain.config import ServiceConfig
+from hachain.configtypes import ServiceConfig
 from hachain.restarter.policy import ExitStatus
 
 try:  # the compiled part (setup.py, optional): clone3 CLONE_INTO_CGROUP

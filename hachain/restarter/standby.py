@@ -45,7 +45,7 @@ from hachain.errors import ConfigError
 from hachain.restarter import core
 
 if TYPE_CHECKING:
-    from hachain.config import Config
+    from hachain.configtypes import Config
 
 REFORK_AFTER = 1.0  # a worker that ran less than this is not replaced here (init's backoff)
 _FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
-from hachain.config import ServiceConfig
+from hachain.configtypes import ServiceConfig
 from hachain.restarter import policy
 from hachain.restarter.policy import ExitStatus
 

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from hachain.channels import Heartbeat
 
 if TYPE_CHECKING:
-    from hachain.config import WatchdogConfig
+    from hachain.configtypes import WatchdogConfig
 
 # The layers whose heartbeats gate the watchdog. The tickler does not gate itself: if it
 # is stuck, it does not pet, which is the same outcome.

@@ -70,7 +70,7 @@ from hachain.watchdog.device import (
 )
 
 if TYPE_CHECKING:
-    from hachain.config import Config
+    from hachain.configtypes import Config
 
 PROG = "hachain-tickler"
 DEFAULT_PATH = channels.DEFAULT_CONFIG

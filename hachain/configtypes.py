@@ -1,0 +1,168 @@
+"""The configuration's types: what a parsed file is, with no parsing in it.
+
+Owns: the frozen dataclasses a configuration becomes (`Config` and its tables) and the
+value sets their keys take. Must not: import the schema or parse anything; parsing,
+validation and the key reference live in `hachain/config.py`, which re-exports every
+name here. Why apart: the layers that start from the parsed running snapshot (the
+restarter, the tickler's parser child) need the types to unpickle it, and not the
+schema, whose tables and kinds cost the restarter about a quarter of its import time
+(bench/import_profile.py). A field added here needs its `Key` in config.py's schema.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+
+from hachain import channels
+
+DEFAULT_PATH = channels.DEFAULT_CONFIG
+
+RESTART_POLICIES = ("always", "on-failure", "on-abnormal", "never")
+KINDS = ("longrun", "oneshot", "forking")
+KILL_MODES = ("cgroup", "mixed", "process")
+READY_KINDS = ("none", "notify", "fd", "exec", "tcp")
+INTENSITY_ACTIONS = ("maintenance", "restart-group", "reboot", "ignore")
+BOOT_LOOP_ACTIONS = ("rescue", "disarm", "ignore")
+HEALTH_KINDS = ("exec", "tcp")
+RLIMITS = ("as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "stack")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 0.1
+    factor: float = 2.0
+    max: float = 30.0
+    reset_after: float = 10.0  # a run this long resets the delay to `initial`
+
+
+@dataclass(frozen=True)
+class Intensity:
+    max_restarts: int = 5
+    window: float = 60.0
+    action: str = "maintenance"
+    decay: float = 0.0  # > 0: a decaying count (1 per crash, -1 per `decay` s up) instead
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    kind: str = "exec"
+    command: tuple[str, ...] = ()
+    port: int = 0
+    interval: float = 10.0
+    timeout: float = 5.0
+    failures: int = 3  # consecutive failures that count as the service being hung
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    command: tuple[str, ...]
+    kind: str = "longrun"
+    restart: str = "always"
+    backoff: Backoff = field(default_factory=Backoff)
+    intensity: Intensity = field(default_factory=Intensity)
+    enabled: bool = True
+    requires: tuple[str, ...] = ()
+    wants: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+    restart_dependents: bool = True
+    ready: str = "none"
+    ready_fd: int = 3
+    ready_command: tuple[str, ...] = ()
+    ready_port: int = 0
+    ready_timeout: float = 30.0
+    watchdog_sec: float = 0.0
+    health: HealthCheck | None = None
+    critical: bool = False
+    stop_signal: int = signal.SIGTERM
+    stop_timeout: float = 5.0
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    user: str | None = None
+    group: str | None = None
+    umask: int | None = None
+    rlimits: tuple[tuple[str, int, int], ...] = ()
+    log_max_bytes: int = 1024 * 1024
+    log_keep: int = 3
+    success_exit: tuple[int, ...] = (0,)
+    pids_max: int = 0  # cgroup pids.max for the service (0: no limit)
+    pid_file: str | None = None  # kind = "forking": where the daemon writes its main pid
+    kill_mode: str = "cgroup"  # who gets stop_signal and SIGKILL: KILL_MODES
+    singleton: bool = False  # [cluster]: runs on at most one node (docs/cluster.md)
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        """Everything this service orders itself after (requires ∪ wants ∪ after)."""
+        seen: dict[str, None] = {}
+        for n in self.requires + self.wants + self.after:
+            seen[n] = None
+        return tuple(seen)
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    device: str = "auto"  # "auto" | "sim" | "none" | a path such as /dev/watchdog0
+    timeout: int = 10
+    pretimeout: int = 0
+    pet_interval: float = 2.0
+    nowayout: bool = False
+    heartbeat_timeout: float = 5.0  # a live layer whose heartbeat is older is hung
+    restart_grace: float = 10.0  # a dead layer may be without heartbeat this long
+    max_loop_lag: float = 2.0  # the restarter's event-loop lag bound
+    gate_critical: bool = True  # a critical service in maintenance/failed fails the gate
+    # automatic restarts per second (averaged over 10 s) above which the restarter is in
+    # an unbounded storm; per-service intensity limits keep ordinary crash loops far below
+    max_restart_rate: float = 1000.0
+    # init gives up on a tickler that died this many times in a row, each within
+    # tickler_min_run s of its start, petting the device by its close (0: never)
+    tickler_deaths: int = 20
+    tickler_min_run: float = 10.0
+
+
+@dataclass(frozen=True)
+class BootLoop:
+    """`[chain] boot_loop`: `resets` consecutive unclean boots within `window` s is a loop."""
+
+    resets: int = 3
+    window: float = 900.0
+    action: str = "rescue"  # "rescue" | "disarm" | "ignore"
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    state_dir: str = channels.DEFAULT_STATE_DIR
+    persist_dir: str = channels.DEFAULT_PERSIST_DIR
+    cgroup_root: str = "auto"  # "auto" | "none" | an absolute cgroup2 directory
+    heartbeat_interval: float = 2.0
+    restart_delay: float = 1.0
+    restarter_nice: int = -5  # the restarter's own; its children start at 0
+    restarter_standby: bool = True  # restarter/standby.py; read when the chain starts
+    log_dir: str = ""  # default: <persist_dir>/log
+    log_format: str = "human"  # "human" | "json"
+    control_group: str = ""  # members of this group may use the control socket too
+    boot_loop: BootLoop = field(default_factory=BootLoop)
+
+    @property
+    def service_log_dir(self) -> str:
+        return self.log_dir or os.path.join(self.persist_dir, "log")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    endpoints: tuple[str, ...]  # etcd client endpoints, "host:port"
+    node: str  # this node's name, unique in the cluster
+    lease_ttl: int = 10  # seconds (etcd counts leases in whole seconds)
+    prefix: str = "/hachain/"  # every key of this cluster starts with it
+    margin: float = 0.5  # drift margin of the timing rule (hachain/cluster/timing.py)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    chain: ChainConfig
+    watchdog: WatchdogConfig
+    services: dict[str, ServiceConfig]
+    cluster: ClusterConfig | None = None  # None: a single machine, no etcd at all
