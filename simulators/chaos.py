@@ -31,12 +31,10 @@ from hachain.simulators.chaos_kinds import (
 from hachain.simulators.chaos_report import Progress, failure_lines, verdict_line
 from hachain.simulators.chaos_runner import (
     CampaignError,
-    CampaignInterrupted,
     Stop,
     campaign_config_text,
     can_mount_tmpfs,
     run_campaign,
-    signals_deferred,
     stop_signals_raise,
 )
 
@@ -157,6 +155,11 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         print("hachain chaos: needs root and unshare(1) (the simulated machine)",
               file=sys.stderr)
         return 1
+    with stop_signals_raise():  # from here on a stop signal ends with a partial report
+        return _campaign(args, kinds)
+
+
+def _campaign(args: argparse.Namespace, kinds: list[str]) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     work = os.path.abspath(args.dir) if args.dir else tempfile.mkdtemp(prefix="hachain-chaos-")
     os.makedirs(work, exist_ok=True)
@@ -185,21 +188,14 @@ def cmd_chaos(args: argparse.Namespace) -> int:
           f"work dir {work}", file=sys.stderr)
     progress = Progress()
     try:
-        with stop_signals_raise():
-            try:
-                rep = run_campaign(cfg_path, os.path.join(work, "c"), seed, chosen, runnable,
-                                   skipped, tmpfs, progress)
-            except CampaignError as e:
-                _say(f"hachain chaos: {e} (seed {seed})", sys.stderr)
-                return 1
-            if rep.get("interrupted"):
-                progress.interrupted()
-            return _finish(args, rep, seed, work, cfg_path, chosen, runnable, tmpfs)
-    except CampaignInterrupted as e:  # outside the campaign's own run: nothing to report
-        with signals_deferred():
-            _say(f"chaos: FAIL: seed {seed}: interrupted by {e.signame} "
-                 "(no fault judged, no report)", sys.stderr)
+        rep = run_campaign(cfg_path, os.path.join(work, "c"), seed, chosen, runnable,
+                           skipped, tmpfs, progress)
+    except CampaignError as e:
+        _say(f"hachain chaos: {e} (seed {seed})", sys.stderr)
         return 1
+    if rep.get("interrupted"):
+        progress.interrupted()
+    return _finish(args, rep, seed, work, cfg_path, chosen, runnable, tmpfs)
 
 
 def _say(text: str, stream: Any = None) -> None:
@@ -220,7 +216,6 @@ def _finish(args: argparse.Namespace, rep: dict[str, Any], seed: int, work: str,
             cfg_path: str, chosen: list[Fault], runnable: list[str], tmpfs: bool) -> int:
     """Shrink a failure, write the reports, print the table and the one verdict line."""
     rep["config"] = args.config or "built-in campaign configuration"
-    Stop.stopping = True  # from here on a stop signal is too late to lose the report
 
     def command(faults: int, only: list[int] | None) -> str:
         return (f"hachain chaos{' -c ' + args.config if args.config else ''} --faults {faults} "
@@ -230,25 +225,21 @@ def _finish(args: argparse.Namespace, rep: dict[str, Any], seed: int, work: str,
     fails = [r for r in rep["results"] if not r["ok"]]
     if fails:
         first = next(f for f in chosen if f.index == fails[0]["index"])
-        if args.no_shrink or rep.get("interrupted"):
+        late = Stop.signame()  # a stop signal after the last fault was judged
+        if args.no_shrink or rep.get("interrupted") or late:
             idx = [f.index for f in chosen if f.index <= first.index]
-            note = "not shrunk" + (" (interrupted)" if rep.get("interrupted") else "")
+            note = "not shrunk" + (f" (interrupted by {late})" if late else "")
         else:
             _say("chaos: looking for a shorter reproduction...", sys.stderr)
-            Stop.stopping = False  # Ctrl-C ends the search, and the report is still written
-            try:
-                idx, note = shrink(cfg_path, work, seed, chosen, first, runnable, tmpfs)
-            except CampaignInterrupted as e:
-                idx = [f.index for f in chosen if f.index <= first.index]
-                note = f"not shrunk (interrupted by {e.signame})"
-            Stop.stopping = True
+            # Ctrl-C ends the search (its run reports "interrupted"); the report is written
+            idx, note = shrink(cfg_path, work, seed, chosen, first, runnable, tmpfs)
         rep["repro"] = {"command": command(args.faults, idx), "indexes": idx, "note": note}
     elif rep["baseline_problems"]:
         rep["repro"] = {"command": command(0, None), "indexes": [],
                         "note": "the machine never converged after power-on, before any fault"}
-    with signals_deferred():  # a report is written whole, even on a second Ctrl-C
-        chaos_report.write_json(rep, os.path.join(args.report, "report.json"))
-        chaos_report.write_html(rep, os.path.join(args.report, "report.html"))
+    # (not armed: a stop signal now only waits, and the report is written whole)
+    chaos_report.write_json(rep, os.path.join(args.report, "report.json"))
+    chaos_report.write_html(rep, os.path.join(args.report, "report.html"))
     html_path = os.path.join(args.report, "report.html")
     _say(chaos_report.table_text(rep["summary"]))
     if rep["baseline_problems"] and not rep["results"]:

@@ -341,25 +341,25 @@ class Campaign:
         baseline_problems: list[str] = []
         interrupted = None
         try:
-            self.power_on()
-            baseline_problems = self.baseline()
-            if not baseline_problems:
-                for i, f in enumerate(self.faults):
-                    self.progress(i, len(self.faults), None, f"{f.kind} {f.target}")
-                    res = self.run_fault(f)
-                    self.results.append(res)
-                    self.progress(i + 1, len(self.faults), res, "")
-                    if not res.ok and i + 1 < len(self.faults):
-                        try:
-                            self.reset()
-                        except CampaignError as e:
-                            baseline_problems = [str(e)]
-                            break
+            with armed():  # a stop signal that came before raises here
+                self.power_on()
+                baseline_problems = self.baseline()
+                if not baseline_problems:
+                    for i, f in enumerate(self.faults):
+                        self.progress(i, len(self.faults), None, f"{f.kind} {f.target}")
+                        res = self.run_fault(f)
+                        self.results.append(res)
+                        self.progress(i + 1, len(self.faults), res, "")
+                        if not res.ok and i + 1 < len(self.faults):
+                            try:
+                                self.reset()
+                            except CampaignError as e:
+                                baseline_problems = [str(e)]
+                                break
         except CampaignInterrupted as e:
             interrupted = e.signame  # the fault under way is not judged: a partial report
-            Stop.stopping = True  # a second Ctrl-C must not cut the clean-up short
         finally:
-            with signals_deferred():
+            with signals_deferred():  # not armed: a second Ctrl-C only waits
                 self.power_off()
         rep = self.report(baseline_problems)
         if interrupted:
@@ -369,7 +369,8 @@ class Campaign:
     def reset(self) -> None:
         """After a broken invariant: a fresh machine, so later faults start clean."""
         self.resets += 1
-        self.power_off()
+        with signals_deferred():
+            self.power_off()
         self.forced_after = self.results[-1].index if self.results else -1
         self.power_on()
         probs = self.baseline()
@@ -423,12 +424,15 @@ def can_mount_tmpfs(work: str) -> tuple[bool, str]:
 
 # --- interruption: Ctrl-C, a closed terminal, kill --------------------------------------------
 #
-# SIGINT, SIGTERM and SIGHUP (the terminal went away) end a campaign the same way: the
-# handler raises CampaignInterrupted in the main thread, `Campaign.run` stops at once,
-# the machine is powered off, the tmpfs mounts are undone and a partial report is
-# written. The steps that must not be cut in half (a mount and its bookkeeping, the
-# power-off, the unmount) run with those signals blocked: one that arrives meanwhile is
-# delivered when the step is done.
+# SIGINT, SIGTERM and SIGHUP (the terminal went away) end a campaign the same way. The
+# handler always records the first one in Stop.pending. Only while the campaign runs its
+# machine (`armed`, inside Campaign.run) does it also raise CampaignInterrupted in the main
+# thread, and Campaign.run turns that into a partial report: the machine is powered off,
+# the tmpfs mounts are undone. Everywhere else (setting up, mounting, writing the report,
+# between shrink runs) the signal only waits in Stop.pending, and the next `armed` region
+# raises at its first line, so no moment exists where a stop signal loses the report. The
+# steps that must not be cut in half even while armed (a mount and its bookkeeping, a
+# power-off) run in `signals_deferred`: a signal arriving meanwhile raises when they end.
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -442,39 +446,55 @@ class CampaignInterrupted(BaseException):
 
 
 class Stop:
-    """The handler's state: how deep in deferred steps the main thread is, and the
-    signal that arrived meanwhile."""
-    depth = 0
-    pending: int | None = None
-    stopping = False  # interrupted once: the rest is cleaning up and reporting
+    """The handler's state (main thread only)."""
+    armed = False  # a stop signal raises at once
+    depth = 0  # inside steps that must not be cut in half
+    pending: int | None = None  # the first stop signal of this campaign, once one came
+
+    @classmethod
+    def signame(cls) -> str | None:
+        return signal.Signals(cls.pending).name if cls.pending is not None else None
 
 
-def _raise_interrupted(signum: int, _frame: object) -> None:
-    if Stop.stopping:
-        return
-    if Stop.depth:
-        Stop.pending = Stop.pending or signum
-        return
-    raise CampaignInterrupted(signum)
+def _on_stop_signal(signum: int, _frame: object) -> None:
+    Stop.pending = Stop.pending or signum
+    if Stop.armed and not Stop.depth:
+        Stop.armed = False  # once: what follows is cleaning up
+        raise CampaignInterrupted(Stop.pending)
 
 
 @contextlib.contextmanager
 def stop_signals_raise() -> Iterator[None]:
-    """While inside: SIGINT, SIGTERM and SIGHUP raise CampaignInterrupted (main thread)."""
-    old = {s: signal.signal(s, _raise_interrupted) for s in STOP_SIGNALS}
+    """While inside: SIGINT, SIGTERM and SIGHUP are recorded in Stop.pending, and raise
+    CampaignInterrupted inside `armed` regions."""
+    Stop.pending, Stop.armed, Stop.depth = None, False, 0
+    old = {s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS}
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        Stop.pending, Stop.stopping = None, False
+        Stop.pending, Stop.armed, Stop.depth = None, False, 0
+
+
+@contextlib.contextmanager
+def armed() -> Iterator[None]:
+    """While inside, a stop signal raises CampaignInterrupted; one that came before
+    raises on entry. (Outside stop_signals_raise nothing is recorded: it never raises.)"""
+    if Stop.pending is not None:
+        raise CampaignInterrupted(Stop.pending)
+    Stop.armed = True
+    try:
+        yield
+    finally:
+        Stop.armed = False
 
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold the stop signals while inside; one that arrived meanwhile raises on the way
-    out. (Not the signal mask: Python runs handlers in the main thread, but the kernel
-    may hand a process signal to any thread, e.g. the simulated machine's.)"""
+    out when armed. (Not the signal mask: Python runs handlers in the main thread, but the
+    kernel may hand a process signal to any thread, e.g. the simulated machine's.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -483,10 +503,9 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         Stop.depth -= 1
-    if not Stop.depth and Stop.pending is not None:
-        signum, Stop.pending = Stop.pending, None
-        if signal.getsignal(signum) is _raise_interrupted:
-            raise CampaignInterrupted(signum)
+    if not Stop.depth and Stop.armed and Stop.pending is not None:
+        Stop.armed = False
+        raise CampaignInterrupted(Stop.pending)
 
 
 def campaign_mounts(under: str) -> list[str]:
@@ -527,17 +546,11 @@ def run_campaign(cfg_path: str, work: str, seed: int, faults: list[Fault], kinds
                             f"socket ({MAX_SOCKET_PATH}); give --dir a shorter path")
     os.makedirs(c.machine_dir, exist_ok=True)
     try:
-        try:
+        if Stop.pending is None:  # (not armed here: a stop signal only waits)
             with signals_deferred():  # a mount and its bookkeeping are one step
-                mounted = not tmpfs or c.mount_tmpfs()
-        except CampaignInterrupted as e:  # arrived while mounting: delivered just after
-            Stop.stopping = True
-            rep = c.report([])
-            rep["interrupted"], rep["ok"] = e.signame, False
-            return rep
-        if not mounted:
-            raise CampaignError(getattr(c, "skip_fs", "cannot mount tmpfs"))
-        return c.run()
+                if tmpfs and not c.mount_tmpfs():
+                    raise CampaignError(getattr(c, "skip_fs", "cannot mount tmpfs"))
+        return c.run()  # a partial report, when a stop signal came before or comes during
     finally:
         with signals_deferred():
             c.power_off()
