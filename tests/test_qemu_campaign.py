@@ -5,7 +5,8 @@ test (marker `qemu`) runs seed 67's first four faults — clock-step (the guest'
 clock moves an hour), kill-tickler, hang-service notifier, kernel-crash — on one i6300esb
 guest through the real command line (one reboot kind, three non-reboot kinds), and
 checks the exit
-status, the table and report.json. About 80 s on this 2-core host (one cold boot
+status, the table and report.json. A second one sends Ctrl-C to a 20-fault campaign
+after its first fault and wants a partial report, the FAIL verdict and no QEMU left. About 80 s on this 2-core host (one cold boot
 and one panic reboot). Without QEMU, a kernel or busybox it skips with the harness's
 one-line reason, except in CI (`CI=true`), where that is a failure.
 """
@@ -13,6 +14,8 @@ one-line reason, except in CI (`CI=true`), where that is a failure.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +30,7 @@ from hachain.simulators.qemu.campaign import (
     schedule,
 )
 from hachain.simulators.qemu.chain import chain_config
+from tests.conftest import wait_until
 
 SEED, FAULTS = 67, 4
 
@@ -86,3 +90,63 @@ def test_short_qemu_campaign(qemu_available: None, tmp_path: Path) -> None:
         assert r["reboot"] == ("panic" if r["kind"] == "kernel-crash" else None), r
     assert set(rep["summary"]) == {"clock-step", "kill-tickler", "hang-service",
                                    "kernel-crash"}
+
+
+def _children(pid: int) -> dict[int, str]:
+    """{pid: start time} of the processes whose parent is `pid` (from /proc)."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out[int(d)] = fields[19]
+    return out
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == start
+    except OSError:
+        return False
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(500)
+def test_ctrl_c_mid_campaign_writes_a_partial_report_and_leaves_no_qemu(
+        qemu_available: None, tmp_path: Path) -> None:
+    report, errf = tmp_path / "rep", tmp_path / "stderr"
+    with open(errf, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hachain.cli", "chaos", "--qemu", "--faults", "20",
+             "--seed", str(SEED), "--report", str(report), "--dir", str(tmp_path / "w")],
+            stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+    kids: dict[int, str] = {}
+    try:
+        # the first fault (clock-step) judged: boot (≤ 150 s) plus its bound, scaled
+        wait_until(lambda: "chaos: 1/" in errf.read_text(), 400, "the first fault judged")
+        kids = _children(proc.pid)
+        assert any("qemu" in Path(f"/proc/{p}/comm").read_text() for p in kids), kids
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole group
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # only when the test already failed
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for pid, start in kids.items():
+            if _alive(pid, start):
+                os.kill(pid, signal.SIGKILL)
+    err_text = errf.read_text()
+    assert proc.returncode == 1, err_text[-3000:]
+    assert not [p for p, s in kids.items() if _alive(p, s)], "QEMU outlived the campaign"
+    rep = json.loads((report / "report.json").read_text())
+    assert rep["interrupted"] == "SIGINT" and not rep["ok"]
+    assert 1 <= len(rep["results"]) < 20 and rep["faults"] == 20
+    assert "interrupted by SIGINT" in (report / "report.html").read_text()
+    verdict = out.splitlines()[-1]
+    assert verdict.startswith(f"chaos: FAIL: seed {SEED}: interrupted by SIGINT after "
+                              f"{len(rep['results'])} of 20 fault(s)"), out
+    assert "Traceback" not in err_text

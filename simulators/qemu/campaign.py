@@ -37,9 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from hachain.simulators import chaos_report
-from hachain.simulators.chaos import kind_list
+from hachain.simulators.chaos import _say, kind_list
 from hachain.simulators.chaos_kinds import Fault
-from hachain.simulators.chaos_report import Progress, Result
+from hachain.simulators.chaos_report import Progress, Result, verdict_line
+from hachain.simulators.chaos_runner import (
+    CampaignInterrupted,
+    armed,
+    signals_deferred,
+    stop_signals_raise,
+)
 from hachain.simulators.qemu.chain import (
     CARDRESET,
     PERSIST_DIR,
@@ -212,6 +218,7 @@ class QemuCampaign:
         self.boot_s: float | None = None
         self.t0 = time.monotonic()
         self.cvm: ChainVM | None = None
+        self.interrupted: str | None = None  # the stop signal that ended the campaign
 
     # ------------------------------------------------------------ guest probe
 
@@ -391,36 +398,46 @@ class QemuCampaign:
     # ------------------------------------------------------------ the campaign
 
     def run(self) -> dict[str, Any]:
-        """Boot, check the baseline, run every fault; the report. The guest is closed."""
+        """Boot, check the baseline, run every fault; the report. The guest is closed.
+        A stop signal (inside chaos_runner.stop_signals_raise) ends it with a partial
+        report: the fault under way is not judged."""
         self.t0 = time.monotonic()
         self.cvm = ChainVM(self.workdir, self.settings, echo=self.echo)
         try:
-            try:
-                self.boot_s = round(self.cvm.boot(timeout=150.0), 2)
-                base = self._probe(30.0)
-                if not base.get("ready"):
-                    self.baseline_problems = list(base.get("problems") or ["not ready"])
-            except QemuError as exc:
-                self.baseline_problems = [f"boot: {str(exc).splitlines()[0]}"]
-            if self.baseline_problems:
-                return self.report()
-            n = len(self.faults)
-            for i, f in enumerate(self.faults, 1):
-                if self.progress:
-                    self.progress(i - 1, n, None, f"#{f.index} {f.kind} {f.target}...")
-                res = self.run_fault(f)
-                self.results.append(res)
-                if self.progress:
-                    self.progress(i, n, res, "")
-                if not res.ok:
-                    try:
-                        self._recover()
-                    except CampaignAbort as exc:
-                        self.baseline_problems = [f"after fault #{f.index}: {exc}"]
-                        break
-            return self.report()
+            with armed():  # a stop signal that came before raises here
+                self._run()
+        except CampaignInterrupted as e:
+            self.interrupted = e.signame
         finally:
-            self.cvm.close()
+            with signals_deferred():  # not armed: a second Ctrl-C only waits
+                self.cvm.close()
+        return self.report()
+
+    def _run(self) -> None:
+        assert self.cvm is not None
+        try:
+            self.boot_s = round(self.cvm.boot(timeout=150.0), 2)
+            base = self._probe(30.0)
+            if not base.get("ready"):
+                self.baseline_problems = list(base.get("problems") or ["not ready"])
+        except QemuError as exc:
+            self.baseline_problems = [f"boot: {str(exc).splitlines()[0]}"]
+        if self.baseline_problems:
+            return
+        n = len(self.faults)
+        for i, f in enumerate(self.faults, 1):
+            if self.progress:
+                self.progress(i - 1, n, None, f"#{f.index} {f.kind} {f.target}...")
+            res = self.run_fault(f)
+            self.results.append(res)
+            if self.progress:
+                self.progress(i, n, res, "")
+            if not res.ok:
+                try:
+                    self._recover()
+                except CampaignAbort as exc:
+                    self.baseline_problems = [f"after fault #{f.index}: {exc}"]
+                    break
 
     def report(self) -> dict[str, Any]:
         """Everything report.json and report.html show (chaos_report's shape)."""
@@ -436,8 +453,9 @@ class QemuCampaign:
             "boot_to_ready": self.boot_s,
             "slowness": None if self.cvm is None else self.cvm.slowness,
             "baseline_problems": self.baseline_problems,
-            "ok": not fails and not self.baseline_problems
+            "ok": not fails and not self.baseline_problems and not self.interrupted
             and len(self.results) == len(self.faults),
+            "interrupted": self.interrupted,
             "failures": len(fails), "results": results,
             "summary": chaos_report.summarize(results),
             "boot_times": [round(b.initramfs_at - self.t0, 3) for b in boots],
@@ -500,8 +518,17 @@ def cmd_chaos_qemu(args: argparse.Namespace) -> int:
     os.makedirs(args.report, exist_ok=True)
     print(f"chaos: --qemu seed {seed}, {len(chosen)} fault(s), kinds {','.join(kinds)}; "
           f"work dir {work}", file=sys.stderr)
-    camp = QemuCampaign(work / "vm", seed, chosen, kinds, progress=Progress())
-    rep = camp.run()
+    progress = Progress()
+    with stop_signals_raise():  # Ctrl-C, SIGHUP, SIGTERM: a partial report, no QEMU left
+        rep = QemuCampaign(work / "vm", seed, chosen, kinds, progress=progress).run()
+        if rep["interrupted"]:
+            progress.interrupted()
+        return _finish_qemu(args, rep, seed, chosen, kinds)
+
+
+def _finish_qemu(args: argparse.Namespace, rep: dict[str, Any], seed: int,
+                 chosen: list[Fault], kinds: list[str]) -> int:
+    """The reports, the table, the verdict (not armed: a stop signal now only waits)."""
     rep["config"] = "built-in --qemu campaign configuration (simulators/qemu/campaign.py)"
     fails = [r for r in rep["results"] if not r["ok"]]
 
@@ -521,19 +548,22 @@ def cmd_chaos_qemu(args: argparse.Namespace) -> int:
                         "note": "the guest did not converge outside any fault"}
     chaos_report.write_json(rep, os.path.join(args.report, "report.json"))
     chaos_report.write_html(rep, os.path.join(args.report, "report.html"))
-    print(chaos_report.table_text(rep["summary"]))
-    print(f"chaos: report {os.path.join(args.report, 'report.html')}; "
-          f"{rep['boots']} boot(s), {rep['duration']:.0f} s")
+    html_path = os.path.join(args.report, "report.html")
+    _say(chaos_report.table_text(rep["summary"]))
+    if not rep["interrupted"]:
+        _say(f"chaos: report {html_path}; {rep['boots']} boot(s), {rep['duration']:.0f} s")
     if rep["ok"]:
-        print(f"chaos: --qemu seed {seed}: all invariants held over "
-              f"{len(rep['results'])} fault(s)")
+        _say(f"chaos: --qemu seed {seed}: all invariants held over "
+             f"{len(rep['results'])} fault(s)")
         return 0
     for p in rep["baseline_problems"]:
-        print(f"chaos: --qemu seed {seed}: {p}", file=sys.stderr)
+        _say(f"chaos: --qemu seed {seed}: {p}", sys.stderr)
     for r in fails:
-        print(f"chaos: --qemu seed {seed}: fault #{r['index']} {r['kind']} {r['target']}: "
-              + "; ".join(r["problems"]), file=sys.stderr)
+        _say(f"chaos: --qemu seed {seed}: fault #{r['index']} {r['kind']} {r['target']}: "
+             + "; ".join(r["problems"]), sys.stderr)
     if rep.get("repro"):
-        print(f"chaos: reproduce ({rep['repro']['note']}): {rep['repro']['command']}",
-              file=sys.stderr)
+        _say(f"chaos: reproduce ({rep['repro']['note']}): {rep['repro']['command']}",
+             sys.stderr)
+    if rep["interrupted"]:
+        _say(verdict_line(rep, html_path))
     return 1
