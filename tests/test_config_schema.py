@@ -708,10 +708,12 @@ def test_config_and_schema_import_no_layer() -> None:
 def test_the_restarter_starts_without_the_schema() -> None:
     """The restarter unpickles the running snapshot with the types of configtypes.py; the
     schema and the parsing code (a quarter of its import time, bench/import_profile.py)
-    are imported only when it parses a file itself (a reload)."""
+    are imported only when it parses a file itself (a reload). Nor does it load OpenSSL
+    (hashlib: ~4 MB of RSS for the snapshot's one hash) or the bz2 and lzma libraries
+    (shutil, for a command looked up in PATH) before they are needed."""
     code = ("import sys, hachain.restarter.__main__; "
-            "print(sorted(m for m in ('hachain.config', 'hachain.schema', 'tomllib') "
-            "if m in sys.modules))")
+            "print(sorted(m for m in ('hachain.config', 'hachain.schema', 'tomllib', "
+            "'hashlib', '_hashlib', 'shutil', 'lzma', 'bz2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -774,3 +776,14 @@ def test_quotes_inside_strings_do_not_shift_the_lines_after(value: str) -> None:
         config.parse(text, "chain.toml")
     line = text.count("\n")
     assert f"chain.toml:{line}: service.a.success_exit: " in "\n".join(ei.value.errors)
+
+
+@given(st.text(max_size=3000))
+@settings(max_examples=200, deadline=None)
+def test_the_snapshot_digest_is_sha256(text: str) -> None:
+    """snapshot.digest (CPython's own SHA-256, no OpenSSL) says what hashlib says: a
+    snapshot written by one version is accepted by the other."""
+    import hashlib
+
+    from hachain import snapshot
+    assert snapshot.digest(text) == hashlib.sha256(text.encode()).hexdigest()

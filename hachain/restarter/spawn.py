@@ -48,7 +48,6 @@ import grp
 import os
 import pwd
 import resource
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -801,6 +800,7 @@ def _exe_path(cfg: ServiceConfig, env: dict[str, str]) -> str:
     key = (argv0, env["PATH"])
     found = _EXE_CACHE.get(key)
     if found is None or not os.access(found, os.X_OK):
+        import shutil  # here: it loads the bz2 and lzma libraries, once per name
         found = shutil.which(argv0, path=env["PATH"])
         if found is None:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv0)
