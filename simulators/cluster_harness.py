@@ -7,7 +7,8 @@ Used by `hachain chaos --cluster`, bench/cluster_failover_bench.py and the clust
   killed and removed by `stop()`: nothing outlives its user.
 - `Net`: one network namespace per node, joined to the host by a veth pair, in a 10.x
   subnet no route of the host uses; `cut(i)` is `ip link set <host side> down`;
-  `teardown()` removes every link and namespace it made.
+  `teardown()` removes every link and namespace it made. Its `ip` commands run in their
+  own session, so a second Ctrl-C to the caller's process group cannot kill one halfway.
 - `node_config`: a node's configuration with one stamping singleton service.
 """
 
@@ -142,7 +143,10 @@ class EtcdCluster:
 
 
 def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, timeout=30, capture_output=True)
+    # its own session: a Ctrl-C to our process group never cuts a set-up or a tear-down
+    # step short (the caller decides when to stop; each `ip` is bounded by the timeout)
+    subprocess.run(["ip", *args], check=True, timeout=30, capture_output=True,
+                   start_new_session=True)
 
 
 def free_subnet() -> int:
@@ -191,8 +195,9 @@ class Net:
     def teardown(self) -> None:
         for i, ns in enumerate(self.made):
             subprocess.run(["ip", "link", "del", self.host_if(i)], capture_output=True,
-                           timeout=30)  # its peer goes with it
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+                           timeout=30, start_new_session=True)  # its peer goes with it
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30,
+                           start_new_session=True)
 
 
 def config_text(node: str, endpoints: list[str], stamps: str, prefix: str, svc: str,
