@@ -28,6 +28,13 @@ failover bound; when it may not reset, the singleton stays on its node. After ev
 fault, every node converges: all four layers beat, the cluster layer renews without
 error, and only the owner's restarter shows the singleton up. The report is
 `DIR/report.json`. Needs root, unshare, nsenter, ip and etcd.
+
+Ctrl-C, a closed terminal (SIGHUP) and SIGTERM end a campaign as they end the
+single-machine one (chaos_runner's `stop_signals_raise` / `armed` /
+`signals_deferred`): the fault under way is not judged, every machine, etcd member,
+namespace and veth is removed, and the report holds the faults judged so far with
+`"interrupted"` naming the signal. The steps that make something `stop()` must undo (the
+namespaces, an etcd member's start, a machine's power-on) run whole.
 """
 
 from __future__ import annotations
@@ -45,6 +52,14 @@ from typing import Any
 from hachain import config
 from hachain.cluster import timing
 from hachain.simulators import chaos_kinds, converge
+from hachain.simulators.chaos import _say
+from hachain.simulators.chaos_runner import (
+    CampaignInterrupted,
+    Stop,
+    armed,
+    signals_deferred,
+    stop_signals_raise,
+)
 from hachain.simulators.cluster_harness import EtcdCluster, Net, config_text
 from hachain.simulators.machine import SimMachine
 
@@ -94,7 +109,7 @@ def overlaps(stamps: list[dict[str, Any]]) -> list[str]:
 
 class Campaign:
     def __init__(self, dir: str, service: str, seed: int, kinds: tuple[str, ...],
-                 log: Any = print) -> None:
+                 log: Any = _say) -> None:
         self.dir = dir
         self.service = service
         self.rng = random.Random(seed)
@@ -110,10 +125,16 @@ class Campaign:
         self.cfg: config.Config | None = None
 
     def start(self) -> None:
-        self.net.setup()
+        """Namespaces, etcd, the three machines. A stop signal may end it between steps,
+        never inside one that makes something: `stop()` undoes what was made."""
+        with signals_deferred():
+            self.net.setup()
         self.etcd = EtcdCluster(os.path.join(self.dir, "etcd"),
                                 extra_hosts=tuple(self.net.host_ip(i) for i in range(3)))
-        self.etcd.start()
+        for mem in self.etcd.members:
+            with signals_deferred():
+                self.etcd.start_member(mem)
+        self.etcd.wait_healthy(30.0)
         for i in range(3):
             name = f"n{i}"
             eps = [f"{self.net.host_ip(i)}:{m.client_port}" for m in self.etcd.members]
@@ -124,7 +145,8 @@ class Campaign:
             self.machines[name] = SimMachine(cfg, os.path.join(self.dir, name),
                                              panic_delay=0.2, on_event=lambda _m: None,
                                              netns=self.net.names[i])
-            self.machines[name].start()
+            with signals_deferred():
+                self.machines[name].start()
             self.cfg = config.load(cfg)
 
     def stop(self) -> None:
@@ -242,14 +264,16 @@ class Campaign:
             mem = self.etcd.members[target]
             self.etcd.kill_member(mem)
             time.sleep(3)
-            self.etcd.start_member(mem)
+            with signals_deferred():
+                self.etcd.start_member(mem)
         elif kind == "lose-etcd-quorum":
             down = [x for j, x in enumerate(self.etcd.members) if j != target]
             for mem in down:
                 self.etcd.kill_member(mem)
             time.sleep(TTL + 2)
             for mem in down:
-                self.etcd.start_member(mem)
+                with signals_deferred():
+                    self.etcd.start_member(mem)
         if kind in ("kill-etcd-member", "lose-etcd-quorum"):
             return {"target": f"m{target}"}  # the member killed, or the one left
         return {"target": name}
@@ -374,45 +398,77 @@ class Campaign:
         return rec
 
 
-def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | None,
-                 service: str) -> int:
-    seed = seed if seed is not None else random.randrange(1 << 31)
-    kinds_t = tuple(kinds or ALL_KINDS)
-    os.makedirs(report, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="hachain-chaos-cluster-")
-    c = Campaign(work, service, seed, kinds_t)
-    rng = random.Random(seed ^ 0x5EED)
-    schedule = [rng.choice(kinds_t) for _ in range(faults)]
-    recs: list[dict[str, Any]] = []
-    t0 = time.monotonic()
-
-    def on_term(_s: int, _f: object) -> None:
-        raise KeyboardInterrupt  # clean up as Ctrl-C does: machines, etcd, namespaces
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        c.start()
-        for i, kind in enumerate(schedule):
-            recs.append(c.one(i, kind))
-    finally:
-        c.stop()
+def summarize(recs: list[dict[str, Any]], seed: int, kinds: tuple[str, ...],
+              elapsed: float, interrupted: str | None) -> dict[str, Any]:
+    """The report's summary of the faults judged (`ok`: none broke an invariant and the
+    campaign was not interrupted)."""
     by_kind: dict[str, list[float]] = {}
     for r in recs:
         if r.get("failover_s") is not None:
             by_kind.setdefault(r["kind"], []).append(r["failover_s"])
-    summary = {
-        "seed": seed, "faults": len(recs), "failed": sum(not r["ok"] for r in recs),
-        "elapsed_s": round(time.monotonic() - t0, 1), "bound_s": c.bound, "slack_s": SLACK,
-        "kinds": {k: sum(r["kind"] == k for r in recs) for k in kinds_t},
+    failed = sum(not r["ok"] for r in recs)
+    return {
+        "seed": seed, "faults": len(recs), "failed": failed,
+        "elapsed_s": round(elapsed, 1), "bound_s": timing.failover_bound(TTL, WD, MARGIN, HB),
+        "slack_s": SLACK, "kinds": {k: sum(r["kind"] == k for r in recs) for k in kinds},
         "failover": {k: {"n": len(v), "median": round(statistics.median(v), 2),
                          "max": round(max(v), 2)} for k, v in by_kind.items()},
+        "ok": not failed and not interrupted,
     }
-    with open(os.path.join(report, "report.json"), "w") as f:
-        json.dump({"summary": summary, "faults": recs}, f, indent=1)
-    print(json.dumps(summary))
-    print(("PASS" if not summary["failed"] else "FAIL") + f": {summary['faults']} faults, "
-          f"{summary['failed']} with a broken invariant; report in "
-          f"{os.path.join(report, 'report.json')}")
-    return 0 if not summary["failed"] else 1
+
+
+def verdict(summary: dict[str, Any], scheduled: int, interrupted: str | None,
+            path: str) -> str:
+    """The campaign's last line: PASS or FAIL, with the counts and the report's path."""
+    broke = f"{summary['failed']} with a broken invariant; report in {path}"
+    if interrupted:
+        return (f"FAIL: interrupted by {interrupted} after {summary['faults']} of "
+                f"{scheduled} faults, {broke}")
+    return ("PASS" if not summary["failed"] else "FAIL") + f": {summary['faults']} faults, " \
+        + broke
+
+
+def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | None,
+                 service: str) -> int:
+    """Run the campaign (inside stop_signals_raise: a stop signal ends it with a partial
+    report), write DIR/report.json, print the summary and the verdict; the exit status."""
+    seed = seed if seed is not None else random.randrange(1 << 31)
+    kinds_t = tuple(kinds or ALL_KINDS)
+    os.makedirs(report, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="hachain-chaos-cluster-")
+    rng = random.Random(seed ^ 0x5EED)
+    schedule = [rng.choice(kinds_t) for _ in range(faults)]
+    recs: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    c: Campaign | None = None
+    interrupted: str | None = None
+    try:
+        with armed():  # a stop signal that came before raises here
+            c = Campaign(work, service, seed, kinds_t)
+            c.start()
+            for i, kind in enumerate(schedule):
+                recs.append(c.one(i, kind))
+    except CampaignInterrupted as e:
+        interrupted = e.signame  # the fault under way is not judged: a partial report
+    except Exception:
+        if Stop.pending is None:
+            raise
+        # a child the signal reached first (Ctrl-C goes to the whole process group: an
+        # `ip` of ours dies of it): the signal ended the campaign, not the child's error
+        interrupted = Stop.signame()
+    finally:
+        if c is not None:
+            with signals_deferred():  # not armed: a second Ctrl-C only waits
+                c.stop()
+    # (not armed: a stop signal now only waits, and the report is written whole)
+    summary = summarize(recs, seed, kinds_t, time.monotonic() - t0, interrupted)
+    path = os.path.join(report, "report.json")
+    with open(path, "w") as f:
+        json.dump({"summary": summary, "faults": recs, "interrupted": interrupted}, f,
+                  indent=1)
+    _say(json.dumps(summary))
+    _say(verdict(summary, faults, interrupted, path))
+    return 0 if summary["ok"] else 1
 
 
 CLUSTER_SUMMARY = {
@@ -446,4 +502,5 @@ def cmd(args: Any) -> int:
         return 2
     from hachain.simulators import singleton_svc
     service = singleton_svc.__file__  # run by path: it imports only the standard library
-    return run_campaign(args.faults, args.seed, args.report, kinds, service)
+    with stop_signals_raise():  # Ctrl-C, SIGHUP, SIGTERM: a partial report, nothing left
+        return run_campaign(args.faults, args.seed, args.report, kinds, service)
