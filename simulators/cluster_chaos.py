@@ -29,6 +29,10 @@ fault, every node converges: all four layers beat, the cluster layer renews with
 error, and only the owner's restarter shows the singleton up. The report is
 `DIR/report.json`. Needs root, unshare, nsenter, ip and etcd.
 
+The work directory (`--dir`, else a new `/tmp/hachain-chaos-cluster-*`, named on the
+first line of stderr) stays after the campaign: the nodes' configurations and consoles,
+the stamps and the etcd members' logs are its evidence (the etcd data is removed).
+
 Ctrl-C, a closed terminal (SIGHUP) and SIGTERM end a campaign as they end the
 single-machine one (chaos_runner's `stop_signals_raise` / `armed` /
 `signals_deferred`): the fault under way is not judged, every machine, etcd member,
@@ -129,7 +133,7 @@ class Campaign:
         never inside one that makes something: `stop()` undoes what was made."""
         with signals_deferred():
             self.net.setup()
-        self.etcd = EtcdCluster(os.path.join(self.dir, "etcd"),
+        self.etcd = EtcdCluster(os.path.join(self.dir, "etcd"), keep_logs=True,
                                 extra_hosts=tuple(self.net.host_ip(i) for i in range(3)))
         for mem in self.etcd.members:
             with signals_deferred():
@@ -429,13 +433,18 @@ def verdict(summary: dict[str, Any], scheduled: int, interrupted: str | None,
 
 
 def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | None,
-                 service: str) -> int:
-    """Run the campaign (inside stop_signals_raise: a stop signal ends it with a partial
-    report), write DIR/report.json, print the summary and the verdict; the exit status."""
+                 service: str, work: str | None = None) -> int:
+    """Run the campaign in `work` (default: a new temporary directory), inside
+    stop_signals_raise: a stop signal ends it with a partial report. Write
+    DIR/report.json, print the summary and the verdict; the exit status."""
     seed = seed if seed is not None else random.randrange(1 << 31)
     kinds_t = tuple(kinds or ALL_KINDS)
     os.makedirs(report, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="hachain-chaos-cluster-")
+    if work is None:
+        work = tempfile.mkdtemp(prefix="hachain-chaos-cluster-")
+    os.makedirs(work, exist_ok=True)
+    _say(f"chaos: --cluster seed {seed}, {faults} fault(s), kinds {','.join(kinds_t)}; "
+         f"work dir {work}", sys.stderr)
     rng = random.Random(seed ^ 0x5EED)
     schedule = [rng.choice(kinds_t) for _ in range(faults)]
     recs: list[dict[str, Any]] = []
@@ -464,8 +473,8 @@ def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | 
     summary = summarize(recs, seed, kinds_t, time.monotonic() - t0, interrupted)
     path = os.path.join(report, "report.json")
     with open(path, "w") as f:
-        json.dump({"summary": summary, "faults": recs, "interrupted": interrupted}, f,
-                  indent=1)
+        json.dump({"summary": summary, "faults": recs, "interrupted": interrupted,
+                   "work_dir": work}, f, indent=1)
     _say(json.dumps(summary))
     _say(verdict(summary, faults, interrupted, path))
     return 0 if summary["ok"] else 1
@@ -500,7 +509,13 @@ def cmd(args: Any) -> int:
               f"{', '.join(ALL_KINDS)}" + (f" (got {', '.join(bad)})" if bad else ""),
               file=sys.stderr)
         return 2
+    work = os.path.abspath(args.dir) if getattr(args, "dir", None) else None
+    if work is not None and os.path.exists(work) and \
+            (not os.path.isdir(work) or os.listdir(work)):
+        print(f"hachain chaos --cluster: --dir {work}: not an empty directory (another "
+              "campaign's evidence?): give a new or empty one", file=sys.stderr)
+        return 2
     from hachain.simulators import singleton_svc
     service = singleton_svc.__file__  # run by path: it imports only the standard library
     with stop_signals_raise():  # Ctrl-C, SIGHUP, SIGTERM: a partial report, nothing left
-        return run_campaign(args.faults, args.seed, args.report, kinds, service)
+        return run_campaign(args.faults, args.seed, args.report, kinds, service, work)

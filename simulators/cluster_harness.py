@@ -4,7 +4,8 @@ Used by `hachain chaos --cluster`, bench/cluster_failover_bench.py and the clust
 
 - `EtcdCluster`: N members of Debian's etcd-server on free 127.0.0.1 ports (and on
   `extra_hosts`, the host sides of the nodes' veth pairs), data in a temporary directory,
-  killed and removed by `stop()`: nothing outlives its user.
+  killed and removed by `stop()`: nothing outlives its user (the members' logs stay with
+  `keep_logs`).
 - `Net`: one network namespace per node, joined to the host by a veth pair, in a 10.x
   subnet no route of the host uses; `cut(i)` is `ip link set <host side> down`;
   `teardown()` removes every link and namespace it made. Its `ip` commands run in their
@@ -57,8 +58,10 @@ class Member:
 
 
 class EtcdCluster:
-    def __init__(self, dir: str, n: int = 3, extra_hosts: tuple[str, ...] = ()) -> None:
+    def __init__(self, dir: str, n: int = 3, extra_hosts: tuple[str, ...] = (),
+                 keep_logs: bool = False) -> None:
         self.dir = dir
+        self.keep_logs = keep_logs  # stop() removes the data only
         ports = free_ports(2 * n)
         self.members = [Member(f"m{i}", ports[2 * i], ports[2 * i + 1],
                                os.path.join(dir, f"m{i}")) for i in range(n)]
@@ -132,7 +135,11 @@ class EtcdCluster:
     def stop(self) -> None:
         for m in self.members:
             self.kill_member(m)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.keep_logs:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        for m in self.members:
+            shutil.rmtree(m.data, ignore_errors=True)
 
     def __enter__(self) -> EtcdCluster:
         self.start()

@@ -28,16 +28,26 @@ pytestmark = [
 
 
 def test_short_cluster_campaign_keeps_every_invariant(tmp_path: Any) -> None:
-    report = str(tmp_path / "report")
+    report, work = str(tmp_path / "report"), str(tmp_path / "work")
+    kinds = "kill-node,hang-node,partition-node,lose-etcd-quorum"
     out = subprocess.run(
         [sys.executable, "-m", "hachain.cli", "chaos", "--cluster", "--faults", "4",
-         "--seed", "3", "--kinds", "kill-node,hang-node,partition-node,lose-etcd-quorum",
-         "--report", report], capture_output=True, text=True, timeout=400)
+         "--seed", "3", "--kinds", kinds, "--report", report, "--dir", work],
+        capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stderr.splitlines()[0] == \
+        f"chaos: --cluster seed 3, 4 fault(s), kinds {kinds}; work dir {work}"
     rep = json.load(open(os.path.join(report, "report.json")))
     assert rep["summary"]["faults"] == 4 and rep["summary"]["failed"] == 0
+    assert rep["summary"]["ok"] and rep["interrupted"] is None
     assert all(r["ok"] for r in rep["faults"])
     assert "PASS: 4 faults, 0 with a broken invariant" in out.stdout
+    # the work directory stays, with the evidence: consoles, stamps, etcd logs, no data
+    assert rep["work_dir"] == work
+    assert all(os.path.getsize(os.path.join(work, f"n{i}", "console.log")) for i in range(3))
+    assert os.path.getsize(os.path.join(work, "stamps.jsonl"))
+    etcd = os.listdir(os.path.join(work, "etcd"))
+    assert sorted(etcd) == ["m0.log", "m1.log", "m2.log"]
 
 
 def test_single_machine_kinds_on_cluster_nodes_keep_every_invariant(tmp_path: Any) -> None:
@@ -45,8 +55,8 @@ def test_single_machine_kinds_on_cluster_nodes_keep_every_invariant(tmp_path: An
     kinds = ["kill-layer", "hang-layer", "kill-service", "config-broken", "kill-init"]
     out = subprocess.run(
         [sys.executable, "-m", "hachain.cli", "chaos", "--cluster", "--faults", "5",
-         "--seed", "61", "--kinds", ",".join(kinds), "--report", report],
-        capture_output=True, text=True, timeout=400)
+         "--seed", "61", "--kinds", ",".join(kinds), "--report", report,
+         "--dir", str(tmp_path / "work")], capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rep = json.load(open(os.path.join(report, "report.json")))
     assert rep["summary"]["faults"] == 5 and rep["summary"]["failed"] == 0
@@ -64,10 +74,23 @@ def test_single_machine_kinds_on_cluster_nodes_keep_every_invariant(tmp_path: An
 
 
 def test_cluster_campaign_bad_usage_exits_2(tmp_path: Any) -> None:
+    work = tmp_path / "work"
     out = subprocess.run([sys.executable, "-m", "hachain.cli", "chaos", "--cluster",
                           "--faults", "1", "--kinds", "no-such-kind", "--report",
-                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+                          str(tmp_path), "--dir", str(work)], capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == 2 and "no-such-kind" in out.stderr
+    assert not work.exists()  # bad usage makes nothing
+    # a --dir that holds something (another campaign's evidence) is refused, untouched
+    work.mkdir()
+    (work / "stamps.jsonl").write_text("evidence\n")
+    out = subprocess.run([sys.executable, "-m", "hachain.cli", "chaos", "--cluster",
+                          "--faults", "1", "--report", str(tmp_path / "r"), "--dir",
+                          str(work)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (f"hachain chaos --cluster: --dir {work}: not an empty directory "
+                          "(another campaign's evidence?): give a new or empty one\n")
+    assert os.listdir(work) == ["stamps.jsonl"] and not (tmp_path / "r").exists()
 
 
 def test_cluster_list_kinds_names_every_kind_and_its_targets() -> None:

@@ -108,7 +108,8 @@ def _cmdline(pid: int) -> list[str]:
 
 def _leftovers(pid: int, work: str | None) -> list[str]:
     """What the campaign with this pid made and did not remove: its network namespaces
-    and their mounts, its veths, its machines' cgroups, its etcd data."""
+    and their mounts, its veths, its machines' cgroups, its etcd data (the members'
+    logs stay in the work directory: evidence)."""
     tag = f"hc{pid % 100000}"  # cluster_harness.Net
     left = [f"netns {n}" for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns")
                                    else []) if n.startswith(tag + "n")]
@@ -119,8 +120,10 @@ def _leftovers(pid: int, work: str | None) -> list[str]:
     if mount:
         left += [f"cgroup {n}" for n in os.listdir(mount)
                  if n.startswith(f"{CGROUP_PREFIX}{pid}-")]
-    if work and os.path.exists(os.path.join(work, "etcd")):
-        left.append(f"etcd data {work}/etcd")
+    etcd = os.path.join(work, "etcd") if work else None
+    if etcd and os.path.isdir(etcd):
+        left += [f"etcd data {etcd}/{n}" for n in sorted(os.listdir(etcd))
+                 if os.path.isdir(os.path.join(etcd, n))]
     return left
 
 
@@ -153,14 +156,14 @@ def cluster(test: Any) -> Any:
 def test_a_stop_signal_ends_the_cluster_campaign_with_a_partial_report_and_nothing_left(
         tmp_path: Path, sig: int, group: bool, after_fault: bool) -> None:
     report, outf, errf = tmp_path / "report", tmp_path / "stdout", tmp_path / "stderr"
+    work = str(tmp_path / "work")
     name = signal.Signals(sig).name
     with open(outf, "wb") as o, open(errf, "wb") as e:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hachain.cli", "chaos", "--cluster", "--faults",
              str(FAULTS), "--seed", str(SEED), "--kinds", ",".join(KINDS), "--report",
-             str(report)], stdout=o, stderr=e, start_new_session=True)
+             str(report), "--dir", work], stdout=o, stderr=e, start_new_session=True)
     kids: dict[int, str] = {}
-    work = None
     try:
         def booting() -> list[int]:  # a machine's PID 1 runs: etcd and the namespaces are up
             return [p for p in _descendants(proc.pid)
@@ -176,7 +179,7 @@ def test_a_stop_signal_ends_the_cluster_campaign_with_a_partial_report_and_nothi
         init = booting()
         assert init and any(_cmdline(p)[:1] == [ETCD] for p in kids), kids
         conf = _cmdline(init[0])[_cmdline(init[0]).index("--config") + 1]
-        work = os.path.dirname(conf)  # the campaign's work directory
+        assert os.path.dirname(conf) == work  # the nodes run from the --dir given
         assert _leftovers(proc.pid, work), "the campaign made no namespace to check"
         (os.killpg if group else os.kill)(proc.pid, sig)
         rc = proc.wait(STOP_BOUND)
@@ -198,9 +201,16 @@ def test_a_stop_signal_ends_the_cluster_campaign_with_a_partial_report_and_nothi
     out, err = outf.read_text(), errf.read_text()
     assert rc == 1, out[-2000:] + err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+    assert err.splitlines()[0] == (f"chaos: --cluster seed {SEED}, {FAULTS} fault(s), kinds "
+                                   f"{','.join(KINDS)}; work dir {work}")
+    # the evidence stays: the consoles of the machines started, the etcd members' logs
+    started = range(3) if after_fault else range(1)  # (SIGHUP while the first boots)
+    assert all(os.path.exists(os.path.join(work, f"n{i}", "console.log")) for i in started)
+    assert all(os.path.exists(os.path.join(work, "etcd", f"m{i}.log")) for i in range(3))
     path = os.path.join(str(report), "report.json")
     rep = json.loads(Path(path).read_text())
     assert rep["interrupted"] == name and rep["summary"]["ok"] is False
+    assert rep["work_dir"] == work
     n = len(rep["faults"])
     assert rep["summary"]["faults"] == n and (1 if after_fault else 0) <= n < FAULTS
     assert all(r["kind"] in KINDS for r in rep["faults"])
