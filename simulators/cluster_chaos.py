@@ -33,6 +33,12 @@ The work directory (`--dir`, else a new `/tmp/hachain-chaos-cluster-*`, named on
 first line of stderr) stays after the campaign: the nodes' configurations and consoles,
 the stamps and the etcd members' logs are its evidence (the etcd data is removed).
 
+What the host fails to do (an `ip` command, an etcd member that cannot start, exits or
+is not healthy in time, a machine that cannot power on, a cluster that never settles
+before a fault) ends the campaign as a stop signal does, with one line on stderr saying
+what failed and where, kept as the report's `"error"`; a bug in the campaign still ends
+in its traceback, after the same clean-up.
+
 Ctrl-C, a closed terminal (SIGHUP) and SIGTERM end a campaign as they end the
 single-machine one (chaos_runner's `stop_signals_raise` / `armed` /
 `signals_deferred`): the fault under way is not judged, every machine, etcd member,
@@ -53,19 +59,21 @@ import tempfile
 import time
 from typing import Any
 
-from hachain import config
+from hachain import channels, config
 from hachain.cluster import timing
 from hachain.simulators import chaos_kinds, converge
 from hachain.simulators.chaos import _say
 from hachain.simulators.chaos_runner import (
+    MAX_SOCKET_PATH,
+    CampaignError,
     CampaignInterrupted,
     Stop,
     armed,
     signals_deferred,
     stop_signals_raise,
 )
-from hachain.simulators.cluster_harness import EtcdCluster, Net, config_text
-from hachain.simulators.machine import SimMachine
+from hachain.simulators.cluster_harness import EtcdCluster, HarnessError, Net, config_text
+from hachain.simulators.machine import CONSOLE_NAME, SimMachine
 
 CLUSTER_KINDS = ("kill-node", "hang-node", "partition-node", "kill-etcd-member",
                  "lose-etcd-quorum")
@@ -150,57 +158,88 @@ class Campaign:
                                              panic_delay=0.2, on_event=lambda _m: None,
                                              netns=self.net.names[i])
             with signals_deferred():
-                self.machines[name].start()
+                try:
+                    self.machines[name].start()
+                except (OSError, config.ConfigError) as e:
+                    raise CampaignError(f"machine {name} cannot power on: {e} (console: "
+                                        f"{self.machines[name].console})") from e
             self.cfg = config.load(cfg)
 
     def stop(self) -> None:
-        for m in self.machines.values():
-            m.stop()
-        if self.etcd is not None:
-            self.etcd.stop()
-        self.net.teardown()
+        """Every machine, etcd member, namespace and veth: each step runs even when one
+        before it failed."""
+        try:
+            for m in self.machines.values():
+                m.stop()
+        finally:
+            try:
+                if self.etcd is not None:
+                    self.etcd.stop()
+            finally:
+                self.net.teardown()
+
+    def alive_on(self) -> list[str]:
+        """The nodes whose singleton stamped its life in the last 0.3 s."""
+        now = time.monotonic()
+        return sorted({s["node"] for s in _stamps(self.stamps)
+                       if s["ev"] == "alive" and s["mono"] >= now - 0.3})
 
     def owner(self) -> str | None:
-        now = time.monotonic()
-        nodes = {s["node"] for s in _stamps(self.stamps)
-                 if s["ev"] == "alive" and s["mono"] >= now - 0.3}
-        return next(iter(nodes)) if len(nodes) == 1 else None
+        nodes = self.alive_on()
+        return nodes[0] if len(nodes) == 1 else None
 
-    def settled(self) -> str | None:
-        """The owner once the cluster has converged: every etcd member healthy; on every
-        machine all four layers beating (no older than heartbeat_timeout), the cluster
-        layer renewing without error; the singleton alive on one node only, and only
-        that node's restarter showing it up."""
+    def unsettled(self) -> tuple[str | None, str]:
+        """(the owner, "") once the cluster has converged: every etcd member healthy; on
+        every machine all four layers beating (no older than heartbeat_timeout), the
+        cluster layer renewing without error; the singleton alive on one node only, and
+        only that node's restarter showing it up. Else (None, the first condition not
+        met). HarnessError when an etcd member the campaign did not kill has exited."""
         assert self.etcd is not None
-        if not all(self.etcd.healthy(m) for m in self.etcd.members):
-            return None
+        self.etcd.check_running()
+        sick = [m.name for m in self.etcd.members if not self.etcd.healthy(m)]
+        if sick:
+            return None, f"etcd member {', '.join(sick)} not healthy"
         now = time.monotonic()
-        for m in self.machines.values():
+        for n, m in self.machines.items():
+            if m.finished.is_set():  # its machine thread ended: it will not come back
+                return None, f"{n} is off: {m.events[-1][1] if m.events else 'no event'}"
             hbs = {layer: m.heartbeat(layer) for layer in LAYERS}
-            if any(hb is None or hb.age(now) > 1.0 for hb in hbs.values()):
-                return None
+            stale = [la for la, hb in hbs.items() if hb is None or hb.age(now) > 1.0]
+            if stale:
+                return None, f"{n}: no fresh heartbeat from {', '.join(stale)}"
             x = hbs["cluster"].extra  # type: ignore[union-attr]
             if x.get("error") or x.get("lease") is None:
-                return None
-        owner = self.owner()
+                return None, f"{n}: cluster layer: {x.get('error') or 'no lease'}"
+        alive = self.alive_on()
+        if len(alive) != 1:
+            return None, f"the singleton alive on {', '.join(alive) or 'no node'}"
         for n, m in self.machines.items():
             hb = m.heartbeat("restarter")
-            if hb is None or hb.extra.get("singletons_up") != (["db"] if n == owner else []):
-                return None
-        return owner
+            up = hb.extra.get("singletons_up") if hb is not None else None
+            if up != (["db"] if n == alive[0] else []):
+                return None, f"{n}'s restarter shows singletons up: {up} (owner {alive[0]})"
+        return alive[0], ""
+
+    def settled(self) -> str | None:
+        """The owner once the cluster has converged (`unsettled`), else None."""
+        return self.unsettled()[0]
 
     def wait_settled(self) -> str:
         """The owner once `settled` holds twice, half a second apart, with the same
-        owner (a fault's effect may not show at once)."""
+        owner (a fault's effect may not show at once). TimeoutError naming the condition
+        last unmet."""
         deadline = time.monotonic() + SETTLE
         while True:
-            o = self.settled()
+            o, why = self.unsettled()
             if o is not None:
                 time.sleep(0.5)
-                if self.settled() == o:
+                o2, why = self.unsettled()
+                if o2 == o:
                     return o
+                why = why or f"the owner changed from {o} to {o2}"
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the cluster did not settle within {SETTLE:g} s")
+                raise TimeoutError(f"the cluster did not settle within {SETTLE:g} s "
+                                   f"({why})")
             time.sleep(0.05)
 
     def talks_to(self, node: str) -> int | None:
@@ -284,7 +323,11 @@ class Campaign:
 
     def one(self, index: int, kind: str) -> dict[str, Any]:
         assert self.cfg is not None
-        owner = self.wait_settled()
+        try:
+            owner = self.wait_settled()
+        except TimeoutError as e:  # no fault of this one's: the campaign cannot go on
+            consoles = os.path.join(self.dir, "n*", CONSOLE_NAME)
+            raise CampaignError(f"{e} before fault {index + 1} (consoles: {consoles})") from e
         target = self.rng.randrange(3)
         layer = ""
         if kind in ("kill-node", "hang-node", "partition-node", *NODE_KINDS) and \
@@ -403,9 +446,10 @@ class Campaign:
 
 
 def summarize(recs: list[dict[str, Any]], seed: int, kinds: tuple[str, ...],
-              elapsed: float, interrupted: str | None) -> dict[str, Any]:
+              elapsed: float, interrupted: str | None,
+              error: str | None = None) -> dict[str, Any]:
     """The report's summary of the faults judged (`ok`: none broke an invariant and the
-    campaign was not interrupted)."""
+    campaign was neither interrupted nor ended by an error)."""
     by_kind: dict[str, list[float]] = {}
     for r in recs:
         if r.get("failover_s") is not None:
@@ -417,17 +461,20 @@ def summarize(recs: list[dict[str, Any]], seed: int, kinds: tuple[str, ...],
         "slack_s": SLACK, "kinds": {k: sum(r["kind"] == k for r in recs) for k in kinds},
         "failover": {k: {"n": len(v), "median": round(statistics.median(v), 2),
                          "max": round(max(v), 2)} for k, v in by_kind.items()},
-        "ok": not failed and not interrupted,
+        "ok": not failed and not interrupted and not error,
     }
 
 
 def verdict(summary: dict[str, Any], scheduled: int, interrupted: str | None,
-            path: str) -> str:
+            path: str, error: str | None = None) -> str:
     """The campaign's last line: PASS or FAIL, with the counts and the report's path."""
     broke = f"{summary['failed']} with a broken invariant; report in {path}"
     if interrupted:
         return (f"FAIL: interrupted by {interrupted} after {summary['faults']} of "
                 f"{scheduled} faults, {broke}")
+    if error:
+        return (f"FAIL: stopped by an error after {summary['faults']} of {scheduled} "
+                f"faults, {broke}")
     return ("PASS" if not summary["failed"] else "FAIL") + f": {summary['faults']} faults, " \
         + broke
 
@@ -435,8 +482,8 @@ def verdict(summary: dict[str, Any], scheduled: int, interrupted: str | None,
 def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | None,
                  service: str, work: str | None = None) -> int:
     """Run the campaign in `work` (default: a new temporary directory), inside
-    stop_signals_raise: a stop signal ends it with a partial report. Write
-    DIR/report.json, print the summary and the verdict; the exit status."""
+    stop_signals_raise: a stop signal or a failure of the host's ends it with a partial
+    report. Write DIR/report.json, print the summary and the verdict; the exit status."""
     seed = seed if seed is not None else random.randrange(1 << 31)
     kinds_t = tuple(kinds or ALL_KINDS)
     os.makedirs(report, exist_ok=True)
@@ -451,17 +498,29 @@ def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | 
     t0 = time.monotonic()
     c: Campaign | None = None
     interrupted: str | None = None
+    error: str | None = None
     try:
         with armed():  # a stop signal that came before raises here
+            longest = os.path.join(work, "n0", "run", "hachain", channels.CONTROL_SOCKET)
+            if len(longest.encode()) > MAX_SOCKET_PATH:
+                raise CampaignError(f"{longest}: {len(longest.encode())} bytes, too long "
+                                    f"for a Unix socket ({MAX_SOCKET_PATH}); give --dir a "
+                                    "shorter path")
             c = Campaign(work, service, seed, kinds_t)
             c.start()
             for i, kind in enumerate(schedule):
                 recs.append(c.one(i, kind))
     except CampaignInterrupted as e:
         interrupted = e.signame  # the fault under way is not judged: a partial report
+    except (CampaignError, HarnessError) as e:
+        if Stop.pending is not None:  # a child of ours the signal reached first
+            interrupted = Stop.signame()
+        else:  # the host failed the campaign: one line, a partial report, no traceback
+            error = f"hachain chaos --cluster: {e} (seed {seed})"
+            _say(error, sys.stderr)
     except Exception:
         if Stop.pending is None:
-            raise
+            raise  # a bug: its traceback (after the clean-up below)
         # a child the signal reached first (Ctrl-C goes to the whole process group: an
         # `ip` of ours dies of it): the signal ended the campaign, not the child's error
         interrupted = Stop.signame()
@@ -470,13 +529,13 @@ def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | 
             with signals_deferred():  # not armed: a second Ctrl-C only waits
                 c.stop()
     # (not armed: a stop signal now only waits, and the report is written whole)
-    summary = summarize(recs, seed, kinds_t, time.monotonic() - t0, interrupted)
+    summary = summarize(recs, seed, kinds_t, time.monotonic() - t0, interrupted, error)
     path = os.path.join(report, "report.json")
     with open(path, "w") as f:
         json.dump({"summary": summary, "faults": recs, "interrupted": interrupted,
-                   "work_dir": work}, f, indent=1)
+                   "error": error, "work_dir": work}, f, indent=1)
     _say(json.dumps(summary))
-    _say(verdict(summary, faults, interrupted, path))
+    _say(verdict(summary, faults, interrupted, path, error))
     return 0 if summary["ok"] else 1
 
 

@@ -5,12 +5,17 @@ Used by `hachain chaos --cluster`, bench/cluster_failover_bench.py and the clust
 - `EtcdCluster`: N members of Debian's etcd-server on free 127.0.0.1 ports (and on
   `extra_hosts`, the host sides of the nodes' veth pairs), data in a temporary directory,
   killed and removed by `stop()`: nothing outlives its user (the members' logs stay with
-  `keep_logs`).
+  `keep_logs`). The binary is `$HACHAIN_ETCD` when set (tests put a failing one there),
+  else `etcd` on PATH, else /usr/bin/etcd.
 - `Net`: one network namespace per node, joined to the host by a veth pair, in a 10.x
   subnet no route of the host uses; `cut(i)` is `ip link set <host side> down`;
   `teardown()` removes every link and namespace it made. Its `ip` commands run in their
   own session, so a second Ctrl-C to the caller's process group cannot kill one halfway.
 - `node_config`: a node's configuration with one stamping singleton service.
+
+What the host fails to do (an `ip` command that fails, an etcd member that cannot start,
+exits or is not healthy in time) raises `HarnessError`, whose text is one line naming
+what failed and where (the command, the member and its log).
 """
 
 from __future__ import annotations
@@ -27,7 +32,12 @@ import time
 import urllib.request
 from typing import Any
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCD = os.environ.get("HACHAIN_ETCD") or shutil.which("etcd") or "/usr/bin/etcd"
+
+
+class HarnessError(Exception):
+    """The host did not do what the harness asked; the text is one line saying what
+    failed and where."""
 
 
 def free_ports(n: int) -> list[int]:
@@ -51,6 +61,7 @@ class Member:
         self.peer_port = peer_port
         self.data = data
         self.proc: subprocess.Popen[bytes] | None = None
+        self.killed = False  # by kill_member: its exit is no failure
 
     @property
     def endpoint(self) -> str:
@@ -85,7 +96,8 @@ class EtcdCluster:
         os.makedirs(m.data, exist_ok=True)
         client_urls = ",".join(f"http://{h}:{m.client_port}"
                                for h in ("127.0.0.1", *self.extra_hosts))
-        log = open(os.path.join(self.dir, f"{m.name}.log"), "ab")  # noqa: SIM115
+        log = open(self.log_path(m), "ab")  # noqa: SIM115
+        m.killed = False
         try:
             m.proc = subprocess.Popen(
                 [ETCD, "--name", m.name, "--data-dir", m.data,
@@ -98,6 +110,9 @@ class EtcdCluster:
                  "--heartbeat-interval", "50", "--election-timeout", "500",
                  "--logger", "zap", "--log-outputs", "stderr"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        except OSError as e:
+            raise HarnessError(f"etcd member {m.name} cannot start: {ETCD}: "
+                               f"{e.strerror or e}") from e
         finally:
             log.close()
 
@@ -109,25 +124,51 @@ class EtcdCluster:
             return False
 
     def wait_healthy(self, timeout: float) -> None:
+        """Every member healthy within `timeout`, else HarnessError naming the first
+        that is not (or that exited)."""
         deadline = time.monotonic() + timeout
-        while not all(self.healthy(m) for m in self.members):
-            for m in self.members:
-                if m.proc is not None and m.proc.poll() is not None:
-                    raise RuntimeError(f"etcd member {m.name} exited: "
-                                       + self.log_tail(m))
+        while True:
+            sick = [m for m in self.members if not self.healthy(m)]
+            if not sick:
+                return
+            self.check_running()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"etcd cluster not healthy within {timeout:g} s: "
-                                   + self.log_tail(self.members[0]))
+                raise HarnessError(f"etcd member {sick[0].name} not healthy within "
+                                   f"{timeout:g} s ({self.last_words(sick[0])})")
             time.sleep(0.1)
 
-    def log_tail(self, m: Member) -> str:
+    def check_running(self) -> None:
+        """HarnessError when a member started and not killed by `kill_member` exited."""
+        for m in self.members:
+            if m.proc is not None and not m.killed and m.proc.poll() is not None:
+                rc = m.proc.returncode
+                how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else \
+                    f"exited with status {rc}"
+                raise HarnessError(f"etcd member {m.name} {how} ({self.last_words(m)})")
+
+    def log_path(self, m: Member) -> str:
+        return os.path.join(self.dir, f"{m.name}.log")
+
+    def last_words(self, m: Member) -> str:
+        """`log: PATH` and the gist of its last line (etcd logs JSON: its msg and error)."""
+        path = self.log_path(m)
         try:
-            with open(os.path.join(self.dir, f"{m.name}.log"), "rb") as f:
-                return f.read()[-1500:].decode(errors="replace")
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+                lines = f.read().decode(errors="replace").splitlines()
         except OSError:
-            return ""
+            lines = []
+        last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+        try:
+            rec = json.loads(last)
+            last = ": ".join(str(rec[k]) for k in ("msg", "error") if rec.get(k))
+        except (ValueError, TypeError, AttributeError):
+            pass
+        last = last if len(last) <= 200 else last[:197] + "..."
+        return f"log: {path}" + (f": {last}" if last else "")
 
     def kill_member(self, m: Member) -> None:
+        m.killed = True
         if m.proc is not None and m.proc.poll() is None:
             m.proc.send_signal(signal.SIGKILL)
             m.proc.wait(10)
@@ -149,21 +190,32 @@ class EtcdCluster:
         self.stop()
 
 
-def ip(*args: str) -> None:
+def ip(*args: str) -> str:
+    """Run `ip ARGS`; its output. HarnessError naming the command when it fails."""
     # its own session: a Ctrl-C to our process group never cuts a set-up or a tear-down
     # step short (the caller decides when to stop; each `ip` is bounded by the timeout)
-    subprocess.run(["ip", *args], check=True, timeout=30, capture_output=True,
-                   start_new_session=True)
+    what = "`ip " + " ".join(args) + "`"
+    try:
+        r = subprocess.run(["ip", *args], timeout=30, capture_output=True, text=True,
+                           start_new_session=True)
+    except subprocess.TimeoutExpired as e:
+        raise HarnessError(f"{what} did not finish within {e.timeout:g} s") from e
+    except OSError as e:
+        raise HarnessError(f"{what} cannot run: {e.strerror or e}") from e
+    if r.returncode != 0:
+        err = " ".join(r.stderr.split()) or "no message"
+        raise HarnessError(f"{what} failed (exit status {r.returncode}): {err}")
+    return r.stdout
 
 
 def free_subnet() -> int:
     """A second octet b such that no route of the host touches 10.b.0.0/16."""
-    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], check=True,
-                            capture_output=True, text=True, timeout=30).stdout
+    routes = ip("-4", "route", "show", "table", "all")
     for b in random.sample(range(100, 250), 150):
         if f"10.{b}." not in routes:
             return b
-    raise RuntimeError("no free 10.x.0.0/16 subnet for the test's namespaces")
+    raise HarnessError("no free 10.x.0.0/16 subnet for the namespaces: every one has a "
+                       "route (ip -4 route show table all)")
 
 
 class Net:

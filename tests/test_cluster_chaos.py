@@ -39,7 +39,7 @@ def test_short_cluster_campaign_keeps_every_invariant(tmp_path: Any) -> None:
         f"chaos: --cluster seed 3, 4 fault(s), kinds {kinds}; work dir {work}"
     rep = json.load(open(os.path.join(report, "report.json")))
     assert rep["summary"]["faults"] == 4 and rep["summary"]["failed"] == 0
-    assert rep["summary"]["ok"] and rep["interrupted"] is None
+    assert rep["summary"]["ok"] and rep["error"] is None and rep["interrupted"] is None
     assert all(r["ok"] for r in rep["faults"])
     assert "PASS: 4 faults, 0 with a broken invariant" in out.stdout
     # the work directory stays, with the evidence: consoles, stamps, etcd logs, no data

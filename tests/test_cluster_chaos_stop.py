@@ -210,7 +210,7 @@ def test_a_stop_signal_ends_the_cluster_campaign_with_a_partial_report_and_nothi
     path = os.path.join(str(report), "report.json")
     rep = json.loads(Path(path).read_text())
     assert rep["interrupted"] == name and rep["summary"]["ok"] is False
-    assert rep["work_dir"] == work
+    assert rep["error"] is None and rep["work_dir"] == work
     n = len(rep["faults"])
     assert rep["summary"]["faults"] == n and (1 if after_fault else 0) <= n < FAULTS
     assert all(r["kind"] in KINDS for r in rep["faults"])
