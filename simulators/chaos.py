@@ -140,6 +140,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     if not args.report:
         print("hachain chaos: --report DIR is required", file=sys.stderr)
         return 2
+    if (problem := chaos_report.report_dir_problem(args.report)) is not None:
+        print(f"hachain chaos: {problem}", file=sys.stderr)
+        return 2
     if args.faults < 0:
         print("hachain chaos: --faults must be >= 0", file=sys.stderr)
         return 2
@@ -163,7 +166,6 @@ def _campaign(args: argparse.Namespace, kinds: list[str]) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     work = os.path.abspath(args.dir) if args.dir else tempfile.mkdtemp(prefix="hachain-chaos-")
     os.makedirs(work, exist_ok=True)
-    os.makedirs(args.report, exist_ok=True)
     cfg_path, cfg = _campaign_setup(args, work)
     tmpfs, tmpfs_reason = can_mount_tmpfs(work)
     runnable, skipped = capabilities(kinds, cfg, tmpfs, tmpfs_reason)
@@ -238,9 +240,11 @@ def _finish(args: argparse.Namespace, rep: dict[str, Any], seed: int, work: str,
         rep["repro"] = {"command": command(0, None), "indexes": [],
                         "note": "the machine never converged after power-on, before any fault"}
     # (not armed: a stop signal now only waits, and the report is written whole)
-    chaos_report.write_json(rep, os.path.join(args.report, "report.json"))
-    chaos_report.write_html(rep, os.path.join(args.report, "report.html"))
-    html_path = os.path.join(args.report, "report.html")
+    unwritten = chaos_report.save_reports(rep, args.report)
+    if unwritten:
+        _say(f"hachain chaos: {unwritten}", sys.stderr)
+    html_path = ("not written (see above)" if unwritten
+                 else os.path.join(args.report, "report.html"))
     _say(chaos_report.table_text(rep["summary"]))
     if rep["baseline_problems"] and not rep["results"]:
         _say(f"chaos: seed {seed}: the machine never converged before the first fault: "
@@ -254,4 +258,4 @@ def _finish(args: argparse.Namespace, rep: dict[str, Any], seed: int, work: str,
         _say(f"chaos: reproduce ({rep['repro']['note']}): {rep['repro']['command']}",
              sys.stderr)
     _say(verdict_line(rep, html_path))
-    return 0 if rep["ok"] else 1
+    return 0 if rep["ok"] and not unwritten else 1

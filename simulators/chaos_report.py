@@ -10,6 +10,7 @@ not: run, inject or judge anything; every verdict is already in the records.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import html
 import json
@@ -207,11 +208,45 @@ def table_text(summary: dict[str, dict[str, Any]]) -> str:
 
 def write_json(report: dict[str, Any], path: str) -> None:
     """report.json, written whole (tmp + rename)."""
+    write_whole(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
+def write_whole(path: str, text: str) -> None:
+    """`text` at `path`, all of it or nothing (tmp + rename; the tmp removed on error)."""
     tmp = path + ".new"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def report_dir_problem(directory: str) -> str | None:
+    """None when `--report DIR` exists or can be made and is writable; else the one line
+    that says why not (checked before a campaign starts, not after it ran)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        return f"--report {directory}: cannot create the directory: {e.strerror or e}"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"--report {directory}: not writable"
+    return None
+
+
+def save(directory: str, files: dict[str, str]) -> str | None:
+    """Write each report file whole; None, or the one line saying which could not be
+    written and why (a full disk, a directory gone): the campaign's table and verdict
+    are still printed, and no half-written file is left."""
+    for name, text in files.items():
+        path = os.path.join(directory, name)
+        try:
+            write_whole(path, text)
+        except OSError as e:
+            return f"cannot write {path}: {e.strerror or e}"
+    return None
 
 
 # --- HTML -----------------------------------------------------------------------------------
@@ -571,7 +606,10 @@ its delay from the fault.</p>
 
 def write_html(report: dict[str, Any], path: str) -> None:
     """report.html, written whole."""
-    tmp = path + ".new"
-    with open(tmp, "w") as f:
-        f.write(html_page(report))
-    os.replace(tmp, path)
+    write_whole(path, html_page(report))
+
+
+def save_reports(report: dict[str, Any], directory: str) -> str | None:
+    """report.json and report.html in `directory` (see `save`)."""
+    return save(directory, {"report.json": json.dumps(report, indent=2, sort_keys=True) + "\n",
+                            "report.html": html_page(report)})

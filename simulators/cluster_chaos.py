@@ -61,7 +61,7 @@ from typing import Any
 
 from hachain import channels, config
 from hachain.cluster import timing
-from hachain.simulators import chaos_kinds, converge
+from hachain.simulators import chaos_kinds, chaos_report, converge
 from hachain.simulators.chaos import _say
 from hachain.simulators.chaos_runner import (
     MAX_SOCKET_PATH,
@@ -466,9 +466,11 @@ def summarize(recs: list[dict[str, Any]], seed: int, kinds: tuple[str, ...],
 
 
 def verdict(summary: dict[str, Any], scheduled: int, interrupted: str | None,
-            path: str, error: str | None = None) -> str:
-    """The campaign's last line: PASS or FAIL, with the counts and the report's path."""
-    broke = f"{summary['failed']} with a broken invariant; report in {path}"
+            path: str | None, error: str | None = None) -> str:
+    """The campaign's last line: PASS or FAIL, with the counts and the report's path
+    (None: it could not be written, the line before says why)."""
+    broke = f"{summary['failed']} with a broken invariant; " + (
+        f"report in {path}" if path else "report not written (see above)")
     if interrupted:
         return (f"FAIL: interrupted by {interrupted} after {summary['faults']} of "
                 f"{scheduled} faults, {broke}")
@@ -486,7 +488,7 @@ def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | 
     report. Write DIR/report.json, print the summary and the verdict; the exit status."""
     seed = seed if seed is not None else random.randrange(1 << 31)
     kinds_t = tuple(kinds or ALL_KINDS)
-    os.makedirs(report, exist_ok=True)
+    os.makedirs(report, exist_ok=True)  # (cmd checked it can be made)
     if work is None:
         work = tempfile.mkdtemp(prefix="hachain-chaos-cluster-")
     os.makedirs(work, exist_ok=True)
@@ -531,12 +533,14 @@ def run_campaign(faults: int, seed: int | None, report: str, kinds: list[str] | 
     # (not armed: a stop signal now only waits, and the report is written whole)
     summary = summarize(recs, seed, kinds_t, time.monotonic() - t0, interrupted, error)
     path = os.path.join(report, "report.json")
-    with open(path, "w") as f:
-        json.dump({"summary": summary, "faults": recs, "interrupted": interrupted,
-                   "error": error, "work_dir": work}, f, indent=1)
+    unwritten = chaos_report.save(report, {"report.json": json.dumps(
+        {"summary": summary, "faults": recs, "interrupted": interrupted, "error": error,
+         "work_dir": work}, indent=1)})
+    if unwritten:
+        _say(f"hachain chaos --cluster: {unwritten}", sys.stderr)
     _say(json.dumps(summary))
-    _say(verdict(summary, faults, interrupted, path, error))
-    return 0 if summary["ok"] else 1
+    _say(verdict(summary, faults, interrupted, None if unwritten else path, error))
+    return 0 if summary["ok"] and not unwritten else 1
 
 
 CLUSTER_SUMMARY = {
@@ -573,6 +577,9 @@ def cmd(args: Any) -> int:
             (not os.path.isdir(work) or os.listdir(work)):
         print(f"hachain chaos --cluster: --dir {work}: not an empty directory (another "
               "campaign's evidence?): give a new or empty one", file=sys.stderr)
+        return 2
+    if (problem := chaos_report.report_dir_problem(args.report)) is not None:
+        print(f"hachain chaos --cluster: {problem}", file=sys.stderr)
         return 2
     from hachain.simulators import singleton_svc
     service = singleton_svc.__file__  # run by path: it imports only the standard library

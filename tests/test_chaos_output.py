@@ -241,6 +241,67 @@ def test_a_stop_signal_writes_a_partial_report_and_leaves_no_mount(
     assert "Traceback" not in err
 
 
+# --- where the report goes: a directory that cannot be made, a full disk -----------------
+
+@pytest.mark.parametrize("mode", [[], ["--qemu"], ["--cluster"]], ids=["sim", "qemu", "cluster"])
+def test_a_report_directory_that_cannot_be_made_is_one_line_before_anything_runs(
+        tmp_path: Any, mode: list[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory\n")
+    report, work = blocker / "rep", tmp_path / "w"
+    out = subprocess.run([sys.executable, "-m", "hachain.cli", "chaos", *mode, "--faults", "1",
+                          "--report", str(report), "--dir", str(work)],
+                         capture_output=True, text=True, timeout=60)
+    who = "hachain chaos --cluster" if mode == ["--cluster"] else "hachain chaos"
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (f"{who}: --report {report}: cannot create the directory: "
+                          "Not a directory\n")
+    assert not work.exists() and blocker.read_text() == "not a directory\n"
+
+
+def test_a_report_file_that_cannot_be_written_leaves_no_half_file(tmp_path: Any) -> None:
+    """save() says which file and why in one line, and leaves neither a .new nor a torn
+    file; the files before it stay written."""
+    d = tmp_path / "rep"
+    d.mkdir()
+    (d / "report.html").mkdir()  # the rename onto it fails: EISDIR
+    err = chaos_report.save(str(d), {"report.json": "{}\n", "report.html": "<p>x</p>"})
+    assert err is not None and err.startswith(f"cannot write {d / 'report.html'}: "), err
+    assert sorted(os.listdir(d)) == ["report.html", "report.json"]
+    assert (d / "report.json").read_text() == "{}\n"
+
+
+@needs_machine
+@pytest.mark.slow
+def test_a_full_disk_under_the_report_is_said_and_the_verdict_still_printed(
+        short_tmp: Any) -> None:
+    rep = short_tmp / "rep"
+    rep.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "hco-full", str(rep)],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    try:
+        with open(rep / "filler", "wb", buffering=0) as f:  # fill it: the report meets ENOSPC
+            with pytest.raises(OSError):
+                while True:
+                    f.write(b"x" * 512)
+        out = subprocess.run([sys.executable, "-m", "hachain.cli", "chaos", "--faults", "1",
+                              "--seed", "3", "--kinds", "kill-service", "--no-shrink",
+                              "--report", str(rep), "--dir", str(short_tmp / "w")],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 1, out.stderr
+        lines = [ln for ln in out.stderr.splitlines() if "cannot write" in ln]
+        assert lines == [f"hachain chaos: cannot write {rep / 'report.json'}: "
+                         "No space left on device"], out.stderr
+        assert "Traceback" not in out.stderr
+        assert sorted(os.listdir(rep)) == ["filler"]  # nothing torn, no .new left
+        verdict = out.stdout.splitlines()[-1]
+        assert verdict.startswith("chaos: PASS: seed 3: all invariants held over 1 fault(s)")
+        assert verdict.endswith("report not written (see above)"), verdict
+    finally:
+        subprocess.run(["umount", "-l", str(rep)], capture_output=True, timeout=10)
+
+
 # --- the HTML report (issue 21.4) -----------------------------------------------------------
 
 _TEXT = re.compile(r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>([^<]*)</text>')

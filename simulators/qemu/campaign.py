@@ -515,7 +515,6 @@ def cmd_chaos_qemu(args: argparse.Namespace) -> int:
     work = Path(os.path.abspath(args.dir) if args.dir
                 else tempfile.mkdtemp(prefix="hachain-chaos-qemu-"))
     work.mkdir(parents=True, exist_ok=True)
-    os.makedirs(args.report, exist_ok=True)
     print(f"chaos: --qemu seed {seed}, {len(chosen)} fault(s), kinds {','.join(kinds)}; "
           f"work dir {work}", file=sys.stderr)
     progress = Progress()
@@ -546,16 +545,19 @@ def _finish_qemu(args: argparse.Namespace, rep: dict[str, Any], seed: int,
     elif rep["baseline_problems"]:
         rep["repro"] = {"command": command(None), "indexes": [],
                         "note": "the guest did not converge outside any fault"}
-    chaos_report.write_json(rep, os.path.join(args.report, "report.json"))
-    chaos_report.write_html(rep, os.path.join(args.report, "report.html"))
-    html_path = os.path.join(args.report, "report.html")
+    unwritten = chaos_report.save_reports(rep, args.report)
+    if unwritten:
+        _say(f"hachain chaos: {unwritten}", sys.stderr)
+    html_path = ("not written (see above)" if unwritten
+                 else os.path.join(args.report, "report.html"))
     _say(chaos_report.table_text(rep["summary"]))
     if not rep["interrupted"]:
         _say(f"chaos: report {html_path}; {rep['boots']} boot(s), {rep['duration']:.0f} s")
     if rep["ok"]:
         _say(f"chaos: --qemu seed {seed}: all invariants held over "
-             f"{len(rep['results'])} fault(s)")
-        return 0
+             f"{len(rep['results'])} fault(s)" + ("; the report was not written" if unwritten
+                                                   else ""))
+        return 1 if unwritten else 0
     for p in rep["baseline_problems"]:
         _say(f"chaos: --qemu seed {seed}: {p}", sys.stderr)
     for r in fails:
