@@ -51,6 +51,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import struct
 from typing import Any, NamedTuple, Protocol
 
@@ -508,7 +509,15 @@ def open_watchdog(spec: str, nowayout: bool = False, timeout: int | None = None)
         return wd
     path = resolve_spec(spec)
     try:
+        # a device node only: a mistyped path to a regular file would get the magic
+        # 'V' written over its first byte, and a FIFO would block the open
+        if not stat.S_ISCHR(os.stat(path).st_mode):
+            raise WatchdogError(f"{path}: open: not a character device (a watchdog is a "
+                                "device node such as /dev/watchdog0); left untouched",
+                                errno.ENODEV, path)
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except WatchdogError:
+        raise
     except OSError as e:
         raise WatchdogError.from_oserror(path, "open", e) from e
     wd = Watchdog(FdTransport(fd), path, nowayout)
