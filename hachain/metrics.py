@@ -59,12 +59,14 @@ Metrics (every name starts with `hachain_`):
 from __future__ import annotations
 
 import argparse
+import errno
 import http.server
 import os
 import platform
 import signal
 import socket
 import socketserver
+import stat
 import sys
 import threading
 import time
@@ -374,18 +376,45 @@ def make_server(registry: CollectorRegistry, listen: str | None, unix: str | Non
     """Bind the server (not yet serving). ValueError / OSError with a reason on failure."""
     handler = handler_for(registry)
     if unix:
-        try:
-            if os.path.exists(unix) and not os.path.isdir(unix):
-                os.unlink(unix)  # a stale socket from an earlier run
-        except OSError:
-            pass
+        _remove_stale_socket(unix)
         return _UnixServer(unix, handler)
     host, sep, port = (listen or "").rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
     host = host.strip("[]")
     cls: type[_TCPServer] = _TCP6Server if ":" in host else _TCPServer
     return cls((host, int(port)), handler)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove the socket an earlier run left at `path`. Anything else is left alone: OSError
+    when the path is not a socket (a file named by mistake) or a live server answers on it."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return  # nothing there, or the bind says why
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, "exists and is not a socket; left untouched")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)  # a listening server accepts at once (the kernel's backlog)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    except OSError:
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "another process serves on this socket")
+
+
+def _same_file(path: str, ident: tuple[int, int] | None) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return ident == (st.st_dev, st.st_ino)
 
 
 def describe_address(server: socketserver.BaseServer) -> str:
@@ -408,6 +437,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{PROG}: cannot listen on {args.unix or args.listen}: "
                          f"{getattr(e, 'strerror', None) or e}\n")
         return 1
+    ident = None
+    if args.unix:  # removed at the end only while it is still this server's socket
+        try:
+            st = os.lstat(args.unix)
+            ident = (st.st_dev, st.st_ino)
+        except OSError:
+            pass
     done = threading.Event()
 
     def stop(_sig: int, _frame: object) -> None:
@@ -423,7 +459,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     finally:
         server.shutdown()
         server.server_close()
-        if args.unix:
+        if args.unix and _same_file(args.unix, ident):
             try:
                 os.unlink(args.unix)
             except OSError:

@@ -5,9 +5,12 @@ operation) and that nothing was lost (a file named by mistake is unchanged)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from typing import Any
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -16,13 +19,17 @@ from tests.conftest import ROOT
 CLI_TIMEOUT = 60.0
 
 
-def hachain(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     for var in ("HACHAIN_STATE_DIR", "HACHAIN_PERSIST_DIR", "HACHAIN_SIM_WATCHDOG"):
         env.pop(var, None)
+    return env
+
+
+def hachain(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hachain.cli", *args], capture_output=True,
-                          text=True, timeout=CLI_TIMEOUT, env=env, cwd=cwd)
+                          text=True, timeout=CLI_TIMEOUT, env=_env(), cwd=cwd)
 
 
 def one_line(p: subprocess.CompletedProcess[str], code: int) -> str:
@@ -47,3 +54,55 @@ def test_watchdog_regular_file_is_not_opened_nor_written(tmp_path: Any) -> None:
             "node such as /dev/watchdog0); left untouched")
         assert p.stdout == ""
     assert f.read_bytes() == b"precious\n"  # was b"Vrecious\n": the magic close wrote 'V'
+
+
+# --- metrics: --unix removes only a stale socket of its own kind ----------------------------
+
+def _metrics_started(proc: subprocess.Popen[str]) -> str:
+    """The start-up line of a `hachain metrics` child (its first line on stderr)."""
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # bounded by the child's own start; killed on failure
+    assert "serving" in line, line
+    return line
+
+
+def test_metrics_unix_path_that_is_a_file_or_in_use_is_left_alone(tmp_path: Any) -> None:
+    pytest.importorskip("prometheus_client")
+    f = tmp_path / "notes.txt"
+    f.write_bytes(b"precious\n")
+    p = hachain("metrics", "--unix", str(f), "--state-dir", str(tmp_path))
+    assert one_line(p, 1) == (f"hachain metrics: cannot listen on {f}: exists and is not "
+                              "a socket; left untouched")
+    assert f.read_bytes() == b"precious\n"  # was unlinked, then served on
+
+    sock = os.path.join(tmp_path, "m.sock")
+    first = subprocess.Popen([sys.executable, "-m", "hachain.cli", "metrics", "--unix", sock,
+                              "--state-dir", str(tmp_path)], stderr=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, text=True, env=_env())
+    try:
+        _metrics_started(first)
+        ino = os.lstat(sock).st_ino
+        p = hachain("metrics", "--unix", sock, "--state-dir", str(tmp_path))
+        assert one_line(p, 1) == (f"hachain metrics: cannot listen on {sock}: another "
+                                  "process serves on this socket")
+        assert os.lstat(sock).st_ino == ino  # the first one's socket, still served
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(CLI_TIMEOUT)
+            c.connect(sock)
+            c.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert c.recv(12).startswith(b"HTTP/1.0 200")
+    finally:
+        first.terminate()
+        try:
+            first.wait(CLI_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            first.wait(CLI_TIMEOUT)
+    assert first.returncode == 0 and not os.path.exists(sock)
+
+
+def test_metrics_port_out_of_range_is_one_line(tmp_path: Any) -> None:
+    pytest.importorskip("prometheus_client")
+    p = hachain("metrics", "--listen", "127.0.0.1:99999", "--state-dir", str(tmp_path))
+    assert one_line(p, 1) == ("hachain metrics: cannot listen on 127.0.0.1:99999: --listen "
+                              "must be HOST:PORT, got '127.0.0.1:99999'")  # was a traceback
