@@ -590,6 +590,24 @@ _WD_KEYS = set(WATCHDOG.names)
 _SVC_KEYS = set(SERVICE.names)
 
 
+MAX_NESTING = 32  # a configuration nests 6 levels at most (service.a.health.command)
+
+
+def _too_deep(data: Any) -> tuple[str, ...] | None:
+    """The key path to the first value nested deeper than MAX_NESTING, or None."""
+    stack: list[tuple[Any, tuple[str, ...], int]] = [(data, (), 0)]
+    while stack:
+        v, at, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return at
+        if isinstance(v, dict):  # the path named: its first 4 keys
+            stack += [(x, at + (str(k),) if len(at) < 4 else at, depth + 1)
+                      for k, x in v.items()]
+        elif isinstance(v, list):
+            stack += [(x, at, depth + 1) for x in v]
+    return None
+
+
 def parse(text: str, path: str = "chain.toml") -> Config:
     """Parse and validate TOML text. Raises ConfigError listing every problem."""
     import tomllib  # here: the layers start from the parsed snapshot (snapshot.PARSED)
@@ -600,6 +618,13 @@ def parse(text: str, path: str = "chain.toml") -> Config:
         m = re.search(r"\(at line (\d+)", str(e))
         where = f"{r.fname}:{m.group(1)}" if m else r.fname
         raise ConfigError([f"{where}: invalid TOML: {str(e).split(' (at line')[0]}"]) from None
+    except RecursionError:  # tomllib descends one Python frame per level of [ or {
+        raise ConfigError([f"{r.fname}: invalid TOML: arrays or inline tables nested too "
+                           "deeply"]) from None
+    deep = _too_deep(data)
+    if deep is not None:  # the schema walks values by recursion too: refuse before it
+        r.err(deep, f"arrays or tables nested more than {MAX_NESTING} levels deep")
+        raise ConfigError(r.errors)
     top = FILE.parse(data, (), r)
     if r.errors or top is S.INVALID:
         raise ConfigError(r.errors or [f"{r.fname}: invalid configuration"])

@@ -245,7 +245,7 @@ def chain_table(text: str) -> dict[str, Any] | None:
     import tomllib
     try:
         return tomllib.loads(body)
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return None
 
 

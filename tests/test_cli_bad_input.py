@@ -8,11 +8,12 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RestarterRun, svc
 
 # A bound on a Python process's start and a one-line refusal; nothing here waits on the
 # chain. Generous: a loaded CI host must not make a refusal look like a hang.
@@ -106,3 +107,53 @@ def test_metrics_port_out_of_range_is_one_line(tmp_path: Any) -> None:
     p = hachain("metrics", "--listen", "127.0.0.1:99999", "--state-dir", str(tmp_path))
     assert one_line(p, 1) == ("hachain metrics: cannot listen on 127.0.0.1:99999: --listen "
                               "must be HOST:PORT, got '127.0.0.1:99999'")  # was a traceback
+
+
+# --- a configuration nested too deeply --------------------------------------------------------
+
+def _nested(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+def test_check_a_config_nested_too_deeply_is_one_line(tmp_path: Any) -> None:
+    head = '[watchdog]\ndevice = "none"\n[service.a]\n'
+    deep = tmp_path / "deep.toml"  # deeper than tomllib's recursion: was a RecursionError
+    deep.write_text(head + f"command = {_nested(5000)}\n")
+    p = hachain("check", "-c", str(deep))
+    assert one_line(p, 2) == ("hachain: deep.toml: invalid TOML: arrays or inline tables "
+                              "nested too deeply")
+    # within tomllib's reach but past the schema's (its walk recursed out)
+    for n in (300, 480):
+        deep.write_text(head + f"command = {_nested(n)}\n")
+        p = hachain("check", "-c", str(deep))
+        assert one_line(p, 2) == ("hachain: deep.toml:4: service.a.command: arrays or "
+                                  "tables nested more than 32 levels deep")
+    deep.write_text(head + 'command = ["/bin/true"]\nenv = ' + "{a=" * 300 + "1"
+                    + "}" * 300 + "\n")
+    p = hachain("check", "-c", str(deep))
+    assert one_line(p, 2) == ("hachain: deep.toml:5: service.a.env.a: arrays or tables "
+                              "nested more than 32 levels deep")
+    for cmd in (("status", "--cluster"), ("move", "a", "b"), ("logs", "a")):
+        deep.write_text(head + f"command = {_nested(5000)}\n")
+        p = hachain(*cmd, "-c", str(deep))
+        assert one_line(p, 2) == ("hachain: deep.toml: invalid TOML: arrays or inline "
+                                  "tables nested too deeply"), cmd
+
+
+def test_reload_of_a_config_nested_too_deeply_changes_nothing(
+        restarter: Callable[..., RestarterRun]) -> None:
+    run = restarter(f"[service.a]\ncommand = {svc('sleep')}\n")
+    pid = run.wait_state("a", "ready")["pid"]
+    with open(run.config) as f:
+        good = f.read()
+    with open(run.config, "w") as f:
+        f.write(good + f"[service.b]\ncommand = {_nested(5000)}\n")
+    p = hachain("reload", "--state-dir", run.state_dir)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    # the refusal's documented form: a head line, then one line per error (was
+    # "hachain: internal error: RecursionError: maximum recursion depth exceeded")
+    assert p.stderr.splitlines() == [
+        "hachain: reload refused, nothing changed:",
+        "hachain: chain.toml: invalid TOML: arrays or inline tables nested too deeply"]
+    st = run.status()
+    assert list(st) == ["a"] and st["a"]["state"] == "ready" and st["a"]["pid"] == pid

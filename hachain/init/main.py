@@ -624,7 +624,7 @@ class Init:
             value = chain.get("persist_dir") if isinstance(chain, dict) else None
             if isinstance(value, str) and value:
                 return value
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply
             pass
         return channels.DEFAULT_PERSIST_DIR
 
