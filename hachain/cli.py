@@ -54,13 +54,38 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dir_problem(path: str) -> tuple[str, int]:
+    """Why `path` cannot be made a directory ("" when it is one), and the exit code: 2 when
+    a file is in the way (the configuration names the wrong place), 1 when the host
+    refused (read-only, full, no permission)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        return "exists and is not a directory", 2
+    except NotADirectoryError:
+        return "cannot create the directory: a part of the path is not a directory", 2
+    except OSError as e:
+        return f"cannot create the directory: {e.strerror or e}", 1
+    return "", 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from hachain import snapshot
     # Validate once and keep what was accepted: the layers run this snapshot (init, which
     # this process becomes, has the same pid and so the same chain id), and a broken
     # file falls back to the last-known-good snapshot, said in one line.
+    said: list[str] = []
     cfg, snap = snapshot.accept(args.config, chain_id=channels.chain_id(os.getpid()),
-                                log=_err, last_good=False)
+                                log=said.append, last_good=False)
+    # Directories the restarter cannot start without: refused before anything starts (init
+    # would restart a restarter that cannot start for ever).
+    for key, d in (("state_dir", cfg.chain.state_dir), ("persist_dir", cfg.chain.persist_dir)):
+        problem, code = _dir_problem(d)
+        if problem:
+            _err(f"{cfg.path}: chain.{key} {d}: {problem}; nothing started")
+            return code
+    for line in said:
+        _err(line)
     # The durable last-known-good copy (an fsync, 6-15 ms here) is written by a child,
     # off the path to the first service; init, which this process becomes, reaps it.
     sys.stdout.flush()

@@ -157,3 +157,67 @@ def test_reload_of_a_config_nested_too_deeply_changes_nothing(
         "hachain: chain.toml: invalid TOML: arrays or inline tables nested too deeply"]
     st = run.status()
     assert list(st) == ["a"] and st["a"]["state"] == "ready" and st["a"]["pid"] == pid
+
+
+# --- run: the chain's directories ------------------------------------------------------------
+
+def _chain_toml(tmp_path: Any, state_dir: str, persist_dir: str) -> str:
+    path = os.path.join(tmp_path, "chain.toml")
+    with open(path, "w") as f:
+        f.write(f'[chain]\nstate_dir = "{state_dir}"\npersist_dir = "{persist_dir}"\n'
+                'cgroup_root = "none"\n[watchdog]\ndevice = "none"\n'
+                f"[service.a]\ncommand = {svc('sleep')}\n")
+    return path
+
+
+def test_run_with_a_file_where_a_directory_goes_starts_nothing(tmp_path: Any) -> None:
+    """Init used to start anyway and restart a restarter that died with a traceback at
+    every start (FileExistsError / NotADirectoryError), for ever."""
+    f = tmp_path / "notes.txt"
+    f.write_bytes(b"precious\n")
+    ok = str(tmp_path / "ok")
+    for key, state, persist, why in (
+            ("state_dir", str(f), ok, "exists and is not a directory"),
+            ("state_dir", f"{f}/run", ok, "cannot create the directory: a part of the path "
+             "is not a directory"),
+            ("persist_dir", ok, f"{f}/persist", "cannot create the directory: a part of the "
+             "path is not a directory")):
+        cfg = _chain_toml(tmp_path, state, persist)
+        p = hachain("run", "-c", cfg)  # an exec'd init would run until the timeout
+        d = state if key == "state_dir" else persist
+        assert one_line(p, 2) == f"hachain: {cfg}: chain.{key} {d}: {why}; nothing started"
+    assert f.read_bytes() == b"precious\n"
+    assert not os.path.exists(os.path.join(ok, "hb"))  # no layer ever ran
+
+
+def test_restarter_that_cannot_make_its_directory_says_so_in_one_line(tmp_path: Any) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_bytes(b"precious\n")
+    cfg = _chain_toml(tmp_path, str(tmp_path / "run"), f"{f}/persist")
+    p = subprocess.run([sys.executable, "-m", "hachain.restarter", "-c", cfg],
+                       capture_output=True, text=True, timeout=CLI_TIMEOUT, env=_env())
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.splitlines()[-1] == (f"hachain-restarter: cannot start: {f}/persist: Not "
+                                         "a directory")
+    assert f.read_bytes() == b"precious\n"
+
+
+# --- import: a line of a few MB ------------------------------------------------------------
+
+def test_import_of_a_multi_megabyte_command_line_is_refused_at_once(tmp_path: Any) -> None:
+    """shlex split it a character at a time: minutes for 3 MB (the test timed out)."""
+    unit = tmp_path / "big.service"
+    unit.write_text("[Service]\nExecStart=/bin/true " + "x" * 3_000_000 + "\n")
+    p = hachain("import", str(unit))
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stdout == ""
+    assert p.stderr.splitlines() == [
+        f"hachain import: refused: {unit}:2: ExecStart: cannot split the command line: "
+        "longer than 131071 bytes (3000010)",
+        "hachain import: nothing to import"]
+    conf = tmp_path / "big.conf"  # supervisord's command= and environment=
+    conf.write_text("[program:big]\ncommand=/bin/true\nenvironment=A=" + "x" * 3_000_000
+                    + "\n")
+    p = hachain("import", str(conf))
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.splitlines() == [
+        f"hachain import: warning: {conf}:3: environment: longer than 131071 bytes; dropped"]

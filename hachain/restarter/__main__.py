@@ -12,6 +12,14 @@ from hachain.restarter import standby
 from hachain.restarter.loop import AlreadyRunning, Restarter, log, take_lock
 
 
+def _cannot_start(e: OSError) -> int:
+    """One line for an OS error that stops the start (init restarts the restarter)."""
+    where = f"{e.filename}: " if e.filename else ""
+    why = "exists and is not a directory" if isinstance(e, FileExistsError) else e.strerror
+    log(f"cannot start: {where}{why or e}")
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hachain-restarter")
     p.add_argument("-c", "--config", default=os.environ.get(channels.ENV_CONFIG,
@@ -29,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
             return code
         # the worker: the lock first (a worker of an earlier standby may still hold it),
         # then the running snapshot, which that one may have changed until it died
-        os.makedirs(state, exist_ok=True)
+        try:
+            os.makedirs(state, exist_ok=True)
+        except OSError as e:
+            return _cannot_start(e)
         lock_fd = take_lock(state, wait=True)
         pre = standby.PRELOADED
         if pre is not None and standby.running_ident(state) == pre.ident:
@@ -48,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except AlreadyRunning as e:
         log(str(e))
         return 1
+    except OSError as e:  # its directories: a file in the way, a read-only disk
+        return _cannot_start(e)
     r.cgroups.held.update(standby.HELD)  # the standby's descriptors (none without it)
     what = "the last-known-good configuration of " if snap.fallback else ""
     log(f"supervising {len(cfg.services)} service(s) from {what}{cfg.path} "
