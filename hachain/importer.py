@@ -25,8 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hachain import cmdline, config
+from hachain.schema import MAX_ARG
 
 PROG = "hachain import"
+
+
+def _split(value: str) -> list[str]:
+    """shlex.split, for a value no longer than the longest argument execve(2) takes: shlex
+    builds a word a character at a time (a 3 MB ExecStart= line took minutes). ValueError
+    when the value is longer, as for a value that does not split."""
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size > MAX_ARG:
+        raise ValueError(f"longer than {MAX_ARG} bytes ({size})")
+    return shlex.split(value)
 
 # --- small value parsers --------------------------------------------------------------------
 
@@ -247,7 +258,7 @@ def _exec_argv(e: Entry, n: _Notes) -> list[str] | None:
     pre = prefixes.group(0) if prefixes else ""
     v = v[len(pre):]
     try:
-        argv = shlex.split(v)
+        argv = _split(v)
     except ValueError as ex:
         n.error(e.line, "ExecStart", f"cannot split the command line: {ex}")
         return None
@@ -281,7 +292,7 @@ def _systemd_env(e: Entry, env: dict[str, str], n: _Notes) -> None:
         env.clear()
         return
     try:
-        words = shlex.split(e.value)
+        words = _split(e.value)
     except ValueError as ex:
         n.warn(e.line, "Environment", f"cannot parse {e.value!r} ({ex}); dropped")
         return
@@ -593,6 +604,9 @@ _SUPERVISORD_IGNORED_SECTIONS = ("supervisord", "supervisorctl", "unix_http_serv
 
 def _supervisord_env(value: str, line: int, n: _Notes) -> dict[str, str]:
     """`KEY="val",KEY2=val2` → a dict; unparsable pairs are warned about and dropped."""
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_ARG:
+        n.warn(line, "environment", f"longer than {MAX_ARG} bytes; dropped")
+        return {}
     lex = shlex.shlex(value, posix=True)
     lex.whitespace = ","
     lex.whitespace_split = True
@@ -743,7 +757,7 @@ def _process(prog: str, pname: str, ents: list[Entry], names: dict[str, Any], pa
         k, v = e.key, _expand(e.value, names, e, n)
         try:
             if k == "command":
-                argv = shlex.split(v)
+                argv = _split(v)
                 if not argv:
                     raise ValueError("empty command")
                 svc["command"] = argv
