@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import math
 import os
 import shutil
 import signal
@@ -671,8 +672,24 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if args.boots is not None and args.boots < 1 or args.panic_delay < 0:
         print("hachain sim: --boots must be >= 1 and --panic-delay >= 0", file=sys.stderr)
         return 2
+    for opt, value, low in (("--duration", args.duration, 0.0),
+                            ("--panic-delay", args.panic_delay, None),
+                            ("--status-every", args.status_every, None)):
+        # nan passed every comparison above (and ran for ever), a negative --duration
+        # ended at once with exit 0
+        if value is not None and (not math.isfinite(value) or value < 0
+                                  or (low is not None and value <= low)):
+            print(f"hachain sim: {opt} must be a number of seconds "
+                  f"{'> 0' if low is not None else '>= 0'}, got {value:g}", file=sys.stderr)
+            return 2
     d = os.path.abspath(args.dir) if args.dir else tempfile.mkdtemp(prefix="hachain-sim-")
-    os.makedirs(d, exist_ok=True)
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        why = ("exists and is not a directory" if isinstance(e, FileExistsError)
+               else f"cannot create the directory: {e.strerror or e}")
+        print(f"hachain sim: --dir {args.dir}: {why}", file=sys.stderr)
+        return 2
     print(f"sim: machine directory {d}", flush=True)
     cfg_path = args.config
     if cfg_path is None:

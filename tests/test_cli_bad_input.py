@@ -221,3 +221,25 @@ def test_import_of_a_multi_megabyte_command_line_is_refused_at_once(tmp_path: An
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert p.stderr.splitlines() == [
         f"hachain import: warning: {conf}:3: environment: longer than 131071 bytes; dropped"]
+
+
+# --- sim: its options, checked before a machine boots ---------------------------------------
+
+def test_sim_bad_dir_and_durations_are_one_line_exit_2(tmp_path: Any) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_bytes(b"precious\n")
+    for args, line in (
+            (("--dir", str(f)), f"--dir {f}: exists and is not a directory"),  # traceback
+            (("--dir", f"{f}/m"), f"--dir {f}/m: cannot create the directory: Not a directory"),
+            (("--duration", "-1"), "--duration must be a number of seconds > 0, got -1"),
+            (("--duration", "nan"), "--duration must be a number of seconds > 0, got nan"),
+            (("--status-every", "-1"), "--status-every must be a number of seconds >= 0, "
+             "got -1"),
+            (("--panic-delay", "nan"), "--panic-delay must be a number of seconds >= 0, "
+             "got nan")):
+        p = hachain("sim", *args)
+        if p.returncode == 1 and "needs root" in p.stderr:
+            pytest.skip(p.stderr.strip())
+        assert one_line(p, 2) == f"hachain sim: {line}", args
+        assert p.stdout == ""  # no machine directory announced: nothing booted
+    assert f.read_bytes() == b"precious\n"
