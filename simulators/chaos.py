@@ -143,6 +143,13 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     if (problem := chaos_report.report_dir_problem(args.report)) is not None:
         print(f"hachain chaos: {problem}", file=sys.stderr)
         return 2
+    if args.dir:
+        try:
+            os.makedirs(args.dir, exist_ok=True)
+        except OSError as e:
+            print(f"hachain chaos: --dir {args.dir}: cannot create the directory: "
+                  f"{e.strerror or e}", file=sys.stderr)
+            return 2
     if args.faults < 0:
         print("hachain chaos: --faults must be >= 0", file=sys.stderr)
         return 2

@@ -259,6 +259,19 @@ def test_a_report_directory_that_cannot_be_made_is_one_line_before_anything_runs
     assert not work.exists() and blocker.read_text() == "not a directory\n"
 
 
+
+@pytest.mark.parametrize("mode", [[], ["--qemu"]], ids=["sim", "qemu"])
+def test_a_work_directory_that_cannot_be_made_is_one_line(tmp_path: Any, mode: list[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory\n")
+    out = subprocess.run([sys.executable, "-m", "hachain.cli", "chaos", *mode, "--faults", "1",
+                          "--report", str(tmp_path / "rep"), "--dir", str(blocker / "w")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (f"hachain chaos: --dir {blocker / 'w'}: cannot create the "
+                          "directory: Not a directory\n")
+
+
 def test_a_report_file_that_cannot_be_written_leaves_no_half_file(tmp_path: Any) -> None:
     """save() says which file and why in one line, and leaves neither a .new nor a torn
     file; the files before it stay written."""
