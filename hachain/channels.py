@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import time
 import zlib
@@ -61,6 +62,21 @@ DISK_VERDICT = "config/disk-verdict.json"  # in state_dir: the file's validation
 RUNNING_PARSED = "config/running.parsed"  # in state_dir: RUNNING_CONFIG, parsed (pickle)
 
 LAYERS = ("init", "restarter", "tickler")
+
+# Service names: also a file name (NAME.log), a cgroup name and a status-table cell. The
+# configuration's rule (config.py), checked here too wherever a name comes from outside a
+# configuration: the command line (`hachain start/logs NAME`) and the control socket.
+SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+SERVICE_NAME_RULE = ("1 to 64 letters, digits, '_', '.', '@' or '-', starting with a letter "
+                     "or digit")
+
+
+def service_name_problem(name: Any) -> str | None:
+    """Why `name` cannot be a service's name (one line, naming it), or None when it can."""
+    if not isinstance(name, str) or not SERVICE_NAME_RE.fullmatch(name):
+        shown = name if isinstance(name, str) else json.dumps(name)
+        return f"{shown}: not a service name ({SERVICE_NAME_RULE})"
+    return None
 
 # Environment variables a parent layer passes to a child layer.
 ENV_CONFIG = "HACHAIN_CONFIG"
@@ -610,6 +626,7 @@ def pid_alive(pid: int) -> bool:
 # hachain/_front.c) is the one reply with a body: {"ok": true, "exit": N, "bytes": N} and
 # then exactly that many bytes, what `hachain status [--json]` prints.
 
+NAME_OPS = ("start", "stop", "restart", "clear")  # the requests that name a service
 REPLY_BODY = "_body"  # a handler's reply key: these bytes follow the reply line
 
 def encode_message(obj: dict[str, Any]) -> bytes:
@@ -629,4 +646,11 @@ def decode_request(line: bytes) -> dict[str, Any]:
     op = obj.get("op")
     if not isinstance(op, str):
         raise ValueError("request has no string 'op'")
+    if op in NAME_OPS:
+        name = obj.get("name")
+        if not isinstance(name, str):
+            raise ValueError(f"request {op!r} has no string 'name'")
+        problem = service_name_problem(name)
+        if problem:
+            raise ValueError(problem)
     return obj

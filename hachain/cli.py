@@ -152,6 +152,10 @@ def cmd_status_cluster(args: argparse.Namespace) -> int:
 
 def cmd_move(args: argparse.Namespace) -> int:
     """Hand a singleton to another node: its owner stops it first, then releases it."""
+    problem = channels.service_name_problem(args.name)
+    if problem:
+        _err(f"move: {problem}")
+        return 2
     cfg = _load(args.config or channels.DEFAULT_CONFIG)
     svc = cfg.services.get(args.name)
     if cfg.cluster is None or svc is None or not svc.singleton:
@@ -210,6 +214,10 @@ def cmd_control(args: argparse.Namespace) -> int:
         return cmd_clear_boot_loop(args)
     if args.name is None:
         _err(f"{args.cmd}: a service name is required")
+        return 2
+    problem = channels.service_name_problem(args.name)
+    if problem:
+        _err(f"{args.cmd}: {problem}")
         return 2
     state_dir, _ = dirs(args)
     try:

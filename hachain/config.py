@@ -59,8 +59,8 @@ from hachain.errors import ConfigError
 
 WEEK = 604800.0  # the upper bound of a duration that has no tighter one
 # Service names: also a file name (NAME.log), a cgroup name and a status-table cell.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
-NAME_RULE = "1 to 64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
+NAME_RE = channels.SERVICE_NAME_RE  # kept in channels: the CLI checks names without this
+NAME_RULE = channels.SERVICE_NAME_RULE
 _SERVICE_NAME = S.Text(nonempty=True, pattern=NAME_RE.pattern, what=NAME_RULE)
 # User and group names as useradd(8) takes them (and a trailing $ for machine accounts).
 _UNIX_NAME = S.Text(nonempty=True, pattern=r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?",

@@ -232,7 +232,13 @@ def _lines_arg(text: str) -> int | None:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    """`hachain logs`: exit 0, 1 when there is no such service or log, 2 on bad config."""
+    """`hachain logs`: exit 0, 1 when there is no such service or log, 2 on bad config or
+    a NAME that no service can have (it names a file: `../../x` would be outside the log
+    directory)."""
+    problem = channels.service_name_problem(args.name)
+    if problem:
+        sys.stderr.write(f"{PROG}: {problem}\n")
+        return 2
     try:
         log_dir, known = log_dir_for(args)
         if args.follow:

@@ -4,6 +4,7 @@ operation) and that nothing was lost (a file named by mistake is unchanged)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -243,3 +244,61 @@ def test_sim_bad_dir_and_durations_are_one_line_exit_2(tmp_path: Any) -> None:
         assert one_line(p, 2) == f"hachain sim: {line}", args
         assert p.stdout == ""  # no machine directory announced: nothing booted
     assert f.read_bytes() == b"precious\n"
+
+
+# --- service names: the configuration's rule, wherever a name comes from outside it -------
+
+RULE = "1 to 64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
+
+
+def test_logs_name_outside_the_rule_reads_nothing(tmp_path: Any) -> None:
+    """`../../x` was joined to --log-dir: it printed a file outside the log directory."""
+    logs = tmp_path / "a" / "b" / "log"
+    logs.mkdir(parents=True)
+    (tmp_path / "secret.log").write_text("secret line\n")
+    for name in ("../../secret", "-", ".hidden", "a/b", "x" * 65):
+        p = hachain("logs", "--log-dir", str(logs), "--", name)
+        assert one_line(p, 2) == f"hachain logs: {name}: not a service name ({RULE})"
+        assert p.stdout == ""
+
+
+def test_control_and_move_names_outside_the_rule_are_bad_usage(tmp_path: Any) -> None:
+    state = tmp_path / "run"  # no chain here: the name is refused before anything is asked
+    for cmd in ("start", "stop", "restart", "clear"):
+        p = hachain(cmd, "--state-dir", str(state), "--", "../x")
+        assert one_line(p, 2) == f"hachain: {cmd}: ../x: not a service name ({RULE})"
+        assert p.stdout == ""
+    p = hachain("move", "--", "../x", "node2")
+    assert one_line(p, 2) == f"hachain: move: ../x: not a service name ({RULE})"
+    assert not state.exists()
+
+
+def _raw_request(state_dir: str, line: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(CLI_TIMEOUT)
+        c.connect(os.path.join(state_dir, "control.sock"))
+        c.sendall(line + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            got = c.recv(4096)
+            if not got:
+                break
+            buf += got
+    rep: dict[str, Any] = json.loads(buf)
+    return rep
+
+
+def test_control_request_without_a_string_name_is_refused(
+        restarter: Callable[..., RestarterRun]) -> None:
+    run = restarter(f"[service.a]\ncommand = {svc('sleep')}\n")
+    pid = run.wait_state("a", "ready")["pid"]
+    for line, error in (
+            (b'{"op": "stop"}', "request 'stop' has no string 'name'"),  # was: unknown service None
+            (b'{"op": "restart", "name": null}', "request 'restart' has no string 'name'"),
+            (b'{"op": "stop", "name": ["a"]}', "request 'stop' has no string 'name'"),
+            (b'{"op": "start", "name": 7}', "request 'start' has no string 'name'"),
+            (b'{"op": "stop", "name": "../a"}', f"../a: not a service name ({RULE})"),
+            (b'{"op": "clear", "name": ""}', f": not a service name ({RULE})")):
+        assert _raw_request(run.state_dir, line) == {"ok": False, "error": error}, line
+    st = run.status()  # still running, and nothing changed
+    assert st["a"]["state"] == "ready" and st["a"]["pid"] == pid
