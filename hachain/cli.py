@@ -123,11 +123,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Exit 0 only when the chain is healthy, 1 when degraded or resetting (like
-    `systemctl is-system-running`), 2 on bad usage or configuration."""
+    `systemctl is-system-running`) or when the state directory is not there, 2 on bad
+    usage or configuration."""
     from hachain import status
     if getattr(args, "cluster", False):
         return cmd_status_cluster(args)
     state_dir, persist_dir = dirs(args)
+    if not os.path.isdir(state_dir):
+        # Not a chain's (a typo, a file, no chain here): say so, not "init dead" from
+        # the heartbeats that cannot be there.
+        why = "missing" if not os.path.lexists(state_dir) else "not a directory"
+        msg = f"status: {state_dir}: not a chain's state directory ({why})"
+        if args.json:
+            print(json.dumps({"error": msg, "state_dir": state_dir}, sort_keys=True))
+        else:
+            _err(msg)
+        return 1
     st = status.gather_status(state_dir, persist_dir, config_path=args.config)
     sys.stdout.write(status.text(st, args.json, sys.stdout.isatty()))
     return status.exit_code(st)

@@ -193,6 +193,7 @@ def test_status_shows_previous_reason_and_unclean_count(tmp_path: Any) -> None:
         boot(d, f"b{i}", 1000.0 + i, "gate-failure", ["db"])
     boot(d, "b3", 1010.0)
     bootrecord.begin_boot(d, "b3", 1011.0, bootstatus=0x20, device="sim")
+    (tmp_path / "run").mkdir()  # a state directory with no chain running in it
     p = subprocess.run([sys.executable, "-m", "hachain.cli", "status", "--state-dir",
                         str(tmp_path / "run"), "--persist-dir", d], capture_output=True,
                        text=True, timeout=30, check=False)

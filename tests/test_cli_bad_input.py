@@ -302,3 +302,22 @@ def test_control_request_without_a_string_name_is_refused(
         assert _raw_request(run.state_dir, line) == {"ok": False, "error": error}, line
     st = run.status()  # still running, and nothing changed
     assert st["a"]["state"] == "ready" and st["a"]["pid"] == pid
+
+
+# --- status: a state directory that is not there ----------------------------------------------
+
+def test_status_of_a_state_dir_that_is_missing_or_a_file(tmp_path: Any) -> None:
+    """Was 'degraded: init dead ...', as if a chain had died there."""
+    f = tmp_path / "notes.txt"
+    f.write_bytes(b"precious\n")
+    for d, why in ((str(tmp_path / "nothing"), "missing"), (str(f), "not a directory")):
+        msg = f"status: {d}: not a chain's state directory ({why})"
+        p = hachain("status", "--state-dir", d, "--persist-dir", str(tmp_path / "p"))
+        assert one_line(p, 1) == f"hachain: {msg}"
+        assert p.stdout == ""
+        p = hachain("status", "--json", "--state-dir", d, "--persist-dir",
+                    str(tmp_path / "p"))
+        assert p.returncode == 1 and p.stderr == ""
+        assert json.loads(p.stdout) == {"error": msg, "state_dir": d}
+    assert f.read_bytes() == b"precious\n"
+    assert not (tmp_path / "nothing").exists() and not (tmp_path / "p").exists()

@@ -86,6 +86,7 @@ def test_no_chain_is_handed_over(tmp_path: Any) -> None:
     """No control socket: the CLI judges (every layer dead, exit 1), the front says the same."""
     args = ("status", "--state-dir", str(tmp_path / "run"), "--persist-dir",
             str(tmp_path / "persist"))
+    (tmp_path / "run").mkdir()  # the chain's directory, with no chain running in it
     for extra in ((), ("--json",)):
         front, cli = run(FRONT, *args, *extra), run(CLI, *args, *extra)
         assert front.returncode == cli.returncode == 1
