@@ -95,8 +95,19 @@ def _chain_dirs(path: str) -> tuple[str, str] | None:
             found.get("persist_dir", channels.DEFAULT_PERSIST_DIR))
 
 
+# Options naming a path: given empty, they are a mistake (a variable that was not set), not
+# "unset": `-c ''` read the current directory, `--state-dir ''` used the default one.
+PATH_OPTIONS = (("config", "-c/--config"), ("state_dir", "--state-dir"),
+                ("persist_dir", "--persist-dir"), ("log_dir", "--log-dir"))
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed sub-command: its exit code; 2 on a configuration error, 130 on ^C."""
+    """Run a parsed sub-command: its exit code; 2 on a configuration error or an empty
+    path option, 130 on ^C."""
+    for attr, option in PATH_OPTIONS:
+        if getattr(args, attr, None) == "":
+            err(f"{option}: empty path")
+            return 2
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

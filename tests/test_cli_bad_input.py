@@ -321,3 +321,24 @@ def test_status_of_a_state_dir_that_is_missing_or_a_file(tmp_path: Any) -> None:
         assert json.loads(p.stdout) == {"error": msg, "state_dir": d}
     assert f.read_bytes() == b"precious\n"
     assert not (tmp_path / "nothing").exists() and not (tmp_path / "p").exists()
+
+
+# --- an empty path is a mistake, not "unset" --------------------------------------------------
+
+def test_empty_path_options_are_bad_usage(tmp_path: Any) -> None:
+    """`run -c ''` read the current directory; `--state-dir ''` and friends used the
+    defaults without a word."""
+    (tmp_path / "chain.toml").write_text('[watchdog]\ndevice = "none"\n')
+    for args, option in (
+            (("run", "-c", ""), "-c/--config"), (("check", "--config="), "-c/--config"),
+            (("status", "-c", ""), "-c/--config"), (("status", "--state-dir", ""), "--state-dir"),
+            (("status", "--json", "--persist-dir", ""), "--persist-dir"),
+            (("stop", "a", "--state-dir", ""), "--state-dir"),
+            (("reload", "--state-dir", ""), "--state-dir"),
+            (("logs", "a", "--log-dir", ""), "--log-dir"),
+            (("logs", "a", "--persist-dir", ""), "--persist-dir"),
+            (("move", "a", "b", "-c", ""), "-c/--config")):
+        p = hachain(*args, cwd=str(tmp_path))  # nothing may start: `run` would not return
+        assert one_line(p, 2) == f"hachain: {option}: empty path", args
+        assert p.stdout == ""
+    assert os.listdir(tmp_path) == ["chain.toml"]
