@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -245,6 +246,17 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 # --- the parser -----------------------------------------------------------------------------
 
+def _seconds_arg(text: str) -> float:
+    """A number of seconds >= 0 and finite (`nan` passed every comparison: waited for ever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def _add_dirs(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="configuration file (to find state_dir)")
     p.add_argument("--state-dir", help="the chain's runtime directory")
@@ -294,7 +306,8 @@ def build_parser(plugins: bool = True, only: str | None = None) -> argparse.Argu
         mv.add_argument("name")
         mv.add_argument("node")
         mv.add_argument("-c", "--config", help="configuration file")
-        mv.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+        mv.add_argument("--timeout", type=_seconds_arg, default=30.0,
+                        help="seconds (default 30)")
         mv.set_defaults(func=cmd_move)
 
     for name, hlp in (("start", "start a service (want up)"), ("stop", "stop a service "

@@ -342,3 +342,21 @@ def test_empty_path_options_are_bad_usage(tmp_path: Any) -> None:
         assert one_line(p, 2) == f"hachain: {option}: empty path", args
         assert p.stdout == ""
     assert os.listdir(tmp_path) == ["chain.toml"]
+
+
+# --- move --timeout: a number of seconds ------------------------------------------------------
+
+def test_move_timeout_negative_or_not_finite_is_refused_at_parsing(tmp_path: Any) -> None:
+    """-1 and nan were taken (nan never times out); refused before the configuration is
+    read (there is none here: it would be a different line)."""
+    for value in ("-1", "nan", "inf", "-inf", "soon"):
+        p = hachain("move", "web", "node2", "-c", str(tmp_path / "none.toml"),
+                    f"--timeout={value}")  # (`--timeout -inf` reads as an option)
+        assert p.returncode == 2 and "Traceback" not in p.stderr and p.stdout == ""
+        usage, line = p.stderr.splitlines()  # argparse's usage line, then the error
+        assert usage.startswith("usage: hachain move ")
+        assert line == ("hachain move: error: argument --timeout: must be a number of "
+                        f"seconds >= 0, got '{value}'")
+    p = hachain("move", "web", "node2", "-c", str(tmp_path / "none.toml"), "--timeout", "0")
+    assert one_line(p, 2) == (f"hachain: {tmp_path}/none.toml: cannot read configuration: "
+                              "No such file or directory")  # 0 is a timeout: parsed
