@@ -1049,7 +1049,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     for e in conv.errors:
         sys.stderr.write(f"{PROG}: refused: {e}\n")
     if not conv.services:
-        sys.stderr.write(f"{PROG}: nothing to import\n")
+        if not conv.errors:  # else the refusals said why, each naming its input
+            sys.stderr.write(f"{PROG}: nothing to import\n")
         return 2
     sys.stdout.write(text)
     try:

@@ -213,8 +213,7 @@ def test_import_of_a_multi_megabyte_command_line_is_refused_at_once(tmp_path: An
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stdout == ""
     assert p.stderr.splitlines() == [
         f"hachain import: refused: {unit}:2: ExecStart: cannot split the command line: "
-        "longer than 131071 bytes (3000010)",
-        "hachain import: nothing to import"]
+        "longer than 131071 bytes (3000010)"]  # the refusal alone: it says why
     conf = tmp_path / "big.conf"  # supervisord's command= and environment=
     conf.write_text("[program:big]\ncommand=/bin/true\nenvironment=A=" + "x" * 3_000_000
                     + "\n")
@@ -360,3 +359,22 @@ def test_move_timeout_negative_or_not_finite_is_refused_at_parsing(tmp_path: Any
     p = hachain("move", "web", "node2", "-c", str(tmp_path / "none.toml"), "--timeout", "0")
     assert one_line(p, 2) == (f"hachain: {tmp_path}/none.toml: cannot read configuration: "
                               "No such file or directory")  # 0 is a timeout: parsed
+
+
+# --- import: a refusal is the whole answer ----------------------------------------------------
+
+def test_import_of_only_refused_inputs_says_the_refusals_alone(tmp_path: Any) -> None:
+    """Each refusal was followed by 'hachain import: nothing to import'."""
+    unit = tmp_path / "empty.service"
+    unit.write_text("[Unit]\nDescription=nothing\n[Service]\nType=simple\n")
+    p = hachain("import", str(unit))
+    assert one_line(p, 2).startswith(f"hachain import: refused: {unit}")
+    assert "ExecStart: missing" in p.stderr and p.stdout == ""
+    masked = tmp_path / "masked.service"
+    masked.symlink_to(os.devnull)
+    p = hachain("import", str(unit), str(masked))
+    assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 2 and all(ln.startswith("hachain import: refused: ") for ln in lines)
+    assert f"{masked}: the unit is masked" in lines[1]
+    assert unit.read_text() == "[Unit]\nDescription=nothing\n[Service]\nType=simple\n"
