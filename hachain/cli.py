@@ -12,8 +12,12 @@ import math
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from hachain import bootrecord, channels, client, cmdline
+
+if TYPE_CHECKING:
+    from hachain import config
 
 _err = cmdline.err
 _load = cmdline.load
@@ -43,6 +47,10 @@ def cmd_check(args: argparse.Namespace) -> int:
               f"expires; failover within "
               f"{timing.failover_bound(cl.lease_ttl, w, cl.margin, cfg.chain.heartbeat_interval):g}"
               " s plus the service's start")
+    # A configuration may be checked on a build host where its users do not exist yet:
+    # a warning each, not an error (the restarter fails the service's start instead).
+    for line in _unknown_accounts(cfg):
+        _err(f"{args.config}: warning: {line}")
     if cfg.watchdog.device == "auto":
         from hachain.watchdog.discover import discover
         if not discover():
@@ -53,6 +61,23 @@ def cmd_check(args: argparse.Namespace) -> int:
         _err(f"{args.config}: warning: watchdog.device {cfg.watchdog.device} does not exist "
              "here")
     return 0
+
+
+def _unknown_accounts(cfg: config.Config) -> list[str]:
+    """One line per service `user` or `group` this host's passwd/group does not know."""
+    import grp
+    import pwd
+    out = []
+    for name, svc in cfg.services.items():
+        for kind, value, lookup in (("user", svc.user, pwd.getpwnam),
+                                    ("group", svc.group, grp.getgrnam)):
+            if value is None:
+                continue
+            try:
+                lookup(value)
+            except KeyError:
+                out.append(f"service {name}: {kind} {value} does not exist on this host")
+    return out
 
 
 def _dir_problem(path: str) -> tuple[str, int]:

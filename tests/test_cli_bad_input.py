@@ -4,8 +4,10 @@ operation) and that nothing was lost (a file named by mistake is unchanged)."""
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -378,3 +380,32 @@ def test_import_of_only_refused_inputs_says_the_refusals_alone(tmp_path: Any) ->
     assert len(lines) == 2 and all(ln.startswith("hachain import: refused: ") for ln in lines)
     assert f"{masked}: the unit is masked" in lines[1]
     assert unit.read_text() == "[Unit]\nDescription=nothing\n[Service]\nType=simple\n"
+
+
+# --- check: users and groups this host does not know ------------------------------------------
+
+def test_check_warns_of_each_unknown_user_and_group_and_passes(tmp_path: Any) -> None:
+    """`user = "nosuchuser"` passed without a word. A warning, not an error: the file may
+    be checked on a build host where the users do not exist yet."""
+    for name in ("nosuchuser", "nosuchgroup"):
+        for lookup in (pwd.getpwnam, grp.getgrnam):
+            with pytest.raises(KeyError):
+                lookup(name)
+    root_group = grp.getgrgid(0).gr_name
+    cfg = tmp_path / "chain.toml"
+    text = ('[watchdog]\ndevice = "none"\n'
+            '[service.web]\ncommand = ["/bin/true"]\nuser = "nosuchuser"\n'
+            '[service.db]\ncommand = ["/bin/true"]\nuser = "root"\n'
+            f'group = "{root_group}"\n'
+            '[service.job]\ncommand = ["/bin/true"]\nuser = "nosuchuser"\n'
+            'group = "nosuchgroup"\n')
+    cfg.write_text(text)
+    p = hachain("check", "-c", str(cfg))
+    assert p.returncode == 0 and "Traceback" not in p.stderr
+    assert p.stdout.startswith(f"{cfg}: OK: 3 service(s)")
+    assert p.stderr.splitlines() == [
+        f"hachain: {cfg}: warning: service web: user nosuchuser does not exist on this host",
+        f"hachain: {cfg}: warning: service job: user nosuchuser does not exist on this host",
+        f"hachain: {cfg}: warning: service job: group nosuchgroup does not exist on this "
+        "host"]
+    assert cfg.read_text() == text
