@@ -201,6 +201,8 @@ class Campaign:
             return None, f"etcd member {', '.join(sick)} not healthy"
         now = time.monotonic()
         for n, m in self.machines.items():
+            if m.failure is not None:  # the simulator, not the chain: the campaign ends
+                raise HarnessError(f"machine {n}: {m.failure}")
             if m.finished.is_set():  # its machine thread ended: it will not come back
                 return None, f"{n} is off: {m.events[-1][1] if m.events else 'no event'}"
             hbs = {layer: m.heartbeat(layer) for layer in LAYERS}
@@ -227,10 +229,16 @@ class Campaign:
     def wait_settled(self) -> str:
         """The owner once `settled` holds twice, half a second apart, with the same
         owner (a fault's effect may not show at once). TimeoutError naming the condition
-        last unmet."""
+        last unmet, at once when a machine is off for good (nothing to wait for);
+        HarnessError (from `unsettled`) when the simulator itself failed."""
         deadline = time.monotonic() + SETTLE
         while True:
             o, why = self.unsettled()
+            off = [n for n, m in self.machines.items() if m.finished.is_set()]
+            if o is None and off:
+                last = self.machines[off[0]].events
+                raise TimeoutError(f"the cluster cannot settle: {off[0]} is off for good ("
+                                   f"{last[-1][1] if last else 'no event'})")
             if o is not None:
                 time.sleep(0.5)
                 o2, why = self.unsettled()

@@ -190,6 +190,7 @@ class SimMachine:
         self.events: list[tuple[float, str]] = []  # (monotonic, line)
         self.server: WatchdogServer | None = None
         self.finished = threading.Event()  # set when the machine stopped on its own
+        self.failure: str | None = None  # why the machine thread failed (a harness error)
         self._boots: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -365,7 +366,8 @@ class SimMachine:
                 assert self.server is not None
                 self.server.reset_for_boot(bootstatus)
         except Exception as e:  # noqa: BLE001 - report, and let stop() clean up
-            self._event(f"machine thread failed: {type(e).__name__}: {e}")
+            self.failure = f"machine thread failed: {type(e).__name__}: {e}"
+            self._event(self.failure)
         finally:
             self.finished.set()
 
