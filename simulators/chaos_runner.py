@@ -156,13 +156,16 @@ class Campaign:
     # -- setup and teardown -------------------------------------------------------------
 
     def mount_tmpfs(self) -> bool:
-        """A small tmpfs on <machine>/run and <machine>/persist; False when not possible."""
+        """A small tmpfs on <machine>/run and <machine>/persist; False when not possible.
+        mount and umount run in a session of their own: a Ctrl-C or SIGHUP sent to the
+        campaign's process group must not kill one half-way (it did: "cannot mount a
+        tmpfs: -1" and no report)."""
         for sub, size in (("run", TMPFS_RUN), ("persist", TMPFS_PERSIST)):
             path = os.path.join(self.machine_dir, sub)
             os.makedirs(path, exist_ok=True)
             r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
                                 "chaos-" + sub, path], capture_output=True, text=True,
-                               timeout=10)
+                               timeout=10, start_new_session=True)
             if r.returncode != 0:
                 self.skip_fs = f"cannot mount a tmpfs: {r.stderr.strip() or r.returncode}"
                 return False
@@ -176,9 +179,11 @@ class Campaign:
         for path in reversed([*self.mounts, *campaign_mounts(self.machine_dir)]):
             if path not in campaign_mounts(self.machine_dir):
                 continue
-            r = subprocess.run(["umount", path], capture_output=True, timeout=10)
+            r = subprocess.run(["umount", path], capture_output=True, timeout=10,
+                               start_new_session=True)
             if r.returncode != 0:
-                subprocess.run(["umount", "-l", path], capture_output=True, timeout=10)
+                subprocess.run(["umount", "-l", path], capture_output=True, timeout=10,
+                               start_new_session=True)
         self.mounts.clear()
 
     def power_on(self) -> None:
@@ -408,10 +413,12 @@ def can_mount_tmpfs(work: str) -> tuple[bool, str]:
     try:
         with signals_deferred():  # never leave the probe mounted
             r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "chaos-probe",
-                                probe], capture_output=True, text=True, timeout=10)
+                                probe], capture_output=True, text=True, timeout=10,
+                               start_new_session=True)
             if r.returncode != 0:
                 return False, f"cannot mount a tmpfs: {r.stderr.strip() or r.returncode}"
-            subprocess.run(["umount", probe], capture_output=True, timeout=10)
+            subprocess.run(["umount", probe], capture_output=True, timeout=10,
+                           start_new_session=True)
         return True, ""
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"cannot mount a tmpfs: {e}"
