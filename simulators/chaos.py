@@ -207,6 +207,19 @@ def _campaign(args: argparse.Namespace, kinds: list[str]) -> int:
     return _finish(args, rep, seed, work, cfg_path, chosen, runnable, tmpfs)
 
 
+def write_reports(rep: dict[str, Any], directory: str) -> tuple[str, str | None]:
+    """Write report.json and report.html whole and print the summary table. (The HTML
+    report's path for the verdict line, None), or ("not written (see above)", why)
+    after that line on stderr, when a file could not be written."""
+    unwritten = chaos_report.save_reports(rep, directory)
+    if unwritten:
+        _say(f"hachain chaos: {unwritten}", sys.stderr)
+    _say(chaos_report.table_text(rep["summary"]))
+    if unwritten:
+        return "not written (see above)", unwritten
+    return os.path.join(directory, "report.html"), None
+
+
 def _say(text: str, stream: Any = None) -> None:
     """print(), except that a terminal gone away (SIGHUP, EIO) does not stop the end."""
     try:
@@ -247,12 +260,7 @@ def _finish(args: argparse.Namespace, rep: dict[str, Any], seed: int, work: str,
         rep["repro"] = {"command": command(0, None), "indexes": [],
                         "note": "the machine never converged after power-on, before any fault"}
     # (not armed: a stop signal now only waits, and the report is written whole)
-    unwritten = chaos_report.save_reports(rep, args.report)
-    if unwritten:
-        _say(f"hachain chaos: {unwritten}", sys.stderr)
-    html_path = ("not written (see above)" if unwritten
-                 else os.path.join(args.report, "report.html"))
-    _say(chaos_report.table_text(rep["summary"]))
+    html_path, unwritten = write_reports(rep, args.report)
     if rep["baseline_problems"] and not rep["results"]:
         _say(f"chaos: seed {seed}: the machine never converged before the first fault: "
              + "; ".join(rep["baseline_problems"]), sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,16 +24,10 @@ from hachain.simulators import chaos_kinds
 from hachain.simulators.cluster_chaos import HB, MARGIN, SETTLE, TTL, WD, summarize, verdict
 from hachain.simulators.cluster_harness import ETCD, config_text
 from hachain.simulators.machine import CGROUP_PREFIX
+from tests import test_cluster_chaos
 from tests.conftest import wait_until
 
-CLUSTER = [  # as tests/test_cluster_chaos.py
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root"),
-    pytest.mark.skipif(any(shutil.which(x) is None for x in ("ip", "nsenter", "unshare")),
-                       reason="needs ip(8), nsenter(1) and unshare(1)"),
-    pytest.mark.skipif(not os.access(ETCD, os.X_OK), reason="needs etcd (Debian's "
-                       "etcd-server: bash scripts/setup.sh --test installs it)"),
-]
+CLUSTER = test_cluster_chaos.pytestmark  # slow, root, ip/nsenter/unshare, etcd
 
 FAULTS, SEED = 20, 4
 KINDS = ("kill-layer", "kill-service")  # short faults: the first is judged within seconds

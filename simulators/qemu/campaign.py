@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hachain.simulators import chaos_report
-from hachain.simulators.chaos import _say, kind_list
+from hachain.simulators.chaos import _say, kind_list, write_reports
 from hachain.simulators.chaos_kinds import Fault
 from hachain.simulators.chaos_report import Progress, Result, verdict_line
 from hachain.simulators.chaos_runner import (
@@ -545,12 +545,7 @@ def _finish_qemu(args: argparse.Namespace, rep: dict[str, Any], seed: int,
     elif rep["baseline_problems"]:
         rep["repro"] = {"command": command(None), "indexes": [],
                         "note": "the guest did not converge outside any fault"}
-    unwritten = chaos_report.save_reports(rep, args.report)
-    if unwritten:
-        _say(f"hachain chaos: {unwritten}", sys.stderr)
-    html_path = ("not written (see above)" if unwritten
-                 else os.path.join(args.report, "report.html"))
-    _say(chaos_report.table_text(rep["summary"]))
+    html_path, unwritten = write_reports(rep, args.report)
     if not rep["interrupted"]:
         _say(f"chaos: report {html_path}; {rep['boots']} boot(s), {rep['duration']:.0f} s")
     if rep["ok"]:
