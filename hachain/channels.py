@@ -21,10 +21,12 @@ half of one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import select
+import stat
 import time
 import zlib
 from typing import TYPE_CHECKING
@@ -192,11 +194,18 @@ def write_json(path: str, obj: Any, durable: bool = False) -> None:
     write_atomic(path, json.dumps(obj, sort_keys=True).encode() + b"\n", durable)
 
 
-def read_small(path: str) -> bytes:
+def read_small(path: str, regular: bool = False) -> bytes:
     """The whole content of a small file: open, read, close, without the io layer's extra
-    system calls (this runs on every tick of the chain's loops). OSError propagates."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    system calls (this runs on every tick of the chain's loops). OSError propagates.
+    `regular`: OSError for anything but a regular file too, and a FIFO in the file's place
+    is opened without waiting for a writer and never read (for a reader with no deadline
+    of its own: a restarter blocked there would stop the chain)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular else 0))
     try:
+        mode = os.fstat(fd).st_mode
+        if regular and not stat.S_ISREG(mode):
+            raise OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+                          f"not a regular file ({file_kind(mode)})", path)
         chunks = []
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
@@ -205,11 +214,25 @@ def read_small(path: str) -> bytes:
         os.close(fd)
 
 
-def read_json(path: str) -> Any:
-    """The parsed content of `path`; None when it is missing. ValueError when corrupt."""
+def file_kind(mode: int) -> str:
+    """What a file of `mode` is, in words: "a directory", "a FIFO", ..."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "a regular file" if stat.S_ISREG(mode) else "an unknown kind of file"
+
+
+def read_json(path: str, regular: bool = False) -> Any:
+    """The parsed content of `path`; None when it is missing. ValueError when corrupt,
+    OSError when it cannot be read; with `regular` also when it is no regular file
+    (read_small) or a dangling symbolic link."""
     try:
-        raw = read_small(path)
+        raw = read_small(path, regular)
     except FileNotFoundError:
+        if regular and os.path.islink(path):
+            raise OSError(errno.ENOENT, "a dangling symbolic link", path) from None
         return None
     return json.loads(raw)
 
@@ -639,8 +662,10 @@ def decode_request(line: bytes) -> dict[str, Any]:
         raise ValueError(f"request too large ({len(line)} bytes, limit {MAX_REQUEST_BYTES})")
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"request is not a JSON object: {e}") from None
+    except RecursionError:  # not a ValueError: it escaped, and the client got no reply
+        raise ValueError("request is not a JSON object: nested too deeply") from None
+    except ValueError as e:  # (UnicodeDecodeError, JSONDecodeError, an int of 4300+ digits)
+        raise ValueError(f"request is not a JSON object: {str(e).split(';')[0]}") from None
     if not isinstance(obj, dict):
         raise ValueError("request is not a JSON object")
     op = obj.get("op")

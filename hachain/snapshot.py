@@ -24,6 +24,7 @@ id before the exec). Must not: start, signal or supervise anything.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -115,15 +116,27 @@ def digest(text: str) -> str:
     return sha256(text.encode()).hexdigest()
 
 
-def read_snapshot(path: str) -> Snapshot | None:
+def read_snapshot(path: str, log: Any = None) -> Snapshot | None:
+    """The snapshot in `path`, or None; a file there that is not one is logged through
+    `log` (one line naming it and what is wrong)."""
     try:
-        return Snapshot.from_json(channels.read_json(path))
-    except (ValueError, OSError):
-        return None
+        d = channels.read_json(path, regular=True)
+    except (ValueError, OSError) as e:
+        why = e.strerror or str(e) if isinstance(e, OSError) else \
+            f"not JSON ({e.msg} at byte {e.pos})" if isinstance(e, json.JSONDecodeError) \
+            else "not JSON (not UTF-8 text)"
+    else:
+        if d is None or (snap := Snapshot.from_json(d)) is not None:
+            return None if d is None else snap
+        why = "not a configuration snapshot of this format, or its text does not match " \
+              "its sha256"
+    if log is not None:
+        log(f"{path}: {why}: ignored")
+    return None
 
 
-def read_running(state_dir: str) -> Snapshot | None:
-    return read_snapshot(os.path.join(state_dir, RUNNING))
+def read_running(state_dir: str, log: Any = None) -> Snapshot | None:
+    return read_snapshot(os.path.join(state_dir, RUNNING), log)
 
 
 def read_last_good(persist_dir: str) -> Snapshot | None:
@@ -136,10 +149,10 @@ def _write(path: str, snap: Snapshot, durable: bool) -> None:
 
 
 def _config_of(snap: Snapshot, environ: dict[str, str] | None,
-               state_dir: str | None = None) -> Config:
+               state_dir: str | None = None, log: Any = None) -> Config:
     """The configuration of `snap`; from the parsed copy in `state_dir` when it is there
     and belongs to this very text (and code), else parsed and validated anew."""
-    cfg = _load_parsed(state_dir, snap) if state_dir else None
+    cfg = _load_parsed(state_dir, snap, log) if state_dir else None
     return with_env_overrides(cfg if cfg is not None else parse(snap.text, snap.source),
                               environ)
 
@@ -151,7 +164,8 @@ def _config_of(snap: Snapshot, environ: dict[str, str] | None,
 # user owns it and nobody else may write it, and only when it names the same text
 # (sha256), file and code (config.py, configtypes.py and schema.py as they are on
 # disk); anything else, and any error, means the text is parsed as before. What runs is
-# the same either way.
+# the same either way. It is unpickled by an Unpickler (_find_class) that makes no object but the
+# configuration's own classes: a foreign pickle there runs no code of its own choosing.
 PARSED = channels.RUNNING_PARSED  # in state_dir
 
 
@@ -182,11 +196,28 @@ def _save_parsed(state_dir: str, snap: Snapshot, cfg: Config) -> None:
         pass  # the layers parse the text instead
 
 
-def _load_parsed(state_dir: str, snap: Snapshot) -> Config | None:
+def _find_class(module: str, name: str) -> Any:
+    """The only globals a parsed configuration's pickle names: the classes of
+    hachain.configtypes and signal.Signals (anything else is refused, so no foreign
+    pickle calls a function of its choosing)."""
+    import signal
+
+    from hachain import configtypes
+    if module == "signal" and name == "Signals":
+        return signal.Signals
+    obj = getattr(configtypes, name, None) if module == configtypes.__name__ else None
+    if isinstance(obj, type) and obj.__module__ == module and "." not in name:
+        return obj
     import pickle
-    try:
-        fd = os.open(os.path.join(state_dir, PARSED), os.O_RDONLY | os.O_CLOEXEC |
-                     os.O_NOFOLLOW)
+    raise pickle.UnpicklingError(f"names {module}.{name}, not a configuration class")
+
+
+def _load_parsed(state_dir: str, snap: Snapshot, log: Any = None) -> Config | None:
+    import io
+    import pickle
+    path = os.path.join(state_dir, PARSED)
+    try:  # O_NONBLOCK: a FIFO there is opened without waiting for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
@@ -197,14 +228,20 @@ def _load_parsed(state_dir: str, snap: Snapshot) -> Config | None:
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
-        d = pickle.loads(b"".join(chunks))
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                return _find_class(module, name)
+        d = Unpickler(io.BytesIO(b"".join(chunks))).load()
         from hachain.configtypes import Config
         if not isinstance(d, dict) or d.get("sha256") != snap.sha256 or \
                 d.get("source") != snap.source or d.get("code") != _code_tag() or \
                 not isinstance(d.get("config"), Config):
             return None
         return d["config"]  # type: ignore[no-any-return]
-    except Exception:  # noqa: BLE001 - a damaged or foreign file: parse the text
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: parse the text
+        if log is not None:
+            log(f"{path}: not a parsed configuration ({type(e).__name__}: {e}): ignored, "
+                "parsing the running snapshot's text")
         return None
     finally:
         os.close(fd)
@@ -351,24 +388,25 @@ def for_layer(path: str, environ: dict[str, str] | None = None,
               log: Any = None) -> tuple[Config, Snapshot]:
     """The configuration a layer starts with: this chain run's running snapshot when
     there is one (whatever the file on disk now says), else `accept(path)`."""
-    got = running_of_run(path, environ)
+    got = running_of_run(path, environ, log)
     if got is not None:
         return got
     env = os.environ if environ is None else environ
     return accept(path, chain_id=env.get(channels.ENV_CHAIN_ID, ""), environ=environ, log=log)
 
 
-def running_of_run(path: str, environ: dict[str, str] | None = None
+def running_of_run(path: str, environ: dict[str, str] | None = None, log: Any = None
                    ) -> tuple[Config, Snapshot] | None:
     """This chain run's running snapshot of the file `path` and its configuration, or
-    None when there is none (nothing is written either way)."""
+    None when there is none (nothing is written either way; a damaged running snapshot
+    or parsed copy is one line through `log`)."""
     env = os.environ if environ is None else environ
     cid = env.get(channels.ENV_CHAIN_ID, "")
     state = env.get(channels.ENV_STATE_DIR)
     if cid and state:
-        snap = read_running(state)
+        snap = read_running(state, log)
         if snap is not None and snap.chain_id == cid and snap.source == os.path.abspath(path):
-            return _config_of(snap, environ, state), snap
+            return _config_of(snap, environ, state, log), snap
     return None
 
 

@@ -426,8 +426,9 @@ class Restarter:
             entry = bootrecord.begin_boot(self.cfg.chain.persist_dir,
                                           bootrecord.current_boot_id(), time.time(),
                                           bl.resets, bl.window, bl.action)
-        except OSError as e:
-            log(f"warning: cannot read or write the boot record: {e}")
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
+            # (a record of valid JSON with a wrong type inside is no reason to stop)
+            log(f"warning: cannot read or write the boot record: {type(e).__name__}: {e}")
             return set()
         held = {n for n in bootrecord.held_services(entry)
                 if n in self.conf and self.conf[n].critical}
@@ -783,10 +784,11 @@ class Restarter:
             if f.get("WATCHDOG") == "1":
                 self.core.watchdog_ping(name, now)
             if "EXTEND_TIMEOUT_USEC" in f:
-                try:
-                    self.core.extend_timeout(name, int(f["EXTEND_TIMEOUT_USEC"]) / 1e6, now)
-                except ValueError:
-                    pass
+                if (sec := notify.usec_field(f["EXTEND_TIMEOUT_USEC"])) is None:
+                    log(f"warning: {name}: EXTEND_TIMEOUT_USEC={f['EXTEND_TIMEOUT_USEC'][:24]!r}"
+                        " is not a number of microseconds: ignored")
+                else:
+                    self.core.extend_timeout(name, sec, now)
             if "MAINPID" in f:
                 self._new_main_pid(name, f["MAINPID"], now)
             if f.get("STOPPING") == "1":
@@ -799,10 +801,9 @@ class Restarter:
         """MAINPID=: the service says another of its processes is now the main one
         (a daemon that forks). Only a process of the same service is passed on, with its
         pidfd held; the table decides (core.MainFound)."""
-        try:
-            pid = int(value)
-        except ValueError:
-            log(f"warning: {name}: MAINPID={value[:20]!r} is not a pid: ignored")
+        pid = notify.pid_field(value)
+        if pid is None:  # (int() took 99999999999999999999, and getpgid() raised on it)
+            log(f"warning: {name}: MAINPID={value[:24]!r} is not a pid: ignored")
             return
         s = self.svcs[name]
         if name in self._found or pid == s.pid:
@@ -1066,7 +1067,7 @@ class Restarter:
         if req.get("pidns") != _own_pidns():
             return {"ok": False, "error": "asked from another PID namespace"}
         asked = req.get("persist_dir")
-        if asked is not None and (not isinstance(asked, str)
+        if asked is not None and (not isinstance(asked, str) or "\0" in asked
                                   or os.path.realpath(asked) != os.path.realpath(persist)):
             return {"ok": False, "error": "another persist_dir than this chain's"}
         from hachain import status  # on the first request only (~5 ms)

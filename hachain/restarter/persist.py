@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,12 +63,65 @@ class RuntimeRecord:
         return self.__dict__.copy()
 
 
-def _set_aside(path: str) -> str:
+def _set_aside(path: str, why: str) -> str:
     try:
         os.replace(path, path + ".corrupt")
-    except OSError:
-        pass
-    return f"{path}: corrupt, set aside as {os.path.basename(path)}.corrupt"
+    except OSError as e:
+        return f"{path}: {why}: corrupt, and cannot set it aside: {e.strerror or e}"
+    return f"{path}: {why}: corrupt, set aside as {os.path.basename(path)}.corrupt"
+
+
+def _read(path: str) -> tuple[Any, str]:
+    """(the JSON in `path` or None when missing, "") or (None, why it is unusable). A
+    file that is no regular one (a directory, a FIFO) or a dangling symbolic link is
+    set aside: a write could not replace it; one that cannot be read is left."""
+    try:
+        return channels.read_json(path, regular=True), ""
+    except ValueError as e:
+        why = f"{e.msg} at byte {e.pos}" if isinstance(e, json.JSONDecodeError) else \
+            "not UTF-8 text"
+        return None, _set_aside(path, f"not JSON ({why})")
+    except OSError as e:
+        why = e.strerror or str(e)
+        if e.errno in (errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.ELOOP):
+            return None, _set_aside(path, why)
+        return None, f"{path}: cannot read: {why}; ignored"
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _record_error(d: Any) -> str:
+    """What is wrong with a runtime record's JSON ("" when nothing)."""
+    if not isinstance(d, dict):
+        return f"not a JSON object but {type(d).__name__}"
+    for key, ok in (("pid", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+                    ("start_time", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+                    ("started_mono", _number), ("stop_since", _number),
+                    ("cgroup", lambda v: isinstance(v, str))):
+        if d.get(key) is not None and not ok(d[key]):
+            return f"{key} is {d[key]!r}"
+    if not isinstance(d.get("state"), str):
+        return f"state is {d.get('state')!r}"
+    if d.get("want", "up") not in ("up", "down"):
+        return f"want is {d.get('want')!r}"
+    r = d.get("restarts", 0)
+    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+        return f"restarts is {r!r}"
+    return ""
+
+
+def _admin_error(d: Any) -> str:
+    """What is wrong with admin.json's JSON ("" when nothing)."""
+    if not isinstance(d, dict):
+        return f"not a JSON object but {type(d).__name__}"
+    for name, e in d.items():
+        if not isinstance(e, dict) or not all(isinstance(v, str) for v in e.values()):
+            return f"entry {name!r} is {e!r}"
+        if e.get("want", "up") not in ("up", "down"):
+            return f"entry {name!r}: want is {e['want']!r}"
+    return ""
 
 
 class _Pending:
@@ -224,37 +278,32 @@ class Store:
 
     def read_record(self, name: str) -> RuntimeRecord | None:
         path = os.path.join(self.rec_dir, name + ".json")
-        try:
-            d = channels.read_json(path)
-            if d is None:
-                return None
-            return RuntimeRecord(
-                name=name, pid=d.get("pid"), start_time=d.get("start_time"),
-                state=str(d["state"]), want=str(d.get("want", "up")),
-                started_mono=d.get("started_mono"), restarts=int(d.get("restarts", 0)),
-                cgroup=d.get("cgroup"), stop_since=d.get("stop_since"))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            self.warnings.append(_set_aside(path))
+        d, why = _read(path)
+        if d is not None and (wrong := _record_error(d)):
+            why = _set_aside(path, wrong)
+        if why:
+            self.warnings.append(why)
             return None
-        except OSError:
+        if d is None:
             return None
+        return RuntimeRecord(
+            name=name, pid=d.get("pid"), start_time=d.get("start_time"), state=d["state"],
+            want=d.get("want", "up"), started_mono=d.get("started_mono"),
+            restarts=d.get("restarts", 0), cgroup=d.get("cgroup"),
+            stop_since=d.get("stop_since"))
 
     def drop_record(self, name: str, now: float) -> None:
         self.queue.put(os.path.join(self.rec_dir, name + ".json"), None, now)
 
     def read_admin(self) -> dict[str, dict[str, str]]:
         """{name: {"want": "down"} or {"want": "up", "maintenance": reason}}."""
-        try:
-            d = channels.read_json(self.admin_path)
-        except ValueError:
-            self.warnings.append(_set_aside(self.admin_path))
-            return {}
-        except OSError:
+        d, why = _read(self.admin_path)
+        if d is not None and (wrong := _admin_error(d)):
+            why = _set_aside(self.admin_path, wrong)
+        if why:
+            self.warnings.append(why)
             return {}
         if d is None:
-            return {}
-        if not isinstance(d, dict) or not all(isinstance(v, dict) for v in d.values()):
-            self.warnings.append(_set_aside(self.admin_path))
             return {}
         self._admin_asked = d
         return d

@@ -900,7 +900,8 @@ def _cache_key(path: str) -> dict[str, Any] | None:
     if not cid or not state:
         return None
     try:
-        running = channels.read_json(os.path.join(state, channels.RUNNING_CONFIG))
+        running = channels.read_json(os.path.join(state, channels.RUNNING_CONFIG),
+                                     regular=True)
     except (OSError, ValueError):
         return None
     if not isinstance(running, dict) or running.get("chain_id") != cid or \
@@ -925,18 +926,20 @@ def _read_cached(key: dict[str, Any]) -> dict[str, Any] | None:
     a file that is not a regular one owned by us and writable by nobody else (the tables
     choose the device and the gate's timing)."""
     cache = os.path.join(str(key["env"][channels.ENV_STATE_DIR]), TABLES_CACHE)
-    try:
-        fd = os.open(cache, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:  # O_NONBLOCK: a FIFO there is opened without waiting for a writer
+        fd = os.open(cache, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid() or st.st_mode & 0o022 or \
                 st.st_mode & 0o170000 != 0o100000:
+            log(f"{cache}: not a regular file of ours: ignored, the tables are parsed anew")
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
             d = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        log(f"{cache}: unreadable ({e}): ignored, the tables are parsed anew")
         return None
     finally:
         os.close(fd)
