@@ -36,6 +36,27 @@ def queue_length() -> int:
         return 512
 
 
+PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT: no pid is larger
+USEC_MAX = (1 << 64) - 1  # systemd's usec_t
+
+
+def pid_field(value: str) -> int | None:
+    """MAINPID=: the pid it names (ASCII decimal, 1 to PID_MAX), or None."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 7):
+        return None
+    pid = int(value)
+    return pid if 1 <= pid <= PID_MAX else None
+
+
+def usec_field(value: str) -> float | None:
+    """EXTEND_TIMEOUT_USEC=: the seconds it asks for (ASCII decimal microseconds that fit
+    a usec_t), or None."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 20):
+        return None
+    usec = int(value)
+    return usec / 1e6 if usec <= USEC_MAX else None
+
+
 @dataclass(frozen=True)
 class Notification:
     pid: int  # sender pid from the kernel's credentials (0 when absent)

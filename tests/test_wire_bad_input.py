@@ -1,0 +1,372 @@
+"""Bad input on the chain's sockets, sent to a real restarter (and its logger): the control
+socket, the sd_notify socket and the logger's hand-over socket. The rule each case holds:
+refused with a one-line error (a reply where one is possible, a log line naming what and
+from where), and nothing lost — the services keep running, the restarter keeps answering,
+no traceback, no descriptor kept."""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from hachain import channels, client
+from tests.conftest import PY, RestarterRun, svc, wait_until
+
+# Generous bounds: a loaded CI host must stretch them, not fail them. A stalled control
+# connection is closed REQUEST_TIMEOUT after it was accepted, at the next heartbeat.
+REPLY_TIMEOUT = 10.0
+CLOSE_TIMEOUT = channels.REQUEST_TIMEOUT + 20.0
+
+# A notify service that forwards every datagram it receives on the socket named by its
+# argument (descriptors included) to $NOTIFY_SOCKET: what the test sends there reaches the
+# restarter from a process of the service.
+RELAY = r"""
+import array, os, socket, sys
+r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+r.bind(sys.argv[1])
+out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+target = os.environ["NOTIFY_SOCKET"]
+out.sendto(b"READY=1", target)
+while True:
+    data, fds, _f, _a = socket.recv_fds(r, 1 << 16, 16)
+    if fds:  # (socket.send_fds ignores its address before Python 3.12)
+        out.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+                    0, target)
+    else:
+        out.sendto(data, target)
+    for fd in fds:
+        os.close(fd)
+"""
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def log_text(r: RestarterRun) -> str:
+    with open(r.log, errors="replace") as f:
+        return f.read()
+
+
+def assert_clean_log(r: RestarterRun) -> None:
+    text = log_text(r)
+    assert "Traceback" not in text, text[-3000:]
+    assert "error: handling" not in text, text[-3000:]
+
+
+def exchange(r: RestarterRun, data: bytes, fds: tuple[int, ...] = ()) -> bytes:
+    """Send `data` (with `fds`) on a fresh control connection; everything read back."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(REPLY_TIMEOUT)
+    try:
+        s.connect(os.path.join(r.state_dir, channels.CONTROL_SOCKET))
+        if fds:
+            socket.send_fds(s, [data], list(fds))
+        else:
+            s.sendall(data)
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+    except OSError:
+        return b""
+    finally:
+        s.close()
+
+
+def refused(rep: bytes) -> str:
+    """The error of a one-line refusal."""
+    assert rep.endswith(b"\n") and rep.count(b"\n") == 1, rep[:300]
+    obj = json.loads(rep)
+    assert obj["ok"] is False and isinstance(obj["error"], str), obj
+    assert "\n" not in obj["error"] and len(obj["error"]) < 400, obj
+    return str(obj["error"])
+
+
+def closed_everywhere(rfd: int) -> bool:
+    """The pipe read end `rfd` sees EOF: no process holds a write end any more."""
+    if not select.select([rfd], [], [], 0)[0]:
+        return False
+    return os.read(rfd, 1) == b""
+
+
+@pytest.fixture
+def one(restarter: Callable[..., RestarterRun]) -> Iterator[tuple[RestarterRun, int]]:
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+""")
+    yield r, r.wait_state("a", "ready")["pid"]
+
+
+# --- the control socket ---------------------------------------------------------------------
+
+def test_control_requests_of_wrong_shape_get_one_line_refusals(one: tuple[RestarterRun, int]
+                                                               ) -> None:
+    r, pid = one
+    depth = channels.MAX_REQUEST_BYTES // 2 - 10
+    cases: list[tuple[bytes, str]] = [
+        (b"[" * depth + b"]" * depth + b"\n", "nested too deeply"),  # was: no reply
+        (b'{"op":"status","x":' + b"[" * depth + b"\n", "nested too deeply"),
+        (b'{"op":"status","x":' + b'{"a":' * (depth // 5) + b"\n", "nested too deeply"),
+        (b'{"op":' + b"9" * 60000 + b"}\n", "digits"),
+        (b'{"op":"start","name":12}\n', "no string 'name'"),
+        (b'{"op":["status"]}\n', "no string 'op'"),
+        (b'{"op":"status"}\xff\xfe\n', "not a JSON object"),
+        (b'\xc3\x28\n', "not a JSON object"),
+        (json.dumps({"op": "status-doc", "pidns": os.readlink("/proc/self/ns/pid"),
+                     "persist_dir": "/tmp/\x00x"}).encode() + b"\n",
+         "another persist_dir"),
+        (b'{"op":"status-doc","pidns":5,"json":"yes"}\n', "another PID namespace"),
+    ]
+    for data, want in cases:
+        err = refused(exchange(r, data))
+        assert want in err, (data[:60], err)
+    assert r.svc("a")["pid"] == pid
+    assert_clean_log(r)
+
+
+def test_control_stalled_idle_huge_and_rude_clients_lose_nothing(
+        one: tuple[RestarterRun, int]) -> None:
+    r, pid = one
+    assert r.proc is not None
+    rpid = r.proc.pid
+    base = fd_count(rpid)
+    path = os.path.join(r.state_dir, channels.CONTROL_SOCKET)
+    held: list[socket.socket] = []
+    try:
+        for i in range(200):  # idle, never closing; a fifth send half a request
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(REPLY_TIMEOUT)
+            held.append(s)
+            s.connect(path)
+            if i % 5 == 0:
+                s.sendall(b'{"op": "sta')
+        t0 = time.monotonic()
+        st = client.request(r.state_dir, {"op": "status"}, timeout=REPLY_TIMEOUT)
+        assert st["ok"] and st["services"]["a"]["pid"] == pid, st
+        assert time.monotonic() - t0 < REPLY_TIMEOUT
+        # Many MB with no newline: refused once over the limit, the connection closed.
+        big = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        big.settimeout(REPLY_TIMEOUT)
+        held.append(big)
+        big.connect(path)
+        sent = 0
+        try:
+            while sent < 8 << 20:
+                sent += big.send(b"x" * (1 << 20))
+        except OSError:
+            pass  # closed by the restarter after its refusal
+        rep = b""
+        try:
+            while not rep.endswith(b"\n"):
+                chunk = big.recv(65536)
+                if not chunk:
+                    break
+                rep += chunk
+        except OSError:
+            pass
+        if rep:
+            assert "request too large" in refused(rep)
+        # Clients gone before the reply: nothing for the restarter to trip on.
+        for _ in range(50):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.sendall(b'{"op":"status"}\n')
+            s.close()
+        assert r.ping()
+        # Every stalled connection is closed by the restarter within its bound.
+        wait_until(lambda: all(s.recv(1) == b"" for s in held[:-1] if not s._closed),
+                   CLOSE_TIMEOUT, "the stalled connections to be closed")
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: fd_count(rpid) <= base + 2, CLOSE_TIMEOUT,
+               "the restarter's descriptors back to their number before")
+    assert r.svc("a")["pid"] == pid
+    assert_clean_log(r)
+
+
+def test_control_descriptors_sent_with_a_request_are_closed(one: tuple[RestarterRun, int]
+                                                            ) -> None:
+    r, pid = one
+    assert r.proc is not None
+    base = fd_count(r.proc.pid)
+    for data in (b'{"op":"ping"}\n', b"garbage\n", b'{"op":"sta'):
+        rfd, wfd = os.pipe()
+        try:
+            extra = [os.dup(wfd) for _ in range(20)]
+            rep = exchange(r, data, (wfd, *extra))
+            if data.endswith(b"\n"):
+                assert rep.count(b"\n") == 1
+            os.close(wfd)
+            for fd in extra:
+                os.close(fd)
+            wait_until(lambda fd=rfd: closed_everywhere(fd), CLOSE_TIMEOUT,  # type: ignore
+                       f"the descriptors sent with {data!r} to be closed")
+        finally:
+            os.close(rfd)
+    assert fd_count(r.proc.pid) <= base + 2
+    assert r.svc("a")["pid"] == pid
+    assert_clean_log(r)
+
+
+# --- the notify socket ----------------------------------------------------------------------
+
+@pytest.fixture
+def relayed(restarter: Callable[..., RestarterRun], tmp_path: Any
+            ) -> Iterator[tuple[RestarterRun, Callable[..., None]]]:
+    script = tmp_path / "relay.py"
+    script.write_text(RELAY)
+    relay = str(tmp_path / "relay.sock")
+    r = restarter(f"""
+[service.relay]
+command = ["{PY}", "{script}", "{relay}"]
+ready = "notify"
+[service.a]
+command = {svc("sleep")}
+""")
+    r.wait_state("relay", "ready")
+    out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    out.settimeout(REPLY_TIMEOUT)
+
+    def send(data: bytes, fds: tuple[int, ...] = ()) -> None:
+        if fds:
+            out.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                  array.array("i", fds))], 0, relay)
+        else:
+            out.sendto(data, relay)
+    try:
+        yield r, send
+    finally:
+        out.close()
+
+
+def status_text(r: RestarterRun) -> str:
+    return str(r.svc("relay")["status_text"])
+
+
+def test_notify_bad_datagrams_from_a_service_are_refused_and_the_rest_read(
+        relayed: tuple[RestarterRun, Callable[..., None]]) -> None:
+    r, send = relayed
+    pid, apid = r.svc("relay")["pid"], r.svc("a")["pid"]
+    bad = [b"\x00\xff\xfe garbage", b"x" * 10000, b"", b"lower=case", b"NOEQUALS",
+           b"MAINPID=1",  # a process outside the service
+           b"MAINPID=99999999999999999999",  # was: OverflowError, a traceback
+           b"MAINPID=-5", b"MAINPID=0", b"MAINPID=\xd9\xa1\xd9\xa2",
+           b"EXTEND_TIMEOUT_USEC=" + b"9" * 400,  # was: OverflowError, a traceback
+           b"EXTEND_TIMEOUT_USEC=-5000000", b"EXTEND_TIMEOUT_USEC=nan",
+           b"WATCHDOG=1\nSTATUS=" + b"s" * 3000]
+    for i, data in enumerate(bad):
+        send(data)
+        send(f"STATUS=mark-{i}".encode())  # read in the same round as the bad one, or after
+        wait_until(lambda i=i: status_text(r) == f"mark-{i}", REPLY_TIMEOUT,  # type: ignore
+                   f"the datagram after {data[:40]!r}")
+    st = r.status()
+    assert st["relay"]["pid"] == pid and st["relay"]["state"] == "ready"
+    assert st["a"]["pid"] == apid
+    text = log_text(r)
+    assert "relay: bad notify message: oversized datagram" in text
+    assert "relay: MAINPID=1 is not a process of this service: ignored" in text
+    assert "relay: MAINPID='99999999999999999999' is not a pid: ignored" in text
+    assert "relay: EXTEND_TIMEOUT_USEC='-5000000' is not a number of microseconds: " \
+        "ignored" in text
+    assert_clean_log(r)
+
+
+def test_notify_descriptors_are_closed_and_strangers_ignored(
+        relayed: tuple[RestarterRun, Callable[..., None]]) -> None:
+    r, send = relayed
+    assert r.proc is not None
+    base = fd_count(r.proc.pid)
+    for i, data in enumerate((b"FDSTORE=1\nFDNAME=x", b"STATUS=fds", b"")):
+        rfd, wfd = os.pipe()
+        try:
+            dup = os.dup(wfd)
+            send(data, (wfd, dup))
+            os.close(wfd)
+            os.close(dup)
+            send(f"STATUS=fd-{i}".encode())
+            wait_until(lambda i=i: status_text(r) == f"fd-{i}", REPLY_TIMEOUT,  # type: ignore
+                       "the datagram after one with descriptors")
+            wait_until(lambda fd=rfd: closed_everywhere(fd), CLOSE_TIMEOUT,  # type: ignore
+                       f"the descriptors sent with {data!r} to be closed")
+        finally:
+            os.close(rfd)
+    # From a process of no service (this test): one line, and nothing changes.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"READY=1\nSTATUS=stranger", os.path.join(r.state_dir,
+                                                             channels.NOTIFY_SOCKET))
+    finally:
+        s.close()
+    wait_until(lambda: f"(READY,STATUS) from pid {os.getpid()} that belongs to no service"
+               in log_text(r), REPLY_TIMEOUT, "the stranger's message to be logged")
+    assert status_text(r) == "fd-2"
+    assert fd_count(r.proc.pid) <= base + 2
+    assert_clean_log(r)
+
+
+def test_notify_flood_from_one_service_does_not_starve_the_loop(
+        relayed: tuple[RestarterRun, Callable[..., None]]) -> None:
+    r, send = relayed
+    n = 3000
+    errors: list[BaseException] = []
+
+    def flood() -> None:
+        try:
+            for i in range(n):
+                send(f"STATUS=flood-{i}\nWATCHDOG=1".encode())
+        except BaseException as e:  # noqa: BLE001 - reported by the test below
+            errors.append(e)
+    t = threading.Thread(target=flood)
+    t.start()
+    try:
+        answered = 0
+        while t.is_alive() or answered < 3:
+            t0 = time.monotonic()
+            assert client.request(r.state_dir, {"op": "ping"}, timeout=REPLY_TIMEOUT)["ok"]
+            assert time.monotonic() - t0 < REPLY_TIMEOUT
+            answered += 1
+    finally:
+        t.join(60)
+    assert not errors, errors
+    wait_until(lambda: status_text(r) == f"flood-{n - 1}", REPLY_TIMEOUT, "the last datagram")
+    r.beats(2)
+    assert_clean_log(r)
+
+
+# --- the logger's hand-over socket ----------------------------------------------------------
+
+def test_logger_handover_socket_garbage_and_a_stalled_client(
+        restarter: Callable[..., RestarterRun]) -> None:
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+""")
+    r.wait_state("a", "ready")
+    lpid = wait_until(r.logger_pid, REPLY_TIMEOUT, "the logger's pid")
+    path = os.path.join(r.state_dir, channels.LOGGER_SOCKET)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(REPLY_TIMEOUT)
+    try:
+        s.connect(path)
+        s.send(b"\xff" * 1000)  # garbage, then stall without reading or closing
+        r.beats(3)
+        assert channels.pid_alive(lpid) and r.logger_pid() == lpid
+    finally:
+        s.close()
+    assert r.ping()
+    assert_clean_log(r)
