@@ -338,12 +338,13 @@ def write_heartbeat(state_dir: str, hb: Heartbeat) -> None:
     write_atomic(heartbeat_path(state_dir, hb.layer), heartbeat_bytes(hb))
 
 
-def read_heartbeat(state_dir: str, layer: str) -> Heartbeat | None:
+def read_heartbeat(state_dir: str, layer: str, regular: bool = False) -> Heartbeat | None:
     """The layer's last heartbeat, or None when missing or unreadable. A read that races
-    with the writer is retried (twice)."""
+    with the writer is retried (twice). `regular`: as read_small's (a reader with no
+    deadline of its own: init, the restarter)."""
     for _ in range(3):
         try:
-            raw = read_small(heartbeat_path(state_dir, layer))
+            raw = read_small(heartbeat_path(state_dir, layer), regular)
         except OSError:
             return None
         if (hb := parse_heartbeat(raw)) is not None:

@@ -306,7 +306,8 @@ def gather_status(state_dir: str, persist_dir: str,
     now = time.monotonic()
     timing = _timing(state_dir, wd, config_path)
     finder = Finder()
-    hbs = {layer: channels.read_heartbeat(state_dir, layer) for layer in channels.LAYERS}
+    hbs = {layer: channels.read_heartbeat(state_dir, layer, regular=True)
+           for layer in channels.LAYERS}
     layers: dict[str, Any] = {}
     layers["init"] = _layer("init", hbs["init"], finder, now, timing, None)
     for layer in channels.LAYERS:

@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 from hachain import bootrecord, channels
-from tests.conftest import RestarterRun, svc, wait_until
+from hachain.logger import wire
+from hachain.watchdog.tickler import TABLES_CACHE
+from tests.conftest import RestarterRun, children, svc, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -182,3 +187,95 @@ def test_boot_record_with_a_boot_number_not_an_integer(restarter: Any) -> None:
     assert r.wait_state("web", "ready", READY)["pid"] == pid
     assert "warning: cannot read or write the boot record: ValueError: invalid literal" \
         in text, text[-3000:]
+
+
+def test_fifo_as_the_loggers_lock_file_does_not_block_the_restarter(restarter: Any) -> None:
+    """A new restarter whose hand-over to the running logger times out reads the
+    logger's pid from its lock file, to kill a stopped one. A FIFO there kept it in
+    open() for good; it now says so in one line and goes on."""
+    r = restarter(f'[service.web]\ncommand = {svc("sleep")}\n')
+    pid = r.wait_state("web", "ready")["pid"]
+    logger = wait_until(r.logger_pid, READY, "the logger's pid in its lock file")
+    lock = os.path.join(r.state_dir, wire.LOCK_FILE)
+    r.kill_restarter()
+    os.kill(logger, signal.SIGSTOP)  # it does not answer the hand-over
+    try:
+        _put(lock, "fifo")
+        text = _started(r)
+        assert r.wait_state("web", "ready", READY)["pid"] == pid
+        assert f"{lock}: cannot read the logger's pid" in text, text[-3000:]
+    finally:
+        os.kill(logger, signal.SIGKILL)  # ours: the restarter of this test started it
+        if os.path.exists(lock) and not os.path.isfile(lock):
+            os.unlink(lock)  # (the fixture's cleanup reads the lock file)
+
+
+def test_fifo_as_the_ticklers_heartbeat_does_not_block_init_stopping(tmp_path: Any) -> None:
+    """init reads the tickler's heartbeat when it stops the chain (to know whether the
+    tickler has the device open). A FIFO there held init in open() for good, and a
+    stopped chain never finished stopping (as PID 1: a shutdown that never ends)."""
+    state = tmp_path / "run"
+    (state / channels.HEARTBEAT_DIR).mkdir(parents=True)
+    os.mkfifo(channels.heartbeat_path(str(state), "tickler"))
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{tmp_path}/persist"\n'
+                   '[watchdog]\ndevice = "none"\n')
+    err = tmp_path / "init.err"
+    with open(err, "wb") as errf:
+        init = subprocess.Popen([sys.executable, "-m", "hachain.init.main", "--state-dir",
+                                 str(state), "--config", str(cfg), "--heartbeat-interval",
+                                 "0.2", "--restarter-cmd", "sleep 600", "--no-tickler"],
+                                stderr=errf)
+    try:
+        wait_until(lambda: "started restarter" in err.read_text(errors="replace"), READY,
+                   "init to start its restarter")
+        init.send_signal(signal.SIGTERM)
+        try:
+            code = init.wait(READY)
+        except subprocess.TimeoutExpired:
+            code = None
+        text = err.read_text(errors="replace")
+        assert code == 0, text[-3000:]
+        assert "all processes stopped; exiting" in text, text[-3000:]
+    finally:
+        if init.poll() is None:
+            os.kill(init.pid, signal.SIGSTOP)  # no restarts while we clean up
+            for pid in children(init.pid):
+                os.kill(pid, signal.SIGKILL)
+            init.kill()
+        init.wait(10)
+
+
+def test_fifos_in_the_ticklers_config_files_do_not_keep_it_from_petting(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    """The tickler of a chain run reads this run's running snapshot (running.json) and
+    the tables it kept (config/tickler.json) before it opens the device. A FIFO in either
+    place held it in open() for good: the device was never opened (the next boot's
+    watchdog never armed). Each is now one line, and the tickler pets."""
+    from tests.test_tickler import ForgedLayers, Rig
+    rig = Rig(str(tmp_path))
+    monkeypatch.setenv(channels.ENV_CHAIN_ID, "test-run")
+    monkeypatch.setenv(channels.ENV_STATE_DIR, rig.state_dir)
+    running = os.path.join(rig.state_dir, channels.RUNNING_CONFIG)
+    kept = os.path.join(rig.state_dir, TABLES_CACHE)
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            os.makedirs(os.path.dirname(running))
+            for path, line in ((running, f"{running}: not a regular file (a FIFO): ignored, the "
+                                        "configuration is read anew"),
+                               (kept, f"{kept}: not a regular file of ours: ignored")):
+                if path == kept:  # a good running.json, written by the last tickler
+                    wait_until(lambda: os.path.isfile(running), READY, "running.json")
+                _put(path, "fifo")
+                p = rig.start_tickler()
+                wait_until(lambda p=p: (hb := rig.tickler_hb()) is not None and
+                           hb.pid == p.pid and hb.extra.get("pets", 0) >= 2,
+                           READY, "the tickler to pet")
+                rig.wait_log(line, READY)
+                p.send_signal(signal.SIGTERM)  # an orderly stop: the magic close
+                assert p.wait(READY) == 0, rig.log_text()[-3000:]
+        assert "Traceback" not in rig.log_text()
+        assert not rig.expired.is_set()
+    finally:
+        rig.close()

@@ -85,7 +85,7 @@ class Node:
         """After a restart of this layer (same boot: state_dir is tmpfs): keep the lease
         and what it owns, so a crash of the layer is no failover. The first keepalive says
         whether the lease still lives."""
-        old = channels.read_heartbeat(self.cfg.chain.state_dir, LAYER)
+        old = channels.read_heartbeat(self.cfg.chain.state_dir, LAYER, regular=True)
         if old is None:
             return
         x = old.extra
@@ -173,11 +173,11 @@ class Node:
         lets the target take it at once (no lease expiry to wait for)."""
         if name not in self.releasing:
             self.beat()  # the withdrawal, now
-            hb = channels.read_heartbeat(self.cfg.chain.state_dir, LAYER)
+            hb = channels.read_heartbeat(self.cfg.chain.state_dir, LAYER, regular=True)
             self.releasing[name] = hb.mono if hb is not None else time.monotonic()
             log(f"{name}: handing it over: stopping it here first")
             return
-        rhb = channels.read_heartbeat(self.cfg.chain.state_dir, "restarter")
+        rhb = channels.read_heartbeat(self.cfg.chain.state_dir, "restarter", regular=True)
         seen = rhb.extra.get("cluster_seen") if rhb is not None else None
         if rhb is None or not isinstance(seen, (int, float)) or \
                 seen < self.releasing[name] or name in rhb.extra.get("singletons_up", [name]):
@@ -207,7 +207,7 @@ class Node:
     def held_here(self) -> set[str]:
         """Singletons the restarter holds down here (maintenance, failed): this node
         cannot run them, so it must not keep or take their keys."""
-        rhb = channels.read_heartbeat(self.cfg.chain.state_dir, "restarter")
+        rhb = channels.read_heartbeat(self.cfg.chain.state_dir, "restarter", regular=True)
         held = rhb.extra.get("singletons_held") if rhb is not None else None
         return {str(n) for n in held} if isinstance(held, list) else set()
 
@@ -217,7 +217,7 @@ class Node:
         opened the device, and says false after a magic close). Until then the node takes
         no key: a singleton started before the device is armed would outlive a hang of
         the chain (the tickler can take seconds to arm it on a slow box)."""
-        thb = channels.read_heartbeat(self.cfg.chain.state_dir, "tickler")
+        thb = channels.read_heartbeat(self.cfg.chain.state_dir, "tickler", regular=True)
         return thb is not None and thb.extra.get("armed") is True
 
     async def claim(self) -> None:
@@ -365,7 +365,7 @@ class Node:
         more; `left_safely` then says when the lease may be given back."""
         if self.leaving is None:
             self.beat()  # the withdrawal, now
-            hb = channels.read_heartbeat(self.cfg.chain.state_dir, LAYER)
+            hb = channels.read_heartbeat(self.cfg.chain.state_dir, LAYER, regular=True)
             self.leaving = hb.mono if hb is not None else time.monotonic()
             log("stopping: singletons "
                 f"{', '.join(sorted(self.owned)) or '(none)'} withdrawn; the lease is "
@@ -379,12 +379,12 @@ class Node:
         if not self.owned:
             return True
         sd = self.cfg.chain.state_dir
-        rhb = channels.read_heartbeat(sd, "restarter")
+        rhb = channels.read_heartbeat(sd, "restarter", regular=True)
         if rhb is None:
             return False
         x = rhb.extra
         if x.get("stopped") is True and rhb.mono >= self.started:
-            ihb = channels.read_heartbeat(sd, "init")
+            ihb = channels.read_heartbeat(sd, "init", regular=True)
             if ihb is not None and ihb.extra.get("stopping") is True:
                 return True
         seen, up = x.get("cluster_seen"), x.get("singletons_up")

@@ -718,7 +718,7 @@ class Init:
         petting, tickler.fail_unpetted) must get the SIGTERM before it fires. A crash
         still disarms nothing; nowayout is the tickler's to honour."""
         child = next((c for c in self.children if c.name == "tickler"), None)
-        hb = channels.read_heartbeat(self.opts.state_dir, "tickler")
+        hb = channels.read_heartbeat(self.opts.state_dir, "tickler", regular=True)
         if (child is None or child.attempts == 0  # --no-tickler, or never started
                 or (hb is not None and hb.extra.get("armed") is False)):  # "none", disarmed
             self.enter_phase("tickler", now)
@@ -752,7 +752,7 @@ class Init:
         """True once the tickler process `child` runs has written its heartbeat (it does
         from its loop, after the open); `hb`: the heartbeat just read, else read here."""
         if hb is None:
-            hb = channels.read_heartbeat(self.opts.state_dir, "tickler")
+            hb = channels.read_heartbeat(self.opts.state_dir, "tickler", regular=True)
         return (hb is not None and hb.pid == child.pid and child.started_mono is not None
                 and hb.mono >= child.started_mono)
 

@@ -24,16 +24,21 @@ from hachain import channels
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 BIG_REPLY = 64 * 1024  # a reply larger than this gets a send buffer of its size
 MAX_SNDBUF = 4 * 1024 * 1024
+# Connections held at once (each buffers up to ~2 x MAX_REQUEST_BYTES): a new one past it
+# closes the oldest, with a reply saying so. Without it, idle clients cost the restarter
+# memory bounded only by its descriptor limit (3000 sending 64 KiB each: +190 MB RSS).
+MAX_CONNS = 128
 
 
 class _Conn:
-    __slots__ = ("sock", "buf", "deadline", "out")
+    __slots__ = ("sock", "buf", "deadline", "out", "pid")
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: float, pid: int) -> None:
         self.sock = sock
         self.buf = bytearray()
         self.deadline = deadline
         self.out = b""
+        self.pid = pid
 
 
 class ControlServer:
@@ -72,8 +77,11 @@ class ControlServer:
         os.chmod(path, mode)
         if fd is None:
             self.sock.listen(128)
-        self.conns: dict[int, _Conn] = {}
+        self.conns: dict[int, _Conn] = {}  # oldest first
         self.paused = False
+        self.max_conns = MAX_CONNS
+        self.evicted = 0  # connections closed as the oldest, since take_evicted()
+        self.evicted_pids: set[int] = set()  # (the first few of their peers)
         sel.register(self.sock, selectors.EVENT_READ, ("control-listen", None))
 
     def on_accept(self) -> None:
@@ -90,39 +98,66 @@ class ControlServer:
                     self.paused = True
                 return
             s.setblocking(False)
-            if not self._peer_allowed(s):
+            pid = self._peer_allowed(s)
+            if not pid:
                 try:
                     s.send(channels.encode_message({"ok": False, "error": "permission denied"}))
                 except OSError:
                     pass
                 s.close()
                 continue
-            c = _Conn(s, time.monotonic() + channels.REQUEST_TIMEOUT)
+            if len(self.conns) >= self.max_conns:
+                self._evict_oldest()
+            c = _Conn(s, time.monotonic() + channels.REQUEST_TIMEOUT, pid)
             self.conns[s.fileno()] = c
             self.sel.register(s, selectors.EVENT_READ, ("control-conn", s.fileno()))
             self.on_readable(s.fileno())  # the request is usually there already
 
-    def _peer_allowed(self, s: socket.socket) -> bool:
-        """SO_PEERCRED: the kernel's word on who connected (pid, uid, gid)."""
+    def _peer_allowed(self, s: socket.socket) -> int:
+        """SO_PEERCRED: the kernel's word on who connected (pid, uid, gid). The peer's
+        pid (-1 when the kernel gives none) when it may ask, else 0."""
         try:
-            _pid, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET,
-                                                               socket.SO_PEERCRED, 12))
+            pid, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET,
+                                                              socket.SO_PEERCRED, 12))
         except OSError:
-            return False
+            return 0
+        pid = pid or -1
         if uid in self.allowed_uids:
-            return True
+            return pid
         if self.allowed_gid is None:
-            return False
+            return 0
         if gid == self.allowed_gid:
-            return True
+            return pid
         try:
-            with open(f"/proc/{_pid}/status") as f:
+            with open(f"/proc/{pid}/status") as f:
                 for line in f:
                     if line.startswith("Groups:"):
-                        return str(self.allowed_gid) in line.split()[1:]
+                        return pid if str(self.allowed_gid) in line.split()[1:] else 0
         except OSError:
             pass
-        return False
+        return 0
+
+    def _evict_oldest(self) -> None:
+        fd = next(iter(self.conns))
+        c = self.conns[fd]
+        if not c.out:  # (one with a reply on its way keeps it; it is closed all the same)
+            try:
+                c.sock.send(channels.encode_message(
+                    {"ok": False, "error": f"closed: more than {self.max_conns} control "
+                     "connections at once, and this was the oldest"}))
+            except OSError:
+                pass
+        self.evicted += 1
+        if len(self.evicted_pids) < 5:
+            self.evicted_pids.add(c.pid)
+        self._close(fd)
+
+    def take_evicted(self) -> tuple[int, list[int]]:
+        """How many connections were closed as the oldest since the last call, and the
+        first few of their peers' pids."""
+        out = self.evicted, sorted(self.evicted_pids)
+        self.evicted, self.evicted_pids = 0, set()
+        return out
 
     def on_readable(self, fd: int) -> None:
         c = self.conns.get(fd)

@@ -169,10 +169,16 @@ class LogPipes:
         """The logger holding the lock does not answer the hand-over (or had not
         opened it yet): if it is stopped (SIGSTOP), it is hung; kill it, so the next
         attempt starts a new one."""
-        try:
-            with open(os.path.join(self.state_dir, wire.LOCK_FILE)) as f:
-                pid = int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
+        path = os.path.join(self.state_dir, wire.LOCK_FILE)
+        try:  # (regular: a FIFO there is not waited on)
+            pid = int(channels.read_small(path, regular=True).split()[0])
+        except FileNotFoundError:
+            return  # not written yet
+        except (OSError, ValueError, IndexError) as e:
+            self.log(f"{path}: cannot read the logger's pid ({e}): not checked for a "
+                     "stopped logger")
+            return
+        if pid <= 0:
             return
         if channels.proc_state(pid) in ("T", "t"):
             self.log(f"logger (pid {pid}) is stopped and does not answer: killing it")

@@ -919,7 +919,7 @@ class Restarter:
         `start_until`. A change is fed to the state table as OWNED / DISOWNED."""
         if self.cfg.cluster is None:
             return  # a single machine: no singletons (the configuration check)
-        hb = channels.read_heartbeat(self.state_dir, "cluster")
+        hb = channels.read_heartbeat(self.state_dir, "cluster", regular=True)
         x = hb.extra if hb is not None else {}
         self.cluster_seen = hb.mono if hb is not None else None
         until, owned, owners = x.get("start_until"), x.get("owned"), x.get("owners")
@@ -973,6 +973,11 @@ class Restarter:
         self.max_lag = self.timer_lag = 0.0
         self.orphaned = self.orphaned or channels.init_gone(self.init)
         self.control.expire(now)
+        evicted, pids = self.control.take_evicted()
+        if evicted:
+            log(f"warning: control socket: {evicted} connection(s) closed as the oldest of "
+                f"more than {self.control.max_conns} at once (peer pids "
+                f"{', '.join(map(str, pids))}{', ...' if evicted > len(pids) else ''})")
         self.logs.tick(now)
         self.beat_due = channels.next_tick(now, self.cfg.chain.heartbeat_interval)  # shared grid
         self.arm("", Timer.HEARTBEAT, self.beat_due - now, now)

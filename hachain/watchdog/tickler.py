@@ -899,10 +899,12 @@ def _cache_key(path: str) -> dict[str, Any] | None:
     state = os.environ.get(channels.ENV_STATE_DIR, "")
     if not cid or not state:
         return None
+    running_path = os.path.join(state, channels.RUNNING_CONFIG)
     try:
-        running = channels.read_json(os.path.join(state, channels.RUNNING_CONFIG),
-                                     regular=True)
-    except (OSError, ValueError):
+        running = channels.read_json(running_path, regular=True)
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else f"not JSON ({e})"
+        log(f"{running_path}: {why}: ignored, the configuration is read anew")
         return None
     if not isinstance(running, dict) or running.get("chain_id") != cid or \
             running.get("source") != os.path.abspath(path) or \
