@@ -497,3 +497,32 @@ def test_control_many_half_requests_hold_bounded_memory(one: tuple[RestarterRun,
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert r.svc("a")["pid"] == pid
     assert_clean_log(r)
+
+
+def test_notify_flood_of_bad_datagrams_is_logged_within_a_quota(
+        relayed: tuple[RestarterRun, Callable[..., None]]) -> None:
+    """2000 bad datagrams from a service and 500 from a process of no service: a few
+    lines each per second and one line saying how many more (was: a line per datagram)."""
+    from hachain.restarter.notify import WarnQuota
+    r, send = relayed
+    for _ in range(2000):
+        send(b"\xff bad")
+    send(b"STATUS=after the flood")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.settimeout(REPLY_TIMEOUT)
+    try:
+        for _ in range(500):
+            s.sendto(b"READY=1", os.path.join(r.state_dir, channels.NOTIFY_SOCKET))
+    finally:
+        s.close()
+    wait_until(lambda: status_text(r) == "after the flood", REPLY_TIMEOUT, "the flood read")
+    wait_until(lambda: "more bad notify message(s) in the last" in log_text(r)
+               and "processes of no service:" in log_text(r), REPLY_TIMEOUT,
+               "the lines saying how many were not logged")
+    text = log_text(r)
+    windows = 2 + text.count("more bad notify message(s)")  # (a slow host: more windows)
+    per = WarnQuota().per_window
+    assert text.count("relay: bad notify message") <= per * windows, text[-2000:]
+    assert text.count("that belongs to no service") <= per * windows, text[-2000:]
+    assert r.svc("relay")["state"] == "ready"
+    assert_clean_log(r)

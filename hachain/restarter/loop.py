@@ -216,6 +216,7 @@ class Restarter:
         self._queued: dict[int, str] = {}  # during adoption: sender pid -> MAINPID= queued
         self._queued_from: dict[int, str] = {}  # ... and the service of each sender used
         self._early: list[notify.Notification] = []  # during adoption: all read so far
+        self.notify_warnings = notify.WarnQuota()  # lines about bad notify messages
         self._main_guess: dict[str, int] = {}  # forking: a cgroup guess to confirm
         self._zombie: int | None = None  # the exited main process not yet reaped
         self._pids_limited: set[str] = set()
@@ -772,11 +773,12 @@ class Restarter:
                 name = senders.get(n.pid)
             if name is None:
                 what = ",".join(sorted(n.fields)) or n.error
-                log(f"warning: notify message ({what}) from pid {n.pid or '?'} that belongs to "
+                self._notify_warn("", f"warning: notify message ({what}) from pid "
+                                  f"{n.pid or '?'} that belongs to "
                     "no service: ignored")
                 continue
             if n.error:
-                log(f"warning: {name}: bad notify message: {n.error}")
+                self._notify_warn(name, f"warning: {name}: bad notify message: {n.error}")
                 continue
             f = n.fields
             if "STATUS" in f:
@@ -785,8 +787,9 @@ class Restarter:
                 self.core.watchdog_ping(name, now)
             if "EXTEND_TIMEOUT_USEC" in f:
                 if (sec := notify.usec_field(f["EXTEND_TIMEOUT_USEC"])) is None:
-                    log(f"warning: {name}: EXTEND_TIMEOUT_USEC={f['EXTEND_TIMEOUT_USEC'][:24]!r}"
-                        " is not a number of microseconds: ignored")
+                    self._notify_warn(name, f"warning: {name}: EXTEND_TIMEOUT_USEC="
+                                      f"{f['EXTEND_TIMEOUT_USEC'][:24]!r} is not a number "
+                                      "of microseconds: ignored")
                 else:
                     self.core.extend_timeout(name, sec, now)
             if "MAINPID" in f:
@@ -797,13 +800,20 @@ class Restarter:
                 self.core.push(name, Ev.READY, now)
             self.run_core(now)
 
+    def _notify_warn(self, key: str, line: str) -> None:
+        """A warning about a notify message from `key` (a service, "" for none), within
+        the quota (notify.WarnQuota); the heartbeat says how many more there were."""
+        if self.notify_warnings.allow(key):
+            log(line)
+
     def _new_main_pid(self, name: str, value: str, now: float) -> None:
         """MAINPID=: the service says another of its processes is now the main one
         (a daemon that forks). Only a process of the same service is passed on, with its
         pidfd held; the table decides (core.MainFound)."""
         pid = notify.pid_field(value)
         if pid is None:  # (int() took 99999999999999999999, and getpgid() raised on it)
-            log(f"warning: {name}: MAINPID={value[:24]!r} is not a pid: ignored")
+            self._notify_warn(name, f"warning: {name}: MAINPID={value[:24]!r} is not a pid: "
+                              "ignored")
             return
         s = self.svcs[name]
         if name in self._found or pid == s.pid:
@@ -817,7 +827,8 @@ class Restarter:
             except OSError:
                 same = False
         if not same:
-            log(f"warning: {name}: MAINPID={pid} is not a process of this service: ignored")
+            self._notify_warn(name, f"warning: {name}: MAINPID={pid} is not a process of this "
+                              "service: ignored")
             return
         try:
             fd = spawn.pidfd_open(pid)
@@ -973,6 +984,9 @@ class Restarter:
         self.max_lag = self.timer_lag = 0.0
         self.orphaned = self.orphaned or channels.init_gone(self.init)
         self.control.expire(now)
+        for key, more in self.notify_warnings.roll(now):
+            log(f"warning: {key or 'processes of no service'}: {more} more bad notify "
+                f"message(s) in the last {self.notify_warnings.window:g} s, not logged")
         evicted, pids = self.control.take_evicted()
         if evicted:
             log(f"warning: control socket: {evicted} connection(s) closed as the oldest of "

@@ -57,6 +57,34 @@ def usec_field(value: str) -> float | None:
     return usec / 1e6 if usec <= USEC_MAX else None
 
 
+class WarnQuota:
+    """At most `per_window` warning lines per sender (a service's name, or "" for
+    processes of no service) in each `window` seconds; the rest are counted and reported
+    as one line each when the window ends, so a flood of bad datagrams cannot flood the
+    chain's log. Pure: `now` is passed in."""
+
+    def __init__(self, per_window: int = 20, window: float = 1.0) -> None:
+        self.per_window = per_window
+        self.window = window
+        self.start = 0.0
+        self.count: dict[str, int] = {}  # one key per service, plus ""
+
+    def allow(self, key: str) -> bool:
+        n = self.count.get(key, 0) + 1
+        self.count[key] = n
+        return n <= self.per_window
+
+    def roll(self, now: float) -> list[tuple[str, int]]:
+        """Once a window has ended: each sender whose lines were held back, with how many;
+        the counts start over. [] before that."""
+        if now - self.start < self.window:
+            return []
+        out = [(k, n - self.per_window) for k, n in self.count.items() if n > self.per_window]
+        self.count.clear()
+        self.start = now
+        return out
+
+
 @dataclass(frozen=True)
 class Notification:
     pid: int  # sender pid from the kernel's credentials (0 when absent)
