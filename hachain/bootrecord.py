@@ -44,6 +44,7 @@ Facts it relies on:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from typing import Any
@@ -90,11 +91,12 @@ def empty() -> dict[str, Any]:
     return {"version": VERSION, "counter": 0, "boots": []}
 
 
-def read(persist_dir: str) -> dict[str, Any]:
+def read(persist_dir: str, regular: bool = False) -> dict[str, Any]:
     """The record; an empty one when missing. A corrupt file (a disk fault: writes are
-    atomic) is set aside as `.corrupt` by the next write and reads as empty here."""
+    atomic) is set aside as `.corrupt` by the next write and reads as empty here.
+    `regular`: as channels.read_small's (a FIFO there is not waited on)."""
     try:
-        d = channels.read_json(os.path.join(persist_dir, RECORD))
+        d = channels.read_json(os.path.join(persist_dir, RECORD), regular)
     except (OSError, ValueError):
         return empty()
     if not isinstance(d, dict) or not isinstance(d.get("boots"), list):
@@ -178,8 +180,9 @@ def held_services(entry: dict[str, Any] | None) -> list[str]:
 class _Locked:
     """flock on `<persist_dir>/boot_record.lock` for one read-modify-write."""
 
-    def __init__(self, persist_dir: str) -> None:
+    def __init__(self, persist_dir: str, regular: bool = False) -> None:
         self.persist_dir = persist_dir
+        self.regular = regular
         self.fd = -1
 
     def __enter__(self) -> dict[str, Any]:
@@ -187,23 +190,40 @@ class _Locked:
         self.fd = os.open(os.path.join(self.persist_dir, LOCK),
                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return read(self.persist_dir)
+        return read(self.persist_dir, self.regular)
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)  # releases the lock
 
 
-def _write(persist_dir: str, rec: dict[str, Any]) -> None:
-    path = os.path.join(persist_dir, RECORD)
+def _damage(path: str, regular: bool) -> str:
+    """What makes the file at `path` no boot record ("" when it is one, or missing or
+    unreadable: nothing to keep)."""
     try:
-        channels.read_json(path)
+        d = channels.read_json(path, regular)
     except ValueError:
+        return "not JSON"
+    except OSError as e:
+        return (e.strerror or str(e)) if regular and e.errno in (
+            errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.ELOOP) else ""
+    if d is not None and (not isinstance(d, dict) or not isinstance(d.get("boots"), list)):
+        return "not a boot record (no list of boots)"
+    return ""
+
+
+def _write(persist_dir: str, rec: dict[str, Any], regular: bool = False,
+           log: Any = None) -> None:
+    """Write `rec`; a file there that is no boot record is set aside as `.corrupt` first
+    (one line through `log`)."""
+    path = os.path.join(persist_dir, RECORD)
+    if why := _damage(path, regular):
         try:
             os.replace(path, path + ".corrupt")
-        except OSError:
-            pass
-    except OSError:
-        pass
+            msg = f"{path}: {why}: set aside as {RECORD}.corrupt, a new record begins"
+        except OSError as e:
+            msg = f"{path}: {why}, and cannot set it aside: {e.strerror or e}"
+        if log is not None:
+            log(msg)
     rec["version"] = VERSION
     rec["boots"] = rec["boots"][-HISTORY:]
     channels.write_json(path, rec, durable=True)
@@ -211,20 +231,22 @@ def _write(persist_dir: str, rec: dict[str, Any]) -> None:
 
 def begin_boot(persist_dir: str, boot_id: str, now_wall: float, resets: int = 3,
                window: float = 900.0, action: str = "rescue", bootstatus: int | None = None,
-               device: str | None = None) -> dict[str, Any]:
+               device: str | None = None, regular: bool = False, log: Any = None
+               ) -> dict[str, Any]:
     """Open this boot's entry (counter + 1, reason "unknown", the loop verdict) unless it
     exists; fill in `bootstatus`/`device` when given and not yet known. Returns the entry.
 
     Called by every layer that starts: the first one in a boot writes, the others find
     the entry. An entry that says "shutdown" while a layer starts in its boot goes back to
-    "unknown": the boot goes on. OSError propagates (the caller logs it and runs on)."""
-    rec = read(persist_dir)
+    "unknown": the boot goes on. OSError propagates (the caller logs it and runs on).
+    `regular` (a reader with no deadline: the restarter) and `log`: as _write's."""
+    rec = read(persist_dir, regular)
     cur = entry_for(rec, boot_id) if boot_id else None
     if cur is not None and cur.get("reason") != SHUTDOWN and \
             (bootstatus is None or cur.get("bootstatus") is not None) and \
             (device is None or cur.get("device") is not None):
         return cur  # nothing to change: no lock, no write
-    with _Locked(persist_dir) as rec:
+    with _Locked(persist_dir, regular) as rec:
         cur = entry_for(rec, boot_id) if boot_id else None
         if cur is None:
             rec["counter"] = int(rec.get("counter", 0)) + 1
@@ -239,7 +261,7 @@ def begin_boot(persist_dir: str, boot_id: str, now_wall: float, resets: int = 3,
             cur["bootstatus"] = bootstatus
         if device is not None and cur.get("device") is None:
             cur["device"] = device
-        _write(persist_dir, rec)
+        _write(persist_dir, rec, regular, log)
         return cur
 
 

@@ -1,7 +1,8 @@
 """Bad files where the chain reads its own state back: runtime records, admin.json, the
-running snapshot and its parsed copy, the boot record. Each case runs the real restarter
-on files damaged while it was down and checks the rule: one line naming the file and what
-is wrong, the restarter starts (no traceback, no hang on a FIFO), and what else was
+running snapshot and its parsed copy, the boot record, the logger's lock file, heartbeats,
+the tickler's kept tables. Each case runs the real layer (restarter, init, tickler) on
+files damaged while it was down and checks the rule: one line naming the file and what
+is wrong, the layer starts or stops as asked (no traceback, no hang on a FIFO), and what else was
 persisted is kept.
 
 What was wrong before:
@@ -16,7 +17,13 @@ What was wrong before:
 - running.parsed was unpickled with pickle.loads: a pickle the chain did not write ran
   whatever code it named;
 - a boot record whose boot number was not an integer ended the restarter (ValueError):
-  it is now the restarter's warning line about the boot record, and no rescue holds.
+  it is now the restarter's warning line about the boot record, and no rescue holds; a
+  boot record that was no JSON was set aside, and one of the wrong shape overwritten,
+  without a word, and a FIFO there held the restarter in open();
+- a FIFO as the logger's lock file held a new restarter in open() after a hand-over
+  timeout; a FIFO as the tickler's heartbeat held init in open() when it stopped the
+  chain; a FIFO as running.json or the tickler's kept tables held the tickler before it
+  opened the device.
 """
 
 from __future__ import annotations
@@ -177,16 +184,43 @@ def test_bad_running_snapshot_and_parsed_copy(restarter: Any, monkeypatch: Any,
             _put(running, good)
 
 
-def test_boot_record_with_a_boot_number_not_an_integer(restarter: Any) -> None:
+BOOT_RECORDS: list[tuple[Any, str]] = [
+    (b"\x00garbage", "not JSON"),
+    (b'{"boots": "none"}', "not a boot record (no list of boots)"),
+    (b"[]", "not a boot record (no list of boots)"),
+    ("fifo", "not a regular file (a FIFO)"),
+    ("dir", "not a regular file (a directory)"),
+]
+
+
+def test_bad_boot_record_is_set_aside_and_the_restarter_starts(restarter: Any) -> None:
+    """The restarter opens this boot's entry in the boot record at every start when it
+    is not there. A damaged record was overwritten without a word (a wrong shape) or set
+    aside without one (not JSON), a FIFO held the restarter in open() for good, and a
+    boot number not an integer ended it (ValueError, at every start)."""
     r = restarter(f'[service.web]\ncommand = {svc("sleep")}\n')
     pid = r.wait_state("web", "ready")["pid"]
-    r.kill_restarter()
     record = os.path.join(r.persist_dir, bootrecord.RECORD)
+    r.kill_restarter()
     channels.write_json(record, {"version": 1, "boots": [{"boot": "x"}, {"boot": 1e400}]})
     text = _started(r)
     assert r.wait_state("web", "ready", READY)["pid"] == pid
     assert "warning: cannot read or write the boot record: ValueError: invalid literal" \
         in text, text[-3000:]
+    for what, why in BOOT_RECORDS:
+        r.kill_restarter()
+        os.truncate(r.log, 0)
+        _put(record + ".corrupt", b"")
+        os.unlink(record + ".corrupt")
+        _put(record, what)
+        text = _started(r)
+        assert r.wait_state("web", "ready", READY)["pid"] == pid
+        assert f"warning: {record}: {why}: set aside as {bootrecord.RECORD}.corrupt, a new " \
+            "record begins" in text, text[-3000:]
+        if isinstance(what, bytes):
+            with open(record + ".corrupt", "rb") as f:
+                assert f.read() == what  # kept as it was
+        assert bootrecord.read(r.persist_dir)["boots"]  # this boot's entry, in a new record
 
 
 def test_fifo_as_the_loggers_lock_file_does_not_block_the_restarter(restarter: Any) -> None:

@@ -426,7 +426,8 @@ class Restarter:
         try:
             entry = bootrecord.begin_boot(self.cfg.chain.persist_dir,
                                           bootrecord.current_boot_id(), time.time(),
-                                          bl.resets, bl.window, bl.action)
+                                          bl.resets, bl.window, bl.action, regular=True,
+                                          log=lambda m: log("warning: " + m))
         except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
             # (a record of valid JSON with a wrong type inside is no reason to stop)
             log(f"warning: cannot read or write the boot record: {type(e).__name__}: {e}")

@@ -867,7 +867,8 @@ def begin_boot_record(cfg: Config, boot_id: str, bootstatus: int | None = None,
     boot, with the loop verdict of `[chain] boot_loop`. OSError propagates."""
     bl = cfg.chain.boot_loop
     return bootrecord.begin_boot(cfg.chain.persist_dir, boot_id, time.time(), bl.resets,
-                                 bl.window, bl.action, bootstatus=bootstatus, device=device)
+                                 bl.window, bl.action, bootstatus=bootstatus, device=device,
+                                 log=log)
 
 
 class Tables:
