@@ -526,3 +526,54 @@ def test_notify_flood_of_bad_datagrams_is_logged_within_a_quota(
     assert text.count("that belongs to no service") <= per * windows, text[-2000:]
     assert r.svc("relay")["state"] == "ready"
     assert_clean_log(r)
+
+
+def test_logger_inbox_garbage_frames_are_dropped_and_their_descriptors_closed(
+        restarter: Callable[..., RestarterRun]) -> None:
+    """Frames of the wrong shape on the logger's inbox (sent by whoever got the sockets
+    through its hand-over socket): each dropped with one line, its descriptors closed,
+    the logger running on (was: max 1e400 or deep nesting ended it with a traceback)."""
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+""")
+    r.wait_state("a", "ready")
+    lpid = wait_until(r.logger_pid, REPLY_TIMEOUT, "the logger's pid")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(REPLY_TIMEOUT)
+    s.connect(os.path.join(r.state_dir, channels.LOGGER_SOCKET))
+    _msg, fds, _f, _a = socket.recv_fds(s, 1024, 8)
+    s.close()
+    try:
+        assert len(fds) == 4
+        inbox_w = fds[1]
+        frames = [b'{"pipes":[{"name":"a","max":1e400,"keep":0}]}', b"[" * 30000,
+                  b"\xff\xfe", b'{"pipes":[{"name":"../x","max":1,"keep":0}]}',
+                  b'{"pipes":[{"name":"a","max":1,"keep":0},{"name":"b","max":1,"keep":0}]}']
+        for frame in frames:
+            rfd, wfd = os.pipe()
+            try:
+                with socket.socket(fileno=os.dup(inbox_w)) as w:
+                    w.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         array.array("i", [rfd]))])
+                os.close(rfd)
+                rfd = -1
+
+                def write_fails(w: int = wfd) -> bool:
+                    try:
+                        os.write(w, b"x")
+                    except BrokenPipeError:
+                        return True
+                    return False
+                wait_until(write_fails, REPLY_TIMEOUT,
+                           f"the read end sent with {frame[:30]!r} to be closed")
+            finally:
+                os.close(wfd)
+                if rfd >= 0:
+                    os.close(rfd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert channels.pid_alive(lpid) and r.logger_pid() == lpid
+    assert log_text(r).count("malformed inbox message") == len(frames)
+    assert_clean_log(r)

@@ -91,8 +91,8 @@ def decode(data: bytes, nfds: int) -> list[PipeInfo] | None:
     try:
         obj = json.loads(data)
         out = [PipeInfo(str(p["name"]), int(p["max"]), int(p["keep"])) for p in obj["pipes"]]
-    except (ValueError, KeyError, TypeError):
-        return None
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        return None  # (OverflowError: "max": 1e400; RecursionError: nested too deeply)
     if len(out) != nfds or any(i.max_bytes < 1 or i.keep < 0 or not i.name
                                or "/" in i.name for i in out):
         return None
