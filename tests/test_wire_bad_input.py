@@ -25,7 +25,7 @@ from tests.conftest import PY, RestarterRun, svc, wait_until
 
 # Generous bounds: a loaded CI host must stretch them, not fail them. A stalled control
 # connection is closed REQUEST_TIMEOUT after it was accepted, at the next heartbeat.
-REPLY_TIMEOUT = 10.0
+REPLY_TIMEOUT = 30.0
 CLOSE_TIMEOUT = channels.REQUEST_TIMEOUT + 20.0
 
 # A notify service that forwards every datagram it receives on the socket named by its
@@ -201,7 +201,10 @@ def test_control_stalled_idle_huge_and_rude_clients_lose_nothing(
 
         def all_closed() -> bool:
             for s in [s for s in pending if select.select([s], [], [], 0)[0]]:
-                data = s.recv(4096)
+                try:
+                    data = s.recv(4096)
+                except ConnectionResetError:  # closed with part of its request unread
+                    data = b""
                 if data == b"":
                     pending.discard(s)
                 else:  # past MAX_CONNS: the oldest are closed with a word
@@ -485,10 +488,14 @@ def test_control_many_half_requests_hold_bounded_memory(one: tuple[RestarterRun,
         grown = rss_kb(rpid) - before
         assert grown < 48 * 1024, f"the restarter grew by {grown} kB"
         assert fd_count(rpid) <= fds_before + MAX_CONNS + 8
-        first = held[0]
-        first.setblocking(True)
-        first.settimeout(REPLY_TIMEOUT)
-        assert "this was the oldest" in refused(first.recv(4096))
+        told = 0  # (an early one may have reached its deadline before it was the oldest)
+        for s in held[:200]:
+            if select.select([s], [], [], 0)[0]:
+                try:
+                    told += b"this was the oldest" in s.recv(4096)
+                except ConnectionResetError:
+                    pass
+        assert told, "no connection was told it was closed as the oldest"
         wait_until(lambda: "connection(s) closed as the oldest of more than" in log_text(r),
                    REPLY_TIMEOUT, "the evictions to be logged")
     finally:
