@@ -23,7 +23,8 @@ What was wrong before:
 - a FIFO as the logger's lock file held a new restarter in open() after a hand-over
   timeout; a FIFO as the tickler's heartbeat held init in open() when it stopped the
   chain; a FIFO as running.json or the tickler's kept tables held the tickler before it
-  opened the device.
+  opened the device; a FIFO as a directory's reserve file (.hachain-reserve) held the
+  restarter in its open for writing, and a dangling symbolic link there was followed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import pytest
 
 from hachain import bootrecord, channels
 from hachain.logger import wire
+from hachain.restarter import persist
 from hachain.watchdog.tickler import TABLES_CACHE
 from tests.conftest import RestarterRun, children, svc, wait_until
 
@@ -221,6 +223,29 @@ def test_bad_boot_record_is_set_aside_and_the_restarter_starts(restarter: Any) -
             with open(record + ".corrupt", "rb") as f:
                 assert f.read() == what  # kept as it was
         assert bootrecord.read(r.persist_dir)["boots"]  # this boot's entry, in a new record
+
+
+def test_reserve_files_not_regular_are_set_aside(restarter: Any) -> None:
+    """Each of the restarter's directories keeps a reserve file for writes on a full disk
+    (.hachain-reserve), opened for writing at every start. A FIFO there held the
+    restarter in open() for good, a dangling symbolic link made it write 64 KiB where the
+    link pointed; each is now set aside with one line, and a new reserve is made."""
+    r = restarter(f'[service.web]\ncommand = {svc("sleep")}\n')
+    pid = r.wait_state("web", "ready")["pid"]
+    services = os.path.join(r.state_dir, channels.SERVICE_RECORD_DIR)
+    cases = [(os.path.join(r.persist_dir, persist.RESERVE), "fifo", "a FIFO"),
+             (os.path.join(services, persist.RESERVE), "dangling", "a symbolic link")]
+    r.kill_restarter()
+    for path, what, _ in cases:
+        _put(path, what)
+    text = _started(r)
+    assert r.wait_state("web", "ready", READY)["pid"] == pid
+    for path, _, kind in cases:
+        assert f"warning: {path}: not a regular file ({kind}): corrupt, set aside as " \
+            f"{persist.RESERVE}.corrupt" in text, text[-3000:]
+        assert os.path.isfile(path) and not os.path.islink(path)
+        assert os.path.getsize(path) == persist.RESERVE_BYTES
+    assert not os.path.exists(os.path.join(services, persist.RESERVE + ".nowhere"))
 
 
 def test_fifo_as_the_loggers_lock_file_does_not_block_the_restarter(restarter: Any) -> None:

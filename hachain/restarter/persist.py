@@ -40,6 +40,7 @@ import errno
 import json
 import math
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +152,7 @@ class WriteQueue:
         self.reserves = {d: os.path.join(d, RESERVE) for d in reserve_dirs}
         self.short: set[str] = set()  # directories whose reserve is not full-size
         self.on_reserve: set[str] = set()  # directories written from the reserve lately
+        self.warnings: list[str] = []  # reserves that were no regular file, set aside
         for d in self.reserves:
             self.refill(d)
 
@@ -212,11 +214,12 @@ class WriteQueue:
             return False
         self.short.add(d)  # used or not, look at it again
         try:
-            fd = os.open(r, os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(r, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError:
             return False
         try:
-            if os.fstat(fd).st_size < len(p.data):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size < len(p.data):
                 return False
             view = memoryview(p.data)
             while view:
@@ -242,13 +245,31 @@ class WriteQueue:
         return True
 
     def refill(self, d: str) -> None:
-        """Bring the reserve of `d` up to RESERVE_BYTES, as far as the space allows."""
+        """Bring the reserve of `d` up to RESERVE_BYTES, as far as the space allows. What
+        is no regular file there (a FIFO, which an open for writing would wait on, a
+        directory, a symbolic link) is set aside as `.corrupt` first."""
+        path = self.reserves[d]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK | \
+            os.O_NOFOLLOW
         try:
-            fd = os.open(self.reserves[d], os.O_WRONLY | os.O_CREAT | os.O_APPEND |
-                         os.O_CLOEXEC, 0o600)
-        except OSError:
-            self.short.add(d)
-            return
+            fd = os.open(path, flags, 0o600)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, "not a regular file")
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENXIO, errno.EISDIR, errno.ELOOP):
+                self.short.add(d)
+                return
+            try:
+                kind = channels.file_kind(os.lstat(path).st_mode)
+            except OSError:
+                kind = e.strerror or str(e)
+            self.warnings.append(_set_aside(path, f"not a regular file ({kind})"))
+            try:
+                fd = os.open(path, flags | os.O_EXCL, 0o600)
+            except OSError:
+                self.short.add(d)
+                return
         try:
             size = os.fstat(fd).st_size
             while size < RESERVE_BYTES:
@@ -270,6 +291,7 @@ class Store:
         os.makedirs(persist_dir, exist_ok=True)
         self.warnings: list[str] = []
         self.queue = WriteQueue((self.rec_dir, persist_dir))
+        self.warnings += self.queue.warnings
         self._admin_asked: dict[str, dict[str, str]] | None = None  # newest content queued
 
     def write_record(self, rec: RuntimeRecord, now: float) -> None:
