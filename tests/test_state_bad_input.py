@@ -135,14 +135,18 @@ def test_bad_admin_json_is_set_aside_and_running_services_stay(restarter: Any) -
     admin = os.path.join(r.persist_dir, channels.ADMIN_STATE)
     for what, why in ADMIN.values():
         r.kill_restarter()
-        _put(admin + ".corrupt", b"")  # the one set aside before: no directory
-        os.unlink(admin + ".corrupt")
-        _put(admin, what)
+        _put(admin, what)  # (the one set aside before stays: the directory is set
+        # aside beside it, under a name of its own)
         text = _started(r)
         assert r.wait_state("web", "ready", READY)["pid"] == pid  # re-adopted: kept running
         assert f"warning: {admin}: {why}: corrupt, set aside as admin.json.corrupt" in text, \
             text[-3000:]
         os.truncate(r.log, 0)
+    # admin state is written again (a directory left there blocked every write of
+    # persist_dir)
+    r.req("stop", "web")
+    wait_until(lambda: os.path.isfile(admin) and channels.read_json(admin) ==
+               {"web": {"want": "down"}}, READY, "admin.json to say web is stopped")
 
 
 def _evil_pickle(marker: str) -> bytes:

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -65,11 +66,16 @@ class RuntimeRecord:
 
 
 def _set_aside(path: str, why: str) -> str:
-    try:
-        os.replace(path, path + ".corrupt")
-    except OSError as e:
-        return f"{path}: {why}: corrupt, and cannot set it aside: {e.strerror or e}"
-    return f"{path}: {why}: corrupt, set aside as {os.path.basename(path)}.corrupt"
+    """Move `path` to `<path>.corrupt`, or, when that name holds something a rename
+    cannot replace (a directory, or a file where this is one), `<path>.corrupt.<ns>`."""
+    for target in (path + ".corrupt", f"{path}.corrupt.{time.time_ns()}"):
+        try:
+            os.replace(path, target)
+        except OSError as e:
+            err = e
+            continue
+        return f"{path}: {why}: corrupt, set aside as {os.path.basename(target)}"
+    return f"{path}: {why}: corrupt, and cannot set it aside: {err.strerror or err}"
 
 
 def _read(path: str) -> tuple[Any, str]:
