@@ -390,6 +390,14 @@ command = {svc("sleep")}
             pass  # (the logger may have handed over and closed already: it reads nothing)
         r.beats(3)
         assert channels.pid_alive(lpid) and r.logger_pid() == lpid
+        # It got the sockets (root may), but the logger still follows the restarter (was:
+        # it followed this test's pid instead, and took its exit for the restarter's).
+        assert r.proc is not None
+        rpid = r.proc.pid
+        wait_until(lambda: f"sockets handed over to pid {os.getpid()}, which is not the "
+                   f"chain's restarter (restarter.lock names pid {rpid}): still "
+                   f"following pid {rpid}" in log_text(r), REPLY_TIMEOUT,
+                   "the logger's line about the hand-over")
     finally:
         s.close()
     assert r.ping()

@@ -53,6 +53,13 @@ def log(msg: str) -> None:
         pass
 
 
+def follows(peer: int, holder: int | None) -> bool:
+    """Whether a hand-over's peer becomes the restarter the logger follows: any peer
+    while no live restarter holds the lock (a logger started by hand), else only that
+    restarter (root's `socat` on logger.sock gets the sockets, not the logger's watch)."""
+    return holder is None or peer == holder
+
+
 def take_lines(held: bytes, data: bytes) -> tuple[bytes, bytes]:
     """(what to write now, what to hold back) after `data` was read behind `held`.
 
@@ -162,9 +169,26 @@ class Logger:
             except OSError as e:
                 log(f"hand-over to pid {pid} failed: {e}")
                 return
+        holder = self.restarter_holder()
+        if not follows(pid, holder):
+            log(f"sockets handed over to pid {pid}, which is not the chain's restarter "
+                f"({wire.RESTARTER_LOCK} names pid {holder}): still following pid "
+                f"{self.restarter_pid or '-'}")
+            return
         log(f"sockets handed over to the restarter (pid {pid}); "
             f"{len(self.pipes)} pipe(s) held")
         self.watch_restarter(pid)
+
+    def restarter_holder(self) -> int | None:
+        """The live pid the restarter lock names (None: no lock file, no pid, or gone)."""
+        try:
+            text = channels.read_small(os.path.join(self.state_dir, wire.RESTARTER_LOCK),
+                                       regular=True).decode(errors="replace").strip()
+        except OSError:
+            return None
+        if not text.isdigit() or not channels.pid_alive(int(text)):
+            return None
+        return int(text)
 
     def restarter_gone(self) -> bool:
         if self.restarter_fd is None:

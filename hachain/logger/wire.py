@@ -19,6 +19,7 @@ from hachain import channels
 
 HANDOVER_SOCKET = channels.LOGGER_SOCKET
 LOCK_FILE = channels.LOGGER_LOCK
+RESTARTER_LOCK = channels.RESTARTER_LOCK  # names the restarter a hand-over makes followed
 LOCKED_EXIT = 3  # a logger's exit status when another holds the lock
 ENV_FDS = channels.ENV_LOGGER_FDS  # "inbox_r,inbox_w,stash_r,stash_w", inherited
 MAX_FDS = 250  # per message (the kernel's SCM_MAX_FD is 253)
