@@ -41,6 +41,7 @@ import pytest
 from hachain import bootrecord, channels
 from hachain.logger import wire
 from hachain.restarter import persist
+from hachain.watchdog.device import WDIOF_CARDRESET
 from hachain.watchdog.tickler import TABLES_CACHE
 from tests.conftest import RestarterRun, children, svc, wait_until
 
@@ -340,5 +341,28 @@ def test_fifos_in_the_ticklers_config_files_do_not_keep_it_from_petting(
                 assert p.wait(READY) == 0, rig.log_text()[-3000:]
         assert "Traceback" not in rig.log_text()
         assert not rig.expired.is_set()
+    finally:
+        rig.close()
+
+
+def test_gate_record_of_the_wrong_shape_still_says_why_the_last_boot_ended(
+        tmp_path: Any) -> None:
+    """After a watchdog reset the tickler says why the previous boot ended, with the
+    reasons from gate.json. `"reasons": 5` there raised TypeError in its record writer:
+    that line was lost (an internal error logged in its place)."""
+    from tests.test_tickler import ForgedLayers, Rig
+    rig = Rig(str(tmp_path), bootstatus=WDIOF_CARDRESET)
+    os.makedirs(rig.persist_dir)
+    channels.write_json(os.path.join(rig.persist_dir, channels.GATE_RECORD),
+                        {"boot_id": "a previous boot", "reasons": 5})
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            p = rig.start_tickler()
+            rig.wait_log("previous boot ended by: ", READY)
+            rig.wait_log("; gate had failed: 5", READY)
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(READY) == 0, rig.log_text()[-3000:]
+        assert "Traceback" not in rig.log_text()
     finally:
         rig.close()

@@ -463,7 +463,9 @@ class Tickler:
             log(f"cannot write {path}: {e}")
         msg = f"previous boot ended by: {cause} (boot status 0x{bootstatus:x})"
         if bootstatus & WDIOF_CARDRESET and isinstance(gate, dict):
-            msg += "; gate had failed: " + "; ".join(map(str, gate.get("reasons", [])))
+            reasons = gate.get("reasons", [])  # a list, unless the file was damaged
+            msg += "; gate had failed: " + "; ".join(
+                map(str, reasons if isinstance(reasons, list) else [reasons]))
         log(msg)
 
     def begin_boot(self, bootstatus: int | None = None) -> None:
