@@ -139,8 +139,8 @@ def read_running(state_dir: str, log: Any = None) -> Snapshot | None:
     return read_snapshot(os.path.join(state_dir, RUNNING), log)
 
 
-def read_last_good(persist_dir: str) -> Snapshot | None:
-    return read_snapshot(os.path.join(persist_dir, LAST_GOOD))
+def read_last_good(persist_dir: str, log: Any = None) -> Snapshot | None:
+    return read_snapshot(os.path.join(persist_dir, LAST_GOOD), log)
 
 
 def _write(path: str, snap: Snapshot, durable: bool) -> None:
@@ -309,10 +309,12 @@ def persist_candidates(environ: dict[str, str] | None = None,
     return list(dict.fromkeys(out))
 
 
-def find_last_good(source: str, environ: dict[str, str] | None = None) -> Snapshot | None:
-    """The newest last-known-good snapshot of the file `source` in the candidate places."""
+def find_last_good(source: str, environ: dict[str, str] | None = None,
+                   log: Any = None) -> Snapshot | None:
+    """The newest last-known-good snapshot of the file `source` in the candidate places
+    (one that is damaged is a line through `log`)."""
     found = [s for d in persist_candidates(environ, source)
-             if (s := read_last_good(d)) is not None and s.source == source]
+             if (s := read_last_good(d, log)) is not None and s.source == source]
     return max(found, key=lambda s: s.accepted_wall, default=None)
 
 
@@ -334,7 +336,7 @@ def accept(path: str, chain_id: str = "", fallback: bool = True,
     except ConfigError as e:
         if not fallback:
             raise
-        lkg = find_last_good(source, environ)
+        lkg = find_last_good(source, environ, log)
         if lkg is None:
             raise ConfigError([e.errors[0] + f" (and no last-known-good configuration of "
                                f"{source} in {', '.join(persist_candidates(environ, source))})",

@@ -366,3 +366,32 @@ def test_gate_record_of_the_wrong_shape_still_says_why_the_last_boot_ended(
         assert "Traceback" not in rig.log_text()
     finally:
         rig.close()
+
+
+def test_damaged_last_known_good_copy_is_named(restarter: Any) -> None:
+    """A restarter started with a broken file falls back to the last-known-good copy. A
+    damaged copy was passed over without a word ("no last-known-good configuration"
+    while one was there; a FIFO in its place held the restarter in open() for good until
+    the snapshot reads took regular files only). Now one line names it; the restarter
+    exits 2 as with no copy at all."""
+    r = restarter(f'[service.web]\ncommand = {svc("sleep")}\n')
+    r.wait_state("web", "ready")
+    r.stop()
+    lkg = os.path.join(r.persist_dir, channels.LAST_GOOD_CONFIG)
+    assert os.path.isfile(lkg)
+    with open(r.config, "a") as f:
+        f.write("[service.web]\n")  # a table defined twice: the file no longer loads
+    env = dict(os.environ)
+    for var in (channels.ENV_CHAIN_ID, channels.ENV_STATE_DIR, channels.ENV_PERSIST_DIR):
+        env.pop(var, None)
+    for what, why in ((b"garbage", "not JSON (Expecting value at byte 0)"),
+                      ("fifo", "not a regular file (a FIFO)")):
+        _put(lkg, what)
+        try:
+            p = subprocess.run([sys.executable, "-m", "hachain.restarter", "-c", r.config],
+                               capture_output=True, text=True, timeout=READY, env=env)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the restarter hung on {lkg} ({what!r})") from None
+        assert p.returncode == 2, p.stderr
+        assert "Traceback" not in p.stderr, p.stderr
+        assert f"{lkg}: {why}: ignored" in p.stderr, p.stderr
