@@ -62,6 +62,17 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def end_init(init: subprocess.Popen[bytes]) -> None:
+    """Kill an init a test started and the layers it started: init is stopped first, so
+    that it restarts nothing while its children are killed."""
+    if init.poll() is None:
+        os.kill(init.pid, signal.SIGSTOP)
+        for pid in children(init.pid):
+            os.kill(pid, signal.SIGKILL)
+    init.kill()
+    init.wait(10)
+
+
 # The marks of a module whose tests boot simulated machines (hachain.simulators.machine).
 SIM_MACHINE = [
     pytest.mark.slow,

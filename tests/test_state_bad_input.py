@@ -43,7 +43,7 @@ from hachain.logger import wire
 from hachain.restarter import persist
 from hachain.watchdog.device import WDIOF_CARDRESET
 from hachain.watchdog.tickler import TABLES_CACHE
-from tests.conftest import RestarterRun, children, svc, wait_until
+from tests.conftest import RestarterRun, end_init, svc, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -302,12 +302,7 @@ def test_fifo_as_the_ticklers_heartbeat_does_not_block_init_stopping(tmp_path: A
         assert code == 0, text[-3000:]
         assert "all processes stopped; exiting" in text, text[-3000:]
     finally:
-        if init.poll() is None:
-            os.kill(init.pid, signal.SIGSTOP)  # no restarts while we clean up
-            for pid in children(init.pid):
-                os.kill(pid, signal.SIGKILL)
-            init.kill()
-        init.wait(10)
+        end_init(init)
 
 
 def test_fifos_in_the_ticklers_config_files_do_not_keep_it_from_petting(

@@ -28,7 +28,7 @@ import pytest
 
 from hachain import bootrecord, channels, snapshot
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
-from tests.conftest import children, heartbeat_window, wait_until
+from tests.conftest import end_init, heartbeat_window, wait_until
 from tests.test_tickler import HB_TIMEOUT, PET, TIMEOUT, ForgedLayers, Rig
 
 PY = sys.executable
@@ -63,12 +63,7 @@ def init_with_tickler(tmp_path: Any, state_dir: Any, persist_dir: Any, wd: SoftW
         try:
             yield init, err
         finally:
-            if init.poll() is None:
-                os.kill(init.pid, signal.SIGSTOP)  # no restarts while we clean up
-                for pid in children(init.pid):
-                    os.kill(pid, signal.SIGKILL)
-            init.kill()
-            init.wait(10)
+            end_init(init)
     finally:
         server.stop()
 
