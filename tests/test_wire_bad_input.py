@@ -128,6 +128,24 @@ command = {svc("sleep")}
 
 # --- the control socket ---------------------------------------------------------------------
 
+def _logger_connection(r: RestarterRun) -> socket.socket:
+    """A connection to the logger's hand-over socket, once it is there: the logger names
+    itself in its lock file before it binds the socket (a connect in between failed in
+    CI with ENOENT)."""
+    path = os.path.join(r.state_dir, channels.LOGGER_SOCKET)
+
+    def attempt() -> socket.socket | None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.settimeout(REPLY_TIMEOUT)
+        try:
+            s.connect(path)
+            return s
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+            return None
+    return wait_until(attempt, REPLY_TIMEOUT, f"the logger listening on {path}")
+
+
 def test_control_requests_of_wrong_shape_get_one_line_refusals(one: tuple[RestarterRun, int]
                                                                ) -> None:
     r, pid = one
@@ -379,11 +397,8 @@ command = {svc("sleep")}
 """)
     r.wait_state("a", "ready")
     lpid = wait_until(r.logger_pid, REPLY_TIMEOUT, "the logger's pid")
-    path = os.path.join(r.state_dir, channels.LOGGER_SOCKET)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s.settimeout(REPLY_TIMEOUT)
+    s = _logger_connection(r)
     try:
-        s.connect(path)
         try:
             s.send(b"\xff" * 1000)  # garbage, then stall without reading or closing
         except OSError:
@@ -554,9 +569,7 @@ command = {svc("sleep")}
 """)
     r.wait_state("a", "ready")
     lpid = wait_until(r.logger_pid, REPLY_TIMEOUT, "the logger's pid")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s.settimeout(REPLY_TIMEOUT)
-    s.connect(os.path.join(r.state_dir, channels.LOGGER_SOCKET))
+    s = _logger_connection(r)
     _msg, fds, _f, _a = socket.recv_fds(s, 1024, 8)
     s.close()
     try:
