@@ -438,6 +438,19 @@ def parse_args(argv: list[str]) -> dict[str, str] | None:
     return opts
 
 
+def yield_on_wakeup() -> None:
+    """Run as SCHED_BATCH: the same share of the CPU as before (the nice value is kept),
+    but a wake-up of the logger no longer preempts the task running on its CPU. The task
+    it would preempt is often the service whose exit woke it: closing the pipe's last write
+    end happens in exit(2) before the parent is told, so a preempting logger held up the
+    restarter's SIGCHLD, and the restart, by 100-170 us (docs/benchmarks.md, thirteenth
+    session). A refusal (a seccomp filter, say) changes nothing else."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     if opts is None:
@@ -458,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"another logger is already running on {state_dir}")
         return wire.LOCKED_EXIT
     channels.raise_fd_limit()  # a read end and a log file per service
+    yield_on_wakeup()
     lg = Logger(state_dir, log_dir, socks, restarter_pid)
     log(f"writing service logs to {log_dir} (pid {os.getpid()})")
     return lg.run()

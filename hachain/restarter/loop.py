@@ -18,6 +18,7 @@ import gc
 import heapq
 import math
 import os
+import resource
 import select
 import selectors
 import signal
@@ -40,6 +41,7 @@ STORM_WINDOW = 10.0
 EXIT_BATCH = 8  # exits handled per loop round
 TIMER_BATCH = 16  # timers fired per loop round (1000 backoffs may end at once)
 START_BATCH = 32  # queued starts per loop round
+HOLD_SHARE = 4  # HeldOutput: at most this share of the file limit
 # Restart work (exits and timers, each of which may spawn) stops for the round once the
 # round has run this long, or as soon as a control request or a signal waits, so the loop
 # polls them again and the heartbeat is written on time however many services crash-loop.
@@ -116,14 +118,56 @@ def take_priority(nice: int) -> str | None:
 
 class Launched:
     """A service process just started (_launch): what spawn returned, the read end of its
-    output pipe (for the logger), and the configuration it was started with."""
+    output pipe (for the logger), the write end the restarter holds while the process
+    runs (None: not held; see HeldOutput), and the configuration it was started with."""
 
-    __slots__ = ("spawned", "out_r", "cfg")
+    __slots__ = ("spawned", "out_r", "out_w", "cfg")
 
-    def __init__(self, spawned: spawn.Spawned, out_r: int, cfg: ServiceConfig) -> None:
+    def __init__(self, spawned: spawn.Spawned, out_r: int, out_w: int | None,
+                 cfg: ServiceConfig) -> None:
         self.spawned = spawned
         self.out_r = out_r
+        self.out_w = out_w
         self.cfg = cfg
+
+    def close(self) -> None:
+        """Close what the restarter holds of a process it will not watch."""
+        os.close(self.out_r)
+        if self.out_w is not None:
+            os.close(self.out_w)
+        if self.spawned.ready_fd is not None:
+            os.close(self.spawned.ready_fd)
+
+
+class HeldOutput:
+    """The write end of each running service's output pipe, held by the restarter until
+    that process's exit has been handled.
+
+    Why: when a service dies, the kernel closes its files before it tells the parent, and
+    closing the last write end of the pipe wakes the logger with an end of file. Queued on
+    the CPU the service died on, the logger then often ran before the restarter and held
+    up the restart by 100-200 us (docs/benchmarks.md, thirteenth session). With a write
+    end still open here, the exit wakes only the restarter; the end of file comes when
+    the restarter closes its copy, after the replacement is started. At most a quarter of
+    the file limit is spent on them (beyond that a pipe is simply not held)."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+        self.room = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // HOLD_SHARE)
+
+    def may_hold(self) -> bool:
+        return len(self.fds) < self.room
+
+    def hold(self, name: str, fd: int | None) -> None:
+        old = self.fds.pop(name, None)
+        if old is not None:
+            os.close(old)
+        if fd is not None:
+            self.fds[name] = fd
+
+    def release(self, fd: int | None) -> None:
+        if fd is not None:
+            os.close(fd)
 
 
 class AlreadyRunning(Exception):
@@ -229,6 +273,7 @@ class Restarter:
         self._notify_poll.register(self.notify.fileno(), select.POLLIN)
         # replacements started ahead of their exit's effects, until the Spawn takes them
         self._ahead: dict[str, Launched | tuple[str, bool]] = {}
+        self.held_out = HeldOutput()  # after raise_fd_limit: its room depends on the limit
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
         from hachain.restarter.control import ControlServer
         self.control = ControlServer(os.path.join(self.state_dir, channels.CONTROL_SOCKET),
@@ -552,6 +597,7 @@ class Restarter:
             self._spawn_failed(name, now, *got)
             return
         sp, out_r, c = got.spawned, got.out_r, got.cfg
+        self.held_out.hold(name, got.out_w)
         s = self.svcs[name]
         if s.restarts and s.last_exit is not None:
             self.restart_times.append(now)
@@ -588,9 +634,11 @@ class Restarter:
         if c.singleton:  # the token of the grant it starts under (docs/cluster.md)
             c = replace(c, env=c.env + ((channels.ENV_FENCING_TOKEN,
                                                      str(self.core.grants.get(name, 0))),))
+        held = False
         try:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w,
                              yield_cpu=not self._more_work(now), thaw=thaw)
+            held = self.held_out.may_hold()
         except (spawn.SpawnError, OSError) as e:
             os.close(out_r)
             msg = str(e) if isinstance(e, spawn.SpawnError) else spawn.errno_text(e)
@@ -603,8 +651,9 @@ class Restarter:
             traceback.print_exc(file=sys.stderr)
             return f"internal error: {type(e).__name__}: {e}", False
         finally:
-            os.close(out_w)
-        return Launched(sp, out_r, c)
+            if not held:
+                os.close(out_w)
+        return Launched(sp, out_r, out_w if held else None, c)
 
     def _drop_ahead(self, name: str) -> None:
         """A replacement started ahead of an exit's effects that no Spawn took: the core
@@ -619,9 +668,7 @@ class Restarter:
             os.kill(got.spawned.pid, signal.SIGKILL)
         except OSError:
             pass
-        os.close(got.out_r)
-        if got.spawned.ready_fd is not None:
-            os.close(got.spawned.ready_fd)
+        got.close()
 
     def _spawn_failed(self, name: str, now: float, msg: str, transient: bool) -> None:
         """Tell the core; it logs what the table decided: "cannot start web: cwd =
@@ -686,6 +733,7 @@ class Restarter:
             os.close(rfd)
         st = st or ExitStatus("unknown")
         self._zombie = pid if status is not None else None
+        held = self.held_out.fds.pop(name, None)  # closed once the replacement runs
         try:
             if self.core.restarts_at_once(name, pid, st, now):
                 # the replacement first: the exit's log lines, timers and records after
@@ -698,6 +746,7 @@ class Restarter:
             self._zombie = None
             if name in self._ahead:
                 self._drop_ahead(name)
+            self.held_out.release(held)
 
     # --- timers ---------------------------------------------------------------------------
 
