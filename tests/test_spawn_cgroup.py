@@ -258,30 +258,3 @@ def test_a_build_of_another_abi_is_not_called() -> None:
         assert not spawn.clone3_usable(stale)
     # the build here is this source's (scripts/test.sh runs setup.sh, which builds it)
     assert spawn.direct_spawn_problem() is None
-
-
-def test_the_child_knows_which_signals_have_a_handler() -> None:
-    """Before exec the child resets every signal that has a handler (one must never run in
-    a child that shares the restarter's memory). It learns which from SigCgt in
-    /proc/self/status rather than asking each signal's disposition: the parse must agree
-    with the handlers this process really has, and follow a change at once."""
-    if spawn._clone3 is None:
-        pytest.skip("hachain.restarter._clone3 was not built (setup.py)")
-
-    def handler(signum, frame) -> None:  # noqa: ARG001 - never called
-        pass
-
-    old = signal.signal(signal.SIGUSR2, handler)
-    try:
-        with_handler = spawn._clone3.caught_signals()
-        assert with_handler is not None, "SigCgt was not found in /proc/self/status"
-        for sig in signal.valid_signals():
-            if sig < 64 and callable(signal.getsignal(sig)):
-                assert with_handler & (1 << (sig - 1)), signal.Signals(sig).name
-        signal.signal(signal.SIGUSR2, signal.SIG_DFL)
-        without = spawn._clone3.caught_signals()
-        assert without == with_handler & ~(1 << (signal.SIGUSR2 - 1))
-        signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # ignored is not caught
-        assert spawn._clone3.caught_signals() == without
-    finally:
-        signal.signal(signal.SIGUSR2, old)

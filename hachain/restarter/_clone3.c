@@ -100,67 +100,20 @@ static int to_fd(int from, int to) {
     return dup2(from, to);
 }
 
-/* The signals this process catches (has a handler for), from the SigCgt line of
- * /proc/self/status: bit n-1 for signal n. One open and read instead of asking each of
- * the 64 signals' disposition with sigaction(2), which took 60-120 us of the restart path
- * on a cold CPU (docs/benchmarks.md, thirteenth session). The child reads its own copy of
- * the dispositions (no CLONE_SIGHAND: nothing else can change them), so the answer is
- * exact. 0 and *ok = 0 where /proc cannot tell (not mounted, another format). */
-static uint64_t caught_signals(int *ok) {
-    char buf[4096];
-    *ok = 0;
-    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    const char *p = strstr(buf, "\nSigCgt:");
-    if (p == NULL)
-        return 0;
-    p += 9;
-    while (*p == ' ' || *p == '\t')
-        p++;
-    uint64_t mask = 0;
-    int digits = 0;
-    for (; digits < 16; p++, digits++) {
-        int v;
-        if (*p >= '0' && *p <= '9')
-            v = *p - '0';
-        else if (*p >= 'a' && *p <= 'f')
-            v = *p - 'a' + 10;
-        else
-            break;
-        mask = (mask << 4) | (uint64_t)v;
-    }
-    if (digits != 16 || *p != '\n')
-        return 0;
-    *ok = 1;
-    return mask;
-}
-
 /* The child: runs on child_stack, in the parent's memory, until execve. */
 static int child_main(void *arg) {
     struct request *r = arg;
     struct sigaction dfl, cur;
     sigset_t none;
-    int known;
     r->entered = 1;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
-    uint64_t caught = caught_signals(&known);
     for (int s = 1; s < NSIG; s++) {
         if (s == SIGKILL || s == SIGSTOP)
             continue;
-        int handled;
-        if (known)
-            handled = s <= 64 && ((caught >> (s - 1)) & 1);
-        else
-            handled = sigaction(s, NULL, &cur) == 0 && cur.sa_handler != SIG_IGN &&
-                      cur.sa_handler != SIG_DFL;
-        if (handled || sigismember(&r->sigdef, s) == 1)
+        if (sigismember(&r->sigdef, s) == 1 ||
+            (sigaction(s, NULL, &cur) == 0 && cur.sa_handler != SIG_IGN &&
+             cur.sa_handler != SIG_DFL))
             sigaction(s, &dfl, NULL);  /* a handler must never run here */
     }
     if (to_fd(r->out_fd, 1) < 0 || to_fd(r->out_fd, 2) < 0)
@@ -447,19 +400,8 @@ done:
 #endif
 }
 
-static PyObject *py_caught_signals(PyObject *self, PyObject *noargs) {
-    int ok;
-    uint64_t mask = caught_signals(&ok);
-    if (!ok)
-        Py_RETURN_NONE;
-    return PyLong_FromUnsignedLongLong(mask);
-}
-
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
-    {"caught_signals", py_caught_signals, METH_NOARGS,
-     "caught_signals() -> int | None\n\nThe signals this process has a handler for, as the "
-     "spawned child reads them (bit n-1: signal n); None when /proc cannot tell."},
     {NULL, NULL, 0, NULL},
 };
 
