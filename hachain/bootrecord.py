@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
 from typing import Any
 
@@ -91,20 +92,111 @@ def empty() -> dict[str, Any]:
     return {"version": VERSION, "counter": 0, "boots": []}
 
 
-def read(persist_dir: str, regular: bool = False) -> dict[str, Any]:
-    """The record; an empty one when missing. A corrupt file (a disk fault: writes are
-    atomic) is set aside as `.corrupt` by the next write and reads as empty here.
+def read(persist_dir: str, regular: bool = False, problems: list[str] | None = None
+         ) -> dict[str, Any]:
+    """The record; an empty one when missing. A file that is no record (a disk fault or a
+    hand edit: writes are atomic) reads as empty, and a field of the wrong type as not
+    known (an entry that is no object is dropped), so that every reader and the
+    boot-loop count go on; the next write sets the file aside as `.corrupt`
+    first. What was wrong is added to `problems` (one phrase each, without the path).
     `regular`: as channels.read_small's (a FIFO there is not waited on)."""
+    rec, found = _load(os.path.join(persist_dir, RECORD), regular)
+    if problems is not None:
+        problems.extend(found)
+    return rec
+
+
+def _load(path: str, regular: bool) -> tuple[dict[str, Any], list[str]]:
+    """(the record at `path` made sane, what was wrong with it). A file that cannot be
+    read for another reason than its kind (EIO, EACCES) reads as empty with nothing
+    said: the layer that writes says why its write fails."""
     try:
-        d = channels.read_json(os.path.join(persist_dir, RECORD), regular)
-    except (OSError, ValueError):
-        return empty()
+        d = channels.read_json(path, regular)
+    except RecursionError:
+        return empty(), ["not JSON (nested too deeply)"]
+    except ValueError:
+        return empty(), ["not JSON"]
+    except OSError as e:
+        kind = e.errno == errno.EISDIR or (regular and e.errno in (
+            errno.EINVAL, errno.ENOENT, errno.ELOOP))
+        return empty(), [e.strerror or str(e)] if kind else []
+    if d is None:
+        return empty(), []
     if not isinstance(d, dict) or not isinstance(d.get("boots"), list):
-        return empty()
-    d["boots"] = [b for b in d["boots"] if isinstance(b, dict)]
-    if not isinstance(d.get("counter"), int):
-        d["counter"] = max((int(b.get("boot", 0)) for b in d["boots"]), default=0)
-    return d
+        return empty(), ["not a boot record (no list of boots)"]
+    found: list[str] = []
+    boots = []
+    for i, b in enumerate(d["boots"], 1):
+        if isinstance(b, dict):
+            boots.append(_sane_entry(b, f"entry {i}", found))
+        else:
+            found.append(f"entry {i} is {_show(b)}, not an object")
+    d["boots"] = boots
+    numbers = [b["boot"] for b in boots if _is_int(b.get("boot"))]
+    if "counter" in d and not _is_int(d["counter"]):
+        found.append(f"counter is {_show(d['counter'])}, not an integer")
+    if not _is_int(d.get("counter")):
+        d["counter"] = max(numbers, default=0)
+    return d, found
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_time(v: Any) -> bool:
+    """A wall-clock time as the record keeps one: a finite number."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _show(v: Any) -> str:
+    """`v` for a message: its repr, cut short (a list or an object by its kind)."""
+    if isinstance(v, (list, dict)):
+        return "a list" if isinstance(v, list) else "an object"
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_NUMBER = "a finite number"
+_NAMES = "a list of strings"
+# Each field of an entry a reader relies on: (is its value sane?, what it should be). A
+# field of the wrong type is left out: a missing field is one the readers take as not
+# known (a boot of no known number, a reason "unknown"). Other fields are kept as they are.
+_ENTRY: dict[str, tuple[Any, str]] = {
+    "boot": (_is_int, "an integer"),
+    "boot_id": (lambda v: isinstance(v, str), "a string"),
+    "started_wall": (_is_time, _NUMBER),
+    "ended_wall": (lambda v: v is None or _is_time(v), _NUMBER),
+    "cleared": (lambda v: v is None or _is_time(v), _NUMBER),
+    "bootstatus": (lambda v: v is None or _is_int(v), "an integer"),
+    "device": (lambda v: v is None or isinstance(v, str), "a string"),
+    "reason": (lambda v: isinstance(v, str), "a string"),
+    "detail": (_is_names, _NAMES),
+    "failed_critical": (_is_names, _NAMES),
+    "rescue": (lambda v: v is None or isinstance(v, dict), "an object"),
+}
+_RESCUE: dict[str, tuple[Any, str]] = {
+    "action": (lambda v: isinstance(v, str), "a string"),
+    "boots": (lambda v: isinstance(v, list), "a list"),
+    "reasons": (lambda v: isinstance(v, list), "a list"),
+    "held": (_is_names, _NAMES),
+    "released": (_is_names, _NAMES),
+}
+
+
+def _sane_entry(b: dict[str, Any], where: str, found: list[str]) -> dict[str, Any]:
+    """`b` without the fields of the wrong type (each said in `found`)."""
+    for fields, d, at in ((_ENTRY, b, where), (_RESCUE, b.get("rescue"), f"{where} rescue")):
+        if not isinstance(d, dict):
+            continue
+        for key, (sane, what) in fields.items():
+            if key in d and not sane(d[key]):
+                found.append(f"{at}: {key} is {_show(d.pop(key))}, not {what}")
+    return b
 
 
 def unclean(entry: dict[str, Any]) -> bool:
@@ -178,11 +270,13 @@ def held_services(entry: dict[str, Any] | None) -> list[str]:
 # --- writing ------------------------------------------------------------------------------
 
 class _Locked:
-    """flock on `<persist_dir>/boot_record.lock` for one read-modify-write."""
+    """flock on `<persist_dir>/boot_record.lock` for one read-modify-write. Under the lock
+    nothing waits on the file: a FIFO there is no record (as `regular` reads), for a
+    layer held in its open would hold every other one behind it at the lock (init's
+    record thread held so kept a restarter that started later from ever beating)."""
 
-    def __init__(self, persist_dir: str, regular: bool = False) -> None:
+    def __init__(self, persist_dir: str) -> None:
         self.persist_dir = persist_dir
-        self.regular = regular
         self.fd = -1
 
     def __enter__(self) -> dict[str, Any]:
@@ -190,36 +284,33 @@ class _Locked:
         self.fd = os.open(os.path.join(self.persist_dir, LOCK),
                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return read(self.persist_dir, self.regular)
+        return read(self.persist_dir, regular=True)
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)  # releases the lock
 
 
-def _damage(path: str, regular: bool) -> str:
-    """What makes the file at `path` no boot record ("" when it is one, or missing or
-    unreadable: nothing to keep)."""
-    try:
-        d = channels.read_json(path, regular)
-    except ValueError:
-        return "not JSON"
-    except OSError as e:
-        return (e.strerror or str(e)) if regular and e.errno in (
-            errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.ELOOP) else ""
-    if d is not None and (not isinstance(d, dict) or not isinstance(d.get("boots"), list)):
-        return "not a boot record (no list of boots)"
-    return ""
+def _damage(path: str) -> tuple[str, bool]:
+    """What makes the file at `path` no sane boot record ("" when it is one, or missing
+    or unreadable: nothing to keep), and whether that is the whole file (else fields).
+    Called under the lock: nothing is waited on."""
+    rec, found = _load(path, regular=True)
+    whole = not rec["boots"] and not rec["counter"]
+    if len(found) > 3:
+        found = [*found[:3], f"{len(found) - 3} more"]
+    return "; ".join(found), whole
 
 
-def _write(persist_dir: str, rec: dict[str, Any], regular: bool = False,
-           log: Any = None) -> None:
-    """Write `rec`; a file there that is no boot record is set aside as `.corrupt` first
-    (one line through `log`)."""
+def _write(persist_dir: str, rec: dict[str, Any], log: Any = None) -> None:
+    """Write `rec`; a file there that is no sane boot record is set aside as `.corrupt`
+    first, as it was (one line through `log`)."""
     path = os.path.join(persist_dir, RECORD)
-    if why := _damage(path, regular):
+    why, whole = _damage(path)
+    if why:
+        then = "a new record begins" if whole else "the record goes on without those values"
         try:
             os.replace(path, path + ".corrupt")
-            msg = f"{path}: {why}: set aside as {RECORD}.corrupt, a new record begins"
+            msg = f"{path}: {why}: set aside as {RECORD}.corrupt, {then}"
         except OSError as e:
             msg = f"{path}: {why}, and cannot set it aside: {e.strerror or e}"
         if log is not None:
@@ -239,14 +330,15 @@ def begin_boot(persist_dir: str, boot_id: str, now_wall: float, resets: int = 3,
     Called by every layer that starts: the first one in a boot writes, the others find
     the entry. An entry that says "shutdown" while a layer starts in its boot goes back to
     "unknown": the boot goes on. OSError propagates (the caller logs it and runs on).
-    `regular` (a reader with no deadline: the restarter) and `log`: as _write's."""
+    `regular`: the first read, made before the lock, does not wait on a FIFO either (a
+    reader with no deadline: the restarter); `log`: as _write's."""
     rec = read(persist_dir, regular)
     cur = entry_for(rec, boot_id) if boot_id else None
     if cur is not None and cur.get("reason") != SHUTDOWN and \
             (bootstatus is None or cur.get("bootstatus") is not None) and \
             (device is None or cur.get("device") is not None):
         return cur  # nothing to change: no lock, no write
-    with _Locked(persist_dir, regular) as rec:
+    with _Locked(persist_dir) as rec:
         cur = entry_for(rec, boot_id) if boot_id else None
         if cur is None:
             rec["counter"] = int(rec.get("counter", 0)) + 1
@@ -261,7 +353,7 @@ def begin_boot(persist_dir: str, boot_id: str, now_wall: float, resets: int = 3,
             cur["bootstatus"] = bootstatus
         if device is not None and cur.get("device") is None:
             cur["device"] = device
-        _write(persist_dir, rec, regular, log)
+        _write(persist_dir, rec, log)
         return cur
 
 
@@ -312,13 +404,16 @@ def release(persist_dir: str, boot_id: str, name: str) -> None:
 
 # --- status -------------------------------------------------------------------------------
 
-def summary(persist_dir: str, boot_id: str = "", running: bool = True) -> dict[str, Any]:
+def summary(persist_dir: str, boot_id: str = "", running: bool = True,
+            problems: list[str] | None = None) -> dict[str, Any]:
     """What `hachain status` shows: this boot, the previous boot's end, the count of
     consecutive unclean boots before this one, the loop verdict and the history. With
     `running` False (no chain runs now) and the newest boot's chain shut down in order,
     there is no current boot: that boot is the previous one, the one that ended last
-    (a chain that died without a word may still be in its boot: that stays current)."""
-    rec = read(persist_dir)
+    (a chain that died without a word may still be in its boot: that stays current).
+    A display waits on nothing: a FIFO in the record's place reads as no record. What is
+    wrong with the file goes to `problems` (as read's)."""
+    rec = read(persist_dir, regular=True, problems=problems)
     boots = rec["boots"]
     cur = entry_for(rec, boot_id)
     if not running and cur is not None and cur is boots[-1] and cur.get("reason") == SHUTDOWN:
@@ -332,6 +427,11 @@ def summary(persist_dir: str, boot_id: str = "", running: bool = True) -> dict[s
             "history": [{k: b.get(k) for k in ("boot", "reason", "bootstatus",
                                                 "failed_critical", "started_wall")}
                         for b in boots[-8:]]}
+
+
+def _number(boot: Any) -> str:
+    """A boot's number for a status line ("?": not known, the entry was damaged)."""
+    return "?" if boot is None else str(boot)
 
 
 def describe(s: dict[str, Any]) -> list[str]:
@@ -348,11 +448,11 @@ def describe(s: dict[str, Any]) -> list[str]:
         if isinstance(bs, int):
             dev = f"; device boot status 0x{bs:x}" + (" (the watchdog reset it)"
                                                       if bs & WDIOF_CARDRESET else "")
-        lines.append(f"previous boot #{prev.get('boot')} ended: {why}{dev}; "
+        lines.append(f"previous boot #{_number(prev.get('boot'))} ended: {why}{dev}; "
                      f"{s.get('unclean_before', 0)} consecutive unclean boot(s)")
     resc = (cur or {}).get("rescue")
     if cur is not None and resc:
-        hist = ", ".join(f"#{b} {r}" for b, r in zip(resc.get("boots") or [],
+        hist = ", ".join(f"#{_number(b)} {r}" for b, r in zip(resc.get("boots") or [],
                                                      resc.get("reasons") or [], strict=False))
         act = resc.get("action")
         if cur.get("cleared"):
@@ -364,7 +464,7 @@ def describe(s: dict[str, Any]) -> list[str]:
             state = "BOOT LOOP: watchdog disarmed for an operator"
         else:
             state = "boot loop detected, ignored (boot_loop.action = \"ignore\")"
-        lines.append(f"boot #{cur.get('boot')}: {state}; after {hist}"
+        lines.append(f"boot #{_number(cur.get('boot'))}: {state}; after {hist}"
                      + ("; hachain clear --boot-loop to leave" if act != "ignore"
                         and not cur.get("cleared") else ""))
     return lines

@@ -279,8 +279,9 @@ class ChainCollector:
         nothing when the machine has none (no layer has started there). The running
         boot is the entry of this kernel's boot id; failing that (a chain seen from
         another boot id: a simulated machine from its host), the newest entry while a
-        layer of the chain is alive."""
-        rec = bootrecord.read(self.persist_dir)
+        layer of the chain is alive. A scrape waits on nothing: a FIFO there is no
+        record (as a file that is none: `hachain status` says what is wrong with it)."""
+        rec = bootrecord.read(self.persist_dir, regular=True)
         if not rec["boots"]:
             return
         boots = CounterMetricFamily("hachain_boots", "boots the boot record has counted")

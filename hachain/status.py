@@ -273,8 +273,8 @@ def save_table(state_dir: str, services: dict[str, Any], restarter_pid: Any,
 def load_table(state_dir: str, now: float) -> dict[str, Any] | None:
     """The last known table with its age in seconds, or None."""
     try:
-        rec = channels.read_json(os.path.join(state_dir, LAST_TABLE))
-    except (ValueError, OSError):
+        rec = channels.read_json(os.path.join(state_dir, LAST_TABLE), regular=True)
+    except (ValueError, OSError, RecursionError):
         return None
     if not isinstance(rec, dict) or not isinstance(rec.get("services"), dict):
         return None
@@ -285,6 +285,87 @@ def load_table(state_dir: str, now: float) -> dict[str, Any] | None:
         return None
     return {"age": round(max(0.0, age), 3), "wall": rec.get("wall"),
             "restarter_pid": rec.get("restarter_pid"), "services": rec["services"]}
+
+
+# --- the tickler's records -------------------------------------------------------------------
+#
+# gate.json and last_boot.json (docs/tickler.md, "Records") are read as they are, for
+# display: read without waiting (a FIFO there is no record: this runs in the restarter
+# too, for the native front's `status-doc`), and a file or field that is not what the
+# tickler writes is left out with one warning line, the rest of the status intact.
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _maybe(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+_GATE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "wall": (_number, "a finite number"), "mono": (_number, "a finite number"),
+    "reasons": (_names, "a list of strings"), "device": (_maybe(_text), "a string"),
+    "boot_id": (_text, "a string")}
+_LAST_BOOT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "boot_id": (_text, "a string"), "wall": (_number, "a finite number"),
+    "device": (_maybe(_text), "a string"),
+    "bootstatus": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "flags": (_names, "a list of strings"), "cause": (_text, "a string"),
+    "last_gate_failure": (_maybe(lambda v: isinstance(v, dict)), "an object")}
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, (list, dict)):
+        return "a list" if isinstance(v, list) else "an object"
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _sane_fields(d: dict[str, Any], fields: dict[str, tuple[Callable[[Any], bool], str]],
+                 at: str, found: list[str]) -> dict[str, Any]:
+    """`d` without the fields of the wrong type (each said in `found`)."""
+    out = {}
+    for key, value in d.items():
+        check = fields.get(key)
+        if check is not None and not check[0](value):
+            found.append(f"{at}{key} is {_shown(value)}, not {check[1]}")
+        else:
+            out[key] = value
+    return out
+
+
+def read_record(path: str, fields: dict[str, tuple[Callable[[Any], bool], str]]
+                ) -> tuple[dict[str, Any] | None, str]:
+    """(the tickler's record at `path` with the fields of the wrong type left out, or None
+    when missing or no record; what was wrong, "" when nothing)."""
+    try:
+        d = channels.read_json(path, regular=True)
+    except RecursionError:
+        return None, "not JSON (nested too deeply)"
+    except ValueError as e:
+        return None, ("not JSON (" + (f"{e.msg} at byte {e.pos}" if isinstance(
+            e, json.JSONDecodeError) else "not UTF-8 text") + ")")
+    except OSError as e:
+        return None, e.strerror or str(e)
+    if d is None:
+        return None, ""
+    if not isinstance(d, dict):
+        return None, f"not a JSON object but {type(d).__name__}"
+    found: list[str] = []
+    d = _sane_fields(d, fields, "", found)
+    gate = d.get("last_gate_failure")
+    if isinstance(gate, dict):
+        d["last_gate_failure"] = _sane_fields(gate, _GATE_FIELDS, "last_gate_failure.",
+                                              found)
+    return d, "; ".join(found)
 
 
 # --- gathering --------------------------------------------------------------------------------
@@ -337,11 +418,13 @@ def gather_status(state_dir: str, persist_dir: str,
     if error:
         out["chain"]["restarter_error"] = error
         out["chain"]["last_known"] = load_table(state_dir, now)
-    for key, fname in (("last_boot", channels.LAST_BOOT), ("gate_failure", channels.GATE_RECORD)):
-        try:
-            out["chain"][key] = channels.read_json(os.path.join(persist_dir, fname))
-        except (ValueError, OSError):
-            out["chain"][key] = None
+    warnings: list[str] = []  # files of the chain that could not be read as they should
+    for key, fname, fields in (("last_boot", channels.LAST_BOOT, _LAST_BOOT_FIELDS),
+                               ("gate_failure", channels.GATE_RECORD, _GATE_FIELDS)):
+        path = os.path.join(persist_dir, fname)
+        out["chain"][key], why = read_record(path, fields)
+        if why:
+            warnings.append(f"{path}: {why}: ignored")
     tk = layers["tickler"].get("extra") or {}
     wdog = {k: tk.get(k) for k in ("device", "armed", "petting", "timeout", "timeleft",
                                    "pets", "gate", "last_pet_mono")}
@@ -352,8 +435,13 @@ def gather_status(state_dir: str, persist_dir: str,
         "disarmed")}
     out["chain"]["watchdog"] = wdog
     # the reset record; with no init at all, the newest boot is one that has ended
+    damage: list[str] = []
     out["chain"]["boot"] = bootrecord.summary(
-        persist_dir, running=layers["init"]["process"] != "gone")
+        persist_dir, running=layers["init"]["process"] != "gone", problems=damage)
+    if damage:
+        warnings.append(f"{os.path.join(persist_dir, bootrecord.RECORD)}: "
+                        f"{'; '.join(damage)}: ignored")
+    out["chain"]["warnings"] = warnings
     out["verdict"] = verdict(out, timing)
     return out
 
@@ -500,12 +588,14 @@ def render(st: dict[str, Any], tty: bool = False) -> list[str]:
         ok = not conf.get("last_known_good") and conf.get("disk") == "same"
         out.append("config: " + color(escape(conf["summary"]), ok))
     lb = ch.get("last_boot")
-    if lb:
-        out.append(f"last boot: {escape(lb.get('cause') if isinstance(lb, dict) else lb)}")
+    if isinstance(lb, dict) and isinstance(lb.get("cause"), str):
+        out.append(f"last boot: {escape(lb['cause'])}")
     gf = ch.get("gate_failure")
-    if isinstance(gf, dict):
-        out.append(f"last gate failure: {escape('; '.join(map(str, gf.get('reasons', []))))}")
+    if isinstance(gf, dict) and isinstance(gf.get("reasons"), list):
+        out.append(f"last gate failure: {escape('; '.join(map(str, gf['reasons'])))}")
     out += _boot_lines(ch, color)
+    for w in ch.get("warnings") or []:
+        out.append(color(f"warning: {escape(w)}", False))
     if ch.get("restarter_error"):
         out.append(color(f"restarter: {escape(ch['restarter_error'])}", False))
     for u in (ch.get("restarter") or {}).get("unwritten") or []:
