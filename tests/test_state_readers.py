@@ -1,11 +1,12 @@
 """Bad files where the tickler's records and the boot record are read back for display
 and for the boot-loop count: `<persist_dir>/gate.json`, `last_boot.json` and
 `boot_record.json`, read by `hachain status` (text and --json), by `hachain metrics`, by
-`hachain clear --boot-loop` and the layers that write the boot record. Each case runs
-the real command on a file damaged in one way while the others are good, and checks the
-rule: the answer comes, whole but for the bad file, with one line naming the file and
-what is wrong; no traceback, no hang on a FIFO; the bad file is left as it was (or set
-aside whole by the writer that replaces it).
+`hachain clear --boot-loop` and the layers that write the boot record, and (gate.json
+and last_boot.json) by the tickler's record writer. Each case runs the real command on a
+file damaged in one way while the others are good, and checks the rule: the answer
+comes, whole but for the bad file, with one line naming the file and what is wrong; no
+traceback, no hang on a FIFO; the bad file is left as it was (or set aside whole by the
+writer that replaces it).
 
 What was wrong before:
 - a boot entry whose "boot" was no integer ("x", 1e400, null, a list) raised in
@@ -23,13 +24,17 @@ What was wrong before:
   type there were passed over without a word, or shown as they were;
 - the boot record was read under its lock with an open that waits on a FIFO: `hachain
   clear --boot-loop` (and init's record thread, and the tickler's set_reason) stayed
-  there for good, holding the lock that a restarter starting later waits for.
+  there for good, holding the lock that a restarter starting later waits for;
+- the tickler's record writer read gate.json (after a watchdog reset) with an open that
+  waits on a FIFO, and let RecursionError through from both files: last_boot.json was
+  not written, and a FIFO held every later record of the boot behind it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -40,8 +45,9 @@ from typing import Any
 import pytest
 
 from hachain import bootrecord, channels
+from tests.conftest import wait_until
 from tests.test_cli_bad_input import hachain
-from tests.test_state_bad_input import _put
+from tests.test_state_bad_input import READY, _put
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -310,3 +316,43 @@ def test_clear_boot_loop_waits_on_no_fifo_and_holds_no_lock(tmp_path: Any) -> No
     assert entry["boot"] == 1
     assert lines == [f"{record}: not a regular file (a FIFO): set aside as "
                      f"{bootrecord.RECORD}.corrupt, a new record begins"]
+
+
+def test_a_gate_record_that_is_a_fifo_or_nested_too_deeply_leaves_last_boot_written(
+        tmp_path: Any) -> None:
+    """After a watchdog reset the tickler's record writer reads last_boot.json (is this
+    boot recorded?) and gate.json (why the previous boot ended), then writes
+    last_boot.json. A FIFO as gate.json held the writer thread in open() for good
+    (last_boot.json never written, and every later record, the boot record's reason for
+    this boot included, queued behind it); JSON nested too deeply in either raised
+    RecursionError there (last_boot.json not written, an internal error logged)."""
+    from hachain.watchdog.device import WDIOF_CARDRESET
+    from tests.test_tickler import ForgedLayers, Rig
+    rig = Rig(str(tmp_path), bootstatus=WDIOF_CARDRESET)
+    os.makedirs(rig.persist_dir)
+    gate = os.path.join(rig.persist_dir, channels.GATE_RECORD)
+    last = os.path.join(rig.persist_dir, channels.LAST_BOOT)
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            for what in ("fifo", DEEP):
+                _put(gate, what)
+                _put(last, DEEP)  # (nested too deeply: no record of this boot either)
+                if os.path.exists(rig.log):
+                    os.truncate(rig.log, 0)  # (the last tickler has exited)
+                p = rig.start_tickler()
+                rig.wait_log("previous boot ended by: watchdog reset (boot status 0x20)",
+                             READY)
+                rec = wait_until(lambda: os.path.isfile(last) and channels.read_json(last),
+                                 READY, "last_boot.json")
+                assert rec["cause"] == "watchdog reset" and rec["last_gate_failure"] is None
+                p.send_signal(signal.SIGTERM)
+                assert p.wait(READY) == 0, rig.log_text()[-3000:]
+                assert "Traceback" not in rig.log_text()
+                assert "cannot write" not in rig.log_text(), rig.log_text()[-3000:]
+        assert stat.S_ISREG(os.lstat(gate).st_mode)  # the last one, left as it was
+        with open(gate, "rb") as f:
+            assert f.read() == DEEP
+    finally:
+        rig.close()
+

@@ -438,16 +438,22 @@ class Tickler:
         self.records.submit(path, lambda: self.write_last_boot(path, bootstatus))
 
     def write_last_boot(self, path: str, bootstatus: int) -> None:
-        """record_last_boot's reads and writes, in the writer thread."""
+        """record_last_boot's reads and writes, in the writer thread. A file that is no
+        record (not JSON, nested too deeply) reads as none. gate.json is read without
+        waiting: a FIFO there is none (waited on, it held this thread and every record
+        behind it for good). last_boot.json is opened as any file: a persist_dir that
+        hangs holds this thread, and the loop says so (RecordWriter.slow; the tests make
+        such a hang with a FIFO there)."""
         try:
             old = channels.read_json(path)
-        except (ValueError, OSError):
+        except (ValueError, OSError, RecursionError):
             old = None
         if isinstance(old, dict) and self.boot_id and old.get("boot_id") == self.boot_id:
             return  # a restarted tickler: this boot is already recorded
         try:
-            gate = channels.read_json(os.path.join(self.persist_dir, channels.GATE_RECORD))
-        except (ValueError, OSError):
+            gate = channels.read_json(os.path.join(self.persist_dir, channels.GATE_RECORD),
+                                      regular=True)
+        except (ValueError, OSError, RecursionError):
             gate = None
         if isinstance(gate, dict) and self.boot_id and gate.get("boot_id") == self.boot_id:
             gate = None  # from this boot (an earlier tickler): not about the previous one
