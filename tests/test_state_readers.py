@@ -356,3 +356,53 @@ def test_a_gate_record_that_is_a_fifo_or_nested_too_deeply_leaves_last_boot_writ
     finally:
         rig.close()
 
+
+
+def test_init_giving_up_on_the_tickler_holds_no_lock_on_a_fifo_record(
+        tmp_path: Any) -> None:
+    """init says in the boot record why the boot ends when it gives up on a tickler that
+    keeps dying (a thread of its own: set_reason, under the record's lock). With a FIFO
+    as the record that thread stayed in open() for good, holding the lock, and a layer
+    that opened this boot's entry afterwards (a restarter starting) waited at the lock
+    for good: no heartbeat. The record is now read under the lock without waiting; the
+    layer that opens the entry sets the FIFO aside and goes on. (Played here by a
+    begin_boot in a thread of the test with the restarter's arguments; the race it
+    depends on, init's thread reaching the lock first, is won by init in practice:
+    the test starts only once init has logged that it gave up.)"""
+    import threading
+
+    from tests.conftest import end_init
+    state, persist = tmp_path / "run", tmp_path / "persist"
+    persist.mkdir()
+    record = str(persist / bootrecord.RECORD)
+    os.mkfifo(record)
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{persist}"\n'
+                   '[watchdog]\ndevice = "none"\n')
+    err = tmp_path / "init.err"
+    with open(err, "wb") as errf:
+        init = subprocess.Popen(
+            [sys.executable, "-m", "hachain.init.main", "--state-dir", str(state),
+             "--config", str(cfg), "--persist-dir", str(persist), "--heartbeat-interval",
+             "0.2", "--restarter-cmd", "sleep 600", "--tickler-cmd", "sh -c 'exit 1'",
+             "--tickler-deaths", "1", "--tickler-min-run", "60", "--tickler-pause", "600"],
+            stderr=errf)
+    try:
+        wait_until(lambda: "not restarting it again" in err.read_text(errors="replace"),
+                   READY, "init to give up on the tickler")
+        lines: list[str] = []
+        done = threading.Event()
+
+        def restarter_start() -> None:
+            bootrecord.begin_boot(str(persist), "this-boot", time.time(), regular=True,
+                                  log=lines.append)
+            done.set()
+        threading.Thread(target=restarter_start, daemon=True).start()
+        assert done.wait(READY), "the boot record's lock is held: " + \
+            err.read_text(errors="replace")[-3000:]
+        assert lines == [f"{record}: not a regular file (a FIFO): set aside as "
+                         f"{bootrecord.RECORD}.corrupt, a new record begins"]
+        assert init.poll() is None
+        assert "Traceback" not in err.read_text(errors="replace")
+    finally:
+        end_init(init)
