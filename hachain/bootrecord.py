@@ -112,7 +112,7 @@ def _load(path: str, regular: bool) -> tuple[dict[str, Any], list[str]]:
     said: the layer that writes says why its write fails."""
     try:
         d = channels.read_json(path, regular)
-    except RecursionError:
+    except channels.NestedTooDeeply:
         return empty(), ["not JSON (nested too deeply)"]
     except ValueError:
         return empty(), ["not JSON"]

@@ -224,8 +224,56 @@ def file_kind(mode: int) -> str:
     return "a regular file" if stat.S_ISREG(mode) else "an unknown kind of file"
 
 
+class NestedTooDeeply(json.JSONDecodeError):
+    """JSON nested deeper than the parser's recursion goes (json raises RecursionError,
+    which is no ValueError): a JSONDecodeError, so that every reader that handles a
+    corrupt file handles this one too. `pos` is where the nesting is deepest."""
+
+
+# A JSON string (skipped whole: brackets in it do not nest) or one bracket.
+_JSON_NESTING = re.compile(r'"(?:[^"\\]++|\\.)*+"|[][{}]', re.DOTALL)
+
+
+def _deepest(text: str) -> int:
+    """The offset of the first bracket at the greatest depth of `text` (for the error)."""
+    depth = best = pos = 0
+    for m in _JSON_NESTING.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > best:
+                best, pos = depth, m.start()
+        elif c in "]}":
+            depth -= 1
+    return pos
+
+
+def loads(raw: bytes | str) -> Any:
+    """json.loads, with JSON nested too deeply a ValueError (NestedTooDeeply) too."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        text = raw if isinstance(raw, str) else \
+            raw.decode(json.detect_encoding(raw), "surrogatepass")
+        raise NestedTooDeeply("nested too deeply", text, _deepest(text)) from None
+
+
+def json_problem(e: ValueError) -> str:
+    """What a ValueError of read_json/loads says is wrong, in words: "not JSON (...)"."""
+    if isinstance(e, NestedTooDeeply):
+        why = e.msg
+    elif isinstance(e, json.JSONDecodeError):
+        why = f"{e.msg} at byte {e.pos}"
+    elif isinstance(e, UnicodeDecodeError):
+        why = "not UTF-8 text"
+    else:  # an integer of more than 4300 digits: the first clause of its message
+        why = str(e).split(";")[0]
+    return f"not JSON ({why})"
+
+
 def read_json(path: str, regular: bool = False) -> Any:
-    """The parsed content of `path`; None when it is missing. ValueError when corrupt,
+    """The parsed content of `path`; None when it is missing. ValueError when corrupt
+    (JSON nested too deeply included: NestedTooDeeply; json_problem says what is wrong),
     OSError when it cannot be read; with `regular` also when it is no regular file
     (read_small) or a dangling symbolic link."""
     try:
@@ -234,7 +282,7 @@ def read_json(path: str, regular: bool = False) -> Any:
         if regular and os.path.islink(path):
             raise OSError(errno.ENOENT, "a dangling symbolic link", path) from None
         return None
-    return json.loads(raw)
+    return loads(raw)
 
 
 # --- heartbeats ----------------------------------------------------------------------------

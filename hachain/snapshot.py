@@ -24,7 +24,6 @@ id before the exec). Must not: start, signal or supervise anything.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -122,9 +121,7 @@ def read_snapshot(path: str, log: Any = None) -> Snapshot | None:
     try:
         d = channels.read_json(path, regular=True)
     except (ValueError, OSError) as e:
-        why = e.strerror or str(e) if isinstance(e, OSError) else \
-            f"not JSON ({e.msg} at byte {e.pos})" if isinstance(e, json.JSONDecodeError) \
-            else "not JSON (not UTF-8 text)"
+        why = e.strerror or str(e) if isinstance(e, OSError) else channels.json_problem(e)
     else:
         if d is None or (snap := Snapshot.from_json(d)) is not None:
             return None if d is None else snap

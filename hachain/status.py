@@ -274,7 +274,7 @@ def load_table(state_dir: str, now: float) -> dict[str, Any] | None:
     """The last known table with its age in seconds, or None."""
     try:
         rec = channels.read_json(os.path.join(state_dir, LAST_TABLE), regular=True)
-    except (ValueError, OSError, RecursionError):
+    except (ValueError, OSError):
         return None
     if not isinstance(rec, dict) or not isinstance(rec.get("services"), dict):
         return None
@@ -348,11 +348,8 @@ def read_record(path: str, fields: dict[str, tuple[Callable[[Any], bool], str]]
     when missing or no record; what was wrong, "" when nothing)."""
     try:
         d = channels.read_json(path, regular=True)
-    except RecursionError:
-        return None, "not JSON (nested too deeply)"
-    except ValueError as e:
-        return None, ("not JSON (" + (f"{e.msg} at byte {e.pos}" if isinstance(
-            e, json.JSONDecodeError) else "not UTF-8 text") + ")")
+    except ValueError as e:  # (nested too deeply included)
+        return None, channels.json_problem(e)
     except OSError as e:
         return None, e.strerror or str(e)
     if d is None:

@@ -446,14 +446,14 @@ class Tickler:
         such a hang with a FIFO there)."""
         try:
             old = channels.read_json(path)
-        except (ValueError, OSError, RecursionError):
+        except (ValueError, OSError):
             old = None
         if isinstance(old, dict) and self.boot_id and old.get("boot_id") == self.boot_id:
             return  # a restarted tickler: this boot is already recorded
         try:
             gate = channels.read_json(os.path.join(self.persist_dir, channels.GATE_RECORD),
                                       regular=True)
-        except (ValueError, OSError, RecursionError):
+        except (ValueError, OSError):
             gate = None
         if isinstance(gate, dict) and self.boot_id and gate.get("boot_id") == self.boot_id:
             gate = None  # from this boot (an earlier tickler): not about the previous one
@@ -912,7 +912,7 @@ def _cache_key(path: str) -> dict[str, Any] | None:
     try:
         running = channels.read_json(running_path, regular=True)
     except (OSError, ValueError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else f"not JSON ({e})"
+        why = e.strerror or str(e) if isinstance(e, OSError) else channels.json_problem(e)
         log(f"{running_path}: {why}: ignored, the configuration is read anew")
         return None
     if not isinstance(running, dict) or running.get("chain_id") != cid or \

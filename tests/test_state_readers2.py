@@ -1,0 +1,112 @@
+"""More readers of the on-disk state (after tests/test_state_readers.py): the one JSON
+reader every layer uses, the cluster layer's and the simulated machine's reads of the
+tickler's records, `hachain clear --boot-loop` on a damaged boot record, and `hachain
+status --json` on numbers that are not finite. Real files, FIFOs, processes and the real
+CLI; each read that could wait on a FIFO runs where a hang fails the test in bounded time.
+
+What was wrong before:
+- channels.read_json let RecursionError out of JSON nested too deeply: a reader that
+  handled a corrupt file (ValueError) got a traceback instead. The restarter's read of
+  admin.json and of its runtime records is one such: it ended at every start (a
+  restart loop under init). Now a NestedTooDeeply (a JSONDecodeError) with where the
+  nesting is deepest;
+- `hachain status` called an integer of more than 4300 digits in gate.json "not UTF-8
+  text" (each ValueError that was no JSONDecodeError was);
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from hachain import channels
+from tests.conftest import svc
+from tests.test_state_bad_input import READY, _log, _put, _started
+from tests.test_state_readers import DEEP, _dirs, _status
+
+pytestmark = pytest.mark.timeout(300)
+
+# A bound on a read that must not wait: generous (loaded CI); one held by a FIFO is held
+# for good.
+READ_TIMEOUT = 20.0
+
+
+def _bounded(call: Callable[[], Any], fifos: list[str]) -> Any:
+    """`call()` in a thread, joined with READ_TIMEOUT: what it returned, or what it raised,
+    raised again here. A call still waiting then fails the test; the FIFOs in `fifos` are
+    opened for writing (without waiting) first, which lets a reader held in open() go."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = call()
+        except BaseException as e:  # re-raised in the test's thread
+            out["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(READ_TIMEOUT)
+    if t.is_alive():
+        for path in fifos:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        t.join(READ_TIMEOUT)
+        raise AssertionError(f"still waiting after {READ_TIMEOUT:g} s (on a FIFO?)")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+# --- channels.read_json ----------------------------------------------------------------------
+
+def test_read_json_says_nested_too_deeply_as_a_value_error(tmp_path: Any) -> None:
+    path = tmp_path / "deep.json"
+    path.write_bytes(b'{"a": "[[{", "b": ' + b"[" * 100000 + b"]" * 100000 + b"}")
+    with pytest.raises(ValueError) as info:  # (was RecursionError)
+        channels.read_json(str(path))
+    assert isinstance(info.value, json.JSONDecodeError)
+    assert channels.json_problem(info.value) == "not JSON (nested too deeply)"
+    assert info.value.pos == 18 + 99999  # the first bracket of the greatest depth
+    with pytest.raises(ValueError):
+        channels.read_json(str(path), regular=True)
+
+
+def test_the_restarter_sets_aside_state_nested_too_deeply(restarter: Any) -> None:
+    """admin.json and a service's runtime record nested too deeply: the restarter ended at
+    every start (RecursionError out of persist's reader, which handles ValueError). Now
+    each is one line and set aside; the service whose record was good is re-adopted, the
+    other started again (what a runtime record that cannot be read always meant)."""
+    r = restarter(f'[service.web]\ncommand = {svc("sleep")}\n'
+                  f'[service.keep]\ncommand = {svc("sleep")}\n')
+    r.wait_state("web", "ready")
+    keep = r.wait_state("keep", "ready")["pid"]
+    admin = os.path.join(r.persist_dir, channels.ADMIN_STATE)
+    record = os.path.join(r.state_dir, channels.SERVICE_RECORD_DIR, "web.json")
+    r.kill_restarter()
+    for path in (admin, record):
+        _put(path, DEEP)
+    os.truncate(r.log, 0)
+    text = _started(r)
+    assert r.wait_state("keep", "ready", READY)["pid"] == keep, _log(r)[-3000:]
+    r.wait_state("web", "ready", READY)
+    for path in (admin, record):
+        assert (f"warning: {path}: not JSON (nested too deeply at byte 99999): corrupt, "
+                f"set aside as {os.path.basename(path)}.corrupt") in text, text[-3000:]
+        with open(path + ".corrupt", "rb") as f:
+            assert f.read() == DEEP
+    assert r.proc is not None and r.proc.poll() is None
+
+
+def test_status_names_an_integer_too_long_to_read(tmp_path: Any) -> None:
+    state, persist = _dirs(tmp_path)
+    gate = os.path.join(persist, channels.GATE_RECORD)
+    _put(gate, b'{"reasons": [], "wall": ' + b"7" * 5000 + b"}")
+    p = _status(state, persist)
+    assert (f"warning: {gate}: not JSON (Exceeds the limit (4300 digits) for integer string "
+            "conversion: value has 5000 digits): ignored") in p.stdout.splitlines(), p.stdout
