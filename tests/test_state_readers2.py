@@ -12,22 +12,26 @@ What was wrong before:
   nesting is deepest;
 - `hachain status` called an integer of more than 4300 digits in gate.json "not UTF-8
   text" (each ValueError that was no JSONDecodeError was);
+- the cluster layer's last_boot() (published on every round with etcd) opened
+  last_boot.json as any file: a FIFO there held the loop that renews the lease, and
+  nested JSON raised RecursionError there; `"wall": 1e400` was published as `Infinity`;
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from hachain import channels
+from hachain import channels, config
 from tests.conftest import svc
 from tests.test_state_bad_input import READY, _log, _put, _started
-from tests.test_state_readers import DEEP, _dirs, _status
+from tests.test_state_readers import DEEP, GOOD, _dirs, _status
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -110,3 +114,61 @@ def test_status_names_an_integer_too_long_to_read(tmp_path: Any) -> None:
     p = _status(state, persist)
     assert (f"warning: {gate}: not JSON (Exceeds the limit (4300 digits) for integer string "
             "conversion: value has 5000 digits): ignored") in p.stdout.splitlines(), p.stdout
+
+
+# --- the cluster layer's last_boot() -------------------------------------------------------
+
+def _node(tmp_path: Any) -> Any:
+    """A cluster node on a configuration in `tmp_path` (no etcd: last_boot reads a file)."""
+    from hachain.cluster import node as cnode
+    persist = tmp_path / "persist"
+    persist.mkdir()
+    cfg = config.parse(f"""
+[chain]
+state_dir = "{tmp_path}/run"
+persist_dir = "{persist}"
+heartbeat_interval = 0.1
+[watchdog]
+device = "sim"
+timeout = 2
+pet_interval = 0.25
+[cluster]
+endpoints = ["127.0.0.1:1"]
+node = "a"
+lease_ttl = 4
+margin = 0.25
+""")
+    return cnode.Node(cfg)
+
+
+def test_cluster_last_boot_waits_on_no_fifo_and_says_what_is_wrong(
+        tmp_path: Any, capfd: Any) -> None:
+    node = _node(tmp_path)
+    path = os.path.join(node.cfg.chain.persist_dir, channels.LAST_BOOT)
+    cases = [("fifo", "not a regular file (a FIFO)"),
+             (DEEP, "not JSON (nested too deeply)"),
+             (b"[1]", "not a JSON object but list"),
+             ("dir", "not a regular file (a directory)")]
+    for what, why in cases:
+        _put(path, what)
+        before = os.lstat(path)
+        assert _bounded(node.last_boot, [path]) is None, why
+        assert _bounded(node.last_boot, [path]) is None, why  # (said once, not again)
+        err = capfd.readouterr().err
+        assert err.splitlines() == [f"hachain-cluster: warning: {path}: {why}: ignored"], err
+        assert stat.S_IFMT(os.lstat(path).st_mode) == stat.S_IFMT(before.st_mode)
+    # fields of the wrong type are left out, the rest published; 1e400 is no JSON to
+    # a strict reader of the node record
+    _put(path, b'{"cause": "watchdog reset", "wall": 1e400, "last_gate_failure": '
+               b'{"reasons": 5}}')
+    rec = _bounded(node.last_boot, [path])
+    assert rec == {"cause": "watchdog reset", "wall": None, "reasons": None}
+    assert capfd.readouterr().err == (f"hachain-cluster: warning: {path}: wall is inf, not a "
+                                      "finite number; reasons is 5, not a list of strings: "
+                                      "ignored\n")
+    _put(path, json.dumps(GOOD[channels.LAST_BOOT]).encode())
+    good = GOOD[channels.LAST_BOOT]
+    assert _bounded(node.last_boot, [path]) == {
+        "cause": good["cause"], "wall": good["wall"],
+        "reasons": good["last_gate_failure"]["reasons"]}
+    assert capfd.readouterr().err == ""

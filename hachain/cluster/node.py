@@ -73,6 +73,7 @@ class Node:
         self.started = time.monotonic()
         self.leaving: float | None = None  # orderly stop: mono of the withdrawal's beat
         self.unarmed_logged = False  # a free key was passed over: the watchdog not armed
+        self.last_boot_problem = ""  # what is wrong with last_boot.json, as last logged
         restarts = os.environ.get(channels.ENV_LAYER_RESTARTS, "0")
         self.hb = channels.HeartbeatWriter(cfg.chain.state_dir, LAYER,
                                            int(restarts) if restarts.isdigit() else 0)
@@ -298,17 +299,44 @@ class Node:
                 log(f"{name}: ownership taken, fencing token {token}")
 
     def last_boot(self) -> dict[str, Any] | None:
-        """Why this machine last booted (the tickler's record), for `status --cluster`."""
+        """Why this machine last booted (the tickler's record), for `status --cluster`.
+        Read without waiting (a FIFO there is no record: this runs in the loop that
+        renews the lease); a file that is no record, or a field of the wrong type, is
+        left out, with one line the first time it is seen."""
+        path = os.path.join(self.cfg.chain.persist_dir, channels.LAST_BOOT)
+        why = ""
         try:
-            rec = channels.read_json(os.path.join(self.cfg.chain.persist_dir,
-                                                  channels.LAST_BOOT))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(rec, dict):
+            rec = channels.read_json(path, regular=True)
+        except OSError as e:
+            rec, why = None, e.strerror or str(e)
+        except ValueError as e:  # (nested too deeply included)
+            rec, why = None, channels.json_problem(e)
+        if rec is not None and not isinstance(rec, dict):
+            rec, why = None, f"not a JSON object but {type(rec).__name__}"
+        if rec is None:
+            self._say_last_boot(path, why)
             return None
         gate = rec.get("last_gate_failure")
-        return {"cause": rec.get("cause"), "wall": rec.get("wall"),
-                "reasons": gate.get("reasons") if isinstance(gate, dict) else None}
+        out = {"cause": rec.get("cause"), "wall": rec.get("wall"),
+               "reasons": gate.get("reasons") if isinstance(gate, dict) else None}
+        wrong = []
+        for key, ok, what in (
+                ("cause", lambda v: isinstance(v, str), "a string"),
+                ("wall", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and math.isfinite(v), "a finite number"),
+                ("reasons", lambda v: isinstance(v, list) and
+                 all(isinstance(x, str) for x in v), "a list of strings")):
+            if out[key] is not None and not ok(out[key]):
+                wrong.append(f"{key} is {out[key]!r:.40}, not {what}")
+                out[key] = None  # (1e400 published would be no JSON to a strict reader)
+        self._say_last_boot(path, "; ".join(wrong))
+        return out
+
+    def _say_last_boot(self, path: str, why: str) -> None:
+        """One line for what is wrong with last_boot.json, once until it changes."""
+        if why and why != self.last_boot_problem:
+            log(f"warning: {path}: {why}: ignored")
+        self.last_boot_problem = why
 
     async def publish(self) -> None:
         """`<prefix>node/<node>` on the lease: what `hachain status --cluster` shows of
