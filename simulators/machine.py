@@ -484,16 +484,21 @@ class SimMachine:
         self._event("power cut")
 
     def _gate_note(self) -> str:
-        """"; tickler: REASONS" from this boot's gate.json, or "" when it left none."""
-        try:
-            rec = channels.read_json(os.path.join(self.persist_dir, channels.GATE_RECORD))
-        except (ValueError, OSError):
-            return ""
+        """"; tickler: REASONS" from this boot's gate.json, or "" when it left none, or
+        "; PATH: what is wrong: ignored" for a file there that is no record (read without
+        waiting: a FIFO there held the watchdog's expiry in open() for good)."""
+        path = os.path.join(self.persist_dir, channels.GATE_RECORD)
+        rec, why = read_record(path)
+        if why:
+            return f"; {path}: {why}: ignored"
         with self._cond:
             boot_id = self._boots[-1]["boot_id"] if self._boots else None
-        if not isinstance(rec, dict) or rec.get("boot_id") != boot_id:
+        if rec is None or rec.get("boot_id") != boot_id:
             return ""
-        return "; the tickler had stopped petting: " + "; ".join(map(str, rec.get("reasons", [])))
+        reasons = rec.get("reasons")
+        if not isinstance(reasons, list):
+            return f"; {path}: reasons is no list: ignored"
+        return "; the tickler had stopped petting: " + "; ".join(map(str, reasons))
 
     def _on_pretimeout(self) -> None:
         """The pretimeout fired: a real machine would raise an NMI or log; we log."""
@@ -519,6 +524,20 @@ class SimMachine:
             self.on_event(msg)
         except Exception as e:  # noqa: BLE001 - a broken reporter must not stop the machine
             print(f"sim: event reporter failed: {e!r}: {msg}", file=sys.stderr)
+
+
+def read_record(path: str) -> tuple[dict[str, Any] | None, str]:
+    """(the tickler's record at `path`, or None when missing or no record; what is wrong
+    with the file, "" when nothing). Read without waiting: a FIFO there is no record."""
+    try:
+        rec = channels.read_json(path, regular=True)
+    except OSError as e:
+        return None, e.strerror or str(e)
+    except ValueError as e:  # (nested too deeply included)
+        return None, channels.json_problem(e)
+    if rec is not None and not isinstance(rec, dict):
+        return None, f"not a JSON object but {type(rec).__name__}"
+    return rec, ""
 
 
 def _print_event(msg: str) -> None:
@@ -628,14 +647,12 @@ def tour_step(machine: SimMachine, tour: list[tuple[float, str, str]],
         if len(machine.boots) < 2:
             return tour
         path = os.path.join(machine.persist_dir, channels.LAST_BOOT)
-        rec = None
-        try:
-            rec = channels.read_json(path)
-        except (OSError, ValueError):
-            pass
+        rec, _ = read_record(path)  # (what is wrong with it: the tickler says, in its log)
         if not rec or rec.get("boot_id") != machine.boots[-1].get("boot_id"):
             return tour  # the new boot's tickler has not written it yet
-        gate = (rec.get("last_gate_failure") or {}).get("reasons") or ["?"]
+        gate = rec.get("last_gate_failure")
+        gate = gate.get("reasons") if isinstance(gate, dict) else None
+        gate = gate if isinstance(gate, list) and gate else ["?"]
         print(f"sim: tour: boot {len(machine.boots)} knows why it happened: last boot "
               f"{rec.get('cause')!r}, and the gate had failed with: {gate[0]}", flush=True)
         print("sim: tour: done; the machine keeps running (Ctrl-C to stop)", flush=True)

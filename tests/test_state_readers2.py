@@ -15,6 +15,9 @@ What was wrong before:
 - the cluster layer's last_boot() (published on every round with etcd) opened
   last_boot.json as any file: a FIFO there held the loop that renews the lease, and
   nested JSON raised RecursionError there; `"wall": 1e400` was published as `Infinity`;
+- the simulated machine read gate.json (on a watchdog expiry) and last_boot.json (the
+  tour) as any file: a FIFO held it, nested JSON raised RecursionError, and a record of
+  the wrong shape (a list; `"reasons": 5`) raised AttributeError or TypeError;
 """
 
 from __future__ import annotations
@@ -172,3 +175,53 @@ def test_cluster_last_boot_waits_on_no_fifo_and_says_what_is_wrong(
         "cause": good["cause"], "wall": good["wall"],
         "reasons": good["last_gate_failure"]["reasons"]}
     assert capfd.readouterr().err == ""
+
+
+# --- the simulated machine ---------------------------------------------------------------
+
+def _machine(tmp_path: Any) -> Any:
+    """A simulated machine never powered on: its readers of the tickler's records."""
+    from simulators.machine import SimMachine
+    m = SimMachine(str(tmp_path / "chain.toml"), str(tmp_path / "m"))
+    os.makedirs(m.persist_dir)
+    with m._cond:  # two boots seen, the last one this boot id
+        m._boots = [{"boot_id": "b-1"}, {"boot_id": "b-2"}]
+    return m
+
+
+BAD_RECORDS = [("fifo", "not a regular file (a FIFO)"),
+               (DEEP, "not JSON (nested too deeply)"),
+               (b"[1]", "not a JSON object but list"),
+               ("dangling", "a dangling symbolic link")]
+
+
+def test_sim_gate_note_waits_on_no_fifo_and_names_a_bad_record(tmp_path: Any) -> None:
+    m = _machine(tmp_path)
+    gate = os.path.join(m.persist_dir, channels.GATE_RECORD)
+    for what, why in [*BAD_RECORDS, (b'{"boot_id": "b-2", "reasons": 5}',
+                                     "reasons is no list")]:
+        _put(gate, what)
+        assert _bounded(m._gate_note, [gate]) == f"; {gate}: {why}: ignored"
+    _put(gate, b'{"boot_id": "b-2", "reasons": ["restarter hung"]}')
+    assert _bounded(m._gate_note, [gate]) == "; the tickler had stopped petting: restarter hung"
+    _put(gate, b'{"boot_id": "b-1", "reasons": ["restarter hung"]}')  # another boot's
+    assert _bounded(m._gate_note, [gate]) == ""
+
+
+def test_sim_tour_waits_on_no_fifo_and_passes_over_a_bad_last_boot(
+        tmp_path: Any, capsys: Any) -> None:
+    from simulators.machine import tour_step
+    m = _machine(tmp_path)
+    last = os.path.join(m.persist_dir, channels.LAST_BOOT)
+    tour = [(0.0, "explain", "")]
+    for what, _ in BAD_RECORDS:
+        _put(last, what)
+        assert _bounded(lambda: tour_step(m, tour, 1.0), [last]) == tour  # not yet written
+    # this boot's record whose gate failure is no object: explained, the reasons "?"
+    _put(last, b'{"boot_id": "b-2", "cause": "watchdog reset", "last_gate_failure": ["x"]}')
+    assert _bounded(lambda: tour_step(m, tour, 1.0), [last]) == []
+    assert "the gate had failed with: ?" in capsys.readouterr().out
+    _put(last, b'{"boot_id": "b-2", "cause": "watchdog reset", "last_gate_failure": '
+               b'{"reasons": ["restarter hung"]}}')
+    assert _bounded(lambda: tour_step(m, tour, 1.0), [last]) == []
+    assert "the gate had failed with: restarter hung" in capsys.readouterr().out
