@@ -378,16 +378,17 @@ def set_reason(persist_dir: str, boot_id: str, reason: str, detail: list[str],
         _write(persist_dir, rec)
 
 
-def clear_loop(persist_dir: str, now_wall: float) -> list[str]:
+def clear_loop(persist_dir: str, now_wall: float, log: Any = None) -> list[str]:
     """`hachain clear --boot-loop`: the newest boot (the running one) leaves rescue, and
-    the boots before it no longer count towards a loop. Returns what it held."""
+    the boots before it no longer count towards a loop. Returns what it held. `log`: as
+    _write's (a damaged record set aside)."""
     with _Locked(persist_dir) as rec:
         cur = entry_for(rec, "")
         if cur is None:
             return []
         held = held_services(cur)
         cur["cleared"] = now_wall
-        _write(persist_dir, rec)
+        _write(persist_dir, rec, log)
         return held
 
 

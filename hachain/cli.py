@@ -224,7 +224,7 @@ def cmd_clear_boot_loop(args: argparse.Namespace) -> int:
     """`hachain clear --boot-loop`: leave rescue (the record first, then each held service)."""
     state_dir, persist_dir = dirs(args)
     try:
-        held = bootrecord.clear_loop(persist_dir, time.time())
+        held = bootrecord.clear_loop(persist_dir, time.time(), log=_err)
     except OSError as e:
         _err(f"clear --boot-loop: cannot write the boot record in {persist_dir}: {e}")
         return 1

@@ -18,6 +18,7 @@ What was wrong before:
 - the simulated machine read gate.json (on a watchdog expiry) and last_boot.json (the
   tour) as any file: a FIFO held it, nested JSON raised RecursionError, and a record of
   the wrong shape (a list; `"reasons": 5`) raised AttributeError or TypeError;
+- `hachain clear --boot-loop` set a damaged boot record aside as .corrupt without a word;
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ import json
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from hachain import channels, config
+from hachain import bootrecord, channels, config
 from tests.conftest import svc
+from tests.test_cli_bad_input import hachain
 from tests.test_state_bad_input import READY, _log, _put, _started
 from tests.test_state_readers import DEEP, GOOD, _dirs, _status
 
@@ -225,3 +228,32 @@ def test_sim_tour_waits_on_no_fifo_and_passes_over_a_bad_last_boot(
                b'{"reasons": ["restarter hung"]}}')
     assert _bounded(lambda: tour_step(m, tour, 1.0), [last]) == []
     assert "the gate had failed with: restarter hung" in capsys.readouterr().out
+
+
+# --- hachain clear --boot-loop ------------------------------------------------------------------
+
+def test_clear_boot_loop_says_it_set_a_damaged_record_aside(tmp_path: Any) -> None:
+    """A record whose entries have fields of the wrong type is written on without them,
+    the file first set aside whole: the command says so on stderr, naming both."""
+    state, persist = tmp_path / "run", tmp_path / "persist"
+    state.mkdir()
+    persist.mkdir()
+    record = persist / bootrecord.RECORD
+    raw = (b'{"version": 1, "counter": 2, "boots": [{"boot": "x", "boot_id": "b-1", '
+           b'"reason": "unknown"}, {"boot": 2, "boot_id": "b-2", "started_wall": %f, '
+           b'"reason": "unknown"}]}' % time.time())
+    record.write_bytes(raw)
+    p = hachain("clear", "--boot-loop", "--state-dir", str(state), "--persist-dir",
+                str(persist))
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert p.stderr.splitlines() == [
+        f"hachain: {record}: entry 1: boot is 'x', not an integer: set aside as "
+        f"{bootrecord.RECORD}.corrupt, the record goes on without those values"], p.stderr
+    assert p.stdout.startswith("boot loop cleared")
+    assert (persist / (bootrecord.RECORD + ".corrupt")).read_bytes() == raw
+    rec = bootrecord.read(str(persist))
+    assert rec["boots"][-1]["boot"] == 2 and rec["boots"][-1]["cleared"] is not None
+    # the record now sane: a second clear says nothing on stderr
+    p = hachain("clear", "--boot-loop", "--state-dir", str(state), "--persist-dir",
+                str(persist))
+    assert p.returncode == 0 and p.stderr == "", (p.stdout, p.stderr)
