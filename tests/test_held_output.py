@@ -83,3 +83,22 @@ def test_the_logger_does_not_preempt_on_wakeup(restarter):
     pid = wait_until(run.logger_pid, 10, "the logger's lock file")
     assert os.sched_getscheduler(pid) == os.SCHED_BATCH
     assert os.getpriority(os.PRIO_PROCESS, pid) == 0
+
+
+def test_only_a_small_chain_holds_pipes() -> None:
+    """Every descriptor the restarter holds is copied into each spawned child: past
+    KEEP_SERVICES services no pipe is held, and growing past it lets go of those held."""
+    from hachain.restarter import spawn
+    from hachain.restarter.loop import HeldOutput
+    held = HeldOutput()
+    held.keep_for(spawn.KEEP_SERVICES)
+    assert held.may_hold()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        held.hold("a", w)
+        held.keep_for(spawn.KEEP_SERVICES + 1)
+        assert not held.may_hold()
+        assert held.fds == {}
+        assert os.read(r, 1) == b""  # the write end was closed: end of file
+    finally:
+        os.close(r)

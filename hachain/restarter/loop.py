@@ -148,15 +148,28 @@ class HeldOutput:
     the CPU the service died on, the logger then often ran before the restarter and held
     up the restart by 100-200 us (docs/benchmarks.md, thirteenth session). With a write
     end still open here, the exit wakes only the restarter; the end of file comes when
-    the restarter closes its copy, after the replacement is started. At most a quarter of
-    the file limit is spent on them (beyond that a pipe is simply not held)."""
+    the restarter closes its copy, after the replacement is started.
+
+    Only in a chain of at most spawn.KEEP_SERVICES services, as the cgroup descriptors
+    Cgroups.kept holds: every descriptor the restarter holds costs each spawn ~0.17 us
+    (the child copies the table and closes the copy at exec), 170 us per spawn with 1000
+    services. And at most a quarter of the file limit (beyond that a pipe is not held)."""
 
     def __init__(self) -> None:
         self.fds: dict[str, int] = {}
         self.room = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // HOLD_SHARE)
+        self.keep = True
+
+    def keep_for(self, services: int) -> None:
+        """Hold pipes only for a chain of at most KEEP_SERVICES services (a reload that
+        grows it past that lets go of those held)."""
+        self.keep = services <= spawn.KEEP_SERVICES
+        if not self.keep:
+            for name in list(self.fds):
+                self.hold(name, None)
 
     def may_hold(self) -> bool:
-        return len(self.fds) < self.room
+        return self.keep and len(self.fds) < self.room
 
     def hold(self, name: str, fd: int | None) -> None:
         old = self.fds.pop(name, None)
@@ -274,6 +287,7 @@ class Restarter:
         # replacements started ahead of their exit's effects, until the Spawn takes them
         self._ahead: dict[str, Launched | tuple[str, bool]] = {}
         self.held_out = HeldOutput()  # after raise_fd_limit: its room depends on the limit
+        self.held_out.keep_for(len(cfg.services))
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
         from hachain.restarter.control import ControlServer
         self.control = ControlServer(os.path.join(self.state_dir, channels.CONTROL_SOCKET),
@@ -1085,6 +1099,7 @@ class Restarter:
             log("reload: [chain] changes need a restart of the chain; applying services only")
         self.cfg = new
         self.cgroups.keep_for(len(new.services))
+        self.held_out.keep_for(len(new.services))
         added, changed, removed = self.core.reload(new.services, now)
         self.run_core(now)
         log(f"reloaded {self.cfg.path}: {len(added)} added, {len(changed)} changed, "
