@@ -678,10 +678,26 @@ def _service_lines(services: dict[str, Any], color: Any, live: bool) -> list[str
 
 def text(st: dict[str, Any], as_json: bool, tty: bool = False) -> str:
     """What `hachain status` prints: one JSON line (compact: the C encoder; indented, 1000
-    services took ~60 ms of pure Python), or the rendered text."""
+    services took ~60 ms of pure Python), or the rendered text. The JSON is strict: a
+    number that is not finite (a field no reader checks, 1e400 in a record) is null,
+    never the `Infinity` or `NaN` that strict parsers refuse."""
     if as_json:
-        return json.dumps(st, sort_keys=True) + "\n"
+        try:
+            return json.dumps(st, sort_keys=True, allow_nan=False) + "\n"
+        except ValueError:  # rare: only then is the line scanned again
+            return strict_json(json.dumps(st, sort_keys=True)) + "\n"
     return "\n".join(render(st, tty)) + "\n"
+
+
+# In json.dumps's output (ASCII, strings quoted with their escapes): a string, or one of
+# the words it writes for a number that is not finite.
+_NOT_FINITE = re.compile(r'"(?:[^"\\]++|\\.)*+"|-?Infinity|NaN')
+
+
+def strict_json(line: str) -> str:
+    """json.dumps's `line` with each Infinity, -Infinity and NaN written as null. (A scan
+    of the text, not a walk of the object: a record may nest as deep as the parser went.)"""
+    return _NOT_FINITE.sub(lambda m: m.group() if m.group()[0] == '"' else "null", line)
 
 
 def print_status(st: dict[str, Any], stream: Any = None) -> None:

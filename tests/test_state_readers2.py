@@ -19,6 +19,8 @@ What was wrong before:
   tour) as any file: a FIFO held it, nested JSON raised RecursionError, and a record of
   the wrong shape (a list; `"reasons": 5`) raised AttributeError or TypeError;
 - `hachain clear --boot-loop` set a damaged boot record aside as .corrupt without a word;
+- `hachain status --json` printed a number that is not finite (1e400 in a field no
+  reader checks) as `Infinity`: no JSON to a strict parser.
 """
 
 from __future__ import annotations
@@ -257,3 +259,26 @@ def test_clear_boot_loop_says_it_set_a_damaged_record_aside(tmp_path: Any) -> No
     p = hachain("clear", "--boot-loop", "--state-dir", str(state), "--persist-dir",
                 str(persist))
     assert p.returncode == 0 and p.stderr == "", (p.stdout, p.stderr)
+
+
+# --- hachain status --json ----------------------------------------------------------------------
+
+def _strict(text: str) -> Any:
+    def refuse(word: str) -> Any:
+        raise AssertionError(f"{word} in `hachain status --json`: no JSON (RFC 8259)")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_status_json_is_strict_json_with_numbers_that_are_not_finite(tmp_path: Any) -> None:
+    state, persist = _dirs(tmp_path)
+    gate = dict(GOOD[channels.GATE_RECORD])
+    last = dict(GOOD[channels.LAST_BOOT])
+    # fields no reader checks: kept as they are, but for the numbers
+    _put(os.path.join(persist, channels.GATE_RECORD), json.dumps(gate)[:-1].encode() +
+         b', "x": 1e400, "y": [-1e400, "Infinity", {"NaN": NaN}]}')
+    _put(os.path.join(persist, channels.LAST_BOOT), json.dumps(last)[:-1].encode() +
+         b', "z": -Infinity}')
+    chain = _strict(_status(state, persist, "--json").stdout)["chain"]
+    assert chain["gate_failure"] == {**gate, "x": None, "y": [None, "Infinity", {"NaN": None}]}
+    assert chain["last_boot"] == {**last, "z": None}
+    assert chain["warnings"] == []
