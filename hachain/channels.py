@@ -375,8 +375,8 @@ def parse_heartbeat(raw: bytes) -> Heartbeat | None:
         if zlib.crc32(raw[_CRC_BODY:]) != crc:
             return None
     try:
-        d = json.loads(raw)
-    except ValueError:
+        d = loads(raw)
+    except ValueError:  # (nested too deeply included: was RecursionError, to every reader)
         return None
     return _heartbeat_from(d)
 

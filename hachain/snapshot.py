@@ -417,8 +417,8 @@ def _judge_edit(state_dir: str, source: str, text: str, sha: str) -> tuple[str, 
     validation of a large file takes a good part of a second, and `hachain status` may be
     asked often: the verdict is kept per content hash, so each edit is judged once."""
     path = os.path.join(state_dir, DISK_VERDICT)
-    try:
-        cached = channels.read_json(path)
+    try:  # not waited on: a FIFO there held `hachain status` (and the restarter's status-doc)
+        cached = channels.read_json(path, regular=True)
     except (ValueError, OSError):
         cached = None
     if isinstance(cached, dict) and cached.get("sha256") == sha and \

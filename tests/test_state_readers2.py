@@ -20,7 +20,12 @@ What was wrong before:
   the wrong shape (a list; `"reasons": 5`) raised AttributeError or TypeError;
 - `hachain clear --boot-loop` set a damaged boot record aside as .corrupt without a word;
 - `hachain status --json` printed a number that is not finite (1e400 in a field no
-  reader checks) as `Infinity`: no JSON to a strict parser.
+  reader checks) as `Infinity`: no JSON to a strict parser;
+- a heartbeat file nested too deeply raised RecursionError out of read_heartbeat (in
+  `hachain status`, the tickler's gate, init and the restarter); the tickler's kept
+  tables (config/tickler.json) nested too deeply ended the tickler before it opened the
+  device; `hachain status` opened its cached verdict on an edited configuration
+  (config/disk-verdict.json) as any file: a FIFO there held it for good.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -282,3 +288,84 @@ def test_status_json_is_strict_json_with_numbers_that_are_not_finite(tmp_path: A
     assert chain["gate_failure"] == {**gate, "x": None, "y": [None, "Infinity", {"NaN": None}]}
     assert chain["last_boot"] == {**last, "z": None}
     assert chain["warnings"] == []
+
+
+# --- more readers of the state directory -----------------------------------------------------
+
+def test_a_heartbeat_nested_too_deeply_is_no_heartbeat(tmp_path: Any) -> None:
+    """A heartbeat file is read by init, the restarter, the tickler's gate and `hachain
+    status`; JSON nested too deeply there raised RecursionError out of read_heartbeat
+    (hachain status: a traceback). It is a heartbeat that cannot be read: none."""
+    state, persist = _dirs(tmp_path)
+    hb = channels.heartbeat_path(state, "restarter")
+    os.makedirs(os.path.dirname(hb))
+    _put(hb, DEEP)
+    assert channels.read_heartbeat(state, "restarter") is None
+    assert channels.read_heartbeat(state, "restarter", regular=True) is None
+    lines = _status(state, persist).stdout.splitlines()
+    assert "restarter dead (no heartbeat)" in lines[0], lines
+    with open(hb, "rb") as f:
+        assert f.read() == DEEP
+
+
+def test_the_ticklers_config_files_nested_too_deeply_are_read_anew(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    """The tickler reads this run's running snapshot (running.json) and the tables it
+    kept (config/tickler.json) before it opens the device. JSON nested too deeply in
+    either raised RecursionError there: the tickler ended before it opened the device,
+    at every start. Each is now one line, and the tickler pets."""
+    import signal
+
+    from hachain.watchdog.tickler import TABLES_CACHE
+    from tests.conftest import wait_until
+    from tests.test_tickler import ForgedLayers, Rig
+    rig = Rig(str(tmp_path))
+    monkeypatch.setenv(channels.ENV_CHAIN_ID, "test-run")
+    monkeypatch.setenv(channels.ENV_STATE_DIR, rig.state_dir)
+    running = os.path.join(rig.state_dir, channels.RUNNING_CONFIG)
+    kept = os.path.join(rig.state_dir, TABLES_CACHE)
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            os.makedirs(os.path.dirname(running))
+            for path, line in ((running, f"{running}: not JSON (nested too deeply): ignored, "
+                                         "the configuration is read anew"),
+                               (kept, f"{kept}: not JSON (nested too deeply): ignored, the "
+                                      "tables are parsed anew")):
+                if path == kept:  # a good running.json, written by the last tickler
+                    wait_until(lambda: os.path.isfile(running), READY, "running.json")
+                _put(path, DEEP)
+                p = rig.start_tickler()
+                wait_until(lambda p=p: (hb := rig.tickler_hb()) is not None and
+                           hb.pid == p.pid and hb.extra.get("pets", 0) >= 2,
+                           READY, "the tickler to pet")
+                rig.wait_log(line, READY)
+                p.send_signal(signal.SIGTERM)  # an orderly stop: the magic close
+                assert p.wait(READY) == 0, rig.log_text()[-3000:]
+        assert "Traceback" not in rig.log_text()
+        assert not rig.expired.is_set()
+    finally:
+        rig.close()
+
+
+def test_status_waits_on_no_fifo_as_the_cached_disk_verdict(restarter: Any) -> None:
+    """`hachain status` compares the running configuration with the file on disk and
+    keeps its verdict on an edited file in <state_dir>/config/disk-verdict.json. That
+    cache was opened as any file: a FIFO there held `hachain status` for good (and the
+    restarter, which renders it for the native front); JSON nested too deeply there gave
+    a traceback. Either is now no verdict: the file is judged again."""
+    r = restarter(f'[service.web]\ncommand = {svc("sleep")}\n')
+    r.wait_state("web", "ready")
+    with open(r.config, "a") as f:
+        f.write("# edited\n")
+    verdict = os.path.join(r.state_dir, channels.DISK_VERDICT)
+    for what in ("fifo", DEEP):
+        _put(verdict, what)
+        try:
+            p = hachain("status", "-c", r.config, "--state-dir", r.state_dir,
+                        "--persist-dir", r.persist_dir)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError("hachain status hung on the disk verdict") from e
+        assert "Traceback" not in p.stderr, p.stderr
+        assert "the file has changed on disk since" in p.stdout, (p.stdout, p.stderr)
+    assert r.proc is not None and r.proc.poll() is None

@@ -948,9 +948,12 @@ def _read_cached(key: dict[str, Any]) -> dict[str, Any] | None:
             log(f"{cache}: not a regular file of ours: ignored, the tables are parsed anew")
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
-            d = json.loads(f.read(1 << 20))
-    except (OSError, ValueError) as e:
+            d = channels.loads(f.read(1 << 20))
+    except OSError as e:
         log(f"{cache}: unreadable ({e}): ignored, the tables are parsed anew")
+        return None
+    except ValueError as e:  # (nested too deeply included)
+        log(f"{cache}: {channels.json_problem(e)}: ignored, the tables are parsed anew")
         return None
     finally:
         os.close(fd)
