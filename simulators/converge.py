@@ -301,7 +301,8 @@ def _logger(state_dir: str, by_ns: dict[int, int]) -> int | None:
     """The logger's host pid: its lock file names it (a pid inside the machine). After a
     restarter crash its parent is init, and it is part of the chain, not a stray."""
     try:
-        return by_ns.get(int(_read(os.path.join(state_dir, "logger.lock")).split()[0]))
+        lock = channels.read_small(os.path.join(state_dir, "logger.lock"), regular=True)
+        return by_ns.get(int(lock.split()[0]))
     except (OSError, ValueError, IndexError):
         return None
 
@@ -316,7 +317,7 @@ def _records(state_dir: str) -> dict[str, Any]:
         return out
     for n in names:
         try:
-            out[n[:-5]] = channels.read_json(os.path.join(d, n))
+            out[n[:-5]] = channels.read_json(os.path.join(d, n), regular=True)
         except (ValueError, OSError) as e:
             out[n[:-5]] = f"unreadable: {e}"
     return out
@@ -344,7 +345,8 @@ def snapshot(m: SimMachine) -> Snapshot:
     except client.ControlError as e:
         error = str(e)
     try:
-        admin = channels.read_json(os.path.join(m.persist_dir, channels.ADMIN_STATE))
+        admin = channels.read_json(os.path.join(m.persist_dir, channels.ADMIN_STATE),
+                                   regular=True)
     except (ValueError, OSError) as e:
         admin = f"unreadable: {e}"
     return Snapshot(now, len(m.boots), init, layers, ages, services, error, procs, admin or {},

@@ -302,7 +302,7 @@ class SimMachine:
 
     def heartbeat(self, layer: str) -> channels.Heartbeat | None:
         """`layer`'s current heartbeat in this boot's state directory."""
-        return channels.read_heartbeat(self.state_dir, layer)
+        return channels.read_heartbeat(self.state_dir, layer, regular=True)  # (no FIFO wait)
 
     def wait_heartbeats(self, layers: Iterable[str] = channels.LAYERS, timeout: float = 30.0,
                         fresh: float | None = 3.0) -> dict[str, channels.Heartbeat]:

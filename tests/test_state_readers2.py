@@ -25,7 +25,10 @@ What was wrong before:
   `hachain status`, the tickler's gate, init and the restarter); the tickler's kept
   tables (config/tickler.json) nested too deeply ended the tickler before it opened the
   device; `hachain status` opened its cached verdict on an edited configuration
-  (config/disk-verdict.json) as any file: a FIFO there held it for good.
+  (config/disk-verdict.json) as any file: a FIFO there held it for good;
+- the chaos harness opened the heartbeats, runtime records, admin.json, the logger's
+  lock file and every persisted .json/.jsonl file as any file (a FIFO there held it for
+  good), and let RecursionError out of a persisted file nested too deeply.
 """
 
 from __future__ import annotations
@@ -369,3 +372,48 @@ def test_status_waits_on_no_fifo_as_the_cached_disk_verdict(restarter: Any) -> N
         assert "Traceback" not in p.stderr, p.stderr
         assert "the file has changed on disk since" in p.stdout, (p.stdout, p.stderr)
     assert r.proc is not None and r.proc.poll() is None
+
+
+# --- the chaos harness's readers --------------------------------------------------------------
+
+def test_chaos_torn_files_waits_on_no_fifo_and_takes_nested_json_as_torn(
+        tmp_path: Any) -> None:
+    """After a power cut the chaos harness reads every .json and .jsonl file under
+    persist_dir to find torn writes. It opened each as any file (a FIFO there held the
+    harness for good) and let RecursionError out of JSON nested too deeply."""
+    from simulators.chaos_kinds import torn_files
+    persist = tmp_path / "persist"
+    (persist / "config").mkdir(parents=True)
+    _put(str(persist / "admin.json"), b'{"web": {"want": "down"}}')
+    _put(str(persist / "boots.jsonl"), b'{"boot": 1}\n' + DEEP + b"\n")
+    _put(str(persist / "config" / "deep.json"), DEEP)
+    _put(str(persist / "config" / "fifo.json"), "fifo")
+    _put(str(persist / "dir.json"), "dir")
+    found = sorted(_bounded(lambda: torn_files(str(persist)),
+                            [str(persist / "config" / "fifo.json")]))
+    assert [f.split(": ", 1)[0] for f in found] == [
+        "boots.jsonl:2", "config/deep.json", "config/fifo.json", "dir.json"], found
+    assert "nested too deeply" in found[0] and "nested too deeply" in found[1]
+    assert found[2] == "config/fifo.json: unreadable: not a regular file (a FIFO)"
+    assert found[3] == "dir.json: unreadable: not a regular file (a directory)"
+
+
+def test_chaos_snapshot_of_a_machine_waits_on_no_fifo(tmp_path: Any) -> None:
+    """The harness samples a machine (converge.snapshot) for its convergence checks: the
+    heartbeats, the restarter's runtime records, admin.json and the logger's lock file,
+    each opened as any file: a FIFO in any of those places held the harness for good."""
+    from simulators import converge
+    m = _machine(tmp_path)
+    fifos = [channels.heartbeat_path(m.state_dir, "init"),
+             os.path.join(m.state_dir, channels.SERVICE_RECORD_DIR, "web.json"),
+             os.path.join(m.state_dir, "logger.lock"),
+             os.path.join(m.persist_dir, channels.ADMIN_STATE)]
+    for path in fifos:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _put(path, "fifo")
+    snap = _bounded(lambda: converge.snapshot(m), fifos)
+    assert snap.hb_age["init"] is None
+    assert snap.records == {"web": "unreadable: [Errno 22] not a regular file (a FIFO): "
+                                   f"'{fifos[1]}'"}
+    assert str(snap.admin).startswith("unreadable: ") and "a FIFO" in str(snap.admin)
+    assert snap.logger is None
