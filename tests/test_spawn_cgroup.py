@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import select
 import signal
 import sys
 
@@ -258,3 +259,63 @@ def test_a_build_of_another_abi_is_not_called() -> None:
         assert not spawn.clone3_usable(stale)
     # the build here is this source's (scripts/test.sh runs setup.sh, which builds it)
     assert spawn.direct_spawn_problem() is None
+
+
+def _fds_of(pid: int) -> set[int]:
+    return {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+
+
+def test_the_service_gets_no_descriptor_of_the_spawner(cgroups, tmp_path, started) -> None:
+    """The child shares the spawner's descriptor table only until it makes its own of the
+    few low ones it needs (close_range CLOSE_RANGE_UNSHARE, _clone3.c SLOTS): even a
+    descriptor left inheritable by mistake, and hundreds of others, never reach the
+    service, which holds stdin, stdout and stderr only."""
+    if spawn._clone3 is None or spawn._clone3.reserve() is None:
+        pytest.skip("no _clone3 extension or no close_range(CLOSE_RANGE_UNSHARE) here")
+    many = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(300)]
+    leaky = os.open(os.devnull, os.O_RDONLY)  # inheritable: the old path passed it on
+    try:
+        pid = _spawn(cgroups, tmp_path, "sleeper", ("sleep", "3600"), started)
+        assert _fds_of(pid) == {0, 1, 2}
+        assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+        assert os.readlink(f"/proc/{pid}/fd/1").endswith("sleeper.log")
+    finally:
+        for fd in many + [leaky]:
+            os.close(fd)
+
+
+def test_the_spawner_keeps_no_copy_of_the_service_pipes(cgroups, tmp_path, started) -> None:
+    """The output and readiness descriptors pass through the two reserved slots, which hold
+    /dev/null again once the child has exec'd: the spawner keeps no write end, so the
+    reader of the output sees its end when the service exits, and the slots are the same
+    two descriptors after every spawn (nothing leaks)."""
+    if spawn._clone3 is None or spawn._clone3.reserve() is None:
+        pytest.skip("no _clone3 extension or no close_range(CLOSE_RANGE_UNSHARE) here")
+    slots = spawn._clone3.reserve()
+    before = _fds_of(os.getpid())
+    for i in range(3):
+        r, w = os.pipe2(os.O_CLOEXEC)
+        cg = cgroups.ensure(f"echo{i}")
+        assert cg is not None
+        dirfd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            pid = spawn._clone3.spawn(b"/bin/echo", [b"echo", b"hello"], [], w, dirfd,
+                                      [], None)
+        finally:
+            os.close(dirfd)
+            os.close(w)
+        started.append(pid)
+        for slot in slots:
+            assert os.readlink(f"/proc/self/fd/{slot}") == "/dev/null"
+        got = b""
+        while True:  # bounded: the pipe ends when echo exits, unless a copy is left open
+            ready, _, _ = select.select([r], [], [], 10)
+            assert ready, "no end of file: a write end of the service's pipe is still open"
+            chunk = os.read(r, 100)
+            if not chunk:
+                break
+            got += chunk
+        os.close(r)
+        assert got == b"hello\n"
+        os.waitpid(pid, 0)
+    assert _fds_of(os.getpid()) == before

@@ -44,6 +44,15 @@
 #ifndef CLONE_INTO_CGROUP
 #define CLONE_INTO_CGROUP 0x200000000ULL
 #endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
 
 #if defined(__x86_64__) && defined(SYS_clone3)
 #define HAVE_CLONE3_ENTRY 1
@@ -79,6 +88,8 @@ struct request {
     int ngroups;
     long gid, uid;         /* -1: none */
     int ready_from, ready_to;  /* -1: none */
+    int unshare_below;     /* > 0: the child shares our descriptor table until it makes
+                            * its own of the descriptors below this one (see SLOTS) */
     volatile int entered;  /* set by the child first thing: it ran at all */
     volatile int err;   /* written by the child when a step fails */
     volatile int step;  /* which step failed: see STEPS below */
@@ -100,12 +111,62 @@ static int to_fd(int from, int to) {
     return dup2(from, to);
 }
 
+/* SLOTS. A child made without CLONE_FILES gets a copy of every descriptor the restarter
+ * holds (with 100 services some 300: kept cgroup directories and cgroup.events, held
+ * output pipes), and its exec closes them all again: 0.2-0.4 us each on a cold CPU, 109 us
+ * per spawn with 300 (bench: spawn to the child's main, static program, 0.3 s of quiet
+ * before each; docs/benchmarks.md, thirteenth session). So the child shares our table
+ * (CLONE_FILES) and first of all makes its own with close_range(below, ~0,
+ * CLOSE_RANGE_UNSHARE), which copies only the descriptors under `below`. What the child
+ * needs from us must be down there: two low descriptors are reserved here (slot_out,
+ * slot_ready; /dev/null while unused), the output and readiness descriptors are put into
+ * them just before the clone, and /dev/null again right after. The parent sleeps until the
+ * child has exec'd (CLONE_VFORK) and the restarter has no other thread, so nothing
+ * changes the shared table meanwhile. Linux >= 5.9; elsewhere the table is copied. */
+static int slot_null = -1, slot_out = -1, slot_ready = -1;
+static int slots_tried = 0;
+
+static int reserve_slots(void) {
+    if (slots_tried)
+        return slot_out >= 0;
+    slots_tried = 1;
+    /* closes nothing, unshares nothing (the table is not shared): does the kernel know
+     * close_range and CLOSE_RANGE_UNSHARE? */
+    if (syscall(SYS_close_range, ~0U, ~0U, CLOSE_RANGE_UNSHARE) != 0)
+        return 0;
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null < 0)
+        return 0;
+    int a = fcntl(null, F_DUPFD_CLOEXEC, 3);  /* never 0-2: the child replaces those */
+    int b = a < 0 ? -1 : fcntl(null, F_DUPFD_CLOEXEC, 3);
+    if (b < 0) {
+        if (a >= 0)
+            close(a);
+        close(null);
+        return 0;
+    }
+    slot_null = null;
+    slot_out = a;
+    slot_ready = b;
+    return 1;
+}
+
 /* The child: runs on child_stack, in the parent's memory, until execve. */
 static int child_main(void *arg) {
     struct request *r = arg;
     struct sigaction dfl, cur;
     sigset_t none;
     r->entered = 1;
+    if (r->unshare_below > 0) {
+        if (syscall(SYS_close_range, (unsigned)r->unshare_below, ~0U,
+                    CLOSE_RANGE_UNSHARE) != 0)
+            return fail(r, 11);  /* before anything touches a descriptor we share */
+        /* and what is left above stderr closes at exec, even one left inheritable by
+         * mistake: the service gets 0-2 and its readiness descriptor, made below
+         * (Linux >= 5.11; before, an inheritable one there stays open, as it always did) */
+        if (r->unshare_below > 3)
+            syscall(SYS_close_range, 3U, (unsigned)r->unshare_below - 1, CLOSE_RANGE_CLOEXEC);
+    }
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     for (int s = 1; s < NSIG; s++) {
@@ -344,6 +405,14 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         struct clone_args_v2 a;
         memset(&a, 0, sizeof a);
         a.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP;
+        if (reserve_slots() && dup3(out_fd, slot_out, O_CLOEXEC) >= 0 &&
+            (r.ready_from < 0 || dup3(r.ready_from, slot_ready, O_CLOEXEC) >= 0)) {
+            r.out_fd = slot_out;
+            if (r.ready_from >= 0)
+                r.ready_from = slot_ready;
+            r.unshare_below = (slot_out > slot_ready ? slot_out : slot_ready) + 1;
+            a.flags |= CLONE_FILES;
+        }
         a.exit_signal = SIGCHLD;
         a.stack = (uint64_t)(uintptr_t)child_stack;
         a.stack_size = sizeof child_stack;
@@ -355,10 +424,17 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         pthread_sigmask(SIG_SETMASK, &all, &old);
         long pid = clone3_call(&a, child_main, &r);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (slot_out >= 0) {  /* our copies of the service's pipes go (/dev/null again) */
+            int e = errno;
+            dup3(slot_null, slot_out, O_CLOEXEC);
+            dup3(slot_null, slot_ready, O_CLOEXEC);
+            errno = e;
+        }
         /* STEPS: what a failed child's `step` names (100 + i: rlimits[i]) */
         static const char *steps[] = {"", "open /dev/null", "dup2", "setpgid",
                                       "setrlimit nofile", "exec", "chdir", "setgroups",
-                                      "setresgid", "setresuid", "ready fd"};
+                                      "setresgid", "setresuid", "ready fd",
+                                      "unshare descriptors"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -400,8 +476,22 @@ done:
 #endif
 }
 
+static PyObject *py_reserve(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    if (!reserve_slots())
+        Py_RETURN_NONE;
+    return Py_BuildValue("(ii)", slot_out, slot_ready);
+}
+
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"reserve", py_reserve, METH_NOARGS,
+     "reserve() -> (out, ready) | None\n\nReserve the two low descriptors spawn() hands "
+     "the child its output and readiness descriptors in, so that the child copies only the "
+     "descriptors below them (see SLOTS in _clone3.c); None where the kernel lacks "
+     "close_range(CLOSE_RANGE_UNSHARE) (then every spawn copies the whole table). Call it "
+     "early: the first spawn reserves them otherwise, wherever the lowest free ones are."},
     {NULL, NULL, 0, NULL},
 };
 

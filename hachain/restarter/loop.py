@@ -223,6 +223,7 @@ class Restarter:
         os.makedirs(self.state_dir, exist_ok=True)
         # an adopted service holds a pidfd (and a starting one a readiness fd): 1000 fit
         channels.raise_fd_limit()
+        spawn.reserve_descriptor_slots()  # first: the lowest free descriptors are low now
         self._lock_fd = self._take_lock(lock_fd)
         self.store = Store(self.state_dir, cfg.chain.persist_dir)
         self.log_dir = cfg.chain.service_log_dir

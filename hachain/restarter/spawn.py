@@ -827,6 +827,15 @@ def clone3_usable(mod: Any) -> bool:
 _direct = clone3_usable(_clone3)
 
 
+def reserve_descriptor_slots() -> None:
+    """Reserve, while the lowest free descriptors are still low, the two through which the
+    compiled spawn hands a child its output and readiness descriptors: each child then
+    copies only the descriptors below them, not the hundreds the restarter may hold
+    (_clone3.c, SLOTS). Nothing to do without the extension or on Linux < 5.9."""
+    if _direct and hasattr(_clone3, "reserve"):
+        _clone3.reserve()
+
+
 def direct_spawn_available() -> bool:
     """Can plain services be started straight into their cgroup (clone3)?"""
     return _direct
