@@ -359,10 +359,10 @@ def begin_boot(persist_dir: str, boot_id: str, now_wall: float, resets: int = 3,
 
 def set_reason(persist_dir: str, boot_id: str, reason: str, detail: list[str],
                now_wall: float, failed_critical: list[str] | None = None,
-               replacing: str | None = None) -> None:
+               replacing: str | None = None, log: Any = None) -> None:
     """Say how this boot is ending (or, with "unknown", that it goes on after all).
     `failed_critical` adds to the services blamed in this boot; with `replacing`, only a
-    reason equal to it is changed. OSError propagates."""
+    reason equal to it is changed. OSError propagates. `log`: as _write's."""
     with _Locked(persist_dir) as rec:
         cur = entry_for(rec, boot_id)
         if cur is None:
@@ -375,7 +375,7 @@ def set_reason(persist_dir: str, boot_id: str, reason: str, detail: list[str],
         if failed_critical:
             cur["failed_critical"] = sorted(set(cur.get("failed_critical") or [])
                                             | set(failed_critical))
-        _write(persist_dir, rec)
+        _write(persist_dir, rec, log)
 
 
 def clear_loop(persist_dir: str, now_wall: float, log: Any = None) -> list[str]:

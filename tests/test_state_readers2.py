@@ -28,7 +28,8 @@ What was wrong before:
   (config/disk-verdict.json) as any file: a FIFO there held it for good;
 - the chaos harness opened the heartbeats, runtime records, admin.json, the logger's
   lock file and every persisted .json/.jsonl file as any file (a FIFO there held it for
-  good), and let RecursionError out of a persisted file nested too deeply.
+  good), and let RecursionError out of a persisted file nested too deeply;
+- the tickler and init set a damaged boot record aside (set_reason) without a word.
 """
 
 from __future__ import annotations
@@ -417,3 +418,87 @@ def test_chaos_snapshot_of_a_machine_waits_on_no_fifo(tmp_path: Any) -> None:
                                    f"'{fifos[1]}'"}
     assert str(snap.admin).startswith("unreadable: ") and "a FIFO" in str(snap.admin)
     assert snap.logger is None
+
+
+# --- the boot record's other writers say when they set it aside ---------------------------
+
+def _damaged_record(persist: str) -> bytes:
+    """A boot record with an entry of the wrong type before this boot's: what it was."""
+    path = os.path.join(persist, bootrecord.RECORD)
+    rec = bootrecord.read(persist)
+    raw = json.dumps({**rec, "boots": [{"boot": "x", "boot_id": "b-0", "reason": "unknown"},
+                                       *rec["boots"]]}).encode()
+    _put(path, raw)
+    return raw
+
+
+def _set_aside_line(persist: str) -> str:
+    return (f"{os.path.join(persist, bootrecord.RECORD)}: entry 1: boot is 'x', not an "
+            f"integer: set aside as {bootrecord.RECORD}.corrupt, the record goes on without "
+            "those values")
+
+
+def test_the_ticklers_record_writer_says_when_it_sets_the_record_aside(
+        tmp_path: Any) -> None:
+    """The tickler writes this boot's reason (gate failure, shutdown, ...) with
+    set_reason, which sets a damaged record aside whole before it writes: without a word
+    before (it passed no log)."""
+    import signal
+
+    from tests.conftest import wait_until
+    from tests.test_tickler import ForgedLayers, Rig
+    rig = Rig(str(tmp_path))
+    record = os.path.join(rig.persist_dir, bootrecord.RECORD)
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            p = rig.start_tickler()
+            wait_until(lambda: (hb := rig.tickler_hb()) is not None and hb.pid == p.pid and
+                       hb.extra.get("pets", 0) >= 1, READY, "the tickler to pet")
+            wait_until(lambda: bootrecord.read(rig.persist_dir)["boots"], READY,
+                       "this boot's entry")
+            raw = _damaged_record(rig.persist_dir)
+            p.send_signal(signal.SIGTERM)  # an orderly stop: the reason "shutdown"
+            assert p.wait(READY) == 0, rig.log_text()[-3000:]
+        assert _set_aside_line(rig.persist_dir) in rig.log_text(), rig.log_text()[-3000:]
+        with open(record + ".corrupt", "rb") as f:
+            assert f.read() == raw
+        assert bootrecord.read(rig.persist_dir)["boots"][-1]["reason"] == bootrecord.SHUTDOWN
+        assert "Traceback" not in rig.log_text()
+    finally:
+        rig.close()
+
+
+def test_init_says_when_it_sets_the_record_aside(tmp_path: Any) -> None:
+    """init writes why the boot ends when it gives up on a tickler that keeps dying
+    (set_reason, in a thread of its own): a damaged record was set aside without a word."""
+    import sys
+
+    from tests.conftest import end_init, wait_until
+    state, persist = tmp_path / "run", tmp_path / "persist"
+    persist.mkdir()
+    bootrecord.begin_boot(str(persist), bootrecord.current_boot_id(), time.time())
+    raw = _damaged_record(str(persist))
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{persist}"\n'
+                   '[watchdog]\ndevice = "none"\n')
+    err = tmp_path / "init.err"
+    with open(err, "wb") as errf:
+        init = subprocess.Popen(
+            [sys.executable, "-m", "hachain.init.main", "--state-dir", str(state),
+             "--config", str(cfg), "--persist-dir", str(persist), "--heartbeat-interval",
+             "0.2", "--restarter-cmd", "sleep 600", "--tickler-cmd", "sh -c 'exit 1'",
+             "--tickler-deaths", "1", "--tickler-min-run", "60", "--tickler-pause", "600"],
+            stderr=errf)
+    try:
+        line = _set_aside_line(str(persist))
+        wait_until(lambda: line in err.read_text(errors="replace"), READY,
+                   "init's line on the record it set aside")
+        assert (persist / (bootrecord.RECORD + ".corrupt")).read_bytes() == raw
+        # (the line comes between the setting aside and the write: no record for a while)
+        wait_until(lambda: (b := bootrecord.read(str(persist))["boots"]) and
+                   b[-1]["reason"] == bootrecord.TICKLER_FAILED, READY, "the reason written")
+        assert init.poll() is None
+        assert "Traceback" not in err.read_text(errors="replace")
+    finally:
+        end_init(init)

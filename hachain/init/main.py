@@ -597,10 +597,11 @@ class Init:
                 boot_id = bootrecord.current_boot_id()
                 if detail is None:
                     bootrecord.set_reason(persist_dir, boot_id, bootrecord.UNKNOWN, [],
-                                          time.time(), replacing=bootrecord.TICKLER_FAILED)
+                                          time.time(), replacing=bootrecord.TICKLER_FAILED,
+                                          log=log)
                 else:
                     bootrecord.set_reason(persist_dir, boot_id, bootrecord.TICKLER_FAILED,
-                                          [detail], time.time())
+                                          [detail], time.time(), log=log)
             except Exception as e:  # noqa: BLE001 - the record is lost, nothing else
                 log(f"cannot write the boot record in {persist_dir}: {e}")
         try:

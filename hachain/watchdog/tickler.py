@@ -586,7 +586,8 @@ class Tickler:
                 self.failing = False
                 self.recorded_critical = set()
                 self.records.submit(bootrecord.RECORD, lambda: bootrecord.set_reason(
-                    self.persist_dir, self.boot_id, bootrecord.UNKNOWN, [], time.time()))
+                    self.persist_dir, self.boot_id, bootrecord.UNKNOWN, [], time.time(),
+                    log=log))
             # Under systemd (Type=notify, WatchdogSec=), tell it the chain is up and
             # healthy: systemd's watchdog then means what the hardware one means.
             if not self.sd_ready:
@@ -649,7 +650,8 @@ class Tickler:
         reason = bootrecord.REBOOT_REQUESTED if req else bootrecord.GATE_FAILURE
         detail = list(self.gate.reasons)
         self.records.submit(bootrecord.RECORD, lambda: bootrecord.set_reason(
-            self.persist_dir, self.boot_id, reason, detail, time.time(), sorted(crit)))
+            self.persist_dir, self.boot_id, reason, detail, time.time(), sorted(crit),
+            log=log))
 
     def on_gate_failure(self) -> None:
         """First failure of a streak: log the reasons and record them durably."""
@@ -799,7 +801,7 @@ class Tickler:
         """The boot record's reason on an orderly stop (through the writer thread)."""
         self.records.submit(bootrecord.RECORD, lambda: bootrecord.set_reason(
             self.persist_dir, self.boot_id, bootrecord.SHUTDOWN,
-            ["orderly stop (SIGTERM or SIGINT to the tickler)"], time.time()))
+            ["orderly stop (SIGTERM or SIGINT to the tickler)"], time.time(), log=log))
 
 
 def stop_device(wd: Watchdog, nowayout_cfg: bool) -> None:
