@@ -85,11 +85,14 @@ def test_the_logger_does_not_preempt_on_wakeup(restarter):
     assert os.getpriority(os.PRIO_PROCESS, pid) == 0
 
 
-def test_only_a_small_chain_holds_pipes() -> None:
-    """Every descriptor the restarter holds is copied into each spawned child: past
-    KEEP_SERVICES services no pipe is held, and growing past it lets go of those held."""
+def test_only_a_small_chain_holds_pipes_where_children_copy_them(monkeypatch) -> None:
+    """Where a spawned child copies every descriptor the restarter holds (the fallback
+    spawn), past KEEP_SERVICES services no pipe is held, and growing past it lets go of
+    those held; where it copies only a few low ones (clone3 with the reserved slots), a
+    chain of any size holds them."""
     from hachain.restarter import spawn
     from hachain.restarter.loop import HeldOutput
+    monkeypatch.setattr(spawn, "_slots", False)
     held = HeldOutput()
     held.keep_for(spawn.KEEP_SERVICES)
     assert held.may_hold()
@@ -102,3 +105,8 @@ def test_only_a_small_chain_holds_pipes() -> None:
         assert os.read(r, 1) == b""  # the write end was closed: end of file
     finally:
         os.close(r)
+    if not spawn.direct_spawn_available():
+        return
+    monkeypatch.setattr(spawn, "_slots", True)
+    held.keep_for(1000)
+    assert held.may_hold()

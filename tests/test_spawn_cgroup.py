@@ -319,3 +319,29 @@ def test_the_spawner_keeps_no_copy_of_the_service_pipes(cgroups, tmp_path, start
         assert got == b"hello\n"
         os.waitpid(pid, 0)
     assert _fds_of(os.getpid()) == before
+
+
+def test_the_restarter_reserves_its_slots_and_keeps_descriptors_for_any_chain(
+        restarter) -> None:
+    """A real restarter reserves the slots at start (so its children copy only low
+    descriptors) and then keeps each service's cgroup descriptors and output pipe even in
+    a chain past KEEP_SERVICES services."""
+    if not spawn.direct_spawn_available() or not hasattr(spawn._clone3, "reserve") or \
+            spawn._clone3.reserve() is None:
+        pytest.skip("no clone3 spawn or no close_range(CLOSE_RANGE_UNSHARE) here")
+    n = spawn.KEEP_SERVICES + 2
+    body = "".join(f'[service.s{i}]\ncommand = ["sleep", "3600"]\n' for i in range(n))
+    run = restarter(body)
+    wait_until(lambda: sum(1 for s in run.status().values() if s["state"] == "ready") == n,
+               60, f"{n} services running")
+    pid = run.proc.pid
+    pipes = cgroup_dirs = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        pipes += target.startswith("pipe:")
+        cgroup_dirs += target.endswith("/cgroup.events")
+    assert pipes >= n, f"{pipes} pipes held for {n} services"
+    assert cgroup_dirs >= n, f"{cgroup_dirs} cgroup.events held for {n} services"

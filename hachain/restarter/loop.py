@@ -150,10 +150,12 @@ class HeldOutput:
     end still open here, the exit wakes only the restarter; the end of file comes when
     the restarter closes its copy, after the replacement is started.
 
-    Only in a chain of at most spawn.KEEP_SERVICES services, as the cgroup descriptors
-    Cgroups.kept holds: every descriptor the restarter holds costs each spawn ~0.17 us
-    (the child copies the table and closes the copy at exec), 170 us per spawn with 1000
-    services. And at most a quarter of the file limit (beyond that a pipe is not held)."""
+    Where a spawned child copies the restarter's whole descriptor table (the fallback
+    spawn, Linux < 5.9: spawn.descriptors_not_copied() is False) only in a chain of at
+    most spawn.KEEP_SERVICES services, as the cgroup descriptors Cgroups.kept holds:
+    there each descriptor the restarter holds costs each spawn 0.2-0.4 us (the child
+    copies it and closes it at exec), some 300 us per spawn with 1000 services. And at
+    most a quarter of the file limit (beyond that a pipe is not held)."""
 
     def __init__(self) -> None:
         self.fds: dict[str, int] = {}
@@ -161,9 +163,10 @@ class HeldOutput:
         self.keep = True
 
     def keep_for(self, services: int) -> None:
-        """Hold pipes only for a chain of at most KEEP_SERVICES services (a reload that
-        grows it past that lets go of those held)."""
-        self.keep = services <= spawn.KEEP_SERVICES
+        """Hold pipes only for a chain of at most KEEP_SERVICES services, unless spawned
+        children do not copy them (a reload that grows it past that lets go of those
+        held)."""
+        self.keep = services <= spawn.KEEP_SERVICES or spawn.descriptors_not_copied()
         if not self.keep:
             for name in list(self.fds):
                 self.hold(name, None)

@@ -379,8 +379,9 @@ class Cgroups:
         return d, e
 
     def keep_for(self, services: int) -> None:
-        """Keep descriptors (kept()) only for a chain of at most KEEP_SERVICES services."""
-        self._keep = services <= KEEP_SERVICES
+        """Keep descriptors (kept()) only for a chain of at most KEEP_SERVICES services,
+        unless a spawned child does not copy them (descriptors_not_copied)."""
+        self._keep = services <= KEEP_SERVICES or descriptors_not_copied()
         if not self._keep:
             for name in list(self._kept):
                 self.close_kept(name)
@@ -832,8 +833,19 @@ def reserve_descriptor_slots() -> None:
     compiled spawn hands a child its output and readiness descriptors: each child then
     copies only the descriptors below them, not the hundreds the restarter may hold
     (_clone3.c, SLOTS). Nothing to do without the extension or on Linux < 5.9."""
+    global _slots
     if _direct and hasattr(_clone3, "reserve"):
-        _clone3.reserve()
+        _slots = _clone3.reserve() is not None
+
+
+_slots = False  # reserve_descriptor_slots() succeeded
+
+
+def descriptors_not_copied() -> bool:
+    """Does a spawned child copy only a few low descriptors of the restarter's (so that
+    holding one per service costs the spawns nothing)? True once the slots are reserved
+    and clone3 is in use."""
+    return _slots and _direct
 
 
 def direct_spawn_available() -> bool:
