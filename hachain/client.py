@@ -17,7 +17,6 @@ class ControlError(Exception):
 def request(state_dir: str, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
     """Send one request and return the reply. ControlError with a one-line reason when the
     restarter cannot be reached."""
-    import json
     path = os.path.join(state_dir, channels.CONTROL_SOCKET)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
@@ -52,9 +51,9 @@ def request(state_dir: str, req: dict[str, Any], timeout: float = 5.0) -> dict[s
     finally:
         s.close()
     try:
-        rep = json.loads(bytes(buf))
-    except ValueError:
-        raise ControlError(f"{path}: malformed reply") from None
+        rep = channels.loads(bytes(buf))
+    except ValueError as e:  # (nested too deeply included: was RecursionError)
+        raise ControlError(f"{path}: malformed reply: {channels.json_problem(e)}") from None
     if not isinstance(rep, dict):
         raise ControlError(f"{path}: malformed reply")
     return rep

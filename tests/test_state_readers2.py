@@ -29,7 +29,9 @@ What was wrong before:
 - the chaos harness opened the heartbeats, runtime records, admin.json, the logger's
   lock file and every persisted .json/.jsonl file as any file (a FIFO there held it for
   good), and let RecursionError out of a persisted file nested too deeply;
-- the tickler and init set a damaged boot record aside (set_reason) without a word.
+- the tickler and init set a damaged boot record aside (set_reason) without a word;
+- a reply on the control socket nested too deeply raised RecursionError out of
+  client.request: a traceback from every command that asks the restarter.
 """
 
 from __future__ import annotations
@@ -502,3 +504,43 @@ def test_init_says_when_it_sets_the_record_aside(tmp_path: Any) -> None:
         assert "Traceback" not in err.read_text(errors="replace")
     finally:
         end_init(init)
+
+
+# --- a reply on the control socket ----------------------------------------------------------
+
+def test_a_control_reply_nested_too_deeply_is_a_malformed_reply(tmp_path: Any) -> None:
+    """Whatever answers on <state_dir>/control.sock: a reply nested too deeply raised
+    RecursionError out of client.request (every `hachain` command that asks the
+    restarter: a traceback). It is a malformed reply, one line, exit 1."""
+    import socket
+
+    from tests.test_cli_bad_input import one_line
+    state = tmp_path / "run"
+    state.mkdir()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(state / channels.CONTROL_SOCKET))
+    srv.listen(1)
+    srv.settimeout(READ_TIMEOUT)
+
+    def answer() -> None:
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(READ_TIMEOUT)
+            try:
+                conn.recv(65536)
+                conn.sendall(DEEP + b"\n")
+            except OSError:
+                pass
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        p = hachain("stop", "web", "--state-dir", str(state))
+        line = one_line(p, 1)
+        assert line == (f"hachain: {state / channels.CONTROL_SOCKET}: malformed reply: not "
+                        "JSON (nested too deeply)"), line
+    finally:
+        srv.close()
+        t.join(READ_TIMEOUT)
