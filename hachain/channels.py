@@ -248,10 +248,11 @@ def _deepest(text: str) -> int:
     return pos
 
 
-def loads(raw: bytes | str) -> Any:
-    """json.loads, with JSON nested too deeply a ValueError (NestedTooDeeply) too."""
+def loads(raw: bytes | str, **kw: Any) -> Any:
+    """json.loads (`kw` passed on), with JSON nested too deeply a ValueError
+    (NestedTooDeeply) too."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, **kw)
     except RecursionError:
         text = raw if isinstance(raw, str) else \
             raw.decode(json.detect_encoding(raw), "surrogatepass")

@@ -31,7 +31,9 @@ What was wrong before:
   good), and let RecursionError out of a persisted file nested too deeply;
 - the tickler and init set a damaged boot record aside (set_reason) without a word;
 - a reply on the control socket nested too deeply raised RecursionError out of
-  client.request: a traceback from every command that asks the restarter.
+  client.request: a traceback from every command that asks the restarter;
+- `hachain status --cluster` gave a traceback on a node record in etcd nested too
+  deeply or of another shape, and `--json` printed 1e400 there as Infinity.
 """
 
 from __future__ import annotations
@@ -544,3 +546,65 @@ def test_a_control_reply_nested_too_deeply_is_a_malformed_reply(tmp_path: Any) -
     finally:
         srv.close()
         t.join(READ_TIMEOUT)
+
+
+# --- hachain status --cluster -----------------------------------------------------------------
+
+def test_status_cluster_shows_bad_node_records_without_a_traceback(tmp_path: Any) -> None:
+    """`hachain status --cluster` reads each node's record from etcd. One nested too
+    deeply raised RecursionError (a traceback); one with `1e400` or `Infinity` was printed
+    by --json as Infinity (no JSON); one whose last_boot, reasons or owned had another
+    shape raised AttributeError or TypeError in the text. Now: a record that is no JSON
+    is passed over, a number that is not finite is null, a field of the wrong shape is
+    left out."""
+    pytest.importorskip("aetcd")
+    import asyncio
+
+    from tests.helpers.etcd import ETCD, EtcdCluster
+    if not os.access(ETCD, os.X_OK):
+        pytest.skip(f"needs etcd ({ETCD})")
+    etcd = EtcdCluster(str(tmp_path / "etcd"), n=1)
+    prefix = f"/t{os.getpid()}/"
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{tmp_path}/run"\nheartbeat_interval = 0.1\n'
+                   '[watchdog]\ndevice = "sim"\ntimeout = 2\npet_interval = 0.25\n'
+                   f'[cluster]\nendpoints = ["{etcd.endpoints[0]}"]\nnode = "a"\n'
+                   f'lease_ttl = 4\nmargin = 0.25\nprefix = "{prefix}"\n')
+    records = {
+        "deep": DEEP,
+        "inf": b'{"node": "inf", "lease": 7, "renewed_wall": 1e400, "ttl": Infinity, '
+               b'"last_boot": {"cause": "watchdog reset", "wall": NaN, "reasons": 5}, '
+               b'"owned": {"db": {"token": 3, "since": -1e400}}}',
+        "shapes": b'{"node": "shapes", "last_boot": [1], "owned": [1]}',
+        "owned": b'{"node": "owned", "owned": {"db": 5}}',
+    }
+
+    async def put() -> None:
+        import aetcd
+        host, _, port = etcd.endpoints[0].rpartition(":")
+        c = aetcd.Client(host=host, port=int(port), timeout=READ_TIMEOUT)
+        try:
+            for name, raw in records.items():
+                await c.put(f"{prefix}node/{name}".encode(), raw)
+            await c.put(f"{prefix}singleton/db".encode(), b"owned")
+        finally:
+            await c.close()
+    etcd.start()
+    try:
+        asyncio.run(asyncio.wait_for(put(), READ_TIMEOUT))
+        p = hachain("status", "--cluster", "--json", "-c", str(cfg))
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (p.stdout, p.stderr)
+        v = _strict(p.stdout)
+        assert sorted(v["nodes"]) == ["inf", "owned", "shapes"]
+        assert v["nodes"]["inf"] == {
+            "node": "inf", "lease": 7, "renewed_wall": None, "ttl": None,
+            "last_boot": {"cause": "watchdog reset", "wall": None},
+            "owned": {"db": {"token": 3, "since": None}}}
+        assert v["nodes"]["shapes"] == {"node": "shapes"}
+        assert v["nodes"]["owned"] == {"node": "owned"}
+        assert v["singletons"]["db"]["owner"] == "owned"
+        p = hachain("status", "--cluster", "-c", str(cfg))
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (p.stdout, p.stderr)
+        assert "watchdog reset" in p.stdout, p.stdout
+    finally:
+        etcd.stop()

@@ -8,10 +8,11 @@ expires) and `<prefix>singleton/` (the ownership keys) from the first member of
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 import time
 from typing import Any
 
+from hachain import channels
 from hachain.configtypes import ClusterConfig
 
 
@@ -35,20 +36,45 @@ async def _gather(cl: ClusterConfig, timeout: float) -> dict[str, Any]:
                 pass
         out: dict[str, Any] = {"endpoint": ep, "nodes": {}, "singletons": {}}
         for kv in nodes:
-            try:
-                rec = json.loads(bytes(kv.value))
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
+            rec = node_record(bytes(kv.value))
+            if rec is not None:
                 out["nodes"][str(rec.get("node"))] = rec
         for kv in keys:
             name = bytes(kv.key).decode(errors="replace")[len(prefix) + len("singleton/"):]
             owner = bytes(kv.value).decode(errors="replace")
-            since = (out["nodes"].get(owner, {}).get("owned", {}).get(name) or {}).get("since")
+            owned = out["nodes"].get(owner, {}).get("owned") or {}
+            since = (owned.get(name) or {}).get("since")
             out["singletons"][name] = {"owner": owner, "token": int(kv.mod_revision),
                                        "since": since}
         return out
     return {"error": "; ".join(errors) or "no endpoint"}
+
+
+def _finite(text: str) -> float | None:
+    f = float(text)
+    return f if math.isfinite(f) else None
+
+
+def node_record(raw: bytes) -> dict[str, Any] | None:
+    """A node record as `status --cluster` shows it, or None when it is none (not JSON,
+    nested too deeply, no object). A number that is not finite is None (the JSON printed
+    stays strict), and a field of another shape than a node writes is left out."""
+    try:
+        rec = channels.loads(raw, parse_constant=lambda _word: None, parse_float=_finite)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict):
+        return None
+    if not isinstance(rec.get("last_boot"), (dict, type(None))):
+        del rec["last_boot"]
+    lb = rec.get("last_boot")
+    if isinstance(lb, dict) and not isinstance(lb.get("reasons"), (list, type(None))):
+        del lb["reasons"]
+    owned = rec.get("owned")
+    if owned is not None and not (isinstance(owned, dict) and
+                                  all(isinstance(o, dict) for o in owned.values())):
+        del rec["owned"]
+    return rec
 
 
 def gather(cl: ClusterConfig, timeout: float = 2.0) -> dict[str, Any]:
