@@ -33,7 +33,8 @@ What was wrong before:
 - a reply on the control socket nested too deeply raised RecursionError out of
   client.request: a traceback from every command that asks the restarter;
 - `hachain status --cluster` gave a traceback on a node record in etcd nested too
-  deeply or of another shape, and `--json` printed 1e400 there as Infinity.
+  deeply or of another shape, and `--json` printed 1e400 there as Infinity;
+- `hachain watchdog info -d sim:PATH` gave a traceback on a reply nested too deeply.
 """
 
 from __future__ import annotations
@@ -608,3 +609,41 @@ def test_status_cluster_shows_bad_node_records_without_a_traceback(tmp_path: Any
         assert "watchdog reset" in p.stdout, p.stdout
     finally:
         etcd.stop()
+
+
+# --- a simulated watchdog's attributes ----------------------------------------------------------
+
+def test_watchdog_info_on_a_sim_reply_nested_too_deeply(tmp_path: Any) -> None:
+    """`hachain watchdog info -d sim:PATH` asks the socket for the device's attributes
+    (one JSON line). A reply nested too deeply raised RecursionError (a traceback): it is
+    a malformed reply, one line, like any other."""
+    import socket
+
+    from tests.test_cli_bad_input import one_line
+    path = str(tmp_path / "wd.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(READ_TIMEOUT)
+
+    def answer() -> None:
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(READ_TIMEOUT)
+            try:
+                conn.recv(16)
+                conn.sendall(b"[" * 4000 + b"\n")  # (the reply is at most 4096 bytes)
+            except OSError:
+                pass
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        p = hachain("watchdog", "info", "-d", f"sim:{path}")
+        line = one_line(p, 1)  # (as for any malformed reply: EPROTO)
+        assert line == f"hachain watchdog: sim:{path}: read attributes: Protocol error", line
+    finally:
+        srv.close()
+        t.join(READ_TIMEOUT)

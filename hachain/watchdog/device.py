@@ -306,7 +306,7 @@ class SimTransport:
 
 def sim_attributes(socket_path: str, timeout: float = SIM_IO_TIMEOUT) -> dict[str, Any]:
     """The simulator's sysfs-like attributes, read without opening (arming) the device."""
-    import json
+    from hachain.channels import loads
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout)
@@ -321,8 +321,8 @@ def sim_attributes(socket_path: str, timeout: float = SIM_IO_TIMEOUT) -> dict[st
             if len(raw) > SIM_MAX_PAYLOAD:
                 raise OSError(errno.EPROTO, "watchdog simulator sent an oversized reply")
     try:
-        attrs = json.loads(raw)
-    except ValueError:
+        attrs = loads(raw)
+    except ValueError:  # (nested too deeply included: was RecursionError)
         raise OSError(errno.EPROTO, "watchdog simulator sent a malformed reply") from None
     if not isinstance(attrs, dict):
         raise OSError(errno.EPROTO, "watchdog simulator sent a malformed reply")
