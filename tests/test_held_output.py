@@ -110,3 +110,4 @@ def test_only_a_small_chain_holds_pipes_where_children_copy_them(monkeypatch) ->
     monkeypatch.setattr(spawn, "_slots", True)
     held.keep_for(1000)
     assert held.may_hold()
+

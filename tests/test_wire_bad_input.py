@@ -605,3 +605,47 @@ command = {svc("sleep")}
     assert channels.pid_alive(lpid) and r.logger_pid() == lpid
     assert log_text(r).count("malformed inbox message") == len(frames)
     assert_clean_log(r)
+
+
+def test_a_nested_hand_over_answer_is_a_bad_answer(tmp_path) -> None:
+    """Whatever answers on the logger's hand-over socket, JSON nested too deeply (a 4 KiB
+    answer is enough to reach the parser's recursion limit) is a bad answer: one line, the
+    descriptors that came with it closed, and a logger of its own started instead; it used
+    to be a RecursionError out of the restarter's start."""
+    import socket
+    import threading
+
+    from hachain.logger import wire
+    from hachain.restarter.logpipe import LogPipes
+    path = os.path.join(str(tmp_path), wire.HANDOVER_SOCKET)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(10)
+    sent = [os.open(os.devnull, os.O_RDONLY) for _ in range(4)]
+    inodes = {os.fstat(fd).st_ino for fd in sent}
+
+    def answer() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            socket.send_fds(conn, [b"[" * 2000 + b"]" * 2000], sent)
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    lines: list[str] = []
+    lp = LogPipes(str(tmp_path), str(tmp_path / "logs"), lines.append)
+    try:
+        before = set(os.listdir("/proc/self/fd"))
+        assert lp.adopt() is False
+        t.join(10)
+        assert any("bad answer" in ln and "nested too deeply" in ln for ln in lines), lines
+        # nothing of what came with the answer is left open here
+        for fd in set(os.listdir("/proc/self/fd")) - before:
+            try:
+                assert os.fstat(int(fd)).st_ino not in inodes
+            except OSError:
+                pass
+    finally:
+        srv.close()
+        for fd in sent:
+            os.close(fd)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import select
 import signal
@@ -136,7 +135,7 @@ class LogPipes:
         finally:
             s.close()
         try:
-            pid = int(json.loads(data)["pid"])
+            pid = int(channels.loads(data)["pid"])
             if len(fds) != 4:
                 raise ValueError(f"{len(fds)} descriptors")
         except (ValueError, KeyError, TypeError) as e:
