@@ -392,15 +392,16 @@ def clear_loop(persist_dir: str, now_wall: float, log: Any = None) -> list[str]:
         return held
 
 
-def release(persist_dir: str, boot_id: str, name: str) -> None:
-    """`hachain clear NAME` of a service a rescue holds: it runs (and gates) again."""
+def release(persist_dir: str, boot_id: str, name: str, log: Any = None) -> None:
+    """`hachain clear NAME` of a service a rescue holds: it runs (and gates) again. `log`:
+    as _write's (a damaged record set aside)."""
     with _Locked(persist_dir) as rec:
         cur = entry_for(rec, boot_id)
         resc = (cur or {}).get("rescue") or {}
         if name not in (resc.get("held") or []) or name in (resc.get("released") or []):
             return
         resc["released"] = sorted({*(resc.get("released") or []), name})
-        _write(persist_dir, rec)
+        _write(persist_dir, rec, log)
 
 
 # --- status -------------------------------------------------------------------------------

@@ -276,6 +276,24 @@ def test_clear_boot_loop_says_it_set_a_damaged_record_aside(tmp_path: Any) -> No
     assert p.returncode == 0 and p.stderr == "", (p.stdout, p.stderr)
 
 
+def test_release_from_rescue_says_it_set_a_damaged_record_aside(tmp_path: Any) -> None:
+    """`hachain clear NAME` of a service a rescue holds goes through bootrecord.release in
+    the restarter: a damaged record it writes on is set aside with one line in its log."""
+    persist = tmp_path / "persist"
+    persist.mkdir()
+    record = persist / bootrecord.RECORD
+    raw = (b'{"version": 1, "counter": 2, "boots": [{"boot": "x", "boot_id": "b-1", '
+           b'"reason": "unknown"}, {"boot": 2, "boot_id": "b-2", "reason": "unknown", '
+           b'"rescue": {"held": ["web"], "released": []}}]}')
+    record.write_bytes(raw)
+    lines: list[str] = []
+    bootrecord.release(str(persist), "b-2", "web", lines.append)
+    assert len(lines) == 1 and "set aside as" in lines[0] and str(record) in lines[0], lines
+    assert (persist / (bootrecord.RECORD + ".corrupt")).read_bytes() == raw
+    rec = bootrecord.read(str(persist))
+    assert rec["boots"][-1]["rescue"]["released"] == ["web"]
+
+
 # --- hachain status --json ----------------------------------------------------------------------
 
 def _strict(text: str) -> Any:

@@ -507,7 +507,8 @@ class Restarter:
     def _release_rescue(self, name: str) -> None:
         """`hachain clear NAME` of a service the rescue holds: it runs and gates again."""
         try:
-            bootrecord.release(self.cfg.chain.persist_dir, bootrecord.current_boot_id(), name)
+            bootrecord.release(self.cfg.chain.persist_dir, bootrecord.current_boot_id(), name,
+                               log)
         except OSError as e:
             log(f"warning: {name}: cannot record its release from rescue: {e}")
 
