@@ -7,6 +7,7 @@ service, the restarter and the logger."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 
 from tests.conftest import wait_until
@@ -108,6 +109,12 @@ def test_only_a_small_chain_holds_pipes_where_children_copy_them(monkeypatch) ->
     if not spawn.direct_spawn_available():
         return
     monkeypatch.setattr(spawn, "_slots", True)
-    held.keep_for(1000)
-    assert held.may_hold()
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    roomy = max(spawn.KEEP_SERVICES + 1, soft // spawn.FDS_PER_SERVICE)
+    held.keep_for(roomy)
+    assert held.may_hold() == (roomy * spawn.FDS_PER_SERVICE <= soft)
+    # a file limit without room for a few descriptors per service: none held (a host
+    # with a hard limit of 4096 and 1000 services would run out otherwise)
+    held.keep_for(soft // spawn.FDS_PER_SERVICE + 1)
+    assert not held.may_hold()
 

@@ -163,10 +163,9 @@ class HeldOutput:
         self.keep = True
 
     def keep_for(self, services: int) -> None:
-        """Hold pipes only for a chain of at most KEEP_SERVICES services, unless spawned
-        children do not copy them (a reload that grows it past that lets go of those
-        held)."""
-        self.keep = services <= spawn.KEEP_SERVICES or spawn.descriptors_not_copied()
+        """Hold pipes only where spawn.keep_descriptors_for says so (a reload that grows
+        the chain past that lets go of those held)."""
+        self.keep = spawn.keep_descriptors_for(services)
         if not self.keep:
             for name in list(self.fds):
                 self.hold(name, None)

@@ -380,8 +380,9 @@ class Cgroups:
 
     def keep_for(self, services: int) -> None:
         """Keep descriptors (kept()) only for a chain of at most KEEP_SERVICES services,
-        unless a spawned child does not copy them (descriptors_not_copied)."""
-        self._keep = services <= KEEP_SERVICES or descriptors_not_copied()
+        unless a spawned child does not copy them and the file limit has room
+        (keep_descriptors_for)."""
+        self._keep = keep_descriptors_for(services)
         if not self._keep:
             for name in list(self._kept):
                 self.close_kept(name)
@@ -846,6 +847,22 @@ def descriptors_not_copied() -> bool:
     holding one per service costs the spawns nothing)? True once the slots are reserved
     and clone3 is in use."""
     return _slots and _direct
+
+
+FDS_PER_SERVICE = 8  # keep_descriptors_for: the file limit's room asked for per service
+
+
+def keep_descriptors_for(services: int) -> bool:
+    """May the restarter keep descriptors per service beyond what it needs (the cgroup
+    descriptors of Cgroups.kept, the output pipes of loop.HeldOutput)? Always for a chain
+    of at most KEEP_SERVICES services. A larger one only where spawned children do not
+    copy them, and where the file limit leaves room for FDS_PER_SERVICE each (a pidfd per
+    adopted service, the standby's cgroup.procs, both kept, a held pipe, a readiness
+    pipe...): with a hard limit of 4096, 1000 services keep none, as before."""
+    if services <= KEEP_SERVICES:
+        return True
+    return descriptors_not_copied() and \
+        services * FDS_PER_SERVICE <= resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def direct_spawn_available() -> bool:
