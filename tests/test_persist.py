@@ -333,12 +333,17 @@ def test_full_disk_loses_nothing_even_across_restarts_while_still_full(
         r.cleanup()
 
 
-def test_stop_that_finished_while_no_restarter_watched_ends_stopped(restarter: Any) -> None:
+def test_stop_that_finished_while_no_restarter_watched_ends_stopped(restarter: Any,
+                                                                   tmp_path: Any) -> None:
     """Stopped by hand, the restarter SIGKILLed while the service was still stopping, the
     service gone by the time a new restarter looks: stopped (what was asked), not failed."""
-    r = restarter('[service.a]\ncommand = ["/bin/sh", "-c", "trap \'\' TERM; sleep 600"]\n'
-                  'stop_timeout = 60\n')
+    mark = tmp_path / "trapped"
+    r = restarter('[service.a]\ncommand = ["/bin/sh", "-c", '
+                  f'"trap \'\' TERM; touch {mark}; exec sleep 600"]\nstop_timeout = 60\n')
     pid = r.wait_state("a", "ready")["pid"]
+    # the stop only once the shell ignores SIGTERM: a stop sent before its trap ran ended
+    # it at once (CI, both cores loaded: never "stopping")
+    wait_until(mark.exists, 10, "the service's trap")
     assert r.req("stop", "a")["ok"]
     r.wait_state("a", "stopping")
     r.kill_restarter()
