@@ -276,7 +276,8 @@ def test_the_service_gets_no_descriptor_of_the_spawner(cgroups, tmp_path, starte
     leaky = os.open(os.devnull, os.O_RDONLY)  # inheritable: the old path passed it on
     try:
         pid = _spawn(cgroups, tmp_path, "sleeper", ("sleep", "3600"), started)
-        assert _fds_of(pid) == {0, 1, 2}
+        # (spawn returns while the exec is still closing the close-on-exec ones)
+        wait_until(lambda: _fds_of(pid) == {0, 1, 2}, 10, "the service with 0-2 only")
         assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
         assert os.readlink(f"/proc/{pid}/fd/1").endswith("sleeper.log")
     finally:
