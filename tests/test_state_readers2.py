@@ -529,17 +529,13 @@ def test_init_says_when_it_sets_the_record_aside(tmp_path: Any) -> None:
 
 # --- a reply on the control socket ----------------------------------------------------------
 
-def test_a_control_reply_nested_too_deeply_is_a_malformed_reply(tmp_path: Any) -> None:
-    """Whatever answers on <state_dir>/control.sock: a reply nested too deeply raised
-    RecursionError out of client.request (every `hachain` command that asks the
-    restarter: a traceback). It is a malformed reply, one line, exit 1."""
+def _answer_once(path: str, reply: bytes) -> tuple[Any, threading.Thread]:
+    """A stream socket bound at `path` whose first client gets `reply` after its request
+    (whatever it sent first): the listening socket and the thread that answers (bounded
+    by READ_TIMEOUT); the caller closes the one and joins the other."""
     import socket
-
-    from tests.test_cli_bad_input import one_line
-    state = tmp_path / "run"
-    state.mkdir()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(str(state / channels.CONTROL_SOCKET))
+    srv.bind(path)
     srv.listen(1)
     srv.settimeout(READ_TIMEOUT)
 
@@ -552,11 +548,22 @@ def test_a_control_reply_nested_too_deeply_is_a_malformed_reply(tmp_path: Any) -
             conn.settimeout(READ_TIMEOUT)
             try:
                 conn.recv(65536)
-                conn.sendall(DEEP + b"\n")
+                conn.sendall(reply)
             except OSError:
                 pass
     t = threading.Thread(target=answer, daemon=True)
     t.start()
+    return srv, t
+
+
+def test_a_control_reply_nested_too_deeply_is_a_malformed_reply(tmp_path: Any) -> None:
+    """Whatever answers on <state_dir>/control.sock: a reply nested too deeply raised
+    RecursionError out of client.request (every `hachain` command that asks the
+    restarter: a traceback). It is a malformed reply, one line, exit 1."""
+    from tests.test_cli_bad_input import one_line
+    state = tmp_path / "run"
+    state.mkdir()
+    srv, t = _answer_once(str(state / channels.CONTROL_SOCKET), DEEP + b"\n")
     try:
         p = hachain("stop", "web", "--state-dir", str(state))
         line = one_line(p, 1)
@@ -635,29 +642,9 @@ def test_watchdog_info_on_a_sim_reply_nested_too_deeply(tmp_path: Any) -> None:
     """`hachain watchdog info -d sim:PATH` asks the socket for the device's attributes
     (one JSON line). A reply nested too deeply raised RecursionError (a traceback): it is
     a malformed reply, one line, like any other."""
-    import socket
-
     from tests.test_cli_bad_input import one_line
     path = str(tmp_path / "wd.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(1)
-    srv.settimeout(READ_TIMEOUT)
-
-    def answer() -> None:
-        try:
-            conn, _ = srv.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(READ_TIMEOUT)
-            try:
-                conn.recv(16)
-                conn.sendall(b"[" * 4000 + b"\n")  # (the reply is at most 4096 bytes)
-            except OSError:
-                pass
-    t = threading.Thread(target=answer, daemon=True)
-    t.start()
+    srv, t = _answer_once(path, b"[" * 4000 + b"\n")  # (the reply is at most 4096 bytes)
     try:
         p = hachain("watchdog", "info", "-d", f"sim:{path}")
         line = one_line(p, 1)  # (as for any malformed reply: EPROTO)
