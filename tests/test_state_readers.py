@@ -358,6 +358,26 @@ def test_a_gate_record_that_is_a_fifo_or_nested_too_deeply_leaves_last_boot_writ
 
 
 
+def init_giving_up_on_the_tickler(tmp_path: Any, state: Any, persist: Any
+                                  ) -> tuple[subprocess.Popen[bytes], Any]:
+    """A real init whose tickler dies at once and is not restarted (one death allowed), so
+    init gives up on it and writes why the boot ends (set_reason, in a thread of its own);
+    the restarter is a sleep. The process and the file its stderr goes to; the caller
+    ends it with conftest.end_init."""
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{persist}"\n'
+                   '[watchdog]\ndevice = "none"\n')
+    err = tmp_path / "init.err"
+    with open(err, "wb") as errf:
+        init = subprocess.Popen(
+            [sys.executable, "-m", "hachain.init.main", "--state-dir", str(state),
+             "--config", str(cfg), "--persist-dir", str(persist), "--heartbeat-interval",
+             "0.2", "--restarter-cmd", "sleep 600", "--tickler-cmd", "sh -c 'exit 1'",
+             "--tickler-deaths", "1", "--tickler-min-run", "60", "--tickler-pause", "600"],
+            stderr=errf)
+    return init, err
+
+
 def test_init_giving_up_on_the_tickler_holds_no_lock_on_a_fifo_record(
         tmp_path: Any) -> None:
     """init says in the boot record why the boot ends when it gives up on a tickler that
@@ -376,17 +396,7 @@ def test_init_giving_up_on_the_tickler_holds_no_lock_on_a_fifo_record(
     persist.mkdir()
     record = str(persist / bootrecord.RECORD)
     os.mkfifo(record)
-    cfg = tmp_path / "chain.toml"
-    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{persist}"\n'
-                   '[watchdog]\ndevice = "none"\n')
-    err = tmp_path / "init.err"
-    with open(err, "wb") as errf:
-        init = subprocess.Popen(
-            [sys.executable, "-m", "hachain.init.main", "--state-dir", str(state),
-             "--config", str(cfg), "--persist-dir", str(persist), "--heartbeat-interval",
-             "0.2", "--restarter-cmd", "sleep 600", "--tickler-cmd", "sh -c 'exit 1'",
-             "--tickler-deaths", "1", "--tickler-min-run", "60", "--tickler-pause", "600"],
-            stderr=errf)
+    init, err = init_giving_up_on_the_tickler(tmp_path, state, persist)
     try:
         wait_until(lambda: "not restarting it again" in err.read_text(errors="replace"),
                    READY, "init to give up on the tickler")

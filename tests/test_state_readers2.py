@@ -495,24 +495,13 @@ def test_the_ticklers_record_writer_says_when_it_sets_the_record_aside(
 def test_init_says_when_it_sets_the_record_aside(tmp_path: Any) -> None:
     """init writes why the boot ends when it gives up on a tickler that keeps dying
     (set_reason, in a thread of its own): a damaged record was set aside without a word."""
-    import sys
-
     from tests.conftest import end_init, wait_until
+    from tests.test_state_readers import init_giving_up_on_the_tickler
     state, persist = tmp_path / "run", tmp_path / "persist"
     persist.mkdir()
     bootrecord.begin_boot(str(persist), bootrecord.current_boot_id(), time.time())
     raw = _damaged_record(str(persist))
-    cfg = tmp_path / "chain.toml"
-    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{persist}"\n'
-                   '[watchdog]\ndevice = "none"\n')
-    err = tmp_path / "init.err"
-    with open(err, "wb") as errf:
-        init = subprocess.Popen(
-            [sys.executable, "-m", "hachain.init.main", "--state-dir", str(state),
-             "--config", str(cfg), "--persist-dir", str(persist), "--heartbeat-interval",
-             "0.2", "--restarter-cmd", "sleep 600", "--tickler-cmd", "sh -c 'exit 1'",
-             "--tickler-deaths", "1", "--tickler-min-run", "60", "--tickler-pause", "600"],
-            stderr=errf)
+    init, err = init_giving_up_on_the_tickler(tmp_path, state, persist)
     try:
         line = _set_aside_line(str(persist))
         wait_until(lambda: line in err.read_text(errors="replace"), READY,
