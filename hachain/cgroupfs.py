@@ -4,6 +4,7 @@ benchmarks: where the hierarchy is mounted, and how to remove a subtree."""
 from __future__ import annotations
 
 import os
+import re
 import time
 
 
@@ -18,6 +19,42 @@ def find_cgroup2_mount() -> str | None:
     except OSError:
         pass
     return None
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field: space, tab, newline and backslash come octal-escaped."""
+    if "\\" not in field:
+        return field
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def cgroup2_problem(path: str) -> str | None:
+    """None when `path` (or, where it does not exist yet, the nearest directory above it
+    that does) lies in a cgroup v2 file system; else one phrase saying what it is in.
+
+    A directory elsewhere (a tmpfs, /sys/fs/cgroup of a hybrid host, the v1 hierarchies)
+    takes mkdir and plain files without complaint, but it moves no process and kills
+    none: a `cgroup.procs` written there is a file that keeps stale pids."""
+    real = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) < 5:
+                    continue
+                mp = _unescape(fields[4])
+                inside = real == mp or real.startswith(mp.rstrip("/") + "/")
+                if inside and len(mp) >= len(best):  # the last of stacked mounts wins
+                    best, fstype = mp, right.split(" ", 1)[0]
+    except OSError as e:
+        return f"cannot tell its file system (/proc/self/mountinfo: {e.strerror})"
+    if fstype == "cgroup2":
+        return None
+    where = find_cgroup2_mount()
+    return (f"not in a cgroup v2 file system ({best or '/'} is {fstype or 'unknown'}"
+            + (f"; cgroup v2 is mounted at {where})" if where else "; none is mounted)"))
 
 
 def remove_cgroup_tree(path: str, timeout: float = 5.0) -> bool:

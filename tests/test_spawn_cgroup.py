@@ -351,3 +351,43 @@ def test_the_restarter_reserves_its_slots_and_keeps_descriptors_for_any_chain(
         return
     assert pipes >= n, f"{pipes} pipes held for {n} services"
     assert cgroup_dirs >= n, f"{cgroup_dirs} cgroup.events held for {n} services"
+
+
+def test_a_root_outside_cgroup2_is_refused_and_nothing_is_made_there(tmp_path) -> None:
+    """A `cgroup_root` in a file system that is not cgroup v2 (here the test's tmp dir;
+    on a host: /sys/fs/cgroup of a hybrid layout, a v1 hierarchy, a tmpfs) takes mkdir and
+    plain files, but moves and kills no process. It is not used: one line says why, and
+    nothing is created under it."""
+    root = tmp_path / "not-cgroups" / "chain"
+    cg = spawn.Cgroups.from_config(str(root))
+    assert not cg.active and cg.path("svc") is None
+    assert cg.problem is not None
+    assert cg.problem.startswith(f"cgroup_root {root}: not in a cgroup v2 file system ("), \
+        cg.problem
+    assert "\n" not in cg.problem
+    assert not (tmp_path / "not-cgroups").exists()
+    mount = find_cgroup2_mount()
+    if mount is not None:
+        assert f"cgroup v2 is mounted at {mount}" in cg.problem
+
+
+def test_a_restarter_given_a_root_outside_cgroup2_runs_services_in_process_groups(
+        restarter, tmp_path) -> None:
+    """The whole restarter on such a root: it says so once, starts the service in a process
+    group of its own, stops it, and writes no `cgroup.procs` (a plain file there would
+    keep stale pids that a later stop would signal)."""
+    root = tmp_path / "plain-dir"
+    run = restarter('[service.a]\ncommand = ["sleep", "3600"]\n', cgroups=False, start=False)
+    with open(run.config) as f:
+        text = f.read()
+    with open(run.config, "w") as f:
+        f.write(text.replace('cgroup_root = "none"', f'cgroup_root = "{root}"', 1))
+    run.start()
+    pid = run.wait_state("a", "ready")["pid"]
+    assert os.getpgid(pid) == pid
+    warned = [ln for ln in open(run.log).read().splitlines() if "cgroup_root" in ln]
+    assert len(warned) == 1 and f"cgroup_root {root}: not in a cgroup v2" in warned[0], warned
+    run.req("stop", "a")
+    run.wait_state("a", "stopped")
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the service to be gone")
+    assert not root.exists()

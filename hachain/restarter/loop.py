@@ -231,6 +231,8 @@ class Restarter:
         self.log_dir = cfg.chain.service_log_dir
         self.cgroups = spawn.Cgroups.from_config(cfg.chain.cgroup_root,
                                                  channels.cgroup_name(self.state_dir))
+        if self.cgroups.problem:
+            log(f"warning: {self.cgroups.problem}")
         self.cgroups.keep_for(len(cfg.services))
         try:
             self.cgroups.claim(os.path.realpath(self.state_dir))

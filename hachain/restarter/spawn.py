@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from hachain import channels
-from hachain.cgroupfs import find_cgroup2_mount
+from hachain.cgroupfs import cgroup2_problem, find_cgroup2_mount
 from hachain.configtypes import ServiceConfig
 from hachain.restarter.policy import ExitStatus
 
@@ -268,13 +268,16 @@ class Cgroups:
         self._kept: dict[str, tuple[int, int]] = {}
         self._keep = True  # keep_for()
         self._paths: dict[str, str] = {}  # path(name)
+        self.problem: str | None = None  # why a configured root is not used (from_config)
         if root is not None:
             mount = find_cgroup2_mount()
             self.home = own_cgroup(mount) if mount else None
 
     @classmethod
     def from_config(cls, setting: str, hint: str = "hachain") -> Cgroups:
-        """'none' → inactive; 'auto' → <cgroup2 mount>/<hint> when writable; else the path."""
+        """'none' → inactive; 'auto' → <cgroup2 mount>/<hint> when writable; else the path,
+        when it is in a cgroup v2 file system: anywhere else it is inactive, nothing is
+        made there, and `problem` says why in one line."""
         if setting == "none":
             return cls(None)
         root = setting
@@ -283,6 +286,11 @@ class Cgroups:
             if mount is None or not os.access(mount, os.W_OK):
                 return cls(None)
             root = os.path.join(mount, hint)
+        elif (why := cgroup2_problem(root)) is not None:
+            off = cls(None)
+            off.problem = (f"cgroup_root {root}: {why}: no cgroups, each service gets its "
+                           "own process group instead")
+            return off
         try:
             os.makedirs(root, exist_ok=True)
         except OSError:

@@ -118,6 +118,10 @@ def cgroup_paths(cfg: Config, state_dir: str) -> list[str]:
         if mount is None:
             return []
         root = os.path.join(mount, channels.cgroup_name(state_dir))
+    else:
+        from hachain.cgroupfs import cgroup2_problem
+        if cgroup2_problem(root) is not None:
+            return []  # not cgroups: the worker uses none there either
     return [os.path.join(root, name) for name in cfg.services]
 
 
