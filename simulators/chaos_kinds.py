@@ -49,7 +49,13 @@ from typing import Any
 
 from hachain import bootrecord, channels, client, config
 from hachain import snapshot as snapshot_mod
-from hachain.simulators.converge import Snapshot, main_procs, snapshot, snapshot_light
+from hachain.simulators.converge import (
+    Snapshot,
+    main_procs,
+    read_admin,
+    snapshot,
+    snapshot_light,
+)
 from hachain.simulators.machine import SimMachine, find_cgroup2_mount
 
 # The campaign's service program (simulators/chaos_svc.py), copied into the work directory.
@@ -541,11 +547,9 @@ def power_cut(x: Injection) -> list[str]:
     if snapshot_mod.read_last_good(m.persist_dir) is None and \
             os.path.exists(os.path.join(m.persist_dir, snapshot_mod.LAST_GOOD)):
         seen.append("the last-known-good configuration does not read after the cut")
-    try:
-        admin = channels.read_json(os.path.join(m.persist_dir, channels.ADMIN_STATE)) or {}
-    except (ValueError, OSError) as e:
-        admin = {}
-        seen.append(f"admin.json unreadable after the cut: {e}")
+    admin, bad = read_admin(m.persist_dir)
+    if bad:
+        seen.append(f"after the cut: {bad}")
     stopped = (admin.get(name) or {}).get("want") == "down"
     last = next((op for op in reversed(acked) if op in ("stop", "start")), None)
     if last == "stop" and not stopped:

@@ -20,6 +20,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,13 @@ from hachain.simulators.chaos_kinds import (
     unfill,
 )
 from hachain.simulators.chaos_report import Result
-from hachain.simulators.converge import Snapshot, lasting, snapshot, snapshot_problems
+from hachain.simulators.converge import (
+    Snapshot,
+    lasting,
+    read_admin,
+    snapshot,
+    snapshot_problems,
+)
 from hachain.simulators.machine import CONSOLE_NAME, SimMachine, find_cgroup2_mount
 
 # --- the campaign's own services -------------------------------------------------------
@@ -221,6 +228,16 @@ class Campaign:
 
     # -- observation ----------------------------------------------------------------------
 
+    def say(self, line: str) -> None:
+        """One line on stderr about the machine (above the progress bar on a terminal,
+        which the next fault redraws); a terminal gone away (EIO after SIGHUP) drops it."""
+        try:
+            tty = sys.stderr.isatty()
+            sys.stderr.write(("\r\033[K" if tty else "") + f"chaos: {line}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
     def _problems(self, snap: Snapshot) -> list[str]:
         return snapshot_problems(snap, self.cfg, self.admin0, self.cg_rel,
                                  self.cfg.watchdog.heartbeat_timeout)
@@ -268,11 +285,9 @@ class Campaign:
     def baseline(self) -> list[str]:
         """Wait for the freshly booted machine to converge; its problems if it does not."""
         assert self.machine is not None
-        try:
-            self.admin0 = channels.read_json(os.path.join(self.machine.persist_dir,
-                                                          channels.ADMIN_STATE)) or {}
-        except (ValueError, OSError):
-            self.admin0 = {}
+        self.admin0, bad = read_admin(self.machine.persist_dir)
+        if bad:
+            self.say(bad)
         deadline = time.monotonic() + BOOT_BUDGET + 10
         _, rec, probs, snap = self.wait_converged(deadline, lambda _s: True, lambda _s: None)
         self.admin0 = snap.admin

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hachain import channels, client
+from hachain.restarter.persist import _admin_error as admin_error
 
 if TYPE_CHECKING:
     from hachain.simulators.machine import SimMachine
@@ -321,6 +322,27 @@ def _records(state_dir: str) -> dict[str, Any]:
         except (ValueError, OSError) as e:
             out[n[:-5]] = f"unreadable: {e}"
     return out
+
+
+def read_admin(persist_dir: str) -> tuple[dict[str, Any], str]:
+    """admin.json of `persist_dir` as a starting restarter takes it: (its content, "");
+    ({}, "") when there is none; ({}, one line naming the file and what is wrong) when it
+    is no regular file (a FIFO there is not waited on), not JSON, or not of admin.json's
+    shape (a JSON list, an entry that is no object...). The restarter sets such a file
+    aside and holds nothing, so the harness ignores it too."""
+    path = os.path.join(persist_dir, channels.ADMIN_STATE)
+    try:
+        d = channels.read_json(path, regular=True)
+    except ValueError as e:
+        return {}, f"{path}: {channels.json_problem(e)}; ignored"
+    except OSError as e:
+        return {}, f"{path}: {e.strerror or e}; ignored"
+    if d is None:
+        return {}, ""
+    wrong = admin_error(d)
+    if wrong:
+        return {}, f"{path}: {wrong}; ignored"
+    return d, ""
 
 
 def snapshot(m: SimMachine) -> Snapshot:
