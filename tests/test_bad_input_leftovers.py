@@ -8,6 +8,9 @@ What was wrong before:
   cut) as any file and took any JSON: a FIFO there held the harness for good, a JSON
   list raised AttributeError in the power-cut check, and a list at the baseline, which
   the booted restarter sets aside, read as a change behind the administrator's back;
+- init found its persist dir (to say in the boot record why a boot ends) in its
+  configuration file opened as any file: a FIFO there held that thread for good, and
+  the boot record never said why;
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from hachain import channels
-from tests.test_state_bad_input import _put
+from hachain import bootrecord, channels
+from tests.conftest import end_init, wait_until
+from tests.test_state_bad_input import READY, _put
 from tests.test_state_readers import DEEP
 from tests.test_state_readers2 import _bounded
 
@@ -63,3 +67,29 @@ def test_chaos_reads_a_good_admin_json_and_a_missing_one(tmp_path: Any) -> None:
     channels.write_json(os.path.join(persist, channels.ADMIN_STATE), held)
     assert read_admin(persist) == (held, "")
 
+
+# --- init's configuration file -------------------------------------------------------------
+
+def test_init_waits_on_no_fifo_as_its_configuration(tmp_path: Any) -> None:
+    """Given neither --persist-dir nor $HACHAIN_PERSIST_DIR, init reads `[chain]
+    persist_dir` from its --config when it writes why a boot ends (here: it gave up on a
+    tickler that keeps dying). It opened that file with a plain open(): a FIFO there held
+    the thread in open() for good, and nothing was said or written. Now one line, and
+    the default persist dir."""
+    default = channels.DEFAULT_PERSIST_DIR
+    if os.path.lexists(os.path.join(default, bootrecord.RECORD)):
+        pytest.skip(f"{default} holds a boot record: init would write this host's")
+    from tests.test_state_readers import init_giving_up_on_the_tickler
+    cfg = tmp_path / "chain.toml"
+    os.mkfifo(cfg)
+    init, err = init_giving_up_on_the_tickler(tmp_path, tmp_path / "run", None, config=cfg)
+    try:
+        wait_until(lambda: f"no boot record in {default}" in err.read_text(errors="replace"),
+                   READY, "init to look for the boot record in the default persist dir")
+        text = err.read_text(errors="replace")
+        assert (f"{cfg}: not a regular file (a FIFO): ignored, the persist dir is {default}"
+                in text), text[-3000:]
+        assert "Traceback" not in text
+        assert init.poll() is None
+    finally:
+        end_init(init)

@@ -358,23 +358,29 @@ def test_a_gate_record_that_is_a_fifo_or_nested_too_deeply_leaves_last_boot_writ
 
 
 
-def init_giving_up_on_the_tickler(tmp_path: Any, state: Any, persist: Any
-                                  ) -> tuple[subprocess.Popen[bytes], Any]:
+def init_giving_up_on_the_tickler(tmp_path: Any, state: Any, persist: Any,
+                                  config: Any = None) -> tuple[subprocess.Popen[bytes], Any]:
     """A real init whose tickler dies at once and is not restarted (one death allowed), so
     init gives up on it and writes why the boot ends (set_reason, in a thread of its own);
     the restarter is a sleep. The process and the file its stderr goes to; the caller
-    ends it with conftest.end_init."""
-    cfg = tmp_path / "chain.toml"
-    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{persist}"\n'
-                   '[watchdog]\ndevice = "none"\n')
+    ends it with conftest.end_init. With a `config`, that is init's --config and it gets
+    no persist dir (`persist` is not used): it takes the one the configuration names."""
+    if config is None:
+        config = tmp_path / "chain.toml"
+        config.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{persist}"\n'
+                          '[watchdog]\ndevice = "none"\n')
+        where = ["--config", str(config), "--persist-dir", str(persist)]
+    else:
+        where = ["--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if k != channels.ENV_PERSIST_DIR}
     err = tmp_path / "init.err"
     with open(err, "wb") as errf:
         init = subprocess.Popen(
-            [sys.executable, "-m", "hachain.init.main", "--state-dir", str(state),
-             "--config", str(cfg), "--persist-dir", str(persist), "--heartbeat-interval",
-             "0.2", "--restarter-cmd", "sleep 600", "--tickler-cmd", "sh -c 'exit 1'",
-             "--tickler-deaths", "1", "--tickler-min-run", "60", "--tickler-pause", "600"],
-            stderr=errf)
+            [sys.executable, "-m", "hachain.init.main", "--state-dir", str(state), *where,
+             "--heartbeat-interval", "0.2", "--restarter-cmd", "sleep 600", "--tickler-cmd",
+             "sh -c 'exit 1'", "--tickler-deaths", "1", "--tickler-min-run", "60",
+             "--tickler-pause", "600"],
+            stderr=errf, env=env)
     return init, err
 
 

@@ -613,19 +613,25 @@ class Init:
         """The chain's persist dir: --persist-dir (`hachain run` and the simulated machine
         pass it), else $HACHAIN_PERSIST_DIR, else `[chain] persist_dir` of --config, else
         the default. Init reads no TOML in its loop; this runs only on the record's thread,
-        and a file it cannot read or parse means the default."""
+        and a file it cannot parse means the default. One that cannot be read (a FIFO, or
+        anything but a regular file, is not waited on) means the default with one line."""
         if self.opts.persist_dir:
             return str(self.opts.persist_dir)
         if os.environ.get(channels.ENV_PERSIST_DIR):
             return os.environ[channels.ENV_PERSIST_DIR]
         try:
             import tomllib
-            with open(self.opts.config, "rb") as f:
-                chain = tomllib.load(f).get("chain")
+            raw = channels.read_small(self.opts.config, regular=True)
+            chain = tomllib.loads(raw.decode()).get("chain")
             value = chain.get("persist_dir") if isinstance(chain, dict) else None
             if isinstance(value, str) and value:
                 return value
-        except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # a FIFO, a directory (read_small says which), EACCES, ...
+            log(f"{self.opts.config}: {e.strerror or e}: ignored, the persist dir is "
+                f"{channels.DEFAULT_PERSIST_DIR}")
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             pass
         return channels.DEFAULT_PERSIST_DIR
 
