@@ -93,6 +93,10 @@ def _signal(v: Any) -> int:
         name = v.upper() if v.upper().startswith("SIG") else "SIG" + v.upper()
         if name in signal.Signals.__members__:
             return int(signal.Signals[name])
+        near = S.closest(name, signal.Signals.__members__)
+        if near:
+            raise S.Bad(f'must be a signal name such as "SIGTERM" or a number (did you mean '
+                        f'"{near}"?)')
     raise S.Bad('must be a signal name such as "SIGTERM" or a number')
 
 
@@ -387,7 +391,10 @@ CHAIN = S.Table(ChainConfig, (
           "as long as its restarter runs (a lock on the directory) and refuses one that "
           "another running chain holds. `\"none\"`: no cgroups; each service gets its own "
           "process group instead. Or an absolute path to a cgroup2 directory (for example "
-          "one delegated by systemd)."),
+          "one delegated by systemd). A path that is not in a cgroup v2 file system (a "
+          "tmpfs, `/sys/fs/cgroup` of a hybrid host, a v1 hierarchy) is not used: the "
+          "restarter says so in one line and runs without cgroups, as with `\"none\"`, "
+          "making nothing there."),
     S.Key("heartbeat_interval", _seconds(0.05, 60), "How often each layer writes its "
           "heartbeat, from inside its event loop. Less than `[watchdog] heartbeat_timeout`, "
           "and best well below it."),

@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,20 @@ def show(v: Any) -> str:
         return _clip("[" + ", ".join(show(x) for x in v[:8]) + ("]" if len(v) <= 8 else ", ...]"),
                      80)
     return _clip(repr(v), 40)
+
+
+def _did_you_mean(name: str, names: Iterable[str]) -> str:
+    """"; did you mean 'command'?" for a misspelt key, else "" (a typo in a key is the
+    commonest mistake in a hand-written file)."""
+    close = closest(name, names)
+    return f"; did you mean '{close}'?" if close else ""
+
+
+def closest(word: str, words: Iterable[str]) -> str | None:
+    """The one of `words` that `word` is most likely a typo of, if any is close."""
+    import difflib
+    close = difflib.get_close_matches(word, sorted(words), n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def fmt(n: float) -> str:
@@ -320,7 +334,9 @@ class Choice(Kind):
 
     def one(self, v: Any) -> str:
         if v not in self.choices or not isinstance(v, str):
-            raise Bad("must be one of " + ", ".join(f'"{c}"' for c in self.choices))
+            near = closest(v, self.choices) if isinstance(v, str) else None
+            raise Bad("must be one of " + ", ".join(f'"{c}"' for c in self.choices)
+                      + (f' (did you mean "{near}"?)' if near else ""))
         return str(v)
 
     @property
@@ -508,7 +524,8 @@ class Table(Kind):
             if name not in names:
                 what = "table" if isinstance(x, dict) else "key"
                 allowed = ", ".join(sorted(names))
-                r.err(at + (name,), f"unknown {what} (expected one of: {allowed})")
+                r.err(at + (name,), f"unknown {what}{_did_you_mean(name, names)} "
+                      f"(expected one of: {allowed})")
         vals: dict[str, Any] = {}
         for k, dflt, factory in self._plan:
             if k.name not in v:

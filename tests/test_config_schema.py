@@ -169,12 +169,20 @@ HOLES = [
     ("health_scalar", SVC + 'health = "tcp"\n', 3, "service.a.health", "must be a table"),
     # unknown tables and keys
     ("unknown_top_table", '[chain]\n\n[servce.x]\ncommand = ["x"]\n', 3, "servce",
-     "unknown table (expected one of: chain, cluster, service, watchdog)"),
-    ("unknown_top_key", 'chian = 1\n', 1, "chian", "unknown key"),
+     "unknown table; did you mean 'service'? (expected one of: chain, cluster, service, "
+     "watchdog)"),
+    ("unknown_top_key", 'chian = 1\n', 1, "chian", "unknown key; did you mean 'chain'?"),
     ("unknown_sub_table", SVC + "[service.a.backof]\nfactor = 2\n", 3,
-     "service.a.backof", "unknown table"),
+     "service.a.backof", "unknown table; did you mean 'backoff'?"),
     ("unknown_watchdog_key", "[watchdog]\n\ntimout = 5\n", 3, "watchdog.timout",
-     "unknown key"),
+     "unknown key; did you mean 'timeout'?"),
+    ("unknown_key_far_from_all", SVC + "zzz = 1\n", 3, "service.a.zzz",
+     "unknown key (expected one of: after, "),
+    ("choice_typo", SVC + 'restart = "alway"\n', 3, "service.a.restart",
+     'must be one of "always", "on-failure", "on-abnormal", "never" (did you mean '
+     '"always"?), got "alway"'),
+    ("choice_far", SVC + 'restart = "sometimes"\n', 3, "service.a.restart",
+     '"never", got "sometimes"'),
     # other kernel-facing values
     ("cwd_relative", SVC + 'cwd = "srv"\n', 3, "service.a.cwd", "an absolute path"),
     ("device_word", '[watchdog]\ndevice = "dev/watchdog"\n', 2, "watchdog.device",
@@ -182,6 +190,8 @@ HOLES = [
     ("umask_bad", SVC + 'umask = "999"\n', 3, "service.a.umask", "octal"),
     ("signal_bad", SVC + 'stop_signal = "SIGNOPE"\n', 3, "service.a.stop_signal",
      "signal name"),
+    ("signal_typo", SVC + 'stop_signal = "SIGTREM"\n', 3, "service.a.stop_signal",
+     '(did you mean "SIGTERM"?), got "SIGTREM"'),
     ("signal_zero", SVC + "stop_signal = 0\n", 3, "service.a.stop_signal", "signal name"),
     ("exit_code_bad", SVC + "success_exit = [256]\n", 3, "service.a.success_exit",
      "must be <= 255"),
