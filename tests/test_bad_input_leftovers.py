@@ -11,20 +11,25 @@ What was wrong before:
 - init found its persist dir (to say in the boot record why a boot ends) in its
   configuration file opened as any file: a FIFO there held that thread for good, and
   the boot record never said why;
+- `hachain watchdog info` (and the tickler) said of a reply of the watchdog simulator
+  it could not take only "Protocol error": not what was wrong with it.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from typing import Any
 
 import pytest
 
 from hachain import bootrecord, channels
 from tests.conftest import end_init, wait_until
+from tests.test_cli_bad_input import hachain, one_line
 from tests.test_state_bad_input import READY, _put
 from tests.test_state_readers import DEEP
-from tests.test_state_readers2 import _bounded
+from tests.test_state_readers2 import READ_TIMEOUT, _answer_once, _bounded
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,3 +98,72 @@ def test_init_waits_on_no_fifo_as_its_configuration(tmp_path: Any) -> None:
         assert init.poll() is None
     finally:
         end_init(init)
+
+
+# --- the watchdog simulator's replies ----------------------------------------------------------
+
+@pytest.mark.parametrize("reply, why", [
+    (b'[1, 2]\n', "malformed reply from the watchdog simulator: not a JSON object but list"),
+    (b'"up"\n', "malformed reply from the watchdog simulator: not a JSON object but str"),
+    (b'{"timeout": 10\n', "malformed reply from the watchdog simulator: not JSON "
+                          "(Expecting ',' delimiter at byte 15)"),
+    (b'\xff\xfe{}\n', "malformed reply from the watchdog simulator: not JSON (not UTF-8 text)"),
+    (b'x' * 5000, "malformed reply from the watchdog simulator: more than 4096 bytes"),
+    (b'', "no reply from the watchdog simulator: it closed the connection"),
+], ids=["list", "string", "torn", "not-utf8", "oversized", "none"])
+def test_watchdog_info_says_what_was_wrong_with_the_sims_reply(
+        tmp_path: Any, reply: bytes, why: str) -> None:
+    """`hachain watchdog info -d sim:PATH` reads the simulated device's attributes (one
+    JSON line) from its socket. Whatever was wrong with the reply, the one line said
+    only "Protocol error" (EPROTO's strerror): now what was wrong, after the socket."""
+    path = str(tmp_path / "wd.sock")
+    srv, t = _answer_once(path, reply)
+    try:
+        p = hachain("watchdog", "info", "-d", f"sim:{path}")
+        line = one_line(p, 1)
+        assert line == f"hachain watchdog: sim:{path}: read attributes: {why}", line
+    finally:
+        srv.close()
+        t.join(READ_TIMEOUT)
+
+
+def test_an_oversized_ioctl_reply_of_the_sim_says_its_size(tmp_path: Any) -> None:
+    """An open simulated device (the tickler's, `info --open`'s) answers each ioctl with
+    a frame: errno, length, payload. A length over 4096 was "Protocol error" too."""
+    from hachain.watchdog import device
+    path = str(tmp_path / "wd.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(READ_TIMEOUT)
+
+    def serve() -> None:  # opens the device, then answers one ioctl with a bad length
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(READ_TIMEOUT)
+            try:
+                conn.recv(1)
+                conn.sendall(device.SIM_OPEN_REPLY.pack(0, 0))
+                conn.recv(65536)
+                conn.sendall(device.SIM_REPLY.pack(0, 5000))
+                conn.recv(1)  # until the client closes
+            except OSError:
+                pass
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        wd = device.open_watchdog(f"sim:{path}")
+        try:
+            with pytest.raises(device.WatchdogError) as info:
+                wd.get_timeout()
+        finally:
+            wd.close()
+        assert str(info.value) == (f"sim:{path}: GETTIMEOUT: malformed reply from the "
+                                   "watchdog simulator: a payload of 5000 bytes (at most "
+                                   "4096)")
+    finally:
+        srv.close()
+        t.join(READ_TIMEOUT)

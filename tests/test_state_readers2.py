@@ -636,8 +636,9 @@ def test_watchdog_info_on_a_sim_reply_nested_too_deeply(tmp_path: Any) -> None:
     srv, t = _answer_once(path, b"[" * 4000 + b"\n")  # (the reply is at most 4096 bytes)
     try:
         p = hachain("watchdog", "info", "-d", f"sim:{path}")
-        line = one_line(p, 1)  # (as for any malformed reply: EPROTO)
-        assert line == f"hachain watchdog: sim:{path}: read attributes: Protocol error", line
+        line = one_line(p, 1)  # (as for any malformed reply: EPROTO, and what was wrong)
+        assert line == (f"hachain watchdog: sim:{path}: read attributes: malformed reply "
+                        "from the watchdog simulator: not JSON (nested too deeply)"), line
     finally:
         srv.close()
         t.join(READ_TIMEOUT)

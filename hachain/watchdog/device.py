@@ -166,6 +166,8 @@ class WatchdogError(OSError):
         err = exc.errno or 0
         if err == errno.EBUSY and operation == "open":
             reason = "device busy (another process holds it open)"
+        elif err == errno.EPROTO and exc.strerror and exc.strerror != os.strerror(err):
+            reason = exc.strerror  # what the simulator's client found malformed
         elif err:
             reason = os.strerror(err)
         else:
@@ -244,6 +246,12 @@ SIM_MAX_PAYLOAD = 4096
 SIM_IO_TIMEOUT = 5.0
 
 
+def _malformed(what: str) -> OSError:
+    """EPROTO that says what was wrong with the simulator's reply (the caller names the
+    socket: WatchdogError.from_oserror keeps this text)."""
+    return OSError(errno.EPROTO, f"malformed reply from the watchdog simulator: {what}")
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     chunks = []
     while n:
@@ -286,7 +294,7 @@ class SimTransport:
         self.sock.sendall(SIM_REQUEST.pack(op, request, len(payload)) + payload)
         err, length = SIM_REPLY.unpack(_recv_exact(self.sock, SIM_REPLY.size))
         if length > SIM_MAX_PAYLOAD:
-            raise OSError(errno.EPROTO, "watchdog simulator sent an oversized reply")
+            raise _malformed(f"a payload of {length} bytes (at most {SIM_MAX_PAYLOAD})")
         data = _recv_exact(self.sock, length)
         if err:
             raise OSError(err, os.strerror(err))
@@ -306,7 +314,7 @@ class SimTransport:
 
 def sim_attributes(socket_path: str, timeout: float = SIM_IO_TIMEOUT) -> dict[str, Any]:
     """The simulator's sysfs-like attributes, read without opening (arming) the device."""
-    from hachain.channels import loads
+    from hachain.channels import json_problem, loads
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout)
@@ -319,13 +327,16 @@ def sim_attributes(socket_path: str, timeout: float = SIM_IO_TIMEOUT) -> dict[st
                 break
             raw += chunk
             if len(raw) > SIM_MAX_PAYLOAD:
-                raise OSError(errno.EPROTO, "watchdog simulator sent an oversized reply")
+                raise _malformed(f"more than {SIM_MAX_PAYLOAD} bytes")
+    if not raw:
+        raise OSError(errno.EPROTO, "no reply from the watchdog simulator: it closed the "
+                      "connection")
     try:
         attrs = loads(raw)
-    except ValueError:  # (nested too deeply included: was RecursionError)
-        raise OSError(errno.EPROTO, "watchdog simulator sent a malformed reply") from None
+    except ValueError as e:  # (nested too deeply included: was RecursionError)
+        raise _malformed(json_problem(e)) from None
     if not isinstance(attrs, dict):
-        raise OSError(errno.EPROTO, "watchdog simulator sent a malformed reply")
+        raise _malformed(f"not a JSON object but {type(attrs).__name__}")
     return attrs
 
 
