@@ -18,8 +18,6 @@ What was wrong before:
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from typing import Any
 
 import pytest
@@ -132,28 +130,9 @@ def test_an_oversized_ioctl_reply_of_the_sim_says_its_size(tmp_path: Any) -> Non
     a frame: errno, length, payload. A length over 4096 was "Protocol error" too."""
     from hachain.watchdog import device
     path = str(tmp_path / "wd.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(1)
-    srv.settimeout(READ_TIMEOUT)
-
-    def serve() -> None:  # opens the device, then answers one ioctl with a bad length
-        try:
-            conn, _ = srv.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(READ_TIMEOUT)
-            try:
-                conn.recv(1)
-                conn.sendall(device.SIM_OPEN_REPLY.pack(0, 0))
-                conn.recv(65536)
-                conn.sendall(device.SIM_REPLY.pack(0, 5000))
-                conn.recv(1)  # until the client closes
-            except OSError:
-                pass
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    # the open's reply, then one to the ioctl with a length over the bound
+    srv, t = _answer_once(path, [device.SIM_OPEN_REPLY.pack(0, 0),
+                                 device.SIM_REPLY.pack(0, 5000)])
     try:
         wd = device.open_watchdog(f"sim:{path}")
         try:

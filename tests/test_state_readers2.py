@@ -518,10 +518,11 @@ def test_init_says_when_it_sets_the_record_aside(tmp_path: Any) -> None:
 
 # --- a reply on the control socket ----------------------------------------------------------
 
-def _answer_once(path: str, reply: bytes) -> tuple[Any, threading.Thread]:
+def _answer_once(path: str, reply: bytes | list[bytes]) -> tuple[Any, threading.Thread]:
     """A stream socket bound at `path` whose first client gets `reply` after its request
-    (whatever it sent first): the listening socket and the thread that answers (bounded
-    by READ_TIMEOUT); the caller closes the one and joins the other."""
+    (whatever it sent first), or each of a list of replies after a request each: the
+    listening socket and the thread that answers (bounded by READ_TIMEOUT); the caller
+    closes the one and joins the other."""
     import socket
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
@@ -536,8 +537,9 @@ def _answer_once(path: str, reply: bytes) -> tuple[Any, threading.Thread]:
         with conn:
             conn.settimeout(READ_TIMEOUT)
             try:
-                conn.recv(65536)
-                conn.sendall(reply)
+                for one in [reply] if isinstance(reply, bytes) else reply:
+                    conn.recv(65536)
+                    conn.sendall(one)
             except OSError:
                 pass
     t = threading.Thread(target=answer, daemon=True)
