@@ -316,6 +316,18 @@ def test_fifos_in_the_ticklers_config_files_do_not_keep_it_from_petting(
     the tables it kept (config/tickler.json) before it opens the device. A FIFO in either
     place held it in open() for good: the device was never opened (the next boot's
     watchdog never armed). Each is now one line, and the tickler pets."""
+    tickler_pets_past_its_config_files(
+        tmp_path, monkeypatch, "fifo", "not a regular file (a FIFO): ignored, the "
+        "configuration is read anew", "not a regular file of ours: ignored")
+
+
+def tickler_pets_past_its_config_files(tmp_path: Any, monkeypatch: Any, what: Any,
+                                       running_why: str, kept_why: str) -> None:
+    """Put `what` (as _put) at the tickler's running snapshot (running.json), start a
+    tickler on a rig whose other layers are forged, and wait for it to pet and for the
+    line `<running.json>: <running_why>`; then stop it, put `what` at the tables it kept
+    (config/tickler.json) and do the same, with `kept_why`. It must stop cleanly (the
+    magic close) both times, with no traceback and no expiry."""
     from tests.test_tickler import ForgedLayers, Rig
     rig = Rig(str(tmp_path))
     monkeypatch.setenv(channels.ENV_CHAIN_ID, "test-run")
@@ -326,17 +338,15 @@ def test_fifos_in_the_ticklers_config_files_do_not_keep_it_from_petting(
     try:
         with ForgedLayers(rig.state_dir, rig.sleeper.pid):
             os.makedirs(os.path.dirname(running))
-            for path, line in ((running, f"{running}: not a regular file (a FIFO): ignored, the "
-                                        "configuration is read anew"),
-                               (kept, f"{kept}: not a regular file of ours: ignored")):
+            for path, why in ((running, running_why), (kept, kept_why)):
                 if path == kept:  # a good running.json, written by the last tickler
                     wait_until(lambda: os.path.isfile(running), READY, "running.json")
-                _put(path, "fifo")
+                _put(path, what)
                 p = rig.start_tickler()
                 wait_until(lambda p=p: (hb := rig.tickler_hb()) is not None and
                            hb.pid == p.pid and hb.extra.get("pets", 0) >= 2,
                            READY, "the tickler to pet")
-                rig.wait_log(line, READY)
+                rig.wait_log(f"{path}: {why}", READY)
                 p.send_signal(signal.SIGTERM)  # an orderly stop: the magic close
                 assert p.wait(READY) == 0, rig.log_text()[-3000:]
         assert "Traceback" not in rig.log_text()

@@ -341,38 +341,11 @@ def test_the_ticklers_config_files_nested_too_deeply_are_read_anew(
     kept (config/tickler.json) before it opens the device. JSON nested too deeply in
     either raised RecursionError there: the tickler ended before it opened the device,
     at every start. Each is now one line, and the tickler pets."""
-    import signal
-
-    from hachain.watchdog.tickler import TABLES_CACHE
-    from tests.conftest import wait_until
-    from tests.test_tickler import ForgedLayers, Rig
-    rig = Rig(str(tmp_path))
-    monkeypatch.setenv(channels.ENV_CHAIN_ID, "test-run")
-    monkeypatch.setenv(channels.ENV_STATE_DIR, rig.state_dir)
-    running = os.path.join(rig.state_dir, channels.RUNNING_CONFIG)
-    kept = os.path.join(rig.state_dir, TABLES_CACHE)
-    rig.server.start()
-    try:
-        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
-            os.makedirs(os.path.dirname(running))
-            for path, line in ((running, f"{running}: not JSON (nested too deeply): ignored, "
-                                         "the configuration is read anew"),
-                               (kept, f"{kept}: not JSON (nested too deeply): ignored, the "
-                                      "tables are parsed anew")):
-                if path == kept:  # a good running.json, written by the last tickler
-                    wait_until(lambda: os.path.isfile(running), READY, "running.json")
-                _put(path, DEEP)
-                p = rig.start_tickler()
-                wait_until(lambda p=p: (hb := rig.tickler_hb()) is not None and
-                           hb.pid == p.pid and hb.extra.get("pets", 0) >= 2,
-                           READY, "the tickler to pet")
-                rig.wait_log(line, READY)
-                p.send_signal(signal.SIGTERM)  # an orderly stop: the magic close
-                assert p.wait(READY) == 0, rig.log_text()[-3000:]
-        assert "Traceback" not in rig.log_text()
-        assert not rig.expired.is_set()
-    finally:
-        rig.close()
+    from tests.test_state_bad_input import tickler_pets_past_its_config_files
+    tickler_pets_past_its_config_files(
+        tmp_path, monkeypatch, DEEP, "not JSON (nested too deeply): ignored, the "
+        "configuration is read anew", "not JSON (nested too deeply): ignored, the tables "
+        "are parsed anew")
 
 
 def test_status_waits_on_no_fifo_as_the_cached_disk_verdict(restarter: Any) -> None:
