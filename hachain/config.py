@@ -47,7 +47,7 @@ from hachain.configtypes import (
     ServiceConfig,
     WatchdogConfig,
 )
-from hachain.errors import ConfigError
+from hachain.errors import ConfigError, closest
 
 # --- the schema: every key once, with its kind, default (the dataclass field's) and doc ---
 #
@@ -93,7 +93,7 @@ def _signal(v: Any) -> int:
         name = v.upper() if v.upper().startswith("SIG") else "SIG" + v.upper()
         if name in signal.Signals.__members__:
             return int(signal.Signals[name])
-        near = S.closest(name, signal.Signals.__members__)
+        near = closest(name, signal.Signals.__members__)
         if near:
             raise S.Bad(f'must be a signal name such as "SIGTERM" or a number (did you mean '
                         f'"{near}"?)')
@@ -555,7 +555,9 @@ def _graph_checks(top: _File, at: S.Path, r: S.Report) -> None:
         for rel in ("requires", "wants", "after", "conflicts"):
             for dep in getattr(s, rel):
                 if dep not in services:
-                    r.err(("service", s.name, rel), f"unknown service {S.show(dep)}")
+                    near = closest(dep, services)
+                    r.err(("service", s.name, rel), f"unknown service {S.show(dep)}"
+                          + (f' (did you mean "{near}"?)' if near else ""))
                 elif dep == s.name:
                     r.err(("service", s.name, rel), "a service cannot name itself")
         for dep in s.conflicts:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hachain.errors import closest
+
 Path = tuple[str, ...]
 
 
@@ -94,12 +96,6 @@ def _did_you_mean(name: str, names: Iterable[str]) -> str:
     close = closest(name, names)
     return f"; did you mean '{close}'?" if close else ""
 
-
-def closest(word: str, words: Iterable[str]) -> str | None:
-    """The one of `words` that `word` is most likely a typo of, if any is close."""
-    import difflib
-    close = difflib.get_close_matches(word, sorted(words), n=1, cutoff=0.75)
-    return close[0] if close else None
 
 
 def fmt(n: float) -> str:

@@ -47,7 +47,7 @@ def test_design_example_parses():
     (('ready = "notify"', 'ready = "notfy"'),
      "chain.toml:11: service.db.ready: must be one of"),
     (('requires = ["db"]', 'requires = ["dbb"]'),
-     "chain.toml:16: service.web.requires: unknown service \"dbb\""),
+     "chain.toml:16: service.web.requires: unknown service \"dbb\" (did you mean \"db\"?)"),
     (("timeout = 10", "timeout = 0"), "chain.toml:6: watchdog.timeout: must be >= 1, got 0"),
     (("critical = true", "critical = 1"), "chain.toml:12: service.db.critical: must be true or false"),
     (('command = ["/usr/bin/web"]', 'command = "/usr/bin/web"'),

@@ -167,6 +167,8 @@ def test_maintenance_and_shutdown_refuse_requests() -> None:
     assert c.request("start", "a", 0.0) == \
         "a is in maintenance (too many restarts); use 'hachain clear a'"
     assert c.request("start", "nope", 0.0) == "unknown service 'nope'"
+    assert c.request("stop", "aa", 0.0) == "unknown service 'aa' (did you mean 'a'?)"
+    assert c.request("stop", ["a"], 0.0) == "unknown service ['a']"
     assert c.request("clear", "a", 0.0) is None
     c.begin_shutdown()
     assert c.request("stop", "a", 0.0) == "the restarter is shutting down"

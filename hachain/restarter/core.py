@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hachain.configtypes import ServiceConfig
+from hachain.errors import closest
 from hachain.restarter import graph, states
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc, Timer
@@ -488,7 +489,8 @@ class Core:
     def request(self, op: str, name: Any, now: float) -> str | None:
         """start / stop / restart / clear NAME: queued, or refused (the error)."""
         if not isinstance(name, str) or name not in self.plan.conf:
-            return f"unknown service {name!r}"
+            near = closest(name, self.plan.conf) if isinstance(name, str) else None
+            return f"unknown service {name!r}" + (f" (did you mean {near!r}?)" if near else "")
         if self.shutting_down:
             return "the restarter is shutting down"
         kind = Ev(op)
