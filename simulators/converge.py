@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hachain import channels, client
-from hachain.restarter.persist import _admin_error as admin_error
+from hachain.restarter.persist import admin_error
 
 if TYPE_CHECKING:
     from hachain.simulators.machine import SimMachine

@@ -119,7 +119,7 @@ def _record_error(d: Any) -> str:
     return ""
 
 
-def _admin_error(d: Any) -> str:
+def admin_error(d: Any) -> str:
     """What is wrong with admin.json's JSON ("" when nothing)."""
     if not isinstance(d, dict):
         return f"not a JSON object but {type(d).__name__}"
@@ -326,7 +326,7 @@ class Store:
     def read_admin(self) -> dict[str, dict[str, str]]:
         """{name: {"want": "down"} or {"want": "up", "maintenance": reason}}."""
         d, why = _read(self.admin_path)
-        if d is not None and (wrong := _admin_error(d)):
+        if d is not None and (wrong := admin_error(d)):
             why = _set_aside(self.admin_path, wrong)
         if why:
             self.warnings.append(why)
