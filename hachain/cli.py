@@ -60,6 +60,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     elif cfg.watchdog.device.startswith("/") and not os.path.exists(cfg.watchdog.device):
         _err(f"{args.config}: warning: watchdog.device {cfg.watchdog.device} does not exist "
              "here")
+    if cfg.chain.cgroup_root not in ("auto", "none"):
+        from hachain.cgroupfs import cgroup2_problem
+        if (why := cgroup2_problem(cfg.chain.cgroup_root)) is not None:
+            _err(f"{args.config}: warning: chain.cgroup_root {cfg.chain.cgroup_root}: {why}: "
+                 "the restarter will run without cgroups here (process groups)")
     return 0
 
 

@@ -409,3 +409,21 @@ def test_check_warns_of_each_unknown_user_and_group_and_passes(tmp_path: Any) ->
         f"hachain: {cfg}: warning: service job: group nosuchgroup does not exist on this "
         "host"]
     assert cfg.read_text() == text
+
+
+def test_check_warns_of_a_cgroup_root_outside_cgroup2_and_passes(tmp_path: Any) -> None:
+    """A `cgroup_root` in a file system that is not cgroup v2 (here the test's tmp dir) is
+    accepted, as on a build host, with one warning naming what it is in; the restarter
+    would run without cgroups there. Nothing is made under it."""
+    root = tmp_path / "not-cgroups" / "chain"
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\ncgroup_root = "{root}"\n[watchdog]\ndevice = "none"\n'
+                   '[service.web]\ncommand = ["/bin/true"]\n')
+    p = hachain("check", "-c", str(cfg))
+    assert p.returncode == 0 and p.stdout.startswith(f"{cfg}: OK: 1 service(s)")
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"hachain: {cfg}: warning: chain.cgroup_root {root}: not in a "
+                               "cgroup v2 file system ("), lines[0]
+    assert lines[0].endswith("the restarter will run without cgroups here (process groups)")
+    assert not (tmp_path / "not-cgroups").exists()
