@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from hachain import channels
 from hachain.restarter import spawn
 from tests.conftest import wait_until
 from tests.test_chain import Chain
@@ -122,3 +123,75 @@ requires = ["prepare"]
         assert app["reason"] == f"waiting for prepare: failed (exit status {code})"
     else:
         assert app["pid"]
+
+
+# A stand-in for init: a subreaper that starts the first restarter and reaps each exited
+# child only once it has been a zombie for DELAY seconds (a busy host's init, late to
+# its SIGCHLD), writing "PID STATUS" for each into its report.
+SLOW_REAPER = """
+import ctypes, os, subprocess, sys, time
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+delay, report, log = float(sys.argv[1]), open(sys.argv[2], "a", buffering=1), sys.argv[3]
+with open(log, "ab") as f:
+    subprocess.Popen(sys.argv[4:], stdout=f, stderr=f)
+seen = {}
+while True:
+    try:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        info = None
+    if info is not None and info.si_pid:
+        first = seen.setdefault(info.si_pid, time.monotonic())
+        if time.monotonic() - first >= delay:
+            os.waitpid(info.si_pid, 0)
+            report.write(f"{info.si_pid} {info.si_status}\\n")
+            del seen[info.si_pid]
+            continue
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.slow
+def test_an_adopted_exit_waits_for_a_late_reap(restarter, tmp_path) -> None:
+    """The restarter that adopted a process learns its status from the reap, however late
+    init's reap comes (up to loop.REAP_WAIT), without blocking its loop: here a stand-in
+    init reaps 0.5 s after the exit. The restarter used to look for 50 ms, blocked, then
+    took the exit as unknown (CI with both cores loaded: a oneshot that exited 3 was
+    'failed' with status unknown; one that exited 0 would have failed as well)."""
+    if not _kernel_keeps_exit_status():
+        pytest.skip(f"kernel {os.uname().release} has no PIDFD_GET_INFO exit status "
+                    "(Linux >= 6.15): adopted processes end with status unknown")
+    go = tmp_path / "go"
+    run = restarter(f"""
+[service.prepare]
+kind = "oneshot"
+command = ["/bin/sh", "-c", "while [ ! -e {go} ]; do sleep 0.05; done; exit 3"]
+[service.app]
+command = ["/bin/sleep", "1000"]
+requires = ["prepare"]
+""", start=False)
+    report = tmp_path / "reaped"
+    reaper = subprocess.Popen([sys.executable, "-c", SLOW_REAPER, "0.5", str(report), run.log,
+                               sys.executable, "-m", "hachain.restarter", "-c", run.config])
+    try:
+        pid = wait_until(lambda: run.ping() and run.svc("prepare").get("pid"), 60,
+                         "prepare running under the first restarter")
+        first = wait_until(lambda: (hb := channels.read_heartbeat(run.state_dir, "restarter"))
+                           and hb.pid, 10, "the first restarter's heartbeat")
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: f"{first} " in (report.read_text() if report.exists() else ""),
+                   10, "the stand-in init to reap the killed restarter")
+        run.start()  # the next restarter, which adopts prepare
+        st = wait_until(lambda: (s := run.svc("prepare")).get("reason") == "adopted" and s,
+                        30, "prepare adopted")
+        assert st["pid"] == pid
+        go.touch()
+        st = wait_until(lambda: (s := run.svc("prepare")).get("state") == "failed" and s, 30,
+                        "prepare failed")
+        assert (st["last_exit"]["kind"], st["last_exit"]["code"]) == ("exited", 3), st
+        assert f"{pid} 3" in report.read_text().splitlines()  # reaped by the stand-in
+        assert run.svc("app")["state"] == "waiting"
+        assert run.ping()  # the loop answered all along
+    finally:
+        reaper.kill()
+        reaper.wait(10)

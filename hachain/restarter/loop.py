@@ -39,6 +39,10 @@ from hachain.restarter.states import Ev, State, Svc, Timer
 
 STORM_WINDOW = 10.0
 EXIT_BATCH = 8  # exits handled per loop round
+# An adopted main process (not our child: init reaps it) has exited but is not reaped
+# yet: its exit status comes with the reap, which the pidfd tells (POLLHUP). Waited for
+# this long at most, then the exit goes on with the status unknown.
+REAP_WAIT = 2.0
 TIMER_BATCH = 16  # timers fired per loop round (1000 backoffs may end at once)
 START_BATCH = 32  # queued starts per loop round
 HOLD_SHARE = 4  # HeldOutput: at most this share of the file limit
@@ -275,6 +279,10 @@ class Restarter:
         self._start_times: dict[str, int | None] = {}  # /proc start time of each main pid
         self._procs_seen: dict[str, list[int]] = {}  # during adoption: each cgroup.procs
         self._found: dict[str, int] = {}  # forking: pidfd of the main pid being reported
+        # adopted exits waiting for init's reap (REAP_WAIT): pidfd -> (name, deadline),
+        # those pidfds in an epoll of their own that reports only their POLLHUP
+        self._reaping: dict[int, tuple[str, float]] = {}
+        self._reap_ep = select.epoll()
         self._queued: dict[int, str] = {}  # during adoption: sender pid -> MAINPID= queued
         self._queued_from: dict[int, str] = {}  # ... and the service of each sender used
         self._early: list[notify.Notification] = []  # during adoption: all read so far
@@ -294,6 +302,7 @@ class Restarter:
         self.held_out = HeldOutput()  # after raise_fd_limit: its room depends on the limit
         self.held_out.keep_for(len(cfg.services))
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
+        self.sel.register(self._reap_ep.fileno(), selectors.EVENT_READ, ("reaped", None))
         from hachain.restarter.control import ControlServer
         self.control = ControlServer(os.path.join(self.state_dir, channels.CONTROL_SOCKET),
                                      self.sel, self.handle_request,
@@ -739,13 +748,25 @@ class Restarter:
             self._on_notify(now)
         if self.pidfds.get(name, (0,))[0] != pid:
             return  # no longer its main process (_unwatch saw to it)
+        fd = self.pidfds[name][1]
+        if fd != CHILD and status is None and fd not in self._reaping and \
+                spawn.exit_pending(fd):
+            # Adopted, exited, not reaped by init yet (a busy host delays init): its
+            # status comes with the reap. Wait for that, not with the loop blocked.
+            self.sel.unregister(fd)
+            self._reap_ep.register(fd, 0)  # no event asked: only POLLHUP, the reap
+            self._reaping[fd] = (name, now + REAP_WAIT)
+            return
         pid, fd = self.pidfds.pop(name)
         self.by_pid.pop(pid, None)
         st = status or spawn.reap(pid)
         if fd != CHILD:
             if st is None or st.kind == "unknown":  # adopted: init reaped it
                 st = spawn.reaped_status(fd) or st
-            self.sel.unregister(fd)
+            if self._reaping.pop(fd, None) is not None:
+                self._reap_ep.unregister(fd)
+            else:
+                self.sel.unregister(fd)
             os.close(fd)
         rfd = self.ready_fds.pop(name, None)
         if rfd is not None:
@@ -767,6 +788,22 @@ class Restarter:
             if name in self._ahead:
                 self._drop_ahead(name)
             self.held_out.release(held)
+
+    def _reaped(self, now: float) -> None:
+        """Adopted exits whose reap has come (or whose REAP_WAIT is over): handled now,
+        with the status the reap left (or unknown)."""
+        done = [fd for fd, _ in self._reap_ep.poll(0)]
+        done += [fd for fd, (_, due) in self._reaping.items() if due <= now and fd not in done]
+        for fd in done:
+            got = self._reaping.get(fd)
+            if got is None:
+                continue
+            if self.pidfds.get(got[0], (0, None))[1] == fd:
+                self._on_exit(got[0], now)
+            else:  # no longer its main process (a bug if ever): never wake on it again
+                del self._reaping[fd]
+                self._reap_ep.unregister(fd)
+                os.close(fd)
 
     # --- timers ---------------------------------------------------------------------------
 
@@ -916,7 +953,10 @@ class Restarter:
             self.by_pid.pop(old[0], None)  # our child: the SIGCHLD path reaps it
         elif old is not None:
             self.by_pid.pop(old[0], None)
-            self.sel.unregister(old[1])
+            if self._reaping.pop(old[1], None) is not None:
+                self._reap_ep.unregister(old[1])
+            else:
+                self.sel.unregister(old[1])
             if spawn.reap(old[0]) is None:
                 # still running: reap it when it exits, so it never lingers as a zombie
                 self.sel.register(old[1], selectors.EVENT_READ, ("reap", old[0]))
@@ -1240,11 +1280,16 @@ class Restarter:
                 return self._leave_orphaned(now)
             if self.children_pending:
                 self._reap_children(now)
+            if self._reaping:
+                self._reaped(time.monotonic())  # those whose REAP_WAIT is over
             if self._more_work(time.monotonic()):
                 timeout = 0.0
             else:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers \
                     else 1.0
+                if self._reaping:
+                    due = min(d for _, d in self._reaping.values())
+                    timeout = min(timeout, max(0.0, due - time.monotonic()))
             release_log()
             self.max_lag = max(self.max_lag, time.monotonic() - round_start)
             # Control and signals first; then exits until the round's budget is spent (at
@@ -1317,6 +1362,8 @@ class Restarter:
             self.sel.unregister(key.fd)
             os.close(key.fd)
             spawn.reap(arg)
+        elif kind == "reaped":
+            self._reaped(now)
         elif kind == "notify":
             self._on_notify(now)
         elif kind == "readyfd":

@@ -212,21 +212,58 @@ def reaped_status(pidfd: int, wait: float = 0.05) -> ExitStatus | None:
     the status once the process is reaped; the pidfd says "exited" a moment before, so
     this looks again for up to `wait` seconds. None where the kernel cannot tell (before
     Linux 6.15) or nobody reaped it in time."""
-    import struct
     import time
     deadline = time.monotonic() + wait
     while True:
-        buf = bytearray(_PIDFD_INFO_SIZE)
-        struct.pack_into("=Q", buf, 0, PIDFD_INFO_EXIT)
-        try:
-            fcntl.ioctl(pidfd, PIDFD_GET_INFO, buf, True)
-        except OSError:
-            return None  # no PIDFD_GET_INFO (ENOTTY/EINVAL), or a bad descriptor
-        if struct.unpack_from("=Q", buf, 0)[0] & PIDFD_INFO_EXIT:
-            return exit_status(struct.unpack_from("=i", buf, _PIDFD_INFO_EXIT_CODE)[0])
-        if time.monotonic() >= deadline:
-            return None
+        known, st = _pidfd_exit(pidfd)
+        if st is not None or not known or time.monotonic() >= deadline:
+            return st
         time.sleep(0.002)
+
+
+def exit_pending(pidfd: int) -> bool:
+    """Has the process of `pidfd` exited without being reaped yet, on a kernel that will
+    give its status through the pidfd once it is (Linux >= 6.15)? The restarter then
+    waits for the reap (the pidfd adds POLLHUP) instead of taking the exit as unknown."""
+    known, st = _pidfd_exit(pidfd)
+    return known and st is None and kernel_keeps_exit_status()
+
+
+_KEEPS_EXIT: list[bool] = []  # kernel_keeps_exit_status(), once asked
+
+
+def kernel_keeps_exit_status() -> bool:
+    """Does this kernel keep a reaped process's exit status for its pidfds (Linux >= 6.15;
+    6.13 and 6.14 answer PIDFD_GET_INFO without it)? Asked once, of a child of ours that
+    exits at once and is reaped here."""
+    if not _KEEPS_EXIT:
+        ok = False
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        fd = pidfd_open(pid)
+        try:
+            os.waitpid(pid, 0)
+            ok = fd is not None and _pidfd_exit(fd)[1] is not None
+        finally:
+            if fd is not None:
+                os.close(fd)
+        _KEEPS_EXIT.append(ok)
+    return _KEEPS_EXIT[0]
+
+
+def _pidfd_exit(pidfd: int) -> tuple[bool, ExitStatus | None]:
+    """(whether the kernel answers PIDFD_INFO_EXIT, the exit status if it is known yet)."""
+    import struct
+    buf = bytearray(_PIDFD_INFO_SIZE)
+    struct.pack_into("=Q", buf, 0, PIDFD_INFO_EXIT)
+    try:
+        fcntl.ioctl(pidfd, PIDFD_GET_INFO, buf, True)
+    except OSError:
+        return False, None  # no PIDFD_GET_INFO (ENOTTY/EINVAL), or a bad descriptor
+    if struct.unpack_from("=Q", buf, 0)[0] & PIDFD_INFO_EXIT:
+        return True, exit_status(struct.unpack_from("=i", buf, _PIDFD_INFO_EXIT_CODE)[0])
+    return True, None
 
 
 # --- cgroups -------------------------------------------------------------------------------
