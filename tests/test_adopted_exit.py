@@ -85,6 +85,22 @@ def chain(tmp_path) -> Iterator[Callable[[str], Chain]]:
         c.close()
 
 
+def _prepare_and_app(go: Any, code: int) -> str:
+    """A oneshot `prepare` that exits `code` once the file `go` exists, and `app`, which
+    requires it; skips the test where the kernel keeps no exit status for pidfds."""
+    if not _kernel_keeps_exit_status():
+        pytest.skip(f"kernel {os.uname().release} has no PIDFD_GET_INFO exit status "
+                    "(Linux >= 6.15): adopted processes end with status unknown")
+    return f"""
+[service.prepare]
+kind = "oneshot"
+command = ["/bin/sh", "-c", "while [ ! -e {go} ]; do sleep 0.05; done; exit {code}"]
+[service.app]
+command = ["/bin/sleep", "1000"]
+requires = ["prepare"]
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("code", "state", "app_state"), [(0, "done", "ready"),
                                                           (3, "failed", "waiting")])
@@ -92,18 +108,8 @@ def test_an_adopted_oneshot_ends_with_its_real_exit_status(
         chain, tmp_path, code: int, state: str, app_state: str) -> None:
     """The whole chain: init (the subreaper) reaps the oneshot that the restarter it
     restarted after a SIGKILL adopted; that restarter still learns how it ended."""
-    if not _kernel_keeps_exit_status():
-        pytest.skip(f"kernel {os.uname().release} has no PIDFD_GET_INFO exit status "
-                    "(Linux >= 6.15): adopted processes end with status unknown")
     go = tmp_path / "go"
-    c = chain(f"""
-[service.prepare]
-kind = "oneshot"
-command = ["/bin/sh", "-c", "while [ ! -e {go} ]; do sleep 0.05; done; exit {code}"]
-[service.app]
-command = ["/bin/sleep", "1000"]
-requires = ["prepare"]
-""")
+    c = chain(_prepare_and_app(go, code))
 
     def svc(name: str) -> dict[str, Any]:
         return c.status().get(name) or {}
@@ -158,18 +164,8 @@ def test_an_adopted_exit_waits_for_a_late_reap(restarter, tmp_path) -> None:
     init reaps 0.5 s after the exit. The restarter used to look for 50 ms, blocked, then
     took the exit as unknown (CI with both cores loaded: a oneshot that exited 3 was
     'failed' with status unknown; one that exited 0 would have failed as well)."""
-    if not _kernel_keeps_exit_status():
-        pytest.skip(f"kernel {os.uname().release} has no PIDFD_GET_INFO exit status "
-                    "(Linux >= 6.15): adopted processes end with status unknown")
     go = tmp_path / "go"
-    run = restarter(f"""
-[service.prepare]
-kind = "oneshot"
-command = ["/bin/sh", "-c", "while [ ! -e {go} ]; do sleep 0.05; done; exit 3"]
-[service.app]
-command = ["/bin/sleep", "1000"]
-requires = ["prepare"]
-""", start=False)
+    run = restarter(_prepare_and_app(go, 3), start=False)
     report = tmp_path / "reaped"
     reaper = subprocess.Popen([sys.executable, "-c", SLOW_REAPER, "0.5", str(report), run.log,
                                sys.executable, "-m", "hachain.restarter", "-c", run.config])
