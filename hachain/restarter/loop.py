@@ -762,7 +762,8 @@ class Restarter:
         st = status or spawn.reap(pid)
         if fd != CHILD:
             if st is None or st.kind == "unknown":  # adopted: init reaped it
-                st = spawn.reaped_status(fd) or st
+                # (after a wait for the reap: it came, or REAP_WAIT is over; no more)
+                st = spawn.reaped_status(fd, wait=0 if fd in self._reaping else 0.05) or st
             if self._reaping.pop(fd, None) is not None:
                 self._reap_ep.unregister(fd)
             else:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import grp
 import os
 import pwd
@@ -229,27 +230,21 @@ def exit_pending(pidfd: int) -> bool:
     return known and st is None and kernel_keeps_exit_status()
 
 
-_KEEPS_EXIT: list[bool] = []  # kernel_keeps_exit_status(), once asked
-
-
+@functools.cache
 def kernel_keeps_exit_status() -> bool:
     """Does this kernel keep a reaped process's exit status for its pidfds (Linux >= 6.15;
     6.13 and 6.14 answer PIDFD_GET_INFO without it)? Asked once, of a child of ours that
     exits at once and is reaped here."""
-    if not _KEEPS_EXIT:
-        ok = False
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        fd = pidfd_open(pid)
-        try:
-            os.waitpid(pid, 0)
-            ok = fd is not None and _pidfd_exit(fd)[1] is not None
-        finally:
-            if fd is not None:
-                os.close(fd)
-        _KEEPS_EXIT.append(ok)
-    return _KEEPS_EXIT[0]
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    fd = pidfd_open(pid)
+    try:
+        os.waitpid(pid, 0)
+        return fd is not None and _pidfd_exit(fd)[1] is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _pidfd_exit(pidfd: int) -> tuple[bool, ExitStatus | None]:
