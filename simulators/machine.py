@@ -40,6 +40,14 @@ Facts it relies on:
   cuts may come from threads that end at any time. What a dead owner cannot remove is
   its cgroup subtree: the next machine's start sweeps the empty subtrees of owners that
   are gone (`sweep_stale_cgroups`).
+- The machine is a cgroup (when cgroup v2 is writable): `<mount>/hachain-sim-<owner>-<id>`
+  holds `chain/`, where the boot's first process joins itself before it execs (so every
+  process of the machine's chain is in it), and `services/`, the chain's `cgroup_root`.
+  Between two boots and at stop() the whole of it is killed (`cgroup.kill`) and removed,
+  so nothing of one boot outlives it. Removing it while a process of the machine still
+  ran was not enough: when `unshare` died first (a terminal's SIGHUP reaches the whole
+  process group), a restarter still starting in the namespace made its `cgroup_root`
+  again after the removal, and the machine's cgroup was left behind.
 """
 
 from __future__ import annotations
@@ -123,12 +131,18 @@ def pid_namespace(pid: int) -> str | None:
 # the owner died before the prctl took effect), else execs the rest. No Python code runs
 # between fork and exec (a preexec_fn would: the owner's Python signal handlers then ran
 # in the child, and a campaign's SIGHUP raised in it).
-OWNER_CHECK = 'test "$PPID" = "$0" || exit 1; exec "$@"'
+OWNER_CHECK = ('test "$PPID" = "$0" || exit 1; c="$1"; shift; if [ -n "$c" ]; then '
+               'echo 0 2>/dev/null > "$c/cgroup.procs" || '
+               'echo "sim: cannot join the machine cgroup $c" >&2; fi; exec "$@"')
+CHAIN_CGROUP, SERVICES_CGROUP = "chain", "services"  # in the machine's cgroup
+EMPTY_BOUND = 60.0  # s for the processes of a killed machine cgroup to be gone
 
 
-def _die_with_owner(owner: int) -> list[str]:
-    """The argv prefix that ties a boot to the thread forking it and to `owner`."""
-    return ["setpriv", "--pdeathsig", "KILL", "--", "/bin/sh", "-c", OWNER_CHECK, str(owner)]
+def _die_with_owner(owner: int, cgroup: str | None = None) -> list[str]:
+    """The argv prefix that ties a boot to the thread forking it and to `owner`, and
+    moves it into the cgroup directory `cgroup` (when given) before anything runs."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", "/bin/sh", "-c", OWNER_CHECK, str(owner),
+            cgroup or ""]
 
 
 def sweep_stale_cgroups(mount: str) -> list[str]:
@@ -186,7 +200,8 @@ class SimMachine:
         self.state_dir = os.path.join(self.run_dir, "hachain")
         self.persist_dir = os.path.join(self.dir, "persist")
         self.socket_path = os.path.join(self.dir, SOCKET_NAME)
-        self.cgroup_root: str | None = None
+        self.cgroup: str | None = None  # the machine's own cgroup (see the module doc)
+        self.cgroup_root: str | None = None  # its services/: the chain's cgroup_root
         self.events: list[tuple[float, str]] = []  # (monotonic, line)
         self.server: WatchdogServer | None = None
         self.finished = threading.Event()  # set when the machine stopped on its own
@@ -223,7 +238,8 @@ class SimMachine:
         if cfg.cluster is not None:
             self._init_timing.append("--cluster")
         os.makedirs(self.persist_dir, exist_ok=True)
-        self.cgroup_root = self._cgroup_root()
+        self.cgroup = self._cgroup()
+        self.cgroup_root = os.path.join(self.cgroup, SERVICES_CGROUP) if self.cgroup else None
         self.server = WatchdogServer(
             self.socket_path, SoftWatchdog(wd.timeout, wd.pretimeout, wd.nowayout),
             self._on_expire, self._on_pretimeout)
@@ -245,11 +261,14 @@ class SimMachine:
             self._thread = None
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
-            self._proc.wait(10)
+            try:
+                self._proc.wait(EMPTY_BOUND)
+            except subprocess.TimeoutExpired:  # the cgroup's kill below still runs
+                self._event(f"unshare (pid {self._proc.pid}) not gone {EMPTY_BOUND:g} s "
+                            "after SIGKILL")
         if self.server is not None:
             self.server.stop()
-        if self.cgroup_root:
-            remove_cgroup_tree(self.cgroup_root)
+        self._remove_cgroup()
 
     def __enter__(self) -> Self:
         self.start()
@@ -339,8 +358,7 @@ class SimMachine:
                     reset, self._reset_pending = self._reset_pending, False
                     cut, self._power_cut_pending = self._power_cut_pending, False
                 self._ns_init = None
-                if self.cgroup_root:
-                    remove_cgroup_tree(self.cgroup_root)
+                self._remove_cgroup()  # nothing of this boot runs into the next one
                 if self._stopping.is_set():
                     break
                 if self.max_boots is not None and len(self._boots) >= self.max_boots:
@@ -379,11 +397,15 @@ class SimMachine:
         boot_id = str(uuid.uuid4())
         with open(os.path.join(self.run_dir, BOOT_ID_FILE), "w") as f:
             f.write(boot_id + "\n")
-        if self.cgroup_root:
+        chain = None
+        if self.cgroup and self.cgroup_root:
+            chain = os.path.join(self.cgroup, CHAIN_CGROUP)
             try:
+                os.makedirs(chain, exist_ok=True)
                 os.makedirs(self.cgroup_root, exist_ok=True)
             except OSError as e:
-                self._event(f"cannot create {self.cgroup_root}: {e}; services run without it")
+                self._event(f"cannot create {self.cgroup}: {e}; the machine runs without it")
+                chain = None
         number = _count_lines(os.path.join(self.persist_dir, channels.BOOT_LOG)) + 1
         rec = {"boot": number, "wall": time.time(), "mono": time.monotonic(), "cause": cause,
                "bootstatus": bootstatus, "boot_id": boot_id}
@@ -395,7 +417,7 @@ class SimMachine:
                     + (f" {flags}" if flags else "") + ")")
         # nsenter joins the network namespace only (`ip netns exec` would also remount
         # /sys, hiding the cgroup2 mount) and execs the rest in place: same pid
-        argv = _die_with_owner(os.getpid())
+        argv = _die_with_owner(os.getpid(), chain)
         if self.netns:
             argv += ["nsenter", f"--net=/run/netns/{self.netns}", "--"]
         argv += ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "--",
@@ -448,8 +470,10 @@ class SimMachine:
             time.sleep(0.005)
         return None
 
-    def _cgroup_root(self) -> str | None:
-        """`<cgroup2 mount>/hachain-sim-<id>` when cgroup v2 is writable, else None."""
+    def _cgroup(self) -> str | None:
+        """The machine's cgroup, `<cgroup2 mount>/hachain-sim-<id>`, when cgroup v2 is
+        writable, else None. The pids controller is offered to it where the host has it
+        in v2 (the chain passes it on to its services, for pids_max)."""
         mount = find_cgroup2_mount()
         if not mount or not os.access(mount, os.W_OK):
             return None
@@ -457,10 +481,22 @@ class SimMachine:
             self._event(f"removed {stale}, left by a machine whose owner died")
         path = os.path.join(mount, f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
+            with open(os.path.join(mount, "cgroup.subtree_control"), "w") as f:
+                f.write("+pids")
+        except OSError:
+            pass  # (a hybrid host binds it to v1)
+        try:
             os.mkdir(path)
         except OSError:
             return None
         return path
+
+    def _remove_cgroup(self) -> None:
+        """Kill whatever still runs in the machine's cgroup and remove it (every boot
+        makes it again); one event line when the kernel keeps it past EMPTY_BOUND."""
+        if self.cgroup and not remove_cgroup_tree(self.cgroup, EMPTY_BOUND):
+            self._event(f"cannot remove {self.cgroup}: processes of the machine still "
+                        f"there {EMPTY_BOUND:g} s after cgroup.kill")
 
     # -- the hardware's reactions -------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from hachain import channels
+from hachain.cgroupfs import find_cgroup2_mount
 from hachain.simulators.machine import SimMachine
 from hachain.watchdog.device import WDIOF_CARDRESET
 from tests.conftest import SIM_MACHINE, sim_machine_head, wait_until
@@ -54,7 +55,7 @@ def machine(tmp_path: Any) -> Iterator[SimMachine]:
         init = m.init_host_pid()
         m.stop()
         assert init is None or not channels.pid_alive(init), "the machine outlived stop()"
-        assert m.cgroup_root is None or not os.path.exists(m.cgroup_root)
+        assert m.cgroup is None or not os.path.exists(m.cgroup), "its cgroup outlived stop()"
 
 
 def hold(m: SimMachine, seconds: float) -> None:
@@ -101,6 +102,58 @@ def test_boot_maps_layers_and_gives_each_boot_its_own_id(machine: SimMachine) ->
     with open("/proc/sys/kernel/random/boot_id") as f:
         assert rec["boot_id"] != f.read().strip()  # the machine has its own boot id
     assert rec["cause"] == "normal"
+
+
+def _stat_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read()[:80]
+    except OSError as e:
+        return str(e)
+
+
+def _cgroup_of(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return next((ln[3:].strip() for ln in f if ln.startswith("0::")), None)
+    except OSError:
+        return None
+
+
+def test_the_machine_is_a_cgroup_and_no_process_of_a_boot_outlives_it(
+        machine: SimMachine) -> None:
+    """Every process of the machine (unshare, PID 1, the layers, the services) runs in the
+    machine's cgroup, and a boot whose `unshare` died before its namespace (a closed
+    terminal's SIGHUP reaches the whole process group) ends with all of them gone before
+    the next boot starts: a restarter of the old boot left running made the cgroup root
+    again after the machine had removed it."""
+    mount = find_cgroup2_mount()
+    if machine.cgroup is None or mount is None:
+        pytest.skip("no writable cgroup v2 on this host: the machine runs without a cgroup")
+    chain_up(machine)
+    db = wait_until(lambda: machine.namespace_pids().get(
+        (channels.read_json(os.path.join(machine.state_dir, channels.SERVICE_RECORD_DIR,
+                                         "db.json")) or {}).get("pid", -1)), 20, "db's pid")
+    rel = "/" + os.path.relpath(machine.cgroup, mount)
+    unshare = machine._proc.pid if machine._proc else None
+    assert unshare is not None
+    first = {p: channels.proc_start_time(p) for p in [unshare, *machine.namespace_pids()
+                                                      .values()]}
+    where = {p: _cgroup_of(p) for p in first}
+    assert len(first) >= 5 and all(c is not None and c.startswith(rel + "/")
+                                   for c in where.values()), (rel, where)
+    assert where[unshare] == rel + "/chain" and where[db] == rel + "/services/db", where
+
+    os.kill(unshare, signal.SIGHUP)  # unshare dies first; its namespace follows
+    boot2 = machine.wait_boot(2, 30)
+    assert boot2["cause"] == "reboot"
+    left = [p for p, t in first.items() if t is not None and channels.proc_start_time(p) == t
+            and not _stat_line(p).rsplit(")", 1)[-1].startswith(" Z")]  # (a zombie ran out)
+    assert left == [], ("processes of boot 1 still ran when boot 2 started: "
+                        f"{[(p, _stat_line(p)) for p in left]}")
+    chain_up(machine)
+    assert all((c := _cgroup_of(p)) is None or c.startswith(rel + "/")
+               for p in machine.namespace_pids().values())
 
 
 def test_stopped_restarter_resets_the_machine(machine: SimMachine) -> None:

@@ -68,7 +68,7 @@ from hachain.simulators.machine import SimMachine
 cfg, d, netns = sys.argv[1:4]
 m = SimMachine(cfg, d, panic_delay=0.2, on_event=lambda _m: None, netns=netns or None)
 m.start()
-print(json.dumps({"cgroup": m.cgroup_root}), flush=True)
+print(json.dumps({"cgroup": m.cgroup}), flush=True)
 threading.Event().wait()
 """
 
