@@ -62,6 +62,38 @@ def children(pid: int) -> list[int]:
         return []
 
 
+# A process sent SIGKILL is gone once the kernel has run its exit: no timer of ours is
+# involved. On a loaded host an uninterruptible wait (a cgroup write queued behind
+# another test's, say) holds the exit back: CI once saw a SIGKILLed restarter still
+# there after 5 s. The bound is for a kernel that is stuck, not slow.
+KILLED_BOUND = 60.0
+
+
+def _kernel_state(pid: int) -> str:
+    """What the kernel says `pid` is doing: its state, wait channel and kernel stack."""
+    out = []
+    for name in ("stat", "wchan", "stack"):
+        try:
+            with open(f"/proc/{pid}/{name}") as f:
+                text = f.read().strip()
+        except OSError as e:
+            text = f"({e.strerror})"
+        if name == "stat":
+            text = " ".join(text.rsplit(")", 1)[-1].split()[:1])
+        out.append(f"{name}: {text}")
+    return "; ".join(out).replace("\n", " | ")
+
+
+def reap(proc: subprocess.Popen[Any], what: str, timeout: float = KILLED_BOUND) -> int:
+    """Wait for a process this test killed; its status. On a timeout, fail naming what
+    the kernel says the process is doing, so that a stuck exit explains itself."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{what} (pid {proc.pid}) still not reaped {timeout:g} s "
+                             f"after it was killed: {_kernel_state(proc.pid)}") from None
+
+
 def end_init(init: subprocess.Popen[bytes]) -> None:
     """Kill an init a test started and the layers it started: init is stopped first, so
     that it restarts nothing while its children are killed."""
@@ -70,7 +102,7 @@ def end_init(init: subprocess.Popen[bytes]) -> None:
         for pid in children(init.pid):
             os.kill(pid, signal.SIGKILL)
     init.kill()
-    init.wait(10)
+    reap(init, "init")
 
 
 # The marks of a module whose tests boot simulated machines (hachain.simulators.machine).
@@ -231,7 +263,7 @@ class RestarterRun:
     def kill_restarter(self) -> None:
         assert self.proc is not None
         self.proc.kill()
-        self.proc.wait(5)
+        reap(self.proc, "the restarter")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -240,7 +272,7 @@ class RestarterRun:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(5)
+                reap(self.proc, "the restarter")
 
     def cleanup(self) -> None:
         self.stop()
