@@ -20,7 +20,7 @@ import pytest
 
 from hachain import channels
 from hachain.restarter import spawn
-from tests.conftest import wait_until
+from tests.conftest import reap, wait_until
 from tests.test_chain import Chain
 
 
@@ -190,4 +190,4 @@ def test_an_adopted_exit_waits_for_a_late_reap(restarter, tmp_path) -> None:
         assert run.ping()  # the loop answered all along
     finally:
         reaper.kill()
-        reaper.wait(10)
+        reap(reaper, "the stand-in init")

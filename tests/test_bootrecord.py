@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hachain import bootrecord, channels
-from tests.conftest import wait_until
+from tests.conftest import reap, wait_until
 from tests.test_tickler import ForgedLayers, Rig
 
 BL = {"resets": 3, "window": 900.0, "action": "rescue"}
@@ -144,7 +144,7 @@ def test_sigkill_in_the_middle_of_writes_never_tears_the_record(tmp_path: Any) -
                 pass
         finally:
             p.send_signal(signal.SIGKILL)
-            p.wait(10)
+            reap(p, "the record writer")
         with open(os.path.join(d, bootrecord.RECORD), "rb") as f:
             rec = json.loads(f.read())  # never torn, never empty
         assert rec["counter"] >= last and rec["boots"][-1]["boot"] == rec["counter"]

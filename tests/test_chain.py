@@ -12,7 +12,7 @@ import pytest
 
 from hachain import channels, client
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
-from tests.conftest import svc, wait_until
+from tests.conftest import reap, svc, wait_until
 
 pytestmark = pytest.mark.slow  # whole chains
 
@@ -58,7 +58,7 @@ class Chain:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(5)
+                reap(self.proc, "the chain's init")
         for pid in self.pids:
             try:
                 if channels.pid_alive(pid):

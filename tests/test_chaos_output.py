@@ -35,7 +35,7 @@ import pytest
 
 from hachain import cli
 from hachain.simulators import chaos, chaos_kinds, chaos_report, chaos_runner
-from tests.conftest import wait_until
+from tests.conftest import reap, wait_until
 from tests.test_chaos import PY, needs_machine
 
 # --- the progress printer and the verdict line (no machine) ----------------------------------
@@ -221,7 +221,7 @@ def test_a_stop_signal_writes_a_partial_report_and_leaves_no_mount(
     finally:
         if proc.poll() is None:  # only when the test already failed
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            reap(proc, "the campaign")
     err, out = errf.read_text(), outf.read_text()
     assert rc == 1, err
     name = signal.Signals(sig).name
@@ -548,7 +548,7 @@ def test_closing_the_terminal_mid_campaign_leaves_a_report_and_no_mount(short_tm
             os.close(master)
         if proc.poll() is None:  # only when the test already failed
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            reap(proc, "the campaign")
     assert rc == 1
     assert chaos_runner.campaign_mounts(str(short_tmp)) == []
     rep = json.loads((report / "report.json").read_text())

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, RestarterRun, svc
+from tests.conftest import ROOT, RestarterRun, reap, svc
 
 # A bound on a Python process's start and a one-line refusal; nothing here waits on the
 # chain. Generous: a loaded CI host must not make a refusal look like a hang.
@@ -101,7 +101,7 @@ def test_metrics_unix_path_that_is_a_file_or_in_use_is_left_alone(tmp_path: Any)
             first.wait(CLI_TIMEOUT)
         except subprocess.TimeoutExpired:
             first.kill()
-            first.wait(CLI_TIMEOUT)
+            reap(first, "the first metrics server")
     assert first.returncode == 0 and not os.path.exists(sock)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from hachain.simulators import cluster_chaos
+from tests.conftest import reap
 from tests.test_cluster_chaos_stop import (
     ETCD_START,
     STOP_BOUND,
@@ -81,7 +82,7 @@ def _mentioning(path: str) -> dict[int, str]:
 def _clean_up_after_a_failed_test(proc: subprocess.Popen[bytes], kids: dict[int, str]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        reap(proc, "the campaign")
     for pid, start in kids.items():
         if _alive(pid, start):
             os.kill(pid, signal.SIGKILL)

@@ -25,7 +25,7 @@ from hachain.simulators.cluster_chaos import HB, MARGIN, SETTLE, TTL, WD, summar
 from hachain.simulators.cluster_harness import ETCD, config_text
 from hachain.simulators.machine import CGROUP_PREFIX
 from tests import test_cluster_chaos
-from tests.conftest import wait_until
+from tests.conftest import reap, wait_until
 
 CLUSTER = test_cluster_chaos.pytestmark  # slow, root, ip/nsenter/unshare, etcd
 
@@ -182,7 +182,7 @@ def test_a_stop_signal_ends_the_cluster_campaign_with_a_partial_report_and_nothi
     finally:
         if proc.poll() is None:  # only when the test already failed
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            reap(proc, "the campaign")
         for pid, start in kids.items():
             if _alive(pid, start):
                 os.kill(pid, signal.SIGKILL)

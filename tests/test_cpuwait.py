@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from hachain.simulators.qemu.cpuwait import CpuWaitRecorder, read_waits, wait_between
+from tests.conftest import reap
 
 MS = 1_000_000  # ns
 
@@ -50,7 +51,7 @@ def children() -> Iterator[list[subprocess.Popen[bytes]]]:
     yield procs
     for p in procs:
         p.kill()
-        p.wait(10)
+        reap(p, "a child")
 
 
 def _needs_schedstat() -> None:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from hachain import channels
-from tests.conftest import wait_until
+from tests.conftest import reap, wait_until
 from tests.helpers import daemons as D
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # real daemons and a benchmark
@@ -156,7 +156,7 @@ def test_sshd_restart_keeps_open_sessions_only_with_kill_mode_process(kill_mode:
             finally:
                 if sess.poll() is None:
                     sess.kill()
-                sess.wait(10)
+                reap(sess, "the ssh session")
 
 
 def test_migrate_then_serve_appliance() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from hachain import channels
 from hachain.watchdog import tickler
-from tests.conftest import wait_until
+from tests.conftest import reap, wait_until
 
 INTERVAL = 0.5  # [chain] heartbeat_interval of the chain below
 
@@ -49,12 +49,12 @@ def test_init_gone_follows_the_process_through_its_pidfd() -> None:
         # a zombie counts as gone, before anyone reaps it
         wait_until(lambda: channels.proc_state(p.pid) == "Z", 10, "the zombie")
         assert channels.init_gone(init) == f"init (pid {p.pid}) is gone"
-        p.wait(5)
+        reap(p, "the stand-in init")
         assert channels.init_gone(init) == f"init (pid {p.pid}) is gone"
     finally:
         if p.poll() is None:
             p.kill()
-            p.wait(5)
+            reap(p, "the stand-in init")
         fd = channels._INIT_PIDFDS.pop((p.pid, start), None)
         if fd is not None:
             os.close(fd)
@@ -80,7 +80,7 @@ def chain(tmp_path: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)  # init's own session: only this chain
-                p.wait(5)
+                reap(p, "the chain's init")
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from hachain import channels
-from tests.conftest import wait_until
+from tests.conftest import reap, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "helpers" / "fake_layer.py"
@@ -153,7 +153,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., InitRun]]:
         for pid in run.recorded_pids():
             kill_if_ours(pid, str(run.dir))
         run.proc.kill()
-        run.proc.wait(timeout=10)
+        reap(run.proc, "init")
         for pid in run.recorded_pids():  # anything started before the SIGSTOP landed
             kill_if_ours(pid, str(run.dir))
 
@@ -374,7 +374,7 @@ def ns_launch(tmp_path: Path, unshare_ok: None) -> Iterator[Callable[..., tuple[
             except ProcessLookupError:
                 pass
         proc.kill()
-        proc.wait(timeout=10)
+        reap(proc, "unshare")
 
 
 def wait_ns_ready(run: InitRun) -> channels.Heartbeat:

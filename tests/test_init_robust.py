@@ -25,7 +25,7 @@ import pytest
 from hachain import bootrecord, channels
 from hachain.init import main as init_main
 from hachain.simulators.wdsim import SoftWatchdog
-from tests.conftest import children, heartbeat_window, wait_until
+from tests.conftest import children, heartbeat_window, reap, wait_until
 from tests.test_init import InitRun, fake_cmd, kill_if_ours, launch  # noqa: F401
 from tests.test_tickler_robust import init_with_tickler
 
@@ -101,7 +101,7 @@ def init_on_full_pipe(tmp_path: Path, *args: str) -> Iterator[tuple[InitRun, Pip
         for pid in run.recorded_pids():
             kill_if_ours(pid, str(workdir))
         proc.kill()
-        proc.wait(10)
+        reap(proc, "init")
         if reader.thread.is_alive():
             reader.eof.wait(10)  # the read ends once the last writer is gone
         os.close(r)

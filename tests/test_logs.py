@@ -19,7 +19,7 @@ import pytest
 
 from hachain import logs
 from hachain.logger.files import LogFile
-from tests.conftest import RestarterRun, wait_until
+from tests.conftest import RestarterRun, reap, wait_until
 
 PY = sys.executable
 
@@ -296,7 +296,7 @@ def test_cli_follow_of_a_real_service(restarter: Any) -> None:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(5)
+            reap(proc, "hachain logs -f")
     assert proc.returncode == 0
 
 

@@ -28,7 +28,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hachain import channels, metrics
-from tests.conftest import RestarterRun, svc, wait_until
+from tests.conftest import RestarterRun, reap, svc, wait_until
 
 SERVICES = {
     "db": {"state": "ready", "want": "up", "pid": 4242, "kind": "longrun", "uptime": 12.5,
@@ -184,7 +184,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(5)
+            reap(proc, "hachain metrics")
 
 
 def test_http_scrape_on_loopback(chain_dirs: Any) -> None:

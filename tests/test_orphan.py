@@ -18,7 +18,7 @@ import pytest
 
 from hachain import channels, client
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
-from tests.conftest import svc, wait_until
+from tests.conftest import reap, svc, wait_until
 
 pytestmark = pytest.mark.slow  # whole chains
 
@@ -87,7 +87,7 @@ class Chains:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-                    p.wait(5)
+                    reap(p, "the chain's init")
         for pid in self.pids:  # only processes this test's chains started
             try:
                 if channels.pid_alive(pid):
@@ -130,7 +130,7 @@ def kill_init(c: Chains, init: subprocess.Popen[bytes]) -> tuple[int, int]:
     rpid = wait_until(lambda: c.layer_pid("restarter", init), 10, "the restarter's pid")
     tpid = wait_until(lambda: c.layer_pid("tickler", init), 10, "the tickler's pid")
     init.kill()
-    init.wait(5)
+    reap(init, "init")
     return rpid, tpid
 
 
@@ -212,7 +212,7 @@ def test_orphaned_tickler_leaves_a_sim_watchdog_armed_and_it_fires(tmp_path: Any
             rig.procs.append(tickler)
             wait_until(lambda: rig.pets() >= 2, 10, "the tickler to pet")
             fake_init.kill()
-            fake_init.wait(5)
+            reap(fake_init, "the stand-in init")
             t0 = time.monotonic()
             tickler.wait(TIMEOUT)  # one tick (min(pet_interval, heartbeat_interval)) + exit
             print(f"orphaned tickler exited {(time.monotonic() - t0) * 1e3:.0f} ms after "
@@ -226,7 +226,7 @@ def test_orphaned_tickler_leaves_a_sim_watchdog_armed_and_it_fires(tmp_path: Any
     finally:
         if fake_init.poll() is None:
             fake_init.kill()
-            fake_init.wait(5)
+            reap(fake_init, "the stand-in init")
         rig.close()
 
 
@@ -251,4 +251,4 @@ def test_init_gone_by_pid_and_start_time_never_on_a_read_error() -> None:
         os.environ.pop(channels.ENV_INIT_PID, None)
         if sleeper.poll() is None:
             sleeper.kill()
-        sleeper.wait(5)
+        reap(sleeper, "the stand-in init")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hachain import channels
-from tests.conftest import svc, wait_until
+from tests.conftest import reap, svc, wait_until
 from tests.test_tickler import GRACE, HB_TIMEOUT, PET, ForgedLayers, Rig
 
 pytestmark = pytest.mark.slow  # waits of watchdog timeouts
@@ -103,7 +103,7 @@ def test_late_pets_are_warned_and_the_worst_shows_in_status(tmp_path: Any) -> No
                    f"(warning above {warn:g} s; 1 late)" in out, out
             # A tickler restarted within the boot carries the worst lateness on.
             p.kill()
-            p.wait(10)
+            reap(p, "the tickler")
             r.start_tickler()
             h2 = wait_until(lambda: (h := r.tickler_hb()) and h.pid != p.pid and h, 10,
                             "the new tickler's heartbeat")

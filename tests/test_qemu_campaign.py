@@ -30,7 +30,7 @@ from hachain.simulators.qemu.campaign import (
     schedule,
 )
 from hachain.simulators.qemu.chain import chain_config
-from tests.conftest import wait_until
+from tests.conftest import reap, wait_until
 
 SEED, FAULTS = 67, 4
 
@@ -135,7 +135,7 @@ def test_ctrl_c_mid_campaign_writes_a_partial_report_and_leaves_no_qemu(
     finally:
         if proc.poll() is None:  # only when the test already failed
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            reap(proc, "the campaign")
         for pid, start in kids.items():
             if _alive(pid, start):
                 os.kill(pid, signal.SIGKILL)

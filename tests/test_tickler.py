@@ -22,7 +22,7 @@ from hachain import channels
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from hachain.watchdog import tickler
 from hachain.watchdog.device import WDIOF_CARDRESET, sim_attributes
-from tests.conftest import heartbeat_window, wait_until
+from tests.conftest import heartbeat_window, reap, wait_until
 
 TIMEOUT = 3
 PET = 0.5
@@ -140,7 +140,7 @@ class Rig:
         for p in self.procs + [self.sleeper]:
             if p.poll() is None:
                 p.kill()
-            p.wait(10)
+            reap(p, "a process of the rig")
         self.server.stop()
 
 
@@ -186,7 +186,7 @@ def test_dead_restarter_gets_the_grace_then_fails_the_gate(rig: Rig) -> None:
             wait_until(lambda: rig.pets() >= 2, 10, "petting")
             layers.beating("restarter", False)
             victim.kill()
-            victim.wait(5)
+            reap(victim, "the stand-in restarter")
             t0 = layers.last["restarter"]
 
             def tick_after(t: float) -> channels.Heartbeat | None:
@@ -200,7 +200,7 @@ def test_dead_restarter_gets_the_grace_then_fails_the_gate(rig: Rig) -> None:
             assert f"pid {victim.pid} dead: not restarted" in gate["reasons"][0], gate
     finally:
         victim.kill()
-        victim.wait(5)
+        reap(victim, "the stand-in restarter")
 
 
 @pytest.mark.slow
@@ -261,7 +261,7 @@ def test_killed_tickler_leaves_it_armed_and_a_new_one_takes_over(rig: Rig) -> No
         boot_rec = wait_until(lambda: channels.read_json(  # written by the writer thread
             os.path.join(rig.persist_dir, "last_boot.json")), 5, "last_boot.json")
         p.kill()
-        p.wait(10)
+        reap(p, "the tickler")
         assert sim_attributes(rig.sock)["state"] == "active"  # no magic close: still armed
         rig.start_tickler()
         wait_until(lambda: (h := rig.tickler_hb()) and h.pid != p.pid and h.extra["pets"] >= 2,
