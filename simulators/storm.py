@@ -38,6 +38,9 @@ from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 
 GATE_FAILED = b"health gate FAILED"
 SAMPLE_EVERY = 0.05
+# s for a SIGKILLed process to be reaped: the kernel runs its exit, no timer of ours;
+# on a loaded host an uninterruptible wait can hold that back for seconds
+KILLED_BOUND = 60.0
 
 
 class RecordingWatchdog(SoftWatchdog):
@@ -93,7 +96,7 @@ def stop_procs(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
     for p in procs:
         try:
-            p.wait(10)
+            p.wait(KILLED_BOUND)
         except subprocess.TimeoutExpired:
             pass
 
@@ -260,7 +263,10 @@ class Storm:
                 self.proc.wait(120)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(10)
+                try:
+                    self.proc.wait(KILLED_BOUND)
+                except subprocess.TimeoutExpired:
+                    pass  # a stuck kernel: still remove what this storm made
         self.server.stop()
         if self.cg:
             remove_cgroup_tree(self.cg)

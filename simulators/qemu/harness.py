@@ -58,6 +58,9 @@ AGENT_SCRIPT = HERE / "guest_agent.py"
 PETTER_SCRIPT = HERE / "guest_petter.py"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HIDDEN_IN_GUEST = ("/tmp", "/run", "/dev", "/proc", "/sys")
+# s for a SIGKILLed process to be reaped: the kernel runs its exit, no timer of ours;
+# on a loaded host an uninterruptible wait can hold that back for seconds
+KILLED_BOUND = 60.0
 
 __all__ = [
     "AGENT_SCRIPT",
@@ -361,7 +364,10 @@ class QemuMachine:
                     proc.wait(5)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-                    proc.wait(5)
+                    try:
+                        proc.wait(KILLED_BOUND)
+                    except subprocess.TimeoutExpired:
+                        pass  # a stuck kernel: still stop the readers, drop the workdir
             self._returncode = proc.returncode
             if self._console is not None:
                 self._console.join(5)
