@@ -366,12 +366,11 @@ def snapshot(m: SimMachine) -> Snapshot:
             error = str(rep.get("error"))
     except client.ControlError as e:
         error = str(e)
-    try:
-        admin = channels.read_json(os.path.join(m.persist_dir, channels.ADMIN_STATE),
-                                   regular=True)
-    except (ValueError, OSError) as e:
-        admin = f"unreadable: {e}"
-    return Snapshot(now, len(m.boots), init, layers, ages, services, error, procs, admin or {},
+    # as a starting restarter takes it; a file it would set aside (no regular file, not
+    # JSON, not of admin.json's shape) is seen as "unreadable: what is wrong with it"
+    held, why = read_admin(m.persist_dir)
+    admin: Any = f"unreadable: {why}" if why else held
+    return Snapshot(now, len(m.boots), init, layers, ages, services, error, procs, admin,
                     _records(m.state_dir), _logger(m.state_dir, by_ns))
 
 

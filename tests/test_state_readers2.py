@@ -416,6 +416,24 @@ def test_chaos_snapshot_of_a_machine_waits_on_no_fifo(tmp_path: Any) -> None:
     assert snap.logger is None
 
 
+def test_chaos_snapshot_takes_admin_json_as_the_restarter_does(tmp_path: Any) -> None:
+    """A misshapen admin.json (a JSON list, an entry that is no object) is what a
+    starting restarter sets aside: the snapshot says so instead of passing the list on as
+    the administrator's state, which the convergence check then took for a change."""
+    from simulators import converge
+    m = _machine(tmp_path)
+    path = os.path.join(m.persist_dir, channels.ADMIN_STATE)
+    _put(path, b'{"web": {"want": "down"}}')
+    assert converge.snapshot(m).admin == {"web": {"want": "down"}}
+    for bad in (b'[{"web": "down"}]', b'{"web": 5}'):
+        _put(path, bad)
+        admin = converge.snapshot(m).admin
+        assert isinstance(admin, str) and admin.startswith(f"unreadable: {path}: "), admin
+        assert admin.endswith("; ignored")
+    os.unlink(path)
+    assert converge.snapshot(m).admin == {}
+
+
 # --- the boot record's other writers say when they set it aside ---------------------------
 
 def _damaged_record(persist: str) -> bytes:
