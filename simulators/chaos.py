@@ -198,7 +198,7 @@ def _campaign(args: argparse.Namespace, kinds: list[str]) -> int:
     progress = Progress()
     try:
         rep = run_campaign(cfg_path, os.path.join(work, "c"), seed, chosen, runnable,
-                           skipped, tmpfs, progress)
+                           skipped, tmpfs, progress, note=progress.note)
     except CampaignError as e:
         _say(f"hachain chaos: {e} (seed {seed})", sys.stderr)
         return 1

@@ -86,6 +86,7 @@ class Progress:
         self.t0 = clock()
         self.t_first: float | None = None  # the first fault's start (boot time excluded)
         self.fails = 0
+        self.bar = ""  # the bar as last drawn (a terminal only), to draw again after a note
 
     def _write(self, text: str) -> None:
         try:
@@ -116,15 +117,25 @@ class Progress:
             tail = what or (f"#{res.index} {res.kind} {res.target} "
                             f"{'%.2f s' % res.converge if res.ok and res.converge else 'FAIL'}"
                             if res else "")
-            self._write(f"\r\033[K[{'#' * done}{'-' * (width - done)}] {i}/{n} "
+            self.bar = (f"[{'#' * done}{'-' * (width - done)}] {i}/{n} "
                         f"fails {self.fails} | {self.times(i, n)} | {tail}")
+            self._write("\r\033[K" + self.bar)
             if i == n and res is not None:
                 self._write("\n")
+                self.bar = ""
         elif res is not None:
             verdict = (f"converged in {res.converge:.2f} s" if res.ok and res.converge
                        is not None else "FAILED (above)" if not res.ok else "ok")
             self._write(f"chaos: {i}/{n} #{res.index} {res.kind} {res.target}: {verdict} "
                         f"| {self.times(i, n)}\n")
+
+    def note(self, line: str) -> None:
+        """A line of its own (a warning about the machine): on a terminal above the bar,
+        which is drawn again under it, as it was."""
+        if self.tty:
+            self._write(f"\r\033[K{line}\n{self.bar}")
+        else:
+            self._write(line + "\n")
 
     def interrupted(self) -> None:
         """End the bar's line (a signal stopped the campaign)."""

@@ -131,7 +131,7 @@ class Campaign:
     def __init__(self, config_path: str, workdir: str, seed: int, faults: list[Fault],
                  kinds: list[str], skipped: dict[str, str], settle: float = 0.5,
                  progress: Callable[[int, int, Result | None, str], None] | None = None,
-                 tmpfs: bool = True) -> None:
+                 tmpfs: bool = True, note: Callable[[str], None] | None = None) -> None:
         self.config_path = config_path
         self.cfg = config.load(config_path)
         # the machine runs from a copy: config-broken breaks the copy, never the user's file
@@ -146,6 +146,7 @@ class Campaign:
         self.skipped = skipped
         self.settle = settle
         self.progress = progress or (lambda *_a: None)
+        self.note = note  # writes a line above the progress bar and draws the bar again
         self.want_tmpfs = tmpfs
         self.mounts: list[str] = []
         self.machine: SimMachine | None = None
@@ -229,8 +230,11 @@ class Campaign:
     # -- observation ----------------------------------------------------------------------
 
     def say(self, line: str) -> None:
-        """One line on stderr about the machine (above the progress bar on a terminal,
-        which the next fault redraws); a terminal gone away (EIO after SIGHUP) drops it."""
+        """One line on stderr about the machine: through `note` (above the progress bar,
+        which it draws again) when given; a terminal gone away (EIO after SIGHUP) drops it."""
+        if self.note is not None:
+            self.note(f"chaos: {line}")
+            return
         try:
             tty = sys.stderr.isatty()
             sys.stderr.write(("\r\033[K" if tty else "") + f"chaos: {line}\n")
@@ -559,9 +563,10 @@ def _console_position(path: str) -> tuple[str, int]:
 
 def run_campaign(cfg_path: str, work: str, seed: int, faults: list[Fault], kinds: list[str],
                  skipped: dict[str, str], tmpfs: bool,
-                 progress: Callable[..., None] | None) -> dict[str, Any]:
+                 progress: Callable[..., None] | None,
+                 note: Callable[[str], None] | None = None) -> dict[str, Any]:
     """One Campaign on a fresh machine directory under `work`, mounts cleaned up after."""
-    c = Campaign(cfg_path, work, seed, faults, kinds, skipped, progress=progress)
+    c = Campaign(cfg_path, work, seed, faults, kinds, skipped, progress=progress, note=note)
     longest = os.path.join(c.machine_dir, "run", "hachain", channels.CONTROL_SOCKET)
     if len(longest.encode()) > MAX_SOCKET_PATH:
         raise CampaignError(f"{longest}: {len(longest.encode())} bytes, too long for a Unix "

@@ -81,6 +81,24 @@ def test_a_failure_stays_on_screen_above_a_bar_with_elapsed_and_left() -> None:
     assert "elapsed 25 s" in bar and "~5 s left" in bar, bar
 
 
+def test_a_note_about_the_machine_goes_above_the_bar_and_the_bar_stays() -> None:
+    """A warning the campaign prints while a fault runs (a bad admin.json it ignores)
+    is a line of its own above the bar, and the bar is drawn again under it: before, the
+    warning cleared the bar until the next fault redrew it."""
+    out = _Tty()
+    p = chaos_report.Progress(out)
+    p(0, 3, None, "kill-service worker")
+    p.note("chaos: /p/admin.json: not JSON; ignored")
+    screen = _screen(out.getvalue())
+    assert screen[-2] == "chaos: /p/admin.json: not JSON; ignored"
+    assert screen[-1].startswith("[") and "0/3" in screen[-1] and "kill-service worker" in \
+        screen[-1]
+    plain = io.StringIO()
+    q = chaos_report.Progress(plain)
+    q.note("chaos: a warning")
+    assert plain.getvalue() == "chaos: a warning\n"
+
+
 def test_progress_without_a_terminal_is_one_line_per_fault() -> None:
     out = io.StringIO()
     p = chaos_report.Progress(out)
