@@ -20,7 +20,7 @@ import pytest
 
 from hachain import channels
 from hachain.restarter import spawn
-from tests.conftest import reap, wait_until
+from tests.conftest import KILLED_BOUND, reap, wait_until
 from tests.test_chain import Chain
 
 
@@ -176,7 +176,7 @@ def test_an_adopted_exit_waits_for_a_late_reap(restarter, tmp_path) -> None:
                            and hb.pid, 10, "the first restarter's heartbeat")
         os.kill(first, signal.SIGKILL)
         wait_until(lambda: f"{first} " in (report.read_text() if report.exists() else ""),
-                   10, "the stand-in init to reap the killed restarter")
+                   KILLED_BOUND, "the stand-in init to reap the killed restarter")
         run.start()  # the next restarter, which adopts prepare
         st = wait_until(lambda: (s := run.svc("prepare")).get("reason") == "adopted" and s,
                         30, "prepare adopted")

@@ -15,7 +15,7 @@ import pytest
 
 from hachain import channels
 from hachain.watchdog import tickler
-from tests.conftest import reap, wait_until
+from tests.conftest import KILLED_BOUND, reap, wait_until
 
 INTERVAL = 0.5  # [chain] heartbeat_interval of the chain below
 
@@ -47,7 +47,7 @@ def test_init_gone_follows_the_process_through_its_pidfd() -> None:
         assert channels.init_gone((p.pid, start + 1)) is not None  # another process
         p.kill()
         # a zombie counts as gone, before anyone reaps it
-        wait_until(lambda: channels.proc_state(p.pid) == "Z", 10, "the zombie")
+        wait_until(lambda: channels.proc_state(p.pid) == "Z", KILLED_BOUND, "the zombie")
         assert channels.init_gone(init) == f"init (pid {p.pid}) is gone"
         reap(p, "the stand-in init")
         assert channels.init_gone(init) == f"init (pid {p.pid}) is gone"

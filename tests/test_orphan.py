@@ -18,7 +18,7 @@ import pytest
 
 from hachain import channels, client
 from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree
-from tests.conftest import reap, svc, wait_until
+from tests.conftest import KILLED_BOUND, reap, svc, wait_until
 
 pytestmark = pytest.mark.slow  # whole chains
 
@@ -246,7 +246,8 @@ def test_init_gone_by_pid_and_start_time_never_on_a_read_error() -> None:
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         sleeper.kill()
-        wait_until(lambda: channels.init_gone(init), 5, "a dead init to be seen as gone")
+        wait_until(lambda: channels.init_gone(init), KILLED_BOUND,
+                   "a dead init to be seen as gone")
     finally:
         os.environ.pop(channels.ENV_INIT_PID, None)
         if sleeper.poll() is None:

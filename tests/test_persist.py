@@ -19,7 +19,7 @@ import pytest
 
 from hachain import channels
 from hachain.restarter.persist import RESERVE, RESERVE_BYTES, RuntimeRecord, Store, WriteQueue
-from tests.conftest import RestarterRun, svc, wait_until
+from tests.conftest import KILLED_BOUND, RestarterRun, svc, wait_until
 
 HEARTBEAT = 0.2  # the restarter's heartbeat_interval in these tests (RestarterRun's)
 
@@ -348,7 +348,7 @@ def test_stop_that_finished_while_no_restarter_watched_ends_stopped(restarter: A
     r.wait_state("a", "stopping")
     r.kill_restarter()
     os.killpg(pid, signal.SIGKILL)
-    wait_until(lambda: not channels.pid_alive(pid), 10, f"pid {pid} gone")
+    wait_until(lambda: not channels.pid_alive(pid), KILLED_BOUND, f"pid {pid} gone")
     r.start()
     a = r.wait_state("a", "stopped")
     assert a["want"] == "down" and a["pid"] is None

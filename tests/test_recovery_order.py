@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from hachain import channels
-from tests.conftest import wait_until
+from tests.conftest import KILLED_BOUND, wait_until
 
 N = 40
 
@@ -41,7 +41,8 @@ def _crash_with(r, victims: list[str], n: int) -> tuple[dict, dict]:
     r.kill_restarter()
     for v in victims:
         os.kill(before[v]["pid"], signal.SIGKILL)
-        wait_until(lambda v=v: not channels.pid_alive(before[v]["pid"]), 10, f"{v} gone")
+        wait_until(lambda v=v: not channels.pid_alive(before[v]["pid"]), KILLED_BOUND,
+                   f"{v} gone")
     r.start()
     after = wait_until(lambda: _all_ready(r, n), 30, f"{n} services ready again")
     return before, after

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from hachain import channels, client
-from tests.conftest import svc, wait_until
+from tests.conftest import KILLED_BOUND, svc, wait_until
 
 
 @pytest.mark.slow
@@ -152,7 +152,7 @@ ready = "notify"
     r.kill_restarter()
     victim = before["s3"]
     os.killpg(victim, signal.SIGKILL)  # dies while no restarter watches it
-    wait_until(lambda: not channels.pid_alive(victim), 5, "s3 dead")
+    wait_until(lambda: not channels.pid_alive(victim), KILLED_BOUND, "s3 dead")
     r.start()
     after = wait_until(lambda: (st := r.status())["s3"]["state"] == "ready" and st, 10, "s3 back")
     for n, pid in before.items():
@@ -178,7 +178,7 @@ command = {svc("sleep")}
     path = os.path.join(r.state_dir, "services", "a.json")
     d = channels.read_json(path)
     os.killpg(pid, signal.SIGKILL)
-    wait_until(lambda: not channels.pid_alive(pid), 5, "a dead")
+    wait_until(lambda: not channels.pid_alive(pid), KILLED_BOUND, "a dead")
     d["pid"] = os.getpid()
     channels.write_json(path, d)
     r.start()

@@ -20,7 +20,7 @@ import pytest
 from hachain.cgroupfs import find_cgroup2_mount
 from hachain.config import ServiceConfig
 from hachain.restarter import spawn
-from tests.conftest import children, wait_until
+from tests.conftest import KILLED_BOUND, children, wait_until
 
 SVC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "svc.py")
 
@@ -178,7 +178,7 @@ def test_a_cgroup_that_was_killed_takes_a_new_service(cgroups, tmp_path, started
     assert cgroups.kill("k")
     os.waitpid(first, 0)
     started.remove(first)
-    wait_until(lambda: not cgroups.populated("k"), 10, "the killed cgroup empty")
+    wait_until(lambda: not cgroups.populated("k"), KILLED_BOUND, "the killed cgroup empty")
 
     def enter(path: str) -> None:
         raise AssertionError(f"the restarter moved itself into {path}: the fallback ran")
