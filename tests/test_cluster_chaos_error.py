@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from hachain.simulators import cluster_chaos
-from tests.conftest import reap
+from tests.conftest import KILLED_BOUND, reap
 from tests.test_cluster_chaos_stop import (
     ETCD_START,
     STOP_BOUND,
@@ -200,7 +200,7 @@ exec {ETCD} "$@"
                     cmds[pid] = _cmdline(pid)
             time.sleep(0.2)
         rc = proc.wait(1)
-        end = time.monotonic() + 10
+        end = time.monotonic() + KILLED_BOUND  # (what it killed: the kernel's to finish)
         while [p for p, s in kids.items() if _alive(p, s)] and time.monotonic() < end:
             time.sleep(0.05)
         alive = [p for p, s in kids.items() if _alive(p, s)]

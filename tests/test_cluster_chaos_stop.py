@@ -25,7 +25,7 @@ from hachain.simulators.cluster_chaos import HB, MARGIN, SETTLE, TTL, WD, summar
 from hachain.simulators.cluster_harness import ETCD, config_text
 from hachain.simulators.machine import CGROUP_PREFIX
 from tests import test_cluster_chaos
-from tests.conftest import reap, wait_until
+from tests.conftest import KILLED_BOUND, reap, wait_until
 
 CLUSTER = test_cluster_chaos.pytestmark  # slow, root, ip/nsenter/unshare, etcd
 
@@ -176,7 +176,9 @@ def test_a_stop_signal_ends_the_cluster_campaign_with_a_partial_report_and_nothi
         assert _leftovers(proc.pid, work), "the campaign made no namespace to check"
         (os.killpg if group else os.kill)(proc.pid, sig)
         rc = proc.wait(STOP_BOUND)
-        wait_until(lambda: not [p for p, s in kids.items() if _alive(p, s)], 10,
+        # the campaign killed and waited for what it started before it exited: what is
+        # left is the kernel's to finish (KILLED_BOUND)
+        wait_until(lambda: not [p for p, s in kids.items() if _alive(p, s)], KILLED_BOUND,
                    "every process of the campaign gone")
         assert _leftovers(proc.pid, work) == []
     finally:
