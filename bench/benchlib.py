@@ -1,5 +1,6 @@
-"""What every benchmark script here needs: the stamp service compiled, and a process's
-memory from /proc. (The scripts run from this folder, so `import benchlib` finds it.)"""
+"""What every benchmark script here needs: the stamp service (or another bench/*.c)
+compiled, and a process's memory from /proc. (The scripts run from this folder, so
+`import benchlib` finds it.)"""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def compile_stamp(tmp: str, who: str = "bench", static: bool = True) -> tuple[str, str]:
-    """Compile bench/stamp.c into <tmp>: (path, "static" or "dynamic"). Static unless
-    asked otherwise or the static C library is missing (libc6-dev), then dynamic with a
-    note on stderr. Exits with a one-line reason without a compiler."""
-    src = os.path.join(HERE, "stamp.c")
-    out = os.path.join(tmp, "stamp")
+def compile_c(tmp: str, name: str, who: str = "bench", static: bool = False,
+              note: str = "") -> tuple[str, str]:
+    """Compile bench/<name>.c with cc -O2 into <tmp>/<name>: (path, "static" or "dynamic").
+    With static, falls back to a dynamic link when the static C library is missing
+    (libc6-dev), saying so on stderr (plus `note`). Exits with a one-line reason without a
+    compiler."""
+    src = os.path.join(HERE, f"{name}.c")
+    out = os.path.join(tmp, name)
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         sys.exit(f"{who}: needs a C compiler (apt-get install gcc) for {src}")
@@ -26,10 +29,17 @@ def compile_stamp(tmp: str, who: str = "bench", static: bool = True) -> tuple[st
         if p.returncode == 0:
             return out, "static"
         why = (p.stderr.strip().splitlines() or ["no reason given"])[-1]
-        print(f"{who}: note: cannot link {src} statically ({why}); the stamp is dynamic "
-              "and its figures include the dynamic loader", file=sys.stderr)
+        print(f"{who}: note: cannot link {src} statically ({why}){note}", file=sys.stderr)
     subprocess.run([cc, "-O2", "-o", out, src], check=True)
     return out, "dynamic"
+
+
+def compile_stamp(tmp: str, who: str = "bench", static: bool = True) -> tuple[str, str]:
+    """Compile bench/stamp.c into <tmp>: (path, "static" or "dynamic"). Static unless
+    asked otherwise or the static C library is missing (libc6-dev), then dynamic with a
+    note on stderr. Exits with a one-line reason without a compiler."""
+    return compile_c(tmp, "stamp", who, static,
+                     "; the stamp is dynamic and its figures include the dynamic loader")
 
 
 def byte_compile() -> None:

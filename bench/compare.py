@@ -9,6 +9,13 @@ main() it sends "<pid> <CLOCK_MONOTONIC ns>" to a datagram socket, then pauses f
 s6 and runit exec ./run (a symlink to the binary), so the socket path reaches them through
 $STAMP_SOCK; hachain and supervisord pass it as argv[1] and the service name as argv[2].
 
+Two more peers, not run unless named in --peers: "floor" and "floor-nocg", bench/floor.c
+(compiled per run), a bare C loop that restarts a dead service at once (signalfd + epoll,
+waitpid, then clone3 with CLONE_INTO_CGROUP into the service's own cgroup, or fork() for
+floor-nocg, and execve). It is the least any supervisor could do on this machine: the floor
+under every restart figure. It cannot recover from its own death, so the recovery workload
+(4.) skips it.
+
 Workloads, for each supervisor in its fastest supported setting (see docs/benchmarks.md):
 1. restart after idle (the headline): a service is SIGKILLed after at least 1 s in which
    nothing happened (no kill, no restart, on any supervisor), at a random phase within a
@@ -54,7 +61,7 @@ sys.path.insert(0, ROOT)
 import benchlib  # noqa: E402
 
 from hachain import channels, client  # noqa: E402
-from hachain.cgroupfs import find_cgroup2_mount  # noqa: E402
+from hachain.cgroupfs import find_cgroup2_mount, remove_cgroup_tree  # noqa: E402
 
 PEERS = ("hachain", "s6", "runit", "supervisord")
 PR_SET_CHILD_SUBREAPER = 36
@@ -272,6 +279,7 @@ class Peer:
     name = ""
     top_name = ""  # the process the recovery workload kills
     restarted_by = ""  # who brings the top process back on a real system
+    recovers = True  # False: the recovery workload (killing the top process) is skipped
     comms: tuple[str, ...] = ()  # process names counted as "the supervisor"
 
     def __init__(self, bench: Bench, n: int, notify: bool = False) -> None:
@@ -520,8 +528,54 @@ class Supervisord(Peer):
         return [self.top_pid()]
 
 
+class Floor(Peer):
+    """bench/floor.c: the least a supervisor can do; each service in a cgroup of its own
+    (when the cgroup2 mount is writable and not --no-cgroups)."""
+
+    name = "floor"
+    top_name = "floor"
+    restarted_by = ("nothing; not measured: a restarted floor would start every service "
+                    "again beside the orphans, it adopts nothing")
+    recovers = False
+    comms = ("floor",)
+    cgroups = True
+
+    def setup(self) -> None:
+        mount = find_cgroup2_mount()
+        self.cg = None
+        if self.cgroups and mount and os.access(mount, os.W_OK) and \
+                not self.bench.args.no_cgroups:
+            self.cg = os.path.join(mount, f"floor-compare-{os.getpid()}-"
+                                   f"{os.path.basename(self.dir)}")
+        elif self.cgroups and not self.bench.args.no_cgroups:
+            print(f"compare: note: no writable cgroup2 mount; {self.name} runs without "
+                  "cgroups", file=sys.stderr)
+
+    def argv(self) -> list[str]:
+        assert self.bench.floor_exe, "bench/floor.c was not compiled"
+        return [self.bench.floor_exe, self.bench.exe, self.stamps.path, str(self.n),
+                *([self.cg] if self.cg else [])]
+
+    def stop(self) -> None:
+        # SIGTERM: the floor kills and reaps its services and removes its cgroups
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: self.proc.poll() is not None, 10)  # type: ignore[union-attr]
+        self.kill_members()
+        if self.cg:  # left behind when the floor itself was SIGKILLed
+            remove_cgroup_tree(self.cg)
+
+
+class FloorNoCgroup(Floor):
+    """bench/floor.c with plain fork(): no cgroups at all."""
+
+    name = "floor-nocg"
+    cgroups = False
+
+
 PEER_CLASSES: dict[str, type[Peer]] = {"hachain": Hachain, "s6": S6, "runit": Runit,
-                                       "supervisord": Supervisord}
+                                       "supervisord": Supervisord, "floor": Floor,
+                                       "floor-nocg": FloorNoCgroup}
 PACKAGES = {"s6": ("s6-svscan", "s6"), "runit": ("runsvdir", "runit"),
             "supervisord": ("supervisord", "supervisor")}
 
@@ -735,6 +789,8 @@ def bench_size(bench: Bench, names: list[str], n: int, sizes: list[int],
             log(f"{p}: {len(lat)} restarts with {n} services, p50 {res[p][f'p50@{n}']:.2f} ms")
         if n == max(sizes):
             for p in names:
+                if not live[p].recovers:
+                    continue
                 res[p].update(recovery(live[p], slots[p], bench.recovery_timeout))
                 log(f"{p}: supervisor kill with {n} services done")
     finally:
@@ -771,6 +827,9 @@ class Bench:
         self.exe, self.linkage = benchlib.compile_stamp(self.tmp, "compare",
                                                         static=not args.dynamic_stamp)
         self.exe = os.path.realpath(self.exe)
+        self.floor_exe = ""  # bench/floor.c, only when a floor peer runs
+        if any(p.startswith("floor") for p in args.peers.split(",")):
+            self.floor_exe = benchlib.compile_c(self.tmp, "floor", "compare")[0]
         self.idle_s = args.idle or (0.5 if args.smoke else 10.0 if args.quick else 30.0)
         self.settle_s = 0.3 if args.smoke else 1.0
         # --quick: supervisord needs about a second per restart; cap each peer's kill loop
@@ -912,7 +971,7 @@ def report(results: list[dict[str, dict[str, Any]]], peers: list[str], sizes: li
     for p in peers:
         cls = PEER_CLASSES[p]
         out.append(f"{p:<12} top process killed: {cls.top_name}; brought back by: "
-                   f"{cls.restarted_by}")
+                   f"{cls.restarted_by}" + ("" if cls.recovers else " (workload skipped)"))
     for p, why in skipped.items():
         out.append(f"{p:<12} SKIPPED: {why}")
     for p in peers:
@@ -988,8 +1047,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-kills", type=int, default=0,
                     help="restart after idle: kills per supervisor and size (default 20)")
     ap.add_argument("--seed", type=int, default=19, help="random phases and victims")
-    ap.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ",".join(PEERS))
-    ap.add_argument("--no-cgroups", action="store_true", help="hachain: process groups only")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help="comma list of " + ",".join(PEERS) + " (default); also floor, "
+                    "floor-nocg: bench/floor.c, a minimal C supervisor with and without "
+                    "per-service cgroups")
+    ap.add_argument("--no-cgroups", action="store_true",
+                    help="hachain: process groups only; floor: no cgroups either")
     ap.add_argument("--dynamic-stamp", action="store_true",
                     help="link the service dynamically (its stamp then includes ld.so)")
     args = ap.parse_args(argv)
