@@ -58,6 +58,56 @@ def test_compare_smoke_prints_every_peer() -> None:
     assert tmp not in leftovers, leftovers
 
 
+def test_compare_smoke_runs_the_c_floor_and_leaves_no_cgroup() -> None:
+    """The floor peers (bench/floor.c, a bare C supervisor, with a cgroup per service and
+    without) run through every workload but the supervisor kill, which says it skipped
+    them, and leave no process and no cgroup behind."""
+    from hachain.cgroupfs import find_cgroup2_mount
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler for bench/stamp.c and bench/floor.c")
+    mount = find_cgroup2_mount()
+
+    def floor_cgroups() -> set[str]:
+        return {n for n in os.listdir(mount) if n.startswith("floor-compare-")} if mount \
+            else set()
+    before = floor_cgroups()
+    tmp = tempfile.mkdtemp(prefix="hcs-", dir="/tmp")
+    try:
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare.py"),
+                            "--smoke", "--peers", "floor,floor-nocg"], capture_output=True,
+                           text=True, timeout=240, cwd=ROOT, env=dict(os.environ, TMPDIR=tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    header = next(ln for ln in lines if ln.startswith("metric"))
+    assert header.split()[1:3] == ["floor", "floor-nocg"], header
+    idle = next(ln for ln in lines if ln.startswith("restart after idle p50 ms, "))
+    assert all(float(v) > 0 for v in idle.split()[-2:]), idle
+    assert sum("(workload skipped)" in ln for ln in lines) == 2, p.stdout
+    assert "targets (hachain" not in p.stdout  # no hachain column: nothing to judge
+    leftovers = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert tmp not in leftovers, leftovers
+    assert floor_cgroups() <= before, floor_cgroups() - before
+
+
+def test_a_target_against_a_peer_not_in_the_run_is_not_judged() -> None:
+    """compare.py's targets: one whose yardstick was not measured (no s6 in --peers)
+    says n/a, not MISS."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+    h = {"ip50@1": 1.9, "p50@1": 1.5, "idle_cpu_pct@1": 0.1, "rss_mb@1": 70.0,
+         "pss_mb@1": 40.0, "rec_victim_ms": 20.0, "rec_all_s": 0.1, "rec_dups": 0,
+         "rec_lost": 0}
+    lines = compare.targets([{"hachain": h, "runit": {"ip50@1": 1.7, "p50@1": 1.4}}], [1])
+    assert "  MISS restart after idle p50 1.90 ms <= runit's 1.70 ms (1 svc)" in lines
+    assert any(ln.startswith("  n/a  idle CPU 0.100 % <= s6 nan %") for ln in lines), lines
+    assert any(ln.startswith("  MISS RSS of the chain 70.0 MB") for ln in lines), lines
+
+
 def test_profile_restarter_names_the_spawn_path(tmp_path) -> None:
     """bench/profile_restarter.py on 20 services: py-spy samples the restarter while it
     restarts them, and the busy time shows the restart path (_on_exit -> _launch -> spawn:
