@@ -62,10 +62,11 @@ def children(pid: int) -> list[int]:
         return []
 
 
-# A process sent SIGKILL is gone once the kernel has run its exit: no timer of ours is
-# involved. On a loaded host an uninterruptible wait (a cgroup write queued behind
-# another test's, say) holds the exit back: CI once saw a SIGKILLed restarter still
-# there after 5 s. The bound is for a kernel that is stuck, not slow.
+# A process sent SIGKILL is gone once the kernel has run its exit (one sent SIGSTOP shows
+# as stopped once it has taken the signal): no timer of ours is involved. On a loaded host
+# an uninterruptible wait (a cgroup write queued behind another test's, say) holds that
+# back: CI once saw a SIGKILLed restarter still there after 5 s. The bound on a wait for
+# the kernel alone is for a kernel that is stuck, not slow.
 KILLED_BOUND = 60.0
 
 

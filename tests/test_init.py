@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from hachain import channels
-from tests.conftest import reap, wait_until
+from tests.conftest import KILLED_BOUND, reap, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "helpers" / "fake_layer.py"
@@ -229,7 +229,7 @@ def test_heartbeat_lists_children_and_stalls_when_stopped(
     assert later.seq > hb.seq
 
     os.kill(run.proc.pid, signal.SIGSTOP)
-    wait_until(lambda: channels.proc_state(run.proc.pid) == "T", 5, "init to stop")
+    wait_until(lambda: channels.proc_state(run.proc.pid) == "T", KILLED_BOUND, "init to stop")
     frozen = run.heartbeat()
     assert frozen is not None
     wait_until(lambda: frozen.age(time.monotonic()) > 1.0, 5, "the heartbeat to age 1 s")

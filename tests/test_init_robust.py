@@ -25,7 +25,7 @@ import pytest
 from hachain import bootrecord, channels
 from hachain.init import main as init_main
 from hachain.simulators.wdsim import SoftWatchdog
-from tests.conftest import children, heartbeat_window, reap, wait_until
+from tests.conftest import KILLED_BOUND, children, heartbeat_window, reap, wait_until
 from tests.test_init import InitRun, fake_cmd, kill_if_ours, launch  # noqa: F401
 from tests.test_tickler_robust import init_with_tickler
 
@@ -193,7 +193,7 @@ def stop_while_no_tickler_runs(init: subprocess.Popen[bytes], restarter: int) ->
     saw the SIGTERM: seen on a loaded CI host, where the stop then found a tickler running
     and never started one "once"."""
     os.kill(init.pid, signal.SIGSTOP)
-    wait_until(lambda: channels.proc_state(init.pid) == "T", 10, "init to stop")
+    wait_until(lambda: channels.proc_state(init.pid) == "T", KILLED_BOUND, "init to stop")
     if not waiting_in_its_loop(init.pid) or any(
             pid != restarter and channels.proc_state(pid) not in (None, "Z")
             for pid in children(init.pid)):

@@ -23,7 +23,7 @@ import pytest
 
 from hachain import channels, cli, config, status
 from hachain.simulators.machine import SimMachine
-from tests.conftest import SVC, sim_machine_head, wait_until
+from tests.conftest import KILLED_BOUND, SVC, sim_machine_head, wait_until
 from tests.test_chain import Chain
 
 PY = sys.executable
@@ -272,7 +272,8 @@ command = {json.dumps([PY, SVC, "sleep"])}
     os.kill(restarter, signal.SIGSTOP)
     try:
         # the stop is delivered asynchronously: status judges what /proc shows
-        wait_until(lambda: channels.proc_state(restarter) in ("T", "t"), 10, "stopped")
+        wait_until(lambda: channels.proc_state(restarter) in ("T", "t"), KILLED_BOUND,
+                   "stopped")
         rc, out = _status(capsys, *args)
         assert rc == 1, out
         assert out.splitlines()[0].startswith(f"degraded: restarter hung (pid {restarter} "
@@ -363,7 +364,7 @@ def test_hung_restarter_on_the_machine(boot: Any, capsys: Any) -> None:
     assert host is not None and d["host_pid"] == host and d["pid"] != host  # mapped
     os.kill(host, signal.SIGSTOP)
     try:
-        wait_until(lambda: channels.proc_state(host) in ("T", "t"), 10, "stopped")
+        wait_until(lambda: channels.proc_state(host) in ("T", "t"), KILLED_BOUND, "stopped")
         rc, out = _m_status(m, capsys)
         assert rc == 1
         # the pid as seen from here, which is the one an operator here can act on

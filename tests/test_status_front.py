@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from hachain import channels, client, cmdline
 from hachain.errors import ConfigError
-from tests.conftest import SVC, wait_until
+from tests.conftest import KILLED_BOUND, SVC, wait_until
 from tests.test_chain import Chain
 
 BIN = os.path.dirname(sys.executable)
@@ -355,7 +355,7 @@ def test_a_stopped_restarter_is_judged_by_the_cli(chain: Chain) -> None:
     pid = hb.pid
     os.kill(pid, signal.SIGSTOP)
     try:
-        wait_until(lambda: channels.proc_state(pid) in ("T", "t"), 10, "stopped")
+        wait_until(lambda: channels.proc_state(pid) in ("T", "t"), KILLED_BOUND, "stopped")
         t0 = time.monotonic()
         r = run(FRONT, *args)
         took = time.monotonic() - t0
