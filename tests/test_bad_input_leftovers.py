@@ -73,25 +73,33 @@ def test_chaos_reads_a_good_admin_json_and_a_missing_one(tmp_path: Any) -> None:
 
 # --- init's configuration file -------------------------------------------------------------
 
-def test_init_waits_on_no_fifo_as_its_configuration(tmp_path: Any) -> None:
+@pytest.mark.parametrize("kind", ["fifo", "dangling-symlink"])
+def test_init_waits_on_no_fifo_and_names_a_dangling_link_as_its_configuration(
+        tmp_path: Any, kind: str) -> None:
     """Given neither --persist-dir nor $HACHAIN_PERSIST_DIR, init reads `[chain]
     persist_dir` from its --config when it writes why a boot ends (here: it gave up on a
     tickler that keeps dying). It opened that file with a plain open(): a FIFO there held
     the thread in open() for good, and nothing was said or written. Now one line, and
-    the default persist dir."""
+    the default persist dir. A symbolic link to a file that does not exist was taken
+    for no file at all, without a word: now one line, naming the link's target."""
     default = channels.DEFAULT_PERSIST_DIR
     if os.path.lexists(os.path.join(default, bootrecord.RECORD)):
         pytest.skip(f"{default} holds a boot record: init would write this host's")
     from tests.test_state_readers import init_giving_up_on_the_tickler
     cfg = tmp_path / "chain.toml"
-    os.mkfifo(cfg)
+    if kind == "fifo":
+        os.mkfifo(cfg)
+        why = "not a regular file (a FIFO)"
+    else:
+        target = tmp_path / "moved" / "chain.toml"
+        os.symlink(target, cfg)
+        why = f"a symbolic link to {target}, which does not exist"
     init, err = init_giving_up_on_the_tickler(tmp_path, tmp_path / "run", None, config=cfg)
     try:
         wait_until(lambda: f"no boot record in {default}" in err.read_text(errors="replace"),
                    READY, "init to look for the boot record in the default persist dir")
         text = err.read_text(errors="replace")
-        assert (f"{cfg}: not a regular file (a FIFO): ignored, the persist dir is {default}"
-                in text), text[-3000:]
+        assert f"{cfg}: {why}: ignored, the persist dir is {default}" in text, text[-3000:]
         assert "Traceback" not in text
         assert init.poll() is None
     finally:

@@ -427,3 +427,25 @@ def test_check_warns_of_a_cgroup_root_outside_cgroup2_and_passes(tmp_path: Any) 
                                "cgroup v2 file system ("), lines[0]
     assert lines[0].endswith("the restarter will run without cgroups here (process groups)")
     assert not (tmp_path / "not-cgroups").exists()
+
+
+# --- ^C before the command runs ---------------------------------------------------------------
+
+@pytest.mark.parametrize("script", ["hachain-py", "hachain"])
+def test_ctrl_c_while_the_cli_imports_exits_130_without_a_traceback(tmp_path: Any,
+                                                                    script: str) -> None:
+    """A real SIGINT arrives in the middle of the CLI's imports: the process sends it to
+    itself from a module the CLI imports (json, shadowed on PYTHONPATH for this run). The
+    installed command ends with 130 and nothing on stderr, as a ^C during a command does.
+    `hachain` is the native front where a compiler built it: it execs the Python CLI."""
+    exe = os.path.join(os.path.dirname(sys.executable), script)
+    if not os.path.exists(exe):
+        pytest.skip(f"{exe} is not installed (scripts/setup.sh installs it)")
+    (tmp_path / "json.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
+        "raise AssertionError('SIGINT was not delivered during the import')\n")
+    env = _env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    p = subprocess.run([exe, "check", "-c", str(tmp_path / "none.toml")], capture_output=True,
+                       text=True, timeout=CLI_TIMEOUT, env=env)
+    assert (p.returncode, p.stderr, p.stdout) == (130, "", "")

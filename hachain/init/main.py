@@ -614,7 +614,8 @@ class Init:
         pass it), else $HACHAIN_PERSIST_DIR, else `[chain] persist_dir` of --config, else
         the default. Init reads no TOML in its loop; this runs only on the record's thread,
         and a file it cannot parse means the default. One that cannot be read (a FIFO, or
-        anything but a regular file, is not waited on) means the default with one line."""
+        anything but a regular file, is not waited on), or a symbolic link to nothing,
+        means the default with one line."""
         if self.opts.persist_dir:
             return str(self.opts.persist_dir)
         if os.environ.get(channels.ENV_PERSIST_DIR):
@@ -626,8 +627,14 @@ class Init:
             value = chain.get("persist_dir") if isinstance(chain, dict) else None
             if isinstance(value, str) and value:
                 return value
-        except FileNotFoundError:
-            pass
+        except FileNotFoundError:  # no file is the defaults; a dangling link is a mistake
+            if os.path.islink(self.opts.config):
+                try:
+                    target = os.readlink(self.opts.config)
+                except OSError:
+                    target = "?"
+                log(f"{self.opts.config}: a symbolic link to {target}, which does not exist: "
+                    f"ignored, the persist dir is {channels.DEFAULT_PERSIST_DIR}")
         except OSError as e:  # a FIFO, a directory (read_small says which), EACCES, ...
             log(f"{self.opts.config}: {e.strerror or e}: ignored, the persist dir is "
                 f"{channels.DEFAULT_PERSIST_DIR}")
