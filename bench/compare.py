@@ -1097,9 +1097,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
     finally:
         bench.cleanup()
+    cg = [p for p in peers if p in ("hachain", "floor")]
+    cg_note = f"{' and '.join(cg)} cgroups {'off' if args.no_cgroups else 'on'}; " if cg else ""
     print(f"\n{runs} run(s), medians; restart delay 0 everywhere it can be set; idle window "
-          f"{bench.idle_s:g} s; hachain cgroups {'off' if args.no_cgroups else 'on'}; "
-          f"total {time.monotonic() - t_start:.0f} s\n")
+          f"{bench.idle_s:g} s; {cg_note}total {time.monotonic() - t_start:.0f} s\n")
     for line in report(results, peers, sizes, bench, skipped):
         print(line)
     print()
