@@ -699,7 +699,7 @@ def pid_alive(pid: int) -> bool:
 # hachain/_front.c) is the one reply with a body: {"ok": true, "exit": N, "bytes": N} and
 # then exactly that many bytes, what `hachain status [--json]` prints.
 
-NAME_OPS = ("start", "stop", "restart", "clear")  # the requests that name a service
+NAME_OPS = ("start", "stop", "restart", "clear", "kill")  # the requests that name a service
 REPLY_BODY = "_body"  # a handler's reply key: these bytes follow the reply line
 
 def encode_message(obj: dict[str, Any]) -> bytes:

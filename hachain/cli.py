@@ -274,6 +274,53 @@ def cmd_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _signal_arg(text: str) -> int:
+    """A signal for `hachain kill -s`: a name with or without SIG, in any case (HUP,
+    sighup, SIGHUP), or a number the kernel knows (1-64: the real-time ones by number)."""
+    import signal
+    if text.isdigit():
+        if int(text) in signal.valid_signals() and int(text) != 0:
+            return int(text)
+        raise argparse.ArgumentTypeError(f"{text}: no such signal number (1-{signal.NSIG - 1})")
+    name = text.upper() if text.upper().startswith("SIG") else "SIG" + text.upper()
+    if name in signal.Signals.__members__:
+        return int(signal.Signals[name])
+    from hachain.errors import closest
+    near = closest(name, signal.Signals.__members__)
+    raise argparse.ArgumentTypeError(f"{text}: unknown signal" + (
+        f" (did you mean {near[3:]}?)" if near else " (a name such as HUP, or a number)"))
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    """`hachain kill NAME [-s SIG] [--all]`: one signal to the service's main process (or
+    every process of its cgroup); the restarter sends it and the restart policy answers
+    whatever follows."""
+    import signal
+    problem = channels.service_name_problem(args.name)
+    if problem:
+        _err(f"kill: {problem}")
+        return 2
+    state_dir, _ = dirs(args)
+    whom = "all" if args.all else "main"
+    try:
+        rep = client.request(state_dir, {"op": "kill", "name": args.name,
+                                         "signal": args.signal, "whom": whom})
+    except client.ControlError as e:
+        _err(str(e))
+        return 1
+    signame = signal.Signals(args.signal).name if args.signal in set(signal.Signals) \
+        else str(args.signal)
+    if not rep.get("ok"):
+        _err(f"kill {args.name}: {signame}: {rep.get('error')}")
+        return 1
+    pids = [int(p) for p in rep.get("pids") or ()]
+    what = (f"process group {pids[0]}" if rep.get("group") else
+            f"main pid {pids[0]}" if whom == "main" else
+            f"{len(pids)} process(es) of its cgroup: {' '.join(map(str, pids))}")
+    print(f"{args.name}: {signame} sent to {what}")
+    return 0
+
+
 # --- the parser -----------------------------------------------------------------------------
 
 def _seconds_arg(text: str) -> float:
@@ -293,7 +340,8 @@ def _add_dirs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--persist-dir", help="the chain's persistent directory")
 
 
-CORE_COMMANDS = ("check", "run", "status", "start", "stop", "restart", "clear", "reload")
+CORE_COMMANDS = ("check", "run", "status", "start", "stop", "restart", "clear", "reload",
+                 "kill")
 
 
 def build_parser(plugins: bool = True, only: str | None = None) -> argparse.ArgumentParser:
@@ -352,6 +400,18 @@ def build_parser(plugins: bool = True, only: str | None = None) -> argparse.Argu
                            help="leave rescue: release what the boot-loop breaker holds")
         _add_dirs(x)
         x.set_defaults(func=cmd_control, cmd=name)
+
+    if want("kill"):
+        k = sub.add_parser("kill", help="send a signal to a service (its main process; "
+                           "--all: every process of its cgroup)")
+        k.add_argument("name")
+        k.add_argument("-s", "--signal", type=_signal_arg, default=15, metavar="SIGNAL",
+                       help="a name (HUP, SIGUSR1) or a number; default TERM")
+        k.add_argument("--all", action="store_true",
+                       help="every process of the service's cgroup (its process group "
+                       "without cgroups), not only the main process")
+        _add_dirs(k)
+        k.set_defaults(func=cmd_kill)
 
     if want("reload"):
         rl = sub.add_parser("reload", help="apply the changed configuration file "

@@ -98,6 +98,23 @@ def signal_name(text: str) -> str | None:
     return name if name in signal.Signals.__members__ else None
 
 
+def _reload_signal(text: str) -> str | None:
+    """The signal of an `ExecReload=` that only signals the main process (`/bin/kill
+    -HUP $MAINPID`, `kill -s USR1 ${MAINPID}`, `--signal=HUP`), else None."""
+    words = text.lstrip("-@:+!").split()
+    if len(words) < 3 or os.path.basename(words[0]) != "kill" or \
+            words[-1] not in ("$MAINPID", "${MAINPID}"):
+        return None
+    opts = words[1:-1]
+    if len(opts) == 2 and opts[0] in ("-s", "--signal"):
+        return signal_name(opts[1])
+    if len(opts) == 1 and opts[0].startswith("--signal="):
+        return signal_name(opts[0][len("--signal="):])
+    if len(opts) == 1 and opts[0].startswith("-") and not opts[0].startswith("--"):
+        return signal_name(opts[0][1:])
+    return None
+
+
 def _umask(text: str) -> str:
     """An octal umask as hachain writes it ("022"); ValueError when out of range."""
     u = int(text, 8)
@@ -533,6 +550,12 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                            f"{svc_name}.log; dropped")
             elif k == "EnvironmentFile":
                 n.warn(e.line, k, "not supported: copy the variables into env = { ... }")
+            elif k == "ExecReload":
+                sig = _reload_signal(v)
+                n.warn(e.line, k, "hachain has no reload command: " + (
+                    f"send the signal with `hachain kill {svc_name} -s {sig[3:]}`" if sig else
+                    f"run it by hand (`hachain kill {svc_name} -s SIGNAL` sends a signal)")
+                    + "; dropped")
             elif k == "RemainAfterExit":
                 if kind != "oneshot":
                     n.warn(e.line, k, "only meaningful for a oneshot; dropped")

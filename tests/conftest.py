@@ -207,6 +207,10 @@ class RestarterRun:
             r["name"] = name
         return client.request(self.state_dir, r)
 
+    def req_raw(self, req: dict[str, Any]) -> dict[str, Any]:
+        """One request exactly as given (a malformed one included)."""
+        return client.request(self.state_dir, req)
+
     def status(self) -> dict[str, Any]:
         st = self.req("status")["services"]
         for s in st.values():

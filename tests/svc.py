@@ -11,6 +11,9 @@
                    SIGTERM append "<monotonic ns> stop NAME" and exit 0
   daemon           fork the real server, send MAINPID=<its pid> and READY=1, exit after
                    0.3 s (a classic forking daemon that reports its main process)
+  signals FILE     fork a child; each of the two appends "<main|child> <pid> <SIGNAME>" to
+                   FILE for every SIGHUP, SIGUSR1 and SIGUSR2 it gets (after a line
+                   "<main|child> <pid> ready" once its handlers are set), then runs
   handover GO OUT  send READY=1; once the file GO exists, fork the real server, send
                    MAINPID=<its pid> and exit (lines "launcher PID", "server PID" in OUT)
 """
@@ -88,6 +91,18 @@ def main() -> None:
                 f.write(f"server {os.getpid()}\n")
             forever()
         notify(f"MAINPID={pid}")
+    elif action == "signals":
+        path = args[0]
+        who = "child" if os.fork() == 0 else "main"
+
+        def line(text: str) -> None:
+            with open(path, "a") as f:
+                f.write(f"{who} {os.getpid()} {text}\n")
+
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, lambda n, _f: line(signal.Signals(n).name))
+        line("ready")
+        forever()
     elif action == "record":
         with open(args[0], "a") as f:
             f.write(f"{os.getpid()}\n")

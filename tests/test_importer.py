@@ -338,3 +338,18 @@ def test_timespans(text: str, seconds: float | None) -> None:
 def test_bad_timespans(bad: str) -> None:
     with pytest.raises(ValueError):
         importer.parse_timespan(bad)
+
+
+@pytest.mark.parametrize("reload, hint", [
+    ("/bin/kill -HUP $MAINPID", "send the signal with `hachain kill x -s HUP`"),
+    ("-/usr/bin/kill -s USR1 ${MAINPID}", "send the signal with `hachain kill x -s USR1`"),
+    ("/bin/kill --signal=SIGUSR2 $MAINPID", "send the signal with `hachain kill x -s USR2`"),
+    ("/bin/kill -1 $MAINPID", "send the signal with `hachain kill x -s HUP`"),
+    ("/usr/sbin/x -s reload", "run it by hand (`hachain kill x -s SIGNAL` sends a signal)"),
+    ("/bin/kill -HUP 1", "run it by hand (`hachain kill x -s SIGNAL` sends a signal)"),
+])
+def test_exec_reload_points_at_hachain_kill(reload: str, hint: str) -> None:
+    conv = importer.convert_systemd(f"[Service]\nExecStart=/bin/x\nExecReload={reload}\n",
+                                    "x.service")
+    assert [w for w in conv.warnings if ": ExecReload: " in w] == [
+        f"x.service:3: ExecReload: hachain has no reload command: {hint}; dropped"]

@@ -486,11 +486,17 @@ class Core:
 
     # --- the administrator ---------------------------------------------------------------
 
-    def request(self, op: str, name: Any, now: float) -> str | None:
-        """start / stop / restart / clear NAME: queued, or refused (the error)."""
+    def unknown(self, name: Any) -> str | None:
+        """The refusal of a request that names no service of the plan, else None."""
         if not isinstance(name, str) or name not in self.plan.conf:
             near = closest(name, self.plan.conf) if isinstance(name, str) else None
             return f"unknown service {name!r}" + (f" (did you mean {near!r}?)" if near else "")
+        return None
+
+    def request(self, op: str, name: Any, now: float) -> str | None:
+        """start / stop / restart / clear NAME: queued, or refused (the error)."""
+        if (error := self.unknown(name)) is not None:
+            return error
         if self.shutting_down:
             return "the restarter is shutting down"
         kind = Ev(op)

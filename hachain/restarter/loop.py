@@ -51,6 +51,7 @@ HOLD_SHARE = 4  # HeldOutput: at most this share of the file limit
 # polls them again and the heartbeat is written on time however many services crash-loop.
 # See round_budget(). Queued starts (start-up, reload) keep their START_BATCH.
 ROUND_BUDGET_MAX = 0.05
+_SIGNAMES = frozenset(int(x) for x in signal.Signals)
 CHILD = -1  # in pidfds: the main process is our child, watched through SIGCHLD
 _PRIORITY = {"signal": 0, "control-listen": 0, "control-conn": 0}
 _CHECK_TIMEOUT = {"ready": Timer.READY_CHECK_TIMEOUT, "health": Timer.HEALTH_CHECK_TIMEOUT}
@@ -1176,7 +1177,56 @@ class Restarter:
             s = self.svcs.get(str(name))  # (gone: a removed service that is down now)
             return {"ok": True, "name": name,
                     "state": s.state.value if s is not None else State.STOPPED.value}
+        if op == "kill":
+            return self.kill_request(req)
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def kill_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`kill`: send a signal to a service's main process, or (whom "all") to every
+        process of its cgroup (its process group without cgroups), as `s6-svc -h`,
+        `sv hup`, `supervisorctl signal` and `systemctl kill` do. Nothing else changes:
+        a process the signal ends is an exit like any other, and the restart policy
+        answers it. The main process is signalled through the pidfd the restarter
+        watches it by (our own child: by pid, which cannot be reused before we reap it),
+        so the signal never reaches a process that took over a recycled pid."""
+        name, sig, whom = req.get("name"), req.get("signal"), req.get("whom", "main")
+        if (error := self.core.unknown(name)) is not None:
+            return {"ok": False, "error": error}
+        if isinstance(sig, bool) or not isinstance(sig, int) or sig == 0 or \
+                sig not in signal.valid_signals():
+            return {"ok": False, "error": f"not a signal number: {sig!r}"}
+        if whom not in ("main", "all"):
+            return {"ok": False, "error": f"whom must be \"main\" or \"all\", not {whom!r}"}
+        name = str(name)
+        s = self.svcs[name]
+        sent: list[int] = []
+        watched = self.pidfds.get(name)
+        try:
+            if whom == "all" and self.cgroups.active:
+                sent = self.cgroups.signal_all(name, sig)
+            elif watched is not None:
+                pid, fd = watched
+                if whom == "all":
+                    os.killpg(pid, sig)
+                elif fd == CHILD:
+                    os.kill(pid, sig)
+                else:
+                    signal.pidfd_send_signal(fd, sig)
+                sent = [pid]
+        except ProcessLookupError:
+            sent = []
+        except OSError as e:
+            pid_text = f" (pid {watched[0]})" if watched else ""
+            return {"ok": False, "error": f"{e.strerror or e}{pid_text}"}
+        if not sent:
+            return {"ok": False, "error": f"no running process to signal ({s.state.value})"}
+        what = (f"process group {sent[0]}" if whom == "all" and not self.cgroups.active
+                else f"main pid {sent[0]}" if whom == "main"
+                else f"{len(sent)} process(es) of its cgroup")
+        log(f"{name}: {signal.Signals(sig).name if sig in _SIGNAMES else sig} sent to "
+            f"{what} (hachain kill)")
+        return {"ok": True, "name": name, "signal": sig, "pids": sent,
+                "group": whom == "all" and not self.cgroups.active, "state": s.state.value}
 
     def status_reply(self, now: float) -> dict[str, Any]:
         """The `status` reply: this restarter and every service."""
