@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hachain import bootrecord, channels, client, cmdline
 
@@ -170,9 +170,51 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             _err(msg)
         return 1
+    names = list(dict.fromkeys(getattr(args, "names", None) or ()))
+    for name in names:
+        if (problem := channels.service_name_problem(name)):
+            _err(f"status: {problem}")
+            return 2
     st = status.gather_status(state_dir, persist_dir, config_path=args.config)
+    if names:
+        return _status_of(st, names, args)
     sys.stdout.write(status.text(st, args.json, sys.stdout.isatty()))
     return status.exit_code(st)
+
+
+def _status_of(st: dict[str, Any], names: list[str], args: argparse.Namespace) -> int:
+    """`hachain status NAME...`: each service's block (or its JSON); exit 0 when every one
+    is as wanted (up and ready or done, or down and stopped), 1 when one is not or the
+    restarter cannot say, 2 for a name no service has."""
+    from hachain import status
+    from hachain.errors import closest
+    known = st["services"] or (st["chain"].get("last_known") or {}).get("services") or {}
+    if not known:
+        _err(f"status: the restarter does not answer "
+             f"({st['chain'].get('restarter_error', 'no reply')}) and left no table")
+        return 1
+    for name in names:
+        if name not in known:
+            near = closest(name, known)
+            _err(f"status: unknown service {name!r}" + (f" (did you mean {near!r}?)"
+                                                       if near else ""))
+            return 2
+    log_dir = (st["chain"].get("restarter") or {}).get("log_dir")
+    if not log_dir:  # the restarter did not answer: where `hachain logs` would look
+        from hachain import logs
+        try:
+            log_dir = logs.log_dir_for(args)[0]
+        except Exception:  # noqa: BLE001 - a configuration that does not load: no log
+            log_dir = None
+    details = status.service_details(st, names, args.lines, log_dir)
+    if args.json:
+        sys.stdout.write(json.dumps({"services": details, "verdict": st["verdict"]},
+                                    sort_keys=True, default=str) + "\n")
+    else:
+        sys.stdout.write("\n".join(status.render_details(details, sys.stdout.isatty()))
+                         + "\n")
+    live = bool(st["services"])
+    return 0 if live and all(status.as_wanted(d) for d in details.values()) else 1
 
 
 def cmd_status_cluster(args: argparse.Namespace) -> int:
@@ -334,6 +376,15 @@ def _seconds_arg(text: str) -> float:
     return value
 
 
+def _log_lines_arg(text: str) -> int | None:
+    """-n: a count >= 0, or "all" (None)."""
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'all', got {text!r}")
+    return int(text)
+
+
 def _add_dirs(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="configuration file (to find state_dir)")
     p.add_argument("--state-dir", help="the chain's runtime directory")
@@ -371,7 +422,13 @@ def build_parser(plugins: bool = True, only: str | None = None) -> argparse.Argu
         r.set_defaults(func=cmd_run)
 
     if want("status"):
-        s = sub.add_parser("status", help="chain layers and every service")
+        s = sub.add_parser("status", help="chain layers and every service; with NAME, "
+                           "that service in detail with the end of its log")
+        s.add_argument("names", nargs="*", metavar="NAME",
+                       help="show these services only, each with its processes and the "
+                       "last lines of its log")
+        s.add_argument("-n", "--lines", type=_log_lines_arg, default=10, metavar="N",
+                       help="with NAME: how many log lines (default 10; 0 none; 'all')")
         _add_dirs(s)
         s.add_argument("--json", action="store_true",
                        help="one JSON object (stable for scripts)")

@@ -705,6 +705,114 @@ def print_status(st: dict[str, Any], stream: Any = None) -> None:
     stream.write(text(st, False, stream.isatty()))
 
 
+# --- one service: `hachain status NAME...` ---------------------------------------------------
+
+def as_wanted(s: dict[str, Any]) -> bool:
+    """The service is as its administrator wants it: wanted up and ready (a oneshot done,
+    a singleton on standby on this node), or wanted down and stopped."""
+    if s.get("want") == "down":
+        return s.get("state") == "stopped"
+    return s.get("state") in ("ready", "done", "standby")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = channels.read_small(f"/proc/{pid}/cmdline")
+    except OSError:
+        return "?"
+    return " ".join(w.decode(errors="replace") for w in raw.rstrip(b"\0").split(b"\0"))
+
+
+def service_details(st: dict[str, Any], names: list[str], log_lines: int | None,
+                    log_dir: str | None = None) -> dict[str, dict[str, Any]]:
+    """What `hachain status NAME` shows of each named service (all known to `st`): its
+    status entry, the main process's command line, its cgroup and the processes in it,
+    and the last `log_lines` lines of its log (None: all). A service the restarter did
+    not answer for comes from the last known table (`"as_of"`: how old)."""
+    from hachain import logs
+    ch = st["chain"]
+    rs = ch.get("restarter") or {}
+    last = ch.get("last_known") or {}
+    live = bool(st["services"])
+    log_dir = log_dir or rs.get("log_dir")
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        s = dict(st["services"][name] if live else last["services"][name])
+        if not live:
+            s["as_of"] = last.get("age")
+        if s.get("pid"):
+            s["command"] = _cmdline(int(s["pid"]))
+        cg = rs.get("cgroups")
+        if live and cg:
+            s["cgroup"] = os.path.join(cg, name)
+            try:
+                raw = channels.read_small(os.path.join(cg, name, "cgroup.procs"))
+                s["processes"] = sorted(int(p) for p in raw.split())
+            except (OSError, ValueError):
+                s["processes"] = []
+        if log_dir:
+            paths = logs.log_files(log_dir, name)
+            s["log_file"] = os.path.join(log_dir, name + ".log")
+            s["log_written"] = bool(paths)
+            tail, _ = logs.last_lines(paths, log_lines) if paths else ([], 0)
+            s["log_tail"] = [ln.decode(errors="replace").rstrip("\n") for ln in tail]
+        out[name] = s
+    return out
+
+
+def render_details(details: dict[str, dict[str, Any]], tty: bool = False) -> list[str]:
+    """The text of `hachain status NAME...`: a block per service."""
+    def color(text: str, good: bool) -> str:
+        return f"\033[{'32' if good else '31'}m{text}\033[0m" if tty else text
+
+    out: list[str] = []
+    for name, s in details.items():
+        if out:
+            out.append("")
+        head = f"{escape(name)}: " + color(escape(s.get("state")), as_wanted(s))
+        facts = [f"want {escape(s.get('want'))}"]
+        if s.get("pid"):
+            facts.append(f"pid {s['pid']}, up {_age(s.get('uptime'))}")
+        facts.append(f"{escape(s.get('restarts', 0))} restart(s)")
+        if s.get("critical"):
+            facts.append("critical")
+        out.append(head + " (" + ", ".join(facts) + ")")
+        if "as_of" in s:
+            out.append(color(f"  as the restarter last said, {s['as_of'] or 0:.0f} s ago: it "
+                             "does not answer", False))
+        why = s.get("reason") or ""
+        if s.get("status_text"):
+            why = (why + " " if why else "") + f"[{s['status_text']}]"
+        rows = []
+        if why:
+            rows.append(("why", why))
+        if s.get("command"):
+            rows.append(("process", f"{s['pid']} {s['command']}"))
+        if "cgroup" in s:
+            procs = s.get("processes") or []
+            rows.append(("cgroup", f"{s['cgroup']}: {len(procs)} process(es)" + (
+                ": " + " ".join(map(str, procs[:16])) + (" ..." if len(procs) > 16 else "")
+                if procs else "")))
+        rows.append(("last exit", str((s.get("last_exit") or {}).get("text", "-"))))
+        rows.append(("ready", str(s.get("ready", "-"))))
+        h = s.get("health")
+        if h:
+            rows.append(("health", f"{h.get('kind')}: " + (
+                "ok" if not h.get("failures") else f"{h['failures']} failure(s)") + (
+                f" ({h['last']})" if h.get("last") else "")))
+        if s.get("leftovers"):
+            rows.append(("leftovers", " ".join(map(str, s["leftovers"]))))
+        if "log_file" in s:
+            tail = s.get("log_tail") or []
+            rows.append(("log", s["log_file"] + (
+                f", last {len(tail)} line(s):" if tail else
+                "" if s.get("log_written") else " (not written yet)")))
+        width = max(len(k) for k, _ in rows)
+        out += [f"  {k + ':':<{width + 1}} {escape(v)}" for k, v in rows]
+        out += ["    " + escape(ln) for ln in s.get("log_tail") or []]
+    return out
+
+
 def document(state_dir: str, persist_dir: str, ask: Callable[[str], dict[str, Any]],
              as_json: bool, tty: bool) -> tuple[int, str]:
     """(exit code, output) of `hachain status [--json]`, made where `ask` answers without a

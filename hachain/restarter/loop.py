@@ -1234,6 +1234,7 @@ class Restarter:
             "pid": os.getpid(), "uptime": round(now - self.hb.started, 3),
             "restarts": self.hb.restarts, "services": len(self.svcs),
             "cgroups": self.cgroups.root if self.cgroups.active else None,
+            "log_dir": self.log_dir,
             "reboot_requested": self.reboot_requested,
             "unwritten": self.store.unwritten(now)},
             "services": {n: self.service_status(n, now) for n in self.svcs}}
