@@ -127,31 +127,170 @@ static int plain_value(const char *p, const char *end, const char **val, size_t 
     return p > s && line_ends(p, end);
 }
 
-/* Any other value, whole on its line: strings closed, brackets and braces balanced
- * (an inline table, an array). 0: it goes on to another line, or does not read. */
-static int one_line_value(const char *p, const char *end)
+/* --- any other value: validated as a TOML 1.0 parser (tomllib) would take it ---------------
+ * On one line only: strings (basic with the simple escapes, literal), decimal integers and
+ * floats (underscores between digits, exponents, inf, nan), booleans, and arrays and inline
+ * tables of those (bare keys, each once; no trailing comma in a table). Anything else,
+ * a date, a hex number, a \u escape, a quoted or dotted key, is "not sure": 0, and the
+ * CLI reads the file. Each function advances *pp past what it took. */
+
+static int toml_value(const char **pp, const char *end, int depth);
+
+/* 1*DIGIT *( "_" 1*DIGIT ) */
+static int toml_digits(const char **pp, const char *end)
 {
-    int depth = 0;
-    if (p == end || !strchr("\"'[{+-0123456789tfin", *p))
-        return 0;  /* nothing, or not the start of a TOML value */
-    for (; p < end && *p != '\r'; p++) {
-        if (*p == '"' || *p == '\'') {
-            char q = *p;
-            for (p++; p < end && *p != q; p++)
-                if (q == '"' && *p == '\\' && ++p == end)
-                    return 0;
-            if (p == end)
+    const char *p = *pp;
+    if (p == end || *p < '0' || *p > '9')
+        return 0;
+    while (p < end && ((*p >= '0' && *p <= '9') ||
+                       (*p == '_' && p + 1 < end && p[1] >= '0' && p[1] <= '9')))
+        p++;
+    *pp = p;
+    return 1;
+}
+
+static int toml_number(const char **pp, const char *end)
+{
+    const char *p = *pp;
+    if (p < end && (*p == '+' || *p == '-'))
+        p++;
+    if (end - p >= 3 && (memcmp(p, "inf", 3) == 0 || memcmp(p, "nan", 3) == 0)) {
+        *pp = p + 3;
+        return 1;
+    }
+    const char *s = p;
+    if (!toml_digits(&p, end) || (*s == '0' && p - s > 1))
+        return 0;  /* a leading zero: not a decimal number */
+    if (p < end && *p == '.') {
+        p++;
+        if (!toml_digits(&p, end))
+            return 0;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (!toml_digits(&p, end))
+            return 0;
+    }
+    *pp = p;
+    return 1;
+}
+
+static int toml_string(const char **pp, const char *end)
+{
+    const char *p = *pp;
+    char q = *p++;
+    for (; p < end && *p != q; p++) {
+        unsigned char c = (unsigned char)*p;
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return 0;
+        if (q == '"' && c == '\\' && (++p == end || *p == '\0' ||
+                                      !strchr("btnfr\"\\", *p)))
+            return 0;  /* \u and \U too: a code point tomllib may refuse */
+    }
+    if (p == end)
+        return 0;
+    *pp = p + 1;
+    return 1;
+}
+
+static int toml_key(const char **pp, const char *end, const char **key, size_t *len)
+{
+    const char *p = *pp;
+    while (p < end && (*p == '_' || *p == '-' || (*p >= 'a' && *p <= 'z') ||
+                       (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))
+        p++;
+    if (p == *pp)
+        return 0;
+    *key = *pp;
+    *len = (size_t)(p - *pp);
+    *pp = p;
+    return 1;
+}
+
+/* Adds a key not among the first *n of keys/lens; 0 when it was there, or no room. */
+static int new_key(const char **keys, size_t *lens, int *n, int room, const char *k,
+                   size_t len)
+{
+    for (int i = 0; i < *n; i++)
+        if (lens[i] == len && memcmp(keys[i], k, len) == 0)
+            return 0;
+    if (*n == room)
+        return 0;
+    keys[*n] = k;
+    lens[(*n)++] = len;
+    return 1;
+}
+
+static int toml_value(const char **pp, const char *end, int depth)
+{
+    const char *p = *pp;
+    if (p == end || depth > 32)
+        return 0;
+    if (*p == '"' || *p == '\'')
+        return toml_string(pp, end);
+    if (end - p >= 4 && memcmp(p, "true", 4) == 0) {
+        *pp = p + 4;
+        return 1;
+    }
+    if (end - p >= 5 && memcmp(p, "false", 5) == 0) {
+        *pp = p + 5;
+        return 1;
+    }
+    if (*p == '[') {
+        for (p = skip_ws(p + 1, end); p < end && *p != ']';) {
+            if (!toml_value(&p, end, depth + 1))
                 return 0;
-        } else if (*p == '[' || *p == '{') {
-            depth++;
-        } else if (*p == ']' || *p == '}') {
-            if (--depth < 0)
+            p = skip_ws(p, end);
+            if (p < end && *p == ',')
+                p = skip_ws(p + 1, end);
+            else if (p < end && *p != ']')
                 return 0;
-        } else if (*p == '#') {
-            break;
+        }
+        if (p == end)
+            return 0;
+        *pp = p + 1;
+        return 1;
+    }
+    if (*p == '{') {
+        const char *keys[32];
+        size_t lens[32];
+        int n = 0;
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == '}') {
+            *pp = p + 1;
+            return 1;
+        }
+        for (;;) {
+            const char *k;
+            size_t klen;
+            if (!toml_key(&p, end, &k, &klen) || !new_key(keys, lens, &n, 32, k, klen))
+                return 0;
+            p = skip_ws(p, end);
+            if (p == end || *p != '=')
+                return 0;
+            p = skip_ws(p + 1, end);
+            if (!toml_value(&p, end, depth + 1))
+                return 0;
+            p = skip_ws(p, end);
+            if (p < end && *p == '}') {
+                *pp = p + 1;
+                return 1;
+            }
+            if (p == end || *p != ',')
+                return 0;
+            p = skip_ws(p + 1, end);
         }
     }
-    return depth == 0;
+    return toml_number(pp, end);
+}
+
+/* Any other value, whole on its line and valid: 0 when it goes on to another line or
+ * does not read (or might not). */
+static int one_line_value(const char *p, const char *end)
+{
+    return toml_value(&p, end, 0) && line_ends(p, end);
 }
 
 /* Sets *state and *persist (malloc'd, NULL when the table does not name them) from the file's
@@ -176,7 +315,9 @@ static int chain_dirs(const char *path, char **state, char **persist)
             goto unsure;
     if (memmem(text, (size_t)size, "\"\"\"", 3) || memmem(text, (size_t)size, "'''", 3))
         goto unsure;
-    int in_chain = 0, tables = 0, named = 0;
+    int in_chain = 0, tables = 0, named = 0, nkeys = 0;
+    const char *keys[64];  /* the [chain] table's keys: each once, as TOML demands */
+    size_t lens[64];
     const char *end = text + size;
     for (const char *line = text; line < end;) {
         const char *eol = memchr(line, '\n', (size_t)(end - line));
@@ -194,15 +335,14 @@ static int chain_dirs(const char *path, char **state, char **persist)
                 }
             }
         } else if (in_chain && !line_ends(p, eol)) {
-            const char *k = p;
-            while (p < eol && (*p == '_' || *p == '-' || (*p >= 'a' && *p <= 'z') ||
-                               (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))
-                p++;
-            size_t klen = (size_t)(p - k);
+            const char *k = NULL;
+            size_t klen = 0;
+            if (!toml_key(&p, eol, &k, &klen) || !new_key(keys, lens, &nkeys, 64, k, klen))
+                goto unsure;  /* no bare key, a key twice (the CLI refuses), too many */
             p = skip_ws(p, eol);
             const char *v = NULL;
             size_t vlen = 0;
-            if (klen == 0 || p == eol || *p != '=')
+            if (p == eol || *p != '=')
                 goto unsure;
             p = skip_ws(p + 1, eol);
             char **slot = NULL;

@@ -271,8 +271,9 @@ def salvage_chain(path: str) -> dict[str, Any]:
 def chain_table(text: str) -> dict[str, Any] | None:
     """The `[chain]` table of a TOML text parsed on its own: {} when the text has no
     `[chain]` header, None when that section does not parse by itself."""
-    m = re.search(r"^[ \t]*\[chain\][ \t]*(#[^\n]*)?$(.*?)(?=^\s*\[)"
-                  r"|^[ \t]*\[chain\][ \t]*(#[^\n]*)?$(.*)\Z", text, re.M | re.S)
+    # (TOML allows blanks inside the brackets: `[ chain ]` is the same table)
+    m = re.search(r"^[ \t]*\[[ \t]*chain[ \t]*\][ \t]*(#[^\n]*)?$(.*?)(?=^\s*\[)"
+                  r"|^[ \t]*\[[ \t]*chain[ \t]*\][ \t]*(#[^\n]*)?$(.*)\Z", text, re.M | re.S)
     if m is None:
         return {}
     body = m.group(2) if m.group(2) is not None else m.group(4)

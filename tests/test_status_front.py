@@ -211,6 +211,17 @@ UNSURE = [
     '[chain]\nstate_dir = "relative/dir"\n',            # not absolute
     '[chain]\nstate_dir = "{a}"\n# state_dir = "{b}" was here\n',  # named elsewhere
     '[chain]\nstate_dir = "{a}\n',                     # not TOML at all
+    '[chain]\nstate_dir = "{a}"\nx = 1\nx = 2\n',        # another key twice
+    '[chain]\nstate_dir = "{a}"\nx = tru\n',            # values tomllib refuses ...
+    '[chain]\nstate_dir = "{a}"\nx = 1 2\n',
+    '[chain]\nstate_dir = "{a}"\nx = 01\n',
+    '[chain]\nstate_dir = "{a}"\nx = 1__0\n',
+    '[chain]\nstate_dir = "{a}"\nx = [1 2]\n',
+    '[chain]\nstate_dir = "{a}"\nx = {{ a = 1, a = 2 }}\n',
+    '[chain]\nstate_dir = "{a}"\nx = {{ a = 1, }}\n',
+    '[chain]\nstate_dir = "{a}"\nx = "\\q"\n',
+    '[chain]\nstate_dir = "{a}"\nx = 1979-05-27\n',    # ... or that it is not sure of
+    '[chain]\nstate_dir = "{a}"\nx = 0x1f\n',
 ]
 
 
@@ -247,7 +258,9 @@ def test_anything_else_in_the_file_is_handed_to_the_cli(
 
 _value = st.one_of(
     st.sampled_from(['"{a}"', "'{a}'", '"{b}"', '"rel"', '"{a}\\t"', "1", "true", "1.5e3",
-                     "[1, 2]", "{{ x = 1 }}", '"""{a}"""', '"é"']))
+                     "[1, 2]", "{{ x = 1 }}", '"""{a}"""', '"é"', "tru", "1 2", "01", "[1 2]",
+                     "[1, [2, {{ y = 'z' }}], ]", "{{ x = 1, x = 2 }}", "-inf", "1e", "0.5_1",
+                     '"\\x"']))
 _key = st.sampled_from(["state_dir", "persist_dir", "heartbeat_interval", "cgroup_root",
                         "chain.state_dir", "x-y"])
 _line = st.one_of(
