@@ -134,6 +134,28 @@ def _rlimit(v: Any) -> tuple[int, int]:
     return soft, hard
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RULE = ('must be a size: bytes as an integer, or a string with K, M, G or T (1024-'
+              'based, as systemd reads them) such as "512M", or "infinity" (no limit)')
+
+
+def _size(v: Any) -> int:
+    """A memory size in bytes (0: no limit), as systemd's MemoryMax= is written."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if 0 <= v <= 1 << 50:
+            return v
+        raise S.Bad(_SIZE_RULE + " (0 to 2^50 bytes)")
+    if isinstance(v, str):
+        text = v.strip()
+        if text == "infinity":
+            return 0
+        m = re.fullmatch(r"([0-9]+)([KMGT]?)", text.upper())
+        if m and int(m.group(1)) * _SIZE_UNITS[m.group(2)] <= 1 << 50:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    raise S.Bad(_SIZE_RULE)
+
+
+_SIZE = S.Custom(_size, _SIZE_RULE + ".", examples=("512M", "1G", 1 << 30, "infinity", "64K"))
 _DEVICE = S.Custom(_device, examples=("auto", "sim", "none", "sim:/run/wd.sock", "/dev/wd0"))
 _SIGNAL = S.Custom(_signal, examples=("SIGTERM", "INT", 9, "sigusr1"))
 _UMASK = S.Custom(_umask, examples=("022", "0077", 0o27))
@@ -238,6 +260,11 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "a fork bomb stops at this many tasks. Needs cgroup v2 with the pids controller; "
           "where the host binds it to cgroup v1, a warning is logged and the bound is the "
           "kill of the whole cgroup on stop.", group="restart"),
+    S.Key("memory_max", _SIZE, "The service cgroup's `memory.max` (`\"infinity\"` or 0: no "
+          "limit), as systemd's `MemoryMax=`: a leak stops at this size, the kernel's OOM "
+          "killer ends the service inside its own cgroup, and its exit says `out of memory` "
+          "(the restart policy then applies). Needs cgroup v2 with the memory controller; "
+          "without it a warning is logged.", shown="no limit", group="restart"),
     S.Key("success_exit", S.ListOf(_integer(0, 255), min_items=1), "Exit codes (0 to "
           "255) that count as a clean exit, for `restart` and for a oneshot being `done`; "
           "at least one.", group="restart"),
@@ -422,7 +449,7 @@ CHAIN = S.Table(ChainConfig, (
     S.Key("control_group", S.Text(pattern=f"(?:{_UNIX_NAME.pattern})?",
                                   what="empty or a group name"),
           "A group whose members may use the control socket (`hachain status`, `start`, "
-          "`stop`, `restart`, `clear`) besides root and the chain's own user. Empty: only "
+          "`stop`, `restart`, `clear`, `kill`) besides root and the chain's own user. Empty: only "
           "those two. An unknown group name leaves the socket to root and the chain's "
           "user."),
     S.Key("boot_loop", BOOT_LOOP, "The reboot-loop breaker, a table: when the last "

@@ -550,6 +550,14 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                            f"{svc_name}.log; dropped")
             elif k == "EnvironmentFile":
                 n.warn(e.line, k, "not supported: copy the variables into env = { ... }")
+            elif k in ("MemoryMax", "MemoryLimit"):
+                size = v.strip()
+                if size == "infinity" or re.fullmatch(r"[0-9]+[KMGT]?", size):
+                    svc["memory_max"] = size if size == "infinity" or not size.isdigit() \
+                        else int(size)
+                else:
+                    n.warn(e.line, k, f"{v!r}: hachain's memory_max takes bytes with K, M, G "
+                           "or T, or infinity (not a percentage); dropped")
             elif k == "ExecReload":
                 sig = _reload_signal(v)
                 n.warn(e.line, k, "hachain has no reload command: " + (

@@ -723,6 +723,25 @@ def _cmdline(pid: int) -> str:
     return " ".join(w.decode(errors="replace") for w in raw.rstrip(b"\0").split(b"\0"))
 
 
+def _memory(cgroup: str) -> dict[str, Any] | None:
+    """{"current": bytes, "max": bytes or None (no limit), "oom_kills": N} of a cgroup
+    with the v2 memory controller; None without it."""
+    def read(file: str) -> str:
+        return channels.read_small(os.path.join(cgroup, file)).decode().strip()
+    try:
+        current = int(read("memory.current"))
+        limit = read("memory.max")
+        events = dict(ln.split() for ln in read("memory.events").splitlines())
+        return {"current": current, "max": None if limit == "max" else int(limit),
+                "oom_kills": int(events.get("oom_kill", 0))}
+    except (OSError, ValueError):
+        return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
 def service_details(st: dict[str, Any], names: list[str], log_lines: int | None,
                     log_dir: str | None = None) -> dict[str, dict[str, Any]]:
     """What `hachain status NAME` shows of each named service (all known to `st`): its
@@ -750,6 +769,8 @@ def service_details(st: dict[str, Any], names: list[str], log_lines: int | None,
                 s["processes"] = sorted(int(p) for p in raw.split())
             except (OSError, ValueError):
                 s["processes"] = []
+            if (mem := _memory(os.path.join(cg, name))) is not None:
+                s["memory"] = mem
         if log_dir:
             paths = logs.log_files(log_dir, name)
             s["log_file"] = os.path.join(log_dir, name + ".log")
@@ -793,6 +814,10 @@ def render_details(details: dict[str, dict[str, Any]], tty: bool = False) -> lis
             rows.append(("cgroup", f"{s['cgroup']}: {len(procs)} process(es)" + (
                 ": " + " ".join(map(str, procs[:16])) + (" ..." if len(procs) > 16 else "")
                 if procs else "")))
+        if mem := s.get("memory"):
+            rows.append(("memory", _mib(mem["current"]) + (
+                f" of memory_max {_mib(mem['max'])}" if mem.get("max") else "") + (
+                f", {mem['oom_kills']} OOM kill(s)" if mem.get("oom_kills") else "")))
         rows.append(("last exit", str((s.get("last_exit") or {}).get("text", "-"))))
         rows.append(("ready", str(s.get("ready", "-"))))
         h = s.get("health")

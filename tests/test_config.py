@@ -122,6 +122,25 @@ def test_success_exit_codes_are_kept():
     assert "service.web.success_exit: must be <= 255, got 300" in str(ei.value)
 
 
+@pytest.mark.parametrize("value, size", [
+    ('"512M"', 512 << 20), ('"1g"', 1 << 30), ('"64K"', 64 << 10), ("1048576", 1 << 20),
+    ('"2T"', 2 << 40), ('"infinity"', 0), ("0", 0), ('"4096"', 4096),
+])
+def test_memory_max_reads_sizes_as_systemd_writes_them(value, size):
+    c = config.parse(GOOD + f"memory_max = {value}\n", "chain.toml")
+    assert c.services["web"].memory_max == size
+
+
+@pytest.mark.parametrize("value", ['"50%"', '"1.5G"', '"12Q"', "-1", "true", '""', '"M"',
+                                   '"2000T"'])
+def test_memory_max_refuses_what_is_no_size(value):
+    with pytest.raises(config.ConfigError) as ei:
+        config.parse(GOOD + f"memory_max = {value}\n", "chain.toml")
+    (line,) = ei.value.errors
+    assert line.startswith("chain.toml:20: service.web.memory_max: must be a size: bytes as "
+                           "an integer, or a string with K, M, G or T"), line
+
+
 def test_state_dir_too_long_for_a_socket_is_a_config_error():
     long_dir = "/run/" + "x" * 100
     with pytest.raises(config.ConfigError) as ei:

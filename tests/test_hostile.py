@@ -327,3 +327,26 @@ pids_max = 20
         assert open(limit).read().strip() == "20" and "pids.max = 20" in log
     else:
         assert "pids_max = 20 not applied: the cgroup v2 pids controller is not enabled" in log
+
+
+@pytest.mark.slow
+def test_memory_max_applied_or_clearly_unavailable(restarter):
+    """Where the host binds the memory controller to cgroup v1 (this one does), one line
+    says memory_max is not applied; where cgroup v2 has it, memory.max holds the limit
+    (the OOM kill itself: tests/test_qemu_memory.py, on a real kernel's pure cgroup2)."""
+    r = restarter(f"""
+[service.capped]
+command = {svc("sleep")}
+memory_max = "64M"
+""")
+    r.wait_state("capped", "ready")
+    if not r.cg_root:
+        pytest.skip("no writable cgroup v2")
+    limit = os.path.join(r.cg_root, "capped", "memory.max")
+    log = open(r.log).read()
+    if os.path.exists(limit):
+        assert open(limit).read().strip() == str(64 << 20)
+        assert f"capped: memory.max = {64 << 20}" in log
+    else:
+        assert (f"capped: memory_max = {64 << 20} not applied: the cgroup v2 memory "
+                "controller is not enabled here; a leak is bounded by the host's memory") in log

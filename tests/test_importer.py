@@ -353,3 +353,15 @@ def test_exec_reload_points_at_hachain_kill(reload: str, hint: str) -> None:
                                     "x.service")
     assert [w for w in conv.warnings if ": ExecReload: " in w] == [
         f"x.service:3: ExecReload: hachain has no reload command: {hint}; dropped"]
+
+
+@pytest.mark.parametrize("line, value, warns", [
+    ("MemoryMax=512M", "512M", False), ("MemoryLimit=1G", "1G", False),
+    ("MemoryMax=1048576", 1048576, False), ("MemoryMax=infinity", "infinity", False),
+    ("MemoryMax=50%", None, True), ("MemoryMax=1.5G", None, True),
+])
+def test_memory_max_carries_over(line: str, value: Any, warns: bool) -> None:
+    conv = importer.convert_systemd(f"[Service]\nExecStart=/bin/x\n{line}\n", "x.service")
+    assert conv.services["x"].get("memory_max") == value
+    assert bool([w for w in conv.warnings if ": Memory" in w]) == warns
+    config.parse(importer.to_toml(conv, ["x.service"]))

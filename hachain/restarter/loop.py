@@ -290,7 +290,7 @@ class Restarter:
         self.notify_warnings = notify.WarnQuota()  # lines about bad notify messages
         self._main_guess: dict[str, int] = {}  # forking: a cgroup guess to confirm
         self._zombie: int | None = None  # the exited main process not yet reaped
-        self._pids_limited: set[str] = set()
+        self._limited: set[str] = set()  # pids_max / memory_max written (_apply_limits)
         self.launch_status: dict[str, ExitStatus] = {}  # forking: how the launcher ended
         self.launch_leftovers: dict[str, frozenset[int]] = {}  # forking: in its cgroup before
         self.notify = notify.NotifySocket(os.path.join(self.state_dir, channels.NOTIFY_SOCKET),
@@ -641,19 +641,37 @@ class Restarter:
         self._start_times[name] = sp.start_time
         self.core.push_front(name, Ev.SPAWNED, now, pid=sp.pid)
 
+    def _apply_limits(self, name: str, c: ServiceConfig, quiet: bool = False) -> None:
+        """Write the service's pids.max and memory.max once per configuration of it (a
+        reload that changes it writes them again, "max" for one no longer set;
+        Cgroups.renew writes them into a new cgroup), and take its OOM kill count to
+        compare each exit with. `quiet`: an adopted service (the lines were logged when
+        it was started)."""
+        self._limited.add(name)
+        for key, file, value, controller, without in (
+                ("pids_max", "pids.max", c.pids_max, "pids",
+                 "the whole cgroup is still killed on stop"),
+                ("memory_max", "memory.max", c.memory_max, "memory",
+                 "a leak is bounded by the host's memory")):
+            if not value and not self.cgroups.has_limit(name, file):
+                continue
+            self.cgroups.ensure(name)
+            if self.cgroups.limit(name, file, value):
+                if not quiet:
+                    log(f"{name}: {file} = {value or 'max'}")
+                if file == "memory.max":
+                    self.cgroups.oom_since(name)
+            elif value:
+                log(f"{name}: {key} = {value} not applied: the cgroup v2 {controller} "
+                    f"controller is not enabled here; {without}")
+
     def _launch(self, name: str, now: float, thaw: bool = True) -> Launched | tuple[str, bool]:
         """Start one process of `name`: what was started, or why not (a one-line reason,
         and whether it is transient) for the core's SPAWN_FAILED. `thaw` False: its
         cgroup was just read empty and not frozen (spawn.kill_leftovers)."""
         c = self.conf[name]
-        if c.pids_max and self.cgroups.active and name not in self._pids_limited:
-            self.cgroups.ensure(name)
-            if self.cgroups.limit_pids(name, c.pids_max):
-                log(f"{name}: pids.max = {c.pids_max}")
-            else:
-                log(f"{name}: pids_max = {c.pids_max} not applied: the cgroup v2 pids "
-                    "controller is not enabled here; the whole cgroup is still killed on stop")
-            self._pids_limited.add(name)
+        if name not in self._limited and self.cgroups.active:
+            self._apply_limits(name, c)
         if c.kind == "forking" and self.cgroups.active and not states.kills_leftovers(c):
             # what earlier runs left there is not the new daemon (kill_mode = "process")
             self.launch_leftovers[name] = frozenset(self.cgroups.procs(name))
@@ -713,6 +731,10 @@ class Restarter:
         self.by_pid[pid] = name
         if fd != CHILD:
             self.sel.register(fd, selectors.EVENT_READ, ("pidfd", name))
+            c = self.conf[name]
+            if (c.memory_max or c.pids_max) and name not in self._limited and \
+                    self.cgroups.active:
+                self._apply_limits(name, c, quiet=True)  # adopted: its OOM kill count
 
     def _reap_children(self, now: float) -> None:
         """After SIGCHLD: handle up to EXIT_BATCH exited children, fewer once the round's
@@ -775,6 +797,10 @@ class Restarter:
             self.sel.unregister(rfd)
             os.close(rfd)
         st = st or ExitStatus("unknown")
+        if self.conf[name].memory_max and self.cgroups.active and (
+                st.kind == "unknown" or (st.kind == "killed" and st.signal == signal.SIGKILL)) \
+                and self.cgroups.oom_since(name):
+            st = replace(st, oom=True)  # (the exit's log line and the status say so)
         self._zombie = pid if status is not None else None
         held = self.held_out.fds.pop(name, None)  # closed once the replacement runs
         try:
@@ -1149,6 +1175,7 @@ class Restarter:
         self.cgroups.keep_for(len(new.services))
         self.held_out.keep_for(len(new.services))
         added, changed, removed = self.core.reload(new.services, now)
+        self._limited.difference_update(changed)  # pids_max, memory_max: written again
         self.run_core(now)
         log(f"reloaded {self.cfg.path}: {len(added)} added, {len(changed)} changed, "
             f"{len(removed)} removed, {len(new.services) - len(added) - len(changed)} unchanged")

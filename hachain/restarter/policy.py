@@ -33,19 +33,22 @@ class ExitStatus:
     kind: str
     code: int = 0
     signal: int = 0
+    oom: bool = False  # the kernel's OOM killer ended a process of its cgroup (memory_max)
 
     def describe(self) -> str:
         if self.kind == "exited":
-            return f"exit status {self.code}"
-        if self.kind == "killed":
-            return f"killed by {_SIGNAL_NAMES.get(self.signal, self.signal)}"
-        return {"unknown": "exited (status unknown: adopted process)",
-                "timeout": "readiness timeout", "hung": "hung",
-                "spawn": "could not be started"}.get(self.kind, self.kind)
+            text = f"exit status {self.code}"
+        elif self.kind == "killed":
+            text = f"killed by {_SIGNAL_NAMES.get(self.signal, self.signal)}"
+        else:
+            text = {"unknown": "exited (status unknown: adopted process)",
+                    "timeout": "readiness timeout", "hung": "hung",
+                    "spawn": "could not be started"}.get(self.kind, self.kind)
+        return text + " (out of memory: memory_max reached)" if self.oom else text
 
     def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "code": self.code, "signal": self.signal,
-                "text": self.describe()}
+                "text": self.describe(), **({"oom": True} if self.oom else {})}
 
 
 def is_clean(st: ExitStatus, success_exit: tuple[int, ...] = (0,)) -> bool:

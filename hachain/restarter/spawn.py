@@ -289,7 +289,10 @@ class Cgroups:
         self.home: str | None = None  # the restarter's own cgroup, to move back into
         self._home_fd: int | None = None  # its cgroup.procs, kept open: one move per spawn
         self._made: set[str] = set()  # service cgroups known to exist
-        self._pids_max: dict[str, int] = {}  # as written, to write again after renew()
+        # per service, each limit file as written (pids.max, memory.max), to write again
+        # after renew()
+        self._limits: dict[str, dict[str, str]] = {}
+        self._oom_seen: dict[str, int] = {}  # oom_since(): the OOM kill count last read
         # a service cgroup's path -> its cgroup.procs opened for reading by the standby
         # this restarter was forked from: members() reads those with one pread
         self.held: dict[str, int] = {}
@@ -327,14 +330,16 @@ class Cgroups:
             os.makedirs(root, exist_ok=True)
         except OSError:
             return cls(None)
-        # Delegate the pids controller down to the services' cgroups where the kernel
-        # offers it in v2 (for pids_max); a hybrid host that binds it to v1 refuses.
+        # Delegate the pids and memory controllers down to the services' cgroups where the
+        # kernel offers them in v2 (for pids_max, memory_max); a hybrid host that binds one
+        # to v1 refuses it. One write each: a write naming both fails whole.
         for d in (os.path.dirname(root), root):
-            try:
-                with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
-                    f.write("+pids")
-            except OSError:
-                pass
+            for controller in ("+pids", "+memory"):
+                try:
+                    with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
+                        f.write(controller)
+                except OSError:
+                    pass
         return cls(root)
 
     def claim(self, owner: str) -> None:
@@ -451,24 +456,61 @@ class Cgroups:
         except OSError:
             self._made.discard(name)
             return False
-        if name in self._pids_max:
-            self.limit_pids(name, self._pids_max[name])
+        for file, value in self._limits.get(name, {}).items():
+            self._write_limit(p, file, value)
+        if name in self._oom_seen:
+            self._oom_seen[name] = 0  # a new cgroup counts from 0
         return True
 
-    def limit_pids(self, name: str, limit: int) -> bool:
-        """Write the service's pids.max (0: "max"). False when the pids controller is
-        not enabled for this cgroup (then a fork bomb is only bounded by the kill of the
-        whole cgroup on stop)."""
+    def has_limit(self, name: str, file: str) -> bool:
+        """Whether this restarter has written that limit for the service."""
+        return file in self._limits.get(name, {})
+
+    def limit(self, name: str, file: str, limit: int) -> bool:
+        """Write one of the service's limits, `pids.max` or `memory.max` (0: "max"). False
+        when its controller is not enabled for this cgroup (then a fork bomb is only
+        bounded by the kill of the whole cgroup on stop, a leak by the host's memory)."""
         p = self.path(name)
         if p is None:
             return False
-        self._pids_max[name] = limit
+        value = str(limit) if limit > 0 else "max"
+        self._limits.setdefault(name, {})[file] = value
+        return self._write_limit(p, file, value)
+
+    @staticmethod
+    def _write_limit(path: str, file: str, value: str) -> bool:
         try:
-            with open(os.path.join(p, "pids.max"), "w") as f:
-                f.write(str(limit) if limit > 0 else "max")
+            with open(os.path.join(path, file), "w") as f:
+                f.write(value)
             return True
         except OSError:
             return False
+
+    def oom_since(self, name: str) -> bool:
+        """True when the OOM killer has ended a process of the service's cgroup since the
+        last look; the first look only takes the count."""
+        count = self.oom_kills(name)
+        if count is None:
+            return False
+        seen = self._oom_seen.get(name)
+        self._oom_seen[name] = count
+        return seen is not None and count > seen
+
+    def oom_kills(self, name: str) -> int | None:
+        """How many processes of the service's cgroup the kernel's OOM killer has ended
+        (`oom_kill` in memory.events), or None when that cannot be read."""
+        p = self.path(name)
+        if p is None:
+            return None
+        try:
+            raw = channels.read_small(os.path.join(p, "memory.events"))
+        except OSError:
+            return None
+        for line in raw.splitlines():
+            key, _, count = line.partition(b" ")
+            if key == b"oom_kill" and count.strip().isdigit():
+                return int(count)
+        return None
 
     def thaw(self, path: str) -> None:
         """Make sure a cgroup is not frozen (cgroup.freeze): the restarter is about to
