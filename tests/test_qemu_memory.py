@@ -103,11 +103,20 @@ def test_a_leak_ends_inside_its_memory_max_and_nothing_else_notices(
         "init": "alive", "restarter": "alive", "tickler": "alive"}
     assert cvm.vm.boot_count == 1
 
+    # A reload that changes the limit writes it again (the leaker restarts with it)
+    cvm.vm.put_file("chain.toml", text.replace(f'"{LIMIT >> 20}M"', '"64M"'))
+    rc, out = _hachain(cvm, "reload")
+    assert rc == 0 and "changed ['leaker']" in out, out
+    deadline = time.monotonic() + cvm.scaled(60)
+    while cvm.read(f"{cg}/leaker/memory.max") != str(64 << 20):
+        assert time.monotonic() < deadline, "memory.max was not written again on reload"
+        time.sleep(0.5)
+
     # `hachain status leaker` says so, and stopping it leaves a healthy chain
     rc, out = _hachain(cvm, "status", "leaker", "-n", "0")
     assert "out of memory: memory_max reached" in out, out
     (mem,) = [ln for ln in out.splitlines() if ln.startswith("  memory:")]
-    assert " of memory_max 48.0 MiB, " in mem and mem.endswith(" OOM kill(s)"), out
+    assert " of memory_max 64.0 MiB, " in mem and mem.endswith(" OOM kill(s)"), out
     rc, out = _hachain(cvm, "stop", "leaker")
     assert rc == 0, out
     record_property("leaker_restarts", leak["restarts"])
