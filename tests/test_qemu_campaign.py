@@ -32,7 +32,7 @@ from hachain.simulators.qemu.campaign import (
 from hachain.simulators.qemu.chain import chain_config
 from tests.conftest import reap, wait_until
 
-SEED, FAULTS = 67, 4
+SEED, FAULTS = 1566, 5  # clock-step, leak-service, kill-tickler, hang-service, kernel-crash
 
 
 def test_schedule_is_pure_weighted_and_a_prefix() -> None:
@@ -45,8 +45,8 @@ def test_schedule_is_pure_weighted_and_a_prefix() -> None:
     assert {f.kind for f in schedule(1, 5, ["kill-tickler"])} == {"kill-tickler"}
     # the test's seed: one reboot kind among non-reboot kinds
     short = schedule(SEED, FAULTS, kinds)
-    assert [f.kind for f in short] == ["clock-step", "kill-tickler", "hang-service",
-                                       "kernel-crash"]
+    assert [f.kind for f in short] == ["clock-step", "leak-service", "kill-tickler",
+                                       "hang-service", "kernel-crash"]
 
 
 def test_reboot_verdicts() -> None:
@@ -79,8 +79,8 @@ def test_short_qemu_campaign(qemu_available: None, tmp_path: Path) -> None:
     rep = json.loads((report / "report.json").read_text())
     assert (report / "report.html").exists()
     assert rep["ok"] and rep["seed"] == SEED and rep["failures"] == 0
-    assert [r["kind"] for r in rep["results"]] == ["clock-step", "kill-tickler",
-                                                   "hang-service", "kernel-crash"]
+    assert [r["kind"] for r in rep["results"]] == [
+        "clock-step", "leak-service", "kill-tickler", "hang-service", "kernel-crash"]
     assert rep["boots"] == 2  # the cold boot and the panic reboot, nothing else
     assert rep["machine_resets"] == 0
     for r in rep["results"]:
@@ -88,8 +88,8 @@ def test_short_qemu_campaign(qemu_available: None, tmp_path: Path) -> None:
         assert r["host_wait"] is not None and r["host_wait"] >= 0, r
         assert r["converge"] is not None and 0 < r["converge"] <= r["bound"] + r["host_wait"], r
         assert r["reboot"] == ("panic" if r["kind"] == "kernel-crash" else None), r
-    assert set(rep["summary"]) == {"clock-step", "kill-tickler", "hang-service",
-                                   "kernel-crash"}
+    assert set(rep["summary"]) == {"clock-step", "leak-service", "kill-tickler",
+                                   "hang-service", "kernel-crash"}
 
 
 def _children(pid: int) -> dict[int, str]:

@@ -103,7 +103,8 @@ class CampaignSettings(ChainSettings):
             "sleeper": {"command": ["/bin/sleep", "86401"], **POLICY},
             "notifier": {"command": [python, *PINGER_SERVICE], "ready": "notify",
                          "ready_timeout": 60.0, "watchdog_sec": self.watchdog_sec,
-                         "stop_timeout": self.stop_timeout, **POLICY},
+                         "stop_timeout": self.stop_timeout, "memory_max": LEAK_LIMIT,
+                         **POLICY},
             "worker": {"command": ["/bin/sleep", "86402"], "requires": ["notifier"],
                        **POLICY},
         }
@@ -115,7 +116,9 @@ def reset_bound(s: ChainSettings) -> float:
 
 
 BACKOFF = float(POLICY["backoff.max"])
-SIGKILL, SIGSTOP, SIGRTMIN_1 = 9, 19, 35  # the guest's numbers (x86_64; glibc's SIGRTMIN+1)
+SIGUSR1, SIGKILL, SIGSTOP, SIGRTMIN_1 = 10, 9, 19, 35  # the guest's (x86_64; glibc's SIGRTMIN+1)
+# The notifier's memory_max: a cold Python with the sd_notify client takes ~15 MB of it.
+LEAK_LIMIT = "64M"
 
 
 def send(sig: int) -> Callable[[Fault], dict[str, Any]]:
@@ -148,6 +151,10 @@ QKINDS: dict[str, QKind] = {k.name: k for k in (
           "SIGSTOP a service with watchdog_sec: the restarter sees it hung and restarts it",
           send(SIGSTOP),
           lambda s: s.watchdog_sec + s.stop_timeout + BACKOFF + 2 * START_BUDGET),
+    QKind("leak-service", ("notifier",), None, 2,
+          "SIGUSR1: the notifier allocates without end; its memory_max ends it inside its "
+          "cgroup (out of memory), the restart policy restarts it",
+          send(SIGUSR1), lambda s: BACKOFF + 2 * START_BUDGET),
     QKind("kill-restarter", ("restarter",), None, 3,
           "SIGKILL the restarter: init restarts it, it re-adopts the services",
           send(SIGKILL), lambda s: s.restart_delay + 2 * START_BUDGET),
