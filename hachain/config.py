@@ -155,6 +155,15 @@ def _size(v: Any) -> int:
     raise S.Bad(_SIZE_RULE)
 
 
+def _env_file(v: Any) -> str:
+    s: str = S.Text(nonempty=True).one(v)
+    if s.removeprefix("-").startswith("/"):
+        return s
+    raise S.Bad('must be an absolute path, with a leading "-" when a missing file is no error')
+
+
+_ENV_FILE = S.Custom(_env_file, 'An absolute path, with a leading "-" when a missing file '
+                     "is no error.", examples=("/etc/default/web", "-/etc/default/web"))
 _SIZE = S.Custom(_size, _SIZE_RULE + ".", examples=("512M", "1G", 1 << 30, "infinity", "64K"))
 _DEVICE = S.Custom(_device, examples=("auto", "sim", "none", "sim:/run/wd.sock", "/dev/wd0"))
 _SIGNAL = S.Custom(_signal, examples=("SIGTERM", "INT", 9, "sigusr1"))
@@ -225,6 +234,13 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "to it. `\"forking\"`: a daemon that puts itself in the background (systemd's "
           "`Type=forking`): `command` is a launcher that starts it and exits; see \"Forking "
           "daemons\" below.", group="run"),
+    S.Key("env_file", S.ListOf(_ENV_FILE, one_ok=True, max_items=64), "Files of "
+          "`NAME=VALUE` lines read at each start, as systemd's `EnvironmentFile=` (its format: "
+          "`#` comments, quoted values, a trailing `\\` joins lines); their variables "
+          "replace those of `env`, a later file's an earlier one's. A path with a leading "
+          "`-` may be missing; any other missing or unreadable file fails the start, naming "
+          "it. A line that is not `NAME=VALUE` is left out with a warning.",
+          shown="`[]`", group="run"),
     S.Key("pid_file", S.PathText(nonempty=True), "Only with `kind = \"forking\"`: the "
           "absolute path where the daemon writes its main pid.", group="run"),
     S.Key("enabled", S.Bool(), "`false`: not started at boot (`hachain start NAME` still "

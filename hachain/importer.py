@@ -549,7 +549,11 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                     n.warn(e.line, k, f"{v}: hachain captures output to <log_dir>/"
                            f"{svc_name}.log; dropped")
             elif k == "EnvironmentFile":
-                n.warn(e.line, k, "not supported: copy the variables into env = { ... }")
+                path = v.strip()
+                if path.removeprefix("-").startswith("/"):
+                    svc.setdefault("env_file", []).append(path)
+                else:
+                    n.warn(e.line, k, f"{v!r}: not an absolute path; dropped")
             elif k in ("MemoryMax", "MemoryLimit"):
                 size = v.strip()
                 if size == "infinity" or re.fullmatch(r"[0-9]+[KMGT]?", size):

@@ -365,3 +365,14 @@ def test_memory_max_carries_over(line: str, value: Any, warns: bool) -> None:
     assert conv.services["x"].get("memory_max") == value
     assert bool([w for w in conv.warnings if ": Memory" in w]) == warns
     config.parse(importer.to_toml(conv, ["x.service"]))
+
+
+def test_environment_files_carry_over_in_order() -> None:
+    conv = importer.convert_systemd(
+        "[Service]\nExecStart=/bin/x\nEnvironmentFile=-/etc/default/x\n"
+        "EnvironmentFile=/etc/x.env\nEnvironmentFile=relative.env\n", "x.service")
+    assert conv.services["x"]["env_file"] == ["-/etc/default/x", "/etc/x.env"]
+    assert conv.warnings == ["x.service:5: EnvironmentFile: 'relative.env': not an absolute "
+                             "path; dropped"]
+    cfg = config.parse(importer.to_toml(conv, ["x.service"]))
+    assert cfg.services["x"].env_file == ("-/etc/default/x", "/etc/x.env")

@@ -291,6 +291,7 @@ class Restarter:
         self._main_guess: dict[str, int] = {}  # forking: a cgroup guess to confirm
         self._zombie: int | None = None  # the exited main process not yet reaped
         self._limited: set[str] = set()  # pids_max / memory_max written (_apply_limits)
+        self._env_notes: dict[str, tuple[str, ...]] = {}  # env_file lines left out, as said
         self.launch_status: dict[str, ExitStatus] = {}  # forking: how the launcher ended
         self.launch_leftovers: dict[str, frozenset[int]] = {}  # forking: in its cgroup before
         self.notify = notify.NotifySocket(os.path.join(self.state_dir, channels.NOTIFY_SOCKET),
@@ -687,6 +688,10 @@ class Restarter:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w,
                              yield_cpu=not self._more_work(now), thaw=thaw)
             held = self.held_out.may_hold()
+            if sp.notes != self._env_notes.get(name, ()):  # said once, not at each restart
+                self._env_notes[name] = sp.notes
+                for note in sp.notes:
+                    log(f"{name}: warning: {note}")
         except (spawn.SpawnError, OSError) as e:
             os.close(out_r)
             msg = str(e) if isinstance(e, spawn.SpawnError) else spawn.errno_text(e)
@@ -1014,7 +1019,13 @@ class Restarter:
         try:
             if pkind == "exec":
                 argv = c.ready_command if purpose == "ready" else c.health.command  # type: ignore[union-attr]
-                pr = probes.start_exec(name, purpose, argv, spawn.service_env(c, None), c.cwd)
+                env = spawn.service_env(c, None)
+                if c.env_file:  # as the service itself got it (its start said what failed)
+                    try:
+                        env.update(spawn.read_env_files(c)[0])
+                    except spawn.SpawnError:
+                        pass
+                pr = probes.start_exec(name, purpose, argv, env, c.cwd)
             else:
                 port = c.ready_port if purpose == "ready" else c.health.port  # type: ignore[union-attr]
                 pr = probes.start_tcp(name, purpose, port)

@@ -699,6 +699,7 @@ class Spawned:
     pid: int  # our child: its exit arrives with SIGCHLD (no pidfd)
     start_time: int | None  # /proc start time (clock ticks): with pid, names the process
     ready_fd: int | None  # read end of the s6-style readiness pipe
+    notes: tuple[str, ...] = ()  # env_file lines left out (read_env_files)
 
 
 class SpawnError(Exception):
@@ -726,6 +727,37 @@ def open_log(log_dir: str, name: str) -> int:
         os.makedirs(log_dir, exist_ok=True)
     return os.open(os.path.join(log_dir, name + ".log"),
                    os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+
+
+ENV_FILE_MAX = 1 << 20  # an env_file larger than this is refused (it is no env file)
+
+
+def read_env_files(cfg: ServiceConfig) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The variables of the service's env_file files, read now (systemd reads them at
+    each start), and a line for each line left out. SpawnError naming the file when one
+    without a leading "-" cannot be read; a FIFO or a device is never opened waiting."""
+    from hachain import envfile
+    out: dict[str, str] = {}
+    notes: list[str] = []
+    for entry in cfg.env_file:
+        path = entry.removeprefix("-")
+        try:
+            raw = channels.read_small(path, regular=True)
+            if len(raw) > ENV_FILE_MAX:
+                raise OSError(errno.EFBIG, f"larger than {ENV_FILE_MAX} bytes")
+        except OSError as e:
+            if entry.startswith("-") and isinstance(e, FileNotFoundError):
+                continue
+            raise SpawnError(f"env_file = {path}: {e.strerror or e}",
+                             transient=e.errno in TRANSIENT_ERRNOS) from None
+        found, skipped = envfile.parse(raw.decode("utf-8", "surrogateescape"))
+        for name, value in found.items():
+            if "\0" in value:
+                skipped.append(f"{name}: a NUL character in the value")
+            else:
+                out[name] = value
+        notes += [f"env_file {path}: {why}: left out" for why in skipped]
+    return out, tuple(notes)
 
 
 def service_env(cfg: ServiceConfig, notify_socket: str | None) -> dict[str, str]:
@@ -1013,9 +1045,16 @@ class _Prepared(NamedTuple):
 _PREPARED: dict[str, _Prepared] = {}
 
 
-def _prepared(cfg: ServiceConfig, notify_socket: str | None) -> _Prepared:
+def _prepared(cfg: ServiceConfig, notify_socket: str | None,
+              files: dict[str, str] | None = None) -> _Prepared:
     """The service's environment, argv and envp, from the cache while `cfg` is the very
-    configuration object they were made from (a reload that changes it makes new ones)."""
+    configuration object they were made from (a reload that changes it makes new ones).
+    `files`: what its env_file files hold now, over `env` (never cached)."""
+    if files:
+        base = _prepared(cfg, notify_socket)
+        env = {**base.env, **files}
+        return base._replace(env=env, envp=[os.fsencode(k) + b"=" + os.fsencode(v)
+                                            for k, v in env.items()])
     p = _PREPARED.get(cfg.name)
     if p is None or p.cfg is not cfg or p.notify_socket != notify_socket:
         env = service_env(cfg, notify_socket)
@@ -1101,6 +1140,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
     under a CPU hog each yield would hand a whole time slice to the hog).
     `thaw` False: the caller has just read the service's cgroup empty and not frozen
     (kill_leftovers), so the write to cgroup.freeze is skipped."""
+    files, notes = read_env_files(cfg) if cfg.env_file else ({}, ())
     try:
         logfd = open_log(log_dir, cfg.name) if out is None else out
     except OSError as e:
@@ -1134,7 +1174,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
     moved = False
     try:
         pass_fds = (cfg.ready_fd,) if ready_w is not None else ()
-        prep = _prepared(cfg, notify_socket)
+        prep = _prepared(cfg, notify_socket, files)
         env = prep.env
         try:
             direct = None
@@ -1208,7 +1248,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
             resource.prlimit(pid, resource.RLIMIT_NOFILE, BASE_NOFILE)
         except (OSError, ValueError):
             pass
-    return Spawned(pid=pid, start_time=channels.proc_start_time(pid), ready_fd=ready_r)
+    return Spawned(pid=pid, start_time=channels.proc_start_time(pid), ready_fd=ready_r, notes=notes)
 
 
 # --- forking services: where the main process is -------------------------------------------
