@@ -241,6 +241,13 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "`-` may be missing; any other missing or unreadable file fails the start, naming "
           "it. A line that is not `NAME=VALUE` is left out with a warning.",
           shown="`[]`", group="run"),
+    S.Key("directories", S.ListOf(S.PathText(nonempty=True), one_ok=True, max_items=64),
+          "Directories made before each start when they are missing (with their parents), "
+          "mode 0755, owned by the service's `user` and `group`: what systemd's "
+          "`RuntimeDirectory=`, `StateDirectory=`, `CacheDirectory=` and `LogsDirectory=` "
+          "make, so a daemon that needs `/run/NAME` finds it on a fresh tmpfs at every "
+          "boot. An existing one is left as it is; none is removed. One that cannot be "
+          "made fails the start, naming it.", shown="`[]`", group="run"),
     S.Key("pid_file", S.PathText(nonempty=True), "Only with `kind = \"forking\"`: the "
           "absolute path where the daemon writes its main pid.", group="run"),
     S.Key("enabled", S.Bool(), "`false`: not started at boot (`hachain start NAME` still "

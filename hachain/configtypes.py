@@ -91,6 +91,7 @@ class ServiceConfig:
     pids_max: int = 0  # cgroup pids.max for the service (0: no limit)
     memory_max: int = 0  # cgroup memory.max in bytes (0: no limit)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
+    directories: tuple[str, ...] = ()  # made before each start when missing
     pid_file: str | None = None  # kind = "forking": where the daemon writes its main pid
     kill_mode: str = "cgroup"  # who gets stop_signal and SIGKILL: KILL_MODES
     singleton: bool = False  # [cluster]: runs on at most one node (docs/cluster.md)

@@ -98,6 +98,11 @@ def signal_name(text: str) -> str | None:
     return name if name in signal.Signals.__members__ else None
 
 
+# systemd's per-service directories, by the base their names are relative to (system units)
+_DIRECTORY_BASES = {"RuntimeDirectory": "/run", "StateDirectory": "/var/lib",
+                    "CacheDirectory": "/var/cache", "LogsDirectory": "/var/log"}
+
+
 def _reload_signal(text: str) -> str | None:
     """The signal of an `ExecReload=` that only signals the main process (`/bin/kill
     -HUP $MAINPID`, `kill -s USR1 ${MAINPID}`, `--signal=HUP`), else None."""
@@ -548,6 +553,18 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 if v not in ("journal", "inherit", "journal+console", "kmsg"):
                     n.warn(e.line, k, f"{v}: hachain captures output to <log_dir>/"
                            f"{svc_name}.log; dropped")
+            elif k in _DIRECTORY_BASES:
+                for word in v.split():
+                    rel = word.split(":")[0]  # (a ":" names a symlink systemd makes too)
+                    if rel.startswith("/") or ".." in rel.split("/") or "%" in rel:
+                        n.warn(e.line, k, f"{word!r}: not a plain relative name; dropped")
+                        continue
+                    svc.setdefault("directories", []).append(
+                        os.path.join(_DIRECTORY_BASES[k], rel))
+            elif k in ("RuntimeDirectoryMode", "StateDirectoryMode", "CacheDirectoryMode",
+                       "LogsDirectoryMode"):
+                if v.strip().lstrip("0") != "755":
+                    n.warn(e.line, k, f"{v}: hachain makes directories 0755; dropped")
             elif k == "EnvironmentFile":
                 path = v.strip()
                 if path.removeprefix("-").startswith("/"):

@@ -376,3 +376,18 @@ def test_environment_files_carry_over_in_order() -> None:
                              "path; dropped"]
     cfg = config.parse(importer.to_toml(conv, ["x.service"]))
     assert cfg.services["x"].env_file == ("-/etc/default/x", "/etc/x.env")
+
+
+def test_service_directories_carry_over() -> None:
+    conv = importer.convert_systemd(
+        "[Service]\nExecStart=/usr/sbin/sshd -D\nRuntimeDirectory=sshd\nRuntimeDirectoryMode=0755\n"
+        "StateDirectory=a b/c\nCacheDirectory=x\nLogsDirectory=y\nRuntimeDirectory=/abs ../up\n"
+        "StateDirectoryMode=0700\n", "ssh.service")
+    assert conv.services["ssh"]["directories"] == [
+        "/run/sshd", "/var/lib/a", "/var/lib/b/c", "/var/cache/x", "/var/log/y"]
+    assert conv.warnings == [
+        "ssh.service:8: RuntimeDirectory: '/abs': not a plain relative name; dropped",
+        "ssh.service:8: RuntimeDirectory: '../up': not a plain relative name; dropped",
+        "ssh.service:9: StateDirectoryMode: 0700: hachain makes directories 0755; dropped"]
+    assert config.parse(importer.to_toml(conv, ["ssh.service"])).services["ssh"].directories \
+        == ("/run/sshd", "/var/lib/a", "/var/lib/b/c", "/var/cache/x", "/var/log/y")

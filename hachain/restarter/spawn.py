@@ -803,6 +803,27 @@ class Credentials:
 _NO_CREDENTIALS = Credentials()
 
 
+def make_directories(cfg: ServiceConfig, creds: Credentials) -> None:
+    """Make the service's `directories` that are missing (parents too, as root), each
+    mode 0755 and owned by its user and group. SpawnError naming the one that fails."""
+    for path in cfg.directories:
+        if os.path.isdir(path):
+            continue
+        try:
+            os.makedirs(path, mode=0o755)
+            os.chmod(path, 0o755)  # whatever the umask
+            if creds.uid is not None or creds.gid is not None:
+                os.chown(path, -1 if creds.uid is None else creds.uid,
+                         -1 if creds.gid is None else creds.gid)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise SpawnError(f"directories = {path}: exists and is not a directory") \
+                    from None
+        except OSError as e:
+            raise SpawnError(f"directories = {path}: {e.strerror or e}",
+                             transient=e.errno in TRANSIENT_ERRNOS) from None
+
+
 def credentials(cfg: ServiceConfig) -> Credentials:
     """Resolve `user` and `group` (in the restarter, before the fork): the user's uid, its
     primary group unless `group` is set, and its supplementary groups (as initgroups
@@ -1159,6 +1180,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
     report_r = report_w = None
     try:
         creds = credentials(cfg)
+        if cfg.directories:
+            make_directories(cfg, creds)
         if cfg.rlimits or ready_w is not None:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:

@@ -240,7 +240,6 @@ def sshd(tmp: str, kill_mode: str = "process") -> tuple[Daemon, str]:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key],
                        check=True, capture_output=True, timeout=30)
     shutil.copy(client + ".pub", os.path.join(d, "authorized_keys"))
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege-separation dir
     port = free_port()
     conf = os.path.join(d, "sshd_config")
     with open(conf, "w") as f:
@@ -254,6 +253,7 @@ command = ["{SSHD}", "-D", "-e", "-f", "{conf}"]
 ready = "notify"
 ready_timeout = 30
 kill_mode = "{kill_mode}"
+directories = ["/run/sshd"]  # its privilege-separation dir (ssh.service: RuntimeDirectory=)
 backoff = {{ initial = 0.1, factor = 1 }}
 """
     return Daemon("sshd", body, port, lambda: _ssh_banner(port)), client
