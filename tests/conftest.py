@@ -305,6 +305,32 @@ def qemu_available() -> None:
     pytest.skip(reason)
 
 
+def close_vm(cvm: Any) -> None:
+    """Close a ChainVM (QEMU killed and reaped) and check QEMU is really gone."""
+    pid = cvm.vm.pid
+    cvm.close()
+    if pid is not None:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.fixture
+def chain_vm(qemu_available: None, tmp_path: Any) -> Iterator[Callable[..., Any]]:
+    """Makes chain machines (hachain.simulators.qemu.chain.ChainVM) for one test; each is
+    closed afterwards (close_vm)."""
+    from hachain.simulators.qemu.chain import ChainVM
+    made: list[ChainVM] = []
+
+    def make(settings: Any = None) -> ChainVM:
+        cvm = ChainVM(tmp_path / f"vm{len(made)}", settings)
+        made.append(cvm)
+        return cvm
+
+    yield make
+    for cvm in made:
+        close_vm(cvm)
+
+
 @pytest.fixture
 def restarter(tmp_path: Any) -> Iterator[Callable[..., RestarterRun]]:
     runs: list[RestarterRun] = []

@@ -15,9 +15,7 @@ minutes on two idle cores.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -32,34 +30,11 @@ from hachain.simulators.qemu.chain import (
     scenario_init_exit,
     scenario_kill_restarter,
 )
+from tests.conftest import close_vm
 
 pytestmark = pytest.mark.qemu
 
 RecordProperty = Callable[[str, object], None]
-
-
-@pytest.fixture
-def chain_vm(qemu_available: None, tmp_path: Path) -> Iterator[Callable[..., ChainVM]]:
-    """Makes chain machines for one test; each is closed (QEMU killed, reaped) afterwards."""
-    made: list[ChainVM] = []
-
-    def make(settings: ChainSettings | None = None) -> ChainVM:
-        cvm = ChainVM(tmp_path / f"vm{len(made)}", settings)
-        made.append(cvm)
-        return cvm
-
-    yield make
-    for cvm in made:
-        _close(cvm)
-
-
-def _close(cvm: ChainVM) -> None:
-    """Close the machine and check QEMU is really gone."""
-    pid = cvm.vm.pid
-    cvm.close()
-    if pid is not None:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
 
 
 @pytest.fixture(scope="class")
@@ -71,7 +46,7 @@ def shared(qemu_available: None,
         boot_s = cvm.boot()
         yield cvm, boot_s
     finally:
-        _close(cvm)
+        close_vm(cvm)
 
 
 def _report(record_property: RecordProperty, m: Measurement) -> None:

@@ -11,10 +11,8 @@ leak is added to a running chain with `hachain reload`, as an operator would add
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,24 +32,6 @@ LIMIT = 48 << 20  # above a Python's own start (~10 MB charged), far below the g
 # under a second once its interpreter runs.
 LEAK = ("import time\nheap = []\nwhile True:\n    heap.append(bytearray(1 << 20))\n"
         "    time.sleep(0.002)\n")
-
-
-@pytest.fixture
-def chain_vm(qemu_available: None, tmp_path: Path) -> Iterator[Callable[..., ChainVM]]:
-    made: list[ChainVM] = []
-
-    def make(settings: ChainSettings | None = None) -> ChainVM:
-        cvm = ChainVM(tmp_path / f"vm{len(made)}", settings)
-        made.append(cvm)
-        return cvm
-
-    yield make
-    for cvm in made:
-        pid = cvm.vm.pid
-        cvm.close()
-        if pid is not None:
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
 
 
 def _hachain(cvm: ChainVM, *args: str, timeout: float = 60.0) -> tuple[int, str]:
