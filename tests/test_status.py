@@ -422,3 +422,25 @@ def test_resetting_then_healthy_again_on_the_machine(boot: Any, capsys: Any) -> 
     rc, out = wait_until(lambda: (r := _m_status(m, capsys))[1].startswith(
         "degraded: the watchdog ran out") and r, timeout + 5, "the watchdog's time run out")
     assert rc == 1 and "restarter dead" in out.splitlines()[0]
+
+
+@needs_machine
+def test_one_service_of_a_machine_in_its_own_pid_namespace(boot: Any, capsys: Any) -> None:
+    """`hachain status db` from the host: the machine's pids are not the host's. The
+    main process's command line is read through the pid as seen here (a scan of the
+    machine's namespace), never /proc of the machine's number, which names another
+    process here; the cgroup's processes are written as the machine sees them."""
+    m = boot(machine_config(timeout=30, hb_timeout=20))
+    st = _healthy(m, capsys)
+    db = st["services"]["db"]["pid"]
+    rc, out = _status(capsys, "db", "-n", "0", "--state-dir", m.state_dir,
+                      "--persist-dir", m.persist_dir)
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith(f"db: ready (want up, pid {db}, up ")
+    (proc,) = [ln for ln in lines if ln.startswith("  process:")]
+    # (the injected STATUS= text is in its argv too: shown escaped, as everything is)
+    assert proc == "  process:   " + status.escape(f"{db} {PY} {SVC} notify 0 {INJECT}"), out
+    if m.cgroup_root:  # the machine has cgroups where a writable cgroup2 is (CI)
+        (cg,) = [ln for ln in lines if ln.startswith("  cgroup:")]
+        assert cg == f"  cgroup:    {m.cgroup_root}/db: 1 process(es): {db}", out
