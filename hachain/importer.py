@@ -299,13 +299,39 @@ def _exec_argv(e: Entry, n: _Notes) -> list[str] | None:
                      (":", "no variable expansion"), ("|", "login-shell invocation")):
         if ch in pre:
             n.warn(e.line, "ExecStart", f"'{ch}' prefix ({what}) dropped")
-    if any(re.search(r"\$\{?[A-Za-z_]", a) for a in argv):
-        n.warn(e.line, "ExecStart", "$VARIABLE references are not expanded by hachain (no "
-               "shell unless shell = true); they are passed literally")
     if any(re.search(r"%[a-zA-Z%]", a) for a in argv):
         n.warn(e.line, "ExecStart", "%-specifiers are not expanded by hachain; they are "
                "passed literally")
     return argv
+
+
+_WORD_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_IN_WORD = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$")
+
+
+def expanding_command(argv: list[str]) -> str | None:
+    """ExecStart's argv as one /bin/sh line that expands its variable references the way
+    systemd does, or None when it has none: `$NAME` as a whole word is split at blanks
+    (unquoted in the shell; `set -f`: no globbing, which systemd does not do either),
+    `${NAME}` anywhere is one argument (double-quoted), `$$` is a `$`; everything else
+    is quoted as written. `exec`: the shell becomes the program (the main pid)."""
+    if not any(_WORD_VAR.fullmatch(a) or _IN_WORD.search(a) for a in argv):
+        return None
+    words = []
+    for a in argv:
+        if _WORD_VAR.fullmatch(a):
+            words.append(a)
+            continue
+        parts, pos = [], 0
+        for m in _IN_WORD.finditer(a):
+            if m.start() > pos:
+                parts.append(shlex.quote(a[pos:m.start()]))
+            parts.append(f'"${{{m.group(1)}}}"' if m.group(1) else "'$'")
+            pos = m.end()
+        if pos < len(a) or not parts:
+            parts.append(shlex.quote(a[pos:]))
+        words.append("".join(parts))
+    return "set -f; exec " + " ".join(words)
 
 
 def _systemd_env(e: Entry, env: dict[str, str], n: _Notes) -> None:
@@ -444,7 +470,13 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                        "this additional ExecStart is dropped (make it a oneshot that "
                        "requires this one)")
         argv = _exec_argv(u.exec_start[0], n)
-        if argv:
+        line = expanding_command(argv) if argv else None
+        if line is not None:
+            svc["command"], svc["shell"] = line, True
+            n.warn(u.exec_start[0].line, "ExecStart", "$VARIABLE references: run through "
+                   "/bin/sh (shell = true, `exec`) so that they expand from env and "
+                   "env_file as systemd expands them")
+        elif argv:
             svc["command"] = argv
 
     # Restart policy (systemd's default is Restart=no).

@@ -3,6 +3,7 @@ accepts, with one warning line (file:line: option) for everything left behind.""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import tomllib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hachain import config, importer
 
@@ -218,7 +221,9 @@ def test_systemd_default_restart_is_no() -> None:
 def test_exec_prefixes_and_variables() -> None:
     conv = importer.convert_systemd(
         "[Service]\nExecStart=@+/usr/bin/daemon daemon-name -v $OPTS %i\n", "t@.service")
-    assert conv.services["t@"]["command"] == ["/usr/bin/daemon", "-v", "$OPTS", "%i"]
+    # $OPTS expands from env / env_file at start, as in systemd: through /bin/sh
+    assert conv.services["t@"]["command"] == "set -f; exec /usr/bin/daemon -v $OPTS %i"
+    assert conv.services["t@"]["shell"] is True
     joined = "\n".join(conv.warnings)
     for what in ("'@' prefix", "'+' prefix", "$VARIABLE", "%-specifiers", "template"):
         assert what in joined, what
@@ -391,3 +396,42 @@ def test_service_directories_carry_over() -> None:
         "ssh.service:9: StateDirectoryMode: 0700: hachain makes directories 0755; dropped"]
     assert config.parse(importer.to_toml(conv, ["ssh.service"])).services["ssh"].directories \
         == ("/run/sshd", "/var/lib/a", "/var/lib/b/c", "/var/cache/x", "/var/log/y")
+
+
+def _systemd_expands(argv: list[str], env: dict[str, str]) -> list[str]:
+    """What systemd makes of ExecStart's words (systemd.service(5), "Command lines"):
+    `$NAME` alone is split at whitespace (unset: no word), `${NAME}` is one value inside
+    its word, `$$` is `$`."""
+    out: list[str] = []
+    for a in argv:
+        m = re.fullmatch(r"\$([A-Za-z_][A-Za-z0-9_]*)", a)
+        if m:
+            out += env.get(m.group(1), "").split()
+            continue
+        out.append(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$",
+                          lambda v: env.get(v.group(1), "") if v.group(1) else "$", a))
+    return out
+
+
+_VALUE = st.text(alphabet=" \t*?[]'\"\\$;&|<>(){}~#=aZ9-", max_size=12)
+_WORD = st.one_of(st.sampled_from(["$A", "$B", "${A}", "x${B}y", "$$", "a$$b", "--o=${A}",
+                                   "$A$B", "plain", "it's", "*", "", "$1"]), _VALUE)
+
+
+@settings(max_examples=60, deadline=None)
+@given(words=st.lists(_WORD, min_size=1, max_size=5),
+       env=st.dictionaries(st.sampled_from(["A", "B"]), _VALUE))
+def test_the_shell_line_expands_as_systemd_would(words: list[str],
+                                                 env: dict[str, str]) -> None:
+    """The /bin/sh line `hachain import` writes for an ExecStart with variables gives
+    the program exactly the argv systemd would (a real shell runs it)."""
+    show = [sys.executable, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))"]
+    line = importer.expanding_command(show + words)
+    if line is None:  # no reference: the argv is kept as it is
+        assert not any(re.fullmatch(r"\$[A-Za-z_][A-Za-z0-9_]*", w)
+                       or re.search(r"\$(\{[A-Za-z_][A-Za-z0-9_]*\}|\$)", w) for w in words)
+        return
+    p = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True, env=env,
+                       timeout=30, cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == _systemd_expands(words, env), line
