@@ -12,9 +12,10 @@ import pytest
 
 from hachain import channels, config
 from hachain.restarter import states
+from hachain.restarter.loop import REAP_WAIT
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc
-from tests.conftest import PY, ROOT, wait_until
+from tests.conftest import PY, ROOT, START_TIMEOUT, wait_until
 
 FORKD = os.path.join(ROOT, "tests", "helpers", "forkd.py")
 
@@ -211,8 +212,12 @@ backoff = {{ initial = 0.1 }}
     assert st["pid"] == main and "adopted" in st["reason"]
     assert open(rec).read().split() == [str(main)]  # no second copy
     os.kill(main, signal.SIGKILL)  # the adopted main dies: restarted
+    # The bound: the wait for another process's reap (REAP_WAIT), the backoff, and a new
+    # launcher, a Python helper, starting and writing its pid file: a Python start-up,
+    # which nothing configures (START_TIMEOUT; CI, a host running two suites at once:
+    # back after more than 10 s)
     st = wait_until(lambda: (x := r.svc("d"))["state"] == "ready" and x["pid"] != main and x,
-                    10, "d back after its adopted main died")
+                    REAP_WAIT + 0.1 + START_TIMEOUT, "d back after its adopted main died")
     r.pids_seen.add(st["pid"])
     assert len(open(rec).read().split()) == 2
 
