@@ -67,3 +67,14 @@ def test_a_fifo_as_env_file_is_refused_not_waited_on(restarter: Any, tmp_path: A
     wait_until(lambda: r.svc("web")["restarts"] >= 1, 20, "web's start to fail")
     assert f"env_file = {fifo}: not a regular file (a FIFO)" in open(r.log).read()
     assert r.ping()  # the restarter never waited for a writer
+
+
+@pytest.mark.slow
+def test_an_env_file_too_large_to_be_one_is_refused_unread(restarter: Any,
+                                                           tmp_path: Any) -> None:
+    big = tmp_path / "big.env"
+    with open(big, "wb") as f:
+        f.truncate(2 << 20)  # sparse: 2 MiB of nothing
+    r = restarter(f'[service.web]\n{SHOW}env_file = "{big}"\n')
+    wait_until(lambda: r.svc("web")["restarts"] >= 1, 20, "web's start to fail")
+    assert f"env_file = {big}: larger than 1048576 bytes" in open(r.log).read()

@@ -742,9 +742,9 @@ def read_env_files(cfg: ServiceConfig) -> tuple[dict[str, str], tuple[str, ...]]
     for entry in cfg.env_file:
         path = entry.removeprefix("-")
         try:
-            raw = channels.read_small(path, regular=True)
-            if len(raw) > ENV_FILE_MAX:
+            if os.stat(path).st_size > ENV_FILE_MAX:  # before reading it whole
                 raise OSError(errno.EFBIG, f"larger than {ENV_FILE_MAX} bytes")
+            raw = channels.read_small(path, regular=True)
         except OSError as e:
             if entry.startswith("-") and isinstance(e, FileNotFoundError):
                 continue
