@@ -312,41 +312,30 @@ intensity = {{ max_restarts = 1000000, window = 1, action = "ignore" }}
 
 
 @pytest.mark.slow
-def test_pids_max_applied_or_clearly_unavailable(restarter):
+@pytest.mark.parametrize("setting, file, value, without", [
+    ("pids_max = 20", "pids.max", 20, "pids controller is not enabled here; the whole "
+     "cgroup is still killed on stop"),
+    ('memory_max = "64M"', "memory.max", 64 << 20, "memory controller is not enabled here; "
+     "a leak is bounded by the host's memory"),
+], ids=["pids_max", "memory_max"])
+def test_cgroup_limit_applied_or_clearly_unavailable(restarter, setting, file, value, without):
+    """Where cgroup v2 has the controller, the service's cgroup file holds the limit;
+    where the host binds it to cgroup v1 (this one does, for memory), one line says the
+    limit is not applied (the OOM kill itself: tests/test_qemu_memory.py, on a real
+    kernel's pure cgroup2)."""
     r = restarter(f"""
 [service.capped]
 command = {svc("sleep")}
-pids_max = 20
+{setting}
 """)
     r.wait_state("capped", "ready")
     if not r.cg_root:
         pytest.skip("no writable cgroup v2")
-    limit = os.path.join(r.cg_root, "capped", "pids.max")
+    limit = os.path.join(r.cg_root, "capped", file)
     log = open(r.log).read()
     if os.path.exists(limit):
-        assert open(limit).read().strip() == "20" and "pids.max = 20" in log
+        assert open(limit).read().strip() == str(value)
+        assert f"capped: {file} = {value}" in log
     else:
-        assert "pids_max = 20 not applied: the cgroup v2 pids controller is not enabled" in log
-
-
-@pytest.mark.slow
-def test_memory_max_applied_or_clearly_unavailable(restarter):
-    """Where the host binds the memory controller to cgroup v1 (this one does), one line
-    says memory_max is not applied; where cgroup v2 has it, memory.max holds the limit
-    (the OOM kill itself: tests/test_qemu_memory.py, on a real kernel's pure cgroup2)."""
-    r = restarter(f"""
-[service.capped]
-command = {svc("sleep")}
-memory_max = "64M"
-""")
-    r.wait_state("capped", "ready")
-    if not r.cg_root:
-        pytest.skip("no writable cgroup v2")
-    limit = os.path.join(r.cg_root, "capped", "memory.max")
-    log = open(r.log).read()
-    if os.path.exists(limit):
-        assert open(limit).read().strip() == str(64 << 20)
-        assert f"capped: memory.max = {64 << 20}" in log
-    else:
-        assert (f"capped: memory_max = {64 << 20} not applied: the cgroup v2 memory "
-                "controller is not enabled here; a leak is bounded by the host's memory") in log
+        key = setting.split()[0]
+        assert f"capped: {key} = {value} not applied: the cgroup v2 {without}" in log
