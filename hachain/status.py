@@ -738,26 +738,19 @@ def _memory(cgroup: str) -> dict[str, Any] | None:
         return None
 
 
-class _Same(dict):  # type: ignore[type-arg]
-    """The identity map: the chain's pids are this process's."""
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return key
-
-
-def _pid_mapping(restarter: dict[str, Any]) -> dict[int, int] | None:
-    """{the chain's pid: the same process's pid here}: the identity when the restarter
-    runs in this PID namespace, a scan of its namespace when it runs in another (a
-    simulated machine seen from the host), None when that cannot be known (no live
-    restarter to tell): then no /proc of a service's pid is read here, since that pid
-    may name another process in this namespace."""
+def _pid_mapping(restarter: dict[str, Any]) -> tuple[bool, dict[int, int] | None]:
+    """(same, mapping): `same` when the restarter runs in this PID namespace (the chain's
+    pids are ours); else {the chain's pid: the same process's pid here} from a scan of
+    its namespace (a simulated machine seen from the host), or None when that cannot be
+    known (no live restarter to tell): then no /proc of a service's pid is read here,
+    since that pid may name another process in this namespace."""
     pid, host = restarter.get("pid"), restarter.get("host_pid")
     if host is None:
-        return None
+        return False, None
     if pid == host:
-        return _Same()
+        return True, None
     ns = _pidns(host)
-    return Finder._scan(ns) if ns is not None else None
+    return False, Finder._scan(ns) if ns is not None else None
 
 
 def _mib(n: int) -> str:
@@ -776,22 +769,23 @@ def service_details(st: dict[str, Any], names: list[str], log_lines: int | None,
     last = ch.get("last_known") or {}
     live = bool(st["services"])
     log_dir = log_dir or rs.get("log_dir")
-    here = _pid_mapping(ch["layers"].get("restarter") or {})
+    same, mapping = _pid_mapping(ch["layers"].get("restarter") or {})
+    back = {here: chain for chain, here in (mapping or {}).items()}  # here -> the chain's
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         s = dict(st["services"][name] if live else last["services"][name])
         if not live:
             s["as_of"] = last.get("age")
-        if s.get("pid") and here is not None and (pid := here.get(int(s["pid"]))):
-            s["command"] = _cmdline(pid)
+        main = int(s["pid"]) if s.get("pid") else None
+        here = main if same or main is None else (mapping or {}).get(main)
+        if here is not None:
+            s["command"] = _cmdline(here)
         cg = rs.get("cgroups")
         if live and cg:
             s["cgroup"] = os.path.join(cg, name)
             try:  # pids as this process sees them: written as the chain sees them
                 raw = channels.read_small(os.path.join(cg, name, "cgroup.procs"))
-                back = {v: k for k, v in (here or {}).items()}
-                s["processes"] = sorted(back.get(int(p), int(p)) if here else int(p)
-                                        for p in raw.split())
+                s["processes"] = sorted(back.get(int(p), int(p)) for p in raw.split())
             except (OSError, ValueError):
                 s["processes"] = []
             if (mem := _memory(os.path.join(cg, name))) is not None:
