@@ -59,7 +59,7 @@ def _report(record_property: RecordProperty, m: Measurement) -> None:
             record_property(f"{m.scenario}_{key}_s", value)
 
 
-def _assert_boot(m: Measurement) -> None:
+def _assert_boot(m: Measurement, timeout: int = 10) -> None:
     """Every service ready, the tickler holding the real device and petting it."""
     assert m.status is not None
     services = m.status["services"]
@@ -68,7 +68,7 @@ def _assert_boot(m: Measurement) -> None:
     assert services["notifier"]["status_text"] == "serving"  # READY=1 came with STATUS=
     wd = m.status["chain"]["watchdog"]
     assert wd["device"] == DEVICE and wd["armed"] and wd["petting"] and wd["gate"]["ok"]
-    assert wd["timeout"] == 10
+    assert wd["timeout"] == timeout
     first, second = (int(x) for x in m.notes["pets"].split("->"))
     assert second > first
     assert m.boots == 1
@@ -163,10 +163,14 @@ class TestSharedMachine:
 
 def test_boot_chain_ready_and_petting_softdog(
         chain_vm: Callable[..., ChainVM], record_property: RecordProperty) -> None:
-    cvm = chain_vm(ChainSettings(watchdog="softdog"))
+    # 20 s, as the QEMU campaign's: a TCG guest starved by the slow lane's other workers
+    # went 10 s without a pet right after the tickler armed softdog (CI, 2026-12-05:
+    # reset on the first boot, no gate failure recorded). The emulated device's timeout
+    # is this test's set-up, not a bound of the chain.
+    cvm = chain_vm(ChainSettings(watchdog="softdog", timeout=20))
     m = scenario_boot(cvm, cvm.boot())
     m.scenario = "softdog-boot"
     _report(record_property, m)
-    _assert_boot(m)
+    _assert_boot(m, timeout=20)
     assert m.status is not None
     assert m.status["chain"]["watchdog"]["timeleft"] is None  # not on this kernel
