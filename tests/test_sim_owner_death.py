@@ -167,17 +167,26 @@ def kill_owner_and_wait(owner: subprocess.Popen[bytes], known: Known, init: int
     namespace are gone; seconds it took."""
     mnt = mnt_namespace(init)
     assert mnt is not None and mnt != mnt_namespace(os.getpid())
-    alive_before = known.alive()
-    assert len(alive_before) >= 5, alive_before  # unshare, init, restarter, tickler, db
-    t0 = time.monotonic()
-    owner.kill()
-    reap(owner, "the owner")
-    wait_until(lambda: not known.alive(), GONE_BOUND,
-               f"the machine of a SIGKILLed owner to go (left: {known.alive()})")
-    elapsed = time.monotonic() - t0
-    print(f"owner SIGKILL -> {len(alive_before)} machine processes gone: {elapsed:.3f} s "
-          f"(bound {GONE_BOUND:g} s)")
-    assert processes_in_mnt_namespace(mnt) == []
+    # Pin the namespace: a freed namespace's inode number is handed to the next one made
+    # (CI saw another worker's new machine in "this" namespace), and an open nsfs file
+    # keeps the number ours, whatever still runs in it.
+    pin = os.open(f"/proc/{init}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        assert os.readlink(f"/proc/{init}/ns/mnt") == mnt
+        alive_before = known.alive()
+        assert len(alive_before) >= 5, alive_before  # unshare, init, restarter, tickler, db
+        t0 = time.monotonic()
+        owner.kill()
+        reap(owner, "the owner")
+        wait_until(lambda: not known.alive(), GONE_BOUND,
+                   f"the machine of a SIGKILLed owner to go (left: {known.alive()})")
+        elapsed = time.monotonic() - t0
+        print(f"owner SIGKILL -> {len(alive_before)} machine processes gone: "
+              f"{elapsed:.3f} s (bound {GONE_BOUND:g} s)")
+        left = processes_in_mnt_namespace(mnt)
+        assert left == [], [(p, cmdline(p)) for p in left]
+    finally:
+        os.close(pin)
     return elapsed
 
 
