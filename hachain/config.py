@@ -248,6 +248,16 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "make, so a daemon that needs `/run/NAME` finds it on a fresh tmpfs at every "
           "boot. An existing one is left as it is; none is removed. One that cannot be "
           "made fails the start, naming it.", shown="`[]`", group="run"),
+    S.Key("pre_start", S.ListOf(S.Argv(string_ok=True), max_items=64), "Commands run in "
+          "turn before `command`, each an argv list (`[[\"/usr/sbin/sshd\", \"-t\"]]`), or "
+          "with `shell = true` a `/bin/sh` line: systemd's `ExecStartPre=`, or what a runit "
+          "or s6 `run` script does before it execs the daemon. They run as the service "
+          "does (user, environment, cwd, limits, cgroup), within `ready_timeout`, without "
+          "`NOTIFY_SOCKET`. One that fails ends the start with its status, which the restart "
+          "policy answers as any failed start; one whose program is written with a leading "
+          "`-` (`[\"-/usr/bin/x\"]`) may fail. Each failure is a line on the service's "
+          "log. A `ready = \"none\"` service is ready once `command` is exec'd.",
+          shown="`[]`", group="run"),
     S.Key("pid_file", S.PathText(nonempty=True), "Only with `kind = \"forking\"`: the "
           "absolute path where the daemon writes its main pid.", group="run"),
     S.Key("enabled", S.Bool(), "`false`: not started at boot (`hachain start NAME` still "
@@ -369,6 +379,23 @@ def _build_service(v: dict[str, Any], given: set[str], at: S.Path,
         return S.INVALID
     if shell:
         v["command"] = ("/bin/sh", "-c", cmd if isinstance(cmd, str) else " ".join(cmd))
+    pre = []
+    for i, c in enumerate(v.get("pre_start", ())):
+        if isinstance(c, str):
+            if not shell:
+                r.err(at + ("pre_start",), f"item {i + 1} is a string, {S.show(c)}: write "
+                      "each command as an argv list, [[\"/usr/bin/x\", \"--flag\"]] (a "
+                      "string is a /bin/sh line only with shell = true)")
+                return S.INVALID
+            ign = c.startswith("-")
+            c = ("-" if ign else "") + "/bin/sh", "-c", c[1:] if ign else c
+        if c[0].startswith("-") and not c[0][1:].strip():
+            r.err(at + ("pre_start",), f"item {i + 1}: the \"-\" prefix must be followed "
+                  f"by the program, got {S.show(list(c))}")
+            return S.INVALID
+        pre.append(tuple(c))
+    if "pre_start" in v:
+        v["pre_start"] = tuple(pre)
     if v["kind"] == "oneshot" and "restart" not in given:
         v["restart"] = "never"
     return ServiceConfig(name=at[-1], **v)
@@ -393,6 +420,9 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     if s.kind == "oneshot" and s.restart == "always":
         r.err(at + ("restart",), "a oneshot cannot use restart = \"always\" (it would never "
               "be done); use \"on-failure\" or \"never\"")
+    if s.pre_start and s.ready_fd > 9 and s.ready_pipe:
+        r.err(at + ("ready_fd",), f"must be at most 9 with pre_start (/bin/sh, which runs "
+              f"them, redirects descriptors 0-9 only), got {s.ready_fd}", [at + ("pre_start",)])
     if s.pid_file is not None and s.kind != "forking":
         r.err(at + ("pid_file",), f"only with kind = \"forking\" (kind is {s.kind!r})")
     if s.kind == "forking" and s.ready != "none":

@@ -92,9 +92,20 @@ class ServiceConfig:
     memory_max: int = 0  # cgroup memory.max in bytes (0: no limit)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing
+    # run in turn before `command` (hachain/prestart.py); argv[0] "-..." may fail
+    pre_start: tuple[tuple[str, ...], ...] = ()
     pid_file: str | None = None  # kind = "forking": where the daemon writes its main pid
     kill_mode: str = "cgroup"  # who gets stop_signal and SIGKILL: KILL_MODES
     singleton: bool = False  # [cluster]: runs on at most one node (docs/cluster.md)
+
+    @property
+    def ready_pipe(self) -> bool:
+        """Does a start get the readiness pipe (at descriptor `ready_fd`)? With
+        `ready = "fd"` the service writes to it; a `ready = "none"` long-running service
+        with pre-start commands has its newline written at the `exec` of `command`
+        (hachain/prestart.py)."""
+        return self.ready == "fd" or (bool(self.pre_start) and self.ready == "none"
+                                      and self.kind == "longrun")
 
     @property
     def deps(self) -> tuple[str, ...]:

@@ -268,41 +268,69 @@ _DEP_KEYS = {"Requires": "requires", "Wants": "wants", "After": "after",
 class _Unit:
     """What one unit file says, before it becomes a service table."""
     exec_start: list[Entry] = field(default_factory=list)
+    exec_start_pre: list[Entry] = field(default_factory=list)
     type: Entry | None = None
     restart: Entry | None = None
     entries: list[Entry] = field(default_factory=list)
 
 
-def _exec_argv(e: Entry, n: _Notes) -> list[str] | None:
-    """ExecStart= → argv: prefixes stripped (with warnings), split the way systemd does."""
-    v = e.value
+def _exec_argv(e: Entry, n: _Notes, may_fail: bool = False) -> list[str] | None:
+    """ExecStart= (ExecStartPre=) → argv: prefixes stripped (with warnings), split the
+    way systemd does. `may_fail`: a '-' prefix is kept on argv[0], as pre_start takes it."""
+    v, k = e.value, e.key
     prefixes = re.match(r"[-@+!:|]*", v)
     pre = prefixes.group(0) if prefixes else ""
     v = v[len(pre):]
     try:
         argv = _split(v)
     except ValueError as ex:
-        n.error(e.line, "ExecStart", f"cannot split the command line: {ex}")
+        n.error(e.line, k, f"cannot split the command line: {ex}")
         return None
     if not argv:
-        n.error(e.line, "ExecStart", "empty command")
+        n.error(e.line, k, "empty command")
         return None
-    if "-" in pre:
-        n.warn(e.line, "ExecStart", "'-' prefix (ignore a failing exit status) dropped; "
+    if "-" in pre and not may_fail:
+        n.warn(e.line, k, "'-' prefix (ignore a failing exit status) dropped; "
                "list the exit codes that count as success in success_exit")
     if "@" in pre:
         alias = argv[1] if len(argv) > 1 else ""
-        n.warn(e.line, "ExecStart", f"'@' prefix dropped: argv[0] {alias!r}"
+        n.warn(e.line, k, f"'@' prefix dropped: argv[0] {alias!r}"
                " is not carried over, the program sees its own path as argv[0]")
         argv = argv[:1] + argv[2:]
-    for ch, what in (("+", "full privileges"), ("!", "ambient-capability privileges"),
+    for ch, what in (("+", "full privileges: it runs as the service's user"),
+                     ("!", "ambient-capability privileges"),
                      (":", "no variable expansion"), ("|", "login-shell invocation")):
         if ch in pre:
-            n.warn(e.line, "ExecStart", f"'{ch}' prefix ({what}) dropped")
+            n.warn(e.line, k, f"'{ch}' prefix ({what}) dropped")
     if any(re.search(r"%[a-zA-Z%]", a) for a in argv):
-        n.warn(e.line, "ExecStart", "%-specifiers are not expanded by hachain; they are "
+        n.warn(e.line, k, "%-specifiers are not expanded by hachain; they are "
                "passed literally")
+    if "-" in pre and may_fail:
+        argv[0] = "-" + argv[0]
     return argv
+
+
+def _pre_start(entries: list[Entry], n: _Notes) -> list[list[str]]:
+    """ExecStartPre= lines → pre_start argv lists (an empty one resets the list, as in
+    systemd). A line with $VARIABLE references becomes a /bin/sh line that expands them
+    as systemd does (expanding_command), written as an argv list."""
+    out: list[list[str]] = []
+    for e in entries:
+        if not e.value:
+            out.clear()
+            continue
+        argv = _exec_argv(e, n, may_fail=True)
+        if argv is None:
+            continue
+        ign = argv[0].startswith("-")
+        plain = [argv[0][1:]] + argv[1:] if ign else argv
+        line = expanding_command(plain)
+        if line is not None:
+            plain = ["/bin/sh", "-c", line]
+            n.warn(e.line, e.key, "$VARIABLE references: run through /bin/sh so that they "
+                   "expand from env and env_file as systemd expands them")
+        out.append(["-" + plain[0]] + plain[1:] if ign else plain)
+    return out
 
 
 _WORD_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -422,6 +450,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 u.exec_start.clear()
             else:
                 u.exec_start.append(e)
+        elif k == "ExecStartPre":
+            u.exec_start_pre.append(e)
         elif k == "Type":
             u.type = e
         elif k == "Restart":
@@ -478,6 +508,9 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                    "env_file as systemd expands them")
         elif argv:
             svc["command"] = argv
+    pre_start = _pre_start(u.exec_start_pre, n)
+    if pre_start:
+        svc["pre_start"] = pre_start
 
     # Restart policy (systemd's default is Restart=no).
     restart = "never"

@@ -59,7 +59,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hachain import bootrecord
+from hachain import bootrecord, prestart
 from hachain.channels import Heartbeat
 from hachain.config import Backoff, Config, HealthCheck, Intensity, ServiceConfig, WatchdogConfig
 from hachain.restarter import core, states
@@ -201,6 +201,10 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
         if c.ready not in ("none", "notify"):
             notes.append(f"{c.name}: ready = {c.ready!r} modelled as a readiness message "
                          "(like notify)")
+        piped = c.ready == "none" and prestart.ready_pipe(c)
+        if piped:
+            notes.append(f"{c.name}: ready when its command is exec'd after pre_start, "
+                         "modelled as a readiness message (like notify)")
         if c.health:
             notes.append(f"{c.name}: health checks are not modelled")
         confs.append(replace(
@@ -208,7 +212,8 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
             requires=tuple(new[d] for d in c.requires if d in names),
             wants=tuple(new[d] for d in c.wants if d in names),
             after=tuple(new[d] for d in c.after if d in names),
-            conflicts=(), ready="none" if c.ready == "none" else "notify",
+            conflicts=(), ready="none" if c.ready == "none" and not piped else "notify",
+            pre_start=(),
             # (WATCHDOG=1 every tick while it runs; its ready process may hang)
             watchdog_sec=float(_to_ticks(c.watchdog_sec, tick, 1, down=True))
             if c.watchdog_sec and c.ready == "notify" else 0.0, health=None,

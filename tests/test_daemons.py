@@ -103,6 +103,7 @@ def test_nginx_forking_from_its_debian_unit() -> None:
         ng, warnings = D.nginx_forking(tmp)
         assert 'kind = "forking"' in ng.body and "pid_file" in ng.body
         assert not any("forking" in w.lower() for w in warnings), warnings
+        assert 'pre_start = [["/usr/sbin/nginx", "-t", "-q"' in ng.body  # ExecStartPre=
         with D.restarter(tmp, ng.body) as r:
             st = D.wait_ready(r, ng)
             pid_file = os.path.join(tmp, "nginx", "forking.pid")
@@ -114,6 +115,37 @@ def test_nginx_forking_from_its_debian_unit() -> None:
             assert st2["pid"] == int(open(pid_file).read())
             # the killed master's workers went with it (its cgroup was cleared)
             wait_until(lambda: len(_cgroup_procs(r, "nginx")) == 3, 10, "master + 2 workers")
+            assert r.req("stop", "nginx")["ok"]
+            r.wait_state("nginx", "stopped", timeout=30)
+            assert _cgroup_procs(r, "nginx") == []
+
+
+def test_nginx_config_test_keeps_a_broken_config_from_starting() -> None:
+    """The imported unit's `nginx -t` (ExecStartPre=) as pre_start: a broken nginx.conf
+    fails every start before nginx runs, the service log names the failed command and
+    nginx's own reason, the intensity limit holds it in maintenance; once the file is
+    fixed, `hachain clear` starts it."""
+    with D.daemon_dir() as tmp:
+        ng, _warnings = D.nginx_forking(tmp)
+        conf = os.path.join(tmp, "nginx", "nginx.conf")
+        good = open(conf).read()
+        with open(conf, "w") as f:
+            f.write(good.replace("worker_processes 2;", "worker_processes two;"))
+        with D.restarter(tmp, ng.body) as r:
+            st = r.wait_state("nginx", "maintenance", timeout=60)
+            assert "exit status 1" in st["reason"], st
+            log = open(os.path.join(r.persist_dir, "log", "nginx.log")).read()
+            assert '"worker_processes" directive invalid value' in log, log[-2000:]
+            assert "hachain: pre_start 1/1 (/usr/sbin/nginx -t -q -g daemon on; " \
+                   "master_process on; -c " in log, log[-2000:]
+            assert "failed: status 1; the start fails" in log
+            assert not os.path.exists(os.path.join(tmp, "nginx", "forking.pid"))
+            with open(conf, "w") as f:
+                f.write(good)
+            assert r.req("clear", "nginx")["ok"]
+            st = D.wait_ready(r, ng)
+            r.pids_seen.add(st["pid"])
+            assert st["pid"] == int(open(os.path.join(tmp, "nginx", "forking.pid")).read())
             assert r.req("stop", "nginx")["ok"]
             r.wait_state("nginx", "stopped", timeout=30)
             assert _cgroup_procs(r, "nginx") == []

@@ -142,6 +142,7 @@ def test_systemd_units_map_to_keys_and_load(tmp_path: Any) -> None:
     cfg = config.parse(text, "imported.toml")
     w = cfg.services["web"]
     assert w.command == ("/usr/bin/web", "--listen", "0.0.0.0:8080", "--name", "front end")
+    assert w.pre_start == (("/bin/mkdir", "-p", "/run/web"),)
     assert (w.kind, w.ready, w.restart) == ("longrun", "notify", "on-abnormal")
     assert w.backoff.initial == 0.5
     assert (w.intensity.max_restarts, w.intensity.window) == (4, 120.0)
@@ -168,7 +169,7 @@ def test_systemd_warnings_name_file_line_and_option(tmp_path: Any) -> None:
     (web,) = _files(tmp_path, web_service=WEB_UNIT)
     _text, conv = importer.import_files([web])
     assert _warned(conv, web, 5, "After", "network-online.target")
-    assert _warned(conv, web, 14, "ExecStartPre")
+    assert not any("ExecStartPre" in w for w in conv.warnings)  # carried over: pre_start
     assert _warned(conv, web, 15, "ExecStart", "'-' prefix")
     assert _warned(conv, web, 29, "LimitRTPRIO")
     assert not any(": KillMode: " in w for w in conv.warnings)  # process: carried over
@@ -180,7 +181,7 @@ def test_systemd_warnings_name_file_line_and_option(tmp_path: Any) -> None:
     assert _warned(conv, web, 7, "Wants", "cache")
     assert _warned(conv, web, 8, "Conflicts", "maint")
     assert _warned(conv, web, 5, "After", "db:")
-    assert len(conv.warnings) == 11
+    assert len(conv.warnings) == 10
     # nothing said twice, nothing said about what did carry over
     assert len(conv.warnings) == len(set(conv.warnings))
     for quiet in ("Description", "User", "Environment", "RestartSec", "WantedBy"):
@@ -435,3 +436,26 @@ def test_the_shell_line_expands_as_systemd_would(words: list[str],
                        timeout=30, cwd="/")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) == _systemd_expands(words, env), line
+
+
+def test_exec_start_pre_lines_become_pre_start(tmp_path: Any) -> None:
+    """ExecStartPre= lines in order; '-' kept (may fail), '+' warned (runs as the
+    service's user), an empty one resets the list, $VAR through /bin/sh."""
+    (unit,) = _files(tmp_path, ssh_service="""\
+[Service]
+ExecStartPre=/bin/true dropped
+ExecStartPre=
+ExecStartPre=/usr/sbin/sshd -t
+ExecStartPre=-/bin/mkdir -p /run/sshd
+ExecStartPre=+/bin/chown root /run/sshd
+ExecStartPre=/usr/bin/check $OPTS
+ExecStart=/usr/sbin/sshd -D
+""")
+    text, conv = importer.import_files([unit])
+    s = config.parse(text, "imported.toml").services["ssh"]
+    assert s.pre_start == (("/usr/sbin/sshd", "-t"), ("-/bin/mkdir", "-p", "/run/sshd"),
+                           ("/bin/chown", "root", "/run/sshd"),
+                           ("/bin/sh", "-c", "set -f; exec /usr/bin/check $OPTS"))
+    assert _warned(conv, unit, 6, "ExecStartPre", "'+' prefix")
+    assert _warned(conv, unit, 7, "ExecStartPre", "$VARIABLE")
+    assert not any(":5: " in w or ":4: " in w for w in conv.warnings), conv.warnings

@@ -269,3 +269,21 @@ def test_verify_config_limits(tmp_path, capsys) -> None:
     assert verify.main(["-c", path, "--only", "s1,nope"]) == 2
     assert "--only: unknown service(s) nope" in capsys.readouterr().err
     assert verify.main(["--only", "s1"]) == 2
+
+
+def test_verify_config_models_readiness_after_pre_start(tmp_path, capsys) -> None:
+    """A ready = "none" service with pre_start is ready at the exec of its command
+    (prestart.ready_pipe): the model gives it a readiness message, and says so."""
+    path = _write(tmp_path, """
+[service.db]
+command = ["/bin/db"]
+pre_start = [["/bin/db", "--check"]]
+[service.web]
+command = ["/bin/web"]
+requires = ["db"]
+""")
+    assert verify.main(["-c", path]) == 0
+    out = capsys.readouterr().out
+    assert "db: ready when its command is exec'd after pre_start, modelled as a " \
+           "readiness message" in out
+    assert "PASS: converges from every reachable state" in out

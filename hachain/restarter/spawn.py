@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from hachain import channels
+from hachain import channels, prestart
 from hachain.cgroupfs import cgroup2_problem, find_cgroup2_mount
 from hachain.configtypes import ServiceConfig
 from hachain.restarter.policy import ExitStatus
@@ -919,7 +919,7 @@ def _plain(cfg: ServiceConfig) -> bool:
     """A service that needs no set-up posix_spawn cannot do (cwd, credentials, umask,
     rlimits, a readiness fd at a fixed number) takes the fast path."""
     return (cfg.cwd is None and cfg.user is None and cfg.group is None and cfg.umask is None
-            and not cfg.rlimits and cfg.ready != "fd")
+            and not cfg.rlimits and not prestart.ready_pipe(cfg))
 
 
 _EXE_CACHE: dict[tuple[str, str], str] = {}
@@ -929,9 +929,11 @@ _SIGDEF = (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.
 _SIGDEF_NUMBERS = [int(s) for s in _SIGDEF]  # as _clone3.spawn takes them
 
 
-def _exe_path(cfg: ServiceConfig, env: dict[str, str]) -> str:
-    """command[0], looked up in the service's PATH when it has no slash (cached)."""
-    argv0 = cfg.command[0]
+def _exe_path(cfg: ServiceConfig, env: dict[str, str], argv0: str | None = None) -> str:
+    """command[0] (or `argv0`), looked up in the service's PATH when it has no slash
+    (cached)."""
+    if argv0 is None:
+        argv0 = prestart.exec_argv(cfg)[0]
     if "/" in argv0:
         return argv0
     key = (argv0, env["PATH"])
@@ -1079,9 +1081,10 @@ def _prepared(cfg: ServiceConfig, notify_socket: str | None,
     p = _PREPARED.get(cfg.name)
     if p is None or p.cfg is not cfg or p.notify_socket != notify_socket:
         env = service_env(cfg, notify_socket)
-        p = _Prepared(cfg, notify_socket, env, [os.fsencode(a) for a in cfg.command],
+        argv = prestart.exec_argv(cfg)
+        p = _Prepared(cfg, notify_socket, env, [os.fsencode(a) for a in argv],
                       [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()],
-                      os.fsencode(cfg.command[0]) if "/" in cfg.command[0] else None,
+                      os.fsencode(argv[0]) if "/" in argv[0] else None,
                       _plain(cfg),
                       None if any(n == "nofile" for n, _, _ in cfg.rlimits) else BASE_NOFILE)
         _PREPARED[cfg.name] = p
@@ -1139,11 +1142,28 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
     return None
 
 
+def _main_program(cfg: ServiceConfig, files: dict[str, str]) -> None:
+    """With pre_start, /bin/sh execs the service's program only after them: a program
+    that is missing or not executable fails the start here, as it would without
+    (SpawnError naming command[0]), not after the commands ran."""
+    argv0 = cfg.command[0]
+    if "/" in argv0 and not argv0.startswith("/"):
+        return  # relative to its cwd, as the exec in the service will look
+    env = {**service_env(cfg, None), **files}
+    try:
+        path = _exe_path(cfg, env, cfg.command[0])
+        os.stat(path)  # ENOENT, ENOTDIR, ELOOP... as the exec would say
+        if not os.access(path, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+    except OSError as e:
+        raise SpawnError(f'command[0] = "{cfg.command[0]}": exec: {errno_text(e)}') from None
+
+
 def _posix_spawn(cfg: ServiceConfig, env: dict[str, str], logfd: int) -> int:
     """posix_spawn(3) (clone with CLONE_VFORK, then exec): no Python bookkeeping between.
     Every descriptor of the restarter is close-on-exec (PEP 446), so nothing leaks."""
     path = _exe_path(cfg, env)
-    return os.posix_spawn(path, list(cfg.command), env, file_actions=[
+    return os.posix_spawn(path, list(prestart.exec_argv(cfg)), env, file_actions=[
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, logfd, 1),
         (os.POSIX_SPAWN_DUP2, logfd, 2),
@@ -1168,7 +1188,9 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         raise SpawnError(f"{log_dir}/{cfg.name}.log: {e.strerror}",
                          transient=e.errno in TRANSIENT_ERRNOS) from None
     ready_r = ready_w = None
-    if cfg.ready == "fd":
+    if cfg.pre_start:
+        _main_program(cfg, files)
+    if prestart.ready_pipe(cfg):
         try:
             ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         except OSError as e:
@@ -1220,7 +1242,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 own = pre is None
                 with sigchld_unblocked():
                     p = subprocess.Popen(
-                        cfg.command, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd,
+                        prestart.exec_argv(cfg), stdin=subprocess.DEVNULL, stdout=logfd,
+                        stderr=logfd,
                         env=env, cwd=cfg.cwd, user=creds.uid if own else None,
                         group=creds.gid if own else None,
                         extra_groups=list(creds.groups) if own and creds.groups is not None

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
+from hachain import prestart
 from hachain.configtypes import ServiceConfig
 from hachain.restarter import policy
 from hachain.restarter.policy import ExitStatus
@@ -489,12 +490,17 @@ def starting_spawned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         # A oneshot's readiness is its clean exit (-> done): it stays `starting` while it
         # runs, so nothing that requires it or orders itself after it starts before.
         return replace(s, reason="running (oneshot)"), [Persist(s.name)]
+    pre = "pre_start, then " if c.pre_start else ""
     if c.kind == "forking":
-        return replace(s, reason="waiting for its launcher to exit"), [
+        return replace(s, reason=f"{pre}waiting for its launcher to exit"), [
             ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout), Persist(s.name)]
     if c.ready == "none":
-        return replace(s, state=State.READY, reason=""), [Persist(s.name)]
-    return replace(s, reason=f"waiting for readiness ({c.ready})"), [
+        if not c.pre_start:
+            return replace(s, state=State.READY, reason=""), [Persist(s.name)]
+        # ready when its command is exec'd after them (prestart.ready_pipe)
+        return replace(s, reason="running pre_start"), [
+            ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout), Persist(s.name)]
+    return replace(s, reason=f"{pre}waiting for readiness ({c.ready})"), [
         ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout), Persist(s.name)]
 
 
@@ -553,9 +559,10 @@ def up_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def starting_ready_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    what = "pre_start not done" if c.ready == "none" and c.kind == "longrun" else \
+        f"readiness ({c.ready}) not signalled"
     return _begin_stop(s, ev, c, fail_after_stop=ExitStatus("timeout"),
-                       reason=f"readiness ({c.ready}) not signalled within "
-                              f"{c.ready_timeout:g} s")
+                       reason=f"{what} within {c.ready_timeout:g} s")
 
 
 def ready_health_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -1137,7 +1144,8 @@ def needs_ready_timer(c: ServiceConfig) -> bool:
     """Is a starting process of this service bounded by `ready_timeout`? A oneshot is
     not: it is done when it exits cleanly, however long that takes. A forking one is (its
     launcher must exit and its main pid appear in time)."""
-    return c.kind == "forking" or (c.kind != "oneshot" and c.ready != "none")
+    return c.kind == "forking" or (c.kind != "oneshot" and c.ready != "none") or \
+        prestart.ready_pipe(c)
 
 
 def kills_leftovers(c: ServiceConfig) -> bool:

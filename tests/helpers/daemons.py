@@ -210,8 +210,8 @@ intensity = {{ max_restarts = 20, window = 60 }}
 
 def nginx_forking(tmp: str) -> tuple[Daemon, list[str]]:
     """nginx from Debian's own nginx.service through `hachain import` (Type=forking,
-    PIDFile=): the imported service with only the configuration file and its pid file
-    pointed into tmp, and restart = "always" (the unit says Restart=no) with the same
+    PIDFile=, its ExecStartPre= config test as pre_start): the imported service with only
+    the configuration file and its pid file pointed into tmp, and restart = "always" (the unit says Restart=no) with the same
     fixed 0.1 s restart delay as the others (systemd's RestartSec default). Also returns
     the import's warnings."""
     port = free_port()
@@ -220,6 +220,8 @@ def nginx_forking(tmp: str) -> tuple[Daemon, list[str]]:
     pid_file = os.path.join(tmp, "nginx", "forking.pid")
     conf = nginx_conf(tmp, port, pid_file)
     svc["command"] = svc["command"] + ["-c", conf, "-e", "stderr"]
+    # the unit's ExecStartPre=, its config test (`nginx -t`), on the same file
+    svc["pre_start"] = [argv + ["-c", conf, "-e", "stderr"] for argv in svc["pre_start"]]
     svc["pid_file"] = pid_file
     svc["restart"] = "always"
     svc["backoff"] = {"initial": 0.1, "factor": 1}
