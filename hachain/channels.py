@@ -564,6 +564,39 @@ def proc_start_time(pid: int) -> int | None:
     return st[1] if st is not None else None
 
 
+OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
+
+
+def own_oom_score_adj() -> int:
+    """This process's OOM score adjustment (0 when /proc cannot say)."""
+    try:
+        with open(OOM_SCORE_ADJ, "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def set_own_oom_score_adj(value: int) -> str | None:
+    """Set this process's OOM score adjustment (inherited by what it starts from then
+    on); a one-line warning when that is refused (lowering needs CAP_SYS_RESOURCE, which
+    a container may not grant even to root), else None. Nothing is written when it
+    already has that value (inherited from init)."""
+    now = own_oom_score_adj()
+    if now == value:
+        return None
+    try:
+        with open(OOM_SCORE_ADJ, "w") as f:
+            f.write(str(value))
+    except OSError as e:
+        why = e.strerror or str(e)
+        if e.errno == errno.EACCES and value < now:
+            why += "; lowering it needs CAP_SYS_RESOURCE"
+        return (f"cannot set its own oom_score_adj to {value} ({why}): it stays at "
+                f"{own_oom_score_adj()}, so a machine out of memory may pick it before a "
+                "service")
+    return None
+
+
 def proc_state(pid: int) -> str | None:
     """The one-letter state of /proc/PID/stat (R, S, D, T, Z, ...), or None when gone."""
     f = proc_fields(pid)

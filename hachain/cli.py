@@ -129,7 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     argv, env = channels.lean_python(sys.executable, "hachain.init.main")
     argv += ["--state-dir", cfg.chain.state_dir, "--config", os.path.abspath(args.config),
              "--restart-delay", str(cfg.chain.restart_delay),
-             "--heartbeat-interval", str(cfg.chain.heartbeat_interval)]
+             "--heartbeat-interval", str(cfg.chain.heartbeat_interval),
+             "--oom-score-adj", str(cfg.chain.oom_score_adj)]
     if cfg.watchdog.device == "none" and args.no_tickler:
         argv.append("--no-tickler")
     # a tickler that cannot run is given up on only where a device can expire

@@ -293,6 +293,11 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "a fork bomb stops at this many tasks. Needs cgroup v2 with the pids controller; "
           "where the host binds it to cgroup v1, a warning is logged and the bound is the "
           "kill of the whole cgroup on stop.", group="restart"),
+    S.Key("oom_score_adj", _integer(-1000, 1000), "The OOM score adjustment of the "
+          "service's processes, as systemd's `OOMScoreAdjust=`: higher is killed sooner when "
+          "the machine runs out of memory, -1000 never. Set in the new process before its "
+          "exec, before its user is switched; its children inherit it.",
+          shown="`0`", group="restart"),
     S.Key("memory_max", _SIZE, "The service cgroup's `memory.max` (`\"infinity\"` or 0: no "
           "limit), as systemd's `MemoryMax=`: a leak stops at this size, the kernel's OOM "
           "killer ends the service inside its own cgroup, and its exit says `out of memory` "
@@ -489,6 +494,13 @@ CHAIN = S.Table(ChainConfig, (
           "crash storm; the services it starts run at 0 all the same "
           "(SCHED_RESET_ON_FORK). 0 leaves it as started. Needs root or CAP_SYS_NICE; "
           "without them the restarter logs one warning and runs at 0."),
+    S.Key("oom_score_adj", _integer(-1000, 1000), "The OOM score adjustment of the chain's "
+          "own processes (init, the restarter, the tickler, the logger, the cluster layer): "
+          "when the machine runs out of memory, the kernel's OOM killer takes a service "
+          "first, not the layers that bring it back (-1000 would exempt them; the default "
+          "leaves a last resort against a layer that leaks). Each service runs at its own "
+          "`oom_score_adj`, 0 unless set. Lowering it needs root (CAP_SYS_RESOURCE); "
+          "without, each layer logs one warning and keeps what it inherited."),
     S.Key("restarter_standby", S.Bool(), "`true`: the restarter process init starts "
           "stays behind as a standby of the restarter it forks, and forks the replacement "
           "the moment that one dies: a service killed with the restarter is back in tens "

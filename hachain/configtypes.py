@@ -90,6 +90,7 @@ class ServiceConfig:
     success_exit: tuple[int, ...] = (0,)
     pids_max: int = 0  # cgroup pids.max for the service (0: no limit)
     memory_max: int = 0  # cgroup memory.max in bytes (0: no limit)
+    oom_score_adj: int = 0  # /proc/PID/oom_score_adj of its processes (systemd's OOMScoreAdjust=)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing
     # run in turn before `command` (hachain/prestart.py); argv[0] "-..." may fail
@@ -153,6 +154,7 @@ class ChainConfig:
     heartbeat_interval: float = 2.0
     restart_delay: float = 1.0
     restarter_nice: int = -5  # the restarter's own; its children start at 0
+    oom_score_adj: int = -900  # the chain's own processes (init, restarter, tickler, logger)
     restarter_standby: bool = True  # restarter/standby.py; read when the chain starts
     log_dir: str = ""  # default: <persist_dir>/log
     log_format: str = "human"  # "human" | "json"

@@ -644,6 +644,11 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 else:
                     n.warn(e.line, k, f"{v!r}: hachain's memory_max takes bytes with K, M, G "
                            "or T, or infinity (not a percentage); dropped")
+            elif k == "OOMScoreAdjust":
+                adj = int(v.strip())
+                if not -1000 <= adj <= 1000:
+                    raise ValueError(f"{v!r} is not from -1000 to 1000")
+                svc["oom_score_adj"] = adj
             elif k == "ExecReload":
                 sig = _reload_signal(v)
                 n.warn(e.line, k, "hachain has no reload command: " + (

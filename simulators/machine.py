@@ -234,7 +234,8 @@ class SimMachine:
                              "--tickler-deaths", str(wd.tickler_deaths),
                              "--tickler-min-run", f"{wd.tickler_min_run:g}",
                              "--tickler-pause", f"{channels.tickler_pause(wd.timeout):g}",
-                             "--persist-dir", self.persist_dir]
+                             "--persist-dir", self.persist_dir,
+                             "--oom-score-adj", str(cfg.chain.oom_score_adj)]
         if cfg.cluster is not None:
             self._init_timing.append("--cluster")
         os.makedirs(self.persist_dir, exist_ok=True)

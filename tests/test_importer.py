@@ -459,3 +459,22 @@ ExecStart=/usr/sbin/sshd -D
     assert _warned(conv, unit, 6, "ExecStartPre", "'+' prefix")
     assert _warned(conv, unit, 7, "ExecStartPre", "$VARIABLE")
     assert not any(":5: " in w or ":4: " in w for w in conv.warnings), conv.warnings
+
+
+def test_oom_score_adjust_carries_over(tmp_path: Any) -> None:
+    (unit,) = _files(tmp_path, db_service="""\
+[Service]
+ExecStart=/usr/bin/db
+OOMScoreAdjust=-500
+""", bad_service="""\
+[Service]
+ExecStart=/usr/bin/bad
+OOMScoreAdjust=-2000
+""")[:1]
+    text, conv = importer.import_files([unit])
+    assert config.parse(text, "imported.toml").services["db"].oom_score_adj == -500
+    assert not conv.warnings
+    bad = str(tmp_path / "bad.service")
+    text, conv = importer.import_files([bad])
+    assert config.parse(text, "imported.toml").services["bad"].oom_score_adj == 0
+    assert _warned(conv, bad, 3, "OOMScoreAdjust", "-1000 to 1000")

@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     # [cluster]: also run the cluster layer (`hachain run` adds this; init reads no TOML)
     p.add_argument("--cluster", action="store_true")
     p.add_argument("--cluster-cmd", type=shlex.split, default=None)
+    # [chain] oom_score_adj: init's own, which the layers it starts inherit
+    p.add_argument("--oom-score-adj", type=int, default=-900)
     return p
 
 
@@ -300,10 +302,11 @@ def parse_options(argv: list[str], pid1: bool) -> argparse.Namespace:
             opts = parser.parse_args([])
     if (opts.restart_delay < 0 or opts.heartbeat_interval <= 0 or opts.stop_timeout < 0
             or opts.tickler_deaths < 0 or not opts.tickler_min_run > 0
-            or not opts.tickler_pause > 0):
+            or not opts.tickler_pause > 0 or not -1000 <= opts.oom_score_adj <= 1000):
         if not pid1:
             parser.error("delays, timeouts and --tickler-deaths must be >= 0 (heartbeat "
-                         "interval, --tickler-min-run and --tickler-pause > 0)")
+                         "interval, --tickler-min-run and --tickler-pause > 0; "
+                         "--oom-score-adj from -1000 to 1000)")
         log("negative delay or timeout; using the defaults")
         opts = parser.parse_args([])
     python = sys.executable or "/usr/bin/python3"
@@ -912,6 +915,10 @@ def main(argv: list[str] | None = None) -> int:
         setup_pid1()
     else:
         setup_subreaper()
+    # Before any layer starts: they inherit it (a machine out of memory loses a service
+    # first). PID 1 of the machine is never chosen anyway; a subreaper's init may be.
+    if (problem := channels.set_own_oom_score_adj(opts.oom_score_adj)) is not None:
+        log(f"warning: {problem}")
     while True:
         try:
             init = Init(opts, pid1)

@@ -88,6 +88,8 @@ struct request {
     int ngroups;
     long gid, uid;         /* -1: none */
     int ready_from, ready_to;  /* -1: none */
+    char oom[16];          /* the oom_score_adj to write, as text ("": none) */
+    int oom_len;
     int unshare_below;     /* > 0: the child shares our descriptor table until it makes
                             * its own of the descriptors below this one (see SLOTS) */
     volatile int entered;  /* set by the child first thing: it ran at all */
@@ -195,6 +197,20 @@ static int child_main(void *arg) {
     for (int i = 0; i < r->nlimits; i++)
         if (setrlimit(r->limits[i].resource, &r->limits[i].value) < 0)
             return fail(r, 100 + i);
+    /* still root (a lower value needs CAP_SYS_RESOURCE). A vfork child's write is its
+     * own: the kernel does not carry it to the parent that shares the memory */
+    if (r->oom_len > 0) {
+        int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (fd < 0)
+            return fail(r, 12);
+        if (write(fd, r->oom, (size_t)r->oom_len) != r->oom_len) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return fail(r, 12);
+        }
+        close(fd);
+    }
     /* raw system calls: glibc's wrappers would signal every thread of the process,
      * which here are the parent's */
     if (r->has_groups && syscall(SYS_setgroups, r->ngroups, r->groups) < 0)
@@ -261,15 +277,15 @@ static char **byte_array(PyObject *seq, const char *what) {
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(path, argv, envp, out_fd, cgroup_fd, sigdef, nofile, setup=None) -> pid\n\n"
+"spawn(path, argv, envp, out_fd, cgroup_fd, sigdef, nofile, setup=None, oom=None) -> pid\n\n"
 "Start `path` with `argv` and `envp` (sequences of bytes) in the cgroup whose directory\n"
 "`cgroup_fd` is open, stdin /dev/null, stdout and stderr `out_fd`, its own process\n"
 "group, the signals in `sigdef` (and any with a handler) at their default, an empty\n"
 "signal mask, and RLIMIT_NOFILE `nofile` ((soft, hard) or None); `setup` is None or\n"
 "(cwd bytes or None, umask or -1, groups or None, gid or -1, uid or -1,\n"
 "[(resource, soft, hard)...], (from_fd, to_fd) or None): chdir and umask before the\n"
-"process group, then nofile and the rlimits (while still root), the credentials, the\n"
-"ready fd. Returns once the child\n"
+"process group, then nofile and the rlimits (while still root), the oom_score_adj `oom`\n"
+"(an int, or None: inherited), the credentials, the ready fd. Returns once the child\n"
 "has exec'd. OSError when clone3 fails (ENOSYS, EINVAL, E2BIG: the kernel cannot;\n"
 "the caller falls back), when the child was killed before it ran (filename\n"
 "'clone3: killed at birth'), or when a step in the child fails; a failed child is\n"
@@ -348,9 +364,10 @@ static int parse_setup(PyObject *setup, struct request *r) {
 static PyObject *spawn(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *path_o, *argv_o, *envp_o, *sigdef_o, *nofile_o, *setup_o = Py_None;
+    PyObject *oom_o = Py_None;
     int out_fd, cg_fd;
-    if (!PyArg_ParseTuple(args, "SOOiiOO|O", &path_o, &argv_o, &envp_o, &out_fd, &cg_fd,
-                          &sigdef_o, &nofile_o, &setup_o))
+    if (!PyArg_ParseTuple(args, "SOOiiOO|OO", &path_o, &argv_o, &envp_o, &out_fd, &cg_fd,
+                          &sigdef_o, &nofile_o, &setup_o, &oom_o))
         return NULL;
 #if !HAVE_CLONE3_ENTRY
     errno = ENOSYS;
@@ -363,6 +380,16 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     r.umask = -1;
     r.gid = r.uid = -1;
     r.ready_from = r.ready_to = -1;
+    if (oom_o != Py_None) {
+        long v = PyLong_AsLong(oom_o);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        if (v < -1000 || v > 1000) {
+            PyErr_SetString(PyExc_ValueError, "oom must be from -1000 to 1000");
+            return NULL;
+        }
+        r.oom_len = snprintf(r.oom, sizeof r.oom, "%ld", v);
+    }
     if (setup_o != Py_None && parse_setup(setup_o, &r) < 0) {
         PyMem_Free(r.groups);
         PyMem_Free(r.limits);
@@ -434,7 +461,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         static const char *steps[] = {"", "open /dev/null", "dup2", "setpgid",
                                       "setrlimit nofile", "exec", "chdir", "setgroups",
                                       "setresgid", "setresuid", "ready fd",
-                                      "unshare descriptors"};
+                                      "unshare descriptors", "oom_score_adj"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -506,7 +533,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 2) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 3) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

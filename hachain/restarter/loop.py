@@ -1333,6 +1333,10 @@ class Restarter:
     def _run(self) -> int:
         if (problem := take_priority(self.cfg.chain.restarter_nice)) is not None:
             log(f"warning: {problem}")
+        if (problem := channels.set_own_oom_score_adj(self.cfg.chain.oom_score_adj)) \
+                is not None:
+            log(f"warning: {problem}")
+        spawn.note_own_oom_score_adj()  # what a service's own value is set against
         self._install_signals()
         if (problem := spawn.direct_spawn_problem()) is not None:
             log(f"warning: {problem}")

@@ -855,12 +855,31 @@ def credentials(cfg: ServiceConfig) -> Credentials:
     return Credentials(uid, gid, groups, ", ".join(parts))
 
 
+_OWN_OOM = [0]  # the restarter's own oom_score_adj, which a spawned process inherits
+
+
+def note_own_oom_score_adj() -> None:
+    """Read the restarter's own OOM score adjustment (after it set it): a service whose
+    `oom_score_adj` differs gets its own written in the child before the exec."""
+    _OWN_OOM[0] = channels.own_oom_score_adj()
+
+
+def oom_for(cfg: ServiceConfig) -> int | None:
+    """The value to write into a new process of `cfg` (None: it inherits the right one)."""
+    return None if cfg.oom_score_adj == _OWN_OOM[0] else cfg.oom_score_adj
+
+
+def _oom_setting(value: int) -> str:
+    return f"oom_score_adj = {value}: {channels.OOM_SCORE_ADJ}"
+
+
 def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
-             report_w: int) -> Callable[[], None]:
+             report_w: int, oom: int | None = None) -> Callable[[], None]:
     """The child's set-up that subprocess cannot do itself, in this order: rlimits (while
-    still root, so a hard limit can be raised), credentials, the readiness fd. A failure
-    writes "SETTING: call: error (errno NAME)" to `report_w` before it raises: subprocess
-    itself would only say "Exception occurred in preexec_fn"."""
+    still root, so a hard limit can be raised), the OOM score adjustment (still root: a
+    lower one needs it), credentials, the readiness fd. A failure writes "SETTING: call:
+    error (errno NAME)" to `report_w` before it raises: subprocess itself would only say
+    "Exception occurred in preexec_fn"."""
     limits = [(_rlimit_setting(n, s, h), _RLIMIT[n],
                (resource.RLIM_INFINITY if s < 0 else s, resource.RLIM_INFINITY if h < 0 else h))
               for n, s, h in cfg.rlimits]
@@ -882,6 +901,13 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
                 raise
             except OSError as e:
                 fail(f"{what}: setrlimit", e)
+                raise
+        if oom is not None:
+            try:
+                with open(channels.OOM_SCORE_ADJ, "w") as f:
+                    f.write(str(oom))
+            except OSError as e:
+                fail(f"{_oom_setting(oom)}: write", e)
                 raise
         call = ""
         try:
@@ -954,7 +980,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 2
+CLONE3_ABI = 3
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1048,6 +1074,8 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
     if step.startswith("rlimit "):
         n, soft, hard = cfg.rlimits[int(step.split()[1])]
         return SpawnError(f"{_rlimit_setting(n, soft, hard)}: setrlimit: {errno_text(e)}")
+    if step == "oom_score_adj":
+        return SpawnError(f"{_oom_setting(cfg.oom_score_adj)}: write: {errno_text(e)}")
     return SpawnError(f"{step}: {errno_text(e)}", transient=e.errno in TRANSIENT_ERRNOS)
 
 
@@ -1109,6 +1137,7 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
     path = prep.exe or os.fsencode(_exe_path(cfg, prep.env))
     argv, envp, nofile = prep.argv, prep.envp, prep.nofile
     setup = None if prep.plain else _setup(cfg, creds, ready_w)
+    oom = oom_for(cfg)
     for attempt in range(2):
         if thaw or attempt:
             cgroups.thaw(cg)  # a child born into a frozen cgroup would hold us in vfork's wait
@@ -1120,7 +1149,7 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
             return None
         try:
             return int(_clone3.spawn(path, argv, envp, logfd, fd, _SIGDEF_NUMBERS, nofile,
-                                     setup))
+                                     setup, oom))
         except OSError as e:
             if e.filename == _KILLED_AT_BIRTH:
                 if attempt == 0 and cgroups.renew(cfg.name):
@@ -1204,7 +1233,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         creds = credentials(cfg)
         if cfg.directories:
             make_directories(cfg, creds)
-        if cfg.rlimits or ready_w is not None:
+        if cfg.rlimits or ready_w is not None or oom_for(cfg) is not None:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
@@ -1233,12 +1262,13 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                     moved = False
             if direct is not None:
                 pid = direct  # its RLIMIT_NOFILE is set too
-            elif _plain(cfg):
+            elif _plain(cfg) and oom_for(cfg) is None:
                 pid = _posix_spawn(cfg, env, logfd)
             else:
                 # Credentials go to subprocess (vfork kept) unless a preexec function
                 # runs anyway: then it sets them itself, after the rlimits.
-                pre = None if report_w is None else _preexec(cfg, ready_w, creds, report_w)
+                pre = None if report_w is None else _preexec(cfg, ready_w, creds, report_w,
+                                                             oom_for(cfg))
                 own = pre is None
                 with sigchld_unblocked():
                     p = subprocess.Popen(
@@ -1263,7 +1293,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
             if yield_cpu:
                 os.sched_yield()
         except OSError as e:
-            if _plain(cfg) and e.filename is None:
+            if _plain(cfg) and oom_for(cfg) is None and e.filename is None:
                 e.filename = cfg.command[0]  # posix_spawn: any failure is the exec's
             raise SpawnError(_popen_error(e, cfg, creds),
                              transient=e.errno in TRANSIENT_ERRNOS) from None

@@ -1138,6 +1138,8 @@ def _main(argv: list[str] | None) -> int:
     if not args.no_realtime:
         for w in go_realtime():
             log(f"warning: {w}")
+    if (oom := channels.set_own_oom_score_adj(cfg.chain.oom_score_adj)) is not None:
+        log(f"warning: {oom}")
     try:
         os.makedirs(cfg.chain.state_dir, exist_ok=True)
     except OSError as e:
