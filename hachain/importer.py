@@ -435,6 +435,7 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     backoff: dict[str, Any] = {}
     intensity: dict[str, Any] = {}
     deps: dict[str, list[str]] = {}
+    before: list[str] = []  # Before=: these services start after this one
     u = _Unit()
     for e in read_unit(text):
         if e.section not in ("Unit", "Service", "Install"):
@@ -462,6 +463,12 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 if d not in deps[_DEP_KEYS[k]]:
                     deps[_DEP_KEYS[k]].append(d)
                     conv.dep_origin[(svc_name, _DEP_KEYS[k], d)] = f"{path}:{e.line}: {k}"
+        elif k == "Before" and e.section == "Unit":
+            # the other unit's After=: resolve_deps adds it there once all are read
+            for d in _deps(e, n):
+                if d not in before:
+                    before.append(d)
+                    conv.dep_origin[(d, "after", svc_name)] = f"{path}:{e.line}: {k}"
         elif k == "Environment":
             _systemd_env(e, env, n)
         elif k in _RLIMIT_KEYS:
@@ -683,6 +690,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
         svc["env"] = env
     if rlimits:
         svc["rlimits"] = rlimits
+    if before:
+        svc["_before"] = before
     if "command" in svc:
         conv.services[svc_name] = svc
         conv.comments[svc_name] = comments
@@ -1065,7 +1074,19 @@ _DEP_RELS = ("requires", "wants", "after", "conflicts")
 
 
 def resolve_deps(conv: Conversion) -> None:
-    """Move dependencies on services not in `conv` aside (into comments), with warnings."""
+    """Turn each Before= into the other service's `after`; move dependencies on services
+    not in `conv` aside (into comments), with warnings."""
+    for name, svc in conv.services.items():
+        for d in svc.pop("_before", []):
+            where = conv.dep_origin.get((d, "after", name), f"service {name}: before")
+            if d in conv.services and d != name:
+                after = conv.services[d].setdefault("after", [])
+                if name not in after:
+                    after.append(name)
+            else:
+                conv.warnings.append(f"{where}: {d}: not among the imported services; "
+                                     "dropped (it orders that service after this one: "
+                                     "import it in the same command to keep it)")
     for name, svc in conv.services.items():
         missing: dict[str, list[str]] = {}
         for rel in ("requires", "wants", "after", "conflicts"):

@@ -478,3 +478,24 @@ OOMScoreAdjust=-2000
     text, conv = importer.import_files([bad])
     assert config.parse(text, "imported.toml").services["bad"].oom_score_adj == 0
     assert _warned(conv, bad, 3, "OOMScoreAdjust", "-1000 to 1000")
+
+
+def test_before_orders_the_other_imported_service_after_this_one(tmp_path: Any) -> None:
+    """Before=B in A is B's After=A: kept among the units imported together, warned
+    about (naming file and line) for one that is not."""
+    a, b = _files(tmp_path, prep_service="""\
+[Unit]
+Before=app.service gone.service network.target
+
+[Service]
+ExecStart=/usr/bin/prep
+""", app_service="""\
+[Service]
+ExecStart=/usr/bin/app
+""")
+    text, conv = importer.import_files([a, b])
+    cfg = config.parse(text, "imported.toml")
+    assert cfg.services["app"].after == ("prep",)
+    assert cfg.services["prep"].after == ()
+    assert _warned(conv, a, 2, "Before", "gone: not among the imported services")
+    assert _warned(conv, a, 2, "Before", "network.target")
