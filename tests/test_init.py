@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from hachain import channels
-from tests.conftest import KILLED_BOUND, reap, wait_until
+from tests.conftest import KILLED_BOUND, LIVENESS, reap, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "helpers" / "fake_layer.py"
@@ -67,12 +67,12 @@ class InitRun:
     def done(self, name: str) -> list[dict[str, Any]]:
         return records(self.dir / f"{name}.done")
 
-    def wait_starts(self, name: str, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    def wait_starts(self, name: str, n: int, timeout: float = LIVENESS) -> list[dict[str, Any]]:
         """Wait until `name` has been started at least `n` times; its start records."""
         return wait_until(lambda: len(self.starts(name)) >= n and self.starts(name),
                           timeout, f"{n} starts of {name}")
 
-    def command(self, name: str, line: str, timeout: float = 10.0) -> dict[str, Any]:
+    def command(self, name: str, line: str, timeout: float = LIVENESS) -> dict[str, Any]:
         """Have the running fake `name` execute `line`; wait until it has."""
         before = len(self.done(name))
         tmp = self.dir / f"{name}.cmd.new"
@@ -84,7 +84,7 @@ class InitRun:
     def heartbeat(self) -> channels.Heartbeat | None:
         return channels.read_heartbeat(str(self.state_dir), "init")
 
-    def wait_beat_after(self, mono: float, timeout: float = 10.0) -> channels.Heartbeat:
+    def wait_beat_after(self, mono: float, timeout: float = LIVENESS) -> channels.Heartbeat:
         """Wait for a heartbeat written after CLOCK_MONOTONIC time `mono`."""
         return wait_until(lambda: (hb := self.heartbeat()) is not None and hb.mono > mono
                           and hb, timeout, "a fresh init heartbeat")
@@ -92,7 +92,7 @@ class InitRun:
     def stderr(self) -> str:
         return (self.dir / "init.err").read_text(errors="replace")
 
-    def wait_stderr(self, text: str, timeout: float = 10.0) -> str:
+    def wait_stderr(self, text: str, timeout: float = LIVENESS) -> str:
         """init's stderr once it holds `text`: its lines go out through a thread of their
         own, after the start or heartbeat a test may have waited for."""
         return str(wait_until(lambda: text in (t := self.stderr()) and t, timeout,

@@ -22,7 +22,7 @@ from hachain import channels
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from hachain.watchdog import tickler
 from hachain.watchdog.device import WDIOF_CARDRESET, sim_attributes
-from tests.conftest import heartbeat_window, reap, wait_until
+from tests.conftest import LIVENESS, heartbeat_window, reap, wait_until
 
 TIMEOUT = 3
 PET = 0.5
@@ -130,7 +130,7 @@ class Rig:
         with open(self.log, errors="replace") as f:
             return f.read()
 
-    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+    def wait_log(self, text: str, timeout: float = LIVENESS) -> str:
         """The log once it holds `text`: the tickler's lines go out through a thread of
         their own, after the heartbeat or record that a test may have waited for."""
         return str(wait_until(lambda: text in (t := self.log_text()) and t, timeout,
