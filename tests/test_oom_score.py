@@ -188,3 +188,14 @@ def test_init_refuses_a_value_out_of_range() -> None:
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert "--oom-score-adj from -1000 to 1000" in p.stderr
+
+
+def test_an_oom_kill_says_whose_limit_it_was() -> None:
+    from hachain.restarter.policy import ExitStatus
+    killed = ExitStatus("killed", signal=9)
+    assert killed.describe() == "killed by SIGKILL"
+    assert ExitStatus("killed", signal=9, oom="memory_max").describe() == \
+        "killed by SIGKILL (out of memory: memory_max reached)"
+    machine = ExitStatus("killed", signal=9, oom="machine")
+    assert machine.describe() == "killed by SIGKILL (out of memory: the machine's OOM killer)"
+    assert machine.to_json()["oom"] is True and "oom" not in killed.to_json()

@@ -114,7 +114,10 @@ def test_the_machine_out_of_memory_loses_the_hog_never_a_layer(
         hog = cvm.status()["services"].get("hog", {})
         if (hog.get("last_exit") or {}).get("kind") == "killed":
             break
-    assert (hog.get("last_exit") or {}).get("text") == "killed by SIGKILL", hog
+    # its cgroup counted the kill (memory.events oom_kill): the exit says whose it was
+    assert (hog.get("last_exit") or {}).get("text") == \
+        "killed by SIGKILL (out of memory: the machine's OOM killer)", hog
+    assert hog["last_exit"]["oom"] is True
     console = cvm.vm.console
     killed = re.findall(r"Out of memory: Killed process (\d+) \(([^)]*)\)", console)
     assert killed, cvm.vm._tail(60)
@@ -135,6 +138,8 @@ def test_the_machine_out_of_memory_loses_the_hog_never_a_layer(
                 st["services"]["batch"]["pid"] == pids["batch"]:
             assert time.monotonic() < deadline, st["services"]["batch"]
             st = cvm.status()
+        assert st["services"]["batch"]["last_exit"]["text"] == \
+            "killed by SIGKILL (out of memory: the machine's OOM killer)"
     assert {k: v["state"] for k, v in st["chain"]["layers"].items()} == {
         "init": "alive", "restarter": "alive", "tickler": "alive"}
     assert set(_layers(_procs(cvm))) == set(layers)  # the very same processes

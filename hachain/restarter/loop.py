@@ -802,10 +802,12 @@ class Restarter:
             self.sel.unregister(rfd)
             os.close(rfd)
         st = st or ExitStatus("unknown")
-        if self.conf[name].memory_max and self.cgroups.active and (
+        limit = self.conf[name].memory_max
+        if (limit or self.cgroups.memory) and self.cgroups.active and (
                 st.kind == "unknown" or (st.kind == "killed" and st.signal == signal.SIGKILL)) \
                 and self.cgroups.oom_since(name):
-            st = replace(st, oom=True)  # (the exit's log line and the status say so)
+            # (the exit's log line and the status say so)
+            st = replace(st, oom="memory_max" if limit else "machine")
         self._zombie = pid if status is not None else None
         held = self.held_out.fds.pop(name, None)  # closed once the replacement runs
         try:

@@ -33,7 +33,9 @@ class ExitStatus:
     kind: str
     code: int = 0
     signal: int = 0
-    oom: bool = False  # the kernel's OOM killer ended a process of its cgroup (memory_max)
+    # the kernel's OOM killer ended a process of its cgroup: "memory_max" (its own limit)
+    # or "machine" (the whole machine was out of memory); "" when it did not
+    oom: str = ""
 
     def describe(self) -> str:
         if self.kind == "exited":
@@ -44,7 +46,10 @@ class ExitStatus:
             text = {"unknown": "exited (status unknown: adopted process)",
                     "timeout": "readiness timeout", "hung": "hung",
                     "spawn": "could not be started"}.get(self.kind, self.kind)
-        return text + " (out of memory: memory_max reached)" if self.oom else text
+        if not self.oom:
+            return text
+        return text + (" (out of memory: memory_max reached)" if self.oom == "memory_max"
+                       else " (out of memory: the machine's OOM killer)")
 
     def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "code": self.code, "signal": self.signal,

@@ -293,6 +293,9 @@ class Cgroups:
         # after renew()
         self._limits: dict[str, dict[str, str]] = {}
         self._oom_seen: dict[str, int] = {}  # oom_since(): the OOM kill count last read
+        # the memory controller is delegated to the services' cgroups: each counts the
+        # OOM kills of its processes, the machine's included (memory.events oom_kill)
+        self.memory = False
         # a service cgroup's path -> its cgroup.procs opened for reading by the standby
         # this restarter was forked from: members() reads those with one pread
         self.held: dict[str, int] = {}
@@ -307,6 +310,11 @@ class Cgroups:
         if root is not None:
             mount = find_cgroup2_mount()
             self.home = own_cgroup(mount) if mount else None
+            try:
+                with open(os.path.join(root, "cgroup.subtree_control")) as f:
+                    self.memory = "memory" in f.read().split()
+            except OSError:
+                pass
 
     @classmethod
     def from_config(cls, setting: str, hint: str = "hachain") -> Cgroups:
@@ -392,6 +400,8 @@ class Cgroups:
             try:
                 os.mkdir(p)  # the root exists: from_config made it
                 made = True
+                if self.memory:
+                    self._oom_seen[name] = 0  # a new cgroup has killed nothing yet
             except FileExistsError:
                 pass  # left by an earlier restarter: it may be frozen
             except OSError:
