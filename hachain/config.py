@@ -168,6 +168,17 @@ _SIZE = S.Custom(_size, _SIZE_RULE + ".", examples=("512M", "1G", 1 << 30, "infi
 _DEVICE = S.Custom(_device, examples=("auto", "sim", "none", "sim:/run/wd.sock", "/dev/wd0"))
 _SIGNAL = S.Custom(_signal, examples=("SIGTERM", "INT", 9, "sigusr1"))
 _UMASK = S.Custom(_umask, examples=("022", "0077", 0o27))
+
+
+def _mode(v: Any) -> int:
+    if isinstance(v, str) and re.fullmatch(r"0?[0-7]{3,4}", v):
+        return int(v, 8)
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0o7777:
+        return v
+    raise S.Bad('must be an octal string such as "0750" or "2755"')
+
+
+_MODE = S.Custom(_mode, examples=("0755", "2755", 0o700))
 _RLIMIT = S.Custom(_rlimit, examples=(0, 1024, -1, [1024, 4096], [0, -1]))
 
 BACKOFF = S.Table(Backoff, (
@@ -243,11 +254,15 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           shown="`[]`", group="run"),
     S.Key("directories", S.ListOf(S.PathText(nonempty=True), one_ok=True, max_items=64),
           "Directories made before each start when they are missing (with their parents), "
-          "mode 0755, owned by the service's `user` and `group`: what systemd's "
+          "mode `directory_mode` (0755), owned by the service's `user` and `group`: what systemd's "
           "`RuntimeDirectory=`, `StateDirectory=`, `CacheDirectory=` and `LogsDirectory=` "
           "make, so a daemon that needs `/run/NAME` finds it on a fresh tmpfs at every "
           "boot. An existing one is left as it is; none is removed. One that cannot be "
           "made fails the start, naming it.", shown="`[]`", group="run"),
+    S.Key("directory_mode", _MODE, "The mode `directories` are made with, an octal string "
+          "(`\"0750\"`, `\"2755\"` for a setgid one): systemd's `RuntimeDirectoryMode=` and "
+          "its kin. Applied to the ones this start makes, whatever the umask.",
+          shown="`\"0755\"`", group="run"),
     S.Key("pre_start", S.ListOf(S.Argv(string_ok=True), max_items=64), "Commands run in "
           "turn before `command`, each an argv list (`[[\"/usr/sbin/sshd\", \"-t\"]]`), or "
           "with `shell = true` a `/bin/sh` line: systemd's `ExecStartPre=`, or what a runit "

@@ -93,6 +93,7 @@ class ServiceConfig:
     oom_score_adj: int = 0  # /proc/PID/oom_score_adj of its processes (systemd's OOMScoreAdjust=)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing
+    directory_mode: int = 0o755  # their mode when made
     # run in turn before `command` (hachain/prestart.py); argv[0] "-..." may fail
     pre_start: tuple[tuple[str, ...], ...] = ()
     pid_file: str | None = None  # kind = "forking": where the daemon writes its main pid

@@ -635,8 +635,15 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                         os.path.join(_DIRECTORY_BASES[k], rel))
             elif k in ("RuntimeDirectoryMode", "StateDirectoryMode", "CacheDirectoryMode",
                        "LogsDirectoryMode"):
-                if v.strip().lstrip("0") != "755":
-                    n.warn(e.line, k, f"{v}: hachain makes directories 0755; dropped")
+                mode = v.strip()
+                if not re.fullmatch(r"0?[0-7]{3,4}", mode):
+                    raise ValueError(f"{v!r} is not an octal mode")
+                mode = mode.zfill(4)
+                if mode != svc.get("directory_mode", mode):
+                    n.warn(e.line, k, f"{v}: hachain gives all of a service's directories "
+                           f"one mode, {svc['directory_mode']} from an earlier line; dropped")
+                else:
+                    svc["directory_mode"] = mode  # (the default, 0755, left out below)
             elif k == "EnvironmentFile":
                 path = v.strip()
                 if path.removeprefix("-").startswith("/"):
@@ -672,6 +679,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             n.warn(e.line, k, f"{ex}; dropped")
     if stop_signal:
         svc["stop_signal"] = stop_signal
+    if svc.get("directory_mode") == "0755":
+        del svc["directory_mode"]
 
     if backoff:
         if "initial" in backoff and backoff["initial"] > config.Backoff().max and \

@@ -46,6 +46,26 @@ def test_directories_are_made_for_the_service_at_each_start(restarter: Any) -> N
         shutil.rmtree(run, ignore_errors=True)
 
 @pytest.mark.slow
+def test_directory_mode_is_what_the_directory_is_made_with(restarter: Any) -> None:
+    """redis-server.service's RuntimeDirectoryMode=2755: setgid kept after the chown,
+    whatever the restarter's umask."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the directory is handed to another user")
+    nobody = pwd.getpwnam("nobody")
+    run = tempfile.mkdtemp(prefix="hachain-test-run-")
+    try:
+        os.chmod(run, 0o755)
+        d = os.path.join(run, "redis")
+        r = restarter(f'[service.redis]\ncommand = ["/bin/sleep", "1000"]\nuser = "nobody"\n'
+                      f'directories = ["{d}"]\ndirectory_mode = "2750"\numask = "077"\n')
+        r.wait_state("redis", "ready")
+        st = os.stat(d)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (nobody.pw_uid, 0o2750)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.mark.slow
 def test_a_file_in_the_way_fails_the_start_naming_it(restarter: Any, tmp_path: Any) -> None:
     f = tmp_path / "notadir"
     f.write_text("precious\n")

@@ -394,9 +394,19 @@ def test_service_directories_carry_over() -> None:
     assert conv.warnings == [
         "ssh.service:8: RuntimeDirectory: '/abs': not a plain relative name; dropped",
         "ssh.service:8: RuntimeDirectory: '../up': not a plain relative name; dropped",
-        "ssh.service:9: StateDirectoryMode: 0700: hachain makes directories 0755; dropped"]
-    assert config.parse(importer.to_toml(conv, ["ssh.service"])).services["ssh"].directories \
-        == ("/run/sshd", "/var/lib/a", "/var/lib/b/c", "/var/cache/x", "/var/log/y")
+        "ssh.service:9: StateDirectoryMode: 0700: hachain gives all of a service's "
+        "directories one mode, 0755 from an earlier line; dropped"]
+    ssh = config.parse(importer.to_toml(conv, ["ssh.service"])).services["ssh"]
+    assert ssh.directories == ("/run/sshd", "/var/lib/a", "/var/lib/b/c", "/var/cache/x",
+                               "/var/log/y")
+    assert ssh.directory_mode == 0o755
+    # redis-server.service: RuntimeDirectoryMode=2755 (setgid)
+    conv = importer.convert_systemd("[Service]\nExecStart=/usr/bin/redis-server\n"
+                                    "RuntimeDirectory=redis\nRuntimeDirectoryMode=2755\n",
+                                    "redis-server.service")
+    assert not conv.warnings
+    redis = config.parse(importer.to_toml(conv, ["x"])).services["redis-server"]
+    assert (redis.directories, redis.directory_mode) == (("/run/redis",), 0o2755)
 
 
 def _systemd_expands(argv: list[str], env: dict[str, str]) -> list[str]:

@@ -815,16 +815,17 @@ _NO_CREDENTIALS = Credentials()
 
 def make_directories(cfg: ServiceConfig, creds: Credentials) -> None:
     """Make the service's `directories` that are missing (parents too, as root), each
-    mode 0755 and owned by its user and group. SpawnError naming the one that fails."""
+    `directory_mode` (0755) and owned by its user and group. SpawnError naming the one
+    that fails."""
     for path in cfg.directories:
         if os.path.isdir(path):
             continue
         try:
-            os.makedirs(path, mode=0o755)
-            os.chmod(path, 0o755)  # whatever the umask
+            os.makedirs(path, mode=0o700)  # no one else gets in before it is chowned
             if creds.uid is not None or creds.gid is not None:
                 os.chown(path, -1 if creds.uid is None else creds.uid,
                          -1 if creds.gid is None else creds.gid)
+            os.chmod(path, cfg.directory_mode)  # after the chown (setgid kept), any umask
         except FileExistsError:
             if not os.path.isdir(path):
                 raise SpawnError(f"directories = {path}: exists and is not a directory") \
