@@ -720,7 +720,13 @@ def _cmdline(pid: int) -> str:
         raw = channels.read_small(f"/proc/{pid}/cmdline")
     except OSError:
         return "?"
-    return " ".join(w.decode(errors="replace") for w in raw.rstrip(b"\0").split(b"\0"))
+    words = [w.decode(errors="replace") for w in raw.rstrip(b"\0").split(b"\0")]
+    if len(words) == 4 and words[:2] == ["/bin/sh", "-c"] and \
+            words[3].startswith("hachain-pre-start:"):
+        return "/bin/sh, running the pre_start commands (then it execs the command)"
+    text = " ".join(words)
+    # one line whatever the arguments hold (a newline, an escape sequence)
+    return text if text.isprintable() else text.encode("unicode_escape").decode()
 
 
 def _memory(cgroup: str) -> dict[str, Any] | None:

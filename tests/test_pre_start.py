@@ -188,6 +188,12 @@ requires = ["db"]
     assert r.svc("web")["state"] == "waiting"  # db is not ready while its command runs
     pid = db["pid"]
     assert cmdline(pid)[-1] == "hachain-pre-start:db"
+    shown = subprocess.run([sys.executable, "-m", "hachain.cli", "status", "db", "-n", "0",
+                            "--state-dir", r.state_dir, "--persist-dir", r.persist_dir],
+                           capture_output=True, text=True, timeout=RUN_BOUND).stdout
+    assert f"  process:   {pid} /bin/sh, running the pre_start commands (then it execs the " \
+           "command)" in shown.splitlines(), shown
+    assert "  why:       running pre_start" in shown.splitlines(), shown
     gate.touch()
     r.wait_state("web", "ready", timeout=RUN_BOUND)
     db = r.svc("db")
