@@ -29,6 +29,7 @@ from hachain import channels
 from hachain import schema as S
 from hachain.configtypes import (
     BOOT_LOOP_ACTIONS,
+    CAPABILITIES,
     DEFAULT_PATH,  # noqa: F401 - re-exported (config.DEFAULT_PATH)
     HEALTH_KINDS,
     INTENSITY_ACTIONS,
@@ -179,6 +180,18 @@ def _mode(v: Any) -> int:
 
 
 _MODE = S.Custom(_mode, examples=("0755", "2755", 0o700))
+
+
+def _capability(v: Any) -> str:
+    name = v.upper().removeprefix("CAP_") if isinstance(v, str) else ""
+    if name not in CAPABILITIES:
+        hint = closest(name, CAPABILITIES) if name else None
+        raise S.Bad("must be a Linux capability such as \"CAP_NET_BIND_SERVICE\""
+                    + (f"; did you mean 'CAP_{hint}'?" if hint else ""))
+    return "CAP_" + name
+
+
+_CAPABILITY = S.Custom(_capability, examples=("CAP_NET_BIND_SERVICE", "net_raw"))
 _RLIMIT = S.Custom(_rlimit, examples=(0, 1024, -1, [1024, 4096], [0, -1]))
 
 BACKOFF = S.Table(Backoff, (
@@ -291,6 +304,16 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("group", _UNIX_NAME, "Group name to run as.", group="run"),
     S.Key("umask", _UMASK, "File-mode creation mask: an octal string such as "
           "`\"022\"` (or an integer 0 to 0o777).", group="run"),
+    S.Key("capabilities", S.ListOf(_CAPABILITY, one_ok=True, max_items=len(CAPABILITIES)),
+          "Capabilities the service keeps when it runs as `user` (systemd's "
+          "`AmbientCapabilities=`), such as `[\"CAP_NET_BIND_SERVICE\"]` for a daemon "
+          "that binds port 80 as its own user: the only ones it has, in each set and as "
+          "ambient ones, so its program keeps them over its `exec`. Needs `user`. One the "
+          "restarter does not have itself fails the start, naming it.",
+          shown="`[]`", group="run"),
+    S.Key("no_new_privileges", S.Bool(), "`true`: the service and everything it runs can "
+          "never gain privileges (set-user-ID programs, file capabilities): Linux's "
+          "`no_new_privs`, systemd's `NoNewPrivileges=`.", group="run"),
     S.Key("rlimits", S.MapOf(S.Choice(RLIMITS), _RLIMIT, label="the limit",
                              to=lambda d: tuple((n, s, h) for n, (s, h) in d.items())),
           "Resource limits: " + ", ".join(f"`{n}`" for n in RLIMITS) + ". Each an integer "
@@ -443,6 +466,9 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     if s.pre_start and s.ready_fd > 9 and s.ready_pipe:
         r.err(at + ("ready_fd",), f"must be at most 9 with pre_start (/bin/sh, which runs "
               f"them, redirects descriptors 0-9 only), got {s.ready_fd}", [at + ("pre_start",)])
+    if s.capabilities and s.user is None:
+        r.err(at + ("capabilities",), "needs user: a service that runs as root has every "
+              "capability already")
     if s.pid_file is not None and s.kind != "forking":
         r.err(at + ("pid_file",), f"only with kind = \"forking\" (kind is {s.kind!r})")
     if s.kind == "forking" and s.ready != "none":

@@ -27,6 +27,15 @@ INTENSITY_ACTIONS = ("maintenance", "restart-group", "reboot", "ignore")
 BOOT_LOOP_ACTIONS = ("rescue", "disarm", "ignore")
 HEALTH_KINDS = ("exec", "tcp")
 RLIMITS = ("as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "stack")
+# Linux's capabilities, by number (linux/capability.h), without their CAP_ prefix
+CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+    "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST",
+    "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO",
+    "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
+    "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
+    "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE")
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,8 @@ class ServiceConfig:
     pids_max: int = 0  # cgroup pids.max for the service (0: no limit)
     memory_max: int = 0  # cgroup memory.max in bytes (0: no limit)
     oom_score_adj: int = 0  # /proc/PID/oom_score_adj of its processes (systemd's OOMScoreAdjust=)
+    capabilities: tuple[str, ...] = ()  # ambient ones kept for `user` ("CAP_NET_BIND_SERVICE")
+    no_new_privileges: bool = False  # PR_SET_NO_NEW_PRIVS (systemd's NoNewPrivileges=)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing
     directory_mode: int = 0o755  # their mode when made

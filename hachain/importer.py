@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hachain import cmdline, config
+from hachain.configtypes import CAPABILITIES
 from hachain.schema import MAX_ARG
 
 PROG = "hachain import"
@@ -658,6 +659,26 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 else:
                     n.warn(e.line, k, f"{v!r}: hachain's memory_max takes bytes with K, M, G "
                            "or T, or infinity (not a percentage); dropped")
+            elif k == "AmbientCapabilities":
+                if not v.strip():
+                    svc.pop("capabilities", None)  # an empty one resets the list
+                    continue
+                if v.strip().startswith("~"):
+                    raise ValueError("an inverted (~) list is not supported")
+                caps = svc.setdefault("capabilities", [])
+                for word in v.split():
+                    name = word.upper().removeprefix("CAP_")
+                    if name not in CAPABILITIES:
+                        n.warn(e.line, k, f"{word}: not a Linux capability; dropped")
+                    elif "CAP_" + name not in caps:
+                        caps.append("CAP_" + name)
+                if not caps:
+                    del svc["capabilities"]
+            elif k == "NoNewPrivileges":
+                flag = _bool(v)
+                if flag is None:
+                    raise ValueError(f"{v!r} is not a boolean")
+                svc["no_new_privileges"] = flag
             elif k == "OOMScoreAdjust":
                 adj = int(v.strip())
                 if not -1000 <= adj <= 1000:

@@ -509,3 +509,26 @@ ExecStart=/usr/bin/app
     assert cfg.services["prep"].after == ()
     assert _warned(conv, a, 2, "Before", "gone: not among the imported services")
     assert _warned(conv, a, 2, "Before", "network.target")
+
+
+def test_ambient_capabilities_and_no_new_privileges_carry_over(tmp_path: Any) -> None:
+    (unit, root_unit) = _files(tmp_path, web_service="""\
+[Service]
+ExecStart=/usr/bin/web
+User=www-data
+AmbientCapabilities=CAP_NET_BIND_SERVICE net_raw CAP_BOGUS
+NoNewPrivileges=yes
+""", rootweb_service="""\
+[Service]
+ExecStart=/usr/bin/web
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+""")
+    text, conv = importer.import_files([unit])
+    web = config.parse(text, "imported.toml").services["web"]
+    assert web.capabilities == ("CAP_NET_BIND_SERVICE", "CAP_NET_RAW")
+    assert web.no_new_privileges is True
+    assert _warned(conv, unit, 4, "AmbientCapabilities", "CAP_BOGUS: not a Linux capability")
+    # as root it has them all: the key would not load, so it is dropped, said why
+    text, conv = importer.import_files([root_unit])
+    assert config.parse(text, "imported.toml").services["rootweb"].capabilities == ()
+    assert any("capabilities: needs user" in w for w in conv.warnings), conv.warnings

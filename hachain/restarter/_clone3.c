@@ -34,12 +34,22 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_RAISE 2
+#endif
+#ifndef PR_SET_NO_NEW_PRIVS
+#define PR_SET_NO_NEW_PRIVS 38
+#endif
 
 #ifndef CLONE_INTO_CGROUP
 #define CLONE_INTO_CGROUP 0x200000000ULL
@@ -90,6 +100,8 @@ struct request {
     int ready_from, ready_to;  /* -1: none */
     char oom[16];          /* the oom_score_adj to write, as text ("": none) */
     int oom_len;
+    uint64_t caps;         /* ambient capabilities kept across the user switch (0: none) */
+    int no_new_privs;      /* PR_SET_NO_NEW_PRIVS before the exec */
     int unshare_below;     /* > 0: the child shares our descriptor table until it makes
                             * its own of the descriptors below this one (see SLOTS) */
     volatile int entered;  /* set by the child first thing: it ran at all */
@@ -213,12 +225,32 @@ static int child_main(void *arg) {
     }
     /* raw system calls: glibc's wrappers would signal every thread of the process,
      * which here are the parent's */
+    if (r->caps && syscall(SYS_prctl, PR_SET_KEEPCAPS, 1L, 0L, 0L, 0L) < 0)
+        return fail(r, 13);  /* the permitted set survives the switch to the user */
     if (r->has_groups && syscall(SYS_setgroups, r->ngroups, r->groups) < 0)
         return fail(r, 7);
     if (r->gid >= 0 && syscall(SYS_setresgid, r->gid, r->gid, r->gid) < 0)
         return fail(r, 8);
     if (r->uid >= 0 && syscall(SYS_setresuid, r->uid, r->uid, r->uid) < 0)
         return fail(r, 9);
+    if (r->caps) {
+        /* only these, in every set, then ambient: the program keeps them over its exec
+         * (it is no set-uid or file-capability program) */
+        struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
+        struct __user_cap_data_struct data[2];
+        memset(data, 0, sizeof data);
+        for (int i = 0; i < 2; i++)
+            data[i].effective = data[i].permitted = data[i].inheritable =
+                (uint32_t)(r->caps >> (32 * i));
+        if (syscall(SYS_capset, &head, data) < 0)
+            return fail(r, 13);
+        for (long c = 0; c < 64; c++)
+            if ((r->caps >> c) & 1 &&
+                syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0L, 0L) < 0)
+                return fail(r, 14);
+    }
+    if (r->no_new_privs && syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1L, 0L, 0L, 0L) < 0)
+        return fail(r, 15);
     if (r->ready_from >= 0 && to_fd(r->ready_from, r->ready_to) < 0)
         return fail(r, 10);
     sigemptyset(&none);
@@ -283,23 +315,28 @@ PyDoc_STRVAR(spawn_doc,
 "group, the signals in `sigdef` (and any with a handler) at their default, an empty\n"
 "signal mask, and RLIMIT_NOFILE `nofile` ((soft, hard) or None); `setup` is None or\n"
 "(cwd bytes or None, umask or -1, groups or None, gid or -1, uid or -1,\n"
-"[(resource, soft, hard)...], (from_fd, to_fd) or None): chdir and umask before the\n"
+"[(resource, soft, hard)...], (from_fd, to_fd) or None, ambient capability mask or 0,\n"
+"no_new_privs bool): chdir and umask before the\n"
 "process group, then nofile and the rlimits (while still root), the oom_score_adj `oom`\n"
-"(an int, or None: inherited), the credentials, the ready fd. Returns once the child\n"
+"(an int, or None: inherited), the credentials (keeping the capabilities asked for, then\n"
+"raised as ambient ones), no_new_privs, the ready fd. Returns once the child\n"
 "has exec'd. OSError when clone3 fails (ENOSYS, EINVAL, E2BIG: the kernel cannot;\n"
 "the caller falls back), when the child was killed before it ran (filename\n"
 "'clone3: killed at birth'), or when a step in the child fails; a failed child is\n"
 "reaped here. The error's `filename` is the step: 'exec', 'setpgid', ...");
 
-/* The optional set-up tuple (cwd, umask, groups, gid, uid, rlimits, ready) into `r`;
+/* The optional set-up tuple (cwd, umask, groups, gid, uid, rlimits, ready, caps,
+ * no_new_privs) into `r`;
  * the arrays are PyMem allocations the caller frees. 0, or -1 with an exception set. */
 static int parse_setup(PyObject *setup, struct request *r) {
     PyObject *cwd_o, *groups_o, *limits_o, *ready_o;
     int um;
     long gid, uid;
-    if (!PyArg_ParseTuple(setup, "OiOllOO", &cwd_o, &um, &groups_o, &gid, &uid, &limits_o,
-                          &ready_o))
+    unsigned long long caps;
+    if (!PyArg_ParseTuple(setup, "OiOllOOKp", &cwd_o, &um, &groups_o, &gid, &uid, &limits_o,
+                          &ready_o, &caps, &r->no_new_privs))
         return -1;
+    r->caps = (uint64_t)caps;
     if (cwd_o != Py_None) {
         if (!PyBytes_Check(cwd_o)) {
             PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -461,7 +498,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         static const char *steps[] = {"", "open /dev/null", "dup2", "setpgid",
                                       "setrlimit nofile", "exec", "chdir", "setgroups",
                                       "setresgid", "setresuid", "ready fd",
-                                      "unshare descriptors", "oom_score_adj"};
+                                      "unshare descriptors", "oom_score_adj", "capset",
+                                      "ambient", "no_new_privs"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -533,7 +571,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 3) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 4) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 
 from hachain import channels, prestart
 from hachain.cgroupfs import cgroup2_problem, find_cgroup2_mount
-from hachain.configtypes import ServiceConfig
+from hachain.configtypes import CAPABILITIES, ServiceConfig
 from hachain.restarter.policy import ExitStatus
 
 try:  # the compiled part (setup.py, optional): clone3 CLONE_INTO_CGROUP
@@ -884,6 +884,52 @@ def _oom_setting(value: int) -> str:
     return f"oom_score_adj = {value}: {channels.OOM_SCORE_ADJ}"
 
 
+def capability_mask(cfg: ServiceConfig) -> int:
+    """`capabilities` as the bits of a capability set (0: none asked for)."""
+    mask = 0
+    for name in cfg.capabilities:
+        mask |= 1 << CAPABILITIES.index(name.removeprefix("CAP_"))
+    return mask
+
+
+def _caps_setting(cfg: ServiceConfig) -> str:
+    return f"capabilities = {', '.join(cfg.capabilities)}"
+
+
+# prctl(2) and capset(2) for the fallback's child (the compiled spawn calls them itself)
+_PR_SET_KEEPCAPS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE = 8, 47, 2
+_PR_SET_NO_NEW_PRIVS = 38
+_CAP_VERSION_3 = 0x20080522
+
+
+def _libc() -> Any:
+    import ctypes  # here: only a service with capabilities on the fallback path needs it
+    return ctypes, ctypes.CDLL(None, use_errno=True)
+
+
+def _keep_caps(libc: Any) -> None:
+    if libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
+        raise OSError(libc_errno(), os.strerror(libc_errno()))
+
+
+def _set_caps(ctypes: Any, libc: Any, mask: int) -> str | None:
+    """Only the capabilities of `mask`, in every set, then ambient; the failed call's
+    name, or None."""
+    head = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)(*(mask >> 32 * i & 0xffffffff for i in (0, 0, 0, 1, 1, 1)))
+    if libc.capset(head, data) != 0:
+        return "capset"
+    for c in range(64):
+        if mask >> c & 1 and libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, c, 0, 0) != 0:
+            return "ambient"
+    return None
+
+
+def libc_errno() -> int:
+    import ctypes
+    return ctypes.get_errno() or errno.EPERM
+
+
 def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
              report_w: int, oom: int | None = None) -> Callable[[], None]:
     """The child's set-up that subprocess cannot do itself, in this order: rlimits (while
@@ -895,6 +941,12 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
                (resource.RLIM_INFINITY if s < 0 else s, resource.RLIM_INFINITY if h < 0 else h))
               for n, s, h in cfg.rlimits]
     target = cfg.ready_fd
+    mask = capability_mask(cfg)
+    # loaded here, before the fork: the child only calls it
+    ctypes: Any = None
+    libc: Any = None
+    if mask or cfg.no_new_privileges:
+        ctypes, libc = _libc()
 
     def fail(what: str, e: OSError) -> None:
         try:
@@ -921,6 +973,12 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
                 fail(f"{_oom_setting(oom)}: write", e)
                 raise
         call = ""
+        if mask:
+            try:
+                _keep_caps(libc)
+            except OSError as e:
+                fail(f"{_caps_setting(cfg)}: prctl", e)
+                raise
         try:
             if creds.groups is not None:
                 call = "setgroups"
@@ -934,6 +992,14 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
         except OSError as e:
             fail(f"{creds.setting}: {call}", e)
             raise
+        if mask and (step := _set_caps(ctypes, libc, mask)) is not None:
+            code = libc_errno()
+            fail(f"{_caps_setting(cfg)}: {step}", OSError(code, os.strerror(code)))
+            raise OSError(code, os.strerror(code))
+        if cfg.no_new_privileges and libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            code = libc_errno()
+            fail("no_new_privileges = true: prctl", OSError(code, os.strerror(code)))
+            raise OSError(code, os.strerror(code))
         if ready_w is not None:
             os.dup2(ready_w, target, inheritable=True)
     return setup
@@ -956,7 +1022,8 @@ def _plain(cfg: ServiceConfig) -> bool:
     """A service that needs no set-up posix_spawn cannot do (cwd, credentials, umask,
     rlimits, a readiness fd at a fixed number) takes the fast path."""
     return (cfg.cwd is None and cfg.user is None and cfg.group is None and cfg.umask is None
-            and not cfg.rlimits and not prestart.ready_pipe(cfg))
+            and not cfg.rlimits and not prestart.ready_pipe(cfg) and not cfg.capabilities
+            and not cfg.no_new_privileges)
 
 
 _EXE_CACHE: dict[tuple[str, str], str] = {}
@@ -991,7 +1058,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 3
+CLONE3_ABI = 4
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1068,7 +1135,8 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None) -> tuple
             -1 if creds.gid is None else creds.gid,
             -1 if creds.uid is None else creds.uid,
             [(_RLIMIT[n], s, h) for n, s, h in cfg.rlimits],
-            None if ready_w is None else (ready_w, cfg.ready_fd))
+            None if ready_w is None else (ready_w, cfg.ready_fd),
+            capability_mask(cfg), cfg.no_new_privileges)
 
 
 def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
@@ -1087,6 +1155,10 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
         return SpawnError(f"{_rlimit_setting(n, soft, hard)}: setrlimit: {errno_text(e)}")
     if step == "oom_score_adj":
         return SpawnError(f"{_oom_setting(cfg.oom_score_adj)}: write: {errno_text(e)}")
+    if step in ("capset", "ambient"):
+        return SpawnError(f"{_caps_setting(cfg)}: {step}: {errno_text(e)}")
+    if step == "no_new_privs":
+        return SpawnError(f"no_new_privileges = true: prctl: {errno_text(e)}")
     return SpawnError(f"{step}: {errno_text(e)}", transient=e.errno in TRANSIENT_ERRNOS)
 
 
@@ -1244,7 +1316,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         creds = credentials(cfg)
         if cfg.directories:
             make_directories(cfg, creds)
-        if cfg.rlimits or ready_w is not None or oom_for(cfg) is not None:
+        if cfg.rlimits or ready_w is not None or oom_for(cfg) is not None or \
+                cfg.capabilities or cfg.no_new_privileges:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
