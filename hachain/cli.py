@@ -51,6 +51,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     # a warning each, not an error (the restarter fails the service's start instead).
     for line in _unknown_accounts(cfg):
         _err(f"{args.config}: warning: {line}")
+    # the same for a program this host does not have, or the service's user cannot run:
+    # each such service would fail at every start
+    from hachain import hostcheck
+    for line in hostcheck.problems(cfg):
+        _err(f"{args.config}: warning: {line}")
     if cfg.watchdog.device == "auto":
         from hachain.watchdog.discover import discover
         if not discover():

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from hachain import channels
 
 DEFAULT_PATH = channels.DEFAULT_CONFIG
+# a service's PATH unless its env sets one (the restarter passes nothing of its own)
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 RESTART_POLICIES = ("always", "on-failure", "on-abnormal", "never")
 KINDS = ("longrun", "oneshot", "forking")

@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 
 from hachain import channels, prestart
 from hachain.cgroupfs import cgroup2_problem, find_cgroup2_mount
-from hachain.configtypes import CAPABILITIES, ServiceConfig
+from hachain.configtypes import CAPABILITIES, SERVICE_PATH, ServiceConfig
 from hachain.restarter.policy import ExitStatus
 
 try:  # the compiled part (setup.py, optional): clone3 CLONE_INTO_CGROUP
@@ -65,7 +65,7 @@ try:  # the compiled part (setup.py, optional): clone3 CLONE_INTO_CGROUP
 except ImportError:
     _clone3 = None
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_PATH = SERVICE_PATH
 # The file limit the restarter was started with: it raises its own (a pidfd per service),
 # and gives services back this one unless their configuration sets `nofile`.
 BASE_NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -1,0 +1,132 @@
+"""`hachain check` on this host: can each service's programs be run here, by its user?
+
+Owns: finding a service's programs (its command's and each pre_start command's
+program, looked up in the service's PATH as the restarter looks them up) and saying, in
+one line each, why one cannot be run: missing, not a regular file, no execute bit for
+the service's user, or a directory on the way that its user cannot search. A mistake of
+this kind fails the service at every start; `hachain check` says so before anything
+runs. Reads file metadata only. Must not: start, signal or change anything.
+
+Permission bits are checked the way the kernel checks them for the user's uid, primary
+group and supplementary groups (access control lists are not read: a file an ACL opens
+may be reported, one it closes is not).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+
+from hachain.configtypes import SERVICE_PATH, Config, ServiceConfig
+
+
+def _who(svc: ServiceConfig) -> tuple[int, set[int], str] | None:
+    """(uid, gids, how to name it) of the service's user; None when it runs as this
+    process does, or its user or group is unknown here (reported elsewhere)."""
+    if svc.user is None and svc.group is None:
+        return None
+    try:
+        uid, gid = os.getuid(), os.getgid()
+        label = []
+        if svc.user is not None:
+            pw = pwd.getpwnam(svc.user)
+            uid, gid = pw.pw_uid, pw.pw_gid
+            label.append(f"user {svc.user}")
+        if svc.group is not None:
+            gid = grp.getgrnam(svc.group).gr_gid
+            label.append(f"group {svc.group}")
+        gids = {gid}
+        if svc.user is not None:
+            gids |= set(os.getgrouplist(svc.user, gid))
+    except (KeyError, OSError):
+        return None
+    return uid, gids, " and ".join(label)
+
+
+def _allows(st: os.stat_result, uid: int, gids: set[int], bit: int) -> bool:
+    """Do the mode bits give `uid`/`gids` the permission `bit` (1: execute or search)?"""
+    if uid == 0:
+        # root: search always; execute when anyone may
+        return not stat.S_ISREG(st.st_mode) or bool(st.st_mode & 0o111)
+    if st.st_uid == uid:
+        return bool(st.st_mode & (bit << 6))
+    if st.st_gid in gids:
+        return bool(st.st_mode & (bit << 3))
+    return bool(st.st_mode & bit)
+
+
+def _mode(st: os.stat_result) -> str:
+    """'0700 root:root'."""
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{stat.S_IMODE(st.st_mode):04o} {user}:{group}"
+
+
+def _find(program: str, path_var: str) -> str | None:
+    if "/" in program:
+        return program
+    for d in path_var.split(":"):
+        candidate = os.path.join(d or ".", program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def program_problem(program: str, svc: ServiceConfig) -> str | None:
+    """Why `program` cannot be run as `svc` runs (one clause), or None."""
+    path_var = dict(svc.env).get("PATH", SERVICE_PATH)
+    found = _find(program, path_var)
+    if found is None:
+        return f"not found in PATH ({path_var})"
+    if "/" in program and not program.startswith("/"):
+        return None  # relative to the service's cwd: looked for when it starts
+    try:
+        st = os.stat(found)
+    except OSError as e:
+        return f"{e.strerror or e}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    who = _who(svc)
+    if who is None:
+        return None if st.st_mode & 0o111 else f"not executable ({_mode(st)})"
+    uid, gids, label = who
+    real = os.path.realpath(found)
+    d = os.path.dirname(real)
+    parts = []
+    while True:
+        parts.append(d)
+        if d == "/":
+            break
+        d = os.path.dirname(d)
+    for d in reversed(parts):
+        try:
+            dst = os.stat(d)
+        except OSError:
+            continue
+        if not _allows(dst, uid, gids, 1):
+            return f"{label} cannot reach it: {d} is {_mode(dst)}"
+    if not _allows(st, uid, gids, 1):
+        return f"{label} cannot run it: {real} is {_mode(st)}"
+    return None
+
+
+def problems(cfg: Config) -> list[str]:
+    """One line per program of a service that cannot be run here as the service runs."""
+    out = []
+    for name, svc in cfg.services.items():
+        programs = [("command[0]", svc.command[0])]
+        programs += [(f"pre_start[{i}]", argv[0].removeprefix("-"))
+                     for i, argv in enumerate(svc.pre_start)]
+        for what, program in programs:
+            why = program_problem(program, svc)
+            if why is not None:
+                out.append(f"service {name}: {what} = {program}: {why}")
+    return out

@@ -1,0 +1,96 @@
+"""`hachain check` names a service program this host cannot run as the service runs it:
+missing from its PATH, not executable, or behind a directory its user cannot search. A
+warning each (the file may be checked on a build host), naming the service, the setting
+and the reason, with the mode that refuses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hachain import config, hostcheck
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="files owned by root that another user is refused")
+
+
+@pytest.fixture
+def place() -> Iterator[str]:
+    """A world-searchable directory outside pytest's own 0700 tmp."""
+    d = tempfile.mkdtemp(prefix="hachain-test-hostcheck-")
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def program(path: str, mode: int) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    shutil.copy("/bin/true", path)
+    os.chmod(path, mode)
+    return path
+
+
+def lines(body: str) -> list[str]:
+    return hostcheck.problems(config.parse("[watchdog]\ndevice = \"none\"\n" + body, "c.toml"))
+
+
+def test_each_kind_of_program_a_service_cannot_run(place: str) -> None:
+    hidden = os.path.join(place, "private")
+    inner = program(os.path.join(hidden, "prog"), 0o755)
+    os.chmod(hidden, 0o700)
+    plain = program(os.path.join(place, "plain"), 0o644)
+    ok = program(os.path.join(place, "ok"), 0o755)
+    got = lines(f'''
+[service.hidden]
+command = ["{inner}"]
+user = "nobody"
+[service.plain]
+command = ["{ok}"]
+user = "nobody"
+pre_start = [["-{plain}"]]
+[service.missing]
+command = ["no-such-program-here", "x"]
+[service.rootplain]
+command = ["{plain}"]
+[service.roothidden]
+command = ["{inner}"]
+[service.fine]
+command = ["true"]
+user = "nobody"
+[service.ownpath]
+command = ["prog"]
+env = {{ PATH = "{hidden}" }}
+''')
+    assert got == [
+        f"service hidden: command[0] = {inner}: user nobody cannot reach it: {hidden} is "
+        "0700 root:root",
+        f"service plain: pre_start[0] = {plain}: user nobody cannot run it: {plain} is "
+        "0644 root:root",
+        "service missing: command[0] = no-such-program-here: not found in PATH "
+        "(/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)",
+        f"service rootplain: command[0] = {plain}: not executable (0644 root:root)",
+    ]  # roothidden: root searches any directory; ownpath: found in its own PATH
+
+
+def test_hachain_check_warns_and_still_passes(place: str, tmp_path: Any) -> None:
+    hidden = os.path.join(place, "private")
+    inner = program(os.path.join(hidden, "prog"), 0o755)
+    os.chmod(hidden, 0o700)
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[watchdog]\ndevice = "none"\n[service.web]\ncommand = ["{inner}"]\n'
+                   'user = "nobody"\n')
+    p = subprocess.run([sys.executable, "-m", "hachain.cli", "check", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == [
+        f"hachain: {cfg}: warning: service web: command[0] = {inner}: user nobody cannot "
+        f"reach it: {hidden} is 0700 root:root"]
