@@ -311,6 +311,15 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "ambient ones, so its program keeps them over its `exec`. Needs `user`. One the "
           "restarter does not have itself fails the start, naming it.",
           shown="`[]`", group="run"),
+    S.Key("private_tmp", S.Bool(), "`true`: the service gets a mount namespace of its own "
+          "with a fresh, empty tmpfs on `/tmp` and `/var/tmp` at each start (systemd's "
+          "`PrivateTmp=`): what it leaves there goes with its last process, and it sees no "
+          "other program's files there. A socket another service expects in `/tmp` is then "
+          "out of its reach (the chain's own are in `state_dir`, under `/run`).",
+          group="run"),
+    S.Key("nice", _integer(-20, 19), "Its nice value (systemd's `Nice=`): 19 yields the CPU "
+          "to everything else. Unset: 0, whatever the restarter's own.", shown="`0`",
+          group="run"),
     S.Key("no_new_privileges", S.Bool(), "`true`: the service and everything it runs can "
           "never gain privileges (set-user-ID programs, file capabilities): Linux's "
           "`no_new_privs`, systemd's `NoNewPrivileges=`.", group="run"),

@@ -104,6 +104,8 @@ class ServiceConfig:
     oom_score_adj: int = 0  # /proc/PID/oom_score_adj of its processes (systemd's OOMScoreAdjust=)
     capabilities: tuple[str, ...] = ()  # ambient ones kept for `user` ("CAP_NET_BIND_SERVICE")
     no_new_privileges: bool = False  # PR_SET_NO_NEW_PRIVS (systemd's NoNewPrivileges=)
+    private_tmp: bool = False  # its own mount namespace, fresh tmpfs /tmp and /var/tmp
+    nice: int | None = None  # its nice value (None: 0, the restarter's resets on fork)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing
     directory_mode: int = 0o755  # their mode when made

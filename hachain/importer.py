@@ -674,6 +674,16 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                         caps.append("CAP_" + name)
                 if not caps:
                     del svc["capabilities"]
+            elif k == "PrivateTmp":
+                flag = _bool(v)
+                if flag is None:
+                    raise ValueError(f"{v!r} is not a boolean")
+                svc["private_tmp"] = flag
+            elif k == "Nice":
+                value = int(v.strip())
+                if not -20 <= value <= 19:
+                    raise ValueError(f"{v!r} is not from -20 to 19")
+                svc["nice"] = value
             elif k == "NoNewPrivileges":
                 flag = _bool(v)
                 if flag is None:

@@ -34,6 +34,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <grp.h>
@@ -102,6 +103,8 @@ struct request {
     int oom_len;
     uint64_t caps;         /* ambient capabilities kept across the user switch (0: none) */
     int no_new_privs;      /* PR_SET_NO_NEW_PRIVS before the exec */
+    int private_tmp;       /* a mount namespace of its own, a fresh tmpfs on /tmp, /var/tmp */
+    int has_nice, nice;    /* setpriority */
     int unshare_below;     /* > 0: the child shares our descriptor table until it makes
                             * its own of the descriptors below this one (see SLOTS) */
     volatile int entered;  /* set by the child first thing: it ran at all */
@@ -204,6 +207,19 @@ static int child_main(void *arg) {
         umask((mode_t)r->umask);
     if (setpgid(0, 0) < 0)
         return fail(r, 3);
+    /* while still root: a mount namespace needs CAP_SYS_ADMIN, a nice below 0
+     * CAP_SYS_NICE. Mounts below / are made slaves first, so the tmpfs stays ours and
+     * nothing of ours propagates back. */
+    if (r->private_tmp) {
+        struct stat vt;
+        if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0 ||
+            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0 ||
+            (stat("/var/tmp", &vt) == 0 && S_ISDIR(vt.st_mode) &&
+             mount("tmpfs", "/var/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0))
+            return fail(r, 16);
+    }
+    if (r->has_nice && setpriority(PRIO_PROCESS, 0, r->nice) < 0)
+        return fail(r, 17);
     if (r->has_nofile && setrlimit(RLIMIT_NOFILE, &r->nofile) < 0)
         return fail(r, 4);
     for (int i = 0; i < r->nlimits; i++)
@@ -316,8 +332,9 @@ PyDoc_STRVAR(spawn_doc,
 "signal mask, and RLIMIT_NOFILE `nofile` ((soft, hard) or None); `setup` is None or\n"
 "(cwd bytes or None, umask or -1, groups or None, gid or -1, uid or -1,\n"
 "[(resource, soft, hard)...], (from_fd, to_fd) or None, ambient capability mask or 0,\n"
-"no_new_privs bool): chdir and umask before the\n"
-"process group, then nofile and the rlimits (while still root), the oom_score_adj `oom`\n"
+"no_new_privs bool, private_tmp bool, nice or None): chdir and umask before the\n"
+"process group, then the private /tmp and the nice value, nofile and the rlimits\n"
+"(while still root), the oom_score_adj `oom`\n"
 "(an int, or None: inherited), the credentials (keeping the capabilities asked for, then\n"
 "raised as ambient ones), no_new_privs, the ready fd. Returns once the child\n"
 "has exec'd. OSError when clone3 fails (ENOSYS, EINVAL, E2BIG: the kernel cannot;\n"
@@ -326,17 +343,25 @@ PyDoc_STRVAR(spawn_doc,
 "reaped here. The error's `filename` is the step: 'exec', 'setpgid', ...");
 
 /* The optional set-up tuple (cwd, umask, groups, gid, uid, rlimits, ready, caps,
- * no_new_privs) into `r`;
+ * no_new_privs, private_tmp, nice or None) into `r`;
  * the arrays are PyMem allocations the caller frees. 0, or -1 with an exception set. */
 static int parse_setup(PyObject *setup, struct request *r) {
     PyObject *cwd_o, *groups_o, *limits_o, *ready_o;
     int um;
     long gid, uid;
     unsigned long long caps;
-    if (!PyArg_ParseTuple(setup, "OiOllOOKp", &cwd_o, &um, &groups_o, &gid, &uid, &limits_o,
-                          &ready_o, &caps, &r->no_new_privs))
+    PyObject *nice_o;
+    if (!PyArg_ParseTuple(setup, "OiOllOOKppO", &cwd_o, &um, &groups_o, &gid, &uid, &limits_o,
+                          &ready_o, &caps, &r->no_new_privs, &r->private_tmp, &nice_o))
         return -1;
     r->caps = (uint64_t)caps;
+    if (nice_o != Py_None) {
+        long v = PyLong_AsLong(nice_o);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        r->has_nice = 1;
+        r->nice = (int)v;
+    }
     if (cwd_o != Py_None) {
         if (!PyBytes_Check(cwd_o)) {
             PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -499,7 +524,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                                       "setrlimit nofile", "exec", "chdir", "setgroups",
                                       "setresgid", "setresuid", "ready fd",
                                       "unshare descriptors", "oom_score_adj", "capset",
-                                      "ambient", "no_new_privs"};
+                                      "ambient", "no_new_privs", "private_tmp",
+                                      "setpriority"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -571,7 +597,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 4) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 5) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -925,6 +925,30 @@ def _set_caps(ctypes: Any, libc: Any, mask: int) -> str | None:
     return None
 
 
+_CLONE_NEWNS, _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_SLAVE = 0x20000, 2, 4, 0x4000, 0x80000
+
+
+def _private_tmp(libc: Any) -> OSError | None:
+    """In the fallback's child: a mount namespace of its own, mounts below / made slaves,
+    a fresh tmpfs on /tmp and /var/tmp (as the compiled spawn does)."""
+    def call(ok: bool) -> OSError | None:
+        if ok:
+            return None
+        code = libc_errno()
+        return OSError(code, os.strerror(code))
+    steps = [lambda: libc.unshare(_CLONE_NEWNS) == 0,
+             lambda: libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None) == 0,
+             lambda: libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                                b"mode=1777") == 0]
+    if os.path.isdir("/var/tmp"):
+        steps.append(lambda: libc.mount(b"tmpfs", b"/var/tmp", b"tmpfs",
+                                        _MS_NOSUID | _MS_NODEV, b"mode=1777") == 0)
+    for step in steps:
+        if (problem := call(step())) is not None:
+            return problem
+    return None
+
+
 def libc_errno() -> int:
     import ctypes
     return ctypes.get_errno() or errno.EPERM
@@ -945,7 +969,7 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
     # loaded here, before the fork: the child only calls it
     ctypes: Any = None
     libc: Any = None
-    if mask or cfg.no_new_privileges:
+    if mask or cfg.no_new_privileges or cfg.private_tmp:
         ctypes, libc = _libc()
 
     def fail(what: str, e: OSError) -> None:
@@ -955,6 +979,15 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
             pass
 
     def setup() -> None:
+        if cfg.private_tmp and (problem := _private_tmp(libc)) is not None:
+            fail("private_tmp = true", problem)
+            raise problem
+        if cfg.nice is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, cfg.nice)
+            except OSError as e:
+                fail(f"nice = {cfg.nice}: setpriority", e)
+                raise
         for what, res, lim in limits:
             try:
                 resource.setrlimit(res, lim)
@@ -1023,7 +1056,7 @@ def _plain(cfg: ServiceConfig) -> bool:
     rlimits, a readiness fd at a fixed number) takes the fast path."""
     return (cfg.cwd is None and cfg.user is None and cfg.group is None and cfg.umask is None
             and not cfg.rlimits and not prestart.ready_pipe(cfg) and not cfg.capabilities
-            and not cfg.no_new_privileges)
+            and not cfg.no_new_privileges and not cfg.private_tmp and cfg.nice is None)
 
 
 _EXE_CACHE: dict[tuple[str, str], str] = {}
@@ -1058,7 +1091,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 4
+CLONE3_ABI = 5
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1136,7 +1169,7 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None) -> tuple
             -1 if creds.uid is None else creds.uid,
             [(_RLIMIT[n], s, h) for n, s, h in cfg.rlimits],
             None if ready_w is None else (ready_w, cfg.ready_fd),
-            capability_mask(cfg), cfg.no_new_privileges)
+            capability_mask(cfg), cfg.no_new_privileges, cfg.private_tmp, cfg.nice)
 
 
 def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
@@ -1159,6 +1192,10 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
         return SpawnError(f"{_caps_setting(cfg)}: {step}: {errno_text(e)}")
     if step == "no_new_privs":
         return SpawnError(f"no_new_privileges = true: prctl: {errno_text(e)}")
+    if step == "private_tmp":
+        return SpawnError(f"private_tmp = true: {errno_text(e)}")
+    if step == "setpriority":
+        return SpawnError(f"nice = {cfg.nice}: setpriority: {errno_text(e)}")
     return SpawnError(f"{step}: {errno_text(e)}", transient=e.errno in TRANSIENT_ERRNOS)
 
 
@@ -1317,7 +1354,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         if cfg.directories:
             make_directories(cfg, creds)
         if cfg.rlimits or ready_w is not None or oom_for(cfg) is not None or \
-                cfg.capabilities or cfg.no_new_privileges:
+                cfg.capabilities or cfg.no_new_privileges or cfg.private_tmp or \
+                cfg.nice is not None:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
