@@ -343,7 +343,9 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("oom_score_adj", _integer(-1000, 1000), "The OOM score adjustment of the "
           "service's processes, as systemd's `OOMScoreAdjust=`: higher is killed sooner when "
           "the machine runs out of memory, -1000 never. Set in the new process before its "
-          "exec, before its user is switched; its children inherit it.",
+          "exec, before its user is switched; its children inherit it. A value the host "
+          "refuses (below the restarter's, without CAP_SYS_RESOURCE) leaves the service at "
+          "the restarter's value, with one warning: it still starts.",
           shown="`0`", group="restart"),
     S.Key("memory_max", _SIZE, "The service cgroup's `memory.max` (`\"infinity\"` or 0: no "
           "limit), as systemd's `MemoryMax=`: a leak stops at this size, the kernel's OOM "

@@ -5,7 +5,11 @@ program, looked up in the service's PATH as the restarter looks them up) and say
 one line each, why one cannot be run: missing, not a regular file, no execute bit for
 the service's user, or a directory on the way that its user cannot search. A mistake of
 this kind fails the service at every start; `hachain check` says so before anything
-runs. Reads file metadata only. Must not: start, signal or change anything.
+runs. Also a setting this host would refuse: an oom_score_adj below 0 without
+CAP_SYS_RESOURCE (not applied: the service runs all the same), a capability outside
+this host's bounding set (every start fails). (The chain's own oom_score_adj is not
+reported: each layer says so as it starts.) Reads file metadata only. Must not: start,
+signal or change anything.
 
 Permission bits are checked the way the kernel checks them for the user's uid, primary
 group and supplementary groups (access control lists are not read: a file an ACL opens
@@ -19,7 +23,7 @@ import os
 import pwd
 import stat
 
-from hachain.configtypes import SERVICE_PATH, Config, ServiceConfig
+from hachain.configtypes import CAPABILITIES, SERVICE_PATH, Config, ServiceConfig
 
 
 def _who(svc: ServiceConfig) -> tuple[int, set[int], str] | None:
@@ -118,10 +122,36 @@ def program_problem(program: str, svc: ServiceConfig) -> str | None:
     return None
 
 
+def _capability_sets() -> tuple[int, int]:
+    """(effective, bounding) capability sets of this process."""
+    sets = {"CapEff:": 0, "CapBnd:": 0}
+    try:
+        with open("/proc/self/status") as f:
+            for ln in f:
+                key = ln.split(None, 1)[0] if ln.strip() else ""
+                if key in sets:
+                    sets[key] = int(ln.split()[1], 16)
+    except (OSError, ValueError):
+        return ~0, ~0  # cannot tell: nothing is reported
+    return sets["CapEff:"], sets["CapBnd:"]
+
+
 def problems(cfg: Config) -> list[str]:
-    """One line per program of a service that cannot be run here as the service runs."""
+    """One line per program of a service that cannot be run here as the service runs,
+    and per setting this host would refuse (a capability it does not have)."""
     out = []
+    eff, bounding = _capability_sets()
+    can_lower = bool(eff >> CAPABILITIES.index("SYS_RESOURCE") & 1)
     for name, svc in cfg.services.items():
+        if svc.oom_score_adj < 0 and not can_lower:
+            out.append(f"service {name}: oom_score_adj = {svc.oom_score_adj} will not be "
+                       "applied here (no CAP_SYS_RESOURCE): it runs at the restarter's "
+                       "value")
+        lacking = [c for c in svc.capabilities
+                   if not bounding >> CAPABILITIES.index(c.removeprefix("CAP_")) & 1]
+        if lacking:
+            out.append(f"service {name}: capabilities: {', '.join(lacking)} not in this "
+                       "host's bounding set: every start would fail")
         programs = [("command[0]", svc.command[0])]
         programs += [(f"pre_start[{i}]", argv[0].removeprefix("-"))
                      for i, argv in enumerate(svc.pre_start)]

@@ -94,3 +94,21 @@ def test_hachain_check_warns_and_still_passes(place: str, tmp_path: Any) -> None
     assert p.stderr.splitlines() == [
         f"hachain: {cfg}: warning: service web: command[0] = {inner}: user nobody cannot "
         f"reach it: {hidden} is 0700 root:root"]
+
+
+def test_settings_this_host_would_refuse() -> None:
+    eff, bounding = hostcheck._capability_sets()
+    resource = 1 << config.CAPABILITIES.index("SYS_RESOURCE")
+    missing = [n for i, n in enumerate(config.CAPABILITIES) if not bounding >> i & 1]
+    caps = ", ".join(f'"CAP_{n}"' for n in ["NET_BIND_SERVICE"] + missing)
+    got = lines('[service.db]\ncommand = ["true"]\noom_score_adj = -500\n'
+                '[service.web]\ncommand = ["true"]\nuser = "nobody"\n'
+                f'capabilities = [{caps}]\n')
+    want = []
+    if not eff & resource:
+        want.append("service db: oom_score_adj = -500 will not be applied here (no "
+                    "CAP_SYS_RESOURCE): it runs at the restarter's value")
+    if missing:
+        want.append(f"service web: capabilities: {', '.join('CAP_' + n for n in missing)} "
+                    "not in this host's bounding set: every start would fail")
+    assert got == want

@@ -101,6 +101,7 @@ struct request {
     int ready_from, ready_to;  /* -1: none */
     char oom[16];          /* the oom_score_adj to write, as text ("": none) */
     int oom_len;
+    volatile int oom_err;  /* errno of a refused oom_score_adj write: the child goes on */
     uint64_t caps;         /* ambient capabilities kept across the user switch (0: none) */
     int no_new_privs;      /* PR_SET_NO_NEW_PRIVS before the exec */
     int private_tmp;       /* a mount namespace of its own, a fresh tmpfs on /tmp, /var/tmp */
@@ -111,6 +112,8 @@ struct request {
     volatile int err;   /* written by the child when a step fails */
     volatile int step;  /* which step failed: see STEPS below */
 };
+
+static int last_oom_err = 0;  /* the last spawn's refused oom_score_adj write (0: none) */
 
 /* The child's stack. The GIL is held for the whole call and the parent sleeps until the
  * child has exec'd, so one stack serves every spawn. */
@@ -226,18 +229,17 @@ static int child_main(void *arg) {
         if (setrlimit(r->limits[i].resource, &r->limits[i].value) < 0)
             return fail(r, 100 + i);
     /* still root (a lower value needs CAP_SYS_RESOURCE). A vfork child's write is its
-     * own: the kernel does not carry it to the parent that shares the memory */
+     * own: the kernel does not carry it to the parent that shares the memory. Refused,
+     * the service runs at the value it inherited: the parent says so (last_oom_error) */
     if (r->oom_len > 0) {
         int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-        if (fd < 0)
-            return fail(r, 12);
-        if (write(fd, r->oom, (size_t)r->oom_len) != r->oom_len) {
-            int e = errno;
+        if (fd < 0) {
+            r->oom_err = errno;
+        } else {
+            if (write(fd, r->oom, (size_t)r->oom_len) != r->oom_len)
+                r->oom_err = errno;
             close(fd);
-            errno = e;
-            return fail(r, 12);
         }
-        close(fd);
     }
     /* raw system calls: glibc's wrappers would signal every thread of the process,
      * which here are the parent's */
@@ -513,6 +515,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         pthread_sigmask(SIG_SETMASK, &all, &old);
         long pid = clone3_call(&a, child_main, &r);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
+        last_oom_err = r.oom_err;
         if (slot_out >= 0) {  /* our copies of the service's pipes go (/dev/null again) */
             int e = errno;
             dup3(slot_null, slot_out, O_CLOEXEC);
@@ -567,6 +570,12 @@ done:
 #endif
 }
 
+static PyObject *py_last_oom_error(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyLong_FromLong(last_oom_err);
+}
+
 static PyObject *py_reserve(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -577,6 +586,9 @@ static PyObject *py_reserve(PyObject *self, PyObject *noargs) {
 
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"last_oom_error", py_last_oom_error, METH_NOARGS,
+     "last_oom_error() -> errno\n\nThe error of the last spawn's oom_score_adj write (0: "
+     "written, or none asked for): a refused one is not a failed start."},
     {"reserve", py_reserve, METH_NOARGS,
      "reserve() -> (out, ready) | None\n\nReserve the two low descriptors spawn() hands "
      "the child its output and readiness descriptors in, so that the child copies only the "
@@ -597,7 +609,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 5) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 6) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -884,6 +884,22 @@ def _oom_setting(value: int) -> str:
     return f"oom_score_adj = {value}: {channels.OOM_SCORE_ADJ}"
 
 
+# What the fallback's child writes to its report pipe when its oom_score_adj write is
+# refused, then goes on: "\x01oom ERRNO\n" (a failed step's report follows, if any)
+_OOM_REFUSED = b"\x01oom "
+
+
+def _oom_note(cfg: ServiceConfig, err: int) -> str:
+    """The line for a start whose oom_score_adj could not be written: the service runs
+    all the same, at the restarter's value (a tuning the host refuses is not a reason to
+    leave a service down)."""
+    why = os.strerror(err)
+    if err in (errno.EACCES, errno.EPERM) and cfg.oom_score_adj < _OWN_OOM[0]:
+        why += "; lowering it needs CAP_SYS_RESOURCE, which this host withholds"
+    return f"oom_score_adj = {cfg.oom_score_adj} not applied ({why}): it runs at " \
+           f"{_OWN_OOM[0]}, the restarter's"
+
+
 def capability_mask(cfg: ServiceConfig) -> int:
     """`capabilities` as the bits of a capability set (0: none asked for)."""
     mask = 0
@@ -1002,9 +1018,11 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
             try:
                 with open(channels.OOM_SCORE_ADJ, "w") as f:
                     f.write(str(oom))
-            except OSError as e:
-                fail(f"{_oom_setting(oom)}: write", e)
-                raise
+            except OSError as e:  # not a failed start: said by the parent (_oom_note)
+                try:
+                    os.write(report_w, _OOM_REFUSED + str(e.errno or 0).encode() + b"\n")
+                except OSError:
+                    pass
         call = ""
         if mask:
             try:
@@ -1091,7 +1109,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 5
+CLONE3_ABI = 6
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1186,8 +1204,6 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
     if step.startswith("rlimit "):
         n, soft, hard = cfg.rlimits[int(step.split()[1])]
         return SpawnError(f"{_rlimit_setting(n, soft, hard)}: setrlimit: {errno_text(e)}")
-    if step == "oom_score_adj":
-        return SpawnError(f"{_oom_setting(cfg.oom_score_adj)}: write: {errno_text(e)}")
     if step in ("capset", "ambient"):
         return SpawnError(f"{_caps_setting(cfg)}: {step}: {errno_text(e)}")
     if step == "no_new_privs":
@@ -1426,8 +1442,24 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                     detail = os.read(report_r, 1000)
                 except OSError:
                     pass
+            if detail.startswith(_OOM_REFUSED):
+                detail = detail.partition(b"\n")[2]
             raise SpawnError(detail.decode(errors="replace") or
                              f'command = {list(cfg.command)!r}: {e}') from None
+        refused = 0  # the child's oom_score_adj write was refused (errno)
+        if oom_for(cfg) is not None:
+            if direct is not None:
+                refused = _clone3.last_oom_error()
+            elif report_r is not None:
+                try:
+                    said = os.read(report_r, 1000)
+                except OSError:
+                    said = b""
+                if said.startswith(_OOM_REFUSED):
+                    refused = int(said[len(_OOM_REFUSED):].partition(b"\n")[0] or 0) or \
+                        errno.EPERM
+        if refused:
+            notes += (_oom_note(cfg, refused),)
     finally:
         for fd in (report_r, report_w):
             if fd is not None:
