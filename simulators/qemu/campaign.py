@@ -66,6 +66,9 @@ POLL = 0.2  # guest polling period (a /proc scan in TCG Python is not free)
 START_BUDGET = 10.0
 BOOT_BUDGET = 35.0
 PANIC_BUDGET = 5.0  # panic=1 plus the emulated serial port printing the panic dump
+# a cold Python filling the guest's 512 MB one MiB at a time under TCG, and the kernel's
+# reclaim before its OOM killer acts
+OOM_BUDGET = 15.0
 RESET_MARGIN = 3.0  # a tick and TCG scheduling on top of the tickler's reset bound
 
 # The campaign's "notifier": ready by READY=1, then WATCHDOG=1 twice a second, so its
@@ -105,9 +108,18 @@ class CampaignSettings(ChainSettings):
                          "ready_timeout": 60.0, "watchdog_sec": self.watchdog_sec,
                          "stop_timeout": self.stop_timeout, "memory_max": LEAK_LIMIT,
                          **POLICY},
-            "worker": {"command": ["/bin/sleep", "86402"], "requires": ["notifier"],
-                       **POLICY},
+            "worker": {"command": ["/bin/sh", "-c", hog_script(python)],
+                       "requires": ["notifier"], **POLICY},
         }
+
+
+def hog_script(python: str) -> str:
+    """The campaign's worker: a shell that idles until SIGUSR1, then becomes a Python that
+    allocates 1 MiB after another without a limit of its own (the `oom-machine` fault).
+    Its sleep is killed first: nothing of it is left to outlive the shell."""
+    leak = "import itertools; heap = [bytearray(1 << 20) for _ in itertools.count()]"
+    return (f"trap 'kill $! 2>/dev/null; exec {python} -S -c \"{leak}\"' USR1; "
+            "while :; do sleep 86402 & wait $!; done")
 
 
 def reset_bound(s: ChainSettings) -> float:
@@ -155,6 +167,11 @@ QKINDS: dict[str, QKind] = {k.name: k for k in (
           "SIGUSR1: the notifier allocates without end; its memory_max ends it inside its "
           "cgroup (out of memory), the restart policy restarts it",
           send(SIGUSR1), lambda s: BACKOFF + 2 * START_BUDGET),
+    QKind("oom-machine", ("worker",), None, 2,
+          "SIGUSR1: the worker allocates without a limit of its own until the machine is out "
+          "of memory; the kernel's OOM killer takes it, never a layer (they run at "
+          "oom_score_adj -900), and the restart policy restarts it",
+          send(SIGUSR1), lambda s: BACKOFF + 2 * START_BUDGET + OOM_BUDGET),
     QKind("kill-restarter", ("restarter",), None, 3,
           "SIGKILL the restarter: init restarts it, it re-adopts the services",
           send(SIGKILL), lambda s: s.restart_delay + 2 * START_BUDGET),
