@@ -442,3 +442,20 @@ def started():
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
+
+
+# Every way the restarter starts a service: clone3 into the service's cgroup (the
+# compiled spawn), the fallback that moves the restarter in and out around subprocess or
+# posix_spawn, and the same two without cgroups (cgroup_root = "none").
+SPAWN_PATHS = ["clone3", "fallback", "no-cgroup", "no-cgroup-fallback"]
+
+
+def spawn_path(path: str, cgroups: Any, monkeypatch: Any) -> Any:
+    """The Cgroups to spawn with along `path` (one of SPAWN_PATHS); the compiled spawn
+    patched off for a fallback, the test skipped where it is not built."""
+    from hachain.restarter import spawn
+    if path.endswith("fallback"):
+        monkeypatch.setattr(spawn, "_direct", False)
+    elif not spawn.direct_spawn_available():
+        pytest.skip("the clone3 spawn is not built or not usable here")
+    return spawn.Cgroups(None) if path.startswith("no-cgroup") else cgroups

@@ -19,7 +19,7 @@ import pytest
 from hachain import config
 from hachain.config import ServiceConfig
 from hachain.restarter import spawn
-from tests.conftest import wait_until
+from tests.conftest import SPAWN_PATHS, spawn_path, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="switching to another user and keeping "
@@ -68,15 +68,12 @@ BINDER = ("import socket, sys, time\n"
           "time.sleep(3600)\n")
 
 
-@pytest.mark.parametrize("path", ["clone3", "fallback"])
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 @pytest.mark.parametrize("caps", [(), ("CAP_NET_BIND_SERVICE",)], ids=["none", "bind"])
 def test_a_user_service_keeps_exactly_the_capabilities_it_asks_for(
         cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str,
         caps: tuple[str, ...]) -> None:
-    if path == "fallback":
-        monkeypatch.setattr(spawn, "_direct", False)
-    elif not spawn.direct_spawn_available():
-        pytest.skip("the clone3 spawn is not built or not usable here")
+    cgroups = spawn_path(path, cgroups, monkeypatch)
     port = free_low_port()
     logs = tmp_path / "logs"
     cfg = ServiceConfig(name="web", command=(SYSTEM_PYTHON, "-S", "-c", BINDER, str(port)),

@@ -26,7 +26,7 @@ import pytest
 from hachain import channels, client
 from hachain.config import ServiceConfig
 from hachain.restarter import spawn
-from tests.conftest import KILLED_BOUND, children, reap, wait_until
+from tests.conftest import KILLED_BOUND, SPAWN_PATHS, children, reap, spawn_path, wait_until
 
 
 def can_lower() -> bool:
@@ -66,17 +66,14 @@ def as_the_restarter() -> Iterator[None]:
 FORKS = ("/bin/sh", "-c", "sleep 3600 & exec sleep 3601")
 
 
-@pytest.mark.parametrize("path", ["clone3", "fallback"])
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 @pytest.mark.parametrize("extra", [{}, {"user": "nobody"}, {"umask": 0o22}],
                          ids=["plain", "user", "umask"])
 @pytest.mark.parametrize("value", [0, 100, 1000])
 def test_each_spawn_path_sets_the_services_value_before_the_exec(
         cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any,
         as_the_restarter: None, path: str, extra: dict[str, Any], value: int) -> None:
-    if path == "fallback":
-        monkeypatch.setattr(spawn, "_direct", False)
-    elif not spawn.direct_spawn_available():
-        pytest.skip("the clone3 spawn is not built or not usable here")
+    cgroups = spawn_path(path, cgroups, monkeypatch)
     cfg = ServiceConfig(name="svc", command=FORKS, oom_score_adj=value, **extra)
     sp = spawn.spawn(cfg, str(tmp_path / "logs"), cgroups, None, yield_cpu=False)
     started.append(sp.pid)
@@ -86,7 +83,7 @@ def test_each_spawn_path_sets_the_services_value_before_the_exec(
     assert channels.own_oom_score_adj() == CHAIN  # the spawn left the restarter's alone
 
 
-@pytest.mark.parametrize("path", ["clone3", "fallback"])
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_a_value_this_host_refuses_leaves_the_service_running_and_says_so(
         cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any,
         as_the_restarter: None, path: str) -> None:
@@ -94,8 +91,7 @@ def test_a_value_this_host_refuses_leaves_the_service_running_and_says_so(
     restarter's value, and the start's note says why (a tuning the host refuses must
     not keep a service down at every boot: an imported postgresql@.service asks for
     -900); with it, the service runs at -500."""
-    if path == "fallback":
-        monkeypatch.setattr(spawn, "_direct", False)
+    cgroups = spawn_path(path, cgroups, monkeypatch)
     cfg = ServiceConfig(name="svc", command=("sleep", "3600"), oom_score_adj=-500)
     sp = spawn.spawn(cfg, str(tmp_path / "logs"), cgroups, None, yield_cpu=False)
     started.append(sp.pid)

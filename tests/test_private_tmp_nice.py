@@ -15,7 +15,7 @@ import pytest
 from hachain import config
 from hachain.config import ServiceConfig
 from hachain.restarter import spawn
-from tests.conftest import wait_until
+from tests.conftest import SPAWN_PATHS, spawn_path, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="a mount namespace needs root (CAP_SYS_ADMIN)")
@@ -31,13 +31,10 @@ def mounts_of(pid: int) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("path", ["clone3", "fallback"])
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_a_private_tmp_is_its_own_and_empty(cgroups: Any, tmp_path: Any, started: list[int],
                                             monkeypatch: Any, path: str) -> None:
-    if path == "fallback":
-        monkeypatch.setattr(spawn, "_direct", False)
-    elif not spawn.direct_spawn_available():
-        pytest.skip("the clone3 spawn is not built or not usable here")
+    cgroups = spawn_path(path, cgroups, monkeypatch)
     mark = f"hachain-test-{uuid.uuid4().hex}"
     ours = f"/tmp/{mark}.host"  # a file of this host's /tmp: the service must not see it
     open(ours, "w").close()
@@ -65,12 +62,11 @@ def test_a_private_tmp_is_its_own_and_empty(cgroups: Any, tmp_path: Any, started
         os.unlink(ours)
 
 
-@pytest.mark.parametrize("path", ["clone3", "fallback"])
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 @pytest.mark.parametrize("nice", [19, -5])
 def test_nice_is_what_the_service_runs_at(cgroups: Any, tmp_path: Any, started: list[int],
                                           monkeypatch: Any, path: str, nice: int) -> None:
-    if path == "fallback":
-        monkeypatch.setattr(spawn, "_direct", False)
+    cgroups = spawn_path(path, cgroups, monkeypatch)
     cfg = ServiceConfig(name="batch", command=("sleep", "3600"), nice=nice)
     sp = spawn.spawn(cfg, str(tmp_path / "logs"), cgroups, None, yield_cpu=False)
     started.append(sp.pid)

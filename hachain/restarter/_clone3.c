@@ -329,7 +329,7 @@ static char **byte_array(PyObject *seq, const char *what) {
 PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, out_fd, cgroup_fd, sigdef, nofile, setup=None, oom=None) -> pid\n\n"
 "Start `path` with `argv` and `envp` (sequences of bytes) in the cgroup whose directory\n"
-"`cgroup_fd` is open, stdin /dev/null, stdout and stderr `out_fd`, its own process\n"
+"`cgroup_fd` is open (-1: where the caller is), stdin /dev/null, stdout and stderr `out_fd`, its own process\n"
 "group, the signals in `sigdef` (and any with a handler) at their default, an empty\n"
 "signal mask, and RLIMIT_NOFILE `nofile` ((soft, hard) or None); `setup` is None or\n"
 "(cwd bytes or None, umask or -1, groups or None, gid or -1, uid or -1,\n"
@@ -495,7 +495,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         r.envp = cenvp;
         struct clone_args_v2 a;
         memset(&a, 0, sizeof a);
-        a.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP;
+        /* cgroup_fd -1: no cgroup (the restarter runs without them), the same child */
+        a.flags = CLONE_VM | CLONE_VFORK | (cg_fd >= 0 ? CLONE_INTO_CGROUP : 0);
         if (reserve_slots() && dup3(out_fd, slot_out, O_CLOEXEC) >= 0 &&
             (r.ready_from < 0 || dup3(r.ready_from, slot_ready, O_CLOEXEC) >= 0)) {
             r.out_fd = slot_out;
@@ -507,7 +508,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         a.exit_signal = SIGCHLD;
         a.stack = (uint64_t)(uintptr_t)child_stack;
         a.stack_size = sizeof child_stack;
-        a.cgroup = (uint64_t)cg_fd;
+        a.cgroup = cg_fd >= 0 ? (uint64_t)cg_fd : 0;
         /* No signal handler may run in the child while it shares our memory: block all
          * (the child sets its own mask before exec). */
         sigset_t all, old;
@@ -609,7 +610,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 6) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 7) < 0)) {
         Py_DECREF(m);
         return NULL;
     }
