@@ -100,6 +100,8 @@ def test_the_machine_out_of_memory_loses_the_hog_never_a_layer(
     least_service = min(procs[pids[n]][2] for n, adj in want.items() if adj >= 0)
     assert worst_layer < least_service, (layers, {n: procs[pids[n]] for n in want})
     record_property("layer_oom_scores", sorted(s for _c, _a, s in layers.values()))
+    print(f"oom_score: layers {sorted(s for _c, _a, s in layers.values())}, services "
+          f"{ {n: procs[pids[n]][2] for n in want} }")
 
     # A service with no memory_max eats the machine's memory.
     before = {n: (s["pid"], s["restarts"]) for n, s in st["services"].items()}
