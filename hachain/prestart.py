@@ -79,7 +79,9 @@ def script(c: ServiceConfig) -> str:
                          f"start fails\\n' {what} \"$__hc_rc\" >&2; exit \"$__hc_rc\"; }}")
     lines.append('if [ -n "${__hc_ns+x}" ]; then export NOTIFY_SOCKET="$__hc_ns"; fi')
     if pipe and c.ready == "none":
-        lines.append(f"printf '\\n' >&{fd}")
+        # in a subshell that ignores SIGPIPE: a restarter that died meanwhile took the
+        # pipe's other end, and an ignored SIGPIPE would outlive the exec
+        lines.append(f"(trap '' PIPE; printf '\\n' >&{fd}) 2>/dev/null")
     main = " ".join(quote(a) for a in c.command)
     lines.append(f"exec {main}" + (f" {fd}>&-" if pipe and c.ready == "none" else ""))
     return "\n".join(lines) + "\n"

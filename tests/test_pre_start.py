@@ -34,7 +34,9 @@ def seen(tag: str) -> tuple[str, ...]:
     return ("/bin/sh", "-c", SHOW, "show", tag)
 
 
-MAP_FD = ("import os, sys; w = int(sys.argv[1]); os.dup2(w, 3); os.close(w); "
+# (SIGPIPE back to its default, as the restarter starts a service: Python ignores it)
+MAP_FD = ("import os, signal, sys; signal.signal(signal.SIGPIPE, signal.SIG_DFL); "
+          "w = int(sys.argv[1]); os.dup2(w, 3); os.close(w); "
           "os.execv(sys.argv[2], sys.argv[2:])")
 
 
@@ -252,3 +254,53 @@ restart = "never"
     log = open(r.log).read()
     assert 'command[0] = "/nonexistent/web": exec: No such file or directory' in log, log
     assert not ran.exists()
+
+
+@pytest.mark.slow
+def test_a_new_restarter_adopts_a_service_in_its_pre_start_as_starting(
+        restarter: Any, tmp_path: Any) -> None:
+    """The restarter dies while a service runs its pre_start commands: the readiness pipe
+    died with it, so the new one does not take the service for ready (what requires it
+    would start too early) but looks for the exec of its command, and only then starts
+    the dependents. The same process throughout: nothing runs twice."""
+    gate = tmp_path / "gate"
+    r = restarter(f'''
+[service.db]
+command = ["/bin/sleep", "1000"]
+pre_start = [["/bin/sh", "-c", "while [ ! -e {gate} ]; do sleep 0.05; done"]]
+ready_timeout = 120
+[service.web]
+command = ["/bin/sleep", "1001"]
+requires = ["db"]
+''')
+    pid = r.wait_state("db", "starting")["pid"]
+    r.kill_restarter()
+    r.start()
+    db = r.svc("db")
+    assert (db["state"], db["pid"], db["reason"]) == ("starting", pid,
+                                                      "adopted; running pre_start"), db
+    r.beats(5)  # a second or so of the new restarter's looks: still its pre_start
+    assert r.svc("db")["state"] == "starting" and r.svc("web")["state"] == "waiting"
+    gate.touch()
+    r.wait_state("web", "ready", timeout=RUN_BOUND)
+    db = r.svc("db")
+    assert (db["state"], db["pid"], db["restarts"]) == ("ready", pid, 0)
+    assert cmdline(pid) == ["/bin/sleep", "1000"]
+
+
+def test_a_readiness_pipe_nobody_reads_any_more_does_not_end_the_program() -> None:
+    """The restarter that spawned it died during the commands (its end of the pipe went
+    with it): the newline's write fails, and the command still runs, with SIGPIPE at its
+    default (an ignored one would outlive the exec)."""
+    c = ServiceConfig("web", ("/bin/sh", "-c", "grep SigIgn /proc/self/status"),
+                      pre_start=(("/bin/true",),))
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-c", MAP_FD, str(w), *prestart.exec_argv(c)],
+                           capture_output=True, text=True, timeout=RUN_BOUND, pass_fds=(w,))
+    finally:
+        os.close(w)
+    assert p.returncode == 0, p.stderr
+    ignored = int(p.stdout.split()[1], 16)
+    assert not ignored & (1 << 12), p.stdout  # SIGPIPE (13) not ignored

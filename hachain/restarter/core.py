@@ -448,7 +448,7 @@ class Core:
     # --- re-adoption ---------------------------------------------------------------------
 
     def adopt(self, name: str, admin: Mapping[str, str], rec: Record | None, alive: bool,
-              now: float, main: int | None = None) -> bool:
+              now: float, main: int | None = None, in_pre_start: bool = False) -> bool:
         """Rebuild `name` from its admin state (admin.json), its runtime record, whether
         the record's pid is verifiably still its process (`alive`) and the live process
         of the service a MAINPID= of the record's process still queued names (`main`,
@@ -460,7 +460,8 @@ class Core:
             want=admin.get("want", "up"), held=held, record=rec.state if rec else "",
             pid=rec.pid if rec else None, alive=alive, restarts=rec.restarts if rec else 0,
             started=rec.started_mono if rec else None,
-            stop_since=getattr(rec, "stop_since", None), main_pid=main)
+            stop_since=getattr(rec, "stop_since", None), main_pid=main,
+            in_pre_start=in_pre_start)
         self._process(name, Ev.ADOPTED, now, {"found": found}, None)
         pid = self.svcs[name].pid
         return pid is not None and (pid == main or alive and pid == found.pid)

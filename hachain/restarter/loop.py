@@ -121,6 +121,16 @@ def take_priority(nice: int) -> str | None:
     return None
 
 
+def in_pre_start(name: str, pid: int) -> bool:
+    """Is `pid` still the pre_start program of `name` (its last argument names it; the
+    exec of the service's command replaces it)?"""
+    try:
+        raw = channels.read_small(f"/proc/{pid}/cmdline")
+    except OSError:
+        return False
+    return raw.rstrip(b"\0").rsplit(b"\0", 1)[-1] == f"hachain-pre-start:{name}".encode()
+
+
 class Launched:
     """A service process just started (_launch): what spawn returned, the read end of its
     output pipe (for the logger), the write end the restarter holds while the process
@@ -431,7 +441,10 @@ class Restarter:
             fd = spawn.pidfd_open(rec.pid) if rec is not None and rec.pid and \
                 self._verify(rec) else None
             main, mfd = self._queued_main(name, rec, fd is None)
-            ok = self.core.adopt(name, admin.get(name, {}), rec, fd is not None, now, main)
+            pre = fd is not None and rec is not None and rec.pid is not None and \
+                bool(c.pre_start) and in_pre_start(name, rec.pid)
+            ok = self.core.adopt(name, admin.get(name, {}), rec, fd is not None, now, main,
+                                 pre)
             if ok and main is not None and self.svcs[name].pid == main:
                 fd, mfd = mfd, fd  # the server its launcher named: the record is rewritten
                 self._start_times[name] = channels.proc_start_time(main)
@@ -1014,9 +1027,16 @@ class Restarter:
 
     def _run_probe(self, name: str, purpose: str, now: float) -> None:
         """The core asked for a check (its timer fired in the right state)."""
+        c = self.conf[name]
+        if purpose == "ready" and c.ready == "none":
+            # an adopted service in its pre_start program (states._adopt_running): ready
+            # once that has exec'd the service's command
+            pid = self.svcs[name].pid
+            done = pid is not None and not in_pre_start(name, pid)
+            self._probe_result(name, purpose, done, "" if done else "running pre_start", now)
+            return
         if (name, purpose) in self.probes:
             return
-        c = self.conf[name]
         pkind = c.ready if purpose == "ready" else c.health.kind  # type: ignore[union-attr]
         try:
             if pkind == "exec":

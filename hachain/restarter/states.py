@@ -295,6 +295,9 @@ class Found(NamedTuple):
     # notify socket, naming a live process of the service (the loop checked, as it does
     # for one read while it runs)
     main_pid: int | None = None
+    # the record's live process is still its pre_start program (hachain/prestart.py),
+    # whose readiness pipe died with the previous restarter
+    in_pre_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -690,13 +693,19 @@ def _adopt_running(s: Svc, f: Found, ev: Event, c: ServiceConfig) -> Result:
                                "restarted)"),
                 [ArmTimer(s.name, Timer.STOP_TIMEOUT, left)])
     st = State.READY if f.record == "ready" else State.STARTING
-    if st is State.STARTING and c.kind == "longrun" and c.ready in ("fd", "none"):
+    pre = st is State.STARTING and f.in_pre_start and c.ready == "none" and \
+        prestart.ready_pipe(c)
+    if st is State.STARTING and c.kind == "longrun" and c.ready in ("fd", "none") \
+            and not pre:
         # the readiness pipe died with the previous restarter; "none" is ready once
         # running (a record caught mid-restart says starting or stopping)
         st = State.READY
     s = replace(s, state=st, pid=f.pid, restarts=f.restarts, started_at=started,
-                reason="adopted")
-    acts: list[Action] = []
+                reason="adopted; running pre_start" if pre else "adopted")
+    # still in its pre_start commands: ready once it has exec'd its command, which the
+    # loop looks for (READY_CHECK) now that the pipe that would have said so is gone
+    acts: list[Action] = [ArmTimer(s.name, Timer.READY_CHECK, READY_CHECK_AGAIN)] \
+        if pre else []
     if st is State.STARTING and needs_ready_timer(c):
         acts.append(ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout))
     elif c.watchdog_sec:
