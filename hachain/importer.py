@@ -674,26 +674,13 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                         caps.append("CAP_" + name)
                 if not caps:
                     del svc["capabilities"]
-            elif k == "PrivateTmp":
-                flag = _bool(v)
-                if flag is None:
-                    raise ValueError(f"{v!r} is not a boolean")
-                svc["private_tmp"] = flag
+            elif k in ("PrivateTmp", "NoNewPrivileges"):
+                svc[{"PrivateTmp": "private_tmp", "NoNewPrivileges": "no_new_privileges"}[k]] \
+                    = _unit_bool(v)
             elif k == "Nice":
-                value = int(v.strip())
-                if not -20 <= value <= 19:
-                    raise ValueError(f"{v!r} is not from -20 to 19")
-                svc["nice"] = value
-            elif k == "NoNewPrivileges":
-                flag = _bool(v)
-                if flag is None:
-                    raise ValueError(f"{v!r} is not a boolean")
-                svc["no_new_privileges"] = flag
+                svc["nice"] = _int_in(v, -20, 19)
             elif k == "OOMScoreAdjust":
-                adj = int(v.strip())
-                if not -1000 <= adj <= 1000:
-                    raise ValueError(f"{v!r} is not from -1000 to 1000")
-                svc["oom_score_adj"] = adj
+                svc["oom_score_adj"] = _int_in(v, -1000, 1000)
             elif k == "ExecReload":
                 sig = _reload_signal(v)
                 n.warn(e.line, k, "hachain has no reload command: " + (
@@ -826,6 +813,22 @@ def _expand(value: str, names: dict[str, Any], e: Entry, n: _Notes) -> str:
             n.warn(e.line, e.key, f"%({name}){spec}: {ex}; left as is")
             return m.group(0)
     return _EXPANSION.sub(sub, value)
+
+
+def _unit_bool(v: str) -> bool:
+    """A unit's boolean ("yes", "true", "on", "1" and their opposites); ValueError else."""
+    flag = _bool(v)
+    if flag is None:
+        raise ValueError(f"{v!r} is not a boolean")
+    return flag
+
+
+def _int_in(v: str, lo: int, hi: int) -> int:
+    """An integer from lo to hi; ValueError (its message names the range) else."""
+    value = int(v.strip())
+    if not lo <= value <= hi:
+        raise ValueError(f"{v!r} is not from {lo} to {hi}")
+    return value
 
 
 def _bool(v: str) -> bool | None:

@@ -9,6 +9,7 @@ import pwd
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,53 +17,55 @@ import pytest
 from tests.conftest import wait_until
 
 
-@pytest.mark.slow
-def test_directories_are_made_for_the_service_at_each_start(restarter: Any) -> None:
+@pytest.fixture
+def run_dir() -> Iterator[str]:
+    """Stands for /run, a fresh tmpfs at each boot: outside pytest's own 0700 directory,
+    so that the service's user can reach it."""
     if os.geteuid() != 0:
         pytest.skip("needs root: the directory is handed to another user")
-    nobody = pwd.getpwnam("nobody")
-    # stands for /run, a fresh tmpfs at each boot: outside pytest's own 0700 directory,
-    # so that the service's user can reach it
     run = tempfile.mkdtemp(prefix="hachain-test-run-")
     try:
         os.chmod(run, 0o755)
-        d = os.path.join(run, "web", "sockets")
-        pid = os.path.join(d, "pid")
-        body = (f'[service.web]\ncommand = ["/bin/sh", "-c", "echo up > {pid} && exec '
-                f'sleep 1000"]\nuser = "nobody"\ndirectories = ["{d}"]\n')
-        r = restarter(body)
-        r.wait_state("web", "ready")
-        wait_until(lambda: os.path.exists(pid), 20, "web to write into its directory")
-        st = os.stat(d)
-        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
-            nobody.pw_uid, nobody.pw_gid, 0o755)
-        assert os.stat(os.path.join(run, "web")).st_uid == 0  # a parent made on the way
-        # as after a reboot: gone, and made again for the next start
-        os.unlink(pid)
-        os.rmdir(d)
-        assert r.req("restart", "web")["ok"]
-        wait_until(lambda: os.path.exists(pid), 20, "the restarted web to find it again")
+        yield run
     finally:
         shutil.rmtree(run, ignore_errors=True)
 
+
 @pytest.mark.slow
-def test_directory_mode_is_what_the_directory_is_made_with(restarter: Any) -> None:
+def test_directories_are_made_for_the_service_at_each_start(restarter: Any,
+                                                            run_dir: str) -> None:
+    nobody = pwd.getpwnam("nobody")
+    run = run_dir
+    d = os.path.join(run, "web", "sockets")
+    pid = os.path.join(d, "pid")
+    body = (f'[service.web]\ncommand = ["/bin/sh", "-c", "echo up > {pid} && exec '
+            f'sleep 1000"]\nuser = "nobody"\ndirectories = ["{d}"]\n')
+    r = restarter(body)
+    r.wait_state("web", "ready")
+    wait_until(lambda: os.path.exists(pid), 20, "web to write into its directory")
+    st = os.stat(d)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
+        nobody.pw_uid, nobody.pw_gid, 0o755)
+    assert os.stat(os.path.join(run, "web")).st_uid == 0  # a parent made on the way
+    # as after a reboot: gone, and made again for the next start
+    os.unlink(pid)
+    os.rmdir(d)
+    assert r.req("restart", "web")["ok"]
+    wait_until(lambda: os.path.exists(pid), 20, "the restarted web to find it again")
+
+
+@pytest.mark.slow
+def test_directory_mode_is_what_the_directory_is_made_with(restarter: Any,
+                                                          run_dir: str) -> None:
     """redis-server.service's RuntimeDirectoryMode=2755: setgid kept after the chown,
     whatever the restarter's umask."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the directory is handed to another user")
     nobody = pwd.getpwnam("nobody")
-    run = tempfile.mkdtemp(prefix="hachain-test-run-")
-    try:
-        os.chmod(run, 0o755)
-        d = os.path.join(run, "redis")
-        r = restarter(f'[service.redis]\ncommand = ["/bin/sleep", "1000"]\nuser = "nobody"\n'
-                      f'directories = ["{d}"]\ndirectory_mode = "2750"\numask = "077"\n')
-        r.wait_state("redis", "ready")
-        st = os.stat(d)
-        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (nobody.pw_uid, 0o2750)
-    finally:
-        shutil.rmtree(run, ignore_errors=True)
+    d = os.path.join(run_dir, "redis")
+    r = restarter(f'[service.redis]\ncommand = ["/bin/sleep", "1000"]\nuser = "nobody"\n'
+                  f'directories = ["{d}"]\ndirectory_mode = "2750"\numask = "077"\n')
+    r.wait_state("redis", "ready")
+    st = os.stat(d)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (nobody.pw_uid, 0o2750)
 
 
 @pytest.mark.slow

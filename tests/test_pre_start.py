@@ -171,19 +171,24 @@ def cmdline(pid: int) -> list[str]:
         return [a.decode() for a in f.read().split(b"\0") if a]
 
 
+def gated(gate: Any) -> str:
+    """db's pre_start waits until `gate` exists; web requires db."""
+    return f'''
+[service.db]
+command = ["/bin/sleep", "1000"]
+pre_start = [["/bin/sh", "-c", "echo checking; while [ ! -e {gate} ]; do sleep 0.05; done"]]
+ready_timeout = 120
+[service.web]
+command = ["/bin/sleep", "1001"]
+requires = ["db"]
+'''
+
+
 @pytest.mark.slow
 def test_dependents_wait_for_the_commands_and_the_pid_stays_the_main_pid(
         restarter: Any, tmp_path: Any) -> None:
     gate = tmp_path / "gate"
-    r = restarter(f'''
-[service.db]
-command = ["/bin/sleep", "1000"]
-pre_start = [["/bin/sh", "-c", "echo checking; while [ ! -e {gate} ]; do sleep 0.05; done"]]
-ready_timeout = 60
-[service.web]
-command = ["/bin/sleep", "1001"]
-requires = ["db"]
-''')
+    r = restarter(gated(gate))
     db = r.wait_state("db", "starting")
     assert db["reason"] == "running pre_start"
     wait_until(lambda: "checking" in log_of(r, "db"), LOGGED, "the pre-start command to run")
@@ -264,15 +269,7 @@ def test_a_new_restarter_adopts_a_service_in_its_pre_start_as_starting(
     would start too early) but looks for the exec of its command, and only then starts
     the dependents. The same process throughout: nothing runs twice."""
     gate = tmp_path / "gate"
-    r = restarter(f'''
-[service.db]
-command = ["/bin/sleep", "1000"]
-pre_start = [["/bin/sh", "-c", "while [ ! -e {gate} ]; do sleep 0.05; done"]]
-ready_timeout = 120
-[service.web]
-command = ["/bin/sleep", "1001"]
-requires = ["db"]
-''')
+    r = restarter(gated(gate))
     pid = r.wait_state("db", "starting")["pid"]
     r.kill_restarter()
     r.start()
