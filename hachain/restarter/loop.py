@@ -816,11 +816,11 @@ class Restarter:
             os.close(rfd)
         st = st or ExitStatus("unknown")
         limit = self.conf[name].memory_max
-        if (limit or self.cgroups.memory) and self.cgroups.active and (
-                st.kind == "unknown" or (st.kind == "killed" and st.signal == signal.SIGKILL)) \
-                and self.cgroups.oom_since(name):
+        killed = self.cgroups.active and (
+            st.kind == "unknown" or (st.kind == "killed" and st.signal == signal.SIGKILL))
+        if limit and killed and self.cgroups.oom_since(name):
             # (the exit's log line and the status say so)
-            st = replace(st, oom="memory_max" if limit else "machine")
+            st = replace(st, oom="memory_max")
         self._zombie = pid if status is not None else None
         held = self.held_out.fds.pop(name, None)  # closed once the replacement runs
         try:
@@ -829,6 +829,10 @@ class Restarter:
                 calm = states.kills_leftovers(self.conf[name]) and spawn.kill_leftovers(
                     pid, name, self.cgroups, zombie=status is not None)
                 self._ahead[name] = self._launch(name, now, thaw=not calm)
+            if not limit and killed and self.cgroups.memory and self.cgroups.oom_since(name):
+                # the machine's OOM killer: read after the replacement (no policy
+                # depends on it, only what the exit says)
+                st = replace(st, oom="machine")
             self.core.exited(name, pid, st, now)
             self.run_core(now)
         finally:
