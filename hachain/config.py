@@ -284,7 +284,8 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "`NOTIFY_SOCKET`. One that fails ends the start with its status, which the restart "
           "policy answers as any failed start; one whose program is written with a leading "
           "`-` (`[\"-/usr/bin/x\"]`) may fail. Each failure is a line on the service's "
-          "log. A `ready = \"none\"` service is ready once `command` is exec'd.",
+          "log. A `ready = \"none\"` service is ready when the last of them has succeeded, "
+          "as `command` is exec'd.",
           shown="`[]`", group="run"),
     S.Key("pid_file", S.PathText(nonempty=True), "Only with `kind = \"forking\"`: the "
           "absolute path where the daemon writes its main pid.", group="run"),

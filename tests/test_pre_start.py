@@ -205,7 +205,8 @@ def test_dependents_wait_for_the_commands_and_the_pid_stays_the_main_pid(
     r.wait_state("web", "ready", timeout=RUN_BOUND)
     db = r.svc("db")
     assert db["state"] == "ready" and db["pid"] == pid  # the same process, exec'd
-    assert cmdline(pid) == ["/bin/sleep", "1000"]
+    # the newline comes just before the exec: the exec itself may still be under way
+    wait_until(lambda: cmdline(pid) == ["/bin/sleep", "1000"], what="db's exec of its command")
 
 
 @pytest.mark.slow
@@ -282,7 +283,8 @@ def test_a_new_restarter_adopts_a_service_in_its_pre_start_as_starting(
     r.wait_state("web", "ready", timeout=RUN_BOUND)
     db = r.svc("db")
     assert (db["state"], db["pid"], db["restarts"]) == ("ready", pid, 0)
-    assert cmdline(pid) == ["/bin/sleep", "1000"]
+    # the newline comes just before the exec: the exec itself may still be under way
+    wait_until(lambda: cmdline(pid) == ["/bin/sleep", "1000"], what="db's exec of its command")
 
 
 def test_a_readiness_pipe_nobody_reads_any_more_does_not_end_the_program() -> None:
