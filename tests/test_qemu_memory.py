@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 
 from hachain.simulators.qemu.chain import (
-    PERSIST_DIR,
-    STATE_DIR,
     ChainSettings,
     ChainVM,
     chain_config,
@@ -33,10 +31,6 @@ LIMIT = 48 << 20  # above a Python's own start (~10 MB charged), far below the g
 LEAK = ("import time\nheap = []\nwhile True:\n    heap.append(bytearray(1 << 20))\n"
         "    time.sleep(0.002)\n")
 
-
-def _hachain(cvm: ChainVM, *args: str, timeout: float = 60.0) -> tuple[int, str]:
-    return cvm.vm.run([cvm.python, "-m", "hachain.cli", *args, "--state-dir", STATE_DIR,
-                       "--persist-dir", PERSIST_DIR], timeout=cvm.scaled(timeout))
 
 
 def test_a_leak_ends_inside_its_memory_max_and_nothing_else_notices(
@@ -57,7 +51,7 @@ def test_a_leak_ends_inside_its_memory_max_and_nothing_else_notices(
         'backoff = { initial = 1.0, factor = 1.0, max = 1.0 }\n'
         'intensity = { action = "ignore" }\n')
     cvm.vm.put_file("chain.toml", text)
-    rc, out = _hachain(cvm, "reload")
+    rc, out = cvm.cli("reload")
     assert rc == 0 and "added ['leaker']" in out, out
 
     # The restarter's exit of the leaker says out of memory; a bound on what this
@@ -88,7 +82,7 @@ def test_a_leak_ends_inside_its_memory_max_and_nothing_else_notices(
 
     # A reload that changes the limit writes it again (the leaker restarts with it)
     cvm.vm.put_file("chain.toml", text.replace(f'"{LIMIT >> 20}M"', '"64M"'))
-    rc, out = _hachain(cvm, "reload")
+    rc, out = cvm.cli("reload")
     assert rc == 0 and "changed ['leaker']" in out, out
     deadline = time.monotonic() + cvm.scaled(60)
     while cvm.read(f"{cg}/leaker/memory.max") != str(64 << 20):
@@ -96,10 +90,10 @@ def test_a_leak_ends_inside_its_memory_max_and_nothing_else_notices(
         time.sleep(0.5)
 
     # `hachain status leaker` says so, and stopping it leaves a healthy chain
-    rc, out = _hachain(cvm, "status", "leaker", "-n", "0")
+    rc, out = cvm.cli("status", "leaker", "-n", "0")
     assert "out of memory: memory_max reached" in out, out
     (mem,) = [ln for ln in out.splitlines() if ln.startswith("  memory:")]
     assert " of memory_max 64.0 MiB, " in mem and mem.endswith(" OOM kill(s)"), out
-    rc, out = _hachain(cvm, "stop", "leaker")
+    rc, out = cvm.cli("stop", "leaker")
     assert rc == 0, out
     record_property("leaker_restarts", leak["restarts"])

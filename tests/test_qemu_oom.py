@@ -19,8 +19,6 @@ from typing import Any
 import pytest
 
 from hachain.simulators.qemu.chain import (
-    PERSIST_DIR,
-    STATE_DIR,
     ChainSettings,
     ChainVM,
     chain_config,
@@ -56,10 +54,6 @@ HOG = ("import time\nheap = []\nwhile True:\n    heap.append(bytearray(4 << 20))
        "    time.sleep(0.002)\n")
 
 
-def _hachain(cvm: ChainVM, *args: str, timeout: float = 60.0) -> tuple[int, str]:
-    return cvm.vm.run([cvm.python, "-m", "hachain.cli", *args, "--state-dir", STATE_DIR,
-                       "--persist-dir", PERSIST_DIR], timeout=cvm.scaled(timeout))
-
 
 def _procs(cvm: ChainVM) -> dict[int, tuple[str, int, int]]:
     rc, out = cvm.vm.run([cvm.python, "-S", "-c", PROCS], timeout=cvm.scaled(60))
@@ -82,7 +76,7 @@ def test_the_machine_out_of_memory_loses_the_hog_never_a_layer(
         '\n[service.batch]\ncommand = ["/bin/sleep", "86403"]\noom_score_adj = 800\n'
         '\n[service.db]\ncommand = ["/bin/sleep", "86404"]\noom_score_adj = -500\n')
     cvm.vm.put_file("chain.toml", text)
-    rc, out = _hachain(cvm, "reload")
+    rc, out = cvm.cli("reload")
     assert rc == 0 and "added ['batch', 'db']" in out, out
     deadline = time.monotonic() + cvm.scaled(60)
     st = cvm.status()
@@ -111,7 +105,7 @@ def test_the_machine_out_of_memory_loses_the_hog_never_a_layer(
     cvm.vm.put_file("chain.toml", text + (
         f'\n[service.hog]\ncommand = {json.dumps([cvm.python, "-S", "-c", HOG])}\n'
         'restart = "never"\n'))
-    rc, out = _hachain(cvm, "reload")
+    rc, out = cvm.cli("reload")
     assert rc == 0 and "added ['hog']" in out, out
     deadline = time.monotonic() + cvm.scaled(120)
     hog: dict[str, Any] = {}

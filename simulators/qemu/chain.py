@@ -289,6 +289,13 @@ class ChainVM:
                              f"; console tail:{self.vm._tail(40)}")
         return report
 
+    def cli(self, *args: str, timeout: float = 60.0) -> tuple[int, str]:
+        """`hachain ARGS` run in the guest against its chain (`timeout` is scaled):
+        (exit status, output)."""
+        return self.vm.run([self.python, "-m", "hachain.cli", *args, "--state-dir",
+                            STATE_DIR, "--persist-dir", PERSIST_DIR],
+                           timeout=self.scaled(timeout))
+
     def status(self, timeout: float = 30.0) -> dict[str, Any]:
         """`hachain status --json` run in the guest, parsed (`timeout` is scaled)."""
         timeout = self.scaled(timeout)
