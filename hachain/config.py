@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hachain import channels
+from hachain import channels, conditions
 from hachain import schema as S
 from hachain.configtypes import (
     BOOT_LOOP_ACTIONS,
@@ -46,6 +46,7 @@ from hachain.configtypes import (
     HealthCheck,
     Intensity,
     ServiceConfig,
+    StartChecks,
     WatchdogConfig,
 )
 from hachain.errors import ConfigError, closest
@@ -243,6 +244,36 @@ HEALTH = S.Table(HealthCheck, (
 
 _DEPS = S.ListOf(_SERVICE_NAME, one_ok=True)
 
+
+def _check_arg(kind: str) -> S.Custom:
+    """An argument of a `condition` or `assert` check: `kind` ("path", "word",
+    "capability") after an optional `|`, `!` or `|!` prefix."""
+    def one(v: Any) -> str:
+        if not isinstance(v, str):
+            raise S.Bad("must be a string")
+        trigger, negate, value = conditions.split(v)
+        prefix = (conditions.TRIGGER if trigger else "") + (conditions.NEGATE if negate else "")
+        if kind == "path":
+            if not value.startswith("/") or "\0" in value:
+                raise S.Bad('must be an absolute path after an optional "!" (negate) or "|" '
+                            '(triggering) prefix')
+            return prefix + value
+        if kind == "capability":
+            return prefix + _capability(value)
+        if not value or not value.isprintable() or any(ch.isspace() for ch in value):
+            raise S.Bad("must be one word (NAME or NAME=VALUE) after an optional prefix")
+        return prefix + value
+    examples = {"path": ("/etc/app/enabled", "!/etc/app/disabled", "|/run/a"),
+                "word": ("rescue", "!app.off", "|app=on"),
+                "capability": ("CAP_SYS_ADMIN", "!CAP_NET_ADMIN")}[kind]
+    return S.Custom(one, "", examples=examples)
+
+
+START_CHECKS = S.Table(StartChecks, tuple(
+    S.Key(name, S.ListOf(_check_arg(kind), one_ok=True, max_items=64),
+          what[0].upper() + what[1:] + ".", shown="`[]`")
+    for name, (_fn, kind, what) in conditions.CHECKS.items()))
+
 SERVICE_KEYS: tuple[S.Key, ...] = (
     # What to run
     S.Key("command", S.Argv(string_ok=True), "The argv list, run without a shell: "
@@ -287,6 +318,21 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "log. A `ready = \"none\"` service is ready when the last of them has succeeded, "
           "as `command` is exec'd.",
           shown="`[]`", group="run"),
+    S.Key("condition", START_CHECKS, "What must hold on the host for the service to start "
+          "(systemd's `ConditionPathExists=` and its kin), a table of checks, each a list "
+          "of arguments, asked before every start. Not met: the service is not started and "
+          "shows `skipped` with the check that failed; what requires it or orders itself "
+          "after it goes on, as after a `done` oneshot. `hachain start NAME`, `hachain "
+          "restart NAME`, a reload that changes the service and the next boot ask again. "
+          "An argument prefixed with `!` negates its check; one "
+          "with `|` is *triggering*: the table holds when every check without `|` holds and, "
+          "if there is any, at least one with `|` does (`|!` is both). "
+          "`condition = { path_exists = \"!/etc/ssh/sshd_not_to_be_run\" }`. Its checks:",
+          group="run"),
+    S.Key("assert", START_CHECKS, "The same checks as `condition` (systemd's "
+          "`AssertPathExists=` and its kin), but one that does not hold is a failed start, "
+          "naming it, which the restart policy answers (retried after the backoff, then "
+          "`maintenance` once `intensity` is exceeded).", default=None, group="run"),
     S.Key("pid_file", S.PathText(nonempty=True), "Only with `kind = \"forking\"`: the "
           "absolute path where the daemon writes its main pid.", group="run"),
     S.Key("enabled", S.Bool(), "`false`: not started at boot (`hachain start NAME` still "
@@ -451,6 +497,7 @@ def _build_service(v: dict[str, Any], given: set[str], at: S.Path,
         pre.append(tuple(c))
     if "pre_start" in v:
         v["pre_start"] = tuple(pre)
+    v["assertion"] = v.pop("assert")
     if v["kind"] == "oneshot" and "restart" not in given:
         v["restart"] = "never"
     return ServiceConfig(name=at[-1], **v)

@@ -67,6 +67,24 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class StartChecks:
+    """A service's `condition` or `assert` table (hachain/conditions.py): arguments with
+    systemd's `!` (negate) and `|` (triggering) prefixes, per check."""
+
+    path_exists: tuple[str, ...] = ()
+    path_exists_glob: tuple[str, ...] = ()
+    path_is_directory: tuple[str, ...] = ()
+    path_is_symbolic_link: tuple[str, ...] = ()
+    path_is_mount_point: tuple[str, ...] = ()
+    path_is_read_write: tuple[str, ...] = ()
+    directory_not_empty: tuple[str, ...] = ()
+    file_not_empty: tuple[str, ...] = ()
+    file_is_executable: tuple[str, ...] = ()
+    kernel_command_line: tuple[str, ...] = ()
+    capability: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     command: tuple[str, ...]
@@ -111,6 +129,9 @@ class ServiceConfig:
     directory_mode: int = 0o755  # their mode when made
     # run in turn before `command` (hachain/prestart.py); argv[0] "-..." may fail
     pre_start: tuple[tuple[str, ...], ...] = ()
+    # asked before each start (hachain/conditions.py): not met, it is skipped / fails
+    condition: StartChecks | None = None
+    assertion: StartChecks | None = None  # the `assert` table
     pid_file: str | None = None  # kind = "forking": where the daemon writes its main pid
     kill_mode: str = "cgroup"  # who gets stop_signal and SIGKILL: KILL_MODES
     singleton: bool = False  # [cluster]: runs on at most one node (docs/cluster.md)

@@ -7,9 +7,10 @@ the service's user, or a directory on the way that its user cannot search. A mis
 this kind fails the service at every start; `hachain check` says so before anything
 runs. Also a setting this host would refuse: an oom_score_adj below 0 without
 CAP_SYS_RESOURCE (not applied: the service runs all the same), a capability outside
-this host's bounding set (every start fails). (The chain's own oom_score_adj is not
-reported: each layer says so as it starts.) Reads file metadata only. Must not: start,
-signal or change anything.
+this host's bounding set (every start fails); and a `condition` that does not hold now
+(the service would be skipped) or an `assert` (its start would fail). (The chain's own
+oom_score_adj is not reported: each layer says so as it starts.) Reads file metadata
+only. Must not: start, signal or change anything.
 
 Permission bits are checked the way the kernel checks them for the user's uid, primary
 group and supplementary groups (access control lists are not read: a file an ACL opens
@@ -23,6 +24,7 @@ import os
 import pwd
 import stat
 
+from hachain import conditions
 from hachain.configtypes import CAPABILITIES, SERVICE_PATH, Config, ServiceConfig
 
 
@@ -138,7 +140,8 @@ def _capability_sets() -> tuple[int, int]:
 
 def problems(cfg: Config) -> list[str]:
     """One line per program of a service that cannot be run here as the service runs,
-    and per setting this host would refuse (a capability it does not have)."""
+    per setting this host would refuse (a capability it does not have), and per
+    `condition` or `assert` that does not hold here now."""
     out = []
     eff, bounding = _capability_sets()
     can_lower = bool(eff >> CAPABILITIES.index("SYS_RESOURCE") & 1)
@@ -152,6 +155,11 @@ def problems(cfg: Config) -> list[str]:
         if lacking:
             out.append(f"service {name}: capabilities: {', '.join(lacking)} not in this "
                        "host's bounding set: every start would fail")
+        for table, kind, then in ((svc.condition, "condition", "it would be skipped"),
+                                  (svc.assertion, "assert", "its start would fail")):
+            failed = conditions.verdict(table, kind) if table is not None else ""
+            if failed:
+                out.append(f"service {name}: {failed} on this host now: {then}")
         programs = [("command[0]", svc.command[0])]
         programs += [(f"pre_start[{i}]", argv[0].removeprefix("-"))
                      for i, argv in enumerate(svc.pre_start)]

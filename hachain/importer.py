@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from hachain import cmdline, config
+from hachain import cmdline, conditions, config
 from hachain.configtypes import CAPABILITIES
 from hachain.schema import MAX_ARG
 
@@ -681,6 +681,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 svc["nice"] = _int_in(v, -20, 19)
             elif k == "OOMScoreAdjust":
                 svc["oom_score_adj"] = _int_in(v, -1000, 1000)
+            elif k.startswith(("Condition", "Assert")):
+                _start_check(e, svc, n)
             elif k == "ExecReload":
                 sig = _reload_signal(v)
                 n.warn(e.line, k, "hachain has no reload command: " + (
@@ -724,6 +726,44 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
         conv.comments[svc_name] = comments
     conv.sort_messages()
     return conv
+
+
+# ConditionPathExists= / AssertPathExists= → the check path_exists of condition / assert
+_CHECK_KEYS = {"".join(w.capitalize() for w in name.split("_")): name
+               for name in conditions.CHECKS}
+
+
+def _start_check(e: Entry, svc: dict[str, Any], n: _Notes) -> None:
+    """One Condition*= or Assert*= line → its check in `condition` or `assert`. An empty
+    one resets that table, as in systemd. A check hachain does not have, or an argument
+    with a %-specifier, is dropped with a warning: the service then starts as if it held."""
+    table = "condition" if e.key.startswith("Condition") else "assert"
+    check = _CHECK_KEYS.get(e.key.removeprefix("Condition").removeprefix("Assert"))
+    v = e.value.strip()
+    if not v:
+        svc.pop(table, None)
+        return
+    if check is None:
+        n.warn(e.line, e.key, "not supported by hachain; dropped (the service starts as "
+               "if it held)")
+        return
+    trigger, negate, arg = conditions.split(v)
+    kind = conditions.CHECKS[check][1]
+    if "%" in arg:
+        n.warn(e.line, e.key, f"{v!r}: %-specifiers are not expanded by hachain; dropped "
+               "(the service starts as if it held)")
+        return
+    if kind == "path" and not arg.startswith("/"):
+        n.warn(e.line, e.key, f"{v!r}: not an absolute path; dropped")
+        return
+    if kind == "capability":
+        name = arg.upper().removeprefix("CAP_")
+        if name not in CAPABILITIES:
+            n.warn(e.line, e.key, f"{arg}: not a Linux capability; dropped")
+            return
+        arg = "CAP_" + name
+    prefix = (conditions.TRIGGER if trigger else "") + (conditions.NEGATE if negate else "")
+    svc.setdefault(table, {}).setdefault(check, []).append(prefix + arg)
 
 
 def _start_limit(sl: dict[str, Entry], intensity: dict[str, Any], n: _Notes) -> None:

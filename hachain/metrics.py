@@ -87,7 +87,7 @@ else:
 
 PROG = "hachain metrics"
 SERVICE_STATES = ("stopped", "waiting", "starting", "ready", "stopping", "backoff",
-                  "maintenance", "failed", "done", "standby")
+                  "maintenance", "failed", "done", "standby", "skipped")
 BOOT_CAUSES = (bootrecord.UNKNOWN, bootrecord.GATE_FAILURE, bootrecord.REBOOT_REQUESTED,
                bootrecord.TICKLER_FAILED, bootrecord.SHUTDOWN)
 

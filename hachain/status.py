@@ -48,6 +48,11 @@ _LAYOUT = {0x061C, 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F),
            *range(0x2066, 0x206A)}
 
 
+# the states of a service wanted up that is as it should be: ready, a oneshot done, a
+# singleton on standby on this node, a service whose condition did not hold skipped
+AS_WANTED_UP = ("ready", "done", "standby", "skipped")
+
+
 def escape(value: Any) -> str:
     """`value` as text safe for a terminal: C0 and C1 controls, DEL and layout controls
     are shown as visible escapes (\\x1b, \\r, \\u202e); everything else is kept."""
@@ -499,7 +504,7 @@ def problems(st: dict[str, Any], wd: Judge) -> list[str]:
     if ch["layers"]["tickler"]["state"] == "alive" and gate and not gate.get("ok"):
         why.append("gate failing: " + "; ".join(map(str, gate.get("reasons") or [])))
     bad = [f"{n} {s.get('state')}" for n, s in sorted(st["services"].items())
-           if s.get("want") == "up" and s.get("state") not in ("ready", "done", "standby")]
+           if s.get("want") == "up" and s.get("state") not in AS_WANTED_UP]
     if bad:
         why.append(f"{len(bad)} service{'s' if len(bad) > 1 else ''} not ready: "
                    + ", ".join(bad))
@@ -661,7 +666,7 @@ def _service_lines(services: dict[str, Any], color: Any, live: bool) -> list[str
                      str(s.get("pid") or "-"), _age(s.get("uptime")),
                      str(s.get("restarts", "-")), str(last), str(s.get("ready", "-")),
                      health, why])
-        goods.append(s.get("state") in ("ready", "done", "standby")
+        goods.append(s.get("state") in AS_WANTED_UP
                      if s.get("want") == "up" and live
                      else None)
     lines = table(["SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "READY",
@@ -709,10 +714,11 @@ def print_status(st: dict[str, Any], stream: Any = None) -> None:
 
 def as_wanted(s: dict[str, Any]) -> bool:
     """The service is as its administrator wants it: wanted up and ready (a oneshot done,
-    a singleton on standby on this node), or wanted down and stopped."""
+    a singleton on standby on this node, skipped by its condition), or wanted down and
+    stopped."""
     if s.get("want") == "down":
         return s.get("state") == "stopped"
-    return s.get("state") in ("ready", "done", "standby")
+    return s.get("state") in AS_WANTED_UP
 
 
 def _cmdline(pid: int) -> str:

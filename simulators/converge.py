@@ -17,7 +17,7 @@ The invariants (docs/chaos.md, "Invariants"):
 2. the restarter answers; the tickler pets (when the observer can tell);
 3. every configured service is in the state its configuration and the administrator
    want: `ready` (long-running, wanted up), `done` (oneshot), `stopped` (wanted down or
-   disabled);
+   disabled), or `skipped` for one whose `condition` did not hold at its start;
 4. exactly once: a ready service has exactly one main process, the one the restarter
    names (and watches, and records); no other service has one; no process of a
    service outside its cgroup; no process of a service nobody configured;
@@ -81,11 +81,13 @@ class ServiceWant:
     `held`: a state it must be in whatever else (its main processes not counted), for
     a service that cannot do better (the model's dependents of a service broken for
     good wait). A singleton may be `standby` (no process) instead of ready: which node
-    runs it is the cluster's to judge."""
+    runs it is the cluster's to judge. A service with a `condition` may be `skipped` (no
+    process) instead: whether the condition holds is the host's to say."""
     kind: str = "longrun"
     enabled: bool = True
     held: str | None = None
     singleton: bool = False  # [cluster]: ready on its owner, standby on the other nodes
+    conditional: bool = False  # it has a `condition`: skipped is as good as ready
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ def expected(want: ServiceWant, status: dict[str, Any]) -> tuple[str, int | None
         return "done", 0
     if want.singleton and status.get("state") == "standby":
         return "standby", 0
+    if want.conditional and status.get("state") == "skipped":
+        return "skipped", 0
     return "ready", 1
 
 
@@ -179,7 +183,8 @@ def converged(seen: Seen, want: Want) -> bool:
 
 def want_of(cfg: Any, heartbeat_timeout: float, admin: Any = UNSEEN) -> Want:
     """The Want of a loaded configuration (`hachain.config.Config`): every service."""
-    return Want({n: ServiceWant(c.kind, c.enabled, singleton=c.singleton)
+    return Want({n: ServiceWant(c.kind, c.enabled, singleton=c.singleton,
+                                conditional=c.condition is not None)
                  for n, c in cfg.services.items()},
                 heartbeat_timeout, admin)
 

@@ -207,13 +207,17 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
                          "modelled as a readiness message (like notify)")
         if c.health:
             notes.append(f"{c.name}: health checks are not modelled")
+        if c.condition is not None or c.assertion is not None:
+            notes.append(f"{c.name}: condition and assert modelled as holding at every "
+                         "start (skipped, a state with no process that satisfies its "
+                         "dependents, is checked by tests/test_conditions.py)")
         confs.append(replace(
             c, name=new[c.name],
             requires=tuple(new[d] for d in c.requires if d in names),
             wants=tuple(new[d] for d in c.wants if d in names),
             after=tuple(new[d] for d in c.after if d in names),
             conflicts=(), ready="none" if c.ready == "none" and not piped else "notify",
-            pre_start=(),
+            pre_start=(), condition=None, assertion=None,
             # (WATCHDOG=1 every tick while it runs; its ready process may hang)
             watchdog_sec=float(_to_ticks(c.watchdog_sec, tick, 1, down=True))
             if c.watchdog_sec and c.ready == "notify" else 0.0, health=None,

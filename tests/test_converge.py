@@ -76,6 +76,22 @@ def test_a_singleton_may_stand_by_with_no_process() -> None:
     assert converge.problems(s, single) == ["b: 1 main processes (expected 0): [11]"]
 
 
+def test_a_service_with_a_condition_may_be_skipped_with_no_process() -> None:
+    s = _seen()
+    s.services["b"] = {"state": "skipped", "want": "up", "pid": None,
+                       "reason": "skipped: condition path_exists=/x failed: no such path"}
+    s.mains["b"] = []
+    cond = Want({"a": ServiceWant(), "b": ServiceWant(conditional=True)}, 1.5)
+    assert converge.problems(s, cond) == []
+    assert converge.problems(s, WANT) == [
+        "b: skipped (expected ready): skipped: condition path_exists=/x failed: no such path",
+        "b: 0 main processes (expected 1): []"]
+    s.mains["b"] = [11]  # skipped, yet running
+    assert converge.problems(s, cond) == ["b: 1 main processes (expected 0): [11]"]
+    s.services["b"] = {"state": "ready", "want": "up", "pid": 11}  # its condition held
+    assert converge.problems(s, cond) == []
+
+
 def test_a_restarter_that_does_not_answer_ends_the_list() -> None:
     s = Seen({}, None, {}, error="connection refused", machine_up=False)
     assert converge.problems(s, WANT) == [

@@ -112,3 +112,24 @@ def test_settings_this_host_would_refuse() -> None:
         want.append(f"service web: capabilities: {', '.join('CAP_' + n for n in missing)} "
                     "not in this host's bounding set: every start would fail")
     assert got == want
+
+
+def test_a_condition_or_assert_that_does_not_hold_here_now(place: str) -> None:
+    flag = os.path.join(place, "not_to_be_run")
+    open(flag, "w").close()
+    got = lines(f'''
+[service.ssh]
+command = ["/bin/true"]
+condition = {{ path_exists = "!{flag}" }}
+[service.db]
+command = ["/bin/true"]
+assert = {{ path_exists = "{place}/db.conf" }}
+[service.fine]
+command = ["/bin/true"]
+condition = {{ path_exists = "{flag}" }}
+''')
+    assert got == [
+        f"service ssh: condition path_exists=!{flag} failed: it is a regular file on this "
+        "host now: it would be skipped",
+        f"service db: assert path_exists={place}/db.conf failed: no such path on this host "
+        "now: its start would fail"]

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hachain import config, importer
+from hachain.configtypes import StartChecks
 
 WEB_UNIT = """\
 # a typical unit
@@ -532,3 +533,45 @@ AmbientCapabilities=CAP_NET_BIND_SERVICE
     text, conv = importer.import_files([root_unit])
     assert config.parse(text, "imported.toml").services["rootweb"].capabilities == ()
     assert any("capabilities: needs user" in w for w in conv.warnings), conv.warnings
+
+
+def test_conditions_and_asserts_carry_over(tmp_path: Any) -> None:
+    """Condition*= and Assert*= of the checks hachain has → `condition` / `assert`, with
+    their `!` and `|` prefixes; an empty one resets its table; one hachain lacks, or an
+    argument with a %-specifier, is warned about and dropped (the service starts as if
+    it held, not skipped for ever on a path that cannot exist)."""
+    (unit,) = _files(tmp_path, app_service="""\
+[Unit]
+ConditionPathExists=!/etc/app/not_to_be_run
+ConditionDirectoryNotEmpty=|/etc/app.d
+ConditionKernelCommandLine=|app.force
+ConditionCapability=net_admin
+ConditionVirtualization=!container
+AssertFileNotEmpty=/etc/app.conf
+AssertPathExists=/etc/app/%I.conf
+AssertPathIsDirectory=relative/dir
+
+[Service]
+ExecStart=/usr/bin/app
+""")
+    text, conv = importer.import_files([unit])
+    s = config.parse(text, "imported.toml").services["app"]
+    assert s.condition == StartChecks(path_exists=("!/etc/app/not_to_be_run",),
+                                      directory_not_empty=("|/etc/app.d",),
+                                      kernel_command_line=("|app.force",),
+                                      capability=("CAP_NET_ADMIN",))
+    assert s.assertion == StartChecks(file_not_empty=("/etc/app.conf",))
+    assert _warned(conv, unit, 6, "ConditionVirtualization", "not supported by hachain")
+    assert _warned(conv, unit, 8, "AssertPathExists", "%-specifiers are not expanded")
+    assert _warned(conv, unit, 9, "AssertPathIsDirectory", "not an absolute path")
+    assert len(conv.warnings) == 3, conv.warnings
+    (reset,) = _files(tmp_path, reset_service="""\
+[Unit]
+ConditionPathExists=/a
+ConditionPathExists=
+
+[Service]
+ExecStart=/usr/bin/app
+""")
+    text, conv = importer.import_files([reset])
+    assert config.parse(text, "imported.toml").services["reset"].condition is None

@@ -556,7 +556,8 @@ class Core:
             self.removing.add(n)
             self.push(n, Ev.STOP, now)
         for n in changed:
-            self.queue.append((n, Ev.RESTART, now, {}, states.is_up))
+            # (a skipped one asks its condition again: the change may be to it)
+            self.queue.append((n, Ev.RESTART, now, {}, states.is_up_or_skipped))
         for n in self.plan.order:
             if n in added and new[n].enabled:
                 self.later.append((n, Ev.START, {}))

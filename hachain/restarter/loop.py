@@ -154,6 +154,19 @@ class Launched:
             os.close(self.spawned.ready_fd)
 
 
+class Skip:
+    """A start not made: the service's `condition` did not hold (why: the check that
+    failed and what it found), for the core's CONDITION_FAILED."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+Started = Launched | Skip | tuple[str, bool]  # _launch: or why not (reason, transient)
+
+
 class HeldOutput:
     """The write end of each running service's output pipe, held by the restarter until
     that process's exit has been handled.
@@ -310,7 +323,7 @@ class Restarter:
         self._notify_poll = select.poll()  # _on_exit: anything sent before the exit?
         self._notify_poll.register(self.notify.fileno(), select.POLLIN)
         # replacements started ahead of their exit's effects, until the Spawn takes them
-        self._ahead: dict[str, Launched | tuple[str, bool]] = {}
+        self._ahead: dict[str, Started] = {}
         self.held_out = HeldOutput()  # after raise_fd_limit: its room depends on the limit
         self.held_out.keep_for(len(cfg.services))
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
@@ -640,6 +653,9 @@ class Restarter:
         if isinstance(got, tuple):
             self._spawn_failed(name, now, *got)
             return
+        if isinstance(got, Skip):
+            self.core.push_front(name, Ev.CONDITION_FAILED, now, reason=got.why)
+            return
         sp, out_r, c = got.spawned, got.out_r, got.cfg
         self.held_out.hold(name, got.out_w)
         s = self.svcs[name]
@@ -679,11 +695,18 @@ class Restarter:
                 log(f"{name}: {key} = {value} not applied: the cgroup v2 {controller} "
                     f"controller is not enabled here; {without}")
 
-    def _launch(self, name: str, now: float, thaw: bool = True) -> Launched | tuple[str, bool]:
+    def _launch(self, name: str, now: float, thaw: bool = True) -> Started:
         """Start one process of `name`: what was started, or why not (a one-line reason,
-        and whether it is transient) for the core's SPAWN_FAILED. `thaw` False: its
-        cgroup was just read empty and not frozen (spawn.kill_leftovers)."""
+        and whether it is transient) for the core's SPAWN_FAILED, or Skip when its
+        `condition` does not hold. `thaw` False: its cgroup was just read empty and not
+        frozen (spawn.kill_leftovers)."""
         c = self.conf[name]
+        if c.condition is not None or c.assertion is not None:
+            from hachain import conditions  # only for a service that has them
+            if c.condition is not None and (why := conditions.verdict(c.condition)):
+                return Skip(why)
+            if c.assertion is not None and (why := conditions.verdict(c.assertion, "assert")):
+                return why, False
         if name not in self._limited and self.cgroups.active:
             self._apply_limits(name, c)
         if c.kind == "forking" and self.cgroups.active and not states.kills_leftovers(c):
@@ -726,7 +749,7 @@ class Restarter:
         decided otherwise after all (restarts_at_once and the queue disagree: a bug).
         It must not run: killed at once, its exit reaped as any stray child's."""
         got = self._ahead.pop(name)
-        if isinstance(got, tuple):
+        if not isinstance(got, Launched):
             return
         log(f"error: {name}: pid {got.spawned.pid} was started ahead of the table's "
             "decision, which did not start it: killing it")

@@ -23,12 +23,16 @@ States (as `hachain status` shows them):
   failed       exited with a failure (or could not be started) and its policy does not
                restart it
   done         a oneshot that completed successfully
+  skipped      its `condition` did not hold at its start: not started, no process; what
+               requires it goes on (systemd's "start condition failed"); a start, restart
+               or reload asks again
   standby      a singleton ([cluster]) that this node does not own: held down until the
                cluster layer grants it (docs/cluster.md)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -51,6 +55,7 @@ class State(str, enum.Enum):
     FAILED = "failed"
     DONE = "done"
     STANDBY = "standby"
+    SKIPPED = "skipped"
 
 
 class Ev(str, enum.Enum):
@@ -86,6 +91,7 @@ class Ev(str, enum.Enum):
     READY_CHECK_FAILED = "ready_check_failed"  # an exec / tcp readiness check failed
     WATCHDOG_PING = "watchdog_ping"  # WATCHDOG=1
     EXTEND_TIMEOUT = "extend_timeout"  # EXTEND_TIMEOUT_USEC= (delay: the seconds asked for)
+    CONDITION_FAILED = "condition_failed"  # its `condition` did not hold (reason): not spawned
 
 
 class Timer(str, enum.Enum):
@@ -531,6 +537,22 @@ def starting_spawn_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     return replace(nxt, reason=f"cannot start: {ev.reason}; {tail}"), acts
 
 
+def starting_condition_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """The loop asked the service's `condition` before the spawn and it did not hold:
+    no process, nothing counted against intensity; what requires it goes on
+    (satisfies_dependents), as systemd's dependents of a unit whose condition failed."""
+    if s.pid is not None:
+        return s, []  # spawned already: not about this start
+    return replace(s, state=State.SKIPPED, reason=f"skipped: {ev.reason}"), [Persist(s.name)]
+
+
+def skipped_start(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """A start (or restart) of a skipped service asks its condition again. What requires
+    it runs on nothing of it (it had no process), so nothing is stopped first: the
+    `dependents_up` step of a restart does not apply."""
+    return down_start(s, dataclasses.replace(ev, dependents_up=""), c)
+
+
 def starting_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     if s.pid is None or c.kind == "oneshot":
         # before the spawn was recorded: cannot happen; a oneshot is ready when done
@@ -638,7 +660,7 @@ def held_refuse(s: Svc, ev: Event, c: ServiceConfig) -> Result:
                               f"'hachain clear {s.name}'")]
 
 
-_ADOPT_FROM = {"done": State.DONE, "failed": State.FAILED}
+_ADOPT_FROM = {"done": State.DONE, "failed": State.FAILED, "skipped": State.SKIPPED}
 
 
 def stopped_adopted(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -853,6 +875,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPED, E.READY_CHECK_FAILED): _stale,
     (S.STOPPED, E.WATCHDOG_PING): _ignore,
     (S.STOPPED, E.EXTEND_TIMEOUT): _ignore,
+    (S.STOPPED, E.CONDITION_FAILED): _stale,
 
     (S.WAITING, E.START): _ignore,
     (S.WAITING, E.STOP): any_stop_idle,
@@ -883,6 +906,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.WAITING, E.READY_CHECK_FAILED): _stale,
     (S.WAITING, E.WATCHDOG_PING): _ignore,
     (S.WAITING, E.EXTEND_TIMEOUT): _ignore,
+    (S.WAITING, E.CONDITION_FAILED): _stale,
 
     (S.STARTING, E.START): _ignore,
     (S.STARTING, E.STOP): up_stop,
@@ -913,6 +937,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STARTING, E.READY_CHECK_FAILED): starting_ready_check_failed,
     (S.STARTING, E.WATCHDOG_PING): _ignore,
     (S.STARTING, E.EXTEND_TIMEOUT): starting_extend_timeout,
+    (S.STARTING, E.CONDITION_FAILED): starting_condition_failed,
 
     (S.READY, E.START): _ignore,
     (S.READY, E.STOP): up_stop,
@@ -943,6 +968,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.READY, E.READY_CHECK_FAILED): _stale,
     (S.READY, E.WATCHDOG_PING): ready_watchdog_ping,
     (S.READY, E.EXTEND_TIMEOUT): _ignore,
+    (S.READY, E.CONDITION_FAILED): _stale,
 
     (S.STOPPING, E.START): stopping_start,
     (S.STOPPING, E.STOP): stopping_stop,
@@ -973,6 +999,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPING, E.READY_CHECK_FAILED): _stale,
     (S.STOPPING, E.WATCHDOG_PING): _ignore,
     (S.STOPPING, E.EXTEND_TIMEOUT): _ignore,
+    (S.STOPPING, E.CONDITION_FAILED): _stale,
 
     (S.BACKOFF, E.START): _ignore,
     (S.BACKOFF, E.STOP): any_stop_idle,
@@ -1003,6 +1030,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.BACKOFF, E.READY_CHECK_FAILED): _stale,
     (S.BACKOFF, E.WATCHDOG_PING): _ignore,
     (S.BACKOFF, E.EXTEND_TIMEOUT): _ignore,
+    (S.BACKOFF, E.CONDITION_FAILED): _stale,
 
     (S.MAINTENANCE, E.START): held_refuse,  # held down until cleared, as SMF does
     (S.MAINTENANCE, E.STOP): held_stop,
@@ -1033,6 +1061,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.MAINTENANCE, E.READY_CHECK_FAILED): _stale,
     (S.MAINTENANCE, E.WATCHDOG_PING): _ignore,
     (S.MAINTENANCE, E.EXTEND_TIMEOUT): _ignore,
+    (S.MAINTENANCE, E.CONDITION_FAILED): _stale,
 
     (S.FAILED, E.START): held_clear,
     (S.FAILED, E.STOP): held_stop,
@@ -1063,6 +1092,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.FAILED, E.READY_CHECK_FAILED): _stale,
     (S.FAILED, E.WATCHDOG_PING): _ignore,
     (S.FAILED, E.EXTEND_TIMEOUT): _ignore,
+    (S.FAILED, E.CONDITION_FAILED): _stale,
 
     (S.DONE, E.START): _ignore,
     (S.DONE, E.STOP): any_stop_idle,
@@ -1093,6 +1123,38 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.DONE, E.READY_CHECK_FAILED): _stale,
     (S.DONE, E.WATCHDOG_PING): _ignore,
     (S.DONE, E.EXTEND_TIMEOUT): _ignore,
+    (S.DONE, E.CONDITION_FAILED): _stale,
+
+    (S.SKIPPED, E.START): skipped_start,
+    (S.SKIPPED, E.STOP): any_stop_idle,
+    (S.SKIPPED, E.RESTART): skipped_start,
+    (S.SKIPPED, E.CLEAR): _ignore,
+    (S.SKIPPED, E.DEPS_READY): _ignore,
+    (S.SKIPPED, E.DEPS_LOST): _ignore,
+    (S.SKIPPED, E.SPAWNED): _stale,
+    (S.SKIPPED, E.SPAWN_FAILED): _stale,
+    (S.SKIPPED, E.READY): _stale,
+    (S.SKIPPED, E.EXITED): _stale,
+    (S.SKIPPED, E.READY_TIMEOUT): _stale,
+    (S.SKIPPED, E.STOP_TIMEOUT): _stale,
+    (S.SKIPPED, E.BACKOFF_DONE): _stale,
+    (S.SKIPPED, E.WATCHDOG_MISSED): _stale,
+    (S.SKIPPED, E.HEALTH_FAILED): _stale,
+    (S.SKIPPED, E.HEALTH_OK): _stale,
+    (S.SKIPPED, E.LAUNCHED): _stale,
+    (S.SKIPPED, E.OWNED): _stale,
+    (S.SKIPPED, E.DISOWNED): _stale,
+    (S.SKIPPED, E.MAIN_PID): _stale,
+    (S.SKIPPED, E.ADOPTED): _ignore,
+    (S.SKIPPED, E.READY_CHECK): _stale,
+    (S.SKIPPED, E.HEALTH_CHECK): _stale,
+    (S.SKIPPED, E.READY_CHECK_TIMEOUT): _stale,
+    (S.SKIPPED, E.HEALTH_CHECK_TIMEOUT): _stale,
+    (S.SKIPPED, E.FIND_MAIN): _stale,
+    (S.SKIPPED, E.READY_CHECK_FAILED): _stale,
+    (S.SKIPPED, E.WATCHDOG_PING): _ignore,
+    (S.SKIPPED, E.EXTEND_TIMEOUT): _ignore,
+    (S.SKIPPED, E.CONDITION_FAILED): _stale,
 
     (S.STANDBY, E.START): _ignore,
     (S.STANDBY, E.STOP): any_stop_idle,
@@ -1123,6 +1185,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STANDBY, E.READY_CHECK_FAILED): _stale,
     (S.STANDBY, E.WATCHDOG_PING): _ignore,
     (S.STANDBY, E.EXTEND_TIMEOUT): _ignore,
+    (S.STANDBY, E.CONDITION_FAILED): _stale,
 }
 
 
@@ -1138,9 +1201,14 @@ def is_up(s: Svc) -> bool:
     return s.state in UP_STATES
 
 
+def is_up_or_skipped(s: Svc) -> bool:
+    return s.state in UP_STATES or s.state is State.SKIPPED
+
+
 def satisfies_dependents(s: Svc) -> bool:
-    """What a dependent waits for: ready (longrun) or done (oneshot)."""
-    return s.state in (State.READY, State.DONE)
+    """What a dependent waits for: ready (longrun) or done (oneshot); or skipped (its
+    condition did not hold: nothing of it is coming, as systemd goes on)."""
+    return s.state in (State.READY, State.DONE, State.SKIPPED)
 
 
 def went_down(old: Svc, new: Svc) -> bool:
