@@ -234,7 +234,9 @@ def _health_checks(h: HealthCheck, at: S.Path, r: S.Report) -> None:
 HEALTH = S.Table(HealthCheck, (
     S.Key("kind", S.Choice(HEALTH_KINDS), "`\"exec\"`: `health.command` exits 0. `\"tcp\"`: "
           "`health.port` accepts a connection on localhost."),
-    S.Key("command", S.Argv(), "argv for `kind = \"exec\"` (required then)."),
+    S.Key("command", S.Argv(), "argv for `kind = \"exec\"` (required then). It runs as the "
+          "service does: its user and groups, umask, environment, cwd and "
+          "`oom_score_adj`."),
     S.Key("port", _integer(0, 65535), "Port for `kind = \"tcp\"` (required then)."),
     S.Key("interval", _seconds(0.05), "Seconds between checks, starting once the service "
           "is ready."),
@@ -428,7 +430,7 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("ready_fd", _integer(3, 1023), "The descriptor for `ready = \"fd\"`.",
           group="ready"),
     S.Key("ready_command", S.Argv(), "The check for `ready = \"exec\"` (an argv list, "
-          "required then).", group="ready"),
+          "required then), run as the service runs (as `health.command`).", group="ready"),
     S.Key("ready_port", _integer(0, 65535), "The port for `ready = \"tcp\"` (required "
           "then).", group="ready"),
     S.Key("ready_timeout", _timeout(lo_open=True), "Seconds from spawn to ready.",
@@ -445,6 +447,16 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "holding its ownership key in etcd; the others show it `standby`. Needs "
           "`[cluster]`; gets `HACHAIN_FENCING_TOKEN` (docs/cluster.md).", group="live"),
     # Stopping and logs
+    S.Key("stop_command", S.Argv(string_ok=True), "A command that asks the service to "
+          "stop, run at each stop instead of sending `stop_signal` at once (systemd's "
+          "`ExecStop=`, such as `[\"/usr/bin/pg_ctlcluster\", \"15\", \"main\", "
+          "\"stop\", \"-m\", \"fast\"]`). It runs as the service does (user, "
+          "environment, cwd, limits, cgroup) with `MAINPID` set to the main process, its "
+          "output on the service's log. Once it has exited, what is left of the service "
+          "gets `stop_signal`; `stop_timeout` bounds the two together, then SIGKILL. With "
+          "`shell = true`, a string is a `/bin/sh` line. Not run when the service is "
+          "killed at once (`stop_timeout = 0`), nor for a oneshot that is done.",
+          shown="`[]`", group="stop"),
     S.Key("stop_signal", _SIGNAL, "The signal that asks the service to stop: a "
           "name (`\"SIGINT\"`, `\"INT\"`) or a number.", shown="`\"SIGTERM\"`",
           group="stop"),
@@ -498,6 +510,13 @@ def _build_service(v: dict[str, Any], given: set[str], at: S.Path,
     if "pre_start" in v:
         v["pre_start"] = tuple(pre)
     v["assertion"] = v.pop("assert")
+    stop = v.get("stop_command", ())
+    if isinstance(stop, str):
+        if not shell:
+            r.err(at + ("stop_command",), "must be an argv list such as [\"/usr/bin/x\", "
+                  "\"stop\"] (a string runs through /bin/sh only with shell = true)")
+            return S.INVALID
+        v["stop_command"] = ("/bin/sh", "-c", stop)
     if v["kind"] == "oneshot" and "restart" not in given:
         v["restart"] = "never"
     return ServiceConfig(name=at[-1], **v)

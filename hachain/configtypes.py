@@ -107,6 +107,8 @@ class ServiceConfig:
     health: HealthCheck | None = None
     critical: bool = False
     stop_signal: int = signal.SIGTERM
+    # run to ask it to stop (systemd's ExecStop=); stop_signal follows once it has exited
+    stop_command: tuple[str, ...] = ()
     stop_timeout: float = 5.0
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None

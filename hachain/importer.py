@@ -270,6 +270,7 @@ class _Unit:
     """What one unit file says, before it becomes a service table."""
     exec_start: list[Entry] = field(default_factory=list)
     exec_start_pre: list[Entry] = field(default_factory=list)
+    exec_stop: list[Entry] = field(default_factory=list)
     type: Entry | None = None
     restart: Entry | None = None
     entries: list[Entry] = field(default_factory=list)
@@ -332,6 +333,33 @@ def _pre_start(entries: list[Entry], n: _Notes) -> list[list[str]]:
                    "expand from env and env_file as systemd expands them")
         out.append(["-" + plain[0]] + plain[1:] if ign else plain)
     return out
+
+
+def _stop_command(entries: list[Entry], kind: str, n: _Notes) -> list[str] | None:
+    """ExecStop= → stop_command: the first line (a '-' prefix dropped quietly: the stop
+    signal follows whatever it exits with), with $VARIABLE references through /bin/sh
+    as for ExecStartPre=. A oneshot's is dropped: systemd runs it when a unit that
+    remains after its exit is stopped, which has no process in hachain."""
+    if not entries:
+        return None
+    if kind == "oneshot":
+        n.warn(entries[0].line, "ExecStop", "a oneshot's ExecStop (run when systemd stops "
+               "a unit that remained after its exit) has no equivalent: hachain's "
+               "stop_command asks a running process to stop; dropped")
+        return None
+    for extra in entries[1:]:
+        n.warn(extra.line, "ExecStop", "only one stop_command per service in hachain; this "
+               "additional ExecStop is dropped")
+    argv = _exec_argv(entries[0], n, may_fail=True)
+    if argv is None:
+        return None
+    argv[0] = argv[0].removeprefix("-")
+    line = expanding_command(argv)
+    if line is not None:
+        n.warn(entries[0].line, "ExecStop", "$VARIABLE references: run through /bin/sh so "
+               "that they expand from env and env_file as systemd expands them")
+        return ["/bin/sh", "-c", line]
+    return argv
 
 
 _WORD_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -454,6 +482,11 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 u.exec_start.append(e)
         elif k == "ExecStartPre":
             u.exec_start_pre.append(e)
+        elif k == "ExecStop":
+            if not e.value:
+                u.exec_stop.clear()
+            else:
+                u.exec_stop.append(e)
         elif k == "Type":
             u.type = e
         elif k == "Restart":
@@ -519,6 +552,9 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     pre_start = _pre_start(u.exec_start_pre, n)
     if pre_start:
         svc["pre_start"] = pre_start
+    stop = _stop_command(u.exec_stop, kind, n)
+    if stop:
+        svc["stop_command"] = stop
 
     # Restart policy (systemd's default is Restart=no).
     restart = "never"

@@ -207,6 +207,9 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
                          "modelled as a readiness message (like notify)")
         if c.health:
             notes.append(f"{c.name}: health checks are not modelled")
+        if c.stop_command:
+            notes.append(f"{c.name}: stop_command modelled as its stop signal (the service "
+                         "exits when it likes, within stop_timeout)")
         if c.condition is not None or c.assertion is not None:
             notes.append(f"{c.name}: condition and assert modelled as holding at every "
                          "start (skipped, a state with no process that satisfies its "
@@ -217,7 +220,7 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
             wants=tuple(new[d] for d in c.wants if d in names),
             after=tuple(new[d] for d in c.after if d in names),
             conflicts=(), ready="none" if c.ready == "none" and not piped else "notify",
-            pre_start=(), condition=None, assertion=None,
+            pre_start=(), condition=None, assertion=None, stop_command=(),
             # (WATCHDOG=1 every tick while it runs; its ready process may hang)
             watchdog_sec=float(_to_ticks(c.watchdog_sec, tick, 1, down=True))
             if c.watchdog_sec and c.ready == "notify" else 0.0, health=None,

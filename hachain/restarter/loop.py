@@ -324,6 +324,8 @@ class Restarter:
         self._notify_poll.register(self.notify.fileno(), select.POLLIN)
         # replacements started ahead of their exit's effects, until the Spawn takes them
         self._ahead: dict[str, Started] = {}
+        # running stop_commands: pid -> (service, its main pid then, signal its group)
+        self.stop_cmds: dict[int, tuple[str, int, bool]] = {}
         self.held_out = HeldOutput()  # after raise_fd_limit: its room depends on the limit
         self.held_out.keep_for(len(cfg.services))
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
@@ -597,6 +599,10 @@ class Restarter:
                 log(f"{e.name}: {s.reason or 'killing'} (" + (
                     "main process only" if not e.group else "whole cgroup"
                     if self.cgroups.active else "whole process group") + ")")
+                self._end_stop_command(e.name)
+            elif self.conf[e.name].stop_command and s.pid is not None and \
+                    self._stop_command(e.name, s.pid, e.group):
+                return  # its stop_signal follows the command's exit (_stop_command_done)
             spawn.kill_service(s.pid, e.name, e.signal, e.group, self.cgroups)
         elif isinstance(e, core.Log):
             log(e.text)
@@ -759,6 +765,60 @@ class Restarter:
             pass
         got.close()
 
+    def _stop_command(self, name: str, pid: int, group: bool) -> bool:
+        """Start `name`'s stop_command (systemd's ExecStop=) in place of its stop signal,
+        as the service runs (user, environment and MAINPID, cwd, limits, cgroup), its
+        output on the service's log. False: send the signal now (the service is killed at
+        once, a stop_command of it still runs, or this one cannot start: logged)."""
+        c = self.conf[name]
+        if c.stop_timeout <= 0 or any(n == name for n, _, _ in self.stop_cmds.values()):
+            return False
+        cmd = replace(c, command=c.stop_command, kind="longrun", ready="none", pre_start=(),
+                      pid_file=None, directories=(), condition=None, assertion=None,
+                      env=c.env + (("MAINPID", str(pid)),))
+        try:
+            out_r, out_w = self.logs.pipe()
+        except OSError as e:
+            log(f"{name}: stop_command not run (output pipe: {spawn.errno_text(e)}); "
+                "sending its stop signal")
+            return False
+        try:
+            sp = spawn.spawn(cmd, self.log_dir, self.cgroups, None, out=out_w,
+                             yield_cpu=False)
+        except (spawn.SpawnError, OSError) as e:
+            os.close(out_r)
+            why = str(e) if isinstance(e, spawn.SpawnError) else spawn.errno_text(e)
+            log(f"{name}: stop_command cannot run: {why}; sending its stop signal")
+            return False
+        finally:
+            os.close(out_w)
+        self.logs.send(out_r, c)
+        self.stop_cmds[sp.pid] = (name, pid, group)
+        log(f"{name}: stop_command started (pid {sp.pid})")
+        return True
+
+    def _stop_command_done(self, pid: int, st: ExitStatus) -> None:
+        """A stop_command exited: what is left of its service gets the stop signal (the
+        stop's timer, armed by the table, still bounds it)."""
+        name, main, group = self.stop_cmds.pop(pid)
+        if st.kind != "exited" or st.code != 0:
+            log(f"{name}: stop_command {st.describe()}")
+        s, c = self.svcs.get(name), self.conf.get(name)
+        if s is not None and c is not None and s.state is State.STOPPING and s.pid == main:
+            spawn.kill_service(main, name, c.stop_signal, group, self.cgroups)
+
+    def _end_stop_command(self, name: str) -> None:
+        """The stop is over (SIGKILL): a stop_command of `name` still running is killed
+        with it (without cgroups it is in a process group of its own); its exit is then
+        any stray child's."""
+        for pid, (n, _main, _group) in list(self.stop_cmds.items()):
+            if n == name:
+                del self.stop_cmds[pid]
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
     def _spawn_failed(self, name: str, now: float, msg: str, transient: bool) -> None:
         """Tell the core; it logs what the table decided: "cannot start web: cwd =
         "/srv": chdir: No such file or directory (errno ENOENT); retrying per restart
@@ -794,6 +854,8 @@ class Restarter:
             try:
                 if name is not None and self.pidfds.get(name) == (pid, CHILD):
                     self._on_exit(name, now, st)
+                elif pid in self.stop_cmds:
+                    self._stop_command_done(pid, st)
                 else:
                     spawn.keep_for_later(pid, st)  # a probe or a former main process
             finally:
@@ -1074,10 +1136,14 @@ class Restarter:
                         env.update(spawn.read_env_files(c)[0])
                     except spawn.SpawnError:
                         pass
-                pr = probes.start_exec(name, purpose, argv, env, c.cwd)
+                pr = probes.start_exec(name, purpose, argv, env, c.cwd,
+                                       spawn.credentials(c), c.umask, spawn.oom_for(c))
             else:
                 port = c.ready_port if purpose == "ready" else c.health.port  # type: ignore[union-attr]
                 pr = probes.start_tcp(name, purpose, port)
+        except spawn.SpawnError as e:  # its user or group does not resolve
+            self._probe_result(name, purpose, False, f"cannot run check: {e}", now)
+            return
         except OSError as e:
             self._probe_result(name, purpose, False, f"cannot run check: {e.strerror or e}", now)
             return

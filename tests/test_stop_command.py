@@ -1,0 +1,142 @@
+"""stop_command (systemd's ExecStop=): a command that asks a service to stop.
+
+A real restarter, real processes: the command runs at a stop in place of the stop
+signal, as the service runs (its user, MAINPID, its log); the signal follows once the
+command has exited, for what is left; a command that hangs is bounded by stop_timeout
+and killed with the service; one that cannot run does not keep the service from
+stopping. And the configuration's and the importer's side.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from hachain import config, importer
+from hachain.channels import pid_alive
+from tests.conftest import wait_until
+
+RUN_BOUND = 30.0  # a restarter answering, a few /bin/sh processes; no chain timer involved
+
+# exits 0 on SIGUSR1 (its own way to stop), 7 on SIGTERM, saying which
+SERVICE = ("trap 'echo got-usr1; exit 0' USR1; trap 'echo got-term; exit 7' TERM; "
+           "while :; do sleep 0.05; done")
+
+
+def log_of(r: Any, name: str) -> str:
+    try:
+        return open(os.path.join(r.persist_dir, "log", name + ".log")).read()
+    except FileNotFoundError:
+        return ""
+
+
+def conf(stop: str, extra: str = "") -> str:
+    return f'''
+[service.db]
+command = ["/bin/sh", "-c", "{SERVICE}"]
+stop_command = ["/bin/sh", "-c", "{stop}"]
+restart = "never"
+{extra}
+'''
+
+
+@pytest.mark.slow
+def test_the_command_stops_the_service_in_place_of_the_signal(restarter: Any) -> None:
+    r = restarter(conf("echo stopping $MAINPID as $(id -u); kill -USR1 $MAINPID",
+                       'user = "nobody"'))
+    pid = r.wait_state("db", "ready")["pid"]
+    assert r.req("stop", "db")["ok"]
+    st = r.wait_state("db", "stopped", timeout=RUN_BOUND)
+    assert st["pid"] is None
+    wait_until(lambda: "got-usr1" in log_of(r, "db"), RUN_BOUND, "the service's last line")
+    log = log_of(r, "db")
+    assert f"stopping {pid} as 65534" in log, log  # its user, MAINPID; on the service's log
+    assert "got-term" not in log  # the signal never came: it had stopped
+    assert "db: stop_command started (pid " in open(r.log).read()
+
+
+@pytest.mark.slow
+def test_the_stop_signal_follows_a_command_that_did_not_stop_it(restarter: Any) -> None:
+    r = restarter(conf("echo asked; exit 3"))
+    r.wait_state("db", "ready")
+    assert r.req("stop", "db")["ok"]
+    r.wait_state("db", "stopped", timeout=RUN_BOUND)
+    wait_until(lambda: "got-term" in log_of(r, "db"), RUN_BOUND, "the service's last line")
+    assert log_of(r, "db").index("asked") < log_of(r, "db").index("got-term")
+    assert "db: stop_command exit status 3" in open(r.log).read()
+
+
+@pytest.mark.slow
+def test_a_hung_command_is_bounded_by_stop_timeout_and_killed_with_the_service(
+        restarter: Any, tmp_path: Any) -> None:
+    mark = tmp_path / "stopper"
+    r = restarter(conf(f"echo $$ > {mark}; exec sleep 1000",
+                       "stop_timeout = 0.5"))
+    r.wait_state("db", "ready")
+    assert r.req("stop", "db")["ok"]
+    wait_until(lambda: mark.exists() and mark.read_text().strip(), RUN_BOUND,
+               "the stop command to start")
+    stopper = int(mark.read_text())
+    st = r.wait_state("db", "stopped", timeout=0.5 + RUN_BOUND)
+    assert st["pid"] is None
+    wait_until(lambda: not pid_alive(stopper), RUN_BOUND, "the hung stop command to be gone")
+    assert "got-usr1" not in log_of(r, "db")
+
+
+@pytest.mark.slow
+def test_a_command_that_cannot_run_does_not_keep_the_service_up(restarter: Any) -> None:
+    r = restarter('''
+[service.db]
+command = ["/bin/sleep", "1000"]
+stop_command = ["/nonexistent/stopper"]
+restart = "never"
+''')
+    r.wait_state("db", "ready")
+    assert r.req("stop", "db")["ok"]
+    r.wait_state("db", "stopped", timeout=RUN_BOUND)
+    log = open(r.log).read()
+    assert 'db: stop_command cannot run: command[0] = "/nonexistent/stopper": exec: No such ' \
+           'file or directory (errno ENOENT); sending its stop signal' in log, log[-2000:]
+
+
+def test_config_takes_an_argv_or_a_shell_line() -> None:
+    s = config.parse('[service.a]\ncommand = "exec sleep 9"\nshell = true\n'
+                     'stop_command = "kill -QUIT $MAINPID"\n', "c.toml").services["a"]
+    assert s.stop_command == ("/bin/sh", "-c", "kill -QUIT $MAINPID")
+    with pytest.raises(config.ConfigError) as e:
+        config.parse('[service.a]\ncommand = ["/bin/true"]\nstop_command = "x"\n', "c.toml")
+    assert 'c.toml:3: service.a.stop_command: must be an argv list such as ["/usr/bin/x", ' \
+           '"stop"]' in str(e.value)
+
+
+def test_import_carries_exec_stop_over(tmp_path: Any) -> None:
+    unit = tmp_path / "nginx.service"
+    unit.write_text("""\
+[Service]
+Type=forking
+PIDFile=/run/nginx.pid
+ExecStart=/usr/sbin/nginx
+ExecStop=-/sbin/start-stop-daemon --quiet --stop --retry QUIT/5 --pidfile /run/nginx.pid
+ExecStop=/bin/true
+""")
+    text, conv = importer.import_files([str(unit)])
+    s = config.parse(text, "imported.toml").services["nginx"]
+    assert s.stop_command == ("/sbin/start-stop-daemon", "--quiet", "--stop", "--retry",
+                              "QUIT/5", "--pidfile", "/run/nginx.pid")
+    assert [w.split(": ", 1)[1] for w in conv.warnings] == [
+        "ExecStop: only one stop_command per service in hachain; this additional ExecStop "
+        "is dropped"]
+    pg = tmp_path / "pg.service"
+    pg.write_text("[Service]\nExecStart=/usr/bin/pg\nExecStop=/usr/bin/pg_ctl stop -D "
+                  "$PGDATA\n")
+    text, conv = importer.import_files([str(pg)])
+    assert config.parse(text, "imported.toml").services["pg"].stop_command == \
+        ("/bin/sh", "-c", "set -f; exec /usr/bin/pg_ctl stop -D $PGDATA")
+    once = tmp_path / "seed.service"
+    once.write_text("[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/load\n"
+                    "ExecStop=/bin/save\n")
+    text, conv = importer.import_files([str(once)])
+    assert config.parse(text, "imported.toml").services["seed"].stop_command == ()
+    assert any("ExecStop: a oneshot's ExecStop" in w for w in conv.warnings), conv.warnings
