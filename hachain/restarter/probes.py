@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 from hachain.restarter import spawn
 
@@ -44,12 +45,43 @@ class Probe:
             self.pid = 0
 
 
+def _child_setup(oom: int, c: spawn.Credentials) -> Any:
+    """The child's steps before its exec when its oom_score_adj must be written: that
+    first, while it is still root (once its user is switched, /proc/self is no longer
+    its to write), then its groups and user. A value the host refuses leaves the
+    restarter's, as for the service (spawn._oom_note)."""
+    def setup() -> None:
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(oom))
+        except OSError:
+            pass
+        if c.groups is not None:
+            os.setgroups(list(c.groups))
+        if c.gid is not None:
+            os.setregid(c.gid, c.gid)
+        if c.uid is not None:
+            os.setreuid(c.uid, c.uid)
+    return setup
+
+
 def start_exec(name: str, purpose: str, argv: tuple[str, ...], env: dict[str, str],
-               cwd: str | None) -> Probe:
-    """Start a check command; the probe's fd is its pidfd. OSError when it cannot run."""
+               cwd: str | None, creds: spawn.Credentials | None = None,
+               umask: int | None = None, oom: int | None = None) -> Probe:
+    """Start a check command as its service runs (`creds`: its user and groups, `umask`,
+    `oom`: its oom_score_adj when it differs from the restarter's): a check of a service
+    that runs as its own user never runs as root. The probe's fd is its pidfd. OSError
+    when it cannot run."""
+    c = creds or spawn.Credentials()
+    own = oom is None  # subprocess switches the user itself (vfork kept)
     with spawn.sigchld_unblocked():
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=env, cwd=cwd, process_group=0)
+                             stderr=subprocess.DEVNULL, env=env, cwd=cwd, process_group=0,
+                             user=c.uid if own else None, group=c.gid if own else None,
+                             extra_groups=list(c.groups) if own and c.groups is not None
+                             else None,
+                             umask=-1 if umask is None else umask,
+                             preexec_fn=None if oom is None else _child_setup(oom, c))
     p.returncode = 0  # reaped by us (see spawn.py)
     fd = spawn.pidfd_open(p.pid)
     pr = Probe(name, purpose, "exec", fd=fd if fd is not None else -1, pid=p.pid)
