@@ -35,6 +35,8 @@ from hachain.configtypes import (
     INTENSITY_ACTIONS,
     KILL_MODES,
     KINDS,
+    PROTECT_HOME,
+    PROTECT_SYSTEM,
     READY_KINDS,
     RESTART_POLICIES,
     RLIMITS,
@@ -271,6 +273,30 @@ def _check_arg(kind: str) -> S.Custom:
     return S.Custom(one, "", examples=examples)
 
 
+def _protect(choices: tuple[str, ...]) -> S.Custom:
+    """`true` (systemd's "yes"), `false` (off: ""), or one of `choices`."""
+    def one(v: Any) -> str:
+        if v is True:
+            return "yes"
+        if v is False:
+            return ""
+        if isinstance(v, str) and v in choices:
+            return v
+        raise S.Bad("must be true, false or one of " + ", ".join(f'"{c}"' for c in choices))
+    return S.Custom(one, examples=(True, False) + choices)
+
+
+def _sandbox_path(v: Any) -> str:
+    s: str = S.Text(nonempty=True).one(v)
+    if s.removeprefix("-").startswith("/") and "\0" not in s:
+        return s
+    raise S.Bad('must be an absolute path, with a leading "-" when a missing one is no error')
+
+
+_SANDBOX_PATHS = S.ListOf(S.Custom(_sandbox_path, examples=("/srv/data", "-/var/cache/x")),
+                          one_ok=True, max_items=64)
+
+
 START_CHECKS = S.Table(StartChecks, tuple(
     S.Key(name, S.ListOf(_check_arg(kind), one_ok=True, max_items=64),
           what[0].upper() + what[1:] + ".", shown="`[]`")
@@ -360,12 +386,41 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "ambient ones, so its program keeps them over its `exec`. Needs `user`. One the "
           "restarter does not have itself fails the start, naming it.",
           shown="`[]`", group="run"),
+    S.Key("capability_bounding_set", S.ListOf(_CAPABILITY, one_ok=True,
+                                              max_items=len(CAPABILITIES)),
+          "The capabilities the service and everything it runs may ever have (systemd's "
+          "`CapabilityBoundingSet=`): the others leave its bounding set before its exec, "
+          "so even a service that runs as root, or a set-user-ID program it runs, cannot "
+          "get them. `[]`: none at all. Unset: the host's bounding set. Must hold "
+          "`capabilities`.", shown="unset", group="run"),
     S.Key("private_tmp", S.Bool(), "`true`: the service gets a mount namespace of its own "
           "with a fresh, empty tmpfs on `/tmp` and `/var/tmp` at each start (systemd's "
           "`PrivateTmp=`): what it leaves there goes with its last process, and it sees no "
           "other program's files there. A socket another service expects in `/tmp` is then "
           "out of its reach (the chain's own are in `state_dir`, under `/run`).",
           group="run"),
+    S.Key("protect_system", _protect(PROTECT_SYSTEM), "Read-only system directories in "
+          "the service's own mount namespace (systemd's `ProtectSystem=`): `true` makes "
+          "`/usr`, `/boot` and `/efi` read-only, `\"full\"` `/etc` too, `\"strict\"` the "
+          "whole file system but `/dev`, `/proc`, `/sys` and the service's `directories` "
+          "(open more with `read_write_paths`). Everything mounted below a path is "
+          "read-only with it. Needs root (CAP_SYS_ADMIN).", shown="`false`", group="run"),
+    S.Key("protect_home", _protect(PROTECT_HOME), "`/home`, `/root` and `/run/user` in "
+          "the service's own mount namespace (systemd's `ProtectHome=`): `true` hides "
+          "them (each an empty directory nothing can read), `\"read-only\"`, or "
+          "`\"tmpfs\"` (each an empty read-only tmpfs).", shown="`false`", group="run"),
+    S.Key("read_only_paths", _SANDBOX_PATHS, "Paths the service can read and not write, "
+          "with everything mounted below them (systemd's `ReadOnlyPaths=`). A path with "
+          "a leading `-` may be missing; any other that is missing fails the start, "
+          "naming it. Where these lists and `protect_system`/`protect_home` overlap, the "
+          "more specific path wins.", shown="`[]`", group="run"),
+    S.Key("read_write_paths", _SANDBOX_PATHS, "Paths the service can write under a "
+          "read-only one (systemd's `ReadWritePaths=`), such as its data directory "
+          "with `protect_system = \"strict\"`; the file system's own permissions still "
+          "apply.", shown="`[]`", group="run"),
+    S.Key("inaccessible_paths", _SANDBOX_PATHS, "Directories the service cannot see into "
+          "(systemd's `InaccessiblePaths=`): each becomes an empty directory of mode "
+          "000.", shown="`[]`", group="run"),
     S.Key("nice", _integer(-20, 19), "Its nice value (systemd's `Nice=`): 19 yields the CPU "
           "to everything else. Unset: 0, whatever the restarter's own.", shown="`0`",
           group="run"),
@@ -544,6 +599,10 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     if s.pre_start and s.ready_fd > 9 and s.ready_pipe:
         r.err(at + ("ready_fd",), f"must be at most 9 with pre_start (/bin/sh, which runs "
               f"them, redirects descriptors 0-9 only), got {s.ready_fd}", [at + ("pre_start",)])
+    if s.capability_bounding_set is not None and \
+            (out := sorted(set(s.capabilities) - set(s.capability_bounding_set))):
+        r.err(at + ("capabilities",), f"{', '.join(out)} not in capability_bounding_set: "
+              "the service could never have it", [at + ("capability_bounding_set",)])
     if s.capabilities and s.user is None:
         r.err(at + ("capabilities",), "needs user: a service that runs as root has every "
               "capability already")

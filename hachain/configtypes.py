@@ -25,6 +25,8 @@ RESTART_POLICIES = ("always", "on-failure", "on-abnormal", "never")
 KINDS = ("longrun", "oneshot", "forking")
 KILL_MODES = ("cgroup", "mixed", "process")
 READY_KINDS = ("none", "notify", "fd", "exec", "tcp")
+PROTECT_SYSTEM = ("yes", "full", "strict")
+PROTECT_HOME = ("yes", "read-only", "tmpfs")
 INTENSITY_ACTIONS = ("maintenance", "restart-group", "reboot", "ignore")
 BOOT_LOOP_ACTIONS = ("rescue", "disarm", "ignore")
 HEALTH_KINDS = ("exec", "tcp")
@@ -124,7 +126,17 @@ class ServiceConfig:
     oom_score_adj: int = 0  # /proc/PID/oom_score_adj of its processes (systemd's OOMScoreAdjust=)
     capabilities: tuple[str, ...] = ()  # ambient ones kept for `user` ("CAP_NET_BIND_SERVICE")
     no_new_privileges: bool = False  # PR_SET_NO_NEW_PRIVS (systemd's NoNewPrivileges=)
+    # the capabilities it and all it runs may ever have (systemd's CapabilityBoundingSet=);
+    # None: the host's bounding set, as the restarter has it
+    capability_bounding_set: tuple[str, ...] | None = None
     private_tmp: bool = False  # its own mount namespace, fresh tmpfs /tmp and /var/tmp
+    # (hachain/sandbox.py) systemd's ProtectSystem= ("", "yes", "full", "strict"),
+    # ProtectHome= ("", "yes", "read-only", "tmpfs") and the path lists ("-": may be missing)
+    protect_system: str = ""
+    protect_home: str = ""
+    read_only_paths: tuple[str, ...] = ()
+    read_write_paths: tuple[str, ...] = ()
+    inaccessible_paths: tuple[str, ...] = ()
     nice: int | None = None  # its nice value (None: 0, the restarter's resets on fork)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing

@@ -710,9 +710,54 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                         caps.append("CAP_" + name)
                 if not caps:
                     del svc["capabilities"]
+            elif k == "CapabilityBoundingSet":
+                words = v.split()
+                if not words:
+                    svc.pop("capability_bounding_set", None)  # reset: the full set
+                    continue
+                invert = words[0].startswith("~")
+                names = []
+                for word in [words[0].removeprefix("~")] + words[1:]:
+                    name = word.upper().removeprefix("CAP_")
+                    if name not in CAPABILITIES:
+                        n.warn(e.line, k, f"{word}: not a Linux capability; dropped")
+                    else:
+                        names.append("CAP_" + name)
+                have = svc.get("capability_bounding_set")
+                if invert:  # all but these (of what earlier lines kept)
+                    kept_before = have if have is not None else ["CAP_" + c for c in CAPABILITIES]
+                    svc["capability_bounding_set"] = [c for c in kept_before if c not in names]
+                else:
+                    svc["capability_bounding_set"] = (have or []) + [
+                        c for c in names if c not in (have or [])]
             elif k in ("PrivateTmp", "NoNewPrivileges"):
                 svc[{"PrivateTmp": "private_tmp", "NoNewPrivileges": "no_new_privileges"}[k]] \
                     = _unit_bool(v)
+            elif k in ("ProtectSystem", "ProtectHome"):
+                v = v.strip()
+                flag = _bool(v)
+                choices = config.PROTECT_SYSTEM if k == "ProtectSystem" else config.PROTECT_HOME
+                if flag is None and v not in choices:
+                    raise ValueError(f"{v!r} is not one of yes, no, " + ", ".join(choices[1:]))
+                key = "protect_system" if k == "ProtectSystem" else "protect_home"
+                if flag is False:
+                    svc.pop(key, None)
+                else:
+                    svc[key] = True if flag else v
+            elif k in _SANDBOX_PATH_KEYS:
+                key = _SANDBOX_PATH_KEYS[k]
+                if not v.strip():
+                    svc.pop(key, None)  # an empty one resets the list
+                    continue
+                for word in v.split():
+                    opt = word.startswith("-") or word.startswith("+-")
+                    path = word.lstrip("-+")
+                    if "%" in path or not path.startswith("/"):
+                        n.warn(e.line, k, f"{word!r}: " + ("%-specifiers are not expanded by "
+                               "hachain" if "%" in path else "not an absolute path")
+                               + "; dropped")
+                        continue
+                    svc.setdefault(key, []).append(("-" if opt else "") + path)
             elif k == "Nice":
                 svc["nice"] = _int_in(v, -20, 19)
             elif k == "OOMScoreAdjust":
@@ -763,6 +808,12 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     conv.sort_messages()
     return conv
 
+
+# ReadWritePaths= and its kin (the *Directories= spellings are systemd's older names)
+_SANDBOX_PATH_KEYS = {
+    "ReadWritePaths": "read_write_paths", "ReadWriteDirectories": "read_write_paths",
+    "ReadOnlyPaths": "read_only_paths", "ReadOnlyDirectories": "read_only_paths",
+    "InaccessiblePaths": "inaccessible_paths", "InaccessibleDirectories": "inaccessible_paths"}
 
 # ConditionPathExists= / AssertPathExists= → the check path_exists of condition / assert
 _CHECK_KEYS = {"".join(w.capitalize() for w in name.split("_")): name

@@ -98,6 +98,25 @@ def test_nginx_foreground_tcp_ready() -> None:
             assert not old & set(_cgroup_procs(r, "nginx")), "an old worker survived"
 
 
+def test_nginx_under_protect_system_strict() -> None:
+    """A real daemon in the sandbox hardened units ask for: it serves, its master and
+    workers see / read-only and the homes hidden, and what it writes goes to the one
+    writable path; a restart after a kill comes up the same way."""
+    with D.daemon_dir() as tmp:
+        ng = D.nginx_foreground(tmp, sandboxed=True)
+        with D.restarter(tmp, ng.body) as r:
+            st = D.wait_ready(r, ng)
+            for pid in _cgroup_procs(r, "nginx"):
+                with open(f"/proc/{pid}/mountinfo") as f:
+                    seen = {ln.split()[4]: ln.split()[5].split(",") for ln in f}
+                assert "ro" in seen["/"] and "ro" in seen["/root"], seen
+                assert "rw" in seen[tmp], seen
+            assert os.path.exists(os.path.join(tmp, "nginx", "fg.pid"))
+            _, new_pid = D.kill_and_time(r, ng)
+            r.pids_seen.add(new_pid)
+            D.wait_ready(r, ng, old_pid=st["pid"])
+
+
 def test_nginx_forking_from_its_debian_unit() -> None:
     with D.daemon_dir() as tmp:
         ng, warnings = D.nginx_forking(tmp)
@@ -115,9 +134,13 @@ def test_nginx_forking_from_its_debian_unit() -> None:
             assert st2["pid"] == int(open(pid_file).read())
             # the killed master's workers went with it (its cgroup was cleared)
             wait_until(lambda: len(_cgroup_procs(r, "nginx")) == 3, 10, "master + 2 workers")
+            # the unit's ExecStop= stops it: start-stop-daemon's QUIT, a graceful stop
             assert r.req("stop", "nginx")["ok"]
             r.wait_state("nginx", "stopped", timeout=30)
             assert _cgroup_procs(r, "nginx") == []
+            log = open(r.log).read()
+            assert "nginx: stop_command started" in log and "stop_command exit" not in log, \
+                log[-2000:]
 
 
 def test_nginx_config_test_keeps_a_broken_config_from_starting() -> None:

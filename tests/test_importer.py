@@ -575,3 +575,55 @@ ExecStart=/usr/bin/app
 """)
     text, conv = importer.import_files([reset])
     assert config.parse(text, "imported.toml").services["reset"].condition is None
+
+
+def test_sandboxing_carries_over(tmp_path: Any) -> None:
+    """ProtectSystem=, ProtectHome= and the path lists (their older *Directories= names
+    too) → protect_system, protect_home, read_write_paths, ...; `-` kept, `+` dropped
+    (there is no RootDirectory=), an empty one resets its list; a %-specifier or a
+    relative path is warned about and dropped."""
+    (unit,) = _files(tmp_path, redis_service="""\
+[Service]
+ExecStart=/usr/bin/redis-server
+ProtectSystem=strict
+ProtectHome=yes
+ReadWritePaths=-/var/lib/redis +/var/log/redis
+ReadWritePaths=/run/%N
+ReadOnlyDirectories=/etc/redis
+InaccessiblePaths=/srv
+InaccessiblePaths=
+ReadOnlyPaths=data
+""")
+    text, conv = importer.import_files([unit])
+    s = config.parse(text, "imported.toml").services["redis"]
+    assert (s.protect_system, s.protect_home) == ("strict", "yes")
+    assert s.read_write_paths == ("-/var/lib/redis", "/var/log/redis")
+    assert s.read_only_paths == ("/etc/redis",) and s.inaccessible_paths == ()
+    assert _warned(conv, unit, 6, "ReadWritePaths", "%-specifiers")
+    assert _warned(conv, unit, 10, "ReadOnlyPaths", "not an absolute path")
+    assert len(conv.warnings) == 2, conv.warnings
+    (off,) = _files(tmp_path, off_service="[Service]\nExecStart=/x\nProtectSystem=no\n"
+                    "ProtectHome=read-only\n")
+    text, conv = importer.import_files([off])
+    s = config.parse(text, "imported.toml").services["off"]
+    assert (s.protect_system, s.protect_home) == ("", "read-only") and not conv.warnings
+
+
+def test_capability_bounding_set_carries_over(tmp_path: Any) -> None:
+    """CapabilityBoundingSet=: a list, or `~` for all but those; lines add up."""
+    (unit,) = _files(tmp_path, a_service="""\
+[Service]
+ExecStart=/usr/bin/a
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE cap_chown
+CapabilityBoundingSet=CAP_SETUID CAP_BOGUS
+""")
+    text, conv = importer.import_files([unit])
+    assert config.parse(text, "imported.toml").services["a"].capability_bounding_set == \
+        ("CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_SETUID")
+    assert _warned(conv, unit, 4, "CapabilityBoundingSet", "CAP_BOGUS")
+    (inv,) = _files(tmp_path, b_service="[Service]\nExecStart=/b\n"
+                    "CapabilityBoundingSet=~CAP_SYS_ADMIN CAP_SYS_MODULE\n")
+    text, conv = importer.import_files([inv])
+    kept = config.parse(text, "imported.toml").services["b"].capability_bounding_set
+    assert kept is not None and len(kept) == len(config.CAPABILITIES) - 2
+    assert "CAP_SYS_ADMIN" not in kept and "CAP_NET_RAW" in kept

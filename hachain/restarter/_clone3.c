@@ -76,6 +76,39 @@ struct clone_args_v2 {  /* struct clone_args up to `cgroup` (CLONE_ARGS_SIZE_VER
     uint64_t set_tid, set_tid_size, cgroup;
 };
 
+/* One step of the service's mount namespace (hachain/sandbox.py: the kinds' numbers) */
+struct mnt_step {
+    int kind;
+    const char *path;
+    int optional;  /* a missing path is skipped */
+};
+#define MNT_TMPFS 1
+#define MNT_READ_ONLY 2
+#define MNT_READ_WRITE 3
+#define MNT_HIDE 4
+#define MNT_EMPTY 5
+#define MNT_KEEP 6  /* the path keeps what it was before the other steps (open_tree) */
+#define MAX_KEEP 8
+
+/* mount_setattr, open_tree, move_mount (Linux 5.12, 5.2, 5.2): numbered alike on every
+ * architecture; struct mount_attr spelled out for a libc that lacks it */
+struct mnt_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#define MNT_ATTR_RDONLY 0x1
+#define AT_RECURSIVE_ 0x8000
+#define OPEN_TREE_CLONE_ 1
+#define MOVE_MOUNT_F_EMPTY_PATH_ 0x4
+
 struct limit {
     int resource;
     struct rlimit value;
@@ -104,7 +137,9 @@ struct request {
     volatile int oom_err;  /* errno of a refused oom_score_adj write: the child goes on */
     uint64_t caps;         /* ambient capabilities kept across the user switch (0: none) */
     int no_new_privs;      /* PR_SET_NO_NEW_PRIVS before the exec */
-    int private_tmp;       /* a mount namespace of its own, a fresh tmpfs on /tmp, /var/tmp */
+    long long bset;        /* the capability bounding set kept (-1: left as it is) */
+    struct mnt_step *mounts;  /* > 0 of them: a mount namespace of its own, these steps */
+    int nmounts;
     int has_nice, nice;    /* setpriority */
     int unshare_below;     /* > 0: the child shares our descriptor table until it makes
                             * its own of the descriptors below this one (see SLOTS) */
@@ -123,6 +158,84 @@ static int fail(struct request *r, int step) {
     r->err = errno;
     r->step = step;
     return 127;
+}
+
+/* One step (not MNT_KEEP): 0, or -1 with errno set. */
+static int mount_step(const struct mnt_step *m) {
+    struct stat st;
+    if (stat(m->path, &st) < 0)
+        return m->optional && errno == ENOENT ? 0 : -1;
+    unsigned long hidden = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY;
+    switch (m->kind) {
+    case MNT_TMPFS:
+        return mount("tmpfs", m->path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    case MNT_HIDE:
+        return mount("tmpfs", m->path, "tmpfs", hidden, "mode=000");
+    case MNT_EMPTY:
+        return mount("tmpfs", m->path, "tmpfs", hidden, "mode=755");
+    case MNT_READ_ONLY:
+    case MNT_READ_WRITE: {
+        int ro = m->kind == MNT_READ_ONLY;
+        /* "/" is changed where it is: a mount stacked on it would not be the root this
+         * process resolves paths from. Any other path gets a mount of its own first. */
+        int root = m->path[0] == '/' && m->path[1] == 0;
+        if (!root && mount(m->path, m->path, NULL, MS_BIND | MS_REC, NULL) < 0)
+            return -1;
+        struct mnt_attr a;
+        memset(&a, 0, sizeof a);
+        if (ro)
+            a.attr_set = MNT_ATTR_RDONLY;
+        else
+            a.attr_clr = MNT_ATTR_RDONLY;
+        if (syscall(SYS_mount_setattr, AT_FDCWD, m->path, AT_RECURSIVE_, &a, sizeof a) == 0)
+            return 0;
+        if (errno != ENOSYS)
+            return -1;
+        /* before Linux 5.12: the path's own mount only */
+        return mount(NULL, m->path, NULL, MS_BIND | MS_REMOUNT | (ro ? MS_RDONLY : 0), NULL);
+    }
+    }
+    errno = EINVAL;
+    return -1;
+}
+
+/* The service's mount namespace: its own, with the mounts below / made slaves (nothing
+ * of ours propagates back), then the steps in order, the MNT_KEEP paths cloned before
+ * and put back after them. 0, or the failed step (16: the namespace; 200 + i). */
+static int mount_steps(struct request *r) {
+    int kept[MAX_KEEP];
+    int nkept = 0;
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+        return 16;
+    for (int i = 0; i < r->nmounts; i++) {
+        const struct mnt_step *m = &r->mounts[i];
+        if (m->kind != MNT_KEEP)
+            continue;
+        int fd = -1;
+        if (nkept < MAX_KEEP) {
+            fd = (int)syscall(SYS_open_tree, AT_FDCWD, m->path,
+                              OPEN_TREE_CLONE_ | AT_RECURSIVE_ | O_CLOEXEC);
+            if (fd < 0 && !(errno == ENOENT && m->optional) && errno != ENOSYS)
+                return 200 + i;
+        }
+        kept[nkept++] = fd;
+    }
+    for (int i = 0; i < r->nmounts; i++)
+        if (r->mounts[i].kind != MNT_KEEP && mount_step(&r->mounts[i]) < 0)
+            return 200 + i;
+    nkept = 0;
+    for (int i = 0; i < r->nmounts; i++) {
+        const struct mnt_step *m = &r->mounts[i];
+        if (m->kind != MNT_KEEP || nkept >= MAX_KEEP)
+            continue;
+        int fd = kept[nkept++];
+        if (fd < 0)
+            continue;
+        if (syscall(SYS_move_mount, fd, "", AT_FDCWD, m->path, MOVE_MOUNT_F_EMPTY_PATH_) < 0)
+            return 200 + i;
+        close(fd);
+    }
+    return 0;
 }
 
 static int to_fd(int from, int to) {
@@ -204,23 +317,20 @@ static int child_main(void *arg) {
         return fail(r, 1);
     if (to_fd(null, 0) < 0)
         return fail(r, 2);
+    /* while still root (a mount namespace needs CAP_SYS_ADMIN), and before the chdir, so
+     * the working directory is looked up in the file system the service will see */
+    if (r->nmounts > 0) {
+        int st = mount_steps(r);
+        if (st)
+            return fail(r, st);
+    }
     if (r->cwd && chdir(r->cwd) < 0)
         return fail(r, 6);
     if (r->umask >= 0)
         umask((mode_t)r->umask);
     if (setpgid(0, 0) < 0)
         return fail(r, 3);
-    /* while still root: a mount namespace needs CAP_SYS_ADMIN, a nice below 0
-     * CAP_SYS_NICE. Mounts below / are made slaves first, so the tmpfs stays ours and
-     * nothing of ours propagates back. */
-    if (r->private_tmp) {
-        struct stat vt;
-        if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0 ||
-            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0 ||
-            (stat("/var/tmp", &vt) == 0 && S_ISDIR(vt.st_mode) &&
-             mount("tmpfs", "/var/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0))
-            return fail(r, 16);
-    }
+    /* while still root: a nice below 0 needs CAP_SYS_NICE */
     if (r->has_nice && setpriority(PRIO_PROCESS, 0, r->nice) < 0)
         return fail(r, 17);
     if (r->has_nofile && setrlimit(RLIMIT_NOFILE, &r->nofile) < 0)
@@ -228,6 +338,16 @@ static int child_main(void *arg) {
     for (int i = 0; i < r->nlimits; i++)
         if (setrlimit(r->limits[i].resource, &r->limits[i].value) < 0)
             return fail(r, 100 + i);
+    /* still root (dropping needs CAP_SETPCAP): every capability not kept leaves the
+     * bounding set, for this process and all it runs; EINVAL: past the kernel's last */
+    if (r->bset >= 0)
+        for (int c = 0; c < 64; c++)
+            if (!((unsigned long long)r->bset >> c & 1) &&
+                prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0) {
+                if (errno == EINVAL)
+                    break;
+                return fail(r, 18);
+            }
     /* still root (a lower value needs CAP_SYS_RESOURCE). A vfork child's write is its
      * own: the kernel does not carry it to the parent that shares the memory. Refused,
      * the service runs at the value it inherited: the parent says so (last_oom_error) */
@@ -334,7 +454,8 @@ PyDoc_STRVAR(spawn_doc,
 "signal mask, and RLIMIT_NOFILE `nofile` ((soft, hard) or None); `setup` is None or\n"
 "(cwd bytes or None, umask or -1, groups or None, gid or -1, uid or -1,\n"
 "[(resource, soft, hard)...], (from_fd, to_fd) or None, ambient capability mask or 0,\n"
-"no_new_privs bool, private_tmp bool, nice or None): chdir and umask before the\n"
+"no_new_privs bool, mounts, nice or None, bounding set mask or -1): the mount steps ((kind, path bytes,\n"
+"optional bool)...: hachain/sandbox.py) before the chdir; chdir and umask before the\n"
 "process group, then the private /tmp and the nice value, nofile and the rlimits\n"
 "(while still root), the oom_score_adj `oom`\n"
 "(an int, or None: inherited), the credentials (keeping the capabilities asked for, then\n"
@@ -345,17 +466,40 @@ PyDoc_STRVAR(spawn_doc,
 "reaped here. The error's `filename` is the step: 'exec', 'setpgid', ...");
 
 /* The optional set-up tuple (cwd, umask, groups, gid, uid, rlimits, ready, caps,
- * no_new_privs, private_tmp, nice or None) into `r`;
+ * no_new_privs, mounts, nice or None, bounding set or -1) into `r`;
  * the arrays are PyMem allocations the caller frees. 0, or -1 with an exception set. */
 static int parse_setup(PyObject *setup, struct request *r) {
     PyObject *cwd_o, *groups_o, *limits_o, *ready_o;
     int um;
     long gid, uid;
     unsigned long long caps;
-    PyObject *nice_o;
-    if (!PyArg_ParseTuple(setup, "OiOllOOKppO", &cwd_o, &um, &groups_o, &gid, &uid, &limits_o,
-                          &ready_o, &caps, &r->no_new_privs, &r->private_tmp, &nice_o))
+    PyObject *nice_o, *mounts_o;
+    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOL", &cwd_o, &um, &groups_o, &gid, &uid, &limits_o,
+                          &ready_o, &caps, &r->no_new_privs, &mounts_o, &nice_o, &r->bset))
         return -1;
+    PyObject *ms = PySequence_Fast(mounts_o, "mounts must be a sequence");
+    if (ms == NULL)
+        return -1;
+    Py_ssize_t nm = PySequence_Fast_GET_SIZE(ms);
+    r->mounts = PyMem_Calloc((size_t)nm + 1, sizeof(struct mnt_step));
+    if (r->mounts == NULL) {
+        Py_DECREF(ms);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nm; i++) {
+        PyObject *path_b;
+        struct mnt_step *m = &r->mounts[i];
+        /* the path's bytes live in `setup`, which the caller holds for the whole call */
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ms, i), "iSp", &m->kind, &path_b,
+                              &m->optional)) {
+            Py_DECREF(ms);
+            return -1;
+        }
+        m->path = PyBytes_AS_STRING(path_b);
+    }
+    r->nmounts = (int)nm;
+    Py_DECREF(ms);
     r->caps = (uint64_t)caps;
     if (nice_o != Py_None) {
         long v = PyLong_AsLong(nice_o);
@@ -444,6 +588,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     r.umask = -1;
     r.gid = r.uid = -1;
     r.ready_from = r.ready_to = -1;
+    r.bset = -1;
     if (oom_o != Py_None) {
         long v = PyLong_AsLong(oom_o);
         if (v == -1 && PyErr_Occurred())
@@ -457,6 +602,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     if (setup_o != Py_None && parse_setup(setup_o, &r) < 0) {
         PyMem_Free(r.groups);
         PyMem_Free(r.limits);
+        PyMem_Free(r.mounts);
         return NULL;
     }
     sigemptyset(&r.sigdef);
@@ -528,8 +674,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                                       "setrlimit nofile", "exec", "chdir", "setgroups",
                                       "setresgid", "setresuid", "ready fd",
                                       "unshare descriptors", "oom_score_adj", "capset",
-                                      "ambient", "no_new_privs", "private_tmp",
-                                      "setpriority"};
+                                      "ambient", "no_new_privs", "mount namespace",
+                                      "setpriority", "capability bounding set"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -550,7 +696,10 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                 ;
             char rl[32];
             errno = r.err;
-            if (r.step >= 100) {
+            if (r.step >= 200) {
+                snprintf(rl, sizeof rl, "mount %d", r.step - 200);
+                PyErr_SetFromErrnoWithFilename(PyExc_OSError, rl);
+            } else if (r.step >= 100) {
                 snprintf(rl, sizeof rl, "rlimit %d", r.step - 100);
                 PyErr_SetFromErrnoWithFilename(PyExc_OSError, rl);
             } else {
@@ -567,6 +716,7 @@ done:
     Py_XDECREF(envp);
     PyMem_Free(r.groups);
     PyMem_Free(r.limits);
+    PyMem_Free(r.mounts);
     return result;
 #endif
 }
@@ -610,7 +760,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 7) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 8) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

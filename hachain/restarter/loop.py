@@ -801,11 +801,12 @@ class Restarter:
         """A stop_command exited: what is left of its service gets the stop signal (the
         stop's timer, armed by the table, still bounds it)."""
         name, main, group = self.stop_cmds.pop(pid)
+        s, c = self.svcs.get(name), self.conf.get(name)
+        if s is None or c is None or s.state is not State.STOPPING or s.pid != main:
+            return  # the stop is over (the end of the main process took it with it)
         if st.kind != "exited" or st.code != 0:
             log(f"{name}: stop_command {st.describe()}")
-        s, c = self.svcs.get(name), self.conf.get(name)
-        if s is not None and c is not None and s.state is State.STOPPING and s.pid == main:
-            spawn.kill_service(main, name, c.stop_signal, group, self.cgroups)
+        spawn.kill_service(main, name, c.stop_signal, group, self.cgroups)
 
     def _end_stop_command(self, name: str) -> None:
         """The stop is over (SIGKILL): a stop_command of `name` still running is killed

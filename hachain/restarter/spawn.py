@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from hachain import channels, prestart
+from hachain import channels, prestart, sandbox
 from hachain.cgroupfs import cgroup2_problem, find_cgroup2_mount
 from hachain.configtypes import CAPABILITIES, SERVICE_PATH, ServiceConfig
 from hachain.restarter.policy import ExitStatus
@@ -908,6 +908,30 @@ def capability_mask(cfg: ServiceConfig) -> int:
     return mask
 
 
+def bounding_mask(cfg: ServiceConfig) -> int:
+    """capability_bounding_set as the bits kept (-1: the bounding set left as it is)."""
+    if cfg.capability_bounding_set is None:
+        return -1
+    mask = 0
+    for c in cfg.capability_bounding_set:
+        mask |= 1 << CAPABILITIES.index(c.removeprefix("CAP_"))
+    return mask
+
+
+_PR_CAPBSET_DROP = 24
+
+
+def _drop_bounding(libc: Any, keep: int) -> None:
+    """In the fallback's child: every capability not in `keep` leaves the bounding set
+    (as the compiled spawn does). OSError when one cannot."""
+    for cap in range(64):
+        if not keep >> cap & 1 and libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            code = libc_errno()
+            if code == errno.EINVAL:
+                return  # past the kernel's last capability
+            raise OSError(code, os.strerror(code))
+
+
 def _caps_setting(cfg: ServiceConfig) -> str:
     return f"capabilities = {', '.join(cfg.capabilities)}"
 
@@ -944,24 +968,64 @@ def _set_caps(ctypes: Any, libc: Any, mask: int) -> str | None:
 _CLONE_NEWNS, _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_SLAVE = 0x20000, 2, 4, 0x4000, 0x80000
 
 
-def _private_tmp(libc: Any) -> OSError | None:
-    """In the fallback's child: a mount namespace of its own, mounts below / made slaves,
-    a fresh tmpfs on /tmp and /var/tmp (as the compiled spawn does)."""
-    def call(ok: bool) -> OSError | None:
-        if ok:
-            return None
-        code = libc_errno()
-        return OSError(code, os.strerror(code))
-    steps = [lambda: libc.unshare(_CLONE_NEWNS) == 0,
-             lambda: libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None) == 0,
-             lambda: libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                                b"mode=1777") == 0]
-    if os.path.isdir("/var/tmp"):
-        steps.append(lambda: libc.mount(b"tmpfs", b"/var/tmp", b"tmpfs",
-                                        _MS_NOSUID | _MS_NODEV, b"mode=1777") == 0)
-    for step in steps:
-        if (problem := call(step())) is not None:
-            return problem
+_MS_BIND, _MS_REMOUNT, _MS_RDONLY, _MS_NOEXEC = 0x1000, 0x20, 1, 8
+_AT_FDCWD, _AT_RECURSIVE, _OPEN_TREE_CLONE, _MOVE_MOUNT_F_EMPTY_PATH = -100, 0x8000, 1, 4
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442  # every architecture
+
+
+def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str | None:
+    """In the fallback's child: the service's mount namespace, as the compiled spawn makes
+    it (_clone3.c, mount_steps). None, or what failed ("mount namespace", or the step's
+    description), with ctypes' errno set."""
+    if libc.unshare(_CLONE_NEWNS) != 0 or \
+            libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
+        return "mount namespace"
+    attr = (ctypes.c_uint64 * 4)()
+
+    def setattr_(path: bytes, ro: bool) -> bool:
+        attr[0], attr[1] = (1, 0) if ro else (0, 1)
+        if libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, path, _AT_RECURSIVE, attr, 32) == 0:
+            return True
+        if libc_errno() != errno.ENOSYS:
+            return False
+        return libc.mount(None, path, None, _MS_BIND | _MS_REMOUNT | (_MS_RDONLY if ro else 0),
+                          None) == 0
+
+    def one(st: sandbox.Step) -> bool:
+        p = os.fsencode(st.path)
+        if not os.path.exists(st.path):
+            if st.optional:
+                return True
+            ctypes.set_errno(errno.ENOENT)
+            return False
+        hidden = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_RDONLY
+        if st.kind == sandbox.TMPFS:
+            return libc.mount(b"tmpfs", p, b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777") == 0
+        if st.kind in (sandbox.HIDE, sandbox.EMPTY):
+            mode = b"mode=000" if st.kind == sandbox.HIDE else b"mode=755"
+            return libc.mount(b"tmpfs", p, b"tmpfs", hidden, mode) == 0
+        if p != b"/" and libc.mount(p, p, None, _MS_BIND | _MS_REC, None) != 0:
+            return False
+        return setattr_(p, st.kind == sandbox.READ_ONLY)
+
+    kept: list[int] = []
+    for st in steps:
+        if st.kind == sandbox.KEEP:
+            fd = libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(st.path),
+                              _OPEN_TREE_CLONE | _AT_RECURSIVE | os.O_CLOEXEC)
+            if fd < 0 and not (libc_errno() == errno.ENOENT and st.optional) and \
+                    libc_errno() != errno.ENOSYS:
+                return sandbox.describe(st)
+            kept.append(fd)
+    for st in steps:
+        if st.kind != sandbox.KEEP and not one(st):
+            return sandbox.describe(st)
+    for st, fd in zip([x for x in steps if x.kind == sandbox.KEEP], kept, strict=True):
+        if fd >= 0:
+            if libc.syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, os.fsencode(st.path),
+                            _MOVE_MOUNT_F_EMPTY_PATH) != 0:
+                return sandbox.describe(st)
+            os.close(fd)
     return None
 
 
@@ -985,7 +1049,9 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
     # loaded here, before the fork: the child only calls it
     ctypes: Any = None
     libc: Any = None
-    if mask or cfg.no_new_privileges or cfg.private_tmp:
+    mounts = sandbox.plan(cfg) if sandbox.needs_namespace(cfg) else ()
+    keep = bounding_mask(cfg)
+    if mask or cfg.no_new_privileges or mounts or keep >= 0:
         ctypes, libc = _libc()
 
     def fail(what: str, e: OSError) -> None:
@@ -995,9 +1061,19 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
             pass
 
     def setup() -> None:
-        if cfg.private_tmp and (problem := _private_tmp(libc)) is not None:
-            fail("private_tmp = true", problem)
-            raise problem
+        if mounts:
+            # subprocess was not given cwd: it is changed into here, after the mounts,
+            # so that it is looked up in the file system the service sees
+            if (what := _mount_steps(ctypes, libc, mounts)) is not None:
+                code = libc_errno()
+                fail(what, OSError(code, os.strerror(code)))
+                raise OSError(code, os.strerror(code))
+            if cfg.cwd is not None:
+                try:
+                    os.chdir(cfg.cwd)
+                except OSError as e:
+                    fail(f'cwd = "{cfg.cwd}": chdir', e)
+                    raise
         if cfg.nice is not None:
             try:
                 os.setpriority(os.PRIO_PROCESS, 0, cfg.nice)
@@ -1013,6 +1089,12 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
                 raise
             except OSError as e:
                 fail(f"{what}: setrlimit", e)
+                raise
+        if keep >= 0:
+            try:
+                _drop_bounding(libc, keep)
+            except OSError as e:
+                fail("capability_bounding_set: prctl PR_CAPBSET_DROP", e)
                 raise
         if oom is not None:
             try:
@@ -1074,7 +1156,8 @@ def _plain(cfg: ServiceConfig) -> bool:
     rlimits, a readiness fd at a fixed number) takes the fast path."""
     return (cfg.cwd is None and cfg.user is None and cfg.group is None and cfg.umask is None
             and not cfg.rlimits and not prestart.ready_pipe(cfg) and not cfg.capabilities
-            and not cfg.no_new_privileges and not cfg.private_tmp and cfg.nice is None)
+            and not cfg.no_new_privileges and not sandbox.needs_namespace(cfg)
+            and cfg.nice is None and cfg.capability_bounding_set is None)
 
 
 _EXE_CACHE: dict[tuple[str, str], str] = {}
@@ -1109,7 +1192,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 7
+CLONE3_ABI = 8
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1187,7 +1270,9 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None) -> tuple
             -1 if creds.uid is None else creds.uid,
             [(_RLIMIT[n], s, h) for n, s, h in cfg.rlimits],
             None if ready_w is None else (ready_w, cfg.ready_fd),
-            capability_mask(cfg), cfg.no_new_privileges, cfg.private_tmp, cfg.nice)
+            capability_mask(cfg), cfg.no_new_privileges,
+            [(st.kind, os.fsencode(st.path), st.optional) for st in sandbox.plan(cfg)]
+            if sandbox.needs_namespace(cfg) else [], cfg.nice, bounding_mask(cfg))
 
 
 def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
@@ -1208,8 +1293,14 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
         return SpawnError(f"{_caps_setting(cfg)}: {step}: {errno_text(e)}")
     if step == "no_new_privs":
         return SpawnError(f"no_new_privileges = true: prctl: {errno_text(e)}")
-    if step == "private_tmp":
-        return SpawnError(f"private_tmp = true: {errno_text(e)}")
+    if step == "mount namespace":
+        return SpawnError(f"{sandbox.plan(cfg)[0].setting}: mount namespace: "
+                          f"{errno_text(e)}")
+    if step.startswith("mount "):
+        what = sandbox.describe(sandbox.plan(cfg)[int(step.split()[1])])
+        return SpawnError(f"{what}: {errno_text(e)}")
+    if step == "capability bounding set":
+        return SpawnError(f"capability_bounding_set: prctl PR_CAPBSET_DROP: {errno_text(e)}")
     if step == "setpriority":
         return SpawnError(f"nice = {cfg.nice}: setpriority: {errno_text(e)}")
     return SpawnError(f"{step}: {errno_text(e)}", transient=e.errno in TRANSIENT_ERRNOS)
@@ -1385,7 +1476,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         if cfg.directories:
             make_directories(cfg, creds)
         if cfg.rlimits or ready_w is not None or oom_for(cfg) is not None or \
-                cfg.capabilities or cfg.no_new_privileges or cfg.private_tmp or \
+                cfg.capabilities or cfg.no_new_privileges or sandbox.needs_namespace(cfg) or \
+                cfg.capability_bounding_set is not None or \
                 cfg.nice is not None:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
@@ -1431,7 +1523,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                     p = subprocess.Popen(
                         prestart.exec_argv(cfg), stdin=subprocess.DEVNULL, stdout=logfd,
                         stderr=logfd,
-                        env=env, cwd=cfg.cwd, user=creds.uid if own else None,
+                        env=env, cwd=None if sandbox.needs_namespace(cfg) else cfg.cwd,
+                        user=creds.uid if own else None,
                         group=creds.gid if own else None,
                         extra_groups=list(creds.groups) if own and creds.groups is not None
                         else None,

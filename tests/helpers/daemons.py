@@ -182,6 +182,8 @@ http {{
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
     server {{
         listen 127.0.0.1:{port};
         location / {{ return 200 "hachain\\n"; }}
@@ -191,12 +193,17 @@ http {{
     return conf
 
 
-def nginx_foreground(tmp: str) -> Daemon:
-    """nginx in the foreground (daemon off), ready when its port accepts."""
+def nginx_foreground(tmp: str, sandboxed: bool = False) -> Daemon:
+    """nginx in the foreground (daemon off), ready when its port accepts. `sandboxed`:
+    the whole file system read-only but tmp, the homes hidden (protect_system =
+    "strict", protect_home, read_write_paths), as hardened units run it."""
     port = free_port()
     conf = nginx_conf(tmp, port, os.path.join(tmp, "nginx", "fg.pid"))
+    extra = f'protect_system = "strict"\nprotect_home = true\nread_write_paths = ["{tmp}"]' \
+        if sandboxed else ""
     body = f"""
 [service.nginx]
+{extra}
 command = ["{NGINX}", "-c", "{conf}", "-e", "stderr", "-g", "daemon off;"]
 ready = "tcp"
 ready_port = {port}
@@ -223,6 +230,9 @@ def nginx_forking(tmp: str) -> tuple[Daemon, list[str]]:
     # the unit's ExecStartPre=, its config test (`nginx -t`), on the same file
     svc["pre_start"] = [argv + ["-c", conf, "-e", "stderr"] for argv in svc["pre_start"]]
     svc["pid_file"] = pid_file
+    # the unit's ExecStop= (a graceful QUIT by start-stop-daemon), on the same pid file
+    svc["stop_command"] = [pid_file if a == "/run/nginx.pid" else a
+                           for a in svc["stop_command"]]
     svc["restart"] = "always"
     svc["backoff"] = {"initial": 0.1, "factor": 1}
     svc["intensity"] = {"max_restarts": 20, "window": 60}

@@ -1,0 +1,98 @@
+"""The file system a service sees: its mount namespace, as a list of mount steps.
+
+Owns: turning a service's `private_tmp`, `protect_system`, `protect_home`,
+`read_only_paths`, `read_write_paths` and `inaccessible_paths` (systemd's
+`PrivateTmp=`, `ProtectSystem=`, `ProtectHome=`, `ReadOnlyPaths=`, `ReadWritePaths=`,
+`InaccessiblePaths=`) into the steps the new process takes in a mount namespace of its
+own, before its exec: which path, what is done to it, whether it may be missing, and
+which setting asked for it (for the error of a failed start). Pure: no I/O. The steps
+are carried out by the compiled spawn (`_clone3.c`) or by the fallback's child
+(`spawn._mount_steps`), each the same way.
+
+The rule where settings overlap is systemd's: the more specific path wins. Steps are
+ordered by the depth of their path, so a path under a read-only one that is listed in
+`read_write_paths` is writable, and one under a writable one listed in
+`read_only_paths` is not. Under `protect_system = "strict"` the API file systems (/dev,
+/proc, /sys) stay as they were, with what is mounted below them (a copy of each is taken
+before the other steps and put back after them: none of them becomes more writable than
+it was), and the service's own `directories` (its `RuntimeDirectory=` and kin) are
+writable, as in systemd. A fresh /tmp of `private_tmp` is made after
+the rest, so it is writable whatever else is asked.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from hachain.configtypes import ServiceConfig
+
+# what a step does to its path (the numbers are _clone3.c's)
+TMPFS = 1  # a fresh, empty, writable tmpfs (mode 1777): private_tmp
+READ_ONLY = 2  # bind the path onto itself, read-only, with everything mounted below it
+READ_WRITE = 3  # bind the path onto itself, writable again, below it too
+HIDE = 4  # an empty, read-only tmpfs of mode 000: nothing of it can be seen
+EMPTY = 5  # an empty, read-only tmpfs of mode 0755: protect_home = "tmpfs"
+KEEP = 6  # as it was before the other steps, with what is mounted below (cloned, put back)
+
+KINDS = {TMPFS: "a fresh tmpfs", READ_ONLY: "read-only", READ_WRITE: "writable",
+         HIDE: "inaccessible", EMPTY: "an empty read-only tmpfs", KEEP: "kept as it was"}
+
+SYSTEM = {"yes": ("/usr", "/boot", "/efi"), "full": ("/usr", "/boot", "/efi", "/etc"),
+          "strict": ("/",)}
+API = ("/dev", "/proc", "/sys")  # as they were under "strict"
+HOMES = ("/home", "/root", "/run/user")
+OPTIONAL = "-"  # a path with this prefix may be missing
+
+
+class Step(NamedTuple):
+    kind: int
+    path: str
+    optional: bool  # a missing path is skipped, not a failed start
+    setting: str  # what asked for it: 'protect_system = "strict"', 'read_only_paths'
+
+
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.rstrip("/").count("/")
+
+
+def _listed(paths: tuple[str, ...], kind: int, setting: str) -> list[Step]:
+    return [Step(kind, p.removeprefix(OPTIONAL).rstrip("/") or "/", p.startswith(OPTIONAL),
+                 setting) for p in paths]
+
+
+def needs_namespace(c: ServiceConfig) -> bool:
+    """Does a start of `c` take a mount namespace of its own? (Cheap: asked per spawn.)"""
+    return bool(c.private_tmp or c.protect_system or c.protect_home or c.read_only_paths
+                or c.read_write_paths or c.inaccessible_paths)
+
+
+def plan(c: ServiceConfig) -> tuple[Step, ...]:
+    """The steps, in the order they are taken."""
+    steps: list[Step] = []
+    if c.protect_system:
+        what = f'protect_system = "{c.protect_system}"'
+        steps += [Step(READ_ONLY, p, p != "/usr" and p != "/", what)
+                  for p in SYSTEM[c.protect_system]]
+        if c.protect_system == "strict":
+            steps += [Step(KEEP, p, True, what) for p in API]
+            steps += [Step(READ_WRITE, d.rstrip("/") or "/", True, "directories")
+                      for d in c.directories]
+    if c.protect_home:
+        what = f'protect_home = "{c.protect_home}"'
+        kind = {"yes": HIDE, "read-only": READ_ONLY, "tmpfs": EMPTY}[c.protect_home]
+        steps += [Step(kind, p, True, what) for p in HOMES]
+    steps += _listed(c.read_only_paths, READ_ONLY, "read_only_paths")
+    steps += _listed(c.read_write_paths, READ_WRITE, "read_write_paths")
+    steps += _listed(c.inaccessible_paths, HIDE, "inaccessible_paths")
+    # deeper paths last (the more specific wins); for one path, in the order of the
+    # lines above (stable sort): inaccessible over writable over read-only
+    steps.sort(key=lambda s: _depth(s.path))
+    if c.private_tmp:
+        steps += [Step(TMPFS, "/tmp", False, "private_tmp = true"),
+                  Step(TMPFS, "/var/tmp", True, "private_tmp = true")]
+    return tuple(steps)
+
+
+def describe(step: Step) -> str:
+    """How a failed start names the step: `read_only_paths: /srv/data (read-only)`."""
+    return f"{step.setting}: {step.path} ({KINDS[step.kind]})"
