@@ -510,7 +510,11 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "output on the service's log. Once it has exited, what is left of the service "
           "gets `stop_signal`; `stop_timeout` bounds the two together, then SIGKILL. With "
           "`shell = true`, a string is a `/bin/sh` line. Not run when the service is "
-          "killed at once (`stop_timeout = 0`), nor for a oneshot that is done.",
+          "killed at once (`stop_timeout = 0`). For a oneshot it is its teardown "
+          "(systemd's `ExecStop=` of a unit that remained after its exit): once it is "
+          "`done`, `hachain stop NAME` and the chain's shutdown (in reverse dependency "
+          "order) run it, and the oneshot is `stopping` until it exits, within "
+          "`stop_timeout`; a oneshot still running is stopped by its signal.",
           shown="`[]`", group="stop"),
     S.Key("stop_signal", _SIGNAL, "The signal that asks the service to stop: a "
           "name (`\"SIGINT\"`, `\"INT\"`) or a number.", shown="`\"SIGTERM\"`",

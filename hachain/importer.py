@@ -335,17 +335,12 @@ def _pre_start(entries: list[Entry], n: _Notes) -> list[list[str]]:
     return out
 
 
-def _stop_command(entries: list[Entry], kind: str, n: _Notes) -> list[str] | None:
+def _stop_command(entries: list[Entry], n: _Notes) -> list[str] | None:
     """ExecStop= → stop_command: the first line (a '-' prefix dropped quietly: the stop
     signal follows whatever it exits with), with $VARIABLE references through /bin/sh
-    as for ExecStartPre=. A oneshot's is dropped: systemd runs it when a unit that
-    remains after its exit is stopped, which has no process in hachain."""
+    as for ExecStartPre=. A oneshot's is its teardown, as systemd runs the ExecStop= of
+    a unit that remained after its exit: at a stop of the done oneshot."""
     if not entries:
-        return None
-    if kind == "oneshot":
-        n.warn(entries[0].line, "ExecStop", "a oneshot's ExecStop (run when systemd stops "
-               "a unit that remained after its exit) has no equivalent: hachain's "
-               "stop_command asks a running process to stop; dropped")
         return None
     for extra in entries[1:]:
         n.warn(extra.line, "ExecStop", "only one stop_command per service in hachain; this "
@@ -552,7 +547,7 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     pre_start = _pre_start(u.exec_start_pre, n)
     if pre_start:
         svc["pre_start"] = pre_start
-    stop = _stop_command(u.exec_stop, kind, n)
+    stop = _stop_command(u.exec_stop, n)
     if stop:
         svc["stop_command"] = stop
 

@@ -134,9 +134,67 @@ ExecStop=/bin/true
     text, conv = importer.import_files([str(pg)])
     assert config.parse(text, "imported.toml").services["pg"].stop_command == \
         ("/bin/sh", "-c", "set -f; exec /usr/bin/pg_ctl stop -D $PGDATA")
+    # a oneshot's (RemainAfterExit=) is its teardown
     once = tmp_path / "seed.service"
     once.write_text("[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/load\n"
                     "ExecStop=/bin/save\n")
     text, conv = importer.import_files([str(once)])
-    assert config.parse(text, "imported.toml").services["seed"].stop_command == ()
-    assert any("ExecStop: a oneshot's ExecStop" in w for w in conv.warnings), conv.warnings
+    assert config.parse(text, "imported.toml").services["seed"].stop_command == ("/bin/save",)
+    assert not conv.warnings
+
+
+# --- a oneshot's teardown ----------------------------------------------------------------
+
+def oneshot(tmp_path: Any, teardown: str, extra: str = "") -> str:
+    """`setup` writes `up` when done; its teardown is `teardown`; `app` requires it."""
+    return f'''
+[service.setup]
+kind = "oneshot"
+command = ["/bin/sh", "-c", "echo up > {tmp_path}/state"]
+stop_command = ["/bin/sh", "-c", "{teardown}"]
+{extra}
+[service.app]
+command = ["/bin/sleep", "1000"]
+requires = ["setup"]
+'''
+
+
+@pytest.mark.slow
+def test_a_done_oneshots_teardown_runs_at_its_stop(restarter: Any, tmp_path: Any) -> None:
+    r = restarter(oneshot(tmp_path, f"echo tearing down; echo down > {tmp_path}/state"))
+    r.wait_state("app", "ready")
+    assert r.svc("setup")["state"] == "done"
+    assert (tmp_path / "state").read_text() == "up\n"
+    assert r.req("stop", "setup")["ok"]
+    st = r.wait_state("setup", "stopped", timeout=RUN_BOUND)
+    assert st["reason"] == "stopped by administrator" and st["pid"] is None
+    assert (tmp_path / "state").read_text() == "down\n"
+    wait_until(lambda: "tearing down" in log_of(r, "setup"), RUN_BOUND, "its log line")
+    # started again: its start runs again
+    assert r.req("start", "setup")["ok"]
+    r.wait_state("setup", "done", timeout=RUN_BOUND)
+    assert (tmp_path / "state").read_text() == "up\n"
+
+
+@pytest.mark.slow
+def test_the_chains_shutdown_tears_it_down_after_what_requires_it(
+        restarter: Any, tmp_path: Any) -> None:
+    """Reverse dependency order: app is gone before setup's teardown runs (it says
+    whether app's process was still there)."""
+    r = restarter(oneshot(tmp_path, f"kill -0 $(cat {tmp_path}/app.pid) && echo app-up > "
+                                    f"{tmp_path}/state || echo down > {tmp_path}/state"))
+    app = r.wait_state("app", "ready")
+    r.pids_seen.add(app["pid"])
+    (tmp_path / "app.pid").write_text(str(app["pid"]))
+    r.stop()  # SIGTERM: the orderly shutdown
+    assert r.proc is not None and r.proc.returncode is not None
+    assert (tmp_path / "state").read_text() == "down\n"
+
+
+@pytest.mark.slow
+def test_a_hung_teardown_is_bounded_by_stop_timeout(restarter: Any, tmp_path: Any) -> None:
+    r = restarter(oneshot(tmp_path, "exec sleep 1000", "stop_timeout = 0.5"))
+    r.wait_state("setup", "done")
+    assert r.req("stop", "setup")["ok"]
+    st = r.wait_state("setup", "stopped", timeout=0.5 + RUN_BOUND)
+    assert st["last_exit"]["text"] == "killed by SIGKILL", st

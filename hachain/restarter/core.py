@@ -88,9 +88,9 @@ class Forget:
     name: str
 
 
-Effect = (states.Spawn | states.Kill | states.ArmTimer | states.CancelTimer | states.Persist
-          | Transition | Log | KillLeftovers | RunProbe | DropProbe | FindMain | MainFound
-          | ReleaseRescue | Forget)
+Effect = (states.Spawn | states.Teardown | states.Kill | states.ArmTimer | states.CancelTimer
+          | states.Persist | Transition | Log | KillLeftovers | RunProbe | DropProbe | FindMain
+          | MainFound | ReleaseRescue | Forget)
 
 
 class Record(Protocol):
@@ -574,8 +574,9 @@ class Core:
         if self.stop_levels:
             for name in self.stop_levels[0]:
                 s = self.svcs[name]
-                if states.is_up(s) or s.state in (State.BACKOFF, State.WAITING):
-                    self.push(name, Ev.STOP, now)
+                if states.is_up(s) or s.state in (State.BACKOFF, State.WAITING) or \
+                        s.state is State.DONE and self.plan.conf[name].stop_command:
+                    self.push(name, Ev.STOP, now)  # (a done oneshot: its teardown)
 
     def level_stopped(self) -> bool:
         """Is every service of the first level down (then the next level is first)?"""

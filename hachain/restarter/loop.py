@@ -601,9 +601,12 @@ class Restarter:
                     if self.cgroups.active else "whole process group") + ")")
                 self._end_stop_command(e.name)
             elif self.conf[e.name].stop_command and s.pid is not None and \
+                    self.conf[e.name].kind != "oneshot" and \
                     self._stop_command(e.name, s.pid, e.group):
                 return  # its stop_signal follows the command's exit (_stop_command_done)
             spawn.kill_service(s.pid, e.name, e.signal, e.group, self.cgroups)
+        elif isinstance(e, states.Teardown):
+            self._teardown(e.name, now)
         elif isinstance(e, core.Log):
             log(e.text)
         elif isinstance(e, core.KillLeftovers):
@@ -796,6 +799,38 @@ class Restarter:
         self.stop_cmds[sp.pid] = (name, pid, group)
         log(f"{name}: stop_command started (pid {sp.pid})")
         return True
+
+    def _teardown(self, name: str, now: float) -> None:
+        """A done oneshot's stop: its stop_command, spawned as its start was (its cgroup,
+        its log), watched as its process; the table's stop ends with its exit. One that
+        cannot start ends the stop at once, saying why."""
+        c = self.conf[name]
+        cmd = replace(c, command=c.stop_command, pre_start=(), directories=(),
+                      condition=None, assertion=None)
+        try:
+            out_r, out_w = self.logs.pipe()
+        except OSError as e:
+            self._teardown_failed(name, f"output pipe: {spawn.errno_text(e)}", now)
+            return
+        try:
+            sp = spawn.spawn(cmd, self.log_dir, self.cgroups, None, out=out_w,
+                             yield_cpu=False)
+        except (spawn.SpawnError, OSError) as e:
+            os.close(out_r)
+            self._teardown_failed(name, str(e) if isinstance(e, spawn.SpawnError)
+                                  else spawn.errno_text(e), now)
+            return
+        finally:
+            os.close(out_w)
+        self.logs.send(out_r, c)
+        self._watch(name, sp.pid, CHILD)
+        self._start_times[name] = sp.start_time
+        log(f"{name}: stop_command started (pid {sp.pid})")
+        self.core.push_front(name, Ev.TEARDOWN, now, pid=sp.pid)
+
+    def _teardown_failed(self, name: str, why: str, now: float) -> None:
+        log(f"{name}: stop_command cannot run: {why}")
+        self.core.push_front(name, Ev.EXITED, now, status=ExitStatus("spawn"))
 
     def _stop_command_done(self, pid: int, st: ExitStatus) -> None:
         """A stop_command exited: what is left of its service gets the stop signal (the

@@ -92,6 +92,7 @@ class Ev(str, enum.Enum):
     WATCHDOG_PING = "watchdog_ping"  # WATCHDOG=1
     EXTEND_TIMEOUT = "extend_timeout"  # EXTEND_TIMEOUT_USEC= (delay: the seconds asked for)
     CONDITION_FAILED = "condition_failed"  # its `condition` did not hold (reason): not spawned
+    TEARDOWN = "teardown"  # a done oneshot's stop_command runs (pid): it is what stops it
 
 
 class Timer(str, enum.Enum):
@@ -128,13 +129,21 @@ READY_CHECK_AGAIN = 0.2  # s between readiness checks that failed
 LOCAL_EVENTS = frozenset({
     Ev.ADOPTED, Ev.MAIN_PID, Ev.WATCHDOG_PING, Ev.EXTEND_TIMEOUT, Ev.READY_CHECK,
     Ev.HEALTH_CHECK, Ev.READY_CHECK_TIMEOUT, Ev.HEALTH_CHECK_TIMEOUT, Ev.READY_CHECK_FAILED,
-    Ev.FIND_MAIN, Ev.HEALTH_OK})
+    Ev.FIND_MAIN, Ev.HEALTH_OK, Ev.TEARDOWN})
 
 
 # --- actions: what the loop must do (frozen, no behaviour) ------------------------------
 
 @dataclass(frozen=True)
 class Spawn:
+    name: str
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """Stop a done oneshot by running its stop_command (systemd's ExecStop= of a unit
+    that remained after its exit); the driver pushes TEARDOWN with its pid, or EXITED
+    when it cannot run."""
     name: str
 
 
@@ -236,7 +245,7 @@ class Later:
     status: ExitStatus | None = None
 
 
-Action = (Spawn | Kill | ArmTimer | CancelTimer | Persist | RestartGroup | Reboot
+Action = (Spawn | Teardown | Kill | ArmTimer | CancelTimer | Persist | RestartGroup | Reboot
           | StopDependents | KillLeftovers | RunProbe | DropProbe | FindMain | Refuse | Later)
 
 UP_STATES = frozenset({State.STARTING, State.READY})
@@ -821,6 +830,25 @@ def held_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
                    delay=None, reason="stopped by administrator"), [Persist(s.name)]
 
 
+def done_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """A done oneshot with a stop_command: its teardown (what its start set up, undone at
+    `hachain stop` and at the chain's shutdown) runs as the stop, within stop_timeout;
+    its exit ends the stop (stopping_exited). Without one there is nothing to stop."""
+    if c.kind != "oneshot" or not c.stop_command:
+        return any_stop_idle(s, ev, c)
+    return (replace(s, want="down", state=State.STOPPING, pid=None, stop_since=ev.now,
+                    reason="stopping: running its stop_command"),
+            [Teardown(s.name), ArmTimer(s.name, Timer.STOP_TIMEOUT, c.stop_timeout),
+             Persist(s.name)])
+
+
+def stopping_teardown(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """The teardown runs: its process is the one the stop waits for."""
+    if s.pid is not None or s.want != "down":
+        return s, []
+    return replace(s, pid=ev.pid), [Persist(s.name)]
+
+
 def done_restart(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     return down_start(s, ev, c)
 
@@ -876,6 +904,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPED, E.WATCHDOG_PING): _ignore,
     (S.STOPPED, E.EXTEND_TIMEOUT): _ignore,
     (S.STOPPED, E.CONDITION_FAILED): _stale,
+    (S.STOPPED, E.TEARDOWN): _stale,
 
     (S.WAITING, E.START): _ignore,
     (S.WAITING, E.STOP): any_stop_idle,
@@ -907,6 +936,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.WAITING, E.WATCHDOG_PING): _ignore,
     (S.WAITING, E.EXTEND_TIMEOUT): _ignore,
     (S.WAITING, E.CONDITION_FAILED): _stale,
+    (S.WAITING, E.TEARDOWN): _stale,
 
     (S.STARTING, E.START): _ignore,
     (S.STARTING, E.STOP): up_stop,
@@ -938,6 +968,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STARTING, E.WATCHDOG_PING): _ignore,
     (S.STARTING, E.EXTEND_TIMEOUT): starting_extend_timeout,
     (S.STARTING, E.CONDITION_FAILED): starting_condition_failed,
+    (S.STARTING, E.TEARDOWN): _stale,
 
     (S.READY, E.START): _ignore,
     (S.READY, E.STOP): up_stop,
@@ -969,6 +1000,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.READY, E.WATCHDOG_PING): ready_watchdog_ping,
     (S.READY, E.EXTEND_TIMEOUT): _ignore,
     (S.READY, E.CONDITION_FAILED): _stale,
+    (S.READY, E.TEARDOWN): _stale,
 
     (S.STOPPING, E.START): stopping_start,
     (S.STOPPING, E.STOP): stopping_stop,
@@ -1000,6 +1032,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPING, E.WATCHDOG_PING): _ignore,
     (S.STOPPING, E.EXTEND_TIMEOUT): _ignore,
     (S.STOPPING, E.CONDITION_FAILED): _stale,
+    (S.STOPPING, E.TEARDOWN): stopping_teardown,
 
     (S.BACKOFF, E.START): _ignore,
     (S.BACKOFF, E.STOP): any_stop_idle,
@@ -1031,6 +1064,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.BACKOFF, E.WATCHDOG_PING): _ignore,
     (S.BACKOFF, E.EXTEND_TIMEOUT): _ignore,
     (S.BACKOFF, E.CONDITION_FAILED): _stale,
+    (S.BACKOFF, E.TEARDOWN): _stale,
 
     (S.MAINTENANCE, E.START): held_refuse,  # held down until cleared, as SMF does
     (S.MAINTENANCE, E.STOP): held_stop,
@@ -1062,6 +1096,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.MAINTENANCE, E.WATCHDOG_PING): _ignore,
     (S.MAINTENANCE, E.EXTEND_TIMEOUT): _ignore,
     (S.MAINTENANCE, E.CONDITION_FAILED): _stale,
+    (S.MAINTENANCE, E.TEARDOWN): _stale,
 
     (S.FAILED, E.START): held_clear,
     (S.FAILED, E.STOP): held_stop,
@@ -1093,9 +1128,10 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.FAILED, E.WATCHDOG_PING): _ignore,
     (S.FAILED, E.EXTEND_TIMEOUT): _ignore,
     (S.FAILED, E.CONDITION_FAILED): _stale,
+    (S.FAILED, E.TEARDOWN): _stale,
 
     (S.DONE, E.START): _ignore,
-    (S.DONE, E.STOP): any_stop_idle,
+    (S.DONE, E.STOP): done_stop,
     (S.DONE, E.RESTART): done_restart,
     (S.DONE, E.CLEAR): _ignore,
     (S.DONE, E.DEPS_READY): _ignore,
@@ -1124,6 +1160,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.DONE, E.WATCHDOG_PING): _ignore,
     (S.DONE, E.EXTEND_TIMEOUT): _ignore,
     (S.DONE, E.CONDITION_FAILED): _stale,
+    (S.DONE, E.TEARDOWN): _stale,
 
     (S.SKIPPED, E.START): skipped_start,
     (S.SKIPPED, E.STOP): any_stop_idle,
@@ -1155,6 +1192,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.SKIPPED, E.WATCHDOG_PING): _ignore,
     (S.SKIPPED, E.EXTEND_TIMEOUT): _ignore,
     (S.SKIPPED, E.CONDITION_FAILED): _stale,
+    (S.SKIPPED, E.TEARDOWN): _stale,
 
     (S.STANDBY, E.START): _ignore,
     (S.STANDBY, E.STOP): any_stop_idle,
@@ -1186,6 +1224,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STANDBY, E.WATCHDOG_PING): _ignore,
     (S.STANDBY, E.EXTEND_TIMEOUT): _ignore,
     (S.STANDBY, E.CONDITION_FAILED): _stale,
+    (S.STANDBY, E.TEARDOWN): _stale,
 }
 
 
@@ -1282,5 +1321,5 @@ def initial(name: str) -> Svc:
 
 __all__ = ["State", "Ev", "Timer", "TIMER_EVENT", "Event", "Found", "Svc", "TABLE", "step",
            "InvalidTransition", "Spawn", "Kill", "ArmTimer", "CancelTimer", "Persist",
-           "RestartGroup", "Reboot", "StopDependents", "KillLeftovers", "RunProbe",
+           "RestartGroup", "Reboot", "StopDependents", "KillLeftovers", "RunProbe", "Teardown",
            "DropProbe", "FindMain", "Refuse", "Later", "Action", "field"]
