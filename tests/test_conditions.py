@@ -292,7 +292,7 @@ def test_a_new_restarter_keeps_it_skipped_and_a_reload_that_changes_it_asks_agai
         f.write(text.replace(f'"!{flag}"', f'"!{other}"'))
     assert r.req("reload")["ok"]
     r.wait_state("ssh", "ready", timeout=RUN_BOUND)
-    assert marker.exists()
+    wait_until(marker.exists, RUN_BOUND, "ssh's start to run its command")
 
 
 @pytest.mark.slow
@@ -314,6 +314,7 @@ intensity = {{ max_restarts = 2, window = 60 }}
     conf.write_text("ok\n")
     assert r.req("clear", "db")["ok"]
     r.wait_state("db", "ready", timeout=RUN_BOUND)
-    assert marker.exists()
+    # ready = "none": ready at its spawn; its first line may still be on its way
+    wait_until(marker.exists, RUN_BOUND, "db's start to run its command")
     assert st_["pid"] is None
 
