@@ -22,7 +22,13 @@ RUN_BOUND = 30.0  # a restarter answering, a few /bin/sh processes; no chain tim
 
 # exits 0 on SIGUSR1 (its own way to stop), 7 on SIGTERM, saying which
 SERVICE = ("trap 'echo got-usr1; exit 0' USR1; trap 'echo got-term; exit 7' TERM; "
-           "while :; do sleep 0.05; done")
+           "echo armed; while :; do sleep 0.05; done")
+
+
+def armed(r: Any) -> None:
+    """Wait for the service's traps (ready = "none" is ready at its spawn, before its
+    shell has set them: a signal then would end it by its default action)."""
+    wait_until(lambda: "armed" in log_of(r, "db"), RUN_BOUND, "the service's traps")
 
 
 def log_of(r: Any, name: str) -> str:
@@ -47,6 +53,7 @@ def test_the_command_stops_the_service_in_place_of_the_signal(restarter: Any) ->
     r = restarter(conf("echo stopping $MAINPID as $(id -u); kill -USR1 $MAINPID",
                        'user = "nobody"'))
     pid = r.wait_state("db", "ready")["pid"]
+    armed(r)
     assert r.req("stop", "db")["ok"]
     st = r.wait_state("db", "stopped", timeout=RUN_BOUND)
     assert st["pid"] is None
@@ -63,6 +70,7 @@ def test_the_command_stops_the_service_in_place_of_the_signal(restarter: Any) ->
 def test_the_stop_signal_follows_a_command_that_did_not_stop_it(restarter: Any) -> None:
     r = restarter(conf("echo asked; exit 3"))
     r.wait_state("db", "ready")
+    armed(r)
     assert r.req("stop", "db")["ok"]
     r.wait_state("db", "stopped", timeout=RUN_BOUND)
     # the signal came (only once the command had exited: the restarter sends it then)

@@ -779,26 +779,31 @@ class Restarter:
         cmd = replace(c, command=c.stop_command, kind="longrun", ready="none", pre_start=(),
                       pid_file=None, directories=(), condition=None, assertion=None,
                       env=c.env + (("MAINPID", str(pid)),))
+        sp = self._spawn_command(name, cmd)
+        if isinstance(sp, str):
+            log(f"{name}: stop_command cannot run: {sp}; sending its stop signal")
+            return False
+        self.stop_cmds[sp.pid] = (name, pid, group)
+        log(f"{name}: stop_command started (pid {sp.pid})")
+        return True
+
+    def _spawn_command(self, name: str, cmd: ServiceConfig) -> spawn.Spawned | str:
+        """Spawn `cmd` (a command of `name`'s, as the service runs) with its output on the
+        service's log: what was started, or why not (one line)."""
         try:
             out_r, out_w = self.logs.pipe()
         except OSError as e:
-            log(f"{name}: stop_command not run (output pipe: {spawn.errno_text(e)}); "
-                "sending its stop signal")
-            return False
+            return f"output pipe: {spawn.errno_text(e)}"
         try:
             sp = spawn.spawn(cmd, self.log_dir, self.cgroups, None, out=out_w,
                              yield_cpu=False)
         except (spawn.SpawnError, OSError) as e:
             os.close(out_r)
-            why = str(e) if isinstance(e, spawn.SpawnError) else spawn.errno_text(e)
-            log(f"{name}: stop_command cannot run: {why}; sending its stop signal")
-            return False
+            return str(e) if isinstance(e, spawn.SpawnError) else spawn.errno_text(e)
         finally:
             os.close(out_w)
-        self.logs.send(out_r, c)
-        self.stop_cmds[sp.pid] = (name, pid, group)
-        log(f"{name}: stop_command started (pid {sp.pid})")
-        return True
+        self.logs.send(out_r, self.conf[name])
+        return sp
 
     def _teardown(self, name: str, now: float) -> None:
         """A done oneshot's stop: its stop_command, spawned as its start was (its cgroup,
@@ -807,22 +812,10 @@ class Restarter:
         c = self.conf[name]
         cmd = replace(c, command=c.stop_command, pre_start=(), directories=(),
                       condition=None, assertion=None)
-        try:
-            out_r, out_w = self.logs.pipe()
-        except OSError as e:
-            self._teardown_failed(name, f"output pipe: {spawn.errno_text(e)}", now)
+        sp = self._spawn_command(name, cmd)
+        if isinstance(sp, str):
+            self._teardown_failed(name, sp, now)
             return
-        try:
-            sp = spawn.spawn(cmd, self.log_dir, self.cgroups, None, out=out_w,
-                             yield_cpu=False)
-        except (spawn.SpawnError, OSError) as e:
-            os.close(out_r)
-            self._teardown_failed(name, str(e) if isinstance(e, spawn.SpawnError)
-                                  else spawn.errno_text(e), now)
-            return
-        finally:
-            os.close(out_w)
-        self.logs.send(out_r, c)
         self._watch(name, sp.pid, CHILD)
         self._start_times[name] = sp.start_time
         log(f"{name}: stop_command started (pid {sp.pid})")
