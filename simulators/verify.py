@@ -134,6 +134,9 @@ class Options:
     # the generic model's svc0 is a daemon: each process it is started as forks the real
     # server, names it with MAINPID= (before or after READY=1) and exits
     mainpid: bool = True
+    # services with a `condition` (model indexes): the host may stop it holding at any
+    # moment (once each, not a fault); the next start of the service then skips it
+    conditional: tuple[int, ...] = ()
 
 
 MAX_CONFIG_SERVICES = 4  # `-c`: the model's size limit (state space grows ~10x per service)
@@ -210,10 +213,12 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
         if c.stop_command:
             notes.append(f"{c.name}: stop_command modelled as its stop signal (the service "
                          "exits when it likes, within stop_timeout)")
-        if c.condition is not None or c.assertion is not None:
-            notes.append(f"{c.name}: condition and assert modelled as holding at every "
-                         "start (skipped, a state with no process that satisfies its "
-                         "dependents, is checked by tests/test_conditions.py)")
+        if c.condition is not None:
+            notes.append(f"{c.name}: its condition may stop holding at any moment (once "
+                         "per run); a start after that skips it")
+        if c.assertion is not None:
+            notes.append(f"{c.name}: assert modelled as holding (one that does not is a "
+                         "failed start, as a crash at its start)")
         confs.append(replace(
             c, name=new[c.name],
             requires=tuple(new[d] for d in c.requires if d in names),
@@ -239,7 +244,8 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
         restart_delay=_to_ticks(ch.restart_delay, tick),
         hb_timeout=_to_ticks(wd.heartbeat_timeout, tick, 1, down=True),
         restart_grace=_to_ticks(wd.restart_grace, tick, 1),
-        configs=tuple(confs), tick=tick, legend=tuple(c.name for c in order))
+        configs=tuple(confs), tick=tick, legend=tuple(c.name for c in order),
+        conditional=tuple(i for i, c in enumerate(order) if c.condition is not None))
     return opts, notes
 
 
@@ -294,6 +300,8 @@ class World:
     # the operator's one stop/start (`--admin`): "" none yet, "stop:I" svcI stopped by
     # hand, "start:I" started again (persistent: the operator's intent, what the goal asks)
     op: str = ""
+    # services whose `condition` no longer holds on the host (persistent: a file, a mount)
+    cond_off: tuple[int, ...] = ()
     # set once (mutants only): an invariant on a single step broke, (kind, message):
     # a restart without a fault of the service, a main pid named but not tracked, a
     # pinging service stopped by its watchdog
@@ -352,6 +360,7 @@ class _Restarter:
     def __init__(self, m: Model, w: World) -> None:
         self.m = m
         self.broken = w.broken
+        self.cond_off = w.cond_off
         self.watched = list(w.watched)
         self.timers = [dict(t) for t in w.timers]
         self.procs = [{p[0]: p[1:] for p in ps} for ps in w.procs]
@@ -411,6 +420,11 @@ class _Restarter:
         elif isinstance(a, states.Spawn):
             if self.ahead == a.name:
                 self.ahead = None  # the replacement on_exit started is this one
+            if i in self.cond_off:  # loop.py asks the condition before any spawn
+                self.notes.append(f"svc{i} skipped: its condition does not hold")
+                self.core.push_front(a.name, Ev.CONDITION_FAILED, EPOCH,
+                                     reason="condition failed")
+                return
             pid = self.new_pid()
             if self.broken and i == 0:  # it crashes at once: only its exit is left
                 self.notes.append(f"svc{i} pid {pid} crashes at once")
@@ -785,7 +799,10 @@ class Model:
             want = {c.name: converge.ServiceWant(held=State.WAITING.value)
                     for c in self.confs[1:]}
         else:
-            want = {c.name: converge.ServiceWant(c.kind) for c in self.confs}
+            # one with a condition may be skipped instead of ready
+            want = {c.name: converge.ServiceWant(c.kind,
+                                                 conditional=i in self.opts.conditional)
+                    for i, c in enumerate(self.confs)}
         if stopped is not None and not (broken and stopped == 0):
             want[self.names[stopped]] = converge.ServiceWant(enabled=False)
             for c in self.confs[stopped + 1:]:
@@ -823,6 +840,11 @@ class Model:
                             "no reload)", OPERATOR, replace(w, cfg_broken=True),
                             urgent=False))
         out.extend(self.admin_ops(w))
+        for i in self.opts.conditional:
+            if i not in w.cond_off:
+                out.append(Step(f"host: svc{i}'s condition no longer holds", OPERATOR,
+                                replace(w, cond_off=tuple(sorted(w.cond_off + (i,)))),
+                                urgent=False))
         events = list(self.events(w))
         out.extend(events)
         if not any(e.urgent for e in events):
@@ -853,7 +875,7 @@ class Model:
                 hung = replace(w, layers=_set(w.layers, li, HUNG), crash_only=False)
                 yield Step(f"fault: {layer} hung (SIGSTOP)", FAULT, hung)
         yield Step("fault: kernel panic", FAULT, self.panicked(w))
-        if not w.broken and self.confs[0].critical:
+        if not w.broken and self.confs[0].critical and 0 not in self.opts.conditional:
             procs = _set(w.procs, 0, ())
             yield Step("fault: svc0 is broken for good (a missing disk: its process and "
                        "every start crash)", FAULT,
@@ -1360,6 +1382,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin", action="store_true",
                    help="the operator may stop one service by hand and start it again "
                         "(once per run, not counted as a fault)")
+    p.add_argument("--condition", action="store_true",
+                   help="the generic model's svc0 has a condition, which the host may stop "
+                        "holding at any moment (once, not a fault)")
     p.add_argument("--no-health", dest="health", action="store_false",
                    help="leave out the generic model's health-checked service and its hang")
     p.add_argument("--no-watchdog", dest="watchdog", action="store_false",
@@ -1399,7 +1424,8 @@ def func(args: argparse.Namespace) -> int:
                    mutant=args.mutant, health=getattr(args, "health", True),
                    admin=getattr(args, "admin", False),
                    watchdog=getattr(args, "watchdog", True),
-                   mainpid=getattr(args, "mainpid", True))
+                   mainpid=getattr(args, "mainpid", True),
+                   conditional=(0,) if getattr(args, "condition", False) else ())
     if not problems and getattr(args, "config", None):
         from hachain import config as config_mod
         try:
