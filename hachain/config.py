@@ -512,9 +512,10 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "`shell = true`, a string is a `/bin/sh` line. Not run when the service is "
           "killed at once (`stop_timeout = 0`). For a oneshot it is its teardown "
           "(systemd's `ExecStop=` of a unit that remained after its exit): once it is "
-          "`done`, `hachain stop NAME` and the chain's shutdown (in reverse dependency "
-          "order) run it, and the oneshot is `stopping` until it exits, within "
-          "`stop_timeout`; a oneshot still running is stopped by its signal.",
+          "`done`, `hachain stop NAME` and the chain's shutdown run it after what "
+          "requires the oneshot has stopped, and `hachain restart NAME` runs it before "
+          "the start again; the oneshot is `stopping` until it exits, within "
+          "`stop_timeout`. A oneshot still running is stopped by its signal.",
           shown="`[]`", group="stop"),
     S.Key("stop_signal", _SIGNAL, "The signal that asks the service to stop: a "
           "name (`\"SIGINT\"`, `\"INT\"`) or a number.", shown="`\"SIGTERM\"`",

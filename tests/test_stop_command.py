@@ -185,6 +185,22 @@ def test_a_done_oneshots_teardown_runs_at_its_stop(restarter: Any, tmp_path: Any
     assert r.req("start", "setup")["ok"]
     r.wait_state("setup", "done", timeout=RUN_BOUND)
     assert (tmp_path / "state").read_text() == "up\n"
+    # a restart of the done oneshot: its teardown first, then its start (as systemd's
+    # ExecStop= then ExecStart=); the log says both ran, in that order
+    assert r.req("restart", "setup")["ok"]
+    wait_until(lambda: log_of(r, "setup").count("tearing down") == 2, RUN_BOUND,
+               "the second teardown")
+    st = r.wait_state("setup", "done", timeout=RUN_BOUND)
+    assert (tmp_path / "state").read_text() == "up\n" and st["want"] == "up"
+    # in systemd's order: what requires it stops, the teardown, the start, then app
+    order = ["app: ready -> stopping", "setup: stop_command started",
+             "setup: stopping -> starting", "setup: starting -> done", "app: starting -> ready"]
+    wait_until(lambda: order[-1] in open(r.log).read(), RUN_BOUND, "app to be ready again")
+    log = open(r.log).read()
+    log = log[log.index("setup: done -> stopping (restarting: running its stop_command "
+                        "first; first stopping app)"):]
+    at = [log.find(line) for line in order]
+    assert -1 not in at and at == sorted(at), log
 
 
 @pytest.mark.slow

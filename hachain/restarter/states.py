@@ -802,6 +802,8 @@ def stopping_deps_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     """A held stop: once nothing that requires it runs any more, signal it."""
     if not s.after_dependents or ev.dependents_up:
         return s, []
+    if _tears_down(s, c):  # a done oneshot's held stop: its teardown now
+        return _teardown(s, ev, c, s.reason.partition(HELD)[0])
     return _begin_stop(s, ev, c, after_dependents=False, reason=s.reason.partition(HELD)[0])
 
 
@@ -830,26 +832,49 @@ def held_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
                    delay=None, reason="stopped by administrator"), [Persist(s.name)]
 
 
-def done_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    """A done oneshot with a stop_command: its teardown (what its start set up, undone at
-    `hachain stop` and at the chain's shutdown) runs as the stop, within stop_timeout;
-    its exit ends the stop (stopping_exited). Without one there is nothing to stop."""
-    if c.kind != "oneshot" or not c.stop_command:
-        return any_stop_idle(s, ev, c)
-    return (replace(s, want="down", state=State.STOPPING, pid=None, stop_since=ev.now,
-                    reason="stopping: running its stop_command"),
+def _tears_down(s: Svc, c: ServiceConfig) -> bool:
+    """Is a stop of `s` its teardown (a done oneshot with a stop_command: no process)?"""
+    return c.kind == "oneshot" and bool(c.stop_command) and s.pid is None
+
+
+def _teardown(s: Svc, ev: Event, c: ServiceConfig, reason: str, **kw: Any) -> Result:
+    """Run the teardown now, or once what requires it and runs is down (held, as an
+    orderly stop is): the oneshot is `stopping` until its stop_command exits."""
+    if ev.dependents_up:
+        return (replace(s, state=State.STOPPING, pid=None, after_dependents=True,
+                        stop_since=None, reason=reason + HELD + ev.dependents_up, **kw),
+                [StopDependents(s.name, f"required service {s.name} is stopping"),
+                 Persist(s.name)])
+    return (replace(s, state=State.STOPPING, pid=None, after_dependents=False,
+                    stop_since=ev.now, reason=reason, **kw),
             [Teardown(s.name), ArmTimer(s.name, Timer.STOP_TIMEOUT, c.stop_timeout),
              Persist(s.name)])
 
 
+def done_stop(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """A done oneshot with a stop_command: its teardown (what its start set up, undone at
+    `hachain stop` and at the chain's shutdown) runs as the stop, after what requires it
+    and runs has stopped, within stop_timeout; its exit ends the stop (stopping_exited).
+    Without one there is nothing to stop."""
+    if not _tears_down(s, c):
+        return any_stop_idle(s, ev, c)
+    return _teardown(s, ev, c, "stopping: running its stop_command", want="down")
+
+
 def stopping_teardown(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     """The teardown runs: its process is the one the stop waits for."""
-    if s.pid is not None or s.want != "down":
+    if s.pid is not None:
         return s, []
     return replace(s, pid=ev.pid), [Persist(s.name)]
 
 
 def done_restart(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """A done oneshot started again; with a stop_command, its teardown runs first, as
+    systemd runs ExecStop= before ExecStart= at a restart (stopping_exited then starts
+    it: restart_after_stop)."""
+    if _tears_down(s, c):
+        return _teardown(s, ev, c, "restarting: running its stop_command first",
+                         want="up", restart_after_stop=True)
     return down_start(s, ev, c)
 
 
