@@ -16,6 +16,10 @@ import pytest
 
 from hachain import config, importer
 from hachain.channels import pid_alive
+from hachain.configtypes import ServiceConfig
+from hachain.restarter import states
+from hachain.restarter.policy import ExitStatus
+from hachain.restarter.states import Ev, Event, State, Svc
 from tests.conftest import wait_until
 
 RUN_BOUND = 30.0  # a restarter answering, a few /bin/sh processes; no chain timer involved
@@ -225,3 +229,22 @@ def test_a_hung_teardown_is_bounded_by_stop_timeout(restarter: Any, tmp_path: An
     assert r.req("stop", "setup")["ok"]
     st = r.wait_state("setup", "stopped", timeout=0.5 + RUN_BOUND)
     assert st["last_exit"]["text"] == "killed by SIGKILL", st
+
+
+@pytest.mark.parametrize("want", ["up", "down"])
+def test_a_new_restarter_carries_a_running_teardown_on(want: str) -> None:
+    """The restarter died while a done oneshot's teardown ran (a stop, or the first half
+    of a restart): the next one adopts the teardown as the stop it is, bounded by what
+    was left of stop_timeout, and after a restart's teardown the start follows. (Taken
+    for the oneshot's own start, its exit would have made the oneshot done.)"""
+    c = ServiceConfig("setup", ("/bin/true",), kind="oneshot", restart="never",
+                      stop_command=("/bin/save",), stop_timeout=10.0)
+    found = states.Found(want=want, record="stopping", pid=42, alive=True, stop_since=100.0)
+    s, acts = states.step(Svc("setup", want=want), Event(Ev.ADOPTED, 104.0, found=found), c)
+    assert (s.state, s.pid) == (State.STOPPING, 42)
+    assert acts == [states.ArmTimer("setup", states.Timer.STOP_TIMEOUT, 6.0)]
+    nxt, acts = states.step(s, Event(Ev.EXITED, 105.0, status=ExitStatus("exited", code=0)), c)
+    if want == "up":
+        assert nxt.state is State.STARTING and states.Spawn("setup") in acts
+    else:
+        assert nxt.state is State.STOPPED and nxt.reason == "stopped by administrator"

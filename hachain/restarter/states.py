@@ -713,6 +713,17 @@ def stopped_adopted(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 def _adopt_running(s: Svc, f: Found, ev: Event, c: ServiceConfig) -> Result:
     started = f.started or ev.now
+    if f.record == "stopping" and _tears_down(replace(s, pid=None), c) and \
+            f.stop_since is not None and not f.held:
+        # A done oneshot's teardown, still running: the stop (want down) or the restart
+        # (want up: the start follows it) goes on, bounded by what was left of it. Taken
+        # for the oneshot's own start, its exit would have made it done without one.
+        left = max(0.0, f.stop_since + c.stop_timeout - ev.now)
+        return (replace(s, state=State.STOPPING, pid=f.pid, restarts=f.restarts,
+                        stop_since=f.stop_since, restart_after_stop=s.want == "up",
+                        reason="running its stop_command (carried on after the restarter "
+                               "restarted)"),
+                [ArmTimer(s.name, Timer.STOP_TIMEOUT, left)])
     if f.record == "stopping" and s.want == "down" and f.stop_since is not None \
             and not f.held:
         # Stopped by hand and signalled, still running (it ignores or is slow to act on
