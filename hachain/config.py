@@ -159,15 +159,17 @@ def _size(v: Any) -> int:
     raise S.Bad(_SIZE_RULE)
 
 
-def _env_file(v: Any) -> str:
+def _optional_path(v: Any) -> str:
+    """An absolute path, with systemd's leading "-" when a missing one is no error
+    (env_file, and the sandbox's path lists)."""
     s: str = S.Text(nonempty=True).one(v)
-    if s.removeprefix("-").startswith("/"):
+    if s.removeprefix("-").startswith("/") and "\0" not in s:
         return s
-    raise S.Bad('must be an absolute path, with a leading "-" when a missing file is no error')
+    raise S.Bad('must be an absolute path, with a leading "-" when a missing one is no error')
 
 
-_ENV_FILE = S.Custom(_env_file, 'An absolute path, with a leading "-" when a missing file '
-                     "is no error.", examples=("/etc/default/web", "-/etc/default/web"))
+_ENV_FILE = S.Custom(_optional_path, 'An absolute path, with a leading "-" when a missing '
+                     "file is no error.", examples=("/etc/default/web", "-/etc/default/web"))
 _SIZE = S.Custom(_size, _SIZE_RULE + ".", examples=("512M", "1G", 1 << 30, "infinity", "64K"))
 _DEVICE = S.Custom(_device, examples=("auto", "sim", "none", "sim:/run/wd.sock", "/dev/wd0"))
 _SIGNAL = S.Custom(_signal, examples=("SIGTERM", "INT", 9, "sigusr1"))
@@ -286,14 +288,7 @@ def _protect(choices: tuple[str, ...]) -> S.Custom:
     return S.Custom(one, examples=(True, False) + choices)
 
 
-def _sandbox_path(v: Any) -> str:
-    s: str = S.Text(nonempty=True).one(v)
-    if s.removeprefix("-").startswith("/") and "\0" not in s:
-        return s
-    raise S.Bad('must be an absolute path, with a leading "-" when a missing one is no error')
-
-
-_SANDBOX_PATHS = S.ListOf(S.Custom(_sandbox_path, examples=("/srv/data", "-/var/cache/x")),
+_SANDBOX_PATHS = S.ListOf(S.Custom(_optional_path, examples=("/srv/data", "-/var/cache/x")),
                           one_ok=True, max_items=64)
 
 
