@@ -258,6 +258,8 @@ def cmd_move(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    if args.names:
+        return cmd_reload_services(args)
     state_dir, _ = dirs(args)
     try:
         rep = client.request(state_dir, {"op": "reload"}, timeout=30)
@@ -271,6 +273,50 @@ def cmd_reload(args: argparse.Namespace) -> int:
     print(f"reloaded: added {rep['added'] or '-'}, changed {rep['changed'] or '-'}, "
           f"removed {rep['removed'] or '-'}")
     return 0
+
+
+def cmd_reload_services(args: argparse.Namespace) -> int:
+    """`hachain reload NAME...`: each running service reads its configuration again (its
+    reload_command or reload_signal); waits for each outcome (unless --no-wait) and says
+    it, exit 1 when any failed."""
+    for name in args.names:
+        if problem := channels.service_name_problem(name):
+            _err(f"reload: {problem}")
+            return 2
+    state_dir, _ = dirs(args)
+    pending: dict[str, str] = {}
+    rc = 0
+    try:
+        for name in dict.fromkeys(args.names):
+            rep = client.request(state_dir, {"op": "reload-service", "name": name})
+            if not rep.get("ok"):
+                _err(f"reload {name}: {rep.get('error')}")
+                rc = 1
+            elif args.no_wait:
+                print(f"{name}: reload " + ("queued" if rep.get("queued") else "begun"))
+            else:
+                pending[name] = str(rep.get("id"))
+        pause = 0.01
+        while pending:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+            for name, ident in list(pending.items()):
+                rep = client.request(state_dir, {"op": "reload-result", "id": ident})
+                if not rep.get("ok"):
+                    _err(f"reload {name}: {rep.get('error')}")
+                    rc = 1
+                elif not rep.get("done"):
+                    continue
+                elif rep.get("reloaded"):
+                    print(f"{name}: reloaded")
+                else:
+                    _err(f"reload {name}: failed: {rep.get('why')}")
+                    rc = 1
+                del pending[name]
+    except client.ControlError as e:
+        _err(f"reload: {e}")
+        return 1
+    return rc
 
 
 def cmd_clear_boot_loop(args: argparse.Namespace) -> int:
@@ -478,7 +524,12 @@ def build_parser(plugins: bool = True, only: str | None = None) -> argparse.Argu
 
     if want("reload"):
         rl = sub.add_parser("reload", help="apply the changed configuration file "
-                            "(validated first)")
+                            "(validated first); with NAME, have that running service read "
+                            "its own configuration again (reload_command or reload_signal)")
+        rl.add_argument("names", nargs="*", metavar="NAME",
+                        help="services to reload (none: the chain's configuration file)")
+        rl.add_argument("--no-wait", action="store_true",
+                        help="with NAME: return once the reload has begun")
         _add_dirs(rl)
         rl.set_defaults(func=cmd_reload)
 

@@ -527,6 +527,25 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "included; what it leaves in its cgroup keeps running, is listed by `hachain "
           "status` (`leftovers`), and never delays or hinders the next start (sshd's "
           "sessions survive its restart).", group="stop"),
+    # Reloading
+    S.Key("reload_command", S.Argv(string_ok=True), "The command `hachain reload NAME` "
+          "runs to make the running service read its configuration again (systemd's "
+          "`ExecReload=`, such as `[\"/usr/sbin/nginx\", \"-s\", \"reload\"]`), as the "
+          "service runs (user, environment with `MAINPID`, cwd, limits, cgroup), its output "
+          "on the service's log. Exit 0 within `reload_timeout`: reloaded; anything else: "
+          "the reload failed, and the service goes on as it was. With `shell = true`, a "
+          "string is a `/bin/sh` line. A oneshot's runs once it is `done` (systemd's "
+          "`RemainAfterExit=`).", shown="`[]`", group="reload"),
+    S.Key("reload_signal", _SIGNAL, "Or the signal `hachain reload NAME` sends to the main "
+          "process (`\"HUP\"` for most daemons; systemd's `ExecReload=kill -HUP $MAINPID`, "
+          "or `ReloadSignal=`). Reloaded once it is sent, or with `reload_notify` once the "
+          "service says so.", shown="unset", group="reload"),
+    S.Key("reload_notify", S.Bool(), "`true`: a reload is over when the service sends "
+          "`RELOADING=1` and then `READY=1` on the notify socket (systemd's "
+          "`Type=notify-reload`); needs `ready = \"notify\"`.", group="reload"),
+    S.Key("reload_timeout", _timeout(lo_open=True), "Seconds a reload may take; past them "
+          "it has failed (a `reload_command` still running is killed, the service is left "
+          "running).", group="reload"),
     S.Key("log_max_bytes", _integer(1024, 1 << 40), "stdout and stderr go to "
           "`<log_dir>/NAME.log`, which never grows past this: before a write would, the "
           "file is renamed to `NAME.log.1` (older copies move up to `.2`, `.3`, …) and a new "
@@ -572,6 +591,14 @@ def _build_service(v: dict[str, Any], given: set[str], at: S.Path,
                   "\"stop\"] (a string runs through /bin/sh only with shell = true)")
             return S.INVALID
         v["stop_command"] = ("/bin/sh", "-c", stop)
+    rel = v.get("reload_command", ())
+    if isinstance(rel, str):
+        if not shell:
+            r.err(at + ("reload_command",), "must be an argv list such as "
+                  "[\"/usr/sbin/nginx\", \"-s\", \"reload\"] (a string runs through /bin/sh "
+                  "only with shell = true)")
+            return S.INVALID
+        v["reload_command"] = ("/bin/sh", "-c", rel)
     if v["kind"] == "oneshot" and "restart" not in given:
         v["restart"] = "never"
     return ServiceConfig(name=at[-1], **v)
@@ -593,6 +620,18 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     if s.watchdog_sec and s.ready != "notify":
         r.err(at + ("watchdog_sec",), "needs ready = \"notify\" (WATCHDOG=1 arrives on the "
               "notify socket)")
+    if s.reload_command and s.reload_signal is not None:
+        r.err(at + ("reload_signal",), "give reload_command or reload_signal, not both (a "
+              "command that signals reads $MAINPID)", [at + ("reload_command",)])
+    if s.reload_notify and s.ready != "notify":
+        r.err(at + ("reload_notify",), "needs ready = \"notify\" (RELOADING=1 and READY=1 "
+              "arrive on the notify socket)", [at + ("ready",)])
+    if s.reload_notify and not s.reload_command and s.reload_signal is None:
+        r.err(at + ("reload_notify",), "needs reload_signal or reload_command: what asks "
+              "the service to reload")
+    if s.kind == "oneshot" and s.reload_signal is not None:
+        r.err(at + ("reload_signal",), "a oneshot has no running process to signal (its "
+              "reload_command runs once it is done)", [at + ("kind",)])
     if s.kind == "oneshot" and s.restart == "always":
         r.err(at + ("restart",), "a oneshot cannot use restart = \"always\" (it would never "
               "be done); use \"on-failure\" or \"never\"")
@@ -918,7 +957,7 @@ DOC_TABLES: dict[str, list[str]] = {
     "watchdog": S.doc_rows(WATCHDOG),
     "cluster": S.doc_rows(CLUSTER),
     **{f"service.{g}": S.doc_rows(SERVICE, group=g)
-       for g in ("run", "restart", "deps", "ready", "live", "stop")},
+       for g in ("run", "restart", "deps", "ready", "live", "stop", "reload")},
 }
 _BEGIN = re.compile(r"^<!-- schema: ([a-z.]+) .*-->$")
 _HEAD = ["| key | default | meaning |", "|---|---|---|"]

@@ -112,6 +112,13 @@ class ServiceConfig:
     # run to ask it to stop (systemd's ExecStop=); stop_signal follows once it has exited
     stop_command: tuple[str, ...] = ()
     stop_timeout: float = 5.0
+    # `hachain reload NAME` (hachain/restarter/reloads.py): a command (systemd's
+    # ExecReload=) or a signal to the main process; reload_notify: over at READY=1 after
+    # RELOADING=1 (systemd's Type=notify-reload)
+    reload_command: tuple[str, ...] = ()
+    reload_signal: int | None = None
+    reload_notify: bool = False
+    reload_timeout: float = 30.0
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
     user: str | None = None

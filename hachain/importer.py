@@ -357,6 +357,53 @@ def _stop_command(entries: list[Entry], n: _Notes) -> list[str] | None:
     return argv
 
 
+def _reload(svc: dict[str, Any], unit_type: str, lines: list[Entry],
+            sig_entry: Entry | None, n: _Notes) -> None:
+    """ExecReload=, ReloadSignal= and Type=notify-reload → the reload keys. One ExecReload=
+    that only signals the main process (`kill -HUP $MAINPID`) is `reload_signal`; another
+    is `reload_command` (its $VARIABLEs through /bin/sh). notify-reload: ReloadSignal=
+    (SIGHUP) then RELOADING=1 and READY=1 (`reload_notify`). A reload's time is systemd's
+    TimeoutStartSec=, as it is hachain's ready_timeout."""
+    if sig_entry is not None and unit_type != "notify-reload":
+        n.warn(sig_entry.line, "ReloadSignal", "only meaningful with Type=notify-reload; "
+               "dropped")
+    if unit_type == "notify-reload":
+        name = "SIGHUP"
+        if sig_entry is not None:
+            got = signal_name(sig_entry.value)
+            if got is None:
+                n.warn(sig_entry.line, "ReloadSignal", f"unknown signal "
+                       f"{sig_entry.value!r}; using SIGHUP")
+            else:
+                name = got
+        for e in lines:
+            n.warn(e.line, "ExecReload", "with Type=notify-reload hachain reloads by "
+                   f"reload_signal ({name}) and READY=1 alone; this command is dropped")
+        svc["reload_signal"], svc["reload_notify"] = name, True
+    elif lines:
+        for extra in lines[1:]:
+            n.warn(extra.line, "ExecReload", "only one reload_command per service in "
+                   "hachain; this additional ExecReload is dropped")
+        e = lines[0]
+        sig = _reload_signal(e.value) if len(lines) == 1 else None
+        if sig is not None:
+            svc["reload_signal"] = sig
+        else:
+            argv = _exec_argv(e, n, may_fail=True)
+            if argv is None:
+                return
+            if argv[0].startswith("-"):
+                argv[0] = argv[0][1:]
+                n.warn(e.line, "ExecReload", "'-' prefix dropped: a failing exit is a failed "
+                       "reload in hachain (the service runs on either way)")
+            line = expanding_command(argv)
+            svc["reload_command"] = ["/bin/sh", "-c", line] if line is not None else argv
+    else:
+        return
+    if "ready_timeout" in svc:
+        svc["reload_timeout"] = svc["ready_timeout"]
+
+
 _WORD_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _IN_WORD = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$")
 
@@ -518,9 +565,10 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             kind = "oneshot"
         elif t == "forking":
             kind = "forking"
-        elif t in ("dbus", "idle", "notify-reload"):
-            n.warn(u.type.line, "Type", f"{t} is not supported; treated as simple"
-                   + (" (use ready = \"notify\")" if t == "notify-reload" else ""))
+        elif t == "notify-reload":  # notify, and a reload is its signal, then READY=1
+            ready = "notify"
+        elif t in ("dbus", "idle"):
+            n.warn(u.type.line, "Type", f"{t} is not supported; treated as simple")
         elif t not in ("simple", "exec"):
             n.warn(u.type.line, "Type", f"unknown type {t!r}; treated as simple")
     if kind != "longrun":
@@ -576,6 +624,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
 
     stop_signal = None
     start_limit: dict[str, Entry] = {}
+    reload_lines: list[Entry] = []
+    reload_sig: Entry | None = None
     for e in u.entries:
         k, v = e.key, e.value
         try:
@@ -760,11 +810,12 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             elif k.startswith(("Condition", "Assert")):
                 _start_check(e, svc, n)
             elif k == "ExecReload":
-                sig = _reload_signal(v)
-                n.warn(e.line, k, "hachain has no reload command: " + (
-                    f"send the signal with `hachain kill {svc_name} -s {sig[3:]}`" if sig else
-                    f"run it by hand (`hachain kill {svc_name} -s SIGNAL` sends a signal)")
-                    + "; dropped")
+                if not v:
+                    reload_lines.clear()
+                else:
+                    reload_lines.append(e)
+            elif k == "ReloadSignal":
+                reload_sig = e
             elif k == "RemainAfterExit":
                 if kind != "oneshot":
                     n.warn(e.line, k, "only meaningful for a oneshot; dropped")
@@ -775,6 +826,7 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             n.warn(e.line, k, f"{ex}; dropped")
     if stop_signal:
         svc["stop_signal"] = stop_signal
+    _reload(svc, u.type.value if u.type else "simple", reload_lines, reload_sig, n)
     if svc.get("directory_mode") == "0755":
         del svc["directory_mode"]
 

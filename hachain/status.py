@@ -656,6 +656,8 @@ def _service_lines(services: dict[str, Any], color: Any, live: bool) -> list[str
         why = s.get("reason") or ""
         if s.get("status_text"):
             why = (why + " " if why else "") + f"[{s['status_text']}]"
+        if (s.get("reload") or {}).get("running"):
+            why = (why + " " if why else "") + "[reloading]"
         if left := s.get("leftovers"):
             why = (why + " " if why else "") + f"[{len(left)} leftover process(es): " + \
                 " ".join(map(str, left[:8])) + (" ..." if len(left) > 8 else "") + "]"
@@ -856,6 +858,10 @@ def render_details(details: dict[str, dict[str, Any]], tty: bool = False) -> lis
             rows.append(("health", f"{h.get('kind')}: " + (
                 "ok" if not h.get("failures") else f"{h['failures']} failure(s)") + (
                 f" ({h['last']})" if h.get("last") else "")))
+        if rl := s.get("reload"):
+            rows.append(("reload", "under way" if rl.get("running") else
+                         f"{rl['last']}, {_age(rl.get('age'))} ago" if rl.get("last")
+                         else "not asked for yet"))
         if s.get("leftovers"):
             rows.append(("leftovers", " ".join(map(str, s["leftovers"]))))
         if "log_file" in s:

@@ -6,6 +6,9 @@
                    on $NOTIFY_SOCKET, then run
   fdready N        write a line to fd N and close it, then run
   stubborn         ignore SIGTERM, fork a child that ignores it too, run
+  reloadable FILE GO  send READY=1; at each SIGHUP send RELOADING=1, append "hup N" to
+                   FILE, then once the file GO exists ("-": at once; "never": never)
+                   send READY=1 and append "reloaded N" (systemd's Type=notify-reload)
   record FILE      append "<pid>" to FILE, then run
   stamp NAME FILE  append "<monotonic ns> start NAME" to FILE, send READY=1, run; on
                    SIGTERM append "<monotonic ns> stop NAME" and exit 0
@@ -103,6 +106,28 @@ def main() -> None:
             signal.signal(sig, lambda n, _f: line(signal.Signals(n).name))
         line("ready")
         forever()
+    elif action == "reloadable":
+        # systemd's Type=notify-reload: on SIGHUP, RELOADING=1, then READY=1 once the
+        # file GO exists ("-": at once; "never": never)
+        path, go = args
+        hups: list[int] = []
+        signal.signal(signal.SIGHUP, lambda _n, _f: hups.append(1))
+        notify("READY=1")
+        n = 0
+        while True:
+            if not hups:
+                time.sleep(0.01)
+                continue
+            hups.pop()
+            n += 1
+            notify("RELOADING=1")
+            with open(path, "a") as f:
+                f.write(f"hup {n}\n")
+            while go == "never" or (go != "-" and not os.path.exists(go)):
+                time.sleep(0.01)
+            notify("READY=1")
+            with open(path, "a") as f:
+                f.write(f"reloaded {n}\n")
     elif action == "record":
         with open(args[0], "a") as f:
             f.write(f"{os.getpid()}\n")

@@ -347,19 +347,48 @@ def test_bad_timespans(bad: str) -> None:
         importer.parse_timespan(bad)
 
 
-@pytest.mark.parametrize("reload, hint", [
-    ("/bin/kill -HUP $MAINPID", "send the signal with `hachain kill x -s HUP`"),
-    ("-/usr/bin/kill -s USR1 ${MAINPID}", "send the signal with `hachain kill x -s USR1`"),
-    ("/bin/kill --signal=SIGUSR2 $MAINPID", "send the signal with `hachain kill x -s USR2`"),
-    ("/bin/kill -1 $MAINPID", "send the signal with `hachain kill x -s HUP`"),
-    ("/usr/sbin/x -s reload", "run it by hand (`hachain kill x -s SIGNAL` sends a signal)"),
-    ("/bin/kill -HUP 1", "run it by hand (`hachain kill x -s SIGNAL` sends a signal)"),
+@pytest.mark.parametrize("reload, keys", [
+    ("/bin/kill -HUP $MAINPID", {"reload_signal": "SIGHUP"}),
+    ("-/usr/bin/kill -s USR1 ${MAINPID}", {"reload_signal": "SIGUSR1"}),
+    ("/bin/kill --signal=SIGUSR2 $MAINPID", {"reload_signal": "SIGUSR2"}),
+    ("/bin/kill -1 $MAINPID", {"reload_signal": "SIGHUP"}),
+    ("/usr/sbin/x -s reload", {"reload_command": ["/usr/sbin/x", "-s", "reload"]}),
+    ("/bin/kill -HUP 1", {"reload_command": ["/bin/kill", "-HUP", "1"]}),
+    ("/usr/bin/ctl reload --pid $MAINPID",
+     {"reload_command": ["/bin/sh", "-c", "set -f; exec /usr/bin/ctl reload --pid $MAINPID"]}),
 ])
-def test_exec_reload_points_at_hachain_kill(reload: str, hint: str) -> None:
+def test_exec_reload_becomes_a_reload_signal_or_command(reload: str, keys: dict[str, Any]
+                                                        ) -> None:
     conv = importer.convert_systemd(f"[Service]\nExecStart=/bin/x\nExecReload={reload}\n",
                                     "x.service")
-    assert [w for w in conv.warnings if ": ExecReload: " in w] == [
-        f"x.service:3: ExecReload: hachain has no reload command: {hint}; dropped"]
+    assert [w for w in conv.warnings if ": ExecReload: " in w] == []
+    got = {k: v for k, v in conv.services["x"].items() if k.startswith("reload_")}
+    assert got == keys
+    config.parse(importer.to_toml(conv, ["x.service"]), "imported.toml")
+
+
+def test_notify_reload_is_notify_with_its_reload_signal() -> None:
+    conv = importer.convert_systemd("[Service]\nType=notify-reload\nExecStart=/bin/x\n"
+                                    "ReloadSignal=USR2\nTimeoutStartSec=40\n", "x.service")
+    assert conv.warnings == []
+    svc = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
+    assert (svc.ready, svc.reload_signal, svc.reload_notify, svc.reload_timeout) == (
+        "notify", signal.SIGUSR2, True, 40.0)
+
+
+def test_reload_leftovers_are_warned_about() -> None:
+    conv = importer.convert_systemd("[Service]\nExecStart=/bin/x\nExecReload=-/bin/x reload\n"
+                                    "ExecReload=/bin/x flush\nReloadSignal=HUP\n", "x.service")
+    assert conv.services["x"]["reload_command"] == ["/bin/x", "reload"]
+    _warned(conv, "x.service", 3, "ExecReload", "'-' prefix dropped")
+    _warned(conv, "x.service", 4, "ExecReload", "only one reload_command")
+    _warned(conv, "x.service", 5, "ReloadSignal", "only meaningful with Type=notify-reload")
+    # a oneshot that remains after its exit keeps its ExecReload= (apparmor.service)
+    conv = importer.convert_systemd("[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+                                    "ExecStart=/bin/x start\nExecReload=/bin/x reload\n",
+                                    "x.service")
+    svc = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
+    assert (svc.kind, svc.reload_command) == ("oneshot", ("/bin/x", "reload"))
 
 
 @pytest.mark.parametrize("line, value, warns", [

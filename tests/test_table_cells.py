@@ -25,7 +25,7 @@ def up(c: core.Core, name: str) -> None:
 
 
 def test_every_service_timer_fires_as_a_table_event() -> None:
-    assert set(states.TIMER_EVENT) == set(Timer) - {Timer.HEARTBEAT}
+    assert set(states.TIMER_EVENT) == set(Timer) - states.LOOP_TIMERS
     for kind, ev in states.TIMER_EVENT.items():
         assert all((st, ev) in states.TABLE for st in State), kind
     c = make(svc("a", ready="exec", ready_command=("/bin/true",)))

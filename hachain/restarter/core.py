@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from hachain.configtypes import ServiceConfig
@@ -145,6 +145,17 @@ RESCUE_HELD = "rescue: boot loop (hachain clear --boot-loop)"
 
 def _waiting(s: Svc) -> bool:
     return s.state is State.WAITING
+
+
+# Keys whose change a configuration reload takes without restarting the service: they
+# are read only when `hachain reload NAME` runs (loop.py reads them from the plan then).
+_TAKEN_WITHOUT_RESTART = ("reload_command", "reload_signal", "reload_notify",
+                          "reload_timeout")
+
+
+def _restarts_for(old: ServiceConfig, new: ServiceConfig) -> bool:
+    """Does a running service restart for this change of its configuration?"""
+    return replace(new, **{k: getattr(old, k) for k in _TAKEN_WITHOUT_RESTART}) != old
 
 
 class Core:
@@ -548,7 +559,7 @@ class Core:
         old = self.plan.conf
         added = [n for n in new if n not in old]
         removed = [n for n in old if n not in new]
-        changed = [n for n in new if n in old and new[n] != old[n]]
+        changed = [n for n in new if n in old and _restarts_for(old[n], new[n])]
         self.plan = make_plan({**old, **new})  # removed ones stay until they have stopped
         for n in added:
             self.svcs[n] = states.initial(n)

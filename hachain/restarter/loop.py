@@ -32,7 +32,7 @@ from typing import Any
 
 from hachain import bootrecord, channels
 from hachain.configtypes import Config, ServiceConfig
-from hachain.restarter import core, logpipe, notify, probes, spawn, states
+from hachain.restarter import core, logpipe, notify, probes, reloads, spawn, states
 from hachain.restarter.persist import RuntimeRecord, Store
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, State, Svc, Timer
@@ -326,6 +326,13 @@ class Restarter:
         self._ahead: dict[str, Started] = {}
         # running stop_commands: pid -> (service, its main pid then, signal its group)
         self.stop_cmds: dict[int, tuple[str, int, bool]] = {}
+        # `hachain reload NAME` (reloads.py): those under way, the reload_commands running
+        # (pid -> service, until reaped), the outcomes clients ask after (oldest first)
+        self.reloads: dict[str, reloads.Reload] = {}
+        self.reload_cmds: dict[int, str] = {}
+        self.reload_outcomes: dict[str, reloads.Outcome] = {}
+        self.reload_last: dict[str, tuple[str, float]] = {}  # the last outcome, when
+        self._reload_seq = 0
         self.held_out = HeldOutput()  # after raise_fd_limit: its room depends on the limit
         self.held_out.keep_for(len(cfg.services))
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
@@ -589,6 +596,9 @@ class Restarter:
                 self._spawn(e.name, now)
             elif t is core.Transition:
                 self._transition_note(e.name, e.old, e.new)
+                if e.name in self.reloads and \
+                        (out := reloads.lost(self.reloads[e.name], e.new)) is not None:
+                    self._reload_over(e.name, out, now)
             else:
                 self._do_rare(e, now)
 
@@ -885,6 +895,8 @@ class Restarter:
                     self._on_exit(name, now, st)
                 elif pid in self.stop_cmds:
                     self._stop_command_done(pid, st)
+                elif pid in self.reload_cmds:
+                    self._reload_command_done(pid, st, now)
                 else:
                     spawn.keep_for_later(pid, st)  # a probe or a former main process
             finally:
@@ -986,6 +998,9 @@ class Restarter:
             if kind is Timer.HEARTBEAT:
                 self.heartbeat(now)
             return
+        if kind is Timer.RELOAD_TIMEOUT:
+            self._reload_expired(name, now)
+            return
         self.core.timer(name, kind, now)
         self.run_core(now)
 
@@ -1069,6 +1084,9 @@ class Restarter:
                 self._new_main_pid(name, f["MAINPID"], now)
             if f.get("STOPPING") == "1":
                 self.status_text[name] = "stopping: " + self.status_text.get(name, "")
+            if name in self.reloads and \
+                    (out := reloads.notified(self.reloads[name], f)) is not None:
+                self._reload_over(name, out, now)
             if f.get("READY") == "1":
                 self.core.push(name, Ev.READY, now)
             self.run_core(now)
@@ -1308,6 +1326,11 @@ class Restarter:
             # kill_mode = "process": what earlier main processes left running in its cgroup
             "leftovers": self.cgroups.outside(name, s.pid) if self.cgroups.active and
             not states.kills_leftovers(c) else [],
+            "reload": None if not reloads.configured(c) else {
+                "running": name in self.reloads,
+                "last": self.reload_last.get(name, ("", 0.0))[0],
+                "age": round(now - self.reload_last[name][1], 3)
+                if name in self.reload_last else None},
         }
 
     def reload(self, now: float) -> dict[str, Any]:
@@ -1361,6 +1384,10 @@ class Restarter:
                     "state": s.state.value if s is not None else State.STOPPED.value}
         if op == "kill":
             return self.kill_request(req)
+        if op == "reload-service":
+            return self.reload_request(req, now)
+        if op == "reload-result":
+            return self.reload_result(req)
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def kill_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -1381,25 +1408,9 @@ class Restarter:
             return {"ok": False, "error": f"whom must be \"main\" or \"all\", not {whom!r}"}
         name = str(name)
         s = self.svcs[name]
-        sent: list[int] = []
-        watched = self.pidfds.get(name)
-        try:
-            if whom == "all" and self.cgroups.active:
-                sent = self.cgroups.signal_all(name, sig)
-            elif watched is not None:
-                pid, fd = watched
-                if whom == "all":
-                    os.killpg(pid, sig)
-                elif fd == CHILD:
-                    os.kill(pid, sig)
-                else:
-                    signal.pidfd_send_signal(fd, sig)
-                sent = [pid]
-        except ProcessLookupError:
-            sent = []
-        except OSError as e:
-            pid_text = f" (pid {watched[0]})" if watched else ""
-            return {"ok": False, "error": f"{e.strerror or e}{pid_text}"}
+        sent = self._signal(name, sig, whom)
+        if isinstance(sent, str):
+            return {"ok": False, "error": sent}
         if not sent:
             return {"ok": False, "error": f"no running process to signal ({s.state.value})"}
         what = (f"process group {sent[0]}" if whom == "all" and not self.cgroups.active
@@ -1409,6 +1420,143 @@ class Restarter:
             f"{what} (hachain kill)")
         return {"ok": True, "name": name, "signal": sig, "pids": sent,
                 "group": whom == "all" and not self.cgroups.active, "state": s.state.value}
+
+    def _signal(self, name: str, sig: int, whom: str) -> list[int] | str:
+        """Send `sig` to `name`'s main process (whom "main") or every process of its
+        cgroup or process group ("all"): the pids it went to ([]: none runs), or why it
+        could not be sent."""
+        watched = self.pidfds.get(name)
+        try:
+            if whom == "all" and self.cgroups.active:
+                return self.cgroups.signal_all(name, sig)
+            if watched is None:
+                return []
+            pid, fd = watched
+            if whom == "all":
+                os.killpg(pid, sig)
+            elif fd == CHILD:
+                os.kill(pid, sig)
+            else:
+                signal.pidfd_send_signal(fd, sig)
+            return [pid]
+        except ProcessLookupError:
+            return []
+        except OSError as e:
+            pid_text = f" (pid {watched[0]})" if watched else ""
+            return f"{e.strerror or e}{pid_text}"
+
+    # --- `hachain reload NAME` (reloads.py decides; these do) ------------------------------
+
+    def reload_request(self, req: dict[str, Any], now: float) -> dict[str, Any]:
+        """`reload-service`: begin a reload of a running service, or (one under way)
+        queue one that begins once it is over, so that every request is answered by a
+        reload that began after it. The reply carries the reload's id; `reload-result`
+        says how it ended."""
+        name = req.get("name")
+        if (error := self.core.unknown(name)) is not None:
+            return {"ok": False, "error": error}
+        name = str(name)
+        r = self.reloads.get(name)
+        if r is not None:
+            if not r.queued:
+                r.queued = self._reload_id()
+            return {"ok": True, "name": name, "id": r.queued, "queued": True}
+        if (why := reloads.refusal(name, self.conf[name], self.svcs[name])) is not None:
+            return {"ok": False, "error": why}
+        ident = self._reload_id()
+        self._begin_reload(name, ident, now)
+        return {"ok": True, "name": name, "id": ident, "queued": False}
+
+    def reload_result(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`reload-result`: how the reload `id` ended ({"done": false} while it runs)."""
+        ident = req.get("id")
+        if not isinstance(ident, str):
+            return {"ok": False, "error": "id must be a string"}
+        out = self.reload_outcomes.get(ident)
+        if out is not None:
+            return {"ok": True, "done": True, "reloaded": out.ok, "why": out.why}
+        if any(ident in (r.id, r.queued) for r in self.reloads.values()):
+            return {"ok": True, "done": False}
+        return {"ok": False, "error": f"no reload {ident} known to this restarter (pid "
+                f"{os.getpid()}): it restarted since, so how that reload ended is not "
+                "known (the service's log says)"}
+
+    def _reload_id(self) -> str:
+        self._reload_seq += 1
+        return f"{os.getpid()}.{self._reload_seq}"
+
+    def _begin_reload(self, name: str, ident: str, now: float) -> None:
+        c, s = self.conf[name], self.svcs[name]
+        r = self.reloads[name] = reloads.begin(ident, c, s, now)
+        if c.reload_command:
+            cmd = replace(c, command=c.reload_command, kind="longrun", ready="none",
+                          pre_start=(), pid_file=None, directories=(), condition=None,
+                          assertion=None,
+                          env=c.env + ((("MAINPID", str(s.pid)),) if s.pid else ()))
+            sp = self._spawn_command(name, cmd)
+            if isinstance(sp, str):
+                self._reload_over(name, reloads.Outcome(
+                    ident, False, f"reload_command cannot run: {sp}"), now)
+                return
+            reloads.command_started(r, sp.pid)
+            self.reload_cmds[sp.pid] = name
+            log(f"{name}: reloading (reload_command pid {sp.pid})")
+        else:
+            sig = c.reload_signal or signal.SIGHUP
+            sent = self._signal(name, sig, "main")
+            if not sent or isinstance(sent, str):
+                self._reload_over(name, reloads.Outcome(
+                    ident, False, f"reload_signal not sent: {sent or 'no main process'}"),
+                    now)
+                return
+            log(f"{name}: reloading ({signal.Signals(sig).name if sig in _SIGNAMES else sig}"
+                f" sent to main pid {sent[0]})")
+            if (out := reloads.signal_sent(r)) is not None:
+                self._reload_over(name, out, now)
+                return
+        self.arm(name, Timer.RELOAD_TIMEOUT, c.reload_timeout, now)
+
+    def _reload_command_done(self, pid: int, st: ExitStatus, now: float) -> None:
+        name = self.reload_cmds.pop(pid)
+        r = self.reloads.get(name)
+        if r is None or r.command != pid:
+            return  # a reload over before its command ended (killed then)
+        if (out := reloads.command_exited(r, st)) is not None:
+            self._reload_over(name, out, now)
+
+    def _reload_expired(self, name: str, now: float) -> None:
+        r = self.reloads.get(name)
+        if r is not None and (out := reloads.expired(r, self.conf[name], now)) is not None:
+            self._reload_over(name, out, now)
+
+    def _reload_over(self, name: str, out: reloads.Outcome, now: float) -> None:
+        """The reload of `name` ended (`out`): said in the log, kept for the client; its
+        command, if it still runs, is killed (its exit, reaped later, is then ignored);
+        a reload queued meanwhile begins."""
+        r = self.reloads.pop(name)
+        self.timer_live.pop((name, Timer.RELOAD_TIMEOUT), None)
+        if r.command:
+            try:
+                os.killpg(r.command, signal.SIGKILL)  # (its own process group)
+            except OSError:
+                pass
+        self._reload_outcome(name, out)
+        if r.queued:
+            c, s = self.conf.get(name), self.svcs.get(name)
+            why = "removed by a configuration reload" if c is None or s is None \
+                else reloads.refusal(name, c, s)
+            if why is not None:
+                self._reload_outcome(name, reloads.Outcome(r.queued, False, why))
+            else:
+                self._begin_reload(name, r.queued, now)
+
+    def _reload_outcome(self, name: str, out: reloads.Outcome) -> None:
+        text = "reloaded" if out.ok else f"reload failed: {out.why}"
+        log(f"{name}: {text}")
+        self.reload_last[name] = (text, time.monotonic())
+        self.reload_outcomes[out.id] = out
+        while len(self.reload_outcomes) > reloads.KEEP_OUTCOMES:
+            del self.reload_outcomes[next(iter(self.reload_outcomes))]
 
     def status_reply(self, now: float) -> dict[str, Any]:
         """The `status` reply: this restarter and every service."""

@@ -110,6 +110,11 @@ class Timer(str, enum.Enum):
     HEALTH_CHECK_TIMEOUT = "health_check_timeout"  # the running health check took too long
     FIND_MAIN = "find_main"  # a forking service: look for its main pid again
     HEARTBEAT = "heartbeat"  # the restarter's own heartbeat (no service)
+    RELOAD_TIMEOUT = "reload_timeout"  # a reload's reload_timeout (the loop's, no event)
+
+
+# Timers the loop handles itself: no event of the table.
+LOOP_TIMERS = frozenset({Timer.HEARTBEAT, Timer.RELOAD_TIMEOUT})
 
 
 # The event each service timer fires as (HEARTBEAT is the restarter's own, no service's).
@@ -1355,7 +1360,8 @@ def initial(name: str) -> Svc:
     return Svc(name=name)
 
 
-__all__ = ["State", "Ev", "Timer", "TIMER_EVENT", "Event", "Found", "Svc", "TABLE", "step",
+__all__ = ["State", "Ev", "Timer", "TIMER_EVENT", "LOOP_TIMERS", "Event", "Found", "Svc",
+           "TABLE", "step",
            "InvalidTransition", "Spawn", "Kill", "ArmTimer", "CancelTimer", "Persist",
            "RestartGroup", "Reboot", "StopDependents", "KillLeftovers", "RunProbe", "Teardown",
            "DropProbe", "FindMain", "Refuse", "Later", "Action", "field"]
