@@ -726,13 +726,15 @@ def pid_alive(pid: int) -> bool:
 # Unix stream socket <state_dir>/control.sock. A request is one JSON object on one line
 # (at most MAX_REQUEST_BYTES), a reply is one JSON object on one line, then the server
 # closes the connection. Requests: {"op": "status"} | {"op": "start"|"stop"|"restart"|
-# "clear", "name": NAME} | {"op": "ping"} | {"op": "status-doc", "json": BOOL, "tty": BOOL,
+# "clear"|"reload-service", "name": NAME} | {"op": "reload-result", "id": ID} |
+# {"op": "ping"} | {"op": "status-doc", "json": BOOL, "tty": BOOL,
 # "pidns": "pid:[N]", "persist_dir": PATH (optional)}. Replies: {"ok": true, ...} or
 # {"ok": false, "error": "one line"}. `status-doc` (asked by the native `hachain` front,
 # hachain/_front.c) is the one reply with a body: {"ok": true, "exit": N, "bytes": N} and
 # then exactly that many bytes, what `hachain status [--json]` prints.
 
-NAME_OPS = ("start", "stop", "restart", "clear", "kill")  # the requests that name a service
+# the requests that name a service
+NAME_OPS = ("start", "stop", "restart", "clear", "kill", "reload-service")
 REPLY_BODY = "_body"  # a handler's reply key: these bytes follow the reply line
 
 def encode_message(obj: dict[str, Any]) -> bytes:

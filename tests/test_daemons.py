@@ -143,6 +143,41 @@ def test_nginx_forking_from_its_debian_unit() -> None:
                 log[-2000:]
 
 
+def test_nginx_reloads_through_its_imported_exec_reload() -> None:
+    """Debian's `ExecReload=nginx -s reload`, imported as reload_command: `hachain reload
+    nginx` makes the running master serve the changed configuration, under the same pid,
+    with no restart; a broken file is a failed reload (nginx's own test refuses it) and
+    the old configuration goes on serving."""
+    with D.daemon_dir() as tmp:
+        ng, _warnings = D.nginx_forking(tmp)
+        assert "reload_command = [\"/usr/sbin/nginx\"" in ng.body
+        conf = os.path.join(tmp, "nginx", "nginx.conf")
+        with D.restarter(tmp, ng.body) as r:
+            st = D.wait_ready(r, ng)
+            assert D.http_body(ng.port) == "hachain\n"
+            text = open(conf).read()
+            with open(conf, "w") as f:
+                f.write(text.replace('return 200 "hachain', 'return 200 "reloaded'))
+            cli = [sys.executable, "-m", "hachain.cli", "reload", "nginx", "--state-dir",
+                   r.state_dir]
+            p = subprocess.run(cli, capture_output=True, text=True, timeout=30, check=False)
+            assert (p.returncode, p.stdout) == (0, "nginx: reloaded\n"), p.stderr
+            # the master starts new workers on the new file, then retires the old ones
+            wait_until(lambda: D.http_body(ng.port) == "reloaded\n", 10,
+                       "the new configuration to be served")
+            with open(conf, "w") as f:
+                f.write(text.replace('return 200 "hachain', 'return 200 "broken'
+                                     ).replace("events {", "events {{"))
+            p = subprocess.run(cli, capture_output=True, text=True, timeout=30, check=False)
+            assert (p.returncode, p.stderr) == (
+                1, "hachain: reload nginx: failed: reload_command exit status 1\n")
+            log = open(os.path.join(r.persist_dir, "log", "nginx.log")).read()
+            assert "[emerg]" in log, log[-2000:]  # nginx's own reason, on its log
+            assert D.http_body(ng.port) == "reloaded\n"
+            now = r.svc("nginx")
+            assert (now["state"], now["pid"], now["restarts"]) == ("ready", st["pid"], 0)
+
+
 def test_nginx_config_test_keeps_a_broken_config_from_starting() -> None:
     """The imported unit's `nginx -t` (ExecStartPre=) as pre_start: a broken nginx.conf
     fails every start before nginx runs, the service log names the failed command and

@@ -249,6 +249,11 @@ def test_refusals_say_why(restarter: Any) -> None:
         1, "hachain: reload web: web is not running: stopped (stopped by administrator)\n")
     rep = result(r, "1.1")
     assert not rep["ok"] and "no reload 1.1 known to this restarter" in rep["error"]
+    # garbage: answered, nothing changes
+    assert r.req_raw({"op": "reload-result", "id": 7}) == {
+        "ok": False, "error": "id must be a string"}
+    assert r.req_raw({"op": "reload-service"}) == {
+        "ok": False, "error": "request 'reload-service' has no string 'name'"}
     p = hachain(r, "reload", "web/x")
     assert p.returncode == 2 and p.stderr.startswith("hachain: reload: ")
 

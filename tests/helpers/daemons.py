@@ -65,6 +65,19 @@ def http_get(port: int, timeout: float = 2.0) -> str:
         return ""
 
 
+def http_body(port: int, timeout: float = 2.0) -> str:
+    """The body of GET / on 127.0.0.1:port ('' when it does not answer)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            got = b""
+            while chunk := s.recv(4096):
+                got += chunk
+            return got.decode(errors="replace").partition("\r\n\r\n")[2]
+    except OSError:
+        return ""
+
+
 @contextlib.contextmanager
 def daemon_dir() -> Iterator[str]:
     """A temporary directory the daemons' users can traverse; removed afterwards."""
@@ -233,6 +246,8 @@ def nginx_forking(tmp: str) -> tuple[Daemon, list[str]]:
     # the unit's ExecStop= (a graceful QUIT by start-stop-daemon), on the same pid file
     svc["stop_command"] = [pid_file if a == "/run/nginx.pid" else a
                            for a in svc["stop_command"]]
+    # the unit's ExecReload= (`nginx -s reload`), on the same file
+    svc["reload_command"] = svc["reload_command"] + ["-c", conf, "-e", "stderr"]
     svc["restart"] = "always"
     svc["backoff"] = {"initial": 0.1, "factor": 1}
     svc["intensity"] = {"max_restarts": 20, "window": 60}
