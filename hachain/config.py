@@ -288,6 +288,38 @@ def _protect(choices: tuple[str, ...]) -> S.Custom:
     return S.Custom(one, examples=(True, False) + choices)
 
 
+def _syscall_item(v: Any) -> str:
+    from hachain import seccomp
+    s: str = S.Text(nonempty=True).one(v)
+    if (problem := seccomp.item_problem(s)) is not None:
+        raise S.Bad(problem)
+    return s
+
+
+def _errno_name(v: Any) -> str:
+    from hachain import seccomp
+    s: str = S.Text(nonempty=True).one(v)
+    if seccomp.errno_number(s) is None:
+        raise S.Bad(f"{s!r} is not an errno name such as \"EPERM\"")
+    return s
+
+
+def _family(v: Any) -> str:
+    from hachain import seccomp
+    s: str = S.Text(nonempty=True).one(v)
+    if s != "none" and seccomp.family_number(s.removeprefix("~")) is None:
+        raise S.Bad(f"{s!r} is not an address family such as \"AF_INET\" (or \"none\")")
+    return s
+
+
+def _arch(v: Any) -> str:
+    from hachain import seccomp
+    s: str = S.Text(nonempty=True).one(v)
+    if (problem := seccomp.arch_problem(s)) is not None:
+        raise S.Bad(problem)
+    return s
+
+
 _SANDBOX_PATHS = S.ListOf(S.Custom(_optional_path, examples=("/srv/data", "-/var/cache/x")),
                           one_ok=True, max_items=64)
 
@@ -416,6 +448,53 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("inaccessible_paths", _SANDBOX_PATHS, "Directories the service cannot see into "
           "(systemd's `InaccessiblePaths=`): each becomes an empty directory of mode "
           "000.", shown="`[]`", group="run"),
+    S.Key("system_call_filter", S.ListOf(S.Custom(_syscall_item, examples=(
+          "@system-service", "~@privileged", "read")), one_ok=True, max_items=512),
+          "The system calls the service may make (systemd's `SystemCallFilter=`): names "
+          "and systemd's `@groups` (`\"@system-service\"`). When the first item starts "
+          "with `~` the list is what it may not make instead; each later item adds to the "
+          "list with the first one's sign and takes from it with the other "
+          "(`[\"@system-service\", \"~@privileged\"]`). A call outside it kills the "
+          "service by SIGSYS, or fails with `system_call_error_number`. An allow list "
+          "always holds `@default`, what starting a program takes. Installed last before "
+          "the exec; a service that runs as its own user gets `no_new_privileges` with it, "
+          "as the kernel asks.", shown="`[]`", group="run"),
+    S.Key("system_call_error_number", S.Custom(_errno_name, examples=("EPERM", "EACCES")),
+          "What a call the filter refuses returns (systemd's `SystemCallErrorNumber=`), "
+          "an errno name such as `\"EPERM\"`; unset, the service is killed by SIGSYS.",
+          shown="unset", group="run"),
+    S.Key("system_call_architectures", S.ListOf(S.Custom(_arch, examples=("native",)),
+                                                one_ok=True, max_items=8),
+          "The system call ABIs the service may use (systemd's "
+          "`SystemCallArchitectures=`): `\"native\"`, `\"x86\"`, `\"x32\"`, ...; "
+          "a call through any other (a 32-bit `int 0x80` on x86-64) kills it. Unset: "
+          "the native one and those it runs (x86 and x32 on x86-64).", shown="`[]`",
+          group="run"),
+    S.Key("restrict_address_families", S.ListOf(S.Custom(_family, examples=(
+          "AF_UNIX", "~AF_PACKET", "none")), one_ok=True, max_items=64),
+          "The socket families the service may open (systemd's "
+          "`RestrictAddressFamilies=`): `[\"AF_UNIX\", \"AF_INET\", \"AF_INET6\"]`; "
+          "with a leading `~` on the first, the ones it may not; `[\"none\"]`: none. "
+          "Any other `socket()` fails with EAFNOSUPPORT. Native calls only: add "
+          "`system_call_architectures = \"native\"` against 32-bit ones.", shown="`[]`",
+          group="run"),
+    S.Key("memory_deny_write_execute", S.Bool(), "`true`: no memory both writable and "
+          "executable, and none made executable later (systemd's "
+          "`MemoryDenyWriteExecute=`): such `mmap`, `mprotect` and `shmat` fail with "
+          "EPERM. A JIT (Java, some regex engines) stops working.", group="run"),
+    S.Key("lock_personality", S.Bool(), "`true`: the execution domain cannot be "
+          "changed (systemd's `LockPersonality=`): `personality()` with anything but the "
+          "default fails with EPERM.", group="run"),
+    S.Key("restrict_realtime", S.Bool(), "`true`: no real-time scheduling (systemd's "
+          "`RestrictRealtime=`): `sched_setscheduler` to FIFO, RR or DEADLINE, and "
+          "`sched_setattr`, fail with EPERM.", group="run"),
+    S.Key("restrict_suid_sgid", S.Bool(), "`true`: no set-user-ID or set-group-ID files "
+          "made (systemd's `RestrictSUIDSGID=`): `chmod`, `open` with `O_CREAT`, `mkdir` "
+          "and `mknod` with those bits fail with EPERM.", group="run"),
+    S.Key("restrict_namespaces", S.Bool(), "`true`: no new namespaces (systemd's "
+          "`RestrictNamespaces=yes`): `unshare` and `clone` with a `CLONE_NEW*` flag, and "
+          "`setns`, fail with EPERM (`clone3` says ENOSYS: the C library falls back to "
+          "`clone`).", group="run"),
     S.Key("nice", _integer(-20, 19), "Its nice value (systemd's `Nice=`): 19 yields the CPU "
           "to everything else. Unset: 0, whatever the restarter's own.", shown="`0`",
           group="run"),
@@ -645,6 +724,16 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     if s.capabilities and s.user is None:
         r.err(at + ("capabilities",), "needs user: a service that runs as root has every "
               "capability already")
+    if s.system_call_error_number and not s.system_call_filter:
+        r.err(at + ("system_call_error_number",), "has no effect without "
+              "system_call_filter", [at + ("system_call_filter",)])
+    fams = s.restrict_address_families
+    if "none" in fams and len(fams) > 1:
+        r.err(at + ("restrict_address_families",), "\"none\" stands alone (no family at "
+              f"all), got {S.show(list(fams))}")
+    elif len({f.startswith("~") for f in fams}) > 1:
+        r.err(at + ("restrict_address_families",), "give the families it may use, or "
+              "(each with ~) those it may not, not both")
     if s.pid_file is not None and s.kind != "forking":
         r.err(at + ("pid_file",), f"only with kind = \"forking\" (kind is {s.kind!r})")
     if s.kind == "forking" and s.ready != "none":

@@ -144,6 +144,16 @@ class ServiceConfig:
     read_only_paths: tuple[str, ...] = ()
     read_write_paths: tuple[str, ...] = ()
     inaccessible_paths: tuple[str, ...] = ()
+    # seccomp filters (hachain/seccomp.py), as systemd's SystemCallFilter= and its kin
+    system_call_filter: tuple[str, ...] = ()  # names and @groups; "~": denied
+    system_call_error_number: str = ""  # "EPERM": what a filtered call gets ("": SIGSYS)
+    system_call_architectures: tuple[str, ...] = ()  # ("native",): others are killed
+    restrict_address_families: tuple[str, ...] = ()  # socket() families ("~": denied)
+    memory_deny_write_execute: bool = False
+    lock_personality: bool = False
+    restrict_realtime: bool = False
+    restrict_suid_sgid: bool = False
+    restrict_namespaces: bool = False
     nice: int | None = None  # its nice value (None: 0, the restarter's resets on fork)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing

@@ -24,7 +24,7 @@ import os
 import pwd
 import stat
 
-from hachain import conditions
+from hachain import conditions, seccomp
 from hachain.configtypes import CAPABILITIES, SERVICE_PATH, Config, ServiceConfig
 
 
@@ -141,7 +141,8 @@ def _capability_sets() -> tuple[int, int]:
 def problems(cfg: Config) -> list[str]:
     """One line per program of a service that cannot be run here as the service runs,
     per setting this host would refuse (a capability it does not have), and per
-    `condition` or `assert` that does not hold here now."""
+    `condition` or `assert` that does not hold here now, and per seccomp filter that
+    cannot be built here."""
     out = []
     eff, bounding = _capability_sets()
     can_lower = bool(eff >> CAPABILITIES.index("SYS_RESOURCE") & 1)
@@ -160,6 +161,11 @@ def problems(cfg: Config) -> list[str]:
             failed = conditions.verdict(table, kind) if table is not None else ""
             if failed:
                 out.append(f"service {name}: {failed} on this host now: {then}")
+        if seccomp.uses_seccomp(svc):
+            try:
+                seccomp.programs(svc)  # libseccomp here, and every call it names known
+            except seccomp.FilterError as e:
+                out.append(f"service {name}: {e}: every start would fail")
         programs = [("command[0]", svc.command[0])]
         programs += [(f"pre_start[{i}]", argv[0].removeprefix("-"))
                      for i, argv in enumerate(svc.pre_start)]

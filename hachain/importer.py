@@ -775,6 +775,11 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 else:
                     svc["capability_bounding_set"] = (have or []) + [
                         c for c in names if c not in (have or [])]
+            elif k in _SECCOMP_FLAGS:
+                svc[_SECCOMP_FLAGS[k]] = _unit_bool(v)
+            elif k in ("SystemCallFilter", "SystemCallErrorNumber", "SystemCallArchitectures",
+                       "RestrictAddressFamilies", "RestrictNamespaces"):
+                _seccomp_key(e, svc, n)
             elif k in ("PrivateTmp", "NoNewPrivileges"):
                 svc[{"PrivateTmp": "private_tmp", "NoNewPrivileges": "no_new_privileges"}[k]] \
                     = _unit_bool(v)
@@ -1003,6 +1008,67 @@ def _int_in(v: str, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise ValueError(f"{v!r} is not from {lo} to {hi}")
     return value
+
+
+_SECCOMP_FLAGS = {"MemoryDenyWriteExecute": "memory_deny_write_execute",
+                  "LockPersonality": "lock_personality", "RestrictRealtime": "restrict_realtime",
+                  "RestrictSUIDSGID": "restrict_suid_sgid"}
+
+
+def _seccomp_key(e: Entry, svc: dict[str, Any], n: _Notes) -> None:
+    """SystemCallFilter= and its kin → hachain/seccomp.py's keys. A line's leading `~`
+    goes on each of its items (hachain's lists carry the sign per item); an empty line
+    resets, as in systemd."""
+    from hachain import seccomp
+    k, v = e.key, e.value.strip()
+    if k == "RestrictNamespaces":
+        flag = _bool(v)
+        if flag is None:
+            n.warn(e.line, k, f"{v!r}: hachain takes only yes (no new namespace of any "
+                   "kind) or no; dropped")
+        elif flag:
+            svc["restrict_namespaces"] = True
+        else:
+            svc.pop("restrict_namespaces", None)
+        return
+    if k == "SystemCallErrorNumber":
+        if seccomp.errno_number(v) is None:
+            n.warn(e.line, k, f"{v!r}: hachain takes an errno name such as EPERM; dropped "
+                   "(a refused call kills the service)")
+        else:
+            svc["system_call_error_number"] = v
+        return
+    key = {"SystemCallFilter": "system_call_filter", "SystemCallArchitectures":
+           "system_call_architectures", "RestrictAddressFamilies":
+           "restrict_address_families"}[k]
+    if not v:
+        svc.pop(key, None)
+        return
+    neg = v.startswith("~")
+    items = []
+    for w in v[1:].split() if neg else v.split():
+        if k == "SystemCallArchitectures":
+            problem = seccomp.arch_problem(w)
+        elif k == "RestrictAddressFamilies":
+            problem = None if w == "none" or seccomp.family_number(w) is not None \
+                else f"unknown address family {w!r}"
+        else:
+            w, colon, err = w.partition(":")
+            if colon:
+                n.warn(e.line, k, f"{w}: a per-call errno (':{err}') is not supported by "
+                       "hachain; the call is refused as the others are")
+            problem = seccomp.item_problem(w)
+        if problem:
+            n.warn(e.line, k, f"{problem}; dropped")
+            continue
+        items.append(("~" if neg and k != "SystemCallArchitectures" else "") + w)
+    have = svc.get(key, [])
+    if k == "RestrictAddressFamilies" and have and have[0].startswith("~") != neg:
+        # the other sign takes from the list the first line made (systemd's rule)
+        gone = {x.removeprefix("~") for x in items}
+        svc[key] = [x for x in have if x.removeprefix("~") not in gone]
+        return
+    svc[key] = have + [x for x in items if x not in have]
 
 
 def _bool(v: str) -> bool | None:

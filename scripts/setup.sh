@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # gcc and libc6-dev build hachain's two optional C parts (setup.py): the native front of
-# `hachain status` and the restarter's clone3 spawn; without them both work, slower
-want_debs=(util-linux procps gcc libc6-dev)
+# `hachain status` and the restarter's clone3 spawn; without them both work, slower.
+# libseccomp2 compiles a service's system_call_filter and its kin (hachain/seccomp.py)
+want_debs=(util-linux procps gcc libc6-dev libseccomp2)
 if [ "${1:-}" = "--test" ]; then
     # the QEMU proof, systemd-notify (a real sd_notify client), what systemd-python
     # (the optional `systemd` extra, tested too) builds against, the C stamp service of

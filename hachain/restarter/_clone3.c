@@ -114,6 +114,16 @@ struct limit {
     struct rlimit value;
 };
 
+#ifndef PR_SET_SECCOMP
+#define PR_SET_SECCOMP 22
+#endif
+#define SECCOMP_MODE_FILTER_ 2
+struct filter_prog {  /* struct sock_fprog: the program's length in instructions */
+    unsigned short len;
+    const void *filter;
+};
+#define MAX_FILTERS 16
+
 struct request {
     const char *path;
     char *const *argv;
@@ -141,6 +151,8 @@ struct request {
     struct mnt_step *mounts;  /* > 0 of them: a mount namespace of its own, these steps */
     int nmounts;
     int has_nice, nice;    /* setpriority */
+    struct filter_prog filters[MAX_FILTERS];  /* seccomp programs, installed last */
+    int nfilters;
     int unshare_below;     /* > 0: the child shares our descriptor table until it makes
                             * its own of the descriptors below this one (see SLOTS) */
     volatile int entered;  /* set by the child first thing: it ran at all */
@@ -393,6 +405,18 @@ static int child_main(void *arg) {
         return fail(r, 10);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    /* the seccomp programs, last: nothing of ours runs under them but the exec (and,
+     * should it fail, this function's return). Without CAP_SYS_ADMIN (a service that
+     * runs as its own user) the kernel asks for no_new_privs first. */
+    for (int i = 0, nnp = 0; i < r->nfilters; i++)
+        while (syscall(SYS_prctl, PR_SET_SECCOMP, (long)SECCOMP_MODE_FILTER_,
+                       &r->filters[i], 0L, 0L) < 0) {
+            if (errno != EACCES || nnp)
+                return fail(r, 19);
+            if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1L, 0L, 0L, 0L) < 0)
+                return fail(r, 15);
+            nnp = 1;
+        }
     execve(r->path, r->argv, r->envp);
     return fail(r, 5);
 }
@@ -454,12 +478,14 @@ PyDoc_STRVAR(spawn_doc,
 "signal mask, and RLIMIT_NOFILE `nofile` ((soft, hard) or None); `setup` is None or\n"
 "(cwd bytes or None, umask or -1, groups or None, gid or -1, uid or -1,\n"
 "[(resource, soft, hard)...], (from_fd, to_fd) or None, ambient capability mask or 0,\n"
-"no_new_privs bool, mounts, nice or None, bounding set mask or -1): the mount steps ((kind, path bytes,\n"
+"no_new_privs bool, mounts, nice or None, bounding set mask or -1, [seccomp program\n"
+"bytes...]): the mount steps ((kind, path bytes,\n"
 "optional bool)...: hachain/sandbox.py) before the chdir; chdir and umask before the\n"
 "process group, then the private /tmp and the nice value, nofile and the rlimits\n"
 "(while still root), the oom_score_adj `oom`\n"
 "(an int, or None: inherited), the credentials (keeping the capabilities asked for, then\n"
-"raised as ambient ones), no_new_privs, the ready fd. Returns once the child\n"
+"raised as ambient ones), no_new_privs, the ready fd, the seccomp programs (with\n"
+"no_new_privs first where the kernel asks for it). Returns once the child\n"
 "has exec'd. OSError when clone3 fails (ENOSYS, EINVAL, E2BIG: the kernel cannot;\n"
 "the caller falls back), when the child was killed before it ran (filename\n"
 "'clone3: killed at birth'), or when a step in the child fails; a failed child is\n"
@@ -473,10 +499,35 @@ static int parse_setup(PyObject *setup, struct request *r) {
     int um;
     long gid, uid;
     unsigned long long caps;
-    PyObject *nice_o, *mounts_o;
-    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOL", &cwd_o, &um, &groups_o, &gid, &uid, &limits_o,
-                          &ready_o, &caps, &r->no_new_privs, &mounts_o, &nice_o, &r->bset))
+    PyObject *nice_o, *mounts_o, *filters_o;
+    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLO", &cwd_o, &um, &groups_o, &gid, &uid,
+                          &limits_o, &ready_o, &caps, &r->no_new_privs, &mounts_o, &nice_o,
+                          &r->bset, &filters_o))
         return -1;
+    PyObject *fs = PySequence_Fast(filters_o, "filters must be a sequence");
+    if (fs == NULL)
+        return -1;
+    Py_ssize_t nf = PySequence_Fast_GET_SIZE(fs);
+    if (nf > MAX_FILTERS) {
+        Py_DECREF(fs);
+        PyErr_SetString(PyExc_ValueError, "too many seccomp programs");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        /* the program's bytes live in `setup`, which the caller holds for the whole call */
+        PyObject *b = PySequence_Fast_GET_ITEM(fs, i);
+        if (!PyBytes_Check(b) || PyBytes_GET_SIZE(b) % 8 || PyBytes_GET_SIZE(b) == 0 ||
+            PyBytes_GET_SIZE(b) / 8 > 0xFFFF) {
+            Py_DECREF(fs);
+            PyErr_SetString(PyExc_ValueError, "a seccomp program must be bytes of whole "
+                                              "8-byte instructions");
+            return -1;
+        }
+        r->filters[i].len = (unsigned short)(PyBytes_GET_SIZE(b) / 8);
+        r->filters[i].filter = PyBytes_AS_STRING(b);
+    }
+    r->nfilters = (int)nf;
+    Py_DECREF(fs);
     PyObject *ms = PySequence_Fast(mounts_o, "mounts must be a sequence");
     if (ms == NULL)
         return -1;
@@ -675,7 +726,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                                       "setresgid", "setresuid", "ready fd",
                                       "unshare descriptors", "oom_score_adj", "capset",
                                       "ambient", "no_new_privs", "mount namespace",
-                                      "setpriority", "capability bounding set"};
+                                      "setpriority", "capability bounding set",
+                                      "seccomp"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -760,7 +812,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 8) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 9) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

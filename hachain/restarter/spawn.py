@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from hachain import channels, prestart, sandbox
+from hachain import channels, prestart, sandbox, seccomp
 from hachain.cgroupfs import cgroup2_problem, find_cgroup2_mount
 from hachain.configtypes import CAPABILITIES, SERVICE_PATH, ServiceConfig
 from hachain.restarter.policy import ExitStatus
@@ -939,6 +939,8 @@ def _caps_setting(cfg: ServiceConfig) -> str:
 # prctl(2) and capset(2) for the fallback's child (the compiled spawn calls them itself)
 _PR_SET_KEEPCAPS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE = 8, 47, 2
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_FILTER_SETTING = "system_call_filter (seccomp)"
 _CAP_VERSION_3 = 0x20080522
 
 
@@ -1051,7 +1053,8 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
     libc: Any = None
     mounts = sandbox.plan(cfg) if sandbox.needs_namespace(cfg) else ()
     keep = bounding_mask(cfg)
-    if mask or cfg.no_new_privileges or mounts or keep >= 0:
+    programs = seccomp_programs(cfg)
+    if mask or cfg.no_new_privileges or mounts or keep >= 0 or programs:
         ctypes, libc = _libc()
 
     def fail(what: str, e: OSError) -> None:
@@ -1135,6 +1138,11 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
             raise OSError(code, os.strerror(code))
         if ready_w is not None:
             os.dup2(ready_w, target, inheritable=True)
+        if programs and (failed := _install_filters(ctypes, libc, programs)) is not None:
+            # (the last step: subprocess closes no descriptor after it, see spawn())
+            code = libc_errno()
+            fail(f"{_FILTER_SETTING}: {failed}", OSError(code, os.strerror(code)))
+            raise OSError(code, os.strerror(code))
     return setup
 
 
@@ -1151,13 +1159,62 @@ def _popen_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> str:
     return f'command[0] = "{cfg.command[0]}": exec: {errno_text(e)}'
 
 
+_FILTERS: dict[tuple[Any, ...], list[bytes]] = {}
+
+
+def _filter_key(cfg: ServiceConfig) -> tuple[Any, ...]:
+    return (cfg.system_call_filter, cfg.system_call_error_number,
+            cfg.system_call_architectures, cfg.restrict_address_families,
+            cfg.memory_deny_write_execute, cfg.lock_personality, cfg.restrict_realtime,
+            cfg.restrict_suid_sgid, cfg.restrict_namespaces)
+
+
+def seccomp_programs(cfg: ServiceConfig) -> list[bytes]:
+    """The service's seccomp programs (hachain/seccomp.py), built once per set of its
+    filter keys (a stop_command or reload_command of it shares them). SpawnError naming
+    the key when they cannot be built."""
+    if not seccomp.uses_seccomp(cfg):
+        return []
+    key = _filter_key(cfg)
+    got = _FILTERS.get(key)
+    if got is None:
+        try:
+            got = seccomp.programs(cfg)
+        except seccomp.FilterError as e:
+            raise SpawnError(str(e)) from None
+        if len(_FILTERS) > 256:
+            _FILTERS.clear()
+        _FILTERS[key] = got
+    return got
+
+
+def _install_filters(ctypes: Any, libc: Any, programs: list[bytes]) -> str | None:
+    """Install seccomp programs in this (child) process, the last step before its exec;
+    with no_new_privs first where the kernel asks for it (no CAP_SYS_ADMIN: a service
+    that runs as its own user). The failing call's name, or None."""
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    nnp = False
+    for code in programs:
+        buf = ctypes.create_string_buffer(code, len(code))
+        prog = Prog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        while libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0):
+            if libc_errno() != errno.EACCES or nnp:
+                return "prctl PR_SET_SECCOMP"
+            if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                return "prctl PR_SET_NO_NEW_PRIVS"
+            nnp = True
+    return None
+
+
 def _plain(cfg: ServiceConfig) -> bool:
     """A service that needs no set-up posix_spawn cannot do (cwd, credentials, umask,
     rlimits, a readiness fd at a fixed number) takes the fast path."""
     return (cfg.cwd is None and cfg.user is None and cfg.group is None and cfg.umask is None
             and not cfg.rlimits and not prestart.ready_pipe(cfg) and not cfg.capabilities
             and not cfg.no_new_privileges and not sandbox.needs_namespace(cfg)
-            and cfg.nice is None and cfg.capability_bounding_set is None)
+            and cfg.nice is None and cfg.capability_bounding_set is None
+            and not seccomp.uses_seccomp(cfg))
 
 
 _EXE_CACHE: dict[tuple[str, str], str] = {}
@@ -1192,7 +1249,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 8
+CLONE3_ABI = 9
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1272,7 +1329,8 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None) -> tuple
             None if ready_w is None else (ready_w, cfg.ready_fd),
             capability_mask(cfg), cfg.no_new_privileges,
             [(st.kind, os.fsencode(st.path), st.optional) for st in sandbox.plan(cfg)]
-            if sandbox.needs_namespace(cfg) else [], cfg.nice, bounding_mask(cfg))
+            if sandbox.needs_namespace(cfg) else [], cfg.nice, bounding_mask(cfg),
+            seccomp_programs(cfg))
 
 
 def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
@@ -1303,6 +1361,8 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
         return SpawnError(f"capability_bounding_set: prctl PR_CAPBSET_DROP: {errno_text(e)}")
     if step == "setpriority":
         return SpawnError(f"nice = {cfg.nice}: setpriority: {errno_text(e)}")
+    if step == "seccomp":
+        return SpawnError(f"{_FILTER_SETTING}: prctl PR_SET_SECCOMP: {errno_text(e)}")
     return SpawnError(f"{step}: {errno_text(e)}", transient=e.errno in TRANSIENT_ERRNOS)
 
 
@@ -1453,6 +1513,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
     `thaw` False: the caller has just read the service's cgroup empty and not frozen
     (kill_leftovers), so the write to cgroup.freeze is skipped."""
     files, notes = read_env_files(cfg) if cfg.env_file else ({}, ())
+    seccomp_programs(cfg)  # built (or refused) before anything is opened
     try:
         logfd = open_log(log_dir, cfg.name) if out is None else out
     except OSError as e:
@@ -1478,7 +1539,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         if cfg.rlimits or ready_w is not None or oom_for(cfg) is not None or \
                 cfg.capabilities or cfg.no_new_privileges or sandbox.needs_namespace(cfg) or \
                 cfg.capability_bounding_set is not None or \
-                cfg.nice is not None:
+                cfg.nice is not None or seccomp.uses_seccomp(cfg):
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
@@ -1529,7 +1590,11 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                         extra_groups=list(creds.groups) if own and creds.groups is not None
                         else None,
                         umask=-1 if cfg.umask is None else cfg.umask,
-                        process_group=0, close_fds=True, pass_fds=pass_fds,
+                        # close_fds would run after the preexec function's filters,
+                        # which need not allow it; every descriptor of the restarter
+                        # but pass_fds is close-on-exec anyway (PEP 446)
+                        process_group=0, close_fds=not seccomp.uses_seccomp(cfg),
+                        pass_fds=() if seccomp.uses_seccomp(cfg) else pass_fds,
                         preexec_fn=pre,
                     )
                 # We reap the child ourselves (SIGCHLD); tell subprocess not to
