@@ -22,6 +22,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import resource
 import stat
 
 from hachain import conditions, seccomp
@@ -151,6 +152,14 @@ def problems(cfg: Config) -> list[str]:
             out.append(f"service {name}: oom_score_adj = {svc.oom_score_adj} will not be "
                        "applied here (no CAP_SYS_RESOURCE): it runs at the restarter's "
                        "value")
+        if not can_lower:  # no CAP_SYS_RESOURCE: a hard limit cannot be raised here
+            for res, _soft, hard in svc.rlimits:
+                have = resource.getrlimit(getattr(resource, "RLIMIT_" + res.upper()))[1]
+                if have != resource.RLIM_INFINITY and (hard < 0 or hard > have):
+                    out.append(f"service {name}: rlimits.{res} hard limit "
+                               f"{'unlimited' if hard < 0 else hard} is above this host's "
+                               f"{have} and raising it needs CAP_SYS_RESOURCE, which the "
+                               "restarter does not have here: every start would fail")
         lacking = [c for c in svc.capabilities
                    if not bounding >> CAPABILITIES.index(c.removeprefix("CAP_")) & 1]
         if lacking:

@@ -758,7 +758,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             elif k == "CapabilityBoundingSet":
                 words = v.split()
                 if not words:
-                    svc.pop("capability_bounding_set", None)  # reset: the full set
+                    # systemd: the bounding set becomes empty, whatever came before
+                    svc["capability_bounding_set"] = []
                     continue
                 invert = words[0].startswith("~")
                 names = []

@@ -143,6 +143,35 @@ def test_nginx_forking_from_its_debian_unit() -> None:
                 log[-2000:]
 
 
+def test_redis_under_its_imported_hardened_unit() -> None:
+    """Debian's redis-server.service, hardening included, through `hachain import`: the
+    seccomp keys become seven programs on the running server (with no_new_privs), the
+    file system is read-only but its directory, and it serves, crashes and comes back,
+    and stops, all under them."""
+    with D.daemon_dir() as tmp:
+        rd, warnings = D.redis_imported(tmp)
+        for key in ("system_call_filter = [\"@system-service\", \"~@privileged\", "
+                    "\"~@resources\"]", "memory_deny_write_execute = true",
+                    "restrict_address_families = [\"AF_INET\", \"AF_INET6\", \"AF_UNIX\"]",
+                    'protect_system = "strict"', "capability_bounding_set = []"):
+            assert key in rd.body, rd.body
+        assert not any("SystemCallFilter" in w or "MemoryDeny" in w for w in warnings)
+        with D.restarter(tmp, rd.body) as r:
+            st = D.wait_ready(r, rd)
+            assert D.redis_cli(rd.port, "set", "k", "v") == "OK"
+            with open(f"/proc/{st['pid']}/status") as f:
+                status = dict(ln.split(":", 1) for ln in f if ":" in ln)
+            assert (status["Seccomp"].strip(), status["Seccomp_filters"].strip(),
+                    status["NoNewPrivs"].strip(), status["CapBnd"].strip()) == (
+                "2", "7", "1", "0000000000000000")
+            _, new_pid = D.kill_and_time(r, rd)
+            r.pids_seen.add(new_pid)
+            D.wait_ready(r, rd, old_pid=st["pid"])
+            assert r.req("stop", "redis")["ok"]
+            r.wait_state("redis", "stopped", timeout=30)
+            assert _cgroup_procs(r, "redis") == []
+
+
 def test_nginx_reloads_through_its_imported_exec_reload() -> None:
     """Debian's `ExecReload=nginx -s reload`, imported as reload_command: `hachain reload
     nginx` makes the running master serve the changed configuration, under the same pid,

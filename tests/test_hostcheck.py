@@ -101,13 +101,21 @@ def test_settings_this_host_would_refuse() -> None:
     resource = 1 << config.CAPABILITIES.index("SYS_RESOURCE")
     missing = [n for i, n in enumerate(config.CAPABILITIES) if not bounding >> i & 1]
     caps = ", ".join(f'"CAP_{n}"' for n in ["NET_BIND_SERVICE"] + missing)
+    import resource as rl
+    hard = rl.getrlimit(rl.RLIMIT_NOFILE)[1]
+    above = 4096 if hard == rl.RLIM_INFINITY else hard + 1
     got = lines('[service.db]\ncommand = ["true"]\noom_score_adj = -500\n'
+                f'rlimits = {{ nofile = {above} }}\n'
                 '[service.web]\ncommand = ["true"]\nuser = "nobody"\n'
                 f'capabilities = [{caps}]\n')
     want = []
     if not eff & resource:
         want.append("service db: oom_score_adj = -500 will not be applied here (no "
                     "CAP_SYS_RESOURCE): it runs at the restarter's value")
+        if hard != rl.RLIM_INFINITY:  # (raising a hard limit needs it too)
+            want.append(f"service db: rlimits.nofile hard limit {above} is above this "
+                        f"host's {hard} and raising it needs CAP_SYS_RESOURCE, which the "
+                        "restarter does not have here: every start would fail")
     if missing:
         want.append(f"service web: capabilities: {', '.join('CAP_' + n for n in missing)} "
                     "not in this host's bounding set: every start would fail")

@@ -656,3 +656,8 @@ CapabilityBoundingSet=CAP_SETUID CAP_BOGUS
     kept = config.parse(text, "imported.toml").services["b"].capability_bounding_set
     assert kept is not None and len(kept) == len(config.CAPABILITIES) - 2
     assert "CAP_SYS_ADMIN" not in kept and "CAP_NET_RAW" in kept
+    # an empty one (redis-server.service's): no capability at all, whatever came before
+    (empty,) = _files(tmp_path, c_service="[Service]\nExecStart=/c\n"
+                      "CapabilityBoundingSet=CAP_CHOWN\nCapabilityBoundingSet=\n")
+    text, conv = importer.import_files([empty])
+    assert config.parse(text, "imported.toml").services["c"].capability_bounding_set == ()

@@ -173,6 +173,41 @@ intensity = {{ max_restarts = 20, window = 60 }}
     return Daemon("redis", body, port, lambda: redis_cli(port, "ping") == "PONG")
 
 
+REDIS_UNIT = "/lib/systemd/system/redis-server.service"
+
+
+def redis_imported(tmp: str) -> tuple[Daemon, list[str]]:
+    """redis-server under Debian's own hardened unit through `hachain import`: its seccomp
+    keys (SystemCallFilter= and its kin), ProtectSystem=strict, ProtectHome=, the empty
+    CapabilityBoundingSet=, NoNewPrivileges= as imported (not its PrivateTmp=, below); only
+    the command is this test's (port, files in tmp, which is made writable as its
+    ReadWritePaths= makes /var/lib/redis), and the unit's RuntimeDirectory= left out (it
+    would make /run/redis on this host). Also returns the import's warnings."""
+    port = free_port()
+    d = os.path.join(tmp, "redis")
+    _own(d, "redis")
+    _, conv = importer.import_files([REDIS_UNIT])
+    svc = dict(conv.services["redis-server"])
+    svc["command"] = [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--dir", d,
+                      "--save", "", "--appendonly", "no", "--supervised", "systemd",
+                      "--daemonize", "no", "--logfile", ""]
+    svc.pop("directories", None)
+    svc.pop("directory_mode", None)
+    # the unit's LimitNOFILE=65535 is above the hard limit a root without
+    # CAP_SYS_RESOURCE (this sandbox's) may raise to: `hachain check` says so
+    svc.pop("rlimits", None)
+    # its files are under /tmp here, which PrivateTmp= would hide (tests/test_sandbox.py
+    # and tests/test_private_tmp_nice.py try private_tmp on its own)
+    svc.pop("private_tmp", None)
+    svc["read_write_paths"] = svc.get("read_write_paths", []) + [d]
+    svc["stop_timeout"] = "infinity"
+    svc["backoff"] = {"initial": 0.1, "factor": 1}
+    svc["intensity"] = {"max_restarts": 20, "window": 60}
+    body = importer.to_toml(importer.Conversion(services={"redis": svc}), [REDIS_UNIT])
+    return Daemon("redis", body, port, lambda: redis_cli(port, "ping") == "PONG"), \
+        conv.warnings
+
+
 def redis_cli(port: int, *args: str) -> str | None:
     r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
                        capture_output=True, text=True, timeout=10, check=False)
