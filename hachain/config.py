@@ -495,6 +495,26 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "`RestrictNamespaces=yes`): `unshare` and `clone` with a `CLONE_NEW*` flag, and "
           "`setns`, fail with EPERM (`clone3` says ENOSYS: the C library falls back to "
           "`clone`).", group="run"),
+    S.Key("protect_kernel_tunables", S.Bool(), "`true`: the kernel's tunables read-only "
+          "(systemd's `ProtectKernelTunables=`): `/proc/sys`, `/sys`, `/proc/sysrq-trigger` "
+          "and the rest of systemd's list, in its own mount namespace.", group="run"),
+    S.Key("protect_control_groups", S.Bool(), "`true`: `/sys/fs/cgroup` read-only "
+          "(systemd's `ProtectControlGroups=`).", group="run"),
+    S.Key("protect_kernel_modules", S.Bool(), "`true`: no module loaded or removed "
+          "(systemd's `ProtectKernelModules=`): the `@module` calls fail with EPERM, "
+          "CAP_SYS_MODULE leaves the bounding set, `/lib/modules` and `/usr/lib/modules` "
+          "are hidden.", group="run"),
+    S.Key("protect_kernel_logs", S.Bool(), "`true`: the kernel's log buffer out of reach "
+          "(systemd's `ProtectKernelLogs=`): `syslog()` fails with EPERM and CAP_SYSLOG "
+          "leaves the bounding set (so `/proc/kmsg` cannot be opened; `/dev/kmsg` as the "
+          "host's `kernel.dmesg_restrict` says).", group="run"),
+    S.Key("protect_clock", S.Bool(), "`true`: the clocks cannot be set (systemd's "
+          "`ProtectClock=`): the `@clock` calls fail with EPERM, CAP_SYS_TIME and "
+          "CAP_WAKE_ALARM leave the bounding set.", group="run"),
+    S.Key("protect_hostname", S.Bool(), "`true`: the host name cannot be changed "
+          "(systemd's `ProtectHostname=`): `sethostname` and `setdomainname` fail with "
+          "EPERM (systemd gives the service a UTS namespace of its own instead).",
+          group="run"),
     S.Key("nice", _integer(-20, 19), "Its nice value (systemd's `Nice=`): 19 yields the CPU "
           "to everything else. Unset: 0, whatever the restarter's own.", shown="`0`",
           group="run"),

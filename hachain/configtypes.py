@@ -154,6 +154,15 @@ class ServiceConfig:
     restrict_realtime: bool = False
     restrict_suid_sgid: bool = False
     restrict_namespaces: bool = False
+    # systemd's ProtectKernelTunables=, ProtectControlGroups=, ProtectKernelModules=,
+    # ProtectKernelLogs=, ProtectClock=, ProtectHostname=: read-only or hidden paths
+    # (hachain/sandbox.py), refused calls (hachain/seccomp.py), capabilities dropped
+    protect_kernel_tunables: bool = False
+    protect_control_groups: bool = False
+    protect_kernel_modules: bool = False
+    protect_kernel_logs: bool = False
+    protect_clock: bool = False
+    protect_hostname: bool = False
     nice: int | None = None  # its nice value (None: 0, the restarter's resets on fork)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing

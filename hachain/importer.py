@@ -1013,7 +1013,12 @@ def _int_in(v: str, lo: int, hi: int) -> int:
 
 _SECCOMP_FLAGS = {"MemoryDenyWriteExecute": "memory_deny_write_execute",
                   "LockPersonality": "lock_personality", "RestrictRealtime": "restrict_realtime",
-                  "RestrictSUIDSGID": "restrict_suid_sgid"}
+                  "RestrictSUIDSGID": "restrict_suid_sgid",
+                  "ProtectKernelTunables": "protect_kernel_tunables",
+                  "ProtectControlGroups": "protect_control_groups",
+                  "ProtectKernelModules": "protect_kernel_modules",
+                  "ProtectKernelLogs": "protect_kernel_logs", "ProtectClock": "protect_clock",
+                  "ProtectHostname": "protect_hostname"}
 
 
 def _seccomp_key(e: Entry, svc: dict[str, Any], n: _Notes) -> None:

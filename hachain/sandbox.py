@@ -3,11 +3,12 @@
 Owns: turning a service's `private_tmp`, `protect_system`, `protect_home`,
 `read_only_paths`, `read_write_paths` and `inaccessible_paths` (systemd's
 `PrivateTmp=`, `ProtectSystem=`, `ProtectHome=`, `ReadOnlyPaths=`, `ReadWritePaths=`,
-`InaccessiblePaths=`) into the steps the new process takes in a mount namespace of its
-own, before its exec: which path, what is done to it, whether it may be missing, and
-which setting asked for it (for the error of a failed start). Pure: no I/O. The steps
-are carried out by the compiled spawn (`_clone3.c`) or by the fallback's child
-(`spawn._mount_steps`), each the same way.
+`InaccessiblePaths=`), and the file system side of `protect_kernel_tunables`,
+`protect_control_groups` and `protect_kernel_modules`, into the steps the new process
+takes in a mount namespace of its own, before its exec: which path, what is done to it,
+whether it may be missing, and which setting asked for it (for the error of a failed
+start). Pure: no I/O. The steps are carried out by the compiled spawn (`_clone3.c`) or
+by the fallback's child (`spawn._mount_steps`), each the same way.
 
 The rule where settings overlap is systemd's: the more specific path wins. Steps are
 ordered by the depth of their path, so a path under a read-only one that is listed in
@@ -33,6 +34,8 @@ READ_WRITE = 3  # bind the path onto itself, writable again, below it too
 HIDE = 4  # an empty, read-only tmpfs of mode 000: nothing of it can be seen
 EMPTY = 5  # an empty, read-only tmpfs of mode 0755: protect_home = "tmpfs"
 KEEP = 6  # as it was before the other steps, with what is mounted below (cloned, put back)
+LATE = 16  # added to a kind: taken after the KEEP paths are back (the kernel's files in
+# /proc and /sys that protect_kernel_tunables and protect_control_groups make read-only)
 
 KINDS = {TMPFS: "a fresh tmpfs", READ_ONLY: "read-only", READ_WRITE: "writable",
          HIDE: "inaccessible", EMPTY: "an empty read-only tmpfs", KEEP: "kept as it was"}
@@ -41,6 +44,11 @@ SYSTEM = {"yes": ("/usr", "/boot", "/efi"), "full": ("/usr", "/boot", "/efi", "/
           "strict": ("/",)}
 API = ("/dev", "/proc", "/sys")  # as they were under "strict"
 HOMES = ("/home", "/root", "/run/user")
+# protect_kernel_tunables: what of /proc and /sys tunes the kernel (systemd's list)
+TUNABLES = ("/proc/acpi", "/proc/apm", "/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq",
+            "/proc/latency_stats", "/proc/mtrr", "/proc/scsi", "/proc/sys",
+            "/proc/sysrq-trigger", "/proc/timer_stats", "/sys")
+MODULES = ("/lib/modules", "/usr/lib/modules")  # protect_kernel_modules: hidden
 OPTIONAL = "-"  # a path with this prefix may be missing
 
 
@@ -63,7 +71,8 @@ def _listed(paths: tuple[str, ...], kind: int, setting: str) -> list[Step]:
 def needs_namespace(c: ServiceConfig) -> bool:
     """Does a start of `c` take a mount namespace of its own? (Cheap: asked per spawn.)"""
     return bool(c.private_tmp or c.protect_system or c.protect_home or c.read_only_paths
-                or c.read_write_paths or c.inaccessible_paths)
+                or c.read_write_paths or c.inaccessible_paths or c.protect_kernel_tunables
+                or c.protect_control_groups or c.protect_kernel_modules)
 
 
 def plan(c: ServiceConfig) -> tuple[Step, ...]:
@@ -84,15 +93,23 @@ def plan(c: ServiceConfig) -> tuple[Step, ...]:
     steps += _listed(c.read_only_paths, READ_ONLY, "read_only_paths")
     steps += _listed(c.read_write_paths, READ_WRITE, "read_write_paths")
     steps += _listed(c.inaccessible_paths, HIDE, "inaccessible_paths")
+    if c.protect_kernel_modules:
+        steps += [Step(HIDE, p, True, "protect_kernel_modules = true") for p in MODULES]
     # deeper paths last (the more specific wins); for one path, in the order of the
     # lines above (stable sort): inaccessible over writable over read-only
     steps.sort(key=lambda s: _depth(s.path))
     if c.private_tmp:
         steps += [Step(TMPFS, "/tmp", False, "private_tmp = true"),
                   Step(TMPFS, "/var/tmp", True, "private_tmp = true")]
+    if c.protect_kernel_tunables:
+        steps += [Step(READ_ONLY | LATE, p, True, "protect_kernel_tunables = true")
+                  for p in TUNABLES]
+    if c.protect_control_groups:
+        steps.append(Step(READ_ONLY | LATE, "/sys/fs/cgroup", True,
+                          "protect_control_groups = true"))
     return tuple(steps)
 
 
 def describe(step: Step) -> str:
     """How a failed start names the step: `read_only_paths: /srv/data (read-only)`."""
-    return f"{step.setting}: {step.path} ({KINDS[step.kind]})"
+    return f"{step.setting}: {step.path} ({KINDS[step.kind & ~LATE]})"

@@ -50,7 +50,21 @@ def uses_seccomp(c: ServiceConfig) -> bool:
     return bool(c.system_call_filter or c.system_call_architectures or
                 c.restrict_address_families or c.memory_deny_write_execute or
                 c.lock_personality or c.restrict_realtime or c.restrict_suid_sgid or
-                c.restrict_namespaces)
+                c.restrict_namespaces or bool(_protected_calls(c)))
+
+
+def _protected_calls(c: ServiceConfig) -> list[str]:
+    """The calls the protect_* keys refuse with EPERM (systemd's choice for each)."""
+    out: list[str] = []
+    if c.protect_kernel_modules:
+        out.append("@module")
+    if c.protect_kernel_logs:
+        out.append("syslog")
+    if c.protect_clock:
+        out.append("@clock")
+    if c.protect_hostname:
+        out += ["sethostname", "setdomainname"]
+    return out
 
 
 def _groups() -> dict[str, tuple[str, ...]]:
@@ -274,6 +288,11 @@ def programs(c: ServiceConfig) -> list[bytes]:
                       m(2, sc.MASKED_EQ, bit, bit))
                 _rule(f, eperm, sc, "openat", m(2, sc.MASKED_EQ, os.O_CREAT, os.O_CREAT),
                       m(3, sc.MASKED_EQ, bit, bit))
+            out.append(_bpf(f))
+        if protected := _protected_calls(c):
+            f = _new(sc, sc.ALLOW, native, sc.ALLOW)
+            for n in sorted(resolve(["~" + x for x in protected])[1]):
+                _rule(f, eperm, sc, n)
             out.append(_bpf(f))
         if c.restrict_namespaces:
             f = _new(sc, sc.ALLOW, native, sc.ALLOW)

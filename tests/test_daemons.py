@@ -145,7 +145,8 @@ def test_nginx_forking_from_its_debian_unit() -> None:
 
 def test_redis_under_its_imported_hardened_unit() -> None:
     """Debian's redis-server.service, hardening included, through `hachain import`: the
-    seccomp keys become seven programs on the running server (with no_new_privs), the
+    seccomp and Protect*= keys become eight programs on the running server (with
+    no_new_privs), the kernel's tunables are read-only, the
     file system is read-only but its directory, and it serves, crashes and comes back,
     and stops, all under them."""
     with D.daemon_dir() as tmp:
@@ -163,7 +164,11 @@ def test_redis_under_its_imported_hardened_unit() -> None:
                 status = dict(ln.split(":", 1) for ln in f if ":" in ln)
             assert (status["Seccomp"].strip(), status["Seccomp_filters"].strip(),
                     status["NoNewPrivs"].strip(), status["CapBnd"].strip()) == (
-                "2", "7", "1", "0000000000000000")
+                "2", "8", "1", "0000000000000000")
+            # ProtectKernelTunables=: read-only in its namespace, even under strict
+            with open(f"/proc/{st['pid']}/mountinfo") as f:
+                sysctl = [ln.split() for ln in f if ln.split()[4] == "/proc/sys"]
+            assert sysctl and "ro" in sysctl[-1][5].split(","), sysctl
             _, new_pid = D.kill_and_time(r, rd)
             r.pids_seen.add(new_pid)
             D.wait_ready(r, rd, old_pid=st["pid"])

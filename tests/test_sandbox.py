@@ -50,6 +50,15 @@ def test_the_more_specific_path_wins_and_private_tmp_comes_last() -> None:
         (sandbox.READ_ONLY, "/usr"), (sandbox.READ_ONLY, "/boot"), (sandbox.READ_ONLY, "/efi"),
         (sandbox.READ_ONLY, "/etc")]
     assert not sandbox.needs_namespace(ServiceConfig("a", ("/bin/true",)))
+    # the kernel's files come after the API paths are put back (LATE): read-only even
+    # under "strict", which keeps /proc and /sys as they were
+    late = sandbox.plan(ServiceConfig("a", ("/bin/true",), protect_system="strict",
+                                      protect_kernel_tunables=True,
+                                      protect_control_groups=True))
+    assert [s.path for s in late if s.kind == sandbox.READ_ONLY | sandbox.LATE][-2:] == \
+        ["/sys", "/sys/fs/cgroup"]
+    assert sandbox.describe(late[-1]) == \
+        "protect_control_groups = true: /sys/fs/cgroup (read-only)"
 
 
 def test_config_takes_booleans_choices_and_optional_paths() -> None:

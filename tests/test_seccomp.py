@@ -184,6 +184,55 @@ def test_a_service_of_its_own_user_gets_no_new_privs_with_its_filter(
     assert st_["Uid"].split()[0] == "65534"
 
 
+KERNEL_PROBES = r'''
+import ctypes, errno, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+def err(rc):
+    return "ok" if rc >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+# each call is one the host refuses for a harmless reason (a bad descriptor, clock or
+# length), unless a filter refuses it first with EPERM: nothing here changes the host
+finit = {"x86_64": 313, "aarch64": 273}[platform.machine()]
+print("module", err(libc.syscall(finit, -1, None, 0)))
+print("syslog", err(libc.klogctl(10, None, 0)))
+ts = (ctypes.c_long * 2)(0, 0)
+print("clock", err(libc.clock_settime(999, ts)))
+print("hostname", err(libc.sethostname(b"x" * 100, 100)))
+print("sysctl", "rw" if os.access("/proc/sys/kernel/hostname", os.W_OK) else "ro")
+print("cgroupfs", "rw" if os.access("/sys/fs/cgroup", os.W_OK) else "ro")
+print("modules", len(os.listdir("/lib/modules")) if os.path.isdir("/lib/modules") else -1)
+with open("/proc/self/status") as f:
+    bnd = int([ln for ln in f if ln.startswith("CapBnd")][0].split()[1], 16)
+print("caps", "".join("1" if bnd >> c & 1 else "0" for c in (16, 34, 25, 35)))
+print("done", flush=True)
+'''
+
+
+@needs_root
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_the_kernel_protections_refuse_and_hide_what_they_name(
+        cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str) -> None:
+    cgroups = spawn_path(path, cgroups, monkeypatch)
+
+    def run(name: str, **keys: Any) -> dict[str, str]:
+        cfg = ServiceConfig(name, ("/bin/sh", "-c", f"{PY} -c '{KERNEL_PROBES}'; "
+                                   "exec sleep 600"), **keys)
+        return results(cfg, cgroups, tmp_path, started)[1]
+    free = run("free")
+    # (a kernel without module support says ENOSYS: still not the filter's EPERM)
+    assert free["module"] in ("EBADF", "ENOSYS"), free
+    assert (free["syslog"], free["clock"], free["hostname"]) == ("ok", "EINVAL", "EINVAL"), free
+    assert (free["sysctl"], free["cgroupfs"], free["caps"]) == ("rw", "rw", "1111"), free
+    held = run("held", protect_kernel_tunables=True, protect_control_groups=True,
+               protect_kernel_modules=True, protect_kernel_logs=True, protect_clock=True,
+               protect_hostname=True, protect_system="strict")
+    assert (held["module"], held["syslog"], held["clock"], held["hostname"]) == (
+        "EPERM", "EPERM", "EPERM", "EPERM"), held
+    # read-only even under "strict", which puts /proc and /sys back as they were
+    assert (held["sysctl"], held["cgroupfs"], held["caps"]) == ("ro", "ro", "0000"), held
+    assert held["modules"] in ("0", "-1") and (free["modules"] != "0" or
+                                               held["modules"] == "0"), (free, held)
+
+
 @pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_an_allow_list_without_prctl_is_installed_after_the_others(
         cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str) -> None:
@@ -292,7 +341,9 @@ def test_import_carries_the_keys_over() -> None:
             "SystemCallFilter=~ @privileged @resources\nSystemCallErrorNumber=EPERM\n"
             "SystemCallArchitectures=native\nRestrictAddressFamilies=AF_UNIX AF_NETLINK\n"
             "MemoryDenyWriteExecute=yes\nLockPersonality=yes\nRestrictRealtime=true\n"
-            "RestrictSUIDSGID=yes\nRestrictNamespaces=yes\n")
+            "RestrictSUIDSGID=yes\nRestrictNamespaces=yes\nProtectKernelTunables=yes\n"
+            "ProtectControlGroups=yes\nProtectKernelModules=yes\nProtectKernelLogs=yes\n"
+            "ProtectClock=yes\nProtectHostname=yes\n")
     conv = importer.convert_systemd(unit, "x.service")
     assert conv.warnings == []
     s = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
@@ -301,6 +352,8 @@ def test_import_carries_the_keys_over() -> None:
     assert s.restrict_address_families == ("AF_UNIX", "AF_NETLINK")
     assert s.memory_deny_write_execute and s.lock_personality and s.restrict_realtime
     assert s.restrict_suid_sgid and s.restrict_namespaces
+    assert s.protect_kernel_tunables and s.protect_control_groups and s.protect_clock
+    assert s.protect_kernel_modules and s.protect_kernel_logs and s.protect_hostname
     conv = importer.convert_systemd("[Service]\nExecStart=/usr/bin/x\n"
                                     "RestrictNamespaces=net mnt\nSystemCallFilter=read:EPERM\n"
                                     "RestrictAddressFamilies=~AF_PACKET\n", "x.service")

@@ -88,6 +88,7 @@ struct mnt_step {
 #define MNT_HIDE 4
 #define MNT_EMPTY 5
 #define MNT_KEEP 6  /* the path keeps what it was before the other steps (open_tree) */
+#define MNT_LATE 16  /* added to a kind: the step comes after the MNT_KEEP paths are back */
 #define MAX_KEEP 8
 
 /* mount_setattr, open_tree, move_mount (Linux 5.12, 5.2, 5.2): numbered alike on every
@@ -178,7 +179,7 @@ static int mount_step(const struct mnt_step *m) {
     if (stat(m->path, &st) < 0)
         return m->optional && errno == ENOENT ? 0 : -1;
     unsigned long hidden = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY;
-    switch (m->kind) {
+    switch (m->kind & ~MNT_LATE) {
     case MNT_TMPFS:
         return mount("tmpfs", m->path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
     case MNT_HIDE:
@@ -187,7 +188,7 @@ static int mount_step(const struct mnt_step *m) {
         return mount("tmpfs", m->path, "tmpfs", hidden, "mode=755");
     case MNT_READ_ONLY:
     case MNT_READ_WRITE: {
-        int ro = m->kind == MNT_READ_ONLY;
+        int ro = (m->kind & ~MNT_LATE) == MNT_READ_ONLY;
         /* "/" is changed where it is: a mount stacked on it would not be the root this
          * process resolves paths from. Any other path gets a mount of its own first. */
         int root = m->path[0] == '/' && m->path[1] == 0;
@@ -213,7 +214,7 @@ static int mount_step(const struct mnt_step *m) {
 
 /* The service's mount namespace: its own, with the mounts below / made slaves (nothing
  * of ours propagates back), then the steps in order, the MNT_KEEP paths cloned before
- * and put back after them. 0, or the failed step (16: the namespace; 200 + i). */
+ * and put back after them, then the MNT_LATE steps. 0, or the failed step (16: the namespace; 200 + i). */
 static int mount_steps(struct request *r) {
     int kept[MAX_KEEP];
     int nkept = 0;
@@ -233,7 +234,8 @@ static int mount_steps(struct request *r) {
         kept[nkept++] = fd;
     }
     for (int i = 0; i < r->nmounts; i++)
-        if (r->mounts[i].kind != MNT_KEEP && mount_step(&r->mounts[i]) < 0)
+        if (r->mounts[i].kind != MNT_KEEP && !(r->mounts[i].kind & MNT_LATE) &&
+            mount_step(&r->mounts[i]) < 0)
             return 200 + i;
     nkept = 0;
     for (int i = 0; i < r->nmounts; i++) {
@@ -247,6 +249,9 @@ static int mount_steps(struct request *r) {
             return 200 + i;
         close(fd);
     }
+    for (int i = 0; i < r->nmounts; i++)
+        if ((r->mounts[i].kind & MNT_LATE) && mount_step(&r->mounts[i]) < 0)
+            return 200 + i;
     return 0;
 }
 
@@ -812,7 +817,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 9) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 10) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

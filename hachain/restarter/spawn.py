@@ -908,13 +908,31 @@ def capability_mask(cfg: ServiceConfig) -> int:
     return mask
 
 
+def dropped_capabilities(cfg: ServiceConfig) -> tuple[str, ...]:
+    """What the protect_* keys take from the bounding set, as systemd's do."""
+    out: tuple[str, ...] = ()
+    if cfg.protect_kernel_modules:
+        out += ("SYS_MODULE",)
+    if cfg.protect_kernel_logs:
+        out += ("SYSLOG",)
+    if cfg.protect_clock:
+        out += ("SYS_TIME", "WAKE_ALARM")
+    return out
+
+
 def bounding_mask(cfg: ServiceConfig) -> int:
-    """capability_bounding_set as the bits kept (-1: the bounding set left as it is)."""
-    if cfg.capability_bounding_set is None:
+    """capability_bounding_set, less what the protect_* keys drop, as the bits kept (-1:
+    the bounding set left as it is)."""
+    drop = dropped_capabilities(cfg)
+    if cfg.capability_bounding_set is None and not drop:
         return -1
-    mask = 0
-    for c in cfg.capability_bounding_set:
-        mask |= 1 << CAPABILITIES.index(c.removeprefix("CAP_"))
+    mask = (1 << 63) - 1  # (every capability the kernel may have: bit 63 is none)
+    if cfg.capability_bounding_set is not None:
+        mask = 0
+        for c in cfg.capability_bounding_set:
+            mask |= 1 << CAPABILITIES.index(c.removeprefix("CAP_"))
+    for c in drop:
+        mask &= ~(1 << CAPABILITIES.index(c))
     return mask
 
 
@@ -1001,14 +1019,15 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
             ctypes.set_errno(errno.ENOENT)
             return False
         hidden = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_RDONLY
-        if st.kind == sandbox.TMPFS:
+        kind = st.kind & ~sandbox.LATE
+        if kind == sandbox.TMPFS:
             return libc.mount(b"tmpfs", p, b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777") == 0
-        if st.kind in (sandbox.HIDE, sandbox.EMPTY):
-            mode = b"mode=000" if st.kind == sandbox.HIDE else b"mode=755"
+        if kind in (sandbox.HIDE, sandbox.EMPTY):
+            mode = b"mode=000" if kind == sandbox.HIDE else b"mode=755"
             return libc.mount(b"tmpfs", p, b"tmpfs", hidden, mode) == 0
         if p != b"/" and libc.mount(p, p, None, _MS_BIND | _MS_REC, None) != 0:
             return False
-        return setattr_(p, st.kind == sandbox.READ_ONLY)
+        return setattr_(p, kind == sandbox.READ_ONLY)
 
     kept: list[int] = []
     for st in steps:
@@ -1020,7 +1039,7 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
                 return sandbox.describe(st)
             kept.append(fd)
     for st in steps:
-        if st.kind != sandbox.KEEP and not one(st):
+        if st.kind != sandbox.KEEP and not st.kind & sandbox.LATE and not one(st):
             return sandbox.describe(st)
     for st, fd in zip([x for x in steps if x.kind == sandbox.KEEP], kept, strict=True):
         if fd >= 0:
@@ -1028,6 +1047,9 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
                             _MOVE_MOUNT_F_EMPTY_PATH) != 0:
                 return sandbox.describe(st)
             os.close(fd)
+    for st in steps:
+        if st.kind & sandbox.LATE and not one(st):
+            return sandbox.describe(st)
     return None
 
 
@@ -1213,7 +1235,7 @@ def _plain(cfg: ServiceConfig) -> bool:
     return (cfg.cwd is None and cfg.user is None and cfg.group is None and cfg.umask is None
             and not cfg.rlimits and not prestart.ready_pipe(cfg) and not cfg.capabilities
             and not cfg.no_new_privileges and not sandbox.needs_namespace(cfg)
-            and cfg.nice is None and cfg.capability_bounding_set is None
+            and cfg.nice is None and bounding_mask(cfg) < 0
             and not seccomp.uses_seccomp(cfg))
 
 
@@ -1249,7 +1271,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 9
+CLONE3_ABI = 10
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1538,7 +1560,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
             make_directories(cfg, creds)
         if cfg.rlimits or ready_w is not None or oom_for(cfg) is not None or \
                 cfg.capabilities or cfg.no_new_privileges or sandbox.needs_namespace(cfg) or \
-                cfg.capability_bounding_set is not None or \
+                bounding_mask(cfg) >= 0 or \
                 cfg.nice is not None or seccomp.uses_seccomp(cfg):
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
