@@ -495,6 +495,11 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "`RestrictNamespaces=yes`): `unshare` and `clone` with a `CLONE_NEW*` flag, and "
           "`setns`, fail with EPERM (`clone3` says ENOSYS: the C library falls back to "
           "`clone`).", group="run"),
+    S.Key("private_devices", S.Bool(), "`true`: a `/dev` of its own with only the pseudo "
+          "devices (`null`, `zero`, `full`, `random`, `urandom`, `tty`, a `pts` of its "
+          "own with `ptmx`, and the host's `shm`, `mqueue`, `hugepages`): no disk, no "
+          "hardware (systemd's `PrivateDevices=`). CAP_MKNOD and CAP_SYS_RAWIO leave the "
+          "bounding set and the `@raw-io` calls fail with EPERM.", group="run"),
     S.Key("protect_kernel_tunables", S.Bool(), "`true`: the kernel's tunables read-only "
           "(systemd's `ProtectKernelTunables=`): `/proc/sys`, `/sys`, `/proc/sysrq-trigger` "
           "and the rest of systemd's list, in its own mount namespace.", group="run"),

@@ -163,6 +163,7 @@ class ServiceConfig:
     protect_kernel_logs: bool = False
     protect_clock: bool = False
     protect_hostname: bool = False
+    private_devices: bool = False  # its own /dev, pseudo devices only (PrivateDevices=)
     nice: int | None = None  # its nice value (None: 0, the restarter's resets on fork)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing

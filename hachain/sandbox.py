@@ -34,11 +34,17 @@ READ_WRITE = 3  # bind the path onto itself, writable again, below it too
 HIDE = 4  # an empty, read-only tmpfs of mode 000: nothing of it can be seen
 EMPTY = 5  # an empty, read-only tmpfs of mode 0755: protect_home = "tmpfs"
 KEEP = 6  # as it was before the other steps, with what is mounted below (cloned, put back)
+DEVICES = 7  # a private /dev: a tmpfs with the host's pseudo devices bound in (below)
 LATE = 16  # added to a kind: taken after the KEEP paths are back (the kernel's files in
 # /proc and /sys that protect_kernel_tunables and protect_control_groups make read-only)
 
 KINDS = {TMPFS: "a fresh tmpfs", READ_ONLY: "read-only", READ_WRITE: "writable",
-         HIDE: "inaccessible", EMPTY: "an empty read-only tmpfs", KEEP: "kept as it was"}
+         HIDE: "inaccessible", EMPTY: "an empty read-only tmpfs", KEEP: "kept as it was",
+         DEVICES: "a private /dev"}
+# private_devices: the nodes and directories of the host's /dev bound into the private
+# one (a missing one is left out), its own devpts instance, and the usual links
+DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEVICE_DIRS = ("shm", "mqueue", "hugepages")
 
 SYSTEM = {"yes": ("/usr", "/boot", "/efi"), "full": ("/usr", "/boot", "/efi", "/etc"),
           "strict": ("/",)}
@@ -72,7 +78,8 @@ def needs_namespace(c: ServiceConfig) -> bool:
     """Does a start of `c` take a mount namespace of its own? (Cheap: asked per spawn.)"""
     return bool(c.private_tmp or c.protect_system or c.protect_home or c.read_only_paths
                 or c.read_write_paths or c.inaccessible_paths or c.protect_kernel_tunables
-                or c.protect_control_groups or c.protect_kernel_modules)
+                or c.protect_control_groups or c.protect_kernel_modules
+                or c.private_devices)
 
 
 def plan(c: ServiceConfig) -> tuple[Step, ...]:
@@ -83,7 +90,8 @@ def plan(c: ServiceConfig) -> tuple[Step, ...]:
         steps += [Step(READ_ONLY, p, p != "/usr" and p != "/", what)
                   for p in SYSTEM[c.protect_system]]
         if c.protect_system == "strict":
-            steps += [Step(KEEP, p, True, what) for p in API]
+            steps += [Step(KEEP, p, True, what) for p in API
+                      if not (p == "/dev" and c.private_devices)]
             steps += [Step(READ_WRITE, d.rstrip("/") or "/", True, "directories")
                       for d in c.directories]
     if c.protect_home:
@@ -95,6 +103,8 @@ def plan(c: ServiceConfig) -> tuple[Step, ...]:
     steps += _listed(c.inaccessible_paths, HIDE, "inaccessible_paths")
     if c.protect_kernel_modules:
         steps += [Step(HIDE, p, True, "protect_kernel_modules = true") for p in MODULES]
+    if c.private_devices:
+        steps.append(Step(DEVICES, "/dev", False, "private_devices = true"))
     # deeper paths last (the more specific wins); for one path, in the order of the
     # lines above (stable sort): inaccessible over writable over read-only
     steps.sort(key=lambda s: _depth(s.path))

@@ -64,6 +64,8 @@ def _protected_calls(c: ServiceConfig) -> list[str]:
         out.append("@clock")
     if c.protect_hostname:
         out += ["sethostname", "setdomainname"]
+    if c.private_devices:
+        out.append("@raw-io")
     return out
 
 

@@ -233,6 +233,49 @@ def test_the_kernel_protections_refuse_and_hide_what_they_name(
                                                held["modules"] == "0"), (free, held)
 
 
+DEVICE_PROBES = r'''
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+print("dev", ",".join(sorted(os.listdir("/dev"))))
+with open("/dev/null", "w") as f:
+    f.write("x")
+with open("/dev/urandom", "rb") as f:
+    print("urandom", len(f.read(16)))
+m, s = os.openpty()
+print("pty", os.ttyname(s))
+print("ioperm", "ok" if libc.ioperm(0x80, 1, 0) == 0 else
+      errno.errorcode.get(ctypes.get_errno(), "?"))
+with open("/proc/self/status") as f:
+    bnd = int([ln for ln in f if ln.startswith("CapBnd")][0].split()[1], 16)
+print("caps", "".join("1" if bnd >> c & 1 else "0" for c in (27, 17)))
+print("done", flush=True)
+'''
+
+
+@needs_root
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_private_devices_leaves_the_pseudo_devices_only(
+        cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str) -> None:
+    cgroups = spawn_path(path, cgroups, monkeypatch)
+
+    def run(name: str, **keys: Any) -> dict[str, str]:
+        cfg = ServiceConfig(name, ("/bin/sh", "-c", f"{PY} -c '{DEVICE_PROBES}'; "
+                                   "exec sleep 600"), **keys)
+        return results(cfg, cgroups, tmp_path, started)[1]
+    free = run("free")
+    assert free["caps"] == "11" and free["ioperm"] in ("ok", "ENOSYS"), free
+    host = set(os.listdir("/dev"))
+    want = {n for n in ("null", "zero", "full", "random", "urandom", "tty", "shm", "mqueue",
+                        "hugepages") if n in host} | {"pts", "ptmx", "fd", "stdin", "stdout",
+                                                      "stderr"}
+    assert host - want, "this host's /dev has nothing but pseudo devices: nothing to hide"
+    for name, keys in (("held", {}), ("strict", {"protect_system": "strict"})):
+        held = run(name, private_devices=True, **keys)
+        assert set(held["dev"].split(",")) == want, (held, want)
+        assert held["urandom"] == "16" and held["pty"].startswith("/dev/pts/"), held
+        assert held["caps"] == "00" and held["ioperm"] in ("EPERM", "ENOSYS"), held
+
+
 @pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_an_allow_list_without_prctl_is_installed_after_the_others(
         cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str) -> None:
@@ -343,7 +386,7 @@ def test_import_carries_the_keys_over() -> None:
             "MemoryDenyWriteExecute=yes\nLockPersonality=yes\nRestrictRealtime=true\n"
             "RestrictSUIDSGID=yes\nRestrictNamespaces=yes\nProtectKernelTunables=yes\n"
             "ProtectControlGroups=yes\nProtectKernelModules=yes\nProtectKernelLogs=yes\n"
-            "ProtectClock=yes\nProtectHostname=yes\n")
+            "ProtectClock=yes\nProtectHostname=yes\nPrivateDevices=yes\n")
     conv = importer.convert_systemd(unit, "x.service")
     assert conv.warnings == []
     s = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
@@ -354,6 +397,7 @@ def test_import_carries_the_keys_over() -> None:
     assert s.restrict_suid_sgid and s.restrict_namespaces
     assert s.protect_kernel_tunables and s.protect_control_groups and s.protect_clock
     assert s.protect_kernel_modules and s.protect_kernel_logs and s.protect_hostname
+    assert s.private_devices
     conv = importer.convert_systemd("[Service]\nExecStart=/usr/bin/x\n"
                                     "RestrictNamespaces=net mnt\nSystemCallFilter=read:EPERM\n"
                                     "RestrictAddressFamilies=~AF_PACKET\n", "x.service")

@@ -88,6 +88,7 @@ struct mnt_step {
 #define MNT_HIDE 4
 #define MNT_EMPTY 5
 #define MNT_KEEP 6  /* the path keeps what it was before the other steps (open_tree) */
+#define MNT_DEVICES 7  /* a private /dev: tmpfs, the host's pseudo devices bound in */
 #define MNT_LATE 16  /* added to a kind: the step comes after the MNT_KEEP paths are back */
 #define MAX_KEEP 8
 
@@ -173,6 +174,65 @@ static int fail(struct request *r, int step) {
     return 127;
 }
 
+/* private_devices: a tmpfs on /dev with the host's pseudo devices (and shm, mqueue,
+ * hugepages) bound in from clones taken before it covers them, a devpts instance of its
+ * own, and the usual links (hachain/sandbox.py, DEVICE_NODES and DEVICE_DIRS). A node or
+ * directory the host lacks is left out. 0, or -1 with errno set. */
+static int private_dev(void) {
+    static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+    static const char *const dirs[] = {"shm", "mqueue", "hugepages"};
+    enum { NN = sizeof nodes / sizeof *nodes, ND = sizeof dirs / sizeof *dirs };
+    int fds[NN + ND];
+    char p[64];
+    int rc = -1, e = 0;
+    for (int i = 0; i < NN + ND; i++) {
+        snprintf(p, sizeof p, "/dev/%s", i < NN ? nodes[i] : dirs[i - NN]);
+        fds[i] = (int)syscall(SYS_open_tree, AT_FDCWD, p,
+                              OPEN_TREE_CLONE_ | O_CLOEXEC | (i < NN ? 0 : AT_RECURSIVE_));
+        if (fds[i] < 0 && errno != ENOENT) {
+            e = errno;
+            for (int j = 0; j < i; j++)
+                if (fds[j] >= 0)
+                    close(fds[j]);
+            errno = e;
+            return -1;
+        }
+    }
+    if (mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755") < 0)
+        goto out;
+    for (int i = 0; i < NN + ND; i++) {
+        if (fds[i] < 0)
+            continue;
+        snprintf(p, sizeof p, "/dev/%s", i < NN ? nodes[i] : dirs[i - NN]);
+        if (i < NN) {
+            int f = open(p, O_CREAT | O_WRONLY | O_CLOEXEC, 0666);
+            if (f < 0)
+                goto out;
+            close(f);
+        } else if (mkdir(p, 0755) < 0) {
+            goto out;
+        }
+        if (syscall(SYS_move_mount, fds[i], "", AT_FDCWD, p, MOVE_MOUNT_F_EMPTY_PATH_) < 0)
+            goto out;
+    }
+    if (mkdir("/dev/pts", 0755) < 0 ||
+        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620") < 0 ||
+        symlink("pts/ptmx", "/dev/ptmx") < 0 || symlink("/proc/self/fd", "/dev/fd") < 0 ||
+        symlink("/proc/self/fd/0", "/dev/stdin") < 0 ||
+        symlink("/proc/self/fd/1", "/dev/stdout") < 0 ||
+        symlink("/proc/self/fd/2", "/dev/stderr") < 0)
+        goto out;
+    rc = 0;
+out:
+    e = errno;
+    for (int i = 0; i < NN + ND; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    errno = e;
+    return rc;
+}
+
 /* One step (not MNT_KEEP): 0, or -1 with errno set. */
 static int mount_step(const struct mnt_step *m) {
     struct stat st;
@@ -186,6 +246,8 @@ static int mount_step(const struct mnt_step *m) {
         return mount("tmpfs", m->path, "tmpfs", hidden, "mode=000");
     case MNT_EMPTY:
         return mount("tmpfs", m->path, "tmpfs", hidden, "mode=755");
+    case MNT_DEVICES:
+        return private_dev();
     case MNT_READ_ONLY:
     case MNT_READ_WRITE: {
         int ro = (m->kind & ~MNT_LATE) == MNT_READ_ONLY;
@@ -817,7 +879,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 10) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 11) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

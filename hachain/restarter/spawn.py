@@ -917,6 +917,8 @@ def dropped_capabilities(cfg: ServiceConfig) -> tuple[str, ...]:
         out += ("SYSLOG",)
     if cfg.protect_clock:
         out += ("SYS_TIME", "WAKE_ALARM")
+    if cfg.private_devices:
+        out += ("MKNOD", "SYS_RAWIO")
     return out
 
 
@@ -1020,6 +1022,8 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
             return False
         hidden = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_RDONLY
         kind = st.kind & ~sandbox.LATE
+        if kind == sandbox.DEVICES:
+            return _private_dev(libc)
         if kind == sandbox.TMPFS:
             return libc.mount(b"tmpfs", p, b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777") == 0
         if kind in (sandbox.HIDE, sandbox.EMPTY):
@@ -1051,6 +1055,51 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
         if st.kind & sandbox.LATE and not one(st):
             return sandbox.describe(st)
     return None
+
+
+def _private_dev(libc: Any) -> bool:
+    """In the fallback's child: private_devices' /dev, as _clone3.c's private_dev makes
+    it. False with ctypes' errno set when a step fails."""
+    import ctypes
+    names = sandbox.DEVICE_NODES + sandbox.DEVICE_DIRS
+    fds: list[int] = []
+    try:
+        for i, n in enumerate(names):
+            fd = libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, f"/dev/{n}".encode(),
+                              _OPEN_TREE_CLONE | os.O_CLOEXEC |
+                              (_AT_RECURSIVE if i >= len(sandbox.DEVICE_NODES) else 0))
+            if fd < 0 and libc_errno() != errno.ENOENT:
+                return False
+            fds.append(fd)
+        if libc.mount(b"tmpfs", b"/dev", b"tmpfs", _MS_NOSUID | _MS_NOEXEC, b"mode=755") != 0:
+            return False
+        for i, (n, fd) in enumerate(zip(names, fds, strict=True)):
+            if fd < 0:
+                continue
+            p = f"/dev/{n}"
+            if i < len(sandbox.DEVICE_NODES):
+                os.close(os.open(p, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+            else:
+                os.mkdir(p, 0o755)
+            if libc.syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, p.encode(),
+                            _MOVE_MOUNT_F_EMPTY_PATH) != 0:
+                return False
+        os.mkdir("/dev/pts", 0o755)
+        if libc.mount(b"devpts", b"/dev/pts", b"devpts", _MS_NOSUID | _MS_NOEXEC,
+                      b"newinstance,ptmxmode=0666,mode=0620") != 0:
+            return False
+        for target, link in (("pts/ptmx", "ptmx"), ("/proc/self/fd", "fd"),
+                             ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"),
+                             ("/proc/self/fd/2", "stderr")):
+            os.symlink(target, f"/dev/{link}")
+        return True
+    except OSError as e:
+        ctypes.set_errno(e.errno or errno.EIO)
+        return False
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
 
 def libc_errno() -> int:
@@ -1271,7 +1320,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 10
+CLONE3_ABI = 11
 
 
 def clone3_usable(mod: Any) -> bool:
