@@ -357,6 +357,41 @@ def _stop_command(entries: list[Entry], n: _Notes) -> list[str] | None:
     return argv
 
 
+DBUS_SEND = "/usr/bin/dbus-send"
+
+
+def _bus_ready(svc: dict[str, Any], unit_type: Entry | None, bus_name: Entry | None,
+               n: _Notes) -> None:
+    """Type=dbus (systemd's default for a unit with BusName= and no Type=): ready once
+    its name has an owner on the system bus, which `ready = "exec"` asks with
+    dbus-send's GetNameOwner (exit 0 only then). BusName= of another type is only a
+    name: dropped."""
+    t = unit_type.value if unit_type is not None else None
+    if t not in (None, "dbus"):
+        if bus_name is not None:
+            n.warn(bus_name.line, "BusName", f"only read with Type=dbus (this unit is "
+                   f"Type={t}); dropped")
+        return
+    if bus_name is None:
+        if t == "dbus":
+            n.warn(unit_type.line if unit_type else 1, "Type", "dbus without BusName=: "
+                   "treated as simple")
+        return
+    name = bus_name.value.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)+", name):
+        n.warn(bus_name.line, "BusName", f"{name!r} is not a bus name; dropped (treated "
+               "as simple)")
+        return
+    if not os.path.exists(DBUS_SEND):
+        n.warn(bus_name.line, "BusName", f"ready when {name} is on the bus needs "
+               f"{DBUS_SEND} (Debian: dbus-bin), missing here; treated as simple")
+        return
+    svc["ready"] = "exec"
+    svc["ready_command"] = [DBUS_SEND, "--system", "--print-reply",
+                            "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
+                            "org.freedesktop.DBus.GetNameOwner", f"string:{name}"]
+
+
 def _reload(svc: dict[str, Any], unit_type: str, lines: list[Entry],
             sig_entry: Entry | None, n: _Notes) -> None:
     """ExecReload=, ReloadSignal= and Type=notify-reload → the reload keys. One ExecReload=
@@ -567,7 +602,9 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             kind = "forking"
         elif t == "notify-reload":  # notify, and a reload is its signal, then READY=1
             ready = "notify"
-        elif t in ("dbus", "idle"):
+        elif t == "dbus":
+            pass  # ready once its BusName= has an owner on the bus (_bus_ready below)
+        elif t == "idle":
             n.warn(u.type.line, "Type", f"{t} is not supported; treated as simple")
         elif t not in ("simple", "exec"):
             n.warn(u.type.line, "Type", f"unknown type {t!r}; treated as simple")
@@ -626,6 +663,7 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     start_limit: dict[str, Entry] = {}
     reload_lines: list[Entry] = []
     reload_sig: Entry | None = None
+    bus_name: Entry | None = None
     for e in u.entries:
         k, v = e.key, e.value
         try:
@@ -822,6 +860,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                     reload_lines.append(e)
             elif k == "ReloadSignal":
                 reload_sig = e
+            elif k == "BusName":
+                bus_name = e
             elif k == "RemainAfterExit":
                 if kind != "oneshot":
                     n.warn(e.line, k, "only meaningful for a oneshot; dropped")
@@ -833,6 +873,7 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     if stop_signal:
         svc["stop_signal"] = stop_signal
     _reload(svc, u.type.value if u.type else "simple", reload_lines, reload_sig, n)
+    _bus_ready(svc, u.type, bus_name, n)
     if svc.get("directory_mode") == "0755":
         del svc["directory_mode"]
 
@@ -1297,9 +1338,11 @@ def _toml_key(k: str) -> str:
 
 
 _KEY_ORDER = ["command", "kind", "pid_file", "restart", "enabled", "requires", "wants", "after",
-              "conflicts", "ready", "ready_timeout", "watchdog_sec", "backoff", "intensity",
-              "success_exit", "stop_signal", "stop_timeout", "kill_mode", "user", "group",
-              "umask", "cwd", "env", "rlimits", "log_max_bytes", "log_keep"]
+              "conflicts", "ready", "ready_command", "ready_timeout", "watchdog_sec",
+              "backoff", "intensity", "success_exit", "stop_command", "stop_signal",
+              "stop_timeout", "kill_mode", "reload_command", "reload_signal", "reload_notify",
+              "reload_timeout", "user", "group", "umask", "cwd", "env", "rlimits",
+              "log_max_bytes", "log_keep"]
 
 
 def to_toml(conv: Conversion, sources: list[str]) -> str:

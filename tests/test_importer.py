@@ -4,6 +4,7 @@ accepts, with one warning line (file:line: option) for everything left behind.""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -365,6 +366,27 @@ def test_exec_reload_becomes_a_reload_signal_or_command(reload: str, keys: dict[
     got = {k: v for k, v in conv.services["x"].items() if k.startswith("reload_")}
     assert got == keys
     config.parse(importer.to_toml(conv, ["x.service"]), "imported.toml")
+
+
+def test_dbus_type_is_ready_once_its_bus_name_has_an_owner() -> None:
+    """Type=dbus (or BusName= with no Type=, systemd's default then): ready = "exec",
+    asking the bus whether the name has an owner (dbus-send exits 0 only then)."""
+    for head in ("Type=dbus\n", ""):
+        conv = importer.convert_systemd(f"[Service]\n{head}BusName=org.example.Thing\n"
+                                        "ExecStart=/bin/x\n", "x.service")
+        svc = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
+        if not os.path.exists(importer.DBUS_SEND):
+            assert any("needs /usr/bin/dbus-send" in w for w in conv.warnings)
+            continue
+        assert conv.warnings == [] and svc.ready == "exec"
+        assert svc.ready_command[-2:] == ("org.freedesktop.DBus.GetNameOwner",
+                                          "string:org.example.Thing")
+    conv = importer.convert_systemd("[Service]\nType=dbus\nExecStart=/bin/x\n", "x.service")
+    _warned(conv, "x.service", 2, "Type", "dbus without BusName=")
+    conv = importer.convert_systemd("[Service]\nType=notify\nBusName=a.b\nExecStart=/bin/x\n",
+                                    "x.service")
+    _warned(conv, "x.service", 3, "BusName", "only read with Type=dbus")
+    assert conv.services["x"]["ready"] == "notify"
 
 
 def test_notify_reload_is_notify_with_its_reload_signal() -> None:
