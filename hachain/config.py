@@ -288,6 +288,22 @@ def _protect(choices: tuple[str, ...]) -> S.Custom:
     return S.Custom(one, examples=(True, False) + choices)
 
 
+def _credential_name(v: Any) -> str:
+    s: str = S.Text(nonempty=True, max_len=255).one(v)
+    if "/" in s or s in (".", "..") or not s.isprintable():
+        raise S.Bad(f"{s!r} is not a credential name (a file name: no '/', printable)")
+    return s
+
+
+def _credential_source(v: Any) -> str:
+    s: str = S.Text(nonempty=True).one(v)
+    path = s.removeprefix("-")
+    if not path or (not path.startswith("/") and "/" in path):
+        raise S.Bad(f"{s!r} must be an absolute path (a leading \"-\": it may be missing) "
+                    "or a name to look for in the credential stores")
+    return s
+
+
 def _syscall_item(v: Any) -> str:
     from hachain import seccomp
     s: str = S.Text(nonempty=True).one(v)
@@ -398,6 +414,20 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "A service gets only `PATH`, `HACHAIN_SERVICE` (its name), "
           "`NOTIFY_SOCKET`/`WATCHDOG_USEC` for `ready = \"notify\"`, and these; nothing of "
           "the chain's own environment.", shown="`{}`", group="run"),
+    S.Key("credentials", S.MapOf(S.Custom(_credential_name, examples=("tls.key", "token")),
+                                 S.Custom(
+          _credential_source, examples=("/etc/ssl/private/web.key", "-/etc/web/token",
+                                        "web.token")),
+          label="a credential name", to=lambda d: tuple(sorted(d.items()))),
+          "Secrets the service gets a copy of at each start (systemd's "
+          "`LoadCredential=`): a table of name = source, `{ \"tls.key\" = "
+          "\"/etc/ssl/private/web.key\" }`. The restarter reads each source (as root) and "
+          "writes it to `$CREDENTIALS_DIRECTORY/NAME` under `state_dir`, mode 0400, owned "
+          "by the service's user; the directory is removed when the service stops. A "
+          "source with a leading `-` may be missing; a bare name is looked for in "
+          "`/etc/credstore`, `/run/credstore` and `/usr/lib/credstore` and left out when "
+          "none has it; any other missing source fails the start, naming it. At most 1 MiB "
+          "each.", shown="`{}`", group="run"),
     S.Key("cwd", S.PathText(nonempty=True), "Working directory, an absolute path. Unset: "
           "the restarter's.", group="run"),
     S.Key("user", _UNIX_NAME, "User name to run as, with its primary group (unless "

@@ -164,6 +164,9 @@ class ServiceConfig:
     protect_clock: bool = False
     protect_hostname: bool = False
     private_devices: bool = False  # its own /dev, pseudo devices only (PrivateDevices=)
+    # (name, source): copied for it at each start (hachain/credentials.py), systemd's
+    # LoadCredential=; a source with "-" may be missing, a bare name is searched for
+    credentials: tuple[tuple[str, str], ...] = ()
     nice: int | None = None  # its nice value (None: 0, the restarter's resets on fork)
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing

@@ -87,6 +87,26 @@ def _find(program: str, path_var: str) -> str | None:
     return None
 
 
+def _unreachable(path: str, uid: int, gids: set[int]) -> str | None:
+    """The first directory from / down to `path` that uid/gids cannot pass through
+    ("/x is 0700 root:root"), or None."""
+    parts = []
+    d = path
+    while True:
+        parts.append(d)
+        if d == "/":
+            break
+        d = os.path.dirname(d)
+    for d in reversed(parts):
+        try:
+            dst = os.stat(d)
+        except OSError:
+            continue
+        if not _allows(dst, uid, gids, 1):
+            return f"{d} is {_mode(dst)}"
+    return None
+
+
 def program_problem(program: str, svc: ServiceConfig) -> str | None:
     """Why `program` cannot be run as `svc` runs (one clause), or None."""
     path_var = dict(svc.env).get("PATH", SERVICE_PATH)
@@ -106,20 +126,8 @@ def program_problem(program: str, svc: ServiceConfig) -> str | None:
         return None if st.st_mode & 0o111 else f"not executable ({_mode(st)})"
     uid, gids, label = who
     real = os.path.realpath(found)
-    d = os.path.dirname(real)
-    parts = []
-    while True:
-        parts.append(d)
-        if d == "/":
-            break
-        d = os.path.dirname(d)
-    for d in reversed(parts):
-        try:
-            dst = os.stat(d)
-        except OSError:
-            continue
-        if not _allows(dst, uid, gids, 1):
-            return f"{label} cannot reach it: {d} is {_mode(dst)}"
+    if (blocked := _unreachable(os.path.dirname(real), uid, gids)) is not None:
+        return f"{label} cannot reach it: {blocked}"
     if not _allows(st, uid, gids, 1):
         return f"{label} cannot run it: {real} is {_mode(st)}"
     return None
@@ -170,6 +178,11 @@ def problems(cfg: Config) -> list[str]:
             failed = conditions.verdict(table, kind) if table is not None else ""
             if failed:
                 out.append(f"service {name}: {failed} on this host now: {then}")
+        if svc.credentials and (who := _who(svc)) is not None and \
+                (blocked := _unreachable(os.path.realpath(cfg.chain.state_dir),
+                                         who[0], who[1])) is not None:
+            out.append(f"service {name}: credentials: {who[2]} cannot reach its copies "
+                       f"under chain.state_dir: {blocked}")
         if seccomp.uses_seccomp(svc):
             try:
                 seccomp.programs(svc)  # libseccomp here, and every call it names known

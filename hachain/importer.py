@@ -814,6 +814,16 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 else:
                     svc["capability_bounding_set"] = (have or []) + [
                         c for c in names if c not in (have or [])]
+            elif k == "LoadCredential":
+                cred, colon, src = v.strip().partition(":")
+                src = src if colon else cred  # a bare name: looked for in the stores
+                if "%" in src or "/" in cred or not cred:
+                    raise ValueError(f"{v!r}: " + ("%-specifiers are not expanded by "
+                                     "hachain" if "%" in src else "not a credential name"))
+                if colon and not src.startswith("/"):
+                    raise ValueError(f"{src!r}: hachain takes an absolute path (or a bare "
+                                     "name alone, looked for in the credential stores)")
+                svc.setdefault("credentials", {})[cred] = src
             elif k in _SECCOMP_FLAGS:
                 svc[_SECCOMP_FLAGS[k]] = _unit_bool(v)
             elif k in ("SystemCallFilter", "SystemCallErrorNumber", "SystemCallArchitectures",

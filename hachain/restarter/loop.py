@@ -52,6 +52,8 @@ HOLD_SHARE = 4  # HeldOutput: at most this share of the file limit
 # See round_budget(). Queued starts (start-up, reload) keep their START_BATCH.
 ROUND_BUDGET_MAX = 0.05
 _SIGNAMES = frozenset(int(x) for x in signal.Signals)
+# a service in these states runs nothing: its credentials' copies are removed
+_NO_CREDENTIALS = frozenset({State.STOPPED, State.FAILED, State.MAINTENANCE, State.SKIPPED})
 CHILD = -1  # in pidfds: the main process is our child, watched through SIGCHLD
 _PRIORITY = {"signal": 0, "control-listen": 0, "control-conn": 0}
 _CHECK_TIMEOUT = {"ready": Timer.READY_CHECK_TIMEOUT, "health": Timer.HEALTH_CHECK_TIMEOUT}
@@ -596,6 +598,10 @@ class Restarter:
                 self._spawn(e.name, now)
             elif t is core.Transition:
                 self._transition_note(e.name, e.old, e.new)
+                if e.new.state in _NO_CREDENTIALS and (c := self.conf.get(e.name)) and \
+                        c.credentials:
+                    from hachain import credentials
+                    credentials.remove(self.state_dir, e.name)
                 if e.name in self.reloads and \
                         (out := reloads.lost(self.reloads[e.name], e.new)) is not None:
                     self._reload_over(e.name, out, now)
@@ -735,6 +741,13 @@ class Restarter:
             out_r, out_w = self.logs.pipe()
         except OSError as e:
             return f"output pipe: {spawn.errno_text(e)}", True
+        if c.credentials:  # its secrets, copied afresh for this start
+            try:
+                c = replace(c, env=c.env + self._credentials_env(name, c, prepare=True))
+            except spawn.SpawnError as e:
+                os.close(out_r)
+                os.close(out_w)
+                return str(e), e.transient
         if c.singleton:  # the token of the grant it starts under (docs/cluster.md)
             c = replace(c, env=c.env + ((channels.ENV_FENCING_TOKEN,
                                                      str(self.core.grants.get(name, 0))),))
@@ -778,6 +791,24 @@ class Restarter:
             pass
         got.close()
 
+    def _credentials_env(self, name: str, c: ServiceConfig, prepare: bool = False
+                         ) -> tuple[tuple[str, str], ...]:
+        """CREDENTIALS_DIRECTORY for a process of `name` (its stop and reload commands
+        too, as systemd gives them); `prepare`: the copies made afresh first (a start).
+        SpawnError (one line naming the credential) when they cannot be."""
+        if not c.credentials:
+            return ()
+        from hachain import credentials
+        if prepare:
+            who = spawn.credentials(c)
+            try:
+                d = credentials.prepare(self.state_dir, name, c, who.uid, who.gid)
+            except credentials.CredentialError as e:
+                raise spawn.SpawnError(str(e), transient=e.transient) from None
+        else:
+            d = credentials.directory(self.state_dir, name)
+        return (("CREDENTIALS_DIRECTORY", d),)
+
     def _stop_command(self, name: str, pid: int, group: bool) -> bool:
         """Start `name`'s stop_command (systemd's ExecStop=) in place of its stop signal,
         as the service runs (user, environment and MAINPID, cwd, limits, cgroup), its
@@ -788,7 +819,7 @@ class Restarter:
             return False
         cmd = replace(c, command=c.stop_command, kind="longrun", ready="none", pre_start=(),
                       pid_file=None, directories=(), condition=None, assertion=None,
-                      env=c.env + (("MAINPID", str(pid)),))
+                      env=c.env + (("MAINPID", str(pid)),) + self._credentials_env(name, c))
         sp = self._spawn_command(name, cmd)
         if isinstance(sp, str):
             log(f"{name}: stop_command cannot run: {sp}; sending its stop signal")
@@ -821,7 +852,8 @@ class Restarter:
         cannot start ends the stop at once, saying why."""
         c = self.conf[name]
         cmd = replace(c, command=c.stop_command, pre_start=(), directories=(),
-                      condition=None, assertion=None)
+                      condition=None, assertion=None,
+                      env=c.env + self._credentials_env(name, c))
         sp = self._spawn_command(name, cmd)
         if isinstance(sp, str):
             self._teardown_failed(name, sp, now)
@@ -1492,7 +1524,8 @@ class Restarter:
             cmd = replace(c, command=c.reload_command, kind="longrun", ready="none",
                           pre_start=(), pid_file=None, directories=(), condition=None,
                           assertion=None,
-                          env=c.env + ((("MAINPID", str(s.pid)),) if s.pid else ()))
+                          env=c.env + ((("MAINPID", str(s.pid)),) if s.pid else ()) +
+                          self._credentials_env(name, c))
             sp = self._spawn_command(name, cmd)
             if isinstance(sp, str):
                 self._reload_over(name, reloads.Outcome(
