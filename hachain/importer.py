@@ -612,6 +612,17 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
         svc["kind"] = kind
     if ready != "none":
         svc["ready"] = ready
+    starts_pre: list[Entry] = []  # a oneshot's ExecStart= lines run as pre_start
+    if kind == "oneshot" and u.exec_start and (
+            len(u.exec_start) > 1 or u.exec_start[-1].value.lstrip().startswith("-")):
+        # systemd runs a oneshot's lines in turn, stopping at the first failure ('-':
+        # one that may fail), as pre_start does: all but the last run as pre_start, the
+        # last as the command (one that may fail too, with /bin/true the command)
+        last = u.exec_start[-1]
+        may_fail = last.value.lstrip().startswith("-")
+        starts_pre = u.exec_start if may_fail else u.exec_start[:-1]
+        u.exec_start = [Entry("Service", "ExecStart", "/bin/true", last.line)] if may_fail \
+            else [last]
     if not u.exec_start:
         n.error(1, "ExecStart", "missing: hachain needs a command to run")
     else:
@@ -629,7 +640,7 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                    "env_file as systemd expands them")
         elif argv:
             svc["command"] = argv
-    pre_start = _pre_start(u.exec_start_pre, n)
+    pre_start = _pre_start(u.exec_start_pre + starts_pre, n)
     if pre_start:
         svc["pre_start"] = pre_start
     stop = _stop_command(u.exec_stop, n)

@@ -194,9 +194,10 @@ def test_oneshot_and_restart_corner_cases(tmp_path: Any) -> None:
     (p,) = _files(tmp_path, prep_service=ONESHOT_UNIT)
     text, conv = importer.import_files([p])
     s = config.parse(text).services["prep"]
-    assert s.kind == "oneshot" and s.command == ("/usr/sbin/prepare", "one")
+    # both lines, in turn: the first as pre_start (test_a_oneshots_lines_run_in_turn...)
+    assert s.kind == "oneshot" and s.command == ("/usr/sbin/prepare", "two")
+    assert s.pre_start == (("/usr/sbin/prepare", "one"),)
     assert s.restart == "on-failure"
-    assert "dropped" in _warned(conv, p, 7, "ExecStart")
     assert "oneshot" in _warned(conv, p, 8, "Restart")
     assert not any("RemainAfterExit" in w for w in conv.warnings)
 
@@ -366,6 +367,27 @@ def test_exec_reload_becomes_a_reload_signal_or_command(reload: str, keys: dict[
     got = {k: v for k, v in conv.services["x"].items() if k.startswith("reload_")}
     assert got == keys
     config.parse(importer.to_toml(conv, ["x.service"]), "imported.toml")
+
+
+def test_a_oneshots_lines_run_in_turn_as_pre_start_then_the_command() -> None:
+    """systemd runs each ExecStart= of a oneshot in turn and stops at the first failure
+    (a '-' line may fail): the same as pre_start then command."""
+    conv = importer.convert_systemd("[Service]\nType=oneshot\nExecStartPre=/bin/prep\n"
+                                    "ExecStart=-/bin/a one\nExecStart=/bin/b\n"
+                                    "ExecStart=/bin/c two\n", "x.service")
+    assert conv.warnings == []
+    s = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
+    assert s.pre_start == (("/bin/prep",), ("-/bin/a", "one"), ("/bin/b",))
+    assert s.command == ("/bin/c", "two")
+    conv = importer.convert_systemd("[Service]\nType=oneshot\nExecStart=-/bin/a\n",
+                                    "x.service")
+    assert conv.warnings == []
+    s = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
+    assert (s.pre_start, s.command) == ((("-/bin/a",),), ("/bin/true",))
+    # a long-running service still has one command
+    conv = importer.convert_systemd("[Service]\nExecStart=/bin/a\nExecStart=/bin/b\n",
+                                    "x.service")
+    _warned(conv, "x.service", 3, "ExecStart", "only one command per service")
 
 
 def test_dbus_type_is_ready_once_its_bus_name_has_an_owner() -> None:
