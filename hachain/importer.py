@@ -746,10 +746,14 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             elif k == "SuccessExitStatus":
                 codes = []
                 for word in v.split():
+                    named = getattr(os, "EX_" + word, None) if word.isupper() else None
                     if word.isdigit() and int(word) <= 255:
                         codes.append(int(word))
+                    elif isinstance(named, int):  # BSD's sysexits names: DATAERR is 65
+                        codes.append(named)
                     else:
-                        n.warn(e.line, k, f"{word}: only exit codes 0-255 carry over; dropped")
+                        n.warn(e.line, k, f"{word}: only exit codes 0-255 (or their "
+                               "sysexits names) carry over; dropped")
                 if codes:
                     svc["success_exit"] = sorted(set([0] + codes))
             elif k in ("StandardOutput", "StandardError"):

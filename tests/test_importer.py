@@ -369,6 +369,14 @@ def test_exec_reload_becomes_a_reload_signal_or_command(reload: str, keys: dict[
     config.parse(importer.to_toml(conv, ["x.service"]), "imported.toml")
 
 
+def test_success_exit_status_takes_sysexits_names() -> None:
+    conv = importer.convert_systemd("[Service]\nExecStart=/bin/x\n"
+                                    "SuccessExitStatus=DATAERR 3 CANTCREAT SIGKILL\n",
+                                    "x.service")
+    assert conv.services["x"]["success_exit"] == [0, 3, 65, 73]
+    _warned(conv, "x.service", 3, "SuccessExitStatus", "SIGKILL")
+
+
 def test_a_oneshots_lines_run_in_turn_as_pre_start_then_the_command() -> None:
     """systemd runs each ExecStart= of a oneshot in turn and stops at the first failure
     (a '-' line may fail): the same as pre_start then command."""
