@@ -530,6 +530,11 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "own with `ptmx`, and the host's `shm`, `mqueue`, `hugepages`): no disk, no "
           "hardware (systemd's `PrivateDevices=`). CAP_MKNOD and CAP_SYS_RAWIO leave the "
           "bounding set and the `@raw-io` calls fail with EPERM.", group="run"),
+    S.Key("private_network", S.Bool(), "`true`: a network namespace of its own with only "
+          "a loopback interface, brought up (systemd's `PrivateNetwork=`): it reaches no "
+          "other host and nothing on this host's own interfaces, `127.0.0.1` included; "
+          "unix sockets in the file system still work. Needs root (CAP_SYS_ADMIN).",
+          group="run"),
     S.Key("protect_kernel_tunables", S.Bool(), "`true`: the kernel's tunables read-only "
           "(systemd's `ProtectKernelTunables=`): `/proc/sys`, `/sys`, `/proc/sysrq-trigger` "
           "and the rest of systemd's list, in its own mount namespace.", group="run"),

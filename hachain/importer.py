@@ -1084,7 +1084,8 @@ _SECCOMP_FLAGS = {"MemoryDenyWriteExecute": "memory_deny_write_execute",
                   "ProtectControlGroups": "protect_control_groups",
                   "ProtectKernelModules": "protect_kernel_modules",
                   "ProtectKernelLogs": "protect_kernel_logs", "ProtectClock": "protect_clock",
-                  "ProtectHostname": "protect_hostname", "PrivateDevices": "private_devices"}
+                  "ProtectHostname": "protect_hostname", "PrivateDevices": "private_devices",
+                  "PrivateNetwork": "private_network"}
 
 
 def _seccomp_key(e: Entry, svc: dict[str, Any], n: _Notes) -> None:

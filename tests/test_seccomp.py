@@ -276,6 +276,43 @@ def test_private_devices_leaves_the_pseudo_devices_only(
         assert held["caps"] == "00" and held["ioperm"] in ("EPERM", "ENOSYS"), held
 
 
+NET_PROBES = r'''
+import socket, sys
+print("links", ",".join(sorted(n for _, n in socket.if_nameindex())))
+c = socket.socket()
+c.settimeout(5)
+print("host", "reached" if c.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else "refused")
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+c = socket.create_connection(s.getsockname(), timeout=5)
+print("own", "reached")
+print("done", flush=True)
+'''
+
+
+@needs_root
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_private_network_has_only_its_own_loopback(
+        cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str) -> None:
+    import socket
+    cgroups = spawn_path(path, cgroups, monkeypatch)
+    with socket.socket() as listener:  # on the host's loopback, for the twin to reach
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = str(listener.getsockname()[1])
+
+        def run(name: str, **keys: Any) -> dict[str, str]:
+            cfg = ServiceConfig(name, ("/bin/sh", "-c", f"{PY} -c '{NET_PROBES}' {port}; "
+                                       "exec sleep 600"), **keys)
+            return results(cfg, cgroups, tmp_path, started)[1]
+        free = run("free")
+        assert free["host"] == "reached" and "lo" in free["links"].split(","), free
+        held = run("held", private_network=True)
+    assert {k: held[k] for k in ("links", "host", "own")} == {
+        "links": "lo", "host": "refused", "own": "reached"}, held
+
+
 @pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_an_allow_list_without_prctl_is_installed_after_the_others(
         cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str) -> None:
@@ -386,7 +423,8 @@ def test_import_carries_the_keys_over() -> None:
             "MemoryDenyWriteExecute=yes\nLockPersonality=yes\nRestrictRealtime=true\n"
             "RestrictSUIDSGID=yes\nRestrictNamespaces=yes\nProtectKernelTunables=yes\n"
             "ProtectControlGroups=yes\nProtectKernelModules=yes\nProtectKernelLogs=yes\n"
-            "ProtectClock=yes\nProtectHostname=yes\nPrivateDevices=yes\n")
+            "ProtectClock=yes\nProtectHostname=yes\nPrivateDevices=yes\n"
+            "PrivateNetwork=yes\n")
     conv = importer.convert_systemd(unit, "x.service")
     assert conv.warnings == []
     s = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
@@ -397,7 +435,7 @@ def test_import_carries_the_keys_over() -> None:
     assert s.restrict_suid_sgid and s.restrict_namespaces
     assert s.protect_kernel_tunables and s.protect_control_groups and s.protect_clock
     assert s.protect_kernel_modules and s.protect_kernel_logs and s.protect_hostname
-    assert s.private_devices
+    assert s.private_devices and s.private_network
     conv = importer.convert_systemd("[Service]\nExecStart=/usr/bin/x\n"
                                     "RestrictNamespaces=net mnt\nSystemCallFilter=read:EPERM\n"
                                     "RestrictAddressFamilies=~AF_PACKET\n", "x.service")

@@ -34,7 +34,10 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <net/if.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <grp.h>
@@ -153,6 +156,7 @@ struct request {
     struct mnt_step *mounts;  /* > 0 of them: a mount namespace of its own, these steps */
     int nmounts;
     int has_nice, nice;    /* setpriority */
+    int private_network;   /* a network namespace of its own, its loopback up */
     struct filter_prog filters[MAX_FILTERS];  /* seccomp programs, installed last */
     int nfilters;
     int unshare_below;     /* > 0: the child shares our descriptor table until it makes
@@ -317,6 +321,28 @@ static int mount_steps(struct request *r) {
     return 0;
 }
 
+/* private_network: a network namespace of its own with only its loopback, brought up
+ * (systemd's PrivateNetwork=). 0, or -1 with errno set. */
+static int private_net(void) {
+    if (unshare(CLONE_NEWNET) < 0)
+        return -1;
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
+    if (rc == 0) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        rc = ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    int e = errno;
+    close(s);
+    errno = e;
+    return rc < 0 ? -1 : 0;
+}
+
 static int to_fd(int from, int to) {
     if (from == to)  /* dup2 would keep close-on-exec */
         return fcntl(to, F_SETFD, 0);
@@ -403,6 +429,8 @@ static int child_main(void *arg) {
         if (st)
             return fail(r, st);
     }
+    if (r->private_network && private_net() < 0)  /* still root: needs CAP_SYS_ADMIN */
+        return fail(r, 20);
     if (r->cwd && chdir(r->cwd) < 0)
         return fail(r, 6);
     if (r->umask >= 0)
@@ -546,7 +574,7 @@ PyDoc_STRVAR(spawn_doc,
 "(cwd bytes or None, umask or -1, groups or None, gid or -1, uid or -1,\n"
 "[(resource, soft, hard)...], (from_fd, to_fd) or None, ambient capability mask or 0,\n"
 "no_new_privs bool, mounts, nice or None, bounding set mask or -1, [seccomp program\n"
-"bytes...]): the mount steps ((kind, path bytes,\n"
+"bytes...], private_network bool): the mount steps ((kind, path bytes,\n"
 "optional bool)...: hachain/sandbox.py) before the chdir; chdir and umask before the\n"
 "process group, then the private /tmp and the nice value, nofile and the rlimits\n"
 "(while still root), the oom_score_adj `oom`\n"
@@ -567,9 +595,9 @@ static int parse_setup(PyObject *setup, struct request *r) {
     long gid, uid;
     unsigned long long caps;
     PyObject *nice_o, *mounts_o, *filters_o;
-    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLO", &cwd_o, &um, &groups_o, &gid, &uid,
+    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOp", &cwd_o, &um, &groups_o, &gid, &uid,
                           &limits_o, &ready_o, &caps, &r->no_new_privs, &mounts_o, &nice_o,
-                          &r->bset, &filters_o))
+                          &r->bset, &filters_o, &r->private_network))
         return -1;
     PyObject *fs = PySequence_Fast(filters_o, "filters must be a sequence");
     if (fs == NULL)
@@ -794,7 +822,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                                       "unshare descriptors", "oom_score_adj", "capset",
                                       "ambient", "no_new_privs", "mount namespace",
                                       "setpriority", "capability bounding set",
-                                      "seccomp"};
+                                      "seccomp", "network namespace"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -879,7 +907,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 11) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 12) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

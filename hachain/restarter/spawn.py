@@ -1057,6 +1057,26 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
     return None
 
 
+_CLONE_NEWNET, _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP, _IFF_RUNNING = \
+    0x40000000, 0x8913, 0x8914, 0x1, 0x40
+
+
+def _private_net(libc: Any) -> None:
+    """In the fallback's child: a network namespace of its own, its loopback up (as
+    _clone3.c's private_net). OSError when a step fails."""
+    import fcntl
+    import socket
+    import struct
+    if libc.unshare(_CLONE_NEWNET) != 0:
+        code = libc_errno()
+        raise OSError(code, os.strerror(code))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sh22x", b"lo", 0)
+        flags = struct.unpack("16sh22x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS,
+                    struct.pack("16sh22x", b"lo", flags | _IFF_UP | _IFF_RUNNING))
+
+
 def _private_dev(libc: Any) -> bool:
     """In the fallback's child: private_devices' /dev, as _clone3.c's private_dev makes
     it. False with ctypes' errno set when a step fails."""
@@ -1125,7 +1145,8 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
     mounts = sandbox.plan(cfg) if sandbox.needs_namespace(cfg) else ()
     keep = bounding_mask(cfg)
     programs = seccomp_programs(cfg)
-    if mask or cfg.no_new_privileges or mounts or keep >= 0 or programs:
+    if mask or cfg.no_new_privileges or mounts or keep >= 0 or programs or \
+            cfg.private_network:
         ctypes, libc = _libc()
 
     def fail(what: str, e: OSError) -> None:
@@ -1135,6 +1156,12 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
             pass
 
     def setup() -> None:
+        if cfg.private_network:
+            try:
+                _private_net(libc)
+            except OSError as e:
+                fail("private_network = true", e)
+                raise
         if mounts:
             # subprocess was not given cwd: it is changed into here, after the mounts,
             # so that it is looked up in the file system the service sees
@@ -1285,7 +1312,7 @@ def _plain(cfg: ServiceConfig) -> bool:
             and not cfg.rlimits and not prestart.ready_pipe(cfg) and not cfg.capabilities
             and not cfg.no_new_privileges and not sandbox.needs_namespace(cfg)
             and cfg.nice is None and bounding_mask(cfg) < 0
-            and not seccomp.uses_seccomp(cfg))
+            and not seccomp.uses_seccomp(cfg) and not cfg.private_network)
 
 
 _EXE_CACHE: dict[tuple[str, str], str] = {}
@@ -1320,7 +1347,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 11
+CLONE3_ABI = 12
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1401,7 +1428,7 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None) -> tuple
             capability_mask(cfg), cfg.no_new_privileges,
             [(st.kind, os.fsencode(st.path), st.optional) for st in sandbox.plan(cfg)]
             if sandbox.needs_namespace(cfg) else [], cfg.nice, bounding_mask(cfg),
-            seccomp_programs(cfg))
+            seccomp_programs(cfg), cfg.private_network)
 
 
 def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
@@ -1432,6 +1459,8 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
         return SpawnError(f"capability_bounding_set: prctl PR_CAPBSET_DROP: {errno_text(e)}")
     if step == "setpriority":
         return SpawnError(f"nice = {cfg.nice}: setpriority: {errno_text(e)}")
+    if step == "network namespace":
+        return SpawnError(f"private_network = true: {errno_text(e)}")
     if step == "seccomp":
         return SpawnError(f"{_FILTER_SETTING}: prctl PR_SET_SECCOMP: {errno_text(e)}")
     return SpawnError(f"{step}: {errno_text(e)}", transient=e.errno in TRANSIENT_ERRNOS)
@@ -1610,7 +1639,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         if cfg.rlimits or ready_w is not None or oom_for(cfg) is not None or \
                 cfg.capabilities or cfg.no_new_privileges or sandbox.needs_namespace(cfg) or \
                 bounding_mask(cfg) >= 0 or \
-                cfg.nice is not None or seccomp.uses_seccomp(cfg):
+                cfg.nice is not None or seccomp.uses_seccomp(cfg) or cfg.private_network:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
