@@ -168,3 +168,38 @@ def test_a_missing_path_fails_the_start_naming_the_setting(
         started.append(sp.pid)
     assert str(e.value) == ("read_only_paths: /nonexistent/ro (read-only): No such file or "
                             "directory (errno ENOENT)"), str(e.value)
+
+
+@needs_root
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_a_command_of_a_running_service_joins_its_namespaces(
+        cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str) -> None:
+    """A stop or reload command (spawn's `join`) sees the service's own /tmp and
+    loopback, not fresh ones of its own."""
+    cgroups = spawn_path(path, cgroups, monkeypatch)
+    mark = f"hachain-{uuid.uuid4().hex[:8]}"
+    svc = ServiceConfig("svc", ("/bin/sh", "-c", f"echo here > /tmp/{mark}; echo made; "
+                                "exec sleep 600"), private_tmp=True, private_network=True)
+    pid, _ = run(svc, cgroups, tmp_path, started, 1)
+    assert not os.path.exists(f"/tmp/{mark}")  # (its own /tmp)
+    look = ServiceConfig("svc", ("/bin/sh", "-c", f"cat /tmp/{mark} 2>&1; readlink "
+                                 "/proc/self/ns/net"), private_tmp=True,
+                         private_network=True)
+    logs = tmp_path / "logs"
+    for name, join in (("joined", spawn.join_namespaces(look, pid)), ("own", None)):
+        cfg = ServiceConfig(name, look.command, private_tmp=True, private_network=True)
+        try:
+            sp = spawn.spawn(cfg, str(logs), cgroups, None, yield_cpu=False, join=join)
+        finally:
+            if join is not None:
+                os.close(join[0])
+        started.append(sp.pid)
+        log = logs / f"{name}.log"
+        wait_until(lambda: log.exists() and "net:" in log.read_text(),  # noqa: B023
+                   RUN_BOUND, f"{name}'s lines")
+        text = log.read_text()
+        net = os.readlink(f"/proc/{pid}/ns/net")
+        if name == "joined":
+            assert text.startswith("here\n") and net in text, text
+        else:
+            assert "No such file" in text and net not in text, text

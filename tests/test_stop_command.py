@@ -248,3 +248,23 @@ def test_a_new_restarter_carries_a_running_teardown_on(want: str) -> None:
         assert nxt.state is State.STARTING and states.Spawn("setup") in acts
     else:
         assert nxt.state is State.STOPPED and nxt.reason == "stopped by administrator"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="private_tmp needs root (a mount namespace)")
+def test_the_command_sees_the_services_own_tmp(restarter: Any) -> None:
+    """systemd runs ExecStop= in the service's namespaces: a stop command that reads
+    what the service keeps in its private /tmp (a socket, a pid file) finds it."""
+    r = restarter('''
+[service.db]
+command = ["/bin/sh", "-c", "echo inside > /tmp/db.mark; echo armed; exec sleep 600"]
+private_tmp = true
+stop_command = ["/bin/sh", "-c", "echo stop sees $(cat /tmp/db.mark); kill $MAINPID"]
+restart = "never"
+''')
+    r.wait_state("db", "ready")
+    armed(r)
+    assert r.req("stop", "db")["ok"]
+    r.wait_state("db", "stopped", timeout=RUN_BOUND)
+    wait_until(lambda: "stop sees inside" in log_of(r, "db"), RUN_BOUND,
+               "the stop command's line")

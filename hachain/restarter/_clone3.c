@@ -157,6 +157,8 @@ struct request {
     int nmounts;
     int has_nice, nice;    /* setpriority */
     int private_network;   /* a network namespace of its own, its loopback up */
+    int join_fd, join_flags;  /* join_fd >= 0: setns into these namespaces of a running
+                               * service (a pidfd of its main process) */
     struct filter_prog filters[MAX_FILTERS];  /* seccomp programs, installed last */
     int nfilters;
     int unshare_below;     /* > 0: the child shares our descriptor table until it makes
@@ -395,6 +397,10 @@ static int child_main(void *arg) {
     struct sigaction dfl, cur;
     sigset_t none;
     r->entered = 1;
+    /* a command of a running service joins its namespaces (join_fd, a pidfd of its main
+     * process), first: the descriptor is ours only until the table is unshared below */
+    if (r->join_fd >= 0 && setns(r->join_fd, r->join_flags) < 0)
+        return fail(r, 21);
     if (r->unshare_below > 0) {
         if (syscall(SYS_close_range, (unsigned)r->unshare_below, ~0U,
                     CLOSE_RANGE_UNSHARE) != 0)
@@ -429,7 +435,7 @@ static int child_main(void *arg) {
         if (st)
             return fail(r, st);
     }
-    if (r->private_network && private_net() < 0)  /* still root: needs CAP_SYS_ADMIN */
+    if (r->join_fd < 0 && r->private_network && private_net() < 0)  /* CAP_SYS_ADMIN */
         return fail(r, 20);
     if (r->cwd && chdir(r->cwd) < 0)
         return fail(r, 6);
@@ -574,7 +580,8 @@ PyDoc_STRVAR(spawn_doc,
 "(cwd bytes or None, umask or -1, groups or None, gid or -1, uid or -1,\n"
 "[(resource, soft, hard)...], (from_fd, to_fd) or None, ambient capability mask or 0,\n"
 "no_new_privs bool, mounts, nice or None, bounding set mask or -1, [seccomp program\n"
-"bytes...], private_network bool): the mount steps ((kind, path bytes,\n"
+"bytes...], private_network bool, (pidfd, CLONE_NEW* flags) to setns into or None):\n"
+"the mount steps ((kind, path bytes,\n"
 "optional bool)...: hachain/sandbox.py) before the chdir; chdir and umask before the\n"
 "process group, then the private /tmp and the nice value, nofile and the rlimits\n"
 "(while still root), the oom_score_adj `oom`\n"
@@ -594,10 +601,13 @@ static int parse_setup(PyObject *setup, struct request *r) {
     int um;
     long gid, uid;
     unsigned long long caps;
-    PyObject *nice_o, *mounts_o, *filters_o;
-    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOp", &cwd_o, &um, &groups_o, &gid, &uid,
+    PyObject *nice_o, *mounts_o, *filters_o, *join_o;
+    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOpO", &cwd_o, &um, &groups_o, &gid, &uid,
                           &limits_o, &ready_o, &caps, &r->no_new_privs, &mounts_o, &nice_o,
-                          &r->bset, &filters_o, &r->private_network))
+                          &r->bset, &filters_o, &r->private_network, &join_o))
+        return -1;
+    r->join_fd = -1;
+    if (join_o != Py_None && !PyArg_ParseTuple(join_o, "ii", &r->join_fd, &r->join_flags))
         return -1;
     PyObject *fs = PySequence_Fast(filters_o, "filters must be a sequence");
     if (fs == NULL)
@@ -735,6 +745,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     r.gid = r.uid = -1;
     r.ready_from = r.ready_to = -1;
     r.bset = -1;
+    r.join_fd = -1;
     if (oom_o != Py_None) {
         long v = PyLong_AsLong(oom_o);
         if (v == -1 && PyErr_Occurred())
@@ -822,7 +833,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                                       "unshare descriptors", "oom_score_adj", "capset",
                                       "ambient", "no_new_privs", "mount namespace",
                                       "setpriority", "capability bounding set",
-                                      "seccomp", "network namespace"};
+                                      "seccomp", "network namespace",
+                                      "join namespaces"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -907,7 +919,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 12) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 13) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -820,7 +820,7 @@ class Restarter:
         cmd = replace(c, command=c.stop_command, kind="longrun", ready="none", pre_start=(),
                       pid_file=None, directories=(), condition=None, assertion=None,
                       env=c.env + (("MAINPID", str(pid)),) + self._credentials_env(name, c))
-        sp = self._spawn_command(name, cmd)
+        sp = self._spawn_command(name, cmd, pid)
         if isinstance(sp, str):
             log(f"{name}: stop_command cannot run: {sp}; sending its stop signal")
             return False
@@ -828,21 +828,27 @@ class Restarter:
         log(f"{name}: stop_command started (pid {sp.pid})")
         return True
 
-    def _spawn_command(self, name: str, cmd: ServiceConfig) -> spawn.Spawned | str:
+    def _spawn_command(self, name: str, cmd: ServiceConfig, main: int | None = None
+                       ) -> spawn.Spawned | str:
         """Spawn `cmd` (a command of `name`'s, as the service runs) with its output on the
-        service's log: what was started, or why not (one line)."""
+        service's log: what was started, or why not (one line). `main`: the running
+        service's main pid, whose mount and network namespaces the command joins (it
+        sees the service's /tmp and loopback)."""
         try:
             out_r, out_w = self.logs.pipe()
         except OSError as e:
             return f"output pipe: {spawn.errno_text(e)}"
+        join = spawn.join_namespaces(cmd, main) if main is not None else None
         try:
             sp = spawn.spawn(cmd, self.log_dir, self.cgroups, None, out=out_w,
-                             yield_cpu=False)
+                             yield_cpu=False, join=join)
         except (spawn.SpawnError, OSError) as e:
             os.close(out_r)
             return str(e) if isinstance(e, spawn.SpawnError) else spawn.errno_text(e)
         finally:
             os.close(out_w)
+            if join is not None:
+                os.close(join[0])
         self.logs.send(out_r, self.conf[name])
         return sp
 
@@ -1526,7 +1532,7 @@ class Restarter:
                           assertion=None,
                           env=c.env + ((("MAINPID", str(s.pid)),) if s.pid else ()) +
                           self._credentials_env(name, c))
-            sp = self._spawn_command(name, cmd)
+            sp = self._spawn_command(name, cmd, s.pid)
             if isinstance(sp, str):
                 self._reload_over(name, reloads.Outcome(
                     ident, False, f"reload_command cannot run: {sp}"), now)

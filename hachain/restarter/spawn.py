@@ -1057,6 +1057,7 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
     return None
 
 
+_JOIN_SETTING = "the service's namespaces (its stop or reload command joins them)"
 _CLONE_NEWNET, _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP, _IFF_RUNNING = \
     0x40000000, 0x8913, 0x8914, 0x1, 0x40
 
@@ -1128,7 +1129,8 @@ def libc_errno() -> int:
 
 
 def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
-             report_w: int, oom: int | None = None) -> Callable[[], None]:
+             report_w: int, oom: int | None = None,
+             join: tuple[int, int] | None = None) -> Callable[[], None]:
     """The child's set-up that subprocess cannot do itself, in this order: rlimits (while
     still root, so a hard limit can be raised), the OOM score adjustment (still root: a
     lower one needs it), credentials, the readiness fd. A failure writes "SETTING: call:
@@ -1142,11 +1144,11 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
     # loaded here, before the fork: the child only calls it
     ctypes: Any = None
     libc: Any = None
-    mounts = sandbox.plan(cfg) if sandbox.needs_namespace(cfg) else ()
+    mounts = sandbox.plan(cfg) if sandbox.needs_namespace(cfg) and join is None else ()
     keep = bounding_mask(cfg)
     programs = seccomp_programs(cfg)
     if mask or cfg.no_new_privileges or mounts or keep >= 0 or programs or \
-            cfg.private_network:
+            cfg.private_network or join is not None:
         ctypes, libc = _libc()
 
     def fail(what: str, e: OSError) -> None:
@@ -1156,7 +1158,18 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
             pass
 
     def setup() -> None:
-        if cfg.private_network:
+        if join is not None:
+            if libc.setns(join[0], join[1]) != 0:
+                code = libc_errno()
+                fail(_JOIN_SETTING, OSError(code, os.strerror(code)))
+                raise OSError(code, os.strerror(code))
+            if cfg.cwd is not None:  # (setns put it at the namespace's root)
+                try:
+                    os.chdir(cfg.cwd)
+                except OSError as e:
+                    fail(f'cwd = "{cfg.cwd}": chdir', e)
+                    raise
+        elif cfg.private_network:
             try:
                 _private_net(libc)
             except OSError as e:
@@ -1347,7 +1360,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 12
+CLONE3_ABI = 13
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1413,7 +1426,8 @@ def direct_spawn_problem() -> str | None:
 _KILLED_AT_BIRTH = "clone3: killed at birth"
 
 
-def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None) -> tuple | None:
+def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None,
+           join: tuple[int, int] | None = None) -> tuple | None:
     """What a service needs beyond a plain spawn, as _clone3.spawn takes it; None: nothing.
     (RLIM_INFINITY is -1 here and all ones in C: the extension takes the bits.)"""
     if _plain(cfg):
@@ -1427,8 +1441,9 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None) -> tuple
             None if ready_w is None else (ready_w, cfg.ready_fd),
             capability_mask(cfg), cfg.no_new_privileges,
             [(st.kind, os.fsencode(st.path), st.optional) for st in sandbox.plan(cfg)]
-            if sandbox.needs_namespace(cfg) else [], cfg.nice, bounding_mask(cfg),
-            seccomp_programs(cfg), cfg.private_network)
+            if sandbox.needs_namespace(cfg) and join is None else [], cfg.nice,
+            bounding_mask(cfg), seccomp_programs(cfg), cfg.private_network and join is None,
+            join)
 
 
 def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
@@ -1459,6 +1474,8 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
         return SpawnError(f"capability_bounding_set: prctl PR_CAPBSET_DROP: {errno_text(e)}")
     if step == "setpriority":
         return SpawnError(f"nice = {cfg.nice}: setpriority: {errno_text(e)}")
+    if step == "join namespaces":
+        return SpawnError(f"{_JOIN_SETTING}: setns: {errno_text(e)}")
     if step == "network namespace":
         return SpawnError(f"private_network = true: {errno_text(e)}")
     if step == "seccomp":
@@ -1508,7 +1525,7 @@ def _prepared(cfg: ServiceConfig, notify_socket: str | None,
 
 def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
                 cgroups: Cgroups, creds: Credentials, ready_w: int | None,
-                thaw: bool = True) -> int | None:
+                thaw: bool = True, join: tuple[int, int] | None = None) -> int | None:
     """A service started straight into its cgroup `cg` by clone3, with its whole set-up
     (cwd, umask, rlimits, user and groups, readiness fd); None when that cannot be done
     here (the caller falls back to moving itself). OSError as from posix_spawn or
@@ -1523,7 +1540,7 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
     global _direct
     path = prep.exe or os.fsencode(_exe_path(cfg, prep.env))
     argv, envp, nofile = prep.argv, prep.envp, prep.nofile
-    setup = None if prep.plain else _setup(cfg, creds, ready_w)
+    setup = None if prep.plain else _setup(cfg, creds, ready_w, join)
     oom = oom_for(cfg)
     for attempt in range(2):
         if thaw or attempt:
@@ -1576,11 +1593,11 @@ def _main_program(cfg: ServiceConfig, files: dict[str, str]) -> None:
 
 
 def _spawn_direct(cfg: ServiceConfig, prep: _Prepared, logfd: int, creds: Credentials,
-                  ready_w: int | None) -> int:
+                  ready_w: int | None, join: tuple[int, int] | None = None) -> int:
     """clone3 without a cgroup (the compiled spawn's child and its whole set-up); raises
     as _spawn_into does."""
     path = prep.exe or os.fsencode(_exe_path(cfg, prep.env))
-    setup = None if prep.plain else _setup(cfg, creds, ready_w)
+    setup = None if prep.plain else _setup(cfg, creds, ready_w, join)
     try:
         return int(_clone3.spawn(path, prep.argv, prep.envp, logfd, -1, _SIGDEF_NUMBERS,
                                  prep.nofile, setup, oom_for(cfg)))
@@ -1601,9 +1618,27 @@ def _posix_spawn(cfg: ServiceConfig, env: dict[str, str], logfd: int) -> int:
     ], setpgroup=0, setsigdef=_SIGDEF, setsigmask=())
 
 
+def join_namespaces(cfg: ServiceConfig, pid: int) -> tuple[int, int] | None:
+    """For a command of a running service (its stop_command, reload_command): a pidfd of
+    its main process `pid` and the namespaces of its own to join (mount, network), so
+    the command sees the service's /tmp and loopback, as systemd runs them; None when it
+    has none or the process is gone (the command then gets namespaces of its own, made
+    the same way). The caller closes the pidfd."""
+    flags = (_CLONE_NEWNS if sandbox.needs_namespace(cfg) else 0) | \
+        (_CLONE_NEWNET if cfg.private_network else 0)
+    if not flags:
+        return None
+    try:
+        fd = pidfd_open(pid)
+    except OSError:
+        return None
+    return None if fd is None else (fd, flags)
+
+
 def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
           notify_socket: str | None, out: int | None = None,
-          yield_cpu: bool = True, thaw: bool = True) -> Spawned:
+          yield_cpu: bool = True, thaw: bool = True,
+          join: tuple[int, int] | None = None) -> Spawned:
     """Start one service process. Raises SpawnError with a one-line reason.
 
     `out` is its stdout and stderr (the write end of its log pipe, which the caller
@@ -1611,7 +1646,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
     `yield_cpu`: give the CPU to the new process at once (not while more restarts wait:
     under a CPU hog each yield would hand a whole time slice to the hog).
     `thaw` False: the caller has just read the service's cgroup empty and not frozen
-    (kill_leftovers), so the write to cgroup.freeze is skipped."""
+    (kill_leftovers), so the write to cgroup.freeze is skipped. `join`: a running
+    service's namespaces to join instead of making its own (join_namespaces)."""
     files, notes = read_env_files(cfg) if cfg.env_file else ({}, ())
     seccomp_programs(cfg)  # built (or refused) before anything is opened
     try:
@@ -1639,7 +1675,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         if cfg.rlimits or ready_w is not None or oom_for(cfg) is not None or \
                 cfg.capabilities or cfg.no_new_privileges or sandbox.needs_namespace(cfg) or \
                 bounding_mask(cfg) >= 0 or \
-                cfg.nice is not None or seccomp.uses_seccomp(cfg) or cfg.private_network:
+                cfg.nice is not None or seccomp.uses_seccomp(cfg) or cfg.private_network \
+                or join is not None:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
@@ -1659,11 +1696,12 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         try:
             direct = None
             if cg is not None and _direct:
-                direct = _spawn_into(cg, cfg, prep, logfd, cgroups, creds, ready_w, thaw)
+                direct = _spawn_into(cg, cfg, prep, logfd, cgroups, creds, ready_w, thaw,
+                                     join)
             elif cg is None and _direct and not (prep.plain and oom_for(cfg) is None):
                 # no cgroup, but a set-up posix_spawn cannot do: the same child as with
                 # one (subprocess would fork the whole interpreter: 1.5 ms, not 0.1)
-                direct = _spawn_direct(cfg, prep, logfd, creds, ready_w)
+                direct = _spawn_direct(cfg, prep, logfd, creds, ready_w, join)
             if direct is None and cg is not None:
                 try:
                     cgroups.enter(cg)
@@ -1678,7 +1716,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 # Credentials go to subprocess (vfork kept) unless a preexec function
                 # runs anyway: then it sets them itself, after the rlimits.
                 pre = None if report_w is None else _preexec(cfg, ready_w, creds, report_w,
-                                                             oom_for(cfg))
+                                                             oom_for(cfg), join)
                 own = pre is None
                 with sigchld_unblocked():
                     p = subprocess.Popen(
