@@ -530,6 +530,11 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "own with `ptmx`, and the host's `shm`, `mqueue`, `hugepages`): no disk, no "
           "hardware (systemd's `PrivateDevices=`). CAP_MKNOD and CAP_SYS_RAWIO leave the "
           "bounding set and the `@raw-io` calls fail with EPERM.", group="run"),
+    S.Key("ignore_sigpipe", S.Bool(), "`true`: the service starts with SIGPIPE ignored, "
+          "so a write to a closed pipe or socket fails with EPIPE instead of killing it "
+          "(systemd's `IgnoreSIGPIPE=`, on by default there; s6, runit and supervisord "
+          "leave it at its default, as hachain does). `hachain import` sets it unless the "
+          "unit says `IgnoreSIGPIPE=no`.", group="run"),
     S.Key("private_network", S.Bool(), "`true`: a network namespace of its own with only "
           "a loopback interface, brought up (systemd's `PrivateNetwork=`): it reaches no "
           "other host and nothing on this host's own interfaces, `127.0.0.1` included; "

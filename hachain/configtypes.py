@@ -165,6 +165,7 @@ class ServiceConfig:
     protect_hostname: bool = False
     private_devices: bool = False  # its own /dev, pseudo devices only (PrivateDevices=)
     private_network: bool = False  # its own network namespace, loopback only
+    ignore_sigpipe: bool = False  # SIGPIPE ignored, as systemd's IgnoreSIGPIPE= default
     # (name, source): copied for it at each start (hachain/credentials.py), systemd's
     # LoadCredential=; a source with "-" may be missing, a bare name is searched for
     credentials: tuple[tuple[str, str], ...] = ()

@@ -675,6 +675,7 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     reload_lines: list[Entry] = []
     reload_sig: Entry | None = None
     bus_name: Entry | None = None
+    ignore_sigpipe = True  # systemd's default
     for e in u.entries:
         k, v = e.key, e.value
         try:
@@ -887,6 +888,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 reload_sig = e
             elif k == "BusName":
                 bus_name = e
+            elif k == "IgnoreSIGPIPE":
+                ignore_sigpipe = _unit_bool(v)
             elif k == "RemainAfterExit":
                 if kind != "oneshot":
                     n.warn(e.line, k, "only meaningful for a oneshot; dropped")
@@ -899,6 +902,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
         svc["stop_signal"] = stop_signal
     _reload(svc, u.type.value if u.type else "simple", reload_lines, reload_sig, n)
     _bus_ready(svc, u.type, bus_name, n)
+    if ignore_sigpipe:  # (systemd's default; hachain's is s6's and runit's: not ignored)
+        svc["ignore_sigpipe"] = True
     if svc.get("directory_mode") == "0755":
         del svc["directory_mode"]
 

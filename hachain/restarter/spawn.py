@@ -1158,6 +1158,8 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
             pass
 
     def setup() -> None:
+        if cfg.ignore_sigpipe:  # (subprocess has just put it back to its default)
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         if join is not None:
             if libc.setns(join[0], join[1]) != 0:
                 code = libc_errno()
@@ -1333,6 +1335,10 @@ _EXE_CACHE: dict[tuple[str, str], str] = {}
 _SIGDEF = (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
            signal.SIGXFSZ)
 _SIGDEF_NUMBERS = [int(s) for s in _SIGDEF]  # as _clone3.spawn takes them
+# ignore_sigpipe (systemd's IgnoreSIGPIPE=, its default): SIGPIPE stays ignored, as the
+# restarter has it
+_SIGDEF_KEEP_PIPE = tuple(s for s in _SIGDEF if s != signal.SIGPIPE)
+_SIGDEF_KEEP_PIPE_NUMBERS = [int(s) for s in _SIGDEF_KEEP_PIPE]
 
 
 def _exe_path(cfg: ServiceConfig, env: dict[str, str], argv0: str | None = None) -> str:
@@ -1552,7 +1558,9 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
         except OSError:
             return None
         try:
-            return int(_clone3.spawn(path, argv, envp, logfd, fd, _SIGDEF_NUMBERS, nofile,
+            return int(_clone3.spawn(path, argv, envp, logfd, fd,
+                                     _SIGDEF_KEEP_PIPE_NUMBERS if cfg.ignore_sigpipe
+                                     else _SIGDEF_NUMBERS, nofile,
                                      setup, oom))
         except OSError as e:
             if e.filename == _KILLED_AT_BIRTH:
@@ -1599,7 +1607,9 @@ def _spawn_direct(cfg: ServiceConfig, prep: _Prepared, logfd: int, creds: Creden
     path = prep.exe or os.fsencode(_exe_path(cfg, prep.env))
     setup = None if prep.plain else _setup(cfg, creds, ready_w, join)
     try:
-        return int(_clone3.spawn(path, prep.argv, prep.envp, logfd, -1, _SIGDEF_NUMBERS,
+        return int(_clone3.spawn(path, prep.argv, prep.envp, logfd, -1,
+                                 _SIGDEF_KEEP_PIPE_NUMBERS if cfg.ignore_sigpipe
+                                 else _SIGDEF_NUMBERS,
                                  prep.nofile, setup, oom_for(cfg)))
     except OSError as e:
         if e.filename == "clone3":
@@ -1615,7 +1625,8 @@ def _posix_spawn(cfg: ServiceConfig, env: dict[str, str], logfd: int) -> int:
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, logfd, 1),
         (os.POSIX_SPAWN_DUP2, logfd, 2),
-    ], setpgroup=0, setsigdef=_SIGDEF, setsigmask=())
+    ], setpgroup=0, setsigdef=_SIGDEF_KEEP_PIPE if cfg.ignore_sigpipe else _SIGDEF,
+        setsigmask=())
 
 
 def join_namespaces(cfg: ServiceConfig, pid: int) -> tuple[int, int] | None:
@@ -1676,7 +1687,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 cfg.capabilities or cfg.no_new_privileges or sandbox.needs_namespace(cfg) or \
                 bounding_mask(cfg) >= 0 or \
                 cfg.nice is not None or seccomp.uses_seccomp(cfg) or cfg.private_network \
-                or join is not None:
+                or join is not None or cfg.ignore_sigpipe:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
