@@ -540,6 +540,14 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "other host and nothing on this host's own interfaces, `127.0.0.1` included; "
           "unix sockets in the file system still work. Needs root (CAP_SYS_ADMIN).",
           group="run"),
+    S.Key("protect_proc", S.Choice(("invisible", "noaccess", "ptraceable")), "A `/proc` of "
+          "its own in which other users' processes are `\"invisible\"` (not listed), "
+          "`\"noaccess\"` (listed, not readable) or visible only when it may ptrace them "
+          "(`\"ptraceable\"`): systemd's `ProtectProc=`, procfs's `hidepid`. Unset: the "
+          "host's `/proc`.", shown="unset", group="run"),
+    S.Key("proc_subset", S.Choice(("pid",)), "`\"pid\"`: that `/proc` holds only the "
+          "process directories, none of the kernel's files (`/proc/meminfo`, `/proc/sys`, "
+          "...): systemd's `ProcSubset=pid`.", shown="unset", group="run"),
     S.Key("protect_kernel_tunables", S.Bool(), "`true`: the kernel's tunables read-only "
           "(systemd's `ProtectKernelTunables=`): `/proc/sys`, `/sys`, `/proc/sysrq-trigger` "
           "and the rest of systemd's list, in its own mount namespace.", group="run"),

@@ -166,6 +166,9 @@ class ServiceConfig:
     private_devices: bool = False  # its own /dev, pseudo devices only (PrivateDevices=)
     private_network: bool = False  # its own network namespace, loopback only
     ignore_sigpipe: bool = False  # SIGPIPE ignored, as systemd's IgnoreSIGPIPE= default
+    # a /proc of its own (systemd's ProtectProc=, ProcSubset=): "" leaves the host's
+    protect_proc: str = ""  # "invisible", "noaccess", "ptraceable"
+    proc_subset: str = ""  # "pid": only the process directories
     # (name, source): copied for it at each start (hachain/credentials.py), systemd's
     # LoadCredential=; a source with "-" may be missing, a bare name is searched for
     credentials: tuple[tuple[str, str], ...] = ()

@@ -830,6 +830,13 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 else:
                     svc["capability_bounding_set"] = (have or []) + [
                         c for c in names if c not in (have or [])]
+            elif k in ("ProtectProc", "ProcSubset"):
+                allowed = ("invisible", "noaccess", "ptraceable") if k == "ProtectProc" \
+                    else ("pid",)
+                if v in allowed:
+                    svc["protect_proc" if k == "ProtectProc" else "proc_subset"] = v
+                elif v not in ("default", "all"):
+                    raise ValueError(f"{v!r} is not one of default, " + ", ".join(allowed))
             elif k == "LoadCredential":
                 cred, colon, src = v.strip().partition(":")
                 src = src if colon else cred  # a bare name: looked for in the stores

@@ -35,12 +35,13 @@ HIDE = 4  # an empty, read-only tmpfs of mode 000: nothing of it can be seen
 EMPTY = 5  # an empty, read-only tmpfs of mode 0755: protect_home = "tmpfs"
 KEEP = 6  # as it was before the other steps, with what is mounted below (cloned, put back)
 DEVICES = 7  # a private /dev: a tmpfs with the host's pseudo devices bound in (below)
+PROC = 8  # a procfs of its own on the path, its options in `data` (protect_proc)
 LATE = 16  # added to a kind: taken after the KEEP paths are back (the kernel's files in
 # /proc and /sys that protect_kernel_tunables and protect_control_groups make read-only)
 
 KINDS = {TMPFS: "a fresh tmpfs", READ_ONLY: "read-only", READ_WRITE: "writable",
          HIDE: "inaccessible", EMPTY: "an empty read-only tmpfs", KEEP: "kept as it was",
-         DEVICES: "a private /dev"}
+         DEVICES: "a private /dev", PROC: "a procfs of its own"}
 # private_devices: the nodes and directories of the host's /dev bound into the private
 # one (a missing one is left out), its own devpts instance, and the usual links
 DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -63,6 +64,7 @@ class Step(NamedTuple):
     path: str
     optional: bool  # a missing path is skipped, not a failed start
     setting: str  # what asked for it: 'protect_system = "strict"', 'read_only_paths'
+    data: str = ""  # PROC: the mount's options
 
 
 def _depth(path: str) -> int:
@@ -79,7 +81,7 @@ def needs_namespace(c: ServiceConfig) -> bool:
     return bool(c.private_tmp or c.protect_system or c.protect_home or c.read_only_paths
                 or c.read_write_paths or c.inaccessible_paths or c.protect_kernel_tunables
                 or c.protect_control_groups or c.protect_kernel_modules
-                or c.private_devices)
+                or c.private_devices or bool(c.protect_proc) or bool(c.proc_subset))
 
 
 def plan(c: ServiceConfig) -> tuple[Step, ...]:
@@ -111,6 +113,10 @@ def plan(c: ServiceConfig) -> tuple[Step, ...]:
     if c.private_tmp:
         steps += [Step(TMPFS, "/tmp", False, "private_tmp = true"),
                   Step(TMPFS, "/var/tmp", True, "private_tmp = true")]
+    if c.protect_proc or c.proc_subset:  # (before the read-only steps of /proc below)
+        opts = ",".join(([f"hidepid={c.protect_proc}"] if c.protect_proc else []) +
+                        ([f"subset={c.proc_subset}"] if c.proc_subset else []))
+        steps.append(Step(PROC | LATE, "/proc", False, "protect_proc / proc_subset", opts))
     if c.protect_kernel_tunables:
         steps += [Step(READ_ONLY | LATE, p, True, "protect_kernel_tunables = true")
                   for p in TUNABLES]

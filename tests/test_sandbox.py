@@ -203,3 +203,25 @@ def test_a_command_of_a_running_service_joins_its_namespaces(
             assert text.startswith("here\n") and net in text, text
         else:
             assert "No such file" in text and net not in text, text
+
+
+@needs_root
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_protect_proc_hides_other_users_processes(
+        cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str) -> None:
+    """protect_proc = "invisible" and proc_subset = "pid" (systemd's ProtectProc=,
+    ProcSubset=): a procfs of its own in which pid 1 and the kernel's files are not
+    there for a service that runs as nobody; without them, both are."""
+    cgroups = spawn_path(path, cgroups, monkeypatch)
+    look = ("/bin/sh", "-c", "test -e /proc/1 && echo pid1=yes || echo pid1=no; test -e "
+            "/proc/meminfo && echo meminfo=yes || echo meminfo=no; test -e /proc/self/status "
+            "&& echo self=yes; exec sleep 600")
+    for name, keys, want in (
+            ("host", {}, ["pid1=yes", "meminfo=yes", "self=yes"]),
+            ("own", {"protect_proc": "invisible", "proc_subset": "pid"},
+             ["pid1=no", "meminfo=no", "self=yes"]),
+            ("strict", {"protect_proc": "invisible", "protect_system": "strict"},
+             ["pid1=no", "meminfo=yes", "self=yes"])):
+        cfg = ServiceConfig(name, look, user="nobody", **keys)
+        _, said = run(cfg, cgroups, tmp_path, started, 3)
+        assert said == want, (name, said)

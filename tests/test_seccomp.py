@@ -424,7 +424,7 @@ def test_import_carries_the_keys_over() -> None:
             "RestrictSUIDSGID=yes\nRestrictNamespaces=yes\nProtectKernelTunables=yes\n"
             "ProtectControlGroups=yes\nProtectKernelModules=yes\nProtectKernelLogs=yes\n"
             "ProtectClock=yes\nProtectHostname=yes\nPrivateDevices=yes\n"
-            "PrivateNetwork=yes\n")
+            "PrivateNetwork=yes\nProtectProc=invisible\nProcSubset=pid\n")
     conv = importer.convert_systemd(unit, "x.service")
     assert conv.warnings == []
     s = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
@@ -436,6 +436,7 @@ def test_import_carries_the_keys_over() -> None:
     assert s.protect_kernel_tunables and s.protect_control_groups and s.protect_clock
     assert s.protect_kernel_modules and s.protect_kernel_logs and s.protect_hostname
     assert s.private_devices and s.private_network
+    assert (s.protect_proc, s.proc_subset) == ("invisible", "pid")
     conv = importer.convert_systemd("[Service]\nExecStart=/usr/bin/x\n"
                                     "RestrictNamespaces=net mnt\nSystemCallFilter=read:EPERM\n"
                                     "RestrictAddressFamilies=~AF_PACKET\n", "x.service")

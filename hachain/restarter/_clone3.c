@@ -84,6 +84,7 @@ struct mnt_step {
     int kind;
     const char *path;
     int optional;  /* a missing path is skipped */
+    const char *data;  /* MNT_PROC: the new procfs's options ("hidepid=invisible") */
 };
 #define MNT_TMPFS 1
 #define MNT_READ_ONLY 2
@@ -92,6 +93,7 @@ struct mnt_step {
 #define MNT_EMPTY 5
 #define MNT_KEEP 6  /* the path keeps what it was before the other steps (open_tree) */
 #define MNT_DEVICES 7  /* a private /dev: tmpfs, the host's pseudo devices bound in */
+#define MNT_PROC 8  /* a procfs instance of its own on the path, with `data` */
 #define MNT_LATE 16  /* added to a kind: the step comes after the MNT_KEEP paths are back */
 #define MAX_KEEP 8
 
@@ -254,6 +256,8 @@ static int mount_step(const struct mnt_step *m) {
         return mount("tmpfs", m->path, "tmpfs", hidden, "mode=755");
     case MNT_DEVICES:
         return private_dev();
+    case MNT_PROC:
+        return mount("proc", m->path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, m->data);
     case MNT_READ_ONLY:
     case MNT_READ_WRITE: {
         int ro = (m->kind & ~MNT_LATE) == MNT_READ_ONLY;
@@ -582,7 +586,7 @@ PyDoc_STRVAR(spawn_doc,
 "no_new_privs bool, mounts, nice or None, bounding set mask or -1, [seccomp program\n"
 "bytes...], private_network bool, (pidfd, CLONE_NEW* flags) to setns into or None):\n"
 "the mount steps ((kind, path bytes,\n"
-"optional bool)...: hachain/sandbox.py) before the chdir; chdir and umask before the\n"
+"optional bool, data bytes)...: hachain/sandbox.py) before the chdir; chdir and umask before the\n"
 "process group, then the private /tmp and the nice value, nofile and the rlimits\n"
 "(while still root), the oom_score_adj `oom`\n"
 "(an int, or None: inherited), the credentials (keeping the capabilities asked for, then\n"
@@ -647,12 +651,14 @@ static int parse_setup(PyObject *setup, struct request *r) {
         PyObject *path_b;
         struct mnt_step *m = &r->mounts[i];
         /* the path's bytes live in `setup`, which the caller holds for the whole call */
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ms, i), "iSp", &m->kind, &path_b,
-                              &m->optional)) {
+        PyObject *data_b;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ms, i), "iSpS", &m->kind, &path_b,
+                              &m->optional, &data_b)) {
             Py_DECREF(ms);
             return -1;
         }
         m->path = PyBytes_AS_STRING(path_b);
+        m->data = PyBytes_AS_STRING(data_b);
     }
     r->nmounts = (int)nm;
     Py_DECREF(ms);
@@ -919,7 +925,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 13) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 14) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1024,6 +1024,9 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
         kind = st.kind & ~sandbox.LATE
         if kind == sandbox.DEVICES:
             return _private_dev(libc)
+        if kind == sandbox.PROC:
+            return libc.mount(b"proc", p, b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                              st.data.encode()) == 0
         if kind == sandbox.TMPFS:
             return libc.mount(b"tmpfs", p, b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777") == 0
         if kind in (sandbox.HIDE, sandbox.EMPTY):
@@ -1366,7 +1369,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 13
+CLONE3_ABI = 14
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1446,7 +1449,8 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None,
             [(_RLIMIT[n], s, h) for n, s, h in cfg.rlimits],
             None if ready_w is None else (ready_w, cfg.ready_fd),
             capability_mask(cfg), cfg.no_new_privileges,
-            [(st.kind, os.fsencode(st.path), st.optional) for st in sandbox.plan(cfg)]
+            [(st.kind, os.fsencode(st.path), st.optional, st.data.encode())
+             for st in sandbox.plan(cfg)]
             if sandbox.needs_namespace(cfg) and join is None else [], cfg.nice,
             bounding_mask(cfg), seccomp_programs(cfg), cfg.private_network and join is None,
             join)
