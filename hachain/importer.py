@@ -21,7 +21,7 @@ import re
 import shlex
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hachain import cmdline, conditions, config
@@ -521,8 +521,42 @@ def _deps(e: Entry, n: _Notes) -> list[str]:
     return out
 
 
+def _unescape(text: str) -> str:
+    """systemd's unit name unescaping: `-` is `/`, `\\xNN` the byte NN."""
+    out = re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)),
+                 text.replace("-", "/"))
+    return out
+
+
+def specifiers(unit: str) -> dict[str, str]:
+    """What systemd's %-specifiers mean for the system unit `unit` ("getty@tty1.service"),
+    those that do not depend on the machine it runs on (%H, %m, %b, ... are left, and
+    warned about where they stay). %d, the credentials' directory, is a reference to
+    $CREDENTIALS_DIRECTORY (a command with it then runs through /bin/sh)."""
+    stem = unit.removesuffix(".service")
+    prefix, at, instance = stem.partition("@")
+    out = {"n": unit, "N": stem, "p": prefix, "P": _unescape(prefix),
+           "j": prefix.rsplit("-", 1)[-1], "J": _unescape(prefix.rsplit("-", 1)[-1]),
+           "t": "/run", "S": "/var/lib", "C": "/var/cache", "L": "/var/log", "E": "/etc",
+           "T": "/tmp", "V": "/var/tmp", "h": "/root", "u": "root", "U": "0", "g": "root",
+           "G": "0", "s": "/bin/sh", "d": "${CREDENTIALS_DIRECTORY}", "%": "%"}
+    if at and instance:
+        out.update(i=instance, I=_unescape(instance), f="/" + _unescape(instance))
+    elif not at:
+        out["f"] = "/" + _unescape(prefix)
+    return out
+
+
+def _expand_specifiers(value: str, known: dict[str, str]) -> str:
+    """`value` with each %X in `known` replaced (others left as they are)."""
+    if "%" not in value:
+        return value
+    return re.sub(r"%(.)", lambda m: known.get(m.group(1), m.group(0)), value)
+
+
 def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion:
-    """One unit file → one service. `name` defaults to the file name without `.service`."""
+    """One unit file → one service. `name`: the unit's name when not the file's (an
+    instance of the template `path`: "getty@tty1.service")."""
     conv = Conversion()
     n = _Notes(path, conv)
     base = os.path.basename(path)
@@ -530,10 +564,13 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
         n.error(1, "unit type", f"a {base.rsplit('.', 1)[1]} unit: hachain imports services "
                 "(.service units) only")
         return conv
-    svc_name = service_name(name or (base.removesuffix(".service") or "service"))
+    unit = name or base
+    svc_name = service_name(unit.removesuffix(".service") or "service")
     if svc_name.endswith("@"):
-        n.warn(1, "unit name", f"{base} is a template; hachain has no instances, the "
-               "service is named after the template and %i is not expanded")
+        n.warn(1, "unit name", f"{base} is a template; import an instance of it by its "
+               f"name (`hachain import {os.path.join(os.path.dirname(path), svc_name)}"
+               "NAME.service`) to have %i expanded; this one is named after the template")
+    known = specifiers(unit)
     svc: dict[str, Any] = {}
     comments: list[str] = [f"from {base}"]
     env: dict[str, str] = {}
@@ -544,6 +581,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     before: list[str] = []  # Before=: these services start after this one
     u = _Unit()
     for e in read_unit(text):
+        if "%" in e.value and e.section in ("Unit", "Service"):
+            e = replace(e, value=_expand_specifiers(e.value, known))
         if e.section not in ("Unit", "Service", "Install"):
             n.warn(e.line, f"[{e.section}] {e.key}", "section not supported by hachain; dropped")
             continue
@@ -1480,11 +1519,13 @@ def resolve_deps(conv: Conversion) -> None:
             svc["_missing"] = missing
 
 
-def convert(text: str, path: str, fmt: str | None = None) -> Conversion:
-    """Convert one file's text; `fmt` None detects the format from the content."""
+def convert(text: str, path: str, fmt: str | None = None, unit: str | None = None
+            ) -> Conversion:
+    """Convert one file's text; `fmt` None detects the format from the content. `unit`:
+    a systemd unit's name when not the file's (an instance of a template)."""
     fmt = fmt or detect_format(text)
     if fmt == "systemd":
-        return convert_systemd(text, path)
+        return convert_systemd(text, path, unit)
     if fmt == "supervisord":
         return convert_supervisord(text, path)
     conv = Conversion()
@@ -1500,6 +1541,18 @@ def _include_patterns(path: str, line: int, value: str, conv: Conversion) -> lis
     names = {"here": here, "host_node_name": platform.node()}
     value = _expand(value, names, Entry("include", "files", value, line), _Notes(path, conv))
     return [os.path.join(here, pat) for pat in value.split()]
+
+
+def _template_of(path: str) -> str | None:
+    """For a unit instance that has no file of its own (`getty@tty1.service`), the
+    template it is made from (`getty@.service` in the same directory), as systemd finds
+    it; None otherwise."""
+    base = os.path.basename(path)
+    m = re.fullmatch(r"([^@/]+)@([^/]+)\.service", base)
+    if m is None or os.path.exists(path):
+        return None
+    template = os.path.join(os.path.dirname(path), f"{m.group(1)}@.service")
+    return template if os.path.exists(template) else None
 
 
 def import_files(paths: list[str], fmt: str | None = None) -> tuple[str, Conversion]:
@@ -1520,6 +1573,9 @@ def import_files(paths: list[str], fmt: str | None = None) -> tuple[str, Convers
             continue
         seen.add(real)
         sources.append(os.path.basename(p))
+        unit = None
+        if (template := _template_of(p)) is not None:  # "getty@tty1.service": getty@.service
+            unit, p = os.path.basename(p), template
         if real == os.devnull:
             total.errors.append(f"{p}: the unit is masked (a link to /dev/null): systemd never "
                                 "starts it, so there is nothing to import")
@@ -1530,7 +1586,7 @@ def import_files(paths: list[str], fmt: str | None = None) -> tuple[str, Convers
         except (OSError, UnicodeDecodeError) as e:
             total.errors.append(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}")
             continue
-        conv = convert(text, p, f)
+        conv = convert(text, p, f, unit)
         drop_invalid(conv, {n: p for n in conv.services})
         found: list[tuple[str, str | None, bool]] = []
         for line, value in conv.includes:

@@ -369,6 +369,29 @@ def test_exec_reload_becomes_a_reload_signal_or_command(reload: str, keys: dict[
     config.parse(importer.to_toml(conv, ["x.service"]), "imported.toml")
 
 
+def test_an_instance_of_a_template_has_its_specifiers_expanded(tmp_path: Any) -> None:
+    """`hachain import DIR/pg@15-main.service` with only DIR/pg@.service there: the
+    template, as systemd finds it, with %i, %I, %n, %p and the directories expanded."""
+    (tmp_path / "pg@.service").write_text(
+        "[Unit]\nDescription=cluster %i\nAssertPathExists=/etc/pg/%I/pg.conf\n"
+        "[Service]\nType=forking\nPIDFile=%t/pg/%i.pid\n"
+        "ExecStart=/usr/bin/pg_ctl %i start --unit %n --name %p --dir %S/%p\n"
+        "ExecReload=/usr/bin/pg_ctl %i reload --key %d/k\n")
+    text, conv = importer.import_files([str(tmp_path / "pg@15-main.service")])
+    s = config.parse(text, "i.toml").services["pg@15-main"]
+    assert s.command == ("/usr/bin/pg_ctl", "15-main", "start", "--unit", "pg@15-main.service",
+                         "--name", "pg", "--dir", "/var/lib/pg")
+    assert s.pid_file == "/run/pg/15-main.pid"
+    assert s.assertion is not None and s.assertion.path_exists == ("/etc/pg/15/main/pg.conf",)
+    # %d: the credentials' directory, through /bin/sh
+    assert s.reload_command[:2] == ("/bin/sh", "-c") and \
+        '"${CREDENTIALS_DIRECTORY}"/k' in s.reload_command[2]
+    assert not any("%-specifiers" in w for w in conv.warnings), conv.warnings
+    # the template itself: named after it, %i left, and told how to name an instance
+    _, conv = importer.import_files([str(tmp_path / "pg@.service")])
+    assert any("import an instance of it by its name" in w for w in conv.warnings)
+
+
 def test_success_exit_status_takes_sysexits_names() -> None:
     conv = importer.convert_systemd("[Service]\nExecStart=/bin/x\n"
                                     "SuccessExitStatus=DATAERR 3 CANTCREAT SIGKILL\n",
@@ -662,14 +685,15 @@ def test_sandboxing_carries_over(tmp_path: Any) -> None:
     """ProtectSystem=, ProtectHome= and the path lists (their older *Directories= names
     too) → protect_system, protect_home, read_write_paths, ...; `-` kept, `+` dropped
     (there is no RootDirectory=), an empty one resets its list; a %-specifier or a
-    relative path is warned about and dropped."""
+    relative path is warned about and dropped (a %-specifier hachain expands, such as %N,
+    is not: test_an_instance_of_a_template_has_its_specifiers_expanded)."""
     (unit,) = _files(tmp_path, redis_service="""\
 [Service]
 ExecStart=/usr/bin/redis-server
 ProtectSystem=strict
 ProtectHome=yes
 ReadWritePaths=-/var/lib/redis +/var/log/redis
-ReadWritePaths=/run/%N
+ReadWritePaths=/run/%H
 ReadOnlyDirectories=/etc/redis
 InaccessiblePaths=/srv
 InaccessiblePaths=
