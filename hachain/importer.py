@@ -261,8 +261,10 @@ _NON_SERVICE_UNITS = (".target", ".socket", ".mount", ".device", ".path", ".time
                       ".slice", ".scope", ".swap", ".automount")
 _SILENT = {("Unit", "Description"), ("Unit", "Documentation"), ("Install", "WantedBy"),
            ("Install", "RequiredBy"), ("Unit", "DefaultDependencies")}
-_DEP_KEYS = {"Requires": "requires", "Wants": "wants", "After": "after",
-             "Conflicts": "conflicts"}
+# BindsTo= is Requires= that also follows the other's unexpected end: hachain's
+# `requires` does (restart_dependents, on by default)
+_DEP_KEYS = {"Requires": "requires", "BindsTo": "requires", "Wants": "wants",
+             "After": "after", "Conflicts": "conflicts"}
 
 
 @dataclass

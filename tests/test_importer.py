@@ -392,6 +392,15 @@ def test_an_instance_of_a_template_has_its_specifiers_expanded(tmp_path: Any) ->
     assert any("import an instance of it by its name" in w for w in conv.warnings)
 
 
+def test_binds_to_is_requires(tmp_path: Any) -> None:
+    a, b = _files(tmp_path, net_service="[Service]\nExecStart=/bin/net\n",
+                  app_service="[Unit]\nBindsTo=net.service\nAfter=net.service\n"
+                  "[Service]\nExecStart=/bin/app\n")
+    text, conv = importer.import_files([a, b])
+    s = config.parse(text, "i.toml").services["app"]
+    assert (s.requires, s.after) == (("net",), ("net",)) and conv.warnings == []
+
+
 def test_success_exit_status_takes_sysexits_names() -> None:
     conv = importer.convert_systemd("[Service]\nExecStart=/bin/x\n"
                                     "SuccessExitStatus=DATAERR 3 CANTCREAT SIGKILL\n",
