@@ -156,6 +156,33 @@ def test_prepare_searches_the_stores_and_bounds_the_size(tmp_path: Any,
     assert sorted(os.listdir(state / "credentials")) == ["a"]
 
 
+@needs_root
+def test_a_full_state_dir_is_a_transient_failure_and_leaves_the_last_copies(
+        tmp_path: Any) -> None:
+    """state_dir on a tmpfs too small for a copy: one line naming it, transient (the
+    restart policy tries again), the copies of the last start untouched, nothing half
+    made left behind."""
+    run = tmp_path / "run"
+    run.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(run)], check=True,
+                   timeout=30)
+    try:
+        small, big = tmp_path / "small", tmp_path / "big"
+        small.write_text("s")
+        big.write_bytes(b"x" * 200_000)
+        ok = ServiceConfig("a", ("/bin/true",), credentials=(("k", str(small)),))
+        d = credentials.prepare(str(run), "a", ok, None, None)
+        full = ServiceConfig("a", ("/bin/true",), credentials=(("k", str(big)),))
+        with pytest.raises(credentials.CredentialError) as e:
+            credentials.prepare(str(run), "a", full, None, None)
+        assert e.value.transient and "No space left on device" in str(e.value), e.value
+        assert "\n" not in str(e.value)
+        assert open(os.path.join(d, "k")).read() == "s"
+        assert sorted(os.listdir(run / "credentials")) == ["a"]
+    finally:
+        subprocess.run(["umount", str(run)], check=False, timeout=30)
+
+
 @pytest.mark.parametrize("body, error", [
     ('credentials = { "a/b" = "/x" }', "not a credential name"),
     ('credentials = { k = "etc/x" }', "must be an absolute path"),
