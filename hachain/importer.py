@@ -645,8 +645,9 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             ready = "notify"
         elif t == "dbus":
             pass  # ready once its BusName= has an owner on the bus (_bus_ready below)
-        elif t == "idle":
-            n.warn(u.type.line, "Type", f"{t} is not supported; treated as simple")
+        elif t == "idle":  # simple, started once the boot's other jobs are out (console)
+            comments.append("Type=idle: started as simple (systemd only holds it back for a "
+                            "quiet console)")
         elif t not in ("simple", "exec"):
             n.warn(u.type.line, "Type", f"unknown type {t!r}; treated as simple")
     if kind != "longrun":

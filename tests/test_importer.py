@@ -392,6 +392,12 @@ def test_an_instance_of_a_template_has_its_specifiers_expanded(tmp_path: Any) ->
     assert any("import an instance of it by its name" in w for w in conv.warnings)
 
 
+def test_idle_is_simple_with_a_comment() -> None:
+    conv = importer.convert_systemd("[Service]\nType=idle\nExecStart=/bin/x\n", "x.service")
+    assert conv.warnings == [] and "ready" not in conv.services["x"]
+    assert any("Type=idle" in c for c in conv.comments["x"])
+
+
 def test_binds_to_is_requires(tmp_path: Any) -> None:
     a, b = _files(tmp_path, net_service="[Service]\nExecStart=/bin/net\n",
                   app_service="[Unit]\nBindsTo=net.service\nAfter=net.service\n"
