@@ -872,6 +872,12 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 else:
                     svc["capability_bounding_set"] = (have or []) + [
                         c for c in names if c not in (have or [])]
+            elif k == "RuntimeDirectoryPreserve":
+                if v in ("yes", "restart", "true", "1", "on"):
+                    comments.append(f"{k}={v}: hachain keeps `directories` always")
+                else:
+                    n.warn(e.line, k, f"{v}: hachain keeps `directories` across stops "
+                           "(systemd removes /run ones then); dropped")
             elif k in ("ProtectProc", "ProcSubset"):
                 allowed = ("invisible", "noaccess", "ptraceable") if k == "ProtectProc" \
                     else ("pid",)

@@ -392,6 +392,15 @@ def test_an_instance_of_a_template_has_its_specifiers_expanded(tmp_path: Any) ->
     assert any("import an instance of it by its name" in w for w in conv.warnings)
 
 
+def test_runtime_directory_preserve_is_what_hachain_does() -> None:
+    conv = importer.convert_systemd("[Service]\nExecStart=/bin/x\nRuntimeDirectory=x\n"
+                                    "RuntimeDirectoryPreserve=yes\n", "x.service")
+    assert conv.warnings == [] and conv.services["x"]["directories"] == ["/run/x"]
+    conv = importer.convert_systemd("[Service]\nExecStart=/bin/x\n"
+                                    "RuntimeDirectoryPreserve=no\n", "x.service")
+    _warned(conv, "x.service", 3, "RuntimeDirectoryPreserve", "keeps")
+
+
 def test_idle_is_simple_with_a_comment() -> None:
     conv = importer.convert_systemd("[Service]\nType=idle\nExecStart=/bin/x\n", "x.service")
     assert conv.warnings == [] and "ready" not in conv.services["x"]
