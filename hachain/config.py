@@ -568,6 +568,14 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "(systemd's `ProtectHostname=`): `sethostname` and `setdomainname` fail with "
           "EPERM (systemd gives the service a UTS namespace of its own instead).",
           group="run"),
+    S.Key("no_exec_paths", _SANDBOX_PATHS, "Paths below which nothing may be executed, "
+          "in its own mount namespace (systemd's `NoExecPaths=`): `[\"/\"]` and then "
+          "`exec_paths` for what it runs is the strictest. Needs Linux 5.12.",
+          shown="`[]`", group="run"),
+    S.Key("exec_paths", _SANDBOX_PATHS, "Paths (files or directories) executable again "
+          "under `no_exec_paths` (systemd's `ExecPaths=`): its own program and the "
+          "libraries it loads, `[\"/usr/bin/redis-server\", \"/usr/lib\", \"/lib\"]`.",
+          shown="`[]`", group="run"),
     S.Key("nice", _integer(-20, 19), "Its nice value (systemd's `Nice=`): 19 yields the CPU "
           "to everything else. Unset: 0, whatever the restarter's own.", shown="`0`",
           group="run"),

@@ -144,6 +144,8 @@ class ServiceConfig:
     read_only_paths: tuple[str, ...] = ()
     read_write_paths: tuple[str, ...] = ()
     inaccessible_paths: tuple[str, ...] = ()
+    no_exec_paths: tuple[str, ...] = ()  # nothing below them executable (NoExecPaths=)
+    exec_paths: tuple[str, ...] = ()  # ... but below these (ExecPaths=)
     # seccomp filters (hachain/seccomp.py), as systemd's SystemCallFilter= and its kin
     system_call_filter: tuple[str, ...] = ()  # names and @groups; "~": denied
     system_call_error_number: str = ""  # "EPERM": what a filtered call gets ("": SIGSYS)

@@ -992,7 +992,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
 _SANDBOX_PATH_KEYS = {
     "ReadWritePaths": "read_write_paths", "ReadWriteDirectories": "read_write_paths",
     "ReadOnlyPaths": "read_only_paths", "ReadOnlyDirectories": "read_only_paths",
-    "InaccessiblePaths": "inaccessible_paths", "InaccessibleDirectories": "inaccessible_paths"}
+    "InaccessiblePaths": "inaccessible_paths", "InaccessibleDirectories": "inaccessible_paths",
+    "NoExecPaths": "no_exec_paths", "ExecPaths": "exec_paths"}
 
 # ConditionPathExists= / AssertPathExists= → the check path_exists of condition / assert
 _CHECK_KEYS = {"".join(w.capitalize() for w in name.split("_")): name

@@ -36,12 +36,15 @@ EMPTY = 5  # an empty, read-only tmpfs of mode 0755: protect_home = "tmpfs"
 KEEP = 6  # as it was before the other steps, with what is mounted below (cloned, put back)
 DEVICES = 7  # a private /dev: a tmpfs with the host's pseudo devices bound in (below)
 PROC = 8  # a procfs of its own on the path, its options in `data` (protect_proc)
+NO_EXEC = 9  # bind the path onto itself, nothing below it executable
+EXEC = 10  # bind the path onto itself, executable again below it
 LATE = 16  # added to a kind: taken after the KEEP paths are back (the kernel's files in
 # /proc and /sys that protect_kernel_tunables and protect_control_groups make read-only)
 
 KINDS = {TMPFS: "a fresh tmpfs", READ_ONLY: "read-only", READ_WRITE: "writable",
          HIDE: "inaccessible", EMPTY: "an empty read-only tmpfs", KEEP: "kept as it was",
-         DEVICES: "a private /dev", PROC: "a procfs of its own"}
+         DEVICES: "a private /dev", PROC: "a procfs of its own", NO_EXEC: "not executable",
+         EXEC: "executable"}
 # private_devices: the nodes and directories of the host's /dev bound into the private
 # one (a missing one is left out), its own devpts instance, and the usual links
 DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -81,7 +84,8 @@ def needs_namespace(c: ServiceConfig) -> bool:
     return bool(c.private_tmp or c.protect_system or c.protect_home or c.read_only_paths
                 or c.read_write_paths or c.inaccessible_paths or c.protect_kernel_tunables
                 or c.protect_control_groups or c.protect_kernel_modules
-                or c.private_devices or bool(c.protect_proc) or bool(c.proc_subset))
+                or c.private_devices or bool(c.protect_proc) or bool(c.proc_subset)
+                or bool(c.no_exec_paths) or bool(c.exec_paths))
 
 
 def plan(c: ServiceConfig) -> tuple[Step, ...]:
@@ -102,6 +106,8 @@ def plan(c: ServiceConfig) -> tuple[Step, ...]:
         steps += [Step(kind, p, True, what) for p in HOMES]
     steps += _listed(c.read_only_paths, READ_ONLY, "read_only_paths")
     steps += _listed(c.read_write_paths, READ_WRITE, "read_write_paths")
+    steps += _listed(c.no_exec_paths, NO_EXEC, "no_exec_paths")
+    steps += _listed(c.exec_paths, EXEC, "exec_paths")
     steps += _listed(c.inaccessible_paths, HIDE, "inaccessible_paths")
     if c.protect_kernel_modules:
         steps += [Step(HIDE, p, True, "protect_kernel_modules = true") for p in MODULES]

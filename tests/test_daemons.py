@@ -146,7 +146,8 @@ def test_nginx_forking_from_its_debian_unit() -> None:
 def test_redis_under_its_imported_hardened_unit() -> None:
     """Debian's redis-server.service, hardening included, through `hachain import`: the
     seccomp and Protect*= keys become eight programs on the running server (with
-    no_new_privs), the kernel's tunables are read-only, the
+    no_new_privs), the kernel's tunables are read-only, nothing is executable but its
+    program and libraries, the
     file system is read-only but its directory, and it serves, crashes and comes back,
     and stops, all under them."""
     with D.daemon_dir() as tmp:
@@ -169,6 +170,10 @@ def test_redis_under_its_imported_hardened_unit() -> None:
             with open(f"/proc/{st['pid']}/mountinfo") as f:
                 sysctl = [ln.split() for ln in f if ln.split()[4] == "/proc/sys"]
             assert sysctl and "ro" in sysctl[-1][5].split(","), sysctl
+            # NoExecPaths=/ with ExecPaths= for its program and libraries: it runs
+            with open(f"/proc/{st['pid']}/mountinfo") as f:
+                mounts = {ln.split()[4]: ln.split()[5].split(",") for ln in f}
+            assert "noexec" in mounts["/"] and "noexec" not in mounts["/usr/lib"], mounts
             _, new_pid = D.kill_and_time(r, rd)
             r.pids_seen.add(new_pid)
             D.wait_ready(r, rd, old_pid=st["pid"])

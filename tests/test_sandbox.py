@@ -225,3 +225,22 @@ def test_protect_proc_hides_other_users_processes(
         cfg = ServiceConfig(name, look, user="nobody", **keys)
         _, said = run(cfg, cgroups, tmp_path, started, 3)
         assert said == want, (name, said)
+
+
+@needs_root
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_no_exec_paths_and_exec_paths(
+        cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str) -> None:
+    """no_exec_paths = ["/"] with exec_paths = ["/usr"] (systemd's NoExecPaths=,
+    ExecPaths=): its shell and coreutils run, a copy of one of them elsewhere does not."""
+    cgroups = spawn_path(path, cgroups, monkeypatch)
+    copy = tmp_path / "mytrue"
+    copy.write_bytes(open("/usr/bin/true", "rb").read())
+    os.chmod(copy, 0o755)
+    look = ("/bin/sh", "-c", f"{tried(str(copy))}; {tried('/usr/bin/true')}; "
+            "exec sleep 600")
+    for name, keys, want in (
+            ("free", {}, ["yes", "yes"]),
+            ("held", {"no_exec_paths": ("/",), "exec_paths": ("/usr",)}, ["no", "yes"])):
+        _, said = run(ServiceConfig(name, look, **keys), cgroups, tmp_path, started, 2)
+        assert said == want, (name, said)

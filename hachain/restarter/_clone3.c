@@ -94,6 +94,9 @@ struct mnt_step {
 #define MNT_KEEP 6  /* the path keeps what it was before the other steps (open_tree) */
 #define MNT_DEVICES 7  /* a private /dev: tmpfs, the host's pseudo devices bound in */
 #define MNT_PROC 8  /* a procfs instance of its own on the path, with `data` */
+#define MNT_NO_EXEC 9  /* bound onto itself, nothing below it executable */
+#define MNT_EXEC 10  /* bound onto itself, executable again below it */
+#define MNT_ATTR_NOEXEC_ 0x8
 #define MNT_LATE 16  /* added to a kind: the step comes after the MNT_KEEP paths are back */
 #define MAX_KEEP 8
 
@@ -259,8 +262,11 @@ static int mount_step(const struct mnt_step *m) {
     case MNT_PROC:
         return mount("proc", m->path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, m->data);
     case MNT_READ_ONLY:
-    case MNT_READ_WRITE: {
-        int ro = (m->kind & ~MNT_LATE) == MNT_READ_ONLY;
+    case MNT_READ_WRITE:
+    case MNT_NO_EXEC:
+    case MNT_EXEC: {
+        int kind = m->kind & ~MNT_LATE;
+        int ro = kind == MNT_READ_ONLY;
         /* "/" is changed where it is: a mount stacked on it would not be the root this
          * process resolves paths from. Any other path gets a mount of its own first. */
         int root = m->path[0] == '/' && m->path[1] == 0;
@@ -268,14 +274,18 @@ static int mount_step(const struct mnt_step *m) {
             return -1;
         struct mnt_attr a;
         memset(&a, 0, sizeof a);
-        if (ro)
+        if (kind == MNT_NO_EXEC)
+            a.attr_set = MNT_ATTR_NOEXEC_;
+        else if (kind == MNT_EXEC)
+            a.attr_clr = MNT_ATTR_NOEXEC_;
+        else if (ro)
             a.attr_set = MNT_ATTR_RDONLY;
         else
             a.attr_clr = MNT_ATTR_RDONLY;
         if (syscall(SYS_mount_setattr, AT_FDCWD, m->path, AT_RECURSIVE_, &a, sizeof a) == 0)
             return 0;
-        if (errno != ENOSYS)
-            return -1;
+        if (errno != ENOSYS || kind == MNT_NO_EXEC || kind == MNT_EXEC)
+            return -1;  /* (exec paths: Linux >= 5.12 only) */
         /* before Linux 5.12: the path's own mount only */
         return mount(NULL, m->path, NULL, MS_BIND | MS_REMOUNT | (ro ? MS_RDONLY : 0), NULL);
     }
@@ -925,7 +935,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 14) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 15) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1004,12 +1004,12 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
         return "mount namespace"
     attr = (ctypes.c_uint64 * 4)()
 
-    def setattr_(path: bytes, ro: bool) -> bool:
-        attr[0], attr[1] = (1, 0) if ro else (0, 1)
+    def setattr_(path: bytes, ro: bool, bit: int = 1) -> bool:
+        attr[0], attr[1] = (bit, 0) if ro else (0, bit)
         if libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, path, _AT_RECURSIVE, attr, 32) == 0:
             return True
-        if libc_errno() != errno.ENOSYS:
-            return False
+        if libc_errno() != errno.ENOSYS or bit != 1:
+            return False  # (exec paths: Linux >= 5.12 only)
         return libc.mount(None, path, None, _MS_BIND | _MS_REMOUNT | (_MS_RDONLY if ro else 0),
                           None) == 0
 
@@ -1034,6 +1034,8 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
             return libc.mount(b"tmpfs", p, b"tmpfs", hidden, mode) == 0
         if p != b"/" and libc.mount(p, p, None, _MS_BIND | _MS_REC, None) != 0:
             return False
+        if kind in (sandbox.NO_EXEC, sandbox.EXEC):
+            return setattr_(p, kind == sandbox.NO_EXEC, _MOUNT_ATTR_NOEXEC)
         return setattr_(p, kind == sandbox.READ_ONLY)
 
     kept: list[int] = []
@@ -1060,6 +1062,7 @@ def _mount_steps(ctypes: Any, libc: Any, steps: tuple[sandbox.Step, ...]) -> str
     return None
 
 
+_MOUNT_ATTR_NOEXEC = 0x8
 _JOIN_SETTING = "the service's namespaces (its stop or reload command joins them)"
 _CLONE_NEWNET, _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP, _IFF_RUNNING = \
     0x40000000, 0x8913, 0x8914, 0x1, 0x40
@@ -1369,7 +1372,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 14
+CLONE3_ABI = 15
 
 
 def clone3_usable(mod: Any) -> bool:
