@@ -344,9 +344,8 @@ def _stop_command(entries: list[Entry], n: _Notes) -> list[str] | None:
     a unit that remained after its exit: at a stop of the done oneshot."""
     if not entries:
         return None
-    for extra in entries[1:]:
-        n.warn(extra.line, "ExecStop", "only one stop_command per service in hachain; this "
-               "additional ExecStop is dropped")
+    if len(entries) > 1:
+        return _in_turn(entries, n)
     argv = _exec_argv(entries[0], n, may_fail=True)
     if argv is None:
         return None
@@ -417,10 +416,13 @@ def _reload(svc: dict[str, Any], unit_type: str, lines: list[Entry],
             n.warn(e.line, "ExecReload", "with Type=notify-reload hachain reloads by "
                    f"reload_signal ({name}) and READY=1 alone; this command is dropped")
         svc["reload_signal"], svc["reload_notify"] = name, True
+    elif len(lines) > 1 or lines and lines[0].value.lstrip("@:+!").startswith("-") \
+            and _reload_signal(lines[0].value) is None:
+        # in turn, stopping at the first failure; '-': one that may fail (systemd's)
+        if (cmd := _in_turn(lines, n)) is None:
+            return
+        svc["reload_command"] = cmd
     elif lines:
-        for extra in lines[1:]:
-            n.warn(extra.line, "ExecReload", "only one reload_command per service in "
-                   "hachain; this additional ExecReload is dropped")
         e = lines[0]
         sig = _reload_signal(e.value) if len(lines) == 1 else None
         if sig is not None:
@@ -429,10 +431,6 @@ def _reload(svc: dict[str, Any], unit_type: str, lines: list[Entry],
             argv = _exec_argv(e, n, may_fail=True)
             if argv is None:
                 return
-            if argv[0].startswith("-"):
-                argv[0] = argv[0][1:]
-                n.warn(e.line, "ExecReload", "'-' prefix dropped: a failing exit is a failed "
-                       "reload in hachain (the service runs on either way)")
             line = expanding_command(argv)
             svc["reload_command"] = ["/bin/sh", "-c", line] if line is not None else argv
     else:
@@ -445,14 +443,9 @@ _WORD_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _IN_WORD = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$")
 
 
-def expanding_command(argv: list[str]) -> str | None:
-    """ExecStart's argv as one /bin/sh line that expands its variable references the way
-    systemd does, or None when it has none: `$NAME` as a whole word is split at blanks
-    (unquoted in the shell; `set -f`: no globbing, which systemd does not do either),
-    `${NAME}` anywhere is one argument (double-quoted), `$$` is a `$`; everything else
-    is quoted as written. `exec`: the shell becomes the program (the main pid)."""
-    if not any(_WORD_VAR.fullmatch(a) or _IN_WORD.search(a) for a in argv):
-        return None
+def _shell_words(argv: list[str]) -> str:
+    """argv as /bin/sh words, its variable references expanded as systemd does (see
+    expanding_command)."""
     words = []
     for a in argv:
         if _WORD_VAR.fullmatch(a):
@@ -467,7 +460,34 @@ def expanding_command(argv: list[str]) -> str | None:
         if pos < len(a) or not parts:
             parts.append(shlex.quote(a[pos:]))
         words.append("".join(parts))
-    return "set -f; exec " + " ".join(words)
+    return " ".join(words)
+
+
+def _in_turn(entries: list[Entry], n: _Notes) -> list[str] | None:
+    """Several ExecStop= or ExecReload= lines as one command that runs them in turn and
+    stops at the first that fails, as systemd does ('-': one that may fail); None when
+    none can be read."""
+    steps = []
+    for e in entries:
+        argv = _exec_argv(e, n, may_fail=True)
+        if argv is None:
+            continue
+        may_fail = argv[0].startswith("-")
+        argv[0] = argv[0].removeprefix("-")
+        steps.append(f"{{ {_shell_words(argv)} || true; }}" if may_fail
+                     else _shell_words(argv))
+    return ["/bin/sh", "-c", "set -f; " + " && ".join(steps)] if steps else None
+
+
+def expanding_command(argv: list[str]) -> str | None:
+    """ExecStart's argv as one /bin/sh line that expands its variable references the way
+    systemd does, or None when it has none: `$NAME` as a whole word is split at blanks
+    (unquoted in the shell; `set -f`: no globbing, which systemd does not do either),
+    `${NAME}` anywhere is one argument (double-quoted), `$$` is a `$`; everything else
+    is quoted as written. `exec`: the shell becomes the program (the main pid)."""
+    if not any(_WORD_VAR.fullmatch(a) or _IN_WORD.search(a) for a in argv):
+        return None
+    return "set -f; exec " + _shell_words(argv)
 
 
 def _systemd_env(e: Entry, env: dict[str, str], n: _Notes) -> None:
