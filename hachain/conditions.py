@@ -155,6 +155,118 @@ def capability(name: str) -> tuple[bool, str]:
     return ok, "in the bounding set" if ok else "not in the bounding set"
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+# security frameworks (systemd's ConditionSecurity=): what says each one is on
+_SECURITY: dict[str, Callable[[], bool]] = {
+    "selinux": lambda: os.path.exists("/sys/fs/selinux/enforce"),
+    "apparmor": lambda: _read("/sys/module/apparmor/parameters/enabled") == "Y",
+    "tomoyo": lambda: os.path.exists("/sys/kernel/security/tomoyo"),
+    "ima": lambda: os.path.exists("/sys/kernel/security/ima"),
+    "smack": lambda: os.path.exists("/sys/fs/smackfs"),
+    "audit": lambda: _audit(),
+    "uefi-secureboot": lambda: _secure_boot(),
+    "tpm2": lambda: bool(os.path.isdir("/sys/class/tpmrm") and os.listdir("/sys/class/tpmrm")),
+}
+SECURITY = tuple(_SECURITY)
+
+
+def _audit() -> bool:
+    import socket
+    try:
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9).close()  # NETLINK_AUDIT
+    except OSError:
+        return False
+    return True
+
+
+def _secure_boot() -> bool:
+    try:
+        with open("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c",
+                  "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[-1:] == b"\x01"  # (4 bytes of attributes, then the value)
+
+
+def security(name: str) -> tuple[bool, str]:
+    ok = _SECURITY[name]()
+    return ok, f"{name} is {'on' if ok else 'not on'} here"
+
+
+# what DMI's vendor or product name says, by the names systemd-detect-virt prints
+_DMI_VM = (("KVM", "kvm"), ("QEMU", "qemu"), ("VMware", "vmware"),
+           ("VirtualBox", "oracle"), ("innotek", "oracle"), ("Xen", "xen"),
+           ("Bochs", "bochs"), ("Parallels", "parallels"), ("BHYVE", "bhyve"),
+           ("Microsoft Corporation", "microsoft"), ("Amazon EC2", "amazon"),
+           ("Google Compute Engine", "google"))
+
+
+def detect_virtualization() -> tuple[str, str]:
+    """(the virtual machine, the container) this runs in, "" for none, as far as the
+    container managers' marks (/run/systemd/container, /.dockerenv, /run/.containerenv,
+    the `container=` of PID 1), DMI and the CPU's hypervisor flag tell."""
+    container = _read("/run/systemd/container")
+    if not container:
+        env = _read("/proc/1/environ").split("\0")
+        container = next((e[10:] for e in env if e.startswith("container=")), "")
+    if not container and os.path.exists("/.dockerenv"):
+        container = "docker"
+    if not container and os.path.exists("/run/.containerenv"):
+        container = "podman"
+    vm = ""
+    dmi = " ".join(_read(f"/sys/class/dmi/id/{k}") for k in ("sys_vendor", "product_name",
+                                                              "bios_vendor"))
+    for mark, name in _DMI_VM:
+        if mark in dmi:
+            vm = name
+            break
+    if not vm and _read("/sys/hypervisor/type") == "xen":
+        vm = "xen"
+    if not vm and " hypervisor" in _read("/proc/cpuinfo"):
+        vm = "vm-other"
+    return vm, container
+
+
+def virtualization(word: str) -> tuple[bool, str]:
+    """`yes`/`no` (any at all), `vm`, `container`, or one by name (`kvm`, `docker`, ...),
+    as systemd's ConditionVirtualization= reads them."""
+    vm, container = detect_virtualization()
+    found = "none" if not (vm or container) else " in ".join(x for x in (container, vm) if x)
+    w = word.lower()
+    if w in ("yes", "true", "1", "on"):
+        ok = bool(vm or container)
+    elif w in ("no", "false", "0", "off"):
+        ok = not (vm or container)
+    elif w == "vm":
+        ok = bool(vm)
+    elif w == "container":
+        ok = bool(container)
+    else:
+        ok = w in (vm, container)
+    return ok, f"found {found}"
+
+
+def ac_power(word: str) -> tuple[bool, str]:
+    """`true`: on mains power (or no power supply is known, as systemd reads it)."""
+    base = "/sys/class/power_supply"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        names = []
+    mains = [n for n in names if _read(f"{base}/{n}/type") == "Mains"]
+    on = not mains or any(_read(f"{base}/{n}/online") == "1" for n in mains)
+    want = word.lower() in ("yes", "true", "1", "on")
+    return on == want, "on mains power" if on else "on battery"
+
+
 # name -> (the check, what its argument is, what the check asks: for the docs)
 CHECKS: dict[str, tuple[Callable[[str], tuple[bool, str]], str, str]] = {
     "path_exists": (path_exists, "path", "the path exists"),
@@ -176,6 +288,13 @@ CHECKS: dict[str, tuple[Callable[[str], tuple[bool, str]], str, str]] = {
                             "word `NAME` or `NAME=...`"),
     "capability": (capability, "capability", "the capability is in the restarter's "
                    "bounding set"),
+    "security": (security, "security", "that security framework is on: " +
+                 ", ".join(f"`{x}`" for x in SECURITY)),
+    "virtualization": (virtualization, "word", "the host is virtual: `yes`, `no`, `vm`, "
+                       "`container`, or one by name as systemd-detect-virt prints it "
+                       "(`kvm`, `qemu`, `docker`, `lxc`, ...)"),
+    "ac_power": (ac_power, "boolean", "`true`: on mains power (or no power supply is "
+                 "known); `false`: on battery"),
 }
 
 

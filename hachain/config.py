@@ -266,12 +266,23 @@ def _check_arg(kind: str) -> S.Custom:
             return prefix + value
         if kind == "capability":
             return prefix + _capability(value)
+        if kind == "security":
+            if value not in conditions.SECURITY:
+                raise S.Bad("must be one of " + ", ".join(conditions.SECURITY) +
+                            " after an optional prefix")
+            return prefix + value
+        if kind == "boolean":
+            if value.lower() not in ("yes", "true", "1", "on", "no", "false", "0", "off"):
+                raise S.Bad("must be true or false (a string) after an optional prefix")
+            return prefix + value.lower()
         if not value or not value.isprintable() or any(ch.isspace() for ch in value):
             raise S.Bad("must be one word (NAME or NAME=VALUE) after an optional prefix")
         return prefix + value
     examples = {"path": ("/etc/app/enabled", "!/etc/app/disabled", "|/run/a"),
                 "word": ("rescue", "!app.off", "|app=on"),
-                "capability": ("CAP_SYS_ADMIN", "!CAP_NET_ADMIN")}[kind]
+                "capability": ("CAP_SYS_ADMIN", "!CAP_NET_ADMIN"),
+                "security": ("apparmor", "!selinux", "|tpm2"),
+                "boolean": ("true", "false")}[kind]
     return S.Custom(one, "", examples=examples)
 
 

@@ -84,6 +84,9 @@ class StartChecks:
     file_is_executable: tuple[str, ...] = ()
     kernel_command_line: tuple[str, ...] = ()
     capability: tuple[str, ...] = ()
+    security: tuple[str, ...] = ()
+    virtualization: tuple[str, ...] = ()
+    ac_power: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

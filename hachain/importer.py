@@ -1017,7 +1017,7 @@ _SANDBOX_PATH_KEYS = {
 
 # ConditionPathExists= / AssertPathExists= → the check path_exists of condition / assert
 _CHECK_KEYS = {"".join(w.capitalize() for w in name.split("_")): name
-               for name in conditions.CHECKS}
+               for name in conditions.CHECKS} | {"ACPower": "ac_power"}
 
 
 def _start_check(e: Entry, svc: dict[str, Any], n: _Notes) -> None:
@@ -1039,6 +1039,10 @@ def _start_check(e: Entry, svc: dict[str, Any], n: _Notes) -> None:
     if "%" in arg:
         n.warn(e.line, e.key, f"{v!r}: %-specifiers are not expanded by hachain; dropped "
                "(the service starts as if it held)")
+        return
+    if kind == "security" and arg not in conditions.SECURITY:
+        n.warn(e.line, e.key, f"{arg}: hachain does not know this framework; dropped (the "
+               "service starts as if it held)")
         return
     if kind == "path" and not arg.startswith("/"):
         n.warn(e.line, e.key, f"{v!r}: not an absolute path; dropped")

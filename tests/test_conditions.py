@@ -96,6 +96,37 @@ def test_capability_in_the_bounding_set() -> None:
     assert conditions.capability("CAP_SYS_MODULE")[0] == bool(bnd >> 16 & 1)
 
 
+@pytest.mark.parametrize("vm, container, holds", [
+    ("", "", {"no", "false"}),
+    ("kvm", "", {"yes", "true", "vm", "kvm"}),
+    ("", "docker", {"yes", "true", "container", "docker"}),
+    ("vm-other", "docker", {"yes", "true", "vm", "container", "docker", "vm-other"}),
+])
+def test_virtualization_reads_as_systemd(monkeypatch: Any, vm: str, container: str,
+                                         holds: set[str]) -> None:
+    monkeypatch.setattr(conditions, "detect_virtualization", lambda: (vm, container))
+    for word in ("yes", "true", "no", "false", "vm", "container", "kvm", "docker",
+                 "vm-other", "lxc"):
+        assert conditions.virtualization(word)[0] == (word in holds), word
+
+
+def test_virtualization_security_and_power_on_this_host() -> None:
+    """What this host is, read for real: each check and its negation disagree, and what
+    is found is said."""
+    vm, container = conditions.detect_virtualization()
+    ok, found = conditions.virtualization("yes")
+    assert ok == bool(vm or container) and found.startswith("found ")
+    assert conditions.virtualization("no")[0] != ok
+    apparmor = conditions.security("apparmor")
+    assert apparmor[0] == (os.path.exists("/sys/module/apparmor/parameters/enabled") and
+                           open("/sys/module/apparmor/parameters/enabled").read().strip()
+                           == "Y")
+    assert conditions.ac_power("true")[0] != conditions.ac_power("false")[0]
+    c = StartChecks(virtualization=("!" + (container or vm or "none-at-all"),))
+    if vm or container:
+        assert conditions.verdict(c).startswith("condition virtualization=!")
+
+
 def test_verdict_says_which_check_failed_and_what_it_found(tmp_path: Any) -> None:
     flag = tmp_path / "not_to_be_run"
     c = StartChecks(path_exists=(f"!{flag}",))

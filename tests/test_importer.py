@@ -401,6 +401,19 @@ def test_runtime_directory_preserve_is_what_hachain_does() -> None:
     _warned(conv, "x.service", 3, "RuntimeDirectoryPreserve", "keeps")
 
 
+def test_virtualization_security_and_power_conditions_carry_over() -> None:
+    conv = importer.convert_systemd("[Unit]\nConditionVirtualization=!container\n"
+                                    "ConditionSecurity=apparmor\nAssertACPower=true\n"
+                                    "ConditionSecurity=!frobnix\n"
+                                    "[Service]\nExecStart=/bin/x\n", "x.service")
+    s = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
+    assert s.condition is not None and s.assertion is not None
+    assert (s.condition.virtualization, s.condition.security) == (("!container",),
+                                                                  ("apparmor",))
+    assert s.assertion.ac_power == ("true",)
+    _warned(conv, "x.service", 5, "ConditionSecurity", "frobnix")
+
+
 def test_idle_is_simple_with_a_comment() -> None:
     conv = importer.convert_systemd("[Service]\nType=idle\nExecStart=/bin/x\n", "x.service")
     assert conv.warnings == [] and "ready" not in conv.services["x"]
@@ -677,7 +690,7 @@ ConditionPathExists=!/etc/app/not_to_be_run
 ConditionDirectoryNotEmpty=|/etc/app.d
 ConditionKernelCommandLine=|app.force
 ConditionCapability=net_admin
-ConditionVirtualization=!container
+ConditionFirmware=uefi
 AssertFileNotEmpty=/etc/app.conf
 AssertPathExists=/etc/app/%I.conf
 AssertPathIsDirectory=relative/dir
@@ -692,7 +705,7 @@ ExecStart=/usr/bin/app
                                       kernel_command_line=("|app.force",),
                                       capability=("CAP_NET_ADMIN",))
     assert s.assertion == StartChecks(file_not_empty=("/etc/app.conf",))
-    assert _warned(conv, unit, 6, "ConditionVirtualization", "not supported by hachain")
+    assert _warned(conv, unit, 6, "ConditionFirmware", "not supported by hachain")
     assert _warned(conv, unit, 8, "AssertPathExists", "%-specifiers are not expanded")
     assert _warned(conv, unit, 9, "AssertPathIsDirectory", "not an absolute path")
     assert len(conv.warnings) == 3, conv.warnings
