@@ -61,6 +61,17 @@ def svc(*args: str) -> str:
     return "[" + ", ".join(f'"{a}"' for a in (PY, SVC) + args) + "]"
 
 
+CLI_TIMEOUT = 60.0  # a Python start and a few requests, each answered within one round
+
+
+def hachain_cli(state_dir: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`hachain ARGS --state-dir STATE_DIR` as a user runs it, from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([PY, "-m", "hachain.cli", *args, "--state-dir", state_dir],
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT, env=env)
+
+
 def children(pid: int) -> list[int]:
     """The pids of `pid`'s children ([] once it is gone)."""
     try:

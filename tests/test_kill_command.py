@@ -4,25 +4,18 @@ services that write down every signal they get, real signals; the CLI as a subpr
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, RestarterRun, svc, wait_until
+from tests.conftest import RestarterRun, hachain_cli, svc, wait_until
 
-CLI_TIMEOUT = 60.0  # a Python start and one request: nothing here waits on the chain
 SEEN = 20.0  # a signal sent is handled by a process that is running: the kernel's work
 
 
 def hachain(r: RestarterRun, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "hachain.cli", *args, "--state-dir",
-                           r.state_dir], capture_output=True, text=True, timeout=CLI_TIMEOUT,
-                          env=env)
+    return hachain_cli(r.state_dir, *args)
 
 
 def lines(path: Any) -> list[list[str]]:

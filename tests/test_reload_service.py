@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -23,18 +22,13 @@ from hachain.configtypes import ServiceConfig
 from hachain.restarter import reloads
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import State, Svc
-from tests.conftest import ROOT, RestarterRun, svc, wait_until
+from tests.conftest import RestarterRun, hachain_cli, svc, wait_until
 
 RUN_BOUND = 30.0  # a restarter answering, a few short processes; no chain timer involved
-CLI_TIMEOUT = 60.0  # a Python start and a few requests, each answered within one round
 
 
 def hachain(r: RestarterRun, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "hachain.cli", *args, "--state-dir",
-                           r.state_dir], capture_output=True, text=True, timeout=CLI_TIMEOUT,
-                          env=env)
+    return hachain_cli(r.state_dir, *args)
 
 
 def log_of(r: RestarterRun, name: str) -> str:

@@ -131,6 +131,15 @@ def results(cfg: ServiceConfig, cgroups: Any, tmp_path: Any, started: list[int]
     return sp.pid, got
 
 
+def probed(script: str, name: str, cgroups: Any, tmp_path: Any, started: list[int],
+           *args: str, **keys: Any) -> dict[str, str]:
+    """Run the Python `script` (its words then `args`) as service `name` with `keys`:
+    what it printed, by first word."""
+    cfg = ServiceConfig(name, ("/bin/sh", "-c", f"{PY} -c '{script}' {' '.join(args)}; "
+                               "exec sleep 600"), **keys)
+    return results(cfg, cgroups, tmp_path, started)[1]
+
+
 def status(pid: int) -> dict[str, str]:
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -214,9 +223,7 @@ def test_the_kernel_protections_refuse_and_hide_what_they_name(
     cgroups = spawn_path(path, cgroups, monkeypatch)
 
     def run(name: str, **keys: Any) -> dict[str, str]:
-        cfg = ServiceConfig(name, ("/bin/sh", "-c", f"{PY} -c '{KERNEL_PROBES}'; "
-                                   "exec sleep 600"), **keys)
-        return results(cfg, cgroups, tmp_path, started)[1]
+        return probed(KERNEL_PROBES, name, cgroups, tmp_path, started, **keys)
     free = run("free")
     # (a kernel without module support says ENOSYS: still not the filter's EPERM)
     assert free["module"] in ("EBADF", "ENOSYS"), free
@@ -259,9 +266,7 @@ def test_private_devices_leaves_the_pseudo_devices_only(
     cgroups = spawn_path(path, cgroups, monkeypatch)
 
     def run(name: str, **keys: Any) -> dict[str, str]:
-        cfg = ServiceConfig(name, ("/bin/sh", "-c", f"{PY} -c '{DEVICE_PROBES}'; "
-                                   "exec sleep 600"), **keys)
-        return results(cfg, cgroups, tmp_path, started)[1]
+        return probed(DEVICE_PROBES, name, cgroups, tmp_path, started, **keys)
     free = run("free")
     assert free["caps"] == "11" and free["ioperm"] in ("ok", "ENOSYS"), free
     host = set(os.listdir("/dev"))
@@ -303,9 +308,7 @@ def test_private_network_has_only_its_own_loopback(
         port = str(listener.getsockname()[1])
 
         def run(name: str, **keys: Any) -> dict[str, str]:
-            cfg = ServiceConfig(name, ("/bin/sh", "-c", f"{PY} -c '{NET_PROBES}' {port}; "
-                                       "exec sleep 600"), **keys)
-            return results(cfg, cgroups, tmp_path, started)[1]
+            return probed(NET_PROBES, name, cgroups, tmp_path, started, port, **keys)
         free = run("free")
         assert free["host"] == "reached" and "lo" in free["links"].split(","), free
         held = run("held", private_network=True)
