@@ -22,13 +22,17 @@ from hachain import channels
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from hachain.watchdog import tickler
 from hachain.watchdog.device import WDIOF_CARDRESET, sim_attributes
-from tests.conftest import LIVENESS, heartbeat_window, reap, wait_until
+from tests.conftest import LIVENESS, START_TIMEOUT, heartbeat_window, reap, wait_until
 
 TIMEOUT = 3
 PET = 0.5
 HB_TIMEOUT = 1.0
 GRACE = 4.0
 BOUND = TIMEOUT + PET + HB_TIMEOUT  # from the last good restarter heartbeat to the reset
+# The first pets wait on the tickler's Python start-up and on the forged layers' first
+# fresh heartbeats, which nothing configures: START_TIMEOUT, as a restarter's first
+# answer (CI, 2026-12-05: 10 s were not enough with two CI runs on the two cores). The
+# bounds measured after that come from the configuration.
 
 class ForgedLayers:
     """Writes init's and the restarter's heartbeats from a thread, naming real processes."""
@@ -183,7 +187,7 @@ def test_dead_restarter_gets_the_grace_then_fails_the_gate(rig: Rig) -> None:
     try:
         with ForgedLayers(rig.state_dir, rig.sleeper.pid, restarter_pid=victim.pid) as layers:
             rig.start_tickler()
-            wait_until(lambda: rig.pets() >= 2, 10, "petting")
+            wait_until(lambda: rig.pets() >= 2, START_TIMEOUT, "petting")
             layers.beating("restarter", False)
             victim.kill()
             reap(victim, "the stand-in restarter")
@@ -207,7 +211,7 @@ def test_dead_restarter_gets_the_grace_then_fails_the_gate(rig: Rig) -> None:
 def test_hung_restarter_stops_petting_and_the_watchdog_fires(rig: Rig) -> None:
     with ForgedLayers(rig.state_dir, rig.sleeper.pid) as layers:
         rig.start_tickler()
-        wait_until(lambda: rig.pets() >= 2, 10, "petting")
+        wait_until(lambda: rig.pets() >= 2, START_TIMEOUT, "petting")
         layers.beating("restarter", False)  # alive (the sleeper) but silent: hung
         t0 = layers.last["restarter"]
         assert rig.expired.wait(BOUND + 2), "the watchdog did not expire"
@@ -228,7 +232,7 @@ def test_hung_restarter_stops_petting_and_the_watchdog_fires(rig: Rig) -> None:
 def test_critical_service_down_stops_petting(rig: Rig) -> None:
     with ForgedLayers(rig.state_dir, rig.sleeper.pid) as layers:
         rig.start_tickler()
-        wait_until(lambda: rig.pets() >= 1, 10, "petting")
+        wait_until(lambda: rig.pets() >= 1, START_TIMEOUT, "petting")
         layers.restarter_extra = {**layers.restarter_extra, "critical": {
             "db": {"state": "maintenance", "ok": False, "reason": "too many restarts"}}}
         hb = wait_until(lambda: (h := rig.tickler_hb()) and not h.extra["gate"]["ok"] and h,
@@ -243,7 +247,7 @@ def test_critical_service_down_stops_petting(rig: Rig) -> None:
 def test_sigterm_disarms_with_magic_close(rig: Rig) -> None:
     with ForgedLayers(rig.state_dir, rig.sleeper.pid):
         p = rig.start_tickler()
-        wait_until(lambda: rig.pets() >= 1, 10, "petting")
+        wait_until(lambda: rig.pets() >= 1, START_TIMEOUT, "petting")
         assert sim_attributes(rig.sock)["state"] == "active"
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
@@ -257,7 +261,7 @@ def test_sigterm_disarms_with_magic_close(rig: Rig) -> None:
 def test_killed_tickler_leaves_it_armed_and_a_new_one_takes_over(rig: Rig) -> None:
     with ForgedLayers(rig.state_dir, rig.sleeper.pid):
         p = rig.start_tickler()
-        wait_until(lambda: rig.pets() >= 1, 10, "petting")
+        wait_until(lambda: rig.pets() >= 1, START_TIMEOUT, "petting")
         boot_rec = wait_until(lambda: channels.read_json(  # written by the writer thread
             os.path.join(rig.persist_dir, "last_boot.json")), 5, "last_boot.json")
         p.kill()
