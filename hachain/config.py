@@ -786,6 +786,11 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
                   f"{S.show([soft, hard])}")
     if s.ready == "exec" and not s.ready_command:
         r.err(at + ("ready_command",), "is required when ready = \"exec\"", [at + ("ready",)])
+    if s.private_network and (s.ready == "tcp" or (s.health and s.health.kind == "tcp")):
+        key = "ready" if s.ready == "tcp" else "health"
+        r.err(at + (key,), "a tcp check connects from the host's network, which cannot "
+              "reach the loopback of a service with private_network = true: use "
+              "ready = \"notify\" or an exec check", [at + ("private_network",)])
     if s.ready == "tcp" and not s.ready_port:
         r.err(at + ("ready_port",), "is required when ready = \"tcp\"", [at + ("ready",)])
     if s.watchdog_sec and s.ready != "notify":

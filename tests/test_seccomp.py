@@ -412,6 +412,10 @@ def test_config_reads_each_key() -> None:
     ('restrict_address_families = ["none", "AF_UNIX"]', '"none" stands alone'),
     ('restrict_address_families = ["AF_UNX"]', "'AF_UNX' is not an address family"),
     ('system_call_architectures = ["sparc"]', "unknown architecture 'sparc'"),
+    ('private_network = true\nready = "tcp"\nready_port = 80',
+     "service.a.ready: a tcp check connects from the host's network"),
+    ('private_network = true\nhealth = { kind = "tcp", port = 80 }',
+     "service.a.health: a tcp check connects from the host's network"),
 ])
 def test_config_refuses_what_cannot_be_meant(body: str, error: str) -> None:
     with pytest.raises(config.ConfigError) as e:
