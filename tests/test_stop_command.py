@@ -9,18 +9,20 @@ stopping. And the configuration's and the importer's side.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import pytest
 
-from hachain import config, importer
+from hachain import channels, config, importer
 from hachain.channels import pid_alive
 from hachain.configtypes import ServiceConfig
 from hachain.restarter import states
+from hachain.restarter.persist import RuntimeRecord, Store
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc
-from tests.conftest import wait_until
+from tests.conftest import START_TIMEOUT, wait_until
 
 RUN_BOUND = 30.0  # a restarter answering, a few /bin/sh processes; no chain timer involved
 
@@ -269,3 +271,93 @@ restart = "never"
     r.wait_state("db", "stopped", timeout=RUN_BOUND)
     wait_until(lambda: "stop sees inside" in log_of(r, "db"), RUN_BOUND,
                "the stop command's line")
+
+
+def test_the_record_names_a_running_stop_command(tmp_path: Any) -> None:
+    """What a new restarter reads to carry the stop on; a wrong value sets the record
+    aside (rebuilt from what runs) instead of being believed."""
+    st = Store(str(tmp_path / "run"), str(tmp_path / "persist"))
+    rec = RuntimeRecord("db", 10, 20, "stopping", "down", 1.0, 0, None, stop_since=2.0,
+                        stop_command=(11, 21))
+    st.write_record(rec, 0.0)
+    st.write_record(RuntimeRecord("web", 12, 22, "ready", "up", 1.0, 0, None), 0.0)
+    st.sync(0.0)
+    assert st.read_record("db") == rec
+    web = json.load(open(tmp_path / "run" / "services" / "web.json"))
+    assert "stop_command" not in web  # (the record of one not stopping is as it was)
+    assert st.read_record("web").stop_command is None  # type: ignore[union-attr]
+    for bad in ([11], [0, 21], ["11", 21], [11, -1], 11):
+        (tmp_path / "run" / "services" / "db.json").write_text(
+            json.dumps(dict(rec.to_json(), stop_command=bad)))
+        assert st.read_record("db") is None
+        assert st.warnings[-1].endswith(f"stop_command is {bad!r}: corrupt, set aside as "
+                                        "db.json.corrupt"), st.warnings[-1]
+
+
+# The service says which signal ended it in a file (its log goes through the logger,
+# which the restarter's SIGKILL may take with it); the stop command waits for `go`.
+CRASH_SERVICE = ("trap 'echo term > {d}/got; exit 0' TERM; "
+                 "echo armed > {d}/got; while :; do sleep 0.05; done")
+CRASH_STOP = "echo $$ > {d}/stopper; while [ ! -e {d}/go ]; do sleep 0.05; done; exit 0"
+
+
+def crash_conf(d: Any) -> str:
+    # stop_timeout: SIGKILL (which these tests must not see) would come only after 300 s
+    return f'''
+[service.db]
+command = ["/bin/sh", "-c", "{CRASH_SERVICE.format(d=d)}"]
+stop_command = ["/bin/sh", "-c", "{CRASH_STOP.format(d=d)}"]
+stop_timeout = 300
+restart = "never"
+'''
+
+
+def stop_then_kill_the_restarter(r: Any, d: Any) -> int:
+    """Stop db, wait for its stop command to run, SIGKILL the restarter: the stop
+    command's pid."""
+    r.wait_state("db", "ready")
+    wait_until(lambda: (d / "got").exists(), RUN_BOUND, "the service's traps")
+    assert r.req("stop", "db")["ok"]
+    stopper = int(wait_until(lambda: (d / "stopper").exists() and
+                             (d / "stopper").read_text().strip(), RUN_BOUND,
+                             "the stop command to start"))
+    rec = json.load(open(os.path.join(r.state_dir, "services", "db.json")))
+    assert rec["state"] == "stopping" and rec["stop_command"][0] == stopper, rec
+    r.kill_restarter()
+    r.pids_seen.add(stopper)
+    return stopper
+
+
+@pytest.mark.slow
+def test_a_new_restarter_signals_once_the_stop_command_it_finds_has_ended(
+        restarter: Any, tmp_path: Any) -> None:
+    """The restarter died while a stop command ran: the next one watches the command
+    and sends the stop signal when it exits, as the first would have (not SIGKILL when
+    stop_timeout runs out, with no signal before it)."""
+    r = restarter(crash_conf(tmp_path))
+    stopper = stop_then_kill_the_restarter(r, tmp_path)
+    r.start()
+    st = r.svc("db")
+    assert st["state"] == "stopping", st
+    assert f"db: its stop_command (pid {stopper}) still runs; the stop signal follows " \
+           "its exit" in open(r.log).read()
+    assert (tmp_path / "got").read_text() == "armed\n"  # no signal before the command ends
+    (tmp_path / "go").touch()
+    r.wait_state("db", "stopped", timeout=RUN_BOUND)  # (SIGKILL would be 300 s away)
+    assert (tmp_path / "got").read_text() == "term\n"
+
+
+@pytest.mark.slow
+def test_a_stop_command_that_ended_while_no_restarter_ran_is_followed_by_the_signal(
+        restarter: Any, tmp_path: Any) -> None:
+    r = restarter(crash_conf(tmp_path))
+    stopper = stop_then_kill_the_restarter(r, tmp_path)
+    (tmp_path / "go").touch()
+    wait_until(lambda: channels.proc_state(stopper) in (None, "Z", "X"), START_TIMEOUT,
+               "the stop command to end")
+    assert (tmp_path / "got").read_text() == "armed\n"
+    r.start()
+    r.wait_state("db", "stopped", timeout=RUN_BOUND)
+    assert (tmp_path / "got").read_text() == "term\n"
+    assert "db: its stop_command ended while no restarter ran; sending its stop signal" \
+        in open(r.log).read()

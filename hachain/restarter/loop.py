@@ -326,8 +326,12 @@ class Restarter:
         self._notify_poll.register(self.notify.fileno(), select.POLLIN)
         # replacements started ahead of their exit's effects, until the Spawn takes them
         self._ahead: dict[str, Started] = {}
-        # running stop_commands: pid -> (service, its main pid then, signal its group)
+        # running stop_commands: pid -> (service, its main pid then, signal its group);
+        # service -> (pid, start time) for its record (a new restarter carries the stop
+        # on: _adopt_stop_command); pid -> pidfd of one adopted so (not our child)
         self.stop_cmds: dict[int, tuple[str, int, bool]] = {}
+        self.stop_cmd_ids: dict[str, tuple[int, int]] = {}
+        self.stop_cmd_fds: dict[int, int] = {}
         # `hachain reload NAME` (reloads.py): those under way, the reload_commands running
         # (pid -> service, until reaped), the outcomes clients ask after (oldest first)
         self.reloads: dict[str, reloads.Reload] = {}
@@ -484,6 +488,8 @@ class Restarter:
                 if x is not None:
                     os.close(x)
             if ok:
+                if rec is not None and rec.stop_command is not None:
+                    self._adopt_stop_command(name, rec.stop_command)
                 continue
             if not states.kills_leftovers(c) and self.cgroups.active and \
                     (left := self._procs_seen.get(name) or self.cgroups.procs(name)):
@@ -825,8 +831,51 @@ class Restarter:
             log(f"{name}: stop_command cannot run: {sp}; sending its stop signal")
             return False
         self.stop_cmds[sp.pid] = (name, pid, group)
+        if sp.start_time is not None:
+            self.stop_cmd_ids[name] = (sp.pid, sp.start_time)
+            self.dirty.add(name)  # its record names it: a new restarter signals after it
         log(f"{name}: stop_command started (pid {sp.pid})")
         return True
+
+    def _adopt_stop_command(self, name: str, cmd: tuple[int, int]) -> None:
+        """The previous restarter died while `name`'s stop_command ran (its record names
+        it): the stop goes on as it would have. The command still running is watched
+        through a pidfd (init reaps it now) and the stop signal follows its exit; one
+        that ended while no restarter ran gets its stop signal now. (Without this the
+        service would wait for SIGKILL at the end of stop_timeout, never signalled.)"""
+        s, c = self.svcs[name], self.conf[name]
+        if s.state is not State.STOPPING or s.pid is None or c.kind == "oneshot":
+            return  # (a restart's stop is adopted as running: its exit goes through policy)
+        pid, start = cmd
+        group = c.kill_mode == "cgroup"
+        fd = spawn.pidfd_open(pid)
+        st = channels.proc_stat(pid) if fd is not None else None  # (after the open: the
+        if fd is not None and st is not None and st[0] not in ("Z", "X") and \
+                st[1] == start:  # pidfd is of the process that start time names)
+            self.stop_cmds[pid] = (name, s.pid, group)
+            self.stop_cmd_ids[name] = cmd
+            self.stop_cmd_fds[pid] = fd
+            self.sel.register(fd, selectors.EVENT_READ, ("stopcmd", pid))
+            log(f"{name}: its stop_command (pid {pid}) still runs; the stop signal follows "
+                "its exit")
+            return
+        if fd is not None:
+            os.close(fd)
+        log(f"{name}: its stop_command ended while no restarter ran; sending its stop signal")
+        spawn.kill_service(s.pid, name, c.stop_signal, group, self.cgroups)
+        self.dirty.add(name)  # the record names the command no more
+
+    def _forget_stop_command(self, pid: int) -> tuple[str, int, bool]:
+        """Stop tracking the stop_command `pid`: (its service, main pid, group)."""
+        name, main, group = self.stop_cmds.pop(pid)
+        if self.stop_cmd_ids.get(name, (0,))[0] == pid:
+            del self.stop_cmd_ids[name]
+            if name in self.svcs:
+                self.dirty.add(name)
+        if (fd := self.stop_cmd_fds.pop(pid, None)) is not None:
+            self.sel.unregister(fd)
+            os.close(fd)
+        return name, main, group
 
     def _spawn_command(self, name: str, cmd: ServiceConfig, main: int | None = None
                        ) -> spawn.Spawned | str:
@@ -876,7 +925,7 @@ class Restarter:
     def _stop_command_done(self, pid: int, st: ExitStatus) -> None:
         """A stop_command exited: what is left of its service gets the stop signal (the
         stop's timer, armed by the table, still bounds it)."""
-        name, main, group = self.stop_cmds.pop(pid)
+        name, main, group = self._forget_stop_command(pid)
         s, c = self.svcs.get(name), self.conf.get(name)
         if s is None or c is None or s.state is not State.STOPPING or s.pid != main:
             return  # the stop is over (the end of the main process took it with it)
@@ -890,9 +939,12 @@ class Restarter:
         any stray child's."""
         for pid, (n, _main, _group) in list(self.stop_cmds.items()):
             if n == name:
-                del self.stop_cmds[pid]
+                fd = self.stop_cmd_fds.get(pid)
+                gone = fd is not None and bool(select.select([fd], [], [], 0)[0])
+                self._forget_stop_command(pid)
                 try:
-                    os.killpg(pid, signal.SIGKILL)
+                    if not gone:  # (an adopted one's pid may be another's once it ended)
+                        os.killpg(pid, signal.SIGKILL)
                 except OSError:
                     pass
 
@@ -1640,7 +1692,9 @@ class Restarter:
                                 state=s.state.value, want=s.want, started_mono=s.started_at,
                                 restarts=s.restarts, cgroup=self.cgroups.path(name),
                                 stop_since=s.stop_since if s.state is State.STOPPING
-                                else None)
+                                else None,
+                                stop_command=self.stop_cmd_ids.get(name)
+                                if s.state is State.STOPPING else None)
             if rec.pid and rec.start_time is None:
                 rec = replace(rec, start_time=channels.proc_start_time(rec.pid))
                 self._start_times[name] = rec.start_time
@@ -1789,6 +1843,9 @@ class Restarter:
             spawn.reap(arg)
         elif kind == "reaped":
             self._reaped(now)
+        elif kind == "stopcmd":  # an adopted stop_command ended (init reaps it)
+            if arg in self.stop_cmd_fds:
+                self._stop_command_done(arg, ExitStatus("unknown"))
         elif kind == "notify":
             self._on_notify(now)
         elif kind == "readyfd":

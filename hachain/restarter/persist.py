@@ -60,9 +60,16 @@ class RuntimeRecord:
     restarts: int
     cgroup: str | None
     stop_since: float | None = None  # stopping: when its stop signal was sent (monotonic)
+    # stopping: its stop_command still running, (pid, /proc start time); the stop signal
+    # is sent once it has exited (a new restarter watches it, or sends the signal at once
+    # when it ended while no restarter ran)
+    stop_command: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        d = self.__dict__.copy()
+        if self.stop_command is None:
+            del d["stop_command"]  # (the record most services have stays as it was)
+        return d
 
 
 def _set_aside(path: str, why: str) -> str:
@@ -109,6 +116,11 @@ def _record_error(d: Any) -> str:
                     ("cgroup", lambda v: isinstance(v, str))):
         if d.get(key) is not None and not ok(d[key]):
             return f"{key} is {d[key]!r}"
+    sc = d.get("stop_command")
+    if sc is not None and not (isinstance(sc, list) and len(sc) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in sc) and sc[0] > 0
+            and sc[1] >= 0):
+        return f"stop_command is {sc!r}"
     if not isinstance(d.get("state"), str):
         return f"state is {d.get('state')!r}"
     if d.get("want", "up") not in ("up", "down"):
@@ -318,7 +330,8 @@ class Store:
             name=name, pid=d.get("pid"), start_time=d.get("start_time"), state=d["state"],
             want=d.get("want", "up"), started_mono=d.get("started_mono"),
             restarts=d.get("restarts", 0), cgroup=d.get("cgroup"),
-            stop_since=d.get("stop_since"))
+            stop_since=d.get("stop_since"),
+            stop_command=(sc[0], sc[1]) if (sc := d.get("stop_command")) else None)
 
     def drop_record(self, name: str, now: float) -> None:
         self.queue.put(os.path.join(self.rec_dir, name + ".json"), None, now)
