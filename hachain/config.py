@@ -240,7 +240,8 @@ HEALTH = S.Table(HealthCheck, (
           "`health.port` accepts a connection on localhost."),
     S.Key("command", S.Argv(), "argv for `kind = \"exec\"` (required then). It runs as the "
           "service does: its user and groups, umask, environment, cwd and "
-          "`oom_score_adj`."),
+          "`oom_score_adj`; for a sandboxed service also in its namespaces (its private "
+          "`/tmp`, its loopback), cgroup and system call filters, with `MAINPID`."),
     S.Key("port", _integer(0, 65535), "Port for `kind = \"tcp\"` (required then)."),
     S.Key("interval", _seconds(0.05), "Seconds between checks, starting once the service "
           "is ready."),

@@ -1265,7 +1265,11 @@ class Restarter:
             return
         pkind = c.ready if purpose == "ready" else c.health.kind  # type: ignore[union-attr]
         try:
-            if pkind == "exec":
+            main = self.svcs[name].pid
+            if pkind == "exec" and main is not None and spawn.sandboxed(c):
+                argv = c.ready_command if purpose == "ready" else c.health.command  # type: ignore[union-attr]
+                pr = self._spawn_check(name, purpose, argv, main)
+            elif pkind == "exec":
                 argv = c.ready_command if purpose == "ready" else c.health.command  # type: ignore[union-attr]
                 env = spawn.service_env(c, None)
                 if c.env_file:  # as the service itself got it (its start said what failed)
@@ -1292,6 +1296,28 @@ class Restarter:
         self.sel.register(pr.fd, ev, ("probe", (name, purpose)))
         limit = min(c.ready_timeout, 5.0) if purpose == "ready" else c.health.timeout  # type: ignore[union-attr]
         self.arm(name, _CHECK_TIMEOUT[purpose], limit, now)
+
+    def _spawn_check(self, name: str, purpose: str, argv: tuple[str, ...], main: int
+                     ) -> probes.Probe:
+        """An exec check of a sandboxed service (spawn.sandboxed), run as its stop command
+        runs: joined to the namespaces of its main process `main` (it sees the service's
+        /tmp, /dev and loopback), in its cgroup, under its filters, capabilities and
+        user, with MAINPID; its output discarded, as every check's is. SpawnError or
+        OSError when it cannot run."""
+        c = self.conf[name]
+        cmd = replace(c, command=argv, kind="longrun", ready="none", pre_start=(),
+                      pid_file=None, directories=(), condition=None, assertion=None,
+                      env=c.env + (("MAINPID", str(main)),) + self._credentials_env(name, c))
+        devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        join = spawn.join_namespaces(cmd, main)
+        try:
+            sp = spawn.spawn(cmd, self.log_dir, self.cgroups, None, out=devnull,
+                             yield_cpu=False, join=join)
+        finally:
+            os.close(devnull)
+            if join is not None:
+                os.close(join[0])
+        return probes.watch_exec(name, purpose, sp.pid)
 
     def _drop_probe(self, pr: probes.Probe) -> None:
         try:

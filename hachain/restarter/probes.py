@@ -88,6 +88,13 @@ def start_exec(name: str, purpose: str, argv: tuple[str, ...], env: dict[str, st
     return pr
 
 
+def watch_exec(name: str, purpose: str, pid: int) -> Probe:
+    """A check command already spawned (our child `pid`, spawned as its service runs),
+    watched through its pidfd."""
+    fd = spawn.pidfd_open(pid)
+    return Probe(name, purpose, "exec", fd=fd if fd is not None else -1, pid=pid)
+
+
 def finish_exec(pr: Probe) -> bool:
     st = spawn.reap(pr.pid)
     pr.pid = 0

@@ -1636,6 +1636,15 @@ def _posix_spawn(cfg: ServiceConfig, env: dict[str, str], logfd: int) -> int:
         setsigmask=())
 
 
+def sandboxed(cfg: ServiceConfig) -> bool:
+    """Does `cfg` run in a world of its own (namespaces, system call filters, a narrowed
+    capability bounding set, no_new_privileges)? Its exec checks then run as its stop
+    command does (the loop's _spawn_check): what the host shows them could differ from
+    what the service sees, and what they may do from what it may."""
+    return sandbox.needs_namespace(cfg) or cfg.private_network or \
+        seccomp.uses_seccomp(cfg) or bounding_mask(cfg) >= 0 or cfg.no_new_privileges
+
+
 def join_namespaces(cfg: ServiceConfig, pid: int) -> tuple[int, int] | None:
     """For a command of a running service (its stop_command, reload_command): a pidfd of
     its main process `pid` and the namespaces of its own to join (mount, network), so
