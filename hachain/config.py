@@ -401,6 +401,23 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "log. A `ready = \"none\"` service is ready when the last of them has succeeded, "
           "as `command` is exec'd.",
           shown="`[]`", group="run"),
+    S.Key("post_start", S.ListOf(S.Argv(string_ok=True), max_items=64), "Commands run in "
+          "turn once the service is ready (by its `ready` kind), before it counts as "
+          "`ready`: systemd's `ExecStartPost=`. In the form of `pre_start` (a leading `-` "
+          "may fail). They run as the service does, in its namespaces, with `MAINPID`, "
+          "their output on its log, and the service stays `starting` (`running post_start`) "
+          "until they are done, which `ready_timeout` bounds afresh. One that fails stops "
+          "the service and counts as a failed start; an end of the service meanwhile kills "
+          "them. Not for a oneshot.", shown="`[]`", group="run"),
+    S.Key("post_stop", S.ListOf(S.Argv(string_ok=True), max_items=64), "Commands run in "
+          "turn after each end of the service's main process (a stop, a crash, a failed "
+          "start), before it is started again: systemd's `ExecStopPost=`, for what a "
+          "crash leaves behind (a socket file, a lock, a firewall rule). In the form of "
+          "`pre_start`; as the service runs, with `EXIT_CODE` (`exited`, `killed`, "
+          "`dumped`) and `EXIT_STATUS` (the code or the signal's name) of the end, their "
+          "output on its log. `stop_timeout` bounds them, then they are killed; their "
+          "failure is logged and changes nothing. Not for a oneshot.", shown="`[]`",
+          group="run"),
     S.Key("condition", START_CHECKS, "What must hold on the host for the service to start "
           "(systemd's `ConditionPathExists=` and its kin), a table of checks, each a list "
           "of arguments, asked before every start. Not met: the service is not started and "
@@ -728,6 +745,28 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
 )
 
 
+def _command_list(items: Any, shell: bool, at: S.Path, r: S.Report
+                  ) -> tuple[tuple[str, ...], ...] | None:
+    """pre_start, post_start, post_stop: argv lists, or /bin/sh lines with shell = true;
+    a program written with a leading "-" may fail. None (reported) when one is wrong."""
+    out = []
+    for i, c in enumerate(items):
+        if isinstance(c, str):
+            if not shell:
+                r.err(at, f"item {i + 1} is a string, {S.show(c)}: write each command as an "
+                      "argv list, [[\"/usr/bin/x\", \"--flag\"]] (a string is a /bin/sh "
+                      "line only with shell = true)")
+                return None
+            ign = c.startswith("-")
+            c = ("-" if ign else "") + "/bin/sh", "-c", c[1:] if ign else c
+        if c[0].startswith("-") and not c[0][1:].strip():
+            r.err(at, f"item {i + 1}: the \"-\" prefix must be followed by the program, "
+                  f"got {S.show(list(c))}")
+            return None
+        out.append(tuple(c))
+    return tuple(out)
+
+
 def _build_service(v: dict[str, Any], given: set[str], at: S.Path,
                    r: S.Report) -> ServiceConfig | Any:
     v = dict(v)
@@ -738,23 +777,12 @@ def _build_service(v: dict[str, Any], given: set[str], at: S.Path,
         return S.INVALID
     if shell:
         v["command"] = ("/bin/sh", "-c", cmd if isinstance(cmd, str) else " ".join(cmd))
-    pre = []
-    for i, c in enumerate(v.get("pre_start", ())):
-        if isinstance(c, str):
-            if not shell:
-                r.err(at + ("pre_start",), f"item {i + 1} is a string, {S.show(c)}: write "
-                      "each command as an argv list, [[\"/usr/bin/x\", \"--flag\"]] (a "
-                      "string is a /bin/sh line only with shell = true)")
+    for key in ("pre_start", "post_start", "post_stop"):
+        if key in v:
+            cmds = _command_list(v[key], shell, at + (key,), r)
+            if cmds is None:
                 return S.INVALID
-            ign = c.startswith("-")
-            c = ("-" if ign else "") + "/bin/sh", "-c", c[1:] if ign else c
-        if c[0].startswith("-") and not c[0][1:].strip():
-            r.err(at + ("pre_start",), f"item {i + 1}: the \"-\" prefix must be followed "
-                  f"by the program, got {S.show(list(c))}")
-            return S.INVALID
-        pre.append(tuple(c))
-    if "pre_start" in v:
-        v["pre_start"] = tuple(pre)
+            v[key] = cmds
     v["assertion"] = v.pop("assert")
     stop = v.get("stop_command", ())
     if isinstance(stop, str):
@@ -806,6 +834,11 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     if s.reload_notify and not s.reload_command and s.reload_signal is None:
         r.err(at + ("reload_notify",), "needs reload_signal or reload_command: what asks "
               "the service to reload")
+    if s.kind == "oneshot" and (s.post_start or s.post_stop):
+        key = "post_start" if s.post_start else "post_stop"
+        r.err(at + (key,), "a oneshot's commands already run in turn: put the ones after it "
+              "in its sequence (pre_start, then command), or a teardown in stop_command",
+              [at + ("kind",)])
     if s.kind == "oneshot" and s.reload_signal is not None:
         r.err(at + ("reload_signal",), "a oneshot has no running process to signal (its "
               "reload_command runs once it is done)", [at + ("kind",)])

@@ -183,6 +183,11 @@ class ServiceConfig:
     directory_mode: int = 0o755  # their mode when made
     # run in turn before `command` (hachain/prestart.py); argv[0] "-..." may fail
     pre_start: tuple[tuple[str, ...], ...] = ()
+    # run in turn once it is ready, before it counts as ready (systemd's ExecStartPost=),
+    # and after each end of its main process, before any start again (ExecStopPost=);
+    # the same form as pre_start
+    post_start: tuple[tuple[str, ...], ...] = ()
+    post_stop: tuple[tuple[str, ...], ...] = ()
     # asked before each start (hachain/conditions.py): not met, it is skipped / fails
     condition: StartChecks | None = None
     assertion: StartChecks | None = None  # the `assert` table

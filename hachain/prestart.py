@@ -59,24 +59,12 @@ def script(c: ServiceConfig) -> str:
     """The /bin/sh program that runs `c.pre_start`, then execs `c.command`."""
     fd = c.ready_fd
     pipe = ready_pipe(c)
-    n = len(c.pre_start)
     lines = [
         "set -f",
         # NOTIFY_SOCKET is kept aside for the service's own command
         'if [ -n "${NOTIFY_SOCKET+x}" ]; then __hc_ns=$NOTIFY_SOCKET; unset NOTIFY_SOCKET; fi',
     ]
-    for i, raw in enumerate(c.pre_start, 1):
-        may_fail, argv = ignored(raw)
-        words = " ".join(quote(a) for a in argv)
-        if pipe:
-            words += f" {fd}>&-"
-        what = quote(f"hachain: pre_start {i}/{n} ({shown(argv)})")
-        if may_fail:
-            lines.append(f"{words} || printf '%s failed: status %s (may fail: next)\\n' "
-                         f"{what} \"$?\" >&2")
-        else:
-            lines.append(f"{words} || {{ __hc_rc=$?; printf '%s failed: status %s; the "
-                         f"start fails\\n' {what} \"$__hc_rc\" >&2; exit \"$__hc_rc\"; }}")
+    lines += _each(c.pre_start, "pre_start", "the start fails", f" {fd}>&-" if pipe else "")
     lines.append('if [ -n "${__hc_ns+x}" ]; then export NOTIFY_SOCKET="$__hc_ns"; fi')
     if pipe and c.ready == "none":
         # in a subshell that ignores SIGPIPE: a restarter that died meanwhile took the
@@ -93,3 +81,27 @@ def exec_argv(c: ServiceConfig) -> tuple[str, ...]:
     if not c.pre_start:
         return c.command
     return (SH, "-c", script(c), f"hachain-pre-start:{c.name}")
+
+
+def _each(cmds: tuple[tuple[str, ...], ...], key: str, fails: str, tail: str = ""
+          ) -> list[str]:
+    """The lines that run `cmds` in turn: one that fails (and may not) exits with its
+    status after a line on stderr naming it and what follows (`fails`)."""
+    lines = []
+    for i, raw in enumerate(cmds, 1):
+        may_fail, argv = ignored(raw)
+        words = " ".join(quote(a) for a in argv) + tail
+        what = quote(f"hachain: {key} {i}/{len(cmds)} ({shown(argv)})")
+        if may_fail:
+            lines.append(f"{words} || printf '%s failed: status %s (may fail: next)\\n' "
+                         f"{what} \"$?\" >&2")
+        else:
+            lines.append(f"{words} || {{ __hc_rc=$?; printf '%s failed: status %s; {fails}"
+                         f"\\n' {what} \"$__hc_rc\" >&2; exit \"$__hc_rc\"; }}")
+    return lines
+
+
+def in_turn(cmds: tuple[tuple[str, ...], ...], key: str, fails: str) -> tuple[str, ...]:
+    """The argv of a /bin/sh program that runs `cmds` (post_start, post_stop) in turn as
+    pre_start runs its own, exiting 0 when all are done."""
+    return (SH, "-c", "\n".join(["set -f"] + _each(cmds, key, fails) + ["exit 0"]) + "\n")

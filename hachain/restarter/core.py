@@ -472,7 +472,7 @@ class Core:
             pid=rec.pid if rec else None, alive=alive, restarts=rec.restarts if rec else 0,
             started=rec.started_mono if rec else None,
             stop_since=getattr(rec, "stop_since", None), main_pid=main,
-            in_pre_start=in_pre_start)
+            in_pre_start=in_pre_start, in_post_start=bool(getattr(rec, "post_start", None)))
         self._process(name, Ev.ADOPTED, now, {"found": found}, None)
         pid = self.svcs[name].pid
         return pid is not None and (pid == main or alive and pid == found.pid)

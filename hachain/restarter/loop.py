@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from hachain import bootrecord, channels
+from hachain import bootrecord, channels, prestart
 from hachain.configtypes import Config, ServiceConfig
 from hachain.restarter import core, logpipe, notify, probes, reloads, spawn, states
 from hachain.restarter.persist import RuntimeRecord, Store
@@ -328,10 +328,16 @@ class Restarter:
         self._ahead: dict[str, Started] = {}
         # running stop_commands: pid -> (service, its main pid then, signal its group);
         # service -> (pid, start time) for its record (a new restarter carries the stop
-        # on: _adopt_stop_command); pid -> pidfd of one adopted so (not our child)
+        # on: _adopt_stop_command)
         self.stop_cmds: dict[int, tuple[str, int, bool]] = {}
         self.stop_cmd_ids: dict[str, tuple[int, int]] = {}
-        self.stop_cmd_fds: dict[int, int] = {}
+        # running post_start programs: pid -> service; service -> (pid, start time), as
+        # for stop_commands (_adopt_post_start)
+        self.post_cmds: dict[int, str] = {}
+        self.post_ids: dict[str, tuple[int, int]] = {}
+        # pid -> pidfd of a command a new restarter found running (not our child: init
+        # reaps it; _watch_adopted_command)
+        self.adopted_cmd_fds: dict[int, int] = {}
         # `hachain reload NAME` (reloads.py): those under way, the reload_commands running
         # (pid -> service, until reaped), the outcomes clients ask after (oldest first)
         self.reloads: dict[str, reloads.Reload] = {}
@@ -490,6 +496,8 @@ class Restarter:
             if ok:
                 if rec is not None and rec.stop_command is not None:
                     self._adopt_stop_command(name, rec.stop_command)
+                if rec is not None and rec.post_start is not None:
+                    self._adopt_post_start(name, rec.post_start, now)
                 continue
             if not states.kills_leftovers(c) and self.cgroups.active and \
                     (left := self._procs_seen.get(name) or self.cgroups.procs(name)):
@@ -604,6 +612,8 @@ class Restarter:
                 self._spawn(e.name, now)
             elif t is core.Transition:
                 self._transition_note(e.name, e.old, e.new)
+                if e.old.in_post_start and e.name in self.post_ids:
+                    self._end_post_start(e.name)
                 if e.new.state in _NO_CREDENTIALS and (c := self.conf.get(e.name)) and \
                         c.credentials:
                     from hachain import credentials
@@ -629,6 +639,8 @@ class Restarter:
             spawn.kill_service(s.pid, e.name, e.signal, e.group, self.cgroups)
         elif isinstance(e, states.Teardown):
             self._teardown(e.name, now)
+        elif isinstance(e, states.PostStart):
+            self._post_start(e.name, now)
         elif isinstance(e, core.Log):
             log(e.text)
         elif isinstance(e, core.KillLeftovers):
@@ -680,6 +692,8 @@ class Restarter:
     def _spawn(self, name: str, now: float) -> None:
         """The core's Spawn: start the service, or take the replacement that _on_exit
         started ahead of the exit's other effects (restarts_at_once)."""
+        if name in self.post_ids:
+            self._end_post_start(name)  # (a start again at once, while it still ran)
         got = self._ahead.pop(name, None) or self._launch(name, now)
         if isinstance(got, tuple):
             self._spawn_failed(name, now, *got)
@@ -846,24 +860,38 @@ class Restarter:
         s, c = self.svcs[name], self.conf[name]
         if s.state is not State.STOPPING or s.pid is None or c.kind == "oneshot":
             return  # (a restart's stop is adopted as running: its exit goes through policy)
-        pid, start = cmd
+        pid = cmd[0]
         group = c.kill_mode == "cgroup"
+        if self._watch_adopted_command(cmd):
+            self.stop_cmds[pid] = (name, s.pid, group)
+            self.stop_cmd_ids[name] = cmd
+            log(f"{name}: its stop_command (pid {pid}) still runs; the stop signal follows "
+                "its exit")
+            return
+        log(f"{name}: its stop_command ended while no restarter ran; sending its stop signal")
+        spawn.kill_service(s.pid, name, c.stop_signal, group, self.cgroups)
+        self.dirty.add(name)  # the record names the command no more
+
+    def _watch_adopted_command(self, cmd: tuple[int, int]) -> bool:
+        """A command of a service that a record names, (pid, start time): is it still
+        running? Then it is watched through a pidfd ("cmdfd": its end is handled as the
+        reap of our own child would be, its status unknown)."""
+        pid, start = cmd
         fd = spawn.pidfd_open(pid)
         st = channels.proc_stat(pid) if fd is not None else None  # (after the open: the
         if fd is not None and st is not None and st[0] not in ("Z", "X") and \
                 st[1] == start:  # pidfd is of the process that start time names)
-            self.stop_cmds[pid] = (name, s.pid, group)
-            self.stop_cmd_ids[name] = cmd
-            self.stop_cmd_fds[pid] = fd
-            self.sel.register(fd, selectors.EVENT_READ, ("stopcmd", pid))
-            log(f"{name}: its stop_command (pid {pid}) still runs; the stop signal follows "
-                "its exit")
-            return
+            self.adopted_cmd_fds[pid] = fd
+            self.sel.register(fd, selectors.EVENT_READ, ("cmdfd", pid))
+            return True
         if fd is not None:
             os.close(fd)
-        log(f"{name}: its stop_command ended while no restarter ran; sending its stop signal")
-        spawn.kill_service(s.pid, name, c.stop_signal, group, self.cgroups)
-        self.dirty.add(name)  # the record names the command no more
+        return False
+
+    def _unwatch_command(self, pid: int) -> None:
+        if (fd := self.adopted_cmd_fds.pop(pid, None)) is not None:
+            self.sel.unregister(fd)
+            os.close(fd)
 
     def _forget_stop_command(self, pid: int) -> tuple[str, int, bool]:
         """Stop tracking the stop_command `pid`: (its service, main pid, group)."""
@@ -872,10 +900,76 @@ class Restarter:
             del self.stop_cmd_ids[name]
             if name in self.svcs:
                 self.dirty.add(name)
-        if (fd := self.stop_cmd_fds.pop(pid, None)) is not None:
-            self.sel.unregister(fd)
-            os.close(fd)
+        self._unwatch_command(pid)
         return name, main, group
+
+    # --- post_start (systemd's ExecStartPost=) ---------------------------------------------
+
+    def _post_start(self, name: str, now: float) -> None:
+        """The table's PostStart: the service is ready; run its post_start commands in
+        turn (one /bin/sh program, prestart.in_turn) as its stop command runs (its
+        namespaces, cgroup, user, MAINPID, its log). Their exit is POST_START_DONE."""
+        s, c = self.svcs[name], self.conf[name]
+        self._end_post_start(name)  # (one of a start that is over: cannot be, but never two)
+        argv = prestart.in_turn(c.post_start, "post_start", "the service stops")
+        try:
+            env = c.env + (("MAINPID", str(s.pid)),) + self._credentials_env(name, c)
+        except spawn.SpawnError as e:
+            sp: spawn.Spawned | str = str(e)
+        else:
+            cmd = replace(c, command=argv, kind="longrun", ready="none", pre_start=(),
+                          pid_file=None, directories=(), condition=None, assertion=None,
+                          env=env)
+            sp = self._spawn_command(name, cmd, s.pid)
+        if isinstance(sp, str):
+            log(f"{name}: post_start cannot run: {sp}")
+            self.core.push_front(name, Ev.POST_START_DONE, now, status=ExitStatus("spawn"))
+            return
+        self.post_cmds[sp.pid] = name
+        if sp.start_time is not None:
+            self.post_ids[name] = (sp.pid, sp.start_time)
+        self.dirty.add(name)
+        log(f"{name}: post_start started (pid {sp.pid})")
+
+    def _adopt_post_start(self, name: str, cmd: tuple[int, int], now: float) -> None:
+        """The previous restarter died while `name`'s post_start ran (its record names
+        the program; the table adopted the service `starting`, running post_start): the
+        program still running is watched and its end makes the service ready; one that
+        ended meanwhile has, as far as anyone can tell now (its status went to init)."""
+        if not self.svcs[name].in_post_start:
+            return
+        if self._watch_adopted_command(cmd):
+            self.post_cmds[cmd[0]] = name
+            self.post_ids[name] = cmd
+            log(f"{name}: its post_start (pid {cmd[0]}) still runs; ready once it ends")
+            return
+        log(f"{name}: its post_start ended while no restarter ran (its status unknown)")
+        self.core.push(name, Ev.POST_START_DONE, now, status=ExitStatus("unknown"))
+
+    def _post_cmd_done(self, pid: int, st: ExitStatus, now: float) -> None:
+        """A post_start program ended: the table hears of it if it is the current one."""
+        name = self.post_cmds.pop(pid)
+        self._unwatch_command(pid)
+        if self.post_ids.get(name, (0,))[0] != pid:
+            return  # of a start that is over (killed then)
+        del self.post_ids[name]
+        self.dirty.add(name)
+        self.feed(name, Ev.POST_START_DONE, now, status=st)
+
+    def _end_post_start(self, name: str) -> None:
+        """The start `name`'s post_start was part of is over: a program of it still
+        running is killed (its process group; its end, reaped later, is then ignored)."""
+        cmd = self.post_ids.pop(name, None)
+        if cmd is None:
+            return
+        self.dirty.add(name)
+        fd = self.adopted_cmd_fds.get(cmd[0])
+        if fd is not None and select.select([fd], [], [], 0)[0]:
+            return  # (an adopted one that has ended: its pid may be another's)
+        try:
+            os.killpg(cmd[0], signal.SIGKILL)
+        except OSError:
+            pass
 
     def _spawn_command(self, name: str, cmd: ServiceConfig, main: int | None = None
                        ) -> spawn.Spawned | str:
@@ -939,7 +1033,7 @@ class Restarter:
         any stray child's."""
         for pid, (n, _main, _group) in list(self.stop_cmds.items()):
             if n == name:
-                fd = self.stop_cmd_fds.get(pid)
+                fd = self.adopted_cmd_fds.get(pid)
                 gone = fd is not None and bool(select.select([fd], [], [], 0)[0])
                 self._forget_stop_command(pid)
                 try:
@@ -985,6 +1079,8 @@ class Restarter:
                     self._on_exit(name, now, st)
                 elif pid in self.stop_cmds:
                     self._stop_command_done(pid, st)
+                elif pid in self.post_cmds:
+                    self._post_cmd_done(pid, st, now)
                 elif pid in self.reload_cmds:
                     self._reload_command_done(pid, st, now)
                 else:
@@ -1720,7 +1816,9 @@ class Restarter:
                                 stop_since=s.stop_since if s.state is State.STOPPING
                                 else None,
                                 stop_command=self.stop_cmd_ids.get(name)
-                                if s.state is State.STOPPING else None)
+                                if s.state is State.STOPPING else None,
+                                post_start=self.post_ids.get(name) if s.in_post_start
+                                else None)
             if rec.pid and rec.start_time is None:
                 rec = replace(rec, start_time=channels.proc_start_time(rec.pid))
                 self._start_times[name] = rec.start_time
@@ -1869,9 +1967,13 @@ class Restarter:
             spawn.reap(arg)
         elif kind == "reaped":
             self._reaped(now)
-        elif kind == "stopcmd":  # an adopted stop_command ended (init reaps it)
-            if arg in self.stop_cmd_fds:
+        elif kind == "cmdfd":  # an adopted command ended (init reaps it)
+            if arg in self.stop_cmds:
                 self._stop_command_done(arg, ExitStatus("unknown"))
+            elif arg in self.post_cmds:
+                self._post_cmd_done(arg, ExitStatus("unknown"), now)
+            else:
+                self._unwatch_command(arg)
         elif kind == "notify":
             self._on_notify(now)
         elif kind == "readyfd":

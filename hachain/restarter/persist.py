@@ -64,12 +64,19 @@ class RuntimeRecord:
     # is sent once it has exited (a new restarter watches it, or sends the signal at once
     # when it ended while no restarter ran)
     stop_command: tuple[int, int] | None = None
+    # starting: ready, its post_start commands running, (pid, start time): a new
+    # restarter takes it as ready once they have ended
+    post_start: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = self.__dict__.copy()
-        if self.stop_command is None:
-            del d["stop_command"]  # (the record most services have stays as it was)
+        for k in _COMMAND_KEYS:
+            if d[k] is None:
+                del d[k]  # (the record most services have stays as it was)
         return d
+
+
+_COMMAND_KEYS = ("stop_command", "post_start")  # a command running beside its main process
 
 
 def _set_aside(path: str, why: str) -> str:
@@ -116,11 +123,12 @@ def _record_error(d: Any) -> str:
                     ("cgroup", lambda v: isinstance(v, str))):
         if d.get(key) is not None and not ok(d[key]):
             return f"{key} is {d[key]!r}"
-    sc = d.get("stop_command")
-    if sc is not None and not (isinstance(sc, list) and len(sc) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in sc) and sc[0] > 0
-            and sc[1] >= 0):
-        return f"stop_command is {sc!r}"
+    for k in _COMMAND_KEYS:
+        sc = d.get(k)
+        if sc is not None and not (isinstance(sc, list) and len(sc) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in sc) and sc[0] > 0
+                and sc[1] >= 0):
+            return f"{k} is {sc!r}"
     if not isinstance(d.get("state"), str):
         return f"state is {d.get('state')!r}"
     if d.get("want", "up") not in ("up", "down"):
@@ -331,7 +339,8 @@ class Store:
             want=d.get("want", "up"), started_mono=d.get("started_mono"),
             restarts=d.get("restarts", 0), cgroup=d.get("cgroup"),
             stop_since=d.get("stop_since"),
-            stop_command=(sc[0], sc[1]) if (sc := d.get("stop_command")) else None)
+            stop_command=(sc[0], sc[1]) if (sc := d.get("stop_command")) else None,
+            post_start=(ps[0], ps[1]) if (ps := d.get("post_start")) else None)
 
     def drop_record(self, name: str, now: float) -> None:
         self.queue.put(os.path.join(self.rec_dir, name + ".json"), None, now)

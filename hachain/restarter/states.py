@@ -93,6 +93,7 @@ class Ev(str, enum.Enum):
     EXTEND_TIMEOUT = "extend_timeout"  # EXTEND_TIMEOUT_USEC= (delay: the seconds asked for)
     CONDITION_FAILED = "condition_failed"  # its `condition` did not hold (reason): not spawned
     TEARDOWN = "teardown"  # a done oneshot's stop_command runs (pid): it is what stops it
+    POST_START_DONE = "post_start_done"  # its post_start commands ended (status)
 
 
 class Timer(str, enum.Enum):
@@ -134,7 +135,7 @@ READY_CHECK_AGAIN = 0.2  # s between readiness checks that failed
 LOCAL_EVENTS = frozenset({
     Ev.ADOPTED, Ev.MAIN_PID, Ev.WATCHDOG_PING, Ev.EXTEND_TIMEOUT, Ev.READY_CHECK,
     Ev.HEALTH_CHECK, Ev.READY_CHECK_TIMEOUT, Ev.HEALTH_CHECK_TIMEOUT, Ev.READY_CHECK_FAILED,
-    Ev.FIND_MAIN, Ev.HEALTH_OK, Ev.TEARDOWN})
+    Ev.FIND_MAIN, Ev.HEALTH_OK, Ev.TEARDOWN, Ev.POST_START_DONE})
 
 
 # --- actions: what the loop must do (frozen, no behaviour) ------------------------------
@@ -149,6 +150,13 @@ class Teardown:
     """Stop a done oneshot by running its stop_command (systemd's ExecStop= of a unit
     that remained after its exit); the driver pushes TEARDOWN with its pid, or EXITED
     when it cannot run."""
+    name: str
+
+
+@dataclass(frozen=True)
+class PostStart:
+    """Run its post_start commands (systemd's ExecStartPost=): it is ready, and counts as
+    ready once they are done; the driver pushes POST_START_DONE with their status."""
     name: str
 
 
@@ -250,8 +258,9 @@ class Later:
     status: ExitStatus | None = None
 
 
-Action = (Spawn | Teardown | Kill | ArmTimer | CancelTimer | Persist | RestartGroup | Reboot
-          | StopDependents | KillLeftovers | RunProbe | DropProbe | FindMain | Refuse | Later)
+Action = (Spawn | Teardown | PostStart | Kill | ArmTimer | CancelTimer | Persist
+          | RestartGroup | Reboot | StopDependents | KillLeftovers | RunProbe | DropProbe
+          | FindMain | Refuse | Later)
 
 UP_STATES = frozenset({State.STARTING, State.READY})
 _RUNNING = UP_STATES | {State.STOPPING}
@@ -278,6 +287,7 @@ class Svc:
     after_dependents: bool = False  # stopping, its signal held until its dependents are down
     stop_since: float | None = None  # stopping: `now` its stop signal was sent
     health_failures: int = 0  # consecutive failed health checks of this process
+    in_post_start: bool = False  # starting: ready, its post_start commands running
 
 
 _SVC_FIELDS = frozenset(f.name for f in fields(Svc))
@@ -318,6 +328,8 @@ class Found(NamedTuple):
     # the record's live process is still its pre_start program (hachain/prestart.py),
     # whose readiness pipe died with the previous restarter
     in_pre_start: bool = False
+    # the record's process was ready and running its post_start commands
+    in_post_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -519,7 +531,7 @@ def starting_spawned(s: Svc, ev: Event, c: ServiceConfig) -> Result:
             ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout), Persist(s.name)]
     if c.ready == "none":
         if not c.pre_start:
-            return replace(s, state=State.READY, reason=""), [Persist(s.name)]
+            return _now_ready(s, c, timer=False)
         # ready when its command is exec'd after them (prestart.ready_pipe)
         return replace(s, reason="running pre_start"), [
             ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout), Persist(s.name)]
@@ -567,12 +579,41 @@ def skipped_start(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     return down_start(s, dataclasses.replace(ev, dependents_up=""), c)
 
 
-def starting_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    if s.pid is None or c.kind == "oneshot":
-        # before the spawn was recorded: cannot happen; a oneshot is ready when done
-        return s, []
-    return replace(s, state=State.READY, reason=""), [
+def _now_ready(s: Svc, c: ServiceConfig, timer: bool = True, **changes: Any) -> Result:
+    """The service said it is ready (by its `ready` kind): `ready`, or first its
+    post_start commands, bounded by a fresh ready_timeout (systemd's ExecStartPost=:
+    the unit is active once they are done)."""
+    if c.post_start:
+        return replace(s, in_post_start=True, reason="running post_start", **changes), [
+            PostStart(s.name), ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout),
+            Persist(s.name)]
+    if not timer:  # (none was armed: the restart path of a plain service)
+        return replace(s, state=State.READY, reason="", **changes), [Persist(s.name)]
+    return replace(s, state=State.READY, reason="", **changes), [
         CancelTimer(s.name, Timer.READY_TIMEOUT), Persist(s.name)]
+
+
+def starting_ready(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    if s.pid is None or c.kind == "oneshot" or s.in_post_start:
+        # before the spawn was recorded: cannot happen; a oneshot is ready when done; a
+        # second READY=1 while its post_start runs: nothing new
+        return s, []
+    return _now_ready(s, c)
+
+
+def starting_post_start_done(s: Svc, ev: Event, c: ServiceConfig) -> Result:
+    """Its post_start commands ended: exit 0 is `ready`; anything else a failed start
+    (stopped, then its restart policy, as a start that never got ready). An unknown
+    status (they ended while no restarter watched: init reaped them) counts as done: a
+    failure said so on the service's log, and the service runs."""
+    if not s.in_post_start:
+        return s, []  # (of a start that is over: the driver killed them)
+    st = ev.status or ExitStatus("unknown")
+    if st.kind == "unknown" or (st.kind == "exited" and st.code == 0):
+        return replace(s, state=State.READY, in_post_start=False, reason=""), [
+            CancelTimer(s.name, Timer.READY_TIMEOUT), Persist(s.name)]
+    return _begin_stop(s, ev, c, fail_after_stop=st, in_post_start=False,
+                       reason=f"post_start failed: {st.describe()}")
 
 
 def starting_launched(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -588,8 +629,7 @@ def starting_launched(s: Svc, ev: Event, c: ServiceConfig) -> Result:
         return replace(s, pid=None, reason=f"launcher done ({st.describe()}); waiting for "
                        f"the main pid: {ev.reason}"), [
             Persist(s.name), ArmTimer(s.name, Timer.FIND_MAIN, FIND_MAIN_AGAIN)]
-    return replace(s, state=State.READY, pid=ev.pid, reason=""), [
-        CancelTimer(s.name, Timer.READY_TIMEOUT), Persist(s.name)]
+    return _now_ready(s, c, pid=ev.pid)
 
 
 def up_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
@@ -598,7 +638,8 @@ def up_exited(s: Svc, ev: Event, c: ServiceConfig) -> Result:
 
 
 def starting_ready_timeout(s: Svc, ev: Event, c: ServiceConfig) -> Result:
-    what = "pre_start not done" if c.ready == "none" and c.kind == "longrun" else \
+    what = "post_start not done" if s.in_post_start else "pre_start not done" \
+        if c.ready == "none" and c.kind == "longrun" else \
         f"readiness ({c.ready}) not signalled"
     return _begin_stop(s, ev, c, fail_after_stop=ExitStatus("timeout"),
                        reason=f"{what} within {c.ready_timeout:g} s")
@@ -739,6 +780,15 @@ def _adopt_running(s: Svc, f: Found, ev: Event, c: ServiceConfig) -> Result:
                         reason="stopping (administrator; carried on after the restarter "
                                "restarted)"),
                 [ArmTimer(s.name, Timer.STOP_TIMEOUT, left)])
+    if f.in_post_start and f.record == "starting" and c.post_start and c.kind != "oneshot":
+        # ready, its post_start commands running: ready once they are done (the loop
+        # watches them, or they ended meanwhile), within a fresh ready_timeout
+        post: list[Action] = [ArmTimer(s.name, Timer.READY_TIMEOUT, c.ready_timeout)]
+        if s.want == "down":
+            post.append(Later(s.name, Ev.STOP))  # stopped by hand: stopped again, in order
+        return (replace(s, state=State.STARTING, pid=f.pid, restarts=f.restarts,
+                        started_at=started, in_post_start=True,
+                        reason="adopted; running post_start"), post)
     st = State.READY if f.record == "ready" else State.STARTING
     pre = st is State.STARTING and f.in_pre_start and c.ready == "none" and \
         prestart.ready_pipe(c)
@@ -946,6 +996,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPED, E.EXTEND_TIMEOUT): _ignore,
     (S.STOPPED, E.CONDITION_FAILED): _stale,
     (S.STOPPED, E.TEARDOWN): _stale,
+    (S.STOPPED, E.POST_START_DONE): _stale,
 
     (S.WAITING, E.START): _ignore,
     (S.WAITING, E.STOP): any_stop_idle,
@@ -978,6 +1029,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.WAITING, E.EXTEND_TIMEOUT): _ignore,
     (S.WAITING, E.CONDITION_FAILED): _stale,
     (S.WAITING, E.TEARDOWN): _stale,
+    (S.WAITING, E.POST_START_DONE): _stale,
 
     (S.STARTING, E.START): _ignore,
     (S.STARTING, E.STOP): up_stop,
@@ -1010,6 +1062,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STARTING, E.EXTEND_TIMEOUT): starting_extend_timeout,
     (S.STARTING, E.CONDITION_FAILED): starting_condition_failed,
     (S.STARTING, E.TEARDOWN): _stale,
+    (S.STARTING, E.POST_START_DONE): starting_post_start_done,
 
     (S.READY, E.START): _ignore,
     (S.READY, E.STOP): up_stop,
@@ -1042,6 +1095,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.READY, E.EXTEND_TIMEOUT): _ignore,
     (S.READY, E.CONDITION_FAILED): _stale,
     (S.READY, E.TEARDOWN): _stale,
+    (S.READY, E.POST_START_DONE): _stale,
 
     (S.STOPPING, E.START): stopping_start,
     (S.STOPPING, E.STOP): stopping_stop,
@@ -1074,6 +1128,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STOPPING, E.EXTEND_TIMEOUT): _ignore,
     (S.STOPPING, E.CONDITION_FAILED): _stale,
     (S.STOPPING, E.TEARDOWN): stopping_teardown,
+    (S.STOPPING, E.POST_START_DONE): _stale,
 
     (S.BACKOFF, E.START): _ignore,
     (S.BACKOFF, E.STOP): any_stop_idle,
@@ -1106,6 +1161,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.BACKOFF, E.EXTEND_TIMEOUT): _ignore,
     (S.BACKOFF, E.CONDITION_FAILED): _stale,
     (S.BACKOFF, E.TEARDOWN): _stale,
+    (S.BACKOFF, E.POST_START_DONE): _stale,
 
     (S.MAINTENANCE, E.START): held_refuse,  # held down until cleared, as SMF does
     (S.MAINTENANCE, E.STOP): held_stop,
@@ -1138,6 +1194,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.MAINTENANCE, E.EXTEND_TIMEOUT): _ignore,
     (S.MAINTENANCE, E.CONDITION_FAILED): _stale,
     (S.MAINTENANCE, E.TEARDOWN): _stale,
+    (S.MAINTENANCE, E.POST_START_DONE): _stale,
 
     (S.FAILED, E.START): held_clear,
     (S.FAILED, E.STOP): held_stop,
@@ -1170,6 +1227,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.FAILED, E.EXTEND_TIMEOUT): _ignore,
     (S.FAILED, E.CONDITION_FAILED): _stale,
     (S.FAILED, E.TEARDOWN): _stale,
+    (S.FAILED, E.POST_START_DONE): _stale,
 
     (S.DONE, E.START): _ignore,
     (S.DONE, E.STOP): done_stop,
@@ -1202,6 +1260,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.DONE, E.EXTEND_TIMEOUT): _ignore,
     (S.DONE, E.CONDITION_FAILED): _stale,
     (S.DONE, E.TEARDOWN): _stale,
+    (S.DONE, E.POST_START_DONE): _stale,
 
     (S.SKIPPED, E.START): skipped_start,
     (S.SKIPPED, E.STOP): any_stop_idle,
@@ -1234,6 +1293,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.SKIPPED, E.EXTEND_TIMEOUT): _ignore,
     (S.SKIPPED, E.CONDITION_FAILED): _stale,
     (S.SKIPPED, E.TEARDOWN): _stale,
+    (S.SKIPPED, E.POST_START_DONE): _stale,
 
     (S.STANDBY, E.START): _ignore,
     (S.STANDBY, E.STOP): any_stop_idle,
@@ -1266,6 +1326,7 @@ TABLE: dict[tuple[State, Ev], Handler] = {
     (S.STANDBY, E.EXTEND_TIMEOUT): _ignore,
     (S.STANDBY, E.CONDITION_FAILED): _stale,
     (S.STANDBY, E.TEARDOWN): _stale,
+    (S.STANDBY, E.POST_START_DONE): _stale,
 }
 
 
@@ -1274,7 +1335,10 @@ def step(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     handler = TABLE.get((s.state, ev.kind))
     if handler is None:
         raise InvalidTransition(s, ev)
-    return handler(s, ev, c)
+    nxt, acts = handler(s, ev, c)
+    if nxt.in_post_start and (nxt.state is not State.STARTING or nxt.pid is None):
+        nxt = replace(nxt, in_post_start=False)  # (the start it was part of is over)
+    return nxt, acts
 
 
 def is_up(s: Svc) -> bool:
