@@ -10,6 +10,7 @@ ready once they have ended.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 
 from hachain import channels, config
 from hachain.configtypes import Backoff, ServiceConfig
-from hachain.restarter import states
+from hachain.restarter import policy, states
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc, Timer, step
 from tests.conftest import wait_until
@@ -190,3 +191,118 @@ def test_a_new_restarter_waits_for_a_post_start_it_finds_running(restarter: Any,
     r.wait_state("web", "ready", timeout=RUN_BOUND)
     wait_until(lambda: channels.proc_state(post) in (None, "Z", "X"), RUN_BOUND,
                "the post_start to end")
+
+
+# --- post_stop (systemd's ExecStopPost=) ----------------------------------------------------
+
+def test_post_stop_is_told_of_the_end_in_systemds_words() -> None:
+    env = policy.exit_env
+    assert env(ExitStatus("exited", code=0)) == (
+        ("SERVICE_RESULT", "success"), ("EXIT_CODE", "exited"), ("EXIT_STATUS", "0"))
+    assert env(ExitStatus("exited", code=3)) == (
+        ("SERVICE_RESULT", "exit-code"), ("EXIT_CODE", "exited"), ("EXIT_STATUS", "3"))
+    assert env(ExitStatus("exited", code=3), (0, 3))[0] == ("SERVICE_RESULT", "success")
+    assert env(ExitStatus("killed", signal=9)) == (
+        ("SERVICE_RESULT", "signal"), ("EXIT_CODE", "killed"), ("EXIT_STATUS", "KILL"))
+    assert env(ExitStatus("killed", signal=15))[0] == ("SERVICE_RESULT", "success")
+    assert env(ExitStatus("killed", signal=9, oom="memory_max"))[0] == \
+        ("SERVICE_RESULT", "oom-kill")
+    assert env(ExitStatus("unknown")) == (("SERVICE_RESULT", "unknown"),)
+
+
+def test_a_service_with_post_stop_is_never_restarted_ahead_of_its_exit() -> None:
+    """(The restart path that starts the replacement before the rest of the exit is
+    handled would start it beside its post_stop.)"""
+    from hachain.restarter import core
+    plain = ServiceConfig("a", ("/bin/sleep", "9"), restart="always",
+                          backoff=Backoff(initial=0.0))
+    for c, expect in ((plain, True),
+                      (dataclasses.replace(plain, post_stop=(("/bin/true",),)), False)):
+        k = core.Core(core.make_plan({"a": c}))
+        k.svcs["a"] = Svc("a", state=State.READY, pid=10, started_at=0.0)
+        assert k.restarts_at_once("a", 10, ExitStatus("killed", signal=9), 20.0) is expect
+
+
+def stop_conf(post: str, extra: str = "") -> str:
+    return f'''
+[service.db]
+command = ["/bin/sh", "-c", "echo armed; exec sleep 1000"]
+post_stop = [["/bin/sh", "-c", "{post}"]]
+restart = "always"
+backoff = {{ initial = 0.1 }}
+{extra}
+'''
+
+
+@pytest.mark.slow
+def test_post_stop_runs_after_a_crash_and_the_restart_waits_for_it(
+        restarter: Any, tmp_path: Any) -> None:
+    go = tmp_path / "go"
+    r = restarter(stop_conf(f"echo post $SERVICE_RESULT $EXIT_CODE $EXIT_STATUS; "
+                            f"while [ ! -e {go} ]; do sleep 0.05; done; echo post done"))
+    pid = r.wait_state("db", "ready")["pid"]
+    os.kill(pid, 9)
+    wait_until(lambda: "post signal killed KILL" in log_of(r, "db"), RUN_BOUND,
+               "the post_stop to run")
+    wait_until(lambda: "db: its start waits for its post_stop (pid " in open(r.log).read(),
+               RUN_BOUND, "the start to wait")
+    st = r.svc("db")
+    assert st["state"] == "starting" and st["pid"] is None, st  # not started beside it
+    go.touch()
+    new = wait_until(lambda: (s := r.svc("db"))["state"] == "ready" and s["pid"] != pid and s,
+                     RUN_BOUND, "the restart")
+    assert new["pid"]
+    wait_until(lambda: "post done" in log_of(r, "db"), RUN_BOUND, "the post_stop's last line")
+    assert "db: post_stop started (pid " in open(r.log).read()
+
+
+@pytest.mark.slow
+def test_post_stop_follows_a_stop_by_hand_and_the_chains_shutdown_waits_for_it(
+        restarter: Any, tmp_path: Any) -> None:
+    out = tmp_path / "out"
+    r = restarter(stop_conf(f"sleep 0.3; echo $SERVICE_RESULT $EXIT_STATUS >> {out}"))
+    r.wait_state("db", "ready")
+    assert r.req("stop", "db")["ok"]
+    r.wait_state("db", "stopped", timeout=RUN_BOUND)
+    wait_until(lambda: out.exists() and out.read_text() == "success TERM\n", RUN_BOUND,
+               "the post_stop after the stop")
+    assert r.req("start", "db")["ok"]
+    r.wait_state("db", "ready", timeout=RUN_BOUND)
+    r.stop()  # SIGTERM: the chain's shutdown stops db, then waits for its post_stop
+    assert out.read_text() == "success TERM\nsuccess TERM\n"
+
+
+@pytest.mark.slow
+def test_a_hung_post_stop_is_killed_at_stop_timeout_and_the_start_goes_on(
+        restarter: Any) -> None:
+    r = restarter(stop_conf("exec sleep 1000", "stop_timeout = 0.5"))
+    pid = r.wait_state("db", "ready")["pid"]
+    os.kill(pid, 9)
+    wait_until(lambda: (s := r.svc("db"))["state"] == "ready" and s["pid"] != pid, RUN_BOUND,
+               "the restart after the post_stop was killed")
+    log = open(r.log).read()
+    assert "db: post_stop still running after stop_timeout (0.5 s): killed" in log, log
+    assert "db: post_stop killed by SIGKILL" in log
+
+
+@pytest.mark.slow
+def test_a_new_restarter_waits_for_a_post_stop_it_finds_running(restarter: Any,
+                                                               tmp_path: Any) -> None:
+    go, mark = tmp_path / "go", tmp_path / "post"
+    r = restarter(stop_conf(f"echo $$ > {mark}; while [ ! -e {go} ]; do sleep 0.05; done"))
+    pid = r.wait_state("db", "ready")["pid"]
+    os.kill(pid, 9)
+    post = int(wait_until(lambda: mark.exists() and mark.read_text().strip(), RUN_BOUND,
+                          "the post_stop to run"))
+    rec = wait_until(lambda: json.load(open(os.path.join(r.state_dir, "services", "db.json"))
+                                       ).get("post_stop"), RUN_BOUND, "the record")
+    r.kill_restarter()
+    r.pids_seen.update((post, rec[0]))
+    r.start()
+    assert f"db: its post_stop (pid {rec[0]}) still runs; a start waits for it" in \
+        open(r.log).read()
+    r.beats(3)
+    st = r.svc("db")
+    assert st["pid"] is None, st  # not started beside it
+    go.touch()
+    r.wait_state("db", "ready", timeout=RUN_BOUND)

@@ -379,7 +379,8 @@ class Core:
 
         The same cell with the same event the queue would step: True only when nothing
         is queued ahead of the exit, and not for a forking service (its exit may be
-        its launcher's) or one with conflicts (they are stopped on the spawn). A pure
+        its launcher's), one with conflicts (they are stopped on the spawn) or one with
+        post_stop commands (they run first). A pure
         question: nothing changes. For a starting or ready service that is not a
         singleton, the policy answers without a step (states.exit_restarts_at_once,
         checked equal to the step by tests/test_at_once.py)."""
@@ -388,8 +389,8 @@ class Core:
         s = self.svcs.get(name)
         c = self.plan.conf.get(name)
         if s is None or c is None or s.pid != pid or c.kind == "forking" or \
-                self.plan.conflicts.get(name):
-            return False
+                self.plan.conflicts.get(name) or c.post_stop:
+            return False  # (post_stop: a start waits for those commands)
         by_policy = states.exit_restarts_at_once(s, status, c, now)
         if by_policy is not None:  # the usual case, without building a cell (cold: fast)
             if not by_policy:

@@ -32,7 +32,7 @@ from typing import Any
 
 from hachain import bootrecord, channels, prestart
 from hachain.configtypes import Config, ServiceConfig
-from hachain.restarter import core, logpipe, notify, probes, reloads, spawn, states
+from hachain.restarter import core, logpipe, notify, policy, probes, reloads, spawn, states
 from hachain.restarter.persist import RuntimeRecord, Store
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, State, Svc, Timer
@@ -335,6 +335,12 @@ class Restarter:
         # for stop_commands (_adopt_post_start)
         self.post_cmds: dict[int, str] = {}
         self.post_ids: dict[str, tuple[int, int]] = {}
+        # running post_stop programs: pid -> service; service -> (pid, start time); the
+        # services whose Spawn waits for theirs (_post_stop)
+        self.post_stop_cmds: dict[int, str] = {}
+        self.post_stop_ids: dict[str, tuple[int, int]] = {}
+        self._spawn_after_post_stop: set[str] = set()
+        self._no_cgroups = spawn.Cgroups(None)
         # pid -> pidfd of a command a new restarter found running (not our child: init
         # reaps it; _watch_adopted_command)
         self.adopted_cmd_fds: dict[int, int] = {}
@@ -498,6 +504,13 @@ class Restarter:
                     self._adopt_stop_command(name, rec.stop_command)
                 if rec is not None and rec.post_start is not None:
                     self._adopt_post_start(name, rec.post_start, now)
+            if rec is not None and rec.post_stop is not None:
+                self._adopt_post_stop(name, rec.post_stop)
+            elif not ok and c.post_stop and rec is not None and rec.pid and \
+                    rec.state in ("starting", "ready", "stopping"):
+                # it ended while no restarter ran: what follows an end follows this one
+                self._post_stop(name, ExitStatus("unknown"), now)
+            if ok:
                 continue
             if not states.kills_leftovers(c) and self.cgroups.active and \
                     (left := self._procs_seen.get(name) or self.cgroups.procs(name)):
@@ -694,6 +707,12 @@ class Restarter:
         started ahead of the exit's other effects (restarts_at_once)."""
         if name in self.post_ids:
             self._end_post_start(name)  # (a start again at once, while it still ran)
+        if name in self.post_stop_ids:
+            if name not in self._spawn_after_post_stop:
+                self._spawn_after_post_stop.add(name)
+                log(f"{name}: its start waits for its post_stop (pid "
+                    f"{self.post_stop_ids[name][0]})")
+            return
         got = self._ahead.pop(name, None) or self._launch(name, now)
         if isinstance(got, tuple):
             self._spawn_failed(name, now, *got)
@@ -956,6 +975,75 @@ class Restarter:
         self.dirty.add(name)
         self.feed(name, Ev.POST_START_DONE, now, status=st)
 
+    # --- post_stop (systemd's ExecStopPost=) -----------------------------------------------
+
+    def _post_stop(self, name: str, st: ExitStatus, now: float) -> None:
+        """The main process of `name` ended (`st`): run its post_stop commands in turn, as
+        the service runs (user, environment, its log), told of the end (policy.exit_env),
+        outside its cgroup: the end's sweep and a stop of the cgroup do not cut them
+        short. A start of it waits for them (_spawn); stop_timeout bounds them."""
+        c = self.conf[name]
+        if name in self.post_stop_ids:
+            log(f"{name}: post_stop (pid {self.post_stop_ids[name][0]}) still runs; not run "
+                "again for this end")
+            return
+        argv = prestart.in_turn(c.post_stop, "post_stop", "the rest are not run")
+        cmd = replace(c, command=argv, kind="longrun", ready="none", pre_start=(),
+                      pid_file=None, directories=(), condition=None, assertion=None,
+                      env=c.env + policy.exit_env(st, c.success_exit))
+        sp = self._spawn_command(name, cmd, cgroups=self._no_cgroups)
+        if isinstance(sp, str):
+            log(f"{name}: post_stop cannot run: {sp}")
+            return
+        self.post_stop_cmds[sp.pid] = name
+        self.post_stop_ids[name] = (sp.pid, sp.start_time or 0)
+        self.dirty.add(name)
+        self.arm(name, Timer.POST_STOP_TIMEOUT, c.stop_timeout, now)
+        log(f"{name}: post_stop started (pid {sp.pid})")
+
+    def _adopt_post_stop(self, name: str, cmd: tuple[int, int]) -> None:
+        """The previous restarter died while `name`'s post_stop ran: a start waits for it
+        still (it is watched through a pidfd), or it ended meanwhile."""
+        if self._watch_adopted_command(cmd):
+            self.post_stop_cmds[cmd[0]] = name
+            self.post_stop_ids[name] = cmd
+            log(f"{name}: its post_stop (pid {cmd[0]}) still runs; a start waits for it")
+        else:
+            self.dirty.add(name)  # (the record names it no more)
+
+    def _post_stop_done(self, pid: int, st: ExitStatus, now: float) -> None:
+        """A post_stop program ended: a start that waited for it goes ahead."""
+        name = self.post_stop_cmds.pop(pid)
+        self._unwatch_command(pid)
+        if self.post_stop_ids.get(name, (0,))[0] == pid:
+            del self.post_stop_ids[name]
+            self.timer_live.pop((name, Timer.POST_STOP_TIMEOUT), None)
+        if name in self.svcs:
+            self.dirty.add(name)
+        if st.kind != "exited" or st.code != 0:
+            log(f"{name}: post_stop {st.describe()}")
+        if name in self._spawn_after_post_stop:
+            self._spawn_after_post_stop.discard(name)
+            s = self.svcs.get(name)
+            if s is not None and s.state is State.STARTING and s.pid is None:
+                self._spawn(name, now)
+                self.run_core(now)
+
+    def _post_stop_expired(self, name: str) -> None:
+        """Its post_stop ran stop_timeout: killed (its process group); its exit follows."""
+        cmd = self.post_stop_ids.get(name)
+        if cmd is None:
+            return
+        log(f"{name}: post_stop still running after stop_timeout "
+            f"({self.conf[name].stop_timeout:g} s): killed")
+        fd = self.adopted_cmd_fds.get(cmd[0])
+        if fd is not None and select.select([fd], [], [], 0)[0]:
+            return
+        try:
+            os.killpg(cmd[0], signal.SIGKILL)
+        except OSError:
+            pass
+
     def _end_post_start(self, name: str) -> None:
         """The start `name`'s post_start was part of is over: a program of it still
         running is killed (its process group; its end, reaped later, is then ignored)."""
@@ -971,8 +1059,8 @@ class Restarter:
         except OSError:
             pass
 
-    def _spawn_command(self, name: str, cmd: ServiceConfig, main: int | None = None
-                       ) -> spawn.Spawned | str:
+    def _spawn_command(self, name: str, cmd: ServiceConfig, main: int | None = None,
+                       cgroups: spawn.Cgroups | None = None) -> spawn.Spawned | str:
         """Spawn `cmd` (a command of `name`'s, as the service runs) with its output on the
         service's log: what was started, or why not (one line). `main`: the running
         service's main pid, whose mount and network namespaces the command joins (it
@@ -983,7 +1071,7 @@ class Restarter:
             return f"output pipe: {spawn.errno_text(e)}"
         join = spawn.join_namespaces(cmd, main) if main is not None else None
         try:
-            sp = spawn.spawn(cmd, self.log_dir, self.cgroups, None, out=out_w,
+            sp = spawn.spawn(cmd, self.log_dir, cgroups or self.cgroups, None, out=out_w,
                              yield_cpu=False, join=join)
         except (spawn.SpawnError, OSError) as e:
             os.close(out_r)
@@ -1081,6 +1169,8 @@ class Restarter:
                     self._stop_command_done(pid, st)
                 elif pid in self.post_cmds:
                     self._post_cmd_done(pid, st, now)
+                elif pid in self.post_stop_cmds:
+                    self._post_stop_done(pid, st, now)
                 elif pid in self.reload_cmds:
                     self._reload_command_done(pid, st, now)
                 else:
@@ -1135,6 +1225,11 @@ class Restarter:
             st = replace(st, oom="memory_max")
         self._zombie = pid if status is not None else None
         held = self.held_out.fds.pop(name, None)  # closed once the replacement runs
+        if (c := self.conf[name]).post_stop and not (
+                c.kind == "forking" and self.svcs[name].state is State.STARTING):
+            # (before the exit's Spawn, which waits for it; a forking service's launcher
+            # ending is no end of the service)
+            self._post_stop(name, st, now)
         try:
             if self.core.restarts_at_once(name, pid, st, now):
                 # the replacement first: the exit's log lines, timers and records after
@@ -1186,6 +1281,9 @@ class Restarter:
             return
         if kind is Timer.RELOAD_TIMEOUT:
             self._reload_expired(name, now)
+            return
+        if kind is Timer.POST_STOP_TIMEOUT:
+            self._post_stop_expired(name)
             return
         self.core.timer(name, kind, now)
         self.run_core(now)
@@ -1818,7 +1916,8 @@ class Restarter:
                                 stop_command=self.stop_cmd_ids.get(name)
                                 if s.state is State.STOPPING else None,
                                 post_start=self.post_ids.get(name) if s.in_post_start
-                                else None)
+                                else None,
+                                post_stop=self.post_stop_ids.get(name))
             if rec.pid and rec.start_time is None:
                 rec = replace(rec, start_time=channels.proc_start_time(rec.pid))
                 self._start_times[name] = rec.start_time
@@ -1972,6 +2071,8 @@ class Restarter:
                 self._stop_command_done(arg, ExitStatus("unknown"))
             elif arg in self.post_cmds:
                 self._post_cmd_done(arg, ExitStatus("unknown"), now)
+            elif arg in self.post_stop_cmds:
+                self._post_stop_done(arg, ExitStatus("unknown"), now)
             else:
                 self._unwatch_command(arg)
         elif kind == "notify":
@@ -2024,12 +2125,15 @@ class Restarter:
         return 0
 
     def _shutdown_step(self, now: float) -> bool:
-        """Advance the orderly shutdown; True when every service is down."""
+        """Advance the orderly shutdown; True when every service is down (and the
+        post_stop commands of the last ends have run: stop_timeout bounds them)."""
         while self.core.stop_levels:
             self.core.stop_level(now)
             self.run_core(now)
             if not self.core.level_stopped():
                 return False
+        if self.post_stop_cmds:
+            return False
         self.flush()
         self.logs.drop_spare()
         self.logs.stop()

@@ -67,6 +67,9 @@ class RuntimeRecord:
     # starting: ready, its post_start commands running, (pid, start time): a new
     # restarter takes it as ready once they have ended
     post_start: tuple[int, int] | None = None
+    # its post_stop commands running (any state): a new restarter waits for them before
+    # it starts the service again
+    post_stop: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = self.__dict__.copy()
@@ -76,7 +79,8 @@ class RuntimeRecord:
         return d
 
 
-_COMMAND_KEYS = ("stop_command", "post_start")  # a command running beside its main process
+# the commands of a service a record may name as running beside (or after) its main process
+_COMMAND_KEYS = ("stop_command", "post_start", "post_stop")
 
 
 def _set_aside(path: str, why: str) -> str:
@@ -340,7 +344,8 @@ class Store:
             restarts=d.get("restarts", 0), cgroup=d.get("cgroup"),
             stop_since=d.get("stop_since"),
             stop_command=(sc[0], sc[1]) if (sc := d.get("stop_command")) else None,
-            post_start=(ps[0], ps[1]) if (ps := d.get("post_start")) else None)
+            post_start=(ps[0], ps[1]) if (ps := d.get("post_start")) else None,
+            post_stop=(pp[0], pp[1]) if (pp := d.get("post_stop")) else None)
 
     def drop_record(self, name: str, now: float) -> None:
         self.queue.put(os.path.join(self.rec_dir, name + ".json"), None, now)

@@ -56,6 +56,26 @@ class ExitStatus:
                 "text": self.describe(), **({"oom": True} if self.oom else {})}
 
 
+def exit_env(st: ExitStatus, success_exit: tuple[int, ...] = (0,)
+             ) -> tuple[tuple[str, str], ...]:
+    """What a post_stop command is told of the end it follows, in systemd's words:
+    SERVICE_RESULT (success, exit-code, signal, oom-kill; "unknown" for an end no
+    restarter saw), and EXIT_CODE (exited, killed) with EXIT_STATUS (the code, or the
+    signal's name without SIG) when the status is known."""
+    if st.kind == "exited":
+        code: tuple[tuple[str, str], ...] = (("EXIT_CODE", "exited"), ("EXIT_STATUS", str(st.code)))
+    elif st.kind == "killed":
+        name = _SIGNAL_NAMES.get(st.signal, str(st.signal))
+        code = (("EXIT_CODE", "killed"), ("EXIT_STATUS", name.removeprefix("SIG")))
+    else:
+        code = ()
+    result = "oom-kill" if st.oom else "success" if is_clean(st, success_exit) else \
+        "exit-code" if st.kind == "exited" else "signal" if st.kind == "killed" else \
+        "timeout" if st.kind == "timeout" else "watchdog" if st.kind == "hung" else \
+        "resources" if st.kind == "spawn" else "unknown"
+    return (("SERVICE_RESULT", result),) + code
+
+
 def is_clean(st: ExitStatus, success_exit: tuple[int, ...] = (0,)) -> bool:
     if st.kind == "exited":
         return st.code in success_exit
