@@ -273,6 +273,8 @@ class _Unit:
     exec_start: list[Entry] = field(default_factory=list)
     exec_start_pre: list[Entry] = field(default_factory=list)
     exec_stop: list[Entry] = field(default_factory=list)
+    exec_start_post: list[Entry] = field(default_factory=list)
+    exec_stop_post: list[Entry] = field(default_factory=list)
     type: Entry | None = None
     restart: Entry | None = None
     entries: list[Entry] = field(default_factory=list)
@@ -620,6 +622,10 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 u.exec_start.append(e)
         elif k == "ExecStartPre":
             u.exec_start_pre.append(e)
+        elif k == "ExecStartPost":
+            u.exec_start_post.append(e)  # (an empty one resets: _pre_start)
+        elif k == "ExecStopPost":
+            u.exec_stop_post.append(e)
         elif k == "ExecStop":
             if not e.value:
                 u.exec_stop.clear()
@@ -675,6 +681,16 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     if ready != "none":
         svc["ready"] = ready
     starts_pre: list[Entry] = []  # a oneshot's ExecStart= lines run as pre_start
+    if kind == "oneshot" and u.exec_start and u.exec_start_post:
+        # systemd runs a oneshot's ExecStartPost= once its ExecStart= lines are done: the
+        # same sequence, so they join it
+        u.exec_start = u.exec_start + [e for e in u.exec_start_post if e.value]
+        u.exec_start_post = []
+    if kind == "oneshot" and u.exec_stop_post:
+        n.warn(u.exec_stop_post[0].line, "ExecStopPost", "a oneshot has no post_stop in "
+               "hachain; dropped (a teardown at its stop belongs in ExecStop=, which "
+               "becomes its stop_command)")
+        u.exec_stop_post = []
     if kind == "oneshot" and u.exec_start and (
             len(u.exec_start) > 1 or u.exec_start[-1].value.lstrip().startswith("-")):
         # systemd runs a oneshot's lines in turn, stopping at the first failure ('-':
@@ -708,6 +724,9 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     stop = _stop_command(u.exec_stop, n)
     if stop:
         svc["stop_command"] = stop
+    for key, entries in (("post_start", u.exec_start_post), ("post_stop", u.exec_stop_post)):
+        if cmds := _pre_start(entries, n):
+            svc[key] = cmds
 
     # Restart policy (systemd's default is Restart=no).
     restart = "never"

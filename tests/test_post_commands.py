@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hachain import channels, config
+from hachain import channels, config, importer
 from hachain.configtypes import Backoff, ServiceConfig
 from hachain.restarter import policy, states
 from hachain.restarter.policy import ExitStatus
@@ -306,3 +306,39 @@ def test_a_new_restarter_waits_for_a_post_stop_it_finds_running(restarter: Any,
     assert st["pid"] is None, st  # not started beside it
     go.touch()
     r.wait_state("db", "ready", timeout=RUN_BOUND)
+
+
+def test_import_carries_exec_start_post_and_exec_stop_post_over(tmp_path: Any) -> None:
+    """Debian's php-fpm unit makes its socket's ACL after the start and removes it after
+    the stop; a '-' line may fail, an empty one resets the list; a oneshot's
+    ExecStartPost= joins its sequence."""
+    unit = tmp_path / "php-fpm.service"
+    unit.write_text("""\
+[Service]
+Type=notify
+ExecStart=/usr/sbin/php-fpm --nodaemonize
+ExecStartPost=/bin/false
+ExecStartPost=
+ExecStartPost=-/usr/lib/php/php-fpm-socket-helper install /run/php/php-fpm.sock
+ExecStopPost=-/usr/lib/php/php-fpm-socket-helper remove /run/php/php-fpm.sock
+ExecStopPost=/bin/echo $SERVICE_RESULT
+""")
+    text, conv = importer.import_files([str(unit)])
+    s = config.parse(text, "imported.toml").services["php-fpm"]
+    assert s.post_start == (("-/usr/lib/php/php-fpm-socket-helper", "install",
+                             "/run/php/php-fpm.sock"),)
+    assert s.post_stop == (("-/usr/lib/php/php-fpm-socket-helper", "remove",
+                            "/run/php/php-fpm.sock"),
+                           ("/bin/sh", "-c", "set -f; exec /bin/echo $SERVICE_RESULT"))
+    assert [w for w in conv.warnings if "ExecStartPost" in w or "ExecStopPost" in w] == [
+        f"{unit}:8: ExecStopPost: $VARIABLE references: run through /bin/sh so that they "
+        "expand from env and env_file as systemd expands them"]
+    once = tmp_path / "seed.service"
+    once.write_text("[Service]\nType=oneshot\nExecStart=/bin/load\nExecStartPost=/bin/check\n"
+                    "ExecStopPost=/bin/clean\n")
+    text, conv = importer.import_files([str(once)])
+    s = config.parse(text, "imported.toml").services["seed"]
+    assert (s.pre_start, s.command, s.post_stop) == ((("/bin/load",),), ("/bin/check",), ())
+    assert conv.warnings == [f"{once}:5: ExecStopPost: a oneshot has no post_stop in hachain; "
+                             "dropped (a teardown at its stop belongs in ExecStop=, which "
+                             "becomes its stop_command)"]
