@@ -213,6 +213,12 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
         if c.stop_command:
             notes.append(f"{c.name}: stop_command modelled as its stop signal (the service "
                          "exits when it likes, within stop_timeout)")
+        if c.post_start:
+            notes.append(f"{c.name}: post_start modelled as done at once, with success, "
+                         "when it is ready (the table's post_start step runs)")
+        if c.post_stop:
+            notes.append(f"{c.name}: post_stop modelled as done at once after each end "
+                         "(its start waits for nothing)")
         if c.condition is not None:
             notes.append(f"{c.name}: its condition may stop holding at any moment (once "
                          "per run); a start after that skips it")
@@ -225,7 +231,7 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
             wants=tuple(new[d] for d in c.wants if d in names),
             after=tuple(new[d] for d in c.after if d in names),
             conflicts=(), ready="none" if c.ready == "none" and not piped else "notify",
-            pre_start=(), condition=None, assertion=None, stop_command=(),
+            pre_start=(), condition=None, assertion=None, stop_command=(), post_stop=(),
             # (WATCHDOG=1 every tick while it runs; its ready process may hang)
             watchdog_sec=float(_to_ticks(c.watchdog_sec, tick, 1, down=True))
             if c.watchdog_sec and c.ready == "notify" else 0.0, health=None,
@@ -417,6 +423,11 @@ class _Restarter:
         i = self.m.index[a.name]
         if isinstance(a, core.Transition):
             self.notes.append(f"svc{i} {a.old.state.value}->{a.new.state.value}")
+        elif isinstance(a, states.PostStart):
+            # (loop.py spawns them; modelled as done at once, in the same step)
+            self.notes.append(f"svc{i} post_start done")
+            self.core.push_front(a.name, Ev.POST_START_DONE, EPOCH,
+                                 status=ExitStatus("exited", code=0))
         elif isinstance(a, states.Spawn):
             if self.ahead == a.name:
                 self.ahead = None  # the replacement on_exit started is this one
