@@ -658,6 +658,8 @@ def _service_lines(services: dict[str, Any], color: Any, live: bool) -> list[str
             why = (why + " " if why else "") + f"[{s['status_text']}]"
         if (s.get("reload") or {}).get("running"):
             why = (why + " " if why else "") + "[reloading]"
+        if s.get("post_stop"):
+            why = (why + " " if why else "") + f"[post_stop running, pid {s['post_stop']}]"
         if left := s.get("leftovers"):
             why = (why + " " if why else "") + f"[{len(left)} leftover process(es): " + \
                 " ".join(map(str, left[:8])) + (" ..." if len(left) > 8 else "") + "]"
@@ -862,6 +864,8 @@ def render_details(details: dict[str, dict[str, Any]], tty: bool = False) -> lis
             rows.append(("reload", "under way" if rl.get("running") else
                          f"{rl['last']}, {_age(rl.get('age'))} ago" if rl.get("last")
                          else "not asked for yet"))
+        if s.get("post_stop"):
+            rows.append(("post_stop", f"running (pid {s['post_stop']}); a start waits for it"))
         if s.get("leftovers"):
             rows.append(("leftovers", " ".join(map(str, s["leftovers"]))))
         if "log_file" in s:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hachain import channels, config, importer
+from hachain import channels, config, importer, status
 from hachain.configtypes import Backoff, ServiceConfig
 from hachain.restarter import policy, states
 from hachain.restarter.policy import ExitStatus
@@ -248,6 +248,9 @@ def test_post_stop_runs_after_a_crash_and_the_restart_waits_for_it(
                RUN_BOUND, "the start to wait")
     st = r.svc("db")
     assert st["state"] == "starting" and st["pid"] is None, st  # not started beside it
+    assert st["post_stop"], st  # (`hachain status` says what it waits for)
+    shown = "\n".join(status._service_lines({"db": st}, lambda text, _ok: text, True))
+    assert f"[post_stop running, pid {st['post_stop']}]" in shown, shown
     go.touch()
     new = wait_until(lambda: (s := r.svc("db"))["state"] == "ready" and s["pid"] != pid and s,
                      RUN_BOUND, "the restart")

@@ -1624,7 +1624,9 @@ class Restarter:
 
     def service_status(self, name: str, now: float) -> dict[str, Any]:
         s, c = self.svcs[name], self.conf[name]
-        return {
+        extra = {} if not c.post_stop else {  # its post_stop program, while it runs
+            "post_stop": self.post_stop_ids[name][0] if name in self.post_stop_ids else None}
+        return extra | {
             "state": s.state.value, "want": s.want, "pid": s.pid, "kind": c.kind,
             "uptime": round(now - s.started_at, 3) if s.pid and s.started_at else None,
             "restarts": s.restarts, "reason": s.reason, "critical": c.critical,
