@@ -176,6 +176,21 @@ _SIGNAL = S.Custom(_signal, examples=("SIGTERM", "INT", 9, "sigusr1"))
 _UMASK = S.Custom(_umask, examples=("022", "0077", 0o27))
 
 
+def _device_allow(v: Any) -> str:
+    from hachain import devices
+    s: str = S.Text(nonempty=True).one(v)
+    try:
+        devices.split(s)
+    except ValueError as e:
+        raise S.Bad(str(e)) from None
+    return " ".join(s.split())
+
+
+_DEVICE_ALLOW = S.Custom(_device_allow, "\"SPEC\" or \"SPEC ACCESS\": a device node's path, "
+                         "or char-NAME / block-NAME; ACCESS some of r, w, m.",
+                         examples=("/dev/null rw", "char-pts", "block-loop rwm", "/dev/fuse"))
+
+
 def _mode(v: Any) -> int:
     if isinstance(v, str) and re.fullmatch(r"0?[0-7]{3,4}", v):
         return int(v, 8)
@@ -559,6 +574,20 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "own with `ptmx`, and the host's `shm`, `mqueue`, `hugepages`): no disk, no "
           "hardware (systemd's `PrivateDevices=`). CAP_MKNOD and CAP_SYS_RAWIO leave the "
           "bounding set and the `@raw-io` calls fail with EPERM.", group="run"),
+    S.Key("device_allow", S.ListOf(_DEVICE_ALLOW, max_items=256), "The device nodes it "
+          "may use (systemd's `DeviceAllow=`): each `\"SPEC\"` or `\"SPEC ACCESS\"`, SPEC a "
+          "node's path (`/dev/fuse`) or `char-NAME` / `block-NAME` (a driver's name as "
+          "`/proc/devices` lists it, such as `char-pts`, `block-loop`; `*` and `?` "
+          "match), ACCESS some of `r`, `w`, `m` (mknod; all three when left out). A cgroup "
+          "device program holds every process of the service to them (EPERM otherwise); "
+          "with the default `device_policy`, the pseudo devices are allowed too. A node or "
+          "driver missing at a start is left out, with a line on the restarter's log. "
+          "Needs the chain's cgroups.", shown="`[]`", group="run"),
+    S.Key("device_policy", S.Choice(("auto", "closed", "strict")), "systemd's "
+          "`DevicePolicy=`: `\"strict\"` allows only `device_allow`; `\"closed\"` also the "
+          "pseudo devices (`/dev/null`, `zero`, `full`, `random`, `urandom`, `tty`, "
+          "`ptmx`, the pseudo terminals); `\"auto\"` is `\"closed\"` when `device_allow` "
+          "lists anything, else every device.", group="run"),
     S.Key("ignore_sigpipe", S.Bool(), "`true`: the service starts with SIGPIPE ignored, "
           "so a write to a closed pipe or socket fails with EPIPE instead of killing it "
           "(systemd's `IgnoreSIGPIPE=`, on by default there; s6, runit and supervisord "

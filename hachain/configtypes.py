@@ -169,6 +169,10 @@ class ServiceConfig:
     protect_clock: bool = False
     protect_hostname: bool = False
     private_devices: bool = False  # its own /dev, pseudo devices only (PrivateDevices=)
+    # the device nodes it may use, held by a cgroup device program (hachain/devices.py):
+    # "SPEC [rwm]" items (DeviceAllow=) and the policy (DevicePolicy=)
+    device_allow: tuple[str, ...] = ()
+    device_policy: str = "auto"
     private_network: bool = False  # its own network namespace, loopback only
     ignore_sigpipe: bool = False  # SIGPIPE ignored, as systemd's IgnoreSIGPIPE= default
     # a /proc of its own (systemd's ProtectProc=, ProcSubset=): "" leaves the host's

@@ -924,6 +924,18 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                     svc["protect_proc" if k == "ProtectProc" else "proc_subset"] = v
                 elif v not in ("default", "all"):
                     raise ValueError(f"{v!r} is not one of default, " + ", ".join(allowed))
+            elif k == "DeviceAllow":
+                if not v.strip():
+                    svc.pop("device_allow", None)  # an empty one resets the list
+                    continue
+                from hachain import devices
+                devices.split(v)  # (a bad one: ValueError, the line dropped with why)
+                svc.setdefault("device_allow", []).append(" ".join(v.split()))
+            elif k == "DevicePolicy":
+                if v not in ("auto", "closed", "strict"):
+                    raise ValueError(f"{v!r} is not one of auto, closed, strict")
+                if v != "auto":
+                    svc["device_policy"] = v
             elif k == "LoadCredential":
                 cred, colon, src = v.strip().partition(":")
                 src = src if colon else cred  # a bare name: looked for in the stores

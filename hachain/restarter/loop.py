@@ -990,7 +990,8 @@ class Restarter:
         argv = prestart.in_turn(c.post_stop, "post_stop", "the rest are not run")
         cmd = replace(c, command=argv, kind="longrun", ready="none", pre_start=(),
                       pid_file=None, directories=(), condition=None, assertion=None,
-                      env=c.env + policy.exit_env(st, c.success_exit))
+                      env=c.env + policy.exit_env(st, c.success_exit),
+                      device_allow=(), device_policy="auto")  # (held through the cgroup)
         sp = self._spawn_command(name, cmd, cgroups=self._no_cgroups)
         if isinstance(sp, str):
             log(f"{name}: post_stop cannot run: {sp}")

@@ -1645,6 +1645,41 @@ def sandboxed(cfg: ServiceConfig) -> bool:
         seccomp.uses_seccomp(cfg) or bounding_mask(cfg) >= 0 or cfg.no_new_privileges
 
 
+# service -> (the device rules its cgroup is held to, that cgroup's inode): attached by
+# this restarter, not again while both are the same (hold_devices)
+_DEVICES_HELD: dict[str, tuple[tuple[Any, ...], int]] = {}
+
+
+def hold_devices(cfg: ServiceConfig, cg: str | None) -> tuple[str, ...]:
+    """Hold the service's cgroup `cg` to its device_allow / device_policy (a cgroup
+    device program, hachain/devices.py) before anything of it runs there; let it go
+    when this restarter held it and the configuration no longer asks. The lines to log
+    (an item that names nothing on this host). SpawnError without cgroups, or when the
+    kernel refuses: never a start with every device when fewer were asked for."""
+    from hachain import devices
+    items = devices.policy_rules(cfg)
+    if cg is None:
+        if items is None:
+            return ()
+        raise SpawnError("device_allow / device_policy need the chain's cgroups (cgroup "
+                         "v2, [chain] cgroup_root), which are not in use here")
+    try:
+        ino = os.stat(cg).st_ino
+        if items is None:
+            devices.release(cg)
+            _DEVICES_HELD.pop(cfg.name, None)
+            return ()
+        rules, notes = devices.resolve(items)
+        key = (tuple(rules), ino)
+        if _DEVICES_HELD.get(cfg.name) != key:
+            devices.attach(cg, devices.program(rules))
+            _DEVICES_HELD[cfg.name] = key
+    except OSError as e:
+        raise SpawnError(f"device_allow: cannot hold cgroup {cg} to its devices: "
+                         f"{errno_text(e)}") from None
+    return tuple(f"{cfg.name}: {n}" for n in notes)
+
+
 def join_namespaces(cfg: ServiceConfig, pid: int) -> tuple[int, int] | None:
     """For a command of a running service (its stop_command, reload_command): a pidfd of
     its main process `pid` and the namespaces of its own to join (mount, network), so
@@ -1717,6 +1752,13 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         thaw = False  # made just now by this call: not frozen, nothing to thaw
     moved = False
     try:
+        if cfg.device_allow or cfg.device_policy != "auto" or cfg.name in _DEVICES_HELD:
+            try:
+                notes += hold_devices(cfg, cg)
+            except SpawnError:
+                if ready_r is not None:
+                    os.close(ready_r)
+                raise
         pass_fds = (cfg.ready_fd,) if ready_w is not None else ()
         prep = _prepared(cfg, notify_socket, files)
         env = prep.env
