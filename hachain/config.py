@@ -705,8 +705,10 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           group="ready"),
     # Liveness
     S.Key("watchdog_sec", _seconds(0), "The service must send `WATCHDOG=1` on the notify "
-          "socket at least this often (0 = off). Needs `ready = \"notify\"`; the service "
-          "gets `WATCHDOG_USEC`.", group="live"),
+          "socket at least this often once it is ready (0 = off), as systemd's "
+          "`WatchdogSec=`. It gets `NOTIFY_SOCKET` for that whatever its `ready` kind, and "
+          "`WATCHDOG_USEC`; only a `ready = \"notify\"` service's `READY=1` says it is "
+          "ready. Not for a oneshot.", group="live"),
     S.Key("health", HEALTH, "A periodic health check, a table:", group="live"),
     S.Key("critical", S.Bool(), "`true`: this service being in `maintenance` or `failed` "
           "fails the chain's health gate (with `[watchdog] gate_critical`), so the watchdog "
@@ -851,9 +853,9 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
               "ready = \"notify\" or an exec check", [at + ("private_network",)])
     if s.ready == "tcp" and not s.ready_port:
         r.err(at + ("ready_port",), "is required when ready = \"tcp\"", [at + ("ready",)])
-    if s.watchdog_sec and s.ready != "notify":
-        r.err(at + ("watchdog_sec",), "needs ready = \"notify\" (WATCHDOG=1 arrives on the "
-              "notify socket)")
+    if s.watchdog_sec and s.kind == "oneshot":
+        r.err(at + ("watchdog_sec",), "a oneshot is never ready, so its watchdog would "
+              "never run: use ready_timeout to bound it", [at + ("kind",)])
     if s.reload_command and s.reload_signal is not None:
         r.err(at + ("reload_signal",), "give reload_command or reload_signal, not both (a "
               "command that signals reads $MAINPID)", [at + ("reload_command",)])

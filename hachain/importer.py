@@ -775,12 +775,11 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                             else k] = e
             elif k == "WatchdogSec":
                 span = parse_timespan(v)
-                if span:
-                    if ready != "notify":
-                        n.warn(e.line, k, "hachain's service watchdog needs Type=notify "
-                               "(WATCHDOG=1 arrives on the notify socket); dropped")
-                    else:
-                        svc["watchdog_sec"] = span
+                if span and kind == "oneshot":
+                    n.warn(e.line, k, "a oneshot is never ready in hachain, so its "
+                           "watchdog would never run; dropped")
+                elif span:
+                    svc["watchdog_sec"] = span
             elif k in ("TimeoutStopSec", "TimeoutStartSec", "TimeoutSec"):
                 span = parse_timespan(v)
                 targets = {"TimeoutStopSec": ["stop_timeout"],

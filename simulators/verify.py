@@ -213,6 +213,9 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
         if c.stop_command:
             notes.append(f"{c.name}: stop_command modelled as its stop signal (the service "
                          "exits when it likes, within stop_timeout)")
+        if c.watchdog_sec and c.ready != "notify":
+            notes.append(f"{c.name}: watchdog_sec of a ready = {c.ready!r} service is not "
+                         "modelled (a notify service's is)")
         if c.post_start:
             notes.append(f"{c.name}: post_start modelled as done at once, with success, "
                          "when it is ready (the table's post_start step runs)")

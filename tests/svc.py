@@ -50,6 +50,11 @@ def main() -> None:
         time.sleep(float(args[0]) if args else 0)
         notify("READY=1\nSTATUS=" + (args[1] if len(args) > 1 else "serving"))
         forever()
+    elif action == "pinger":  # WATCHDOG=1 every 0.1 s while args[0] exists, no READY=1
+        while os.path.exists(args[0]):
+            notify("WATCHDOG=1")
+            time.sleep(0.1)
+        forever()
     elif action == "fdready":
         fd = int(args[0])
         os.write(fd, b"ready\n")

@@ -373,6 +373,48 @@ stop_timeout = 0.5
     assert s["last_exit"]["kind"] == "hung"
 
 
+def test_a_service_watchdog_holds_for_every_ready_kind(restarter, tmp_path):
+    """systemd's WatchdogSec= on a Type=simple service: it gets NOTIFY_SOCKET and
+    WATCHDOG_USEC, is watched once ready (here at its spawn), and is restarted as hung
+    once its pings stop."""
+    alive = tmp_path / "alive"
+    alive.touch()
+    r = restarter(f"""
+[service.w]
+command = {svc("pinger", str(alive))}
+watchdog_sec = 3
+backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}
+stop_timeout = 0.5
+""")
+    pid = r.wait_state("w", "ready")["pid"]
+    # pinging every 0.1 s: 20 heartbeats (4 s of the restarter's time, more than
+    # watchdog_sec) later it is still the same process
+    r.beats(20, timeout=60)
+    assert r.svc("w")["pid"] == pid
+    alive.unlink()
+    s = wait_until(lambda: (x := r.svc("w"))["pid"] not in (None, pid) and x, 3 + 30,
+                   "w restarted by the service watchdog")
+    assert s["last_exit"]["kind"] == "hung"
+
+
+def test_ready_1_of_a_service_that_is_not_notify_says_nothing(restarter, tmp_path):
+    """A service with a watchdog has the notify socket whatever its ready kind; only a
+    notify service's READY=1 makes it ready (its exec check decides here)."""
+    go = tmp_path / "go"
+    r = restarter(f"""
+[service.x]
+command = {svc("notify", "0")}
+ready = "exec"
+ready_command = ["/bin/test", "-e", "{go}"]
+watchdog_sec = 30
+ready_timeout = 60
+""")
+    wait_until(lambda: r.svc("x")["status_text"] == "serving", 20, "its READY=1 to be read")
+    assert r.svc("x")["state"] == "starting"
+    go.touch()
+    r.wait_state("x", "ready", timeout=20)
+
+
 def test_notify_from_a_foreign_process_is_ignored(restarter):
     import socket as so
     r = restarter(f"""

@@ -1372,7 +1372,9 @@ class Restarter:
             if name in self.reloads and \
                     (out := reloads.notified(self.reloads[name], f)) is not None:
                 self._reload_over(name, out, now)
-            if f.get("READY") == "1":
+            if f.get("READY") == "1" and self.conf[name].ready == "notify":
+                # (only a notify service's READY=1 says so: one with a watchdog has the
+                # socket too, and is ready by its own kind, as under systemd)
                 self.core.push(name, Ev.READY, now)
             self.run_core(now)
 

@@ -773,7 +773,9 @@ def read_env_files(cfg: ServiceConfig) -> tuple[dict[str, str], tuple[str, ...]]
 def service_env(cfg: ServiceConfig, notify_socket: str | None) -> dict[str, str]:
     """The complete environment of a service: nothing of the chain's own beyond PATH."""
     env = {"PATH": DEFAULT_PATH, channels.ENV_SERVICE: cfg.name}
-    if notify_socket and cfg.ready == "notify":
+    if notify_socket and (cfg.ready == "notify" or cfg.watchdog_sec):
+        # (a service with a watchdog pings on it whatever says it is ready, as systemd
+        # gives a Type=simple one with WatchdogSec= NOTIFY_SOCKET)
         env["NOTIFY_SOCKET"] = notify_socket
         if cfg.watchdog_sec:
             env["WATCHDOG_USEC"] = str(int(cfg.watchdog_sec * 1_000_000))
