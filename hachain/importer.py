@@ -649,6 +649,15 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                     conv.dep_origin[(d, "after", svc_name)] = f"{path}:{e.line}: {k}"
         elif k == "Environment":
             _systemd_env(e, env, n)
+        elif k == "UnsetEnvironment":
+            # a hachain service's environment is PATH, env and env_file, nothing
+            # inherited: only what this unit set itself can be unset
+            for word in e.value.split():
+                name, eq, value = word.partition("=")
+                if name in env and (not eq or env[name] == value):
+                    del env[name]
+            comments.append(f"UnsetEnvironment={e.value}: a service inherits no "
+                            "environment in hachain (PATH, env and env_file only)")
         elif k in _RLIMIT_KEYS:
             v = _rlimit(e, n)
             if v is not None:
@@ -980,6 +989,17 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                     svc.setdefault(key, []).append(("-" if opt else "") + path)
             elif k == "Nice":
                 svc["nice"] = _int_in(v, -20, 19)
+            elif k == "TasksMax":
+                if v.strip() == "infinity":
+                    svc.pop("pids_max", None)  # (0: no limit, the default)
+                elif v.strip().isdigit() and 0 < int(v) <= 4194304:
+                    svc["pids_max"] = int(v)
+                else:
+                    raise ValueError(f"{v!r}: hachain's pids_max takes a number of tasks "
+                                     "(not a percentage) or infinity")
+            elif k == "SyslogIdentifier":
+                comments.append(f"SyslogIdentifier={v}: the output goes to the service's "
+                                "own log file, named after it")
             elif k == "OOMScoreAdjust":
                 svc["oom_score_adj"] = _int_in(v, -1000, 1000)
             elif k.startswith(("Condition", "Assert")):

@@ -777,3 +777,20 @@ CapabilityBoundingSet=CAP_SETUID CAP_BOGUS
                       "CapabilityBoundingSet=CAP_CHOWN\nCapabilityBoundingSet=\n")
     text, conv = importer.import_files([empty])
     assert config.parse(text, "imported.toml").services["c"].capability_bounding_set == ()
+
+
+def test_tasks_max_unset_environment_and_syslog_identifier() -> None:
+    """TasksMax= is the cgroup's pids.max (pids_max); UnsetEnvironment= can only take back
+    what the unit set itself (a hachain service inherits no environment);
+    SyslogIdentifier= says nothing hachain needs (each service has its own log)."""
+    conv = importer.convert_systemd(
+        "[Service]\nExecStart=/bin/x\nEnvironment=A=1 B=2 C=3\nUnsetEnvironment=A B=9 TERM\n"
+        "TasksMax=512\nSyslogIdentifier=xx\n", "x.service")
+    s = conv.services["x"]
+    assert (s["env"], s["pids_max"]) == ({"B": "2", "C": "3"}, 512)
+    assert conv.warnings == []
+    conv = importer.convert_systemd("[Service]\nExecStart=/bin/x\nTasksMax=infinity\n"
+                                    "TasksMax=50%\n", "y.service")
+    assert "pids_max" not in conv.services["y"]
+    assert conv.warnings == ["y.service:4: TasksMax: '50%': hachain's pids_max takes a "
+                             "number of tasks (not a percentage) or infinity; dropped"]
