@@ -686,6 +686,15 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "ready first.", group="deps"),
     S.Key("conflicts", _DEPS, "Starting this service stops these (and the reverse). A "
           "service cannot both require and conflict with another.", group="deps"),
+    S.Key("on_failure", _DEPS, "Services started when this one fails for good: it enters "
+          "`failed` (its restart policy gave up) or `maintenance` (its restart intensity "
+          "was exceeded), not when it is stopped by hand or restarted (systemd's "
+          "`OnFailure=`): a notifier, or a degraded mode that takes over. Each is started "
+          "as `hachain start` would, unless it is up already; give it `enabled = false` "
+          "when it should not run at boot. That start is told what failed, as systemd "
+          "tells its `OnFailure=` units: `MONITOR_SERVICE` (the name), "
+          "`MONITOR_SERVICE_RESULT`, `MONITOR_EXIT_CODE`, `MONITOR_EXIT_STATUS`.",
+          group="deps"),
     S.Key("restart_dependents", S.Bool(), "`false`: keep running when something this "
           "service `requires` goes down.", group="deps"),
     # Readiness
@@ -1112,7 +1121,7 @@ def _graph_checks(top: _File, at: S.Path, r: S.Report) -> None:
     _cluster_checks(top, r)
     services = top.service
     for s in services.values():
-        for rel in ("requires", "wants", "after", "conflicts"):
+        for rel in ("requires", "wants", "after", "conflicts", "on_failure"):
             for dep in getattr(s, rel):
                 if dep not in services:
                     near = closest(dep, services)

@@ -102,6 +102,8 @@ class ServiceConfig:
     wants: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
+    # started when it fails for good: it enters failed or maintenance (OnFailure=)
+    on_failure: tuple[str, ...] = ()
     restart_dependents: bool = True
     ready: str = "none"
     ready_fd: int = 3

@@ -150,6 +150,7 @@ class Conversion:
     dep_origin: dict[tuple[str, str, str], str] = field(default_factory=dict)
     # supervisord [include] files = ... of this file: (line, value), followed by import_files
     includes: list[tuple[int, str]] = field(default_factory=list)
+    installed: set[str] = field(default_factory=set)  # units with WantedBy= / RequiredBy=
 
     def merge(self, other: Conversion) -> None:
         """Add `other`'s services and messages (a later duplicate name is an error)."""
@@ -162,6 +163,7 @@ class Conversion:
         self.warnings += other.warnings
         self.errors += other.errors
         self.dep_origin.update(other.dep_origin)
+        self.installed |= other.installed
 
     def sort_messages(self) -> None:
         """Warnings and errors of one file in line order."""
@@ -264,7 +266,7 @@ _SILENT = {("Unit", "Description"), ("Unit", "Documentation"), ("Install", "Want
 # BindsTo= is Requires= that also follows the other's unexpected end: hachain's
 # `requires` does (restart_dependents, on by default)
 _DEP_KEYS = {"Requires": "requires", "BindsTo": "requires", "Wants": "wants",
-             "After": "after", "Conflicts": "conflicts"}
+             "After": "after", "Conflicts": "conflicts", "OnFailure": "on_failure"}
 
 
 @dataclass
@@ -610,6 +612,8 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
         if e.section not in ("Unit", "Service", "Install"):
             n.warn(e.line, f"[{e.section}] {e.key}", "section not supported by hachain; dropped")
             continue
+        if e.section == "Install" and e.key in ("WantedBy", "RequiredBy") and e.value:
+            conv.installed.add(svc_name)  # started at boot under systemd
         if (e.section, e.key) in _SILENT:
             if e.key in ("Description", "Documentation") and e.value:
                 comments.append(f"{e.key}: {e.value}")
@@ -1563,13 +1567,22 @@ def drop_invalid(conv: Conversion, origin: dict[str, str]) -> None:
                 break
 
 
-_DEP_RELS = ("requires", "wants", "after", "conflicts")
+_DEP_RELS = ("requires", "wants", "after", "conflicts", "on_failure")
 
 
 def resolve_deps(conv: Conversion) -> None:
     """Turn each Before= into the other service's `after`; move dependencies on services
     not in `conv` aside (into comments), with warnings."""
     for name, svc in conv.services.items():
+        for d in svc.get("on_failure", []):
+            # started by the failure, not at boot (systemd does not start a unit with no
+            # [Install] but through its OnFailure=)
+            if d in conv.services and d not in conv.installed and d != name and \
+                    "enabled" not in conv.services[d]:
+                conv.services[d]["enabled"] = False
+                conv.comments.setdefault(d, []).append(
+                    f"enabled = false: started by the failure of {name} (its OnFailure=), "
+                    "not at boot (no [Install] section)")
         for d in svc.pop("_before", []):
             where = conv.dep_origin.get((d, "after", name), f"service {name}: before")
             if d in conv.services and d != name:
@@ -1582,7 +1595,7 @@ def resolve_deps(conv: Conversion) -> None:
                                      "import it in the same command to keep it)")
     for name, svc in conv.services.items():
         missing: dict[str, list[str]] = {}
-        for rel in ("requires", "wants", "after", "conflicts"):
+        for rel in _DEP_RELS:
             if rel not in svc:
                 continue
             keep = [d for d in svc[rel] if d in conv.services and d != name]

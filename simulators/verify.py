@@ -216,6 +216,9 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
         if c.watchdog_sec and c.ready != "notify":
             notes.append(f"{c.name}: watchdog_sec of a ready = {c.ready!r} service is not "
                          "modelled (a notify service's is)")
+        if c.on_failure:
+            notes.append(f"{c.name}: on_failure not modelled (what it starts is not part "
+                         "of converging)")
         if c.post_start:
             notes.append(f"{c.name}: post_start modelled as done at once, with success, "
                          "when it is ready (the table's post_start step runs)")
@@ -233,7 +236,8 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
             requires=tuple(new[d] for d in c.requires if d in names),
             wants=tuple(new[d] for d in c.wants if d in names),
             after=tuple(new[d] for d in c.after if d in names),
-            conflicts=(), ready="none" if c.ready == "none" and not piped else "notify",
+            conflicts=(), on_failure=(),
+            ready="none" if c.ready == "none" and not piped else "notify",
             pre_start=(), condition=None, assertion=None, stop_command=(), post_stop=(),
             # (WATCHDOG=1 every tick while it runs; its ready process may hang)
             watchdog_sec=float(_to_ticks(c.watchdog_sec, tick, 1, down=True))

@@ -88,9 +88,21 @@ class Forget:
     name: str
 
 
+@dataclass(frozen=True)
+class Monitor:
+    """`name` is started because `failed` failed for good (its on_failure): its next
+    spawn is told so (MONITOR_* in its environment, the last exit of `failed`)."""
+
+    name: str
+    failed: str
+    status: ExitStatus | None
+
+
 Effect = (states.Spawn | states.Teardown | states.Kill | states.ArmTimer | states.CancelTimer
           | states.Persist | Transition | Log | KillLeftovers | RunProbe | DropProbe | FindMain
-          | MainFound | ReleaseRescue | Forget)
+          | MainFound | ReleaseRescue | Forget | Monitor)
+
+_GAVE_UP = (State.FAILED, State.MAINTENANCE)  # what starts a service's on_failure
 
 
 class Record(Protocol):
@@ -234,6 +246,8 @@ class Core:
         self.svcs[name] = nxt
         if nxt.state is not s.state and kind is not Ev.ADOPTED:
             self.out.append(Transition(name, s, nxt))
+            if nxt.state in _GAVE_UP and c.on_failure:
+                self._on_failure(name, nxt, now)
         for a in actions:
             self._action(a, now)
         if kind is Ev.MAIN_PID:  # the same service going on under another pid
@@ -323,6 +337,18 @@ class Core:
         if states.went_down(old, new) and not self.shutting_down:
             # its process ended (even if a new one is already starting)
             self._deps_lost(name, f"required service {name} went down", now)
+
+    def _on_failure(self, name: str, s: Svc, now: float) -> None:
+        """`name` failed for good (failed, maintenance; never on adoption: a restarter
+        that restarts finds what was, it does not see it happen): start its on_failure
+        services, each told what failed (Monitor)."""
+        c = self.plan.conf[name]
+        self.out.append(Log(f"{name}: {s.state.value}; starting its on_failure: "
+                            + ", ".join(c.on_failure)))
+        for target in c.on_failure:
+            if target in self.svcs:
+                self.out.append(Monitor(target, name, s.last_exit))
+                self.queue.append((target, Ev.START, now, {}, None))
 
     def _deps_lost(self, name: str, reason: str, now: float) -> None:
         """DEPS_LOST routing: what *requires* `name` and runs restarts with it (its cell

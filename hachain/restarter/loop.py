@@ -341,6 +341,8 @@ class Restarter:
         self.post_stop_ids: dict[str, tuple[int, int]] = {}
         self._spawn_after_post_stop: set[str] = set()
         self._no_cgroups = spawn.Cgroups(None)
+        # service -> MONITOR_* its next start is told (core.Monitor: an on_failure start)
+        self._monitor_env: dict[str, tuple[tuple[str, str], ...]] = {}
         # pid -> pidfd of a command a new restarter found running (not our child: init
         # reaps it; _watch_adopted_command)
         self.adopted_cmd_fds: dict[int, int] = {}
@@ -654,6 +656,11 @@ class Restarter:
             self._teardown(e.name, now)
         elif isinstance(e, states.PostStart):
             self._post_start(e.name, now)
+        elif isinstance(e, core.Monitor):
+            # what its next start is told (systemd's MONITOR_* of an OnFailure= unit)
+            self._monitor_env[e.name] = (("MONITOR_SERVICE", e.failed),) + tuple(
+                ("MONITOR_" + k, v) for k, v in policy.exit_env(
+                    e.status or ExitStatus("unknown"), self.conf[e.failed].success_exit))
         elif isinstance(e, core.Log):
             log(e.text)
         elif isinstance(e, core.KillLeftovers):
@@ -780,6 +787,8 @@ class Restarter:
             out_r, out_w = self.logs.pipe()
         except OSError as e:
             return f"output pipe: {spawn.errno_text(e)}", True
+        if self._monitor_env and name in self._monitor_env:  # started for a failure
+            c = replace(c, env=c.env + self._monitor_env.pop(name))
         if c.credentials:  # its secrets, copied afresh for this start
             try:
                 c = replace(c, env=c.env + self._credentials_env(name, c, prepare=True))
