@@ -186,6 +186,19 @@ def _device_allow(v: Any) -> str:
     return " ".join(s.split())
 
 
+def _ip_prefix(v: Any) -> str:
+    from hachain import ipfilter
+    s: str = S.Text(nonempty=True).one(v).strip()
+    try:
+        ipfilter.networks(s)
+    except ValueError as e:
+        raise S.Bad(str(e)) from None
+    return s
+
+
+_IP_PREFIX = S.Custom(_ip_prefix, "An IPv4 or IPv6 address or prefix, or any, localhost, "
+                      "link-local, multicast.",
+                      examples=("10.0.0.0/8", "::1", "localhost", "192.168.1.7", "any"))
 _DEVICE_ALLOW = S.Custom(_device_allow, "\"SPEC\" or \"SPEC ACCESS\": a device node's path, "
                          "or char-NAME / block-NAME; ACCESS some of r, w, m.",
                          examples=("/dev/null rw", "char-pts", "block-loop rwm", "/dev/fuse"))
@@ -588,6 +601,19 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "pseudo devices (`/dev/null`, `zero`, `full`, `random`, `urandom`, `tty`, "
           "`ptmx`, the pseudo terminals); `\"auto\"` is `\"closed\"` when `device_allow` "
           "lists anything, else every device.", group="run"),
+    S.Key("ip_address_allow", S.ListOf(_IP_PREFIX, max_items=256), "Remote addresses the "
+          "service may exchange IP packets with even when `ip_address_deny` matches them "
+          "(systemd's `IPAddressAllow=`): addresses or prefixes (`\"10.0.0.0/8\"`, "
+          "`\"::1\"`), or `\"any\"`, `\"localhost\"`, `\"link-local\"`, `\"multicast\"`. "
+          "Held by two cgroup programs on the service's cgroup, which check the "
+          "destination of each packet it sends and the source of each it receives. Needs "
+          "the chain's cgroups.", shown="`[]`", group="run"),
+    S.Key("ip_address_deny", S.ListOf(_IP_PREFIX, max_items=256), "Remote addresses it "
+          "may not exchange packets with, unless `ip_address_allow` has them (systemd's "
+          "`IPAddressDeny=`): `[\"any\"]` with `ip_address_allow = [\"localhost\"]` keeps "
+          "it to the loopback. A datagram it sends there fails with EPERM; a TCP "
+          "connection there never opens (`connect` times out).", shown="`[]`",
+          group="run"),
     S.Key("ignore_sigpipe", S.Bool(), "`true`: the service starts with SIGPIPE ignored, "
           "so a write to a closed pipe or socket fails with EPIPE instead of killing it "
           "(systemd's `IgnoreSIGPIPE=`, on by default there; s6, runit and supervisord "

@@ -175,6 +175,10 @@ class ServiceConfig:
     # "SPEC [rwm]" items (DeviceAllow=) and the policy (DevicePolicy=)
     device_allow: tuple[str, ...] = ()
     device_policy: str = "auto"
+    # the remote addresses it may exchange packets with (hachain/ipfilter.py): prefixes or
+    # systemd's words (IPAddressAllow=, IPAddressDeny=)
+    ip_address_allow: tuple[str, ...] = ()
+    ip_address_deny: tuple[str, ...] = ()
     private_network: bool = False  # its own network namespace, loopback only
     ignore_sigpipe: bool = False  # SIGPIPE ignored, as systemd's IgnoreSIGPIPE= default
     # a /proc of its own (systemd's ProtectProc=, ProcSubset=): "" leaves the host's

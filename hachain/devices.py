@@ -24,13 +24,10 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-import struct
 from typing import NamedTuple
 
+from hachain import bpf
 from hachain.configtypes import ServiceConfig
-
-# (ctypes is imported where the kernel is asked: the configuration's checks import this
-# module for `split`, and so every `hachain` command)
 
 POLICIES = ("auto", "closed", "strict")
 ACCESS = {"r": 2, "w": 4, "m": 1}  # BPF_DEVCG_ACC_READ, _WRITE, _MKNOD
@@ -127,124 +124,33 @@ def resolve(items: tuple[str, ...], proc_devices: str | None = None
     return rules, notes
 
 
-def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
-
-
-_LDX_W, _MOV_X, _MOV_K, _AND_K, _RSH_K, _JNE_K, _EXIT = \
-    0x61, 0xBF, 0xB7, 0x57, 0x77, 0x55, 0x95
-
-
 def program(rules: list[Rule]) -> bytes:
     """The device program (eBPF instructions) that allows exactly what `rules` allow.
     The context is struct bpf_cgroup_dev_ctx: access_type (access << 16 | kind),
     major, minor, each a u32."""
-    code = [_insn(_LDX_W, 2, 1, 0),  # r2 = access_type
-            _insn(_MOV_X, 3, 2), _insn(_AND_K, 3, imm=0xFFFF),  # r3 = its kind
-            _insn(_MOV_X, 4, 2), _insn(_RSH_K, 4, imm=16),  # r4 = the access asked
-            _insn(_LDX_W, 5, 1, 4), _insn(_LDX_W, 6, 1, 8)]  # r5 = major, r6 = minor
+    code = [bpf.insn(bpf.LDX_W, 2, 1, 0),  # r2 = access_type
+            bpf.insn(bpf.MOV_X, 3, 2), bpf.insn(bpf.AND_K, 3, imm=0xFFFF),  # r3 = its kind
+            bpf.insn(bpf.MOV_X, 4, 2), bpf.insn(bpf.RSH_K, 4, imm=16),  # r4 = the access asked
+            bpf.insn(bpf.LDX_W, 5, 1, 4), bpf.insn(bpf.LDX_W, 6, 1, 8)]  # r5 = major, r6 = minor
     for r in rules:
         tests = [(3, r.kind)] + ([(5, r.major)] if r.major >= 0 else []) + \
             ([(6, r.minor)] if r.minor >= 0 else [])
         n = len(tests) + 3 + 2  # each test a jump; the access check 3; allow 2
-        block = [_insn(_JNE_K, reg, off=n - 1 - i, imm=v) for i, (reg, v) in enumerate(tests)]
+        block = [bpf.insn(bpf.JNE_K, reg, off=n - 1 - i, imm=v) for i, (reg, v) in enumerate(tests)]
         k = len(block)
-        block += [_insn(_MOV_X, 7, 4), _insn(_AND_K, 7, imm=~r.access & 7),
-                  _insn(_JNE_K, 7, off=n - k - 3, imm=0),  # asks for more than allowed
-                  _insn(_MOV_K, 0, imm=1), _insn(_EXIT)]
+        block += [bpf.insn(bpf.MOV_X, 7, 4), bpf.insn(bpf.AND_K, 7, imm=~r.access & 7),
+                  bpf.insn(bpf.JNE_K, 7, off=n - k - 3, imm=0),  # asks for more than allowed
+                  bpf.insn(bpf.MOV_K, 0, imm=1), bpf.insn(bpf.EXIT)]
         code += block
-    code += [_insn(_MOV_K, 0, imm=0), _insn(_EXIT)]
+    code += [bpf.insn(bpf.MOV_K, 0, imm=0), bpf.insn(bpf.EXIT)]
     return b"".join(code)
 
 
-# --- the kernel's side ----------------------------------------------------------------------
-
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "riscv64": 280, "ppc64le": 361,
-            "s390x": 351, "i686": 357}
-_PROG_LOAD, _PROG_ATTACH, _PROG_DETACH, _GET_FD_BY_ID, _PROG_QUERY = 5, 8, 9, 13, 16
-_PROG_TYPE_CGROUP_DEVICE, _CGROUP_DEVICE, _F_ALLOW_MULTI = 15, 6, 2
-_ATTR = 128  # bytes of union bpf_attr passed (the kernel wants the rest zero)
-
-
-def _bpf(cmd: int, attr: bytes) -> tuple[int, bytes]:
-    """bpf(cmd, attr): its result and the attribute block as the kernel left it."""
-    import ctypes
-    nr = _SYS_BPF.get(os.uname().machine)
-    if nr is None:
-        raise OSError(0, f"bpf() is not known on {os.uname().machine}")
-    buf = ctypes.create_string_buffer(attr.ljust(_ATTR, b"\0"), _ATTR)
-    libc = ctypes.CDLL(None, use_errno=True)
-    r = libc.syscall(nr, cmd, buf, _ATTR)
-    if r < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(r), buf.raw
-
-
-def load(code: bytes) -> int:
-    """A descriptor of the loaded device program. OSError (with the verifier's last
-    line) when the kernel refuses it."""
-    import ctypes
-    insns = ctypes.create_string_buffer(code, len(code))
-    lic = ctypes.create_string_buffer(b"GPL")
-
-    def attempt(log: ctypes.Array[ctypes.c_char] | None) -> int:
-        attr = struct.pack("<IIQQIIQ", _PROG_TYPE_CGROUP_DEVICE, len(code) // 8,
-                           ctypes.addressof(insns), ctypes.addressof(lic),
-                           0 if log is None else 1, 0 if log is None else len(log),
-                           0 if log is None else ctypes.addressof(log))
-        return _bpf(_PROG_LOAD, attr)[0]
-
-    try:
-        return attempt(None)  # (no log: one that fits is not needed)
-    except OSError as e:
-        err = e
-    log = ctypes.create_string_buffer(1 << 20)
-    try:
-        return attempt(log)
-    except OSError:
-        last = log.value.decode(errors="replace").strip().splitlines()[-1:]
-        why = err.strerror or os.strerror(err.errno or 0)
-        raise OSError(err.errno, why + (f" ({last[0]})" if last else "")) from None
-
-
-def attached(cgroup_fd: int) -> list[int]:
-    """The ids of the device programs attached to this cgroup itself."""
-    import ctypes
-    ids = (ctypes.c_uint32 * 64)()
-    attr = struct.pack("<IIIIQI", cgroup_fd, _CGROUP_DEVICE, 0, 0, ctypes.addressof(ids), 64)
-    out = _bpf(_PROG_QUERY, attr)[1]
-    return list(ids[:struct.unpack_from("<I", out, 24)[0]])  # prog_cnt, written back
+def attach(cgroup: str, code: bytes) -> None:
+    """Hold the cgroup at `cgroup` to the device program `code` (bpf.attach)."""
+    bpf.attach(cgroup, code, bpf.PROG_TYPE_CGROUP_DEVICE, bpf.CGROUP_DEVICE)
 
 
 def release(cgroup: str) -> None:
-    """Detach every device program from the cgroup at `cgroup` (every device again)."""
-    cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        _detach(cg, attached(cg))
-    finally:
-        os.close(cg)
-
-
-def _detach(cg: int, ids: list[int]) -> None:
-    for prog_id in ids:
-        fd = _bpf(_GET_FD_BY_ID, struct.pack("<I", prog_id))[0]
-        try:
-            _bpf(_PROG_DETACH, struct.pack("<III", cg, fd, _CGROUP_DEVICE))
-        finally:
-            os.close(fd)
-
-
-def attach(cgroup: str, code: bytes) -> None:
-    """Hold the cgroup at `cgroup` (a directory) to `code`, in place of the device
-    programs attached to it before (an earlier start's, or an earlier restarter's). The
-    kernel keeps it attached for as long as the cgroup exists. OSError when it cannot."""
-    prog = load(code)
-    cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        old = attached(cg)
-        _bpf(_PROG_ATTACH, struct.pack("<IIII", cg, prog, _CGROUP_DEVICE, _F_ALLOW_MULTI))
-        _detach(cg, old)  # (after: no moment without a program)
-    finally:
-        os.close(cg)
-        os.close(prog)
+    """Every device again for the cgroup at `cgroup`."""
+    bpf.release(cgroup, bpf.CGROUP_DEVICE)

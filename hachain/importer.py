@@ -943,6 +943,16 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                 from hachain import devices
                 devices.split(v)  # (a bad one: ValueError, the line dropped with why)
                 svc.setdefault("device_allow", []).append(" ".join(v.split()))
+            elif k in ("IPAddressAllow", "IPAddressDeny"):
+                key = "ip_address_allow" if k == "IPAddressAllow" else "ip_address_deny"
+                if not v.strip():
+                    svc.pop(key, None)  # an empty one resets the list
+                    continue
+                from hachain import ipfilter
+                for word in v.split():
+                    ipfilter.networks(word)  # (a bad one: ValueError, the line dropped)
+                have = svc.setdefault(key, [])
+                have += [w for w in v.split() if w not in have]
             elif k == "DevicePolicy":
                 if v not in ("auto", "closed", "strict"):
                     raise ValueError(f"{v!r} is not one of auto, closed, strict")

@@ -700,15 +700,16 @@ def test_the_longest_accepted_argument_and_variable_really_exec() -> None:
 
 def test_config_and_schema_import_no_layer() -> None:
     """Issue 17.4: the configuration imports nothing from the restarter (or any layer),
-    only the shared names (channels, conditions, seccomp, devices: stdlib-only at import,
-    seccomp loads libseccomp only to build a filter, devices ctypes only to load a
-    program); the schema imports nothing of hachain
-    but the leaf module of shared errors (hachain.errors: ConfigError, closest)."""
+    only the shared names (channels, conditions, seccomp, devices, ipfilter: stdlib-only
+    at import; seccomp loads libseccomp only to build a filter, hachain.bpf ctypes only
+    to load a program); the schema imports nothing of hachain but the leaf module of
+    shared errors (hachain.errors: ConfigError, closest)."""
     import ast
     for name, allowed in (("config.py", {"hachain.schema", "hachain.cluster",
                                          "hachain.channels", "hachain.errors",
                                          "hachain.configtypes", "hachain.conditions",
-                                         "hachain.seccomp", "hachain.devices"}),
+                                         "hachain.seccomp", "hachain.devices",
+                                         "hachain.ipfilter"}),
                           ("configtypes.py", {"hachain.channels"}),
                           ("schema.py", {"hachain.errors"})):
         tree = ast.parse(open(os.path.join(ROOT, "hachain", name)).read())

@@ -1000,7 +1000,8 @@ class Restarter:
         cmd = replace(c, command=argv, kind="longrun", ready="none", pre_start=(),
                       pid_file=None, directories=(), condition=None, assertion=None,
                       env=c.env + policy.exit_env(st, c.success_exit),
-                      device_allow=(), device_policy="auto")  # (held through the cgroup)
+                      device_allow=(), device_policy="auto", ip_address_allow=(),
+                      ip_address_deny=())  # (held through the service's cgroup)
         sp = self._spawn_command(name, cmd, cgroups=self._no_cgroups)
         if isinstance(sp, str):
             log(f"{name}: post_stop cannot run: {sp}")

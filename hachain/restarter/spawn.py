@@ -1647,38 +1647,56 @@ def sandboxed(cfg: ServiceConfig) -> bool:
         seccomp.uses_seccomp(cfg) or bounding_mask(cfg) >= 0 or cfg.no_new_privileges
 
 
-# service -> (the device rules its cgroup is held to, that cgroup's inode): attached by
-# this restarter, not again while both are the same (hold_devices)
-_DEVICES_HELD: dict[str, tuple[tuple[Any, ...], int]] = {}
+# service -> {"devices" / "ip": (what its cgroup is held to, that cgroup's inode)}: the
+# programs this restarter attached, not again while both are the same (hold_programs)
+_HELD: dict[str, dict[str, tuple[Any, int]]] = {}
 
 
-def hold_devices(cfg: ServiceConfig, cg: str | None) -> tuple[str, ...]:
-    """Hold the service's cgroup `cg` to its device_allow / device_policy (a cgroup
-    device program, hachain/devices.py) before anything of it runs there; let it go
-    when this restarter held it and the configuration no longer asks. The lines to log
-    (an item that names nothing on this host). SpawnError without cgroups, or when the
-    kernel refuses: never a start with every device when fewer were asked for."""
-    from hachain import devices
-    items = devices.policy_rules(cfg)
+def holds_programs(cfg: ServiceConfig) -> bool:
+    """Does a start of `cfg` attach cgroup programs (or let earlier ones go)? Cheap."""
+    return bool(cfg.device_allow or cfg.device_policy != "auto" or cfg.ip_address_allow
+                or cfg.ip_address_deny or cfg.name in _HELD)
+
+
+def hold_programs(cfg: ServiceConfig, cg: str | None) -> tuple[str, ...]:
+    """Hold the service's cgroup `cg` to its device_allow / device_policy (a device
+    program, hachain/devices.py) and its ip_address_allow / ip_address_deny (two socket
+    buffer programs, hachain/ipfilter.py) before anything of it runs there; let those
+    this restarter attached go when the configuration no longer asks for them. The lines
+    to log (an item that names nothing on this host). SpawnError without cgroups, or
+    when the kernel refuses: never a start with more allowed than was asked for."""
+    from hachain import devices, ipfilter
+    dev = devices.policy_rules(cfg)
+    ip = (cfg.ip_address_allow, cfg.ip_address_deny) if ipfilter.used(cfg) else None
     if cg is None:
-        if items is None:
+        if dev is None and ip is None:
             return ()
-        raise SpawnError("device_allow / device_policy need the chain's cgroups (cgroup "
-                         "v2, [chain] cgroup_root), which are not in use here")
+        raise SpawnError(("device_allow / device_policy" if dev is not None else
+                          "ip_address_allow / ip_address_deny") + " need the chain's cgroups "
+                         "(cgroup v2, [chain] cgroup_root), which are not in use here")
+    held = _HELD.setdefault(cfg.name, {})
+    notes: list[str] = []
     try:
         ino = os.stat(cg).st_ino
-        if items is None:
+        if dev is not None:
+            rules, notes = devices.resolve(dev)
+            if held.get("devices") != (key := (tuple(rules), ino)):
+                devices.attach(cg, devices.program(rules))
+                held["devices"] = key
+        elif held.pop("devices", None) is not None:
             devices.release(cg)
-            _DEVICES_HELD.pop(cfg.name, None)
-            return ()
-        rules, notes = devices.resolve(items)
-        key = (tuple(rules), ino)
-        if _DEVICES_HELD.get(cfg.name) != key:
-            devices.attach(cg, devices.program(rules))
-            _DEVICES_HELD[cfg.name] = key
+        if ip is not None:
+            if held.get("ip") != (ip, ino):
+                ipfilter.attach(cg, cfg)
+                held["ip"] = (ip, ino)
+        elif held.pop("ip", None) is not None:
+            ipfilter.release(cg)
     except OSError as e:
-        raise SpawnError(f"device_allow: cannot hold cgroup {cg} to its devices: "
+        raise SpawnError(f"cannot hold cgroup {cg} to its "
+                         f"{'devices' if dev is not None else 'addresses'}: "
                          f"{errno_text(e)}") from None
+    if not held:
+        del _HELD[cfg.name]
     return tuple(f"{cfg.name}: {n}" for n in notes)
 
 
@@ -1754,9 +1772,9 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         thaw = False  # made just now by this call: not frozen, nothing to thaw
     moved = False
     try:
-        if cfg.device_allow or cfg.device_policy != "auto" or cfg.name in _DEVICES_HELD:
+        if holds_programs(cfg):
             try:
-                notes += hold_devices(cfg, cg)
+                notes += hold_programs(cfg, cg)
             except SpawnError:
                 if ready_r is not None:
                     os.close(ready_r)
