@@ -25,7 +25,7 @@ import pwd
 import resource
 import stat
 
-from hachain import conditions, seccomp
+from hachain import bpf, cgroupfs, conditions, seccomp
 from hachain.configtypes import CAPABILITIES, SERVICE_PATH, Config, ServiceConfig
 
 
@@ -147,6 +147,33 @@ def _capability_sets() -> tuple[int, int]:
     return sets["CapEff:"], sets["CapBnd:"]
 
 
+def _cgroup_programs_problem(cfg: Config, svc: ServiceConfig) -> str | None:
+    """Why the cgroup programs of `svc` (device_allow / device_policy, ip_address_*)
+    cannot be held here: no cgroups for the chain, or a program the kernel refuses (it
+    is loaded, not attached). None when it has none, or they can be."""
+    from hachain import devices, ipfilter
+    dev = devices.policy_rules(svc)
+    if dev is None and not ipfilter.used(svc):
+        return None
+    keys = "device_allow / device_policy" if dev is not None else \
+        "ip_address_allow / ip_address_deny"
+    root = cfg.chain.cgroup_root
+    if root == "none" or (root == "auto" and not (
+            (m := cgroupfs.find_cgroup2_mount()) and os.access(m, os.W_OK))):
+        return f"{keys} need the chain's cgroups, which it has none of here " \
+               f"(chain.cgroup_root = {root!r})"
+    try:
+        if dev is not None:
+            os.close(bpf.load(devices.program(devices.resolve(dev)[0]),
+                              bpf.PROG_TYPE_CGROUP_DEVICE))
+        if ipfilter.used(svc):
+            for code in ipfilter.programs(svc):
+                os.close(bpf.load(code, bpf.PROG_TYPE_CGROUP_SKB))
+    except OSError as e:
+        return f"{keys}: the kernel refuses its program here: {e.strerror or e}"
+    return None
+
+
 def problems(cfg: Config) -> list[str]:
     """One line per program of a service that cannot be run here as the service runs,
     per setting this host would refuse (a capability it does not have), and per
@@ -188,9 +215,12 @@ def problems(cfg: Config) -> list[str]:
                 seccomp.programs(svc)  # libseccomp here, and every call it names known
             except seccomp.FilterError as e:
                 out.append(f"service {name}: {e}: every start would fail")
+        if (why := _cgroup_programs_problem(cfg, svc)) is not None:
+            out.append(f"service {name}: {why}: every start would fail")
         programs = [("command[0]", svc.command[0])]
-        programs += [(f"pre_start[{i}]", argv[0].removeprefix("-"))
-                     for i, argv in enumerate(svc.pre_start)]
+        programs += [(f"{key}[{i}]", argv[0].removeprefix("-"))
+                     for key in ("pre_start", "post_start", "post_stop")
+                     for i, argv in enumerate(getattr(svc, key))]
         for what, program in programs:
             why = program_problem(program, svc)
             if why is not None:

@@ -141,3 +141,22 @@ condition = {{ path_exists = "{flag}" }}
         "host now: it would be skipped",
         f"service db: assert path_exists={place}/db.conf failed: no such path on this host "
         "now: its start would fail"]
+
+
+def test_cgroup_programs_a_chain_without_cgroups_cannot_hold(place: str) -> None:
+    """device_allow and ip_address_* need the chain's cgroups: said for a chain with
+    none; with them, the programs are loaded here (not attached) and pass. The
+    post_start and post_stop programs are looked for as pre_start's are."""
+    body = ('[service.a]\ncommand = ["true"]\ndevice_allow = ["/dev/null rw"]\n'
+            '[service.b]\ncommand = ["true"]\nip_address_deny = ["any"]\n'
+            f'post_stop = [["{place}/missing"]]\n')
+    got = lines('[chain]\ncgroup_root = "none"\n' + body)
+    assert got[:2] == [
+        "service a: device_allow / device_policy need the chain's cgroups, which it has "
+        "none of here (chain.cgroup_root = 'none'): every start would fail",
+        "service b: ip_address_allow / ip_address_deny need the chain's cgroups, which it "
+        "has none of here (chain.cgroup_root = 'none'): every start would fail"]
+    assert got[2].startswith(f"service b: post_stop[0] = {place}/missing: "), got
+    from hachain.cgroupfs import find_cgroup2_mount
+    if (m := find_cgroup2_mount()) and os.access(m, os.W_OK):
+        assert len(lines(body)) == 1  # the programs load here: only post_stop's line
