@@ -721,6 +721,9 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "tells its `OnFailure=` units: `MONITOR_SERVICE` (the name), "
           "`MONITOR_SERVICE_RESULT`, `MONITOR_EXIT_CODE`, `MONITOR_EXIT_STATUS`.",
           group="deps"),
+    S.Key("send_sighup", S.Bool(), "`true`: SIGHUP right after the stop signal, to the same "
+          "processes (systemd's `SendSIGHUP=`): for a shell or a terminal session, which "
+          "ends on a hang-up.", group="stop"),
     S.Key("restart_dependents", S.Bool(), "`false`: keep running when something this "
           "service `requires` goes down.", group="deps"),
     # Readiness

@@ -179,6 +179,7 @@ class ServiceConfig:
     # systemd's words (IPAddressAllow=, IPAddressDeny=)
     ip_address_allow: tuple[str, ...] = ()
     ip_address_deny: tuple[str, ...] = ()
+    send_sighup: bool = False  # SIGHUP right after the stop signal (SendSIGHUP=)
     private_network: bool = False  # its own network namespace, loopback only
     ignore_sigpipe: bool = False  # SIGPIPE ignored, as systemd's IgnoreSIGPIPE= default
     # a /proc of its own (systemd's ProtectProc=, ProcSubset=): "" leaves the host's

@@ -973,6 +973,9 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             elif k in ("SystemCallFilter", "SystemCallErrorNumber", "SystemCallArchitectures",
                        "RestrictAddressFamilies", "RestrictNamespaces"):
                 _seccomp_key(e, svc, n)
+            elif k == "SendSIGHUP":
+                if _unit_bool(v):
+                    svc["send_sighup"] = True
             elif k in ("PrivateTmp", "NoNewPrivileges"):
                 svc[{"PrivateTmp": "private_tmp", "NoNewPrivileges": "no_new_privileges"}[k]] \
                     = _unit_bool(v)

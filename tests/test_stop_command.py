@@ -361,3 +361,28 @@ def test_a_stop_command_that_ended_while_no_restarter_ran_is_followed_by_the_sig
     assert (tmp_path / "got").read_text() == "term\n"
     assert "db: its stop_command ended while no restarter ran; sending its stop signal" \
         in open(r.log).read()
+
+
+@pytest.mark.slow
+def test_send_sighup_follows_the_stop_signal(restarter: Any, tmp_path: Any) -> None:
+    """systemd's SendSIGHUP=: a shell that ignores the stop signal but ends on a hang-up
+    stops at once, not at stop_timeout's SIGKILL (300 s away)."""
+    out = tmp_path / "out"
+    r = restarter(f'''
+[service.sh]
+command = ["/bin/sh", "-c", "trap 'echo term >> {out}' TERM; trap 'echo hup >> {out}; exit 0' HUP; echo armed >> {out}; while :; do sleep 0.05; done"]
+send_sighup = true
+stop_timeout = 300
+restart = "never"
+''')
+    r.wait_state("sh", "ready")
+    wait_until(lambda: out.exists() and "armed" in out.read_text(), RUN_BOUND, "its traps")
+    assert r.req("stop", "sh")["ok"]
+    r.wait_state("sh", "stopped", timeout=RUN_BOUND)  # (not SIGKILL, 300 s away)
+    # both signals arrive together: the shell runs its traps in the order it likes
+    assert out.read_text().splitlines()[-1] == "hup", out.read_text()
+
+
+def test_import_carries_send_sighup() -> None:
+    conv = importer.convert_systemd("[Service]\nExecStart=/bin/sh\nSendSIGHUP=yes\n", "s.service")
+    assert conv.services["s"]["send_sighup"] is True and not conv.warnings

@@ -651,7 +651,7 @@ class Restarter:
                     self.conf[e.name].kind != "oneshot" and \
                     self._stop_command(e.name, s.pid, e.group):
                 return  # its stop_signal follows the command's exit (_stop_command_done)
-            spawn.kill_service(s.pid, e.name, e.signal, e.group, self.cgroups)
+            self._stop_signal(e.name, s.pid, e.signal, e.group)
         elif isinstance(e, states.Teardown):
             self._teardown(e.name, now)
         elif isinstance(e, states.PostStart):
@@ -879,6 +879,13 @@ class Restarter:
         log(f"{name}: stop_command started (pid {sp.pid})")
         return True
 
+    def _stop_signal(self, name: str, pid: int | None, sig: int, group: bool) -> None:
+        """A stop's signal to `name`; with send_sighup (systemd's SendSIGHUP=) SIGHUP
+        right after it, for a shell or a session that hangs up only on that."""
+        spawn.kill_service(pid, name, sig, group, self.cgroups)
+        if self.conf[name].send_sighup and sig not in (signal.SIGKILL, signal.SIGHUP):
+            spawn.kill_service(pid, name, signal.SIGHUP, group, self.cgroups)
+
     def _adopt_stop_command(self, name: str, cmd: tuple[int, int]) -> None:
         """The previous restarter died while `name`'s stop_command ran (its record names
         it): the stop goes on as it would have. The command still running is watched
@@ -897,7 +904,7 @@ class Restarter:
                 "its exit")
             return
         log(f"{name}: its stop_command ended while no restarter ran; sending its stop signal")
-        spawn.kill_service(s.pid, name, c.stop_signal, group, self.cgroups)
+        self._stop_signal(name, s.pid, c.stop_signal, group)
         self.dirty.add(name)  # the record names the command no more
 
     def _watch_adopted_command(self, cmd: tuple[int, int]) -> bool:
@@ -1124,7 +1131,7 @@ class Restarter:
             return  # the stop is over (the end of the main process took it with it)
         if st.kind != "exited" or st.code != 0:
             log(f"{name}: stop_command {st.describe()}")
-        spawn.kill_service(main, name, c.stop_signal, group, self.cgroups)
+        self._stop_signal(name, main, c.stop_signal, group)
 
     def _end_stop_command(self, name: str) -> None:
         """The stop is over (SIGKILL): a stop_command of `name` still running is killed
