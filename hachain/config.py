@@ -663,6 +663,27 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("nice", _integer(-20, 19), "Its nice value (systemd's `Nice=`): 19 yields the CPU "
           "to everything else. Unset: 0, whatever the restarter's own.", shown="`0`",
           group="run"),
+    S.Key("cpu_scheduling_policy", S.Choice(("other", "batch", "idle", "fifo", "rr")),
+          "Its CPU scheduling policy (systemd's `CPUSchedulingPolicy=`): `\"batch\"` or "
+          "`\"idle\"` for work that may wait, `\"fifo\"` or `\"rr\"` (real time, with "
+          "`cpu_scheduling_priority`) for a control loop that must not. Unset: inherited "
+          "(`\"other\"`).", shown="unset", group="run"),
+    S.Key("cpu_scheduling_priority", _integer(0, 99), "The real-time priority of a "
+          "`\"fifo\"` or `\"rr\"` policy, 1 (lowest) to 99 (systemd's "
+          "`CPUSchedulingPriority=`).", shown="`0`", group="run"),
+    S.Key("cpu_scheduling_reset_on_fork", S.Bool(), "`true`: what it forks starts at "
+          "the normal policy again (`SCHED_RESET_ON_FORK`, systemd's "
+          "`CPUSchedulingResetOnFork=`).", group="run"),
+    S.Key("io_scheduling_class", S.Choice(("realtime", "best-effort", "idle")), "Its I/O "
+          "scheduling class (systemd's `IOSchedulingClass=`, `ionice`): `\"idle\"` gets "
+          "the disk only when nothing else wants it. Unset: inherited.", shown="unset",
+          group="run"),
+    S.Key("io_scheduling_priority", _integer(0, 7), "Its I/O priority within a "
+          "`\"realtime\"` or `\"best-effort\"` class, 0 (first) to 7 (systemd's "
+          "`IOSchedulingPriority=`).", shown="`4`", group="run"),
+    S.Key("cpu_affinity", S.ListOf(_integer(0, 4095), max_items=4096), "The CPUs it and "
+          "what it runs may use, by number (systemd's `CPUAffinity=`). Unset: every CPU the "
+          "restarter may use.", shown="`[]`", group="run"),
     S.Key("no_new_privileges", S.Bool(), "`true`: the service and everything it runs can "
           "never gain privileges (set-user-ID programs, file capabilities): Linux's "
           "`no_new_privs`, systemd's `NoNewPrivileges=`.", group="run"),
@@ -903,6 +924,14 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     if s.reload_notify and not s.reload_command and s.reload_signal is None:
         r.err(at + ("reload_notify",), "needs reload_signal or reload_command: what asks "
               "the service to reload")
+    realtime = s.cpu_scheduling_policy in ("fifo", "rr")
+    if realtime and not s.cpu_scheduling_priority:
+        r.err(at + ("cpu_scheduling_priority",), f"is required (1-99) with "
+              f"cpu_scheduling_policy = \"{s.cpu_scheduling_policy}\"",
+              [at + ("cpu_scheduling_policy",)])
+    elif s.cpu_scheduling_priority and not realtime:
+        r.err(at + ("cpu_scheduling_priority",), "only a \"fifo\" or \"rr\" "
+              "cpu_scheduling_policy has a priority", [at + ("cpu_scheduling_policy",)])
     if s.kind == "oneshot" and (s.post_start or s.post_stop):
         key = "post_start" if s.post_start else "post_stop"
         r.err(at + (key,), "a oneshot's commands already run in turn: put the ones after it "

@@ -189,6 +189,15 @@ class ServiceConfig:
     # LoadCredential=; a source with "-" may be missing, a bare name is searched for
     credentials: tuple[tuple[str, str], ...] = ()
     nice: int | None = None  # its nice value (None: 0, the restarter's resets on fork)
+    # its scheduling (CPUSchedulingPolicy=, CPUSchedulingPriority=,
+    # CPUSchedulingResetOnFork=, IOSchedulingClass=, IOSchedulingPriority=, CPUAffinity=):
+    # "" / () left as inherited
+    cpu_scheduling_policy: str = ""  # "other", "batch", "idle", "fifo", "rr"
+    cpu_scheduling_priority: int = 0  # 1-99 for "fifo" and "rr"
+    cpu_scheduling_reset_on_fork: bool = False
+    io_scheduling_class: str = ""  # "realtime", "best-effort", "idle"
+    io_scheduling_priority: int = 4  # 0 (first) to 7, for "realtime" and "best-effort"
+    cpu_affinity: tuple[int, ...] = ()  # the CPUs it may run on
     env_file: tuple[str, ...] = ()  # read at each start; a leading "-": may be missing
     directories: tuple[str, ...] = ()  # made before each start when missing
     directory_mode: int = 0o755  # their mode when made

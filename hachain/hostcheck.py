@@ -215,6 +215,9 @@ def problems(cfg: Config) -> list[str]:
                 seccomp.programs(svc)  # libseccomp here, and every call it names known
             except seccomp.FilterError as e:
                 out.append(f"service {name}: {e}: every start would fail")
+        if svc.cpu_affinity and not set(svc.cpu_affinity) & os.sched_getaffinity(0):
+            out.append(f"service {name}: cpu_affinity = {list(svc.cpu_affinity)}: no CPU of "
+                       "it is one this host lets the chain use: every start would fail")
         if (why := _cgroup_programs_problem(cfg, svc)) is not None:
             out.append(f"service {name}: {why}: every start would fail")
         programs = [("command[0]", svc.command[0])]

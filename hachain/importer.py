@@ -973,6 +973,35 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             elif k in ("SystemCallFilter", "SystemCallErrorNumber", "SystemCallArchitectures",
                        "RestrictAddressFamilies", "RestrictNamespaces"):
                 _seccomp_key(e, svc, n)
+            elif k == "CPUSchedulingPolicy":
+                if v not in ("other", "batch", "idle", "fifo", "rr"):
+                    raise ValueError(f"{v!r} is not one of other, batch, idle, fifo, rr")
+                svc["cpu_scheduling_policy"] = v
+            elif k == "CPUSchedulingPriority":
+                svc["cpu_scheduling_priority"] = _int_in(v, 1, 99)
+            elif k == "CPUSchedulingResetOnFork":
+                if _unit_bool(v):
+                    svc["cpu_scheduling_reset_on_fork"] = True
+            elif k == "IOSchedulingClass":
+                cls = {"0": "none", "1": "realtime", "2": "best-effort", "3": "idle"}.get(v, v)
+                if cls not in ("none", "realtime", "best-effort", "idle"):
+                    raise ValueError(f"{v!r} is not one of realtime, best-effort, idle, none")
+                if cls != "none":
+                    svc["io_scheduling_class"] = cls
+            elif k == "IOSchedulingPriority":
+                svc["io_scheduling_priority"] = _int_in(v, 0, 7)
+            elif k == "CPUAffinity":
+                if not v.strip():
+                    svc.pop("cpu_affinity", None)  # an empty one resets the list
+                    continue
+                cpus = svc.setdefault("cpu_affinity", [])
+                for word in v.replace(",", " ").split():
+                    lo, dash, hi = word.partition("-")
+                    if not lo.isdigit() or (dash and not hi.isdigit()):
+                        raise ValueError(f"{word!r}: hachain takes CPU numbers and ranges "
+                                         "(not numa or %-specifiers)")
+                    cpus += [c for c in range(int(lo), int(hi if dash else lo) + 1)
+                             if c not in cpus]
             elif k == "SendSIGHUP":
                 if _unit_bool(v):
                     svc["send_sighup"] = True

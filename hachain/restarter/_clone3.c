@@ -161,6 +161,10 @@ struct request {
     struct mnt_step *mounts;  /* > 0 of them: a mount namespace of its own, these steps */
     int nmounts;
     int has_nice, nice;    /* setpriority */
+    int sched_policy, sched_priority;  /* sched_setscheduler (policy -1: none) */
+    int ioprio;            /* ioprio_set of itself (-1: none) */
+    const char *affinity;  /* sched_setaffinity mask (affinity_len 0: none) */
+    int affinity_len;
     int private_network;   /* a network namespace of its own, its loopback up */
     int join_fd, join_flags;  /* join_fd >= 0: setns into these namespaces of a running
                                * service (a pidfd of its main process) */
@@ -460,6 +464,18 @@ static int child_main(void *arg) {
     /* while still root: a nice below 0 needs CAP_SYS_NICE */
     if (r->has_nice && setpriority(PRIO_PROCESS, 0, r->nice) < 0)
         return fail(r, 17);
+    /* still root: a real-time policy, or a realtime I/O class, needs CAP_SYS_NICE /
+     * CAP_SYS_ADMIN */
+    if (r->sched_policy >= 0) {
+        struct sched_param sp = {.sched_priority = r->sched_priority};
+        if (sched_setscheduler(0, r->sched_policy, &sp) < 0)
+            return fail(r, 22);
+    }
+    if (r->ioprio >= 0 && syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, r->ioprio) < 0)
+        return fail(r, 23);
+    if (r->affinity_len > 0 &&
+        sched_setaffinity(0, (size_t)r->affinity_len, (const cpu_set_t *)r->affinity) < 0)
+        return fail(r, 24);
     if (r->has_nofile && setrlimit(RLIMIT_NOFILE, &r->nofile) < 0)
         return fail(r, 4);
     for (int i = 0; i < r->nlimits; i++)
@@ -615,11 +631,21 @@ static int parse_setup(PyObject *setup, struct request *r) {
     int um;
     long gid, uid;
     unsigned long long caps;
-    PyObject *nice_o, *mounts_o, *filters_o, *join_o;
-    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOpO", &cwd_o, &um, &groups_o, &gid, &uid,
+    PyObject *nice_o, *mounts_o, *filters_o, *join_o, *sched_o;
+    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOpOO", &cwd_o, &um, &groups_o, &gid, &uid,
                           &limits_o, &ready_o, &caps, &r->no_new_privs, &mounts_o, &nice_o,
-                          &r->bset, &filters_o, &r->private_network, &join_o))
+                          &r->bset, &filters_o, &r->private_network, &join_o, &sched_o))
         return -1;
+    r->sched_policy = -1;
+    r->ioprio = -1;
+    if (sched_o != Py_None) {
+        PyObject *mask_b;  /* its bytes live in `setup`, held for the whole call */
+        if (!PyArg_ParseTuple(sched_o, "iiiS", &r->sched_policy, &r->sched_priority,
+                              &r->ioprio, &mask_b))
+            return -1;
+        r->affinity = PyBytes_AS_STRING(mask_b);
+        r->affinity_len = (int)PyBytes_GET_SIZE(mask_b);
+    }
     r->join_fd = -1;
     if (join_o != Py_None && !PyArg_ParseTuple(join_o, "ii", &r->join_fd, &r->join_flags))
         return -1;
@@ -850,7 +876,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                                       "ambient", "no_new_privs", "mount namespace",
                                       "setpriority", "capability bounding set",
                                       "seccomp", "network namespace",
-                                      "join namespaces"};
+                                      "join namespaces", "sched_setscheduler",
+                                      "ioprio_set", "sched_setaffinity"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -935,7 +962,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 15) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 16) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

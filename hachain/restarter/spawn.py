@@ -924,6 +924,71 @@ def dropped_capabilities(cfg: ServiceConfig) -> tuple[str, ...]:
     return out
 
 
+_POLICIES = {"other": 0, "fifo": 1, "rr": 2, "batch": 3, "idle": 5}  # SCHED_*
+_RESET_ON_FORK = 0x40000000  # SCHED_RESET_ON_FORK
+_IO_CLASSES = {"realtime": 1, "best-effort": 2, "idle": 3}  # IOPRIO_CLASS_*
+
+
+def scheduling(cfg: ServiceConfig) -> tuple[int, int, int, bytes] | None:
+    """(sched_setscheduler's policy or -1, its priority, ioprio_set's value or -1, the
+    sched_setaffinity mask or b"") of `cfg`; None when it asks for none of them."""
+    if not (cfg.cpu_scheduling_policy or cfg.io_scheduling_class or cfg.cpu_affinity):
+        return None
+    policy = -1
+    if cfg.cpu_scheduling_policy:
+        policy = _POLICIES[cfg.cpu_scheduling_policy] | (
+            _RESET_ON_FORK if cfg.cpu_scheduling_reset_on_fork else 0)
+    io = -1
+    if cfg.io_scheduling_class:
+        io = _IO_CLASSES[cfg.io_scheduling_class] << 13 | (
+            0 if cfg.io_scheduling_class == "idle" else cfg.io_scheduling_priority)
+    mask = b""
+    if cfg.cpu_affinity:
+        bits = sum(1 << c for c in set(cfg.cpu_affinity))
+        mask = bits.to_bytes((max(cfg.cpu_affinity) // 64 + 1) * 8, "little")
+    return policy, cfg.cpu_scheduling_priority, io, mask
+
+
+def scheduling_setting(cfg: ServiceConfig, step: str) -> str:
+    """The setting a failed scheduling step names."""
+    if step == "sched_setscheduler":
+        return f'cpu_scheduling_policy = "{cfg.cpu_scheduling_policy}"' + (
+            f", cpu_scheduling_priority = {cfg.cpu_scheduling_priority}"
+            if cfg.cpu_scheduling_priority else "")
+    if step == "ioprio_set":
+        return f'io_scheduling_class = "{cfg.io_scheduling_class}"'
+    return f"cpu_affinity = {list(cfg.cpu_affinity)}"
+
+
+_SYS_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "riscv64": 30, "armv7l": 314,
+                   "i686": 289, "ppc64le": 273, "s390x": 282}
+
+
+def apply_scheduling(cfg: ServiceConfig, libc: Any) -> tuple[str, OSError] | None:
+    """In the fallback's child: what the compiled spawn's child does (_clone3.c). None,
+    or the step that failed and its error."""
+    sched = scheduling(cfg)
+    if sched is None:
+        return None
+    policy, prio, io, mask = sched
+    try:
+        if policy >= 0:
+            os.sched_setscheduler(0, policy, os.sched_param(prio))
+    except OSError as e:
+        return "sched_setscheduler", e
+    if io >= 0:
+        nr = _SYS_IOPRIO_SET.get(os.uname().machine)
+        if nr is None or libc.syscall(nr, 1, 0, io) != 0:  # IOPRIO_WHO_PROCESS, itself
+            code = libc_errno() if nr is not None else errno.ENOSYS
+            return "ioprio_set", OSError(code, os.strerror(code))
+    try:
+        if mask:
+            os.sched_setaffinity(0, set(cfg.cpu_affinity))
+    except OSError as e:
+        return "sched_setaffinity", e
+    return None
+
+
 def bounding_mask(cfg: ServiceConfig) -> int:
     """capability_bounding_set, less what the protect_* keys drop, as the bits kept (-1:
     the bounding set left as it is)."""
@@ -1156,7 +1221,7 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
     keep = bounding_mask(cfg)
     programs = seccomp_programs(cfg)
     if mask or cfg.no_new_privileges or mounts or keep >= 0 or programs or \
-            cfg.private_network or join is not None:
+            cfg.private_network or join is not None or cfg.io_scheduling_class:
         ctypes, libc = _libc()
 
     def fail(what: str, e: OSError) -> None:
@@ -1204,6 +1269,9 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
             except OSError as e:
                 fail(f"nice = {cfg.nice}: setpriority", e)
                 raise
+        if (bad := apply_scheduling(cfg, libc)) is not None:  # (still root)
+            fail(f"{scheduling_setting(cfg, bad[0])}: {bad[0]}", bad[1])
+            raise bad[1]
         for what, res, lim in limits:
             try:
                 resource.setrlimit(res, lim)
@@ -1335,7 +1403,8 @@ def _plain(cfg: ServiceConfig) -> bool:
             and not cfg.rlimits and not prestart.ready_pipe(cfg) and not cfg.capabilities
             and not cfg.no_new_privileges and not sandbox.needs_namespace(cfg)
             and cfg.nice is None and bounding_mask(cfg) < 0
-            and not seccomp.uses_seccomp(cfg) and not cfg.private_network)
+            and not seccomp.uses_seccomp(cfg) and not cfg.private_network
+            and scheduling(cfg) is None)
 
 
 _EXE_CACHE: dict[tuple[str, str], str] = {}
@@ -1374,7 +1443,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 15
+CLONE3_ABI = 16
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1458,7 +1527,7 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None,
              for st in sandbox.plan(cfg)]
             if sandbox.needs_namespace(cfg) and join is None else [], cfg.nice,
             bounding_mask(cfg), seccomp_programs(cfg), cfg.private_network and join is None,
-            join)
+            join, scheduling(cfg))
 
 
 def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
@@ -1489,6 +1558,8 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
         return SpawnError(f"capability_bounding_set: prctl PR_CAPBSET_DROP: {errno_text(e)}")
     if step == "setpriority":
         return SpawnError(f"nice = {cfg.nice}: setpriority: {errno_text(e)}")
+    if step in ("sched_setscheduler", "ioprio_set", "sched_setaffinity"):
+        return SpawnError(f"{scheduling_setting(cfg, step)}: {step}: {errno_text(e)}")
     if step == "join namespaces":
         return SpawnError(f"{_JOIN_SETTING}: setns: {errno_text(e)}")
     if step == "network namespace":
@@ -1758,7 +1829,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 cfg.capabilities or cfg.no_new_privileges or sandbox.needs_namespace(cfg) or \
                 bounding_mask(cfg) >= 0 or \
                 cfg.nice is not None or seccomp.uses_seccomp(cfg) or cfg.private_network \
-                or join is not None or cfg.ignore_sigpipe:
+                or join is not None or cfg.ignore_sigpipe or scheduling(cfg) is not None:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
