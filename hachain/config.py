@@ -176,6 +176,27 @@ _SIGNAL = S.Custom(_signal, examples=("SIGTERM", "INT", 9, "sigusr1"))
 _UMASK = S.Custom(_umask, examples=("022", "0077", 0o27))
 
 
+def _namespaces(v: Any) -> bool | tuple[str, ...]:
+    from hachain.seccomp import NAMESPACE_KINDS
+    if isinstance(v, bool):
+        return v
+    if not isinstance(v, list) or not v:
+        raise S.Bad("must be true, false, or a non-empty list of namespace kinds")
+    kinds = [S.Text(nonempty=True).one(k) for k in v]
+    for k in kinds:
+        if k.removeprefix("~") not in NAMESPACE_KINDS:
+            raise S.Bad(f"{k!r} is not a namespace kind: " + ", ".join(sorted(
+                NAMESPACE_KINDS)) + ' (a leading "~" refuses it)')
+    if len({k.startswith("~") for k in kinds}) > 1:
+        raise S.Bad('either the kinds allowed or the "~" kinds refused, not both')
+    return tuple(kinds)
+
+
+_NAMESPACES = S.Custom(_namespaces, "true, false, or a list of namespace kinds: those "
+                       "allowed, or with \"~\" those refused.",
+                       examples=(True, False, ["net", "mnt"], ["~user"]))
+
+
 def _device_allow(v: Any) -> str:
     from hachain import devices
     s: str = S.Text(nonempty=True).one(v)
@@ -578,10 +599,12 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("restrict_suid_sgid", S.Bool(), "`true`: no set-user-ID or set-group-ID files "
           "made (systemd's `RestrictSUIDSGID=`): `chmod`, `open` with `O_CREAT`, `mkdir` "
           "and `mknod` with those bits fail with EPERM.", group="run"),
-    S.Key("restrict_namespaces", S.Bool(), "`true`: no new namespaces (systemd's "
+    S.Key("restrict_namespaces", _NAMESPACES, "`true`: no new namespaces (systemd's "
           "`RestrictNamespaces=yes`): `unshare` and `clone` with a `CLONE_NEW*` flag, and "
           "`setns`, fail with EPERM (`clone3` says ENOSYS: the C library falls back to "
-          "`clone`).", group="run"),
+          "`clone`). A list names the kinds allowed (`[\"net\", \"mnt\"]`), or with `~` "
+          "the kinds refused (`[\"~user\"]`), of `cgroup`, `ipc`, `mnt`, `net`, `pid`, "
+          "`time`, `user`, `uts`, as systemd's list form.", shown="`false`", group="run"),
     S.Key("private_devices", S.Bool(), "`true`: a `/dev` of its own with only the pseudo "
           "devices (`null`, `zero`, `full`, `random`, `urandom`, `tty`, a `pts` of its "
           "own with `ptmx`, and the host's `shm`, `mqueue`, `hugepages`): no disk, no "

@@ -160,7 +160,8 @@ class ServiceConfig:
     lock_personality: bool = False
     restrict_realtime: bool = False
     restrict_suid_sgid: bool = False
-    restrict_namespaces: bool = False
+    # true: no namespace of any kind; a tuple: the kinds allowed, or the "~kind" ones not
+    restrict_namespaces: bool | tuple[str, ...] = False
     # systemd's ProtectKernelTunables=, ProtectControlGroups=, ProtectKernelModules=,
     # ProtectKernelLogs=, ProtectClock=, ProtectHostname=: read-only or hidden paths
     # (hachain/sandbox.py), refused calls (hachain/seccomp.py), capabilities dropped

@@ -1278,8 +1278,13 @@ def _seccomp_key(e: Entry, svc: dict[str, Any], n: _Notes) -> None:
     if k == "RestrictNamespaces":
         flag = _bool(v)
         if flag is None:
-            n.warn(e.line, k, f"{v!r}: hachain takes only yes (no new namespace of any "
-                   "kind) or no; dropped")
+            neg = v.startswith("~")
+            kinds = v.removeprefix("~").split()
+            bad = [x for x in kinds if x not in seccomp.NAMESPACE_KINDS]
+            if bad:
+                n.warn(e.line, k, f"{' '.join(bad)}: not a namespace kind; dropped")
+            else:
+                svc["restrict_namespaces"] = [("~" if neg else "") + x for x in kinds]
         elif flag:
             svc["restrict_namespaces"] = True
         else:

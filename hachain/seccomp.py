@@ -33,8 +33,24 @@ KILL = "kill"
 # socket()'s families run from 0 to below this (AF_MAX of Linux 6.x; more are refused too)
 AF_MAX = 46
 
-_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
-                    0x20000000, 0x40000000, 0x00000080)  # CLONE_NEW{NS,CGROUP,...,TIME}
+# systemd's names of the namespace kinds, and their CLONE_NEW* flags
+NAMESPACE_KINDS = {"mnt": 0x00020000, "cgroup": 0x02000000, "uts": 0x04000000,
+                   "ipc": 0x08000000, "user": 0x10000000, "pid": 0x20000000,
+                   "net": 0x40000000, "time": 0x00000080}
+_NAMESPACE_FLAGS = tuple(NAMESPACE_KINDS.values())
+
+
+def forbidden_namespaces(c: ServiceConfig) -> tuple[int, ...]:
+    """The CLONE_NEW* flags restrict_namespaces refuses: every kind (true, or a list of
+    none allowed), all but the listed ones, or the "~" ones."""
+    r = c.restrict_namespaces
+    if r is True:
+        return _NAMESPACE_FLAGS
+    if not r:
+        return ()
+    if any(k.startswith("~") for k in r):
+        return tuple(NAMESPACE_KINDS[k.removeprefix("~")] for k in r)
+    return tuple(f for k, f in NAMESPACE_KINDS.items() if k not in r)
 _PROT_WRITE, _PROT_EXEC, _SHM_EXEC = 0x2, 0x4, 0o100000
 _S_ISUID, _S_ISGID = 0o4000, 0o2000
 _SCHED_FIFO, _SCHED_RR, _SCHED_DEADLINE = 1, 2, 6
@@ -296,12 +312,17 @@ def programs(c: ServiceConfig) -> list[bytes]:
             for n in sorted(resolve(["~" + x for x in protected])[1]):
                 _rule(f, eperm, sc, n)
             out.append(_bpf(f))
-        if c.restrict_namespaces:
+        if forbidden := forbidden_namespaces(c):
             f = _new(sc, sc.ALLOW, native, sc.ALLOW)
-            for flag in _NAMESPACE_FLAGS:
+            for flag in forbidden:
                 _rule(f, eperm, sc, "unshare", sc.Arg(0, sc.MASKED_EQ, flag, flag))
                 _rule(f, eperm, sc, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-            _rule(f, eperm, sc, "setns")
+            if len(forbidden) == len(_NAMESPACE_FLAGS):
+                _rule(f, eperm, sc, "setns")
+            else:  # joining one of those kinds, or of any kind (nstype 0)
+                _rule(f, eperm, sc, "setns", sc.Arg(1, sc.EQ, 0))
+                for flag in forbidden:
+                    _rule(f, eperm, sc, "setns", sc.Arg(1, sc.MASKED_EQ, flag, flag))
             # clone3 passes its flags in a structure the filter cannot read: "not here",
             # and the C library falls back to clone (as under systemd)
             _rule(f, sc.ERRNO(errno.ENOSYS), sc, "clone3")

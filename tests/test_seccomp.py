@@ -447,10 +447,42 @@ def test_import_carries_the_keys_over() -> None:
     conv = importer.convert_systemd("[Service]\nExecStart=/usr/bin/x\n"
                                     "RestrictNamespaces=net mnt\nSystemCallFilter=read:EPERM\n"
                                     "RestrictAddressFamilies=~AF_PACKET\n", "x.service")
-    assert any("RestrictNamespaces: " in w and "only yes" in w for w in conv.warnings)
+    assert not any("RestrictNamespaces" in w for w in conv.warnings)  # the list form too
     assert any("SystemCallFilter: " in w and "':EPERM'" in w for w in conv.warnings)
     s = config.parse(importer.to_toml(conv, ["x.service"]), "i.toml").services["x"]
-    assert s.restrict_address_families == ("~AF_PACKET",) and not s.restrict_namespaces
+    assert s.restrict_address_families == ("~AF_PACKET",)
+    assert s.restrict_namespaces == ("net", "mnt")
+    conv = importer.convert_systemd("[Service]\nExecStart=/usr/bin/x\n"
+                                    "RestrictNamespaces=~user net\n", "y.service")
+    assert conv.services["y"]["restrict_namespaces"] == ["~user", "~net"]
+
+
+def test_namespace_kinds_as_systemd_lists_them() -> None:
+    flags = seccomp.NAMESPACE_KINDS
+    assert seccomp.forbidden_namespaces(parse("restrict_namespaces = true")) == \
+        tuple(flags.values())
+    assert seccomp.forbidden_namespaces(parse("")) == ()
+    assert set(seccomp.forbidden_namespaces(parse('restrict_namespaces = ["net", "mnt"]'))) \
+        == {f for k, f in flags.items() if k not in ("net", "mnt")}
+    assert seccomp.forbidden_namespaces(parse('restrict_namespaces = ["~user"]')) == \
+        (flags["user"],)
+    for body, what in (('["netw"]', "'netw' is not a namespace kind"),
+                       ('["net", "~user"]', 'either the kinds allowed or the "~" kinds'),
+                       ("[]", "a non-empty list of namespace kinds")):
+        with pytest.raises(config.ConfigError, match=what):
+            parse(f"restrict_namespaces = {body}")
+
+
+@needs_root
+@pytest.mark.parametrize("kinds, netns", [(("~net",), "no EPERM"), (("net",), "yes"),
+                                          (("~user",), "yes"), (("user",), "no EPERM")])
+def test_a_list_refuses_only_its_kinds(cgroups: Any, tmp_path: Any, started: list[int],
+                                       kinds: tuple[str, ...], netns: str) -> None:
+    """The probe's netns check (unshare of a network namespace) against each list form."""
+    _, held = results(probe(f"ns{len(kinds)}{kinds[:1]}".replace("~", "not-").replace(
+        "'", "").replace("(", "").replace(")", "").replace(",", ""), tmp_path,
+        restrict_namespaces=kinds), cgroups, tmp_path, started)
+    assert held["netns"] == netns, held
 
 
 def test_the_cli_runs_under_the_filters_it_builds(tmp_path: Any) -> None:
