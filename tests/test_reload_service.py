@@ -10,6 +10,7 @@ service runs on under the same pid whatever the outcome. Then the pure decisions
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from typing import Any
@@ -375,3 +376,35 @@ def test_config_refuses_what_cannot_work(tmp_path: Any, body: str, where: str,
                                          what: str) -> None:
     errs = errors(tmp_path, body)
     assert any(f"service.web.{where}" in e and what in e for e in errs), errs
+
+
+@pytest.mark.slow
+def test_a_reload_under_way_outlives_the_restarter(restarter: Any, tmp_path: Any) -> None:
+    """The restarter died while a reload_command ran: the next one carries the reload
+    on (status says it runs; a new request waits behind it, not beside it) and says how
+    it ended, whose status init reaped."""
+    runs, go = tmp_path / "runs", tmp_path / "go"
+    r = restarter(web(f'reload_command = ["/bin/sh", "-c", "echo run >> {runs}; while [ ! '
+                      f'-e {go} ]; do sleep 0.01; done; rm {go}"]'))
+    pid = r.wait_state("web", "ready")["pid"]
+    r.req_raw({"op": "reload-service", "name": "web"})
+    wait_until(lambda: runs.exists(), RUN_BOUND, "the command to run")
+    rec = wait_until(lambda: json.load(open(os.path.join(r.state_dir, "services", "web.json")))
+                     .get("reload"), RUN_BOUND, "the record to name it")
+    r.kill_restarter()
+    r.pids_seen.add(rec[0])
+    r.start()
+    assert r.svc("web")["reload"]["running"]
+    assert f"web: its reload_command (pid {rec[0]}) still runs; the reload goes on" in \
+        open(r.log).read()
+    queued = r.req_raw({"op": "reload-service", "name": "web"})
+    assert queued["queued"], queued
+    go.write_text("")
+    wait_until(lambda: "web: reload failed: reload_command ended with a status no restarter "
+               "saw" in open(r.log).read(), RUN_BOUND, "the carried reload's end")
+    wait_until(lambda: runs.read_text().count("run") == 2, RUN_BOUND,
+               "the queued reload's own command, after it")
+    go.write_text("")
+    wait_until(lambda: result(r, queued["id"]).get("reloaded"), RUN_BOUND,
+               "the queued reload to end")
+    unchanged(r, pid)

@@ -350,6 +350,7 @@ class Restarter:
         # (pid -> service, until reaped), the outcomes clients ask after (oldest first)
         self.reloads: dict[str, reloads.Reload] = {}
         self.reload_cmds: dict[int, str] = {}
+        self.reload_ids: dict[str, tuple[int, int]] = {}  # for the record, as stop_cmd_ids
         self.reload_outcomes: dict[str, reloads.Outcome] = {}
         self.reload_last: dict[str, tuple[str, float]] = {}  # the last outcome, when
         self._reload_seq = 0
@@ -506,6 +507,8 @@ class Restarter:
                     self._adopt_stop_command(name, rec.stop_command)
                 if rec is not None and rec.post_start is not None:
                     self._adopt_post_start(name, rec.post_start, now)
+            if ok and rec is not None and rec.reload is not None:
+                self._adopt_reload(name, rec.reload, now)
             if rec is not None and rec.post_stop is not None:
                 self._adopt_post_stop(name, rec.post_stop)
             elif not ok and c.post_stop and rec is not None and rec.pid and \
@@ -1833,6 +1836,9 @@ class Restarter:
                 return
             reloads.command_started(r, sp.pid)
             self.reload_cmds[sp.pid] = name
+            if sp.start_time is not None:
+                self.reload_ids[name] = (sp.pid, sp.start_time)
+                self.dirty.add(name)  # its record names it: a new restarter carries it on
             log(f"{name}: reloading (reload_command pid {sp.pid})")
         else:
             sig = c.reload_signal or signal.SIGHUP
@@ -1851,11 +1857,35 @@ class Restarter:
 
     def _reload_command_done(self, pid: int, st: ExitStatus, now: float) -> None:
         name = self.reload_cmds.pop(pid)
+        self._unwatch_command(pid)
+        if self.reload_ids.get(name, (0,))[0] == pid:
+            del self.reload_ids[name]
+            if name in self.svcs:
+                self.dirty.add(name)
         r = self.reloads.get(name)
         if r is None or r.command != pid:
             return  # a reload over before its command ended (killed then)
         if (out := reloads.command_exited(r, st)) is not None:
             self._reload_over(name, out, now)
+
+    def _adopt_reload(self, name: str, cmd: tuple[int, int], now: float) -> None:
+        """The previous restarter died while `name`'s reload_command ran: the reload goes
+        on (a new request waits behind it, `hachain status` shows it), bounded by a fresh
+        reload_timeout; its end is said, with a status init reaped."""
+        c, s = self.conf[name], self.svcs[name]
+        if reloads.refusal(name, c, s) is not None or not c.reload_command:
+            return  # (no longer running as it was: the record is rewritten)
+        if not self._watch_adopted_command(cmd):
+            log(f"{name}: its reload_command ended while no restarter ran (status unknown)")
+            self.dirty.add(name)
+            return
+        self._reload_seq += 1
+        r = self.reloads[name] = reloads.begin(f"adopted-{self._reload_seq}", c, s, now)
+        reloads.command_started(r, cmd[0])
+        self.reload_cmds[cmd[0]] = name
+        self.reload_ids[name] = cmd
+        self.arm(name, Timer.RELOAD_TIMEOUT, c.reload_timeout, now)
+        log(f"{name}: its reload_command (pid {cmd[0]}) still runs; the reload goes on")
 
     def _reload_expired(self, name: str, now: float) -> None:
         r = self.reloads.get(name)
@@ -1939,7 +1969,8 @@ class Restarter:
                                 if s.state is State.STOPPING else None,
                                 post_start=self.post_ids.get(name) if s.in_post_start
                                 else None,
-                                post_stop=self.post_stop_ids.get(name))
+                                post_stop=self.post_stop_ids.get(name),
+                                reload=self.reload_ids.get(name))
             if rec.pid and rec.start_time is None:
                 rec = replace(rec, start_time=channels.proc_start_time(rec.pid))
                 self._start_times[name] = rec.start_time
@@ -2095,6 +2126,8 @@ class Restarter:
                 self._post_cmd_done(arg, ExitStatus("unknown"), now)
             elif arg in self.post_stop_cmds:
                 self._post_stop_done(arg, ExitStatus("unknown"), now)
+            elif arg in self.reload_cmds:
+                self._reload_command_done(arg, ExitStatus("unknown"), now)
             else:
                 self._unwatch_command(arg)
         elif kind == "notify":

@@ -70,6 +70,8 @@ class RuntimeRecord:
     # its post_stop commands running (any state): a new restarter waits for them before
     # it starts the service again
     post_stop: tuple[int, int] | None = None
+    # its reload_command running (`hachain reload`): a new restarter carries the reload on
+    reload: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = self.__dict__.copy()
@@ -80,7 +82,7 @@ class RuntimeRecord:
 
 
 # the commands of a service a record may name as running beside (or after) its main process
-_COMMAND_KEYS = ("stop_command", "post_start", "post_stop")
+_COMMAND_KEYS = ("stop_command", "post_start", "post_stop", "reload")
 
 
 def _set_aside(path: str, why: str) -> str:
@@ -345,7 +347,8 @@ class Store:
             stop_since=d.get("stop_since"),
             stop_command=(sc[0], sc[1]) if (sc := d.get("stop_command")) else None,
             post_start=(ps[0], ps[1]) if (ps := d.get("post_start")) else None,
-            post_stop=(pp[0], pp[1]) if (pp := d.get("post_stop")) else None)
+            post_stop=(pp[0], pp[1]) if (pp := d.get("post_stop")) else None,
+            reload=(rl[0], rl[1]) if (rl := d.get("reload")) else None)
 
     def drop_record(self, name: str, now: float) -> None:
         self.queue.put(os.path.join(self.rec_dir, name + ".json"), None, now)

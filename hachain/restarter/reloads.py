@@ -81,6 +81,9 @@ def command_exited(r: Reload, st: ExitStatus, ok_codes: tuple[int, ...] = (0,)
     """Its reload_command ended: failed unless it exited 0; else over once nothing else
     is awaited (READY=1 of a reload_notify service may still be to come)."""
     r.command, r.wait_command = 0, False
+    if st.kind == "unknown":  # (it outlived the restarter that started it: init reaped it)
+        return Outcome(r.id, False, "reload_command ended with a status no restarter saw "
+                       "(it outlived the one that started it): see the service's log")
     if not (st.kind == "exited" and st.code in ok_codes):
         return Outcome(r.id, False, f"reload_command {st.describe()}")
     return _over(r)
