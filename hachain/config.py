@@ -765,6 +765,17 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "tells its `OnFailure=` units: `MONITOR_SERVICE` (the name), "
           "`MONITOR_SERVICE_RESULT`, `MONITOR_EXIT_CODE`, `MONITOR_EXIT_STATUS`.",
           group="deps"),
+    S.Key("tty_path", S.PathText(nonempty=True), "A terminal (`/dev/ttyS0`, `/dev/tty1`) "
+          "the service gets as its stdin, stdout and stderr and as the controlling "
+          "terminal of a session of its own (systemd's `TTYPath=` with "
+          "`StandardInput=tty`): a getty on a serial console, supervised and restarted "
+          "like any service. Its output goes to the terminal, not to its log.",
+          shown="unset", group="run"),
+    S.Key("tty_reset", S.Bool(), "`true`: the terminal's settings are made sane before "
+          "the service gets it (systemd's `TTYReset=`).", group="run"),
+    S.Key("tty_vhangup", S.Bool(), "`true`: the terminal is hung up first, so what still "
+          "had it open from an earlier session loses it (systemd's `TTYVHangup=`).",
+          group="run"),
     S.Key("send_sighup", S.Bool(), "`true`: SIGHUP right after the stop signal, to the same "
           "processes (systemd's `SendSIGHUP=`): for a shell or a terminal session, which "
           "ends on a hang-up.", group="stop"),

@@ -181,6 +181,11 @@ class ServiceConfig:
     ip_address_allow: tuple[str, ...] = ()
     ip_address_deny: tuple[str, ...] = ()
     send_sighup: bool = False  # SIGHUP right after the stop signal (SendSIGHUP=)
+    # a terminal as its controlling one and its stdin/stdout/stderr, in a session of its
+    # own (TTYPath= with StandardInput=tty), made sane first, hung up first
+    tty_path: str | None = None
+    tty_reset: bool = False
+    tty_vhangup: bool = False
     private_network: bool = False  # its own network namespace, loopback only
     ignore_sigpipe: bool = False  # SIGPIPE ignored, as systemd's IgnoreSIGPIPE= default
     # a /proc of its own (systemd's ProtectProc=, ProcSubset=): "" leaves the host's

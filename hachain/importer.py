@@ -850,6 +850,22 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
                                "sysexits names) carry over; dropped")
                 if codes:
                     svc["success_exit"] = sorted(set([0] + codes))
+            elif k == "TTYPath":
+                svc["tty_path"] = v
+            elif k == "StandardInput":
+                if v in ("tty", "tty-force", "tty-fail"):
+                    svc.setdefault("tty_path", "/dev/console")  # (systemd's TTYPath=)
+                elif v != "null":
+                    raise ValueError(f"{v!r}: a service's stdin is /dev/null or its "
+                                     "terminal (tty) in hachain")
+            elif k in ("TTYReset", "TTYVHangup"):
+                if _unit_bool(v):
+                    svc["tty_reset" if k == "TTYReset" else "tty_vhangup"] = True
+            elif k == "UtmpIdentifier":
+                comments.append(f"UtmpIdentifier={v}: hachain writes no utmp record (the "
+                                "login program the getty runs does)")
+            elif k in ("StandardOutput", "StandardError") and v == "tty":
+                pass  # (with a terminal for stdin, it is its stdout and stderr too)
             elif k in ("StandardOutput", "StandardError"):
                 if v not in ("journal", "inherit", "journal+console", "kmsg"):
                     n.warn(e.line, k, f"{v}: hachain captures output to <log_dir>/"

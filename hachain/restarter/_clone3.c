@@ -45,6 +45,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #ifndef PR_CAP_AMBIENT
@@ -161,6 +162,8 @@ struct request {
     struct mnt_step *mounts;  /* > 0 of them: a mount namespace of its own, these steps */
     int nmounts;
     int has_nice, nice;    /* setpriority */
+    const char *tty;       /* a session of its own on this terminal, as 0-2 (NULL: none) */
+    int tty_flags;         /* TTY_RESET, TTY_VHANGUP */
     int sched_policy, sched_priority;  /* sched_setscheduler (policy -1: none) */
     int ioprio;            /* ioprio_set of itself (-1: none) */
     const char *affinity;  /* sched_setaffinity mask (affinity_len 0: none) */
@@ -369,6 +372,52 @@ static int to_fd(int from, int to) {
     return dup2(from, to);
 }
 
+enum { TTY_RESET = 1, TTY_VHANGUP = 2 };
+
+/* tty_path: the child, a session leader now, takes the terminal as its controlling one
+ * (hung up first with TTY_VHANGUP: whatever still had it open loses it; its settings
+ * made sane with TTY_RESET) and as its stdin, stdout and stderr. 0, or -1 with errno. */
+static int tty_step(struct request *r) {
+    int fd = open(r->tty, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0 || ioctl(fd, TIOCSCTTY, 0) < 0)
+        return -1;
+    if (r->tty_flags & TTY_VHANGUP) {
+        /* the hang-up signals the terminal's session, which is ours now: ignored for
+         * that moment (as systemd does), its default again before the exec. (Our
+         * signals are blocked here, and a blocked signal is queued even when ignored:
+         * setting SIG_IGN once more afterwards discards it.) */
+        struct sigaction ign, dfl;
+        memset(&ign, 0, sizeof ign);
+        ign.sa_handler = SIG_IGN;
+        dfl = ign;
+        dfl.sa_handler = SIG_DFL;
+        sigaction(SIGHUP, &ign, NULL);
+        int rc = ioctl(fd, TIOCVHANGUP);
+        sigaction(SIGHUP, &ign, NULL);
+        sigaction(SIGHUP, &dfl, NULL);
+        if (rc < 0)
+            return -1;
+        close(fd);  /* hung up with the rest: open it afresh */
+        fd = open(r->tty, O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0 || ioctl(fd, TIOCSCTTY, 0) < 0)
+            return -1;
+    }
+    if (r->tty_flags & TTY_RESET) {
+        struct termios t;
+        if (tcgetattr(fd, &t) == 0) {
+            t.c_iflag &= ~(tcflag_t)(IGNBRK | BRKINT | ISTRIP | INLCR | IGNCR | IUCLC);
+            t.c_iflag |= ICRNL | IMAXBEL | IUTF8;
+            t.c_oflag |= ONLCR | OPOST;
+            t.c_cflag |= CREAD;
+            t.c_lflag |= ISIG | ICANON | IEXTEN | ECHO | ECHOE | ECHOK | ECHOCTL | ECHOKE;
+            tcsetattr(fd, TCSANOW, &t);
+        }
+    }
+    if (to_fd(fd, 0) < 0 || to_fd(fd, 1) < 0 || to_fd(fd, 2) < 0)
+        return -1;
+    return 0;
+}
+
 /* SLOTS. A child made without CLONE_FILES gets a copy of every descriptor the restarter
  * holds (with 100 services some 300: kept cgroup directories and cgroup.events, held
  * output pipes), and its exec closes them all again: 0.2-0.4 us each on a cold CPU, 109 us
@@ -459,7 +508,12 @@ static int child_main(void *arg) {
         return fail(r, 6);
     if (r->umask >= 0)
         umask((mode_t)r->umask);
-    if (setpgid(0, 0) < 0)
+    if (r->tty) {  /* (still root: a terminal it may not open as its user, as systemd) */
+        if (setsid() < 0)
+            return fail(r, 3);
+        if (tty_step(r) < 0)
+            return fail(r, 25);
+    } else if (setpgid(0, 0) < 0)
         return fail(r, 3);
     /* while still root: a nice below 0 needs CAP_SYS_NICE */
     if (r->has_nice && setpriority(PRIO_PROCESS, 0, r->nice) < 0)
@@ -631,11 +685,18 @@ static int parse_setup(PyObject *setup, struct request *r) {
     int um;
     long gid, uid;
     unsigned long long caps;
-    PyObject *nice_o, *mounts_o, *filters_o, *join_o, *sched_o;
-    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOpOO", &cwd_o, &um, &groups_o, &gid, &uid,
+    PyObject *nice_o, *mounts_o, *filters_o, *join_o, *sched_o, *tty_o;
+    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOpOOO", &cwd_o, &um, &groups_o, &gid, &uid,
                           &limits_o, &ready_o, &caps, &r->no_new_privs, &mounts_o, &nice_o,
-                          &r->bset, &filters_o, &r->private_network, &join_o, &sched_o))
+                          &r->bset, &filters_o, &r->private_network, &join_o, &sched_o,
+                          &tty_o))
         return -1;
+    if (tty_o != Py_None) {
+        PyObject *tty_b;  /* its bytes live in `setup`, held for the whole call */
+        if (!PyArg_ParseTuple(tty_o, "Si", &tty_b, &r->tty_flags))
+            return -1;
+        r->tty = PyBytes_AS_STRING(tty_b);
+    }
     r->sched_policy = -1;
     r->ioprio = -1;
     if (sched_o != Py_None) {
@@ -877,7 +938,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                                       "setpriority", "capability bounding set",
                                       "seccomp", "network namespace",
                                       "join namespaces", "sched_setscheduler",
-                                      "ioprio_set", "sched_setaffinity"};
+                                      "ioprio_set", "sched_setaffinity", "tty"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -962,7 +1023,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 16) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 17) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -924,6 +924,52 @@ def dropped_capabilities(cfg: ServiceConfig) -> tuple[str, ...]:
     return out
 
 
+def tty_flags(cfg: ServiceConfig) -> int:
+    return (1 if cfg.tty_reset else 0) | (2 if cfg.tty_vhangup else 0)  # _clone3.c's
+
+
+def take_tty(cfg: ServiceConfig) -> None:
+    """In the fallback's child, a session leader: what _clone3.c's tty_step does."""
+    import fcntl
+    import termios
+    path = cfg.tty_path
+    assert path is not None
+
+    def open_ctty() -> int:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+        return fd
+    fd = open_ctty()
+    if cfg.tty_vhangup:
+        # the hang-up signals the terminal's session, ours now: ignored for that moment
+        import signal as sig
+        sig.signal(sig.SIGHUP, sig.SIG_IGN)
+        try:
+            fcntl.ioctl(fd, 0x5437)  # TIOCVHANGUP
+        finally:
+            sig.signal(sig.SIGHUP, sig.SIG_IGN)  # (discards one queued while blocked)
+            sig.signal(sig.SIGHUP, sig.SIG_DFL)
+        os.close(fd)
+        fd = open_ctty()
+    if cfg.tty_reset:
+        try:
+            t = termios.tcgetattr(fd)
+        except termios.error:
+            pass
+        else:
+            t[0] = t[0] & ~(termios.IGNBRK | termios.BRKINT | termios.ISTRIP | termios.INLCR
+                            | termios.IGNCR | termios.IUCLC) | termios.ICRNL | \
+                termios.IMAXBEL | 0o40000  # IUTF8 (not in every termios module)
+            t[1] |= termios.ONLCR | termios.OPOST
+            t[2] |= termios.CREAD
+            t[3] |= termios.ISIG | termios.ICANON | termios.IEXTEN | termios.ECHO | \
+                termios.ECHOE | termios.ECHOK | termios.ECHOCTL | termios.ECHOKE
+            termios.tcsetattr(fd, termios.TCSANOW, t)
+    for to in (0, 1, 2):
+        os.dup2(fd, to)
+    os.close(fd)
+
+
 _POLICIES = {"other": 0, "fifo": 1, "rr": 2, "batch": 3, "idle": 5}  # SCHED_*
 _RESET_ON_FORK = 0x40000000  # SCHED_RESET_ON_FORK
 _IO_CLASSES = {"realtime": 1, "best-effort": 2, "idle": 3}  # IOPRIO_CLASS_*
@@ -1269,6 +1315,12 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
             except OSError as e:
                 fail(f"nice = {cfg.nice}: setpriority", e)
                 raise
+        if cfg.tty_path is not None:  # (a session leader: start_new_session)
+            try:
+                take_tty(cfg)
+            except OSError as e:
+                fail(f'tty_path = "{cfg.tty_path}"', e)
+                raise
         if (bad := apply_scheduling(cfg, libc)) is not None:  # (still root)
             fail(f"{scheduling_setting(cfg, bad[0])}: {bad[0]}", bad[1])
             raise bad[1]
@@ -1404,7 +1456,7 @@ def _plain(cfg: ServiceConfig) -> bool:
             and not cfg.no_new_privileges and not sandbox.needs_namespace(cfg)
             and cfg.nice is None and bounding_mask(cfg) < 0
             and not seccomp.uses_seccomp(cfg) and not cfg.private_network
-            and scheduling(cfg) is None)
+            and scheduling(cfg) is None and cfg.tty_path is None)
 
 
 _EXE_CACHE: dict[tuple[str, str], str] = {}
@@ -1443,7 +1495,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 16
+CLONE3_ABI = 17
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1527,7 +1579,8 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None,
              for st in sandbox.plan(cfg)]
             if sandbox.needs_namespace(cfg) and join is None else [], cfg.nice,
             bounding_mask(cfg), seccomp_programs(cfg), cfg.private_network and join is None,
-            join, scheduling(cfg))
+            join, scheduling(cfg),
+            None if cfg.tty_path is None else (os.fsencode(cfg.tty_path), tty_flags(cfg)))
 
 
 def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
@@ -1558,6 +1611,8 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
         return SpawnError(f"capability_bounding_set: prctl PR_CAPBSET_DROP: {errno_text(e)}")
     if step == "setpriority":
         return SpawnError(f"nice = {cfg.nice}: setpriority: {errno_text(e)}")
+    if step == "tty":
+        return SpawnError(f'tty_path = "{cfg.tty_path}": {errno_text(e)}')
     if step in ("sched_setscheduler", "ioprio_set", "sched_setaffinity"):
         return SpawnError(f"{scheduling_setting(cfg, step)}: {step}: {errno_text(e)}")
     if step == "join namespaces":
@@ -1829,7 +1884,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 cfg.capabilities or cfg.no_new_privileges or sandbox.needs_namespace(cfg) or \
                 bounding_mask(cfg) >= 0 or \
                 cfg.nice is not None or seccomp.uses_seccomp(cfg) or cfg.private_network \
-                or join is not None or cfg.ignore_sigpipe or scheduling(cfg) is not None:
+                or join is not None or cfg.ignore_sigpipe or scheduling(cfg) is not None \
+                or cfg.tty_path is not None:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
@@ -1891,7 +1947,9 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                         # close_fds would run after the preexec function's filters,
                         # which need not allow it; every descriptor of the restarter
                         # but pass_fds is close-on-exec anyway (PEP 446)
-                        process_group=0, close_fds=not seccomp.uses_seccomp(cfg),
+                        process_group=0 if cfg.tty_path is None else None,
+                        start_new_session=cfg.tty_path is not None,  # (its terminal's)
+                        close_fds=not seccomp.uses_seccomp(cfg),
                         pass_fds=() if seccomp.uses_seccomp(cfg) else pass_fds,
                         preexec_fn=pre,
                     )
