@@ -149,13 +149,13 @@ def test_exit_status_0_1_2(tmp_path: Any) -> None:
     clean = tmp_path / "clean.service"
     clean.write_text("[Service]\nExecStart=/bin/clean\nRestart=always\n")
     warned = tmp_path / "warned.service"
-    warned.write_text("[Service]\nExecStart=/bin/w\nRestart=always\nIPAddressDeny=any\n")
+    warned.write_text("[Service]\nExecStart=/bin/w\nRestart=always\nPrivateUsers=yes\n")
     target = tmp_path / "multi-user.target"
     target.write_text("[Unit]\nDescription=x\n")
     r = _run(str(clean))
     assert r.returncode == 0 and r.stderr == "", r.stderr
     r = _run(str(warned))
-    assert r.returncode == 1 and f"warning: {warned}:4: IPAddressDeny:" in r.stderr
+    assert r.returncode == 1 and f"warning: {warned}:4: PrivateUsers:" in r.stderr
     r = _run(str(target))
     assert r.returncode == 2 and f"refused: {target}:1: unit type: a target unit" in r.stderr
     # several inputs: the refused one is named, the rest still printed, exit 2

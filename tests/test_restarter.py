@@ -227,6 +227,42 @@ command = {svc("sleep")}
     assert "another restarter is already running" in p.stderr
 
 
+@pytest.mark.slow
+def test_a_lock_left_held_by_a_fork_of_a_gone_restarter_is_waited_for(restarter, tmp_path):
+    """The restarter that wrote the lock is gone, but a process it forked (its logger
+    before its first steps, on a busy host) still holds the flock: the next restarter
+    waits for it instead of taking itself for a second one (CI met this)."""
+    import subprocess
+    import sys
+    import threading
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep")}
+""", start=False)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now
+    os.makedirs(r.state_dir, exist_ok=True)
+    lock = os.path.join(r.state_dir, channels.RESTARTER_LOCK)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; "
+         f"fd = os.open({lock!r}, os.O_RDWR | os.O_CREAT, 0o600); "
+         f"fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, b'{gone.pid}\\n', 0); "
+         "print('held', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        t = threading.Thread(target=r.start)
+        t.start()
+        wait_until(lambda: os.path.exists(r.log) and "a process it forked still holds it; "
+                   "waiting for it to end" in open(r.log).read(), 30, "the restarter to wait")
+        assert r.proc is not None and r.proc.poll() is None  # waiting, not gone
+        holder.kill()
+        t.join(60)
+        assert r.svc("a")["state"] in ("starting", "ready")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_readiness_notify_and_fd(restarter):
     r = restarter(f"""
 [service.n]
