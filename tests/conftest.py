@@ -240,6 +240,30 @@ class RestarterRun:
     def svc(self, name: str) -> dict[str, Any]:
         return self.status()[name]
 
+    def service_log(self, name: str) -> str:
+        """What the logger wrote of service `name` so far ("" before anything)."""
+        try:
+            return open(os.path.join(self.persist_dir, "log", name + ".log")).read()
+        except FileNotFoundError:
+            return ""
+
+    def probed(self, name: str, n: int = 1, timeout: float = 30.0) -> dict[str, str]:
+        """The KEY=VALUE words service `name` wrote on its log before its `n`-th line
+        "probed" (and after the one before), once it has: what one run of a probing
+        service found."""
+        text = wait_until(lambda: (t := self.service_log(name)).count("probed") >= n and t,
+                          timeout, f"{name}'s tries")
+        block = text.split("probed")[n - 1]
+        return dict(w.split("=", 1) for w in block.split() if "=" in w)
+
+    def needs_cgroups(self, why: str) -> None:
+        """Skip (fail in CI) when this run has no cgroup root: `why` needs one."""
+        if self.cg_root is None:
+            reason = f"no writable cgroup v2 here: {why}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(reason)
+            pytest.skip(reason)
+
     def wait_state(self, name: str, state: str, timeout: float = LIVENESS) -> dict[str, Any]:
         return wait_until(lambda: (s := self.status().get(name, {})).get("state") == state
                           and s, timeout, f"{name} to be {state}")

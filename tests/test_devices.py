@@ -17,7 +17,6 @@ import pytest
 
 from hachain import config, devices, importer
 from hachain.configtypes import ServiceConfig
-from tests.conftest import wait_until
 
 RUN_BOUND = 30.0  # a restarter answering, a few /bin/sh processes; no chain timer involved
 
@@ -119,30 +118,14 @@ restart = "never"
 '''
 
 
-def results(r: Any) -> dict[str, str]:
-    path = os.path.join(r.persist_dir, "log", "dev.log")
-    text = wait_until(lambda: os.path.exists(path) and "probed" in (t := open(path).read())
-                      and t, RUN_BOUND, "the service's tries")
-    last = text[:text.rindex("probed")].rsplit("probed", 1)[-1]
-    return dict(line.split("=") for line in last.split() if "=" in line)
-
-
-def needs_cgroups(r: Any) -> None:
-    if r.cg_root is None:
-        reason = "no writable cgroup v2 here: the device program is attached to one"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="loading a cgroup device program needs root")
 def test_strict_allows_only_what_is_listed(restarter: Any, tmp_path: Any) -> None:
     r = restarter(conf('device_allow = ["/dev/null rw", "/dev/zero r"]\n'
                        'device_policy = "strict"', tmp_path))
-    needs_cgroups(r)
+    r.needs_cgroups("the device program is attached to one")
     r.wait_state("dev", "ready")
-    assert results(r) == {"null-w": "ok", "zero-r": "ok", "zero-w": "no", "full-r": "no",
+    assert r.probed("dev") == {"null-w": "ok", "zero-r": "ok", "zero-w": "no", "full-r": "no",
                           "mknod-null": "no", "mknod-mem": "no"}
     assert not (tmp_path / "hc-null").exists()
 
@@ -152,19 +135,18 @@ def test_strict_allows_only_what_is_listed(restarter: Any, tmp_path: Any) -> Non
 def test_the_default_policy_adds_the_pseudo_devices_and_a_reload_gives_all_back(
         restarter: Any, tmp_path: Any) -> None:
     r = restarter(conf('device_allow = ["/dev/zero r"]', tmp_path))
-    needs_cgroups(r)
+    r.needs_cgroups("the device program is attached to one")
     r.wait_state("dev", "ready")
     # the pseudo devices in full (null, zero, full: read, write, mknod), not /dev/mem
-    assert results(r) == {"null-w": "ok", "zero-r": "ok", "zero-w": "ok", "full-r": "ok",
-                          "mknod-null": "ok", "mknod-mem": "no"}
+    assert r.probed("dev") == {"null-w": "ok", "zero-r": "ok", "zero-w": "ok",
+                               "full-r": "ok", "mknod-null": "ok", "mknod-mem": "no"}
     body = open(r.config).read().replace('device_allow = ["/dev/zero r"]', "")
     with open(r.config, "w") as f:
         f.write(body)
     assert r.req("reload")["ok"]
-    wait_until(lambda: open(os.path.join(r.persist_dir, "log", "dev.log")).read()
-               .count("probed") == 2, RUN_BOUND, "the restart the reload made")
-    assert results(r) == {"null-w": "ok", "zero-r": "ok", "zero-w": "ok", "full-r": "ok",
-                          "mknod-null": "ok", "mknod-mem": "ok"}  # (every device, as the host)
+    assert r.probed("dev", 2) == {"null-w": "ok", "zero-r": "ok", "zero-w": "ok",
+                                  "full-r": "ok", "mknod-null": "ok",
+                                  "mknod-mem": "ok"}  # (every device, as the host)
 
 
 @pytest.mark.slow

@@ -20,7 +20,6 @@ import pytest
 
 from hachain import config, importer, ipfilter
 from hachain.configtypes import ServiceConfig
-from tests.conftest import wait_until
 
 RUN_BOUND = 30.0  # a restarter answering, a few Python processes; no chain timer involved
 
@@ -107,32 +106,15 @@ kind = "oneshot"
 '''
 
 
-def results(r: Any, n: int) -> dict[str, str]:
-    path = os.path.join(r.persist_dir, "log", "net.log")
-    text = wait_until(lambda: os.path.exists(path) and
-                      (t := open(path).read()).count("probed") >= n and t, RUN_BOUND,
-                      "the service's tries")
-    block = text.split("probed")[n - 1]
-    return dict(line.split("=") for line in block.split() if "=" in line)
-
-
-def needs(r: Any) -> None:
-    if r.cg_root is None:
-        reason = "no writable cgroup v2 here: the programs are attached to one"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="loading a cgroup program needs root")
 def test_deny_any_allow_some_and_a_reload_gives_all_back(
         restarter: Any, tmp_path: Any, listeners: list[tuple[str, int, str]]) -> None:
     r = restarter(conf(tmp_path, listeners, 'ip_address_deny = ["any"]\n'
                                             'ip_address_allow = ["127.0.0.1", "::1"]'))
-    needs(r)
+    r.needs_cgroups("the programs are attached to one")
     r.wait_state("net", "done", timeout=RUN_BOUND)
-    assert results(r, 1) == {"127.0.0.1/tcp": "ok", "127.0.0.1/udp": "ok",
+    assert r.probed("net", 1) == {"127.0.0.1/tcp": "ok", "127.0.0.1/udp": "ok",
                              "127.0.0.2/tcp": "no", "127.0.0.2/udp": "eperm",
                              "::1/tcp": "ok", "::1/udp": "ok"}
     body = open(r.config).read().replace('ip_address_deny = ["any"]\n', "")
@@ -140,7 +122,7 @@ def test_deny_any_allow_some_and_a_reload_gives_all_back(
         f.write(body.replace('ip_address_allow = ["127.0.0.1", "::1"]', ""))
     assert r.req("reload")["ok"]
     assert r.req("restart", "net")["ok"]
-    assert set(results(r, 2).values()) == {"ok"}  # every address, as on the host
+    assert set(r.probed("net", 2).values()) == {"ok"}  # every address, as on the host
 
 
 @pytest.mark.slow
@@ -148,9 +130,9 @@ def test_deny_any_allow_some_and_a_reload_gives_all_back(
 def test_a_deny_list_alone_refuses_only_what_it_names(
         restarter: Any, tmp_path: Any, listeners: list[tuple[str, int, str]]) -> None:
     r = restarter(conf(tmp_path, listeners, 'ip_address_deny = ["127.0.0.2/32", "::1"]'))
-    needs(r)
+    r.needs_cgroups("the programs are attached to one")
     r.wait_state("net", "done", timeout=RUN_BOUND)
-    assert results(r, 1) == {"127.0.0.1/tcp": "ok", "127.0.0.1/udp": "ok",
+    assert r.probed("net", 1) == {"127.0.0.1/tcp": "ok", "127.0.0.1/udp": "ok",
                              "127.0.0.2/tcp": "no", "127.0.0.2/udp": "eperm",
                              "::1/tcp": "no", "::1/udp": "eperm"}
 

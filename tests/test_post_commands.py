@@ -133,23 +133,16 @@ after = ["db"]
 '''
 
 
-def log_of(r: Any, name: str) -> str:
-    try:
-        return open(os.path.join(r.persist_dir, "log", name + ".log")).read()
-    except FileNotFoundError:
-        return ""
-
-
 @pytest.mark.slow
 def test_the_service_is_ready_once_its_post_start_is_done(restarter: Any, tmp_path: Any
                                                          ) -> None:
     go = tmp_path / "go"
     r = restarter(conf(f"echo post for $MAINPID; while [ ! -e {go} ]; do sleep 0.05; done; "
                        "echo post done"))
-    st = wait_until(lambda: "post for" in log_of(r, "db") and r.svc("db"), RUN_BOUND,
+    st = wait_until(lambda: "post for" in r.service_log("db") and r.svc("db"), RUN_BOUND,
                     "the post_start to run")
     assert (st["state"], st["reason"]) == ("starting", "running post_start"), st
-    assert f"post for {st['pid']}" in log_of(r, "db")
+    assert f"post for {st['pid']}" in r.service_log("db")
     assert r.svc("web")["state"] == "waiting"  # what requires it waits for it
     go.touch()
     r.wait_state("db", "ready", timeout=RUN_BOUND)
@@ -163,7 +156,7 @@ def test_a_failing_post_start_fails_the_start(restarter: Any) -> None:
     st = r.wait_state("db", "failed", timeout=RUN_BOUND)
     assert "post_start failed: exit status 3" in open(r.log).read()
     wait_until(lambda: "hachain: post_start 1/1 (exit 3) failed: status 3; the service "
-               "stops" in log_of(r, "db"), RUN_BOUND, "the failure on its log")
+               "stops" in r.service_log("db"), RUN_BOUND, "the failure on its log")
     assert st["pid"] is None
 
 
@@ -242,7 +235,7 @@ def test_post_stop_runs_after_a_crash_and_the_restart_waits_for_it(
                             f"while [ ! -e {go} ]; do sleep 0.05; done; echo post done"))
     pid = r.wait_state("db", "ready")["pid"]
     os.kill(pid, 9)
-    wait_until(lambda: "post signal killed KILL" in log_of(r, "db"), RUN_BOUND,
+    wait_until(lambda: "post signal killed KILL" in r.service_log("db"), RUN_BOUND,
                "the post_stop to run")
     wait_until(lambda: "db: its start waits for its post_stop (pid " in open(r.log).read(),
                RUN_BOUND, "the start to wait")
@@ -255,7 +248,7 @@ def test_post_stop_runs_after_a_crash_and_the_restart_waits_for_it(
     new = wait_until(lambda: (s := r.svc("db"))["state"] == "ready" and s["pid"] != pid and s,
                      RUN_BOUND, "the restart")
     assert new["pid"]
-    wait_until(lambda: "post done" in log_of(r, "db"), RUN_BOUND, "the post_stop's last line")
+    wait_until(lambda: "post done" in r.service_log("db"), RUN_BOUND, "the post_stop's last line")
     assert "db: post_stop started (pid " in open(r.log).read()
 
 
