@@ -935,6 +935,17 @@ class Restarter:
             os.close(fd)
         return False
 
+    def _kill_command(self, pid: int) -> None:
+        """SIGKILL a command's process group (its own), unless it is an adopted one that
+        has ended: its pid may be another's by now (ours stay zombies until reaped)."""
+        fd = self.adopted_cmd_fds.get(pid)
+        if fd is not None and select.select([fd], [], [], 0)[0]:
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
     def _unwatch_command(self, pid: int) -> None:
         if (fd := self.adopted_cmd_fds.pop(pid, None)) is not None:
             self.sel.unregister(fd)
@@ -1066,13 +1077,7 @@ class Restarter:
             return
         log(f"{name}: post_stop still running after stop_timeout "
             f"({self.conf[name].stop_timeout:g} s): killed")
-        fd = self.adopted_cmd_fds.get(cmd[0])
-        if fd is not None and select.select([fd], [], [], 0)[0]:
-            return
-        try:
-            os.killpg(cmd[0], signal.SIGKILL)
-        except OSError:
-            pass
+        self._kill_command(cmd[0])
 
     def _end_post_start(self, name: str) -> None:
         """The start `name`'s post_start was part of is over: a program of it still
@@ -1081,13 +1086,7 @@ class Restarter:
         if cmd is None:
             return
         self.dirty.add(name)
-        fd = self.adopted_cmd_fds.get(cmd[0])
-        if fd is not None and select.select([fd], [], [], 0)[0]:
-            return  # (an adopted one that has ended: its pid may be another's)
-        try:
-            os.killpg(cmd[0], signal.SIGKILL)
-        except OSError:
-            pass
+        self._kill_command(cmd[0])
 
     def _spawn_command(self, name: str, cmd: ServiceConfig, main: int | None = None,
                        cgroups: spawn.Cgroups | None = None) -> spawn.Spawned | str:
@@ -1151,14 +1150,8 @@ class Restarter:
         any stray child's."""
         for pid, (n, _main, _group) in list(self.stop_cmds.items()):
             if n == name:
-                fd = self.adopted_cmd_fds.get(pid)
-                gone = fd is not None and bool(select.select([fd], [], [], 0)[0])
+                self._kill_command(pid)
                 self._forget_stop_command(pid)
-                try:
-                    if not gone:  # (an adopted one's pid may be another's once it ended)
-                        os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
 
     def _spawn_failed(self, name: str, now: float, msg: str, transient: bool) -> None:
         """Tell the core; it logs what the table decided: "cannot start web: cwd =
@@ -1908,10 +1901,7 @@ class Restarter:
         r = self.reloads.pop(name)
         self.timer_live.pop((name, Timer.RELOAD_TIMEOUT), None)
         if r.command:
-            try:
-                os.killpg(r.command, signal.SIGKILL)  # (its own process group)
-            except OSError:
-                pass
+            self._kill_command(r.command)  # (its own process group)
         self._reload_outcome(name, out)
         if r.queued:
             c, s = self.conf.get(name), self.svcs.get(name)
