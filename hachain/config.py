@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hachain import channels, conditions
+from hachain import channels, conditions, listen
 from hachain import schema as S
 from hachain.configtypes import (
     BOOT_LOOP_ACTIONS,
@@ -220,6 +220,19 @@ def _ip_prefix(v: Any) -> str:
 _IP_PREFIX = S.Custom(_ip_prefix, "An IPv4 or IPv6 address or prefix, or any, localhost, "
                       "link-local, multicast.",
                       examples=("10.0.0.0/8", "::1", "localhost", "192.168.1.7", "any"))
+def _listen(v: Any) -> str:
+    s: str = S.Text(nonempty=True).one(v).strip()
+    try:
+        listen.parse(s)
+    except ValueError as e:
+        raise S.Bad(str(e)) from None
+    return s
+
+
+_LISTEN = S.Custom(_listen, "tcp:PORT, tcp:ADDRESS:PORT, udp:..., unix:/PATH, unix:@NAME, "
+                   "unix-dgram:..., unix-seqpacket:...",
+                   examples=("tcp:8080", "tcp:127.0.0.1:8080", "unix:/run/web.sock",
+                             "udp:[::1]:5353"))
 _DEVICE_ALLOW = S.Custom(_device_allow, "\"SPEC\" or \"SPEC ACCESS\": a device node's path, "
                          "or char-NAME / block-NAME; ACCESS some of r, w, m.",
                          examples=("/dev/null rw", "char-pts", "block-loop rwm", "/dev/fuse"))
@@ -647,6 +660,35 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "other host and nothing on this host's own interfaces, `127.0.0.1` included; "
           "unix sockets in the file system still work. Needs root (CAP_SYS_ADMIN).",
           group="run"),
+    S.Key("listen", S.ListOf(_LISTEN, one_ok=True, max_items=64), "Sockets the restarter "
+          "opens and hands to the service already listening, as descriptors 3, 4, ... in "
+          "this order, with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` (systemd's "
+          "socket activation: `ListenStream=`, `ListenDatagram=`, "
+          "`ListenSequentialPacket=`; `sd_listen_fds()` reads them). `\"tcp:PORT\"` "
+          "listens on every address, IPv6 and IPv4; `\"tcp:127.0.0.1:PORT\"`, "
+          "`\"tcp:[::1]:PORT\"`; `\"udp:...\"` the same; `\"unix:/run/x.sock\"` "
+          "(`unix-dgram:`, `unix-seqpacket:`; `@name` for an abstract one). They are opened "
+          "at its first start and stay open while it is wanted up, through its restarts: "
+          "a client that connects while it is down or restarting waits in the backlog and "
+          "is answered by the next process instead of being refused. A restarter that "
+          "starts again takes them back from the running service. They close when it is "
+          "stopped, fails for good or leaves the configuration. They are opened in the "
+          "host's network, so a `private_network` service can still serve on them. "
+          "Non-blocking and close-on-exec in the restarter, as systemd opens them.",
+          shown="`[]`", group="run"),
+    S.Key("listen_backlog", _integer(1, 65535), "The backlog of each `listen` stream "
+          "socket (systemd's `Backlog=`): how many connections wait for the service; the "
+          "kernel caps it at `net.core.somaxconn`.", shown="4096", group="run"),
+    S.Key("socket_mode", _MODE, "The mode of each `listen` unix socket's file, an octal "
+          "string (systemd's `SocketMode=`).", shown="`\"0666\"`", group="run"),
+    S.Key("socket_user", _UNIX_NAME, "The owner of each `listen` unix socket's file "
+          "(systemd's `SocketUser=`); unset: root.", shown="unset", group="run"),
+    S.Key("socket_group", _UNIX_NAME, "Its group (systemd's `SocketGroup=`).",
+          shown="unset", group="run"),
+    S.Key("fd_name", S.Text(nonempty=True), "The name every `listen` socket gets in "
+          "`LISTEN_FDNAMES` (systemd's `FileDescriptorName=`). Unset: `NAME.socket`, "
+          "NAME the service's, as systemd names those of `NAME.socket`.", shown="unset",
+          group="run"),
     S.Key("protect_proc", S.Choice(("invisible", "noaccess", "ptraceable")), "A `/proc` of "
           "its own in which other users' processes are `\"invisible\"` (not listed), "
           "`\"noaccess\"` (listed, not readable) or visible only when it may ptrace them "
@@ -997,6 +1039,28 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     elif len({f.startswith("~") for f in fams}) > 1:
         r.err(at + ("restrict_address_families",), "give the families it may use, or "
               "(each with ~) those it may not, not both")
+    if s.listen and s.ready_pipe and \
+            listen.FIRST_FD <= s.ready_fd < listen.FIRST_FD + len(s.listen):
+        r.err(at + ("ready_fd",), f"{s.ready_fd} is one of the listen sockets' descriptors "
+              f"({listen.FIRST_FD}-{listen.FIRST_FD + len(s.listen) - 1}): give it "
+              f"{listen.FIRST_FD + len(s.listen)} or more", [at + ("listen",)])
+    held = {int(x.rpartition(":")[2]) for x in s.listen if x.startswith("tcp:")}
+    for key, port in (("ready_port", s.ready_port if s.ready == "tcp" else None),
+                      ("health", s.health.port if s.health and s.health.kind == "tcp"
+                       else None)):
+        if port is not None and port in held:
+            r.err(at + (key,), f"a tcp check of port {port}, which listen holds open, "
+                  "always connects (the kernel queues the connection whether the service "
+                  "runs or not): use ready = \"notify\" or an exec check that asks it "
+                  "something", [at + ("listen",)])
+    if len(set(s.listen)) != len(s.listen):
+        r.err(at + ("listen",), "names a socket twice: "
+              + ", ".join(sorted({x for x in s.listen if s.listen.count(x) > 1})))
+    if (s.socket_user or s.socket_group or s.socket_mode != 0o666) and \
+            not any(x.startswith("unix") and ":/" in x for x in s.listen):
+        key = "socket_user" if s.socket_user else \
+            "socket_group" if s.socket_group else "socket_mode"
+        r.err(at + (key,), "applies to a listen unix socket's file, and listen has none")
     if s.pid_file is not None and s.kind != "forking":
         r.err(at + ("pid_file",), f"only with kind = \"forking\" (kind is {s.kind!r})")
     if s.kind == "forking" and s.ready != "none":
@@ -1209,6 +1273,37 @@ def _cycle(deps: dict[str, list[str]]) -> list[str]:
     return []
 
 
+def _listen_clashes(services: dict[str, ServiceConfig], r: S.Report) -> None:
+    """Two services that `listen` on one address (a port on every address clashes with
+    the same port on one) would each keep the other's start failing, unless they
+    conflict and so never run together."""
+    taken: dict[tuple[str, Any], tuple[str, str]] = {}
+    for s in services.values():
+        for spec in s.listen:
+            a = listen.parse(spec)
+            keys: list[tuple[str, Any]]
+            if not isinstance(a.address, tuple):
+                keys = [("unix", a.address)]
+            else:
+                proto = "udp" if a.type == listen.socket.SOCK_DGRAM else "tcp"
+                host, port = a.address
+                keys = [(proto, ("*", port)), (proto, (host, port))] \
+                    if not a.any_host else [(proto, ("*", port))]
+            for key in keys:
+                other = taken.get(key)
+                if other is not None and other[0] != s.name and \
+                        other[0] not in s.conflicts and s.name not in \
+                        services[other[0]].conflicts and \
+                        (a.any_host or key[1][0] != "*" or
+                         listen.parse(other[1]).any_host):
+                    r.err(("service", s.name, "listen"), f"{S.show(spec)} is taken by "
+                          f"service {other[0]} ({S.show(other[1])}): the second to start "
+                          "could never bind it")
+                    break
+            for key in keys:
+                taken.setdefault(key, (s.name, spec))
+
+
 def _graph_checks(top: _File, at: S.Path, r: S.Report) -> None:
     _cluster_checks(top, r)
     services = top.service
@@ -1225,6 +1320,7 @@ def _graph_checks(top: _File, at: S.Path, r: S.Report) -> None:
             if dep in s.requires:
                 r.err(("service", s.name, "conflicts"), f"{S.show(dep)} is both required "
                       "and conflicting")
+    _listen_clashes(services, r)
     cycle = _cycle({n: [d for d in s.deps if d in services and d != n]
                     for n, s in services.items()})
     if cycle:

@@ -187,6 +187,14 @@ class ServiceConfig:
     tty_reset: bool = False
     tty_vhangup: bool = False
     private_network: bool = False  # its own network namespace, loopback only
+    # sockets opened by the restarter and handed over at each start as descriptors 3, ...
+    # (systemd's ListenStream= and kin: hachain/listen.py), kept open across restarts
+    listen: tuple[str, ...] = ()
+    listen_backlog: int = 4096
+    socket_mode: int = 0o666  # a unix socket's file (SocketMode=)
+    socket_user: str | None = None  # its owner (SocketUser=, SocketGroup=)
+    socket_group: str | None = None
+    fd_name: str | None = None  # LISTEN_FDNAMES (FileDescriptorName=); None: "<name>.socket"
     ignore_sigpipe: bool = False  # SIGPIPE ignored, as systemd's IgnoreSIGPIPE= default
     # a /proc of its own (systemd's ProtectProc=, ProcSubset=): "" leaves the host's
     protect_proc: str = ""  # "invisible", "noaccess", "ptraceable"

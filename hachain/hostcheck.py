@@ -218,6 +218,13 @@ def problems(cfg: Config) -> list[str]:
         if svc.cpu_affinity and not set(svc.cpu_affinity) & os.sched_getaffinity(0):
             out.append(f"service {name}: cpu_affinity = {list(svc.cpu_affinity)}: no CPU of "
                        "it is one this host lets the chain use: every start would fail")
+        for key, lookup in (("socket_user", pwd.getpwnam), ("socket_group", grp.getgrnam)):
+            if (who_name := getattr(svc, key)) is not None:
+                try:
+                    lookup(who_name)
+                except KeyError:
+                    out.append(f"service {name}: {key} = \"{who_name}\": no such "
+                               f"{key[7:]} here: every start would fail")
         if (why := _cgroup_programs_problem(cfg, svc)) is not None:
             out.append(f"service {name}: {why}: every start would fail")
         programs = [("command[0]", svc.command[0])]

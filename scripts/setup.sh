@@ -17,10 +17,12 @@ if [ "${1:-}" = "--test" ]; then
     # tests/test_daemons.py supervises (their packages must not start them: see below),
     # and etcd for the cluster tests (tests/test_cluster.py runs its own members; the
     # package's system etcd must not start either), and chromium, in which
-    # tests/test_chaos_output.py looks at the campaign's HTML report (a headless screenshot)
+    # tests/test_chaos_output.py looks at the campaign's HTML report (a headless screenshot),
+    # and dbus-daemon, which tests/test_listen.py runs on sockets the restarter holds
     want_debs+=(qemu-system-x86 linux-image-amd64 busybox-static systemd libsystemd-dev
                 pkg-config s6 runit supervisor cpio
-                postgresql redis-server nginx-light openssh-server etcd-server chromium)
+                postgresql redis-server nginx-light openssh-server etcd-server chromium
+                dbus-daemon dbus-bin)
 fi
 missing=()
 for p in "${want_debs[@]}"; do

@@ -17,6 +17,10 @@
   signals FILE     fork a child; each of the two appends "<main|child> <pid> <SIGNAME>" to
                    FILE for every SIGHUP, SIGUSR1 and SIGUSR2 it gets (after a line
                    "<main|child> <pid> ready" once its handlers are set), then runs
+  serve FILE [N]   socket activation: append "<pid> LISTEN_FDS=<n> LISTEN_PID=<ok|bad>
+                   LISTEN_FDNAMES=<names> <fd>:<kind> ..." to FILE, send READY=1 when it has
+                   a NOTIFY_SOCKET, then answer on every descriptor it was given: each
+                   connection (or datagram) gets "<pid>\n"; exit 3 after N of them
   handover GO OUT  send READY=1; once the file GO exists, fork the real server, send
                    MAINPID=<its pid> and exit (lines "launcher PID", "server PID" in OUT)
 """
@@ -37,6 +41,45 @@ def forever() -> None:
 def notify(msg: str) -> None:
     if not notify_fallback(msg):
         sys.exit(f"svc.py: cannot send {msg!r} on $NOTIFY_SOCKET")
+
+
+def serve(path: str, limit: int) -> None:
+    import selectors
+    import socket
+    n = int(os.environ.get("LISTEN_FDS", "0"))
+    mine = os.environ.get("LISTEN_PID") == str(os.getpid())
+    socks = [socket.socket(fileno=3 + i) for i in range(n)]
+    kinds = " ".join(f"{s.fileno()}:{s.family.name}/{s.type.name}" for s in socks)
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()} LISTEN_FDS={n} LISTEN_PID={'ok' if mine else 'bad'} "
+                f"LISTEN_FDNAMES={os.environ.get('LISTEN_FDNAMES', '')} {kinds}\n")
+    if os.environ.get("NOTIFY_SOCKET"):
+        notify("READY=1")
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    answered = 0
+    reply = f"{os.getpid()}\n".encode()
+    while True:
+        for key, _ in sel.select():
+            s = key.fileobj
+            assert isinstance(s, socket.socket)
+            try:
+                if s.type == socket.SOCK_DGRAM:
+                    _, peer = s.recvfrom(4096)
+                    if peer:
+                        s.sendto(reply, peer)
+                else:
+                    conn, _ = s.accept()
+                    conn.setblocking(True)
+                    conn.sendall(reply)
+                    conn.close()
+            except BlockingIOError:
+                continue
+            answered += 1
+            if limit and answered >= limit:
+                sys.exit(3)
 
 
 def main() -> None:
@@ -133,6 +176,8 @@ def main() -> None:
             notify("READY=1")
             with open(path, "a") as f:
                 f.write(f"reloaded {n}\n")
+    elif action == "serve":
+        serve(args[0], int(args[1]) if len(args) > 1 else 0)
     elif action == "record":
         with open(args[0], "a") as f:
             f.write(f"{os.getpid()}\n")

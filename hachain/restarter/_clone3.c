@@ -134,6 +134,7 @@ struct filter_prog {  /* struct sock_fprog: the program's length in instructions
     const void *filter;
 };
 #define MAX_FILTERS 16
+#define MAX_LISTEN 64  /* listen sockets handed to a service (config.py: listen) */
 
 struct request {
     const char *path;
@@ -173,6 +174,10 @@ struct request {
                                * service (a pidfd of its main process) */
     struct filter_prog filters[MAX_FILTERS];  /* seccomp programs, installed last */
     int nfilters;
+    int listen[MAX_LISTEN];  /* sockets to hand over as 3, 4, ... (systemd's LISTEN_FDS) */
+    int nlisten;
+    int listen_pid_at;     /* envp[listen_pid_at] becomes "LISTEN_PID=<the child's pid>" */
+    char listen_pid[32];
     int unshare_below;     /* > 0: the child shares our descriptor table until it makes
                             * its own of the descriptors below this one (see SLOTS) */
     volatile int entered;  /* set by the child first thing: it ran at all */
@@ -458,6 +463,32 @@ static int reserve_slots(void) {
     return 1;
 }
 
+/* The listen sockets to 3, 4, ... (copied above all of those first, so that none is
+ * overwritten before it is moved; the copies close at the exec) and LISTEN_PID, which
+ * only the child knows, into its slot of envp. The ready fd is not among 3.. (config.py
+ * checks). 0, or -1 with errno. */
+static int listen_step(struct request *r) {
+    int tmp[MAX_LISTEN];
+    int base = 3 + r->nlisten;
+    /* the child has a copy of our whole table here (no CLONE_FILES): whatever in it was
+     * left inheritable by mistake closes at the exec, as on the shared-table path
+     * (Linux >= 5.11), the ready fd excepted */
+    if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0 && r->ready_to >= 0 &&
+        fcntl(r->ready_to, F_SETFD, 0) < 0)
+        return -1;
+    if (r->ready_to >= base)
+        base = r->ready_to + 1;
+    for (int i = 0; i < r->nlisten; i++)
+        if ((tmp[i] = fcntl(r->listen[i], F_DUPFD_CLOEXEC, base)) < 0)
+            return -1;
+    for (int i = 0; i < r->nlisten; i++)
+        if (dup2(tmp[i], 3 + i) < 0)  /* (dup2's copy is inherited over the exec) */
+            return -1;
+    snprintf(r->listen_pid, sizeof r->listen_pid, "LISTEN_PID=%ld", (long)syscall(SYS_getpid));
+    ((char **)r->envp)[r->listen_pid_at] = r->listen_pid;  /* (ours: byte_array's) */
+    return 0;
+}
+
 /* The child: runs on child_stack, in the parent's memory, until execve. */
 static int child_main(void *arg) {
     struct request *r = arg;
@@ -588,6 +619,8 @@ static int child_main(void *arg) {
         return fail(r, 15);
     if (r->ready_from >= 0 && to_fd(r->ready_from, r->ready_to) < 0)
         return fail(r, 10);
+    if (r->nlisten > 0 && listen_step(r) < 0)
+        return fail(r, 26);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     /* the seccomp programs, last: nothing of ours runs under them but the exec (and,
@@ -685,12 +718,36 @@ static int parse_setup(PyObject *setup, struct request *r) {
     int um;
     long gid, uid;
     unsigned long long caps;
-    PyObject *nice_o, *mounts_o, *filters_o, *join_o, *sched_o, *tty_o;
-    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOpOOO", &cwd_o, &um, &groups_o, &gid, &uid,
+    PyObject *nice_o, *mounts_o, *filters_o, *join_o, *sched_o, *tty_o, *listen_o;
+    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOpOOOO", &cwd_o, &um, &groups_o, &gid, &uid,
                           &limits_o, &ready_o, &caps, &r->no_new_privs, &mounts_o, &nice_o,
                           &r->bset, &filters_o, &r->private_network, &join_o, &sched_o,
-                          &tty_o))
+                          &tty_o, &listen_o))
         return -1;
+    if (listen_o != Py_None) {
+        PyObject *fds_o;
+        if (!PyArg_ParseTuple(listen_o, "Oi", &fds_o, &r->listen_pid_at))
+            return -1;
+        PyObject *fs = PySequence_Fast(fds_o, "listen fds must be a sequence");
+        if (fs == NULL)
+            return -1;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(fs);
+        if (n > MAX_LISTEN) {
+            Py_DECREF(fs);
+            PyErr_SetString(PyExc_ValueError, "too many listen sockets");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fs, i));
+            if (v == -1 && PyErr_Occurred()) {
+                Py_DECREF(fs);
+                return -1;
+            }
+            r->listen[i] = (int)v;
+        }
+        r->nlisten = (int)n;
+        Py_DECREF(fs);
+    }
     if (tty_o != Py_None) {
         PyObject *tty_b;  /* its bytes live in `setup`, held for the whole call */
         if (!PyArg_ParseTuple(tty_o, "Si", &tty_b, &r->tty_flags))
@@ -896,6 +953,12 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         goto done;
     cargv = byte_array(argv, "argv");
     cenvp = cargv ? byte_array(envp, "envp") : NULL;
+    if (cenvp && r.nlisten > 0 &&
+        (r.listen_pid_at < 0 || r.listen_pid_at >= PySequence_Fast_GET_SIZE(envp))) {
+        PyErr_SetString(PyExc_ValueError, "LISTEN_PID's slot is not in envp");
+        PyMem_Free(cenvp);
+        cenvp = NULL;
+    }
     if (cargv && cenvp) {
         r.argv = cargv;
         r.envp = cenvp;
@@ -903,7 +966,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         memset(&a, 0, sizeof a);
         /* cgroup_fd -1: no cgroup (the restarter runs without them), the same child */
         a.flags = CLONE_VM | CLONE_VFORK | (cg_fd >= 0 ? CLONE_INTO_CGROUP : 0);
-        if (reserve_slots() && dup3(out_fd, slot_out, O_CLOEXEC) >= 0 &&
+        /* (listen sockets: the child needs our whole table, so it gets a copy of it) */
+        if (r.nlisten == 0 && reserve_slots() && dup3(out_fd, slot_out, O_CLOEXEC) >= 0 &&
             (r.ready_from < 0 || dup3(r.ready_from, slot_ready, O_CLOEXEC) >= 0)) {
             r.out_fd = slot_out;
             if (r.ready_from >= 0)
@@ -938,7 +1002,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                                       "setpriority", "capability bounding set",
                                       "seccomp", "network namespace",
                                       "join namespaces", "sched_setscheduler",
-                                      "ioprio_set", "sched_setaffinity", "tty"};
+                                      "ioprio_set", "sched_setaffinity", "tty",
+                                      "listen sockets"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -1023,7 +1088,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 17) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 18) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -362,6 +362,9 @@ class Restarter:
         self.reload_ids: dict[str, tuple[int, int]] = {}  # for the record, as stop_cmd_ids
         self.reload_outcomes: dict[str, reloads.Outcome] = {}
         self.reload_last: dict[str, tuple[str, float]] = {}  # the last outcome, when
+        # service -> (its `listen` as opened, the sockets): held open while it is wanted
+        # up, handed to each start (hachain/listen.py)
+        self.listening: dict[str, tuple[tuple[str, ...], list[Any]]] = {}
         self._reload_seq = 0
         self.held_out = HeldOutput()  # after raise_fd_limit: its room depends on the limit
         self.held_out.keep_for(len(cfg.services))
@@ -512,6 +515,10 @@ class Restarter:
                 if x is not None:
                     os.close(x)
             if ok:
+                if rec is not None and rec.sockets and c.listen:
+                    pid = self.svcs[name].pid
+                    assert pid is not None
+                    self._recover_listen(name, pid, rec.sockets)
                 if rec is not None and rec.stop_command is not None:
                     self._adopt_stop_command(name, rec.stop_command)
                 if rec is not None and rec.post_start is not None:
@@ -645,6 +652,8 @@ class Restarter:
                         c.credentials:
                     from hachain import credentials
                     credentials.remove(self.state_dir, e.name)
+                if e.new.state in _NO_CREDENTIALS and e.name in self.listening:
+                    self._close_listen(e.name)
                 if e.name in self.reloads and \
                         (out := reloads.lost(self.reloads[e.name], e.new)) is not None:
                     self._reload_over(e.name, out, now)
@@ -812,9 +821,17 @@ class Restarter:
             c = replace(c, env=c.env + ((channels.ENV_FENCING_TOKEN,
                                                      str(self.core.grants.get(name, 0))),))
         held = False
+        fds: tuple[int, ...] = ()
+        if c.listen:
+            try:
+                fds = self._listen_fds(name, c)
+            except Exception as e:  # ListenError: one line naming the socket
+                os.close(out_r)
+                os.close(out_w)
+                return str(e), bool(getattr(e, "transient", False))
         try:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w,
-                             yield_cpu=not self._more_work(now), thaw=thaw)
+                             yield_cpu=not self._more_work(now), thaw=thaw, listen_fds=fds)
             held = self.held_out.may_hold()
             if sp.notes != self._env_notes.get(name, ()):  # said once, not at each restart
                 self._env_notes[name] = sp.notes
@@ -835,6 +852,58 @@ class Restarter:
             if not held:
                 os.close(out_w)
         return Launched(sp, out_r, out_w if held else None, c)
+
+    def _listen_fds(self, name: str, c: ServiceConfig) -> tuple[int, ...]:
+        """The descriptors of `name`'s listen sockets, opened now unless held already
+        (those of an earlier `listen` closed first). ListenError when one cannot be."""
+        from hachain import listen
+        held = self.listening.get(name)
+        if held is not None and held[0] != c.listen:
+            self._close_listen(name)
+            held = None
+        if held is None:
+            uid = gid = None
+            if c.socket_user:
+                import pwd
+                try:
+                    uid = pwd.getpwnam(c.socket_user).pw_uid
+                except KeyError:
+                    raise listen.ListenError(f"socket_user = \"{c.socket_user}\": no such "
+                                             "user") from None
+            if c.socket_group:
+                import grp
+                try:
+                    gid = grp.getgrnam(c.socket_group).gr_gid
+                except KeyError:
+                    raise listen.ListenError(f"socket_group = \"{c.socket_group}\": no "
+                                             "such group") from None
+            held = (c.listen, listen.open_all(c.listen, c.listen_backlog, c.socket_mode,
+                                              uid, gid))
+            self.listening[name] = held
+            self.dirty.add(name)  # the record names them
+        return tuple(sk.fileno() for sk in held[1])
+
+    def _close_listen(self, name: str) -> None:
+        from hachain import listen
+        _, socks = self.listening.pop(name)
+        listen.close_all(socks)
+        if name in self.svcs:
+            self.dirty.add(name)
+
+    def _recover_listen(self, name: str, pid: int, inodes: tuple[int, ...]) -> None:
+        """Adoption: take back the listen sockets of `name` from its running processes
+        (the record's inodes), so that they are not bound again beside the ones it
+        serves on. What cannot be found is opened afresh at its next start."""
+        from hachain import listen
+        c = self.conf[name]
+        pids = [pid] + [p for p in (self.cgroups.procs(name) if self.cgroups.active else [])
+                        if p != pid]
+        socks = listen.recover(pids, list(inodes))
+        if socks is None:
+            log(f"{name}: warning: its listen sockets were not found in its processes: "
+                "opened afresh at its next start")
+            return
+        self.listening[name] = (c.listen, socks)
 
     def _drop_ahead(self, name: str) -> None:
         """A replacement started ahead of an exit's effects that no Spawn took: the core
@@ -1692,6 +1761,9 @@ class Restarter:
         added, changed, removed = self.core.reload(new.services, now)
         self._limited.difference_update(changed)  # pids_max, memory_max: written again
         self.run_core(now)
+        for n in [n for n in self.listening if n in removed and
+                  (n not in self.svcs or self.svcs[n].state in _NO_CREDENTIALS)]:
+            self._close_listen(n)
         log(f"reloaded {self.cfg.path}: {len(added)} added, {len(changed)} changed, "
             f"{len(removed)} removed, {len(new.services) - len(added) - len(changed)} unchanged")
         return {"ok": True, "added": added, "changed": changed, "removed": removed}
@@ -1969,7 +2041,10 @@ class Restarter:
                                 post_start=self.post_ids.get(name) if s.in_post_start
                                 else None,
                                 post_stop=self.post_stop_ids.get(name),
-                                reload=self.reload_ids.get(name))
+                                reload=self.reload_ids.get(name),
+                                sockets=tuple(os.fstat(sk.fileno()).st_ino
+                                              for sk in self.listening[name][1])
+                                if name in self.listening else None)
             if rec.pid and rec.start_time is None:
                 rec = replace(rec, start_time=channels.proc_start_time(rec.pid))
                 self._start_times[name] = rec.start_time

@@ -72,10 +72,13 @@ class RuntimeRecord:
     post_stop: tuple[int, int] | None = None
     # its reload_command running (`hachain reload`): a new restarter carries the reload on
     reload: tuple[int, int] | None = None
+    # the inodes of its listen sockets (hachain/listen.py): a new restarter takes them
+    # back from the running service
+    sockets: tuple[int, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = self.__dict__.copy()
-        for k in _COMMAND_KEYS:
+        for k in _COMMAND_KEYS + ("sockets",):
             if d[k] is None:
                 del d[k]  # (the record most services have stays as it was)
         return d
@@ -135,6 +138,10 @@ def _record_error(d: Any) -> str:
                 isinstance(v, int) and not isinstance(v, bool) for v in sc) and sc[0] > 0
                 and sc[1] >= 0):
             return f"{k} is {sc!r}"
+    socks = d.get("sockets")
+    if socks is not None and not (isinstance(socks, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in socks)):
+        return f"sockets is {socks!r}"
     if not isinstance(d.get("state"), str):
         return f"state is {d.get('state')!r}"
     if d.get("want", "up") not in ("up", "down"):
@@ -348,7 +355,8 @@ class Store:
             stop_command=(sc[0], sc[1]) if (sc := d.get("stop_command")) else None,
             post_start=(ps[0], ps[1]) if (ps := d.get("post_start")) else None,
             post_stop=(pp[0], pp[1]) if (pp := d.get("post_stop")) else None,
-            reload=(rl[0], rl[1]) if (rl := d.get("reload")) else None)
+            reload=(rl[0], rl[1]) if (rl := d.get("reload")) else None,
+            sockets=tuple(sk) if (sk := d.get("sockets")) else None)
 
     def drop_record(self, name: str, now: float) -> None:
         self.queue.put(os.path.join(self.rec_dir, name + ".json"), None, now)

@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from hachain import channels, prestart, sandbox, seccomp
+from hachain import channels, listen, prestart, sandbox, seccomp
 from hachain.cgroupfs import cgroup2_problem, find_cgroup2_mount
 from hachain.configtypes import CAPABILITIES, SERVICE_PATH, ServiceConfig
 from hachain.restarter.policy import ExitStatus
@@ -1249,7 +1249,8 @@ def libc_errno() -> int:
 
 def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
              report_w: int, oom: int | None = None,
-             join: tuple[int, int] | None = None) -> Callable[[], None]:
+             join: tuple[int, int] | None = None,
+             prep: _Prepared | None = None) -> Callable[[], None]:
     """The child's set-up that subprocess cannot do itself, in this order: rlimits (while
     still root, so a hard limit can be raised), the OOM score adjustment (still root: a
     lower one needs it), credentials, the readiness fd. A failure writes "SETTING: call:
@@ -1264,6 +1265,9 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
     ctypes: Any = None
     libc: Any = None
     mounts = sandbox.plan(cfg) if sandbox.needs_namespace(cfg) and join is None else ()
+    socks = prep.listen if prep is not None else ()
+    exe = (prep.exe or os.fsencode(_exe_path(cfg, prep.env))) if prep is not None and socks \
+        else b""
     keep = bounding_mask(cfg)
     programs = seccomp_programs(cfg)
     if mask or cfg.no_new_privileges or mounts or keep >= 0 or programs or \
@@ -1379,11 +1383,40 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
             raise OSError(code, os.strerror(code))
         if ready_w is not None:
             os.dup2(ready_w, target, inheritable=True)
+        if socks:
+            try:
+                # copied above 3.. first, so none is overwritten before it is moved
+                base = max(listen.FIRST_FD + len(socks), target + 1 if ready_w else 0)
+                tmp = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base) for fd in socks]
+                # (the exec is made here, before subprocess's close_fds: anything left
+                # inheritable by mistake closes at it, the ready fd excepted)
+                for name in os.listdir("/proc/self/fd"):
+                    if int(name) > 2 and (ready_w is None or int(name) != target):
+                        try:
+                            os.set_inheritable(int(name), False)
+                        except OSError:
+                            pass  # (listdir's own descriptor, closed by now)
+                for i, fd in enumerate(tmp):
+                    os.dup2(fd, listen.FIRST_FD + i, inheritable=True)
+            except OSError as e:
+                fail("listen sockets: dup2", e)
+                raise
         if programs and (failed := _install_filters(ctypes, libc, programs)) is not None:
             # (the last step: subprocess closes no descriptor after it, see spawn())
             code = libc_errno()
             fail(f"{_FILTER_SETTING}: {failed}", OSError(code, os.strerror(code)))
             raise OSError(code, os.strerror(code))
+        if socks:
+            # LISTEN_PID is this process's own pid, which the environment subprocess
+            # passes cannot know: the exec is made here (every other descriptor of the
+            # restarter is close-on-exec, PEP 446)
+            assert prep is not None
+            env = dict(prep.env, LISTEN_PID=str(os.getpid()))
+            try:
+                os.execve(exe, prep.argv, env)
+            except OSError as e:
+                fail(f"{cfg.command[0]}: exec", e)
+                raise
     return setup
 
 
@@ -1495,7 +1528,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 17
+CLONE3_ABI = 18
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1562,10 +1595,13 @@ _KILLED_AT_BIRTH = "clone3: killed at birth"
 
 
 def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None,
-           join: tuple[int, int] | None = None) -> tuple | None:
+           join: tuple[int, int] | None = None, prep: _Prepared | None = None
+           ) -> tuple | None:
     """What a service needs beyond a plain spawn, as _clone3.spawn takes it; None: nothing.
-    (RLIM_INFINITY is -1 here and all ones in C: the extension takes the bits.)"""
-    if _plain(cfg):
+    (RLIM_INFINITY is -1 here and all ones in C: the extension takes the bits.) `prep`:
+    its listen sockets, with LISTEN_PID's slot last in its envp."""
+    socks = prep.listen if prep is not None else ()
+    if _plain(cfg) and not socks:
         return None
     return (None if cfg.cwd is None else os.fsencode(cfg.cwd),
             -1 if cfg.umask is None else cfg.umask,
@@ -1580,7 +1616,8 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None,
             if sandbox.needs_namespace(cfg) and join is None else [], cfg.nice,
             bounding_mask(cfg), seccomp_programs(cfg), cfg.private_network and join is None,
             join, scheduling(cfg),
-            None if cfg.tty_path is None else (os.fsencode(cfg.tty_path), tty_flags(cfg)))
+            None if cfg.tty_path is None else (os.fsencode(cfg.tty_path), tty_flags(cfg)),
+            (list(socks), len(prep.envp) - 1) if prep is not None and socks else None)
 
 
 def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
@@ -1636,6 +1673,21 @@ class _Prepared(NamedTuple):
     exe: bytes | None  # the program's path, when command[0] names it (has a slash)
     plain: bool  # _plain(cfg): no set-up beyond a plain spawn
     nofile: tuple[int, int] | None  # the RLIMIT_NOFILE it is given (None: its own rlimits)
+    listen: tuple[int, ...] = ()  # sockets handed over as 3, ... (never cached)
+
+
+_LISTEN_PID_SLOT = b"LISTEN_PID=0"  # the child writes its own pid there
+
+
+def _with_listen(prep: _Prepared, fds: tuple[int, ...]) -> _Prepared:
+    """`prep` with the listen sockets `fds`: LISTEN_FDS, LISTEN_FDNAMES, and LISTEN_PID
+    last in envp (its slot, which the child fills), over any the service's env sets."""
+    cfg = prep.cfg
+    env = {k: v for k, v in prep.env.items() if k not in listen.ENV_KEYS}
+    env.update(listen.env(len(fds), cfg.fd_name or f"{cfg.name}.socket"))
+    envp = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    return prep._replace(env=env, envp=envp + [_LISTEN_PID_SLOT], plain=False,
+                         listen=tuple(fds))
 
 
 _PREPARED: dict[str, _Prepared] = {}
@@ -1681,7 +1733,7 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
     global _direct
     path = prep.exe or os.fsencode(_exe_path(cfg, prep.env))
     argv, envp, nofile = prep.argv, prep.envp, prep.nofile
-    setup = None if prep.plain else _setup(cfg, creds, ready_w, join)
+    setup = None if prep.plain else _setup(cfg, creds, ready_w, join, prep)
     oom = oom_for(cfg)
     for attempt in range(2):
         if thaw or attempt:
@@ -1740,7 +1792,7 @@ def _spawn_direct(cfg: ServiceConfig, prep: _Prepared, logfd: int, creds: Creden
     """clone3 without a cgroup (the compiled spawn's child and its whole set-up); raises
     as _spawn_into does."""
     path = prep.exe or os.fsencode(_exe_path(cfg, prep.env))
-    setup = None if prep.plain else _setup(cfg, creds, ready_w, join)
+    setup = None if prep.plain else _setup(cfg, creds, ready_w, join, prep)
     try:
         return int(_clone3.spawn(path, prep.argv, prep.envp, logfd, -1,
                                  _SIGDEF_KEEP_PIPE_NUMBERS if cfg.ignore_sigpipe
@@ -1846,7 +1898,7 @@ def join_namespaces(cfg: ServiceConfig, pid: int) -> tuple[int, int] | None:
 def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
           notify_socket: str | None, out: int | None = None,
           yield_cpu: bool = True, thaw: bool = True,
-          join: tuple[int, int] | None = None) -> Spawned:
+          join: tuple[int, int] | None = None, listen_fds: tuple[int, ...] = ()) -> Spawned:
     """Start one service process. Raises SpawnError with a one-line reason.
 
     `out` is its stdout and stderr (the write end of its log pipe, which the caller
@@ -1855,7 +1907,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
     under a CPU hog each yield would hand a whole time slice to the hog).
     `thaw` False: the caller has just read the service's cgroup empty and not frozen
     (kill_leftovers), so the write to cgroup.freeze is skipped. `join`: a running
-    service's namespaces to join instead of making its own (join_namespaces)."""
+    service's namespaces to join instead of making its own (join_namespaces).
+    `listen_fds`: its listen sockets (hachain/listen.py), handed over as 3, 4, ..."""
     files, notes = read_env_files(cfg) if cfg.env_file else ({}, ())
     seccomp_programs(cfg)  # built (or refused) before anything is opened
     try:
@@ -1885,7 +1938,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 bounding_mask(cfg) >= 0 or \
                 cfg.nice is not None or seccomp.uses_seccomp(cfg) or cfg.private_network \
                 or join is not None or cfg.ignore_sigpipe or scheduling(cfg) is not None \
-                or cfg.tty_path is not None:
+                or cfg.tty_path is not None or listen_fds:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
@@ -1908,6 +1961,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 raise
         pass_fds = (cfg.ready_fd,) if ready_w is not None else ()
         prep = _prepared(cfg, notify_socket, files)
+        if listen_fds:
+            prep = _with_listen(prep, listen_fds)
         env = prep.env
         try:
             direct = None
@@ -1926,13 +1981,13 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                     moved = False
             if direct is not None:
                 pid = direct  # its RLIMIT_NOFILE is set too
-            elif _plain(cfg) and oom_for(cfg) is None:
+            elif prep.plain and oom_for(cfg) is None:
                 pid = _posix_spawn(cfg, env, logfd)
             else:
                 # Credentials go to subprocess (vfork kept) unless a preexec function
                 # runs anyway: then it sets them itself, after the rlimits.
                 pre = None if report_w is None else _preexec(cfg, ready_w, creds, report_w,
-                                                             oom_for(cfg), join)
+                                                             oom_for(cfg), join, prep)
                 own = pre is None
                 with sigchld_unblocked():
                     p = subprocess.Popen(
@@ -1964,7 +2019,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
             if yield_cpu:
                 os.sched_yield()
         except OSError as e:
-            if _plain(cfg) and oom_for(cfg) is None and e.filename is None:
+            if prep.plain and oom_for(cfg) is None and e.filename is None:
                 e.filename = cfg.command[0]  # posix_spawn: any failure is the exec's
             raise SpawnError(_popen_error(e, cfg, creds),
                              transient=e.errno in TRANSIENT_ERRNOS) from None
