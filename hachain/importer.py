@@ -535,10 +535,13 @@ def _rlimit(e: Entry, n: _Notes) -> Any:
     return None
 
 
-def _deps(e: Entry, n: _Notes) -> list[str]:
-    """Requires= and friends → hachain service names; non-service units are dropped."""
+def _deps(e: Entry, n: _Notes, own: frozenset[str] = frozenset()) -> list[str]:
+    """Requires= and friends → hachain service names; non-service units are dropped (the
+    service's `own` socket units silently: their sockets become its `listen`)."""
     out = []
     for word in e.value.split():
+        if word in own:
+            continue
         if word.endswith(_NON_SERVICE_UNITS):
             n.warn(e.line, e.key, f"{word}: only services can be dependencies in hachain; "
                    "dropped")
@@ -606,7 +609,15 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     deps: dict[str, list[str]] = {}
     before: list[str] = []  # Before=: these services start after this one
     u = _Unit()
-    for e in read_unit(text):
+    entries = read_unit(text)
+    own_sockets = _socket_units(entries, unit, path, known)
+    unit_dir = os.path.dirname(path)
+    paired = unit.removesuffix(".service") + ".socket"
+    if not own_sockets and os.path.exists(os.path.join(unit_dir, paired)):
+        n.warn(1, "sockets", f"{paired} beside it is not carried over: systemd hands the "
+               "service its sockets only while that socket unit is enabled, and the service "
+               "does not name it; if it is, give the service its `listen` by hand")
+    for e in entries:
         if "%" in e.value and e.section in ("Unit", "Service"):
             e = replace(e, value=_expand_specifiers(e.value, known))
         if e.section not in ("Unit", "Service", "Install"):
@@ -639,15 +650,17 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             u.type = e
         elif k == "Restart":
             u.restart = e
+        elif k == "Sockets" and e.section == "Service":
+            continue  # (_socket_units: their sockets become `listen`)
         elif k in _DEP_KEYS and e.section == "Unit":
             deps.setdefault(_DEP_KEYS[k], [])
-            for d in _deps(e, n):
+            for d in _deps(e, n, own_sockets):
                 if d not in deps[_DEP_KEYS[k]]:
                     deps[_DEP_KEYS[k]].append(d)
                     conv.dep_origin[(svc_name, _DEP_KEYS[k], d)] = f"{path}:{e.line}: {k}"
         elif k == "Before" and e.section == "Unit":
             # the other unit's After=: resolve_deps adds it there once all are read
-            for d in _deps(e, n):
+            for d in _deps(e, n, own_sockets):
                 if d not in before:
                     before.append(d)
                     conv.dep_origin[(d, "after", svc_name)] = f"{path}:{e.line}: {k}"
@@ -1093,6 +1106,10 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
         svc["ignore_sigpipe"] = True
     if svc.get("directory_mode") == "0755":
         del svc["directory_mode"]
+    for sock in sorted(own_sockets):
+        if _socket_unit(os.path.join(unit_dir, sock), sock, svc_name, svc, conv):
+            comments.append(f"its sockets from {sock} (opened at its start, not on demand)")
+    svc.pop("_fd_names", None)
 
     if backoff:
         if "initial" in backoff and backoff["initial"] > config.Backoff().max and \
@@ -1118,6 +1135,116 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
         conv.comments[svc_name] = comments
     conv.sort_messages()
     return conv
+
+
+def _socket_units(entries: list[Entry], unit: str, path: str,
+                  known: dict[str, str]) -> frozenset[str]:
+    """The socket units whose sockets a service gets: those its Sockets= names, or else
+    the one of its own name beside it (systemd pairs foo.socket with foo.service) when
+    the service depends on it (dbus.service: Requires=dbus.socket). One it does not name
+    (ssh.socket beside ssh.service) hands it sockets under systemd only when enabled,
+    which a unit file does not say: not carried, and said so."""
+    named = [w for e in entries if e.section == "Service" and e.key == "Sockets"
+             for w in _expand_specifiers(e.value, known).split() if w.endswith(".socket")]
+    if named:
+        return frozenset(named)
+    own = unit.removesuffix(".service") + ".socket"
+    return frozenset({own}) if os.path.exists(os.path.join(os.path.dirname(path), own)) \
+        and any(e.section == "Unit" and e.key in _DEP_KEYS and own in e.value.split()
+                for e in entries) else frozenset()
+
+
+# [Socket] Listen*= → the form of `listen`; the others are not carried
+_LISTEN_KEYS = {"ListenStream": ("tcp", "unix"), "ListenDatagram": ("udp", "unix-dgram"),
+                "ListenSequentialPacket": (None, "unix-seqpacket")}
+_SOCKET_SILENT = {"Service", "RemoveOnStop", "DirectoryMode", "PassCredentials",
+                  "PassSecurity", "Timestamping", "ReceiveBuffer", "SendBuffer"}
+
+
+def _listen_spec(key: str, value: str) -> str | None:
+    """One Listen*= value in the form of `listen`; None when hachain has none for it."""
+    inet, local = _LISTEN_KEYS[key]
+    if value.startswith(("/", "@")):
+        return f"{local}:{value}"
+    if inet is None:
+        return None
+    if value.isdigit():
+        return f"{inet}:{value}"
+    host, _, port = value.rpartition(":")
+    if host and port.isdigit():
+        return f"{inet}:{host}:{port}"
+    return None
+
+
+def _socket_unit(path: str, name: str, svc_name: str, svc: dict[str, Any],
+                 conv: Conversion) -> bool:
+    """Carry socket unit `name` (at `path`) into `svc`: its Listen*= as `listen`, its
+    SocketMode=, SocketUser=, SocketGroup=, Backlog=, FileDescriptorName=; False (with a
+    warning) when it cannot be read."""
+    n = _Notes(path, conv)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            entries = read_unit(fh.read())
+    except (OSError, UnicodeDecodeError) as ex:
+        conv.warnings.append(f"{path}: Sockets: {name}: cannot read it "
+                             f"({getattr(ex, 'strerror', None) or ex}); its sockets are not "
+                             "carried over")
+        return False
+    listen = svc.setdefault("listen", [])
+    before = len(listen)
+    for e in entries:
+        if e.section == "Install" and e.key in ("WantedBy", "RequiredBy") and e.value:
+            conv.installed.add(svc_name)  # the socket starts at boot: so does the service
+        if e.section != "Socket":
+            continue
+        k, v = e.key, e.value
+        try:
+            if k in _LISTEN_KEYS:
+                if not v:
+                    listen.clear()
+                elif (spec := _listen_spec(k, v)) is not None:
+                    if spec not in listen:
+                        listen.append(spec)
+                else:
+                    n.warn(e.line, k, f"{v}: not an address hachain can listen on; dropped")
+            elif k == "Accept":
+                if _unit_bool(v):
+                    n.warn(e.line, k, "yes (a service instance per connection, inetd's way) is "
+                           "not supported: hachain hands the service its listening socket; "
+                           "dropped")
+            elif k == "SocketMode":
+                svc["socket_mode"] = _umask(v)
+            elif k in ("SocketUser", "SocketGroup"):
+                svc["socket_user" if k == "SocketUser" else "socket_group"] = v
+            elif k == "Backlog":
+                svc["listen_backlog"] = _int_in(v, 1, 65535)
+            elif k == "FileDescriptorName":
+                svc["fd_name"] = v
+            elif k in _SOCKET_SILENT:
+                continue
+            elif k.startswith("Listen"):
+                n.warn(e.line, k, "not supported by hachain (it listens on stream, datagram "
+                       "and sequential-packet sockets); dropped")
+            else:
+                n.warn(e.line, k, "not supported by hachain; dropped")
+        except ValueError as ex:
+            n.warn(e.line, k, f"{ex}; dropped")
+    if len(listen) == before:  # (nothing of it carried: its name is not given out)
+        if not listen:
+            del svc["listen"]
+        return True
+    given = svc.get("fd_name")
+    name_of_this = next((e.value for e in entries if e.section == "Socket"
+                         and e.key == "FileDescriptorName"), name)
+    if "_fd_names" in svc and name_of_this not in svc["_fd_names"]:
+        n.warn(1, "FileDescriptorName", f"{name_of_this}: hachain gives all of a service's "
+               f"sockets one name in LISTEN_FDNAMES; they are all named {given or name}")
+    svc.setdefault("_fd_names", []).append(name_of_this)
+    if given is None and name != f"{svc_name}.socket":
+        svc["fd_name"] = name  # systemd's default name: the socket unit's
+    if not listen:
+        del svc["listen"]
+    return True
 
 
 # ReadWritePaths= and its kin (the *Directories= spellings are systemd's older names)
