@@ -419,6 +419,9 @@ START_CHECKS = S.Table(StartChecks, tuple(
           what[0].upper() + what[1:] + ".", shown="`[]`")
     for name, (_fn, kind, what) in conditions.CHECKS.items()))
 
+FD_STORE_MOST = 512  # fd_store_max's highest: a service's descriptors
+# handed over (with its 64 listen sockets at most) stay under _clone3.c's MAX_LISTEN
+
 SERVICE_KEYS: tuple[S.Key, ...] = (
     # What to run
     S.Key("command", S.Argv(string_ok=True), "The argv list, run without a shell: "
@@ -689,6 +692,22 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "`LISTEN_FDNAMES` (systemd's `FileDescriptorName=`). Unset: `NAME.socket`, "
           "NAME the service's, as systemd names those of `NAME.socket`.", shown="unset",
           group="run"),
+    S.Key("fd_store_max", _integer(0, FD_STORE_MOST), "How many descriptors the service "
+          "may hand the restarter to keep for it (systemd's `FileDescriptorStoreMax=`): it sends "
+          "`FDSTORE=1` (and `FDNAME=NAME`) with them on `$NOTIFY_SOCKET` "
+          "(`sd_pid_notify_with_fds()`), and every later start gets them back after its "
+          "`listen` sockets, named in `LISTEN_FDNAMES` (`stored` unless named): an open "
+          "connection, a memfd of state, a device that is slow to open, kept through a "
+          "crash. `FDSTOREREMOVE=1` with `FDNAME=` drops them; one that hangs up (a socket "
+          "whose peer closed) is dropped at the next start unless it came with `FDPOLL=0`. "
+          "The service gets `NOTIFY_SOCKET` whatever its `ready`. A new restarter takes "
+          "them back from the running service's processes where they still hold a copy; "
+          "those only the old restarter held are lost with it, and it says so. 0: none "
+          "kept (any sent are closed, with a warning).", shown="0", group="run"),
+    S.Key("fd_store_preserve", S.Bool(), "`true`: the stored descriptors are kept while the "
+          "service is stopped too, until it leaves the configuration (systemd's "
+          "`FileDescriptorStorePreserve=yes`); by default they are closed when it is "
+          "stopped or fails for good, as its `listen` sockets.", group="run"),
     S.Key("protect_proc", S.Choice(("invisible", "noaccess", "ptraceable")), "A `/proc` of "
           "its own in which other users' processes are `\"invisible\"` (not listed), "
           "`\"noaccess\"` (listed, not readable) or visible only when it may ptrace them "
@@ -1056,6 +1075,9 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     if len(set(s.listen)) != len(s.listen):
         r.err(at + ("listen",), "names a socket twice: "
               + ", ".join(sorted({x for x in s.listen if s.listen.count(x) > 1})))
+    if s.fd_store_preserve and not s.fd_store_max:
+        r.err(at + ("fd_store_preserve",), "keeps stored descriptors, and fd_store_max "
+              "(0) lets the service store none", [at + ("fd_store_max",)])
     if (s.socket_user or s.socket_group or s.socket_mode != 0o666) and \
             not any(x.startswith("unix") and ":/" in x for x in s.listen):
         key = "socket_user" if s.socket_user else \

@@ -195,6 +195,11 @@ class ServiceConfig:
     socket_user: str | None = None  # its owner (SocketUser=, SocketGroup=)
     socket_group: str | None = None
     fd_name: str | None = None  # LISTEN_FDNAMES (FileDescriptorName=); None: "<name>.socket"
+    # descriptors it may hand the restarter to keep for its next start (FDSTORE=1 on the
+    # notify socket: systemd's FileDescriptorStoreMax=); kept while it is wanted up, or
+    # with fd_store_preserve also while it is stopped (FileDescriptorStorePreserve=yes)
+    fd_store_max: int = 0
+    fd_store_preserve: bool = False
     ignore_sigpipe: bool = False  # SIGPIPE ignored, as systemd's IgnoreSIGPIPE= default
     # a /proc of its own (systemd's ProtectProc=, ProcSubset=): "" leaves the host's
     protect_proc: str = ""  # "invisible", "noaccess", "ptraceable"

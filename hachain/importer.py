@@ -1034,6 +1034,20 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             elif k == "SendSIGHUP":
                 if _unit_bool(v):
                     svc["send_sighup"] = True
+            elif k == "FileDescriptorStoreMax":
+                most = config.FD_STORE_MOST
+                count = int(v)
+                if count > most:
+                    n.warn(e.line, k, f"{count}: hachain keeps at most {most}; {most} it is")
+                if count:
+                    svc["fd_store_max"] = min(count, most)
+                else:
+                    svc.pop("fd_store_max", None)
+            elif k == "FileDescriptorStorePreserve":
+                if v == "yes" or (v != "restart" and v != "no" and _unit_bool(v)):
+                    svc["fd_store_preserve"] = True
+                else:  # "restart", systemd's default, is hachain's; "no" near enough
+                    svc.pop("fd_store_preserve", None)
             elif k in ("PrivateTmp", "NoNewPrivileges"):
                 svc[{"PrivateTmp": "private_tmp", "NoNewPrivileges": "no_new_privileges"}[k]] \
                     = _unit_bool(v)

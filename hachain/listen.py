@@ -185,10 +185,10 @@ def inodes(socks: list[socket.socket]) -> list[int]:
     return [os.fstat(s.fileno()).st_ino for s in socks]
 
 
-def env(count: int, name: str) -> tuple[tuple[str, str], ...]:
-    """LISTEN_FDS and LISTEN_FDNAMES for `count` sockets named `name` (LISTEN_PID, the
+def env(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """LISTEN_FDS and LISTEN_FDNAMES for descriptors named `names` (LISTEN_PID, the
     child's own pid, is set in the child before its exec)."""
-    return (("LISTEN_FDS", str(count)), ("LISTEN_FDNAMES", ":".join([name] * count)))
+    return (("LISTEN_FDS", str(len(names))), ("LISTEN_FDNAMES", ":".join(names)))
 
 
 _SYS_PIDFD_GETFD = 438
@@ -208,14 +208,14 @@ def _pidfd_getfd(pidfd: int, fd: int) -> int:
     return got
 
 
-def recover(pids: list[int], wanted: list[int]) -> list[socket.socket] | None:
-    """Copies of the sockets whose inodes are `wanted`, taken from the first of `pids`
-    (the service's processes, its main one first) that holds each: how a restarter that
-    starts again gets back what the one before it opened. None unless every one was found
-    (the caller opens them afresh once nothing holds them). Needs Linux >= 5.6 and the
-    right to trace the process (root)."""
-    found: dict[int, socket.socket] = {}
+def take_back(pids: list[int], wanted: set[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """Copies of the open files `wanted` ((device, inode) pairs) that the processes
+    `pids` hold, each from the first that holds it: {(device, inode): descriptor}, as
+    many as were found. Needs Linux >= 5.6 and the right to trace the process (root)."""
+    found: dict[tuple[int, int], int] = {}
     for pid in pids:
+        if len(found) == len(wanted):
+            break
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
@@ -227,28 +227,46 @@ def recover(pids: list[int], wanted: list[int]) -> list[socket.socket] | None:
                 continue
             for n in names:
                 try:
-                    link = os.readlink(f"/proc/{pid}/fd/{n}")
+                    st = os.stat(f"/proc/{pid}/fd/{n}")
                 except OSError:
                     continue
-                if not link.startswith("socket:["):
-                    continue
-                ino = int(link[8:-1])
-                if ino not in wanted or ino in found:
+                key = (st.st_dev, st.st_ino)
+                if key not in wanted or key in found:
                     continue
                 try:
                     fd = _pidfd_getfd(pidfd, int(n))
                 except OSError:
                     continue
-                if os.fstat(fd).st_ino != ino:  # the descriptor changed in between
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != key:  # the descriptor changed in between
                     os.close(fd)
                     continue
-                found[ino] = socket.socket(fileno=fd)
+                found[key] = fd
         finally:
             os.close(pidfd)
-        if len(found) == len(set(wanted)):
-            break
+    return found
+
+
+_SOCKFS_DEV: int | None = None
+
+
+def _sockfs_dev() -> int:
+    global _SOCKFS_DEV
+    if _SOCKFS_DEV is None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            _SOCKFS_DEV = os.fstat(s.fileno()).st_dev
+    return _SOCKFS_DEV
+
+
+def recover(pids: list[int], wanted: list[int]) -> list[socket.socket] | None:
+    """Copies of the sockets whose inodes are `wanted`, taken from the first of `pids`
+    (the service's processes, its main one first) that holds each: how a restarter that
+    starts again gets back what the one before it opened. None unless every one was found
+    (the caller opens them afresh once nothing holds them)."""
+    dev = _sockfs_dev()
+    found = take_back(pids, {(dev, i) for i in wanted})
     if len(found) != len(set(wanted)):
-        for s in found.values():
-            s.close()
+        for fd in found.values():
+            os.close(fd)
         return None
-    return [found[i] for i in wanted]
+    return [socket.socket(fileno=found[(dev, i)]) for i in wanted]

@@ -21,6 +21,11 @@
                    LISTEN_FDNAMES=<names> <fd>:<kind> ..." to FILE, send READY=1 when it has
                    a NOTIFY_SOCKET, then answer on every descriptor it was given: each
                    connection (or datagram) gets "<pid>\n"; exit 3 after N of them
+  fdstore FILE KEEP  the file descriptor store: with a descriptor named "state" among
+                   LISTEN_FDS, add 1 to the number it holds and append "<pid> got <n>"
+                   to FILE; without, make one (a memfd holding 1), store it (FDSTORE=1,
+                   FDNAME=state) and append "<pid> new 1"; KEEP "close": close its own
+                   copy once stored. Then READY=1, and run
   handover GO OUT  send READY=1; once the file GO exists, fork the real server, send
                    MAINPID=<its pid> and exit (lines "launcher PID", "server PID" in OUT)
 """
@@ -41,6 +46,34 @@ def forever() -> None:
 def notify(msg: str) -> None:
     if not notify_fallback(msg):
         sys.exit(f"svc.py: cannot send {msg!r} on $NOTIFY_SOCKET")
+
+
+def fdstore_action(path: str, keep: bool) -> None:
+    import array
+    import socket
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    mine = os.environ.get("LISTEN_PID") == str(os.getpid())
+    if mine and "state" in names:
+        fd = 3 + names.index("state")
+        n = int(os.pread(fd, 32, 0)) + 1
+        os.pwrite(fd, str(n).encode().ljust(32), 0)
+        line = f"{os.getpid()} got {n}"
+    else:
+        fd = os.memfd_create("state")
+        os.pwrite(fd, b"1".ljust(32), 0)
+        addr = os.environ["NOTIFY_SOCKET"]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            # (socket.send_fds of Python 3.11 drops its address argument)
+            s.sendmsg([b"FDSTORE=1\nFDNAME=state"],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))], 0,
+                      "\0" + addr[1:] if addr.startswith("@") else addr)
+        if not keep:
+            os.close(fd)
+        line = f"{os.getpid()} new 1"
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    notify("READY=1")
+    forever()
 
 
 def serve(path: str, limit: int) -> None:
@@ -176,6 +209,8 @@ def main() -> None:
             notify("READY=1")
             with open(path, "a") as f:
                 f.write(f"reloaded {n}\n")
+    elif action == "fdstore":
+        fdstore_action(args[0], args[1] == "keep")
     elif action == "serve":
         serve(args[0], int(args[1]) if len(args) > 1 else 0)
     elif action == "record":

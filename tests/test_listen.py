@@ -318,8 +318,8 @@ def test_config_rules(extra: str, key: str, why: str) -> None:
 
 
 def test_the_listen_env_names_are_the_ones_sd_listen_fds_reads() -> None:
-    assert listen.env(2, "web.socket") == (("LISTEN_FDS", "2"),
-                                           ("LISTEN_FDNAMES", "web.socket:web.socket"))
+    assert listen.env(("web.socket", "web.socket")) == (
+        ("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "web.socket:web.socket"))
     assert listen.FIRST_FD == 3
 
 

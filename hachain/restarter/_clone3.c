@@ -134,7 +134,7 @@ struct filter_prog {  /* struct sock_fprog: the program's length in instructions
     const void *filter;
 };
 #define MAX_FILTERS 16
-#define MAX_LISTEN 64  /* listen sockets handed to a service (config.py: listen) */
+#define MAX_LISTEN 1024  /* descriptors handed to a service: listen, fd_store_max */
 
 struct request {
     const char *path;
@@ -174,7 +174,7 @@ struct request {
                                * service (a pidfd of its main process) */
     struct filter_prog filters[MAX_FILTERS];  /* seccomp programs, installed last */
     int nfilters;
-    int listen[MAX_LISTEN];  /* sockets to hand over as 3, 4, ... (systemd's LISTEN_FDS) */
+    int listen[MAX_LISTEN];  /* to hand over as 3, 4, ... (systemd's LISTEN_FDS) */
     int nlisten;
     int listen_pid_at;     /* envp[listen_pid_at] becomes "LISTEN_PID=<the child's pid>" */
     char listen_pid[32];

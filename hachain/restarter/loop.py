@@ -32,7 +32,7 @@ from typing import Any
 
 from hachain import bootrecord, channels, prestart
 from hachain.configtypes import Config, ServiceConfig
-from hachain.restarter import core, logpipe, notify, policy, probes, reloads, spawn, states
+from hachain.restarter import core, fdstore, logpipe, notify, policy, probes, reloads, spawn, states
 from hachain.restarter.persist import RuntimeRecord, Store
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, State, Svc, Timer
@@ -365,6 +365,9 @@ class Restarter:
         # service -> (its `listen` as opened, the sockets): held open while it is wanted
         # up, handed to each start (hachain/listen.py)
         self.listening: dict[str, tuple[tuple[str, ...], list[Any]]] = {}
+        # service -> the descriptors it stored (FDSTORE=1), handed to each start after
+        # its listen sockets (fdstore.py)
+        self.fd_stores: dict[str, fdstore.Store] = {}
         self._reload_seq = 0
         self.held_out = HeldOutput()  # after raise_fd_limit: its room depends on the limit
         self.held_out.keep_for(len(cfg.services))
@@ -519,6 +522,10 @@ class Restarter:
                     pid = self.svcs[name].pid
                     assert pid is not None
                     self._recover_listen(name, pid, rec.sockets)
+                if rec is not None and rec.fd_store and c.fd_store_max:
+                    pid = self.svcs[name].pid
+                    assert pid is not None
+                    self._recover_store(name, pid, rec.fd_store)
                 if rec is not None and rec.stop_command is not None:
                     self._adopt_stop_command(name, rec.stop_command)
                 if rec is not None and rec.post_start is not None:
@@ -654,6 +661,9 @@ class Restarter:
                     credentials.remove(self.state_dir, e.name)
                 if e.new.state in _NO_CREDENTIALS and e.name in self.listening:
                     self._close_listen(e.name)
+                if e.new.state in _NO_CREDENTIALS and e.name in self.fd_stores and \
+                        not ((c := self.conf.get(e.name)) and c.fd_store_preserve):
+                    self._release_store(e.name)
                 if e.name in self.reloads and \
                         (out := reloads.lost(self.reloads[e.name], e.new)) is not None:
                     self._reload_over(e.name, out, now)
@@ -822,6 +832,7 @@ class Restarter:
                                                      str(self.core.grants.get(name, 0))),))
         held = False
         fds: tuple[int, ...] = ()
+        names: tuple[str, ...] = ()
         if c.listen:
             try:
                 fds = self._listen_fds(name, c)
@@ -829,9 +840,17 @@ class Restarter:
                 os.close(out_r)
                 os.close(out_w)
                 return str(e), bool(getattr(e, "transient", False))
+            names = (c.fd_name or f"{name}.socket",) * len(fds)
+        if (store := self.fd_stores.get(name)) is not None:
+            for gone in store.drop_hung_up():
+                log(f"{name}: its stored descriptor {gone!r} hung up: dropped")
+                self.dirty.add(name)
+            fds += store.fds()
+            names += store.names()
         try:
             sp = spawn.spawn(c, self.log_dir, self.cgroups, self.notify.path, out=out_w,
-                             yield_cpu=not self._more_work(now), thaw=thaw, listen_fds=fds)
+                             yield_cpu=not self._more_work(now), thaw=thaw, listen_fds=fds,
+                             fd_names=names)
             held = self.held_out.may_hold()
             if sp.notes != self._env_notes.get(name, ()):  # said once, not at each restart
                 self._env_notes[name] = sp.notes
@@ -889,6 +908,59 @@ class Restarter:
         listen.close_all(socks)
         if name in self.svcs:
             self.dirty.add(name)
+
+    def _store_fds(self, name: str, n: notify.Notification) -> frozenset[int]:
+        """FDSTORE=1: keep the descriptors `n` carried for `name`'s next starts (as many
+        as its fd_store_max allows); those kept. FDSTOREREMOVE=1: drop those named."""
+        f = n.fields
+        c = self.conf[name]
+        fdname = f.get("FDNAME", fdstore.DEFAULT_NAME)
+        if (why := fdstore.name_problem(fdname)) and ("FDNAME" in f):
+            self._notify_warn(name, f"warning: {name}: FDNAME={fdname[:40]!r} {why}: "
+                              "nothing stored or removed")
+            return frozenset()
+        if f.get("FDSTOREREMOVE") == "1":
+            if (store := self.fd_stores.get(name)) is not None and store.remove(fdname):
+                self.dirty.add(name)
+            return frozenset()
+        if f.get("FDSTORE") != "1" or not n.fds:
+            return frozenset()
+        if not c.fd_store_max:
+            self._notify_warn(name, f"warning: {name}: FDSTORE=1 with {len(n.fds)} "
+                              "descriptor(s), and its fd_store_max is 0: closed")
+            return frozenset()
+        store = self.fd_stores.setdefault(name, fdstore.Store())
+        kept, why = store.add(n.fds, fdname, f.get("FDPOLL") != "0", c.fd_store_max)
+        if why:
+            self._notify_warn(name, f"warning: {name}: FDSTORE=1: {why}: "
+                              f"{len(n.fds) - len(kept)} descriptor(s) closed")
+        if kept:
+            self.dirty.add(name)
+        return frozenset(kept)
+
+    def _release_store(self, name: str) -> None:
+        self.fd_stores.pop(name).close()
+        if name in self.svcs:
+            self.dirty.add(name)
+
+    def _recover_store(self, name: str, pid: int,
+                       described: tuple[tuple[str, int, int, bool], ...]) -> None:
+        """Adoption: take back what `name` had stored from its running processes (the
+        record's devices and inodes). What only the old restarter held is gone: said."""
+        from hachain import listen
+        pids = [pid] + [p for p in (self.cgroups.procs(name) if self.cgroups.active else [])
+                        if p != pid]
+        found = listen.take_back(pids, {(d, i) for _, d, i, _ in described})
+        store = self.fd_stores.setdefault(name, fdstore.Store())
+        for fdname, dev, ino, poll in described:
+            if (fd := found.pop((dev, ino), None)) is not None:
+                store.entries.append(fdstore.Entry(fd, fdname, poll))
+        lost = len(described) - len(store.entries)
+        if lost:
+            log(f"{name}: warning: {lost} of its {len(described)} stored descriptor(s) were "
+                "held by the restarter alone and are gone with it")
+        for fd in found.values():  # (one inode named twice)
+            os.close(fd)
 
     def _recover_listen(self, name: str, pid: int, inodes: tuple[int, ...]) -> None:
         """Adoption: take back the listen sockets of `name` from its running processes
@@ -1430,44 +1502,57 @@ class Restarter:
         """Messages on the notify socket (`got`: already read, from `senders` too: the
         gone processes whose messages adoption used)."""
         for n in self.notify.drain(len(self.conf)) if got is None else got:
-            if n.fields.keys() == {"BARRIER"}:
-                continue  # sd_notify_barrier(): its fd was closed on receipt, which answers it
-            name = self._sender(n.pid) if n.pid else None
-            if name is None and senders:
-                name = senders.get(n.pid)
-            if name is None:
-                what = ",".join(sorted(n.fields)) or n.error
-                self._notify_warn("", f"warning: notify message ({what}) from pid "
-                                  f"{n.pid or '?'} that belongs to "
-                    "no service: ignored")
-                continue
-            if n.error:
-                self._notify_warn(name, f"warning: {name}: bad notify message: {n.error}")
-                continue
-            f = n.fields
-            if "STATUS" in f:
-                self.status_text[name] = f["STATUS"][:200]
-            if f.get("WATCHDOG") == "1":
-                self.core.watchdog_ping(name, now)
-            if "EXTEND_TIMEOUT_USEC" in f:
-                if (sec := notify.usec_field(f["EXTEND_TIMEOUT_USEC"])) is None:
-                    self._notify_warn(name, f"warning: {name}: EXTEND_TIMEOUT_USEC="
-                                      f"{f['EXTEND_TIMEOUT_USEC'][:24]!r} is not a number "
-                                      "of microseconds: ignored")
-                else:
-                    self.core.extend_timeout(name, sec, now)
-            if "MAINPID" in f:
-                self._new_main_pid(name, f["MAINPID"], now)
-            if f.get("STOPPING") == "1":
-                self.status_text[name] = "stopping: " + self.status_text.get(name, "")
-            if name in self.reloads and \
-                    (out := reloads.notified(self.reloads[name], f)) is not None:
-                self._reload_over(name, out, now)
-            if f.get("READY") == "1" and self.conf[name].ready == "notify":
-                # (only a notify service's READY=1 says so: one with a watchdog has the
-                # socket too, and is ready by its own kind, as under systemd)
-                self.core.push(name, Ev.READY, now)
-            self.run_core(now)
+            kept: frozenset[int] = frozenset()
+            try:
+                kept = self._one_notification(n, now, senders)
+            finally:
+                # every descriptor it carried that was not stored is closed here (a
+                # BARRIER=1's: that answers sd_notify_barrier())
+                n.close_fds(kept)
+
+    def _one_notification(self, n: notify.Notification, now: float,
+                          senders: Mapping[int, str] | None) -> frozenset[int]:
+        """One message: what it says is carried out; the descriptors it carried that were
+        stored (the caller closes the rest)."""
+        if n.fields.keys() == {"BARRIER"}:
+            return frozenset()  # sd_notify_barrier(): the caller closes its fd, the answer
+        name = self._sender(n.pid) if n.pid else None
+        if name is None and senders:
+            name = senders.get(n.pid)
+        if name is None:
+            what = ",".join(sorted(n.fields)) or n.error
+            self._notify_warn("", f"warning: notify message ({what}) from pid "
+                              f"{n.pid or '?'} that belongs to no service: ignored")
+            return frozenset()
+        if n.error:
+            self._notify_warn(name, f"warning: {name}: bad notify message: {n.error}")
+            return frozenset()
+        f = n.fields
+        kept = self._store_fds(name, n) if n.fds or "FDSTOREREMOVE" in f else frozenset()
+        if "STATUS" in f:
+            self.status_text[name] = f["STATUS"][:200]
+        if f.get("WATCHDOG") == "1":
+            self.core.watchdog_ping(name, now)
+        if "EXTEND_TIMEOUT_USEC" in f:
+            if (sec := notify.usec_field(f["EXTEND_TIMEOUT_USEC"])) is None:
+                self._notify_warn(name, f"warning: {name}: EXTEND_TIMEOUT_USEC="
+                                  f"{f['EXTEND_TIMEOUT_USEC'][:24]!r} is not a number "
+                                  "of microseconds: ignored")
+            else:
+                self.core.extend_timeout(name, sec, now)
+        if "MAINPID" in f:
+            self._new_main_pid(name, f["MAINPID"], now)
+        if f.get("STOPPING") == "1":
+            self.status_text[name] = "stopping: " + self.status_text.get(name, "")
+        if name in self.reloads and \
+                (out := reloads.notified(self.reloads[name], f)) is not None:
+            self._reload_over(name, out, now)
+        if f.get("READY") == "1" and self.conf[name].ready == "notify":
+            # (only a notify service's READY=1 says so: one with a watchdog has the
+            # socket too, and is ready by its own kind, as under systemd)
+            self.core.push(name, Ev.READY, now)
+        self.run_core(now)
+        return kept
 
     def _notify_warn(self, key: str, line: str) -> None:
         """A warning about a notify message from `key` (a service, "" for none), within
@@ -1764,6 +1849,9 @@ class Restarter:
         for n in [n for n in self.listening if n in removed and
                   (n not in self.svcs or self.svcs[n].state in _NO_CREDENTIALS)]:
             self._close_listen(n)
+        for n in [n for n in self.fd_stores if n in removed and
+                  (n not in self.svcs or self.svcs[n].state in _NO_CREDENTIALS)]:
+            self._release_store(n)
         log(f"reloaded {self.cfg.path}: {len(added)} added, {len(changed)} changed, "
             f"{len(removed)} removed, {len(new.services) - len(added) - len(changed)} unchanged")
         return {"ok": True, "added": added, "changed": changed, "removed": removed}
@@ -2044,7 +2132,10 @@ class Restarter:
                                 reload=self.reload_ids.get(name),
                                 sockets=tuple(os.fstat(sk.fileno()).st_ino
                                               for sk in self.listening[name][1])
-                                if name in self.listening else None)
+                                if name in self.listening else None,
+                                fd_store=self.fd_stores[name].described()
+                                if name in self.fd_stores and self.fd_stores[name].entries
+                                else None)
             if rec.pid and rec.start_time is None:
                 rec = replace(rec, start_time=channels.proc_start_time(rec.pid))
                 self._start_times[name] = rec.start_time

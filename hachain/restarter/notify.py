@@ -85,11 +85,46 @@ class WarnQuota:
         return out
 
 
+MAX_FDS = 253  # SCM_MAX_FD: the most descriptors one datagram can carry
+
+
 @dataclass(frozen=True)
 class Notification:
     pid: int  # sender pid from the kernel's credentials (0 when absent)
     fields: dict[str, str]
     error: str = ""
+    # descriptors that came with it (FDSTORE=1, BARRIER=1): the reader owns them and
+    # closes each it does not keep (close_fds)
+    fds: tuple[int, ...] = ()
+
+    def close_fds(self, keep: frozenset[int] = frozenset()) -> None:
+        for fd in self.fds:
+            if fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def _close(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+_ANC_SIZE = socket.CMSG_SPACE(_CRED.size) + socket.CMSG_SPACE(MAX_FDS * 4)
+
+
+def _fds_of(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors SCM_RIGHTS messages carried (received close-on-exec)."""
+    fds: list[int] = []
+    for level, typ, cdata in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            n = len(cdata) // 4
+            fds += struct.unpack(f"{n}i", cdata[:n * 4])
+    return fds
 
 
 def parse(data: bytes) -> dict[str, str]:
@@ -151,8 +186,8 @@ class NotifySocket:
         out: list[Notification] = []
         for _ in range(limit):
             try:
-                data, anc, flags, _addr = self.sock.recvmsg(MAX_DATAGRAM + 1,
-                                                            socket.CMSG_SPACE(_CRED.size))
+                data, anc, flags, _addr = self.sock.recvmsg(MAX_DATAGRAM + 1, _ANC_SIZE,
+                                                            socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -161,13 +196,27 @@ class NotifySocket:
             for level, typ, cdata in anc:
                 if level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
                     pid = _CRED.unpack(cdata[:_CRED.size])[0]
+            fds = tuple(_fds_of(anc))
             if flags & socket.MSG_TRUNC or len(data) > MAX_DATAGRAM:
+                _close(fds)
                 out.append(Notification(pid, {}, "oversized datagram"))
                 continue
+            if flags & socket.MSG_CTRUNC:  # (the kernel closed the descriptors past room)
+                _close(fds)
+                out.append(Notification(pid, {}, f"more than {MAX_FDS} descriptors"))
+                continue
             try:
-                out.append(Notification(pid, parse(data)))
+                fields = parse(data)
             except ValueError as e:
+                _close(fds)
                 out.append(Notification(pid, {}, str(e)))
+                continue
+            if fields.get("FDSTORE") != "1":
+                # closed on receipt (a BARRIER=1's: that answers it): only what is offered
+                # for the store stays open until the loop has read who sent it
+                _close(fds)
+                fds = ()
+            out.append(Notification(pid, fields, fds=fds))
         return out
 
     def close(self) -> None:

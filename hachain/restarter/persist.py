@@ -75,10 +75,13 @@ class RuntimeRecord:
     # the inodes of its listen sockets (hachain/listen.py): a new restarter takes them
     # back from the running service
     sockets: tuple[int, ...] | None = None
+    # its stored descriptors (FDSTORE=1): (name, device, inode, poll) each, found again
+    # in its processes by a new restarter
+    fd_store: tuple[tuple[str, int, int, bool], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = self.__dict__.copy()
-        for k in _COMMAND_KEYS + ("sockets",):
+        for k in _COMMAND_KEYS + ("sockets", "fd_store"):
             if d[k] is None:
                 del d[k]  # (the record most services have stays as it was)
         return d
@@ -138,6 +141,12 @@ def _record_error(d: Any) -> str:
                 isinstance(v, int) and not isinstance(v, bool) for v in sc) and sc[0] > 0
                 and sc[1] >= 0):
             return f"{k} is {sc!r}"
+    st = d.get("fd_store")
+    if st is not None and not (isinstance(st, list) and all(
+            isinstance(e, list) and len(e) == 4 and isinstance(e[0], str)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in e[1:3])
+            and isinstance(e[3], bool) for e in st)):
+        return f"fd_store is {st!r}"[:200]
     socks = d.get("sockets")
     if socks is not None and not (isinstance(socks, list) and all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in socks)):
@@ -356,7 +365,9 @@ class Store:
             post_start=(ps[0], ps[1]) if (ps := d.get("post_start")) else None,
             post_stop=(pp[0], pp[1]) if (pp := d.get("post_stop")) else None,
             reload=(rl[0], rl[1]) if (rl := d.get("reload")) else None,
-            sockets=tuple(sk) if (sk := d.get("sockets")) else None)
+            sockets=tuple(sk) if (sk := d.get("sockets")) else None,
+            fd_store=tuple((e[0], e[1], e[2], e[3]) for e in fs)
+            if (fs := d.get("fd_store")) else None)
 
     def drop_record(self, name: str, now: float) -> None:
         self.queue.put(os.path.join(self.rec_dir, name + ".json"), None, now)

@@ -773,7 +773,7 @@ def read_env_files(cfg: ServiceConfig) -> tuple[dict[str, str], tuple[str, ...]]
 def service_env(cfg: ServiceConfig, notify_socket: str | None) -> dict[str, str]:
     """The complete environment of a service: nothing of the chain's own beyond PATH."""
     env = {"PATH": DEFAULT_PATH, channels.ENV_SERVICE: cfg.name}
-    if notify_socket and (cfg.ready == "notify" or cfg.watchdog_sec):
+    if notify_socket and (cfg.ready == "notify" or cfg.watchdog_sec or cfg.fd_store_max):
         # (a service with a watchdog pings on it whatever says it is ready, as systemd
         # gives a Type=simple one with WatchdogSec= NOTIFY_SOCKET)
         env["NOTIFY_SOCKET"] = notify_socket
@@ -1679,12 +1679,13 @@ class _Prepared(NamedTuple):
 _LISTEN_PID_SLOT = b"LISTEN_PID=0"  # the child writes its own pid there
 
 
-def _with_listen(prep: _Prepared, fds: tuple[int, ...]) -> _Prepared:
-    """`prep` with the listen sockets `fds`: LISTEN_FDS, LISTEN_FDNAMES, and LISTEN_PID
-    last in envp (its slot, which the child fills), over any the service's env sets."""
+def _with_listen(prep: _Prepared, fds: tuple[int, ...], names: tuple[str, ...]) -> _Prepared:
+    """`prep` with the descriptors `fds` to hand over (its listen sockets, then what it
+    stored), named `names` (empty: all its fd_name): LISTEN_FDS, LISTEN_FDNAMES, and
+    LISTEN_PID last in envp (its slot, which the child fills), over any its env sets."""
     cfg = prep.cfg
     env = {k: v for k, v in prep.env.items() if k not in listen.ENV_KEYS}
-    env.update(listen.env(len(fds), cfg.fd_name or f"{cfg.name}.socket"))
+    env.update(listen.env(names or (cfg.fd_name or f"{cfg.name}.socket",) * len(fds)))
     envp = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
     return prep._replace(env=env, envp=envp + [_LISTEN_PID_SLOT], plain=False,
                          listen=tuple(fds))
@@ -1898,7 +1899,8 @@ def join_namespaces(cfg: ServiceConfig, pid: int) -> tuple[int, int] | None:
 def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
           notify_socket: str | None, out: int | None = None,
           yield_cpu: bool = True, thaw: bool = True,
-          join: tuple[int, int] | None = None, listen_fds: tuple[int, ...] = ()) -> Spawned:
+          join: tuple[int, int] | None = None, listen_fds: tuple[int, ...] = (),
+          fd_names: tuple[str, ...] = ()) -> Spawned:
     """Start one service process. Raises SpawnError with a one-line reason.
 
     `out` is its stdout and stderr (the write end of its log pipe, which the caller
@@ -1908,7 +1910,8 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
     `thaw` False: the caller has just read the service's cgroup empty and not frozen
     (kill_leftovers), so the write to cgroup.freeze is skipped. `join`: a running
     service's namespaces to join instead of making its own (join_namespaces).
-    `listen_fds`: its listen sockets (hachain/listen.py), handed over as 3, 4, ..."""
+    `listen_fds`: its listen sockets (hachain/listen.py) and stored descriptors, handed
+    over as 3, 4, ..., named `fd_names` in LISTEN_FDNAMES (empty: all its fd_name)."""
     files, notes = read_env_files(cfg) if cfg.env_file else ({}, ())
     seccomp_programs(cfg)  # built (or refused) before anything is opened
     try:
@@ -1962,7 +1965,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
         pass_fds = (cfg.ready_fd,) if ready_w is not None else ()
         prep = _prepared(cfg, notify_socket, files)
         if listen_fds:
-            prep = _with_listen(prep, listen_fds)
+            prep = _with_listen(prep, listen_fds, fd_names)
         env = prep.env
         try:
             direct = None
