@@ -732,10 +732,17 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("protect_clock", S.Bool(), "`true`: the clocks cannot be set (systemd's "
           "`ProtectClock=`): the `@clock` calls fail with EPERM, CAP_SYS_TIME and "
           "CAP_WAKE_ALARM leave the bounding set.", group="run"),
-    S.Key("protect_hostname", S.Bool(), "`true`: the host name cannot be changed "
-          "(systemd's `ProtectHostname=`): `sethostname` and `setdomainname` fail with "
-          "EPERM (systemd gives the service a UTS namespace of its own instead).",
-          group="run"),
+    S.Key("protect_hostname", S.Bool(), "`true`: a UTS namespace of its own, in which "
+          "`sethostname` and `setdomainname` fail with EPERM (systemd's "
+          "`ProtectHostname=`): it sees the host's name as it was at its start and can "
+          "change no one's. Needs root (CAP_SYS_ADMIN).", group="run"),
+    S.Key("private_mounts", S.Bool(), "`true`: a mount namespace of its own, with the "
+          "host's mounts as slaves (systemd's `PrivateMounts=`): what it mounts stays its "
+          "own, while what the host mounts later still reaches it. The other file system "
+          "keys imply it.", group="run"),
+    S.Key("private_ipc", S.Bool(), "`true`: an IPC namespace of its own (systemd's "
+          "`PrivateIPC=`): System V semaphores, message queues and shared memory, and POSIX "
+          "message queues, apart from the host's and every other service's.", group="run"),
     S.Key("no_exec_paths", _SANDBOX_PATHS, "Paths below which nothing may be executed, "
           "in its own mount namespace (systemd's `NoExecPaths=`): `[\"/\"]` and then "
           "`exec_paths` for what it runs is the strictest. Needs Linux 5.12.",

@@ -187,6 +187,8 @@ class ServiceConfig:
     tty_reset: bool = False
     tty_vhangup: bool = False
     private_network: bool = False  # its own network namespace, loopback only
+    private_mounts: bool = False  # its own mount namespace (PrivateMounts=)
+    private_ipc: bool = False  # its own IPC namespace (PrivateIPC=)
     # sockets opened by the restarter and handed over at each start as descriptors 3, ...
     # (systemd's ListenStream= and kin: hachain/listen.py), kept open across restarts
     listen: tuple[str, ...] = ()

@@ -1423,7 +1423,8 @@ _SECCOMP_FLAGS = {"MemoryDenyWriteExecute": "memory_deny_write_execute",
                   "ProtectKernelModules": "protect_kernel_modules",
                   "ProtectKernelLogs": "protect_kernel_logs", "ProtectClock": "protect_clock",
                   "ProtectHostname": "protect_hostname", "PrivateDevices": "private_devices",
-                  "PrivateNetwork": "private_network"}
+                  "PrivateNetwork": "private_network", "PrivateMounts": "private_mounts",
+                  "PrivateIPC": "private_ipc"}
 
 
 def _seccomp_key(e: Entry, svc: dict[str, Any], n: _Notes) -> None:

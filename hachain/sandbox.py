@@ -85,7 +85,7 @@ def needs_namespace(c: ServiceConfig) -> bool:
                 or c.read_write_paths or c.inaccessible_paths or c.protect_kernel_tunables
                 or c.protect_control_groups or c.protect_kernel_modules
                 or c.private_devices or bool(c.protect_proc) or bool(c.proc_subset)
-                or bool(c.no_exec_paths) or bool(c.exec_paths))
+                or bool(c.no_exec_paths) or bool(c.exec_paths) or c.private_mounts)
 
 
 def plan(c: ServiceConfig) -> tuple[Step, ...]:

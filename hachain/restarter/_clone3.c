@@ -170,6 +170,8 @@ struct request {
     const char *affinity;  /* sched_setaffinity mask (affinity_len 0: none) */
     int affinity_len;
     int private_network;   /* a network namespace of its own, its loopback up */
+    int unshare_flags;     /* CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNS (a bare mount
+                            * namespace: no mount step) to unshare as well */
     int join_fd, join_flags;  /* join_fd >= 0: setns into these namespaces of a running
                                * service (a pidfd of its main process) */
     struct filter_prog filters[MAX_FILTERS];  /* seccomp programs, installed last */
@@ -535,6 +537,11 @@ static int child_main(void *arg) {
     }
     if (r->join_fd < 0 && r->private_network && private_net() < 0)  /* CAP_SYS_ADMIN */
         return fail(r, 20);
+    if (r->unshare_flags &&
+        (unshare(r->unshare_flags) < 0 ||
+         ((r->unshare_flags & CLONE_NEWNS) &&
+          mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)))  /* CAP_SYS_ADMIN */
+        return fail(r, 27);
     if (r->cwd && chdir(r->cwd) < 0)
         return fail(r, 6);
     if (r->umask >= 0)
@@ -719,10 +726,10 @@ static int parse_setup(PyObject *setup, struct request *r) {
     long gid, uid;
     unsigned long long caps;
     PyObject *nice_o, *mounts_o, *filters_o, *join_o, *sched_o, *tty_o, *listen_o;
-    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOpOOOO", &cwd_o, &um, &groups_o, &gid, &uid,
+    if (!PyArg_ParseTuple(setup, "OiOllOOKpOOLOpOOOOi", &cwd_o, &um, &groups_o, &gid, &uid,
                           &limits_o, &ready_o, &caps, &r->no_new_privs, &mounts_o, &nice_o,
                           &r->bset, &filters_o, &r->private_network, &join_o, &sched_o,
-                          &tty_o, &listen_o))
+                          &tty_o, &listen_o, &r->unshare_flags))
         return -1;
     if (listen_o != Py_None) {
         PyObject *fds_o;
@@ -1003,7 +1010,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                                       "seccomp", "network namespace",
                                       "join namespaces", "sched_setscheduler",
                                       "ioprio_set", "sched_setaffinity", "tty",
-                                      "listen sockets"};
+                                      "listen sockets", "namespaces"};
         if (pid < 0) {
             errno = (int)-pid;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "clone3");
@@ -1088,7 +1095,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 18) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 19) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1101,6 +1101,33 @@ def _set_caps(ctypes: Any, libc: Any, mask: int) -> str | None:
 
 
 _CLONE_NEWNS, _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_SLAVE = 0x20000, 2, 4, 0x4000, 0x80000
+_CLONE_NEWUTS, _CLONE_NEWIPC = 0x04000000, 0x08000000
+
+
+def unshare_flags(cfg: ServiceConfig, join: tuple[int, int] | None = None) -> int:
+    """The namespaces a start of `cfg` unshares beside its mount steps and its network
+    (protect_hostname: UTS; private_ipc: IPC; private_mounts with no mount step: a bare
+    mount namespace, its mounts made slaves); 0 for a command that joins the service's."""
+    if join is not None:
+        return 0
+    return (_CLONE_NEWUTS if cfg.protect_hostname else 0) | \
+        (_CLONE_NEWIPC if cfg.private_ipc else 0) | \
+        (_CLONE_NEWNS if cfg.private_mounts and not sandbox.plan(cfg) else 0)
+
+
+def _unshare(libc: Any, flags: int) -> None:
+    """In the fallback's child: unshare_flags' namespaces, as _clone3.c's
+    unshare_step. OSError on failure."""
+    if libc.unshare(flags) != 0 or (flags & _CLONE_NEWNS and libc.mount(
+            None, b"/", None, _MS_REC | _MS_SLAVE, None) != 0):
+        code = libc_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def unshare_setting(cfg: ServiceConfig) -> str:
+    """The settings unshare_flags stands for, as an error names them."""
+    return ", ".join(k + " = true" for k in ("protect_hostname", "private_ipc",
+                                              "private_mounts") if getattr(cfg, k))
 
 
 _MS_BIND, _MS_REMOUNT, _MS_RDONLY, _MS_NOEXEC = 0x1000, 0x20, 1, 8
@@ -1265,13 +1292,14 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
     ctypes: Any = None
     libc: Any = None
     mounts = sandbox.plan(cfg) if sandbox.needs_namespace(cfg) and join is None else ()
+    uflags = unshare_flags(cfg, join)
     socks = prep.listen if prep is not None else ()
     exe = (prep.exe or os.fsencode(_exe_path(cfg, prep.env))) if prep is not None and socks \
         else b""
     keep = bounding_mask(cfg)
     programs = seccomp_programs(cfg)
     if mask or cfg.no_new_privileges or mounts or keep >= 0 or programs or \
-            cfg.private_network or join is not None or cfg.io_scheduling_class:
+            cfg.private_network or join is not None or cfg.io_scheduling_class or uflags:
         ctypes, libc = _libc()
 
     def fail(what: str, e: OSError) -> None:
@@ -1299,6 +1327,12 @@ def _preexec(cfg: ServiceConfig, ready_w: int | None, creds: Credentials,
                 _private_net(libc)
             except OSError as e:
                 fail("private_network = true", e)
+                raise
+        if uflags:
+            try:
+                _unshare(libc, uflags)
+            except OSError as e:
+                fail(f"{unshare_setting(cfg)}: unshare", e)
                 raise
         if mounts:
             # subprocess was not given cwd: it is changed into here, after the mounts,
@@ -1489,7 +1523,7 @@ def _plain(cfg: ServiceConfig) -> bool:
             and not cfg.no_new_privileges and not sandbox.needs_namespace(cfg)
             and cfg.nice is None and bounding_mask(cfg) < 0
             and not seccomp.uses_seccomp(cfg) and not cfg.private_network
-            and scheduling(cfg) is None and cfg.tty_path is None)
+            and scheduling(cfg) is None and cfg.tty_path is None and not cfg.private_ipc)
 
 
 _EXE_CACHE: dict[tuple[str, str], str] = {}
@@ -1528,7 +1562,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 18
+CLONE3_ABI = 19
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1617,7 +1651,8 @@ def _setup(cfg: ServiceConfig, creds: Credentials, ready_w: int | None,
             bounding_mask(cfg), seccomp_programs(cfg), cfg.private_network and join is None,
             join, scheduling(cfg),
             None if cfg.tty_path is None else (os.fsencode(cfg.tty_path), tty_flags(cfg)),
-            (list(socks), len(prep.envp) - 1) if prep is not None and socks else None)
+            (list(socks), len(prep.envp) - 1) if prep is not None and socks else None,
+            unshare_flags(cfg, join))
 
 
 def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception:
@@ -1656,6 +1691,8 @@ def _step_error(e: OSError, cfg: ServiceConfig, creds: Credentials) -> Exception
         return SpawnError(f"{_JOIN_SETTING}: setns: {errno_text(e)}")
     if step == "network namespace":
         return SpawnError(f"private_network = true: {errno_text(e)}")
+    if step == "namespaces":
+        return SpawnError(f"{unshare_setting(cfg)}: unshare: {errno_text(e)}")
     if step == "seccomp":
         return SpawnError(f"{_FILTER_SETTING}: prctl PR_SET_SECCOMP: {errno_text(e)}")
     return SpawnError(f"{step}: {errno_text(e)}", transient=e.errno in TRANSIENT_ERRNOS)
@@ -1822,7 +1859,7 @@ def sandboxed(cfg: ServiceConfig) -> bool:
     capability bounding set, no_new_privileges)? Its exec checks then run as its stop
     command does (the loop's _spawn_check): what the host shows them could differ from
     what the service sees, and what they may do from what it may."""
-    return sandbox.needs_namespace(cfg) or cfg.private_network or \
+    return sandbox.needs_namespace(cfg) or cfg.private_network or cfg.private_ipc or \
         seccomp.uses_seccomp(cfg) or bounding_mask(cfg) >= 0 or cfg.no_new_privileges
 
 
@@ -1886,13 +1923,17 @@ def join_namespaces(cfg: ServiceConfig, pid: int) -> tuple[int, int] | None:
     has none or the process is gone (the command then gets namespaces of its own, made
     the same way). The caller closes the pidfd."""
     flags = (_CLONE_NEWNS if sandbox.needs_namespace(cfg) else 0) | \
-        (_CLONE_NEWNET if cfg.private_network else 0)
+        (_CLONE_NEWNET if cfg.private_network else 0) | \
+        (_CLONE_NEWUTS if cfg.protect_hostname else 0) | \
+        (_CLONE_NEWIPC if cfg.private_ipc else 0)
     if not flags:
         return None
     try:
         fd = pidfd_open(pid)
     except OSError:
         return None
+    flags |= (_CLONE_NEWUTS if cfg.protect_hostname else 0) | \
+        (_CLONE_NEWIPC if cfg.private_ipc else 0)
     return None if fd is None else (fd, flags)
 
 
@@ -1941,7 +1982,7 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 bounding_mask(cfg) >= 0 or \
                 cfg.nice is not None or seccomp.uses_seccomp(cfg) or cfg.private_network \
                 or join is not None or cfg.ignore_sigpipe or scheduling(cfg) is not None \
-                or cfg.tty_path is not None or listen_fds:
+                or cfg.tty_path is not None or listen_fds or cfg.private_ipc:
             report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except (SpawnError, OSError) as e:
         for fd in (ready_r, ready_w) + ((logfd,) if out is None else ()):
