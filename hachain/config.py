@@ -847,6 +847,17 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("send_sighup", S.Bool(), "`true`: SIGHUP right after the stop signal, to the same "
           "processes (systemd's `SendSIGHUP=`): for a shell or a terminal session, which "
           "ends on a hang-up.", group="stop"),
+    S.Key("requires_mounts_for", S.ListOf(S.PathText(nonempty=True), one_ok=True,
+                                          max_items=64),
+          "Paths whose file systems must be mounted before each start (systemd's "
+          "`RequiresMountsFor=`): each mount point `/etc/fstab` names at or above one of "
+          "them must be in `/proc/self/mountinfo`. One that is not holds the start back: "
+          "it is tried again after `backoff.initial` (0.5 s at least), not counted "
+          "against `intensity`, and the reason names the mount point (`requires_mounts_for "
+          "/data/db: /data (/etc/fstab) is not mounted; waiting for it`). So a database "
+          "whose data partition failed to mount waits for it instead of writing into the "
+          "directory under it on the root file system. A path under no fstab entry needs "
+          "nothing.", shown="`[]`", group="deps"),
     S.Key("restart_dependents", S.Bool(), "`false`: keep running when something this "
           "service `requires` goes down.", group="deps"),
     # Readiness

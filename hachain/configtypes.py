@@ -188,6 +188,9 @@ class ServiceConfig:
     tty_vhangup: bool = False
     private_network: bool = False  # its own network namespace, loopback only
     private_mounts: bool = False  # its own mount namespace (PrivateMounts=)
+    # its start waits until the fstab file systems these paths are on are mounted
+    # (RequiresMountsFor=: hachain/mounts.py)
+    requires_mounts_for: tuple[str, ...] = ()
     private_ipc: bool = False  # its own IPC namespace (PrivateIPC=)
     # sockets opened by the restarter and handed over at each start as descriptors 3, ...
     # (systemd's ListenStream= and kin: hachain/listen.py), kept open across restarts

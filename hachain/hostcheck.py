@@ -25,7 +25,7 @@ import pwd
 import resource
 import stat
 
-from hachain import bpf, cgroupfs, conditions, seccomp
+from hachain import bpf, cgroupfs, conditions, mounts, seccomp
 from hachain.configtypes import CAPABILITIES, SERVICE_PATH, Config, ServiceConfig
 
 
@@ -215,6 +215,9 @@ def problems(cfg: Config) -> list[str]:
                 seccomp.programs(svc)  # libseccomp here, and every call it names known
             except seccomp.FilterError as e:
                 out.append(f"service {name}: {e}: every start would fail")
+        if svc.requires_mounts_for and (waits := mounts.check(svc.requires_mounts_for)):
+            out.append(f"service {name}: {waits.removesuffix('; waiting for it')} here now: "
+                       "its start would wait")
         if svc.cpu_affinity and not set(svc.cpu_affinity) & os.sched_getaffinity(0):
             out.append(f"service {name}: cpu_affinity = {list(svc.cpu_affinity)}: no CPU of "
                        "it is one this host lets the chain use: every start would fail")

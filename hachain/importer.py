@@ -652,6 +652,17 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             u.restart = e
         elif k == "Sockets" and e.section == "Service":
             continue  # (_socket_units: their sockets become `listen`)
+        elif k == "RequiresMountsFor" and e.section == "Unit":
+            paths = svc.setdefault("requires_mounts_for", [])
+            if not e.value:
+                paths.clear()
+            for word in e.value.split():
+                if not word.startswith("/"):
+                    n.warn(e.line, k, f"{word}: not an absolute path; dropped")
+                elif word not in paths:
+                    paths.append(word)
+            if not paths:
+                del svc["requires_mounts_for"]
         elif k in _DEP_KEYS and e.section == "Unit":
             deps.setdefault(_DEP_KEYS[k], [])
             for d in _deps(e, n, own_sockets):

@@ -189,14 +189,16 @@ class RestarterRun:
         self.pids_seen: set[int] = set()
         self.log = os.path.join(tmp, "restarter.log")
 
-    def start(self, notify_fd: int | None = None) -> None:
+    def start(self, notify_fd: int | None = None, wrap: tuple[str, ...] = ()) -> None:
         """`notify_fd`: a notify socket bound at its path, handed down as init does
-        (what is sent on it while no restarter runs waits for the next one)."""
+        (what is sent on it while no restarter runs waits for the next one).
+        `wrap`: a command that execs its arguments, the restarter's command line, in the
+        same process (`unshare -m`: the restarter in a mount namespace of its own)."""
         logf = open(self.log, "ab")
         env = dict(os.environ)
         if notify_fd is not None:
             env[channels.ENV_NOTIFY_FD] = str(notify_fd)
-        self.proc = subprocess.Popen([PY, "-m", "hachain.restarter", "-c", self.config],
+        self.proc = subprocess.Popen([*wrap, PY, "-m", "hachain.restarter", "-c", self.config],
                                      stdout=logf, stderr=logf, env=env,
                                      pass_fds=() if notify_fd is None else (notify_fd,))
         logf.close()

@@ -164,7 +164,7 @@ intensity = {{ max_restarts = 1000000, window = 1, action = "ignore" }}
     resource.prlimit(r.proc.pid, resource.RLIMIT_NOFILE, (8, old[1]))
     try:
         # flap exits every 0.2 s and is started again at once: a few of its cycles
-        wait_until(lambda: "out of resources, retrying" in open(r.log).read(), 30,
+        wait_until(lambda: "(errno EMFILE); retrying in" in open(r.log).read(), 30,
                    "a start deferred for want of file descriptors")
         assert r.proc.poll() is None
     finally:

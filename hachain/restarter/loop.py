@@ -809,6 +809,10 @@ class Restarter:
                 return Skip(why)
             if c.assertion is not None and (why := conditions.verdict(c.assertion, "assert")):
                 return why, False
+        if c.requires_mounts_for:
+            from hachain import mounts
+            if why := mounts.check(c.requires_mounts_for):
+                return why, True  # (waits: tried again, not counted against intensity)
         if name not in self._limited and self.cgroups.active:
             self._apply_limits(name, c)
         if c.kind == "forking" and self.cgroups.active and not states.kills_leftovers(c):

@@ -544,12 +544,13 @@ def starting_spawn_failed(s: Svc, ev: Event, c: ServiceConfig) -> Result:
     """The process could not be started (ev.reason names the setting). The reason says
     whether, and how, it is tried again."""
     if ev.transient:
-        # The machine is short of something right now: try again after the backoff, without
-        # counting it against the service's restart intensity.
+        # The machine is short of something right now (descriptors, memory, an address
+        # or a file system not there yet): try again after the backoff, without counting
+        # it against the service's restart intensity.
         delay = max(c.backoff.initial, 0.5)
         return (replace(s, state=State.BACKOFF, pid=None,
-                        reason=f"cannot start: {ev.reason}; out of resources, retrying in "
-                               f"{delay:g} s (not counted against intensity)"),
+                        reason=f"cannot start: {ev.reason}; retrying in {delay:g} s (a "
+                               "passing shortage: not counted against intensity)"),
                 [ArmTimer(s.name, Timer.BACKOFF_DONE, delay)])
     # Anything else is a failed start: the restart policy decides, as for a failed exit
     # (on-failure and always retry, after the backoff; intensity counts it).
