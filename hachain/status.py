@@ -866,6 +866,14 @@ def render_details(details: dict[str, dict[str, Any]], tty: bool = False) -> lis
                          else "not asked for yet"))
         if s.get("post_stop"):
             rows.append(("post_stop", f"running (pid {s['post_stop']}); a start waits for it"))
+        if "listen" in s:
+            rows.append(("listen", "held open: " + ", ".join(map(str, s["listen"]))
+                         if s["listen"] else "closed (opened at its next start)"))
+        if "fd_store" in s:
+            names = s["fd_store"] or []
+            rows.append(("fd store", f"{len(names)} descriptor(s)" + (
+                ": " + ", ".join(map(str, names[:16])) + (" ..." if len(names) > 16 else "")
+                if names else "")))
         if s.get("leftovers"):
             rows.append(("leftovers", " ".join(map(str, s["leftovers"]))))
         if "log_file" in s:

@@ -57,6 +57,7 @@ def test_state_survives_crashes(restarter: Any, tmp_path: Any) -> None:
     assert seen(out, 1) == [["new", "1"]]
     wait_until(lambda: json.load(open(os.path.join(r.state_dir, "services", "db.json")))
                .get("fd_store"), RUN_BOUND, "the record to name the store")
+    assert r.svc("db")["fd_store"] == ["state"]
     crash(r)
     crash(r)
     assert seen(out, 3) == [["new", "1"], ["got", "2"], ["got", "3"]]

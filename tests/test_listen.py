@@ -229,8 +229,12 @@ def test_a_stop_closes_them_and_a_start_opens_them(restarter: Any, tmp_path: Any
     out, port, sock = tmp_path / "out", free_port(), os.path.join(short_dir, "w.sock")
     r = restarter(conf(out, port, sock))
     r.wait_state("web", "ready", timeout=RUN_BOUND)
+    shown = subprocess.run([sys.executable, "-m", "hachain.cli", "status", "-c", r.config,
+                            "web"], capture_output=True, text=True, timeout=30).stdout
+    assert f"listen:    held open: tcp:127.0.0.1:{port}, unix:{sock}" in shown, shown
     assert r.req("stop", "web")["ok"]
-    r.wait_state("web", "stopped", timeout=RUN_BOUND)
+    st = r.wait_state("web", "stopped", timeout=RUN_BOUND)
+    assert st["listen"] == []
     with pytest.raises(ConnectionRefusedError):
         ask_tcp(port)
     rec = json.load(open(os.path.join(r.state_dir, "services", "web.json")))

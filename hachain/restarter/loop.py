@@ -1807,8 +1807,13 @@ class Restarter:
 
     def service_status(self, name: str, now: float) -> dict[str, Any]:
         s, c = self.svcs[name], self.conf[name]
-        extra = {} if not c.post_stop else {  # its post_stop program, while it runs
+        extra: dict[str, Any] = {} if not c.post_stop else {  # its post_stop, while it runs
             "post_stop": self.post_stop_ids[name][0] if name in self.post_stop_ids else None}
+        if c.listen:  # what is held open for it now (none while it is down for good)
+            extra["listen"] = list(self.listening[name][0]) if name in self.listening else []
+        if c.fd_store_max:
+            store = self.fd_stores.get(name)
+            extra["fd_store"] = list(store.names()) if store is not None else []
         return extra | {
             "state": s.state.value, "want": s.want, "pid": s.pid, "kind": c.kind,
             "uptime": round(now - s.started_at, 3) if s.pid and s.started_at else None,
