@@ -92,6 +92,11 @@ ENV_INIT_PID = "HACHAIN_INIT_PID"  # init's pid, for its children to notice it i
 # ran is read by the next one, and a client connecting meanwhile waits in the backlog.
 ENV_NOTIFY_FD = "HACHAIN_NOTIFY_FD"
 ENV_CONTROL_FD = "HACHAIN_CONTROL_FD"
+# ... and the stash, a socket pair: what the restarter writes on one end (its services'
+# listen sockets and stored descriptors, with SCM_RIGHTS) waits on the other, which the
+# next restarter reads (hachain/restarter/stash.py)
+ENV_STASH_FD = "HACHAIN_STASH_FD"
+ENV_STASH_PEER_FD = "HACHAIN_STASH_PEER_FD"
 NOTIFY_SOCKET = "notify.sock"  # in state_dir
 ENV_FAULT_HOOKS = "HACHAIN_FAULT_HOOKS"  # "1" enables the documented fault-injection hooks
 

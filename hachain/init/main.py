@@ -466,7 +466,8 @@ class Init:
 
     def hold_sockets(self) -> dict[str, socket.socket]:
         """Create the restarter's notify and control sockets once and keep them open, so
-        messages and connections queued on them outlive any one restarter."""
+        messages and connections queued on them outlive any one restarter; and its stash,
+        a socket pair whose queue (descriptors in flight) outlives it too."""
         held: dict[str, socket.socket] = {}
         try:
             os.makedirs(self.opts.state_dir, exist_ok=True)
@@ -495,6 +496,16 @@ class Init:
             for s in held.values():
                 s.close()
             held = {}
+        try:
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as e:
+            log(f"cannot create the restarter's stash: {e}; a restarter that dies loses "
+                "what only it held")
+        else:
+            for env, s in zip((channels.ENV_STASH_FD, channels.ENV_STASH_PEER_FD), pair,
+                              strict=True):
+                s.set_inheritable(True)
+                held[env] = s
         return held
 
 

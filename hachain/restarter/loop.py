@@ -32,7 +32,18 @@ from typing import Any
 
 from hachain import bootrecord, channels, prestart
 from hachain.configtypes import Config, ServiceConfig
-from hachain.restarter import core, fdstore, logpipe, notify, policy, probes, reloads, spawn, states
+from hachain.restarter import (
+    core,
+    fdstore,
+    logpipe,
+    notify,
+    policy,
+    probes,
+    reloads,
+    spawn,
+    stash,
+    states,
+)
 from hachain.restarter.persist import RuntimeRecord, Store
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, State, Svc, Timer
@@ -368,6 +379,10 @@ class Restarter:
         # service -> the descriptors it stored (FDSTORE=1), handed to each start after
         # its listen sockets (fdstore.py)
         self.fd_stores: dict[str, fdstore.Store] = {}
+        # init's stash (stash.py): copies of both, so a restarter's death closes neither;
+        # written again (flush) when they changed
+        self.stash = stash.Stash.inherited()
+        self._stash_dirty = False
         self._reload_seq = 0
         self.held_out = HeldOutput()  # after raise_fd_limit: its room depends on the limit
         self.held_out.keep_for(len(cfg.services))
@@ -439,6 +454,7 @@ class Restarter:
         decision about them can touch a service not yet rebuilt) are rebuilt and restarted
         first; then the rest is re-adopted (their membership already read)."""
         admin = self.store.read_admin()
+        self._unstash()
         self.core.rescue_held = self._rescue_holds()
         # What was sent while no restarter ran is read first (as _on_exit reads it before
         # an exit): a daemon's launcher that named its server (MAINPID=) and exited handed
@@ -466,6 +482,58 @@ class Restarter:
         self._procs_seen = {}
         self.cgroups.drop_held()  # read once; the standby keeps its own for the next one
         self.admin_dirty = True
+        for name in list(self.listening) + list(self.fd_stores):
+            # the stash's of a service that is down for good now (stopped while no
+            # restarter ran, or by the table just now): closed as a transition closes them
+            if (s := self.svcs.get(name)) is not None and s.state in _NO_CREDENTIALS:
+                if name in self.listening:
+                    self._close_listen(name)
+                if name in self.fd_stores and not self.conf[name].fd_store_preserve:
+                    self._release_store(name)
+
+    def _unstash(self) -> None:
+        """What the last restarter stashed (listen sockets, stored descriptors) becomes
+        this one's, for the services that still have them in their configuration; the
+        rest is closed. Written back at once: the stash is empty while taken."""
+        if self.stash is None:
+            return
+        socks: dict[str, list[tuple[str, int]]] = {}
+        for it in self.stash.take():
+            c = self.conf.get(it.service)
+            if it.kind == "listen" and c is not None and c.listen:
+                socks.setdefault(it.service, []).append((str(it.meta), it.fd))
+            elif it.kind == "store" and c is not None and c.fd_store_max and \
+                    isinstance(it.meta, list) and len(it.meta) == 2:
+                store = self.fd_stores.setdefault(it.service, fdstore.Store())
+                store.entries.append(fdstore.Entry(it.fd, str(it.meta[0]), bool(it.meta[1])))
+            else:
+                os.close(it.fd)
+        for name, got in socks.items():
+            if tuple(spec for spec, _ in got) == self.conf[name].listen:
+                self.listening[name] = (self.conf[name].listen,
+                                        [socket.socket(fileno=fd) for _, fd in got])
+            else:  # (its listen changed meanwhile: opened afresh at its next start)
+                for _, fd in got:
+                    os.close(fd)
+        if self.listening or self.fd_stores:
+            log(f"took back from init's stash the sockets of {len(self.listening)} and the "
+                f"stored descriptors of {len(self.fd_stores)} service(s)")
+        self._stash_dirty = True
+        self._write_stash()
+
+    def _write_stash(self) -> None:
+        if self.stash is None or not self._stash_dirty:
+            return
+        self._stash_dirty = False
+        items: list[tuple[str, str, Any, int]] = [
+            (n, "listen", spec, sk.fileno())
+            for n, (specs, socks) in self.listening.items()
+            for spec, sk in zip(specs, socks, strict=True)]
+        items += [(n, "store", [e.name, e.poll], e.fd)
+                  for n, st in self.fd_stores.items() for e in st.entries]
+        if why := self.stash.put(items):
+            log(f"warning: cannot write init's stash ({why}): a restarter that dies now "
+                "loses the sockets and stored descriptors only it holds")
 
     def _dead_first(self) -> tuple[list[str], list[str]]:
         """(services to rebuild and restart first, the rest), in configuration order. First:
@@ -518,11 +586,12 @@ class Restarter:
                 if x is not None:
                     os.close(x)
             if ok:
-                if rec is not None and rec.sockets and c.listen:
+                if rec is not None and rec.sockets and c.listen and name not in self.listening:
                     pid = self.svcs[name].pid
                     assert pid is not None
                     self._recover_listen(name, pid, rec.sockets)
-                if rec is not None and rec.fd_store and c.fd_store_max:
+                if rec is not None and rec.fd_store and c.fd_store_max and \
+                        name not in self.fd_stores:
                     pid = self.svcs[name].pid
                     assert pid is not None
                     self._recover_store(name, pid, rec.fd_store)
@@ -849,6 +918,7 @@ class Restarter:
             for gone in store.drop_hung_up():
                 log(f"{name}: its stored descriptor {gone!r} hung up: dropped")
                 self.dirty.add(name)
+                self._stash_dirty = True
             fds += store.fds()
             names += store.names()
         try:
@@ -904,12 +974,14 @@ class Restarter:
                                               uid, gid))
             self.listening[name] = held
             self.dirty.add(name)  # the record names them
+            self._stash_dirty = True
         return tuple(sk.fileno() for sk in held[1])
 
     def _close_listen(self, name: str) -> None:
         from hachain import listen
         _, socks = self.listening.pop(name)
         listen.close_all(socks)
+        self._stash_dirty = True
         if name in self.svcs:
             self.dirty.add(name)
 
@@ -926,6 +998,7 @@ class Restarter:
         if f.get("FDSTOREREMOVE") == "1":
             if (store := self.fd_stores.get(name)) is not None and store.remove(fdname):
                 self.dirty.add(name)
+                self._stash_dirty = True
             return frozenset()
         if f.get("FDSTORE") != "1" or not n.fds:
             return frozenset()
@@ -940,10 +1013,12 @@ class Restarter:
                               f"{len(n.fds) - len(kept)} descriptor(s) closed")
         if kept:
             self.dirty.add(name)
+            self._stash_dirty = True
         return frozenset(kept)
 
     def _release_store(self, name: str) -> None:
         self.fd_stores.pop(name).close()
+        self._stash_dirty = True
         if name in self.svcs:
             self.dirty.add(name)
 
@@ -959,6 +1034,7 @@ class Restarter:
         for fdname, dev, ino, poll in described:
             if (fd := found.pop((dev, ino), None)) is not None:
                 store.entries.append(fdstore.Entry(fd, fdname, poll))
+        self._stash_dirty = True
         lost = len(described) - len(store.entries)
         if lost:
             log(f"{name}: warning: {lost} of its {len(described)} stored descriptor(s) were "
@@ -980,6 +1056,7 @@ class Restarter:
                 "opened afresh at its next start")
             return
         self.listening[name] = (c.listen, socks)
+        self._stash_dirty = True
 
     def _drop_ahead(self, name: str) -> None:
         """A replacement started ahead of an exit's effects that no Spawn took: the core
@@ -2150,6 +2227,7 @@ class Restarter:
                 self._start_times[name] = rec.start_time
             self.store.write_record(rec, now)
         self.dirty.clear()
+        self._write_stash()
         if self.admin_dirty and not self.shutting_down:
             self.admin = self.core.admin()
             self.store.write_admin(self.admin, now)
