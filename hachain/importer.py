@@ -1169,14 +1169,43 @@ def _socket_units(entries: list[Entry], unit: str, path: str,
     the service depends on it (dbus.service: Requires=dbus.socket). One it does not name
     (ssh.socket beside ssh.service) hands it sockets under systemd only when enabled,
     which a unit file does not say: not carried, and said so."""
-    named = [w for e in entries if e.section == "Service" and e.key == "Sockets"
-             for w in _expand_specifiers(e.value, known).split() if w.endswith(".socket")]
-    if named:
-        return frozenset(named)
+    where = os.path.dirname(path)
+    named = {w for e in entries if e.section == "Service" and e.key == "Sockets"
+             for w in _expand_specifiers(e.value, known).split() if w.endswith(".socket")}
     own = unit.removesuffix(".service") + ".socket"
-    return frozenset({own}) if os.path.exists(os.path.join(os.path.dirname(path), own)) \
-        and any(e.section == "Unit" and e.key in _DEP_KEYS and own in e.value.split()
-                for e in entries) else frozenset()
+    deps = {w for e in entries if e.section == "Unit" and (e.key in _DEP_KEYS or
+                                                          e.key == "Before")
+            for w in _expand_specifiers(e.value, known).split() if w.endswith(".socket")}
+    if not named and own in deps and _read_socket_unit(where, own) is not None:
+        named.add(own)
+    for other in deps - named - {own}:
+        # one whose Service= is this unit hands it its sockets too (journald's varlink)
+        got = _read_socket_unit(where, other)
+        if got is not None and any(e.section == "Socket" and e.key == "Service" and
+                                   e.value == unit for e in got[1]):
+            named.add(other)
+    return frozenset(named)
+
+
+def _read_socket_unit(where: str, name: str) -> tuple[str, list[Entry]] | None:
+    """(path, entries) of socket unit `name` in directory `where`; an instance with no
+    file of its own made from its template (`x@.socket`) with its specifiers expanded,
+    as systemd makes it. None when there is neither (OSError, UnicodeDecodeError when
+    it cannot be read)."""
+    path = os.path.join(where, name)
+    known: dict[str, str] = {}
+    stem, at, instance = name.removesuffix(".socket").partition("@")
+    template = os.path.join(where, f"{stem}@.socket")
+    if at and instance and not os.path.exists(path) and os.path.exists(template):
+        known = specifiers(f"{stem}@{instance}.service") | {"n": name}
+        path = template
+    elif not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        entries = read_unit(fh.read())
+    if known:
+        entries = [replace(e, value=_expand_specifiers(e.value, known)) for e in entries]
+    return path, entries
 
 
 # [Socket] Listen*= → the form of `listen`; the others are not carried
@@ -1206,15 +1235,17 @@ def _socket_unit(path: str, name: str, svc_name: str, svc: dict[str, Any],
     """Carry socket unit `name` (at `path`) into `svc`: its Listen*= as `listen`, its
     SocketMode=, SocketUser=, SocketGroup=, Backlog=, FileDescriptorName=; False (with a
     warning) when it cannot be read."""
-    n = _Notes(path, conv)
     try:
-        with open(path, encoding="utf-8") as fh:
-            entries = read_unit(fh.read())
+        got = _read_socket_unit(os.path.dirname(path), name)
+        if got is None:
+            raise FileNotFoundError(2, "No such file or directory")
     except (OSError, UnicodeDecodeError) as ex:
         conv.warnings.append(f"{path}: Sockets: {name}: cannot read it "
                              f"({getattr(ex, 'strerror', None) or ex}); its sockets are not "
                              "carried over")
         return False
+    path, entries = got
+    n = _Notes(path, conv)
     listen = svc.setdefault("listen", [])
     before = len(listen)
     for e in entries:
@@ -1238,9 +1269,21 @@ def _socket_unit(path: str, name: str, svc_name: str, svc: dict[str, Any],
                            "not supported: hachain hands the service its listening socket; "
                            "dropped")
             elif k == "SocketMode":
-                svc["socket_mode"] = _umask(v)
+                mode = _umask(v)
+                if (had := svc.get("socket_mode")) is not None and had != mode:
+                    mode = f"{int(had, 8) & int(mode, 8):03o}"
+                    n.warn(e.line, k, f"{v}: hachain gives all of a service's unix sockets "
+                           f"one mode, and another of its socket units says {had}: {mode} "
+                           "(what both allow) it is")
+                svc["socket_mode"] = mode
             elif k in ("SocketUser", "SocketGroup"):
-                svc["socket_user" if k == "SocketUser" else "socket_group"] = v
+                key = "socket_user" if k == "SocketUser" else "socket_group"
+                if (had := svc.get(key)) is not None and had != v:
+                    n.warn(e.line, k, f"{v}: hachain gives all of a service's unix sockets "
+                           f"one owner, and another of its socket units says {had}: {had} "
+                           "it stays")
+                else:
+                    svc[key] = v
             elif k == "Backlog":
                 svc["listen_backlog"] = _int_in(v, 1, 65535)
             elif k == "FileDescriptorName":
@@ -1254,6 +1297,12 @@ def _socket_unit(path: str, name: str, svc_name: str, svc: dict[str, Any],
                 n.warn(e.line, k, "not supported by hachain; dropped")
         except ValueError as ex:
             n.warn(e.line, k, f"{ex}; dropped")
+    if any(x.startswith("unix") and ":/" in x for x in listen[before:]) and \
+            not any(e.section == "Socket" and e.key == "SocketMode" for e in entries) and \
+            (had := svc.get("socket_mode")) is not None and had != "666":
+        # (its own are systemd's default 0666, which the mode given to all narrows)
+        n.warn(1, "SocketMode", f"(unset: 0666) hachain gives all of a service's unix "
+               f"sockets one mode, and another of its socket units says {had}: {had} it is")
     if len(listen) == before:  # (nothing of it carried: its name is not given out)
         if not listen:
             del svc["listen"]

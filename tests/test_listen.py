@@ -436,3 +436,27 @@ def test_import_leaves_a_socket_unit_the_service_does_not_name(tmp_path: Any) ->
     text, conv = importer.import_files([str(tmp_path / "sshd.service")])
     assert "listen" not in text
     assert any("sshd.socket beside it is not carried over" in w for w in conv.warnings)
+
+
+def test_import_takes_the_sockets_a_template_instance_and_its_service_name(
+        tmp_path: Any) -> None:
+    """journald's namespace units: Sockets=j@%i.socket, made from the template j@.socket;
+    j-varlink@%i.socket, named in Requires=, whose Service= is this instance. One mode
+    for all: the stricter, said."""
+    (tmp_path / "j@.socket").write_text("[Socket]\nService=j@%i.service\n"
+                                         "ListenStream=/run/j.%i/stdout\n")
+    (tmp_path / "j-varlink@.socket").write_text("[Socket]\nService=j@%i.service\n"
+                                                "ListenStream=/run/j.%i/varlink\n"
+                                                "SocketMode=0600\n")
+    (tmp_path / "other.socket").write_text("[Socket]\nListenStream=/run/other\n")
+    (tmp_path / "j@.service").write_text(
+        "[Unit]\nRequires=j-varlink@%i.socket other.socket\nAfter=j-varlink@%i.socket\n"
+        "[Service]\nExecStart=/bin/j %i\nSockets=j@%i.socket\n")
+    text, conv = importer.import_files([str(tmp_path / "j@ns.service")])
+    svc = config.parse(text).services["j@ns"]
+    assert svc.listen == ("unix:/run/j.ns/varlink", "unix:/run/j.ns/stdout")
+    assert svc.socket_mode == 0o600
+    assert any("(unset: 0666) hachain gives all of a service's unix sockets one mode, and "
+               "another of its socket units says 600: 600 it is" in w for w in conv.warnings)
+    assert any("other.socket: only services can be dependencies" in w
+               for w in conv.warnings)  # not its own: its Service= is not this unit
