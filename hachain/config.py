@@ -740,6 +740,13 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "host's mounts as slaves (systemd's `PrivateMounts=`): what it mounts stays its "
           "own, while what the host mounts later still reaches it. The other file system "
           "keys imply it.", group="run"),
+    S.Key("remove_ipc", S.Bool(), "`true`: once the service is down (stopped, failed, in "
+          "maintenance) and nothing else running runs as its user, the System V shared "
+          "memory, semaphores and message queues and the POSIX ones (`/dev/shm`, "
+          "`/dev/mqueue`) that its `user` or `group` owns are removed (systemd's "
+          "`RemoveIPC=`): what a crashed daemon left cannot pile up or be found by the next "
+          "thing that runs as that user. Needs `user` or `group` (never root's).",
+          group="run"),
     S.Key("private_ipc", S.Bool(), "`true`: an IPC namespace of its own (systemd's "
           "`PrivateIPC=`): System V semaphores, message queues and shared memory, and POSIX "
           "message queues, apart from the host's and every other service's.", group="run"),
@@ -1093,6 +1100,9 @@ def _service_checks(s: ServiceConfig, at: S.Path, r: S.Report) -> None:
     if len(set(s.listen)) != len(s.listen):
         r.err(at + ("listen",), "names a socket twice: "
               + ", ".join(sorted({x for x in s.listen if s.listen.count(x) > 1})))
+    if s.remove_ipc and s.user in (None, "root") and s.group in (None, "root"):
+        r.err(at + ("remove_ipc",), "needs user or group, other than root: root's IPC "
+              "objects are the system's", [at + ("user",)])
     if s.fd_store_preserve and not s.fd_store_max:
         r.err(at + ("fd_store_preserve",), "keeps stored descriptors, and fd_store_max "
               "(0) lets the service store none", [at + ("fd_store_max",)])

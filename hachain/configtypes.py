@@ -192,6 +192,7 @@ class ServiceConfig:
     # (RequiresMountsFor=: hachain/mounts.py)
     requires_mounts_for: tuple[str, ...] = ()
     private_ipc: bool = False  # its own IPC namespace (PrivateIPC=)
+    remove_ipc: bool = False  # its user's IPC objects removed once it is down (RemoveIPC=)
     # sockets opened by the restarter and handed over at each start as descriptors 3, ...
     # (systemd's ListenStream= and kin: hachain/listen.py), kept open across restarts
     listen: tuple[str, ...] = ()

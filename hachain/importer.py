@@ -1045,6 +1045,11 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
             elif k == "SendSIGHUP":
                 if _unit_bool(v):
                     svc["send_sighup"] = True
+            elif k == "RemoveIPC":
+                if _unit_bool(v):
+                    svc["remove_ipc"] = e.line  # (kept when it has a user: below)
+                else:
+                    svc.pop("remove_ipc", None)
             elif k == "FileDescriptorStoreMax":
                 most = config.FD_STORE_MOST
                 count = int(v)
@@ -1131,6 +1136,12 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
         svc["ignore_sigpipe"] = True
     if svc.get("directory_mode") == "0755":
         del svc["directory_mode"]
+    if (line := svc.pop("remove_ipc", None)) is not None:
+        if svc.get("user", "root") != "root" or svc.get("group", "root") != "root":
+            svc["remove_ipc"] = True
+        else:
+            n.warn(line, "RemoveIPC", "has no effect for a service that runs as root; "
+                   "dropped")
     for sock in sorted(own_sockets):
         if _socket_unit(os.path.join(unit_dir, sock), sock, svc_name, svc, conv):
             comments.append(f"its sockets from {sock} (opened at its start, not on demand)")

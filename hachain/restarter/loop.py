@@ -730,6 +730,9 @@ class Restarter:
                     credentials.remove(self.state_dir, e.name)
                 if e.new.state in _NO_CREDENTIALS and e.name in self.listening:
                     self._close_listen(e.name)
+                if e.new.state in _NO_CREDENTIALS and (c := self.conf.get(e.name)) and \
+                        c.remove_ipc:
+                    self._remove_ipc(e.name, c)
                 if e.new.state in _NO_CREDENTIALS and e.name in self.fd_stores and \
                         not ((c := self.conf.get(e.name)) and c.fd_store_preserve):
                     self._release_store(e.name)
@@ -1015,6 +1018,31 @@ class Restarter:
             self.dirty.add(name)
             self._stash_dirty = True
         return frozenset(kept)
+
+    def _remove_ipc(self, name: str, c: ServiceConfig) -> None:
+        """remove_ipc: `name` is down; what its user and group own goes, unless another
+        service with a process runs as the same user or group (ipc.py)."""
+        from hachain.restarter import ipc
+        try:
+            who = spawn.credentials(c)
+        except spawn.SpawnError:
+            return  # (its user is gone: its start says so)
+        uid = -1 if who.uid in (None, 0) else who.uid
+        gid = -1 if who.gid in (None, 0) else who.gid
+        for other, s in self.svcs.items():
+            oc = self.conf.get(other)
+            if other == name or s.pid is None or oc is None or \
+                    (oc.user is None and oc.group is None):
+                continue
+            try:
+                ow = spawn.credentials(oc)
+            except spawn.SpawnError:
+                continue
+            if (uid >= 0 and ow.uid == uid) or (gid >= 0 and ow.gid == gid):
+                return  # (systemd too keeps them while the user is in use)
+        if done := ipc.remove(uid, gid):
+            log(f"{name}: remove_ipc: removed " + ", ".join(done[:8])
+                + (f" and {len(done) - 8} more" if len(done) > 8 else ""))
 
     def _release_store(self, name: str) -> None:
         self.fd_stores.pop(name).close()
