@@ -25,7 +25,7 @@ import pwd
 import resource
 import stat
 
-from hachain import bpf, cgroupfs, conditions, mounts, seccomp
+from hachain import bpf, cgroupfs, conditions, listen, mounts, seccomp
 from hachain.configtypes import CAPABILITIES, SERVICE_PATH, Config, ServiceConfig
 
 
@@ -174,6 +174,47 @@ def _cgroup_programs_problem(cfg: Config, svc: ServiceConfig) -> str | None:
     return None
 
 
+def _listen_problem(spec: str) -> str | None:
+    """Why the restarter could not open `spec` on this host now, or None: an address
+    another process holds (or this chain's restarter, when it runs), or one the host
+    does not have. Bound and closed at once; a unix path is only looked at."""
+    import errno
+    import socket
+    a = listen.parse(spec)
+    if isinstance(a.address, str):  # a path: someone answering on it holds it
+        if not os.path.exists(a.address):
+            return None
+        with socket.socket(socket.AF_UNIX, a.type) as s:
+            try:
+                s.connect(a.address)
+            except OSError:
+                return None
+        return ("something listens on it now (another process, or this chain's restarter "
+                "if it runs: `hachain status NAME` shows what it holds)")
+    if isinstance(a.address, bytes):
+        return None
+    try:
+        s = socket.socket(a.family, a.type)
+    except OSError:
+        return None
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if a.family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if a.any_host else 1)
+        s.bind(a.address)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return ("the address is in use on this host now (by another process, or by "
+                    "this chain's restarter if it runs: `hachain status NAME` shows what it "
+                    "holds): every start would wait for it")
+        if e.errno == errno.EADDRNOTAVAIL:
+            return "this host has no such address now: every start would wait for it"
+        return None
+    finally:
+        s.close()
+    return None
+
+
 def problems(cfg: Config) -> list[str]:
     """One line per program of a service that cannot be run here as the service runs,
     per setting this host would refuse (a capability it does not have), and per
@@ -215,6 +256,9 @@ def problems(cfg: Config) -> list[str]:
                 seccomp.programs(svc)  # libseccomp here, and every call it names known
             except seccomp.FilterError as e:
                 out.append(f"service {name}: {e}: every start would fail")
+        for spec in svc.listen:
+            if (taken := _listen_problem(spec)) is not None:
+                out.append(f"service {name}: listen {spec!r}: {taken}")
         if svc.requires_mounts_for and (waits := mounts.check(svc.requires_mounts_for)):
             out.append(f"service {name}: {waits.removesuffix('; waiting for it')} here now: "
                        "its start would wait")

@@ -460,3 +460,24 @@ def test_import_takes_the_sockets_a_template_instance_and_its_service_name(
                "another of its socket units says 600: 600 it is" in w for w in conv.warnings)
     assert any("other.socket: only services can be dependencies" in w
                for w in conv.warnings)  # not its own: its Service= is not this unit
+
+
+def test_check_names_an_address_in_use(tmp_path: Any, short_dir: str) -> None:
+    from hachain import hostcheck
+    port = free_port()
+    sock_path = os.path.join(short_dir, "busy.sock")
+    cfg = config.parse(f'[service.a]\ncommand = ["/bin/sleep", "1"]\nlisten = '
+                       f'["tcp:127.0.0.1:{port}", "unix:{sock_path}", "tcp:192.0.2.1:80"]\n')
+    assert [p for p in hostcheck.problems(cfg) if "listen" in p] == [
+        "service a: listen 'tcp:192.0.2.1:80': this host has no such address now: every "
+        "start would wait for it"]
+    with socket.socket() as t, socket.socket(socket.AF_UNIX) as u:
+        t.bind(("127.0.0.1", port))
+        t.listen()
+        u.bind(sock_path)
+        u.listen()
+        got = [p for p in hostcheck.problems(cfg) if "listen" in p]
+    assert got[0].startswith(f"service a: listen 'tcp:127.0.0.1:{port}': the address is in "
+                             "use on this host now")
+    assert got[1].startswith(f"service a: listen 'unix:{sock_path}': something listens on "
+                             "it now")
