@@ -69,6 +69,15 @@ def uses_seccomp(c: ServiceConfig) -> bool:
                 c.restrict_namespaces or bool(_protected_calls(c)))
 
 
+def filter_key(c: ServiceConfig) -> tuple[object, ...]:
+    """Every setting `programs` reads: two services with the same key get the same
+    programs (spawn.py builds them once per key)."""
+    return (c.system_call_filter, c.system_call_error_number, c.system_call_architectures,
+            c.restrict_address_families, c.memory_deny_write_execute, c.lock_personality,
+            c.restrict_realtime, c.restrict_suid_sgid, c.restrict_namespaces,
+            tuple(_protected_calls(c)))
+
+
 def _protected_calls(c: ServiceConfig) -> list[str]:
     """The calls the protect_* keys refuse with EPERM (systemd's choice for each)."""
     out: list[str] = []

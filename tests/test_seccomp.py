@@ -495,3 +495,14 @@ def test_the_cli_runs_under_the_filters_it_builds(tmp_path: Any) -> None:
                        capture_output=True, text=True, timeout=60)
     assert "service a: system_call_filter: unknown system call 'frobnicate'" in r.stderr, \
         r.stderr
+
+
+def test_each_set_of_protections_gets_its_own_programs() -> None:
+    """The programs are built once per set of the settings they come from, the protect_*
+    keys included: a service with protect_hostname alone, started first, must not give
+    one with protect_kernel_modules its program (seen in CI's order of tests)."""
+    first = spawn.seccomp_programs(ServiceConfig("a", ("x",), protect_hostname=True))
+    second = spawn.seccomp_programs(ServiceConfig("b", ("x",), protect_hostname=True,
+                                                  protect_kernel_modules=True))
+    assert first != second
+    assert spawn.seccomp_programs(ServiceConfig("c", ("x",), protect_hostname=True)) is first

@@ -1471,10 +1471,10 @@ _FILTERS: dict[tuple[Any, ...], list[bytes]] = {}
 
 
 def _filter_key(cfg: ServiceConfig) -> tuple[Any, ...]:
-    return (cfg.system_call_filter, cfg.system_call_error_number,
-            cfg.system_call_architectures, cfg.restrict_address_families,
-            cfg.memory_deny_write_execute, cfg.lock_personality, cfg.restrict_realtime,
-            cfg.restrict_suid_sgid, cfg.restrict_namespaces)
+    # (its protect_* keys too: without them, a service with protect_hostname alone that
+    # started first gave a later one with protect_kernel_modules its program, found by
+    # CI's order of tests, 2026-12-05)
+    return seccomp.filter_key(cfg)
 
 
 def seccomp_programs(cfg: ServiceConfig) -> list[bytes]:
