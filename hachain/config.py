@@ -1009,6 +1009,11 @@ def _build_service(v: dict[str, Any], given: set[str], at: S.Path,
                   "only with shell = true)")
             return S.INVALID
         v["reload_command"] = ("/bin/sh", "-c", rel)
+    if v.get("listen") and v.get("pre_start") and v["ready"] == "none" and \
+            "ready_fd" not in given:
+        # the pipe that says when its command is exec'd after pre_start is the chain's
+        # own: it goes above the listen sockets, not on 3, the first of them
+        v["ready_fd"] = listen.FIRST_FD + len(v["listen"])
     if v["kind"] == "oneshot" and "restart" not in given:
         v["restart"] = "never"
     return ServiceConfig(name=at[-1], **v)

@@ -481,3 +481,19 @@ def test_check_names_an_address_in_use(tmp_path: Any, short_dir: str) -> None:
                              "use on this host now")
     assert got[1].startswith(f"service a: listen 'unix:{sock_path}': something listens on "
                              "it now")
+
+
+@pytest.mark.slow
+def test_pre_start_runs_before_and_the_command_gets_the_sockets(restarter: Any,
+                                                               tmp_path: Any,
+                                                               short_dir: str) -> None:
+    """The pipe that says when `command` is exec'd after pre_start is put above the
+    sockets (it sat on 3, the first of them, and the command found no socket there)."""
+    out, port, sock = tmp_path / "out", free_port(), os.path.join(short_dir, "w.sock")
+    r = restarter(conf(out, port, sock).replace('ready = "notify"\n', "") +
+                  f'pre_start = [["/bin/sh", "-c", "echo pre $LISTEN_FDS >> {out}"]]\n')
+    pid = r.wait_state("web", "ready", timeout=RUN_BOUND)["pid"]
+    assert ask_tcp(port) == pid == ask_unix(sock)
+    got = lines(out)
+    assert got[0] == ["pre", "2"]  # (it sees them too, and LISTEN_PID is not its own)
+    assert got[1][:3] == [str(pid), "LISTEN_FDS=2", "LISTEN_PID=ok"]
