@@ -583,7 +583,8 @@ def _expand_specifiers(value: str, known: dict[str, str]) -> str:
     return re.sub(r"%(.)", lambda m: known.get(m.group(1), m.group(0)), value)
 
 
-def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion:
+def convert_systemd(text: str, path: str, name: str | None = None,
+                    sockets: tuple[str, ...] = ()) -> Conversion:
     """One unit file → one service. `name`: the unit's name when not the file's (an
     instance of the template `path`: "getty@tty1.service")."""
     conv = Conversion()
@@ -610,10 +611,11 @@ def convert_systemd(text: str, path: str, name: str | None = None) -> Conversion
     before: list[str] = []  # Before=: these services start after this one
     u = _Unit()
     entries = read_unit(text)
-    own_sockets = _socket_units(entries, unit, path, known)
+    own_sockets = _socket_units(entries, unit, path, known) | frozenset(sockets)
     unit_dir = os.path.dirname(path)
     paired = unit.removesuffix(".service") + ".socket"
-    if not own_sockets and os.path.exists(os.path.join(unit_dir, paired)):
+    if paired not in own_sockets and os.path.exists(os.path.join(unit_dir, paired)) and \
+            not sockets:
         n.warn(1, "sockets", f"{paired} beside it is not carried over: systemd hands the "
                "service its sockets only while that socket unit is enabled, and the service "
                "does not name it; if it is, give the service its `listen` by hand")
@@ -1892,13 +1894,14 @@ def resolve_deps(conv: Conversion) -> None:
             svc["_missing"] = missing
 
 
-def convert(text: str, path: str, fmt: str | None = None, unit: str | None = None
-            ) -> Conversion:
+def convert(text: str, path: str, fmt: str | None = None, unit: str | None = None,
+            sockets: tuple[str, ...] = ()) -> Conversion:
     """Convert one file's text; `fmt` None detects the format from the content. `unit`:
-    a systemd unit's name when not the file's (an instance of a template)."""
+    a systemd unit's name when not the file's (an instance of a template). `sockets`:
+    socket units it gets whether it names them or not (`hachain import x.socket`)."""
     fmt = fmt or detect_format(text)
     if fmt == "systemd":
-        return convert_systemd(text, path, unit)
+        return convert_systemd(text, path, unit, sockets)
     if fmt == "supervisord":
         return convert_supervisord(text, path)
     conv = Conversion()
@@ -1914,6 +1917,31 @@ def _include_patterns(path: str, line: int, value: str, conv: Conversion) -> lis
     names = {"here": here, "host_node_name": platform.node()}
     value = _expand(value, names, Entry("include", "files", value, line), _Notes(path, conv))
     return [os.path.join(here, pat) for pat in value.split()]
+
+
+def _service_of_socket(path: str) -> tuple[str, tuple[str, ...], str]:
+    """(the service file a socket unit activates, (the socket's name,), "") as systemd
+    pairs them (its Service=, or the socket's own name); or ("", (), why not)."""
+    where, name = os.path.dirname(path), os.path.basename(path)
+    try:
+        got = _read_socket_unit(where, name)
+    except (OSError, UnicodeDecodeError) as e:
+        return "", (), f"{path}: cannot read: {getattr(e, 'strerror', None) or e}"
+    if got is None:
+        return "", (), f"{path}: cannot read: No such file or directory"
+    entries = got[1]
+    if any(e.section == "Socket" and e.key == "Accept" and e.value and _unit_bool(e.value)
+           for e in entries):
+        return "", (), (f"{path}: Accept=yes (a service instance per connection, inetd's "
+                        "way) is not supported: hachain hands one service its listening "
+                        "sockets")
+    service = next((e.value for e in entries if e.section == "Socket" and
+                    e.key == "Service" and e.value), name.removesuffix(".socket") + ".service")
+    target = os.path.join(where, service)
+    if not os.path.exists(target) and _template_of(target) is None:
+        return "", (), (f"{path}: the service it starts, {service}, is not beside it; "
+                        "import that service with it")
+    return target, (name,), ""
 
 
 def _template_of(path: str) -> str | None:
@@ -1947,6 +1975,16 @@ def import_files(paths: list[str], fmt: str | None = None) -> tuple[str, Convers
         seen.add(real)
         sources.append(os.path.basename(p))
         unit = None
+        sockets: tuple[str, ...] = ()
+        if p.endswith(".socket") and f in (None, "systemd"):
+            # `hachain import x.socket`: the service it activates, with its sockets
+            p, sockets, why = _service_of_socket(p)
+            if why:
+                total.errors.append(why)
+                continue
+            if os.path.realpath(p) in seen:
+                continue
+            seen.add(os.path.realpath(p))
         if (template := _template_of(p)) is not None:  # "getty@tty1.service": getty@.service
             unit, p = os.path.basename(p), template
         if real == os.devnull:
@@ -1959,7 +1997,7 @@ def import_files(paths: list[str], fmt: str | None = None) -> tuple[str, Convers
         except (OSError, UnicodeDecodeError) as e:
             total.errors.append(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}")
             continue
-        conv = convert(text, p, f, unit)
+        conv = convert(text, p, f, unit, sockets)
         drop_invalid(conv, {n: p for n in conv.services})
         found: list[tuple[str, str | None, bool]] = []
         for line, value in conv.includes:

@@ -497,3 +497,26 @@ def test_pre_start_runs_before_and_the_command_gets_the_sockets(restarter: Any,
     got = lines(out)
     assert got[0] == ["pre", "2"]  # (it sees them too, and LISTEN_PID is not its own)
     assert got[1][:3] == [str(pid), "LISTEN_FDS=2", "LISTEN_PID=ok"]
+
+
+def test_import_of_a_socket_unit_imports_the_service_it_starts(tmp_path: Any) -> None:
+    """`hachain import x.socket`: the socket is enabled, so its service gets it, named or
+    not (ssh.socket beside ssh.service); its Service= is followed; Accept=yes is refused."""
+    (tmp_path / "sshd.socket").write_text("[Socket]\nListenStream=2222\n")
+    (tmp_path / "sshd.service").write_text("[Service]\nExecStart=/usr/sbin/sshd -D\n")
+    (tmp_path / "front.socket").write_text("[Socket]\nListenStream=8080\nService=web.service\n")
+    (tmp_path / "web.service").write_text("[Service]\nExecStart=/bin/web\n")
+    (tmp_path / "inetd.socket").write_text("[Socket]\nListenStream=7\nAccept=yes\n")
+    (tmp_path / "lone.socket").write_text("[Socket]\nListenStream=9\n")
+    text, conv = importer.import_files([str(tmp_path / n) for n in (
+        "sshd.socket", "front.socket", "inetd.socket", "lone.socket")])
+    c = config.parse(text)
+    assert c.services["sshd"].listen == ("tcp:2222",)
+    assert (c.services["web"].listen, c.services["web"].fd_name) == (("tcp:8080",),
+                                                                     "front.socket")
+    assert conv.errors == [
+        f"{tmp_path}/inetd.socket: Accept=yes (a service instance per connection, inetd's "
+        "way) is not supported: hachain hands one service its listening sockets",
+        f"{tmp_path}/lone.socket: the service it starts, lone.service, is not beside it; "
+        "import that service with it"]
+    assert not any("beside it is not carried over" in w for w in conv.warnings)
