@@ -692,6 +692,20 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
           "`LISTEN_FDNAMES` (systemd's `FileDescriptorName=`). Unset: `NAME.socket`, "
           "NAME the service's, as systemd names those of `NAME.socket`.", shown="unset",
           group="run"),
+    S.Key("socket_options", S.ListOf(S.Choice(listen.OPTIONS), max_items=8), "Options of "
+          "the `listen` sockets, each set on those it applies to: `\"reuse_port\"` "
+          "(systemd's `ReusePort=`), `\"free_bind\"` (`FreeBind=`: bind an address the "
+          "host does not have yet), `\"transparent\"` (`Transparent=`), "
+          "`\"keep_alive\"`, `\"no_delay\"` (`KeepAlive=`, `NoDelay=`: TCP), "
+          "`\"pass_credentials\"`, `\"pass_security\"` (`PassCredentials=`, "
+          "`PassSecurity=`: unix), `\"ipv6_only\"` (`BindIPv6Only=ipv6-only`: a "
+          "`tcp:PORT` or `udp:PORT` takes no IPv4).", shown="`[]`", group="run"),
+    S.Key("socket_receive_buffer", S.Custom(_size, examples=("8M", 262144)), "The receive "
+          "buffer of each `listen` socket, in bytes or with K, M, G (systemd's "
+          "`ReceiveBuffer=`): past `net.core.rmem_max` only as root. 0: the kernel's.",
+          shown="0", group="run"),
+    S.Key("socket_send_buffer", S.Custom(_size, examples=("1M",)), "Their send buffer "
+          "(systemd's `SendBuffer=`).", shown="0", group="run"),
     S.Key("fd_store_max", _integer(0, FD_STORE_MOST), "How many descriptors the service "
           "may hand the restarter to keep for it (systemd's `FileDescriptorStoreMax=`): it sends "
           "`FDSTORE=1` (and `FDNAME=NAME`) with them on `$NOTIFY_SOCKET` "

@@ -201,6 +201,9 @@ class ServiceConfig:
     socket_user: str | None = None  # its owner (SocketUser=, SocketGroup=)
     socket_group: str | None = None
     fd_name: str | None = None  # LISTEN_FDNAMES (FileDescriptorName=); None: "<name>.socket"
+    socket_options: tuple[str, ...] = ()  # listen.OPTIONS (ReusePort=, KeepAlive=, ...)
+    socket_receive_buffer: int = 0  # bytes (ReceiveBuffer=); 0: the kernel's
+    socket_send_buffer: int = 0  # bytes (SendBuffer=)
     # descriptors it may hand the restarter to keep for its next start (FDSTORE=1 on the
     # notify socket: systemd's FileDescriptorStoreMax=); kept while it is wanted up, or
     # with fd_store_preserve also while it is stopped (FileDescriptorStorePreserve=yes)

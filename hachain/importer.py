@@ -1224,8 +1224,11 @@ def _read_socket_unit(where: str, name: str) -> tuple[str, list[Entry]] | None:
 # [Socket] Listen*= → the form of `listen`; the others are not carried
 _LISTEN_KEYS = {"ListenStream": ("tcp", "unix"), "ListenDatagram": ("udp", "unix-dgram"),
                 "ListenSequentialPacket": (None, "unix-seqpacket")}
-_SOCKET_SILENT = {"Service", "RemoveOnStop", "DirectoryMode", "PassCredentials",
-                  "PassSecurity", "Timestamping", "ReceiveBuffer", "SendBuffer"}
+_SOCKET_SILENT = {"Service", "RemoveOnStop", "DirectoryMode", "Timestamping"}
+_SOCKET_FLAGS = {"ReusePort": "reuse_port", "FreeBind": "free_bind",
+                 "Transparent": "transparent", "PassCredentials": "pass_credentials",
+                 "PassSecurity": "pass_security", "KeepAlive": "keep_alive",
+                 "NoDelay": "no_delay"}
 
 
 def _listen_spec(key: str, value: str) -> str | None:
@@ -1261,6 +1264,8 @@ def _socket_unit(path: str, name: str, svc_name: str, svc: dict[str, Any],
     n = _Notes(path, conv)
     listen = svc.setdefault("listen", [])
     before = len(listen)
+    flags: list[str] = []  # (given to the service only when this unit gives it sockets)
+    buffers: dict[str, int] = {}
     for e in entries:
         if e.section == "Install" and e.key in ("WantedBy", "RequiredBy") and e.value:
             conv.installed.add(svc_name)  # the socket starts at boot: so does the service
@@ -1301,6 +1306,14 @@ def _socket_unit(path: str, name: str, svc_name: str, svc: dict[str, Any],
                 svc["listen_backlog"] = _int_in(v, 1, 65535)
             elif k == "FileDescriptorName":
                 svc["fd_name"] = v
+            elif k in _SOCKET_FLAGS or (k == "BindIPv6Only" and v == "ipv6-only"):
+                flag = _SOCKET_FLAGS.get(k, "ipv6_only")
+                if k == "BindIPv6Only" or _unit_bool(v):
+                    flags.append(flag)
+                elif flag in flags:
+                    flags.remove(flag)
+            elif k in ("ReceiveBuffer", "SendBuffer"):
+                buffers[k] = parse_size(v)
             elif k in _SOCKET_SILENT:
                 continue
             elif k.startswith("Listen"):
@@ -1316,6 +1329,14 @@ def _socket_unit(path: str, name: str, svc_name: str, svc: dict[str, Any],
         # (its own are systemd's default 0666, which the mode given to all narrows)
         n.warn(1, "SocketMode", f"(unset: 0666) hachain gives all of a service's unix "
                f"sockets one mode, and another of its socket units says {had}: {had} it is")
+    if len(listen) > before:  # its options and buffers, for all the service's sockets
+        opts = svc.setdefault("socket_options", [])
+        opts += [f for f in flags if f not in opts]
+        if not opts:
+            del svc["socket_options"]
+        for k, size in buffers.items():
+            key = "socket_receive_buffer" if k == "ReceiveBuffer" else "socket_send_buffer"
+            svc[key] = max(svc.get(key, 0), size)
     if len(listen) == before:  # (nothing of it carried: its name is not given out)
         if not listen:
             del svc["listen"]

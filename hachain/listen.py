@@ -31,6 +31,12 @@ _UNIX_PATH_MAX = 107  # sun_path is 108 bytes with its terminating NUL
 DEFAULT_BACKLOG = 4096  # SOMAXCONN on Linux >= 5.4; the kernel caps it at net.core.somaxconn
 FIRST_FD = 3  # SD_LISTEN_FDS_START
 ENV_KEYS = frozenset({"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
+# socket_options: systemd's [Socket] flags, each set where it applies (a TCP option on
+# TCP sockets, a unix one on unix sockets), before the bind
+OPTIONS = ("reuse_port", "free_bind", "transparent", "pass_credentials", "pass_security",
+           "keep_alive", "no_delay", "ipv6_only")
+_IP_FREEBIND, _IPV6_FREEBIND, _IPV6_TRANSPARENT = 15, 78, 75
+_SO_RCVBUFFORCE, _SO_SNDBUFFORCE = 33, 32
 
 
 class Address(NamedTuple):
@@ -102,19 +108,51 @@ def _text(e: OSError) -> str:
     return f"{e.strerror or e}" + (f" (errno {name})" if name else "")
 
 
+def _set_options(s: socket.socket, a: Address, options: tuple[str, ...],
+                 buffers: tuple[int, int]) -> None:
+    """Apply `options` and the (receive, send) buffer sizes (0: the kernel's) where they
+    apply to `a`."""
+    inet = a.family != socket.AF_UNIX
+    tcp = inet and a.type == socket.SOCK_STREAM
+    v6 = a.family == socket.AF_INET6
+    steps = [
+        ("reuse_port", inet, socket.SOL_SOCKET, socket.SO_REUSEPORT),
+        ("free_bind", inet, socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP,
+         _IPV6_FREEBIND if v6 else _IP_FREEBIND),
+        ("transparent", inet, socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP,
+         _IPV6_TRANSPARENT if v6 else socket.IP_TRANSPARENT),
+        ("pass_credentials", not inet, socket.SOL_SOCKET, socket.SO_PASSCRED),
+        ("pass_security", not inet, socket.SOL_SOCKET, socket.SO_PASSSEC),
+        ("keep_alive", tcp, socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        ("no_delay", tcp, socket.IPPROTO_TCP, socket.TCP_NODELAY)]
+    for name, applies, level, opt in steps:
+        if name in options and applies:
+            s.setsockopt(level, opt, 1)
+    for size, force, plain in ((buffers[0], _SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                               (buffers[1], _SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        if size:
+            try:  # (past net.core.rmem_max: needs CAP_NET_ADMIN, as systemd does it)
+                s.setsockopt(socket.SOL_SOCKET, force, size)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
 def open_one(a: Address, backlog: int = DEFAULT_BACKLOG, mode: int = 0o666,
-             uid: int | None = None, gid: int | None = None) -> socket.socket:
+             uid: int | None = None, gid: int | None = None, options: tuple[str, ...] = (),
+             buffers: tuple[int, int] = (0, 0)) -> socket.socket:
     """A socket bound to `a` and listening (close-on-exec, non-blocking, as systemd opens
-    them). A unix path: its directory is made when missing, a stale socket there is
-    replaced (anything else there is an error), then it gets `mode`, `uid`, `gid`.
-    ListenError naming the address otherwise."""
+    them), with `options` (OPTIONS) and the (receive, send) `buffers`. A unix path: its
+    directory is made when missing, a stale socket there is replaced (anything else
+    there is an error), then it gets `mode`, `uid`, `gid`. ListenError naming the
+    address otherwise."""
     try:
         s = socket.socket(a.family, a.type | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     except OSError as e:
         if a.any_host and e.errno == errno.EAFNOSUPPORT:  # no IPv6 here: IPv4's any
             port = int(a.address[1])  # type: ignore[index]
             return open_one(a._replace(family=socket.AF_INET, address=("0.0.0.0", port),
-                                       any_host=False), backlog, mode, uid, gid)
+                                       any_host=False), backlog, mode, uid, gid, options,
+                            buffers)
         raise ListenError(f"listen {a.spec!r}: socket: {_text(e)}",
                           e.errno in _TRANSIENT) from None
     step = "bind"
@@ -122,11 +160,15 @@ def open_one(a: Address, backlog: int = DEFAULT_BACKLOG, mode: int = 0o666,
         if a.family != socket.AF_UNIX:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if a.family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if a.any_host else 1)
-        elif isinstance(a.address, str):
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                             0 if a.any_host and "ipv6_only" not in options else 1)
+        if options or any(buffers):
+            step = "socket_options"
+            _set_options(s, a, options, buffers)
+        if isinstance(a.address, str):
             step = "stale socket"
             _clear_path(a.address)
-            step = "bind"
+        step = "bind"
         s.bind(a.address)
         if isinstance(a.address, str):
             step = f"chmod {mode:04o}"
@@ -157,7 +199,8 @@ def _clear_path(path: str) -> None:
 
 
 def open_all(specs: tuple[str, ...], backlog: int = DEFAULT_BACKLOG, mode: int = 0o666,
-             uid: int | None = None, gid: int | None = None) -> list[socket.socket]:
+             uid: int | None = None, gid: int | None = None, options: tuple[str, ...] = (),
+             buffers: tuple[int, int] = (0, 0)) -> list[socket.socket]:
     """Every socket of `specs`, in order; none left open when one fails (ListenError)."""
     out: list[socket.socket] = []
     try:
@@ -166,7 +209,7 @@ def open_all(specs: tuple[str, ...], backlog: int = DEFAULT_BACKLOG, mode: int =
                 a = parse(spec)
             except ValueError as e:
                 raise ListenError(f"listen {spec!r}: {e}") from None
-            out.append(open_one(a, backlog, mode, uid, gid))
+            out.append(open_one(a, backlog, mode, uid, gid, options, buffers))
     except BaseException:
         close_all(out)
         raise

@@ -424,8 +424,8 @@ def test_import_carries_a_socket_unit_over(tmp_path: Any) -> None:
         f"{sock}:7: Accept: yes (a service instance per connection, inetd's way) is not "
         "supported: hachain hands the service its listening socket; dropped",
         f"{sock}:6: ListenFIFO: not supported by hachain (it listens on stream, datagram "
-        "and sequential-packet sockets); dropped",
-        f"{sock}:12: ReusePort: not supported by hachain; dropped"])
+        "and sequential-packet sockets); dropped"])
+    assert svc.socket_options == ("reuse_port",)
     assert not any("After" in w for w in conv.warnings)  # its own socket: no dependency
 
 
@@ -520,3 +520,43 @@ def test_import_of_a_socket_unit_imports_the_service_it_starts(tmp_path: Any) ->
         f"{tmp_path}/lone.socket: the service it starts, lone.service, is not beside it; "
         "import that service with it"]
     assert not any("beside it is not carried over" in w for w in conv.warnings)
+
+
+def test_socket_options_are_set_where_they_apply(tmp_path: Any) -> None:
+    port = free_port()
+    specs = (f"tcp:127.0.0.1:{port}", f"unix:{tmp_path}/u.sock", f"tcp:{port + 0}")
+    socks = listen.open_all(specs[:2], options=("reuse_port", "keep_alive", "no_delay",
+                                                "pass_credentials"),
+                            buffers=(1 << 20, 1 << 19))
+    try:
+        t, u = socks
+
+        def opt(s: socket.socket, level: int, name: int) -> int:
+            return s.getsockopt(level, name)
+        assert opt(t, socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        assert opt(t, socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert opt(t, socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert opt(u, socket.SOL_SOCKET, socket.SO_PASSCRED) == 1
+        assert opt(u, socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0  # (a TCP option)
+        # the kernel doubles what it is asked for (its bookkeeping)
+        assert opt(t, socket.SOL_SOCKET, socket.SO_RCVBUF) >= 1 << 20
+        assert opt(u, socket.SOL_SOCKET, socket.SO_SNDBUF) >= 1 << 19
+    finally:
+        listen.close_all(socks)
+    (v6,) = listen.open_all((f"tcp:{free_port()}",), options=("ipv6_only",))
+    try:
+        assert v6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        v6.close()
+
+
+def test_import_carries_socket_options(tmp_path: Any) -> None:
+    (tmp_path / "j.socket").write_text(
+        "[Socket]\nListenDatagram=/run/j/socket\nPassCredentials=yes\nReceiveBuffer=8M\n"
+        "ReusePort=yes\nBindIPv6Only=ipv6-only\nNoDelay=no\n")
+    (tmp_path / "j.service").write_text("[Unit]\nRequires=j.socket\n[Service]\n"
+                                        "ExecStart=/bin/j\n")
+    text, conv = importer.import_files([str(tmp_path / "j.service")])
+    svc = config.parse(text).services["j"]
+    assert svc.socket_options == ("pass_credentials", "reuse_port", "ipv6_only")
+    assert svc.socket_receive_buffer == 8 << 20 and conv.warnings == []

@@ -974,7 +974,9 @@ class Restarter:
                     raise listen.ListenError(f"socket_group = \"{c.socket_group}\": no "
                                              "such group") from None
             held = (c.listen, listen.open_all(c.listen, c.listen_backlog, c.socket_mode,
-                                              uid, gid))
+                                              uid, gid, c.socket_options,
+                                              (c.socket_receive_buffer,
+                                               c.socket_send_buffer)))
             self.listening[name] = held
             self.dirty.add(name)  # the record names them
             self._stash_dirty = True
