@@ -560,3 +560,20 @@ def test_import_carries_socket_options(tmp_path: Any) -> None:
     svc = config.parse(text).services["j"]
     assert svc.socket_options == ("pass_credentials", "reuse_port", "ipv6_only")
     assert svc.socket_receive_buffer == 8 << 20 and conv.warnings == []
+
+
+@pytest.mark.slow
+def test_a_reload_that_changes_the_sockets_opens_them_afresh(restarter: Any, tmp_path: Any,
+                                                            short_dir: str) -> None:
+    out, port, sock = tmp_path / "out", free_port(), os.path.join(short_dir, "w.sock")
+    r = restarter(conf(out, port, sock))
+    first = r.wait_state("web", "ready", timeout=RUN_BOUND)["pid"]
+    assert oct(os.stat(sock).st_mode & 0o777) == "0o666"
+    with open(r.config, "a") as f:
+        f.write('socket_mode = "0600"\n')
+    rep = r.req("reload")
+    assert rep["ok"] and rep["changed"] == ["web"], rep
+    pid = wait_until(lambda: (s := r.svc("web"))["state"] == "ready" and s["pid"] != first
+                     and s["pid"], RUN_BOUND, "web restarted")
+    assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
+    assert ask_unix(sock) == pid == ask_tcp(port)

@@ -376,6 +376,7 @@ class Restarter:
         # service -> (its `listen` as opened, the sockets): held open while it is wanted
         # up, handed to each start (hachain/listen.py)
         self.listening: dict[str, tuple[tuple[str, ...], list[Any]]] = {}
+        self._listen_settings: dict[str, tuple[Any, ...]] = {}  # what they were opened with
         # service -> the descriptors it stored (FDSTORE=1), handed to each start after
         # its listen sockets (fdstore.py)
         self.fd_stores: dict[str, fdstore.Store] = {}
@@ -512,6 +513,7 @@ class Restarter:
             if tuple(spec for spec, _ in got) == self.conf[name].listen:
                 self.listening[name] = (self.conf[name].listen,
                                         [socket.socket(fileno=fd) for _, fd in got])
+                self._listen_settings[name] = _socket_settings(self.conf[name])
             else:  # (its listen changed meanwhile: opened afresh at its next start)
                 for _, fd in got:
                     os.close(fd)
@@ -954,7 +956,9 @@ class Restarter:
         (those of an earlier `listen` closed first). ListenError when one cannot be."""
         from hachain import listen
         held = self.listening.get(name)
-        if held is not None and held[0] != c.listen:
+        if held is not None and (held[0] != c.listen or
+                                 self._listen_settings.get(name) != _socket_settings(c)):
+            # (a reload changed them: the ones of the new settings, from this start on)
             self._close_listen(name)
             held = None
         if held is None:
@@ -978,6 +982,7 @@ class Restarter:
                                               (c.socket_receive_buffer,
                                                c.socket_send_buffer)))
             self.listening[name] = held
+            self._listen_settings[name] = _socket_settings(c)
             self.dirty.add(name)  # the record names them
             self._stash_dirty = True
         return tuple(sk.fileno() for sk in held[1])
@@ -985,6 +990,7 @@ class Restarter:
     def _close_listen(self, name: str) -> None:
         from hachain import listen
         _, socks = self.listening.pop(name)
+        self._listen_settings.pop(name, None)
         listen.close_all(socks)
         self._stash_dirty = True
         if name in self.svcs:
@@ -1086,6 +1092,7 @@ class Restarter:
                 "opened afresh at its next start")
             return
         self.listening[name] = (c.listen, socks)
+        self._listen_settings[name] = _socket_settings(c)
         self._stash_dirty = True
 
     def _drop_ahead(self, name: str) -> None:
@@ -2509,6 +2516,13 @@ def since_process_start() -> float:
         return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError):
         return 0.0
+
+
+def _socket_settings(c: ServiceConfig) -> tuple[Any, ...]:
+    """What a service's listen sockets are opened with, besides their addresses: one of
+    them changed by a reload opens them afresh at its next start."""
+    return (c.listen_backlog, c.socket_mode, c.socket_user, c.socket_group,
+            c.socket_options, c.socket_receive_buffer, c.socket_send_buffer)
 
 
 def _inherited_fd(var: str) -> int | None:
