@@ -1346,31 +1346,10 @@ def _listen_clashes(services: dict[str, ServiceConfig], r: S.Report) -> None:
     """Two services that `listen` on one address (a port on every address clashes with
     the same port on one) would each keep the other's start failing, unless they
     conflict and so never run together."""
-    taken: dict[tuple[str, Any], tuple[str, str]] = {}
-    for s in services.values():
-        for spec in s.listen:
-            a = listen.parse(spec)
-            keys: list[tuple[str, Any]]
-            if not isinstance(a.address, tuple):
-                keys = [("unix", a.address)]
-            else:
-                proto = "udp" if a.type == listen.socket.SOCK_DGRAM else "tcp"
-                host, port = a.address
-                keys = [(proto, ("*", port)), (proto, (host, port))] \
-                    if not a.any_host else [(proto, ("*", port))]
-            for key in keys:
-                other = taken.get(key)
-                if other is not None and other[0] != s.name and \
-                        other[0] not in s.conflicts and s.name not in \
-                        services[other[0]].conflicts and \
-                        (a.any_host or key[1][0] != "*" or
-                         listen.parse(other[1]).any_host):
-                    r.err(("service", s.name, "listen"), f"{S.show(spec)} is taken by "
-                          f"service {other[0]} ({S.show(other[1])}): the second to start "
-                          "could never bind it")
-                    break
-            for key in keys:
-                taken.setdefault(key, (s.name, spec))
+    for name, spec, other, other_spec in listen.clashes(
+            [(s.name, s.listen, frozenset(s.conflicts)) for s in services.values()]):
+        r.err(("service", name, "listen"), f"{S.show(spec)} is taken by service {other} "
+              f"({S.show(other_spec)}): the second to start could never bind it")
 
 
 def _graph_checks(top: _File, at: S.Path, r: S.Report) -> None:

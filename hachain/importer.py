@@ -1940,6 +1940,24 @@ def _include_patterns(path: str, line: int, value: str, conv: Conversion) -> lis
     return [os.path.join(here, pat) for pat in value.split()]
 
 
+def _drop_listen_clashes(conv: Conversion) -> None:
+    """Units imported together that would listen on one address (two instances of one
+    template, a service and its alternative): the later one's `listen` is dropped, with a
+    warning, so the result loads; give each its own address by hand."""
+    from hachain import listen
+    svcs = conv.services
+    for name, spec, other, _ in listen.clashes(
+            [(n, tuple(s.get("listen", ())), frozenset(s.get("conflicts", ())))
+             for n, s in svcs.items()]):
+        if "listen" in svcs[name]:
+            conv.warnings.append(f"service {name}: listen {spec!r} is also service "
+                                 f"{other}'s: its listen dropped (both would bind it)")
+            for k in ("listen", "socket_mode", "socket_user", "socket_group",
+                      "listen_backlog", "fd_name", "socket_options",
+                      "socket_receive_buffer", "socket_send_buffer"):
+                svcs[name].pop(k, None)
+
+
 def _service_of_socket(path: str) -> tuple[str, tuple[str, ...], str]:
     """(the service file a socket unit activates, (the socket's name,), "") as systemd
     pairs them (its Service=, or the socket's own name); or ("", (), why not)."""
@@ -1958,6 +1976,10 @@ def _service_of_socket(path: str) -> tuple[str, tuple[str, ...], str]:
                         "sockets")
     service = next((e.value for e in entries if e.section == "Socket" and
                     e.key == "Service" and e.value), name.removesuffix(".socket") + ".service")
+    if name.endswith("@.socket"):
+        # a template with no instance: the template service, as its own import does
+        # (systemd makes neither without an instance)
+        service = name.removesuffix(".socket") + ".service"
     target = os.path.join(where, service)
     if not os.path.exists(target) and _template_of(target) is None:
         return "", (), (f"{path}: the service it starts, {service}, is not beside it; "
@@ -2035,6 +2057,7 @@ def import_files(paths: list[str], fmt: str | None = None) -> tuple[str, Convers
         todo[0:0] = found
         total.merge(conv)
     resolve_deps(total)
+    _drop_listen_clashes(total)
     return to_toml(total, sources), total
 
 

@@ -90,6 +90,40 @@ def parse(spec: str) -> Address:
     return Address(spec, socket.AF_INET, type_, (host, port), False)
 
 
+def clashes(services: list[tuple[str, tuple[str, ...], frozenset[str]]]
+            ) -> list[tuple[str, str, str, str]]:
+    """(service, spec, the service before it that takes it, its spec) for each address
+    two services would both bind (a port on every address clashes with the same port on
+    one), unless one names the other in its conflicts (`services`: (name, listen,
+    conflicts) in order). Pure."""
+    out = []
+    conflicts = {n: c for n, _, c in services}
+    taken: dict[tuple[str, object], tuple[str, str]] = {}
+    for name, specs, _ in services:
+        for spec in specs:
+            a = parse(spec)
+            keys: list[tuple[str, object]]
+            wide: tuple[str, object] | None = None  # (the port on every address)
+            if not isinstance(a.address, tuple):
+                keys = [("unix", a.address)]
+            else:
+                proto = "udp" if a.type == socket.SOCK_DGRAM else "tcp"
+                host, port = a.address
+                wide = (proto, ("*", port))
+                keys = [wide] if a.any_host else [wide, (proto, (host, port))]
+            for key in keys:
+                other = taken.get(key)
+                if other is not None and other[0] != name and \
+                        other[0] not in conflicts[name] and \
+                        name not in conflicts.get(other[0], frozenset()) and \
+                        (a.any_host or key != wide or parse(other[1]).any_host):
+                    out.append((name, spec, other[0], other[1]))
+                    break
+            for key in keys:
+                taken.setdefault(key, (name, spec))
+    return out
+
+
 class ListenError(Exception):
     """A socket that cannot be opened: one line naming it."""
 

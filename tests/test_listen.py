@@ -577,3 +577,23 @@ def test_a_reload_that_changes_the_sockets_opens_them_afresh(restarter: Any, tmp
                      and s["pid"], RUN_BOUND, "web restarted")
     assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
     assert ask_unix(sock) == pid == ask_tcp(port)
+
+
+def test_import_of_units_that_would_share_an_address_keeps_the_first(tmp_path: Any) -> None:
+    """A template's socket imported as the template and again through its socket unit
+    file maps to one service; two services on one address keep the first's listen."""
+    (tmp_path / "t@.socket").write_text("[Socket]\nListenStream=/run/t.%i/s\n"
+                                        "Service=t@%i.service\n")
+    (tmp_path / "t@.service").write_text("[Service]\nExecStart=/bin/t %i\n"
+                                         "Sockets=t@%i.socket\n")
+    for n in ("a", "b"):
+        (tmp_path / f"{n}.service").write_text(f"[Unit]\nRequires={n}.socket\n[Service]\n"
+                                               f"ExecStart=/bin/{n}\n")
+        (tmp_path / f"{n}.socket").write_text("[Socket]\nListenStream=8080\n")
+    text, conv = importer.import_files([str(tmp_path / n) for n in (
+        "t@.service", "t@.socket", "a.service", "b.service")])
+    c = config.parse(text)
+    assert sorted(c.services) == ["a", "b", "t@"]
+    assert c.services["a"].listen == ("tcp:8080",) and c.services["b"].listen == ()
+    assert "service b: listen 'tcp:8080' is also service a's: its listen dropped (both " \
+        "would bind it)" in conv.warnings
