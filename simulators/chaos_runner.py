@@ -13,13 +13,13 @@ chaos_report.py.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import random
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -165,17 +165,16 @@ class Campaign:
 
     def mount_tmpfs(self) -> bool:
         """A small tmpfs on <machine>/run and <machine>/persist; False when not possible.
-        mount and umount run in a session of their own: a Ctrl-C or SIGHUP sent to the
-        campaign's process group must not kill one half-way (it did: "cannot mount a
-        tmpfs: -1" and no report)."""
+        mount(2) and umount2(2) are called here, in the campaign's process: a Ctrl-C or
+        SIGHUP sent to its process group must not kill a mount(8) child half-way. (One in
+        a session of its own was still killed when the signal came between its vfork and
+        its setsid: "cannot mount a tmpfs: -1" and no report, CI 2026-12-05.)"""
         for sub, size in (("run", TMPFS_RUN), ("persist", TMPFS_PERSIST)):
             path = os.path.join(self.machine_dir, sub)
             os.makedirs(path, exist_ok=True)
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
-                                "chaos-" + sub, path], capture_output=True, text=True,
-                               timeout=10, start_new_session=True)
-            if r.returncode != 0:
-                self.skip_fs = f"cannot mount a tmpfs: {r.stderr.strip() or r.returncode}"
+            why = _mount_tmpfs("chaos-" + sub, path, f"size={size},mode=0755")
+            if why:
+                self.skip_fs = f"cannot mount a tmpfs: {why}"
                 return False
             self.mounts.append(path)
         return True
@@ -187,11 +186,8 @@ class Campaign:
         for path in reversed([*self.mounts, *campaign_mounts(self.machine_dir)]):
             if path not in campaign_mounts(self.machine_dir):
                 continue
-            r = subprocess.run(["umount", path], capture_output=True, timeout=10,
-                               start_new_session=True)
-            if r.returncode != 0:
-                subprocess.run(["umount", "-l", path], capture_output=True, timeout=10,
-                               start_new_session=True)
+            if _umount(path):
+                _umount(path, lazy=True)
         self.mounts.clear()
 
     def power_on(self) -> None:
@@ -425,21 +421,44 @@ class Campaign:
 
 # --- what the host offers ----------------------------------------------------------------
 
+_MNT_DETACH = 2
+_libc: Any = None
+
+
+def _mount_tmpfs(source: str, path: str, options: str) -> str:
+    """mount(2) a tmpfs at `path`: "" or why not."""
+    global _libc
+    import ctypes
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.mount(source.encode(), path.encode(), b"tmpfs", 0, options.encode()) == 0:
+        return ""
+    code = ctypes.get_errno()
+    return f"{os.strerror(code)} (errno {errno.errorcode.get(code, code)})"
+
+
+def _umount(path: str, lazy: bool = False) -> str:
+    """umount2(2) `path` (MNT_DETACH when `lazy`): "" or why not."""
+    global _libc
+    import ctypes
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.umount2(path.encode(), _MNT_DETACH if lazy else 0) == 0:
+        return ""
+    return os.strerror(ctypes.get_errno())
+
+
 def can_mount_tmpfs(work: str) -> tuple[bool, str]:
     """(True, "") when a tmpfs can be mounted under `work`; else (False, the reason)."""
     probe = os.path.join(work, "tmpfs-probe")
     os.makedirs(probe, exist_ok=True)
     try:
         with signals_deferred():  # never leave the probe mounted
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "chaos-probe",
-                                probe], capture_output=True, text=True, timeout=10,
-                               start_new_session=True)
-            if r.returncode != 0:
-                return False, f"cannot mount a tmpfs: {r.stderr.strip() or r.returncode}"
-            subprocess.run(["umount", probe], capture_output=True, timeout=10,
-                           start_new_session=True)
+            if why := _mount_tmpfs("chaos-probe", probe, "size=64k"):
+                return False, f"cannot mount a tmpfs: {why}"
+            _umount(probe)
         return True, ""
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except OSError as e:
         return False, f"cannot mount a tmpfs: {e}"
     finally:
         try:
