@@ -597,3 +597,13 @@ def test_import_of_units_that_would_share_an_address_keeps_the_first(tmp_path: A
     assert c.services["a"].listen == ("tcp:8080",) and c.services["b"].listen == ()
     assert "service b: listen 'tcp:8080' is also service a's: its listen dropped (both " \
         "would bind it)" in conv.warnings
+
+
+@pytest.mark.slow
+def test_an_unknown_socket_owner_fails_the_start_naming_it(restarter: Any, tmp_path: Any,
+                                                           short_dir: str) -> None:
+    out, port, sock = tmp_path / "out", free_port(), os.path.join(short_dir, "w.sock")
+    r = restarter(conf(out, port, sock, 'socket_group = "nosuchgroup9"'))
+    line = 'socket_group = "nosuchgroup9": no such group'
+    wait_until(lambda: line in open(r.log).read(), RUN_BOUND, "the failed start's line")
+    assert r.svc("web")["pid"] is None

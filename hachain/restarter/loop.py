@@ -962,21 +962,12 @@ class Restarter:
             self._close_listen(name)
             held = None
         if held is None:
-            uid = gid = None
-            if c.socket_user:
-                import pwd
-                try:
-                    uid = pwd.getpwnam(c.socket_user).pw_uid
-                except KeyError:
-                    raise listen.ListenError(f"socket_user = \"{c.socket_user}\": no such "
-                                             "user") from None
-            if c.socket_group:
-                import grp
-                try:
-                    gid = grp.getgrnam(c.socket_group).gr_gid
-                except KeyError:
-                    raise listen.ListenError(f"socket_group = \"{c.socket_group}\": no "
-                                             "such group") from None
+            import grp
+            import pwd
+            uid, gid = (_socket_owner("socket_user", c.socket_user,
+                                      lambda n: pwd.getpwnam(n).pw_uid),
+                        _socket_owner("socket_group", c.socket_group,
+                                      lambda n: grp.getgrnam(n).gr_gid))
             held = (c.listen, listen.open_all(c.listen, c.listen_backlog, c.socket_mode,
                                               uid, gid, c.socket_options,
                                               (c.socket_receive_buffer,
@@ -2516,6 +2507,18 @@ def since_process_start() -> float:
         return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError):
         return 0.0
+
+
+def _socket_owner(key: str, name: str | None, lookup: Any) -> int | None:
+    """The id `name` (socket_user or socket_group) stands for; ListenError naming the key
+    when the host has no such user or group."""
+    if name is None:
+        return None
+    try:
+        return int(lookup(name))
+    except KeyError:
+        from hachain import listen
+        raise listen.ListenError(f'{key} = "{name}": no such {key[7:]}') from None
 
 
 def _socket_settings(c: ServiceConfig) -> tuple[Any, ...]:
