@@ -32,6 +32,7 @@ import zlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
 # --- names ------------------------------------------------------------------------------
@@ -131,8 +132,38 @@ def cgroup_name(state_dir: str) -> str:
     real = os.path.realpath(state_dir)
     base = os.path.basename(os.path.normpath(real)) or "root"
     base = base if base.startswith("hachain") else "hachain-" + base
-    import hashlib  # here, not at the top: it maps OpenSSL (~4 MB) into every layer
-    return f"{base}-{hashlib.sha256(real.encode()).hexdigest()[:8]}"
+    return f"{base}-{sha256_hex(real.encode())[:8]}"
+
+
+def sha256_hex(data: bytes) -> str:
+    """The hex SHA-256 of `data`, by CPython's own SHA-256 where it is built in (as it is
+    by default): `hashlib` maps OpenSSL into the process, about 1 MB of PSS in each layer
+    that asks for one small hash."""
+    try:
+        from _sha256 import sha256  # CPython 3.11 (3.12: _sha2)
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            from hashlib import sha256  # type: ignore[assignment]
+    return sha256(data).hexdigest()
+
+
+def layer_parser(prog: str, description: str | None = None) -> argparse.ArgumentParser:
+    """An `argparse.ArgumentParser` for a layer's command line whose help formatter takes
+    the terminal's width from `os.get_terminal_size`. argparse's own formatter, which 3.11
+    builds at every `add_argument`, imports `shutil` for it, and shutil loads the bz2 and
+    lzma libraries: more memory in every layer, for a line width."""
+    import argparse  # at run time: the layers that never parse a command line skip it
+
+    def formatter(prog: str) -> argparse.HelpFormatter:
+        try:
+            width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(2).columns
+        except (OSError, ValueError):
+            width = 80
+        return argparse.HelpFormatter(prog, width=max(width - 2, 20))
+    return argparse.ArgumentParser(prog=prog, description=description,
+                                   formatter_class=formatter)
 
 
 def raise_fd_limit() -> None:

@@ -102,17 +102,8 @@ class Snapshot(NamedTuple):
 
 
 def digest(text: str) -> str:
-    """The hex SHA-256 of `text`. CPython's own SHA-256 where it is built in, as it is by
-    default: `hashlib` loads OpenSSL, which costs each layer reading a snapshot ~2 MB of
-    memory and ~2 ms of start-up for one hash of a few kB."""
-    try:
-        from _sha256 import sha256  # CPython 3.11 (3.12: _sha2)
-    except ImportError:
-        try:
-            from _sha2 import sha256  # type: ignore[import-not-found,no-redef]
-        except ImportError:
-            from hashlib import sha256  # type: ignore[assignment]
-    return sha256(text.encode()).hexdigest()
+    """The hex SHA-256 of `text` (channels.sha256_hex: without loading OpenSSL)."""
+    return channels.sha256_hex(text.encode())
 
 
 def read_snapshot(path: str, log: Any = None) -> Snapshot | None:

@@ -55,3 +55,34 @@ def test_the_restarter_starts_without_the_toml_parser() -> None:
     mods = set(json.loads(out.stdout))
     assert "hachain.restarter.loop" in mods
     assert "tomllib" not in mods
+
+
+# what a layer must not load for its command line or its small hashes: shutil brings the
+# bz2 and lzma libraries, hashlib OpenSSL (about 2 MB of PSS in each of the chain's layers)
+NOT_FOR_A_LINE = ("shutil", "bz2", "lzma", "hashlib", "_hashlib")
+
+
+def test_the_layers_parse_their_command_line_without_shutil_or_openssl() -> None:
+    for module in ("hachain.init.main", "hachain.restarter", "hachain.watchdog.tickler"):
+        code = ("import contextlib, io, json, runpy, sys\n"
+                f"sys.argv = [{module!r}, '--help']\n"
+                "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+                "    try:\n"
+                f"        runpy.run_module({module!r}, run_name='__main__')\n"
+                "    except SystemExit:\n"
+                "        pass\n"
+                "assert 'usage:' in out.getvalue(), out.getvalue()\n"
+                "from hachain import channels, snapshot\n"
+                "name = channels.cgroup_name('/run/hachain')\n"
+                "print(json.dumps([name, snapshot.digest('x'), sorted(sys.modules)]))")
+        out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, (module, out.stderr)
+        name, digest, mods = json.loads(out.stdout)
+        assert not set(mods) & set(NOT_FOR_A_LINE), (module, sorted(set(mods) & set(NOT_FOR_A_LINE)))
+        # the same hashes as hashlib's
+        import hashlib
+        import os
+        real = os.path.realpath("/run/hachain")
+        assert name.endswith("-" + hashlib.sha256(real.encode()).hexdigest()[:8])
+        assert digest == hashlib.sha256(b"x").hexdigest()

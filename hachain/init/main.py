@@ -262,7 +262,7 @@ def child_pids(parent: int) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line; see docs/init.md."""
-    p = argparse.ArgumentParser(prog=PROG, description="hachain layer 1: PID 1 or subreaper")
+    p = channels.layer_parser(PROG, "hachain layer 1: PID 1 or subreaper")
     p.add_argument("--state-dir", default="/run/hachain")
     p.add_argument("--config", default="/etc/hachain/chain.toml")
     p.add_argument("--restart-delay", type=float, default=1.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -21,7 +20,7 @@ def _cannot_start(e: OSError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hachain-restarter")
+    p = channels.layer_parser("hachain-restarter")
     p.add_argument("-c", "--config", default=os.environ.get(channels.ENV_CONFIG,
                                                              channels.DEFAULT_CONFIG))
     p.add_argument("--standby", action="store_true",

@@ -1082,8 +1082,7 @@ def _reap(pid: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    p = argparse.ArgumentParser(
-        prog=PROG, description="Pet the watchdog while the hachain health gate passes.")
+    p = channels.layer_parser(PROG, "Pet the watchdog while the hachain health gate passes.")
     p.add_argument("-c", "--config",
                    default=os.environ.get(channels.ENV_CONFIG) or DEFAULT_PATH,
                    help="configuration file (default: $HACHAIN_CONFIG or %(default)s)")
