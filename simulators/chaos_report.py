@@ -38,8 +38,10 @@ class Result:
     detect: float | None = None
     converge: float | None = None
     bound: float = 0.0
-    # --qemu: seconds QEMU waited for a host CPU during the fault, added to `bound` when
-    # judging (simulators/qemu/cpuwait.py); None on the simulated machine
+    # seconds the chain waited for a host CPU during the fault (until it converged),
+    # added to `bound` when judging: --qemu, QEMU's most-delayed thread
+    # (simulators/qemu/cpuwait.py); the simulated machine, the time some task of it was
+    # stalled on a CPU (its cgroup's PSI, SimMachine.cpu_stalled); None where unknown
     host_wait: float | None = None
     reboot: str | None = None
     reboot_after: float | None = None
@@ -188,7 +190,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if r.get("converge") is not None:
             d["times"].append(r["converge"])
             if r.get("host_wait") is not None and r["converge"] == max(d["times"]):
-                d["waited"] = r["host_wait"]  # --qemu: of the slowest fault, see Result
+                d["waited"] = r["host_wait"]  # of the slowest fault, see Result
     for d in out.values():
         t = d.pop("times")
         d["p50"], d["p95"] = percentile(t, 50), percentile(t, 95)
@@ -197,10 +199,10 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _bound(d: dict[str, Any]) -> str:
-    """The bound column: the kind's bound, and under --qemu what the slowest fault of
-    that kind had added to it for the host's run-queue wait."""
+    """The bound column: the kind's bound, and what the slowest fault of that kind had
+    added to it for the time the chain waited for a host CPU (shown from 0.05 s)."""
     waited = d.get("waited")
-    return _s(d["bound"]) + (f" + {waited:.2f} waited" if waited else "")
+    return _s(d["bound"]) + (f" + {waited:.2f} waited" if waited and waited >= 0.05 else "")
 
 
 def _s(v: float | None) -> str:
@@ -561,7 +563,8 @@ def _fault_rows(report: dict[str, Any]) -> str:
             f'<td class="k">{e(r["kind"])}</td><td class="k">{e(r["target"])}</td>'
             f'<td>{"held" if r["ok"] else "<b>broke</b>"}</td>'
             f'<td class="n">{_s(r.get("detect"))}</td><td class="n">{_s(conv)}</td>'
-            f'<td class="n">{_s(bound)}{f" + {waited:.2f} waited" if waited else ""}</td>'
+            f'<td class="n">{_s(bound)}'
+            f'{f" + {waited:.2f} waited" if waited and waited >= 0.05 else ""}</td>'
             f'<td class="n{" bad" if margin is not None and margin < 0 else ""}">'
             f'{_s(margin)}</td><td>{reset}</td><td>{seen}</td></tr>')
     return "".join(rows)

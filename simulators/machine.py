@@ -145,6 +145,18 @@ def _die_with_owner(owner: int, cgroup: str | None = None) -> list[str]:
             cgroup or ""]
 
 
+def _psi_some_us(path: str) -> int | None:
+    """The `total=` of the "some" line of a PSI file (µs), or None (no file, no PSI)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("some "):
+                    return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def sweep_stale_cgroups(mount: str) -> list[str]:
     """Remove the cgroup subtrees of machines whose owner process is gone (SIGKILLed: it
     could not clean up); the paths removed. Only empty cgroups go (rmdir); one a process
@@ -215,6 +227,10 @@ class SimMachine:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._init_timing: list[str] = []
+        # cpu_stalled's count, in µs: what earlier cgroups of the machine recorded, and
+        # how much of the present one's total is already in it
+        self._stalled_before = 0
+        self._stall_base = 0
 
     # -- public API ---------------------------------------------------------------------
 
@@ -404,6 +420,8 @@ class SimMachine:
             try:
                 os.makedirs(chain, exist_ok=True)
                 os.makedirs(self.cgroup_root, exist_ok=True)
+                with self._cond:  # a new cgroup starts from 0, one that stayed from its total
+                    self._stall_base = _psi_some_us(self._pressure_file()) or 0
             except OSError as e:
                 self._event(f"cannot create {self.cgroup}: {e}; the machine runs without it")
                 chain = None
@@ -492,10 +510,43 @@ class SimMachine:
             return None
         return path
 
+    def cpu_stalled(self) -> float | None:
+        """Seconds, since power-on, during which some task of the machine was runnable
+        but waited for a CPU: the "some" total of its cgroup's `cpu.pressure` (PSI,
+        Linux 4.20+; it counts the whole subtree), added up over the boots (each boot
+        has a new cgroup). None without a machine cgroup or PSI. A campaign adds what
+        accrued during a fault to that fault's bound: while none of the machine's tasks
+        waits for a CPU, a host busy with other work does not slow the chain's way back
+        to health, so that wait bounds the delay a busy host adds; on an idle host it is
+        next to nothing, and the bound stays as tight as configured."""
+        if not self.cgroup:
+            return None
+        with self._cond:
+            now = _psi_some_us(self._pressure_file())
+            if now is None and not self._stalled_before:
+                return None
+            return (self._stalled_before + max(0, (now or 0) - self._stall_base)) / 1e6
+
+    def _pressure_file(self) -> str:
+        assert self.cgroup
+        return os.path.join(self.cgroup, "cpu.pressure")
+
+    def _count_stall(self) -> None:
+        """Move what the machine's cgroup recorded so far into cpu_stalled's count."""
+        with self._cond:
+            now = _psi_some_us(self._pressure_file()) if self.cgroup else None
+            if now is not None:
+                self._stalled_before += max(0, now - self._stall_base)
+                self._stall_base = now
+
     def _remove_cgroup(self) -> None:
         """Kill whatever still runs in the machine's cgroup and remove it (every boot
-        makes it again); one event line when the kernel keeps it past EMPTY_BOUND."""
-        if self.cgroup and not remove_cgroup_tree(self.cgroup, EMPTY_BOUND):
+        makes it again); one event line when the kernel keeps it past EMPTY_BOUND. The
+        CPU stall it recorded is kept (cpu_stalled)."""
+        if not self.cgroup:
+            return
+        self._count_stall()
+        if not remove_cgroup_tree(self.cgroup, EMPTY_BOUND):
             self._event(f"cannot remove {self.cgroup}: processes of the machine still "
                         f"there {EMPTY_BOUND:g} s after cgroup.kill")
 

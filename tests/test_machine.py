@@ -357,3 +357,47 @@ def test_stopped_tickler_resets_the_machine(machine: SimMachine) -> None:
     assert elapsed <= TIMEOUT + PET + MARGIN
     assert boot2["cause"] == "watchdog" and boot2["bootstatus"] == WDIOF_CARDRESET
     chain_up(machine)
+
+
+def _psi_reason() -> str | None:
+    if not os.path.exists("/proc/pressure/cpu"):
+        return "the kernel keeps no pressure stall information (CONFIG_PSI, psi=1)"
+    mount = find_cgroup2_mount()
+    if not mount or not os.path.exists(os.path.join(mount, "cpu.pressure")):
+        return "no cgroup v2 hierarchy with cpu.pressure to measure a machine's CPU wait"
+    return None
+
+
+@pytest.mark.skipif(_psi_reason() is not None, reason=_psi_reason() or "")
+def test_the_cpu_wait_of_the_machine_is_counted_across_its_boots(machine: SimMachine) -> None:
+    """SimMachine.cpu_stalled (what a chaos campaign adds to a fault's bound) grows while
+    tasks of the machine wait for a CPU, and keeps what a boot's cgroup counted when the
+    next boot makes a fresh one. Two busy loops on one CPU, in the machine's cgroup, wait
+    half of the time each: the stall grows about as fast as the clock."""
+    chain_up(machine)
+    start = machine.cpu_stalled()
+    assert start is not None
+    assert machine.cgroup is not None
+    hog_cg = os.path.join(machine.cgroup, "hog")
+    os.mkdir(hog_cg)
+    cpu = min(os.sched_getaffinity(0))
+    hogs = [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, "
+                              f"{{{cpu}}}); open('{hog_cg}/cgroup.procs', 'w').write("
+                              "str(os.getpid())); exec('while True: pass')"])
+            for _ in range(2)]
+    try:
+        wait_until(lambda: (machine.cpu_stalled() or 0) - start >= 0.5, 30,
+                   "0.5 s of CPU wait counted for two busy loops on one CPU")
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait(10)
+    before = machine.cpu_stalled()
+    assert before is not None
+    boots = len(machine.boots)
+    machine.power_cut()  # the cgroup, the hog's with it, goes; the next boot makes it anew
+    machine.wait_boot(boots + 1, 30)
+    chain_up(machine)
+    after = machine.cpu_stalled()
+    assert after is not None and after >= before, (before, after)
+    assert not os.path.exists(hog_cg), "the boot kept a cgroup of the last one"
