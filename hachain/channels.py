@@ -63,6 +63,7 @@ STATUS_LAST_TABLE = "status-last.json"  # in state_dir: the last service table s
 RUNNING_CONFIG = "config/running.json"  # in state_dir: the configuration this run uses
 DISK_VERDICT = "config/disk-verdict.json"  # in state_dir: the file's validation, cached
 RUNNING_PARSED = "config/running.parsed"  # in state_dir: RUNNING_CONFIG, parsed (pickle)
+LAST_GOOD_PARSED = "config/last-good.parsed"  # in persist_dir: LAST_GOOD_CONFIG, parsed
 
 LAYERS = ("init", "restarter", "tickler")
 

@@ -155,20 +155,30 @@ def _config_of(snap: Snapshot, environ: dict[str, str] | None,
 # the same either way. It is unpickled by an Unpickler (_find_class) that makes no object but the
 # configuration's own classes: a foreign pickle there runs no code of its own choosing.
 PARSED = channels.RUNNING_PARSED  # in state_dir
+# The same, kept with the last-known-good snapshot in persist_dir (LAST_GOOD_PARSED), so
+# that `hachain run` at the next boot, given the very same file, starts from it too
+# instead of importing the schema and validating the file again (cached_parse).
+LAST_GOOD_PARSED = channels.LAST_GOOD_PARSED
 
 
-# The modules whose code decides what a parsed Config is (stat'ed, not imported: the
-# restarter loads the pickle without the schema)
-_CODE = ("config", "configtypes", "schema")
+# The code that decides what a parsed Config is: config.py, configtypes.py, schema.py and
+# what they call on (listen, seccomp, conditions, devices, cluster/timing, ...). Its files
+# are stat'ed, not imported (the restarter loads the pickle without the schema): every
+# module of the package's top level and of hachain/cluster, so that a copy parsed by
+# other code, an upgrade or an edit of any of them, is never taken for this code's.
+_CODE_DIRS = ("", "cluster")
 
 
 def _code_tag() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     tag = []
-    for name in _CODE:
-        st = os.stat(os.path.join(here, name + ".py"))
-        tag.append(f"hachain.{name}:{st.st_size}:{st.st_mtime_ns}")
-    return " ".join(tag)
+    for sub in _CODE_DIRS:
+        with os.scandir(os.path.join(here, sub)) as it:
+            for e in it:
+                if e.name.endswith(".py") and e.is_file():
+                    st = e.stat()
+                    tag.append(f"{sub}/{e.name}:{st.st_size}:{st.st_mtime_ns}")
+    return " ".join(sorted(tag))
 
 
 def _save_parsed(state_dir: str, snap: Snapshot, cfg: Config) -> None:
@@ -200,10 +210,11 @@ def _find_class(module: str, name: str) -> Any:
     raise pickle.UnpicklingError(f"names {module}.{name}, not a configuration class")
 
 
-def _load_parsed(state_dir: str, snap: Snapshot, log: Any = None) -> Config | None:
+def _load_parsed(state_dir: str, snap: Snapshot, log: Any = None,
+                 name: str = PARSED) -> Config | None:
     import io
     import pickle
-    path = os.path.join(state_dir, PARSED)
+    path = os.path.join(state_dir, name)
     try:  # O_NONBLOCK: a FIFO there is opened without waiting for a writer
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -320,7 +331,8 @@ def accept(path: str, chain_id: str = "", fallback: bool = True,
     source = os.path.abspath(path)
     try:
         text = _read_text(source)
-        parsed = parse(text, source)
+        sha = digest(text)
+        parsed = cached_parse(text, source, sha, environ) or parse(text, source)
         cfg = with_env_overrides(parsed, environ)
     except ConfigError as e:
         if not fallback:
@@ -338,10 +350,12 @@ def accept(path: str, chain_id: str = "", fallback: bool = True,
                 f"accepted {_when(lkg.accepted_wall)}")
         _save(cfg, snap, last_good=False, log=log)
         return cfg, snap
-    snap = Snapshot(source=source, text=text, sha256=digest(text), accepted_wall=time.time(),
+    snap = Snapshot(source=source, text=text, sha256=sha, accepted_wall=time.time(),
                     chain_id=chain_id, timing=_timing_of(cfg))
     _save_parsed(cfg.chain.state_dir, snap, parsed)  # first: running.json points to it
     _save(cfg, snap, last_good=last_good, log=log)
+    if last_good:
+        _keep_parsed(cfg)
     return cfg, snap
 
 
@@ -356,6 +370,42 @@ def save_last_good(cfg: Config, snap: Snapshot, log: Any = None) -> None:
     except OSError as e:
         if log is not None:
             log(f"cannot write the configuration snapshot {target}: {e.strerror or e}")
+        return
+    _keep_parsed(cfg)
+
+
+def _keep_parsed(cfg: Config) -> None:
+    """Copy this run's parsed configuration (state_dir's PARSED, just written by accept)
+    next to the last-known-good snapshot: the next `hachain run` of the same file starts
+    from it (cached_parse). Not fsync-ed: a copy a crash damaged is not loaded, and the
+    file is then parsed as before. A copy that cannot be written is no error."""
+    try:
+        with open(os.path.join(cfg.chain.state_dir, PARSED), "rb") as f:
+            data = f.read()
+        path = os.path.join(cfg.chain.persist_dir, LAST_GOOD_PARSED)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        channels.write_atomic(path, data)
+    except OSError:
+        pass
+
+
+def cached_parse(text: str, source: str, sha: str,
+                 environ: dict[str, str] | None = None) -> Config | None:
+    """The configuration `text` (of the file `source`, SHA-256 `sha`) parsed and validated
+    when it last ran, from the last-known-good's parsed copy in the persist_dir the text
+    names (or HACHAIN_PERSIST_DIR), or None: only a copy of this very text, file and
+    code is taken (_load_parsed). The text's `[chain]` table alone is parsed to find that
+    directory; a table that does not parse on its own means no copy."""
+    env = os.environ if environ is None else environ
+    table = chain_table(text) if not env.get(channels.ENV_PERSIST_DIR) else {}
+    if table is None:
+        return None
+    where = env.get(channels.ENV_PERSIST_DIR) or table.get("persist_dir") or \
+        channels.DEFAULT_PERSIST_DIR
+    if not isinstance(where, str) or not os.path.isabs(where):
+        return None
+    probe = Snapshot(source=source, text=text, sha256=sha, accepted_wall=0.0)
+    return _load_parsed(where, probe, name=LAST_GOOD_PARSED)
 
 
 def _timing_of(cfg: Config) -> dict[str, float]:

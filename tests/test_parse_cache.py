@@ -1,0 +1,120 @@
+"""`hachain run` of a file that already ran (issue 19, start-up): the configuration it
+parsed and validated then is kept next to the last-known-good snapshot, and the next
+accept of the very same text, file and code starts from it, without importing the
+schema or validating again. Anything else is parsed as before."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hachain import channels, config, snapshot
+
+TEXT = """
+[chain]
+state_dir = "{d}/run{boot}"
+persist_dir = "{d}/persist"
+cgroup_root = "none"
+[watchdog]
+device = "none"
+[service.a]
+command = ["/bin/sleep", "1000"]
+restart = "always"
+"""
+
+# a later boot: /run is empty, only persist_dir is left; the accept in a fresh process
+ACCEPT = """
+import json, sys
+from hachain import snapshot
+cfg, snap = snapshot.accept(sys.argv[1], chain_id="c2", last_good=False)
+print(json.dumps({"schema": "hachain.schema" in sys.modules,
+                  "config": "hachain.config" in sys.modules,
+                  "services": sorted(cfg.services), "state_dir": cfg.chain.state_dir,
+                  "restart": cfg.services["a"].restart}))
+"""
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("HACHAIN_")}
+
+
+def _accept_in_a_fresh_process(path: Path, env: dict[str, str] | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-S", "-c", ACCEPT, str(path)], capture_output=True,
+                         text=True, timeout=60, env=env or _env(),
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_the_next_run_of_the_same_file_does_not_parse_it_again(tmp_path: Path) -> None:
+    f = tmp_path / "chain.toml"
+    f.write_text(TEXT.format(d=tmp_path, boot=1))
+    cfg, _ = snapshot.accept(str(f), chain_id="c1", environ=_env())
+    kept = tmp_path / "persist" / channels.LAST_GOOD_PARSED
+    assert kept.is_file()
+    got = _accept_in_a_fresh_process(f)
+    assert got == {"schema": False, "config": False, "services": ["a"],
+                   "state_dir": str(tmp_path / "run1"), "restart": "always"}
+    # what it starts from is what parsing gives
+    assert snapshot.cached_parse(f.read_text(), str(f), snapshot.digest(f.read_text()),
+                                 _env()) == config.parse(f.read_text(), str(f))
+    assert cfg.services["a"].restart == "always"
+
+
+def test_an_edited_file_is_parsed_and_validated_again(tmp_path: Path) -> None:
+    f = tmp_path / "chain.toml"
+    f.write_text(TEXT.format(d=tmp_path, boot=1))
+    snapshot.accept(str(f), chain_id="c1", environ=_env())
+    f.write_text(TEXT.format(d=tmp_path, boot=2).replace('"always"', '"on-failure"'))
+    got = _accept_in_a_fresh_process(f)
+    assert got["config"] and got["restart"] == "on-failure"
+    assert got["state_dir"] == str(tmp_path / "run2")
+    # and an edit that breaks it is an error, not the copy of what ran before
+    f.write_text(TEXT.format(d=tmp_path, boot=1).replace('"always"', '"alwayz"'))
+    out = subprocess.run([sys.executable, "-S", "-c", ACCEPT.replace(
+        'last_good=False', 'last_good=False, fallback=False'), str(f)],
+        capture_output=True, text=True, timeout=60, env=_env())
+    assert out.returncode != 0 and "alwayz" in out.stderr
+
+
+def test_a_copy_of_another_file_or_code_or_one_anybody_may_write_is_not_taken(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "chain.toml"
+    text = TEXT.format(d=tmp_path, boot=1)
+    f.write_text(text)
+    snapshot.accept(str(f), chain_id="c1", environ=_env())
+    sha = snapshot.digest(text)
+    assert snapshot.cached_parse(text, str(f), sha, _env()) is not None
+    # the same text in another file
+    assert snapshot.cached_parse(text, str(tmp_path / "other.toml"), sha, _env()) is None
+    # other code (an upgrade, an edit of the package)
+    monkeypatch.setattr(snapshot, "_code_tag", lambda: "another build")
+    assert snapshot.cached_parse(text, str(f), sha, _env()) is None
+    monkeypatch.undo()
+    # a copy others may write: never unpickled
+    kept = tmp_path / "persist" / channels.LAST_GOOD_PARSED
+    os.chmod(kept, 0o666)
+    assert snapshot.cached_parse(text, str(f), sha, _env()) is None
+    os.chmod(kept, 0o600)
+    # a damaged copy (a crash while writing it): parsed as before
+    kept.write_bytes(kept.read_bytes()[:40])
+    assert snapshot.cached_parse(text, str(f), sha, _env()) is None
+    cfg, _ = snapshot.accept(str(f), chain_id="c3", environ=_env())
+    assert list(cfg.services) == ["a"]
+
+
+def test_the_persist_dir_override_is_where_the_copy_is_looked_for(tmp_path: Path) -> None:
+    f = tmp_path / "chain.toml"
+    text = TEXT.format(d=tmp_path, boot=1)
+    f.write_text(text)
+    other = tmp_path / "elsewhere"
+    env = _env() | {channels.ENV_PERSIST_DIR: str(other)}
+    snapshot.accept(str(f), chain_id="c1", environ=env)
+    assert (other / channels.LAST_GOOD_PARSED).is_file()
+    assert not (tmp_path / "persist" / channels.LAST_GOOD_PARSED).exists()
+    sha = snapshot.digest(text)
+    assert snapshot.cached_parse(text, str(f), sha, env) is not None
+    assert snapshot.cached_parse(text, str(f), sha, _env()) is None
