@@ -142,3 +142,18 @@ def test_import_profile_covers_every_layer_and_only_the_restarter_builds_datacla
     for layer in ("init", "tickler", "logger"):
         assert rows[layer][2] == "(0)", p.stdout  # dataclasses created at import
     assert int(rows["restarter"][2].strip("()")) > 0, p.stdout
+
+
+def test_accept_bench_times_both_cases_for_each_size() -> None:
+    """bench/accept_bench.py: one row per size, with the first run of the file and the
+    run of a file that ran before (it fails itself when no parsed copy was kept)."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "accept_bench.py"),
+                        "--sizes", "1,20", "--runs", "1"], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ["services", "first", "run", "ms", "ran", "before", "ms",
+                                "ratio"], p.stdout
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == ["1", "20"], p.stdout
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), p.stdout
