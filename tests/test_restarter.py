@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -826,3 +827,21 @@ intensity = { max_restarts = 2, window = 60, action = "maintenance" }
                       "rare to crash and come back 4 times")
     assert seen["state"] != "maintenance", seen
     assert "failure count" not in seen["reason"]
+
+
+def test_admin_state_is_written_only_once_something_is_asked(restarter):
+    """A first start has nothing held by hand: no admin.json is written for it (a durable
+    write, two fsyncs, before the first service), and a stop writes the file at once."""
+    r = restarter(f"""
+[service.a]
+command = {svc("sleep", "1000")}
+""")
+    path = os.path.join(r.persist_dir, "admin.json")
+    r.wait_state("a", "ready")
+    assert r.ping()  # the restarter has flushed its first round of records
+    assert os.path.exists(os.path.join(r.state_dir, "services", "a.json"))
+    assert not os.path.exists(path)
+    assert r.req("stop", "a")["ok"]
+    wait_until(lambda: os.path.exists(path), 10, "admin.json once a service is stopped")
+    with open(path) as f:
+        assert json.load(f) == {"a": {"want": "down"}}

@@ -380,7 +380,8 @@ class Store:
         if why:
             self.warnings.append(why)
             return {}
-        if d is None:
+        if d is None:  # nothing asked: the same as an empty file, which is not written
+            self._admin_asked = {}
             return {}
         self._admin_asked = d
         return d
