@@ -29,7 +29,7 @@ import benchlib  # noqa: E402
 from hachain import channels  # noqa: E402
 
 ACCEPT = ("import sys; from hachain import cli, snapshot; "
-          "snapshot.accept(sys.argv[1], chain_id='bench', last_good=False)")
+          "snapshot.accept(sys.argv[1], chain_id='bench', last_good=False, kept=True)")
 
 
 def one_size(n: int, runs: int) -> tuple[float, float]:

@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # file falls back to the last-known-good snapshot, said in one line.
     said: list[str] = []
     cfg, snap = snapshot.accept(args.config, chain_id=channels.chain_id(os.getpid()),
-                                log=said.append, last_good=False)
+                                log=said.append, last_good=False, kept=True)
     # Directories the restarter cannot start without: refused before anything starts (init
     # would restart a restarter that cannot start for ever).
     for key, d in (("state_dir", cfg.chain.state_dir), ("persist_dir", cfg.chain.persist_dir)):

@@ -210,11 +210,9 @@ def _find_class(module: str, name: str) -> Any:
     raise pickle.UnpicklingError(f"names {module}.{name}, not a configuration class")
 
 
-def _load_parsed(state_dir: str, snap: Snapshot, log: Any = None,
-                 name: str = PARSED) -> Config | None:
-    import io
-    import pickle
-    path = os.path.join(state_dir, name)
+def _read_private(path: str) -> bytes | None:
+    """The bytes of `path` when it is a regular file of this process's user that nobody
+    else may write (what a pickle must be to be loaded), else None."""
     try:  # O_NONBLOCK: a FIFO there is opened without waiting for a writer
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -227,10 +225,23 @@ def _load_parsed(state_dir: str, snap: Snapshot, log: Any = None,
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _decode_parsed(data: bytes, snap: Snapshot, path: str, log: Any = None) -> Config | None:
+    """The configuration pickled in `data` when it names `snap`'s text, file and this
+    code, else None (a damaged or foreign one is a line through `log`)."""
+    import io
+    import pickle
+    try:
         class Unpickler(pickle.Unpickler):
             def find_class(self, module: str, name: str) -> Any:
                 return _find_class(module, name)
-        d = Unpickler(io.BytesIO(b"".join(chunks))).load()
+        d = Unpickler(io.BytesIO(data)).load()
         from hachain.configtypes import Config
         if not isinstance(d, dict) or d.get("sha256") != snap.sha256 or \
                 d.get("source") != snap.source or d.get("code") != _code_tag() or \
@@ -242,8 +253,56 @@ def _load_parsed(state_dir: str, snap: Snapshot, log: Any = None,
             log(f"{path}: not a parsed configuration ({type(e).__name__}: {e}): ignored, "
                 "parsing the running snapshot's text")
         return None
+
+
+def _load_parsed(state_dir: str, snap: Snapshot, log: Any = None) -> Config | None:
+    path = os.path.join(state_dir, PARSED)
+    data = _read_private(path)
+    return None if data is None else _decode_parsed(data, snap, path, log)
+
+
+def _read_in_child(path: str, timeout: float) -> bytes | None:
+    """_read_private(path), made by a child process that gets `timeout` seconds: a
+    persist_dir on a hung NFS or FUSE mount, or a disk in error recovery, blocks the
+    lookup for good, and the caller goes on without the file instead (None). The child
+    is SIGKILLed then and reaped when it dies within 0.2 s; one that does not is left to
+    the caller's reaping (`hachain run` becomes init, which reaps every child)."""
+    import select
+    import signal
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            data = _read_private(path)
+            if data is not None:
+                view = memoryview(b"1" + data)
+                while view:
+                    view = view[os.write(w, view):]
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)  # a wait on FUSE or NFS ends for it
+                for _ in range(20):  # reaped here when it dies at once, else later
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        break
+                    time.sleep(0.01)
+                return None
+            chunk = os.read(r, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
     finally:
-        os.close(fd)
+        os.close(r)
+    os.waitpid(pid, 0)  # it closed the pipe: it is exiting
+    data = b"".join(chunks)
+    return data[1:] if data.startswith(b"1") else None
 
 
 def _read_text(path: str) -> str:
@@ -320,19 +379,22 @@ def find_last_good(source: str, environ: dict[str, str] | None = None,
 
 def accept(path: str, chain_id: str = "", fallback: bool = True,
            environ: dict[str, str] | None = None, log: Any = None,
-           last_good: bool = True) -> tuple[Config, Snapshot]:
+           last_good: bool = True, kept: bool = False) -> tuple[Config, Snapshot]:
     """Validate the file at `path` and make it the running configuration.
 
     Good file: running and last-known-good snapshots are written (a failed write is
     logged through `log` and does not stop the chain). Bad file: with `fallback`, the
     last-known-good snapshot of the same file runs and its `fallback` field says why;
     without one, or without `fallback`, ConfigError (one line first: the file's error).
-    `last_good` False: the caller writes the last-known-good copy (save_last_good)."""
+    `last_good` False: the caller writes the last-known-good copy (save_last_good).
+    `kept`: start from the parsed copy kept with the last-known-good snapshot when it is
+    this very text's (cached_parse; `hachain run`, on its way to init, asks for it)."""
     source = os.path.abspath(path)
     try:
         text = _read_text(source)
         sha = digest(text)
-        parsed = cached_parse(text, source, sha, environ) or parse(text, source)
+        parsed = (cached_parse(text, source, sha, environ) if kept else None) or \
+            parse(text, source)
         cfg = with_env_overrides(parsed, environ)
     except ConfigError as e:
         if not fallback:
@@ -389,13 +451,19 @@ def _keep_parsed(cfg: Config) -> None:
         pass
 
 
+KEPT_READ_TIMEOUT = 0.5  # s for the parsed copy in persist_dir (cached_parse)
+
+
 def cached_parse(text: str, source: str, sha: str,
-                 environ: dict[str, str] | None = None) -> Config | None:
+                 environ: dict[str, str] | None = None,
+                 timeout: float = KEPT_READ_TIMEOUT) -> Config | None:
     """The configuration `text` (of the file `source`, SHA-256 `sha`) parsed and validated
     when it last ran, from the last-known-good's parsed copy in the persist_dir the text
     names (or HACHAIN_PERSIST_DIR), or None: only a copy of this very text, file and
-    code is taken (_load_parsed). The text's `[chain]` table alone is parsed to find that
-    directory; a table that does not parse on its own means no copy."""
+    code is taken (_decode_parsed). The text's `[chain]` table alone is parsed to find
+    that directory; a table that does not parse on its own means no copy. The copy is
+    read by a child given `timeout` seconds (_read_in_child): a persist_dir that does not
+    answer costs that long, never a hang."""
     env = os.environ if environ is None else environ
     table = chain_table(text) if not env.get(channels.ENV_PERSIST_DIR) else {}
     if table is None:
@@ -405,7 +473,9 @@ def cached_parse(text: str, source: str, sha: str,
     if not isinstance(where, str) or not os.path.isabs(where):
         return None
     probe = Snapshot(source=source, text=text, sha256=sha, accepted_wall=0.0)
-    return _load_parsed(where, probe, name=LAST_GOOD_PARSED)
+    path = os.path.join(where, LAST_GOOD_PARSED)
+    data = _read_in_child(path, timeout)
+    return None if data is None else _decode_parsed(data, probe, path)
 
 
 def _timing_of(cfg: Config) -> dict[str, float]:

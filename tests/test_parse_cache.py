@@ -9,9 +9,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from hachain import channels, config, snapshot
+from tests.test_tickler_robust import hung_mount
 
 TEXT = """
 [chain]
@@ -29,7 +33,7 @@ restart = "always"
 ACCEPT = """
 import json, sys
 from hachain import snapshot
-cfg, snap = snapshot.accept(sys.argv[1], chain_id="c2", last_good=False)
+cfg, snap = snapshot.accept(sys.argv[1], chain_id="c2", last_good=False, kept=True)
 print(json.dumps({"schema": "hachain.schema" in sys.modules,
                   "config": "hachain.config" in sys.modules,
                   "services": sorted(cfg.services), "state_dir": cfg.chain.state_dir,
@@ -41,8 +45,10 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("HACHAIN_")}
 
 
-def _accept_in_a_fresh_process(path: Path, env: dict[str, str] | None = None) -> dict:
-    out = subprocess.run([sys.executable, "-S", "-c", ACCEPT, str(path)], capture_output=True,
+def _accept_in_a_fresh_process(path: Path, env: dict[str, str] | None = None,
+                               kept: bool = True) -> dict:
+    code = ACCEPT if kept else ACCEPT.replace(", kept=True", "")
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(path)], capture_output=True,
                          text=True, timeout=60, env=env or _env(),
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr
@@ -71,6 +77,8 @@ def test_an_edited_file_is_parsed_and_validated_again(tmp_path: Path) -> None:
     f.write_text(TEXT.format(d=tmp_path, boot=2).replace('"always"', '"on-failure"'))
     got = _accept_in_a_fresh_process(f)
     assert got["config"] and got["restart"] == "on-failure"
+    # without `kept` (every caller but `hachain run`) the file is parsed anyway
+    assert _accept_in_a_fresh_process(f, kept=False)["config"]
     assert got["state_dir"] == str(tmp_path / "run2")
     # and an edit that breaks it is an error, not the copy of what ran before
     f.write_text(TEXT.format(d=tmp_path, boot=1).replace('"always"', '"alwayz"'))
@@ -118,3 +126,26 @@ def test_the_persist_dir_override_is_where_the_copy_is_looked_for(tmp_path: Path
     sha = snapshot.digest(text)
     assert snapshot.cached_parse(text, str(f), sha, env) is not None
     assert snapshot.cached_parse(text, str(f), sha, _env()) is None
+
+
+@pytest.mark.slow
+def test_a_persist_dir_that_does_not_answer_costs_the_deadline_not_a_hang(
+        tmp_path: Path) -> None:
+    """persist_dir on a FUSE mount whose server never answers (a hung NFS mount, a disk in
+    error recovery): the kept copy is looked for by a child given KEPT_READ_TIMEOUT, and
+    `hachain run` goes on parsing the file, instead of waiting for good on its way to
+    init (and to the watchdog being armed)."""
+    mnt = tmp_path / "hung"
+    with hung_mount(mnt):
+        f = tmp_path / "chain.toml"
+        text = TEXT.format(d=tmp_path, boot=1).replace(f'"{tmp_path}/persist"',
+                                                        f'"{mnt}/persist"')
+        f.write_text(text)
+        t0 = time.monotonic()
+        got = snapshot.cached_parse(text, str(f), snapshot.digest(text), _env(), timeout=0.5)
+        took = time.monotonic() - t0
+        assert got is None
+        assert 0.5 <= took < 0.5 + 5, took  # the deadline, then no wait for the child
+        cfg, _ = snapshot.accept(str(f), chain_id="c1", environ=_env(), last_good=False,
+                                 kept=True)
+        assert list(cfg.services) == ["a"]
