@@ -474,7 +474,10 @@ def cached_parse(text: str, source: str, sha: str,
         return None
     probe = Snapshot(source=source, text=text, sha256=sha, accepted_wall=0.0)
     path = os.path.join(where, LAST_GOOD_PARSED)
-    data = _read_in_child(path, timeout)
+    try:
+        data = _read_in_child(path, timeout)
+    except OSError:  # no process or pipe to be had (EAGAIN, EMFILE): parse instead
+        return None
     return None if data is None else _decode_parsed(data, probe, path)
 
 

@@ -149,3 +149,36 @@ def test_a_persist_dir_that_does_not_answer_costs_the_deadline_not_a_hang(
         cfg, _ = snapshot.accept(str(f), chain_id="c1", environ=_env(), last_good=False,
                                  kept=True)
         assert list(cfg.services) == ["a"]
+
+
+def test_no_descriptor_to_read_the_copy_with_means_parsing(tmp_path: Path) -> None:
+    """A process out of descriptors (the pipe to the reading child: EMFILE), as on a host
+    out of processes (fork: EAGAIN): the file is parsed, no traceback on the way to init."""
+    f = tmp_path / "chain.toml"
+    text = TEXT.format(d=tmp_path, boot=1)
+    f.write_text(text)
+    snapshot.accept(str(f), chain_id="c1", environ=_env())
+    code = f"""
+import os, resource, sys
+from hachain import snapshot
+text = open({str(f)!r}).read()
+sha = snapshot.digest(text)
+import io, pickle, select, signal, tomllib  # what the lookup imports, before the fds go
+from hachain import configtypes
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+got = snapshot.cached_parse(text, {str(f)!r}, sha)
+for fd in held[:8]:
+    os.close(fd)
+print("none" if got is None else "copy")
+"""
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         timeout=60, env=_env(),
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "none"
