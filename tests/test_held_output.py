@@ -76,10 +76,13 @@ def test_a_stopped_service_leaves_no_pipe_behind(restarter):
     rpid = run.proc.pid
     pid = _running(run)
     pipe = _output_pipe(pid)
+    # the logger is forked by the restarter and names itself in its lock file when it has
+    # set up: on a loaded host that can come after the service is ready
+    logger = wait_until(run.logger_pid, 10, "the logger's lock file")
     assert run.req("stop", "echo")["ok"]
     run.wait_state("echo", "stopped")
     wait_until(lambda: pipe not in _pipes(rpid), 10, "the restarter to let go")
-    wait_until(lambda: pipe not in _pipes(run.logger_pid()), 10, "the logger's end of file")
+    wait_until(lambda: pipe not in _pipes(logger), 10, "the logger's end of file")
 
 
 def test_the_logger_does_not_preempt_on_wakeup(restarter):
