@@ -51,6 +51,7 @@ def test_the_pipe_is_held_while_the_service_runs_and_let_go_after_its_exit(resta
     rpid = run.proc.pid
     pid = _running(run)
     pipe = _output_pipe(pid)
+    logger = wait_until(run.logger_pid, 10, "the logger's lock file")
     assert pipe in _pipes(rpid), "the restarter does not hold the running service's pipe"
     held_before = len(_pipes(rpid))
     for _ in range(5):
@@ -62,8 +63,7 @@ def test_the_pipe_is_held_while_the_service_runs_and_let_go_after_its_exit(resta
         # the old pipe is let go by both: the restarter closed its write end, and so the
         # logger had its end of file and closed the read end
         wait_until(lambda p=pipe: p not in _pipes(rpid), 10, "the restarter to let go")
-        wait_until(lambda p=pipe: p not in _pipes(run.logger_pid()), 10,
-                   "the logger's end of file")
+        wait_until(lambda p=pipe: p not in _pipes(logger), 10, "the logger's end of file")
         assert new_pipe in _pipes(rpid)
         pid, pipe = new, new_pipe
     # one held pipe per running service, not one per start; every start's output logged
