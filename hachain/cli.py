@@ -105,6 +105,9 @@ def _dir_problem(path: str) -> tuple[str, int]:
     return "", 0
 
 
+PERSIST_DIR_TIMEOUT = 5.0  # s for `hachain run` to see persist_dir made (as the tickler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from hachain import snapshot
     # Validate once and keep what was accepted: the layers run this snapshot (init, which
@@ -115,22 +118,50 @@ def cmd_run(args: argparse.Namespace) -> int:
                                 log=said.append, last_good=False, kept=True)
     # Directories the restarter cannot start without: refused before anything starts (init
     # would restart a restarter that cannot start for ever).
-    for key, d in (("state_dir", cfg.chain.state_dir), ("persist_dir", cfg.chain.persist_dir)):
-        problem, code = _dir_problem(d)
-        if problem:
-            _err(f"{cfg.path}: chain.{key} {d}: {problem}; nothing started")
-            return code
+    problem, code = _dir_problem(cfg.chain.state_dir)
+    if problem:
+        _err(f"{cfg.path}: chain.state_dir {cfg.chain.state_dir}: {problem}; nothing started")
+        return code
+    # persist_dir is looked at by a child with a deadline (a hung NFS or FUSE mount, a disk
+    # in error recovery, block a lookup for good, and the chain must still start: its
+    # tickler arms the watchdog). The same child then writes the durable last-known-good
+    # copy (an fsync, 6-15 ms here), off the path to the first service; init, which this
+    # process becomes, reaps it.
     for line in said:
         _err(line)
-    # The durable last-known-good copy (an fsync, 6-15 ms here) is written by a child,
-    # off the path to the first service; init, which this process becomes, reaps it.
     sys.stdout.flush()
     sys.stderr.flush()
-    if os.fork() == 0:
-        try:
+    persist = cfg.chain.persist_dir
+    looked: list[str] = []  # in the child: the problem it answered
+
+    def look() -> bytes:
+        problem, code = _dir_problem(persist)
+        looked.append(problem)
+        return f"{code} {problem}".encode()
+
+    def save() -> None:
+        if not looked[0]:
             snapshot.save_last_good(cfg, snap, log=_err)
-        finally:
-            os._exit(0)
+    try:
+        answer = snapshot.in_child(look, PERSIST_DIR_TIMEOUT, then=save)
+    except TimeoutError:
+        _err(f"{cfg.path}: warning: chain.persist_dir {persist}: no answer within "
+             f"{PERSIST_DIR_TIMEOUT:g} s (a hung mount or a failing disk?); starting the chain "
+             f"anyway: the tickler arms the watchdog, and a restarter that cannot read its "
+             f"state there fails the health gate")
+    except OSError as e:  # no process or pipe to be had: look here, without a deadline
+        _err(f"{cfg.path}: warning: chain.persist_dir {persist} looked at without a "
+             f"deadline: {e.strerror or e}")
+        problem, code = _dir_problem(persist)
+        if problem:
+            _err(f"{cfg.path}: chain.persist_dir {persist}: {problem}; nothing started")
+            return code
+        snapshot.save_last_good(cfg, snap, log=_err)
+    else:
+        code_text, _, problem = answer.decode().partition(" ")
+        if problem:
+            _err(f"{cfg.path}: chain.persist_dir {persist}: {problem}; nothing started")
+            return int(code_text)
     argv, env = channels.lean_python(sys.executable, "hachain.init.main")
     argv += ["--state-dir", cfg.chain.state_dir, "--config", os.path.abspath(args.config),
              "--restart-delay", str(cfg.chain.restart_delay),

@@ -24,6 +24,7 @@ id before the exec). Must not: start, signal or supervise anything.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -33,6 +34,8 @@ from hachain import channels
 from hachain.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hachain.configtypes import Config
 
 
@@ -106,11 +109,14 @@ def digest(text: str) -> str:
     return channels.sha256_hex(text.encode())
 
 
-def read_snapshot(path: str, log: Any = None) -> Snapshot | None:
+def read_snapshot(path: str, log: Any = None, timeout: float | None = None
+                  ) -> Snapshot | None:
     """The snapshot in `path`, or None; a file there that is not one is logged through
-    `log` (one line naming it and what is wrong)."""
+    `log` (one line naming it and what is wrong). `timeout`: read by a child given that
+    long (in_child), and one that does not answer in time is such a line too."""
     try:
-        d = channels.read_json(path, regular=True)
+        d = channels.read_json(path, regular=True) if timeout is None else \
+            _read_json_in_child(path, timeout)
     except (ValueError, OSError) as e:
         why = e.strerror or str(e) if isinstance(e, OSError) else channels.json_problem(e)
     else:
@@ -127,8 +133,23 @@ def read_running(state_dir: str, log: Any = None) -> Snapshot | None:
     return read_snapshot(os.path.join(state_dir, RUNNING), log)
 
 
-def read_last_good(persist_dir: str, log: Any = None) -> Snapshot | None:
-    return read_snapshot(os.path.join(persist_dir, LAST_GOOD), log)
+def read_last_good(persist_dir: str, log: Any = None, timeout: float | None = None
+                   ) -> Snapshot | None:
+    return read_snapshot(os.path.join(persist_dir, LAST_GOOD), log, timeout)
+
+
+def _read_json_in_child(path: str, timeout: float) -> Any:
+    """channels.read_json(path, regular=True), made by a child given `timeout` seconds
+    (TimeoutError when it does not answer; a corrupt file is ValueError as there)."""
+    def work() -> bytes:
+        try:
+            return b"J" + json.dumps(channels.read_json(path, regular=True)).encode()
+        except ValueError as e:  # carried back as its text
+            return b"V" + channels.json_problem(e).encode()
+    got = in_child(work, timeout)
+    if got.startswith(b"V"):
+        raise ValueError(got[1:].decode())
+    return json.loads(got[1:])
 
 
 def _write(path: str, snap: Snapshot, durable: bool) -> None:
@@ -261,24 +282,38 @@ def _load_parsed(state_dir: str, snap: Snapshot, log: Any = None) -> Config | No
     return None if data is None else _decode_parsed(data, snap, path, log)
 
 
-def _read_in_child(path: str, timeout: float) -> bytes | None:
-    """_read_private(path), made by a child process that gets `timeout` seconds: a
-    persist_dir on a hung NFS or FUSE mount, or a disk in error recovery, blocks the
-    lookup for good, and the caller goes on without the file instead (None). The child
-    is SIGKILLed then and reaped when it dies within 0.2 s; one that does not is left to
-    the caller's reaping (`hachain run` becomes init, which reaps every child)."""
+def in_child(work: Callable[[], bytes], timeout: float,
+             then: Callable[[], object] | None = None) -> bytes:
+    """What `work()` returns, run by a forked child given `timeout` seconds: a persist_dir
+    on a hung NFS or FUSE mount, or a disk in error recovery, blocks a lookup there for
+    good, and the caller then goes on without the answer. TimeoutError when none came in
+    time; OSError when no child or pipe is to be had (EAGAIN, EMFILE), or the one `work`
+    raised in the child (errno and text carried over). `then`: more work for the child
+    after it has answered (nobody waits for it); with none, a child that did not answer
+    is SIGKILLed and reaped when it dies within 0.2 s. A child left is reaped by the
+    caller's own reaping (`hachain run` becomes init, which reaps every child)."""
     import select
     import signal
     r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(r)
-            data = _read_private(path)
-            if data is not None:
-                view = memoryview(b"1" + data)
-                while view:
-                    view = view[os.write(w, view):]
+            try:
+                answer = b"1" + work()
+            except OSError as e:
+                answer = b"0" + json.dumps([e.errno or 0, e.strerror or str(e)]).encode()
+            view = memoryview(answer)
+            while view:
+                view = view[os.write(w, view):]
+            os.close(w)
+            if then is not None:
+                then()
         finally:
             os._exit(0)
     os.close(w)
@@ -288,21 +323,29 @@ def _read_in_child(path: str, timeout: float) -> bytes | None:
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)  # a wait on FUSE or NFS ends for it
-                for _ in range(20):  # reaped here when it dies at once, else later
-                    if os.waitpid(pid, os.WNOHANG)[0]:
-                        break
-                    time.sleep(0.01)
-                return None
+                if then is None:
+                    os.kill(pid, signal.SIGKILL)  # a wait on FUSE or NFS ends for it
+                    for _ in range(20):  # reaped here when it dies at once, else later
+                        if os.waitpid(pid, os.WNOHANG)[0]:
+                            break
+                        time.sleep(0.01)
+                raise TimeoutError(f"no answer within {timeout:g} s")
             chunk = os.read(r, 1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
     finally:
         os.close(r)
-    os.waitpid(pid, 0)  # it closed the pipe: it is exiting
+    if then is None:
+        os.waitpid(pid, 0)  # it closed the pipe: it is exiting
     data = b"".join(chunks)
-    return data[1:] if data.startswith(b"1") else None
+    if data.startswith(b"1"):
+        return data[1:]
+    try:
+        err, text = json.loads(data[1:])
+    except ValueError:  # the child died before its answer was whole
+        raise OSError(0, "the reading process ended without an answer") from None
+    raise OSError(err, text)
 
 
 def _read_text(path: str) -> str:
@@ -368,12 +411,17 @@ def persist_candidates(environ: dict[str, str] | None = None,
     return list(dict.fromkeys(out))
 
 
+LAST_GOOD_READ_TIMEOUT = 2.0  # s for each place a last-known-good snapshot may be
+
+
 def find_last_good(source: str, environ: dict[str, str] | None = None,
-                   log: Any = None) -> Snapshot | None:
+                   log: Any = None, timeout: float = LAST_GOOD_READ_TIMEOUT
+                   ) -> Snapshot | None:
     """The newest last-known-good snapshot of the file `source` in the candidate places
-    (one that is damaged is a line through `log`)."""
+    (one that is damaged, or a place that does not answer within `timeout` seconds, is a
+    line through `log`: each is read by a child, so a hung mount costs that long)."""
     found = [s for d in persist_candidates(environ, source)
-             if (s := read_last_good(d, log)) is not None and s.source == source]
+             if (s := read_last_good(d, log, timeout)) is not None and s.source == source]
     return max(found, key=lambda s: s.accepted_wall, default=None)
 
 
@@ -399,11 +447,17 @@ def accept(path: str, chain_id: str = "", fallback: bool = True,
     except ConfigError as e:
         if not fallback:
             raise
-        lkg = find_last_good(source, environ, log)
+        unread: list[str] = []  # copies that are damaged or did not answer, said once
+        lkg = find_last_good(source, environ, unread.append)
         if lkg is None:
+            where = ', '.join(persist_candidates(environ, source))
             raise ConfigError([e.errors[0] + f" (and no last-known-good configuration of "
-                               f"{source} in {', '.join(persist_candidates(environ, source))})",
+                               f"{source} in {where}" + "".join(
+                                   f"; {line}" for line in unread) + ")",
                                *e.errors[1:]]) from None
+        for line in unread:
+            if log is not None:
+                log(line)
         snap = lkg._replace(chain_id=chain_id, fallback=e.errors[0])
         cfg = _config_of(snap, environ)
         snap = snap._replace(timing=_timing_of(cfg))
@@ -462,7 +516,7 @@ def cached_parse(text: str, source: str, sha: str,
     names (or HACHAIN_PERSIST_DIR), or None: only a copy of this very text, file and
     code is taken (_decode_parsed). The text's `[chain]` table alone is parsed to find
     that directory; a table that does not parse on its own means no copy. The copy is
-    read by a child given `timeout` seconds (_read_in_child): a persist_dir that does not
+    read by a child given `timeout` seconds (in_child): a persist_dir that does not
     answer costs that long, never a hang."""
     env = os.environ if environ is None else environ
     table = chain_table(text) if not env.get(channels.ENV_PERSIST_DIR) else {}
@@ -475,10 +529,10 @@ def cached_parse(text: str, source: str, sha: str,
     probe = Snapshot(source=source, text=text, sha256=sha, accepted_wall=0.0)
     path = os.path.join(where, LAST_GOOD_PARSED)
     try:
-        data = _read_in_child(path, timeout)
-    except OSError:  # no process or pipe to be had (EAGAIN, EMFILE): parse instead
+        data = in_child(lambda: _read_private(path) or b"", timeout)
+    except OSError:  # no answer in time, no process or pipe (EAGAIN, EMFILE): parse
         return None
-    return None if data is None else _decode_parsed(data, probe, path)
+    return _decode_parsed(data, probe, path) if data else None
 
 
 def _timing_of(cfg: Config) -> dict[str, float]:

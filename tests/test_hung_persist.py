@@ -1,0 +1,165 @@
+"""A persist_dir that never answers (a hung NFS or FUSE mount, a disk in error recovery)
+does not hold `hachain run` before the watchdog is armed.
+
+`hachain run` used to make persist_dir itself (os.makedirs) on its way to init, and to
+read the last-known-good copy of a broken file there, with no deadline: on a hung mount
+it waited for good, nothing armed the device, and nothing would ever reset the machine.
+Now both are done by a child given a deadline (snapshot.in_child); the chain starts, the
+tickler arms the device, and the restarter, which cannot read its state there, fails the
+health gate, so the machine is reset. The FUSE mounts need root and /dev/fuse.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hachain import cli, snapshot
+from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
+from tests.conftest import children, reap, wait_until
+from tests.test_tickler import HB_TIMEOUT, PET, TIMEOUT
+from tests.test_tickler_robust import hung_mount
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_in_child_answers_with_what_the_work_returned() -> None:
+    assert snapshot.in_child(lambda: b"made " + str(os.getpid()).encode(), 5) != \
+        b"made " + str(os.getpid()).encode()  # it ran in another process
+    assert snapshot.in_child(lambda: b"", 5) == b""
+
+
+def test_in_child_carries_the_error_of_the_work_over(tmp_path: Path) -> None:
+    def work() -> bytes:
+        with open(tmp_path / "missing", "rb") as f:
+            return f.read()
+    with pytest.raises(FileNotFoundError) as e:
+        snapshot.in_child(work, 5)
+    assert e.value.strerror == "No such file or directory"
+
+
+def test_in_child_gives_up_at_the_deadline_and_kills_the_child(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+
+    def work() -> bytes:
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(600)
+        return b"late"
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="no answer within 0.3 s"):
+        snapshot.in_child(work, 0.3)
+    assert time.monotonic() - t0 >= 0.3
+    pid = int(pid_file.read_text())
+
+    def dead() -> bool:  # killed: reaped by in_child, or a zombie we reap here
+        try:
+            return os.waitpid(pid, os.WNOHANG)[0] == pid
+        except ChildProcessError:
+            return True
+    wait_until(dead, 30, "the child to be killed")
+
+
+def test_in_child_runs_then_after_it_has_answered(tmp_path: Path) -> None:
+    """`then` is work nobody waits for: the answer comes first (hachain run goes on to
+    init while its child writes the last-known-good copy)."""
+    go = tmp_path / "go"
+    done = tmp_path / "done"
+
+    def then() -> None:
+        while not go.exists():
+            time.sleep(0.01)
+        done.write_text("yes")
+    assert snapshot.in_child(lambda: b"answer", 5, then=then) == b"answer"
+    assert not done.exists()
+    go.write_text("")
+    wait_until(done.exists, 30, "the child's later work")
+
+
+def _chain_config(tmp_path: Path, persist: Path, sock: str, grace: float) -> Path:
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{tmp_path / "run"}"\npersist_dir = "{persist}"\n'
+                   f'heartbeat_interval = 0.2\ncgroup_root = "none"\n'
+                   f'[watchdog]\ndevice = "sim:{sock}"\ntimeout = {TIMEOUT}\n'
+                   f'pet_interval = {PET}\nheartbeat_timeout = {HB_TIMEOUT}\n'
+                   f'restart_grace = {grace}\n'
+                   f'[service.a]\ncommand = ["sleep", "600"]\n')
+    return cfg
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+@pytest.mark.slow
+def test_hachain_run_arms_the_watchdog_with_a_hung_persist_dir(tmp_path: Path) -> None:
+    mnt = tmp_path / "hung"
+    sock = str(tmp_path / "wd.sock")
+    fired = threading.Event()
+    wd = SoftWatchdog(timeout=10)
+    server = WatchdogServer(sock, wd, fired.set)
+    grace = 4.0
+    cfg = _chain_config(tmp_path, mnt / "persist", sock, grace)
+    log = tmp_path / "chain.log"
+    with hung_mount(mnt):
+        server.start()
+        seen: set[int] = set()
+        try:
+            with open(log, "wb") as logf:
+                chain = subprocess.Popen([sys.executable, "-m", "hachain.cli", "run", "-c",
+                                          str(cfg)], stdout=logf, stderr=logf)
+            try:
+                # the deadline for persist_dir, then init starts the tickler: armed
+                wait_until(lambda: seen.update(_descendants(chain.pid)) or wd.armed,
+                           cli.PERSIST_DIR_TIMEOUT + 60, "the tickler to arm the device")
+                text = log.read_text(errors="replace")
+                assert f"chain.persist_dir {mnt / 'persist'}: no answer within " \
+                       f"{cli.PERSIST_DIR_TIMEOUT:g} s" in text, text
+                assert chain.poll() is None, text
+                # the restarter cannot read its state: the gate fails, the device fires
+                assert fired.wait(grace + TIMEOUT + 60), \
+                    "the watchdog never fired:\n" + log.read_text(errors="replace")[-3000:]
+            finally:
+                seen.update(_descendants(chain.pid))
+                if chain.poll() is None:
+                    os.kill(chain.pid, signal.SIGSTOP)  # init restarts nothing now
+                for pid in seen:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                chain.kill()
+                reap(chain, "the chain's init")
+        finally:
+            server.stop()
+
+
+@pytest.mark.slow
+def test_a_broken_file_with_a_hung_persist_dir_is_refused_not_waited_on(
+        tmp_path: Path) -> None:
+    """The file does not load, and its last-known-good copy is on a mount that does not
+    answer: refused after the deadline, saying so, instead of waiting for good."""
+    mnt = tmp_path / "hung"
+    with hung_mount(mnt):
+        cfg = _chain_config(tmp_path, mnt / "persist", str(tmp_path / "wd.sock"), 4.0)
+        cfg.write_text(cfg.read_text() + "[service.b]\ncommand = 3\n")
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "hachain.cli", "run", "-c", str(cfg)],
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        took = time.monotonic() - t0
+    assert r.returncode == 2, r.stderr
+    assert "service.b.command" in r.stderr and \
+        f"{mnt / 'persist'}/config/last-good.json: no answer within " \
+        f"{snapshot.LAST_GOOD_READ_TIMEOUT:g} s" in r.stderr, r.stderr
+    assert took >= snapshot.LAST_GOOD_READ_TIMEOUT, took
