@@ -212,7 +212,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if (problem := channels.service_name_problem(name)):
             _err(f"status: {problem}")
             return 2
-    st = status.gather_status(state_dir, persist_dir, config_path=args.config)
+    st = status.gather_status(state_dir, persist_dir, config_path=args.config,
+                              persist_timeout=status.PERSIST_TIMEOUT)
     if names:
         return _status_of(st, names, args)
     sys.stdout.write(status.text(st, args.json, sys.stdout.isatty()))
@@ -243,7 +244,8 @@ def _status_of(st: dict[str, Any], names: list[str], args: argparse.Namespace) -
             log_dir = logs.log_dir_for(args)[0]
         except Exception:  # noqa: BLE001 - a configuration that does not load: no log
             log_dir = None
-    details = status.service_details(st, names, args.lines, log_dir)
+    details = status.service_details(st, names, args.lines, log_dir,
+                                     log_timeout=status.PERSIST_TIMEOUT)
     if args.json:
         sys.stdout.write(json.dumps({"services": details, "verdict": st["verdict"]},
                                     sort_keys=True, default=str) + "\n")

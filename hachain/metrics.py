@@ -102,9 +102,10 @@ def _num(v: Any) -> float | None:
 
 
 def _default_gather(state_dir: str, persist_dir: str) -> dict[str, Any]:
-    """`hachain.status.gather_status`, looked up on each call."""
-    from hachain.status import gather_status
-    return gather_status(state_dir, persist_dir)
+    """`hachain.status.gather_status`, looked up on each call (what persist_dir keeps
+    with a deadline: a scrape answers when that disk does not)."""
+    from hachain.status import PERSIST_TIMEOUT, gather_status
+    return gather_status(state_dir, persist_dir, persist_timeout=PERSIST_TIMEOUT)
 
 
 class ChainCollector:

@@ -20,6 +20,7 @@ Facts this relies on:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -381,11 +382,13 @@ def ask_socket(state_dir: str) -> dict[str, Any]:
 def gather_status(state_dir: str, persist_dir: str,
                   wd: config.WatchdogConfig | None = None,
                   config_path: str | None = None,
-                  ask: Callable[[str], dict[str, Any]] = ask_socket) -> dict[str, Any]:
+                  ask: Callable[[str], dict[str, Any]] = ask_socket,
+                  persist_timeout: float | None = None) -> dict[str, Any]:
     """Everything `hachain status` shows, as one JSON-able object (`verdict` included).
 
     `ask` gets the restarter's `status` reply: on its socket from outside, a direct call
-    inside the restarter itself (the `status-doc` request: `document`)."""
+    inside the restarter itself (the `status-doc` request: `document`). `persist_timeout`:
+    what persist_dir keeps is read by a child given that long (_persisted_within)."""
     now = time.monotonic()
     timing = _timing(state_dir, wd, config_path)
     finder = Finder()
@@ -420,13 +423,11 @@ def gather_status(state_dir: str, persist_dir: str,
     if error:
         out["chain"]["restarter_error"] = error
         out["chain"]["last_known"] = load_table(state_dir, now)
-    warnings: list[str] = []  # files of the chain that could not be read as they should
-    for key, fname, fields in (("last_boot", channels.LAST_BOOT, _LAST_BOOT_FIELDS),
-                               ("gate_failure", channels.GATE_RECORD, _GATE_FIELDS)):
-        path = os.path.join(persist_dir, fname)
-        out["chain"][key], why = read_record(path, fields)
-        if why:
-            warnings.append(f"{path}: {why}: ignored")
+    running = layers["init"]["process"] != "gone"
+    kept = _persisted(persist_dir, running) if persist_timeout is None else \
+        _persisted_within(persist_dir, running, persist_timeout)
+    warnings: list[str] = kept.pop("warnings")
+    out["chain"].update(kept)
     tk = layers["tickler"].get("extra") or {}
     wdog = {k: tk.get(k) for k in ("device", "armed", "petting", "timeout", "timeleft",
                                    "pets", "gate", "last_pet_mono")}
@@ -436,16 +437,56 @@ def gather_status(state_dir: str, persist_dir: str,
         "pet_late_worst", "pet_late_warnings", "pet_late_warn", "pet_interval_last",
         "disarmed")}
     out["chain"]["watchdog"] = wdog
-    # the reset record; with no init at all, the newest boot is one that has ended
-    damage: list[str] = []
-    out["chain"]["boot"] = bootrecord.summary(
-        persist_dir, running=layers["init"]["process"] != "gone", problems=damage)
-    if damage:
-        warnings.append(f"{os.path.join(persist_dir, bootrecord.RECORD)}: "
-                        f"{'; '.join(damage)}: ignored")
     out["chain"]["warnings"] = warnings
     out["verdict"] = verdict(out, timing)
     return out
+
+
+PERSIST_TIMEOUT = 2.0  # s for `hachain status` to read what persist_dir keeps
+
+
+def _persisted(persist_dir: str, running: bool) -> dict[str, Any]:
+    """What status shows from persist_dir: the last boot, the last gate failure, the boot
+    record's summary (with no init at all, the newest boot is one that has ended), and
+    `warnings` for the files there that could not be read as they should."""
+    out: dict[str, Any] = {}
+    warnings: list[str] = []
+    for key, fname, fields in (("last_boot", channels.LAST_BOOT, _LAST_BOOT_FIELDS),
+                               ("gate_failure", channels.GATE_RECORD, _GATE_FIELDS)):
+        path = os.path.join(persist_dir, fname)
+        out[key], why = read_record(path, fields)
+        if why:
+            warnings.append(f"{path}: {why}: ignored")
+    damage: list[str] = []
+    out["boot"] = bootrecord.summary(persist_dir, running=running, problems=damage)
+    if damage:
+        warnings.append(f"{os.path.join(persist_dir, bootrecord.RECORD)}: "
+                        f"{'; '.join(damage)}: ignored")
+    out["warnings"] = warnings
+    return out
+
+
+def _persisted_within(persist_dir: str, running: bool, timeout: float) -> dict[str, Any]:
+    """_persisted, read by a child given `timeout` seconds: status answers when
+    persist_dir is on a mount that does not (a hung NFS or FUSE mount, a disk in error
+    recovery), without what is kept there, and says so."""
+    from hachain import snapshot
+    try:
+        got: dict[str, Any] = json.loads(snapshot.in_child(
+            lambda: json.dumps(_persisted(persist_dir, running)).encode(), timeout))
+        return got
+    except TimeoutError:
+        why = f"no answer within {timeout:g} s (a hung mount or a failing disk?)"
+    except (OSError, ValueError) as e:  # no child or pipe to be had: read it here
+        if isinstance(e, OSError) and e.errno in (errno.EAGAIN, errno.EMFILE, errno.ENFILE,
+                                                  errno.ENOMEM):
+            return _persisted(persist_dir, running)
+        why = f"not read: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
+    return {"last_boot": None, "gate_failure": None,
+            "boot": {"counter": 0, "current": None, "previous": None, "unclean_before": 0,
+                     "held": [], "history": []},
+            "warnings": [f"{persist_dir}: {why}: the last boot, the last gate failure and "
+                         f"the boot record are not shown"]}
 
 
 def _expires_in(tk: dict[str, Any], tickler: dict[str, Any], now: float) -> float | None:
@@ -774,12 +815,14 @@ def _mib(n: int) -> str:
 
 
 def service_details(st: dict[str, Any], names: list[str], log_lines: int | None,
-                    log_dir: str | None = None) -> dict[str, dict[str, Any]]:
+                    log_dir: str | None = None, log_timeout: float | None = None
+                    ) -> dict[str, dict[str, Any]]:
     """What `hachain status NAME` shows of each named service (all known to `st`): its
     status entry, the main process's command line, its cgroup and the processes in it,
-    and the last `log_lines` lines of its log (None: all). A service the restarter did
-    not answer for comes from the last known table (`"as_of"`: how old)."""
-    from hachain import logs
+    and the last `log_lines` lines of its log (None: all; read by a child given
+    `log_timeout` seconds when that is set: the logs are in persist_dir by default). A
+    service the restarter did not answer for comes from the last known table (`"as_of"`:
+    how old)."""
     ch = st["chain"]
     rs = ch.get("restarter") or {}
     last = ch.get("last_known") or {}
@@ -806,14 +849,43 @@ def service_details(st: dict[str, Any], names: list[str], log_lines: int | None,
                 s["processes"] = []
             if (mem := _memory(os.path.join(cg, name))) is not None:
                 s["memory"] = mem
-        if log_dir:
-            paths = logs.log_files(log_dir, name)
-            s["log_file"] = os.path.join(log_dir, name + ".log")
-            s["log_written"] = bool(paths)
-            tail, _ = logs.last_lines(paths, log_lines) if paths else ([], 0)
-            s["log_tail"] = [ln.decode(errors="replace").rstrip("\n") for ln in tail]
         out[name] = s
+    if log_dir:
+        for name, part in _log_tails(log_dir, names, log_lines, log_timeout).items():
+            out[name].update(part)
     return out
+
+
+def _log_tails(log_dir: str, names: list[str], lines: int | None,
+               timeout: float | None) -> dict[str, dict[str, Any]]:
+    """Each service's log file, whether it was written and its last `lines` lines; with
+    `timeout`, read by a child given that long (a log directory on a mount that does not
+    answer is `log_error` then, not a status that never comes)."""
+    from hachain import logs
+
+    def read() -> dict[str, dict[str, Any]]:
+        got = {}
+        for name in names:
+            paths = logs.log_files(log_dir, name)
+            tail, _ = logs.last_lines(paths, lines) if paths else ([], 0)
+            got[name] = {"log_file": os.path.join(log_dir, name + ".log"),
+                         "log_written": bool(paths),
+                         "log_tail": [ln.decode(errors="replace").rstrip("\n")
+                                      for ln in tail]}
+        return got
+    if timeout is None:
+        return read()
+    from hachain import snapshot
+    try:
+        answer: dict[str, dict[str, Any]] = json.loads(
+            snapshot.in_child(lambda: json.dumps(read()).encode(), timeout))
+        return answer
+    except (OSError, ValueError) as e:
+        why = f"no answer within {timeout:g} s (a hung mount or a failing disk?)" \
+            if isinstance(e, TimeoutError) else \
+            f"not read: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
+    return {name: {"log_file": os.path.join(log_dir, name + ".log"), "log_error": why}
+            for name in names}
 
 
 def render_details(details: dict[str, dict[str, Any]], tty: bool = False) -> list[str]:
@@ -879,6 +951,7 @@ def render_details(details: dict[str, dict[str, Any]], tty: bool = False) -> lis
         if "log_file" in s:
             tail = s.get("log_tail") or []
             rows.append(("log", s["log_file"] + (
+                f": {s['log_error']}" if s.get("log_error") else
                 f", last {len(tail)} line(s):" if tail else
                 "" if s.get("log_written") else " (not written yet)")))
         width = max(len(k) for k, _ in rows)

@@ -163,3 +163,53 @@ def test_a_broken_file_with_a_hung_persist_dir_is_refused_not_waited_on(
         f"{mnt / 'persist'}/config/last-good.json: no answer within " \
         f"{snapshot.LAST_GOOD_READ_TIMEOUT:g} s" in r.stderr, r.stderr
     assert took >= snapshot.LAST_GOOD_READ_TIMEOUT, took
+
+
+@pytest.mark.slow
+def test_status_answers_when_persist_dir_does_not(tmp_path: Path) -> None:
+    """`hachain status` reads the last boot, the gate record and the boot record from
+    persist_dir: on a hung mount it used to wait for good. Now those come from a child
+    given PERSIST_TIMEOUT, and status says what it could not show."""
+    from hachain import status
+    mnt = tmp_path / "hung"
+    (tmp_path / "run").mkdir()
+    with hung_mount(mnt):
+        cfg = _chain_config(tmp_path, mnt / "persist", str(tmp_path / "wd.sock"), 4.0)
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "hachain.cli", "status", "-c", str(cfg)],
+                           capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        took = time.monotonic() - t0
+        # the metrics server's scrape reads the same with the same deadline
+        from hachain import metrics
+        st = metrics._default_gather(str(tmp_path / "run"), str(mnt / "persist"))
+    assert r.returncode == 1, r.stderr  # no chain runs here: degraded
+    assert f"warning: {mnt / 'persist'}: no answer within {status.PERSIST_TIMEOUT:g} s" \
+        in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "init" in r.stdout and "dead" in r.stdout, r.stdout
+    assert took >= status.PERSIST_TIMEOUT, took
+    assert st["chain"]["boot"]["history"] == [] and any(
+        "no answer within" in w for w in st["chain"]["warnings"]), st["chain"]
+
+
+@pytest.mark.slow
+def test_a_service_log_tail_on_a_hung_mount_is_said_not_waited_on(tmp_path: Path) -> None:
+    """`hachain status NAME` ends with the service's log; a log directory that does not
+    answer is a line naming it (and the rest of the block is shown)."""
+    from hachain import status
+    mnt = tmp_path / "hung"
+    good = tmp_path / "log"
+    good.mkdir()
+    (good / "b.log").write_text("one\ntwo\n")
+    st = {"chain": {"layers": {}, "restarter": {}},
+          "services": {"a": {"state": "ready", "want": "up", "pid": None},
+                       "b": {"state": "ready", "want": "up", "pid": None}}}
+    with hung_mount(mnt):
+        details = status.service_details(st, ["a"], 10, str(mnt / "log"), log_timeout=0.5)
+    assert details["a"]["log_error"].startswith("no answer within 0.5 s"), details
+    text = "\n".join(status.render_details(details))
+    assert f"{mnt / 'log' / 'a.log'}: no answer within 0.5 s" in text, text
+    assert text.startswith("a: ready (want up"), text
+    # a log directory that answers: the same through the child
+    details = status.service_details(st, ["b"], 10, str(good), log_timeout=5)
+    assert details["b"]["log_tail"] == ["one", "two"] and details["b"]["log_written"]
