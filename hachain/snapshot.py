@@ -348,6 +348,25 @@ def in_child(work: Callable[[], bytes], timeout: float,
     raise OSError(err, text)
 
 
+def answered_within(work: Callable[[], Any], timeout: float) -> tuple[Any, str]:
+    """(what `work()` returns, "") with the work done by a child given `timeout` seconds
+    (in_child; the value must be JSON-able), or (None, why there is none): "no answer
+    within T s (a hung mount or a failing disk?)", or the error. A host out of processes
+    or descriptors for the child (EAGAIN, EMFILE, ENFILE, ENOMEM) gets the work done
+    here, without a deadline."""
+    import errno
+    try:
+        return json.loads(in_child(lambda: json.dumps(work()).encode(), timeout)), ""
+    except TimeoutError:
+        return None, f"no answer within {timeout:g} s (a hung mount or a failing disk?)"
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            return work(), ""
+        return None, f"not read: {e.strerror or e}"
+    except ValueError as e:  # pragma: no cover - the child's answer was no JSON
+        return None, f"not read: {e}"
+
+
 def _read_text(path: str) -> str:
     try:
         with open(path, "rb") as f:

@@ -20,7 +20,6 @@ Facts this relies on:
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -471,17 +470,9 @@ def _persisted_within(persist_dir: str, running: bool, timeout: float) -> dict[s
     persist_dir is on a mount that does not (a hung NFS or FUSE mount, a disk in error
     recovery), without what is kept there, and says so."""
     from hachain import snapshot
-    try:
-        got: dict[str, Any] = json.loads(snapshot.in_child(
-            lambda: json.dumps(_persisted(persist_dir, running)).encode(), timeout))
-        return got
-    except TimeoutError:
-        why = f"no answer within {timeout:g} s (a hung mount or a failing disk?)"
-    except (OSError, ValueError) as e:  # no child or pipe to be had: read it here
-        if isinstance(e, OSError) and e.errno in (errno.EAGAIN, errno.EMFILE, errno.ENFILE,
-                                                  errno.ENOMEM):
-            return _persisted(persist_dir, running)
-        why = f"not read: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
+    got, why = snapshot.answered_within(lambda: _persisted(persist_dir, running), timeout)
+    if not why:
+        return dict(got)
     return {"last_boot": None, "gate_failure": None,
             "boot": {"counter": 0, "current": None, "previous": None, "unclean_before": 0,
                      "held": [], "history": []},
@@ -876,14 +867,9 @@ def _log_tails(log_dir: str, names: list[str], lines: int | None,
     if timeout is None:
         return read()
     from hachain import snapshot
-    try:
-        answer: dict[str, dict[str, Any]] = json.loads(
-            snapshot.in_child(lambda: json.dumps(read()).encode(), timeout))
-        return answer
-    except (OSError, ValueError) as e:
-        why = f"no answer within {timeout:g} s (a hung mount or a failing disk?)" \
-            if isinstance(e, TimeoutError) else \
-            f"not read: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
+    got, why = snapshot.answered_within(read, timeout)
+    if not why:
+        return dict(got)
     return {name: {"log_file": os.path.join(log_dir, name + ".log"), "log_error": why}
             for name in names}
 
