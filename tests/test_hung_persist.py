@@ -12,12 +12,14 @@ health gate, so the machine is reset. The FUSE mounts need root and /dev/fuse.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,3 +215,62 @@ def test_a_service_log_tail_on_a_hung_mount_is_said_not_waited_on(tmp_path: Path
     # a log directory that answers: the same through the child
     details = status.service_details(st, ["b"], 10, str(good), log_timeout=5)
     assert details["b"]["log_tail"] == ["one", "two"] and details["b"]["log_written"]
+
+
+# Numbered 1000-byte lines as fast as it can; after every 1000 lines the count goes to
+# the file named by argv[1] (on a disk that answers), so the test sees it go on.
+WRITER = """
+import os, sys
+pad = b"." * 989
+n = 0
+while True:
+    os.write(1, b"".join(b"%09d %s\\n" % (i, pad) for i in range(n, n + 1000)))
+    n += 1000
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(str(n))
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_a_hung_log_dir_does_not_stop_a_service_that_writes(tmp_path: Path,
+                                                           restarter: Any) -> None:
+    """The service logs are on a mount that does not answer. The logger's writes are
+    made by a thread of their own: once one has not returned for STALL_SECONDS the
+    logger reads on and drops the output (and says so), so the service goes on
+    writing. It used to write inline: it blocked on the disk, the service's pipe filled
+    (64 KiB) and the service blocked for as long as the disk hung."""
+    from hachain.logger import writer
+    mnt = tmp_path / "hung"
+    (tmp_path / "w.py").write_text(WRITER)
+    progress = tmp_path / "progress"
+
+    def lines() -> int:
+        try:
+            return int(progress.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+    with hung_mount(mnt):
+        r = restarter(f'[service.w]\ncommand = ["{sys.executable}", "{tmp_path / "w.py"}", '
+                      f'"{progress}"]\n', start=False)
+        text = Path(r.config).read_text()
+        Path(r.config).write_text(text.replace("heartbeat_interval = 0.2\n",
+                                               f'heartbeat_interval = 0.2\nlog_dir = '
+                                               f'"{mnt / "log"}"\n', 1))
+        r.start()
+        # 8 MiB: far more than a pipe (64 KiB) and the writer's queue (1 MiB) hold
+        want = 8 * (1 << 20) // 1000
+        wait_until(lambda: lines() >= want, writer.STALL_SECONDS + 60,
+                   "the service to write on past a hung log disk")
+        log = wait_until(lambda: "has not returned for" in (t := Path(r.log).read_text())
+                         and t, 30, "the logger to say its disk hangs")
+        assert f"a write in {mnt / 'log'} has not returned for " \
+               f"{writer.STALL_SECONDS:g} s" in log, log
+        assert r.svc("w")["state"] in ("running", "ready")
+    # the mount is gone (what waited gets an error): the writes return, and say what
+    # was dropped meanwhile
+    log = wait_until(lambda: "return again after" in (t := Path(r.log).read_text()) and t,
+                     30, "the logger to say its writes return")
+    assert re.search(r"dropped meanwhile: w [0-9]+ bytes", log), log
+    n = lines()
+    wait_until(lambda: lines() > n, 30, "the service to write on")

@@ -345,3 +345,19 @@ def test_a_line_written_in_two_pieces_is_not_split_by_a_rotation(tmp_path: Any) 
     # an unfinished line longer than HOLD_MAX is not held
     assert take_lines(b"", b"y" * 5000) == (b"y" * 5000, b"")
     assert take_lines(b"ab", b"c\nde") == (b"abc\n", b"de")
+
+
+def test_the_writer_joins_consecutive_output_of_a_service_and_keeps_the_order() -> None:
+    """The logger's writing thread takes what was queued at once; consecutive output of
+    one service with the same limits becomes one write, and nothing moves past a close
+    or another service's output."""
+    import collections
+
+    from hachain.logger.writer import _coalesced
+    jobs = collections.deque([("a", 1, 2, b"x"), ("a", 1, 2, b"y"), ("a", 1, 2, None),
+                              ("a", 1, 2, b"z"), ("b", 1, 2, b"q"), ("a", 1, 2, b"w"),
+                              ("a", 9, 2, b"v"), ("b", 1, 2, b""), ("b", 1, 2, b"r"),
+                              ("b", 1, 2, b"s")])
+    assert _coalesced(jobs) == [("a", 1, 2, b"xy"), ("a", 1, 2, None), ("a", 1, 2, b"z"),
+                                ("b", 1, 2, b"q"), ("a", 1, 2, b"w"), ("a", 9, 2, b"v"),
+                                ("b", 1, 2, b""), ("b", 1, 2, b"rs")]

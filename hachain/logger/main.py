@@ -1,9 +1,10 @@
 """hachain-logger: reads every service's output pipe and writes bounded log files.
 
 Owns: the read ends of the services' stdout/stderr pipes, the log files they go to
-(through `files.LogFile`), and the stash that keeps those read ends open while no logger
-runs. Must not: start, stop or signal a service, or decide anything about one. It is
-started by the restarter (docs/logs.md), one per chain, and outlives a restarter crash.
+(through `writer.Writer`, whose thread makes every write: a log disk that hangs never
+stops this loop), and the stash that keeps those read ends open while no logger runs.
+Must not: start, stop or signal a service, or decide anything about one. It is started
+by the restarter (docs/logs.md), one per chain, and outlives a restarter crash.
 
 Some facts this code relies on:
 
@@ -36,7 +37,7 @@ import time
 
 from hachain import channels
 from hachain.logger import wire
-from hachain.logger.files import LogFile
+from hachain.logger.writer import Writer
 
 CHUNK = 64 * 1024  # one read per ready pipe per round: the default pipe capacity
 HOLD_MAX = 4096  # an unfinished line waits for its newline up to this many bytes...
@@ -95,7 +96,7 @@ class Logger:
         self.pipes: dict[int, Pipe] = {}
         self.by_ino: dict[tuple[int, int], int] = {}
         self.per_name: dict[str, int] = {}  # pipes held per service
-        self.files: dict[str, LogFile] = {}
+        self.writer = Writer(log_dir, log)  # the log files: every write is its thread's
         self.holding: set[int] = set()  # pipes with an unfinished line held back
         self.stashed = 0  # messages in the stash
         self.stopping = False
@@ -213,16 +214,12 @@ class Logger:
         self.by_ino[ino] = fd
         self.per_name[info.name] = self.per_name.get(info.name, 0) + 1
         self.ep.register(fd, select.EPOLLIN)
-        f = self.files.get(info.name)
-        if f is None:
-            self.files[info.name] = LogFile(self.log_dir, info.name, info.max_bytes, info.keep)
-        else:
-            f.configure(info.max_bytes, info.keep)
+        self.writer.put(info.name, info.max_bytes, info.keep, b"")  # its file, its limits
 
     def drop(self, p: Pipe) -> None:
         """A pipe reached its end. The service's log file is closed when no other pipe of
-        it is left (a crash-looping service's next pipe opens it again); the LogFile
-        object stays, so its limits are not checked on disk again."""
+        it is left (a crash-looping service's next pipe opens it again); the writer keeps
+        its LogFile, so its limits are not checked on disk again."""
         if p.held:
             self.write(p, p.held)
         self.holding.discard(p.fd)
@@ -234,9 +231,7 @@ class Logger:
         if left:
             self.per_name[p.info.name] = left
         else:
-            f = self.files.get(p.info.name)
-            if f is not None:
-                f.close()
+            self.writer.put(p.info.name, p.info.max_bytes, p.info.keep, None)
 
     def stash(self, infos: list[wire.PipeInfo], fds: list[int]) -> bool:
         try:
@@ -333,14 +328,7 @@ class Logger:
         return True
 
     def write(self, p: Pipe, data: bytes) -> None:
-        f = self.files.get(p.info.name)
-        if f is None:
-            f = self.files[p.info.name] = LogFile(self.log_dir, p.info.name,
-                                                   p.info.max_bytes, p.info.keep)
-        had_error = f.error
-        f.append(data)
-        if f.error and f.error != had_error:
-            log(f"{p.info.name}: {f.error}; output is dropped until writes succeed")
+        self.writer.put(p.info.name, p.info.max_bytes, p.info.keep, data)
 
     def release_held(self, now: float) -> None:
         """Write the unfinished lines held for HOLD_SECONDS (a prompt, a writer that
@@ -406,8 +394,11 @@ class Logger:
         for p in self.pipes.values():
             if p.held:
                 self.write(p, p.held)
-        for f in self.files.values():
-            f.close()
+        if self.writer.flush(DRAIN_SECONDS):
+            self.writer.close_all()
+        else:
+            log(f"the last output is not written within {DRAIN_SECONDS:g} s: exiting "
+                f"without it")
 
 
 def take_lock(state_dir: str) -> int | None:
