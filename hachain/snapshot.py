@@ -118,7 +118,8 @@ def read_snapshot(path: str, log: Any = None, timeout: float | None = None
         d = channels.read_json(path, regular=True) if timeout is None else \
             _read_json_in_child(path, timeout)
     except (ValueError, OSError) as e:
-        why = e.strerror or str(e) if isinstance(e, OSError) else channels.json_problem(e)
+        why = e.strerror or str(e) if isinstance(e, OSError) else \
+            str(e) if isinstance(e, _Corrupt) else channels.json_problem(e)
     else:
         if d is None or (snap := Snapshot.from_json(d)) is not None:
             return None if d is None else snap
@@ -138,6 +139,10 @@ def read_last_good(persist_dir: str, log: Any = None, timeout: float | None = No
     return read_snapshot(os.path.join(persist_dir, LAST_GOOD), log, timeout)
 
 
+class _Corrupt(ValueError):
+    """A corrupt file, as a child read it: the text is json_problem's already."""
+
+
 def _read_json_in_child(path: str, timeout: float) -> Any:
     """channels.read_json(path, regular=True), made by a child given `timeout` seconds
     (TimeoutError when it does not answer; a corrupt file is ValueError as there)."""
@@ -148,7 +153,7 @@ def _read_json_in_child(path: str, timeout: float) -> Any:
             return b"V" + channels.json_problem(e).encode()
     got = in_child(work, timeout)
     if got.startswith(b"V"):
-        raise ValueError(got[1:].decode())
+        raise _Corrupt(got[1:].decode())
     return json.loads(got[1:])
 
 
@@ -290,10 +295,9 @@ def in_child(work: Callable[[], bytes], timeout: float,
     time; OSError when no child or pipe is to be had (EAGAIN, EMFILE), or the one `work`
     raised in the child (errno and text carried over). `then`: more work for the child
     after it has answered (nobody waits for it); with none, a child that did not answer
-    is SIGKILLed and reaped when it dies within 0.2 s. A child left is reaped by the
+    is SIGKILLed and reaped when it dies within 1 s. A child left is reaped by the
     caller's own reaping (`hachain run` becomes init, which reaps every child)."""
     import select
-    import signal
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
@@ -309,8 +313,11 @@ def in_child(work: Callable[[], bytes], timeout: float,
             except OSError as e:
                 answer = b"0" + json.dumps([e.errno or 0, e.strerror or str(e)]).encode()
             view = memoryview(answer)
-            while view:
-                view = view[os.write(w, view):]
+            try:
+                while view:
+                    view = view[os.write(w, view):]
+            except OSError:  # the caller gave up on the answer (EPIPE): `then` still runs
+                pass
             os.close(w)
             if then is not None:
                 then()
@@ -324,11 +331,7 @@ def in_child(work: Callable[[], bytes], timeout: float,
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
                 if then is None:
-                    os.kill(pid, signal.SIGKILL)  # a wait on FUSE or NFS ends for it
-                    for _ in range(20):  # reaped here when it dies at once, else later
-                        if os.waitpid(pid, os.WNOHANG)[0]:
-                            break
-                        time.sleep(0.01)
+                    _kill_and_reap(pid)
                 raise TimeoutError(f"no answer within {timeout:g} s")
             chunk = os.read(r, 1 << 20)
             if not chunk:
@@ -346,6 +349,25 @@ def in_child(work: Callable[[], bytes], timeout: float,
     except ValueError:  # the child died before its answer was whole
         raise OSError(0, "the reading process ended without an answer") from None
     raise OSError(err, text)
+
+
+def _kill_and_reap(pid: int, within: float = 1.0) -> None:
+    """SIGKILL our child `pid` (a wait on FUSE or NFS ends for it) and reap it as soon
+    as it is dead, for up to `within` seconds; one still there is left to the caller's
+    reaping."""
+    import select
+    import signal
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    os.kill(pid, signal.SIGKILL)
+    if pidfd is not None:
+        try:
+            select.select([pidfd], [], [], within)
+        finally:
+            os.close(pidfd)
+    os.waitpid(pid, os.WNOHANG)
 
 
 def answered_within(work: Callable[[], Any], timeout: float) -> tuple[Any, str]:
