@@ -37,7 +37,7 @@ import time
 
 from hachain import channels
 from hachain.logger import wire
-from hachain.logger.writer import Writer
+from hachain.logger.writer import STALL_SECONDS, Writer
 
 CHUNK = 64 * 1024  # one read per ready pipe per round: the default pipe capacity
 HOLD_MAX = 4096  # an unfinished line waits for its newline up to this many bytes...
@@ -394,10 +394,10 @@ class Logger:
         for p in self.pipes.values():
             if p.held:
                 self.write(p, p.held)
-        if self.writer.flush(DRAIN_SECONDS):
+        if self.writer.flush(STALL_SECONDS):  # as long as one write may take
             self.writer.close_all()
         else:
-            log(f"the last output is not written within {DRAIN_SECONDS:g} s: exiting "
+            log(f"the last output is not written within {STALL_SECONDS:g} s: exiting "
                 f"without it")
 
 

@@ -61,8 +61,11 @@ class Writer:
         drop it when the disk hangs. Waits while the queue is full and the disk is only
         slow."""
         with self.cond:
-            if data and self._stalled_locked():
-                self.dropped[name] = self.dropped.get(name, 0) + len(data)
+            # while the disk hangs nothing is queued, a file's opening or closing either
+            # (each output job carries the limits; a file left open is one descriptor)
+            if self._stalled_locked():
+                if data:
+                    self.dropped[name] = self.dropped.get(name, 0) + len(data)
                 return
             while data and self.queued >= QUEUE_MAX:
                 left = self._stall_left_locked()
