@@ -11,6 +11,7 @@ health gate, so the machine is reset. The FUSE mounts need root and /dev/fuse.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -74,14 +75,21 @@ def test_in_child_runs_then_after_it_has_answered(tmp_path: Path) -> None:
     go = tmp_path / "go"
     done = tmp_path / "done"
 
+    def work() -> bytes:
+        return str(os.getpid()).encode()
+
     def then() -> None:
         while not go.exists():
             time.sleep(0.01)
         done.write_text("yes")
-    assert snapshot.in_child(lambda: b"answer", 5, then=then) == b"answer"
-    assert not done.exists()
-    go.write_text("")
-    wait_until(done.exists, 30, "the child's later work")
+    pid = int(snapshot.in_child(work, 5, then=then))
+    try:
+        assert not done.exists()
+        go.write_text("")
+        wait_until(done.exists, 30, "the child's later work")
+    finally:
+        go.write_text("")
+        os.waitpid(pid, 0)  # left to the caller's reaping: this test's
 
 
 def _chain_config(tmp_path: Path, persist: Path, sock: str, grace: float) -> Path:
@@ -183,8 +191,12 @@ def test_status_answers_when_persist_dir_does_not(tmp_path: Path) -> None:
                            stdin=subprocess.DEVNULL)
         took = time.monotonic() - t0
         # the metrics server's scrape reads the same with the same deadline
-        from hachain import metrics
-        st = metrics._default_gather(str(tmp_path / "run"), str(mnt / "persist"))
+        code = (f"import json; from hachain import metrics; print(json.dumps(metrics."
+                f"_default_gather({str(tmp_path / 'run')!r}, {str(mnt / 'persist')!r})))")
+        m = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+        assert m.returncode == 0, m.stderr
+        st = json.loads(m.stdout)
     assert r.returncode == 1, r.stderr  # no chain runs here: degraded
     assert f"warning: {mnt / 'persist'}: no answer within {status.PERSIST_TIMEOUT:g} s" \
         in r.stdout + r.stderr, r.stdout + r.stderr
