@@ -200,9 +200,13 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def _bound(d: dict[str, Any]) -> str:
     """The bound column: the kind's bound, and what the slowest fault of that kind had
-    added to it for the time the chain waited for a host CPU (shown from 0.05 s)."""
-    waited = d.get("waited")
-    return _s(d["bound"]) + (f" + {waited:.2f} waited" if waited and waited >= 0.05 else "")
+    added to it for the time the chain waited for a host CPU."""
+    return _s(d["bound"]) + _waited(d.get("waited"))
+
+
+def _waited(waited: float | None) -> str:
+    """" + W waited" for the time the chain waited for a host CPU, from 0.05 s."""
+    return f" + {waited:.2f} waited" if waited and waited >= 0.05 else ""
 
 
 def _s(v: float | None) -> str:
@@ -563,8 +567,7 @@ def _fault_rows(report: dict[str, Any]) -> str:
             f'<td class="k">{e(r["kind"])}</td><td class="k">{e(r["target"])}</td>'
             f'<td>{"held" if r["ok"] else "<b>broke</b>"}</td>'
             f'<td class="n">{_s(r.get("detect"))}</td><td class="n">{_s(conv)}</td>'
-            f'<td class="n">{_s(bound)}'
-            f'{f" + {waited:.2f} waited" if waited and waited >= 0.05 else ""}</td>'
+            f'<td class="n">{_s(bound)}{_waited(waited)}</td>'
             f'<td class="n{" bad" if margin is not None and margin < 0 else ""}">'
             f'{_s(margin)}</td><td>{reset}</td><td>{seen}</td></tr>')
     return "".join(rows)
