@@ -361,3 +361,20 @@ def test_the_writer_joins_consecutive_output_of_a_service_and_keeps_the_order() 
     assert _coalesced(jobs) == [("a", 1, 2, b"xy"), ("a", 1, 2, None), ("a", 1, 2, b"z"),
                                 ("b", 1, 2, b"q"), ("a", 1, 2, b"w"), ("a", 9, 2, b"v"),
                                 ("b", 1, 2, b""), ("b", 1, 2, b"rs")]
+
+
+def test_openings_and_closings_never_pile_up_in_the_writer(tmp_path: Any) -> None:
+    """A restart of a silent service queues a closing and an opening: they wait for
+    output (no thread woken per restart), but never pile up past LAZY_MAX."""
+    from hachain.logger import writer
+    lines: list[str] = []
+    w = writer.Writer(str(tmp_path), lines.append)
+    for _ in range(writer.LAZY_MAX // 2):
+        w.put("quiet", 1024, 2, None)
+        w.put("quiet", 1024, 2, b"")
+    wait_until(lambda: not w.jobs and w.busy_since is None, 30, "the writer to take them")
+    assert "quiet" in w.files and not lines
+    w.put("loud", 1024, 2, b"one line\n")
+    assert w.flush(30)
+    assert (tmp_path / "loud.log").read_bytes() == b"one line\n"
+    w.close_all()

@@ -31,6 +31,7 @@ from hachain.logger.files import LogFile
 
 QUEUE_MAX = 1 << 20  # bytes queued before the reading loop waits for the disk
 STALL_SECONDS = 5.0  # a write that has not returned for this long: the disk hangs
+LAZY_MAX = 64  # openings and closings queued before they wake the thread on their own
 
 # A job: (service, max_bytes, keep, output); output None closes the service's file.
 Job = tuple[str, int, int, "bytes | None"]
@@ -76,12 +77,16 @@ class Writer:
                 self.cond.wait(left)
             self.jobs.append((name, max_bytes, keep, data))
             self.queued += len(data or b"")
-            self.cond.notify_all()
+            # an opening or closing waits for output (or flush, or LAZY_MAX of them): a
+            # restart of a service that has written nothing yet wakes no thread
+            if data or len(self.jobs) >= LAZY_MAX:
+                self.cond.notify_all()
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the queue to be written; True when it was."""
         deadline = time.monotonic() + timeout
         with self.cond:
+            self.cond.notify_all()  # openings and closings, which woke nobody
             while self.jobs or self.busy_since is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
