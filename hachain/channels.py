@@ -21,6 +21,7 @@ half of one.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import json
 import os
@@ -566,6 +567,135 @@ def log_line(prog: str, msg: str) -> bytes:
         return json.dumps({"time": round(time.time(), 3), "prog": prog, "pid": os.getpid(),
                            "msg": msg}).encode() + b"\n"
     return f"{prog}: {msg}\n".encode(errors="replace")
+
+
+ERR_PENDING_MAX = 256 * 1024  # bytes of log lines kept for a stderr that does not take them
+
+
+class ErrOut:
+    """stderr for a loop that must never wait on it (the restarter, its standby, the
+    logger). A console or journald that stops reading (a hung journald, a terminal
+    paused with Ctrl-S, a pipe whose reader is stopped) fills the pipe, and a blocking
+    write then stopped the loop: the restarter's heartbeat went stale and a healthy box
+    was reset. Here a write that would wait is not made: what is left waits in memory
+    (up to ERR_PENDING_MAX bytes) and goes out at the next `write` or `retry`, in order.
+    Past that, lines are dropped (whole) and counted until all that was kept is out;
+    then one line says how many.
+
+    How without a thread or a shared flag: O_NONBLOCK belongs to an open file
+    description, which stderr shares with init and the rest of the chain, so it is not set
+    there. A pipe, FIFO or terminal is opened again through /proc/self/fd/2 (a
+    description of our own, non-blocking); a socket (journald's stream) is sent to with
+    MSG_DONTWAIT. A regular file, or a stderr that cannot be reopened, is written as
+    before (a regular file never makes a write wait for a reader)."""
+
+    def __init__(self, prog: str, fd: int = 2) -> None:
+        self.prog = prog
+        self.fd = fd
+        self.out: int | None = None  # our descriptor (or `fd`), made at the first write
+        self.sock: Any = None  # stderr as a socket, sent to with MSG_DONTWAIT
+        self.pending = bytearray()
+        self.dropped = 0  # lines dropped since the last that went out
+        self.lock = _thread.allocate_lock()  # the logger writes from two threads
+
+    def _open(self) -> None:
+        self.out = self.fd
+        try:
+            mode = os.fstat(self.fd).st_mode
+        except OSError:
+            return
+        if stat.S_ISSOCK(mode):
+            import socket
+            try:
+                self.sock = socket.socket(fileno=os.dup(self.fd))
+            except OSError:
+                self.sock = None
+        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            try:
+                self.out = os.open(f"/proc/self/fd/{self.fd}",
+                                   os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_APPEND)
+            except OSError:
+                self.out = self.fd
+
+    def write(self, data: bytes) -> None:
+        """Write `data` (whole lines) now, or keep it for later."""
+        with self.lock:
+            self._write(data)
+
+    def retry(self) -> None:
+        """Write what was kept, as much as stderr takes now."""
+        with self.lock:
+            self._retry()
+
+    def drain(self, timeout: float) -> bool:
+        """Before the process exits: give what was kept up to `timeout` seconds to go out
+        (a slow stderr gets it, a stuck one costs that long). True when all went."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while self.pending or self.dropped:
+                self._retry()
+                left = deadline - time.monotonic()
+                if not (self.pending or self.dropped) or left <= 0:
+                    break
+                fd: int = self.sock.fileno() if self.sock is not None else \
+                    self.fd if self.out is None else self.out
+                try:
+                    select.select([], [fd], [], min(left, 0.1))
+                except (OSError, ValueError):
+                    time.sleep(min(left, 0.1))
+            return not (self.pending or self.dropped)
+
+    def _write(self, data: bytes) -> None:
+        if self.out is None:
+            self._open()
+        if self.dropped:  # dropping goes on until what was kept is out, so that the
+            self.dropped += data.count(b"\n") or 1  # count is said where they went missing
+            self._retry()
+            return
+        if self.pending:
+            self._keep(data)
+            self._retry()
+            return
+        n = self._send(data)
+        if n < len(data):
+            self._keep(data[n:])
+
+    def _retry(self) -> None:
+        while self.pending:
+            n = self._send(bytes(self.pending))
+            if n <= 0:
+                return
+            del self.pending[:n]
+        if self.dropped:  # said once what was kept before them is out
+            line = log_line(self.prog, f"{self.dropped} log line(s) dropped: stderr did "
+                                       "not take them")
+            self.dropped = 0
+            n = self._send(line)
+            if n < len(line):
+                self.pending += line[n:]
+
+    def _keep(self, data: bytes) -> None:
+        room = ERR_PENDING_MAX - len(self.pending)
+        if len(data) <= room:
+            self.pending += data
+            return
+        cut = data.rfind(b"\n", 0, room) + 1  # whole lines only
+        self.pending += data[:cut]
+        self.dropped += data.count(b"\n", cut) or 1
+
+    def _send(self, data: bytes) -> int:
+        """Bytes written; 0 when stderr takes nothing now. A stderr that is gone (EPIPE,
+        EIO) takes everything: a closed console must not stop the loop either."""
+        try:
+            if self.sock is not None:
+                import socket
+                return int(self.sock.send(data, socket.MSG_DONTWAIT))
+            assert self.out is not None
+            return os.write(self.out, data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            return len(data)
 
 
 # --- process identity ----------------------------------------------------------------------

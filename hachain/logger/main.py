@@ -44,12 +44,22 @@ HOLD_MAX = 4096  # an unfinished line waits for its newline up to this many byte
 HOLD_SECONDS = 0.2  # ...or this long, so a line cut by the writer's buffer stays whole
 STASH_SLACK = 32  # stash messages beyond the minimum before it is compacted
 DRAIN_SECONDS = 1.0  # on SIGTERM: how long to keep reading what is still buffered
+ERR_RETRY = 1.0  # s between tries to write log lines a stuck stderr did not take
 IDLE_EXIT = 0  # exit status when there is nothing to hold and no restarter to serve
 
 
+# stderr, never waited on (channels.ErrOut), made in main(): a forked logger must not
+# take the restarter's, whose descriptor it closes
+_ERR: list[channels.ErrOut] = []
+
+
 def log(msg: str) -> None:
+    line = channels.log_line("hachain-logger", msg)
+    if _ERR:
+        _ERR[0].write(line)
+        return
     try:
-        os.write(2, channels.log_line("hachain-logger", msg))
+        os.write(2, line)
     except OSError:
         pass
 
@@ -349,7 +359,9 @@ class Logger:
         if n:
             log(f"took back {n} pipe(s) from the stash")
         while not self.stopping:
-            for fd, _ev in self.ep.poll(HOLD_SECONDS if self.holding else -1):
+            err = _ERR[0] if _ERR else None
+            wait = HOLD_SECONDS if self.holding else ERR_RETRY if err and err.pending else -1
+            for fd, _ev in self.ep.poll(wait):
                 if fd == self._wake_r.fileno():
                     try:
                         self._wake_r.recv(512)
@@ -365,6 +377,8 @@ class Logger:
                     self.drop(p)
             if self.holding:
                 self.release_held(time.monotonic())
+            if err is not None and err.pending:
+                err.retry()
             if self.stashed > len(self.pipes) // wire.MAX_FDS + 1 + STASH_SLACK:
                 self.compact()
             if not self.pipes and self.restarter_gone() and not self._inbox_waiting():
@@ -447,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts is None:
         log(USAGE)
         return 2
+    _ERR[:] = [channels.ErrOut("hachain-logger")]
     state_dir, log_dir = opts["--state-dir"], opts["--log-dir"]
     restarter_pid = int(opts.get("--restarter-pid", "0")) or None
     try:
@@ -465,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     yield_on_wakeup()
     lg = Logger(state_dir, log_dir, socks, restarter_pid)
     log(f"writing service logs to {log_dir} (pid {os.getpid()})")
-    return lg.run()
+    code = lg.run()
+    _ERR[0].drain(ERR_RETRY)
+    return code
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 from hachain import channels, snapshot
 from hachain.errors import ConfigError
 from hachain.restarter import standby
-from hachain.restarter.loop import AlreadyRunning, Restarter, log, take_lock
+from hachain.restarter.loop import ERR, AlreadyRunning, Restarter, log, release_log, take_lock
 
 
 def _cannot_start(e: OSError) -> int:
@@ -67,5 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     return r.run()
 
 
+def _main() -> int:
+    try:
+        return main()
+    finally:
+        release_log()
+        ERR.drain(ERR_DRAIN)  # the last lines, to a stderr that may be slow
+
+
+ERR_DRAIN = 1.0  # s the last log lines get at exit
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())

@@ -23,7 +23,6 @@ import select
 import selectors
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -71,6 +70,9 @@ _CHECK_TIMEOUT = {"ready": Timer.READY_CHECK_TIMEOUT, "health": Timer.HEALTH_CHE
 
 
 _held: list[bytes] | None = None  # log lines of the loop iteration in progress
+# stderr, never waited on (a console or journald that stops reading must not stop the
+# loop: channels.ErrOut); the standby's too, and its worker's, which inherits it
+ERR = channels.ErrOut("hachain-restarter")
 
 
 def log(msg: str) -> None:
@@ -81,10 +83,7 @@ def log(msg: str) -> None:
     if _held is not None:
         _held.append(line)
         return
-    try:
-        os.write(2, line)
-    except OSError:
-        pass
+    ERR.write(line)
 
 
 def hold_log() -> None:
@@ -97,12 +96,10 @@ def release_log() -> None:
     """Write the held lines (one write) and stop holding."""
     global _held
     lines, _held = _held, None
-    view = memoryview(b"".join(lines or ()))
-    while view:
-        try:
-            view = view[os.write(2, view):]
-        except OSError:
-            return
+    if lines:
+        ERR.write(b"".join(lines))
+    elif ERR.pending:
+        ERR.retry()
 
 
 
@@ -944,7 +941,7 @@ class Restarter:
         except Exception as e:  # a bug on the spawn path fails this start, not the restarter
             import traceback
             os.close(out_r)
-            traceback.print_exc(file=sys.stderr)
+            ERR.write(traceback.format_exc().encode(errors="replace"))
             return f"internal error: {type(e).__name__}: {e}", False
         finally:
             if not held:
@@ -2368,7 +2365,7 @@ class Restarter:
                     import traceback
                     release_log()
                     log(f"error: handling {key.data[0]} event: {type(e).__name__}: {e}")
-                    traceback.print_exc(file=sys.stderr)
+                    ERR.write(traceback.format_exc().encode(errors="replace"))
                     hold_log()
 
     def _over_budget(self) -> bool:
