@@ -611,9 +611,12 @@ class ErrOut:
             except OSError:
                 self.sock = None
         elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
-            try:
+            try:  # O_NOCTTY: a session leader (the restarter) opening a terminal must not
+                # make it its controlling one, a Ctrl-C there would reach it (a write-only
+                # open does not on Linux since 4.x; older kernels need the flag)
                 self.out = os.open(f"/proc/self/fd/{self.fd}",
-                                   os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_APPEND)
+                                   os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_APPEND
+                                   | os.O_NOCTTY)
             except OSError:
                 self.out = self.fd
 
