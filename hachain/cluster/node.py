@@ -31,11 +31,12 @@ PROG = "hachain-cluster"
 LAYER = "cluster"
 
 
+ERR = channels.ErrOut(PROG)  # stderr, never waited on: a stuck console must not stop
+# the lease's keep-alives (the lines it does not take wait in memory, retried each beat)
+
+
 def log(msg: str) -> None:
-    try:
-        os.write(2, channels.log_line(PROG, msg))
-    except OSError:
-        pass
+    ERR.write(channels.log_line(PROG, msg))
 
 
 class Node:
@@ -457,6 +458,8 @@ async def _run(node: Node, hb_interval: float) -> int:
     async def beats() -> None:
         while not done.is_set():
             node.beat()
+            if ERR.pending:
+                ERR.retry()
             if (why := channels.init_gone(init)) is not None:
                 log(f"{why}: exiting")
                 done.set()
@@ -526,4 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     node = Node(cfg)
     log(f"node {node.node}: etcd {', '.join(node.endpoints)}, lease TTL {node.ttl} s, "
         f"singletons: {', '.join(node.singletons) or '(none)'}")
-    return asyncio.run(_run(node, cfg.chain.heartbeat_interval))
+    try:
+        return asyncio.run(_run(node, cfg.chain.heartbeat_interval))
+    finally:
+        ERR.drain(1.0)  # the last lines, to a stderr that may be slow
