@@ -48,25 +48,31 @@ def test_in_child_carries_the_error_of_the_work_over(tmp_path: Path) -> None:
     assert e.value.strerror == "No such file or directory"
 
 
-def test_in_child_gives_up_at_the_deadline_and_kills_the_child(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
-
+def test_in_child_gives_up_at_the_deadline_and_kills_the_child() -> None:
     def work() -> bytes:
-        pid_file.write_text(str(os.getpid()))
         time.sleep(600)
         return b"late"
+    before = set(children(os.getpid()))
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="no answer within 0.3 s"):
         snapshot.in_child(work, 0.3)
     assert time.monotonic() - t0 >= 0.3
-    pid = int(pid_file.read_text())
+    left = set(children(os.getpid())) - before  # (a zombie is still a child)
 
-    def dead() -> bool:  # killed: reaped by in_child, or a zombie we reap here
-        try:
-            return os.waitpid(pid, os.WNOHANG)[0] == pid
-        except ChildProcessError:
-            return True
-    wait_until(dead, 30, "the child to be killed")
+    def gone() -> bool:  # killed: reaped by in_child, or a zombie reaped here
+        for pid in list(left):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    left.discard(pid)
+            except ChildProcessError:
+                left.discard(pid)
+        return not left
+    try:
+        wait_until(gone, 30, "the child to be killed")
+    finally:
+        for pid in left:  # (only when it was not)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def test_in_child_runs_then_after_it_has_answered(tmp_path: Path) -> None:
