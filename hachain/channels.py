@@ -630,6 +630,13 @@ class ErrOut:
         with self.lock:
             self._retry()
 
+    def forget(self) -> None:
+        """In a forked child: what the parent kept is the parent's to write (both would,
+        twice)."""
+        self.pending = bytearray()
+        self.dropped = 0
+        self.lock = _thread.allocate_lock()  # (one held at the fork stays held here)
+
     def drain(self, timeout: float) -> bool:
         """Before the process exits: give what was kept up to `timeout` seconds to go out
         (a slow stderr gets it, a stuck one costs that long). True when all went."""

@@ -187,3 +187,37 @@ def test_a_stderr_nobody_reads_does_not_stop_the_restarter(tmp_path: Path) -> No
                if line.startswith("hachain-restarter: "))
     assert kept > 4096, f"the restarter's lines kept while stderr was full: {kept} bytes"
     assert "all processes stopped; exiting" in text, text[-2000:]
+
+
+def test_a_forked_worker_leaves_what_its_parent_kept_to_the_parent() -> None:
+    """The standby forks the worker: lines the standby could not write yet are its own
+    to write, or they would come out twice."""
+    r, w = small_pipe()
+    try:
+        err = channels.ErrOut("prog", fd=w)
+        sent = lines(60)  # more than the pipe takes
+        for line in sent:
+            err.write(line)
+        assert err.pending
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                err.forget()
+                err.write(b"worker line\n")
+                err.drain(30)
+            finally:
+                os._exit(0)
+        got = b""
+        deadline = time.monotonic() + 60
+        while (err.pending or b"worker line" not in got) and time.monotonic() < deadline:
+            got += read_all(r)
+            err.retry()
+            time.sleep(0.01)
+        got += read_all(r)
+        assert os.waitpid(pid, 0)[1] == 0
+    finally:
+        os.close(r)
+        os.close(w)
+    out = got.splitlines(keepends=True)
+    assert [line for line in out if line != b"worker line\n"] == sent, "each once, in order"
+    assert out.count(b"worker line\n") == 1

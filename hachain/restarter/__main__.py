@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         code = standby.serve(log, args.config, state)
         if code is not None:
             return code
+        ERR.forget()  # the worker: lines the standby still keeps are the standby's to write
         # the worker: the lock first (a worker of an earlier standby may still hold it),
         # then the running snapshot, which that one may have changed until it died
         try:
