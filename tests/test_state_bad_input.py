@@ -265,6 +265,10 @@ def test_fifo_as_the_loggers_lock_file_does_not_block_the_restarter(restarter: A
     r = restarter(f'[service.web]\ncommand = {svc("sleep")}\n')
     pid = r.wait_state("web", "ready")["pid"]
     logger = wait_until(r.logger_pid, READY, "the logger's pid in its lock file")
+    # listening on its hand-over socket (it says so after): one stopped before would
+    # refuse the connection rather than leave it unanswered (CI, under load)
+    wait_until(lambda: "hachain-logger: writing service logs to" in _log(r), READY,
+               "the logger to listen")
     lock = os.path.join(r.state_dir, wire.LOCK_FILE)
     r.kill_restarter()
     os.kill(logger, signal.SIGSTOP)  # it does not answer the hand-over
@@ -273,6 +277,10 @@ def test_fifo_as_the_loggers_lock_file_does_not_block_the_restarter(restarter: A
         text = _started(r)
         assert r.wait_state("web", "ready", READY)["pid"] == pid
         assert f"{lock}: cannot read the logger's pid" in text, text[-3000:]
+        # the logger it starts instead names what is in the lock's place
+        wait_until(lambda: f"hachain-logger: cannot start: {lock}: not a regular file (a "
+                   f"FIFO): the logger cannot take its lock" in _log(r), READY,
+                   "the new logger to name the FIFO")
     finally:
         os.kill(logger, signal.SIGKILL)  # ours: the restarter of this test started it
         if os.path.exists(lock) and not os.path.isfile(lock):

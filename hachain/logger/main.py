@@ -26,11 +26,13 @@ Some facts this code relies on:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -416,13 +418,26 @@ class Logger:
 
 
 def take_lock(state_dir: str) -> int | None:
-    fd = os.open(os.path.join(state_dir, wire.LOCK_FILE),
-                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """The logger's lock, holding our pid; None when another logger holds it. OSError
+    naming the file when it cannot be one (a FIFO or a directory in its place)."""
+    path = os.path.join(state_dir, wire.LOCK_FILE)
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+                     | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise OSError(e.errno, f"{path}: {e.strerror or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"{path}: not a regular file "
+                          f"({channels.file_kind(mode)}): the logger cannot take its lock")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError:
+        os.close(fd)
+        raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -472,7 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError):
         log(f"{wire.ENV_FDS} must name 4 inherited sockets")
         return 2
-    lock = take_lock(state_dir)
+    try:
+        lock = take_lock(state_dir)
+    except OSError as e:  # (its text names the file)
+        log(f"cannot start: {e.strerror or e}")
+        return 1
     if lock is None:
         log(f"another logger is already running on {state_dir}")
         return wire.LOCKED_EXIT
