@@ -108,7 +108,6 @@ class Logger:
         self.pipes: dict[int, Pipe] = {}
         self.by_ino: dict[tuple[int, int], int] = {}
         self.per_name: dict[str, int] = {}  # pipes held per service
-        self.writer = Writer(log_dir, log)  # the log files: every write is its thread's
         self.holding: set[int] = set()  # pipes with an unfinished line held back
         self.stashed = 0  # messages in the stash
         self.stopping = False
@@ -139,6 +138,9 @@ class Logger:
         self.ep.register(self.handover.fileno(), select.EPOLLIN)
         self.ep.register(socks.inbox_r.fileno(), select.EPOLLIN)
         self.watch_restarter(restarter_pid)
+        # the log files, every write made by its thread; after the hand-over socket
+        # listens, which a new restarter may be waiting for
+        self.writer = Writer(log_dir, log)
 
     def _stop(self) -> None:
         self.stopping = True
