@@ -43,6 +43,19 @@ def _cgroup_procs(r: D.RestarterRun, name: str) -> list[int]:
         return []
 
 
+def logged(r: D.RestarterRun, name: str, *lines: str) -> str:
+    """The service's log once every one of `lines` is in it: output reaches the file
+    through the logger, a moment after the event that made it (a state, an exit)."""
+    def text() -> str:
+        try:
+            with open(os.path.join(r.persist_dir, "log", name + ".log")) as f:
+                got = f.read()
+        except FileNotFoundError:
+            return ""
+        return got if all(line in got for line in lines) else ""
+    return str(wait_until(text, 30, f"{name}'s log to hold {lines}"))
+
+
 def test_postgresql_notify_crash_recovery_and_fast_shutdown() -> None:
     with D.daemon_dir() as tmp:
         pg = D.postgres(tmp)
@@ -62,7 +75,8 @@ def test_postgresql_notify_crash_recovery_and_fast_shutdown() -> None:
             r.wait_state("pg", "stopped", timeout=30)
             assert not channels.pid_alive(new_pid)
             assert _cgroup_procs(r, "pg") == []
-            log = open(os.path.join(r.persist_dir, "log", "pg.log")).read()
+            log = logged(r, "pg", "received fast shutdown request",
+                         "database system is shut down")
             after_crash = log[log.rindex("database system was interrupted"):]
             assert "received fast shutdown request" in after_crash, log[-2000:]
             assert "database system is shut down" in after_crash, log[-2000:]
@@ -210,8 +224,7 @@ def test_nginx_reloads_through_its_imported_exec_reload() -> None:
             p = subprocess.run(cli, capture_output=True, text=True, timeout=30, check=False)
             assert (p.returncode, p.stderr) == (
                 1, "hachain: reload nginx: failed: reload_command exit status 1\n")
-            log = open(os.path.join(r.persist_dir, "log", "nginx.log")).read()
-            assert "[emerg]" in log, log[-2000:]  # nginx's own reason, on its log
+            logged(r, "nginx", "[emerg]")  # nginx's own reason, on its log
             assert D.http_body(ng.port) == "reloaded\n"
             now = r.svc("nginx")
             assert (now["state"], now["pid"], now["restarts"]) == ("ready", st["pid"], 0)
@@ -231,8 +244,8 @@ def test_nginx_config_test_keeps_a_broken_config_from_starting() -> None:
         with D.restarter(tmp, ng.body) as r:
             st = r.wait_state("nginx", "maintenance", timeout=60)
             assert "exit status 1" in st["reason"], st
-            log = open(os.path.join(r.persist_dir, "log", "nginx.log")).read()
-            assert '"worker_processes" directive invalid value' in log, log[-2000:]
+            log = logged(r, "nginx", '"worker_processes" directive invalid value',
+                         "failed: status 1; the start fails")
             assert "hachain: pre_start 1/1 (/usr/sbin/nginx -t -q -g daemon on; " \
                    "master_process on; -c " in log, log[-2000:]
             assert "failed: status 1; the start fails" in log
