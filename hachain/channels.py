@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import argparse
+    import socket
     from typing import Any
 
 # --- names ------------------------------------------------------------------------------
@@ -95,6 +96,10 @@ ENV_INIT_PID = "HACHAIN_INIT_PID"  # init's pid, for its children to notice it i
 # ran is read by the next one, and a client connecting meanwhile waits in the backlog.
 ENV_NOTIFY_FD = "HACHAIN_NOTIFY_FD"
 ENV_CONTROL_FD = "HACHAIN_CONTROL_FD"
+# init -> restarter: "<fd variable>=<device>:<inode>,...", what init's held sockets' paths
+# were when it bound them (Kept): a restarter that inherits one can tell whether its path
+# still leads to it (state_dir cleaned by hand since, or a restarter bound its own there)
+ENV_HELD_IDS = "HACHAIN_HELD_IDS"
 # ... and the stash, a socket pair: what the restarter writes on one end (its services'
 # listen sockets and stored descriptors, with SCM_RIGHTS) waits on the other, which the
 # next restarter reads (hachain/restarter/stash.py)
@@ -324,6 +329,95 @@ def read_json(path: str, regular: bool = False) -> Any:
     return loads(raw)
 
 
+# --- what a layer keeps in state_dir ------------------------------------------------------
+#
+# state_dir is a runtime directory (a tmpfs): an `rm -rf` of it by hand, or a cleaner of
+# /run or /tmp, removes the heartbeats, sockets, locks and records a running chain keeps
+# there. Each layer notes what it made (Kept) and makes it again when it finds it gone,
+# rather than let the gate reset a healthy machine or a later restarter miss what runs.
+
+
+class Kept:
+    """Paths a layer made, each with the (device, inode) it had then. `lost()` names those
+    now missing or replaced by another file: one stat each."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, tuple[int, int]] = {}
+
+    def note(self, path: str) -> None:
+        """Remember what is at `path` now (nothing, if nothing is: it then counts as lost)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            self.ids[path] = (-1, -1)
+            return
+        self.ids[path] = (st.st_dev, st.st_ino)
+
+    def encode(self, names: dict[str, str]) -> str:
+        """The ids of the paths `names` maps to (name -> path), for ENV_HELD_IDS."""
+        return ",".join(f"{n}={self.ids[p][0]}:{self.ids[p][1]}"
+                        for n, p in names.items() if p in self.ids)
+
+    @staticmethod
+    def decode(text: str) -> dict[str, tuple[int, int]]:
+        out = {}
+        for item in text.split(","):
+            name, _, ident = item.partition("=")
+            dev, _, ino = ident.partition(":")
+            if dev.lstrip("-").isdigit() and ino.lstrip("-").isdigit():
+                out[name] = (int(dev), int(ino))
+        return out
+
+    def lost(self) -> list[str]:
+        out = []
+        for path, ident in self.ids.items():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                out.append(path)
+                continue
+            except NotADirectoryError:
+                out.append(path)
+                continue
+            except OSError:
+                continue  # EACCES, ELOOP, a hung mount's EIO: not proof it is gone
+            if (st.st_dev, st.st_ino) != ident:
+                out.append(path)
+        return out
+
+
+def bind_unix(path: str, kind: int, mode: int) -> socket.socket:
+    """A new AF_UNIX socket of `kind` bound at `path` with `mode`, put in place by a
+    rename: a client finds the old path or the new socket, never nothing. The directory
+    is made when it is gone. The temporary name is no longer than `path`'s own, which
+    the configuration checks fits a socket address."""
+    import socket
+    d = os.path.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.getpid():x}")
+    s = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            s.bind(tmp)
+        finally:
+            os.umask(old)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        s.close()
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return s
+
+
 # --- heartbeats ----------------------------------------------------------------------------
 #
 # Each layer writes <state_dir>/hb/<layer>.json from inside its event loop, once per
@@ -488,7 +582,14 @@ class HeartbeatWriter:
         if self.fd is not None and os.fstat(self.fd).st_nlink == 0:
             self.close()  # our file was removed or replaced: start a new one
         if self.fd is None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:
+                # the directory was removed (an `rm -rf` of the run directory, a cleaner
+                # of /run or /tmp): make it again rather than let the gate reset a
+                # healthy chain for a file
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             self.size = os.fstat(self.fd).st_size
         if len(rec) > self.size:
             # grow the slot (rounded up, so it rarely happens twice); a new size goes

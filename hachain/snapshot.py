@@ -593,6 +593,14 @@ def _save(cfg: Config, snap: Snapshot, last_good: bool, log: Any) -> None:
                 log(f"cannot write the configuration snapshot {target}: {e.strerror or e}")
 
 
+def restore_running(cfg: Config, snap: Snapshot) -> None:
+    """Write this run's running snapshot and its parsed copy again: the restarter, when
+    state_dir lost them (cleaned by hand), so that a layer started later still runs this
+    configuration, not whatever the file on disk says now. OSError when it cannot."""
+    _save_parsed(cfg.chain.state_dir, snap, cfg)  # first: running.json points to it
+    _write(os.path.join(cfg.chain.state_dir, RUNNING), snap, False)
+
+
 def for_layer(path: str, environ: dict[str, str] | None = None,
               log: Any = None) -> tuple[Config, Snapshot]:
     """The configuration a layer starts with: this chain run's running snapshot when

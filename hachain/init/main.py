@@ -469,6 +469,8 @@ class Init:
         messages and connections queued on them outlive any one restarter; and its stash,
         a socket pair whose queue (descriptors in flight) outlives it too."""
         held: dict[str, socket.socket] = {}
+        self.held_paths: dict[str, tuple[str, int]] = {}  # path -> (env name, kind)
+        self.held_kept = channels.Kept()
         try:
             os.makedirs(self.opts.state_dir, exist_ok=True)
             for env, name, kind in ((channels.ENV_NOTIFY_FD, channels.NOTIFY_SOCKET,
@@ -490,12 +492,15 @@ class Init:
                     s.listen(128)
                 s.set_inheritable(True)
                 held[env] = s
+                self.held_paths[path] = (env, kind)
+                self.held_kept.note(path)
         except OSError as e:
             log(f"cannot create the restarter's sockets in {self.opts.state_dir}: {e}; "
                 "the restarter will make its own")
             for s in held.values():
                 s.close()
             held = {}
+            self.held_paths, self.held_kept = {}, channels.Kept()
         try:
             pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         except OSError as e:
@@ -508,6 +513,29 @@ class Init:
                 held[env] = s
         return held
 
+
+    def mend_held(self) -> None:
+        """Before a restarter starts: a held socket whose path was removed or replaced
+        (state_dir cleaned by hand; the last restarter then made one of its own there,
+        gone with it) is made again, so the new restarter gets one its services and
+        clients reach. What the old one queued is lost with its path."""
+        for path in self.held_kept.lost():
+            env, kind = self.held_paths[path]
+            try:
+                s = channels.bind_unix(path, kind, 0o600)
+                if kind == socket.SOCK_DGRAM:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                else:
+                    s.listen(128)
+                s.set_inheritable(True)
+            except OSError as e:
+                log(f"{path} was removed and cannot be made again: {e}; the restarter "
+                    "will make its own")
+                continue
+            self.held[env].close()
+            self.held[env] = s
+            self.held_kept.note(path)
+            log(f"{path} was removed: made again for the restarter")
 
     def child_env(self, child: Child) -> dict[str, str]:
         """The environment a layer-2 child gets: ours plus the chain's variables."""
@@ -525,6 +553,10 @@ class Init:
                 env[name] = str(sock.fileno())
             else:
                 env.pop(name, None)
+        env.pop(channels.ENV_HELD_IDS, None)
+        if child.name == "restarter" and self.held_paths:
+            env[channels.ENV_HELD_IDS] = self.held_kept.encode(
+                {name: path for path, (name, _kind) in self.held_paths.items()})
         return env
 
     def spawn(self, child: Child, now: float) -> None:
@@ -536,6 +568,8 @@ class Init:
             self.record_boot_end(None)
         child.restarts = child.attempts
         child.attempts += 1
+        if child.name == "restarter" and self.held:
+            self.mend_held()
         try:
             closes = [] if child.name == "restarter" else [
                 (os.POSIX_SPAWN_CLOSE, s.fileno()) for s in self.held.values()]

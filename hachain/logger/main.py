@@ -119,7 +119,10 @@ class Logger:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda _s, _f: self._stop())
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # SIGHUP: the restarter found our socket or lock removed from state_dir (mend)
+        self.mend_asked = False
+        self.lock_fd: int | None = None  # set by main
+        signal.signal(signal.SIGHUP, self._ask_mend)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.handover = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         path = os.path.join(state_dir, wire.HANDOVER_SOCKET)
@@ -134,6 +137,9 @@ class Logger:
             os.umask(old)
         self.handover.listen(8)
         self.handover.setblocking(False)
+        self.kept = channels.Kept()
+        self.kept.note(path)
+        self.kept.note(os.path.join(state_dir, wire.LOCK_FILE))
         self.ep.register(self._wake_r.fileno(), select.EPOLLIN)
         self.ep.register(self.handover.fileno(), select.EPOLLIN)
         self.ep.register(socks.inbox_r.fileno(), select.EPOLLIN)
@@ -144,6 +150,37 @@ class Logger:
 
     def _stop(self) -> None:
         self.stopping = True
+
+    def _ask_mend(self, _sig: int, _frame: object) -> None:
+        self.mend_asked = True
+
+    def mend(self) -> None:
+        """Make our hand-over socket and lock again where state_dir lost them (cleaned
+        by hand): without them a new restarter would not find us and would start a second
+        logger on the same files. Asked by the restarter (SIGHUP), which checks their
+        paths at each heartbeat."""
+        for path in self.kept.lost():
+            try:
+                if path.endswith(wire.HANDOVER_SOCKET):
+                    new = channels.bind_unix(path, socket.SOCK_SEQPACKET, 0o600)
+                    new.listen(8)
+                    self.ep.unregister(self.handover.fileno())
+                    self.handover.close()
+                    self.handover = new
+                    self.ep.register(new.fileno(), select.EPOLLIN)
+                else:
+                    fd = take_lock(self.state_dir)
+                    if fd is None:
+                        log(f"{path} was removed and another logger holds the new one")
+                        continue
+                    if self.lock_fd is not None:
+                        os.close(self.lock_fd)
+                    self.lock_fd = fd
+            except OSError as e:
+                log(f"{path} was removed and cannot be made again: {e.strerror or e}")
+                continue
+            self.kept.note(path)
+            log(f"{path} was removed: made again")
 
     # --- the restarter ----------------------------------------------------------------
 
@@ -381,6 +418,9 @@ class Logger:
                     self.drop(p)
             if self.holding:
                 self.release_held(time.monotonic())
+            if self.mend_asked:
+                self.mend_asked = False
+                self.mend()
             if err is not None and err.pending:
                 err.retry()
             if self.stashed > len(self.pipes) // wire.MAX_FDS + 1 + STASH_SLACK:
@@ -500,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     channels.raise_fd_limit()  # a read end and a log file per service
     yield_on_wakeup()
     lg = Logger(state_dir, log_dir, socks, restarter_pid)
+    lg.lock_fd = lock
     log(f"writing service logs to {log_dir} (pid {os.getpid()})")
     code = lg.run()
     _ERR[0].drain(ERR_RETRY)

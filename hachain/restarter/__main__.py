@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:  # its directories: a file in the way, a read-only disk
         return _cannot_start(e)
+    r.snap = snap  # written again if state_dir loses it (Restarter._mend_state_dir)
     r.cgroups.held.update(standby.HELD)  # the standby's descriptors (none without it)
     what = "the last-known-good configuration of " if snap.fallback else ""
     log(f"supervising {len(cfg.services)} service(s) from {what}{cfg.path} "

@@ -66,15 +66,8 @@ class ControlServer:
         # Root and our own user may always connect; members of `group` too when set.
         self.allowed_uids = {0, os.getuid()}
         self.allowed_gid: int | None = None
-        mode = 0o600
-        if group:
-            try:
-                self.allowed_gid = grp.getgrnam(group).gr_gid
-                os.chown(path, -1, self.allowed_gid)
-                mode = 0o660
-            except (KeyError, OSError):
-                self.allowed_gid = None
-        os.chmod(path, mode)
+        self.group = group
+        self._permit()
         if fd is None:
             self.sock.listen(128)
         self.conns: dict[int, _Conn] = {}  # oldest first
@@ -83,6 +76,32 @@ class ControlServer:
         self.evicted = 0  # connections closed as the oldest, since take_evicted()
         self.evicted_pids: set[int] = set()  # (the first few of their peers)
         sel.register(self.sock, selectors.EVENT_READ, ("control-listen", None))
+
+    def _permit(self) -> None:
+        mode = 0o600
+        if self.group:
+            try:
+                self.allowed_gid = grp.getgrnam(self.group).gr_gid
+                os.chown(self.path, -1, self.allowed_gid)
+                mode = 0o660
+            except (KeyError, OSError):
+                self.allowed_gid = None
+        os.chmod(self.path, mode)
+
+    def rebind(self) -> None:
+        """The socket's path was removed or replaced (state_dir cleaned by hand): listen
+        on a new socket there. The connections the old one queued are accepted first;
+        it is then closed (its path is gone: no new client can reach it). OSError when
+        the new one cannot be made; the old one then stays."""
+        new = channels.bind_unix(self.path, socket.SOCK_STREAM, 0o600)
+        new.listen(128)
+        self.on_accept()
+        if not self.paused:
+            self.sel.unregister(self.sock)
+        self.sock.close()
+        self.sock, self.paused = new, False
+        self._permit()
+        self.sel.register(self.sock, selectors.EVENT_READ, ("control-listen", None))
 
     def on_accept(self) -> None:
         for _ in range(64):

@@ -336,8 +336,9 @@ class Restarter:
         self._env_notes: dict[str, tuple[str, ...]] = {}  # env_file lines left out, as said
         self.launch_status: dict[str, ExitStatus] = {}  # forking: how the launcher ended
         self.launch_leftovers: dict[str, frozenset[int]] = {}  # forking: in its cgroup before
+        notify_fd = _inherited_fd(channels.ENV_NOTIFY_FD)
         self.notify = notify.NotifySocket(os.path.join(self.state_dir, channels.NOTIFY_SOCKET),
-                                          _inherited_fd(channels.ENV_NOTIFY_FD))
+                                          notify_fd)
         self.sel.register(self.notify.fileno(), selectors.EVENT_READ, ("notify", None))
         self._notify_poll = select.poll()  # _on_exit: anything sent before the exit?
         self._notify_poll.register(self.notify.fileno(), select.POLLIN)
@@ -390,11 +391,29 @@ class Restarter:
         self.control = ControlServer(os.path.join(self.state_dir, channels.CONTROL_SOCKET),
                                      self.sel, self.handle_request,
                                      group=cfg.chain.control_group or None,
-                                     fd=_inherited_fd(channels.ENV_CONTROL_FD))
+                                     fd=(control_fd := _inherited_fd(
+                                         channels.ENV_CONTROL_FD)))
         # What ends a round's restart work early: a new control connection or a signal.
         self.urgent = selectors.EpollSelector()
         self.urgent.register(self.control.sock, selectors.EVENT_READ)
         self.urgent.register(self._sig_r, selectors.EVENT_READ)
+        # What this restarter keeps in state_dir, made again when found gone at a
+        # heartbeat (_mend_state_dir). `snap`: the running snapshot, set by __main__.
+        self.snap: Any = None
+        self.kept = channels.Kept()
+        for path in (self.store.rec_dir, self.control.path, self.notify.path,
+                     os.path.join(self.state_dir, channels.RESTARTER_LOCK),
+                     os.path.join(self.state_dir, channels.RUNNING_CONFIG)):
+            self.kept.note(path)
+        # a socket inherited from init: what its path was when init bound it (the path
+        # may lead elsewhere by now: to a dead restarter's own, after a cleaning)
+        held = channels.Kept.decode(os.environ.get(channels.ENV_HELD_IDS, ""))
+        for var, path, inherited in ((channels.ENV_NOTIFY_FD, self.notify.path, notify_fd),
+                                     (channels.ENV_CONTROL_FD, self.control.path,
+                                      control_fd)):
+            if inherited is not None and var in held:
+                self.kept.ids[path] = held[var]
+        self.mend_failed: dict[str, str] = {}  # path -> the error last said
 
     # --- the core's state, as the shell reads it ----------------------------------------
 
@@ -1899,8 +1918,77 @@ class Restarter:
                 f"more than {self.control.max_conns} at once (peer pids "
                 f"{', '.join(map(str, pids))}{', ...' if evicted > len(pids) else ''})")
         self.logs.tick(now)
+        self._mend_state_dir(now)
         self.beat_due = channels.next_tick(now, self.cfg.chain.heartbeat_interval)  # shared grid
         self.arm("", Timer.HEARTBEAT, self.beat_due - now, now)
+
+    def _mend_state_dir(self, now: float) -> None:
+        """Make again what this restarter keeps in state_dir and finds removed or
+        replaced (an `rm -rf` of the run directory, a cleaner of /run): the service
+        records (a later restarter re-adopts from them), the running snapshot (a layer
+        started later runs this configuration, not the file on disk), the control and
+        notify sockets, the lock; and ask the logger to make its own again (SIGHUP).
+        A few stats per heartbeat; a failure is said once per path and tried again."""
+        lost = self.kept.lost()
+        # the logger's: gone, or not made yet by a logger still starting, which has no
+        # SIGHUP handler until just before it makes them (the signal would kill it)
+        logger_lost = (pid := self.logs.pid) is not None and not all(
+            os.path.lexists(os.path.join(self.state_dir, name))
+            for name in (channels.LOGGER_SOCKET, channels.LOGGER_LOCK)) and \
+            _catches(pid, signal.SIGHUP)
+        if not lost and not logger_lost:
+            return
+        made: list[str] = []
+        for path in lost:
+            try:
+                self._mend(path, now)
+            except (OSError, AlreadyRunning) as e:
+                why = str(e) if isinstance(e, AlreadyRunning) else spawn.errno_text(e)
+                if self.mend_failed.get(path) != why:
+                    self.mend_failed[path] = why
+                    log(f"warning: {path} was removed and cannot be made again: {why}; "
+                        "trying again at each heartbeat")
+                continue
+            self.mend_failed.pop(path, None)
+            self.kept.note(path)
+            made.append(os.path.basename(path))
+        if logger_lost and self.logs.pid is not None:
+            try:
+                os.kill(self.logs.pid, signal.SIGHUP)  # it makes its socket and lock again
+            except OSError:
+                pass
+        if made:
+            log(f"state_dir {self.state_dir}: made again what was removed or replaced: "
+                f"{', '.join(made)}")
+
+    def _mend(self, path: str, now: float) -> None:
+        os.makedirs(self.state_dir, exist_ok=True)
+        if path == self.store.rec_dir:
+            os.makedirs(path, exist_ok=True)
+            self.dirty.update(self.svcs)  # every record written again at the flush
+        elif path == self.control.path:
+            self.urgent.unregister(self.control.sock)
+            try:
+                self.control.rebind()
+            finally:
+                self.urgent.register(self.control.sock, selectors.EVENT_READ)
+        elif path == self.notify.path:
+            old = self.notify.rebind()
+            self.sel.unregister(old.fileno())
+            self._notify_poll.unregister(old.fileno())
+            self.sel.register(self.notify.fileno(), selectors.EVENT_READ, ("notify", None))
+            self._notify_poll.register(self.notify.fileno(), select.POLLIN)
+            got = self.notify.receive(self.notify.capacity, old)  # what it still queued
+            old.close()
+            if got:
+                self._on_notify(now, got)
+        elif path.endswith(channels.RESTARTER_LOCK):
+            fd = take_lock(self.state_dir)  # AlreadyRunning: another took the new one
+            os.close(self._lock_fd)
+            self._lock_fd = fd
+        elif self.snap is not None:  # the running snapshot
+            from hachain import snapshot
+            snapshot.restore_running(self.cfg, self.snap)
 
     def _overdue(self, now: float) -> int:
         """Live service timers already due (restarts and checks waiting for their turn)."""
@@ -1943,15 +2031,16 @@ class Restarter:
         try:
             # validated whole; only a good file becomes the running (and last-known-good)
             # snapshot that every later start of a layer uses
-            new, _snap = snapshot.accept(self.cfg.path, fallback=False, log=log,
-                                         chain_id=os.environ.get(channels.ENV_CHAIN_ID, ""))
+            new, snap = snapshot.accept(self.cfg.path, fallback=False, log=log,
+                                        chain_id=os.environ.get(channels.ENV_CHAIN_ID, ""))
         except config_mod.ConfigError as e:
             log(f"reload refused, configuration unchanged: {e.errors[0]}")
             return {"ok": False, "error": "reload refused, nothing changed:\n" +
                     "\n".join(e.errors)}
         if new.chain != self.cfg.chain:
             log("reload: [chain] changes need a restart of the chain; applying services only")
-        self.cfg = new
+        self.cfg, self.snap = new, snap
+        self.kept.note(os.path.join(self.state_dir, channels.RUNNING_CONFIG))
         self.cgroups.keep_for(len(new.services))
         self.held_out.keep_for(len(new.services))
         added, changed, removed = self.core.reload(new.services, now)
@@ -2523,6 +2612,18 @@ def _socket_settings(c: ServiceConfig) -> tuple[Any, ...]:
     them changed by a reload opens them afresh at its next start."""
     return (c.listen_backlog, c.socket_mode, c.socket_user, c.socket_group,
             c.socket_options, c.socket_receive_buffer, c.socket_send_buffer)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (its SigCgt in /proc)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _inherited_fd(var: str) -> int | None:

@@ -20,6 +20,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from hachain import channels
+
 MAX_DATAGRAM = 4096
 _CRED = struct.Struct("iII")
 PER_SERVICE = 4  # datagrams a service may have waiting: READY=1, MAINPID=, STATUS=, a ping
@@ -174,6 +176,16 @@ class NotifySocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def rebind(self) -> socket.socket:
+        """The socket's path was removed or replaced (state_dir cleaned by hand): bind a
+        new one there and use it; the old one is returned for the caller to read what it
+        still queues, then close. OSError when the new one cannot be made."""
+        new = channels.bind_unix(self.path, socket.SOCK_DGRAM, 0o666)
+        new.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        new.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        old, self.sock = self.sock, new
+        return old
+
     def drain(self, services: int) -> list[Notification]:
         """Everything queued, parsed: until the socket is empty, or after as many
         datagrams as it can hold plus PER_SERVICE for each of `services` (senders
@@ -181,12 +193,15 @@ class NotifySocket:
         waits: a service that floods the socket delays one read by a bounded amount."""
         return self.receive(max(256, self.capacity + PER_SERVICE * services))
 
-    def receive(self, limit: int = 256) -> list[Notification]:
-        """The pending datagrams, at most `limit`, parsed. Never raises for bad input."""
+    def receive(self, limit: int = 256, sock: socket.socket | None = None
+                ) -> list[Notification]:
+        """The pending datagrams, at most `limit`, parsed (of `sock`: a socket `rebind`
+        replaced). Never raises for bad input."""
         out: list[Notification] = []
+        sock = sock or self.sock
         for _ in range(limit):
             try:
-                data, anc, flags, _addr = self.sock.recvmsg(MAX_DATAGRAM + 1, _ANC_SIZE,
+                data, anc, flags, _addr = sock.recvmsg(MAX_DATAGRAM + 1, _ANC_SIZE,
                                                             socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 break

@@ -351,6 +351,7 @@ class Tickler:
         self.seen_round = 0  # the reader's rounds the gate has seen
         self.waiting_since: float | None = None  # a due tick found its round not begun
         self.last_hbs: dict[str, channels.Heartbeat | None] = {}
+        self.missing: set[str] = set()  # layers whose file the last round did not find
         self.restarter_extra: dict[str, Any] = {}
         self.records = RecordWriter()
         self.recorded_critical: set[str] = set()
@@ -511,7 +512,16 @@ class Tickler:
         late = []
         if r.answered != self.seen_round:
             self.seen_round = r.answered
-            self.last_hbs.update(r.result)
+            # A heartbeat file that went missing (its directory removed) or unreadable
+            # after one was read: the last one read stands, so the layer is judged by its
+            # age as if it had stopped beating (stale after heartbeat_timeout). Its writer
+            # makes the file again at its next beat; the gate fails only if it does not.
+            self.missing = set()
+            for layer, hb in r.result.items():
+                if hb is not None or self.last_hbs.get(layer) is None:
+                    self.last_hbs[layer] = hb
+                else:
+                    self.missing.add(layer)
         else:
             since = r.busy_since
             waited = f" (waiting {time.monotonic() - since:.1f} s)" if since is not None else ""
@@ -576,6 +586,11 @@ class Tickler:
         self.gate = health.evaluate(now, hbs, alive, self.wdc, self.started,
                                     cluster=self.cfg.cluster is not None,
                                     progress_at=self.progress.at)
+        if self.missing and not self.gate.ok:
+            self.gate = health.GateResult(False, tuple(
+                r + f" (its file {channels.heartbeat_path(self.state_dir, r.split()[0])} is "
+                "missing)" if r.split()[0] in self.missing and " heartbeat " in r else r
+                for r in self.gate.reasons))
         if late:
             self.gate = health.GateResult(False, self.gate.reasons + tuple(late))
         self.restarter_extra = (hbs.get("restarter") or channels.Heartbeat(
