@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from hachain import channels
+from hachain import channels, credentials
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from tests.conftest import START_TIMEOUT, children, reap, wait_until
 from tests.test_tickler import ForgedLayers, Rig
@@ -182,12 +182,15 @@ def test_removing_state_dir_resets_nothing_and_loses_nothing(tmp_path: Path) -> 
     fired = threading.Event()
     wd = SoftWatchdog(timeout=WD_TIMEOUT)
     server = WatchdogServer(sock, wd, fired.set)
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
     cfg = tmp_path / "chain.toml"
     cfg.write_text(f'[chain]\nstate_dir = "{run}"\npersist_dir = "{persist}"\n'
                    f'heartbeat_interval = {HB}\n'
                    f'[watchdog]\ndevice = "sim:{sock}"\ntimeout = {WD_TIMEOUT}\n'
                    f'pet_interval = {PET}\n'
                    '[service.a]\ncommand = ["sleep", "600"]\n'
+                   f'credentials = {{ token = "{secret}" }}\n'
                    '[service.b]\ncommand = ["sh", "-c", "echo b up; exec sleep 600"]\n')
     log = tmp_path / "chain.log"
     server.start()
@@ -217,7 +220,8 @@ def test_removing_state_dir_resets_nothing_and_loses_nothing(tmp_path: Path) -> 
         wanted = ["hb/init.json", "hb/restarter.json", "hb/tickler.json",
                   "control.sock", "notify.sock", "restarter.lock", "logger.sock",
                   "logger.lock", "config/running.json", "services/a.json",
-                  "services/b.json"]
+                  "services/b.json",  # and the copy of a's credential it may read again
+                  os.path.relpath(credentials.directory(str(run), "a"), run) + "/token"]
         try:
             wait_until(lambda: all((run / w).exists() for w in wanted), 30, "")
         except AssertionError:

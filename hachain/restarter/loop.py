@@ -1966,6 +1966,7 @@ class Restarter:
         if path == self.store.rec_dir:
             os.makedirs(path, exist_ok=True)
             self.dirty.update(self.svcs)  # every record written again at the flush
+            self._mend_credentials()
         elif path == self.control.path:
             self.urgent.unregister(self.control.sock)
             try:
@@ -1989,6 +1990,21 @@ class Restarter:
         elif self.snap is not None:  # the running snapshot
             from hachain import snapshot
             snapshot.restore_running(self.cfg, self.snap)
+
+    def _mend_credentials(self) -> None:
+        """The copies of the credentials of the services that run, made again where they
+        went with state_dir (read from their sources now, as a start would)."""
+        from hachain import credentials
+        for name, c in self.conf.items():
+            s = self.svcs.get(name)
+            if not c.credentials or s is None or s.pid is None or \
+                    os.path.isdir(credentials.directory(self.state_dir, name)):
+                continue
+            try:
+                self._credentials_env(name, c, prepare=True)
+            except spawn.SpawnError as e:
+                log(f"warning: {name}: its credentials were removed with state_dir and "
+                    f"cannot be made again: {e}")
 
     def _overdue(self, now: float) -> int:
         """Live service timers already due (restarts and checks waiting for their turn)."""
