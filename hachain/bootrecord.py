@@ -317,7 +317,7 @@ def _write(persist_dir: str, rec: dict[str, Any], log: Any = None) -> None:
             log(msg)
     rec["version"] = VERSION
     rec["boots"] = rec["boots"][-HISTORY:]
-    channels.write_json(path, rec, durable=True)
+    channels.write_json(path, rec, durable=True, make_dir=True)
 
 
 def begin_boot(persist_dir: str, boot_id: str, now_wall: float, resets: int = 3,

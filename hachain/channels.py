@@ -200,15 +200,25 @@ def chain_id(pid: int) -> str:
 
 # --- atomic files -----------------------------------------------------------------------
 
-def write_atomic(path: str, data: bytes, durable: bool = False) -> None:
+def write_atomic(path: str, data: bytes, durable: bool = False,
+                 make_dir: bool = False) -> None:
     """Replace `path` with `data` so readers see either the old or the new content.
 
     With `durable`, the data and the rename are fsync'd (for the persistent directory);
     without it the write is atomic but not crash-durable (enough for tmpfs runtime files).
+    `make_dir`: a directory that is not there (removed by hand while the chain runs) is
+    made again, and with `durable` its entry fsync'd too; for the chain's own
+    directories only (a reader such as `hachain status` must not make one).
     Raises OSError (for example ENOSPC) and leaves the old file intact in that case.
     """
     tmp = path + ".new"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        if not make_dir:
+            raise
+        make_parent(path, durable)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -233,8 +243,26 @@ def write_atomic(path: str, data: bytes, durable: bool = False) -> None:
             os.close(dfd)
 
 
-def write_json(path: str, obj: Any, durable: bool = False) -> None:
-    write_atomic(path, json.dumps(obj, sort_keys=True).encode() + b"\n", durable)
+def make_parent(path: str, durable: bool = False) -> None:
+    """Make the directory `path` is in (and those above it); with `durable`, each new
+    one's entry fsync'd in its parent, so a power cut does not take it back."""
+    d = os.path.dirname(path) or "."
+    made = []
+    while d and not os.path.isdir(d):
+        made.append(d)
+        d = os.path.dirname(d)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if durable:
+        for new in made:
+            dfd = os.open(os.path.dirname(new) or ".", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+
+def write_json(path: str, obj: Any, durable: bool = False, make_dir: bool = False) -> None:
+    write_atomic(path, json.dumps(obj, sort_keys=True).encode() + b"\n", durable, make_dir)
 
 
 def read_small(path: str, regular: bool = False) -> bytes:

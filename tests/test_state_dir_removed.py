@@ -135,6 +135,27 @@ def test_the_tickler_judges_a_heartbeat_file_gone_by_the_last_one_it_read(rig: R
                    30, "the gate to pass again")
 
 
+def test_write_atomic_makes_its_directory_only_when_asked(tmp_path: Path) -> None:
+    path = str(tmp_path / "gone" / "deeper" / "admin.json")
+    with pytest.raises(FileNotFoundError):
+        channels.write_atomic(path, b"{}")  # a reader's write (status) makes nothing
+    assert not (tmp_path / "gone").exists()
+    channels.write_atomic(path, b"{}", durable=True, make_dir=True)
+    assert channels.read_json(path) == {}
+
+
+def test_a_log_file_removed_under_the_logger_is_made_again(tmp_path: Path,
+                                                           monkeypatch: Any) -> None:
+    from hachain.logger import files
+    monkeypatch.setattr(files, "RELINK_CHECK", 0.0)
+    f = files.LogFile(str(tmp_path / "log"), "web", 1 << 20, 2)
+    f.append(b"one\n")
+    shutil.rmtree(tmp_path / "log")
+    f.append(b"two\n")
+    assert (tmp_path / "log" / "web.log").read_bytes() == b"two\n"
+    f.close()
+
+
 # --- the whole chain ------------------------------------------------------------------------
 
 WD_TIMEOUT = 6  # s: the simulated device's timeout
@@ -288,3 +309,68 @@ def _cmdline(pid: int) -> list[str]:
             return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
         return []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the chain makes cgroups")
+def test_removing_persist_dir_loses_no_later_log_line_or_admin_change(tmp_path: Path) -> None:
+    """persist_dir removed while the chain runs (`rm -rf /var/lib/hachain` to "start
+    afresh"): a service's output goes on into a new log file (it went on into the removed
+    file, which nobody could read, until the next rotation), and an administrator's change
+    is written (its write waited for a directory that was never made again)."""
+    run, persist = tmp_path / "run", tmp_path / "persist"
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{run}"\npersist_dir = "{persist}"\n'
+                   f'heartbeat_interval = {HB}\n[watchdog]\ndevice = "none"\n'
+                   '[service.a]\ncommand = ["sleep", "600"]\n'
+                   '[service.talker]\ncommand = ["sh", "-c", "n=0; while :; do '
+                   'n=$((n+1)); echo line $n; sleep 0.1; done"]\n')
+    log = tmp_path / "chain.log"
+    seen: set[int] = set()
+    chain = None
+    talker_log = persist / "log" / "talker.log"
+    try:
+        with open(log, "wb") as logf:
+            chain = subprocess.Popen([sys.executable, "-m", "hachain.cli", "run", "-c",
+                                      str(cfg)], stdout=logf, stderr=logf)
+
+        def text() -> str:
+            return log.read_text(errors="replace")
+
+        def up() -> dict[str, Any] | None:
+            seen.update(_descendants(chain.pid))
+            svcs = _services(cfg)
+            return svcs if svcs and all(svcs.get(n, {}).get("state") == "ready"
+                                        for n in ("a", "talker")) else None
+        wait_until(up, 60, "both services ready")
+        wait_until(lambda: talker_log.exists() and "line 3\n" in talker_log.read_text(),
+                   30, "the talker's first lines in its log")
+
+        shutil.rmtree(persist)
+        # the logger makes the file again at its next write past a second (RELINK_CHECK)
+        wait_until(lambda: talker_log.exists() and talker_log.read_text().count("line") >= 3,
+                   30, "the talker's later lines in a new log file\n" + text()[-2000:])
+        got = subprocess.run([sys.executable, "-m", "hachain.cli", "stop", "a", "-c",
+                              str(cfg)], capture_output=True, text=True, timeout=60)
+        assert got.returncode == 0, got.stdout + got.stderr
+        admin = persist / channels.ADMIN_STATE
+        wait_until(lambda: admin.exists() and channels.read_json(str(admin)) ==
+                   {"a": {"want": "down"}}, 30, "admin.json to say a is stopped\n" + text())
+        assert "cannot write in" not in text(), text()[-3000:]
+    finally:
+        if chain is not None:
+            seen.update(_descendants(chain.pid))
+            if chain.poll() is None:
+                chain.send_signal(signal.SIGTERM)
+                try:
+                    chain.wait(60)
+                except subprocess.TimeoutExpired:
+                    pass
+            for pid in seen:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if chain.poll() is None:
+                chain.kill()
+            reap(chain, "the chain's init")

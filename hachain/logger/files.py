@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
+RELINK_CHECK = 1.0  # s between two looks at whether the open file was removed
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 MODE = 0o640
 
@@ -42,6 +44,7 @@ class LogFile:
         self.rotations = 0
         self.freed = 0  # rotated copies removed early because the disk was full
         self.error: str | None = None  # the last write error, until a write succeeds
+        self.checked = time.monotonic()  # when the open file was last seen linked
         self.trim()
 
     def configure(self, max_bytes: int, keep: int) -> None:
@@ -67,6 +70,18 @@ class LogFile:
                 return
 
     def _open(self) -> int:
+        if self.fd is not None and (now := time.monotonic()) >= self.checked + RELINK_CHECK:
+            # at most once a second: is the file still there? Removed by hand (its
+            # directory with it, say), the output would go on into a file nobody can
+            # read until the next rotation; a new one is made in its place
+            self.checked = now
+            try:
+                gone = os.fstat(self.fd).st_nlink == 0
+            except OSError:
+                gone = False
+            if gone:
+                os.close(self.fd)
+                self.fd = None
         if self.fd is None:
             try:
                 self.fd = os.open(self.path, FLAGS, MODE)

@@ -228,7 +228,14 @@ class WriteQueue:
                     except FileNotFoundError:
                         pass
                 else:
-                    channels.write_atomic(path, p.data, p.durable)
+                    try:
+                        channels.write_atomic(path, p.data, p.durable)
+                    except FileNotFoundError:
+                        # its directory was removed while we run (cleaned by hand):
+                        # made again, with its reserve (refilled below)
+                        channels.write_atomic(path, p.data, p.durable, make_dir=True)
+                        if d in self.reserves:
+                            self.short.add(d)
                     if d in self.on_reserve:
                         self.on_reserve.discard(d)
                         msgs.append(f"{d} has room again")

@@ -465,7 +465,7 @@ class Tickler:
             "last_gate_failure": gate if isinstance(gate, dict) else None,
         }
         try:
-            channels.write_json(path, rec, durable=True)
+            channels.write_json(path, rec, durable=True, make_dir=True)
         except OSError as e:
             log(f"cannot write {path}: {e}")
         msg = f"previous boot ended by: {cause} (boot status 0x{bootstatus:x})"
@@ -683,7 +683,8 @@ class Tickler:
                "boot_id": self.boot_id}
         path = os.path.join(self.persist_dir, channels.GATE_RECORD)
         self.record_end()
-        self.records.submit(path, lambda: channels.write_json(path, rec, durable=True))
+        self.records.submit(path, lambda: channels.write_json(path, rec, durable=True,
+                                                              make_dir=True))
 
     def beat(self) -> None:
         """Publish hb/tickler.json."""
