@@ -16,6 +16,7 @@ The record (see docs/operations.md, "reading a reset record"):
     {"version": 1, "counter": 17, "boots": [<entry>, ...]}   # oldest first, at most 32
 
     entry = {"boot": 17, "boot_id": "...", "started_wall": 1795441186.9,
+             "started_mono": 12.5, "lasted": 900 | absent,
              "bootstatus": 32 | null, "device": "/dev/watchdog0" | null,
              "reason": "unknown" | "gate-failure" | "reboot-requested" |
                        "tickler-failed" | "shutdown",
@@ -39,7 +40,10 @@ Facts it relies on:
   add none. Without a boot id, the boot time in /proc/stat names the boot.
 - *Wall clocks.* The loop window compares wall-clock boot times. A box without an RTC may
   start every boot at the same time, or earlier than the last: a clock that went
-  backwards counts as "within the window", so such a box still sees its loop.
+  backwards counts as "within the window", so such a box still sees its loop. A boot
+  that has run `window` s by its own CLOCK_MONOTONIC says so (`lasted`, written once by
+  the tickler): it and the boots before it are no part of a loop, so such a box whose
+  power is cut once a day is not taken for one.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import errno
 import fcntl
 import math
 import os
+import time
 from typing import Any
 
 from hachain import channels
@@ -170,6 +175,8 @@ _ENTRY: dict[str, tuple[Any, str]] = {
     "boot": (_is_int, "an integer"),
     "boot_id": (lambda v: isinstance(v, str), "a string"),
     "started_wall": (_is_time, _NUMBER),
+    "started_mono": (_is_time, _NUMBER),
+    "lasted": (_is_time, _NUMBER),
     "ended_wall": (lambda v: v is None or _is_time(v), _NUMBER),
     "cleared": (lambda v: v is None or _is_time(v), _NUMBER),
     "bootstatus": (lambda v: v is None or _is_int(v), "an integer"),
@@ -226,6 +233,15 @@ def assess(previous: list[dict[str, Any]], resets: int, window: float, action: s
     boots, their reasons and the critical services that failed the gate in them (plus
     those an earlier rescue in the run held), which a rescue boot holds."""
     run = unclean_run(previous)
+    if len(run) < resets:
+        return None
+    for i, e in enumerate(run):
+        if _is_time(e.get("lasted")) and e["lasted"] >= window:
+            # this boot ran `window` s before it ended (its own monotonic clock says so):
+            # neither it nor those before it are within the window, whatever the wall
+            # clocks of a box without an RTC say
+            run = run[:i]
+            break
     if len(run) < resets:
         return None
     counted = run[:resets]
@@ -343,6 +359,7 @@ def begin_boot(persist_dir: str, boot_id: str, now_wall: float, resets: int = 3,
         if cur is None:
             rec["counter"] = int(rec.get("counter", 0)) + 1
             cur = {"boot": rec["counter"], "boot_id": boot_id, "started_wall": now_wall,
+                   "started_mono": time.monotonic(),
                    "bootstatus": None, "device": None, "reason": UNKNOWN, "detail": [],
                    "ended_wall": None, "failed_critical": [], "cleared": None,
                    "rescue": assess(rec["boots"], resets, window, action, now_wall)}
@@ -375,6 +392,18 @@ def set_reason(persist_dir: str, boot_id: str, reason: str, detail: list[str],
         if failed_critical:
             cur["failed_critical"] = sorted(set(cur.get("failed_critical") or [])
                                             | set(failed_critical))
+        _write(persist_dir, rec, log)
+
+
+def mark_lasted(persist_dir: str, boot_id: str, seconds: float, log: Any = None) -> None:
+    """Say that boot `boot_id` has run `seconds` (the loop window) by its monotonic clock:
+    however it ends, it is no part of a boot loop (`assess`). Once per boot, by the
+    tickler. OSError propagates. `log`: as _write's."""
+    with _Locked(persist_dir) as rec:
+        cur = entry_for(rec, boot_id)
+        if cur is None or (_is_time(cur.get("lasted")) and cur["lasted"] >= seconds):
+            return
+        cur["lasted"] = seconds
         _write(persist_dir, rec, log)
 
 

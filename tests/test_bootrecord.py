@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -97,6 +98,53 @@ def test_window_clean_boot_and_clear_end_the_loop(tmp_path: Any) -> None:
     cleared = [prev[0], {**prev[1], "cleared": 1250.0}, prev[2]]
     assert bootrecord.unclean_run(cleared) == [prev[2], cleared[1]]
     assert bootrecord.assess(cleared, 3, 900, "rescue", 1400.0) is None
+
+
+def test_a_boot_that_lasted_the_window_is_no_part_of_a_loop(tmp_path: Any) -> None:
+    """A box without an RTC starts every boot at the same wall time: three power cuts a
+    day apart looked like a loop. A boot whose entry says it lasted the window (by its
+    own monotonic clock) ends the run: neither it nor the boots before it count."""
+    same = [{"boot": i, "reason": "unknown", "started_wall": 5.0} for i in range(1, 4)]
+    assert bootrecord.assess(same, 3, 900, "disarm", 5.0) is not None  # as before
+    lasted = [same[0], {**same[1], "lasted": 900.0}, same[2]]
+    assert bootrecord.assess(lasted, 3, 900, "disarm", 5.0) is None
+    assert bootrecord.assess(lasted, 1, 900, "disarm", 5.0) is not None  # the newest one
+    short = [same[0], {**same[1], "lasted": 899.0}, same[2]]  # shorter than this window
+    assert bootrecord.assess(short, 3, 900, "disarm", 5.0) is not None
+    d = str(tmp_path)
+    e = boot(d, "b1", 5.0)
+    assert isinstance(e["started_mono"], float) and "lasted" not in e
+    bootrecord.mark_lasted(d, "b1", 900.0)
+    bootrecord.mark_lasted(d, "b1", 60.0)  # less than said already: kept
+    assert bootrecord.entry_for(bootrecord.read(d), "b1")["lasted"] == 900.0
+    bootrecord.set_reason(d, "b1", bootrecord.UNKNOWN, [], 6.0)
+    for i in (2, 3):
+        boot(d, f"b{i}", 5.0, "unknown")
+    assert boot(d, "b4", 5.0)["rescue"] is None  # b1 lasted: only b2, b3 count
+    with open(os.path.join(d, bootrecord.RECORD)) as f:
+        raw = json.load(f)
+    raw["boots"][0]["lasted"] = "long"  # damaged: left out, said
+    with open(os.path.join(d, bootrecord.RECORD), "w") as f:
+        json.dump(raw, f)
+    problems: list[str] = []
+    assert "lasted" not in bootrecord.read(d, problems=problems)["boots"][0]
+    assert problems == ["entry 1: lasted is 'long', not a finite number"], problems
+
+
+@pytest.mark.slow
+def test_the_tickler_says_when_a_boot_has_lasted_the_window(rig: Rig) -> None:
+    with open(rig.config) as f:
+        text = f.read()
+    with open(rig.config, "w") as f:
+        f.write(text.replace("[chain]\n", "[chain]\nboot_loop = { resets = 3, window = 1.5, "
+                             'action = "rescue" }\n', 1))
+    with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+        rig.start_tickler()
+        e = wait_until(lambda: (x := bootrecord.read(rig.persist_dir)["boots"]) and
+                       x[-1].get("lasted") is not None and x[-1], 30,
+                       "the boot's entry to say it lasted the window")
+        assert e["lasted"] == 1.5 and e["reason"] == "unknown"
+        assert e["started_mono"] + 1.5 <= time.monotonic()
 
 
 def test_clear_and_release(tmp_path: Any) -> None:

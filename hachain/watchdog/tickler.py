@@ -327,6 +327,7 @@ class Tickler:
         self.persist_dir = cfg.chain.persist_dir
         self.boot_id = bootrecord.current_boot_id()
         self.boot_entry: dict[str, Any] | None = None
+        self.lasted_due = True  # note_lasted: this boot has not yet been said to last
         self.device = wd.path if wd is not None else "none"
         self.timeout: int | None = None
         self.pretimeout: int | None = None
@@ -618,9 +619,29 @@ class Tickler:
                 self.on_gate_failure()
             elif self.failed_critical() - self.recorded_critical:
                 self.record_end()  # more critical services failing: blame them too
+        if self.lasted_due:
+            self.note_lasted(now)
         if (slow := self.records.slow(now)) is not None:
             log(slow)
         self.beat()
+
+    def note_lasted(self, now: float) -> None:
+        """Once this boot has run the boot-loop window (by CLOCK_MONOTONIC, from its
+        entry's start), say so in its entry: whatever ends it, it is then no part of a
+        loop, even on a box whose wall clock starts each boot at the same time."""
+        entry = self.boot_entry
+        if entry is None:
+            return  # not begun yet (the records thread): look again at the next tick
+        window = float(self.cfg.chain.boot_loop.window)
+        started = entry.get("started_mono")
+        if not isinstance(started, (int, float)) or isinstance(started, bool) or \
+                started > now or entry.get("lasted") is not None:
+            self.lasted_due = False  # an entry of older code, or said already
+            return
+        if now - started >= window:
+            self.lasted_due = False
+            self.records.submit(bootrecord.RECORD, lambda: bootrecord.mark_lasted(
+                self.persist_dir, self.boot_id, window, log=log))
 
     def pet(self, now: float) -> None:
         """Keepalive, and the timing: the interval since the last pet, and how late this
