@@ -59,6 +59,7 @@ BOOT_RECORD_LOCK = "boot_record.lock"  # in persist_dir: serialises its read-mod
 LAST_GOOD_CONFIG = "config/last-good.json"  # in persist_dir: the last configuration that ran
 
 RESTARTER_LOCK = "restarter.lock"  # in state_dir: one restarter per chain
+INIT_LOCK = "init.lock"  # in state_dir: one chain per state_dir (init holds it)
 LOGGER_SOCKET = "logger.sock"  # in state_dir: a new restarter gets the log sockets here
 LOGGER_LOCK = "logger.lock"  # in state_dir: one logger per chain
 STATUS_LAST_TABLE = "status-last.json"  # in state_dir: the last service table status saw
@@ -100,6 +101,8 @@ ENV_CONTROL_FD = "HACHAIN_CONTROL_FD"
 # were when it bound them (Kept): a restarter that inherits one can tell whether its path
 # still leads to it (state_dir cleaned by hand since, or a restarter bound its own there)
 ENV_HELD_IDS = "HACHAIN_HELD_IDS"
+# `hachain run` -> init (across its exec): the descriptor of the init lock it took
+ENV_INIT_LOCK_FD = "HACHAIN_INIT_LOCK_FD"
 # ... and the stash, a socket pair: what the restarter writes on one end (its services'
 # listen sockets and stored descriptors, with SCM_RIGHTS) waits on the other, which the
 # next restarter reads (hachain/restarter/stash.py)
@@ -412,6 +415,46 @@ class Kept:
             if (st.st_dev, st.st_ino) != ident:
                 out.append(path)
         return out
+
+
+class ChainRunning(Exception):
+    """Another chain's init holds the init lock of this state_dir; `holder` is the pid it
+    wrote there (text, "?" when unreadable)."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        super().__init__(f"{path} is held by pid {holder}")
+        self.holder = holder
+
+
+def take_init_lock(state_dir: str) -> int:
+    """Take `<state_dir>/init.lock` (an flock the kernel drops when its holder dies) and
+    write our pid in it; its descriptor (close-on-exec). ChainRunning when another process
+    holds it; OSError naming the file when it cannot be one (a FIFO, a directory)."""
+    import fcntl
+    path = os.path.join(state_dir, INIT_LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                     | os.O_NONBLOCK, 0o600)
+    except OSError as e:
+        raise OSError(e.errno, f"{path}: {e.strerror or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"{path}: not a regular file ({file_kind(mode)})")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        except OSError:
+            holder = "?"
+        os.close(fd)
+        raise ChainRunning(path, holder) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def bind_unix(path: str, kind: int, mode: int) -> socket.socket:

@@ -108,20 +108,50 @@ def _dir_problem(path: str) -> tuple[str, int]:
 PERSIST_DIR_TIMEOUT = 5.0  # s for `hachain run` to see persist_dir made (as the tickler)
 
 
+class _Refused(Exception):
+    """`hachain run` will not start the chain: one line, and the exit code."""
+
+    def __init__(self, line: str, code: int) -> None:
+        super().__init__(line)
+        self.code = code
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from hachain import snapshot
     # Validate once and keep what was accepted: the layers run this snapshot (init, which
     # this process becomes, has the same pid and so the same chain id), and a broken
     # file falls back to the last-known-good snapshot, said in one line.
     said: list[str] = []
-    cfg, snap = snapshot.accept(args.config, chain_id=channels.chain_id(os.getpid()),
-                                log=said.append, last_good=False, kept=True)
-    # Directories the restarter cannot start without: refused before anything starts (init
-    # would restart a restarter that cannot start for ever).
-    problem, code = _dir_problem(cfg.chain.state_dir)
-    if problem:
-        _err(f"{cfg.path}: chain.state_dir {cfg.chain.state_dir}: {problem}; nothing started")
-        return code
+    lock: list[int] = []
+
+    def claim(cfg: config.Config) -> None:
+        # Before anything is written there: the state directory, which the restarter cannot
+        # start without (init would restart a restarter that cannot start for ever), and
+        # the chain's own claim on it, so that a second `hachain run` of a running chain
+        # (by mistake, or a unit started twice) is refused whole instead of rebinding its
+        # sockets, overwriting its snapshot and waiting for its restarter's lock.
+        state = cfg.chain.state_dir
+        problem, code = _dir_problem(state)
+        if problem:
+            raise _Refused(f"{cfg.path}: chain.state_dir {state}: {problem}; nothing "
+                           "started", code)
+        try:
+            lock.append(channels.take_init_lock(state))
+        except channels.ChainRunning as e:
+            raise _Refused(f"{cfg.path}: a chain already runs on {state} (its init is pid "
+                           f"{e.holder}); nothing started: stop that one first", 1) from None
+        except OSError as e:
+            raise _Refused(f"{cfg.path}: chain.state_dir: cannot take "
+                           f"{e.strerror or e}; nothing started", 1) from None
+    try:
+        cfg, snap = snapshot.accept(args.config, chain_id=channels.chain_id(os.getpid()),
+                                    log=said.append, last_good=False, kept=True,
+                                    claim=claim)
+    except _Refused as e:
+        for line in said:
+            _err(line)
+        _err(str(e))
+        return e.code
     # persist_dir is looked at by a child with a deadline (a hung NFS or FUSE mount, a disk
     # in error recovery, block a lookup for good, and the chain must still start: its
     # tickler arms the watchdog). The same child then writes the durable last-known-good
@@ -135,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     looked: list[str] = []  # in the child: the problem it answered
 
     def look() -> bytes:
+        os.close(lock[0])  # (the child's copy: the lock stays with init, not with it)
         problem, code = _dir_problem(persist)
         looked.append(problem)
         return f"{code} {problem}".encode()
@@ -180,6 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cfg.chain.restarter_standby:
         argv.append("--no-restarter-standby")
     env[channels.ENV_LOG_FORMAT] = cfg.chain.log_format  # init and its children
+    os.set_inheritable(lock[0], True)  # init is this process: it keeps the lock
+    env[channels.ENV_INIT_LOCK_FD] = str(lock[0])
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
     return 1  # not reached

@@ -468,7 +468,8 @@ def find_last_good(source: str, environ: dict[str, str] | None = None,
 
 def accept(path: str, chain_id: str = "", fallback: bool = True,
            environ: dict[str, str] | None = None, log: Any = None,
-           last_good: bool = True, kept: bool = False) -> tuple[Config, Snapshot]:
+           last_good: bool = True, kept: bool = False,
+           claim: Callable[[Config], None] | None = None) -> tuple[Config, Snapshot]:
     """Validate the file at `path` and make it the running configuration.
 
     Good file: running and last-known-good snapshots are written (a failed write is
@@ -477,7 +478,9 @@ def accept(path: str, chain_id: str = "", fallback: bool = True,
     without one, or without `fallback`, ConfigError (one line first: the file's error).
     `last_good` False: the caller writes the last-known-good copy (save_last_good).
     `kept`: start from the parsed copy kept with the last-known-good snapshot when it is
-    this very text's (cached_parse; `hachain run`, on its way to init, asks for it)."""
+    this very text's (cached_parse; `hachain run`, on its way to init, asks for it).
+    `claim`: called with the configuration before anything is written (`hachain run`
+    takes the state directory there); what it raises propagates, nothing written."""
     source = os.path.abspath(path)
     try:
         text = _read_text(source)
@@ -502,6 +505,8 @@ def accept(path: str, chain_id: str = "", fallback: bool = True,
         snap = lkg._replace(chain_id=chain_id, fallback=e.errors[0])
         cfg = _config_of(snap, environ)
         snap = snap._replace(timing=_timing_of(cfg))
+        if claim is not None:
+            claim(cfg)
         if log is not None:  # the one line that says so, from whoever accepted
             log(f"{e.errors[0]}: running the last-known-good configuration of {source} "
                 f"accepted {_when(lkg.accepted_wall)}")
@@ -509,6 +514,8 @@ def accept(path: str, chain_id: str = "", fallback: bool = True,
         return cfg, snap
     snap = Snapshot(source=source, text=text, sha256=sha, accepted_wall=time.time(),
                     chain_id=chain_id, timing=_timing_of(cfg))
+    if claim is not None:
+        claim(cfg)
     _save_parsed(cfg.chain.state_dir, snap, parsed)  # first: running.json points to it
     _save(cfg, snap, last_good=last_good, log=log)
     if last_good:

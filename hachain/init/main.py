@@ -383,6 +383,10 @@ class Init:
         self.rest_termed: dict[int, float] = {}  # subreaper: pid -> when to SIGKILL it
         self.rest_killed = False  # PID 1: kill(-1, SIGKILL) already sent
         self.hb: channels.HeartbeatWriter | None = None  # created by the first beat()
+        # the init lock (main sets it), taken again where state_dir lost it (mend_lock)
+        self.lock_fd: int | None = None
+        self.lock_kept = channels.Kept()
+        self.lock_said = ""
         self.next_beat = 0.0
         self.sel = selectors.DefaultSelector()
         self.wake_r, wake_w = os.pipe()
@@ -702,8 +706,29 @@ class Init:
             child.armed_deaths += 1
         return 0 < self.opts.tickler_deaths <= child.armed_deaths
 
+    def mend_lock(self) -> None:
+        """The init lock again, where state_dir lost it (removed by hand): without it a
+        second `hachain run` would not see this chain. One stat per heartbeat."""
+        if self.lock_fd is None or not self.lock_kept.lost():
+            return
+        path = os.path.join(self.opts.state_dir, channels.INIT_LOCK)
+        try:
+            os.makedirs(self.opts.state_dir, exist_ok=True)
+            fd = channels.take_init_lock(self.opts.state_dir)
+        except (OSError, channels.ChainRunning) as e:
+            if str(e) != self.lock_said:
+                self.lock_said = str(e)
+                log(f"warning: {path} was removed and cannot be taken again: {e}")
+            return
+        os.close(self.lock_fd)
+        self.lock_fd = fd
+        self.lock_kept.note(path)
+        self.lock_said = ""
+        log(f"{path} was removed: taken again")
+
     def beat(self) -> None:
         """Write the heartbeat; a missing or unwritable state dir is retried next time."""
+        self.mend_lock()
         if self.hb is None:
             try:
                 self.hb = channels.HeartbeatWriter(self.opts.state_dir, "init")
@@ -947,6 +972,32 @@ def final_reboot(cmd: int) -> None:
         log(f"reboot(2) failed: {e}; exiting")
 
 
+def init_lock(state_dir: str, pid1: bool) -> int | bool | None:
+    """The chain's claim on its state directory: the lock `hachain run` took and handed
+    over across its exec, else taken here. False: another chain's init holds it (a
+    subreaper then starts nothing; PID 1 goes on, saying so). None: no lock to be had."""
+    got = os.environ.pop(channels.ENV_INIT_LOCK_FD, "")
+    if got.isdigit():
+        try:
+            os.set_inheritable(int(got), False)  # not the layers': init's alone
+            return int(got)
+        except OSError:
+            pass
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        return channels.take_init_lock(state_dir)
+    except channels.ChainRunning as e:
+        if pid1:
+            log(f"warning: {e}: another chain runs on {state_dir}")
+            return None
+        log(f"a chain already runs on {state_dir} (its init is pid {e.holder}); nothing "
+            "started")
+        return False
+    except OSError as e:
+        log(f"warning: cannot take the chain's lock in {state_dir}: {e}; going on without it")
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `hachain-init`; as PID 1 it only returns if reboot(2) fails."""
     pid1 = os.getpid() == 1
@@ -964,6 +1015,10 @@ def main(argv: list[str] | None = None) -> int:
     # first). PID 1 of the machine is never chosen anyway; a subreaper's init may be.
     if (problem := channels.set_own_oom_score_adj(opts.oom_score_adj)) is not None:
         log(f"warning: {problem}")
+    lock = init_lock(opts.state_dir, pid1)
+    if lock is False:
+        flush_log()
+        return 1
     while True:
         try:
             init = Init(opts, pid1)
@@ -971,6 +1026,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - e.g. no fds left; keep trying
             log(f"cannot set up the event loop: {e}; pausing {ERROR_PAUSE} s")
             time.sleep(ERROR_PAUSE)
+    init.lock_fd = None if lock is None else int(lock)
+    init.lock_kept.note(os.path.join(opts.state_dir, channels.INIT_LOCK))
     status = init.run()
     if pid1:
         final_reboot(init.final_cmd)

@@ -76,8 +76,12 @@ def _become_logger(args: list[str], keep: list[int]) -> None:
     gc.freeze()  # the restarter's objects: never scanned (and so never copied) here
     os.setsid()
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    # SIGHUP asks the logger to make its socket and lock again (the restarter sends it
+    # when state_dir lost them); one sent before the logger's handler is in place, while
+    # this child still showed the restarter's, is of no use and must not kill it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     low = 3
     for fd in sorted(set(keep)):
