@@ -238,7 +238,7 @@ def test_removing_state_dir_resets_nothing_and_loses_nothing(tmp_path: Path) -> 
         shutil.rmtree(run)  # the whole run directory, as `rm -rf` would
         assert not run.exists()
         # each layer makes again what it keeps there, at its next heartbeat
-        wanted = ["hb/init.json", "hb/restarter.json", "hb/tickler.json",
+        wanted = ["hb/init.json", "hb/restarter.json", "hb/tickler.json", "init.lock",
                   "control.sock", "notify.sock", "restarter.lock", "logger.sock",
                   "logger.lock", "config/running.json", "services/a.json",
                   "services/b.json",  # and the copy of a's credential it may read again
@@ -282,6 +282,9 @@ def test_removing_state_dir_resets_nothing_and_loses_nothing(tmp_path: Path) -> 
         assert live == sorted(pids.values()), live
         assert text().count("writing service logs") == 1, "a second logger:\n" + text()
         assert "took over the running logger" in text(), text()[-3000:]
+        # and the init lock taken again still keeps a second chain out
+        with pytest.raises(channels.ChainRunning):
+            channels.take_init_lock(str(run))
         assert not fired.is_set()
     finally:
         if chain is not None:
