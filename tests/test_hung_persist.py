@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from hachain import cli, snapshot
+from hachain import channels, cli, snapshot
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
 from tests.conftest import children, reap, wait_until
 from tests.test_tickler import HB_TIMEOUT, PET, TIMEOUT
@@ -292,3 +292,94 @@ def test_a_hung_log_dir_does_not_stop_a_service_that_writes(tmp_path: Path,
     assert re.search(r"dropped meanwhile: w [0-9]+ bytes", log), log
     n = lines()
     wait_until(lambda: lines() > n, 30, "the service to write on")
+
+
+@pytest.mark.slow
+def test_an_admin_change_on_a_hung_persist_dir_resets_nothing(tmp_path: Path) -> None:
+    """`hachain stop NAME` while persist_dir hangs: admin.json is written by a thread of
+    its own (persist.DurableWriter), the loop waits for it at most WRITE_WAIT, the
+    service stops, the restarter beats on and nothing resets the box; the change is
+    written when the disk answers. (The loop wrote it itself and hung there: its heartbeat
+    went stale and the watchdog reset the box, the change lost with it.)"""
+    from hachain.restarter import persist as persist_mod
+    real, link, mnt = tmp_path / "real", tmp_path / "persist", tmp_path / "hung"
+    real.mkdir()
+    link.symlink_to(real)
+    sock = str(tmp_path / "wd.sock")
+    fired = threading.Event()
+    wd = SoftWatchdog(timeout=6)
+    server = WatchdogServer(sock, wd, fired.set)
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{tmp_path / "run"}"\npersist_dir = "{link}"\n'
+                   'heartbeat_interval = 0.5\ncgroup_root = "none"\n'
+                   f'[watchdog]\ndevice = "sim:{sock}"\ntimeout = 6\npet_interval = 1\n'
+                   '[service.a]\ncommand = ["sleep", "600"]\n'
+                   '[service.b]\ncommand = ["sleep", "600"]\n')
+    log = tmp_path / "chain.log"
+    server.start()
+    seen: set[int] = set()
+    chain = None
+    run = tmp_path / "run"
+
+    def text() -> str:
+        return log.read_text(errors="replace")
+
+    def state(name: str) -> str | None:
+        rec = run / "services" / f"{name}.json"
+        try:
+            return str(json.loads(rec.read_text()).get("state"))
+        except (OSError, ValueError):
+            return None
+
+    def pets() -> int:
+        hb = channels.read_heartbeat(str(run), "tickler")
+        return int(hb.extra.get("pets") or 0) if hb is not None else 0
+    try:
+        with open(log, "wb") as logf:
+            chain = subprocess.Popen([sys.executable, "-m", "hachain.cli", "run", "-c",
+                                      str(cfg)], stdout=logf, stderr=logf)
+        wait_until(lambda: seen.update(_descendants(chain.pid)) or
+                   (state("a") == "ready" and state("b") == "ready" and pets() >= 2),
+                   60, "both services ready and the device petted")
+        with hung_mount(mnt):
+            os.symlink(mnt, tmp_path / "swap")
+            os.replace(tmp_path / "swap", link)  # persist_dir now hangs
+            got = subprocess.run([sys.executable, "-m", "hachain.cli", "stop", "a", "-c",
+                                  str(cfg)], capture_output=True, text=True, timeout=60)
+            assert got.returncode == 0, got.stdout + got.stderr
+            wait_until(lambda: state("a") == "stopped", 30, "a stopped\n" + text()[-2000:])
+            # the restarter beats on: pets go on past the device's timeout and STALL
+            start = pets()
+            wait_until(lambda: fired.is_set() or pets() >= start + 6 / 1 + 2 and
+                       "has not returned for" in text(), 60,
+                       "pets past the timeout and the stalled write said")
+            assert not fired.is_set(), "the watchdog fired:\n" + text()[-3000:]
+            assert state("b") == "ready"
+            assert not (real / channels.ADMIN_STATE).exists()
+            os.symlink(real, tmp_path / "swap")
+            os.replace(tmp_path / "swap", link)  # (what still waits on the mount is
+            # aborted as the context ends: ENOTCONN, tried again after RETRY)
+        admin = real / channels.ADMIN_STATE
+        wait_until(lambda: admin.exists() and channels.read_json(str(admin)) ==
+                   {"a": {"want": "down"}}, 30 + persist_mod.RETRY,
+                   "admin.json written once the disk answers\n" + text()[-2000:])
+        assert "persist_dir answers again" in text(), text()[-3000:]
+        assert not fired.is_set()
+    finally:
+        if chain is not None:
+            seen.update(_descendants(chain.pid))
+            if chain.poll() is None:
+                chain.send_signal(signal.SIGTERM)
+                try:
+                    chain.wait(60)
+                except subprocess.TimeoutExpired:
+                    pass
+            for pid in seen:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if chain.poll() is None:
+                chain.kill()
+            reap(chain, "the chain's init")
+        server.stop()

@@ -75,6 +75,9 @@ _held: list[bytes] | None = None  # log lines of the loop iteration in progress
 ERR = channels.ErrOut("hachain-restarter")
 
 
+EXIT_WRITE_WAIT = 5.0  # s the last durable writes (admin.json) get when the restarter exits
+
+
 def log(msg: str) -> None:
     """One line to stderr. Inside a loop iteration it is held and written, in order, when
     the iteration ends: a restart's replacement is spawned before its log lines are
@@ -84,6 +87,11 @@ def log(msg: str) -> None:
         _held.append(line)
         return
     ERR.write(line)
+
+
+def log_now(msg: str) -> None:
+    """One line to stderr at once, from any thread (the persist writer's)."""
+    ERR.write(channels.log_line("hachain-restarter", msg))
 
 
 def hold_log() -> None:
@@ -274,7 +282,7 @@ class Restarter:
         channels.raise_fd_limit()
         spawn.reserve_descriptor_slots()  # first: the lowest free descriptors are low now
         self._lock_fd = self._take_lock(lock_fd)
-        self.store = Store(self.state_dir, cfg.chain.persist_dir)
+        self.store = Store(self.state_dir, cfg.chain.persist_dir, log=log_now)
         self.log_dir = cfg.chain.service_log_dir
         self.cgroups = spawn.Cgroups.from_config(cfg.chain.cgroup_root,
                                                  channels.cgroup_name(self.state_dir))
@@ -1918,6 +1926,8 @@ class Restarter:
                 f"more than {self.control.max_conns} at once (peer pids "
                 f"{', '.join(map(str, pids))}{', ...' if evicted > len(pids) else ''})")
         self.logs.tick(now)
+        if (stalled := self.store.durable.stalled(now)) is not None:
+            log(stalled)
         self._mend_state_dir(now)
         self.beat_due = channels.next_tick(now, self.cfg.chain.heartbeat_interval)  # shared grid
         self.arm("", Timer.HEARTBEAT, self.beat_due - now, now)
@@ -2557,9 +2567,14 @@ class Restarter:
         this round), for the restarter of the next `hachain run` to re-adopt."""
         up = sum(1 for s in self.svcs.values() if s.pid)
         log(f"{self.orphaned}: exiting, leaving {up} running service(s) to the next chain")
-        for u in self.store.unwritten(now, limit=len(self.store.queue.pending)):
-            log(f"error: exiting with {u['path']} unwritten ({u['error']}): lost")
+        self._last_writes(now)
         return 0
+
+    def _last_writes(self, now: float) -> None:
+        """At exit: the durable writes get EXIT_WRITE_WAIT s; what is left is said lost."""
+        self.store.close(EXIT_WRITE_WAIT)
+        for u in self.store.unwritten(now, limit=1 << 30, all_of_them=True):
+            log(f"error: exiting with {u['path']} unwritten ({u['error']}): lost")
 
     def _shutdown_step(self, now: float) -> bool:
         """Advance the orderly shutdown; True when every service is down (and the
@@ -2581,8 +2596,7 @@ class Restarter:
             self.cgroups.remove(name)  # empty now; rmdir refuses otherwise
         for msg in self.store.sync(now):
             log(msg)
-        for u in self.store.unwritten(now, limit=len(self.store.queue.pending)):
-            log(f"error: exiting with {u['path']} unwritten ({u['error']}): lost")
+        self._last_writes(now)
         if self.cgroups.root:
             try:
                 os.rmdir(self.cgroups.root)

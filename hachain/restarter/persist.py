@@ -41,6 +41,7 @@ import json
 import math
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -336,8 +337,129 @@ class WriteQueue:
             os.close(fd)
 
 
+RETRY = 1.0  # s between two tries of a durable write that failed (ENOSPC, EROFS, ...)
+STALL = 5.0  # s a durable write may take before the disk is said not to answer
+WRITE_WAIT = 1.0  # s the loop waits for a durable write it asked for (Store.sync)
+
+
+class DurableWriter:
+    """The writes to persist_dir (admin.json), made by a thread of their own, so that a
+    disk that stops answering (a hung NFS or FUSE mount, a disk in error recovery) holds
+    that thread and never the restarter's loop: `hachain stop NAME` then stops the
+    service and is written when the disk answers, where the loop used to wait, stop
+    beating and have the box reset, the change lost with it. The thread owns its
+    WriteQueue; the loop hands it writes through `put` and reads what is left through
+    `unwritten`. It starts with the first write (an idle chain has no thread more) and
+    waits for nothing while nothing fails: no wake-up of its own."""
+
+    def __init__(self, persist_dir: str, log: Any) -> None:
+        self.queue = WriteQueue((persist_dir,))
+        self.log = log
+        self.cond = threading.Condition()
+        self.inbox: list[tuple[str, bytes | None, float]] = []  # (under cond)
+        self.closing = False
+        self.thread: threading.Thread | None = None
+        self.busy_since: float | None = None  # when the sync under way began
+        self.stall_said = False
+        self.view: list[tuple[str, _Pending]] = []  # what is left, after each sync
+        self.asked = 0  # writes handed over (under cond) ...
+        self.tried = 0  # ... and how many of them the thread has tried (under cond)
+
+    def put(self, path: str, data: bytes | None, now: float) -> int:
+        """Hand a write over; its number, for `wait_tried`."""
+        with self.cond:
+            self.inbox.append((path, data, now))
+            self.asked += 1
+            gen = self.asked
+            self.cond.notify_all()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="persist-writer",
+                                           daemon=True)
+            self.thread.start()
+        return gen
+
+    def wait_tried(self, gen: int, timeout: float) -> bool:
+        """Wait until write `gen` (and those before it) has been tried, for at most
+        `timeout` s: on a disk that answers, the loop goes on with it made, as when it
+        wrote itself; on one that does not, it goes on without."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.tried < gen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def stuck(self, now: float, after: float) -> bool:
+        """Has the write under way taken `after` s already?"""
+        busy = self.busy_since
+        return busy is not None and now - busy >= after
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.inbox and not self.closing and not self.queue.pending \
+                        and not self.queue.short:
+                    self.cond.wait()
+                if self.queue.pending and not self.inbox and not self.closing:
+                    self.cond.wait(RETRY)  # a failed write: tried again in a while
+                batch, self.inbox = self.inbox, []
+                closing = self.closing
+                gen = self.asked
+            for path, data, now in batch:
+                self.queue.put(path, data, now, durable=True)
+            self.busy_since = time.monotonic()
+            try:
+                msgs = self.queue.sync(self.busy_since)
+            except Exception as e:  # noqa: BLE001 - the thread must outlive any write
+                msgs = [f"error: writing in persist_dir: {type(e).__name__}: {e}"]
+            self.busy_since = None
+            self.view = list(self.queue.pending.items())
+            with self.cond:
+                self.tried = gen
+                self.cond.notify_all()
+            for m in msgs:
+                self.log(m)
+            if self.stall_said:
+                self.stall_said = False
+                self.log("persist_dir answers again")
+            if closing and not self.inbox:
+                return
+
+    def stalled(self, now: float) -> str | None:
+        """A line once a write has not returned for STALL s (asked at each heartbeat)."""
+        busy = self.busy_since
+        if busy is None or now - busy < STALL or self.stall_said:
+            return None
+        self.stall_said = True
+        return (f"warning: a write in persist_dir has not returned for {now - busy:.0f} s "
+                "(a hung mount or a failing disk?): changes held by hand apply now and are "
+                "written when it answers")
+
+    def pending_paths(self) -> list[tuple[str, float, str]]:
+        """(path, since, error) of each write not made: queued, under way or failed."""
+        with self.cond:
+            waiting = [(p, now, "not written yet") for p, _d, now in self.inbox]
+        busy = self.busy_since
+        out = [(path, p.since, p.error or ("no answer from the disk" if busy is not None
+                                           else "not written yet"))
+               for path, p in self.view]
+        seen = {path for path, _s, _e in out}
+        return out + [w for w in waiting if w[0] not in seen]
+
+    def close(self, timeout: float) -> None:
+        """Let the thread make what is queued, for at most `timeout` s."""
+        if self.thread is None:
+            return
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+        self.thread.join(timeout)
+
+
 class Store:
-    def __init__(self, state_dir: str, persist_dir: str) -> None:
+    def __init__(self, state_dir: str, persist_dir: str, log: Any = None) -> None:
         self.state_dir = state_dir
         self.persist_dir = persist_dir
         self.rec_dir = os.path.join(state_dir, channels.SERVICE_RECORD_DIR)
@@ -345,8 +467,10 @@ class Store:
         os.makedirs(self.rec_dir, exist_ok=True)
         os.makedirs(persist_dir, exist_ok=True)
         self.warnings: list[str] = []
-        self.queue = WriteQueue((self.rec_dir, persist_dir))
-        self.warnings += self.queue.warnings
+        self.queue = WriteQueue((self.rec_dir,))  # the records, on tmpfs: in the loop
+        self.durable = DurableWriter(persist_dir, log or (lambda _m: None))
+        self._gen = self._waited = 0  # durable writes handed over, and waited for
+        self.warnings += self.queue.warnings + self.durable.queue.warnings
         self._admin_asked: dict[str, dict[str, str]] | None = None  # newest content queued
 
     def write_record(self, rec: RuntimeRecord, now: float) -> None:
@@ -398,23 +522,39 @@ class Store:
         if admin == self._admin_asked:
             return
         data = json.dumps(admin, sort_keys=True).encode() + b"\n"
-        self.queue.put(self.admin_path, data, now, durable=True)
+        self._gen = self.durable.put(self.admin_path, data, now)
         self._admin_asked = {k: dict(v) for k, v in admin.items()}
 
     def sync(self, now: float) -> list[str]:
-        """Make the pending writes that can be made; log lines about failures."""
+        """Make the pending writes that can be made; log lines about failures. A durable
+        write handed over since the last sync is waited for, up to WRITE_WAIT s (none
+        while an earlier one has not returned for that long): made before the loop goes
+        on, as when the loop wrote it itself, unless the disk does not answer."""
+        if self._gen > self._waited:
+            self._waited = self._gen
+            wait = 0.0 if self.durable.stuck(now, WRITE_WAIT) else WRITE_WAIT
+            self.durable.wait_tried(self._gen, wait)
         return self.queue.sync(now) if self.queue.pending or self.queue.short else []
 
-    def unwritten(self, now: float, limit: int = 20) -> list[dict[str, Any]]:
+    def unwritten(self, now: float, limit: int = 20, all_of_them: bool = False
+                  ) -> list[dict[str, Any]]:
         """The writes still pending, oldest first (at most `limit`), for status:
-        [{"file": "admin.json", "path": ..., "since": 12.0, "error": "No space left..."}]."""
+        [{"file": "admin.json", "path": ..., "since": 12.0, "error": "No space left..."}].
+        A write queued and not tried yet is left out, unless `all_of_them` (at exit)."""
         out = []
-        for path, p in self.queue.pending.items():
-            if not p.error:
+        found = [(path, p.since, p.error) for path, p in self.queue.pending.items()]
+        for path, since, error in found + self.durable.pending_paths():
+            if not error and not all_of_them:
                 continue  # queued this round, not tried yet
+            if error == "not written yet" and not all_of_them:
+                continue
             base = self.persist_dir if path == self.admin_path else self.state_dir
             out.append({"file": os.path.relpath(path, base), "path": path,
-                        "since": round(now - p.since, 1), "error": p.error})
+                        "since": round(now - since, 1), "error": error or "not written yet"})
             if len(out) >= limit:
                 break
         return out
+
+    def close(self, timeout: float) -> None:
+        """At exit: the durable writes get up to `timeout` s to be made."""
+        self.durable.close(timeout)
