@@ -1070,8 +1070,62 @@ static PyObject *py_reserve(PyObject *self, PyObject *noargs) {
     return Py_BuildValue("(ii)", slot_out, slot_ready);
 }
 
+/* getgrouplist(3) without the GIL: os.getgrouplist holds it, so a name service that
+   does not answer (an LDAP server gone, a hung NFS /etc) would stop every thread of the
+   restarter, and the resolver thread that asks it (spawn.py, Resolver) would keep
+   nothing from hanging. */
+static PyObject *py_getgrouplist(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *user;
+    unsigned int gid;
+    if (!PyArg_ParseTuple(args, "sI:getgrouplist", &user, &gid))
+        return NULL;
+    int n = 64;
+    gid_t *groups = NULL;
+    for (;;) {
+        gid_t *more = PyMem_RawRealloc(groups, (size_t)n * sizeof(gid_t));
+        if (more == NULL) {
+            PyMem_RawFree(groups);
+            return PyErr_NoMemory();
+        }
+        groups = more;
+        int got = n, r;
+        Py_BEGIN_ALLOW_THREADS
+        r = getgrouplist(user, (gid_t)gid, groups, &got);
+        Py_END_ALLOW_THREADS
+        if (r >= 0) {
+            n = r;
+            break;
+        }
+        if (got <= n) {
+            if (n >= 65536) {
+                PyMem_RawFree(groups);
+                errno = EINVAL;
+                return PyErr_SetFromErrno(PyExc_OSError);
+            }
+            n *= 2;
+        } else {
+            n = got;
+        }
+    }
+    PyObject *out = PyList_New(n);
+    for (int i = 0; out != NULL && i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(groups[i]);
+        if (v == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    PyMem_RawFree(groups);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"getgrouplist", py_getgrouplist, METH_VARARGS,
+     "getgrouplist(user, gid) -> [gid, ...]\n\nos.getgrouplist, without holding the GIL "
+     "while the name service answers."},
     {"last_oom_error", py_last_oom_error, METH_NOARGS,
      "last_oom_error() -> errno\n\nThe error of the last spawn's oom_score_adj write (0: "
      "written, or none asked for): a refused one is not a failed start."},

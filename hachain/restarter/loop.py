@@ -1928,6 +1928,11 @@ class Restarter:
         self.logs.tick(now)
         if (stalled := self.store.durable.stalled(now)) is not None:
             log(stalled)
+        if spawn.RESOLVER.notes:  # (a name service that hung, or answers again)
+            with spawn.RESOLVER.cond:
+                notes, spawn.RESOLVER.notes = spawn.RESOLVER.notes, []
+            for line in notes:
+                log(line)
         self._mend_state_dir(now)
         self.beat_due = channels.next_tick(now, self.cfg.chain.heartbeat_interval)  # shared grid
         self.arm("", Timer.HEARTBEAT, self.beat_due - now, now)

@@ -51,6 +51,8 @@ import pwd
 import resource
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -64,6 +66,10 @@ try:  # the compiled part (setup.py, optional): clone3 CLONE_INTO_CGROUP
     from hachain.restarter import _clone3  # type: ignore[attr-defined]
 except ImportError:
     _clone3 = None
+# getgrouplist that lets other threads run while the name service answers (Resolver);
+# os.getgrouplist holds the GIL, so a hung lookup there would stop the whole restarter
+_getgrouplist: Callable[[str, int], list[int]] = getattr(_clone3, "getgrouplist",
+                                                         os.getgrouplist)
 
 DEFAULT_PATH = SERVICE_PATH
 # The file limit the restarter was started with: it raises its own (a pidfd per service),
@@ -841,31 +847,143 @@ def credentials(cfg: ServiceConfig) -> Credentials:
     """Resolve `user` and `group` (in the restarter, before the fork): the user's uid, its
     primary group unless `group` is set, and its supplementary groups (as initgroups
     would), so a service never keeps root's group or groups. SpawnError names the
-    setting that does not resolve."""
+    setting that does not resolve, or says that the name service did not answer
+    (transient: tried again after the backoff; RESOLVER)."""
     if cfg.user is None and cfg.group is None:
         return _NO_CREDENTIALS
+    return RESOLVER.resolve(cfg.user, cfg.group)
+
+
+def _resolve(user: str | None, group: str | None) -> Credentials:
+    """The lookups themselves: the name service (files, and LDAP, sssd or NIS where
+    nsswitch.conf says so), which may take as long as its server does."""
     uid = gid = None
     groups: tuple[int, ...] | None = None
     parts = []
-    if cfg.user is not None:
-        parts.append(f'user = "{cfg.user}"')
+    if user is not None:
+        parts.append(f'user = "{user}"')
         try:
-            pw = pwd.getpwnam(cfg.user)
+            pw = pwd.getpwnam(user)
         except KeyError:
-            raise SpawnError(f'user = "{cfg.user}": no such user') from None
+            raise SpawnError(f'user = "{user}": no such user') from None
         uid, gid = pw.pw_uid, pw.pw_gid
-    if cfg.group is not None:
-        parts.append(f'group = "{cfg.group}"')
+    if group is not None:
+        parts.append(f'group = "{group}"')
         try:
-            gid = grp.getgrnam(cfg.group).gr_gid
+            gid = grp.getgrnam(group).gr_gid
         except KeyError:
-            raise SpawnError(f'group = "{cfg.group}": no such group') from None
-    if cfg.user is not None and gid is not None:
+            raise SpawnError(f'group = "{group}": no such group') from None
+    if user is not None and gid is not None:
         try:
-            groups = tuple(os.getgrouplist(cfg.user, gid))
+            groups = tuple(_getgrouplist(user, gid))
         except OSError as e:
-            raise SpawnError(f'user = "{cfg.user}": its groups: {errno_text(e)}') from None
+            raise SpawnError(f'user = "{user}": its groups: {errno_text(e)}') from None
     return Credentials(uid, gid, groups, ", ".join(parts))
+
+
+NSS_WAIT = 0.5  # s a start waits for the name service before it is put off
+
+
+class Resolver:
+    """`user` and `group` looked up by a thread of their own, so that a name service that
+    does not answer (an LDAP, sssd or NIS server gone, a hung NFS /etc) holds that thread,
+    never the restarter's loop, whose heartbeat the gate reads: a start waits NSS_WAIT at
+    most. Past that, and while that lookup hangs, a start of a user this restarter has
+    resolved before runs as what the service said last (said once, `notes`); one it
+    never resolved is put off as a transient failure and tried again after its backoff.
+    The thread starts with the first lookup: a chain whose services name no user has none.
+    (pwd and grp let other threads run while they wait; os.getgrouplist does not, hence
+    _clone3.getgrouplist.)"""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.todo: list[tuple[int, tuple[str | None, str | None]]] = []
+        self.answers: dict[int, Credentials | SpawnError] = {}
+        self.waiting: set[int] = set()
+        self.last: dict[tuple[str | None, str | None], Credentials] = {}
+        self.busy_since: float | None = None
+        self.seq = 0
+        self.thread: threading.Thread | None = None
+        self.notes: list[str] = []  # lines for the loop to log (fallbacks, recoveries)
+        self.fell_back: set[tuple[str | None, str | None]] = set()
+
+    def resolve(self, user: str | None, group: str | None, wait: float = NSS_WAIT
+                ) -> Credentials:
+        key = (user, group)
+        now = time.monotonic()
+        with self.cond:
+            busy = self.busy_since
+            if busy is not None and now - busy >= wait:
+                return self._fallback(key, now - busy)  # it hangs: ask it nothing more
+            self.seq += 1
+            seq = self.seq
+            self.todo.append((seq, key))
+            self.waiting.add(seq)
+            self.cond.notify_all()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="nss", daemon=True)
+            self.thread.start()
+        deadline = now + wait
+        with self.cond:
+            while seq not in self.answers:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.waiting.discard(seq)
+                    busy = self.busy_since
+                    return self._fallback(key, 0.0 if busy is None
+                                          else time.monotonic() - busy)
+                self.cond.wait(left)
+            self.waiting.discard(seq)
+            got = self.answers.pop(seq)
+        if isinstance(got, SpawnError):
+            raise got
+        return got
+
+    def _fallback(self, key: tuple[str | None, str | None], waited: float) -> Credentials:
+        """(under cond) No answer in time: what this key resolved to last, else put off."""
+        what = ", ".join(f'{k} = "{v}"' for k, v in zip(("user", "group"), key,
+                                                          strict=True) if v is not None)
+        last = self.last.get(key)
+        if last is not None:
+            if key not in self.fell_back:
+                self.fell_back.add(key)
+                self.notes.append(f"warning: {what}: the name service has not answered for "
+                                  f"{max(waited, NSS_WAIT):.1f} s (a hung LDAP, sssd or NIS "
+                                  "server, or NFS /etc?): starting as it said last")
+            return last
+        raise SpawnError(f"{what}: the name service did not answer within {NSS_WAIT:g} s "
+                         "(a hung LDAP, sssd or NIS server, or NFS /etc?); tried again "
+                         "after the backoff", transient=True)
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.todo:
+                    self.cond.wait()
+                seq, key = self.todo.pop(0)
+                if seq not in self.waiting:
+                    continue  # given up on before it was asked: the next is newer
+                self.busy_since = time.monotonic()
+            got: Credentials | SpawnError
+            try:
+                got = _resolve(*key)
+            except SpawnError as e:
+                got = e
+            except Exception as e:  # noqa: BLE001 - the thread must outlive any lookup
+                got = SpawnError(f"{key}: {type(e).__name__}: {e}")
+            with self.cond:
+                self.busy_since = None
+                if isinstance(got, Credentials):
+                    self.last[key] = got
+                    if key in self.fell_back:
+                        self.fell_back.discard(key)
+                        self.notes.append(f"{got.setting}: the name service answers again")
+                if seq in self.waiting:
+                    self.answers[seq] = got
+                self.cond.notify_all()
+
+
+RESOLVER = Resolver()
 
 
 _OWN_OOM = [0]  # the restarter's own oom_score_adj, which a spawned process inherits
