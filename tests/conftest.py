@@ -114,6 +114,39 @@ def reap(proc: subprocess.Popen[Any], what: str, timeout: float = KILLED_BOUND) 
                              f"after it was killed: {_kernel_state(proc.pid)}") from None
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` now (children, theirs, ...)."""
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def stop_chain(chain: subprocess.Popen[Any] | None, seen: set[int]) -> None:
+    """End a `hachain run` a test started: SIGTERM (its orderly stop, up to 60 s), then
+    SIGKILL of every process of it the test has seen (`seen`, kept up to date with
+    `descendants` while it ran) and of what is below it now, and reap it."""
+    if chain is None:
+        return
+    seen.update(descendants(chain.pid))
+    if chain.poll() is None:
+        chain.send_signal(signal.SIGTERM)
+        try:
+            chain.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+    for pid in seen:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if chain.poll() is None:
+        chain.kill()
+    reap(chain, "the chain's init")
+
+
 def end_init(init: subprocess.Popen[bytes]) -> None:
     """Kill an init a test started and the layers it started: init is stopped first, so
     that it restarts nothing while its children are killed."""

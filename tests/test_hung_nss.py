@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,7 @@ import pytest
 
 from hachain import channels
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
-from tests.conftest import children, reap, wait_until
+from tests.conftest import descendants, stop_chain, wait_until
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -62,14 +61,6 @@ def test_the_resolver_answers_from_what_it_knows_while_the_name_service_hangs(
                          env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert got.returncode == 0 and got.stdout == "ok\n", got.stdout + got.stderr
 
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = children(todo.pop())
-        out += kids
-        todo += kids
-    return out
 
 
 @pytest.mark.slow
@@ -111,7 +102,7 @@ def test_a_hung_name_service_resets_nothing(tmp_path: Path) -> None:
             chain = subprocess.Popen(["unshare", "-m", "--propagation", "private",
                                       sys.executable, "-m", "hachain.cli", "run", "-c",
                                       str(cfg)], stdout=logf, stderr=logf)
-        wait_until(lambda: seen.update(_descendants(chain.pid)) or
+        wait_until(lambda: seen.update(descendants(chain.pid)) or
                    (restarts() >= 2 and pets() >= 2), 60, "u restarting, the device petted")
         for f in ("/etc/passwd", "/etc/group"):  # in the chain's mount namespace only
             subprocess.run(["nsenter", "-t", str(chain.pid), "-m", "mount", "--bind",
@@ -127,21 +118,6 @@ def test_a_hung_name_service_resets_nothing(tmp_path: Path) -> None:
             text()[-3000:]
         assert "health gate FAILED" not in text(), text()[-3000:]
     finally:
-        if chain is not None:
-            seen.update(_descendants(chain.pid))
-            if chain.poll() is None:
-                chain.send_signal(signal.SIGTERM)
-                try:
-                    chain.wait(60)
-                except subprocess.TimeoutExpired:
-                    pass
-            for pid in seen:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if chain.poll() is None:
-                chain.kill()
-            reap(chain, "the chain's init")
+        stop_chain(chain, seen)
         server.stop()
 

@@ -26,7 +26,7 @@ import pytest
 
 from hachain import channels, cli, snapshot
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
-from tests.conftest import children, reap, wait_until
+from tests.conftest import children, reap, stop_chain, wait_until
 from tests.test_tickler import HB_TIMEOUT, PET, TIMEOUT
 from tests.test_tickler_robust import hung_mount
 
@@ -366,20 +366,5 @@ def test_an_admin_change_on_a_hung_persist_dir_resets_nothing(tmp_path: Path) ->
         assert "persist_dir answers again" in text(), text()[-3000:]
         assert not fired.is_set()
     finally:
-        if chain is not None:
-            seen.update(_descendants(chain.pid))
-            if chain.poll() is None:
-                chain.send_signal(signal.SIGTERM)
-                try:
-                    chain.wait(60)
-                except subprocess.TimeoutExpired:
-                    pass
-            for pid in seen:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if chain.poll() is None:
-                chain.kill()
-            reap(chain, "the chain's init")
+        stop_chain(chain, seen)
         server.stop()

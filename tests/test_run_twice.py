@@ -13,7 +13,6 @@ died. Now `hachain run` takes the state directory's init lock before it writes a
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from hachain import channels
-from tests.conftest import children, reap, wait_until
+from tests.conftest import children, stop_chain, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,20 +81,6 @@ def test_a_second_run_of_a_running_chain_is_refused_and_changes_nothing(
                             capture_output=True, text=True, timeout=60)
         assert st.stdout.startswith("healthy"), st.stdout + st.stderr
     finally:
-        seen.update(children(chain.pid))
-        if chain.poll() is None:
-            chain.send_signal(signal.SIGTERM)
-            try:
-                chain.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
-        for pid in seen:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if chain.poll() is None:
-            chain.kill()
-        reap(chain, "the chain's init")
+        stop_chain(chain, seen)
     # once it has stopped, the state directory is free again
     os.close(channels.take_init_lock(str(run)))

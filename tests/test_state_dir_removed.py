@@ -30,7 +30,7 @@ import pytest
 
 from hachain import channels, credentials
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
-from tests.conftest import START_TIMEOUT, children, reap, wait_until
+from tests.conftest import START_TIMEOUT, descendants, stop_chain, wait_until
 from tests.test_tickler import ForgedLayers, Rig
 
 pytestmark = pytest.mark.timeout(180)
@@ -186,14 +186,6 @@ def _services(cfg: Path) -> dict[str, Any] | None:
     return svcs
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = children(todo.pop())
-        out += kids
-        todo += kids
-    return out
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the chain makes cgroups")
@@ -226,7 +218,7 @@ def test_removing_state_dir_resets_nothing_and_loses_nothing(tmp_path: Path) -> 
             return log.read_text(errors="replace")
 
         def both_up() -> dict[str, Any] | None:
-            seen.update(_descendants(chain.pid))
+            seen.update(descendants(chain.pid))
             svcs = _services(cfg)
             return svcs if svcs and all(svcs.get(n, {}).get("state") == "ready"
                                         for n in "ab") else None
@@ -267,7 +259,7 @@ def test_removing_state_dir_resets_nothing_and_loses_nothing(tmp_path: Path) -> 
         os.kill(hb.pid, signal.SIGKILL)
 
         def readopted() -> dict[str, Any] | None:
-            seen.update(_descendants(chain.pid))
+            seen.update(descendants(chain.pid))
             h = channels.read_heartbeat(str(run), "restarter")
             if h is None or h.pid == hb.pid:
                 return None
@@ -277,7 +269,7 @@ def test_removing_state_dir_resets_nothing_and_loses_nothing(tmp_path: Path) -> 
         again = wait_until(readopted, 60, "a new restarter answering with both ready")
         assert {n: again[n]["pid"] for n in "ab"} == pids, "a service was started twice"
         # of the chain's processes, the services' two only: nothing runs twice
-        seen.update(_descendants(chain.pid))
+        seen.update(descendants(chain.pid))
         live = sorted(p for p in seen if _cmdline(p)[-1:] == ["600"])
         assert live == sorted(pids.values()), live
         assert text().count("writing service logs") == 1, "a second logger:\n" + text()
@@ -287,22 +279,7 @@ def test_removing_state_dir_resets_nothing_and_loses_nothing(tmp_path: Path) -> 
             channels.take_init_lock(str(run))
         assert not fired.is_set()
     finally:
-        if chain is not None:
-            seen.update(_descendants(chain.pid))
-            if chain.poll() is None:
-                chain.send_signal(signal.SIGTERM)
-                try:
-                    chain.wait(60)
-                except subprocess.TimeoutExpired:
-                    pass
-            for pid in seen:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if chain.poll() is None:
-                chain.kill()
-            reap(chain, "the chain's init")
+        stop_chain(chain, seen)
         server.stop()
 
 
@@ -341,7 +318,7 @@ def test_removing_persist_dir_loses_no_later_log_line_or_admin_change(tmp_path: 
             return log.read_text(errors="replace")
 
         def up() -> dict[str, Any] | None:
-            seen.update(_descendants(chain.pid))
+            seen.update(descendants(chain.pid))
             svcs = _services(cfg)
             return svcs if svcs and all(svcs.get(n, {}).get("state") == "ready"
                                         for n in ("a", "talker")) else None
@@ -361,19 +338,4 @@ def test_removing_persist_dir_loses_no_later_log_line_or_admin_change(tmp_path: 
                    {"a": {"want": "down"}}, 30, "admin.json to say a is stopped\n" + text())
         assert "cannot write in" not in text(), text()[-3000:]
     finally:
-        if chain is not None:
-            seen.update(_descendants(chain.pid))
-            if chain.poll() is None:
-                chain.send_signal(signal.SIGTERM)
-                try:
-                    chain.wait(60)
-                except subprocess.TimeoutExpired:
-                    pass
-            for pid in seen:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if chain.poll() is None:
-                chain.kill()
-            reap(chain, "the chain's init")
+        stop_chain(chain, seen)
