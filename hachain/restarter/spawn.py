@@ -286,6 +286,19 @@ class CgroupInUse(Exception):
 OWNER_XATTR = "user.hachain.state_dir"  # on the cgroup root: which chain owns it
 
 
+def _delegate(root: str) -> None:
+    """Delegate the pids and memory controllers down to the services' cgroups where the
+    kernel offers them in v2 (for pids_max, memory_max); a hybrid host that binds one to
+    v1 refuses it. One write each: a write naming both fails whole."""
+    for d in (os.path.dirname(root), root):
+        for controller in ("+pids", "+memory"):
+            try:
+                with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
+                    f.write(controller)
+            except OSError:
+                pass
+
+
 class Cgroups:
     """One cgroup v2 directory per service under `root`; inactive when root is None."""
 
@@ -344,17 +357,29 @@ class Cgroups:
             os.makedirs(root, exist_ok=True)
         except OSError:
             return cls(None)
-        # Delegate the pids and memory controllers down to the services' cgroups where the
-        # kernel offers them in v2 (for pids_max, memory_max); a hybrid host that binds one
-        # to v1 refuses it. One write each: a write naming both fails whole.
-        for d in (os.path.dirname(root), root):
-            for controller in ("+pids", "+memory"):
-                try:
-                    with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
-                        f.write(controller)
-                except OSError:
-                    pass
+        _delegate(root)
         return cls(root)
+
+    def _remake_root(self) -> bool:
+        """The root was removed behind our back (every service's cgroup with it, while
+        none ran): made again, its controllers delegated, and claimed again."""
+        assert self.root is not None
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError:
+            return False
+        _delegate(self.root)
+        if self._claim_fd is not None:
+            os.close(self._claim_fd)
+            self._claim_fd = None
+        if self._owner is not None:
+            try:
+                self.claim(self._owner)
+            except CgroupInUse:
+                return False
+        return True
+
+    _owner: str | None = None  # what claim() was given, to claim a remade root again
 
     def claim(self, owner: str) -> None:
         """Take the root for this chain for the life of this process: an exclusive flock
@@ -363,6 +388,7 @@ class Cgroups:
         for the error message of whoever is refused. Raises CgroupInUse."""
         if self.root is None or self._claim_fd is not None:
             return
+        self._owner = owner
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
@@ -403,17 +429,30 @@ class Cgroups:
         p = self.path(name)
         made = False
         if p is not None and name not in self._made:
-            try:
-                os.mkdir(p)  # the root exists: from_config made it
-                made = True
-                if self.memory:
-                    self._oom_seen[name] = 0  # a new cgroup has killed nothing yet
-            except FileExistsError:
-                pass  # left by an earlier restarter: it may be frozen
-            except OSError:
-                return None, False
+            for attempt in range(2):
+                try:
+                    os.mkdir(p)  # the root exists: from_config made it
+                    made = True
+                    if self.memory:
+                        self._oom_seen[name] = 0  # a new cgroup has killed nothing yet
+                except FileExistsError:
+                    pass  # left by an earlier restarter: it may be frozen
+                except FileNotFoundError:
+                    if attempt == 0 and self._remake_root():  # removed by hand
+                        continue
+                    return None, False
+                except OSError:
+                    return None, False
+                break
             self._made.add(name)
         return p, made
+
+    def forget(self, name: str) -> None:
+        """The service's cgroup was removed behind our back (an `rmdir` by hand or by
+        another agent while it was empty): drop what we kept of it, so that `make` makes
+        it again."""
+        self.close_kept(name)
+        self._made.discard(name)
 
     def kept(self, name: str) -> tuple[int, int] | None:
         """(directory, cgroup.events) of the service's existing cgroup, opened on the
@@ -1913,6 +1952,13 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
                     _direct = False
                 return None
             if e.filename == "clone3":
+                if e.errno == errno.ENOENT and attempt == 0:
+                    # the cgroup was removed (while the service was down): made again,
+                    # not left for the fallback, which cannot enter it either
+                    cgroups.forget(cfg.name)
+                    if cgroups.make(cfg.name)[0] is not None:
+                        continue
+                    return None
                 if e.errno in _CLONE3_UNSUPPORTED:
                     _direct = False
                     return None
@@ -2110,6 +2156,13 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
             raise
         raise SpawnError(f"set-up pipe: {errno_text(e)}", transient=True) from None
     cg, made = cgroups.make(cfg.name)
+    if cg is None and cgroups.path(cfg.name) is not None:
+        # with cgroups on, never outside its own: it would escape its stop and a new
+        # restarter's adoption (which would start it a second time); tried again later
+        for fd in (ready_r, ready_w, report_r, report_w) + ((logfd,) if out is None else ()):
+            if fd is not None:
+                os.close(fd)
+        raise SpawnError(f"cgroup {cgroups.path(cfg.name)}: cannot make it", transient=True)
     if made:
         thaw = False  # made just now by this call: not frozen, nothing to thaw
     moved = False
@@ -2137,10 +2190,22 @@ def spawn(cfg: ServiceConfig, log_dir: str, cgroups: Cgroups,
                 direct = _spawn_direct(cfg, prep, logfd, creds, ready_w, join)
             if direct is None and cg is not None:
                 try:
-                    cgroups.enter(cg)
+                    try:
+                        cgroups.enter(cg)
+                    except FileNotFoundError:  # removed behind our back: made again
+                        cgroups.forget(cfg.name)
+                        cgroups.make(cfg.name)
+                        cgroups.enter(cg)
                     moved = True
-                except OSError:
-                    moved = False
+                except OSError as e:
+                    # Started outside its cgroup, the service would escape its stop (the
+                    # cgroup's kill) and a new restarter's adoption, which would find the
+                    # cgroup empty and start it a second time: not started, said, and
+                    # tried again after the backoff.
+                    if ready_r is not None:
+                        os.close(ready_r)
+                    raise SpawnError(f"cgroup {cg}: cannot enter it: {errno_text(e)}",
+                                     transient=True) from None
             if direct is not None:
                 pid = direct  # its RLIMIT_NOFILE is set too
             elif prep.plain and oom_for(cfg) is None:
