@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -298,6 +299,34 @@ def unfill(directory: str) -> None:
         os.unlink(os.path.join(directory, FILL_NAME))
     except OSError:
         pass
+
+
+def state_removed(x: Injection) -> list[str]:
+    """`rm -rf` of the chain's run directory (state_dir) while it runs: no reset may
+    come, and every layer's heartbeat must be fresh again within heartbeat_timeout (each
+    layer makes again what it keeps there). Then SIGKILL the restarter: the new one must
+    re-adopt every service from the records the old one made again (the campaign then
+    checks that nothing runs twice)."""
+    m = x.machine
+    hb_timeout = x.cfg.watchdog.heartbeat_timeout
+    seen: list[str] = []
+    shutil.rmtree(m.state_dir)
+    limit = hb_timeout + x.cfg.chain.heartbeat_interval
+    t0 = time.monotonic()
+    while True:
+        now = time.monotonic()
+        ages = {layer: None if (hb := m.heartbeat(layer)) is None else round(hb.age(now), 3)
+                for layer in ("init", "restarter", "tickler")}
+        records = os.path.isdir(os.path.join(m.state_dir, channels.SERVICE_RECORD_DIR))
+        if records and all(a is not None and a <= hb_timeout for a in ages.values()):
+            break
+        if time.monotonic() - t0 > limit:
+            seen.append(f"state_dir not made again within {limit:.1f} s of its removal "
+                        f"(heartbeat ages {ages}, service records {records})")
+            return seen
+        time.sleep(0.05)
+    os.kill(layer_pid(snapshot(m), "restarter"), signal.SIGKILL)
+    return seen
 
 
 def disk_full(x: Injection) -> list[str]:
@@ -644,6 +673,12 @@ KINDS: dict[str, FaultKind] = {k.name: k for k in (
               "fill the run file system (tmpfs), SIGKILL the service while it is full, "
               "free it after the reboot bound: supervision must go on, with no reset",
               run_full, restarter_noticed, lambda b: b.reboot + b.service, "tmpfs"),
+    FaultKind("state-removed", "machine", None,
+              "rm -rf the chain's run directory (state_dir) while it runs, then SIGKILL "
+              "the restarter: no reset, every layer makes again what it kept there, and "
+              "the new restarter re-adopts every service (nothing twice)",
+              state_removed, lambda pre, now, _t: layer_replaced(pre, now, "restarter"),
+              layer_bound),
     FaultKind("clock-step", "machine", None, "step CLOCK_REALTIME by an hour",
               not_here, at_once, restart_bound, "never"),
     FaultKind("config-broken", "layer", None,
