@@ -308,6 +308,14 @@ def in_child(work: Callable[[], bytes], timeout: float,
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(r)
+            if then is None:
+                # Its answer goes through the pipe only. A child stuck for good (blocked
+                # uninterruptibly behind a hung mount, past the SIGKILL) must not hold the
+                # caller's output open: `hachain status | jq` would wait on it for ever.
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.close(null)
             try:
                 answer = b"1" + work()
             except OSError as e:

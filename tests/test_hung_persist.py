@@ -356,6 +356,12 @@ def test_an_admin_change_on_a_hung_persist_dir_resets_nothing(tmp_path: Path) ->
             assert not fired.is_set(), "the watchdog fired:\n" + text()[-3000:]
             assert state("b") == "ready"
             assert not (real / channels.ADMIN_STATE).exists()
+            # status says what waits, and why
+            st = subprocess.run([sys.executable, "-m", "hachain.cli", "status", "--json",
+                                 "-c", str(cfg)], capture_output=True, text=True, timeout=60)
+            unwritten = json.loads(st.stdout)["chain"]["restarter"]["unwritten"]
+            assert [(u["file"], u["error"]) for u in unwritten] == [
+                ("admin.json", "no answer from the disk")], unwritten
             os.symlink(real, tmp_path / "swap")
             os.replace(tmp_path / "swap", link)  # (what still waits on the mount is
             # aborted as the context ends: ENOTCONN, tried again after RETRY)

@@ -409,6 +409,7 @@ class DurableWriter:
                 gen = self.asked
             for path, data, now in batch:
                 self.queue.put(path, data, now, durable=True)
+            self.view = list(self.queue.pending.items())  # (status sees what is under way)
             self.busy_since = time.monotonic()
             try:
                 msgs = self.queue.sync(self.busy_since)
@@ -442,7 +443,8 @@ class DurableWriter:
         with self.cond:
             waiting = [(p, now, "not written yet") for p, _d, now in self.inbox]
         busy = self.busy_since
-        out = [(path, p.since, p.error or ("no answer from the disk" if busy is not None
+        hung = busy is not None and time.monotonic() - busy >= WRITE_WAIT
+        out = [(path, p.since, p.error or ("no answer from the disk" if hung
                                            else "not written yet"))
                for path, p in self.view]
         seen = {path for path, _s, _e in out}
