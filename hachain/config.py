@@ -525,7 +525,11 @@ SERVICE_KEYS: tuple[S.Key, ...] = (
     S.Key("cwd", S.PathText(nonempty=True), "Working directory, an absolute path. Unset: "
           "the restarter's.", group="run"),
     S.Key("user", _UNIX_NAME, "User name to run as, with its primary group (unless "
-          "`group` is set) and its supplementary groups, as `initgroups` gives them.",
+          "`group` is set) and its supplementary groups, as `initgroups` gives them. "
+          "Looked up at each start, by a thread of the restarter's own: a name service "
+          "that does not answer within 0.5 s (LDAP, sssd or NIS gone) does not stop the "
+          "restarter; the start runs as the user resolved last, or is put off and tried "
+          "again after the backoff when it never was ([fault model](fault-model.md)).",
           group="run"),
     S.Key("group", _UNIX_NAME, "Group name to run as.", group="run"),
     S.Key("umask", _UMASK, "File-mode creation mask: an octal string such as "
