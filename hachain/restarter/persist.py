@@ -402,8 +402,9 @@ class DurableWriter:
                 while not self.inbox and not self.closing and not self.queue.pending \
                         and not self.queue.short:
                     self.cond.wait()
-                if self.queue.pending and not self.inbox and not self.closing:
-                    self.cond.wait(RETRY)  # a failed write: tried again in a while
+                if (self.queue.pending or self.queue.short) and not self.inbox and \
+                        not self.closing:
+                    self.cond.wait(RETRY)  # a failed write, a reserve short: again later
                 batch, self.inbox = self.inbox, []
                 closing = self.closing
                 gen = self.asked
