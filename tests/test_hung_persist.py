@@ -26,7 +26,7 @@ import pytest
 
 from hachain import channels, cli, snapshot
 from hachain.simulators.wdsim import SoftWatchdog, WatchdogServer
-from tests.conftest import children, reap, stop_chain, wait_until
+from tests.conftest import children, descendants, reap, stop_chain, wait_until
 from tests.test_tickler import HB_TIMEOUT, PET, TIMEOUT
 from tests.test_tickler_robust import hung_mount
 
@@ -109,15 +109,6 @@ def _chain_config(tmp_path: Path, persist: Path, sock: str, grace: float) -> Pat
     return cfg
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = children(todo.pop())
-        out += kids
-        todo += kids
-    return out
-
-
 @pytest.mark.slow
 def test_hachain_run_arms_the_watchdog_with_a_hung_persist_dir(tmp_path: Path) -> None:
     mnt = tmp_path / "hung"
@@ -137,7 +128,7 @@ def test_hachain_run_arms_the_watchdog_with_a_hung_persist_dir(tmp_path: Path) -
                                           str(cfg)], stdout=logf, stderr=logf)
             try:
                 # the deadline for persist_dir, then init starts the tickler: armed
-                wait_until(lambda: seen.update(_descendants(chain.pid)) or wd.armed,
+                wait_until(lambda: seen.update(descendants(chain.pid)) or wd.armed,
                            cli.PERSIST_DIR_TIMEOUT + 60, "the tickler to arm the device")
                 text = log.read_text(errors="replace")
                 assert f"chain.persist_dir {mnt / 'persist'}: no answer within " \
@@ -147,7 +138,7 @@ def test_hachain_run_arms_the_watchdog_with_a_hung_persist_dir(tmp_path: Path) -
                 assert fired.wait(grace + TIMEOUT + 60), \
                     "the watchdog never fired:\n" + log.read_text(errors="replace")[-3000:]
             finally:
-                seen.update(_descendants(chain.pid))
+                seen.update(descendants(chain.pid))
                 if chain.poll() is None:
                     os.kill(chain.pid, signal.SIGSTOP)  # init restarts nothing now
                 for pid in seen:
@@ -338,7 +329,7 @@ def test_an_admin_change_on_a_hung_persist_dir_resets_nothing(tmp_path: Path) ->
         with open(log, "wb") as logf:
             chain = subprocess.Popen([sys.executable, "-m", "hachain.cli", "run", "-c",
                                       str(cfg)], stdout=logf, stderr=logf)
-        wait_until(lambda: seen.update(_descendants(chain.pid)) or
+        wait_until(lambda: seen.update(descendants(chain.pid)) or
                    (state("a") == "ready" and state("b") == "ready" and pets() >= 2),
                    60, "both services ready and the device petted")
         with hung_mount(mnt):
