@@ -417,21 +417,25 @@ class Kept:
         return out
 
 
-class ChainRunning(Exception):
-    """Another chain's init holds the init lock of this state_dir; `holder` is the pid it
-    wrote there (text, "?" when unreadable)."""
+class LockHeld(Exception):
+    """Another process holds the lock file `path`; `holder` is the pid it wrote there
+    (text, "?" when unreadable)."""
 
     def __init__(self, path: str, holder: str) -> None:
         super().__init__(f"{path} is held by pid {holder}")
         self.holder = holder
 
 
-def take_init_lock(state_dir: str) -> int:
-    """Take `<state_dir>/init.lock` (an flock the kernel drops when its holder dies) and
-    write our pid in it; its descriptor (close-on-exec). ChainRunning when another process
-    holds it; OSError naming the file when it cannot be one (a FIFO, a directory)."""
+class ChainRunning(LockHeld):
+    """Another chain's init holds the init lock of this state_dir."""
+
+
+def take_lock_file(path: str, held: type[LockHeld] = LockHeld) -> int:
+    """Take the lock file `path` (an flock the kernel drops when its holder dies) without
+    waiting, and write our pid in it; its descriptor (close-on-exec). `held` (LockHeld or
+    a subclass) when another process holds it; OSError naming the file when it cannot be
+    one (a FIFO, a directory, a symbolic link in its place)."""
     import fcntl
-    path = os.path.join(state_dir, INIT_LOCK)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
                      | os.O_NONBLOCK, 0o600)
@@ -448,13 +452,19 @@ def take_init_lock(state_dir: str) -> int:
         except OSError:
             holder = "?"
         os.close(fd)
-        raise ChainRunning(path, holder) from None
+        raise held(path, holder) from None
     except BaseException:
         os.close(fd)
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def take_init_lock(state_dir: str) -> int:
+    """`<state_dir>/init.lock`, one chain per state directory (take_lock_file);
+    ChainRunning when another chain's init holds it."""
+    return take_lock_file(os.path.join(state_dir, INIT_LOCK), ChainRunning)
 
 
 def bind_unix(path: str, kind: int, mode: int) -> socket.socket:

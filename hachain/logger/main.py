@@ -27,12 +27,10 @@ Some facts this code relies on:
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import select
 import signal
 import socket
-import stat
 import struct
 import sys
 import time
@@ -462,27 +460,14 @@ class Logger:
 def take_lock(state_dir: str) -> int | None:
     """The logger's lock, holding our pid; None when another logger holds it. OSError
     naming the file when it cannot be one (a FIFO or a directory in its place)."""
-    path = os.path.join(state_dir, wire.LOCK_FILE)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
-                     | os.O_NOFOLLOW, 0o600)
-    except OSError as e:
-        raise OSError(e.errno, f"{path}: {e.strerror or e}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, f"{path}: not a regular file "
-                          f"({channels.file_kind(mode)}): the logger cannot take its lock")
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        return channels.take_lock_file(os.path.join(state_dir, wire.LOCK_FILE))
+    except channels.LockHeld:
         return None
-    except OSError:
-        os.close(fd)
+    except OSError as e:
+        if e.errno == errno.EINVAL:  # no regular file there: say whose lock it is
+            raise OSError(e.errno, f"{e.strerror}: the logger cannot take its lock") from None
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 USAGE = "usage: hachain-logger --state-dir D --log-dir D [--restarter-pid P]"

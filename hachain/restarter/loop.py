@@ -2000,14 +2000,10 @@ class Restarter:
                 self._on_notify(now, got)
         elif path.endswith(channels.RESTARTER_LOCK):
             # never waited on here (take_lock may wait for a holder that is going)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise AlreadyRunning(f"{path}: held by another process") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                fd = channels.take_lock_file(path)
+            except channels.LockHeld as e:
+                raise AlreadyRunning(str(e)) from None
             os.close(self._lock_fd)
             self._lock_fd = fd
         elif self.snap is not None:  # the running snapshot
