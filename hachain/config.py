@@ -30,11 +30,14 @@ from hachain import schema as S
 from hachain.configtypes import (
     BOOT_LOOP_ACTIONS,
     CAPABILITIES,
+    CHECK_ACTIONS,
+    CHECK_KINDS,
     DEFAULT_PATH,  # noqa: F401 - re-exported (config.DEFAULT_PATH)
     HEALTH_KINDS,
     INTENSITY_ACTIONS,
     KILL_MODES,
     KINDS,
+    LOAD_AVERAGES,
     PROTECT_HOME,
     PROTECT_SYSTEM,
     READY_KINDS,
@@ -43,6 +46,7 @@ from hachain.configtypes import (
     Backoff,
     BootLoop,
     ChainConfig,
+    CheckConfig,
     ClusterConfig,
     Config,
     HealthCheck,
@@ -1384,6 +1388,118 @@ def _graph_checks(top: _File, at: S.Path, r: S.Report) -> None:
               [("watchdog", "heartbeat_timeout")])
 
 
+# --- [check.NAME]: machine checks (hachain/checks.py, docs/checks.md) ----------------------
+
+# What each kind needs, and the keys only it takes (a key of another kind is a mistake)
+_CHECK_NEEDS: dict[str, tuple[str, ...]] = {
+    "command": ("command",), "load": ("max_load",), "memory": ("min_available",),
+    "temperature": ("path", "max_temperature"), "file": ("path", "max_age"),
+    "pidfile": ("path",), "interface": ("interface",), "ping": ("host",)}
+_CHECK_OWN = {"command": {"command"}, "load": {"max_load", "average"},
+              "memory": {"min_available"}, "temperature": {"path", "max_temperature"},
+              "file": {"path", "max_age"}, "pidfile": {"path"},
+              "interface": {"interface"}, "ping": {"host"}}
+_KIND_KEYS = set().union(*_CHECK_OWN.values())
+
+
+def _ip_address(v: Any) -> str:
+    import ipaddress
+    s: str = S.Text(nonempty=True).one(v)
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        raise S.Bad("must be an IPv4 or IPv6 address (a name would need the resolver, "
+                    "which may hang with the network)") from None
+    return s
+
+
+def _average(v: Any) -> int:
+    if isinstance(v, int) and not isinstance(v, bool) and v in LOAD_AVERAGES:
+        return v
+    raise S.Bad("must be 1, 5 or 15 (minutes)")
+
+
+def _build_check(v: dict[str, Any], given: set[str], at: S.Path,
+                 r: S.Report) -> CheckConfig | Any:
+    kind = v["kind"]
+    for key in _CHECK_NEEDS[kind]:
+        if key not in given:
+            r.err(at + (key,), f"is required when kind = \"{kind}\"", [at + ("kind",)])
+    for key in sorted((given & _KIND_KEYS) - _CHECK_OWN[kind]):
+        owner = next(k for k, keys in _CHECK_OWN.items() if key in keys)
+        r.err(at + (key,), f"is for kind = \"{owner}\", not \"{kind}\"",
+              [at + ("kind",)])
+    repair = _command_list(v["repair"], False, at + ("repair",), r)
+    if repair is None:
+        return S.INVALID
+    if "timeout" not in given:  # (the default, 5 s, is no error with a shorter interval)
+        v = {**v, "timeout": min(v["timeout"], v["interval"])}
+    return CheckConfig(name=str(at[-1]), **{**v, "repair": repair})
+
+
+def _check_checks(c: CheckConfig, at: S.Path, r: S.Report) -> None:
+    if c.timeout > c.interval:
+        r.err(at + ("timeout",), f"must be at most interval ({S.fmt(c.interval)}), got "
+              f"{S.fmt(c.timeout)}", [at + ("interval",)])
+
+
+CHECK = S.Table(CheckConfig, (
+    S.Key("kind", S.Choice(CHECK_KINDS), "What is tested. `\"command\"`: `command` exits "
+          "0 within `timeout`. `\"load\"`: the load average over `average` minutes is at "
+          "most `max_load`. `\"memory\"`: MemAvailable (/proc/meminfo) is at least "
+          "`min_available`. `\"temperature\"`: the sensor file `path` (millidegrees "
+          "Celsius, as /sys/class/hwmon/*/temp*_input and /sys/class/thermal/*/temp) reads "
+          "at most `max_temperature`. `\"file\"`: the file `path` changed (its mtime) "
+          "within `max_age` seconds. `\"pidfile\"`: `path` holds the pid of a live "
+          "process. `\"interface\"`: the bytes `interface` received grew since the last "
+          "try. `\"ping\"`: `host` answers an ICMP echo within `timeout`."),
+    S.Key("command", S.Argv(), "argv for `kind = \"command\"` (the `watchdog` daemon's "
+          "test-binary): run as root with an empty environment but `PATH`, its output "
+          "discarded; exit 0 passes, anything else (or no exit within `timeout`) fails."),
+    S.Key("path", S.PathText(), "The file of `kind = \"file\"`, `\"pidfile\"` and "
+          "`\"temperature\"`."),
+    S.Key("max_age", _seconds(0.05), "`kind = \"file\"`: the most seconds since the "
+          "file last changed. The first try reads its age from its mtime; after that a "
+          "change is timed by the monotonic clock, so a wall clock that steps neither "
+          "ages nor freshens it."),
+    S.Key("max_load", S.Number(0, 1e6, lo_open=True), "`kind = \"load\"`: the highest "
+          "load average that passes."),
+    S.Key("average", S.Custom(_average, "One of 1, 5 and 15.", examples=(1, 5, 15)),
+          "`kind = \"load\"`: which load average, over 1, 5 or 15 minutes."),
+    S.Key("min_available", _SIZE, "`kind = \"memory\"`: the least memory available "
+          "for new work (MemAvailable), in bytes or as \"64M\"."),
+    S.Key("max_temperature", S.Number(-273, 1000), "`kind = \"temperature\"`: the "
+          "highest reading that passes, degrees Celsius."),
+    S.Key("interface", S.Text(nonempty=True, pattern=r"[^/\s]{1,15}",
+                              what="a network interface name"),
+          "`kind = \"interface\"`: its received bytes "
+          "(/sys/class/net/NAME/statistics/rx_bytes) must have grown since the last try."),
+    S.Key("host", S.Custom(_ip_address, "An IPv4 or IPv6 address, not a name.",
+                           examples=("127.0.0.1", "::1", "192.168.1.1")),
+          "`kind = \"ping\"`: the address that must answer an ICMP echo within `timeout`."),
+    S.Key("interval", _seconds(0.05, 86400), "Seconds between two tries. Tries run on the "
+          "restarter's heartbeat grid (`[chain] heartbeat_interval`), so an interval is "
+          "rounded up to a multiple of it and a check adds no wake-up of its own."),
+    S.Key("timeout", _seconds(0.1, 3600), "A try that has not answered within this long "
+          "failed (a command is killed; a read of a hung file system is given up on). "
+          "At most `interval` (unset: 5 s, or `interval` when that is shorter)."),
+    S.Key("retry_timeout", _seconds(0, 86400), "How long the check may fail before it "
+          "counts as failed (every try failing), as the `watchdog` daemon's "
+          "retry-timeout; then the next `repair` command runs, or, with none left, the "
+          "check has failed for good."),
+    S.Key("repair", S.ListOf(S.Argv(), max_items=16), "Commands tried in turn, one each "
+          "time the check has failed for `retry_timeout` (the `watchdog` daemon's "
+          "repair-binary), each given `repair_timeout`; after each the check has "
+          "`retry_timeout` again to pass. A pass starts the list afresh."),
+    S.Key("repair_timeout", _seconds(0.1, 86400), "A repair command that runs longer is "
+          "killed."),
+    S.Key("action", S.Choice(CHECK_ACTIONS), "What a check failed for good does: "
+          "`\"reboot\"` fails the health gate, so the watchdog resets the machine (the "
+          "boot record names the check, and the boot-loop breaker counts it); `\"log\"` "
+          "only reports it (`hachain status`, the log)."),
+), build=_build_check, checks=(_check_checks,))
+
+
 @dataclass(frozen=True)
 class _File:
     """The whole file as the schema sees it; parse() turns it into a Config."""
@@ -1392,6 +1508,7 @@ class _File:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     service: dict[str, ServiceConfig] = field(default_factory=dict)
     cluster: ClusterConfig | None = None
+    check: dict[str, CheckConfig] = field(default_factory=dict)
 
 
 FILE = S.Table(_File, (
@@ -1400,6 +1517,8 @@ FILE = S.Table(_File, (
     S.Key("service", S.MapOf(_SERVICE_NAME, SERVICE, label="a service name"),
           "One table per service."),
     S.Key("cluster", CLUSTER, "Optional: this node's place in a cluster (docs/cluster.md)."),
+    S.Key("check", S.MapOf(_SERVICE_NAME, CHECK, label="a check name"),
+          "One table per machine check (docs/checks.md)."),
 ), checks=(_graph_checks,))
 
 # The key names of each table (tests and the importer use them).
@@ -1447,7 +1566,7 @@ def parse(text: str, path: str = "chain.toml") -> Config:
     if r.errors or top is S.INVALID:
         raise ConfigError(r.errors or [f"{r.fname}: invalid configuration"])
     return Config(path=os.path.abspath(path), chain=top.chain, watchdog=top.watchdog,
-                  services=top.service, cluster=top.cluster)
+                  services=top.service, cluster=top.cluster, checks=top.check)
 
 
 # --- the reference tables of docs/configuration.md ----------------------------------------
@@ -1456,6 +1575,7 @@ DOC_TABLES: dict[str, list[str]] = {
     "chain": S.doc_rows(CHAIN),
     "watchdog": S.doc_rows(WATCHDOG),
     "cluster": S.doc_rows(CLUSTER),
+    "check": S.doc_rows(CHECK),
     **{f"service.{g}": S.doc_rows(SERVICE, group=g)
        for g in ("run", "restart", "deps", "ready", "live", "stop", "reload")},
 }

@@ -30,6 +30,11 @@ PROTECT_HOME = ("yes", "read-only", "tmpfs")
 INTENSITY_ACTIONS = ("maintenance", "restart-group", "reboot", "ignore")
 BOOT_LOOP_ACTIONS = ("rescue", "disarm", "ignore")
 HEALTH_KINDS = ("exec", "tcp")
+# [check.NAME]: what a machine check tests (hachain/checks.py) and what its failure does
+CHECK_KINDS = ("command", "load", "memory", "temperature", "file", "pidfile", "interface",
+               "ping")
+CHECK_ACTIONS = ("reboot", "log")
+LOAD_AVERAGES = (1, 5, 15)
 RLIMITS = ("as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "stack")
 # Linux's capabilities, by number (linux/capability.h), without their CAP_ prefix
 CAPABILITIES = (
@@ -320,9 +325,37 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class CheckConfig:
+    """`[check.NAME]`: a test of the machine rather than of one service (the `watchdog`
+    daemon's tests: load, memory, temperature, a file that must keep changing, a pid
+    file, an interface that must keep receiving, a host that must answer a ping, a
+    command). Failing for `retry_timeout`, then after its `repair` commands, it fails the
+    health gate (`action = "reboot"`) or is only reported (`"log"`). docs/checks.md."""
+
+    name: str = ""
+    kind: str = "command"
+    command: tuple[str, ...] = ()  # command: exit 0 passes
+    path: str = ""  # file, pidfile: the file; temperature: the sensor (millidegrees C)
+    max_age: float = 0.0  # file: seconds since its content last changed
+    max_load: float = 0.0  # load
+    average: int = 1  # load: over 1, 5 or 15 minutes
+    min_available: int = 0  # memory: bytes of MemAvailable
+    max_temperature: float = 0.0  # temperature: degrees Celsius
+    interface: str = ""  # interface: its received bytes must grow between two tries
+    host: str = ""  # ping: an IPv4 or IPv6 address
+    interval: float = 10.0
+    timeout: float = 5.0
+    retry_timeout: float = 60.0  # failing this long is a failure (then repairs)
+    repair: tuple[tuple[str, ...], ...] = ()  # commands, one per repair in turn
+    repair_timeout: float = 60.0
+    action: str = "reboot"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     chain: ChainConfig
     watchdog: WatchdogConfig
     services: dict[str, ServiceConfig]
     cluster: ClusterConfig | None = None  # None: a single machine, no etcd at all
+    checks: dict[str, CheckConfig] = field(default_factory=dict)  # [check.NAME]

@@ -400,6 +400,7 @@ def gather_status(state_dir: str, persist_dir: str,
             layers[layer] = _layer(layer, hbs[layer], finder, now, timing, layers["init"])
     services: dict[str, Any] = {}
     restarter: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
     error = None
     if layers["restarter"]["state"] == "hung":
         error = "not asked: its process is stopped"  # it would not answer before the timeout
@@ -409,6 +410,7 @@ def gather_status(state_dir: str, persist_dir: str,
             if rep.get("ok"):
                 services = rep.get("services", {})
                 restarter = rep.get("restarter", {})
+                checks = rep.get("checks") or {}
                 save_table(state_dir, services, restarter.get("pid"), now)
             else:
                 error = rep.get("error", "error")
@@ -416,7 +418,7 @@ def gather_status(state_dir: str, persist_dir: str,
             error = str(e)
     out: dict[str, Any] = {"chain": {"state_dir": state_dir, "layers": layers,
                                      "restarter": restarter},
-                           "services": services}
+                           "services": services, "checks": checks}
     from hachain import snapshot
     out["chain"]["config"] = snapshot.describe(state_dir)
     if error:
@@ -540,6 +542,11 @@ def problems(st: dict[str, Any], wd: Judge) -> list[str]:
     if bad:
         why.append(f"{len(bad)} service{'s' if len(bad) > 1 else ''} not ready: "
                    + ", ".join(bad))
+    failing = [f"{n} {c.get('state')}" for n, c in sorted((st.get("checks") or {}).items())
+               if isinstance(c, dict) and c.get("state") in CHECK_TROUBLE]
+    if failing:
+        why.append(f"{len(failing)} check{'s' if len(failing) > 1 else ''} not passing: "
+                   + ", ".join(failing))
     unwritten = (ch.get("restarter") or {}).get("unwritten") or []
     if unwritten:
         why.append(f"{len(unwritten)} file{'s' if len(unwritten) > 1 else ''} not written")
@@ -644,6 +651,33 @@ def render(st: dict[str, Any], tty: bool = False) -> list[str]:
     if services:
         out += ["", note] if note else [""]
         out += _service_lines(services, color, live=not note)
+    if st.get("checks"):
+        out += [""] + _check_lines(st["checks"], color)
+    return out
+
+
+CHECK_TROUBLE = ("failing", "repairing", "failed", "held")  # a check's states shown red
+
+
+def _check_lines(checks: dict[str, Any], color: Any) -> list[str]:
+    """The machine checks ([check.NAME], docs/checks.md): one row each."""
+    rows, goods = [], []
+    for name, c in sorted(checks.items()):
+        if not isinstance(c, dict):
+            continue
+        state = str(c.get("state"))
+        rows.append([name + ("" if c.get("action") == "reboot" else " (log)"),
+                     str(c.get("kind", "-")), state,
+                     _age(c.get("failing_for")), str(c.get("repairs", 0)),
+                     _age(c.get("last_try")), str(c.get("detail") or "")])
+        goods.append(None if state == "pending" else state not in CHECK_TROUBLE)
+    lines = table(["CHECK", "KIND", "STATE", "FAILING", "REPAIRS", "LAST TRY", "DETAIL"],
+                  rows)
+    out = [lines[0]]
+    width = lines[0].index("STATE")
+    for line, row, good in zip(lines[1:], rows, goods, strict=True):
+        state = escape(row[2])
+        out.append(line[:width] + color(state, good) + line[width + len(state):])
     return out
 
 

@@ -169,7 +169,7 @@ HOLES = [
     ("health_scalar", SVC + 'health = "tcp"\n', 3, "service.a.health", "must be a table"),
     # unknown tables and keys
     ("unknown_top_table", '[chain]\n\n[servce.x]\ncommand = ["x"]\n', 3, "servce",
-     "unknown table; did you mean 'service'? (expected one of: chain, cluster, service, "
+     "unknown table; did you mean 'service'? (expected one of: chain, check, cluster, service, "
      "watchdog)"),
     ("unknown_top_key", 'chian = 1\n', 1, "chian", "unknown key; did you mean 'chain'?"),
     ("unknown_sub_table", SVC + "[service.a.backof]\nfactor = 2\n", 3,
@@ -256,12 +256,15 @@ def test_every_numeric_key_refuses_nan_and_inf() -> None:
         return out
 
     keys = (numeric(config.CHAIN, ("chain",)) + numeric(config.WATCHDOG, ("watchdog",))
-            + numeric(config.SERVICE, ("service", "a")))
+            + numeric(config.SERVICE, ("service", "a")) + numeric(config.CHECK, ("check", "c")))
     assert len(keys) >= 25
     for path, _kind in keys:
         for bad in ("nan", "inf", "-inf"):
             header, key = ".".join(path[:-1]), path[-1]
             text = f"[{header}]\n{key} = {bad}\n"
+            if path[0] == "check":
+                text = f'[{header}]\nkind = "load"\nmax_load = 1\n{key} = {bad}\n' \
+                    if key != "max_load" else f'[{header}]\nkind = "load"\n{key} = {bad}\n'
             if path[0] == "service":
                 text = SVC + f"[{header}]\n{key} = {bad}\n" if len(path) > 3 else \
                     SVC + f"{key} = {bad}\n"
@@ -316,7 +319,7 @@ def test_doc_reference_tables_are_the_schemas() -> None:
                 out |= dotted(k.kind, prefix + k.name + ".")
         return out
     sections = [k.kind for k in config.FILE.keys if isinstance(k.kind, S.Table)]
-    sections.append(config.SERVICE)
+    sections += [config.SERVICE, config.CHECK]
     assert rows == set().union(*(dotted(t) for t in sections))
 
 
@@ -465,6 +468,10 @@ def configurations(draw: Any) -> dict[str, Any]:
     top["service"] = {n: draw(table(config.SERVICE, rate)) for n in names}
     if draw(ROLL) < 0.3:
         top["cluster"] = draw(table(config.CLUSTER, rate))
+    if draw(ROLL) < 0.3:
+        top["check"] = {n: draw(table(config.CHECK, rate)) for n in draw(st.lists(
+            st.sampled_from(GOOD_NAMES if rate == 0 else GOOD_NAMES + BAD_NAMES),
+            max_size=2, unique=True))}
     if draw(ROLL) < rate / 3:
         top["service"] = draw(HOSTILE)
     return top
@@ -567,6 +574,9 @@ def runtime_accepts(cfg: config.Config) -> None:
     assert cfg.chain.state_dir.startswith("/") and cfg.chain.persist_dir.startswith("/")
     assert cfg.chain.heartbeat_interval < cfg.watchdog.heartbeat_timeout
     assert 0 < cfg.watchdog.pet_interval < cfg.watchdog.timeout
+    for name, c in cfg.checks.items():
+        assert c.name == name and 0 < c.timeout <= c.interval, (name, c)
+        assert all(argv and argv[0] for argv in (c.command, *c.repair) if argv), c
     if cfg.cluster is not None:
         assert cfg.cluster.endpoints and cfg.cluster.node.isprintable()
         for ep in cfg.cluster.endpoints:
@@ -647,7 +657,8 @@ def all_keys(tab: S.Table, at: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 EVERY_KEY = (all_keys(config.CHAIN, ("chain",)) + all_keys(config.WATCHDOG, ("watchdog",))
              + all_keys(config.CLUSTER, ("cluster",))
-             + all_keys(config.SERVICE, ("service", "a")))
+             + all_keys(config.SERVICE, ("service", "a"))
+             + all_keys(config.CHECK, ("check", "c")))
 CLUSTER_OK = {"endpoints": ["127.0.0.1:2379"], "node": "n1"}
 
 
@@ -660,6 +671,8 @@ def test_every_key_with_every_nasty_value(path: tuple[str, ...]) -> None:
         top: dict[str, Any] = {"service": {"a": {"command": ["/bin/true"]}}}
         if path[0] == "cluster":
             top["cluster"] = dict(CLUSTER_OK)
+        if path[0] == "check":
+            top["check"] = {"c": {"command": ["/bin/true"]}}
         d = top
         for p in path[:-1]:
             d = d.setdefault(p, {})

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hachain import bootrecord, channels, prestart
 from hachain.configtypes import Config, ServiceConfig
@@ -46,6 +46,9 @@ from hachain.restarter import (
 from hachain.restarter.persist import RuntimeRecord, Store
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, State, Svc, Timer
+
+if TYPE_CHECKING:
+    from hachain.restarter.machine import MachineChecks
 
 STORM_WINDOW = 10.0
 EXIT_BATCH = 8  # exits handled per loop round
@@ -322,6 +325,8 @@ class Restarter:
         self.logs = logpipe.LogPipes(self.state_dir, self.log_dir, log,
                                      cfg.chain.heartbeat_interval)
         self.sel = selectors.EpollSelector()
+        self.machine: MachineChecks | None = None  # [check.NAME] (made when there is one)
+        self.checks_held: set[str] = set()  # checks a rescue boot holds out of the gate
         self.hb = channels.HeartbeatWriter(self.state_dir, "restarter", layer_restarts)
         self._sig_r, self._sig_w = socket.socketpair()
         for s in (self._sig_r, self._sig_w):
@@ -694,12 +699,18 @@ class Restarter:
             # (a record of valid JSON with a wrong type inside is no reason to stop)
             log(f"warning: cannot read or write the boot record: {type(e).__name__}: {e}")
             return set()
-        held = {n for n in bootrecord.held_services(entry)
-                if n in self.conf and self.conf[n].critical}
-        if held:
+        names = bootrecord.held_services(entry)
+        held = {n for n in names if n in self.conf and self.conf[n].critical}
+        pre = bootrecord.CHECK_PREFIX
+        self.checks_held = {n[len(pre):] for n in names
+                            if n.startswith(pre) and n[len(pre):] in self.cfg.checks}
+        if held or self.checks_held:
             resc = entry.get("rescue") or {}
+            what = [f"{', '.join(sorted(held))} in maintenance"] if held else []
+            if self.checks_held:
+                what.append(f"the check(s) {', '.join(sorted(self.checks_held))}")
             log(f"RESCUE boot: boots {resc.get('boots')} ended {resc.get('reasons')}; "
-                f"holding {', '.join(sorted(held))} in maintenance, out of the health gate "
+                f"holding {' and '.join(what)} out of the health gate "
                 "(hachain clear --boot-loop releases them)")
         return held
 
@@ -1575,6 +1586,9 @@ class Restarter:
         if name == "":
             if kind is Timer.HEARTBEAT:
                 self.heartbeat(now)
+            elif kind is Timer.MACHINE and self.machine is not None:
+                self.machine.tick(now)
+                self._arm_machine(now)
             return
         if kind is Timer.RELOAD_TIMEOUT:
             self._reload_expired(name, now)
@@ -1892,6 +1906,38 @@ class Restarter:
             cr.push(n, Ev.OWNED if n in grants else Ev.DISOWNED, now, reason=why)
         self.run_core(now)
 
+    def _update_machine(self, now: float) -> None:
+        """The machine checks of the running configuration (hachain/restarter/machine.py,
+        imported only when there is one), and the rescue boot's holds of them."""
+        if self.machine is None and self.cfg.checks:
+            from hachain.restarter.machine import MachineChecks
+            self.machine = MachineChecks(self.cfg.checks, self.cfg.chain.heartbeat_interval,
+                                         self.sel, log)
+        elif self.machine is not None:
+            self.machine.update(self.cfg.checks, now)
+        if self.machine is not None:
+            self.machine.held = self.checks_held & set(self.cfg.checks)
+            self._arm_machine(now)
+
+    def _arm_machine(self, now: float) -> None:
+        t = self.machine.next_event() if self.machine is not None else None
+        if t is None:
+            self.timer_live.pop(("", Timer.MACHINE), None)
+        else:
+            self.arm("", Timer.MACHINE, max(0.0, t - now), now)
+
+    def _release_check(self, name: str) -> dict[str, Any]:
+        """`hachain clear check:NAME` (as `hachain clear --boot-loop` sends it): a check
+        the rescue boot holds gates again."""
+        check = name[len(bootrecord.CHECK_PREFIX):]
+        if check not in self.checks_held:
+            return {"ok": False, "error": f"check {check}: not held by a rescue boot"}
+        self.checks_held.discard(check)
+        if self.machine is not None:
+            self.machine.held.discard(check)
+        self._release_rescue(name)
+        return {"ok": True, "name": name, "state": "released"}
+
     def heartbeat(self, now: float) -> None:
         self.poll_cluster(now)
         self.beats += 1
@@ -1900,7 +1946,9 @@ class Restarter:
         while self.restart_times and self.restart_times[0] < now - STORM_WINDOW:
             self.restart_times.popleft()
         critical = self.core.critical_report()
-        self.hb.beat({"lag": round(self.max_lag, 4), "critical": critical,
+        extra: dict[str, Any] = {"checks": self.machine.report(now)} \
+            if self.machine is not None else {}
+        self.hb.beat({**extra, "lag": round(self.max_lag, 4), "critical": critical,
                       "restart_rate": len(self.restart_times) / STORM_WINDOW,
                       "services": len(self.svcs), "reboot_requested": self.reboot_requested,
                       "logger": self.logs.status(),
@@ -2075,6 +2123,7 @@ class Restarter:
         if new.chain != self.cfg.chain:
             log("reload: [chain] changes need a restart of the chain; applying services only")
         self.cfg, self.snap = new, snap
+        self._update_machine(now)
         self.kept.note(os.path.join(self.state_dir, channels.RUNNING_CONFIG))
         self.cgroups.keep_for(len(new.services))
         self.held_out.keep_for(len(new.services))
@@ -2104,6 +2153,8 @@ class Restarter:
             return self.status_document(req)
         if op == "status":
             return self.status_reply(now)
+        if op == "clear" and str(req.get("name")).startswith(bootrecord.CHECK_PREFIX):
+            return self._release_check(str(req.get("name")))
         if op in ("start", "stop", "restart", "clear"):
             name = req.get("name")
             error = self.core.request(op, name, now)
@@ -2324,7 +2375,8 @@ class Restarter:
             "log_dir": self.log_dir,
             "reboot_requested": self.reboot_requested,
             "unwritten": self.store.unwritten(now)},
-            "services": {n: self.service_status(n, now) for n in self.svcs}}
+            "services": {n: self.service_status(n, now) for n in self.svcs},
+            "checks": self.machine.status(now) if self.machine is not None else {}}
 
     def status_document(self, req: dict[str, Any]) -> dict[str, Any]:
         """`status-doc`: the whole output of `hachain status [--json]`, gathered and
@@ -2390,6 +2442,8 @@ class Restarter:
         try:
             return self._run()
         finally:
+            if self.machine is not None:
+                self.machine.close()  # a check or repair command still running
             release_log()
 
     def _run(self) -> int:
@@ -2404,6 +2458,7 @@ class Restarter:
             log(f"warning: {problem}")
         now = time.monotonic()
         self.adopt_or_start(now)
+        self._update_machine(now)
         self.logs.start(now)  # after re-adoption, which a slow hand-over must not delay
         self.flush()
         self.heartbeat(now)
@@ -2537,6 +2592,10 @@ class Restarter:
             self._on_ready_fd(arg, now)
         elif kind == "probe":
             self._on_probe(arg, now)
+        elif kind == "machine":
+            if self.machine is not None:
+                self.machine.on_event(arg, now)
+                self._arm_machine(now)
         elif kind == "control-listen":
             self.control.on_accept()
         elif kind == "control-conn":

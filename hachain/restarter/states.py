@@ -113,10 +113,12 @@ class Timer(str, enum.Enum):
     HEARTBEAT = "heartbeat"  # the restarter's own heartbeat (no service)
     RELOAD_TIMEOUT = "reload_timeout"  # a reload's reload_timeout (the loop's, no event)
     POST_STOP_TIMEOUT = "post_stop_timeout"  # its post_stop ran stop_timeout (the loop's)
+    MACHINE = "machine"  # the next try or deadline of the machine checks (the loop's)
 
 
 # Timers the loop handles itself: no event of the table.
-LOOP_TIMERS = frozenset({Timer.HEARTBEAT, Timer.RELOAD_TIMEOUT, Timer.POST_STOP_TIMEOUT})
+LOOP_TIMERS = frozenset({Timer.HEARTBEAT, Timer.RELOAD_TIMEOUT, Timer.POST_STOP_TIMEOUT,
+                         Timer.MACHINE})
 
 
 # The event each service timer fires as (HEARTBEAT is the restarter's own, no service's).

@@ -16,8 +16,9 @@ The rules (docs/tickler.md explains why each exists):
 - A layer that never wrote a heartbeat gets `restart_grace` from `started` (when the
   tickler began watching); with no `started`, a missing heartbeat fails at once.
 - From the restarter's heartbeat: its event-loop lag must be at most `max_loop_lag`,
-  its automatic restart rate at most `max_restart_rate`, no reboot may be requested, and
-  with `gate_critical` every critical service must report ok.
+  its automatic restart rate at most `max_restart_rate`, no reboot may be requested,
+  with `gate_critical` every critical service must report ok, and no machine check
+  (`[check.NAME]`, run by the restarter) may report that it failed for good.
 - Busy is not stuck: the restarter's heartbeat carries a progress counter (work items
   its loop handled). When the observer saw that counter change within the last
   `heartbeat_timeout`, a lag over `max_loop_lag` is a loop that is late but moving (a
@@ -138,7 +139,26 @@ def restarter_reasons(extra: Mapping[str, Any], cfg: WatchdogConfig,
         reasons.append(f"reboot requested: {req}")
     if cfg.gate_critical:
         reasons.extend(critical_reasons(extra.get("critical"), reasons))
+    reasons.extend(check_reasons(extra.get("checks"), reasons))
     return reasons
+
+
+def check_reasons(checks: Any, sink: list[str]) -> list[str]:
+    """One reason per machine check that failed for good with `action = "reboot"` (the
+    restarter's report says `ok: false` for exactly those); malformed input to `sink`."""
+    if checks is None:
+        return []
+    if not isinstance(checks, Mapping):
+        sink.append(f"restarter heartbeat malformed: checks is {checks!r}, expected a table")
+        return []
+    out = []
+    for name in sorted(checks):
+        info = checks[name]
+        if not isinstance(info, Mapping):
+            out.append(f"check {name}: malformed status {info!r}")
+        elif info.get("ok") is not True:
+            out.append(f"check {name} failed: {info.get('detail') or 'no detail'}")
+    return out
 
 
 def critical_reasons(critical: Any, sink: list[str]) -> list[str]:

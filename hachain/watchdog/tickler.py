@@ -671,11 +671,16 @@ class Tickler:
                                                           self.tick_offset)
 
     def failed_critical(self) -> set[str]:
-        """The critical services the restarter reports not ok (from its last heartbeat)."""
-        crit = self.restarter_extra.get("critical")
-        if not isinstance(crit, dict):
-            return set()
-        return {str(n) for n, i in crit.items() if not (isinstance(i, dict) and i.get("ok"))}
+        """The critical services the restarter reports not ok (from its last heartbeat),
+        and its machine checks that failed for good ("check:NAME"): what the boot record
+        blames, and what a rescue boot after a loop of them holds."""
+        out: set[str] = set()
+        for key, prefix in (("critical", ""), ("checks", bootrecord.CHECK_PREFIX)):
+            got = self.restarter_extra.get(key)
+            if isinstance(got, dict):
+                out |= {prefix + str(n) for n, i in got.items()
+                        if not (isinstance(i, dict) and i.get("ok"))}
+        return out
 
     def record_end(self) -> None:
         """The boot record's reason while the gate fails: this is how the boot will end

@@ -1,0 +1,188 @@
+"""Machine checks: what one try of a check found, and when a failing check has failed.
+
+A machine check (`[check.NAME]`, docs/checks.md) tests the machine rather than one
+service, as the `watchdog` daemon's tests do: the load average, the memory available, a
+temperature, a file that must keep changing, a pid file, an interface that must keep
+receiving, a host that must answer a ping, a command. This module owns two pure things:
+
+- the verdict of one try from what was read (`load_verdict(text, c)` and its kin): a
+  pass or a failure and one line saying what was found;
+- the streak of one check (`observe`, `repaired`): how long it has failed, which repair
+  command is next, whether it has failed for good. `now` is passed in.
+
+Must not: read a file, run a command or look at a clock; the restarter's
+`hachain/restarter/machine.py` does that and feeds the results here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from hachain.configtypes import CheckConfig
+
+# A streak's states, as `hachain status` shows them
+PENDING = "pending"  # not tried yet
+OK = "ok"
+FAILING = "failing"  # failing, for less than retry_timeout (or a repair's time to prove)
+REPAIRING = "repairing"  # a repair command runs
+FAILED = "failed"  # failing past retry_timeout with no repair left
+HELD = "held"  # a rescue boot holds it out of the gate (the boot loop blamed it)
+
+
+class Verdict(NamedTuple):
+    ok: bool
+    detail: str
+
+
+def _num(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def load_verdict(text: str, c: CheckConfig) -> Verdict:
+    """`/proc/loadavg` ("0.52 0.58 0.59 1/389 12345") against `max_load`."""
+    fields = text.split()
+    try:
+        load = float(fields[(1, 5, 15).index(c.average)])
+    except (IndexError, ValueError):
+        return Verdict(False, f"/proc/loadavg unreadable: {text[:40]!r}")
+    what = f"load average ({c.average} min) {_num(load)}"
+    if load > c.max_load:
+        return Verdict(False, f"{what} > {_num(c.max_load)}")
+    return Verdict(True, what)
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.0f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
+
+
+def memory_verdict(text: str, c: CheckConfig) -> Verdict:
+    """`/proc/meminfo`'s MemAvailable against `min_available`."""
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            parts = line.split()
+            try:
+                avail = int(parts[1]) * (1024 if parts[2:3] == ["kB"] else 1)
+            except (IndexError, ValueError):
+                break
+            if avail < c.min_available:
+                return Verdict(False, f"{_mib(avail)} available < {_mib(c.min_available)}")
+            return Verdict(True, f"{_mib(avail)} available")
+    return Verdict(False, "/proc/meminfo has no MemAvailable line")
+
+
+def temperature_verdict(text: str, c: CheckConfig) -> Verdict:
+    """A sensor file in millidegrees Celsius (hwmon's temp*_input, thermal's temp)."""
+    try:
+        deg = int(text.strip()) / 1000
+    except ValueError:
+        return Verdict(False, f"{c.path}: not a temperature: {text.strip()[:40]!r}")
+    if deg > c.max_temperature:
+        return Verdict(False, f"{c.path}: {_num(deg)} °C > {_num(c.max_temperature)} °C")
+    return Verdict(True, f"{_num(deg)} °C")
+
+
+def pid_in(text: str) -> int | str:
+    """The pid a pid file holds (its first word), or why it holds none."""
+    word = text.split()[0] if text.split() else ""
+    if not word.isdigit() or not 0 < int(word) < 1 << 22:
+        return f"holds no pid ({text.strip()[:24]!r})"
+    return int(word)
+
+
+class Seen(NamedTuple):
+    """What a `file` or `interface` check saw last: the value (mtime in ns, or bytes
+    received) and the monotonic time it last changed."""
+
+    value: int
+    changed: float
+
+
+def file_verdict(mtime_ns: int, wall_ns: int, seen: Seen | None, now: float,
+                 c: CheckConfig) -> tuple[Verdict, Seen]:
+    """Has the file changed within `max_age`? The first look dates its mtime by the wall
+    clock; from then on a change is timed by the monotonic clock, so a wall clock that
+    steps makes no file look old or new."""
+    if seen is None:
+        age = max(0.0, (wall_ns - mtime_ns) / 1e9)
+        seen = Seen(mtime_ns, now - age)
+    elif mtime_ns != seen.value:
+        seen = Seen(mtime_ns, now)
+    age = now - seen.changed
+    if age > c.max_age:
+        return Verdict(False, f"{c.path}: unchanged for {age:.0f} s > {_num(c.max_age)} s"), seen
+    return Verdict(True, f"changed {age:.0f} s ago"), seen
+
+
+def interface_verdict(rx: int, seen: Seen | None, now: float,
+                      c: CheckConfig) -> tuple[Verdict, Seen]:
+    """Have the interface's received bytes grown since the last try? The first try has
+    nothing to compare with and passes."""
+    if seen is None or rx != seen.value:
+        return Verdict(True, f"{rx} bytes received"), Seen(rx, now)
+    return Verdict(False, f"{c.interface}: nothing received for {now - seen.changed:.0f} s "
+                   f"({rx} bytes)"), seen
+
+
+# --- the streak ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Streak:
+    """One check's standing. `since`: when the failure began (monotonic; None while it
+    passes); `repairs`: the repair commands run in this failure."""
+
+    state: str = PENDING
+    since: float | None = None
+    detail: str = ""
+    repairs: int = 0
+    tries: int = 0
+    failures: int = 0
+    last_try: float | None = None
+
+
+# What observe/repaired ask the caller to do
+REPAIR = "repair"  # run c.repair[streak.repairs - 1]
+FAIL = "failed"  # it has failed for good (log it once)
+RECOVER = "recovered"  # it passes again after a failure (log it once)
+
+
+def observe(st: Streak, v: Verdict, now: float, c: CheckConfig) -> tuple[Streak, str | None]:
+    """A try's verdict: the new streak, and REPAIR, FAIL, RECOVER or None."""
+    tried = replace(st, tries=st.tries + 1, last_try=now, detail=v.detail)
+    if v.ok:
+        was = st.state
+        ok = replace(tried, state=OK, since=None, repairs=0)
+        return ok, RECOVER if was in (FAILING, FAILED, REPAIRING) else None
+    since = st.since if st.since is not None else now
+    failing = replace(tried, since=since, failures=st.failures + 1,
+                      state=FAILED if st.state == FAILED else FAILING)
+    if now - since < c.retry_timeout or st.state == FAILED:
+        return failing, None
+    if failing.repairs < len(c.repair):
+        return replace(failing, state=REPAIRING, repairs=failing.repairs + 1), REPAIR
+    return replace(failing, state=FAILED), FAIL
+
+
+def repaired(st: Streak, v: Verdict, now: float) -> Streak:
+    """A repair command ended (`v`: how): the check has retry_timeout again from now to
+    pass; its next try says whether the repair worked."""
+    return replace(st, state=FAILING, since=now,
+                   detail=f"{st.detail}; repair {st.repairs}: {v.detail}")
+
+
+def report(st: Streak, c: CheckConfig, held: bool, now: float) -> dict[str, Any]:
+    """The form in the restarter's heartbeat (the gate reads `ok`) and in its status."""
+    state = HELD if held and st.state in (FAILING, FAILED, REPAIRING) else st.state
+    out: dict[str, Any] = {
+        "ok": not (st.state == FAILED and c.action == "reboot" and not held),
+        "state": state, "kind": c.kind, "action": c.action, "detail": st.detail,
+        "failing_for": None if st.since is None else round(now - st.since, 1),
+        "repairs": st.repairs}
+    return out
+
+
+__all__ = ["Verdict", "Seen", "Streak", "observe", "repaired", "report", "load_verdict",
+           "memory_verdict", "temperature_verdict", "pid_in", "file_verdict",
+           "interface_verdict", "PENDING", "OK", "FAILING", "REPAIRING", "FAILED", "HELD",
+           "REPAIR", "FAIL", "RECOVER"]

@@ -1,0 +1,383 @@
+"""The restarter's machine checks: running the tries and repairs of `[check.NAME]`.
+
+Owns: when each check is tried (on the heartbeat grid, every `interval`), running a try
+without ever blocking the loop, giving up on one at its `timeout`, running the repair
+commands the streak asks for, and the report the heartbeat carries to the tickler's
+gate. Must not: judge a reading or a streak (hachain/checks.py does, purely), or decide
+what a failed check does to the machine (the tickler's gate reads the report).
+
+How a try runs, by kind:
+
+- `load`, `memory`, `interface`: one read of /proc or /sys, which never waits on a disk
+  or a device: in the loop (tens of microseconds);
+- `file`, `pidfile`, `temperature`, `ping`: may wait (a hung NFS mount, a sensor on a
+  slow bus, a host that does not answer): in a thread of their own, one per try, whose
+  answer wakes the loop through a pipe. A try that has not answered by its timeout
+  failed; a thread still stuck in the kernel is left there, and no new try of that check
+  starts until it returns (each due try fails, saying so);
+- `command` and every repair: a child process watched through its pidfd, killed (its
+  process group) at its timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hachain import channels, checks
+from hachain.checks import Seen, Streak, Verdict
+from hachain.configtypes import SERVICE_PATH, CheckConfig
+from hachain.restarter import probes
+
+_INLINE = frozenset({"load", "memory", "interface"})
+_THREADED = frozenset({"file", "pidfile", "temperature", "ping"})
+
+
+def _read(path: str) -> str:
+    return channels.read_small(path).decode(errors="replace")
+
+
+class _Try:
+    """One try or repair in flight: a thread's or a command's."""
+
+    def __init__(self, started: float, deadline: float, repair: bool = False,
+                 probe: probes.Probe | None = None) -> None:
+        self.started, self.deadline, self.repair, self.probe = started, deadline, repair, probe
+        self.abandoned = False  # its thread passed the deadline (failed): still waited for
+
+
+class MachineChecks:
+    """Every `[check.NAME]` of the running configuration. `sel`: the loop's selector,
+    where this registers its pipe and its commands' pidfds with the data
+    ("machine", KEY); the loop hands those events to `on_event`."""
+
+    def __init__(self, conf: Mapping[str, CheckConfig], grid: float,
+                 sel: selectors.BaseSelector, log: Callable[[str], None]) -> None:
+        self.grid, self.sel, self.log = grid, sel, log
+        self.conf: dict[str, CheckConfig] = {}
+        self.streaks: dict[str, Streak] = {}
+        self.due: dict[str, float] = {}
+        self.running: dict[str, _Try] = {}
+        self.seen: dict[str, Seen] = {}  # file, interface: what the last try saw
+        self.held: set[str] = set()  # a rescue boot holds them out of the gate
+        self.lock = threading.Lock()
+        self.answers: list[tuple[str, _Try, Verdict, Seen | None]] = []  # under lock
+        self.wake: tuple[int, int] | None = None  # the threads' pipe (made at first use)
+        self.update(conf, time.monotonic())
+
+    # --- configuration ------------------------------------------------------------------
+
+    def period(self, c: CheckConfig) -> float:
+        """The check's interval rounded up to the heartbeat grid (a try never adds a
+        wake-up of its own)."""
+        n = max(1, -(-round(c.interval * 1e6) // round(self.grid * 1e6)))
+        return n * self.grid
+
+    def update(self, conf: Mapping[str, CheckConfig], now: float) -> None:
+        """A (re)loaded configuration: new checks start pending, changed ones afresh,
+        removed ones are dropped (a command of theirs killed)."""
+        for name in list(self.conf):
+            if conf.get(name) != self.conf[name]:
+                self._drop(name)
+        for name, c in conf.items():
+            if name not in self.conf:
+                self.conf[name] = c
+                self.streaks[name] = Streak()
+                self.due[name] = channels.next_tick(now, self.grid)  # soon, on the grid
+
+    def _drop(self, name: str) -> None:
+        t = self.running.pop(name, None)
+        if t is not None:
+            self._end_probe(t)
+        for d in (self.conf, self.streaks, self.due, self.seen):
+            d.pop(name, None)
+
+    def close(self) -> None:
+        for name in list(self.running):
+            self._end_probe(self.running.pop(name))
+
+    # --- the schedule -------------------------------------------------------------------
+
+    def next_event(self) -> float | None:
+        """The monotonic time of the next try or deadline (None: nothing to do)."""
+        times = [self.due[n] for n in self.conf if n not in self.running]
+        times += [t.deadline for t in self.running.values() if not t.abandoned]
+        return min(times) if times else None
+
+    def tick(self, now: float) -> None:
+        """Deadlines passed, then the tries that are due."""
+        for name, t in list(self.running.items()):
+            if t.abandoned or now < t.deadline:
+                continue
+            c = self.conf[name]
+            if t.probe is not None:
+                self.running.pop(name)
+                self._end_probe(t)
+            else:
+                t.abandoned = True  # its thread may come back later: dropped then
+            limit = c.repair_timeout if t.repair else c.timeout
+            self._answer(name, t, Verdict(False, f"no answer within {limit:g} s"), now)
+        for name, due in list(self.due.items()):
+            if due > now:
+                continue
+            self.due[name] = channels.next_tick(now, self.period(self.conf[name]))
+            busy = self.running.get(name)
+            if busy is None:
+                self._try(name, now)
+            elif busy.abandoned and not busy.repair:  # a thread still stuck in the kernel
+                self._observe(name, Verdict(False, "the last try has not returned for "
+                                            f"{now - busy.started:.0f} s"), now)
+
+    # --- running tries ------------------------------------------------------------------
+
+    def _try(self, name: str, now: float) -> None:
+        c = self.conf[name]
+        if c.kind in _INLINE:
+            try:
+                v = self._inline(name, c, now)
+            except OSError as e:
+                v = Verdict(False, f"{e.filename or c.kind}: {e.strerror or e}")
+            self._observe(name, v, now)
+        elif c.kind in _THREADED:
+            t = _Try(now, now + c.timeout)
+            self.running[name] = t
+            self._thread(name, t, c, now)
+        else:
+            self._command(name, c.command, now, now + c.timeout, repair=False)
+
+    def _inline(self, name: str, c: CheckConfig, now: float) -> Verdict:
+        if c.kind == "load":
+            return checks.load_verdict(_read("/proc/loadavg"), c)
+        if c.kind == "memory":
+            return checks.memory_verdict(_read("/proc/meminfo"), c)
+        path = f"/sys/class/net/{c.interface}/statistics/rx_bytes"
+        try:
+            rx = int(_read(path).strip() or "0")
+        except FileNotFoundError:
+            return Verdict(False, f"{c.interface}: no such interface")
+        v, self.seen[name] = checks.interface_verdict(rx, self.seen.get(name), now, c)
+        return v
+
+    def _thread(self, name: str, t: _Try, c: CheckConfig, now: float) -> None:
+        if self.wake is None:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self.wake = (r, w)
+            self.sel.register(r, selectors.EVENT_READ, ("machine", None))
+        seen = self.seen.get(name)
+
+        def work() -> None:
+            saw: Seen | None = None
+            try:
+                v, saw = _threaded(c, seen, now)
+            except OSError as e:
+                v = Verdict(False, f"{e.filename or c.kind}: {e.strerror or e}")
+            except Exception as e:  # noqa: BLE001 - a bug must fail the try, not vanish
+                v = Verdict(False, f"{type(e).__name__}: {e}")
+            with self.lock:
+                self.answers.append((name, t, v, saw))
+            assert self.wake is not None
+            try:
+                os.write(self.wake[1], b"x")
+            except OSError:
+                pass
+        try:
+            threading.Thread(target=work, name=f"check-{name}", daemon=True).start()
+        except RuntimeError as e:  # no thread can start (a pids limit): a failed try
+            self.running.pop(name, None)
+            self._observe(name, Verdict(False, f"cannot start its thread: {e}"), now)
+
+    def _command(self, name: str, argv: tuple[str, ...], now: float, deadline: float,
+                 repair: bool) -> None:
+        try:
+            pr = probes.start_exec(name, "repair" if repair else "check", argv,
+                                   {"PATH": SERVICE_PATH}, "/")
+        except OSError as e:
+            v = Verdict(False, f"cannot run {argv[0]}: {e.strerror or e}")
+            if repair:
+                self._repaired(name, v, now)
+            else:
+                self._observe(name, v, now)
+            return
+        t = _Try(now, deadline, repair=repair, probe=pr)
+        self.running[name] = t
+        if pr.fd >= 0:
+            self.sel.register(pr.fd, selectors.EVENT_READ, ("machine", name))
+
+    def _end_probe(self, t: _Try) -> None:
+        pr = t.probe
+        if pr is None:
+            t.abandoned = True
+            return
+        if pr.fd >= 0:
+            try:
+                self.sel.unregister(pr.fd)
+            except (KeyError, ValueError):
+                pass
+        if pr.pid:
+            try:
+                os.killpg(pr.pid, signal.SIGKILL)  # the command and what it started
+            except OSError:
+                pass
+        pr.close()
+
+    # --- answers ------------------------------------------------------------------------
+
+    def on_event(self, key: str | None, now: float) -> None:
+        """The pipe (a thread answered) or a command's pidfd (it ended)."""
+        if key is None:
+            assert self.wake is not None
+            try:
+                os.read(self.wake[0], 4096)
+            except BlockingIOError:
+                pass
+            with self.lock:
+                got, self.answers = self.answers, []
+            for name, t, v, saw in got:
+                if self.running.get(name) is t:
+                    del self.running[name]
+                    if saw is not None:
+                        self.seen[name] = saw
+                    # (one given up on at its deadline still says what it found, late)
+                    self._answer(name, t, v, now)
+            return
+        cmd = self.running.get(key)
+        if cmd is None or cmd.probe is None:
+            return
+        del self.running[key]
+        ok = probes.finish_exec(cmd.probe)
+        detail = cmd.probe.detail
+        self._end_probe(cmd)
+        self._answer(key, cmd, Verdict(ok, detail), now)
+
+    def _answer(self, name: str, t: _Try, v: Verdict, now: float) -> None:
+        if name not in self.conf:
+            return
+        if t.repair:
+            self._repaired(name, v, now)
+        else:
+            self._observe(name, v, now)
+
+    def _observe(self, name: str, v: Verdict, now: float) -> None:
+        c = self.conf[name]
+        st, act = checks.observe(self.streaks[name], v, now, c)
+        self.streaks[name] = st
+        if act == checks.RECOVER:
+            self.log(f"check {name}: passes again ({v.detail})")
+        elif act == checks.FAIL:
+            what = {"reboot": "the health gate fails: the watchdog resets the machine",
+                    "log": "reported only (action = \"log\")"}[c.action]
+            if name in self.held:
+                what = "held by the rescue boot: out of the health gate"
+            tried = f" after {st.repairs} repair(s)" if st.repairs else ""
+            self.log(f"check {name}: FAILED{tried}, failing for {now - (st.since or now):.0f} s"
+                     f" ({v.detail}); {what}")
+        elif act == checks.REPAIR:
+            argv = c.repair[st.repairs - 1]
+            self.log(f"check {name}: failing for {now - (st.since or now):.0f} s ({v.detail});"
+                     f" repair {st.repairs} of {len(c.repair)}: {' '.join(argv)}")
+            self._command(name, argv, now, now + c.repair_timeout, repair=True)
+        elif v.ok is False and st.failures == 1:
+            self.log(f"check {name}: failing ({v.detail}); "
+                     f"{c.retry_timeout:g} s before it counts")
+
+    def _repaired(self, name: str, v: Verdict, now: float) -> None:
+        self.streaks[name] = checks.repaired(self.streaks[name], v, now)
+        self.log(f"check {name}: repair {self.streaks[name].repairs} ended ({v.detail})")
+
+    # --- reports ------------------------------------------------------------------------
+
+    def report(self, now: float) -> dict[str, Any]:
+        """{name: {ok, state, ...}}: the heartbeat's `checks`, which the gate reads."""
+        return {n: checks.report(self.streaks[n], c, n in self.held, now)
+                for n, c in self.conf.items()}
+
+    def status(self, now: float) -> dict[str, Any]:
+        out = self.report(now)
+        for n, st in self.streaks.items():
+            out[n].update(tries=st.tries, failures=st.failures,
+                          last_try=None if st.last_try is None
+                          else round(now - st.last_try, 1),
+                          next_try=round(max(0.0, self.due[n] - now), 1)
+                          if n in self.due else None)
+        return out
+
+
+# --- the kinds that run in a thread -------------------------------------------------------
+
+def _threaded(c: CheckConfig, seen: Seen | None, now: float) -> tuple[Verdict, Seen | None]:
+    """One try of a kind that may wait; for `file`, also what it saw."""
+    if c.kind == "temperature":
+        return checks.temperature_verdict(_read(c.path), c), None
+    if c.kind == "pidfile":
+        pid = checks.pid_in(_read(c.path))
+        if isinstance(pid, str):
+            return Verdict(False, f"{c.path}: {pid}"), None
+        if not channels.pid_alive(pid):
+            return Verdict(False, f"{c.path}: pid {pid} is not running"), None
+        return Verdict(True, f"pid {pid} runs"), None
+    if c.kind == "file":
+        st = os.stat(c.path)
+        return checks.file_verdict(st.st_mtime_ns, time.time_ns(), seen, now, c)
+    return ping(c.host, c.timeout), None
+
+
+_ECHO = {socket.AF_INET: (8, 0), socket.AF_INET6: (128, 129)}
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def ping(host: str, timeout: float) -> Verdict:
+    """One ICMP echo to `host` (an address), answered within `timeout`. An unprivileged
+    ping socket where the host allows it (net.ipv4.ping_group_range), else a raw one
+    (CAP_NET_RAW)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    proto = socket.IPPROTO_ICMPV6 if fam == socket.AF_INET6 else socket.IPPROTO_ICMP
+    try:
+        s = socket.socket(fam, socket.SOCK_DGRAM, proto)
+        raw = False
+    except PermissionError:
+        s = socket.socket(fam, socket.SOCK_RAW, proto)
+        raw = True
+    with s:
+        req, rep = _ECHO[fam]
+        ident, seq = os.getpid() & 0xFFFF, int(time.monotonic() * 1000) & 0xFFFF
+        payload = b"hachain check " + struct.pack("!d", time.monotonic())
+        body = struct.pack("!BBHHH", req, 0, 0, ident, seq) + payload
+        if fam == socket.AF_INET:  # (the kernel sums ICMPv6 itself)
+            body = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
+        start = time.monotonic()
+        deadline = start + timeout
+        s.settimeout(timeout)
+        s.sendto(body, (host, 0))
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return Verdict(False, f"{host}: no echo reply within {timeout:g} s")
+            s.settimeout(left)
+            try:
+                data, _ = s.recvfrom(2048)
+            except TimeoutError:
+                return Verdict(False, f"{host}: no echo reply within {timeout:g} s")
+            if raw and fam == socket.AF_INET:
+                data = data[(data[0] & 0x0F) * 4:]  # past the IP header
+            if len(data) < 8:
+                continue
+            typ, _, _, rid, rseq = struct.unpack("!BBHHH", data[:8])
+            if typ == rep and rseq == seq and (rid == ident or not raw) \
+                    and data[8:] == payload:
+                return Verdict(True, f"{host}: echo reply in "
+                               f"{(time.monotonic() - start) * 1000:.1f} ms")

@@ -1,0 +1,391 @@
+"""Machine checks ([check.NAME], docs/checks.md): the verdicts and the streak (pure), the
+restarter's runner with real files, threads, processes and sockets, and the gate's rule."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hachain import checks, config
+from hachain.checks import Seen, Streak, Verdict
+from hachain.configtypes import CheckConfig, WatchdogConfig
+from hachain.restarter import machine, spawn
+from hachain.restarter.machine import MachineChecks
+from hachain.watchdog import health
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def check(**kw: Any) -> CheckConfig:
+    """A check as the file would give it (parsed, so the schema's rules hold)."""
+    name = kw.pop("name", "c")
+    lines = [f"[check.{name}]"] + [f"{k} = {json.dumps(v)}" for k, v in kw.items()]
+    return config.parse("\n".join(lines) + "\n", "x.toml").checks[name]
+
+
+# --- the verdicts -----------------------------------------------------------------------
+
+def test_load_reads_the_chosen_average() -> None:
+    text = "0.52 3.58 7.59 1/389 12345\n"
+    assert checks.load_verdict(text, check(kind="load", max_load=1)).ok
+    v = checks.load_verdict(text, check(kind="load", max_load=3, average=5))
+    assert not v.ok and v.detail == "load average (5 min) 3.58 > 3"
+    assert checks.load_verdict(text, check(kind="load", max_load=8, average=15)).ok
+    assert not checks.load_verdict("garbage", check(kind="load", max_load=8)).ok
+    with open("/proc/loadavg") as f:  # this machine's, as the runner reads it
+        assert checks.load_verdict(f.read(), check(kind="load", max_load=1e6)).ok
+
+
+def test_memory_compares_memavailable() -> None:
+    text = "MemTotal:  1000000 kB\nMemFree:  1000 kB\nMemAvailable:   51200 kB\n"
+    assert checks.memory_verdict(text, check(kind="memory", min_available="50M")).ok
+    v = checks.memory_verdict(text, check(kind="memory", min_available="64M"))
+    assert not v.ok and v.detail == "50 MiB available < 64 MiB"
+    assert not checks.memory_verdict("MemTotal: 1 kB\n", check(kind="memory",
+                                                               min_available=1)).ok
+    with open("/proc/meminfo") as f:
+        assert checks.memory_verdict(f.read(), check(kind="memory", min_available=1)).ok
+
+
+def test_temperature_is_read_in_millidegrees() -> None:
+    c = check(kind="temperature", path="/sys/x/temp", max_temperature=80)
+    assert checks.temperature_verdict("79500\n", c).ok
+    v = checks.temperature_verdict("85250\n", c)
+    assert not v.ok and v.detail == "/sys/x/temp: 85.25 °C > 80 °C"
+    assert not checks.temperature_verdict("N/A", c).ok
+
+
+def test_pid_files() -> None:
+    assert checks.pid_in("1234\n") == 1234
+    for bad in ("", "abc", "-5", "0", "99999999"):
+        assert isinstance(checks.pid_in(bad), str), bad
+
+
+def test_file_age_is_timed_by_the_monotonic_clock_after_the_first_look() -> None:
+    c = check(kind="file", path="/x", max_age=10)
+    wall = 1_000_000 * 10**9
+    v, seen = checks.file_verdict(wall - 4 * 10**9, wall, None, 100.0, c)  # 4 s old
+    assert v.ok and seen == Seen(wall - 4 * 10**9, 96.0)
+    # the wall clock steps a day ahead: the unchanged file is not older for it
+    v, seen = checks.file_verdict(wall - 4 * 10**9, wall + 86400 * 10**9, seen, 105.0, c)
+    assert v.ok
+    v, seen = checks.file_verdict(wall - 4 * 10**9, wall, seen, 107.0, c)
+    assert not v.ok and v.detail == "/x: unchanged for 11 s > 10 s"
+    v, seen = checks.file_verdict(wall + 1, wall, seen, 108.0, c)  # touched
+    assert v.ok and seen.changed == 108.0
+
+
+def test_an_interface_must_keep_receiving() -> None:
+    c = check(kind="interface", interface="eth0")
+    v, seen = checks.interface_verdict(100, None, 1.0, c)
+    assert v.ok
+    v, seen = checks.interface_verdict(100, seen, 11.0, c)
+    assert not v.ok and v.detail == "eth0: nothing received for 10 s (100 bytes)"
+    v, seen = checks.interface_verdict(150, seen, 12.0, c)
+    assert v.ok and seen == Seen(150, 12.0)
+
+
+# --- the streak ----------------------------------------------------------------------------
+
+BAD, GOOD = Verdict(False, "bad"), Verdict(True, "good")
+
+
+def test_a_failure_counts_after_retry_timeout_then_each_repair_then_fails() -> None:
+    c = check(command=["/bin/true"], retry_timeout=30, repair=[["/r1"], ["/r2"]])
+    st = Streak()
+    st, act = checks.observe(st, GOOD, 0.0, c)
+    assert (st.state, act) == (checks.OK, None)
+    st, act = checks.observe(st, BAD, 10.0, c)
+    assert (st.state, act, st.since) == (checks.FAILING, None, 10.0)
+    st, act = checks.observe(st, BAD, 39.0, c)
+    assert (st.state, act) == (checks.FAILING, None)
+    st, act = checks.observe(st, BAD, 40.0, c)  # 30 s of failing: the first repair
+    assert (st.state, act, st.repairs) == (checks.REPAIRING, checks.REPAIR, 1)
+    st = checks.repaired(st, Verdict(True, "exit status 0"), 45.0)
+    assert (st.state, st.since) == (checks.FAILING, 45.0)  # 30 s again from the repair
+    st, act = checks.observe(st, BAD, 74.0, c)
+    assert act is None
+    st, act = checks.observe(st, BAD, 75.0, c)
+    assert (act, st.repairs) == (checks.REPAIR, 2)
+    st = checks.repaired(st, Verdict(False, "exit status 1"), 76.0)
+    st, act = checks.observe(st, BAD, 106.0, c)
+    assert (st.state, act) == (checks.FAILED, checks.FAIL)
+    assert checks.report(st, c, False, 106.0)["ok"] is False
+    st, act = checks.observe(st, BAD, 116.0, c)  # said once
+    assert (st.state, act) == (checks.FAILED, None)
+    st, act = checks.observe(st, GOOD, 120.0, c)
+    assert (st.state, act, st.repairs, st.since) == (checks.OK, checks.RECOVER, 0, None)
+    assert checks.report(st, c, False, 120.0)["ok"] is True
+
+
+def test_a_log_check_or_a_held_one_never_fails_the_gate() -> None:
+    st = Streak(state=checks.FAILED, since=0.0)
+    assert checks.report(st, check(command=["/x"], action="log"), False, 5.0)["ok"] is True
+    rep = checks.report(st, check(command=["/x"]), True, 5.0)
+    assert rep["ok"] is True and rep["state"] == checks.HELD
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 50)), max_size=40),
+       st.floats(0, 100), st.integers(0, 3))
+def test_a_streak_fails_only_after_retry_timeout_and_every_repair(
+        tries: list[tuple[bool, float]], retry: float, repairs: int) -> None:
+    c = check(command=["/bin/true"], retry_timeout=retry,
+              repair=[["/r"]] * repairs if repairs else [])
+    st, now, began, ran = Streak(), 0.0, None, 0
+    for ok, gap in tries:
+        now += gap
+        st, act = checks.observe(st, Verdict(ok, ""), now, c)
+        if ok:
+            assert st.state == checks.OK and st.since is None and st.repairs == 0
+            began, ran = None, 0
+            continue
+        began = began if began is not None else now
+        assert st.since is not None and now - st.since <= now - began
+        if act == checks.REPAIR:
+            ran += 1
+            assert ran <= repairs and st.since is not None and now - st.since >= retry
+            st = checks.repaired(st, Verdict(True, ""), now)
+        if act == checks.FAIL or st.state == checks.FAILED:
+            assert ran == repairs and now - began >= retry
+
+
+# --- the gate -----------------------------------------------------------------------------
+
+def test_the_gate_fails_on_a_check_reported_not_ok() -> None:
+    assert health.check_reasons(None, []) == []
+    assert health.check_reasons({"net": {"ok": True, "state": "failing"}}, []) == []
+    assert health.check_reasons({"net": {"ok": False, "detail": "10.0.0.1: no echo reply "
+                                         "within 5 s"}}, []) == \
+        ["check net failed: 10.0.0.1: no echo reply within 5 s"]
+    sink: list[str] = []
+    assert health.check_reasons("x", sink) == [] and "malformed" in sink[0]
+    r = health.restarter_reasons({"checks": {"m": {"ok": False, "detail": "d"}}},
+                                 WatchdogConfig(gate_critical=False))
+    assert r == ["check m failed: d"]  # (a check's own action says; not gate_critical)
+
+
+# --- the runner: real files, threads, processes -------------------------------------------
+
+class Runner:
+    """A MachineChecks driven as the restarter's loop drives it."""
+
+    def __init__(self, conf: dict[str, CheckConfig], grid: float = 0.05) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.lines: list[str] = []
+        self.m = MachineChecks(conf, grid, self.sel, self.lines.append)
+
+    def run_until(self, cond: Any, within: float, what: str) -> Any:
+        end = time.monotonic() + within
+        while time.monotonic() < end:
+            now = time.monotonic()
+            t = self.m.next_event()
+            if t is not None and t <= now:
+                self.m.tick(now)
+                continue
+            wait = 0.05 if t is None else min(0.05, max(0.0, t - now))
+            for key, _ in self.sel.select(wait):
+                self.m.on_event(key.data[1], time.monotonic())
+            while (got := spawn.exited_child()) is not None:  # as the loop's SIGCHLD path
+                spawn.keep_for_later(*got)
+                spawn.release(got[0])
+            if (got := cond()):
+                return got
+        raise AssertionError(f"not within {within} s: {what}; log: {self.lines}")
+
+    def state(self, name: str) -> str:
+        return self.m.streaks[name].state
+
+    def close(self) -> None:
+        self.m.close()
+        self.sel.close()
+
+
+@pytest.fixture
+def runner() -> Iterator[list[Runner]]:
+    made: list[Runner] = []
+    yield made
+    for r in made:
+        r.close()
+
+
+def test_inline_and_threaded_kinds_pass_on_a_healthy_machine(
+        tmp_path: Path, runner: list[Runner]) -> None:
+    alive = tmp_path / "alive"
+    alive.write_text("x")
+    pidfile = tmp_path / "pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    sensor = tmp_path / "temp"
+    sensor.write_text("42000\n")
+    conf = {
+        "load": check(name="load", kind="load", max_load=1e6, interval=0.1),
+        "mem": check(name="mem", kind="memory", min_available=1, interval=0.1),
+        "lo": check(name="lo", kind="interface", interface="lo", interval=0.5),  # (pinged)
+        "file": check(name="file", kind="file", path=str(alive), max_age=60, interval=0.1),
+        "pid": check(name="pid", kind="pidfile", path=str(pidfile), interval=0.1),
+        "temp": check(name="temp", kind="temperature", path=str(sensor),
+                      max_temperature=70, interval=0.1),
+        "ping": check(name="ping", kind="ping", host="127.0.0.1", interval=0.2),
+        "cmd": check(name="cmd", command=["/bin/true"], interval=0.2),
+    }
+    r = Runner(conf)
+    runner.append(r)
+    r.run_until(lambda: all(r.m.streaks[n].tries >= 2 for n in conf) and
+                r.state("lo") == checks.OK, 30, "two tries each")
+    assert {n: r.state(n) for n in conf} == dict.fromkeys(conf, checks.OK), r.lines
+    rep = r.m.report(time.monotonic())
+    assert all(x["ok"] for x in rep.values())
+    assert rep["ping"]["detail"].startswith("127.0.0.1: echo reply in ")
+    assert rep["temp"]["detail"] == "42 °C" and rep["cmd"]["detail"] == "exit status 0"
+
+
+def test_a_read_that_hangs_fails_by_its_timeout_and_blocks_nothing(
+        tmp_path: Path, runner: list[Runner]) -> None:
+    """A FIFO nobody writes in place of the sensor: open() waits for good, as a read of a
+    hung mount does. The try fails at its timeout; the other checks go on; the stuck
+    thread starts no second try; a write releases it."""
+    fifo = tmp_path / "temp"
+    os.mkfifo(fifo)
+    conf = {"temp": check(name="temp", kind="temperature", path=str(fifo),
+                          max_temperature=70, interval=0.3, timeout=0.2,
+                          retry_timeout=0.5),
+            "load": check(name="load", kind="load", max_load=1e6, interval=0.1)}
+    r = Runner(conf)
+    runner.append(r)
+    t0 = time.monotonic()
+    r.run_until(lambda: r.m.streaks["temp"].failures >= 1, 30, "the first failure")
+    assert time.monotonic() - t0 >= 0.2
+    assert r.m.streaks["temp"].detail == "no answer within 0.2 s"
+    r.run_until(lambda: r.state("temp") == checks.FAILED, 30, "failed for good")
+    assert "the last try has not returned for" in r.m.streaks["temp"].detail
+    assert r.m.streaks["load"].tries >= 3 and r.state("load") == checks.OK
+    threads = [t for t in __import__("threading").enumerate() if t.name == "check-temp"]
+    assert len(threads) == 1  # one stuck try, not one per interval
+    # the mount answers again: the stuck read gets its value, and later tries a file
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    (tmp_path / "real").write_text("40000\n")
+    os.replace(tmp_path / "real", fifo)
+    os.write(fd, b"40000\n")
+    os.close(fd)
+    r.run_until(lambda: r.state("temp") == checks.OK, 30, "the check to pass again")
+    assert any(line.startswith("check temp: passes again") for line in r.lines), r.lines
+
+
+def test_a_command_that_runs_past_its_timeout_is_killed(
+        tmp_path: Path, runner: list[Runner]) -> None:
+    mark = tmp_path / "pids"
+    cmd = ["/bin/sh", "-c", f"echo $$ >> {mark}; sleep 600 & echo $! >> {mark}; wait"]
+    r = Runner({"cmd": check(name="cmd", command=cmd, interval=0.5, timeout=0.3)})
+    runner.append(r)
+    r.run_until(lambda: r.m.streaks["cmd"].failures >= 1, 30, "the command to time out")
+    assert r.m.streaks["cmd"].detail == "no answer within 0.3 s"
+    pids = [int(x) for x in mark.read_text().split()[:2]]  # the first try's (more follow)
+    r.run_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 30,
+                "the command and its child killed and reaped")
+
+
+def test_repairs_run_in_turn_then_the_check_fails(tmp_path: Path,
+                                                    runner: list[Runner]) -> None:
+    mark = tmp_path / "repairs"
+    c = check(name="cmd", command=["/bin/false"], interval=0.1, retry_timeout=0.2,
+              repair=[["/bin/sh", "-c", f"echo one >> {mark}"],
+                      ["/bin/sh", "-c", f"echo two >> {mark}; exit 3"]])
+    r = Runner({"cmd": c})
+    runner.append(r)
+    r.run_until(lambda: r.state("cmd") == checks.FAILED, 30, "failed after both repairs")
+    assert mark.read_text().split() == ["one", "two"]
+    joined = "\n".join(r.lines)
+    assert "repair 1 of 2: /bin/sh -c echo one" in joined
+    assert "repair 2 ended (exit status 3)" in joined
+    assert "check cmd: FAILED after 2 repair(s)" in joined
+    assert r.m.report(time.monotonic())["cmd"]["ok"] is False
+
+
+def test_a_repair_that_fixes_it(tmp_path: Path, runner: list[Runner]) -> None:
+    flag = tmp_path / "fixed"
+    c = check(name="cmd", command=["/bin/test", "-e", str(flag)], interval=0.1,
+              retry_timeout=0.1, repair=[["/bin/touch", str(flag)]])
+    r = Runner({"cmd": c})
+    runner.append(r)
+    r.run_until(lambda: r.m.streaks["cmd"].repairs == 1, 30, "the repair")
+    r.run_until(lambda: r.state("cmd") == checks.OK, 30, "the check to pass after it")
+    assert r.m.streaks["cmd"].repairs == 0 and "check cmd: passes again" in "\n".join(r.lines)
+
+
+def test_reload_keeps_unchanged_checks_and_drops_removed_ones(runner: list[Runner]) -> None:
+    a = check(name="a", kind="load", max_load=1e6, interval=0.1)
+    b = check(name="b", command=["/bin/sleep", "600"], interval=1, timeout=1)
+    r = Runner({"a": a, "b": b})
+    runner.append(r)
+    r.run_until(lambda: "b" in r.m.running and r.m.streaks["a"].tries >= 2, 30, "both")
+    pid = r.m.running["b"].probe.pid  # type: ignore[union-attr]
+    tries = r.m.streaks["a"].tries
+    r.m.update({"a": a}, time.monotonic())
+    assert set(r.m.conf) == {"a"} and r.m.streaks["a"].tries == tries
+    r.run_until(lambda: not os.path.exists(f"/proc/{pid}"), 30, "b's command killed")
+
+
+def _in_a_netns_without_loopback() -> None:
+    """(Child) a network namespace of its own, its lo down: nothing answers there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+    c = check(kind="ping", host="127.0.0.1", timeout=0.3)
+    try:
+        v = machine.ping(c.host, c.timeout)
+    except OSError as e:  # the runner's thread turns this into the try's detail
+        v = Verdict(False, f"{c.host}: {e.strerror}")
+    print(f"{v.ok} {v.detail}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace needs root")
+def test_ping_fails_where_nothing_answers() -> None:
+    code = ("import sys; sys.path.insert(0, %r); from tests.test_checks import "
+            "_in_a_netns_without_loopback as f; f()" % os.getcwd())
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("False 127.0.0.1: "), p.stdout
+
+
+def test_the_runner_wakes_only_on_the_heartbeat_grid(runner: list[Runner]) -> None:
+    """Tries land on the restarter's heartbeat grid: an interval is rounded up to a
+    multiple of it, and every try is due at a multiple of the grid."""
+    c = check(name="a", kind="load", max_load=1e6, interval=1.3)
+    r = Runner({"a": c}, grid=0.5)
+    runner.append(r)
+    assert r.m.period(c) == 1.5
+    for _ in range(3):
+        t = r.m.next_event()
+        assert t is not None and abs(t / 0.5 - round(t / 0.5)) < 1e-6
+        r.run_until(lambda t=t: r.m.next_event() != t, 30, "the try")
+
+
+def test_a_command_that_ignores_sigterm_is_killed_all_the_same(tmp_path: Path, runner: list[Runner]) -> None:
+    """A command that ignores SIGTERM is still gone at its timeout (SIGKILL to its group)."""
+    cmd = ["/bin/sh", "-c", "trap '' TERM; sleep 600"]
+    r = Runner({"c": check(name="c", command=cmd, interval=0.5, timeout=0.2)})
+    runner.append(r)
+    r.run_until(lambda: "c" in r.m.running, 30, "the command to start")
+    pid = r.m.running["c"].probe.pid  # type: ignore[union-attr]
+    r.run_until(lambda: r.m.streaks["c"].failures >= 1, 30, "the timeout")
+
+    def group_gone() -> bool:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    r.run_until(group_gone, 30, "its process group to be gone")
