@@ -59,8 +59,7 @@ from hachain import channels
 
 RECORD = channels.BOOT_RECORD
 LOCK = channels.BOOT_RECORD_LOCK
-# A machine check among the blamed and held names ("check:NAME"; no service name has ":")
-CHECK_PREFIX = "check:"
+CHECK_PREFIX = channels.CHECK_PREFIX  # a machine check among the blamed and held names
 HISTORY = 32  # entries kept
 VERSION = 1
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"

@@ -85,6 +85,19 @@ def service_name_problem(name: Any) -> str | None:
         return f"{shown}: not a service name ({SERVICE_NAME_RULE})"
     return None
 
+
+# A machine check ([check.NAME]) where a service name could stand: the boot record's
+# blamed and held names, and `hachain clear check:NAME` (no service name has a ":")
+CHECK_PREFIX = "check:"
+
+
+def clear_name_problem(name: Any) -> str | None:
+    """As service_name_problem, for `clear`, which also takes `check:NAME`."""
+    if isinstance(name, str) and name.startswith(CHECK_PREFIX):
+        problem = service_name_problem(name[len(CHECK_PREFIX):])
+        return None if problem is None else f"{name}: not a check name ({SERVICE_NAME_RULE})"
+    return service_name_problem(name)
+
 # Environment variables a parent layer passes to a child layer.
 ENV_CONFIG = "HACHAIN_CONFIG"
 ENV_STATE_DIR = "HACHAIN_STATE_DIR"
@@ -1119,7 +1132,7 @@ def decode_request(line: bytes) -> dict[str, Any]:
         name = obj.get("name")
         if not isinstance(name, str):
             raise ValueError(f"request {op!r} has no string 'name'")
-        problem = service_name_problem(name)
+        problem = clear_name_problem(name) if op == "clear" else service_name_problem(name)
         if problem:
             raise ValueError(problem)
     return obj

@@ -30,7 +30,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     n = len(cfg.services)
     crit = sum(1 for s in cfg.services.values() if s.critical)
-    print(f"{args.config}: OK: {n} service(s), {crit} critical, watchdog device "
+    gating = sum(1 for c in cfg.checks.values() if c.action == "reboot")
+    checks = f", {len(cfg.checks)} machine check(s) ({gating} gating)" if cfg.checks else ""
+    print(f"{args.config}: OK: {n} service(s), {crit} critical{checks}, watchdog device "
           f"{cfg.watchdog.device!r} (timeout {cfg.watchdog.timeout} s, pet every "
           f"{cfg.watchdog.pet_interval:g} s)")
     if cfg.cluster is not None:
@@ -417,7 +419,8 @@ def cmd_control(args: argparse.Namespace) -> int:
     if args.name is None:
         _err(f"{args.cmd}: a service name is required")
         return 2
-    problem = channels.service_name_problem(args.name)
+    problem = channels.clear_name_problem(args.name) if args.cmd == "clear" else \
+        channels.service_name_problem(args.name)
     if problem:
         _err(f"{args.cmd}: {problem}")
         return 2

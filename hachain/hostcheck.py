@@ -5,7 +5,9 @@ program, looked up in the service's PATH as the restarter looks them up) and say
 one line each, why one cannot be run: missing, not a regular file, no execute bit for
 the service's user, or a directory on the way that its user cannot search. A mistake of
 this kind fails the service at every start; `hachain check` says so before anything
-runs. Also a setting this host would refuse: an oom_score_adj below 0 without
+runs. The same for each machine check's command and repairs, and a sensor or an
+interface a check names that this host does not have. Also a setting this host would
+refuse: an oom_score_adj below 0 without
 CAP_SYS_RESOURCE (not applied: the service runs all the same), a capability outside
 this host's bounding set (every start fails); and a `condition` that does not hold now
 (the service would be skipped) or an `assert` (its start would fail). (The chain's own
@@ -26,7 +28,13 @@ import resource
 import stat
 
 from hachain import bpf, cgroupfs, conditions, listen, mounts, seccomp
-from hachain.configtypes import CAPABILITIES, SERVICE_PATH, Config, ServiceConfig
+from hachain.configtypes import (
+    CAPABILITIES,
+    SERVICE_PATH,
+    CheckConfig,
+    Config,
+    ServiceConfig,
+)
 
 
 def _who(svc: ServiceConfig) -> tuple[int, set[int], str] | None:
@@ -282,4 +290,27 @@ def problems(cfg: Config) -> list[str]:
             why = program_problem(program, svc)
             if why is not None:
                 out.append(f"service {name}: {what} = {program}: {why}")
+    for name, chk in cfg.checks.items():
+        out += [f"check {name}: {line}" for line in check_problems(chk)]
+    return out
+
+
+def check_problems(c: CheckConfig) -> list[str]:
+    """What a machine check ([check.NAME]) would fail on here, whatever the machine's
+    health: a program that cannot run, a sensor or an interface this host does not have.
+    (A pid file or a liveness file may appear later: not reported.)"""
+    out = []
+    root = ServiceConfig(name="", command=("/bin/true",))  # checks run as root, PATH only
+    argvs = [("command[0]", c.command)] if c.kind == "command" else []
+    argvs += [(f"repair[{i}]", argv) for i, argv in enumerate(c.repair)]
+    said: set[str] = set()  # (a repair list may run one program several times)
+    for what, argv in argvs:
+        if argv[0] not in said and (why := program_problem(argv[0], root)) is not None:
+            said.add(argv[0])
+            out.append(f"{what} = {argv[0]}: {why}")
+    if c.kind == "temperature" and not os.path.exists(c.path):
+        out.append(f"path = {c.path}: no such sensor file here: every try would fail")
+    if c.kind == "interface" and not os.path.exists(f"/sys/class/net/{c.interface}"):
+        out.append(f"interface = {c.interface}: no such interface here: every try would "
+                   "fail")
     return out

@@ -29,6 +29,11 @@ Metrics (every name starts with `hachain_`):
   service_info_age_seconds       age of the service series: 0 when the restarter answered
                                  this scrape, else since its last answer (the series are
                                  then its last values)
+  check_state{check,state}       1 for the machine check's state ([check.NAME]: pending,
+                                 ok, failing, repairing, failed, held), 0 for the others
+  check_gates{check}             1 when the check would fail the gate (action = "reboot")
+  check_failing_seconds{check}   how long it has failed (0 while it passes)
+  check_repairs{check}           repair commands run in its current failure
   restarter_up                   1 when the control socket answered this scrape
   layer_up{layer}                1 when the layer's heartbeat exists and its pid lives
   layer_state{layer,state}       1 for the layer's state (alive, hung, stale, restarting,
@@ -94,6 +99,9 @@ BOOT_CAUSES = (bootrecord.UNKNOWN, bootrecord.GATE_FAILURE, bootrecord.REBOOT_RE
 Gather = Callable[[str, str], dict[str, Any]]
 
 
+CHECK_STATES = ("pending", "ok", "failing", "repairing", "failed", "held")
+
+
 def _num(v: Any) -> float | None:
     """`v` as a float when it is a real number (not a bool, not None), else None."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -138,6 +146,8 @@ class ChainCollector:
                                     "scrape, else since its last answer")
             fam.add_metric([], age)
             yield fam
+        if isinstance(st.get("checks"), dict) and st["checks"]:
+            yield from self._checks(st["checks"])
         up = GaugeMetricFamily("hachain_restarter_up", "1 when the restarter's control "
                                "socket answered this scrape")
         up.add_metric([], 0.0 if chain.get("restarter_error") else 1.0)
@@ -193,6 +203,28 @@ class ChainCollector:
             uptime.add_metric([name], _num(s.get("uptime")) or 0.0)
             critical.add_metric([name], 1.0 if s.get("critical") else 0.0)
         yield from (state, wanted, ready, restarts, uptime, critical)
+
+    def _checks(self, checks: dict[str, Any]) -> Iterator[Metric]:
+        """Per machine check ([check.NAME], docs/checks.md)."""
+        state = GaugeMetricFamily("hachain_check_state", "1 for the machine check's "
+                                  "current state, 0 for the others", labels=["check", "state"])
+        gates = GaugeMetricFamily("hachain_check_gates", "1 when the check fails the "
+                                  "health gate once it has failed", labels=["check"])
+        failing = GaugeMetricFamily("hachain_check_failing_seconds", "how long the check "
+                                    "has failed (0 while it passes)", labels=["check"])
+        repairs = GaugeMetricFamily("hachain_check_repairs", "repair commands run in the "
+                                    "check's current failure", labels=["check"])
+        for name, c in sorted(checks.items()):
+            if not isinstance(c, dict):
+                continue
+            cur = str(c.get("state", ""))
+            states = CHECK_STATES if cur in CHECK_STATES else CHECK_STATES + (cur,)
+            for value in states:
+                state.add_metric([name, value], 1.0 if value == cur else 0.0)
+            gates.add_metric([name], 1.0 if c.get("action") == "reboot" else 0.0)
+            failing.add_metric([name], _num(c.get("failing_for")) or 0.0)
+            repairs.add_metric([name], _num(c.get("repairs")) or 0.0)
+        yield from (state, gates, failing, repairs)
 
     def _layers(self, layers: dict[str, Any]) -> Iterator[Metric]:
         """Per-layer families from the heartbeats."""

@@ -389,3 +389,26 @@ def test_a_command_that_ignores_sigterm_is_killed_all_the_same(tmp_path: Path, r
             return True
         return False
     r.run_until(group_gone, 30, "its process group to be gone")
+
+
+def test_hachain_check_says_what_a_check_cannot_do_on_this_host(tmp_path: Path) -> None:
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text('[service.a]\ncommand = ["/bin/true"]\n'
+                   '[check.t]\nkind = "temperature"\npath = "/sys/class/hwmon/none/temp1"\n'
+                   'max_temperature = 80\n'
+                   '[check.i]\nkind = "interface"\ninterface = "nosuch0"\n'
+                   '[check.c]\ncommand = ["no-such-program"]\nrepair = [["/bin/true"], '
+                   '["/no/such/repair"]]\naction = "log"\n'
+                   '[check.ok]\nkind = "interface"\ninterface = "lo"\n')
+    p = subprocess.run([sys.executable, "-m", "hachain.cli", "check", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "1 service(s), 0 critical, 4 machine check(s) (3 gating)" in p.stdout
+    lines = [x.split("warning: ", 1)[1] for x in p.stderr.splitlines() if "warning: check" in x]
+    assert lines == [
+        "check t: path = /sys/class/hwmon/none/temp1: no such sensor file here: every try "
+        "would fail",
+        "check i: interface = nosuch0: no such interface here: every try would fail",
+        "check c: command[0] = no-such-program: not found in PATH "
+        "(/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)",
+        "check c: repair[1] = /no/such/repair: No such file or directory"], p.stderr

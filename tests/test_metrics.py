@@ -261,6 +261,24 @@ def test_against_a_real_restarter(restarter: Callable[..., RestarterRun]) -> Non
     assert m[("hachain_restarter_up", ())] == 1
 
 
+def test_machine_check_series_from_a_real_restarter(
+        restarter: Callable[..., RestarterRun]) -> None:
+    run = restarter(f"[service.a]\ncommand = {svc('sleep')}\n"
+                    "[check.load]\nkind = \"load\"\nmax_load = 1000000\ninterval = 0.2\n"
+                    "[check.broken]\ncommand = [\"/bin/false\"]\ninterval = 0.2\n"
+                    "retry_timeout = 0\naction = \"log\"\n")
+    run.wait_state("a", "ready")
+    reg = metrics.make_registry(run.state_dir, run.persist_dir)
+    m = wait_until(lambda: (s := _samples(generate_latest(reg).decode())).get(
+        ("hachain_check_state", (("check", "broken"), ("state", "failed")))) == 1 and s,
+        30, "the broken check to fail")
+    assert m[("hachain_check_state", (("check", "load"), ("state", "ok")))] == 1
+    assert m[("hachain_check_state", (("check", "load"), ("state", "failing")))] == 0
+    assert m[("hachain_check_gates", (("check", "load"),))] == 1
+    assert m[("hachain_check_gates", (("check", "broken"),))] == 0
+    assert m[("hachain_check_failing_seconds", (("check", "load"),))] == 0
+
+
 # --- issue 21.5: series that survive an outage, boots, build info ----------------------------
 
 def _age(m: dict[Any, float]) -> float:
