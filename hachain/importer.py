@@ -1,5 +1,8 @@
 """`hachain import`: systemd units and supervisord programs → hachain TOML.
 
+(The `watchdog` daemon's watchdog.conf → `[watchdog]` and `[check.NAME]` tables:
+hachain/importer_watchdog.py.)
+
 Owns: reading a systemd `.service` file or a supervisord configuration, mapping every
 option hachain has a key for, and printing the result as TOML on stdout. Every option it
 cannot carry over gets exactly one warning line on stderr that names the file, the line
@@ -151,6 +154,8 @@ class Conversion:
     # supervisord [include] files = ... of this file: (line, value), followed by import_files
     includes: list[tuple[int, str]] = field(default_factory=list)
     installed: set[str] = field(default_factory=set)  # units with WantedBy= / RequiredBy=
+    # tables other than services ("watchdog", "check.NAME"), printed first
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def merge(self, other: Conversion) -> None:
         """Add `other`'s services and messages (a later duplicate name is an error)."""
@@ -160,6 +165,12 @@ class Conversion:
                 continue
             self.services[name] = svc
             self.comments[name] = other.comments.get(name, [])
+        for key, table in other.tables.items():
+            if key in self.tables:
+                self.errors.append(f"[{key}] comes from two files; the second is dropped")
+                continue
+            self.tables[key] = table
+            self.comments[key] = other.comments.get(key, [])
         self.warnings += other.warnings
         self.errors += other.errors
         self.dep_origin.update(other.dep_origin)
@@ -248,11 +259,15 @@ def read_supervisord(text: str) -> list[Entry]:
 
 
 def detect_format(text: str) -> str | None:
-    """"supervisord", "systemd" or None, from the section headers."""
+    """"supervisord", "systemd", "watchdog" or None, from the section headers (a
+    watchdog.conf has none, and the daemon's option names)."""
     if re.search(r"^\s*\[program:[^\]]+\]", text, re.MULTILINE):
         return "supervisord"
     if re.search(r"^\s*\[(Service|Unit|Install)\]", text, re.MULTILINE):
         return "systemd"
+    from hachain import importer_watchdog
+    if importer_watchdog.looks_like(text):
+        return "watchdog"
     return None
 
 
@@ -1817,6 +1832,13 @@ def to_toml(conv: Conversion, sources: list[str]) -> str:
     """
     out = [f"# converted by `hachain import` from {', '.join(sources)}",
            "# review every line, then check it with `hachain check -c FILE`", ""]
+    for key, table in conv.tables.items():
+        for c in conv.comments.get(key, []):
+            out.append(f"# {c}")
+        head, _, name = key.partition(".")
+        out.append(f"[{head}.{_toml_key(name)}]" if name else f"[{head}]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        out.append("")
     for name, svc in conv.services.items():
         for c in conv.comments.get(name, []):
             out.append(f"# {c}")
@@ -1926,8 +1948,15 @@ def convert(text: str, path: str, fmt: str | None = None, unit: str | None = Non
     if fmt == "supervisord":
         return convert_supervisord(text, path)
     conv = Conversion()
-    conv.errors.append(f"{path}: neither a systemd unit ([Service]) nor a supervisord "
-                       "configuration ([program:NAME]); use --format")
+    if fmt == "watchdog":
+        from hachain import importer_watchdog
+        importer_watchdog.convert_watchdog(text, path, conv)
+        conv.sort_messages()
+        if not conv.tables:
+            conv.errors.append(f"{path}: no watchdog.conf option hachain can carry over")
+        return conv
+    conv.errors.append(f"{path}: neither a systemd unit ([Service]), a supervisord "
+                       "configuration ([program:NAME]) nor a watchdog.conf; use --format")
     return conv
 
 
@@ -2072,7 +2101,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{PROG}: warning: {w}\n")
     for e in conv.errors:
         sys.stderr.write(f"{PROG}: refused: {e}\n")
-    if not conv.services:
+    if not conv.services and not conv.tables:
         if not conv.errors:  # else the refusals said why, each naming its input
             sys.stderr.write(f"{PROG}: nothing to import\n")
         return 2
@@ -2091,14 +2120,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `import` on an argparse sub-parsers object."""
     p = subparsers.add_parser(
-        "import", help="convert systemd units / supervisord programs to hachain TOML",
-        description="Convert systemd .service files and supervisord [program:x] sections "
-                    "into hachain TOML on stdout. Every option that cannot be carried over "
-                    "gets one warning line on stderr (file:line: option: why).")
+        "import", help="convert systemd units / supervisord programs / watchdog.conf to "
+        "hachain TOML",
+        description="Convert systemd .service files, supervisord [program:x] sections and "
+                    "the watchdog daemon's watchdog.conf into hachain TOML on stdout. Every "
+                    "option that cannot be carried over gets one warning line on stderr "
+                    "(file:line: option: why).")
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="a .service file or a supervisord .conf (several: one configuration, "
                         "dependencies between them kept)")
-    p.add_argument("--format", choices=("systemd", "supervisord"), default=None,
+    p.add_argument("--format", choices=("systemd", "supervisord", "watchdog"), default=None,
                    help="the input format (default: detected from the content)")
     p.set_defaults(func=cmd_import)
     return p
