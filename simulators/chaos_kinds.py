@@ -68,6 +68,11 @@ CLOCK_STEP_REASON = (
     "with CLOCK_MONOTONIC, the wall clock only labels records")
 
 BOOT_LOOP_RESETS = 3  # [chain] boot_loop's default `resets` (the campaign keeps it)
+# The built-in configuration's machine check ([check.NAME], docs/checks.md): it passes
+# while <machine>/run/CHECK_MARKER does not exist. The campaign writes the machine's
+# directory in place of MACHINE_DIR_MARK in the copy the machine runs from.
+CHECK_NAME, CHECK_MARKER, CHECK_RETRY = "marker", "chaos-check-marker", 0.5
+MACHINE_DIR_MARK = "@MACHINE_DIR@"
 # db's intensity in the built-in configuration: a decaying count (each second up takes a
 # crash off), so faults spread over a campaign never add up, while a crash at every
 # start (boot-loop) parks it in maintenance within seconds
@@ -113,12 +118,22 @@ class Budget:
                                              if s.health else 0) for s in svcs), default=0.0),
             stop=max((s.stop_timeout for s in svcs), default=1.0),
             restart_delay=cfg.chain.restart_delay,
-            reboot=reboot_bound(cfg))
+            reboot=reboot_bound(cfg), check=cls.check_of(cfg))
 
     @property
     def service(self) -> float:
         """A service back to ready: its backoff, then it and its dependents start."""
         return self.backoff + 2 * START_BUDGET
+
+    check: float = 0.0  # the longest a machine check takes to fail for good
+
+    @staticmethod
+    def check_of(cfg: config.Config) -> float:
+        """Its first failing try, retry_timeout before each repair and after the last,
+        each repair's run (a few ms here: the campaign's own), and a try at the end."""
+        return max((2 * c.interval + c.retry_timeout * (1 + len(c.repair))
+                    + len(c.repair) * START_BUDGET
+                    for c in getattr(cfg, "checks", {}).values()), default=0.0)
 
 
 def restart_bound(b: Budget) -> float:
@@ -299,6 +314,51 @@ def unfill(directory: str) -> None:
         os.unlink(os.path.join(directory, FILL_NAME))
     except OSError:
         pass
+
+
+def _marker(x: Injection) -> str:
+    return os.path.join(x.machine.run_dir, CHECK_MARKER)
+
+
+def _check_state(m: SimMachine) -> dict[str, Any]:
+    try:
+        rep = client.request(m.state_dir, {"op": "status"}, timeout=1.0)
+    except client.ControlError:
+        return {}
+    return (rep.get("checks") or {}).get(CHECK_NAME) or {}
+
+
+def check_repaired(x: Injection) -> list[str]:
+    """A marker file makes the machine check fail; once it has failed retry_timeout its
+    repair removes the file and it passes again: no reset. Watched until the repair ran
+    (the marker gone, the check seen failing) within the check's own bound."""
+    m, seen = x.machine, []
+    with open(_marker(x), "w") as f:
+        f.write("chaos\n")
+    limit = Budget.check_of(x.cfg) + START_BUDGET
+    t0, states = time.monotonic(), set()
+    while os.path.exists(_marker(x)):
+        states.add(_check_state(m).get("state"))
+        if time.monotonic() - t0 > limit:
+            return [f"check {CHECK_NAME}: its repair did not remove {_marker(x)} within "
+                    f"{limit:.1f} s (states seen: {sorted(map(str, states))})"]
+        time.sleep(0.05)
+    if not states & {"failing", "repairing"}:
+        seen.append(f"check {CHECK_NAME}: never seen failing before its repair "
+                    f"(states seen: {sorted(map(str, states))})")
+    return seen
+
+
+def check_failed(x: Injection) -> list[str]:
+    """A marker directory, which the check's repair (rm -f) cannot remove: the check fails
+    for good, the gate fails and the watchdog resets the machine; the boot wipes the run
+    directory, and the check passes again."""
+    os.mkdir(_marker(x))
+    return []
+
+
+def check_failed_bound(b: Budget) -> float:
+    return b.check + reset_bound(b)
 
 
 def state_removed(x: Injection) -> list[str]:
@@ -679,6 +739,14 @@ KINDS: dict[str, FaultKind] = {k.name: k for k in (
               "the new restarter re-adopts every service (nothing twice)",
               state_removed, lambda pre, now, _t: layer_replaced(pre, now, "restarter"),
               layer_bound),
+    FaultKind("check-repaired", "check", None,
+              "a marker file makes the machine check fail; after retry_timeout its repair "
+              "removes it and the check passes again: no reset",
+              check_repaired, at_once, lambda b: b.check + START_BUDGET),
+    FaultKind("check-failed", "check", "watchdog",
+              "a marker directory its repair cannot remove makes the machine check fail "
+              "for good: the gate fails and the watchdog resets; the new boot passes",
+              check_failed, rebooted, check_failed_bound, timed_reset=False),
     FaultKind("clock-step", "machine", None, "step CLOCK_REALTIME by an hour",
               not_here, at_once, restart_bound, "never"),
     FaultKind("config-broken", "layer", None,
@@ -727,7 +795,8 @@ def schedule(seed: int, n: int, kinds: list[str], services: list[str],
     pools = {"service": sorted(services), "liveness": sorted(liveness),
              "layer": ["restarter", "tickler"], "layer+init": ["init", "restarter", "tickler"],
              "gated": ["init", "restarter"], "critical": ["db"],
-             "init": ["init"], "machine": ["machine"]}
+             "init": ["init"], "machine": ["machine"],
+             "check": ["machine"]}  # (the built-in configuration's check: CHECK_NAME)
     out = []
     for i in range(n):
         kind = rng.choice(kinds)
@@ -755,6 +824,10 @@ def capabilities(kinds: list[str], cfg: config.Config, tmpfs_ok: bool,
         elif kind.target == "liveness" and not live:
             skipped[k] = ("no service with watchdog_sec or a health check: a hang of any "
                           "other service is invisible to the chain by design")
+        elif kind.target == "check" and CHECK_NAME not in getattr(cfg, "checks", {}):
+            skipped[k] = (f"needs the built-in configuration: its machine check "
+                          f"{CHECK_NAME} passes while no marker is in the machine's run "
+                          "directory, which the fault creates")
         elif kind.target == "critical" and not (
                 "db" in cfg.services and cfg.services["db"].critical
                 and SERVICE_FILE in " ".join(cfg.services["db"].command)):

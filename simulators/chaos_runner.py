@@ -31,8 +31,12 @@ from hachain import __version__, channels, config
 from hachain.simulators import chaos_report
 from hachain.simulators.chaos_kinds import (
     BOOT_BUDGET,
+    CHECK_MARKER,
+    CHECK_NAME,
+    CHECK_RETRY,
     DB_MAX_RESTARTS,
     KINDS,
+    MACHINE_DIR_MARK,
     PANIC_DELAY,
     Fault,
     InjectError,
@@ -103,7 +107,17 @@ after = ["db"]
 {common}
 [service.worker]
 command = {cmd("none")}
-{common}"""
+{common}
+# a machine check the check-repaired and check-failed kinds make fail: it passes while
+# no marker is in the machine's run directory (wiped at each boot); its repair removes a
+# marker file, and cannot remove a marker directory
+[check.{CHECK_NAME}]
+command = ["/bin/sh", "-c", "! test -e {MACHINE_DIR_MARK}/run/{CHECK_MARKER}"]
+interval = {HB_INTERVAL}
+retry_timeout = {CHECK_RETRY}
+repair = [["/bin/rm", "-f", "{MACHINE_DIR_MARK}/run/{CHECK_MARKER}"]]
+repair_timeout = 2
+"""
 
 
 # SimMachine's "boot N: <what> (...)" event, back to its cause
@@ -137,8 +151,9 @@ class Campaign:
         # the machine runs from a copy: config-broken breaks the copy, never the user's file
         os.makedirs(workdir, exist_ok=True)
         self.run_config = os.path.join(workdir, "machine-chain.toml")
-        with open(self.run_config, "wb") as f:
-            f.write(_read(config_path))
+        with open(self.run_config, "wb") as f:  # (the machine's directory named in it)
+            f.write(_read(config_path).replace(MACHINE_DIR_MARK.encode(),
+                                               os.path.join(workdir, "m").encode()))
         self.workdir = workdir
         self.seed = seed
         self.faults = faults

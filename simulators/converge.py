@@ -73,6 +73,7 @@ class Seen:
     records: dict[str, Any] | None = None  # the restarter's runtime records
     outside: dict[str, list[tuple[int, str]]] | None = None  # (pid, cgroup) out of place
     admin: Any = UNSEEN  # the persisted administrator state
+    checks: dict[str, Any] | None = None  # the restarter's machine checks (None: not seen)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Want:
     admin: Any = UNSEEN
     strangers: bool = False
     layers: tuple[str, ...] = channels.LAYERS
+    checks: tuple[str, ...] = ()  # machine checks that must pass ([check.NAME])
 
 
 def expected(want: ServiceWant, status: dict[str, Any]) -> tuple[str, int | None]:
@@ -173,6 +175,14 @@ def problems(seen: Seen, want: Want) -> list[str]:
                 out.append(f"unknown service {name}: processes {seen.mains[name]}")
     if want.admin is not UNSEEN and seen.admin is not UNSEEN and seen.admin != want.admin:
         out.append(f"admin.json changed: {want.admin!r} -> {seen.admin!r}")
+    if seen.checks is not None:
+        for name in want.checks:
+            c = seen.checks.get(name)
+            state = c.get("state") if isinstance(c, dict) else None
+            if state != "ok":
+                out.append(f"check {name}: {state or 'unknown to the restarter'}"
+                           + (f" ({c.get('detail')})" if isinstance(c, dict) and
+                              c.get("detail") else ""))
     return out
 
 
@@ -186,7 +196,7 @@ def want_of(cfg: Any, heartbeat_timeout: float, admin: Any = UNSEEN) -> Want:
     return Want({n: ServiceWant(c.kind, c.enabled, singleton=c.singleton,
                                 conditional=c.condition is not None)
                  for n, c in cfg.services.items()},
-                heartbeat_timeout, admin)
+                heartbeat_timeout, admin, checks=tuple(getattr(cfg, "checks", {})))
 
 
 # --- observing processes through /proc ------------------------------------------------------
@@ -282,7 +292,8 @@ def seen_of_status(st: dict[str, Any], procs: list[Proc]) -> Seen:
     wd = ch.get("watchdog") or {}
     error = ch.get("restarter_error")
     return Seen(layers, None if error else st["services"], mains(procs), error=error,
-                petting=bool(wd.get("petting")), gate=wd.get("gate"))
+                petting=bool(wd.get("petting")), gate=wd.get("gate"),
+                checks=None if error else st.get("checks"))
 
 
 # --- a simulated machine, seen from the host -------------------------------------------------
@@ -301,6 +312,7 @@ class Snapshot:
     admin: Any
     records: dict[str, Any] | None = None  # <state_dir>/services/NAME.json (None: not read)
     logger: int | None = None  # host pid of the logger (docs/logs.md), from its lock file
+    checks: dict[str, Any] | None = None  # the restarter's machine checks (None: not read)
 
 
 def _logger(state_dir: str, by_ns: dict[int, int]) -> int | None:
@@ -362,11 +374,12 @@ def snapshot(m: SimMachine) -> Snapshot:
         hb = m.heartbeat(layer)
         ages[layer] = None if hb is None else round(hb.age(now), 3)
         layers[layer] = None if hb is None else by_ns.get(hb.pid)
-    services, error = None, None
+    services, error, checks = None, None, None
     try:
         rep = client.request(m.state_dir, {"op": "status"}, timeout=1.0)
         if rep.get("ok"):
             services = rep.get("services", {})
+            checks = rep.get("checks") or {}
         else:
             error = str(rep.get("error"))
     except client.ControlError as e:
@@ -376,7 +389,7 @@ def snapshot(m: SimMachine) -> Snapshot:
     held, why = read_admin(m.persist_dir)
     admin: Any = f"unreadable: {why}" if why else held
     return Snapshot(now, len(m.boots), init, layers, ages, services, error, procs, admin,
-                    _records(m.state_dir), _logger(m.state_dir, by_ns))
+                    _records(m.state_dir), _logger(m.state_dir, by_ns), checks)
 
 
 def snapshot_light(m: SimMachine) -> Snapshot:
@@ -403,7 +416,7 @@ def seen_of(snap: Snapshot, cg_rel: str | None, names: Iterable[str]) -> Seen:
     return Seen(layers, snap.services,
                 {n: [p.nspid for p in main_procs(snap.procs, n)] for n in names},
                 error=snap.error, machine_up=snap.init is not None, records=snap.records,
-                outside=outside, admin=snap.admin)
+                outside=outside, admin=snap.admin, checks=snap.checks)
 
 
 def lasting(a: Snapshot, b: Snapshot) -> list[str]:

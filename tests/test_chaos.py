@@ -107,6 +107,22 @@ def test_invariants_flag_duplicates_strays_zombies_and_admin_changes() -> None:
     assert converge.lasting(_snap(_healthy()[0], services), s) == []
 
 
+def test_a_machine_check_that_does_not_pass_is_not_converged() -> None:
+    procs, services = _healthy()
+    s = _snap(procs, services)
+    cfg = _cfg()
+    assert "marker" in cfg.checks  # the built-in configuration's own check
+    assert converge.snapshot_problems(s, cfg, {}, "/cg", 1.5) == []  # checks not read
+    for state, detail in (("ok", None), ("pending", None), ("failing", "exit status 1")):
+        s.checks = {"marker": {"state": state, "detail": detail}}
+        found = converge.snapshot_problems(s, cfg, {}, "/cg", 1.5)
+        assert found == ([] if state == "ok" else [
+            f"check marker: {state}" + (f" ({detail})" if detail else "")]), found
+    s.checks = {}
+    assert converge.snapshot_problems(s, cfg, {}, "/cg", 1.5) == \
+        ["check marker: unknown to the restarter"]
+
+
 def test_bounds_follow_the_configuration() -> None:
     cfg = _cfg()
     rb = chaos_kinds.reboot_bound(cfg)
@@ -259,7 +275,7 @@ def test_every_fault_kind_meets_its_expectation(short_tmp: Any) -> None:
     pools = {"service": ["api", "cache", "db", "worker"], "liveness": ["db", "api"],
              "layer": ["restarter", "tickler"], "layer+init": ["restarter", "init", "tickler"],
              "gated": ["restarter", "init"], "critical": ["db"],
-             "init": ["init"], "machine": ["machine"]}
+             "init": ["init"], "machine": ["machine"], "check": ["machine"]}
     faults = []
     for i, k in enumerate(runnable):
         pool = pools[chaos.KINDS[k].target]
