@@ -51,6 +51,7 @@ class _Try:
                  probe: probes.Probe | None = None) -> None:
         self.started, self.deadline, self.repair, self.probe = started, deadline, repair, probe
         self.abandoned = False  # its thread passed the deadline (failed): still waited for
+        self.abandoned_at = 0.0
 
 
 class MachineChecks:
@@ -107,7 +108,8 @@ class MachineChecks:
 
     def next_event(self) -> float | None:
         """The monotonic time of the next try or deadline (None: nothing to do)."""
-        times = [self.due[n] for n in self.conf if n not in self.running]
+        times = [self.due[n] for n in self.conf
+                 if n not in self.running or self.running[n].abandoned]
         times += [t.deadline for t in self.running.values() if not t.abandoned]
         return min(times) if times else None
 
@@ -121,7 +123,7 @@ class MachineChecks:
                 self.running.pop(name)
                 self._end_probe(t)
             else:
-                t.abandoned = True  # its thread may come back later: dropped then
+                t.abandoned, t.abandoned_at = True, now  # its thread may come back later
             limit = c.repair_timeout if t.repair else c.timeout
             self._answer(name, t, Verdict(False, f"no answer within {limit:g} s"), now)
         for name, due in list(self.due.items()):
@@ -131,7 +133,8 @@ class MachineChecks:
             busy = self.running.get(name)
             if busy is None:
                 self._try(name, now)
-            elif busy.abandoned and not busy.repair:  # a thread still stuck in the kernel
+            elif busy.abandoned and not busy.repair and busy.abandoned_at < now:
+                # a thread still stuck in the kernel (not one given up on just now)
                 self._observe(name, Verdict(False, "the last try has not returned for "
                                             f"{now - busy.started:.0f} s"), now)
 
