@@ -76,4 +76,17 @@ requires = ["db"]
 restart = "on-failure"
 backoff = {{ initial = 1, factor = 2.0, max = 10, reset_after = 30 }}
 intensity = {{ max_restarts = 10, window = 300, action = "maintenance" }}
+
+# machine checks, as the `watchdog` daemon's tests (docs/checks.md): failing for
+# retry_timeout (then after their repairs) they fail the health gate
+[check.memory]
+kind = "memory"
+min_available = "16M"
+retry_timeout = 30
+
+[check.loopback]
+kind = "ping"
+host = "127.0.0.1"
+timeout = 1
+action = "log"        # reported only: a host may allow no ping socket (CAP_NET_RAW)
 """

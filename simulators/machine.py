@@ -713,7 +713,10 @@ def status_line(machine: SimMachine, t: float) -> str:
                                              f"{'s' if s['restarts'] > 1 else ''})"
                                              if s["restarts"] else "")
                      for n, s in sorted(st["services"].items())) or "services: no answer"
-    return f"sim: t={t:4.0f}s boot {len(machine.boots)} | " + ", ".join(parts) + " | " + svcs
+    checks = ", ".join(f"{n} {c.get('state')}" for n, c in sorted(st.get("checks", {}).items())
+                       if isinstance(c, dict))
+    return f"sim: t={t:4.0f}s boot {len(machine.boots)} | " + ", ".join(parts) + " | " + svcs \
+        + (f" | checks: {checks}" if checks else "")
 
 
 # The guided tour (`hachain sim --tour`, what scripts/demo.sh runs): (seconds after
