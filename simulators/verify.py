@@ -73,6 +73,7 @@ SIGKILL, SIGTERM = 9, 15
 MUTANTS = ("init-no-restart", "tickler-ignores-restarter", "adopt-duplicates",
            "layer-reads-live-file", "no-last-known-good", "no-boot-loop-breaker")
 BOOT_LOOP_RESETS = 3  # [chain] boot_loop's default `resets` (action "rescue")
+MACHINE_CHECK = bootrecord.CHECK_PREFIX + "net"  # the model's machine check, as blamed
 UP, DEAD, HUNG = "up", "dead", "hung"
 LAYERS = ("init", "restarter", "tickler")
 RESTARTS_CAP = 9  # `Svc.restarts` counts are clamped: nothing in the policy reads them
@@ -137,6 +138,11 @@ class Options:
     # services with a `condition` (model indexes): the host may stop it holding at any
     # moment (once each, not a fault); the next start of the service then skips it
     conditional: tuple[int, ...] = ()
+    # the machine has one machine check ([check.NAME], action "reboot", MACHINE_CHECK)
+    # whose target may fail for good (a fault: the gateway gone); the restarter then
+    # reports it failed (its retry_timeout and repairs taken as already spent) until a
+    # rescue boot holds it
+    machine_check: bool = True
 
 
 MAX_CONFIG_SERVICES = 4  # `-c`: the model's size limit (state space grows ~10x per service)
@@ -258,7 +264,11 @@ def options_from_config(cfg: Config, faults: int, bound: int, only: list[str] | 
         hb_timeout=_to_ticks(wd.heartbeat_timeout, tick, 1, down=True),
         restart_grace=_to_ticks(wd.restart_grace, tick, 1),
         configs=tuple(confs), tick=tick, legend=tuple(c.name for c in order),
-        conditional=tuple(i for i, c in enumerate(order) if c.condition is not None))
+        conditional=tuple(i for i, c in enumerate(order) if c.condition is not None),
+        machine_check=any(c.action == "reboot" for c in cfg.checks.values()))
+    if opts.machine_check:
+        notes.append("machine checks: one that fails for good on every boot is modelled "
+                     "(as net: its retry_timeout and repairs taken as spent at once)")
     return opts, notes
 
 
@@ -306,6 +316,7 @@ class World:
     # last `resets` boots' (reason, critical services that failed the gate), oldest
     # first (persistent), and what this boot's rescue holds
     broken: bool = False
+    check_down: bool = False  # what the machine check tests is gone for good (persistent)
     boots: tuple[tuple[str, tuple[str, ...]], ...] = ()
     held: tuple[str, ...] = ()
     # admin state: services stopped by hand (want = "down" in admin.json, persistent)
@@ -645,8 +656,14 @@ class _Restarter:
             **kw)
 
     def heartbeat(self, w: World) -> World:
-        """The restarter's heartbeat: age 0 and the core's report on critical services."""
+        """The restarter's heartbeat: age 0, the core's report on critical services, and
+        the machine check's (failed while its target is down, unless the rescue holds
+        it: MachineChecks.report)."""
         extra = tuple((n, d["state"], d["ok"]) for n, d in self.core.critical_report().items())
+        if self.m.opts.machine_check:
+            held = MACHINE_CHECK in w.held
+            state = "ok" if not w.check_down else "held" if held else "failed"
+            extra += ((MACHINE_CHECK, state, not w.check_down or held),)
         return replace(w, hb_age=(w.hb_age[0], 0), hb_extra=extra, hb_reboot=w.reboot_req)
 
 
@@ -694,7 +711,8 @@ class Model:
         w = replace(self.blank, snapshot=False) if prev is None else replace(
             self.blank, maint=prev.maint, down=prev.down, op=prev.op,
             cfg_broken=prev.cfg_broken, snapshot=False,
-            broken=prev.broken, boots=prev.boots, crash_only=not prev.broken)
+            broken=prev.broken, check_down=prev.check_down, boots=prev.boots,
+            crash_only=not (prev.broken or prev.check_down))
         w = replace(w, held=self.rescue_holds(w.boots))
         if not self.config_loads(w):  # no configuration at all: nothing starts
             return replace(w, layers=(UP, DEAD, DEAD), hb_age=(0, self.age_cap),
@@ -715,7 +733,8 @@ class Model:
         if verdict is None or verdict["action"] != "rescue":
             return ()
         return tuple(n for n in verdict["held"]
-                     if n in self.index and self.confs[self.index[n]].critical)
+                     if n in self.index and self.confs[self.index[n]].critical
+                     or n == MACHINE_CHECK and self.opts.machine_check)
 
     def ended(self, w: World, reason: str, failed: tuple[str, ...]) -> World:
         """`w` with its boot's end written into the boot record (the last few kept)."""
@@ -726,8 +745,8 @@ class Model:
         boot ends with nothing written about why ("unknown")."""
         return replace(self.blank, kernel="panicked", layers=(DEAD, DEAD, DEAD),
                        maint=w.maint, down=w.down, op=w.op, crash_only=False,
-                       cfg_broken=w.cfg_broken,
-                       broken=w.broken, boots=self.ended(w, bootrecord.UNKNOWN, ()).boots)
+                       cfg_broken=w.cfg_broken, broken=w.broken, check_down=w.check_down,
+                       boots=self.ended(w, bootrecord.UNKNOWN, ()).boots)
 
     def gate_ok(self, w: World) -> bool:
         """The real health gate on the heartbeats the tickler would read now."""
@@ -736,8 +755,13 @@ class Model:
         key = (w.hb_age[0], w.layers[0] != DEAD, r_age, r_alive, w.hb_extra, w.hb_reboot)
         ok = self._gate.get(key)
         if ok is None:
+            pre = bootrecord.CHECK_PREFIX
             extra: dict[str, Any] = {
-                "critical": {n: {"state": st, "ok": good} for n, st, good in w.hb_extra},
+                "critical": {n: {"state": st, "ok": good} for n, st, good in w.hb_extra
+                             if not n.startswith(pre)},
+                # (as the restarter reports its machine checks: MachineChecks.report)
+                "checks": {n[len(pre):]: {"state": st, "ok": good, "detail": "target down"}
+                           for n, st, good in w.hb_extra if n.startswith(pre)},
                 "reboot_requested": "requested" if w.hb_reboot else None}
             hbs = {"init": Heartbeat("init", 1, EPOCH - w.hb_age[0], 0.0, 1, 0, {}),
                    "restarter": Heartbeat("restarter", 2, EPOCH - r_age, 0.0, 1, 0, extra)}
@@ -898,6 +922,9 @@ class Model:
             yield Step("fault: svc0 is broken for good (a missing disk: its process and "
                        "every start crash)", FAULT,
                        replace(w, broken=True, procs=procs, crash_only=False))
+        if self.opts.machine_check and not w.check_down:
+            yield Step("fault: the machine check's target is gone for good (the gateway "
+                       "it pings)", FAULT, replace(w, check_down=True, crash_only=False))
         for i, ps in enumerate(w.procs):
             for k, (pid, ph, *rest) in enumerate(ps):
                 procs = _set(w.procs, i, tuple(p for p in ps if p[0] != pid))
@@ -1409,6 +1436,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="leave out svc0's service watchdog (WATCHDOG=1) and its hang")
     p.add_argument("--no-mainpid", dest="mainpid", action="store_false",
                    help="leave out svc0's MAINPID= hand-over to the server it forks")
+    p.add_argument("--no-machine-check", dest="machine_check", action="store_false",
+                   help="leave out the machine check ([check.NAME]) whose target may fail "
+                        "for good")
     p.add_argument("-c", "--config", default=None,
                    help="model this configuration file's services and timing instead of the "
                         f"generic model (at most {MAX_CONFIG_SERVICES} long-running services)")
@@ -1443,6 +1473,7 @@ def func(args: argparse.Namespace) -> int:
                    admin=getattr(args, "admin", False),
                    watchdog=getattr(args, "watchdog", True),
                    mainpid=getattr(args, "mainpid", True),
+                   machine_check=getattr(args, "machine_check", True),
                    conditional=(0,) if getattr(args, "condition", False) else ())
     if not problems and getattr(args, "config", None):
         from hachain import config as config_mod

@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from hachain.restarter import states
 from hachain.restarter.states import Ev, State
 from hachain.simulators import verify
-from hachain.simulators.verify import Options, explore
+from hachain.simulators.verify import MACHINE_CHECK, Model, Options, _Restarter, explore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.timeout(120)
@@ -100,13 +101,34 @@ def test_no_reachable_state_boot_loops_under_the_default_policy() -> None:
     and the machine stays up. Without the breaker (action "ignore") verify finds the loop."""
     rep = explore(Options())
     assert rep.ok and rep.others.get("boot_loop", 0) == 0
-    v = explore(Options(mutant="no-boot-loop-breaker")).violation
+    v = explore(Options(mutant="no-boot-loop-breaker", machine_check=False)).violation
     assert v is not None and v["kind"] == "boot_loop", v
     trace = "\n".join(v["trace"])
     assert "fault: svc0 is broken for good" in trace
     assert "svc0 starting->maintenance" in trace
     assert trace.count("tick: watchdog expired: reset, boot") >= 3
     assert "a cycle that never reaches the goal" in v["trace"][-1]
+
+
+def test_a_machine_check_that_fails_on_every_boot_ends_in_rescue_not_a_loop() -> None:
+    """A machine check ([check.NAME], action "reboot") whose target is gone for good
+    fails the real gate (health.check_reasons) boot after boot; the boot record blames
+    "check:net", and the real `bootrecord.assess` holds it in the rescue boot, which
+    stays up. Without the breaker verify finds the loop, through the check."""
+    rep = explore(Options(machine_check=True))
+    assert rep.ok and rep.others.get("boot_loop", 0) == 0
+    v = explore(Options(mutant="no-boot-loop-breaker", machine_check=True)).violation
+    assert v is not None and v["kind"] == "boot_loop", v
+    trace = "\n".join(v["trace"])
+    assert "fault: the machine check's target is gone for good" in trace
+    assert trace.count("tick: watchdog expired: reset, boot") >= 3
+    # the gate the model asks is the real one: a failed check fails it, a held one not
+    m = Model(Options())
+    down = replace(m.blank, check_down=True)
+    r = _Restarter(m, down)
+    assert not m.gate_ok(r.heartbeat(down))
+    held = replace(down, held=(MACHINE_CHECK,))
+    assert m.gate_ok(_Restarter(m, held).heartbeat(held))
 
 
 def test_adopt_duplicates_trace_is_short_and_names_the_second_copy() -> None:
