@@ -7,6 +7,7 @@ import ctypes
 import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -186,6 +187,7 @@ class Runner:
         self.sel = selectors.DefaultSelector()
         self.lines: list[str] = []
         self.m = MachineChecks(conf, grid, self.sel, self.lines.append)
+        self.groups: set[int] = set()  # process groups of the commands seen running
 
     def run_until(self, cond: Any, within: float, what: str) -> Any:
         end = time.monotonic() + within
@@ -201,6 +203,7 @@ class Runner:
             while (got := spawn.exited_child()) is not None:  # as the loop's SIGCHLD path
                 spawn.keep_for_later(*got)
                 spawn.release(got[0])
+            self.groups |= {t.probe.pid for t in self.m.running.values() if t.probe}
             if (got := cond()):
                 return got
         raise AssertionError(f"not within {within} s: {what}; log: {self.lines}")
@@ -209,8 +212,23 @@ class Runner:
         return self.m.streaks[name].state
 
     def close(self) -> None:
+        """Kill what runs, then reap every process of the commands' groups (their
+        children too: this test process is a subreaper), so no test leaves a child."""
+        self.groups |= {t.probe.pid for t in self.m.running.values() if t.probe}
         self.m.close()
         self.sel.close()
+        end = time.monotonic() + 30
+        for pgid in self.groups:
+            while time.monotonic() < end:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    if os.waitpid(-pgid, os.WNOHANG)[0] == 0:
+                        time.sleep(0.01)
+                except ChildProcessError:
+                    break
 
 
 @pytest.fixture
