@@ -65,6 +65,13 @@ def test_policy_and_states_do_no_io():
             assert forbidden not in mods, f"restarter/{name} imports {forbidden}"
 
 
+def test_machine_check_verdicts_do_no_io():
+    """hachain/checks.py judges what the restarter's machine module read: pure."""
+    mods = imports_of(os.path.join(ROOT, "checks.py"))
+    for forbidden in ("os", "subprocess", "socket", "time", "selectors", "threading"):
+        assert forbidden not in mods, f"checks.py imports {forbidden}"
+
+
 def test_restarter_does_not_import_other_layers():
     for f in files("restarter"):
         for m in imports_of(f):
