@@ -25,6 +25,7 @@ from hachain.configtypes import CheckConfig, WatchdogConfig
 from hachain.restarter import machine, spawn
 from hachain.restarter.machine import MachineChecks
 from hachain.watchdog import health
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -430,3 +431,37 @@ def test_hachain_check_says_what_a_check_cannot_do_on_this_host(tmp_path: Path) 
         "check c: command[0] = no-such-program: not found in PATH "
         "(/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)",
         "check c: repair[1] = /no/such/repair: No such file or directory"], p.stderr
+
+
+def test_a_real_restarter_reports_its_checks_and_reload_changes_them(
+        restarter: Any) -> None:
+    """Through the control socket and the heartbeat the tickler reads: a check added by
+    `reload` starts pending and passes, an unchanged one keeps its standing, a removed
+    one is gone; `hachain clear check:NAME` of a check no rescue holds says so."""
+    from hachain import channels, client
+    run = restarter('[service.a]\ncommand = ["/bin/sleep", "600"]\n'
+                    '[check.load]\nkind = "load"\nmax_load = 1000000\ninterval = 0.2\n'
+                    '[check.gone]\ncommand = ["/bin/true"]\ninterval = 0.2\n')
+    run.wait_state("a", "ready")
+
+    def checks() -> dict[str, Any]:
+        return client.request(run.state_dir, {"op": "status"})["checks"]
+    wait_until(lambda: checks().get("load", {}).get("tries", 0) >= 2, 30, "two tries")
+    hb = wait_until(lambda: (h := channels.read_heartbeat(run.state_dir, "restarter"))
+                    and "load" in (h.extra.get("checks") or {}) and h, 30, "the heartbeat")
+    assert hb.extra["checks"]["load"]["ok"] is True
+    tries = checks()["load"]["tries"]
+    with open(run.config, "a") as f:
+        f.write('[check.new]\nkind = "memory"\nmin_available = 1\ninterval = 0.2\n')
+    text = open(run.config).read().replace(
+        '[check.gone]\ncommand = ["/bin/true"]\ninterval = 0.2\n', "")
+    with open(run.config, "w") as f:
+        f.write(text)
+    assert run.req("reload")["ok"]
+    got = wait_until(lambda: (c := checks()).get("new", {}).get("state") == "ok" and c, 30,
+                     "the new check to pass")
+    assert set(got) == {"load", "new"} and got["load"]["tries"] >= tries
+    rep = client.request(run.state_dir, {"op": "clear", "name": "check:load"})
+    assert rep == {"ok": False, "error": "check load: not held by a rescue boot"}
+    bad = client.request(run.state_dir, {"op": "clear", "name": "check:no/such"})
+    assert bad["ok"] is False and "not a check name" in bad["error"], bad
