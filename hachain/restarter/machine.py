@@ -353,34 +353,49 @@ def ping(host: str, timeout: float) -> Verdict:
         s = socket.socket(fam, socket.SOCK_DGRAM, proto)
         raw = False
     except PermissionError:
-        s = socket.socket(fam, socket.SOCK_RAW, proto)
+        try:
+            s = socket.socket(fam, socket.SOCK_RAW, proto)
+        except PermissionError:
+            return Verdict(False, f"{host}: no ping socket here (a raw one needs "
+                           "CAP_NET_RAW; an unprivileged one, net.ipv4.ping_group_range)")
         raw = True
-    with s:
-        req, rep = _ECHO[fam]
-        ident, seq = os.getpid() & 0xFFFF, int(time.monotonic() * 1000) & 0xFFFF
-        payload = b"hachain check " + struct.pack("!d", time.monotonic())
-        body = struct.pack("!BBHHH", req, 0, 0, ident, seq) + payload
-        if fam == socket.AF_INET:  # (the kernel sums ICMPv6 itself)
-            body = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
-        start = time.monotonic()
-        deadline = start + timeout
-        s.settimeout(timeout)
-        s.sendto(body, (host, 0))
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return Verdict(False, f"{host}: no echo reply within {timeout:g} s")
-            s.settimeout(left)
-            try:
-                data, _ = s.recvfrom(2048)
-            except TimeoutError:
-                return Verdict(False, f"{host}: no echo reply within {timeout:g} s")
-            if raw and fam == socket.AF_INET:
-                data = data[(data[0] & 0x0F) * 4:]  # past the IP header
-            if len(data) < 8:
-                continue
-            typ, _, _, rid, rseq = struct.unpack("!BBHHH", data[:8])
-            if typ == rep and rseq == seq and (rid == ident or not raw) \
-                    and data[8:] == payload:
-                return Verdict(True, f"{host}: echo reply in "
-                               f"{(time.monotonic() - start) * 1000:.1f} ms")
+    try:
+        return _echo(s, raw, fam, host, timeout)
+    except OSError as e:  # a send refused at once: no route, the network unreachable
+        return Verdict(False, f"{host}: {e.strerror or e}")
+    finally:
+        s.close()
+
+
+def _echo(s: socket.socket, raw: bool, fam: socket.AddressFamily, host: str,
+          timeout: float) -> Verdict:
+    """One echo request on `s` and its reply (a raw socket sees every ICMP packet of
+    the host: matched by type, identifier, sequence and payload)."""
+    req, rep = _ECHO[fam]
+    ident, seq = os.getpid() & 0xFFFF, int(time.monotonic() * 1000) & 0xFFFF
+    payload = b"hachain check " + struct.pack("!d", time.monotonic())
+    body = struct.pack("!BBHHH", req, 0, 0, ident, seq) + payload
+    if fam == socket.AF_INET:  # (the kernel sums ICMPv6 itself)
+        body = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
+    start = time.monotonic()
+    deadline = start + timeout
+    s.settimeout(timeout)
+    s.sendto(body, (host, 0))
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return Verdict(False, f"{host}: no echo reply within {timeout:g} s")
+        s.settimeout(left)
+        try:
+            data, _ = s.recvfrom(2048)
+        except TimeoutError:
+            return Verdict(False, f"{host}: no echo reply within {timeout:g} s")
+        if raw and fam == socket.AF_INET:
+            data = data[(data[0] & 0x0F) * 4:]  # past the IP header
+        if len(data) < 8:
+            continue
+        typ, _, _, rid, rseq = struct.unpack("!BBHHH", data[:8])
+        if typ == rep and rseq == seq and (rid == ident or not raw) \
+                and data[8:] == payload:
+            return Verdict(True, f"{host}: echo reply in "
+                           f"{(time.monotonic() - start) * 1000:.1f} ms")
