@@ -47,7 +47,7 @@ Every failed rule adds one human line to `reasons`; the gate passes when there a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hachain.channels import Heartbeat
@@ -143,44 +143,40 @@ def restarter_reasons(extra: Mapping[str, Any], cfg: WatchdogConfig,
     return reasons
 
 
+def _not_ok(table: Any, key: str, what: str, sink: list[str],
+            line: Callable[[str, Mapping[str, Any]], str]) -> list[str]:
+    """One reason per entry of the restarter's report `table` (its heartbeat's `key`)
+    that is not `ok: true`, worded by `line(name, entry)`; an entry that is no table is
+    "WHAT NAME: malformed status ...", a report that is no table goes to `sink`."""
+    if table is None:
+        return []
+    if not isinstance(table, Mapping):
+        sink.append(f"restarter heartbeat malformed: {key} is {table!r}, expected a table")
+        return []
+    out = []
+    for name in sorted(table):
+        info = table[name]
+        if not isinstance(info, Mapping):
+            out.append(f"{what} {name}: malformed status {info!r}")
+        elif info.get("ok") is not True:
+            out.append(line(name, info))
+    return out
+
+
 def check_reasons(checks: Any, sink: list[str]) -> list[str]:
     """One reason per machine check that failed for good with `action = "reboot"` (the
     restarter's report says `ok: false` for exactly those); malformed input to `sink`."""
-    if checks is None:
-        return []
-    if not isinstance(checks, Mapping):
-        sink.append(f"restarter heartbeat malformed: checks is {checks!r}, expected a table")
-        return []
-    out = []
-    for name in sorted(checks):
-        info = checks[name]
-        if not isinstance(info, Mapping):
-            out.append(f"check {name}: malformed status {info!r}")
-        elif info.get("ok") is not True:
-            out.append(f"check {name} failed: {info.get('detail') or 'no detail'}")
-    return out
+    return _not_ok(checks, "checks", "check", sink, lambda name, info:
+                   f"check {name} failed: {info.get('detail') or 'no detail'}")
 
 
 def critical_reasons(critical: Any, sink: list[str]) -> list[str]:
     """One reason per critical service that is not ok; malformed input goes to `sink`."""
-    if critical is None:
-        return []
-    if not isinstance(critical, Mapping):
-        sink.append(f"restarter heartbeat malformed: critical is {critical!r}, expected a "
-                    "table")
-        return []
-    out = []
-    for name in sorted(critical):
-        info = critical[name]
-        if not isinstance(info, Mapping):
-            out.append(f"critical service {name}: malformed status {info!r}")
-            continue
-        if info.get("ok") is True:
-            continue
-        state = info.get("state", "unknown")
+    def line(name: str, info: Mapping[str, Any]) -> str:
         why = info.get("reason")
-        out.append(f"critical service {name} not ok: {state}" + (f" ({why})" if why else ""))
-    return out
+        return f"critical service {name} not ok: {info.get('state', 'unknown')}" + \
+            (f" ({why})" if why else "")
+    return _not_ok(critical, "critical", "critical service", sink, line)
 
 
 def fence_reasons(now: float, chb: Heartbeat | None, rhb: Heartbeat | None) -> list[str]:
