@@ -62,7 +62,8 @@ WD_TIMEOUT, PET, HB_TIMEOUT, HB_INTERVAL, RESTART_DELAY = 3, 0.5, 1.5, 0.25, 0.5
 
 
 def campaign_config_text(python: str, svc: str) -> str:
-    """The built-in campaign configuration (four services, one critical notify one)."""
+    """The built-in campaign configuration (four services, one critical notify one, and
+    a machine check that the check kinds make fail)."""
     def cmd(*args: str) -> str:
         return json.dumps([python, "-I", "-S", svc, *args])
     common = ('backoff = { initial = 0.1, factor = 2.0, max = 1.0, reset_after = 3 }\n'
@@ -83,6 +84,16 @@ timeout = {WD_TIMEOUT}
 pet_interval = {PET}
 heartbeat_timeout = {HB_TIMEOUT}
 restart_grace = 4
+
+# a machine check the check-repaired and check-failed kinds make fail: it passes while
+# no marker is in the machine's run directory (wiped at each boot); its repair removes a
+# marker file, and cannot remove a marker directory
+[check.{CHECK_NAME}]
+command = ["/bin/sh", "-c", "! test -e {MACHINE_DIR_MARK}/run/{CHECK_MARKER}"]
+interval = 1
+retry_timeout = {CHECK_RETRY}
+repair = [["/bin/rm", "-f", "{MACHINE_DIR_MARK}/run/{CHECK_MARKER}"]]
+repair_timeout = 2
 
 [service.db]
 command = {cmd("notify", "0.2")}
@@ -108,15 +119,6 @@ after = ["db"]
 [service.worker]
 command = {cmd("none")}
 {common}
-# a machine check the check-repaired and check-failed kinds make fail: it passes while
-# no marker is in the machine's run directory (wiped at each boot); its repair removes a
-# marker file, and cannot remove a marker directory
-[check.{CHECK_NAME}]
-command = ["/bin/sh", "-c", "! test -e {MACHINE_DIR_MARK}/run/{CHECK_MARKER}"]
-interval = {HB_INTERVAL}
-retry_timeout = {CHECK_RETRY}
-repair = [["/bin/rm", "-f", "{MACHINE_DIR_MARK}/run/{CHECK_MARKER}"]]
-repair_timeout = 2
 """
 
 
