@@ -463,3 +463,32 @@ def test_a_real_restarter_reports_its_checks_and_reload_changes_them(
     assert rep == {"ok": False, "error": "check load: not held by a rescue boot"}
     bad = client.request(run.state_dir, {"op": "clear", "name": "check:no/such"})
     assert bad["ok"] is False and "not a check name" in bad["error"], bad
+
+
+def test_what_a_check_leaves_behind_goes_with_it_but_a_repair_may_start_things(
+        tmp_path: Path, runner: list[Runner]) -> None:
+    """A check that forks (a test that starts a helper and exits 0) would leave one more
+    process at every try: its process group is killed when it exits. A repair that starts
+    something (a DHCP client) keeps it."""
+    left = tmp_path / "left"
+    kept = tmp_path / "kept"
+    c = check(name="c", command=["/bin/sh", "-c", f"sleep 600 & echo $! > {left}"],
+              interval=0.2)
+    fix = check(name="fix", command=["/bin/false"], interval=0.2, retry_timeout=0,
+                repair=[["/bin/sh", "-c", f"sleep 600 & echo $! > {kept}"]],
+                action="log")
+    r = Runner({"c": c, "fix": fix})
+    runner.append(r)
+    r.run_until(lambda: left.exists() and left.read_text().strip()
+                and r.m.streaks["c"].tries >= 1, 30, "a try of c")
+    orphan = int(left.read_text())
+    r.run_until(lambda: not os.path.exists(f"/proc/{orphan}") or
+                open(f"/proc/{orphan}/stat").read().split()[2] == "Z", 30,
+                "what the check left to be killed")
+    r.run_until(lambda: kept.exists() and kept.read_text().strip(), 30, "the repair")
+    helper = int(kept.read_text())
+    try:
+        r.run_until(lambda: r.m.streaks["fix"].state == checks.FAILED, 30, "failed")
+        assert open(f"/proc/{helper}/stat").read().split()[2] != "Z"  # still running
+    finally:
+        os.kill(helper, signal.SIGKILL)

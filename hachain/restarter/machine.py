@@ -16,7 +16,8 @@ How a try runs, by kind:
   failed; a thread still stuck in the kernel is left there, and no new try of that check
   starts until it returns (each due try fails, saying so);
 - `command` and every repair: a child process watched through its pidfd, killed (its
-  process group) at its timeout.
+  process group) at its timeout; what a `command` check leaves running in its process
+  group is killed when it exits (a repair's is left: it may start something on purpose).
 """
 
 from __future__ import annotations
@@ -254,9 +255,18 @@ class MachineChecks:
         if cmd is None or cmd.probe is None:
             return
         del self.running[key]
+        group = cmd.probe.pid
         ok = probes.finish_exec(cmd.probe)
         detail = cmd.probe.detail
         self._end_probe(cmd)
+        if not cmd.repair:
+            # what a test left running in its process group goes with it (a check that
+            # forks would leave one more process at every try); a repair may start
+            # something on purpose, and is left alone
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except OSError:
+                pass
         self._answer(key, cmd, Verdict(ok, detail), now)
 
     def _answer(self, name: str, t: _Try, v: Verdict, now: float) -> None:
