@@ -129,11 +129,14 @@ def interface_verdict(rx: int, seen: Seen | None, now: float,
 
 @dataclass(frozen=True)
 class Streak:
-    """One check's standing. `since`: when the failure began (monotonic; None while it
-    passes); `repairs`: the repair commands run in this failure."""
+    """One check's standing. `since`: what retry_timeout counts from (the failure's
+    first failing try, then the end of each repair; monotonic; None while it passes);
+    `began`: the failure's first failing try; `repairs`: the repair commands run in this
+    failure."""
 
     state: str = PENDING
     since: float | None = None
+    began: float | None = None
     detail: str = ""
     repairs: int = 0
     tries: int = 0
@@ -152,10 +155,11 @@ def observe(st: Streak, v: Verdict, now: float, c: CheckConfig) -> tuple[Streak,
     tried = replace(st, tries=st.tries + 1, last_try=now, detail=v.detail)
     if v.ok:
         was = st.state
-        ok = replace(tried, state=OK, since=None, repairs=0)
+        ok = replace(tried, state=OK, since=None, began=None, repairs=0)
         return ok, RECOVER if was in (FAILING, FAILED, REPAIRING) else None
     since = st.since if st.since is not None else now
     failing = replace(tried, since=since, failures=st.failures + 1,
+                      began=st.began if st.began is not None else now,
                       state=FAILED if st.state == FAILED else FAILING)
     if now - since < c.retry_timeout or st.state == FAILED:
         return failing, None
@@ -177,7 +181,7 @@ def report(st: Streak, c: CheckConfig, held: bool, now: float) -> dict[str, Any]
     out: dict[str, Any] = {
         "ok": not (st.state == FAILED and c.action == "reboot" and not held),
         "state": state, "kind": c.kind, "action": c.action, "detail": st.detail,
-        "failing_for": None if st.since is None else round(now - st.since, 1),
+        "failing_for": None if st.began is None else round(now - st.began, 1),
         "repairs": st.repairs}
     return out
 

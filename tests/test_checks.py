@@ -124,7 +124,8 @@ def test_a_failure_counts_after_retry_timeout_then_each_repair_then_fails() -> N
     st = checks.repaired(st, Verdict(False, "exit status 1"), 76.0)
     st, act = checks.observe(st, BAD, 106.0, c)
     assert (st.state, act) == (checks.FAILED, checks.FAIL)
-    assert checks.report(st, c, False, 106.0)["ok"] is False
+    rep = checks.report(st, c, False, 106.0)
+    assert rep["ok"] is False and rep["failing_for"] == 96.0  # since its first failing try
     st, act = checks.observe(st, BAD, 116.0, c)  # said once
     assert (st.state, act) == (checks.FAILED, None)
     st, act = checks.observe(st, GOOD, 120.0, c)

@@ -289,7 +289,7 @@ class MachineChecks:
             if name in self.held:
                 what = "held by the rescue boot: out of the health gate"
             tried = f" after {st.repairs} repair(s)" if st.repairs else ""
-            self.log(f"check {name}: FAILED{tried}, failing for {now - (st.since or now):.0f} s"
+            self.log(f"check {name}: FAILED{tried}, failing for {now - (st.began or now):.0f} s"
                      f" ({v.detail}); {what}")
         elif act == checks.REPAIR:
             argv = c.repair[st.repairs - 1]
