@@ -196,8 +196,10 @@ exec {ETCD} "$@"
         deadline = time.monotonic() + _first_fault_bound() + STOP_BOUND
         while proc.poll() is None and time.monotonic() < deadline:
             for pid, start in _descendants(proc.pid).items():
-                if kids.setdefault(pid, start) == start:
-                    cmds[pid] = _cmdline(pid)
+                # (a process exiting or a zombie reads an empty command line: the one
+                # read while it ran stays; CI26 lost n2's init so, in the last sample)
+                if kids.setdefault(pid, start) == start and any(c := _cmdline(pid)):
+                    cmds[pid] = c
             time.sleep(0.2)
         rc = proc.wait(1)
         end = time.monotonic() + KILLED_BOUND  # (what it killed: the kernel's to finish)
