@@ -102,6 +102,13 @@ Gather = Callable[[str, str], dict[str, Any]]
 CHECK_STATES = ("pending", "ok", "failing", "repairing", "failed", "held")
 
 
+def _one_hot(fam: GaugeMetricFamily, name: str, cur: str, known: tuple[str, ...]) -> None:
+    """`fam{NAME, state}`: 1 for the state `cur`, 0 for every other known one (an unknown
+    `cur` gets its own series, so no state is ever left out)."""
+    for value in known if cur in known else (*known, cur):
+        fam.add_metric([name, value], 1.0 if value == cur else 0.0)
+
+
 def _num(v: Any) -> float | None:
     """`v` as a float when it is a real number (not a bool, not None), else None."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -194,9 +201,7 @@ class ChainCollector:
             if not isinstance(s, dict):
                 continue
             cur = str(s.get("state", ""))
-            states = SERVICE_STATES if cur in SERVICE_STATES else SERVICE_STATES + (cur,)
-            for value in states:
-                state.add_metric([name, value], 1.0 if value == cur else 0.0)
+            _one_hot(state, name, cur, SERVICE_STATES)
             wanted.add_metric([name], 1.0 if s.get("want") == "up" else 0.0)
             ready.add_metric([name], 1.0 if cur in ("ready", "done") else 0.0)
             restarts.add_metric([name], _num(s.get("restarts")) or 0.0)
@@ -218,9 +223,7 @@ class ChainCollector:
             if not isinstance(c, dict):
                 continue
             cur = str(c.get("state", ""))
-            states = CHECK_STATES if cur in CHECK_STATES else CHECK_STATES + (cur,)
-            for value in states:
-                state.add_metric([name, value], 1.0 if value == cur else 0.0)
+            _one_hot(state, name, cur, CHECK_STATES)
             gates.add_metric([name], 1.0 if c.get("action") == "reboot" else 0.0)
             failing.add_metric([name], _num(c.get("failing_for")) or 0.0)
             repairs.add_metric([name], _num(c.get("repairs")) or 0.0)
@@ -248,9 +251,7 @@ class ChainCollector:
             up.add_metric([layer], 0.0 if missing or not d.get("alive") else 1.0)
             cur = d.get("state")
             if isinstance(cur, str):
-                states = LAYER_STATES if cur in LAYER_STATES else LAYER_STATES + (cur,)
-                for value in states:
-                    lstate.add_metric([layer, value], 1.0 if value == cur else 0.0)
+                _one_hot(lstate, layer, cur, LAYER_STATES)
             if missing:
                 continue
             stopped.add_metric([layer], 1.0 if d.get("stopped") else 0.0)
