@@ -128,6 +128,13 @@ ENV_LOG_FORMAT = "HACHAIN_LOG_FORMAT"  # "json" for JSON-lines logs, else human 
 ENV_CHAIN_ID = "HACHAIN_CHAIN_ID"  # set by init for its layers: which chain run they serve
 ENV_LOGGER_FDS = "HACHAIN_LOGGER_FDS"  # the logger's 4 inherited sockets, "r,w,r,w"
 ENV_FENCING_TOKEN = "HACHAIN_FENCING_TOKEN"  # a cluster singleton's current token
+# a machine check's repair command (docs/checks.md, "What a repair command is told")
+ENV_CHECK = "HACHAIN_CHECK"  # the check's name
+ENV_CHECK_KIND = "HACHAIN_CHECK_KIND"
+ENV_CHECK_ERROR = "HACHAIN_CHECK_ERROR"  # the failed try's error number (checks.py)
+ENV_CHECK_DETAIL = "HACHAIN_CHECK_DETAIL"  # the failed try's line
+ENV_CHECK_REPAIR = "HACHAIN_CHECK_REPAIR"  # which repair this is (1, 2, ...)
+ENV_CHECK_REPAIRS = "HACHAIN_CHECK_REPAIRS"  # of how many
 # Overrides of the configuration file (config.with_env_overrides) an operator may set.
 ENV_PERSIST_DIR = "HACHAIN_PERSIST_DIR"
 ENV_CGROUP_ROOT = "HACHAIN_CGROUP_ROOT"

@@ -8,7 +8,8 @@ receiving, a host that must answer a ping, a command. This module owns two pure 
 - the verdict of one try from what was read (`load_verdict(text, c)` and its kin): a
   pass or a failure and one line saying what was found;
 - the streak of one check (`observe`, `repaired`): how long it has failed, which repair
-  command is next, whether it has failed for good. `now` is passed in.
+  command is next, whether it has failed for good, and the error number of its last
+  failing try (told to a repair command). `now` is passed in.
 
 Must not: read a file, run a command or look at a clock; the restarter's
 `hachain/restarter/machine.py` does that and feeds the results here.
@@ -16,6 +17,7 @@ Must not: read a file, run a command or look at a clock; the restarter's
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -31,9 +33,24 @@ FAILED = "failed"  # failing past retry_timeout with no repair left
 HELD = "held"  # a rescue boot holds it out of the gate (the boot loop blamed it)
 
 
+# The error number of a failed try, told to the repair commands ($HACHAIN_CHECK_ERROR)
+# as the `watchdog` daemon tells its repair-binary (its first argument): an errno value,
+# or one of the daemon's own from 245 up (watchdog(8), "CHECK BINARY"). A repair script
+# written for the daemon therefore finds the number it expects.
+EMAXLOAD = 253  # the load average is too high
+ETOOHOT = 252  # the temperature is too high
+ENOLOAD = 251  # /proc/loadavg has no data
+ENOCHANGE = 250  # the file did not change within its max_age
+EINVMEM = 249  # /proc/meminfo has no usable data
+ECHKILL = 248  # the check command was killed by a signal
+ETOOLONG = 247  # the try did not answer within its timeout
+EDONTKNOW = 245  # none of the above is known
+
+
 class Verdict(NamedTuple):
     ok: bool
     detail: str
+    code: int = 0  # a failure's error number (above); 0 on a pass
 
 
 def _num(x: float) -> str:
@@ -46,10 +63,10 @@ def load_verdict(text: str, c: CheckConfig) -> Verdict:
     try:
         load = float(fields[(1, 5, 15).index(c.average)])
     except (IndexError, ValueError):
-        return Verdict(False, f"/proc/loadavg unreadable: {text[:40]!r}")
+        return Verdict(False, f"/proc/loadavg unreadable: {text[:40]!r}", ENOLOAD)
     what = f"load average ({c.average} min) {_num(load)}"
     if load > c.max_load:
-        return Verdict(False, f"{what} > {_num(c.max_load)}")
+        return Verdict(False, f"{what} > {_num(c.max_load)}", EMAXLOAD)
     return Verdict(True, what)
 
 
@@ -67,9 +84,10 @@ def memory_verdict(text: str, c: CheckConfig) -> Verdict:
             except (IndexError, ValueError):
                 break
             if avail < c.min_available:
-                return Verdict(False, f"{_mib(avail)} available < {_mib(c.min_available)}")
+                return Verdict(False, f"{_mib(avail)} available < {_mib(c.min_available)}",
+                               errno.ENOMEM)
             return Verdict(True, f"{_mib(avail)} available")
-    return Verdict(False, "/proc/meminfo has no MemAvailable line")
+    return Verdict(False, "/proc/meminfo has no MemAvailable line", EINVMEM)
 
 
 def temperature_verdict(text: str, c: CheckConfig) -> Verdict:
@@ -77,9 +95,11 @@ def temperature_verdict(text: str, c: CheckConfig) -> Verdict:
     try:
         deg = int(text.strip()) / 1000
     except ValueError:
-        return Verdict(False, f"{c.path}: not a temperature: {text.strip()[:40]!r}")
+        return Verdict(False, f"{c.path}: not a temperature: {text.strip()[:40]!r}",
+                       errno.EINVAL)
     if deg > c.max_temperature:
-        return Verdict(False, f"{c.path}: {_num(deg)} °C > {_num(c.max_temperature)} °C")
+        return Verdict(False, f"{c.path}: {_num(deg)} °C > {_num(c.max_temperature)} °C",
+                       ETOOHOT)
     return Verdict(True, f"{_num(deg)} °C")
 
 
@@ -111,7 +131,8 @@ def file_verdict(mtime_ns: int, wall_ns: int, seen: Seen | None, now: float,
         seen = Seen(mtime_ns, now)
     age = now - seen.changed
     if age > c.max_age:
-        return Verdict(False, f"{c.path}: unchanged for {age:.0f} s > {_num(c.max_age)} s"), seen
+        return Verdict(False, f"{c.path}: unchanged for {age:.0f} s > {_num(c.max_age)} s",
+                       ENOCHANGE), seen
     return Verdict(True, f"changed {age:.0f} s ago"), seen
 
 
@@ -122,7 +143,7 @@ def interface_verdict(rx: int, seen: Seen | None, now: float,
     if seen is None or rx != seen.value:
         return Verdict(True, f"{rx} bytes received"), Seen(rx, now)
     return Verdict(False, f"{c.interface}: nothing received for {now - seen.changed:.0f} s "
-                   f"({rx} bytes)"), seen
+                   f"({rx} bytes)", errno.ENETUNREACH), seen
 
 
 # --- the streak ---------------------------------------------------------------------------
@@ -142,6 +163,7 @@ class Streak:
     tries: int = 0
     failures: int = 0
     last_try: float | None = None
+    code: int = 0  # the last failing try's error number (0 while it passes)
 
 
 # What observe/repaired ask the caller to do
@@ -155,10 +177,10 @@ def observe(st: Streak, v: Verdict, now: float, c: CheckConfig) -> tuple[Streak,
     tried = replace(st, tries=st.tries + 1, last_try=now, detail=v.detail)
     if v.ok:
         was = st.state
-        ok = replace(tried, state=OK, since=None, began=None, repairs=0)
+        ok = replace(tried, state=OK, since=None, began=None, repairs=0, code=0)
         return ok, RECOVER if was in (FAILING, FAILED, REPAIRING) else None
     since = st.since if st.since is not None else now
-    failing = replace(tried, since=since, failures=st.failures + 1,
+    failing = replace(tried, since=since, failures=st.failures + 1, code=v.code or EDONTKNOW,
                       began=st.began if st.began is not None else now,
                       state=FAILED if st.state == FAILED else FAILING)
     if now - since < c.retry_timeout or st.state == FAILED:
@@ -189,4 +211,5 @@ def report(st: Streak, c: CheckConfig, held: bool, now: float) -> dict[str, Any]
 __all__ = ["Verdict", "Seen", "Streak", "observe", "repaired", "report", "load_verdict",
            "memory_verdict", "temperature_verdict", "pid_in", "file_verdict",
            "interface_verdict", "PENDING", "OK", "FAILING", "REPAIRING", "FAILED", "HELD",
-           "REPAIR", "FAIL", "RECOVER"]
+           "REPAIR", "FAIL", "RECOVER", "EMAXLOAD", "ETOOHOT", "ENOLOAD", "ENOCHANGE",
+           "EINVMEM", "ECHKILL", "ETOOLONG", "EDONTKNOW"]

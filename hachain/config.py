@@ -1490,7 +1490,9 @@ CHECK = S.Table(CheckConfig, (
     S.Key("repair", S.ListOf(S.Argv(), max_items=16), "Commands tried in turn, one each "
           "time the check has failed for `retry_timeout` (the `watchdog` daemon's "
           "repair-binary), each given `repair_timeout`; after each the check has "
-          "`retry_timeout` again to pass. A pass starts the list afresh."),
+          "`retry_timeout` again to pass. A pass starts the list afresh. Each finds the check "
+          "and the error number of its failed try in its environment (`HACHAIN_CHECK`, "
+          "`HACHAIN_CHECK_ERROR`, ...: docs/checks.md)."),
     S.Key("repair_timeout", _seconds(0.1, 86400), "A repair command that runs longer is "
           "killed."),
     S.Key("action", S.Choice(CHECK_ACTIONS), "What a check failed for good does: "

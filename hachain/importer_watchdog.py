@@ -15,6 +15,8 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from hachain import channels
+
 if TYPE_CHECKING:
     from hachain.importer import Conversion
 
@@ -57,6 +59,13 @@ def _entries(text: str) -> list[tuple[int, str, str]]:
         key, sep, value = line.partition("=")
         out.append((ln, key.strip().lower(), value.strip() if sep else ""))
     return out
+
+
+def repair_with_error(program: str, *args: str) -> list[str]:
+    """The daemon runs its repair-binary with the error number as its argument (a
+    test-directory script with `repair` and the number): a shell puts hachain's
+    $HACHAIN_CHECK_ERROR, the same number, in that place."""
+    return ["/bin/sh", "-c", f'exec "$0" "$@" "${channels.ENV_CHECK_ERROR}"', program, *args]
 
 
 def _name(stem: str, value: str, taken: set[str]) -> str:
@@ -127,7 +136,7 @@ def convert_watchdog(text: str, path: str, conv: Conversion) -> None:
             # the daemon runs its repair-binary up to repair-maximum times for one
             # problem (0: without limit; here at most 16 in turn)
             times = min(repair_max or 16, 16)
-            c["repair"] = [[repair_bin]] * times
+            c["repair"] = [repair_with_error(repair_bin)] * times
             c["repair_timeout"] = repair_timeout
         return c
 
@@ -196,7 +205,8 @@ def convert_watchdog(text: str, path: str, conv: Conversion) -> None:
             if os.path.isfile(full) and os.access(full, os.X_OK):
                 checks[_name("test", script, taken)] = {
                     "kind": "command", "command": [full, "test"], **common(),
-                    "repair": [[full, "repair"]], "repair_timeout": repair_timeout,
+                    "repair": [repair_with_error(full, "repair")],
+                    "repair_timeout": repair_timeout,
                     "timeout": min(test_timeout or 60.0, max(interval, 1.0))}
     for key, (ln, _v) in single.items():
         if key not in ("test-directory",):

@@ -4,6 +4,7 @@ restarter's runner with real files, threads, processes and sockets, and the gate
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import selectors
@@ -44,8 +45,10 @@ def test_load_reads_the_chosen_average() -> None:
     assert checks.load_verdict(text, check(kind="load", max_load=1)).ok
     v = checks.load_verdict(text, check(kind="load", max_load=3, average=5))
     assert not v.ok and v.detail == "load average (5 min) 3.58 > 3"
+    assert v.code == checks.EMAXLOAD == 253  # the watchdog daemon's number
     assert checks.load_verdict(text, check(kind="load", max_load=8, average=15)).ok
-    assert not checks.load_verdict("garbage", check(kind="load", max_load=8)).ok
+    assert checks.load_verdict("garbage", check(kind="load", max_load=8)) == \
+        Verdict(False, "/proc/loadavg unreadable: 'garbage'", checks.ENOLOAD)
     with open("/proc/loadavg") as f:  # this machine's, as the runner reads it
         assert checks.load_verdict(f.read(), check(kind="load", max_load=1e6)).ok
 
@@ -54,7 +57,7 @@ def test_memory_compares_memavailable() -> None:
     text = "MemTotal:  1000000 kB\nMemFree:  1000 kB\nMemAvailable:   51200 kB\n"
     assert checks.memory_verdict(text, check(kind="memory", min_available="50M")).ok
     v = checks.memory_verdict(text, check(kind="memory", min_available="64M"))
-    assert not v.ok and v.detail == "50 MiB available < 64 MiB"
+    assert not v.ok and v.detail == "50 MiB available < 64 MiB" and v.code == errno.ENOMEM
     assert not checks.memory_verdict("MemTotal: 1 kB\n", check(kind="memory",
                                                                min_available=1)).ok
     with open("/proc/meminfo") as f:
@@ -66,6 +69,7 @@ def test_temperature_is_read_in_millidegrees() -> None:
     assert checks.temperature_verdict("79500\n", c).ok
     v = checks.temperature_verdict("85250\n", c)
     assert not v.ok and v.detail == "/sys/x/temp: 85.25 °C > 80 °C"
+    assert v.code == checks.ETOOHOT == 252
     assert not checks.temperature_verdict("N/A", c).ok
 
 
@@ -85,6 +89,7 @@ def test_file_age_is_timed_by_the_monotonic_clock_after_the_first_look() -> None
     assert v.ok
     v, seen = checks.file_verdict(wall - 4 * 10**9, wall, seen, 107.0, c)
     assert not v.ok and v.detail == "/x: unchanged for 11 s > 10 s"
+    assert v.code == checks.ENOCHANGE == 250
     v, seen = checks.file_verdict(wall + 1, wall, seen, 108.0, c)  # touched
     assert v.ok and seen.changed == 108.0
 
@@ -342,6 +347,42 @@ def test_a_repair_that_fixes_it(tmp_path: Path, runner: list[Runner]) -> None:
     r.run_until(lambda: r.m.streaks["cmd"].repairs == 1, 30, "the repair")
     r.run_until(lambda: r.state("cmd") == checks.OK, 30, "the check to pass after it")
     assert r.m.streaks["cmd"].repairs == 0 and "check cmd: passes again" in "\n".join(r.lines)
+
+
+def test_a_repair_is_told_which_check_failed_how_and_the_error_number(
+        tmp_path: Path, runner: list[Runner]) -> None:
+    """As the watchdog daemon passes its repair-binary the error number: a command
+    check's exit status, a file's ENOCHANGE (250), a timed-out try's ETOOLONG (247)."""
+    out = tmp_path / "env"
+    dump = ["/bin/sh", "-c", f'env | grep ^HACHAIN_CHECK | sort > {out}.$HACHAIN_CHECK']
+    old = tmp_path / "old"
+    old.write_text("x")
+    os.utime(old, (1, 1))  # 1970: older than any max_age
+    conf = {
+        "cmd": check(name="cmd", command=["/bin/sh", "-c", "exit 42"], interval=0.1,
+                     retry_timeout=0.1, repair=[dump, dump]),
+        "file": check(name="file", kind="file", path=str(old), max_age=5, interval=0.1,
+                      retry_timeout=0.1, repair=[dump]),
+        "slow": check(name="slow", command=["/bin/sleep", "60"], interval=0.3, timeout=0.1,
+                      retry_timeout=0.1, repair=[dump]),
+    }
+    r = Runner(conf)
+    runner.append(r)
+    r.run_until(lambda: all(r.state(n) == checks.FAILED for n in conf), 30, "all failed")
+
+    def env(name: str) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in
+                    (tmp_path / f"env.{name}").read_text().splitlines())
+    assert env("cmd") == {"HACHAIN_CHECK": "cmd", "HACHAIN_CHECK_KIND": "command",
+                          "HACHAIN_CHECK_ERROR": "42", "HACHAIN_CHECK_REPAIR": "2",
+                          "HACHAIN_CHECK_REPAIRS": "2",
+                          "HACHAIN_CHECK_DETAIL": "exit status 42"}  # (the second's)
+    assert env("file")["HACHAIN_CHECK_ERROR"] == "250"
+    assert env("file")["HACHAIN_CHECK_DETAIL"].startswith(f"{old}: unchanged for ")
+    assert (env("slow")["HACHAIN_CHECK_ERROR"], env("slow")["HACHAIN_CHECK_DETAIL"]) == \
+        ("247", "no answer within 0.1 s")
+    st = r.m.status(time.monotonic())
+    assert (st["cmd"]["error"], st["file"]["error"], st["slow"]["error"]) == (42, 250, 247)
 
 
 def test_reload_keeps_unchanged_checks_and_drops_removed_ones(runner: list[Runner]) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hachain import config, importer
+from hachain import config, importer, importer_watchdog
 
 CONF = """\
 # as Debian ships it, with its tests switched on
@@ -65,7 +65,8 @@ def test_a_watchdog_conf_becomes_the_watchdog_table_and_checks(tmp_path: Path) -
     assert c["test-true"].command == ("/bin/true",) and c["test-true"].timeout == 5.0
     for chk in c.values():
         assert chk.retry_timeout == 120.0 and chk.interval == 10.0
-        assert chk.repair == (("/bin/true",), ("/bin/true",))  # repair-maximum = 2
+        # repair-maximum = 2; the daemon's argument, the error number, from the environment
+        assert chk.repair == (tuple(importer_watchdog.repair_with_error("/bin/true")),) * 2
         assert chk.repair_timeout == 30.0 and chk.action == "reboot"
     warned = [line.split(": warning: ", 1)[1] for line in p.stderr.splitlines()]
     assert warned == [
@@ -92,7 +93,27 @@ def test_the_test_directory_scripts_become_checks_with_their_repair(tmp_path: Pa
     cfg = config.parse(text, "x.toml")
     assert list(cfg.checks) == ["test-10-disk", "test-20-net"]
     assert cfg.checks["test-20-net"].command == (str(d / "20-net"), "test")
-    assert cfg.checks["test-20-net"].repair == ((str(d / "20-net"), "repair"),)
+    repair = cfg.checks["test-20-net"].repair
+    assert repair == (tuple(importer_watchdog.repair_with_error(str(d / "20-net"), "repair")),)
+
+
+def test_an_imported_repair_gets_the_daemons_arguments(tmp_path: Path) -> None:
+    """The script as the daemon calls it: `script repair ERRNO` (test-directory) and
+    `repair-binary ERRNO`, ERRNO being what the restarter puts in $HACHAIN_CHECK_ERROR."""
+    d = tmp_path / "watchdog.d"
+    d.mkdir()
+    script = d / "net"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\n')
+    script.chmod(0o755)
+    src = tmp_path / "watchdog.conf"
+    src.write_text(f"test-directory = {d}\nrepair-binary = {script}\nmax-load-1 = 9\n")
+    text, conv = importer.import_files([str(src)])
+    cfg = config.parse(text, "x.toml")
+    for name in ("test-net", "load-1"):
+        for argv in cfg.checks[name].repair:
+            subprocess.run(argv, env={"PATH": "/usr/bin:/bin", "HACHAIN_CHECK_ERROR": "42"},
+                           check=True, timeout=30)
+    assert (tmp_path / "args").read_text().splitlines() == ["repair 42", "42"]
 
 
 def test_a_file_without_change_only_has_to_exist_and_says_so(tmp_path: Path) -> None:

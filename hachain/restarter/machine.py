@@ -18,10 +18,14 @@ How a try runs, by kind:
 - `command` and every repair: a child process watched through its pidfd, killed (its
   process group) at its timeout; what a `command` check leaves running in its process
   group is killed when it exits (a repair's is left: it may start something on purpose).
+
+A failed try carries an error number (checks.py: an errno value, or the `watchdog`
+daemon's own), which the repair commands find in `$HACHAIN_CHECK_ERROR`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import selectors
 import signal
@@ -126,7 +130,8 @@ class MachineChecks:
             else:
                 t.abandoned, t.abandoned_at = True, now  # its thread may come back later
             limit = c.repair_timeout if t.repair else c.timeout
-            self._answer(name, t, Verdict(False, f"no answer within {limit:g} s"), now)
+            self._answer(name, t, Verdict(False, f"no answer within {limit:g} s",
+                                          checks.ETOOLONG), now)
         for name, due in list(self.due.items()):
             if due > now:
                 continue
@@ -137,7 +142,8 @@ class MachineChecks:
             elif busy.abandoned and not busy.repair and busy.abandoned_at < now:
                 # a thread still stuck in the kernel (not one given up on just now)
                 self._observe(name, Verdict(False, "the last try has not returned for "
-                                            f"{now - busy.started:.0f} s"), now)
+                                            f"{now - busy.started:.0f} s", checks.ETOOLONG),
+                              now)
 
     # --- running tries ------------------------------------------------------------------
 
@@ -147,7 +153,7 @@ class MachineChecks:
             try:
                 v = self._inline(name, c, now)
             except OSError as e:
-                v = Verdict(False, f"{e.filename or c.kind}: {e.strerror or e}")
+                v = _failed_on(e, c.kind)
             self._observe(name, v, now)
         elif c.kind in _THREADED:
             t = _Try(now, now + c.timeout)
@@ -165,7 +171,7 @@ class MachineChecks:
         try:
             rx = int(_read(path).strip() or "0")
         except FileNotFoundError:
-            return Verdict(False, f"{c.interface}: no such interface")
+            return Verdict(False, f"{c.interface}: no such interface", errno.ENODEV)
         v, self.seen[name] = checks.interface_verdict(rx, self.seen.get(name), now, c)
         return v
 
@@ -181,9 +187,9 @@ class MachineChecks:
             try:
                 v, saw = _threaded(c, seen, now)
             except OSError as e:
-                v = Verdict(False, f"{e.filename or c.kind}: {e.strerror or e}")
+                v = _failed_on(e, c.kind)
             except Exception as e:  # noqa: BLE001 - a bug must fail the try, not vanish
-                v = Verdict(False, f"{type(e).__name__}: {e}")
+                v = Verdict(False, f"{type(e).__name__}: {e}", checks.EDONTKNOW)
             with self.lock:
                 self.answers.append((name, t, v, saw))
             assert self.wake is not None
@@ -195,15 +201,17 @@ class MachineChecks:
             threading.Thread(target=work, name=f"check-{name}", daemon=True).start()
         except RuntimeError as e:  # no thread can start (a pids limit): a failed try
             self.running.pop(name, None)
-            self._observe(name, Verdict(False, f"cannot start its thread: {e}"), now)
+            self._observe(name, Verdict(False, f"cannot start its thread: {e}", errno.EAGAIN),
+                          now)
 
     def _command(self, name: str, argv: tuple[str, ...], now: float, deadline: float,
-                 repair: bool) -> None:
+                 repair: bool, env: Mapping[str, str] | None = None) -> None:
         try:
             pr = probes.start_exec(name, "repair" if repair else "check", argv,
-                                   {"PATH": SERVICE_PATH}, "/")
+                                   {"PATH": SERVICE_PATH, **(env or {})}, "/")
         except OSError as e:
-            v = Verdict(False, f"cannot run {argv[0]}: {e.strerror or e}")
+            v = Verdict(False, f"cannot run {argv[0]}: {e.strerror or e}",
+                        e.errno or checks.EDONTKNOW)
             if repair:
                 self._repaired(name, v, now)
             else:
@@ -257,7 +265,7 @@ class MachineChecks:
         del self.running[key]
         group = cmd.probe.pid
         ok = probes.finish_exec(cmd.probe)
-        detail = cmd.probe.detail
+        detail, status = cmd.probe.detail, cmd.probe.status
         self._end_probe(cmd)
         if not cmd.repair:
             # what a test left running in its process group goes with it (a check that
@@ -267,7 +275,10 @@ class MachineChecks:
                 os.killpg(group, signal.SIGKILL)
             except OSError:
                 pass
-        self._answer(key, cmd, Verdict(ok, detail), now)
+        # the error number: the test's exit status, as the daemon passes a test-binary's
+        code = 0 if ok else (status.code if status is not None and status.kind == "exited"
+                             else checks.ECHKILL if status is not None else checks.EDONTKNOW)
+        self._answer(key, cmd, Verdict(ok, detail, code), now)
 
     def _answer(self, name: str, t: _Try, v: Verdict, now: float) -> None:
         if name not in self.conf:
@@ -295,7 +306,8 @@ class MachineChecks:
             argv = c.repair[st.repairs - 1]
             self.log(f"check {name}: failing for {now - (st.since or now):.0f} s ({v.detail});"
                      f" repair {st.repairs} of {len(c.repair)}: {' '.join(argv)}")
-            self._command(name, argv, now, now + c.repair_timeout, repair=True)
+            self._command(name, argv, now, now + c.repair_timeout, repair=True,
+                          env=repair_env(name, st, c))
         elif v.ok is False and st.failures == 1:
             self.log(f"check {name}: failing ({v.detail}); "
                      f"{c.retry_timeout:g} s before it counts")
@@ -314,12 +326,27 @@ class MachineChecks:
     def status(self, now: float) -> dict[str, Any]:
         out = self.report(now)
         for n, st in self.streaks.items():
-            out[n].update(tries=st.tries, failures=st.failures,
+            out[n].update(tries=st.tries, failures=st.failures, error=st.code or None,
                           last_try=None if st.last_try is None
                           else round(now - st.last_try, 1),
                           next_try=round(max(0.0, self.due[n] - now), 1)
                           if n in self.due else None)
         return out
+
+
+def repair_env(name: str, st: Streak, c: CheckConfig) -> dict[str, str]:
+    """What a repair command finds in its environment, beside PATH: the check, its kind,
+    the error number and line of the try that failed, which repair of how many."""
+    return {channels.ENV_CHECK: name, channels.ENV_CHECK_KIND: c.kind,
+            channels.ENV_CHECK_ERROR: str(st.code or checks.EDONTKNOW),
+            channels.ENV_CHECK_DETAIL: st.detail, channels.ENV_CHECK_REPAIR: str(st.repairs),
+            channels.ENV_CHECK_REPAIRS: str(len(c.repair))}
+
+
+def _failed_on(e: OSError, kind: str) -> Verdict:
+    """A try that a system call failed: its line and its errno."""
+    return Verdict(False, f"{e.filename or kind}: {e.strerror or e}",
+                   e.errno or checks.EDONTKNOW)
 
 
 # --- the kinds that run in a thread -------------------------------------------------------
@@ -331,9 +358,9 @@ def _threaded(c: CheckConfig, seen: Seen | None, now: float) -> tuple[Verdict, S
     if c.kind == "pidfile":
         pid = checks.pid_in(_read(c.path))
         if isinstance(pid, str):
-            return Verdict(False, f"{c.path}: {pid}"), None
+            return Verdict(False, f"{c.path}: {pid}", errno.EINVAL), None
         if not channels.pid_alive(pid):
-            return Verdict(False, f"{c.path}: pid {pid} is not running"), None
+            return Verdict(False, f"{c.path}: pid {pid} is not running", errno.ESRCH), None
         return Verdict(True, f"pid {pid} runs"), None
     if c.kind == "file":
         st = os.stat(c.path)
@@ -367,12 +394,13 @@ def ping(host: str, timeout: float) -> Verdict:
             s = socket.socket(fam, socket.SOCK_RAW, proto)
         except PermissionError:
             return Verdict(False, f"{host}: no ping socket here (a raw one needs "
-                           "CAP_NET_RAW; an unprivileged one, net.ipv4.ping_group_range)")
+                           "CAP_NET_RAW; an unprivileged one, net.ipv4.ping_group_range)",
+                           errno.EPERM)
         raw = True
     try:
         return _echo(s, raw, fam, host, timeout)
     except OSError as e:  # a send refused at once: no route, the network unreachable
-        return Verdict(False, f"{host}: {e.strerror or e}")
+        return Verdict(False, f"{host}: {e.strerror or e}", e.errno or checks.EDONTKNOW)
     finally:
         s.close()
 
@@ -394,12 +422,14 @@ def _echo(s: socket.socket, raw: bool, fam: socket.AddressFamily, host: str,
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            return Verdict(False, f"{host}: no echo reply within {timeout:g} s")
+            return Verdict(False, f"{host}: no echo reply within {timeout:g} s",
+                           errno.ENETUNREACH)
         s.settimeout(left)
         try:
             data, _ = s.recvfrom(2048)
         except TimeoutError:
-            return Verdict(False, f"{host}: no echo reply within {timeout:g} s")
+            return Verdict(False, f"{host}: no echo reply within {timeout:g} s",
+                           errno.ENETUNREACH)
         if raw and fam == socket.AF_INET:
             data = data[(data[0] & 0x0F) * 4:]  # past the IP header
         if len(data) < 8:

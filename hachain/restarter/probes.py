@@ -28,6 +28,7 @@ class Probe:
     pid: int = 0
     sock: socket.socket | None = None
     detail: str = ""
+    status: spawn.ExitStatus | None = None  # how a command ended (finish_exec)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -101,7 +102,7 @@ def finish_exec(pr: Probe) -> bool:
     if st is None:
         pr.detail = "still running"
         return False
-    pr.detail = st.describe()
+    pr.detail, pr.status = st.describe(), st
     return st.kind == "exited" and st.code == 0
 
 
