@@ -92,7 +92,7 @@ CHECK_PREFIX = "check:"
 
 
 def clear_name_problem(name: Any) -> str | None:
-    """As service_name_problem, for `clear`, which also takes `check:NAME`."""
+    """As service_name_problem, for `clear` and `logs`, which also take `check:NAME`."""
     if isinstance(name, str) and name.startswith(CHECK_PREFIX):
         problem = service_name_problem(name[len(CHECK_PREFIX):])
         return None if problem is None else f"{name}: not a check name ({SERVICE_NAME_RULE})"

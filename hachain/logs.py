@@ -1,4 +1,5 @@
-"""`hachain logs NAME`: print (and follow) one service's captured output.
+"""`hachain logs NAME`: print (and follow) one service's captured output, or a machine
+check's (`check:NAME`: what its commands and repairs printed).
 
 Owns: finding `<log dir>/<NAME>.log` and its rotated copies, printing the last lines
 across them in order, and following the live file. Must not: write, rotate or truncate
@@ -42,7 +43,8 @@ class LogsError(Exception):
 
 
 def log_dir_for(args: argparse.Namespace) -> tuple[str, tuple[str, ...] | None]:
-    """(the service log directory, the configured service names or None if unknown).
+    """(the service log directory, the names configured (services, and `check:NAME` for
+    the machine checks) or None if unknown).
 
     Order: --log-dir, --persist-dir (its `log/`), -c FILE, $HACHAIN_PERSIST_DIR, the
     default configuration file when it exists, else the default persist_dir.
@@ -55,7 +57,8 @@ def log_dir_for(args: argparse.Namespace) -> tuple[str, tuple[str, ...] | None]:
     env_persist = os.environ.get(channels.ENV_PERSIST_DIR)
     if cpath or (not env_persist and os.path.exists(config.DEFAULT_PATH)):
         cfg = config.with_env_overrides(config.load(cpath or config.DEFAULT_PATH))
-        return cfg.chain.service_log_dir, tuple(cfg.services)
+        return cfg.chain.service_log_dir, tuple(cfg.services) + tuple(
+            channels.CHECK_PREFIX + c for c in cfg.checks)
     return os.path.join(env_persist or config.ChainConfig().persist_dir, "log"), None
 
 
@@ -205,7 +208,8 @@ def run(name: str, log_dir: str, known: tuple[str, ...] | None, lines: int | Non
     """Print the tail of NAME's logs and optionally follow; raises LogsError."""
     if known is not None and name not in known:
         hint = f" (configured: {', '.join(sorted(known))})" if known else ""
-        raise LogsError(f"{name}: no such service{hint}")
+        what = "check" if name.startswith(channels.CHECK_PREFIX) else "service"
+        raise LogsError(f"{name}: no such {what}{hint}")
     paths = log_files(log_dir, name)
     live = os.path.join(log_dir, name + ".log")
     if not paths:
@@ -235,7 +239,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     """`hachain logs`: exit 0, 1 when there is no such service or log, 2 on bad config or
     a NAME that no service can have (it names a file: `../../x` would be outside the log
     directory)."""
-    problem = channels.service_name_problem(args.name)
+    problem = channels.clear_name_problem(args.name)  # a service, or check:NAME
     if problem:
         sys.stderr.write(f"{PROG}: {problem}\n")
         return 2
@@ -263,7 +267,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "logs", help="a service's output (rotated files included); -f follows",
         description="Print the last lines of a service's log, oldest first, across its "
                     "rotated copies; -f keeps following the live file through rotations.")
-    p.add_argument("name", metavar="NAME", help="the service")
+    p.add_argument("name", metavar="NAME", help="the service, or check:NAME for what a "
+                   "machine check's commands and repairs printed")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("-n", "--lines", type=_lines_arg, default=10, metavar="N",
                    help="how many lines to print first (default 10; 'all' for everything)")

@@ -534,3 +534,35 @@ def test_what_a_check_leaves_behind_goes_with_it_but_a_repair_may_start_things(
         assert open(f"/proc/{helper}/stat").read().split()[2] != "Z"  # still running
     finally:
         os.kill(helper, signal.SIGKILL)
+
+
+def test_what_checks_and_repairs_print_is_in_their_log(restarter: Any) -> None:
+    """A real restarter and logger: the command's and the repair's stdout and stderr end
+    in `check:NAME`'s log, which `hachain logs check:NAME` prints; a check that prints
+    nothing has no log; an unknown check is named."""
+    run = restarter('[service.a]\ncommand = ["/bin/sleep", "600"]\n'
+                    '[check.net]\ncommand = ["/bin/sh", "-c", "echo probing; '
+                    'echo no carrier >&2; exit 7"]\ninterval = 0.2\nretry_timeout = 0.2\n'
+                    'repair = [["/bin/sh", "-c", "echo fixing $HACHAIN_CHECK error '
+                    '$HACHAIN_CHECK_ERROR"]]\naction = "log"\n'
+                    '[check.quiet]\ncommand = ["/bin/true"]\ninterval = 0.2\n')
+    run.wait_state("a", "ready")
+    log_dir = os.path.join(run.persist_dir, "log")
+    path = os.path.join(log_dir, "check:net.log")
+
+    def logged() -> str:
+        try:
+            return open(path).read()
+        except FileNotFoundError:
+            return ""
+    wait_until(lambda: "fixing net error 7" in logged() and logged().count("probing") >= 2,
+               30, f"the repair's line in {path}")
+    assert "no carrier" in logged()
+    cli = [sys.executable, "-m", "hachain.cli", "logs", "-c", run.config]
+    p = subprocess.run([*cli, "-n", "all", "check:net"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and "fixing net error 7" in p.stdout, p.stderr
+    assert not os.path.exists(os.path.join(log_dir, "check:quiet.log"))
+    p = subprocess.run([*cli, "check:nosuch"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "check:nosuch: no such check (configured: a, check:net, " \
+        "check:quiet)" in p.stderr, p.stderr

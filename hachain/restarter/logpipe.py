@@ -313,7 +313,11 @@ class LogPipes:
 
     def send(self, rfd: int, cfg: ServiceConfig) -> None:
         """Give the read end of a spawned service's pipe to the logger."""
-        self.pending.append((rfd, wire.PipeInfo(cfg.name, cfg.log_max_bytes, cfg.log_keep)))
+        self.send_as(rfd, cfg.name, cfg.log_max_bytes, cfg.log_keep)
+
+    def send_as(self, rfd: int, name: str, max_bytes: int, keep: int) -> None:
+        """Give the logger a read end whose output goes to `<log_dir>/<name>.log`."""
+        self.pending.append((rfd, wire.PipeInfo(name, max_bytes, keep)))
         self.flush()
 
     def flush(self) -> None:

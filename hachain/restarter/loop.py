@@ -1912,12 +1912,20 @@ class Restarter:
         if self.machine is None and self.cfg.checks:
             from hachain.restarter.machine import MachineChecks
             self.machine = MachineChecks(self.cfg.checks, self.cfg.chain.heartbeat_interval,
-                                         self.sel, log)
+                                         self.sel, log, output=self._check_output)
         elif self.machine is not None:
             self.machine.update(self.cfg.checks, now)
         if self.machine is not None:
             self.machine.held = self.checks_held & set(self.cfg.checks)
             self._arm_machine(now)
+
+    def _check_output(self, name: str) -> int:
+        """A pipe for machine check `name`'s commands, its read end given to the logger
+        as `check:NAME` with a service's default log limits; the write end."""
+        out_r, out_w = self.logs.pipe()
+        self.logs.send_as(out_r, channels.CHECK_PREFIX + name, ServiceConfig.log_max_bytes,
+                          ServiceConfig.log_keep)
+        return out_w
 
     def _arm_machine(self, now: float) -> None:
         t = self.machine.next_event() if self.machine is not None else None

@@ -20,7 +20,10 @@ How a try runs, by kind:
   group is killed when it exits (a repair's is left: it may start something on purpose).
 
 A failed try carries an error number (checks.py: an errno value, or the `watchdog`
-daemon's own), which the repair commands find in `$HACHAIN_CHECK_ERROR`.
+daemon's own), which the repair commands find in `$HACHAIN_CHECK_ERROR`. What a command
+or repair prints goes to the logger, as `check:NAME` (`hachain logs check:NAME`), through
+one pipe per check made at its first command (`output`, from the loop) and held while
+the check exists: a command that prints nothing costs the logger nothing.
 """
 
 from __future__ import annotations
@@ -65,8 +68,12 @@ class MachineChecks:
     ("machine", KEY); the loop hands those events to `on_event`."""
 
     def __init__(self, conf: Mapping[str, CheckConfig], grid: float,
-                 sel: selectors.BaseSelector, log: Callable[[str], None]) -> None:
-        self.grid, self.sel, self.log = grid, sel, log
+                 sel: selectors.BaseSelector, log: Callable[[str], None],
+                 output: Callable[[str], int] | None = None) -> None:
+        """`output(name)`: a new pipe's write end whose read end went to the logger as
+        check `name`'s log (OSError when it cannot be made); None: output discarded."""
+        self.grid, self.sel, self.log, self.output = grid, sel, log, output
+        self.out: dict[str, int] = {}  # check -> the write end its commands print to
         self.conf: dict[str, CheckConfig] = {}
         self.streaks: dict[str, Streak] = {}
         self.due: dict[str, float] = {}
@@ -104,10 +111,27 @@ class MachineChecks:
             self._end_probe(t)
         for d in (self.conf, self.streaks, self.due, self.seen):
             d.pop(name, None)
+        fd = self.out.pop(name, None)
+        if fd is not None:
+            os.close(fd)
 
     def close(self) -> None:
         for name in list(self.running):
             self._end_probe(self.running.pop(name))
+        for fd in self.out.values():
+            os.close(fd)
+        self.out.clear()
+
+    def _out(self, name: str) -> int | None:
+        """Where check `name`'s commands print (None: nowhere; a pipe that cannot be made
+        now is tried again at the next command)."""
+        if name not in self.out and self.output is not None:
+            try:
+                self.out[name] = self.output(name)
+            except OSError as e:
+                self.log(f"check {name}: its output is discarded: no pipe to the logger: "
+                         f"{e.strerror or e}")
+        return self.out.get(name)
 
     # --- the schedule -------------------------------------------------------------------
 
@@ -208,7 +232,8 @@ class MachineChecks:
                  repair: bool, env: Mapping[str, str] | None = None) -> None:
         try:
             pr = probes.start_exec(name, "repair" if repair else "check", argv,
-                                   {"PATH": SERVICE_PATH, **(env or {})}, "/")
+                                   {"PATH": SERVICE_PATH, **(env or {})}, "/",
+                                   out=self._out(name))
         except OSError as e:
             v = Verdict(False, f"cannot run {argv[0]}: {e.strerror or e}",
                         e.errno or checks.EDONTKNOW)

@@ -68,16 +68,18 @@ def _child_setup(oom: int, c: spawn.Credentials) -> Any:
 
 def start_exec(name: str, purpose: str, argv: tuple[str, ...], env: dict[str, str],
                cwd: str | None, creds: spawn.Credentials | None = None,
-               umask: int | None = None, oom: int | None = None) -> Probe:
+               umask: int | None = None, oom: int | None = None,
+               out: int | None = None) -> Probe:
     """Start a check command as its service runs (`creds`: its user and groups, `umask`,
     `oom`: its oom_score_adj when it differs from the restarter's): a check of a service
-    that runs as its own user never runs as root. The probe's fd is its pidfd. OSError
-    when it cannot run."""
+    that runs as its own user never runs as root. `out`: where its stdout and stderr go
+    (None: discarded). The probe's fd is its pidfd. OSError when it cannot run."""
     c = creds or spawn.Credentials()
     own = oom is None  # subprocess switches the user itself (vfork kept)
     with spawn.sigchld_unblocked():
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=env, cwd=cwd, process_group=0,
+        sink = subprocess.DEVNULL if out is None else out
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink,
+                             stderr=sink, env=env, cwd=cwd, process_group=0,
                              user=c.uid if own else None, group=c.gid if own else None,
                              extra_groups=list(c.groups) if own and c.groups is not None
                              else None,
