@@ -51,6 +51,7 @@ SERVICE_RECORD_DIR = "services"
 LOG_DIR = "log"
 
 ADMIN_STATE = "admin.json"  # in persist_dir, written by the restarter
+CHECK_STANDING = "checks.json"  # in state_dir: failing machine checks, for the next restarter
 GATE_RECORD = "gate.json"  # in persist_dir, written by the tickler
 LAST_BOOT = "last_boot.json"  # in persist_dir, written by the tickler once per boot
 BOOT_LOG = "boots.jsonl"  # in persist_dir, appended by the simulated machine / tickler

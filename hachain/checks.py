@@ -9,7 +9,9 @@ receiving, a host that must answer a ping, a command. This module owns two pure 
   pass or a failure and one line saying what was found;
 - the streak of one check (`observe`, `repaired`): how long it has failed, which repair
   command is next, whether it has failed for good, and the error number of its last
-  failing try (told to a repair command). `now` is passed in.
+  failing try (told to a repair command). `now` is passed in;
+- the standing a restarter leaves for the next one (`saved`, `restored`): a failing
+  check's streak, so a restarter that is restarted does not start its failure afresh.
 
 Must not: read a file, run a command or look at a clock; the restarter's
 `hachain/restarter/machine.py` does that and feeds the results here.
@@ -197,6 +199,65 @@ def repaired(st: Streak, v: Verdict, now: float) -> Streak:
                    detail=f"{st.detail}; repair {st.repairs}: {v.detail}")
 
 
+# --- the standing carried over to the next restarter -------------------------------------
+
+_SAVED_FLOATS = ("since", "began", "last_try")
+_SAVED_INTS = ("repairs", "tries", "failures", "code")
+
+
+def saved(st: Streak, seen: Seen | None, key: str) -> dict[str, Any] | None:
+    """A failing streak as the next restarter takes it back (None: nothing to carry:
+    a check that passes or was not tried starts as well afresh). `key` names the
+    check's configuration: a changed check is not taken back."""
+    if st.state not in (FAILING, REPAIRING, FAILED):
+        return None
+    d: dict[str, Any] = {"key": key, "state": st.state, "detail": st.detail}
+    d.update({f: getattr(st, f) for f in _SAVED_FLOATS + _SAVED_INTS})
+    if seen is not None:
+        d["seen"] = [seen.value, seen.changed]
+    return d
+
+
+def restored(d: Any, key: str, now: float) -> tuple[Streak, Seen | None] | str | None:
+    """A saved standing taken back: the streak and what its check saw; None when it is
+    for another configuration of the check; a line saying what is wrong with it. A
+    repair that ran when the last restarter ended is taken as ended now (its end was not
+    seen): the check has retry_timeout again, and the next repair is the next one. Times
+    are monotonic: the caller keeps them to this boot."""
+    if not isinstance(d, dict) or d.get("key") != key:
+        return None if isinstance(d, dict) else "not a table"
+    state = d.get("state")
+    if state not in (FAILING, REPAIRING, FAILED):
+        return f"state {state!r} is not a failing one"
+    if not isinstance(d.get("detail"), str):
+        return "detail is not a string"
+    vals: dict[str, Any] = {}
+    for f in _SAVED_FLOATS:
+        v = d.get(f)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not -1e15 < v <= now):
+            return f"{f} is {v!r}, not a time of this boot"
+        vals[f] = v
+    for f in _SAVED_INTS:
+        v = d.get(f)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 53:
+            return f"{f} is {v!r}, not a count"
+        vals[f] = v
+    if vals["since"] is None or vals["began"] is None:
+        return "a failing check without since or began"
+    seen = None
+    if (raw := d.get("seen")) is not None:
+        if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], int)
+                and not isinstance(raw[0], bool) and isinstance(raw[1], (int, float))
+                and not isinstance(raw[1], bool) and raw[1] <= now):
+            return f"seen is {raw!r}"
+        seen = Seen(raw[0], float(raw[1]))
+    st = Streak(state=state, detail=d["detail"], **vals)
+    if state == REPAIRING:
+        st = replace(st, state=FAILING, since=now)
+    return st, seen
+
+
 def report(st: Streak, c: CheckConfig, held: bool, now: float) -> dict[str, Any]:
     """The form in the restarter's heartbeat (the gate reads `ok`) and in its status."""
     state = HELD if held and st.state in (FAILING, FAILED, REPAIRING) else st.state
@@ -208,7 +269,8 @@ def report(st: Streak, c: CheckConfig, held: bool, now: float) -> dict[str, Any]
     return out
 
 
-__all__ = ["Verdict", "Seen", "Streak", "observe", "repaired", "report", "load_verdict",
+__all__ = ["Verdict", "Seen", "Streak", "observe", "repaired", "report", "saved",
+           "restored", "load_verdict",
            "memory_verdict", "temperature_verdict", "pid_in", "file_verdict",
            "interface_verdict", "PENDING", "OK", "FAILING", "REPAIRING", "FAILED", "HELD",
            "REPAIR", "FAIL", "RECOVER", "EMAXLOAD", "ETOOHOT", "ENOLOAD", "ENOCHANGE",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import math
 import os
 import selectors
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -566,3 +568,91 @@ def test_what_checks_and_repairs_print_is_in_their_log(restarter: Any) -> None:
     p = subprocess.run([*cli, "check:nosuch"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "check:nosuch: no such check (configured: a, check:net, " \
         "check:quiet)" in p.stderr, p.stderr
+
+
+# --- the standing carried over to the next restarter ----------------------------------
+
+def test_a_failing_streak_is_saved_and_taken_back() -> None:
+    c = check(command=["/bin/false"], retry_timeout=30, repair=[["/r1"], ["/r2"]])
+    st = Streak()
+    assert checks.saved(st, None, "k") is None  # nothing to carry while not failing
+    st, _ = checks.observe(st, Verdict(False, "bad", 7), 10.0, c)
+    st, act = checks.observe(st, Verdict(False, "bad", 7), 40.0, c)
+    assert (st.state, act) == (checks.REPAIRING, checks.REPAIR)
+    d = json.loads(json.dumps(checks.saved(st, Seen(5, 3.0), "k")))  # through the file
+    back = checks.restored(d, "k", 50.0)
+    assert not isinstance(back, str) and back is not None
+    # the repair in flight when the last restarter ended: taken as ended now
+    assert back == (replace(st, state=checks.FAILING, since=50.0), Seen(5, 3.0))
+    assert back[0].began == 10.0 and back[0].repairs == 1 and back[0].code == 7
+    st, act = checks.observe(back[0], Verdict(False, "bad", 7), 80.0, c)
+    assert (act, st.repairs) == (checks.REPAIR, 2)  # the next one, not the first again
+    failed = replace(st, state=checks.FAILED)
+    assert checks.restored(checks.saved(failed, None, "k"), "k", 90.0) == (failed, None)
+    assert checks.restored(d, "other", 50.0) is None  # the check's configuration changed
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+                    max_leaves=12),
+       st.sampled_from(["state", "since", "began", "repairs", "code", "seen", "detail"]))
+@settings(max_examples=300, deadline=None)
+def test_any_saved_standing_is_taken_back_or_named(junk: Any, field: str) -> None:
+    """Whatever a file holds: a streak, None, or one line; never an exception, never a
+    time after now or not a number."""
+    good = checks.saved(Streak(state=checks.FAILED, since=1.0, began=1.0, detail="x",
+                               code=3), Seen(1, 1.0), "k")
+    assert good is not None
+    for d in (junk, {**good, field: junk}):
+        got = checks.restored(d, "k", 100.0)
+        if isinstance(got, tuple):
+            s, seen = got
+            for t in (s.since, s.began, s.last_try):
+                assert t is None or (math.isfinite(t) and t <= 100.0)
+            assert seen is None or seen.changed <= 100.0
+        else:
+            assert got is None or (isinstance(got, str) and "\n" not in got)
+
+
+def test_a_restarter_killed_mid_failure_hands_the_failure_on(restarter: Any) -> None:
+    """A restarter SIGKILLed while a check fails, then a new one: the failure goes on
+    (its first failing try, its repairs run) instead of starting afresh; the check then
+    fails after its last repair, as if no restarter had died. A changed check is not
+    taken back."""
+    from hachain import client
+    run = restarter('[service.a]\ncommand = ["/bin/sleep", "600"]\n'
+                    '[check.net]\ncommand = ["/bin/false"]\ninterval = 0.2\n'
+                    'retry_timeout = 1.5\nrepair = [["/bin/true"], ["/bin/true"]]\n'
+                    'action = "log"\n')
+    run.wait_state("a", "ready")
+
+    def net() -> dict[str, Any]:
+        return client.request(run.state_dir, {"op": "status"})["checks"]["net"]
+    first = wait_until(lambda: (c := net())["repairs"] >= 1 and c["state"] == "failing"
+                       and c, 30, "the first repair to have run")
+    path = os.path.join(run.state_dir, "checks.json")
+    saved = wait_until(lambda: os.path.exists(path) and json.load(open(path)), 10,
+                       "the standing written")
+    assert saved["checks"]["net"]["repairs"] >= 1, saved
+    assert run.proc is not None
+    run.proc.kill()
+    run.proc.wait(timeout=30)
+    run.start()
+    again = net()
+    assert again["state"] in ("failing", "repairing", "failed"), again
+    assert again["repairs"] >= first["repairs"]  # not 0: the repairs are not run again
+    assert again["failing_for"] >= first["failing_for"]  # counted from its first failure
+    log = open(run.log).read()
+    assert "check net: failing for " in log and "carried over from the last restarter" in log
+    done = wait_until(lambda: (c := net())["state"] == "failed" and c, 30, "failed")
+    assert done["repairs"] == 2  # two repairs in all, across both restarters
+    # a changed check starts afresh
+    run.proc.kill()
+    run.proc.wait(timeout=30)
+    text = open(run.config).read().replace("retry_timeout = 1.5", "retry_timeout = 60")
+    with open(run.config, "w") as f:
+        f.write(text)
+    run.start()
+    assert net()["repairs"] == 0
+    assert "its configuration changed: the last restarter's standing is not taken back" \
+        in open(run.log).read()

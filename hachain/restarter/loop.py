@@ -327,6 +327,7 @@ class Restarter:
         self.sel = selectors.EpollSelector()
         self.machine: MachineChecks | None = None  # [check.NAME] (made when there is one)
         self.checks_held: set[str] = set()  # checks a rescue boot holds out of the gate
+        self.boot_id = ""  # this kernel boot's (read when a machine check needs it)
         self.hb = channels.HeartbeatWriter(self.state_dir, "restarter", layer_restarts)
         self._sig_r, self._sig_w = socket.socketpair()
         for s in (self._sig_r, self._sig_w):
@@ -1911,8 +1912,13 @@ class Restarter:
         imported only when there is one), and the rescue boot's holds of them."""
         if self.machine is None and self.cfg.checks:
             from hachain.restarter.machine import MachineChecks
+            self.boot_id = self.boot_id or bootrecord.current_boot_id()
+            restored, why = self.store.read_checks(self.boot_id)
+            if why:
+                log("warning: " + why)
             self.machine = MachineChecks(self.cfg.checks, self.cfg.chain.heartbeat_interval,
-                                         self.sel, log, output=self._check_output)
+                                         self.sel, log, output=self._check_output,
+                                         restored=restored)
         elif self.machine is not None:
             self.machine.update(self.cfg.checks, now)
         if self.machine is not None:
@@ -2441,6 +2447,8 @@ class Restarter:
             self.admin = self.core.admin()
             self.store.write_admin(self.admin, now)
             self.admin_dirty = False
+        if self.machine is not None and (standing := self.machine.standing()) is not None:
+            self.store.write_checks(standing, self.boot_id, now)
         for msg in self.store.sync(now):
             log(msg)
 

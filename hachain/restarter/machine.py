@@ -24,6 +24,12 @@ daemon's own), which the repair commands find in `$HACHAIN_CHECK_ERROR`. What a 
 or repair prints goes to the logger, as `check:NAME` (`hachain logs check:NAME`), through
 one pipe per check made at its first command (`output`, from the loop) and held while
 the check exists: a command that prints nothing costs the logger nothing.
+
+A failing check's standing outlives the restarter: the loop writes `standing()` to
+`<state_dir>/checks.json` when it changes, and the next restarter of the same boot takes
+it back (`restored`), so a restarter that is restarted, even over and over, does not
+start a failure afresh (its retry_timeout, its repairs) and cannot keep a failed check
+from the gate.
 """
 
 from __future__ import annotations
@@ -69,11 +75,16 @@ class MachineChecks:
 
     def __init__(self, conf: Mapping[str, CheckConfig], grid: float,
                  sel: selectors.BaseSelector, log: Callable[[str], None],
-                 output: Callable[[str], int] | None = None) -> None:
+                 output: Callable[[str], int] | None = None,
+                 restored: Mapping[str, Any] | None = None) -> None:
         """`output(name)`: a new pipe's write end whose read end went to the logger as
-        check `name`'s log (OSError when it cannot be made); None: output discarded."""
+        check `name`'s log (OSError when it cannot be made); None: output discarded.
+        `restored`: the standing the last restarter of this boot left (`standing()`)."""
         self.grid, self.sel, self.log, self.output = grid, sel, log, output
         self.out: dict[str, int] = {}  # check -> the write end its commands print to
+        self.restore: dict[str, Any] = dict(restored or {})  # taken at the first update
+        self.keys: dict[str, str] = {}  # check -> key(its configuration)
+        self.changed = False  # a streak's standing changed since standing() last said
         self.conf: dict[str, CheckConfig] = {}
         self.streaks: dict[str, Streak] = {}
         self.due: dict[str, float] = {}
@@ -102,15 +113,53 @@ class MachineChecks:
         for name, c in conf.items():
             if name not in self.conf:
                 self.conf[name] = c
+                self.keys[name] = self.key(c)
                 self.streaks[name] = Streak()
                 self.due[name] = channels.next_tick(now, self.grid)  # soon, on the grid
+                if name in self.restore:
+                    self._take_back(name, c, self.restore[name], now)
+        self.restore = {}  # (only the first configuration takes the last standing back)
+
+    @staticmethod
+    def key(c: CheckConfig) -> str:
+        """What names a check's configuration in its saved standing."""
+        return channels.sha256_hex(repr(c).encode())[:16]
+
+    def _take_back(self, name: str, c: CheckConfig, d: Any, now: float) -> None:
+        got = checks.restored(d, self.keys[name], now)
+        if got is None:
+            self.log(f"check {name}: its configuration changed: the last restarter's "
+                     "standing is not taken back")
+        elif isinstance(got, str):
+            self.log(f"check {name}: the last restarter's standing is unusable ({got}): "
+                     "starting afresh")
+        else:
+            self.streaks[name], seen = got
+            if seen is not None:
+                self.seen[name] = seen
+            st = self.streaks[name]
+            self.changed = True
+            self.log(f"check {name}: {st.state} for {now - (st.began or now):.0f} s, "
+                     f"{st.repairs} repair(s) run: carried over from the last restarter")
+
+    def standing(self) -> dict[str, Any] | None:
+        """What the next restarter must take back, when a failure began or ended, a
+        repair ran or ended, or a check failed for good since the last call (None:
+        nothing did; a try that fails again changes only counts and the line, which
+        are not worth a write)."""
+        if not self.changed:
+            return None
+        self.changed = False
+        return {n: d for n, st in self.streaks.items()
+                if (d := checks.saved(st, self.seen.get(n), self.keys[n])) is not None}
 
     def _drop(self, name: str) -> None:
         t = self.running.pop(name, None)
         if t is not None:
             self._end_probe(t)
-        for d in (self.conf, self.streaks, self.due, self.seen):
+        for d in (self.conf, self.streaks, self.due, self.seen, self.keys):
             d.pop(name, None)
+        self.changed = True
         fd = self.out.pop(name, None)
         if fd is not None:
             os.close(fd)
@@ -315,8 +364,11 @@ class MachineChecks:
 
     def _observe(self, name: str, v: Verdict, now: float) -> None:
         c = self.conf[name]
-        st, act = checks.observe(self.streaks[name], v, now, c)
+        was = self.streaks[name]
+        st, act = checks.observe(was, v, now, c)
         self.streaks[name] = st
+        if (st.state, st.since, st.repairs) != (was.state, was.since, was.repairs):
+            self.changed = True
         if act == checks.RECOVER:
             self.log(f"check {name}: passes again ({v.detail})")
         elif act == checks.FAIL:
@@ -339,6 +391,7 @@ class MachineChecks:
 
     def _repaired(self, name: str, v: Verdict, now: float) -> None:
         self.streaks[name] = checks.repaired(self.streaks[name], v, now)
+        self.changed = True
         self.log(f"check {name}: repair {self.streaks[name].repairs} ended ({v.detail})")
 
     # --- reports ------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The restarter's persisted state: runtime records (for re-adoption) and admin state.
 
 Owns: the formats of `<state_dir>/services/<name>.json` (one small record per service,
-rewritten atomically whenever its pid or state changes) and `<persist_dir>/admin.json`
+rewritten atomically whenever its pid or state changes), `<state_dir>/checks.json` (the
+failing machine checks' standing, with the boot it belongs to) and
+`<persist_dir>/admin.json`
 (what an administrator asked for: a service stopped by hand, one held in maintenance;
 written durably), and the queue of writes not made yet. Must not: decide anything about
 them.
@@ -502,6 +504,27 @@ class Store:
             sockets=tuple(sk) if (sk := d.get("sockets")) else None,
             fd_store=tuple((e[0], e[1], e[2], e[3]) for e in fs)
             if (fs := d.get("fd_store")) else None)
+
+    def write_checks(self, standing: dict[str, Any], boot_id: str, now: float) -> None:
+        """The failing machine checks' standing (machine.MachineChecks.standing); the
+        file is removed when none fails."""
+        path = os.path.join(self.state_dir, channels.CHECK_STANDING)
+        data = None if not standing else json.dumps(
+            {"boot_id": boot_id, "checks": standing}, sort_keys=True).encode() + b"\n"
+        self.queue.put(path, data, now)
+
+    def read_checks(self, boot_id: str) -> tuple[dict[str, Any], str]:
+        """(the standing the last restarter of this boot left, "") — {} when there is
+        none, or when the file is from another boot: its times are another boot's
+        monotonic clock — or ({}, why the file is unusable; it was set aside)."""
+        path = os.path.join(self.state_dir, channels.CHECK_STANDING)
+        d, why = _read(path)
+        if d is not None and not (isinstance(d, dict) and isinstance(d.get("checks"), dict)
+                                  and isinstance(d.get("boot_id"), str)):
+            why = _set_aside(path, "not a table of checks with its boot_id")
+        if why or d is None or d["boot_id"] != boot_id or not boot_id:
+            return {}, why
+        return dict(d["checks"]), ""
 
     def drop_record(self, name: str, now: float) -> None:
         self.queue.put(os.path.join(self.rec_dir, name + ".json"), None, now)
