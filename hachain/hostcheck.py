@@ -295,6 +295,17 @@ def problems(cfg: Config) -> list[str]:
     return out
 
 
+def _programs_of(argv: tuple[str, ...]) -> list[str]:
+    """The programs a command runs: argv[0], and the one a shell wrapper execs as its
+    `$0` (`sh -c 'exec "$0" ...' PROG ...`, what `hachain import` writes for the
+    `watchdog` daemon's repair-binary)."""
+    progs = [argv[0]]
+    if len(argv) >= 4 and os.path.basename(argv[0]) in ("sh", "bash", "dash") and \
+            argv[1] == "-c" and argv[2].startswith('exec "$0"'):
+        progs.append(argv[3])
+    return progs
+
+
 def check_problems(c: CheckConfig) -> list[str]:
     """What a machine check ([check.NAME]) would fail on here, whatever the machine's
     health: a program that cannot run, a sensor or an interface this host does not have.
@@ -305,9 +316,10 @@ def check_problems(c: CheckConfig) -> list[str]:
     argvs += [(f"repair[{i}]", argv) for i, argv in enumerate(c.repair)]
     said: set[str] = set()  # (a repair list may run one program several times)
     for what, argv in argvs:
-        if argv[0] not in said and (why := program_problem(argv[0], root)) is not None:
-            said.add(argv[0])
-            out.append(f"{what} = {argv[0]}: {why}")
+        for prog in _programs_of(argv):
+            if prog not in said and (why := program_problem(prog, root)) is not None:
+                said.add(prog)
+                out.append(f"{what} = {prog}: {why}")
     if c.kind == "temperature" and not os.path.exists(c.path):
         out.append(f"path = {c.path}: no such sensor file here: every try would fail")
     if c.kind == "interface" and not os.path.exists(f"/sys/class/net/{c.interface}"):

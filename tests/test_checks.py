@@ -459,7 +459,8 @@ def test_hachain_check_says_what_a_check_cannot_do_on_this_host(tmp_path: Path) 
                    'max_temperature = 80\n'
                    '[check.i]\nkind = "interface"\ninterface = "nosuch0"\n'
                    '[check.c]\ncommand = ["no-such-program"]\nrepair = [["/bin/true"], '
-                   '["/no/such/repair"]]\naction = "log"\n'
+                   '["/no/such/repair"], ["/bin/sh", "-c", \'exec "$0" "$@" '
+                   '"$HACHAIN_CHECK_ERROR"\', "/no/such/wrapped"]]\naction = "log"\n'
                    '[check.ok]\nkind = "interface"\ninterface = "lo"\n')
     p = subprocess.run([sys.executable, "-m", "hachain.cli", "check", "-c", str(cfg)],
                        capture_output=True, text=True, timeout=60)
@@ -472,7 +473,9 @@ def test_hachain_check_says_what_a_check_cannot_do_on_this_host(tmp_path: Path) 
         "check i: interface = nosuch0: no such interface here: every try would fail",
         "check c: command[0] = no-such-program: not found in PATH "
         "(/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)",
-        "check c: repair[1] = /no/such/repair: No such file or directory"], p.stderr
+        "check c: repair[1] = /no/such/repair: No such file or directory",
+        # (the program `hachain import` wraps for the watchdog daemon's arguments)
+        "check c: repair[2] = /no/such/wrapped: No such file or directory"], p.stderr
 
 
 def test_a_real_restarter_reports_its_checks_and_reload_changes_them(
