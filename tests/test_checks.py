@@ -595,9 +595,12 @@ def test_a_failing_streak_is_saved_and_taken_back() -> None:
     assert checks.restored(d, "other", 50.0) is None  # the check's configuration changed
 
 
+def _nested(inner: Any) -> Any:
+    return st.lists(inner) | st.dictionaries(st.text(), inner)
+
+
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
-                    max_leaves=12),
+                    _nested, max_leaves=12),
        st.sampled_from(["state", "since", "began", "repairs", "code", "seen", "detail"]))
 @settings(max_examples=300, deadline=None)
 def test_any_saved_standing_is_taken_back_or_named(junk: Any, field: str) -> None:
