@@ -361,6 +361,47 @@ def check_failed_bound(b: Budget) -> float:
     return b.check + reset_bound(b)
 
 
+def _restarter_host_pid(m: SimMachine) -> int | None:
+    """The host pid of the restarter that wrote the last heartbeat (None: none yet)."""
+    hb = m.heartbeat("restarter")
+    if hb is None:
+        return None
+    return {p.nspid: p.pid for p in snapshot_light(m).procs}.get(hb.pid)
+
+
+def check_failed_restarters_killed(x: Injection) -> list[str]:
+    """As check-failed, and every restarter is SIGKILLed once it has run CHECK_RETRY s
+    (its retry_timeout), until the machine resets: a restarter that started the check's
+    failure afresh could never let it fail, and the machine would never reset. The
+    failure must go on from restarter to restarter (the standby forks the next one)."""
+    m = x.machine
+    boots = len(m.boots)
+    os.mkdir(_marker(x))
+    end = time.monotonic() + check_restarters_bound(Budget.of(x.cfg))
+    last = None
+    while time.monotonic() < end and len(m.boots) == boots:
+        pid = _restarter_host_pid(m)
+        if pid is None or pid == last:
+            time.sleep(0.05)
+            continue
+        time.sleep(CHECK_RETRY)  # a new restarter: it runs its retry_timeout
+        if len(m.boots) != boots:
+            break
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        last = pid
+    return []
+
+
+def check_restarters_bound(b: Budget) -> float:
+    """check-failed's, with the check's own time twice (a repair under way when its
+    restarter is killed is taken as ended by the next one, which gives the check its
+    retry_timeout again) and a restarter's start."""
+    return 2 * b.check + reset_bound(b) + layer_bound(b)
+
+
 def state_removed(x: Injection) -> list[str]:
     """`rm -rf` of the chain's run directory (state_dir) while it runs: no reset may
     come, and every layer's heartbeat must be fresh again within heartbeat_timeout (each
@@ -747,6 +788,12 @@ KINDS: dict[str, FaultKind] = {k.name: k for k in (
               "a marker directory its repair cannot remove makes the machine check fail "
               "for good: the gate fails and the watchdog resets; the new boot passes",
               check_failed, rebooted, check_failed_bound, timed_reset=False),
+    FaultKind("check-failed-restarters-killed", "check", "watchdog",
+              "check-failed, and each restarter is SIGKILLed once it has run the check's "
+              "retry_timeout, until the reset: the failure goes on from one restarter to "
+              "the next, and the watchdog still resets",
+              check_failed_restarters_killed, rebooted, check_restarters_bound,
+              timed_reset=False),
     FaultKind("clock-step", "machine", None, "step CLOCK_REALTIME by an hour",
               not_here, at_once, restart_bound, "never"),
     FaultKind("config-broken", "layer", None,
