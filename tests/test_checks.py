@@ -662,3 +662,25 @@ def test_a_restarter_killed_mid_failure_hands_the_failure_on(restarter: Any) -> 
     assert net()["repairs"] == 0
     assert "its configuration changed: the last restarter's standing is not taken back" \
         in open(run.log).read()
+
+
+def test_a_standing_not_taken_back_is_written_over(runner: list[Runner]) -> None:
+    """An entry the new restarter does not take (its check changed meanwhile) is dropped
+    from the file at its first write: a later restarter, with the check as it was, must
+    not take a failure that long ended back."""
+    old = check(name="net", command=["/bin/false"], retry_timeout=60)
+    st, _ = checks.observe(Streak(), Verdict(False, "bad", 1), time.monotonic() - 5, old)
+    saved = {"net": checks.saved(st, None, MachineChecks.key(old))}
+    new = check(name="net", command=["/bin/false"], retry_timeout=30)
+    r = Runner({"net": new})
+    runner.append(r)
+    r.m.close()
+    m = MachineChecks({"net": new}, 0.05, r.sel, r.lines.append, restored=saved)
+    assert m.streaks["net"] == Streak() and m.standing() == {}  # written: nothing fails
+    assert "its configuration changed" in "\n".join(r.lines)
+    assert m.standing() is None  # and not again until something changes
+    m.close()
+    back = MachineChecks({"net": old}, 0.05, r.sel, r.lines.append, restored=saved)
+    assert back.streaks["net"].state == checks.FAILING  # the same check takes it back
+    assert back.standing() == saved
+    back.close()

@@ -84,7 +84,9 @@ class MachineChecks:
         self.out: dict[str, int] = {}  # check -> the write end its commands print to
         self.restore: dict[str, Any] = dict(restored or {})  # taken at the first update
         self.keys: dict[str, str] = {}  # check -> key(its configuration)
-        self.changed = False  # a streak's standing changed since standing() last said
+        # a streak's standing changed since standing() last said; at first, whatever was
+        # left is rewritten (an entry not taken back must not be taken by a later one)
+        self.changed = bool(self.restore)
         self.conf: dict[str, CheckConfig] = {}
         self.streaks: dict[str, Streak] = {}
         self.due: dict[str, float] = {}
