@@ -571,6 +571,8 @@ def test_what_checks_and_repairs_print_is_in_their_log(restarter: Any) -> None:
     p = subprocess.run([*cli, "check:nosuch"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "check:nosuch: no such check (configured: a, check:net, " \
         "check:quiet)" in p.stderr, p.stderr
+    p = subprocess.run([*cli, "check:../../etc/x"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "check:../../etc/x: not a check name" in p.stderr, p.stderr
 
 
 # --- the standing carried over to the next restarter ----------------------------------
