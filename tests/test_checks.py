@@ -276,6 +276,7 @@ def test_inline_and_threaded_kinds_pass_on_a_healthy_machine(
     assert all(x["ok"] for x in rep.values())
     assert rep["ping"]["detail"].startswith("127.0.0.1: echo reply in ")
     assert rep["temp"]["detail"] == "42 °C" and rep["cmd"]["detail"] == "exit status 0"
+    assert r.m.standing() is None  # nothing failed: no checks.json to write
 
 
 def test_a_read_that_hangs_fails_by_its_timeout_and_blocks_nothing(

@@ -369,8 +369,9 @@ class MachineChecks:
         was = self.streaks[name]
         st, act = checks.observe(was, v, now, c)
         self.streaks[name] = st
-        if (st.state, st.since, st.repairs) != (was.state, was.since, was.repairs):
-            self.changed = True
+        if (st.state, st.since, st.repairs) != (was.state, was.since, was.repairs) and \
+                {st.state, was.state} - {checks.PENDING, checks.OK}:
+            self.changed = True  # (pending -> ok changes nothing worth a write)
         if act == checks.RECOVER:
             self.log(f"check {name}: passes again ({v.detail})")
         elif act == checks.FAIL:
