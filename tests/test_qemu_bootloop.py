@@ -96,6 +96,19 @@ def silent_before_reset(cvm: ChainVM, n: int) -> tuple[float, float | None]:
             None if waited is None else round(waited, 1))
 
 
+def assert_stays_up(cvm: ChainVM, seconds: float) -> int:
+    """Every boot so far ended by one WATCHDOG, and no reset for `seconds` from now (an
+    observation window: neither the boot count nor the WATCHDOG count moves). The boot
+    count."""
+    boots = cvm.vm.boot_count
+    fired = sum(e.name == "WATCHDOG" for e in cvm.vm.events)
+    assert fired == boots - 1, [e.name for e in cvm.vm.events]
+    time.sleep(seconds)
+    assert cvm.vm.boot_count == boots
+    assert sum(e.name == "WATCHDOG" for e in cvm.vm.events) == fired
+    return boots
+
+
 def guest_status(cvm: ChainVM) -> dict[str, Any] | None:
     try:
         return cvm.status(timeout=40)
@@ -203,12 +216,7 @@ def test_a_critical_service_failing_on_every_boot_ends_in_rescue(loop_vm: ChainV
     # It stays up: more than two whole watchdog periods, no new reset, still petting.
     # Counted from the rescue boot on: a starved boot above was reset after the loop's
     # count was taken, by one WATCHDOG more. Every boot before this one ended so.
-    boots = cvm.vm.boot_count
-    fired = sum(e.name == "WATCHDOG" for e in cvm.vm.events)
-    assert fired == boots - 1, [e.name for e in cvm.vm.events]
-    time.sleep(2 * s.timeout + 2)
-    assert cvm.vm.boot_count == boots
-    assert sum(e.name == "WATCHDOG" for e in cvm.vm.events) == fired
+    assert_stays_up(cvm, 2 * s.timeout + 2)
     rc, out = cvm.vm.run([cvm.python, "-m", "hachain.cli", "status", "--state-dir",
                           STATE_DIR, "--persist-dir", PERSIST_DIR], timeout=40)
     # the current boot's number from its record: RESETS + 1, or more after a starved boot
