@@ -11,7 +11,9 @@ receiving, a host that must answer a ping, a command. This module owns two pure 
   command is next, whether it has failed for good, and the error number of its last
   failing try (told to a repair command). `now` is passed in;
 - the standing a restarter leaves for the next one (`saved`, `restored`): a failing
-  check's streak, so a restarter that is restarted does not start its failure afresh.
+  check's streak, so a restarter that is restarted does not start its failure afresh,
+  and the repair command it left running (`InFlight`: pid, start time, deadline), so
+  the next one waits for it instead of starting another beside it.
 
 Must not: read a file, run a command or look at a clock; the restarter's
 `hachain/restarter/machine.py` does that and feeds the results here.
@@ -203,27 +205,82 @@ def repaired(st: Streak, v: Verdict, now: float) -> Streak:
 
 _SAVED_FLOATS = ("since", "began", "last_try")
 _SAVED_INTS = ("repairs", "tries", "failures", "code")
+PID_MAX = 1 << 22  # the kernel's highest pid_max (PID_MAX_LIMIT on 64-bit)
 
 
-def saved(st: Streak, seen: Seen | None, key: str) -> dict[str, Any] | None:
+class InFlight(NamedTuple):
+    """A repair command under way, as the next restarter finds it: its pid, its start
+    time (field 22 of /proc/PID/stat: with the pid, one process for the life of a boot)
+    and its deadline (monotonic: started + repair_timeout)."""
+
+    pid: int
+    start_time: int
+    deadline: float
+
+
+class Restored(NamedTuple):
+    """A standing taken back: the streak, what its check saw last, and the repair the
+    last restarter left running (None: none; the streak is then never `repairing`)."""
+
+    streak: Streak
+    seen: Seen | None
+    repair: InFlight | None = None
+
+
+def saved(st: Streak, seen: Seen | None, key: str,
+          repair: InFlight | None = None) -> dict[str, Any] | None:
     """A failing streak as the next restarter takes it back (None: nothing to carry:
     a check that passes or was not tried starts as well afresh). `key` names the
-    check's configuration: a changed check is not taken back."""
+    check's configuration: a changed check is not taken back. `repair`: the repair
+    command running now (kept only while the streak is `repairing`)."""
     if st.state not in (FAILING, REPAIRING, FAILED):
         return None
     d: dict[str, Any] = {"key": key, "state": st.state, "detail": st.detail}
     d.update({f: getattr(st, f) for f in _SAVED_FLOATS + _SAVED_INTS})
     if seen is not None:
         d["seen"] = [seen.value, seen.changed]
+    if repair is not None and st.state == REPAIRING:
+        d["repair"] = {"pid": repair.pid, "start_time": repair.start_time,
+                       "deadline": repair.deadline}
     return d
 
 
-def restored(d: Any, key: str, now: float) -> tuple[Streak, Seen | None] | str | None:
-    """A saved standing taken back: the streak and what its check saw; None when it is
-    for another configuration of the check; a line saying what is wrong with it. A
-    repair that ran when the last restarter ended is taken as ended now (its end was not
-    seen): the check has retry_timeout again, and the next repair is the next one. Times
-    are monotonic: the caller keeps them to this boot."""
+def _count(v: Any, below: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < below
+
+
+def _in_flight(raw: Any, now: float, repair_timeout: float) -> InFlight | str:
+    """A saved repair under way, or what is wrong with it. Its deadline was at most
+    repair_timeout after a time of this boot not later than now."""
+    if not isinstance(raw, dict):
+        return f"repair is {raw!r}, not a table"
+    pid: Any = raw.get("pid")
+    start: Any = raw.get("start_time")
+    deadline: Any = raw.get("deadline")
+    if not _count(pid, PID_MAX + 1) or pid < 2:
+        return f"repair pid is {pid!r}"
+    if not _count(start, 1 << 63):
+        return f"repair start_time is {start!r}"
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) \
+            or not -1e15 < deadline <= now + repair_timeout:
+        return f"repair deadline is {deadline!r}, not within repair_timeout of now"
+    return InFlight(pid, start, float(deadline))
+
+
+def taken_as_ended(st: Streak, now: float) -> Streak:
+    """A repair the last restarter ran whose end nobody saw (gone when this restarter
+    looked): ended now; the check has retry_timeout again, and the next repair is the
+    next one."""
+    return replace(st, state=FAILING, since=now)
+
+
+def restored(d: Any, key: str, now: float, repair_timeout: float) -> Restored | str | None:
+    """A saved standing taken back; None when it is for another configuration of the
+    check; a line saying what is wrong with it. A repair that ran when the last
+    restarter ended comes back in flight (`repair`, the streak `repairing`) when its
+    pid, start time and deadline were saved: the caller looks whether it still runs
+    (else `taken_as_ended`); without them it is taken as ended now. Times are
+    monotonic: the caller keeps them to this boot."""
     if not isinstance(d, dict) or d.get("key") != key:
         return None if isinstance(d, dict) else "not a table"
     state = d.get("state")
@@ -240,7 +297,7 @@ def restored(d: Any, key: str, now: float) -> tuple[Streak, Seen | None] | str |
         vals[f] = v
     for f in _SAVED_INTS:
         v = d.get(f)
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 53:
+        if not _count(v, 1 << 53):
             return f"{f} is {v!r}, not a count"
         vals[f] = v
     if vals["since"] is None or vals["began"] is None:
@@ -252,10 +309,18 @@ def restored(d: Any, key: str, now: float) -> tuple[Streak, Seen | None] | str |
                 and not isinstance(raw[1], bool) and raw[1] <= now):
             return f"seen is {raw!r}"
         seen = Seen(raw[0], float(raw[1]))
+    repair = None
+    if (raw := d.get("repair")) is not None:
+        if state != REPAIRING:
+            return f"a repair under way in state {state!r}"
+        got = _in_flight(raw, now, repair_timeout)
+        if isinstance(got, str):
+            return got
+        repair = got
     st = Streak(state=state, detail=d["detail"], **vals)
-    if state == REPAIRING:
-        st = replace(st, state=FAILING, since=now)
-    return st, seen
+    if state == REPAIRING and repair is None:
+        st = taken_as_ended(st, now)
+    return Restored(st, seen, repair)
 
 
 def report(st: Streak, c: CheckConfig, held: bool, now: float) -> dict[str, Any]:
@@ -269,8 +334,8 @@ def report(st: Streak, c: CheckConfig, held: bool, now: float) -> dict[str, Any]
     return out
 
 
-__all__ = ["Verdict", "Seen", "Streak", "observe", "repaired", "report", "saved",
-           "restored", "load_verdict",
+__all__ = ["Verdict", "Seen", "Streak", "InFlight", "Restored", "observe", "repaired",
+           "report", "saved", "restored", "taken_as_ended", "load_verdict",
            "memory_verdict", "temperature_verdict", "pid_in", "file_verdict",
            "interface_verdict", "PENDING", "OK", "FAILING", "REPAIRING", "FAILED", "HELD",
            "REPAIR", "FAIL", "RECOVER", "EMAXLOAD", "ETOOHOT", "ENOLOAD", "ENOCHANGE",

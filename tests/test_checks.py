@@ -586,16 +586,46 @@ def test_a_failing_streak_is_saved_and_taken_back() -> None:
     st, act = checks.observe(st, Verdict(False, "bad", 7), 40.0, c)
     assert (st.state, act) == (checks.REPAIRING, checks.REPAIR)
     d = json.loads(json.dumps(checks.saved(st, Seen(5, 3.0), "k")))  # through the file
-    back = checks.restored(d, "k", 50.0)
+    back = checks.restored(d, "k", 50.0, c.repair_timeout)
     assert not isinstance(back, str) and back is not None
-    # the repair in flight when the last restarter ended: taken as ended now
-    assert back == (replace(st, state=checks.FAILING, since=50.0), Seen(5, 3.0))
-    assert back[0].began == 10.0 and back[0].repairs == 1 and back[0].code == 7
-    st, act = checks.observe(back[0], Verdict(False, "bad", 7), 80.0, c)
+    # a repair in flight that the last restarter could not name: taken as ended now
+    assert back == (replace(st, state=checks.FAILING, since=50.0), Seen(5, 3.0), None)
+    assert back.streak.began == 10.0 and back.streak.repairs == 1 and back.streak.code == 7
+    st, act = checks.observe(back.streak, Verdict(False, "bad", 7), 80.0, c)
     assert (act, st.repairs) == (checks.REPAIR, 2)  # the next one, not the first again
     failed = replace(st, state=checks.FAILED)
-    assert checks.restored(checks.saved(failed, None, "k"), "k", 90.0) == (failed, None)
-    assert checks.restored(d, "other", 50.0) is None  # the check's configuration changed
+    assert checks.restored(checks.saved(failed, None, "k"), "k", 90.0, 60.0) == \
+        (failed, None, None)
+    assert checks.restored(d, "other", 50.0, 60.0) is None  # the configuration changed
+
+
+def test_a_repair_in_flight_is_saved_and_taken_back_in_flight() -> None:
+    """The repair running when the standing was written comes back with its pid, start
+    time and deadline, the streak still `repairing`; only a repairing streak carries one,
+    and a deadline further than repair_timeout from now is not this boot's."""
+    c = check(command=["/bin/false"], retry_timeout=30, repair_timeout=20,
+              repair=[["/r1"], ["/r2"]])
+    st, _ = checks.observe(Streak(), Verdict(False, "bad", 7), 10.0, c)
+    st, act = checks.observe(st, Verdict(False, "bad", 7), 40.0, c)
+    assert (st.state, act) == (checks.REPAIRING, checks.REPAIR)
+    fly = checks.InFlight(4321, 987654, 60.0)
+    d = json.loads(json.dumps(checks.saved(st, None, "k", fly)))  # through the file
+    assert d["repair"] == {"pid": 4321, "start_time": 987654, "deadline": 60.0}
+    back = checks.restored(d, "k", 45.0, c.repair_timeout)
+    assert back == checks.Restored(st, None, fly)  # not ended: still repairing
+    assert checks.taken_as_ended(st, 46.0) == replace(st, state=checks.FAILING, since=46.0)
+    # the repair ended: nothing in flight is saved any more
+    ended = checks.repaired(st, Verdict(False, "status unknown"), 50.0)
+    assert "repair" not in (checks.saved(ended, None, "k", fly) or {})
+    for bad, why in (({**d, "state": checks.FAILING}, "a repair under way in state"),
+                     ({**d, "repair": [4321, 987654, 60.0]}, "not a table"),
+                     ({**d, "repair": {**d["repair"], "pid": 1}}, "repair pid is 1"),
+                     ({**d, "repair": {**d["repair"], "pid": True}}, "repair pid is True"),
+                     ({**d, "repair": {**d["repair"], "start_time": -1}}, "start_time"),
+                     ({**d, "repair": {**d["repair"], "deadline": 66.0}}, "deadline"),
+                     ({**d, "repair": {**d["repair"], "deadline": math.nan}}, "deadline")):
+        got = checks.restored(bad, "k", 45.0, c.repair_timeout)
+        assert isinstance(got, str) and why in got, (bad, got)
 
 
 def _nested(inner: Any) -> Any:
@@ -604,21 +634,31 @@ def _nested(inner: Any) -> Any:
 
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
                     _nested, max_leaves=12),
-       st.sampled_from(["state", "since", "began", "repairs", "code", "seen", "detail"]))
+       st.sampled_from(["state", "since", "began", "repairs", "code", "seen", "detail",
+                        "repair", "repair.pid", "repair.start_time", "repair.deadline"]))
 @settings(max_examples=300, deadline=None)
 def test_any_saved_standing_is_taken_back_or_named(junk: Any, field: str) -> None:
     """Whatever a file holds: a streak, None, or one line; never an exception, never a
-    time after now or not a number."""
-    good = checks.saved(Streak(state=checks.FAILED, since=1.0, began=1.0, detail="x",
-                               code=3), Seen(1, 1.0), "k")
-    assert good is not None
-    for d in (junk, {**good, field: junk}):
-        got = checks.restored(d, "k", 100.0)
+    time after now or not a number, never a repair in flight past repair_timeout from
+    now or beside a streak that is not repairing."""
+    good = checks.saved(Streak(state=checks.REPAIRING, since=1.0, began=1.0, detail="x",
+                               code=3, repairs=1), Seen(1, 1.0), "k",
+                        checks.InFlight(1234, 5678, 90.0))
+    assert good is not None and "repair" in good
+    outer, _, inner = field.partition(".")
+    changed = {**good, outer: {**good[outer], inner: junk} if inner else junk}
+    for d in (junk, changed):
+        got = checks.restored(d, "k", 100.0, 20.0)
         if isinstance(got, tuple):
-            s, seen = got
+            s, seen, fly = got
             for t in (s.since, s.began, s.last_try):
                 assert t is None or (math.isfinite(t) and t <= 100.0)
             assert seen is None or seen.changed <= 100.0
+            assert fly is None or (s.state == checks.REPAIRING and 1 < fly.pid
+                                   and fly.start_time >= 0
+                                   and math.isfinite(fly.deadline)
+                                   and fly.deadline <= 120.0)
+            assert fly is not None or s.state != checks.REPAIRING
         else:
             assert got is None or (isinstance(got, str) and "\n" not in got)
 
@@ -665,6 +705,147 @@ def test_a_restarter_killed_mid_failure_hands_the_failure_on(restarter: Any) -> 
     assert net()["repairs"] == 0
     assert "its configuration changed: the last restarter's standing is not taken back" \
         in open(run.log).read()
+
+
+# A repair that records its start and its end in the file $1, with its pid and the
+# monotonic time: "start N PID T", then "end N PID T". `wait`: it ends once the file $3
+# exists; `hang`: it starts `sleep 600` in its process group ("child N PID T") and waits
+# for it, so it ends only when its group is killed. $4: the Python that reads the clock.
+RECORDING_REPAIR = """#!/bin/sh
+rec=$1 mode=$2 go=$3 py=$4
+mono() { "$py" -c 'import time; print(f"{time.monotonic():.3f}")'; }
+echo "start $HACHAIN_CHECK_REPAIR $$ $(mono)" >> "$rec"
+if [ "$mode" = hang ]; then
+    sleep 600 &
+    echo "child $HACHAIN_CHECK_REPAIR $! $(mono)" >> "$rec"
+    wait
+else
+    while [ ! -e "$go" ]; do sleep 0.05; done
+fi
+echo "end $HACHAIN_CHECK_REPAIR $$ $(mono)" >> "$rec"
+"""
+
+
+def _recorded(path: Path) -> list[tuple[str, int, int, float]]:
+    """The complete lines of a recording repair's file: (what, repair, pid, time)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines(keepends=True):
+        w = line.split()
+        if line.endswith("\n") and len(w) == 4:
+            out.append((w[0], int(w[1]), int(w[2]), float(w[3])))
+    return out
+
+
+def test_a_repair_under_way_outlives_its_restarter_and_is_waited_for(
+        restarter: Any, tmp_path: Path) -> None:
+    """A restarter SIGKILLed while two repairs run: the next one takes both back in
+    flight. Check `slow`'s second repair starts only after its first one's end (which
+    the new restarter sees through a pidfd, status unknown), and retry_timeout after it;
+    check `hung`'s repair, which never ends, is killed with what it started at the
+    deadline the first restarter gave it (started + repair_timeout), not earlier."""
+    from hachain import channels, client
+    from tests.conftest import LIVENESS, heartbeat_window
+    script = tmp_path / "repair.sh"
+    script.write_text(RECORDING_REPAIR)
+    go = tmp_path / "go"
+    slow_rec, hung_rec = tmp_path / "slow.rec", tmp_path / "hung.rec"
+    retry, hung_timeout = 0.5, 15.0
+
+    def repair(rec: Path, mode: str) -> list[str]:
+        return ["/bin/sh", str(script), str(rec), mode, str(go), sys.executable]
+    run = restarter(
+        '[service.a]\ncommand = ["/bin/sleep", "600"]\n'
+        f'[check.slow]\ncommand = ["/bin/false"]\ninterval = 0.2\nretry_timeout = {retry}\n'
+        f'repair = {json.dumps([repair(slow_rec, "wait")] * 2)}\n'
+        'repair_timeout = 3600\naction = "log"\n'
+        f'[check.hung]\ncommand = ["/bin/false"]\ninterval = 0.2\nretry_timeout = {retry}\n'
+        f'repair = {json.dumps([repair(hung_rec, "hang")])}\n'
+        f'repair_timeout = {hung_timeout}\naction = "log"\n')
+    started: dict[int, int | None] = {}  # every pid the repairs recorded: its start time
+
+    def note(rec: Path) -> list[tuple[str, int, int, float]]:
+        lines = _recorded(rec)
+        for _, _, pid, _ in lines:
+            if pid not in started:
+                started[pid] = channels.proc_start_time(pid)
+        return lines
+
+    def gone(pid: int) -> bool:
+        return not channels.pid_alive(pid) or channels.proc_start_time(pid) != started[pid]
+
+    def checks_now() -> dict[str, Any]:
+        return client.request(run.state_dir, {"op": "status"})["checks"]
+
+    path = os.path.join(run.state_dir, "checks.json")
+
+    def in_flight() -> dict[str, Any] | None:
+        try:
+            d = json.load(open(path))["checks"]
+        except (OSError, ValueError):
+            return None
+        return d if all("repair" in d.get(n, {}) for n in ("slow", "hung")) else None
+    try:
+        run.wait_state("a", "ready")
+        wait_until(lambda: any(w[0] == "start" for w in note(slow_rec)) and any(
+            w[0] == "child" for w in note(hung_rec)), LIVENESS, "both first repairs")
+        saved = wait_until(in_flight, LIVENESS, "both repairs named in checks.json")
+        hung = saved["hung"]["repair"]
+        slow_pid = next(w[2] for w in note(slow_rec) if w[0] == "start")
+        assert saved["slow"]["repair"]["pid"] == slow_pid
+        assert hung["pid"] == next(w[2] for w in note(hung_rec) if w[0] == "start")
+        assert hung["start_time"] == started[hung["pid"]]
+        run.kill_restarter()
+        run.start()
+        log = open(run.log).read()
+        for name, pid in (("slow", slow_pid), ("hung", hung["pid"])):
+            assert f"check {name}: repairing for " in log, log
+            assert f"repair 1 (pid {pid}) still runs" in log, log
+        back = in_flight()  # the new restarter names them as the last one did
+        assert back is not None and back["hung"]["repair"] == hung, back
+        # no second repair of `slow` beside the first: well past retry_timeout, by the
+        # new restarter's own clock, it still waits for it
+        heartbeat_window(lambda: (h := channels.read_heartbeat(run.state_dir, "restarter"))
+                         and h.pid == run.proc.pid and h, 4 * retry, "the new restarter")
+        assert [w[0] for w in note(slow_rec)] == ["start"]
+        assert checks_now()["slow"]["state"] == "repairing"
+        go.touch()
+        wait_until(lambda: [w[0] for w in note(slow_rec)] == ["start", "end", "start", "end"],
+                   LIVENESS, "slow's first repair to end, then its second to run")
+        (_, n1, _, t_start1), (_, _, _, t_end1), (_, n2, _, t_start2), _ = note(slow_rec)
+        assert (n1, n2) == (1, 2)
+        assert t_start2 >= t_end1 + retry  # seen ended, then retry_timeout again
+        assert "check slow: repair 1 ended (status unknown: it outlived the restarter " \
+            "that started it)" in open(run.log).read()
+        # `hung` and what it started: killed at its deadline, which the restart did not
+        # move; the test's clock and the restarter's are the same CLOCK_MONOTONIC
+        child = next(w[2] for w in note(hung_rec) if w[0] == "child")
+        wait_until(lambda: gone(hung["pid"]) and gone(child),
+                   max(0.0, hung["deadline"] - time.monotonic()) + LIVENESS,
+                   "the hung repair killed at its deadline")
+        assert time.monotonic() >= hung["deadline"]
+        assert [w[0] for w in note(hung_rec)] == ["start", "child"]  # killed: no end
+        assert f"check hung: repair 1 ended (no answer within {hung_timeout:g} s)" in \
+            open(run.log).read()
+        done = wait_until(lambda: (c := checks_now())["slow"]["state"] == "failed" and c,
+                          LIVENESS, "slow failed after its two repairs")
+        assert done["slow"]["repairs"] == 2
+    finally:  # whatever of the repairs still runs (a repair's group is its pid)
+        leaders = {w[2] for r in (slow_rec, hung_rec) for w in _recorded(r)
+                   if w[0] == "start"}
+        for pid, start in started.items():
+            if start is None or channels.proc_start_time(pid) != start:
+                continue
+            try:
+                if pid in leaders:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def test_a_standing_not_taken_back_is_written_over(runner: list[Runner]) -> None:

@@ -30,6 +30,26 @@ A failing check's standing outlives the restarter: the loop writes `standing()` 
 it back (`restored`), so a restarter that is restarted, even over and over, does not
 start a failure afresh (its retry_timeout, its repairs) and cannot keep a failed check
 from the gate.
+
+A repair outlives the restarter that started it too, and at most one of a check runs at a
+time. Some facts this relies on:
+
+- The standing names a running repair by pid, start time (field 22 of /proc/PID/stat)
+  and deadline (monotonic; checks.json is taken back within its boot only). A pid alone
+  could be another process by then; with its start time it is that one process.
+- When the restarter dies, its repair is reparented to the nearest subreaper: init
+  (hachain-init, PID 1 or PR_SET_CHILD_SUBREAPER), never the restarter's standby
+  (restarter/standby.py forks the worker but is no subreaper). Init reaps it with the
+  rest of its orphans, so the next restarter never has its exit status: the repair
+  "ended, status unknown". A repair that ended while no restarter ran may still be a
+  zombie waiting for init's reap: ended as well.
+- The next restarter watches it through a pidfd (readable when the process exits,
+  whoever its parent is), opened *before* the start time is compared: a pid reused
+  between the read and the open then shows a different start time instead of lending
+  its pidfd. At the saved deadline its process group is killed, as the live code kills
+  a repair that timed out; the group is signalled only while the pidfd says the leader
+  runs, as while the leader (or any member) lives its pid names that group and no
+  other process. A repair that exits on its own keeps what it started, as a live one.
 """
 
 from __future__ import annotations
@@ -48,7 +68,7 @@ from typing import Any
 from hachain import channels, checks
 from hachain.checks import Seen, Streak, Verdict
 from hachain.configtypes import SERVICE_PATH, CheckConfig
-from hachain.restarter import probes
+from hachain.restarter import probes, spawn
 
 _INLINE = frozenset({"load", "memory", "interface"})
 _THREADED = frozenset({"file", "pidfile", "temperature", "ping"})
@@ -66,6 +86,18 @@ class _Try:
         self.started, self.deadline, self.repair, self.probe = started, deadline, repair, probe
         self.abandoned = False  # its thread passed the deadline (failed): still waited for
         self.abandoned_at = 0.0
+        # a repair: its pid and start time, as the standing names it (none: not known);
+        # `adopted`: started by the last restarter, so not our child (its probe has no
+        # pid: nothing of it is reaped or killed by pid here)
+        self.pid = 0
+        self.start_time: int | None = None
+        self.adopted = False
+
+    def in_flight(self) -> checks.InFlight | None:
+        """The repair as the next restarter must find it."""
+        if not self.repair or not self.pid or self.start_time is None:
+            return None
+        return checks.InFlight(self.pid, self.start_time, self.deadline)
 
 
 class MachineChecks:
@@ -128,21 +160,53 @@ class MachineChecks:
         return channels.sha256_hex(repr(c).encode())[:16]
 
     def _take_back(self, name: str, c: CheckConfig, d: Any, now: float) -> None:
-        got = checks.restored(d, self.keys[name], now)
+        got = checks.restored(d, self.keys[name], now, c.repair_timeout)
         if got is None:
             self.log(f"check {name}: its configuration changed: the last restarter's "
                      "standing is not taken back")
-        elif isinstance(got, str):
+            return
+        if isinstance(got, str):
             self.log(f"check {name}: the last restarter's standing is unusable ({got}): "
                      "starting afresh")
-        else:
-            self.streaks[name], seen = got
-            if seen is not None:
-                self.seen[name] = seen
-            st = self.streaks[name]
-            self.changed = True
-            self.log(f"check {name}: {st.state} for {now - (st.began or now):.0f} s, "
-                     f"{st.repairs} repair(s) run: carried over from the last restarter")
+            return
+        st, seen = got.streak, got.seen
+        if seen is not None:
+            self.seen[name] = seen
+        self.changed = True
+        what = ""
+        if got.repair is not None:
+            gone = self._adopt_repair(name, got.repair, now)
+            if gone:
+                st = checks.taken_as_ended(st, now)
+                what = f"; repair {st.repairs} (pid {got.repair.pid}) {gone}: taken as ended"
+            else:
+                left = got.repair.deadline - now
+                what = (f"; repair {st.repairs} (pid {got.repair.pid}) still runs: waited "
+                        f"for, killed if it runs {max(0.0, left):.0f} s more")
+        self.streaks[name] = st
+        self.log(f"check {name}: {st.state} for {now - (st.began or now):.0f} s, "
+                 f"{st.repairs} repair(s) run: carried over from the last restarter{what}")
+
+    def _adopt_repair(self, name: str, rp: checks.InFlight, now: float) -> str:
+        """Watch the repair the last restarter left running as check `name`'s own
+        (""), or say why it is not there to watch."""
+        try:
+            fd = spawn.pidfd_open(rp.pid)  # first: see the module's facts
+        except OSError as e:
+            return f"cannot be watched ({e.strerror or e})"
+        if fd is None:
+            return "is gone"
+        got = channels.proc_stat(rp.pid)
+        if got is None or got[1] != rp.start_time or got[0] in ("Z", "X"):
+            os.close(fd)
+            return "is gone" if got is None or got[1] == rp.start_time else \
+                "is gone (its pid is another process's now)"
+        t = _Try(now, rp.deadline, repair=True,
+                 probe=probes.Probe(name, "repair", "exec", fd=fd))
+        t.pid, t.start_time, t.adopted = rp.pid, rp.start_time, True
+        self.running[name] = t
+        self.sel.register(fd, selectors.EVENT_READ, ("machine", name))
+        return ""
 
     def standing(self) -> dict[str, Any] | None:
         """What the next restarter must take back, when a failure began or ended, a
@@ -153,7 +217,9 @@ class MachineChecks:
             return None
         self.changed = False
         return {n: d for n, st in self.streaks.items()
-                if (d := checks.saved(st, self.seen.get(n), self.keys[n])) is not None}
+                if (d := checks.saved(st, self.seen.get(n), self.keys[n],
+                                      t.in_flight() if (t := self.running.get(n)) else None))
+                is not None}
 
     def _drop(self, name: str) -> None:
         t = self.running.pop(name, None)
@@ -295,6 +361,9 @@ class MachineChecks:
             return
         t = _Try(now, deadline, repair=repair, probe=pr)
         self.running[name] = t
+        if repair:  # the next restarter must find it (written as the streak's change)
+            t.pid, t.start_time = pr.pid, channels.proc_start_time(pr.pid)
+            self.changed = True
         if pr.fd >= 0:
             self.sel.register(pr.fd, selectors.EVENT_READ, ("machine", name))
 
@@ -307,6 +376,11 @@ class MachineChecks:
             try:
                 self.sel.unregister(pr.fd)
             except (KeyError, ValueError):
+                pass
+        if t.adopted and pr.fd >= 0 and not channels.readable(pr.fd):
+            try:
+                os.killpg(t.pid, signal.SIGKILL)  # its leader runs: the group is its own
+            except OSError:
                 pass
         if pr.pid:
             try:
@@ -339,6 +413,12 @@ class MachineChecks:
         if cmd is None or cmd.probe is None:
             return
         del self.running[key]
+        if cmd.adopted:  # not our child: init reaps it, and keeps its status
+            self._end_probe(cmd)
+            self._answer(key, cmd, Verdict(False, "status unknown: it outlived the "
+                                           "restarter that started it", checks.EDONTKNOW),
+                         now)
+            return
         group = cmd.probe.pid
         ok = probes.finish_exec(cmd.probe)
         detail, status = cmd.probe.detail, cmd.probe.status
