@@ -397,8 +397,9 @@ def check_failed_restarters_killed(x: Injection) -> list[str]:
 
 def check_restarters_bound(b: Budget) -> float:
     """check-failed's, with the check's own time twice (a repair under way when its
-    restarter is killed is taken as ended by the next one, which gives the check its
-    retry_timeout again) and a restarter's start."""
+    restarter is killed ends under the next one, which waits for it, or is taken as
+    ended when it is gone already: either gives the check its retry_timeout again) and a
+    restarter's start."""
     return 2 * b.check + reset_bound(b) + layer_bound(b)
 
 
