@@ -52,6 +52,10 @@ def byte_compile() -> None:
     root = os.path.dirname(HERE)
     for d in ("hachain", "simulators"):
         compileall.compile_dir(os.path.join(root, d), quiet=1)
+    # and the dataclass methods (hachain/classcache.py), in a fresh interpreter: this one
+    # has built its classes already
+    subprocess.run([sys.executable, "-m", "hachain.classcache"], cwd=root, check=True,
+                   stdout=subprocess.DEVNULL, timeout=120)
 
 
 def status_mb(pid: int, field: str = "VmRSS") -> float:

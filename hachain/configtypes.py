@@ -15,7 +15,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-from hachain import channels
+from hachain import channels, classcache  # noqa: F401 - before the first class below
 
 DEFAULT_PATH = channels.DEFAULT_CONFIG
 # a service's PATH unless its env sets one (the restarter passes nothing of its own)

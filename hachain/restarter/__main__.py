@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
-from hachain import channels, snapshot
+from hachain import channels, classcache, snapshot
 from hachain.errors import ConfigError
 from hachain.restarter import standby
 from hachain.restarter.loop import ERR, AlreadyRunning, Restarter, log, release_log, take_lock
+
+classcache.release()  # every class is built by now (hachain/classcache.py)
 
 
 def _cannot_start(e: OSError) -> int:
