@@ -212,7 +212,7 @@ class Runner:
             while (got := spawn.exited_child()) is not None:  # as the loop's SIGCHLD path
                 spawn.keep_for_later(*got)
                 spawn.release(got[0])
-            self.groups |= {t.probe.pid for t in self.m.running.values() if t.probe}
+            self.groups |= self._commands()
             if (got := cond()):
                 return got
         raise AssertionError(f"not within {within} s: {what}; log: {self.lines}")
@@ -220,10 +220,15 @@ class Runner:
     def state(self, name: str) -> str:
         return self.m.streaks[name].state
 
+    def _commands(self) -> set[int]:
+        """The process groups of the commands running, which are our children (a repair
+        the last restarter left has no pid in its probe: 0 would be our own group)."""
+        return {t.probe.pid for t in self.m.running.values() if t.probe and t.probe.pid}
+
     def close(self) -> None:
         """Kill what runs, then reap every process of the commands' groups (their
         children too: this test process is a subreaper), so no test leaves a child."""
-        self.groups |= {t.probe.pid for t in self.m.running.values() if t.probe}
+        self.groups |= self._commands()
         self.m.close()
         self.sel.close()
         end = time.monotonic() + 30
@@ -707,6 +712,77 @@ def test_a_restarter_killed_mid_failure_hands_the_failure_on(restarter: Any) -> 
         in open(run.log).read()
 
 
+def _group_runs(pgid: int) -> list[int]:
+    """The processes of group `pgid` that have not exited (zombies are not counted)."""
+    from hachain import channels
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (f := channels.proc_fields(int(d))) is not None \
+                and f[2] == str(pgid).encode() and f[0] not in (b"Z", b"X"):
+            out.append(int(d))
+    return out
+
+
+def test_a_repair_left_running_is_taken_back_only_as_that_same_process(
+        runner: list[Runner]) -> None:
+    """The last restarter's repair, named by pid and start time: a process with that pid
+    but another start time (a pid reused), or one that exited (a zombie init has not
+    reaped yet), is taken as ended; the same process is watched and its group killed at
+    the saved deadline, then the check has retry_timeout again."""
+    from hachain import channels
+    c = check(name="net", command=["/bin/false"], retry_timeout=60, repair_timeout=30,
+              repair=[["/bin/true"], ["/bin/true"]], action="log")
+    key = MachineChecks.key(c)
+    now = time.monotonic()
+    st, _ = checks.observe(Streak(), Verdict(False, "bad", 1), now - 70, c)
+    st, act = checks.observe(st, Verdict(False, "bad", 1), now - 5, c)
+    assert act == checks.REPAIR
+    procs = [subprocess.Popen(["/bin/sh", "-c", "sleep 600 & wait"], process_group=0)
+             for _ in range(2)]
+    try:
+        live, dead = procs
+        os.killpg(dead.pid, signal.SIGKILL)  # a zombie until it is reaped (Popen.wait)
+        wait_until(lambda: channels.proc_state(dead.pid) == "Z", 30, "a zombie")
+        start = channels.proc_start_time(live.pid)
+        assert start is not None
+
+        def left(pid: int, start_time: int, deadline: float) -> dict[str, Any]:
+            d = checks.saved(st, None, key, checks.InFlight(pid, start_time, deadline))
+            assert d is not None
+            return {"net": d}
+        for pid, start_time, why in ((live.pid, start + 1, "another process's now"),
+                                     (dead.pid, channels.proc_start_time(dead.pid) or 0,
+                                      "is gone")):
+            r = Runner({"net": c})
+            runner.append(r)
+            r.m.close()
+            m = MachineChecks({"net": c}, 0.05, r.sel, r.lines.append,
+                              restored=left(pid, start_time, now + 25))
+            assert m.streaks["net"].state == checks.FAILING and not m.running
+            assert m.streaks["net"].repairs == 1 and why in r.lines[-1], r.lines
+            assert channels.pid_alive(live.pid)  # not ours to kill: only taken as ended
+            m.close()
+        r = Runner({"net": c})
+        runner.append(r)
+        r.m.close()
+        deadline = time.monotonic() + 1.0
+        r.m = MachineChecks({"net": c}, 0.05, r.sel, r.lines.append,
+                            restored=left(live.pid, start, deadline))
+        assert r.state("net") == checks.REPAIRING and "still runs" in r.lines[-1]
+        assert r.m.standing() == left(live.pid, start, deadline)  # handed on as it was
+        r.run_until(lambda: r.state("net") == checks.FAILING, 30, "killed at its deadline")
+        assert time.monotonic() >= deadline
+        assert wait_until(lambda: not _group_runs(live.pid), 30, "its whole group gone")
+        assert r.lines[-1] == "check net: repair 1 ended (no answer within 30 s)"
+        assert r.m.streaks["net"].since is not None and r.m.streaks["net"].since >= deadline
+        assert "repair" not in (r.m.standing() or {}).get("net", {})
+    finally:
+        for p in procs:
+            if _group_runs(p.pid):  # (its leader may be reaped already: see run_until)
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+
+
 # A repair that records its start and its end in the file $1, with its pid and the
 # monotonic time: "start N PID T", then "end N PID T". `wait`: it ends once the file $3
 # exists; `hang`: it starts `sleep 600` in its process group ("child N PID T") and waits
@@ -798,13 +874,16 @@ def test_a_repair_under_way_outlives_its_restarter_and_is_waited_for(
         assert saved["slow"]["repair"]["pid"] == slow_pid
         assert hung["pid"] == next(w[2] for w in note(hung_rec) if w[0] == "start")
         assert hung["start_time"] == started[hung["pid"]]
+        old_file = os.stat(path).st_ino
         run.kill_restarter()
         run.start()
         log = open(run.log).read()
         for name, pid in (("slow", slow_pid), ("hung", hung["pid"])):
             assert f"check {name}: repairing for " in log, log
             assert f"repair 1 (pid {pid}) still runs" in log, log
-        back = in_flight()  # the new restarter names them as the last one did
+        # the new restarter's first write names them as the last one did
+        wait_until(lambda: os.stat(path).st_ino != old_file, LIVENESS, "checks.json rewritten")
+        back = in_flight()
         assert back is not None and back["hung"]["repair"] == hung, back
         # no second repair of `slow` beside the first: well past retry_timeout, by the
         # new restarter's own clock, it still waits for it
@@ -817,7 +896,8 @@ def test_a_repair_under_way_outlives_its_restarter_and_is_waited_for(
                    LIVENESS, "slow's first repair to end, then its second to run")
         (_, n1, _, t_start1), (_, _, _, t_end1), (_, n2, _, t_start2), _ = note(slow_rec)
         assert (n1, n2) == (1, 2)
-        assert t_start2 >= t_end1 + retry  # seen ended, then retry_timeout again
+        # seen ended, then retry_timeout again (less the rounding of the two stamps)
+        assert t_start2 >= t_end1 + retry - 0.001
         assert "check slow: repair 1 ended (status unknown: it outlived the restarter " \
             "that started it)" in open(run.log).read()
         # `hung` and what it started: killed at its deadline, which the restart did not
