@@ -579,8 +579,9 @@ class Restarter:
         plan = self.core.plan
         first: list[str] = []
         rest: list[str] = []
+        there = self.cgroups.children()
         for name, c in self.conf.items():
-            procs = self.cgroups.members(name)
+            procs = self.cgroups.members(name) if there is None or name in there else None
             self._procs_seen[name] = procs or []
             if procs == [] and len(first) < START_BATCH and not plan.deps[name] and \
                     not plan.rev.get(name) and not plan.conflicts[name] and not c.singleton:
@@ -593,9 +594,11 @@ class Restarter:
         """Read the records of `names`, check their pids, let the core rebuild them, carry
         out what it decided; the number adopted."""
         adopted = 0
+        present = self.store.record_names()
         for name in names:
             c = self.conf[name]
-            rec = self.store.read_record(name)
+            rec = self.store.read_record(name) if present is None or name in present \
+                else None
             fd = spawn.pidfd_open(rec.pid) if rec is not None and rec.pid and \
                 self._verify(rec) else None
             main, mfd = self._queued_main(name, rec, fd is None)

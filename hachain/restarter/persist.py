@@ -482,6 +482,15 @@ class Store:
         data = json.dumps(rec.to_json(), sort_keys=True).encode() + b"\n"
         self.queue.put(os.path.join(self.rec_dir, rec.name + ".json"), data, now)
 
+    def record_names(self) -> set[str] | None:
+        """The services with a record file (one listing: at a chain's first start there is
+        none, and adoption then reads no file); None when the directory cannot be listed
+        (each record is then read)."""
+        try:
+            return {n[:-5] for n in os.listdir(self.rec_dir) if n.endswith(".json")}
+        except OSError:
+            return None
+
     def read_record(self, name: str) -> RuntimeRecord | None:
         path = os.path.join(self.rec_dir, name + ".json")
         d, why = _read(path)

@@ -600,6 +600,16 @@ class Cgroups:
         """The pids in the service's cgroup ([] when it has none)."""
         return self.members(name) or []
 
+    def children(self) -> set[str] | None:
+        """The names in the root (one listing: at a chain's first start no service has a
+        cgroup yet, and adoption then opens none); None when there is no listing it."""
+        if not self.active or not self.root:
+            return None
+        try:
+            return set(os.listdir(self.root))
+        except OSError:
+            return None
+
     def members(self, name: str) -> list[int] | None:
         """The pids in the service's cgroup; None when there is no such cgroup (or no
         reading it). Plain system calls, relative to the root's descriptor while we hold
