@@ -68,6 +68,13 @@ def test_the_next_run_of_the_same_file_does_not_parse_it_again(tmp_path: Path) -
     assert snapshot.cached_parse(f.read_text(), str(f), snapshot.digest(f.read_text()),
                                  _env()) == config.parse(f.read_text(), str(f))
     assert cfg.services["a"].restart == "always"
+    # the running copy the layers load is the kept one, byte for byte (not pickled again)
+    running = tmp_path / "run1" / channels.RUNNING_PARSED
+    assert running.read_bytes() == kept.read_bytes()
+    snap = snapshot.read_running(str(tmp_path / "run1"))
+    assert snap is not None
+    assert snapshot._load_parsed(str(tmp_path / "run1"), snap) == \
+        config.parse(f.read_text(), str(f))
 
 
 def test_an_edited_file_is_parsed_and_validated_again(tmp_path: Path) -> None:
