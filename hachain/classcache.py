@@ -127,8 +127,8 @@ def build(modules: list[str]) -> dict[str, CodeType]:
         for name in modules:
             try:
                 importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - an optional extra; its classes just miss
-                continue
+            except (Exception, SystemExit):  # noqa: BLE001 - an optional extra missing
+                continue  # (or a module that runs at import): its classes just miss
         return dict(_seen)
     finally:
         _seen = None

@@ -90,4 +90,5 @@ fi
 .venv/bin/python -m compileall -q -j 0 hachain simulators >/dev/null
 # The same for the methods dataclasses generates: compiled once here, not at every start
 # of a layer (hachain/classcache.py; 50-60 ms of the restarter's start otherwise).
-.venv/bin/python -m hachain.classcache >/dev/null
+.venv/bin/python -m hachain.classcache >/dev/null ||
+    echo "setup.sh: warning: the dataclass methods were not compiled ahead (each layer compiles its own)" >&2
