@@ -297,8 +297,7 @@ def read_small(path: str, regular: bool = False) -> bytes:
     of its own: a restarter blocked there would stop the chain)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular else 0))
     try:
-        mode = os.fstat(fd).st_mode
-        if regular and not stat.S_ISREG(mode):
+        if regular and not stat.S_ISREG(mode := os.fstat(fd).st_mode):
             raise OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
                           f"not a regular file ({file_kind(mode)})", path)
         chunks = []
@@ -919,7 +918,13 @@ def proc_fields(pid: int) -> list[bytes] | None:
     spaces and parentheses, so the split starts after the last ')'. The one parser of
     that file for the library, the tests, the benchmarks and the simulators."""
     try:
-        raw = read_small(f"/proc/{pid}/stat")
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:  # (one read: the kernel makes the whole line, a few hundred bytes, at once)
+            raw = os.read(fd, 4096)
+            while len(raw) >= 4096 and (more := os.read(fd, 4096)):
+                raw += more
+        finally:
+            os.close(fd)
         return raw[raw.rindex(b")") + 2:].split()
     except (OSError, ValueError):
         return None
