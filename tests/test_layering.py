@@ -41,6 +41,14 @@ def test_channels_is_stdlib_only():
     assert bad == set()
 
 
+def test_classcache_is_stdlib_only():
+    """Every process that builds dataclasses imports it first (hachain/classcache.py)."""
+    bad = {m for m in imports_of(os.path.join(ROOT, "classcache.py"))
+           if m.split(".")[0] not in sys.stdlib_module_names
+           and m not in ("__future__", "hachain.classcache")}
+    assert bad == set()
+
+
 def test_init_imports_only_stdlib_and_channels():
     """init uses the standard library and hachain.channels, and hachain.bootrecord on the
     thread that writes the reason when it gives up on the tickler (imported there only)."""
