@@ -413,11 +413,16 @@ class MachineChecks:
         if cmd is None or cmd.probe is None:
             return
         del self.running[key]
-        if cmd.adopted:  # not our child: init reaps it, and keeps its status
+        if cmd.adopted:  # not our child: init reaps it; Linux >= 6.15 keeps its status
+            st = spawn.reaped_status(cmd.probe.fd) if cmd.probe.fd >= 0 else None
             self._end_probe(cmd)
-            self._answer(key, cmd, Verdict(False, "status unknown: it outlived the "
-                                           "restarter that started it", checks.EDONTKNOW),
-                         now)
+            v = Verdict(False, "status unknown: it outlived the restarter that started it",
+                        checks.EDONTKNOW) if st is None else \
+                Verdict(st.kind == "exited" and st.code == 0,
+                        f"{st.describe()}; it outlived the restarter that started it",
+                        0 if st.kind == "exited" and st.code == 0 else
+                        st.code if st.kind == "exited" else checks.ECHKILL)
+            self._answer(key, cmd, v, now)
             return
         group = cmd.probe.pid
         ok = probes.finish_exec(cmd.probe)
