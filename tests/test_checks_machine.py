@@ -74,8 +74,11 @@ def test_a_failing_check_resets_the_machine_until_a_rescue_holds_it(
                    for r in b["detail"]), b
     # boot 4: rescue. The check is held out of the gate: the machine stays up.
     petting(m)
+    # (and the advisory check's first try answered: each boot's restarter starts it
+    # afresh, and on a loaded host it may come after the other's hold, CI 2026-12-06)
     st = wait_until(lambda: (s := status(m))["checks"].get("alive", {}).get("state")
-                    == "held" and s, PER_BOOT, "the check held")
+                    == "held" and s["checks"].get("advisory", {}).get("state") != "pending"
+                    and s, PER_BOOT, "the check held")
     assert st["chain"]["boot"]["held"] == ["check:alive"]
     assert st["checks"]["alive"]["ok"] is True
     assert st["checks"]["advisory"]["state"] == "failed"  # action = "log": reported only

@@ -44,6 +44,9 @@ def test_model_reaches_adoption_and_timeouts() -> None:
 
 
 @pytest.mark.slow  # a model check of seconds
+# ~40 s of CPU on a quiet host: 120 s was passed in CI with both cores loaded by two busy
+# loops beside two more xdist workers (2026-12-06). A bound against a hang, not a speed.
+@pytest.mark.timeout(600)
 def test_two_faults_and_three_services_converge() -> None:
     # (without svc0's MAINPID= hand-over, which makes two faults ~4x larger: minutes on
     # a loaded host; tests/test_verify_mainpid_watchdog.py checks it with one fault)
