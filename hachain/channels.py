@@ -949,6 +949,40 @@ def proc_start_time(pid: int) -> int | None:
     return st[1] if st is not None else None
 
 
+def _tick_ns() -> int | None:
+    """Nanoseconds per clock tick of /proc/PID/stat (USER_HZ), where a tick is a whole
+    number of them (None elsewhere: then nothing is computed, all is read)."""
+    try:
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    return 10**9 // hz if hz > 0 and 10**9 % hz == 0 else None
+
+
+TICK_NS = _tick_ns()
+
+
+def boottime_ns() -> int:
+    """CLOCK_BOOTTIME now, in ns: the clock a new process's start time is taken from."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def start_time_between(pid: int, before: int, after: int) -> int | None:
+    """The start time of child `pid` (as proc_start_time says it), which this process
+    cloned between two readings `before` and `after` of boottime_ns().
+
+    The kernel stamps a new task with CLOCK_BOOTTIME while cloning it (copy_process sets
+    start_boottime), and field 22 of /proc/PID/stat is that stamp in USER_HZ ticks,
+    rounded down (nsec_to_clock_t), both in this process's time namespace. So when both
+    readings fall in one tick, the start time is that tick, with nothing read: the read
+    right after the clone costs 40-55 us here against 3 us at other times, as the new
+    child is still in its exec. Otherwise (about one spawn in 50 with a
+    10 ms tick), or where ticks are not whole nanoseconds, /proc is read."""
+    if TICK_NS is not None and before <= after and before // TICK_NS == after // TICK_NS:
+        return before // TICK_NS
+    return proc_start_time(pid)
+
+
 OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
 
 
