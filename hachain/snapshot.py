@@ -426,15 +426,45 @@ def salvage_chain(path: str) -> dict[str, Any]:
             and isinstance(v, str) and os.path.isabs(v)}
 
 
-def chain_table(text: str) -> dict[str, Any] | None:
-    """The `[chain]` table of a TOML text parsed on its own: {} when the text has no
-    `[chain]` header, None when that section does not parse by itself."""
+def _chain_body(text: str) -> str | None:
+    """The text of the `[chain]` section, up to the next table header (None: no such
+    header)."""
     # (TOML allows blanks inside the brackets: `[ chain ]` is the same table)
     m = re.search(r"^[ \t]*\[[ \t]*chain[ \t]*\][ \t]*(#[^\n]*)?$(.*?)(?=^\s*\[)"
                   r"|^[ \t]*\[[ \t]*chain[ \t]*\][ \t]*(#[^\n]*)?$(.*)\Z", text, re.M | re.S)
     if m is None:
+        return None
+    return m.group(2) if m.group(2) is not None else m.group(4)
+
+
+_PLAIN_PERSIST_DIR = re.compile(
+    r'^[ \t]*persist_dir[ \t]*=[ \t]*"([^"\\\n]*)"[ \t]*(#[^\n]*)?$', re.M)
+
+
+def _persist_dir_named(text: str) -> str | None:
+    """The persist_dir a configuration text names, where that is plain without a TOML
+    parser (the import alone is 7 ms of `hachain run`): the default when the word is not
+    in the text; the value of the one line `persist_dir = "..."` (no escapes) of its
+    `[chain]` section when the word occurs nowhere else and the section has no
+    multi-line string. None: ask chain_table. (Only where to look for a parsed copy
+    hangs on it: a copy is taken only for this very text, so one found is right
+    wherever it was found.)"""
+    count = text.count("persist_dir")
+    if count == 0:
+        return channels.DEFAULT_PERSIST_DIR
+    body = _chain_body(text) if count == 1 else None
+    if body is None or '"""' in body or "'''" in body:
+        return None  # (a line of a multi-line string is no key)
+    m = _PLAIN_PERSIST_DIR.search(body)
+    return m.group(1) if m is not None else None
+
+
+def chain_table(text: str) -> dict[str, Any] | None:
+    """The `[chain]` table of a TOML text parsed on its own: {} when the text has no
+    `[chain]` header, None when that section does not parse by itself."""
+    body = _chain_body(text)
+    if body is None:
         return {}
-    body = m.group(2) if m.group(2) is not None else m.group(4)
     import tomllib
     try:
         return tomllib.loads(body)
@@ -588,11 +618,12 @@ def _cached(text: str, source: str, sha: str, environ: dict[str, str] | None = N
             timeout: float = KEPT_READ_TIMEOUT) -> tuple[Config, bytes] | None:
     """cached_parse, with the bytes of the copy it took."""
     env = os.environ if environ is None else environ
-    table = chain_table(text) if not env.get(channels.ENV_PERSIST_DIR) else {}
-    if table is None:
-        return None
-    where = env.get(channels.ENV_PERSIST_DIR) or table.get("persist_dir") or \
-        channels.DEFAULT_PERSIST_DIR
+    where: Any = env.get(channels.ENV_PERSIST_DIR) or _persist_dir_named(text)
+    if where is None:
+        table = chain_table(text)
+        if table is None:
+            return None
+        where = table.get("persist_dir") or channels.DEFAULT_PERSIST_DIR
     if not isinstance(where, str) or not os.path.isabs(where):
         return None
     probe = Snapshot(source=source, text=text, sha256=sha, accepted_wall=0.0)

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hachain import channels, client
+from hachain.logger import wire
 from hachain.restarter import notify
 from tests.conftest import PY, svc, wait_until
 
@@ -28,6 +29,21 @@ def test_decode_request_only_raises_valueerror(data):
         assert str(e) and "\n" not in str(e)
     else:
         assert isinstance(req["op"], str)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=40).filter(lambda n: "/" not in n),
+                          st.integers(1, 2**63), st.integers(0, 10**6)),
+                min_size=1, max_size=wire.MAX_FDS))
+def test_the_logger_wire_message_is_compact_json_and_reads_back(entries):
+    """What the restarter sends with each batch of pipes: the bytes json.dumps gives
+    (compact), and the logger's decode gives the entries back."""
+    infos = [wire.PipeInfo(*e) for e in entries]
+    data = wire.encode(infos)
+    assert data == json.dumps({"pipes": [i.to_json() for i in infos]},
+                              separators=(",", ":")).encode()
+    back = wire.decode(data, len(infos))
+    assert back is not None and [(i.name, i.max_bytes, i.keep) for i in back] == entries
 
 
 @settings(max_examples=500)

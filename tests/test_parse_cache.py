@@ -10,9 +10,12 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from hachain import channels, config, snapshot
 from tests.test_tickler_robust import hung_mount
@@ -36,6 +39,7 @@ from hachain import snapshot
 cfg, snap = snapshot.accept(sys.argv[1], chain_id="c2", last_good=False, kept=True)
 print(json.dumps({"schema": "hachain.schema" in sys.modules,
                   "config": "hachain.config" in sys.modules,
+                  "tomllib": "tomllib" in sys.modules,
                   "services": sorted(cfg.services), "state_dir": cfg.chain.state_dir,
                   "restart": cfg.services["a"].restart}))
 """
@@ -62,7 +66,7 @@ def test_the_next_run_of_the_same_file_does_not_parse_it_again(tmp_path: Path) -
     kept = tmp_path / "persist" / channels.LAST_GOOD_PARSED
     assert kept.is_file()
     got = _accept_in_a_fresh_process(f)
-    assert got == {"schema": False, "config": False, "services": ["a"],
+    assert got == {"schema": False, "config": False, "tomllib": False, "services": ["a"],
                    "state_dir": str(tmp_path / "run1"), "restart": "always"}
     # what it starts from is what parsing gives
     assert snapshot.cached_parse(f.read_text(), str(f), snapshot.digest(f.read_text()),
@@ -255,3 +259,38 @@ def test_a_service_pickled_whole_by_earlier_code_loads_the_same() -> None:
     Whole(buf, pickle.HIGHEST_PROTOCOL).dump(svc)
     back = pickle.loads(buf.getvalue())
     assert back == svc and vars(back) == vars(svc)
+
+
+KEY = st.sampled_from(["persist_dir", "state_dir", '"persist_dir"', "persist_dir.x",
+                       "chain.persist_dir", "name"])
+VALUE = st.sampled_from(['"/p"', '"/a b/c"', '"/x\\\\y"', "'/lit'", '"""/m"""', "3",
+                         '"rel"', '"/p" # note', '"/p" x', '""'])
+LINE = st.builds(lambda k, v, lead: f"{lead}{k} = {v}", KEY, VALUE,
+                 st.sampled_from(["", " ", "\t"])) | st.sampled_from(
+    ["[chain]", "[ chain ]", "[chain] # c", "[service.a]", "[chain.sub]", "# persist_dir",
+     "", 'command = ["/bin/true"]', 'x = "persist_dir"', 'state_dir = """', '"""',
+     "x = '''", "'''"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(LINE, max_size=8))
+@example(["[chain]", 'state_dir = """', 'persist_dir = "/p"', '"""'])
+@example(["[chain]", "x = '''", 'persist_dir = "/p"', "'''"])
+@example(["[chain]", ' persist_dir = "/a b/c" # note', "[service.a]"])
+def test_where_the_parsed_copy_is_looked_for_is_what_toml_says(lines: list[str]) -> None:
+    """Without tomllib, the persist_dir of a text is named only when it is the one TOML
+    gives: the default when the word is missing, the value of its one plain line in
+    the `[chain]` section; anything else is left to chain_table (None)."""
+    text = "\n".join(lines) + "\n"
+    got = snapshot._persist_dir_named(text)
+    if got is None:
+        return
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return  # (no copy of a text that does not load was ever kept)
+    chain = doc.get("chain", {})
+    assert got == chain.get("persist_dir", channels.DEFAULT_PERSIST_DIR), text
+    table = snapshot.chain_table(text)
+    if table is not None:
+        assert got == table.get("persist_dir", channels.DEFAULT_PERSIST_DIR), text

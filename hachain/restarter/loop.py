@@ -651,6 +651,15 @@ class Restarter:
         self.run_core(now)
         return adopted
 
+    def _leftovers(self, name: str) -> list[int]:
+        """The pids in the service's cgroup; during adoption, none without a read when
+        _dead_first found it empty or missing and it has not been spawned since (nothing
+        else puts a process there: this saves 1000 opens of missing files at a first
+        start of 1000 services)."""
+        if name in self._procs_seen and not self._procs_seen[name]:
+            return []
+        return self.cgroups.procs(name)
+
     def _read_queued(self) -> None:
         """Adoption: read everything queued on the notify socket, keeping each sender's
         MAINPID=."""
@@ -812,7 +821,7 @@ class Restarter:
                 pass  # done before the replacement was started (_on_exit)
             elif e.pid is not None:
                 spawn.kill_leftovers(e.pid, e.name, self.cgroups, zombie=self._zombie == e.pid)
-            elif self.cgroups.active and (left := self.cgroups.procs(e.name)):
+            elif self.cgroups.active and (left := self._leftovers(e.name)):
                 if e.why:
                     log(f"{e.name}: killing {len(left)} {e.why}")
                 self.cgroups.kill(e.name)
@@ -915,6 +924,7 @@ class Restarter:
         and whether it is transient) for the core's SPAWN_FAILED, or Skip when its
         `condition` does not hold. `thaw` False: its cgroup was just read empty and not
         frozen (spawn.kill_leftovers)."""
+        self._procs_seen.pop(name, None)  # (_leftovers: its cgroup is in use from now)
         c = self.conf[name]
         if c.condition is not None or c.assertion is not None:
             from hachain import conditions  # only for a service that has them
