@@ -26,16 +26,40 @@ every layer that builds dataclasses imports that first); a long-lived process ca
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import marshal
 import os
 import sys
+import types
 from importlib._bootstrap_external import MAGIC_NUMBER  # (importlib.util imports more)
 from types import CodeType
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from typing import Any
+
+class _Inspect(types.ModuleType):
+    """What `dataclasses` holds as `inspect` until it first uses it; the real module is
+    imported then. It uses it for one thing, the docstring of a class written without
+    one (inspect.signature), and importing inspect costs 6 ms and 1.3 MB (ast, dis,
+    tokenize) in every process that builds dataclasses. hachain's classes have
+    docstrings (tests/test_classcache.py), so its layers never import it."""
+
+    def __getattr__(self, name: str) -> Any:
+        import inspect
+        dataclasses.inspect = inspect  # type: ignore[attr-defined]
+        return getattr(inspect, name)
+
+
+if "dataclasses" not in sys.modules and "inspect" not in sys.modules:
+    sys.modules["inspect"] = _Inspect("inspect")
+    try:
+        import dataclasses
+    finally:
+        del sys.modules["inspect"]  # (any other importer gets the real one)
+else:
+    import dataclasses
+# for a module that builds the first classes of a process (configtypes): dataclasses
+# taken through here, so that it comes after the hook above
+from dataclasses import dataclass as dataclass  # noqa: E402
+from dataclasses import field as field  # noqa: E402
 
 FORMAT = b"hachain-dataclass-methods 1\n"
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__",

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass, field
 from typing import Any
 
-from hachain import channels, classcache  # noqa: F401 - before the first class below
+from hachain import channels
+from hachain.classcache import dataclass, field  # (dataclasses through the hook: classcache)
 
 DEFAULT_PATH = channels.DEFAULT_CONFIG
 # a service's PATH unless its env sets one (the restarter passes nothing of its own)
@@ -50,6 +50,7 @@ CAPABILITIES = (
 
 @dataclass(frozen=True)
 class Backoff:
+    """The delay before each restart: `initial`, times `factor` per crash, at most `max`."""
     initial: float = 0.1
     factor: float = 2.0
     max: float = 30.0
@@ -58,6 +59,7 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Intensity:
+    """How many restarts within `window` seconds are allowed before `action` is taken."""
     max_restarts: int = 5
     window: float = 60.0
     action: str = "maintenance"
@@ -66,6 +68,7 @@ class Intensity:
 
 @dataclass(frozen=True)
 class HealthCheck:
+    """A readiness or liveness probe of a service: a command, or a TCP connect."""
     kind: str = "exec"
     command: tuple[str, ...] = ()
     port: int = 0
@@ -97,6 +100,7 @@ class StartChecks:
 
 @dataclass(frozen=True)
 class ServiceConfig:
+    """One `[service.NAME]` table, validated (docs/configuration.md)."""
     name: str
     command: tuple[str, ...]
     kind: str = "longrun"
@@ -306,6 +310,7 @@ def _service_defaults() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class WatchdogConfig:
+    """The `[watchdog]` table: the device, its timeout and how often it is petted."""
     device: str = "auto"  # "auto" | "sim" | "none" | a path such as /dev/watchdog0
     timeout: int = 10
     pretimeout: int = 0
@@ -335,6 +340,7 @@ class BootLoop:
 
 @dataclass(frozen=True)
 class ChainConfig:
+    """The `[chain]` table: where the chain keeps its state, and how its layers run."""
     state_dir: str = channels.DEFAULT_STATE_DIR
     persist_dir: str = channels.DEFAULT_PERSIST_DIR
     cgroup_root: str = "auto"  # "auto" | "none" | an absolute cgroup2 directory
@@ -355,6 +361,7 @@ class ChainConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
+    """The `[cluster]` table: the etcd endpoints and this node's lease."""
     endpoints: tuple[str, ...]  # etcd client endpoints, "host:port"
     node: str  # this node's name, unique in the cluster
     lease_ttl: int = 10  # seconds (etcd counts leases in whole seconds)
@@ -391,6 +398,7 @@ class CheckConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A whole configuration file, validated: what every layer runs from."""
     path: str
     chain: ChainConfig
     watchdog: WatchdogConfig

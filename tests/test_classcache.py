@@ -62,6 +62,38 @@ def test_every_layer_builds_its_classes_from_the_cache(built: str, module: str) 
     assert misses == 0, f"{module}: {misses} method set(s) compiled at import"
 
 
+NO_INSPECT = """
+import sys, importlib
+importlib.import_module(sys.argv[1])
+import dataclasses  # (after: the module is the first to import it, as in the layers)
+docless = [f"{m.__name__}.{k}" for m in list(sys.modules.values())
+           if getattr(m, "__name__", "").startswith("hachain")
+           for k, v in vars(m).items()
+           if isinstance(v, type) and dataclasses.is_dataclass(v)
+           and v.__module__ == m.__name__ and (v.__doc__ or "").startswith(k + "(")]
+print(json.dumps([("inspect" in sys.modules), docless]))
+"""
+
+
+@pytest.mark.parametrize("module", ("hachain.restarter.__main__", "hachain.configtypes"))
+def test_the_chain_s_processes_never_import_inspect(module: str) -> None:
+    """dataclasses imports inspect only to write a docstring for a class that has none
+    (classcache._Inspect): the restarter and the configuration's types import neither
+    it nor ast, dis and tokenize (6 ms, 1.3 MB), while every class has its own
+    docstring (`hachain run`'s cached path: tests/test_parse_cache.py). A class added
+    without one is named here."""
+    loaded, docless = json.loads(_python("import json\n" + NO_INSPECT, module))
+    assert docless == [], f"dataclasses without a docstring: {docless}"
+    assert not loaded
+
+
+def test_a_class_without_a_docstring_still_gets_the_generated_one() -> None:
+    out = _python("import hachain.classcache, dataclasses, sys\n"
+                  "@dataclasses.dataclass\nclass P:\n    x: int = 1\n"
+                  "print(P.__doc__, 'inspect' in sys.modules)\n")
+    assert out.split() == ["P(x:", "int", "=", "1)", "True"]
+
+
 def test_without_a_file_every_class_is_compiled(tmp_path: os.PathLike[str]) -> None:
     held, hits, misses = map(int, _python(COUNT, os.path.join(tmp_path, "none.bin"),
                                           "hachain.restarter.__main__").split())

@@ -39,7 +39,7 @@ from hachain import snapshot
 cfg, snap = snapshot.accept(sys.argv[1], chain_id="c2", last_good=False, kept=True)
 print(json.dumps({"schema": "hachain.schema" in sys.modules,
                   "config": "hachain.config" in sys.modules,
-                  "tomllib": "tomllib" in sys.modules,
+                  "tomllib": "tomllib" in sys.modules, "inspect": "inspect" in sys.modules,
                   "services": sorted(cfg.services), "state_dir": cfg.chain.state_dir,
                   "restart": cfg.services["a"].restart}))
 """
@@ -66,7 +66,8 @@ def test_the_next_run_of_the_same_file_does_not_parse_it_again(tmp_path: Path) -
     kept = tmp_path / "persist" / channels.LAST_GOOD_PARSED
     assert kept.is_file()
     got = _accept_in_a_fresh_process(f)
-    assert got == {"schema": False, "config": False, "tomllib": False, "services": ["a"],
+    assert got == {"schema": False, "config": False, "tomllib": False, "inspect": False,
+                   "services": ["a"],
                    "state_dir": str(tmp_path / "run1"), "restart": "always"}
     # what it starts from is what parsing gives
     assert snapshot.cached_parse(f.read_text(), str(f), snapshot.digest(f.read_text()),

@@ -52,6 +52,7 @@ class Transition:
 
 @dataclass(frozen=True)
 class Log:
+    """A line for the restarter's log."""
     text: str
 
 

@@ -92,6 +92,7 @@ MAX_FDS = 253  # SCM_MAX_FD: the most descriptors one datagram can carry
 
 @dataclass(frozen=True)
 class Notification:
+    """One datagram read from the notify socket (sd_notify), parsed."""
     pid: int  # sender pid from the kernel's credentials (0 when absent)
     fields: dict[str, str]
     error: str = ""

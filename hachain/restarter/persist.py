@@ -54,6 +54,7 @@ from hachain import channels
 
 @dataclass(frozen=True)
 class RuntimeRecord:
+    """What the restarter keeps of one service in state_dir, for a new restarter to adopt it."""
     name: str
     pid: int | None
     start_time: int | None

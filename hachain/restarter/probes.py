@@ -21,6 +21,7 @@ from hachain.restarter import spawn
 
 @dataclass
 class Probe:
+    """A readiness or health probe of a service while it runs."""
     name: str  # the service
     purpose: str  # "ready" | "health"
     kind: str  # "exec" | "tcp"

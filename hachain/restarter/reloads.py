@@ -22,6 +22,7 @@ KEEP_OUTCOMES = 256
 
 @dataclass(frozen=True)
 class Outcome:
+    """How a reload of a service ended, kept for clients asking after it."""
     id: str
     ok: bool
     why: str  # one line: "reloaded" or what failed

@@ -761,6 +761,7 @@ class Cgroups:
 
 @dataclass
 class Spawned:
+    """A process the spawn started, and what came with it."""
     pid: int  # our child: its exit arrives with SIGCHLD (no pidfd)
     start_time: int | None  # /proc start time (clock ticks): with pid, names the process
     ready_fd: int | None  # read end of the s6-style readiness pipe

@@ -145,6 +145,7 @@ LOCAL_EVENTS = frozenset({
 
 @dataclass(frozen=True)
 class Spawn:
+    """Start its process."""
     name: str
 
 
@@ -165,6 +166,7 @@ class PostStart:
 
 @dataclass(frozen=True)
 class Kill:
+    """Send `signal` to its main process, or to all of it (`group`)."""
     name: str
     signal: int
     group: bool = True  # the whole cgroup / process group, not only the main pid
@@ -172,6 +174,7 @@ class Kill:
 
 @dataclass(frozen=True)
 class ArmTimer:
+    """Fire a timer of this kind for it in `delay` seconds (replacing one armed)."""
     name: str
     kind: Timer
     delay: float
@@ -179,28 +182,33 @@ class ArmTimer:
 
 @dataclass(frozen=True)
 class CancelTimer:
+    """Forget its armed timer of this kind."""
     name: str
     kind: Timer
 
 
 @dataclass(frozen=True)
 class Persist:
+    """Write its runtime record again: what a new restarter adopts has changed."""
     name: str
 
 
 @dataclass(frozen=True)
 class RestartGroup:
+    """Restart it and everything depending on it (restart-group intensity action)."""
     name: str  # restart-group intensity action: restart it and everything depending on it
 
 
 @dataclass(frozen=True)
 class Reboot:
+    """Reboot the machine: its intensity action is reboot."""
     name: str
     reason: str
 
 
 @dataclass(frozen=True)
 class StopDependents:
+    """Stop what requires it and runs, before it stops or starts again."""
     name: str  # stop (to restart) what requires it and runs: it stops or starts after them
     reason: str
 
@@ -337,6 +345,7 @@ class Found(NamedTuple):
 
 @dataclass(frozen=True)
 class Event:
+    """Something that happened to a service, as the table takes it."""
     kind: Ev
     now: float
     pid: int | None = None
