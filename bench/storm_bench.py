@@ -148,7 +148,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             "max_gap": max(gaps, default=float("nan")),
             "missed": sum(1 for g in gaps if g > a.pet_interval + 0.5),
             "gate_failures": max(storm.gate_failures(), 1 if s.gate_fail_ticks else 0),
-            "expirations": storm.expirations, "least_left": storm.wd.least_left,
+            "expirations": storm.expirations, "least_left": storm.least_left,
             "status_p50": statistics.median(lat), "status_p99": pct(lat, 99),
             "status_max": max(lat), "status_n": len(lat), "status_bad": bad,
             "cli_cpu_p50": statistics.median(cpu), "front": front_built(),

@@ -2,7 +2,8 @@
 
 Shared by `bench/storm_bench.py` (the figures) and `tests/test_storm.py` (the bounds).
 `Storm` runs `hachain run` (init as subreaper, the restarter, the tickler) against the
-software watchdog, served from this process, with N services that exit 1 at once
+software watchdog, served from a process of its own (`SimProcess`), with N services that
+exit 1 at once
 (`/bin/false`; a constant backoff and intensity action "ignore", so they loop for as
 long as the storm lasts). What it observes, and how:
 
@@ -21,6 +22,7 @@ children; `close()` ends them and removes the cgroup and directories it made.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
@@ -30,6 +32,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 from hachain import channels
@@ -56,6 +59,79 @@ class RecordingWatchdog(SoftWatchdog):
             left = d - now
             self.least_left = left if self.least_left is None else min(self.least_left, left)
         super()._ping(now)
+
+
+def _serve(socket_path: str, timeout: int, conn: Connection) -> None:
+    """The body of `SimProcess`: SCHED_FIFO first (the server thread, made after, inherits
+    it), then serve until told to stop or the parent is gone."""
+    realtime()
+    wd = RecordingWatchdog(timeout)
+    server = WatchdogServer(socket_path, wd, on_expire=lambda: None)
+    try:
+        server.start()
+        conn.send("ready")
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            if msg != "stats":
+                break
+            conn.send({"expirations": server.expirations, "least_left": wd.least_left})
+    finally:
+        server.stop()
+
+
+class SimProcess:
+    """The software watchdog served by a child process of its own.
+
+    Served from a thread of the test's process, a pet waits for that process's
+    interpreter lock: while the test's own thread holds it (a status call parsing 200
+    services) and a loaded host has not scheduled that thread for half a second, the
+    tickler's keepalive gets its answer half a second late, and the pet looks late
+    although the tickler sent it on time. A process of its own, SCHED_FIFO, answers as a
+    driver in the kernel would. Started with "spawn": no thread of this process is copied.
+    """
+
+    def __init__(self, socket_path: str, timeout: int) -> None:
+        self.socket_path = socket_path
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(socket_path, timeout, child),
+                                 name="wdsim", daemon=True)
+        self._child_end = child
+
+    def start(self, timeout: float = 60.0) -> None:
+        self._proc.start()
+        self._child_end.close()
+        if not self._conn.poll(timeout):
+            raise RuntimeError(f"the watchdog simulator did not serve {self.socket_path} "
+                               f"within {timeout:g} s")
+        if self._conn.recv() != "ready":
+            raise RuntimeError("the watchdog simulator answered something else than ready")
+
+    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """{"expirations": n, "least_left": seconds or None}; RuntimeError if it does not
+        answer within `timeout`."""
+        self._conn.send("stats")
+        if not self._conn.poll(timeout):
+            raise RuntimeError(f"the watchdog simulator did not answer within {timeout:g} s")
+        got: dict[str, Any] = self._conn.recv()
+        return got
+
+    def stop(self) -> None:
+        """Stop it (its socket removed), SIGKILL if it does not go within 10 s."""
+        if self._proc.pid is None:
+            return
+        try:
+            self._conn.send("stop")
+        except OSError:
+            pass
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(KILLED_BOUND)
+        self._conn.close()
 
 
 @dataclass
@@ -129,10 +205,7 @@ class Storm:
         self.persist = os.path.join(tmp, "persist")
         self.pet_interval = pet_interval
         self.min_gap = pet_interval  # the shortest gap the tickler makes between pets
-        self.wd = RecordingWatchdog(timeout)
-        self.server = WatchdogServer(os.path.join(tmp, "wd.sock"), self.wd,
-                                     on_expire=self._on_expire)
-        self.expirations = 0
+        self.server = SimProcess(os.path.join(tmp, "wd.sock"), timeout)
         mount = find_cgroup2_mount()
         self.cg = os.path.join(mount, f"hachain-storm-{os.getpid()}-{id(self)}") \
             if mount and os.access(mount, os.W_OK) else None
@@ -148,15 +221,20 @@ class Storm:
         self._stop = threading.Event()
         self._sampler: threading.Thread | None = None
 
-    def _on_expire(self) -> None:
-        self.expirations += 1
+    @property
+    def expirations(self) -> int:
+        """Times the software watchdog expired (the machine would have reset)."""
+        return int(self.server.stats()["expirations"])
+
+    @property
+    def least_left(self) -> float | None:
+        """The least time the software watchdog had left at a pet, in seconds."""
+        got = self.server.stats()["least_left"]
+        return None if got is None else float(got)
 
     def start(self) -> None:
         """Start the watchdog server and the chain."""
         self.server.start()
-        thread = getattr(self.server, "_thread", None)
-        if thread is not None and thread.native_id:
-            realtime(thread.native_id)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "hachain.cli", "run", "-c",
                                           self.config], stdout=log, stderr=log,
