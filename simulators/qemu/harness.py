@@ -528,8 +528,22 @@ class QemuMachine:
         return self._console
 
     def _tail(self, lines: int = 25) -> str:
-        tail = self.console.rstrip("\n").splitlines()[-lines:]
-        return "\n    | " + "\n    | ".join(tail) if tail else "(no console output)"
+        """The console's last `lines` lines, each with when it reached the host, in
+        seconds before now (a boot that went quiet shows as a jump in those times)."""
+        if self._console is None:
+            return "(no console output)"
+        now = time.monotonic()
+        text = self._console.text.rstrip("\n")
+        if not text:
+            return "(no console output)"
+        out: list[str] = []
+        end = len(text)
+        while len(out) < lines and end >= 0:
+            start = text.rfind("\n", 0, end) + 1
+            at = self._console.time_at(start)
+            out.append(f"{at - now:7.1f}s | {text[start:end]}")
+            end = start - 1
+        return "\n    " + "\n    ".join(reversed(out))
 
     def _wait(self, what: str, timeout: float, check: Callable[[], Any],
               poll: float = 0.5) -> Any:
