@@ -30,6 +30,7 @@ from hachain.simulators.qemu.harness import (
     unavailable_reason,
 )
 from hachain.simulators.qemu.initramfs import CpioWriter
+from tests.conftest import wait_until
 
 PYTHON = os.path.realpath(sys.executable)
 PETTER = [PYTHON, os.fspath(PETTER_SCRIPT)]
@@ -119,6 +120,14 @@ def test_agent_runs_commands_in_the_guest(machine: MachineFactory, tmp_path: Pat
     assert vm.run_result(["/no/such/program"]).rc == 127
     with pytest.raises(QemuTimeout, match="waiting for 'never printed'"):
         vm.wait_for("never printed", timeout=0.5)
+    # What a failure shows of a boot: the console lines with when each came, and the
+    # agent's last snapshot of the guest's processes (itself among them, with its threads)
+    assert re.search(r"^ +-\d+\.\ds \| .*idle, no watchdog", vm._tail(40), re.M), vm._tail(40)
+    wait_until(lambda: "guest_agent.py" in vm._procs_of(1), 30, "the agent's snapshot")
+    procs = vm._procs_of(1)
+    assert "guest processes of boot 1" in procs and re.search(r"^ +thread \d+ ", procs, re.M), \
+        procs
+    assert vm._procs_of(2) == ""
 
 
 @pytest.mark.qemu

@@ -13,6 +13,10 @@ Protocol (a mailbox in the 9p control share, mounted in the guest at /run/hachai
   "timed_out", "error"}. rc is 124 on timeout, 127 when the program cannot be started.
 - at start it empties `agent/req/` (a request written just before a reset must not run
   again on the next boot) and then writes `agent/ready` = {"boot": n, "pid": pid}.
+- every WATCH_EVERY seconds it writes `agent/procs-<boot>.txt`: every process's state
+  and kernel wait channel, and for the chain's Python processes each thread's with its
+  kernel stack. The host shows the last one of a boot when a request of that boot goes
+  unanswered: a boot that hangs and is then reset by the watchdog leaves it behind.
 """
 
 from __future__ import annotations
@@ -31,6 +35,68 @@ def _write_json(directory: str, name: str, data: dict[str, object]) -> None:
     with open(tmp, "w") as f:
         json.dump(data, f)
     os.replace(tmp, os.path.join(directory, name))
+
+
+WATCH_EVERY = 3.0
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4096).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _task_line(path: str, indent: str = "") -> str:
+    stat = _read(f"{path}/stat")
+    end = stat.rfind(")")
+    comm = stat[stat.find("(") + 1:end]
+    fields = stat[end + 2:].split()
+    state, ppid = (fields[0], fields[1]) if len(fields) > 1 else ("?", "?")
+    return (f"{indent}{os.path.basename(path)} ppid {ppid} {state} {comm!r} "
+            f"wchan {_read(f'{path}/wchan') or '-'}")
+
+
+def procs_snapshot(proc: str = "/proc") -> str:
+    """One line per user process (pid, parent, state, name, wait channel); for a process
+    running Python (the chain's layers, the services written in it) one line per thread
+    and the kernel stack of each thread that sleeps."""
+    lines = [f"guest CLOCK_MONOTONIC {time.monotonic():.1f}"]
+    pids = sorted((int(n) for n in os.listdir(proc) if n.isdigit()))
+    for pid in pids:
+        path = f"{proc}/{pid}"
+        line = _task_line(path)
+        if pid == 2 or " ppid 2 " in line:
+            continue  # the kernel's threads
+        lines.append(line)
+        if "python" not in _read(f"{path}/cmdline").split("\0", 1)[0]:
+            continue
+        lines[-1] += " " + _read(f"{path}/cmdline").replace("\0", " ")[:160]
+        try:
+            tids = sorted(int(t) for t in os.listdir(f"{path}/task"))
+        except OSError:
+            continue
+        for tid in tids:
+            tpath = f"{path}/task/{tid}"
+            lines.append(_task_line(tpath, "    thread "))
+            stack = _read(f"{tpath}/stack").strip()
+            if stack:
+                lines.extend("        " + frame for frame in stack.splitlines()[:12])
+    return "\n".join(lines) + "\n"
+
+
+def _watch(base: str, boot: int) -> None:
+    """Write the snapshot of this boot's processes every WATCH_EVERY seconds."""
+    tmp = os.path.join(base, f".procs-{boot}.tmp")
+    while True:
+        try:
+            with open(tmp, "w") as f:
+                f.write(procs_snapshot())
+            os.replace(tmp, os.path.join(base, f"procs-{boot}.txt"))
+        except OSError:
+            pass
+        time.sleep(WATCH_EVERY)
 
 
 def _run(request: dict[str, object], resp_dir: str, boot: int) -> None:
@@ -70,6 +136,7 @@ def serve(ctl: str, boot: int, poll: float = 0.05) -> None:
         os.makedirs(directory, exist_ok=True)
     for name in os.listdir(req_dir):
         os.unlink(os.path.join(req_dir, name))
+    threading.Thread(target=_watch, args=(base, boot), daemon=True).start()
     _write_json(base, "ready", {"boot": boot, "pid": os.getpid()})
     print(f"hachain-qemu-agent: boot {boot} pid {os.getpid()} serving {base}", flush=True)
     while True:

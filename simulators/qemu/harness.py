@@ -545,6 +545,18 @@ class QemuMachine:
             end = start - 1
         return "\n    " + "\n    ".join(reversed(out))
 
+    def _procs_of(self, boot: int) -> str:
+        """The guest agent's last snapshot of the processes of `boot` (guest_agent.py),
+        for a failure's message: what each layer was waiting on when that boot hung."""
+        path = self.ctl_dir / "agent" / f"procs-{boot}.txt"
+        try:
+            text = path.read_text(errors="replace")
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            return ""
+        return (f"\n    guest processes of boot {boot} ({age:.0f} s before this, on the "
+                "host's clock):\n      " + "\n      ".join(text.rstrip("\n").splitlines()))
+
     def _wait(self, what: str, timeout: float, check: Callable[[], Any],
               poll: float = 0.5) -> Any:
         """Wait on console changes until check() is truthy; bounded by timeout."""
@@ -690,7 +702,7 @@ class QemuMachine:
             if time.monotonic() > deadline:
                 raise QemuTimeout(f"no reply within {timeout:g}s to {command!r} (boot "
                                   f"{boot}, now {self.boot_count}); console tail:"
-                                  f"{self._tail()}")
+                                  f"{self._tail()}{self._procs_of(boot)}")
             time.sleep(0.05)
         if reply.get("error"):
             return CommandResult(int(reply["rc"]), "", reply["error"], boot)
