@@ -299,8 +299,14 @@ class Storm:
             self._sampler.join(5)
 
     def pet_gaps(self) -> list[float]:
-        """Every gap between pets seen, and the one still open now."""
+        """Every gap between pets seen, and the one still open now: from the last pet the
+        tickler's heartbeat names now (the sampler's last look may be older, when this
+        process's interpreter lock kept it waiting)."""
         last = self.samples.last_pet
+        tk = self.heartbeat("tickler")
+        at = tk.extra.get("last_pet_mono") if tk is not None else None
+        if isinstance(at, (int, float)) and (last is None or at > last):
+            last = float(at)
         return self.samples.gaps + ([time.monotonic() - last] if last is not None else [])
 
     def gate_failures(self) -> int:
