@@ -220,6 +220,16 @@ def convergence_bound(kind: str, s: CampaignSettings) -> float:
 CAMPAIGN_PROBE = "hachain.simulators.qemu.campaign_probe"
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of a QEMU error, for the fault's problem; the whole of it (the
+    console tail with its times, the guest's processes) goes to stderr at once, since
+    the work directory with the console log may not outlive the run (a test's)."""
+    text = str(exc)
+    first, _, rest = text.partition("\n")
+    if rest.strip():
+        print(f"chaos: {first}\n{rest}", file=sys.stderr, flush=True)
+    return first
+
 class CampaignAbort(Exception):
     """The guest could not be brought back to a clean state; later faults cannot run."""
 
@@ -286,7 +296,7 @@ class QemuCampaign:
         try:
             rep = self._probe(timeout, fault=self._fault_spec(f))
         except QemuError as exc:
-            rep = {"ready": False, "problems": [f"probe: {str(exc).splitlines()[0]}"]}
+            rep = {"ready": False, "problems": [f"probe: {_first_line(exc)}"]}
         m = self._marker_re(f).search(vm.console, mark)
         t_fault = vm.time_at(m.start()) if m else time.monotonic()
         res.t_fault = round(t_fault - self.t0, 3)
@@ -330,7 +340,7 @@ class QemuCampaign:
             m = vm.wait_for(self._marker_re(f), timeout=60.0, since=mark)
         except QemuError as exc:
             thread.join(5)
-            res.problems += failed or [f"no fault marker: {str(exc).splitlines()[0]}"]
+            res.problems += failed or [f"no fault marker: {_first_line(exc)}"]
             return
         t_fault = vm.time_at(m.start())
         res.t_fault = round(t_fault - self.t0, 3)
@@ -338,7 +348,7 @@ class QemuCampaign:
             record = vm.wait_boot(boots + 1,
                                   timeout=self.cvm.scaled(reset_bound(self.settings)) + 30.0)
         except QemuError as exc:
-            res.problems.append(f"no reboot: {str(exc).splitlines()[0]}")
+            res.problems.append(f"no reboot: {_first_line(exc)}")
             return
         finally:
             thread.join(5)
@@ -351,7 +361,7 @@ class QemuCampaign:
             cvm.wait_ready(BOOT_BUDGET + 60.0)
             rep = self._probe(30.0)
         except QemuError as exc:
-            res.problems.append(f"not ready after the reboot: {str(exc).splitlines()[0]}")
+            res.problems.append(f"not ready after the reboot: {_first_line(exc)}")
             return
         pid1 = vm.console.find(f"HACHAIN-QEMU-PID1 {boots + 1}")
         ready = cvm.services_ready_at(max(0, pid1)) or cvm.ready_at
@@ -402,7 +412,7 @@ class QemuCampaign:
             self.cvm.wait_ready(BOOT_BUDGET + 60.0)
         except QemuError as exc:
             raise CampaignAbort(f"the guest did not come back after a reset: "
-                                f"{str(exc).splitlines()[0]}") from None
+                                f"{_first_line(exc)}") from None
 
     def run_fault(self, f: Fault) -> Result:
         """Inject fault `f`, wait, judge; the Result (times relative to the campaign)."""
@@ -445,7 +455,7 @@ class QemuCampaign:
             if not base.get("ready"):
                 self.baseline_problems = list(base.get("problems") or ["not ready"])
         except QemuError as exc:
-            self.baseline_problems = [f"boot: {str(exc).splitlines()[0]}"]
+            self.baseline_problems = [f"boot: {_first_line(exc)}"]
         if self.baseline_problems:
             return
         n = len(self.faults)
