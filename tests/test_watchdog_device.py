@@ -254,17 +254,22 @@ def test_open_sim_socket_missing(tmp_path: Path) -> None:
         open_watchdog("sim:" + sock)
 
 
-def test_the_timeout_is_set_right_after_the_open_before_the_lookup(
+def test_the_lookup_comes_before_the_open_and_the_timeout_right_after_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The open arms a real device with the driver's initial timeout: SETTIMEOUT comes
-    right after it, before the sysfs/udev lookup of its nowayout (a cold pyudev import
-    on a QEMU guest's first boot took that whole initial timeout in CI, 2026-12-03).
-    /dev/null stands in for the node (a character device: a regular file is refused);
-    the ioctl is what only a chip can answer."""
+    """The open arms a real device with the driver's initial timeout: the sysfs/udev
+    lookup of its nowayout (a pyudev import, files from a disk) comes before it, and
+    SETTIMEOUT right after it. A cold pyudev import on a QEMU guest's first boot once took
+    that whole initial timeout (CI, 2026-12-03), and over a stalled 9p root it took the
+    configured one too (2026-12-06). /dev/null stands in for the node (a character device:
+    a regular file is refused); the ioctl is what only a chip can answer."""
     node = os.devnull
     order: list[str] = []
 
     class Chip(FdTransport):
+        def __init__(self, fd: int) -> None:
+            order.append("open")
+            super().__init__(fd)
+
         def ioctl(self, request: int, arg: bytes) -> bytes:
             order.append(d.IOCTL_NAMES.get(request, hex(request)))
             return arg  # the driver applied what was asked
@@ -278,13 +283,17 @@ def test_the_timeout_is_set_right_after_the_open_before_the_lookup(
     monkeypatch.setattr(disc, "find_device", lookup)
     wd = open_watchdog(str(node), timeout=10)
     try:
-        assert order == ["SETTIMEOUT", "lookup"] and wd.nowayout is True
+        assert order == ["lookup", "open", "SETTIMEOUT"] and wd.nowayout is True
     finally:
         wd.close()
     order.clear()
     wd = open_watchdog(str(node))  # without a timeout (hachain watchdog info): no ioctl
     wd.close()
-    assert order == ["lookup"]
+    assert order == ["lookup", "open"]
+    order.clear()
+    wd = open_watchdog(str(node), nowayout=True, timeout=10)  # known: no lookup
+    wd.close()
+    assert order == ["open", "SETTIMEOUT"] and wd.nowayout is True
 
 
 def test_open_auto_without_devices(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -501,10 +501,12 @@ def open_watchdog(spec: str, nowayout: bool = False, timeout: int | None = None)
     """Open (and so arm) a watchdog: "auto", a device path, "sim" or "sim:SOCKET".
 
     `nowayout` is what the caller knows; for a real device sysfs's `nowayout` is also
-    consulted, for the simulator its open reply. `timeout`: set at once after the open
-    (SETTIMEOUT pets), before anything else runs: the open arms the device with the
-    driver's initial timeout, which may be short, and a slow box must not spend it on
-    what follows (the sysfs lookup below imports pyudev, cold on the first boot). A
+    consulted (before the open: the lookup imports pyudev, files read from a disk that
+    may be slow, and once the device is armed its holder must get to its first pet
+    without such waits; a TCG guest whose root came over a stalled 9p share was reset
+    between the open and that import's end), for the simulator its open reply.
+    `timeout`: set at once after the open (SETTIMEOUT pets), before anything else runs:
+    the open arms the device with the driver's initial timeout, which may be short. A
     failing SETTIMEOUT raises TimeoutRefused with the device still open and armed (its
     `wd`): the caller decides whether to hold it or close it.
     """
@@ -519,6 +521,11 @@ def open_watchdog(spec: str, nowayout: bool = False, timeout: int | None = None)
         _set_at_once(wd, timeout)
         return wd
     path = resolve_spec(spec)
+    if not nowayout:
+        from hachain.watchdog.discover import find_device
+
+        dev = find_device(path)
+        nowayout = bool(dev is not None and dev.nowayout)
     try:
         # a device node only: a mistyped path to a regular file would get the magic
         # 'V' written over its first byte, and a FIFO would block the open
@@ -532,14 +539,7 @@ def open_watchdog(spec: str, nowayout: bool = False, timeout: int | None = None)
     except OSError as e:
         raise WatchdogError.from_oserror(path, "open", e) from e
     wd = Watchdog(FdTransport(fd), path, nowayout)
-    try:
-        _set_at_once(wd, timeout)
-    finally:  # (a refused timeout too: its holder must know whether 'V' disarms)
-        if not nowayout:
-            from hachain.watchdog.discover import find_device
-
-            dev = find_device(path)
-            wd.nowayout = bool(dev is not None and dev.nowayout)
+    _set_at_once(wd, timeout)
     return wd
 
 
