@@ -37,7 +37,7 @@ def _write_json(directory: str, name: str, data: dict[str, object]) -> None:
     os.replace(tmp, os.path.join(directory, name))
 
 
-WATCH_EVERY = 3.0
+WATCH_EVERY = 5.0
 
 
 def _read(path: str) -> str:
