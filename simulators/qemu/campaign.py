@@ -230,6 +230,7 @@ def _first_line(exc: BaseException) -> str:
         print(f"chaos: {first}\n{rest}", file=sys.stderr, flush=True)
     return first
 
+
 class CampaignAbort(Exception):
     """The guest could not be brought back to a clean state; later faults cannot run."""
 
