@@ -60,19 +60,20 @@ def _task_line(path: str, indent: str = "") -> str:
 
 def procs_snapshot(proc: str = "/proc") -> str:
     """One line per user process (pid, parent, state, name, wait channel); for a process
-    running Python (the chain's layers, the services written in it) one line per thread
-    and the kernel stack of each thread that sleeps."""
+    running Python (the chain's layers, the services written in it) its command line,
+    and one line per thread with the thread's kernel stack."""
     lines = [f"guest CLOCK_MONOTONIC {time.monotonic():.1f}"]
     pids = sorted((int(n) for n in os.listdir(proc) if n.isdigit()))
     for pid in pids:
         path = f"{proc}/{pid}"
         line = _task_line(path)
-        if pid == 2 or " ppid 2 " in line:
-            continue  # the kernel's threads
+        if pid == 2 or " ppid 2 " in line or " ppid ? " in line:
+            continue  # the kernel's threads, or a process gone meanwhile
         lines.append(line)
-        if "python" not in _read(f"{path}/cmdline").split("\0", 1)[0]:
+        cmdline = _read(f"{path}/cmdline")
+        if "python" not in cmdline.split("\0", 1)[0]:
             continue
-        lines[-1] += " " + _read(f"{path}/cmdline").replace("\0", " ")[:160]
+        lines[-1] += " " + cmdline.replace("\0", " ")[:160]
         try:
             tids = sorted(int(t) for t in os.listdir(f"{path}/task"))
         except OSError:
