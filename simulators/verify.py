@@ -22,8 +22,9 @@ exploration of every state reachable with at most F faults, and these checks on 
   (`watchdog_kill`); a hung one is killed within its watchdog and stop timeout
   (`hung_not_restarted`).
 - a replacement started ahead: whenever `Core.restarts_at_once` tells the loop to start
-  a service again before the rest of an exit is handled, the table's own decision then
-  starts it (`ahead_not_taken`).
+  a service again before the rest of an exit is handled, or `Core.always_restarts_at_once`
+  armed it for the compiled restart, the table's own decision then starts it
+  (`ahead_not_taken`).
 
 What it must not do: hold a second copy of the per-service state machine. Every service
 event goes through the real `hachain.restarter.states.step` with real `ServiceConfig`s,
@@ -567,7 +568,13 @@ class _Restarter:
         # loop.py asks first whether the table restarts it at once; if so, it kills the
         # leftovers and starts the replacement before the exit's other effects, and the
         # Spawn that follows must be that replacement's (`ahead_not_taken`)
-        self.ahead = s.name if self.core.restarts_at_once(s.name, pid, st, EPOCH) else None
+        # An armed service (Core.always_restarts_at_once, asked when the loop waits with
+        # nothing queued) was restarted by _clone3.wait before Python saw the exit: the
+        # same promise, made earlier
+        armed = not (self.core.queue or self.core.out) and \
+            self.core.always_restarts_at_once(s.name, EPOCH)
+        self.ahead = s.name if armed or self.core.restarts_at_once(s.name, pid, st, EPOCH) \
+            else None
         if self.ahead is not None and states.kills_leftovers(self.m.confs[i]) and \
                 not self.duplicate:
             self.procs[i].clear()
@@ -576,7 +583,8 @@ class _Restarter:
         if self.ahead is not None:
             self.flag("ahead_not_taken",
                       f"the restarter started svc{i} again ahead of the effects of pid "
-                      f"{pid}'s exit (Core.restarts_at_once), and the table then did not "
+                      f"{pid}'s exit (Core.restarts_at_once, or armed for the compiled "
+                      "restart: Core.always_restarts_at_once), and the table then did not "
                       "start it")
             self.ahead = None
 

@@ -108,3 +108,53 @@ def test_the_core_answers_as_the_table_with_other_services_around(
     s, conf = cr.svcs["a"], cr.plan.conf["a"]
     assert got == (conf.kind != "forking" and
                    cr._table_restarts_at_once("a", s, conf, status, now))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(cells, configs, st.lists(statuses, min_size=1, max_size=4),
+       st.lists(st.floats(0.0, 600.0), min_size=1, max_size=4),
+       st.sampled_from(["requires", "after", "dependent", "conflict", "none"]))
+def test_an_armed_service_is_restarted_at_once_whatever_its_exit_and_whenever(
+        s: Svc, c: ServiceConfig, exits: list[ExitStatus], later: list[float],
+        link: str) -> None:
+    """The compiled restart starts the replacement of an armed service before Python
+    sees the exit (loop.py _arm, _clone3.wait): Core.always_restarts_at_once must imply
+    restarts_at_once for every exit status at that moment and at any later one (nothing
+    else stepped). A yes the table would not give starts a process the policy forbids."""
+    c = replace(c, name="a", requires=("b",) if link == "requires" else (),
+                after=("b",) if link == "after" else (),
+                conflicts=("b",) if link == "conflict" else ())
+    b = ServiceConfig(name="b", command=("/bin/true",),
+                      requires=("a",) if link == "dependent" else ())
+    cr = core.Core(core.make_plan({"a": c, "b": b}))
+    cr.svcs["a"] = replace(s, name="a")
+    cr.svcs["b"] = Svc(name="b", state=State.STOPPED)
+    if not cr.always_restarts_at_once("a", NOW):
+        return
+    for status in exits:
+        for dt in later:
+            assert cr.restarts_at_once("a", 4242, status, NOW + dt), (s, c, status, dt)
+
+
+def test_a_plain_service_that_always_restarts_is_armed() -> None:
+    """The implication above is not empty: the plain case arms, and each thing that
+    puts the exit's answer in doubt takes the arm away."""
+    c = ServiceConfig(name="a", command=("/bin/true",), restart="always",
+                      backoff=Backoff(initial=0.0, factor=1.0, max=0.0, reset_after=10.0))
+    s = Svc(name="a", state=State.READY, pid=4242, started_at=NOW - 30.0)
+
+    def armed(c: ServiceConfig, s: Svc = s, other: ServiceConfig | None = None) -> bool:
+        conf = {"a": c} if other is None else {"a": c, "b": other}
+        cr = core.Core(core.make_plan(conf))
+        cr.svcs["a"] = s
+        return cr.always_restarts_at_once("a", NOW)
+    assert armed(c)
+    assert not armed(replace(c, restart="on-failure"))
+    assert not armed(replace(c, backoff=replace(c.backoff, initial=0.1)))
+    assert not armed(replace(c, kind="oneshot"))
+    assert not armed(c, replace(s, want="down"))
+    assert not armed(c, replace(s, state=State.STOPPING))
+    assert not armed(c, other=ServiceConfig(name="b", command=("/bin/true",),
+                                            requires=("a",)))
+    assert not armed(replace(c, intensity=Intensity(max_restarts=1, window=60.0)),
+                     replace(s, history=(NOW - 1.0,)))

@@ -110,8 +110,9 @@ def test_a_target_against_a_peer_not_in_the_run_is_not_judged() -> None:
 
 def test_profile_restarter_names_the_spawn_path(tmp_path) -> None:
     """bench/profile_restarter.py on 20 services: py-spy samples the restarter while it
-    restarts them, and the busy time shows the restart path (_on_exit -> _launch -> spawn:
-    since the replacement first, a restart is spawned by _launch, ahead of _spawn)."""
+    restarts them, and the busy time shows the restart path: the benchmark's services
+    restart at once whatever their exit, so each is armed and restarted by the compiled
+    restart (spawn.compiled_wait, then _compiled_exit hands the exit to _on_exit)."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler for bench/stamp.c")
     if not os.access(os.path.join(os.path.dirname(sys.executable), "py-spy"), os.X_OK) \
@@ -123,7 +124,8 @@ def test_profile_restarter_names_the_spawn_path(tmp_path) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     assert "60 restarts with 20 services" in p.stdout, p.stdout
     total = p.stdout.split(" total %")[1]
-    for fn in ("loop.py:Restarter._launch", "spawn.py:spawn"):
+    for fn in ("spawn.py:compiled_wait", "loop.py:Restarter._compiled_exit",
+               "loop.py:Restarter._on_exit"):
         assert fn in total, p.stdout
     assert (tmp_path / "restarter.txt").stat().st_size > 0
     assert (tmp_path / "restarter.speedscope.json").stat().st_size > 0

@@ -34,6 +34,8 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -46,6 +48,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef PR_CAP_AMBIENT
@@ -1056,6 +1059,152 @@ done:
 #endif
 }
 
+/* The restart after idle, before any Python runs (docs/restarter.md, "The compiled
+ * restart"). After a quiet second every line of Python on the way from the wake-up to
+ * clone3 runs cold (~200 us here); runsv does the same steps in C in a few. So the loop's
+ * wait is this epoll_wait, and when the wake-up is a SIGCHLD whose exited child the
+ * restarter armed (its policy restarts it at once whatever its exit, nothing else can
+ * stand in the way: restarter/loop.py _arm), its replacement is cloned here, as the
+ * Python path would have cloned it, before the events go back. Anything this cannot be
+ * sure of (another child exited first, something waits on the notify socket, the
+ * cgroup still holds a process or is frozen, the spawn fails) leaves it to Python. */
+static struct epoll_event *wait_events;
+static int wait_events_len;
+
+static long long boottime_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* The armed replacement of the child that exited, or a new reference to None; NULL
+ * with an exception only when the replacement started and its tuple cannot be made. */
+static PyObject *restart_armed(PyObject *armed, int notify_fd, int spare_w, int yield_cpu) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid <= 0)
+        Py_RETURN_NONE;
+    PyObject *key = PyLong_FromLong(si.si_pid);
+    if (key == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *req = PyDict_GetItemWithError(armed, key);  /* borrowed */
+    Py_DECREF(key);
+    if (req == NULL || !PyTuple_Check(req) || PyTuple_GET_SIZE(req) != 2) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    int evfd = (int)PyLong_AsLong(PyTuple_GET_ITEM(req, 0));
+    PyObject *sargs = PyTuple_GET_ITEM(req, 1);
+    if ((evfd == -1 && PyErr_Occurred()) || !PyTuple_Check(sargs) ||
+            PyTuple_GET_SIZE(sargs) < 7) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (notify_fd >= 0) {  /* what the service sent before it ended is Python's to read */
+        struct pollfd p = {.fd = notify_fd, .events = POLLIN};
+        if (poll(&p, 1, 0) != 0)
+            Py_RETURN_NONE;
+    }
+    char buf[257];
+    ssize_t got = pread(evfd, buf, sizeof buf - 1, 0);
+    if (got <= 0)
+        Py_RETURN_NONE;
+    buf[got] = 0;
+    if (strstr(buf, "populated 1") != NULL || strstr(buf, "frozen 1") != NULL)
+        Py_RETURN_NONE;  /* leftovers to kill, or a frozen cgroup: the Python path */
+    Py_ssize_t n = PyTuple_GET_SIZE(sargs);
+    PyObject *a = PyTuple_New(n);
+    if (a == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = i == 3 ? PyLong_FromLong(spare_w) : PyTuple_GET_ITEM(sargs, i);
+        if (v == NULL) {
+            Py_DECREF(a);
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        if (i != 3)
+            Py_INCREF(v);
+        PyTuple_SET_ITEM(a, i, v);
+    }
+    long long born = boottime_ns();
+    PyObject *pid = spawn(NULL, a);
+    long long born_by = boottime_ns();
+    Py_DECREF(a);
+    if (pid == NULL) {  /* the Python path tries again and says why */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (yield_cpu)
+        sched_yield();  /* as spawn.spawn: the replacement runs before the bookkeeping */
+    /* (NULL only when that tuple cannot be made: the loop fails, and the standby's next
+       restarter adopts the replacement from its cgroup) */
+    return Py_BuildValue("(iiiLLN)", (int)si.si_pid, si.si_code, si.si_status, born,
+                         born_by, pid);
+}
+
+static PyObject *py_wait(PyObject *self, PyObject *args) {
+    (void)self;
+    int epfd, timeout_ms, maxevents, sigfd, notify_fd, spare_w, yield_cpu;
+    PyObject *armed;
+    if (!PyArg_ParseTuple(args, "iiiiiOip:wait", &epfd, &timeout_ms, &maxevents, &sigfd,
+                          &notify_fd, &armed, &spare_w, &yield_cpu))
+        return NULL;
+    if (maxevents < 1)
+        maxevents = 1;
+    if (maxevents > wait_events_len) {
+        struct epoll_event *more = PyMem_Realloc(wait_events,
+                                                 (size_t)maxevents * sizeof *more);
+        if (more == NULL)
+            return PyErr_NoMemory();
+        wait_events = more;
+        wait_events_len = maxevents;
+    }
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = epoll_wait(epfd, wait_events, maxevents, timeout_ms);
+    Py_END_ALLOW_THREADS
+    if (n < 0) {
+        if (errno != EINTR)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        if (PyErr_CheckSignals() < 0)  /* the handlers run; the loop comes round again */
+            return NULL;
+        n = 0;
+    }
+    PyObject *fast = NULL;
+    if (PyDict_Check(armed) && PyDict_GET_SIZE(armed) > 0 && spare_w >= 0) {
+        for (int i = 0; i < n; i++) {
+            if (wait_events[i].data.fd == sigfd) {
+                fast = restart_armed(armed, notify_fd, spare_w, yield_cpu);
+                if (fast == NULL)
+                    return NULL;
+                break;
+            }
+        }
+    }
+    if (fast == NULL) {
+        fast = Py_None;
+        Py_INCREF(fast);
+    }
+    PyObject *evs = PyList_New(n);
+    for (int i = 0; evs != NULL && i < n; i++) {
+        PyObject *t = Py_BuildValue("(iI)", wait_events[i].data.fd, wait_events[i].events);
+        if (t == NULL)
+            Py_CLEAR(evs);
+        else
+            PyList_SET_ITEM(evs, i, t);
+    }
+    if (evs == NULL) {
+        Py_DECREF(fast);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", evs, fast);
+}
+
 static PyObject *py_last_oom_error(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -1123,6 +1272,14 @@ static PyObject *py_getgrouplist(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"wait", py_wait, METH_VARARGS,
+     "wait(epfd, timeout_ms, maxevents, sigchld_fd, notify_fd, armed, spare_w, yield_cpu)\n"
+     "-> ([(fd, events)...], restarted)\n\nepoll_wait on `epfd`; when `sigchld_fd` is "
+     "among the events and the child that exited is a key of `armed` (pid -> (its "
+     "cgroup.events fd, spawn()'s arguments)), its cgroup read empty and not frozen and "
+     "nothing waits on `notify_fd`, the replacement is started with `spare_w` as its "
+     "output: restarted is then (pid, si_code, si_status, boottime before, boottime "
+     "after, new pid), else None. The child that exited is left a zombie."},
     {"getgrouplist", py_getgrouplist, METH_VARARGS,
      "getgrouplist(user, gid) -> [gid, ...]\n\nos.getgrouplist, without holding the GIL "
      "while the name service answers."},
@@ -1149,7 +1306,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 19) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 20) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

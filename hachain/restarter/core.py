@@ -184,6 +184,9 @@ class Core:
         # of many services must not stall the loop's heartbeat and control socket
         self.later: deque[tuple[str, Ev, dict[str, Any]]] = deque()
         self.removing: set[str] = set()  # removed by a reload, still stopping
+        # services stepped (or added) since the driver last looked: their compiled
+        # restart is made again (loop.py _rearm)
+        self.touched: set[str] = set(self.svcs)
         self.shutting_down = False
         self.stop_levels: list[list[str]] = []  # the orderly shutdown, last level first
         self.rescue_held: set[str] = set()  # critical services a rescue boot holds
@@ -245,6 +248,7 @@ class Core:
             self.out.append(Log(f"warning: {e}"))
             return
         self.svcs[name] = nxt
+        self.touched.add(name)
         if nxt.state is not s.state and kind is not Ev.ADOPTED:
             self.out.append(Transition(name, s, nxt))
             if nxt.state in _GAVE_UP and c.on_failure:
@@ -431,6 +435,26 @@ class Core:
                 not states.dependents_up(name, dependents, plan.conf, self.svcs)
         return self._table_restarts_at_once(name, s, c, status, now)
 
+    def always_restarts_at_once(self, name: str, now: float) -> bool:
+        """Is restarts_at_once(name, its pid, status, t) True for every exit status and
+        every t >= now, as long as nothing else is stepped or queued? The compiled
+        restart's arming (loop.py _arm): its replacement is then started before Python
+        has seen the exit. Time only makes the policy's yes surer: a count in the
+        intensity window or a decaying one only falls, and a backoff without an initial
+        delay stays at 0 once it is there (tests/test_at_once.py). A service with
+        dependencies, dependents or conflicts is never armed: their states are not its
+        own."""
+        s = self.svcs.get(name)
+        c = self.plan.conf.get(name)
+        if s is None or c is None or s.pid is None or c.restart != "always" or \
+                c.kind != "longrun" or c.backoff.initial > 0 or c.post_stop or \
+                c.singleton or c.requires or c.wants or c.after or name in self.removing \
+                or self.plan.conflicts.get(name) or self.plan.rev.get(name):
+            return False
+        # (restart = "always": the status has no say but for a oneshot's clean exit)
+        return states.exit_restarts_at_once(s, ExitStatus("killed", signal=9), c,
+                                            now) is True
+
     def _table_restarts_at_once(self, name: str, s: Svc, c: ServiceConfig,
                                 status: ExitStatus, now: float) -> bool:
         """restarts_at_once asked of the table itself: the step the queue would take."""
@@ -589,6 +613,7 @@ class Core:
         removed = [n for n in old if n not in new]
         changed = [n for n in new if n in old and _restarts_for(old[n], new[n])]
         self.plan = make_plan({**old, **new})  # removed ones stay until they have stopped
+        self.touched.update(self.plan.conf)  # (a new configuration object each)
         for n in added:
             self.svcs[n] = states.initial(n)
         for n in removed:

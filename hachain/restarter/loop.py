@@ -68,6 +68,7 @@ _SIGNAMES = frozenset(int(x) for x in signal.Signals)
 # a service in these states runs nothing: its credentials' copies are removed
 _NO_CREDENTIALS = frozenset({State.STOPPED, State.FAILED, State.MAINTENANCE, State.SKIPPED})
 CHILD = -1  # in pidfds: the main process is our child, watched through SIGCHLD
+ARM_BATCH = 64  # compiled restarts made again per wait at most (_rearm)
 _PRIORITY = {"signal": 0, "control-listen": 0, "control-conn": 0}
 _CHECK_TIMEOUT = {"ready": Timer.READY_CHECK_TIMEOUT, "health": Timer.HEALTH_CHECK_TIMEOUT}
 
@@ -358,6 +359,15 @@ class Restarter:
         self._notify_poll.register(self.notify.fileno(), select.POLLIN)
         # replacements started ahead of their exit's effects, until the Spawn takes them
         self._ahead: dict[str, Started] = {}
+        # The compiled restart (_rearm, _wait): main pid -> (its cgroup.events descriptor,
+        # _clone3.spawn's arguments) of each service whose replacement _clone3.wait may
+        # start before Python runs; service -> that pid; the replacement it started, until
+        # _on_exit takes it
+        self._armed: dict[int, tuple[int, tuple]] = {}
+        self._armed_pid: dict[str, int] = {}
+        self._armed_kept = 0  # Cgroups.closed_kept when the arms were made
+        self._compiled: tuple[str, Launched] | None = None
+        self.compiled_restarts = 0  # replacements _clone3.wait started (the heartbeat)
         # running stop_commands: pid -> (service, its main pid then, signal its group);
         # service -> (pid, start time) for its record (a new restarter carries the stop
         # on: _adopt_stop_command)
@@ -1524,6 +1534,7 @@ class Restarter:
             return
         pid, fd = self.pidfds.pop(name)
         self.by_pid.pop(pid, None)
+        self._disarm(name)
         st = status or spawn.reap(pid)
         if fd != CHILD:
             if st is None or st.kind == "unknown":  # adopted: init reaped it
@@ -1552,8 +1563,11 @@ class Restarter:
             # (before the exit's Spawn, which waits for it; a forking service's launcher
             # ending is no end of the service)
             self._post_stop(name, st, now)
+        compiled, self._compiled = self._compiled, None  # (_compiled_exit)
         try:
-            if self.core.restarts_at_once(name, pid, st, now):
+            if compiled is not None:  # started already: taken, or killed (finally)
+                self._ahead[name] = compiled[1]
+            elif self.core.restarts_at_once(name, pid, st, now):
                 # the replacement first: the exit's log lines, timers and records after
                 calm = states.kills_leftovers(self.conf[name]) and spawn.kill_leftovers(
                     pid, name, self.cgroups, zombie=status is not None)
@@ -1988,6 +2002,7 @@ class Restarter:
                                          self.svcs[n].state is State.STOPPING or
                                          states.is_up(self.svcs[n]))],
                       "progress": self.progress, "timer_lag": round(self.timer_lag, 4),
+                      "compiled_restarts": self.compiled_restarts,
                       "backlog": len(self.core.later) + self._overdue(now)})
         self.max_lag = self.timer_lag = 0.0
         self.orphaned = self.orphaned or channels.init_gone(self.init)
@@ -2536,7 +2551,7 @@ class Restarter:
             # most EXIT_BATCH; the rest stay readable and come back next round), so
             # `hachain status` is answered within one bounded round even while hundreds
             # of services crash-loop.
-            ready = self.sel.select(timeout)
+            ready, restarted = self._wait(timeout)
             if len(ready) > 1:
                 ready.sort(key=lambda kv: _PRIORITY.get(kv[0].data[0], 1))
             if not frozen and (not ready or self.beats > 1):
@@ -2552,6 +2567,9 @@ class Restarter:
             self.round_floor = round_start
             control = 0.0
             hold_log()
+            if restarted is not None:  # before control: its exit came first
+                self.progress += 1
+                self._compiled_exit(restarted, round_start)
             exits = 0
             for key, _ in ready:
                 if key.data[0] == "pidfd":
@@ -2575,6 +2593,114 @@ class Restarter:
                     log(f"error: handling {key.data[0]} event: {type(e).__name__}: {e}")
                     ERR.write(traceback.format_exc().encode(errors="replace"))
                     hold_log()
+
+    def _wait(self, timeout: float) -> tuple[list[tuple[selectors.SelectorKey, int]],
+                                              tuple[int, ...] | None]:
+        """The loop's wait: sel.select, or, where the compiled restart can be had, the
+        same wait in _clone3.wait, which may also have started the replacement of an
+        armed service whose exit woke it (docs/restarter.md, "The compiled restart")."""
+        if self._chld_fd is None or not spawn.direct_spawn_available():
+            return self.sel.select(timeout), None
+        armed: dict[int, tuple[int, tuple]] = {}
+        spare = self.logs.spare
+        if timeout > 0 and spare is not None and not self.shutting_down and \
+                not (self.core.queue or self.core.out or self.core.later):
+            self._rearm()
+            armed = self._armed
+        fd_map = self.sel.get_map()
+        # (at most an hour: a far timer is looked at again, as any early wake-up)
+        raw, restarted = spawn.compiled_wait(
+            self.sel.fileno(), min(math.ceil(timeout * 1e3), 3_600_000),
+            max(len(fd_map), 1), self._chld_fd, self.notify.fileno(), armed,
+            spare[1] if spare is not None else -1, True)
+        ready = []
+        for fd, ev in raw:  # as selectors.EpollSelector.select makes them
+            key = fd_map.get(fd)
+            if key is not None:
+                events = (selectors.EVENT_WRITE if ev & ~select.EPOLLIN else 0) | \
+                    (selectors.EVENT_READ if ev & ~select.EPOLLOUT else 0)
+                ready.append((key, events & key.events))
+        return ready, restarted
+
+    def _rearm(self) -> None:
+        """Make the compiled restart of every service stepped since the last look again
+        (all of them when a kept cgroup descriptor was closed meanwhile: an arm may name
+        its number)."""
+        touched = self.core.touched
+        if self.cgroups.closed_kept != self._armed_kept:
+            self._armed_kept = self.cgroups.closed_kept
+            touched.update(self._armed_pid)
+        for name in touched:
+            self._disarm(name)
+        # (at most ARM_BATCH made per wait: after a storm of a thousand restarts the
+        # rest wait unarmed for the next quiet moment, not the loop for them)
+        for _ in range(min(len(touched), ARM_BATCH)):
+            name = touched.pop()
+            if (got := self._arm(name)) is not None:
+                self._armed[got[0]] = got[1]
+                self._armed_pid[name] = got[0]
+
+    def _disarm(self, name: str) -> None:
+        pid = self._armed_pid.pop(name, None)
+        if pid is not None:
+            self._armed.pop(pid, None)
+
+    def _arm(self, name: str) -> tuple[int, tuple[int, tuple]] | None:
+        """(main pid, what _clone3.wait needs) when the exit of `name`'s main process,
+        however it ends and whenever it comes, is restarted at once with nothing else to
+        wait for (Core.always_restarts_at_once, and nothing of this loop's pending for it)
+        and its start is a plain clone3 (spawn.compiled_restart); else None. Any step of
+        the service makes it again (_rearm)."""
+        s = self.svcs.get(name)
+        c = self.conf.get(name)
+        if s is None or c is None or s.pid is None or not self.cgroups.active or \
+                self.pidfds.get(name) != (s.pid, CHILD) or name not in self._limited or \
+                c.post_start or c.condition is not None or c.assertion is not None or \
+                c.requires_mounts_for or name in self._monitor_env or name in self.reloads \
+                or name in self._ahead or name in self.post_ids or name in self.post_stop_ids \
+                or not self.core.always_restarts_at_once(name, time.monotonic()):
+            return None
+        got = spawn.compiled_restart(c, self.notify.path, self.cgroups)
+        return None if got is None else (s.pid, got)
+
+    def _compiled_exit(self, restarted: tuple[int, ...], now: float) -> None:
+        """_clone3.wait started the replacement of an armed service whose main process
+        `pid` exited: that exit is handled now, first, with the replacement taken as the
+        one restarts_at_once would have started. Not taken (which _arm rules out), it is
+        killed before it runs on."""
+        pid, code, status, born, born_by, new = restarted
+        name = self.by_pid.get(pid)
+        if name is not None and self.pidfds.get(name) != (pid, CHILD):
+            name = None
+        out_r, out_w = self.logs.spare  # type: ignore[misc]  # (its output, given it)
+        self.logs.spare = None
+        c = self.conf[name] if name is not None else None
+        held = c is not None and self.held_out.may_hold()
+        if not held:
+            os.close(out_w)
+        sp = spawn.compiled_spawned(c, new, born, born_by) if c is not None else \
+            spawn.Spawned(pid=new, start_time=None, ready_fd=None)
+        got = Launched(sp, out_r, out_w if held else None, c)  # type: ignore[arg-type]
+        st = ExitStatus("exited", code=status) if code == os.CLD_EXITED else \
+            ExitStatus("killed", signal=status)
+        if name is None:  # (an arm outlived its service: a bug if ever; the exit is
+            # left to _reap_children, this round)
+            self._ahead["\0compiled"] = got
+            self._drop_ahead("\0compiled")
+            return
+        self._disarm(name)
+        self._procs_seen.pop(name, None)
+        self._compiled = (name, got)
+        try:
+            self._on_exit(name, now, st)
+            if self.pidfds.get(name, (0,))[0] == new:
+                self.compiled_restarts += 1
+        finally:
+            spawn.release(pid)
+            if self._compiled is not None:  # _on_exit returned before the restart
+                self._ahead[name] = got
+                self._compiled = None
+                self._drop_ahead(name)
 
     def _over_budget(self) -> bool:
         """The round has spent its restart budget, or a control request or a signal is

@@ -323,6 +323,8 @@ class Cgroups:
         # them cost ~65 and ~95 us on the restart path after a quiet second, against
         # ~35 us for a pread of the kept file (docs/restarter.md, "Restart latency").
         self._kept: dict[str, tuple[int, int]] = {}
+        self.closed_kept = 0  # how many kept() pairs were closed: compiled restarts
+        # made with one must be made again (loop.py _rearm)
         self._keep = True  # keep_for()
         self._paths: dict[str, str] = {}  # path(name)
         self.problem: str | None = None  # why a configured root is not used (from_config)
@@ -489,8 +491,11 @@ class Cgroups:
 
     def close_kept(self, name: str) -> None:
         """Close what kept() holds for the service (its cgroup is gone, or so is it)."""
-        for fd in self._kept.pop(name, ()):
-            os.close(fd)
+        got = self._kept.pop(name, None)
+        if got is not None:
+            self.closed_kept += 1
+            for fd in got:
+                os.close(fd)
 
     def renew(self, name: str) -> bool:
         """Make the service's cgroup afresh (rmdir, mkdir, its pids.max again) if it is
@@ -1730,7 +1735,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 19
+CLONE3_ABI = 20
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -1981,6 +1986,59 @@ def _spawn_into(cg: str, cfg: ServiceConfig, prep: _Prepared, logfd: int,
             if kept is None:
                 os.close(fd)
     return None
+
+
+# --- the compiled restart: what _clone3.wait needs to start a replacement ---------------
+
+def compiled_restart_fits(cfg: ServiceConfig) -> bool:
+    """Can a replacement of `cfg` be started by _clone3.wait, before any Python runs?
+    Only a service whose start is spawn()'s clone3 and nothing else: no step before it
+    (files, commands, pipes, directories, credentials, sockets, programs, a terminal),
+    none after it but what the restarter does for every start, and its leftovers killed
+    by kill_leftovers' rule (the C side reads cgroup.events empty instead)."""
+    return (cfg.kind == "longrun" and not cfg.env_file and not cfg.pre_start
+            and not prestart.ready_pipe(cfg) and not cfg.credentials and not cfg.directories
+            and not cfg.listen and not cfg.fd_store_max and cfg.tty_path is None
+            and not cfg.private_network and not sandbox.needs_namespace(cfg)
+            and cfg.kill_mode != "process" and not holds_programs(cfg))
+
+
+def compiled_restart(cfg: ServiceConfig, notify_socket: str | None,
+                     cgroups: Cgroups) -> tuple[int, tuple] | None:
+    """(its cgroup.events descriptor, _clone3.spawn's arguments with the output left -1)
+    for a replacement of `cfg` started by _clone3.wait, the same arguments _spawn_into
+    passes; None when it cannot be made ready (no kept cgroup, no clone3, its user not
+    known now: the Python path then says why at the start)."""
+    if not _direct or not compiled_restart_fits(cfg):
+        return None
+    kept = cgroups.kept(cfg.name)
+    if kept is None:
+        return None
+    prep = _prepared(cfg, notify_socket)
+    try:
+        path = prep.exe or os.fsencode(_exe_path(cfg, prep.env))
+        setup = None if prep.plain else _setup(cfg, credentials(cfg), None, None, prep)
+    except (SpawnError, OSError):
+        return None
+    return kept[1], (path, prep.argv, prep.envp, -1, kept[0],
+                     _SIGDEF_KEEP_PIPE_NUMBERS if cfg.ignore_sigpipe else _SIGDEF_NUMBERS,
+                     prep.nofile, setup, oom_for(cfg))
+
+
+def compiled_wait(epfd: int, timeout_ms: int, maxevents: int, sigchld_fd: int,
+                  notify_fd: int, armed: dict[int, tuple[int, tuple]], spare_w: int,
+                  yield_cpu: bool) -> tuple[list[tuple[int, int]], tuple[int, ...] | None]:
+    """_clone3.wait (see there): the loop's epoll_wait, and the replacement of an armed
+    service whose exit woke it started before it returns."""
+    return _clone3.wait(epfd, timeout_ms, maxevents, sigchld_fd, notify_fd, armed,
+                        spare_w, yield_cpu)
+
+
+def compiled_spawned(cfg: ServiceConfig, pid: int, born: int, born_by: int) -> Spawned:
+    """What spawn() would have returned for the replacement _clone3.wait started."""
+    refused = _clone3.last_oom_error() if oom_for(cfg) is not None else 0
+    return Spawned(pid=pid, start_time=channels.start_time_between(pid, born, born_by),
+                   ready_fd=None, notes=(_oom_note(cfg, refused),) if refused else ())
 
 
 def _main_program(cfg: ServiceConfig, files: dict[str, str]) -> None:
