@@ -24,9 +24,9 @@ from tests.conftest import wait_until
 AT_ONCE = 'restart = "always"\nbackoff = { initial = 0.0, factor = 1.0, max = 0 }\n'
 
 
-def _compiled(r) -> int:  # type: ignore[no-untyped-def]
+def _compiled(r, what: str = "compiled_restarts") -> int:  # type: ignore[no-untyped-def]
     hb = channels.read_heartbeat(r.state_dir, "restarter")
-    return int(hb.extra.get("compiled_restarts", -1)) if hb is not None else -1
+    return int(hb.extra.get(what, -1)) if hb is not None else -1
 
 
 def _procs(r, name: str) -> list[int]:  # type: ignore[no-untyped-def]
@@ -112,3 +112,21 @@ def test_a_service_with_a_dependency_is_python_s(restarter) -> None:
     r.wait_state("e", "ready")
     r.beats(2)
     assert _compiled(r) == 0
+
+
+def test_every_service_of_a_large_chain_is_armed(restarter) -> None:
+    """Arms are made 64 per wait (a request waits for 64 at most); the loop comes round
+    at once for the rest, so a chain of more is armed whole, and then none is made
+    again while it idles."""
+    n = 100
+    body = "".join(f'[service.s{i}]\ncommand = ["sleep", "3600"]\n{AT_ONCE}' for i in range(n))
+    r = restarter(body)
+    _needs_it(r)
+    wait_until(lambda: len(st := r.status()) == n and
+               all(s["state"] == "ready" for s in st.values()), what="all ready")
+    wait_until(lambda: _compiled(r, "compiled_armed") == n, what=f"{n} services armed")
+    r.beats(3)
+    assert _compiled(r, "compiled_armed") == n
+    _, new = _crash(r, "s7")
+    wait_until(lambda: _compiled(r) == 1, what="the compiled restart of s7")
+    wait_until(lambda: _compiled(r, "compiled_armed") == n, what="s7 armed again")

@@ -2003,6 +2003,7 @@ class Restarter:
                                          states.is_up(self.svcs[n]))],
                       "progress": self.progress, "timer_lag": round(self.timer_lag, 4),
                       "compiled_restarts": self.compiled_restarts,
+                      "compiled_armed": len(self._armed),
                       "backlog": len(self.core.later) + self._overdue(now)})
         self.max_lag = self.timer_lag = 0.0
         self.orphaned = self.orphaned or channels.init_gone(self.init)
@@ -2607,6 +2608,8 @@ class Restarter:
                 not (self.core.queue or self.core.out or self.core.later):
             self._rearm()
             armed = self._armed
+            if self.core.touched:  # more to arm: the next batch at once, not at the next
+                timeout = 0.0  # wake-up (a thousand started: 16 quick rounds, then quiet)
         fd_map = self.sel.get_map()
         # (at most an hour: a far timer is looked at again, as any early wake-up)
         raw, restarted = spawn.compiled_wait(
@@ -2632,8 +2635,8 @@ class Restarter:
             touched.update(self._armed_pid)
         for name in touched:
             self._disarm(name)
-        # (at most ARM_BATCH made per wait: after a storm of a thousand restarts the
-        # rest wait unarmed for the next quiet moment, not the loop for them)
+        # (at most ARM_BATCH made per wait, so that a request waits for 64 at most after
+        # a thousand starts or restarts; _wait comes back at once for the rest)
         for _ in range(min(len(touched), ARM_BATCH)):
             name = touched.pop()
             if (got := self._arm(name)) is not None:
