@@ -54,11 +54,14 @@ def _crash(r, name: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
 
 
 def test_an_idle_crash_is_restarted_before_python_runs(restarter) -> None:
-    r = restarter(f'[service.a]\ncommand = ["sleep", "3600"]\n{AT_ONCE}')
+    r = restarter('[service.a]\ncommand = ["sh", "-c", "echo run $$; exec sleep 3600"]\n'
+                  f'{AT_ONCE}')
     _needs_it(r)
     wait_until(lambda: _compiled(r) == 0, what="the restarter's first heartbeat")
     old, new = _crash(r, "a")
     wait_until(lambda: _compiled(r) == 1, what="the heartbeat counting the compiled restart")
+    # its output went to the logger through the pipe it was given (the spare one)
+    wait_until(lambda: f"run {new}" in r.service_log("a"), what="the replacement's output")
     st = r.wait_state("a", "ready")
     assert st["pid"] == new and st["restarts"] == 1
     assert (st["last_exit"]["kind"], st["last_exit"]["signal"]) == ("killed", 9), st
