@@ -2684,8 +2684,7 @@ class Restarter:
         sp = spawn.compiled_spawned(c, new, born, born_by) if c is not None else \
             spawn.Spawned(pid=new, start_time=None, ready_fd=None)
         got = Launched(sp, out_r, out_w if held else None, c)  # type: ignore[arg-type]
-        st = ExitStatus("exited", code=status) if code == os.CLD_EXITED else \
-            ExitStatus("killed", signal=status)
+        st = spawn.child_status(code, status)
         if name is None:  # (an arm outlived its service: a bug if ever; the exit is
             # left to _reap_children, this round)
             self._ahead["\0compiled"] = got

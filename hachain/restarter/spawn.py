@@ -170,9 +170,14 @@ def exited_child() -> tuple[int, ExitStatus] | None:
         return None
     if res is None or res.si_pid <= 0:
         return None
-    if res.si_code == os.CLD_EXITED:
-        return res.si_pid, ExitStatus("exited", code=res.si_status)
-    return res.si_pid, ExitStatus("killed", signal=res.si_status)  # CLD_KILLED, CLD_DUMPED
+    return res.si_pid, child_status(res.si_code, res.si_status)
+
+
+def child_status(si_code: int, si_status: int) -> ExitStatus:
+    """The ExitStatus of a waitid() answer for an exited child."""
+    if si_code == os.CLD_EXITED:
+        return ExitStatus("exited", code=si_status)
+    return ExitStatus("killed", signal=si_status)  # CLD_KILLED, CLD_DUMPED
 
 
 def release(pid: int) -> None:
