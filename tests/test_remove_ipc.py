@@ -8,6 +8,7 @@ exactly those. And the parsing of /proc/sysvipc on its own, and the configuratio
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 from typing import Any
@@ -61,9 +62,20 @@ remove_ipc = true
 '''
 
 
+@pytest.fixture
+def nobody_ipc() -> Any:
+    """The host's IPC objects of `nobody` are one resource: a stop with remove_ipc removes
+    all of them, so the two cases below (on two xdist workers, or in two test runs on one
+    host) take turns by an exclusive lock; a case may not see the other's objects either."""
+    with open("/tmp/hachain-test-nobody-ipc.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("other_runs", [False, True])
-def test_a_stop_removes_what_its_user_made(restarter: Any, other_runs: bool) -> None:
+def test_a_stop_removes_what_its_user_made(restarter: Any, nobody_ipc: None,
+                                           other_runs: bool) -> None:
     if os.geteuid() != 0:
         pytest.skip("running a service as nobody needs root")
     uid = pwd.getpwnam("nobody").pw_uid
