@@ -50,8 +50,7 @@ def byte_compile() -> None:
     0.3 s of CPU per layer, a cost no installed chain pays. Stale files are rewritten."""
     import compileall
     root = os.path.dirname(HERE)
-    for d in ("hachain", "simulators"):
-        compileall.compile_dir(os.path.join(root, d), quiet=1)
+    compileall.compile_dir(os.path.join(root, "hachain"), quiet=1)  # (the simulators too)
     # and the dataclass methods (hachain/classcache.py), in a fresh interpreter: this one
     # has built its classes already
     subprocess.run([sys.executable, "-m", "hachain.classcache"], cwd=root, check=True,

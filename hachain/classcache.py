@@ -160,11 +160,13 @@ def build(modules: list[str]) -> dict[str, CodeType]:
 
 def package_modules() -> list[str]:
     """Every module of the hachain package but the `__main__` ones (a layer's starts it:
-    what they build comes from the modules they import)."""
+    what they build comes from the modules they import) and the simulators (tools no
+    layer imports: their classes would only make every layer's load of the file longer)."""
     import pkgutil
     root = os.path.dirname(os.path.abspath(__file__))
     return [m.name for m in pkgutil.walk_packages([root], "hachain.", onerror=lambda _: None)
-            if not m.name.endswith(".__main__")]
+            if not m.name.endswith(".__main__") and m.name != "hachain.simulators"
+            and not m.name.startswith("hachain.simulators.")]
 
 
 def main(argv: list[str] | None = None) -> int:

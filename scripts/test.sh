@@ -25,8 +25,8 @@ WORKERS="${HACHAIN_TEST_WORKERS:-3}"
 
 lint() {
     echo "test: ruff and mypy"
-    .venv/bin/ruff check hachain simulators tests bench || exit 1
-    .venv/bin/mypy hachain simulators || exit 1
+    .venv/bin/ruff check hachain tests bench || exit 1
+    .venv/bin/mypy hachain || exit 1
 }
 
 # pytest with ARGS; exits this script on a failure (no test collected counts as one)

@@ -52,7 +52,7 @@ def test_chaos_reads_a_bad_admin_json_as_nothing_held_with_one_line(
     JSON was taken: a list raised AttributeError in the power-cut check. Now both read it
     with converge.read_admin, as a starting restarter does (which sets a bad one aside):
     nothing held, and one line naming the file and what is wrong."""
-    from simulators.converge import read_admin
+    from hachain.simulators.converge import read_admin
     persist = str(tmp_path)
     path = os.path.join(persist, channels.ADMIN_STATE)
     _put(path, what)
@@ -63,7 +63,7 @@ def test_chaos_reads_a_bad_admin_json_as_nothing_held_with_one_line(
 
 
 def test_chaos_reads_a_good_admin_json_and_a_missing_one(tmp_path: Any) -> None:
-    from simulators.converge import read_admin
+    from hachain.simulators.converge import read_admin
     persist = str(tmp_path)
     assert read_admin(persist) == ({}, "")
     held = {"web": {"want": "down"}, "db": {"want": "up", "maintenance": "too many"}}

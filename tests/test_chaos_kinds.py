@@ -1,4 +1,4 @@
-"""The fault tables (simulators/chaos_kinds.py, the QEMU campaign's QKINDS): one row per
+"""The fault tables (hachain/simulators/chaos_kinds.py, the QEMU campaign's QKINDS): one row per
 kind, the documentation lists the same kinds, the bounds follow the configuration, and
 the runners know no kind by name (no if/elif chain on kinds grows back)."""
 

@@ -1,4 +1,4 @@
-"""One `converged` predicate (simulators/converge.py) for chaos, the QEMU campaign and verify.
+"""One `converged` predicate (hachain/simulators/converge.py) for chaos, the QEMU campaign and verify.
 
 Pure: the predicate on hand-made observations, the QEMU probe's reading of a
 `gather_status` object, and proof that `hachain verify` judges its goal through the same

@@ -1,4 +1,4 @@
-"""simulators/qemu/cpuwait.py: the run-queue wait a campaign adds to a QEMU fault's bound.
+"""hachain/simulators/qemu/cpuwait.py: the run-queue wait a campaign adds to a QEMU fault's bound.
 
 The arithmetic is checked on hand-made samples; the recorder on real processes of this
 test: a sleeping one waits for no CPU whatever the host does, and two busy loops pinned

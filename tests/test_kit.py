@@ -96,7 +96,7 @@ def test_the_plain_run_lints_then_runs_the_fast_lane_then_the_rest(tmp_path: Any
     script, log = _fake_tree(tmp_path, {})
     assert _run(script)[0] == 0
     assert open(log).read().splitlines() == [
-        "ruff check hachain simulators tests bench", "mypy hachain simulators",
+        "ruff check hachain tests bench", "mypy hachain",
         f"python -m pytest -m {FAST}", f"python -m pytest -m {REST} -n 3"]
 
 

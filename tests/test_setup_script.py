@@ -27,7 +27,7 @@ def _copy_project(dst: Path) -> None:
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, dst / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "_front", "*.egg-info")
-    for d in ("hachain", "simulators", "scripts"):
+    for d in ("hachain", "scripts"):
         shutil.copytree(ROOT / d, dst / d, ignore=ignore)
 
 

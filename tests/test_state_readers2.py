@@ -201,7 +201,7 @@ def test_cluster_last_boot_waits_on_no_fifo_and_says_what_is_wrong(
 
 def _machine(tmp_path: Any) -> Any:
     """A simulated machine never powered on: its readers of the tickler's records."""
-    from simulators.machine import SimMachine
+    from hachain.simulators.machine import SimMachine
     m = SimMachine(str(tmp_path / "chain.toml"), str(tmp_path / "m"))
     os.makedirs(m.persist_dir)
     with m._cond:  # two boots seen, the last one this boot id
@@ -230,7 +230,7 @@ def test_sim_gate_note_waits_on_no_fifo_and_names_a_bad_record(tmp_path: Any) ->
 
 def test_sim_tour_waits_on_no_fifo_and_passes_over_a_bad_last_boot(
         tmp_path: Any, capsys: Any) -> None:
-    from simulators.machine import tour_step
+    from hachain.simulators.machine import tour_step
     m = _machine(tmp_path)
     last = os.path.join(m.persist_dir, channels.LAST_BOOT)
     tour = [(0.0, "explain", "")]
@@ -378,7 +378,7 @@ def test_chaos_torn_files_waits_on_no_fifo_and_takes_nested_json_as_torn(
     """After a power cut the chaos harness reads every .json and .jsonl file under
     persist_dir to find torn writes. It opened each as any file (a FIFO there held the
     harness for good) and let RecursionError out of JSON nested too deeply."""
-    from simulators.chaos_kinds import torn_files
+    from hachain.simulators.chaos_kinds import torn_files
     persist = tmp_path / "persist"
     (persist / "config").mkdir(parents=True)
     _put(str(persist / "admin.json"), b'{"web": {"want": "down"}}')
@@ -399,7 +399,7 @@ def test_chaos_snapshot_of_a_machine_waits_on_no_fifo(tmp_path: Any) -> None:
     """The harness samples a machine (converge.snapshot) for its convergence checks: the
     heartbeats, the restarter's runtime records, admin.json and the logger's lock file,
     each opened as any file: a FIFO in any of those places held the harness for good."""
-    from simulators import converge
+    from hachain.simulators import converge
     m = _machine(tmp_path)
     fifos = [channels.heartbeat_path(m.state_dir, "init"),
              os.path.join(m.state_dir, channels.SERVICE_RECORD_DIR, "web.json"),
@@ -420,7 +420,7 @@ def test_chaos_snapshot_takes_admin_json_as_the_restarter_does(tmp_path: Any) ->
     """A misshapen admin.json (a JSON list, an entry that is no object) is what a
     starting restarter sets aside: the snapshot says so instead of passing the list on as
     the administrator's state, which the convergence check then took for a change."""
-    from simulators import converge
+    from hachain.simulators import converge
     m = _machine(tmp_path)
     path = os.path.join(m.persist_dir, channels.ADMIN_STATE)
     _put(path, b'{"web": {"want": "down"}}')

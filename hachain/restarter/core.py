@@ -20,7 +20,7 @@ failed spawn, a main pid found) it pushes back with `push_front`, and it keeps t
 effects until there is none. `next_effect` steps queued events only once every effect of
 the previous one was taken, so effects come out in the order the decisions were made.
 Two drivers use this same object: the restarter's event loop (restarter/loop.py: epoll,
-fork/exec, signals, sockets, files) and `hachain verify` (simulators/verify.py: a model of
+fork/exec, signals, sockets, files) and `hachain verify` (hachain/simulators/verify.py: a model of
 processes and timers), so the code model-checked is the code that runs.
 """
 

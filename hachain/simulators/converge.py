@@ -3,11 +3,11 @@
 Owns: the `converged` predicate (`problems(seen, want)`: every invariant a `Seen` breaks
 against a `Want`), and the observer of a running machine: the /proc reader that finds
 every process of a machine and each service's main processes, and `snapshot` of a
-simulated machine from the host. `hachain chaos` (simulators/chaos.py), the QEMU
-campaign's guest probe (simulators/qemu/campaign_probe.py) and `hachain verify`
-(simulators/verify.py, `Model.is_goal`) each turn what they see into a `Seen` and ask
+simulated machine from the host. `hachain chaos` (hachain/simulators/chaos.py), the QEMU
+campaign's guest probe (hachain/simulators/qemu/campaign_probe.py) and `hachain verify`
+(hachain/simulators/verify.py, `Model.is_goal`) each turn what they see into a `Seen` and ask
 `problems`; none keeps a copy of the rules. Must not: inject anything, wait, or decide
-what a fault should do (that is simulators/chaos_kinds.py). Imports no simulated machine
+what a fault should do (that is hachain/simulators/chaos_kinds.py). Imports no simulated machine
 at run time: the guest probe runs this module inside a QEMU guest.
 
 The invariants (docs/chaos.md, "Invariants"):

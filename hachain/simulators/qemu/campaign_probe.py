@@ -25,7 +25,7 @@ from hachain.status import gather_status
 
 
 def problems(spec: dict[str, Any], st: dict[str, Any], procs: list[converge.Proc]) -> list[str]:
-    """Every invariant the guest breaks, by the one predicate (simulators/converge.py):
+    """Every invariant the guest breaks, by the one predicate (hachain/simulators/converge.py):
     the layers, the gate, every service ready with exactly one main process, the one
     the restarter reports, and no process of a service nobody configured."""
     want = converge.Want({n: converge.ServiceWant() for n in spec["services"]},
@@ -86,7 +86,8 @@ def main(argv: list[str]) -> int:
     while True:
         st = gather_status(spec["state_dir"], spec["persist_dir"])
         procs = converge.machine_procs(None)
-        mains = {n: [] for n in spec["services"]} | converge.mains(procs)
+        mains: dict[str, list[int]] = {n: [] for n in spec["services"]} | \
+            converge.mains(procs)
         now = time.monotonic()
         polls += 1
         if detect is None:

@@ -563,7 +563,7 @@ def cmd_chaos_qemu(args: argparse.Namespace) -> int:
 def _finish_qemu(args: argparse.Namespace, rep: dict[str, Any], seed: int,
                  chosen: list[Fault], kinds: list[str]) -> int:
     """The reports, the table, the verdict (not armed: a stop signal now only waits)."""
-    rep["config"] = "built-in --qemu campaign configuration (simulators/qemu/campaign.py)"
+    rep["config"] = "built-in --qemu campaign configuration (hachain/simulators/qemu/campaign.py)"
     fails = [r for r in rep["results"] if not r["ok"]]
 
     def command(indexes: list[int] | None) -> str:

@@ -1,11 +1,11 @@
 """`hachain chaos`: the command line of a fault-injection campaign on the simulated machine.
 
 Owns: the `hachain chaos` arguments, choosing the kinds that can run here and the
-schedule, running the campaign (simulators/chaos_runner.py), shrinking a failure to a
-short reproduction, writing the reports (simulators/chaos_report.py), the printed verdict
+schedule, running the campaign (hachain/simulators/chaos_runner.py), shrinking a failure to a
+short reproduction, writing the reports (hachain/simulators/chaos_report.py), the printed verdict
 and the exit status; `--qemu` and `--cluster` hand over to their own campaigns. Must not:
-inject, wait or judge (the runner, the fault table in simulators/chaos_kinds.py and the
-predicate in simulators/converge.py do).
+inject, wait or judge (the runner, the fault table in hachain/simulators/chaos_kinds.py and the
+predicate in hachain/simulators/converge.py do).
 """
 
 from __future__ import annotations

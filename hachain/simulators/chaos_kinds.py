@@ -5,8 +5,8 @@ failure), how it is injected into a running simulated machine, how its effect is
 detected, and its convergence bound derived from the configuration; the schedule that
 draws kinds and targets from a seed; which kinds can run on this host. A new kind is one
 row of `KINDS` (and its row in docs/chaos.md). Must not: wait for convergence or judge
-the invariants (simulators/chaos.py runs a fault and waits, simulators/converge.py says
-what converged means), nor touch anything but the machine it is handed: it signals that
+the invariants (chaos.py runs a fault and waits, converge.py says what converged
+means), nor touch anything but the machine it is handed: it signals that
 machine's processes, writes `cgroup.freeze` of its services' cgroups, fills the tmpfs
 file systems the campaign mounted under it, and edits the configuration file the machine
 runs from (a copy the campaign made, never the user's).
@@ -59,7 +59,7 @@ from hachain.simulators.converge import (
 )
 from hachain.simulators.machine import SimMachine, find_cgroup2_mount
 
-# The campaign's service program (simulators/chaos_svc.py), copied into the work directory.
+# The campaign's service program (hachain/simulators/chaos_svc.py), copied into the work directory.
 SERVICE_FILE = "chaos_svc.py"
 
 CLOCK_STEP_REASON = (

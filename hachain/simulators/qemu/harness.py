@@ -387,7 +387,7 @@ class QemuMachine:
     def host_wait(self, t1: float, t2: float) -> float | None:
         """Seconds QEMU's most-delayed thread sat runnable without a host CPU between
         t1 and t2 (time.monotonic()): what other load on the host added to anything the
-        guest did then (simulators/qemu/cpuwait.py). None before boot() or where the
+        guest did then (hachain/simulators/qemu/cpuwait.py). None before boot() or where the
         kernel keeps no schedstat."""
         return None if self._cpuwait is None else self._cpuwait.between(t1, t2)
 

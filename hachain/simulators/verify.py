@@ -791,7 +791,7 @@ class Model:
                 if p[1] == HUNG_P and p[2] > b]
 
     def is_goal(self, w: World) -> bool:
-        """The shared `converged` predicate (simulators/converge.py) on what `w` shows:
+        """The shared `converged` predicate (hachain/simulators/converge.py) on what `w` shows:
         every service ready exactly once, every layer up, the gate passing. With svc0
         broken for good, the best there is: the machine up with the gate passing (svc0
         retried by its policy, or held by a rescue once its intensity parked it and the

@@ -20,7 +20,7 @@ Kinds: kill-node (a power cut), hang-node (every process SIGSTOPped), partition-
 after 3 s; the owner's member more often; no node may lose its lease), lose-etcd-quorum
 (two members SIGKILLed, restarted after TTL + 2 s), and the single-machine kinds of
 `hachain chaos` that apply to a node (`NODE_KINDS`), injected by their own rows of the
-fault table (simulators/chaos_kinds.py) into one node (the owner with probability 0.6),
+fault table (hachain/simulators/chaos_kinds.py) into one node (the owner with probability 0.6),
 the cluster layer joining the layers they may hit. Those keep their own expectation (a
 reset by the watchdog or a panic, or none at all) besides the cluster's invariants: when
 one resets the owner, the singleton starts elsewhere within the reboot bound + the
@@ -279,7 +279,7 @@ class Campaign:
 
     def inject_node_kind(self, kind: str, name: str, layer: str, index: int) -> list[str]:
         """One single-machine fault on node `name`: its row of the fault table
-        (simulators/chaos_kinds.py) does it, as on one machine; what broke while it held
+        (hachain/simulators/chaos_kinds.py) does it, as on one machine; what broke while it held
         (config-broken, io-stall watch the node through it). config-broken edits the
         file the node runs from: the campaign's own copy."""
         assert self.cfg is not None

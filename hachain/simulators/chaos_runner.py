@@ -2,8 +2,8 @@
 
 Owns: the built-in campaign configuration, powering the simulated machine on and off
 (with the small tmpfs file systems it mounts for it), running each scheduled fault
-through its kind's row of `KINDS` (simulators/chaos_kinds.py), waiting for the machine
-to converge (the invariants are simulators/converge.py's), judging the reboots the fault
+through its kind's row of `KINDS` (hachain/simulators/chaos_kinds.py), waiting for the machine
+to converge (the invariants are hachain/simulators/converge.py's), judging the reboots the fault
 caused against the kind's expectation, and stopping cleanly on Ctrl-C, a closed
 terminal or kill. Must not: know a fault kind by name, change `SimMachine` or reach into
 the chain's code. The command line is chaos.py, reports and the progress line

@@ -40,7 +40,7 @@ class Result:
     bound: float = 0.0
     # seconds the chain waited for a host CPU during the fault (until it converged),
     # added to `bound` when judging: --qemu, QEMU's most-delayed thread
-    # (simulators/qemu/cpuwait.py); the simulated machine, the time some task of it was
+    # (hachain/simulators/qemu/cpuwait.py); the simulated machine, the time some task of it was
     # stalled on a CPU (its cgroup's PSI, SimMachine.cpu_stalled); None where unknown
     host_wait: float | None = None
     reboot: str | None = None
