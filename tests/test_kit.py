@@ -97,14 +97,14 @@ def test_the_plain_run_lints_then_runs_the_fast_lane_then_the_rest(tmp_path: Any
     assert _run(script)[0] == 0
     assert open(log).read().splitlines() == [
         "ruff check hachain tests bench", "mypy hachain",
-        f"python -m pytest -m {FAST}", f"python -m pytest -m {REST} -n 3"]
+        f"python -m pytest -m {FAST} -n 3", f"python -m pytest -m {REST} -n 3"]
 
 
 def test_a_failing_fast_lane_stops_the_run(tmp_path: Any) -> None:
     script, log = _fake_tree(tmp_path, {FAST: 1})
     rc, err = _run(script)
     assert rc == 1 and "fast lane failed" in err
-    assert open(log).read().splitlines()[-1] == f"python -m pytest -m {FAST}"
+    assert open(log).read().splitlines()[-1] == f"python -m pytest -m {FAST} -n 3"
 
 
 def test_no_test_collected_is_a_failure_in_either_lane(tmp_path: Any) -> None:
@@ -116,5 +116,5 @@ def test_no_test_collected_is_a_failure_in_either_lane(tmp_path: Any) -> None:
 def test_fast_runs_only_the_fast_lane_with_the_arguments(tmp_path: Any) -> None:
     script, log = _fake_tree(tmp_path, {})
     assert _run(script, "--fast", "-x")[0] == 0
-    assert open(log).read().splitlines()[-1] == f"python -m pytest -m {FAST} -x"
+    assert open(log).read().splitlines()[-1] == f"python -m pytest -m {FAST} -n 3 -x"
     assert not any(REST in line for line in open(log))
