@@ -73,9 +73,10 @@ else
 fi
 # The editable install is setuptools' "compat" kind: one line in a .pth file that puts
 # this checkout on sys.path. Its default kind installs an import finder instead, which
-# every Python start with `site` imports (pathlib, importlib.util, urllib.parse: 21 ms
-# here, a quarter of `hachain run`'s time before it becomes init). An install of that
-# kind, from an older setup.sh, is replaced.
+# every Python start with `site` imports (pathlib, importlib.util, urllib.parse): 20 ms
+# more for every `hachain` command and for `hachain run` before it becomes init
+# (docs/benchmarks.md, thirty-first session). An install of that kind, from an older
+# setup.sh, is replaced.
 finder() { compgen -G '.venv/lib/python3*/site-packages/__editable___hachain_*_finder.py' >/dev/null; }
 if finder || { ! fresh "$stamp" && ! { [ "$spec" = . ] && fresh "$test_stamp"; }; }; then
     echo "setup: installing $what into .venv"
