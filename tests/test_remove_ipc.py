@@ -74,8 +74,9 @@ def nobody_ipc() -> Any:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("other_runs", [False, True])
-def test_a_stop_removes_what_its_user_made(restarter: Any, nobody_ipc: None,
+def test_a_stop_removes_what_its_user_made(nobody_ipc: None, restarter: Any,
                                            other_runs: bool) -> None:
+    # (the lock first: it is released after the restarter fixture has stopped its chain)
     if os.geteuid() != 0:
         pytest.skip("running a service as nobody needs root")
     uid = pwd.getpwnam("nobody").pw_uid
