@@ -60,4 +60,5 @@ lint
 echo "test: the fast lane (pure and unit tests: -m '$FAST')"
 lane "fast lane" -m "$FAST" -n "$WORKERS"
 echo "test: the rest (whole chains, campaigns, benchmarks, QEMU: -m 'not ($FAST)')"
-lane "slow lane" -m "not ($FAST)" -n "$WORKERS"
+# its 15 longest tests are listed at the end: what keeps CI's run long, in every CI log
+lane "slow lane" -m "not ($FAST)" -n "$WORKERS" --durations=15

@@ -97,7 +97,7 @@ def test_the_plain_run_lints_then_runs_the_fast_lane_then_the_rest(tmp_path: Any
     assert _run(script)[0] == 0
     assert open(log).read().splitlines() == [
         "ruff check hachain tests bench", "mypy hachain",
-        f"python -m pytest -m {FAST} -n 3", f"python -m pytest -m {REST} -n 3"]
+        f"python -m pytest -m {FAST} -n 3", f"python -m pytest -m {REST} -n 3 --durations=15"]
 
 
 def test_a_failing_fast_lane_stops_the_run(tmp_path: Any) -> None:
