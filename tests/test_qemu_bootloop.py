@@ -109,10 +109,14 @@ def assert_stays_up(cvm: ChainVM, seconds: float) -> int:
     return boots
 
 
-def guest_status(cvm: ChainVM) -> dict[str, Any] | None:
+def guest_status(cvm: ChainVM, errors: list[str] | None = None) -> dict[str, Any] | None:
+    """The guest's status, or None (the guest may be resetting under the probe); why it
+    was None, with the boot it was asked of, goes to `errors`."""
     try:
         return cvm.status(timeout=40)
-    except Exception:  # noqa: BLE001 - the guest may be resetting under the probe
+    except Exception as e:  # noqa: BLE001 - the guest may be resetting under the probe
+        if errors is not None:
+            errors.append(f"boot {cvm.vm.boot_count}: {type(e).__name__}: {str(e)[-300:]}")
         return None
 
 
@@ -140,8 +144,9 @@ def test_a_critical_service_failing_on_every_boot_ends_in_rescue(loop_vm: ChainV
     deadline = time.monotonic() + 2 * per_boot
     st = None
     seen: list[tuple[int, str]] = []
+    errors: list[str] = []
     while time.monotonic() < deadline:
-        st = guest_status(cvm)
+        st = guest_status(cvm, errors)
         disk = (st or {}).get("services", {}).get("disk", {})
         if disk.get("state") == "maintenance" and \
                 (cvm.vm.boot_count, disk.get("reason", "")) not in seen:
@@ -151,7 +156,9 @@ def test_a_critical_service_failing_on_every_boot_ends_in_rescue(loop_vm: ChainV
             break
         time.sleep(1)
     print(f"hachain-qemu-bootloop: disk in maintenance (boot, reason): {seen}")
-    assert st is not None, "no status from the rescue boot"
+    assert st is not None, (f"no status from the rescue boot (boot {cvm.vm.boot_count}, "
+                            f"resets {[e.name for e in cvm.vm.events]}); the last failed "
+                            f"asks: {errors[-3:]}; console: {cvm.vm._tail(40)}")
     print(f"hachain-qemu-bootloop: {RESETS} resets in {looped:.1f} s, rescue on boot "
           f"{cvm.vm.boot_count}")
     assert st["services"]["disk"]["reason"].startswith("rescue: boot loop"), st["services"]
