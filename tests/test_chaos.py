@@ -289,3 +289,35 @@ def test_every_fault_kind_meets_its_expectation(short_tmp: Any) -> None:
     for r in rep["results"]:
         assert r["reboot"] == chaos.KINDS[r["kind"]].reboot, r
         assert r["converge"] is not None and r["converge"] <= r["bound"], r
+
+
+@needs_machine
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_check_held_by_a_rescue_boot_fails_without_a_reset(short_tmp: Any) -> None:
+    """Three faults that each end a boot unclean (a watchdog reset, a failed check, a
+    panic) reach boot_loop.resets, so the next boot is a rescue that holds the check its
+    looping boots blamed. A check failing for good there is held out of the gate: no
+    reset may come, also with every restarter killed under it, and it passes again once
+    its cause goes. (A 20-fault campaign, seed 202, had expected a reset there.)"""
+    work = short_tmp / "work"
+    work.mkdir()
+    path, cfg = chaos._campaign_setup(argparse.Namespace(config=None), str(work))
+    tmpfs, why = chaos_runner.can_mount_tmpfs(str(work))
+    faults = [chaos.Fault(0, "hang-layer", "restarter"),
+              chaos.Fault(1, "check-failed", "machine"),
+              chaos.Fault(2, "kill-init", "init"),
+              chaos.Fault(3, "check-failed", "machine"),
+              chaos.Fault(4, "check-failed-restarters-killed", "machine")]
+    kinds = sorted({f.kind for f in faults})
+    rep = chaos_runner.run_campaign(path, str(work / "c"), 0, faults, kinds, {}, tmpfs, None)
+    assert not rep["baseline_problems"], rep["baseline_problems"]
+    bad = [f"#{r['index']} {r['kind']}: {'; '.join(r['problems'])}"
+           for r in rep["results"] if not r["ok"]]
+    assert not bad, "\n".join(bad)
+    # the two check faults in the rescue boot reset nothing
+    assert [r["reboot"] for r in rep["results"]] == ["watchdog", "watchdog", "panic", None,
+                                                      None], rep["results"]
+    console = (work / "c" / "m" / "console.log").read_text()
+    assert f"check {chaos_kinds.CHECK_NAME}: FAILED" in console
+    assert "held by the rescue boot: out of the health gate" in console

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hachain import bootrecord, channels, client, config
+from hachain import bootrecord, channels, checks, client, config
 from hachain import snapshot as snapshot_mod
 from hachain.simulators.converge import (
     Snapshot,
@@ -199,6 +199,7 @@ class Injection:
     rng: random.Random
     run_config: str
     workdir: str
+    seen: bool = False  # set by an inject that watched the fault's effect itself
 
 
 Inject = Callable[[Injection], list[str]]
@@ -349,12 +350,54 @@ def check_repaired(x: Injection) -> list[str]:
     return seen
 
 
+def _held_by_rescue(m: SimMachine) -> bool:
+    """Does the boot under way hold the campaign's check out of the gate? A rescue boot
+    holds what its looping boots blamed, and the unclean boots of earlier faults (a
+    hang's reset, a panic, a failed check) count towards boot_loop.resets as those of a
+    boot-loop fault do; the rescue lasts until `hachain clear --boot-loop`."""
+    held = bootrecord.summary(m.persist_dir, running=True).get("held") or []
+    return bootrecord.CHECK_PREFIX + CHECK_NAME in held
+
+
 def check_failed(x: Injection) -> list[str]:
     """A marker directory, which the check's repair (rm -f) cannot remove: the check fails
     for good, the gate fails and the watchdog resets the machine; the boot wipes the run
-    directory, and the check passes again."""
+    directory, and the check passes again. In a rescue boot that holds the check, see
+    _held_in_rescue."""
+    rescue = _held_by_rescue(x.machine)
     os.mkdir(_marker(x))
-    return []
+    return _held_in_rescue(x, kill_restarters=False) if rescue else []
+
+
+def _held_in_rescue(x: Injection, kill_restarters: bool) -> list[str]:
+    """The check failing for good in a rescue boot that holds it: it must be seen held,
+    and no reset may come for as long as a failure would have taken to reset the machine
+    (the check's own time, then the reboot bound); with `kill_restarters`, each
+    restarter is SIGKILLed once it has run the check's retry_timeout, and each next one
+    must hold it too. Then the marker goes, as an operator would remove a cause, and the
+    check must pass again: the campaign judges that as for every fault."""
+    m, seen = x.machine, []
+    boots = len(m.boots)
+    end = time.monotonic() + Budget.check_of(x.cfg) + reboot_bound(x.cfg)
+    states: set[str] = set()
+    kills = _RestarterKiller(m) if kill_restarters else None
+    while time.monotonic() < end and len(m.boots) == boots:
+        states.add(str(_check_state(m).get("state")))
+        if kills is not None:
+            kills.step()
+        time.sleep(0.05)
+    if len(m.boots) != boots:
+        seen.append(f"check {CHECK_NAME}: the rescue boot that held it was reset "
+                    f"(states seen: {sorted(states)})")
+    elif checks.HELD not in states:
+        seen.append(f"check {CHECK_NAME}: never seen held by the rescue boot "
+                    f"(states seen: {sorted(states)})")
+    try:
+        os.rmdir(_marker(x))
+    except FileNotFoundError:
+        pass  # the boot wiped the run directory (reported above)
+    x.seen = True
+    return seen
 
 
 def check_failed_bound(b: Budget) -> float:
@@ -369,29 +412,48 @@ def _restarter_host_pid(m: SimMachine) -> int | None:
     return {p.nspid: p.pid for p in snapshot_light(m).procs}.get(hb.pid)
 
 
+class _RestarterKiller:
+    """SIGKILLs each new restarter once it has run the check's retry_timeout (CHECK_RETRY
+    s from when it was first seen), one at each step()."""
+
+    def __init__(self, m: SimMachine) -> None:
+        self.m = m
+        self.last: int | None = None  # the restarter killed last
+        self.due: tuple[int, float] | None = None  # (the next one, when it is killed)
+
+    def step(self) -> None:
+        pid = _restarter_host_pid(self.m)
+        if pid is None or pid == self.last:
+            return
+        if self.due is None or self.due[0] != pid:
+            self.due = (pid, time.monotonic() + CHECK_RETRY)
+            return
+        if time.monotonic() >= self.due[1]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.last, self.due = pid, None
+
+
 def check_failed_restarters_killed(x: Injection) -> list[str]:
     """As check-failed, and every restarter is SIGKILLed once it has run CHECK_RETRY s
     (its retry_timeout), until the machine resets: a restarter that started the check's
     failure afresh could never let it fail, and the machine would never reset. The
-    failure must go on from restarter to restarter (the standby forks the next one)."""
+    failure must go on from restarter to restarter (the standby forks the next one). In
+    a rescue boot that holds the check, the hold must go on from restarter to restarter
+    instead (_held_in_rescue)."""
     m = x.machine
+    rescue = _held_by_rescue(m)
     boots = len(m.boots)
     os.mkdir(_marker(x))
+    if rescue:
+        return _held_in_rescue(x, kill_restarters=True)
     end = time.monotonic() + check_restarters_bound(Budget.of(x.cfg))
-    last = None
+    kills = _RestarterKiller(m)
     while time.monotonic() < end and len(m.boots) == boots:
-        pid = _restarter_host_pid(m)
-        if pid is None or pid == last:
-            time.sleep(0.05)
-            continue
-        time.sleep(CHECK_RETRY)  # a new restarter: it runs its retry_timeout
-        if len(m.boots) != boots:
-            break
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        last = pid
+        kills.step()
+        time.sleep(0.05)
     return []
 
 

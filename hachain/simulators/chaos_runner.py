@@ -365,7 +365,7 @@ class Campaign:
 
         deadline = t0 + res.bound * 1.5 + 5
         t_det, t_rec, probs, _, waited = self.wait_converged(
-            deadline, lambda s: k.detect(pre, s, f.target), watch, stall0)
+            deadline, lambda s: x.seen or k.detect(pre, s, f.target), watch, stall0)
         if m.cpu_stalled() is not None:
             res.host_wait = round(waited, 2)
         res.t_fault = round(t0 - self.t0, 3)
