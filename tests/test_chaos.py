@@ -299,7 +299,8 @@ def test_a_check_held_by_a_rescue_boot_fails_without_a_reset(short_tmp: Any) -> 
     panic) reach boot_loop.resets, so the next boot is a rescue that holds the check its
     looping boots blamed. A check failing for good there is held out of the gate: no
     reset may come, also with every restarter killed under it, and it passes again once
-    its cause goes. (A 20-fault campaign, seed 202, had expected a reset there.)"""
+    its cause goes; a check its repair mends is seen held, then passing. (A 20-fault
+    campaign, seed 202, had expected a reset there.)"""
     work = short_tmp / "work"
     work.mkdir()
     path, cfg = chaos._campaign_setup(argparse.Namespace(config=None), str(work))
@@ -308,16 +309,17 @@ def test_a_check_held_by_a_rescue_boot_fails_without_a_reset(short_tmp: Any) -> 
               chaos.Fault(1, "check-failed", "machine"),
               chaos.Fault(2, "kill-init", "init"),
               chaos.Fault(3, "check-failed", "machine"),
-              chaos.Fault(4, "check-failed-restarters-killed", "machine")]
+              chaos.Fault(4, "check-failed-restarters-killed", "machine"),
+              chaos.Fault(5, "check-repaired", "machine")]
     kinds = sorted({f.kind for f in faults})
     rep = chaos_runner.run_campaign(path, str(work / "c"), 0, faults, kinds, {}, tmpfs, None)
     assert not rep["baseline_problems"], rep["baseline_problems"]
     bad = [f"#{r['index']} {r['kind']}: {'; '.join(r['problems'])}"
            for r in rep["results"] if not r["ok"]]
     assert not bad, "\n".join(bad)
-    # the two check faults in the rescue boot reset nothing
+    # the check faults in the rescue boot reset nothing
     assert [r["reboot"] for r in rep["results"]] == ["watchdog", "watchdog", "panic", None,
-                                                      None], rep["results"]
+                                                      None, None], rep["results"]
     console = (work / "c" / "m" / "console.log").read_text()
     assert f"check {chaos_kinds.CHECK_NAME}: FAILED" in console
     assert "held by the rescue boot: out of the health gate" in console
