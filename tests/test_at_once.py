@@ -24,7 +24,7 @@ from hachain.config import (
     ServiceConfig,
 )
 from hachain.restarter import core, states
-from hachain.restarter.policy import ExitStatus
+from hachain.restarter.policy import ExitStatus, exit_mask, exit_masked, wants_restart
 from hachain.restarter.states import Ev, Event, State, Svc
 
 SMALL = st.sampled_from([0.0, 0.05, 0.1, 1.0, 2.0, 5.0, 10.0, 60.0])
@@ -114,13 +114,14 @@ def test_the_core_answers_as_the_table_with_other_services_around(
 @given(cells, configs, st.lists(statuses, min_size=1, max_size=4),
        st.lists(st.floats(0.0, 600.0), min_size=1, max_size=4),
        st.sampled_from(["requires", "after", "dependent", "conflict", "none"]))
-def test_an_armed_service_is_restarted_at_once_whatever_its_exit_and_whenever(
+def test_an_armed_service_is_restarted_at_once_for_each_exit_its_mask_takes_and_whenever(
         s: Svc, c: ServiceConfig, exits: list[ExitStatus], later: list[float],
         link: str) -> None:
-    """The compiled restart starts the replacement of an armed service before Python
-    sees the exit (loop.py _arm, _clone3.wait): Core.always_restarts_at_once must imply
-    restarts_at_once for every exit status at that moment and at any later one (nothing
-    else stepped). A yes the table would not give starts a process the policy forbids."""
+    """The compiled restart starts an armed service's replacement before Python sees the
+    exit (loop.py _arm, _clone3.wait), unless the arm's mask leaves that exit to Python:
+    Core.at_once_mask must imply restarts_at_once for every exit of a child the mask
+    takes, at that moment and at any later one (nothing else stepped). A yes the table
+    would not give starts a process the policy forbids."""
     c = replace(c, name="a", requires=("b",) if link == "requires" else (),
                 after=("b",) if link == "after" else (),
                 conflicts=("b",) if link == "conflict" else ())
@@ -129,27 +130,56 @@ def test_an_armed_service_is_restarted_at_once_whatever_its_exit_and_whenever(
     cr = core.Core(core.make_plan({"a": c, "b": b}))
     cr.svcs["a"] = replace(s, name="a")
     cr.svcs["b"] = Svc(name="b", state=State.STOPPED)
-    if not cr.always_restarts_at_once("a", NOW):
+    mask = cr.at_once_mask("a", NOW)
+    if mask is None:
         return
     for status in exits:
+        if status.kind not in ("exited", "killed"):
+            continue  # (not an exit of a child: never seen by _clone3.wait)
+        exited = status.kind == "exited"
+        if exit_masked(mask, exited, status.code if exited else status.signal):
+            continue
         for dt in later:
             assert cr.restarts_at_once("a", 4242, status, NOW + dt), (s, c, status, dt)
 
 
-def test_a_plain_service_that_always_restarts_is_armed() -> None:
-    """The implication above is not empty: the plain case arms, and each thing that
-    puts the exit's answer in doubt takes the arm away."""
+@given(st.sampled_from(RESTART_POLICIES), st.sampled_from([(0,), (0, 3), (0, 1, 255)]),
+       st.integers(0, 255), st.integers(1, 127))
+def test_the_mask_is_the_policy(restart: str, success: tuple[int, ...], code: int,
+                                sig: int) -> None:
+    """exit_mask leaves to Python exactly the exits the policy does not restart."""
+    mask = exit_mask(restart, success)
+    assert exit_masked(mask, True, code) == \
+        (not wants_restart(restart, ExitStatus("exited", code=code), success))
+    assert exit_masked(mask, False, sig) == \
+        (not wants_restart(restart, ExitStatus("killed", signal=sig), success))
+
+
+def test_a_plain_service_that_restarts_is_armed() -> None:
+    """The implication above is not empty: the plain case arms, with a mask that takes
+    every exit its policy restarts, and each thing that puts the exit's answer in doubt
+    takes the arm away."""
     c = ServiceConfig(name="a", command=("/bin/true",), restart="always",
                       backoff=Backoff(initial=0.0, factor=1.0, max=0.0, reset_after=10.0))
     s = Svc(name="a", state=State.READY, pid=4242, started_at=NOW - 30.0)
 
-    def armed(c: ServiceConfig, s: Svc = s, other: ServiceConfig | None = None) -> bool:
+    def mask(c: ServiceConfig, s: Svc = s, other: ServiceConfig | None = None) -> bytes | None:
         conf = {"a": c} if other is None else {"a": c, "b": other}
         cr = core.Core(core.make_plan(conf))
         cr.svcs["a"] = s
-        return cr.always_restarts_at_once("a", NOW)
-    assert armed(c)
-    assert not armed(replace(c, restart="on-failure"))
+        return cr.at_once_mask("a", NOW)
+
+    def armed(c: ServiceConfig, s: Svc = s, other: ServiceConfig | None = None) -> bool:
+        return mask(c, s, other) is not None
+    assert mask(c) == bytes(len(exit_mask("always")))  # nothing left to Python
+    on_failure = mask(replace(c, restart="on-failure"))
+    assert on_failure is not None and exit_masked(on_failure, True, 0) and \
+        not exit_masked(on_failure, True, 1) and not exit_masked(on_failure, False, 9) \
+        and exit_masked(on_failure, False, 15)
+    on_abnormal = mask(replace(c, restart="on-abnormal"))
+    assert on_abnormal is not None and exit_masked(on_abnormal, True, 1) and \
+        not exit_masked(on_abnormal, False, 11)
+    assert not armed(replace(c, restart="never"))
     assert not armed(replace(c, backoff=replace(c.backoff, initial=0.1)))
     assert not armed(replace(c, kind="oneshot"))
     assert not armed(c, replace(s, want="down"))

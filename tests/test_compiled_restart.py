@@ -1,13 +1,12 @@
 """The compiled restart (issue 19, docs/restarter.md "The compiled restart").
 
 After a quiet second every line of Python between the restarter's wake-up and clone3 runs
-cold; a crash of a service whose policy restarts it at once whatever its exit is
-therefore answered in C: the loop's wait is `_clone3.wait`, which starts the armed
+cold; a crash of a service whose policy restarts it at once is therefore answered in C: the loop's wait is `_clone3.wait`, which starts the armed
 replacement before it returns, and the exit is handled afterwards as if the Python path
 had started it. Real restarter, real cgroups, real processes: what took that path is
 counted in the restarter's heartbeat (`compiled_restarts`), and every case it must leave
-to Python (a policy that asks about the exit, leftovers in the cgroup, no cgroups) is
-restarted by Python, as before.
+to Python (an exit its policy does not restart, a delay, leftovers in the cgroup, no
+cgroups) is handled by Python, as before.
 """
 
 from __future__ import annotations
@@ -77,14 +76,39 @@ def test_an_idle_crash_is_restarted_before_python_runs(restarter) -> None:
     assert "error" not in log, log[-2000:]
 
 
-@pytest.mark.parametrize("policy", [
-    'restart = "on-failure"\nbackoff = { initial = 0.0, factor = 1.0, max = 0 }\n',
-    'restart = "always"\nbackoff = { initial = 0.05, factor = 1.0, max = 0.05 }\n',
-], ids=["the-status-decides", "a-delay"])
-def test_a_policy_that_is_not_always_at_once_is_python_s(restarter, policy: str) -> None:
-    r = restarter(f'[service.b]\ncommand = ["sleep", "3600"]\n{policy}')
+def test_a_policy_that_asks_about_the_exit_restarts_its_failures_compiled(restarter) -> None:
+    """on-failure and on-abnormal are armed too: the exits their policy restarts are
+    restarted in C, the others are left to Python, which does not restart them."""
+    r = restarter('[service.f]\ncommand = ["sleep", "3600"]\nrestart = "on-failure"\n'
+                  'backoff = { initial = 0.0, factor = 1.0, max = 0 }\n'
+                  '[service.g]\ncommand = ["sleep", "3600"]\nrestart = "on-abnormal"\n'
+                  'backoff = { initial = 0.0, factor = 1.0, max = 0 }\n')
     _needs_it(r)
-    old, new = _crash(r, "b")
+    r.wait_state("g", "ready")
+    _crash(r, "f")  # SIGKILL: a failure
+    wait_until(lambda: _compiled(r) == 1, what="f's compiled restart")
+    _crash(r, "g")  # SIGKILL: abnormal
+    wait_until(lambda: _compiled(r) == 2, what="g's compiled restart")
+    # SIGTERM is a clean end for both policies: not restarted, by anyone
+    for name in ("f", "g"):
+        pid = r.wait_state(name, "ready")["pid"]
+        r.beats(2)
+        os.kill(pid, signal.SIGTERM)
+        st = r.wait_state(name, "stopped")
+        assert st["pid"] is None and st["last_exit"]["signal"] == signal.SIGTERM, st
+    r.beats(2)
+    assert _compiled(r) == 2
+    assert r.svc("f")["state"] == r.svc("g")["state"] == "stopped"
+    # (a replacement C started for an exit the policy does not restart is killed, and said)
+    log = open(r.log).read()
+    assert "error" not in log, log[-2000:]
+
+
+def test_a_delay_before_the_restart_is_python_s(restarter) -> None:
+    r = restarter('[service.b]\ncommand = ["sleep", "3600"]\nrestart = "always"\n'
+                  'backoff = { initial = 0.05, factor = 1.0, max = 0.05 }\n')
+    _needs_it(r)
+    _crash(r, "b")
     r.wait_state("b", "ready")
     r.beats(2)
     assert _compiled(r) == 0

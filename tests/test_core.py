@@ -391,10 +391,10 @@ def test_verify_fails_when_restarts_at_once_says_yes_too_often(
 def test_verify_fails_when_the_compiled_restart_is_armed_too_often(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled restart starts an armed service's replacement before Python sees the
-    exit; `hachain verify` asks Core.always_restarts_at_once where the loop arms and
-    checks that the table then starts the service: an arm that ignores the policy is
-    caught as `ahead_not_taken`."""
-    monkeypatch.setattr(core.Core, "always_restarts_at_once", lambda self, *a: True)
+    exit; `hachain verify` asks Core.at_once_mask where the loop arms and checks that
+    the table then starts the service: an arm that ignores the policy (a mask that
+    leaves nothing to Python) is caught as `ahead_not_taken`."""
+    monkeypatch.setattr(core.Core, "at_once_mask", lambda self, *a: bytes(48))
     rep = explore(Options())
     assert not rep.ok and rep.violation is not None
     assert rep.violation["kind"] == "ahead_not_taken"

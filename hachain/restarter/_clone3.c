@@ -1068,6 +1068,7 @@ done:
  * Python path would have cloned it, before the events go back. Anything this cannot be
  * sure of (another child exited first, something waits on the notify socket, the
  * cgroup still holds a process or is frozen, the spawn fails) leaves it to Python. */
+#define EXIT_MASK_BYTES ((256 + 128) / 8)  /* restarter/policy.py EXIT_MASK_BITS */
 static struct epoll_event *wait_events;
 static int wait_events_len;
 
@@ -1091,17 +1092,24 @@ static PyObject *restart_armed(PyObject *armed, int notify_fd, int spare_w, int 
     }
     PyObject *req = PyDict_GetItemWithError(armed, key);  /* borrowed */
     Py_DECREF(key);
-    if (req == NULL || !PyTuple_Check(req) || PyTuple_GET_SIZE(req) != 2) {
+    if (req == NULL || !PyTuple_Check(req) || PyTuple_GET_SIZE(req) != 3) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
     int evfd = (int)PyLong_AsLong(PyTuple_GET_ITEM(req, 0));
     PyObject *sargs = PyTuple_GET_ITEM(req, 1);
+    PyObject *mask = PyTuple_GET_ITEM(req, 2);
     if ((evfd == -1 && PyErr_Occurred()) || !PyTuple_Check(sargs) ||
-            PyTuple_GET_SIZE(sargs) < 7) {
+            PyTuple_GET_SIZE(sargs) < 7 || !PyBytes_Check(mask) ||
+            PyBytes_GET_SIZE(mask) != EXIT_MASK_BYTES) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
+    /* The exits the service's policy does not restart (restarter/policy.py exit_mask:
+       bits 0-255 an exit code, 256 + n a signal) are Python's to handle. */
+    int bit = si.si_code == CLD_EXITED ? (si.si_status & 255) : 256 + (si.si_status & 127);
+    if (((const unsigned char *)PyBytes_AS_STRING(mask))[bit >> 3] & (1u << (bit & 7)))
+        Py_RETURN_NONE;
     if (notify_fd >= 0) {  /* what the service sent before it ended is Python's to read */
         struct pollfd p = {.fd = notify_fd, .events = POLLIN};
         if (poll(&p, 1, 0) != 0)
@@ -1276,8 +1284,9 @@ static PyMethodDef methods[] = {
      "wait(epfd, timeout_ms, maxevents, sigchld_fd, notify_fd, armed, spare_w, yield_cpu)\n"
      "-> ([(fd, events)...], restarted)\n\nepoll_wait on `epfd`; when `sigchld_fd` is "
      "among the events and the child that exited is a key of `armed` (pid -> (its "
-     "cgroup.events fd, spawn()'s arguments)), its cgroup read empty and not frozen and "
-     "nothing waits on `notify_fd`, the replacement is started with `spare_w` as its "
+     "cgroup.events fd, spawn()'s arguments, a mask of the exits left to Python: "
+     "policy.exit_mask)), its exit is not in that mask, its cgroup read empty and not "
+     "frozen and nothing waits on `notify_fd`, the replacement is started with `spare_w` as its "
      "output: restarted is then (pid, si_code, si_status, boottime before, boottime "
      "after, new pid), else None. The child that exited is left a zombie."},
     {"getgrouplist", py_getgrouplist, METH_VARARGS,

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from hachain.configtypes import ServiceConfig
 from hachain.errors import closest
-from hachain.restarter import graph, states
+from hachain.restarter import graph, policy, states
 from hachain.restarter.policy import ExitStatus
 from hachain.restarter.states import Ev, Event, State, Svc, Timer
 
@@ -435,25 +435,29 @@ class Core:
                 not states.dependents_up(name, dependents, plan.conf, self.svcs)
         return self._table_restarts_at_once(name, s, c, status, now)
 
-    def always_restarts_at_once(self, name: str, now: float) -> bool:
-        """Is restarts_at_once(name, its pid, status, t) True for every exit status and
-        every t >= now, as long as nothing else is stepped or queued? The compiled
-        restart's arming (loop.py _arm): its replacement is then started before Python
-        has seen the exit. Time only makes the policy's yes surer: a count in the
-        intensity window or a decaying one only falls, and a backoff without an initial
-        delay stays at 0 once it is there (tests/test_at_once.py). A service with
+    def at_once_mask(self, name: str, now: float) -> bytes | None:
+        """The compiled restart's arming (loop.py _arm): None, or the exits of a child
+        that the service's policy does not restart (policy.exit_mask), such that
+        restarts_at_once(name, its pid, status, t) is True for every other exit of its
+        main process and every t >= now, as long as nothing else is stepped or queued.
+        Its replacement is then started before Python has seen the exit; a masked exit is
+        left to Python. Time only makes the policy's yes surer: a count in the intensity
+        window or a decaying one only falls, and a backoff without an initial delay stays
+        at 0 once it is there; and but for the policy's own question (the mask) the
+        answer does not depend on the status (tests/test_at_once.py). A service with
         dependencies, dependents or conflicts is never armed: their states are not its
         own."""
         s = self.svcs.get(name)
         c = self.plan.conf.get(name)
-        if s is None or c is None or s.pid is None or c.restart != "always" or \
+        if s is None or c is None or s.pid is None or c.restart == "never" or \
                 c.kind != "longrun" or c.backoff.initial > 0 or c.post_stop or \
                 c.singleton or c.requires or c.wants or c.after or name in self.removing \
                 or self.plan.conflicts.get(name) or self.plan.rev.get(name):
-            return False
-        # (restart = "always": the status has no say but for a oneshot's clean exit)
-        return states.exit_restarts_at_once(s, ExitStatus("killed", signal=9), c,
-                                            now) is True
+            return None
+        # (a SIGKILL: every policy but "never" restarts it)
+        if states.exit_restarts_at_once(s, ExitStatus("killed", signal=9), c, now) is not True:
+            return None
+        return policy.exit_mask(c.restart, c.success_exit)
 
     def _table_restarts_at_once(self, name: str, s: Svc, c: ServiceConfig,
                                 status: ExitStatus, now: float) -> bool:

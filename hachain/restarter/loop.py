@@ -360,10 +360,11 @@ class Restarter:
         # replacements started ahead of their exit's effects, until the Spawn takes them
         self._ahead: dict[str, Started] = {}
         # The compiled restart (_rearm, _wait): main pid -> (its cgroup.events descriptor,
-        # _clone3.spawn's arguments) of each service whose replacement _clone3.wait may
-        # start before Python runs; service -> that pid; the replacement it started, until
+        # _clone3.spawn's arguments, the exits left to Python: policy.exit_mask) of each
+        # service whose replacement _clone3.wait may start before Python runs; service ->
+        # that pid; the replacement it started, until
         # _on_exit takes it
-        self._armed: dict[int, tuple[int, tuple]] = {}
+        self._armed: dict[int, tuple[int, tuple, bytes]] = {}
         self._armed_pid: dict[str, int] = {}
         self._armed_kept = 0  # Cgroups.closed_kept when the arms were made
         self._compiled: tuple[str, Launched] | None = None
@@ -2602,7 +2603,7 @@ class Restarter:
         armed service whose exit woke it (docs/restarter.md, "The compiled restart")."""
         if self._chld_fd is None or not spawn.direct_spawn_available():
             return self.sel.select(timeout), None
-        armed: dict[int, tuple[int, tuple]] = {}
+        armed: dict[int, tuple[int, tuple, bytes]] = {}
         spare = self.logs.spare
         if timeout > 0 and spare is not None and not self.shutting_down and \
                 not (self.core.queue or self.core.out or self.core.later):
@@ -2648,23 +2649,25 @@ class Restarter:
         if pid is not None:
             self._armed.pop(pid, None)
 
-    def _arm(self, name: str) -> tuple[int, tuple[int, tuple]] | None:
-        """(main pid, what _clone3.wait needs) when the exit of `name`'s main process,
-        however it ends and whenever it comes, is restarted at once with nothing else to
-        wait for (Core.always_restarts_at_once, and nothing of this loop's pending for it)
-        and its start is a plain clone3 (spawn.compiled_restart); else None. Any step of
-        the service makes it again (_rearm)."""
+    def _arm(self, name: str) -> tuple[int, tuple[int, tuple, bytes]] | None:
+        """(main pid, what _clone3.wait needs) when every exit of `name`'s main process
+        but those its policy leaves alone (the mask), whenever it comes, is restarted at
+        once with nothing else to wait for (Core.at_once_mask, and nothing of this loop's
+        pending for it) and its start is a plain clone3 (spawn.compiled_restart); else
+        None. Any step of the service makes it again (_rearm)."""
         s = self.svcs.get(name)
         c = self.conf.get(name)
         if s is None or c is None or s.pid is None or not self.cgroups.active or \
                 self.pidfds.get(name) != (s.pid, CHILD) or name not in self._limited or \
                 c.post_start or c.condition is not None or c.assertion is not None or \
                 c.requires_mounts_for or name in self._monitor_env or name in self.reloads \
-                or name in self._ahead or name in self.post_ids or name in self.post_stop_ids \
-                or not self.core.always_restarts_at_once(name, time.monotonic()):
+                or name in self._ahead or name in self.post_ids or name in self.post_stop_ids:
+            return None
+        mask = self.core.at_once_mask(name, time.monotonic())
+        if mask is None:
             return None
         got = spawn.compiled_restart(c, self.notify.path, self.cgroups)
-        return None if got is None else (s.pid, got)
+        return None if got is None else (s.pid, (*got, mask))
 
     def _compiled_exit(self, restarted: tuple[int, ...], now: float) -> None:
         """_clone3.wait started the replacement of an armed service whose main process

@@ -101,6 +101,35 @@ def wants_restart(policy: str, st: ExitStatus, success_exit: tuple[int, ...] = (
     return False
 
 
+# The compiled restart's question about an exit (restarter/_clone3.c restart_armed), asked
+# in C before any Python runs: one bit per exit of a child, set when the policy does NOT
+# restart it. Bits 0-255: exited with that code; 256 + n: killed by signal n (0-127).
+EXIT_MASK_BITS = 256 + 128
+_exit_masks: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+def exit_mask(policy: str, success_exit: tuple[int, ...] = (0,)) -> bytes:
+    """The exits of a child that `policy` does not restart, as the compiled restart reads
+    them (EXIT_MASK_BITS bits): wants_restart itself, asked once per policy."""
+    key = (policy, success_exit)
+    got = _exit_masks.get(key)
+    if got is None:
+        mask = bytearray(EXIT_MASK_BITS // 8)
+        for bit in range(EXIT_MASK_BITS):
+            st = ExitStatus("exited", code=bit) if bit < 256 else \
+                ExitStatus("killed", signal=bit - 256)
+            if not wants_restart(policy, st, success_exit):
+                mask[bit >> 3] |= 1 << (bit & 7)
+        got = _exit_masks[key] = bytes(mask)
+    return got
+
+
+def exit_masked(mask: bytes, exited: bool, status: int) -> bool:
+    """Does `mask` leave this exit to Python (the test _clone3.c makes, for the tests)?"""
+    bit = (status & 255) if exited else 256 + (status & 127)
+    return bool(mask[bit >> 3] & (1 << (bit & 7)))
+
+
 def next_delay(b: Backoff, prev: float | None, uptime: float) -> float:
     """The delay before the next start.
 

@@ -2031,7 +2031,7 @@ def compiled_restart(cfg: ServiceConfig, notify_socket: str | None,
 
 
 def compiled_wait(epfd: int, timeout_ms: int, maxevents: int, sigchld_fd: int,
-                  notify_fd: int, armed: dict[int, tuple[int, tuple]], spare_w: int,
+                  notify_fd: int, armed: dict[int, tuple[int, tuple, bytes]], spare_w: int,
                   yield_cpu: bool) -> tuple[list[tuple[int, int]], tuple[int, ...] | None]:
     """_clone3.wait (see there): the loop's epoll_wait, and the replacement of an armed
     service whose exit woke it started before it returns."""

@@ -22,7 +22,7 @@ exploration of every state reachable with at most F faults, and these checks on 
   (`watchdog_kill`); a hung one is killed within its watchdog and stop timeout
   (`hung_not_restarted`).
 - a replacement started ahead: whenever `Core.restarts_at_once` tells the loop to start
-  a service again before the rest of an exit is handled, or `Core.always_restarts_at_once`
+  a service again before the rest of an exit is handled, or `Core.at_once_mask`
   armed it for the compiled restart, the table's own decision then starts it
   (`ahead_not_taken`).
 
@@ -64,7 +64,7 @@ from hachain import bootrecord, prestart
 from hachain.channels import Heartbeat
 from hachain.config import Backoff, Config, HealthCheck, Intensity, ServiceConfig, WatchdogConfig
 from hachain.restarter import core, states
-from hachain.restarter.policy import ExitStatus
+from hachain.restarter.policy import ExitStatus, exit_masked
 from hachain.restarter.states import Ev, State, Svc, Timer
 from hachain.simulators import converge
 from hachain.watchdog import health
@@ -568,11 +568,12 @@ class _Restarter:
         # loop.py asks first whether the table restarts it at once; if so, it kills the
         # leftovers and starts the replacement before the exit's other effects, and the
         # Spawn that follows must be that replacement's (`ahead_not_taken`)
-        # An armed service (Core.always_restarts_at_once, asked when the loop waits with
-        # nothing queued) was restarted by _clone3.wait before Python saw the exit: the
-        # same promise, made earlier
-        armed = not (self.core.queue or self.core.out) and \
-            self.core.always_restarts_at_once(s.name, EPOCH)
+        # An armed service (Core.at_once_mask, asked when the loop waits with nothing
+        # queued) was restarted by _clone3.wait before Python saw the exit, unless its
+        # mask leaves that exit to Python: the same promise, made earlier
+        mask = None if self.core.queue or self.core.out else \
+            self.core.at_once_mask(s.name, EPOCH)
+        armed = mask is not None and not exit_masked(mask, False, sig)
         self.ahead = s.name if armed or self.core.restarts_at_once(s.name, pid, st, EPOCH) \
             else None
         if self.ahead is not None and states.kills_leftovers(self.m.confs[i]) and \
@@ -584,7 +585,7 @@ class _Restarter:
             self.flag("ahead_not_taken",
                       f"the restarter started svc{i} again ahead of the effects of pid "
                       f"{pid}'s exit (Core.restarts_at_once, or armed for the compiled "
-                      "restart: Core.always_restarts_at_once), and the table then did not "
+                      "restart: Core.at_once_mask), and the table then did not "
                       "start it")
             self.ahead = None
 
