@@ -377,7 +377,8 @@ class Hachain(Peer):
                 '[watchdog]\ndevice = "none"\n']
         for i in range(self.n):
             body.append(f'[service.s{i}]\ncommand = ["{self.bench.exe}", "{self.stamps.path}", '
-                        f'"s{i}"]\n{ready}backoff = {{ initial = 0.0, factor = 1.0, max = 0 }}\n'
+                        f'"s{i}"]\n{ready}restart = "{self.bench.args.restart}"\n'
+                        'backoff = { initial = 0.0, factor = 1.0, max = 0 }\n'
                         'intensity = { max_restarts = 1000000, window = 1, action = "ignore" }\n')
         self.cfg = os.path.join(self.dir, "chain.toml")
         with open(self.cfg, "w") as f:
@@ -1077,6 +1078,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-run", action="store_true",
                     help="hachain: start a configuration that never ran before (no parsed "
                     "copy kept from an earlier boot: the file is validated at start)")
+    ap.add_argument("--restart", default="always",
+                    choices=("always", "on-failure", "on-abnormal"),
+                    help="hachain: the services' restart policy (a SIGKILL restarts under "
+                    "each; the C peers always restart)")
     ap.add_argument("--dynamic-stamp", action="store_true",
                     help="link the service dynamically (its stamp then includes ld.so)")
     args = ap.parse_args(argv)
@@ -1098,6 +1103,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_start = time.monotonic()
     print(machine(), flush=True)
+    if args.restart != "always":
+        print(f"hachain's services: restart = \"{args.restart}\"", flush=True)
     print(f"service: bench/stamp.c, {bench.linkage}ally linked (the restart stamp is taken "
           f"{'right after execve' if bench.linkage == 'static' else 'after ld.so'})", flush=True)
     print(f"state of every supervisor in {bench.state_root}"
