@@ -113,10 +113,11 @@ def test_the_core_answers_as_the_table_with_other_services_around(
 @settings(max_examples=3000, deadline=None)
 @given(cells, configs, st.lists(statuses, min_size=1, max_size=4),
        st.lists(st.floats(0.0, 600.0), min_size=1, max_size=4),
-       st.sampled_from(["requires", "after", "dependent", "conflict", "none"]))
+       st.sampled_from(["requires", "after", "wants", "dependent", "conflict", "none"]),
+       st.sampled_from(list(State)), st.sampled_from(["up", "down"]))
 def test_an_armed_service_is_restarted_at_once_for_each_exit_its_mask_takes_and_whenever(
         s: Svc, c: ServiceConfig, exits: list[ExitStatus], later: list[float],
-        link: str) -> None:
+        link: str, other: State, other_want: str) -> None:
     """The compiled restart starts an armed service's replacement before Python sees the
     exit (loop.py _arm, _clone3.wait), unless the arm's mask leaves that exit to Python:
     Core.at_once_mask must imply restarts_at_once for every exit of a child the mask
@@ -124,12 +125,14 @@ def test_an_armed_service_is_restarted_at_once_for_each_exit_its_mask_takes_and_
     would not give starts a process the policy forbids."""
     c = replace(c, name="a", requires=("b",) if link == "requires" else (),
                 after=("b",) if link == "after" else (),
+                wants=("b",) if link == "wants" else (),
                 conflicts=("b",) if link == "conflict" else ())
     b = ServiceConfig(name="b", command=("/bin/true",),
                       requires=("a",) if link == "dependent" else ())
     cr = core.Core(core.make_plan({"a": c, "b": b}))
     cr.svcs["a"] = replace(s, name="a")
-    cr.svcs["b"] = Svc(name="b", state=State.STOPPED)
+    cr.svcs["b"] = Svc(name="b", state=other, want=other_want, pid=4343 if other in (
+        State.READY, State.STARTING, State.STOPPING) else None)
     mask = cr.at_once_mask("a", NOW)
     if mask is None:
         return
@@ -188,3 +191,23 @@ def test_a_plain_service_that_restarts_is_armed() -> None:
                                             requires=("a",)))
     assert not armed(replace(c, intensity=Intensity(max_restarts=1, window=60.0)),
                      replace(s, history=(NOW - 1.0,)))
+
+
+def test_a_dependency_s_step_makes_the_arm_again() -> None:
+    """A service ordered after another is armed while that one is ready; the other's
+    step touches it (an order alone does not step it), so the loop makes its arm again:
+    none while the other is on its way back."""
+    a = ServiceConfig(name="a", command=("/bin/true",), after=("b",),
+                      backoff=Backoff(initial=0.0, factor=1.0, max=0.0, reset_after=10.0))
+    b = ServiceConfig(name="b", command=("/bin/true",))
+    cr = core.Core(core.make_plan({"a": a, "b": b}))
+    cr.svcs["a"] = Svc(name="a", state=State.READY, pid=4242, started_at=NOW - 30.0)
+    cr.svcs["b"] = Svc(name="b", state=State.READY, pid=4343, started_at=NOW - 30.0)
+    assert cr.at_once_mask("a", NOW) is not None
+    assert cr.at_once_mask("b", NOW) is None  # (a depends on it: its restart stops a)
+    cr.touched.clear()
+    cr.exited("b", 4343, ExitStatus("killed", signal=9), NOW)
+    while cr.next_effect() is not None:  # (the effects are not carried out here)
+        pass
+    assert cr.svcs["b"].state is not State.READY and "a" in cr.touched
+    assert cr.at_once_mask("a", NOW) is None

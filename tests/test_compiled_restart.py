@@ -128,17 +128,26 @@ def test_leftovers_in_the_cgroup_are_killed_by_the_python_path(restarter) -> Non
     assert new in _procs(r, "c")
 
 
-def test_a_service_with_a_dependency_is_python_s(restarter) -> None:
+def test_a_service_whose_dependency_is_up_is_compiled_and_the_dependency_python_s(
+        restarter) -> None:
+    """e requires d: e is armed while d is ready, and its crash is restarted in C; d has
+    a dependent, whose stop its restart orders first, so d's crash is Python's. After d's
+    restart (which stopped and started e again) e is armed again."""
     r = restarter(f'[service.d]\ncommand = ["sleep", "3600"]\n{AT_ONCE}'
                   f'[service.e]\ncommand = ["sleep", "3600"]\nrequires = ["d"]\n{AT_ONCE}')
     _needs_it(r)
     r.wait_state("e", "ready")
     _crash(r, "e")
+    wait_until(lambda: _compiled(r) == 1, what="e's compiled restart")
     _crash(r, "d")
     r.wait_state("d", "ready")
     r.wait_state("e", "ready")
     r.beats(2)
-    assert _compiled(r) == 0
+    assert _compiled(r) == 1  # (d's was Python's)
+    _crash(r, "e")
+    wait_until(lambda: _compiled(r) == 2, what="e's compiled restart after d's")
+    log = open(r.log).read()
+    assert "error" not in log, log[-2000:]
 
 
 def test_every_service_of_a_large_chain_is_armed(restarter) -> None:

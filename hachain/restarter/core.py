@@ -249,6 +249,10 @@ class Core:
             return
         self.svcs[name] = nxt
         self.touched.add(name)
+        if nxt.state is not s.state or nxt.want != s.want:
+            # what its dependents' starts wait for (states.deps_blocker) changed: their
+            # compiled restarts are made again too (at_once_mask)
+            self.touched.update(self.plan.rev.get(name, ()))
         if nxt.state is not s.state and kind is not Ev.ADOPTED:
             self.out.append(Transition(name, s, nxt))
             if nxt.state in _GAVE_UP and c.on_failure:
@@ -444,15 +448,19 @@ class Core:
         left to Python. Time only makes the policy's yes surer: a count in the intensity
         window or a decaying one only falls, and a backoff without an initial delay stays
         at 0 once it is there; and but for the policy's own question (the mask) the
-        answer does not depend on the status (tests/test_at_once.py). A service with
-        dependencies, dependents or conflicts is never armed: their states are not its
-        own."""
+        answer does not depend on the status (tests/test_at_once.py). A service that
+        orders itself after others is armed while none of them keeps it from starting:
+        a step that changes one of them touches it (step), so its arm is made again
+        before the loop waits. One with dependents or conflicts is never armed: its
+        restart stops them first."""
         s = self.svcs.get(name)
         c = self.plan.conf.get(name)
         if s is None or c is None or s.pid is None or c.restart == "never" or \
                 c.kind != "longrun" or c.backoff.initial > 0 or c.post_stop or \
-                c.singleton or c.requires or c.wants or c.after or name in self.removing \
-                or self.plan.conflicts.get(name) or self.plan.rev.get(name):
+                c.singleton or name in self.removing or self.plan.conflicts.get(name) \
+                or self.plan.rev.get(name):
+            return None
+        if c.deps and states.deps_blocker(c, self.svcs):
             return None
         # (a SIGKILL: every policy but "never" restarts it)
         if states.exit_restarts_at_once(s, ExitStatus("killed", signal=9), c, now) is not True:
