@@ -438,8 +438,10 @@ static int tty_step(struct request *r) {
  * needs from us must be down there: two low descriptors are reserved here (slot_out,
  * slot_ready; /dev/null while unused), the output and readiness descriptors are put into
  * them just before the clone, and /dev/null again right after. The parent sleeps until the
- * child has exec'd (CLONE_VFORK) and the restarter has no other thread, so nothing
- * changes the shared table meanwhile. Linux >= 5.9; elsewhere the table is copied. */
+ * child has exec'd (CLONE_VFORK); the restarter's other threads (user lookups, the
+ * persist writer, check commands) open only descriptors marked close-on-exec, so what
+ * the child may copy of theirs closes at its exec. Linux >= 5.9; elsewhere the table is
+ * copied. */
 static int slot_null = -1, slot_out = -1, slot_ready = -1;
 static int slots_tried = 0;
 
@@ -447,9 +449,13 @@ static int reserve_slots(void) {
     if (slots_tried)
         return slot_out >= 0;
     slots_tried = 1;
-    /* closes nothing, unshares nothing (the table is not shared): does the kernel know
-     * close_range and CLOSE_RANGE_UNSHARE? */
-    if (syscall(SYS_close_range, ~0U, ~0U, CLOSE_RANGE_UNSHARE) != 0)
+    /* closes nothing: does the kernel know close_range? (Linux 5.9, which brought
+     * CLOSE_RANGE_UNSHARE with it.) Not asked with that flag: where a thread runs (the
+     * user lookups' thread, a writer's) the table is shared, and unsharing it here would
+     * split this thread's table from the others', each then keeping its own copy of every
+     * descriptor open now: a file closed here would stay open there, a lock held, a
+     * pipe's write end never at EOF (tests/test_spawn_fds.py). */
+    if (syscall(SYS_close_range, ~0U, ~0U, 0) != 0)
         return 0;
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null < 0)
