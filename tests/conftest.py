@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -496,6 +498,15 @@ def cgroups(tmp_path):
         yield cg
     finally:
         remove_cgroup_tree(root)
+
+
+@contextlib.contextmanager
+def host_turn(what: str) -> Iterator[None]:
+    """An exclusive turn at something the whole host shares (a user's IPC objects, the
+    privileged ports), between xdist workers and between test runs on one host."""
+    with open(f"/tmp/hachain-test-{what}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pwd
 import shutil
 import socket
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from hachain import config
 from hachain.config import ServiceConfig
 from hachain.restarter import spawn
-from tests.conftest import SPAWN_PATHS, spawn_path, wait_until
+from tests.conftest import SPAWN_PATHS, host_turn, spawn_path, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="switching to another user and keeping "
@@ -55,6 +56,16 @@ def free_low_port() -> int:
     pytest.skip("no free privileged port on 127.0.0.1")
 
 
+@pytest.fixture
+def low_port() -> Iterator[int]:
+    """A privileged port nothing listens on, the test's until it ends (asked for before
+    `started`, it is held until the services that bound it are killed): the cases that
+    bind one, on several xdist workers or in two test runs on one host, take turns, or
+    two would find the same port free and one be refused it (EADDRINUSE)."""
+    with host_turn("low-port"):
+        yield free_low_port()
+
+
 # binds the port as the user it runs as, says so, and stays (or says why not and exits 3)
 BINDER = ("import socket, sys, time\n"
           "s = socket.socket()\n"
@@ -71,10 +82,10 @@ BINDER = ("import socket, sys, time\n"
 @pytest.mark.parametrize("path", SPAWN_PATHS)
 @pytest.mark.parametrize("caps", [(), ("CAP_NET_BIND_SERVICE",)], ids=["none", "bind"])
 def test_a_user_service_keeps_exactly_the_capabilities_it_asks_for(
-        cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str,
-        caps: tuple[str, ...]) -> None:
+        low_port: int, cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any,
+        path: str, caps: tuple[str, ...]) -> None:
     cgroups = spawn_path(path, cgroups, monkeypatch)
-    port = free_low_port()
+    port = low_port
     logs = tmp_path / "logs"
     cfg = ServiceConfig(name="web", command=(SYSTEM_PYTHON, "-S", "-c", BINDER, str(port)),
                         user="nobody", capabilities=caps, no_new_privileges=bool(caps))
@@ -131,12 +142,13 @@ def test_names_are_taken_with_or_without_the_prefix_in_any_case() -> None:
 
 @pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_a_bounding_set_limits_even_a_service_that_runs_as_root(
-        cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any, path: str) -> None:
+        low_port: int, cgroups: Any, tmp_path: Any, started: list[int], monkeypatch: Any,
+        path: str) -> None:
     """capability_bounding_set (systemd's CapabilityBoundingSet=): a root service keeps
     only those, in its bounding set and so in what it has after its exec; binding a
     privileged port as root then fails without CAP_NET_BIND_SERVICE."""
     cgroups = spawn_path(path, cgroups, monkeypatch)
-    port = free_low_port()
+    port = low_port
     # as BINDER, but it stays after a refusal too (its status is read after)
     binder = BINDER.replace("sys.exit(3)", "time.sleep(3600)")
     for keep, bound in ((("CAP_NET_BIND_SERVICE", "CAP_CHOWN"), True), ((), False)):

@@ -8,7 +8,6 @@ exactly those. And the parsing of /proc/sysvipc on its own, and the configuratio
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pwd
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from hachain import config
 from hachain.restarter import ipc
-from tests.conftest import wait_until
+from tests.conftest import host_turn, wait_until
 
 RUN_BOUND = 30.0  # a restarter answering, a shell making four objects; no chain timer
 SHM = "0x00000000      1 600 4096 10 0 0 {u} {g} {u} {g} 0 0 0 0 0"
@@ -67,8 +66,7 @@ def nobody_ipc() -> Any:
     """The host's IPC objects of `nobody` are one resource: a stop with remove_ipc removes
     all of them, so the two cases below (on two xdist workers, or in two test runs on one
     host) take turns by an exclusive lock; a case may not see the other's objects either."""
-    with open("/tmp/hachain-test-nobody-ipc.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with host_turn("nobody-ipc"):
         yield
 
 
