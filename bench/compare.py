@@ -9,12 +9,16 @@ main() it sends "<pid> <CLOCK_MONOTONIC ns>" to a datagram socket, then pauses f
 s6 and runit exec ./run (a symlink to the binary), so the socket path reaches them through
 $STAMP_SOCK; hachain and supervisord pass it as argv[1] and the service name as argv[2].
 
-Two more peers, not run unless named in --peers: "floor" and "floor-nocg", bench/floor.c
+More peers, not run unless named in --peers: "floor" and "floor-nocg", bench/floor.c
 (compiled per run), a bare C loop that restarts a dead service at once (signalfd + epoll,
 waitpid, then clone3 with CLONE_INTO_CGROUP into the service's own cgroup, or fork() for
 floor-nocg, and execve). It is the least any supervisor could do on this machine: the floor
 under every restart figure. It cannot recover from its own death, so the recovery workload
-(4.) skips it.
+(4.) skips it. And "pyfloor", bench/pyfloor.py: three Python processes in a row, started as
+hachain's layers are (the venv's Python reads the file and execs `python -S` init, which
+starts a `python -S` restarter), that import only what every layer needs and start the
+services with hachain's compiled spawn: the least a chain of Python layers can take to
+start its services, the floor under hachain's start-up rows. Recovery skips it too.
 
 Workloads, for each supervisor in its fastest supported setting (see docs/benchmarks.md):
 1. restart after idle (the headline): a service is SIGKILLed after at least 1 s in which
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import ctypes
+import json
 import os
 import random
 import resource
@@ -590,9 +595,27 @@ class FloorNoCgroup(Floor):
     cgroups = False
 
 
+class PyFloor(Floor):
+    """bench/pyfloor.py: three Python processes in a row, as hachain starts (the venv's
+    Python reading the file, then init and the restarter with -S), that do nothing but
+    start the services with hachain's compiled spawn (and start a dead one again)."""
+
+    name = "pyfloor"
+    top_name = "pyfloor init"
+    comms = ("python", "python3")
+
+    def argv(self) -> list[str]:
+        cfg = os.path.join(self.dir, "pyfloor.toml")
+        with open(cfg, "w") as f:
+            f.write(f"stamp = {json.dumps(self.bench.exe)}\nsocket = "
+                    f"{json.dumps(self.stamps.path)}\nservices = {self.n}\n"
+                    + (f"cgroup_root = {json.dumps(self.cg)}\n" if self.cg else ""))
+        return [sys.executable, os.path.join(HERE, "pyfloor.py"), "run", cfg]
+
+
 PEER_CLASSES: dict[str, type[Peer]] = {"hachain": Hachain, "s6": S6, "runit": Runit,
                                        "supervisord": Supervisord, "floor": Floor,
-                                       "floor-nocg": FloorNoCgroup}
+                                       "floor-nocg": FloorNoCgroup, "pyfloor": PyFloor}
 PACKAGES = {"s6": ("s6-svscan", "s6"), "runit": ("runsvdir", "runit"),
             "supervisord": ("supervisord", "supervisor")}
 
@@ -1053,6 +1076,30 @@ def targets(results: list[dict[str, dict[str, Any]]], sizes: list[int]) -> list[
               f"  {mark(h.get('rec_dups', 1) == 0 and h.get('rec_lost', 1) == 0)} restarter "
               f"SIGKILL: {h.get('rec_dups', NAN):.0f} duplicates, "
               f"{h.get('rec_lost', NAN):.0f} lost"]
+    small = min(sizes)
+    for n in sizes:
+        if n >= 100:
+            up, s6up = h.get(f"start_s@{n}", NAN), peer_med("s6", f"start_s@{n}")
+            lines.append(f"  {at_most(up, s6up)} start-up of {n} services, all exec'd, "
+                         f"{up:.3f} s <= s6's {s6up:.3f} s")
+    lines += [f"  {at_most(cpu, 0.03)} idle CPU {cpu:.3f} % <= 0.03 % of a core",
+              f"  {at_most(h.get(f'pss_mb@{small}', NAN), 20)} PSS of the chain with {small} "
+              f"service(s) {h.get(f'pss_mb@{small}', NAN):.1f} MB <= 20 MB"]
+    if "pyfloor" in results[0]:
+        # what bounds the three rows above in Python: bench/pyfloor.py, same run
+        lines.append("bounds (pyfloor: three Python layers that only start services and beat):")
+        for n in sizes:
+            if n >= 100:
+                lines.append(f"  start-up of {n}, all exec'd: pyfloor "
+                             f"{peer_med('pyfloor', f'start_s@{n}'):.3f} s, first "
+                             f"{peer_med('pyfloor', f'first_s@{n}'):.3f} s (hachain first "
+                             f"{h.get(f'first_s@{n}', NAN):.3f} s)")
+        lines += [f"  idle CPU: pyfloor {peer_med('pyfloor', f'idle_cpu_pct@{big}'):.3f} % at "
+                  f"{peer_med('pyfloor', f'idle_ctx_s@{big}'):.1f} wake-ups/s (hachain "
+                  f"{h.get(f'idle_ctx_s@{big}', NAN):.1f}/s)",
+                  f"  PSS with {small}: pyfloor {peer_med('pyfloor', f'pss_mb@{small}'):.1f} MB "
+                  f"in {peer_med('pyfloor', f'procs@{small}'):.0f} processes (hachain "
+                  f"{h.get(f'procs@{small}', NAN):.0f})"]
     return lines
 
 
@@ -1072,9 +1119,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default=",".join(PEERS),
                     help="comma list of " + ",".join(PEERS) + " (default); also floor, "
                     "floor-nocg: bench/floor.c, a minimal C supervisor with and without "
-                    "per-service cgroups")
+                    "per-service cgroups; pyfloor: bench/pyfloor.py, three Python layers "
+                    "in a row as hachain's that only start the services")
     ap.add_argument("--no-cgroups", action="store_true",
-                    help="hachain: process groups only; floor: no cgroups either")
+                    help="hachain: process groups only; floor, pyfloor: no cgroups either")
     ap.add_argument("--first-run", action="store_true",
                     help="hachain: start a configuration that never ran before (no parsed "
                     "copy kept from an earlier boot: the file is validated at start)")
@@ -1123,7 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
     finally:
         bench.cleanup()
-    cg = [p for p in peers if p in ("hachain", "floor")]
+    cg = [p for p in peers if p in ("hachain", "floor", "pyfloor")]
     cg_note = f"{' and '.join(cg)} cgroups {'off' if args.no_cgroups else 'on'}; " if cg else ""
     print(f"\n{runs} run(s), medians; restart delay 0 everywhere it can be set; idle window "
           f"{bench.idle_s:g} s; {cg_note}total {time.monotonic() - t_start:.0f} s\n")

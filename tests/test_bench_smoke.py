@@ -58,10 +58,11 @@ def test_compare_smoke_prints_every_peer() -> None:
     assert tmp not in leftovers, leftovers
 
 
-def test_compare_smoke_runs_the_c_floor_and_leaves_no_cgroup() -> None:
+def test_compare_smoke_runs_the_floors_and_leaves_no_cgroup() -> None:
     """The floor peers (bench/floor.c, a bare C supervisor, with a cgroup per service and
-    without) run through every workload but the supervisor kill, which says it skipped
-    them, and leave no process and no cgroup behind."""
+    without; bench/pyfloor.py, three Python layers in a row) run through every workload
+    but the supervisor kill, which says it skipped them, and leave no process and no
+    cgroup behind."""
     from hachain.cgroupfs import find_cgroup2_mount
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler for bench/stamp.c and bench/floor.c")
@@ -74,17 +75,21 @@ def test_compare_smoke_runs_the_c_floor_and_leaves_no_cgroup() -> None:
     tmp = tempfile.mkdtemp(prefix="hcs-", dir="/tmp")
     try:
         p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare.py"),
-                            "--smoke", "--peers", "floor,floor-nocg"], capture_output=True,
+                            "--smoke", "--peers", "floor,floor-nocg,pyfloor"],
+                           capture_output=True,
                            text=True, timeout=240, cwd=ROOT, env=dict(os.environ, TMPDIR=tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert p.returncode == 0, p.stdout + p.stderr
     lines = p.stdout.splitlines()
     header = next(ln for ln in lines if ln.startswith("metric"))
-    assert header.split()[1:3] == ["floor", "floor-nocg"], header
-    idle = next(ln for ln in lines if ln.startswith("restart after idle p50 ms, "))
-    assert all(float(v) > 0 for v in idle.split()[-2:]), idle
-    assert sum("(workload skipped)" in ln for ln in lines) == 2, p.stdout
+    assert header.split()[1:4] == ["floor", "floor-nocg", "pyfloor"], header
+    for row in ("restart after idle p50 ms, ", "start-up s, 4 svc: all exec'd"):
+        got = next(ln for ln in lines if ln.startswith(row))
+        assert all(float(v) > 0 for v in got.split()[-3:]), got
+    procs = next(ln for ln in lines if ln.startswith("supervisor processes, "))
+    assert procs.split()[-1] == "3", procs  # pyfloor: init, restarter, tickler
+    assert sum("(workload skipped)" in ln for ln in lines) == 3, p.stdout
     assert "targets (hachain" not in p.stdout  # no hachain column: nothing to judge
     leftovers = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert tmp not in leftovers, leftovers
@@ -106,6 +111,36 @@ def test_a_target_against_a_peer_not_in_the_run_is_not_judged() -> None:
     assert "  MISS restart after idle p50 1.90 ms <= runit's 1.70 ms (1 svc)" in lines
     assert any(ln.startswith("  n/a  idle CPU 0.100 % <= s6 nan %") for ln in lines), lines
     assert any(ln.startswith("  MISS RSS of the chain 70.0 MB") for ln in lines), lines
+
+
+def test_the_issue_19_rows_are_judged_and_the_python_floor_is_shown() -> None:
+    """compare.py's targets judge start-up against s6's in the same run, idle CPU against
+    0.03 % and PSS against 20 MB, and print pyfloor's figures as what bounds them."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+    h = {"p50@100": 1.0, "idle_cpu_pct@100": 0.06, "idle_ctx_s@100": 2.0, "rss_mb@100": 70.0,
+         "pss_mb@1": 34.0, "procs@1": 5, "start_s@100": 0.24, "first_s@100": 0.18,
+         "rec_victim_ms": 20.0, "rec_all_s": 0.1, "rec_dups": 0, "rec_lost": 0}
+    s6 = {"start_s@100": 0.09, "idle_cpu_pct@100": 0.0}
+    floor = {"start_s@100": 0.13, "first_s@100": 0.08, "idle_cpu_pct@100": 0.02,
+             "idle_ctx_s@100": 1.5, "pss_mb@1": 16.0, "procs@1": 3}
+    lines = compare.targets([{"hachain": h, "s6": s6, "pyfloor": floor}], [1, 100])
+    assert "  MISS start-up of 100 services, all exec'd, 0.240 s <= s6's 0.090 s" in lines
+    assert "  MISS idle CPU 0.060 % <= 0.03 % of a core" in lines
+    assert "  MISS PSS of the chain with 1 service(s) 34.0 MB <= 20 MB" in lines
+    assert "  start-up of 100, all exec'd: pyfloor 0.130 s, first 0.080 s (hachain first " \
+        "0.180 s)" in lines
+    assert "  idle CPU: pyfloor 0.020 % at 1.5 wake-ups/s (hachain 2.0/s)" in lines
+    assert "  PSS with 1: pyfloor 16.0 MB in 3 processes (hachain 5)" in lines
+    h.update({"start_s@100": 0.08, "idle_cpu_pct@100": 0.02, "pss_mb@1": 19.0})
+    lines = compare.targets([{"hachain": h, "s6": s6}], [1, 100])
+    assert "  PASS start-up of 100 services, all exec'd, 0.080 s <= s6's 0.090 s" in lines
+    assert "  PASS idle CPU 0.020 % <= 0.03 % of a core" in lines
+    assert "  PASS PSS of the chain with 1 service(s) 19.0 MB <= 20 MB" in lines
+    assert not any(ln.startswith("bounds") for ln in lines)  # no pyfloor in that run
 
 
 def test_profile_restarter_names_the_spawn_path(tmp_path) -> None:
