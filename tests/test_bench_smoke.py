@@ -143,6 +143,30 @@ def test_the_issue_19_rows_are_judged_and_the_python_floor_is_shown() -> None:
     assert not any(ln.startswith("bounds") for ln in lines)  # no pyfloor in that run
 
 
+def test_wakeups_measures_each_chain_thread_by_thread() -> None:
+    """bench/wakeups.py, one short window each: hachain's beating layers (init, the
+    restarter, the tickler) and pyfloor's three show up with their wake-ups, each chain
+    with a total, and nothing it started outlives it."""
+    tmp = tempfile.mkdtemp(prefix="hwk-", dir="/tmp")
+    try:
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "wakeups.py"),
+                            "--seconds", "4.5", "--rounds", "1"], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT, env=dict(os.environ, TMPDIR=tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = [ln.split() for ln in p.stdout.splitlines() if ln.startswith(("hachain ", "pyfloor "))]
+    names = {(r[0], r[1]) for r in rows}
+    for layer in ("init", "restarter", "tickler"):  # each beats at least twice in 4.5 s
+        assert ("hachain", layer) in names, p.stdout
+        assert ("pyfloor", layer) in names, p.stdout
+    for r in rows:
+        assert float(r[-1]) > 0, r  # every row listed ran, and cost something
+    assert sum(r[1:3] == ["all", "threads"] for r in rows) == 2, p.stdout
+    leftovers = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert tmp not in leftovers, leftovers
+
+
 def test_profile_restarter_names_the_spawn_path(tmp_path) -> None:
     """bench/profile_restarter.py on 20 services: py-spy samples the restarter while it
     restarts them, and the busy time shows the restart path: the benchmark's services
