@@ -390,7 +390,10 @@ def read_json(path: str, regular: bool = False) -> Any:
 
 class Kept:
     """Paths a layer made, each with the (device, inode) it had then. `lost()` names those
-    now missing or replaced by another file: one stat each."""
+    now missing or replaced by another file: one stat each. (A file removed and then made
+    again may be given the removed one's inode number on a disk filesystem, and then
+    counts as the same; on a tmpfs, state_dir's usual home, inode numbers come from a
+    counter and a new file never has an old one's.)"""
 
     def __init__(self) -> None:
         self.ids: dict[str, tuple[int, int]] = {}
