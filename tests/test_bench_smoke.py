@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 import pytest
 
@@ -96,14 +97,20 @@ def test_compare_smoke_runs_the_floors_and_leaves_no_cgroup() -> None:
     assert floor_cgroups() <= before, floor_cgroups() - before
 
 
-def test_a_target_against_a_peer_not_in_the_run_is_not_judged() -> None:
-    """compare.py's targets: one whose yardstick was not measured (no s6 in --peers)
-    says n/a, not MISS."""
+def _compare() -> Any:
+    """bench/compare.py as a module."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     try:
         import compare
     finally:
         sys.path.remove(os.path.join(ROOT, "bench"))
+    return compare
+
+
+def test_a_target_against_a_peer_not_in_the_run_is_not_judged() -> None:
+    """compare.py's targets: one whose yardstick was not measured (no s6 in --peers)
+    says n/a, not MISS."""
+    compare = _compare()
     h = {"ip50@1": 1.9, "p50@1": 1.5, "idle_cpu_pct@1": 0.1, "rss_mb@1": 70.0,
          "pss_mb@1": 40.0, "rec_victim_ms": 20.0, "rec_all_s": 0.1, "rec_dups": 0,
          "rec_lost": 0}
@@ -116,11 +123,7 @@ def test_a_target_against_a_peer_not_in_the_run_is_not_judged() -> None:
 def test_the_issue_19_rows_are_judged_and_the_python_floor_is_shown() -> None:
     """compare.py's targets judge start-up against s6's in the same run, idle CPU against
     0.03 % and PSS against 20 MB, and print pyfloor's figures as what bounds them."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    try:
-        import compare
-    finally:
-        sys.path.remove(os.path.join(ROOT, "bench"))
+    compare = _compare()
     h = {"p50@100": 1.0, "idle_cpu_pct@100": 0.06, "idle_ctx_s@100": 2.0, "rss_mb@100": 70.0,
          "pss_mb@1": 34.0, "procs@1": 5, "start_s@100": 0.24, "first_s@100": 0.18,
          "rec_victim_ms": 20.0, "rec_all_s": 0.1, "rec_dups": 0, "rec_lost": 0}
