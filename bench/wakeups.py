@@ -32,6 +32,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import benchlib  # noqa: E402
+
 SETTLE = 6.0  # s after the launch: past start-up work (first beats, records, the logger)
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -188,6 +192,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="each window (default 30)")
     ap.add_argument("--rounds", type=int, default=3, help="windows per chain (default 3)")
     args = ap.parse_args()
+    benchlib.byte_compile()  # as an installed chain has it (and as compare.py measures)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     tmp = tempfile.mkdtemp(prefix="hachain-wakeups-")
