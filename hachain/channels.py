@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import argparse
     import socket
+    from collections.abc import Callable
     from typing import Any
 
 # --- names ------------------------------------------------------------------------------
@@ -595,6 +596,22 @@ _CRC_HEAD = b'{"crc": "'
 _CRC_BODY = len(_CRC_HEAD) + 8 + 3  # the head, 8 hex digits, '", '
 
 
+def _extra_encoder() -> Callable[[Any], str]:
+    """json.dumps(obj, sort_keys=True) for a beat's `extra`, with the encoder made once:
+    json.dumps makes a new one on every call with sort_keys, and an idle layer's beat runs
+    with its caches cold, where that is half the cost of the record."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # (no _json accelerator: the pure-Python path)
+        return lambda obj: json.dumps(obj, sort_keys=True)
+    enc = json.JSONEncoder(sort_keys=True)
+    c = make(None, enc.default, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+             True, False, True)
+    return lambda obj: "".join(c(obj, 0))
+
+
+_encode_extra = _extra_encoder()
+
+
 def heartbeat_bytes(hb: Heartbeat) -> bytes:
     """The record as written: JSON with its CRC first (no padding)."""
     body = json.dumps(hb.to_json(), sort_keys=True).encode()[1:]  # without the '{'
@@ -637,6 +654,61 @@ def read_heartbeat(state_dir: str, layer: str, regular: bool = False) -> Heartbe
     return None
 
 
+class HeartbeatReader:
+    """Reads one layer's heartbeat over and over (the tickler's gate, at every tick) with
+    one system call a read: the file is kept open and read with `pread`. What the open
+    file holds stands only while it moves on from read to read; otherwise (the writer
+    replaced or lost the file, or the layer stopped beating) the path is opened and read
+    again, so what a reader gets is always what read_heartbeat would give (for a stalled
+    layer, at read_heartbeat's cost). Not thread-safe: one reader per thread."""
+
+    def __init__(self, state_dir: str, layer: str) -> None:
+        self.path = heartbeat_path(state_dir, layer)
+        self.fd: int | None = None
+        self.cap = 2 * HEARTBEAT_SLOT  # one read takes the whole of a file this size
+        self.last: tuple[int, int, float] | None = None  # (pid, seq, mono) read last
+
+    def read(self) -> Heartbeat | None:
+        if self.fd is not None:
+            try:
+                hb = parse_heartbeat(self._pread(self.fd))
+            except OSError:
+                hb = None
+            if hb is not None and (hb.pid, hb.seq, hb.mono) != self.last:
+                self.last = (hb.pid, hb.seq, hb.mono)
+                return hb
+            self.close()
+        for _ in range(3):  # (as read_heartbeat: a read torn by the writer is retried)
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # may hang (a FIFO)
+            except OSError:
+                return None
+            try:
+                hb = parse_heartbeat(self._pread(fd))
+            except OSError:
+                os.close(fd)
+                return None
+            if hb is not None:
+                self.fd = fd
+                self.last = (hb.pid, hb.seq, hb.mono)
+                return hb
+            os.close(fd)
+        return None
+
+    def _pread(self, fd: int) -> bytes:
+        while len(raw := os.pread(fd, self.cap, 0)) == self.cap:
+            self.cap *= 2  # a file grown past it: read again, whole
+        return raw
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def _heartbeat_from(d: Any) -> Heartbeat | None:
     if not isinstance(d, dict):
         return None
@@ -655,7 +727,8 @@ def _heartbeat_from(d: Any) -> Heartbeat | None:
 class HeartbeatWriter:
     """Writes one layer's heartbeat; call `beat()` from inside the event loop."""
 
-    def __init__(self, state_dir: str, layer: str, restarts: int = 0) -> None:
+    def __init__(self, state_dir: str, layer: str, restarts: int = 0,
+                 steady: bool = True) -> None:
         self.state_dir = state_dir
         self.layer = layer
         self.restarts = restarts
@@ -669,18 +742,62 @@ class HeartbeatWriter:
             self.pidns: str | None = os.readlink("/proc/self/ns/pid")
         except OSError:
             self.pidns = None
+        self.pid = 0
+        self._fixed(os.getpid())
+        # `steady`: a layer whose `extra` is mostly the same from one beat to the next
+        # (an idle restarter's, init's): the last one's text is kept and written again
+        # while the new one compares equal to it. An idle layer beats with its caches
+        # cold, and there encoding `extra` is the largest part of a beat.
+        self.steady = steady
+        self.last_extra: Any = None
+        self.last_text = b""
         os.makedirs(os.path.join(state_dir, HEARTBEAT_DIR), exist_ok=True)
 
-    def beat(self, extra: dict[str, Any] | None = None) -> None:
+    def beat(self, extra: dict[str, Any] | None = None,
+             volatile: dict[str, Any] | None = None) -> None:
+        """Write a beat with `extra`, and in it the keys of `volatile` too: those that
+        change at nearly every beat (a loop's lag), encoded each time on their own, so
+        the rest can be kept (`steady`). They go last in `extra`'s object, out of the
+        sorted order (no reader depends on the order)."""
         self.seq += 1
-        hb = Heartbeat(self.layer, os.getpid(), time.monotonic(), self.started, self.seq,
-                       self.restarts, extra or {}, self.start, self.pidns)
+        pid = os.getpid()
+        if pid != self.pid:  # (a writer carried over a fork: the new process's own)
+            self._fixed(pid)
+        extra = extra or {}
+        if not self.steady:
+            text = _encode_extra(extra).encode()
+        elif extra == self.last_extra:
+            text = self.last_text
+        else:
+            text = self.last_text = _encode_extra(extra).encode()
+            # what was written, as a copy of its own: the caller's objects may change
+            # after the beat, and a copy sharing them would then compare equal to them
+            # (equal as Python compares: a bool where an int of the same value was
+            # written keeps the int's text; nothing in a heartbeat changes so)
+            self.last_extra = json.loads(text)
+        if volatile:
+            more = _encode_extra(volatile).encode()
+            text = b"%s, %s" % (text[:-1], more[1:]) if extra else more
+        body = b'"extra": %s, %s%r, %s%d, %s' % (
+            text, self.head, time.monotonic(), self.middle, self.seq, self.tail)
         try:
-            self._write(heartbeat_bytes(hb))
+            self._write(b'%s%08x", %s\n' % (_CRC_HEAD, zlib.crc32(body), body))
         except OSError:
             # A full or read-only runtime dir must not kill the layer; the missing
             # heartbeat is itself the signal (the gate sees it go stale).
             self.close()
+
+    def _fixed(self, pid: int) -> None:
+        """The record's parts that do not change from beat to beat, encoded once: what
+        goes between `extra` and `mono`, between `mono` and `seq`, and after `seq`
+        (the keys in heartbeat_bytes's sorted order, so the record is the same bytes)."""
+        self.pid = pid
+        dumps = json.dumps
+        self.head = b'"layer": %s, "mono": ' % dumps(self.layer).encode()
+        pidns = b"" if self.pidns is None else b'"pidns": %s, ' % dumps(self.pidns).encode()
+        self.middle = b'"pid": %d, %s"restarts": %d, "seq": ' % (pid, pidns, self.restarts)
+        start = b"" if self.start is None else b'"start": %d, ' % self.start
+        self.tail = b'%s"started_mono": %r}' % (start, self.started)
 
     def _write(self, rec: bytes) -> None:
         if self.fd is not None and os.fstat(self.fd).st_nlink == 0:

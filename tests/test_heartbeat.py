@@ -96,3 +96,79 @@ def test_reads_racing_a_fast_writer_are_never_mixed(tmp_path):
     finally:
         proc.kill()
         proc.join(5)
+
+
+def _record(tmp_path, layer: str) -> dict:
+    return json.loads(open(channels.heartbeat_path(str(tmp_path), layer), "rb").read())
+
+
+def test_steady_extra_is_written_as_it_is_at_each_beat(tmp_path):
+    """The writer keeps the last `extra`'s text while the next compares equal: a caller
+    that changes an object it passed before, and passes again, must see the change."""
+    w = channels.HeartbeatWriter(str(tmp_path), "restarter")
+    critical = {"db": {"ok": True, "reason": ""}}
+    w.beat({"critical": critical, "services": 1}, {"lag": 0.0012})
+    critical["db"]["ok"] = False  # the same objects, changed in place
+    w.beat({"critical": critical, "services": 1}, {"lag": 0.0007})
+    d = _record(tmp_path, "restarter")
+    assert d["seq"] == 2
+    assert d["extra"] == {"critical": {"db": {"ok": False, "reason": ""}}, "services": 1,
+                          "lag": 0.0007}
+    w.beat({"critical": critical, "services": 1})  # unchanged: the kept text, no volatile
+    assert _record(tmp_path, "restarter")["extra"] == {
+        "critical": {"db": {"ok": False, "reason": ""}}, "services": 1}
+    w.beat({}, {"lag": 0.5})
+    assert _record(tmp_path, "restarter")["extra"] == {"lag": 0.5}
+    hb = channels.read_heartbeat(str(tmp_path), "restarter")
+    assert hb is not None and hb.seq == 4 and hb.extra == {"lag": 0.5}
+
+
+def test_writer_record_is_the_bytes_heartbeat_bytes_gives(tmp_path):
+    """The writer encodes the fixed fields once; the record must stay what
+    heartbeat_bytes makes of the same heartbeat (sorted keys, floats as repr)."""
+    for steady in (True, False):
+        w = channels.HeartbeatWriter(str(tmp_path), "tick\"ler", restarts=3, steady=steady)
+        for i in range(20):
+            w.beat({"a": i / 7, "b": [None, "é\n"], "c": {"z": i % 2 == 0, "y": float("inf")}})
+            raw = open(w.path, "rb").read()
+            hb = channels.parse_heartbeat(raw)
+            assert hb is not None and hb.seq == i + 1 and hb.restarts == 3
+            assert raw.rstrip() == channels.heartbeat_bytes(hb).rstrip()
+        w.close()
+
+
+def test_reader_follows_the_writer_and_a_replaced_or_removed_file(tmp_path):
+    sd = str(tmp_path)
+    w = channels.HeartbeatWriter(sd, "init")
+    r = channels.HeartbeatReader(sd, "init")
+    assert r.read() is None  # no file yet
+    w.beat({"n": 1})
+    hb = r.read()
+    assert hb is not None and hb.extra == {"n": 1} and r.fd is not None
+    fd = r.fd
+    w.beat({"n": 2})
+    hb = r.read()
+    assert hb is not None and hb.extra == {"n": 2} and r.fd == fd  # the kept file
+    # the writer stalls and the file is replaced under it (a new inode at the path):
+    # what the kept file holds did not move on, so the path is read again
+    other = channels.HeartbeatWriter(str(tmp_path / "elsewhere"), "init")
+    other.beat({"n": "other"})
+    os.rename(other.path, w.path)
+    hb = r.read()
+    assert hb is not None and hb.extra == {"n": "other"}
+    # the path removed: as read_heartbeat, nothing
+    os.unlink(w.path)
+    assert r.read() is None and channels.read_heartbeat(sd, "init") is None
+    w.beat({"n": 3})  # the writer makes it again
+    hb = r.read()
+    assert hb is not None and hb.extra == {"n": 3} and hb.seq == 3
+    # a record grown past the reader's first read size is read whole
+    w.beat({"children": {f"c{i}": {"pid": i, "pad": "x" * 200} for i in range(60)}})
+    hb = r.read()
+    assert hb is not None and len(hb.extra["children"]) == 60 and r.cap > 8192
+    # a stale record is no fresh one: the same record twice reads again from the path,
+    # and gives it (what read_heartbeat gives) rather than nothing
+    again = r.read()
+    assert again is not None and again.seq == hb.seq
+    r.close()
+    w.close()

@@ -1990,7 +1990,7 @@ class Restarter:
         critical = self.core.critical_report()
         extra: dict[str, Any] = {"checks": self.machine.report(now)} \
             if self.machine is not None else {}
-        self.hb.beat({**extra, "lag": round(self.max_lag, 4), "critical": critical,
+        self.hb.beat({**extra, "critical": critical,
                       "restart_rate": len(self.restart_times) / STORM_WINDOW,
                       "services": len(self.svcs), "reboot_requested": self.reboot_requested,
                       "logger": self.logs.status(),
@@ -2002,10 +2002,11 @@ class Restarter:
                                         (self.svcs[n].pid is not None or
                                          self.svcs[n].state is State.STOPPING or
                                          states.is_up(self.svcs[n]))],
-                      "progress": self.progress, "timer_lag": round(self.timer_lag, 4),
+                      "progress": self.progress,
                       "compiled_restarts": self.compiled_restarts,
                       "compiled_armed": len(self._armed),
-                      "backlog": len(self.core.later) + self._overdue(now)})
+                      "backlog": len(self.core.later) + self._overdue(now)},
+                     {"lag": round(self.max_lag, 4), "timer_lag": round(self.timer_lag, 4)})
         self.max_lag = self.timer_lag = 0.0
         self.orphaned = self.orphaned or channels.init_gone(self.init)
         self.control.expire(now)

@@ -183,7 +183,8 @@ class Reader:
     three wake-ups). `answered` counts the rounds that answered and `result` is the last
     one; `busy_since` is when the round under way started (None between rounds),
     `layer` the file it is reading. A round still hanging is not started again until it
-    returns."""
+    returns. Each file is read through a channels.HeartbeatReader (kept open, one pread
+    a round while its writer beats)."""
 
     def __init__(self, state_dir: str, layers: tuple[str, ...], period: float,
                  offset: float) -> None:
@@ -200,6 +201,7 @@ class Reader:
         threading.Thread(target=self.run, name="read-heartbeats", daemon=True).start()
 
     def run(self) -> None:
+        readers = [channels.HeartbeatReader(self.state_dir, layer) for layer in self.layers]
         while True:
             now = time.monotonic()
             if now < self.due:
@@ -207,12 +209,13 @@ class Reader:
                 continue
             self.busy_since = now
             out: dict[str, channels.Heartbeat | None] = {}
-            for layer in self.layers:
+            for layer, reader in zip(self.layers, readers, strict=True):
                 self.layer = layer
                 try:
-                    out[layer] = channels.read_heartbeat(self.state_dir, layer)  # may hang
+                    out[layer] = reader.read()  # may hang
                 except Exception:  # noqa: BLE001 - a file it cannot parse is no heartbeat;
                     out[layer] = None  # this thread dying would fail every later tick
+                    reader.close()
             self.result = out
             self.answered += 1
             self.busy_since = None
@@ -732,7 +735,8 @@ class Tickler:
         }
         if self.hb is None:
             try:
-                self.hb = channels.HeartbeatWriter(self.state_dir, "tickler", self.restarts)
+                self.hb = channels.HeartbeatWriter(self.state_dir, "tickler", self.restarts,
+                                                   steady=False)  # (its pets change)
             except OSError as e:
                 if str(e) != self.hb_error:  # once, not every tick
                     self.hb_error = str(e)
