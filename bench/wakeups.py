@@ -1,6 +1,6 @@
 """What one idle wake-up costs, thread by thread: hachain's chain against bench/pyfloor.py.
 
-    python bench/wakeups.py [--seconds 30] [--rounds 3]
+    python bench/wakeups.py [--seconds 30] [--rounds 3] [--chains hachain,pyfloor]
 
 An idle chain wakes only on its heartbeat grid; what it costs a machine is how often its
 threads wake and what each wake-up costs. This starts, in turn, a hachain chain
@@ -191,6 +191,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0, help="each window (default 30)")
     ap.add_argument("--rounds", type=int, default=3, help="windows per chain (default 3)")
+    ap.add_argument("--chains", default="hachain,pyfloor",
+                    help="which of hachain,pyfloor to measure (default both)")
     args = ap.parse_args()
     benchlib.byte_compile()  # as an installed chain has it (and as compare.py measures)
     libc = ctypes.CDLL(None, use_errno=True)
@@ -198,12 +200,17 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="hachain-wakeups-")
     atexit.register(shutil.rmtree, tmp, True)
     atexit.register(reap_all)
-    got: dict[str, list[dict[str, tuple[float, float]]]] = {"hachain": [], "pyfloor": []}
+    makers = {"hachain": hachain_chain, "pyfloor": pyfloor_chain}
+    chains = [c for c in args.chains.split(",") if c]
+    if not chains or (bad := set(chains) - set(makers)):
+        ap.error(f"--chains: unknown {', '.join(sorted(bad)) if chains else 'empty list'} "
+                 f"(known: {', '.join(makers)})")
+    got: dict[str, list[dict[str, tuple[float, float]]]] = {c: [] for c in chains}
     states: list[str] = []
     try:
         for r in range(args.rounds):
-            for name, make in (("hachain", hachain_chain), ("pyfloor", pyfloor_chain)):
-                argv, state = make(tmp)
+            for name in chains:
+                argv, state = makers[name](tmp)
                 states.append(state)
                 got[name].append(measure(argv, args.seconds, os.path.join(tmp, f"{name}.log")))
                 print(f"  round {r + 1}/{args.rounds}: {name} measured", file=sys.stderr,
