@@ -787,6 +787,26 @@ class HeartbeatWriter:
             # heartbeat is itself the signal (the gate sees it go stale).
             self.close()
 
+    def pieces(self, lag_key: str, rest: dict[str, Any]
+               ) -> tuple[int, tuple[bytes, bytes, bytes, bytes], int] | None:
+        """The last beat, for a writer in compiled code (the restarter's idle beats,
+        _clone3.wait): (fd, the record's text in four pieces, the size to pad to). The
+        pieces go around three numbers the writer fills in: `extra[lag_key]`, `mono` and
+        `seq`; `extra` is the last steady one, with `rest` after `lag_key` (the volatile
+        keys a beat's `volatile` gave, as fixed values). The CRC and its head come first.
+        None when there is no file open or no steady `extra` written yet."""
+        if self.fd is None or not self.steady or not self.last_text or \
+                self.pid != os.getpid():
+            return None
+        steady = self.last_text
+        key = b"%s: " % json.dumps(lag_key).encode()
+        more = _encode_extra(rest).encode()[1:-1] if rest else b""
+        return self.fd, (
+            b'"extra": ' + (steady[:-1] + b", " if steady != b"{}" else b"{") + key,
+            (b", " + more if more else b"") + b"}, " + self.head,
+            b", " + self.middle,
+            b", " + self.tail), self.size
+
     def _fixed(self, pid: int) -> None:
         """The record's parts that do not change from beat to beat, encoded once: what
         goes between `extra` and `mono`, between `mono` and `seq`, and after `seq`
@@ -1190,6 +1210,12 @@ def readable(fd: int, timeout: float = 0.0) -> bool:
     p = select.poll()
     p.register(fd, select.POLLIN)
     return bool(p.poll(timeout * 1000))
+
+
+def init_pidfd(init: tuple[int, int | None]) -> int | None:
+    """The pidfd init_gone keeps of `init` (readable once it has ended), None before its
+    first look or where it has none."""
+    return None if init[1] is None else _INIT_PIDFDS.get((init[0], init[1]))
 
 
 def init_gone(init: tuple[int, int | None] | None) -> str | None:

@@ -77,7 +77,8 @@ class Node:
         self.last_boot_problem = ""  # what is wrong with last_boot.json, as last logged
         restarts = os.environ.get(channels.ENV_LAYER_RESTARTS, "0")
         self.hb = channels.HeartbeatWriter(cfg.chain.state_dir, LAYER,
-                                           int(restarts) if restarts.isdigit() else 0)
+                                           int(restarts) if restarts.isdigit() else 0,
+                                           steady=False)  # (its lease times move on)
         self._resume()
 
     def key(self, name: str) -> bytes:

@@ -1161,13 +1161,172 @@ static PyObject *restart_armed(PyObject *armed, int notify_fd, int spare_w, int 
                          born_by, pid);
 }
 
+/* The compiled beat (docs/restarter.md, "The compiled beat"). An idle restarter's only
+ * work is its heartbeat, every heartbeat_interval; in Python, with its caches cold, that
+ * costs ~350 us a beat, most of the chain's idle CPU. When nothing has happened since its
+ * last beat, the loop hands its wait the record as written then, in pieces around the
+ * three values that change from beat to beat (the beat's lateness as `lag`, `mono`,
+ * `seq`), and the wait writes those beats itself on the grid while its epoll_wait times
+ * out with nothing to do: no line of Python runs for them. Before each one it looks at
+ * what the Python heartbeat would have looked at, and returns to Python instead of
+ * writing when any of it moved: the heartbeat file was removed or replaced (link count
+ * 0), a path the restarter keeps in state_dir is gone or another file (`kept`: path,
+ * device, inode and, unless -1, the modification time in ns: a directory whose entries
+ * did not change keeps its time, so one stat of state_dir stands for the paths in it;
+ * device -2: only its existence, as lstat), a watched process ended (its
+ * pidfd readable: init, the logger), the logger is stopped (its /proc/PID/stat state T
+ * or t), or `until` (the next timer of any other kind, or anything else that would
+ * change the record) is reached. */
+struct beat_req {
+    int fd;
+    PyObject *pieces;  /* 4 bytes: before lag, before mono, before seq, after seq */
+    long long seq, due, period, until, size;
+    PyObject *pidfds, *kept, *crc32;
+    int stat_fd;
+};
+
+static long long monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* 1 when nothing the Python heartbeat looks at has moved, else 0 */
+static int beat_still(struct beat_req *b) {
+    struct stat st;
+    if (fstat(b->fd, &st) < 0 || st.st_nlink == 0)
+        return 0;
+    struct pollfd p[8];
+    Py_ssize_t n = PyTuple_GET_SIZE(b->pidfds);
+    if (n > 8)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        p[i].fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(b->pidfds, i));
+        p[i].events = POLLIN;
+        if (p[i].fd < 0)
+            return 0;
+    }
+    if (n > 0 && poll(p, (nfds_t)n, 0) != 0)
+        return 0;
+    if (b->stat_fd >= 0) {
+        char buf[512];
+        ssize_t got = pread(b->stat_fd, buf, sizeof buf - 1, 0);
+        if (got <= 0)
+            return 0;
+        buf[got] = 0;
+        char *paren = strrchr(buf, ')');
+        if (paren == NULL || paren[1] == 0 || paren[2] == 'T' || paren[2] == 't' ||
+                paren[2] == 'Z' || paren[2] == 'X')
+            return 0;
+    }
+    n = PyTuple_GET_SIZE(b->kept);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyTuple_GET_ITEM(b->kept, i);
+        if (!PyTuple_Check(k) || PyTuple_GET_SIZE(k) != 4 ||
+                !PyBytes_Check(PyTuple_GET_ITEM(k, 0)))
+            return 0;
+        const char *path = PyBytes_AS_STRING(PyTuple_GET_ITEM(k, 0));
+        long long dev = PyLong_AsLongLong(PyTuple_GET_ITEM(k, 1));
+        long long ino = PyLong_AsLongLong(PyTuple_GET_ITEM(k, 2));
+        long long mtime = PyLong_AsLongLong(PyTuple_GET_ITEM(k, 3));
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (dev == -2) {
+            if (lstat(path, &st) < 0)
+                return 0;
+        } else if (stat(path, &st) < 0 || (long long)st.st_dev != dev ||
+                   (long long)st.st_ino != ino ||
+                   (mtime >= 0 && (long long)st.st_mtim.tv_sec * 1000000000LL +
+                    st.st_mtim.tv_nsec != mtime)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Write beat number `seq`, `lag` s late; 1 when written */
+static int beat_write(struct beat_req *b, long long seq, long long now, double lag) {
+    const char *p[4];
+    Py_ssize_t plen[4], total = 0;
+    for (int i = 0; i < 4; i++) {
+        PyObject *piece = PyTuple_GET_ITEM(b->pieces, i);
+        p[i] = PyBytes_AS_STRING(piece);
+        plen[i] = PyBytes_GET_SIZE(piece);
+        total += plen[i];
+    }
+    char nums[3][32];
+    int nlen[3];
+    nlen[0] = snprintf(nums[0], sizeof nums[0], "%.4f", lag);
+    nlen[1] = snprintf(nums[1], sizeof nums[1], "%lld.%09lld", now / 1000000000LL,
+                       now % 1000000000LL);
+    nlen[2] = snprintf(nums[2], sizeof nums[2], "%lld", seq);
+    for (int i = 0; i < 3; i++)
+        total += nlen[i];
+    const Py_ssize_t head = 20;  /* {"crc": "xxxxxxxx", */
+    if (total + head + 1 > b->size)
+        return 0;  /* outgrew its slot: the Python path grows the file */
+    char *rec = PyMem_Malloc((size_t)b->size);
+    if (rec == NULL)
+        return 0;
+    char *w = rec + head;
+    for (int i = 0; i < 4; i++) {
+        memcpy(w, p[i], (size_t)plen[i]);
+        w += plen[i];
+        if (i < 3) {
+            memcpy(w, nums[i], (size_t)nlen[i]);
+            w += nlen[i];
+        }
+    }
+    PyObject *crc = PyObject_CallFunction(b->crc32, "y#", rec + head, (Py_ssize_t)total);
+    unsigned long c = crc != NULL ? PyLong_AsUnsignedLong(crc) : 0;
+    Py_XDECREF(crc);
+    if (crc == NULL || PyErr_Occurred()) {
+        PyErr_Clear();
+        PyMem_Free(rec);
+        return 0;
+    }
+    char crc_text[32];
+    snprintf(crc_text, sizeof crc_text, "{\"crc\": \"%08lx\", ", c & 0xffffffffUL);
+    memcpy(rec, crc_text, (size_t)head);
+    *w++ = '\n';
+    memset(w, ' ', (size_t)(b->size - (w - rec)));
+    ssize_t put = pwrite(b->fd, rec, (size_t)b->size, 0);
+    PyMem_Free(rec);
+    return put == b->size;
+}
+
+static int beat_parse(PyObject *o, struct beat_req *b) {
+    if (!PyArg_ParseTuple(o, "iO!LLLLLO!O!iO:beat", &b->fd, &PyTuple_Type, &b->pieces,
+                          &b->seq, &b->due, &b->period, &b->until, &b->size,
+                          &PyTuple_Type, &b->pidfds, &PyTuple_Type, &b->kept, &b->stat_fd,
+                          &b->crc32))
+        return -1;
+    if (PyTuple_GET_SIZE(b->pieces) != 4 || b->period <= 0 || b->size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "beat: 4 pieces, a period and a size");
+        return -1;
+    }
+    for (int i = 0; i < 4; i++)
+        if (!PyBytes_Check(PyTuple_GET_ITEM(b->pieces, i))) {
+            PyErr_SetString(PyExc_TypeError, "beat: the pieces are bytes");
+            return -1;
+        }
+    return 0;
+}
+
 static PyObject *py_wait(PyObject *self, PyObject *args) {
     (void)self;
     int epfd, timeout_ms, maxevents, sigfd, notify_fd, spare_w, yield_cpu;
-    PyObject *armed;
-    if (!PyArg_ParseTuple(args, "iiiiiOip:wait", &epfd, &timeout_ms, &maxevents, &sigfd,
-                          &notify_fd, &armed, &spare_w, &yield_cpu))
+    PyObject *armed, *beat = Py_None;
+    struct beat_req b;
+    if (!PyArg_ParseTuple(args, "iiiiiOip|O:wait", &epfd, &timeout_ms, &maxevents, &sigfd,
+                          &notify_fd, &armed, &spare_w, &yield_cpu, &beat))
         return NULL;
+    int beating = beat != Py_None;
+    if (beating && beat_parse(beat, &b) < 0)
+        return NULL;
+    long long beats = 0;
     if (maxevents < 1)
         maxevents = 1;
     if (maxevents > wait_events_len) {
@@ -1179,15 +1338,39 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
         wait_events_len = maxevents;
     }
     int n;
-    Py_BEGIN_ALLOW_THREADS
-    n = epoll_wait(epfd, wait_events, maxevents, timeout_ms);
-    Py_END_ALLOW_THREADS
-    if (n < 0) {
-        if (errno != EINTR)
-            return PyErr_SetFromErrno(PyExc_OSError);
-        if (PyErr_CheckSignals() < 0)  /* the handlers run; the loop comes round again */
-            return NULL;
-        n = 0;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        n = epoll_wait(epfd, wait_events, maxevents, timeout_ms);
+        Py_END_ALLOW_THREADS
+        if (n < 0) {
+            if (errno != EINTR) {
+                if (beats)  /* the beats written are told; the next wait meets it */
+                    n = 0;
+                else
+                    return PyErr_SetFromErrno(PyExc_OSError);
+                break;
+            }
+            if (!beats && PyErr_CheckSignals() < 0)  /* the handlers run (with beats */
+                return NULL;  /* written: as the loop goes on); the loop comes round again */
+            n = 0;
+            break;
+        }
+        if (n > 0 || !beating)
+            break;
+        long long now = monotonic_ns();
+        if (now < b.due) {  /* woken before the beat (the ms rounded down): wait on */
+            timeout_ms = (int)((b.due - now + 999999) / 1000000);
+            continue;
+        }
+        if (b.due >= b.until || !beat_still(&b) ||
+                !beat_write(&b, b.seq + beats + 1, now, (double)(now - b.due) / 1e9))
+            break;
+        beats++;
+        /* the next point of the grid after now (channels.next_tick) */
+        b.due += ((now - b.due) / b.period + 1) * b.period;
+        if (b.due >= b.until)
+            break;
+        timeout_ms = (int)((b.due - now + 999999) / 1000000);
     }
     PyObject *fast = NULL;
     if (PyDict_Check(armed) && PyDict_GET_SIZE(armed) > 0 && spare_w >= 0) {
@@ -1216,7 +1399,7 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
         Py_DECREF(fast);
         return NULL;
     }
-    return Py_BuildValue("(NN)", evs, fast);
+    return Py_BuildValue("(NNLL)", evs, fast, beats, beating ? b.due : 0LL);
 }
 
 static PyObject *py_last_oom_error(PyObject *self, PyObject *noargs) {
@@ -1294,7 +1477,14 @@ static PyMethodDef methods[] = {
      "policy.exit_mask)), its exit is not in that mask, its cgroup read empty and not "
      "frozen and nothing waits on `notify_fd`, the replacement is started with `spare_w` as its "
      "output: restarted is then (pid, si_code, si_status, boottime before, boottime "
-     "after, new pid), else None. The child that exited is left a zombie."},
+     "after, new pid), else None. The child that exited is left a zombie.\n\n"
+     "wait(..., beat) -> ([(fd, events)...], restarted, beats, due_ns)\n\nWith `beat` (hb_fd, "
+     "(4 pieces), seq, due_ns, period_ns, until_ns, size, (pidfd...), ((path, dev, "
+     "ino, mtime_ns)...), stat_fd, crc32), a wait that times out at `due_ns` (CLOCK_MONOTONIC) "
+     "writes heartbeat seq+1 itself (the pieces around lag, mono and seq, with its CRC, "
+     "padded to size) and waits on for the next point of the grid, until `until_ns` or "
+     "anything the heartbeat looks at moved; beats: how many it wrote, due_ns: when the "
+     "next one is due (0 without `beat`)."},
     {"getgrouplist", py_getgrouplist, METH_VARARGS,
      "getgrouplist(user, gid) -> [gid, ...]\n\nos.getgrouplist, without holding the GIL "
      "while the name service answers."},
@@ -1321,7 +1511,7 @@ PyMODINIT_FUNC PyInit__clone3(void) {
     /* ABI: the calling convention of spawn(); spawn.py uses the module only when it
        matches (an editable install keeps an old build until pip builds it again). */
     if (m != NULL && (PyModule_AddIntConstant(m, "AVAILABLE", HAVE_CLONE3_ENTRY) < 0 ||
-                      PyModule_AddIntConstant(m, "ABI", 20) < 0)) {
+                      PyModule_AddIntConstant(m, "ABI", 21) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

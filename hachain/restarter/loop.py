@@ -24,6 +24,7 @@ import selectors
 import signal
 import socket
 import time
+import zlib
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import replace
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 
 STORM_WINDOW = 10.0
 EXIT_BATCH = 8  # exits handled per loop round
+# idle heartbeats _clone3.wait writes in a row before the Python round runs once again
+COMPILED_BEATS = 8
 # An adopted main process (not our child: init reaps it) has exited but is not reaped
 # yet: its exit status comes with the reap, which the pidfd tells (POLLHUP). Waited for
 # this long at most, then the exit goes on with the status unknown.
@@ -319,6 +322,10 @@ class Restarter:
         self.timer_lag = 0.0  # how late service timers fired (the paced backlog)
         self.progress = 0  # work items handled: the gate's "busy, not stuck" evidence
         self.beat_due = 0.0
+        self.beat_fresh = False  # the last heartbeat says how things stand now
+        # (dev, inode, mtime ns) of state_dir at that heartbeat
+        self.state_dir_seen: tuple[int, int, int] | None = None
+        self.compiled_beats = 0  # idle heartbeats _clone3.wait wrote (_compiled_beat)
         self.round_end = 0.0  # restart work of the current round stops at this time
         self.round_floor = 0.0  # ... and no waiting request cuts it short before this
         self.budget = round_budget(cfg)
@@ -1981,12 +1988,39 @@ class Restarter:
         return {"ok": True, "name": name, "state": "released"}
 
     def heartbeat(self, now: float) -> None:
+        """The heartbeat round: what is looked at once a heartbeat, then the beat itself,
+        last, so that it says how things stand after it (as the compiled beats that may
+        follow it repeat it: _compiled_beat)."""
         self.poll_cluster(now)
         self.beats += 1
         if self.beat_due:
             self.max_lag = max(self.max_lag, now - self.beat_due)
         while self.restart_times and self.restart_times[0] < now - STORM_WINDOW:
             self.restart_times.popleft()
+        self.orphaned = self.orphaned or channels.init_gone(self.init)
+        self.control.expire(now)
+        for key, more in self.notify_warnings.roll(now):
+            log(f"warning: {key or 'processes of no service'}: {more} more bad notify "
+                f"message(s) in the last {self.notify_warnings.window:g} s, not logged")
+        evicted, pids = self.control.take_evicted()
+        if evicted:
+            log(f"warning: control socket: {evicted} connection(s) closed as the oldest of "
+                f"more than {self.control.max_conns} at once (peer pids "
+                f"{', '.join(map(str, pids))}{', ...' if evicted > len(pids) else ''})")
+        self.logs.tick(now)
+        if (stalled := self.store.durable.stalled(now)) is not None:
+            log(stalled)
+        if spawn.RESOLVER.notes:  # (a name service that hung, or answers again)
+            with spawn.RESOLVER.cond:
+                notes, spawn.RESOLVER.notes = spawn.RESOLVER.notes, []
+            for line in notes:
+                log(line)
+        try:  # before the look at what is kept there: a change after it shows (C beats)
+            st = os.stat(self.state_dir)
+            self.state_dir_seen = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        except OSError:
+            self.state_dir_seen = None
+        self._mend_state_dir(now)
         critical = self.core.critical_report()
         extra: dict[str, Any] = {"checks": self.machine.report(now)} \
             if self.machine is not None else {}
@@ -2008,25 +2042,7 @@ class Restarter:
                       "backlog": len(self.core.later) + self._overdue(now)},
                      {"lag": round(self.max_lag, 4), "timer_lag": round(self.timer_lag, 4)})
         self.max_lag = self.timer_lag = 0.0
-        self.orphaned = self.orphaned or channels.init_gone(self.init)
-        self.control.expire(now)
-        for key, more in self.notify_warnings.roll(now):
-            log(f"warning: {key or 'processes of no service'}: {more} more bad notify "
-                f"message(s) in the last {self.notify_warnings.window:g} s, not logged")
-        evicted, pids = self.control.take_evicted()
-        if evicted:
-            log(f"warning: control socket: {evicted} connection(s) closed as the oldest of "
-                f"more than {self.control.max_conns} at once (peer pids "
-                f"{', '.join(map(str, pids))}{', ...' if evicted > len(pids) else ''})")
-        self.logs.tick(now)
-        if (stalled := self.store.durable.stalled(now)) is not None:
-            log(stalled)
-        if spawn.RESOLVER.notes:  # (a name service that hung, or answers again)
-            with spawn.RESOLVER.cond:
-                notes, spawn.RESOLVER.notes = spawn.RESOLVER.notes, []
-            for line in notes:
-                log(line)
-        self._mend_state_dir(now)
+        self.beat_fresh = True  # nothing has happened since (_compiled_beat)
         self.beat_due = channels.next_tick(now, self.cfg.chain.heartbeat_interval)  # shared grid
         self.arm("", Timer.HEARTBEAT, self.beat_due - now, now)
 
@@ -2419,7 +2435,8 @@ class Restarter:
             "cgroups": self.cgroups.root if self.cgroups.active else None,
             "log_dir": self.log_dir,
             "reboot_requested": self.reboot_requested,
-            "unwritten": self.store.unwritten(now)},
+            "unwritten": self.store.unwritten(now),
+            "compiled_beats": self.compiled_beats},
             "services": {n: self.service_status(n, now) for n in self.svcs},
             "checks": self.machine.status(now) if self.machine is not None else {}}
 
@@ -2526,9 +2543,11 @@ class Restarter:
                 del self.timer_live[(name, kind)]
                 self.timer_lag = max(self.timer_lag, now - due)
                 fired += 1
+                self.beat_fresh = False
                 self.progress += 1
                 self._fire(name, kind, now)
             if self.core.later:
+                self.beat_fresh = False
                 self.progress += self.core.release(START_BATCH, now)
                 self.run_core(now)
             self.flush()
@@ -2555,6 +2574,8 @@ class Restarter:
             # `hachain status` is answered within one bounded round even while hundreds
             # of services crash-loop.
             ready, restarted = self._wait(timeout)
+            if ready or restarted is not None:
+                self.beat_fresh = False
             if len(ready) > 1:
                 ready.sort(key=lambda kv: _PRIORITY.get(kv[0].data[0], 1))
             if not frozen and (not ready or self.beats > 1):
@@ -2614,10 +2635,13 @@ class Restarter:
                 timeout = 0.0  # wake-up (a thousand started: 16 quick rounds, then quiet)
         fd_map = self.sel.get_map()
         # (at most an hour: a far timer is looked at again, as any early wake-up)
-        raw, restarted = spawn.compiled_wait(
+        raw, restarted, beats, due_ns = spawn.compiled_wait(
             self.sel.fileno(), min(math.ceil(timeout * 1e3), 3_600_000),
             max(len(fd_map), 1), self._chld_fd, self.notify.fileno(), armed,
-            spare[1] if spare is not None else -1, True)
+            spare[1] if spare is not None else -1, True,
+            self._compiled_beat(timeout) if timeout > 0 else None)
+        if beats:
+            self._beaten(beats, due_ns / 1e9)
         ready = []
         for fd, ev in raw:  # as selectors.EpollSelector.select makes them
             key = fd_map.get(fd)
@@ -2626,6 +2650,67 @@ class Restarter:
                     (selectors.EVENT_READ if ev & ~select.EPOLLOUT else 0)
                 ready.append((key, events & key.events))
         return ready, restarted
+
+    def _compiled_beat(self, timeout: float) -> tuple | None:
+        """_clone3.wait's `beat` (docs/restarter.md, "The compiled beat"): the idle
+        heartbeats to come written by the wait itself, as the last one was, while nothing
+        happens; None unless this wait ends at the heartbeat and everything the heartbeat
+        round looks at is quiet. Up to COMPILED_BEATS in a row: then the Python round
+        runs once (its slow looks: a stuck logger's time, a name service's notes)."""
+        timers = self.timers
+        if not self.beat_fresh or not timers or timers[0][3] is not Timer.HEARTBEAT or \
+                self.timer_live.get(("", Timer.HEARTBEAT)) != timers[0][1] or \
+                self.cfg.cluster is not None or self.machine is not None or \
+                self._reaping or self.children_pending or self.shutting_down or \
+                self.orphaned or self.control.conns or self.control.paused or \
+                self.notify_warnings.count or self.store.durable.busy_since is not None \
+                or spawn.RESOLVER.busy_since is not None or spawn.RESOLVER.notes:
+            return None
+        logs = self.logs
+        if logs.pid is None or logs.pidfd is None or logs.stat_fd is None or \
+                logs.pending or logs.stuck_since is not None:
+            return None
+        pidfds = [logs.pidfd]
+        if self.init is not None:
+            if (fd := channels.init_pidfd(self.init)) is None:
+                return None
+            pidfds.append(fd)
+        seen = self.state_dir_seen
+        if seen is None:
+            return None
+        # state_dir as the last round found it: while no entry of it was added, removed
+        # or renamed, its modification time stays (one stat for all that is kept there);
+        # a path kept elsewhere is looked at itself
+        kept = [(os.fsencode(self.state_dir), *seen)]
+        for path, (dev, ino) in self.kept.ids.items():
+            if dev < 0:
+                return None  # lost, and made again at each Python round until it can be
+            if os.path.dirname(path) != self.state_dir:
+                kept.append((os.fsencode(path), dev, ino, -1))
+        made = self.hb.pieces("lag", {"timer_lag": 0.0})
+        if made is None:
+            return None
+        fd, pieces, size = made
+        period = self.cfg.chain.heartbeat_interval
+        due = timers[0][0]
+        until = due + COMPILED_BEATS * period
+        for i in (1, 2):  # the next other timer is one of these, or later (a heap)
+            if i < len(timers):
+                until = min(until, timers[i][0])
+        if self.restart_times:  # the restart rate the beat reports falls then
+            until = min(until, self.restart_times[0] + STORM_WINDOW)
+        return (fd, pieces, self.hb.seq, int(due * 1e9), int(period * 1e9), int(until * 1e9),
+                size, tuple(pidfds), tuple(kept), logs.stat_fd, zlib.crc32)
+
+    def _beaten(self, beats: int, due: float) -> None:
+        """The wait wrote `beats` heartbeats: count them as the Python round's; the next
+        one is due at `due` (past already when the wait left it to Python)."""
+        self.hb.seq += beats
+        self.beats += beats
+        self.compiled_beats += beats
+        self.beat_due = due
+        now = time.monotonic()
+        self.arm("", Timer.HEARTBEAT, max(0.0, due - now), now)
 
     def _rearm(self) -> None:
         """Make the compiled restart of every service stepped since the last look again

@@ -1740,7 +1740,7 @@ _CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG})
 _CLONE3_TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
 # The calling convention of _clone3.spawn this file uses: a build of another one (an
 # editable install whose extension was built before _clone3.c changed) is not used.
-CLONE3_ABI = 20
+CLONE3_ABI = 21
 
 
 def clone3_usable(mod: Any) -> bool:
@@ -2032,11 +2032,13 @@ def compiled_restart(cfg: ServiceConfig, notify_socket: str | None,
 
 def compiled_wait(epfd: int, timeout_ms: int, maxevents: int, sigchld_fd: int,
                   notify_fd: int, armed: dict[int, tuple[int, tuple, bytes]], spare_w: int,
-                  yield_cpu: bool) -> tuple[list[tuple[int, int]], tuple[int, ...] | None]:
-    """_clone3.wait (see there): the loop's epoll_wait, and the replacement of an armed
-    service whose exit woke it started before it returns."""
+                  yield_cpu: bool, beat: tuple | None = None
+                  ) -> tuple[list[tuple[int, int]], tuple[int, ...] | None, int, int]:
+    """_clone3.wait (see there): the loop's epoll_wait, the replacement of an armed
+    service whose exit woke it started before it returns, and with `beat` the idle
+    heartbeats written meanwhile (how many, and when the next is due in ns)."""
     return _clone3.wait(epfd, timeout_ms, maxevents, sigchld_fd, notify_fd, armed,
-                        spare_w, yield_cpu)
+                        spare_w, yield_cpu, beat)
 
 
 def compiled_spawned(cfg: ServiceConfig, pid: int, born: int, born_by: int) -> Spawned:

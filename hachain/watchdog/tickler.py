@@ -726,23 +726,22 @@ class Tickler:
         extra: dict[str, Any] = {
             "device": self.device, "armed": self.wd is not None and not self.wd.closed,
             "petting": self.wd is not None and self.gate.ok,
-            "last_pet_mono": self.last_pet, "pets": self.pets,
-            "gate": self.gate.to_json(), "timeout": self.timeout, "timeleft": timeleft,
-            "boot_id": self.boot_id, "pet_interval_last": self.pet_interval_last,
-            "pet_late_worst": round(self.pet_late_worst, 4),
+            "gate": self.gate.to_json(), "timeout": self.timeout,
+            "boot_id": self.boot_id, "pet_late_worst": round(self.pet_late_worst, 4),
             "pet_late_warnings": self.pet_late_warnings, "pet_late_warn": self.late_warn,
             "read_deadline": self.read_deadline, "disarmed": self.disarmed,
         }
         if self.hb is None:
             try:
-                self.hb = channels.HeartbeatWriter(self.state_dir, "tickler", self.restarts,
-                                                   steady=False)  # (its pets change)
+                self.hb = channels.HeartbeatWriter(self.state_dir, "tickler", self.restarts)
             except OSError as e:
                 if str(e) != self.hb_error:  # once, not every tick
                     self.hb_error = str(e)
                     log(f"cannot write the heartbeat in {self.state_dir}: {e}")
                 return
-        self.hb.beat(extra)
+        self.hb.beat(extra, {"last_pet_mono": self.last_pet, "pets": self.pets,
+                             "timeleft": timeleft,
+                             "pet_interval_last": self.pet_interval_last})
 
     # -- the loop ----------------------------------------------------------------------
 
