@@ -104,3 +104,28 @@ def test_the_layers_beat_on_one_grid(chain: tuple[str, subprocess.Popen[bytes]])
     for layer, stamps in seen.items():
         phases = [(m - offsets[layer]) % INTERVAL for m in stamps.values()]
         assert all(ph < INTERVAL / 2 for ph in phases), (layer, phases)
+
+
+def _runs(pid: int, tid: int) -> int:
+    """How many times thread `tid` of `pid` has run (/proc schedstat, field 3)."""
+    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+        return int(f.read().split()[2])
+
+
+@pytest.mark.slow
+def test_an_idle_tick_wakes_the_tickler_reader_thread_only(
+        chain: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """The reader's thread runs the tick once its round answered (Tickler.on_round); the
+    loop thread sleeps until its interval timer, which each tick pushes past the next
+    one. Before, the loop woke at every tick (through the reader's pipe)."""
+    state, _p = chain
+    wait_until(lambda: (hb := channels.read_heartbeat(state, "tickler")) and hb.seq > 3,
+               60 * INTERVAL, "the tickler's heartbeats")
+    hb = channels.read_heartbeat(state, "tickler")
+    assert hb is not None
+    pid, seq0 = hb.pid, hb.seq
+    loop0 = _runs(pid, pid)
+    wait_until(lambda: (h := channels.read_heartbeat(state, "tickler")) and
+               h.seq >= seq0 + 10, 60 * INTERVAL, "ten more ticks", INTERVAL / 5)
+    woke = _runs(pid, pid) - loop0
+    assert woke <= 5, f"the loop thread woke {woke} times in 10 ticks"

@@ -78,6 +78,8 @@ LAST_BOOT = channels.LAST_BOOT  # in persist_dir; written by the tickler once pe
 READ_DEADLINE_MAX = 0.5  # a heartbeat read slower than this (or margin / 4) fails the gate
 RECORD_DEADLINE = 5.0  # the boot record at start, before the device is armed
 PET_EARLY = 0.01  # a pet due this soon after a tick goes out in that tick
+PET_GRACE = 0.05  # a pet due with a tick waits this long for the tick's round at most
+ALARM_MIN = 0.0005  # the shortest interval timer set (0 would cancel it)
 TICK_AFTER = 0.005  # ticks come this long after the chain's heartbeat grid (next_tick)
 RT_PRIORITY = 50  # SCHED_FIFO priority: above ordinary services, below kernel threads
 # The exit status of a tickler that leaves no armed device behind: it could not open the
@@ -152,6 +154,10 @@ def log(msg: str) -> None:
         _write_err(line)
 
 
+def _on_alarm(_sig: int, _frame: object) -> None:
+    """SIGALRM: nothing to do; its number through the wake-up fd woke the loop."""
+
+
 def bounded(fn: Callable[[], Any], deadline: float, name: str) -> tuple[bool, Any]:
     """Run `fn` in a thread and wait at most `deadline` s: (True, its value) or
     (False, None) when it did not answer in time (it may go on, stuck, in its thread).
@@ -177,11 +183,14 @@ class Reader:
     holds up that thread only. One thread for all of them: one stuck read fails the gate
     anyway.
 
-    The thread keeps the loop's schedule itself (the same grid, channels.next_tick) and
-    tells the loop through a pipe when a round has answered, so an idle tick wakes the
-    thread once and the loop once (the loop waking the thread and waiting for it took
-    three wake-ups). `answered` counts the rounds that answered and `result` is the last
-    one; `busy_since` is when the round under way started (None between rounds),
+    The thread keeps the loop's schedule itself (the same grid, channels.next_tick), and
+    when a round has answered it runs the tick itself (`on_round`: Tickler.on_round,
+    under the tickler's lock), so an idle tick wakes this thread only; the loop sleeps
+    until a signal, a layer's death, or the interval timer the tick pushes forward each
+    time (it fires when a round is late: the loop then ticks without it). Without
+    `on_round` it tells the loop through a pipe. `answered` counts the rounds that
+    answered and `result` is the last one; `busy_since` is when the round under way
+    started (None between rounds),
     `layer` the file it is reading. A round still hanging is not started again until it
     returns. Each file is read through a channels.HeartbeatReader (kept open, one pread
     a round while its writer beats)."""
@@ -198,6 +207,9 @@ class Reader:
         self.layer = ""
         self.result: dict[str, channels.Heartbeat | None] = {}
         self.due = time.monotonic()  # the next round
+        # called by this thread after each round that answered (the tickler's on_round:
+        # it ticks here); while None, the loop is told through the pipe instead
+        self.on_round: Callable[[], None] | None = None
         threading.Thread(target=self.run, name="read-heartbeats", daemon=True).start()
 
     def run(self) -> None:
@@ -220,10 +232,17 @@ class Reader:
             self.answered += 1
             self.busy_since = None
             self.due = channels.next_tick(time.monotonic(), self.period, self.offset)
-            try:
-                os.write(self.fd_w, b".")
-            except OSError:
-                pass  # the pipe is full: the loop has a wake-up waiting already
+            if (cb := self.on_round) is not None:
+                cb()
+            else:
+                self.poke()
+
+    def poke(self) -> None:
+        """Wake the loop (through the pipe in its selector)."""
+        try:
+            os.write(self.fd_w, b".")
+        except OSError:
+            pass  # the pipe is full: the loop has a wake-up waiting already
 
     def stuck(self, since: float) -> bool:
         """Is a round that started before `since` still under way?"""
@@ -353,6 +372,11 @@ class Tickler:
         self.reader = Reader(self.state_dir, health.GATED_LAYERS + (
             ("cluster",) if cfg.cluster else ()), self.period, self.tick_offset)
         self.seen_round = 0  # the reader's rounds the gate has seen
+        # Ticks run in the reader's thread (on_round) and, when a round is late, in the
+        # loop's: one at a time, and everything a tick touches is read under this lock
+        self.lock = threading.Lock()
+        self.next_tick = 0.0  # when the next tick is due (set by run)
+        self.failure: BaseException | None = None  # raised by a tick in the reader's thread
         self.waiting_since: float | None = None  # a due tick found its round not begun
         self.last_hbs: dict[str, channels.Heartbeat | None] = {}
         self.missing: set[str] = set()  # layers whose file the last round did not find
@@ -746,7 +770,15 @@ class Tickler:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Tick until SIGTERM/SIGINT; returns the exit status. WatchdogError propagates."""
+        """Tick until SIGTERM/SIGINT; returns the exit status. WatchdogError propagates
+        (from a tick in either thread).
+
+        An idle tick wakes the reader's thread only: once its round has answered it runs
+        the tick (on_round). This thread sleeps, without a timeout, until a stop signal,
+        a layer's death (its pidfd), or SIGALRM from the interval timer that every tick
+        sets to when this thread must look (_next_wake): when a round is `read_deadline`
+        late (the tick then fails the gate, as a read that does not answer must), a
+        round from an earlier tick still hangs, or a pet is due that no tick will make."""
         sel = self.sel = selectors.DefaultSelector()
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
@@ -756,36 +788,92 @@ class Tickler:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGALRM, _on_alarm)
         self.stop_requested = self.stop_requested or STOP_EARLY[0]  # (after the swap)
-        period, r = self.period, self.reader
-        next_tick = time.monotonic()
-        while not self.stop_requested:
-            now = time.monotonic()
-            until = self.tick_wait(now, next_tick) if now >= next_tick else None
-            if now >= next_tick and until is None:
-                self.tick(now)
-                self.waiting_since = None
-                # the chain's shared grid, just after init and the restarter wrote their
-                # heartbeats on it (channels.next_tick): one wake-up of the machine
-                next_tick = channels.next_tick(now, period, self.tick_offset)
-            elif self.wd is not None and self.gate.ok and now + PET_EARLY >= self.next_pet:
-                self.pet(now)  # due between ticks: on the last tick's verdict (<= a tick old)
-            if until is None:  # the next tick: the reader's answer wakes us, else a timer
-                ready = r.answered != self.seen_round or r.stuck(next_tick - period / 2)
-                wake = next_tick if ready else next_tick + self.read_deadline
-            else:
-                wake = until
-            if self.wd is not None and self.gate.ok:
-                wake = min(wake, self.next_pet)  # a pet is not kept waiting for a tick
-            for key, _ in sel.select(max(0.0, wake - time.monotonic())):
-                if key.data[0] == "pidfd":
-                    self.on_pidfd(key.data[1])
-                    continue
-                try:
-                    os.read(key.data[1] if key.data[0] == "read" else wake_r, 256)
-                except BlockingIOError:
-                    pass
+        self.next_tick = time.monotonic()
+        self.reader.on_round = self.on_round
+        try:
+            while not self.stop_requested:
+                with self.lock:
+                    if self.failure is not None:
+                        raise self.failure
+                    now = time.monotonic()
+                    due = self.next_tick
+                    until = self.tick_wait(now, due) if now >= due else None
+                    if now >= due and until is None:
+                        self.tick_now(now)
+                    elif self.wd is not None and self.gate.ok and \
+                            now + PET_EARLY >= self.next_pet:
+                        self.pet(now)  # between ticks, or a tick's whose round is late:
+                        # on the last tick's verdict (<= a tick old)
+                    self.alarm(self._next_wake(time.monotonic()))
+                for key, _ in sel.select():
+                    if key.data[0] == "pidfd":
+                        with self.lock:
+                            self.on_pidfd(key.data[1])
+                        continue
+                    try:
+                        os.read(key.data[1] if key.data[0] == "read" else wake_r, 256)
+                    except BlockingIOError:
+                        pass
+        finally:
+            with self.lock:
+                self.reader.on_round = None
+                signal.setitimer(signal.ITIMER_REAL, 0)
         return self.shutdown()
+
+    def on_round(self) -> None:
+        """In the reader's thread, after a round answered: the tick it was read for, when
+        that is due; anything else is the loop's (woken through the pipe). An exception
+        is handed to the loop, which raises it."""
+        try:
+            with self.lock:
+                now = time.monotonic()
+                if self.reader.on_round is None or self.stop_requested or \
+                        self.failure is not None or now < self.next_tick or \
+                        self.tick_wait(now, self.next_tick) is not None:
+                    # (on_round None: the loop has ended, and must be the last to act)
+                    self.reader.poke()
+                    return
+                self.tick_now(now)
+                self.alarm(self._next_wake(time.monotonic()))
+        except BaseException as e:  # noqa: BLE001 - the loop raises it
+            self.failure = e
+            self.reader.poke()
+
+    def tick_now(self, now: float) -> None:
+        """A tick, and the next one on the chain's shared grid, just after init and the
+        restarter wrote their heartbeats on it (channels.next_tick): one wake-up of the
+        machine. (Under the lock.)"""
+        self.tick(now)
+        self.waiting_since = None
+        self.next_tick = channels.next_tick(now, self.period, self.tick_offset)
+
+    def _next_wake(self, now: float) -> float:
+        """When the loop must look next, the reader ticking on time (under the lock): at
+        the tick when no round will tick it (one answered already, or one of an earlier
+        tick still hangs), else when its round is `read_deadline` late; for a pet due
+        between ticks at the pet, and for one with a tick PET_GRACE after it, so a late
+        round does not keep it waiting."""
+        r, due = self.reader, self.next_tick
+        if now >= due:
+            wake = self.tick_wait(now, due) or now
+        elif r.answered != self.seen_round or r.stuck(due - self.period / 2):
+            wake = due
+        else:
+            wake = due + self.read_deadline
+        if self.wd is not None and self.gate.ok:
+            if self.next_pet + PET_EARLY < due:
+                wake = min(wake, self.next_pet)
+            else:
+                wake = min(wake, self.next_pet + PET_GRACE)
+        return wake
+
+    @staticmethod
+    def alarm(at: float) -> None:
+        """SIGALRM at `at` (CLOCK_MONOTONIC), replacing the one set before: what wakes
+        the loop when nothing else does."""
+        signal.setitimer(signal.ITIMER_REAL, max(at - time.monotonic(), ALARM_MIN))
 
     def tick_wait(self, now: float, due: float) -> float | None:
         """For a tick due since `due`: None to tick now (its round of heartbeat reads has
