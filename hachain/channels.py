@@ -24,6 +24,7 @@ from __future__ import annotations
 import _thread
 import errno
 import json
+import json.scanner
 import os
 import re
 import select
@@ -594,6 +595,7 @@ HEARTBEAT_SLOT = 4096
 
 _CRC_HEAD = b'{"crc": "'
 _CRC_BODY = len(_CRC_HEAD) + 8 + 3  # the head, 8 hex digits, '", '
+_EXTRA_AT = _CRC_BODY + 9  # where `extra` begins in a record written here
 
 
 def _extra_encoder() -> Callable[[Any], str]:
@@ -620,7 +622,7 @@ def heartbeat_bytes(hb: Heartbeat) -> bytes:
 
 def parse_heartbeat(raw: bytes) -> Heartbeat | None:
     """A heartbeat from a file's bytes; None when malformed or torn (CRC mismatch)."""
-    raw = raw.rstrip()
+    raw = _record_text(raw)
     if raw.startswith(_CRC_HEAD):
         try:
             crc = int(raw[len(_CRC_HEAD):len(_CRC_HEAD) + 8], 16)
@@ -629,10 +631,37 @@ def parse_heartbeat(raw: bytes) -> Heartbeat | None:
         if zlib.crc32(raw[_CRC_BODY:]) != crc:
             return None
     try:
-        d = loads(raw)
+        d = _loads_record(raw)
     except ValueError:  # (nested too deeply included: was RecursionError, to every reader)
         return None
     return _heartbeat_from(d)
+
+
+def _record_text(raw: bytes) -> bytes:
+    """A heartbeat file's record without its padding: up to the newline a writer here
+    ends it with (JSON text has no raw newline: a search of its length, not of the
+    file's), else stripped."""
+    if raw.startswith(_CRC_HEAD) and (nl := raw.find(b"\n")) > 0:
+        return raw[:nl]
+    return raw.rstrip()
+
+
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # (C where built)
+
+
+def _loads_record(raw: bytes) -> Any:
+    """loads, for a record that is one JSON object from its first byte to its last (a
+    heartbeat's): the scanner called directly, without loads's encoding detection and
+    whitespace searches, which with the caches cold cost as much as the parse. Whatever
+    it does not take whole goes through loads (its errors, as every reader knows them)."""
+    try:
+        text = raw.decode()
+        obj, end = _SCAN(text, 0)
+        if end == len(text):
+            return obj
+    except (ValueError, StopIteration, RecursionError):
+        pass
+    return loads(raw)
 
 
 def write_heartbeat(state_dir: str, hb: Heartbeat) -> None:
@@ -667,11 +696,13 @@ class HeartbeatReader:
         self.fd: int | None = None
         self.cap = 2 * HEARTBEAT_SLOT  # one read takes the whole of a file this size
         self.last: tuple[int, int, float] | None = None  # (pid, seq, mono) read last
+        self.extra_text = b""  # the last record's `extra`, as text and parsed (_parse)
+        self.extra: dict[str, Any] = {}
 
     def read(self) -> Heartbeat | None:
         if self.fd is not None:
             try:
-                hb = parse_heartbeat(self._pread(self.fd))
+                hb = self._parse(self._pread(self.fd))
             except OSError:
                 hb = None
             if hb is not None and (hb.pid, hb.seq, hb.mono) != self.last:
@@ -684,7 +715,7 @@ class HeartbeatReader:
             except OSError:
                 return None
             try:
-                hb = parse_heartbeat(self._pread(fd))
+                hb = self._parse(self._pread(fd))
             except OSError:
                 os.close(fd)
                 return None
@@ -694,6 +725,38 @@ class HeartbeatReader:
                 return hb
             os.close(fd)
         return None
+
+    def _parse(self, raw: bytes) -> Heartbeat | None:
+        """parse_heartbeat, parsing `extra` only when its text changed since the last
+        record: a layer's `extra` is mostly the same from beat to beat, and it is most of
+        the record (the fields after it, a CRC-checked writer's own, are parsed alone).
+        The Heartbeat gets a copy of the kept `extra` (its top level: readers only read
+        what is nested)."""
+        raw = _record_text(raw)
+        cut = raw.rfind(b', "layer": ')
+        if not raw.startswith(_CRC_HEAD) or cut < _EXTRA_AT or \
+                raw[_CRC_BODY:_EXTRA_AT] != b'"extra": ':
+            return parse_heartbeat(raw)
+        try:
+            crc = int(raw[len(_CRC_HEAD):len(_CRC_HEAD) + 8], 16)
+        except ValueError:
+            return None
+        if zlib.crc32(raw[_CRC_BODY:]) != crc:
+            return None
+        text = raw[_EXTRA_AT:cut]
+        if text != self.extra_text:
+            hb = parse_heartbeat(raw)
+            if hb is not None:
+                self.extra_text, self.extra = text, dict(hb.extra)
+            return hb
+        try:
+            d = _loads_record(b"{" + raw[cut + 2:])
+        except ValueError:
+            return None
+        if not isinstance(d, dict) or "extra" in d:
+            return parse_heartbeat(raw)
+        d["extra"] = self.extra
+        return _heartbeat_from(d)
 
     def _pread(self, fd: int) -> bytes:
         while len(raw := os.pread(fd, self.cap, 0)) == self.cap:

@@ -172,3 +172,37 @@ def test_reader_follows_the_writer_and_a_replaced_or_removed_file(tmp_path):
     assert again is not None and again.seq == hb.seq
     r.close()
     w.close()
+
+
+def test_reader_parses_extra_again_only_when_its_text_changed(tmp_path):
+    sd = str(tmp_path)
+    w = channels.HeartbeatWriter(sd, "restarter")
+    r = channels.HeartbeatReader(sd, "restarter")
+    seen = []
+    for i, extra in enumerate([{"a": 1, "n": [1, 2]}, {"a": 1, "n": [1, 2]},
+                               {"a": 2, "n": [1, 2]}, {"a": 2, "n": [1, 2]}, {}]):
+        w.beat(extra, {"lag": i / 1000})
+        hb = r.read()
+        assert hb is not None and hb.seq == i + 1 and hb.layer == "restarter"
+        assert hb == channels.read_heartbeat(sd, "restarter")  # as a whole read gives
+        assert hb.extra == {**extra, "lag": i / 1000}
+        seen.append(hb)
+    for hb in seen:  # a reader's change to one heartbeat's extra stays there
+        hb.extra["a"] = 99
+    w.beat({}, {"lag": 0.004})  # the text of the last one again: from the kept extra
+    hb = r.read()
+    assert hb is not None and hb.extra == {"lag": 0.004} and hb.seq == 6
+    assert seen[1].extra["n"] == [1, 2]
+    # a record whose text no longer matches its CRC is no heartbeat, kept text or not
+    raw = bytearray(open(w.path, "rb").read())
+    raw[raw.index(b'"seq": ') + 7] = ord("7")
+    open(w.path, "r+b").write(bytes(raw))
+    assert r.read() is None
+    # one without a CRC (an older writer, a file written by hand) reads as before
+    channels.write_json(w.path, {"layer": "restarter", "pid": 1, "mono": 1.0,
+                                 "started_mono": 0.5, "seq": 9, "restarts": 0,
+                                 "extra": {"a": 2, "n": [1, 2]}})
+    hb = r.read()
+    assert hb is not None and hb.seq == 9 and hb.extra == {"a": 2, "n": [1, 2]}
+    r.close()
+    w.close()

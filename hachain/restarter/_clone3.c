@@ -1246,8 +1246,8 @@ static int beat_still(struct beat_req *b) {
     return 1;
 }
 
-/* Write beat number `seq`, `lag` s late; 1 when written */
-static int beat_write(struct beat_req *b, long long seq, long long now, double lag) {
+/* Write beat number `seq`, `lag_ns` late; 1 when written */
+static int beat_write(struct beat_req *b, long long seq, long long now, long long lag_ns) {
     const char *p[4];
     Py_ssize_t plen[4], total = 0;
     for (int i = 0; i < 4; i++) {
@@ -1258,7 +1258,9 @@ static int beat_write(struct beat_req *b, long long seq, long long now, double l
     }
     char nums[3][32];
     int nlen[3];
-    nlen[0] = snprintf(nums[0], sizeof nums[0], "%.4f", lag);
+    /* whole milliseconds, rounded up, as the Python beat's (loop.py _ms_up) */
+    long long ms = lag_ns > 0 ? (lag_ns + 999999) / 1000000 : 0;
+    nlen[0] = snprintf(nums[0], sizeof nums[0], "%lld.%03lld", ms / 1000, ms % 1000);
     nlen[1] = snprintf(nums[1], sizeof nums[1], "%lld.%09lld", now / 1000000000LL,
                        now % 1000000000LL);
     nlen[2] = snprintf(nums[2], sizeof nums[2], "%lld", seq);
@@ -1363,7 +1365,7 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
             continue;
         }
         if (b.due >= b.until || !beat_still(&b) ||
-                !beat_write(&b, b.seq + beats + 1, now, (double)(now - b.due) / 1e9))
+                !beat_write(&b, b.seq + beats + 1, now, now - b.due))
             break;
         beats++;
         /* the next point of the grid after now (channels.next_tick) */
