@@ -9,6 +9,7 @@ last runs a chain and looks at its restarter from outside.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -124,7 +125,7 @@ def test_idle_wait_writes_the_beats_on_the_grid_until_it_must_return(rig: Rig) -
     assert hb.started_mono == before.started_mono and hb.start == before.start
     assert hb.extra == {**EXTRA, "lag": hb.extra["lag"], "timer_lag": 0.0}
     assert 0.0 <= hb.extra["lag"] < 5 * PERIOD
-    k = hb.mono / PERIOD - round(hb.mono / PERIOD)
+    k = hb.mono / PERIOD - math.floor(hb.mono / PERIOD)
     assert 0.0 <= k * PERIOD <= hb.extra["lag"] + 0.001  # written at its point, lag late
     assert due > hb.mono and abs(due / PERIOD - round(due / PERIOD)) < 1e-6
     # the same size, in place: nothing a reader could catch short

@@ -363,3 +363,29 @@ def test_tickler_notifies_systemd_ready_and_watchdog(tmp_path):
         p.terminate()
         p.wait(10)
         nsock.close()
+
+
+@pytest.mark.slow
+def test_a_device_error_in_a_tick_of_the_reader_thread_ends_the_tickler(
+        tmp_path: Any) -> None:
+    """With pet_interval = heartbeat_interval every pet goes out with a tick, and ticks
+    run in the reader's thread (Tickler.on_round). A WatchdogError there (the simulated
+    machine was reset under the tickler: ENODEV) is handed to the loop, which ends the
+    tickler as one of its own did: exit 1, the device left armed (no magic close)."""
+    rig = Rig(str(tmp_path))
+    with open(rig.config) as f:
+        text = f.read()
+    with open(rig.config, "w") as f:
+        f.write(text.replace(f"pet_interval = {PET}\n", "pet_interval = 0.2\n"))
+    rig.server.start()
+    try:
+        with ForgedLayers(rig.state_dir, rig.sleeper.pid):
+            p = rig.start_tickler()
+            wait_until(lambda: rig.pets() >= 3, START_TIMEOUT, "petting")
+            rig.server.reset_for_boot(0)
+            assert p.wait(LIVENESS) == 1
+            log = rig.log_text()
+            assert "watchdog error: " in log and "exiting without disarming" in log, log
+            assert "magic close" not in log, log
+    finally:
+        rig.close()
