@@ -684,44 +684,52 @@ def read_heartbeat(state_dir: str, layer: str, regular: bool = False) -> Heartbe
 
 
 class HeartbeatReader:
-    """Reads one layer's heartbeat over and over (the tickler's gate, at every tick) with
-    one system call a read: the file is kept open and read with `pread`. What the open
-    file holds stands only while it moves on from read to read; otherwise (the writer
-    replaced or lost the file, or the layer stopped beating) the path is opened and read
-    again, so what a reader gets is always what read_heartbeat would give (for a stalled
-    layer, at read_heartbeat's cost). Not thread-safe: one reader per thread."""
+    """Reads one layer's heartbeat over and over (the tickler's gate, at every tick),
+    as read_heartbeat would, for less: the file is kept open, and a read is a `stat` of
+    the path and, while that still names the open file, a `pread` of it. A path that
+    names another file (replaced, removed, or a FIFO or a mount put over it) is opened
+    again, with read_heartbeat's waits: what is at the path is always what is read. Not
+    thread-safe: one reader per thread."""
 
     def __init__(self, state_dir: str, layer: str) -> None:
         self.path = heartbeat_path(state_dir, layer)
         self.fd: int | None = None
+        self.ident = (-1, -1)  # (device, inode) of the open file
         self.cap = 2 * HEARTBEAT_SLOT  # one read takes the whole of a file this size
-        self.last: tuple[int, int, float] | None = None  # (pid, seq, mono) read last
         self.extra_text = b""  # the last record's `extra`, as text and parsed (_parse)
         self.extra: dict[str, Any] = {}
 
     def read(self) -> Heartbeat | None:
         if self.fd is not None:
             try:
-                hb = self._parse(self._pread(self.fd))
+                st = os.stat(self.path)  # may hang (a hung mount): the reader's thread
+                same = (st.st_dev, st.st_ino) == self.ident
             except OSError:
-                hb = None
-            if hb is not None and (hb.pid, hb.seq, hb.mono) != self.last:
-                self.last = (hb.pid, hb.seq, hb.mono)
-                return hb
+                same = False
+            if same:
+                for _ in range(3):  # (as read_heartbeat: a read torn by the writer is
+                    try:  # retried)
+                        hb = self._parse(self._pread(self.fd))
+                    except OSError:
+                        break
+                    if hb is not None:
+                        return hb
+                else:
+                    return None
             self.close()
-        for _ in range(3):  # (as read_heartbeat: a read torn by the writer is retried)
+        for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # may hang (a FIFO)
             except OSError:
                 return None
             try:
+                st = os.fstat(fd)
                 hb = self._parse(self._pread(fd))
             except OSError:
                 os.close(fd)
                 return None
             if hb is not None:
-                self.fd = fd
-                self.last = (hb.pid, hb.seq, hb.mono)
+                self.fd, self.ident = fd, (st.st_dev, st.st_ino)
                 return hb
             os.close(fd)
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 import time
 
 import pytest
@@ -206,3 +207,31 @@ def test_reader_parses_extra_again_only_when_its_text_changed(tmp_path):
     assert hb is not None and hb.seq == 9 and hb.extra == {"a": 2, "n": [1, 2]}
     r.close()
     w.close()
+
+
+def test_reader_reads_what_is_at_the_path_even_while_the_open_file_moves_on(tmp_path):
+    """The writer keeps beating into its file, which still has a link elsewhere, while
+    the path names another file: a FIFO nobody writes (a read that never returns, as
+    chaos's io-stall makes with a bind mount). The reader must open the path, and hang
+    there, not go on reading the file it holds (which moves on)."""
+    sd = str(tmp_path)
+    w = channels.HeartbeatWriter(sd, "init")
+    r = channels.HeartbeatReader(sd, "init")
+    w.beat({"n": 1})
+    w.beat({"n": 2})
+    assert (hb := r.read()) is not None and hb.extra == {"n": 2}
+    os.link(w.path, str(tmp_path / "other-link"))  # the writer's file lives on
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    os.rename(fifo, w.path)
+    w.beat({"n": 3})  # still into its own file (its link count is not 0)
+    assert channels.read_json(str(tmp_path / "other-link"))["extra"] == {"n": 3}
+    box: list = []
+    t = threading.Thread(target=lambda: box.append(r.read()), daemon=True)
+    t.start()
+    t.join(0.5)
+    assert t.is_alive() and box == []  # blocked in the open of the FIFO
+    fd = os.open(w.path, os.O_WRONLY | os.O_NONBLOCK)  # a writer: the open returns,
+    os.close(fd)  # and the read finds nothing there
+    t.join(10)
+    assert box == [None]

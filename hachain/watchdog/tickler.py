@@ -192,8 +192,8 @@ class Reader:
     answered and `result` is the last one; `busy_since` is when the round under way
     started (None between rounds),
     `layer` the file it is reading. A round still hanging is not started again until it
-    returns. Each file is read through a channels.HeartbeatReader (kept open, one pread
-    a round while its writer beats)."""
+    returns. Each file is read through a channels.HeartbeatReader (kept open: a stat of
+    the path and a pread a round while the path names it)."""
 
     def __init__(self, state_dir: str, layers: tuple[str, ...], period: float,
                  offset: float) -> None:
