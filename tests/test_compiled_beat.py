@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import select
 import signal
 import subprocess
@@ -263,3 +264,17 @@ def test_an_idle_chain_beats_from_the_compiled_wait_and_still_mends_state_dir(
                 reap(p, "the chain's init")
         log_text = (tmp_path / "chain.log").read_text(errors="replace")
         assert "Traceback" not in log_text, log_text
+
+
+@pytest.mark.parametrize("over, error", [
+    ({"pidfds": tuple(range(3, 12))}, "too many pidfds"),
+    ({"pidfds": (-1,)}, "a pidfd below 0"),
+    ({"kept": (("not bytes", 0, 0, -1),)}, "kept is (path bytes, dev, ino, mtime)"),
+    ({"pieces": (b"a", b"b", b"c")}, "4 pieces"),
+])
+def test_a_malformed_beat_is_refused_before_the_wait(rig: Rig, over: dict, error: str) -> None:
+    """What the wait would look at without the GIL is checked and copied first."""
+    now = time.monotonic()
+    with pytest.raises((ValueError, TypeError), match=re.escape(error)):
+        spawn.compiled_wait(rig.ep.fileno(), 1000, 1, -1, -1, {}, -1, False,
+                            rig.beat(now + 1, now + 2, **over))

@@ -1177,12 +1177,24 @@ static PyObject *restart_armed(PyObject *armed, int notify_fd, int spare_w, int 
  * pidfd readable: init, the logger), the logger is stopped (its /proc/PID/stat state T
  * or t), or `until` (the next timer of any other kind, or anything else that would
  * change the record) is reached. */
+#define BEAT_MAX_PIDFDS 8
+#define BEAT_MAX_KEPT 16
+struct beat_kept {
+    const char *path;  /* borrowed from the caller's bytes, alive for the call */
+    long long dev, ino, mtime;
+};
 struct beat_req {
     int fd;
     PyObject *pieces;  /* 4 bytes: before lag, before mono, before seq, after seq */
     long long seq, due, period, until, size;
     PyObject *pidfds, *kept, *crc32;
     int stat_fd;
+    /* the same, as C values, for the looks made without the GIL (a stat of a hung
+       mount holds this thread only, as the Python round's os.stat would) */
+    int npidfds;
+    int pidfd[BEAT_MAX_PIDFDS];
+    int nkept;
+    struct beat_kept kept_c[BEAT_MAX_KEPT];
 };
 
 static long long monotonic_ns(void) {
@@ -1191,22 +1203,19 @@ static long long monotonic_ns(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* 1 when nothing the Python heartbeat looks at has moved, else 0 */
+/* 1 when nothing the Python heartbeat looks at has moved, else 0 (no Python object
+ * touched: called without the GIL) */
 static int beat_still(struct beat_req *b) {
     struct stat st;
     if (fstat(b->fd, &st) < 0 || st.st_nlink == 0)
         return 0;
-    struct pollfd p[8];
-    Py_ssize_t n = PyTuple_GET_SIZE(b->pidfds);
-    if (n > 8)
-        return 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        p[i].fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(b->pidfds, i));
+    struct pollfd p[BEAT_MAX_PIDFDS];
+    for (int i = 0; i < b->npidfds; i++) {
+        p[i].fd = b->pidfd[i];
         p[i].events = POLLIN;
-        if (p[i].fd < 0)
-            return 0;
+        p[i].revents = 0;
     }
-    if (n > 0 && poll(p, (nfds_t)n, 0) != 0)
+    if (b->npidfds > 0 && poll(p, (nfds_t)b->npidfds, 0) != 0)
         return 0;
     if (b->stat_fd >= 0) {
         char buf[512];
@@ -1219,27 +1228,15 @@ static int beat_still(struct beat_req *b) {
                 paren[2] == 'Z' || paren[2] == 'X')
             return 0;
     }
-    n = PyTuple_GET_SIZE(b->kept);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k = PyTuple_GET_ITEM(b->kept, i);
-        if (!PyTuple_Check(k) || PyTuple_GET_SIZE(k) != 4 ||
-                !PyBytes_Check(PyTuple_GET_ITEM(k, 0)))
-            return 0;
-        const char *path = PyBytes_AS_STRING(PyTuple_GET_ITEM(k, 0));
-        long long dev = PyLong_AsLongLong(PyTuple_GET_ITEM(k, 1));
-        long long ino = PyLong_AsLongLong(PyTuple_GET_ITEM(k, 2));
-        long long mtime = PyLong_AsLongLong(PyTuple_GET_ITEM(k, 3));
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            return 0;
-        }
-        if (dev == -2) {
-            if (lstat(path, &st) < 0)
+    for (int i = 0; i < b->nkept; i++) {
+        const struct beat_kept *k = &b->kept_c[i];
+        if (k->dev == -2) {
+            if (lstat(k->path, &st) < 0)
                 return 0;
-        } else if (stat(path, &st) < 0 || (long long)st.st_dev != dev ||
-                   (long long)st.st_ino != ino ||
-                   (mtime >= 0 && (long long)st.st_mtim.tv_sec * 1000000000LL +
-                    st.st_mtim.tv_nsec != mtime)) {
+        } else if (stat(k->path, &st) < 0 || (long long)st.st_dev != k->dev ||
+                   (long long)st.st_ino != k->ino ||
+                   (k->mtime >= 0 && (long long)st.st_mtim.tv_sec * 1000000000LL +
+                    st.st_mtim.tv_nsec != k->mtime)) {
             return 0;
         }
     }
@@ -1294,7 +1291,10 @@ static int beat_write(struct beat_req *b, long long seq, long long now, long lon
     memcpy(rec, crc_text, (size_t)head);
     *w++ = '\n';
     memset(w, ' ', (size_t)(b->size - (w - rec)));
-    ssize_t put = pwrite(b->fd, rec, (size_t)b->size, 0);
+    ssize_t put;
+    Py_BEGIN_ALLOW_THREADS
+    put = pwrite(b->fd, rec, (size_t)b->size, 0);
+    Py_END_ALLOW_THREADS
     PyMem_Free(rec);
     return put == b->size;
 }
@@ -1314,6 +1314,41 @@ static int beat_parse(PyObject *o, struct beat_req *b) {
             PyErr_SetString(PyExc_TypeError, "beat: the pieces are bytes");
             return -1;
         }
+    Py_ssize_t n = PyTuple_GET_SIZE(b->pidfds);
+    if (n > BEAT_MAX_PIDFDS) {
+        PyErr_SetString(PyExc_ValueError, "beat: too many pidfds");
+        return -1;
+    }
+    b->npidfds = (int)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        b->pidfd[i] = (int)PyLong_AsLong(PyTuple_GET_ITEM(b->pidfds, i));
+        if (b->pidfd[i] < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "beat: a pidfd below 0");
+            return -1;
+        }
+    }
+    n = PyTuple_GET_SIZE(b->kept);
+    if (n > BEAT_MAX_KEPT) {
+        PyErr_SetString(PyExc_ValueError, "beat: too many kept paths");
+        return -1;
+    }
+    b->nkept = (int)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyTuple_GET_ITEM(b->kept, i);
+        struct beat_kept *c = &b->kept_c[i];
+        if (!PyTuple_Check(k) || PyTuple_GET_SIZE(k) != 4 ||
+                !PyBytes_Check(PyTuple_GET_ITEM(k, 0))) {
+            PyErr_SetString(PyExc_TypeError, "beat: kept is (path bytes, dev, ino, mtime)");
+            return -1;
+        }
+        c->path = PyBytes_AS_STRING(PyTuple_GET_ITEM(k, 0));
+        c->dev = PyLong_AsLongLong(PyTuple_GET_ITEM(k, 1));
+        c->ino = PyLong_AsLongLong(PyTuple_GET_ITEM(k, 2));
+        c->mtime = PyLong_AsLongLong(PyTuple_GET_ITEM(k, 3));
+        if (PyErr_Occurred())
+            return -1;
+    }
     return 0;
 }
 
@@ -1364,8 +1399,13 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
             timeout_ms = (int)((b.due - now + 999999) / 1000000);
             continue;
         }
-        if (b.due >= b.until || !beat_still(&b) ||
-                !beat_write(&b, b.seq + beats + 1, now, now - b.due))
+        if (b.due >= b.until)
+            break;
+        int still;
+        Py_BEGIN_ALLOW_THREADS
+        still = beat_still(&b);
+        Py_END_ALLOW_THREADS
+        if (!still || !beat_write(&b, b.seq + beats + 1, now, now - b.due))
             break;
         beats++;
         /* the next point of the grid after now (channels.next_tick) */
