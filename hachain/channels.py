@@ -623,18 +623,22 @@ def heartbeat_bytes(hb: Heartbeat) -> bytes:
 def parse_heartbeat(raw: bytes) -> Heartbeat | None:
     """A heartbeat from a file's bytes; None when malformed or torn (CRC mismatch)."""
     raw = _record_text(raw)
-    if raw.startswith(_CRC_HEAD):
-        try:
-            crc = int(raw[len(_CRC_HEAD):len(_CRC_HEAD) + 8], 16)
-        except ValueError:
-            return None
-        if zlib.crc32(raw[_CRC_BODY:]) != crc:
-            return None
+    if raw.startswith(_CRC_HEAD) and not _crc_matches(raw):
+        return None
     try:
         d = _loads_record(raw)
     except ValueError:  # (nested too deeply included: was RecursionError, to every reader)
         return None
     return _heartbeat_from(d)
+
+
+def _crc_matches(raw: bytes) -> bool:
+    """Does a record that starts with its CRC match it (not torn, not changed)?"""
+    try:
+        crc = int(raw[len(_CRC_HEAD):len(_CRC_HEAD) + 8], 16)
+    except ValueError:
+        return False
+    return zlib.crc32(raw[_CRC_BODY:]) == crc
 
 
 def _record_text(raw: bytes) -> bytes:
@@ -683,7 +687,21 @@ def read_heartbeat(state_dir: str, layer: str, regular: bool = False) -> Heartbe
     return None
 
 
-class HeartbeatReader:
+class _KeptFd:
+    """A descriptor kept open from call to call (`fd`; None while there is none)."""
+
+    fd: int | None = None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class HeartbeatReader(_KeptFd):
     """Reads one layer's heartbeat over and over (the tickler's gate, at every tick),
     as read_heartbeat would, for less: the file is kept open, and a read is a `stat` of
     the path and, while that still names the open file, a `pread` of it. A path that
@@ -745,11 +763,7 @@ class HeartbeatReader:
         if not raw.startswith(_CRC_HEAD) or cut < _EXTRA_AT or \
                 raw[_CRC_BODY:_EXTRA_AT] != b'"extra": ':
             return parse_heartbeat(raw)
-        try:
-            crc = int(raw[len(_CRC_HEAD):len(_CRC_HEAD) + 8], 16)
-        except ValueError:
-            return None
-        if zlib.crc32(raw[_CRC_BODY:]) != crc:
+        if not _crc_matches(raw):
             return None
         text = raw[_EXTRA_AT:cut]
         if text != self.extra_text:
@@ -771,13 +785,6 @@ class HeartbeatReader:
             self.cap *= 2  # a file grown past it: read again, whole
         return raw
 
-    def close(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def _heartbeat_from(d: Any) -> Heartbeat | None:
@@ -795,7 +802,7 @@ def _heartbeat_from(d: Any) -> Heartbeat | None:
         return None
 
 
-class HeartbeatWriter:
+class HeartbeatWriter(_KeptFd):
     """Writes one layer's heartbeat; call `beat()` from inside the event loop."""
 
     def __init__(self, state_dir: str, layer: str, restarts: int = 0,
@@ -912,13 +919,6 @@ class HeartbeatWriter:
             return
         os.pwrite(self.fd, rec.ljust(self.size), 0)
 
-    def close(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 # --- lean interpreters ---------------------------------------------------------------------
