@@ -15,7 +15,6 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -28,6 +27,7 @@ import pytest
 from hachain import channels, client
 from hachain.restarter import spawn
 from tests.conftest import KILLED_BOUND, reap, wait_until
+from tests.test_idle_cost import INTERVAL, chain  # noqa: F401 - a fixture, and its interval
 
 pytestmark = pytest.mark.skipif(
     not spawn.direct_spawn_available(),
@@ -204,20 +204,12 @@ def test_pieces_match_what_the_python_beat_writes(rig: Rig) -> None:
 
 # --- a chain ---------------------------------------------------------------------------
 
-INTERVAL = 0.5
-
 
 @pytest.mark.slow
 def test_an_idle_chain_beats_from_the_compiled_wait_and_still_mends_state_dir(
-        tmp_path: Path) -> None:
-    state = str(tmp_path / "run")
-    cfg = tmp_path / "chain.toml"
-    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{tmp_path / "persist"}"\n'
-                   f'heartbeat_interval = {INTERVAL}\n[watchdog]\ndevice = "none"\n'
-                   '[service.s]\ncommand = ["sleep", "600"]\n')
-    with open(tmp_path / "chain.log", "ab") as log:
-        p = subprocess.Popen([sys.executable, "-m", "hachain.cli", "run", "-c", str(cfg)],
-                             stdout=log, stderr=log, start_new_session=True)
+        chain: tuple[str, subprocess.Popen[bytes]], tmp_path: Path) -> None:  # noqa: F811
+    """(tests/test_idle_cost.py's chain: one service, heartbeat_interval INTERVAL)"""
+    state = chain[0]
     gate_failed: list[Any] = []
 
     def seq() -> int:
@@ -238,32 +230,23 @@ def test_an_idle_chain_beats_from_the_compiled_wait_and_still_mends_state_dir(
         wait_until(lambda: seq() >= first + n, (n + 20) * INTERVAL,
                    f"{n} more restarter heartbeats", INTERVAL / 5)
 
-    try:
-        wait_until(lambda: seq() >= 2, KILLED_BOUND, "the restarter's heartbeat")
-        wait_until(lambda: channels.read_heartbeat(state, "restarter").extra.get("progress"),
-                   KILLED_BOUND, "the service started")
-        quiet_beats(8)
-        before = compiled()
-        assert before >= 3  # of eight quiet beats, the first after start-up is Python's
-        sock = os.path.join(state, channels.CONTROL_SOCKET)
-        os.unlink(sock)  # a cleaner of /run: the restarter makes it again
-        wait_until(lambda: os.path.exists(sock), 10 * INTERVAL,
-                   "the control socket made again", INTERVAL / 5)
-        quiet_beats(8)
-        assert compiled() >= before + 3
-        hb = channels.read_heartbeat(state, "restarter")
-        assert hb is not None and hb.extra["services"] == 1
-        assert gate_failed == []
-    finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)  # init's own session: only this chain
-                reap(p, "the chain's init")
-        log_text = (tmp_path / "chain.log").read_text(errors="replace")
-        assert "Traceback" not in log_text, log_text
+    wait_until(lambda: seq() >= 2, KILLED_BOUND, "the restarter's heartbeat")
+    wait_until(lambda: channels.read_heartbeat(state, "restarter").extra.get("progress"),
+               KILLED_BOUND, "the service started")
+    quiet_beats(8)
+    before = compiled()
+    assert before >= 3  # of eight quiet beats, the first after start-up is Python's
+    sock = os.path.join(state, channels.CONTROL_SOCKET)
+    os.unlink(sock)  # a cleaner of /run: the restarter makes it again
+    wait_until(lambda: os.path.exists(sock), 10 * INTERVAL,
+               "the control socket made again", INTERVAL / 5)
+    quiet_beats(8)
+    assert compiled() >= before + 3
+    hb = channels.read_heartbeat(state, "restarter")
+    assert hb is not None and hb.extra["services"] == 1
+    assert gate_failed == []
+    log_text = (tmp_path / "chain.log").read_text(errors="replace")
+    assert "Traceback" not in log_text, log_text
 
 
 @pytest.mark.parametrize("over, error", [
