@@ -1,8 +1,10 @@
-"""The compiled parts of hachain, both optional: without a C compiler (or on an
+"""The compiled parts of hachain, all optional: without a C compiler (or on an
 architecture they do not support) hachain installs without them and works the slower way.
 
 - hachain.restarter._clone3: clone3 CLONE_INTO_CGROUP (hachain/restarter/_clone3.c); the
   restarter falls back to moving each new service into its cgroup.
+- hachain.watchdog._tick: the tickler's compiled tick (hachain/watchdog/_tick.c); without
+  it every tick is Python's.
 - hachain/_front: the native front of the `hachain` command (hachain/_front.c), which
   answers `hachain status` without starting an interpreter; scripts/setup.sh installs it
   as bin/hachain, with the Python CLI as bin/hachain-py.
@@ -35,5 +37,7 @@ class BuildWithFront(build_ext):
 
 
 setup(ext_modules=[Extension("hachain.restarter._clone3", ["hachain/restarter/_clone3.c"],
+                             optional=True),
+                   Extension("hachain.watchdog._tick", ["hachain/watchdog/_tick.c"],
                              optional=True)],
       cmdclass={"build_ext": BuildWithFront})

@@ -564,6 +564,11 @@ class Heartbeat:
     def age(self, now: float) -> float:
         return max(0.0, now - self.mono)
 
+    def moved_on(self, mono: float, seq: int, extra: dict[str, Any]) -> Heartbeat:
+        """The same writer's record with a later `mono`, `seq` and `extra`."""
+        return Heartbeat(self.layer, self.pid, mono, self.started_mono, seq, self.restarts,
+                         extra, self.start, self.pidns)
+
     def to_json(self) -> dict[str, Any]:
         d = {
             "layer": self.layer, "pid": self.pid, "mono": self.mono,
@@ -641,6 +646,57 @@ def _crc_matches(raw: bytes) -> bool:
     return zlib.crc32(raw[_CRC_BODY:]) == crc
 
 
+# The values in a record that record_template leaves open, in the order
+# hachain.watchdog._tick numbers them (its SLOTS): the CRC, `mono`, `seq`, a number a gate
+# rule reads as the restarter's loop lag, and a number no rule reads.
+SLOT_KINDS = ("crc", "mono", "seq", "lag", "number")
+
+
+def record_template(text: bytes, numbers: dict[str, str] | None = None
+                    ) -> tuple[tuple[bytes, ...], tuple[int, ...]] | None:
+    """A record written here (its text up to the newline), cut around the values that
+    change from one beat of an idle layer to the next: the pieces between them, the
+    newline ending the last, and each value's kind (SLOT_KINDS). `numbers`: keys of
+    `extra` whose values are left open too (a key to "lag" or "number"), found as the
+    last of that name before the record's own fields; a key that is not there, or whose
+    value is no plain number, gives None, as does a record not written here. What the
+    compiled tick (hachain.watchdog._tick) compares the next records with."""
+    if not text.startswith(_CRC_HEAD) or text[_CRC_BODY:_EXTRA_AT] != b'"extra": ' or \
+            b"\n" in text:
+        return None
+    cut = text.rfind(b', "layer": ')
+    if cut < _EXTRA_AT:
+        return None
+    spans = [(len(_CRC_HEAD), len(_CRC_HEAD) + 8, 0)]
+    want = [(b', "mono": ', cut, len(text), 1), (b', "seq": ', cut, len(text), 2)]
+    for key, what in (numbers or {}).items():
+        want.append((b"%s: " % json.dumps(key).encode(), _EXTRA_AT, cut,
+                     SLOT_KINDS.index(what)))
+    for name, lo, hi, kind in want:
+        at = text.rfind(name, lo, hi)
+        if at < 0 or (kind >= 3 and text[at - 2:at] != b", " and text[at - 1:at] != b"{"):
+            return None
+        start = at + len(name)
+        end = start
+        while end < hi and text[end:end + 1] in b"-0123456789.":
+            end += 1
+        if end == start or text[end:end + 1] not in (b",", b"}"):
+            return None
+        spans.append((start, end, kind))
+    spans.sort()
+    pieces: list[bytes] = []
+    kinds: list[int] = []
+    at = 0
+    for start, end, kind in spans:
+        if start < at:
+            return None
+        pieces.append(text[at:start])
+        kinds.append(kind)
+        at = end
+    pieces.append(text[at:] + b"\n")
+    return tuple(pieces), tuple(kinds)
+
+
 def _record_text(raw: bytes) -> bytes:
     """A heartbeat file's record without its padding: up to the newline a writer here
     ends it with (JSON text has no raw newline: a search of its length, not of the
@@ -716,6 +772,7 @@ class HeartbeatReader(_KeptFd):
         self.cap = 2 * HEARTBEAT_SLOT  # one read takes the whole of a file this size
         self.extra_text = b""  # the last record's `extra`, as text and parsed (_parse)
         self.extra: dict[str, Any] = {}
+        self.text = b""  # the last record read whole, up to its newline
 
     def read(self) -> Heartbeat | None:
         if self.fd is not None:
@@ -758,7 +815,7 @@ class HeartbeatReader(_KeptFd):
         the record (the fields after it, a CRC-checked writer's own, are parsed alone).
         The Heartbeat gets a copy of the kept `extra` (its top level: readers only read
         what is nested)."""
-        raw = _record_text(raw)
+        raw = self.text = _record_text(raw)
         cut = raw.rfind(b', "layer": ')
         if not raw.startswith(_CRC_HEAD) or cut < _EXTRA_AT or \
                 raw[_CRC_BODY:_EXTRA_AT] != b'"extra": ':
@@ -865,22 +922,24 @@ class HeartbeatWriter(_KeptFd):
             # heartbeat is itself the signal (the gate sees it go stale).
             self.close()
 
-    def pieces(self, lag_key: str, rest: dict[str, Any]
-               ) -> tuple[int, tuple[bytes, bytes, bytes, bytes], int] | None:
+    def pieces(self, keys: tuple[str, ...], rest: dict[str, Any]
+               ) -> tuple[int, tuple[bytes, ...], int] | None:
         """The last beat, for a writer in compiled code (the restarter's idle beats,
-        _clone3.wait): (fd, the record's text in four pieces, the size to pad to). The
-        pieces go around three numbers the writer fills in: `extra[lag_key]`, `mono` and
-        `seq`; `extra` is the last steady one, with `rest` after `lag_key` (the volatile
-        keys a beat's `volatile` gave, as fixed values). The CRC and its head come first.
-        None when there is no file open or no steady `extra` written yet."""
+        _clone3.wait; the tickler's idle ticks, hachain.watchdog._tick): (fd, the record's
+        text in len(keys) + 3 pieces, the size to pad to). The pieces go around the
+        numbers the writer fills in: `extra[key]` for each of `keys`, in that order, then
+        `mono` and `seq`; `extra` is the last steady one, with `rest` after `keys` (the
+        volatile keys a beat's `volatile` gave, as fixed values). The CRC and its head
+        come first. None when there is no file open or no steady `extra` written yet."""
         if self.fd is None or not self.steady or not self.last_text or \
-                self.pid != os.getpid():
+                self.pid != os.getpid() or not keys:
             return None
         steady = self.last_text
-        key = b"%s: " % json.dumps(lag_key).encode()
+        names = [b"%s: " % json.dumps(k).encode() for k in keys]
         more = _encode_extra(rest).encode()[1:-1] if rest else b""
         return self.fd, (
-            b'"extra": ' + (steady[:-1] + b", " if steady != b"{}" else b"{") + key,
+            b'"extra": ' + (steady[:-1] + b", " if steady != b"{}" else b"{") + names[0],
+            *(b", " + name for name in names[1:]),
             (b", " + more if more else b"") + b"}, " + self.head,
             b", " + self.middle,
             b", " + self.tail), self.size

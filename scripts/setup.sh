@@ -59,11 +59,13 @@ fi
 # The demo needs hachain alone; the tests need the `test` extra too, and one of its
 # packages (systemd-python) builds against libsystemd-dev, which only --test installs.
 # Each kind of install has its stamp; an up-to-date test install covers the plain one.
-# setup.py builds the C parts in place (hachain/restarter/_clone3.c, hachain/_front.c):
+# setup.py builds the C parts in place (hachain/restarter/_clone3.c, hachain/_front.c,
+# hachain/watchdog/_tick.c):
 # a change to any of them, or to pyproject.toml, installs again.
 fresh() {
     [ -f "$1" ] && ! [ pyproject.toml -nt "$1" ] && ! [ setup.py -nt "$1" ] &&
-        ! [ hachain/restarter/_clone3.c -nt "$1" ] && ! [ hachain/_front.c -nt "$1" ]
+        ! [ hachain/restarter/_clone3.c -nt "$1" ] && ! [ hachain/_front.c -nt "$1" ] &&
+        ! [ hachain/watchdog/_tick.c -nt "$1" ]
 }
 test_stamp=.venv/.hachain-installed-test
 if [ "${1:-}" = "--test" ]; then

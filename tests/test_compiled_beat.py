@@ -63,7 +63,7 @@ class Rig:
         return st.st_dev, st.st_ino, st.st_mtime_ns if mtime else -1
 
     def beat(self, due: float, until: float, **over: Any) -> tuple:
-        got = self.hb.pieces("lag", {"timer_lag": 0.0})
+        got = self.hb.pieces(("lag",), {"timer_lag": 0.0})
         assert got is not None
         fd, pieces, size = got
         b: dict[str, Any] = {
@@ -183,7 +183,7 @@ def test_anything_moved_leaves_the_beat_to_python(rig: Rig, what: str) -> None:
 
 
 def test_a_record_grown_past_its_slot_is_left_to_python(rig: Rig) -> None:
-    got = rig.hb.pieces("lag", {"timer_lag": 0.0})
+    got = rig.hb.pieces(("lag",), {"timer_lag": 0.0})
     assert got is not None
     events, beats, _due, _t = rig.wait(until_after=20 * PERIOD, size=len(b"".join(got[1])))
     assert (events, beats) == ([], 0)

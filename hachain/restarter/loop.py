@@ -2687,7 +2687,7 @@ class Restarter:
                 return None  # lost, and made again at each Python round until it can be
             if os.path.dirname(path) != self.state_dir:
                 kept.append((os.fsencode(path), dev, ino, -1))
-        made = self.hb.pieces("lag", {"timer_lag": 0.0})
+        made = self.hb.pieces(("lag",), {"timer_lag": 0.0})
         if made is None:
             return None
         fd, pieces, size = made

@@ -40,6 +40,7 @@ to restart it; the restarted tickler opens the device again and SETTIMEOUT pets 
 from __future__ import annotations
 
 import argparse
+import array
 import atexit
 import contextlib
 import ctypes
@@ -53,14 +54,18 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from hachain import bootrecord, channels, sdnotify
 from hachain.errors import ConfigError
 from hachain.watchdog import health
 from hachain.watchdog.device import (
+    WDIOC_GETTIMELEFT,
+    WDIOC_KEEPALIVE,
     WDIOF_CARDRESET,
+    FdTransport,
     TimeoutRefused,
     Watchdog,
     WatchdogError,
@@ -68,6 +73,11 @@ from hachain.watchdog.device import (
     flag_names,
     open_watchdog,
 )
+
+try:
+    from hachain.watchdog import _tick  # type: ignore[attr-defined]
+except ImportError:  # not built (no C compiler): every tick is Python's
+    _tick = None
 
 if TYPE_CHECKING:
     from hachain.configtypes import Config
@@ -81,6 +91,13 @@ PET_EARLY = 0.01  # a pet due this soon after a tick goes out in that tick
 PET_GRACE = 0.05  # a pet due with a tick waits this long for the tick's round at most
 ALARM_MIN = 0.0005  # the shortest interval timer set (0 would cancel it)
 TICK_AFTER = 0.005  # ticks come this long after the chain's heartbeat grid (next_tick)
+# The compiled tick (hachain/watchdog/_tick.c): at most this many in a row, then a Python
+# one; its heartbeat's values that change at every tick, in _tick.c's order (sorted, as
+# a Python beat writes them); and the keys of a layer's `extra` it lets change, with what
+# they are to the gate ("lag": judged against max_loop_lag; "number": read by no rule)
+COMPILED_TICKS = 32
+COMPILED_KEYS = ("last_pet_mono", "pet_interval_last", "pets", "timeleft")
+COMPILED_NUMBERS = {"restarter": {"lag": "lag", "timer_lag": "number"}}
 RT_PRIORITY = 50  # SCHED_FIFO priority: above ordinary services, below kernel threads
 # The exit status of a tickler that leaves no armed device behind: it could not open the
 # device, failed before the open, or had nothing armed (device "none", disarmed). init
@@ -210,11 +227,19 @@ class Reader:
         # called by this thread after each round that answered (the tickler's on_round:
         # it ticks here); while None, the loop is told through the pipe instead
         self.on_round: Callable[[], None] | None = None
+        # set by the tickler (under its lock) when the next ticks may be compiled ones:
+        # this thread runs it, and it returns when the round due is this thread's again
+        self.compiled: Callable[[], None] | None = None
+        self.readers = [channels.HeartbeatReader(state_dir, layer) for layer in layers]
         threading.Thread(target=self.run, name="read-heartbeats", daemon=True).start()
 
     def run(self) -> None:
-        readers = [channels.HeartbeatReader(self.state_dir, layer) for layer in self.layers]
+        readers = self.readers
         while True:
+            if (go := self.compiled) is not None:
+                self.compiled = None
+                go()
+                continue
             now = time.monotonic()
             if now < self.due:
                 time.sleep(self.due - now)
@@ -335,6 +360,27 @@ def go_realtime(priority: int = RT_PRIORITY) -> list[str]:
     return warnings
 
 
+STATE = {name: i for i, name in enumerate(_tick.STATE)} if _tick is not None else {}
+
+
+def _ns(seconds: float | None) -> int:
+    """CLOCK_MONOTONIC seconds as the compiled tick keeps them: ns, -1 for None."""
+    return -1 if seconds is None else int(seconds * 1e9)
+
+
+def _seconds(ns: int) -> float | None:
+    return None if ns < 0 else ns / 1e9
+
+
+class CompiledRun(NamedTuple):
+    """A run of compiled ticks (Tickler._arm): its state (_tick.STATE), _tick.run's
+    arguments, and the heartbeats of the tick it began after."""
+
+    state: array.array[int]
+    args: tuple[Any, ...]
+    result: dict[str, channels.Heartbeat | None]
+
+
 class Tickler:
     """The petting loop. `wd` is None for device = "none" (gate evaluated, nothing petted)."""
 
@@ -398,6 +444,11 @@ class Tickler:
         # restarts of it would pet the device for ever); the gate fails on it instead
         self.hb: channels.HeartbeatWriter | None = None
         self.hb_error = ""
+        # the compiled ticks (_arm): the run under way (None: none, or taken over), how
+        # many ticks runs made, and why they are off for good (an error of the run)
+        self.compiled: CompiledRun | None = None
+        self.compiled_ticks = 0
+        self.compiled_off: str | None = None
 
     def carry_pet_timing(self) -> None:
         """A tickler restarted within a boot goes on with the worst pet lateness of the
@@ -678,14 +729,8 @@ class Tickler:
         t = time.monotonic()
         self.pets += 1
         if self.pet_due is not None and self.last_pet is not None:
-            lateness = max(0.0, t - self.pet_due)
             self.pet_interval_last = t - self.last_pet
-            self.pet_late_worst = max(self.pet_late_worst, lateness)
-            if lateness > self.late_warn:
-                self.pet_late_warnings += 1
-                log(f"warning: pet {lateness:.3f} s late (interval {self.pet_interval_last:.3f}"
-                    f" s, pet_interval {self.wdc.pet_interval:g} s); warning above "
-                    f"{self.late_warn:g} s, half the margin before the watchdog fires")
+            self.pet_lateness(max(0.0, t - self.pet_due))
         self.last_pet = t
         # The next one by plan, not by when this one went out: on the ticks' grid
         # (channels.next_tick), so pets come with ticks when pet_interval is a multiple of
@@ -696,6 +741,17 @@ class Tickler:
         self.pet_due = self.next_pet = channels.next_tick(now + PET_EARLY,
                                                           self.wdc.pet_interval,
                                                           self.tick_offset)
+
+    def pet_lateness(self, lateness: float) -> None:
+        """A pet `lateness` s after it was due: the worst, and a warning past half the
+        margin (pet_interval_last is this pet's interval)."""
+        self.pet_late_worst = max(self.pet_late_worst, lateness)
+        if lateness > self.late_warn:
+            self.pet_late_warnings += 1
+            interval = self.pet_interval_last or 0.0
+            log(f"warning: pet {lateness:.3f} s late (interval {interval:.3f}"
+                f" s, pet_interval {self.wdc.pet_interval:g} s); warning above "
+                f"{self.late_warn:g} s, half the margin before the watchdog fires")
 
     def failed_critical(self) -> set[str]:
         """The critical services the restarter reports not ok (from its last heartbeat),
@@ -754,6 +810,7 @@ class Tickler:
             "boot_id": self.boot_id, "pet_late_worst": round(self.pet_late_worst, 4),
             "pet_late_warnings": self.pet_late_warnings, "pet_late_warn": self.late_warn,
             "read_deadline": self.read_deadline, "disarmed": self.disarmed,
+            "compiled_ticks": self.compiled_ticks,
         }
         if self.hb is None:
             try:
@@ -795,6 +852,7 @@ class Tickler:
         try:
             while not self.stop_requested:
                 with self.lock:
+                    self._absorb()  # a compiled run's ticks: this thread's from here
                     if self.failure is not None:
                         raise self.failure
                     now = time.monotonic()
@@ -810,6 +868,7 @@ class Tickler:
                 for key, _ in sel.select():
                     if key.data[0] == "pidfd":
                         with self.lock:
+                            self._absorb()
                             self.on_pidfd(key.data[1])
                         continue
                     try:
@@ -818,6 +877,7 @@ class Tickler:
                         pass
         finally:
             with self.lock:
+                self._absorb()  # (no compiled tick acts after this)
                 self.reader.on_round = None
                 signal.setitimer(signal.ITIMER_REAL, 0)
         return self.shutdown()
@@ -837,9 +897,147 @@ class Tickler:
                     return
                 self.tick_now(now)
                 self.alarm(self._next_wake(time.monotonic()))
+                self._arm()
         except BaseException as e:  # noqa: BLE001 - the loop raises it
             self.failure = e
             self.reader.poke()
+
+    # -- the compiled tick (docs/tickler.md, "The compiled tick") ---------------------
+
+    def _arm(self) -> None:
+        """After a tick in the reader's thread (under the lock): when the chain is as
+        steady as a compiled tick can judge it, hand the reader the next ticks in
+        compiled code (_tick.run). Not with `[cluster]`, under systemd's notify socket,
+        with a record being written, a pet due between ticks, or
+        anything the gate found wrong; and not past the boot-loop window's end while this
+        boot has not been said to have lasted it (Python's tick says so)."""
+        r = self.reader
+        if _tick is None or self.compiled_off is not None or r.on_round is None or \
+                self.stop_requested or self.failure is not None or \
+                self.orphaned is not None or not self.gate.ok or self.failing or \
+                self.missing or self.cfg.cluster is not None or \
+                r.answered != self.seen_round or os.environ.get("NOTIFY_SOCKET"):
+            return
+        device: tuple[Any, ...] = (-1, 0, 0, None, None)
+        if self.wd is not None:
+            transport = self.wd.transport
+            if self.wd.closed or self.next_pet + PET_EARLY < r.due:
+                return
+            device = (transport.fd, WDIOC_KEEPALIVE, WDIOC_GETTIMELEFT, None, None) \
+                if isinstance(transport, FdTransport) else \
+                (-1, 0, 0, self.wd.keepalive, self.wd.get_timeleft)
+        records = self.records
+        if records.busy is not None or records.submitted != records.done:
+            return
+        until = r.due + COMPILED_TICKS * self.period
+        if self.lasted_due:
+            started = (self.boot_entry or {}).get("started_mono")
+            if not isinstance(started, (int, float)) or isinstance(started, bool):
+                return
+            until = min(until, started + float(self.cfg.chain.boot_loop.window))
+        init_fd = channels.init_pidfd(self.init) if self.init is not None else None
+        made = self.hb.pieces(COMPILED_KEYS, {}) if self.hb is not None else None
+        if init_fd is None or made is None:
+            return
+        layers = []
+        for layer, reader in zip(r.layers, r.readers, strict=True):
+            hb, watched = r.result.get(layer), self.watched.get(layer)
+            if hb is None or watched is None or watched[0] != hb.pid or watched[1] < 0 or \
+                    reader.fd is None:
+                return
+            template = channels.record_template(reader.text, COMPILED_NUMBERS.get(layer))
+            if template is None:
+                return
+            layers.append((os.fsencode(reader.path), reader.fd, watched[1], *reader.ident,
+                           reader.cap, *template))
+        hb_fd, pieces, size = made
+        ns = _ns
+        state = array.array("q", bytes(8 * len(_tick.STATE)))
+        for name, value in (
+                ("ANSWERED", r.answered), ("BUSY_SINCE", -1), ("DUE", ns(r.due)),
+                ("UNTIL", ns(until)), ("PERIOD", ns(self.period)),
+                ("OFFSET", ns(self.tick_offset)), ("READ_DEADLINE", ns(self.read_deadline)),
+                ("HB_TIMEOUT", ns(self.wdc.heartbeat_timeout)),
+                ("MAX_LAG", ns(self.wdc.max_loop_lag)),
+                ("PET_INTERVAL", ns(self.wdc.pet_interval)), ("PET_EARLY", ns(PET_EARLY)),
+                ("PET_GRACE", ns(PET_GRACE)), ("ALARM_MIN", ns(ALARM_MIN)),
+                ("NEXT_PET", ns(self.next_pet)), ("PET_DUE", ns(self.pet_due)),
+                ("LAST_PET", ns(self.last_pet)),
+                ("PET_INTERVAL_LAST", ns(self.pet_interval_last)), ("PETS", self.pets),
+                ("WORST", ns(self.pet_late_worst)), ("LATE_WARN", ns(self.late_warn)),
+                ("LATENESS", -1), ("HB_SEQ", self.hb.seq if self.hb is not None else 0)):
+            state[STATE[name]] = value
+        run = self.compiled = CompiledRun(state, (
+            state, tuple(layers), device, init_fd, hb_fd, pieces, size, self.lock,
+            zlib.crc32), dict(r.result))
+        r.compiled = functools.partial(self._run_compiled, run)
+
+    def _run_compiled(self, run: CompiledRun) -> None:
+        """In the reader's thread: the compiled ticks, until they hand back. After a
+        tick (TICKED: a pet to record, a beat for Python to write), the beat and the
+        interval timer as a Python tick leaves them; else the round due is the reader's."""
+        assert _tick is not None
+        try:
+            got = _tick.run(*run.args)
+        except Exception as e:  # noqa: BLE001 - a defect here must not stop the pets
+            with self.lock:
+                self._absorb()
+                self.compiled_off = f"{type(e).__name__}: {e}"
+            log(f"compiled ticks off for this run of the tickler: {self.compiled_off}")
+            return
+        with self.lock:
+            if self.compiled is not run:
+                return  # the loop took the state over (and may have ticked since)
+            self._absorb()
+            if got == _tick.TICKED and self.reader.on_round is not None and \
+                    not self.stop_requested:
+                self.beat()
+                self.alarm(self._next_wake(time.monotonic()))
+
+    def _absorb(self) -> None:
+        """Take over what a compiled run did (under the lock): from here it acts no more,
+        and the tickler's state is as if its ticks had been Python's."""
+        run = self.compiled
+        if run is None:
+            return
+        self.compiled = None
+        st = run.state
+        st[STATE["CANCEL"]] = 1
+        r = self.reader
+        r.due = st[STATE["DUE"]] / 1e9
+        busy = st[STATE["BUSY_SINCE"]]
+        r.busy_since = None if busy < 0 else busy / 1e9
+        if busy >= 0:
+            r.layer = r.layers[st[STATE["LAYER"]]]
+        ticks = st[STATE["TICKS"]]
+        if not ticks:
+            return
+        self.compiled_ticks += ticks
+        self.next_tick = r.due
+        self.waiting_since = None
+        r.answered = self.seen_round = st[STATE["ANSWERED"]]
+        result: dict[str, channels.Heartbeat | None] = {}
+        for i, (layer, hb) in enumerate(run.result.items()):
+            if hb is None:
+                continue
+            at = STATE["MONO0"] + 3 * i
+            extra = hb.extra
+            if st[at + 2] >= 0:
+                extra = dict(extra, lag=st[at + 2] / 1e9)
+            result[layer] = hb.moved_on(st[at] / 1e9, st[at + 1], extra)
+        r.result = result
+        self.last_hbs.update(result)
+        self.restarter_extra = (result.get("restarter") or channels.Heartbeat(
+            "restarter", 0, 0, 0, 0, 0, {})).extra
+        self.pets = st[STATE["PETS"]]
+        self.last_pet = _seconds(st[STATE["LAST_PET"]])
+        self.pet_due = _seconds(st[STATE["PET_DUE"]])
+        self.next_pet = st[STATE["NEXT_PET"]] / 1e9
+        self.pet_interval_last = _seconds(st[STATE["PET_INTERVAL_LAST"]])
+        if (late := st[STATE["LATENESS"]]) >= 0:
+            self.pet_lateness(late / 1e9)
+        if self.hb is not None:
+            self.hb.seq = st[STATE["HB_SEQ"]]
 
     def tick_now(self, now: float) -> None:
         """A tick, and the next one on the chain's shared grid, just after init and the
