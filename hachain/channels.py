@@ -872,6 +872,7 @@ class HeartbeatWriter(_KeptFd):
         self.path = heartbeat_path(state_dir, layer)
         self.fd: int | None = None
         self.size = 0  # the file's size: every record is padded to it
+        self.opened = 0  # how often the file was opened (made again, when it was lost)
         self.start = proc_start_time(os.getpid())
         try:
             self.pidns: str | None = os.readlink("/proc/self/ns/pid")
@@ -960,6 +961,7 @@ class HeartbeatWriter(_KeptFd):
         if self.fd is not None and os.fstat(self.fd).st_nlink == 0:
             self.close()  # our file was removed or replaced: start a new one
         if self.fd is None:
+            self.opened += 1
             try:
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except FileNotFoundError:

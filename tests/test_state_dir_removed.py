@@ -286,6 +286,48 @@ def test_removing_state_dir_resets_nothing_and_loses_nothing(tmp_path: Path) -> 
         server.stop()
 
 
+@pytest.mark.slow
+def test_an_init_lock_removed_alone_is_taken_again(tmp_path: Path) -> None:
+    """init looks at its lock's link count every LOCK_LOOK_EVERY heartbeats (and at once
+    when the heartbeat file went too): a lock removed by hand is back within that many
+    intervals, and keeps a second chain out."""
+    from hachain.init.main import LOCK_LOOK_EVERY
+    hb = 0.1
+    run = tmp_path / "run"
+    cfg = tmp_path / "chain.toml"
+    cfg.write_text(f'[chain]\nstate_dir = "{run}"\npersist_dir = "{tmp_path / "persist"}"\n'
+                   f'cgroup_root = "none"\nheartbeat_interval = {hb}\n'
+                   '[watchdog]\ndevice = "none"\n[service.a]\ncommand = ["sleep", "600"]\n')
+    log = tmp_path / "chain.log"
+    seen: set[int] = set()
+    with open(log, "wb") as logf:
+        chain = subprocess.Popen([sys.executable, "-m", "hachain.cli", "run", "-c", str(cfg)],
+                                 stdout=logf, stderr=logf)
+    try:
+        wait_until(lambda: channels.read_heartbeat(str(run), "init") is not None,
+                   START_TIMEOUT, "init's heartbeat")
+        seen.update(descendants(chain.pid))
+        lock = run / channels.INIT_LOCK
+        first = lock.stat().st_ino
+        lock.unlink()
+        gone = channels.read_heartbeat(str(run), "init")
+        assert gone is not None
+        # within LOCK_LOOK_EVERY of init's heartbeats from here: counted by its seq, so
+        # the bound holds however slowly a loaded machine runs them
+        wait_until(lambda: lock.exists() or ((h := channels.read_heartbeat(str(run), "init"))
+                                             is not None and h.seq > gone.seq
+                                             + LOCK_LOOK_EVERY + 1),
+                   START_TIMEOUT, "the lock back, or init's heartbeats past the bound")
+        assert lock.exists(), log.read_text(errors="replace")[-2000:]
+        assert lock.stat().st_ino != first
+        with pytest.raises(channels.ChainRunning):
+            channels.take_init_lock(str(run))
+        assert "init.lock was removed: taken again" in log.read_text(errors="replace")
+    finally:
+        seen.update(descendants(chain.pid))
+        stop_chain(chain, seen)
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -114,6 +114,10 @@ PID1_MOUNTS = (  # (fstype, target, flags, data)
     ("cgroup2", "/sys/fs/cgroup", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
 )
 
+# The init lock's link count is looked at every this many heartbeats (mend_lock), and at
+# once when state_dir lost the heartbeat file too: a lock file removed alone (by hand) is
+# taken again within this many heartbeat_intervals.
+LOCK_LOOK_EVERY = 8
 LOOP_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                 signal.SIGUSR1, signal.SIGUSR2)
 SIG_CRASH = signal.SIGRTMIN + 1  # fault hook: exit now with FAULT_EXIT_STATUS
@@ -382,11 +386,12 @@ class Init:
         self.tickler_wait = 0.0  # tickler-start: how long the wait for its first beat is
         self.rest_termed: dict[int, float] = {}  # subreaper: pid -> when to SIGKILL it
         self.rest_killed = False  # PID 1: kill(-1, SIGKILL) already sent
+        self.reap_due = True  # a signal came since the last reap (step)
         self.hb: channels.HeartbeatWriter | None = None  # created by the first beat()
         # the init lock (main sets it), taken again where state_dir lost it (mend_lock)
         self.lock_fd: int | None = None
-        self.lock_kept = channels.Kept()
         self.lock_said = ""
+        self.lock_opened = 0  # the heartbeat file's opens when beat() last looked
         self.next_beat = 0.0
         self.sel = selectors.DefaultSelector()
         self.wake_r, wake_w = os.pipe()
@@ -419,9 +424,15 @@ class Init:
         """One iteration: wait for a signal or the next timer, then act on everything due."""
         timeout = max(0.0, self.next_deadline() - time.monotonic())
         for _key, _ev in self.sel.select(timeout):
+            # a child's exit comes as SIGCHLD through the wakeup fd (several as one, or
+            # none with the pipe full: the pipe then wakes us anyway); a wake-up of the
+            # timer alone has nothing to reap
+            self.reap_due = True
             for sig in self.drain_wakeups():
                 self.on_signal(sig)
-        self.reap()
+        if self.reap_due:
+            self.reap()
+            self.reap_due = False  # (after it: a reap that raised is made again)
         now = time.monotonic()
         if self.stopping:
             self.advance_shutdown(now)
@@ -708,9 +719,17 @@ class Init:
 
     def mend_lock(self) -> None:
         """The init lock again, where state_dir lost it (removed by hand): without it a
-        second `hachain run` would not see this chain. One stat per heartbeat."""
-        if self.lock_fd is None or not self.lock_kept.lost():
+        second `hachain run` would not see this chain. One fstat per heartbeat: the file
+        removed, or another put in its place, has no link left (as the heartbeat
+        writer's own file; a state_dir moved away whole takes both along, and the gate
+        then fails on the heartbeat missing at its path)."""
+        if self.lock_fd is None:
             return
+        try:
+            if os.fstat(self.lock_fd).st_nlink > 0:
+                return
+        except OSError:
+            pass
         path = os.path.join(self.opts.state_dir, channels.INIT_LOCK)
         try:
             os.makedirs(self.opts.state_dir, exist_ok=True)
@@ -722,14 +741,15 @@ class Init:
             return
         os.close(self.lock_fd)
         self.lock_fd = fd
-        self.lock_kept.note(path)
         self.lock_said = ""
         log(f"{path} was removed: taken again")
 
     def beat(self) -> None:
-        """Write the heartbeat; a missing or unwritable state dir is retried next time."""
-        self.mend_lock()
+        """Write the heartbeat; a missing or unwritable state dir is retried next time.
+        The init lock is looked at every LOCK_LOOK_EVERY beats, and at once when the
+        heartbeat's own file had to be made again (state_dir removed)."""
         if self.hb is None:
+            self.mend_lock()
             try:
                 self.hb = channels.HeartbeatWriter(self.opts.state_dir, "init")
             except OSError as e:
@@ -743,6 +763,9 @@ class Init:
                                   **({"gave_up": True} if c.gave_up else {})}
                          for c in self.children},
         })
+        if self.hb.opened != self.lock_opened or self.hb.seq % LOCK_LOOK_EVERY == 0:
+            self.lock_opened = self.hb.opened
+            self.mend_lock()
 
     # -- shutdown --
 
@@ -1027,7 +1050,6 @@ def main(argv: list[str] | None = None) -> int:
             log(f"cannot set up the event loop: {e}; pausing {ERROR_PAUSE} s")
             time.sleep(ERROR_PAUSE)
     init.lock_fd = None if lock is None else int(lock)
-    init.lock_kept.note(os.path.join(opts.state_dir, channels.INIT_LOCK))
     status = init.run()
     if pid1:
         final_reboot(init.final_cmd)
