@@ -16,6 +16,7 @@ minutes on two idle cores.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ from hachain.simulators.qemu.chain import (
     scenario_init_exit,
     scenario_kill_restarter,
 )
-from tests.conftest import close_vm
+from tests.conftest import LIVENESS, close_vm, wait_until
 
 pytestmark = pytest.mark.qemu
 
@@ -98,6 +99,17 @@ class TestSharedMachine:
         assert m.status["chain"]["last_boot"]["cause"] == "normal"
         assert cvm.read("/sys/class/watchdog/watchdog0/bootstatus") == "0"
         assert m.status["chain"]["layers"]["init"]["extra"]["pid1"] is True
+        # the idle ticks go through the compiled tick on the real device too (its
+        # WDIOC_KEEPALIVE, hachain/watchdog/_tick.c), and the pets go on
+        def compiled_ticks() -> dict[str, Any] | None:
+            st = cvm.status()
+            extra = st["chain"]["layers"]["tickler"].get("extra") or {}
+            return st if (extra.get("compiled_ticks") or 0) > 0 else None
+        st = wait_until(compiled_ticks, LIVENESS, "compiled ticks in the guest", 1.0)
+        pets = st["chain"]["watchdog"]["pets"]
+        wait_until(lambda: cvm.status()["chain"]["watchdog"]["pets"] > pets, LIVENESS,
+                   "pets after compiled ticks", 1.0)
+        assert cvm.status()["chain"]["watchdog"]["petting"]
         # issue 21.7: `watchdog info` on the real i6300esb, from sysfs only (the tickler
         # holds the device: info must not open it), with wdctl's flag table
         rc, out = cvm.vm.run([cvm.python, "-m", "hachain.cli", "watchdog", "info"], timeout=30)

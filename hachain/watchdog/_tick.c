@@ -58,7 +58,8 @@ enum {
     S_NEXT_PET, S_PET_DUE, S_LAST_PET, S_PET_INTERVAL_LAST, S_PETS,
     S_WORST, S_LATE_WARN, S_LATENESS,  /* a pet later than WORST or LATE_WARN ends the run
                                           after its tick; LATENESS: the last pet's (-1) */
-    S_HB_SEQ, S_TICKS,   /* the tickler's heartbeat seq; ticks made here */
+    S_HB_SEQ, S_TICKS,   /* the tickler's heartbeat seq; compiled ticks (from Python's
+                            count: the heartbeat says it) */
     S_MONO0, S_SEQ0, S_LAG0,  /* per layer, from its last record: mono, seq, lag (-1) */
     S_MONO1, S_SEQ1, S_LAG1,
     S_LEN
@@ -231,28 +232,30 @@ static int fmt_seconds(char *out, size_t size, long long ns) {
     return snprintf(out, size, "%lld.%09lld", ns / 1000000000LL, ns % 1000000000LL);
 }
 
-/* The tickler's heartbeat: the pieces around last_pet_mono, pet_interval_last, pets,
- * timeleft, mono and seq (Tickler.COMPILED_KEYS, then the record's own), padded
- * to `size`. 1 when written. */
+/* The tickler's heartbeat: the pieces around compiled_ticks, last_pet_mono,
+ * pet_interval_last, pets, timeleft, mono and seq (Tickler.COMPILED_KEYS, then the
+ * record's own), padded to `size`. 1 when written. */
+#define NUMS 7  /* the values write_beat fills in; the pieces are one more */
 static int write_beat(int fd, PyObject *pieces, Py_ssize_t size, PyObject *crc32,
                       long long *st, long long timeleft, long long now) {
     struct stat sb;
     if (fstat(fd, &sb) < 0 || sb.st_nlink == 0)
         return 0;  /* removed or replaced: the Python beat makes a new file */
-    char nums[6][40];
-    int nlen[6];
-    nlen[0] = fmt_seconds(nums[0], sizeof nums[0], st[S_LAST_PET]);
-    nlen[1] = fmt_seconds(nums[1], sizeof nums[1], st[S_PET_INTERVAL_LAST]);
-    nlen[2] = snprintf(nums[2], sizeof nums[2], "%lld", st[S_PETS]);
-    nlen[3] = timeleft < 0 ? snprintf(nums[3], sizeof nums[3], "null")
-                           : snprintf(nums[3], sizeof nums[3], "%lld", timeleft);
-    nlen[4] = fmt_seconds(nums[4], sizeof nums[4], now);
-    nlen[5] = snprintf(nums[5], sizeof nums[5], "%lld", st[S_HB_SEQ] + 1);
+    char nums[NUMS][40];
+    int nlen[NUMS];
+    nlen[0] = snprintf(nums[0], sizeof nums[0], "%lld", st[S_TICKS]);
+    nlen[1] = fmt_seconds(nums[1], sizeof nums[1], st[S_LAST_PET]);
+    nlen[2] = fmt_seconds(nums[2], sizeof nums[2], st[S_PET_INTERVAL_LAST]);
+    nlen[3] = snprintf(nums[3], sizeof nums[3], "%lld", st[S_PETS]);
+    nlen[4] = timeleft < 0 ? snprintf(nums[4], sizeof nums[4], "null")
+                           : snprintf(nums[4], sizeof nums[4], "%lld", timeleft);
+    nlen[5] = fmt_seconds(nums[5], sizeof nums[5], now);
+    nlen[6] = snprintf(nums[6], sizeof nums[6], "%lld", st[S_HB_SEQ] + 1);
     const Py_ssize_t head = 20;
     Py_ssize_t total = 0;
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i <= NUMS; i++)
         total += PyBytes_GET_SIZE(PyTuple_GET_ITEM(pieces, i));
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < NUMS; i++)
         total += nlen[i];
     if (head + total + 1 > size)
         return 0;  /* outgrew its slot: the Python beat grows the file */
@@ -260,11 +263,11 @@ static int write_beat(int fd, PyObject *pieces, Py_ssize_t size, PyObject *crc32
     if (rec == NULL)
         return 0;
     char *w = rec + head;
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i <= NUMS; i++) {
         PyObject *piece = PyTuple_GET_ITEM(pieces, i);
         memcpy(w, PyBytes_AS_STRING(piece), (size_t)PyBytes_GET_SIZE(piece));
         w += PyBytes_GET_SIZE(piece);
-        if (i < 6) {
+        if (i < NUMS) {
             memcpy(w, nums[i], (size_t)nlen[i]);
             w += nlen[i];
         }
@@ -498,11 +501,11 @@ static PyObject *py_run(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "run: the device's pet and timeleft are callables");
         return NULL;
     }
-    if (PyTuple_GET_SIZE(pieces) != 7 || hb_fd < 0 || hb_size <= 0) {
-        PyErr_SetString(PyExc_ValueError, "run: 7 pieces, a heartbeat fd and its size");
+    if (PyTuple_GET_SIZE(pieces) != NUMS + 1 || hb_fd < 0 || hb_size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "run: 8 pieces, a heartbeat fd and its size");
         return NULL;
     }
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i <= NUMS; i++)
         if (!PyBytes_Check(PyTuple_GET_ITEM(pieces, i))) {
             PyErr_SetString(PyExc_TypeError, "run: the pieces are bytes");
             return NULL;

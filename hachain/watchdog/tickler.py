@@ -96,7 +96,7 @@ TICK_AFTER = 0.005  # ticks come this long after the chain's heartbeat grid (nex
 # a Python beat writes them); and the keys of a layer's `extra` it lets change, with what
 # they are to the gate ("lag": judged against max_loop_lag; "number": read by no rule)
 COMPILED_TICKS = 32
-COMPILED_KEYS = ("last_pet_mono", "pet_interval_last", "pets", "timeleft")
+COMPILED_KEYS = ("compiled_ticks", "last_pet_mono", "pet_interval_last", "pets", "timeleft")
 COMPILED_NUMBERS = {"restarter": {"lag": "lag", "timer_lag": "number"}}
 RT_PRIORITY = 50  # SCHED_FIFO priority: above ordinary services, below kernel threads
 # The exit status of a tickler that leaves no armed device behind: it could not open the
@@ -810,7 +810,6 @@ class Tickler:
             "boot_id": self.boot_id, "pet_late_worst": round(self.pet_late_worst, 4),
             "pet_late_warnings": self.pet_late_warnings, "pet_late_warn": self.late_warn,
             "read_deadline": self.read_deadline, "disarmed": self.disarmed,
-            "compiled_ticks": self.compiled_ticks,
         }
         if self.hb is None:
             try:
@@ -820,7 +819,8 @@ class Tickler:
                     self.hb_error = str(e)
                     log(f"cannot write the heartbeat in {self.state_dir}: {e}")
                 return
-        self.hb.beat(extra, {"last_pet_mono": self.last_pet, "pets": self.pets,
+        self.hb.beat(extra, {"compiled_ticks": self.compiled_ticks,
+                             "last_pet_mono": self.last_pet, "pets": self.pets,
                              "timeleft": timeleft,
                              "pet_interval_last": self.pet_interval_last})
 
@@ -965,7 +965,8 @@ class Tickler:
                 ("LAST_PET", ns(self.last_pet)),
                 ("PET_INTERVAL_LAST", ns(self.pet_interval_last)), ("PETS", self.pets),
                 ("WORST", ns(self.pet_late_worst)), ("LATE_WARN", ns(self.late_warn)),
-                ("LATENESS", -1), ("HB_SEQ", self.hb.seq if self.hb is not None else 0)):
+                ("LATENESS", -1), ("HB_SEQ", self.hb.seq if self.hb is not None else 0),
+                ("TICKS", self.compiled_ticks)):
             state[STATE[name]] = value
         run = self.compiled = CompiledRun(state, (
             state, tuple(layers), device, init_fd, hb_fd, pieces, size, self.lock,
@@ -1009,7 +1010,7 @@ class Tickler:
         r.busy_since = None if busy < 0 else busy / 1e9
         if busy >= 0:
             r.layer = r.layers[st[STATE["LAYER"]]]
-        ticks = st[STATE["TICKS"]]
+        ticks = st[STATE["TICKS"]] - self.compiled_ticks
         if not ticks:
             return
         self.compiled_ticks += ticks
