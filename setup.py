@@ -36,8 +36,10 @@ class BuildWithFront(build_ext):
                   "Python CLI", file=sys.stderr)
 
 
+# both write heartbeat records through hachain/_record.h
+RECORD = ["hachain/_record.h"]
 setup(ext_modules=[Extension("hachain.restarter._clone3", ["hachain/restarter/_clone3.c"],
-                             optional=True),
+                             depends=RECORD, optional=True),
                    Extension("hachain.watchdog._tick", ["hachain/watchdog/_tick.c"],
-                             optional=True)],
+                             depends=RECORD, optional=True)],
       cmdclass={"build_ext": BuildWithFront})

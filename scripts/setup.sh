@@ -60,12 +60,12 @@ fi
 # packages (systemd-python) builds against libsystemd-dev, which only --test installs.
 # Each kind of install has its stamp; an up-to-date test install covers the plain one.
 # setup.py builds the C parts in place (hachain/restarter/_clone3.c, hachain/_front.c,
-# hachain/watchdog/_tick.c):
+# hachain/watchdog/_tick.c, and hachain/_record.h, which the first and last share):
 # a change to any of them, or to pyproject.toml, installs again.
 fresh() {
     [ -f "$1" ] && ! [ pyproject.toml -nt "$1" ] && ! [ setup.py -nt "$1" ] &&
         ! [ hachain/restarter/_clone3.c -nt "$1" ] && ! [ hachain/_front.c -nt "$1" ] &&
-        ! [ hachain/watchdog/_tick.c -nt "$1" ]
+        ! [ hachain/watchdog/_tick.c -nt "$1" ] && ! [ hachain/_record.h -nt "$1" ]
 }
 test_stamp=.venv/.hachain-installed-test
 if [ "${1:-}" = "--test" ]; then

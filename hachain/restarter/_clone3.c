@@ -51,6 +51,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../_record.h"
+
 #ifndef PR_CAP_AMBIENT
 #define PR_CAP_AMBIENT 47
 #define PR_CAP_AMBIENT_RAISE 2
@@ -1245,15 +1247,7 @@ static int beat_still(struct beat_req *b) {
 
 /* Write beat number `seq`, `lag_ns` late; 1 when written */
 static int beat_write(struct beat_req *b, long long seq, long long now, long long lag_ns) {
-    const char *p[4];
-    Py_ssize_t plen[4], total = 0;
-    for (int i = 0; i < 4; i++) {
-        PyObject *piece = PyTuple_GET_ITEM(b->pieces, i);
-        p[i] = PyBytes_AS_STRING(piece);
-        plen[i] = PyBytes_GET_SIZE(piece);
-        total += plen[i];
-    }
-    char nums[3][32];
+    char nums[3][RECORD_NUM];
     int nlen[3];
     /* whole milliseconds, rounded up, as the Python beat's (loop.py _ms_up) */
     long long ms = lag_ns > 0 ? (lag_ns + 999999) / 1000000 : 0;
@@ -1261,42 +1255,7 @@ static int beat_write(struct beat_req *b, long long seq, long long now, long lon
     nlen[1] = snprintf(nums[1], sizeof nums[1], "%lld.%09lld", now / 1000000000LL,
                        now % 1000000000LL);
     nlen[2] = snprintf(nums[2], sizeof nums[2], "%lld", seq);
-    for (int i = 0; i < 3; i++)
-        total += nlen[i];
-    const Py_ssize_t head = 20;  /* {"crc": "xxxxxxxx", */
-    if (total + head + 1 > b->size)
-        return 0;  /* outgrew its slot: the Python path grows the file */
-    char *rec = PyMem_Malloc((size_t)b->size);
-    if (rec == NULL)
-        return 0;
-    char *w = rec + head;
-    for (int i = 0; i < 4; i++) {
-        memcpy(w, p[i], (size_t)plen[i]);
-        w += plen[i];
-        if (i < 3) {
-            memcpy(w, nums[i], (size_t)nlen[i]);
-            w += nlen[i];
-        }
-    }
-    PyObject *crc = PyObject_CallFunction(b->crc32, "y#", rec + head, (Py_ssize_t)total);
-    unsigned long c = crc != NULL ? PyLong_AsUnsignedLong(crc) : 0;
-    Py_XDECREF(crc);
-    if (crc == NULL || PyErr_Occurred()) {
-        PyErr_Clear();
-        PyMem_Free(rec);
-        return 0;
-    }
-    char crc_text[32];
-    snprintf(crc_text, sizeof crc_text, "{\"crc\": \"%08lx\", ", c & 0xffffffffUL);
-    memcpy(rec, crc_text, (size_t)head);
-    *w++ = '\n';
-    memset(w, ' ', (size_t)(b->size - (w - rec)));
-    ssize_t put;
-    Py_BEGIN_ALLOW_THREADS
-    put = pwrite(b->fd, rec, (size_t)b->size, 0);
-    Py_END_ALLOW_THREADS
-    PyMem_Free(rec);
-    return put == b->size;
+    return record_write(b->fd, b->pieces, nums, nlen, 3, (Py_ssize_t)b->size, b->crc32);
 }
 
 static int beat_parse(PyObject *o, struct beat_req *b) {

@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../_record.h"
+
 /* The state's indices; their names go to Python as STATE, in this order. Times are
  * CLOCK_MONOTONIC in ns; -1 stands for None where a value may be missing. */
 enum {
@@ -241,7 +243,7 @@ static int write_beat(int fd, PyObject *pieces, Py_ssize_t size, PyObject *crc32
     struct stat sb;
     if (fstat(fd, &sb) < 0 || sb.st_nlink == 0)
         return 0;  /* removed or replaced: the Python beat makes a new file */
-    char nums[NUMS][40];
+    char nums[NUMS][RECORD_NUM];
     int nlen[NUMS];
     nlen[0] = snprintf(nums[0], sizeof nums[0], "%lld", st[S_TICKS]);
     nlen[1] = fmt_seconds(nums[1], sizeof nums[1], st[S_LAST_PET]);
@@ -251,46 +253,7 @@ static int write_beat(int fd, PyObject *pieces, Py_ssize_t size, PyObject *crc32
                            : snprintf(nums[4], sizeof nums[4], "%lld", timeleft);
     nlen[5] = fmt_seconds(nums[5], sizeof nums[5], now);
     nlen[6] = snprintf(nums[6], sizeof nums[6], "%lld", st[S_HB_SEQ] + 1);
-    const Py_ssize_t head = 20;
-    Py_ssize_t total = 0;
-    for (int i = 0; i <= NUMS; i++)
-        total += PyBytes_GET_SIZE(PyTuple_GET_ITEM(pieces, i));
-    for (int i = 0; i < NUMS; i++)
-        total += nlen[i];
-    if (head + total + 1 > size)
-        return 0;  /* outgrew its slot: the Python beat grows the file */
-    char *rec = PyMem_Malloc((size_t)size);
-    if (rec == NULL)
-        return 0;
-    char *w = rec + head;
-    for (int i = 0; i <= NUMS; i++) {
-        PyObject *piece = PyTuple_GET_ITEM(pieces, i);
-        memcpy(w, PyBytes_AS_STRING(piece), (size_t)PyBytes_GET_SIZE(piece));
-        w += PyBytes_GET_SIZE(piece);
-        if (i < NUMS) {
-            memcpy(w, nums[i], (size_t)nlen[i]);
-            w += nlen[i];
-        }
-    }
-    PyObject *crc = PyObject_CallFunction(crc32, "y#", rec + head, total);
-    unsigned long c = crc != NULL ? PyLong_AsUnsignedLong(crc) : 0;
-    Py_XDECREF(crc);
-    if (crc == NULL || PyErr_Occurred()) {
-        PyErr_Clear();
-        PyMem_Free(rec);
-        return 0;
-    }
-    char crc_text[32];
-    snprintf(crc_text, sizeof crc_text, "{\"crc\": \"%08lx\", ", c & 0xffffffffUL);
-    memcpy(rec, crc_text, (size_t)head);
-    *w++ = '\n';
-    memset(w, ' ', (size_t)(size - (w - rec)));
-    ssize_t put;
-    Py_BEGIN_ALLOW_THREADS
-    put = pwrite(fd, rec, (size_t)size, 0);
-    Py_END_ALLOW_THREADS
-    PyMem_Free(rec);
-    if (put != size)
+    if (!record_write(fd, pieces, nums, nlen, NUMS, size, crc32))
         return 0;
     st[S_HB_SEQ] += 1;
     return 1;
