@@ -14,7 +14,6 @@ import array
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -27,6 +26,7 @@ import pytest
 from hachain import channels
 from hachain.watchdog import tickler
 from tests.conftest import KILLED_BOUND, reap, wait_until
+from tests.test_idle_cost import idle_chain
 
 _tick = tickler._tick
 pytestmark = pytest.mark.skipif(
@@ -398,30 +398,6 @@ def test_record_template_cuts_a_record_around_its_open_values(rig: Rig) -> None:
 CHAIN_INTERVAL = 0.1  # [chain] heartbeat_interval
 
 
-@pytest.fixture
-def idle_chain(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    state = str(tmp_path / "run")
-    cfg = tmp_path / "chain.toml"
-    cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{tmp_path / "persist"}"\n'
-                   f'cgroup_root = "none"\nheartbeat_interval = {CHAIN_INTERVAL}\n'
-                   '[watchdog]\ndevice = "none"\n'
-                   '[service.s]\ncommand = ["sleep", "600"]\n')
-    log = tmp_path / "chain.log"
-    with open(log, "ab") as out:
-        p = subprocess.Popen([sys.executable, "-m", "hachain.cli", "run", "-c", str(cfg)],
-                             stdout=out, stderr=out, start_new_session=True)
-    try:
-        yield state, p, log
-    finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)  # init's own session: only this chain
-                reap(p, "the chain's init")
-
-
 def _tickler_extra(state: str) -> dict[str, Any]:
     hb = channels.read_heartbeat(state, "tickler")
     return hb.extra if hb is not None else {}
@@ -429,8 +405,12 @@ def _tickler_extra(state: str) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_an_idle_chain_is_ticked_in_compiled_code_and_a_hang_still_fails_the_gate(
-        idle_chain: tuple[str, subprocess.Popen[bytes], Path]) -> None:
-    state, _p, log = idle_chain
+        tmp_path: Path) -> None:
+    with idle_chain(tmp_path, CHAIN_INTERVAL) as (state, _p):
+        _compiled_ticks_and_a_hang(state, tmp_path / "chain.log")
+
+
+def _compiled_ticks_and_a_hang(state: str, log: Path) -> None:
     # the tickler's heartbeat counts them (each compiled tick writes it)
     wait_until(lambda: _tickler_extra(state).get("compiled_ticks", 0) > 0, TICKS_BOUND,
                "compiled ticks in the tickler's heartbeat", CHAIN_INTERVAL)

@@ -4,6 +4,7 @@ a pidfd (channels.init_gone), not a read of /proc."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -60,12 +61,14 @@ def test_init_gone_follows_the_process_through_its_pidfd() -> None:
             os.close(fd)
 
 
-@pytest.fixture
-def chain(tmp_path: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+@contextlib.contextmanager
+def idle_chain(tmp_path: Any, interval: float) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A chain of one service and no device, its heartbeats every `interval`, its log
+    in tmp_path/chain.log: (state_dir, `hachain run`'s process, init once it execs)."""
     state = str(tmp_path / "run")
     cfg = tmp_path / "chain.toml"
     cfg.write_text(f'[chain]\nstate_dir = "{state}"\npersist_dir = "{tmp_path / "persist"}"\n'
-                   f'cgroup_root = "none"\nheartbeat_interval = {INTERVAL}\n'
+                   f'cgroup_root = "none"\nheartbeat_interval = {interval}\n'
                    '[watchdog]\ndevice = "none"\n'
                    '[service.s]\ncommand = ["sleep", "600"]\n')
     with open(tmp_path / "chain.log", "ab") as log:
@@ -81,6 +84,12 @@ def chain(tmp_path: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)  # init's own session: only this chain
                 reap(p, "the chain's init")
+
+
+@pytest.fixture
+def chain(tmp_path: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    with idle_chain(tmp_path, INTERVAL) as got:
+        yield got
 
 
 @pytest.mark.slow
